@@ -1,0 +1,50 @@
+"""dkm_tf: k-means weight sharing for Keras 3, exported to TFLite with real size savings.
+
+Importing ``dkm_tf`` has no side effects and does not import TensorFlow or Keras; the names
+that need them are loaded on first use.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (loaded lazily)
+_EXPORTS = {
+    # numerical core (numpy only)
+    "cluster_values": "dkm_tf.kmeans",
+    "assignment_entropy": "dkm_tf.kmeans",
+    "count_unique": "dkm_tf.kmeans",
+    "UnitLayout": "dkm_tf.units",
+    "layout_for": "dkm_tf.units",
+    "to_units": "dkm_tf.units",
+    "from_units": "dkm_tf.units",
+    "Palette": "dkm_tf.palette",
+    "SizeReport": "dkm_tf.palette",
+    "cluster_tensor": "dkm_tf.palette",
+    "size_report": "dkm_tf.palette",
+    # Keras
+    "clusterable_weights": "dkm_tf.clusterable",
+    "is_clusterable": "dkm_tf.clusterable",
+    "share_weights": "dkm_tf.posttrain",
+    "compress": "dkm_tf.pipeline",
+    "CompressionResult": "dkm_tf.pipeline",
+}
+_SUBMODULES = ("energy", "export", "data", "models", "kmeans", "units", "palette")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"dkm_tf.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'dkm_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,47 @@
+"""Small reference models used by the CLI, tests, notebooks and benchmarks."""
+
+from __future__ import annotations
+
+__all__ = ["digits_cnn", "lenet5_caffe"]
+
+
+def digits_cnn(input_shape=(8, 8, 1), num_classes=10, seed=0):
+    """The built-in demo CNN for sklearn digits (about 40k parameters; trains in seconds).
+
+    Conv2D(16, 3, same) - Conv2D(32, 3, same) - MaxPool - Flatten - Dense(64) - Dense(10),
+    ReLU activations, logits output.
+    """
+    import keras  # noqa: PLC0415
+
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    return keras.Sequential([
+        keras.Input(input_shape),
+        L.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+        L.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+        L.MaxPooling2D(2, name="pool"),
+        L.Flatten(name="flatten"),
+        L.Dense(64, activation="relu", name="fc1"),
+        L.Dense(num_classes, name="fc2"),
+    ], name="digits_cnn")
+
+
+def lenet5_caffe(input_shape=(28, 28, 1), num_classes=10, seed=0):
+    """LeNet-5, Caffe variant (431,080 parameters), as in Deep k-Means' MNIST experiments.
+
+    conv 5x5x20 - maxpool 2 - conv 5x5x50 - maxpool 2 - fc 500 (ReLU) - fc 10 (logits).
+    """
+    import keras  # noqa: PLC0415
+
+    keras.utils.set_random_seed(seed)
+    L = keras.layers
+    return keras.Sequential([
+        keras.Input(input_shape),
+        L.Conv2D(20, 5, name="conv1"),
+        L.MaxPooling2D(2, name="pool1"),
+        L.Conv2D(50, 5, name="conv2"),
+        L.MaxPooling2D(2, name="pool2"),
+        L.Flatten(name="flatten"),
+        L.Dense(500, activation="relu", name="fc1"),
+        L.Dense(num_classes, name="fc2"),
+    ], name="lenet5_caffe")

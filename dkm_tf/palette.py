@@ -1,0 +1,272 @@
+"""The Palette record (codebook + indices + unit layout) and compressed-size accounting.
+
+A :class:`Palette` describes one clustered weight tensor. Size accounting follows Deep
+Compression (Han et al., ICLR 2016), which Deep k-Means uses (§4): for N units of dimension d
+with K shared values at b = 32 bits,
+
+    CR = N d b / (N log2 K + K d b)                                        (log2 K indices)
+
+and, as the Deep k-Means code does (``WideResNet_Deploy.py:get_compressed_memory``), with the
+empirical entropy H of the index histogram in place of log2 K (entropy-coded indices):
+
+    CR_H = N d b / (N H + K d b).
+
+Per-channel palettes count one codebook per channel; palettes that share a codebook (same
+``codebook_id``) count it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from dkm_tf import units as units_lib
+from dkm_tf.kmeans import assignment_entropy
+
+__all__ = ["INDEX_CODINGS", "Palette", "SizeReport", "cluster_tensor", "size_report"]
+
+INDEX_CODINGS = ("log2", "packed", "entropy")
+FLOAT_BITS = 32
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Palette:
+    """One clustered weight tensor.
+
+    Attributes:
+        layer_name: name of the Keras layer.
+        weight_name: attribute of the weight in the layer (``"kernel"``, ``"depthwise_kernel"``).
+        codebook: float32 array (G, K, d): G codebooks of K centroids of dimension d.
+        indices: int array (G, M): the centroid of each unit.
+        layout: the :class:`~dkm_tf.units.UnitLayout` that maps units to the kernel.
+        requested_clusters: the K that was asked for (the codebook may hold fewer entries
+            when the tensor had fewer distinct units: lossless pass-through).
+        codebook_id: codebooks with the same id are shared across tensors and counted once.
+        note: free text (e.g. why K is smaller than requested).
+    """
+
+    layer_name: str
+    weight_name: str
+    codebook: np.ndarray
+    indices: np.ndarray
+    layout: units_lib.UnitLayout
+    requested_clusters: int | None = None
+    codebook_id: str | None = None
+    note: str = ""
+
+    def __post_init__(self):
+        cb = np.asarray(self.codebook, np.float32)
+        idx = np.asarray(self.indices)
+        lay = self.layout
+        if cb.ndim != 3 or cb.shape[0] != lay.n_groups or cb.shape[2] != lay.unit_dim:
+            raise ValueError(f"Palette {self.name}: codebook shape {cb.shape} does not match "
+                             f"(G={lay.n_groups}, K, d={lay.unit_dim}).")
+        if idx.shape != (lay.n_groups, lay.n_units):
+            raise ValueError(f"Palette {self.name}: indices shape {idx.shape} does not match "
+                             f"(G={lay.n_groups}, M={lay.n_units}).")
+        if idx.size and (idx.min() < 0 or idx.max() >= cb.shape[1]):
+            raise ValueError(f"Palette {self.name}: indices must lie in [0, {cb.shape[1]}).")
+        object.__setattr__(self, "codebook", cb)
+        object.__setattr__(self, "indices", idx.astype(np.int32, copy=False))
+
+    # ----------------------------------------------------------------- shape facts
+    @property
+    def name(self):
+        return f"{self.layer_name}/{self.weight_name}"
+
+    @property
+    def n_clusters(self):
+        """K, codebook entries per group."""
+        return int(self.codebook.shape[1])
+
+    @property
+    def unit_dim(self):
+        return self.layout.unit_dim
+
+    @property
+    def n_units(self):
+        """N, units in the whole tensor (all groups)."""
+        return self.layout.n_groups * self.layout.n_units
+
+    @property
+    def n_values(self):
+        return self.layout.size
+
+    @property
+    def bit_width(self):
+        """Bits of a fixed-length index, ceil(log2 K) (0 for K = 1)."""
+        return int(math.ceil(math.log2(self.n_clusters))) if self.n_clusters > 1 else 0
+
+    # ----------------------------------------------------------------- values
+    def decode(self):
+        """The kernel that the palette stands for (``codebook[indices]`` in Keras layout)."""
+        g = np.arange(self.layout.n_groups)[:, None]
+        return units_lib.from_units(self.codebook[g, self.indices], self.layout)
+
+    def entropy_bits(self):
+        """Mean entropy of the index histogram(s), bits per index (per group, averaged)."""
+        return float(np.mean([assignment_entropy(row, self.n_clusters) for row in self.indices]))
+
+    # ----------------------------------------------------------------- sizes
+    def index_bits(self, coding="log2"):
+        """Total bits of the indices: N log2 K, N ceil(log2 K) (packed) or N H (entropy)."""
+        if coding not in INDEX_CODINGS:
+            raise ValueError(f"Invalid value for argument `coding`. Expected one of "
+                             f"{list(INDEX_CODINGS)}. Received: coding={coding!r}")
+        if coding == "entropy":
+            return float(sum(self.layout.n_units * assignment_entropy(r, self.n_clusters)
+                             for r in self.indices))
+        per = self.bit_width if coding == "packed" else math.log2(max(self.n_clusters, 1))
+        return float(self.n_units * per)
+
+    def codebook_bits(self, bits=FLOAT_BITS):
+        return float(self.codebook.size * bits)
+
+    def compressed_bits(self, coding="log2", bits=FLOAT_BITS):
+        return self.index_bits(coding) + self.codebook_bits(bits)
+
+    def compression_ratio(self, coding="log2", bits=FLOAT_BITS):
+        """Han et al.'s r = n b / (N log2 K + K d b) (or with N H for ``"entropy"``)."""
+        return self.n_values * bits / self.compressed_bits(coding, bits)
+
+    # ----------------------------------------------------------------- serialization
+    def to_dict(self):
+        return {"layer_name": self.layer_name, "weight_name": self.weight_name,
+                "codebook": self.codebook.tolist(), "indices": self.indices.tolist(),
+                "layout": self.layout.to_config(), "requested_clusters": self.requested_clusters,
+                "codebook_id": self.codebook_id, "note": self.note}
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        d["layout"] = units_lib.UnitLayout.from_config(d["layout"])
+        d["codebook"] = np.asarray(d["codebook"], np.float32)
+        d["indices"] = np.asarray(d["indices"], np.int32)
+        return cls(**d)
+
+    def __repr__(self):
+        return (f"Palette({self.name}, K={self.n_clusters}, unit={self.layout.unit}(d="
+                f"{self.unit_dim}), {self.layout.granularity}, N={self.n_units})")
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeReport:
+    """Per-layer and whole-model compression table.
+
+    Attributes:
+        rows: one dict per palette (name, unit, d, N, K, bits, original bits, compressed bits
+            with log2 K and entropy-coded indices, and the two ratios).
+        other_params: parameters not clustered (biases, BN, unclustered layers), at 32 bits.
+        totals: dict with whole-model original / compressed bits and ratios.
+    """
+
+    rows: tuple
+    other_params: int
+    totals: dict
+
+    def summary(self):
+        head = (f"{'tensor':<34}{'unit':>8}{'d':>4}{'N':>10}{'K':>6}{'bits':>5}"
+                f"{'H':>6}{'CR log2K':>10}{'CR entropy':>12}")
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            lines.append(f"{r['name'][:33]:<34}{r['unit']:>8}{r['d']:>4}{r['N']:>10}{r['K']:>6}"
+                         f"{r['bits']:>5}{r['entropy']:>6.2f}{r['cr_log2']:>10.2f}"
+                         f"{r['cr_entropy']:>12.2f}")
+        t = self.totals
+        lines.append("-" * len(head))
+        lines.append(f"clustered tensors: CR {t['cr_clustered_log2']:.2f}x (log2 K indices), "
+                     f"{t['cr_clustered_entropy']:.2f}x (entropy-coded indices)")
+        lines.append(f"whole model ({self.other_params:,} other params at 32 bits): "
+                     f"CR {t['cr_model_log2']:.2f}x (log2 K), {t['cr_model_entropy']:.2f}x "
+                     "(entropy); codebooks counted at 32 bits")
+        return "\n".join(lines)
+
+    def to_dict(self):
+        return {"rows": list(self.rows), "other_params": self.other_params, "totals": self.totals}
+
+
+def size_report(palettes, other_params=0, bits=FLOAT_BITS):
+    """Compression table of a set of palettes (and the rest of the model's parameters).
+
+    Args:
+        palettes: iterable of :class:`Palette`.
+        other_params: count of parameters left unclustered (kept at ``bits``).
+        bits: bits of an uncompressed weight and of a codebook entry (32).
+
+    Returns:
+        A :class:`SizeReport`.
+    """
+    palettes = list(palettes)
+    rows, seen = [], set()
+    orig = comp_log2 = comp_ent = 0.0
+    for p in palettes:
+        shared = p.codebook_id is not None and p.codebook_id in seen
+        cb = 0.0 if shared else p.codebook_bits(bits)
+        if p.codebook_id is not None:
+            seen.add(p.codebook_id)
+        il, ie = p.index_bits("log2"), p.index_bits("entropy")
+        n_bits = p.n_values * bits
+        rows.append({"name": p.name, "unit": p.layout.unit, "granularity": p.layout.granularity,
+                     "d": p.unit_dim, "N": p.n_units, "K": p.n_clusters, "bits": p.bit_width,
+                     "entropy": p.entropy_bits(), "original_bits": n_bits,
+                     "compressed_bits_log2": il + cb, "compressed_bits_entropy": ie + cb,
+                     "cr_log2": n_bits / max(il + cb, 1e-12),
+                     "cr_entropy": n_bits / max(ie + cb, 1e-12)})
+        orig += n_bits
+        comp_log2 += il + cb
+        comp_ent += ie + cb
+    other = float(other_params) * bits
+    totals = {
+        "original_bits": orig + other,
+        "compressed_bits_log2": comp_log2 + other,
+        "compressed_bits_entropy": comp_ent + other,
+        "cr_clustered_log2": orig / comp_log2 if comp_log2 else 1.0,
+        "cr_clustered_entropy": orig / comp_ent if comp_ent else 1.0,
+        "cr_model_log2": (orig + other) / (comp_log2 + other) if comp_log2 + other else 1.0,
+        "cr_model_entropy": (orig + other) / (comp_ent + other) if comp_ent + other else 1.0,
+    }
+    return SizeReport(tuple(rows), int(other_params), totals)
+
+
+def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_tensor",
+                   init="kmeans++", seed=0, layer_name="", weight_name="kernel"):
+    """Cluster one weight tensor into a :class:`Palette`.
+
+    Args:
+        kernel: the Keras weight (numpy array).
+        kind: layout kind (see :func:`dkm_tf.units.layout_for`).
+        n_clusters: K per codebook.
+        unit: ``"scalar"``, ``"row"`` or ``"kernel"``.
+        granularity: ``"per_tensor"`` or ``"per_channel"``.
+        init: k-means init (see :data:`dkm_tf.kmeans.INITS`).
+        seed: random seed.
+        layer_name: used in the palette and in error messages.
+        weight_name: attribute name of the weight.
+
+    Returns:
+        A :class:`Palette`. When a group has fewer distinct units than K, its codebook is the
+        distinct units (lossless), padded by repeating the last entry, and ``note`` says so.
+    """
+    from dkm_tf.kmeans import cluster_values  # noqa: PLC0415 (avoid an import cycle)
+
+    kernel = np.asarray(kernel)
+    layout = units_lib.layout_for(kernel.shape, kind, unit, granularity)
+    units = units_lib.to_units(kernel, layout)
+    books, idxs = [], []
+    label = f"{layer_name}/{weight_name}" if layer_name else weight_name
+    for g in range(layout.n_groups):
+        u = units[g]
+        cb, idx = cluster_values(u if layout.unit_dim > 1 else u[:, 0], n_clusters, init=init,
+                                 seed=seed + g, name=label)
+        books.append(cb.reshape(cb.shape[0], layout.unit_dim))
+        idxs.append(idx)
+    k_max = max(b.shape[0] for b in books)
+    note = ""
+    if k_max < n_clusters:
+        note = (f"only {k_max} distinct units (<= n_clusters={n_clusters}): lossless, "
+                f"codebook has {k_max} entries")
+    padded = [np.concatenate([b, np.repeat(b[-1:], k_max - b.shape[0], axis=0)]) for b in books]
+    return Palette(layer_name, weight_name, np.stack(padded), np.stack(idxs), layout,
+                   requested_clusters=int(n_clusters), note=note)

@@ -1,0 +1,176 @@
+"""``compress``: the end-to-end job behind ``dkm-tf compress`` and the notebooks.
+
+Methods (Wu et al., ICML 2018, §4 and Table 2 naming):
+
+* ``"wr"`` — k-means on the trained weights, no re-training ("Deep k-Means WR").
+* ``"finetune"`` — k-means, then fine-tuning with hard weight sharing (gradients of a cluster
+  flow into its centroid; the recipe of Deep Compression and tfmot).
+* ``"dkm"`` — re-training with the k-means regularizer, then k-means ("Deep k-Means").
+* ``"dkm+finetune"`` — both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from dkm_tf import palette as palette_lib
+from dkm_tf.posttrain import share_weights
+
+__all__ = ["METHODS", "CompressionResult", "compress", "evaluate_accuracy", "train_classifier"]
+
+METHODS = ("wr", "finetune", "dkm", "dkm+finetune")
+
+
+@dataclasses.dataclass
+class CompressionResult:
+    """What :func:`compress` returns.
+
+    Attributes:
+        model: the compressed Keras model (plain layers; clustered kernels hold codebook values).
+        palettes: the :class:`~dkm_tf.palette.Palette` of every clustered tensor.
+        skipped: ``(layer_name, reason)`` for layers with weights that were not clustered.
+        size: the :class:`~dkm_tf.palette.SizeReport` (CR by log2 K and by entropy).
+        method: the method used.
+        accuracy_before: test accuracy of the input model (None without test data).
+        accuracy_after: test accuracy of the compressed model.
+        seconds: wall time of each stage.
+    """
+
+    model: object
+    palettes: list
+    skipped: list
+    size: palette_lib.SizeReport
+    method: str
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+    seconds: dict = dataclasses.field(default_factory=dict)
+
+    def summary(self):
+        lines = [f"method: {self.method}", self.size.summary()]
+        for name, reason in self.skipped:
+            lines.append(f"skipped {name}: {reason}")
+        if self.accuracy_before is not None:
+            lines.append(f"test accuracy: {100 * self.accuracy_before:.2f}% before, "
+                         f"{100 * self.accuracy_after:.2f}% after "
+                         f"({100 * (self.accuracy_after - self.accuracy_before):+.2f} pt)")
+        return "\n".join(lines)
+
+    def to_dict(self):
+        return {"method": self.method, "size": self.size.to_dict(),
+                "skipped": [list(s) for s in self.skipped],
+                "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
+                "seconds": self.seconds}
+
+
+def evaluate_accuracy(model, data, batch_size=256):
+    """Top-1 accuracy of a classifier on ``(x, y)``; None when the output is not class scores."""
+    x, y = data
+    out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    if out.ndim != 2 or out.shape[0] != len(y):
+        return None
+    return float(np.mean(np.argmax(out, axis=1) == np.asarray(y).reshape(-1)))
+
+
+def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_rate=1e-3,
+                     verbose=0):
+    """Compile (Adam, sparse categorical cross-entropy on logits) and fit a classifier."""
+    import keras  # noqa: PLC0415
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model.fit(*train_data, epochs=epochs, batch_size=batch_size, verbose=verbose)
+
+
+def _other_params(model, palettes):
+    clustered = sum(p.n_values for p in palettes)
+    return int(model.count_params()) - clustered
+
+
+def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=16,
+             unit="scalar", granularity="per_tensor", init="kmeans++", seed=0, overrides=None,
+             finetune_epochs=2, finetune_learning_rate=1e-4, dkm_epochs=5, lam=1e-4,
+             relaxation="hard", batch_size=64, verbose=1):
+    """Compress a Keras model by k-means weight sharing.
+
+    Args:
+        model: a built Sequential or Functional Keras model (never modified).
+        train_data: ``(x, y)`` for the methods that train (``finetune``, ``dkm``).
+        test_data: ``(x, y)`` to report accuracy before and after (optional).
+        method: one of ``"wr"``, ``"finetune"``, ``"dkm"``, ``"dkm+finetune"``.
+        n_clusters: K per codebook (per layer overrides through ``overrides``).
+        unit: ``"scalar"``, ``"row"``, ``"kernel"`` or ``"auto"``.
+        granularity: ``"per_tensor"`` or ``"per_channel"``.
+        init: k-means init.
+        seed: random seed.
+        overrides: per-layer settings keyed by layer name or class name (None skips a layer).
+        finetune_epochs: epochs of hard-weight-sharing fine-tuning.
+        finetune_learning_rate: Adam learning rate of the fine-tuning.
+        dkm_epochs: epochs of re-training with the k-means regularizer.
+        lam: regularizer strength lambda (paper default 1e-4).
+        relaxation: ``"hard"`` or ``"spectral"`` (see :class:`SpectralKMeansRegularizer`).
+        batch_size: batch size of training and evaluation.
+        verbose: 0 silent, 1 progress lines, 2 Keras progress bars too.
+
+    Returns:
+        A :class:`CompressionResult`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Invalid value for argument `method`. Expected one of {list(METHODS)}. "
+                         f"Received: method={method!r}")
+    if method != "wr" and train_data is None:
+        raise ValueError(f"method={method!r} trains the model: pass `train_data=(x, y)`.")
+    log = print if verbose else (lambda *a, **k: None)
+    seconds = {}
+    acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
+    work = model
+    if method.startswith("dkm"):
+        from dkm_tf.retrain import dkm_retrain  # noqa: PLC0415
+
+        log(f"[dkm] re-training {dkm_epochs} epoch(s) with the k-means regularizer "
+            f"(lambda={lam}, {relaxation})", flush=True)
+        t = time.perf_counter()
+        work, _ = dkm_retrain(work, train_data, n_clusters=n_clusters, lam=lam,
+                              relaxation=relaxation, unit=unit, epochs=dkm_epochs,
+                              batch_size=batch_size, verbose=max(verbose - 1, 0))
+        seconds["retrain"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if method.endswith("finetune"):
+        from dkm_tf.clustering import finetune  # noqa: PLC0415
+
+        log(f"[finetune] clustering (K={n_clusters}) and fine-tuning {finetune_epochs} "
+            "epoch(s) with hard weight sharing", flush=True)
+        clustered, palettes, _ = finetune(
+            work, train_data, n_clusters=n_clusters, unit=unit, granularity=granularity,
+            init=init, epochs=finetune_epochs, learning_rate=finetune_learning_rate,
+            batch_size=batch_size, overrides=overrides, verbose=max(verbose - 1, 0))
+        skipped = _skipped_layers(work, palettes, overrides)
+    else:
+        log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity})",
+            flush=True)
+        clustered, palettes, skipped = share_weights(
+            work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
+            overrides=overrides, verbose=verbose > 1)
+    seconds["cluster"] = time.perf_counter() - t
+    acc_after = evaluate_accuracy(clustered, test_data) if test_data is not None else None
+    size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))
+    return CompressionResult(clustered, palettes, skipped, size, method, acc_before, acc_after,
+                             seconds)
+
+
+def _skipped_layers(model, palettes, overrides):
+    from dkm_tf import clusterable  # noqa: PLC0415
+    from dkm_tf.posttrain import iter_layers  # noqa: PLC0415
+
+    done = {p.layer_name for p in palettes}
+    out = []
+    for layer in iter_layers(model):
+        if layer.weights and layer.name not in done:
+            why = ("excluded by overrides" if overrides and layer.name in overrides
+                   else "not a supported kernel layer" if not clusterable.is_clusterable(layer)
+                   else "not clustered")
+            out.append((layer.name, why))
+    return out

@@ -1,0 +1,175 @@
+"""Post-training weight sharing: k-means on every clusterable kernel, no re-training.
+
+This is the paper's "Deep k-Means WR" baseline (Wu et al., ICML 2018, §4: "without
+re-training"): each kernel is replaced by its k-means reconstruction ``codebook[indices]``.
+The model given is never modified; a copy is returned with the Palettes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+
+import numpy as np
+
+from dkm_tf import palette as palette_lib
+from dkm_tf.kmeans import INITS
+from dkm_tf.units import GRANULARITIES, UNITS
+
+__all__ = ["ShareResult", "copy_model", "iter_layers", "save_model_atomic", "share_weights"]
+
+UNIT_CHOICES = (*UNITS, "auto")
+
+
+@dataclasses.dataclass
+class ShareResult:
+    """What :func:`share_weights` returns.
+
+    Attributes:
+        model: a copy of the input model whose clustered kernels hold ``codebook[indices]``.
+        palettes: list of :class:`~dkm_tf.palette.Palette`, one per clustered tensor.
+        skipped: list of ``(layer_name, reason)`` for layers with weights left unclustered.
+    """
+
+    model: object
+    palettes: list
+    skipped: list
+
+    def __iter__(self):  # allows ``model, palettes, skipped = share_weights(...)``
+        return iter((self.model, self.palettes, self.skipped))
+
+
+def iter_layers(model):
+    """Every layer of a model, depth first through nested models; shared layers once."""
+    seen, out = set(), []
+
+    def walk(layer):
+        for sub in getattr(layer, "layers", []):
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            if getattr(sub, "layers", None):
+                walk(sub)
+            else:
+                out.append(sub)
+
+    walk(model)
+    return out
+
+
+def copy_model(model):
+    """An independent copy of a Sequential or Functional model, with the same weights.
+
+    Raises:
+        TypeError: for subclassed models, which Keras cannot clone; the message says what to
+            do instead.
+    """
+    import keras  # noqa: PLC0415
+
+    if not isinstance(model, keras.Model):
+        raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
+                        f"Received: {type(model).__name__}")
+    try:
+        clone = keras.models.clone_model(model)
+    except Exception as e:  # subclassed models raise various errors here
+        raise TypeError(
+            f"Cannot copy model {model.name!r} of type {type(model).__name__}: only Sequential "
+            "and Functional models (possibly nested) can be copied. For a subclassed model, "
+            "build it as a Functional model or cluster its layers individually."
+        ) from e
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _resolve_unit(unit, kind, kernel_shape):
+    if unit != "auto":
+        return unit
+    spatial = kernel_shape[:-2] if kind in ("conv", "conv_t", "depthwise") else ()
+    return "row" if any(s > 1 for s in spatial) else "scalar"
+
+
+def _check(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected one of {list(allowed)}. "
+                         f"Received: {name}={value!r}")
+
+
+def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
+                  init="kmeans++", seed=0, overrides=None, verbose=False):
+    """Cluster every supported kernel of a model with k-means (no re-training).
+
+    Args:
+        model: a built Sequential or Functional Keras model (not modified).
+        n_clusters: K, centroids per codebook.
+        unit: ``"scalar"``, ``"row"``, ``"kernel"`` (see :mod:`dkm_tf.units`) or ``"auto"``
+            (the paper's choice: ``row`` for k x k convs, ``scalar`` for 1x1 convs and dense).
+        granularity: ``"per_tensor"`` or ``"per_channel"``.
+        init: k-means init, one of ``"kmeans++"``, ``"linear"``, ``"density"``, ``"random"``.
+        seed: random seed (layer i uses ``seed + i``).
+        overrides: dict keyed by layer name or class name with settings to change
+            (``{"fc2": {"n_clusters": 64}}``) or ``None`` to leave a layer unclustered.
+        verbose: print one line per clustered tensor.
+
+    Returns:
+        A :class:`ShareResult` ``(model, palettes, skipped)``.
+
+    Raises:
+        ValueError: invalid settings, or NaN/Inf in a kernel (the message names the layer).
+        TypeError: the model cannot be copied (subclassed).
+    """
+    from dkm_tf import clusterable  # noqa: PLC0415 (imports keras)
+    from dkm_tf.kmeans import _check_n_clusters  # noqa: PLC0415
+
+    _check_n_clusters(n_clusters)
+    _check("unit", unit, UNIT_CHOICES)
+    _check("granularity", granularity, GRANULARITIES)
+    _check("init", init, INITS)
+    clone = copy_model(model)
+    defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
+                "init": init}
+    palettes, skipped = [], []
+    for i, layer in enumerate(iter_layers(clone)):
+        if not layer.weights:
+            continue
+        if not clusterable.is_clusterable(layer):
+            skipped.append((layer.name, f"{type(layer).__name__} is not a supported kernel layer "
+                                        f"(supported: {', '.join(clusterable.SUPPORTED_LAYERS)})"))
+            continue
+        cfg = clusterable.resolve_layer_config(layer, defaults, overrides)
+        if cfg is None:
+            skipped.append((layer.name, "excluded by overrides"))
+            continue
+        for attr, var, kind in clusterable.clusterable_weights(layer):
+            kernel = np.asarray(var.numpy())
+            u = _resolve_unit(cfg["unit"], kind, kernel.shape)
+            pal = palette_lib.cluster_tensor(
+                kernel, kind=kind, n_clusters=int(cfg["n_clusters"]), unit=u,
+                granularity=cfg["granularity"], init=cfg["init"], seed=seed + i,
+                layer_name=layer.name, weight_name=attr)
+            var.assign(pal.decode().astype(kernel.dtype))
+            palettes.append(pal)
+            if verbose:
+                print(f"  clustered {pal.name}: {kernel.size:,} weights -> K={pal.n_clusters} "
+                      f"({u}, d={pal.unit_dim}, {cfg['granularity']})", flush=True)
+    return ShareResult(clone, palettes, skipped)
+
+
+def save_model_atomic(model, path):
+    """Save a Keras model to ``path`` (``.keras``) through a temp file and a rename."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"Invalid value for argument `path`. Expected a file name ending in "
+                         f"'.keras'. Received: path={path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder, prefix=".tmp-")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

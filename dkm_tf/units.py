@@ -1,0 +1,160 @@
+"""Cutting kernels into clustering units and putting them back: every layout permutation.
+
+A *unit* is what one codebook entry replaces:
+
+* ``"scalar"``: one weight (d = 1);
+* ``"row"``: one row of one 2-D filter, the last spatial axis (d = kw). This is Deep k-Means'
+  unit (Wu et al., ICML 2018, §2.1: W in R^{s x N}, N = s c m). Kernels without spatial axes
+  (Dense, 1x1 convs, Embedding) have rows of length 1, i.e. scalar units, as in the paper's
+  code for 1x1 convs;
+* ``"kernel"``: one whole spatial kernel, all spatial axes (d = kh kw for 2-D), the unit of
+  Son et al. (ECCV 2018).
+
+Granularity ``"per_tensor"`` puts all units of a tensor in one group (one codebook);
+``"per_channel"`` makes one group per output channel (one codebook each).
+
+Keras kernel layouts, with their spatial and output-channel axes:
+
+============  ==========================  =========  ============
+kind          Keras kernel shape           spatial    channel axes
+============  ==========================  =========  ============
+dense         (in, out)                   -          out
+conv          (*k, in, out)               k          out
+conv_t        (*k, out, in)               k          out
+depthwise     (*k, in, multiplier)        k          in, mult
+embedding     (vocab, dim)                -          dim
+============  ==========================  =========  ============
+
+Units are ordered as PyTorch orders a conv weight, ``(out, in, *k)``: the group axis first, then
+the other channel axes, then the spatial axes, with the unit axis last. That order is fixed by
+``perm`` in :class:`UnitLayout`; :func:`to_units` and :func:`from_units` are exact inverses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["GRANULARITIES", "KINDS", "UNITS", "UnitLayout", "from_units", "layout_for",
+           "to_units"]
+
+UNITS = ("scalar", "row", "kernel")
+GRANULARITIES = ("per_tensor", "per_channel")
+KINDS = ("dense", "conv", "conv_t", "depthwise", "embedding")
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected one of {list(allowed)}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def _axes(kind, ndim):
+    """(spatial axes, channel axes, other axes) of a kernel of this kind and rank."""
+    if kind in ("dense", "embedding"):
+        if ndim != 2:
+            raise ValueError(f"A {kind} kernel must be 2-D. Received a {ndim}-D kernel.")
+        return (), (1,), (0,)
+    if ndim < 3:
+        raise ValueError(f"A {kind} kernel must have at least 3 axes. Received {ndim}.")
+    spatial = tuple(range(ndim - 2))
+    if kind == "conv":
+        return spatial, (ndim - 1,), (ndim - 2,)
+    if kind == "conv_t":
+        return spatial, (ndim - 2,), (ndim - 1,)
+    return spatial, (ndim - 2, ndim - 1), ()  # depthwise: channel = in * multiplier + m
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitLayout:
+    """How a kernel is cut into units; enough to put it back exactly.
+
+    Attributes:
+        kernel_shape: shape of the Keras kernel.
+        kind: one of :data:`KINDS`.
+        unit: one of :data:`UNITS`.
+        granularity: one of :data:`GRANULARITIES`.
+        perm: transpose that takes the kernel to (channels, others, spatial) order.
+        n_groups: G, number of codebooks (1 per tensor, C_out per channel).
+        n_units: M, units per group.
+        unit_dim: d, values per unit.
+    """
+
+    kernel_shape: tuple
+    kind: str
+    unit: str
+    granularity: str
+    perm: tuple
+    n_groups: int
+    n_units: int
+    unit_dim: int
+
+    @property
+    def size(self):
+        """Number of weights in the kernel."""
+        return int(np.prod(self.kernel_shape))
+
+    def to_config(self):
+        return {"kernel_shape": list(self.kernel_shape), "kind": self.kind, "unit": self.unit,
+                "granularity": self.granularity}
+
+    @classmethod
+    def from_config(cls, config):
+        return layout_for(tuple(config["kernel_shape"]), config["kind"], config["unit"],
+                          config["granularity"])
+
+
+def layout_for(kernel_shape, kind, unit="scalar", granularity="per_tensor"):
+    """The :class:`UnitLayout` of a kernel.
+
+    Args:
+        kernel_shape: shape of the Keras kernel.
+        kind: ``"dense"``, ``"conv"`` (Conv1D/2D/3D and separable pointwise kernels),
+            ``"conv_t"`` (Conv*Transpose), ``"depthwise"`` (DepthwiseConv*, separable
+            depthwise kernels) or ``"embedding"``.
+        unit: ``"scalar"``, ``"row"`` or ``"kernel"``.
+        granularity: ``"per_tensor"`` or ``"per_channel"``.
+
+    Returns:
+        A :class:`UnitLayout`.
+    """
+    _check_choice("kind", kind, KINDS)
+    _check_choice("unit", unit, UNITS)
+    _check_choice("granularity", granularity, GRANULARITIES)
+    shape = tuple(int(s) for s in kernel_shape)
+    spatial, channel, other = _axes(kind, len(shape))
+    perm = channel + other + spatial
+    if unit == "scalar" or not spatial:
+        d = 1
+    elif unit == "row":
+        d = shape[spatial[-1]]
+    else:
+        d = int(np.prod([shape[a] for a in spatial]))
+    groups = int(np.prod([shape[a] for a in channel])) if granularity == "per_channel" else 1
+    total = int(np.prod(shape))
+    return UnitLayout(shape, kind, unit, granularity, perm, groups, total // (groups * d), d)
+
+
+def to_units(kernel, layout):
+    """Cut ``kernel`` into units: an array of shape (G, M, d)."""
+    kernel = np.asarray(kernel)
+    if tuple(kernel.shape) != layout.kernel_shape:
+        raise ValueError(
+            f"Kernel shape {tuple(kernel.shape)} does not match the layout's "
+            f"{layout.kernel_shape}."
+        )
+    t = np.transpose(kernel, layout.perm)
+    return np.ascontiguousarray(t).reshape(layout.n_groups, layout.n_units, layout.unit_dim)
+
+
+def from_units(units, layout):
+    """Put units of shape (G, M, d) back into a kernel of ``layout.kernel_shape``."""
+    units = np.asarray(units)
+    expected = (layout.n_groups, layout.n_units, layout.unit_dim)
+    if tuple(units.shape) != expected:
+        raise ValueError(f"Units shape {tuple(units.shape)} does not match {expected}.")
+    t_shape = tuple(layout.kernel_shape[a] for a in layout.perm)
+    return np.transpose(units.reshape(t_shape), np.argsort(layout.perm))

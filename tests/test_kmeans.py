@@ -1,0 +1,163 @@
+"""k-means core against exact and independent references."""
+
+import numpy as np
+import pytest
+
+from dkm_tf import kmeans
+
+
+def _data(kind, n, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "gaussian":
+        return rng.normal(0, 0.05, n)
+    if kind == "laplacian":
+        return rng.laplace(0, 0.02, n)
+    return np.concatenate([rng.normal(-0.1, 0.02, n // 2), rng.normal(0.15, 0.05, n - n // 2)])
+
+
+@pytest.mark.parametrize("dist", ["gaussian", "laplacian", "bimodal"])
+@pytest.mark.parametrize("k", [2, 4, 8, 16])
+def test_scalar_sse_within_0p1_percent_of_exact_optimum(dist, k):
+    kmeans1d = pytest.importorskip("kmeans1d")
+    x = _data(dist, 20_000, seed=k)
+    clusters, centroids = kmeans1d.cluster(x, k)
+    optimum = kmeans.sse(x, np.asarray(centroids), np.asarray(clusters))
+    for init in kmeans.INITS:
+        codebook, idx = kmeans.cluster_values(x, k, init=init, seed=1)
+        assert codebook.shape == (k,)
+        got = kmeans.sse(x, codebook, idx)
+        assert got <= optimum * 1.001, (init, got / optimum)
+
+
+def test_scalar_histogram_path_matches_exact_path():
+    x = _data("bimodal", 2_500_000, seed=3).astype(np.float32)
+    c_hist, i_hist = kmeans.scalar_kmeans(x, 16)  # > 2M values: histogram engine
+    sub = x[::10]
+    c_exact, i_exact = kmeans.scalar_kmeans(sub, 16)
+    # the histogram result, evaluated on the subsample, is as good as clustering it directly
+    mids = (c_hist[:-1] + c_hist[1:]) / 2
+    sse_hist = kmeans.sse(sub, c_hist, np.searchsorted(mids, sub))
+    assert sse_hist <= kmeans.sse(sub, c_exact, i_exact) * 1.002
+    # indices are the nearest centroids (up to the last mean update) and centroids are the
+    # exact member means
+    dist = np.abs(x[:, None] - c_hist[None, :])
+    assigned = np.take_along_axis(dist, i_hist[:, None].astype(int), 1)[:, 0]
+    assert np.all(assigned <= dist.min(axis=1) + 1e-4 * np.ptp(x))
+    for j in range(c_hist.size):
+        np.testing.assert_allclose(c_hist[j], x[i_hist == j].astype(np.float64).mean(),
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_scalar_indices_are_nearest_and_centroids_are_means():
+    x = _data("laplacian", 5000, 0)
+    c, idx = kmeans.cluster_values(x, 8, init="random", seed=4)
+    d = np.abs(x[:, None] - c[None, :].astype(np.float64))
+    assert np.all(d[np.arange(x.size), idx] <= d.min(axis=1) + 1e-7)
+    for j in range(8):
+        np.testing.assert_allclose(c[j], x[idx == j].mean(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("init", kmeans.INITS)
+def test_deterministic_for_a_seed(init):
+    x = _data("gaussian", 3000, 0)
+    a = kmeans.cluster_values(x, 5, init=init, seed=7)
+    b = kmeans.cluster_values(x, 5, init=init, seed=7)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    u = np.random.default_rng(0).normal(size=(500, 3))
+    a = kmeans.cluster_values(u, 6, init=init, seed=7)
+    b = kmeans.cluster_values(u, 6, init=init, seed=7)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_empty_clusters_never_nan():
+    # 3 tight groups, K=8: Lloyd leaves clusters empty unless they are re-seeded
+    x = np.concatenate([np.full(1000, -1.0), np.full(1000, 0.0), np.full(1000, 1.0),
+                        np.linspace(2, 3, 50)])
+    for init in kmeans.INITS:
+        c, idx = kmeans.cluster_values(x, 8, init=init)
+        assert np.all(np.isfinite(c))
+        assert c.size == 8 and idx.max() < 8
+        assert np.bincount(idx, minlength=8).min() > 0
+
+
+def test_more_clusters_than_distinct_values_is_lossless():
+    x = np.array([0.5, -0.25, 0.5, 0.125, -0.25])
+    c, idx = kmeans.cluster_values(x, 16)
+    assert c.size == 3
+    np.testing.assert_array_equal(c[idx], x.astype(np.float32))
+    u = np.array([[1.0, 2.0], [1.0, 2.0], [3.0, 4.0]])
+    c, idx = kmeans.cluster_values(u, 5)
+    assert c.shape == (2, 2)
+    np.testing.assert_array_equal(c[idx], u)
+
+
+def test_vector_kmeans_within_1_percent_of_sklearn_at_equal_iterations():
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (20, 9))
+    x = centers[rng.integers(0, 20, 20_000)] + rng.normal(0, 0.4, (20_000, 9))
+    for k in (16, 64):
+        ref = sklearn_cluster.KMeans(k, init="k-means++", n_init=1, max_iter=20, tol=0,
+                                     random_state=0).fit(x)
+        c, idx = kmeans.vector_kmeans(x, k, max_iter=20, tol=0, use_faiss=False)
+        ours = kmeans.sse(x, c, idx)
+        assert ours <= ref.inertia_ * 1.01, (k, ours / ref.inertia_)
+
+
+def test_vector_faiss_path_agrees_with_numpy_path():
+    pytest.importorskip("faiss")
+    x = np.random.default_rng(1).normal(size=(20_000, 3))
+    c1, i1 = kmeans.vector_kmeans(x, 32, use_faiss=True, max_iter=25)
+    c2, i2 = kmeans.vector_kmeans(x, 32, use_faiss=False, max_iter=25)
+    s1, s2 = kmeans.sse(x, c1, i1), kmeans.sse(x, c2, i2)
+    assert abs(s1 - s2) <= 0.02 * s2
+
+
+def test_vector_chunking_gives_same_result():
+    x = np.random.default_rng(2).normal(size=(3000, 4))
+    a = kmeans.vector_kmeans(x, 10, chunk=64, use_faiss=False)
+    b = kmeans.vector_kmeans(x, 10, chunk=100_000, use_faiss=False)
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_entropy_and_unique_helpers():
+    assert kmeans.assignment_entropy([0, 0, 1, 1]) == pytest.approx(1.0)
+    assert kmeans.assignment_entropy([3, 3, 3]) == 0.0
+    p = np.array([0.5, 0.25, 0.25])
+    idx = np.repeat([0, 1, 2], (p * 400).astype(int))
+    assert kmeans.assignment_entropy(idx) == pytest.approx(-(p * np.log2(p)).sum())
+    assert kmeans.count_unique(np.array([[1, 2], [1, 1]])) == 2
+    np.testing.assert_array_equal(kmeans.count_unique(np.array([[1, 2], [1, 1]]), axis=1), [1, 2])
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_bad_n_clusters(bad):
+    with pytest.raises(ValueError, match=r"`n_clusters`. Expected an integer >= 1. Received: "
+                                         rf"n_clusters={bad}"):
+        kmeans.cluster_values(np.ones(4), bad)
+
+
+def test_n_clusters_type_error():
+    with pytest.raises(TypeError, match="n_clusters=2.5"):
+        kmeans.cluster_values(np.ones(4), 2.5)
+
+
+def test_unknown_init_lists_allowed():
+    with pytest.raises(ValueError, match=r"Expected one of \['kmeans\+\+', 'linear', "
+                                         r"'density', 'random'\]. Received: init='foo'"):
+        kmeans.cluster_values(np.ones(4), 2, init="foo")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_inf_error_names_the_layer(bad):
+    x = np.array([0.1, bad, 0.3])
+    with pytest.raises(ValueError, match="in conv1/kernel: 1 of 3 values are NaN or Inf"):
+        kmeans.cluster_values(x, 2, name="conv1/kernel")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        kmeans.cluster_values(np.stack([x, x], axis=1), 2)
+
+
+def test_bad_rank():
+    with pytest.raises(ValueError, match="shape \\(2, 2, 2\\)"):
+        kmeans.cluster_values(np.ones((2, 2, 2)), 2)

@@ -1,0 +1,127 @@
+"""share_weights (post-training k-means, the paper's WR baseline) on real Keras models."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from testing import small_cnn
+
+import dkm_tf
+from dkm_tf import posttrain
+
+
+def _weights_by_path(model):
+    return {w.path: np.array(w.numpy()) for w in model.weights}
+
+
+def test_clusters_kernels_and_leaves_the_rest_bit_identical():
+    model = small_cnn()
+    before = _weights_by_path(model)
+    params_before = model.count_params()
+    clustered, palettes, skipped = dkm_tf.share_weights(model, 4, seed=0)
+    # the input model is not touched
+    for path, value in _weights_by_path(model).items():
+        np.testing.assert_array_equal(value, before[path])
+    assert model.count_params() == params_before
+    names = {p.name for p in palettes}
+    assert names == {"c1/kernel", "dw/kernel", "out/kernel"}
+    for p in palettes:
+        layer = clustered.get_layer(p.layer_name)
+        kernel = getattr(layer, p.weight_name).numpy()
+        assert np.unique(kernel).size <= 4
+        np.testing.assert_array_equal(kernel, p.decode())
+    # biases and BatchNormalization are untouched
+    after = {w.path: w.numpy() for w in clustered.weights}
+    for (path, value), (path2, value2) in zip(sorted(before.items()), sorted(after.items())):
+        assert path == path2
+        if not path.endswith("kernel"):
+            np.testing.assert_array_equal(value, value2)
+    assert skipped == [("bn", skipped[0][1])] and "BatchNormalization" in skipped[0][1]
+
+
+def test_per_channel_row_units():
+    model = small_cnn()
+    clustered, palettes, _ = dkm_tf.share_weights(model, 2, unit="row",
+                                                  granularity="per_channel")
+    c1 = clustered.get_layer("c1").kernel.numpy()
+    for c in range(c1.shape[-1]):
+        rows = np.transpose(c1[..., c], [2, 0, 1]).reshape(-1, 3)
+        assert np.unique(rows, axis=0).shape[0] <= 2
+
+
+def test_auto_unit_uses_rows_for_kxk_and_scalars_for_dense():
+    _, palettes, _ = dkm_tf.share_weights(small_cnn(), 4, unit="auto")
+    by = {p.layer_name: p for p in palettes}
+    assert by["c1"].unit_dim == 3 and by["out"].unit_dim == 1
+
+
+def test_overrides_by_name_and_type():
+    _, palettes, skipped = dkm_tf.share_weights(
+        small_cnn(), 4, overrides={"Dense": {"n_clusters": 2}, "dw": None})
+    by = {p.layer_name: p for p in palettes}
+    assert by["out"].n_clusters == 2 and by["c1"].n_clusters == 4
+    assert "dw" not in by and ("dw", "excluded by overrides") in skipped
+    with pytest.raises(ValueError, match="Unknown setting"):
+        dkm_tf.share_weights(small_cnn(), 4, overrides={"out": {"bits": 2}})
+
+
+def test_nested_functional_model_and_shared_layer():
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, name="inner_dense")],
+                             name="inner")
+    shared = keras.layers.Dense(5, name="shared")
+    x = keras.Input((6,))
+    y = keras.layers.Add()([shared(inner(x)), shared(keras.layers.Dense(5, name="d0")(x))])
+    model = keras.Model(x, y)
+    clustered, palettes, _ = dkm_tf.share_weights(model, 3)
+    assert sorted(p.layer_name for p in palettes) == ["d0", "inner_dense", "shared"]
+    data = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    assert clustered(data).shape == (4, 5)
+
+
+def test_nan_weights_error_names_the_layer():
+    model = small_cnn()
+    k = model.get_layer("out").kernel
+    bad = k.numpy()
+    bad[0, 0] = np.nan
+    k.assign(bad)
+    with pytest.raises(ValueError, match="out/kernel"):
+        dkm_tf.share_weights(model, 4)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="`unit`. Expected one of"):
+        dkm_tf.share_weights(small_cnn(), 4, unit="filter")
+    with pytest.raises(ValueError, match="`n_clusters`"):
+        dkm_tf.share_weights(small_cnn(), 0)
+    with pytest.raises(TypeError, match="keras.Model"):
+        dkm_tf.share_weights("model.keras", 4)
+
+
+def test_subclassed_model_gives_a_clear_error():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    m = Sub()
+    m(np.zeros((1, 3), np.float32))
+    with pytest.raises(TypeError, match="subclassed model"):
+        dkm_tf.share_weights(m, 2)
+
+
+def test_save_model_atomic(tmp_path):
+    model = small_cnn()
+    path = posttrain.save_model_atomic(model, tmp_path / "m.keras")
+    assert os.path.isfile(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
+    with pytest.raises(ValueError, match="ending in '.keras'"):
+        posttrain.save_model_atomic(model, tmp_path / "m.h5")
+    loaded = keras.models.load_model(path)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
