@@ -1,0 +1,335 @@
+"""Public entry points: `estimate`, `estimate_layer`, `estimate_shapes`, `energy_cli_text`."""
+
+import math
+import os
+import re
+from collections.abc import Mapping
+
+from dkm_tf.energy import constants
+from dkm_tf.energy.hierarchy import hierarchy_cost
+from dkm_tf.energy.paper import paper_cost
+from dkm_tf.energy.report import EnergyReport, LayerEnergy
+from dkm_tf.energy.shapes import (
+    LayerShape,
+    SharingInfo,
+    check_choice,
+    check_positive,
+    expected_unique_fraction,
+)
+
+
+def estimate_layer(shape, *, bits_w=16, bits_x=16, sharing=None, index_cost="none",
+                   compute_model="conservative", kept_fraction=1.0):
+    """Estimates one layer under the paper metric and the hierarchy model.
+
+    Args:
+        shape: A `LayerShape`.
+        bits_w: Weight bits B_w (> 0).
+        bits_x: Activation bits B_x (> 0).
+        sharing: `SharingInfo` of the kernel, or `None` for a dense kernel.
+        index_cost: "none" (paper footnote 3: indices not charged to the paper metric),
+            "log2" (log₂ K bits per index) or "entropy" (`sharing.index_bits`). The hierarchy
+            model always fetches indices: log₂ K bits, or `index_bits` for "entropy".
+        compute_model: "conservative" (weight sharing leaves compute unchanged) or
+            "unique_products" (each distinct codeword is multiplied once per unit position;
+            `sharing.unique_fraction`, or its expectation under uniform assignment).
+        kept_fraction: Fraction of weights kept after pruning, in (0, 1].
+
+    Returns:
+        A `LayerEnergy`.
+
+    Raises:
+        ValueError: On invalid arguments, or `index_cost="entropy"` without `index_bits`.
+    """
+    check_positive("bits_w", bits_w)
+    check_positive("bits_x", bits_x)
+    check_choice("index_cost", index_cost, constants.INDEX_COSTS)
+    check_choice("compute_model", compute_model, constants.COMPUTE_MODELS)
+    if not (isinstance(kept_fraction, (int, float)) and 0 < kept_fraction <= 1):
+        raise ValueError(
+            "Invalid value for argument `kept_fraction`. Expected a number in (0, 1]. "
+            f"Received: kept_fraction={kept_fraction!r}"
+        )
+    if not isinstance(shape, LayerShape):
+        raise TypeError(
+            "Invalid value for argument `shape`. Expected a LayerShape. "
+            f"Received: shape={shape!r}"
+        )
+    if shape.kind not in ("conv", "dense"):
+        sharing = None
+        kept_fraction = 1.0
+    paper_bits, hier_bits, unique = 0.0, 0.0, 1.0
+    store = None
+    if sharing is not None:
+        if not isinstance(sharing, SharingInfo):
+            raise TypeError(
+                "Invalid value for argument `sharing`. Expected a SharingInfo or None. "
+                f"Received: sharing={sharing!r}"
+            )
+        log2k = math.log2(sharing.n_clusters)
+        if index_cost == "entropy":
+            if sharing.index_bits is None:
+                raise ValueError(
+                    f"index_cost='entropy' needs the entropy of the indices of layer "
+                    f"{shape.name!r}: pass SharingInfo(index_bits=...) or palettes with "
+                    "`entropy_bits()`."
+                )
+            paper_bits = hier_bits = float(sharing.index_bits)
+        else:
+            paper_bits = log2k if index_cost == "log2" else 0.0
+            hier_bits = log2k
+        if compute_model == "unique_products":
+            unique = sharing.unique_fraction
+            if unique is None:
+                unique = expected_unique_fraction(sharing.n_clusters,
+                                                  shape.out_c // shape.groups,
+                                                  sharing.n_codebooks)
+        store = sharing.codebook_size * bits_w + kept_fraction * sharing.n_units * hier_bits
+    paper = paper_cost(shape, bits_w=bits_w, bits_x=bits_x, sharing=sharing,
+                       index_bits=paper_bits, kept_fraction=kept_fraction,
+                       unique_fraction=unique)
+    compute_fraction = 1.0
+    if unique < 1.0:
+        conservative = paper_cost(shape, bits_w=bits_w, bits_x=bits_x, sharing=sharing,
+                                  index_bits=paper_bits, kept_fraction=kept_fraction)
+        compute_fraction = paper.compute_fa / conservative.compute_fa
+    hier = hierarchy_cost(shape, bits_w=bits_w, bits_x=bits_x, weight_store_bits=store,
+                          kept_fraction=kept_fraction, compute_fraction=compute_fraction)
+    if store is None:
+        store = shape.n_weights * bits_w * kept_fraction
+    return LayerEnergy(shape=shape, paper=paper, hierarchy=hier,
+                       n_clusters=None if sharing is None else sharing.n_clusters,
+                       unit_dim=None if sharing is None else sharing.unit_dim,
+                       index_bits=paper_bits, kept_fraction=float(kept_fraction),
+                       unique_fraction=float(unique), stored_weight_bits=float(store))
+
+
+def estimate_shapes(shapes, *, skipped=(), weight_sharing=None, palettes=None, pruning=None,
+                    bits_w=16, bits_x=16, index_cost="none", compute_model="conservative",
+                    model_name=""):
+    """Estimates a list of `LayerShape` records; see `estimate` for the arguments.
+
+    Returns:
+        An `EnergyReport`; with compression information its `baseline` holds the same
+        shapes estimated without it.
+    """
+    check_positive("bits_w", bits_w)
+    check_positive("bits_x", bits_x)
+    check_choice("index_cost", index_cost, constants.INDEX_COSTS)
+    check_choice("compute_model", compute_model, constants.COMPUTE_MODELS)
+    shapes = tuple(shapes)
+    for s in shapes:
+        if not isinstance(s, LayerShape):
+            raise TypeError(f"Expected LayerShape records. Received: {s!r}")
+    sharing = _match_sharing(shapes, _collect_sharing(weight_sharing, palettes, index_cost))
+    kept = _match_pruning(shapes, pruning)
+    common = {"bits_w": bits_w, "bits_x": bits_x}
+    layers = tuple(
+        estimate_layer(s, sharing=sharing.get(s.name), kept_fraction=kept.get(s.name, 1.0),
+                       index_cost=index_cost, compute_model=compute_model, **common)
+        for s in shapes)
+    settings = {"skipped": tuple(tuple(x) for x in skipped), "bits_w": bits_w,
+                "bits_x": bits_x, "model_name": model_name}
+    baseline = None
+    if sharing or kept:
+        baseline = EnergyReport(layers=tuple(estimate_layer(s, **common) for s in shapes),
+                                **settings)
+    return EnergyReport(layers=layers, index_cost=index_cost, compute_model=compute_model,
+                        baseline=baseline, **settings)
+
+
+def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None, bits_w=16,
+             bits_x=16, index_cost="none", compute_model="conservative", input_shape=None):
+    """Estimates the energy of a model from its layer shapes, with both energy models.
+
+    Paper metric (Deep k-Means §3, eqs. 5-7, normalised so one MAC's data costs 6× its
+    compute): E_l = (CC_l + κ_l·(C_W,l + C_X,l)) / FA_MAC,l ≈ 7·MACs uncompressed. Weight
+    sharing shrinks |W| to the codebook (K·d), so sharing alone saves at most ≈ 1.75×.
+    Hierarchy model (Eyeriss row stationary, costs DRAM 200 / buffer 6 / array 2 / RF 1,
+    MAC 1); weight sharing turns DRAM and buffer weight traffic into indices + codebook.
+
+    Args:
+        model_or_path: A built Keras model (Sequential, Functional, or subclassed with
+            `input_shape`), a `.keras` / `.h5` / `.tflite` path, or a sequence of
+            `LayerShape` records.
+        palettes: Iterable of objects with `layer_name`, `n_clusters`, `unit_dim`, `n_units`
+            and `entropy_bits()` (e.g. `dkm_tf.palette.Palette`). `entropy_bits()` is read as
+            bits per index if it is ≤ log₂ K, otherwise as the total over all units. A 3-D
+            `codebook` attribute (G, K, d) sets G codebooks; a `weight_name` starting with
+            "depthwise"/"pointwise" selects that kernel of a separable convolution.
+        weight_sharing: Mapping `{layer_name: SharingInfo}` (or a list of `SharingInfo` for
+            layers with several kernels, matched by kernel size).
+        pruning: Mapping `{layer_name: kept_fraction}` with fractions in (0, 1].
+        bits_w: Weight bits B_w.
+        bits_x: Activation bits B_x.
+        index_cost: "none", "log2" or "entropy"; see `estimate_layer`.
+        compute_model: "conservative" or "unique_products"; see `estimate_layer`.
+        input_shape: Input shape without the batch axis; required for subclassed models.
+
+    Returns:
+        An `EnergyReport` (with `baseline` set when compression information is given).
+
+    Raises:
+        ValueError: On invalid arguments, unknown layer names in the compression info,
+            or a subclassed model without `input_shape`.
+
+    Example:
+        >>> from dkm_tf.energy import dense_shape
+        >>> r = estimate([dense_shape("fc", in_features=100, units=10)],
+        ...              weight_sharing={"fc": SharingInfo(n_clusters=4, unit_dim=1,
+        ...                                                n_units=1000)})
+        >>> round(r.reduction.paper, 3)
+        1.745
+    """
+    check_positive("bits_w", bits_w)
+    check_positive("bits_x", bits_x)
+    check_choice("index_cost", index_cost, constants.INDEX_COSTS)
+    check_choice("compute_model", compute_model, constants.COMPUTE_MODELS)
+    shapes, skipped, name = _read(model_or_path, input_shape)
+    return estimate_shapes(shapes, skipped=skipped, weight_sharing=weight_sharing,
+                           palettes=palettes, pruning=pruning, bits_w=bits_w, bits_x=bits_x,
+                           index_cost=index_cost, compute_model=compute_model,
+                           model_name=name)
+
+
+def energy_cli_text(path, **kwargs):
+    """Text printed by `dkm-tf energy --model PATH`: `estimate(path, **kwargs).summary()`."""
+    return estimate(path, **kwargs).summary()
+
+
+def _read(model_or_path, input_shape):
+    if isinstance(model_or_path, (str, os.PathLike)):
+        path = os.fspath(model_or_path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No such model file: {path!r}")
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix == ".tflite":
+            from dkm_tf.energy.tflite_reader import read_tflite
+
+            shapes, skipped = read_tflite(path)
+            return shapes, skipped, os.path.basename(path)
+        if suffix in (".keras", ".h5"):
+            import keras
+
+            model = keras.saving.load_model(path, compile=False)
+            from dkm_tf.energy.keras_reader import read_keras_model
+
+            shapes, skipped = read_keras_model(model, input_shape=input_shape)
+            return shapes, skipped, os.path.basename(path)
+        raise ValueError(
+            "Invalid value for argument `model_or_path`. Expected a path ending in "
+            f"('.keras', '.h5', '.tflite'). Received: model_or_path={path!r}"
+        )
+    if isinstance(model_or_path, (list, tuple)) and all(
+            isinstance(s, LayerShape) for s in model_or_path):
+        return tuple(model_or_path), (), ""
+    from dkm_tf.energy.keras_reader import read_keras_model
+
+    shapes, skipped = read_keras_model(model_or_path, input_shape=input_shape)
+    return shapes, skipped, getattr(model_or_path, "name", "")
+
+
+def _collect_sharing(weight_sharing, palettes, index_cost):
+    """Merges `weight_sharing` and duck-typed `palettes` into `{name: [SharingInfo, ...]}`."""
+    out = {}
+    if weight_sharing is not None:
+        if not isinstance(weight_sharing, Mapping):
+            raise TypeError(
+                "Invalid value for argument `weight_sharing`. Expected a mapping "
+                f"{{layer_name: SharingInfo}}. Received: weight_sharing={weight_sharing!r}"
+            )
+        for name, info in weight_sharing.items():
+            infos = list(info) if isinstance(info, (list, tuple)) else [info]
+            for i in infos:
+                if not isinstance(i, SharingInfo):
+                    raise TypeError(
+                        f"Invalid value for argument `weight_sharing[{name!r}]`. Expected a "
+                        f"SharingInfo. Received: {i!r}"
+                    )
+            out.setdefault(name, []).extend(infos)
+    for p in palettes or ():
+        missing = [a for a in ("layer_name", "n_clusters", "unit_dim", "n_units")
+                   if not hasattr(p, a)]
+        if missing:
+            raise ValueError(
+                "Invalid value in argument `palettes`. Expected objects with `layer_name`, "
+                f"`n_clusters`, `unit_dim`, `n_units`. Received: {p!r} (missing {missing})"
+            )
+        k, n = int(p.n_clusters), int(p.n_units)
+        bits = None
+        if index_cost == "entropy" and hasattr(p, "entropy_bits"):
+            bits = float(p.entropy_bits())
+            if bits > math.log2(max(k, 1)) + 1e-9:
+                bits /= n
+        codebook = getattr(p, "codebook", None)
+        n_books = int(codebook.shape[0]) if getattr(codebook, "ndim", 0) == 3 else 1
+        key = p.layer_name
+        weight_name = str(getattr(p, "weight_name", ""))
+        for part in ("depthwise", "pointwise"):
+            if weight_name.startswith(part):
+                key = f"{p.layer_name}/{part}"
+        out.setdefault(key, []).append(
+            SharingInfo(n_clusters=k, unit_dim=int(p.unit_dim), n_units=n, index_bits=bits,
+                        n_codebooks=n_books))
+    return out
+
+
+def _match_sharing(shapes, sharing):
+    """Assigns each SharingInfo to one record of its layer, by name and kernel size."""
+    matched = {}
+    by_layer = {}
+    for s in shapes:
+        if s.kind in ("conv", "dense"):
+            by_layer.setdefault(s.layer, []).append(s)
+            if s.name != s.layer:
+                by_layer.setdefault(s.name, []).append(s)
+    for name, infos in sharing.items():
+        candidates = by_layer.get(name)
+        if not candidates and "/" in name:
+            candidates = by_layer.get(name.rsplit("/", 1)[0])
+        if not candidates:
+            # Keras 3 export renames scopes `layer` -> `layer_1` (TFLite tensor names).
+            near = [k for k in by_layer if re.fullmatch(re.escape(name) + r"_\d+", k)]
+            candidates = by_layer[near[0]] if len(near) == 1 else None
+        if not candidates:
+            known = sorted({s.layer for s in shapes if s.kind in ("conv", "dense")})
+            raise ValueError(
+                f"Compression info names layer {name!r}, which is not a conv or dense layer "
+                f"of the model. Known layers: {known}"
+            )
+        for info in infos:
+            fits = [s for s in candidates if s.n_weights == info.n_weights
+                    and s.name not in matched]
+            if not fits:
+                sizes = {s.name: s.n_weights for s in candidates}
+                raise ValueError(
+                    f"Compression info for layer {name!r} describes {info.n_weights} weights "
+                    f"(n_units={info.n_units} x unit_dim={info.unit_dim}), which matches no "
+                    f"unassigned kernel of that layer. Kernel sizes: {sizes}"
+                )
+            matched[fits[0].name] = info
+    return matched
+
+
+def _match_pruning(shapes, pruning):
+    if pruning is None:
+        return {}
+    if not isinstance(pruning, Mapping):
+        raise TypeError(
+            "Invalid value for argument `pruning`. Expected a mapping {layer_name: "
+            f"kept_fraction}}. Received: pruning={pruning!r}"
+        )
+    out = {}
+    for name, frac in pruning.items():
+        if not (isinstance(frac, (int, float)) and 0 < frac <= 1):
+            raise ValueError(
+                f"Invalid value for argument `pruning[{name!r}]`. Expected a kept fraction in "
+                f"(0, 1]. Received: {frac!r}"
+            )
+        hits = [s.name for s in shapes if s.kind in ("conv", "dense")
+                and (s.layer == name or s.name == name)]
+        if not hits:
+            raise ValueError(f"Pruning info names layer {name!r}, which is not a conv or "
+                             "dense layer of the model.")
+        out.update(dict.fromkeys(hits, float(frac)))
+    return out

@@ -1,0 +1,255 @@
+"""Reads `LayerShape` records from a built Keras 3 model (Keras is imported lazily).
+
+Sequential and Functional models are read layer by layer from their recorded input and
+output shapes (per image: the batch axis is ignored). Nested models are read recursively.
+A layer wrapped by a `keras.layers.Wrapper` (e.g. a clustering wrapper or TimeDistributed) is
+classified by its inner layer, with the wrapper's input and output shapes. Subclassed models
+have no recorded per-layer shapes; with `input_shape` they are traced with TensorFlow
+(`graph_reader`), without it a `ValueError` asks for one.
+
+Fused activations (`Conv2D(activation="relu")`) and biases are not charged separately.
+A layer called more than once is read at its first call only.
+"""
+
+import math
+
+_NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
+               "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
+               "AlphaDropout", "Permute", "Concatenate", "ZeroPadding1D", "ZeroPadding2D",
+               "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "Identity",
+               "ActivityRegularization", "RepeatVector", "UpSampling1D", "UpSampling2D")
+_RELU_NAMES = ("relu", "relu6", "leaky_relu")
+
+
+def read_keras_model(model, *, input_shape=None):
+    """Reads per-layer shapes of a built Keras model.
+
+    Args:
+        model: A `keras.Model`.
+        input_shape: Input shape without the batch axis. Required for subclassed models and
+            models with dynamic (None) spatial dimensions; builds an unbuilt Sequential.
+
+    Returns:
+        `(shapes, skipped)`: a tuple of `LayerShape` and a tuple of `(name, reason)`.
+
+    Raises:
+        TypeError: If `model` is not a keras.Model.
+        ValueError: If shapes cannot be determined and `input_shape` is missing.
+    """
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "Invalid value for argument `model_or_path`. Expected a keras.Model, a model "
+            f"file path or a list of LayerShape. Received: {type(model).__name__}"
+        )
+    graph_model = isinstance(model, keras.Sequential) or _has_inputs(model)
+    if isinstance(model, keras.Sequential) and not _has_inputs(model):
+        if input_shape is None:
+            raise ValueError(
+                f"Sequential model {model.name!r} is not built, so its layer shapes are "
+                "unknown. Pass input_shape=(...) (without the batch axis) or build the model."
+            )
+        model.build((None,) + tuple(input_shape))
+    if not graph_model or (input_shape is not None and _has_dynamic_input(model)):
+        if input_shape is None:
+            raise ValueError(
+                f"Cannot read layer shapes of model {model.name!r} "
+                f"({type(model).__name__}): subclassed models do not record their layers' "
+                "input and output shapes. Pass input_shape=(...) (without the batch axis) "
+                "to trace the model with TensorFlow."
+            )
+        from dkm_tf.energy.graph_reader import read_traced_model
+
+        return read_traced_model(model, input_shape)
+    if _has_dynamic_input(model):
+        raise ValueError(
+            f"Model {model.name!r} has dynamic input dimensions "
+            f"{[tuple(t.shape) for t in model.inputs]}. Pass input_shape=(...) (without the "
+            "batch axis) to fix them."
+        )
+    shapes, skipped = [], []
+    _walk(model, keras, shapes, skipped)
+    return tuple(shapes), tuple(skipped)
+
+
+def _has_inputs(model):
+    try:
+        return bool(model.inputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def _has_dynamic_input(model):
+    try:
+        return any(d is None for t in model.inputs for d in tuple(t.shape)[1:])
+    except (AttributeError, ValueError):
+        return False
+
+
+def _walk(model, keras, shapes, skipped):
+    ops = model.operations if hasattr(model, "operations") else model.layers
+    for layer in ops:
+        if isinstance(layer, keras.Model):
+            if _has_inputs(layer):
+                _walk(layer, keras, shapes, skipped)
+            else:
+                skipped.append((layer.name, "nested subclassed model: shapes not recorded"))
+            continue
+        inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
+        if type(inner).__name__ in _NO_COMPUTE:
+            skipped.append((layer.name, "no compute"))
+            continue
+        try:
+            in_shapes = _shapes_of(layer.input)
+            out_shape = tuple(_shapes_of(layer.output)[0])
+        except (AttributeError, ValueError, IndexError) as e:
+            skipped.append((layer.name, f"no recorded input/output shape ({e})"))
+            continue
+        alias = inner.name if inner is not layer else layer.name
+        try:
+            if isinstance(inner, keras.layers.Layer):
+                records, reason = _classify(inner, layer.name, alias, in_shapes, out_shape,
+                                            keras)
+            else:
+                records, reason = _classify_op(inner, in_shapes, out_shape)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"Could not read layer {layer.name!r} ({type(inner).__name__}) with input "
+                f"shapes {in_shapes} and output shape {out_shape}: {e}"
+            ) from e
+        shapes.extend(records)
+        if reason:
+            skipped.append((layer.name, reason))
+
+
+_OP_ELTWISE = {"Add": "add", "Subtract": "add", "Multiply": "mul", "Maximum": "max",
+               "Minimum": "max", "Relu": "relu", "Relu6": "relu", "LeakyRelu": "relu"}
+_OP_NO_COMPUTE = ("Reshape", "Transpose", "Concatenate", "ExpandDims", "Squeeze", "Flatten",
+                  "GetItem", "Cast", "Identity", "StopGradient")
+
+
+def _classify_op(op, in_shapes, out_shape):
+    """Classifies a non-layer Keras operation of a Functional model (e.g. `x + y`)."""
+    from dkm_tf.energy import shapes as sh
+
+    cls = type(op).__name__
+    if cls in _OP_NO_COMPUTE:
+        return [], "no compute"
+    dims = [tuple(s) for s in in_shapes] + [tuple(out_shape)]
+    if any(d is None for s in dims for d in s[1:]):
+        return [], f"unknown dimension in shapes {dims}"
+    elements = math.prod(out_shape[1:])
+    if cls in _OP_ELTWISE:
+        n_in = 1 if _OP_ELTWISE[cls] == "relu" else max(len(in_shapes), 2)
+        return [sh.eltwise_shape(op.name, elements=elements, eltwise_op=_OP_ELTWISE[cls],
+                                 n_inputs=n_in, op=cls)], None
+    in_shape = tuple(in_shapes[0])
+    axis = getattr(op, "axis", None)
+    if cls == "Mean" and len(in_shape) == 4 and axis is not None and \
+            sorted(a % 4 for a in (axis if isinstance(axis, (list, tuple)) else [axis])) == [1, 2]:
+        return [sh.pool_shape(op.name, in_hw=in_shape[1:3], channels=in_shape[3], out_hw=1,
+                              window=in_shape[1:3], pool_op="avg", op=cls)], None
+    return [], f"unsupported operation {cls}"
+
+
+def _shapes_of(tensors):
+    if not isinstance(tensors, (list, tuple)):
+        tensors = [tensors]
+    return [tuple(t.shape) for t in tensors]
+
+
+def _classify(layer, name, alias, in_shapes, out_shape, keras):
+    """Returns `(records, skip_reason)` for one layer."""
+    from dkm_tf.energy import shapes as sh
+
+    L = keras.layers
+    cls = type(layer).__name__
+    in_shape = tuple(in_shapes[0])
+    if any(d is None for d in in_shape[1:] + out_shape[1:]):
+        return [], f"unknown dimension in shapes {in_shape} -> {out_shape}"
+    common = {"layer": alias, "op": cls}
+    if isinstance(layer, (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D,
+                          L.SeparableConv1D, L.SeparableConv2D)):
+        rank = 1 if isinstance(layer, (L.Conv1D, L.DepthwiseConv1D, L.SeparableConv1D)) else 2
+        first = getattr(layer, "data_format", "channels_last") == "channels_first"
+        (ihw, ic, rep), (ohw, oc, _) = (_spatial(in_shape, rank, first),
+                                        _spatial(out_shape, rank, first))
+        kernel, strides = _hw(layer.kernel_size, rank), _hw(layer.strides, rank)
+        if isinstance(layer, (L.Conv1D, L.Conv2D)):
+            return [sh.conv_shape(name, in_hw=ihw, in_c=ic, out_hw=ohw, out_c=oc, kernel=kernel,
+                                  strides=strides, groups=layer.groups, repeat=rep,
+                                  **common)], None
+        mid = ic * layer.depth_multiplier
+        dw_name = name if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D)) \
+            else f"{name}/depthwise"
+        dw = sh.conv_shape(dw_name, in_hw=ihw, in_c=ic, out_hw=ohw, out_c=mid, kernel=kernel,
+                           strides=strides, groups=ic, repeat=rep, **common)
+        if dw_name == name:
+            return [dw], None
+        pw = sh.conv_shape(f"{name}/pointwise", in_hw=ohw, in_c=mid, out_hw=ohw, out_c=oc,
+                           kernel=1, repeat=rep, **common)
+        return [dw, pw], None
+    if isinstance(layer, L.Dense):
+        return [sh.dense_shape(name, in_features=in_shape[-1], units=out_shape[-1],
+                               positions=math.prod(in_shape[1:-1]), **common)], None
+    pools = {L.MaxPooling1D: ("max", 1), L.MaxPooling2D: ("max", 2),
+             L.AveragePooling1D: ("avg", 1), L.AveragePooling2D: ("avg", 2),
+             L.GlobalMaxPooling1D: ("max", -1), L.GlobalMaxPooling2D: ("max", -2),
+             L.GlobalAveragePooling1D: ("avg", -1), L.GlobalAveragePooling2D: ("avg", -2)}
+    for klass, (op, rank) in pools.items():
+        if isinstance(layer, klass):
+            first = getattr(layer, "data_format", "channels_last") == "channels_first"
+            ihw, ic, rep = _spatial(in_shape, abs(rank), first)
+            if rank < 0:
+                ohw, window, strides = (1, 1), ihw, ihw
+            else:
+                ohw = _spatial(out_shape, rank, first)[0]
+                window, strides = _hw(layer.pool_size, rank), _hw(layer.strides, rank)
+            return [sh.pool_shape(name, in_hw=ihw, channels=ic, out_hw=ohw, window=window,
+                                  strides=strides, pool_op=op, repeat=rep, **common)], None
+    elements = math.prod(out_shape[1:])
+    merges = ((L.Add, "add"), (L.Subtract, "add"), (L.Average, "add"), (L.Multiply, "mul"),
+              (L.Maximum, "max"), (L.Minimum, "max"))
+    for klass, op in merges:
+        if isinstance(layer, klass):
+            return [sh.eltwise_shape(name, elements=elements, eltwise_op=op,
+                                     n_inputs=len(in_shapes), **common)], None
+    if isinstance(layer, (L.ReLU, L.LeakyReLU)) or (
+            isinstance(layer, L.Activation) and _act_name(layer) in _RELU_NAMES):
+        return [sh.eltwise_shape(name, elements=elements, eltwise_op="relu", n_inputs=1,
+                                 **common)], None
+    if isinstance(layer, L.Activation) and _act_name(layer) == "linear":
+        return [], "no compute"
+    if isinstance(layer, L.BatchNormalization):
+        axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+        return [sh.eltwise_shape(name, elements=elements, eltwise_op="affine", n_inputs=1,
+                                 n_params=2 * in_shape[axis], **common)], None
+    if isinstance(layer, L.Rescaling):
+        return [sh.eltwise_shape(name, elements=elements, eltwise_op="affine", n_inputs=1,
+                                 n_params=2, **common)], None
+    if cls in _NO_COMPUTE:
+        return [], "no compute"
+    return [], (f"unsupported layer type {cls}; supported: Conv1D/2D (grouped), Depthwise/"
+                "SeparableConv1D/2D, Dense, pooling, merge, ReLU, BatchNormalization")
+
+
+def _act_name(layer):
+    act = layer.activation
+    return getattr(act, "__name__", str(act))
+
+
+def _spatial(shape, rank, channels_first):
+    """Splits `(batch, *lead, *spatial, C)` into `((h, w), C, prod(lead))`."""
+    dims = list(shape[1:])
+    if channels_first:
+        lead, c, spatial = dims[:-rank - 1], dims[-rank - 1], dims[-rank:]
+    else:
+        lead, spatial, c = dims[:-rank - 1], dims[-rank - 1:-1], dims[-1]
+    hw = (1, spatial[0]) if rank == 1 else (spatial[0], spatial[1])
+    return hw, int(c), int(math.prod(lead))
+
+
+def _hw(value, rank):
+    value = tuple(value) if isinstance(value, (tuple, list)) else (value,) * rank
+    return (1, value[0]) if rank == 1 else (value[0], value[1])

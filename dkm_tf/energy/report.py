@@ -1,0 +1,294 @@
+"""Per-layer energy records and the report returned by `dkm_tf.energy.estimate`."""
+
+import dataclasses
+import os
+import tempfile
+
+from dkm_tf.energy import constants
+
+PAPER_TERMS = ("compute", "weights", "activations")
+HIERARCHY_PARTS = ("mac",) + tuple(reversed(constants.LEVELS))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerEnergy:
+    """Energy of one layer under both models.
+
+    Attributes:
+        shape: The `LayerShape` the numbers come from.
+        paper: `PaperCost` (paper metric, MAC units at the report's bit widths).
+        hierarchy: `HierarchyCost` (memory-hierarchy model, units of one 16-bit MAC).
+        n_clusters: K if the kernel is weight-shared, else `None`.
+        unit_dim: d if weight-shared, else `None`.
+        index_bits: Bits per index charged to the paper metric (0 for `index_cost="none"`).
+        kept_fraction: Fraction of weights kept after pruning (1 = dense).
+        unique_fraction: Fraction of unit products computed (1 = conservative).
+        stored_weight_bits: Bits of the stored kernel (codebook + indices when shared).
+    """
+
+    shape: object
+    paper: object
+    hierarchy: object
+    n_clusters: int | None = None
+    unit_dim: int | None = None
+    index_bits: float = 0.0
+    kept_fraction: float = 1.0
+    unique_fraction: float = 1.0
+    stored_weight_bits: float = 0.0
+
+    @property
+    def name(self):
+        """Record name."""
+        return self.shape.name
+
+    @property
+    def macs(self):
+        """Dense MACs per image (before pruning)."""
+        return self.shape.macs
+
+    @property
+    def paper_total(self):
+        """Paper metric E_l in MAC units."""
+        return self.paper.total
+
+    @property
+    def hierarchy_total(self):
+        """Hierarchy model E_l in units of one 16-bit MAC."""
+        return self.hierarchy.total
+
+    def paper_terms(self):
+        """`{"compute", "weights", "activations"}` → MAC units."""
+        return {t: getattr(self.paper, t) for t in PAPER_TERMS}
+
+    def hierarchy_parts(self):
+        """`{"mac", "rf", "array", "buffer", "dram"}` → energy."""
+        parts = {"mac": self.hierarchy.compute}
+        parts.update({lv: self.hierarchy.energy(level=lv) for lv in HIERARCHY_PARTS[1:]})
+        return parts
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyRatio:
+    """Energy of a baseline divided by energy of a model (> 1 means the model saves)."""
+
+    paper: float
+    hierarchy: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyReport:
+    """Per-layer energy of a model under the paper metric and the hierarchy model.
+
+    Attributes:
+        layers: Tuple of `LayerEnergy`, in model order.
+        skipped: Tuple of `(name, reason)` for layers not modelled.
+        bits_w, bits_x: Bit widths used.
+        index_cost: "none", "log2" or "entropy" (paper metric; the hierarchy model always
+            moves indices, at log2 K bits unless "entropy").
+        compute_model: "conservative" or "unique_products".
+        model_name: Name of the model or file.
+        baseline: Report of the same model without compression, or `None` when the model
+            was estimated without compression information.
+    """
+
+    layers: tuple
+    skipped: tuple = ()
+    bits_w: float = 16
+    bits_x: float = 16
+    index_cost: str = "none"
+    compute_model: str = "conservative"
+    model_name: str = ""
+    baseline: "EnergyReport | None" = None
+
+    @property
+    def macs(self):
+        """Total dense MACs per image."""
+        return sum(layer.macs for layer in self.layers)
+
+    @property
+    def paper_total(self):
+        """Total paper metric in MAC units."""
+        return sum(layer.paper_total for layer in self.layers)
+
+    @property
+    def hierarchy_total(self):
+        """Total hierarchy-model energy in units of one 16-bit MAC."""
+        return sum(layer.hierarchy_total for layer in self.layers)
+
+    def paper_terms(self):
+        """Totals of the three paper terms."""
+        return {t: sum(getattr(layer.paper, t) for layer in self.layers) for t in PAPER_TERMS}
+
+    def hierarchy_parts(self):
+        """Totals of the hierarchy model by MAC and memory level."""
+        out = dict.fromkeys(HIERARCHY_PARTS, 0.0)
+        for layer in self.layers:
+            for k, v in layer.hierarchy_parts().items():
+                out[k] += v
+        return out
+
+    def layer(self, name):
+        """Returns the `LayerEnergy` called `name`; raises `KeyError` if absent."""
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"No layer {name!r} in the report. Layers: {[x.name for x in self.layers]}")
+
+    def ratio_vs(self, baseline):
+        """Energy reduction factor against `baseline` (baseline energy / this energy).
+
+        Args:
+            baseline: Another `EnergyReport`, normally of the uncompressed model.
+
+        Returns:
+            An `EnergyRatio` for both models.
+        """
+        if not isinstance(baseline, EnergyReport):
+            raise TypeError(
+                "Invalid value for argument `baseline`. Expected an EnergyReport. "
+                f"Received: baseline={baseline!r}"
+            )
+        return EnergyRatio(paper=_div(baseline.paper_total, self.paper_total),
+                           hierarchy=_div(baseline.hierarchy_total, self.hierarchy_total))
+
+    @property
+    def reduction(self):
+        """`ratio_vs(self.baseline)`, or `None` without a baseline."""
+        return None if self.baseline is None else self.ratio_vs(self.baseline)
+
+    def to_dict(self):
+        """A JSON-ready dict of totals and per-layer rows."""
+        rows = []
+        for layer in self.layers:
+            row = {"name": layer.name, "op": layer.shape.op, "kind": layer.shape.kind,
+                   "macs": layer.macs, "n_weights": layer.shape.n_weights,
+                   "n_clusters": layer.n_clusters, "kept_fraction": layer.kept_fraction,
+                   "paper_total": layer.paper_total, "hierarchy_total": layer.hierarchy_total}
+            row.update({f"paper_{k}": v for k, v in layer.paper_terms().items()})
+            row.update({f"hierarchy_{k}": v for k, v in layer.hierarchy_parts().items()})
+            rows.append(row)
+        red = self.reduction
+        return {"model": self.model_name, "bits_w": self.bits_w, "bits_x": self.bits_x,
+                "index_cost": self.index_cost, "compute_model": self.compute_model,
+                "macs": self.macs, "paper_total": self.paper_total,
+                "hierarchy_total": self.hierarchy_total,
+                "reduction": None if red is None else dataclasses.asdict(red),
+                "layers": rows, "skipped": [list(s) for s in self.skipped]}
+
+    def summary(self):
+        """A plain-text table: one row per layer, totals, reduction and skipped layers."""
+        base = None if self.baseline is None else {x.name: x for x in self.baseline.layers}
+        head = ["layer", "op", "MACs", "K", "paper:comp", "paper:W", "paper:X", "paper",
+                "hier:DRAM", "hier"]
+        if base is not None:
+            head += ["x paper", "x hier"]
+        rows = [head]
+        for x in self.layers:
+            t = x.paper_terms()
+            row = [x.name, x.shape.op, _num(x.macs), "-" if x.n_clusters is None else
+                   str(x.n_clusters), _num(t["compute"]), _num(t["weights"]),
+                   _num(t["activations"]), _num(x.paper_total),
+                   _num(x.hierarchy.energy(level="dram")), _num(x.hierarchy_total)]
+            if base is not None:
+                b = base.get(x.name)
+                row += ["-", "-"] if b is None else [
+                    f"{_div(b.paper_total, x.paper_total):.2f}",
+                    f"{_div(b.hierarchy_total, x.hierarchy_total):.2f}"]
+            rows.append(row)
+        t = self.paper_terms()
+        total = ["TOTAL", "", _num(self.macs), "", _num(t["compute"]), _num(t["weights"]),
+                 _num(t["activations"]), _num(self.paper_total),
+                 _num(self.hierarchy_parts()["dram"]), _num(self.hierarchy_total)]
+        red = self.reduction
+        if red is not None:
+            total += [f"{red.paper:.2f}", f"{red.hierarchy:.2f}"]
+        rows.append(total)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        fmt = [lambda s, w: s.ljust(w)] * 2 + [lambda s, w: s.rjust(w)] * (len(head) - 2)
+        title = (f"Energy estimate: {self.model_name or '<model>'} (B_w={self.bits_w}, "
+                 f"B_x={self.bits_x}, index_cost={self.index_cost!r}, "
+                 f"compute_model={self.compute_model!r})")
+        legend = ("paper = Deep k-Means metric in MAC units (eqs. 5-7, 6x normalisation); "
+                  "hier = Eyeriss hierarchy model in 16-bit-MAC units")
+        lines = [title, legend]
+        for i, r in enumerate(rows):
+            if i == len(rows) - 1:
+                lines.append("-" * (sum(widths) + 2 * (len(widths) - 1)))
+            lines.append("  ".join(f(s, w) for f, s, w in zip(fmt, r, widths)).rstrip())
+        if red is not None:
+            lines.append(f"Reduction vs uncompressed: paper {red.paper:.3f}x, "
+                         f"hierarchy {red.hierarchy:.3f}x")
+        if self.skipped:
+            lines.append(f"Skipped ({len(self.skipped)}): " +
+                         "; ".join(f"{n} ({why})" for n, why in self.skipped))
+        return "\n".join(lines)
+
+    def __repr__(self):
+        red = self.reduction
+        red_s = "" if red is None else (f", reduction=(paper={red.paper:.3g}x, "
+                                        f"hierarchy={red.hierarchy:.3g}x)")
+        return (f"EnergyReport(model={self.model_name!r}, layers={len(self.layers)}, "
+                f"skipped={len(self.skipped)}, macs={self.macs:.4g}, "
+                f"paper={self.paper_total:.4g}, hierarchy={self.hierarchy_total:.4g}{red_s})")
+
+    def plot(self, path):
+        """Writes a PNG of per-layer stacked bars for both models (atomically).
+
+        Uses matplotlib's Agg canvas directly (no pyplot, no global backend change). The file
+        is written to a temporary file in the same directory and moved into place with
+        `os.replace`.
+
+        Args:
+            path: Destination `.png` path.
+
+        Returns:
+            `path`.
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        names = [x.name for x in self.layers]
+        n = max(len(names), 1)
+        fig = Figure(figsize=(min(4 + 0.35 * n, 40), 7.5))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(2, 1, sharex=True)
+        series = [("paper metric (MAC units)", PAPER_TERMS, [x.paper_terms() for x in self.layers]),
+                  ("hierarchy model (16-bit MAC units)", HIERARCHY_PARTS,
+                   [x.hierarchy_parts() for x in self.layers])]
+        xs = list(range(len(names)))
+        for ax, (title, keys, values) in zip(axes, series):
+            bottom = [0.0] * len(names)
+            for key in keys:
+                heights = [v[key] for v in values]
+                ax.bar(xs, heights, bottom=bottom, label=key, width=0.8)
+                bottom = [b + h for b, h in zip(bottom, heights)]
+            ax.set_ylabel(title, fontsize=8)
+            ax.legend(fontsize=7, loc="upper right")
+        axes[1].set_xticks(xs)
+        axes[1].set_xticklabels(names, rotation=90, fontsize=6)
+        fig.suptitle(f"Energy per layer: {self.model_name or 'model'}", fontsize=10)
+        fig.tight_layout()
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fig.savefig(fh, format="png", dpi=110)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return path
+
+
+def _div(a, b):
+    return a / b if b else float("inf")
+
+
+def _num(v):
+    v = float(v)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3f}{unit}"
+    return f"{v:.3g}" if v != int(v) else str(int(v))

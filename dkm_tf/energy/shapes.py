@@ -1,0 +1,339 @@
+"""Layer shape records and compression descriptions used by the energy models.
+
+Pure Python and NumPy; no TensorFlow. A `LayerShape` is everything the two energy models need
+to know about one layer: its kind, its input and output feature-map sizes and, for
+convolutions and dense layers, its kernel. Readers (`keras_reader`, `tflite_reader`) produce
+them; `conv_shape`, `dense_shape`, `pool_shape` and `eltwise_shape` build them by hand.
+
+Conventions (Eyeriss notation in brackets): a convolution reads an input of `in_h × in_w ×
+in_c` [H × W × C], applies `out_c` [M] filters of `kernel_h × kernel_w × in_c / groups`
+[R × S × C/G] and writes `out_h × out_w × out_c` [E × F × M]. A dense layer is a 1 × 1
+convolution on a `1 × positions` feature map. 1-D layers use `in_h = out_h = kernel_h = 1`.
+`repeat` multiplies everything for layers applied to extra leading axes (e.g. TimeDistributed).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+KINDS = ("conv", "dense", "pool", "eltwise")
+POOL_OPS = ("max", "avg")
+ELTWISE_OPS = ("add", "mul", "max", "relu", "affine")
+
+
+def check_positive(name, value):
+    """Raises `ValueError` unless `value` is a positive finite real number."""
+    ok = (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+    if not ok:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected a positive number. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def check_positive_int(name, value):
+    """Raises `ValueError` unless `value` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected an integer >= 1. "
+            f"Received: {name}={value!r}"
+        )
+
+
+def check_choice(name, value, choices):
+    """Raises `ValueError` unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ValueError(
+            f"Invalid value for argument `{name}`. Expected one of {tuple(choices)}. "
+            f"Received: {name}={value!r}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SharingInfo:
+    """How one weight tensor is shared: K codewords of dimension d for N units.
+
+    A kernel of `n_units × unit_dim` weights is cut into N units (scalars, kernel rows of
+    length d = kernel width, or whole kernels) and each unit is replaced by one of K codewords.
+    Storage is a codebook of `G · K · d` values plus N indices (G = 1 codebook by default).
+
+    Args:
+        n_clusters: K, the number of codewords (>= 1).
+        unit_dim: d, the length of one unit (1 for scalar sharing, the kernel width for
+            the paper's row units).
+        n_units: N, the number of units; `n_units * unit_dim` must equal the kernel size.
+        index_bits: Average stored bits per index, e.g. the entropy of the assignment
+            histogram. Needed only for `index_cost="entropy"`. `None` if unknown.
+        n_codebooks: G, the number of codebooks of K entries (e.g. one per output channel);
+            they are assumed to partition the filters. Default 1 (one per tensor).
+        unique_fraction: Optional measured fraction Σ U / (units per filter · filters) of
+            distinct unit products (see `unique_product_fraction`). `None` uses the expected
+            value under uniform random assignment. Only read by `compute_model="unique_products"`.
+
+    Raises:
+        ValueError: If a field is out of range.
+    """
+
+    n_clusters: int
+    unit_dim: int
+    n_units: int
+    index_bits: float | None = None
+    unique_fraction: float | None = None
+    n_codebooks: int = 1
+
+    def __post_init__(self):
+        check_positive_int("n_clusters", self.n_clusters)
+        check_positive_int("unit_dim", self.unit_dim)
+        check_positive_int("n_units", self.n_units)
+        check_positive_int("n_codebooks", self.n_codebooks)
+        if self.index_bits is not None and not (
+            isinstance(self.index_bits, (int, float, np.integer, np.floating))
+            and math.isfinite(self.index_bits)
+            and self.index_bits >= 0
+        ):
+            raise ValueError(
+                "Invalid value for argument `index_bits`. Expected None or a number >= 0. "
+                f"Received: index_bits={self.index_bits!r}"
+            )
+        if self.unique_fraction is not None and not (0 < self.unique_fraction <= 1):
+            raise ValueError(
+                "Invalid value for argument `unique_fraction`. Expected None or a number in "
+                f"(0, 1]. Received: unique_fraction={self.unique_fraction!r}"
+            )
+
+    @property
+    def n_weights(self):
+        """Number of weights described: `n_units * unit_dim`."""
+        return self.n_units * self.unit_dim
+
+    @property
+    def codebook_size(self):
+        """Number of stored codebook values: `n_codebooks * n_clusters * unit_dim`."""
+        return self.n_codebooks * self.n_clusters * self.unit_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerShape:
+    """Shape description of one layer, as read by the energy models.
+
+    Build these with `conv_shape`, `dense_shape`, `pool_shape` or `eltwise_shape`.
+
+    Attributes:
+        name: Record name (`layer` for single-kernel layers, `layer/depthwise` etc. otherwise).
+        layer: Name of the model layer the record comes from (key for compression info).
+        op: Source operation (Keras class name or TFLite op name), for display.
+        kind: One of "conv", "dense", "pool", "eltwise".
+        in_h, in_w, in_c: Input feature-map size (per input tensor for element-wise ops).
+        out_h, out_w, out_c: Output feature-map size.
+        kernel_h, kernel_w: Kernel (or pooling window) size; 1 for element-wise ops.
+        stride_h, stride_w: Strides (informational; output sizes are given).
+        groups: Channel groups (depthwise: groups = in_c).
+        repeat: Multiplier for extra leading axes.
+        pool_op: "max" or "avg" for pooling, else "".
+        eltwise_op: "add", "mul", "max", "relu" or "affine" for element-wise ops, else "".
+        n_inputs: Number of input tensors of an element-wise op.
+        n_params: Per-channel parameters of an "affine" op (batch norm: 2 · C), else 0.
+    """
+
+    name: str
+    layer: str
+    op: str
+    kind: str
+    in_h: int
+    in_w: int
+    in_c: int
+    out_h: int
+    out_w: int
+    out_c: int
+    kernel_h: int = 1
+    kernel_w: int = 1
+    stride_h: int = 1
+    stride_w: int = 1
+    groups: int = 1
+    repeat: int = 1
+    pool_op: str = ""
+    eltwise_op: str = ""
+    n_inputs: int = 1
+    n_params: int = 0
+
+    def __post_init__(self):
+        check_choice("kind", self.kind, KINDS)
+        for field in ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "kernel_h",
+                      "kernel_w", "stride_h", "stride_w", "groups", "repeat", "n_inputs"):
+            check_positive_int(field, getattr(self, field))
+        if self.kind in ("conv", "dense") and (
+            self.in_c % self.groups or self.out_c % self.groups
+        ):
+            raise ValueError(
+                f"Invalid value for argument `groups` of layer {self.name!r}. Expected a divisor "
+                f"of in_c={self.in_c} and out_c={self.out_c}. Received: groups={self.groups}"
+            )
+        if self.kind == "pool":
+            check_choice("pool_op", self.pool_op, POOL_OPS)
+        if self.kind == "eltwise":
+            check_choice("eltwise_op", self.eltwise_op, ELTWISE_OPS)
+
+    @property
+    def positions(self):
+        """Output positions per image, `repeat · out_h · out_w`."""
+        return self.repeat * self.out_h * self.out_w
+
+    @property
+    def dot_length(self):
+        """D, the length of one output's dot product (`kernel_h · kernel_w · in_c / groups`)."""
+        if self.kind in ("conv", "dense"):
+            return self.kernel_h * self.kernel_w * (self.in_c // self.groups)
+        return 1
+
+    @property
+    def n_weights(self):
+        """Kernel size |W| (`D · out_c`); 0 for pooling and element-wise layers."""
+        if self.kind in ("conv", "dense"):
+            return self.dot_length * self.out_c
+        return 0
+
+    @property
+    def macs(self):
+        """Multiply-accumulates per image, `positions · out_c · D` (0 for other kinds)."""
+        if self.kind in ("conv", "dense"):
+            return self.positions * self.out_c * self.dot_length
+        return 0
+
+    @property
+    def input_size(self):
+        """|X|, input activations per image (all input tensors)."""
+        return self.repeat * self.in_h * self.in_w * self.in_c * self.n_inputs
+
+    @property
+    def output_size(self):
+        """Output activations per image."""
+        return self.repeat * self.out_h * self.out_w * self.out_c
+
+
+def conv_shape(name, *, in_hw, in_c, out_hw, out_c, kernel, strides=1, groups=1, repeat=1,
+               layer=None, op="Conv2D"):
+    """Builds a `LayerShape` for a (grouped, depthwise or 1-D) convolution.
+
+    Args:
+        name: Record name.
+        in_hw: Input `(height, width)`, or an int for square maps. 1-D: `(1, length)`.
+        in_c: Input channels.
+        out_hw: Output `(height, width)` or an int.
+        out_c: Output channels (depthwise: `in_c * depth_multiplier`).
+        kernel: `(kernel_h, kernel_w)` or an int.
+        strides: `(stride_h, stride_w)` or an int.
+        groups: Channel groups (depthwise: `in_c`).
+        repeat: Multiplier for extra leading axes.
+        layer: Model layer name; defaults to `name`.
+        op: Display name of the operation.
+
+    Returns:
+        A frozen `LayerShape` of kind "conv".
+    """
+    (ih, iw), (oh, ow) = _pair(in_hw), _pair(out_hw)
+    (kh, kw), (sh, sw) = _pair(kernel), _pair(strides)
+    return LayerShape(name=name, layer=layer or name, op=op, kind="conv", in_h=ih, in_w=iw,
+                      in_c=in_c, out_h=oh, out_w=ow, out_c=out_c, kernel_h=kh, kernel_w=kw,
+                      stride_h=sh, stride_w=sw, groups=groups, repeat=repeat)
+
+
+def dense_shape(name, *, in_features, units, positions=1, layer=None, op="Dense"):
+    """Builds a `LayerShape` for a dense layer applied at `positions` positions.
+
+    Returns:
+        A frozen `LayerShape` of kind "dense" (a 1 × 1 convolution on a `1 × positions` map).
+    """
+    return LayerShape(name=name, layer=layer or name, op=op, kind="dense", in_h=1,
+                      in_w=positions, in_c=in_features, out_h=1, out_w=positions, out_c=units)
+
+
+def pool_shape(name, *, in_hw, channels, out_hw, window, pool_op="max", strides=None, repeat=1,
+               layer=None, op=None):
+    """Builds a `LayerShape` for max or average pooling (global pooling: window = in_hw).
+
+    Returns:
+        A frozen `LayerShape` of kind "pool".
+    """
+    (ih, iw), (oh, ow), (kh, kw) = _pair(in_hw), _pair(out_hw), _pair(window)
+    sh, sw = _pair(strides) if strides is not None else (kh, kw)
+    return LayerShape(name=name, layer=layer or name, op=op or f"{pool_op}_pool", kind="pool",
+                      in_h=ih, in_w=iw, in_c=channels, out_h=oh, out_w=ow, out_c=channels,
+                      kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, repeat=repeat,
+                      pool_op=pool_op)
+
+
+def eltwise_shape(name, *, elements, eltwise_op="add", n_inputs=2, n_params=0, layer=None,
+                  op=None):
+    """Builds a `LayerShape` for an element-wise op over `elements` output values.
+
+    `n_inputs` input tensors of the output's size are read; "affine" (inference batch norm,
+    rescaling) reads `n_params` per-channel parameters as weights.
+
+    Returns:
+        A frozen `LayerShape` of kind "eltwise".
+    """
+    elements = int(elements)
+    return LayerShape(name=name, layer=layer or name, op=op or eltwise_op, kind="eltwise",
+                      in_h=1, in_w=elements, in_c=1, out_h=1, out_w=elements, out_c=1,
+                      eltwise_op=eltwise_op, n_inputs=n_inputs, n_params=int(n_params))
+
+
+def unique_product_fraction(indices):
+    """Fraction of distinct unit products when shared codewords are multiplied once.
+
+    For each unit position (e.g. an (input channel, kernel row) pair of a row-shared conv)
+    the `n_filters` filters touch the same inputs; a codeword used by several of them needs
+    one dot product. The fraction is Σ_positions U_p / (positions · n_filters), with U_p the
+    number of distinct indices at position p (methods.md §1.8.2).
+
+    Args:
+        indices: Integer array of shape `(positions, n_filters)`.
+
+    Returns:
+        A float in (0, 1].
+
+    Example:
+        >>> unique_product_fraction(np.array([[0, 0, 1, 1], [2, 2, 2, 2]]))
+        0.375
+    """
+    idx = np.asarray(indices)
+    if idx.ndim != 2 or idx.size == 0:
+        raise ValueError(
+            "Invalid value for argument `indices`. Expected a non-empty 2-D array of shape "
+            f"(positions, n_filters). Received: indices.shape={idx.shape}"
+        )
+    srt = np.sort(idx, axis=1)
+    distinct = 1 + np.count_nonzero(np.diff(srt, axis=1), axis=1)
+    return float(distinct.sum() / idx.size)
+
+
+def expected_unique_fraction(n_clusters, n_filters, n_codebooks=1):
+    """Expected fraction of distinct unit products under uniform random assignment.
+
+    With G codebooks of K codewords partitioning M filters (M/G filters each), a unit
+    position sees E[U] = G · K · (1 − (1 − 1/K)^(M/G)) distinct codewords; the fraction is
+    E[U] / M.
+
+    Example:
+        >>> expected_unique_fraction(2, 2)
+        0.75
+    """
+    k, g = float(n_clusters), max(1, int(n_codebooks))
+    m = max(float(n_filters) / g, 1.0)
+    if k <= 1:
+        return 1.0 / m
+    return min(1.0, k * -math.expm1(m * math.log1p(-1.0 / k)) / m)
+
+
+def _pair(value):
+    if isinstance(value, (tuple, list)):
+        if len(value) == 1:
+            return int(value[0]), int(value[0])
+        return int(value[0]), int(value[1])
+    return int(value), int(value)

@@ -1,0 +1,145 @@
+"""Reads `LayerShape` records from a `.tflite` flatbuffer (no interpreter needed).
+
+Operators of subgraph 0 are read with the flatbuffer schema bundled with TensorFlow
+(`tensorflow.lite.python.schema_py_generated`, imported lazily). Supported: CONV_2D (grouped
+when the filter has fewer input channels than the input), DEPTHWISE_CONV_2D,
+FULLY_CONNECTED, BATCH_MATMUL with a 2-D right-hand side, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN
+over the spatial axes, and the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6,
+LEAKY_RELU. Layout ops (RESHAPE, PAD, ...) and weight-decoding ops (DEQUANTIZE, GATHER, ...)
+are reported as "no compute"; anything else is reported as unsupported.
+
+Records are named after the Keras layer when the converter kept its name scope (the weight
+tensor's name, else the output tensor's: `functional_1/c1_1/convolution` → `c1_1`; Keras 3
+export may append `_1`, which compression-info lookup tolerates), else `<op>_<index>`.
+Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored; dynamic dims read as 1).
+"""
+
+import math
+import os
+
+_NO_COMPUTE = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS", "PAD", "PADV2", "CONCATENATION",
+               "TRANSPOSE", "QUANTIZE", "DEQUANTIZE", "CAST", "GATHER", "SLICE", "STRIDED_SLICE",
+               "TILE", "SHAPE", "PACK", "UNPACK", "SPLIT", "SPLIT_V")
+_ELTWISE = {"ADD": "add", "SUB": "add", "MUL": "mul", "MAXIMUM": "max", "MINIMUM": "max",
+            "RELU": "relu", "RELU6": "relu", "LEAKY_RELU": "relu", "RELU_N1_TO_1": "relu"}
+
+
+def read_tflite(path):
+    """Reads per-op shapes of a `.tflite` file.
+
+    Args:
+        path: Path to a `.tflite` flatbuffer.
+
+    Returns:
+        `(shapes, skipped)`: a tuple of `LayerShape` and a tuple of `(name, reason)`.
+
+    Raises:
+        ValueError: If the file is not a readable TFLite flatbuffer.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from dkm_tf.energy import shapes as sh
+
+    with open(os.fspath(path), "rb") as fh:
+        buf = fh.read()
+    try:
+        if not schema.Model.ModelBufferHasIdentifier(buf, 0):
+            raise ValueError("missing the 'TFL3' file identifier")
+        model = schema.Model.GetRootAs(buf, 0)
+        graph = model.Subgraphs(0)
+    except Exception as e:
+        raise ValueError(f"{os.fspath(path)!r} is not a readable TFLite model: {e}") from e
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+    def tensor(i):
+        t = graph.Tensors(int(i))
+        shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+        return (t.Name() or b"").decode("utf-8", "replace"), tuple(max(d, 1) for d in shape)
+
+    def options(op, cls):
+        table = op.BuiltinOptions()
+        obj = cls()
+        if table is not None:
+            obj.Init(table.Bytes, table.Pos)
+        return obj
+
+    shapes, skipped, used = [], [], {}
+
+    def name_of(candidates, fallback):
+        name = fallback
+        for tensor_name in candidates:
+            parts = [p for p in tensor_name.split(";")[0].split("/") if p]
+            if len(parts) >= 3:
+                name = parts[1]
+                break
+        used[name] = used.get(name, 0) + 1
+        return name if used[name] == 1 else f"{name}#{used[name]}"
+
+    for k in range(graph.OperatorsLength()):
+        op = graph.Operators(k)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        opname = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        ins = [tensor(i) if i >= 0 else ("", ()) for i in op.InputsAsNumpy()]
+        out_name, y = tensor(op.OutputsAsNumpy()[0])
+        label = f"{opname.lower()}_{k}"
+        try:
+            if opname == "CONV_2D":
+                x, w = ins[0][1], ins[1][1]
+                opt = options(op, schema.Conv2DOptions)
+                name = name_of([ins[1][0], out_name], label)
+                shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
+                                            in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[0],
+                                            kernel=w[1:3], groups=x[3] // w[3],
+                                            strides=(opt.StrideH(), opt.StrideW())))
+            elif opname == "DEPTHWISE_CONV_2D":
+                x, w = ins[0][1], ins[1][1]
+                opt = options(op, schema.DepthwiseConv2DOptions)
+                name = name_of([ins[1][0], out_name], label)
+                shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
+                                            in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[3],
+                                            kernel=w[1:3], groups=x[3],
+                                            strides=(opt.StrideH(), opt.StrideW())))
+            elif opname == "FULLY_CONNECTED" or (opname == "BATCH_MATMUL" and
+                                                 len(ins[1][1]) == 2):
+                x, w = ins[0][1], ins[1][1]
+                if opname == "FULLY_CONNECTED":
+                    in_f, units = w[1], w[0]
+                else:
+                    adj_y = options(op, schema.BatchMatMulOptions).AdjY()
+                    in_f, units = (w[1], w[0]) if adj_y else w
+                name = name_of([ins[1][0], out_name], label)
+                shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
+                                             in_features=in_f, units=units,
+                                             positions=max(math.prod(x) // in_f // x[0], 1)))
+            elif opname in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
+                x = ins[0][1]
+                opt = options(op, schema.Pool2DOptions)
+                name = name_of([out_name], label)
+                shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
+                                            in_hw=x[1:3], channels=x[3], out_hw=y[1:3],
+                                            window=(opt.FilterHeight(), opt.FilterWidth()),
+                                            strides=(opt.StrideH(), opt.StrideW()),
+                                            pool_op="max" if opname == "MAX_POOL_2D" else "avg"))
+            elif opname == "MEAN" and len(ins[0][1]) == 4 and math.prod(y) == \
+                    ins[0][1][0] * ins[0][1][3]:
+                x = ins[0][1]
+                name = name_of([out_name], label)
+                shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
+                                            in_hw=x[1:3], channels=x[3], out_hw=1,
+                                            window=x[1:3], pool_op="avg"))
+            elif opname in _ELTWISE:
+                n_in = 1 if _ELTWISE[opname] == "relu" else 2
+                name = name_of([out_name], label)
+                shapes.append(sh.eltwise_shape(name, layer=name.split("#")[0], op=opname,
+                                               elements=math.prod(y[1:]) or 1,
+                                               eltwise_op=_ELTWISE[opname], n_inputs=n_in))
+            elif opname in _NO_COMPUTE:
+                skipped.append((label, "no compute"))
+            else:
+                skipped.append((label, f"unsupported TFLite op {opname}"))
+        except (IndexError, ValueError, ZeroDivisionError) as e:
+            raise ValueError(
+                f"Could not read TFLite op {k} ({opname}, output {out_name!r}) with input "
+                f"shapes {[s for _, s in ins]} and output shape {y}: {e}"
+            ) from e
+    return tuple(shapes), tuple(skipped)
