@@ -37,6 +37,8 @@ class CompressionResult:
         accuracy_before: test accuracy of the input model (None without test data).
         accuracy_after: test accuracy of the compressed model.
         seconds: wall time of each stage.
+        energy: the :class:`~dkm_tf.energy.EnergyReport` of the compressed model (with the
+            uncompressed model as baseline), or None when the shapes could not be read.
     """
 
     model: object
@@ -47,6 +49,7 @@ class CompressionResult:
     accuracy_before: float | None = None
     accuracy_after: float | None = None
     seconds: dict = dataclasses.field(default_factory=dict)
+    energy: object = None
 
     def summary(self):
         lines = [f"method: {self.method}", self.size.summary()]
@@ -56,13 +59,18 @@ class CompressionResult:
             lines.append(f"test accuracy: {100 * self.accuracy_before:.2f}% before, "
                          f"{100 * self.accuracy_after:.2f}% after "
                          f"({100 * (self.accuracy_after - self.accuracy_before):+.2f} pt)")
+        if self.energy is not None and self.energy.baseline is not None:
+            r = self.energy.ratio_vs(self.energy.baseline)
+            lines.append(f"energy (16-bit, entropy-coded indices): {r.paper:.2f}x lower by the "
+                         f"paper's metric, {r.hierarchy:.2f}x by the memory-hierarchy model")
         return "\n".join(lines)
 
     def to_dict(self):
         return {"method": self.method, "size": self.size.to_dict(),
                 "skipped": [list(s) for s in self.skipped],
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
-                "seconds": self.seconds}
+                "seconds": self.seconds,
+                "energy": None if self.energy is None else self.energy.to_dict()}
 
 
 def evaluate_accuracy(model, data, batch_size=256):
@@ -158,7 +166,17 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     acc_after = evaluate_accuracy(clustered, test_data) if test_data is not None else None
     size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))
     return CompressionResult(clustered, palettes, skipped, size, method, acc_before, acc_after,
-                             seconds)
+                             seconds, _energy(clustered, palettes, log))
+
+
+def _energy(model, palettes, log):
+    from dkm_tf import energy  # noqa: PLC0415
+
+    try:
+        return energy.estimate(model, palettes=palettes, index_cost="entropy")
+    except (ValueError, TypeError) as e:  # e.g. shapes unknown: report, do not fail the job
+        log(f"[energy] not estimated: {e}")
+        return None
 
 
 def _skipped_layers(model, palettes, overrides):

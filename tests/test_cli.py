@@ -63,3 +63,12 @@ def test_entry_point_end_to_end(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dkm_tf.cli", "compress", "--unit", "filter"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode != 0 and "filter" in bad.stderr
+
+
+def test_run_energy_on_a_saved_model(tmp_path):
+    path = tmp_path / "m.keras"
+    small_cnn().save(path)
+    text = cli.run_energy(str(path))
+    assert "TOTAL" in text and "c1" in text
+    with pytest.raises(FileNotFoundError):
+        cli.run_energy(str(tmp_path / "missing.keras"))
