@@ -233,15 +233,15 @@ def _split_merge_1d(data, c, max_iter, tol, rounds=100):
         gain, m1, m2 = _best_splits(data, lo, hi)
         merge_cost = np.array([data.total_sse(np.delete(c, j)) for j in range(k)]) - best
         improved = False
-        for i in np.argsort(gain)[::-1][:6]:
+        for i in np.argsort(gain)[::-1][:4]:
             if gain[i] <= 0:
                 break
-            for j in np.argsort(merge_cost)[:8]:
+            for j in np.argsort(merge_cost)[:4]:
                 if j == i:
                     continue
                 trial = c.copy()
                 trial[i], trial[j] = m1[i], m2[i]
-                trial = _lloyd_1d(data, np.sort(trial), max_iter, tol)
+                trial = _lloyd_1d(data, np.sort(trial), min(max_iter, 100), tol)
                 err = data.total_sse(trial)
                 if err < best * (1 - 1e-12):
                     c, best, improved = trial, err, True
