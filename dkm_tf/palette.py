@@ -231,7 +231,7 @@ def size_report(palettes, other_params=0, bits=FLOAT_BITS):
 
 
 def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_tensor",
-                   init="kmeans++", seed=0, layer_name="", weight_name="kernel"):
+                   init="kmeans++", seed=0, layer_name="", weight_name="kernel", sparsity=0.0):
     """Cluster one weight tensor into a :class:`Palette`.
 
     Args:
@@ -244,6 +244,9 @@ def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_
         seed: random seed.
         layer_name: used in the palette and in error messages.
         weight_name: attribute name of the weight.
+        sparsity: fraction p of units (the smallest by l2 norm, per group) assigned to a fixed
+            all-zero centroid, the other units clustered into K - 1 centroids: the sharing
+            step of Deep k-Means' sparsity-promoting variant (Wu et al., ICML 2018, §4.1.4).
 
     Returns:
         A :class:`Palette`. When a group has fewer distinct units than K, its codebook is the
@@ -256,10 +259,28 @@ def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_
     units = units_lib.to_units(kernel, layout)
     books, idxs = [], []
     label = f"{layer_name}/{weight_name}" if layer_name else weight_name
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError("Invalid value for argument `sparsity`. Expected a fraction in [0, 1). "
+                         f"Received: sparsity={sparsity}")
+    if sparsity > 0 and n_clusters < 2:
+        raise ValueError("sparsity > 0 needs n_clusters >= 2 (one centroid is the fixed zero). "
+                         f"Received: n_clusters={n_clusters}")
     for g in range(layout.n_groups):
         u = units[g]
-        cb, idx = cluster_values(u if layout.unit_dim > 1 else u[:, 0], n_clusters, init=init,
-                                 seed=seed + g, name=label)
+        n_zero = int(sparsity * u.shape[0])
+        if n_zero:
+            zero = np.zeros(u.shape[0], bool)
+            zero[np.argsort(np.sum(u.astype(np.float64) ** 2, axis=1), kind="stable")[:n_zero]] = 1
+            rest = u[~zero]
+            cb, sub = cluster_values(rest if layout.unit_dim > 1 else rest[:, 0], n_clusters - 1,
+                                     init=init, seed=seed + g, name=label)
+            cb = np.concatenate([np.zeros((1, layout.unit_dim), np.float32),
+                                 cb.reshape(-1, layout.unit_dim)])
+            idx = np.zeros(u.shape[0], np.int32)
+            idx[~zero] = sub + 1
+        else:
+            cb, idx = cluster_values(u if layout.unit_dim > 1 else u[:, 0], n_clusters,
+                                     init=init, seed=seed + g, name=label)
         books.append(cb.reshape(cb.shape[0], layout.unit_dim))
         idxs.append(idx)
     k_max = max(b.shape[0] for b in books)

@@ -101,7 +101,7 @@ def _other_params(model, palettes):
 def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=16,
              unit="scalar", granularity="per_tensor", init="kmeans++", seed=0, overrides=None,
              finetune_epochs=2, finetune_learning_rate=1e-4, dkm_epochs=5, lam=1e-4,
-             relaxation="hard", batch_size=64, verbose=1):
+             relaxation="hard", sparsity=0.0, batch_size=64, verbose=1):
     """Compress a Keras model by k-means weight sharing.
 
     Args:
@@ -120,6 +120,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         dkm_epochs: epochs of re-training with the k-means regularizer.
         lam: regularizer strength lambda (paper default 1e-4).
         relaxation: ``"hard"`` or ``"spectral"`` (see :class:`SpectralKMeansRegularizer`).
+        sparsity: fraction p of units per tensor tied to a fixed zero centre, in the
+            regularizer (``dkm``) and in the final k-means (Deep k-Means §4.1.4).
         batch_size: batch size of training and evaluation.
         verbose: 0 silent, 1 progress lines, 2 Keras progress bars too.
 
@@ -143,7 +145,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         t = time.perf_counter()
         work, _ = dkm_retrain(work, train_data, n_clusters=n_clusters, lam=lam,
                               relaxation=relaxation, unit=unit, epochs=dkm_epochs,
-                              batch_size=batch_size, verbose=max(verbose - 1, 0))
+                              sparsity=sparsity, batch_size=batch_size,
+                              verbose=max(verbose - 1, 0))
         seconds["retrain"] = time.perf_counter() - t
     t = time.perf_counter()
     if method.endswith("finetune"):
@@ -161,7 +164,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             flush=True)
         clustered, palettes, skipped = share_weights(
             work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
-            overrides=overrides, verbose=verbose > 1)
+            overrides=overrides, sparsity=sparsity, verbose=verbose > 1)
     seconds["cluster"] = time.perf_counter() - t
     acc_after = evaluate_accuracy(clustered, test_data) if test_data is not None else None
     size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))

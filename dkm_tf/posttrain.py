@@ -96,7 +96,7 @@ def _check(name, value, allowed):
 
 
 def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
-                  init="kmeans++", seed=0, overrides=None, verbose=False):
+                  init="kmeans++", seed=0, overrides=None, sparsity=0.0, verbose=False):
     """Cluster every supported kernel of a model with k-means (no re-training).
 
     Args:
@@ -109,6 +109,8 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         seed: random seed (layer i uses ``seed + i``).
         overrides: dict keyed by layer name or class name with settings to change
             (``{"fc2": {"n_clusters": 64}}``) or ``None`` to leave a layer unclustered.
+        sparsity: fraction of units per tensor fixed to an all-zero centroid (Deep k-Means'
+            sparsity-promoting variant, §4.1.4); the rest share K - 1 centroids.
         verbose: print one line per clustered tensor.
 
     Returns:
@@ -127,7 +129,7 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     _check("init", init, INITS)
     clone = copy_model(model)
     defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
-                "init": init}
+                "init": init, "sparsity": sparsity}
     palettes, skipped = [], []
     for i, layer in enumerate(iter_layers(clone)):
         if not layer.weights:
@@ -146,7 +148,7 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
             pal = palette_lib.cluster_tensor(
                 kernel, kind=kind, n_clusters=int(cfg["n_clusters"]), unit=u,
                 granularity=cfg["granularity"], init=cfg["init"], seed=seed + i,
-                layer_name=layer.name, weight_name=attr)
+                layer_name=layer.name, weight_name=attr, sparsity=float(cfg["sparsity"]))
             var.assign(pal.decode().astype(kernel.dtype))
             palettes.append(pal)
             if verbose:

@@ -101,3 +101,19 @@ def test_nan_kernel_error_names_the_tensor():
     k[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="conv/kernel"):
         _palette(k, 2)
+
+
+def test_sparsity_ties_the_smallest_units_to_zero():
+    rng = np.random.default_rng(5)
+    k = rng.normal(size=(3, 3, 8, 16)).astype(np.float32)
+    p = palette.cluster_tensor(k, kind="conv", n_clusters=4, unit="row", sparsity=0.5)
+    rows = np.transpose(k, [3, 2, 0, 1]).reshape(-1, 3)
+    norms = np.linalg.norm(rows, axis=1)
+    zero = p.indices[0] == 0
+    assert zero.sum() == rows.shape[0] // 2
+    assert norms[zero].max() <= norms[~zero].min()
+    np.testing.assert_array_equal(p.codebook[0, 0], np.zeros(3))
+    dec = np.transpose(p.decode(), [3, 2, 0, 1]).reshape(-1, 3)
+    assert np.all(dec[zero] == 0) and np.unique(dec, axis=0).shape[0] <= 4
+    with pytest.raises(ValueError, match="`sparsity`. Expected a fraction"):
+        palette.cluster_tensor(k, kind="conv", n_clusters=4, sparsity=1.0)
