@@ -27,6 +27,13 @@ _EXPORTS = {
     "is_clusterable": "dkm_tf.clusterable",
     "share_weights": "dkm_tf.posttrain",
     "compress": "dkm_tf.pipeline",
+    "SpectralKMeansRegularizer": "dkm_tf.regularizers",
+    "kmeans_regularizers": "dkm_tf.regularizers",
+    "refresh_regularizers": "dkm_tf.regularizers",
+    "RefreshKMeans": "dkm_tf.callbacks",
+    "attach_regularizer": "dkm_tf.retrain",
+    "detach_regularizer": "dkm_tf.retrain",
+    "dkm_retrain": "dkm_tf.retrain",
     "CompressionResult": "dkm_tf.pipeline",
 }
 _SUBMODULES = ("energy", "export", "data", "models", "kmeans", "units", "palette")

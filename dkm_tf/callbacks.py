@@ -1,0 +1,159 @@
+"""Callbacks: the lazy F-step of Deep k-Means and the penalty as a progress-bar metric."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+
+from dkm_tf import regularizers as reg_lib
+
+__all__ = ["PENALTY_KEY", "RefreshKMeans"]
+
+PENALTY_KEY = "kmeans_penalty"
+
+
+def _check_every(name, value, allow_none):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        expected = "a positive integer" + (" or None" if allow_none else "")
+        raise ValueError(f"Invalid value for argument `{name}`. Expected {expected}. "
+                         f"Received: {name}={value!r}")
+    return int(value)
+
+
+class RefreshKMeans(keras.callbacks.Callback):
+    """Keeps F (singular vectors or cluster assignment) of every k-means regularizer fresh.
+
+    Deep k-Means alternates a W-step (SGD with F fixed) and an F-step done "lazily", once every
+    5 epochs (Wu et al., ICML 2018, §2.2, complexity analysis). This callback does the F-step
+    (:func:`dkm_tf.regularizers.refresh_regularizers`) at the start of training, then every
+    ``every_n_epochs`` epochs (at the epoch's end) and/or every ``every_n_steps`` batches.
+
+    It also reports the summed penalty of all k-means regularizers, averaged over the epoch's
+    steps, as ``kmeans_penalty`` in the logs (progress bar, ``History``; ``val_kmeans_penalty``
+    when there is validation data). Callbacks listed before this one do not see the key.
+
+    Args:
+        every_n_epochs: refresh period in epochs (None: no epoch-based refresh).
+        every_n_steps: refresh period in training batches (None: no step-based refresh).
+        log_penalty: add ``kmeans_penalty`` to the logs: ``True`` (to the epoch logs, and to
+            every batch's logs when ``fit`` shows a per-batch progress bar, ``verbose=1``),
+            ``"batch"`` (always every batch), ``"epoch"`` (epoch logs only) or ``False``.
+        verbose: 1 prints one line per refresh.
+
+    Raises:
+        ValueError: bad periods, or (at the start of training) a model with no
+            :class:`dkm_tf.SpectralKMeansRegularizer` on any weight.
+    """
+
+    def __init__(self, every_n_epochs=5, every_n_steps=None, *, log_penalty=True, verbose=0):
+        super().__init__()
+        self.every_n_epochs = _check_every("every_n_epochs", every_n_epochs, True)
+        self.every_n_steps = _check_every("every_n_steps", every_n_steps, True)
+        if log_penalty not in (True, False, "batch", "epoch"):
+            raise ValueError("Invalid value for argument `log_penalty`. Expected True, False, "
+                             f"'batch' or 'epoch'. Received: log_penalty={log_penalty!r}")
+        self.log_penalty = log_penalty
+        self._batch_logs = False
+        self.verbose = int(verbose)
+        self.refresh_count = 0
+        self._regs = []
+        self._reader = None
+        self._step = 0
+        self._train_mean = None
+        self._val_mean = None
+        self._mark = None
+
+    def get_config(self):
+        return {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps,
+                "log_penalty": self.log_penalty, "verbose": self.verbose}
+
+    # ------------------------------------------------------------------ helpers
+    def refresh(self):
+        """Refresh every k-means regularizer of the model now."""
+        t0 = time.perf_counter()
+        infos = reg_lib.refresh_regularizers(self.model)
+        self.refresh_count += 1
+        if self.verbose:
+            total = sum(i["penalty"] for i in infos.values())
+            print(f"RefreshKMeans: refreshed {len(infos)} weight(s) in "
+                  f"{time.perf_counter() - t0:.3f} s; penalty after refresh {total:.6g}")
+        return infos
+
+    def _meters(self):
+        """(totals, counts) over all regularizers, as float64 arrays (one graph call)."""
+        key = [reg for _, reg in self._regs]
+        if self._reader is None or len(key) != len(self._reader[0]) or any(
+                a is not b for a, b in zip(key, self._reader[0])):  # one trace per set
+            import tensorflow as tf  # noqa: PLC0415
+
+            meters = [reg.penalty_meter() for _, reg in self._regs]
+
+            def read():
+                return (tf.stack([tf.convert_to_tensor(t) for t, _ in meters]),
+                        tf.stack([tf.convert_to_tensor(c) for _, c in meters]))
+
+            self._reader = (key, tf.function(read))
+        t, c = self._reader[1]()
+        return np.asarray(t, np.float64), np.asarray(c, np.float64)
+
+    def _reset_meters(self):
+        for _, reg in self._regs:
+            total, count = reg.penalty_meter()
+            total.assign(0.0)
+            count.assign(0.0)
+
+    @staticmethod
+    def _mean(totals, counts):
+        if not np.any(counts > 0):
+            return None
+        return float(np.sum(totals / np.maximum(counts, 1e-12) * (counts > 0)))
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_begin(self, logs=None):
+        self._regs = reg_lib.kmeans_regularizers(self.model)
+        if not self._regs:
+            raise ValueError(f"RefreshKMeans: model {self.model.name!r} has no "
+                             "SpectralKMeansRegularizer on any weight; call "
+                             "dkm_tf.attach_regularizer(model, ...) first.")
+        self._step = 0
+        self._batch_logs = self.log_penalty == "batch" or (
+            self.log_penalty is True and (self.params or {}).get("verbose") == 1)
+        self.refresh()
+        self._reset_meters()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._reset_meters()
+        self._train_mean = self._val_mean = self._mark = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._batch_logs and logs is not None:
+            value = self._mean(*self._meters())
+            if value is not None:
+                logs[PENALTY_KEY] = value
+        if self.every_n_steps and self._step % self.every_n_steps == 0:
+            self.refresh()
+
+    def on_test_begin(self, logs=None):
+        if self._regs:
+            self._mark = self._meters()
+            self._train_mean = self._mean(*self._mark)
+
+    def on_test_end(self, logs=None):
+        if self._regs and self._mark is not None:
+            totals, counts = self._meters()
+            self._val_mean = self._mean(totals - self._mark[0], counts - self._mark[1])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.log_penalty and logs is not None and self._regs:
+            train = self._train_mean if self._mark is not None else self._mean(*self._meters())
+            if train is not None:
+                logs[PENALTY_KEY] = train
+            if self._val_mean is not None:
+                logs["val_" + PENALTY_KEY] = self._val_mean
+        if self.every_n_epochs and (epoch + 1) % self.every_n_epochs == 0:
+            self.refresh()

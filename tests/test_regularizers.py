@@ -1,0 +1,344 @@
+"""Tests of the Deep k-Means regularizer, attach/detach and the RefreshKMeans callback."""
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dkm_tf import callbacks as callbacks_lib
+from dkm_tf import regularizers as reg_lib
+from dkm_tf import retrain
+from dkm_tf.callbacks import RefreshKMeans
+from dkm_tf.regularizers import SpectralKMeansRegularizer
+from tests.testing import assert_all_close, small_cnn
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rows(kernel):
+    """Row units of a (kh, kw, in, out) kernel, listed independently of the library."""
+    return np.moveaxis(np.asarray(kernel), 1, -1).reshape(-1, kernel.shape[1])
+
+
+def _var(value, dtype="float32"):
+    return keras.Variable(np.asarray(value, dtype), dtype=dtype)
+
+
+def _penalty(reg, var):
+    return float(reg(var))
+
+
+# ------------------------------------------------------------------ numerics
+@pytest.mark.parametrize("k", [1, 2])
+def test_spectral_penalty_is_sum_of_smallest_eigenvalues(k):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 3, 2, 4))
+    reg = SpectralKMeansRegularizer(k, lam=0.3, relaxation="spectral")
+    var = _var(w)
+    info = reg.refresh(var)
+    units = _rows(w)  # (N, d); the paper's W is units.T, so W^T W = units units^T (N x N)
+    eig = np.linalg.eigvalsh(units @ units.T)  # ascending
+    expected = 0.15 * eig[: units.shape[0] - k].sum()
+    assert reg.resolved_unit == "row"
+    assert_all_close(_penalty(reg, var), expected, rtol=1e-4, atol=1e-6)
+    assert_all_close(info["penalty"], expected, rtol=1e-6)
+    assert info["rank"] == 3 and not info["degenerate"]
+
+
+def test_spectral_degenerate_warns_once_and_is_zero():
+    w = np.random.default_rng(1).normal(size=(3, 3, 4, 4))
+    reg = SpectralKMeansRegularizer(4, lam=1.0, relaxation="spectral")
+    var = _var(w)
+    with pytest.warns(UserWarning, match=r"(?s)degenerate.*K=4 >= rank 3"):
+        reg.refresh(var)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg.refresh(var)  # no second warning
+    assert _penalty(reg, var) < 1e-6 * np.sum(w ** 2)
+
+
+def test_hard_penalty_is_kmeans_sse():
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(3, 3, 8, 16))
+    var = _var(w)
+    reg = SpectralKMeansRegularizer(6, lam=0.5, relaxation="hard", seed=3)
+    info = reg.refresh(var)
+    units = _rows(w)
+    assign = reg.assignment
+    means = np.stack([units[assign == j].mean(0) for j in range(6)])
+    sse = np.sum((units - means[assign]) ** 2)
+    assert_all_close(_penalty(reg, var), 0.25 * sse, rtol=1e-5)
+    assert_all_close(info["penalty"], 0.25 * sse, rtol=1e-6)
+    # the partition is a k-means local optimum: every unit is nearest to its own centroid
+    d2 = ((units[:, None, :] - means[None]) ** 2).sum(-1)
+    assert np.all(d2[np.arange(len(units)), assign] <= d2.min(1) + 1e-9)
+
+
+def test_hard_refresh_never_raises_the_penalty():
+    rng = np.random.default_rng(4)
+    var = _var(rng.normal(size=(3, 3, 16, 16)))
+    reg = SpectralKMeansRegularizer(12, lam=1.0, seed=0)
+    first = reg.refresh(var)["penalty"]
+    var.assign(var.numpy() + 0.01 * rng.normal(size=var.shape))
+    before = _penalty(reg, var)  # old F, new W
+    after = reg.refresh(var)["penalty"]
+    assert after <= before * (1 + 1e-6) and first > 0
+
+
+@pytest.mark.parametrize("relaxation,sparsity", [("hard", 0.0), ("hard", 0.3),
+                                                 ("spectral", 0.0), ("spectral", 0.25)])
+def test_gradient_matches_formula_and_finite_differences(relaxation, sparsity):
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(3, 3, 3, 4))
+    var = _var(w, "float64")
+    reg = SpectralKMeansRegularizer(2, lam=0.7, relaxation=relaxation, sparsity=sparsity)
+    reg.refresh(var)
+    with tf.GradientTape() as tape:
+        p = reg(var)
+    grad = tape.gradient(p, var.value).numpy()
+    st = reg._state
+    units = np.moveaxis(w, 1, -1).reshape(st["n"], st["d"])
+    if relaxation == "hard":
+        assign = reg.assignment
+        target = np.zeros_like(units)  # zero cluster (index K) keeps a zero centre
+        for j in range(2):
+            if np.any(assign == j):
+                target[assign == j] = units[assign == j].mean(0)
+        expected_units = 0.7 * (units - target)  # λ (w − c(w))
+    else:
+        f = reg.projection.astype(np.float64)
+        expected_units = 0.7 * (units - f @ (f.T @ units))  # λ W (I − F Fᵀ)
+    expected = np.moveaxis(expected_units.reshape(3, 3, 4, 3), -1, 1)
+    assert_all_close(grad, expected, rtol=1e-6, atol=1e-8)
+    # central differences are exact for this quadratic (F fixed), up to rounding and the
+    # float32 orthonormality of F
+    for flat in rng.choice(w.size, 6, replace=False):
+        idx = np.unravel_index(flat, w.shape)
+        h = np.zeros_like(w)
+        h[idx] = 1e-3
+        var.assign(w + h)
+        up = _penalty(reg, var)
+        var.assign(w - h)
+        down = _penalty(reg, var)
+        assert_all_close((up - down) / 2e-3, grad[idx], rtol=1e-6, atol=1e-7)
+    var.assign(w)
+
+
+@pytest.mark.parametrize("relaxation", ["hard", "spectral"])
+def test_few_distinct_units_give_zero(relaxation):
+    rng = np.random.default_rng(6)
+    protos = rng.normal(size=(2, 3))
+    units = protos[rng.integers(0, 2, size=3 * 5 * 6)]  # rows of a (3, 3, 5, 6) kernel
+    w = np.moveaxis(units.reshape(3, 5, 6, 3), -1, 1)
+    var = _var(w)
+    reg = SpectralKMeansRegularizer(2, lam=1.0, relaxation=relaxation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # spectral: K=2 >= rank 2 is degenerate (that's fine)
+        reg.refresh(var)
+    assert _penalty(reg, var) < 1e-6 * np.sum(w ** 2)
+
+
+def test_sparsity_zero_cluster():
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(40, 10))  # Dense kernel: scalar units
+    var = _var(w)
+    reg = SpectralKMeansRegularizer(4, lam=2.0, sparsity=0.25)
+    reg.refresh(var)
+    values = w.reshape(-1)
+    assign = reg.assignment
+    zero = assign == 4
+    assert zero.sum() == 100
+    assert np.abs(values[zero]).max() <= np.abs(values[~zero]).min()
+    rest = values[~zero]
+    means = np.array([rest[assign[~zero] == j].mean() for j in range(3)])
+    expected = np.sum(values[zero] ** 2) + np.sum((rest - means[assign[~zero]]) ** 2)
+    assert_all_close(_penalty(reg, var), expected, rtol=1e-5)
+
+
+def test_units_auto_and_explicit():
+    assert reg_lib.unit_geometry((5, 5, 3, 8), "auto") == ("row", 5, 5, 24)
+    assert reg_lib.unit_geometry((1, 1, 3, 8), "auto") == ("scalar", 1, 1, 24)
+    assert reg_lib.unit_geometry((3, 3, 4, 2), "kernel") == ("kernel", 1, 9, 8)
+    assert reg_lib.unit_geometry((3, 4, 2), "row") == ("row", 1, 3, 8)  # Conv1D
+    assert reg_lib.unit_geometry((64, 10), "auto") == ("scalar", 1, 1, 640)
+    w = np.arange(3 * 3 * 4 * 2).reshape(3, 3, 4, 2)
+    assert_all_close(reg_lib._to_units_np(w, 3, 3, 8), _rows(w))
+
+
+# ------------------------------------------------------------------ errors
+@pytest.mark.parametrize("kwargs,match", [
+    ({"n_clusters": 4, "lam": -1.0}, r"argument `lam`.*Received: lam=-1.0"),
+    ({"n_clusters": 0}, r"argument `n_clusters`. Expected an integer >= 1. Received: "
+                        r"n_clusters=0"),
+    ({"n_clusters": 2.5}, r"Received: n_clusters=2.5"),
+    ({"n_clusters": 4, "relaxation": "soft"}, r"`relaxation`.*Received: relaxation='soft'"),
+    ({"n_clusters": 4, "unit": "filter"}, r"`unit`.*Received: unit='filter'"),
+    ({"n_clusters": 4, "sparsity": 1.0}, r"`sparsity`.*Received: sparsity=1.0"),
+    ({"n_clusters": 1, "sparsity": 0.5}, r"n_clusters.*>= 2 when sparsity > 0"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SpectralKMeansRegularizer(**kwargs)
+
+
+def test_bad_layers_and_units():
+    model = small_cnn()
+    with pytest.raises(ValueError, match=r"Layer 'out' \(Dense\).*`unit`.*no spatial axes"):
+        retrain.attach_regularizer(model, 4, layers=["out"], unit="row")
+    with pytest.raises(TypeError, match=r"Layer 'bn' \(BatchNormalization\) has no kernel"):
+        retrain.attach_regularizer(model, 4, layers=["bn"])
+    with pytest.raises(ValueError, match=r"`layers`.*Received: layers='nope'"):
+        retrain.attach_regularizer(model, 4, layers=["nope"])
+    with pytest.raises(ValueError, match=r"no SpectralKMeansRegularizer"):
+        model.compile("sgd", "mse")
+        model.fit(np.zeros((2, 8, 8, 1)), np.zeros((2, 10)), verbose=0,
+                  callbacks=[RefreshKMeans()])
+    with pytest.raises(ValueError, match=r"`every_n_epochs`.*Received: every_n_epochs=0"):
+        RefreshKMeans(every_n_epochs=0)
+    with pytest.raises(ValueError, match=r"`log_penalty`.*Received: log_penalty='step'"):
+        RefreshKMeans(log_penalty="step")
+    reg = SpectralKMeansRegularizer(2)
+    reg.refresh(_var(np.ones((3, 3, 1, 2))))
+    with pytest.raises(ValueError, match="one instance per weight"):
+        reg(_var(np.ones((3, 3, 2, 2))))
+
+
+# ------------------------------------------------------------------ Keras integration
+def test_attach_selects_kernels_keeps_existing_and_detaches():
+    model = small_cnn()
+    l2 = keras.regularizers.L2(0.5)
+    model.get_layer("c1").kernel.regularizer = l2
+    attached = retrain.attach_regularizer(model, {"c1": 3, "dw": 2, "out": 4}, lam=0.1)
+    assert sorted(attached) == ["small_cnn/c1/kernel", "small_cnn/dw/kernel"]  # no Dense
+    assert model.get_layer("dw").depthwise_regularizer is attached["small_cnn/dw/kernel"]
+    c1 = model.get_layer("c1").kernel
+    assert c1.regularizer.base is l2
+    assert_all_close(float(c1.regularizer(c1)),
+                     reg_lib.refresh_regularizers(model)["small_cnn/c1/kernel"]["penalty"]
+                     + float(l2(c1)), rtol=1e-5)
+    assert len(retrain.attach_regularizer(model, 4, include_dense=True)) == 3
+    assert c1.regularizer.base is l2  # re-attaching replaces, never stacks
+    assert retrain.detach_regularizer(model) == 3
+    assert c1.regularizer is l2 and model.get_layer("out").kernel.regularizer is None
+    assert model.get_layer("dw").depthwise_regularizer is None
+
+
+class _BatchLogs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.logs = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.logs.append(dict(logs or {}))
+
+
+def test_fit_logs_penalty_refreshes_and_round_trips(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64)
+    model = small_cnn()
+    retrain.attach_regularizer(model, 3, lam=0.05, include_dense=True, sparsity={"c1": 0.2})
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    cb, rec = RefreshKMeans(every_n_epochs=1, every_n_steps=3, log_penalty="batch"), _BatchLogs()
+    hist = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), verbose=0,
+                     callbacks=[cb, rec])
+    assert all(logs[callbacks_lib.PENALTY_KEY] > 0 for logs in rec.logs) and len(rec.logs) == 8
+    assert cb.refresh_count == 1 + 2 + 2  # train begin, every 3 of 8 steps, every epoch
+    pen = hist.history[callbacks_lib.PENALTY_KEY]
+    assert len(pen) == 2 and all(p > 0 for p in pen)
+    assert len(hist.history["val_" + callbacks_lib.PENALTY_KEY]) == 2
+
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)  # no custom_objects
+    regs = {"/".join(v.path.split("/")[-2:]): r for v, r in reg_lib.kmeans_regularizers(loaded)}
+    assert sorted(regs) == ["c1/kernel", "dw/kernel", "out/kernel"]
+    for name in regs:
+        layer = model.get_layer(name.split("/")[0])
+        original = getattr(layer, "depthwise_regularizer", None) or layer.kernel_regularizer
+        assert regs[name].get_config() == original.get_config()
+    assert regs["c1/kernel"].sparsity == 0.2
+    assert_all_close(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    capsys.readouterr()
+    hist = loaded.fit(x, y, batch_size=32, epochs=1, verbose=1, callbacks=[RefreshKMeans()])
+    assert hist.history[callbacks_lib.PENALTY_KEY][0] > 0
+    assert "kmeans_penalty:" in capsys.readouterr().out  # shown in the progress bar
+
+
+def test_regularizer_config_round_trip_and_lazy_state():
+    reg = SpectralKMeansRegularizer(5, lam=3e-4, relaxation="spectral", unit="kernel",
+                                    sparsity=0.1, seed=7, base=keras.regularizers.L2(1e-3))
+    config = keras.regularizers.serialize(reg)
+    again = keras.regularizers.deserialize(config)
+    assert isinstance(again, SpectralKMeansRegularizer) and not again.built
+    assert again.get_config() == reg.get_config()
+    # used directly as kernel_regularizer, without attach: F is computed on first use
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Conv2D(4, 3, kernel_regularizer=SpectralKMeansRegularizer(2, lam=1.0))
+    layer.build((None, 6, 6, 2))
+    reg = layer.kernel.regularizer
+    value = float(layer.losses[0])
+    assert reg.built and value > 0
+    assert_all_close(value, reg.refresh(layer.kernel)["penalty"], rtol=1e-5)
+
+
+_MIRRORED = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    import keras, dkm_tf.callbacks as C, dkm_tf.regularizers as R, dkm_tf.retrain as T
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3),
+                                  keras.layers.Flatten(), keras.layers.Dense(10)])
+        T.attach_regularizer(model, 3, lam=0.1, include_dense=True)
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for relaxation in ("hard", "spectral"):
+        h = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                      callbacks=[C.RefreshKMeans(every_n_epochs=1)])
+        logged = h.history["kmeans_penalty"]
+        ref = sum(float(r(v)) for v, r in R.kmeans_regularizers(model))
+        assert all(p > 0 for p in logged) and 0.7 < logged[-1] / ref < 1.4, (logged, ref)
+        T.attach_regularizer(model, 2, lam=0.1, relaxation="spectral")  # outside the scope
+        with strategy.scope():
+            model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    print("MIRRORED_OK", logged, ref)
+""")
+
+
+def test_mirrored_strategy_two_cpu_replicas():
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True,
+                         env=env, timeout=240, cwd=REPO)
+    assert "MIRRORED_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
+
+
+def test_attach_covers_conv_types_and_nested_models():
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inner = keras.Sequential([keras.Input((8, 8, 4)), L.SeparableConv2D(6, 3, name="sep"),
+                              L.Conv2DTranspose(3, 3, name="convt")], name="inner")
+    inputs = keras.Input((8, 8, 2))
+    h = inner(L.Conv2D(4, 1, name="pw")(inputs))
+    outputs = L.Conv1D(5, 3, name="c1d")(L.Reshape((8 * 8, 3))(h))
+    model = keras.Model(inputs, outputs)
+    attached = retrain.attach_regularizer(model, 3, lam=2.0)
+    units = sorted((path.split("/")[-2:], reg.resolved_unit) for path, reg in attached.items())
+    assert units == [(["c1d", "kernel"], "row"), (["convt", "kernel"], "row"),
+                     (["pw", "kernel"], "scalar"), (["sep", "depthwise_kernel"], "row"),
+                     (["sep", "pointwise_kernel"], "scalar")], units
+    assert model.get_layer("inner").get_layer("sep").pointwise_regularizer is not None
+    infos = reg_lib.refresh_regularizers(model)
+    for var, reg in reg_lib.kmeans_regularizers(model):
+        assert_all_close(float(reg(var)), infos[var.path]["penalty"], rtol=1e-4)
