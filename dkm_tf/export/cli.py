@@ -1,0 +1,99 @@
+"""Library side of the ``export/`` command-line tools (the scripts only parse flags).
+
+``run_to_tflite`` loads a ``.keras`` model and its palettes (a JSON list of
+``Palette.to_dict()``, or clusters every supported weight post-training with
+``n_clusters``), exports it with :func:`dkm_tf.export.to_tflite` and returns the report;
+``run_inspect`` returns :func:`dkm_tf.export.inspect_tflite`'s summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+__all__ = ["cluster_model_in_place", "default_output_path", "load_palettes", "run_inspect",
+           "run_to_tflite"]
+
+
+def default_output_path(model_path, format, decode="once"):  # noqa: A002
+    """``<model stem>.<format>[_per_invoke].tflite`` beside the model."""
+    stem = os.path.splitext(os.fspath(model_path))[0]
+    label = format + ("_per_invoke" if format == "palettized" and decode == "per_invoke" else "")
+    return f"{stem}.{label}.tflite"
+
+
+def load_palettes(path):
+    """Palettes from a JSON file holding a list of ``Palette.to_dict()``."""
+    from dkm_tf.palette import Palette  # noqa: PLC0415
+
+    with open(os.fspath(path)) as f:
+        data = json.load(f)
+    if not isinstance(data, list):
+        raise ValueError(f"Invalid palettes file {path!r}: expected a JSON list of palettes, "
+                         f"found {type(data).__name__}.")
+    return [Palette.from_dict(d) for d in data]
+
+
+def _walk(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if getattr(layer, "layers", None):
+            yield from _walk(layer)
+
+
+def cluster_model_in_place(model, n_clusters, unit="scalar", granularity="per_tensor", seed=0):
+    """Post-training k-means of every clusterable weight; assigns the decoded values.
+
+    A convenience for exporting an unclustered model from the command line (no fine-tuning;
+    use ``dkm_tf.cluster_weights`` / ``strip_clustering`` for the trained path).
+
+    Returns:
+        The list of :class:`~dkm_tf.palette.Palette`.
+    """
+    from dkm_tf.clusterable import clusterable_weights  # noqa: PLC0415
+    from dkm_tf.palette import cluster_tensor  # noqa: PLC0415
+
+    palettes = []
+    for layer in _walk(model):
+        try:
+            weights = clusterable_weights(layer)
+        except TypeError:
+            continue
+        for name, var, kind in weights:
+            p = cluster_tensor(np.asarray(var), kind=kind, n_clusters=n_clusters, unit=unit,
+                               granularity=granularity, seed=seed, layer_name=layer.name,
+                               weight_name=name)
+            var.assign(p.decode())
+            palettes.append(p)
+    return palettes
+
+
+def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa: A002
+                  decode="once", int8_mode="dynamic", palettes_path=None, n_clusters=None,
+                  unit="scalar", granularity="per_tensor", samples_path=None):
+    """Load, (cluster,) export and verify; returns the :class:`~dkm_tf.export.ExportReport`."""
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.export.tflite import to_tflite  # noqa: PLC0415
+
+    if palettes_path and n_clusters:
+        raise ValueError("Give either `palettes_path` or `n_clusters`, not both.")
+    model = keras.models.load_model(os.fspath(model_path), compile=False)
+    palettes = None
+    if palettes_path:
+        palettes = load_palettes(palettes_path)
+    elif n_clusters:
+        palettes = cluster_model_in_place(model, int(n_clusters), unit, granularity)
+    samples = np.load(os.fspath(samples_path)) if samples_path else None
+    out = output_path or default_output_path(model_path, format, decode)
+    return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
+                     decode=decode, int8_mode=int8_mode)
+
+
+def run_inspect(path):
+    """The printable summary of :func:`dkm_tf.export.inspect_tflite`."""
+    from dkm_tf.export.inspect import inspect_tflite  # noqa: PLC0415
+
+    return inspect_tflite(path).summary()

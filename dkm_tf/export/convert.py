@@ -1,0 +1,152 @@
+"""Keras 3 model -> ``.tflite`` bytes with the stock converter (float, fp16, int8).
+
+Conversion goes through a concrete function over a ``tf.Module`` that holds the model's
+variables (toolchain.md section 3, path "C fixed"): it works for Sequential, functional and
+subclassed models alike and prints nothing on stdout. Inputs have a fixed shape with batch 1,
+the usual on-device setting, which lets every shape in a rewritten graph be static.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+__all__ = ["QUANTIZATIONS", "as_input_list", "convert", "input_specs", "quiet",
+           "synthesize_inputs"]
+
+QUANTIZATIONS = ("none", "fp16", "dynamic", "full")
+
+
+@contextlib.contextmanager
+def quiet(enabled=True):
+    """Silence stdout/stderr at the file-descriptor level (converter and interpreter logs)."""
+    if not enabled:
+        yield
+        return
+    import sys  # noqa: PLC0415
+
+    for s in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            s.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
+def as_input_list(sample_inputs):
+    """Normalize sample inputs to a list of arrays (float32, or int32 for integer inputs)."""
+    if isinstance(sample_inputs, dict):
+        raise TypeError("Invalid type for argument `sample_inputs`. Expected an array or a "
+                        "list of arrays (one per model input). Received: dict")
+    raw = sample_inputs if isinstance(sample_inputs, (list, tuple)) else [sample_inputs]
+    arrays = [np.asarray(a) for a in raw]
+    arrays = [a.astype(np.int32) if a.dtype.kind in "iub" else a.astype(np.float32)
+              for a in arrays]
+    if not arrays or any(a.ndim < 1 for a in arrays) or len({len(a) for a in arrays}) != 1:
+        raise ValueError("Invalid value for argument `sample_inputs`. Expected arrays with the "
+                         "same number of samples along axis 0. Received shapes: "
+                         f"{[a.shape for a in arrays]}")
+    return arrays
+
+
+def input_specs(model, sample_inputs=None):
+    """Per-input (shape with batch 1, dtype) of the model, from its inputs or the samples."""
+    if sample_inputs is not None:
+        return [((1, *a.shape[1:]), a.dtype.name) for a in as_input_list(sample_inputs)]
+    inputs = getattr(model, "inputs", None)
+    try:
+        shapes = [tuple(t.shape) for t in inputs] if inputs else None
+        dtypes = ["int32" if "int" in str(t.dtype) else "float32" for t in inputs or ()]
+    except (AttributeError, TypeError, ValueError):
+        shapes = None
+    if not shapes or any(s is None or any(d is None for d in s[1:]) for s in shapes):
+        raise ValueError("Invalid value for argument `sample_inputs`. The model has no fully "
+                         "defined input shape (subclassed model or dynamic dimensions), so "
+                         "sample inputs are required. Received: sample_inputs=None")
+    return [((1, *s[1:]), d) for s, d in zip(shapes, dtypes)]
+
+
+def synthesize_inputs(specs, n=8, seed=0):
+    """Seeded standard-normal samples matching ``specs`` (when the caller gives none)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 2, (n, *shape[1:])).astype(np.int32) if dtype == "int32"
+            else rng.standard_normal((n, *shape[1:])).astype(np.float32)
+            for shape, dtype in specs]
+
+
+def _flatten_outputs(y):
+    import tensorflow as tf  # noqa: PLC0415
+
+    flat = tf.nest.flatten(y)
+    return {f"output_{i}": t for i, t in enumerate(flat)}
+
+
+def convert(model, specs, quantization="none", representative_data=None):
+    """Convert ``model`` to ``.tflite`` bytes.
+
+    Args:
+        model: a built Keras 3 model (TensorFlow backend).
+        specs: from :func:`input_specs`.
+        quantization: ``"none"`` (float32), ``"fp16"`` (float16 weights), ``"dynamic"``
+            (dynamic-range int8 weights) or ``"full"`` (int8 weights and activations,
+            calibrated on ``representative_data``; float input and output).
+        representative_data: list of input arrays (see :func:`as_input_list`) for ``"full"``.
+
+    Returns:
+        The flatbuffer bytes.
+
+    Raises:
+        ValueError: the converter rejects the model (e.g. an op without a TFLite builtin).
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"Invalid value for argument `quantization`. Expected one of "
+                         f"{list(QUANTIZATIONS)}. Received: quantization={quantization!r}")
+    module = tf.Module()
+    module.vars = [getattr(v, "value", v) for v in model.variables]
+    signature = [tf.TensorSpec(shape, dtype, name=f"input_{i}")
+                 for i, (shape, dtype) in enumerate(specs)]
+
+    def call(*xs):
+        return _flatten_outputs(model(xs[0] if len(xs) == 1 else list(xs), training=False))
+
+    module.f = tf.function(call, input_signature=signature, autograph=False)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.f.get_concrete_function()], module)
+    if quantization != "none":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "fp16":
+        conv.target_spec.supported_types = [tf.float16]
+    if quantization == "full":
+        if representative_data is None:
+            raise ValueError("Full-integer quantization needs representative data.")
+        data = as_input_list(representative_data)
+
+        def gen():
+            for i in range(len(data[0])):
+                yield [a[i:i + 1] for a in data]
+
+        conv.representative_dataset = gen
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    try:
+        with quiet():
+            return bytes(conv.convert())
+    except Exception as e:  # noqa: BLE001 - the converter raises many types
+        msg = str(e).strip().splitlines()
+        detail = "; ".join(line.strip() for line in msg if "error" in line.lower())[:800]
+        raise ValueError(
+            f"TFLite conversion of model {getattr(model, 'name', '?')!r} failed "
+            f"({type(e).__name__}). The model probably uses operations that have no TFLite "
+            f"builtin kernel (only builtin ops are allowed). Converter said: "
+            f"{detail or ' '.join(msg)[:800]}") from e

@@ -1,0 +1,77 @@
+"""Write several ``.tflite`` formats of one clustered model side by side (for ``dkm-tf``)."""
+
+from __future__ import annotations
+
+import os
+
+from dkm_tf.export import convert as convert_lib
+from dkm_tf.export.latency import benchmark_latency
+from dkm_tf.export.tflite import to_tflite
+from dkm_tf.export.tflm import tflm_available
+
+__all__ = ["DEFAULT_TARGETS", "EXPORT_TARGETS", "export_all"]
+
+# label -> to_tflite keyword arguments
+EXPORT_TARGETS = {
+    "float": {"format": "float"},
+    "fp16": {"format": "fp16"},
+    "int8": {"format": "int8", "int8_mode": "dynamic"},
+    "int8_full": {"format": "int8", "int8_mode": "full"},
+    "palettized": {"format": "palettized", "decode": "once"},
+    "palettized_per_invoke": {"format": "palettized", "decode": "per_invoke"},
+    "tflm": {"format": "tflm"},
+}
+DEFAULT_TARGETS = ("float", "int8", "palettized")
+
+
+def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TARGETS, *,
+               stem="model", latency=False, threads=(1, 2), runs=100):
+    """Export ``model`` in several formats into ``out_dir`` and report each.
+
+    Args:
+        model: Keras model whose clustered weights equal the palettes' decoded values.
+        palettes: list of :class:`~dkm_tf.palette.Palette`.
+        out_dir: existing, writable directory; files are ``<stem>.<label>.tflite``.
+        sample_inputs: verification inputs (see :func:`~dkm_tf.export.to_tflite`).
+        targets: labels from :data:`EXPORT_TARGETS`; ``"tflm"`` is skipped (with a note in
+            the returned dict) when ``tflite-micro`` is not installed.
+        stem: file name stem.
+        latency: also measure invoke latency of the LiteRT formats, interleaved, with
+            ``ai_edge_litert`` at each thread count in ``threads``.
+        threads: thread counts for the latency measurement.
+        runs: timed invokes per model and thread count.
+
+    Returns:
+        dict label -> :class:`~dkm_tf.export.ExportReport` (``report.latency`` holds
+        ``{"1t": {...}, "2t": {...}}`` when ``latency``).
+
+    Example:
+        >>> reports = export_all(plain, palettes, "out", x[:8], latency=True)  # doctest: +SKIP
+        >>> reports["palettized"].latency["1t"]["median_ms"]  # doctest: +SKIP
+    """
+    unknown = [t for t in targets if t not in EXPORT_TARGETS]
+    if unknown:
+        raise ValueError(f"Invalid value for argument `targets`. Expected labels from "
+                         f"{list(EXPORT_TARGETS)}. Received: targets={list(targets)!r}")
+    if not os.path.isdir(out_dir):
+        raise ValueError(f"Invalid value for argument `out_dir`. Expected an existing "
+                         f"directory. Received: out_dir={out_dir!r}")
+    specs = convert_lib.input_specs(model, sample_inputs)
+    float_content = convert_lib.convert(model, specs, "none")
+    reports = {}
+    for label in targets:
+        if label == "tflm" and not tflm_available():
+            continue
+        path = os.path.join(out_dir, f"{stem}.{label}.tflite")
+        reports[label] = to_tflite(model, path, palettes=palettes, sample_inputs=sample_inputs,
+                                   float_content=float_content, **EXPORT_TARGETS[label])
+    if latency:
+        timed = {k: r.path for k, r in reports.items() if r.format != "tflm"}
+        x = None
+        if sample_inputs is not None:
+            x = [a[0] for a in convert_lib.as_input_list(sample_inputs)]
+        for n in threads:
+            res = benchmark_latency(timed, x, threads=n, runs=runs)
+            for label, stats in res.items():
+                reports[label].latency[f"{n}t"] = stats
+    return reports

@@ -1,0 +1,208 @@
+"""Look inside a ``.tflite``: constant tensors, their storage, and which weights are palettized.
+
+:func:`inspect_tflite` reads the flatbuffer only (no interpreter, no TensorFlow import) and
+recognizes the decode chains that :mod:`dkm_tf.export` writes:
+
+* ``once``: ``GATHER(GATHER(codebook, enum), int16 indices)`` (K from the codebook, g indices
+  per int16 from the tuple table);
+* ``per_invoke``: ``GATHER(codebook, CAST(DEQUANTIZE(int4/int2)))``, ``CAST(uint8)``, or
+  int16 base-K tuples split by ``FLOOR_MOD(FLOOR_DIV(CAST(int16)))``;
+* TFLite Micro: ``TFLM_DECODE`` custom operators (LUT-compressed tensors).
+
+Example:
+    >>> info = inspect_tflite("model.tflite")  # doctest: +SKIP
+    >>> print(info.summary())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+
+import numpy as np
+
+from dkm_tf.export import pack
+from dkm_tf.export.rewrite import FlatModel, TFLiteFormatError
+
+__all__ = ["TFLiteInspection", "inspect_tflite"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TFLiteInspection:
+    """What a ``.tflite`` stores.
+
+    Attributes:
+        path: file path (None when inspected from bytes).
+        bytes: file size.
+        tensors: one dict per constant tensor: index, name, dtype, shape, bytes,
+            distinct (number of distinct stored values), role.
+        palettized: one dict per recognized palettized weight: output tensor, mode
+            (``once`` / ``per_invoke`` / ``tflm``), K, storage dtype, indices per element,
+            index bytes, codebook bytes.
+        ops: operator name -> count.
+        bytes_by_dtype: dtype -> constant bytes.
+    """
+
+    path: str | None
+    bytes: int
+    tensors: tuple
+    palettized: tuple
+    ops: dict
+    bytes_by_dtype: dict
+
+    def summary(self):
+        lines = [f"{self.path or '<bytes>'}: {self.bytes:,} bytes; constants by dtype: "
+                 + ", ".join(f"{k} {v:,} B" for k, v in sorted(self.bytes_by_dtype.items()))]
+        lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.ops.items())))
+        lines.append(f"{'constant tensor':<44}{'dtype':>8}{'shape':>18}{'bytes':>11}"
+                     f"{'distinct':>10}  role")
+        for t in self.tensors:
+            lines.append(f"{t['name'][:43]:<44}{t['dtype']:>8}{str(list(t['shape']))[:17]:>18}"
+                         f"{t['bytes']:>11,}{t['distinct']:>10}  {t['role']}")
+        if self.palettized:
+            lines.append(f"palettized weights: {len(self.palettized)}")
+            for p in self.palettized:
+                lines.append(f"  {p['weight'][:50]:<50} {p['mode']:<10} K={p['K']:<4} "
+                             f"{p['storage']:<6} x{p['per_element']:<3} idx {p['index_bytes']:,}"
+                             f" B, codebook {p['codebook_bytes']:,} B")
+        return "\n".join(lines)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _distinct(fm, t):
+    dtype = fm.type_name(t)
+    arr = fm.const(t)
+    if dtype in ("int4", "int2"):
+        bits = 4 if dtype == "int4" else 2
+        n = int(np.prod(fm.shape(t)))
+        arr = pack.unpack_bits(arr, bits, n)
+    return int(np.unique(arr).size)
+
+
+def _producers(fm):
+    out = {}
+    for op in fm.operators:
+        for t in op.outputs:
+            out[int(t)] = op
+    return out
+
+
+_INDEX_OPS = ("CAST", "DEQUANTIZE", "ADD", "RESHAPE", "STRIDED_SLICE", "FLOOR_MOD",
+              "FLOOR_DIV")
+
+
+def _const_source(fm, prod, t):
+    """Follow ``t`` back through index-conversion ops to a constant; (tensor, ops)."""
+    chain = []
+    while not fm.raw(t):
+        op = prod.get(t)
+        if op is None or fm.op_name(op) not in _INDEX_OPS:
+            return None, chain
+        chain.append(op)
+        t = int(op.inputs[0])
+    return t, chain
+
+
+def _palettized(fm):
+    prod = _producers(fm)
+    found = []
+    for op in fm.operators:
+        name = fm.op_name(op)
+        if name.startswith("CUSTOM:TFLM_DECODE"):
+            for t_in, t_out in zip(op.inputs[::2], op.outputs):
+                found.append({"weight": fm.tensor_name(int(t_out)), "mode": "tflm", "K": -1,
+                              "storage": fm.type_name(int(t_in)), "per_element": 1,
+                              "index_bytes": len(fm.raw(int(t_in))), "codebook_bytes": 0})
+            continue
+        if name != "GATHER":
+            continue
+        params, pos = int(op.inputs[0]), int(op.inputs[1])
+        src = prod.get(params)
+        if src is not None and fm.op_name(src) == "GATHER" and fm.raw(pos) \
+                and fm.type_name(pos) == "int16":
+            book = int(src.inputs[0])
+            if not fm.raw(book):
+                continue
+            bshape = fm.shape(book)
+            g = fm.shape(params)[-1]
+            found.append({"weight": fm.tensor_name(int(op.outputs[0])), "mode": "once",
+                          "K": int(bshape[-1]), "storage": "int16", "per_element": int(g),
+                          "index_bytes": len(fm.raw(pos)), "codebook_bytes": len(fm.raw(book)),
+                          "indices": fm.tensor_name(pos), "codebook": fm.tensor_name(book)})
+        elif fm.raw(params) and fm.type_name(params) == "float32" and not fm.raw(pos):
+            stored, chain = _const_source(fm, prod, pos)
+            names = [fm.op_name(o) for o in chain]
+            if stored is None or "CAST" not in names:
+                continue
+            a_dim, per = 1, 1
+            for o, name in zip(chain, names):
+                if name == "ADD":  # per-channel offsets a*K
+                    a_dim = int(np.prod(fm.shape(int(o.inputs[1]))))
+                if name == "FLOOR_DIV":  # base-K tuples split at run time
+                    per = int(np.prod(fm.shape(int(o.inputs[1]))))
+            found.append({"weight": fm.tensor_name(int(op.outputs[0])), "mode": "per_invoke",
+                          "K": int(fm.shape(params)[0]) // a_dim, "storage":
+                          fm.type_name(stored), "per_element": per,
+                          "index_bytes": len(fm.raw(stored)),
+                          "codebook_bytes": len(fm.raw(params)),
+                          "indices": fm.tensor_name(stored), "codebook": fm.tensor_name(params)})
+    return found
+
+
+def inspect_tflite(path):
+    """Describe the constant tensors and palettized weights of a ``.tflite``.
+
+    Args:
+        path: file path, or the model bytes.
+
+    Returns:
+        A :class:`TFLiteInspection`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TFLiteFormatError: the file is not a valid TFLite flatbuffer (``ValueError``).
+    """
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        data, where = bytes(path), None
+    else:
+        where = os.fspath(path)
+        if not os.path.isfile(where):
+            raise FileNotFoundError(f"No such .tflite file: {where!r}")
+        with open(where, "rb") as f:
+            data = f.read()
+    fm = FlatModel.from_bytes(data)
+    try:
+        pal = _palettized(fm)
+        roles = {}
+        for p in pal:
+            if "indices" in p:
+                roles[p["indices"]] = f"palette indices ({p['mode']}, K={p['K']})"
+                roles[p["codebook"]] = f"palette codebook (K={p['K']})"
+        tensors, by_dtype = [], collections.Counter()
+        for t in range(len(fm.tensors)):
+            raw = fm.raw(t)
+            if not raw:
+                continue
+            name = fm.tensor_name(t)
+            shape = fm.shape(t)
+            if fm.type_name(t) not in ("float32", "float16", "int32", "uint8", "int64", "int16",
+                                        "int8", "int4", "int2", "bool"):
+                distinct = -1
+            else:
+                distinct = _distinct(fm, t)
+            expected = int(np.prod(shape)) if shape else 1
+            role = roles.get(name) or ("weight" if expected >= 64 and len(shape) >= 2
+                                       else "small constant")
+            tensors.append({"index": t, "name": name, "dtype": fm.type_name(t),
+                            "shape": tuple(shape), "bytes": len(raw), "distinct": distinct,
+                            "role": role})
+            by_dtype[fm.type_name(t)] += len(raw)
+        ops = collections.Counter(fm.op_name(op) for op in fm.operators)
+    except (IndexError, ValueError, TypeError, KeyError) as e:
+        raise TFLiteFormatError(f"Corrupted TFLite flatbuffer {where or '<bytes>'}: "
+                                f"{type(e).__name__}: {e}") from e
+    return TFLiteInspection(where, len(data), tuple(tensors), tuple(pal), dict(ops),
+                            dict(by_dtype))

@@ -1,0 +1,80 @@
+"""Invoke latency of ``.tflite`` models, measured interleaved so machine noise hits all alike.
+
+Each model gets its own interpreter (default XNNPACK delegate, ``threads`` threads); after a
+warm-up, the models are invoked in round-robin blocks, and the per-invoke median (and 10th
+percentile, a robust figure on a shared machine) is reported per model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from dkm_tf.export.verify import make_interpreter
+
+__all__ = ["benchmark_latency"]
+
+
+def _load(model):
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model)
+    with open(os.fspath(model), "rb") as f:
+        return f.read()
+
+
+def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmup=10,
+                      interpreter="litert"):
+    """Median invoke latency of one or several models, measured interleaved.
+
+    Args:
+        paths: a ``.tflite`` path or bytes, or a dict ``{label: path_or_bytes}`` / list.
+        inputs: one sample (array without batch axis, or list of them per model input);
+            zeros when None.
+        threads: interpreter threads.
+        runs: timed invokes per model.
+        block: consecutive invokes of one model before switching to the next.
+        warmup: untimed invokes per model first.
+        interpreter: ``"litert"`` (``ai_edge_litert``) or ``"tflite"`` (``tf.lite``).
+
+    Returns:
+        ``{label: {"median_ms", "p10_ms", "p90_ms", "runs", "threads"}}``; a single path
+        gives a single dict.
+
+    Example:
+        >>> benchmark_latency({"float": "m.tflite", "pal": "p.tflite"})  # doctest: +SKIP
+    """
+    for name, value, low in (("threads", threads, 1), ("runs", runs, 1), ("block", block, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"Invalid value for argument `{name}`. Expected an integer >= "
+                             f"{low}. Received: {name}={value!r}")
+    single = not isinstance(paths, (dict, list, tuple))
+    items = {"model": paths} if single else (
+        dict(paths) if isinstance(paths, dict) else {str(i): p for i, p in enumerate(paths)})
+    its = {}
+    for label, p in items.items():
+        it = make_interpreter(interpreter, _load(p), threads=threads)
+        for j, d in enumerate(it.get_input_details()):
+            x = None
+            if inputs is not None:
+                x = inputs[j] if isinstance(inputs, (list, tuple)) else inputs
+            x = np.zeros(d["shape"], d["dtype"]) if x is None else \
+                np.asarray(x, d["dtype"]).reshape(d["shape"])
+            it.set_tensor(d["index"], x)
+        for _ in range(warmup):
+            it.invoke()
+        its[label] = it
+    times = {label: [] for label in its}
+    while min(len(t) for t in times.values()) < runs:
+        for label, it in its.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                it.invoke()
+                times[label].append(time.perf_counter() - t0)
+    out = {}
+    for label, t in times.items():
+        a = np.asarray(t[:runs]) * 1e3
+        out[label] = {"median_ms": float(np.median(a)), "p10_ms": float(np.percentile(a, 10)),
+                      "p90_ms": float(np.percentile(a, 90)), "runs": runs, "threads": threads}
+    return out["model"] if single else out

@@ -1,0 +1,297 @@
+"""Replace the float weights of a converted ``.tflite`` by codebooks + packed indices.
+
+:func:`palettize_flatbuffer` finds, for every :class:`~dkm_tf.palette.Palette`, the constant
+tensor the converter wrote for that weight (by value, in the layout the consuming op uses),
+then swaps it for a decode chain (:mod:`dkm_tf.export.decode`). With ``decode="once"``,
+CONV_2D (stride 1) and FULLY_CONNECTED consumers are also rewritten to BATCH_MATMUL
+(:mod:`dkm_tf.export.lower`) so that XNNPACK keeps running them.
+
+Layouts. A palette's indices enumerate units in :mod:`dkm_tf.units` order: group (channel)
+axes, then the other axes, then the unit's values (trailing spatial axes). A decode chain
+produces the axes in the order group + unit + rest (``once``) or group + rest + unit
+(``per_invoke``), where "rest" may be permuted freely by permuting the indices at export time.
+When the layout a consumer needs cannot be reached that way, a TRANSPOSE (run every invoke)
+finishes the job and the tensor's record says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from dkm_tf import units as units_lib
+from dkm_tf.export import lower, pack
+from dkm_tf.export.decode import Emitter
+
+__all__ = ["DECODE_MODES", "WEIGHT_INPUT", "palettize_flatbuffer", "tflite_layouts"]
+
+DECODE_MODES = ("once", "per_invoke")
+DEPTHWISE_IM2COL_MAX_CHANNELS = 4  # im2col by one-hot DEPTHWISE_CONV_2D up to this C_in
+MIN_ROWS_WEIGHT_LEFT = 16  # BATCH_MATMUL with the weight on the left needs this many rows
+# operator -> position of its weight input
+WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1,
+                "TRANSPOSE_CONV": 1, "CONV_3D": 1, "GATHER": 0, "EMBEDDING_LOOKUP": 1,
+                "BATCH_MATMUL": 1}
+
+
+def tflite_layouts(layout):
+    """Candidate (op names, axis order over the Keras kernel, TFLite shape) for a kernel."""
+    s = layout.kernel_shape
+    nd = len(s)
+    if layout.kind == "dense":
+        return [(("FULLY_CONNECTED",), (1, 0), (s[1], s[0])),
+                (("BATCH_MATMUL",), (0, 1), s)]
+    if layout.kind == "embedding":
+        return [(("GATHER", "EMBEDDING_LOOKUP"), (0, 1), s)]
+    if layout.kind == "conv":
+        if nd == 3:  # Conv1D: the converter expands to a 1 x k CONV_2D
+            return [(("CONV_2D",), (2, 0, 1), (s[2], 1, s[0], s[1]))]
+        return [(("CONV_2D", "CONV_3D"), (nd - 1, *range(nd - 1)),
+                 (s[-1], *s[:-1]))] + ([(("CONV_3D",), tuple(range(nd)), s)] if nd == 5 else [])
+    if layout.kind == "depthwise":
+        if nd == 3:
+            return [(("DEPTHWISE_CONV_2D",), (0, 1, 2), (1, 1, s[0], s[1] * s[2]))]
+        return [(("DEPTHWISE_CONV_2D",), (0, 1, 2, 3), (1, s[0], s[1], s[2] * s[3]))]
+    if nd == 3:  # conv_t 1D
+        return [(("TRANSPOSE_CONV",), (1, 0, 2), (s[1], 1, s[0], s[2]))]
+    return [(("TRANSPOSE_CONV",), (2, 0, 1, 3), (s[2], s[0], s[1], s[3]))]
+
+
+def _digest(array):
+    return hashlib.sha1(np.ascontiguousarray(array, np.float32).tobytes()).hexdigest()
+
+
+def _axes(layout):
+    """(group axes, unit axes, rest axes in units order) of a palette's kernel."""
+    spatial, channel, _ = units_lib._axes(layout.kind, len(layout.kernel_shape))  # noqa: SLF001
+    if layout.unit_dim == 1:
+        unit = ()
+    elif layout.unit == "row":
+        unit = (spatial[-1],)
+    else:
+        unit = tuple(spatial)
+    group = tuple(channel) if layout.granularity == "per_channel" else ()
+    rest = tuple(a for a in layout.perm if a not in unit and a not in group)
+    return group, unit, rest
+
+
+def _reachable(palette, tperm, mode):
+    """The rest-axes order that produces ``tperm`` without a transpose, or None."""
+    group, unit, rest = _axes(palette.layout)
+    if mode == "once":
+        head, tail = group + unit, tperm[len(group) + len(unit):]
+        ok = tuple(tperm[:len(head)]) == head and sorted(tail) == sorted(rest)
+        return tuple(tail) if ok else None
+    mid = tperm[len(group):len(tperm) - len(unit)]
+    ok = (tuple(tperm[:len(group)]) == group and sorted(mid) == sorted(rest)
+          and tuple(tperm[len(tperm) - len(unit):]) == unit)
+    return tuple(mid) if ok else None
+
+
+def _decode(em, palette, tperm, tshape, mode, max_table_bytes):
+    """Emit the decode chain of ``palette`` into layout ``kernel.transpose(tperm)``."""
+    lay = palette.layout
+    sizes = lay.kernel_shape
+    group, unit, rest = _axes(lay)
+    order = _reachable(palette, tperm, mode)
+    transpose = order is None
+    order = rest if transpose else order
+    g_dim = lay.n_groups
+    idx = palette.indices.reshape([g_dim] + [sizes[a] for a in rest])
+    idx = idx.transpose([0] + [1 + rest.index(a) for a in order]).reshape(g_dim, -1)
+    k, d = palette.n_clusters, lay.unit_dim
+    produced = group + unit + order if mode == "once" else group + order + unit
+    pshape = [sizes[a] for a in produced]
+    info = {"K": k, "transpose_per_invoke": transpose}
+    if mode == "once":
+        g = pack.tuple_width(k, max_table_entries=max(1, max_table_bytes // (4 * d * g_dim)))
+        out = em.once(palette.codebook, idx, list(tshape) if not transpose else pshape, g)
+        info.update(storage=f"int16 ({g} indices/int16)", index_bits=16 / g,
+                    index_bytes=int(np.ceil(idx.shape[1] / g)) * g_dim * 2)
+    else:
+        storage, stored_bits = pack.storage_for_bits(pack.bit_width(k))
+        g = pack.tuple_width(k)
+        if 16 / g < stored_bits:  # base-K tuples beat the TFLite sub-byte types
+            storage, stored_bits = f"tuples:{g}", 16 / g
+        out = em.per_invoke(palette.codebook, idx, storage)
+        out = em.reshape(out, list(tshape) if not transpose else pshape, static=True)
+        if storage.startswith("tuples:"):
+            info.update(storage=f"int16 ({g} indices/int16, split per invoke)",
+                        index_bits=stored_bits,
+                        index_bytes=int(np.ceil(idx.shape[1] / g)) * g_dim * 2)
+        else:
+            info.update(storage=storage, index_bits=stored_bits,
+                        index_bytes=int(np.ceil(idx.size * stored_bits / 8)))
+    if transpose:
+        out = em.transpose(out, pshape, [produced.index(a) for a in tperm])
+        out = em.reshape(out, list(tshape), static=True)
+    info["codebook_bytes"] = int(palette.codebook.size * 4)
+    return out, info
+
+
+def _bmm_target(palette, kind, mode, prefer_adj):
+    """(tperm, adj_y, im2col order) for a BATCH_MATMUL operand holding the weight.
+
+    The im2col is one DEPTHWISE_CONV_2D with a one-hot filter (rows channel-major) when the
+    conv has few input channels (slices would copy a few floats at a time), else PAD + SLICE
+    + CONCATENATION (rows ordered by kernel offset).
+    """
+    if kind == "FULLY_CONNECTED":
+        cands = [((0, 1), False, None), ((1, 0), True, None)]
+    else:
+        kh, kw = palette.layout.kernel_shape[:2]
+        yx = [(dy, dx) for dy in range(kh) for dx in range(kw)]
+        xy = [(dy, dx) for dx in range(kw) for dy in range(kh)]
+        cm = "channel_major"
+        cands = [((0, 1, 2, 3), False, yx), ((1, 0, 2, 3), False, xy),
+                 ((3, 0, 1, 2), True, yx), ((3, 1, 0, 2), True, xy)]
+        if palette.layout.kernel_shape[2] <= DEPTHWISE_IM2COL_MAX_CHANNELS:
+            cands = [((2, 0, 1, 3), False, cm), ((3, 2, 0, 1), True, cm)] + cands
+    if prefer_adj:
+        cands = [c for c in cands if c[1]] + [c for c in cands if not c[1]]
+    for c in cands:
+        if _reachable(palette, c[0], mode) is not None:
+            return c
+    return cands[0]
+
+
+def _route(fm, palette, uses, decode, lowering):
+    """("CONV_2D" | "FULLY_CONNECTED", transposed) when the consumers become BATCH_MATMUL."""
+    names = {name for _, name in uses}
+    if decode != "once" or not lowering or len(names) != 1:
+        return None
+    kind = next(iter(names))
+    ops = [fm.operators[i] for i, _ in uses]
+    if kind == "CONV_2D" and len(palette.layout.kernel_shape) == 4 \
+            and all(lower.conv_lowerable(fm, op) for op in ops):
+        o, kh, kw, c = fm.shape(int(ops[0].inputs[1]))
+        rows = int(np.prod(fm.shape(int(ops[0].outputs[0]))[:3]))
+        k = kh * kw * c
+    elif kind == "FULLY_CONNECTED" and all(lower.fc_lowerable(fm, op) for op in ops):
+        o, k = fm.shape(int(ops[0].inputs[1]))
+        rows = int(np.prod(fm.shape(int(ops[0].inputs[0])))) // k
+    else:
+        return None
+    if kind == "FULLY_CONNECTED" and rows < MIN_ROWS_WEIGHT_LEFT:
+        return None  # a matrix-vector product: the builtin kernel beats packing the weight
+    # XNNPACK packs the right-hand operand on every invoke: pack whichever is smaller
+    return kind, rows >= MIN_ROWS_WEIGHT_LEFT and rows * (k + o) < k * o
+
+
+def _match(fm, palettes):
+    """Map palette -> (weight tensor, [(op position, op name)], tflite layout)."""
+    wanted = {}
+    for p in palettes:
+        kernel = p.decode().astype(np.float32)
+        for ops, tperm, tshape in tflite_layouts(p.layout):
+            arr = kernel.transpose(tperm).reshape(tshape)
+            wanted.setdefault((_digest(arr), tuple(tshape)), []).append((p, ops, tperm, tshape))
+    consumers = fm.consumers()
+    found, done = {}, set()
+    for t in sorted(consumers):
+        if fm.type_name(t) != "float32" or not fm.raw(t):
+            continue
+        uses = [(i, fm.op_name(fm.operators[i])) for i in consumers[t]]
+        if not any(WEIGHT_INPUT.get(name) is not None
+                   and int(fm.operators[i].inputs[WEIGHT_INPUT[name]]) == t
+                   for i, name in uses):
+            continue
+        key = (_digest(fm.const(t)), fm.shape(t))
+        for p, ops, tperm, tshape in wanted.get(key, ()):
+            if id(p) in done or not any(name in ops for _, name in uses):
+                continue
+            found[id(p)] = (p, t, uses, tperm, tshape)
+            done.add(id(p))
+            break
+    return found
+
+
+def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20,
+                         matmul_lowering=True):
+    """Rewrite ``fm`` in place: every palette's weight becomes a decode chain.
+
+    Args:
+        fm: :class:`~dkm_tf.export.rewrite.FlatModel` of the converted (float) model.
+        palettes: the :class:`~dkm_tf.palette.Palette` list.
+        decode: ``"once"`` or ``"per_invoke"``.
+        max_table_bytes: RAM cap for one decoded tuple table (``once``).
+        matmul_lowering: with ``once``, turn CONV_2D (stride 1) and FULLY_CONNECTED into
+            BATCH_MATMUL so XNNPACK runs them.
+
+    Returns:
+        A list of per-tensor dicts (palette, tensor, op, route, storage, sizes).
+
+    Raises:
+        ValueError: a palette matches no weight tensor of the model.
+    """
+    if decode not in DECODE_MODES:
+        raise ValueError(f"Invalid value for argument `decode`. Expected one of "
+                         f"{list(DECODE_MODES)}. Received: decode={decode!r}")
+    found = _match(fm, palettes)
+    missing = [p.name for p in palettes if id(p) not in found]
+    if missing:
+        raise ValueError(
+            f"Palettes do not match the model: no weight tensor of the converted model holds "
+            f"the decoded values of {missing}. The model's weights must equal "
+            "palette.decode() (assign them, or pass the model the palettes came from), and "
+            "the converter must not transform them (e.g. by folding batch normalization).")
+    em = Emitter(fm)
+    # once-decode chains read only constants: they all go first, in emission order (they
+    # share cached tensors); a lowered layer's ops replace the original op in place
+    prefix = []
+    replace = {}
+    records = []
+    for p, t, uses, tperm, tshape in found.values():
+        names = {name for _, name in uses}
+        route = _route(fm, p, uses, decode, matmul_lowering)
+        start, aux0 = len(em.ops), em.aux_bytes
+        if route is not None:
+            kind, want_t = route
+            bperm, adj_y, order = _bmm_target(p, kind, decode, want_t)
+            transposed = want_t and adj_y
+            sizes = p.layout.kernel_shape
+            rows = int(np.prod([sizes[a] for a in bperm[:-1]]))
+            bshape = (rows, sizes[bperm[-1]]) if not adj_y else \
+                (sizes[bperm[0]], int(np.prod([sizes[a] for a in bperm[1:]])))
+            w, info = _decode(em, p, bperm, bshape, decode, max_table_bytes)
+            prefix.extend(em.ops[start:])
+            del em.ops[start:]
+            for i, _ in uses:
+                op = fm.operators[i]
+                if kind == "CONV_2D":
+                    lower.lower_conv(em, fm, op, w, adj_y, order, transposed)
+                else:
+                    lower.lower_fc(em, fm, op, w, adj_y, transposed)
+                replace.setdefault(i, []).extend(em.ops[start:])
+                replace[i].append(None)  # None marks "drop the original op"
+                del em.ops[start:]
+            route = ("BATCH_MATMUL" + (" (im2col)" if kind == "CONV_2D" else "")
+                     + (", weight on the left" if transposed else ""))
+        else:
+            w, info = _decode(em, p, tperm, tshape, decode, max_table_bytes)
+            if decode == "once":
+                prefix.extend(em.ops[start:])
+            else:  # decoded right before use: the arena holds one decoded weight at a time
+                replace.setdefault(min(i for i, _ in uses), []).extend(em.ops[start:])
+            del em.ops[start:]
+            for i, _ in uses:
+                op = fm.operators[i]
+                op.inputs = np.asarray([w if int(v) == t else int(v) for v in op.inputs],
+                                       np.int32)
+            route = "builtin " + "/".join(sorted(names)) + " (decoded weight)"
+        info.update(palette=p.name, tensor=fm.tensor_name(t), op="/".join(sorted(names)),
+                    aux_bytes=em.aux_bytes - aux0,
+                    route=route, decode=decode, n_weights=int(p.n_values),
+                    bits_per_weight=8 * (info["index_bytes"] + info["codebook_bytes"])
+                    / p.n_values)
+        records.append(info)
+    new_ops = list(prefix)
+    for i, op in enumerate(fm.operators):
+        extra = replace.get(i, [])
+        new_ops.extend(o for o in extra if o is not None)
+        if None not in extra:
+            new_ops.append(op)
+    fm.graph.operators = new_ops
+    fm.compact()
+    return records

@@ -1,0 +1,106 @@
+"""TensorFlow Lite Micro LUT compression of clustered weights (optional ``tflite-micro`` extra).
+
+TFLite Micro is the one runtime in the TF family with a lookup-table weight format: a constant
+tensor becomes packed ``b``-bit indices (1 <= b <= 7) plus a value table, decoded by the
+``TFLM_DECODE`` operator (``tflite_micro.compression``). Files written this way run only in
+TFLite Micro; the stock LiteRT interpreter rejects the custom op.
+
+Worked example: a 2 x 3 weight ``[[0.5, -1, 0.5], [0, 0, -1]]`` has the value table
+``[-1, 0, 0.5]`` (sorted distinct values) and 2-bit indices ``[2, 0, 2, 1, 1, 0]``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+__all__ = ["MAX_TFLM_BITS", "tflm_available", "tflm_compress"]
+
+MAX_TFLM_BITS = 7  # the TFLM LUT decoder handles 1..7-bit indices
+
+
+def tflm_available():
+    """True when the ``tflite-micro`` package (``import tflite_micro``) is installed."""
+    try:
+        import tflite_micro  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+def _require():
+    if not tflm_available():
+        raise ImportError("format='tflm' needs the optional TFLite Micro package: "
+                          "pip install tflite-micro")
+
+
+def tflm_compress(content, palettes):
+    """LUT-compress the palettized weights of a converted float model for TFLite Micro.
+
+    Args:
+        content: ``.tflite`` bytes from the stock converter (float weights holding the
+            clustered values).
+        palettes: the :class:`~dkm_tf.palette.Palette` list; each palette's weight tensor is
+            found by value (see :func:`dkm_tf.export.palettize.palettize_flatbuffer`).
+
+    Returns:
+        ``(compressed bytes, records)``; one record per palette with the tensor name, the
+        index bit width, table count and sizes. Per-channel palettes use per-channel tables
+        when the channel is the tensor's first axis, else one table.
+
+    Raises:
+        ImportError: ``tflite-micro`` is not installed.
+        ValueError: a palette matches no tensor, or needs more than 7 index bits.
+    """
+    _require()
+    from tflite_micro import compression  # noqa: PLC0415
+    from tflite_micro.tensorflow.lite.micro.compression import spec  # noqa: PLC0415
+
+    from dkm_tf.export.palettize import _match  # noqa: PLC0415
+    from dkm_tf.export.rewrite import FlatModel  # noqa: PLC0415
+
+    fm = FlatModel.from_bytes(content)
+    found = _match(fm, palettes)
+    missing = [p.name for p in palettes if id(p) not in found]
+    if missing:
+        raise ValueError(f"Palettes do not match the model: no weight tensor holds the decoded "
+                         f"values of {missing}.")
+    builder = compression.SpecBuilder()
+    records = []
+    for p, t, _uses, _tperm, _tshape in sorted(found.values(), key=lambda f: f[1]):
+        arr = fm.const(t)
+        per_channel = p.layout.granularity == "per_channel" and _channel_first(p)
+        slices = arr.reshape(arr.shape[0], -1) if per_channel else arr.reshape(1, -1)
+        distinct = max(np.unique(s).size for s in slices)
+        bits = max(1, math.ceil(math.log2(distinct))) if distinct > 1 else 1
+        if bits > MAX_TFLM_BITS:
+            raise ValueError(f"Invalid palette {p.name!r} for format='tflm': {distinct} distinct "
+                             f"values need {bits}-bit indices; TFLite Micro supports at most "
+                             f"{MAX_TFLM_BITS} bits (K <= 128 values per table).")
+        mode = spec.PerChannel(axis=0) if per_channel else spec.PerTensor()
+        builder.add_tensor(0, t).with_lut(index_bitwidth=bits, mode=mode)
+        tables = len(slices)
+        records.append({"palette": p.name, "tensor": fm.tensor_name(t), "route": "TFLM_DECODE",
+                        "storage": f"{bits}-bit LUT indices", "K": int(distinct),
+                        "tables": tables, "n_weights": int(arr.size),
+                        "index_bytes": int(math.ceil(arr.size * bits / 8)),
+                        "codebook_bytes": int(tables * (1 << bits) * arr.itemsize),
+                        "index_bits": bits, "decode": "tflm"})
+    for r in records:
+        r["bits_per_weight"] = 8 * (r["index_bytes"] + r["codebook_bytes"]) / r["n_weights"]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = bytes(compression.compress(content, builder.build()))
+    except Exception as e:  # noqa: BLE001 - tflite_micro raises CompressionError and others
+        raise ValueError(f"TFLite Micro compression failed: {type(e).__name__}: {e}") from e
+    for r in records:  # tflite_micro warns when a tensor grows; keep it in the records
+        r["expanded"] = any(r["tensor"] in str(w.message) for w in caught)
+    return out, records
+
+
+def _channel_first(palette):
+    """Whether the TFLite layout of this weight has its output channel on axis 0."""
+    return palette.layout.kind in ("dense", "conv", "conv_t")

@@ -1,0 +1,44 @@
+"""Export a Keras model with clustered weights to a verified .tflite.
+
+Usage:
+  python export/to_tflite.py --model m.keras --palettes palettes.json [--format palettized]
+      [--decode once|per_invoke] [--int8_mode dynamic|full] [--samples x.npy] [--output m.tflite]
+  python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
+
+The output defaults to <model stem>.<format>.tflite. The written model is run in the LiteRT
+interpreters and compared with Keras before it is written; the report is printed.
+"""
+
+from absl import app, flags
+
+from dkm_tf.export.cli import run_to_tflite
+
+_MODEL = flags.DEFINE_string("model", None, "Path to the .keras model.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output .tflite (default: beside the model).")
+_FORMAT = flags.DEFINE_enum("format", "palettized", ["float", "fp16", "palettized", "int8",
+                                                     "tflm"], "Storage format.")
+_DECODE = flags.DEFINE_enum("decode", "once", ["once", "per_invoke"],
+                            "Palettized decode mode.")
+_INT8 = flags.DEFINE_enum("int8_mode", "dynamic", ["dynamic", "full"], "int8 flavour.")
+_PALETTES = flags.DEFINE_string("palettes", None, "JSON list of Palette.to_dict().")
+_K = flags.DEFINE_integer("n_clusters", None, "Cluster every weight post-training to K.")
+_UNIT = flags.DEFINE_enum("unit", "scalar", ["scalar", "row", "kernel"], "Clustering unit.")
+_GRAN = flags.DEFINE_enum("granularity", "per_tensor", ["per_tensor", "per_channel"],
+                          "Codebook granularity.")
+_SAMPLES = flags.DEFINE_string("samples", None, ".npy sample inputs for verification.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError("Too many command-line arguments.")
+    report = run_to_tflite(_MODEL.value, _OUTPUT.value, format=_FORMAT.value,
+                           decode=_DECODE.value, int8_mode=_INT8.value,
+                           palettes_path=_PALETTES.value, n_clusters=_K.value,
+                           unit=_UNIT.value, granularity=_GRAN.value,
+                           samples_path=_SAMPLES.value)
+    print(report.summary())
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("model")
+    app.run(main)

