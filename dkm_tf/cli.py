@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 
 from absl import app, flags
+
+from dkm_tf._io import atomic_path
 
 COMMANDS = ("compress", "energy")
 
@@ -43,6 +44,8 @@ _DKM_EPOCHS = flags.DEFINE_integer("dkm_epochs", 5, "Re-training epochs with the
 _LAM = flags.DEFINE_float("lam", 1e-4, "Regularizer strength lambda.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output_dir", "dkm_tf_out", "Where to write the results.")
+_TFLITE = flags.DEFINE_bool("tflite", True, "Also write float, int8 and palettized .tflite "
+                            "files, verified against Keras, with their sizes and latencies.")
 
 
 def _log(msg):
@@ -50,22 +53,13 @@ def _log(msg):
 
 
 def _atomic_write_text(path, text):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, unit="scalar",
                  granularity="per_tensor", init="kmeans++", epochs=30, finetune_epochs=3,
-                 dkm_epochs=5, lam=1e-4, seed=0, output_dir="dkm_tf_out"):
+                 dkm_epochs=5, lam=1e-4, seed=0, output_dir="dkm_tf_out", tflite=True):
     """Run ``dkm-tf compress``; returns the :class:`~dkm_tf.pipeline.CompressionResult`."""
     import keras  # noqa: PLC0415
 
@@ -100,11 +94,41 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     _log(result.summary())
     out_model = os.path.join(output_dir, "clustered.keras")
     save_model_atomic(result.model, out_model)
-    _atomic_write_text(os.path.join(output_dir, "report.json"),
-                       json.dumps(result.to_dict(), indent=2))
-    _log(f"[write] {out_model} ({os.path.getsize(out_model):,} bytes), "
-         f"{os.path.join(output_dir, 'report.json')}")
+    _log(f"[write] {out_model} ({os.path.getsize(out_model):,} bytes)")
+    if tflite:
+        samples = test[0][:16] if test is not None else None
+        result.tflite = write_tflite(result, output_dir, samples)
+    report = result.to_dict()
+    report["tflite"] = {k: (v.to_dict() if hasattr(v, "to_dict") else str(v))
+                        for k, v in result.tflite.items()}
+    report_path = os.path.join(output_dir, "report.json")
+    _atomic_write_text(report_path, json.dumps(report, indent=2, default=str))
+    _log(f"[write] {report_path}")
     return result
+
+
+def write_tflite(result, output_dir, sample_inputs=None):
+    """Write float / int8 / palettized .tflite files and print size and latency side by side."""
+    from dkm_tf import export  # noqa: PLC0415
+
+    _log("[tflite] converting and verifying float, int8 (dynamic range) and palettized "
+         "(decode once) files")
+    t = time.perf_counter()
+    reports = export.export_all(result.model, result.palettes, output_dir, sample_inputs,
+                                stem="clustered", latency=True, threads=(1,), runs=50)
+    _log(f"[tflite] done in {time.perf_counter() - t:.1f} s")
+    head = f"{'format':<12}{'bytes':>12}{'x float':>9}{'bits/w':>8}{'ms (1 thread)':>15}  file"
+    lines = [head, "-" * len(head)]
+    for label, rep in reports.items():
+        if not hasattr(rep, "bytes"):
+            lines.append(f"{label:<12} skipped: {rep}")
+            continue
+        lat = (rep.latency or {}).get("1t", {}).get("median_ms")
+        lat_s = f"{lat:.3f}" if lat is not None else "-"
+        lines.append(f"{label:<12}{rep.bytes:>12,}{rep.ratio_vs_float:>9.3f}"
+                     f"{rep.bits_per_weight:>8.2f}{lat_s:>15}  {rep.path}")
+    _log("\n".join(lines))
+    return reports
 
 
 def run_energy(model_path, **kwargs):
@@ -131,7 +155,8 @@ def main(argv):
                  n_clusters=_N_CLUSTERS.value, unit=_UNIT.value,
                  granularity=_GRANULARITY.value, init=_INIT.value, epochs=_EPOCHS.value,
                  finetune_epochs=_FINETUNE_EPOCHS.value, dkm_epochs=_DKM_EPOCHS.value,
-                 lam=_LAM.value, seed=_SEED.value, output_dir=_OUTPUT.value)
+                 lam=_LAM.value, seed=_SEED.value, output_dir=_OUTPUT.value,
+                 tflite=_TFLITE.value)
     return 0
 
 

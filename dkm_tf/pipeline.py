@@ -39,6 +39,7 @@ class CompressionResult:
         seconds: wall time of each stage.
         energy: the :class:`~dkm_tf.energy.EnergyReport` of the compressed model (with the
             uncompressed model as baseline), or None when the shapes could not be read.
+        tflite: export reports by format label, when the caller exported the model.
     """
 
     model: object
@@ -50,6 +51,7 @@ class CompressionResult:
     accuracy_after: float | None = None
     seconds: dict = dataclasses.field(default_factory=dict)
     energy: object = None
+    tflite: dict = dataclasses.field(default_factory=dict)
 
     def summary(self):
         lines = [f"method: {self.method}", self.size.summary()]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 
 import numpy as np
 
 from dkm_tf import palette as palette_lib
+from dkm_tf._io import atomic_path
 from dkm_tf.kmeans import INITS
 from dkm_tf.units import GRANULARITIES, UNITS
 
@@ -163,15 +163,6 @@ def save_model_atomic(model, path):
     if not path.endswith(".keras"):
         raise ValueError(f"Invalid value for argument `path`. Expected a file name ending in "
                          f"'.keras'. Received: path={path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder, prefix=".tmp-")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path

@@ -18,8 +18,14 @@ def test_run_compress_builtin_demo(tmp_path, capsys):
                               output_dir=str(tmp_path))
     out = capsys.readouterr().out
     assert "CR log2K" in out and "test accuracy" in out
-    assert {p.name for p in tmp_path.iterdir()} == {"clustered.keras", "report.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "clustered.keras", "report.json", "clustered.float.tflite", "clustered.int8.tflite",
+        "clustered.palettized.tflite"}
+    assert "palettized" in out and "ms (1 thread)" in out
     report = json.loads((tmp_path / "report.json").read_text())
+    sizes = {k: v["bytes"] for k, v in report["tflite"].items()}
+    assert sizes["palettized"] == (tmp_path / "clustered.palettized.tflite").stat().st_size
+    assert sizes["palettized"] < 0.3 * sizes["float"]
     assert report["method"] == "wr"
     assert len(report["size"]["rows"]) == 4
     assert 0.0 <= report["accuracy_after"] <= 1.0
@@ -32,7 +38,7 @@ def test_run_compress_user_model(tmp_path):
     path = tmp_path / "user.keras"
     small_cnn().save(path)
     result = cli.run_compress(str(path), n_clusters=4, unit="row", granularity="per_channel",
-                              output_dir=str(tmp_path / "out"))
+                              output_dir=str(tmp_path / "out"), tflite=False)
     assert result.method == "wr" and result.accuracy_before is None
     assert ("bn", result.skipped[0][1]) == result.skipped[0]
     assert (tmp_path / "out" / "clustered.keras").is_file()

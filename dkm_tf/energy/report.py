@@ -2,8 +2,8 @@
 
 import dataclasses
 import os
-import tempfile
 
+from dkm_tf._io import atomic_path
 from dkm_tf.energy import constants
 
 PAPER_TERMS = ("compute", "weights", "activations")
@@ -269,16 +269,8 @@ class EnergyReport:
         fig.suptitle(f"Energy per layer: {self.model_name or 'model'}", fontsize=10)
         fig.tight_layout()
         path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format="png", dpi=110)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
         return path
 
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
-import tempfile
 
 import numpy as np
 
+from dkm_tf._io import atomic_path
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.inspect import inspect_tflite
@@ -139,16 +139,8 @@ def _check_path(path):
 
 def write_atomic(path, data):
     """Write ``data`` to ``path`` via a temporary file in the same directory + ``os.replace``."""
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".dkm_tf-", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def _walk_layers(model):
