@@ -29,15 +29,12 @@ def test_scalar_sse_within_0p1_percent_of_exact_optimum(dist, k):
         assert got <= optimum * 1.001, (init, got / optimum)
 
 
-def test_scalar_histogram_path_matches_exact_path():
-    x = _data("bimodal", 2_500_000, seed=3).astype(np.float32)
-    c_hist, i_hist = kmeans.scalar_kmeans(x, 16)  # > 2M values: histogram engine
-    sub = x[::10]
-    c_exact, i_exact = kmeans.scalar_kmeans(sub, 16)
-    # the histogram result, evaluated on the subsample, is as good as clustering it directly
-    mids = (c_hist[:-1] + c_hist[1:]) / 2
-    sse_hist = kmeans.sse(sub, c_hist, np.searchsorted(mids, sub))
-    assert sse_hist <= kmeans.sse(sub, c_exact, i_exact) * 1.002
+def test_scalar_histogram_path_matches_exact_path(monkeypatch):
+    x = _data("bimodal", 1_000_000, seed=3).astype(np.float32)
+    c_hist, i_hist = kmeans.scalar_kmeans(x, 16)  # > 65,536 values: histogram engine
+    monkeypatch.setattr(kmeans, "_HIST_THRESHOLD", 10**9)
+    c_exact, i_exact = kmeans.scalar_kmeans(x, 16)  # exact engine on the same values
+    assert kmeans.sse(x, c_hist, i_hist) <= kmeans.sse(x, c_exact, i_exact) * 1.001
     # indices are the nearest centroids (up to the last mean update) and centroids are the
     # exact member means
     dist = np.abs(x[:, None] - c_hist[None, :])

