@@ -56,7 +56,7 @@ def validate_settings(n_clusters=16, unit="scalar", granularity="per_tensor", in
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) \
             or not 1 <= n_clusters <= 2**31 - 1:
         raise _invalid("n_clusters", "an integer >= 1", n_clusters)
-    _check_choice("unit", unit, units_lib.UNITS)
+    _check_choice("unit", unit, units_lib.UNIT_CHOICES)
     _check_choice("granularity", granularity, units_lib.GRANULARITIES)
     _check_choice("init", init, kmeans_lib.INITS)
     if not isinstance(latent, bool):
@@ -172,7 +172,8 @@ class ClusterWeights(keras.layers.Wrapper):
             DepthwiseConv1D/2D, SeparableConv1D/2D (both kernels), Embedding, or any layer
             implementing ``get_clusterable_weights()``. The wrapper owns it from then on.
         n_clusters: K, centroids per codebook (>= 1).
-        unit: ``"scalar"``, ``"row"`` or ``"kernel"`` (see :mod:`dkm_tf.units`).
+        unit: ``"scalar"``, ``"row"``, ``"kernel"`` or ``"auto"`` (row for k x k convs,
+            scalar otherwise; see :mod:`dkm_tf.units`).
         granularity: ``"per_tensor"`` or ``"per_channel"``.
         init: k-means initialisation (see :data:`dkm_tf.kmeans.INITS`).
         seed: k-means seed.
@@ -232,7 +233,8 @@ class ClusterWeights(keras.layers.Wrapper):
                     f"Layer {self.layer.name!r}: weight {attr!r} is not a plain variable "
                     f"(got {type(var).__name__}); LoRA-enabled or quantized layers cannot be "
                     "clustered. Merge or disable LoRA / quantization first.")
-            layout = units_lib.layout_for(var.shape, kind, self.unit, self.granularity)
+            unit = units_lib.resolve_unit(self.unit, kind, tuple(var.shape))
+            layout = units_lib.layout_for(var.shape, kind, unit, self.granularity)
             g, m, d = layout.n_groups, layout.n_units, layout.unit_dim
             codebook = self.add_weight(name=f"{attr}_codebook", shape=(g, k, d),
                                        initializer="zeros", trainable=True, dtype=var.dtype)

@@ -15,11 +15,9 @@ import numpy as np
 from dkm_tf import palette as palette_lib
 from dkm_tf._io import atomic_path
 from dkm_tf.kmeans import INITS
-from dkm_tf.units import GRANULARITIES, UNITS
+from dkm_tf.units import GRANULARITIES, UNIT_CHOICES, resolve_unit
 
 __all__ = ["ShareResult", "copy_model", "iter_layers", "save_model_atomic", "share_weights"]
-
-UNIT_CHOICES = (*UNITS, "auto")
 
 
 @dataclasses.dataclass
@@ -82,13 +80,6 @@ def copy_model(model):
     return clone
 
 
-def _resolve_unit(unit, kind, kernel_shape):
-    if unit != "auto":
-        return unit
-    spatial = kernel_shape[:-2] if kind in ("conv", "conv_t", "depthwise") else ()
-    return "row" if any(s > 1 for s in spatial) else "scalar"
-
-
 def _check(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"Invalid value for argument `{name}`. Expected one of {list(allowed)}. "
@@ -144,7 +135,7 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
             continue
         for attr, var, kind in clusterable.clusterable_weights(layer):
             kernel = np.asarray(var.numpy())
-            u = _resolve_unit(cfg["unit"], kind, kernel.shape)
+            u = resolve_unit(cfg["unit"], kind, kernel.shape)
             pal = palette_lib.cluster_tensor(
                 kernel, kind=kind, n_clusters=int(cfg["n_clusters"]), unit=u,
                 granularity=cfg["granularity"], init=cfg["init"], seed=seed + i,

@@ -36,10 +36,11 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["GRANULARITIES", "KINDS", "UNITS", "UnitLayout", "from_units", "layout_for",
-           "to_units"]
+__all__ = ["GRANULARITIES", "KINDS", "UNITS", "UNIT_CHOICES", "UnitLayout", "from_units",
+           "layout_for", "resolve_unit", "to_units"]
 
 UNITS = ("scalar", "row", "kernel")
+UNIT_CHOICES = (*UNITS, "auto")  # "auto": the paper's choice, see resolve_unit
 GRANULARITIES = ("per_tensor", "per_channel")
 KINDS = ("dense", "conv", "conv_t", "depthwise", "embedding")
 
@@ -105,6 +106,19 @@ class UnitLayout:
     def from_config(cls, config):
         return layout_for(tuple(config["kernel_shape"]), config["kind"], config["unit"],
                           config["granularity"])
+
+
+def resolve_unit(unit, kind, kernel_shape):
+    """``"auto"`` -> ``"row"`` for kernels with a spatial extent > 1, else ``"scalar"``.
+
+    That is Deep k-Means' choice (§2.1 and its code): rows of k x k filters, scalars for 1x1
+    convs and dense kernels. Other units are returned unchanged.
+    """
+    _check_choice("unit", unit, UNIT_CHOICES)
+    if unit != "auto":
+        return unit
+    spatial, _, _ = _axes(kind, len(kernel_shape))
+    return "row" if any(kernel_shape[a] > 1 for a in spatial) else "scalar"
 
 
 def layout_for(kernel_shape, kind, unit="scalar", granularity="per_tensor"):

@@ -267,7 +267,7 @@ def test_unsupported_layer_error_names_layer_and_lists_support():
 @pytest.mark.parametrize("kwargs,pattern", [
     ({"n_clusters": 0}, r"Invalid value for argument `n_clusters`.*Received: n_clusters=0"),
     ({"n_clusters": 2.5}, r"Received: n_clusters=2.5"),
-    ({"unit": "rows"}, r"argument `unit`. Expected one of \['scalar', 'row', 'kernel'\]"),
+    ({"unit": "rows"}, r"argument `unit`. Expected one of \['scalar', 'row', 'kernel', 'auto'\]"),
     ({"granularity": "channel"}, r"Received: granularity='channel'"),
     ({"init": "best"}, r"argument `init`"),
     ({"latent": 1}, r"argument `latent`"),

@@ -125,3 +125,11 @@ def test_save_model_atomic(tmp_path):
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-6)
+
+
+def test_cluster_weights_accepts_auto_units():
+    with pytest.warns(UserWarning, match="bn \\(BatchNormalization\\)"):
+        clustered = dkm_tf.cluster_weights(small_cnn(), 4, unit="auto")
+    _, palettes = dkm_tf.strip_clustering(clustered)
+    by = {p.layer_name: p for p in palettes}
+    assert by["c1"].unit_dim == 3 and by["out"].unit_dim == 1

@@ -96,3 +96,13 @@ def test_shape_mismatch_errors():
         units.from_units(np.zeros((1, 5, 1)), layout)
     with pytest.raises(ValueError, match="must be 2-D"):
         units.layout_for((3, 3, 2), "dense")
+
+
+def test_resolve_unit_auto():
+    assert units.resolve_unit("auto", "conv", (3, 3, 4, 8)) == "row"
+    assert units.resolve_unit("auto", "conv", (1, 1, 4, 8)) == "scalar"
+    assert units.resolve_unit("auto", "dense", (4, 8)) == "scalar"
+    assert units.resolve_unit("auto", "depthwise", (5, 5, 4, 1)) == "row"
+    assert units.resolve_unit("kernel", "conv", (3, 3, 4, 8)) == "kernel"
+    with pytest.raises(ValueError, match="Received: unit='rows'"):
+        units.resolve_unit("rows", "conv", (3, 3, 4, 8))
