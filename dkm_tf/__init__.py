@@ -1,7 +1,10 @@
 """dkm_tf: k-means weight sharing for Keras 3, exported to TFLite with real size savings.
 
 Importing ``dkm_tf`` has no side effects and does not import TensorFlow or Keras; the names
-that need them are loaded on first use.
+that need them are loaded on first use. The first use of any Keras-based name also registers
+dkm_tf's Keras serializables (``ClusterWeights``, ``SpectralKMeansRegularizer``), so
+``keras.models.load_model`` then restores saved models with no ``custom_objects``; in a fresh
+process, :func:`load_model` does both in one call.
 """
 
 import importlib
@@ -34,6 +37,7 @@ _EXPORTS = {
     "finetune": "dkm_tf.clustering",
     "ReassignClusters": "dkm_tf.reassign",
     "compress": "dkm_tf.pipeline",
+    "load_model": "dkm_tf.serialization",
     "SpectralKMeansRegularizer": "dkm_tf.regularizers",
     "kmeans_regularizers": "dkm_tf.regularizers",
     "refresh_regularizers": "dkm_tf.regularizers",
@@ -48,9 +52,15 @@ _SUBMODULES = ("energy", "export", "data", "models", "kmeans", "units", "palette
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
 
+_NUMPY_ONLY = ("dkm_tf.kmeans", "dkm_tf.units", "dkm_tf.palette")
+
+
 def __getattr__(name):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        module = _EXPORTS[name]
+        if module not in _NUMPY_ONLY:
+            importlib.import_module("dkm_tf.serialization").register_serializables()
+        value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
     if name in _SUBMODULES:

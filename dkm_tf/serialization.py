@@ -1,0 +1,36 @@
+"""Loading models that contain dkm_tf layers or regularizers."""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["load_model", "register_serializables"]
+
+_SERIALIZABLE_MODULES = ("dkm_tf.layers", "dkm_tf.regularizers")
+
+
+def register_serializables():
+    """Import the modules whose classes are ``register_keras_serializable(package="dkm_tf")``.
+
+    Afterwards ``keras.models.load_model`` restores ``ClusterWeights`` wrappers and
+    ``SpectralKMeansRegularizer`` with no ``custom_objects``. Idempotent.
+    """
+    for module in _SERIALIZABLE_MODULES:
+        importlib.import_module(module)
+
+
+def load_model(path, **kwargs):
+    """``keras.models.load_model`` with dkm_tf's classes registered first.
+
+    Args:
+        path: a ``.keras`` file (plain, wrapped by :func:`dkm_tf.cluster_weights`, or with
+            k-means regularizers attached).
+        **kwargs: passed to ``keras.models.load_model`` (e.g. ``compile=False``).
+
+    Returns:
+        The Keras model.
+    """
+    import keras  # noqa: PLC0415
+
+    register_serializables()
+    return keras.models.load_model(path, **kwargs)
