@@ -41,7 +41,8 @@ _EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs of the built-in mo
 _FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", 3, "Fine-tuning epochs (methods "
                                         "finetune and dkm+finetune).")
 _DKM_EPOCHS = flags.DEFINE_integer("dkm_epochs", 5, "Re-training epochs with the regularizer.")
-_LAM = flags.DEFINE_float("lam", 1e-4, "Regularizer strength lambda.")
+_LAM = flags.DEFINE_float("lam", 1.0, "Regularizer strength lambda (the paper's 1e-4 is too "
+                          "weak for a few epochs of Adam; see dkm_tf.compress).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output_dir", "dkm_tf_out", "Where to write the results.")
 _TFLITE = flags.DEFINE_bool("tflite", True, "Also write float, int8 and palettized .tflite "
@@ -59,7 +60,7 @@ def _atomic_write_text(path, text):
 
 def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, unit="scalar",
                  granularity="per_tensor", init="kmeans++", epochs=30, finetune_epochs=3,
-                 dkm_epochs=5, lam=1e-4, seed=0, output_dir="dkm_tf_out", tflite=True):
+                 dkm_epochs=5, lam=1.0, seed=0, output_dir="dkm_tf_out", tflite=True):
     """Run ``dkm-tf compress``; returns the :class:`~dkm_tf.pipeline.CompressionResult`."""
     import keras  # noqa: PLC0415
 

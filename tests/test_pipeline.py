@@ -1,0 +1,45 @@
+"""compress(): every method end to end on a tiny digits model."""
+
+import numpy as np
+import pytest
+
+import dkm_tf
+from dkm_tf import data, models, pipeline
+
+
+@pytest.fixture(scope="module")
+def trained():
+    (x_tr, y_tr), (x_te, y_te) = data.load_digits()
+    model = models.digits_cnn()
+    pipeline.train_classifier(model, (x_tr[:600], y_tr[:600]), epochs=3)
+    return model, (x_tr[:600], y_tr[:600]), (x_te[:200], y_te[:200])
+
+
+@pytest.mark.parametrize("method", pipeline.METHODS)
+def test_every_method(trained, method):
+    model, train, test = trained
+    before = [w.copy() for w in model.get_weights()]
+    result = dkm_tf.compress(model, train, test, method=method, n_clusters=4, unit="auto",
+                             finetune_epochs=1, dkm_epochs=1, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the input model is never modified
+    assert result.method == method
+    assert {p.layer_name for p in result.palettes} == {"conv1", "conv2", "fc1", "fc2"}
+    for p in result.palettes:
+        kernel = getattr(result.model.get_layer(p.layer_name), p.weight_name).numpy()
+        np.testing.assert_array_equal(kernel, p.decode())
+        assert p.n_clusters <= 4
+    by = {p.layer_name: p for p in result.palettes}
+    assert by["conv1"].unit_dim == 3 and by["fc1"].unit_dim == 1
+    assert 0 <= result.accuracy_after <= 1 and result.accuracy_before > 0.5
+    assert result.size.totals["cr_model_log2"] > 5
+    assert result.energy is not None and result.energy.reduction.paper > 1
+    assert method in result.summary()
+
+
+def test_bad_arguments(trained):
+    model, train, _ = trained
+    with pytest.raises(ValueError, match=r"`method`. Expected one of \['wr', 'finetune'"):
+        dkm_tf.compress(model, train, method="prune")
+    with pytest.raises(ValueError, match="pass `train_data"):
+        dkm_tf.compress(model, None, method="finetune")
