@@ -26,7 +26,7 @@ import keras
 from dkm_tf import units as units_lib
 
 __all__ = ["SUPPORTED_LAYERS", "LayerConfig", "clusterable_weights", "is_clusterable",
-           "resolve_layer_config"]
+           "resolve_layer_config", "walk_layers"]
 
 _L = keras.layers
 # (class, [(attribute, kind), ...]); order matters: subclasses first.
@@ -45,6 +45,25 @@ _REGISTRY = (
     (_L.Embedding, (("embeddings", "embedding"),)),
 )
 SUPPORTED_LAYERS = tuple(cls.__name__ for cls, _ in _REGISTRY)
+
+
+def walk_layers(model):
+    """Every layer below ``model`` (nested models included), depth first, each once.
+
+    Shared layers appear once; nested models appear before their own layers. Uses only the
+    public ``layers`` attribute, so a wrapper's inner layer is not listed.
+    """
+    seen, out = set(), []
+
+    def walk(layer):
+        for sub in getattr(layer, "layers", None) or []:
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                out.append(sub)
+                walk(sub)
+
+    walk(model)
+    return out
 
 
 def is_clusterable(layer):

@@ -267,9 +267,7 @@ def strip_clustering(model):
 
 
 def _all_layers(model):
-    if hasattr(model, "_flatten_layers"):
-        return list(model._flatten_layers(include_self=True, recursive=True))
-    return [model, *getattr(model, "layers", [])]
+    return [model, *clusterable_lib.walk_layers(model)]
 
 
 def _palette_from_values(layer, attr, values, kind, max_clusters):

@@ -39,21 +39,10 @@ class ShareResult:
 
 
 def iter_layers(model):
-    """Every layer of a model, depth first through nested models; shared layers once."""
-    seen, out = set(), []
+    """The leaf layers of a model, depth first through nested models; shared layers once."""
+    from dkm_tf.clusterable import walk_layers  # noqa: PLC0415 (imports keras)
 
-    def walk(layer):
-        for sub in getattr(layer, "layers", []):
-            if id(sub) in seen:
-                continue
-            seen.add(id(sub))
-            if getattr(sub, "layers", None):
-                walk(sub)
-            else:
-                out.append(sub)
-
-    walk(model)
-    return out
+    return [layer for layer in walk_layers(model) if not getattr(layer, "layers", None)]
 
 
 def copy_model(model):

@@ -18,12 +18,6 @@ _REG_ATTR = {"kernel": "kernel_regularizer", "depthwise_kernel": "depthwise_regu
              "embeddings": "embeddings_regularizer"}
 
 
-def _walk(layer):
-    for sub in getattr(layer, "layers", None) or []:
-        yield sub
-        yield from _walk(sub)
-
-
 def _per_layer(value, layer_name):
     if isinstance(value, dict):
         return value.get(layer_name)
@@ -66,7 +60,7 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
         raise ValueError(f"Model {model.name!r} is not built; build it (call it on data or "
                          "give it an Input) before attach_regularizer.")
     if layers is not None:
-        by_name = {layer.name: layer for layer in _walk(model)}
+        by_name = {layer.name: layer for layer in clusterable.walk_layers(model)}
         chosen = []
         for item in layers:
             if isinstance(item, str):
@@ -85,7 +79,8 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
             targets.extend((layer, w) for w in weights)
     else:
         kinds = _CONV_KINDS + (("dense",) if include_dense else ())
-        targets = [(layer, w) for layer in _walk(model) if clusterable.is_clusterable(layer)
+        targets = [(layer, w) for layer in clusterable.walk_layers(model)
+                   if clusterable.is_clusterable(layer)
                    for w in clusterable.clusterable_weights(layer) if w[2] in kinds]
     attached, degenerate = {}, []
     with reg_lib.strategy_scope(model):
@@ -128,7 +123,7 @@ def detach_regularizer(model):
         The number of weights that had one.
     """
     count = 0
-    for layer in [model, *_walk(model)]:
+    for layer in [model, *clusterable.walk_layers(model)]:
         for reg_attr in set(_REG_ATTR.values()):
             if isinstance(getattr(layer, reg_attr, None), reg_lib.SpectralKMeansRegularizer):
                 setattr(layer, reg_attr, getattr(layer, reg_attr).base)

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_export_tflite import clustered_copy
 
 from dkm_tf.export import cli
 from dkm_tf.models import digits_cnn
@@ -18,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 def saved(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     model = digits_cnn()
-    palettes = cli.cluster_model_in_place(model, 8)
+    palettes = clustered_copy(model, 8)
     model.save(d / "m.keras")
     (d / "palettes.json").write_text(json.dumps([p.to_dict() for p in palettes]))
     np.save(d / "x.npy", np.random.default_rng(0).uniform(0, 1, (3, 8, 8, 1)).astype("f4"))

@@ -16,34 +16,17 @@ import numpy as np
 import pytest
 
 import dkm_tf.export as ex
-from dkm_tf.clusterable import clusterable_weights
 from dkm_tf.export.pack import tuple_width
 from dkm_tf.export.rewrite import FlatModel
 from dkm_tf.models import digits_cnn, lenet5_caffe
-from dkm_tf.palette import cluster_tensor
-
-
-def _walk(model):
-    for layer in model.layers:
-        yield layer
-        if getattr(layer, "layers", None):
-            yield from _walk(layer)
+from dkm_tf.posttrain import share_weights
 
 
 def clustered_copy(model, n_clusters, unit="scalar", granularity="per_tensor"):
-    """Cluster every clusterable weight in place (assign the decoded values); the palettes."""
-    palettes = []
-    for layer in _walk(model):
-        try:
-            weights = clusterable_weights(layer)
-        except TypeError:
-            continue
-        for name, var, kind in weights:
-            p = cluster_tensor(np.asarray(var), kind=kind, n_clusters=n_clusters, unit=unit,
-                               granularity=granularity, layer_name=layer.name,
-                               weight_name=name)
-            var.assign(p.decode())
-            palettes.append(p)
+    """Post-training k-means of every clusterable weight, written into ``model``; the palettes."""
+    clustered, palettes, _ = share_weights(model, n_clusters, unit=unit,
+                                           granularity=granularity)
+    model.set_weights(clustered.get_weights())
     return palettes
 
 

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-__all__ = ["cluster_model_in_place", "default_output_path", "load_palettes", "run_inspect",
+__all__ = ["default_output_path", "load_palettes", "run_inspect",
            "run_to_tflite"]
 
 
@@ -36,40 +36,6 @@ def load_palettes(path):
     return [Palette.from_dict(d) for d in data]
 
 
-def _walk(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if getattr(layer, "layers", None):
-            yield from _walk(layer)
-
-
-def cluster_model_in_place(model, n_clusters, unit="scalar", granularity="per_tensor", seed=0):
-    """Post-training k-means of every clusterable weight; assigns the decoded values.
-
-    A convenience for exporting an unclustered model from the command line (no fine-tuning;
-    use ``dkm_tf.cluster_weights`` / ``strip_clustering`` for the trained path).
-
-    Returns:
-        The list of :class:`~dkm_tf.palette.Palette`.
-    """
-    from dkm_tf.clusterable import clusterable_weights  # noqa: PLC0415
-    from dkm_tf.palette import cluster_tensor  # noqa: PLC0415
-
-    palettes = []
-    for layer in _walk(model):
-        try:
-            weights = clusterable_weights(layer)
-        except TypeError:
-            continue
-        for name, var, kind in weights:
-            p = cluster_tensor(np.asarray(var), kind=kind, n_clusters=n_clusters, unit=unit,
-                               granularity=granularity, seed=seed, layer_name=layer.name,
-                               weight_name=name)
-            var.assign(p.decode())
-            palettes.append(p)
-    return palettes
-
-
 def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa: A002
                   decode="once", int8_mode="dynamic", palettes_path=None, n_clusters=None,
                   unit="scalar", granularity="per_tensor", samples_path=None):
@@ -84,8 +50,11 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     palettes = None
     if palettes_path:
         palettes = load_palettes(palettes_path)
-    elif n_clusters:
-        palettes = cluster_model_in_place(model, int(n_clusters), unit, granularity)
+    elif n_clusters:  # post-training k-means (no fine-tuning), as dkm_tf.share_weights
+        from dkm_tf.posttrain import share_weights  # noqa: PLC0415
+
+        model, palettes, _ = share_weights(model, int(n_clusters), unit=unit,
+                                           granularity=granularity)
     samples = np.load(os.fspath(samples_path)) if samples_path else None
     out = output_path or default_output_path(model_path, format, decode)
     return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,

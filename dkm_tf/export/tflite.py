@@ -143,13 +143,6 @@ def write_atomic(path, data):
         f.write(data)
 
 
-def _walk_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if getattr(layer, "layers", None):
-            yield from _walk_layers(layer)
-
-
 def check_palettes(model, palettes):
     """Validate that each palette names a weight of ``model`` that equals ``palette.decode()``.
 
@@ -163,8 +156,10 @@ def check_palettes(model, palettes):
                                                           for p in palettes):
         raise TypeError("Invalid type for argument `palettes`. Expected a list of "
                         f"dkm_tf.Palette. Received: {type(palettes).__name__}")
+    from dkm_tf.clusterable import walk_layers  # noqa: PLC0415 (imports keras)
+
     layers = {}
-    for layer in _walk_layers(model):
+    for layer in walk_layers(model):
         layers.setdefault(layer.name, layer)
     for p in palettes:
         layer = layers.get(p.layer_name)
@@ -240,10 +235,10 @@ def _analytic(model, fmt, variant, records, palettes):
         pal = sum(r["n_weights"] for r in records)
         return int(sum(r["index_bytes"] + r["codebook_bytes"] + r.get("aux_bytes", 0)
                        for r in records) + 4 * (n_total - pal))
-    from dkm_tf.clusterable import clusterable_weights  # noqa: PLC0415
+    from dkm_tf.clusterable import clusterable_weights, walk_layers  # noqa: PLC0415
 
     total = 4 * n_total
-    for layer in _walk_layers(model):
+    for layer in walk_layers(model):
         try:
             weights = clusterable_weights(layer)
         except (TypeError, ValueError):
