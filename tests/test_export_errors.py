@@ -132,3 +132,14 @@ def test_inspect_rejects_corrupted_files(digits, tmp_path):
     with pytest.raises(FileNotFoundError, match="No such .tflite file"):
         ex.inspect_tflite(tmp_path / "none.tflite")
     assert ex.inspect_tflite(good).palettized
+
+
+def test_export_without_litert_falls_back_to_tf_lite(tmp_path, monkeypatch):
+    from dkm_tf.export import verify
+
+    monkeypatch.setattr(verify, "litert_available", lambda: False)
+    model = digits_cnn()
+    palettes = clustered_copy(model, 8)
+    rep = ex.to_tflite(model, tmp_path / "m.tflite", palettes=palettes)
+    assert [c.interpreter for c in rep.comparisons] == ["tflite"]
+    assert any("ai_edge_litert not installed" in n for n in rep.notes)

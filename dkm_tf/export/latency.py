@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from dkm_tf.export import verify
 from dkm_tf.export.verify import make_interpreter
 
 __all__ = ["benchmark_latency"]
@@ -25,7 +26,7 @@ def _load(model):
 
 
 def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmup=10,
-                      interpreter="litert"):
+                      interpreter=None):
     """Median invoke latency of one or several models, measured interleaved.
 
     Args:
@@ -36,7 +37,8 @@ def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmu
         runs: timed invokes per model.
         block: consecutive invokes of one model before switching to the next.
         warmup: untimed invokes per model first.
-        interpreter: ``"litert"`` (``ai_edge_litert``) or ``"tflite"`` (``tf.lite``).
+        interpreter: ``"litert"`` (``ai_edge_litert``) or ``"tflite"`` (``tf.lite``); default
+            ``"litert"`` when installed, else ``"tflite"``.
 
     Returns:
         ``{label: {"median_ms", "p10_ms", "p90_ms", "runs", "threads"}}``; a single path
@@ -49,6 +51,8 @@ def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmu
         if not isinstance(value, int) or value < low:
             raise ValueError(f"Invalid value for argument `{name}`. Expected an integer >= "
                              f"{low}. Received: {name}={value!r}")
+    if interpreter is None:
+        interpreter = "litert" if verify.litert_available() else "tflite"
     single = not isinstance(paths, (dict, list, tuple))
     items = {"model": paths} if single else (
         dict(paths) if isinstance(paths, dict) else {str(i): p for i, p in enumerate(paths)})

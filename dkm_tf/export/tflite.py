@@ -252,7 +252,7 @@ def _analytic(model, fmt, variant, records, palettes):
 
 def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=None, *,  # noqa: A002
               decode="once", int8_mode="dynamic", representative_data=None, tolerance=None,
-              interpreters=("litert", "tflite"), max_table_bytes=1 << 20, matmul_lowering=True,
+              interpreters=None, max_table_bytes=1 << 20, matmul_lowering=True,
               float_content=None):
     """Convert ``model`` to a verified ``.tflite`` file and report its storage.
 
@@ -272,7 +272,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         representative_data: calibration inputs for ``int8_mode="full"`` (default: samples).
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
             :data:`DEFAULT_TOLERANCE`.
-        interpreters: which of ``"litert"`` and ``"tflite"`` verify the file.
+        interpreters: which of ``"litert"`` and ``"tflite"`` verify the file (default: both,
+            or ``tf.lite`` alone when ``ai_edge_litert`` is not installed, with a note).
         max_table_bytes: RAM cap of one decode table (``once``).
         matmul_lowering: with ``once``, rewrite convs/dense layers to BATCH_MATMUL.
         float_content: the float conversion's bytes, if already available (saves a convert).
@@ -294,7 +295,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     _choice("format", format, FORMATS)
     _choice("decode", decode, DECODE_MODES)
     _choice("int8_mode", int8_mode, INT8_MODES)
-    interpreters = tuple(interpreters)
+    litert_missing = interpreters is None and not verify.litert_available()
+    interpreters = tuple(verify.default_interpreters() if interpreters is None else interpreters)
     for kind in interpreters:
         _choice("interpreters", kind, verify.INTERPRETERS[:2])
     path = _check_path(path)
@@ -305,6 +307,9 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     if palettes:
         check_palettes(model, palettes)
     notes = []
+    if litert_missing:
+        notes.append("ai_edge_litert not installed (pip install dkm-tf[litert]): verified "
+                     "with tf.lite.Interpreter only")
     specs = convert_lib.input_specs(model, sample_inputs)
     if sample_inputs is None:
         inputs = convert_lib.synthesize_inputs(specs)

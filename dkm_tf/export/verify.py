@@ -47,6 +47,20 @@ class Comparison:
         return {**dataclasses.asdict(self), "ok": self.ok}
 
 
+def litert_available():
+    """True when the ``ai_edge_litert`` package (the ``[litert]`` extra) is importable."""
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+def default_interpreters():
+    """``("litert", "tflite")``, or ``("tflite",)`` without the ``[litert]`` extra."""
+    return ("litert", "tflite") if litert_available() else ("tflite",)
+
+
 def make_interpreter(kind, content, threads=1):
     """A ready (tensors allocated) interpreter of ``kind`` for the model bytes."""
     if kind == "litert":
