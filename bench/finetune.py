@@ -293,38 +293,11 @@ def clustering_times(args, tfmot):
             res["wrapped_vs_stripped_max_abs_diff"] = float(np.abs(
                 y_c - np.asarray(plain(x))).max())
         out[key] = res
-    out["what_if_histogram_kmeans"] = kmeans_what_if(models)
     if tf_reps:
         out["tfmot_vgg16_random"] = {
             "reps": tf_reps, "min_total_s": min(r["total_s"] for r in tf_reps),
             **{k: statistics.median(r[k] for r in tf_reps)
                for k in ("cluster_s", "strip_s", "total_s")}}
-    return out
-
-
-def kmeans_what_if(models):
-    """k-means alone, every kernel over 65,536 values on kmeans.py's histogram path.
-
-    dkm_tf.kmeans uses the histogram only above 2 M values and exposes no option for it; this
-    calls its private function to show what such an option would give (plain Lloyd, K=16).
-    """
-    import numpy as np  # noqa: PLC0415
-
-    from dkm_tf import kmeans  # noqa: PLC0415
-    from dkm_tf.clusterable import clusterable_weights, is_clusterable  # noqa: PLC0415
-
-    out = {}
-    for name, model in models.items():
-        ks = [v.numpy().reshape(-1) for lay in model._flatten_layers() if is_clusterable(lay)
-              for _, v, _ in clusterable_weights(lay)]
-        t = time.perf_counter()
-        for k in ks:
-            if k.size > 65536:
-                kmeans._scalar_kmeans_hist(k, K_STEP, "kmeans++", np.random.default_rng(0),
-                                           3000, False)
-            else:
-                kmeans.cluster_values(k, K_STEP, refine=False)
-        out[name] = {"kmeans_only_s": time.perf_counter() - t, "weights": sum(map(len, ks))}
     return out
 
 
@@ -429,10 +402,6 @@ def markdown(res):
         lines.append(f"| tfmot VGG16 (tf_keras, random) | kmeans++ init only, no Lloyd | "
                      f"14,710,464 | {t['cluster_s']:.3f} | {t['strip_s']:.3f} | "
                      f"**{t['total_s']:.3f}** ({t['min_total_s']:.3f}) | - |")
-    w = res["clustering"].get("what_if_histogram_kmeans", {})
-    lines += ["", "What-if (k-means alone, histogram path for every kernel over 65,536 values, "
-              "refine off; needs a kmeans.py option): " + "; ".join(
-                  f"{n}: {r['kmeans_only_s']:.3f} s" for n, r in w.items()) + "."]
     d = res["digits"]
     lines += ["", "## Digits CNN, all conv/dense kernels at K=4 (2 bits)", "",
               "| float | K=4, no fine-tuning | K=4 fine-tuned | delta |", "|---|---|---|---|",

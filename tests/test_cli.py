@@ -78,3 +78,12 @@ def test_run_energy_on_a_saved_model(tmp_path):
     assert "TOTAL" in text and "c1" in text
     with pytest.raises(FileNotFoundError):
         cli.run_energy(str(tmp_path / "missing.keras"))
+
+
+def test_builtin_demo_defaults_to_finetuning(tmp_path):
+    result = cli.run_compress(None, epochs=2, finetune_epochs=1, n_clusters=4, tflite=False,
+                              output_dir=str(tmp_path))
+    assert result.method == "finetune"
+    for p in result.palettes:
+        kernel = getattr(result.model.get_layer(p.layer_name), p.weight_name).numpy()
+        assert np.unique(kernel).size <= 4
