@@ -1,0 +1,290 @@
+"""Benchmark: Deep k-Means methods on real MNIST with LeNet-5 (Caffe), all from one baseline.
+
+Protocols (Wu et al., ICML 2018, §4.1.1 / Figure 1, and the whole-model test of issue 4):
+
+1. ``layer``: one conv layer clustered at a time (scalar units, K in 2..32, CR about 6x-32x),
+   the other layers untouched and frozen out of the clustering; methods ``wr``, ``finetune``,
+   ``dkm`` (hard), ``dkm`` (spectral).
+2. ``model``: every conv and dense kernel at K in {16, 8, 4, 2}; methods ``wr``, ``finetune``,
+   ``dkm`` hard / spectral, ``dkm+finetune``.
+3. ``sparse``: the sparsity-promoting variant with row units for the convs and entropy-coded
+   indices, searching the highest whole-model CR whose accuracy stays within 0.3 pt.
+4. ``tfmot``: tfmot's cluster_weights on the same baseline weights, under tf_keras in a
+   subprocess (``--tfmot_python``, default $DKM_TF_TFMOT_PYTHON).
+
+Writes bench/results/dkm_mnist.{json,md,png}. About 20-40 minutes on 2 CPU cores.
+
+  python bench/dkm_mnist.py [--protocols layer,model,sparse,tfmot,long] [--lam 1.0] [--append]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from dkm_tf import data, models, palette, pipeline  # noqa: E402
+from dkm_tf.clustering import finetune  # noqa: E402
+from dkm_tf.posttrain import share_weights  # noqa: E402
+from dkm_tf.retrain import dkm_retrain  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+CACHE = ROOT / "bench" / ".cache"
+LAYERS = ("conv1", "conv2", "fc1", "fc2")
+PAPER_FIG1 = ("Paper Figure 1 (read off the plot, methods.md): Deep k-Means keeps about 99 % "
+              "on conv1/conv2 of LeNet-5 up to CR ~ 30x where WR collapses; no table is "
+              "published.")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def baseline(train, test):
+    """LeNet-5 trained as in tfmot_measured.md §1 (Adam 1e-3 x5, 1e-4 x2, batch 128, seed 0)."""
+    path = CACHE / "lenet5_seed0.weights.h5"
+    model = models.lenet5_caffe(seed=0)
+    if path.is_file():
+        model.load_weights(path)
+        return model
+    pipeline.train_classifier(model, train, epochs=5, batch_size=128, learning_rate=1e-3)
+    pipeline.train_classifier(model, train, epochs=2, batch_size=128, learning_rate=1e-4)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    model.save_weights(path)
+    return model
+
+
+def _size(model, palettes):
+    rep = palette.size_report(palettes, other_params=model.count_params()
+                              - sum(p.n_values for p in palettes))
+    return rep
+
+
+def run_method(method, base, train, test, k, *, only=None, lam, epochs, unit="scalar",
+               sparsity=0.0, relaxation="hard", granularity="per_tensor", per_layer=None):
+    """One compression run.
+
+    ``only`` restricts clustering to one layer (the others skipped); ``per_layer`` maps layer
+    names to ``{"n_clusters": K, "sparsity": p}`` (sparse protocol).
+    """
+    overrides = {name: None for name in LAYERS if only and name != only}
+    if per_layer:
+        overrides = {name: dict(cfg) for name, cfg in per_layer.items()}
+        k = max(cfg["n_clusters"] for cfg in per_layer.values())
+        sparsity = {name: cfg["sparsity"] for name, cfg in per_layer.items()}
+    t = time.perf_counter()
+    work = base
+    if method.startswith("dkm"):
+        ks = {only: k} if only else k
+        if per_layer:
+            ks = {name: cfg["n_clusters"] for name, cfg in per_layer.items()}
+        work, _ = dkm_retrain(base, train, n_clusters=ks, lam=lam, relaxation=relaxation,
+                              unit=unit, epochs=epochs, learning_rate=1e-4, batch_size=128,
+                              sparsity=sparsity, include_dense=True, refresh_every=1)
+    if per_layer:  # sparse sharing step first; fine-tuning then re-clusters losslessly
+        work, pals, _ = share_weights(work, k, unit=unit, granularity=granularity,
+                                      overrides=overrides)
+    if method.endswith("finetune"):
+        ft_over = ({n: {"n_clusters": c["n_clusters"]} for n, c in per_layer.items()}
+                   if per_layer else overrides or None)
+        model, ft_pals, _ = finetune(work, train, n_clusters=k, unit=unit, epochs=epochs,
+                                     learning_rate=1e-3 if k <= 4 else 1e-4, batch_size=128,
+                                     granularity=granularity, overrides=ft_over)
+        if not per_layer:  # with per_layer the index histograms are those of the sparse step
+            pals = ft_pals
+    elif per_layer:
+        model = work
+    else:
+        model, pals, _ = share_weights(work, k, unit=unit, granularity=granularity,
+                                       overrides=overrides or None, sparsity=sparsity)
+    acc = pipeline.evaluate_accuracy(model, test)
+    rep = _size(model, pals)
+    row = {"method": method + ("" if not method.startswith("dkm") else f" ({relaxation})"),
+           "K": k if not per_layer else {n: c["n_clusters"] for n, c in per_layer.items()},
+           "layer": only or "all", "unit": unit, "granularity": granularity,
+           "sparsity": sparsity,
+           "acc": acc, "seconds": time.perf_counter() - t,
+           "cr_log2": rep.totals["cr_clustered_log2"],
+           "cr_entropy": rep.totals["cr_clustered_entropy"],
+           "cr_model_log2": rep.totals["cr_model_log2"],
+           "cr_model_entropy": rep.totals["cr_model_entropy"]}
+    log(f"{row['method']:<24} layer={row['layer']:<5} K={k!s:<3} acc={100 * acc:.2f}% "
+        f"CR={row['cr_log2']:.1f}x (H: {row['cr_entropy']:.1f}x) {row['seconds']:.0f}s")
+    return row
+
+
+def run_long(base, train, test, granularity, lam):
+    """K=2 whole model with a longer schedule: dkm 5 epochs (Adam 1e-3), fine-tune 5 epochs at
+    1e-3, then 2 at 1e-4 (the second fine-tune re-clusters losslessly: <= 2 values per
+    codebook already)."""
+    t = time.perf_counter()
+    work, _ = dkm_retrain(base, train, n_clusters=2, lam=lam, unit="scalar", epochs=5,
+                          learning_rate=1e-3, batch_size=128, refresh_every=1)
+    for epochs, lr in ((5, 1e-3), (2, 1e-4)):
+        work, pals, _ = finetune(work, train, n_clusters=2, epochs=epochs, learning_rate=lr,
+                                 batch_size=128, granularity=granularity)
+    acc = pipeline.evaluate_accuracy(work, test)
+    rep = _size(work, pals)
+    row = {"method": "dkm+finetune (hard), long schedule", "K": 2, "layer": "all",
+           "unit": "scalar", "granularity": granularity, "sparsity": 0.0, "acc": acc,
+           "seconds": time.perf_counter() - t, "cr_log2": rep.totals["cr_clustered_log2"],
+           "cr_entropy": rep.totals["cr_clustered_entropy"],
+           "cr_model_log2": rep.totals["cr_model_log2"],
+           "cr_model_entropy": rep.totals["cr_model_entropy"]}
+    log(f"long schedule K=2 {granularity}: acc={100 * acc:.2f}% CR={row['cr_log2']:.1f}x")
+    return row
+
+
+def run_tfmot(base, python):
+    if not python or not os.path.exists(python):
+        return {"skipped": "no tfmot interpreter (set --tfmot_python or DKM_TF_TFMOT_PYTHON)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        wpath, out = f"{tmp}/w.npz", f"{tmp}/out.json"
+        np.savez(wpath, **{f"w{i}": w for i, w in enumerate(base.get_weights())})
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+        proc = subprocess.run([python, str(ROOT / "bench" / "_tfmot_lenet.py"), wpath,
+                               str(data.mnist_dir()), out], env=env, text=True,
+                              capture_output=True, timeout=3600)
+        if proc.returncode != 0:
+            return {"skipped": "tfmot run failed: " + proc.stderr[-1500:]}
+        log(proc.stdout.strip())
+        return {"rows": json.loads(pathlib.Path(out).read_text())}
+
+
+def write(results):
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "dkm_mnist.json").write_text(json.dumps(results, indent=2))
+    base = results["baseline_acc"]
+    md = ["# Deep k-Means on MNIST / LeNet-5 (Caffe): all methods from one baseline", "",
+          f"{results['meta']['time']}, {results['meta']['cpus']} CPUs, Keras "
+          f"{results['meta']['keras']}. Baseline test accuracy **{100 * base:.2f} %** "
+          "(tfmot_measured.md recipe, seed 0). CR counts clustered kernels only, codebooks at "
+          "32 bits; `log2` = fixed-length indices, `H` = entropy-coded indices. "
+          f"Regularizer λ = {results['meta']['lam']}, re-training "
+          f"{results['meta']['epochs']} epoch(s) at Adam 1e-4; fine-tuning "
+          f"{results['meta']['epochs']} epoch(s) (Adam 1e-3 for K ≤ 4, else 1e-4).", ""]
+    for proto, title in (("layer", "1. One conv layer at a time (Figure 1 protocol)"),
+                         ("model", "2. Whole model (all conv + dense kernels)"),
+                         ("sparse", "3. Sparsity variant, row units, entropy-coded indices")):
+        rows = [r for r in results["rows"] if r["protocol"] == proto]
+        if not rows:
+            continue
+        md += [f"## {title}", "", "| layer | K | method | unit | p | acc % | Δ pt | CR log2 | "
+               "CR H | model CR H |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            unit = r["unit"] + (" per channel" if r.get("granularity") == "per_channel" else "")
+            md.append(f"| {r['layer']} | {r['K']} | {r['method']} | {unit} | "
+                      f"{r['sparsity']} | {100 * r['acc']:.2f} | {100 * (r['acc'] - base):+.2f} | "
+                      f"{r['cr_log2']:.1f} | {r['cr_entropy']:.1f} | "
+                      f"{r['cr_model_entropy']:.1f} |")
+        md.append("")
+    tf = results.get("tfmot", {})
+    md += ["## tfmot (same baseline weights, tf_keras subprocess, kmeans++ init)", ""]
+    if "rows" in tf:
+        md += ["| K | recipe | acc % |", "|---|---|---|"]
+        md += [f"| {r['K']} | {r['recipe']} | {100 * r['acc']:.2f} |" for r in tf["rows"]]
+    else:
+        md.append(f"not run: {tf.get('skipped', 'not requested')}")
+    md += ["", PAPER_FIG1, ""]
+    (RESULTS / "dkm_mnist.md").write_text("\n".join(md) + "\n")
+    plot(results)
+
+
+def plot(results):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4))
+    panels = [("layer", "conv1"), ("layer", "conv2"), ("model", "all")]
+    for i, (proto, layer) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        rows = [r for r in results["rows"] if r["protocol"] == proto and r["layer"] == layer]
+        for method in sorted({r["method"] for r in rows}):
+            pts = sorted((r["cr_log2"], 100 * r["acc"]) for r in rows if r["method"] == method)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=method)
+        ax.axhline(100 * results["baseline_acc"], color="k", lw=0.5, ls="--")
+        ax.set_xscale("log")
+        ax.set_ylim(90, 100)
+        ax.set_title(f"{'one layer: ' + layer if proto == 'layer' else 'whole model'}")
+        ax.set_xlabel("compression ratio (log2 K indices)")
+        ax.set_ylabel("test accuracy %")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(RESULTS / "dkm_mnist.png"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--protocols", default="layer,model,sparse,tfmot")
+    ap.add_argument("--lam", type=float, default=1.0)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--tfmot_python", default=os.environ.get("DKM_TF_TFMOT_PYTHON"))
+    ap.add_argument("--append", action="store_true",
+                    help="keep the rows of bench/results/dkm_mnist.json and add to them")
+    args = ap.parse_args()
+    protocols = set(args.protocols.split(","))
+    train, test = data.load_mnist()
+    base = baseline(train, test)
+    base_acc = pipeline.evaluate_accuracy(base, test)
+    log(f"baseline LeNet-5: {100 * base_acc:.2f}%")
+    results = {"meta": {"time": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
+                        "keras": keras.__version__, "lam": args.lam, "epochs": args.epochs},
+               "baseline_acc": base_acc, "rows": []}
+    if args.append and (RESULTS / "dkm_mnist.json").is_file():
+        old = json.loads((RESULTS / "dkm_mnist.json").read_text())
+        results["rows"], results["meta"] = old["rows"], old["meta"]
+        if "tfmot" in old:
+            results["tfmot"] = old["tfmot"]
+    kw = {"lam": args.lam, "epochs": args.epochs}
+
+    def add(proto, row):
+        row["protocol"] = proto
+        results["rows"].append(row)
+        write(results)
+
+    if "layer" in protocols:
+        for layer in ("conv1", "conv2"):
+            for k in (2, 4, 8, 16, 32):
+                for method, relax in (("wr", "hard"), ("finetune", "hard"), ("dkm", "hard"),
+                                      ("dkm", "spectral")):
+                    add("layer", run_method(method, base, train, test, k, only=layer,
+                                            relaxation=relax, **kw))
+    if "model" in protocols:
+        for k in (16, 8, 4, 2):
+            for method, relax in (("wr", "hard"), ("finetune", "hard"), ("dkm", "hard"),
+                                  ("dkm", "spectral"), ("dkm+finetune", "hard")):
+                add("model", run_method(method, base, train, test, k, relaxation=relax, **kw))
+        add("model", run_method("dkm+finetune", base, train, test, 2, granularity="per_channel",
+                                **kw))
+    if "sparse" in protocols:
+        for fc1_p in (0.9, 0.95, 0.97):
+            per_layer = {"conv1": {"n_clusters": 8, "sparsity": 0.3},
+                         "conv2": {"n_clusters": 8, "sparsity": 0.7},
+                         "fc1": {"n_clusters": 4, "sparsity": fc1_p},
+                         "fc2": {"n_clusters": 4, "sparsity": 0.7}}
+            add("sparse", run_method("dkm+finetune", base, train, test, None, unit="auto",
+                                     per_layer=per_layer, lam=kw["lam"], epochs=3))
+    if "long" in protocols:
+        for granularity in ("per_tensor", "per_channel"):
+            add("model", run_long(base, train, test, granularity, args.lam))
+    if "tfmot" in protocols:
+        results["tfmot"] = run_tfmot(base, args.tfmot_python)
+        write(results)
+    write(results)
+    log("wrote bench/results/dkm_mnist.{json,md,png}")
+
+
+if __name__ == "__main__":
+    main()
