@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 from test_export_tflite import clustered_copy
+from testing import subclassed_model
 
 import dkm_tf.export as ex
 from dkm_tf.models import digits_cnn
@@ -103,16 +104,7 @@ def test_disagreeing_model_is_not_written(digits, tmp_path):
 
 
 def test_subclassed_model_needs_sample_inputs(tmp_path):
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.d = keras.layers.Dense(2)
-
-        def call(self, x):
-            return self.d(x)
-
-    m = Sub()
-    m(np.zeros((1, 3), np.float32))
+    m = subclassed_model()
     with pytest.raises(ValueError, match=r"sample inputs are required"):
         ex.to_tflite(m, tmp_path / "m.tflite", "float")
 

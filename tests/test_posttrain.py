@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from testing import small_cnn
+from testing import small_cnn, subclassed_model
 
 import dkm_tf
 from dkm_tf import posttrain
@@ -100,16 +100,7 @@ def test_bad_arguments():
 
 
 def test_subclassed_model_gives_a_clear_error():
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.d = keras.layers.Dense(2)
-
-        def call(self, x):
-            return self.d(x)
-
-    m = Sub()
-    m(np.zeros((1, 3), np.float32))
+    m = subclassed_model()
     with pytest.raises(TypeError, match="subclassed model"):
         dkm_tf.share_weights(m, 2)
 

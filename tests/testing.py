@@ -23,3 +23,20 @@ def small_cnn(seed=0, input_shape=(8, 8, 1)):
         L.Flatten(name="flat"),
         L.Dense(10, name="out"),
     ], name="small_cnn")
+
+
+def subclassed_model():
+    """A built subclassed model (one Dense layer): Keras cannot clone or trace it generically."""
+    import keras
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    m = Sub()
+    m(np.zeros((1, 3), np.float32))
+    return m
