@@ -601,7 +601,7 @@ def cluster_values(x, n_clusters, *, init="kmeans++", seed=0, name=None, **kwarg
     Example:
         >>> import numpy as np
         >>> codebook, idx = cluster_values(np.array([0.0, 0.1, 1.0, 1.1]), 2)
-        >>> codebook.round(2).tolist(), idx.tolist()
+        >>> [round(float(c), 2) for c in codebook], idx.tolist()
         ([0.05, 1.05], [0, 0, 1, 1])
     """
     _check_n_clusters(n_clusters)

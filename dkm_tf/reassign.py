@@ -44,7 +44,7 @@ class ReassignClusters(keras.callbacks.Callback):
 
     Example:
         >>> clustered = dkm_tf.cluster_weights(model, n_clusters=8, latent=True)  # doctest: +SKIP
-        >>> clustered.fit(x, y, callbacks=[dkm_tf.ReassignClusters(every_n_epochs=2)])  # +SKIP
+        >>> clustered.fit(x, y, callbacks=[dkm_tf.ReassignClusters(2)])  # doctest: +SKIP
     """
 
     def __init__(self, every_n_epochs=1, verbose=0):
