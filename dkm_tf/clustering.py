@@ -27,6 +27,7 @@ import numpy as np
 from dkm_tf import clusterable as clusterable_lib
 from dkm_tf import palette as palette_lib
 from dkm_tf import units as units_lib
+from dkm_tf._training import default_loss
 from dkm_tf.layers import ClusterWeights, validate_settings
 
 __all__ = ["ClusteringReport", "cluster_weights", "finetune", "palettes_of", "strip_clustering"]
@@ -327,13 +328,6 @@ def palettes_of(model, max_clusters=256):
     return out
 
 
-def _default_loss(model):
-    last = model.layers[-1] if getattr(model, "layers", None) else None
-    activation = getattr(getattr(last, "activation", None), "__name__", "")
-    softmax = activation == "softmax" or isinstance(last, keras.layers.Softmax)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax)
-
-
 def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
              granularity="per_tensor", init="kmeans++", epochs=3, learning_rate=1e-3,
              batch_size=32, overrides=None, latent=False, reassign_every=None, metrics=None,
@@ -371,11 +365,11 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
                          f"Received: learning_rate={learning_rate!r}")
     if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
         loss = model.loss
-        default_loss = False
+        used_default = False
     else:
-        loss, default_loss = _default_loss(model), True
+        loss, used_default = default_loss(model), True
     if metrics is None:
-        metrics = ["accuracy"] if default_loss else []
+        metrics = ["accuracy"] if used_default else []
     keras.utils.set_random_seed(seed)
     clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
                                 seed=seed, latent=latent, overrides=overrides)

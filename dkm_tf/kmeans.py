@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from dkm_tf._kmeans1d import Weighted1D, cluster_histogram, finish, solve
+from dkm_tf._validate import check_choice
 
 __all__ = [
     "INITS",
@@ -59,12 +60,7 @@ def _check_n_clusters(n_clusters):
 
 
 def _check_init(init):
-    if init not in INITS:
-        raise ValueError(
-            f"Invalid value for argument `init`. Expected one of {list(INITS)}. "
-            f"Received: init={init!r}"
-        )
-    return init
+    return check_choice("init", init, INITS)
 
 
 def _check_finite(x, name):

@@ -28,6 +28,7 @@ from dkm_tf import clusterable as clusterable_lib
 from dkm_tf import kmeans as kmeans_lib
 from dkm_tf import palette as palette_lib
 from dkm_tf import units as units_lib
+from dkm_tf._validate import check_choice, invalid
 
 __all__ = ["ClusterWeights", "gather_codebook", "index_dtype", "validate_settings"]
 
@@ -39,28 +40,17 @@ def index_dtype(n_clusters):
     return "int16" if n_clusters <= 32768 else "int32"
 
 
-def _invalid(name, expected, value):
-    return ValueError(f"Invalid value for argument `{name}`. Expected {expected}. "
-                      f"Received: {name}={value!r}")
-
-
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise _invalid(name, f"one of {list(allowed)}", value)
-    return value
-
-
 def validate_settings(n_clusters=16, unit="scalar", granularity="per_tensor", init="kmeans++",
                       latent=False):
     """Check clustering settings; raise ``ValueError`` in Keras' message pattern if one is bad."""
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) \
             or not 1 <= n_clusters <= 2**31 - 1:
-        raise _invalid("n_clusters", "an integer >= 1", n_clusters)
-    _check_choice("unit", unit, units_lib.UNIT_CHOICES)
-    _check_choice("granularity", granularity, units_lib.GRANULARITIES)
-    _check_choice("init", init, kmeans_lib.INITS)
+        raise invalid("n_clusters", "an integer >= 1", n_clusters)
+    check_choice("unit", unit, units_lib.UNIT_CHOICES)
+    check_choice("granularity", granularity, units_lib.GRANULARITIES)
+    check_choice("init", init, kmeans_lib.INITS)
     if not isinstance(latent, bool):
-        raise _invalid("latent", "a bool", latent)
+        raise invalid("latent", "a bool", latent)
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ import numpy as np
 
 from dkm_tf import palette as palette_lib
 from dkm_tf._io import atomic_path
+from dkm_tf._validate import check_choice
 from dkm_tf.kmeans import INITS
 from dkm_tf.units import GRANULARITIES, UNIT_CHOICES, resolve_unit
 
@@ -69,12 +70,6 @@ def copy_model(model):
     return clone
 
 
-def _check(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"Invalid value for argument `{name}`. Expected one of {list(allowed)}. "
-                         f"Received: {name}={value!r}")
-
-
 def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
                   init="kmeans++", seed=0, overrides=None, sparsity=0.0, verbose=False):
     """Cluster every supported kernel of a model with k-means (no re-training).
@@ -104,9 +99,9 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     from dkm_tf.kmeans import _check_n_clusters  # noqa: PLC0415
 
     _check_n_clusters(n_clusters)
-    _check("unit", unit, UNIT_CHOICES)
-    _check("granularity", granularity, GRANULARITIES)
-    _check("init", init, INITS)
+    check_choice("unit", unit, UNIT_CHOICES)
+    check_choice("granularity", granularity, GRANULARITIES)
+    check_choice("init", init, INITS)
     clone = copy_model(model)
     defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
                 "init": init, "sparsity": sparsity}

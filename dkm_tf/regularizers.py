@@ -39,6 +39,7 @@ import numpy as np
 from keras import ops
 
 from dkm_tf import kmeans as kmeans_lib
+from dkm_tf._validate import invalid
 
 __all__ = ["RELAXATIONS", "SpectralKMeansRegularizer", "kmeans_regularizers",
            "refresh_regularizers", "unit_geometry"]
@@ -47,15 +48,10 @@ RELAXATIONS = ("hard", "spectral")
 _UNITS = ("auto", "scalar", "row", "kernel")
 
 
-def _invalid(name, expected, value):
-    return ValueError(f"Invalid value for argument `{name}`. Expected {expected}. "
-                      f"Received: {name}={value!r}")
-
-
 def _check_n_clusters(n_clusters):
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or (
             n_clusters < 1):
-        raise _invalid("n_clusters", "an integer >= 1", n_clusters)
+        raise invalid("n_clusters", "an integer >= 1", n_clusters)
     return int(n_clusters)
 
 
@@ -76,7 +72,7 @@ def unit_geometry(shape, unit):
         raise ValueError("SpectralKMeansRegularizer needs a weight with at least one axis. "
                          "Received a scalar weight.")
     if unit in ("row", "kernel") and not spatial:
-        raise _invalid("unit", f"'scalar' or 'auto' for a weight of shape {shape} (it has no "
+        raise invalid("unit", f"'scalar' or 'auto' for a weight of shape {shape} (it has no "
                        "spatial axes, so it has no kernel rows or 2-D kernels)", unit)
     if unit == "auto":
         unit = "row" if spatial else "scalar"
@@ -129,16 +125,16 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
         self.n_clusters = _check_n_clusters(n_clusters)
         if isinstance(lam, bool) or not isinstance(lam, (int, float, np.number)) or not (
                 math.isfinite(lam) and lam >= 0):
-            raise _invalid("lam", "a finite number >= 0", lam)
+            raise invalid("lam", "a finite number >= 0", lam)
         if relaxation not in RELAXATIONS:
-            raise _invalid("relaxation", f"one of {list(RELAXATIONS)}", relaxation)
+            raise invalid("relaxation", f"one of {list(RELAXATIONS)}", relaxation)
         if unit not in _UNITS:
-            raise _invalid("unit", f"one of {list(_UNITS)}", unit)
+            raise invalid("unit", f"one of {list(_UNITS)}", unit)
         if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float, np.number)) or (
                 not 0.0 <= sparsity < 1.0):
-            raise _invalid("sparsity", "a fraction in [0, 1)", sparsity)
+            raise invalid("sparsity", "a fraction in [0, 1)", sparsity)
         if sparsity > 0 and self.n_clusters < 2:
-            raise _invalid("n_clusters", "an integer >= 2 when sparsity > 0 (one cluster is "
+            raise invalid("n_clusters", "an integer >= 2 when sparsity > 0 (one cluster is "
                            "the fixed zero cluster)", n_clusters)
         self.lam = float(lam)
         self.relaxation = relaxation

@@ -9,6 +9,7 @@ import keras
 from dkm_tf import callbacks as callbacks_lib
 from dkm_tf import clusterable
 from dkm_tf import regularizers as reg_lib
+from dkm_tf._training import default_loss
 
 __all__ = ["attach_regularizer", "detach_regularizer", "dkm_retrain"]
 
@@ -153,12 +154,6 @@ def _copy_model(model):
     return clone
 
 
-def _default_loss(model):
-    last = model.layers[-1] if getattr(model, "layers", None) else None
-    softmax = getattr(last, "activation", None) is keras.activations.softmax
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax)
-
-
 def _split(data, name):
     if data is None:
         return None, None
@@ -216,7 +211,7 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         metrics = (model.get_compile_config() or {}).get("metrics")
         metrics = keras.saving.deserialize_keras_object(metrics) if metrics else None
     else:
-        loss, metrics = _default_loss(clone), ["accuracy"]
+        loss, metrics = default_loss(clone), ["accuracy"]
     clone.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
     (xy, train_ds), (val_xy, val_ds) = _split(train_data, "train_data"), _split(val_data,
                                                                                 "val_data")

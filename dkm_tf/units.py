@@ -36,6 +36,8 @@ import dataclasses
 
 import numpy as np
 
+from dkm_tf._validate import check_choice
+
 __all__ = ["GRANULARITIES", "KINDS", "UNITS", "UNIT_CHOICES", "UnitLayout", "from_units",
            "layout_for", "resolve_unit", "to_units"]
 
@@ -43,14 +45,6 @@ UNITS = ("scalar", "row", "kernel")
 UNIT_CHOICES = (*UNITS, "auto")  # "auto": the paper's choice, see resolve_unit
 GRANULARITIES = ("per_tensor", "per_channel")
 KINDS = ("dense", "conv", "conv_t", "depthwise", "embedding")
-
-
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected one of {list(allowed)}. "
-            f"Received: {name}={value!r}"
-        )
 
 
 def _axes(kind, ndim):
@@ -114,7 +108,7 @@ def resolve_unit(unit, kind, kernel_shape):
     That is Deep k-Means' choice (§2.1 and its code): rows of k x k filters, scalars for 1x1
     convs and dense kernels. Other units are returned unchanged.
     """
-    _check_choice("unit", unit, UNIT_CHOICES)
+    check_choice("unit", unit, UNIT_CHOICES)
     if unit != "auto":
         return unit
     spatial, _, _ = _axes(kind, len(kernel_shape))
@@ -135,9 +129,9 @@ def layout_for(kernel_shape, kind, unit="scalar", granularity="per_tensor"):
     Returns:
         A :class:`UnitLayout`.
     """
-    _check_choice("kind", kind, KINDS)
-    _check_choice("unit", unit, UNITS)
-    _check_choice("granularity", granularity, GRANULARITIES)
+    check_choice("kind", kind, KINDS)
+    check_choice("unit", unit, UNITS)
+    check_choice("granularity", granularity, GRANULARITIES)
     shape = tuple(int(s) for s in kernel_shape)
     spatial, channel, other = _axes(kind, len(shape))
     perm = channel + other + spatial

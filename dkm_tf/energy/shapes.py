@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from dkm_tf._validate import check_choice  # noqa: F401 (re-exported for api.py)
+
 KINDS = ("conv", "dense", "pool", "eltwise")
 POOL_OPS = ("max", "avg")
 ELTWISE_OPS = ("add", "mul", "max", "relu", "affine")
@@ -42,15 +44,6 @@ def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(
             f"Invalid value for argument `{name}`. Expected an integer >= 1. "
-            f"Received: {name}={value!r}"
-        )
-
-
-def check_choice(name, value, choices):
-    """Raises `ValueError` unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(
-            f"Invalid value for argument `{name}`. Expected one of {tuple(choices)}. "
             f"Received: {name}={value!r}"
         )
 

@@ -28,6 +28,7 @@ import os
 import numpy as np
 
 from dkm_tf._io import atomic_path
+from dkm_tf._validate import check_choice
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.inspect import inspect_tflite
@@ -115,12 +116,6 @@ class ExportReport:
         d.update(ratio_vs_float=self.ratio_vs_float, bits_per_weight=self.bits_per_weight,
                  max_rel_error=self.max_rel_error)
         return d
-
-
-def _choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"Invalid value for argument `{name}`. Expected one of "
-                         f"{list(allowed)}. Received: {name}={value!r}")
 
 
 def _check_path(path):
@@ -292,13 +287,13 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         >>> report.ratio_vs_float, report.tensors[0]["storage"]  # doctest: +SKIP
         (0.176, 'int16 (3 indices/int16)')
     """
-    _choice("format", format, FORMATS)
-    _choice("decode", decode, DECODE_MODES)
-    _choice("int8_mode", int8_mode, INT8_MODES)
+    check_choice("format", format, FORMATS)
+    check_choice("decode", decode, DECODE_MODES)
+    check_choice("int8_mode", int8_mode, INT8_MODES)
     litert_missing = interpreters is None and not verify.litert_available()
     interpreters = tuple(verify.default_interpreters() if interpreters is None else interpreters)
     for kind in interpreters:
-        _choice("interpreters", kind, verify.INTERPRETERS[:2])
+        check_choice("interpreters", kind, verify.INTERPRETERS[:2])
     path = _check_path(path)
     if format in ("palettized", "tflm") and not palettes:
         raise ValueError(f"Invalid value for argument `palettes`. format={format!r} needs the "
