@@ -148,7 +148,7 @@ def _build(name):
 
 def _run_model(name, workdir):
     import dkm_tf.export as ex
-    from dkm_tf.export.cli import cluster_model_in_place
+    from dkm_tf.posttrain import share_weights
 
     model, x, evalset, ks = _build(name)
     original = [np.asarray(v).copy() for v in model.weights]
@@ -160,7 +160,7 @@ def _run_model(name, workdir):
         for v, w in zip(model.weights, original):
             v.assign(w)
         t0 = time.perf_counter()
-        palettes = cluster_model_in_place(model, k)
+        palettes = share_weights(model, k, inplace=True).palettes
         t_cluster = time.perf_counter() - t0
         t0 = time.perf_counter()
         samples = x[:2] if name == "hed" else x

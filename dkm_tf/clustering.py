@@ -27,7 +27,7 @@ import numpy as np
 from dkm_tf import clusterable as clusterable_lib
 from dkm_tf import palette as palette_lib
 from dkm_tf import units as units_lib
-from dkm_tf._training import default_loss
+from dkm_tf._training import check_learning_rate, default_loss
 from dkm_tf.layers import ClusterWeights, validate_settings
 
 __all__ = ["ClusteringReport", "cluster_weights", "finetune", "palettes_of", "strip_clustering"]
@@ -331,7 +331,7 @@ def palettes_of(model, max_clusters=256):
 def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
              granularity="per_tensor", init="kmeans++", epochs=3, learning_rate=1e-3,
              batch_size=32, overrides=None, latent=False, reassign_every=None, metrics=None,
-             seed=0, verbose=0):
+             callbacks=None, seed=0, verbose=0):
     """Cluster a copy of ``model``, fine-tune it with hard weight sharing, and strip it.
 
     Args:
@@ -341,11 +341,12 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         val_data: optional validation data in the same form.
         n_clusters, unit, granularity, init, overrides, latent: see :func:`cluster_weights`.
         epochs: fine-tuning epochs (0 gives post-training clustering only).
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate, a number or a Keras ``LearningRateSchedule``.
         batch_size: used with array data.
         reassign_every: with ``latent=True``, re-assign indices every this many epochs
             (:class:`dkm_tf.ReassignClusters`); ``None`` never re-assigns.
         metrics: compile metrics; default ``["accuracy"]`` with the default loss.
+        callbacks: extra Keras callbacks for ``fit``.
         seed: k-means and Keras seed.
         verbose: passed to ``fit``.
 
@@ -360,9 +361,7 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"Invalid value for argument `epochs`. Expected an integer >= 0. "
                          f"Received: epochs={epochs!r}")
-    if not learning_rate > 0:
-        raise ValueError("Invalid value for argument `learning_rate`. Expected a number > 0. "
-                         f"Received: learning_rate={learning_rate!r}")
+    check_learning_rate(learning_rate)
     if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
         loss = model.loss
         used_default = False
@@ -377,7 +376,7 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     if epochs:
         clustered.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
                           metrics=list(metrics))
-        callbacks = []
+        callbacks = list(callbacks or [])
         if reassign_every:
             from dkm_tf.reassign import ReassignClusters  # noqa: PLC0415
 

@@ -64,18 +64,22 @@ def copy_model(model):
         raise TypeError(
             f"Cannot copy model {model.name!r} of type {type(model).__name__}: only Sequential "
             "and Functional models (possibly nested) can be copied. For a subclassed model, "
-            "build it as a Functional model or cluster its layers individually."
+            "build it as a Functional model, cluster its layers individually, or (post-"
+            "training) call share_weights(model, ..., inplace=True)."
         ) from e
     clone.set_weights(model.get_weights())
     return clone
 
 
 def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
-                  init="kmeans++", seed=0, overrides=None, sparsity=0.0, verbose=False):
+                  init="kmeans++", seed=0, overrides=None, sparsity=0.0, verbose=False,
+                  inplace=False):
     """Cluster every supported kernel of a model with k-means (no re-training).
 
     Args:
-        model: a built Sequential or Functional Keras model (not modified).
+        model: a built Sequential or Functional Keras model (not modified unless
+            ``inplace``), or with ``inplace=True`` any built Keras model, subclassed ones
+            included.
         n_clusters: K, centroids per codebook.
         unit: ``"scalar"``, ``"row"``, ``"kernel"`` (see :mod:`dkm_tf.units`) or ``"auto"``
             (the paper's choice: ``row`` for k x k convs, ``scalar`` for 1x1 convs and dense).
@@ -87,13 +91,16 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         sparsity: fraction of units per tensor fixed to an all-zero centroid (Deep k-Means'
             sparsity-promoting variant, §4.1.4); the rest share K - 1 centroids.
         verbose: print one line per clustered tensor.
+        inplace: write the clustered values into ``model`` itself instead of a copy (needed
+            for subclassed models, which Keras cannot clone; also saves the copy's memory).
 
     Returns:
-        A :class:`ShareResult` ``(model, palettes, skipped)``.
+        A :class:`ShareResult` ``(model, palettes, skipped)``; ``model`` is the input itself
+        when ``inplace``.
 
     Raises:
         ValueError: invalid settings, or NaN/Inf in a kernel (the message names the layer).
-        TypeError: the model cannot be copied (subclassed).
+        TypeError: the model cannot be copied (subclassed) and ``inplace`` is False.
     """
     from dkm_tf import clusterable  # noqa: PLC0415 (imports keras)
     from dkm_tf.kmeans import _check_n_clusters  # noqa: PLC0415
@@ -102,7 +109,10 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     check_choice("unit", unit, UNIT_CHOICES)
     check_choice("granularity", granularity, GRANULARITIES)
     check_choice("init", init, INITS)
-    clone = copy_model(model)
+    if not isinstance(inplace, bool):
+        raise TypeError(f"Invalid type for argument `inplace`. Expected a bool. "
+                        f"Received: inplace={inplace!r}")
+    clone = model if inplace else copy_model(model)
     defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
                 "init": init, "sparsity": sparsity}
     palettes, skipped = [], []

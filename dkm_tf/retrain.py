@@ -9,7 +9,7 @@ import keras
 from dkm_tf import callbacks as callbacks_lib
 from dkm_tf import clusterable
 from dkm_tf import regularizers as reg_lib
-from dkm_tf._training import default_loss
+from dkm_tf._training import check_learning_rate, default_loss
 
 __all__ = ["attach_regularizer", "detach_regularizer", "dkm_retrain"]
 
@@ -186,7 +186,7 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         relaxation: ``"hard"`` (cluster-indicator F) or ``"spectral"`` (the paper's text).
         unit: ``"auto"``, ``"row"``, ``"kernel"`` or ``"scalar"``.
         epochs: training epochs.
-        learning_rate: Adam learning rate.
+        learning_rate: Adam learning rate, a number or a Keras ``LearningRateSchedule``.
         batch_size: batch size for array data (ignored for datasets).
         refresh_every: F-step period in epochs (the paper's 5).
         sparsity: fraction p of zero-centred units, a float or ``{layer name: p}``.
@@ -203,6 +203,7 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"Invalid value for argument `epochs`. Expected a positive integer. "
                          f"Received: epochs={epochs!r}")
+    check_learning_rate(learning_rate)
     clone = _copy_model(model)
     attach_regularizer(clone, n_clusters, lam, relaxation=relaxation, unit=unit,
                                include_dense=include_dense, sparsity=sparsity, seed=seed)

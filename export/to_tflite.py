@@ -2,7 +2,8 @@
 
 Usage:
   python export/to_tflite.py --model m.keras --palettes palettes.json [--format palettized]
-      [--decode once|per_invoke] [--int8_mode dynamic|full] [--samples x.npy] [--output m.tflite]
+      [--decode once|per_invoke] [--keep_float auto|none|conv1,conv2]
+      [--int8_mode dynamic|full] [--samples x.npy] [--output m.tflite]
   python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
 
 The output defaults to <model stem>.<format>.tflite. The written model is run in the LiteRT
@@ -19,6 +20,9 @@ _FORMAT = flags.DEFINE_enum("format", "palettized", ["float", "fp16", "palettize
                                                      "tflm"], "Storage format.")
 _DECODE = flags.DEFINE_enum("decode", "once", ["once", "per_invoke"],
                             "Palettized decode mode.")
+_KEEP = flags.DEFINE_string("keep_float", "auto",
+                            "decode=once: 'auto' keeps small convs whose im2col costs more "
+                            "than it saves as float32; 'none' palettizes all; or layer names.")
 _INT8 = flags.DEFINE_enum("int8_mode", "dynamic", ["dynamic", "full"], "int8 flavour.")
 _PALETTES = flags.DEFINE_string("palettes", None, "JSON list of Palette.to_dict().")
 _K = flags.DEFINE_integer("n_clusters", None, "Cluster every weight post-training to K.")
@@ -33,6 +37,7 @@ def main(argv):
         raise app.UsageError("Too many command-line arguments.")
     report = run_to_tflite(_MODEL.value, _OUTPUT.value, format=_FORMAT.value,
                            decode=_DECODE.value, int8_mode=_INT8.value,
+                           keep_float=_KEEP.value,
                            palettes_path=_PALETTES.value, n_clusters=_K.value,
                            unit=_UNIT.value, granularity=_GRAN.value,
                            samples_path=_SAMPLES.value)

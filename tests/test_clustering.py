@@ -213,6 +213,30 @@ def test_finetune_returns_stripped_model_palettes_history():
         finetune(model, (x, y), epochs=-1)
 
 
+def test_finetune_takes_a_learning_rate_schedule_and_callbacks():
+    model = _built_cnn()
+    x, y = _x((64, 8, 8, 1), 4), np.arange(64) % 10
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=4, alpha=0.1)
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(
+            float(keras.ops.convert_to_numpy(rec_model[0].optimizer.learning_rate))))
+    rec_model = []
+
+    class Grab(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            rec_model.append(self.model)
+
+    _, palettes, history = finetune(model, (x, y), n_clusters=4, epochs=2, batch_size=32,
+                                    learning_rate=schedule, callbacks=[Grab(), record])
+    assert len(history.history["loss"]) == 2 and len(palettes) == 4
+    # 2 steps per epoch: after 4 steps the cosine schedule has reached alpha * 1e-3
+    assert seen[0] < 1e-3 and seen[-1] == pytest.approx(1e-4, rel=1e-5)
+    for bad in (0, -1e-3, "fast", True):
+        with pytest.raises(ValueError, match="argument `learning_rate`.*LearningRateSchedule"):
+            finetune(model, (x, y), learning_rate=bad)
+
+
 def test_clustering_a_clustered_model_keeps_its_wrappers():
     clustered = cluster_weights(_built_cnn(), 4)
     x = _x((4, 8, 8, 1), 5)

@@ -99,10 +99,20 @@ def test_bad_arguments():
         dkm_tf.share_weights("model.keras", 4)
 
 
-def test_subclassed_model_gives_a_clear_error():
+def test_subclassed_model_gives_a_clear_error_and_inplace_clusters_it():
     m = subclassed_model()
-    with pytest.raises(TypeError, match="subclassed model"):
+    with pytest.raises(TypeError, match="subclassed model.*inplace=True"):
         dkm_tf.share_weights(m, 2)
+    before = [np.asarray(v).copy() for v in m.weights]
+    result = dkm_tf.share_weights(m, 2, inplace=True)
+    assert result.model is m and result.palettes
+    for p in result.palettes:  # the model's own kernel now holds the decoded values
+        layer = next(lay for lay in posttrain.iter_layers(m) if lay.name == p.layer_name)
+        np.testing.assert_array_equal(np.asarray(getattr(layer, p.weight_name)), p.decode())
+    changed = sum(not np.array_equal(a, np.asarray(v)) for a, v in zip(before, m.weights))
+    assert changed == len(result.palettes)
+    with pytest.raises(TypeError, match="inplace"):
+        dkm_tf.share_weights(small_cnn(), 2, inplace=1)
 
 
 def test_save_model_atomic(tmp_path):

@@ -38,8 +38,13 @@ def load_palettes(path):
 
 def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa: A002
                   decode="once", int8_mode="dynamic", palettes_path=None, n_clusters=None,
-                  unit="scalar", granularity="per_tensor", samples_path=None):
-    """Load, (cluster,) export and verify; returns the :class:`~dkm_tf.export.ExportReport`."""
+                  unit="scalar", granularity="per_tensor", samples_path=None,
+                  keep_float="auto"):
+    """Load, (cluster,) export and verify; returns the :class:`~dkm_tf.export.ExportReport`.
+
+    ``keep_float`` is ``"auto"``, ``"none"`` or comma-separated layer names (see
+    :func:`dkm_tf.export.to_tflite`).
+    """
     import keras  # noqa: PLC0415
 
     from dkm_tf.export.tflite import to_tflite  # noqa: PLC0415
@@ -57,8 +62,12 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
                                            granularity=granularity)
     samples = np.load(os.fspath(samples_path)) if samples_path else None
     out = output_path or default_output_path(model_path, format, decode)
+    if keep_float in (None, "none"):
+        keep_float = None
+    elif isinstance(keep_float, str) and keep_float != "auto":
+        keep_float = [n.strip() for n in keep_float.split(",") if n.strip()]
     return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
-                     decode=decode, int8_mode=int8_mode)
+                     decode=decode, int8_mode=int8_mode, keep_float=keep_float)
 
 
 def run_inspect(path):

@@ -18,6 +18,7 @@ EXPORT_TARGETS = {
     "int8": {"format": "int8", "int8_mode": "dynamic"},
     "int8_full": {"format": "int8", "int8_mode": "full"},
     "palettized": {"format": "palettized", "decode": "once"},
+    "palettized_all": {"format": "palettized", "decode": "once", "keep_float": None},
     "palettized_per_invoke": {"format": "palettized", "decode": "per_invoke"},
     "tflm": {"format": "tflm"},
 }

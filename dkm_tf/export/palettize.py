@@ -29,6 +29,7 @@ __all__ = ["DECODE_MODES", "WEIGHT_INPUT", "palettize_flatbuffer", "tflite_layou
 DECODE_MODES = ("once", "per_invoke")
 DEPTHWISE_IM2COL_MAX_CHANNELS = 4  # im2col by one-hot DEPTHWISE_CONV_2D up to this C_in
 MIN_ROWS_WEIGHT_LEFT = 16  # BATCH_MATMUL with the weight on the left needs this many rows
+KEEP_FLOAT_MAX_WEIGHTS = 32_768  # keep_float="auto": convs up to 128 KiB as float32
 # operator -> position of its weight input
 WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1,
                 "TRANSPOSE_CONV": 1, "CONV_3D": 1, "GATHER": 0, "EMBEDDING_LOOKUP": 1,
@@ -207,8 +208,48 @@ def _match(fm, palettes):
     return found
 
 
+def _keep_float_reason(fm, palette, uses, keep_float):
+    """Why ``palette`` stays a float32 constant (``decode="once"``), or None to palettize it.
+
+    ``"auto"`` keeps a small convolution (at most :data:`KEEP_FLOAT_MAX_WEIGHTS` weights)
+    whose im2col would copy more values per invoke than the layer has weights (output
+    positions H·W > C_out): palettizing it saves little (< 110 KiB) but its im2col ops add a
+    fixed cost that dominates a small model's latency (LeNet-5: conv1 +21 %, conv2 +17 %),
+    while a constant filter keeps XNNPACK's CONV_2D.
+    """
+    if keep_float is None:
+        return None
+    if not isinstance(keep_float, str):
+        return "listed in keep_float" if palette.layer_name in keep_float else None
+    names = {name for _, name in uses}
+    if names != {"CONV_2D"} or palette.n_values > KEEP_FLOAT_MAX_WEIGHTS:
+        return None
+    out_shape = fm.shape(int(fm.operators[uses[0][0]].outputs[0]))
+    positions, c_out = int(np.prod(out_shape[1:-1])), int(out_shape[-1])
+    _, kh, kw, c_in = fm.shape(int(fm.operators[uses[0][0]].inputs[1]))
+    if kh * kw == 1 or positions <= c_out:
+        return None
+    return (f"auto: small conv ({palette.n_values} weights) whose im2col would copy "
+            f"{positions * kh * kw * c_in} values per invoke")
+
+
+def check_keep_float(keep_float, palettes):
+    """Validate ``keep_float``: ``"auto"``, ``None`` or a collection of palette layer names."""
+    if keep_float is None or keep_float == "auto":
+        return keep_float
+    if isinstance(keep_float, str) or not all(isinstance(n, str) for n in keep_float):
+        raise ValueError("Invalid value for argument `keep_float`. Expected \"auto\", None or "
+                         f"a list of layer names. Received: keep_float={keep_float!r}")
+    known = {p.layer_name for p in palettes}
+    unknown = sorted(set(keep_float) - known)
+    if unknown:
+        raise ValueError(f"Invalid value for argument `keep_float`. Expected layer names of "
+                         f"the palettes, {sorted(known)}. Received unknown names: {unknown}")
+    return frozenset(keep_float)
+
+
 def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20,
-                         matmul_lowering=True):
+                         matmul_lowering=True, keep_float="auto"):
     """Rewrite ``fm`` in place: every palette's weight becomes a decode chain.
 
     Args:
@@ -218,6 +259,9 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
         max_table_bytes: RAM cap for one decoded tuple table (``once``).
         matmul_lowering: with ``once``, turn CONV_2D (stride 1) and FULLY_CONNECTED into
             BATCH_MATMUL so XNNPACK runs them.
+        keep_float: with ``once``, weights left as float32 constants: ``"auto"`` (small
+            convolutions whose im2col costs more than it saves, see
+            :func:`_keep_float_reason`), ``None`` (palettize everything) or layer names.
 
     Returns:
         A list of per-tensor dicts (palette, tensor, op, route, storage, sizes).
@@ -242,8 +286,19 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
     prefix = []
     replace = {}
     records = []
+    keep_float = check_keep_float(keep_float, palettes) if decode == "once" else None
     for p, t, uses, tperm, tshape in found.values():
         names = {name for _, name in uses}
+        reason = _keep_float_reason(fm, p, uses, keep_float)
+        if reason is not None:
+            records.append({"palette": p.name, "tensor": fm.tensor_name(t),
+                            "op": "/".join(sorted(names)), "K": p.n_clusters, "kept": True,
+                            "storage": "float32 (kept)", "index_bits": 32.0,
+                            "index_bytes": 0, "codebook_bytes": 4 * int(p.n_values),
+                            "aux_bytes": 0, "route": f"float32 constant, {reason}",
+                            "decode": decode, "n_weights": int(p.n_values),
+                            "bits_per_weight": 32.0, "transpose_per_invoke": False})
+            continue
         route = _route(fm, p, uses, decode, matmul_lowering)
         start, aux0 = len(em.ops), em.aux_bytes
         if route is not None:
