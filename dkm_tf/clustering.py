@@ -18,7 +18,9 @@ given to :func:`cluster_weights` directly.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import os
 import warnings
 
 import keras
@@ -28,11 +30,14 @@ from dkm_tf import clusterable as clusterable_lib
 from dkm_tf import palette as palette_lib
 from dkm_tf import units as units_lib
 from dkm_tf._training import check_learning_rate, default_loss
-from dkm_tf.layers import ClusterWeights, validate_settings
+from dkm_tf.layers import ClusterWeights, kmeans_codebook, kmeans_layout, validate_settings
+from dkm_tf.posttrain import build_like as _build_like
+from dkm_tf.posttrain import copy_layer as _copy_layer
 
 __all__ = ["ClusteringReport", "cluster_weights", "finetune", "palettes_of", "strip_clustering"]
 
 ON_UNSUPPORTED = ("skip", "error")
+KMEANS_THREADS = 4  # k-means of different layers runs in this many threads (numpy frees the GIL)
 _SUBCLASSED_HINT = (
     "cluster_weights and strip_clustering rebuild Sequential and Functional models only. For a "
     "subclassed model, create its layers as dkm_tf.ClusterWeights(layer, n_clusters=...) in "
@@ -66,40 +71,6 @@ class ClusteringReport:
         return "\n".join(lines)
 
 
-def _build_like(new, layer):
-    """Build ``new`` with ``layer``'s input shape, skipping its random initialisers.
-
-    The weights are overwritten right after, so the fresh layer's initialisers are swapped
-    for zeros during ``build`` (a third of the cost of copying VGG16) and put back.
-    """
-    build_config = layer.get_build_config()
-    if build_config is None:
-        raise ValueError(f"Layer {layer.name!r} is built but records no input shape "
-                         "(get_build_config() is None); cannot copy it.")
-    saved = {k: v for k, v in vars(new).items()
-             if k.endswith("_initializer") and isinstance(v, keras.initializers.Initializer)}
-    for k in saved:
-        object.__setattr__(new, k, keras.initializers.Zeros())
-    try:
-        new.build_from_config(build_config)
-    finally:
-        for k, v in saved.items():
-            object.__setattr__(new, k, v)
-
-
-def _copy_layer(layer):
-    """A new layer with the same config and the same weight values (never shares state)."""
-    try:
-        new = layer.__class__.from_config(layer.get_config())
-    except Exception as e:  # noqa: BLE001 - re-raised with context
-        raise TypeError(f"Layer {layer.name!r} ({type(layer).__name__}) cannot be copied from "
-                        "its config (it needs get_config()/from_config()).") from e
-    if layer.built and layer.weights:
-        _build_like(new, layer)
-        new.set_weights(layer.get_weights())
-    return new
-
-
 def _clone(model, fn):
     try:
         return keras.models.clone_model(model, clone_function=fn, recursive=True)
@@ -125,6 +96,34 @@ def _check_overrides(overrides, defaults):
                              f"Received: overrides[{key!r}]={value!r}")
         validate_settings(**{**defaults, **value})
     return dict(overrides)
+
+
+def _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options, pool):
+    """Start k-means of every weight ``cluster_weights`` will wrap; ``{id(layer): {attr: ...}}``.
+
+    The jobs (pure numpy, largest first) run in ``pool`` while Keras clones the model in this
+    thread; each wrapper picks up its results in ``build``. Layers the wrapper would reject
+    are left alone: the wrapper then raises its usual error.
+    """
+    jobs = []
+    for layer in clusterable_lib.walk_layers(model):
+        if (isinstance(layer, (ClusterWeights, keras.Model)) or not layer.built
+                or not clusterable_lib.is_clusterable(layer)):
+            continue
+        cfg = clusterable_lib.resolve_layer_config(layer, defaults, overrides)
+        weights = clusterable_lib.clusterable_weights(layer)
+        if cfg is None or not all(isinstance(v, keras.Variable) for _, v, _ in weights):
+            continue
+        for attr, var, kind in weights:
+            layout = kmeans_layout(var.shape, kind, cfg["unit"], cfg["granularity"])
+            jobs.append((int(np.prod(var.shape)), id(layer), attr, layout, var, cfg,
+                         f"{layer.name}/{attr}"))
+    futures = {}
+    for _, key, attr, layout, var, cfg, name in sorted(jobs, key=lambda j: -j[0]):
+        futures.setdefault(key, {})[attr] = pool.submit(
+            kmeans_codebook, keras.ops.convert_to_numpy(var), layout, int(cfg["n_clusters"]),
+            init=cfg["init"], seed=seed, name=name, kmeans_options=kmeans_options)
+    return futures
 
 
 def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
@@ -196,13 +195,26 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
             raise ValueError(f"Layer {layer.name!r} is not built; build the model first (call "
                              "it on data or give it an input shape).")
         clustered.append((layer.name, kind, dict(cfg)))
-        return ClusterWeights(inner, seed=seed, trainable=layer.trainable,
-                              kmeans_options=kmeans_options, **cfg)
+        wrapper = ClusterWeights(inner, seed=seed, trainable=layer.trainable,
+                                 kmeans_options=kmeans_options, **cfg)
+        wrapper._pending = dict(futures.get(id(layer), {}))  # noqa: SLF001
+        return wrapper
 
+    futures = {}
     if isinstance(model, keras.layers.Layer) and not isinstance(model, keras.Model):
         out = wrap(model)
     elif isinstance(model, keras.Model):
-        out = _clone(model, wrap)
+        workers = min(KMEANS_THREADS, os.cpu_count() or 1)
+        with concurrent.futures.ThreadPoolExecutor(workers, "dkm_tf-kmeans") as pool:
+            try:
+                futures = _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options,
+                                           pool)
+                out = _clone(model, wrap)
+            except BaseException:
+                for jobs in futures.values():  # do not wait for work nobody will use
+                    for f in jobs.values():
+                        f.cancel()
+                raise
     else:
         raise TypeError(f"Model {getattr(model, 'name', model)!r} ({type(model).__name__}): "
                         f"{_SUBCLASSED_HINT}")

@@ -7,9 +7,11 @@ Two engines:
   ``searchsorted`` of the K-1 midpoints and K interval sums) instead of ``O(nK)``. More
   than 65,536 values are first reduced to a fine histogram (65,536 bins holding counts and
   sums), Lloyd runs on the weighted bin means, and one exact step on the raw values finishes.
-  With ``refine`` (default), Lloyd also starts from a dynamic-programming solution on 1,024
-  equal-weight groups (globally optimal up to group granularity), the better result is kept,
-  and split/merge moves polish it; tests check the SSE against the exact 1-D optimum.
+  With ``refine`` (default), Lloyd also starts from a dynamic-programming solution on 512
+  groups (half equal-weight, half equally spaced; globally optimal up to group granularity),
+  the better result is kept, and a windowed DP moves all boundaries jointly to their best
+  positions within 64 points, until the SSE stops falling; tests check the SSE against the
+  exact 1-D optimum.
 * **Vector** (units of dimension d: kernel rows, whole 2-D kernels): k-means++ seeding and a
   chunked Lloyd whose distance matrix is at most ``chunk x K`` (never ``N x K x d``); faiss is
   used when it is installed and the problem is large.
@@ -120,9 +122,9 @@ def scalar_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=3000, refi
         init: one of ``"kmeans++"``, ``"linear"``, ``"density"``, ``"random"``.
         seed: seed of the random generator (kmeans++ and random inits).
         max_iter: Lloyd iterations per round.
-        refine: also run Lloyd from a dynamic-programming seed and polish with split/merge
-            moves (escapes Lloyd's local optima; near-optimal SSE). ``False`` gives plain
-            Lloyd from ``init``.
+        refine: also run Lloyd from a dynamic-programming seed and polish with a windowed
+            dynamic program over the cluster boundaries (escapes Lloyd's local optima;
+            near-optimal SSE). ``False`` gives plain Lloyd from ``init``.
         name: name used in error messages (e.g. the layer).
 
     Returns:

@@ -89,6 +89,41 @@ def _nearest(units, codebook):
     return out
 
 
+def kmeans_layout(kernel_shape, kind, unit, granularity):
+    """The :class:`~dkm_tf.units.UnitLayout` a wrapper uses for a weight of this shape."""
+    unit = units_lib.resolve_unit(unit, kind, tuple(kernel_shape))
+    return units_lib.layout_for(tuple(kernel_shape), kind, unit, granularity)
+
+
+def kmeans_codebook(kernel, layout, n_clusters, *, init="kmeans++", seed=0, name=None,
+                    kmeans_options=None):
+    """k-means of one kernel into the wrapper's variables: codebook (G, K, d), indices (G, M).
+
+    Pure numpy (thread-safe): :func:`dkm_tf.cluster_weights` runs it for all layers in a
+    thread pool while Keras copies the model. Group g uses ``seed + g``. When a group has
+    fewer distinct units than K, its last centroid is repeated (no unit uses the copies).
+    """
+    kernel = np.asarray(kernel)
+    k, opts = n_clusters, dict(kmeans_options or {})
+    if layout.n_groups == 1 and layout.unit_dim == 1:  # order-free: skip the float transpose
+        cb, idx = kmeans_lib.cluster_values(kernel.reshape(-1), k, init=init, seed=seed,
+                                            name=name, **opts)
+        cb = np.asarray(cb, np.float32).reshape(-1)
+        codebook = np.concatenate([cb, np.repeat(cb[-1:], k - cb.size)]).reshape(1, k, 1)
+        idx = idx.astype(index_dtype(k)).reshape(kernel.shape)
+        return codebook, units_lib.to_units(idx, layout)[..., 0]
+    units = units_lib.to_units(kernel, layout)
+    books, idxs = [], []
+    for g in range(layout.n_groups):
+        cb, idx = kmeans_lib.cluster_values(
+            units[g, :, 0] if layout.unit_dim == 1 else units[g], k, init=init, seed=seed + g,
+            name=name, **opts)
+        cb = np.asarray(cb, np.float32).reshape(-1, layout.unit_dim)
+        books.append(np.concatenate([cb, np.repeat(cb[-1:], k - cb.shape[0], axis=0)]))
+        idxs.append(idx)
+    return np.stack(books), np.stack(idxs)
+
+
 def _compact(codebook, indices):
     """Drop codebook entries no unit uses (per group), pad groups to the same K."""
     k_all = codebook.shape[1]
@@ -202,6 +237,7 @@ class ClusterWeights(keras.layers.Wrapper):
         self.supports_masking = getattr(layer, "supports_masking", False)
         self._slots = []
         self._skip_kmeans = False
+        self._pending = {}  # attr -> Future of kmeans_codebook (set by cluster_weights)
 
     # ------------------------------------------------------------------ build
     def build_from_config(self, config):
@@ -223,8 +259,7 @@ class ClusterWeights(keras.layers.Wrapper):
                     f"Layer {self.layer.name!r}: weight {attr!r} is not a plain variable "
                     f"(got {type(var).__name__}); LoRA-enabled or quantized layers cannot be "
                     "clustered. Merge or disable LoRA / quantization first.")
-            unit = units_lib.resolve_unit(self.unit, kind, tuple(var.shape))
-            layout = units_lib.layout_for(var.shape, kind, unit, self.granularity)
+            layout = kmeans_layout(var.shape, kind, self.unit, self.granularity)
             g, m, d = layout.n_groups, layout.n_units, layout.unit_dim
             codebook = self.add_weight(name=f"{attr}_codebook", shape=(g, k, d),
                                        initializer="zeros", trainable=True, dtype=var.dtype)
@@ -239,31 +274,16 @@ class ClusterWeights(keras.layers.Wrapper):
         self.built = True
 
     def _init_slot(self, slot):
-        lay, k = slot.layout, self.n_clusters
-        kernel = keras.ops.convert_to_numpy(slot.variable)
-        label = f"{self.layer.name}/{slot.attr}"
-        if lay.n_groups == 1 and lay.unit_dim == 1:  # order-free: skip the float transpose
-            cb, idx = kmeans_lib.cluster_values(kernel.reshape(-1), k, init=self.init,
-                                                seed=self.seed, name=label,
-                                                **self.kmeans_options)
-            cb = np.asarray(cb, np.float32)
-            slot.codebook.assign(np.concatenate([cb, np.repeat(cb[-1:], k - cb.size)])
-                                 .reshape(1, k, 1))
-            idx = idx.astype(slot.indices.dtype).reshape(kernel.shape)
-            slot.indices.assign(units_lib.to_units(idx, lay)[..., 0])
-            return
-        units = units_lib.to_units(kernel, lay)
-        books, idxs = [], []
-        for g in range(lay.n_groups):
-            cb, idx = kmeans_lib.cluster_values(
-                units[g, :, 0] if lay.unit_dim == 1 else units[g], k, init=self.init,
-                seed=self.seed + g, name=label, **self.kmeans_options)
-            cb = np.asarray(cb, np.float32).reshape(-1, lay.unit_dim)
-            # fewer distinct units than K: repeat the last entry (no unit uses it)
-            books.append(np.concatenate([cb, np.repeat(cb[-1:], k - cb.shape[0], axis=0)]))
-            idxs.append(idx)
-        slot.codebook.assign(np.stack(books))
-        slot.indices.assign(np.stack(idxs).astype(slot.indices.dtype))
+        pending = self._pending.pop(slot.attr, None)
+        if pending is not None:  # k-means already running in cluster_weights' thread pool
+            codebook, indices = pending.result()
+        else:
+            codebook, indices = kmeans_codebook(
+                keras.ops.convert_to_numpy(slot.variable), slot.layout, self.n_clusters,
+                init=self.init, seed=self.seed, name=f"{self.layer.name}/{slot.attr}",
+                kmeans_options=self.kmeans_options)
+        slot.codebook.assign(codebook)
+        slot.indices.assign(indices.astype(slot.indices.dtype))
 
     # ------------------------------------------------------------------ forward
     def _shared(self, slot):
