@@ -245,6 +245,7 @@ def clustering_times(args, tfmot):
     import numpy as np  # noqa: PLC0415
 
     from dkm_tf.clustering import cluster_weights, strip_clustering  # noqa: PLC0415
+    from dkm_tf.posttrain import share_weights  # noqa: PLC0415
 
     out = {}
     models = {"keras3_vgg16_random": keras.applications.VGG16(
@@ -262,6 +263,7 @@ def clustering_times(args, tfmot):
     reps = {f"{n}/{label}": [] for n, label, _ in configs}
     last = {}
     tf_reps = []
+    share_reps = {}
     for _ in range(args.reps):  # reps interleaved: each config, then tfmot, in turn
         for name, label, options in configs:
             t0 = time.perf_counter()
@@ -273,6 +275,11 @@ def clustering_times(args, tfmot):
                                             "total_s": t2 - t0})
             last[f"{name}/{label}"] = (c, plain, pals)
             print(name, label, round(t2 - t0, 3), flush=True)
+        for name in models:  # post-training sharing: copy + k-means + assign, no wrappers
+            t0 = time.perf_counter()
+            share_weights(models[name], K_STEP)
+            share_reps.setdefault(name, []).append(time.perf_counter() - t0)
+            print(name, "share_weights", round(share_reps[name][-1], 3), flush=True)
         if tfmot.proc:
             tf_reps += tfmot.ask({"op": "vgg16", "reps": 1})["reps"]
             print("tfmot vgg16", round(tf_reps[-1]["total_s"], 3), flush=True)
@@ -293,6 +300,8 @@ def clustering_times(args, tfmot):
             res["wrapped_vs_stripped_max_abs_diff"] = float(np.abs(
                 y_c - np.asarray(plain(x))).max())
         out[key] = res
+    out["share_weights"] = {name: {"reps": r, "median_s": statistics.median(r),
+                                   "min_s": min(r)} for name, r in share_reps.items()}
     if tf_reps:
         out["tfmot_vgg16_random"] = {
             "reps": tf_reps, "min_total_s": min(r["total_s"] for r in tf_reps),
@@ -402,6 +411,9 @@ def markdown(res):
         lines.append(f"| tfmot VGG16 (tf_keras, random) | kmeans++ init only, no Lloyd | "
                      f"14,710,464 | {t['cluster_s']:.3f} | {t['strip_s']:.3f} | "
                      f"**{t['total_s']:.3f}** ({t['min_total_s']:.3f}) | - |")
+    for name, r in res["clustering"].get("share_weights", {}).items():
+        lines.append(f"| {name} | `share_weights` (post-training: copy + k-means + assign, "
+                     f"no wrappers) | | | | **{r['median_s']:.3f}** ({r['min_s']:.3f}) | |")
     d = res["digits"]
     lines += ["", "## Digits CNN, all conv/dense kernels at K=4 (2 bits)", "",
               "| float | K=4, no fine-tuning | K=4 fine-tuned | delta |", "|---|---|---|---|",

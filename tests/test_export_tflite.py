@@ -107,7 +107,8 @@ def test_palettized_once_payload_and_size(lenet_exports):
     r = lenet_exports["palettized_all"]
     fm = FlatModel.from_bytes(pathlib.Path(r.path).read_bytes())
     payload = sum(len(fm.raw(t)) for t in range(len(fm.tensors)))
-    assert abs(payload - r.analytic_bytes) <= 0.02 * payload
+    assert abs(payload - (r.analytic_bytes - r.graph_bytes)) <= 0.02 * payload
+    assert 0 < r.graph_bytes == lenet_exports["float"].float_bytes - 4 * 431080
     assert r.bytes - r.analytic_bytes <= 0.05 * r.bytes
     assert r.ratio_vs_float <= 0.19
 

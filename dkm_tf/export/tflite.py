@@ -55,9 +55,14 @@ class ExportReport:
         variant: decode mode (palettized), int8 mode, or ``""``.
         bytes: file size; ``gzip_bytes``: its ``gzip -9`` size.
         float_bytes: size of the plain float conversion of the same model.
-        analytic_bytes: size predicted from the parameter counts and palettes alone.
+        analytic_bytes: size predicted from the parameter counts and palettes (indices,
+            codebooks, decode tables, float parameters at their stored width) plus
+            ``graph_bytes``; the ops and tensors a format adds (decode chains, im2col) are the
+            only part left out, a few hundred bytes per palettized tensor.
         n_params: parameters of the Keras model.
         tensors: per-tensor storage (one dict per clustered or weight tensor).
+        graph_bytes: the float conversion's bytes beyond its weights (ops, tensor names and
+            shapes, metadata), measured, not predicted.
         comparisons: one :class:`~dkm_tf.export.verify.Comparison` per interpreter.
         notes: free-text remarks (synthesized inputs, fallbacks, ...).
         latency: filled by :func:`~dkm_tf.export.export_all` when asked.
@@ -75,6 +80,7 @@ class ExportReport:
     comparisons: list
     notes: list = dataclasses.field(default_factory=list)
     latency: dict = dataclasses.field(default_factory=dict)
+    graph_bytes: int = 0
 
     @property
     def ratio_vs_float(self):
@@ -368,6 +374,9 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                     "bytes": t["bytes"], "distinct": t["distinct"],
                     "bits_per_weight": 8.0 * t["bytes"] / max(1, int(np.prod(t["shape"])))}
                    for t in info.tensors if t["role"] == "weight"]
+    n_params = int(model.count_params())
+    graph = max(0, len(float_content) - 4 * n_params)
     return ExportReport(path, format, variant, len(content), len(gzip.compress(content, 9)),
-                        len(float_content), _analytic(model, format, variant, records, palettes),
-                        int(model.count_params()), records, comparisons, notes)
+                        len(float_content),
+                        _analytic(model, format, variant, records, palettes) + graph,
+                        n_params, records, comparisons, notes, graph_bytes=graph)
