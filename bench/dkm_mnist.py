@@ -8,13 +8,15 @@ Protocols (Wu et al., ICML 2018, §4.1.1 / Figure 1, and the whole-model test of
 2. ``model``: every conv and dense kernel at K in {16, 8, 4, 2}; methods ``wr``, ``finetune``,
    ``dkm`` hard / spectral, ``dkm+finetune``.
 3. ``sparse``: the sparsity-promoting variant with row units for the convs and entropy-coded
-   indices, searching the highest whole-model CR whose accuracy stays within 0.3 pt.
+   indices, searching the highest whole-model CR whose accuracy stays within 0.3 pt;
+   ``sparse_staged`` the same variant with a gradual schedule (:func:`run_sparse_staged`).
 4. ``tfmot``: tfmot's cluster_weights on the same baseline weights, under tf_keras in a
    subprocess (``--tfmot_python``, default $DKM_TF_TFMOT_PYTHON).
 
 Writes bench/results/dkm_mnist.{json,md,png}. About 20-40 minutes on 2 CPU cores.
 
-  python bench/dkm_mnist.py [--protocols layer,model,sparse,tfmot,long] [--lam 1.0] [--append]
+  python bench/dkm_mnist.py [--protocols layer,model,sparse,sparse_staged,tfmot,long]
+      [--lam 1.0] [--append]
 """
 
 import argparse
@@ -124,16 +126,22 @@ def run_method(method, base, train, test, k, *, only=None, lam, epochs, unit="sc
     return row
 
 
+def _cosine(lr, epochs, steps, alpha=0.01):
+    import keras  # noqa: PLC0415
+
+    return keras.optimizers.schedules.CosineDecay(lr, decay_steps=epochs * steps, alpha=alpha)
+
+
 def run_long(base, train, test, granularity, lam):
-    """K=2 whole model with a longer schedule: dkm 5 epochs (Adam 1e-3), fine-tune 5 epochs at
-    1e-3, then 2 at 1e-4 (the second fine-tune re-clusters losslessly: <= 2 values per
-    codebook already)."""
+    """K=2 whole model with a longer schedule: dkm 5 epochs (Adam 1e-3), then 15 epochs of
+    hard-sharing fine-tuning with a cosine learning rate (1e-3 -> 1e-5)."""
     t = time.perf_counter()
+    steps = -(-len(train[0]) // 128)
     work, _ = dkm_retrain(base, train, n_clusters=2, lam=lam, unit="scalar", epochs=5,
                           learning_rate=1e-3, batch_size=128, refresh_every=1)
-    for epochs, lr in ((5, 1e-3), (2, 1e-4)):
-        work, pals, _ = finetune(work, train, n_clusters=2, epochs=epochs, learning_rate=lr,
-                                 batch_size=128, granularity=granularity)
+    work, pals, _ = finetune(work, train, n_clusters=2, epochs=15,
+                             learning_rate=_cosine(1e-3, 15, steps), batch_size=128,
+                             granularity=granularity)
     acc = pipeline.evaluate_accuracy(work, test)
     rep = _size(work, pals)
     row = {"method": "dkm+finetune (hard), long schedule", "K": 2, "layer": "all",
@@ -143,6 +151,62 @@ def run_long(base, train, test, granularity, lam):
            "cr_model_log2": rep.totals["cr_model_log2"],
            "cr_model_entropy": rep.totals["cr_model_entropy"]}
     log(f"long schedule K=2 {granularity}: acc={100 * acc:.2f}% CR={row['cr_log2']:.1f}x")
+    return row
+
+
+SPARSE_FINAL_P = {"conv1": 0.2, "conv2": 0.75, "fc1": 0.97, "fc2": 0.7}
+SPARSE_FINAL_K = {"conv1": 8, "conv2": 4, "fc1": 3, "fc2": 4}
+# fractions of the final sparsity per stage (each stage: epochs, then a snap)
+SPARSE_RAMP = ((0.3, 2), (0.5, 2), (0.65, 2), (0.78, 3), (0.88, 3), (0.94, 3), (0.98, 3),
+               (1.0, 3), (1.0, 4))
+
+
+def run_sparse_staged(base, train, test, lam, final_p=None, final_k=None, ramp=SPARSE_RAMP,
+                      finetune_epochs=10):
+    """The sparsity variant with a gradual schedule (gradual pruning, Zhu & Gupta 2017).
+
+    Each stage re-trains with the penalty at a growing fraction ``r`` of the final per-layer
+    sparsity p (K=16 for the survivors, ``epochs`` of Adam 1e-3, cosine in the last stage)
+    and then snaps: the
+    p·r smallest weights become exactly 0, the rest their centroid, so the next stage starts
+    from pruned weights. Then 3 epochs at the final K, a last snap, and ``finetune_epochs``
+    of hard-sharing fine-tuning (cosine 1e-3). CR H uses the snapped indices.
+    """
+    final_p, final_k = final_p or SPARSE_FINAL_P, final_k or SPARSE_FINAL_K
+    t = time.perf_counter()
+    steps = -(-len(train[0]) // 128)
+    work = base
+
+    def snap(model, ks, ps):
+        over = {n: {"n_clusters": ks[n], "sparsity": ps[n]} for n in LAYERS}
+        res = share_weights(model, 16, overrides=over)
+        return res.model, res.palettes
+
+    for i, (r, epochs) in enumerate(ramp):
+        ps = {n: final_p[n] * r for n in LAYERS}
+        lr = _cosine(1e-3, epochs, steps, 0.05) if i == len(ramp) - 1 else 1e-3
+        work, _ = dkm_retrain(work, train, n_clusters=16, lam=lam, unit="scalar", epochs=epochs,
+                              learning_rate=lr, batch_size=128, refresh_every=1, sparsity=ps)
+        work, _ = snap(work, {n: 16 for n in LAYERS}, ps)
+        log(f"sparse stage r={r}: snapped acc={100 * pipeline.evaluate_accuracy(work, test):.2f}%")
+    work, _ = dkm_retrain(work, train, n_clusters=final_k, lam=lam, unit="scalar", epochs=3,
+                          learning_rate=_cosine(5e-4, 3, steps, 0.05), batch_size=128,
+                          refresh_every=1, sparsity=final_p)
+    work, pals = snap(work, final_k, final_p)
+    model, _, _ = finetune(work, train, n_clusters=16, epochs=finetune_epochs,
+                           learning_rate=_cosine(1e-3, finetune_epochs, steps, 0.05),
+                           batch_size=128, overrides={n: {"n_clusters": final_k[n]}
+                                                      for n in LAYERS})
+    acc = pipeline.evaluate_accuracy(model, test)
+    rep = _size(model, pals)
+    row = {"method": "dkm (hard, sparse, gradual) + finetune", "K": dict(final_k),
+           "layer": "all", "unit": "scalar", "granularity": "per_tensor",
+           "sparsity": dict(final_p), "acc": acc, "seconds": time.perf_counter() - t,
+           "cr_log2": rep.totals["cr_clustered_log2"],
+           "cr_entropy": rep.totals["cr_clustered_entropy"],
+           "cr_model_log2": rep.totals["cr_model_log2"],
+           "cr_model_entropy": rep.totals["cr_model_entropy"]}
+    log(f"sparse staged: acc={100 * acc:.2f}% CR H={row['cr_entropy']:.1f}x")
     return row
 
 
@@ -162,6 +226,16 @@ def run_tfmot(base, python):
         return {"rows": json.loads(pathlib.Path(out).read_text())}
 
 
+NOTES = {
+    "model": "Long schedule: dkm 5 epochs (Adam 1e-3), then 15 epochs of hard-sharing "
+             "fine-tuning with a cosine learning rate 1e-3 -> 1e-5 (`run_long`).",
+    "sparse": "Rows with fixed p: dkm+finetune, 3 epochs each, row units for the convs. "
+              "`gradual`: scalar units, the per-layer sparsity reached in stages (2-4 epochs "
+              "each, weights snapped to exact zeros / centroids after each stage), 3 epochs "
+              "at the final K, 10 epochs of fine-tuning (`run_sparse_staged`).",
+}
+
+
 def write(results):
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "dkm_mnist.json").write_text(json.dumps(results, indent=2))
@@ -176,7 +250,7 @@ def write(results):
           f"{results['meta']['epochs']} epoch(s) (Adam 1e-3 for K ≤ 4, else 1e-4).", ""]
     for proto, title in (("layer", "1. One conv layer at a time (Figure 1 protocol)"),
                          ("model", "2. Whole model (all conv + dense kernels)"),
-                         ("sparse", "3. Sparsity variant, row units, entropy-coded indices")):
+                         ("sparse", "3. Sparsity variant, entropy-coded indices")):
         rows = [r for r in results["rows"] if r["protocol"] == proto]
         if not rows:
             continue
@@ -188,7 +262,7 @@ def write(results):
                       f"{r['sparsity']} | {100 * r['acc']:.2f} | {100 * (r['acc'] - base):+.2f} | "
                       f"{r['cr_log2']:.1f} | {r['cr_entropy']:.1f} | "
                       f"{r['cr_model_entropy']:.1f} |")
-        md.append("")
+        md += ["", NOTES[proto], ""] if proto in NOTES else [""]
     tf = results.get("tfmot", {})
     md += ["## tfmot (same baseline weights, tf_keras subprocess, kmeans++ init)", ""]
     if "rows" in tf:
@@ -276,6 +350,8 @@ def main():
                          "fc2": {"n_clusters": 4, "sparsity": 0.7}}
             add("sparse", run_method("dkm+finetune", base, train, test, None, unit="auto",
                                      per_layer=per_layer, lam=kw["lam"], epochs=3))
+    if "sparse_staged" in protocols:
+        add("sparse", run_sparse_staged(base, train, test, args.lam))
     if "long" in protocols:
         for granularity in ("per_tensor", "per_channel"):
             add("model", run_long(base, train, test, granularity, args.lam))

@@ -20,12 +20,13 @@ def test_run_compress_builtin_demo(tmp_path, capsys):
     assert "CR log2K" in out and "test accuracy" in out
     assert {p.name for p in tmp_path.iterdir()} == {
         "clustered.keras", "report.json", "clustered.float.tflite", "clustered.int8.tflite",
-        "clustered.palettized.tflite"}
+        "clustered.palettized.tflite", "clustered.palettized_per_invoke.tflite"}
     assert "palettized" in out and "ms (1 thread)" in out
     report = json.loads((tmp_path / "report.json").read_text())
     sizes = {k: v["bytes"] for k, v in report["tflite"].items()}
     assert sizes["palettized"] == (tmp_path / "clustered.palettized.tflite").stat().st_size
     assert sizes["palettized"] < 0.3 * sizes["float"]
+    assert sizes["palettized_per_invoke"] < sizes["palettized"]
     assert report["method"] == "wr"
     assert len(report["size"]["rows"]) == 4
     assert 0.0 <= report["accuracy_after"] <= 1.0
