@@ -144,7 +144,7 @@ def run_long(base, train, test, granularity, lam):
                              granularity=granularity)
     acc = pipeline.evaluate_accuracy(work, test)
     rep = _size(work, pals)
-    row = {"method": "dkm+finetune (hard), long schedule", "K": 2, "layer": "all",
+    row = {"method": "dkm+finetune (hard), long cosine schedule", "K": 2, "layer": "all",
            "unit": "scalar", "granularity": granularity, "sparsity": 0.0, "acc": acc,
            "seconds": time.perf_counter() - t, "cr_log2": rep.totals["cr_clustered_log2"],
            "cr_entropy": rep.totals["cr_clustered_entropy"],
@@ -227,8 +227,10 @@ def run_tfmot(base, python):
 
 
 NOTES = {
-    "model": "Long schedule: dkm 5 epochs (Adam 1e-3), then 15 epochs of hard-sharing "
-             "fine-tuning with a cosine learning rate 1e-3 -> 1e-5 (`run_long`).",
+    "model": "Long schedule: dkm 5 epochs (Adam 1e-3), then 5 epochs of fine-tuning at 1e-3 "
+             "and 2 at 1e-4. Long cosine schedule: dkm 5 epochs (Adam 1e-3), then 15 epochs "
+             "of hard-sharing fine-tuning with a cosine learning rate 1e-3 -> 1e-5 "
+             "(`run_long`).",
     "sparse": "Rows with fixed p: dkm+finetune, 3 epochs each, row units for the convs. "
               "`gradual`: scalar units, the per-layer sparsity reached in stages (2-4 epochs "
               "each, weights snapped to exact zeros / centroids after each stage), 3 epochs "
