@@ -10,6 +10,7 @@ from dkm_tf import callbacks as callbacks_lib
 from dkm_tf import clusterable
 from dkm_tf import regularizers as reg_lib
 from dkm_tf._training import check_learning_rate, default_loss
+from dkm_tf.posttrain import copy_model
 
 __all__ = ["attach_regularizer", "detach_regularizer", "dkm_retrain"]
 
@@ -142,18 +143,6 @@ def _reset_compiled_functions(model):
             setattr(model, attr, None)
 
 
-
-
-def _copy_model(model):
-    try:
-        clone = keras.models.clone_model(model)
-    except Exception as e:  # clone_model raises several types for unclonable models
-        raise ValueError(f"dkm_retrain works on a copy of the model and could not clone "
-                         f"{model.name!r} with keras.models.clone_model: {e}") from e
-    clone.set_weights(model.get_weights())
-    return clone
-
-
 def _split(data, name):
     if data is None:
         return None, None
@@ -199,12 +188,16 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         ``(retrained_model, history)``: the trained copy with the k-means regularizers removed
         (any regularizer the layers had before is kept) and the ``History`` of ``fit``, whose
         logs include ``kmeans_penalty``.
+
+    Raises:
+        ValueError: bad ``epochs`` / ``learning_rate`` or regularizer settings.
+        TypeError: a subclassed model (Keras cannot copy it; the message says what to do).
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"Invalid value for argument `epochs`. Expected a positive integer. "
                          f"Received: epochs={epochs!r}")
     check_learning_rate(learning_rate)
-    clone = _copy_model(model)
+    clone = copy_model(model)
     attach_regularizer(clone, n_clusters, lam, relaxation=relaxation, unit=unit,
                                include_dense=include_dense, sparsity=sparsity, seed=seed)
     if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:

@@ -49,3 +49,17 @@ def test_retrain_keeps_compiled_loss_and_checks_arguments():
         dkm_retrain(model, (x, y), n_clusters=2, epochs=0)
     with pytest.raises(ValueError, match=r"`train_data`"):
         dkm_retrain(model, (x, y, y), n_clusters=2, epochs=1)
+
+
+def test_retrain_takes_a_schedule_and_explains_subclassed_models():
+    from tests.testing import subclassed_model
+
+    x, y = _data(48)
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=3)
+    out, hist = dkm_retrain(small_cnn(), (x, y), n_clusters=4, epochs=1, batch_size=16,
+                            learning_rate=schedule)
+    assert len(hist.history["loss"]) == 1 and out is not None
+    with pytest.raises(ValueError, match="`learning_rate`.*LearningRateSchedule"):
+        dkm_retrain(small_cnn(), (x, y), n_clusters=4, learning_rate=-1.0)
+    with pytest.raises(TypeError, match="subclassed model"):
+        dkm_retrain(subclassed_model(), (x, y), n_clusters=4, epochs=1)
