@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from dkm_tf._kmeans1d import Weighted1D, cluster_histogram, finish, solve
-from dkm_tf._validate import check_choice
+from dkm_tf._validate import check_choice, check_n_clusters
 
 __all__ = [
     "INITS",
@@ -48,17 +48,7 @@ _FAISS_MIN_WORK = 20_000_000  # N*K above which vector k-means prefers faiss whe
 
 # --------------------------------------------------------------------------- validation
 def _check_n_clusters(n_clusters):
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
-        raise TypeError(
-            "Invalid type for argument `n_clusters`. Expected an integer >= 1. "
-            f"Received: n_clusters={n_clusters!r} of type {type(n_clusters).__name__}"
-        )
-    if n_clusters < 1:
-        raise ValueError(
-            "Invalid value for argument `n_clusters`. Expected an integer >= 1. "
-            f"Received: n_clusters={n_clusters}"
-        )
-    return int(n_clusters)
+    return check_n_clusters(n_clusters)
 
 
 def _check_init(init):

@@ -28,7 +28,7 @@ from dkm_tf import clusterable as clusterable_lib
 from dkm_tf import kmeans as kmeans_lib
 from dkm_tf import palette as palette_lib
 from dkm_tf import units as units_lib
-from dkm_tf._validate import check_choice, invalid
+from dkm_tf._validate import check_choice, check_n_clusters, invalid
 
 __all__ = ["ClusterWeights", "gather_codebook", "index_dtype", "validate_settings"]
 
@@ -42,10 +42,9 @@ def index_dtype(n_clusters):
 
 def validate_settings(n_clusters=16, unit="scalar", granularity="per_tensor", init="kmeans++",
                       latent=False):
-    """Check clustering settings; raise ``ValueError`` in Keras' message pattern if one is bad."""
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) \
-            or not 1 <= n_clusters <= 2**31 - 1:
-        raise invalid("n_clusters", "an integer >= 1", n_clusters)
+    """Check clustering settings; raise ``ValueError`` in Keras' message pattern if one is bad
+    (``TypeError`` for a non-integer ``n_clusters``)."""
+    check_n_clusters(n_clusters)
     check_choice("unit", unit, units_lib.UNIT_CHOICES)
     check_choice("granularity", granularity, units_lib.GRANULARITIES)
     check_choice("init", init, kmeans_lib.INITS)

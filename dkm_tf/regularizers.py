@@ -39,7 +39,7 @@ import numpy as np
 from keras import ops
 
 from dkm_tf import kmeans as kmeans_lib
-from dkm_tf._validate import invalid
+from dkm_tf._validate import check_n_clusters, invalid
 
 __all__ = ["RELAXATIONS", "SpectralKMeansRegularizer", "kmeans_regularizers",
            "refresh_regularizers", "unit_geometry"]
@@ -49,10 +49,7 @@ _UNITS = ("auto", "scalar", "row", "kernel")
 
 
 def _check_n_clusters(n_clusters):
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or (
-            n_clusters < 1):
-        raise invalid("n_clusters", "an integer >= 1", n_clusters)
-    return int(n_clusters)
+    return check_n_clusters(n_clusters)
 
 
 def unit_geometry(shape, unit):

@@ -266,7 +266,6 @@ def test_unsupported_layer_error_names_layer_and_lists_support():
 
 @pytest.mark.parametrize("kwargs,pattern", [
     ({"n_clusters": 0}, r"Invalid value for argument `n_clusters`.*Received: n_clusters=0"),
-    ({"n_clusters": 2.5}, r"Received: n_clusters=2.5"),
     ({"unit": "rows"}, r"argument `unit`. Expected one of \['scalar', 'row', 'kernel', 'auto'\]"),
     ({"granularity": "channel"}, r"Received: granularity='channel'"),
     ({"init": "best"}, r"argument `init`"),
@@ -275,6 +274,12 @@ def test_unsupported_layer_error_names_layer_and_lists_support():
 def test_invalid_arguments(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         ClusterWeights(L.Dense(2), **kwargs)
+
+
+@pytest.mark.parametrize("k", [2.5, "4", True, None])
+def test_non_integer_n_clusters_is_a_type_error(k):
+    with pytest.raises(TypeError, match=r"Invalid type for argument `n_clusters`.*Received: "):
+        ClusterWeights(L.Dense(2), n_clusters=k)
 
 
 def test_fewer_distinct_values_than_k_is_lossless():

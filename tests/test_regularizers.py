@@ -176,7 +176,6 @@ def test_units_auto_and_explicit():
     ({"n_clusters": 4, "lam": -1.0}, r"argument `lam`.*Received: lam=-1.0"),
     ({"n_clusters": 0}, r"argument `n_clusters`. Expected an integer >= 1. Received: "
                         r"n_clusters=0"),
-    ({"n_clusters": 2.5}, r"Received: n_clusters=2.5"),
     ({"n_clusters": 4, "relaxation": "soft"}, r"`relaxation`.*Received: relaxation='soft'"),
     ({"n_clusters": 4, "unit": "filter"}, r"`unit`.*Received: unit='filter'"),
     ({"n_clusters": 4, "sparsity": 1.0}, r"`sparsity`.*Received: sparsity=1.0"),
@@ -185,6 +184,8 @@ def test_units_auto_and_explicit():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SpectralKMeansRegularizer(**kwargs)
+    with pytest.raises(TypeError, match=r"`n_clusters`.*Received: n_clusters=2.5 of type float"):
+        SpectralKMeansRegularizer(n_clusters=2.5)
 
 
 def test_bad_layers_and_units():
