@@ -344,7 +344,7 @@ class ClusterWeights(keras.layers.Wrapper):
         out = []
         for s in self._slots:
             cb, idx = _compact(keras.ops.convert_to_numpy(s.codebook),
-                               keras.ops.convert_to_numpy(s.indices).astype(np.int64))
+                               keras.ops.convert_to_numpy(s.indices))
             note = (f"{cb.shape[1]} of {self.n_clusters} centroids in use"
                     if cb.shape[1] < self.n_clusters else "")
             out.append(palette_lib.Palette(self.layer.name, s.attr, cb, idx, s.layout,

@@ -102,8 +102,11 @@ class Palette:
     # ----------------------------------------------------------------- values
     def decode(self):
         """The kernel that the palette stands for (``codebook[indices]`` in Keras layout)."""
-        g = np.arange(self.layout.n_groups)[:, None]
-        return units_lib.from_units(self.codebook[g, self.indices], self.layout)
+        g, k, d = self.codebook.shape
+        flat = self.indices if g == 1 else self.indices + (np.arange(g, dtype=np.int32)
+                                                           * k)[:, None]
+        units = np.take(self.codebook.reshape(g * k, d), flat, axis=0)  # (G, M, d)
+        return units_lib.from_units(units, self.layout)
 
     def entropy_bits(self):
         """Mean entropy of the index histogram(s), bits per index (per group, averaged)."""
