@@ -32,6 +32,7 @@ from dkm_tf import units as units_lib
 from dkm_tf._training import check_learning_rate, default_loss
 from dkm_tf.layers import ClusterWeights, kmeans_codebook, kmeans_layout, validate_settings
 from dkm_tf.posttrain import build_like as _build_like
+from dkm_tf.posttrain import clone_uncompiled
 from dkm_tf.posttrain import copy_layer as _copy_layer
 
 __all__ = ["ClusteringReport", "cluster_weights", "finetune", "palettes_of", "strip_clustering"]
@@ -73,7 +74,7 @@ class ClusteringReport:
 
 def _clone(model, fn):
     try:
-        return keras.models.clone_model(model, clone_function=fn, recursive=True)
+        return clone_uncompiled(model, fn)
     except (TypeError, ValueError) as e:
         if "only supported for Sequential" in str(e):
             raise TypeError(f"Model {model.name!r} ({type(model).__name__}): "

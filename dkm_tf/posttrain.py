@@ -82,12 +82,43 @@ def copy_layer(layer):
     return new
 
 
+def is_graph_model(model):
+    """True for Sequential and Functional models (what ``keras.models.clone_model`` copies)."""
+    import keras  # noqa: PLC0415
+
+    return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+
+
+def clone_uncompiled(model, clone_function):
+    """``keras.models.clone_model(model, clone_function, recursive=True)``, never compiled.
+
+    Keras re-compiles a cloned Sequential from its serialized compile config, which fails for
+    a custom loss or metric that is not registered for serialization (a plain function in the
+    user's script). Every caller here compiles its copy itself (with the original model's loss
+    object), so the models are marked uncompiled while they are cloned.
+    """
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.clusterable import walk_layers  # noqa: PLC0415
+
+    models = [model] + [m for m in walk_layers(model) if isinstance(m, keras.Model)]
+    compiled = [m for m in models if getattr(m, "compiled", False)]
+    for m in compiled:
+        m.compiled = False
+    try:
+        return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    finally:
+        for m in compiled:
+            m.compiled = True
+
+
 def copy_model(model):
-    """An independent copy of a Sequential or Functional model, with the same weights.
+    """An independent, uncompiled copy of a Sequential or Functional model, same weights.
 
     Raises:
-        TypeError: for subclassed models, which Keras cannot clone; the message says what to
-            do instead.
+        TypeError: for subclassed models, which Keras cannot clone (the message says what to
+            do instead), or when Keras fails to clone a Sequential/Functional model (the
+            message gives Keras' reason).
     """
     import keras  # noqa: PLC0415
 
@@ -95,8 +126,11 @@ def copy_model(model):
         raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
                         f"Received: {type(model).__name__}")
     try:  # layer copies built with zeros, then the weights: no random init of big kernels
-        clone = keras.models.clone_model(model, clone_function=copy_layer, recursive=True)
+        clone = clone_uncompiled(model, copy_layer)
     except Exception as e:  # subclassed models raise various errors here
+        if is_graph_model(model):
+            raise TypeError(f"Cannot copy model {model.name!r} ({type(model).__name__}): "
+                            f"keras.models.clone_model failed: {e}") from e
         raise TypeError(
             f"Cannot copy model {model.name!r} of type {type(model).__name__}: only Sequential "
             "and Functional models (possibly nested) can be copied. For a subclassed model, "

@@ -139,3 +139,31 @@ def test_cluster_weights_accepts_auto_units():
     _, palettes = dkm_tf.strip_clustering(clustered)
     by = {p.layer_name: p for p in palettes}
     assert by["c1"].unit_dim == 3 and by["out"].unit_dim == 1
+
+
+def _mse_not_registered(y, p):  # a plain function: Keras cannot deserialize it
+    return keras.ops.mean(keras.ops.square(keras.ops.cast(y, p.dtype)[:, None] - p))
+
+
+def test_compiled_sequential_with_an_unregistered_loss_is_copied():
+    """Keras re-compiles a cloned Sequential from its compile config, which fails for a plain
+    function loss; every copier here must still work and leave the original compiled."""
+    from dkm_tf import clustering, retrain
+
+    model = small_cnn()
+    model.compile("adam", loss=_mse_not_registered)
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype("float32")
+    y = np.arange(32) % 10
+    copy = posttrain.copy_model(model)
+    assert copy is not model and not copy.compiled and model.compiled
+    assert model.loss is _mse_not_registered
+    assert dkm_tf.share_weights(model, 4).palettes
+    with pytest.warns(UserWarning, match="bn"):  # BatchNormalization is left unclustered
+        clustered = clustering.cluster_weights(model, 4)
+    assert clustering.strip_clustering(clustered)[1]
+    with pytest.warns(UserWarning, match="bn"):
+        _, _, hist = clustering.finetune(model, (x, y), n_clusters=4, epochs=1, batch_size=16)
+    assert len(hist.history["loss"]) == 1  # trained with the model's own (custom) loss
+    out, _ = retrain.dkm_retrain(model, (x, y), n_clusters=4, epochs=1, batch_size=16)
+    assert out.loss is _mse_not_registered
+    assert model.compiled
