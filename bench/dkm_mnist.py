@@ -9,13 +9,15 @@ Protocols (Wu et al., ICML 2018, §4.1.1 / Figure 1, and the whole-model test of
    ``dkm`` hard / spectral, ``dkm+finetune``.
 3. ``sparse``: the sparsity-promoting variant with row units for the convs and entropy-coded
    indices, searching the highest whole-model CR whose accuracy stays within 0.3 pt;
-   ``sparse_staged`` the same variant with a gradual schedule (:func:`run_sparse_staged`).
+   ``sparse_staged`` the same variant with a gradual schedule (:func:`run_sparse_staged`),
+   ``sparse_distill`` the latter with knowledge distillation from the baseline.
 4. ``tfmot``: tfmot's cluster_weights on the same baseline weights, under tf_keras in a
    subprocess (``--tfmot_python``, default $DKM_TF_TFMOT_PYTHON).
 
 Writes bench/results/dkm_mnist.{json,md,png}. About 20-40 minutes on 2 CPU cores.
 
-  python bench/dkm_mnist.py [--protocols layer,model,sparse,sparse_staged,tfmot,long]
+  python bench/dkm_mnist.py [--protocols layer,model,sparse,sparse_staged,sparse_distill,
+                              tfmot,long]
       [--lam 1.0] [--append]
 """
 
@@ -38,7 +40,7 @@ import keras  # noqa: E402
 
 from dkm_tf import data, models, palette, pipeline  # noqa: E402
 from dkm_tf.clustering import finetune  # noqa: E402
-from dkm_tf.posttrain import share_weights  # noqa: E402
+from dkm_tf.posttrain import copy_model, share_weights  # noqa: E402
 from dkm_tf.retrain import dkm_retrain  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -162,7 +164,7 @@ SPARSE_RAMP = ((0.3, 2), (0.5, 2), (0.65, 2), (0.78, 3), (0.88, 3), (0.94, 3), (
 
 
 def run_sparse_staged(base, train, test, lam, final_p=None, final_k=None, ramp=SPARSE_RAMP,
-                      finetune_epochs=10):
+                      finetune_epochs=10, distill=False):
     """The sparsity variant with a gradual schedule (gradual pruning, Zhu & Gupta 2017).
 
     Each stage re-trains with the penalty at a growing fraction ``r`` of the final per-layer
@@ -170,17 +172,29 @@ def run_sparse_staged(base, train, test, lam, final_p=None, final_k=None, ramp=S
     and then snaps: the
     p·r smallest weights become exactly 0, the rest their centroid, so the next stage starts
     from pruned weights. Then 3 epochs at the final K, a last snap, and ``finetune_epochs``
-    of hard-sharing fine-tuning (cosine 1e-3). CR H uses the snapped indices.
+    of hard-sharing fine-tuning (cosine 1e-3). CR H uses the snapped indices. With
+    ``distill`` every stage trains with :class:`dkm_tf.DistillationLoss` (T=4, α=0.5) from
+    the uncompressed baseline.
     """
+    from dkm_tf.distill import DistillationLoss, distillation_targets  # noqa: PLC0415
+
     final_p, final_k = final_p or SPARSE_FINAL_P, final_k or SPARSE_FINAL_K
     t = time.perf_counter()
     steps = -(-len(train[0]) // 128)
-    work = base
+    if distill:
+        train = (train[0], distillation_targets(base, train[0], train[1]))
+
+    def compiled(model):
+        if distill:
+            model.compile(loss=DistillationLoss(num_classes=10, temperature=4.0, alpha=0.5))
+        return model
+
+    work = compiled(copy_model(base)) if distill else base  # never re-compile the baseline
 
     def snap(model, ks, ps):
         over = {n: {"n_clusters": ks[n], "sparsity": ps[n]} for n in LAYERS}
         res = share_weights(model, 16, overrides=over)
-        return res.model, res.palettes
+        return compiled(res.model), res.palettes
 
     for i, (r, epochs) in enumerate(ramp):
         ps = {n: final_p[n] * r for n in LAYERS}
@@ -199,7 +213,8 @@ def run_sparse_staged(base, train, test, lam, final_p=None, final_k=None, ramp=S
                                                       for n in LAYERS})
     acc = pipeline.evaluate_accuracy(model, test)
     rep = _size(model, pals)
-    row = {"method": "dkm (hard, sparse, gradual) + finetune", "K": dict(final_k),
+    row = {"method": "dkm (hard, sparse, gradual) + finetune"
+           + (", distilled" if distill else ""), "K": dict(final_k),
            "layer": "all", "unit": "scalar", "granularity": "per_tensor",
            "sparsity": dict(final_p), "acc": acc, "seconds": time.perf_counter() - t,
            "cr_log2": rep.totals["cr_clustered_log2"],
@@ -234,7 +249,8 @@ NOTES = {
     "sparse": "Rows with fixed p: dkm+finetune, 3 epochs each, row units for the convs. "
               "`gradual`: scalar units, the per-layer sparsity reached in stages (2-4 epochs "
               "each, weights snapped to exact zeros / centroids after each stage), 3 epochs "
-              "at the final K, 10 epochs of fine-tuning (`run_sparse_staged`).",
+              "at the final K, 10 epochs of fine-tuning (`run_sparse_staged`); `distilled`: "
+              "the same with `dkm_tf.DistillationLoss` (T=4, α=0.5) from the baseline.",
 }
 
 
@@ -354,6 +370,8 @@ def main():
                                      per_layer=per_layer, lam=kw["lam"], epochs=3))
     if "sparse_staged" in protocols:
         add("sparse", run_sparse_staged(base, train, test, args.lam))
+    if "sparse_distill" in protocols:
+        add("sparse", run_sparse_staged(base, train, test, args.lam, distill=True))
     if "long" in protocols:
         for granularity in ("per_tensor", "per_channel"):
             add("model", run_long(base, train, test, granularity, args.lam))

@@ -45,6 +45,8 @@ _EXPORTS = {
     "attach_regularizer": "dkm_tf.retrain",
     "detach_regularizer": "dkm_tf.retrain",
     "dkm_retrain": "dkm_tf.retrain",
+    "DistillationLoss": "dkm_tf.distill",
+    "distillation_targets": "dkm_tf.distill",
     "CompressionResult": "dkm_tf.pipeline",
 }
 _SUBMODULES = ("energy", "export", "data", "models", "kmeans", "units", "palette")

@@ -6,7 +6,7 @@ import importlib
 
 __all__ = ["load_model", "register_serializables"]
 
-_SERIALIZABLE_MODULES = ("dkm_tf.layers", "dkm_tf.regularizers")
+_SERIALIZABLE_MODULES = ("dkm_tf.layers", "dkm_tf.regularizers", "dkm_tf.distill")
 
 
 def register_serializables():
