@@ -252,7 +252,7 @@ NOTES = {
              "of hard-sharing fine-tuning with a cosine learning rate 1e-3 -> 1e-5 "
              "(`run_long`).",
     "sparse": "Rows with fixed p: dkm+finetune, 3 epochs each, row units for the convs. "
-              "`gradual`: scalar units, the per-layer sparsity reached in stages (2-4 epochs "
+              "`gradual`: scalar units, the per-layer sparsity reached in stages (2-5 epochs "
               "each, weights snapped to exact zeros / centroids after each stage), 3 epochs "
               "at the final K, 10 epochs of fine-tuning (`run_sparse_staged`); `distilled`: "
               "the same with `dkm_tf.DistillationLoss` (T=4, α=0.5) from the baseline.",
