@@ -47,10 +47,6 @@ _FAISS_MIN_WORK = 20_000_000  # N*K above which vector k-means prefers faiss whe
 
 
 # --------------------------------------------------------------------------- validation
-def _check_n_clusters(n_clusters):
-    return check_n_clusters(n_clusters)
-
-
 def _check_init(init):
     return check_choice("init", init, INITS)
 
@@ -120,7 +116,7 @@ def scalar_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=3000, refi
     Returns:
         ``(codebook, indices)``: sorted float32 centroids (K,) and int32 indices of x.ravel().
     """
-    k = _check_n_clusters(n_clusters)
+    k = check_n_clusters(n_clusters)
     _check_init(init)
     x = np.asarray(x)
     flat = x.reshape(-1)
@@ -226,7 +222,7 @@ def vector_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=50, tol=1e
     Returns:
         ``(codebook, indices)``: float32 (K', d) centroids and int32 (N,) indices.
     """
-    k = _check_n_clusters(n_clusters)
+    k = check_n_clusters(n_clusters)
     _check_init(init)
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] == 0:
@@ -339,7 +335,7 @@ def cluster_values(x, n_clusters, *, init="kmeans++", seed=0, name=None, **kwarg
         >>> [round(float(c), 2) for c in codebook], idx.tolist()
         ([0.05, 1.05], [0, 0, 1, 1])
     """
-    _check_n_clusters(n_clusters)
+    check_n_clusters(n_clusters)
     _check_init(init)
     x = np.asarray(x)
     if x.ndim == 1:

@@ -14,7 +14,7 @@ import numpy as np
 
 from dkm_tf import palette as palette_lib
 from dkm_tf._io import atomic_path
-from dkm_tf._validate import check_choice
+from dkm_tf._validate import check_choice, check_n_clusters
 from dkm_tf.kmeans import INITS
 from dkm_tf.units import GRANULARITIES, UNIT_CHOICES, resolve_unit
 
@@ -172,9 +172,8 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         TypeError: the model cannot be copied (subclassed) and ``inplace`` is False.
     """
     from dkm_tf import clusterable  # noqa: PLC0415 (imports keras)
-    from dkm_tf.kmeans import _check_n_clusters  # noqa: PLC0415
 
-    _check_n_clusters(n_clusters)
+    check_n_clusters(n_clusters)
     check_choice("unit", unit, UNIT_CHOICES)
     check_choice("granularity", granularity, GRANULARITIES)
     check_choice("init", init, INITS)

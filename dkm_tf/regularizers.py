@@ -48,10 +48,6 @@ RELAXATIONS = ("hard", "spectral")
 _UNITS = ("auto", "scalar", "row", "kernel")
 
 
-def _check_n_clusters(n_clusters):
-    return check_n_clusters(n_clusters)
-
-
 def unit_geometry(shape, unit):
     """How a weight of ``shape`` is cut into units: ``(unit, lead, unit_dim, trail)``.
 
@@ -119,7 +115,7 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
 
     def __init__(self, n_clusters, lam=1e-4, relaxation="hard", unit="auto", *,
                  sparsity=0.0, seed=0, base=None):
-        self.n_clusters = _check_n_clusters(n_clusters)
+        self.n_clusters = check_n_clusters(n_clusters)
         if isinstance(lam, bool) or not isinstance(lam, (int, float, np.number)) or not (
                 math.isfinite(lam) and lam >= 0):
             raise invalid("lam", "a finite number >= 0", lam)
