@@ -13,6 +13,8 @@ import numpy as np
 HIST_BINS = 65_536
 DP_GROUPS = 512  # groups of the DP seed
 DP_WINDOW = 64  # points (or bins) each boundary may move per windowed-DP round
+# on a histogram the bins bound the precision anyway: a narrower window, more rounds
+DP_WINDOW_HIST = 32
 
 __all__ = ["HIST_BINS", "Weighted1D", "cluster_histogram", "finish", "solve"]
 
@@ -36,6 +38,17 @@ class Weighted1D:
         err = q - s * s / np.where(empty, 1.0, w)
         err[empty] = 0.0
         return w, s, np.maximum(err, 0.0, out=err)
+
+    def pair_sse(self, lo, hi):
+        """SSE of the points in [lo_i, hi_j) for every pair (matrix); ``inf`` where empty."""
+        w = self.cw[hi][None, :] - self.cw[lo][:, None]
+        s = self.cs[hi][None, :] - self.cs[lo][:, None]
+        q = self.cq[hi][None, :] - self.cq[lo][:, None]
+        full = w > 0
+        err = q - s * s / np.where(full, w, 1.0)
+        np.maximum(err, 0.0, out=err)
+        err[~full] = np.inf
+        return err
 
     def bounds(self, c):
         mids = (c[:-1] + c[1:]) / 2.0
@@ -131,9 +144,7 @@ def _dp_seed(data, k, n_groups=None):
     m = edges.size - 1
     if m <= k:
         return None
-    a, b = np.meshgrid(edges[:-1], edges[1:], indexing="ij")  # groups a..b-1 as points
-    cost = data.stats(a.ravel(), b.ravel())[2].reshape(m, m)
-    cost[np.tril_indices(m, -1)] = np.inf  # cost[i, j]: points of groups i..j
+    cost = data.pair_sse(edges[:-1], edges[1:])  # cost[i, j]: points of groups i..j
     d = cost[0].copy()  # one cluster covering groups 0..j
     back = []
     for _ in range(1, k):
@@ -175,9 +186,7 @@ def _dp_refine(data, c, window=None, max_rounds=50):
         d = data.stats(np.zeros(cands[0].size, np.int64), cands[0])[2]
         back = []
         for prev, cur in zip(cands[:-1], cands[1:]):
-            a, b = np.meshgrid(prev, cur, indexing="ij")
-            cost = data.stats(a.ravel(), b.ravel())[2].reshape(a.shape)
-            tot = d[:, None] + np.where(a < b, cost, np.inf)  # clusters stay non-empty
+            tot = d[:, None] + data.pair_sse(prev, cur)  # clusters stay non-empty
             arg = np.argmin(tot, axis=0)
             d = tot[arg, np.arange(cur.size)]
             back.append(arg)
@@ -194,7 +203,7 @@ def _dp_refine(data, c, window=None, max_rounds=50):
     return c
 
 
-def solve(data, k, init, rng, max_iter, refine, n_groups=None):
+def solve(data, k, init, rng, max_iter, refine, n_groups=None, window=None):
     """Lloyd from ``init``, or with ``refine`` Lloyd from a DP seed and windowed-DP polishing.
 
     With ``refine`` the DP seed replaces ``init`` (which is used only when there are too few
@@ -206,29 +215,31 @@ def solve(data, k, init, rng, max_iter, refine, n_groups=None):
     seeded = _dp_seed(data, k_eff, n_groups) if refine and k_eff > 1 else None
     start = np.sort(seeded) if seeded is not None else _init_1d(data, k_eff, init, rng)
     c = _lloyd_1d(data, start, max_iter, tol)
-    return _dp_refine(data, c) if refine and k_eff > 1 else c
+    return _dp_refine(data, c, window) if refine and k_eff > 1 else c
 
 
-def cluster_histogram(flat, k, init, rng, max_iter, refine):
+def cluster_histogram(flat, k, init, rng, max_iter, refine, bounds=None):
     """Scalar k-means of many values: Lloyd on a 65,536-bin histogram, then one exact step.
 
     Only the values in bins that straddle a decision boundary are re-assigned one by one; the
     other bins are assigned whole, so the exact step costs a few passes over the data.
+    ``bounds`` is ``(min, max)`` of ``flat`` when the caller already has it.
     """
     xf = flat.astype(np.float32, copy=False)
-    lo_v, hi_v = float(xf.min()), float(xf.max())
+    lo_v, hi_v = (float(xf.min()), float(xf.max())) if bounds is None else map(float, bounds)
     if hi_v == lo_v:
         return np.array([lo_v], np.float32), np.zeros(flat.size, np.int32)
     nb = HIST_BINS
     scale = (nb - 0.5) / (hi_v - lo_v)  # float32 products stay below nb: no clip needed
-    tmp = np.subtract(xf, np.float32(lo_v))
-    b = np.multiply(tmp, np.float32(scale), out=tmp).astype(np.int32)
+    b = np.empty(xf.size, np.int32)  # bin of every value, cast inside the multiply
+    np.multiply(np.subtract(xf, np.float32(lo_v)), np.float32(scale), out=b, casting="unsafe")
     cnt = np.bincount(b, minlength=nb).astype(np.float64)
     sm = np.bincount(b, weights=xf, minlength=nb)
     keep = cnt > 0
     data = Weighted1D(sm[keep] / cnt[keep], cnt[keep])
     # the bins bound the precision anyway: a coarser seed (the windowed DP still polishes)
-    c = solve(data, k, init, rng, max_iter, refine, n_groups=DP_GROUPS // 2)
+    c = solve(data, k, init, rng, max_iter, refine, n_groups=DP_GROUPS // 2,
+              window=DP_WINDOW_HIST)
     mids = (c[:-1] + c[1:]) / 2.0
     centers = lo_v + (np.arange(nb) + 0.5) / scale
     lut = np.searchsorted(mids, centers, side="left").astype(np.int32)
@@ -239,8 +250,9 @@ def cluster_histogram(flat, k, init, rng, max_iter, refine):
     whole = keep & ~border
     counts = np.bincount(lut[whole], weights=cnt[whole], minlength=c.size)
     sums = np.bincount(lut[whole], weights=sm[whole], minlength=c.size)
+    lut[border] = -1  # one gather gives the indices and marks the values to re-assign
     idx = lut[b]
-    sel = np.flatnonzero(border[b])
+    sel = np.flatnonzero(idx < 0)
     if sel.size:
         xs = xf[sel].astype(np.float64)
         idx_s = np.searchsorted(mids, xs, side="left").astype(np.int32)

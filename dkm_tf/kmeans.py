@@ -122,11 +122,14 @@ def scalar_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=3000, refi
     flat = x.reshape(-1)
     if flat.size == 0:
         raise ValueError(f"Cannot cluster an empty array{' in ' + name if name else ''}.")
+    rng = np.random.default_rng(seed)
+    if flat.size > _HIST_THRESHOLD:  # min and max are NaN / Inf exactly when some value is
+        bounds = (flat.min(), flat.max())
+        if not np.all(np.isfinite(bounds)):
+            _check_finite(flat, name)
+        return cluster_histogram(flat, k, init, rng, max_iter, refine, bounds=bounds)
     _check_finite(flat, name)
     xd = flat.astype(np.float64)
-    rng = np.random.default_rng(seed)
-    if flat.size > _HIST_THRESHOLD:
-        return cluster_histogram(flat, k, init, rng, max_iter, refine)
     vals, cnt = np.unique(xd, return_counts=True)
     if vals.size <= k:
         if vals.size < k:

@@ -168,6 +168,10 @@ def test_nan_inf_error_names_the_layer(bad):
         kmeans.cluster_values(x, 2, name="conv1/kernel")
     with pytest.raises(ValueError, match="NaN or Inf"):
         kmeans.cluster_values(np.stack([x, x], axis=1), 2)
+    big = np.linspace(-1, 1, 100_000, dtype=np.float32)  # histogram engine: checks min / max
+    big[12_345] = bad
+    with pytest.raises(ValueError, match="in fc/kernel: 1 of 100000 values are NaN or Inf"):
+        kmeans.cluster_values(big, 16, name="fc/kernel")
 
 
 def test_bad_rank():
