@@ -241,9 +241,8 @@ def _unwrap(wrapper, palettes):
     by_id = {id(s.variable): decoded[s.attr] for s in wrapper._slots}
     inner = wrapper.layer
     new = inner.__class__.from_config(inner.get_config())
-    _build_like(new, inner)
-    new.set_weights([by_id[id(v)] if id(v) in by_id else keras.ops.convert_to_numpy(v)
-                     for v in inner.weights])
+    _build_like(new, inner, [by_id[id(v)] if id(v) in by_id else keras.ops.convert_to_numpy(v)
+                             for v in inner.weights])
     return new
 
 

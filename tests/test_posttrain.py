@@ -167,3 +167,30 @@ def test_compiled_sequential_with_an_unregistered_loss_is_copied():
     out, _ = retrain.dkm_retrain(model, (x, y), n_clusters=4, epochs=1, batch_size=16)
     assert out.loss is _mse_not_registered
     assert model.compiled
+
+
+@pytest.mark.parametrize("make", [
+    lambda: keras.layers.Conv2D(4, 3, name="conv"),  # weights created in build, in order
+    lambda: keras.layers.BatchNormalization(name="bn"),  # four weights, two non-trainable
+    lambda: keras.layers.Bidirectional(keras.layers.LSTM(3), name="bilstm"),  # sublayers
+])
+def test_copy_layer_creates_the_weights_from_their_values(make, monkeypatch):
+    """copy_layer builds each weight directly from the source value (no set_weights) when
+    the layer creates its own weights in order, and falls back to set_weights otherwise;
+    the copy never shares a variable with the source."""
+    layer = make()
+    layer.build((2, 5, 5, 3) if isinstance(layer, keras.layers.Conv2D) else (2, 4, 3))
+    rng = np.random.default_rng(0)
+    layer.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in layer.weights])
+    calls = []
+    set_weights = keras.layers.Layer.set_weights
+    monkeypatch.setattr(keras.layers.Layer, "set_weights",
+                        lambda self, w: (calls.append(self.name), set_weights(self, w)))
+    new = posttrain.copy_layer(layer)
+    assert len(new.weights) == len(layer.weights)
+    for a, b in zip(layer.weights, new.weights, strict=True):
+        assert a is not b and a.dtype == b.dtype and a.trainable == b.trainable
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert calls == (["bilstm"] if isinstance(layer, keras.layers.Bidirectional) else [])
+    new.weights[0].assign(np.zeros(new.weights[0].shape))  # independent storage
+    assert np.any(layer.weights[0].numpy() != 0)
