@@ -7,6 +7,7 @@ The model given is never modified; a copy is returned with the Palettes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 
@@ -152,13 +153,25 @@ def copy_model(model):
             do instead), or when Keras fails to clone a Sequential/Functional model (the
             message gives Keras' reason).
     """
+    return _copy_model(model, copy_layer)
+
+
+class _NotACopyError(Exception):
+    """Carries an error of a clone function's own work (its ``__cause__``) through
+    :func:`_copy_model`, which would otherwise report it as a failure to copy."""
+
+
+def _copy_model(model, clone_function):
+    """``clone_uncompiled`` with Keras' failures turned into a TypeError that says what to do."""
     import keras  # noqa: PLC0415
 
     if not isinstance(model, keras.Model):
         raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
                         f"Received: {type(model).__name__}")
-    try:  # layer copies built with zeros, then the weights: no random init of big kernels
-        clone = clone_uncompiled(model, copy_layer)
+    try:  # layer copies built from their values: no random init of big kernels
+        clone = clone_uncompiled(model, clone_function)
+    except _NotACopyError as e:
+        raise e.__cause__  # noqa: B904 - the original error, with its own traceback
     except Exception as e:  # subclassed models raise various errors here
         if is_graph_model(model):
             raise TypeError(f"Cannot copy model {model.name!r} ({type(model).__name__}): "
@@ -170,6 +183,50 @@ def copy_model(model):
             "training) call share_weights(model, ..., inplace=True)."
         ) from e
     return clone
+
+
+@dataclasses.dataclass
+class _ShareJob:
+    """k-means of one weight for :func:`share_weights` (pure numpy: runs in any thread)."""
+
+    layer_name: str
+    attr: str
+    var: object
+    kernel: np.ndarray
+    kind: str
+    unit: str
+    cfg: dict
+    seed: int
+
+    def run(self):
+        return palette_lib.cluster_tensor(
+            self.kernel, kind=self.kind, n_clusters=int(self.cfg["n_clusters"]), unit=self.unit,
+            granularity=self.cfg["granularity"], init=self.cfg["init"], seed=self.seed,
+            layer_name=self.layer_name, weight_name=self.attr,
+            sparsity=float(self.cfg["sparsity"]))
+
+
+def _share_plan(model, defaults, overrides, seed):
+    """The weights :func:`share_weights` clusters (layer order) and the layers it skips."""
+    from dkm_tf import clusterable  # noqa: PLC0415 (imports keras)
+
+    jobs, skipped = [], []
+    for i, layer in enumerate(iter_layers(model)):
+        if not layer.weights:
+            continue
+        if not clusterable.is_clusterable(layer):
+            skipped.append((layer.name, f"{type(layer).__name__} is not a supported kernel layer "
+                                        f"(supported: {', '.join(clusterable.SUPPORTED_LAYERS)})"))
+            continue
+        cfg = clusterable.resolve_layer_config(layer, defaults, overrides)
+        if cfg is None:
+            skipped.append((layer.name, "excluded by overrides"))
+            continue
+        for attr, var, kind in clusterable.clusterable_weights(layer):
+            kernel = np.asarray(var.numpy())
+            jobs.append(_ShareJob(layer.name, attr, var, kernel, kind,
+                                  resolve_unit(cfg["unit"], kind, kernel.shape), cfg, seed + i))
+    return jobs, skipped
 
 
 def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
@@ -203,8 +260,6 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         ValueError: invalid settings, or NaN/Inf in a kernel (the message names the layer).
         TypeError: the model cannot be copied (subclassed) and ``inplace`` is False.
     """
-    from dkm_tf import clusterable  # noqa: PLC0415 (imports keras)
-
     check_n_clusters(n_clusters)
     check_choice("unit", unit, UNIT_CHOICES)
     check_choice("granularity", granularity, GRANULARITIES)
@@ -212,33 +267,46 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     if not isinstance(inplace, bool):
         raise TypeError(f"Invalid type for argument `inplace`. Expected a bool. "
                         f"Received: inplace={inplace!r}")
-    clone = model if inplace else copy_model(model)
     defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
                 "init": init, "sparsity": sparsity}
-    palettes, skipped = [], []
-    for i, layer in enumerate(iter_layers(clone)):
-        if not layer.weights:
-            continue
-        if not clusterable.is_clusterable(layer):
-            skipped.append((layer.name, f"{type(layer).__name__} is not a supported kernel layer "
-                                        f"(supported: {', '.join(clusterable.SUPPORTED_LAYERS)})"))
-            continue
-        cfg = clusterable.resolve_layer_config(layer, defaults, overrides)
-        if cfg is None:
-            skipped.append((layer.name, "excluded by overrides"))
-            continue
-        for attr, var, kind in clusterable.clusterable_weights(layer):
-            kernel = np.asarray(var.numpy())
-            u = resolve_unit(cfg["unit"], kind, kernel.shape)
-            pal = palette_lib.cluster_tensor(
-                kernel, kind=kind, n_clusters=int(cfg["n_clusters"]), unit=u,
-                granularity=cfg["granularity"], init=cfg["init"], seed=seed + i,
-                layer_name=layer.name, weight_name=attr, sparsity=float(cfg["sparsity"]))
-            var.assign(pal.decode().astype(kernel.dtype))
-            palettes.append(pal)
-            if verbose:
-                print(f"  clustered {pal.name}: {kernel.size:,} weights -> K={pal.n_clusters} "
-                      f"({u}, d={pal.unit_dim}, {cfg['granularity']})", flush=True)
+    jobs, skipped = _share_plan(model, defaults, overrides, seed)
+    if inplace:
+        palettes = []
+        for job in jobs:
+            palettes.append(job.run())
+            job.var.assign(palettes[-1].decode().astype(job.kernel.dtype))
+        clone = model
+    else:  # k-means in a thread pool while Keras copies the model; each copied layer is
+        # built directly with its clustered values (no copy of the old kernel, no assign)
+        from dkm_tf.clustering import KMEANS_THREADS  # noqa: PLC0415
+
+        workers = min(KMEANS_THREADS, os.cpu_count() or 1)
+        with concurrent.futures.ThreadPoolExecutor(workers, "dkm_tf-kmeans") as pool:
+            futures = {id(j.var): pool.submit(j.run)
+                       for j in sorted(jobs, key=lambda j: -j.kernel.size)}
+
+            def clone_function(layer):
+                if not any(id(v) in futures for v in layer.weights):
+                    return copy_layer(layer)
+                try:  # k-means errors (NaN weights, ...) are not copy failures
+                    values = [futures[id(v)].result().decode().astype(v.dtype)
+                              if id(v) in futures else v.numpy() for v in layer.weights]
+                except Exception as e:
+                    raise _NotACopyError from e
+                new = layer.__class__.from_config(layer.get_config())
+                build_like(new, layer, values)
+                return new
+
+            try:
+                clone = _copy_model(model, clone_function)
+            finally:
+                for f in futures.values():
+                    f.cancel()
+            palettes = [futures[id(j.var)].result() for j in jobs]
+    if verbose:
+        for job, pal in zip(jobs, palettes):
+            print(f"  clustered {pal.name}: {job.kernel.size:,} weights -> K={pal.n_clusters} "
+                  f"({job.unit}, d={pal.unit_dim}, {job.cfg['granularity']})", flush=True)
     return ShareResult(clone, palettes, skipped)
 
 
