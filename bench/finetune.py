@@ -244,7 +244,9 @@ def clustering_times(args, tfmot):
     import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
+    from dkm_tf import clusterable  # noqa: PLC0415
     from dkm_tf.clustering import cluster_weights, strip_clustering  # noqa: PLC0415
+    from dkm_tf.layers import kmeans_codebook, kmeans_layout  # noqa: PLC0415
     from dkm_tf.posttrain import share_weights  # noqa: PLC0415
 
     out = {}
@@ -263,7 +265,13 @@ def clustering_times(args, tfmot):
     reps = {f"{n}/{label}": [] for n, label, _ in configs}
     last = {}
     tf_reps = []
-    share_reps = {}
+    share_reps, kmeans_reps = {}, {}
+    kernels = {name: [(keras.ops.convert_to_numpy(v), kmeans_layout(v.shape, kind, "scalar",
+                                                                     "per_tensor"))
+                      for layer in clusterable.walk_layers(m)
+                      if clusterable.is_clusterable(layer)
+                      for _, v, kind in clusterable.clusterable_weights(layer)]
+               for name, m in models.items()}
     for _ in range(args.reps):  # reps interleaved: each config, then tfmot, in turn
         for name, label, options in configs:
             t0 = time.perf_counter()
@@ -275,6 +283,12 @@ def clustering_times(args, tfmot):
                                             "total_s": t2 - t0})
             last[f"{name}/{label}"] = (c, plain, pals)
             print(name, label, round(t2 - t0, 3), flush=True)
+        for name in models:  # the clustering itself: k-means of every kernel, one thread
+            t0 = time.perf_counter()
+            for kernel, layout in kernels[name]:
+                kmeans_codebook(kernel, layout, K_STEP)
+            kmeans_reps.setdefault(name, []).append(time.perf_counter() - t0)
+            print(name, "k-means only", round(kmeans_reps[name][-1], 3), flush=True)
         for name in models:  # post-training sharing: copy + k-means + assign, no wrappers
             t0 = time.perf_counter()
             share_weights(models[name], K_STEP)
@@ -302,6 +316,9 @@ def clustering_times(args, tfmot):
         out[key] = res
     out["share_weights"] = {name: {"reps": r, "median_s": statistics.median(r),
                                    "min_s": min(r)} for name, r in share_reps.items()}
+    out["kmeans_only"] = {name: {"reps": r, "median_s": statistics.median(r), "min_s": min(r),
+                                 "weights": sum(k.size for k, _ in kernels[name])}
+                          for name, r in kmeans_reps.items()}
     if tf_reps:
         out["tfmot_vgg16_random"] = {
             "reps": tf_reps, "min_total_s": min(r["total_s"] for r in tf_reps),
@@ -414,6 +431,17 @@ def markdown(res):
     for name, r in res["clustering"].get("share_weights", {}).items():
         lines.append(f"| {name} | `share_weights` (post-training: copy + k-means + assign, "
                      f"no wrappers) | | | | **{r['median_s']:.3f}** ({r['min_s']:.3f}) | |")
+    for name, r in res["clustering"].get("kmeans_only", {}).items():
+        lines.append(f"| {name} | k-means only (every kernel, one thread, no Keras) | "
+                     f"{r['weights']:,} | | | **{r['median_s']:.3f}** ({r['min_s']:.3f}) | |")
+    if t:
+        lines += ["", "Ours over tfmot's cluster + strip, medians of the same run: " + "; ".join(
+            f"{name.split('/')[0]} {label} {r:.2f}x" for name, label, r in (
+                [(n, "cluster + strip", v["total_s"] / t["total_s"])
+                 for n, v in res["clustering"].items()
+                 if isinstance(v, dict) and n.endswith("/default")]
+                + [(n, "k-means only", v["median_s"] / t["total_s"])
+                   for n, v in res["clustering"].get("kmeans_only", {}).items()]))]
     d = res["digits"]
     lines += ["", "## Digits CNN, all conv/dense kernels at K=4 (2 bits)", "",
               "| float | K=4, no fine-tuning | K=4 fine-tuned | delta |", "|---|---|---|---|",
