@@ -267,6 +267,11 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     if not isinstance(inplace, bool):
         raise TypeError(f"Invalid type for argument `inplace`. Expected a bool. "
                         f"Received: inplace={inplace!r}")
+    import keras  # noqa: PLC0415
+
+    if not isinstance(model, keras.Model):
+        raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
+                        f"Received: {type(model).__name__}")
     defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
                 "init": init, "sparsity": sparsity}
     jobs, skipped = _share_plan(model, defaults, overrides, seed)

@@ -194,3 +194,8 @@ def test_copy_layer_creates_the_weights_from_their_values(make, monkeypatch):
     assert calls == (["bilstm"] if isinstance(layer, keras.layers.Bidirectional) else [])
     new.weights[0].assign(np.zeros(new.weights[0].shape))  # independent storage
     assert np.any(layer.weights[0].numpy() != 0)
+
+
+def test_share_weights_rejects_a_non_model():
+    with pytest.raises(TypeError, match="Expected a keras.Model. Received: Dense"):
+        dkm_tf.share_weights(keras.layers.Dense(3), 4)
