@@ -20,7 +20,7 @@ Writes bench/results/dkm_mnist.{json,md,png}. About 20-40 minutes on 2 CPU cores
 
   python bench/dkm_mnist.py [--protocols layer,model,sparse,sparse_staged,sparse_distill,
                               sparse_distill_mild,sparse_distill_long,sparse_distill_xl,
-                             sparse_distill_xl_k4,tfmot,long]
+                             sparse_distill_xl_k4,k2_staged,tfmot,long]
       [--lam 1.0] [--append]
 """
 
@@ -156,6 +156,44 @@ def run_long(base, train, test, granularity, lam):
            "cr_model_log2": rep.totals["cr_model_log2"],
            "cr_model_entropy": rep.totals["cr_model_entropy"]}
     log(f"long schedule K=2 {granularity}: acc={100 * acc:.2f}% CR={row['cr_log2']:.1f}x")
+    return row
+
+
+def run_k2_staged(base, train, test, lam, stages=((8, 3), (4, 3), (2, 5)), finetune_epochs=20):
+    """K=2 whole model per tensor reached gradually, with distillation from the baseline.
+
+    Each stage re-trains with the hard penalty at K (Adam 1e-3) and snaps to K centroids;
+    then ``finetune_epochs`` of hard-sharing fine-tuning (cosine 1e-3 -> 1e-5). Every stage
+    trains with :class:`dkm_tf.DistillationLoss` (T=4, α=0.5).
+    """
+    from dkm_tf.distill import DistillationLoss, distillation_targets  # noqa: PLC0415
+
+    t = time.perf_counter()
+    steps = -(-len(train[0]) // 128)
+    train = (train[0], distillation_targets(base, train[0], train[1]))
+    loss = DistillationLoss(num_classes=10, temperature=4.0, alpha=0.5)
+    work = copy_model(base)
+    for k, epochs in stages:
+        work.compile(loss=loss)
+        work, _ = dkm_retrain(work, train, n_clusters=k, lam=lam, unit="scalar", epochs=epochs,
+                              learning_rate=1e-3, batch_size=128, refresh_every=1)
+        work = share_weights(work, k).model
+        log(f"K={k} stage: snapped acc={100 * pipeline.evaluate_accuracy(work, test):.2f}%")
+    work.compile(loss=loss)
+    work, pals, _ = finetune(work, train, n_clusters=2, epochs=finetune_epochs,
+                             learning_rate=_cosine(1e-3, finetune_epochs, steps),
+                             batch_size=128)
+    acc = pipeline.evaluate_accuracy(work, test)
+    rep = _size(work, pals)
+    row = {"method": f"dkm (K {'->'.join(str(k) for k, _ in stages)}, distilled) + finetune "
+                     f"({sum(e for _, e in stages)} + {finetune_epochs} epochs)",
+           "K": 2, "layer": "all", "unit": "scalar", "granularity": "per_tensor",
+           "sparsity": 0.0, "acc": acc, "seconds": time.perf_counter() - t,
+           "cr_log2": rep.totals["cr_clustered_log2"],
+           "cr_entropy": rep.totals["cr_clustered_entropy"],
+           "cr_model_log2": rep.totals["cr_model_log2"],
+           "cr_model_entropy": rep.totals["cr_model_entropy"]}
+    log(f"K=2 staged: acc={100 * acc:.2f}%")
     return row
 
 
@@ -404,6 +442,8 @@ def main():
     if "sparse_distill_mild" in protocols:
         add("sparse", run_sparse_staged(base, train, test, args.lam, distill=True,
                                         final_p=SPARSE_FINAL_P_MILD))
+    if "k2_staged" in protocols:
+        add("model", run_k2_staged(base, train, test, args.lam))
     if "long" in protocols:
         for granularity in ("per_tensor", "per_channel"):
             add("model", run_long(base, train, test, granularity, args.lam))
