@@ -72,10 +72,14 @@ def baseline(train, test):
     return model
 
 
-def _size(model, palettes):
+def _cr(model, palettes):
+    """The row's compression ratios: clustered kernels and whole model, log2 K and entropy."""
     rep = palette.size_report(palettes, other_params=model.count_params()
                               - sum(p.n_values for p in palettes))
-    return rep
+    return {"cr_log2": rep.totals["cr_clustered_log2"],
+            "cr_entropy": rep.totals["cr_clustered_entropy"],
+            "cr_model_log2": rep.totals["cr_model_log2"],
+            "cr_model_entropy": rep.totals["cr_model_entropy"]}
 
 
 def run_method(method, base, train, test, k, *, only=None, lam, epochs, unit="scalar",
@@ -116,16 +120,11 @@ def run_method(method, base, train, test, k, *, only=None, lam, epochs, unit="sc
         model, pals, _ = share_weights(work, k, unit=unit, granularity=granularity,
                                        overrides=overrides or None, sparsity=sparsity)
     acc = pipeline.evaluate_accuracy(model, test)
-    rep = _size(model, pals)
     row = {"method": method + ("" if not method.startswith("dkm") else f" ({relaxation})"),
            "K": k if not per_layer else {n: c["n_clusters"] for n, c in per_layer.items()},
            "layer": only or "all", "unit": unit, "granularity": granularity,
            "sparsity": sparsity,
-           "acc": acc, "seconds": time.perf_counter() - t,
-           "cr_log2": rep.totals["cr_clustered_log2"],
-           "cr_entropy": rep.totals["cr_clustered_entropy"],
-           "cr_model_log2": rep.totals["cr_model_log2"],
-           "cr_model_entropy": rep.totals["cr_model_entropy"]}
+           "acc": acc, "seconds": time.perf_counter() - t, **_cr(model, pals)}
     log(f"{row['method']:<24} layer={row['layer']:<5} K={k!s:<3} acc={100 * acc:.2f}% "
         f"CR={row['cr_log2']:.1f}x (H: {row['cr_entropy']:.1f}x) {row['seconds']:.0f}s")
     return row
@@ -148,13 +147,9 @@ def run_long(base, train, test, granularity, lam):
                              learning_rate=_cosine(1e-3, 15, steps), batch_size=128,
                              granularity=granularity)
     acc = pipeline.evaluate_accuracy(work, test)
-    rep = _size(work, pals)
     row = {"method": "dkm+finetune (hard), long cosine schedule", "K": 2, "layer": "all",
            "unit": "scalar", "granularity": granularity, "sparsity": 0.0, "acc": acc,
-           "seconds": time.perf_counter() - t, "cr_log2": rep.totals["cr_clustered_log2"],
-           "cr_entropy": rep.totals["cr_clustered_entropy"],
-           "cr_model_log2": rep.totals["cr_model_log2"],
-           "cr_model_entropy": rep.totals["cr_model_entropy"]}
+           "seconds": time.perf_counter() - t, **_cr(work, pals)}
     log(f"long schedule K=2 {granularity}: acc={100 * acc:.2f}% CR={row['cr_log2']:.1f}x")
     return row
 
@@ -184,15 +179,10 @@ def run_k2_staged(base, train, test, lam, stages=((8, 3), (4, 3), (2, 5)), finet
                              learning_rate=_cosine(1e-3, finetune_epochs, steps),
                              batch_size=128)
     acc = pipeline.evaluate_accuracy(work, test)
-    rep = _size(work, pals)
     row = {"method": f"dkm (K {'->'.join(str(k) for k, _ in stages)}, distilled) + finetune "
                      f"({sum(e for _, e in stages)} + {finetune_epochs} epochs)",
            "K": 2, "layer": "all", "unit": "scalar", "granularity": "per_tensor",
-           "sparsity": 0.0, "acc": acc, "seconds": time.perf_counter() - t,
-           "cr_log2": rep.totals["cr_clustered_log2"],
-           "cr_entropy": rep.totals["cr_clustered_entropy"],
-           "cr_model_log2": rep.totals["cr_model_log2"],
-           "cr_model_entropy": rep.totals["cr_model_entropy"]}
+           "sparsity": 0.0, "acc": acc, "seconds": time.perf_counter() - t, **_cr(work, pals)}
     log(f"K=2 staged: acc={100 * acc:.2f}%")
     return row
 
@@ -263,17 +253,13 @@ def run_sparse_staged(base, train, test, lam, final_p=None, final_k=None, ramp=S
                            batch_size=128, overrides={n: {"n_clusters": final_k[n]}
                                                       for n in LAYERS})
     acc = pipeline.evaluate_accuracy(model, test)
-    rep = _size(model, pals)
     row = {"method": "dkm (hard, sparse, gradual) + finetune"
            + (", distilled" if distill else "")
            + f" ({sum(e for _, e in ramp)} stage + 3 + {finetune_epochs} epochs)",
            "K": dict(final_k),
            "layer": "all", "unit": "scalar", "granularity": "per_tensor",
            "sparsity": dict(final_p), "acc": acc, "seconds": time.perf_counter() - t,
-           "cr_log2": rep.totals["cr_clustered_log2"],
-           "cr_entropy": rep.totals["cr_clustered_entropy"],
-           "cr_model_log2": rep.totals["cr_model_log2"],
-           "cr_model_entropy": rep.totals["cr_model_entropy"]}
+           **_cr(model, pals)}
     log(f"sparse staged: acc={100 * acc:.2f}% CR H={row['cr_entropy']:.1f}x")
     return row
 
