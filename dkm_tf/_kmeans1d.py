@@ -41,13 +41,8 @@ class Weighted1D:
 
     def pair_sse(self, lo, hi):
         """SSE of the points in [lo_i, hi_j) for every pair (matrix); ``inf`` where empty."""
-        w = self.cw[hi][None, :] - self.cw[lo][:, None]
-        s = self.cs[hi][None, :] - self.cs[lo][:, None]
-        q = self.cq[hi][None, :] - self.cq[lo][:, None]
-        full = w > 0
-        err = q - s * s / np.where(full, w, 1.0)
-        np.maximum(err, 0.0, out=err)
-        err[~full] = np.inf
+        w, _, err = self.stats(lo[:, None], hi[None, :])
+        err[w <= 0] = np.inf
         return err
 
     def bounds(self, c):

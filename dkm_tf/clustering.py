@@ -31,7 +31,6 @@ from dkm_tf import palette as palette_lib
 from dkm_tf import units as units_lib
 from dkm_tf._training import check_learning_rate, default_loss
 from dkm_tf.layers import ClusterWeights, kmeans_codebook, kmeans_layout, validate_settings
-from dkm_tf.posttrain import build_like as _build_like
 from dkm_tf.posttrain import clone_uncompiled
 from dkm_tf.posttrain import copy_layer as _copy_layer
 
@@ -239,11 +238,9 @@ def _unwrap(wrapper, palettes):
     palettes.extend(pals)
     decoded = {p.weight_name: p.decode() for p in pals}
     by_id = {id(s.variable): decoded[s.attr] for s in wrapper._slots}
-    inner = wrapper.layer
-    new = inner.__class__.from_config(inner.get_config())
-    _build_like(new, inner, [by_id[id(v)] if id(v) in by_id else keras.ops.convert_to_numpy(v)
-                             for v in inner.weights])
-    return new
+    return _copy_layer(wrapper.layer, [by_id[id(v)] if id(v) in by_id
+                                       else keras.ops.convert_to_numpy(v)
+                                       for v in wrapper.layer.weights])
 
 
 def strip_clustering(model):

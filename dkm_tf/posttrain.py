@@ -103,15 +103,18 @@ def _value_add_weight(add_weight, values, created):
     return patched
 
 
-def copy_layer(layer):
-    """A new layer with the same config and the same weight values (never shares state)."""
+def copy_layer(layer, values=None):
+    """A new layer with the same config and the same weight values (never shares state).
+
+    ``values`` (``layer.get_weights()`` order) replace the layer's own weight values.
+    """
     try:
         new = layer.__class__.from_config(layer.get_config())
     except Exception as e:  # noqa: BLE001 - re-raised with context
         raise TypeError(f"Layer {layer.name!r} ({type(layer).__name__}) cannot be copied from "
                         "its config (it needs get_config()/from_config()).") from e
     if layer.built and layer.weights:
-        build_like(new, layer, layer.get_weights())
+        build_like(new, layer, layer.get_weights() if values is None else values)
     return new
 
 
@@ -298,9 +301,7 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
                               if id(v) in futures else v.numpy() for v in layer.weights]
                 except Exception as e:
                     raise _NotACopyError from e
-                new = layer.__class__.from_config(layer.get_config())
-                build_like(new, layer, values)
-                return new
+                return copy_layer(layer, values)
 
             try:
                 clone = _copy_model(model, clone_function)
