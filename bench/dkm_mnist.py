@@ -42,9 +42,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from dkm_tf import data, models, palette, pipeline  # noqa: E402
-from dkm_tf.clustering import finetune  # noqa: E402
-from dkm_tf.posttrain import copy_model, share_weights  # noqa: E402
-from dkm_tf.retrain import dkm_retrain  # noqa: E402
+from dkm_tf.graph.copying import copy_model  # noqa: E402
+from dkm_tf.graph.share import share_weights  # noqa: E402
+from dkm_tf.training.finetune import finetune  # noqa: E402
+from dkm_tf.training.retrain import dkm_retrain  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CACHE = ROOT / "bench" / ".cache"
@@ -161,7 +162,7 @@ def run_k2_staged(base, train, test, lam, stages=((8, 3), (4, 3), (2, 5)), finet
     then ``finetune_epochs`` of hard-sharing fine-tuning (cosine 1e-3 -> 1e-5). Every stage
     trains with :class:`dkm_tf.DistillationLoss` (T=4, α=0.5).
     """
-    from dkm_tf.distill import DistillationLoss, distillation_targets  # noqa: PLC0415
+    from dkm_tf.training.distill import DistillationLoss, distillation_targets  # noqa: PLC0415
 
     t = time.perf_counter()
     steps = -(-len(train[0]) // 128)
@@ -217,7 +218,7 @@ def run_sparse_staged(base, train, test, lam, final_p=None, final_k=None, ramp=S
     ``distill`` every stage trains with :class:`dkm_tf.DistillationLoss` (T=4, α=0.5) from
     the uncompressed baseline.
     """
-    from dkm_tf.distill import DistillationLoss, distillation_targets  # noqa: PLC0415
+    from dkm_tf.training.distill import DistillationLoss, distillation_targets  # noqa: PLC0415
 
     final_p, final_k = final_p or SPARSE_FINAL_P, final_k or SPARSE_FINAL_K
     t = time.perf_counter()

@@ -14,7 +14,7 @@ Measures, in one run:
    ``call``) at K=16, and of a random Keras 3 VGG16 (the twin of tfmot's measurement), against
    tfmot's ``cluster_weights`` + ``strip_clustering`` of a tf_keras VGG16 in the subprocess.
 3. Accuracy of the digits CNN with all conv/dense kernels at K=4 after fine-tuning
-   (:func:`dkm_tf.clustering.finetune`), against the float model.
+   (:func:`dkm_tf.finetune`), against the float model.
 
 Usage:
     DKM_TF_TFMOT_PYTHON=/path/to/venv-tfmot/bin/python python bench/finetune.py
@@ -176,7 +176,7 @@ class Tfmot:
 def step_times(args, data, tfmot):
     import keras  # noqa: PLC0415
 
-    from dkm_tf.clustering import cluster_weights  # noqa: PLC0415
+    from dkm_tf.training.clustering import cluster_weights  # noqa: PLC0415
 
     out = {}
     for arch, build in (("lenet5", lenet5), ("vggish", vggish)):
@@ -244,10 +244,10 @@ def clustering_times(args, tfmot):
     import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    from dkm_tf import clusterable  # noqa: PLC0415
-    from dkm_tf.clustering import cluster_weights, strip_clustering  # noqa: PLC0415
-    from dkm_tf.layers import kmeans_codebook, kmeans_layout  # noqa: PLC0415
-    from dkm_tf.posttrain import share_weights  # noqa: PLC0415
+    from dkm_tf.graph import clusterable  # noqa: PLC0415
+    from dkm_tf.graph.share import share_weights  # noqa: PLC0415
+    from dkm_tf.training.clustering import cluster_weights, strip_clustering  # noqa: PLC0415
+    from dkm_tf.training.wrapper import kmeans_codebook, kmeans_layout  # noqa: PLC0415
 
     out = {}
     models = {"keras3_vgg16_random": keras.applications.VGG16(
@@ -330,9 +330,10 @@ def clustering_times(args, tfmot):
 def digits_accuracy(args):
     import keras  # noqa: PLC0415
 
-    from dkm_tf.clustering import cluster_weights, finetune  # noqa: PLC0415
     from dkm_tf.data import load_digits  # noqa: PLC0415
     from dkm_tf.models import digits_cnn  # noqa: PLC0415
+    from dkm_tf.training.clustering import cluster_weights  # noqa: PLC0415
+    from dkm_tf.training.finetune import finetune  # noqa: PLC0415
 
     (x, y), (xt, yt) = load_digits()
     model = digits_cnn(seed=0)
@@ -364,7 +365,7 @@ def hed_finetune_steps(steps=3):
     import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    from dkm_tf.clustering import cluster_weights, strip_clustering  # noqa: PLC0415
+    from dkm_tf.training.clustering import cluster_weights, strip_clustering  # noqa: PLC0415
 
     try:
         _, twin = hed_twin()

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from dkm_tf import kmeans  # noqa: E402
+from dkm_tf.core import kmeans  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 

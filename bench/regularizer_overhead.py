@@ -39,9 +39,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from dkm_tf import data, models, retrain  # noqa: E402
-from dkm_tf import regularizers as reg_lib  # noqa: E402
-from dkm_tf.callbacks import RefreshKMeans  # noqa: E402
+from dkm_tf import data, models  # noqa: E402
+from dkm_tf.training import attach  # noqa: E402
+from dkm_tf.training.callbacks import RefreshKMeans  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results")
 VARIANTS = ("base", "hard", "spectral")
@@ -71,7 +71,7 @@ def make_variant(builder, variant, weights):
     if variant != "base":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # spectral with K >= d is degenerate (expected)
-            retrain.attach_regularizer(model, N_CLUSTERS, lam=1e-4, relaxation=variant)
+            attach.attach_regularizer(model, N_CLUSTERS, lam=1e-4, relaxation=variant)
     model.compile(keras.optimizers.Adam(1e-4),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model
@@ -102,18 +102,18 @@ def bench_net(name, builder, x, y, batch, rounds):
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                reg_lib.refresh_regularizers(model)
+                attach.refresh_regularizers(model)
             samples.append((time.perf_counter() - t0) * 1e3)
         refresh_ms[v] = round(statistics.median(samples), 2)
         cb = RefreshKMeans()  # per-batch cost of reading the penalty (fit verbose=1 only)
-        cb._regs = reg_lib.kmeans_regularizers(model)
+        cb._regs = attach.kmeans_regularizers(model)
         cb._meters()
         t0 = time.perf_counter()
         for _ in range(200):
             cb._meters()
         log_us[v] = round((time.perf_counter() - t0) / 200 * 1e6, 1)
     conv_weights = sum(int(np.prod(v.shape)) for v, _ in
-                       reg_lib.kmeans_regularizers(models_["hard"]))
+                       attach.kmeans_regularizers(models_["hard"]))
     return {
         "net": name, "batch": batch, "steps_per_variant": rounds,
         "regularized_conv_weights": conv_weights,

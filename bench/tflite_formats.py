@@ -151,7 +151,7 @@ def _build(name):
 
 def _run_model(name, workdir):
     import dkm_tf.export as ex
-    from dkm_tf.posttrain import share_weights
+    from dkm_tf.graph.share import share_weights
 
     model, x, evalset, ks = _build(name)
     original = [np.asarray(v).copy() for v in model.weights]

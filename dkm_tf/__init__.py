@@ -8,65 +8,74 @@ process, :func:`load_model` does both in one call.
 """
 
 import importlib
+import os
+
+# Old flat module paths (dkm_tf.layers, dkm_tf.posttrain, ...) live on as aliases in _compat/;
+# extending this package's own search path is the whole cost (no import, no global state).
+__path__.append(os.path.join(os.path.dirname(__file__), "_compat"))  # noqa: F821
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it (loaded lazily)
 _EXPORTS = {
     # numerical core (numpy only)
-    "cluster_values": "dkm_tf.kmeans",
-    "assignment_entropy": "dkm_tf.kmeans",
-    "count_unique": "dkm_tf.kmeans",
-    "UnitLayout": "dkm_tf.units",
-    "layout_for": "dkm_tf.units",
-    "to_units": "dkm_tf.units",
-    "from_units": "dkm_tf.units",
-    "Palette": "dkm_tf.palette",
-    "SizeReport": "dkm_tf.palette",
-    "cluster_tensor": "dkm_tf.palette",
-    "size_report": "dkm_tf.palette",
+    "cluster_values": "dkm_tf.core.kmeans",
+    "assignment_entropy": "dkm_tf.core.kmeans",
+    "count_unique": "dkm_tf.core.kmeans",
+    "UnitLayout": "dkm_tf.core.units",
+    "layout_for": "dkm_tf.core.units",
+    "to_units": "dkm_tf.core.units",
+    "from_units": "dkm_tf.core.units",
+    "Palette": "dkm_tf.core.palette",
+    "SizeReport": "dkm_tf.core.palette",
+    "cluster_tensor": "dkm_tf.core.palette",
+    "size_report": "dkm_tf.core.palette",
     # Keras
-    "clusterable_weights": "dkm_tf.clusterable",
-    "is_clusterable": "dkm_tf.clusterable",
-    "share_weights": "dkm_tf.posttrain",
-    "ClusterWeights": "dkm_tf.layers",
-    "ClusteringReport": "dkm_tf.clustering",
-    "cluster_weights": "dkm_tf.clustering",
-    "strip_clustering": "dkm_tf.clustering",
-    "palettes_of": "dkm_tf.clustering",
-    "finetune": "dkm_tf.clustering",
-    "ReassignClusters": "dkm_tf.reassign",
+    "clusterable_weights": "dkm_tf.graph.clusterable",
+    "is_clusterable": "dkm_tf.graph.clusterable",
+    "share_weights": "dkm_tf.graph.share",
+    "ClusterWeights": "dkm_tf.training.wrapper",
+    "ClusteringReport": "dkm_tf.training.clustering",
+    "cluster_weights": "dkm_tf.training.clustering",
+    "strip_clustering": "dkm_tf.training.clustering",
+    "palettes_of": "dkm_tf.training.clustering",
+    "finetune": "dkm_tf.training.finetune",
+    "ReassignClusters": "dkm_tf.training.reassign",
     "compress": "dkm_tf.pipeline",
-    "load_model": "dkm_tf.serialization",
-    "SpectralKMeansRegularizer": "dkm_tf.regularizers",
-    "kmeans_regularizers": "dkm_tf.regularizers",
-    "refresh_regularizers": "dkm_tf.regularizers",
-    "RefreshKMeans": "dkm_tf.callbacks",
-    "attach_regularizer": "dkm_tf.retrain",
-    "detach_regularizer": "dkm_tf.retrain",
-    "dkm_retrain": "dkm_tf.retrain",
-    "DistillationLoss": "dkm_tf.distill",
-    "distillation_targets": "dkm_tf.distill",
+    "load_model": "dkm_tf.training.serialization",
+    "SpectralKMeansRegularizer": "dkm_tf.training.regularizer",
+    "kmeans_regularizers": "dkm_tf.training.attach",
+    "refresh_regularizers": "dkm_tf.training.attach",
+    "RefreshKMeans": "dkm_tf.training.callbacks",
+    "attach_regularizer": "dkm_tf.training.attach",
+    "detach_regularizer": "dkm_tf.training.attach",
+    "dkm_retrain": "dkm_tf.training.retrain",
+    "DistillationLoss": "dkm_tf.training.distill",
+    "distillation_targets": "dkm_tf.training.distill",
     "CompressionResult": "dkm_tf.pipeline",
 }
-_SUBMODULES = ("energy", "export", "data", "models", "kmeans", "units", "palette")
+# public submodules: the stage packages, the top-level modules, and the numpy core's three
+# modules under their pre-0.2 names (``dkm_tf.kmeans`` is ``dkm_tf.core.kmeans``)
+_SUBMODULES = {
+    "core": "dkm_tf.core", "graph": "dkm_tf.graph", "training": "dkm_tf.training",
+    "energy": "dkm_tf.energy", "export": "dkm_tf.export", "data": "dkm_tf.data",
+    "models": "dkm_tf.models",
+    "kmeans": "dkm_tf.core.kmeans", "units": "dkm_tf.core.units", "palette": "dkm_tf.core.palette",
+}
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
-
-
-_NUMPY_ONLY = ("dkm_tf.kmeans", "dkm_tf.units", "dkm_tf.palette")
 
 
 def __getattr__(name):
     if name in _EXPORTS:
         module = _EXPORTS[name]
-        if module not in _NUMPY_ONLY:
-            importlib.import_module("dkm_tf.serialization").register_serializables()
+        if not module.startswith("dkm_tf.core."):  # numpy-only names never load Keras
+            importlib.import_module("dkm_tf.training.serialization").register_serializables()
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
     if name in _SUBMODULES:
-        module = importlib.import_module(f"dkm_tf.{name}")
+        module = importlib.import_module(_SUBMODULES[name])
         globals()[name] = module
         return module
     raise AttributeError(f"module 'dkm_tf' has no attribute {name!r}")

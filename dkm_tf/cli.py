@@ -18,7 +18,7 @@ import time
 
 from absl import app, flags
 
-from dkm_tf._io import atomic_path
+from dkm_tf.core.files import atomic_path
 
 COMMANDS = ("compress", "energy")
 
@@ -66,7 +66,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
 
     from dkm_tf import data as data_lib  # noqa: PLC0415
     from dkm_tf import models, pipeline  # noqa: PLC0415
-    from dkm_tf.posttrain import save_model_atomic  # noqa: PLC0415
+    from dkm_tf.graph.copying import save_model_atomic  # noqa: PLC0415
 
     if model_path is None:
         dataset = dataset or "digits"

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from dkm_tf import palette as palette_lib
-from dkm_tf.posttrain import share_weights
+from dkm_tf.core import palette as palette_lib
+from dkm_tf.graph.share import share_weights
 
 __all__ = ["METHODS", "CompressionResult", "compress", "evaluate_accuracy", "train_classifier"]
 
@@ -30,9 +30,9 @@ class CompressionResult:
 
     Attributes:
         model: the compressed Keras model (plain layers; clustered kernels hold codebook values).
-        palettes: the :class:`~dkm_tf.palette.Palette` of every clustered tensor.
+        palettes: the :class:`~dkm_tf.core.palette.Palette` of every clustered tensor.
         skipped: ``(layer_name, reason)`` for layers with weights that were not clustered.
-        size: the :class:`~dkm_tf.palette.SizeReport` (CR by log2 K and by entropy).
+        size: the :class:`~dkm_tf.core.palette.SizeReport` (CR by log2 K and by entropy).
         method: the method used.
         accuracy_before: test accuracy of the input model (None without test data).
         accuracy_after: test accuracy of the compressed model.
@@ -143,7 +143,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
     work = model
     if method.startswith("dkm"):
-        from dkm_tf.retrain import dkm_retrain  # noqa: PLC0415
+        from dkm_tf.training.retrain import dkm_retrain  # noqa: PLC0415
 
         log(f"[dkm] re-training {dkm_epochs} epoch(s) with the k-means regularizer "
             f"(lambda={lam}, {relaxation})", flush=True)
@@ -155,7 +155,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         seconds["retrain"] = time.perf_counter() - t
     t = time.perf_counter()
     if method.endswith("finetune"):
-        from dkm_tf.clustering import finetune  # noqa: PLC0415
+        from dkm_tf.training.finetune import finetune  # noqa: PLC0415
 
         log(f"[finetune] clustering (K={n_clusters}) and fine-tuning {finetune_epochs} "
             "epoch(s) with hard weight sharing", flush=True)
@@ -189,8 +189,8 @@ def _energy(model, palettes, log):
 
 
 def _skipped_layers(model, palettes, overrides):
-    from dkm_tf import clusterable  # noqa: PLC0415
-    from dkm_tf.posttrain import iter_layers  # noqa: PLC0415
+    from dkm_tf.graph import clusterable  # noqa: PLC0415
+    from dkm_tf.graph.copying import iter_layers  # noqa: PLC0415
 
     done = {p.layer_name for p in palettes}
     out = []

@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent("""
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
-    from dkm_tf.clustering import cluster_weights, strip_clustering
+    from dkm_tf.training.clustering import cluster_weights, strip_clustering
     from dkm_tf.models import digits_cnn
 
     rng = np.random.default_rng(0)
@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent("""
     a.fit(x, y, epochs=1, batch_size=16, verbose=0)
     plain, palettes = strip_clustering(a)
     np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(a(x)), atol=1e-6, rtol=1e-6)
-    from dkm_tf.units import to_units
+    from dkm_tf.core.units import to_units
     for p in palettes:
         u = to_units(plain.get_layer(p.layer_name).kernel.numpy(), p.layout)
         assert all(len(np.unique(u[g])) <= 4 for g in range(u.shape[0])), p

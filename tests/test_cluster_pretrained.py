@@ -14,8 +14,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from dkm_tf.clustering import cluster_weights, palettes_of, strip_clustering  # noqa: E402
-from dkm_tf.layers import ClusterWeights  # noqa: E402
+from dkm_tf.training.clustering import cluster_weights, palettes_of, strip_clustering  # noqa: E402
+from dkm_tf.training.wrapper import ClusterWeights  # noqa: E402
 
 
 def _package_dir(name):

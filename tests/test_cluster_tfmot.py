@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from dkm_tf.clustering import palettes_of
+from dkm_tf.training.clustering import palettes_of
 
 TFMOT_PYTHON = os.environ.get("DKM_TF_TFMOT_PYTHON", "")
 

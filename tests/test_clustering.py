@@ -1,4 +1,5 @@
-"""Tests for dkm_tf.clustering (cluster_weights, strip_clustering, palettes_of, finetune)."""
+"""Tests for dkm_tf.training.clustering and .finetune: cluster_weights, strip_clustering,
+palettes_of, finetune."""
 
 import os
 
@@ -10,16 +11,16 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from dkm_tf import units as units_lib  # noqa: E402
-from dkm_tf.clustering import (  # noqa: E402
+from dkm_tf.core import units as units_lib  # noqa: E402
+from dkm_tf.models import digits_cnn  # noqa: E402
+from dkm_tf.training.clustering import (  # noqa: E402
     cluster_weights,
-    finetune,
     palettes_of,
     strip_clustering,
 )
-from dkm_tf.layers import ClusterWeights  # noqa: E402
-from dkm_tf.models import digits_cnn  # noqa: E402
-from dkm_tf.reassign import ReassignClusters  # noqa: E402
+from dkm_tf.training.finetune import finetune  # noqa: E402
+from dkm_tf.training.reassign import ReassignClusters  # noqa: E402
+from dkm_tf.training.wrapper import ClusterWeights  # noqa: E402
 
 L = keras.layers
 ATOL = 1e-6

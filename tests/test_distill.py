@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import dkm_tf
-from dkm_tf.distill import DistillationLoss, distillation_targets
+from dkm_tf.training.distill import DistillationLoss, distillation_targets
 from tests.testing import small_cnn
 
 

@@ -128,7 +128,7 @@ def test_unsupported_layers_are_listed_with_reasons():
 
 
 def test_palette_integration_with_dkm_tf_palette():
-    palette_mod = pytest.importorskip("dkm_tf.palette")
+    palette_mod = pytest.importorskip("dkm_tf.core.palette")
     model = _tiny_model()
     kernel = model.get_layer("c1").kernel.numpy()
     pal = palette_mod.cluster_tensor(kernel, kind="conv", n_clusters=4, unit="row",
@@ -304,7 +304,7 @@ def test_dynamic_functional_model_needs_input_shape():
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_cluster_weights_wrapper_and_its_palettes():
-    layers_mod = pytest.importorskip("dkm_tf.layers")
+    layers_mod = pytest.importorskip("dkm_tf.training.wrapper")
     keras.utils.set_random_seed(0)
     inp = keras.Input((10, 10, 3))
     w1 = layers_mod.ClusterWeights(L.Conv2D(4, 3, name="conv"), n_clusters=4, unit="row",

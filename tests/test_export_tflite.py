@@ -18,8 +18,8 @@ import pytest
 import dkm_tf.export as ex
 from dkm_tf.export.pack import tuple_width
 from dkm_tf.export.rewrite import FlatModel
+from dkm_tf.graph.share import share_weights
 from dkm_tf.models import digits_cnn, lenet5_caffe
-from dkm_tf.posttrain import share_weights
 
 
 def clustered_copy(model, n_clusters, unit="scalar", granularity="per_tensor"):
@@ -316,8 +316,8 @@ def test_hed_sizes(tmp_path, k, once_max, per_invoke_max):
 
 def test_docstring_worked_example(tmp_path):
     """The module docstring of dkm_tf.export.tflite: one int16 583 / INT2 bytes ED 08."""
-    from dkm_tf.palette import Palette
-    from dkm_tf.units import layout_for
+    from dkm_tf.core.palette import Palette
+    from dkm_tf.core.units import layout_for
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, use_bias=False,
                                                                     name="d")])

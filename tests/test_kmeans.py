@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dkm_tf import kmeans
+from dkm_tf.core import kmeans
 
 
 def _data(kind, n, seed):

@@ -1,4 +1,4 @@
-"""Tests for dkm_tf.layers.ClusterWeights (hard weight sharing wrapper)."""
+"""Tests for dkm_tf.training.wrapper.ClusterWeights (hard weight sharing wrapper)."""
 
 import os
 
@@ -9,8 +9,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from dkm_tf import units as units_lib  # noqa: E402
-from dkm_tf.layers import ClusterWeights, gather_codebook, index_dtype  # noqa: E402
+from dkm_tf.core import units as units_lib  # noqa: E402
+from dkm_tf.training.wrapper import ClusterWeights, gather_codebook, index_dtype  # noqa: E402
 
 ATOL = 1e-6
 L = keras.layers

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dkm_tf import palette, units
+from dkm_tf.core import palette, units
 
 
 def _palette(kernel, k=4, **kw):

@@ -8,7 +8,7 @@ import pytest
 from testing import small_cnn, subclassed_model
 
 import dkm_tf
-from dkm_tf import posttrain
+from dkm_tf.graph import copying
 
 
 def _weights_by_path(model):
@@ -112,7 +112,7 @@ def test_subclassed_model_gives_a_clear_error_and_inplace_clusters_it():
     result = dkm_tf.share_weights(m, 2, inplace=True)
     assert result.model is m and result.palettes
     for p in result.palettes:  # the model's own kernel now holds the decoded values
-        layer = next(lay for lay in posttrain.iter_layers(m) if lay.name == p.layer_name)
+        layer = next(lay for lay in copying.iter_layers(m) if lay.name == p.layer_name)
         np.testing.assert_array_equal(np.asarray(getattr(layer, p.weight_name)), p.decode())
     changed = sum(not np.array_equal(a, np.asarray(v)) for a, v in zip(before, m.weights))
     assert changed == len(result.palettes)
@@ -122,11 +122,11 @@ def test_subclassed_model_gives_a_clear_error_and_inplace_clusters_it():
 
 def test_save_model_atomic(tmp_path):
     model = small_cnn()
-    path = posttrain.save_model_atomic(model, tmp_path / "m.keras")
+    path = copying.save_model_atomic(model, tmp_path / "m.keras")
     assert os.path.isfile(path)
     assert [p.name for p in tmp_path.iterdir()] == ["m.keras"]
     with pytest.raises(ValueError, match="ending in '.keras'"):
-        posttrain.save_model_atomic(model, tmp_path / "m.h5")
+        copying.save_model_atomic(model, tmp_path / "m.h5")
     loaded = keras.models.load_model(path)
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
@@ -148,13 +148,13 @@ def _mse_not_registered(y, p):  # a plain function: Keras cannot deserialize it
 def test_compiled_sequential_with_an_unregistered_loss_is_copied():
     """Keras re-compiles a cloned Sequential from its compile config, which fails for a plain
     function loss; every copier here must still work and leave the original compiled."""
-    from dkm_tf import clustering, retrain
+    from dkm_tf.training import clustering, finetune, retrain
 
     model = small_cnn()
     model.compile("adam", loss=_mse_not_registered)
     x = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype("float32")
     y = np.arange(32) % 10
-    copy = posttrain.copy_model(model)
+    copy = copying.copy_model(model)
     assert copy is not model and not copy.compiled and model.compiled
     assert model.loss is _mse_not_registered
     assert dkm_tf.share_weights(model, 4).palettes
@@ -162,7 +162,7 @@ def test_compiled_sequential_with_an_unregistered_loss_is_copied():
         clustered = clustering.cluster_weights(model, 4)
     assert clustering.strip_clustering(clustered)[1]
     with pytest.warns(UserWarning, match="bn"):
-        _, _, hist = clustering.finetune(model, (x, y), n_clusters=4, epochs=1, batch_size=16)
+        _, _, hist = finetune.finetune(model, (x, y), n_clusters=4, epochs=1, batch_size=16)
     assert len(hist.history["loss"]) == 1  # trained with the model's own (custom) loss
     out, _ = retrain.dkm_retrain(model, (x, y), n_clusters=4, epochs=1, batch_size=16)
     assert out.loss is _mse_not_registered
@@ -186,7 +186,7 @@ def test_copy_layer_creates_the_weights_from_their_values(make, monkeypatch):
     set_weights = keras.layers.Layer.set_weights
     monkeypatch.setattr(keras.layers.Layer, "set_weights",
                         lambda self, w: (calls.append(self.name), set_weights(self, w)))
-    new = posttrain.copy_layer(layer)
+    new = copying.copy_layer(layer)
     assert len(new.weights) == len(layer.weights)
     for a, b in zip(layer.weights, new.weights, strict=True):
         assert a is not b and a.dtype == b.dtype and a.trainable == b.trainable

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dkm_tf import callbacks as callbacks_lib
-from dkm_tf import regularizers as reg_lib
-from dkm_tf import retrain
-from dkm_tf.callbacks import RefreshKMeans
-from dkm_tf.regularizers import SpectralKMeansRegularizer
+from dkm_tf.training import attach
+from dkm_tf.training import callbacks as callbacks_lib
+from dkm_tf.training import regularizer as reg_lib
+from dkm_tf.training.callbacks import RefreshKMeans
+from dkm_tf.training.regularizer import SpectralKMeansRegularizer
 from tests.testing import assert_all_close, small_cnn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,11 +191,11 @@ def test_bad_arguments(kwargs, match):
 def test_bad_layers_and_units():
     model = small_cnn()
     with pytest.raises(ValueError, match=r"Layer 'out' \(Dense\).*`unit`.*no spatial axes"):
-        retrain.attach_regularizer(model, 4, layers=["out"], unit="row")
+        attach.attach_regularizer(model, 4, layers=["out"], unit="row")
     with pytest.raises(TypeError, match=r"Layer 'bn' \(BatchNormalization\) has no kernel"):
-        retrain.attach_regularizer(model, 4, layers=["bn"])
+        attach.attach_regularizer(model, 4, layers=["bn"])
     with pytest.raises(ValueError, match=r"`layers`.*Received: layers='nope'"):
-        retrain.attach_regularizer(model, 4, layers=["nope"])
+        attach.attach_regularizer(model, 4, layers=["nope"])
     with pytest.raises(ValueError, match=r"no SpectralKMeansRegularizer"):
         model.compile("sgd", "mse")
         model.fit(np.zeros((2, 8, 8, 1)), np.zeros((2, 10)), verbose=0,
@@ -215,17 +215,17 @@ def test_attach_selects_kernels_keeps_existing_and_detaches():
     model = small_cnn()
     l2 = keras.regularizers.L2(0.5)
     model.get_layer("c1").kernel.regularizer = l2
-    attached = retrain.attach_regularizer(model, {"c1": 3, "dw": 2, "out": 4}, lam=0.1)
+    attached = attach.attach_regularizer(model, {"c1": 3, "dw": 2, "out": 4}, lam=0.1)
     assert sorted(attached) == ["small_cnn/c1/kernel", "small_cnn/dw/kernel"]  # no Dense
     assert model.get_layer("dw").depthwise_regularizer is attached["small_cnn/dw/kernel"]
     c1 = model.get_layer("c1").kernel
     assert c1.regularizer.base is l2
     assert_all_close(float(c1.regularizer(c1)),
-                     reg_lib.refresh_regularizers(model)["small_cnn/c1/kernel"]["penalty"]
+                     attach.refresh_regularizers(model)["small_cnn/c1/kernel"]["penalty"]
                      + float(l2(c1)), rtol=1e-5)
-    assert len(retrain.attach_regularizer(model, 4, include_dense=True)) == 3
+    assert len(attach.attach_regularizer(model, 4, include_dense=True)) == 3
     assert c1.regularizer.base is l2  # re-attaching replaces, never stacks
-    assert retrain.detach_regularizer(model) == 3
+    assert attach.detach_regularizer(model) == 3
     assert c1.regularizer is l2 and model.get_layer("out").kernel.regularizer is None
     assert model.get_layer("dw").depthwise_regularizer is None
 
@@ -243,7 +243,7 @@ def test_fit_logs_penalty_refreshes_and_round_trips(tmp_path, capsys):
     rng = np.random.default_rng(8)
     x, y = rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64)
     model = small_cnn()
-    retrain.attach_regularizer(model, 3, lam=0.05, include_dense=True, sparsity={"c1": 0.2})
+    attach.attach_regularizer(model, 3, lam=0.05, include_dense=True, sparsity={"c1": 0.2})
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     cb, rec = RefreshKMeans(every_n_epochs=1, every_n_steps=3, log_penalty="batch"), _BatchLogs()
     hist = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), verbose=0,
@@ -257,7 +257,7 @@ def test_fit_logs_penalty_refreshes_and_round_trips(tmp_path, capsys):
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)  # no custom_objects
-    regs = {"/".join(v.path.split("/")[-2:]): r for v, r in reg_lib.kmeans_regularizers(loaded)}
+    regs = {"/".join(v.path.split("/")[-2:]): r for v, r in attach.kmeans_regularizers(loaded)}
     assert sorted(regs) == ["c1/kernel", "dw/kernel", "out/kernel"]
     for name in regs:
         layer = model.get_layer(name.split("/")[0])
@@ -293,7 +293,8 @@ _MIRRORED = textwrap.dedent("""
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-    import keras, dkm_tf.callbacks as C, dkm_tf.regularizers as R, dkm_tf.retrain as T
+    import keras, dkm_tf.training.callbacks as C, dkm_tf.training.attach as R
+    T = R
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     rng = np.random.default_rng(0)
@@ -334,12 +335,12 @@ def test_attach_covers_conv_types_and_nested_models():
     h = inner(L.Conv2D(4, 1, name="pw")(inputs))
     outputs = L.Conv1D(5, 3, name="c1d")(L.Reshape((8 * 8, 3))(h))
     model = keras.Model(inputs, outputs)
-    attached = retrain.attach_regularizer(model, 3, lam=2.0)
+    attached = attach.attach_regularizer(model, 3, lam=2.0)
     units = sorted((path.split("/")[-2:], reg.resolved_unit) for path, reg in attached.items())
     assert units == [(["c1d", "kernel"], "row"), (["convt", "kernel"], "row"),
                      (["pw", "kernel"], "scalar"), (["sep", "depthwise_kernel"], "row"),
                      (["sep", "pointwise_kernel"], "scalar")], units
     assert model.get_layer("inner").get_layer("sep").pointwise_regularizer is not None
-    infos = reg_lib.refresh_regularizers(model)
-    for var, reg in reg_lib.kmeans_regularizers(model):
+    infos = attach.refresh_regularizers(model)
+    for var, reg in attach.kmeans_regularizers(model):
         assert_all_close(float(reg(var)), infos[var.path]["penalty"], rtol=1e-4)

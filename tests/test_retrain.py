@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from dkm_tf import regularizers as reg_lib
-from dkm_tf.retrain import dkm_retrain
+from dkm_tf.training import attach
+from dkm_tf.training.retrain import dkm_retrain
 from tests.testing import small_cnn
 
 
@@ -28,7 +28,7 @@ def test_retrain_copies_trains_and_detaches():
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)  # the input model is untouched
     assert model.get_layer("c1").kernel.regularizer is l2
-    assert not reg_lib.kmeans_regularizers(out)
+    assert not attach.kmeans_regularizers(out)
     assert out.get_layer("c1").kernel.regularizer is not None  # the existing L2 is kept
     assert out.get_layer("dw").depthwise_regularizer is None
     assert len(hist.history["kmeans_penalty"]) == 2

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dkm_tf import units
+from dkm_tf.core import units
 
 dims = st.integers(1, 4)
 

@@ -153,7 +153,7 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
             `input_shape`), a `.keras` / `.h5` / `.tflite` path, or a sequence of
             `LayerShape` records.
         palettes: Iterable of objects with `layer_name`, `n_clusters`, `unit_dim`, `n_units`
-            and `entropy_bits()` (e.g. `dkm_tf.palette.Palette`). `entropy_bits()` is read as
+            and `entropy_bits()` (e.g. `dkm_tf.core.palette.Palette`). `entropy_bits()` is read as
             bits per index if it is ≤ log₂ K, otherwise as the total over all units. A 3-D
             `codebook` attribute (G, K, d) sets G codebooks; a `weight_name` starting with
             "depthwise"/"pointwise" selects that kernel of a separable convolution.

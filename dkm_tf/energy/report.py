@@ -3,7 +3,7 @@
 import dataclasses
 import os
 
-from dkm_tf._io import atomic_path
+from dkm_tf.core.files import atomic_path
 from dkm_tf.energy import constants
 
 PAPER_TERMS = ("compute", "weights", "activations")

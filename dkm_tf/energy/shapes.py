@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from dkm_tf._validate import check_choice  # noqa: F401 (re-exported for api.py)
+from dkm_tf.core.validate import check_choice  # noqa: F401 (re-exported for api.py)
 
 KINDS = ("conv", "dense", "pool", "eltwise")
 POOL_OPS = ("max", "avg")

@@ -26,7 +26,7 @@ def default_output_path(model_path, format, decode="once"):  # noqa: A002
 
 def load_palettes(path):
     """Palettes from a JSON file holding a list of ``Palette.to_dict()``."""
-    from dkm_tf.palette import Palette  # noqa: PLC0415
+    from dkm_tf.core.palette import Palette  # noqa: PLC0415
 
     with open(os.fspath(path)) as f:
         data = json.load(f)
@@ -56,7 +56,7 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     if palettes_path:
         palettes = load_palettes(palettes_path)
     elif n_clusters:  # post-training k-means (no fine-tuning), as dkm_tf.share_weights
-        from dkm_tf.posttrain import share_weights  # noqa: PLC0415
+        from dkm_tf.graph.share import share_weights  # noqa: PLC0415
 
         model, palettes, _ = share_weights(model, int(n_clusters), unit=unit,
                                            granularity=granularity)

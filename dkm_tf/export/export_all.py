@@ -31,7 +31,7 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
 
     Args:
         model: Keras model whose clustered weights equal the palettes' decoded values.
-        palettes: list of :class:`~dkm_tf.palette.Palette`.
+        palettes: list of :class:`~dkm_tf.core.palette.Palette`.
         out_dir: existing, writable directory; files are ``<stem>.<label>.tflite``.
         sample_inputs: verification inputs (see :func:`~dkm_tf.export.to_tflite`).
         targets: labels from :data:`EXPORT_TARGETS`; ``"tflm"`` is skipped (with a note in

@@ -1,12 +1,12 @@
 """Replace the float weights of a converted ``.tflite`` by codebooks + packed indices.
 
-:func:`palettize_flatbuffer` finds, for every :class:`~dkm_tf.palette.Palette`, the constant
+:func:`palettize_flatbuffer` finds, for every :class:`~dkm_tf.core.palette.Palette`, the constant
 tensor the converter wrote for that weight (by value, in the layout the consuming op uses),
 then swaps it for a decode chain (:mod:`dkm_tf.export.decode`). With ``decode="once"``,
 CONV_2D (stride 1) and FULLY_CONNECTED consumers are also rewritten to BATCH_MATMUL
 (:mod:`dkm_tf.export.lower`) so that XNNPACK keeps running them.
 
-Layouts. A palette's indices enumerate units in :mod:`dkm_tf.units` order: group (channel)
+Layouts. A palette's indices enumerate units in :mod:`dkm_tf.core.units` order: group (channel)
 axes, then the other axes, then the unit's values (trailing spatial axes). A decode chain
 produces the axes in the order group + unit + rest (``once``) or group + rest + unit
 (``per_invoke``), where "rest" may be permuted freely by permuting the indices at export time.
@@ -20,7 +20,7 @@ import hashlib
 
 import numpy as np
 
-from dkm_tf import units as units_lib
+from dkm_tf.core import units as units_lib
 from dkm_tf.export import lower, pack
 from dkm_tf.export.decode import Emitter
 
@@ -254,7 +254,7 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
 
     Args:
         fm: :class:`~dkm_tf.export.rewrite.FlatModel` of the converted (float) model.
-        palettes: the :class:`~dkm_tf.palette.Palette` list.
+        palettes: the :class:`~dkm_tf.core.palette.Palette` list.
         decode: ``"once"`` or ``"per_invoke"``.
         max_table_bytes: RAM cap for one decoded tuple table (``once``).
         matmul_lowering: with ``once``, turn CONV_2D (stride 1) and FULLY_CONNECTED into

@@ -27,8 +27,8 @@ import os
 
 import numpy as np
 
-from dkm_tf._io import atomic_path
-from dkm_tf._validate import check_choice
+from dkm_tf.core.files import atomic_path
+from dkm_tf.core.validate import check_choice
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.inspect import inspect_tflite
@@ -151,13 +151,13 @@ def check_palettes(model, palettes):
         TypeError: ``palettes`` is not a list of Palette objects.
         ValueError: a layer or weight is missing, or shape or values differ.
     """
-    from dkm_tf.palette import Palette  # noqa: PLC0415
+    from dkm_tf.core.palette import Palette  # noqa: PLC0415
 
     if not isinstance(palettes, (list, tuple)) or not all(isinstance(p, Palette)
                                                           for p in palettes):
         raise TypeError("Invalid type for argument `palettes`. Expected a list of "
                         f"dkm_tf.Palette. Received: {type(palettes).__name__}")
-    from dkm_tf.clusterable import walk_layers  # noqa: PLC0415 (imports keras)
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415 (imports keras)
 
     layers = {}
     for layer in walk_layers(model):
@@ -236,7 +236,7 @@ def _analytic(model, fmt, variant, records, palettes):
         pal = sum(r["n_weights"] for r in records)  # kept float32 ones count 4 B/weight
         return int(sum(r["index_bytes"] + r["codebook_bytes"] + r.get("aux_bytes", 0)
                        for r in records) + 4 * (n_total - pal))
-    from dkm_tf.clusterable import clusterable_weights, walk_layers  # noqa: PLC0415
+    from dkm_tf.graph.clusterable import clusterable_weights, walk_layers  # noqa: PLC0415
 
     total = 4 * n_total
     for layer in walk_layers(model):
@@ -263,7 +263,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         format: ``"float"`` (plain conversion, dense float storage), ``"fp16"``,
             ``"palettized"`` (codebook + packed indices, builtin ops only), ``"int8"``
             (``int8_mode="dynamic"`` or ``"full"``) or ``"tflm"`` (TFLite Micro LUT).
-        palettes: list of :class:`~dkm_tf.palette.Palette`; required for ``palettized`` and
+        palettes: list of :class:`~dkm_tf.core.palette.Palette`; required for ``palettized`` and
             ``tflm``, optional for ``int8`` (adds the distinct-values report).
         sample_inputs: array (or list of arrays per input) with a leading sample axis, used
             for verification (and calibration); 8 seeded normal samples when None (noted).

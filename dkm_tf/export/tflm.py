@@ -42,7 +42,7 @@ def tflm_compress(content, palettes):
     Args:
         content: ``.tflite`` bytes from the stock converter (float weights holding the
             clustered values).
-        palettes: the :class:`~dkm_tf.palette.Palette` list; each palette's weight tensor is
+        palettes: the :class:`~dkm_tf.core.palette.Palette` list; each palette's weight tensor is
             found by value (see :func:`dkm_tf.export.palettize.palettize_flatbuffer`).
 
     Returns:

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from dkm_tf._validate import invalid
+from dkm_tf.core.validate import invalid
 
 __all__ = ["DistillationLoss", "distillation_targets"]
 

@@ -26,11 +26,12 @@ import math
 
 import numpy as np
 
-from dkm_tf._kmeans1d import Weighted1D, cluster_histogram, finish, solve
-from dkm_tf._validate import check_choice, check_n_clusters
+from dkm_tf.core._kmeans1d import Weighted1D, cluster_histogram, finish, solve
+from dkm_tf.core.validate import check_choice, check_n_clusters
 
 __all__ = [
     "INITS",
+    "KMEANS_THREADS",
     "assignment_entropy",
     "cluster_values",
     "count_unique",
@@ -42,6 +43,7 @@ __all__ = [
 _LOG = logging.getLogger("dkm_tf")
 
 INITS = ("kmeans++", "linear", "density", "random")
+KMEANS_THREADS = 4  # k-means of different layers runs in this many threads (numpy frees the GIL)
 _HIST_THRESHOLD = 65_536  # values above which scalar k-means runs on a histogram
 _FAISS_MIN_WORK = 20_000_000  # N*K above which vector k-means prefers faiss when installed
 

@@ -4,7 +4,7 @@ Design. With plain hard sharing (Deep Compression's rule) every weight *is* its 
 "nearest centroid of the current kernel" is the index it already has, and re-running k-means
 on the decoded kernel returns the same clusters: re-assignment has nothing to act on. It
 becomes meaningful only with a latent float kernel that keeps its own per-weight gradient,
-which :class:`~dkm_tf.layers.ClusterWeights` keeps with ``latent=True`` through
+which :class:`~dkm_tf.training.wrapper.ClusterWeights` keeps with ``latent=True`` through
 ``codebook[indices] + (w - stop_gradient(w))`` (forward value = the shared kernel; the
 centroids get the summed member gradients, each latent weight its own). Every
 ``every_n_epochs`` epochs, this callback moves each unit to the centroid nearest to its latent
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import keras
 
-from dkm_tf.layers import ClusterWeights
+from dkm_tf.training.wrapper import ClusterWeights
 
 __all__ = ["ReassignClusters", "cluster_wrappers"]
 

@@ -1,10 +1,10 @@
-"""Model-level hard weight sharing: cluster_weights, strip_clustering, palettes_of, finetune.
+"""Model-level hard weight sharing: cluster_weights, strip_clustering, palettes_of.
 
 ``cluster_weights`` returns a *new* model whose clusterable layers are wrapped in
-:class:`~dkm_tf.layers.ClusterWeights`; the model it is given is never modified (its layers,
-weights and ``count_params()`` stay as they were). ``strip_clustering`` goes back to a plain
+:class:`~dkm_tf.training.wrapper.ClusterWeights`; the model it is given is never modified (its
+layers, weights and ``count_params()`` stay as they were). ``strip_clustering`` goes back to a plain
 Keras model (no ``dkm_tf`` classes) whose clustered kernels hold exactly the codebook values,
-and returns the :class:`~dkm_tf.palette.Palette` of every clustered weight.
+and returns the :class:`~dkm_tf.core.palette.Palette` of every clustered weight.
 
 Subclassed models cannot be rebuilt from outside (their ``call`` is Python code). Either create
 their layers as ``dkm_tf.ClusterWeights(layer, n_clusters=...)`` in ``__init__``, or build a
@@ -26,18 +26,22 @@ import warnings
 import keras
 import numpy as np
 
-from dkm_tf import clusterable as clusterable_lib
-from dkm_tf import palette as palette_lib
-from dkm_tf import units as units_lib
-from dkm_tf._training import check_learning_rate, default_loss
-from dkm_tf.layers import ClusterWeights, kmeans_codebook, kmeans_layout, validate_settings
-from dkm_tf.posttrain import clone_uncompiled
-from dkm_tf.posttrain import copy_layer as _copy_layer
+from dkm_tf.core import palette as palette_lib
+from dkm_tf.core import units as units_lib
+from dkm_tf.core.kmeans import KMEANS_THREADS
+from dkm_tf.graph import clusterable as clusterable_lib
+from dkm_tf.graph.copying import clone_uncompiled
+from dkm_tf.graph.copying import copy_layer as _copy_layer
+from dkm_tf.training.wrapper import (
+    ClusterWeights,
+    kmeans_codebook,
+    kmeans_layout,
+    validate_settings,
+)
 
-__all__ = ["ClusteringReport", "cluster_weights", "finetune", "palettes_of", "strip_clustering"]
+__all__ = ["ClusteringReport", "cluster_weights", "palettes_of", "strip_clustering"]
 
 ON_UNSUPPORTED = ("skip", "error")
-KMEANS_THREADS = 4  # k-means of different layers runs in this many threads (numpy frees the GIL)
 _SUBCLASSED_HINT = (
     "cluster_weights and strip_clustering rebuild Sequential and Functional models only. For a "
     "subclassed model, create its layers as dkm_tf.ClusterWeights(layer, n_clusters=...) in "
@@ -253,7 +257,7 @@ def strip_clustering(model):
     Returns:
         ``(plain, palettes)``: a model (or layer) made of plain Keras layers only, whose
         clustered kernels are exactly ``codebook[indices]`` and whose other weights are copied
-        bit for bit, and the list of :class:`~dkm_tf.palette.Palette`, in layer order.
+        bit for bit, and the list of :class:`~dkm_tf.core.palette.Palette`, in layer order.
 
     Raises:
         TypeError: a subclassed model (the message says what to do instead).
@@ -315,7 +319,7 @@ def palettes_of(model, max_clusters=256):
         max_clusters: largest K that counts as clustered.
 
     Returns:
-        A list of :class:`~dkm_tf.palette.Palette`.
+        A list of :class:`~dkm_tf.core.palette.Palette`.
     """
     if isinstance(max_clusters, bool) or not isinstance(max_clusters, (int, np.integer)) \
             or max_clusters < 1:
@@ -335,70 +339,3 @@ def palettes_of(model, max_clusters=256):
                 if pal is not None:
                     out.append(pal)
     return out
-
-
-def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
-             granularity="per_tensor", init="kmeans++", epochs=3, learning_rate=1e-3,
-             batch_size=32, overrides=None, latent=False, reassign_every=None, metrics=None,
-             callbacks=None, seed=0, verbose=0):
-    """Cluster a copy of ``model``, fine-tune it with hard weight sharing, and strip it.
-
-    Args:
-        model: a Sequential or Functional model (not modified).
-        train_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` / ``keras.utils.PyDataset``
-            yielding batches.
-        val_data: optional validation data in the same form.
-        n_clusters, unit, granularity, init, overrides, latent: see :func:`cluster_weights`.
-        epochs: fine-tuning epochs (0 gives post-training clustering only).
-        learning_rate: Adam learning rate, a number or a Keras ``LearningRateSchedule``.
-        batch_size: used with array data.
-        reassign_every: with ``latent=True``, re-assign indices every this many epochs
-            (:class:`dkm_tf.ReassignClusters`); ``None`` never re-assigns.
-        metrics: compile metrics; default ``["accuracy"]`` with the default loss.
-        callbacks: extra Keras callbacks for ``fit``.
-        seed: k-means and Keras seed.
-        verbose: passed to ``fit``.
-
-    The loss is the model's own when it is compiled; otherwise sparse categorical
-    cross-entropy, from logits unless the last layer is a softmax.
-
-    Returns:
-        ``(stripped_model, palettes, history)``: the plain fine-tuned model (compiled with the
-        same loss and metrics, ready for ``evaluate``), its palettes, and the ``fit`` History
-        (``None`` when ``epochs`` is 0).
-    """
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"Invalid value for argument `epochs`. Expected an integer >= 0. "
-                         f"Received: epochs={epochs!r}")
-    check_learning_rate(learning_rate)
-    if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
-        loss = model.loss
-        used_default = False
-    else:
-        loss, used_default = default_loss(model), True
-    if metrics is None:
-        metrics = ["accuracy"] if used_default else []
-    keras.utils.set_random_seed(seed)
-    clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
-                                seed=seed, latent=latent, overrides=overrides)
-    history = None
-    if epochs:
-        clustered.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
-                          metrics=list(metrics))
-        callbacks = list(callbacks or [])
-        if reassign_every:
-            from dkm_tf.reassign import ReassignClusters  # noqa: PLC0415
-
-            callbacks.append(ReassignClusters(every_n_epochs=reassign_every))
-        fit_kwargs = {"epochs": int(epochs), "verbose": verbose, "callbacks": callbacks}
-        if val_data is not None:
-            fit_kwargs["validation_data"] = val_data
-        if isinstance(train_data, tuple):
-            history = clustered.fit(train_data[0], train_data[1], batch_size=batch_size,
-                                    **fit_kwargs)
-        else:
-            history = clustered.fit(train_data, **fit_kwargs)
-    stripped, palettes = strip_clustering(clustered)
-    stripped.compile(loss=loss, metrics=list(metrics))
-    return stripped, palettes, history
-

@@ -15,7 +15,7 @@ Embedding                   ``embeddings``                             embedding
 
 **Protocol for your own layers.** A layer is clusterable when it defines
 ``get_clusterable_weights()`` returning a list of ``(attribute_name, variable, kind)`` tuples,
-where ``kind`` is one of :data:`dkm_tf.units.KINDS` and says how the weight is laid out
+where ``kind`` is one of :data:`dkm_tf.core.units.KINDS` and says how the weight is laid out
 (``"dense"`` for an (in, out) matrix, ``"conv"`` for ``(*k, in, out)``, ...).
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import keras
 
-from dkm_tf import units as units_lib
+from dkm_tf.core import units as units_lib
 
 __all__ = ["SUPPORTED_LAYERS", "LayerConfig", "clusterable_weights", "is_clusterable",
            "resolve_layer_config", "walk_layers"]
@@ -97,7 +97,7 @@ def clusterable_weights(layer):
     raise TypeError(
         f"Layer {layer.name!r} of type {type(layer).__name__} cannot be clustered. Supported "
         f"layers: {', '.join(SUPPORTED_LAYERS)}, or any layer that implements "
-        "get_clusterable_weights() (see dkm_tf.clusterable)."
+        "get_clusterable_weights() (see dkm_tf.graph.clusterable)."
     )
 
 

@@ -12,8 +12,8 @@ monkey-patching; the only change is that a replaced kernel variable is marked no
 since it no longer feeds the output), the layer's exact op runs (padding, strides, dilation,
 groups, causal padding, mixed precision), and any layer that reads its kernel variable in
 ``call`` can be clustered, including your own layers through the ``get_clusterable_weights()``
-protocol (see :mod:`dkm_tf.clusterable`): the layer must read the variable (not a tensor cached
-outside ``call``), and variable updates it makes inside ``call`` are written back.
+protocol (see :mod:`dkm_tf.graph.clusterable`): the layer must read the variable (not a tensor
+cached outside ``call``), and variable updates it makes inside ``call`` are written back.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from dkm_tf import clusterable as clusterable_lib
-from dkm_tf import kmeans as kmeans_lib
-from dkm_tf import palette as palette_lib
-from dkm_tf import units as units_lib
-from dkm_tf._validate import check_choice, check_n_clusters, invalid
+from dkm_tf.core import kmeans as kmeans_lib
+from dkm_tf.core import palette as palette_lib
+from dkm_tf.core import units as units_lib
+from dkm_tf.core.validate import check_choice, check_n_clusters, invalid
+from dkm_tf.graph import clusterable as clusterable_lib
 
 __all__ = ["ClusterWeights", "gather_codebook", "index_dtype", "validate_settings"]
 
@@ -89,7 +89,7 @@ def _nearest(units, codebook):
 
 
 def kmeans_layout(kernel_shape, kind, unit, granularity):
-    """The :class:`~dkm_tf.units.UnitLayout` a wrapper uses for a weight of this shape."""
+    """The :class:`~dkm_tf.core.units.UnitLayout` a wrapper uses for a weight of this shape."""
     unit = units_lib.resolve_unit(unit, kind, tuple(kernel_shape))
     return units_lib.layout_for(tuple(kernel_shape), kind, unit, granularity)
 
@@ -176,7 +176,7 @@ class ClusterWeights(keras.layers.Wrapper):
     """Wraps a layer so that its kernels are ``codebook[indices]`` while it trains.
 
     On ``build`` each clusterable weight of the wrapped layer (see
-    :func:`dkm_tf.clusterable.clusterable_weights`) is clustered with k-means into a codebook
+    :func:`dkm_tf.graph.clusterable.clusterable_weights`) is clustered with k-means into a codebook
     of ``n_clusters`` centroids per group (a trainable weight of shape (G, K, d)) and the index
     of each unit (a non-trainable integer weight of shape (G, M), uint8 when K <= 256). In the
     forward pass the kernel is gathered from the codebook and the wrapped layer's own op runs
@@ -197,9 +197,9 @@ class ClusterWeights(keras.layers.Wrapper):
             implementing ``get_clusterable_weights()``. The wrapper owns it from then on.
         n_clusters: K, centroids per codebook (>= 1).
         unit: ``"scalar"``, ``"row"``, ``"kernel"`` or ``"auto"`` (row for k x k convs,
-            scalar otherwise; see :mod:`dkm_tf.units`).
+            scalar otherwise; see :mod:`dkm_tf.core.units`).
         granularity: ``"per_tensor"`` or ``"per_channel"``.
-        init: k-means initialisation (see :data:`dkm_tf.kmeans.INITS`).
+        init: k-means initialisation (see :data:`dkm_tf.core.kmeans.INITS`).
         seed: k-means seed.
         latent: keep the float kernel as a trainable latent (see above).
         kmeans_options: extra keyword arguments of :func:`dkm_tf.cluster_values` (e.g.
@@ -337,7 +337,7 @@ class ClusterWeights(keras.layers.Wrapper):
         return {s.attr: self._shared(s) for s in self._slots}
 
     def palettes(self):
-        """The current :class:`~dkm_tf.palette.Palette` of each clustered weight.
+        """The current :class:`~dkm_tf.core.palette.Palette` of each clustered weight.
 
         Codebook entries that no unit uses are dropped, so K may be below ``n_clusters``.
         """

@@ -7,7 +7,7 @@ import time
 import keras
 import numpy as np
 
-from dkm_tf import regularizers as reg_lib
+from dkm_tf.training import attach as attach_lib
 
 __all__ = ["PENALTY_KEY", "RefreshKMeans"]
 
@@ -29,7 +29,7 @@ class RefreshKMeans(keras.callbacks.Callback):
 
     Deep k-Means alternates a W-step (SGD with F fixed) and an F-step done "lazily", once every
     5 epochs (Wu et al., ICML 2018, §2.2, complexity analysis). This callback does the F-step
-    (:func:`dkm_tf.regularizers.refresh_regularizers`) at the start of training, then every
+    (:func:`dkm_tf.refresh_regularizers`) at the start of training, then every
     ``every_n_epochs`` epochs (at the epoch's end) and/or every ``every_n_steps`` batches.
 
     It also reports the summed penalty of all k-means regularizers, averaged over the epoch's
@@ -75,7 +75,7 @@ class RefreshKMeans(keras.callbacks.Callback):
     def refresh(self):
         """Refresh every k-means regularizer of the model now."""
         t0 = time.perf_counter()
-        infos = reg_lib.refresh_regularizers(self.model)
+        infos = attach_lib.refresh_regularizers(self.model)
         self.refresh_count += 1
         if self.verbose:
             total = sum(i["penalty"] for i in infos.values())
@@ -114,7 +114,7 @@ class RefreshKMeans(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ hooks
     def on_train_begin(self, logs=None):
-        self._regs = reg_lib.kmeans_regularizers(self.model)
+        self._regs = attach_lib.kmeans_regularizers(self.model)
         if not self._regs:
             raise ValueError(f"RefreshKMeans: model {self.model.name!r} has no "
                              "SpectralKMeansRegularizer on any weight; call "

@@ -1,4 +1,4 @@
-"""The Deep k-Means penalty as a Keras regularizer, and attaching it to an existing model.
+"""The Deep k-Means penalty as a Keras regularizer.
 
 Deep k-Means (Wu et al., ICML 2018, §2.2, eq. 4) re-trains a network with, on every conv layer,
 
@@ -25,12 +25,12 @@ K − 1 singular vectors) for the rest.
 F lives in non-trainable variables owned by the regularizer (not by the layer, so the layer's
 weights and saved files are unchanged) and is recomputed by :meth:`refresh`, which
 :class:`dkm_tf.RefreshKMeans` calls on a schedule. ``get_config`` holds plain settings only.
-:func:`dkm_tf.attach_regularizer` (in :mod:`dkm_tf.retrain`) puts one on every conv kernel.
+:func:`dkm_tf.attach_regularizer` (in :mod:`dkm_tf.training.attach`) puts one on every
+conv kernel.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 
@@ -38,11 +38,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from dkm_tf import kmeans as kmeans_lib
-from dkm_tf._validate import check_n_clusters, invalid
+from dkm_tf.core import kmeans as kmeans_lib
+from dkm_tf.core.validate import check_n_clusters, invalid
 
-__all__ = ["RELAXATIONS", "SpectralKMeansRegularizer", "kmeans_regularizers",
-           "refresh_regularizers", "unit_geometry"]
+__all__ = ["RELAXATIONS", "SpectralKMeansRegularizer", "degenerate_message", "unit_geometry"]
 
 RELAXATIONS = ("hard", "spectral")
 _UNITS = ("auto", "scalar", "row", "kernel")
@@ -51,7 +50,7 @@ _UNITS = ("auto", "scalar", "row", "kernel")
 def unit_geometry(shape, unit):
     """How a weight of ``shape`` is cut into units: ``(unit, lead, unit_dim, trail)``.
 
-    The units are those of :mod:`dkm_tf.units` (row = the last spatial axis of a kernel whose
+    The units are those of :mod:`dkm_tf.core.units` (row = the last spatial axis of a kernel whose
     spatial axes come first, kernel = all spatial axes, scalar = one value). The unit axes
     are contiguous, so ``w.reshape(lead, unit_dim, trail)`` holds unit ``l * trail + m`` at
     ``[l, :, m]``: no transpose is ever needed. ``"auto"`` is ``"row"`` for kernels with
@@ -378,39 +377,3 @@ def degenerate_message(items):
             "its previous row space; it does not pull units towards K centroids. Use "
             "relaxation='hard' (the un-relaxed eq. 1, penalty = k-means squared error) for "
             "that.")
-
-
-def kmeans_regularizers(model):
-    """``[(variable, regularizer)]`` for every weight of ``model`` with a k-means penalty."""
-    return [(v, v.regularizer) for v in model.trainable_weights
-            if isinstance(v.regularizer, SpectralKMeansRegularizer)]
-
-
-def refresh_regularizers(model, *, warn=True):
-    """Refresh F of every k-means regularizer of ``model``; one aggregated degeneracy warning.
-
-    Returns:
-        ``{variable path: refresh info}`` (see :meth:`SpectralKMeansRegularizer.refresh`).
-    """
-    out, degenerate = {}, []
-    with strategy_scope(model):
-        for var, reg in kmeans_regularizers(model):
-            info = reg.refresh(var, warn=False)
-            out[var.path] = info
-            if info["degenerate"] and not reg._warned:
-                degenerate.append((var.path, reg, info))
-                reg._warned = True
-    if warn and degenerate:
-        warnings.warn(degenerate_message(degenerate), UserWarning, stacklevel=2)
-    return out
-
-
-def strategy_scope(model):
-    """The scope of the model's distribution strategy, so state is created like its weights."""
-    import tensorflow as tf  # noqa: PLC0415
-
-    strategy = getattr(model, "distribute_strategy", None)
-    if strategy is None or tf.distribute.has_strategy() or (
-            strategy is tf.distribute.get_strategy()):
-        return contextlib.nullcontext()  # already in a scope, or the default strategy
-    return strategy.scope()

@@ -1,18 +1,23 @@
-"""Deep k-Means re-training: attach the penalty to a model, and the whole loop in one call."""
+"""Attaching the Deep k-Means penalty to the kernels of an existing model, and finding it again.
+
+:func:`attach_regularizer` puts a :class:`~dkm_tf.training.regularizer.SpectralKMeansRegularizer`
+on every conv (and optionally Dense) kernel of a built model, in place, so the user's own
+``compile`` / ``fit`` trains with it; :func:`refresh_regularizers` recomputes every F (what
+:class:`dkm_tf.RefreshKMeans` calls); :func:`detach_regularizer` takes them off again.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import keras
 
-from dkm_tf import callbacks as callbacks_lib
-from dkm_tf import clusterable
-from dkm_tf import regularizers as reg_lib
-from dkm_tf._training import check_learning_rate, default_loss
-from dkm_tf.posttrain import copy_model
+from dkm_tf.graph import clusterable
+from dkm_tf.training import regularizer as reg_lib
 
-__all__ = ["attach_regularizer", "detach_regularizer", "dkm_retrain"]
+__all__ = ["attach_regularizer", "detach_regularizer", "kmeans_regularizers",
+           "refresh_regularizers", "strategy_scope"]
 
 _CONV_KINDS = ("conv", "conv_t", "depthwise")
 _REG_ATTR = {"kernel": "kernel_regularizer", "depthwise_kernel": "depthwise_regularizer",
@@ -41,7 +46,7 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
         n_clusters: K, an int for all layers or a dict ``{layer name: K}`` (layers not in the
             dict are skipped when ``layers`` is None).
         lam: λ >= 0.
-        relaxation: ``"hard"`` (default) or ``"spectral"``; see :mod:`dkm_tf.regularizers`.
+        relaxation: ``"hard"`` (default) or ``"spectral"``; see :mod:`dkm_tf.training.regularizer`.
         unit: ``"auto"`` (rows for k x k convs, scalars for 1x1 convs and Dense),
             ``"row"``, ``"kernel"`` or ``"scalar"``.
         layers: layer names or layer objects to regularize (default: every conv-type layer,
@@ -85,7 +90,7 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                    if clusterable.is_clusterable(layer)
                    for w in clusterable.clusterable_weights(layer) if w[2] in kinds]
     attached, degenerate = {}, []
-    with reg_lib.strategy_scope(model):
+    with strategy_scope(model):
         for layer, (attr, var, _kind) in targets:
             k = _per_layer(n_clusters, layer.name)
             if k is None:
@@ -129,7 +134,7 @@ def detach_regularizer(model):
         for reg_attr in set(_REG_ATTR.values()):
             if isinstance(getattr(layer, reg_attr, None), reg_lib.SpectralKMeansRegularizer):
                 setattr(layer, reg_attr, getattr(layer, reg_attr).base)
-    for var, reg in reg_lib.kmeans_regularizers(model):
+    for var, reg in kmeans_regularizers(model):
         var.regularizer = reg.base
         count += 1
     _reset_compiled_functions(model)
@@ -143,79 +148,37 @@ def _reset_compiled_functions(model):
             setattr(model, attr, None)
 
 
-def _split(data, name):
-    if data is None:
-        return None, None
-    if isinstance(data, (tuple, list)):
-        if len(data) != 2:
-            raise ValueError(f"Invalid value for argument `{name}`. Expected an (x, y) pair or "
-                             f"a tf.data.Dataset. Received: a sequence of length {len(data)}")
-        return tuple(data), None
-    return None, data
+def kmeans_regularizers(model):
+    """``[(variable, regularizer)]`` for every weight of ``model`` with a k-means penalty."""
+    return [(v, v.regularizer) for v in model.trainable_weights
+            if isinstance(v.regularizer, reg_lib.SpectralKMeansRegularizer)]
 
 
-def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relaxation="hard",
-                unit="auto", epochs=10, learning_rate=1e-4, batch_size=128, refresh_every=5,
-                sparsity=0.0, include_dense=True, seed=0, callbacks=None, verbose=0):
-    """Re-train a copy of ``model`` with the Deep k-Means penalty (Wu et al., ICML 2018, §2.4).
-
-    Steps: clone the model (the input is never modified) → :func:`dkm_tf.attach_regularizer`
-    → compile (the model's own loss and metrics when it is compiled, else sparse categorical
-    cross-entropy, from logits unless the last layer is a softmax, with accuracy; Adam at
-    ``learning_rate``) → ``fit`` with :class:`dkm_tf.RefreshKMeans` → remove the penalty.
-    The final weight sharing (row-wise k-means, §1.6) is left to the caller.
-
-    Args:
-        model: a built Keras model (Sequential or Functional; cloned with
-            ``keras.models.clone_model``).
-        train_data: ``(x, y)`` arrays or a batched ``tf.data.Dataset``.
-        val_data: optional ``(x, y)`` or dataset for validation.
-        n_clusters: K, an int or ``{layer name: K}``.
-        lam: λ of the penalty (λ/2)‖W − W F Fᵀ‖².
-        relaxation: ``"hard"`` (cluster-indicator F) or ``"spectral"`` (the paper's text).
-        unit: ``"auto"``, ``"row"``, ``"kernel"`` or ``"scalar"``.
-        epochs: training epochs.
-        learning_rate: Adam learning rate, a number or a Keras ``LearningRateSchedule``.
-        batch_size: batch size for array data (ignored for datasets).
-        refresh_every: F-step period in epochs (the paper's 5).
-        sparsity: fraction p of zero-centred units, a float or ``{layer name: p}``.
-        include_dense: also regularize Dense kernels (conv kernels always are).
-        seed: k-means seed.
-        callbacks: extra Keras callbacks.
-        verbose: passed to ``fit``.
+def refresh_regularizers(model, *, warn=True):
+    """Refresh F of every k-means regularizer of ``model``; one aggregated degeneracy warning.
 
     Returns:
-        ``(retrained_model, history)``: the trained copy with the k-means regularizers removed
-        (any regularizer the layers had before is kept) and the ``History`` of ``fit``, whose
-        logs include ``kmeans_penalty``.
-
-    Raises:
-        ValueError: bad ``epochs`` / ``learning_rate`` or regularizer settings.
-        TypeError: a subclassed model (Keras cannot copy it; the message says what to do).
+        ``{variable path: refresh info}`` (see :meth:`SpectralKMeansRegularizer.refresh`).
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"Invalid value for argument `epochs`. Expected a positive integer. "
-                         f"Received: epochs={epochs!r}")
-    check_learning_rate(learning_rate)
-    clone = copy_model(model)
-    attach_regularizer(clone, n_clusters, lam, relaxation=relaxation, unit=unit,
-                               include_dense=include_dense, sparsity=sparsity, seed=seed)
-    if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
-        loss = model.loss
-        metrics = (model.get_compile_config() or {}).get("metrics")
-        metrics = keras.saving.deserialize_keras_object(metrics) if metrics else None
-    else:
-        loss, metrics = default_loss(clone), ["accuracy"]
-    clone.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
-    (xy, train_ds), (val_xy, val_ds) = _split(train_data, "train_data"), _split(val_data,
-                                                                                "val_data")
-    refresh = callbacks_lib.RefreshKMeans(every_n_epochs=refresh_every)
-    fit_kwargs = {"epochs": epochs, "verbose": verbose,
-                  "callbacks": [refresh, *(callbacks or [])],
-                  "validation_data": val_xy if val_xy is not None else val_ds}
-    if xy is not None:
-        history = clone.fit(xy[0], xy[1], batch_size=batch_size, shuffle=True, **fit_kwargs)
-    else:
-        history = clone.fit(train_ds, **fit_kwargs)
-    detach_regularizer(clone)
-    return clone, history
+    out, degenerate = {}, []
+    with strategy_scope(model):
+        for var, reg in kmeans_regularizers(model):
+            info = reg.refresh(var, warn=False)
+            out[var.path] = info
+            if info["degenerate"] and not reg._warned:
+                degenerate.append((var.path, reg, info))
+                reg._warned = True
+    if warn and degenerate:
+        warnings.warn(reg_lib.degenerate_message(degenerate), UserWarning, stacklevel=2)
+    return out
+
+
+def strategy_scope(model):
+    """The scope of the model's distribution strategy, so state is created like its weights."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None or tf.distribute.has_strategy() or (
+            strategy is tf.distribute.get_strategy()):
+        return contextlib.nullcontext()  # already in a scope, or the default strategy
+    return strategy.scope()

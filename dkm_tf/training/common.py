@@ -28,7 +28,7 @@ def check_learning_rate(learning_rate):
         return learning_rate
     if (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
             or not learning_rate > 0):
-        from dkm_tf._validate import invalid  # noqa: PLC0415
+        from dkm_tf.core.validate import invalid  # noqa: PLC0415
 
         raise invalid("learning_rate", "a number > 0 or a "
                       "keras.optimizers.schedules.LearningRateSchedule", learning_rate)

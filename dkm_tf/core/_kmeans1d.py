@@ -1,4 +1,4 @@
-"""The scalar (1-D) k-means engine behind :func:`dkm_tf.kmeans.scalar_kmeans`.
+"""The scalar (1-D) k-means engine behind :func:`dkm_tf.core.kmeans.scalar_kmeans`.
 
 Points are sorted distinct values with weights (counts, or histogram bins), held with prefix
 sums so that the weight, sum and squared error of any interval cost O(1). In 1-D every

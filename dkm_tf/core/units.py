@@ -36,7 +36,7 @@ import dataclasses
 
 import numpy as np
 
-from dkm_tf._validate import check_choice
+from dkm_tf.core.validate import check_choice
 
 __all__ = ["GRANULARITIES", "KINDS", "UNITS", "UNIT_CHOICES", "UnitLayout", "from_units",
            "layout_for", "resolve_unit", "to_units"]

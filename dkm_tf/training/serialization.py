@@ -6,7 +6,8 @@ import importlib
 
 __all__ = ["load_model", "register_serializables"]
 
-_SERIALIZABLE_MODULES = ("dkm_tf.layers", "dkm_tf.regularizers", "dkm_tf.distill")
+_SERIALIZABLE_MODULES = ("dkm_tf.training.wrapper", "dkm_tf.training.regularizer",
+                         "dkm_tf.training.distill")
 
 
 def register_serializables():

@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 
-from dkm_tf import units as units_lib
-from dkm_tf.kmeans import assignment_entropy
+from dkm_tf.core import units as units_lib
+from dkm_tf.core.kmeans import assignment_entropy, cluster_values
 
 __all__ = ["INDEX_CODINGS", "Palette", "SizeReport", "cluster_tensor", "size_report"]
 
@@ -40,7 +40,7 @@ class Palette:
         weight_name: attribute of the weight in the layer (``"kernel"``, ``"depthwise_kernel"``).
         codebook: float32 array (G, K, d): G codebooks of K centroids of dimension d.
         indices: int array (G, M): the centroid of each unit.
-        layout: the :class:`~dkm_tf.units.UnitLayout` that maps units to the kernel.
+        layout: the :class:`~dkm_tf.core.units.UnitLayout` that maps units to the kernel.
         requested_clusters: the K that was asked for (the codebook may hold fewer entries
             when the tensor had fewer distinct units: lossless pass-through).
         codebook_id: codebooks with the same id are shared across tensors and counted once.
@@ -239,11 +239,11 @@ def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_
 
     Args:
         kernel: the Keras weight (numpy array).
-        kind: layout kind (see :func:`dkm_tf.units.layout_for`).
+        kind: layout kind (see :func:`dkm_tf.core.units.layout_for`).
         n_clusters: K per codebook.
         unit: ``"scalar"``, ``"row"`` or ``"kernel"``.
         granularity: ``"per_tensor"`` or ``"per_channel"``.
-        init: k-means init (see :data:`dkm_tf.kmeans.INITS`).
+        init: k-means init (see :data:`dkm_tf.core.kmeans.INITS`).
         seed: random seed.
         layer_name: used in the palette and in error messages.
         weight_name: attribute name of the weight.
@@ -255,8 +255,6 @@ def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_
         A :class:`Palette`. When a group has fewer distinct units than K, its codebook is the
         distinct units (lossless), padded by repeating the last entry, and ``note`` says so.
     """
-    from dkm_tf.kmeans import cluster_values  # noqa: PLC0415 (avoid an import cycle)
-
     kernel = np.asarray(kernel)
     layout = units_lib.layout_for(kernel.shape, kind, unit, granularity)
     units = units_lib.to_units(kernel, layout)

@@ -1,0 +1,6 @@
+"""Moved to :mod:`dkm_tf.training.regularizer` + :mod:`dkm_tf.training.attach`; an alias kept
+for old imports (see dkm_tf._compat)."""
+
+from dkm_tf._compat import alias
+
+alias(__name__)

@@ -1,0 +1,176 @@
+"""Copying Keras models and layers: every copy is independent and built from its values.
+
+The one place that rebuilds Keras objects: :func:`copy_layer` (a layer from its config, its
+weights created directly from given values), :func:`copy_model` / :func:`clone_uncompiled`
+(Sequential and Functional models, nested ones included) and :func:`save_model_atomic`.
+Post-training sharing, the clustering wrapper and the re-training loop all copy through here.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dkm_tf.core.files import atomic_path
+
+__all__ = ["build_like", "clone_uncompiled", "copy_layer", "copy_model", "is_graph_model",
+           "iter_layers", "save_model_atomic"]
+
+
+def iter_layers(model):
+    """The leaf layers of a model, depth first through nested models; shared layers once."""
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415 (imports keras)
+
+    return [layer for layer in walk_layers(model) if not getattr(layer, "layers", None)]
+
+
+def build_like(new, layer, values=None):
+    """Build ``new`` with ``layer``'s input shape and, if given, the weight ``values``.
+
+    With ``values`` (``layer.get_weights()`` order) every weight is created directly from its
+    value: no random initialiser, no second copy through ``set_weights`` (on VGG16 this is
+    most of the cost of a copy). If the layer creates its weights in another order or through
+    sublayers, the values are assigned with ``set_weights`` afterwards. Either way the fresh
+    layer's random initialisers are swapped for zeros during ``build`` and put back.
+    """
+    import keras  # noqa: PLC0415
+
+    build_config = layer.get_build_config()
+    if build_config is None:
+        raise ValueError(f"Layer {layer.name!r} is built but records no input shape "
+                         "(get_build_config() is None); cannot copy it.")
+    saved = {k: v for k, v in vars(new).items()
+             if k.endswith("_initializer") and isinstance(v, keras.initializers.Initializer)}
+    for k in saved:
+        object.__setattr__(new, k, keras.initializers.Zeros())
+    created = []
+    if values is not None:
+        object.__setattr__(new, "add_weight", _value_add_weight(new.add_weight, values, created))
+    try:
+        new.build_from_config(build_config)
+    finally:
+        new.__dict__.pop("add_weight", None)
+        for k, v in saved.items():
+            object.__setattr__(new, k, v)
+    if values is not None and [id(v) for v in new.weights] != [id(v) for v in created]:
+        new.set_weights(values)
+
+
+def _value_add_weight(add_weight, values, created):
+    """``add_weight`` that initialises the i-th weight created with ``values[i]``.
+
+    The weights are not created in that order when ``created`` ends up differing from the
+    layer's ``weights``: :func:`build_like` then falls back to ``set_weights``.
+    """
+    def patched(*args, **kwargs):
+        i = len(created)
+        shape = args[0] if args else kwargs.get("shape")
+        if i < len(values) and shape is not None and tuple(shape) == values[i].shape:
+            def init(shape, dtype=None, value=values[i]):
+                return value
+            if len(args) >= 2:
+                args = (args[0], init, *args[2:])
+            else:
+                kwargs["initializer"] = init
+        else:  # out of step: leave every later value to set_weights
+            created.append(None)
+        var = add_weight(*args, **kwargs)
+        created.append(var)
+        return var
+    return patched
+
+
+def copy_layer(layer, values=None):
+    """A new layer with the same config and the same weight values (never shares state).
+
+    ``values`` (``layer.get_weights()`` order) replace the layer's own weight values.
+    """
+    try:
+        new = layer.__class__.from_config(layer.get_config())
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise TypeError(f"Layer {layer.name!r} ({type(layer).__name__}) cannot be copied from "
+                        "its config (it needs get_config()/from_config()).") from e
+    if layer.built and layer.weights:
+        build_like(new, layer, layer.get_weights() if values is None else values)
+    return new
+
+
+def is_graph_model(model):
+    """True for Sequential and Functional models (what ``keras.models.clone_model`` copies)."""
+    import keras  # noqa: PLC0415
+
+    return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+
+
+def clone_uncompiled(model, clone_function):
+    """``keras.models.clone_model(model, clone_function, recursive=True)``, never compiled.
+
+    Keras re-compiles a cloned Sequential from its serialized compile config, which fails for
+    a custom loss or metric that is not registered for serialization (a plain function in the
+    user's script). Every caller here compiles its copy itself (with the original model's loss
+    object), so the models are marked uncompiled while they are cloned.
+    """
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
+
+    models = [model] + [m for m in walk_layers(model) if isinstance(m, keras.Model)]
+    compiled = [m for m in models if getattr(m, "compiled", False)]
+    for m in compiled:
+        m.compiled = False
+    try:
+        return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    finally:
+        for m in compiled:
+            m.compiled = True
+
+
+def copy_model(model):
+    """An independent, uncompiled copy of a Sequential or Functional model, same weights.
+
+    Raises:
+        TypeError: for subclassed models, which Keras cannot clone (the message says what to
+            do instead), or when Keras fails to clone a Sequential/Functional model (the
+            message gives Keras' reason).
+    """
+    return _copy_model(model, copy_layer)
+
+
+class _NotACopyError(Exception):
+    """Carries an error of a clone function's own work (its ``__cause__``) through
+    :func:`_copy_model`, which would otherwise report it as a failure to copy."""
+
+
+def _copy_model(model, clone_function):
+    """``clone_uncompiled`` with Keras' failures turned into a TypeError that says what to do."""
+    import keras  # noqa: PLC0415
+
+    if not isinstance(model, keras.Model):
+        raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
+                        f"Received: {type(model).__name__}")
+    try:  # layer copies built from their values: no random init of big kernels
+        clone = clone_uncompiled(model, clone_function)
+    except _NotACopyError as e:
+        raise e.__cause__  # noqa: B904 - the original error, with its own traceback
+    except Exception as e:  # subclassed models raise various errors here
+        if is_graph_model(model):
+            raise TypeError(f"Cannot copy model {model.name!r} ({type(model).__name__}): "
+                            f"keras.models.clone_model failed: {e}") from e
+        raise TypeError(
+            f"Cannot copy model {model.name!r} of type {type(model).__name__}: only Sequential "
+            "and Functional models (possibly nested) can be copied. For a subclassed model, "
+            "build it as a Functional model, cluster its layers individually, or (post-"
+            "training) call share_weights(model, ..., inplace=True)."
+        ) from e
+    return clone
+
+
+
+def save_model_atomic(model, path):
+    """Save a Keras model to ``path`` (``.keras``) through a temp file and a rename."""
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"Invalid value for argument `path`. Expected a file name ending in "
+                         f"'.keras'. Received: path={path!r}")
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+    return path

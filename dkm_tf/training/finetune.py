@@ -1,0 +1,78 @@
+"""Cluster, fine-tune with hard weight sharing and strip, in one call (:func:`finetune`)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from dkm_tf.training.clustering import cluster_weights, strip_clustering
+from dkm_tf.training.common import check_learning_rate, default_loss
+
+__all__ = ["finetune"]
+
+
+def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
+             granularity="per_tensor", init="kmeans++", epochs=3, learning_rate=1e-3,
+             batch_size=32, overrides=None, latent=False, reassign_every=None, metrics=None,
+             callbacks=None, seed=0, verbose=0):
+    """Cluster a copy of ``model``, fine-tune it with hard weight sharing, and strip it.
+
+    Args:
+        model: a Sequential or Functional model (not modified).
+        train_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` / ``keras.utils.PyDataset``
+            yielding batches.
+        val_data: optional validation data in the same form.
+        n_clusters, unit, granularity, init, overrides, latent: see :func:`cluster_weights`.
+        epochs: fine-tuning epochs (0 gives post-training clustering only).
+        learning_rate: Adam learning rate, a number or a Keras ``LearningRateSchedule``.
+        batch_size: used with array data.
+        reassign_every: with ``latent=True``, re-assign indices every this many epochs
+            (:class:`dkm_tf.ReassignClusters`); ``None`` never re-assigns.
+        metrics: compile metrics; default ``["accuracy"]`` with the default loss.
+        callbacks: extra Keras callbacks for ``fit``.
+        seed: k-means and Keras seed.
+        verbose: passed to ``fit``.
+
+    The loss is the model's own when it is compiled; otherwise sparse categorical
+    cross-entropy, from logits unless the last layer is a softmax.
+
+    Returns:
+        ``(stripped_model, palettes, history)``: the plain fine-tuned model (compiled with the
+        same loss and metrics, ready for ``evaluate``), its palettes, and the ``fit`` History
+        (``None`` when ``epochs`` is 0).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"Invalid value for argument `epochs`. Expected an integer >= 0. "
+                         f"Received: epochs={epochs!r}")
+    check_learning_rate(learning_rate)
+    if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
+        loss = model.loss
+        used_default = False
+    else:
+        loss, used_default = default_loss(model), True
+    if metrics is None:
+        metrics = ["accuracy"] if used_default else []
+    keras.utils.set_random_seed(seed)
+    clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
+                                seed=seed, latent=latent, overrides=overrides)
+    history = None
+    if epochs:
+        clustered.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                          metrics=list(metrics))
+        callbacks = list(callbacks or [])
+        if reassign_every:
+            from dkm_tf.training.reassign import ReassignClusters  # noqa: PLC0415
+
+            callbacks.append(ReassignClusters(every_n_epochs=reassign_every))
+        fit_kwargs = {"epochs": int(epochs), "verbose": verbose, "callbacks": callbacks}
+        if val_data is not None:
+            fit_kwargs["validation_data"] = val_data
+        if isinstance(train_data, tuple):
+            history = clustered.fit(train_data[0], train_data[1], batch_size=batch_size,
+                                    **fit_kwargs)
+        else:
+            history = clustered.fit(train_data, **fit_kwargs)
+    stripped, palettes = strip_clustering(clustered)
+    stripped.compile(loss=loss, metrics=list(metrics))
+    return stripped, palettes, history
+

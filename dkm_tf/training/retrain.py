@@ -1,0 +1,89 @@
+"""Deep k-Means re-training of a copy of a model, the whole loop in one call."""
+
+from __future__ import annotations
+
+import keras
+
+from dkm_tf.graph.copying import copy_model
+from dkm_tf.training import callbacks as callbacks_lib
+from dkm_tf.training.attach import attach_regularizer, detach_regularizer
+from dkm_tf.training.common import check_learning_rate, default_loss
+
+__all__ = ["dkm_retrain"]
+
+def _split(data, name):
+    if data is None:
+        return None, None
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise ValueError(f"Invalid value for argument `{name}`. Expected an (x, y) pair or "
+                             f"a tf.data.Dataset. Received: a sequence of length {len(data)}")
+        return tuple(data), None
+    return None, data
+
+
+def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relaxation="hard",
+                unit="auto", epochs=10, learning_rate=1e-4, batch_size=128, refresh_every=5,
+                sparsity=0.0, include_dense=True, seed=0, callbacks=None, verbose=0):
+    """Re-train a copy of ``model`` with the Deep k-Means penalty (Wu et al., ICML 2018, §2.4).
+
+    Steps: clone the model (the input is never modified) → :func:`dkm_tf.attach_regularizer`
+    → compile (the model's own loss and metrics when it is compiled, else sparse categorical
+    cross-entropy, from logits unless the last layer is a softmax, with accuracy; Adam at
+    ``learning_rate``) → ``fit`` with :class:`dkm_tf.RefreshKMeans` → remove the penalty.
+    The final weight sharing (row-wise k-means, §1.6) is left to the caller.
+
+    Args:
+        model: a built Keras model (Sequential or Functional; cloned with
+            ``keras.models.clone_model``).
+        train_data: ``(x, y)`` arrays or a batched ``tf.data.Dataset``.
+        val_data: optional ``(x, y)`` or dataset for validation.
+        n_clusters: K, an int or ``{layer name: K}``.
+        lam: λ of the penalty (λ/2)‖W − W F Fᵀ‖².
+        relaxation: ``"hard"`` (cluster-indicator F) or ``"spectral"`` (the paper's text).
+        unit: ``"auto"``, ``"row"``, ``"kernel"`` or ``"scalar"``.
+        epochs: training epochs.
+        learning_rate: Adam learning rate, a number or a Keras ``LearningRateSchedule``.
+        batch_size: batch size for array data (ignored for datasets).
+        refresh_every: F-step period in epochs (the paper's 5).
+        sparsity: fraction p of zero-centred units, a float or ``{layer name: p}``.
+        include_dense: also regularize Dense kernels (conv kernels always are).
+        seed: k-means seed.
+        callbacks: extra Keras callbacks.
+        verbose: passed to ``fit``.
+
+    Returns:
+        ``(retrained_model, history)``: the trained copy with the k-means regularizers removed
+        (any regularizer the layers had before is kept) and the ``History`` of ``fit``, whose
+        logs include ``kmeans_penalty``.
+
+    Raises:
+        ValueError: bad ``epochs`` / ``learning_rate`` or regularizer settings.
+        TypeError: a subclassed model (Keras cannot copy it; the message says what to do).
+    """
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"Invalid value for argument `epochs`. Expected a positive integer. "
+                         f"Received: epochs={epochs!r}")
+    check_learning_rate(learning_rate)
+    clone = copy_model(model)
+    attach_regularizer(clone, n_clusters, lam, relaxation=relaxation, unit=unit,
+                               include_dense=include_dense, sparsity=sparsity, seed=seed)
+    if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
+        loss = model.loss
+        metrics = (model.get_compile_config() or {}).get("metrics")
+        metrics = keras.saving.deserialize_keras_object(metrics) if metrics else None
+    else:
+        loss, metrics = default_loss(clone), ["accuracy"]
+    clone.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    (xy, train_ds), (val_xy, val_ds) = _split(train_data, "train_data"), _split(val_data,
+                                                                                "val_data")
+    refresh = callbacks_lib.RefreshKMeans(every_n_epochs=refresh_every)
+    fit_kwargs = {"epochs": epochs, "verbose": verbose,
+                  "callbacks": [refresh, *(callbacks or [])],
+                  "validation_data": val_xy if val_xy is not None else val_ds}
+    if xy is not None:
+        history = clone.fit(xy[0], xy[1], batch_size=batch_size, shuffle=True, **fit_kwargs)
+    else:
+        history = clone.fit(train_ds, **fit_kwargs)
+    detach_regularizer(clone)
+    return clone, history
