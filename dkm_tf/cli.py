@@ -6,7 +6,8 @@ Usage:
   dkm-tf energy --model m.keras        # or a .tflite file
 
 The logic lives in plain functions (:func:`run_compress`, :func:`run_energy`) that the tests
-call; ``main`` only parses flags.
+call; :func:`run` parses flags, checks every argument first (:mod:`dkm_tf.cli_args`), and
+turns errors into one line on stderr with exit status 2 (usage) or 1 (failure).
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
+import traceback
 
-from absl import app, flags
+from absl import flags
 
+from dkm_tf.cli_args import (
+    COMMANDS,
+    CliUsageError,
+    check_compress_args,
+    check_energy_args,
+    help_text,
+)
 from dkm_tf.core.files import atomic_path
-
-COMMANDS = ("compress", "energy")
 
 _MODEL = flags.DEFINE_string("model", None, "Path to a .keras model (default: train the "
                              "built-in digits CNN).")
@@ -51,6 +59,11 @@ _TFLITE = flags.DEFINE_bool("tflite", True, "Also write float, int8 and palettiz
 
 def _log(msg):
     print(msg, flush=True)
+
+
+def _one_line(error):
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _atomic_write_text(path, text):
@@ -148,29 +161,95 @@ def run_energy(model_path, **kwargs):
 
 
 def main(argv):
+    """Run the command named in ``argv`` (flags already parsed); returns the exit status."""
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        raise app.UsageError(f"Expected a command, one of {list(COMMANDS)}. Example: "
-                             "dkm-tf compress")
+        raise CliUsageError("command", f"one of {list(COMMANDS)} (example: dkm-tf compress)",
+                            argv[1] if len(argv) > 1 else None)
     if len(argv) > 2:
-        raise app.UsageError(f"Too many command-line arguments: {argv[2:]}")
+        raise CliUsageError("arguments", "no positional arguments after the command",
+                            " ".join(argv[2:]))
     if argv[1] == "energy":
-        if not _MODEL.value:
-            raise app.UsageError("dkm-tf energy needs --model (a .keras or .tflite file).")
+        check_energy_args(_MODEL.value)
         run_energy(_MODEL.value)
         return 0
-    run_compress(_MODEL.value, dataset=_DATASET.value, method=_METHOD.value,
-                 n_clusters=_N_CLUSTERS.value, unit=_UNIT.value,
-                 granularity=_GRANULARITY.value, init=_INIT.value, epochs=_EPOCHS.value,
-                 finetune_epochs=_FINETUNE_EPOCHS.value, dkm_epochs=_DKM_EPOCHS.value,
-                 lam=_LAM.value, seed=_SEED.value, output_dir=_OUTPUT.value,
-                 tflite=_TFLITE.value)
+    kwargs = {"dataset": _DATASET.value, "method": _METHOD.value,
+              "n_clusters": _N_CLUSTERS.value, "unit": _UNIT.value,
+              "granularity": _GRANULARITY.value, "init": _INIT.value, "epochs": _EPOCHS.value,
+              "finetune_epochs": _FINETUNE_EPOCHS.value, "dkm_epochs": _DKM_EPOCHS.value,
+              "lam": _LAM.value, "seed": _SEED.value, "output_dir": _OUTPUT.value,
+              "tflite": _TFLITE.value}
+    check_compress_args(_MODEL.value, **kwargs)
+    run_compress(_MODEL.value, **kwargs)
     return 0
 
 
+def run(argv, *, stdout=None, stderr=None):
+    """The whole command line: parse ``argv``, run, and turn errors into exit statuses.
+
+    ``--help`` / ``-h`` (on the command or a subcommand) prints the flags and returns 0; a
+    usage error (unknown command or flag, bad value) prints one line naming the flag, what is
+    allowed and what was received, and returns 2; a failure while running prints one line
+    and returns 1. ``--verbose`` adds the Python traceback. Nothing is trained or written
+    before every argument has been checked.
+    """
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    argv = list(argv)
+    command = next((a for a in argv[1:] if not a.startswith("-")), None)
+    if any(a in ("-h", "--help", "-help", "--helpshort", "--helpfull") for a in argv[1:]):
+        print(help_text(command if command in COMMANDS else None), file=stdout)
+        return 0
+    verbose = any(a in ("--verbose", "-v") for a in argv[1:])
+    argv = [a for a in argv if a not in ("--verbose", "-v", "--noverbose")]
+    try:
+        rest = flags.FLAGS(argv, known_only=False)
+    except flags.Error as e:
+        print(f"dkm-tf: error: {_one_line(e)} (see dkm-tf --help)", file=stderr)
+        return 2
+    try:
+        if len(rest) == 2 and rest[1] in COMMANDS:
+            _import_tensorflow_quietly()
+        return main(rest)
+    except CliUsageError as e:
+        where = f"dkm-tf {command} --help" if command in COMMANDS else "dkm-tf --help"
+        print(f"dkm-tf: error: {e} (see {where})", file=stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dkm-tf: interrupted; nothing half-written was left behind", file=stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line (+ --verbose)
+        if verbose:
+            traceback.print_exc(file=stderr)
+        print(f"dkm-tf: error: {type(e).__name__}: {_one_line(e)}"
+              + ("" if verbose else " (run with --verbose for the traceback)"), file=stderr)
+        return 1
+
+
+def _import_tensorflow_quietly():
+    """Import TensorFlow with the C-level stderr sent to a buffer: TF 2.21 prints absl/oneDNN
+    INFO lines at import whatever ``TF_CPP_MIN_LOG_LEVEL`` says. If the import fails, what
+    it printed is shown with the error."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401, PLC0415
+        except BaseException:
+            os.dup2(saved, 2)
+            buf.seek(0)
+            sys.stderr.write(buf.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def entry_point():
-    """Console-script entry (``dkm-tf``): quiet TF's C++ logs, then run absl."""
+    """Console-script entry (``dkm-tf``): quiet TF's C++ logs, then :func:`run`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(main, argv=sys.argv)
+    sys.exit(run(sys.argv))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-from absl import app
 from testing import small_cnn
 
 from dkm_tf import cli
+from dkm_tf.cli_args import CliUsageError, check_compress_args
 
 
 def test_run_compress_builtin_demo(tmp_path, capsys):
@@ -52,10 +52,94 @@ def test_missing_model_file(tmp_path):
 
 
 def test_usage_errors():
-    with pytest.raises(app.UsageError, match="Expected a command"):
+    with pytest.raises(CliUsageError, match="invalid command: expected one of"):
         cli.main(["dkm-tf"])
-    with pytest.raises(app.UsageError, match="Expected a command"):
+    with pytest.raises(CliUsageError, match="received 'shrink'"):
         cli.main(["dkm-tf", "shrink"])
+
+
+def _cli(*args, timeout=120):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "dkm_tf.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["compress", "--help"],
+                                  ["energy", "-h"], ["compress", "--n_clusters", "4", "--help"]])
+def test_help_lists_every_flag_and_exits_0(args):
+    proc = _cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    text = proc.stdout
+    assert "Usage:" in text and "Exit status" in text
+    expected = {"compress": ["model", "dataset", "method", "n_clusters", "unit", "granularity",
+                             "init", "epochs", "finetune_epochs", "dkm_epochs", "lam", "seed",
+                             "output_dir", "tflite"], "energy": ["model"]}
+    commands = [args[0]] if args[0] in expected else list(expected)
+    sections = text.split("Flags of `dkm-tf ")[1:]
+    assert [sec.split("`")[0] for sec in sections] == commands
+    for command, section in zip(commands, sections):
+        lines = section.split("Common flags:")[0].splitlines()
+        for name in expected[command]:  # one line each
+            assert sum(line.startswith((f"  --{name} ", f"  --{name}:"))
+                       for line in lines) == 1, (command, name)
+
+
+@pytest.mark.parametrize("args, flag, received", [
+    (["compress", "--n_clusters", "0"], "--n_clusters", "0"),
+    (["compress", "--n_clusters", "70000"], "--n_clusters", "70000"),
+    (["compress", "--n_clusters", "x"], "--n_clusters", "x"),
+    (["compress", "--unit", "filter"], "--unit", "filter"),
+    (["compress", "--lam", "-1"], "--lam", "-1"),
+    (["compress", "--lam", "nan"], "--lam", "nan"),
+    (["compress", "--epochs", "0"], "--epochs", "0"),
+    (["compress", "--finetune_epochs", "-2"], "--finetune_epochs", "-2"),
+    (["compress", "--seed", "-1"], "--seed", "-1"),
+    (["compress", "--dataset", "imagenet"], "--dataset", "imagenet"),
+    (["compress", "--model", "missing.keras"], "--model", "missing.keras"),
+    (["compress", "--model", "README.md"], "--model", "README.md"),
+    (["compress", "--bogus", "1"], "bogus", "bogus"),
+    (["energy"], "--model", "None"),
+    (["energy", "--model", "nope.tflite"], "--model", "nope.tflite"),
+    (["shrink"], "command", "shrink"),
+    (["compress", "extra"], "arguments", "extra"),
+])
+def test_bad_command_line_is_one_line_exit_2_before_any_work(args, flag, received, tmp_path):
+    out = tmp_path / "out"
+    proc = _cli(*args, "--output_dir", str(out))
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert flag in lines[0] and received in lines[0], lines[0]
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_output_dir_that_is_a_file_is_refused_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    proc = _cli("compress", "--output_dir", str(blocker))
+    assert proc.returncode == 2 and "--output_dir" in proc.stderr
+    assert "it exists and is a file" in proc.stderr
+    assert blocker.read_text() == "keep me"
+
+
+def test_method_that_trains_needs_a_dataset(tmp_path):
+    path = tmp_path / "m.keras"
+    small_cnn().save(path)
+    with pytest.raises(CliUsageError, match="--method.*need --dataset.*'finetune'"):
+        check_compress_args(str(path), method="finetune", output_dir=str(tmp_path / "o"))
+    check_compress_args(str(path), method="wr", output_dir=str(tmp_path / "o"))  # fine
+
+
+def test_failure_while_running_is_one_line_exit_1_and_verbose_adds_the_traceback(tmp_path):
+    bad = tmp_path / "broken.keras"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    proc = _cli("energy", "--model", str(bad))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dkm-tf: error: ") and "--verbose" in lines[0]
+    verbose = _cli("energy", "--model", str(bad), "--verbose")
+    assert verbose.returncode == 1 and "Traceback (most recent call last)" in verbose.stderr
 
 
 def test_entry_point_end_to_end(tmp_path):
@@ -69,7 +153,7 @@ def test_entry_point_end_to_end(tmp_path):
     assert (tmp_path / "clustered.keras").is_file()
     bad = subprocess.run([sys.executable, "-m", "dkm_tf.cli", "compress", "--unit", "filter"],
                          capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode != 0 and "filter" in bad.stderr
+    assert bad.returncode == 2 and "filter" in bad.stderr
 
 
 def test_run_energy_on_a_saved_model(tmp_path):

@@ -1,0 +1,143 @@
+"""Argument checks and help text of the ``dkm-tf`` command (no Keras, no TensorFlow).
+
+Every check runs before any training or file work, so a bad flag costs milliseconds, not a
+training run: :func:`check_compress_args` / :func:`check_energy_args` raise
+:class:`CliUsageError`, whose message names the flag, what is allowed and what was received.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+COMMANDS = ("compress", "energy")
+MAX_CLUSTERS = 65_536
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+NEEDS_DATA = ("finetune", "dkm", "dkm+finetune")
+
+# one line per flag, grouped by subcommand (the flags themselves are defined in cli.py)
+COMMAND_FLAGS = {
+    "compress": ("model", "dataset", "method", "n_clusters", "unit", "granularity", "init",
+                 "epochs", "finetune_epochs", "dkm_epochs", "lam", "seed", "output_dir",
+                 "tflite"),
+    "energy": ("model",),
+}
+SUMMARY = {
+    "compress": "cluster (and fine-tune) a model; write .keras, .tflite files and report.json",
+    "energy": "energy estimate (paper metric + memory hierarchy) of a .keras or .tflite file",
+}
+
+
+class CliUsageError(ValueError):
+    """A bad command line: ``--flag``, what is allowed, what was received."""
+
+    def __init__(self, flag, expected, received):
+        self.flag, self.expected, self.received = flag, expected, received
+        name = flag if flag in ("command", "arguments") else f"--{flag}"
+        super().__init__(f"invalid {name}: expected {expected}; received {received!r}")
+
+
+def help_text(command=None):
+    """The ``--help`` text: the commands, then one line per flag of ``command`` (or all)."""
+    from absl import flags  # noqa: PLC0415
+
+    lines = ["dkm-tf: k-means weight sharing for Keras 3 models, shipped as TFLite.", "",
+             "Usage:"]
+    lines += [f"  dkm-tf {c:<9} [flags]   {SUMMARY[c]}" for c in COMMANDS]
+    for cmd in ([command] if command else COMMANDS):
+        lines += ["", f"Flags of `dkm-tf {cmd}`:"]
+        for name in COMMAND_FLAGS[cmd]:
+            flag = flags.FLAGS[name]
+            kind, enum = flag.flag_type(), getattr(flag.parser, "enum_values", None)
+            value = ("" if kind == "bool" else " " + "|".join(enum) if enum
+                     else " " + kind.upper())
+            if cmd == "energy" and name == "model":
+                help_line, default = "a .keras, .h5 or .tflite file (required)", None
+            else:
+                help_line, default = " ".join(flag.help.split()), flag.default
+                if enum:  # absl puts "<a|b>: " in front of an enum's help
+                    help_line = help_line.split(">: ", 1)[-1]
+            if flag.flag_type() == "bool":
+                help_line += f" (--no{name} to turn off)"
+            shown = "" if default is None or flag.flag_type() == "bool" else f" [{default}]"
+            lines.append(f"  --{name}{value}: {help_line}{shown}")
+    lines += ["", "Common flags:", "  --verbose: print the Python traceback of an error",
+              "  -h, --help: this text (dkm-tf <command> --help: that command's flags)", "",
+              "Exit status: 0 done, 1 failed while running, 2 bad command line."]
+    return "\n".join(lines)
+
+
+def _int(flag, value, low, high=None):
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (
+        high is None or value <= high)
+    if not ok:
+        bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise CliUsageError(flag, bound, value)
+
+
+def _model_file(path, suffixes):
+    if not os.path.exists(path):
+        raise CliUsageError("model", f"an existing file ({', '.join(suffixes)})", path)
+    if not os.path.isfile(path):
+        raise CliUsageError("model", f"a file ({', '.join(suffixes)}), not a folder", path)
+    if not path.lower().endswith(suffixes):
+        raise CliUsageError("model", f"a file ending in {', '.join(suffixes)}", path)
+    if not os.access(path, os.R_OK):
+        raise CliUsageError("model", "a readable file", path)
+
+
+def _dataset(name):
+    from dkm_tf import data  # noqa: PLC0415 (numpy only at import)
+
+    if name not in data.DATASETS:
+        raise CliUsageError("dataset", f"one of {sorted(data.DATASETS)}", name)
+    if name == "mnist":
+        folder = data.mnist_dir()
+        if not (folder / "t10k-labels-idx1-ubyte.gz").is_file():
+            raise CliUsageError("dataset", "mnist with the IDX files in $DKM_TF_MNIST_DIR "
+                                f"(looked in {folder})", name)
+
+
+def _output_dir(path):
+    if not path:
+        raise CliUsageError("output_dir", "a folder path", path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CliUsageError("output_dir", "a folder (it exists and is a file)", path)
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        raise CliUsageError("output_dir", f"a folder this user can write ({probe} is not)",
+                            path)
+
+
+def check_compress_args(model_path=None, *, dataset=None, method=None, n_clusters=16,
+                        unit="scalar", granularity="per_tensor", init="kmeans++", epochs=30,
+                        finetune_epochs=3, dkm_epochs=5, lam=1.0, seed=0,
+                        output_dir="dkm_tf_out", tflite=True):
+    """Check every ``dkm-tf compress`` argument; raise :class:`CliUsageError` on the first bad
+    one. (``unit``, ``granularity``, ``init`` and ``method`` are enums absl already checked.)"""
+    del unit, granularity, init, tflite  # absl enums / bool
+    if model_path is not None:
+        _model_file(model_path, MODEL_SUFFIXES)
+    if dataset is not None:
+        _dataset(dataset)
+    if model_path is not None and dataset is None and method in NEEDS_DATA:
+        raise CliUsageError("method", "wr with --model and no --dataset (the other methods "
+                            "train, so they need --dataset)", method)
+    _int("n_clusters", n_clusters, 1, MAX_CLUSTERS)
+    _int("epochs", epochs, 1 if model_path is None else 0)
+    _int("finetune_epochs", finetune_epochs, 0)
+    _int("dkm_epochs", dkm_epochs, 0)
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+        raise CliUsageError("lam", "a finite number >= 0", lam)
+    _int("seed", seed, 0, 2**32 - 1)
+    _output_dir(output_dir)
+
+
+def check_energy_args(model_path):
+    """Check ``dkm-tf energy``'s ``--model`` (required: .keras, .h5, .hdf5 or .tflite)."""
+    if not model_path:
+        raise CliUsageError("model", "a .keras, .h5 or .tflite file (dkm-tf energy needs it)",
+                            model_path)
+    _model_file(model_path, (*MODEL_SUFFIXES, ".tflite"))
