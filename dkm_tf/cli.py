@@ -95,6 +95,9 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     else:
         if not os.path.isfile(model_path):
             raise FileNotFoundError(f"--model {model_path!r}: no such file.")
+        from dkm_tf.training.serialization import check_model_file  # noqa: PLC0415
+
+        check_model_file(model_path)
         model = keras.models.load_model(model_path, compile=False)
         train = test = None
         if dataset:
