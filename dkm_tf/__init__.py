@@ -34,6 +34,7 @@ _EXPORTS = {
     "clusterable_weights": "dkm_tf.graph.clusterable",
     "is_clusterable": "dkm_tf.graph.clusterable",
     "share_weights": "dkm_tf.graph.share",
+    "fold_batch_norm": "dkm_tf.graph.batchnorm",
     "ClusterWeights": "dkm_tf.training.wrapper",
     "ClusteringReport": "dkm_tf.training.clustering",
     "cluster_weights": "dkm_tf.training.clustering",

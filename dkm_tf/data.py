@@ -26,6 +26,13 @@ def load_digits(test_fraction=0.25, seed=0):
     """
     from sklearn.datasets import load_digits as _load  # noqa: PLC0415
 
+    if (isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float))
+            or not 0 < test_fraction < 1):
+        raise ValueError("Invalid value for argument `test_fraction`. Expected a number in "
+                         f"(0, 1). Received: test_fraction={test_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError("Invalid value for argument `seed`. Expected an integer >= 0. "
+                         f"Received: seed={seed!r}")
     d = _load()
     x = (d.images / 16.0).astype(np.float32)[..., None]
     y = d.target.astype(np.int32)

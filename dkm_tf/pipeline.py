@@ -103,7 +103,8 @@ def _other_params(model, palettes):
 def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=16,
              unit="scalar", granularity="per_tensor", init="kmeans++", seed=0, overrides=None,
              finetune_epochs=2, finetune_learning_rate=None, dkm_epochs=5, lam=1.0,
-             relaxation="hard", sparsity=0.0, batch_size=64, verbose=1):
+             relaxation="hard", sparsity=0.0, batch_size=64, verbose=1,
+             preserve_sparsity=False):
     """Compress a Keras model by k-means weight sharing.
 
     Args:
@@ -129,6 +130,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             regularizer (``dkm``) and in the final k-means (Deep k-Means §4.1.4).
         batch_size: batch size of training and evaluation.
         verbose: 0 silent, 1 progress lines, 2 Keras progress bars too.
+        preserve_sparsity: keep a pruned model's exact zeros exactly zero in every step (a
+            zero cluster not counted against K; see :func:`dkm_tf.cluster_weights`).
 
     Returns:
         A :class:`CompressionResult`.
@@ -138,6 +141,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                          f"Received: method={method!r}")
     if method != "wr" and train_data is None:
         raise ValueError(f"method={method!r} trains the model: pass `train_data=(x, y)`.")
+    train_data, test_data = _check_args(model, train_data, test_data, locals())
     log = print if verbose else (lambda *a, **k: None)
     seconds = {}
     acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
@@ -151,7 +155,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         work, _ = dkm_retrain(work, train_data, n_clusters=n_clusters, lam=lam,
                               relaxation=relaxation, unit=unit, epochs=dkm_epochs,
                               sparsity=sparsity, batch_size=batch_size,
-                              verbose=max(verbose - 1, 0))
+                              verbose=max(verbose - 1, 0), preserve_sparsity=preserve_sparsity)
         seconds["retrain"] = time.perf_counter() - t
     t = time.perf_counter()
     if method.endswith("finetune"):
@@ -163,19 +167,70 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             work, train_data, n_clusters=n_clusters, unit=unit, granularity=granularity,
             init=init, epochs=finetune_epochs,
             learning_rate=finetune_learning_rate or (1e-3 if n_clusters <= 4 else 1e-4),
-            batch_size=batch_size, overrides=overrides, verbose=max(verbose - 1, 0))
-        skipped = _skipped_layers(work, palettes, overrides)
+            batch_size=batch_size, overrides=overrides, verbose=max(verbose - 1, 0),
+            preserve_sparsity=preserve_sparsity)
+        skipped = _skipped_layers(clustered, palettes, overrides)  # after BN folding
     else:
         log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity})",
             flush=True)
         clustered, palettes, skipped = share_weights(
             work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
-            overrides=overrides, sparsity=sparsity, verbose=verbose > 1)
+            overrides=overrides, sparsity=sparsity, verbose=verbose > 1,
+            preserve_sparsity=preserve_sparsity)
     seconds["cluster"] = time.perf_counter() - t
     acc_after = evaluate_accuracy(clustered, test_data) if test_data is not None else None
     size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))
     return CompressionResult(clustered, palettes, skipped, size, method, acc_before, acc_after,
                              seconds, _energy(clustered, palettes, log))
+
+
+def _check_args(model, train_data, test_data, args):
+    """Every argument of :func:`compress`, checked before any evaluation, training or k-means.
+
+    Returns ``(train_data, test_data)`` as checked (``(x, y)`` tuples or datasets).
+    """
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.core import validate  # noqa: PLC0415
+    from dkm_tf.graph.clusterable import check_has_clusterable, check_overrides  # noqa: PLC0415
+    from dkm_tf.graph.share import _check_settings  # noqa: PLC0415
+    from dkm_tf.training.common import check_data, check_learning_rate  # noqa: PLC0415
+    from dkm_tf.training.wrapper import validate_settings  # noqa: PLC0415
+
+    if not isinstance(model, keras.Model):
+        raise validate.invalid_type("model", "a built keras.Model", model)
+    check_has_clusterable(model, "compress")
+    method, a = args["method"], args
+    trains = method.endswith("finetune")
+    settings = {k: a[k] for k in ("n_clusters", "unit", "granularity", "init",
+                                  "preserve_sparsity")}
+    settings.update({"latent": False} if trains else {"sparsity": a["sparsity"]})
+    check = (lambda cfg: validate_settings(**cfg)) if trains else _check_settings
+    check(settings)
+    validate.check_seed(a["seed"])
+    check_overrides(model, a["overrides"], settings, check)
+    validate.check_number("sparsity", a["sparsity"], "a fraction in [0, 1)", low=0, high=1,
+                          high_open=True)
+    if a["preserve_sparsity"] and a["sparsity"]:
+        raise validate.invalid("sparsity", "0 with preserve_sparsity=True", a["sparsity"])
+    validate.check_int("batch_size", a["batch_size"], minimum=1)
+    if not isinstance(a["verbose"], bool):  # True/False read as 1/0
+        validate.check_int("verbose", a["verbose"], minimum=0, maximum=2)
+    if trains:
+        validate.check_int("finetune_epochs", a["finetune_epochs"], minimum=0)
+        if a["finetune_learning_rate"] is not None:
+            check_learning_rate(a["finetune_learning_rate"])
+    if method.startswith("dkm"):
+        validate.check_int("dkm_epochs", a["dkm_epochs"], minimum=1)
+        validate.check_number("lam", a["lam"], "a finite number >= 0", low=0)
+        from dkm_tf.training.regularizer import RELAXATIONS  # noqa: PLC0415
+
+        validate.check_choice("relaxation", a["relaxation"], RELAXATIONS)
+    train_data = check_data("train_data", train_data, model, required=method != "wr")
+    test_data = check_data("test_data", test_data, model, required=False)
+    if test_data is not None and not isinstance(test_data, tuple):
+        raise validate.invalid_type("test_data", "an (x, y) pair of arrays", test_data)
+    return train_data, test_data
 
 
 def _energy(model, palettes, log):

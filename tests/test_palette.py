@@ -88,9 +88,9 @@ def test_invalid_palettes():
     with pytest.raises(ValueError, match="indices must lie in"):
         palette.Palette("l", "kernel", np.zeros((1, 2, 1)), np.full((1, 36), 2), lay)
     with pytest.raises(ValueError, match="codebook shape"):
-        palette.Palette("l", "kernel", np.zeros((2, 2, 1)), np.zeros((1, 36)), lay)
+        palette.Palette("l", "kernel", np.zeros((2, 2, 1)), np.zeros((1, 36), int), lay)
     with pytest.raises(ValueError, match="indices shape"):
-        palette.Palette("l", "kernel", np.zeros((1, 2, 1)), np.zeros((1, 35)), lay)
+        palette.Palette("l", "kernel", np.zeros((1, 2, 1)), np.zeros((1, 35), int), lay)
     p = _palette(np.ones((3, 3, 2, 2), np.float32) * np.arange(2), 2)
     with pytest.raises(ValueError, match="`coding`. Expected one of"):
         p.index_bits("huffman")

@@ -15,6 +15,8 @@ def kernels(draw):
     kind = draw(st.sampled_from(units.KINDS))
     if kind in ("dense", "embedding"):
         shape = (draw(dims), draw(dims))
+    elif kind == "vector":  # 1-D weights (biases) of custom layers
+        shape = (draw(dims),)
     else:
         n_spatial = draw(st.integers(1, 3))  # Conv1D/2D/3D and their transposes/depthwise
         shape = tuple(draw(dims) for _ in range(n_spatial)) + (draw(dims), draw(dims))

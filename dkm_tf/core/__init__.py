@@ -6,6 +6,8 @@
   for layout permutations;
 * :mod:`~dkm_tf.core.palette`: the Palette record (codebook + indices + layout) and the size
   accounting every other stage reads;
+* :mod:`~dkm_tf.core.codebook`: codebook bookkeeping (nearest centroids, compaction) and
+  ``preserve_sparsity``'s fixed zero entry;
 * :mod:`~dkm_tf.core.validate` and :mod:`~dkm_tf.core.files`: argument checks and atomic
   file writes shared by every stage.
 

@@ -15,6 +15,7 @@ DP_GROUPS = 512  # groups of the DP seed
 DP_WINDOW = 64  # points (or bins) each boundary may move per windowed-DP round
 # on a histogram the bins bound the precision anyway: a narrower window, more rounds
 DP_WINDOW_HIST = 32
+_BLOCK = 1 << 18  # values per block of the passes over the data in cluster_histogram
 
 __all__ = ["HIST_BINS", "Weighted1D", "cluster_histogram", "finish", "solve"]
 
@@ -90,8 +91,8 @@ def _lloyd_1d(data, c, max_iter, tol, rel_tol=1e-10):
         prev = err
         new = np.where(w > 0, s / np.where(w > 0, w, 1.0), c)
         new = _fix_empty(data, np.sort(new), w)
-        if np.max(np.abs(new - c)) <= tol:
-            return new
+        if new.size != c.size or np.max(np.abs(new - c)) <= tol:
+            return new  # fewer centroids: fewer distinct points than clusters, all placed
         c = new
     return c
 
@@ -213,24 +214,56 @@ def solve(data, k, init, rng, max_iter, refine, n_groups=None, window=None):
     return _dp_refine(data, c, window) if refine and k_eff > 1 else c
 
 
-def cluster_histogram(flat, k, init, rng, max_iter, refine, bounds=None):
+def _blocks(x, start=0):
+    """``(offset, values)`` over ``x`` in C order, in 1-D blocks of at most about ``_BLOCK``.
+
+    A block is a view of ``x`` when ``x`` is contiguous (or 1-D) and a copy of at most
+    ``_BLOCK`` values otherwise, so a transposed view (a kernel in unit order) is read in
+    that order without a full copy.
+    """
+    if x.ndim <= 1 or x.flags.c_contiguous:
+        flat = x.reshape(-1)
+        for s in range(0, flat.size, _BLOCK):
+            yield start + s, flat[s:s + _BLOCK]
+        return
+    rest = x.size // x.shape[0] if x.shape[0] else 0
+    if rest <= _BLOCK:
+        step = _BLOCK // max(rest, 1)
+        for s in range(0, x.shape[0], step):
+            yield start + s * rest, x[s:s + step].reshape(-1)
+        return
+    for i in range(x.shape[0]):
+        yield from _blocks(x[i], start + i * rest)
+
+
+def cluster_histogram(x, k, init, rng, max_iter, refine, bounds=None):
     """Scalar k-means of many values: Lloyd on a 65,536-bin histogram, then one exact step.
 
     Only the values in bins that straddle a decision boundary are re-assigned one by one; the
     other bins are assigned whole, so the exact step costs a few passes over the data.
-    ``bounds`` is ``(min, max)`` of ``flat`` when the caller already has it.
+    ``bounds`` is ``(min, max)`` of ``x`` when the caller already has it. ``x`` may have any
+    shape and layout (a transposed view is fine): the indices follow its C order. Both passes
+    run in blocks of ``_BLOCK`` values, so besides the int32 indices (the result) memory is
+    O(block + bins): no float64 or int64 copy of the values.
     """
-    xf = flat.astype(np.float32, copy=False)
-    lo_v, hi_v = (float(xf.min()), float(xf.max())) if bounds is None else map(float, bounds)
+    x = np.asarray(x)
+    lo_v, hi_v = (float(x.min()), float(x.max())) if bounds is None else map(float, bounds)
     if hi_v == lo_v:
-        return np.array([lo_v], np.float32), np.zeros(flat.size, np.int32)
+        return np.array([lo_v], np.float32), np.zeros(x.size, np.int32)
     nb = HIST_BINS
     scale = (nb - 0.5) / (hi_v - lo_v)  # float32 products stay below nb: no clip needed
-    b = np.empty(xf.size, np.int32)  # bin of every value, cast inside the multiply
-    np.multiply(np.subtract(xf, np.float32(lo_v)), np.float32(scale), out=b, casting="unsafe")
-    cnt = np.bincount(b, minlength=nb).astype(np.float64)
-    sm = np.bincount(b, weights=xf, minlength=nb)
+    idx = np.empty(x.size, np.int32)  # the bin of every value first, its index at the end
+    cnt = np.zeros(nb, np.int64)
+    sm = np.zeros(nb)
+    for s, blk in _blocks(x):
+        xb = blk.astype(np.float32, copy=False)
+        b = idx[s:s + xb.size]  # cast inside the multiply
+        np.multiply(np.subtract(xb, np.float32(lo_v)), np.float32(scale), out=b,
+                    casting="unsafe")
+        cnt += np.bincount(b, minlength=nb)
+        sm += np.bincount(b, weights=xb, minlength=nb)
     keep = cnt > 0
+    cnt = cnt.astype(np.float64)
     data = Weighted1D(sm[keep] / cnt[keep], cnt[keep])
     # the bins bound the precision anyway: a coarser seed (the windowed DP still polishes)
     c = solve(data, k, init, rng, max_iter, refine, n_groups=DP_GROUPS // 2,
@@ -246,14 +279,17 @@ def cluster_histogram(flat, k, init, rng, max_iter, refine, bounds=None):
     counts = np.bincount(lut[whole], weights=cnt[whole], minlength=c.size)
     sums = np.bincount(lut[whole], weights=sm[whole], minlength=c.size)
     lut[border] = -1  # one gather gives the indices and marks the values to re-assign
-    idx = lut[b]
-    sel = np.flatnonzero(idx < 0)
-    if sel.size:
-        xs = xf[sel].astype(np.float64)
-        idx_s = np.searchsorted(mids, xs, side="left").astype(np.int32)
-        idx[sel] = idx_s
-        counts += np.bincount(idx_s, minlength=c.size)
-        sums += np.bincount(idx_s, weights=xs, minlength=c.size)
+    for s, blk in _blocks(x):
+        b = idx[s:s + blk.size]
+        ib = lut[b]
+        sel = np.flatnonzero(ib < 0)
+        if sel.size:
+            xs = blk[sel].astype(np.float32).astype(np.float64)
+            idx_s = np.searchsorted(mids, xs, side="left").astype(np.int32)
+            ib[sel] = idx_s
+            counts += np.bincount(idx_s, minlength=c.size)
+            sums += np.bincount(idx_s, weights=xs, minlength=c.size)
+        b[...] = ib
     return finish(c, counts, sums, idx)
 
 
@@ -264,5 +300,7 @@ def finish(c, counts, sums, idx):
     if used.size < c.size:  # only possible when histogram bins merged distinct values
         remap = np.full(c.size, -1, np.int32)
         remap[used] = np.arange(used.size, dtype=np.int32)
-        c, idx = c[used], remap[idx]
+        c = c[used]
+        for s in range(0, idx.size, _BLOCK):  # in place, block by block: no second copy
+            idx[s:s + _BLOCK] = remap[idx[s:s + _BLOCK]]
     return c.astype(np.float32), idx

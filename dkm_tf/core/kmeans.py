@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from dkm_tf.core import validate as validate_lib
 from dkm_tf.core._kmeans1d import Weighted1D, cluster_histogram, finish, solve
 from dkm_tf.core.validate import check_choice, check_n_clusters
 
@@ -79,6 +80,14 @@ def assignment_entropy(indices, n_clusters=None):
     ratio (``huffman_length`` in ``WideResNet_Deploy.py``; methods.md §1.7).
     """
     idx = np.asarray(indices).ravel()
+    if idx.dtype.kind not in "iu" or (idx.size and idx.min() < 0):
+        raise ValueError("Invalid value for argument `indices`. Expected an array of integers "
+                         f">= 0. Received: dtype {idx.dtype}, smallest value "
+                         f"{idx.min() if idx.size else None}")
+    if n_clusters is not None and validate_lib.check_int("n_clusters", n_clusters, 1) <= (
+            idx.max() if idx.size else -1):
+        raise validate_lib.invalid("n_clusters", f"None or more than the largest index, "
+                                   f"{idx.max()}", n_clusters)
     if idx.size == 0:
         return 0.0
     counts = np.bincount(idx, minlength=n_clusters or 0)
@@ -104,7 +113,7 @@ def scalar_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=3000, refi
     """Near-optimal 1-D k-means.
 
     Args:
-        x: array of values (any shape; flattened).
+        x: array of values (any shape and layout; flattened in C order).
         n_clusters: K >= 1. When ``x`` has at most K distinct values the result is lossless:
             the codebook is the distinct values (fewer than K entries) and a note is logged.
         init: one of ``"kmeans++"``, ``"linear"``, ``"density"``, ``"random"``.
@@ -121,15 +130,15 @@ def scalar_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=3000, refi
     k = check_n_clusters(n_clusters)
     _check_init(init)
     x = np.asarray(x)
-    flat = x.reshape(-1)
-    if flat.size == 0:
+    if x.size == 0:
         raise ValueError(f"Cannot cluster an empty array{' in ' + name if name else ''}.")
     rng = np.random.default_rng(seed)
-    if flat.size > _HIST_THRESHOLD:  # min and max are NaN / Inf exactly when some value is
-        bounds = (flat.min(), flat.max())
+    if x.size > _HIST_THRESHOLD:  # read block by block in C order: a view is never copied
+        bounds = (x.min(), x.max())  # NaN / Inf exactly when some value is
         if not np.all(np.isfinite(bounds)):
-            _check_finite(flat, name)
-        return cluster_histogram(flat, k, init, rng, max_iter, refine, bounds=bounds)
+            _check_finite(x, name)
+        return cluster_histogram(x, k, init, rng, max_iter, refine, bounds=bounds)
+    flat = x.reshape(-1)
     _check_finite(flat, name)
     xd = flat.astype(np.float64)
     vals, cnt = np.unique(xd, return_counts=True)
@@ -310,6 +319,21 @@ def _has_faiss():
     return True
 
 
+def _say_if_capped(flat, k, result, name):
+    """Warn when the histogram engine (> 65,536 values) gave fewer than K centroids, lossy."""
+    codebook, indices = result
+    if flat.size > _HIST_THRESHOLD and len(codebook) < k and not np.array_equal(
+            np.asarray(codebook)[indices], flat.astype(np.float32)):
+        import warnings  # noqa: PLC0415
+
+        warnings.warn(f"cluster_values{' (' + name + ')' if name else ''}: found only "
+                      f"{len(codebook)} of n_clusters={k} centroids (lossy): the {flat.size:,} "
+                      f"values are clustered on a histogram of {_HIST_THRESHOLD:,} bins, and "
+                      "too few of its bins are occupied for more centroids.",
+                      UserWarning, stacklevel=3)
+    return result
+
+
 # --------------------------------------------------------------------------- entry point
 def cluster_values(x, n_clusters, *, init="kmeans++", seed=0, name=None, **kwargs):
     """Cluster values or units with k-means.
@@ -331,8 +355,10 @@ def cluster_values(x, n_clusters, *, init="kmeans++", seed=0, name=None, **kwarg
         K may be smaller than ``n_clusters`` when there are fewer distinct values (lossless).
 
     Raises:
-        ValueError: K < 1, unknown init, NaN/Inf values, or an array of the wrong rank.
-        TypeError: ``n_clusters`` is not an integer.
+        ValueError: K < 1 (or K > 65,536 for more than 65,536 scalar values), unknown
+            init, NaN/Inf values, a negative seed, or an array of the wrong rank.
+        TypeError: ``n_clusters`` or ``seed`` is not an integer, ``x`` holds no real
+            numbers (strings, None, complex), or an unknown k-means option.
 
     Example:
         >>> import numpy as np
@@ -340,13 +366,25 @@ def cluster_values(x, n_clusters, *, init="kmeans++", seed=0, name=None, **kwarg
         >>> [round(float(c), 2) for c in codebook], idx.tolist()
         ([0.05, 1.05], [0, 0, 1, 1])
     """
-    check_n_clusters(n_clusters)
+    k = check_n_clusters(n_clusters)
     _check_init(init)
-    x = np.asarray(x)
+    validate_lib.check_seed(seed)
+    x = validate_lib.check_real_array("x", x)
+    scalar = x.ndim == 1 or (x.ndim == 2 and x.shape[1] == 1)
+    validate_lib.check_kmeans_options(kwargs, engine="scalar" if scalar else "vector")
+    if x.ndim == 2 and x.shape[1] == 0:
+        raise ValueError("Invalid value for argument `x`. Expected units of dimension d >= 1. "
+                         f"Received: an array of shape {x.shape}")
+    if scalar and k > _HIST_THRESHOLD and x.shape[0] > _HIST_THRESHOLD:
+        raise validate_lib.invalid(
+            "n_clusters", f"at most {_HIST_THRESHOLD:,} for more than {_HIST_THRESHOLD:,} values "
+            f"(they are clustered on a histogram of {_HIST_THRESHOLD:,} bins)", n_clusters)
     if x.ndim == 1:
-        return scalar_kmeans(x, n_clusters, init=init, seed=seed, name=name, **kwargs)
+        return _say_if_capped(x, k, scalar_kmeans(x, n_clusters, init=init, seed=seed,
+                                                  name=name, **kwargs), name)
     if x.ndim == 2 and x.shape[1] == 1:
-        c, idx = scalar_kmeans(x[:, 0], n_clusters, init=init, seed=seed, name=name, **kwargs)
+        c, idx = _say_if_capped(x[:, 0], k, scalar_kmeans(x[:, 0], n_clusters, init=init,
+                                                          seed=seed, name=name, **kwargs), name)
         return c[:, None], idx
     if x.ndim == 2:
         return vector_kmeans(x, n_clusters, init=init, seed=seed, name=name, **kwargs)

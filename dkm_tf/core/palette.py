@@ -12,7 +12,10 @@ empirical entropy H of the index histogram in place of log2 K (entropy-coded ind
     CR_H = N d b / (N H + K d b).
 
 Per-channel palettes count one codebook per channel; palettes that share a codebook (same
-``codebook_id``) count it once.
+``codebook_id``) count it once. A palette with ``preserve_sparsity`` holds K + 1 entries per
+codebook, the fixed zero (entry 0, kept for a pruned weight's exact zeros; see
+:mod:`dkm_tf.core.codebook`) and K centroids: its indices cost log2(K + 1) (ceil for packed)
+bits, and its codebook is counted as stored, all K + 1 entries.
 """
 
 from __future__ import annotations
@@ -22,8 +25,18 @@ import math
 
 import numpy as np
 
+from dkm_tf.core import codebook as codebook_lib
 from dkm_tf.core import units as units_lib
-from dkm_tf.core.kmeans import assignment_entropy, cluster_values
+from dkm_tf.core.kmeans import assignment_entropy, scalar_kmeans
+from dkm_tf.core.kmeans_batched import cluster_groups
+from dkm_tf.core.validate import (
+    check_bool,
+    check_int,
+    check_n_clusters,
+    check_number,
+    check_real_array,
+    check_seed,
+)
 
 __all__ = ["INDEX_CODINGS", "Palette", "SizeReport", "cluster_tensor", "size_report"]
 
@@ -39,12 +52,17 @@ class Palette:
         layer_name: name of the Keras layer.
         weight_name: attribute of the weight in the layer (``"kernel"``, ``"depthwise_kernel"``).
         codebook: float32 array (G, K, d): G codebooks of K centroids of dimension d.
-        indices: int array (G, M): the centroid of each unit.
+        indices: integer array (G, M): the centroid of each unit, stored in the smallest
+            unsigned type that holds the codebook's K (uint8 for K <= 256, uint16 up to
+            65,536, else int32): a quarter of the kernel's bytes at K <= 256.
         layout: the :class:`~dkm_tf.core.units.UnitLayout` that maps units to the kernel.
         requested_clusters: the K that was asked for (the codebook may hold fewer entries
             when the tensor had fewer distinct units: lossless pass-through).
         codebook_id: codebooks with the same id are shared across tensors and counted once.
         note: free text (e.g. why K is smaller than requested).
+        preserve_sparsity: entry 0 of every codebook is the fixed zero that keeps a pruned
+            weight's exact zeros; it is not one of the ``requested_clusters`` (so
+            ``n_clusters`` is at most K + 1).
     """
 
     layer_name: str
@@ -55,11 +73,30 @@ class Palette:
     requested_clusters: int | None = None
     codebook_id: str | None = None
     note: str = ""
+    preserve_sparsity: bool = False
 
     def __post_init__(self):
-        cb = np.asarray(self.codebook, np.float32)
-        idx = np.asarray(self.indices)
         lay = self.layout
+        if not isinstance(lay, units_lib.UnitLayout):
+            raise TypeError(f"Invalid type for argument `layout`. Expected a UnitLayout "
+                            f"(dkm_tf.layout_for). Received: {type(lay).__name__}")
+        raw_cb, idx = np.asarray(self.codebook), np.asarray(self.indices)
+        if raw_cb.dtype.kind not in "fiu" and raw_cb.dtype.name != "bfloat16":
+            raise TypeError(f"Palette {self.name}: the codebook must be real numbers. "
+                            f"Received dtype {raw_cb.dtype}.")
+        if idx.dtype.kind not in "iu":
+            if idx.dtype.kind == "f" and idx.size and np.all(np.isfinite(idx)) and np.all(
+                    idx == np.round(idx)):
+                msg = "whole numbers stored as floats; pass them as an integer array"
+            else:
+                msg = "integers"
+            raise TypeError(f"Palette {self.name}: indices must be {msg}. Received dtype "
+                            f"{idx.dtype}.")
+        cb = raw_cb.astype(np.float32)
+        if not np.all(np.isfinite(cb)):
+            raise ValueError(f"Palette {self.name}: the codebook holds "
+                             f"{int(np.sum(~np.isfinite(cb)))} NaN/Inf value(s); a palette "
+                             "must decode to finite weights.")
         if cb.ndim != 3 or cb.shape[0] != lay.n_groups or cb.shape[2] != lay.unit_dim:
             raise ValueError(f"Palette {self.name}: codebook shape {cb.shape} does not match "
                              f"(G={lay.n_groups}, K, d={lay.unit_dim}).")
@@ -68,8 +105,12 @@ class Palette:
                              f"(G={lay.n_groups}, M={lay.n_units}).")
         if idx.size and (idx.min() < 0 or idx.max() >= cb.shape[1]):
             raise ValueError(f"Palette {self.name}: indices must lie in [0, {cb.shape[1]}).")
+        if self.preserve_sparsity:
+            codebook_lib.check_zero_entry(cb, self.name)
         object.__setattr__(self, "codebook", cb)
-        object.__setattr__(self, "indices", idx.astype(np.int32, copy=False))
+        k = cb.shape[1]
+        small = np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.int32
+        object.__setattr__(self, "indices", idx.astype(small, copy=False))
 
     # ----------------------------------------------------------------- shape facts
     @property
@@ -78,7 +119,7 @@ class Palette:
 
     @property
     def n_clusters(self):
-        """K, codebook entries per group."""
+        """Codebook entries per group (K, or K + 1 with ``preserve_sparsity``)."""
         return int(self.codebook.shape[1])
 
     @property
@@ -102,11 +143,7 @@ class Palette:
     # ----------------------------------------------------------------- values
     def decode(self):
         """The kernel that the palette stands for (``codebook[indices]`` in Keras layout)."""
-        g, k, d = self.codebook.shape
-        flat = self.indices if g == 1 else self.indices + (np.arange(g, dtype=np.int32)
-                                                           * k)[:, None]
-        units = np.take(self.codebook.reshape(g * k, d), flat, axis=0)  # (G, M, d)
-        return units_lib.from_units(units, self.layout)
+        return codebook_lib.decode(self.codebook, self.indices, self.layout)
 
     def entropy_bits(self):
         """Mean entropy of the index histogram(s), bits per index (per group, averaged)."""
@@ -139,18 +176,33 @@ class Palette:
         return {"layer_name": self.layer_name, "weight_name": self.weight_name,
                 "codebook": self.codebook.tolist(), "indices": self.indices.tolist(),
                 "layout": self.layout.to_config(), "requested_clusters": self.requested_clusters,
-                "codebook_id": self.codebook_id, "note": self.note}
+                "codebook_id": self.codebook_id, "note": self.note,
+                "preserve_sparsity": self.preserve_sparsity}
 
     @classmethod
     def from_dict(cls, d):
+        """Inverse of :meth:`to_dict`; a missing or unknown key is a clear ``ValueError``."""
+        if not isinstance(d, dict):
+            raise TypeError(f"Invalid type for argument `d`. Expected a dict (Palette.to_dict()"
+                            f"). Received: {type(d).__name__}")
+        required = {"layer_name", "weight_name", "codebook", "indices", "layout"}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing, unknown = sorted(required - set(d)), sorted(set(d) - fields)
+        if missing or unknown:
+            raise ValueError(f"Invalid value for argument `d`. Expected the keys of "
+                             f"Palette.to_dict() ({sorted(fields)}). Received: missing "
+                             f"{missing}, unknown {unknown}")
         d = dict(d)
         d["layout"] = units_lib.UnitLayout.from_config(d["layout"])
         d["codebook"] = np.asarray(d["codebook"], np.float32)
-        d["indices"] = np.asarray(d["indices"], np.int32)
+        d["indices"] = np.asarray(d["indices"])
+        if d["indices"].size == 0:
+            d["indices"] = d["indices"].astype(np.int32)
         return cls(**d)
 
     def __repr__(self):
-        return (f"Palette({self.name}, K={self.n_clusters}, unit={self.layout.unit}(d="
+        k = f"{self.n_clusters - 1}+zero" if self.preserve_sparsity else self.n_clusters
+        return (f"Palette({self.name}, K={k}, unit={self.layout.unit}(d="
                 f"{self.unit_dim}), {self.layout.granularity}, N={self.n_units})")
 
 
@@ -160,7 +212,9 @@ class SizeReport:
 
     Attributes:
         rows: one dict per palette (name, unit, d, N, K, bits, original bits, compressed bits
-            with log2 K and entropy-coded indices, and the two ratios).
+            with log2 K and entropy-coded indices, and the two ratios). K counts codebook
+            entries: K + 1 for a palette with ``preserve_sparsity`` (row key of that name),
+            shown as ``K+z`` in the summary.
         other_params: parameters not clustered (biases, BN, unclustered layers), at 32 bits.
         totals: dict with whole-model original / compressed bits and ratios.
     """
@@ -174,7 +228,8 @@ class SizeReport:
                 f"{'H':>6}{'CR log2K':>10}{'CR entropy':>12}")
         lines = [head, "-" * len(head)]
         for r in self.rows:
-            lines.append(f"{r['name'][:33]:<34}{r['unit']:>8}{r['d']:>4}{r['N']:>10}{r['K']:>6}"
+            k = f"{r['K'] - 1}+z" if r.get("preserve_sparsity") else r["K"]
+            lines.append(f"{r['name'][:33]:<34}{r['unit']:>8}{r['d']:>4}{r['N']:>10}{k:>6}"
                          f"{r['bits']:>5}{r['entropy']:>6.2f}{r['cr_log2']:>10.2f}"
                          f"{r['cr_entropy']:>12.2f}")
         t = self.totals
@@ -184,6 +239,8 @@ class SizeReport:
         lines.append(f"whole model ({self.other_params:,} other params at 32 bits): "
                      f"CR {t['cr_model_log2']:.2f}x (log2 K), {t['cr_model_entropy']:.2f}x "
                      "(entropy); codebooks counted at 32 bits")
+        if any(r.get("preserve_sparsity") for r in self.rows):
+            lines.append("K+z: K centroids and the fixed zero entry z (preserve_sparsity)")
         return "\n".join(lines)
 
     def to_dict(self):
@@ -201,7 +258,16 @@ def size_report(palettes, other_params=0, bits=FLOAT_BITS):
     Returns:
         A :class:`SizeReport`.
     """
+    if isinstance(palettes, Palette) or not hasattr(palettes, "__iter__"):
+        raise TypeError("Invalid type for argument `palettes`. Expected a list of Palette. "
+                        f"Received: {type(palettes).__name__}")
     palettes = list(palettes)
+    bad = [type(p).__name__ for p in palettes if not isinstance(p, Palette)]
+    if bad:
+        raise TypeError("Invalid type for argument `palettes`. Expected a list of Palette. "
+                        f"Received: a list holding {sorted(set(bad))}")
+    check_int("other_params", other_params, minimum=0)
+    check_int("bits", bits, minimum=1)
     rows, seen = [], set()
     orig = comp_log2 = comp_ent = 0.0
     for p in palettes:
@@ -216,7 +282,8 @@ def size_report(palettes, other_params=0, bits=FLOAT_BITS):
                      "entropy": p.entropy_bits(), "original_bits": n_bits,
                      "compressed_bits_log2": il + cb, "compressed_bits_entropy": ie + cb,
                      "cr_log2": n_bits / max(il + cb, 1e-12),
-                     "cr_entropy": n_bits / max(ie + cb, 1e-12)})
+                     "cr_entropy": n_bits / max(ie + cb, 1e-12),
+                     "preserve_sparsity": p.preserve_sparsity})
         orig += n_bits
         comp_log2 += il + cb
         comp_ent += ie + cb
@@ -234,7 +301,8 @@ def size_report(palettes, other_params=0, bits=FLOAT_BITS):
 
 
 def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_tensor",
-                   init="kmeans++", seed=0, layer_name="", weight_name="kernel", sparsity=0.0):
+                   init="kmeans++", seed=0, layer_name="", weight_name="kernel", sparsity=0.0,
+                   preserve_sparsity=False):
     """Cluster one weight tensor into a :class:`Palette`.
 
     Args:
@@ -250,15 +318,24 @@ def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_
         sparsity: fraction p of units (the smallest by l2 norm, per group) assigned to a fixed
             all-zero centroid, the other units clustered into K - 1 centroids: the sharing
             step of Deep k-Means' sparsity-promoting variant (Wu et al., ICML 2018, §4.1.4).
+        preserve_sparsity: keep the kernel's exact zeros: they go to a fixed zero entry 0
+            on top of K centroids of the non-zero units (see :mod:`dkm_tf.core.codebook`).
+            Unlike ``sparsity`` it creates no zeros; the two cannot be combined.
 
     Returns:
         A :class:`Palette`. When a group has fewer distinct units than K, its codebook is the
         distinct units (lossless), padded by repeating the last entry, and ``note`` says so.
     """
-    kernel = np.asarray(kernel)
+    kernel = check_real_array("kernel", kernel)
+    check_n_clusters(n_clusters)
+    check_seed(seed)
+    check_bool("preserve_sparsity", preserve_sparsity)
+    check_number("sparsity", sparsity, "a fraction in [0, 1)", low=0, high=1, high_open=True)
     layout = units_lib.layout_for(kernel.shape, kind, unit, granularity)
-    units = units_lib.to_units(kernel, layout)
-    books, idxs = [], []
+    # one scalar codebook: k-means reads the kernel in unit order (a view), no copy of it
+    one_scalar_book = (layout.n_groups == 1 and layout.unit_dim == 1 and not sparsity
+                       and not preserve_sparsity)
+    units = None if one_scalar_book else units_lib.to_units(kernel, layout)
     label = f"{layer_name}/{weight_name}" if layer_name else weight_name
     if not 0.0 <= sparsity < 1.0:
         raise ValueError("Invalid value for argument `sparsity`. Expected a fraction in [0, 1). "
@@ -266,29 +343,39 @@ def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_
     if sparsity > 0 and n_clusters < 2:
         raise ValueError("sparsity > 0 needs n_clusters >= 2 (one centroid is the fixed zero). "
                          f"Received: n_clusters={n_clusters}")
-    for g in range(layout.n_groups):
-        u = units[g]
-        n_zero = int(sparsity * u.shape[0])
-        if n_zero:
-            zero = np.zeros(u.shape[0], bool)
-            zero[np.argsort(np.sum(u.astype(np.float64) ** 2, axis=1), kind="stable")[:n_zero]] = 1
-            rest = u[~zero]
-            cb, sub = cluster_values(rest if layout.unit_dim > 1 else rest[:, 0], n_clusters - 1,
-                                     init=init, seed=seed + g, name=label)
-            cb = np.concatenate([np.zeros((1, layout.unit_dim), np.float32),
-                                 cb.reshape(-1, layout.unit_dim)])
-            idx = np.zeros(u.shape[0], np.int32)
-            idx[~zero] = sub + 1
-        else:
-            cb, idx = cluster_values(u if layout.unit_dim > 1 else u[:, 0], n_clusters,
-                                     init=init, seed=seed + g, name=label)
-        books.append(cb.reshape(cb.shape[0], layout.unit_dim))
-        idxs.append(idx)
-    k_max = max(b.shape[0] for b in books)
+    if preserve_sparsity:
+        if sparsity > 0:
+            raise ValueError("Invalid value for argument `sparsity`. Expected 0 with "
+                             "preserve_sparsity=True (one keeps existing zeros, the other "
+                             f"creates zeros). Received: sparsity={sparsity}")
+        cb, idx, used = codebook_lib.kmeans_keeping_zeros(units, n_clusters, init=init,
+                                                          seed=seed, name=label)
+        note = (f"only {used - 1} distinct non-zero units (<= n_clusters={n_clusters}): "
+                "lossless" if used <= n_clusters else "")
+        return Palette(layer_name, weight_name, cb[:, :used], idx, layout,
+                       requested_clusters=int(n_clusters), note=note, preserve_sparsity=True)
+    g_all, m, d = layout.n_groups, layout.n_units, layout.unit_dim
+    n_zero = int(sparsity * m)
+    if one_scalar_book:
+        cb, idx = scalar_kmeans(np.transpose(kernel, layout.perm), n_clusters, init=init,
+                                seed=seed, name=label)
+        cb, idx = cb.reshape(1, -1, 1), idx.reshape(1, -1)
+    elif n_zero:  # per group, the n_zero smallest units share the fixed zero centroid
+        zero = np.zeros((g_all, m), bool)
+        smallest = np.argsort(np.sum(units.astype(np.float64) ** 2, axis=2), axis=1,
+                              kind="stable")[:, :n_zero]
+        np.put_along_axis(zero, smallest, True, axis=1)
+        cb, sub = cluster_groups(units[~zero].reshape(g_all, m - n_zero, d), n_clusters - 1,
+                                 init=init, seed=seed, name=label)
+        cb = np.concatenate([np.zeros((g_all, 1, d), np.float32), cb], axis=1)
+        idx = np.zeros((g_all, m), np.int32)
+        idx[~zero] = (sub + 1).ravel()
+    else:  # scalar units of many groups: one batched k-means (dkm_tf.core.kmeans_batched)
+        cb, idx = cluster_groups(units, n_clusters, init=init, seed=seed, name=label)
+    k_max = cb.shape[1]
     note = ""
     if k_max < n_clusters:
         note = (f"only {k_max} distinct units (<= n_clusters={n_clusters}): lossless, "
                 f"codebook has {k_max} entries")
-    padded = [np.concatenate([b, np.repeat(b[-1:], k_max - b.shape[0], axis=0)]) for b in books]
-    return Palette(layer_name, weight_name, np.stack(padded), np.stack(idxs), layout,
+    return Palette(layer_name, weight_name, cb, idx, layout,
                    requested_clusters=int(n_clusters), note=note)

@@ -23,7 +23,19 @@ conv          (*k, in, out)               k          out
 conv_t        (*k, out, in)               k          out
 depthwise     (*k, in, multiplier)        k          in, mult
 embedding     (vocab, dim)                -          dim
+vector        (n,)                        -          - (one group)
+einsum:...    any (EinsumDense kernel)    -          the listed axes
 ============  ==========================  =========  ============
+
+``"vector"`` is for 1-D weights (a bias, a scale) returned by a custom layer's
+``get_clusterable_weights()``: scalar units only, and no channel axis, so ``"per_channel"``
+gives the same single codebook as ``"per_tensor"``.
+
+``"einsum:<axes>"`` (built by :func:`einsum_kind`) is for ``EinsumDense`` kernels of any rank,
+e.g. a multi-head attention projection of shape (d_model, heads, head_dim): the listed axes
+are the kernel axes that appear in the einsum output (its output channels, one group each with
+``"per_channel"``; ``"einsum:1,2"`` gives heads * head_dim groups), the others are contracted.
+No spatial axes, so units are scalars.
 
 Units are ordered as PyTorch orders a conv weight, ``(out, in, *k)``: the group axis first, then
 the other channel axes, then the spatial axes, with the unit axis last. That order is fixed by
@@ -38,17 +50,55 @@ import numpy as np
 
 from dkm_tf.core.validate import check_choice
 
-__all__ = ["GRANULARITIES", "KINDS", "UNITS", "UNIT_CHOICES", "UnitLayout", "from_units",
-           "layout_for", "resolve_unit", "to_units"]
+__all__ = ["EINSUM_PREFIX", "GRANULARITIES", "KINDS", "UNITS", "UNIT_CHOICES", "UnitLayout",
+           "check_kind", "einsum_kind", "from_units", "is_kind", "layout_for", "resolve_unit",
+           "to_units"]
 
 UNITS = ("scalar", "row", "kernel")
 UNIT_CHOICES = (*UNITS, "auto")  # "auto": the paper's choice, see resolve_unit
 GRANULARITIES = ("per_tensor", "per_channel")
-KINDS = ("dense", "conv", "conv_t", "depthwise", "embedding")
+KINDS = ("dense", "conv", "conv_t", "depthwise", "embedding", "vector")
+EINSUM_PREFIX = "einsum:"  # + the output (channel) axes: see einsum_kind
+
+
+def einsum_kind(channel_axes):
+    """The kind string of an EinsumDense kernel whose output axes are ``channel_axes``."""
+    return EINSUM_PREFIX + ",".join(str(int(a)) for a in sorted(set(channel_axes)))
+
+
+def is_kind(kind):
+    """True for a name in :data:`KINDS` or a well-formed ``"einsum:<axes>"`` kind."""
+    if kind in KINDS:
+        return True
+    try:
+        _einsum_channels(kind)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _einsum_channels(kind, ndim=None):
+    """The channel axes of an ``"einsum:<axes>"`` kind (checked against ``ndim``)."""
+    if not isinstance(kind, str) or not kind.startswith(EINSUM_PREFIX):
+        raise ValueError(f"Not an einsum kind: {kind!r}.")
+    body = kind[len(EINSUM_PREFIX):]
+    axes = tuple(int(a) for a in body.split(",")) if body else ()
+    if any(a < 0 for a in axes) or list(axes) != sorted(set(axes)) or (
+            ndim is not None and any(a >= ndim for a in axes)):
+        raise ValueError(f"Invalid einsum kind {kind!r}: expected increasing axes in "
+                         f"[0, {ndim if ndim is not None else 'ndim'}).")
+    return axes
 
 
 def _axes(kind, ndim):
     """(spatial axes, channel axes, other axes) of a kernel of this kind and rank."""
+    if isinstance(kind, str) and kind.startswith(EINSUM_PREFIX):
+        channel = _einsum_channels(kind, ndim)
+        return (), channel, tuple(a for a in range(ndim) if a not in channel)
+    if kind == "vector":
+        if ndim != 1:
+            raise ValueError(f"A vector weight must be 1-D. Received a {ndim}-D weight.")
+        return (), (), (0,)
     if kind in ("dense", "embedding"):
         if ndim != 2:
             raise ValueError(f"A {kind} kernel must be 2-D. Received a {ndim}-D kernel.")
@@ -87,6 +137,19 @@ class UnitLayout:
     n_units: int
     unit_dim: int
 
+    def __post_init__(self):  # built by layout_for; a hand-made one must be consistent
+        shape, perm = tuple(self.kernel_shape), tuple(self.perm)
+        counts = (self.n_groups, self.n_units, self.unit_dim)
+        if (not is_kind(self.kind) or self.unit not in UNITS
+                or self.granularity not in GRANULARITIES
+                or sorted(perm) != list(range(len(shape)))
+                or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
+                       for n in (*shape, *counts))
+                or int(np.prod(counts)) != int(np.prod(shape))):
+            raise ValueError(f"Invalid UnitLayout {self}: expected a known kind, unit and "
+                             "granularity, a permutation of the kernel axes and G x M x d = "
+                             "the kernel size. Build layouts with dkm_tf.layout_for().")
+
     @property
     def size(self):
         """Number of weights in the kernel."""
@@ -102,6 +165,23 @@ class UnitLayout:
                           config["granularity"])
 
 
+def check_kind(kind, shape, where="weight"):
+    """Raise a ``ValueError`` naming ``where`` unless a weight of ``shape`` has layout ``kind``.
+
+    Used for the kinds that custom layers declare in ``get_clusterable_weights()``.
+    """
+    if not is_kind(kind):
+        raise ValueError(f"{where}: invalid layout kind {kind!r}. Expected one of "
+                         f"{list(KINDS)} or 'einsum:<output axes>'.")
+    shape = tuple(int(s) for s in shape)
+    try:
+        _axes(kind, len(shape))
+    except ValueError as e:
+        hint = " Use kind 'vector' for 1-D weights (biases, scales)." if len(shape) == 1 else ""
+        raise ValueError(f"{where}: kind {kind!r} does not fit its shape {shape}. {e}{hint}") \
+            from None
+
+
 def resolve_unit(unit, kind, kernel_shape):
     """``"auto"`` -> ``"row"`` for kernels with a spatial extent > 1, else ``"scalar"``.
 
@@ -115,6 +195,20 @@ def resolve_unit(unit, kind, kernel_shape):
     return "row" if any(kernel_shape[a] > 1 for a in spatial) else "scalar"
 
 
+def _check_shape(kernel_shape):
+    """``kernel_shape`` as a tuple of ints >= 1, or a ``ValueError`` that says what is wrong."""
+    try:
+        dims = tuple(kernel_shape)
+    except TypeError:
+        dims = None
+    ok = dims is not None and len(dims) >= 1 and all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in dims)
+    if not ok:
+        raise ValueError("Invalid value for argument `kernel_shape`. Expected a non-empty "
+                         f"sequence of integers >= 1. Received: kernel_shape={kernel_shape!r}")
+    return tuple(int(s) for s in dims)
+
+
 def layout_for(kernel_shape, kind, unit="scalar", granularity="per_tensor"):
     """The :class:`UnitLayout` of a kernel.
 
@@ -122,17 +216,19 @@ def layout_for(kernel_shape, kind, unit="scalar", granularity="per_tensor"):
         kernel_shape: shape of the Keras kernel.
         kind: ``"dense"``, ``"conv"`` (Conv1D/2D/3D and separable pointwise kernels),
             ``"conv_t"`` (Conv*Transpose), ``"depthwise"`` (DepthwiseConv*, separable
-            depthwise kernels) or ``"embedding"``.
+            depthwise kernels), ``"embedding"``, ``"vector"`` (1-D weights) or
+            ``"einsum:<axes>"`` (EinsumDense kernels, see :func:`einsum_kind`).
         unit: ``"scalar"``, ``"row"`` or ``"kernel"``.
         granularity: ``"per_tensor"`` or ``"per_channel"``.
 
     Returns:
         A :class:`UnitLayout`.
     """
-    check_choice("kind", kind, KINDS)
+    if not is_kind(kind):
+        check_choice("kind", kind, KINDS)  # raises the usual message
     check_choice("unit", unit, UNITS)
     check_choice("granularity", granularity, GRANULARITIES)
-    shape = tuple(int(s) for s in kernel_shape)
+    shape = _check_shape(kernel_shape)
     spatial, channel, other = _axes(kind, len(shape))
     perm = channel + other + spatial
     if unit == "scalar" or not spatial:
@@ -148,6 +244,7 @@ def layout_for(kernel_shape, kind, unit="scalar", granularity="per_tensor"):
 
 def to_units(kernel, layout):
     """Cut ``kernel`` into units: an array of shape (G, M, d)."""
+    _check_layout(layout)
     kernel = np.asarray(kernel)
     if tuple(kernel.shape) != layout.kernel_shape:
         raise ValueError(
@@ -160,9 +257,16 @@ def to_units(kernel, layout):
 
 def from_units(units, layout):
     """Put units of shape (G, M, d) back into a kernel of ``layout.kernel_shape``."""
+    _check_layout(layout)
     units = np.asarray(units)
     expected = (layout.n_groups, layout.n_units, layout.unit_dim)
     if tuple(units.shape) != expected:
         raise ValueError(f"Units shape {tuple(units.shape)} does not match {expected}.")
     t_shape = tuple(layout.kernel_shape[a] for a in layout.perm)
     return np.transpose(units.reshape(t_shape), np.argsort(layout.perm))
+
+
+def _check_layout(layout):
+    if not isinstance(layout, UnitLayout):
+        raise TypeError("Invalid type for argument `layout`. Expected a UnitLayout "
+                        f"(dkm_tf.layout_for). Received: {type(layout).__name__}")

@@ -32,3 +32,131 @@ def check_n_clusters(n_clusters, name="n_clusters"):
     if not 1 <= n_clusters <= 2**31 - 1:
         raise invalid(name, "an integer >= 1", n_clusters)
     return int(n_clusters)
+
+
+def invalid_type(name, expected, value):
+    """The ``TypeError`` for argument ``name`` of the wrong type (Keras' message pattern)."""
+    return TypeError(f"Invalid type for argument `{name}`. Expected {expected}. "
+                     f"Received: {name}={_short(value)} of type {type(value).__name__}")
+
+
+def _short(value):
+    """``repr`` of a value for a message; arrays by shape and dtype, long text cut."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None and len(shape) and not isinstance(value, str):
+        return f"<array of shape {tuple(shape)} and dtype {dtype}>"
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def check_bool(name, value):
+    """Return ``value`` if it is a bool (``True``/``False``, numpy bools too), else ``TypeError``.
+
+    Truthy stand-ins ("yes", 1) are refused: they hide typos such as ``inplace="no"``.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    if not isinstance(value, (bool, np.bool_)):
+        raise invalid_type(name, "a bool (True or False)", value)
+    return bool(value)
+
+
+def check_int(name, value, minimum=0, maximum=None):
+    """Return ``value`` as an int: ``TypeError`` unless an integer (bools refused),
+    ``ValueError`` outside ``[minimum, maximum]``."""
+    import numbers  # noqa: PLC0415
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise invalid_type(name, f"an integer >= {minimum}", value)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"an integer >= {minimum}" if maximum is None else \
+            f"an integer in [{minimum}, {maximum}]"
+        raise invalid(name, bound, value)
+    return int(value)
+
+
+def check_seed(seed, name="seed"):
+    """Return a random seed as an int: a non-negative integer (what numpy's generators take).
+
+    ``TypeError`` for floats, strings, bools and None; ``ValueError`` for negative integers.
+    """
+    return check_int(name, seed, minimum=0)
+
+
+def check_number(name, value, expected, *, low=None, high=None, low_open=False,
+                 high_open=False):
+    """Return ``value`` as a float if it is a finite real number within the bounds.
+
+    ``TypeError`` unless a real number (bools and strings refused); ``ValueError`` for NaN, Inf
+    or a value outside ``low``/``high`` (open ends with ``low_open``/``high_open``);
+    ``expected`` describes the allowed values in the message.
+    """
+    import math  # noqa: PLC0415
+    import numbers  # noqa: PLC0415
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise invalid_type(name, expected, value)
+    v = float(value)
+    if (not math.isfinite(v) or (low is not None and (v < low or (low_open and v == low)))
+            or (high is not None and (v > high or (high_open and v == high)))):
+        raise invalid(name, expected, value)
+    return v
+
+
+def check_real_array(name, x):
+    """``x`` as a numpy array of real numbers (bools, integers or floats).
+
+    ``TypeError`` for strings, objects (None entries) and complex numbers, whose imaginary
+    part would otherwise be dropped without a word; ``ValueError`` for ragged nested lists.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError) as e:  # ragged lists
+        raise invalid(name, "an array of real numbers (a rectangular, non-ragged array)",
+                      x) from e
+    if arr.dtype.kind not in "biuf" and arr.dtype.name != "bfloat16":
+        what = "complex numbers (the imaginary part would be lost)" if arr.dtype.kind == "c" \
+            else f"dtype {arr.dtype}"
+        raise TypeError(f"Invalid type for argument `{name}`. Expected an array of real "
+                        f"numbers. Received: {name} holding {what}, shape {arr.shape}")
+    return arr
+
+
+# keyword options of the engines: name -> (engines, check)
+KMEANS_OPTIONS = {
+    "max_iter": (("scalar", "vector"), lambda v: check_int("max_iter", v, minimum=1)),
+    "refine": (("scalar",), lambda v: check_bool("refine", v)),
+    "tol": (("vector",), lambda v: check_number("tol", v, "a number >= 0", low=0)),
+    "chunk": (("vector",), lambda v: check_int("chunk", v, minimum=1)),
+    "use_faiss": (("vector",), lambda v: v is None or check_bool("use_faiss", v)),
+}
+
+
+def check_kmeans_options(options, engine=None, name="kmeans_options"):
+    """Check extra k-means keyword arguments (``cluster_values(**kwargs)``, ``kmeans_options``).
+
+    Names must be among :data:`KMEANS_OPTIONS` with valid values; with ``engine``
+    (``"scalar"`` or ``"vector"``) they must also apply to that engine.
+
+    Returns:
+        The options as a new dict.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"Invalid type for argument `{name}`. Expected a dict of k-means "
+                        f"options among {sorted(KMEANS_OPTIONS)}. Received: {options!r}")
+    for key, value in options.items():
+        if key not in KMEANS_OPTIONS:
+            raise TypeError(f"Invalid k-means option {key!r} in `{name}`. Expected names among "
+                            f"{sorted(KMEANS_OPTIONS)}. Received: {key}={value!r}")
+        engines, check = KMEANS_OPTIONS[key]
+        check(value)
+        if engine is not None and engine not in engines:
+            usable = sorted(k for k, (e, _) in KMEANS_OPTIONS.items() if engine in e)
+            raise TypeError(f"Invalid k-means option {key!r} in `{name}`: it applies to "
+                            f"{' and '.join(engines)} units, and these are {engine} units "
+                            f"(options: {usable}). Received: {key}={value!r}")
+    return dict(options)

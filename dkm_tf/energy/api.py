@@ -117,6 +117,9 @@ def estimate_shapes(shapes, *, skipped=(), weight_sharing=None, palettes=None, p
     check_positive("bits_x", bits_x)
     check_choice("index_cost", index_cost, constants.INDEX_COSTS)
     check_choice("compute_model", compute_model, constants.COMPUTE_MODELS)
+    if isinstance(shapes, (str, bytes)) or not hasattr(shapes, "__iter__"):
+        raise TypeError("Invalid type for argument `shapes`. Expected a list of LayerShape. "
+                        f"Received: shapes={shapes!r}")
     shapes = tuple(shapes)
     for s in shapes:
         if not isinstance(s, LayerShape):
@@ -202,6 +205,9 @@ def _read(model_or_path, input_shape):
         path = os.fspath(model_or_path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"No such model file: {path!r}")
+        if os.path.isdir(path):
+            raise ValueError("Invalid value for argument `model_or_path`. Expected a model "
+                             f"file, not a folder. Received: model_or_path={path!r}")
         suffix = os.path.splitext(path)[1].lower()
         if suffix == ".tflite":
             from dkm_tf.energy.tflite_reader import read_tflite
@@ -232,6 +238,10 @@ def _read(model_or_path, input_shape):
 def _collect_sharing(weight_sharing, palettes, index_cost):
     """Merges `weight_sharing` and duck-typed `palettes` into `{name: [SharingInfo, ...]}`."""
     out = {}
+    if palettes is not None and (hasattr(palettes, "layer_name")
+                                 or not hasattr(palettes, "__iter__")):
+        raise TypeError("Invalid type for argument `palettes`. Expected a list of palettes. "
+                        f"Received: {type(palettes).__name__}")
     if weight_sharing is not None:
         if not isinstance(weight_sharing, Mapping):
             raise TypeError(
@@ -268,6 +278,8 @@ def _collect_sharing(weight_sharing, palettes, index_cost):
         for part in ("depthwise", "pointwise"):
             if weight_name.startswith(part):
                 key = f"{p.layer_name}/{part}"
+        if "." in weight_name:  # a sublayer's kernel (RNN cell, attention projection)
+            key = f"{p.layer_name}/{weight_name}"
         out.setdefault(key, []).append(
             SharingInfo(n_clusters=k, unit_dim=int(p.unit_dim), n_units=n, index_bits=bits,
                         n_codebooks=n_books))

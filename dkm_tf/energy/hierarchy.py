@@ -38,7 +38,7 @@ import dataclasses
 import math
 
 from dkm_tf.energy import constants
-from dkm_tf.energy.paper import eltwise_fa, fa_per_mac
+from dkm_tf.energy.paper import check_layer_args, eltwise_fa, fa_per_mac
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +92,13 @@ def hierarchy_cost(shape, *, bits_w=16, bits_x=16, weight_store_bits=None, kept_
     Returns:
         A `HierarchyCost`.
     """
+    check_layer_args(shape, bits_w, bits_x, kept_fraction=kept_fraction)
+    if weight_store_bits is not None and not weight_store_bits >= 0:
+        raise ValueError("Invalid value for argument `weight_store_bits`. Expected None or a "
+                         f"number >= 0. Received: weight_store_bits={weight_store_bits!r}")
+    if isinstance(compute_fraction, bool) or not compute_fraction > 0:
+        raise ValueError("Invalid value for argument `compute_fraction`. Expected a number "
+                         f"> 0. Received: compute_fraction={compute_fraction!r}")
     ref = constants.REFERENCE_BITS
     sw, sx = bits_w / ref, bits_x / ref
     if shape.kind in ("conv", "dense"):

@@ -8,6 +8,8 @@ have no recorded per-layer shapes; with `input_shape` they are traced with Tenso
 (`graph_reader`), without it a `ValueError` asks for one.
 
 Fused activations (`Conv2D(activation="relu")`) and biases are not charged separately.
+Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
+EinsumDense) layers are read by :mod:`dkm_tf.energy.sequence_reader`.
 A layer called more than once is read at its first call only.
 """
 
@@ -190,6 +192,11 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
         pw = sh.conv_shape(f"{name}/pointwise", in_hw=ohw, in_c=mid, out_hw=ohw, out_c=oc,
                            kernel=1, repeat=rep, **common)
         return [dw, pw], None
+    from dkm_tf.energy.sequence_reader import classify_sequence_layer
+
+    sequence = classify_sequence_layer(layer, alias, in_shapes, out_shape, keras)
+    if sequence is not None:
+        return sequence
     if isinstance(layer, L.Dense):
         return [sh.dense_shape(name, in_features=in_shape[-1], units=out_shape[-1],
                                positions=math.prod(in_shape[1:-1]), **common)], None
@@ -231,7 +238,8 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
     if cls in _NO_COMPUTE:
         return [], "no compute"
     return [], (f"unsupported layer type {cls}; supported: Conv1D/2D (grouped), Depthwise/"
-                "SeparableConv1D/2D, Dense, pooling, merge, ReLU, BatchNormalization")
+                "SeparableConv1D/2D, Dense, EinsumDense, MultiHeadAttention, SimpleRNN/LSTM/"
+                "GRU/RNN/Bidirectional, pooling, merge, ReLU, BatchNormalization")
 
 
 def _act_name(layer):

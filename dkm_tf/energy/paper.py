@@ -43,11 +43,13 @@ def fa_dot(d, bits_w, bits_x):
         >>> fa_dot(4, 8, 8)
         307
     """
+    _check_bits(d, bits_w, bits_x)
     return d * bits_w * bits_x + (d - 1) * (bits_x + bits_w + _clog2(d) - 1)
 
 
 def fa_per_mac(d, bits_w, bits_x):
     """Per-MAC share of eq. (5): B_w·B_x + B_w + B_x + ⌈log₂ d⌉ − 1 (methods.md §1.8.2)."""
+    _check_bits(d, bits_w, bits_x)
     return bits_w * bits_x + bits_w + bits_x + _clog2(d) - 1
 
 
@@ -113,6 +115,8 @@ def paper_cost(shape, *, bits_w=16, bits_x=16, sharing=None, index_bits=0.0,
         >>> round(c.total, 4), c.compute_fa
         (55.5802, 614.0)
     """
+    check_layer_args(shape, bits_w, bits_x, kept_fraction=kept_fraction,
+                     unique_fraction=unique_fraction)
     bw, bx, f = bits_w, bits_x, kept_fraction
     if shape.kind in ("conv", "dense"):
         d_len = shape.dot_length
@@ -162,6 +166,32 @@ def eltwise_fa(shape, bits_w, bits_x):
     if op == "mul":
         return max(n - 1, 1) * bits_x * bits_x
     return bits_w * bits_x + bits_w + bits_x
+
+
+def _check_bits(d, bits_w, bits_x):
+    from dkm_tf.energy.shapes import check_positive, check_positive_int  # noqa: PLC0415
+
+    check_positive_int("d", d)
+    check_positive("bits_w", bits_w)
+    check_positive("bits_x", bits_x)
+
+
+def check_layer_args(shape, bits_w, bits_x, **fractions):
+    """Check a per-layer cost function's arguments: a `LayerShape`, bits > 0, and fractions
+    in (0, 1] (``None`` allowed)."""
+    from dkm_tf.energy.shapes import LayerShape, check_positive  # noqa: PLC0415
+
+    if not isinstance(shape, LayerShape):
+        raise TypeError("Invalid type for argument `shape`. Expected a LayerShape. "
+                        f"Received: shape={shape!r}")
+    check_positive("bits_w", bits_w)
+    check_positive("bits_x", bits_x)
+    for name, value in fractions.items():
+        if value is not None:
+            check_positive(name, value)
+            if value > 1:
+                raise ValueError(f"Invalid value for argument `{name}`. Expected a number in "
+                                 f"(0, 1]. Received: {name}={value!r}")
 
 
 def _clog2(d):

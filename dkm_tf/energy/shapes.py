@@ -229,21 +229,25 @@ def conv_shape(name, *, in_hw, in_c, out_hw, out_c, kernel, strides=1, groups=1,
     Returns:
         A frozen `LayerShape` of kind "conv".
     """
-    (ih, iw), (oh, ow) = _pair(in_hw), _pair(out_hw)
-    (kh, kw), (sh, sw) = _pair(kernel), _pair(strides)
+    (ih, iw), (oh, ow) = _pair(in_hw, "in_hw"), _pair(out_hw, "out_hw")
+    (kh, kw), (sh, sw) = _pair(kernel, "kernel"), _pair(strides, "strides")
     return LayerShape(name=name, layer=layer or name, op=op, kind="conv", in_h=ih, in_w=iw,
                       in_c=in_c, out_h=oh, out_w=ow, out_c=out_c, kernel_h=kh, kernel_w=kw,
                       stride_h=sh, stride_w=sw, groups=groups, repeat=repeat)
 
 
-def dense_shape(name, *, in_features, units, positions=1, layer=None, op="Dense"):
+def dense_shape(name, *, in_features, units, positions=1, groups=1, layer=None, op="Dense"):
     """Builds a `LayerShape` for a dense layer applied at `positions` positions.
+
+    With `groups` = G the layer is G independent (in_features / G) x (units / G) matrices
+    (e.g. one per attention head): each output is a dot product of length in_features / G.
 
     Returns:
         A frozen `LayerShape` of kind "dense" (a 1 × 1 convolution on a `1 × positions` map).
     """
     return LayerShape(name=name, layer=layer or name, op=op, kind="dense", in_h=1,
-                      in_w=positions, in_c=in_features, out_h=1, out_w=positions, out_c=units)
+                      in_w=positions, in_c=in_features, out_h=1, out_w=positions, out_c=units,
+                      groups=groups)
 
 
 def pool_shape(name, *, in_hw, channels, out_hw, window, pool_op="max", strides=None, repeat=1,
@@ -253,8 +257,9 @@ def pool_shape(name, *, in_hw, channels, out_hw, window, pool_op="max", strides=
     Returns:
         A frozen `LayerShape` of kind "pool".
     """
-    (ih, iw), (oh, ow), (kh, kw) = _pair(in_hw), _pair(out_hw), _pair(window)
-    sh, sw = _pair(strides) if strides is not None else (kh, kw)
+    (ih, iw), (oh, ow) = _pair(in_hw, "in_hw"), _pair(out_hw, "out_hw")
+    kh, kw = _pair(window, "window")
+    sh, sw = _pair(strides, "strides") if strides is not None else (kh, kw)
     return LayerShape(name=name, layer=layer or name, op=op or f"{pool_op}_pool", kind="pool",
                       in_h=ih, in_w=iw, in_c=channels, out_h=oh, out_w=ow, out_c=channels,
                       kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, repeat=repeat,
@@ -271,6 +276,9 @@ def eltwise_shape(name, *, elements, eltwise_op="add", n_inputs=2, n_params=0, l
     Returns:
         A frozen `LayerShape` of kind "eltwise".
     """
+    if isinstance(elements, float) and not elements.is_integer():
+        raise ValueError("Invalid value for argument `elements`. Expected an integer >= 1. "
+                         f"Received: elements={elements!r}")
     elements = int(elements)
     return LayerShape(name=name, layer=layer or name, op=op or eltwise_op, kind="eltwise",
                       in_h=1, in_w=elements, in_c=1, out_h=1, out_w=elements, out_c=1,
@@ -296,10 +304,11 @@ def unique_product_fraction(indices):
         0.375
     """
     idx = np.asarray(indices)
-    if idx.ndim != 2 or idx.size == 0:
+    if idx.ndim != 2 or idx.size == 0 or idx.dtype.kind not in "iu" or idx.min() < 0:
         raise ValueError(
             "Invalid value for argument `indices`. Expected a non-empty 2-D array of shape "
-            f"(positions, n_filters). Received: indices.shape={idx.shape}"
+            f"(positions, n_filters) of indices >= 0. Received: indices.shape={idx.shape}, "
+            f"dtype {idx.dtype}"
         )
     srt = np.sort(idx, axis=1)
     distinct = 1 + np.count_nonzero(np.diff(srt, axis=1), axis=1)
@@ -317,16 +326,21 @@ def expected_unique_fraction(n_clusters, n_filters, n_codebooks=1):
         >>> expected_unique_fraction(2, 2)
         0.75
     """
-    k, g = float(n_clusters), max(1, int(n_codebooks))
+    check_positive_int("n_clusters", n_clusters)
+    check_positive_int("n_filters", n_filters)
+    check_positive_int("n_codebooks", n_codebooks)
+    k, g = float(n_clusters), int(n_codebooks)
     m = max(float(n_filters) / g, 1.0)
     if k <= 1:
         return 1.0 / m
     return min(1.0, k * -math.expm1(m * math.log1p(-1.0 / k)) / m)
 
 
-def _pair(value):
-    if isinstance(value, (tuple, list)):
-        if len(value) == 1:
-            return int(value[0]), int(value[0])
-        return int(value[0]), int(value[1])
-    return int(value), int(value)
+def _pair(value, name):
+    """``(h, w)`` from an int or a sequence of one or two ints (strings, floats refused)."""
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    if not 1 <= len(items) <= 2 or any(isinstance(v, bool) or not isinstance(
+            v, (int, np.integer)) for v in items):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected an integer or a pair "
+                         f"of integers (height, width). Received: {name}={value!r}")
+    return int(items[0]), int(items[-1])

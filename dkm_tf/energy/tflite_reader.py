@@ -75,71 +75,78 @@ def read_tflite(path):
         used[name] = used.get(name, 0) + 1
         return name if used[name] == 1 else f"{name}#{used[name]}"
 
-    for k in range(graph.OperatorsLength()):
-        op = graph.Operators(k)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        opname = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
-        ins = [tensor(i) if i >= 0 else ("", ()) for i in op.InputsAsNumpy()]
-        out_name, y = tensor(op.OutputsAsNumpy()[0])
-        label = f"{opname.lower()}_{k}"
-        try:
-            if opname == "CONV_2D":
-                x, w = ins[0][1], ins[1][1]
-                opt = options(op, schema.Conv2DOptions)
-                name = name_of([ins[1][0], out_name], label)
-                shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
-                                            in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[0],
-                                            kernel=w[1:3], groups=x[3] // w[3],
-                                            strides=(opt.StrideH(), opt.StrideW())))
-            elif opname == "DEPTHWISE_CONV_2D":
-                x, w = ins[0][1], ins[1][1]
-                opt = options(op, schema.DepthwiseConv2DOptions)
-                name = name_of([ins[1][0], out_name], label)
-                shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
-                                            in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[3],
-                                            kernel=w[1:3], groups=x[3],
-                                            strides=(opt.StrideH(), opt.StrideW())))
-            elif opname == "FULLY_CONNECTED" or (opname == "BATCH_MATMUL" and
-                                                 len(ins[1][1]) == 2):
-                x, w = ins[0][1], ins[1][1]
-                if opname == "FULLY_CONNECTED":
-                    in_f, units = w[1], w[0]
+    try:
+        for k in range(graph.OperatorsLength()):
+            op = graph.Operators(k)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            opname = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            ins = [tensor(i) if i >= 0 else ("", ()) for i in op.InputsAsNumpy()]
+            out_name, y = tensor(op.OutputsAsNumpy()[0])
+            label = f"{opname.lower()}_{k}"
+            try:
+                if opname == "CONV_2D":
+                    x, w = ins[0][1], ins[1][1]
+                    opt = options(op, schema.Conv2DOptions)
+                    name = name_of([ins[1][0], out_name], label)
+                    shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
+                                                in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[0],
+                                                kernel=w[1:3], groups=x[3] // w[3],
+                                                strides=(opt.StrideH(), opt.StrideW())))
+                elif opname == "DEPTHWISE_CONV_2D":
+                    x, w = ins[0][1], ins[1][1]
+                    opt = options(op, schema.DepthwiseConv2DOptions)
+                    name = name_of([ins[1][0], out_name], label)
+                    shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
+                                                in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[3],
+                                                kernel=w[1:3], groups=x[3],
+                                                strides=(opt.StrideH(), opt.StrideW())))
+                elif opname == "FULLY_CONNECTED" or (opname == "BATCH_MATMUL" and
+                                                     len(ins[1][1]) == 2):
+                    x, w = ins[0][1], ins[1][1]
+                    if opname == "FULLY_CONNECTED":
+                        in_f, units = w[1], w[0]
+                    else:
+                        adj_y = options(op, schema.BatchMatMulOptions).AdjY()
+                        in_f, units = (w[1], w[0]) if adj_y else w
+                    name = name_of([ins[1][0], out_name], label)
+                    shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
+                                                 in_features=in_f, units=units,
+                                                 positions=max(math.prod(x) // in_f // x[0], 1)))
+                elif opname in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
+                    x = ins[0][1]
+                    opt = options(op, schema.Pool2DOptions)
+                    name = name_of([out_name], label)
+                    shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
+                                                in_hw=x[1:3], channels=x[3], out_hw=y[1:3],
+                                                window=(opt.FilterHeight(), opt.FilterWidth()),
+                                                strides=(opt.StrideH(), opt.StrideW()),
+                                                pool_op=("max" if opname == "MAX_POOL_2D"
+                                                         else "avg")))
+                elif opname == "MEAN" and len(ins[0][1]) == 4 and math.prod(y) == \
+                        ins[0][1][0] * ins[0][1][3]:
+                    x = ins[0][1]
+                    name = name_of([out_name], label)
+                    shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
+                                                in_hw=x[1:3], channels=x[3], out_hw=1,
+                                                window=x[1:3], pool_op="avg"))
+                elif opname in _ELTWISE:
+                    n_in = 1 if _ELTWISE[opname] == "relu" else 2
+                    name = name_of([out_name], label)
+                    shapes.append(sh.eltwise_shape(name, layer=name.split("#")[0], op=opname,
+                                                   elements=math.prod(y[1:]) or 1,
+                                                   eltwise_op=_ELTWISE[opname], n_inputs=n_in))
+                elif opname in _NO_COMPUTE:
+                    skipped.append((label, "no compute"))
                 else:
-                    adj_y = options(op, schema.BatchMatMulOptions).AdjY()
-                    in_f, units = (w[1], w[0]) if adj_y else w
-                name = name_of([ins[1][0], out_name], label)
-                shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
-                                             in_features=in_f, units=units,
-                                             positions=max(math.prod(x) // in_f // x[0], 1)))
-            elif opname in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
-                x = ins[0][1]
-                opt = options(op, schema.Pool2DOptions)
-                name = name_of([out_name], label)
-                shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
-                                            in_hw=x[1:3], channels=x[3], out_hw=y[1:3],
-                                            window=(opt.FilterHeight(), opt.FilterWidth()),
-                                            strides=(opt.StrideH(), opt.StrideW()),
-                                            pool_op="max" if opname == "MAX_POOL_2D" else "avg"))
-            elif opname == "MEAN" and len(ins[0][1]) == 4 and math.prod(y) == \
-                    ins[0][1][0] * ins[0][1][3]:
-                x = ins[0][1]
-                name = name_of([out_name], label)
-                shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
-                                            in_hw=x[1:3], channels=x[3], out_hw=1,
-                                            window=x[1:3], pool_op="avg"))
-            elif opname in _ELTWISE:
-                n_in = 1 if _ELTWISE[opname] == "relu" else 2
-                name = name_of([out_name], label)
-                shapes.append(sh.eltwise_shape(name, layer=name.split("#")[0], op=opname,
-                                               elements=math.prod(y[1:]) or 1,
-                                               eltwise_op=_ELTWISE[opname], n_inputs=n_in))
-            elif opname in _NO_COMPUTE:
-                skipped.append((label, "no compute"))
-            else:
-                skipped.append((label, f"unsupported TFLite op {opname}"))
-        except (IndexError, ValueError, ZeroDivisionError) as e:
-            raise ValueError(
-                f"Could not read TFLite op {k} ({opname}, output {out_name!r}) with input "
-                f"shapes {[s for _, s in ins]} and output shape {y}: {e}"
-            ) from e
+                    skipped.append((label, f"unsupported TFLite op {opname}"))
+            except (IndexError, ValueError, ZeroDivisionError) as e:
+                raise ValueError(
+                    f"Could not read TFLite op {k} ({opname}, output {out_name!r}) with input "
+                    f"shapes {[s for _, s in ins]} and output shape {y}: {e}"
+                ) from e
+    except ValueError:
+        raise
+    except Exception as e:  # struct.error, IndexError, ... from a damaged flatbuffer
+        raise ValueError(f"{os.fspath(path)!r} is not a readable TFLite model (truncated or "
+                         f"corrupted, {len(buf):,} bytes): {type(e).__name__}: {e}") from e
     return tuple(shapes), tuple(skipped)

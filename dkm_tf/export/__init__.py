@@ -19,6 +19,7 @@ from dkm_tf.export.rewrite import TFLiteFormatError
 from dkm_tf.export.tflite import (
     DEFAULT_TOLERANCE,
     FORMATS,
+    INT8_MIN_TOP1,
     INT8_MODES,
     ExportReport,
     check_palettes,
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "EXPORT_TARGETS",
     "FORMATS",
+    "INT8_MIN_TOP1",
     "INT8_MODES",
     "ExportReport",
     "ExportVerificationError",

@@ -2,8 +2,11 @@
 
 Conversion goes through a concrete function over a ``tf.Module`` that holds the model's
 variables (toolchain.md section 3, path "C fixed"): it works for Sequential, functional and
-subclassed models alike and prints nothing on stdout. Inputs have a fixed shape with batch 1,
-the usual on-device setting, which lets every shape in a rewritten graph be static.
+subclassed models alike and prints nothing on stdout. The batch dimension of every input is
+dynamic (signature ``[-1, ...]``; the stored shapes say 1), so ``resize_tensor_input`` to any
+batch gives per-sample results; ``batch=1`` in :func:`input_specs` fixes it (TFLite Micro).
+Outputs come in Keras' order (signature ``output_i`` = Keras output ``i``), see
+:mod:`dkm_tf.export.canonical`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import contextlib
 import os
 
 import numpy as np
+
+from dkm_tf.export.canonical import canonicalize
 
 __all__ = ["QUANTIZATIONS", "as_input_list", "convert", "input_specs", "quiet",
            "synthesize_inputs"]
@@ -59,10 +64,13 @@ def as_input_list(sample_inputs):
     return arrays
 
 
-def input_specs(model, sample_inputs=None):
-    """Per-input (shape with batch 1, dtype) of the model, from its inputs or the samples."""
+def input_specs(model, sample_inputs=None, batch=None):
+    """Per-input (shape, dtype) of the model, from its inputs or the samples.
+
+    The leading dimension is ``batch``: None (dynamic, the default) or a fixed size.
+    """
     if sample_inputs is not None:
-        return [((1, *a.shape[1:]), a.dtype.name) for a in as_input_list(sample_inputs)]
+        return [((batch, *a.shape[1:]), a.dtype.name) for a in as_input_list(sample_inputs)]
     inputs = getattr(model, "inputs", None)
     try:
         shapes = [tuple(t.shape) for t in inputs] if inputs else None
@@ -73,7 +81,7 @@ def input_specs(model, sample_inputs=None):
         raise ValueError("Invalid value for argument `sample_inputs`. The model has no fully "
                          "defined input shape (subclassed model or dynamic dimensions), so "
                          "sample inputs are required. Received: sample_inputs=None")
-    return [((1, *s[1:]), d) for s, d in zip(shapes, dtypes)]
+    return [((batch, *s[1:]), d) for s, d in zip(shapes, dtypes)]
 
 
 def synthesize_inputs(specs, n=8, seed=0):
@@ -103,7 +111,8 @@ def convert(model, specs, quantization="none", representative_data=None):
         representative_data: list of input arrays (see :func:`as_input_list`) for ``"full"``.
 
     Returns:
-        The flatbuffer bytes.
+        The flatbuffer bytes, inputs and outputs in Keras order, batch-free reshapes
+        (:func:`~dkm_tf.export.canonical.canonicalize`).
 
     Raises:
         ValueError: the converter rejects the model (e.g. an op without a TFLite builtin).
@@ -135,18 +144,24 @@ def convert(model, specs, quantization="none", representative_data=None):
 
         def gen():
             for i in range(len(data[0])):
-                yield [a[i:i + 1] for a in data]
+                yield {f"input_{j}": a[i:i + 1] for j, a in enumerate(data)}
 
         conv.representative_dataset = gen
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
         with quiet():
-            return bytes(conv.convert())
+            content = bytes(conv.convert())
     except Exception as e:  # noqa: BLE001 - the converter raises many types
         msg = str(e).strip().splitlines()
+        if "TensorList" in str(e) and any(s[0] is None for s, _ in specs):
+            # a recurrent layer's loop (tf.TensorArray): TFLite lowers its TensorList ops
+            # only with a static batch, so such models are converted at batch 1
+            return convert(model, [((1, *s[1:]), d) for s, d in specs], quantization,
+                           representative_data)
         detail = "; ".join(line.strip() for line in msg if "error" in line.lower())[:800]
         raise ValueError(
             f"TFLite conversion of model {getattr(model, 'name', '?')!r} failed "
             f"({type(e).__name__}). The model probably uses operations that have no TFLite "
             f"builtin kernel (only builtin ops are allowed). Converter said: "
             f"{detail or ' '.join(msg)[:800]}") from e
+    return canonicalize(content)

@@ -72,8 +72,9 @@ class Emitter:
             self.cache[key] = t
         return t
 
-    def tensor(self, what, shape, dtype="float32"):
-        return self.fm.add_tensor(self.name(what), shape, dtype)
+    def tensor(self, what, shape, dtype="float32", signature=None):
+        """A new activation tensor; ``signature`` marks run-time (batch) dimensions by -1."""
+        return self.fm.add_tensor(self.name(what), shape, dtype, signature=signature)
 
     def op(self, name, inputs, outputs, options=None, version=1):
         self.ops.append(self.fm.make_op(name, inputs, outputs, options, version))
@@ -103,14 +104,20 @@ class Emitter:
         out = self.tensor("gather", out_shape, dtype)
         return self.op("GATHER", [params, positions], [out], opt)
 
-    def reshape(self, x, shape, dtype="float32", static=False):
-        """RESHAPE; the shape operand is static only when ``static`` (XNNPACK may take it)."""
+    def reshape(self, x, shape, dtype="float32", static=False, signature=None):
+        """RESHAPE; the shape operand is static only when ``static`` (XNNPACK may take it).
+
+        ``signature`` (static only): the new shape with -1 for the one dimension that varies
+        with the batch; the operand then holds it (RESHAPE infers the -1 on every resize) and
+        ``shape`` gives the batch-1 values.
+        """
         shape = [int(v) for v in shape]
-        src = self.const("newshape", np.asarray(shape, np.int32)) if static \
+        new = shape if signature is None else [int(v) for v in signature]
+        src = self.const("newshape", np.asarray(new, np.int32)) if static \
             else self.dynamic_int(shape)
         opt = schema().ReshapeOptionsT()
-        opt.newShape = shape
-        out = self.tensor("reshape", shape, dtype)
+        opt.newShape = new
+        out = self.tensor("reshape", shape, dtype, signature)
         return self.op("RESHAPE", [x, src], [out], opt)
 
     def strided_prefix(self, x, in_shape, keep):
@@ -269,7 +276,9 @@ class Emitter:
             x = out
         return x
 
-    def transpose(self, x, in_shape, perm):
-        out = self.tensor("transpose", [in_shape[p] for p in perm])
+    def transpose(self, x, in_shape, perm, signature=None):
+        """TRANSPOSE; ``signature``: the input's shape with -1 for run-time dimensions."""
+        out = self.tensor("transpose", [in_shape[p] for p in perm],
+                          signature=None if signature is None else [signature[p] for p in perm])
         return self.op("TRANSPOSE", [x, self.const("perm", np.asarray(perm, np.int32))],
                        [out])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
+from dkm_tf.core.validate import check_bool, check_int
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export.latency import benchmark_latency
-from dkm_tf.export.tflite import to_tflite
+from dkm_tf.export.tflite import check_export_args, to_tflite
 from dkm_tf.export.tflm import tflm_available
 
 __all__ = ["DEFAULT_TARGETS", "EXPORT_TARGETS", "export_all"]
@@ -50,13 +51,33 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
         >>> reports = export_all(plain, palettes, "out", x[:8], latency=True)  # doctest: +SKIP
         >>> reports["palettized"].latency["1t"]["median_ms"]  # doctest: +SKIP
     """
+    if isinstance(targets, str) or not isinstance(targets, (list, tuple)) or not targets:
+        raise TypeError(f"Invalid type for argument `targets`. Expected a non-empty list of "
+                        f"labels from {list(EXPORT_TARGETS)}. Received: targets={targets!r}")
     unknown = [t for t in targets if t not in EXPORT_TARGETS]
     if unknown:
         raise ValueError(f"Invalid value for argument `targets`. Expected labels from "
                          f"{list(EXPORT_TARGETS)}. Received: targets={list(targets)!r}")
-    if not os.path.isdir(out_dir):
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.path.isdir(out_dir):
         raise ValueError(f"Invalid value for argument `out_dir`. Expected an existing "
                          f"directory. Received: out_dir={out_dir!r}")
+    if not isinstance(stem, str) or not stem or os.sep in stem or "/" in stem:
+        raise ValueError("Invalid value for argument `stem`. Expected a non-empty file name "
+                         f"stem without '/'. Received: stem={stem!r}")
+    check_bool("latency", latency)
+    if latency:
+        check_int("runs", runs, minimum=1)
+        if not isinstance(threads, (list, tuple)) or not threads:
+            raise TypeError("Invalid type for argument `threads`. Expected a non-empty list "
+                            f"of thread counts. Received: threads={threads!r}")
+        for n in threads:
+            check_int("threads", n, minimum=1)
+    needs = sorted({EXPORT_TARGETS[t]["format"] for t in targets} & {"palettized", "tflm"})
+    if needs and not palettes:
+        raise ValueError(f"Invalid value for argument `palettes`. Targets of format {needs} "
+                         f"need the palettes of the clustered weights. Received: "
+                         f"palettes={palettes!r}")
+    check_export_args(model, sample_inputs)
     specs = convert_lib.input_specs(model, sample_inputs)
     float_content = convert_lib.convert(model, specs, "none")
     reports = {}

@@ -168,7 +168,13 @@ def inspect_tflite(path):
     if isinstance(path, (bytes, bytearray, memoryview)):
         data, where = bytes(path), None
     else:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError("Invalid type for argument `path`. Expected a .tflite file path or "
+                            f"the model bytes. Received: path={path!r}")
         where = os.fspath(path)
+        if os.path.isdir(where):
+            raise ValueError(f"Invalid value for argument `path`. Expected a .tflite file, not "
+                             f"a folder. Received: path={where!r}")
         if not os.path.isfile(where):
             raise FileNotFoundError(f"No such .tflite file: {where!r}")
         with open(where, "rb") as f:

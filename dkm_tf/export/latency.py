@@ -56,6 +56,9 @@ def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmu
     single = not isinstance(paths, (dict, list, tuple))
     items = {"model": paths} if single else (
         dict(paths) if isinstance(paths, dict) else {str(i): p for i, p in enumerate(paths)})
+    if not items:
+        raise ValueError("Invalid value for argument `paths`. Expected a .tflite path or bytes, "
+                         f"or a non-empty dict or list of them. Received: paths={paths!r}")
     its = {}
     for label, p in items.items():
         it = make_interpreter(interpreter, _load(p), threads=threads)
@@ -63,6 +66,11 @@ def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmu
             x = None
             if inputs is not None:
                 x = inputs[j] if isinstance(inputs, (list, tuple)) else inputs
+            if x is not None and np.size(x) != np.prod(d["shape"]):
+                want = tuple(int(n) for n in d["shape"][1:])
+                raise ValueError(f"Invalid value for argument `inputs`. Expected one sample "
+                                 f"of shape {want} for input {j} of model {label!r}. "
+                                 f"Received: shape {np.shape(x)}")
             x = np.zeros(d["shape"], d["dtype"]) if x is None else \
                 np.asarray(x, d["dtype"]).reshape(d["shape"])
             it.set_tensor(d["index"], x)

@@ -5,13 +5,21 @@ a weight decoded at load time (persistent, not constant) sends them to the much 
 kernels. BATCH_MATMUL accepts a non-constant float right-hand side, so:
 
 * ``FULLY_CONNECTED(x, W, b)`` -> ``ADD(BATCH_MATMUL(x2d, W), b, act)``;
-* ``CONV_2D(x, W, b)`` (stride 1, no dilation) -> an im2col built from PAD + SLICE +
+* ``CONV_2D(x, W, b)`` (any stride, dilation) -> an im2col built from PAD + STRIDED_SLICE +
   CONCATENATION, then ``BATCH_MATMUL`` with W as a ``[kh*kw*C_in, C_out]`` matrix and an
   ``ADD`` of the bias with the fused activation. A 1x1 conv needs no im2col.
 
 Every op used here is supported by the XNNPACK delegate, so the rewritten layer stays in one
 delegate partition; the fused activation goes on the ADD (never lost, unlike the converter's
 BATCH_MATMUL path in toolchain.md section 5).
+
+Dynamic batch. When the layer input's batch dimension varies at run time (shape signature -1
+on axis 0), every batch-dependent size is left open: RESHAPE gets -1 and the im2col shifts
+are STRIDED_SLICEs whose begin/end masks take the whole batch axis (a SLICE size of -1 would
+do the same, but XNNPACK refuses it: measured, 3 delegate partitions instead of 1 and +20 %
+latency on the digits CNN), so the rewritten graph stays correct after
+``resize_tensor_input``; tensors carry the -1 in their shape signature. A layer whose other
+dimensions vary is not lowered.
 """
 
 from __future__ import annotations
@@ -26,25 +34,46 @@ CONCAT_FANIN = 4  # XNNPACK's concatenation takes at most 5 inputs; stay below
 _ACTS = (0, 1, 2, 3)  # NONE, RELU, RELU_N1_TO_1, RELU6: what ADD can fuse
 
 
+def _dyn(fm, t):
+    """Whether the leading (batch) dimension of tensor ``t`` varies at run time."""
+    sig = fm.signature(t)
+    return bool(sig) and sig[0] < 0
+
+
+def _fixed_but_batch(fm, t):
+    """Every dimension of ``t`` is known, except possibly the leading (batch) one."""
+    return all(s > 0 for s in fm.shape(t)) and all(v > 0 for v in fm.signature(t)[1:])
+
+
+def _batch_sig(dyn, shape):
+    """``shape`` with its leading dimension -1 when ``dyn`` (None when fixed)."""
+    return [-1, *shape[1:]] if dyn else None
+
+
 def conv_lowerable(fm, op):
-    """True when this CONV_2D can become im2col + BATCH_MATMUL (stride 1, dilation 1)."""
+    """True when this CONV_2D can become im2col + BATCH_MATMUL (any stride and dilation)."""
     o = op.builtinOptions
-    shape_in = fm.shape(int(op.inputs[0]))
-    return (o.strideW == 1 and o.strideH == 1 and o.dilationWFactor == 1
-            and o.dilationHFactor == 1 and o.fusedActivationFunction in _ACTS
-            and len(shape_in) == 4 and all(s > 0 for s in shape_in))
+    x = int(op.inputs[0])
+    return (o.fusedActivationFunction in _ACTS and len(fm.shape(x)) == 4
+            and _fixed_but_batch(fm, x))
+
+
+def _same_pads(size, out, k, stride, dilation):
+    """TFLite's SAME padding (before, after) of one spatial axis."""
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    return [total // 2, total - total // 2]
 
 
 def fc_lowerable(fm, op):
     o = op.builtinOptions
-    return o.fusedActivationFunction in _ACTS and all(s > 0 for s in fm.shape(int(op.inputs[0])))
+    return o.fusedActivationFunction in _ACTS and _fixed_but_batch(fm, int(op.inputs[0]))
 
 
 def _shape_of(em, fm, t):
     return em.shapes.get(t) or fm.shape(t)
 
 
-def _concat(em, parts, shape_of, axis):
+def _concat(em, parts, shape_of, axis, dyn=False):
     """CONCATENATION in a tree of fan-in <= CONCAT_FANIN (XNNPACK's limit)."""
     s = schema()
     while len(parts) > 1:
@@ -58,7 +87,7 @@ def _concat(em, parts, shape_of, axis):
             shp[axis] = sum(shape_of[t][axis] for t in group)
             opt = s.ConcatenationOptionsT()
             opt.axis = axis
-            out = em.tensor("im2col", shp)
+            out = em.tensor("im2col", shp, signature=_batch_sig(dyn, shp))
             em.op("CONCATENATION", group, [out], opt)
             shape_of[out] = shp
             nxt.append(out)
@@ -82,116 +111,144 @@ def lower_fc(em, fm, op, weight, adj_y, transposed=False):
     wshape = fm.shape(weight)
     c_out, c_in = (wshape[0], wshape[1]) if adj_y else (wshape[1], wshape[0])
     xs = fm.shape(x)
+    dyn = _dyn(fm, x)
     rows = int(np.prod(xs)) // c_in
     if len(xs) != 2 or xs[1] != c_in:
-        x = em.reshape(x, [rows, c_in], static=True)
+        x = em.reshape(x, [rows, c_in], static=True, signature=_batch_sig(dyn, [rows, c_in]))
     _matmul_bias_act(em, fm, x, weight, adj_y, [rows, c_out], bias,
-                     op.builtinOptions.fusedActivationFunction, out, transposed)
+                     op.builtinOptions.fusedActivationFunction, out, transposed, dyn)
 
 
-def _matmul_bias_act(em, fm, lhs, weight, adj_y, shape, bias, act, out, transposed=False):
+def _matmul_bias_act(em, fm, lhs, weight, adj_y, shape, bias, act, out, transposed=False,
+                     dyn=False):
     """BATCH_MATMUL, then ADD(bias, act) when needed, ending in tensor ``out``.
 
     ``transposed`` computes ``(W x^T)^T`` with the weight ``[C_out, K]`` as the left operand:
     XNNPACK packs the right operand on every invoke, so this packs the activations instead of
-    the weights, which is cheaper when there are few output rows.
+    the weights, which is cheaper when there are few output rows. ``dyn``: the row count
+    (``shape[0]``, a multiple of the batch) varies at run time.
     """
     s = schema()
     rows, c_out = shape
+    sig = _batch_sig(dyn, shape)
     opt = s.BatchMatMulOptionsT()
     if transposed:
         opt.adjX, opt.adjY = False, True
-        y = em.op("BATCH_MATMUL", [weight, lhs], [em.tensor("matmul", [c_out, rows])], opt)
-        if rows == 1:
+        y = em.op("BATCH_MATMUL", [weight, lhs], [em.tensor(
+            "matmul", [c_out, rows], signature=[c_out, -1] if dyn else None)], opt)
+        if rows == 1 and not dyn:
             y = em.reshape(y, [1, c_out], static=True)
         else:
-            y = em.transpose(y, [c_out, rows], [1, 0])
+            y = em.transpose(y, [c_out, rows], [1, 0], [c_out, -1] if dyn else None)
     else:
         opt.adjX, opt.adjY = False, bool(adj_y)
-        y = em.op("BATCH_MATMUL", [lhs, weight], [em.tensor("matmul", shape)], opt)
+        y = em.op("BATCH_MATMUL", [lhs, weight], [em.tensor("matmul", shape, signature=sig)],
+                  opt)
     if bias >= 0 or act != 0:
         if bias < 0:
             bias = em.const("zero_bias", np.zeros(c_out, np.float32))
         a = s.AddOptionsT()
         a.fusedActivationFunction = act
-        y = em.op("ADD", [y, bias], [em.tensor("biased", shape)], a)
-    if tuple(fm.shape(out)) == tuple(shape):
+        y = em.op("ADD", [y, bias], [em.tensor("biased", shape, signature=sig)], a)
+    if tuple(fm.shape(out)) == tuple(shape):  # equal at batch 1, so at every batch
         em.ops[-1].outputs = np.asarray([out], np.int32)  # write the original output
     else:
-        oshape = list(fm.shape(out))
+        oshape = list(fm.signature(out)) if dyn else list(fm.shape(out))
         r = s.ReshapeOptionsT()
         r.newShape = oshape
         em.op("RESHAPE", [y, em.const("newshape", np.asarray(oshape, np.int32))], [out], r)
 
 
 def lower_conv(em, fm, op, weight, adj_y, order, transposed=False):
-    """Emit ops replacing CONV_2D ``op`` (stride 1) by im2col + BATCH_MATMUL.
+    """Emit ops replacing CONV_2D ``op`` by im2col + BATCH_MATMUL.
 
     Args:
         em: emitter collecting the new ops.
         fm: the model.
-        op: the CONV_2D operator (filter OHWI in the original graph).
+        op: the CONV_2D operator (filter OHWI in the original graph; any stride, dilation).
         weight: decoded tensor ``[kh*kw*C_in, C_out]`` (``[C_out, kh*kw*C_in]`` if adj_y),
             its rows ordered by ``order`` then input channel.
         adj_y: whether ``weight`` is output-major.
-        order: list of kernel offsets ``(dy, dx)`` in the order of the weight's rows.
+        order: list of kernel offsets ``(dy, dx)`` in the order of the weight's rows, or
+            ``"channel_major"`` (one-hot DEPTHWISE_CONV_2D im2col).
         transposed: multiply with the weight on the left (needs ``adj_y``).
+
+    A strided or dilated conv takes every ``stride``-th position of each shifted view
+    (STRIDED_SLICE strides); a 1x1 conv with stride 1 reads its input as is.
     """
     s = schema()
     x, out = int(op.inputs[0]), int(op.outputs[0])
     bias = int(op.inputs[2]) if len(op.inputs) > 2 else -1
     o = op.builtinOptions
     n, h, w, c = fm.shape(x)
+    dyn = _dyn(fm, x)
     c_out, kh, kw, _ = fm.shape(int(op.inputs[1]))
     _, ho, wo, _ = fm.shape(out)
+    strides, dil = (o.strideH, o.strideW), (o.dilationHFactor, o.dilationWFactor)
+    cols = [n * ho * wo, kh * kw * c]
     if order == "channel_major":
-        col = _im2col_depthwise(em, x, [n, ho, wo, c], kh, kw, o.padding)
-        col = em.reshape(col, [n * ho * wo, kh * kw * c], static=True)
+        col = _im2col_depthwise(em, x, [n, ho, wo, c], kh, kw, o.padding, dyn, strides, dil)
+        col = em.reshape(col, cols, static=True, signature=_batch_sig(dyn, cols))
         _matmul_bias_act(em, fm, col, weight, adj_y, [n * ho * wo, c_out], bias,
-                         o.fusedActivationFunction, out, transposed)
+                         o.fusedActivationFunction, out, transposed, dyn)
         return
     if o.padding == s.Padding.SAME:
-        ph, pw = max(kh - 1, 0), max(kw - 1, 0)
-        pads = [[0, 0], [ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2], [0, 0]]
+        pads = [[0, 0], _same_pads(h, ho, kh, strides[0], dil[0]),
+                _same_pads(w, wo, kw, strides[1], dil[1]), [0, 0]]
     else:
         pads = [[0, 0]] * 4
     if any(p for pair in pads for p in pair):
         shp = [n, h + sum(pads[1]), w + sum(pads[2]), c]
-        xp = em.tensor("pad", shp)
+        xp = em.tensor("pad", shp, signature=_batch_sig(dyn, shp))
         em.op("PAD", [x, em.const("paddings", np.asarray(pads, np.int32))], [xp])
         x = xp
         em.shapes[x] = shp
-    if kh * kw == 1:
-        col = x
-    else:
-        # separable im2col: shift along one spatial axis, concatenate, then along the other
-        # (kh + kw slices instead of kh * kw); rows end up ordered like ``order``
-        y_major = kw == 1 or tuple(order[1]) == (0, 1)
-        stages = [(2, kw, wo), (1, kh, ho)] if y_major else [(1, kh, ho), (2, kw, wo)]
-        for axis, taps, size in stages:
-            if taps == 1:
-                continue
-            shp = list(_shape_of(em, fm, x))
-            shp[axis] = size
-            parts, shape_of = [], {}
-            for d in range(taps):
-                begin = [0, 0, 0, 0]
-                begin[axis] = d
-                t = em.tensor("patch", shp)
-                em.op("SLICE", [x, em.const("begin", np.asarray(begin, np.int32)),
-                                em.const("size", np.asarray(shp, np.int32))], [t],
-                      s.SliceOptionsT())
-                shape_of[t] = shp
-                parts.append(t)
-            x = _concat(em, parts, shape_of, axis=3)
-            em.shapes[x] = shp[:3] + [shp[3] * taps]
-        col = x
-    col = em.reshape(col, [n * ho * wo, kh * kw * c], static=True)
+    if kh == kw == 1 and (ho, wo) != (h, w):  # a strided 1x1 conv: one subsampling slice
+        shp = [n, ho, wo, c]
+        opt = s.StridedSliceOptionsT()
+        opt.beginMask = opt.endMask = 1
+        end = [0, (ho - 1) * strides[0] + 1, (wo - 1) * strides[1] + 1, c]
+        x = em.op("STRIDED_SLICE", [x, em.const("begin", np.zeros(4, np.int32)),
+                                    em.const("end", np.asarray(end, np.int32)),
+                                    em.const("strides", np.asarray([1, *strides, 1], np.int32))],
+                  [em.tensor("patch", shp, signature=_batch_sig(dyn, shp))], opt)
+        em.shapes[x] = shp
+    # separable im2col: shift along one spatial axis, concatenate, then along the other
+    # (kh + kw slices instead of kh * kw); rows end up ordered like ``order``
+    y_major = kw == 1 or tuple(order[1]) == (0, 1)
+    stages = [(2, kw, wo), (1, kh, ho)] if y_major else [(1, kh, ho), (2, kw, wo)]
+    for axis, taps, size in stages:
+        full = _shape_of(em, fm, x)[axis]
+        if taps == 1 and full == size:
+            continue  # nothing to shift or subsample along this axis
+        stride, rate = strides[axis - 1], dil[axis - 1]
+        shp = list(_shape_of(em, fm, x))
+        shp[axis] = size
+        parts, shape_of = [], {}
+        opt = s.StridedSliceOptionsT()
+        opt.beginMask = opt.endMask = 1  # axis 0 (batch): all of it, at any batch size
+        step = np.ones(4, np.int32)
+        step[axis] = stride
+        for d in range(taps):
+            begin = [0, 0, 0, 0]
+            begin[axis] = d * rate
+            end = [0, *shp[1:]]
+            end[axis] = d * rate + (size - 1) * stride + 1
+            t = em.tensor("patch", shp, signature=_batch_sig(dyn, shp))
+            em.op("STRIDED_SLICE", [x, em.const("begin", np.asarray(begin, np.int32)),
+                                    em.const("end", np.asarray(end, np.int32)),
+                                    em.const("strides", step)], [t], opt)
+            shape_of[t] = shp
+            parts.append(t)
+        x = _concat(em, parts, shape_of, axis=3, dyn=dyn)
+        em.shapes[x] = shp[:3] + [shp[3] * taps]
+    col = em.reshape(x, cols, static=True, signature=_batch_sig(dyn, cols))
     _matmul_bias_act(em, fm, col, weight, adj_y, [n * ho * wo, c_out], bias,
-                     o.fusedActivationFunction, out, transposed)
+                     o.fusedActivationFunction, out, transposed, dyn)
 
 
-def _im2col_depthwise(em, x, out_shape, kh, kw, padding):
+def _im2col_depthwise(em, x, out_shape, kh, kw, padding, dyn=False, strides=(1, 1),
+                      dilation=(1, 1)):
     """im2col as one DEPTHWISE_CONV_2D with a constant one-hot filter (channel-major rows).
 
     Output channel ``c*kh*kw + j`` holds input channel c shifted by kernel offset j, so the
@@ -208,8 +265,9 @@ def _im2col_depthwise(em, x, out_shape, kh, kw, padding):
                          em.const("im2col_bias", np.zeros(c * taps, np.float32)))
         em.aux_bytes += f.nbytes + 4 * c * taps
     opt = s.DepthwiseConv2DOptionsT()
-    opt.padding, opt.strideW, opt.strideH = padding, 1, 1
+    opt.padding, opt.strideH, opt.strideW = padding, *strides
     opt.depthMultiplier = taps
-    opt.dilationWFactor = opt.dilationHFactor = 1
-    out = em.tensor("im2col", [n, ho, wo, c * taps])
+    opt.dilationHFactor, opt.dilationWFactor = dilation
+    out = em.tensor("im2col", [n, ho, wo, c * taps],
+                    signature=_batch_sig(dyn, [n, ho, wo, c * taps]))
     return em.op("DEPTHWISE_CONV_2D", [x, *em.cache[key]], [out], opt, version=2)

@@ -23,13 +23,16 @@ import numpy as np
 from dkm_tf.core import units as units_lib
 from dkm_tf.export import lower, pack
 from dkm_tf.export.decode import Emitter
+from dkm_tf.export.policy import check_keep_float, plan_keep_float
 
 __all__ = ["DECODE_MODES", "WEIGHT_INPUT", "palettize_flatbuffer", "tflite_layouts"]
 
 DECODE_MODES = ("once", "per_invoke")
 DEPTHWISE_IM2COL_MAX_CHANNELS = 4  # im2col by one-hot DEPTHWISE_CONV_2D up to this C_in
 MIN_ROWS_WEIGHT_LEFT = 16  # BATCH_MATMUL with the weight on the left needs this many rows
-KEEP_FLOAT_MAX_WEIGHTS = 32_768  # keep_float="auto": convs up to 128 KiB as float32
+# ops a 1-D clustered weight (palette kind "vector": a bias, a scale) may feed, any operand
+VECTOR_OPS = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "PRELU",
+              "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D")
 # operator -> position of its weight input
 WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1,
                 "TRANSPOSE_CONV": 1, "CONV_3D": 1, "GATHER": 0, "EMBEDDING_LOOKUP": 1,
@@ -40,11 +43,18 @@ def tflite_layouts(layout):
     """Candidate (op names, axis order over the Keras kernel, TFLite shape) for a kernel."""
     s = layout.kernel_shape
     nd = len(s)
+    if layout.kind == "vector":  # a bias or scale: any operand of these ops, maybe broadcast
+        return [(VECTOR_OPS, (0,), (1,) * j + tuple(s)) for j in range(4)]
     if layout.kind == "dense":
         return [(("FULLY_CONNECTED",), (1, 0), (s[1], s[0])),
                 (("BATCH_MATMUL",), (0, 1), s)]
     if layout.kind == "embedding":
         return [(("GATHER", "EMBEDDING_LOOKUP"), (0, 1), s)]
+    if layout.kind.startswith(units_lib.EINSUM_PREFIX):  # EinsumDense: (out axes) x (in axes)
+        _, channel, other = units_lib._axes(layout.kind, nd)  # noqa: SLF001
+        n_out = int(np.prod([s[a] for a in channel]))
+        return [(("FULLY_CONNECTED",), channel + other, (n_out, layout.size // n_out)),
+                (("BATCH_MATMUL",), other + channel, (layout.size // n_out, n_out))]
     if layout.kind == "conv":
         if nd == 3:  # Conv1D: the converter expands to a 1 x k CONV_2D
             return [(("CONV_2D",), (2, 0, 1), (s[2], 1, s[0], s[1]))]
@@ -138,8 +148,10 @@ def _bmm_target(palette, kind, mode, prefer_adj):
     conv has few input channels (slices would copy a few floats at a time), else PAD + SLICE
     + CONCATENATION (rows ordered by kernel offset).
     """
-    if kind == "FULLY_CONNECTED":
-        cands = [((0, 1), False, None), ((1, 0), True, None)]
+    if kind == "FULLY_CONNECTED":  # (in, out) or (out, in); EinsumDense: axes in groups
+        lay = palette.layout
+        _, channel, other = units_lib._axes(lay.kind, len(lay.kernel_shape))  # noqa: SLF001
+        cands = [(other + channel, False, None), (channel + other, True, None)]
     else:
         kh, kw = palette.layout.kernel_shape[:2]
         yx = [(dy, dx) for dy in range(kh) for dx in range(kw)]
@@ -194,13 +206,14 @@ def _match(fm, palettes):
         if fm.type_name(t) != "float32" or not fm.raw(t):
             continue
         uses = [(i, fm.op_name(fm.operators[i])) for i in consumers[t]]
-        if not any(WEIGHT_INPUT.get(name) is not None
-                   and int(fm.operators[i].inputs[WEIGHT_INPUT[name]]) == t
-                   for i, name in uses):
-            continue
+        weight = any(WEIGHT_INPUT.get(name) is not None
+                     and int(fm.operators[i].inputs[WEIGHT_INPUT[name]]) == t
+                     for i, name in uses)
         key = (_digest(fm.const(t)), fm.shape(t))
         for p, ops, tperm, tshape in wanted.get(key, ()):
-            if id(p) in done or not any(name in ops for _, name in uses):
+            vector = p.layout.kind == "vector"  # any operand; the others: the weight input
+            if id(p) in done or not (weight or vector) \
+                    or not any(name in ops for _, name in uses):
                 continue
             found[id(p)] = (p, t, uses, tperm, tshape)
             done.add(id(p))
@@ -208,48 +221,8 @@ def _match(fm, palettes):
     return found
 
 
-def _keep_float_reason(fm, palette, uses, keep_float):
-    """Why ``palette`` stays a float32 constant (``decode="once"``), or None to palettize it.
-
-    ``"auto"`` keeps a small convolution (at most :data:`KEEP_FLOAT_MAX_WEIGHTS` weights)
-    whose im2col would copy more values per invoke than the layer has weights (output
-    positions H·W > C_out): palettizing it saves little (< 110 KiB) but its im2col ops add a
-    fixed cost that dominates a small model's latency (LeNet-5: conv1 +21 %, conv2 +17 %),
-    while a constant filter keeps XNNPACK's CONV_2D.
-    """
-    if keep_float is None:
-        return None
-    if not isinstance(keep_float, str):
-        return "listed in keep_float" if palette.layer_name in keep_float else None
-    names = {name for _, name in uses}
-    if names != {"CONV_2D"} or palette.n_values > KEEP_FLOAT_MAX_WEIGHTS:
-        return None
-    out_shape = fm.shape(int(fm.operators[uses[0][0]].outputs[0]))
-    positions, c_out = int(np.prod(out_shape[1:-1])), int(out_shape[-1])
-    _, kh, kw, c_in = fm.shape(int(fm.operators[uses[0][0]].inputs[1]))
-    if kh * kw == 1 or positions <= c_out:
-        return None
-    return (f"auto: small conv ({palette.n_values} weights) whose im2col would copy "
-            f"{positions * kh * kw * c_in} values per invoke")
-
-
-def check_keep_float(keep_float, palettes):
-    """Validate ``keep_float``: ``"auto"``, ``None`` or a collection of palette layer names."""
-    if keep_float is None or keep_float == "auto":
-        return keep_float
-    if isinstance(keep_float, str) or not all(isinstance(n, str) for n in keep_float):
-        raise ValueError("Invalid value for argument `keep_float`. Expected \"auto\", None or "
-                         f"a list of layer names. Received: keep_float={keep_float!r}")
-    known = {p.layer_name for p in palettes}
-    unknown = sorted(set(keep_float) - known)
-    if unknown:
-        raise ValueError(f"Invalid value for argument `keep_float`. Expected layer names of "
-                         f"the palettes, {sorted(known)}. Received unknown names: {unknown}")
-    return frozenset(keep_float)
-
-
 def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20,
-                         matmul_lowering=True, keep_float="auto"):
+                         matmul_lowering=True, keep_float="auto", found=None):
     """Rewrite ``fm`` in place: every palette's weight becomes a decode chain.
 
     Args:
@@ -260,8 +233,10 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
         matmul_lowering: with ``once``, turn CONV_2D (stride 1) and FULLY_CONNECTED into
             BATCH_MATMUL so XNNPACK runs them.
         keep_float: with ``once``, weights left as float32 constants: ``"auto"`` (small
-            convolutions whose im2col costs more than it saves, see
-            :func:`_keep_float_reason`), ``None`` (palettize everything) or layer names.
+            convolutions whose im2col costs more than it saves, depthwise kernels,
+            weights palettization would not shrink; see :mod:`dkm_tf.export.policy`),
+            ``None`` (palettize everything) or layer / palette names.
+        found: the palettes' weight tensors in ``fm`` if already matched (``_match``).
 
     Returns:
         A list of per-tensor dicts (palette, tensor, op, route, storage, sizes).
@@ -272,7 +247,7 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
     if decode not in DECODE_MODES:
         raise ValueError(f"Invalid value for argument `decode`. Expected one of "
                          f"{list(DECODE_MODES)}. Received: decode={decode!r}")
-    found = _match(fm, palettes)
+    found = _match(fm, palettes) if found is None else found
     missing = [p.name for p in palettes if id(p) not in found]
     if missing:
         raise ValueError(
@@ -287,9 +262,13 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
     replace = {}
     records = []
     keep_float = check_keep_float(keep_float, palettes) if decode == "once" else None
-    for p, t, uses, tperm, tshape in found.values():
+    kept = plan_keep_float(fm, found, keep_float, max_table_bytes, matmul_lowering)
+    # vectors first: a bias decoded before its conv / dense layer is lowered ends up in the
+    # lowered layer's ADD (the lowering reads the op's inputs when it runs)
+    for p, t, uses, tperm, tshape in sorted(found.values(),
+                                            key=lambda f: f[0].layout.kind != "vector"):
         names = {name for _, name in uses}
-        reason = _keep_float_reason(fm, p, uses, keep_float)
+        reason = kept.get(id(p))
         if reason is not None:
             records.append({"palette": p.name, "tensor": fm.tensor_name(t),
                             "op": "/".join(sorted(names)), "K": p.n_clusters, "kept": True,
@@ -299,16 +278,19 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
                             "decode": decode, "n_weights": int(p.n_values),
                             "bits_per_weight": 32.0, "transpose_per_invoke": False})
             continue
-        route = _route(fm, p, uses, decode, matmul_lowering)
+        route = None if p.layout.kind == "vector" else _route(fm, p, uses, decode,
+                                                              matmul_lowering)
         start, aux0 = len(em.ops), em.aux_bytes
         if route is not None:
             kind, want_t = route
             bperm, adj_y, order = _bmm_target(p, kind, decode, want_t)
             transposed = want_t and adj_y
             sizes = p.layout.kernel_shape
-            rows = int(np.prod([sizes[a] for a in bperm[:-1]]))
-            bshape = (rows, sizes[bperm[-1]]) if not adj_y else \
-                (sizes[bperm[0]], int(np.prod([sizes[a] for a in bperm[1:]])))
+            n_out = 1 if kind != "FULLY_CONNECTED" else len(
+                units_lib._axes(p.layout.kind, len(sizes))[1])  # noqa: SLF001
+            split = n_out if adj_y else len(bperm) - n_out  # output axes last, or first
+            bshape = (int(np.prod([sizes[a] for a in bperm[:split]])),
+                      int(np.prod([sizes[a] for a in bperm[split:]])))
             w, info = _decode(em, p, bperm, bshape, decode, max_table_bytes)
             prefix.extend(em.ops[start:])
             del em.ops[start:]

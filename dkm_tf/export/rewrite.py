@@ -73,23 +73,29 @@ class _AlignedBuffer:
 
 
 class FlatModel:
-    """An editable TFLite model (object API), restricted to its first subgraph.
+    """An editable TFLite model (object API), restricted to one subgraph (the first).
 
     Attributes:
         model: the ``ModelT`` object.
-        graph: its first ``SubGraphT``.
+        graph: its ``SubGraphT`` number ``index`` (0 unless made by :meth:`subgraph`).
     """
 
-    def __init__(self, model_t):
+    def __init__(self, model_t, subgraph=0):
         self.model = model_t
         if not model_t.subgraphs:
             raise TFLiteFormatError("The model has no subgraph.")
-        self.graph = model_t.subgraphs[0]
+        self.index = int(subgraph)
+        self.graph = model_t.subgraphs[self.index]
         self.graph.tensors = list(self.graph.tensors or [])
         self.graph.operators = list(self.graph.operators or [])
         self.model.buffers = list(self.model.buffers or [])
         self.model.operatorCodes = list(self.model.operatorCodes or [])
         self._names = _op_names()
+
+    def subgraph(self, index):
+        """A view of subgraph ``index`` (e.g. a WHILE body) of the same model: buffers and
+        operator codes are shared, so edits through either view land in one model."""
+        return FlatModel(self.model, index)
 
     # ------------------------------------------------------------------ I/O
     @classmethod
@@ -158,6 +164,13 @@ class FlatModel:
         s = self.tensors[t].shape
         return tuple(int(v) for v in (s if s is not None else ()))
 
+    def signature(self, t):
+        """Shape of tensor ``t`` with -1 for dimensions that vary at run time (batch)."""
+        sig = self.tensors[t].shapeSignature
+        if sig is None or len(sig) == 0:
+            return self.shape(t)
+        return tuple(int(v) for v in sig)
+
     def raw(self, t):
         """The constant bytes of tensor ``t`` (empty for non-constant tensors)."""
         b = self.model.buffers[self.tensors[t].buffer]
@@ -192,8 +205,12 @@ class FlatModel:
         self.model.buffers.append(buf)
         return len(self.model.buffers) - 1
 
-    def add_tensor(self, name, shape, dtype, data=None, quantization=None):
-        """Append a tensor (constant when ``data`` bytes are given); returns its index."""
+    def add_tensor(self, name, shape, dtype, data=None, quantization=None, signature=None):
+        """Append a tensor (constant when ``data`` bytes are given); returns its index.
+
+        ``signature``: the shape with -1 where a dimension varies at run time (batch), or None
+        for a fixed shape; ``shape`` holds the batch-1 values either way.
+        """
         if dtype not in DTYPES:
             raise ValueError(f"Invalid value for argument `dtype`. Expected one of "
                              f"{sorted(DTYPES)}. Received: dtype={dtype!r}")
@@ -203,6 +220,8 @@ class FlatModel:
         t.type = DTYPES[dtype][0]
         t.buffer = self.add_buffer(data) if data is not None else 0
         t.quantization = quantization
+        if signature is not None and any(int(v) < 0 for v in signature):
+            t.shapeSignature = np.asarray(signature, np.int32)
         self.tensors.append(t)
         return len(self.tensors) - 1
 
@@ -262,6 +281,8 @@ class FlatModel:
             op.inputs, op.outputs = remap(op.inputs), remap(op.outputs)
             op.intermediates = remap(op.intermediates)
         for sd in m.signatureDefs or ():
+            if int(sd.subgraphIndex or 0) != self.index:
+                continue
             for tm in list(sd.inputs or ()) + list(sd.outputs or ()):
                 tm.tensorIndex = tmap[int(tm.tensorIndex)]
         # buffers: 0 stays the empty sentinel; keep those referenced by any subgraph/metadata

@@ -2,19 +2,29 @@
 
 Errors are reported as ``max |tflite - keras| / max |keras|`` over all outputs and samples
 ("relative to the output range"), which is meaningful for logits, probabilities and maps alike.
+
+Every LiteRT check runs the file twice in one interpreter: one sample per invoke (batch 1),
+then all batch samples in one invoke after ``resize_tensor_input`` (batch n > 1), then sample
+0 at batch 1 again (the resize back must give the first result bit for bit). Output shapes
+must equal Keras' exactly: a file that answers a batch of 4 with one row fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 
-__all__ = ["INTERPRETERS", "Comparison", "ExportVerificationError", "compare",
-           "keras_outputs", "make_interpreter", "run_tflite"]
+from dkm_tf.export.interpreters import (  # noqa: F401 (re-exported)
+    INTERPRETERS,
+    litert_available,
+    make_interpreter,
+)
 
-INTERPRETERS = ("litert", "tflite", "tflm")
+__all__ = ["INTERPRETERS", "Comparison", "ExportVerificationError", "batch_inputs", "compare",
+           "keras_outputs", "make_interpreter", "run_tflite", "static_batch", "top1_agreement",
+           "verify_batches"]
+
 
 
 class ExportVerificationError(ValueError):
@@ -31,6 +41,14 @@ class Comparison:
         rel_error: ``max_abs_error / max |keras output|``.
         tolerance: the allowed ``rel_error``.
         n_samples: samples compared.
+        batch_size: the largest batch run in one invoke (1: batch 1 only, e.g. TFLite Micro).
+        batch_rel_error: ``rel_error`` of that batch run alone (included in ``rel_error``).
+        batch_refused: the interpreter's error when the batch run failed loudly (the file
+            cannot change its batch, e.g. a recurrent layer converted with a fixed one);
+            empty when it ran.
+        top1_agreement: fraction of samples whose arg-max equals Keras' (the lowest over the
+            outputs shaped ``(samples, classes >= 2)``); NaN when no output is.
+        min_top1: the required ``top1_agreement`` (int8 formats), NaN when not checked.
     """
 
     interpreter: str
@@ -38,45 +56,24 @@ class Comparison:
     rel_error: float
     tolerance: float
     n_samples: int
+    batch_size: int = 1
+    batch_rel_error: float = float("nan")
+    batch_refused: str = ""
+    top1_agreement: float = float("nan")
+    min_top1: float = float("nan")
 
     @property
     def ok(self):
-        return bool(self.rel_error <= self.tolerance)
+        top1_ok = not self.top1_agreement < self.min_top1  # NaN on either side: not checked
+        return bool(self.rel_error <= self.tolerance and top1_ok)
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "ok": self.ok}
 
 
-def litert_available():
-    """True when the ``ai_edge_litert`` package (the ``[litert]`` extra) is importable."""
-    try:
-        import ai_edge_litert.interpreter  # noqa: F401, PLC0415
-    except ImportError:
-        return False
-    return True
-
-
 def default_interpreters():
     """``("litert", "tflite")``, or ``("tflite",)`` without the ``[litert]`` extra."""
     return ("litert", "tflite") if litert_available() else ("tflite",)
-
-
-def make_interpreter(kind, content, threads=1):
-    """A ready (tensors allocated) interpreter of ``kind`` for the model bytes."""
-    if kind == "litert":
-        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-    elif kind == "tflite":
-        import tensorflow as tf  # noqa: PLC0415
-
-        Interpreter = tf.lite.Interpreter  # noqa: N806
-    else:
-        raise ValueError(f"Invalid value for argument `kind`. Expected one of "
-                         f"{list(INTERPRETERS[:2])}. Received: kind={kind!r}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation warning
-        it = Interpreter(model_content=bytes(content), num_threads=threads)
-    it.allocate_tensors()
-    return it
 
 
 def keras_outputs(model, inputs):
@@ -87,9 +84,36 @@ def keras_outputs(model, inputs):
     return [np.asarray(t) for t in tf.nest.flatten(y)]
 
 
-def run_tflite(content, inputs, kind="litert"):
-    """Outputs (list of arrays, samples stacked) of the ``.tflite`` for each sample."""
+def batch_inputs(inputs, n=4):
+    """Inputs for the batch check: the samples when there are >= 2, else ``n`` variants of one.
+
+    The variants of a single sample stay within its value range (mirrored along axis 1,
+    scaled by 0.9; integer inputs only mirrored), so quantized formats see calibrated values.
+    """
+    if len(inputs[0]) >= 2:
+        return inputs
+    out = []
+    for a in inputs:
+        v = [a, a[:, ::-1] if a.ndim >= 2 else a]
+        v += [x * 0.9 if a.dtype.kind == "f" else x for x in v]
+        out.append(np.concatenate((v * n)[:n]).astype(a.dtype))
+    return out
+
+
+def _feed(runner, inputs):
+    res = runner(**{f"input_{j}": a for j, a in enumerate(inputs)})
+    return [np.array(res[f"output_{k}"]) for k in range(len(res))]
+
+
+def run_tflite(content, inputs, kind="litert", batch=1):
+    """Outputs (list of arrays, samples stacked) of the ``.tflite``.
+
+    ``batch=1`` invokes once per sample; ``batch=None`` runs all samples in one invoke
+    (the signature runner resizes the inputs); TFLite Micro runs batch 1 only.
+    """
     n = len(inputs[0])
+    if kind != "tflm" and batch is None:
+        return _feed(make_interpreter(kind, content).get_signature_runner(), inputs)
     if kind == "tflm":
         from tflite_micro import runtime  # noqa: PLC0415
 
@@ -103,12 +127,8 @@ def run_tflite(content, inputs, kind="litert"):
             it.invoke()
             outs.append([np.array(it.get_output(k)) for k in range(_n_outputs(content))])
     else:
-        it = make_interpreter(kind, content)
-        runner = it.get_signature_runner()
-        outs = []
-        for i in range(n):
-            res = runner(**{f"input_{j}": a[i:i + 1] for j, a in enumerate(inputs)})
-            outs.append([np.array(res[f"output_{k}"]) for k in range(len(res))])
+        runner = make_interpreter(kind, content).get_signature_runner()
+        outs = [_feed(runner, [a[i:i + 1] for a in inputs]) for i in range(n)]
     return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
 
 
@@ -118,13 +138,130 @@ def _n_outputs(content):
     return len(FlatModel.from_bytes(content).graph.outputs)
 
 
-def compare(reference, content, inputs, kind, tolerance):
-    """Run ``content`` in interpreter ``kind`` and compare with ``reference`` outputs."""
-    got = run_tflite(content, inputs, kind)
+def _errors(got, reference, what):
+    """(max abs error, scale) of outputs ``got`` against Keras' ``reference``."""
     if len(got) != len(reference):
         raise ExportVerificationError(f"The .tflite has {len(got)} outputs, the Keras model "
-                                      f"{len(reference)}.")
-    err = max(float(np.max(np.abs(g.reshape(r.shape) - r))) if r.size else 0.0
-              for g, r in zip(got, reference))
+                                      f"{len(reference)} ({what}).")
+    for k, (g, r) in enumerate(zip(got, reference)):
+        if g.shape != r.shape:
+            raise ExportVerificationError(
+                f"Output {k} of the .tflite has shape {g.shape}, the Keras model's "
+                f"{r.shape} ({what}): the file does not compute every sample of the batch.")
+    err = max(float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, reference))
     scale = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in reference)
-    return Comparison(kind, err, err / max(scale, 1e-30), float(tolerance), len(inputs[0]))
+    return err, max(scale, 1e-30)
+
+
+def static_batch(content):
+    """True when every input of the ``.tflite`` has a fixed batch dimension (no -1).
+
+    Models with recurrent layers are converted at batch 1 (see
+    :func:`dkm_tf.export.convert.convert`); they are verified one sample per invoke.
+    """
+    from dkm_tf.export.rewrite import FlatModel  # noqa: PLC0415
+
+    fm = FlatModel.from_bytes(content)
+    return all(fm.signature(int(t))[:1] != (-1,) for t in fm.graph.inputs)
+
+
+def top1_agreement(got, reference):
+    """Lowest arg-max agreement over the outputs shaped (samples, classes >= 2); NaN if none."""
+    rates = [float(np.mean(np.argmax(g, -1) == np.argmax(r, -1)))
+             for g, r in zip(got, reference) if r.ndim == 2 and r.shape[1] >= 2 and len(r)]
+    return min(rates) if rates else float("nan")
+
+
+def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=None):
+    """Run ``content`` in interpreter ``kind`` and compare with ``reference`` outputs.
+
+    Args:
+        reference: Keras outputs for ``inputs`` (list of arrays).
+        content: the ``.tflite`` bytes.
+        inputs: list of input arrays, run one sample per invoke.
+        kind: ``"litert"``, ``"tflite"`` or ``"tflm"``.
+        tolerance: allowed ``max|tflite - keras| / max|keras|``.
+        batch: ``(batch inputs, their Keras outputs)`` to run in one invoke after the
+            batch-1 run, in the same interpreter (then sample 0 once more at batch 1);
+            None for batch 1 only.
+        min_top1: required top-1 agreement with Keras (see :class:`Comparison`), or None.
+
+    Raises:
+        ExportVerificationError: output count or shapes differ from Keras, or the resize
+            back to batch 1 changes the result.
+    """
+    top1 = {"min_top1": float("nan") if min_top1 is None else float(min_top1)}
+    if kind == "tflm" or batch is None:
+        got = run_tflite(content, inputs, kind)
+        err, scale = _errors(got, reference, "batch 1")
+        return Comparison(kind, err, err / scale, float(tolerance), len(inputs[0]),
+                          top1_agreement=top1_agreement(got, reference), **top1)
+    runner = make_interpreter(kind, content).get_signature_runner()
+    n = len(inputs[0])
+    got = [_feed(runner, [a[i:i + 1] for a in inputs]) for i in range(n)]
+    got = [np.concatenate([o[k] for o in got]) for k in range(len(got[0]))]
+    err, scale = _errors(got, reference, "batch 1")
+    top1["top1_agreement"] = top1_agreement(got, reference)
+    b_inputs, b_ref = batch
+    nb = len(b_inputs[0])
+    try:
+        b_got = _feed(runner, b_inputs)
+    except (RuntimeError, ValueError) as e:  # refused loudly: fixed batch, no garbage
+        msg = " ".join(str(e).split())[:300]
+        return Comparison(kind, err, err / scale, float(tolerance), n, 1, float("nan"),
+                          f"{type(e).__name__}: {msg}", **top1)
+    b_err, b_scale = _errors(b_got, b_ref, f"batch {nb} in one invoke")
+    again = _feed(runner, [a[:1] for a in inputs])
+    if any(not np.array_equal(x, y[:1]) for x, y in zip(again, got)):
+        raise ExportVerificationError(
+            "The .tflite gives a different result for sample 0 at batch 1 after running a "
+            f"batch of {nb} in the same interpreter (stale shapes after resize).")
+    rel = max(err / scale, b_err / b_scale)
+    return Comparison(kind, max(err, b_err), rel, float(tolerance), n, nb, b_err / b_scale,
+                      **top1)
+
+
+def verify_batches(content, reference, inputs, batch, interpreters, tolerance, notes,
+                   min_top1=None):
+    """:func:`compare` in every interpreter at batch 1 and n; fix the batch where it cannot vary.
+
+    A file converted at a fixed batch (:func:`static_batch`), or one whose batch run the
+    interpreter refuses, gets :func:`~dkm_tf.export.canonical.fix_batch` (signature
+    ``[1, ...]`` plus a guard), is compared again, and must then refuse batch n in every
+    interpreter; ``notes`` says why. TFLite Micro files are compared at batch 1 only.
+
+    Returns:
+        ``(content, comparisons, dynamic_batch)``.
+
+    Raises:
+        ExportVerificationError: wrong output shapes, a stale resize, or a fixed-batch file
+            that still runs batch n.
+    """
+    from dkm_tf.export.canonical import fix_batch  # noqa: PLC0415
+
+    def run_all():
+        return [compare(reference, content, inputs, k, tolerance, batch, min_top1)
+                for k in interpreters]
+
+    if tuple(interpreters) == ("tflm",):
+        return content, run_all(), False
+    reason = None
+    if static_batch(content):
+        reason = "the converter needs a fixed batch for this model (a recurrent layer's loop)"
+        content = fix_batch(content)
+    comps = run_all()
+    refused = [c for c in comps if c.batch_refused]
+    if reason is None and refused:
+        reason = (f"the interpreter refuses a batch of {len(batch[0][0])} "
+                  f"({refused[0].batch_refused[:200]})")
+        content = fix_batch(content)
+        comps = run_all()
+    if reason is not None:
+        ran = [c.interpreter for c in comps if not c.batch_refused]
+        if ran:
+            raise ExportVerificationError(
+                f"The .tflite is fixed at batch 1, yet {ran} ran a batch of "
+                f"{len(batch[0][0])} without an error.")
+        notes.append(f"batch fixed at 1: {reason}; input signature [1, ...], another batch "
+                     "raises an error")
+    return content, comps, reason is None

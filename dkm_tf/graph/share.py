@@ -16,7 +16,13 @@ import numpy as np
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core.kmeans import INITS, KMEANS_THREADS
 from dkm_tf.core.units import GRANULARITIES, UNIT_CHOICES, resolve_unit
-from dkm_tf.core.validate import check_choice, check_n_clusters
+from dkm_tf.core.validate import (
+    check_bool,
+    check_choice,
+    check_n_clusters,
+    check_number,
+    check_seed,
+)
 from dkm_tf.graph.copying import _copy_model, _NotACopyError, copy_layer, iter_layers
 
 __all__ = ["ShareResult", "share_weights"]
@@ -30,11 +36,14 @@ class ShareResult:
         model: a copy of the input model whose clustered kernels hold ``codebook[indices]``.
         palettes: list of :class:`~dkm_tf.core.palette.Palette`, one per clustered tensor.
         skipped: list of ``(layer_name, reason)`` for layers with weights left unclustered.
+        folded: list of ``(layer_name, bn_name)``: BatchNormalization layers folded into the
+            kernel before them ahead of clustering (see ``fold_bn``).
     """
 
     model: object
     palettes: list
     skipped: list
+    folded: list = dataclasses.field(default_factory=list)
 
     def __iter__(self):  # allows ``model, palettes, skipped = share_weights(...)``
         return iter((self.model, self.palettes, self.skipped))
@@ -47,18 +56,30 @@ class _ShareJob:
     layer_name: str
     attr: str
     var: object
-    kernel: np.ndarray
+    shape: tuple  # the kernel's; its values are read in run(), one job at a time
     kind: str
     unit: str
     cfg: dict
     seed: int
 
+    @property
+    def size(self):
+        return int(np.prod(self.shape))
+
     def run(self):
-        return palette_lib.cluster_tensor(
-            self.kernel, kind=self.kind, n_clusters=int(self.cfg["n_clusters"]), unit=self.unit,
+        pal = palette_lib.cluster_tensor(
+            np.asarray(self.var.numpy()), kind=self.kind, n_clusters=int(self.cfg["n_clusters"]),
+            unit=self.unit,
             granularity=self.cfg["granularity"], init=self.cfg["init"], seed=self.seed,
             layer_name=self.layer_name, weight_name=self.attr,
-            sparsity=float(self.cfg["sparsity"]))
+            sparsity=float(self.cfg["sparsity"]),
+            preserve_sparsity=bool(self.cfg["preserve_sparsity"]))
+        note = getattr(self.cfg, "note", "")  # a default changed a setting: say which
+        change = {"note": "; ".join(filter(None, (note, pal.note)))}
+        if str(getattr(self.var, "dtype", "")) in ("bfloat16", "float16"):
+            # the kernel is stored rounded: so is the codebook, so decode() == stored weights
+            change["codebook"] = pal.codebook.astype(str(self.var.dtype)).astype(np.float32)
+        return dataclasses.replace(pal, **change)
 
 
 def _share_plan(model, defaults, overrides, seed):
@@ -78,15 +99,16 @@ def _share_plan(model, defaults, overrides, seed):
             skipped.append((layer.name, "excluded by overrides"))
             continue
         for attr, var, kind in clusterable.clusterable_weights(layer):
-            kernel = np.asarray(var.numpy())
-            jobs.append(_ShareJob(layer.name, attr, var, kernel, kind,
-                                  resolve_unit(cfg["unit"], kind, kernel.shape), cfg, seed + i))
+            shape = tuple(var.shape)
+            wcfg = clusterable.weight_config(layer, kind, cfg, overrides)  # depthwise default
+            jobs.append(_ShareJob(layer.name, attr, var, shape, kind,
+                                  resolve_unit(wcfg["unit"], kind, shape), wcfg, seed + i))
     return jobs, skipped
 
 
 def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
                   init="kmeans++", seed=0, overrides=None, sparsity=0.0, verbose=False,
-                  inplace=False):
+                  inplace=False, preserve_sparsity=False, fold_bn=None):
     """Cluster every supported kernel of a model with k-means (no re-training).
 
     Args:
@@ -96,29 +118,48 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         n_clusters: K, centroids per codebook.
         unit: ``"scalar"``, ``"row"``, ``"kernel"`` (see :mod:`dkm_tf.core.units`) or ``"auto"``
             (the paper's choice: ``row`` for k x k convs, ``scalar`` for 1x1 convs and dense).
-        granularity: ``"per_tensor"`` or ``"per_channel"``.
+        granularity: ``"per_tensor"`` or ``"per_channel"``. Depthwise kernels get per-channel
+            codebooks either way unless ``overrides`` names their layer or its class: one
+            codebook across their channels wrecks them (measured on MobileNetV2; see
+            :func:`dkm_tf.graph.clusterable.weight_config`); their palettes' note says so.
         init: k-means init, one of ``"kmeans++"``, ``"linear"``, ``"density"``, ``"random"``.
         seed: random seed (layer i uses ``seed + i``).
         overrides: dict keyed by layer name or class name with settings to change
-            (``{"fc2": {"n_clusters": 64}}``) or ``None`` to leave a layer unclustered.
+            (``{"fc2": {"n_clusters": 64}}``) or ``None`` to leave a layer unclustered
+            (``{"DepthwiseConv2D": {}}`` clusters depthwise kernels with the plain defaults,
+            ``{"DepthwiseConv2D": None}`` leaves them float).
         sparsity: fraction of units per tensor fixed to an all-zero centroid (Deep k-Means'
             sparsity-promoting variant, §4.1.4); the rest share K - 1 centroids.
         verbose: print one line per clustered tensor.
         inplace: write the clustered values into ``model`` itself instead of a copy (needed
             for subclassed models, which Keras cannot clone; also saves the copy's memory).
+        preserve_sparsity: keep the weights' exact zeros (a pruned model's): they get a fixed
+            zero entry on top of K centroids of the non-zero units (see
+            :mod:`dkm_tf.core.codebook`). Cannot be combined with ``sparsity``.
+        fold_bn: fold each BatchNormalization that directly follows a conv or dense layer into
+            its kernel and bias first (:func:`dkm_tf.graph.batchnorm.fold_batch_norm`), so the
+            palettes describe the kernels the TFLite converter stores (it folds them too) and
+            a palettized export matches them. ``None`` (default): True, or False with
+            ``inplace=True`` (folding changes the layer graph, so it needs a copy).
 
     Returns:
         A :class:`ShareResult` ``(model, palettes, skipped)``; ``model`` is the input itself
         when ``inplace``.
 
     Raises:
-        ValueError: invalid settings, or NaN/Inf in a kernel (the message names the layer).
+        ValueError: invalid settings, or NaN/Inf in a kernel (the message names the layer),
+            or (when folding) a BatchNormalization with non-finite statistics or called with
+            ``training=True``.
         TypeError: the model cannot be copied (subclassed) and ``inplace`` is False.
     """
-    check_n_clusters(n_clusters)
-    check_choice("unit", unit, UNIT_CHOICES)
-    check_choice("granularity", granularity, GRANULARITIES)
-    check_choice("init", init, INITS)
+    defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
+                "init": init, "sparsity": sparsity, "preserve_sparsity": preserve_sparsity}
+    _check_settings(defaults)
+    check_seed(seed)
+    if preserve_sparsity and sparsity:
+        raise ValueError("Invalid value for argument `sparsity`. Expected 0 with "
+                         "preserve_sparsity=True (one keeps existing zeros, the other creates "
+                         f"zeros). Received: sparsity={sparsity}")
     if not isinstance(inplace, bool):
         raise TypeError(f"Invalid type for argument `inplace`. Expected a bool. "
                         f"Received: inplace={inplace!r}")
@@ -127,27 +168,48 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     if not isinstance(model, keras.Model):
         raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
                         f"Received: {type(model).__name__}")
-    defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
-                "init": init, "sparsity": sparsity}
+    if not model.built:
+        raise ValueError(f"Model {model.name!r} is not built, so it has no weights to cluster: "
+                         "build it first (call it on data or give it an Input).")
+    from dkm_tf.graph.clusterable import check_overrides  # noqa: PLC0415 (imports keras)
+
+    overrides = check_overrides(model, overrides, defaults, _check_settings)
+    if (fold_bn is not None and not isinstance(fold_bn, bool)) or (fold_bn and inplace):
+        raise ValueError("Invalid value for argument `fold_bn`. Expected None or a bool, and "
+                         "not True with inplace=True (folding changes the layer graph). "
+                         f"Received: fold_bn={fold_bn!r} with inplace={inplace!r}")
+    folding = None
+    if fold_bn is not False and not inplace:
+        from dkm_tf.graph.batchnorm import maybe_fold  # noqa: PLC0415 (imports keras)
+
+        folding = maybe_fold(model)
+        if folding.folded:  # already a fresh copy: cluster it in place
+            model, inplace = folding.model, True
     jobs, skipped = _share_plan(model, defaults, overrides, seed)
+    if not jobs and not any(r == "excluded by overrides" for _, r in skipped):
+        raise ValueError(f"share_weights found no weight to cluster in model {model.name!r}: "
+                         + (f"its layers with weights are not supported: {skipped}" if skipped
+                            else "it has no layer with weights."))
+    if folding is not None:  # say why a BatchNormalization was left unfolded
+        why = dict(folding.skipped)
+        skipped = [(n, f"{r}; not folded: {why[n]}" if n in why else r) for n, r in skipped]
     if inplace:
-        palettes = []
-        for job in jobs:
-            palettes.append(job.run())
-            job.var.assign(palettes[-1].decode().astype(job.kernel.dtype))
+        palettes = [job.run() for job in jobs]  # all k-means first: an error changes nothing
+        for job, pal in zip(jobs, palettes):
+            job.var.assign(pal.decode().astype(job.var.dtype, copy=False))
         clone = model
     else:  # k-means in a thread pool while Keras copies the model; each copied layer is
         # built directly with its clustered values (no copy of the old kernel, no assign)
         workers = min(KMEANS_THREADS, os.cpu_count() or 1)
         with concurrent.futures.ThreadPoolExecutor(workers, "dkm_tf-kmeans") as pool:
             futures = {id(j.var): pool.submit(j.run)
-                       for j in sorted(jobs, key=lambda j: -j.kernel.size)}
+                       for j in sorted(jobs, key=lambda j: -j.size)}
 
             def clone_function(layer):
                 if not any(id(v) in futures for v in layer.weights):
                     return copy_layer(layer)
                 try:  # k-means errors (NaN weights, ...) are not copy failures
-                    values = [futures[id(v)].result().decode().astype(v.dtype)
+                    values = [futures[id(v)].result().decode().astype(v.dtype, copy=False)
                               if id(v) in futures else v.numpy() for v in layer.weights]
                 except Exception as e:
                     raise _NotACopyError from e
@@ -160,7 +222,21 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
                     f.cancel()
             palettes = [futures[id(j.var)].result() for j in jobs]
     if verbose:
+        for layer_name, bn_name in folding.folded if folding is not None else ():
+            print(f"  folded BatchNormalization {bn_name} into {layer_name}", flush=True)
         for job, pal in zip(jobs, palettes):
-            print(f"  clustered {pal.name}: {job.kernel.size:,} weights -> K={pal.n_clusters} "
+            print(f"  clustered {pal.name}: {job.size:,} weights -> K={pal.n_clusters} "
                   f"({job.unit}, d={pal.unit_dim}, {job.cfg['granularity']})", flush=True)
-    return ShareResult(clone, palettes, skipped)
+    return ShareResult(clone, palettes, skipped,
+                       list(folding.folded) if folding is not None else [])
+
+
+def _check_settings(cfg):
+    """Check one layer's settings (the defaults or the defaults updated by an override)."""
+    check_n_clusters(cfg["n_clusters"])
+    check_choice("unit", cfg["unit"], UNIT_CHOICES)
+    check_choice("granularity", cfg["granularity"], GRANULARITIES)
+    check_choice("init", cfg["init"], INITS)
+    check_number("sparsity", cfg["sparsity"], "a fraction in [0, 1)", low=0, high=1,
+                 high_open=True)
+    check_bool("preserve_sparsity", cfg["preserve_sparsity"])

@@ -1,7 +1,8 @@
 """Attaching the Deep k-Means penalty to the kernels of an existing model, and finding it again.
 
 :func:`attach_regularizer` puts a :class:`~dkm_tf.training.regularizer.SpectralKMeansRegularizer`
-on every conv (and optionally Dense) kernel of a built model, in place, so the user's own
+on every conv (and optionally Dense, recurrent and attention) kernel of a built model, in
+place, so the user's own
 ``compile`` / ``fit`` trains with it; :func:`refresh_regularizers` recomputes every F (what
 :class:`dkm_tf.RefreshKMeans` calls); :func:`detach_regularizer` takes them off again.
 """
@@ -13,6 +14,8 @@ import warnings
 
 import keras
 
+from dkm_tf.core import units as units_lib
+from dkm_tf.core.validate import check_bool, check_n_clusters, check_seed, invalid
 from dkm_tf.graph import clusterable
 from dkm_tf.training import regularizer as reg_lib
 
@@ -22,7 +25,53 @@ __all__ = ["attach_regularizer", "detach_regularizer", "kmeans_regularizers",
 _CONV_KINDS = ("conv", "conv_t", "depthwise")
 _REG_ATTR = {"kernel": "kernel_regularizer", "depthwise_kernel": "depthwise_regularizer",
              "pointwise_kernel": "pointwise_regularizer",
-             "embeddings": "embeddings_regularizer"}
+             "embeddings": "embeddings_regularizer",
+             "recurrent_kernel": "recurrent_regularizer"}
+# Their config holds one kernel_regularizer for all projections: per-weight penalties on
+# their sublayers train, but are not saved with the model.
+_CONFIG_LOSES_REGULARIZER = (keras.layers.MultiHeadAttention,)
+
+
+def _selected(kind, include_dense):
+    """Whether ``attach_regularizer`` regularizes a weight of this kind by default."""
+    if kind in _CONV_KINDS:
+        return True
+    return include_dense and (kind == "dense" or kind.startswith(units_lib.EINSUM_PREFIX))
+
+
+def _owner(layer, attr):
+    """(object, ``*_regularizer`` attribute) that configures the weight at path ``attr``.
+
+    ``"cell.recurrent_kernel"`` of an LSTM -> (its cell, ``"recurrent_regularizer"``): the
+    layer's own ``kernel_regularizer`` is a read-only view of its cell's.
+    """
+    head, _, leaf = attr.rpartition(".")
+    owner = clusterable.get_weight(layer, head) if head else layer
+    reg_attr = _REG_ATTR.get(leaf)
+    if leaf == "kernel" and isinstance(
+            owner, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+        reg_attr = "depthwise_regularizer"
+    return owner, reg_attr
+
+
+def _regularizer_slots(layer):
+    """Writable (object, ``*_regularizer`` attribute) pairs of ``layer`` and its sublayers."""
+    slots = [(layer, r) for r in sorted(set(_REG_ATTR.values()))]
+    if layer.built and clusterable.is_clusterable(layer) and not isinstance(layer, keras.Model):
+        with contextlib.suppress(TypeError, ValueError):
+            slots += [_owner(layer, a) for a, _, _ in clusterable.clusterable_weights(layer)]
+    return [(o, r) for o, r in slots
+            if o is not None and r and not isinstance(getattr(type(o), r, None), property)]
+
+
+def _unit_for(unit, kind, layer, attr, shape):
+    """The regularizer's unit: scalars for EinsumDense kernels (no spatial axes)."""
+    if not kind.startswith(units_lib.EINSUM_PREFIX):
+        return unit
+    if unit in ("row", "kernel"):
+        raise invalid("unit", f"'scalar' or 'auto' for weight {attr!r} of layer {layer.name!r} "
+                      f"(an EinsumDense kernel of shape {tuple(shape)}: no spatial axes)", unit)
+    return "scalar"
 
 
 def _per_layer(value, layer_name):
@@ -32,7 +81,8 @@ def _per_layer(value, layer_name):
 
 
 def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="auto",
-                       layers=None, include_dense=False, sparsity=0.0, seed=0):
+                       layers=None, include_dense=False, sparsity=0.0, seed=0,
+                       preserve_sparsity=False):
     """Put a :class:`dkm_tf.SpectralKMeansRegularizer` on the kernels of a built model, in place.
 
     After this, the user's own ``model.compile(...)`` / ``model.fit(...,
@@ -47,13 +97,23 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
             dict are skipped when ``layers`` is None).
         lam: λ >= 0.
         relaxation: ``"hard"`` (default) or ``"spectral"``; see :mod:`dkm_tf.training.regularizer`.
-        unit: ``"auto"`` (rows for k x k convs, scalars for 1x1 convs and Dense),
-            ``"row"``, ``"kernel"`` or ``"scalar"``.
+        unit: ``"auto"`` (rows for k x k convs, scalars for 1x1 convs, Dense, recurrent
+            and attention kernels), ``"row"``, ``"kernel"`` or ``"scalar"``.
         layers: layer names or layer objects to regularize (default: every conv-type layer,
-            plus Dense when ``include_dense``).
-        include_dense: also regularize Dense kernels when ``layers`` is None.
+            plus the matrix kernels when ``include_dense``).
+        include_dense: when ``layers`` is None, also regularize the matrix kernels: Dense,
+            the input and recurrent kernels of SimpleRNN/LSTM/GRU (also inside RNN and
+            Bidirectional; their ``kernel_regularizer`` / ``recurrent_regularizer`` is set on
+            the cell, so it is saved), and EinsumDense / MultiHeadAttention projections
+            (MultiHeadAttention's config has one ``kernel_regularizer`` for its four
+            projections, so those penalties are not saved with the model: a warning says
+            so; attach again after loading).
         sparsity: fraction p of zero-centred units (§4.1.4); a float or ``{layer name: p}``.
         seed: k-means seed.
+        preserve_sparsity: the kernels' exact zeros (a pruned model's) form a zero cluster on
+            top of the K clusters, so the penalty does not pull them away from zero (its
+            gradient there is 0). It does not stop the data loss from moving them: fine-tune
+            with ``cluster_weights(..., preserve_sparsity=True)`` to keep them exactly zero.
 
     Returns:
         ``{variable path: regularizer}`` for the weights that got one.
@@ -63,11 +123,26 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
             not have, or a layer name that is not in the model.
         TypeError: a requested layer has no kernel that can be regularized.
     """
+    _check_model(model)
     if not model.built:
         raise ValueError(f"Model {model.name!r} is not built; build it (call it on data or "
                          "give it an Input) before attach_regularizer.")
+    check_bool("include_dense", include_dense)
+    check_seed(seed)
+    by_name = {layer.name: layer for layer in clusterable.walk_layers(model)}
+    for arg, value in (("n_clusters", n_clusters), ("sparsity", sparsity)):
+        unknown = sorted(set(value) - set(by_name), key=str) if isinstance(value, dict) else []
+        if unknown:
+            raise ValueError(f"Invalid value for argument `{arg}`. Expected a value or a dict "
+                             f"keyed by layer names of model {model.name!r}. Received keys "
+                             f"that name no layer: {unknown}")
+    for k in (n_clusters.values() if isinstance(n_clusters, dict) else [n_clusters]):
+        if k is not None or not isinstance(n_clusters, dict):
+            check_n_clusters(k)
     if layers is not None:
-        by_name = {layer.name: layer for layer in clusterable.walk_layers(model)}
+        if isinstance(layers, (str, keras.layers.Layer)) or not hasattr(layers, "__iter__"):
+            raise TypeError("Invalid type for argument `layers`. Expected a list of layer "
+                            f"names or layers. Received: layers={layers!r}")
         chosen = []
         for item in layers:
             if isinstance(item, str):
@@ -85,40 +160,59 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                                 f"to regularize. {e}") from e
             targets.extend((layer, w) for w in weights)
     else:
-        kinds = _CONV_KINDS + (("dense",) if include_dense else ())
         targets = [(layer, w) for layer in clusterable.walk_layers(model)
                    if clusterable.is_clusterable(layer)
-                   for w in clusterable.clusterable_weights(layer) if w[2] in kinds]
-    attached, degenerate = {}, []
-    with strategy_scope(model):
-        for layer, (attr, var, _kind) in targets:
+                   for w in clusterable.clusterable_weights(layer)
+                   if _selected(w[2], include_dense)]
+    if not targets:
+        kinds = sorted({type(layer).__name__ for layer in clusterable.walk_layers(model)
+                        if clusterable.is_clusterable(layer)})
+        raise ValueError(
+            f"attach_regularizer found no kernel to regularize in model {model.name!r}: "
+            + (f"its clusterable layers ({', '.join(kinds)}) are Dense/recurrent/attention "
+               "layers, which need include_dense=True (or name them in layers=[...])."
+               if kinds and not include_dense else "it has no clusterable layer."))
+    attached, degenerate, unsaved, planned = {}, [], [], []
+    with strategy_scope(model):  # every F first: an error leaves the model as it was
+        for layer, (attr, var, kind) in targets:
             k = _per_layer(n_clusters, layer.name)
             if k is None:
                 continue
             existing = var.regularizer
             if isinstance(existing, reg_lib.SpectralKMeansRegularizer):
                 existing = existing.base
+            reg_unit = _unit_for(unit, kind, layer, attr, var.shape)
             reg = reg_lib.SpectralKMeansRegularizer(
-                k, lam, relaxation, unit, sparsity=_per_layer(sparsity, layer.name) or 0.0,
-                seed=seed, base=existing)
+                k, lam, relaxation, reg_unit, sparsity=_per_layer(sparsity, layer.name) or 0.0,
+                seed=seed, base=existing, preserve_sparsity=preserve_sparsity)
             try:
                 info = reg.refresh(var, warn=False)
             except ValueError as e:
                 raise ValueError(f"Layer {layer.name!r} ({type(layer).__name__}), weight "
                                  f"{attr!r} of shape {tuple(var.shape)}: {e}") from e
+            planned.append((layer, attr, var, reg, info))
+        if not planned:
+            names = sorted({lay.name for lay, _ in targets})
+            raise ValueError(f"attach_regularizer: n_clusters={n_clusters!r} gives no K to "
+                             f"any of the kernels it would regularize ({names}).")
+        for layer, attr, var, reg, info in planned:
             var.regularizer = reg
-            reg_attr = _REG_ATTR.get(attr)
-            if attr == "kernel" and isinstance(
-                    layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
-                reg_attr = "depthwise_regularizer"
-            if reg_attr and hasattr(layer, reg_attr):
-                setattr(layer, reg_attr, reg)
+            owner, reg_attr = _owner(layer, attr)
+            if reg_attr and hasattr(owner, reg_attr):
+                setattr(owner, reg_attr, reg)
+            if isinstance(layer, _CONFIG_LOSES_REGULARIZER) and layer.name not in unsaved:
+                unsaved.append(layer.name)
             attached[var.path] = reg
             if info["degenerate"]:
                 degenerate.append((var.path, reg, info))
                 reg._warned = True
     if degenerate:
         warnings.warn(reg_lib.degenerate_message(degenerate), UserWarning, stacklevel=2)
+    if unsaved:
+        warnings.warn(f"attach_regularizer: the k-means penalties of {unsaved} "
+                      "(MultiHeadAttention) train, but are not saved with the model: its config "
+                      "holds one kernel_regularizer for all four projections. Call "
+                      "attach_regularizer again after loading.", UserWarning, stacklevel=2)
     _reset_compiled_functions(model)
     return attached
 
@@ -129,11 +223,12 @@ def detach_regularizer(model):
     Returns:
         The number of weights that had one.
     """
+    _check_model(model)
     count = 0
     for layer in [model, *clusterable.walk_layers(model)]:
-        for reg_attr in set(_REG_ATTR.values()):
-            if isinstance(getattr(layer, reg_attr, None), reg_lib.SpectralKMeansRegularizer):
-                setattr(layer, reg_attr, getattr(layer, reg_attr).base)
+        for owner, reg_attr in _regularizer_slots(layer):
+            if isinstance(getattr(owner, reg_attr, None), reg_lib.SpectralKMeansRegularizer):
+                setattr(owner, reg_attr, getattr(owner, reg_attr).base)
     for var, reg in kmeans_regularizers(model):
         var.regularizer = reg.base
         count += 1
@@ -150,6 +245,7 @@ def _reset_compiled_functions(model):
 
 def kmeans_regularizers(model):
     """``[(variable, regularizer)]`` for every weight of ``model`` with a k-means penalty."""
+    _check_model(model)
     return [(v, v.regularizer) for v in model.trainable_weights
             if isinstance(v.regularizer, reg_lib.SpectralKMeansRegularizer)]
 
@@ -171,6 +267,12 @@ def refresh_regularizers(model, *, warn=True):
     if warn and degenerate:
         warnings.warn(reg_lib.degenerate_message(degenerate), UserWarning, stacklevel=2)
     return out
+
+
+def _check_model(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
+                        f"Received: model={model!r} of type {type(model).__name__}")
 
 
 def strategy_scope(model):

@@ -29,7 +29,9 @@ import numpy as np
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.kmeans import KMEANS_THREADS
+from dkm_tf.core.validate import check_bool, check_kmeans_options, check_seed
 from dkm_tf.graph import clusterable as clusterable_lib
+from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
 from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
 from dkm_tf.training.wrapper import (
@@ -85,23 +87,6 @@ def _clone(model, fn):
         raise
 
 
-def _check_overrides(overrides, defaults):
-    if overrides is None:
-        return {}
-    if not isinstance(overrides, dict):
-        raise TypeError("Invalid type for argument `overrides`. Expected a dict keyed by layer "
-                        f"name or class name. Received: overrides={overrides!r}")
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if not isinstance(value, dict) or set(value) - set(defaults):
-            raise ValueError(f"Invalid value for argument `overrides[{key!r}]`. Expected None or "
-                             f"a dict with keys among {sorted(defaults)}. "
-                             f"Received: overrides[{key!r}]={value!r}")
-        validate_settings(**{**defaults, **value})
-    return dict(overrides)
-
-
 def _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options, pool):
     """Start k-means of every weight ``cluster_weights`` will wrap; ``{id(layer): {attr: ...}}``.
 
@@ -125,20 +110,30 @@ def _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options, pool):
     futures = {}
     for _, key, attr, layout, var, cfg, name in sorted(jobs, key=lambda j: -j[0]):
         futures.setdefault(key, {})[attr] = pool.submit(
-            kmeans_codebook, keras.ops.convert_to_numpy(var), layout, int(cfg["n_clusters"]),
-            init=cfg["init"], seed=seed, name=name, kmeans_options=kmeans_options)
+            _kmeans_of_variable, var, layout, int(cfg["n_clusters"]),
+            init=cfg["init"], seed=seed, name=name, kmeans_options=kmeans_options,
+            preserve_sparsity=cfg["preserve_sparsity"])
     return futures
+
+
+def _kmeans_of_variable(var, *args, **kwargs):
+    """``kmeans_codebook`` of a variable read in the worker: one kernel copy per running job."""
+    return kmeans_codebook(keras.ops.convert_to_numpy(var), *args, **kwargs)
 
 
 def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
                     init="kmeans++", seed=0, latent=False, overrides=None,
-                    on_unsupported="skip", kmeans_options=None, return_report=False):
+                    on_unsupported="skip", kmeans_options=None, return_report=False,
+                    preserve_sparsity=False):
     """Wrap every clusterable layer of a copy of ``model`` in :class:`ClusterWeights`.
 
     Each clusterable weight is clustered with k-means (:func:`dkm_tf.cluster_values`) and
     trained afterwards with hard weight sharing. Sequential and Functional models, nested
-    models and shared layers (one wrapper, one codebook) are supported; a single layer gives
-    a single wrapper.
+    models and shared layers (one wrapper, one codebook) are supported; a single built layer
+    gives a single wrapper, built and clustered at once (its palettes and
+    :func:`strip_clustering` work without calling it). An unbuilt layer has no weights to
+    cluster and raises; wrap it as ``dkm_tf.ClusterWeights(layer)`` to cluster at its first
+    build instead.
 
     Args:
         model: a ``keras.Sequential``, a Functional ``keras.Model`` or a clusterable layer.
@@ -149,14 +144,17 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         seed: k-means seed.
         latent: keep trainable float kernels for re-assignment (see :class:`ClusterWeights`).
         overrides: dict keyed by layer name or layer class name (name wins); each value is a
-            dict of settings among ``n_clusters, unit, granularity, init, latent``, or
-            ``None`` to leave that layer unclustered.
+            dict of settings among ``n_clusters, unit, granularity, init, latent,
+            preserve_sparsity``, or ``None`` to leave that layer unclustered.
         on_unsupported: ``"skip"`` (default) leaves layers with weights that cannot be
-            clustered (BatchNormalization, LSTM, ...) as they are, records them in the report
+            clustered (BatchNormalization, ConvLSTM2D, ...) as they are, records them in the report
             and warns once; ``"error"`` raises instead.
         kmeans_options: extra keyword arguments of :func:`dkm_tf.cluster_values`, e.g.
             ``{"refine": False}`` (plain Lloyd; several times faster on big models).
         return_report: also return a :class:`ClusteringReport`.
+        preserve_sparsity: keep every exact zero of the weights (a pruned model's) exactly
+            zero through fine-tuning: a fixed zero entry on top of the K centroids, k-means
+            of the non-zero units only (see :class:`ClusterWeights`).
 
     Returns:
         The clustered model (or wrapper), or ``(model, report)`` with ``return_report``.
@@ -168,12 +166,21 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         ValueError: invalid settings, or override keys that match no layer.
     """
     defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
-                "init": init, "latent": latent}
+                "init": init, "latent": latent, "preserve_sparsity": preserve_sparsity}
     validate_settings(**defaults)
+    check_seed(seed)
+    check_bool("return_report", return_report)
+    kmeans_options = check_kmeans_options(kmeans_options)
     if on_unsupported not in ON_UNSUPPORTED:
         raise ValueError("Invalid value for argument `on_unsupported`. Expected one of "
                          f"{list(ON_UNSUPPORTED)}. Received: on_unsupported={on_unsupported!r}")
-    overrides = _check_overrides(overrides, defaults)
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"Model {getattr(model, 'name', model)!r} ({type(model).__name__}): "
+                        f"{_SUBCLASSED_HINT}")
+    overrides = clusterable_lib.check_overrides(model, overrides, defaults,
+                                                lambda cfg: validate_settings(**cfg))
+    if isinstance(model, keras.Model):
+        clusterable_lib.check_has_clusterable(model, "cluster_weights", also=(ClusterWeights,))
     clustered, skipped, seen = [], [], set()
 
     def wrap(layer):
@@ -196,8 +203,10 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
             return _copy_layer(layer)
         inner = _copy_layer(layer)
         if not inner.built:
-            raise ValueError(f"Layer {layer.name!r} is not built; build the model first (call "
-                             "it on data or give it an input shape).")
+            raise ValueError(f"Layer {layer.name!r} is not built, so it has no weights to "
+                             "cluster: build the model first (call it on data or give it an "
+                             "input shape), or wrap the layer as dkm_tf.ClusterWeights(layer, "
+                             "...), which clusters at its first build.")
         clustered.append((layer.name, kind, dict(cfg)))
         wrapper = ClusterWeights(inner, seed=seed, trainable=layer.trainable,
                                  kmeans_options=kmeans_options, **cfg)
@@ -207,6 +216,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
     futures = {}
     if isinstance(model, keras.layers.Layer) and not isinstance(model, keras.Model):
         out = wrap(model)
+        if isinstance(out, ClusterWeights) and not out.built:
+            _build_now(out)  # k-means at once: palettes and strip without a call
     elif isinstance(model, keras.Model):
         workers = min(KMEANS_THREADS, os.cpu_count() or 1)
         with concurrent.futures.ThreadPoolExecutor(workers, "dkm_tf-kmeans") as pool:
@@ -236,8 +247,18 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
     return (out, report) if return_report else out
 
 
+def _build_now(wrapper):
+    """Build (and so cluster) a wrapper whose inner layer is built, with that layer's shape."""
+    if not wrapper.layer.built:
+        raise ValueError(f"Layer {wrapper.name!r} is not built and neither is the layer it "
+                         "wraps, so it has no codebooks yet: call it on data first.")
+    wrapper.build((wrapper.layer.get_build_config() or {}).get("input_shape"))
+
+
 def _unwrap(wrapper, palettes):
     """A plain copy of the wrapped layer whose clustered kernels hold the decoded values."""
+    if not wrapper.built:
+        _build_now(wrapper)
     pals = wrapper.palettes()
     palettes.extend(pals)
     decoded = {p.weight_name: p.decode() for p in pals}
@@ -247,17 +268,30 @@ def _unwrap(wrapper, palettes):
                                        for v in wrapper.layer.weights])
 
 
-def strip_clustering(model):
+def strip_clustering(model, *, fold_bn=True):
     """Replace every :class:`ClusterWeights` by a plain layer holding the shared kernel.
+
+    BatchNormalization layers stay live while fine-tuning; at strip each one that directly
+    follows a conv or dense layer is folded into it (:func:`dkm_tf.fold_batch_norm`, as the
+    TFLite converter would), and the palette of that kernel is rescaled exactly: with
+    s = gamma / sqrt(var + eps), the folded kernel W[..., c] s_c is a per-channel palette
+    whose codebook of channel c is ``codebook * s_c`` (same indices, same K values per
+    channel; a per-tensor codebook becomes C_out codebooks: K d C_out floats instead of K d).
+    The fine-tuned function is kept (outputs change by float rounding only); re-clustering
+    the folded kernel to one per-tensor codebook instead would keep the codebook small but
+    change the outputs (README, "BatchNormalization folding", has the measurements).
 
     Args:
         model: a Sequential or Functional model (nested models too), or a single
             :class:`ClusterWeights` layer.
+        fold_bn: fold BatchNormalization as described (default); False keeps it as a layer.
 
     Returns:
         ``(plain, palettes)``: a model (or layer) made of plain Keras layers only, whose
         clustered kernels are exactly ``codebook[indices]`` and whose other weights are copied
         bit for bit, and the list of :class:`~dkm_tf.core.palette.Palette`, in layer order.
+        A wrapper never built (made directly around a built layer) is built, i.e.
+        clustered, first.
 
     Raises:
         TypeError: a subclassed model (the message says what to do instead).
@@ -272,12 +306,18 @@ def strip_clustering(model):
                             f"{_SUBCLASSED_HINT}")
         return _copy_layer(layer)
 
+    if not isinstance(fold_bn, bool):
+        raise TypeError("Invalid type for argument `fold_bn`. Expected a bool. "
+                        f"Received: fold_bn={fold_bn!r}")
     if isinstance(model, ClusterWeights):
         return _unwrap(model, palettes), palettes
     if not isinstance(model, keras.Model):
         raise TypeError(f"Model {getattr(model, 'name', model)!r} ({type(model).__name__}): "
                         f"{_SUBCLASSED_HINT}")
-    return _clone(model, unwrap), palettes
+    plain = _clone(model, unwrap)
+    if fold_bn:
+        plain, palettes, _ = fold_with_palettes(plain, palettes)
+    return plain, palettes
 
 
 def _all_layers(model):
@@ -321,6 +361,9 @@ def palettes_of(model, max_clusters=256):
     Returns:
         A list of :class:`~dkm_tf.core.palette.Palette`.
     """
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError("Invalid type for argument `model`. Expected a Keras model or layer. "
+                        f"Received: model={model!r} of type {type(model).__name__}")
     if isinstance(max_clusters, bool) or not isinstance(max_clusters, (int, np.integer)) \
             or max_clusters < 1:
         raise ValueError("Invalid value for argument `max_clusters`. Expected an integer >= 1. "
@@ -330,6 +373,8 @@ def palettes_of(model, max_clusters=256):
     out = []
     for layer in layers:
         if isinstance(layer, ClusterWeights):
+            if not layer.built:
+                _build_now(layer)
             out.extend(layer.palettes())
         elif id(layer) not in inner and layer.built and clusterable_lib.is_clusterable(layer) \
                 and not isinstance(layer, keras.Model):

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from dkm_tf.core.validate import invalid
+from dkm_tf.core.validate import check_int, invalid, invalid_type
 
 __all__ = ["DistillationLoss", "distillation_targets"]
 
@@ -69,6 +69,13 @@ class DistillationLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         c, t = self.num_classes, self.temperature
         y_pred = ops.convert_to_tensor(y_pred)
+        for name, y, width in (("y_true", y_true, 2 * c), ("y_pred", y_pred, c)):
+            if y.shape[-1] is not None and y.shape[-1] != width:
+                raise ValueError(f"Invalid value for argument `{name}` of DistillationLoss("
+                                 f"num_classes={c}). Expected width {width} ("
+                                 + ("[one-hot labels | teacher logits], see "
+                                    "dkm_tf.distillation_targets" if name == "y_true"
+                                    else "logits") + f"). Received: shape {tuple(y.shape)}")
         y_true = ops.cast(y_true, y_pred.dtype)
         hard = keras.losses.categorical_crossentropy(y_true[:, :c], y_pred, from_logits=True)
         soft_targets = ops.softmax(y_true[:, c:] / t, axis=-1)
@@ -99,8 +106,16 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
     Raises:
         ValueError: labels outside [0, C), or a teacher whose output is not (N, C).
     """
-    logits = np.asarray(teacher.predict(x, batch_size=batch_size, verbose=0), np.float32)
+    if not isinstance(teacher, keras.Model):
+        raise invalid_type("teacher", "a keras.Model", teacher)
+    check_int("batch_size", batch_size, minimum=1)
     labels = np.asarray(labels).reshape(-1)
+    if labels.dtype.kind not in "iu":
+        raise invalid_type("labels", "an array of integer class labels", labels)
+    from dkm_tf.training.common import check_data  # noqa: PLC0415
+
+    check_data("x", (x, None), teacher)  # the teacher's input shape
+    logits = np.asarray(teacher.predict(x, batch_size=batch_size, verbose=0), np.float32)
     c = int(num_classes or logits.shape[-1])
     if logits.ndim != 2 or logits.shape != (labels.size, c):
         raise ValueError(f"Invalid value for argument `teacher`. Expected logits of shape "

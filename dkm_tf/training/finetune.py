@@ -5,8 +5,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from dkm_tf.core.validate import check_int, check_seed
 from dkm_tf.training.clustering import cluster_weights, strip_clustering
-from dkm_tf.training.common import check_learning_rate, default_loss
+from dkm_tf.training.common import check_data, check_fit_args, check_learning_rate, default_loss
 
 __all__ = ["finetune"]
 
@@ -14,7 +15,7 @@ __all__ = ["finetune"]
 def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
              granularity="per_tensor", init="kmeans++", epochs=3, learning_rate=1e-3,
              batch_size=32, overrides=None, latent=False, reassign_every=None, metrics=None,
-             callbacks=None, seed=0, verbose=0):
+             callbacks=None, seed=0, verbose=0, preserve_sparsity=False):
     """Cluster a copy of ``model``, fine-tune it with hard weight sharing, and strip it.
 
     Args:
@@ -22,7 +23,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         train_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` / ``keras.utils.PyDataset``
             yielding batches.
         val_data: optional validation data in the same form.
-        n_clusters, unit, granularity, init, overrides, latent: see :func:`cluster_weights`.
+        n_clusters, unit, granularity, init, overrides, latent, preserve_sparsity: see
+            :func:`cluster_weights` (``preserve_sparsity`` keeps a pruned model's zeros).
         epochs: fine-tuning epochs (0 gives post-training clustering only).
         learning_rate: Adam learning rate, a number or a Keras ``LearningRateSchedule``.
         batch_size: used with array data.
@@ -45,6 +47,20 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         raise ValueError(f"Invalid value for argument `epochs`. Expected an integer >= 0. "
                          f"Received: epochs={epochs!r}")
     check_learning_rate(learning_rate)
+    check_seed(seed)
+    check_fit_args(model, batch_size=batch_size, callbacks=callbacks, metrics=metrics,
+                   verbose=verbose)
+    if reassign_every is not None:
+        check_int("reassign_every", reassign_every, minimum=1)
+        if not latent and not any(isinstance(v, dict) and v.get("latent")
+                                  for v in (overrides.values() if isinstance(overrides, dict)
+                                            else ())):
+            raise ValueError("Invalid value for argument `reassign_every`. Expected None "
+                             "unless latent=True (re-assignment moves units to the centroid "
+                             "nearest their latent weight). Received: "
+                             f"reassign_every={reassign_every!r} with latent=False")
+    train_data = check_data("train_data", train_data, model, required=bool(epochs))
+    val_data = check_data("val_data", val_data, model, required=False)
     if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
         loss = model.loss
         used_default = False
@@ -54,7 +70,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         metrics = ["accuracy"] if used_default else []
     keras.utils.set_random_seed(seed)
     clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
-                                seed=seed, latent=latent, overrides=overrides)
+                                seed=seed, latent=latent, overrides=overrides,
+                                preserve_sparsity=preserve_sparsity)
     history = None
     if epochs:
         clustered.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,

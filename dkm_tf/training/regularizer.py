@@ -20,7 +20,9 @@ unit is one kernel row, d = s) and F ∈ R^{N x r} is held fixed between lazy up
 
 The sparsity variant (§4.1.4) puts the ⌊pN⌋ units of smallest ℓ2 norm in an extra cluster
 whose centre is fixed at zero (their penalty is (λ/2)‖w_n‖²) and uses K − 1 clusters (or
-K − 1 singular vectors) for the rest.
+K − 1 singular vectors) for the rest. With ``preserve_sparsity=True`` the zero cluster is
+instead the units exactly zero at the first refresh (a pruned weight's), on top of K clusters
+of the others: its penalty gradient λ w_n is zero on them while they stay zero.
 
 F lives in non-trainable variables owned by the regularizer (not by the layer, so the layer's
 weights and saved files are unchanged) and is recomputed by :meth:`refresh`, which
@@ -38,8 +40,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from dkm_tf.core import codebook as codebook_lib
 from dkm_tf.core import kmeans as kmeans_lib
-from dkm_tf.core.validate import check_n_clusters, invalid
+from dkm_tf.core.validate import check_n_clusters, check_seed, invalid
 
 __all__ = ["RELAXATIONS", "SpectralKMeansRegularizer", "degenerate_message", "unit_geometry"]
 
@@ -104,6 +107,8 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
         sparsity: fraction p in [0, 1) of units (smallest ℓ2 norm) put in a cluster fixed
             at zero at each refresh (§4.1.4).
         seed: seed of the k-means at each refresh (``"hard"``).
+        preserve_sparsity: the units exactly zero at the first refresh form the zero
+            cluster, not counted in K (see the module docstring); not with ``sparsity``.
         base: optional regularizer added unchanged (e.g. an existing L2 weight decay).
 
     Example:
@@ -113,7 +118,7 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
     """
 
     def __init__(self, n_clusters, lam=1e-4, relaxation="hard", unit="auto", *,
-                 sparsity=0.0, seed=0, base=None):
+                 sparsity=0.0, seed=0, base=None, preserve_sparsity=False):
         self.n_clusters = check_n_clusters(n_clusters)
         if isinstance(lam, bool) or not isinstance(lam, (int, float, np.number)) or not (
                 math.isfinite(lam) and lam >= 0):
@@ -128,11 +133,15 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
         if sparsity > 0 and self.n_clusters < 2:
             raise invalid("n_clusters", "an integer >= 2 when sparsity > 0 (one cluster is "
                            "the fixed zero cluster)", n_clusters)
+        if not isinstance(preserve_sparsity, bool) or (preserve_sparsity and sparsity):
+            raise invalid("preserve_sparsity", "a bool (False when sparsity > 0)",
+                          preserve_sparsity)
+        self.preserve_sparsity, self._zeros = preserve_sparsity, None
         self.lam = float(lam)
         self.relaxation = relaxation
         self.unit = unit
         self.sparsity = float(sparsity)
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.base = keras.regularizers.get(base)
         self._state = None
         self._codebook = None  # centroids of the last refresh (warm start of the next one)
@@ -204,7 +213,7 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
         units = _to_units_np(value, *st["w3"])
         zero = self._zero_mask(units)
         rest = units if zero is None else units[~zero]
-        k = self.n_clusters - (zero is not None)
+        k = self.n_clusters - (zero is not None and not self.preserve_sparsity)
         info = {"degenerate": False, "rank": None, "k": k}
         if self.relaxation == "spectral":
             q, s, _ = np.linalg.svd(rest, full_matrices=False)
@@ -245,6 +254,10 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
         return info
 
     def _zero_mask(self, units):
+        if self.preserve_sparsity:  # the exact zeros of the first refresh stay the zero cluster
+            if self._zeros is None:
+                self._zeros = codebook_lib.zero_units(units[None])[0]
+            return self._zeros if self._zeros.any() else None
         n_zero = int(math.floor(self.sparsity * units.shape[0]))
         if n_zero == 0:
             return None
@@ -306,6 +319,7 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
         # F / the cluster assignment are state, not config: they are re-derived by refresh().
         return {"n_clusters": self.n_clusters, "lam": self.lam, "relaxation": self.relaxation,
                 "unit": self.unit, "sparsity": self.sparsity, "seed": self.seed,
+                "preserve_sparsity": self.preserve_sparsity,
                 "base": keras.regularizers.serialize(self.base) if self.base else None}
 
     @classmethod
@@ -315,7 +329,7 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
     def __repr__(self):
         return (f"SpectralKMeansRegularizer(n_clusters={self.n_clusters}, lam={self.lam}, "
                 f"relaxation={self.relaxation!r}, unit={self.unit!r}, "
-                f"sparsity={self.sparsity})")
+                f"sparsity={self.sparsity}, preserve_sparsity={self.preserve_sparsity})")
 
 
 def _segment_sum(values, segment_ids, n_segments):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import keras
 
+from dkm_tf.core.validate import check_int, check_seed
 from dkm_tf.graph.copying import copy_model
 from dkm_tf.training import callbacks as callbacks_lib
-from dkm_tf.training.attach import attach_regularizer, detach_regularizer
-from dkm_tf.training.common import check_learning_rate, default_loss
+from dkm_tf.training.attach import attach_regularizer, detach_regularizer, kmeans_regularizers
+from dkm_tf.training.common import check_data, check_fit_args, check_learning_rate, default_loss
 
 __all__ = ["dkm_retrain"]
 
@@ -24,7 +25,8 @@ def _split(data, name):
 
 def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relaxation="hard",
                 unit="auto", epochs=10, learning_rate=1e-4, batch_size=128, refresh_every=5,
-                sparsity=0.0, include_dense=True, seed=0, callbacks=None, verbose=0):
+                sparsity=0.0, include_dense=True, seed=0, callbacks=None, verbose=0,
+                preserve_sparsity=False):
     """Re-train a copy of ``model`` with the Deep k-Means penalty (Wu et al., ICML 2018, §2.4).
 
     Steps: clone the model (the input is never modified) → :func:`dkm_tf.attach_regularizer`
@@ -47,6 +49,9 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         batch_size: batch size for array data (ignored for datasets).
         refresh_every: F-step period in epochs (the paper's 5).
         sparsity: fraction p of zero-centred units, a float or ``{layer name: p}``.
+        preserve_sparsity: the kernels' exact zeros (a pruned model's) form a zero cluster
+            not counted against K (see :func:`dkm_tf.attach_regularizer`) and stay exactly
+            zero through training (a constraint while ``fit`` runs, removed afterwards).
         include_dense: also regularize Dense kernels (conv kernels always are).
         seed: k-means seed.
         callbacks: extra Keras callbacks.
@@ -61,13 +66,20 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         ValueError: bad ``epochs`` / ``learning_rate`` or regularizer settings.
         TypeError: a subclassed model (Keras cannot copy it; the message says what to do).
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"Invalid value for argument `epochs`. Expected a positive integer. "
                          f"Received: epochs={epochs!r}")
     check_learning_rate(learning_rate)
+    check_seed(seed)
+    check_int("refresh_every", refresh_every, minimum=1)
+    check_fit_args(model, batch_size=batch_size, callbacks=callbacks, verbose=verbose)
+    train_data = check_data("train_data", train_data, model)
+    val_data = check_data("val_data", val_data, model, required=False)
     clone = copy_model(model)
     attach_regularizer(clone, n_clusters, lam, relaxation=relaxation, unit=unit,
-                               include_dense=include_dense, sparsity=sparsity, seed=seed)
+                       include_dense=include_dense, sparsity=sparsity, seed=seed,
+                       preserve_sparsity=preserve_sparsity)
+    undo_pins = _pin_zeros(clone) if preserve_sparsity else (lambda: None)
     if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
         loss = model.loss
         metrics = (model.get_compile_config() or {}).get("metrics")
@@ -86,4 +98,30 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     else:
         history = clone.fit(train_ds, **fit_kwargs)
     detach_regularizer(clone)
+    undo_pins()
     return clone, history
+
+
+def _pin_zeros(model):
+    """Keep every exactly-zero weight of the regularized kernels at zero while training.
+
+    The penalty alone does not pull a zero away, but the data loss does; a constraint
+    (applied by the optimizer after each step) multiplies the kernel by its initial non-zero
+    mask. Returns the function that puts the previous constraints back.
+    """
+    saved = []
+    for var, _ in kmeans_regularizers(model):
+        mask = keras.ops.convert_to_tensor(keras.ops.convert_to_numpy(var) != 0, var.dtype)
+        old = var.constraint
+
+        def keep_zeros(w, mask=mask, old=old):
+            w = w * mask
+            return old(w) if old is not None else w
+
+        var.constraint = keep_zeros
+        saved.append((var, old))
+
+    def undo():
+        for var, old in saved:
+            var.constraint = old
+    return undo

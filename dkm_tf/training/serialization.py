@@ -51,6 +51,9 @@ def check_model_file(path):
         ValueError: a folder, an unreadable file, or a ``.keras`` file that is not a Keras
             zip (truncated, or no ``config.json``).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError("Invalid type for argument `path`. Expected a model file path (str or "
+                        f"os.PathLike). Received: path={path!r}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Invalid value for argument `path`. Expected an existing "

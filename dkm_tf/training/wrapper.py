@@ -24,11 +24,20 @@ import keras
 import numpy as np
 from keras import ops
 
+from dkm_tf.core import codebook as codebook_lib
 from dkm_tf.core import kmeans as kmeans_lib
+from dkm_tf.core import kmeans_batched as batched_lib
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
-from dkm_tf.core.validate import check_choice, check_n_clusters, invalid
+from dkm_tf.core.validate import (
+    check_choice,
+    check_kmeans_options,
+    check_n_clusters,
+    check_seed,
+    invalid,
+)
 from dkm_tf.graph import clusterable as clusterable_lib
+from dkm_tf.training.distribute import collective_safe_dtype
 
 __all__ = ["ClusterWeights", "gather_codebook", "index_dtype", "validate_settings"]
 
@@ -41,15 +50,16 @@ def index_dtype(n_clusters):
 
 
 def validate_settings(n_clusters=16, unit="scalar", granularity="per_tensor", init="kmeans++",
-                      latent=False):
+                      latent=False, preserve_sparsity=False):
     """Check clustering settings; raise ``ValueError`` in Keras' message pattern if one is bad
     (``TypeError`` for a non-integer ``n_clusters``)."""
     check_n_clusters(n_clusters)
     check_choice("unit", unit, units_lib.UNIT_CHOICES)
     check_choice("granularity", granularity, units_lib.GRANULARITIES)
     check_choice("init", init, kmeans_lib.INITS)
-    if not isinstance(latent, bool):
-        raise invalid("latent", "a bool", latent)
+    for arg, value in (("latent", latent), ("preserve_sparsity", preserve_sparsity)):
+        if not isinstance(value, bool):
+            raise invalid(arg, "a bool", value)
 
 
 @dataclasses.dataclass
@@ -71,23 +81,6 @@ class _Slot:
         return tuple(int(a) for a in np.argsort(self.layout.perm))
 
 
-def _nearest(units, codebook):
-    """Index of the nearest centroid of each unit: units (M, d), codebook (K, d) -> (M,)."""
-    if codebook.shape[1] == 1:
-        c = codebook[:, 0].astype(np.float64)
-        order = np.argsort(c, kind="stable")
-        cs = c[order]
-        mids = (cs[:-1] + cs[1:]) / 2.0
-        return order[np.searchsorted(mids, units[:, 0].astype(np.float64), side="left")]
-    out = np.empty(units.shape[0], np.int64)
-    c = codebook.astype(np.float64)
-    cc = (c * c).sum(1)
-    for s in range(0, units.shape[0], 65536):
-        u = units[s:s + 65536].astype(np.float64)
-        out[s:s + 65536] = np.argmin(cc[None, :] - 2.0 * u @ c.T, axis=1)
-    return out
-
-
 def kmeans_layout(kernel_shape, kind, unit, granularity):
     """The :class:`~dkm_tf.core.units.UnitLayout` a wrapper uses for a weight of this shape."""
     unit = units_lib.resolve_unit(unit, kind, tuple(kernel_shape))
@@ -95,15 +88,19 @@ def kmeans_layout(kernel_shape, kind, unit, granularity):
 
 
 def kmeans_codebook(kernel, layout, n_clusters, *, init="kmeans++", seed=0, name=None,
-                    kmeans_options=None):
+                    kmeans_options=None, preserve_sparsity=False):
     """k-means of one kernel into the wrapper's variables: codebook (G, K, d), indices (G, M).
 
     Pure numpy (thread-safe): :func:`dkm_tf.cluster_weights` runs it for all layers in a
     thread pool while Keras copies the model. Group g uses ``seed + g``. When a group has
     fewer distinct units than K, its last centroid is repeated (no unit uses the copies).
+    With ``preserve_sparsity`` the codebook is (G, K + 1, d), entry 0 the fixed zero.
     """
     kernel = np.asarray(kernel)
     k, opts = n_clusters, dict(kmeans_options or {})
+    if preserve_sparsity:
+        return codebook_lib.kmeans_keeping_zeros(units_lib.to_units(kernel, layout), k, init=init,
+                                                 seed=seed, name=name, kmeans_options=opts)[:2]
     if layout.n_groups == 1 and layout.unit_dim == 1:  # order-free: skip the float transpose
         cb, idx = kmeans_lib.cluster_values(kernel.reshape(-1), k, init=init, seed=seed,
                                             name=name, **opts)
@@ -111,33 +108,10 @@ def kmeans_codebook(kernel, layout, n_clusters, *, init="kmeans++", seed=0, name
         codebook = np.concatenate([cb, np.repeat(cb[-1:], k - cb.size)]).reshape(1, k, 1)
         idx = idx.astype(index_dtype(k)).reshape(kernel.shape)
         return codebook, units_lib.to_units(idx, layout)[..., 0]
-    units = units_lib.to_units(kernel, layout)
-    books, idxs = [], []
-    for g in range(layout.n_groups):
-        cb, idx = kmeans_lib.cluster_values(
-            units[g, :, 0] if layout.unit_dim == 1 else units[g], k, init=init, seed=seed + g,
-            name=name, **opts)
-        cb = np.asarray(cb, np.float32).reshape(-1, layout.unit_dim)
-        books.append(np.concatenate([cb, np.repeat(cb[-1:], k - cb.shape[0], axis=0)]))
-        idxs.append(idx)
-    return np.stack(books), np.stack(idxs)
-
-
-def _compact(codebook, indices):
-    """Drop codebook entries no unit uses (per group), pad groups to the same K."""
-    k_all = codebook.shape[1]
-    used = [np.flatnonzero(np.bincount(row, minlength=k_all)) for row in indices]
-    k = max(u.size for u in used)
-    if k == k_all:
-        return codebook, indices
-    books, idxs = [], []
-    for g, u in enumerate(used):
-        lut = np.zeros(k_all, np.int32)
-        lut[u] = np.arange(u.size, dtype=np.int32)
-        books.append(np.concatenate([codebook[g, u], np.repeat(codebook[g, u[-1:]],
-                                                               k - u.size, axis=0)]))
-        idxs.append(lut[indices[g]])
-    return np.stack(books), np.stack(idxs)
+    # per channel: scalar units of all groups in one batched k-means (core.kmeans_batched)
+    cb, idx = batched_lib.cluster_groups(units_lib.to_units(kernel, layout), k, init=init,
+                                         seed=seed, name=name, **opts)
+    return np.concatenate([cb, np.repeat(cb[:, -1:], k - cb.shape[1], axis=1)], axis=1), idx
 
 
 _TF_GATHER = []
@@ -191,10 +165,21 @@ class ClusterWeights(keras.layers.Wrapper):
     their latent weight every few epochs. Without a latent kernel re-assignment would be a
     no-op (every weight already sits on its centroid), so that callback requires it.
 
+    With ``preserve_sparsity=True`` the weight's exact zeros (a pruned layer's) stay exactly
+    zero: entry 0 of each codebook is a fixed zero that never trains (the gradient does not
+    reach it) and is not one of the K centroids, so the codebook has K + 1 entries; k-means
+    runs on the non-zero units only (see :mod:`dkm_tf.core.codebook`).
+
+    The wrapper clusters when it is built: at its first call, or at once when it comes from
+    :func:`dkm_tf.cluster_weights` given a built layer.
+
     Args:
         layer: the layer to wrap: Dense, Conv1D/2D/3D, Conv1D/2D/3DTranspose,
-            DepthwiseConv1D/2D, SeparableConv1D/2D (both kernels), Embedding, or any layer
-            implementing ``get_clusterable_weights()``. The wrapper owns it from then on.
+            DepthwiseConv1D/2D, SeparableConv1D/2D (both kernels), Embedding, EinsumDense,
+            MultiHeadAttention (its four projections; wrap it built), SimpleRNN/LSTM/GRU/RNN
+            and Bidirectional (input and recurrent kernels of every cell: the cell reads the
+            shared kernel at every step of its loop), or any layer implementing
+            ``get_clusterable_weights()``. The wrapper owns it from then on.
         n_clusters: K, centroids per codebook (>= 1).
         unit: ``"scalar"``, ``"row"``, ``"kernel"`` or ``"auto"`` (row for k x k convs,
             scalar otherwise; see :mod:`dkm_tf.core.units`).
@@ -204,6 +189,7 @@ class ClusterWeights(keras.layers.Wrapper):
         latent: keep the float kernel as a trainable latent (see above).
         kmeans_options: extra keyword arguments of :func:`dkm_tf.cluster_values` (e.g.
             ``{"refine": False}`` for plain Lloyd, several times faster on large kernels).
+        preserve_sparsity: keep exact zeros with a fixed zero entry (see above).
         **kwargs: base layer arguments (``name``, ``trainable``, ...).
 
     Input shape / Output shape: those of the wrapped layer.
@@ -217,13 +203,16 @@ class ClusterWeights(keras.layers.Wrapper):
     """
 
     def __init__(self, layer, n_clusters=16, unit="scalar", granularity="per_tensor",
-                 init="kmeans++", seed=0, latent=False, kmeans_options=None, **kwargs):
+                 init="kmeans++", seed=0, latent=False, kmeans_options=None,
+                 preserve_sparsity=False, **kwargs):
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError("Invalid type for argument `layer`. Expected a keras.layers.Layer. "
                             f"Received: layer={layer!r} of type {type(layer).__name__}")
         if not clusterable_lib.is_clusterable(layer):
             clusterable_lib.clusterable_weights(layer)  # raises a TypeError listing support
-        validate_settings(n_clusters, unit, granularity, init, latent)
+        validate_settings(n_clusters, unit, granularity, init, latent, preserve_sparsity)
+        check_seed(seed)
+        kmeans_options = check_kmeans_options(kmeans_options)
         kwargs.setdefault("name", f"cluster_{layer.name}")
         super().__init__(layer, **kwargs)
         self.n_clusters = int(n_clusters)
@@ -233,6 +222,7 @@ class ClusterWeights(keras.layers.Wrapper):
         self.seed = int(seed)
         self.latent = latent
         self.kmeans_options = dict(kmeans_options or {})
+        self.preserve_sparsity = preserve_sparsity
         self.supports_masking = getattr(layer, "supports_masking", False)
         self._slots = []
         self._skip_kmeans = False
@@ -250,8 +240,14 @@ class ClusterWeights(keras.layers.Wrapper):
 
     def build(self, input_shape=None):
         if not self.layer.built:
-            self.layer.build(input_shape)
-        k = self.n_clusters
+            try:
+                self.layer.build(input_shape)
+            except TypeError as e:  # a build that takes several shapes (MultiHeadAttention)
+                raise ValueError(
+                    f"Layer {self.layer.name!r} ({type(self.layer).__name__}) cannot be built "
+                    f"from the wrapper's input shape {input_shape} ({e}). Build it first "
+                    "(call it on data, e.g. layer(query, value)), then wrap it.") from e
+        k = self.n_clusters + self.preserve_sparsity  # + the fixed zero entry 0
         for attr, var, kind in clusterable_lib.clusterable_weights(self.layer):
             if not isinstance(var, keras.Variable):
                 raise ValueError(
@@ -263,7 +259,7 @@ class ClusterWeights(keras.layers.Wrapper):
             codebook = self.add_weight(name=f"{attr}_codebook", shape=(g, k, d),
                                        initializer="zeros", trainable=True, dtype=var.dtype)
             indices = self.add_weight(name=f"{attr}_indices", shape=(g, m), initializer="zeros",
-                                      trainable=False, dtype=index_dtype(k))
+                                      trainable=False, dtype=collective_safe_dtype(index_dtype(k)))
             slot = _Slot(attr, var, layout, codebook, indices)
             if not self._skip_kmeans:
                 self._init_slot(slot)
@@ -280,7 +276,7 @@ class ClusterWeights(keras.layers.Wrapper):
             codebook, indices = kmeans_codebook(
                 keras.ops.convert_to_numpy(slot.variable), slot.layout, self.n_clusters,
                 init=self.init, seed=self.seed, name=f"{self.layer.name}/{slot.attr}",
-                kmeans_options=self.kmeans_options)
+                kmeans_options=self.kmeans_options, preserve_sparsity=self.preserve_sparsity)
         slot.codebook.assign(codebook)
         slot.indices.assign(indices.astype(slot.indices.dtype))
 
@@ -292,11 +288,18 @@ class ClusterWeights(keras.layers.Wrapper):
             idx = idx + np.arange(0, g * k, k, dtype=np.int32)[:, None]
         if d > 1:  # position of each value of each unit in the flattened codebook
             idx = idx[..., None] * d + np.arange(d, dtype=np.int32)
-        values = gather_codebook(ops.reshape(slot.codebook, (g * k * d,)), idx)
+        values = gather_codebook(ops.reshape(self._codebook(slot), (g * k * d,)), idx)
         kernel = ops.reshape(values, slot.t_shape)
         if slot.inv_perm != tuple(range(len(slot.inv_perm))):
             kernel = ops.transpose(kernel, slot.inv_perm)
         return kernel
+
+    def _codebook(self, slot):
+        """The codebook with entry 0 held at zero (``preserve_sparsity``): no gradient to it."""
+        if not self.preserve_sparsity:
+            return slot.codebook
+        return slot.codebook * (np.arange(slot.codebook.shape[1]) > 0).astype(
+            slot.codebook.dtype)[:, None]
 
     def call(self, inputs, *args, **kwargs):
         mapping, ours = [], set()
@@ -341,14 +344,18 @@ class ClusterWeights(keras.layers.Wrapper):
 
         Codebook entries that no unit uses are dropped, so K may be below ``n_clusters``.
         """
-        out = []
+        if not self.built:
+            raise ValueError(f"Layer {self.name!r} is not built, so it has no codebooks yet "
+                             "(k-means runs at build): call it on data or build it first.")
+        out, z = [], self.preserve_sparsity
         for s in self._slots:
-            cb, idx = _compact(keras.ops.convert_to_numpy(s.codebook),
-                               keras.ops.convert_to_numpy(s.indices))
-            note = (f"{cb.shape[1]} of {self.n_clusters} centroids in use"
-                    if cb.shape[1] < self.n_clusters else "")
+            cb, idx = codebook_lib.compact(keras.ops.convert_to_numpy(self._codebook(s)),
+                                           keras.ops.convert_to_numpy(s.indices), keep=int(z))
+            note = (f"{cb.shape[1] - z} of {self.n_clusters} centroids in use"
+                    if cb.shape[1] - z < self.n_clusters else "")
             out.append(palette_lib.Palette(self.layer.name, s.attr, cb, idx, s.layout,
-                                           requested_clusters=self.n_clusters, note=note))
+                                           requested_clusters=self.n_clusters, note=note,
+                                           preserve_sparsity=z))
         return out
 
     def reassign_indices(self):
@@ -370,7 +377,9 @@ class ClusterWeights(keras.layers.Wrapper):
             units = units_lib.to_units(keras.ops.convert_to_numpy(s.variable), s.layout)
             cb = keras.ops.convert_to_numpy(s.codebook)
             old = keras.ops.convert_to_numpy(s.indices).astype(np.int64)
-            new = np.stack([_nearest(units[g], cb[g]) for g in range(cb.shape[0])])
+            new = np.stack([codebook_lib.nearest_keeping_zeros(units[g], cb[g], old[g])
+                            if self.preserve_sparsity else codebook_lib.nearest(units[g], cb[g])
+                            for g in range(cb.shape[0])])
             changed += int(np.count_nonzero(new != old))
             s.indices.assign(new.astype(s.indices.dtype))
         return changed
@@ -379,5 +388,6 @@ class ClusterWeights(keras.layers.Wrapper):
         config = super().get_config()
         config.update({"n_clusters": self.n_clusters, "unit": self.unit,
                        "granularity": self.granularity, "init": self.init, "seed": self.seed,
-                       "latent": self.latent, "kmeans_options": self.kmeans_options})
+                       "latent": self.latent, "kmeans_options": self.kmeans_options,
+                       "preserve_sparsity": self.preserve_sparsity})
         return config

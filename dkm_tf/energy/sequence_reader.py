@@ -1,0 +1,194 @@
+"""Energy records of recurrent and attention layers, read from built Keras layers.
+
+Covers SimpleRNN, LSTM, GRU, ``keras.layers.RNN`` over those cells (a list of cells included),
+Bidirectional, EinsumDense and MultiHeadAttention. Counts are per input sample. A record's
+name is ``<layer>/<weight path>`` with the weight paths of :mod:`dkm_tf.graph.clusterable`
+(``lstm/cell.kernel``, ``mha/query_dense.kernel``), so palettes find their kernel by name.
+
+Recurrent layers, with T time steps, F input features, u units and g gates (1 SimpleRNN,
+3 GRU, 4 LSTM); each cell of a stack reads the previous cell's u features:
+
+* input kernel: a dense record at T positions, T·F·g·u MACs, F·g·u weights;
+* recurrent kernel: a dense record at T positions, T·u·g·u MACs, u·g·u weights;
+* gate arithmetic, element-wise records over T steps: LSTM 3·u products (f·c, i·g, o·tanh c)
+  and 5·u sums (x·W + h·U over 4·u, the cell update over u); GRU 3·u products (r·(h·U_h),
+  z·h, (1 − z)·h̃) and 5·u sums; SimpleRNN u sums. Biases and the sigmoid / tanh
+  non-linearities are not charged (as for every layer here).
+
+EinsumDense ``x, W -> y``: the kernel's letters that are contracted give the dot length D,
+its letters in the output the output channels C (G of them also index the input: per-group
+weights, e.g. one matrix per head), so it is a grouped dense record with
+``prod(y) / C`` positions: ``prod(y) · D`` MACs and D · C weights (the kernel's size).
+
+MultiHeadAttention with h heads, key size d_k, value size d_v, T_q query and T_k key
+positions: its four projections are EinsumDense records, plus
+
+* ``<layer>/scores`` (QKᵀ): a grouped dense record, G = h, T_q positions, T_q·h·T_k·d_k MACs;
+* ``<layer>/context`` (softmax(·)·V): G = h, T_q positions, T_q·h·d_v·T_k MACs;
+* ``<layer>/scale``: the 1/√d_k product of the queries, T_q·h·d_k elements.
+
+The second operand of the two attention products (K and V) is an activation, but it is
+counted in the records' weight terms (h·T_k·d_k and h·T_k·d_v values): it is fetched the same
+way. The softmax is not charged. With ``attention_axes``, the non-attended index axes act as
+a batch (they multiply the positions).
+"""
+
+import math
+
+_GATES = {"LSTMCell": 4, "GRUCell": 3, "SimpleRNNCell": 1}
+# (products, sums) per unit and step, see the module docstring
+_GATE_OPS = {"LSTMCell": (3, 5), "GRUCell": (3, 5), "SimpleRNNCell": (0, 1)}
+
+
+def classify_sequence_layer(layer, alias, in_shapes, out_shape, keras):
+    """``(records, skip_reason)`` for a recurrent / attention layer, or None for other layers.
+
+    Args:
+        layer: the (inner) Keras layer.
+        alias: the name records carry as ``layer`` (the inner layer's name).
+        in_shapes: the layer's input shapes (batch axis first).
+        out_shape: its (first) output shape.
+        keras: the keras module.
+    """
+    L = keras.layers
+    if isinstance(layer, L.Bidirectional):
+        records = []
+        for side in ("forward_layer", "backward_layer"):
+            recs, reason = _rnn_records(getattr(layer, side), alias, in_shapes[0], f"{side}.")
+            if reason:
+                return [], reason
+            records += recs
+        mode = {"sum": "add", "ave": "add", "mul": "mul"}.get(layer.merge_mode)
+        if mode:
+            records.append(_eltwise(f"{alias}/merge", alias, math.prod(out_shape[1:]), mode,
+                                    2, "Bidirectional"))
+        return records, None
+    if isinstance(layer, L.RNN):
+        return _rnn_records(layer, alias, in_shapes[0], "")
+    if isinstance(layer, L.MultiHeadAttention):
+        return _mha_records(layer, alias)
+    if isinstance(layer, L.EinsumDense):
+        return _einsum_records(layer, alias, "kernel", in_shapes[0])
+    return None
+
+
+def _eltwise(name, layer, elements, op, n_inputs, source):
+    from dkm_tf.energy import shapes as sh
+
+    return sh.eltwise_shape(name, elements=int(elements), eltwise_op=op, n_inputs=n_inputs,
+                            layer=layer, op=source)
+
+
+def _rnn_records(rnn, alias, in_shape, prefix):
+    """Records of one RNN layer (one direction) over input ``(batch, T, F)``."""
+    from dkm_tf.energy import shapes as sh
+
+    if len(in_shape) != 3 or any(d is None for d in in_shape[1:]):
+        return [], f"recurrent input shape {tuple(in_shape)} is not (batch, steps, features)"
+    steps, features = int(in_shape[1]), int(in_shape[2])
+    cell = rnn.cell
+    cells = list(cell.cells) if type(cell).__name__ == "StackedRNNCells" else [cell]
+    records, op = [], type(rnn).__name__
+    for i, c in enumerate(cells):
+        kind = type(c).__name__
+        if kind not in _GATES:
+            return [], (f"unsupported RNN cell {kind}; supported: LSTMCell, GRUCell, "
+                        "SimpleRNNCell (also in StackedRNNCells)")
+        path = f"{prefix}cell." + (f"cells.{i}." if cell is not c else "")
+        u, g = int(c.units), _GATES[kind]
+        records.append(sh.dense_shape(f"{alias}/{path}kernel", in_features=features,
+                                      units=g * u, positions=steps, layer=alias, op=op))
+        records.append(sh.dense_shape(f"{alias}/{path}recurrent_kernel", in_features=u,
+                                      units=g * u, positions=steps, layer=alias, op=op))
+        products, sums = _GATE_OPS[kind]
+        if products:
+            records.append(_eltwise(f"{alias}/{path}gates_mul", alias, steps * products * u,
+                                    "mul", 2, op))
+        records.append(_eltwise(f"{alias}/{path}gates_add", alias, steps * sums * u, "add", 2,
+                                op))
+        features = u
+    return records, None
+
+
+def _einsum_parts(layer, in_rank):
+    """(input, kernel, output) letters of an EinsumDense equation, ``...`` spelled out."""
+    spec = layer.equation.replace(" ", "")
+    inputs, _, output = spec.partition("->")
+    parts = inputs.split(",")
+    if len(parts) != 2 or "." in parts[1]:
+        return None
+    x_spec = parts[0]
+    if "..." in x_spec:
+        extra = "".join(chr(0x3B1 + i) for i in range(in_rank - len(x_spec) + 3))  # α, β, ...
+        x_spec, output = x_spec.replace("...", extra), output.replace("...", extra)
+    return x_spec, parts[1], output
+
+
+def _einsum_out_shape(x_spec, w_spec, y_spec, in_shape, w_shape):
+    """The output shape, each letter sized by the input or the kernel (batch stays None)."""
+    size = dict(zip(w_spec, w_shape))
+    size.update((ch, d) for ch, d in zip(x_spec, in_shape) if d is not None)
+    return tuple(size.get(ch) for ch in y_spec)
+
+
+def _einsum_records(layer, alias, path, in_shape, name=None, op="EinsumDense"):
+    """One grouped dense record for an EinsumDense kernel (see the module docstring)."""
+    from dkm_tf.energy import shapes as sh
+
+    parts = _einsum_parts(layer, len(in_shape))
+    if parts is None:
+        return [], f"EinsumDense equation {layer.equation!r} not supported"
+    x_spec, w_spec, y_spec = parts
+    if any(d is None for d in tuple(in_shape)[1:]):
+        return [], f"unknown dimension in input shape {tuple(in_shape)}"
+    w_shape = tuple(int(d) for d in layer.kernel.shape)
+    out_shape = _einsum_out_shape(x_spec, w_spec, y_spec, tuple(in_shape), w_shape)
+    if any(ch not in x_spec and ch not in y_spec for ch in w_spec):
+        return [], f"EinsumDense equation {layer.equation!r}: a kernel axis is summed alone"
+    dot = math.prod(w_shape[i] for i, ch in enumerate(w_spec) if ch not in y_spec)
+    out_c = math.prod(w_shape[i] for i, ch in enumerate(w_spec) if ch in y_spec)
+    groups = math.prod(w_shape[i] for i, ch in enumerate(w_spec) if ch in y_spec and ch in x_spec)
+    positions = math.prod(int(d) for d in out_shape[1:]) // out_c
+    return [sh.dense_shape(name or f"{alias}/{path}", in_features=dot * groups, units=out_c,
+                           positions=positions, groups=groups, layer=alias, op=op)], None
+
+
+def _build_shape(sub):
+    config = sub.get_build_config() or {}
+    return tuple(config.get("input_shape") or ())
+
+
+def _mha_records(layer, alias):
+    from dkm_tf.energy import shapes as sh
+
+    records = []
+    projected = {}
+    for part in ("query_dense", "key_dense", "value_dense", "output_dense"):
+        sub = getattr(layer, part)
+        # the attention output (batch, query positions..., heads, d_v) feeds output_dense
+        shape = _build_shape(sub) if part != "output_dense" else (
+            projected["query_dense"][:-1] + projected["value_dense"][-1:])
+        recs, reason = _einsum_records(sub, alias, f"{part}.kernel", shape,
+                                       op="MultiHeadAttention")
+        if reason:
+            return [], f"{part}: {reason}"
+        records += recs
+        x_spec, w_spec, y_spec = _einsum_parts(sub, len(shape))
+        projected[part] = _einsum_out_shape(x_spec, w_spec, y_spec, shape,
+                                            tuple(sub.kernel.shape))
+    q, k, v = projected["query_dense"], projected["key_dense"], projected["value_dense"]
+    heads, d_k, d_v = int(q[-2]), int(q[-1]), int(v[-1])
+    att = tuple(a - 1 for a in (layer.attention_axes or range(1, len(q) - 2)))
+    q_idx, k_idx = q[1:-2], k[1:-2]
+    batch_like = math.prod(q_idx[i] for i in range(len(q_idx)) if i not in att)
+    t_q = batch_like * math.prod(q_idx[i] for i in att)
+    t_k = math.prod(k_idx[i] for i in att)
+    source = "MultiHeadAttention"
+    records.append(sh.dense_shape(f"{alias}/scores", in_features=heads * d_k,
+                                  units=heads * t_k, positions=t_q, groups=heads, layer=alias,
+                                  op=source))
+    records.append(sh.dense_shape(f"{alias}/context", in_features=heads * t_k,
+                                  units=heads * d_v, positions=t_q, groups=heads, layer=alias,
+                                  op=source))
+    records.append(_eltwise(f"{alias}/scale", alias, t_q * heads * d_k, "mul", 1, source))
+    return records, None

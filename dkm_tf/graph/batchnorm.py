@@ -1,0 +1,364 @@
+"""Folding BatchNormalization into the kernel and bias of the layer that feeds it.
+
+In inference mode a BatchNormalization (Ioffe & Szegedy, ICML 2015, Algorithm 2) computes,
+per channel c, ``y_c = gamma_c (x_c - mean_c) / sqrt(var_c + eps) + beta_c`` with its moving
+statistics. When ``x = W * u + b`` comes from a convolution or dense layer with a linear
+activation, the pair is one affine layer:
+
+    s   = gamma / sqrt(var + eps)              (gamma = 1 when scale=False)
+    W'  = W * s   over the output-channel axis  (W'[..., c] = W[..., c] s_c for Conv/Dense)
+    b'  = (b - mean) * s + beta                 (b = 0 when use_bias=False; beta = 0 when
+                                                 center=False)
+
+The output-channel axis depends on the layer: the last kernel axis for Conv1D/2D/3D, Dense
+and the pointwise kernel of SeparableConv1D/2D; the second-to-last for Conv*Transpose
+(kernel ``(*k, out, in)``); both channel axes of a depthwise kernel ``(*k, in, multiplier)``,
+whose output channel is ``c = i * multiplier + m``.
+
+The TFLite converter does this folding itself, so a palettized export has to find the folded
+kernel, not the clustered one: :func:`fold_batch_norm` folds before clustering (what
+:func:`~dkm_tf.graph.share.share_weights` does by default), and
+:mod:`dkm_tf.graph.batchnorm_palettes` turns the palettes of an unfolded kernel into exact
+palettes of the folded one (codebook of channel c = codebook * s_c), which is what
+``strip_clustering`` and ``to_tflite`` use.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+import keras
+import numpy as np
+
+from dkm_tf.graph.clusterable import walk_layers
+from dkm_tf.graph.copying import build_like, copy_layer, is_graph_model
+
+__all__ = ["FOLDABLE_LAYERS", "FoldResult", "fold_batch_norm", "maybe_fold"]
+
+_L = keras.layers
+# (class, attribute of the kernel BN folds into, where the output channels sit in it)
+_FOLDABLE = (
+    (_L.SeparableConv1D, "pointwise_kernel", "last"),
+    (_L.SeparableConv2D, "pointwise_kernel", "last"),
+    (_L.DepthwiseConv1D, "kernel", "depthwise"),
+    (_L.DepthwiseConv2D, "kernel", "depthwise"),
+    (_L.Conv1DTranspose, "kernel", "transpose"),
+    (_L.Conv2DTranspose, "kernel", "transpose"),
+    (_L.Conv3DTranspose, "kernel", "transpose"),
+    (_L.Conv1D, "kernel", "last"),
+    (_L.Conv2D, "kernel", "last"),
+    (_L.Conv3D, "kernel", "last"),
+    (_L.Dense, "kernel", "last"),
+)
+FOLDABLE_LAYERS = tuple(cls.__name__ for cls, _, _ in _FOLDABLE)
+_DROPPED = object()  # what a folded BatchNormalization is "cloned" into: its call is skipped
+
+
+@dataclasses.dataclass
+class FoldResult:
+    """What :func:`fold_batch_norm` returns; unpacks as ``model, folded, skipped``.
+
+    Attributes:
+        model: the new model, without the folded BatchNormalization layers.
+        folded: ``(layer_name, bn_name)`` for every BatchNormalization folded into a layer.
+        skipped: ``(bn_name, reason)`` for every BatchNormalization left in the model.
+        scales: ``{"layer/kernel": multiplier}``: the float64 array (broadcastable to the
+            kernel) that each folded kernel was multiplied by, s laid out on its channel axes.
+    """
+
+    model: object
+    folded: list
+    skipped: list
+    scales: dict = dataclasses.field(default_factory=dict)
+
+    def __iter__(self):  # allows ``model, folded, skipped = fold_batch_norm(...)``
+        return iter((self.model, self.folded, self.skipped))
+
+    def summary(self):
+        lines = [f"folded {len(self.folded)} BatchNormalization layer(s), left "
+                 f"{len(self.skipped)}"]
+        lines += [f"  + {bn} -> {layer}" for layer, bn in self.folded]
+        lines += [f"  - {bn}: {reason}" for bn, reason in self.skipped]
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class _Plan:
+    fold: dict = dataclasses.field(default_factory=dict)  # id(layer) -> bn
+    drop: set = dataclasses.field(default_factory=set)  # id(bn)
+    folded: list = dataclasses.field(default_factory=list)
+    skipped: list = dataclasses.field(default_factory=list)
+
+
+def _entry(layer):
+    for cls, attr, where in _FOLDABLE:
+        if isinstance(layer, cls):
+            return cls, attr, where
+    return None
+
+
+def _graph_nodes(model):
+    nodes = model._nodes_by_depth  # noqa: SLF001 (what keras.models.clone_model walks too)
+    return [n for d in sorted(nodes, reverse=True) for n in nodes[d]
+            if n.operation is not None and not n.is_input]
+
+
+def _calls(model):
+    """For each call in ``model``: (layer, the layer whose output is its single input or None,
+    call kwargs, whether that output feeds this call only)."""
+    if isinstance(model, keras.Sequential):
+        layers = model.layers
+        return [(layer, layers[i - 1] if i else None, {}, True)
+                for i, layer in enumerate(layers)]
+    nodes = _graph_nodes(model)
+    consumers = collections.Counter(id(t) for n in nodes for t in n.input_tensors)
+    consumers.update(id(t) for t in model.outputs)
+    out = []
+    for n in nodes:
+        prev, sole = None, False
+        if len(n.input_tensors) == 1:
+            t = n.input_tensors[0]
+            prev = t._keras_history.operation  # noqa: SLF001
+            sole = consumers[id(t)] == 1
+            if isinstance(prev, _L.InputLayer):
+                prev = None
+        out.append((n.operation, prev, dict(n.arguments.kwargs), sole))
+    return out
+
+
+def _check_statistics(bn):
+    for name in ("moving_mean", "moving_variance", "gamma", "beta"):
+        var = getattr(bn, name, None)
+        if var is not None and not np.all(np.isfinite(keras.ops.convert_to_numpy(var))):
+            raise ValueError(f"Invalid model: BatchNormalization {bn.name!r} has non-finite "
+                             f"values (NaN or Inf) in its {name}; its inference output is not "
+                             "defined, so it can be neither folded nor exported. Fix or retrain "
+                             "that layer.")
+    var = keras.ops.convert_to_numpy(bn.moving_variance).astype(np.float64)
+    if np.any(var + bn.epsilon <= 0):
+        raise ValueError(f"Invalid model: BatchNormalization {bn.name!r} has moving_variance + "
+                         f"epsilon <= 0 (min moving_variance {var.min():.3g}, epsilon "
+                         f"{bn.epsilon:g}); 1 / sqrt(var + eps) is not defined.")
+
+
+def _why_not(prev, bn, sole, uses):
+    """None when ``bn`` (called on ``prev``'s output) folds into ``prev``, else the reason."""
+    if uses[id(bn)] > 1:
+        return f"the BatchNormalization is called {uses[id(bn)]} times (shared layer)"
+    if prev is None:
+        return "its input is a model input (or several tensors), not one layer's output"
+    entry = _entry(prev)
+    if entry is None:
+        return (f"it follows {type(prev).__name__} {prev.name!r}, not a conv or dense layer "
+                "it folds into (FOLDABLE_LAYERS)")
+    cls = entry[0]
+    if any(getattr(type(prev), m, None) is not getattr(cls, m, None)
+           for m in ("call", "convolution_op")):
+        return (f"{prev.name!r} ({type(prev).__name__}) overrides call(); folding could "
+                "change what it computes")
+    if uses[id(prev)] > 1:
+        return f"{prev.name!r} is called {uses[id(prev)]} times (shared layer)"
+    if not sole:
+        return f"the output of {prev.name!r} also feeds other layers or is a model output"
+    act = prev.activation
+    if act is not keras.activations.linear:
+        name = getattr(act, "__name__", type(act).__name__)
+        return f"{prev.name!r} applies activation {name!r} before the BatchNormalization"
+    if getattr(getattr(prev, "dtype_policy", None), "quantization_mode", None) \
+            or getattr(prev, "lora_enabled", False):
+        return f"{prev.name!r} is quantized or has LoRA enabled"
+    if not prev.built:
+        return f"{prev.name!r} is not built"
+    rank = len(bn.get_build_config()["input_shape"])
+    channel = 1 if getattr(prev, "data_format", "channels_last") == "channels_first" else rank - 1
+    if bn.axis % rank != channel:
+        return (f"it normalizes axis {bn.axis}, not the channel axis {channel} of "
+                f"{prev.name!r}")
+    return None
+
+
+def _analyse(model, plan, uses, seen):
+    if id(model) in seen:
+        return
+    seen.add(id(model))
+    for layer, prev, kwargs, sole in _calls(model):
+        if isinstance(layer, keras.Model):
+            if is_graph_model(layer):
+                _analyse(layer, plan, uses, seen)
+            else:
+                plan.skipped += [(bn.name, f"inside subclassed model {layer.name!r}, which "
+                                  "cannot be rebuilt") for bn in walk_layers(layer)
+                                 if isinstance(bn, _L.BatchNormalization)]
+        if not isinstance(layer, _L.BatchNormalization) or id(layer) in plan.drop:
+            continue
+        if kwargs.get("training") is True:
+            raise ValueError(f"Invalid model: BatchNormalization {layer.name!r} is called with "
+                             "training=True in the model graph, so even at inference it "
+                             "normalizes with the statistics of each batch, not its moving "
+                             "statistics: it cannot be folded, and Keras and an exported "
+                             "model would disagree. Rebuild the model without training=True.")
+        if not layer.built:
+            plan.skipped.append((layer.name, "the BatchNormalization is not built"))
+            continue
+        _check_statistics(layer)
+        reason = _why_not(prev, layer, sole, uses)
+        if reason is None:
+            plan.fold[id(prev)] = layer
+            plan.drop.add(id(layer))
+            plan.folded.append((prev.name, layer.name))
+        elif layer.name not in {n for n, _ in plan.skipped}:
+            plan.skipped.append((layer.name, reason))
+
+
+def _count_uses(model, uses, seen):
+    if id(model) in seen:
+        return
+    seen.add(id(model))
+    for layer, *_ in _calls(model):
+        uses[id(layer)] += 1
+        if isinstance(layer, keras.Model) and is_graph_model(layer):
+            _count_uses(layer, uses, seen)
+
+
+def _plan(model):
+    if not isinstance(model, keras.Model):
+        raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
+                        f"Received: {type(model).__name__}")
+    if not is_graph_model(model):
+        raise TypeError(f"Cannot fold BatchNormalization in model {model.name!r} of type "
+                        f"{type(model).__name__}: only Sequential and Functional models "
+                        "(possibly nested) can be rebuilt. Build it as a Functional model.")
+    if not model.built:
+        raise ValueError(f"Model {model.name!r} is not built; build it first (call it on data "
+                         "or give it an Input).")
+    uses = collections.Counter()
+    _count_uses(model, uses, set())
+    plan = _Plan()
+    _analyse(model, plan, uses, set())
+    return plan
+
+
+def _multiplier(layer, attr, s):
+    """``s`` laid out so that ``kernel * multiplier`` scales each output channel."""
+    shape = tuple(getattr(layer, attr).shape)
+    where = _entry(layer)[2]
+    if where == "last":
+        return s.reshape((1,) * (len(shape) - 1) + (-1,))
+    if where == "transpose":  # (*k, out, in)
+        return s.reshape((1,) * (len(shape) - 2) + (-1, 1))
+    return s.reshape((1,) * (len(shape) - 2) + shape[-2:])  # depthwise (*k, in, mult)
+
+
+def _folded_copy(layer, bn, scales):
+    """A copy of ``layer`` with ``bn`` folded into its kernel and (possibly new) bias."""
+    f64 = np.float64
+
+    def value(name):
+        var = getattr(bn, name)
+        return None if var is None else keras.ops.convert_to_numpy(var).astype(f64)
+
+    gamma, beta = value("gamma"), value("beta")
+    mean, var = value("moving_mean"), value("moving_variance")
+    s = (1.0 if gamma is None else gamma) / np.sqrt(var + f64(bn.epsilon))
+    attr = _entry(layer)[1]
+    kernel_var = getattr(layer, attr)
+    mult = _multiplier(layer, attr, s)
+    scales[f"{layer.name}/{attr}"] = mult
+    kernel = keras.ops.convert_to_numpy(kernel_var)
+    bias = keras.ops.convert_to_numpy(layer.bias).astype(f64) if layer.use_bias else 0.0
+    new_bias = (bias - mean) * s + (0.0 if beta is None else beta)
+    repl = {id(kernel_var): (kernel.astype(f64) * mult).astype(kernel.dtype)}
+    if layer.use_bias:
+        repl[id(layer.bias)] = new_bias.astype(keras.ops.convert_to_numpy(layer.bias).dtype)
+    values = [repl.get(id(v), None) for v in layer.weights]
+    values = [keras.ops.convert_to_numpy(w) if r is None else r
+              for w, r in zip(layer.weights, values)]
+    if not layer.use_bias:
+        values.append(new_bias.astype(kernel.dtype))
+    new = type(layer).from_config({**layer.get_config(), "use_bias": True})
+    build_like(new, layer, values)
+    return new
+
+
+def _rebuild(model, plan, memo, scales):
+    def clone(layer):
+        if id(layer) not in memo:
+            if isinstance(layer, keras.Model) and is_graph_model(layer):
+                memo[id(layer)] = _rebuild(layer, plan, memo, scales)
+            elif id(layer) in plan.drop:
+                memo[id(layer)] = _DROPPED
+            elif id(layer) in plan.fold:
+                memo[id(layer)] = _folded_copy(layer, plan.fold[id(layer)], scales)
+            else:
+                memo[id(layer)] = copy_layer(layer)
+        return memo[id(layer)]
+
+    if isinstance(model, keras.Sequential):
+        first = model._layers[0] if model._layers else None  # noqa: SLF001
+        if not isinstance(first, _L.InputLayer):
+            raise ValueError(f"Sequential model {model.name!r} has no input layer; build it "
+                             "with keras.Input(...) first.")
+        inp = keras.Input(batch_shape=first.batch_shape, dtype=first.dtype, name=first.name,
+                          optional=first.optional)
+        layers = [clone(layer) for layer in model.layers if id(layer) not in plan.drop]
+        return keras.Sequential([inp, *layers], name=model.name, trainable=model.trainable)
+
+    def call(op, *args, **kwargs):
+        return args[0] if op is _DROPPED else op(*args, **kwargs)
+
+    compiled = getattr(model, "compiled", False)
+    if compiled:  # Keras would re-compile the copy from the compile config
+        model.compiled = False
+    try:
+        return keras.models.clone_model(model, clone_function=clone, call_function=call)
+    finally:
+        if compiled:
+            model.compiled = True
+
+
+def fold_batch_norm(model):
+    """Fold every BatchNormalization that directly follows a conv or dense layer into it.
+
+    A new model is returned; ``model`` is never modified. A BatchNormalization is folded into
+    the layer before it when that layer is a Conv1D/2D/3D, Conv1D/2D/3DTranspose,
+    DepthwiseConv1D/2D, SeparableConv1D/2D (into its pointwise kernel) or Dense with a linear
+    activation, called once, whose output feeds nothing else, and the BatchNormalization
+    normalizes its channel axis. With the inference statistics (module docstring):
+
+        s = gamma / sqrt(moving_variance + epsilon),  W'[..., c] = W[..., c] s_c,
+        b' = (b - moving_mean) s + beta
+
+    (gamma = 1 for ``scale=False``, beta = 0 for ``center=False``; a bias is created when the
+    layer had ``use_bias=False``). The folded model computes the same function up to float
+    rounding (about 1e-6 relative). Every other BatchNormalization stays, and
+    ``result.skipped`` says why. Nested Sequential/Functional models are rebuilt too.
+
+    Args:
+        model: a built Sequential or Functional Keras model.
+
+    Returns:
+        A :class:`FoldResult` ``(model, folded, skipped)`` (plus ``scales``); the model is
+        uncompiled.
+
+    Raises:
+        TypeError: ``model`` is not a Sequential or Functional model.
+        ValueError: the model is not built; a BatchNormalization has non-finite statistics or
+            ``moving_variance + epsilon <= 0``; or one is called with ``training=True`` in
+            the graph (it would normalize by batch statistics even at inference).
+    """
+    plan = _plan(model)
+    scales = {}
+    new = _rebuild(model, plan, {}, scales)
+    return FoldResult(new, plan.folded, plan.skipped, scales)
+
+
+def maybe_fold(model):
+    """:func:`fold_batch_norm`, except that with nothing to fold ``model`` itself is returned
+    (no copy) in the result; subclassed models are returned as they are, with no report."""
+    if not (isinstance(model, keras.Model) and is_graph_model(model) and model.built):
+        return FoldResult(model, [], [])
+    plan = _plan(model)
+    if not plan.folded:
+        return FoldResult(model, [], plan.skipped)
+    return fold_batch_norm(model)
