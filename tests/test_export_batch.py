@@ -9,12 +9,12 @@ says so in its signature and raises on another batch, never computes a wrong ans
 """
 
 import pathlib
-import warnings
 
 import keras
 import numpy as np
 import pytest
 from test_export_tflite import clustered_copy
+from testing import tflite_interpreter
 
 import dkm_tf.export as ex
 from dkm_tf.export import convert as convert_lib
@@ -46,17 +46,7 @@ def conv_dense_model():
 
 
 def interpreter(kind, path):
-    if kind == "litert":
-        from ai_edge_litert.interpreter import Interpreter
-    else:
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter  # noqa: N806
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    return it
+    return tflite_interpreter(path, kind)
 
 
 def run_batch(it, x):

@@ -9,11 +9,11 @@ import gzip
 import math
 import os
 import pathlib
-import warnings
 
 import keras
 import numpy as np
 import pytest
+from testing import run_tflite_per_sample  # noqa: E402
 
 import dkm_tf.export as ex
 from dkm_tf.export.pack import tuple_width
@@ -32,23 +32,7 @@ def clustered_copy(model, n_clusters, unit="scalar", granularity="per_tensor"):
 
 def run_file(path, x, kind):
     """Outputs of a .tflite, one sample at a time, in interpreter ``kind``."""
-    if kind == "litert":
-        from ai_edge_litert.interpreter import Interpreter
-    else:
-        import tensorflow as tf
-
-        Interpreter = tf.lite.Interpreter  # noqa: N806
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
-    ys = []
-    for s in x:
-        it.set_tensor(i, s[None])
-        it.invoke()
-        ys.append(it.get_tensor(o)[0].copy())
-    return np.stack(ys)
+    return run_tflite_per_sample(path, x, kind)
 
 
 LENET_TARGETS = tuple(t for t in ex.EXPORT_TARGETS if t != "tflm" or ex.tflm_available())

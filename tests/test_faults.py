@@ -32,6 +32,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from testing import two_conv_model
 
 import dkm_tf
 from dkm_tf.core.files import TEMP_PREFIX
@@ -208,15 +209,7 @@ def _data():
 
 
 def _base():
-    L = keras.layers
-    inp = keras.Input((8, 8, 1))
-    y = L.Conv2D(4, 3, activation="relu", name="conv")(inp)
-    y = L.Conv2D(4, 3, activation="relu", name="conv2")(y)
-    model = keras.Model(inp, L.Dense(10, name="out")(L.Flatten()(y)))
-    rng = np.random.default_rng(1)
-    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
-                       for w in model.get_weights()])
-    return model
+    return two_conv_model()
 
 
 def build(kind, every=1):

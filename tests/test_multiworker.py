@@ -49,17 +49,11 @@ def data():
 def build(kind):
     """A fresh model with fixed weights: clustered (K = 4) or with the k-means penalty."""
     import keras  # noqa: PLC0415
+    from testing import two_conv_model  # noqa: PLC0415 (tests/ is on sys.path)
 
     import dkm_tf  # noqa: PLC0415
 
-    L = keras.layers
-    inp = keras.Input((8, 8, 1))
-    y = L.Conv2D(4, 3, activation="relu", name="conv")(inp)
-    y = L.Conv2D(4, 3, activation="relu", name="conv2")(y)
-    model = keras.Model(inp, L.Dense(10, name="out")(L.Flatten()(y)))
-    rng = np.random.default_rng(1)
-    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
-                       for w in model.get_weights()])
+    model = two_conv_model()
     if kind == "wrapper":
         model = dkm_tf.cluster_weights(model, 4,
                                        overrides={"conv2": {"granularity": "per_channel"}})

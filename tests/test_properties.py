@@ -13,12 +13,12 @@ outputs against Keras'.
 """
 
 import math
-import warnings
 
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from testing import run_tflite_per_sample
 
 from dkm_tf import energy
 from dkm_tf.core import codebook as codebook_lib
@@ -332,22 +332,6 @@ def small_models(draw):
             "seed": draw(st.integers(0, 1000))}
 
 
-def _run_tflite(path, x):
-    from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        it = Interpreter(model_path=str(path))
-    it.allocate_tensors()
-    i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
-    ys = []
-    for s in x:
-        it.set_tensor(i, s[None])
-        it.invoke()
-        ys.append(it.get_tensor(o)[0].copy())
-    return np.stack(ys)
-
-
 @settings(PROP, max_examples=EXPORT_EXAMPLES)
 @given(spec=small_models())
 def test_palettized_export_matches_keras_on_random_models(spec, tmp_path_factory):
@@ -377,7 +361,7 @@ def test_palettized_export_matches_keras_on_random_models(spec, tmp_path_factory
                               keep_float=None)
         assert all(c.ok for c in report.comparisons)
         assert {t["palette"] for t in report.tensors} == {p.name for p in palettes}
-        np.testing.assert_allclose(_run_tflite(path, x), ref,
+        np.testing.assert_allclose(run_tflite_per_sample(path, x), ref,
                                    atol=1e-4 * max(np.abs(ref).max(), 1e-6), rtol=0)
 
 

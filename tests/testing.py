@@ -40,3 +40,48 @@ def subclassed_model():
     m = Sub()
     m(np.zeros((1, 3), np.float32))
     return m
+
+
+def tflite_interpreter(path, kind="litert"):
+    """An allocated interpreter for a .tflite file: ``"litert"`` (ai_edge_litert) or
+    ``"tflite"`` (tf.lite)."""
+    import warnings
+
+    if kind == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+    else:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    return it
+
+
+def run_tflite_per_sample(path, x, kind="litert"):
+    """Outputs of a single-input, single-output .tflite, one sample at a time."""
+    it = tflite_interpreter(path, kind)
+    i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    ys = []
+    for s in x:
+        it.set_tensor(i, s[None])
+        it.invoke()
+        ys.append(it.get_tensor(o)[0].copy())
+    return np.stack(ys)
+
+
+def two_conv_model():
+    """Conv(4) - Conv(4) - Dense(10) on 8x8x1 with fixed normal(0, 0.3) weights (seed 1)."""
+    import keras
+
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    y = L.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    y = L.Conv2D(4, 3, activation="relu", name="conv2")(y)
+    model = keras.Model(inp, L.Dense(10, name="out")(L.Flatten()(y)))
+    rng = np.random.default_rng(1)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    return model
