@@ -1,7 +1,11 @@
 """Reads `LayerShape` records from a `.tflite` flatbuffer (no interpreter needed).
 
 Operators of subgraph 0 are read with the flatbuffer schema bundled with TensorFlow
-(`tensorflow.lite.python.schema_py_generated`, imported lazily). Supported: CONV_2D (grouped
+(`tensorflow.lite.python.schema_py_generated`, imported lazily). A WHILE operator (a Keras
+recurrent layer's time loop) is read through its body subgraph, each record multiplied by the
+trip count when the loop's bounds are constants (counter `i` from a constant start, `i += step`
+in the body, `i < limit` or `i <= limit` in the condition); otherwise the body is counted once
+and the loop is reported as skipped with the reason. Supported: CONV_2D (grouped
 when the filter has fewer input channels than the input), DEPTHWISE_CONV_2D,
 FULLY_CONNECTED, BATCH_MATMUL with a 2-D right-hand side, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN
 over the spatial axes, and the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6,
@@ -24,6 +28,56 @@ _ELTWISE = {"ADD": "add", "SUB": "add", "MUL": "mul", "MAXIMUM": "max", "MINIMUM
             "RELU": "relu", "RELU6": "relu", "LEAKY_RELU": "relu", "RELU_N1_TO_1": "relu"}
 
 
+def _scalar(graph, model, i):
+    """The value of constant scalar int tensor `i` of `graph`, or None."""
+    import numpy as np
+
+    t = graph.Tensors(int(i))
+    buf = model.Buffers(t.Buffer())
+    if buf is None or buf.DataLength() == 0 or t.ShapeLength() > 1:
+        return None
+    raw = buf.DataAsNumpy().tobytes()
+    dtype = {2: np.int32, 4: np.int64}.get(t.Type())
+    if dtype is None or len(raw) != np.dtype(dtype).itemsize:
+        return None
+    return int(np.frombuffer(raw, dtype)[0])
+
+
+def _trip_count(model, schema, op_names, parent, op):
+    """Iterations of WHILE `op` when its counter's bounds are constants, else None."""
+    opts = schema.WhileOptions()
+    table = op.BuiltinOptions()
+    opts.Init(table.Bytes, table.Pos)
+    cond = model.Subgraphs(opts.CondSubgraphIndex())
+    body = model.Subgraphs(opts.BodySubgraphIndex())
+    inputs = list(op.InputsAsNumpy())
+    cond_in, body_in = list(cond.InputsAsNumpy()), list(body.InputsAsNumpy())
+    body_out = list(body.OutputsAsNumpy())
+
+    def name(o):
+        code = model.OperatorCodes(o.OpcodeIndex())
+        return op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
+
+    producers = {int(t): o for o in (body.Operators(k) for k in range(body.OperatorsLength()))
+                 for t in o.OutputsAsNumpy()}
+    trips = []
+    for k in range(cond.OperatorsLength()):
+        c = cond.Operators(k)
+        if name(c) not in ("LESS", "LESS_EQUAL") or int(c.InputsAsNumpy()[0]) not in cond_in:
+            continue
+        j = cond_in.index(int(c.InputsAsNumpy()[0]))
+        limit = _scalar(cond, model, c.InputsAsNumpy()[1])
+        start = _scalar(parent, model, inputs[j])
+        add = producers.get(int(body_out[j]))
+        step = None
+        if add is not None and name(add) == "ADD" and int(add.InputsAsNumpy()[0]) == body_in[j]:
+            step = _scalar(body, model, add.InputsAsNumpy()[1])
+        if None in (limit, start, step) or step <= 0:
+            continue
+        trips.append(max(0, -(-(limit - start + (name(c) == "LESS_EQUAL")) // step)))
+    return min(trips) if trips else None
+
+
 def read_tflite(path):
     """Reads per-op shapes of a `.tflite` file.
 
@@ -38,8 +92,6 @@ def read_tflite(path):
     """
     from tensorflow.lite.python import schema_py_generated as schema
 
-    from dkm_tf.energy import shapes as sh
-
     with open(os.fspath(path), "rb") as fh:
         buf = fh.read()
     try:
@@ -50,6 +102,20 @@ def read_tflite(path):
     except Exception as e:
         raise ValueError(f"{os.fspath(path)!r} is not a readable TFLite model: {e}") from e
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    shapes, skipped, used = [], [], {}
+    try:
+        _read_graph(model, schema, op_names, graph, 1, "", shapes, skipped, used, (0,))
+    except ValueError:
+        raise
+    except Exception as e:  # struct.error, IndexError, ... from a damaged flatbuffer
+        raise ValueError(f"{os.fspath(path)!r} is not a readable TFLite model (truncated or "
+                         f"corrupted, {len(buf):,} bytes): {type(e).__name__}: {e}") from e
+    return tuple(shapes), tuple(skipped)
+
+
+def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, used, stack):
+    """Appends the records of one subgraph's ops, each repeated `trips` times."""
+    from dkm_tf.energy import shapes as sh
 
     def tensor(i):
         t = graph.Tensors(int(i))
@@ -63,8 +129,6 @@ def read_tflite(path):
             obj.Init(table.Bytes, table.Pos)
         return obj
 
-    shapes, skipped, used = [], [], {}
-
     def name_of(candidates, fallback):
         name = fallback
         for tensor_name in candidates:
@@ -75,78 +139,83 @@ def read_tflite(path):
         used[name] = used.get(name, 0) + 1
         return name if used[name] == 1 else f"{name}#{used[name]}"
 
-    try:
-        for k in range(graph.OperatorsLength()):
-            op = graph.Operators(k)
-            code = model.OperatorCodes(op.OpcodeIndex())
-            opname = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
-            ins = [tensor(i) if i >= 0 else ("", ()) for i in op.InputsAsNumpy()]
-            out_name, y = tensor(op.OutputsAsNumpy()[0])
-            label = f"{opname.lower()}_{k}"
-            try:
-                if opname == "CONV_2D":
-                    x, w = ins[0][1], ins[1][1]
-                    opt = options(op, schema.Conv2DOptions)
-                    name = name_of([ins[1][0], out_name], label)
-                    shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
-                                                in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[0],
-                                                kernel=w[1:3], groups=x[3] // w[3],
-                                                strides=(opt.StrideH(), opt.StrideW())))
-                elif opname == "DEPTHWISE_CONV_2D":
-                    x, w = ins[0][1], ins[1][1]
-                    opt = options(op, schema.DepthwiseConv2DOptions)
-                    name = name_of([ins[1][0], out_name], label)
-                    shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
-                                                in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[3],
-                                                kernel=w[1:3], groups=x[3],
-                                                strides=(opt.StrideH(), opt.StrideW())))
-                elif opname == "FULLY_CONNECTED" or (opname == "BATCH_MATMUL" and
-                                                     len(ins[1][1]) == 2):
-                    x, w = ins[0][1], ins[1][1]
-                    if opname == "FULLY_CONNECTED":
-                        in_f, units = w[1], w[0]
-                    else:
-                        adj_y = options(op, schema.BatchMatMulOptions).AdjY()
-                        in_f, units = (w[1], w[0]) if adj_y else w
-                    name = name_of([ins[1][0], out_name], label)
-                    shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
-                                                 in_features=in_f, units=units,
-                                                 positions=max(math.prod(x) // in_f // x[0], 1)))
-                elif opname in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
-                    x = ins[0][1]
-                    opt = options(op, schema.Pool2DOptions)
-                    name = name_of([out_name], label)
-                    shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
-                                                in_hw=x[1:3], channels=x[3], out_hw=y[1:3],
-                                                window=(opt.FilterHeight(), opt.FilterWidth()),
-                                                strides=(opt.StrideH(), opt.StrideW()),
-                                                pool_op=("max" if opname == "MAX_POOL_2D"
-                                                         else "avg")))
-                elif opname == "MEAN" and len(ins[0][1]) == 4 and math.prod(y) == \
-                        ins[0][1][0] * ins[0][1][3]:
-                    x = ins[0][1]
-                    name = name_of([out_name], label)
-                    shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
-                                                in_hw=x[1:3], channels=x[3], out_hw=1,
-                                                window=x[1:3], pool_op="avg"))
-                elif opname in _ELTWISE:
-                    n_in = 1 if _ELTWISE[opname] == "relu" else 2
-                    name = name_of([out_name], label)
-                    shapes.append(sh.eltwise_shape(name, layer=name.split("#")[0], op=opname,
-                                                   elements=math.prod(y[1:]) or 1,
-                                                   eltwise_op=_ELTWISE[opname], n_inputs=n_in))
-                elif opname in _NO_COMPUTE:
-                    skipped.append((label, "no compute"))
+    for k in range(graph.OperatorsLength()):
+        op = graph.Operators(k)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        opname = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        ins = [tensor(i) if i >= 0 else ("", ()) for i in op.InputsAsNumpy()]
+        out_name, y = tensor(op.OutputsAsNumpy()[0]) if op.OutputsLength() else ("", ())
+        label = f"{prefix}{opname.lower()}_{k}"
+        try:
+            if opname == "WHILE":
+                opts = options(op, schema.WhileOptions)
+                body = opts.BodySubgraphIndex()
+                if body in stack:
+                    raise ValueError(f"WHILE body subgraph {body} calls itself")
+                n = _trip_count(model, schema, op_names, graph, op)
+                if n is None:
+                    skipped.append((label, "WHILE: trip count not constant, body counted once"))
+                _read_graph(model, schema, op_names, model.Subgraphs(body),
+                            trips * (1 if n is None else n), f"{label}/", shapes, skipped,
+                            used, (*stack, body))
+            elif opname == "CONV_2D":
+                x, w = ins[0][1], ins[1][1]
+                opt = options(op, schema.Conv2DOptions)
+                name = name_of([ins[1][0], out_name], label)
+                shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
+                                            in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[0],
+                                            kernel=w[1:3], groups=x[3] // w[3], repeat=trips,
+                                            strides=(opt.StrideH(), opt.StrideW())))
+            elif opname == "DEPTHWISE_CONV_2D":
+                x, w = ins[0][1], ins[1][1]
+                opt = options(op, schema.DepthwiseConv2DOptions)
+                name = name_of([ins[1][0], out_name], label)
+                shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
+                                            in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[3],
+                                            kernel=w[1:3], groups=x[3], repeat=trips,
+                                            strides=(opt.StrideH(), opt.StrideW())))
+            elif opname == "FULLY_CONNECTED" or (opname == "BATCH_MATMUL" and
+                                                 len(ins[1][1]) == 2):
+                x, w = ins[0][1], ins[1][1]
+                if opname == "FULLY_CONNECTED":
+                    in_f, units = w[1], w[0]
                 else:
-                    skipped.append((label, f"unsupported TFLite op {opname}"))
-            except (IndexError, ValueError, ZeroDivisionError) as e:
-                raise ValueError(
-                    f"Could not read TFLite op {k} ({opname}, output {out_name!r}) with input "
-                    f"shapes {[s for _, s in ins]} and output shape {y}: {e}"
-                ) from e
-    except ValueError:
-        raise
-    except Exception as e:  # struct.error, IndexError, ... from a damaged flatbuffer
-        raise ValueError(f"{os.fspath(path)!r} is not a readable TFLite model (truncated or "
-                         f"corrupted, {len(buf):,} bytes): {type(e).__name__}: {e}") from e
-    return tuple(shapes), tuple(skipped)
+                    adj_y = options(op, schema.BatchMatMulOptions).AdjY()
+                    in_f, units = (w[1], w[0]) if adj_y else w
+                name = name_of([ins[1][0], out_name], label)
+                shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
+                                             in_features=in_f, units=units,
+                                             positions=trips * max(math.prod(x) // in_f // x[0],
+                                                                   1)))
+            elif opname in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
+                x = ins[0][1]
+                opt = options(op, schema.Pool2DOptions)
+                name = name_of([out_name], label)
+                shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
+                                            in_hw=x[1:3], channels=x[3], out_hw=y[1:3],
+                                            window=(opt.FilterHeight(), opt.FilterWidth()),
+                                            strides=(opt.StrideH(), opt.StrideW()),
+                                            pool_op=("max" if opname == "MAX_POOL_2D"
+                                                     else "avg"), repeat=trips))
+            elif opname == "MEAN" and len(ins[0][1]) == 4 and math.prod(y) == \
+                    ins[0][1][0] * ins[0][1][3]:
+                x = ins[0][1]
+                name = name_of([out_name], label)
+                shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
+                                            in_hw=x[1:3], channels=x[3], out_hw=1,
+                                            window=x[1:3], pool_op="avg", repeat=trips))
+            elif opname in _ELTWISE:
+                n_in = 1 if _ELTWISE[opname] == "relu" else 2
+                name = name_of([out_name], label)
+                shapes.append(sh.eltwise_shape(name, layer=name.split("#")[0], op=opname,
+                                               elements=trips * (math.prod(y[1:]) or 1),
+                                               eltwise_op=_ELTWISE[opname], n_inputs=n_in))
+            elif opname in _NO_COMPUTE:
+                skipped.append((label, "no compute"))
+            else:
+                skipped.append((label, f"unsupported TFLite op {opname}"))
+        except (IndexError, ValueError, ZeroDivisionError) as e:
+            raise ValueError(
+                f"Could not read TFLite op {k} ({opname}, output {out_name!r}) with input "
+                f"shapes {[s for _, s in ins]} and output shape {y}: {e}"
+            ) from e

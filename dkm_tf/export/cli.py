@@ -42,8 +42,8 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
                   keep_float="auto"):
     """Load, (cluster,) export and verify; returns the :class:`~dkm_tf.export.ExportReport`.
 
-    ``keep_float`` is ``"auto"``, ``"none"`` or comma-separated layer names (see
-    :func:`dkm_tf.export.to_tflite`).
+    ``keep_float`` is ``"auto"``, ``"none"``, a latency budget (``"0.1"``) or comma-separated
+    layer names (see :func:`dkm_tf.export.to_tflite`).
     """
     import keras  # noqa: PLC0415
 
@@ -65,7 +65,10 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     if keep_float in (None, "none"):
         keep_float = None
     elif isinstance(keep_float, str) and keep_float != "auto":
-        keep_float = [n.strip() for n in keep_float.split(",") if n.strip()]
+        try:
+            keep_float = float(keep_float)  # a latency budget
+        except ValueError:
+            keep_float = [n.strip() for n in keep_float.split(",") if n.strip()]
     return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
                      decode=decode, int8_mode=int8_mode, keep_float=keep_float)
 

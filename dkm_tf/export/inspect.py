@@ -35,12 +35,13 @@ class TFLiteInspection:
     Attributes:
         path: file path (None when inspected from bytes).
         bytes: file size.
-        tensors: one dict per constant tensor: index, name, dtype, shape, bytes,
+        tensors: one dict per constant tensor of every subgraph (a WHILE body holds a
+            recurrent layer's weights): index, subgraph, name, dtype, shape, bytes,
             distinct (number of distinct stored values), role.
-        palettized: one dict per recognized palettized weight: output tensor, mode
+        palettized: one dict per recognized palettized weight: output tensor, subgraph, mode
             (``once`` / ``per_invoke`` / ``tflm``), K, storage dtype, indices per element,
             index bytes, codebook bytes.
-        ops: operator name -> count.
+        ops: operator name -> count, over all subgraphs.
         bytes_by_dtype: dtype -> constant bytes.
     """
 
@@ -179,34 +180,37 @@ def inspect_tflite(path):
             raise FileNotFoundError(f"No such .tflite file: {where!r}")
         with open(where, "rb") as f:
             data = f.read()
-    fm = FlatModel.from_bytes(data)
+    model = FlatModel.from_bytes(data)
     try:
-        pal = _palettized(fm)
-        roles = {}
-        for p in pal:
-            if "indices" in p:
-                roles[p["indices"]] = f"palette indices ({p['mode']}, K={p['K']})"
-                roles[p["codebook"]] = f"palette codebook (K={p['K']})"
-        tensors, by_dtype = [], collections.Counter()
-        for t in range(len(fm.tensors)):
-            raw = fm.raw(t)
-            if not raw:
-                continue
-            name = fm.tensor_name(t)
-            shape = fm.shape(t)
-            if fm.type_name(t) not in ("float32", "float16", "int32", "uint8", "int64", "int16",
-                                        "int8", "int4", "int2", "bool"):
-                distinct = -1
-            else:
-                distinct = _distinct(fm, t)
-            expected = int(np.prod(shape)) if shape else 1
-            role = roles.get(name) or ("weight" if expected >= 64 and len(shape) >= 2
-                                       else "small constant")
-            tensors.append({"index": t, "name": name, "dtype": fm.type_name(t),
-                            "shape": tuple(shape), "bytes": len(raw), "distinct": distinct,
-                            "role": role})
-            by_dtype[fm.type_name(t)] += len(raw)
-        ops = collections.Counter(fm.op_name(op) for op in fm.operators)
+        pal, tensors, by_dtype, ops = [], [], collections.Counter(), collections.Counter()
+        for g in range(len(model.model.subgraphs)):  # WHILE bodies hold recurrent weights
+            fm = model if g == 0 else model.subgraph(g)
+            found = [{**p, "subgraph": g} for p in _palettized(fm)]
+            pal += found
+            roles = {}
+            for p in found:
+                if "indices" in p:
+                    roles[p["indices"]] = f"palette indices ({p['mode']}, K={p['K']})"
+                    roles[p["codebook"]] = f"palette codebook (K={p['K']})"
+            for t in range(len(fm.tensors)):
+                raw = fm.raw(t)
+                if not raw:
+                    continue
+                name = fm.tensor_name(t)
+                shape = fm.shape(t)
+                if fm.type_name(t) not in ("float32", "float16", "int32", "uint8", "int64",
+                                            "int16", "int8", "int4", "int2", "bool"):
+                    distinct = -1
+                else:
+                    distinct = _distinct(fm, t)
+                expected = int(np.prod(shape)) if shape else 1
+                role = roles.get(name) or ("weight" if expected >= 64 and len(shape) >= 2
+                                           else "small constant")
+                tensors.append({"index": t, "subgraph": g, "name": name,
+                                "dtype": fm.type_name(t), "shape": tuple(shape),
+                                "bytes": len(raw), "distinct": distinct, "role": role})
+                by_dtype[fm.type_name(t)] += len(raw)
+            ops.update(fm.op_name(op) for op in fm.operators)
     except (IndexError, ValueError, TypeError, KeyError) as e:
         raise TFLiteFormatError(f"Corrupted TFLite flatbuffer {where or '<bytes>'}: "
                                 f"{type(e).__name__}: {e}") from e

@@ -47,12 +47,30 @@ def find_int8(fm, palette):
     return None
 
 
-def int8_survival(content, palettes):
-    """Per palette: distinct int8 values over the tensor and per channel vs clustered values."""
+def _views(content):
+    """The model's subgraphs as FlatModel views (a WHILE body holds recurrent weights)."""
     fm = FlatModel.from_bytes(content)
+    return fm, [fm] + [fm.subgraph(g) for g in range(1, len(fm.model.subgraphs))]
+
+
+def _find_any(views, palette):
+    """``(subgraph, view, find_int8 result)`` of the first subgraph holding the palette."""
+    for g, view in enumerate(views):
+        hit = find_int8(view, palette)
+        if hit is not None:
+            return g, view, hit
+    return 0, views[0], None
+
+
+def int8_survival(content, palettes):
+    """Per palette: distinct int8 values over the tensor and per channel vs clustered values.
+
+    Every subgraph is searched; a weight found in a loop body gets ``"subgraph": index``.
+    """
+    _, views = _views(content)
     rows = []
     for p in palettes:
-        hit = find_int8(fm, p)
+        where, fm, hit = _find_any(views, p)
         if hit is None:
             rows.append({"palette": p.name, "storage": "float32 (not quantized by converter)",
                          "K": p.n_clusters, "bits_per_weight": 32.0})
@@ -72,6 +90,8 @@ def int8_survival(content, palettes):
                      "float_distinct_per_channel": int(max(per_f)),
                      "merged_channels": int(sum(a < b for a, b in zip(per_q, per_f))),
                      "clusters_survive": bool(all(a == b for a, b in zip(per_q, per_f)))})
+        if where:
+            rows[-1]["subgraph"] = where
     return rows
 
 
@@ -85,11 +105,13 @@ def preserve_clusters(content, palettes):
     Returns:
         ``(bytes, names)``: the rewritten model and the palettes whose weight was re-quantized.
     """
-    fm = FlatModel.from_bytes(content)
-    consumers = fm.consumers()
+    model, views = _views(content)
+    consumers = {id(view): view.consumers() for view in views}
     done = []
     for p in palettes:
-        hit = None if p.layout.granularity != "per_tensor" else find_int8(fm, p)
+        if p.layout.granularity != "per_tensor":
+            continue
+        _, fm, hit = _find_any(views, p)
         if hit is None:
             continue
         t, _axis, ref = hit
@@ -102,7 +124,7 @@ def preserve_clusters(content, palettes):
         fm.model.buffers[fm.tensors[t].buffer].data = np.frombuffer(q.tobytes(), np.uint8).copy()
         quant.scale = [s] * old.size
         quant.zeroPoint = [0] * old.size
-        for i in consumers.get(t, ()):
+        for i in consumers[id(fm)].get(t, ()):
             op = fm.operators[i]
             if fm.op_name(op) not in _BIAS_OPS or len(op.inputs) < 3 or int(op.inputs[1]) != t:
                 continue
@@ -116,4 +138,4 @@ def preserve_clusters(content, palettes):
                                                                        np.uint8).copy()
             bq.scale = list(s_in * s)
         done.append(p.name)
-    return (fm.to_bytes() if done else bytes(content)), done
+    return (model.to_bytes() if done else bytes(content)), done

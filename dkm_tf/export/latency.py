@@ -26,7 +26,7 @@ def _load(model):
 
 
 def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmup=10,
-                      interpreter=None):
+                      interpreter=None, reference=None):
     """Median invoke latency of one or several models, measured interleaved.
 
     Args:
@@ -39,10 +39,14 @@ def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmu
         warmup: untimed invokes per model first.
         interpreter: ``"litert"`` (``ai_edge_litert``) or ``"tflite"`` (``tf.lite``); default
             ``"litert"`` when installed, else ``"tflite"``.
+        reference: a label; each model then also gets ``"ratio"``, the median over rounds of
+            its block's mean time over the reference's block in the same round (a paired
+            ratio: load that comes and goes between rounds cancels), and ``"ratio_p10"``,
+            its 10th percentile over the reference's.
 
     Returns:
-        ``{label: {"median_ms", "p10_ms", "p90_ms", "runs", "threads"}}``; a single path
-        gives a single dict.
+        ``{label: {"median_ms", "p10_ms", "p90_ms", "runs", "threads"}}`` (plus ``"ratio"``,
+        ``"ratio_p10"`` with ``reference``); a single path gives a single dict.
 
     Example:
         >>> benchmark_latency({"float": "m.tflite", "pal": "p.tflite"})  # doctest: +SKIP
@@ -59,6 +63,9 @@ def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmu
     if not items:
         raise ValueError("Invalid value for argument `paths`. Expected a .tflite path or bytes, "
                          f"or a non-empty dict or list of them. Received: paths={paths!r}")
+    if reference is not None and reference not in items:
+        raise ValueError(f"Invalid value for argument `reference`. Expected one of the labels "
+                         f"{sorted(items)}. Received: reference={reference!r}")
     its = {}
     for label, p in items.items():
         it = make_interpreter(interpreter, _load(p), threads=threads)
@@ -85,8 +92,17 @@ def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmu
                 it.invoke()
                 times[label].append(time.perf_counter() - t0)
     out = {}
+    rounds = min(len(t) for t in times.values()) // block
     for label, t in times.items():
         a = np.asarray(t[:runs]) * 1e3
         out[label] = {"median_ms": float(np.median(a)), "p10_ms": float(np.percentile(a, 10)),
                       "p90_ms": float(np.percentile(a, 90)), "runs": runs, "threads": threads}
+    if reference is not None:
+        def per_round(label):
+            return np.asarray(times[label][:rounds * block]).reshape(rounds, block).mean(1)
+
+        ref = per_round(reference)
+        for label in times:
+            out[label]["ratio"] = float(np.median(per_round(label) / ref))
+            out[label]["ratio_p10"] = out[label]["p10_ms"] / out[reference]["p10_ms"]
     return out["model"] if single else out

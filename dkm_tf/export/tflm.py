@@ -52,7 +52,9 @@ def tflm_compress(content, palettes):
 
     Raises:
         ImportError: ``tflite-micro`` is not installed.
-        ValueError: a palette matches no tensor, or needs more than 7 index bits.
+        ValueError: no palette matches a tensor, or one needs more than 7 index bits.
+        Palettes whose values the converter transformed (split, transposed, folded) stay
+        float32 with a ``"not_found": True`` record, as in the palettized export.
     """
     _require()
     from tflite_micro import compression  # noqa: PLC0415
@@ -60,16 +62,23 @@ def tflm_compress(content, palettes):
 
     from dkm_tf.export.palettize import _match  # noqa: PLC0415
     from dkm_tf.export.rewrite import FlatModel  # noqa: PLC0415
+    from dkm_tf.export.subgraphs import _not_found_record  # noqa: PLC0415
 
-    fm = FlatModel.from_bytes(content)
-    found = _match(fm, palettes)
-    missing = [p.name for p in palettes if id(p) not in found]
-    if missing:
-        raise ValueError(f"Palettes do not match the model: no weight tensor holds the decoded "
-                         f"values of {missing}.")
+    model = FlatModel.from_bytes(content)
+    found, left = [], list(palettes)
+    for g in range(len(model.model.subgraphs)):  # a WHILE body holds recurrent weights
+        view = model if g == 0 else model.subgraph(g)
+        hits = _match(view, left) if left else {}
+        found += [(g, view, *hit) for hit in sorted(hits.values(), key=lambda f: f[1])]
+        left = [p for p in left if id(p) not in hits]
+    if not found:
+        raise ValueError(
+            "Palettes do not match the model: no weight tensor of any subgraph holds the "
+            f"decoded values of {[p.name for p in left]} (the converter split, transposed or "
+            "folded them, e.g. per-gate LSTM kernels), so there is nothing to compress.")
     builder = compression.SpecBuilder()
     records = []
-    for p, t, _uses, _tperm, _tshape in sorted(found.values(), key=lambda f: f[1]):
+    for g, fm, p, t, _uses, _tperm, _tshape in found:
         arr = fm.const(t)
         per_channel = p.layout.granularity == "per_channel" and _channel_first(p)
         slices = arr.reshape(arr.shape[0], -1) if per_channel else arr.reshape(1, -1)
@@ -80,16 +89,17 @@ def tflm_compress(content, palettes):
                              f"values need {bits}-bit indices; TFLite Micro supports at most "
                              f"{MAX_TFLM_BITS} bits (K <= 128 values per table).")
         mode = spec.PerChannel(axis=0) if per_channel else spec.PerTensor()
-        builder.add_tensor(0, t).with_lut(index_bitwidth=bits, mode=mode)
+        builder.add_tensor(g, t).with_lut(index_bitwidth=bits, mode=mode)
         tables = len(slices)
         records.append({"palette": p.name, "tensor": fm.tensor_name(t), "route": "TFLM_DECODE",
                         "storage": f"{bits}-bit LUT indices", "K": int(distinct),
                         "tables": tables, "n_weights": int(arr.size),
                         "index_bytes": int(math.ceil(arr.size * bits / 8)),
                         "codebook_bytes": int(tables * (1 << bits) * arr.itemsize),
-                        "index_bits": bits, "decode": "tflm"})
+                        "index_bits": bits, "decode": "tflm", **({"subgraph": g} if g else {})})
     for r in records:
         r["bits_per_weight"] = 8 * (r["index_bytes"] + r["codebook_bytes"]) / r["n_weights"]
+    records += [_not_found_record(p, "tflm") for p in left]  # kept as the converter wrote
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
