@@ -20,7 +20,7 @@ Writes bench/results/dkm_mnist.{json,md,png}. About 20-40 minutes on 2 CPU cores
 
   python bench/dkm_mnist.py [--protocols layer,model,sparse,sparse_staged,sparse_distill,
                               sparse_distill_mild,sparse_distill_long,sparse_distill_xl,
-                             sparse_distill_xl_k4,k2_staged,tfmot,long]
+                             sparse_distill_xl_k4,k2_staged,tfmot,long,soft,step_time]
       [--lam 1.0] [--append]
 """
 
@@ -188,6 +188,69 @@ def run_k2_staged(base, train, test, lam, stages=((8, 3), (4, 3), (2, 5)), finet
     return row
 
 
+def run_soft(base, train, test, k=2, epochs=10, tau=(1e-2, 1e-4), lr=1e-3):
+    """Whole model, K per tensor, soft assignments (DKM, Cho et al., ICLR 2022): the forward
+    pass uses the attention-weighted centroids, the temperature decays exponentially from
+    ``tau[0]`` to ``tau[1]`` over the epochs, Adam with a cosine learning rate (lr -> lr/100);
+    strip snaps every weight to its nearest centroid (the accuracy is the stripped model's)."""
+    from dkm_tf.training.clustering import cluster_weights, strip_clustering  # noqa: PLC0415
+    from dkm_tf.training.soft import TemperatureSchedule  # noqa: PLC0415
+
+    t = time.perf_counter()
+    steps = -(-len(train[0]) // 128)
+    model = cluster_weights(base, k, assignment="soft", temperature=tau[0])
+    model.compile(keras.optimizers.Adam(_cosine(lr, epochs, steps)),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(*train, epochs=epochs, batch_size=128, verbose=0,
+              callbacks=[TemperatureSchedule(tau[0], tau[1], epochs)])
+    soft_acc = pipeline.evaluate_accuracy(model, test)
+    plain, pals = strip_clustering(model)
+    acc = pipeline.evaluate_accuracy(plain, test)
+    row = {"method": f"soft (DKM), tau {tau[0]:g} -> {tau[1]:g} exponential, {epochs} epochs "
+                     f"Adam cosine {lr:g}", "K": k, "layer": "all", "unit": "scalar",
+           "granularity": "per_tensor", "sparsity": 0.0, "acc": acc, "acc_soft": soft_acc,
+           "seconds": time.perf_counter() - t, **_cr(plain, pals)}
+    log(f"soft K={k} tau {tau}: soft forward {100 * soft_acc:.2f}%, stripped (hard) "
+        f"{100 * acc:.2f}% in {row['seconds']:.0f}s")
+    return row
+
+
+def step_times(base, train, k=2, steps=20, rounds=6, tau=1e-3):
+    """Median train-step time (batch 128) of the plain model, hard and soft clustering.
+
+    The three models train in turns (``rounds`` x ``steps`` batches each, after one warm-up
+    turn that traces the step), so a change of machine load hits them alike.
+    """
+    from dkm_tf.training.clustering import cluster_weights  # noqa: PLC0415
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter() - self.t0)
+
+    x, y = train[0][:128 * steps], train[1][:128 * steps]
+    runs = {"plain": copy_model(base), "hard": cluster_weights(base, k),
+            "soft": cluster_weights(base, k, assignment="soft", temperature=tau)}
+    times = {name: [] for name in runs}
+    for model in runs.values():
+        model.compile(keras.optimizers.Adam(1e-4),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, epochs=1, batch_size=128, verbose=0)  # trace
+    for _ in range(rounds):
+        for name, model in runs.items():
+            timer = Timer()
+            timer.times = times[name]
+            model.fit(x, y, epochs=1, batch_size=128, verbose=0, callbacks=[timer])
+    out = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+    out["soft_over_plain"] = out["soft"] / out["plain"]
+    out["hard_over_plain"] = out["hard"] / out["plain"]
+    out["load_average"] = os.getloadavg()[0]
+    log(f"train step (batch 128, median ms): {out}")
+    return out
+
+
 SPARSE_FINAL_P = {"conv1": 0.2, "conv2": 0.75, "fc1": 0.97, "fc2": 0.7}
 SPARSE_FINAL_K = {"conv1": 8, "conv2": 4, "fc1": 3, "fc2": 4}
 # fractions of the final sparsity per stage (each stage: epochs, then a snap)
@@ -332,6 +395,15 @@ def write(results):
         md += [f"| {r['K']} | {r['recipe']} | {100 * r['acc']:.2f} |" for r in tf["rows"]]
     else:
         md.append(f"not run: {tf.get('skipped', 'not requested')}")
+    st = results.get("step_time_ms")
+    if st:
+        md += ["", "## Train-step time, LeNet-5, K=2 per tensor (batch 128, median of 120 steps)",
+               "",
+               f"Load average {st.get('load_average', 0):.1f} on the shared machine.", "",
+               "| plain | hard | soft (DKM) | hard / plain | soft / plain |",
+               "|---|---|---|---|---|",
+               f"| {st['plain']:.1f} ms | {st['hard']:.1f} ms | {st['soft']:.1f} ms | "
+               f"{st['hard_over_plain']:.2f}x | {st['soft_over_plain']:.2f}x |"]
     md += ["", PAPER_FIG1, ""]
     (RESULTS / "dkm_mnist.md").write_text("\n".join(md) + "\n")
     plot(results)
@@ -366,6 +438,7 @@ def main():
     ap.add_argument("--protocols", default="layer,model,sparse,tfmot")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--soft_epochs", type=int, default=10)
     ap.add_argument("--tfmot_python", default=os.environ.get("DKM_TF_TFMOT_PYTHON"))
     ap.add_argument("--append", action="store_true",
                     help="keep the rows of bench/results/dkm_mnist.json and add to them")
@@ -383,6 +456,8 @@ def main():
         results["rows"], results["meta"] = old["rows"], old["meta"]
         if "tfmot" in old:
             results["tfmot"] = old["tfmot"]
+        if "step_time_ms" in old:
+            results["step_time_ms"] = old["step_time_ms"]
     kw = {"lam": args.lam, "epochs": args.epochs}
 
     def add(proto, row):
@@ -434,6 +509,11 @@ def main():
     if "long" in protocols:
         for granularity in ("per_tensor", "per_channel"):
             add("model", run_long(base, train, test, granularity, args.lam))
+    if "soft" in protocols:
+        add("model", run_soft(base, train, test, epochs=args.soft_epochs))
+    if "step_time" in protocols:
+        results["step_time_ms"] = step_times(base, train)
+        write(results)
     if "tfmot" in protocols:
         results["tfmot"] = run_tfmot(base, args.tfmot_python)
         write(results)

@@ -43,6 +43,10 @@ _UNIT = flags.DEFINE_enum("unit", "scalar", ["scalar", "row", "kernel", "auto"],
                           "Clustering unit.")
 _GRANULARITY = flags.DEFINE_enum("granularity", "per_tensor", ["per_tensor", "per_channel"],
                                  "One codebook per tensor or per output channel.")
+_CODEBOOK = flags.DEFINE_enum("codebook", "layer", ["layer", "shared"], "--unit kernel: "
+                              "shared = one codebook per kernel size for the network.")
+_TRANSFORMS = flags.DEFINE_integer("transforms", 1, "--unit kernel: 1, 2, 4, 8 flips/turns.")
+_SCALE_BITS = flags.DEFINE_integer("scale_bits", 16, "--unit kernel: scale bits, 16, 8, 32.")
 _INIT = flags.DEFINE_enum("init", "kmeans++", ["kmeans++", "linear", "density", "random"],
                           "k-means initialisation.")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs of the built-in model.")
@@ -55,6 +59,14 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _OUTPUT = flags.DEFINE_string("output_dir", "dkm_tf_out", "Where to write the results.")
 _TFLITE = flags.DEFINE_bool("tflite", True, "Also write float, int8 and palettized .tflite "
                             "files, verified against Keras, with their sizes and latencies.")
+_PLOTS = flags.DEFINE_bool("plots", True, "Write weights.png, formats.png and energy.png "
+                           "(needs matplotlib; --no_plots is --noplots).")
+_PLOTS_DIR = flags.DEFINE_string("plots_dir", None, "Where to write the plots (default: "
+                                 "--output_dir).")
+_QUIET = flags.DEFINE_bool("quiet", False, "No progress bars or progress lines on stderr "
+                           "(the tables and written paths still print).")
+
+
 
 
 def _log(msg):
@@ -73,14 +85,24 @@ def _atomic_write_text(path, text):
 
 def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, unit="scalar",
                  granularity="per_tensor", init="kmeans++", epochs=30, finetune_epochs=3,
-                 dkm_epochs=5, lam=1.0, seed=0, output_dir="dkm_tf_out", tflite=True):
-    """Run ``dkm-tf compress``; returns the :class:`~dkm_tf.pipeline.CompressionResult`."""
+                 dkm_epochs=5, lam=1.0, seed=0, output_dir="dkm_tf_out", tflite=True,
+                 plots=True, plots_dir=None, quiet=False, progress=None, codebook="layer",
+                 transforms=1, scale_bits=16):
+    """Run ``dkm-tf compress``; returns the :class:`~dkm_tf.pipeline.CompressionResult`.
+
+    Training, k-means, export and evaluation show progress on stderr
+    (:class:`dkm_tf.progress.Progress`; none with ``quiet``); with ``plots`` the PNGs of
+    :mod:`dkm_tf.plots` go to ``plots_dir`` (default ``output_dir``), their paths in
+    ``result.plots`` and report.json.
+    """
     import keras  # noqa: PLC0415
 
+    from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
     from dkm_tf import data as data_lib  # noqa: PLC0415
-    from dkm_tf import models, pipeline  # noqa: PLC0415
     from dkm_tf.graph.copying import save_model_atomic  # noqa: PLC0415
+    from dkm_tf.progress import Progress  # noqa: PLC0415
 
+    progress = progress if progress is not None else Progress(enabled=not quiet)
     if model_path is None:
         dataset = dataset or "digits"
         method = method or "finetune"
@@ -90,7 +112,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         _log(f"[train] built-in {model.name} ({model.count_params():,} params), "
              f"{epochs} epochs")
         t = time.perf_counter()
-        pipeline.train_classifier(model, train, epochs=epochs)
+        pipeline.train_classifier(model, train, epochs=epochs,
+                                  callbacks=[progress.keras_callback("train")])
         _log(f"[train] done in {time.perf_counter() - t:.1f} s")
     else:
         if not os.path.isfile(model_path):
@@ -107,51 +130,114 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     result = pipeline.compress(
         model, train, test, method=method, n_clusters=n_clusters, unit=unit,
         granularity=granularity, init=init, seed=seed, finetune_epochs=finetune_epochs,
-        dkm_epochs=dkm_epochs, lam=lam)
+        dkm_epochs=dkm_epochs, lam=lam, progress=progress, codebook=codebook,
+        transforms=transforms, scale_bits=scale_bits)
     _log(result.summary())
+    _log(cli_tables.SIZE_LEGEND)
     out_model = os.path.join(output_dir, "clustered.keras")
     save_model_atomic(result.model, out_model)
     _log(f"[write] {out_model} ({os.path.getsize(out_model):,} bytes)")
+    pal_path = pipeline.save_palettes(result.palettes, out_model)  # read by `dkm-tf energy`
+    _log(f"[write] {pal_path} (the palettes: codebooks + indices)")
+    accuracy = {}
     if tflite:
         samples = test[0][:16] if test is not None else None
-        result.tflite = write_tflite(result, output_dir, samples)
+        result.tflite, accuracy = write_tflite(result, output_dir, samples, test, progress)
+    result.plots = _write_plots(result, model, plots_dir or output_dir, accuracy, progress) \
+        if plots else []
     report = result.to_dict()
     report["tflite"] = {k: (v.to_dict() if hasattr(v, "to_dict") else str(v))
                         for k, v in result.tflite.items()}
+    for label, acc in accuracy.items():
+        report["tflite"][label]["test_accuracy"] = acc
+    report["plots"] = {os.path.basename(p.path): {"path": p.path, "shows": p.summary}
+                       for p in result.plots}
     report_path = os.path.join(output_dir, "report.json")
     _atomic_write_text(report_path, json.dumps(report, indent=2, default=str))
     _log(f"[write] {report_path}")
+    for p in result.plots:
+        _log(f"[plot] {p.path}: {p.summary}")
     return result
 
 
-def write_tflite(result, output_dir, sample_inputs=None):
-    """Write float / int8 / palettized .tflite files and print size and latency side by side.
+def _write_plots(result, model, plots_dir, accuracy, progress):
+    """The PNGs of :mod:`dkm_tf.plots` (a missing matplotlib is said once, not an error)."""
+    from dkm_tf import plots as plots_lib  # noqa: PLC0415
+
+    if not plots_lib.matplotlib_available():
+        _log(plots_lib.MISSING_MATPLOTLIB)
+        return []
+    os.makedirs(plots_dir, exist_ok=True)
+    formats = [(label, rep.bytes, accuracy.get(label)) for label, rep in result.tflite.items()
+               if hasattr(rep, "bytes")]
+    stage = progress.stage("plots", 3, "plots")
+    written, skipped = plots_lib.write_plots(result, plots_dir, model, formats)
+    stage.set_total(len(written))
+    stage.update(len(written))
+    stage.close(", ".join(os.path.basename(p.path) for p in written))
+    for name, why in skipped:
+        _log(f"[plot] {name} skipped: {why}")
+    return written
+
+
+def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progress=None):
+    """Write float / int8 / palettized .tflite files and print size, latency and accuracy.
 
     Two palettized files: ``palettized`` (decode once at load, near-float speed) and
-    ``palettized_per_invoke`` (the smallest file, decoded on every invoke).
-    """
-    from dkm_tf import export  # noqa: PLC0415
+    ``palettized_per_invoke`` (the smallest file, decoded on every invoke). Each file is
+    verified against Keras as it is written (:func:`dkm_tf.export.to_tflite`), then timed
+    (interleaved) and, with ``test_data``, its top-1 accuracy measured in LiteRT.
 
+    Returns:
+        ``(reports, accuracy)``: label -> ExportReport, label -> accuracy (with test data).
+    """
+    from dkm_tf import cli_tables, export  # noqa: PLC0415
+    from dkm_tf.export import convert as convert_lib  # noqa: PLC0415
+    from dkm_tf.export.tflite import check_export_args  # noqa: PLC0415
+    from dkm_tf.pipeline import tflite_accuracy  # noqa: PLC0415
+    from dkm_tf.progress import Progress  # noqa: PLC0415
+
+    progress = progress if progress is not None else Progress(enabled=False)
+    targets = cli_tables.TARGETS
     _log("[tflite] converting and verifying float, int8 (dynamic range) and palettized "
          "(decode once; decode per invoke) files")
     t = time.perf_counter()
-    reports = export.export_all(result.model, result.palettes, output_dir, sample_inputs,
-                                targets=("float", "int8", "palettized",
-                                         "palettized_per_invoke"),
-                                stem="clustered", latency=True, threads=(1,), runs=50)
+    reports, accuracy = {}, {}
+    with cli_tables.native_stderr_filtered(progress):
+        check_export_args(result.model, sample_inputs)
+        stage = progress.stage("export", len(targets), "formats")
+        float_content = convert_lib.convert(
+            result.model, convert_lib.input_specs(result.model, sample_inputs), "none")
+        for label in targets:
+            stage.update(0, f"{label}...")
+            reports[label] = export.to_tflite(
+                result.model, os.path.join(output_dir, f"clustered.{label}.tflite"),
+                palettes=result.palettes, sample_inputs=sample_inputs,
+                float_content=float_content, **export.EXPORT_TARGETS[label])
+            stage.update(1, f"{label}: {reports[label].bytes:,} bytes")
+        stage.close(", ".join(targets))
+        stage = progress.stage("latency", len(targets), "formats")
+        stage.finish_on_close = True
+        x = None
+        if sample_inputs is not None:
+            x = [a[0] for a in convert_lib.as_input_list(sample_inputs)]
+        timed = export.benchmark_latency({k: r.path for k, r in reports.items()}, x,
+                                         threads=1, runs=50)
+        for label, stats in timed.items():
+            reports[label].latency["1t"] = stats
+        stage.close("50 invokes each, interleaved")
+        if test_data is not None:
+            n = min(len(test_data[1]), 10_000)
+            stage = progress.stage(f"accuracy ({n} test samples)", len(targets), "formats")
+            for label, rep in reports.items():
+                accuracy[label] = tflite_accuracy(rep.path, test_data, max_samples=n)
+                stage.update(1, f"{label}: {100 * accuracy[label]:.2f}%"
+                             if accuracy[label] is not None else label)
+            stage.close(", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()
+                                  if v is not None))
     _log(f"[tflite] done in {time.perf_counter() - t:.1f} s")
-    head = f"{'format':<22}{'bytes':>12}{'x float':>9}{'bits/w':>8}{'ms (1 thread)':>15}  file"
-    lines = [head, "-" * len(head)]
-    for label, rep in reports.items():
-        if not hasattr(rep, "bytes"):
-            lines.append(f"{label:<22} skipped: {rep}")
-            continue
-        lat = (rep.latency or {}).get("1t", {}).get("median_ms")
-        lat_s = f"{lat:.3f}" if lat is not None else "-"
-        lines.append(f"{label:<22}{rep.bytes:>12,}{rep.ratio_vs_float:>9.3f}"
-                     f"{rep.bits_per_weight:>8.2f}{lat_s:>15}  {rep.path}")
-    _log("\n".join(lines))
-    return reports
+    _log(cli_tables.tflite_table(reports, accuracy))
+    return reports, accuracy
 
 
 def run_energy(model_path, **kwargs):
@@ -180,7 +266,9 @@ def main(argv):
               "granularity": _GRANULARITY.value, "init": _INIT.value, "epochs": _EPOCHS.value,
               "finetune_epochs": _FINETUNE_EPOCHS.value, "dkm_epochs": _DKM_EPOCHS.value,
               "lam": _LAM.value, "seed": _SEED.value, "output_dir": _OUTPUT.value,
-              "tflite": _TFLITE.value}
+              "tflite": _TFLITE.value, "plots": _PLOTS.value, "plots_dir": _PLOTS_DIR.value,
+              "quiet": _QUIET.value, "codebook": _CODEBOOK.value,
+              "transforms": _TRANSFORMS.value, "scale_bits": _SCALE_BITS.value}
     check_compress_args(_MODEL.value, **kwargs)
     run_compress(_MODEL.value, **kwargs)
     return 0
@@ -203,6 +291,7 @@ def run(argv, *, stdout=None, stderr=None):
         return 0
     verbose = any(a in ("--verbose", "-v") for a in argv[1:])
     argv = [a for a in argv if a not in ("--verbose", "-v", "--noverbose")]
+    argv = ["--noplots" if a == "--no_plots" else a for a in argv]  # the spelling people try
     try:
         rest = flags.FLAGS(argv, known_only=False)
     except flags.Error as e:

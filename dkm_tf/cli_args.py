@@ -19,7 +19,8 @@ NEEDS_DATA = ("finetune", "dkm", "dkm+finetune")
 COMMAND_FLAGS = {
     "compress": ("model", "dataset", "method", "n_clusters", "unit", "granularity", "init",
                  "epochs", "finetune_epochs", "dkm_epochs", "lam", "seed", "output_dir",
-                 "tflite"),
+                 "tflite", "plots", "plots_dir", "quiet", "codebook", "transforms",
+                 "scale_bits"),
     "energy": ("model",),
 }
 SUMMARY = {
@@ -98,26 +99,30 @@ def _dataset(name):
                                 f"(looked in {folder})", name)
 
 
-def _output_dir(path):
+def _output_dir(path, flag="output_dir"):
     if not path:
-        raise CliUsageError("output_dir", "a folder path", path)
+        raise CliUsageError(flag, "a folder path", path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise CliUsageError("output_dir", "a folder (it exists and is a file)", path)
+        raise CliUsageError(flag, "a folder (it exists and is a file)", path)
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        raise CliUsageError("output_dir", f"a folder this user can write ({probe} is not)",
-                            path)
+        raise CliUsageError(flag, f"a folder this user can write ({probe} is not)", path)
 
 
 def check_compress_args(model_path=None, *, dataset=None, method=None, n_clusters=16,
                         unit="scalar", granularity="per_tensor", init="kmeans++", epochs=30,
                         finetune_epochs=3, dkm_epochs=5, lam=1.0, seed=0,
-                        output_dir="dkm_tf_out", tflite=True):
+                        output_dir="dkm_tf_out", tflite=True, plots=True, plots_dir=None,
+                        quiet=False, codebook="layer", transforms=1, scale_bits=16):
     """Check every ``dkm-tf compress`` argument; raise :class:`CliUsageError` on the first bad
     one. (``unit``, ``granularity``, ``init`` and ``method`` are enums absl already checked.)"""
-    del unit, granularity, init, tflite  # absl enums / bool
+    del granularity, init, tflite  # absl enums / bool
+    _kernel_flags(unit, codebook, transforms, scale_bits)
+    for flag, value in (("plots", plots), ("quiet", quiet)):
+        if not isinstance(value, bool):
+            raise CliUsageError(flag, "true or false", value)
     if model_path is not None:
         _model_file(model_path, MODEL_SUFFIXES)
     if dataset is not None:
@@ -133,6 +138,25 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
         raise CliUsageError("lam", "a finite number >= 0", lam)
     _int("seed", seed, 0, 2**32 - 1)
     _output_dir(output_dir)
+    if plots_dir is not None:
+        if not plots:
+            raise CliUsageError("plots_dir", "no --plots_dir with --noplots (no plot is "
+                                "written)", plots_dir)
+        _output_dir(plots_dir, "plots_dir")
+
+
+def _kernel_flags(unit, codebook, transforms, scale_bits):
+    """--codebook / --transforms / --scale_bits: kernel clustering (Son et al., ECCV 2018)."""
+    if transforms not in (1, 2, 4, 8):
+        raise CliUsageError("transforms", "1, 2, 4 or 8", transforms)
+    if scale_bits not in (8, 16, 32):
+        raise CliUsageError("scale_bits", "16, 8 or 32", scale_bits)
+    for flag, value, default in (("codebook", codebook, "layer"), ("transforms", transforms, 1)):
+        if value != default and unit != "kernel":
+            raise CliUsageError(flag, f"{default} unless --unit kernel (unit is {unit})", value)
+    if scale_bits != 16 and (unit != "kernel" or (codebook == "layer" and transforms == 1)):
+        raise CliUsageError("scale_bits", "16 unless --unit kernel with --codebook shared or "
+                            "--transforms > 1", scale_bits)
 
 
 def check_energy_args(model_path):

@@ -19,7 +19,8 @@ import numpy as np
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.graph.share import share_weights
 
-__all__ = ["METHODS", "CompressionResult", "compress", "evaluate_accuracy", "train_classifier"]
+__all__ = ["METHODS", "CompressionResult", "compress", "evaluate_accuracy", "tflite_accuracy",
+           "train_classifier"]
 
 METHODS = ("wr", "finetune", "dkm", "dkm+finetune")
 
@@ -40,6 +41,7 @@ class CompressionResult:
         energy: the :class:`~dkm_tf.energy.EnergyReport` of the compressed model (with the
             uncompressed model as baseline), or None when the shapes could not be read.
         tflite: export reports by format label, when the caller exported the model.
+        plots: the :class:`dkm_tf.plots.Plot` files the caller wrote (``dkm-tf compress``).
     """
 
     model: object
@@ -52,6 +54,7 @@ class CompressionResult:
     seconds: dict = dataclasses.field(default_factory=dict)
     energy: object = None
     tflite: dict = dataclasses.field(default_factory=dict)
+    plots: list = dataclasses.field(default_factory=list)
 
     def summary(self):
         lines = [f"method: {self.method}", self.size.summary()]
@@ -84,15 +87,52 @@ def evaluate_accuracy(model, data, batch_size=256):
     return float(np.mean(np.argmax(out, axis=1) == np.asarray(y).reshape(-1)))
 
 
+def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256):
+    """Top-1 accuracy of a classifier ``.tflite`` file on ``(x, y)`` (the first
+    ``max_samples``), run in LiteRT (``tf.lite`` without the ``[litert]`` extra) in batches
+    of ``batch_size`` (one sample at a time when the file has a fixed batch of 1).
+
+    Returns None when the file's output is not one row of class scores per sample.
+    """
+    from dkm_tf.export.interpreters import default_interpreters, make_interpreter  # noqa: PLC0415
+
+    x, y = data
+    x, y = np.asarray(x)[:max_samples], np.asarray(y).reshape(-1)[:max_samples]
+    with open(path, "rb") as f:
+        it = make_interpreter(default_interpreters()[0], f.read())
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    if int(inp["shape_signature"][0]) != -1:
+        batch_size = 1
+    preds, shape = [], tuple(inp["shape"])
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size].astype(inp["dtype"])
+        if shape != chunk.shape:
+            it.resize_tensor_input(inp["index"], chunk.shape)
+            it.allocate_tensors()
+            shape = chunk.shape
+        it.set_tensor(inp["index"], chunk)
+        it.invoke()
+        scores = it.get_tensor(out["index"])
+        if scores.ndim != 2 or scores.shape[0] != len(chunk):
+            return None
+        preds.append(np.argmax(scores, axis=1))
+    return float(np.mean(np.concatenate(preds) == y))
+
+
 def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_rate=1e-3,
-                     verbose=0):
-    """Compile (Adam, sparse categorical cross-entropy on logits) and fit a classifier."""
+                     verbose=0, callbacks=None):
+    """Compile (Adam, sparse categorical cross-entropy on logits) and fit a classifier.
+
+    ``callbacks``: Keras callbacks for ``fit`` (e.g. a
+    :meth:`dkm_tf.progress.Progress.keras_callback` bar).
+    """
     import keras  # noqa: PLC0415
 
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    return model.fit(*train_data, epochs=epochs, batch_size=batch_size, verbose=verbose)
+    return model.fit(*train_data, epochs=epochs, batch_size=batch_size, verbose=verbose,
+                     callbacks=list(callbacks or []))
 
 
 def _other_params(model, palettes):
@@ -104,7 +144,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
              unit="scalar", granularity="per_tensor", init="kmeans++", seed=0, overrides=None,
              finetune_epochs=2, finetune_learning_rate=None, dkm_epochs=5, lam=1.0,
              relaxation="hard", sparsity=0.0, batch_size=64, verbose=1,
-             preserve_sparsity=False):
+             preserve_sparsity=False, progress=None, codebook="layer", transforms=1,
+             scale_bits=16):
     """Compress a Keras model by k-means weight sharing.
 
     Args:
@@ -132,6 +173,11 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         verbose: 0 silent, 1 progress lines, 2 Keras progress bars too.
         preserve_sparsity: keep a pruned model's exact zeros exactly zero in every step (a
             zero cluster not counted against K; see :func:`dkm_tf.cluster_weights`).
+        progress: a :class:`dkm_tf.progress.Progress` showing each stage (re-training and
+            fine-tuning batch by batch, clustering with the tensors it clusters), or None.
+        codebook, transforms, scale_bits: kernel clustering with scaled units (``unit="kernel"``,
+            ``codebook="shared"`` or groups; Son et al., ECCV 2018): see
+            :func:`dkm_tf.share_weights` and :func:`dkm_tf.cluster_weights`.
 
     Returns:
         A :class:`CompressionResult`.
@@ -141,8 +187,14 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                          f"Received: method={method!r}")
     if method != "wr" and train_data is None:
         raise ValueError(f"method={method!r} trains the model: pass `train_data=(x, y)`.")
+    from dkm_tf.graph.kernel_share import kernel_route  # noqa: PLC0415
+
+    kernel = ({"codebook": codebook, "transforms": transforms, "scale_bits": scale_bits}
+              if kernel_route(unit, codebook, transforms, scale_bits) else None)
     train_data, test_data = _check_args(model, train_data, test_data, locals())
     log = print if verbose else (lambda *a, **k: None)
+    bar = (lambda name: [progress.keras_callback(name)]) if progress is not None else (
+        lambda name: None)
     seconds = {}
     acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
     work = model
@@ -155,7 +207,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         work, _ = dkm_retrain(work, train_data, n_clusters=n_clusters, lam=lam,
                               relaxation=relaxation, unit=unit, epochs=dkm_epochs,
                               sparsity=sparsity, batch_size=batch_size,
-                              verbose=max(verbose - 1, 0), preserve_sparsity=preserve_sparsity)
+                              verbose=max(verbose - 1, 0), preserve_sparsity=preserve_sparsity,
+                              callbacks=bar("dkm"))
         seconds["retrain"] = time.perf_counter() - t
     t = time.perf_counter()
     if method.endswith("finetune"):
@@ -163,25 +216,55 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
 
         log(f"[finetune] clustering (K={n_clusters}) and fine-tuning {finetune_epochs} "
             "epoch(s) with hard weight sharing", flush=True)
+        stage = _cluster_stage(progress, work, n_clusters, overrides)
         clustered, palettes, _ = finetune(
             work, train_data, n_clusters=n_clusters, unit=unit, granularity=granularity,
             init=init, epochs=finetune_epochs,
             learning_rate=finetune_learning_rate or (1e-3 if n_clusters <= 4 else 1e-4),
             batch_size=batch_size, overrides=overrides, verbose=max(verbose - 1, 0),
-            preserve_sparsity=preserve_sparsity)
+            preserve_sparsity=preserve_sparsity, callbacks=bar("finetune"),
+            kernel_options=kernel)
         skipped = _skipped_layers(clustered, palettes, overrides)  # after BN folding
     else:
         log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity})",
             flush=True)
+        stage = _cluster_stage(progress, work, n_clusters, overrides)
         clustered, palettes, skipped = share_weights(
             work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
             overrides=overrides, sparsity=sparsity, verbose=verbose > 1,
-            preserve_sparsity=preserve_sparsity)
+            preserve_sparsity=preserve_sparsity, **(kernel or {}))
     seconds["cluster"] = time.perf_counter() - t
+    if stage is not None:  # still open unless a fine-tuning bar took over
+        stage.close()
     acc_after = evaluate_accuracy(clustered, test_data) if test_data is not None else None
     size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))
     return CompressionResult(clustered, palettes, skipped, size, method, acc_before, acc_after,
                              seconds, _energy(clustered, palettes, log))
+
+
+def _cluster_stage(progress, model, n_clusters, overrides):
+    """Open the progress stage of the k-means step: one unit per tensor it will cluster.
+
+    The k-means of all tensors runs at once (a thread pool inside ``share_weights`` /
+    ``cluster_weights``), so the bar shows the elapsed time while it runs and the tensors
+    when it ends (at ``close``, or when a fine-tuning bar takes over).
+    """
+    if progress is None:
+        return None
+    from dkm_tf.graph import clusterable  # noqa: PLC0415
+    from dkm_tf.graph.copying import iter_layers  # noqa: PLC0415
+
+    overrides, names = overrides or {}, []
+    for layer in iter_layers(model):
+        excluded = any(k in overrides and overrides[k] is None
+                       for k in (layer.name, type(layer).__name__))
+        if layer.weights and not excluded and clusterable.is_clusterable(layer):
+            names += [f"{layer.name}/{path}" for path, _, _ in
+                      clusterable.clusterable_weights(layer)]
+    stage = progress.stage(f"k-means K={n_clusters}", len(names), "tensors")
+    stage.finish_on_close = True
+    stage.note = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:5])}, ..."
+    return stage
 
 
 def _check_args(model, train_data, test_data, args):
@@ -256,3 +339,21 @@ def _skipped_layers(model, palettes, overrides):
                    else "not clustered")
             out.append((layer.name, why))
     return out
+
+
+def save_palettes(palettes, model_path):
+    """Write ``<model stem>.palettes.json`` beside a saved model (atomically); its path.
+
+    A JSON list of :meth:`Palette.to_dict`: ``dkm_tf.energy.estimate(model_path)`` and
+    ``dkm-tf energy`` read it to charge the codebooks + indices instead of float kernels, and
+    ``export/to_tflite.py --palettes`` exports from it.
+    """
+    import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from dkm_tf.core.files import atomic_path  # noqa: PLC0415
+
+    path = os.path.splitext(os.fspath(model_path))[0] + ".palettes.json"
+    with atomic_path(path, suffix=".json") as tmp, open(tmp, "w") as f:
+        json.dump([p.to_dict() for p in palettes], f)
+    return path

@@ -6,13 +6,18 @@ Usage:
       [--int8_mode dynamic|full] [--samples x.npy] [--output m.tflite]
   python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
 
-The output defaults to <model stem>.<format>.tflite. The written model is run in the LiteRT
-interpreters and compared with Keras before it is written; the report is printed.
+The output defaults to <model stem>.<format>.tflite. An existing output file is never
+replaced unless --overwrite is given (one line on stderr, exit status 2). The written model
+is run in the LiteRT interpreters and compared with Keras before it is written; the report
+is printed.
 """
+
+import os
+import sys
 
 from absl import app, flags
 
-from dkm_tf.export.cli import run_to_tflite
+from dkm_tf.export.cli import default_output_path, run_to_tflite
 
 _MODEL = flags.DEFINE_string("model", None, "Path to the .keras model.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output .tflite (default: beside the model).")
@@ -30,12 +35,19 @@ _UNIT = flags.DEFINE_enum("unit", "scalar", ["scalar", "row", "kernel"], "Cluste
 _GRAN = flags.DEFINE_enum("granularity", "per_tensor", ["per_tensor", "per_channel"],
                           "Codebook granularity.")
 _SAMPLES = flags.DEFINE_string("samples", None, ".npy sample inputs for verification.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("Too many command-line arguments.")
-    report = run_to_tflite(_MODEL.value, _OUTPUT.value, format=_FORMAT.value,
+    out = _OUTPUT.value or default_output_path(_MODEL.value, _FORMAT.value, _DECODE.value)
+    if os.path.exists(out) and not _OVERWRITE.value:
+        print(f"to_tflite.py: error: Invalid value for flag `--output`. Expected a path that "
+              f"does not exist yet (or pass --overwrite to replace it). Received: "
+              f"--output={out} (exists)", file=sys.stderr)
+        sys.exit(2)
+    report = run_to_tflite(_MODEL.value, out, format=_FORMAT.value,
                            decode=_DECODE.value, int8_mode=_INT8.value,
                            keep_float=_KEEP.value,
                            palettes_path=_PALETTES.value, n_clusters=_K.value,

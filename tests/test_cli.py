@@ -19,15 +19,33 @@ def test_run_compress_builtin_demo(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "CR log2K" in out and "test accuracy" in out
     assert {p.name for p in tmp_path.iterdir()} == {
-        "clustered.keras", "report.json", "clustered.float.tflite", "clustered.int8.tflite",
-        "clustered.palettized.tflite", "clustered.palettized_per_invoke.tflite"}
+        "clustered.keras", "clustered.palettes.json", "report.json", "clustered.float.tflite",
+        "clustered.int8.tflite", "clustered.palettized.tflite",
+        "clustered.palettized_per_invoke.tflite", "weights.png", "formats.png", "energy.png"}
     assert "palettized" in out and "ms (1 thread)" in out
+    # a legend under each table names every column
+    size_legend = out.split("legend: unit", 1)[1].split("[write]", 1)[0]
+    for column in (" d ", " N ", " K ", "bits", " H ", "CR log2K", "CR entropy"):
+        assert column in size_legend, column
+    tflite_legend = out.split("legend: bytes", 1)[1]
+    for column in ("x float", "bits/w", "ms (1 thread)", "acc %", "int8", "palettized_per_invoke"):
+        assert column in tflite_legend, column
+    # the plots' paths, printed at the end
+    tail = out.strip().splitlines()[-3:]
+    assert [line.split(":")[0] for line in tail] == [
+        f"[plot] {tmp_path / name}" for name in ("weights.png", "formats.png", "energy.png")]
     report = json.loads((tmp_path / "report.json").read_text())
     sizes = {k: v["bytes"] for k, v in report["tflite"].items()}
     assert sizes["palettized"] == (tmp_path / "clustered.palettized.tflite").stat().st_size
     assert sizes["palettized"] < 0.3 * sizes["float"]
     assert sizes["palettized_per_invoke"] < sizes["palettized"]
     assert report["method"] == "wr"
+    assert set(report["plots"]) == {"weights.png", "formats.png", "energy.png"}
+    # each file's own accuracy in LiteRT: the float file agrees with Keras on all but ties
+    accs = {k: v["test_accuracy"] for k, v in report["tflite"].items()}
+    assert abs(accs["float"] - report["accuracy_after"]) <= 2 / 449
+    assert abs(accs["palettized"] - accs["float"]) <= 2 / 449
+    assert f"{100 * accs['int8']:.2f}" in out
     assert len(report["size"]["rows"]) == 4
     assert 0.0 <= report["accuracy_after"] <= 1.0
     for p in result.palettes:
@@ -74,7 +92,8 @@ def test_help_lists_every_flag_and_exits_0(args):
     assert "Usage:" in text and "Exit status" in text
     expected = {"compress": ["model", "dataset", "method", "n_clusters", "unit", "granularity",
                              "init", "epochs", "finetune_epochs", "dkm_epochs", "lam", "seed",
-                             "output_dir", "tflite"], "energy": ["model"]}
+                             "output_dir", "tflite", "plots", "plots_dir", "quiet"],
+                "energy": ["model"]}
     commands = [args[0]] if args[0] in expected else list(expected)
     sections = text.split("Flags of `dkm-tf ")[1:]
     assert [sec.split("`")[0] for sec in sections] == commands
@@ -99,6 +118,11 @@ def test_help_lists_every_flag_and_exits_0(args):
     (["compress", "--model", "missing.keras"], "--model", "missing.keras"),
     (["compress", "--model", "README.md"], "--model", "README.md"),
     (["compress", "--bogus", "1"], "bogus", "bogus"),
+    (["compress", "--quiet=maybe"], "--quiet", "maybe"),
+    (["compress", "--plots=2"], "--plots", "2"),
+    (["compress", "--plots_dir", ""], "--plots_dir", "''"),
+    (["compress", "--plots_dir", "README.md"], "--plots_dir", "README.md"),
+    (["compress", "--no_plots", "--plots_dir", "p"], "--plots_dir", "'p'"),
     (["energy"], "--model", "None"),
     (["energy", "--model", "nope.tflite"], "--model", "nope.tflite"),
     (["shrink"], "command", "shrink"),
@@ -143,14 +167,25 @@ def test_failure_while_running_is_one_line_exit_1_and_verbose_adds_the_traceback
 
 
 def test_entry_point_end_to_end(tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # TF_CPP_MIN_LOG_LEVEL unset: the entry point quiets TensorFlow itself
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.run(
         [sys.executable, "-m", "dkm_tf.cli", "compress", "--epochs", "2", "--method", "wr",
-         "--n_clusters", "4", "--output_dir", str(tmp_path)],
+         "--n_clusters", "4", "--output_dir", str(tmp_path), "--no_plots"],
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "whole model" in proc.stdout
     assert (tmp_path / "clustered.keras").is_file()
+    assert not list(tmp_path.glob("*.png")) and "[plot]" not in proc.stdout  # --no_plots
+    # stderr (not a terminal here): one progress line per stage, no TF / LiteRT log noise,
+    # no line twice
+    lines = proc.stderr.splitlines()
+    assert "\r" not in proc.stderr and len(lines) == len(set(lines)), lines
+    assert not [line for line in lines if "INFO" in line or "oneDNN" in line], lines
+    stages = [line.split("]")[0] + "]" for line in lines]
+    assert stages == ["[train]", "[k-means K=4]", "[export]", "[latency]",
+                      "[accuracy (449 test samples)]"], lines
+    assert lines[2].startswith("[export] 4/4 formats in ")
     bad = subprocess.run([sys.executable, "-m", "dkm_tf.cli", "compress", "--unit", "filter"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "filter" in bad.stderr
@@ -172,3 +207,41 @@ def test_builtin_demo_defaults_to_finetuning(tmp_path):
     for p in result.palettes:
         kernel = getattr(result.model.get_layer(p.layer_name), p.weight_name).numpy()
         assert np.unique(kernel).size <= 4
+
+
+def test_progress_goes_to_its_stream_and_quiet_silences_it(tmp_path, capsys):
+    import io
+
+    from dkm_tf.progress import Progress
+
+    buf = io.StringIO()
+    cli.run_compress(None, epochs=1, finetune_epochs=1, n_clusters=4, tflite=False,
+                     plots=False, output_dir=str(tmp_path / "a"),
+                     progress=Progress(stream=buf, tty=False))
+    stages = [line.split("]")[0] + "]" for line in buf.getvalue().splitlines()]
+    assert stages == ["[train]", "[k-means K=4]", "[finetune]"]
+    assert "[train] 43/43 batches in " in buf.getvalue()  # 1348 images, batch 32
+    capsys.readouterr()
+    cli.run_compress(None, epochs=1, method="wr", n_clusters=4, tflite=False, plots=False,
+                     quiet=True, output_dir=str(tmp_path / "b"))
+    assert capsys.readouterr().err == ""
+
+
+def test_missing_matplotlib_is_said_once(tmp_path, capsys, monkeypatch):
+    from dkm_tf import plots
+
+    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
+    result = cli.run_compress(None, epochs=1, method="wr", n_clusters=4, tflite=False,
+                              quiet=True, output_dir=str(tmp_path))
+    out = capsys.readouterr().out
+    assert out.count("plots skipped: pip install matplotlib") == 1
+    assert result.plots == [] and not list(tmp_path.glob("*.png"))
+
+
+def test_import_sets_no_environment_variable():
+    code = ("import os, dkm_tf, dkm_tf.cli, dkm_tf.plots, dkm_tf.progress; "
+            "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True, timeout=120).stdout
+    assert out.strip() == "None"

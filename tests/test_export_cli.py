@@ -58,3 +58,37 @@ def test_scripts_run(saved):
                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr[-2000:]
     assert "palette indices (once, K=8)" in res.stdout
+
+
+def _script(*args):
+    return subprocess.run([sys.executable, str(ROOT / "export" / "to_tflite.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3",
+                               "PATH": "/usr/bin:/bin"})
+
+
+def test_script_refuses_existing_output(saved, tmp_path):
+    """An existing file (given or the default name) is never replaced without --overwrite."""
+    model = tmp_path / "m.keras"
+    model.write_bytes((saved / "m.keras").read_bytes())
+    for out, flag in ((tmp_path / "mine.tflite", [f"--output={tmp_path / 'mine.tflite'}"]),
+                      (tmp_path / "m.palettized.tflite", [])):   # the default output name
+        out.write_bytes(b"the main job's file")
+        res = _script(f"--model={model}", f"--palettes={saved / 'palettes.json'}", *flag)
+        assert res.returncode == 2, res.stderr[-2000:]
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1, res.stderr
+        assert "--overwrite" in lines[0] and str(out) in lines[0] and "exists" in lines[0]
+        assert out.read_bytes() == b"the main job's file"
+        assert "Traceback" not in res.stderr
+
+
+def test_script_overwrite_replaces(saved, tmp_path):
+    out = tmp_path / "old.tflite"
+    out.write_bytes(b"stale")
+    res = _script(f"--model={saved / 'm.keras'}", f"--palettes={saved / 'palettes.json'}",
+                  f"--output={out}", "--overwrite")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "palettized/once" in res.stdout
+    data = out.read_bytes()
+    assert data != b"stale" and data[4:8] == b"TFL3"   # a real flatbuffer replaced it

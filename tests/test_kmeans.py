@@ -177,3 +177,115 @@ def test_nan_inf_error_names_the_layer(bad):
 def test_bad_rank():
     with pytest.raises(ValueError, match="shape \\(2, 2, 2\\)"):
         kmeans.cluster_values(np.ones((2, 2, 2)), 2)
+
+
+# --------------------------------------------------------------------------- vector Lloyd engine
+def _mixture(n, d, seed, offset=0.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (12, d))
+    return offset + centers[rng.integers(0, 12, n)] + rng.normal(0, 0.3, (n, d))
+
+
+def _reference_lloyd(x, c, iters):
+    """Textbook Lloyd in float64 with the full N x K distance matrix (independent reference):
+    assign, move each centroid to its mean, re-seed empty clusters at the worst-fit units."""
+    c = np.array(c, dtype=np.float64)
+    for _ in range(iters):
+        d = np.sum((x[:, None, :] - c[None]) ** 2, axis=2)
+        a = d.argmin(axis=1)
+        counts = np.bincount(a, minlength=len(c))
+        new = c.copy()
+        for j in np.flatnonzero(counts):
+            new[j] = x[a == j].mean(axis=0)
+        empty = np.flatnonzero(counts == 0)
+        new[empty] = x[np.argsort(d[np.arange(len(x)), a])[::-1][:empty.size]]
+        c = new
+    return c, np.sum((x[:, None, :] - c[None]) ** 2, axis=2).argmin(axis=1)
+
+
+def _sse64(x, c, a):
+    return float(np.sum((x - c[a]) ** 2))
+
+
+def test_vector_lloyd_matches_textbook_lloyd_from_the_same_centroids():
+    from dkm_tf.core import _kmeans_vec
+
+    x = _mixture(4000, 9, seed=3)
+    c0 = x[np.random.default_rng(0).choice(len(x), 24, replace=False)]
+    for iters in (0, 1, 3, 10):
+        c, a = _kmeans_vec.lloyd(x.copy(), c0, max_iter=iters, tol=0.0, chunk=65_536)
+        rc, ra = _reference_lloyd(x, c0, iters)
+        np.testing.assert_array_equal(a, ra)
+        np.testing.assert_allclose(c, rc, rtol=0, atol=1e-9)
+
+
+def test_vector_lloyd_is_nearest_and_sse_never_increases():
+    """Far from the origin (offset 1e3): centring keeps the float32 distances exact enough."""
+    from dkm_tf.core import _kmeans_vec
+
+    for offset in (0.0, 1e3):
+        x = _mixture(3000, 9, seed=4, offset=offset)
+        c0 = x[:40] + 0.5
+        sses = []
+        for iters in range(7):
+            c, a = _kmeans_vec.lloyd(x.copy(), c0, max_iter=iters, tol=0.0, chunk=500)
+            sses.append(_sse64(x, c, a))
+            d = np.sum((x[:, None, :] - c[None]) ** 2, axis=2)
+            slack = 1e-5 * np.sum((x - x.mean(0)) ** 2, axis=1).max()
+            assert np.all(d[np.arange(len(x)), a] <= d.min(axis=1) + slack)
+        assert all(b <= a * (1 + 1e-12) for a, b in zip(sses, sses[1:])), sses
+
+
+def test_vector_lloyd_reseeds_empty_clusters_like_the_reference():
+    from dkm_tf.core import _kmeans_vec
+
+    x = _mixture(2000, 4, seed=5)
+    c0 = np.vstack([x[:7], np.full((3, 4), 50.0)])  # three centroids that no unit picks
+    c, a = _kmeans_vec.lloyd(x.copy(), c0, max_iter=6, tol=0.0, chunk=65_536)
+    rc, ra = _reference_lloyd(x, c0, 6)
+    np.testing.assert_array_equal(a, ra)
+    np.testing.assert_allclose(c, rc, atol=1e-9)
+    assert np.all(np.bincount(a, minlength=10) > 0)
+
+
+def test_vector_kmeans_equals_reference_from_its_own_kmeanspp_init():
+    """The public path: same seeded k-means++ centroids, then the same Lloyd iterations."""
+    x = _mixture(3000, 9, seed=6).astype(np.float32)
+    xd = x.astype(np.float64)
+    rng = np.random.default_rng(7)  # k-means++ on a subsample of 20 K units
+    c0 = kmeans._kmeanspp(xd[rng.choice(len(x), 20 * 16, replace=False)], 16, rng)
+    c, idx = kmeans.vector_kmeans(x, 16, seed=7, max_iter=8, tol=0, use_faiss=False)
+    rc, ra = _reference_lloyd(xd, c0, 8)
+    assert abs(_sse64(xd, c.astype(np.float64), idx) - _sse64(xd, rc, ra)) <= 1e-6 * _sse64(
+        xd, rc, ra)
+    again = kmeans.vector_kmeans(x, 16, seed=7, max_iter=8, tol=0, use_faiss=False)
+    np.testing.assert_array_equal(again[1], idx)  # seeded determinism
+    np.testing.assert_array_equal(again[0], c)
+
+
+def test_vector_lloyd_threads_and_blocks_do_not_change_the_result(monkeypatch):
+    from dkm_tf.core import _kmeans_vec
+
+    x = _mixture(5000, 9, seed=8)
+    c0 = x[:32].copy()
+    monkeypatch.setattr(_kmeans_vec, "THREADS", 1)
+    ref = _kmeans_vec.lloyd(x.copy(), c0, max_iter=5, tol=0.0, chunk=65_536)
+    monkeypatch.setattr(_kmeans_vec, "THREADS", 3)
+    monkeypatch.setattr(_kmeans_vec, "_THREAD_MIN_WORK", 1)
+    for chunk in (7, 100, 65_536):
+        got = _kmeans_vec.lloyd(x.copy(), c0, max_iter=5, tol=0.0, chunk=chunk)
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+
+
+def test_scalar_keeps_values_whose_sse_cancels_in_prefix_sums():
+    """Found by hypothesis: 0, 1.2e-38 and 2.7e-37 next to -1..4 have SSEs that cancel to 0
+    in float64 prefix sums; with K=7 of 8 distinct values the engine still returns 7
+    centroids (it used to merge the three tiny values into one and return 6)."""
+    from dkm_tf.core.kmeans import cluster_values
+
+    x = np.array([2.0, 1.1754944e-38, 3.0, 0.0, 1.0, -1.0, 4.0, 2.7388870e-37], np.float32)
+    c, idx = cluster_values(x, 7, seed=0)
+    assert c.size == 7
+    assert np.all(np.abs(c[idx] - x) <= np.abs(x[:, None] - c[None, :]).min(axis=1))
+    np.testing.assert_array_equal(c[idx][[0, 2, 4, 5, 6]], x[[0, 2, 4, 5, 6]])

@@ -43,3 +43,34 @@ def test_bad_arguments(trained):
         dkm_tf.compress(model, train, method="prune")
     with pytest.raises(ValueError, match="pass `train_data"):
         dkm_tf.compress(model, None, method="finetune")
+
+
+def test_progress_shows_every_stage(trained):
+    import io
+
+    from dkm_tf.progress import Progress
+
+    model, train, test = trained
+    buf = io.StringIO()
+    dkm_tf.compress(model, train, test, method="dkm+finetune", n_clusters=4, finetune_epochs=1,
+                    dkm_epochs=1, verbose=0, progress=Progress(stream=buf, tty=False))
+    lines = buf.getvalue().splitlines()
+    assert [line.split("]")[0] + "]" for line in lines] == ["[dkm]", "[k-means K=4]",
+                                                            "[finetune]"]
+    steps = -(-len(train[1]) // 64)  # batch_size 64
+    assert lines[0].startswith(f"[dkm] {steps}/{steps} batches in ")
+    assert lines[1].startswith("[k-means K=4] 4/4 tensors in ")
+    assert lines[1].endswith("conv1/kernel, conv2/kernel, fc1/kernel, fc2/kernel")
+    assert lines[2].startswith(f"[finetune] {steps}/{steps} batches in ")
+
+
+def test_tflite_accuracy_matches_keras(trained, tmp_path):
+    from dkm_tf.export import to_tflite
+
+    model, _, test = trained
+    path = str(tmp_path / "m.tflite")
+    to_tflite(model, path, format="float", sample_inputs=test[0][:4])
+    keras_acc = pipeline.evaluate_accuracy(model, test)
+    assert abs(pipeline.tflite_accuracy(path, test) - keras_acc) <= 1 / len(test[1])
+    first = pipeline.tflite_accuracy(path, test, max_samples=50, batch_size=7)
+    assert first == pipeline.evaluate_accuracy(model, (test[0][:50], test[1][:50]))

@@ -344,3 +344,121 @@ def test_attach_covers_conv_types_and_nested_models():
     infos = attach.refresh_regularizers(model)
     for var, reg in attach.kmeans_regularizers(model):
         assert_all_close(float(reg(var)), infos[var.path]["penalty"], rtol=1e-4)
+
+
+# ------------------------------------------------------------------ state in checkpoints
+def _state_of(model):
+    """Per regularized weight: F, the warm-start centroids, the preserved zeros, the step."""
+    out = {}
+    for var, reg in attach.kmeans_regularizers(model):
+        st = reg._state  # noqa: SLF001
+        out["/".join(var.path.split("/")[-2:])] = {
+            "F": [np.array(st[k].numpy()) for k in ("f", "ft", "segment", "scale") if k in st],
+            "ready": float(st["ready"].numpy()), "step": reg.refresh_step,
+            "codebook": reg._codebook, "zeros": reg._zeros,  # noqa: SLF001
+            "assignment": reg.assignment, "projection": reg.projection}
+    return out
+
+
+def _assert_same_state(got, want):
+    assert sorted(got) == sorted(want)
+    for path, w in want.items():
+        g = got[path]
+        assert g["ready"] == w["ready"] and g["step"] == w["step"], path
+        for a, b in zip(g["F"], w["F"], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=path)
+        for key in ("codebook", "zeros", "assignment", "projection"):
+            if w[key] is None:
+                assert g[key] is None, (path, key)
+            else:
+                np.testing.assert_array_equal(g[key], w[key], err_msg=f"{path} {key}")
+
+
+def _pruned_cnn():
+    model = small_cnn()
+    kernel = model.get_layer("c1").kernel
+    value = kernel.numpy()
+    value[:, :, :, 1] = 0.0  # a pruned filter: its rows are the preserved zero cluster
+    kernel.assign(value)
+    return model
+
+
+@pytest.mark.parametrize("relaxation", ["hard", "spectral"])
+def test_state_survives_weights_h5_and_keras_files(tmp_path, relaxation):
+    """F, the warm-start centroids, the preserved zeros and the refresh step are saved by
+    save_weights / save and restored by load_weights (into an attached model whose own F was
+    computed from other weights) and load_model (state built from the file)."""
+    model = _pruned_cnn()
+    kw = {"relaxation": relaxation, "include_dense": relaxation == "hard",
+          "preserve_sparsity": True}  # (spectral on Dense: degenerate, warns)
+    k = 3 if relaxation == "hard" else 2  # spectral: K < rank 3 of the row units
+    attach.attach_regularizer(model, k, lam=0.05, **kw)
+    regs = attach.kmeans_regularizers(model)
+    for step, (var, reg) in enumerate(regs):
+        var.assign(var.numpy() * 1.5 + 0.01)  # F of the saved model != F of these weights
+        reg.refresh(var)
+        reg.refresh_step = 10 + step
+    want = _state_of(model)
+    model.save_weights(tmp_path / "m.weights.h5")
+    model.save(tmp_path / "m.keras")
+
+    other = _pruned_cnn()
+    attach.attach_regularizer(other, k, lam=0.05, **kw)
+    assert _state_of(other).keys() == want.keys()
+    other.load_weights(tmp_path / "m.weights.h5")
+    _assert_same_state(_state_of(other), want)
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    _assert_same_state(_state_of(loaded), want)
+    penalty = {var.path.split("/")[-2]: float(reg(var)) for var, reg in regs}
+    for var, reg in attach.kmeans_regularizers(loaded):  # the restored F gives the penalty
+        assert_all_close(float(reg(var)), penalty[var.path.split("/")[-2]], rtol=1e-6)
+
+
+def test_files_without_the_state_load_as_before(tmp_path):
+    """A checkpoint written before the state was saved (its regularizer entries removed here)
+    and a regularizer config alone: loading leaves the regularizer as it was (F from attach,
+    or built at its first refresh), and the weights load."""
+    h5py = pytest.importorskip("h5py")
+    model = small_cnn()
+    attach.attach_regularizer(model, 3, lam=0.05)
+    model.save_weights(tmp_path / "m.weights.h5")
+    with h5py.File(tmp_path / "m.weights.h5", "a") as f:
+        stale = []
+        f.visit(lambda name: stale.append(name) if name.endswith("_regularizer") else None)
+        assert stale  # the new entries exist, then go
+        for name in stale:
+            del f[name]
+    other = small_cnn(seed=1)
+    attach.attach_regularizer(other, 3, lam=0.05)
+    before = _state_of(other)
+    other.load_weights(tmp_path / "m.weights.h5")
+    _assert_same_state(_state_of(other), before)
+    for a, b in zip(other.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    reg = SpectralKMeansRegularizer(3)
+    reg.load_own_variables({})  # an empty entry: nothing to restore
+    assert not reg.built and reg.refresh_step == -1
+
+
+def test_state_of_another_relaxation_is_refused_clearly(tmp_path):
+    reg = SpectralKMeansRegularizer(2, relaxation="spectral")
+    reg.refresh(np.random.default_rng(0).normal(size=(3, 3, 2, 4)))
+    store = {}
+    reg.save_own_variables(store)
+    assert {"shape", "f", "ready", "refresh_step", "version"} <= set(store)
+    hard = SpectralKMeansRegularizer(2)
+    with pytest.raises(ValueError, match=r"without \['segment', 'scale'\]"):
+        hard.load_own_variables(store)
+    wrong = SpectralKMeansRegularizer(2, relaxation="spectral")
+    wrong.build((3, 3, 2, 5))
+    with pytest.raises(ValueError, match=r"saved for a weight of shape \(3, 3, 2, 4\)"):
+        wrong.load_own_variables(store)
+
+
+def test_regularizer_still_copies_and_pickles():
+    import copy
+    import pickle
+
+    reg = SpectralKMeansRegularizer(4, lam=0.5, seed=3)
+    for again in (copy.deepcopy(reg), pickle.loads(pickle.dumps(reg))):
+        assert again.get_config() == reg.get_config() and not again.built

@@ -211,7 +211,25 @@ def solve(data, k, init, rng, max_iter, refine, n_groups=None, window=None):
     seeded = _dp_seed(data, k_eff, n_groups) if refine and k_eff > 1 else None
     start = np.sort(seeded) if seeded is not None else _init_1d(data, k_eff, init, rng)
     c = _lloyd_1d(data, start, max_iter, tol)
-    return _dp_refine(data, c, window) if refine and k_eff > 1 else c
+    c = _dp_refine(data, c, window) if refine and k_eff > 1 else c
+    return _split_merged(data, c, k_eff)
+
+
+def _split_merged(data, c, k):
+    """Give back centroids that values merged only because their SSEs cancel in the prefix
+    sums (tiny or denormal spreads next to large values): split the widest segment."""
+    for _ in range(k):
+        if c.size >= k:
+            break
+        lo, hi = data.bounds(c)
+        spread = np.array([data.v[b - 1] - data.v[a] if b > a else 0.0
+                           for a, b in zip(lo, hi)])
+        j = int(np.argmax(spread))
+        if spread[j] <= 0:
+            break
+        seg = data.v[lo[j]:hi[j]]  # its two ends become centroids; finish() sets the means
+        c = np.unique(np.append(np.delete(c, j), (seg[0], seg[-1])))
+    return c
 
 
 def _blocks(x, start=0):

@@ -13,8 +13,10 @@ Two engines:
   positions within 64 points, until the SSE stops falling; tests check the SSE against the
   exact 1-D optimum.
 * **Vector** (units of dimension d: kernel rows, whole 2-D kernels): k-means++ seeding and a
-  chunked Lloyd whose distance matrix is at most ``chunk x K`` (never ``N x K x d``); faiss is
-  used when it is installed and the problem is large.
+  blocked Lloyd (:mod:`dkm_tf.core._kmeans_vec`: one float32 GEMM per cache-sized block of
+  ``[x, 1] @ [-2 C^T; ||c||^2]``, argmin in cache, SSE from per-cluster sums, never
+  ``N x K``); within 2x of faiss at 1 M x 9, K=256 (bench/kmeans.py). faiss (optional extra)
+  is used when it is installed and the problem is large.
 
 The public entry point is :func:`cluster_values`.
 """
@@ -26,6 +28,7 @@ import math
 
 import numpy as np
 
+from dkm_tf.core import _kmeans_vec
 from dkm_tf.core import validate as validate_lib
 from dkm_tf.core._kmeans1d import Weighted1D, cluster_histogram, finish, solve
 from dkm_tf.core.validate import check_choice, check_n_clusters
@@ -200,7 +203,7 @@ def _kmeanspp(x, k, rng):
 def _distinct_units(x, k):
     """The distinct rows of x when there are at most k of them, else None (hash first)."""
     h = x @ np.random.default_rng(12345).standard_normal(x.shape[1])
-    if np.unique(h).size > k:
+    if np.unique(h[:4 * k + 16]).size > k or np.unique(h).size > k:  # cheap test first
         return None
     return np.unique(x, axis=0, return_inverse=True)
 
@@ -229,7 +232,8 @@ def vector_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=50, tol=1e
         seed: random seed.
         max_iter: maximum Lloyd iterations.
         tol: stop when the relative decrease of the SSE falls below this.
-        chunk: rows per distance block; memory is ``O(chunk * K)``.
+        chunk: at most this many rows per distance block (blocks are sized to ~256 KiB of
+            float32 for the cache); memory is ``O(min(chunk, 65536 / K) * K)`` per thread.
         use_faiss: True / False / None (auto: when faiss is installed and N*K is large).
         name: name used in error messages.
 
@@ -271,23 +275,7 @@ def vector_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=50, tol=1e
     if use_faiss:
         c, idx = _faiss_kmeans(xd, k, c, max_iter, seed)
     else:
-        prev = np.inf
-        for _ in range(max_iter):
-            idx, dist = _nearest(xd, c, chunk)
-            err = dist.sum()
-            counts = np.bincount(idx, minlength=k)
-            sums = np.zeros_like(c)
-            np.add.at(sums, idx, xd) if xd.shape[1] > 64 else _bincount_sums(sums, idx, xd)
-            new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], c)
-            empty = np.flatnonzero(counts == 0)
-            if empty.size:  # re-seed empty clusters at the worst-fit units
-                far = np.argsort(dist)[::-1][:empty.size]
-                new[empty] = xd[far]
-            c = new
-            if np.isfinite(prev) and prev - err <= tol * prev and not empty.size:
-                break
-            prev = err
-        idx, _ = _nearest(xd, c, chunk)
+        c, idx = _kmeans_vec.lloyd(xd, c, max_iter=max_iter, tol=tol, chunk=chunk)
     counts = np.bincount(idx, minlength=c.shape[0])
     used = np.flatnonzero(counts)
     remap = np.full(c.shape[0], -1, np.int64)
@@ -304,11 +292,6 @@ def _random_distinct(x, k, rng):
         return x[order[np.sort(first)[:k]]]
     picked = np.unique(x[order[: 4 * k]], axis=0)
     return picked[rng.permutation(picked.shape[0])[:k]] if picked.shape[0] >= k else x[order[:k]]
-
-
-def _bincount_sums(out, idx, x):
-    for j in range(x.shape[1]):
-        out[:, j] = np.bincount(idx, weights=x[:, j], minlength=out.shape[0])
 
 
 def _has_faiss():

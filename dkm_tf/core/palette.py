@@ -26,6 +26,7 @@ import math
 import numpy as np
 
 from dkm_tf.core import codebook as codebook_lib
+from dkm_tf.core import kernel_palette as kernel_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.kmeans import assignment_entropy, scalar_kmeans
 from dkm_tf.core.kmeans_batched import cluster_groups
@@ -63,6 +64,13 @@ class Palette:
         preserve_sparsity: entry 0 of every codebook is the fixed zero that keeps a pruned
             weight's exact zeros; it is not one of the ``requested_clusters`` (so
             ``n_clusters`` is at most K + 1).
+        scales: float32 (G, M) per-unit scales of scaled kernel units (Son et al., ECCV 2018;
+            :mod:`dkm_tf.core.kernel_codebook`), or None: unit n decodes to
+            ``scales[n] T_t(codebook[indices[n]])``.
+        transforms: integer (G, M) transform ids of transform-invariant clustering, or None.
+        n_transforms: T (1, 2, 4, 8): indices cost log2 K + log2 T bits (stored index
+            ``k + K t``).
+        scale_bits: bits of one stored scale (16, 8 or 32; 0 without scales).
     """
 
     layer_name: str
@@ -74,6 +82,10 @@ class Palette:
     codebook_id: str | None = None
     note: str = ""
     preserve_sparsity: bool = False
+    scales: np.ndarray | None = None
+    transforms: np.ndarray | None = None
+    n_transforms: int = 1
+    scale_bits: int = 0
 
     def __post_init__(self):
         lay = self.layout
@@ -111,6 +123,7 @@ class Palette:
         k = cb.shape[1]
         small = np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.int32
         object.__setattr__(self, "indices", idx.astype(small, copy=False))
+        kernel_lib.check_palette_extras(self)
 
     # ----------------------------------------------------------------- shape facts
     @property
@@ -143,6 +156,9 @@ class Palette:
     # ----------------------------------------------------------------- values
     def decode(self):
         """The kernel that the palette stands for (``codebook[indices]`` in Keras layout)."""
+        if self.scales is not None or self.transforms is not None:
+            return kernel_lib.decode_scaled(self.codebook, self.indices, self.layout,
+                                            self.scales, self.transforms)
         return codebook_lib.decode(self.codebook, self.indices, self.layout)
 
     def entropy_bits(self):
@@ -155,6 +171,8 @@ class Palette:
         if coding not in INDEX_CODINGS:
             raise ValueError(f"Invalid value for argument `coding`. Expected one of "
                              f"{list(INDEX_CODINGS)}. Received: coding={coding!r}")
+        if self.n_transforms > 1 or self.scales is not None:  # + N (log2 T + b_s), §2.5
+            return kernel_lib.scaled_index_bits(self, coding, INDEX_CODINGS)
         if coding == "entropy":
             return float(sum(self.layout.n_units * assignment_entropy(r, self.n_clusters)
                              for r in self.indices))
@@ -177,7 +195,8 @@ class Palette:
                 "codebook": self.codebook.tolist(), "indices": self.indices.tolist(),
                 "layout": self.layout.to_config(), "requested_clusters": self.requested_clusters,
                 "codebook_id": self.codebook_id, "note": self.note,
-                "preserve_sparsity": self.preserve_sparsity}
+                "preserve_sparsity": self.preserve_sparsity,
+                **kernel_lib.extras_to_dict(self)}
 
     @classmethod
     def from_dict(cls, d):
@@ -198,7 +217,7 @@ class Palette:
         d["indices"] = np.asarray(d["indices"])
         if d["indices"].size == 0:
             d["indices"] = d["indices"].astype(np.int32)
-        return cls(**d)
+        return cls(**kernel_lib.extras_from_dict(d))
 
     def __repr__(self):
         k = f"{self.n_clusters - 1}+zero" if self.preserve_sparsity else self.n_clusters

@@ -106,8 +106,10 @@ def estimate_layer(shape, *, bits_w=16, bits_x=16, sharing=None, index_cost="non
 
 def estimate_shapes(shapes, *, skipped=(), weight_sharing=None, palettes=None, pruning=None,
                     bits_w=16, bits_x=16, index_cost="none", compute_model="conservative",
-                    model_name=""):
+                    model_name="", notes=()):
     """Estimates a list of `LayerShape` records; see `estimate` for the arguments.
+
+    `notes` (strings) are carried into the report (e.g. where its palettes came from).
 
     Returns:
         An `EnergyReport`; with compression information its `baseline` holds the same
@@ -133,6 +135,8 @@ def estimate_shapes(shapes, *, skipped=(), weight_sharing=None, palettes=None, p
         for s in shapes)
     settings = {"skipped": tuple(tuple(x) for x in skipped), "bits_w": bits_w,
                 "bits_x": bits_x, "model_name": model_name}
+    if notes:
+        settings["notes"] = tuple(str(n) for n in notes)
     baseline = None
     if sharing or kept:
         baseline = EnergyReport(layers=tuple(estimate_layer(s, **common) for s in shapes),
@@ -154,7 +158,11 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
     Args:
         model_or_path: A built Keras model (Sequential, Functional, or subclassed with
             `input_shape`), a `.keras` / `.h5` / `.tflite` path, or a sequence of
-            `LayerShape` records.
+            `LayerShape` records. A path brings its own compression info when neither
+            `palettes` nor `weight_sharing` is given: a palettized `.tflite` the K, d and G
+            of every weight stored as codebook + indices; a `.keras` / `.h5` the palettes
+            in `<stem>.palettes.json` (else `palettes.json`) beside it, else those its
+            kernels hold (K distinct values or units; `energy.stored.infer_sharing`).
         palettes: Iterable of objects with `layer_name`, `n_clusters`, `unit_dim`, `n_units`
             and `entropy_bits()` (e.g. `dkm_tf.core.palette.Palette`). `entropy_bits()` is read as
             bits per index if it is ≤ log₂ K, otherwise as the total over all units. A 3-D
@@ -188,11 +196,23 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
     check_positive("bits_x", bits_x)
     check_choice("index_cost", index_cost, constants.INDEX_COSTS)
     check_choice("compute_model", compute_model, constants.COMPUTE_MODELS)
-    shapes, skipped, name = _read(model_or_path, input_shape)
-    return estimate_shapes(shapes, skipped=skipped, weight_sharing=weight_sharing,
-                           palettes=palettes, pruning=pruning, bits_w=bits_w, bits_x=bits_x,
-                           index_cost=index_cost, compute_model=compute_model,
-                           model_name=name)
+    shapes, skipped, name, found = _read(model_or_path, input_shape)
+    notes = list(found.get("notes", ()))
+    if palettes is None and weight_sharing is None:
+        weight_sharing, palettes = found.get("weight_sharing"), found.get("palettes")
+    elif found.get("weight_sharing") or found.get("palettes"):
+        notes = ["compression info from the `palettes` / `weight_sharing` arguments; the "
+                 "palettes stored with the file were not used"]
+    try:
+        return estimate_shapes(shapes, skipped=skipped, weight_sharing=weight_sharing,
+                               palettes=palettes, pruning=pruning, bits_w=bits_w,
+                               bits_x=bits_x, index_cost=index_cost,
+                               compute_model=compute_model, model_name=name, notes=notes)
+    except ValueError as e:
+        if "source" not in found or palettes is not found.get("palettes"):
+            raise
+        raise ValueError(f"The palettes file {found['source']!r} beside the model does not "
+                         f"describe it: {e}") from e
 
 
 def energy_cli_text(path, **kwargs):
@@ -201,6 +221,9 @@ def energy_cli_text(path, **kwargs):
 
 
 def _read(model_or_path, input_shape):
+    """`(shapes, skipped, name, found)`; `found`: compression info stored with a file."""
+    from dkm_tf.energy import stored
+
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
         if not os.path.exists(path):
@@ -210,10 +233,12 @@ def _read(model_or_path, input_shape):
                              f"file, not a folder. Received: model_or_path={path!r}")
         suffix = os.path.splitext(path)[1].lower()
         if suffix == ".tflite":
-            from dkm_tf.energy.tflite_reader import read_tflite
+            from dkm_tf.energy.tflite_reader import read_tflite_palettes
 
-            shapes, skipped = read_tflite(path)
-            return shapes, skipped, os.path.basename(path)
+            shapes, skipped, palettes = read_tflite_palettes(path)
+            sharing, notes = stored.sharing_from_tflite(shapes, palettes)
+            return shapes, skipped, os.path.basename(path), {
+                "weight_sharing": sharing or None, "notes": notes}
         if suffix in (".keras", ".h5"):
             import keras
 
@@ -221,18 +246,26 @@ def _read(model_or_path, input_shape):
             from dkm_tf.energy.keras_reader import read_keras_model
 
             shapes, skipped = read_keras_model(model, input_shape=input_shape)
-            return shapes, skipped, os.path.basename(path)
+            beside = stored.palettes_beside(path)
+            if beside is not None:
+                found = {"palettes": stored.load_palettes_file(beside), "source": beside}
+                found["notes"] = [f"palettes read from {beside} "
+                                  f"({len(found['palettes'])} tensors)"]
+            else:
+                sharing, notes = stored.infer_sharing(model, shapes)
+                found = {"weight_sharing": sharing or None, "notes": notes}
+            return shapes, skipped, os.path.basename(path), found
         raise ValueError(
             "Invalid value for argument `model_or_path`. Expected a path ending in "
             f"('.keras', '.h5', '.tflite'). Received: model_or_path={path!r}"
         )
     if isinstance(model_or_path, (list, tuple)) and all(
             isinstance(s, LayerShape) for s in model_or_path):
-        return tuple(model_or_path), (), ""
+        return tuple(model_or_path), (), "", {}
     from dkm_tf.energy.keras_reader import read_keras_model
 
     shapes, skipped = read_keras_model(model_or_path, input_shape=input_shape)
-    return shapes, skipped, getattr(model_or_path, "name", "")
+    return shapes, skipped, getattr(model_or_path, "name", ""), {}
 
 
 def _collect_sharing(weight_sharing, palettes, index_cost):

@@ -39,6 +39,16 @@ def read_traced_model(model, input_shape):
     Raises:
         ValueError: If `input_shape` is invalid or tracing fails.
     """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"Reading the shapes of model {model.name!r} by tracing it (a subclassed model, or "
+            "input_shape=... for dynamic inputs) needs the TensorFlow backend of Keras; this "
+            "process runs "
+            f"Keras on {keras.backend.backend()!r}. Estimate a Sequential or functional model "
+            "(shapes read from its layers on any backend), or save it and estimate it from a "
+            "process started with KERAS_BACKEND=tensorflow.")
     import tensorflow as tf
 
     from dkm_tf.energy import shapes as sh

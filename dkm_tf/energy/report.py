@@ -89,6 +89,7 @@ class EnergyReport:
         model_name: Name of the model or file.
         baseline: Report of the same model without compression, or `None` when the model
             was estimated without compression information.
+        notes: Strings printed under the table (e.g. where the palettes came from).
     """
 
     layers: tuple
@@ -99,6 +100,7 @@ class EnergyReport:
     compute_model: str = "conservative"
     model_name: str = ""
     baseline: "EnergyReport | None" = None
+    notes: tuple = ()
 
     @property
     def macs(self):
@@ -173,7 +175,8 @@ class EnergyReport:
                 "macs": self.macs, "paper_total": self.paper_total,
                 "hierarchy_total": self.hierarchy_total,
                 "reduction": None if red is None else dataclasses.asdict(red),
-                "layers": rows, "skipped": [list(s) for s in self.skipped]}
+                "layers": rows, "skipped": [list(s) for s in self.skipped],
+                "notes": list(self.notes)}
 
     def summary(self):
         """A plain-text table: one row per layer, totals, reduction and skipped layers."""
@@ -218,6 +221,7 @@ class EnergyReport:
         if red is not None:
             lines.append(f"Reduction vs uncompressed: paper {red.paper:.3f}x, "
                          f"hierarchy {red.hierarchy:.3f}x")
+        lines.extend(f"Note: {n}" for n in self.notes)
         if self.skipped:
             lines.append(f"Skipped ({len(self.skipped)}): " +
                          "; ".join(f"{n} ({why})" for n, why in self.skipped))

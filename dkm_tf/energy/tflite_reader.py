@@ -12,6 +12,11 @@ over the spatial axes, and the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, REL
 LEAKY_RELU. Layout ops (RESHAPE, PAD, ...) and weight-decoding ops (DEQUANTIZE, GATHER, ...)
 are reported as "no compute"; anything else is reported as unsupported.
 
+Palettized weights (`dkm_tf.export`'s codebook + indices decode chains) are recognised by
+`tflite_palettes`: :func:`read_tflite_palettes` also returns K, d and G of every conv or dense
+op whose weight is decoded from a palette, and ops computing only from constants (the decode
+chains) are reported once per subgraph as weight decoding, not charged as layers.
+
 Records are named after the Keras layer when the converter kept its name scope (the weight
 tensor's name, else the output tensor's: `functional_1/c1_1/convolution` → `c1_1`; Keras 3
 export may append `_1`, which compression-info lookup tolerates), else `<op>_<index>`.
@@ -90,6 +95,18 @@ def read_tflite(path):
     Raises:
         ValueError: If the file is not a readable TFLite flatbuffer.
     """
+    shapes, skipped, _ = read_tflite_palettes(path)
+    return shapes, skipped
+
+
+def read_tflite_palettes(path):
+    """Like `read_tflite`, plus the palettes the file stores.
+
+    Returns:
+        `(shapes, skipped, palettes)`: `palettes` maps the name of each conv / dense record
+        whose weight is decoded from a codebook + indices to its
+        `tflite_palettes.StoredPalette` (K, d, G, decode mode).
+    """
     from tensorflow.lite.python import schema_py_generated as schema
 
     with open(os.fspath(path), "rb") as fh:
@@ -102,20 +119,38 @@ def read_tflite(path):
     except Exception as e:
         raise ValueError(f"{os.fspath(path)!r} is not a readable TFLite model: {e}") from e
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    shapes, skipped, used = [], [], {}
+    shapes, skipped, used, palettes = [], [], {}, {}
     try:
-        _read_graph(model, schema, op_names, graph, 1, "", shapes, skipped, used, (0,))
+        _read_graph(model, schema, op_names, graph, 1, "", shapes, skipped, used, (0,),
+                    palettes, None)
     except ValueError:
         raise
     except Exception as e:  # struct.error, IndexError, ... from a damaged flatbuffer
         raise ValueError(f"{os.fspath(path)!r} is not a readable TFLite model (truncated or "
                          f"corrupted, {len(buf):,} bytes): {type(e).__name__}: {e}") from e
-    return tuple(shapes), tuple(skipped)
+    return tuple(shapes), tuple(skipped), palettes
 
 
-def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, used, stack):
-    """Appends the records of one subgraph's ops, each repeated `trips` times."""
+def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, used, stack,
+                palettes, outer):
+    """Appends the records of one subgraph's ops, each repeated `trips` times.
+
+    `palettes` collects `{record name: StoredPalette}`; `outer` maps this subgraph's input
+    tensors that carry a weight decoded in the calling graph to its palette.
+    """
+    from collections import Counter
+
     from dkm_tf.energy import shapes as sh
+    from dkm_tf.energy import tflite_palettes as tp
+
+    view = tp.GraphView(model, graph, op_names)
+    decode = set(tp.constant_ops(view))
+    decode_ops = Counter()
+
+    def palette(name, op):
+        found = tp.stored_palette(view, op.InputsAsNumpy()[1], outer)
+        if found is not None:
+            palettes[name] = found
 
     def tensor(i):
         t = graph.Tensors(int(i))
@@ -146,6 +181,9 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
         ins = [tensor(i) if i >= 0 else ("", ()) for i in op.InputsAsNumpy()]
         out_name, y = tensor(op.OutputsAsNumpy()[0]) if op.OutputsLength() else ("", ())
         label = f"{prefix}{opname.lower()}_{k}"
+        if k in decode:
+            decode_ops[opname] += 1
+            continue
         try:
             if opname == "WHILE":
                 opts = options(op, schema.WhileOptions)
@@ -155,9 +193,15 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 n = _trip_count(model, schema, op_names, graph, op)
                 if n is None:
                     skipped.append((label, "WHILE: trip count not constant, body counted once"))
-                _read_graph(model, schema, op_names, model.Subgraphs(body),
+                body_graph = model.Subgraphs(body)
+                carried = {}
+                for t_in, t_body in zip(op.InputsAsNumpy(), body_graph.InputsAsNumpy()):
+                    found = tp.stored_palette(view, t_in, outer) if t_in >= 0 else None
+                    if found is not None:
+                        carried[int(t_body)] = found
+                _read_graph(model, schema, op_names, body_graph,
                             trips * (1 if n is None else n), f"{label}/", shapes, skipped,
-                            used, (*stack, body))
+                            used, (*stack, body), palettes, carried)
             elif opname == "CONV_2D":
                 x, w = ins[0][1], ins[1][1]
                 opt = options(op, schema.Conv2DOptions)
@@ -166,6 +210,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                                             in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[0],
                                             kernel=w[1:3], groups=x[3] // w[3], repeat=trips,
                                             strides=(opt.StrideH(), opt.StrideW())))
+                palette(name, op)
             elif opname == "DEPTHWISE_CONV_2D":
                 x, w = ins[0][1], ins[1][1]
                 opt = options(op, schema.DepthwiseConv2DOptions)
@@ -174,6 +219,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                                             in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[3],
                                             kernel=w[1:3], groups=x[3], repeat=trips,
                                             strides=(opt.StrideH(), opt.StrideW())))
+                palette(name, op)
             elif opname == "FULLY_CONNECTED" or (opname == "BATCH_MATMUL" and
                                                  len(ins[1][1]) == 2):
                 x, w = ins[0][1], ins[1][1]
@@ -182,11 +228,16 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 else:
                     adj_y = options(op, schema.BatchMatMulOptions).AdjY()
                     in_f, units = (w[1], w[0]) if adj_y else w
+                # rows per image: FULLY_CONNECTED's and an N-D BATCH_MATMUL's first axis is
+                # the batch; a 2-D BATCH_MATMUL operand (dkm_tf's im2col lowering of a conv,
+                # batch folded into the rows) is stored at batch 1, so all its rows count
+                rows = x[0] if opname == "BATCH_MATMUL" and len(x) == 2 else \
+                    math.prod(x) // in_f // x[0]
                 name = name_of([ins[1][0], out_name], label)
                 shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
                                              in_features=in_f, units=units,
-                                             positions=trips * max(math.prod(x) // in_f // x[0],
-                                                                   1)))
+                                             positions=trips * max(rows, 1)))
+                palette(name, op)
             elif opname in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
                 x = ins[0][1]
                 opt = options(op, schema.Pool2DOptions)
@@ -219,3 +270,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 f"Could not read TFLite op {k} ({opname}, output {out_name!r}) with input "
                 f"shapes {[s for _, s in ins]} and output shape {y}: {e}"
             ) from e
+    if decode_ops:
+        ops = ", ".join(f"{n} x{c}" for n, c in sorted(decode_ops.items()))
+        skipped.append((f"{prefix}weight decode", f"{sum(decode_ops.values())} ops computing "
+                        f"from constants only (weight decoding), not charged: {ops}"))

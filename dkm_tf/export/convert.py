@@ -19,9 +19,27 @@ import numpy as np
 from dkm_tf.export.canonical import canonicalize
 
 __all__ = ["QUANTIZATIONS", "as_input_list", "convert", "input_specs", "quiet",
-           "synthesize_inputs"]
+           "require_tensorflow_backend", "synthesize_inputs"]
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "full")
+
+
+def require_tensorflow_backend(what="dkm_tf.export"):
+    """Raise a clear error unless Keras runs on TensorFlow (the converter traces with TF).
+
+    A model built on the JAX or PyTorch backend computes with that framework's arrays, which
+    ``tf.function`` cannot trace; train anywhere, export from a TensorFlow-backend process.
+    """
+    import keras  # noqa: PLC0415
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"{what} needs the TensorFlow backend of Keras (the TFLite converter traces the "
+            f"model with TensorFlow); this process runs Keras on {backend!r}. Save the model "
+            "(model.save('m.keras')) and export it from a process started with "
+            "KERAS_BACKEND=tensorflow: m = dkm_tf.load_model('m.keras'), palettes = "
+            "dkm_tf.palettes_of(m), then dkm_tf.export.to_tflite(m, ..., palettes=palettes).")
 
 
 @contextlib.contextmanager
@@ -117,6 +135,7 @@ def convert(model, specs, quantization="none", representative_data=None):
     Raises:
         ValueError: the converter rejects the model (e.g. an op without a TFLite builtin).
     """
+    require_tensorflow_backend()
     import tensorflow as tf  # noqa: PLC0415
 
     if quantization not in QUANTIZATIONS:

@@ -59,11 +59,12 @@ class Emitter:
         self._count += 1
         return f"{self.prefix}/{what}_{self._count}"
 
-    def const(self, what, array):
-        """A constant tensor; small constants with equal dtype, shape and bytes are shared."""
+    def const(self, what, array, share=False):
+        """A constant tensor; small constants (or any, with ``share``: codebooks shared by
+        several weights) with equal dtype, shape and bytes are stored once."""
         a = np.ascontiguousarray(array)
         key = None
-        if a.nbytes <= 1024:
+        if a.nbytes <= 1024 or share:
             key = ("const", a.dtype.str, a.shape, a.tobytes())
             if key in self.cache:
                 return self.cache[key]
@@ -182,13 +183,13 @@ class Emitter:
         p = packed.shape[1]
         enum = self.enum(k, g)
         if a_dim == 1:
-            book = self.const("codebook", cb[0].T)          # (d, K)
+            book = self.const("codebook", cb[0].T, share=True)          # (d, K)
             table = self.gather(book, enum, [d, k ** g, g], axis=1)
             pos = self.const("indices", packed[0])
             rows = self.gather(table, pos, [d, p, g], axis=1)
             flat_shape = [d, p * g]
         else:
-            book = self.const("codebook", np.ascontiguousarray(cb.transpose(0, 2, 1)))
+            book = self.const("codebook", np.ascontiguousarray(cb.transpose(0, 2, 1)), share=True)
             table = self.gather(book, enum, [a_dim, d, k ** g, g], axis=2)
             pos = self.const("indices", packed)
             rows = self.gather(table, pos, [a_dim, d, p, g], axis=2, batch_dims=1)
@@ -242,7 +243,8 @@ class Emitter:
             shifted = self.tensor("positions", shape, "int32")
             self.op("ADD", [pos, off], [shifted], s.AddOptionsT())
             pos = shifted
-        book = self.const("codebook", cb.reshape(a_dim * k, d) if d > 1 else cb.ravel())
+        book = self.const("codebook", cb.reshape(a_dim * k, d) if d > 1 else cb.ravel(),
+                          share=True)
         return self.gather(book, pos, shape + ([d] if d > 1 else []))
 
     def _split_tuples(self, idx, k, g, shape):

@@ -24,6 +24,7 @@ from dkm_tf.core import units as units_lib
 from dkm_tf.export import lower, pack
 from dkm_tf.export.decode import Emitter
 from dkm_tf.export.policy import check_keep_float, plan_keep_float
+from dkm_tf.export.scaled import Book, scaled_codebook, times_scales
 
 __all__ = ["DECODE_MODES", "WEIGHT_INPUT", "palettize_flatbuffer", "tflite_layouts"]
 
@@ -109,12 +110,24 @@ def _decode(em, palette, tperm, tshape, mode, max_table_bytes):
     transpose = order is None
     order = rest if transpose else order
     g_dim = lay.n_groups
-    idx = palette.indices.reshape([g_dim] + [sizes[a] for a in rest])
-    idx = idx.transpose([0] + [1 + rest.index(a) for a in order]).reshape(g_dim, -1)
+
+    def ordered(a):  # (G, M) per-unit values -> the order the decode chain produces
+        a = np.asarray(a).reshape([g_dim] + [sizes[x] for x in rest])
+        return a.transpose([0] + [1 + rest.index(x) for x in order]).reshape(g_dim, -1)
+
+    idx = ordered(palette.indices)
     k, d = palette.n_clusters, lay.unit_dim
     produced = group + unit + order if mode == "once" else group + order + unit
     pshape = [sizes[a] for a in produced]
     info = {"K": k, "transpose_per_invoke": transpose}
+    scaled = palette.scales is not None or palette.transforms is not None
+    if scaled:  # Son et al.: T transformed copies of each centroid, then x scale (below)
+        codebook, idx = scaled_codebook(palette, idx, ordered)
+        k = codebook.shape[1]
+        palette = Book(palette, codebook)
+        final_shape, tshape = list(tshape), pshape
+        if not transpose and list(tshape) != list(final_shape):
+            transpose = None  # not a transpose: only a reshape after the scales
     if mode == "once":
         g = pack.tuple_width(k, max_table_entries=max(1, max_table_bytes // (4 * d * g_dim)))
         out = em.once(palette.codebook, idx, list(tshape) if not transpose else pshape, g)
@@ -134,10 +147,18 @@ def _decode(em, palette, tperm, tshape, mode, max_table_bytes):
         else:
             info.update(storage=storage, index_bits=stored_bits,
                         index_bytes=int(np.ceil(idx.size * stored_bits / 8)))
+    if scaled:
+        out = times_scales(em, out, pshape, palette.palette, produced, group, unit, order,
+                            ordered, mode, info)
+        tshape = final_shape
+        if transpose is None:
+            out = em.reshape(out, list(tshape), static=True)
     if transpose:
         out = em.transpose(out, pshape, [produced.index(a) for a in tperm])
         out = em.reshape(out, list(tshape), static=True)
-    info["codebook_bytes"] = int(palette.codebook.size * 4)
+    book = ("codebook", mode, _digest(palette.codebook), palette.codebook.shape)
+    info["codebook_bytes"] = 0 if book in em.cache else int(palette.codebook.size * 4)
+    em.cache[book] = True  # a codebook shared by several weights is stored (counted) once
     return out, info
 
 
@@ -321,8 +342,8 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
         info.update(palette=p.name, tensor=fm.tensor_name(t), op="/".join(sorted(names)),
                     aux_bytes=em.aux_bytes - aux0,
                     route=route, decode=decode, n_weights=int(p.n_values),
-                    bits_per_weight=8 * (info["index_bytes"] + info["codebook_bytes"])
-                    / p.n_values)
+                    bits_per_weight=8 * (info["index_bytes"] + info["codebook_bytes"]
+                                         + info.get("scale_bytes", 0)) / p.n_values)
         records.append(info)
     new_ops = list(prefix)
     for i, op in enumerate(fm.operators):

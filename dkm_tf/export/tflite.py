@@ -88,6 +88,7 @@ def check_export_args(model, sample_inputs=None, *, representative_data=None, to
     """
     import keras  # noqa: PLC0415
 
+    convert_lib.require_tensorflow_backend()
     if not isinstance(model, keras.layers.Layer):
         raise invalid_type("model", "a built Keras model", model)
     if not model.built:

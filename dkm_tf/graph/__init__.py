@@ -8,7 +8,10 @@
   their k-means reconstruction;
 * :mod:`~dkm_tf.graph.batchnorm`: folding BatchNormalization into the preceding kernel and
   bias (``fold_batch_norm``), and :mod:`~dkm_tf.graph.batchnorm_palettes`: the same fold
-  applied to palettes (codebooks rescaled per channel) for strip and export.
+  applied to palettes (codebooks rescaled per channel) for strip and export;
+* :mod:`~dkm_tf.graph.factorised`: ``FactorisedConv2D``, a conv with codebook-shared kernels
+  run conv-then-add (Son et al. §2.6), and :mod:`~dkm_tf.graph.factorise`:
+  ``factorise_convs``, a model copy with chosen Conv2D layers replaced where cheaper.
 
 Imports :mod:`dkm_tf.core` only (and Keras).
 """

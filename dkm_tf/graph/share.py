@@ -61,13 +61,23 @@ class _ShareJob:
     unit: str
     cfg: dict
     seed: int
+    importance: object = None  # Fisher importance of the weight (weighting="fisher")
 
     @property
     def size(self):
         return int(np.prod(self.shape))
 
     def run(self):
-        pal = palette_lib.cluster_tensor(
+        if self.importance is not None:
+            from dkm_tf.graph.sensitivity import weighted_palette  # noqa: PLC0415
+
+            pal = weighted_palette(
+                np.asarray(self.var.numpy()), self.importance, kind=self.kind,
+                n_clusters=int(self.cfg["n_clusters"]), unit=self.unit,
+                granularity=self.cfg["granularity"], seed=self.seed,
+                layer_name=self.layer_name, weight_name=self.attr)
+        else:
+            pal = palette_lib.cluster_tensor(
             np.asarray(self.var.numpy()), kind=self.kind, n_clusters=int(self.cfg["n_clusters"]),
             unit=self.unit,
             granularity=self.cfg["granularity"], init=self.cfg["init"], seed=self.seed,
@@ -108,7 +118,8 @@ def _share_plan(model, defaults, overrides, seed):
 
 def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
                   init="kmeans++", seed=0, overrides=None, sparsity=0.0, verbose=False,
-                  inplace=False, preserve_sparsity=False, fold_bn=None):
+                  inplace=False, preserve_sparsity=False, fold_bn=None, weighting=None,
+                  data=None, loss=None, codebook="layer", transforms=1, scale_bits=16):
     """Cluster every supported kernel of a model with k-means (no re-training).
 
     Args:
@@ -141,6 +152,20 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
             palettes describe the kernels the TFLite converter stores (it folds them too) and
             a palettized export matches them. ``None`` (default): True, or False with
             ``inplace=True`` (folding changes the layer graph, so it needs a copy).
+        weighting: ``None`` (plain k-means) or ``"fisher"``: sensitivity-weighted k-means,
+            each weight counted by its diagonal empirical Fisher information (mean squared
+            per-sample gradient of the loss; SqueezeLLM; see :mod:`dkm_tf.graph.sensitivity`).
+        data: ``(x, y)`` samples for ``weighting="fisher"`` (a few hundred suffice; each is
+            one gradient pass). One sample is tried first: data that does not fit the model
+            raises before any work.
+        loss: the loss for ``weighting="fisher"``; default the compiled model's loss.
+        codebook: ``"layer"`` (one codebook per tensor, default), or with ``unit="kernel"``
+            scaled kernel clustering (Son et al., ECCV 2018): ``"shared"`` (one codebook per
+            kernel size for the whole network) or a list of groups of layer names; see
+            :mod:`dkm_tf.graph.kernel_share` (1x1 convs and dense layers stay float, reported).
+        transforms: 1, 2, 4 or 8: transform-invariant kernel clustering (``unit="kernel"``).
+        scale_bits: 16 (float16), 8 (int8 with a per-layer step) or 32: stored per-kernel
+            scales of scaled kernel clustering.
 
     Returns:
         A :class:`ShareResult` ``(model, palettes, skipped)``; ``model`` is the input itself
@@ -171,9 +196,24 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     if not model.built:
         raise ValueError(f"Model {model.name!r} is not built, so it has no weights to cluster: "
                          "build it first (call it on data or give it an Input).")
+    from dkm_tf.graph import kernel_share  # noqa: PLC0415 (unit="kernel" with a scope)
+
+    if kernel_share.kernel_route(unit, codebook, transforms, scale_bits,
+                                 granularity=(granularity, "per_tensor"),
+                                 sparsity=(sparsity, 0.0),
+                                 preserve_sparsity=(preserve_sparsity, False),
+                                 weighting=(weighting, None)):
+        return ShareResult(*kernel_share.share_kernels(
+            model, n_clusters, codebook=codebook, transforms=transforms,
+            scale_bits=scale_bits, init=init, seed=seed, overrides=overrides,
+            verbose=verbose, inplace=inplace, fold_bn=fold_bn))
     from dkm_tf.graph.clusterable import check_overrides  # noqa: PLC0415 (imports keras)
 
     overrides = check_overrides(model, overrides, defaults, _check_settings)
+    from dkm_tf.graph import sensitivity  # noqa: PLC0415 (imports keras)
+
+    fisher = sensitivity.check_weighting(model, weighting, data, loss,
+                                         preserve_sparsity or sparsity)
     if (fold_bn is not None and not isinstance(fold_bn, bool)) or (fold_bn and inplace):
         raise ValueError("Invalid value for argument `fold_bn`. Expected None or a bool, and "
                          "not True with inplace=True (folding changes the layer graph). "
@@ -190,6 +230,10 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         raise ValueError(f"share_weights found no weight to cluster in model {model.name!r}: "
                          + (f"its layers with weights are not supported: {skipped}" if skipped
                             else "it has no layer with weights."))
+    if fisher:  # on the model that is clustered (BatchNormalization folded: same function)
+        imp = sensitivity.fisher_importance(model, fisher[:2], fisher[2],
+                                            variables=[j.var for j in jobs])
+        jobs = [dataclasses.replace(j, importance=imp[id(j.var)]) for j in jobs]
     if folding is not None:  # say why a BatchNormalization was left unfolded
         why = dict(folding.skipped)
         skipped = [(n, f"{r}; not folded: {why[n]}" if n in why else r) for n, r in skipped]

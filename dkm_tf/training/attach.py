@@ -266,7 +266,22 @@ def refresh_regularizers(model, *, warn=True):
                 reg._warned = True
     if warn and degenerate:
         warnings.warn(reg_lib.degenerate_message(degenerate), UserWarning, stacklevel=2)
+    _retrace_on_jax(model)
     return out
+
+
+def _retrace_on_jax(model):
+    """Re-trace the compiled steps after a refresh on the JAX backend.
+
+    The regularizer's F is not model state: a jitted JAX step holds the values it saw when
+    traced as constants (TensorFlow reads the variables at each step; PyTorch runs eagerly).
+    ``fit`` looks ``train_function`` up at every step, so re-making it mid-fit is safe.
+    """
+    if keras.backend.backend() != "jax":
+        return
+    for kind in ("train", "test", "predict"):
+        if getattr(model, f"{kind}_function", None) is not None:
+            getattr(model, f"make_{kind}_function")(force=True)  # traced at its next call
 
 
 def _check_model(model):
@@ -277,6 +292,8 @@ def _check_model(model):
 
 def strategy_scope(model):
     """The scope of the model's distribution strategy, so state is created like its weights."""
+    if keras.backend.backend() != "tensorflow":  # tf.distribute strategies are TF-only
+        return contextlib.nullcontext()
     import tensorflow as tf  # noqa: PLC0415
 
     strategy = getattr(model, "distribute_strategy", None)

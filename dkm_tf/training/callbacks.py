@@ -32,9 +32,20 @@ class RefreshKMeans(keras.callbacks.Callback):
     (:func:`dkm_tf.refresh_regularizers`) at the start of training, then every
     ``every_n_epochs`` epochs (at the epoch's end) and/or every ``every_n_steps`` batches.
 
+    Resuming keeps the schedule. Each regularizer saves its F with the model's weights
+    (``BackupAndRestore``, ``ModelCheckpoint``; see :mod:`dkm_tf.training.regularizer_state`),
+    with the optimizer step of its last refresh. When training starts at an epoch > 0 and
+    every regularizer holds such a restored F, the first F-step is done only if the schedule
+    had one at the end of the previous epoch that the checkpoint does not hold yet (a
+    checkpoint callback listed before this one saves before its end-of-epoch refresh); so a
+    resumed fit trains with the F the uninterrupted one had, and ends where it ends.
+
     It also reports the summed penalty of all k-means regularizers, averaged over the epoch's
     steps, as ``kmeans_penalty`` in the logs (progress bar, ``History``; ``val_kmeans_penalty``
     when there is validation data). Callbacks listed before this one do not see the key.
+    On the JAX backend the jitted step cannot update the penalty meters, so the logs hold the
+    penalty of the weights at the epoch's (or batch's) end, computed eagerly, instead of the
+    mean over the steps; and each refresh re-traces the step (its F is baked in at tracing).
 
     Args:
         every_n_epochs: refresh period in epochs (None: no epoch-based refresh).
@@ -66,6 +77,7 @@ class RefreshKMeans(keras.callbacks.Callback):
         self._train_mean = None
         self._val_mean = None
         self._mark = None
+        self._starting = False
 
     def get_config(self):
         return {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps,
@@ -76,6 +88,9 @@ class RefreshKMeans(keras.callbacks.Callback):
         """Refresh every k-means regularizer of the model now."""
         t0 = time.perf_counter()
         infos = attach_lib.refresh_regularizers(self.model)
+        step = self._optimizer_step()
+        for _, reg in attach_lib.kmeans_regularizers(self.model):
+            reg.refresh_step = step
         self.refresh_count += 1
         if self.verbose:
             total = sum(i["penalty"] for i in infos.values())
@@ -85,6 +100,10 @@ class RefreshKMeans(keras.callbacks.Callback):
 
     def _meters(self):
         """(totals, counts) over all regularizers, as float64 arrays (one graph call)."""
+        if keras.backend.backend() != "tensorflow":  # eager reads
+            meters = [reg.penalty_meter() for _, reg in self._regs]
+            return (np.array([float(t.numpy()) for t, _ in meters], np.float64),
+                    np.array([float(c.numpy()) for _, c in meters], np.float64))
         key = [reg for _, reg in self._regs]
         if self._reader is None or len(key) != len(self._reader[0]) or any(
                 a is not b for a, b in zip(key, self._reader[0])):  # one trace per set
@@ -100,11 +119,22 @@ class RefreshKMeans(keras.callbacks.Callback):
         t, c = self._reader[1]()
         return np.asarray(t, np.float64), np.asarray(c, np.float64)
 
+    def _jax_probe(self, since=None, force=False):
+        """JAX: a jitted step cannot update the meters (they are not model state), so when no
+        call counted since ``since`` (an earlier ``_meters()``), add the penalty of the current
+        weights, computed eagerly: the logs then hold the penalty at that point."""
+        if keras.backend.backend() != "jax" or not self.log_penalty:
+            return
+        if not force and np.any(self._meters()[1] - (0 if since is None else since[1]) > 0):
+            return
+        _ = self.model  # Callback.model syncs the jitted state into the variables
+        for var, reg in self._regs:
+            reg(var)
+
     def _reset_meters(self):
         for _, reg in self._regs:
-            total, count = reg.penalty_meter()
-            total.assign(0.0)
-            count.assign(0.0)
+            for meter in reg.penalty_meter() or ():  # None: not built yet (F-step to come)
+                meter.assign(0.0)
 
     @staticmethod
     def _mean(totals, counts):
@@ -122,16 +152,40 @@ class RefreshKMeans(keras.callbacks.Callback):
         self._step = 0
         self._batch_logs = self.log_penalty == "batch" or (
             self.log_penalty is True and (self.params or {}).get("verbose") == 1)
-        self.refresh()
+        self._starting = True  # the first F-step waits for the first epoch: see _start
         self._reset_meters()
 
+    def _optimizer_step(self):
+        opt = getattr(self.model, "optimizer", None)
+        return -1 if opt is None else int(keras.ops.convert_to_numpy(opt.iterations))
+
+    def _start(self, epoch):
+        """The F-step at the start of training, unless a resume restored the right F.
+
+        By the first epoch a ``BackupAndRestore`` (wherever it is listed) has restored the
+        weights, the optimizer step and each regularizer's F and ``refresh_step``.
+        """
+        self._starting = False
+        steps = (self.params or {}).get("steps")
+        if epoch > 0 and steps:
+            self._step = epoch * int(steps)  # step-based refreshes keep their phase
+        step = self._optimizer_step()
+        restored = epoch > 0 and step >= 0 and all(reg.refresh_step >= 0 for _, reg in self._regs)
+        due = (self.every_n_epochs and epoch % self.every_n_epochs == 0) or (
+            self.every_n_steps and self._step and self._step % self.every_n_steps == 0)
+        if not restored or (due and any(reg.refresh_step < step for _, reg in self._regs)):
+            self.refresh()
+
     def on_epoch_begin(self, epoch, logs=None):
+        if self._starting:
+            self._start(epoch)
         self._reset_meters()
         self._train_mean = self._val_mean = self._mark = None
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
         if self._batch_logs and logs is not None:
+            self._jax_probe(force=True)
             value = self._mean(*self._meters())
             if value is not None:
                 logs[PENALTY_KEY] = value
@@ -140,16 +194,20 @@ class RefreshKMeans(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         if self._regs:
+            self._jax_probe()
             self._mark = self._meters()
             self._train_mean = self._mean(*self._mark)
 
     def on_test_end(self, logs=None):
         if self._regs and self._mark is not None:
+            self._jax_probe(since=self._mark)
             totals, counts = self._meters()
             self._val_mean = self._mean(totals - self._mark[0], counts - self._mark[1])
 
     def on_epoch_end(self, epoch, logs=None):
         if self.log_penalty and logs is not None and self._regs:
+            if self._mark is None:
+                self._jax_probe()
             train = self._train_mean if self._mark is not None else self._mean(*self._meters())
             if train is not None:
                 logs[PENALTY_KEY] = train

@@ -31,9 +31,12 @@ from dkm_tf.core import units as units_lib
 from dkm_tf.core.kmeans import KMEANS_THREADS
 from dkm_tf.core.validate import check_bool, check_kmeans_options, check_seed
 from dkm_tf.graph import clusterable as clusterable_lib
+from dkm_tf.graph import sensitivity as sensitivity_lib
 from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
 from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
+from dkm_tf.training import soft as soft_lib
+from dkm_tf.training.kernel_clustering import routes_cluster, routes_palettes, routes_strip
 from dkm_tf.training.wrapper import (
     ClusterWeights,
     kmeans_codebook,
@@ -87,7 +90,7 @@ def _clone(model, fn):
         raise
 
 
-def _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options, pool):
+def _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options, pool, imp=None):
     """Start k-means of every weight ``cluster_weights`` will wrap; ``{id(layer): {attr: ...}}``.
 
     The jobs (pure numpy, largest first) run in ``pool`` while Keras clones the model in this
@@ -112,19 +115,25 @@ def _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options, pool):
         futures.setdefault(key, {})[attr] = pool.submit(
             _kmeans_of_variable, var, layout, int(cfg["n_clusters"]),
             init=cfg["init"], seed=seed, name=name, kmeans_options=kmeans_options,
-            preserve_sparsity=cfg["preserve_sparsity"])
+            preserve_sparsity=cfg["preserve_sparsity"], importance=(imp or {}).get(id(var)))
     return futures
 
 
-def _kmeans_of_variable(var, *args, **kwargs):
+def _kmeans_of_variable(var, layout, k, importance=None, **kwargs):
     """``kmeans_codebook`` of a variable read in the worker: one kernel copy per running job."""
-    return kmeans_codebook(keras.ops.convert_to_numpy(var), *args, **kwargs)
+    if importance is not None:  # weighting="fisher" (dkm_tf.graph.sensitivity)
+        sensitivity_lib.check_sparse("fisher", kwargs["preserve_sparsity"])  # overrides may set it
+        return sensitivity_lib.weighted_codebook(keras.ops.convert_to_numpy(var), importance,
+                                                 layout, k, seed=kwargs["seed"])
+    return kmeans_codebook(keras.ops.convert_to_numpy(var), layout, k, **kwargs)
 
 
+@routes_cluster(ClusteringReport)
 def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
                     init="kmeans++", seed=0, latent=False, overrides=None,
                     on_unsupported="skip", kmeans_options=None, return_report=False,
-                    preserve_sparsity=False):
+                    preserve_sparsity=False, assignment="hard", temperature=None,
+                    weighting=None, data=None, loss=None):
     """Wrap every clusterable layer of a copy of ``model`` in :class:`ClusterWeights`.
 
     Each clusterable weight is clustered with k-means (:func:`dkm_tf.cluster_values`) and
@@ -155,6 +164,9 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         preserve_sparsity: keep every exact zero of the weights (a pruned model's) exactly
             zero through fine-tuning: a fixed zero entry on top of the K centroids, k-means
             of the non-zero units only (see :class:`ClusterWeights`).
+        assignment, temperature: ``"soft"``: DKM training at temperature tau (see
+            :class:`ClusterWeights`). weighting, data, loss: ``weighting="fisher"`` starts
+            from Fisher-weighted k-means (see :func:`dkm_tf.share_weights`).
 
     Returns:
         The clustered model (or wrapper), or ``(model, report)`` with ``return_report``.
@@ -171,6 +183,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
     check_seed(seed)
     check_bool("return_report", return_report)
     kmeans_options = check_kmeans_options(kmeans_options)
+    soft = {"assignment": assignment, "temperature": soft_lib.check_soft_settings(
+        assignment, temperature, latent=latent, preserve_sparsity=preserve_sparsity)}
     if on_unsupported not in ON_UNSUPPORTED:
         raise ValueError("Invalid value for argument `on_unsupported`. Expected one of "
                          f"{list(ON_UNSUPPORTED)}. Received: on_unsupported={on_unsupported!r}")
@@ -181,6 +195,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
                                                 lambda cfg: validate_settings(**cfg))
     if isinstance(model, keras.Model):
         clusterable_lib.check_has_clusterable(model, "cluster_weights", also=(ClusterWeights,))
+    fisher = sensitivity_lib.check_weighting(model, weighting, data, loss, preserve_sparsity)
     clustered, skipped, seen = [], [], set()
 
     def wrap(layer):
@@ -209,7 +224,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
                              "...), which clusters at its first build.")
         clustered.append((layer.name, kind, dict(cfg)))
         wrapper = ClusterWeights(inner, seed=seed, trainable=layer.trainable,
-                                 kmeans_options=kmeans_options, **cfg)
+                                 kmeans_options=kmeans_options, **cfg, **soft)
         wrapper._pending = dict(futures.get(id(layer), {}))  # noqa: SLF001
         return wrapper
 
@@ -222,8 +237,9 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         workers = min(KMEANS_THREADS, os.cpu_count() or 1)
         with concurrent.futures.ThreadPoolExecutor(workers, "dkm_tf-kmeans") as pool:
             try:
+                imp = fisher and sensitivity_lib.fisher_importance(model, fisher[:2], fisher[2])
                 futures = _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options,
-                                           pool)
+                                           pool, imp)
                 out = _clone(model, wrap)
             except BaseException:
                 for jobs in futures.values():  # do not wait for work nobody will use
@@ -268,6 +284,7 @@ def _unwrap(wrapper, palettes):
                                        for v in wrapper.layer.weights])
 
 
+@routes_strip
 def strip_clustering(model, *, fold_bn=True):
     """Replace every :class:`ClusterWeights` by a plain layer holding the shared kernel.
 
@@ -320,10 +337,6 @@ def strip_clustering(model, *, fold_bn=True):
     return plain, palettes
 
 
-def _all_layers(model):
-    return [model, *clusterable_lib.walk_layers(model)]
-
-
 def _palette_from_values(layer, attr, values, kind, max_clusters):
     """The smallest lossless scalar Palette of ``values`` (per tensor or per channel), if any."""
     best = None
@@ -344,6 +357,7 @@ def _palette_from_values(layer, attr, values, kind, max_clusters):
     return best
 
 
+@routes_palettes
 def palettes_of(model, max_clusters=256):
     """The palettes of a model: from its wrappers, or from kernels with few distinct values.
 
@@ -368,7 +382,7 @@ def palettes_of(model, max_clusters=256):
             or max_clusters < 1:
         raise ValueError("Invalid value for argument `max_clusters`. Expected an integer >= 1. "
                          f"Received: max_clusters={max_clusters!r}")
-    layers = _all_layers(model)
+    layers = [model, *clusterable_lib.walk_layers(model)]
     inner = {id(lay.layer) for lay in layers if isinstance(lay, ClusterWeights)}
     out = []
     for layer in layers:

@@ -15,7 +15,7 @@ __all__ = ["finetune"]
 def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
              granularity="per_tensor", init="kmeans++", epochs=3, learning_rate=1e-3,
              batch_size=32, overrides=None, latent=False, reassign_every=None, metrics=None,
-             callbacks=None, seed=0, verbose=0, preserve_sparsity=False):
+             callbacks=None, seed=0, verbose=0, preserve_sparsity=False, kernel_options=None):
     """Cluster a copy of ``model``, fine-tune it with hard weight sharing, and strip it.
 
     Args:
@@ -34,6 +34,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         callbacks: extra Keras callbacks for ``fit``.
         seed: k-means and Keras seed.
         verbose: passed to ``fit``.
+        kernel_options: ``{"codebook": ..., "transforms": ..., "scale_bits": ...}`` for kernel
+            clustering with a shared codebook (see :func:`cluster_weights`), or None.
 
     The loss is the model's own when it is compiled; otherwise sparse categorical
     cross-entropy, from logits unless the last layer is a softmax.
@@ -71,7 +73,7 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     keras.utils.set_random_seed(seed)
     clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
                                 seed=seed, latent=latent, overrides=overrides,
-                                preserve_sparsity=preserve_sparsity)
+                                preserve_sparsity=preserve_sparsity, **(kernel_options or {}))
     history = None
     if epochs:
         clustered.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,

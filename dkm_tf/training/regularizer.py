@@ -25,14 +25,19 @@ instead the units exactly zero at the first refresh (a pruned weight's), on top 
 of the others: its penalty gradient λ w_n is zero on them while they stay zero.
 
 F lives in non-trainable variables owned by the regularizer (not by the layer, so the layer's
-weights and saved files are unchanged) and is recomputed by :meth:`refresh`, which
-:class:`dkm_tf.RefreshKMeans` calls on a schedule. ``get_config`` holds plain settings only.
+weights are unchanged) and is recomputed by :meth:`refresh`, which :class:`dkm_tf.RefreshKMeans`
+calls on a schedule. ``get_config`` holds plain settings only; the state (F, the warm-start
+centroids of the hard F-step, the preserved zeros, the step of the last scheduled refresh) is
+saved with the model's weights by ``save_weights`` / ``save`` (so by ``BackupAndRestore`` and
+``ModelCheckpoint``) and restored on load, like an optimizer's: see
+:mod:`dkm_tf.training.regularizer_state`. Files without it load as before.
 :func:`dkm_tf.attach_regularizer` (in :mod:`dkm_tf.training.attach`) puts one on every
 conv kernel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -41,13 +46,15 @@ import numpy as np
 from keras import ops
 
 from dkm_tf.core import codebook as codebook_lib
-from dkm_tf.core import kmeans as kmeans_lib
 from dkm_tf.core.validate import check_n_clusters, check_seed, invalid
+from dkm_tf.training import regularizer_state as state_lib
 
 __all__ = ["RELAXATIONS", "SpectralKMeansRegularizer", "degenerate_message", "unit_geometry"]
 
 RELAXATIONS = ("hard", "spectral")
 _UNITS = ("auto", "scalar", "row", "kernel")
+_EARLY = ("SpectralKMeansRegularizer state must be created before training {}: use "
+          "dkm_tf.attach_regularizer, or pass dkm_tf.RefreshKMeans to fit().")
 
 
 def unit_geometry(shape, unit):
@@ -86,7 +93,7 @@ def _to_units_np(w, lead, d, trail):
 
 
 @keras.saving.register_keras_serializable(package="dkm_tf")
-class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
+class SpectralKMeansRegularizer(keras.regularizers.Regularizer, state_lib.KerasSaveable):
     """Deep k-Means penalty (λ/2)‖W − W F Fᵀ‖² on one weight (Wu et al., ICML 2018, eq. 4).
 
     See the module docstring for the math. Each instance serves **one** weight (its F has
@@ -95,6 +102,13 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
     :class:`dkm_tf.RefreshKMeans`) or, failing that, at the first call on a variable; the
     penalty is zero until then. Each call also adds its value to :meth:`penalty_meter`, which
     RefreshKMeans reports as ``kmeans_penalty``.
+
+    Checkpoints: the state (F, the hard F-step's warm-start centroids, the preserved zeros and
+    ``refresh_step``, the optimizer step of the last RefreshKMeans refresh) is saved with the
+    model, under the layer's ``kernel_regularizer`` entry, by ``save_weights`` and ``save``
+    (``BackupAndRestore``, ``ModelCheckpoint``), and restored by ``load_weights`` /
+    ``load_model``, so that a resumed fit trains with the F of the interrupted one. A file
+    without it (older releases) leaves the state as it is (see regularizer_state.py).
 
     Args:
         n_clusters: K >= 1, clusters (``"hard"``) or singular vectors (``"spectral"``) per
@@ -148,6 +162,7 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
         self.assignment = None  # cluster of each unit at the last refresh ("hard"; K = zero)
         self.projection = None  # F (N x r) of the last refresh ("spectral")
         self._warned = False
+        self.refresh_step = -1  # optimizer step of the last RefreshKMeans refresh (-1: none)
 
     # ------------------------------------------------------------------ state
     def build(self, shape, name=None):
@@ -230,7 +245,8 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
             sse = float(np.sum(s[r:] ** 2))
             info.update(rank=rank, n_clusters=r, degenerate=k >= rank)
         else:
-            idx, means, sse = _hard_assignment(rest, k, self.seed, name, self._codebook)
+            idx, means, sse = state_lib.hard_assignment(rest, k, self.seed, name,
+                                                        self._codebook)
             self._codebook = means
             counts = np.bincount(idx, minlength=self.n_clusters)
             assign = np.full(st["n"], self.n_clusters, np.int32)
@@ -266,26 +282,30 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
         return mask
 
     def _lazy_build(self, x):
-        import tensorflow as tf  # noqa: PLC0415  (TF backend: lift state out of the trace)
+        scope = contextlib.nullcontext()  # JAX / PyTorch: eager state
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf  # noqa: PLC0415  (lift state out of the trace)
 
-        if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
-            raise RuntimeError(
-                "SpectralKMeansRegularizer state must be created before training under a "
-                "distribution strategy: use dkm_tf.attach_regularizer, or pass "
-                "dkm_tf.RefreshKMeans to fit().")
-        with tf.init_scope():
+            if tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context():
+                raise RuntimeError(_EARLY.format("under a distribution strategy"))
+            scope = tf.init_scope()
+        with scope:
+            try:
+                self.build(x.shape, name=getattr(x, "path", None))
+            except ValueError as e:  # JAX's stateless scopes cannot create variables
+                if isinstance(x, keras.Variable):
+                    return False  # Keras' symbolic pass: RefreshKMeans builds it next
+                raise RuntimeError(_EARLY.format(f"on {keras.backend.backend()}")) from e
             if isinstance(x, keras.Variable):
-                self.refresh(x)
-            else:
-                self.build(x.shape)
-                warnings.warn("SpectralKMeansRegularizer was first called on a tensor, not a "
-                              "variable: its penalty is 0 until refresh() (or "
-                              "dkm_tf.RefreshKMeans) computes F.", UserWarning, stacklevel=3)
+                return self.refresh(x)
+            warnings.warn("SpectralKMeansRegularizer was first called on a tensor, not a "
+                          "variable: its penalty is 0 until refresh() (or "
+                          "dkm_tf.RefreshKMeans) computes F.", UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ penalty
     def __call__(self, x):
-        if self._state is None:
-            self._lazy_build(x)
+        if self._state is None and self._lazy_build(x) is False:
+            return ops.zeros((), x.dtype)  # Keras' symbolic pass on JAX (shapes only)
         st = self._state
         if tuple(x.shape) != st["shape"]:
             self.build(x.shape)  # raises the one-instance-per-weight error
@@ -314,6 +334,20 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
         """The ``(total, count)`` variables accumulating the penalty at each call."""
         return None if self._state is None else (self._state["total"], self._state["count"])
 
+    # ------------------------------------------------------------------ checkpoints
+    def _obj_type(self):
+        return "Loss"  # Keras' saving walks it like a loss (a saveable with no sub-objects)
+
+    def save_own_variables(self, store):
+        """Write the state into a checkpoint (Keras calls it; see ``regularizer_state``)."""
+        state_lib.save(self, store)
+
+    def load_own_variables(self, store):
+        """Restore the state from a checkpoint; a file without it leaves this one as is."""
+        state_lib.load(self, store)
+
+    __reduce__ = object.__reduce__  # plain pickling (KerasSaveable would pickle a model)
+
     # ------------------------------------------------------------------ config
     def get_config(self):
         # F / the cluster assignment are state, not config: they are re-derived by refresh().
@@ -341,42 +375,6 @@ def _segment_sum(values, segment_ids, n_segments):
         return tf.math.bincount(segment_ids, weights=values, minlength=n_segments,
                                 maxlength=n_segments, dtype=values.dtype)
     return ops.segment_sum(values, segment_ids, num_segments=n_segments)
-
-
-def _cluster_means(x, idx, k):
-    counts = np.bincount(idx, minlength=k)
-    sums = np.stack([np.bincount(idx, weights=x[:, j], minlength=k) for j in range(x.shape[1])],
-                    axis=1)
-    return sums / np.maximum(counts, 1)[:, None], counts
-
-
-def _hard_assignment(x, k, seed, name, previous=None, max_iter=20):
-    """k-means of the units ``x``: ``(indices, cluster means, SSE)``.
-
-    A fresh k-means (:func:`dkm_tf.cluster_values`) competes with Lloyd iterations started at
-    the ``previous`` refresh's centroids; the lower SSE wins, so an F-step never raises the
-    objective and assignments stay stable between refreshes.
-    """
-    _, idx = kmeans_lib.cluster_values(x, k, seed=seed, name=name)
-    candidates = [idx.astype(np.int64)]
-    if previous is not None and previous.shape[1] == x.shape[1]:
-        c, prev_err = previous, np.inf
-        for _ in range(max_iter):
-            j, dist = kmeans_lib._nearest(x, c, 65_536)
-            err = float(dist.sum())
-            if err >= prev_err * (1 - 1e-7):
-                break
-            prev_err, (c, counts) = err, _cluster_means(x, j, c.shape[0])
-            c = np.where(counts[:, None] > 0, c, previous)
-        candidates.append(j)
-    best = None
-    for j in candidates:
-        j = np.unique(j, return_inverse=True)[1].reshape(-1)  # drop empty clusters
-        means, _ = _cluster_means(x, j, int(j.max()) + 1)
-        err = float(np.sum((x - means[j]) ** 2))
-        if best is None or err < best[2]:
-            best = (j.astype(np.int32), means, err)
-    return best
 
 
 def degenerate_message(items):

@@ -9,7 +9,8 @@ import zipfile
 __all__ = ["check_model_file", "load_model", "register_serializables"]
 
 _SERIALIZABLE_MODULES = ("dkm_tf.training.wrapper", "dkm_tf.training.regularizer",
-                         "dkm_tf.training.distill")
+                         "dkm_tf.training.kernel_clustering",
+                         "dkm_tf.training.distill", "dkm_tf.graph.factorised")
 
 
 def register_serializables():

@@ -37,7 +37,9 @@ from dkm_tf.core.validate import (
     invalid,
 )
 from dkm_tf.graph import clusterable as clusterable_lib
+from dkm_tf.training import soft as soft_lib
 from dkm_tf.training.distribute import collective_safe_dtype
+from dkm_tf.training.soft import gather_codebook
 
 __all__ = ["ClusterWeights", "gather_codebook", "index_dtype", "validate_settings"]
 
@@ -114,37 +116,6 @@ def kmeans_codebook(kernel, layout, n_clusters, *, init="kmeans++", seed=0, name
     return np.concatenate([cb, np.repeat(cb[:, -1:], k - cb.shape[1], axis=1)], axis=1), idx
 
 
-_TF_GATHER = []
-
-
-def gather_codebook(values, indices):
-    """``values[indices]`` for a 1-D tensor of codebook values; differentiable in ``values``.
-
-    The gradient is the exact one, ``grad[k] = sum of upstream[i] over indices[i] == k`` (the
-    Deep Compression centroid update). With TensorFlow it is computed with one weighted
-    ``bincount``: TF's default gather gradient (IndexedSlices densified by
-    ``UnsortedSegmentSum``) is about 10x slower on CPU for large kernels and K << N
-    (5.8 ms against 0.44 ms for 400k weights, K = 16). Other backends use ``ops.take``.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return ops.take(values, indices, axis=0)
-    if not _TF_GATHER:
-        import tensorflow as tf  # noqa: PLC0415
-
-        @tf.custom_gradient
-        def _gather(v, i):
-            def grad(upstream):
-                n = tf.shape(v)[0]
-                acc = tf.float64 if upstream.dtype == tf.float64 else tf.float32
-                sums = tf.math.bincount(tf.reshape(i, [-1]), minlength=n, maxlength=n,
-                                        weights=tf.cast(tf.reshape(upstream, [-1]), acc))
-                return tf.cast(sums, v.dtype), None
-            return tf.gather(v, i), grad
-
-        _TF_GATHER.append(_gather)
-    return _TF_GATHER[0](values, indices)
-
-
 @keras.saving.register_keras_serializable(package="dkm_tf")
 class ClusterWeights(keras.layers.Wrapper):
     """Wraps a layer so that its kernels are ``codebook[indices]`` while it trains.
@@ -190,6 +161,9 @@ class ClusterWeights(keras.layers.Wrapper):
         kmeans_options: extra keyword arguments of :func:`dkm_tf.cluster_values` (e.g.
             ``{"refine": False}`` for plain Lloyd, several times faster on large kernels).
         preserve_sparsity: keep exact zeros with a fixed zero entry (see above).
+        assignment: ``"hard"`` (default) or ``"soft"``: differentiable k-means (DKM, Cho et
+            al., ICLR 2022; see :mod:`dkm_tf.training.soft`), snapped to hard at strip.
+        temperature: DKM's softmax temperature tau (> 0), with ``assignment="soft"`` only.
         **kwargs: base layer arguments (``name``, ``trainable``, ...).
 
     Input shape / Output shape: those of the wrapped layer.
@@ -204,7 +178,7 @@ class ClusterWeights(keras.layers.Wrapper):
 
     def __init__(self, layer, n_clusters=16, unit="scalar", granularity="per_tensor",
                  init="kmeans++", seed=0, latent=False, kmeans_options=None,
-                 preserve_sparsity=False, **kwargs):
+                 preserve_sparsity=False, assignment="hard", temperature=None, **kwargs):
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError("Invalid type for argument `layer`. Expected a keras.layers.Layer. "
                             f"Received: layer={layer!r} of type {type(layer).__name__}")
@@ -213,6 +187,8 @@ class ClusterWeights(keras.layers.Wrapper):
         validate_settings(n_clusters, unit, granularity, init, latent, preserve_sparsity)
         check_seed(seed)
         kmeans_options = check_kmeans_options(kmeans_options)
+        temperature = soft_lib.check_soft_settings(assignment, temperature, latent=latent,
+                                                   preserve_sparsity=preserve_sparsity)
         kwargs.setdefault("name", f"cluster_{layer.name}")
         super().__init__(layer, **kwargs)
         self.n_clusters = int(n_clusters)
@@ -223,6 +199,7 @@ class ClusterWeights(keras.layers.Wrapper):
         self.latent = latent
         self.kmeans_options = dict(kmeans_options or {})
         self.preserve_sparsity = preserve_sparsity
+        self.assignment, self.temperature = assignment, temperature
         self.supports_masking = getattr(layer, "supports_masking", False)
         self._slots = []
         self._skip_kmeans = False
@@ -257,15 +234,20 @@ class ClusterWeights(keras.layers.Wrapper):
             layout = kmeans_layout(var.shape, kind, self.unit, self.granularity)
             g, m, d = layout.n_groups, layout.n_units, layout.unit_dim
             codebook = self.add_weight(name=f"{attr}_codebook", shape=(g, k, d),
-                                       initializer="zeros", trainable=True, dtype=var.dtype)
+                                       initializer="zeros", dtype=var.dtype,
+                                       trainable=self.assignment == "hard")
             indices = self.add_weight(name=f"{attr}_indices", shape=(g, m), initializer="zeros",
                                       trainable=False, dtype=collective_safe_dtype(index_dtype(k)))
             slot = _Slot(attr, var, layout, codebook, indices)
             if not self._skip_kmeans:
                 self._init_slot(slot)
-            if not self.latent:
+            if not self.latent and self.assignment == "hard":
                 var.trainable = False  # it no longer feeds the output
             self._slots.append(slot)
+        if self.assignment == "soft":  # DKM's tau: a variable, so schedules need no retrace
+            self.temperature_variable = self.add_weight(
+                name="temperature", shape=(), trainable=False,
+                initializer=keras.initializers.Constant(self.temperature))
         self.built = True
 
     def _init_slot(self, slot):
@@ -304,7 +286,8 @@ class ClusterWeights(keras.layers.Wrapper):
     def call(self, inputs, *args, **kwargs):
         mapping, ours = [], set()
         for slot in self._slots:
-            kernel = self._shared(slot)
+            kernel = (self._shared(slot) if self.assignment == "hard"
+                      else soft_lib.soft_kernel(self, slot))
             if self.latent:
                 w = ops.convert_to_tensor(slot.variable)
                 kernel = kernel + (w - ops.stop_gradient(w))
@@ -337,7 +320,8 @@ class ClusterWeights(keras.layers.Wrapper):
 
     def shared_kernels(self):
         """The current shared kernels, ``{attribute: tensor}`` in the layer's kernel layout."""
-        return {s.attr: self._shared(s) for s in self._slots}
+        return {s.attr: self._shared(s) if self.assignment == "hard"
+                else soft_lib.soft_kernel(self, s) for s in self._slots}
 
     def palettes(self):
         """The current :class:`~dkm_tf.core.palette.Palette` of each clustered weight.
@@ -347,6 +331,8 @@ class ClusterWeights(keras.layers.Wrapper):
         if not self.built:
             raise ValueError(f"Layer {self.name!r} is not built, so it has no codebooks yet "
                              "(k-means runs at build): call it on data or build it first.")
+        if self.assignment == "soft":
+            soft_lib.snap(self)  # DKM inference: each unit to its nearest centroid
         out, z = [], self.preserve_sparsity
         for s in self._slots:
             cb, idx = codebook_lib.compact(keras.ops.convert_to_numpy(self._codebook(s)),
@@ -390,4 +376,6 @@ class ClusterWeights(keras.layers.Wrapper):
                        "granularity": self.granularity, "init": self.init, "seed": self.seed,
                        "latent": self.latent, "kmeans_options": self.kmeans_options,
                        "preserve_sparsity": self.preserve_sparsity})
+        if self.assignment == "soft":
+            config.update(assignment="soft", temperature=self.temperature)
         return config

@@ -1,0 +1,103 @@
+"""What ``dkm-tf compress`` prints besides the compression table: the legends under its
+tables, the table of the exported formats (and why ``palettized`` keeps some tensors
+float32), and the filter that keeps the LiteRT runtimes' log lines out of the output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import textwrap
+
+__all__ = ["SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND", "native_stderr_filtered", "tflite_table"]
+
+TARGETS = ("float", "int8", "palettized", "palettized_per_invoke")
+SIZE_LEGEND = """\
+legend: unit        what one centroid stands for: scalar = one weight, row = one kernel row,
+                    kernel = one k x k kernel (auto: row for k x k convs, scalar otherwise)
+        d           values per unit (1 for scalar units)
+        N           units clustered in the tensor (its weights / d)
+        K           centroids per codebook;  bits = bits per index, ceil(log2 K)
+        H           entropy of the indices in bits per index: what an entropy coder needs
+        CR log2K    compression vs float32 with fixed-length log2 K-bit indices
+        CR entropy  compression vs float32 with entropy-coded indices (codebooks included)"""
+TFLITE_LEGEND = """\
+legend: bytes          file size;  x float = bytes / bytes of the float file
+        bits/w         file bits per model parameter (graph and codebooks included)
+        ms (1 thread)  median latency of one invoke, batch 1, LiteRT on 1 CPU thread
+        acc %          top-1 accuracy of the file itself on the test set, run in LiteRT
+        int8           dynamic-range int8 weights (float activations)
+        palettized     codebook + packed indices, decoded once at load (near-float speed)
+        palettized_per_invoke  the same decoded on every invoke (smallest file, slower)"""
+
+
+@contextlib.contextmanager
+def native_stderr_filtered(progress):
+    """Run a block with the C-level stderr caught, then show each caught line once.
+
+    The two LiteRT runtimes the exporter runs files in (``ai_edge_litert`` and ``tf.lite``)
+    each print ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.`` on their first
+    interpreter, whatever ``TF_CPP_MIN_LOG_LEVEL`` says, so the line came twice. Lines
+    starting ``INFO: `` are dropped unless ``TF_CPP_MIN_LOG_LEVEL`` is 0; any other line
+    (warnings, errors) is shown after the block, once. The progress bars keep writing to
+    the real stderr meanwhile.
+    """
+    show_info = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip() in ("", "0")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    old_stream = progress.stream
+    if old_stream is sys.stderr:
+        progress.stream = os.fdopen(os.dup(saved), "w", buffering=1)
+    buf = tempfile.TemporaryFile()
+    os.dup2(buf.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        if progress.stream is not old_stream:
+            progress.stream.close()
+            progress.stream = old_stream
+        buf.seek(0)
+        seen, kept = set(), []
+        for line in buf.read().decode(errors="replace").splitlines():
+            if line in seen or not line.strip() or (
+                    not show_info and line.startswith("INFO: ")):
+                continue
+            seen.add(line)
+            kept.append(line)
+        buf.close()
+        if kept:
+            print("\n".join(kept), file=sys.stderr, flush=True)
+
+
+def tflite_table(reports, accuracy):
+    """The formats table, its legend, and why palettized keeps some tensors float32."""
+    acc_head = f"{'acc %':>8}" if accuracy else ""
+    head = (f"{'format':<22}{'bytes':>12}{'x float':>9}{'bits/w':>8}{'ms (1 thread)':>15}"
+            f"{acc_head}  file")
+    lines = [head, "-" * len(head)]
+    for label, rep in reports.items():
+        lat = (rep.latency or {}).get("1t", {}).get("median_ms")
+        lat_s = f"{lat:.3f}" if lat is not None else "-"
+        acc = accuracy.get(label)
+        acc_s = (f"{100 * acc:>8.2f}" if acc is not None else f"{'-':>8}") if accuracy else ""
+        lines.append(f"{label:<22}{rep.bytes:>12,}{rep.ratio_vs_float:>9.3f}"
+                     f"{rep.bits_per_weight:>8.2f}{lat_s:>15}{acc_s}  {rep.path}")
+    lines.append(TFLITE_LEGEND)
+    pal, int8 = reports.get("palettized"), reports.get("int8")
+    kept = [t for t in (pal.tensors if pal is not None else ()) if t.get("kept")]
+    if kept:
+        larger = (f"palettized ({pal.bytes:,} bytes) is larger than int8 ({int8.bytes:,} "
+                  "bytes) because " if int8 is not None and pal.bytes > int8.bytes else "")
+        why = "; ".join(f"{t['palette']} ({t['route'].split('auto: ', 1)[-1]})" for t in kept)
+        lines += textwrap.wrap(
+            f"note: {larger}keep_float=\"auto\" kept {len(kept)} of {len(pal.tensors)} "
+            f"clustered tensors float32 so that XNNPACK runs their ops at float speed "
+            f"(dkm_tf/export/policy.py): {why}. palettized_per_invoke stores every tensor "
+            "palettized; to_tflite(..., keep_float=None) does so with decode once.",
+            width=100, subsequent_indent="      ")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Palettized weights inside a `.tflite`: the codebook + indices a conv or dense op reads.
+
+`dkm_tf.export` stores a clustered weight as a float codebook and packed integer indices and
+rebuilds it with builtin ops (`dkm_tf.export.decode`):
+
+* `decode="once"`: `GATHER(GATHER(codebook, enum), int16 indices)`; the codebook constant is
+  (d, K) per tensor or (G, d, K) per channel;
+* `decode="per_invoke"`: `GATHER(codebook, positions)`, positions computed from a constant
+  through CAST / DEQUANTIZE / FLOOR_DIV / FLOOR_MOD / RESHAPE / STRIDED_SLICE, plus an ADD of
+  the offsets g·K for G per-channel codebooks; the codebook constant is (G·K, d) or (G·K,).
+
+followed by RESHAPE / TRANSPOSE / STRIDED_SLICE into the layout the op reads.
+:func:`stored_palette` follows a weight operand back through those ops and returns K, d and
+G, from which the energy models charge a codebook of G·K·d values plus N = |W| / d
+indices instead of |W| weights.
+`dkm_tf.export.inspect_tflite` recognises the same chains for its storage listing; the energy
+stage may not import `dkm_tf.export` (the package's layering: energy sits beside export and
+imports only core and graph), so this module reads the flatbuffer through the same generated
+schema accessors as `tflite_reader`, and the tests check that both agree on every weight.
+
+Ops whose inputs are all constants (or outputs of such ops) compute weights, not activations:
+:func:`constant_ops` lists them so that the reader reports them as weight decoding instead of
+charging them as layers.
+"""
+
+import dataclasses
+import math
+
+_LAYOUT = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "STRIDED_SLICE")
+_INDEX = ("CAST", "DEQUANTIZE", "ADD", "RESHAPE", "STRIDED_SLICE", "FLOOR_MOD", "FLOOR_DIV")
+_FLOAT32, _INT16 = 0, 7  # TensorType values of the schema
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredPalette:
+    """A weight stored as G codebooks of K codewords of dimension d (and one index per unit).
+
+    Attributes:
+        n_clusters: K.
+        unit_dim: d.
+        n_codebooks: G (1 per tensor, one per output channel when per channel).
+        mode: "once" or "per_invoke" (the decode chain found).
+        index_tensor: name of the stored index constant.
+        codebook_tensor: name of the codebook constant.
+    """
+
+    n_clusters: int
+    unit_dim: int
+    n_codebooks: int
+    mode: str
+    index_tensor: str = ""
+    codebook_tensor: str = ""
+
+
+class GraphView:
+    """Tensors and operators of one subgraph, with the producer of every tensor."""
+
+    def __init__(self, model, graph, op_names):
+        self.model, self.graph = model, graph
+        self.ops = [graph.Operators(k) for k in range(graph.OperatorsLength())]
+        self.names = []
+        for op in self.ops:
+            code = model.OperatorCodes(op.OpcodeIndex())
+            self.names.append(op_names.get(max(code.BuiltinCode(),
+                                               code.DeprecatedBuiltinCode()), "CUSTOM"))
+        self.producer = {int(t): k for k, op in enumerate(self.ops)
+                         for t in (op.OutputsAsNumpy() if op.OutputsLength() else ())}
+
+    def const(self, t):
+        buf = self.model.Buffers(self.graph.Tensors(int(t)).Buffer())
+        return buf is not None and buf.DataLength() > 0
+
+    def shape(self, t):
+        tensor = self.graph.Tensors(int(t))
+        return tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+
+    def dtype(self, t):
+        return self.graph.Tensors(int(t)).Type()
+
+    def name(self, t):
+        return (self.graph.Tensors(int(t)).Name() or b"").decode("utf-8", "replace")
+
+    def inputs(self, k):
+        return [int(t) for t in self.ops[k].InputsAsNumpy() if t >= 0]
+
+    def source(self, t, through):
+        """Follow `t` back through producers named in `through`: (tensor, op names)."""
+        chain = []
+        while not self.const(t) and t in self.producer \
+                and self.names[self.producer[t]] in through:
+            k = self.producer[t]
+            chain.append(self.names[k])
+            t = self.inputs(k)[0]
+        return t, chain
+
+
+def constant_ops(view):
+    """Indices of the ops of `view` whose inputs all derive from constants (weight decoding)."""
+    derived, out = set(), []
+    for k in range(len(view.ops)):
+        ins = view.inputs(k)
+        if ins and all(t in derived or view.const(t) for t in ins):
+            out.append(k)
+            derived.update(int(t) for t in view.ops[k].OutputsAsNumpy())
+    return out
+
+
+def stored_palette(view, t, outer=None):
+    """The `StoredPalette` that tensor `t` (a weight operand) is decoded from, or None.
+
+    Args:
+        view: The `GraphView` of the subgraph holding `t`.
+        t: Tensor index of the weight operand.
+        outer: `{tensor index: StoredPalette}` for subgraph inputs that carry a decoded weight
+            from the calling graph (a WHILE body reading a weight decoded before the loop).
+    """
+    t, _ = view.source(int(t), _LAYOUT)
+    if outer and t in outer:
+        return outer[t]
+    k = view.producer.get(t)
+    if k is None or view.names[k] != "GATHER":
+        return None
+    params, pos = view.inputs(k)[:2]
+    inner = view.producer.get(params)
+    if inner is not None and view.names[inner] == "GATHER" and view.const(pos) \
+            and view.dtype(pos) == _INT16:  # once: GATHER(GATHER(codebook, enum), indices)
+        book = view.inputs(inner)[0]
+        shape = view.shape(book)
+        if not view.const(book) or view.dtype(book) != _FLOAT32 or len(shape) not in (2, 3):
+            return None
+        return StoredPalette(n_clusters=shape[-1], unit_dim=shape[-2],
+                             n_codebooks=shape[0] if len(shape) == 3 else 1, mode="once",
+                             index_tensor=view.name(pos), codebook_tensor=view.name(book))
+    if not view.const(params) or view.dtype(params) != _FLOAT32 or view.const(pos):
+        return None
+    stored, chain = view.source(pos, _INDEX)  # per_invoke: positions from stored indices
+    if not view.const(stored) or "CAST" not in chain:
+        return None
+    groups, q = 1, pos
+    while q in view.producer and view.names[view.producer[q]] in _INDEX:
+        k2 = view.producer[q]
+        if view.names[k2] == "ADD":  # per-channel offsets g*K, shape (G, 1)
+            groups = math.prod(view.shape(view.inputs(k2)[1])) or 1
+        q = view.inputs(k2)[0]
+    shape = view.shape(params)
+    if not shape or shape[0] % groups:
+        return None
+    return StoredPalette(n_clusters=shape[0] // groups,
+                         unit_dim=shape[1] if len(shape) == 2 else 1, n_codebooks=groups,
+                         mode="per_invoke", index_tensor=view.name(stored),
+                         codebook_tensor=view.name(params))

@@ -1,0 +1,278 @@
+"""Kernel clustering of a Keras model: codebook scopes, palettes, post-training sharing.
+
+Son, Nah, Lee (ECCV 2018), methods §2: every k x k Conv2D kernel (k h k w > 1) is cut into
+its 2-D spatial kernels, which are clustered with scaled units
+(:mod:`dkm_tf.core.kernel_codebook`) into codebooks of one of these scopes:
+
+* ``"shared"``: one codebook for every clustered Conv2D of the network *with the same kernel
+  size*: mixed sizes are grouped by size, each size its own shared codebook (a 7x7 stem gets
+  its own, as in the paper's ResNet-18 setting); the report lists the groups;
+* ``"layer"``: one codebook per layer;
+* a list of groups of layer names (``[["conv1"], ["conv2", "conv3"]]``): one codebook per
+  group (the paper's ``--multi a-b=K``); the sizes in a group must agree, and k x k convs
+  named in no group stay float (reported).
+
+Dense layers, 1x1 convs and the other layer types are not clustered (the paper keeps them in
+fp32): they pass through unchanged and are listed in ``skipped`` with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from dkm_tf.core import kernel_codebook as kc
+from dkm_tf.core import palette as palette_lib
+from dkm_tf.core import units as units_lib
+from dkm_tf.core.validate import check_choice, check_n_clusters, invalid
+
+__all__ = ["CODEBOOK_SCOPES", "KernelGroup", "check_codebook", "check_kernel_options",
+           "cluster_groups", "fold_kernel_palettes", "kernel_groups", "share_kernels"]
+
+CODEBOOK_SCOPES = ("layer", "shared")
+PASS_THROUGH = ("unit='kernel': no k x k spatial kernel (1x1 conv); left float, as Son et al. "
+                "keep 1x1 convs and dense layers in fp32")
+
+
+def check_codebook(codebook):
+    """``"layer"``, ``"shared"`` or a tuple of tuples of layer names; else ``ValueError``."""
+    if isinstance(codebook, str):
+        return check_choice("codebook", codebook, CODEBOOK_SCOPES)
+    ok = isinstance(codebook, (list, tuple)) and codebook and all(
+        isinstance(g, (list, tuple)) and g and all(isinstance(n, str) for n in g)
+        for g in codebook)
+    if not ok:
+        raise invalid("codebook", f"one of {list(CODEBOOK_SCOPES)} or a non-empty list of "
+                      "non-empty lists of layer names", codebook)
+    names = [n for g in codebook for n in g]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise invalid("codebook", f"each layer in at most one group (repeated: {dup})", codebook)
+    return tuple(tuple(g) for g in codebook)
+
+
+def check_kernel_options(transforms=1, scale_bits=16):
+    """Check ``transforms`` (1, 2, 4, 8) and ``scale_bits`` (16, 8, 32)."""
+    if isinstance(transforms, bool) or transforms not in kc.TRANSFORM_COUNTS:
+        raise invalid("transforms", f"one of {list(kc.TRANSFORM_COUNTS)}", transforms)
+    if isinstance(scale_bits, bool) or scale_bits not in kc.SCALE_BITS:
+        raise invalid("scale_bits", f"one of {list(kc.SCALE_BITS)}", scale_bits)
+
+
+@dataclasses.dataclass
+class KernelGroup:
+    """Layers that share one kernel codebook."""
+
+    codebook_id: str
+    layers: list  # Keras Conv2D layers
+    kernel_size: tuple
+
+
+def _is_kernel_conv(layer):
+    import keras  # noqa: PLC0415
+
+    return isinstance(layer, keras.layers.Conv2D)  # not Depthwise/Separable/Transpose
+
+
+def kernel_groups(layers, codebook, excluded=()):
+    """Sort ``layers`` into codebook groups; ``(groups, skipped)`` with skip reasons.
+
+    Args:
+        layers: leaf Keras layers in model order.
+        codebook: a checked scope (:func:`check_codebook`).
+        excluded: names of layers to leave float (``overrides`` set to None).
+    """
+    groups, skipped, eligible = {}, [], {}
+    for layer in layers:
+        if not layer.weights:
+            continue
+        if layer.name in excluded or type(layer).__name__ in excluded:
+            skipped.append((layer.name, "excluded by overrides"))
+        elif not _is_kernel_conv(layer):
+            kind = type(layer).__name__
+            skipped.append((layer.name, f"unit='kernel': {kind} has no k x k Conv2D kernel; "
+                            "left float (Son et al. cluster only k x k convolutions)"))
+        elif int(np.prod(layer.kernel.shape[:2])) == 1:
+            skipped.append((layer.name, PASS_THROUGH))
+        else:
+            eligible[layer.name] = layer
+    if isinstance(codebook, tuple):
+        named = [n for g in codebook for n in g]
+        unknown = [n for n in named if n not in eligible]
+        if unknown:
+            why = dict(skipped)
+            raise invalid("codebook", "groups of clusterable k x k Conv2D layer names ("
+                          f"{sorted(eligible)}); not clusterable: "
+                          + "; ".join(f"{n}: {why.get(n, 'no such layer')}" for n in unknown),
+                          codebook)
+        for i, g in enumerate(codebook):
+            sizes = sorted({tuple(eligible[n].kernel.shape[:2]) for n in g})
+            if len(sizes) > 1:
+                raise invalid("codebook", f"one kernel size per group (group {i} mixes "
+                              f"{sizes})", codebook)
+            groups[f"kernel:group{i}"] = KernelGroup(f"kernel:group{i}",
+                                                     [eligible[n] for n in g], sizes[0])
+        skipped += [(n, "unit='kernel': in no codebook group; left float")
+                    for n in eligible if n not in named]
+    else:
+        for name, layer in eligible.items():
+            size = tuple(int(s) for s in layer.kernel.shape[:2])
+            key = (f"kernel:{size[0]}x{size[1]}" if codebook == "shared"
+                   else f"kernel:{name}")
+            groups.setdefault(key, KernelGroup(key, [], size)).layers.append(layer)
+    return list(groups.values()), skipped
+
+
+def cluster_groups(groups, n_clusters, *, transforms=1, scale_bits=16, init="kmeans++", seed=0,
+                   kernel_of=None):
+    """k-means of every group: ``{layer name: Palette}`` (palettes of a group share codebook
+    and ``codebook_id``). ``kernel_of(layer)`` gives the numpy kernel (default: its value)."""
+    k = check_n_clusters(n_clusters)
+    check_kernel_options(transforms, scale_bits)
+    out = {}
+    for gi, group in enumerate(groups):
+        kernels = [np.asarray(kernel_of(lay) if kernel_of else lay.kernel.numpy(), np.float32)
+                   for lay in group.layers]
+        names = ", ".join(lay.name for lay in group.layers)
+        cb, assigns = kc.cluster_kernels(kernels, k, transforms=transforms,
+                                         scale_bits=scale_bits, init=init, seed=seed + gi,
+                                         name=f"codebook {group.codebook_id} ({names})")
+        flat = cb.reshape(1, cb.shape[0], -1)
+        n_t = transforms if transforms > 1 else 1
+        for lay, a in zip(group.layers, assigns):
+            layout = units_lib.layout_for(a.kernel_shape, "conv", "kernel", "per_tensor")
+            note = (f"kernel codebook {group.codebook_id} shared by {len(group.layers)} "
+                    f"layer(s)" + (f"; int8 scales, step {a.scale_step:.6g}"
+                                   if a.scale_step is not None else ""))
+            out[lay.name] = palette_lib.Palette(
+                lay.name, "kernel", flat, a.indices[None], layout, requested_clusters=k,
+                codebook_id=group.codebook_id, note=note, scales=a.scales[None],
+                transforms=None if a.transforms is None else a.transforms[None],
+                n_transforms=n_t, scale_bits=scale_bits)
+    return out
+
+
+def share_kernels(model, n_clusters=16, *, codebook="shared", transforms=1, scale_bits=16,
+                  init="kmeans++", seed=0, overrides=None, verbose=False, inplace=False,
+                  fold_bn=None):
+    """Post-training kernel clustering (``share_weights(..., unit="kernel", codebook=...)``).
+
+    Returns:
+        ``(model, palettes, skipped, folded)``: the copy (or ``model`` with ``inplace``)
+        whose clustered kernels hold exactly ``palette.decode()``, the palettes, the
+        ``(layer, reason)`` pairs of layers left float, and the BatchNormalization layers
+        folded first (see :func:`dkm_tf.share_weights`).
+    """
+    from dkm_tf.graph.copying import _copy_model, copy_layer, iter_layers  # noqa: PLC0415
+
+    codebook = check_codebook(codebook)
+    check_n_clusters(n_clusters)
+    check_kernel_options(transforms, scale_bits)
+    check_choice("init", init, kc.kmeans_lib.INITS)
+    excluded = _excluded(overrides)
+    folded = []
+    if fold_bn is not False and not inplace:
+        from dkm_tf.graph.batchnorm import maybe_fold  # noqa: PLC0415
+
+        result = maybe_fold(model)
+        if result.folded:
+            model, inplace, folded = result.model, True, list(result.folded)
+    groups, skipped = kernel_groups(iter_layers(model), codebook, excluded)
+    if not groups:
+        raise ValueError(f"share_weights(unit='kernel') found no k x k Conv2D to cluster in "
+                         f"model {model.name!r}: {skipped}")
+    pals = cluster_groups(groups, n_clusters, transforms=transforms, scale_bits=scale_bits,
+                          init=init, seed=seed)
+    if inplace:
+        for g in groups:
+            for lay in g.layers:
+                lay.kernel.assign(pals[lay.name].decode().astype(lay.kernel.dtype))
+        clone = model
+    else:
+        def clone_function(layer):
+            if layer.name not in pals or not hasattr(layer, "kernel"):
+                return copy_layer(layer)
+            dec = pals[layer.name].decode()
+            return copy_layer(layer, [dec.astype(v.dtype) if v is layer.kernel else v.numpy()
+                                      for v in layer.weights])
+
+        clone = _copy_model(model, clone_function)
+    palettes = [pals[lay.name] for g in groups for lay in g.layers]
+    if verbose:
+        for g in groups:
+            print(f"  kernel codebook {g.codebook_id} ({g.kernel_size[0]}x{g.kernel_size[1]}, "
+                  f"K={pals[g.layers[0].name].n_clusters}, T={transforms}, {scale_bits}-bit "
+                  f"scales): {', '.join(lay.name for lay in g.layers)}", flush=True)
+        for name, why in skipped:
+            print(f"  left float {name}: {why}", flush=True)
+    return clone, palettes, skipped, folded
+
+
+def _excluded(overrides):
+    if overrides is None:
+        return set()
+    if not isinstance(overrides, dict) or any(v is not None for v in overrides.values()):
+        raise invalid("overrides", "None or a dict {layer or class name: None} (with "
+                      "unit='kernel' and a codebook scope, overrides can only leave layers "
+                      "float; K is per codebook)", overrides)
+    return set(overrides)
+
+
+def fold_kernel_palettes(model, palettes):
+    """Fold BatchNormalization after kernel-clustered convs into their *scales* (exact).
+
+    The codebook stays shared; a folded scale ``s_oi gamma_o / sqrt(var_o + eps)`` is kept in
+    float32 (``scale_bits=32``, noted): rounding it back to 16 bits would change the outputs.
+    Other palettes are folded as :func:`dkm_tf.graph.batchnorm_palettes.fold_palettes` does.
+
+    Returns:
+        ``(model, palettes)``.
+    """
+    from dkm_tf.graph.batchnorm import maybe_fold  # noqa: PLC0415
+    from dkm_tf.graph.batchnorm_palettes import fold_palettes  # noqa: PLC0415
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
+
+    result = maybe_fold(model)
+    if not result.folded:
+        return model, list(palettes)
+    layers = {layer.name: layer for layer in walk_layers(result.model)}
+    out = []
+    for p in palettes:
+        if p.scales is None or p.name not in result.scales:
+            out.extend(fold_palettes([p], result))
+            continue
+        kh, kw, cin, cout = p.layout.kernel_shape
+        mult = np.broadcast_to(result.scales[p.name], p.layout.kernel_shape)[0, 0, 0]
+        s = (p.scales.reshape(cout, cin).astype(np.float64) * mult[:, None]).astype(np.float32)
+        q = dataclasses.replace(p, scales=s.reshape(1, -1), scale_bits=32,
+                                note=f"{p.note}; BatchNormalization folded into the scales "
+                                     "(float32)")
+        var = getattr(layers[p.layer_name], p.weight_name)
+        var.assign(q.decode().astype(var.dtype))
+        out.append(q)
+    return result.model, out
+
+
+def kernel_route(unit, codebook="layer", transforms=1, scale_bits=16, **others):
+    """True when a call goes to scaled kernel clustering (``unit="kernel"`` with
+    ``codebook="shared"``, a list of groups, or ``transforms > 1``); else False (today's
+    per-layer path). Raises for a kernel option given with another unit, or for options of
+    the per-layer path (``others``: name -> (value, default)) that kernel clustering lacks."""
+    codebook = check_codebook(codebook)
+    check_kernel_options(transforms, scale_bits)
+    route = unit == "kernel" and (codebook != "layer" or transforms != 1)
+    if not route:
+        for name, value, default in (("codebook", codebook, "layer"),
+                                     ("transforms", transforms, 1),
+                                     ("scale_bits", scale_bits, 16)):
+            if value != default:
+                raise invalid(name, f"{default!r} unless unit='kernel' (scaled kernel "
+                              "clustering: codebook='shared' or a list of groups, or "
+                              f"transforms > 1); unit={unit!r}", value)
+        return False
+    for name, (value, default) in others.items():
+        if value is not default and value != default:
+            raise invalid(name, f"{default!r} with unit='kernel' and codebook={codebook!r} "
+                          "(scaled kernel clustering does not support it)", value)
+    return True

@@ -1,0 +1,131 @@
+"""The state of a :class:`~dkm_tf.training.regularizer.SpectralKMeansRegularizer` in checkpoints,
+and its hard F-step.
+
+A k-means regularizer keeps state between its lazy F-steps (Wu et al., ICML 2018, §2.2): F
+itself (the cluster segment map and scales for ``"hard"``, the singular vectors for
+``"spectral"``), the centroids of the last refresh (the warm start of the next hard F-step),
+the preserved zero units (``preserve_sparsity``) and the training step of the last scheduled
+refresh (:class:`dkm_tf.RefreshKMeans` uses it to resume on schedule). None of it is a weight
+of the layer, so that the layer, its weights and its config stay exactly Keras' own.
+
+Keras saves an object's state when the object is reachable from the model through attributes
+and is a ``KerasSaveable`` with ``save_own_variables`` / ``load_own_variables`` (as layers and
+optimizers are). The regularizer is reachable (``layer.kernel_regularizer``), so it saves
+itself there: ``model.save_weights`` (``keras.callbacks.BackupAndRestore``,
+``ModelCheckpoint(save_weights_only=True)``) and ``model.save`` (``.keras``) write its arrays
+under ``<layer path>/kernel_regularizer/vars`` (or ``depthwise_regularizer``, ...), and
+loading puts them back, building the state when the regularizer was created from a config. A
+file written before this existed has no such entry: the regularizer is then left as it is
+(unbuilt until its first refresh), as before. A state of another relaxation or weight shape
+raises ValueError (Keras' ``load_weights(..., skip_mismatch=True)`` turns it into a warning).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dkm_tf.core import kmeans as kmeans_lib
+
+try:  # the base class Keras' saving walks into (layers, optimizers, metrics and losses use it)
+    from keras.src.saving.keras_saveable import KerasSaveable
+except ImportError:  # pragma: no cover - a Keras without it: the state is not saved
+    KerasSaveable = object
+
+__all__ = ["KerasSaveable", "load", "save"]
+
+_VERSION = 1
+
+
+def save(reg, store):
+    """Write the state of ``reg`` into a Keras variable store (nothing when it is unbuilt)."""
+    st = reg._state  # noqa: SLF001
+    if st is None:
+        return
+    store["version"] = np.array([_VERSION], np.int64)
+    store["shape"] = np.array(st["shape"], np.int64)
+    store["ready"] = np.array([float(st["ready"].numpy())], np.float32)
+    store["refresh_step"] = np.array([reg.refresh_step], np.int64)
+    for key in ("f", "segment", "scale"):
+        if key in st:
+            store[key] = np.asarray(st[key].numpy())
+    if reg._codebook is not None:  # noqa: SLF001
+        store["codebook"] = np.asarray(reg._codebook, np.float64)  # noqa: SLF001
+    if reg._zeros is not None:  # noqa: SLF001
+        store["zeros"] = np.asarray(reg._zeros, np.uint8)  # noqa: SLF001
+
+
+def load(reg, store):
+    """Restore the state written by :func:`save` (a store without it leaves ``reg`` as is)."""
+    if store is None or "shape" not in store:
+        return
+    version = int(np.asarray(store["version"]).reshape(-1)[0]) if "version" in store else 0
+    need = ("f",) if reg.relaxation == "spectral" else ("segment", "scale")
+    missing = [k for k in need if k not in store]
+    if version > _VERSION or missing:
+        raise ValueError(
+            f"Cannot restore the state of {reg!r} from this file: it was saved "
+            + (f"by a newer dkm_tf (state version {version} > {_VERSION})." if version > _VERSION
+               else f"without {missing} (another relaxation?)."))
+    shape = tuple(int(s) for s in np.asarray(store["shape"]).reshape(-1))
+    if reg.built and shape != reg._state["shape"]:  # noqa: SLF001
+        raise ValueError(f"Cannot restore the state of {reg!r}: it was saved for a weight of "
+                         f"shape {shape}, and this one serves a weight of shape "
+                         f"{reg._state['shape']}.")  # noqa: SLF001
+    reg.build(shape)
+    st = reg._state  # noqa: SLF001
+    for key in need:
+        value = np.asarray(store[key])
+        if value.shape != tuple(st[key].shape):
+            raise ValueError(f"Cannot restore the state of {reg!r}: `{key}` has shape "
+                             f"{value.shape} in the file, {tuple(st[key].shape)} here.")
+        st[key].assign(value)
+    if reg.relaxation == "spectral":
+        f = np.asarray(store["f"], np.float32)
+        st["ft"].assign(np.ascontiguousarray(f.transpose(0, 2, 1)))
+        reg.projection = f.reshape(st["n"], -1)
+    else:
+        lead, d, trail = st["w3"]
+        segment = np.asarray(store["segment"]).reshape(lead, d, trail)
+        reg.assignment = (segment[:, 0, :] // d).reshape(-1).astype(np.int32)
+    st["ready"].assign(float(np.asarray(store["ready"]).reshape(-1)[0]))
+    reg.refresh_step = int(np.asarray(store["refresh_step"]).reshape(-1)[0])
+    reg._codebook = np.array(store["codebook"], np.float64) if "codebook" in store else None  # noqa: SLF001
+    reg._zeros = np.asarray(store["zeros"]).astype(bool) if "zeros" in store else None  # noqa: SLF001
+
+
+# --------------------------------------------------------------------------- hard F-step
+def cluster_means(x, idx, k):
+    """Per-cluster means of the units ``x`` and the counts (empty clusters: zero means)."""
+    counts = np.bincount(idx, minlength=k)
+    sums = np.stack([np.bincount(idx, weights=x[:, j], minlength=k) for j in range(x.shape[1])],
+                    axis=1)
+    return sums / np.maximum(counts, 1)[:, None], counts
+
+
+def hard_assignment(x, k, seed, name, previous=None, max_iter=20):
+    """k-means of the units ``x``: ``(indices, cluster means, SSE)``.
+
+    A fresh k-means (:func:`dkm_tf.cluster_values`) competes with Lloyd iterations started at
+    the ``previous`` refresh's centroids; the lower SSE wins, so an F-step never raises the
+    objective and assignments stay stable between refreshes.
+    """
+    _, idx = kmeans_lib.cluster_values(x, k, seed=seed, name=name)
+    candidates = [idx.astype(np.int64)]
+    if previous is not None and previous.shape[1] == x.shape[1]:
+        c, prev_err = previous, np.inf
+        for _ in range(max_iter):
+            j, dist = kmeans_lib._nearest(x, c, 65_536)  # noqa: SLF001
+            err = float(dist.sum())
+            if err >= prev_err * (1 - 1e-7):
+                break
+            prev_err, (c, counts) = err, cluster_means(x, j, c.shape[0])
+            c = np.where(counts[:, None] > 0, c, previous)
+        candidates.append(j)
+    best = None
+    for j in candidates:
+        j = np.unique(j, return_inverse=True)[1].reshape(-1)  # drop empty clusters
+        means, _ = cluster_means(x, j, int(j.max()) + 1)
+        err = float(np.sum((x - means[j]) ** 2))
+        if best is None or err < best[2]:
+            best = (j.astype(np.int32), means, err)
+    return best
