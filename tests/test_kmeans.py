@@ -278,14 +278,15 @@ def test_vector_lloyd_threads_and_blocks_do_not_change_the_result(monkeypatch):
         np.testing.assert_array_equal(got[0], ref[0])
 
 
-def test_scalar_keeps_values_whose_sse_cancels_in_prefix_sums():
+@pytest.mark.parametrize("init", ["kmeans++", "linear", "density", "random"])
+def test_scalar_keeps_values_whose_sse_cancels_in_prefix_sums(init):
     """Found by hypothesis: 0, 1.2e-38 and 2.7e-37 next to -1..4 have SSEs that cancel to 0
     in float64 prefix sums; with K=7 of 8 distinct values the engine still returns 7
     centroids (it used to merge the three tiny values into one and return 6)."""
     from dkm_tf.core.kmeans import cluster_values
 
     x = np.array([2.0, 1.1754944e-38, 3.0, 0.0, 1.0, -1.0, 4.0, 2.7388870e-37], np.float32)
-    c, idx = cluster_values(x, 7, seed=0)
+    c, idx = cluster_values(x, 7, seed=0, init=init)
     assert c.size == 7
     assert np.all(np.abs(c[idx] - x) <= np.abs(x[:, None] - c[None, :]).min(axis=1))
     np.testing.assert_array_equal(c[idx][[0, 2, 4, 5, 6]], x[[0, 2, 4, 5, 6]])

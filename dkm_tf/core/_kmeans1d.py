@@ -217,13 +217,15 @@ def solve(data, k, init, rng, max_iter, refine, n_groups=None, window=None):
 
 def _split_merged(data, c, k):
     """Give back centroids that values merged only because their SSEs cancel in the prefix
-    sums (tiny or denormal spreads next to large values): split the widest segment."""
-    for _ in range(k):
-        if c.size >= k:
-            break
+    sums (tiny or denormal spreads next to large values): drop centroids that hold no value
+    and split the widest segment, until k segments hold values (or all values are placed)."""
+    for _ in range(k + 1):
         lo, hi = data.bounds(c)
-        spread = np.array([data.v[b - 1] - data.v[a] if b > a else 0.0
-                           for a, b in zip(lo, hi)])
+        full = hi > lo
+        if full.sum() >= k:
+            break
+        c, lo, hi = c[full], lo[full], hi[full]
+        spread = data.v[hi - 1] - data.v[lo]
         j = int(np.argmax(spread))
         if spread[j] <= 0:
             break
