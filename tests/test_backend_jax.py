@@ -19,13 +19,9 @@ if importlib.util.find_spec("jax") is None:
     pytest.skip("jax is not installed (pip install -e '.[jax]'): the JAX backend is not tested",
                 allow_module_level=True)
 
-ALL = ("wrapper", "regularizer", "callbacks", "distill", "share", "serialize", "export",
-       "soft", "fisher")
-
-
 @pytest.fixture(scope="module")
 def jax_results():
-    return bc.run_scenarios("jax", ALL)
+    return bc.run_scenarios("jax", bc.SCENARIOS)
 
 
 @pytest.fixture(scope="module")
@@ -33,40 +29,12 @@ def tf_results():
     return bc.run_scenarios("tensorflow", bc.TF_SCENARIOS)
 
 
-def test_wrapper_fit_and_strip(jax_results):
-    bc.check_wrapper(bc.scenario(jax_results, "wrapper"))
-
-
-def test_regularizer_penalty_equals_numpy_reference(jax_results):
-    bc.check_regularizer(bc.scenario(jax_results, "regularizer"), "jax")
-
-
-def test_callbacks(jax_results):
-    bc.check_callbacks(bc.scenario(jax_results, "callbacks"))
-
-
-def test_distillation(jax_results):
-    bc.check_distill(bc.scenario(jax_results, "distill"))
-
-
-def test_share_weights(jax_results):
-    bc.check_share(bc.scenario(jax_results, "share"))
-
-
-def test_keras_save_and_load(jax_results):
-    bc.check_serialize(bc.scenario(jax_results, "serialize"))
-
-
-def test_soft_assignment(jax_results):
-    bc.check_soft(bc.scenario(jax_results, "soft"))
-
-
-def test_fisher_weighted_share_weights(jax_results):
-    bc.check_fisher(bc.scenario(jax_results, "fisher"))
-
-
-def test_export_refused_with_a_clear_error_energy_works(jax_results):
-    bc.check_export_refused(bc.scenario(jax_results, "export"), "jax")
+@pytest.mark.parametrize("name", bc.SCENARIOS)
+def test_scenario(name, jax_results):
+    """wrapper fit + strip, regularizer penalty = numpy reference, callbacks, distillation,
+    share_weights, .keras save/load, soft assignment, Fisher weighting, and export refused
+    with a clear error (energy works): the checks of tests/_backend_checks.py."""
+    bc.check(jax_results, name, "jax")
 
 
 def test_tensorflow_reference_run(tf_results):
@@ -79,8 +47,4 @@ def test_tensorflow_reference_run(tf_results):
 
 
 def test_same_numbers_as_tensorflow(jax_results, tf_results):
-    names = [n for n in bc.TF_SCENARIOS if "unavailable" not in tf_results[n]]
-    for name in names:
-        bc.scenario(jax_results, name)
-        bc.scenario(tf_results, name)
-    bc.check_same_numerics(jax_results, tf_results, names)
+    bc.check_same_as_tensorflow(jax_results, tf_results)

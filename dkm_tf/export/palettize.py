@@ -24,7 +24,7 @@ from dkm_tf.core import units as units_lib
 from dkm_tf.export import lower, pack
 from dkm_tf.export.decode import Emitter
 from dkm_tf.export.policy import check_keep_float, plan_keep_float
-from dkm_tf.export.scaled import Book, scaled_codebook, times_scales
+from dkm_tf.export.scaled import scaled_codebook, times_scales
 
 __all__ = ["DECODE_MODES", "WEIGHT_INPUT", "palettize_flatbuffer", "tflite_layouts"]
 
@@ -120,17 +120,16 @@ def _decode(em, palette, tperm, tshape, mode, max_table_bytes):
     produced = group + unit + order if mode == "once" else group + order + unit
     pshape = [sizes[a] for a in produced]
     info = {"K": k, "transpose_per_invoke": transpose}
+    codebook = palette.codebook
     scaled = palette.scales is not None or palette.transforms is not None
     if scaled:  # Son et al.: T transformed copies of each centroid, then x scale (below)
         codebook, idx = scaled_codebook(palette, idx, ordered)
         k = codebook.shape[1]
-        palette = Book(palette, codebook)
-        final_shape, tshape = list(tshape), pshape
-        if not transpose and list(tshape) != list(final_shape):
-            transpose = None  # not a transpose: only a reshape after the scales
+    # the chain's own layout: the target's, unless a transpose or the scales need `produced`
+    chain_shape = pshape if transpose or scaled else list(tshape)
     if mode == "once":
         g = pack.tuple_width(k, max_table_entries=max(1, max_table_bytes // (4 * d * g_dim)))
-        out = em.once(palette.codebook, idx, list(tshape) if not transpose else pshape, g)
+        out = em.once(codebook, idx, chain_shape, g)
         info.update(storage=f"int16 ({g} indices/int16)", index_bits=16 / g,
                     index_bytes=int(np.ceil(idx.shape[1] / g)) * g_dim * 2)
     else:
@@ -138,8 +137,8 @@ def _decode(em, palette, tperm, tshape, mode, max_table_bytes):
         g = pack.tuple_width(k)
         if 16 / g < stored_bits:  # base-K tuples beat the TFLite sub-byte types
             storage, stored_bits = f"tuples:{g}", 16 / g
-        out = em.per_invoke(palette.codebook, idx, storage)
-        out = em.reshape(out, list(tshape) if not transpose else pshape, static=True)
+        out = em.per_invoke(codebook, idx, storage)
+        out = em.reshape(out, chain_shape, static=True)
         if storage.startswith("tuples:"):
             info.update(storage=f"int16 ({g} indices/int16, split per invoke)",
                         index_bits=stored_bits,
@@ -147,17 +146,15 @@ def _decode(em, palette, tperm, tshape, mode, max_table_bytes):
         else:
             info.update(storage=storage, index_bits=stored_bits,
                         index_bytes=int(np.ceil(idx.size * stored_bits / 8)))
-    if scaled:
-        out = times_scales(em, out, pshape, palette.palette, produced, group, unit, order,
-                            ordered, mode, info)
-        tshape = final_shape
-        if transpose is None:
-            out = em.reshape(out, list(tshape), static=True)
+    if palette.scales is not None:
+        out = times_scales(em, out, pshape, palette, group, unit, order, ordered, mode,
+                          info)
     if transpose:
         out = em.transpose(out, pshape, [produced.index(a) for a in tperm])
+    if chain_shape != list(tshape):
         out = em.reshape(out, list(tshape), static=True)
-    book = ("codebook", mode, _digest(palette.codebook), palette.codebook.shape)
-    info["codebook_bytes"] = 0 if book in em.cache else int(palette.codebook.size * 4)
+    book = ("codebook", mode, _digest(codebook), codebook.shape)
+    info["codebook_bytes"] = 0 if book in em.cache else int(codebook.size * 4)
     em.cache[book] = True  # a codebook shared by several weights is stored (counted) once
     return out, info
 

@@ -12,14 +12,7 @@ import numpy as np
 
 from dkm_tf.export.rewrite import schema
 
-__all__ = ["Book", "scaled_codebook", "times_scales"]
-
-
-class Book:
-    """A palette seen through another codebook (the transform-expanded one)."""
-
-    def __init__(self, palette, codebook):
-        self.palette, self.codebook, self.n_clusters = palette, codebook, codebook.shape[1]
+__all__ = ["scaled_codebook", "times_scales"]
 
 
 def scaled_codebook(palette, idx, ordered):
@@ -37,19 +30,18 @@ def scaled_codebook(palette, idx, ordered):
     return book[None].astype(np.float32), idx.astype(np.int64) + k * t
 
 
-def times_scales(em, out, pshape, palette, produced, group, unit, order, ordered, mode, info):
-    """MUL the decoded unit-norm kernels (laid out as ``produced``) by their scales.
+def times_scales(em, out, pshape, palette, group, unit, order, ordered, mode, info):
+    """MUL the decoded unit-norm kernels (laid out as ``group + unit + order`` with ``once``,
+    ``group + order + unit`` per invoke) by their scales.
 
     ``once``: float32 scales, so the MUL folds at load like the rest of the chain. ``per
     invoke``: float16 scales (16 bits each, the paper's storage) and a DEQUANTIZE.
     """
     s = schema()
-    scales = ordered(palette.scales if palette.scales is not None
-                     else np.ones(palette.indices.shape, np.float32))
     sizes = palette.layout.kernel_shape
     bshape = [1] * len(group + unit) + [sizes[a] for a in order] if mode == "once" else \
         [1] * len(group) + [sizes[a] for a in order] + [1] * len(unit)
-    arr = scales.reshape(bshape)
+    arr = ordered(palette.scales).reshape(bshape)
     if mode == "once" or palette.scale_bits > 16:
         st = em.const("scales", arr.astype(np.float32))
         info["scale_bytes"] = int(arr.size * 4)
