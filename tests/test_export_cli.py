@@ -44,6 +44,19 @@ def test_run_to_tflite_clusters_when_asked(saved, tmp_path):
                           palettes_path=saved / "palettes.json")
 
 
+def test_run_to_tflite_kept_dtype(saved, tmp_path):
+    """The auto policy keeps the digits CNN's convs float; kept_dtype='float16' halves them."""
+    reports = {kd: cli.run_to_tflite(saved / "m.keras", tmp_path / f"{kd}.tflite",
+                                     palettes_path=saved / "palettes.json",
+                                     samples_path=saved / "x.npy", kept_dtype=kd)
+               for kd in ("float32", "float16")}
+    kept = {kd: {t["palette"]: t["storage"] for t in r.tensors if t.get("kept")}
+            for kd, r in reports.items()}
+    assert kept["float32"] and set(kept["float32"]) == set(kept["float16"])
+    assert set(kept["float16"].values()) == {"float16 (kept)"}
+    assert reports["float16"].bytes < reports["float32"].bytes
+
+
 def test_scripts_run(saved):
     out = saved / "cli.tflite"
     cmd = [sys.executable, str(ROOT / "export" / "to_tflite.py"), f"--model={saved / 'm.keras'}",

@@ -17,6 +17,7 @@ from testing import run_tflite_per_sample  # noqa: E402
 
 import dkm_tf.export as ex
 from dkm_tf.export.pack import tuple_width
+from dkm_tf.export.policy import DENSE_MIN_INDICES
 from dkm_tf.export.rewrite import FlatModel
 from dkm_tf.graph.share import share_weights
 from dkm_tf.models import digits_cnn, lenet5_caffe
@@ -79,36 +80,52 @@ def test_report_sizes(lenet_exports, label):
     assert "bytes" in r.summary() or "B (" in r.summary()
 
 
+def _payload(path):
+    fm = FlatModel.from_bytes(pathlib.Path(path).read_bytes())
+    return sum(len(fm.raw(t)) for t in range(len(fm.tensors)))
+
+
 @pytest.mark.parametrize("label", [t for t in LENET_TARGETS if t != "palettized_all"])
 def test_file_size_within_2_percent_of_analytic(lenet_exports, label):
+    """The stored constants are the analytic bytes to 2 %; the file adds the graph structure
+    (for palettized files also the decode chains and im2col ops: under 5 % here)."""
     r = lenet_exports[label]
-    assert abs(r.bytes - r.analytic_bytes) <= 0.02 * r.bytes, (r.bytes, r.analytic_bytes)
+    if r.format == "palettized":
+        payload = _payload(r.path)
+        assert abs(payload - (r.analytic_bytes - r.graph_bytes)) <= 0.02 * payload
+        assert 0 < r.bytes - r.analytic_bytes <= 0.05 * r.bytes
+    else:
+        assert abs(r.bytes - r.analytic_bytes) <= 0.02 * r.bytes, (r.bytes, r.analytic_bytes)
 
 
 def test_palettized_once_payload_and_size(lenet_exports):
     """Every tensor palettized: constant payload = analytic bytes to 2 %; graph structure
-    (decode + im2col ops) is the rest: under 5 % on this 431k-parameter model."""
+    (decode + im2col ops) is the rest: under 8 % on this 431k-parameter model (17.7 KB: the
+    densely packed fc1 adds 3 KB of decode ops and tables to save 53 KB of indices)."""
     r = lenet_exports["palettized_all"]
-    fm = FlatModel.from_bytes(pathlib.Path(r.path).read_bytes())
-    payload = sum(len(fm.raw(t)) for t in range(len(fm.tensors)))
+    payload = _payload(r.path)
     assert abs(payload - (r.analytic_bytes - r.graph_bytes)) <= 0.02 * payload
     assert 0 < r.graph_bytes == lenet_exports["float"].float_bytes - 4 * 431080
-    assert r.bytes - r.analytic_bytes <= 0.05 * r.bytes
-    assert r.ratio_vs_float <= 0.19
+    assert r.bytes - r.analytic_bytes <= 0.08 * r.bytes
+    assert r.ratio_vs_float <= 0.16
 
 
 def test_palettized_once_stores_int16_tuples(lenet, lenet_exports):
     _, palettes, _, _ = lenet
     info = ex.inspect_tflite(lenet_exports["palettized_all"].path)
     assert len(info.palettized) == len(palettes)
-    sizes = sorted(-(-p.n_values // 3) * 2 for p in palettes)
+    # 3 indices per int16, or 15 per 4 int16 (spare bits used) from DENSE_MIN_INDICES on
+    dense = [p.n_values >= DENSE_MIN_INDICES for p in palettes]
+    assert any(dense) and not all(dense)
+    sizes = sorted(-(-p.n_values // 15) * 8 if big else -(-p.n_values // 3) * 2
+                   for p, big in zip(palettes, dense))
     assert sorted(p["index_bytes"] for p in info.palettized) == sizes
     assert {(p["mode"], p["storage"], p["per_element"], p["K"]) for p in info.palettized} == \
-        {("once", "int16", 3, 16)}
+        {("once", "int16", 3, 16), ("once", "int16", 3.75, 16)}
     # no weight is stored densely: every large constant is an index tensor
     big = [t for t in info.tensors if t["bytes"] >= 2000 and "im2col" not in t["name"]]
     assert big and all(t["dtype"] == "int16" for t in big)
-    assert all(t["distinct"] <= 16 ** 3 for t in big)
+    assert all(t["distinct"] <= 1 << 15 for t in big)
 
 
 def test_palettized_per_invoke_stores_int4(lenet, lenet_exports):
@@ -154,7 +171,7 @@ def test_keep_float_auto_keeps_small_convs_as_float32_constants(lenet, lenet_exp
     rows = {t["palette"]: t for t in r.tensors}
     assert {n for n, t in rows.items() if t.get("kept")} == {"conv1/kernel", "conv2/kernel"}
     assert rows["conv2/kernel"]["storage"] == "float32 (kept)"
-    assert rows["fc1/kernel"]["storage"] == "int16 (3 indices/int16)"
+    assert rows["fc1/kernel"]["storage"] == "int16 (15 indices/4 int16)"
     fm = FlatModel.from_bytes(pathlib.Path(r.path).read_bytes())
     ops = [fm.op_name(op) for op in fm.operators]
     assert ops.count("CONV_2D") == 2 and "BATCH_MATMUL" not in ops
@@ -183,7 +200,9 @@ def test_keep_float_validation_and_names(lenet, tmp_path):
     r = ex.to_tflite(model, str(tmp_path / "b.tflite"), "palettized", palettes, x[:2],
                      keep_float=["fc2"])
     assert {t["palette"] for t in r.tensors if t.get("kept")} == {"fc2/kernel"}
-    assert abs(r.bytes - r.analytic_bytes) <= 0.05 * r.bytes
+    payload = _payload(r.path)
+    assert abs(payload - (r.analytic_bytes - r.graph_bytes)) <= 0.02 * payload
+    assert r.bytes - r.analytic_bytes <= 0.08 * r.bytes  # decode chains + im2col
 
 
 def test_int8_reports_surviving_clusters(lenet_exports):

@@ -4,7 +4,9 @@
 rebuilds it with builtin ops (`dkm_tf.export.decode`):
 
 * `decode="once"`: `GATHER(GATHER(codebook, enum), int16 indices)`; the codebook constant is
-  (d, K) per tensor or (G, d, K) per channel;
+  (d, K) per tensor or (G, d, K) per channel; or, with densely packed words,
+  `GATHER(codebook, CONCAT(GATHER(digits, int16 words), extra indices))`, codebook (K,) or
+  (d, K);
 * `decode="per_invoke"`: `GATHER(codebook, positions)`, positions computed from a constant
   through CAST / DEQUANTIZE / FLOOR_DIV / FLOOR_MOD / RESHAPE / STRIDED_SLICE, plus an ADD of
   the offsets g·K for G per-channel codebooks; the codebook constant is (G·K, d) or (G·K,).
@@ -105,6 +107,20 @@ def constant_ops(view):
     return out
 
 
+def _dense_words(view, pos):
+    """The stored int16 words behind indices joined by a CONCATENATION (dense packing)."""
+    t, _ = view.source(pos, ("RESHAPE", "STRIDED_SLICE"))
+    k = view.producer.get(t)
+    if k is None or view.names[k] != "CONCATENATION" or view.dtype(t) != _INT16:
+        return None
+    reg, _ = view.source(view.inputs(k)[0], ("RESHAPE",))
+    k2 = view.producer.get(reg)
+    if k2 is None or view.names[k2] != "GATHER":
+        return None
+    words = view.inputs(k2)[1]
+    return words if view.const(words) and view.dtype(words) == _INT16 else None
+
+
 def stored_palette(view, t, outer=None):
     """The `StoredPalette` that tensor `t` (a weight operand) is decoded from, or None.
 
@@ -133,6 +149,12 @@ def stored_palette(view, t, outer=None):
                              index_tensor=view.name(pos), codebook_tensor=view.name(book))
     if not view.const(params) or view.dtype(params) != _FLOAT32 or view.const(pos):
         return None
+    words = _dense_words(view, pos)
+    if words is not None:  # once, densely packed: GATHER(codebook, CONCAT(digits, extras))
+        shape = view.shape(params)
+        return StoredPalette(n_clusters=shape[-1], unit_dim=shape[0] if len(shape) == 2 else 1,
+                             n_codebooks=1, mode="once", index_tensor=view.name(words),
+                             codebook_tensor=view.name(params))
     stored, chain = view.source(pos, _INDEX)  # per_invoke: positions from stored indices
     if not view.const(stored) or "CAST" not in chain:
         return None

@@ -137,9 +137,11 @@ class Emitter:
                        [out])
 
     # ------------------------------------------------------------------ tables
-    def enum(self, k, g):
-        """int32 [k**g, g] digits table, built in the graph from an iota of length k."""
-        key = (k, g)
+    def enum(self, k, g, rows=None):
+        """int32 [rows, g] digits table (row p: the base-k digits of p mod k**g, least
+        first), built in the graph from an iota of length k; ``rows`` defaults to k**g."""
+        rows = k ** g if rows is None else rows
+        key = (k, g, rows)
         if key in self._enum:
             return self._enum[key]
         s = schema()
@@ -149,15 +151,15 @@ class Emitter:
         for j in range(g):  # digit j of p: each value repeated k**j times, cycling
             rep = self.tile(iota, [1, k ** j], [k, k ** j])
             col = self.reshape(rep, [k ** (j + 1)], "int32", static=True)
-            if j < g - 1:
-                col = self.tile(col, [k ** (g - 1 - j)], [k ** g])
-            cols.append(self.reshape(col, [k ** g, 1], "int32", static=True))
+            if rows > k ** (j + 1):
+                col = self.tile(col, [rows // k ** (j + 1)], [rows])
+            cols.append(self.reshape(col, [rows, 1], "int32", static=True))
         if g == 1:
             out = cols[0]
         else:
             opt = s.ConcatenationOptionsT()
             opt.axis = 1
-            out = self.tensor("enum", [k ** g, g], "int32")
+            out = self.tensor("enum", [rows, g], "int32")
             self.op("CONCATENATION", cols, [out], opt)
         self._enum[key] = out
         return out
@@ -277,6 +279,16 @@ class Emitter:
                     [out], s.StridedSliceOptionsT())
             x = out
         return x
+
+    def half(self, t):
+        """Float32 constant ``t`` stored as float16 + DEQUANTIZE (XNNPACK unpacks it once at
+        load and runs the op that reads it as float, as for ``format="fp16"``)."""
+        key = ("half", int(t))
+        if key not in self.cache:
+            src = self.const("half", self.fm.const(t).astype(np.float16))
+            out = self.tensor("dequantize", list(self.fm.shape(t)))
+            self.cache[key] = self.op("DEQUANTIZE", [src], [out], version=3)
+        return self.cache[key]
 
     def transpose(self, x, in_shape, perm, signature=None):
         """TRANSPOSE; ``signature``: the input's shape with -1 for run-time dimensions."""

@@ -4,7 +4,8 @@
 recognizes the decode chains that :mod:`dkm_tf.export` writes:
 
 * ``once``: ``GATHER(GATHER(codebook, enum), int16 indices)`` (K from the codebook, g indices
-  per int16 from the tuple table);
+  per int16 from the tuple table), or ``GATHER(codebook, CONCAT(GATHER(digits, int16 words),
+  extras))`` for densely packed words (:mod:`dkm_tf.export.decode_dense`);
 * ``per_invoke``: ``GATHER(codebook, CAST(DEQUANTIZE(int4/int2)))``, ``CAST(uint8)``, or
   int16 base-K tuples split by ``FLOOR_MOD(FLOOR_DIV(CAST(int16)))``;
 * TFLite Micro: ``TFLM_DECODE`` custom operators (LUT-compressed tensors).
@@ -80,6 +81,8 @@ def _distinct(fm, t):
         bits = 4 if dtype == "int4" else 2
         n = int(np.prod(fm.shape(t)))
         arr = pack.unpack_bits(arr, bits, n)
+    if dtype == "float16":  # numpy's float16 sort may leave equal values apart in unique
+        arr = arr.astype(np.float32)
     return int(np.unique(arr).size)
 
 
@@ -107,6 +110,37 @@ def _const_source(fm, prod, t):
     return t, chain
 
 
+def _dense_words(fm, prod, pos):
+    """``(stored words, number of indices)`` when ``pos`` holds indices decoded from densely
+    packed int16 words (:mod:`dkm_tf.export.decode_dense`), else None."""
+    t = pos
+    while t in prod and fm.op_name(prod[t]) in ("RESHAPE", "STRIDED_SLICE"):
+        t = int(prod[t].inputs[0])
+    cat = prod.get(t)
+    if cat is None or fm.op_name(cat) != "CONCATENATION" or fm.type_name(t) != "int16":
+        return None
+    reg = int(cat.inputs[0])
+    while reg in prod and fm.op_name(prod[reg]) == "RESHAPE":
+        reg = int(prod[reg].inputs[0])
+    op = prod.get(reg)
+    if op is None or fm.op_name(op) != "GATHER":
+        return None
+    words = int(op.inputs[1])
+    if not fm.raw(words) or fm.type_name(words) != "int16":
+        return None
+    return words, int(np.prod(fm.shape(t))), _extra_table(fm, prod, int(cat.inputs[1]))
+
+
+def _extra_table(fm, prod, t):
+    """Name of the constant table that maps products to extra indices, or None."""
+    while t in prod and fm.op_name(prod[t]) == "RESHAPE":
+        t = int(prod[t].inputs[0])
+    op = prod.get(t)
+    if op is None or fm.op_name(op) != "GATHER" or not fm.raw(int(op.inputs[0])):
+        return None
+    return fm.tensor_name(int(op.inputs[0]))
+
+
 def _palettized(fm):
     prod = _producers(fm)
     found = []
@@ -122,10 +156,20 @@ def _palettized(fm):
             continue
         params, pos = int(op.inputs[0]), int(op.inputs[1])
         src = prod.get(params)
-        if src is not None and fm.op_name(src) == "GATHER" and fm.raw(pos) \
+        dense = _dense_words(fm, prod, pos) if fm.raw(params) else None
+        if dense is not None:  # once, dense: GATHER(codebook, CONCAT(digits, extras))
+            words, n_idx, table = dense
+            found.append({"weight": fm.tensor_name(int(op.outputs[0])), "mode": "once",
+                          "K": int(fm.shape(params)[-1]), "storage": "int16",
+                          "per_element": round(n_idx / int(np.prod(fm.shape(words))), 4),
+                          "index_bytes": len(fm.raw(words)),
+                          "codebook_bytes": len(fm.raw(params)),
+                          "indices": fm.tensor_name(words), "codebook": fm.tensor_name(params),
+                          "decode_table": table})
+        elif src is not None and fm.op_name(src) == "GATHER" and fm.raw(pos) \
                 and fm.type_name(pos) == "int16":
             book = int(src.inputs[0])
-            if not fm.raw(book):
+            if not fm.raw(book) or fm.type_name(book) != "float32":
                 continue
             bshape = fm.shape(book)
             g = fm.shape(params)[-1]
@@ -192,6 +236,8 @@ def inspect_tflite(path):
                 if "indices" in p:
                     roles[p["indices"]] = f"palette indices ({p['mode']}, K={p['K']})"
                     roles[p["codebook"]] = f"palette codebook (K={p['K']})"
+                if p.get("decode_table"):
+                    roles[p["decode_table"]] = "decode table (densely packed indices)"
             for t in range(len(fm.tensors)):
                 raw = fm.raw(t)
                 if not raw:

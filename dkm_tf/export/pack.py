@@ -7,6 +7,11 @@ Two families, one per decode mode:
   int16/int32 and non-negative, so one int16 carries at most 15 bits. ``g`` indices in base
   ``K`` share one int16 as ``p = i0 + K*i1 + K**2*i2 + ...`` (``K**g <= 32768``): 3 per int16
   for K <= 32 (5.33 bits/index), 4 for K <= 13 (4 bits), 15 for K = 2.
+* **Bit fields with spare bits in int16** (``decode="once"``, :class:`DenseScheme`): where
+  base-K tuples waste bits (K = 16: 3 indices use 12 of the 15 bits), each int16 holds ``g``
+  ``b``-bit indices in its low bits and ``r = 15 - g*b`` spare bits on top; the spare bits of
+  ``q`` words hold ``e`` more indices. K = 16: 15 indices per 4 int16 (4.27 bits/index
+  instead of 5.33); K = 4: 15 per 2 (2.13 instead of 2.29); K = 64: 5 per 2 (6.4 instead of 8).
 * **Bit fields** (``decode="per_invoke"``). ``ceil(log2 K)`` bits per index in the TFLite
   sub-byte types: INT2 (4 per byte) and INT4 (2 per byte), low bits first, stored as signed
   ``q = i - 2**(b-1)`` so that DEQUANTIZE with ``zero_point = -2**(b-1)`` and scale 1 gives
@@ -22,12 +27,15 @@ Worked example (K = 3, indices ``[2, 0, 1, 1]``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
-__all__ = ["INT16_POSITIONS", "bit_width", "enum_table", "pack_bits", "pack_tuples",
-           "storage_for_bits", "tuple_width", "unpack_bits", "unpack_tuples"]
+__all__ = ["INT16_POSITIONS", "MAX_EXTRA_TABLE", "DenseScheme", "bit_width", "dense_scheme",
+           "enum_table", "extra_tables", "once_index_bytes", "pack_bits", "pack_dense",
+           "pack_tuples", "storage_for_bits", "tuple_width", "unpack_bits", "unpack_dense",
+           "unpack_tuples"]
 
 INT16_POSITIONS = 1 << 15  # GATHER positions must be >= 0, so an int16 holds 0..32767
 
@@ -155,3 +163,183 @@ def unpack_bits(packed, bits, n):
     per = 8 // bits
     q = (b >> (bits * np.arange(per))) & ((1 << bits) - 1)
     return (q.ravel()[:n] ^ (1 << (bits - 1))).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- dense int16
+@dataclasses.dataclass(frozen=True)
+class DenseScheme:
+    """``q`` int16 words holding ``q*g + e`` indices of ``b`` bits (``decode="once"``).
+
+    Word ``u`` of a group is ``w_u = sum_j i_{u,j} 2^(b j) + 2^(g b) s_u`` with the regular
+    indices ``i_{u,0..g-1}`` in its low ``g*b`` bits and ``r`` spare bits ``s_u`` on top
+    (``w_u < 2^15``, a valid GATHER position). The spare fields, read as one number
+    ``N = sum_u s_u 2^(r u)``, hold the ``e`` extra indices: ``N = sum_j x_j 2^(b j)``. A
+    group lists its indices as the ``q*g`` regular ones (word by word), then the ``e`` extras.
+    Every extra index lies in the spare bits of at most two consecutive words (so that one
+    integer MUL can join its two parts in the decode graph).
+    """
+
+    b: int  # bits per index
+    g: int  # regular indices per word
+    q: int  # words per group
+    e: int  # extra indices per group (in the spare bits)
+
+    @property
+    def r(self):
+        return 15 - self.g * self.b
+
+    @property
+    def per_group(self):
+        return self.q * self.g + self.e
+
+    @property
+    def bits_per_index(self):
+        return 16 * self.q / self.per_group
+
+    def extra_fields(self, j):
+        """Extra index ``j`` as ((word, shift, bits), ...) of spare fields, low bits first."""
+        out, lo, left = [], j * self.b, self.b
+        while left:
+            u, shift = divmod(lo, self.r)
+            n = min(left, self.r - shift)
+            out.append((u, shift, n))
+            lo, left = lo + n, left - n
+        return tuple(out)
+
+
+def dense_scheme(k, max_table_entries=None):
+    """The :class:`DenseScheme` for codebooks of ``k`` entries, or None when base-``k``
+    tuples (:func:`tuple_width`) are at least as dense or the decode table would be larger
+    than ``max_table_entries`` values (the regular table has ``2^(g b) * g`` of them)."""
+    _check_k(k)
+    b = bit_width(k)
+    g = 15 // b
+    r = 15 - g * b
+    if k == 1 or r == 0 or g == 0:
+        return None
+    if max_table_entries is not None and (1 << (g * b)) * g > max_table_entries:
+        return None
+    q = b // math.gcd(b, r)  # q*r spare bits hold whole indices
+    scheme = DenseScheme(b, g, q, q * r // b)
+    if any(len(scheme.extra_fields(j)) > 2 for j in range(scheme.e)) \
+            or extra_tables(scheme) is None:
+        return None
+    if scheme.bits_per_index >= 16 / tuple_width(k, max_table_entries):
+        return None
+    return scheme
+
+
+MAX_EXTRA_TABLE = 4096  # longest EXTRA table (entries) a scheme may need
+
+
+def _primes(n):
+    out, c = [], 2
+    while len(out) < n:
+        if all(c % p for p in out if p * p <= c):
+            out.append(c)
+        c += 1
+    return out
+
+
+def _factors(n0, n1):
+    """(low factor per A, high factor per B) for an extra index split into n0 + n1 bits:
+    A + 2^n0 B is recovered from the product, which is unique; the shortest table wins."""
+    a, b = np.arange(1 << n0), np.arange(1 << n1)
+    p = _primes((1 << n0) + (1 << n1))
+    options = [(np.asarray(p[:1 << n0]), np.asarray(p[1 << n0:])),
+               (a + 1, ((1 << n0) + 1) ** b),
+               (((1 << n1) + 1) ** a, b + 1)]
+    return min(options, key=lambda o: int(o[0].max()) * int(o[1].max()))
+
+
+def extra_tables(scheme):
+    """``(rows, low, high, extra)`` for the spare-bit indices of ``scheme``.
+
+    ``rows``: (e, 2) word rows (u of the low part, u of the high part) of each extra index;
+    ``low``, ``high``: int32 (e, 2^r) factor of each spare value; ``extra``: int16 (e, L)
+    with ``extra[j, low[j, s] * high[j, t]]`` = the index held by spare values (s, t).
+    Returns None when some ``extra`` table would be longer than :data:`MAX_EXTRA_TABLE`.
+    """
+    e, r = scheme.e, scheme.r
+    spare = np.arange(1 << r)
+    rows, low, high, tables = [], [], [], []
+    for j in range(e):
+        fields = scheme.extra_fields(j)
+        (u0, sh0, n0), rest = fields[0], fields[1:]
+        u1, n1 = (rest[0][0], rest[0][2]) if rest else (u0, 0)
+        f_lo, f_hi = _factors(n0, n1)
+        a = (spare >> sh0) & ((1 << n0) - 1)
+        bb = spare & ((1 << n1) - 1)
+        low.append(f_lo[a])
+        high.append(f_hi[bb])
+        size = int(f_lo.max()) * int(f_hi.max()) + 1
+        if size > MAX_EXTRA_TABLE:
+            return None
+        table = np.zeros(size, np.int64)
+        aa, bv = np.meshgrid(np.arange(1 << n0), np.arange(1 << n1), indexing="ij")
+        table[f_lo[aa] * f_hi[bv]] = aa + (bv << n0)
+        tables.append(table)
+        rows.append((u0, u1))
+    width = max(len(t) for t in tables)
+    extra = np.zeros((e, width), np.int16)
+    for j, t in enumerate(tables):
+        extra[j, :len(t)] = t
+    return (np.asarray(rows, np.int32), np.asarray(low, np.int32),
+            np.asarray(high, np.int32), extra)
+
+
+def once_index_bytes(n, k, max_table_entries=None):
+    """(storage label, bits per index, bytes) of ``n`` indices decoded once (int16 words)."""
+    scheme = dense_scheme(k, max_table_entries)
+    if scheme is not None:
+        words = int(np.ceil(n / scheme.per_group)) * scheme.q
+        return (f"int16 ({scheme.per_group} indices/{scheme.q} int16)",
+                scheme.bits_per_index, 2 * words)
+    g = tuple_width(k, max_table_entries)
+    return f"int16 ({g} indices/int16)", 16 / g, 2 * int(np.ceil(n / g))
+
+
+def pack_dense(indices, scheme):
+    """Pack indices (< ``2^b``) along the last axis into ``scheme.q`` rows of int16 words.
+
+    With ``Q = ceil(n / per_group)`` groups (the last axis zero-padded to ``Q * per_group``),
+    the first ``q*Q*g`` indices are the regular ones, in (word row u, group, digit) order,
+    and the last ``e*Q`` the extra ones, in (extra j, group) order: so a decoder that
+    concatenates ``regular[u, group, digit]`` and ``extra[j, group]`` (flattened) gets the
+    indices back in order, and row ``u`` of the words can be read with one slice.
+
+    Returns:
+        int16 array (..., q, Q).
+
+    Example (K = 16: 15 indices in 4 words):
+        >>> s = dense_scheme(16)
+        >>> pack_dense(np.arange(15) % 16, s).ravel().tolist()
+        [16912, 13635, 14454, 31657]
+    """
+    b, g, q, e, r = scheme.b, scheme.g, scheme.q, scheme.e, scheme.r
+    idx = np.asarray(indices, np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= 1 << b):
+        raise ValueError(f"Indices must lie in [0, {1 << b}); found [{idx.min()}, "
+                         f"{idx.max()}].")
+    lead, n = idx.shape[:-1], idx.shape[-1]
+    groups = max(1, -(-n // scheme.per_group))
+    idx = np.concatenate([idx, np.zeros(lead + (groups * scheme.per_group - n,), np.int64)],
+                         axis=-1)
+    regular = idx[..., :q * groups * g].reshape(lead + (q, groups, g))
+    words = (regular << (b * np.arange(g))).sum(-1)                  # (..., q, Q)
+    extra = idx[..., q * groups * g:].reshape(lead + (e, groups))
+    spare = (extra << (b * np.arange(e))[:, None]).sum(-2)           # (..., Q): q*r bits
+    fields = (spare[..., None, :] >> (r * np.arange(q))[:, None]) & ((1 << r) - 1)
+    return (words + (fields << (g * b))).astype(np.int16)
+
+
+def unpack_dense(packed, scheme, n):
+    """Inverse of :func:`pack_dense`: the first ``n`` indices."""
+    b, g, q, r, e = scheme.b, scheme.g, scheme.q, scheme.r, scheme.e
+    w = np.asarray(packed, np.int64)                                   # (..., q, Q)
+    lead = w.shape[:-2]
+    regular = (w[..., None] >> (b * np.arange(g))) & ((1 << b) - 1)    # (..., q, Q, g)
+    spare = ((w >> (g * b)) << (r * np.arange(q))[:, None]).sum(-2)   # (..., Q)
+    extra = (spare[..., None, :] >> (b * np.arange(e))[:, None]) & ((1 << b) - 1)
+    flat = np.concatenate([regular.reshape(lead + (-1,)), extra.reshape(lead + (-1,))], -1)
+    return flat[..., :n].astype(np.int32)

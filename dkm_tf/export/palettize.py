@@ -23,10 +23,12 @@ import numpy as np
 from dkm_tf.core import units as units_lib
 from dkm_tf.export import lower, pack
 from dkm_tf.export.decode import Emitter
-from dkm_tf.export.policy import check_keep_float, plan_keep_float
+from dkm_tf.export.decode_dense import once_dense
+from dkm_tf.export.policy import check_keep_float, once_storage, plan_keep_float
 from dkm_tf.export.scaled import scaled_codebook, times_scales
 
-__all__ = ["DECODE_MODES", "WEIGHT_INPUT", "palettize_flatbuffer", "tflite_layouts"]
+__all__ = ["BIAS_INPUT", "DECODE_MODES", "KEPT_DTYPES", "WEIGHT_INPUT", "palettize_flatbuffer",
+           "tflite_layouts"]
 
 DECODE_MODES = ("once", "per_invoke")
 DEPTHWISE_IM2COL_MAX_CHANNELS = 4  # im2col by one-hot DEPTHWISE_CONV_2D up to this C_in
@@ -34,6 +36,9 @@ MIN_ROWS_WEIGHT_LEFT = 16  # BATCH_MATMUL with the weight on the left needs this
 # ops a 1-D clustered weight (palette kind "vector": a bias, a scale) may feed, any operand
 VECTOR_OPS = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "PRELU",
               "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D")
+BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3,
+              "CONV_3D": 2}
+KEPT_DTYPES = ("float32", "float16")
 # operator -> position of its weight input
 WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1,
                 "TRANSPOSE_CONV": 1, "CONV_3D": 1, "GATHER": 0, "EMBEDDING_LOOKUP": 1,
@@ -128,10 +133,14 @@ def _decode(em, palette, tperm, tshape, mode, max_table_bytes):
     # the chain's own layout: the target's, unless a transpose or the scales need `produced`
     chain_shape = pshape if transpose or scaled else list(tshape)
     if mode == "once":
-        g = pack.tuple_width(k, max_table_entries=max(1, max_table_bytes // (4 * d * g_dim)))
-        out = em.once(codebook, idx, chain_shape, g)
-        info.update(storage=f"int16 ({g} indices/int16)", index_bits=16 / g,
-                    index_bytes=int(np.ceil(idx.shape[1] / g)) * g_dim * 2)
+        g, label, bits, index_bytes = once_storage(k, idx.shape[1], g_dim, d, max_table_bytes)
+        if isinstance(g, pack.DenseScheme):
+            out = once_dense(em, codebook, idx, chain_shape, g)
+            codebook = np.concatenate([codebook, np.repeat(codebook[:, -1:], (1 << g.b) - k,
+                                                           axis=1)], axis=1)
+        else:
+            out = em.once(codebook, idx, chain_shape, g)
+        info.update(storage=label, index_bits=bits, index_bytes=index_bytes)
     else:
         storage, stored_bits = pack.storage_for_bits(pack.bit_width(k))
         g = pack.tuple_width(k)
@@ -239,8 +248,28 @@ def _match(fm, palettes):
     return found
 
 
+def _keep_half(em, fm, t, uses, halved):
+    """Store kept weight ``t`` (and the float32 constant bias of each op reading it, which
+    TF 2.21's XNNPACK needs in the same type) as float16 + DEQUANTIZE; the bias values
+    newly halved (``halved``: tensors done so far, shared with other weights)."""
+    w, biases = em.half(t), 0
+    for i, name in uses:
+        op = fm.operators[i]
+        ins = [int(v) for v in op.inputs]
+        ins[ins.index(t)] = w
+        if name in BIAS_INPUT and len(ins) > BIAS_INPUT[name] and ins[BIAS_INPUT[name]] >= 0:
+            b = ins[BIAS_INPUT[name]]
+            if fm.type_name(b) == "float32" and fm.raw(b):
+                ins[BIAS_INPUT[name]] = em.half(b)
+                biases += 0 if b in halved else int(np.prod(fm.shape(b)))
+                halved.add(b)
+        op.inputs = np.asarray(ins, np.int32)
+    return biases
+
+
 def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20,
-                         matmul_lowering=True, keep_float="auto", found=None):
+                         matmul_lowering=True, keep_float="auto", kept_dtype="float32",
+                         found=None):
     """Rewrite ``fm`` in place: every palette's weight becomes a decode chain.
 
     Args:
@@ -255,6 +284,9 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
             weights palettization would not shrink; see :mod:`dkm_tf.export.policy`), a
             latency budget (a number), ``None`` (palettize everything) or layer / palette
             names.
+        kept_dtype: ``"float32"`` or ``"float16"`` (kept weights, and the biases of the ops
+            reading them, stored as float16 + DEQUANTIZE: half their bytes, same speed
+            where XNNPACK runs; outputs as close to Keras as ``format="fp16"``'s).
         found: the palettes' weight tensors in ``fm`` if already matched (``_match``).
 
     Returns:
@@ -282,6 +314,7 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
     records = []
     keep_float = check_keep_float(keep_float, palettes) if decode == "once" else None
     kept = plan_keep_float(fm, found, keep_float, max_table_bytes, matmul_lowering)
+    halved = set()
     # vectors first: a bias decoded before its conv / dense layer is lowered ends up in the
     # lowered layer's ADD (the lowering reads the op's inputs when it runs)
     for p, t, uses, tperm, tshape in sorted(found.values(),
@@ -289,13 +322,19 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
         names = {name for _, name in uses}
         reason = kept.get(id(p))
         if reason is not None:
+            bits, biases = 32, 0
+            if kept_dtype == "float16":
+                bits, biases = 16, _keep_half(em, fm, t, uses, halved)
+                prefix.extend(em.ops)
+                del em.ops[:]
             records.append({"palette": p.name, "tensor": fm.tensor_name(t),
                             "op": "/".join(sorted(names)), "K": p.n_clusters, "kept": True,
-                            "storage": "float32 (kept)", "index_bits": 32.0,
-                            "index_bytes": 0, "codebook_bytes": 4 * int(p.n_values),
-                            "aux_bytes": 0, "route": f"float32 constant, {reason}",
+                            "storage": f"float{bits} (kept)", "index_bits": float(bits),
+                            "index_bytes": 0, "codebook_bytes": bits // 8 * int(p.n_values),
+                            "aux_bytes": 0, "fp16_bias_values": biases,
+                            "route": f"float{bits} constant, {reason}",
                             "decode": decode, "n_weights": int(p.n_values),
-                            "bits_per_weight": 32.0, "transpose_per_invoke": False})
+                            "bits_per_weight": float(bits), "transpose_per_invoke": False})
             continue
         route = None if p.layout.kind == "vector" else _route(fm, p, uses, decode,
                                                               matmul_lowering)

@@ -39,8 +39,8 @@ import numpy as np
 
 from dkm_tf.export import lower, pack
 
-__all__ = ["LATENCY_BUDGET", "check_keep_float", "fc_overhead_ns", "float_time_ns", "once_bytes",
-           "overhead_ns", "plan_keep_float"]
+__all__ = ["DENSE_MIN_INDICES", "LATENCY_BUDGET", "check_keep_float", "fc_overhead_ns",
+           "float_time_ns", "once_bytes", "once_storage", "overhead_ns", "plan_keep_float"]
 
 # 0.2: on the zoo (bench/results/mobile_latency.md) every model stays under 1.3x float
 # latency on a loaded 2-core machine; at 0.22 MTCNN ONet drops to 0.185x float bytes but
@@ -49,6 +49,10 @@ LATENCY_BUDGET = 0.2
 # 1-thread XNNPACK costs (LiteRT 2.3, x86 AVX-512); the extra-time terms are a non-negative
 # least-squares fit over 12 single-conv models (1x1 to 5x5, 4x4 to 80x80 outputs), within
 # +-30 % on 10 of them
+# the dense chain adds ~26 ops and ~40 tensors to the first weight that uses it (3.9 KB on
+# LeNet-5, its shared tables included), ~1 KB to each further one: at 1.07 bits per index
+# saved (K = 16), a weight of 32768 indices saves 4.4 KB
+DENSE_MIN_INDICES = 32768
 NS_PER_MAC = 0.023  # f32 conv / GEMM
 NS_PER_OP = 2000.0  # fixed cost of one op of the float graph
 NS_PER_LAYER = 4000.0  # fixed cost of one lowered conv's extra ops
@@ -62,17 +66,35 @@ BUILTIN_CONV_SLOWDOWN = 3.0  # builtin CONV_2D on a decoded filter vs XNNPACK (2
 _BIAS_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D"}
 
 
-def once_bytes(palette, max_table_bytes):
-    """``(g, index bytes, codebook bytes)`` of ``palette`` decoded once (int16 tuples).
+def once_storage(k, n, groups, d, max_table_bytes):
+    """How ``decode="once"`` stores ``n`` indices per codebook (``groups`` codebooks of ``k``
+    entries of dimension ``d``): ``(scheme, label, bits per index, index bytes)``.
 
-    ``g`` indices share one int16, capped so the decoded tuple table stays under
-    ``max_table_bytes`` (:func:`dkm_tf.export.pack.tuple_width`).
+    ``scheme`` is a :class:`~dkm_tf.export.pack.DenseScheme` (spare bits used: K = 16 at
+    4.27 bits per index) for one codebook over at least :data:`DENSE_MIN_INDICES` indices,
+    else the number ``g`` of base-K indices per int16 (:func:`dkm_tf.export.pack.tuple_width`,
+    capped so the decoded tuple table stays under ``max_table_bytes``).
     """
+    entries = max(1, max_table_bytes // (4 * d * groups))
+    scheme = pack.dense_scheme(k, entries) if groups == 1 and n >= DENSE_MIN_INDICES else None
+    if scheme is not None:
+        words = int(np.ceil(n / scheme.per_group)) * scheme.q
+        return (scheme, f"int16 ({scheme.per_group} indices/{scheme.q} int16)",
+                scheme.bits_per_index, 2 * words)
+    g = pack.tuple_width(k, max_table_entries=entries)
+    return g, f"int16 ({g} indices/int16)", 16 / g, int(np.ceil(n / g)) * groups * 2
+
+
+def once_bytes(palette, max_table_bytes):
+    """``(g or scheme, index bytes, codebook bytes)`` of ``palette`` decoded once
+    (:func:`once_storage`)."""
     lay = palette.layout
     d, groups, k = lay.unit_dim, lay.n_groups, palette.n_clusters
-    g = pack.tuple_width(k, max_table_entries=max(1, max_table_bytes // (4 * d * groups)))
     per_group = palette.indices.size // max(groups, 1)
-    return g, int(np.ceil(per_group / g)) * groups * 2, int(palette.codebook.size * 4)
+    g, _, _, index_bytes = once_storage(k, per_group, groups, d, max_table_bytes)
+    if isinstance(g, pack.DenseScheme):
+        return g, index_bytes, (1 << g.b) * d * 4
+    return g, index_bytes, int(palette.codebook.size * 4)
 
 
 def float_time_ns(fm):

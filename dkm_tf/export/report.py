@@ -107,7 +107,7 @@ def analytic_bytes(model, fmt, variant, records, palettes):
     if fmt in ("palettized", "tflm"):
         pal = sum(r["n_weights"] for r in records)  # kept float32 ones count 4 B/weight
         return int(sum(r["index_bytes"] + r["codebook_bytes"] + r.get("aux_bytes", 0)
-                       + r.get("scale_bytes", 0)
+                       + r.get("scale_bytes", 0) - 2 * r.get("fp16_bias_values", 0)
                        for r in records) + 4 * (n_total - pal))
     from dkm_tf.graph.clusterable import clusterable_weights, walk_layers  # noqa: PLC0415
 

@@ -39,7 +39,7 @@ from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.inspect import inspect_tflite
 from dkm_tf.export.int8 import int8_survival, preserve_clusters
-from dkm_tf.export.palettize import DECODE_MODES
+from dkm_tf.export.palettize import DECODE_MODES, KEPT_DTYPES
 from dkm_tf.export.policy import check_keep_float
 from dkm_tf.export.report import ExportReport, analytic_bytes
 from dkm_tf.export.rewrite import FlatModel
@@ -202,7 +202,8 @@ def check_palettes(model, palettes):
 def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=None, *,  # noqa: A002
               decode="once", int8_mode="dynamic", representative_data=None, tolerance=None,
               interpreters=None, max_table_bytes=1 << 20, matmul_lowering=True,
-              keep_float="auto", float_content=None, int8_scales="per_channel"):
+              keep_float="auto", kept_dtype="float32", float_content=None,
+              int8_scales="per_channel"):
     """Convert ``model`` to a verified ``.tflite`` file and report its storage.
 
     Args:
@@ -242,6 +243,9 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             every tensor; or a list of layer names (or palette names ``"layer/weight"``).
             Kept tensors are reported with ``storage="float32 (kept)"`` and the reason in
             ``route``.
+        kept_dtype: ``"float32"`` (exact) or ``"float16"``: kept tensors, and the biases of
+            the ops reading them, stored as float16 + DEQUANTIZE (XNNPACK unpacks them at
+            load: same speed, half their bytes; default tolerance then as ``"fp16"``).
         float_content: the float conversion's bytes, if already available (saves a convert).
 
     Returns:
@@ -277,6 +281,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                          f"{palettes!r}")
     if palettes:
         check_palettes(model, palettes)
+    check_choice("kept_dtype", kept_dtype, KEPT_DTYPES)
     if format == "palettized" and decode == "once":
         check_keep_float(keep_float, palettes)
     notes = []
@@ -317,7 +322,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         variant = decode
         fm = FlatModel.from_bytes(float_content)
         records = palettize_subgraphs(fm, palettes, decode, max_table_bytes=max_table_bytes,
-                                      matmul_lowering=matmul_lowering, keep_float=keep_float)
+                                      matmul_lowering=matmul_lowering, keep_float=keep_float,
+                                      kept_dtype=kept_dtype)
         content = fm.to_bytes()
         notes += [f"{r['palette']}: kept float32: {r['route']}" for r in records
                   if r.get("not_found")]
@@ -341,6 +347,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
               and not r.get("kept")
               and format in ("palettized", "tflm")]
     key = f"int8/{int8_mode}" if format == "int8" else format
+    if format == "palettized" and any(r.get("storage") == "float16 (kept)" for r in records):
+        key = "fp16"  # as close to Keras as an fp16 file
     tol = DEFAULT_TOLERANCE[key] if tolerance is None else float(tolerance)
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,

@@ -1,0 +1,123 @@
+"""Decode-once chain for densely packed indices (:class:`dkm_tf.export.pack.DenseScheme`).
+
+Base-K tuples in int16 (:meth:`dkm_tf.export.decode.Emitter.once`) waste the bits that do not
+make another whole index: K = 16 puts 3 indices in 12 of the 15 usable bits (5.33 bits per
+index). :func:`~dkm_tf.export.pack.pack_dense` stores ``g`` ``b``-bit indices in the low bits
+of each word and further indices in the spare top bits of ``q`` words (K = 16: 15 indices in
+4 int16, 4.27 bits per index). The spare bits of two words have to be joined without ADD or
+bit operations (they have no fold path in TFLite), so each part is mapped by a table to a
+factor, and one integer MUL makes a number from which a last table reads the index:
+
+    reg   = GATHER(DIGITS, words)                              # int16: g indices per word
+    lo_j  = GATHER(LOW[j], words[u_j]);  hi_j = GATHER(HIGH[j], words[u_j + 1])
+    x_j   = GATHER(EXTRA[j], lo_j * hi_j)                      # int16: the j-th extra index
+    W     = GATHER(codebook, RESHAPE(CONCAT(reg, x)))          # float, in the target layout
+
+``DIGITS`` (int16, 32768 x g) and ``LOW[j]`` / ``HIGH[j]`` (int32, 32768 entries) are built
+in the graph by TILE from small tables; the factors make ``lo * hi`` unique for the two
+parts: distinct primes (``lo = p_A``, ``hi = p_{2^n0 + B}``) or powers (``(A + 1) c^B`` with
+``c > 2^n0``), whichever needs the shorter ``EXTRA`` table
+(:func:`dkm_tf.export.pack.extra_tables`). Every op reads constants or folded tensors, so the
+chain runs once in ``allocate_tensors()``, like the tuple chain, and XNNPACK claims none of
+it: integer ops only (the indices are joined as int16: XNNPACK would claim a float
+CONCATENATION and so stop it from folding). It keeps more in RAM than the tuple chain (the
+int16 indices and the extra indices' factors: about 11 bytes per weight at load instead of
+4, besides the decoded float weight), and it is used for one codebook per tensor only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dkm_tf.export import pack
+from dkm_tf.export.rewrite import schema
+
+__all__ = ["once_dense"]
+
+_WORDS = pack.INT16_POSITIONS
+
+
+def _spread(em, values, scheme, what):
+    """int32 (n, 32768) table: row i maps a word w to ``values[i, w >> (g b)]`` (folds)."""
+    key = ("dense_spread", what, values.tobytes(), scheme)
+    if key in em.cache:
+        return em.cache[key]
+    n, s = values.shape
+    low = _WORDS // s
+    em.aux_bytes += values.nbytes  # helper constants, counted in the report
+    src = em.reshape(em.const(what, values), [n, s, 1], "int32", static=True)
+    tiled = em.tile(src, [1, 1, low], [n, s, low])
+    out = em.reshape(tiled, [n, _WORDS], "int32", static=True)
+    em.cache[key] = out
+    return out
+
+
+def _digits(em, scheme):
+    """int16 (32768, g): the g regular b-bit digits of every word value (the int32 digits
+    table of :meth:`~dkm_tf.export.decode.Emitter.enum`, then a GATHER to int16; shared)."""
+    key = ("dense_digits", scheme.b, scheme.g)
+    if key in em.cache:
+        return em.cache[key]
+    full, g = 1 << scheme.b, scheme.g
+    out = em.enum(full, g, rows=_WORDS)
+    # to int16 (TILE has no int16 kernel, CAST no fold path): a GATHER from an int16 iota
+    out = em.gather(em.const("iota", np.arange(full, dtype=np.int16)), out, [_WORDS, g],
+                    dtype="int16")
+    em.aux_bytes += 2 * full
+    em.cache[key] = out
+    return out
+
+
+def once_dense(em, codebook, idx, target_shape, scheme):
+    """Decode-once chain of densely packed indices (one codebook). Returns the float tensor.
+
+    Args:
+        em: the :class:`~dkm_tf.export.decode.Emitter`.
+        codebook: float32 (1, K, d), K <= 2^b (padded here with its last entry).
+        idx: int (1, M) indices, in the target's order (as for ``Emitter.once``).
+        target_shape: final shape; its C order must be ``[j, m]`` (d x M).
+        scheme: the :class:`~dkm_tf.export.pack.DenseScheme`.
+    """
+    cb = np.asarray(codebook, np.float32)[0]                    # (K, d)
+    k, d = cb.shape
+    full = 1 << scheme.b
+    cb = np.concatenate([cb, np.repeat(cb[-1:], full - k, axis=0)])
+    rows, low, high, extra = pack.extra_tables(scheme)
+    q, g, e = scheme.q, scheme.g, scheme.e
+    m = np.asarray(idx).shape[1]
+    words = pack.pack_dense(np.asarray(idx)[0], scheme)         # (q, Q) int16
+    n_groups = words.shape[1]
+    stored = em.const("indices", words)
+    # regular indices: the low g*b bits of each word, read from a digits table
+    reg = em.gather(_digits(em, scheme), stored, [q, n_groups, g], dtype="int16")
+    reg = em.reshape(reg, [q * n_groups * g], "int16", static=True)
+    # extra indices: two spare fields joined by one MUL
+    lo_words = em.gather(stored, em.const("rows", rows[:, 0]), [e, n_groups], dtype="int16")
+    hi_words = em.gather(stored, em.const("rows", rows[:, 1]), [e, n_groups], dtype="int16")
+    lo = em.gather(_spread(em, low, scheme, "low"), lo_words, [e, n_groups], axis=1,
+                   batch_dims=1, dtype="int32")
+    hi = em.gather(_spread(em, high, scheme, "high"), hi_words, [e, n_groups], axis=1,
+                   batch_dims=1, dtype="int32")
+    prod = em.op("MUL", [lo, hi], [em.tensor("product", [e, n_groups], "int32")],
+                 schema().MulOptionsT())
+    if ("dense_extra", scheme) not in em.cache:
+        em.cache[("dense_extra", scheme)] = em.const("extra", extra)
+        em.aux_bytes += extra.nbytes
+    ext = em.gather(em.cache[("dense_extra", scheme)], prod, [e, n_groups], axis=1,
+                    batch_dims=1, dtype="int16")
+    ext = em.reshape(ext, [e * n_groups], "int16", static=True)
+    opt = schema().ConcatenationOptionsT()
+    opt.axis = 0
+    total = (q * g + e) * n_groups
+    flat = em.op("CONCATENATION", [reg, ext], [em.tensor("concat", [total], "int16")], opt)
+    if total != m:
+        out = em.tensor("slice", [m], "int16")
+        flat = em.op("STRIDED_SLICE", [flat, em.const("begin", np.zeros(1, np.int32)),
+                                       em.const("end", np.asarray([m], np.int32)),
+                                       em.const("strides", np.ones(1, np.int32))],
+                     [out], schema().StridedSliceOptionsT())
+    if d == 1:  # one GATHER straight into the target layout
+        pos = em.reshape(flat, target_shape, "int16", static=True)
+        return em.gather(em.const("codebook", cb[:, 0], share=True), pos, list(target_shape))
+    book = em.const("codebook", np.ascontiguousarray(cb.T), share=True)   # (d, 2^b)
+    return em.reshape(em.gather(book, flat, [d, m], axis=1), target_shape)
