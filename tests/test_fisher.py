@@ -119,7 +119,7 @@ def _data(n=20, d=5, seed=0):
 def test_fisher_importance_equals_numpy_per_sample_squared_gradients():
     m = _softmax_regression()
     x, y = _data()
-    imp = sensitivity.fisher_importance(m, (x, y))
+    imp = sensitivity.fisher_importance(m, (x, y), labels="data", damping=0)  # empirical
     kernel, bias = (v.numpy().astype(np.float64) for v in m.layers[0].weights)
     z = x @ kernel + bias
     p = np.exp(z - z.max(1, keepdims=True))
@@ -128,6 +128,59 @@ def test_fisher_importance_equals_numpy_per_sample_squared_gradients():
     per_sample = x[:, :, None].astype(np.float64) * delta[:, None, :]  # (n, 5, 3)
     expect = (per_sample ** 2).mean(0)
     np.testing.assert_allclose(imp[id(m.layers[0].kernel)], expect, rtol=1e-4, atol=1e-9)
+
+
+def _true_fisher_numpy(x, kernel, bias, damping):
+    """sum_c p_c (d log p_c / dW)^2 averaged over samples, + damping * mean: softmax regression,
+    d log p_c / dW = x (e_c - p)^T."""
+    x = x.astype(np.float64)
+    z = x @ kernel + bias
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    f = np.zeros_like(kernel)
+    for c in range(kernel.shape[1]):
+        g = x[:, :, None] * (np.eye(kernel.shape[1])[c] - p)[:, None, :]  # (n, d, C)
+        f += (p[:, c, None, None] * g ** 2).mean(0)
+    return f + damping * f.mean()
+
+
+@pytest.mark.parametrize("damping", [0.0, 1.0, 2.5])
+@pytest.mark.parametrize("form", ["probabilities", "logits", "one-hot"])
+def test_true_fisher_equals_numpy_expectation_over_classes(form, damping):
+    """The default importance (labels="model"): the exact expectation over the model's own
+    class probabilities, damped by damping * mean, for sparse and one-hot cross-entropies."""
+    keras.utils.set_random_seed(1)
+    act = "softmax" if form == "probabilities" else None
+    m = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation=act)])
+    loss = {"probabilities": "sparse_categorical_crossentropy",
+            "logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            "one-hot": keras.losses.CategoricalCrossentropy(from_logits=True)}[form]
+    x, y = _data(n=12)
+    kwargs = {} if damping == 1.0 else {"damping": damping}  # 1.0 is the default
+    imp = sensitivity.fisher_importance(m, x, loss, **kwargs)  # no labels needed
+    kernel, bias = (v.numpy().astype(np.float64) for v in m.layers[0].weights)
+    np.testing.assert_allclose(imp[id(m.layers[0].kernel)],
+                               _true_fisher_numpy(x, kernel, bias, damping), rtol=1e-4, atol=1e-9)
+    # labels given are not used by the true Fisher
+    y = np.eye(3, dtype="float32")[y] if form == "one-hot" else y
+    imp_xy = sensitivity.fisher_importance(m, (x, y), loss, **kwargs)
+    np.testing.assert_allclose(imp_xy[id(m.layers[0].kernel)], imp[id(m.layers[0].kernel)],
+                               rtol=1e-6)
+
+
+def test_share_weights_fisher_accepts_samples_without_labels():
+    m = _softmax_regression()
+    x, y = _data(n=16)
+    a = share_weights(m, 2, weighting="fisher", data=x)
+    b = share_weights(m, 2, weighting="fisher", data=(x, y))
+    c = share_weights(m, 2, weighting="fisher", data=(x, None))
+    for pa, pb, pc in zip(a.palettes, b.palettes, c.palettes):
+        np.testing.assert_array_equal(pa.decode(), pb.decode())
+        np.testing.assert_array_equal(pa.decode(), pc.decode())
+    # cluster_weights' starting centroids: the same weighted k-means, without labels too
+    cw = cluster_weights(m, 2, weighting="fisher", data=x)
+    np.testing.assert_allclose(cw.layers[0]._slots[0].codebook.numpy()[0, :, 0],
+                               a.palettes[0].codebook[0, :, 0], atol=1e-7)
 
 
 def _cnn(seed=0):
@@ -182,7 +235,7 @@ def test_bad_inputs_raise_before_any_work():
                                    keras.layers.Flatten(), keras.layers.Dense(3)])
     cases = [
         (dict(weighting="fisher"), "`data`"),
-        (dict(weighting="fisher", data=x), "`data`"),
+        (dict(weighting="fisher", data="x"), "`data`"),  # no sample axis
         (dict(weighting="fisher", data=(x, y[:5])), "same number"),
         (dict(weighting="fisher", data=(x[:, :4], y)), "fit model"),  # wrong spatial size
         (dict(weighting="fisher", data=(x, y), loss="not_a_loss"), "`loss`"),
@@ -205,3 +258,34 @@ def test_bad_inputs_raise_before_any_work():
         share_weights(m, 4, weighting="fisher", data=(x, y), sparsity=0.5)
     with pytest.raises(ValueError, match="single layer"):
         cluster_weights(m.layers[0], 4, weighting="fisher", data=(x, y))
+
+
+def test_bad_fisher_options_raise():
+    m, x, y = _cnn()
+    fi = sensitivity.fisher_importance
+    with pytest.raises(ValueError, match="`labels`") as e:
+        fi(m, (x, y), labels="true")
+    assert "'model'" in str(e.value) and "'data'" in str(e.value) and "true" in str(e.value)
+    with pytest.raises(ValueError, match="`damping`"):
+        fi(m, (x, y), damping=-1.0)
+    with pytest.raises(ValueError, match="`damping`"):
+        fi(m, (x, y), damping=float("nan"))
+    with pytest.raises(TypeError, match="`damping`"):
+        fi(m, (x, y), damping="1")
+    with pytest.raises(ValueError, match="`data`.*labels='data'"):
+        fi(m, x, labels="data")  # the empirical Fisher needs labels
+    fi(m, (x[:2], y[:2]), labels="data")  # with labels: fine
+    # the true Fisher needs a cross-entropy matching the output (here logits)
+    wrong = [keras.losses.SparseCategoricalCrossentropy(from_logits=False), "mse"]
+    for fn in (share_weights, cluster_weights, fi):
+        for loss in wrong:
+            kwargs = dict(weighting="fisher") if fn is not fi else {}
+            with pytest.raises(ValueError, match="`loss`.*cross-entropy") as e:
+                fn(m, 4, data=x, loss=loss, **kwargs) if fn is not fi else fn(m, x, loss)
+            assert "Invalid value for argument `loss`" in str(e.value)
+    # a model that is not a classifier (one output unit)
+    keras.utils.set_random_seed(0)
+    reg = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(),
+                            keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="`weighting`.*classifier"):
+        share_weights(reg, 4, weighting="fisher", data=x, loss="mse")

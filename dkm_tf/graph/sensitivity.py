@@ -1,45 +1,53 @@
-"""Sensitivity-weighted k-means: Fisher importance of each weight, and weighted k-means.
+"""Sensitivity-weighted k-means: the Fisher importance of each weight.
 
-Clustering a weight w to c changes the loss by about ``1/2 F_ii (w_i - c)^2`` (second-order
-Taylor expansion at a trained minimum, with the Hessian approximated by the diagonal of the
-Fisher information). So the k-means objective becomes the **weighted** squared error
+Clustering weights ``w`` to ``w + dw`` changes the model's predictions by about
+``KL(p_w || p_{w+dw}) ~ 1/2 dw^T F dw`` where ``F`` is the Fisher information of the model's
+predictive distribution (the Gauss-Newton Hessian of the cross-entropy at a trained model).
+Keeping its diagonal, the k-means objective becomes the **weighted** squared error
 
-    sum_i F_ii (w_i - c_{a(i)})^2,      F_ii = mean over samples n of (dL_n / dw_i)^2
+    sum_i I_i (w_i - c_{a(i)})^2                      (SqueezeLLM, Kim et al., 2023, §4.1, eq. 4)
 
-(SqueezeLLM, Kim et al., 2023, §4.1, eqs. 3-4; coremltools' ``SKMPalettizer``, "sensitive
-k-means"). ``F`` is the empirical Fisher: the squared gradient of the loss of **one sample at a
-time**, averaged over the samples given (squaring a batch gradient would let the samples'
-gradients cancel first). Inference mode (``training=False``: BatchNormalization uses its
-moving statistics, dropout is off).
+with the importance ``I`` of weighting="fisher" (the default recipe, measured in
+``bench/results/fisher_posttrain.md``):
 
-Scalar units use the 1-D engine's weighted form (:class:`dkm_tf.core._kmeans1d.Weighted1D`:
-sorted distinct values with weights; DP seed + windowed-DP refinement, near-optimal for the
-weighted SSE); each distinct value's weight is the sum of the importances of the weights
-holding it. Vector units (rows, kernels) are weighted **per coordinate**: unit u is assigned
-to ``argmin_k sum_j F_uj (x_uj - c_kj)^2`` and ``c_kj = sum_u F_uj x_uj / sum_u F_uj`` over
-its members (weighted Lloyd from the plain k-means solution), which is the same diagonal
-Fisher objective as the scalar case.
+    F_i = 1/N sum_n sum_c p(c | x_n) (d log p(c | x_n) / d w_i)^2,   log p(c | x) = -L(c, f(x))
+    I_i = F_i + damping * mean(F)                         (damping = 1, per tensor)
 
-Importances are floored at ``1e-6 x`` their tensor's mean so that every weight still counts
-a little (a weight with zero gradient would otherwise be free to land anywhere); a tensor
-whose gradients are all zero is clustered unweighted, and its palette's note says so.
+- **True Fisher** (labels drawn from the model itself, here their exact expectation over the C
+  classes): it needs no labels and does not vanish at the training samples the model fits.
+  SqueezeLLM's *empirical* Fisher ``1/N sum_n (dL(y_n, f(x_n))/dw_i)^2`` (``labels="data"``)
+  uses the true labels instead: at a converged model nearly every sample's gradient is ~0, so
+  it is carried by a handful of badly fitted samples (measured, 256 calibration samples: the
+  top 1 % of them hold 81-99 % of it on LeNet-5, 33-81 % on the digits CNN) and is noisy.
+- **Damping** (Levenberg-Marquardt; GPTQ, Frantar et al., 2023, §4 "dampening" adds a fraction
+  of the mean Hessian diagonal): the diagonal drops every cross term of ``F``, so it is a
+  rough, noisy model of the loss; adding its mean keeps the centroids from neglecting weights
+  of small measured importance, the largest-magnitude ones included (measured: undamped, the
+  top 1 % |w| get up to 30 % more error than with plain k-means; ``damping -> inf`` is plain
+  k-means).
+
+Gradients are of **one sample at a time** (squaring a batch gradient would let the samples'
+gradients cancel first), in inference mode (``training=False``: BatchNormalization uses its
+moving statistics, dropout is off). ``p(c | x) = exp(-L(c, f(x)))`` holds for a cross-entropy
+loss matching the model's output (logits with ``from_logits=True``, probabilities without);
+it is checked on one sample first (``sum_c p(c | x) = 1``), so a mismatched loss raises.
+The weighted k-means itself is :mod:`dkm_tf.graph.weighted_kmeans`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from dkm_tf.core import _kmeans1d
-from dkm_tf.core import kmeans as kmeans_lib
-from dkm_tf.core import palette as palette_lib
-from dkm_tf.core import units as units_lib
-from dkm_tf.core.validate import check_choice, invalid
+from dkm_tf.core.validate import check_choice, check_number, invalid
+from dkm_tf.graph.weighted_kmeans import FLOOR, weighted_codebook, weighted_kmeans, weighted_palette
 
-__all__ = ["WEIGHTINGS", "check_sparse", "check_weighting", "fisher_importance",
-           "weighted_codebook", "weighted_kmeans", "weighted_palette"]
+__all__ = ["DAMPING", "FISHER_LABELS", "FLOOR", "WEIGHTINGS", "check_sparse", "check_weighting",
+           "fisher_importance", "weighted_codebook", "weighted_kmeans", "weighted_palette"]
 
 WEIGHTINGS = (None, "fisher")
-FLOOR = 1e-6
+FISHER_LABELS = ("model", "data")  # true Fisher (default) / empirical Fisher
+DAMPING = 1.0
+SUM_TOL = 1e-3  # |sum_c exp(-L(c, f(x))) - 1| allowed for a cross-entropy
 
 
 # ---------------------------------------------------------------------- checks
@@ -50,15 +58,23 @@ def check_sparse(weighting, sparse):
                       "has no fixed zero centroid)", weighting)
 
 
-def check_weighting(model, weighting, data, loss, sparse=False):
+def check_weighting(model, weighting, data, loss, sparse=False, labels="model"):
     """Validate ``weighting``/``data``/``loss`` eagerly; return ``(x, y, loss_fn)`` or None.
 
-    With ``weighting="fisher"``: ``model`` must be a ``keras.Model``, ``data`` must be
-    ``(x, y)`` with as many samples in x as in y, the loss is ``loss`` or the compiled
-    model's, and one sample is run through the model and the loss (so data that does not fit
-    the model fails here, before any k-means). ``sparse``: sparsity or preserve_sparsity is
-    requested (not supported with a weighting).
+    With ``weighting="fisher"``: ``model`` must be a ``keras.Model``; ``data`` is ``x`` or a
+    tuple ``(x, y)`` (``y`` may be None; it is only used with ``labels="data"``, which needs
+    it) with as many samples in y as in x; the loss is ``loss`` or the compiled model's. One
+    sample is run through the model and the loss, so data that does not fit the model fails
+    here, before any k-means; with ``labels="model"`` the loss must also be a cross-entropy of
+    the model's output (``sum_c exp(-L(c, f(x))) = 1`` over its classes). ``sparse``: sparsity
+    or preserve_sparsity is requested (not supported with a weighting).
     """
+    checked = _check(model, weighting, data, loss, sparse, labels)
+    return checked and checked[:3]
+
+
+def _check(model, weighting, data, loss, sparse, labels):
+    """:func:`check_weighting`, and the C class targets fed to the loss (labels="model")."""
     check_choice("weighting", weighting, WEIGHTINGS)
     if weighting is None:
         for name, value in (("data", data), ("loss", loss)):
@@ -66,33 +82,78 @@ def check_weighting(model, weighting, data, loss, sparse=False):
                 raise invalid(name, "None unless weighting='fisher'", _short(value))
         return None
     check_sparse(weighting, sparse)
+    check_choice("labels", labels, FISHER_LABELS)
     import keras  # noqa: PLC0415
 
     if not isinstance(model, keras.Model):
         raise invalid("weighting", "None for a single layer (weighting='fisher' needs a "
                       "keras.Model and its loss)", weighting)
-
-    if not (isinstance(data, (tuple, list)) and len(data) == 2):
-        raise invalid("data", "a tuple (x, y) of samples and labels, needed by "
-                      "weighting='fisher' (squared gradients of the loss)", _short(data))
-    x, y = data
+    x, y = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
+    if x is None:
+        raise invalid("data", "samples x, or a tuple (x, y), needed by weighting='fisher' "
+                      "(squared gradients over these samples)", None)
     n_x = _n_samples(x, "data")
-    n_y = _n_samples(y, "data")
+    n_y = n_x if y is None else _n_samples(y, "data")
     if n_x != n_y or n_x < 1:
         raise invalid("data", "(x, y) with the same number (>= 1) of samples",
                       f"x with {n_x} samples, y with {n_y}")
+    if labels == "data" and y is None:
+        raise invalid("data", "a tuple (x, y) with labels y, needed by labels='data' (the "
+                      "empirical Fisher uses the true labels)", "samples without labels")
     loss_fn = _resolve_loss(model, loss, keras)
+    x0 = _take(x, 0, 1)
     try:
-        value = _loss_value(model, loss_fn, _take(x, 0, 1), _take(y, 0, 1))
+        pred = model(x0, training=False)
+        value = _loss_value(model, loss_fn, x0, _take(y, 0, 1)) if y is not None else None
     except Exception as e:  # noqa: BLE001 (any failure of the trial batch means misfit data)
         raise ValueError(
-            f"Invalid value for argument `data`. Expected (x, y) that fit model "
+            f"Invalid value for argument `data`. Expected (x, y) or x that fit model "
             f"{model.name!r} (inputs {_input_shapes(model)}) and its loss. Received: x of "
-            f"shape {_shapes(x)}, y of shape {_shapes(y)}; one sample failed with: "
-            f"{type(e).__name__}: {e}") from e
-    if not np.all(np.isfinite(keras.ops.convert_to_numpy(value))):
+            f"shape {_shapes(x)}, y of shape {None if y is None else _shapes(y)}; one sample "
+            f"failed with: {type(e).__name__}: {e}") from e
+    if value is not None and not np.all(np.isfinite(keras.ops.convert_to_numpy(value))):
         raise invalid("data", "samples whose loss is finite", f"a loss of {value}")
-    return x, y, loss_fn
+    targets = _class_targets(model, loss_fn, x0, pred, keras) if labels == "model" else None
+    return x, y, loss_fn, targets
+
+
+def _class_targets(model, loss_fn, x0, pred, keras):
+    """The C targets ``t_c`` (sparse ``[c]`` or one-hot) for which ``exp(-L(t_c, f(x)))`` are
+    the model's class probabilities; raise if the loss is not such a cross-entropy."""
+    shape = tuple(pred.shape) if hasattr(pred, "shape") else None
+    if shape is None or len(shape) != 2 or shape[1] < 2:
+        raise invalid("weighting", "None for a model that is not a classifier with one output "
+                      "of shape (batch, classes) (weighting='fisher' takes the expectation "
+                      "over the model's predicted classes)", f"'fisher' with output {shape}")
+    n = int(shape[1])
+    out = keras.ops.convert_to_numpy(pred).astype(np.float64)
+    probabilities = bool(np.all(out >= 0) and abs(out.sum() - 1.0) <= SUM_TOL)
+    name = getattr(loss_fn, "__name__", "")
+    if not probabilities and (getattr(loss_fn, "from_logits", None) is False or name in (
+            "sparse_categorical_crossentropy", "categorical_crossentropy")):
+        raise _not_cross_entropy(model, n, f"{getattr(loss_fn, 'name', name)} with "
+                                 f"from_logits=False on outputs that are not probabilities "
+                                 f"(first sample: {np.round(out[0], 4).tolist()[:8]})")
+    found = []
+    for kind in ("sparse", "one-hot"):
+        targets = [np.array([c], np.int32) if kind == "sparse"
+                   else np.eye(n, dtype=np.float32)[c:c + 1] for c in range(n)]
+        try:
+            total = sum(float(np.exp(-keras.ops.convert_to_numpy(
+                keras.ops.mean(loss_fn(t, pred))))) for t in targets)
+        except Exception as e:  # noqa: BLE001 (this label format does not fit the loss)
+            found.append(f"{kind} labels: {type(e).__name__}")
+            continue
+        if abs(total - 1.0) <= SUM_TOL:
+            return targets
+        found.append(f"{kind} labels: sum_c exp(-loss) = {total:.6g}")
+    raise _not_cross_entropy(model, n, "; ".join(found))
+
+
+def _not_cross_entropy(model, n, received):
+    return invalid("loss", f"a cross-entropy of the model's output (for {model.name!r}'s "
+                   f"{n} classes, sum_c exp(-loss(c)) = 1: from_logits=True for logits), needed "
+                   "by weighting='fisher' (log p(c|x) = -loss(c))", received)
 
 
 def _short(value):
@@ -172,7 +233,7 @@ def _default_variables(model):
 
 
 def _gradient_fn(model, loss_fn, variables):
-    """A function ``(values, x, y) -> gradients`` of the loss w.r.t. ``variables``."""
+    """A function ``(values, x, y) -> (loss, gradients)`` of the loss w.r.t. ``variables``."""
     import keras  # noqa: PLC0415
 
     def loss_of(values, x, y):
@@ -187,140 +248,82 @@ def _gradient_fn(model, loss_fn, variables):
             with tf.GradientTape() as tape:
                 tape.watch(values)
                 value = loss_of(values, x, y)
-            return tape.gradient(value, values, unconnected_gradients="zero")
+            return value, tape.gradient(value, values, unconnected_gradients="zero")
         return grads
     if backend == "jax":
         import jax  # noqa: PLC0415
 
-        return jax.jit(jax.grad(loss_of))
+        return jax.jit(jax.value_and_grad(loss_of))
     if backend == "torch":
         import torch  # noqa: PLC0415
 
         def grads(values, x, y):
             vals = [v.detach().clone().requires_grad_(True) for v in values]
-            out = torch.autograd.grad(loss_of(vals, x, y), vals, allow_unused=True)
-            return [torch.zeros_like(v) if g is None else g for g, v in zip(out, vals)]
+            value = loss_of(vals, x, y)
+            out = torch.autograd.grad(value, vals, allow_unused=True)
+            return value.detach(), [torch.zeros_like(v) if g is None else g
+                                    for g, v in zip(out, vals)]
         return grads
     raise ValueError(f"weighting='fisher' does not support the {backend!r} backend "
                      "(supported: tensorflow, jax, torch).")
 
 
-def fisher_importance(model, data, loss=None, *, variables=None):
-    """Diagonal empirical Fisher ``F_ii = mean_n (dL_n/dw_i)^2`` of ``variables``.
+def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
+                      damping=DAMPING):
+    """Diagonal Fisher importance of ``variables``, damped: ``F + damping * mean(F)``.
+
+    ``labels="model"`` (default, the true Fisher; what ``weighting="fisher"`` uses)::
+
+        F_i = 1/N sum_n sum_c p(c | x_n) (d log p(c | x_n) / d w_i)^2,  p(c | x) = exp(-L(c, f(x)))
+
+    (C gradients per sample). ``labels="data"``, the empirical Fisher of SqueezeLLM §4.1::
+
+        F_i = 1/N sum_n (d L(y_n, f(x_n)) / d w_i)^2
+
+    (one gradient per sample; needs labels). The mean in the damping term is per variable.
 
     Args:
-        model: a built Keras model.
-        data: ``(x, y)``: every sample is used, one at a time.
+        model: a built Keras model (a classifier for ``labels="model"``).
+        data: ``x`` or ``(x, y)``: every sample is used, one at a time (``y`` only with
+            ``labels="data"``).
         loss: the loss (name, ``keras.losses.Loss`` or callable); default the compiled one.
+            With ``labels="model"`` a cross-entropy of the model's output (checked).
         variables: the variables to weigh (default: every clusterable weight of the model).
+        labels: ``"model"`` (true Fisher) or ``"data"`` (empirical Fisher).
+        damping: ``lambda >= 0`` added as ``lambda * mean(F)`` to each variable's ``F``.
 
     Returns:
         ``{id(variable): float64 array of the variable's shape}``.
     """
     import keras  # noqa: PLC0415
 
-    x, y, loss_fn = check_weighting(model, "fisher", data, loss)
+    damping = check_number("damping", damping, "a finite number >= 0", low=0)
+    x, y, loss_fn, targets = _check(model, "fisher", data, loss, False, labels)
     variables = list(variables) if variables is not None else _default_variables(model)
     grads = _gradient_fn(model, loss_fn, variables)
     values = [keras.ops.convert_to_tensor(v.value) for v in variables]
     sums = [np.zeros(tuple(v.shape), np.float64) for v in variables]
     n = _n_samples(x, "data")
+    convert = keras.ops.convert_to_tensor
+    targets = [convert(t) for t in targets] if targets is not None else None
     for i in range(n):
-        x_i = keras.tree.map_structure(keras.ops.convert_to_tensor, _take(x, i, i + 1))
-        y_i = keras.tree.map_structure(keras.ops.convert_to_tensor, _take(y, i, i + 1))
-        for s, g in zip(sums, grads(values, x_i, y_i)):
-            s += np.square(keras.ops.convert_to_numpy(g).astype(np.float64))
-    return {id(v): s / n for v, s in zip(variables, sums)}
-
-
-# ---------------------------------------------------------------------- weighted k-means
-def _floor(importance):
-    imp = np.asarray(importance, np.float64)
-    if not np.all(np.isfinite(imp)) or np.any(imp < 0):
-        raise ValueError("Importances must be finite and >= 0.")
-    mean = float(imp.mean()) if imp.size else 0.0
-    if mean <= 0:
-        return None
-    return np.maximum(imp, FLOOR * mean)
-
-
-def weighted_kmeans(x, importance, n_clusters, *, seed=0, max_iter=100):
-    """k-means of units ``x`` (M, d) minimising ``sum_u sum_j F_uj (x_uj - c_{a(u)j})^2``.
-
-    Returns ``(codebook (K', d) float32, indices (M,) int32)``, K' <= K (fewer distinct units
-    than K is lossless). Importances that are all zero give plain k-means.
-    """
-    x = np.asarray(x, np.float64)
-    imp = _floor(importance)
-    if imp is None:
-        return kmeans_lib.cluster_values(x, n_clusters, seed=seed)
-    k = int(n_clusters)
-    if x.shape[1] == 1:
-        vals, inv = np.unique(x[:, 0], return_inverse=True)
-        inv = inv.reshape(-1)
-        if vals.size <= k:
-            return vals[:, None].astype(np.float32), inv.astype(np.int32)
-        w = np.bincount(inv, weights=imp[:, 0], minlength=vals.size)
-        data = _kmeans1d.Weighted1D(vals, w)
-        c = _kmeans1d.solve(data, k, "kmeans++", np.random.default_rng(seed), 3000, True)
-        lo, hi = data.bounds(c)  # nearest-centroid intervals; centroids = weighted means
-        ws, ss, _ = data.stats(lo, hi)
-        c = np.where(ws > 0, ss / np.where(ws > 0, ws, 1.0), c)
-        idx = np.searchsorted((c[:-1] + c[1:]) / 2.0, x[:, 0], side="left")
-        return c[:, None].astype(np.float32), idx.astype(np.int32)
-    c, idx = kmeans_lib.cluster_values(x, k, seed=seed)
-    c = c.astype(np.float64)
-    if c.shape[0] < k and np.unique(x, axis=0).shape[0] <= k:
-        return c.astype(np.float32), idx
-    for _ in range(max_iter):
-        num = np.zeros_like(c)
-        den = np.zeros_like(c)
-        np.add.at(num, idx, imp * x)
-        np.add.at(den, idx, imp)
-        c = np.where(den > 0, num / np.where(den > 0, den, 1.0), c)
-        new = _weighted_nearest(x, imp, c)
-        if np.array_equal(new, idx):
-            break
-        idx = new
-    return c.astype(np.float32), idx.astype(np.int32)
-
-
-def _weighted_nearest(x, imp, c, chunk=16384):
-    out = np.empty(x.shape[0], np.int64)
-    for s in range(0, x.shape[0], chunk):
-        xs, fs = x[s:s + chunk], imp[s:s + chunk]
-        cost = (fs * xs * xs).sum(1)[:, None] - 2.0 * (fs * xs) @ c.T + fs @ (c * c).T
-        out[s:s + chunk] = np.argmin(cost, axis=1)
+        x_i = keras.tree.map_structure(convert, _take(x, i, i + 1))
+        if targets is None:  # empirical: the sample's own label, weight 1
+            pairs = [keras.tree.map_structure(convert, _take(y, i, i + 1))]
+        else:  # true: every class c, weighted by p(c | x_i) = exp(-L(c))
+            pairs = targets
+        total = 0.0
+        for t in pairs:
+            value, g = grads(values, x_i, t)
+            p = 1.0 if targets is None else float(np.exp(-keras.ops.convert_to_numpy(value)))
+            total += p
+            for s, g_v in zip(sums, g):
+                s += p * np.square(keras.ops.convert_to_numpy(g_v).astype(np.float64))
+        if targets is not None and abs(total - 1.0) > SUM_TOL:  # checked on every sample
+            raise _not_cross_entropy(model, len(targets),
+                                     f"sum_c exp(-loss) = {total:.6g} on sample {i}")
+    out = {}
+    for v, s in zip(variables, sums):
+        f = s / n
+        out[id(v)] = f + damping * (float(f.mean()) if f.size else 0.0)
     return out
-
-
-def weighted_codebook(kernel, importance, layout, n_clusters, *, seed=0):
-    """Weighted k-means of every group of a kernel: codebook (G, K, d), indices (G, M).
-
-    A group with fewer than K centroids repeats its last one (no unit uses the copies), the
-    format of :func:`dkm_tf.training.wrapper.kmeans_codebook`.
-    """
-    units = units_lib.to_units(np.asarray(kernel), layout)
-    imps = units_lib.to_units(np.asarray(importance, np.float64), layout)
-    books, idxs = [], []
-    for g in range(layout.n_groups):
-        cb, idx = weighted_kmeans(units[g], imps[g], n_clusters, seed=seed + g)
-        books.append(np.concatenate([cb, np.repeat(cb[-1:], n_clusters - cb.shape[0], 0)]))
-        idxs.append(idx)
-    return np.stack(books).astype(np.float32), np.stack(idxs).astype(np.int32)
-
-
-def weighted_palette(kernel, importance, *, kind, n_clusters, unit="scalar",
-                     granularity="per_tensor", seed=0, layer_name="", weight_name="kernel"):
-    """:func:`dkm_tf.cluster_tensor` with Fisher-weighted k-means: a :class:`Palette`."""
-    kernel = np.asarray(kernel)
-    layout = units_lib.layout_for(kernel.shape, kind, unit, granularity)
-    unweighted = _floor(importance) is None
-    cb, idx = weighted_codebook(kernel, importance, layout, int(n_clusters), seed=seed)
-    used = max(int(np.unique(cb[g], axis=0).shape[0]) for g in range(cb.shape[0]))
-    if used < cb.shape[1]:
-        cb = cb[:, :max(used, int(idx.max()) + 1)]
-    note = ("fisher weighting: all gradients were zero, clustered unweighted" if unweighted
-            else "fisher-weighted k-means")
-    return palette_lib.Palette(layer_name, weight_name, cb, idx, layout,
-                               requested_clusters=int(n_clusters), note=note)

@@ -153,12 +153,15 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
             a palettized export matches them. ``None`` (default): True, or False with
             ``inplace=True`` (folding changes the layer graph, so it needs a copy).
         weighting: ``None`` (plain k-means) or ``"fisher"``: sensitivity-weighted k-means,
-            each weight counted by its diagonal empirical Fisher information (mean squared
-            per-sample gradient of the loss; SqueezeLLM; see :mod:`dkm_tf.graph.sensitivity`).
-        data: ``(x, y)`` samples for ``weighting="fisher"`` (a few hundred suffice; each is
-            one gradient pass). One sample is tried first: data that does not fit the model
-            raises before any work.
-        loss: the loss for ``weighting="fisher"``; default the compiled model's loss.
+            each weight counted by its diagonal Fisher information ``F`` plus ``mean(F)``
+            (the true Fisher: expectation over the model's own class probabilities of the
+            squared per-sample gradient of log p; SqueezeLLM §4.1; see
+            :mod:`dkm_tf.graph.sensitivity`).
+        data: samples ``x`` (or ``(x, y)``; labels are not needed) for ``weighting="fisher"``
+            (a few hundred suffice; each costs one gradient pass per class). One sample is
+            tried first: data that does not fit the model raises before any work.
+        loss: the loss for ``weighting="fisher"``, a cross-entropy of the model's output
+            (checked); default the compiled model's loss.
         codebook: ``"layer"`` (one codebook per tensor, default), or with ``unit="kernel"``
             scaled kernel clustering (Son et al., ECCV 2018): ``"shared"`` (one codebook per
             kernel size for the whole network) or a list of groups of layer names; see

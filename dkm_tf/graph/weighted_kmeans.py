@@ -1,0 +1,121 @@
+"""Weighted k-means for sensitivity-weighted weight sharing (:mod:`dkm_tf.graph.sensitivity`).
+
+Minimises the importance-weighted squared error ``sum_i F_i (w_i - c_{a(i)})^2`` (SqueezeLLM,
+Kim et al., 2023, §4.1, eq. 4). Scalar units use the 1-D engine's weighted form
+(:class:`dkm_tf.core._kmeans1d.Weighted1D`: sorted distinct values with weights; DP seed +
+windowed-DP refinement, near-optimal for the weighted SSE); each distinct value's weight is the
+sum of the importances of the weights holding it. Vector units (rows, kernels) are weighted
+**per coordinate**: unit u is assigned to ``argmin_k sum_j F_uj (x_uj - c_kj)^2`` and
+``c_kj = sum_u F_uj x_uj / sum_u F_uj`` over its members (weighted Lloyd from the plain k-means
+solution), the same diagonal objective as the scalar case.
+
+Importances are floored at ``1e-6 x`` their tensor's mean so that every weight still counts a
+little; a tensor whose importances are all zero is clustered unweighted, and its palette's note
+says so. Numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dkm_tf.core import _kmeans1d
+from dkm_tf.core import kmeans as kmeans_lib
+from dkm_tf.core import palette as palette_lib
+from dkm_tf.core import units as units_lib
+
+__all__ = ["FLOOR", "weighted_codebook", "weighted_kmeans", "weighted_palette"]
+
+FLOOR = 1e-6
+
+
+# ---------------------------------------------------------------------- weighted k-means
+def _floor(importance):
+    imp = np.asarray(importance, np.float64)
+    if not np.all(np.isfinite(imp)) or np.any(imp < 0):
+        raise ValueError("Importances must be finite and >= 0.")
+    mean = float(imp.mean()) if imp.size else 0.0
+    if mean <= 0:
+        return None
+    return np.maximum(imp, FLOOR * mean)
+
+
+def weighted_kmeans(x, importance, n_clusters, *, seed=0, max_iter=100):
+    """k-means of units ``x`` (M, d) minimising ``sum_u sum_j F_uj (x_uj - c_{a(u)j})^2``.
+
+    Returns ``(codebook (K', d) float32, indices (M,) int32)``, K' <= K (fewer distinct units
+    than K is lossless). Importances that are all zero give plain k-means.
+    """
+    x = np.asarray(x, np.float64)
+    imp = _floor(importance)
+    if imp is None:
+        return kmeans_lib.cluster_values(x, n_clusters, seed=seed)
+    k = int(n_clusters)
+    if x.shape[1] == 1:
+        vals, inv = np.unique(x[:, 0], return_inverse=True)
+        inv = inv.reshape(-1)
+        if vals.size <= k:
+            return vals[:, None].astype(np.float32), inv.astype(np.int32)
+        w = np.bincount(inv, weights=imp[:, 0], minlength=vals.size)
+        data = _kmeans1d.Weighted1D(vals, w)
+        c = _kmeans1d.solve(data, k, "kmeans++", np.random.default_rng(seed), 3000, True)
+        lo, hi = data.bounds(c)  # nearest-centroid intervals; centroids = weighted means
+        ws, ss, _ = data.stats(lo, hi)
+        c = np.where(ws > 0, ss / np.where(ws > 0, ws, 1.0), c)
+        idx = np.searchsorted((c[:-1] + c[1:]) / 2.0, x[:, 0], side="left")
+        return c[:, None].astype(np.float32), idx.astype(np.int32)
+    c, idx = kmeans_lib.cluster_values(x, k, seed=seed)
+    c = c.astype(np.float64)
+    if c.shape[0] < k and np.unique(x, axis=0).shape[0] <= k:
+        return c.astype(np.float32), idx
+    for _ in range(max_iter):
+        num = np.zeros_like(c)
+        den = np.zeros_like(c)
+        np.add.at(num, idx, imp * x)
+        np.add.at(den, idx, imp)
+        c = np.where(den > 0, num / np.where(den > 0, den, 1.0), c)
+        new = _weighted_nearest(x, imp, c)
+        if np.array_equal(new, idx):
+            break
+        idx = new
+    return c.astype(np.float32), idx.astype(np.int32)
+
+
+def _weighted_nearest(x, imp, c, chunk=16384):
+    out = np.empty(x.shape[0], np.int64)
+    for s in range(0, x.shape[0], chunk):
+        xs, fs = x[s:s + chunk], imp[s:s + chunk]
+        cost = (fs * xs * xs).sum(1)[:, None] - 2.0 * (fs * xs) @ c.T + fs @ (c * c).T
+        out[s:s + chunk] = np.argmin(cost, axis=1)
+    return out
+
+
+def weighted_codebook(kernel, importance, layout, n_clusters, *, seed=0):
+    """Weighted k-means of every group of a kernel: codebook (G, K, d), indices (G, M).
+
+    A group with fewer than K centroids repeats its last one (no unit uses the copies), the
+    format of :func:`dkm_tf.training.wrapper.kmeans_codebook`.
+    """
+    units = units_lib.to_units(np.asarray(kernel), layout)
+    imps = units_lib.to_units(np.asarray(importance, np.float64), layout)
+    books, idxs = [], []
+    for g in range(layout.n_groups):
+        cb, idx = weighted_kmeans(units[g], imps[g], n_clusters, seed=seed + g)
+        books.append(np.concatenate([cb, np.repeat(cb[-1:], n_clusters - cb.shape[0], 0)]))
+        idxs.append(idx)
+    return np.stack(books).astype(np.float32), np.stack(idxs).astype(np.int32)
+
+
+def weighted_palette(kernel, importance, *, kind, n_clusters, unit="scalar",
+                     granularity="per_tensor", seed=0, layer_name="", weight_name="kernel"):
+    """:func:`dkm_tf.cluster_tensor` with Fisher-weighted k-means: a :class:`Palette`."""
+    kernel = np.asarray(kernel)
+    layout = units_lib.layout_for(kernel.shape, kind, unit, granularity)
+    unweighted = _floor(importance) is None
+    cb, idx = weighted_codebook(kernel, importance, layout, int(n_clusters), seed=seed)
+    used = max(int(np.unique(cb[g], axis=0).shape[0]) for g in range(cb.shape[0]))
+    if used < cb.shape[1]:
+        cb = cb[:, :max(used, int(idx.max()) + 1)]
+    note = ("fisher weighting: all gradients were zero, clustered unweighted" if unweighted
+            else "fisher-weighted k-means")
+    return palette_lib.Palette(layer_name, weight_name, cb, idx, layout,
+                               requested_clusters=int(n_clusters), note=note)
