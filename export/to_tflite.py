@@ -3,7 +3,7 @@
 Usage:
   python export/to_tflite.py --model m.keras --palettes palettes.json [--format palettized]
       [--decode once|per_invoke] [--keep_float auto|none|conv1,conv2]
-      [--kept_dtype float32|float16]
+      [--kept_dtype float32|float16] [--index_packing dense|tuples]
       [--int8_mode dynamic|full] [--samples x.npy] [--output m.tflite]
   python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
 
@@ -32,6 +32,9 @@ _KEEP = flags.DEFINE_string("keep_float", "auto",
 _KEPT = flags.DEFINE_enum("kept_dtype", "float32", ["float32", "float16"],
                           "decode=once: storage of the weights keep_float keeps (float16: "
                           "half their bytes, same speed, fp16 accuracy).")
+_PACK = flags.DEFINE_enum("index_packing", "dense", ["dense", "tuples"],
+                          "decode=once: 'dense' uses the spare int16 bits (smaller file), "
+                          "'tuples' keeps less RAM after load.")
 _INT8 = flags.DEFINE_enum("int8_mode", "dynamic", ["dynamic", "full"], "int8 flavour.")
 _PALETTES = flags.DEFINE_string("palettes", None, "JSON list of Palette.to_dict().")
 _K = flags.DEFINE_integer("n_clusters", None, "Cluster every weight post-training to K.")
@@ -54,6 +57,7 @@ def main(argv):
     report = run_to_tflite(_MODEL.value, out, format=_FORMAT.value,
                            decode=_DECODE.value, int8_mode=_INT8.value,
                            keep_float=_KEEP.value, kept_dtype=_KEPT.value,
+                           index_packing=_PACK.value,
                            palettes_path=_PALETTES.value, n_clusters=_K.value,
                            unit=_UNIT.value, granularity=_GRAN.value,
                            samples_path=_SAMPLES.value)

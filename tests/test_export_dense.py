@@ -98,6 +98,20 @@ def test_extra_tables_recover_every_extra_index(k):
         assert extra.shape[1] <= pack.MAX_EXTRA_TABLE
 
 
+def test_dense_only_when_it_pays(monkeypatch):
+    """One qualifying weight must save more than the dense chain's own bytes."""
+    lay = type("L", (), {"n_groups": 1, "unit_dim": 1})
+    pal = lambda n: type("P", (), {"n_clusters": 16, "layout": lay,  # noqa: E731
+                                   "indices": np.zeros(n, np.int32)})
+    n = policy.DENSE_MIN_INDICES
+    per = lambda m: 2 * -(-m // 3) - 8 * -(-m // 15) - policy.DENSE_WEIGHT_BYTES  # noqa: E731
+    assert per(n) <= policy.DENSE_SHARED_BYTES < per(4 * n)
+    assert not policy.dense_pays([pal(n)], 1 << 20)
+    assert policy.dense_pays([pal(4 * n)], 1 << 20)
+    assert policy.dense_pays([pal(n)] * 4, 1 << 20)      # four of them share the tables
+    assert not policy.dense_pays([pal(n - 1)] * 9, 1 << 20)  # none qualifies
+
+
 def test_once_storage_threshold():
     """Dense from DENSE_MIN_INDICES indices on, one codebook only; bytes = 2 q ceil(n / 15)."""
     n = policy.DENSE_MIN_INDICES
@@ -130,7 +144,11 @@ def _stored(path, name_part):
 
 
 @pytest.mark.parametrize("k", [16, 14, 4, 64])
-def test_dense_export_matches_keras_and_stores_pack_dense(k, tmp_path):
+def test_dense_export_matches_keras_and_stores_pack_dense(k, tmp_path, monkeypatch):
+    # the chain itself, wherever it applies (K = 4 saves only 0.16 bits per index: less
+    # than the chain's own bytes on this model, so the size policy would use tuples)
+    monkeypatch.setattr(policy, "DENSE_SHARED_BYTES", 0)
+    monkeypatch.setattr(policy, "DENSE_WEIGHT_BYTES", 0)
     model = _dense_model()
     res = share_weights(model, k)
     x = np.random.default_rng(1).normal(size=(6, 200)).astype(np.float32)
@@ -177,9 +195,29 @@ def test_dense_export_matches_keras_and_stores_pack_dense(k, tmp_path):
     assert abs(payload - (r.analytic_bytes - r.graph_bytes)) <= 0.02 * payload + 512
 
 
+def test_index_packing_tuples_trades_file_bytes_for_ram(tmp_path):
+    """index_packing="tuples": the big kernel back at 3 indices per int16 (a larger file);
+    a bad value is refused before any file is written."""
+    res = share_weights(_dense_model(400, 300), 16)
+    x = np.random.default_rng(1).normal(size=(4, 400)).astype(np.float32)
+    with pytest.raises(ValueError, match="index_packing.*dense.*tuples.*'packed'"):
+        ex.to_tflite(res.model, tmp_path / "bad.tflite", "palettized", res.palettes, x,
+                     index_packing="packed")
+    assert not (tmp_path / "bad.tflite").exists()
+    r = {p: ex.to_tflite(res.model, tmp_path / f"{p}.tflite", "palettized", res.palettes, x,
+                         keep_float=None, index_packing=p) for p in ("dense", "tuples")}
+    rec = {p: next(t for t in r[p].tensors if t["palette"] == "big/kernel") for p in r}
+    assert rec["tuples"]["storage"] == "int16 (3 indices/int16)"
+    assert rec["tuples"]["index_bytes"] == 2 * 40000
+    assert rec["dense"]["index_bytes"] == 2 * 4 * 8000
+    assert r["tuples"].bytes - r["dense"].bytes > 0.7 * (80000 - 64000)
+    assert r["tuples"].max_rel_error <= 1e-5
+
+
 def test_dense_export_of_row_units(tmp_path, monkeypatch):
     """Vector units (d = 10 values per row): the codebook gather is (d, 2^b) -> d x M."""
-    monkeypatch.setattr(policy, "DENSE_MIN_INDICES", 0)
+    for name in ("DENSE_MIN_INDICES", "DENSE_SHARED_BYTES", "DENSE_WEIGHT_BYTES"):
+        monkeypatch.setattr(policy, name, 0)
     model = _dense_model(60, 50)
     res = share_weights(model, 16, unit="row")
     x = np.random.default_rng(2).normal(size=(4, 60)).astype(np.float32)
@@ -235,3 +273,25 @@ def test_kept_float16_halves_kept_weights_and_their_biases(tmp_path):
         assert int(conv.inputs[0]) in ins and int(conv.outputs[0]) not in ins
     payload = _payload(f16.path)
     assert abs(payload - (f16.analytic_bytes - f16.graph_bytes)) <= 0.02 * payload + 512
+
+
+@pytest.mark.parametrize("transforms", [1, 4])
+def test_dense_export_of_scaled_kernel_palettes(tmp_path, monkeypatch, transforms):
+    """Son et al.'s shared kernel codebook (d = 9, per-kernel scales, T transforms: K T = 16
+    or 64 entries) through the dense chain: outputs equal the clustered Keras model."""
+    for name in ("DENSE_MIN_INDICES", "DENSE_SHARED_BYTES", "DENSE_WEIGHT_BYTES"):
+        monkeypatch.setattr(policy, name, 0)
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((10, 10, 3))
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inp)
+    h = keras.layers.Conv2D(16, 3, padding="same", name="c2")(h)
+    model = keras.Model(inp, keras.layers.Dense(5, name="fc")(keras.layers.Flatten()(h)))
+    res = share_weights(model, 16 // transforms if transforms > 1 else 16, unit="kernel",
+                        codebook="shared", transforms=transforms)
+    x = np.random.default_rng(6).normal(size=(3, 10, 10, 3)).astype(np.float32)
+    r = ex.to_tflite(res.model, tmp_path / "k.tflite", "palettized", res.palettes, x,
+                     keep_float=None)
+    assert r.max_rel_error <= 1e-5 and all(c.ok for c in r.comparisons)
+    convs = [t for t in r.tensors if t["palette"] in ("c1/kernel", "c2/kernel")]
+    assert convs and all("4 int16" in t["storage"] or "2 int16" in t["storage"]
+                         for t in convs)

@@ -39,12 +39,12 @@ def load_palettes(path):
 def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa: A002
                   decode="once", int8_mode="dynamic", palettes_path=None, n_clusters=None,
                   unit="scalar", granularity="per_tensor", samples_path=None,
-                  keep_float="auto", kept_dtype="float32"):
+                  keep_float="auto", kept_dtype="float32", index_packing="dense"):
     """Load, (cluster,) export and verify; returns the :class:`~dkm_tf.export.ExportReport`.
 
     ``keep_float`` is ``"auto"``, ``"none"``, a latency budget (``"0.1"``) or comma-separated
-    layer names; ``kept_dtype`` ``"float32"`` or ``"float16"`` (see
-    :func:`dkm_tf.export.to_tflite`).
+    layer names; ``kept_dtype`` ``"float32"`` or ``"float16"``; ``index_packing``
+    ``"dense"`` or ``"tuples"`` (see :func:`dkm_tf.export.to_tflite`).
     """
     import keras  # noqa: PLC0415
 
@@ -72,7 +72,7 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
             keep_float = [n.strip() for n in keep_float.split(",") if n.strip()]
     return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
                      decode=decode, int8_mode=int8_mode, keep_float=keep_float,
-                     kept_dtype=kept_dtype)
+                     kept_dtype=kept_dtype, index_packing=index_packing)
 
 
 def run_inspect(path):

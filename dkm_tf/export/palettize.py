@@ -24,11 +24,11 @@ from dkm_tf.core import units as units_lib
 from dkm_tf.export import lower, pack
 from dkm_tf.export.decode import Emitter
 from dkm_tf.export.decode_dense import once_dense
-from dkm_tf.export.policy import check_keep_float, once_storage, plan_keep_float
+from dkm_tf.export.policy import check_keep_float, dense_pays, once_storage, plan_keep_float
 from dkm_tf.export.scaled import scaled_codebook, times_scales
 
-__all__ = ["BIAS_INPUT", "DECODE_MODES", "KEPT_DTYPES", "WEIGHT_INPUT", "palettize_flatbuffer",
-           "tflite_layouts"]
+__all__ = ["BIAS_INPUT", "DECODE_MODES", "INDEX_PACKINGS", "KEPT_DTYPES", "WEIGHT_INPUT",
+           "palettize_flatbuffer", "tflite_layouts"]
 
 DECODE_MODES = ("once", "per_invoke")
 DEPTHWISE_IM2COL_MAX_CHANNELS = 4  # im2col by one-hot DEPTHWISE_CONV_2D up to this C_in
@@ -39,6 +39,7 @@ VECTOR_OPS = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERE
 BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3,
               "CONV_3D": 2}
 KEPT_DTYPES = ("float32", "float16")
+INDEX_PACKINGS = ("dense", "tuples")
 # operator -> position of its weight input
 WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1,
                 "TRANSPOSE_CONV": 1, "CONV_3D": 1, "GATHER": 0, "EMBEDDING_LOOKUP": 1,
@@ -106,7 +107,7 @@ def _reachable(palette, tperm, mode):
     return tuple(mid) if ok else None
 
 
-def _decode(em, palette, tperm, tshape, mode, max_table_bytes):
+def _decode(em, palette, tperm, tshape, mode, max_table_bytes, dense=True):
     """Emit the decode chain of ``palette`` into layout ``kernel.transpose(tperm)``."""
     lay = palette.layout
     sizes = lay.kernel_shape
@@ -133,7 +134,8 @@ def _decode(em, palette, tperm, tshape, mode, max_table_bytes):
     # the chain's own layout: the target's, unless a transpose or the scales need `produced`
     chain_shape = pshape if transpose or scaled else list(tshape)
     if mode == "once":
-        g, label, bits, index_bytes = once_storage(k, idx.shape[1], g_dim, d, max_table_bytes)
+        g, label, bits, index_bytes = once_storage(k, idx.shape[1], g_dim, d, max_table_bytes,
+                                                   dense)
         if isinstance(g, pack.DenseScheme):
             out = once_dense(em, codebook, idx, chain_shape, g)
             codebook = np.concatenate([codebook, np.repeat(codebook[:, -1:], (1 << g.b) - k,
@@ -269,7 +271,7 @@ def _keep_half(em, fm, t, uses, halved):
 
 def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20,
                          matmul_lowering=True, keep_float="auto", kept_dtype="float32",
-                         found=None):
+                         index_packing="dense", found=None):
     """Rewrite ``fm`` in place: every palette's weight becomes a decode chain.
 
     Args:
@@ -287,6 +289,9 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
         kept_dtype: ``"float32"`` or ``"float16"`` (kept weights, and the biases of the ops
             reading them, stored as float16 + DEQUANTIZE: half their bytes, same speed
             where XNNPACK runs; outputs as close to Keras as ``format="fp16"``'s).
+        index_packing: with ``once``, ``"dense"`` (spare int16 bits hold more indices:
+            :mod:`dkm_tf.export.decode_dense`) or ``"tuples"`` (base-K tuples only: larger
+            file, less RAM after load).
         found: the palettes' weight tensors in ``fm`` if already matched (``_match``).
 
     Returns:
@@ -313,7 +318,10 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
     replace = {}
     records = []
     keep_float = check_keep_float(keep_float, palettes) if decode == "once" else None
-    kept = plan_keep_float(fm, found, keep_float, max_table_bytes, matmul_lowering)
+    dense = index_packing == "dense" and dense_pays([f[0] for f in found.values()],
+                                                    max_table_bytes)
+    kept = plan_keep_float(fm, found, keep_float, max_table_bytes, matmul_lowering,
+                           dense=dense)
     halved = set()
     # vectors first: a bias decoded before its conv / dense layer is lowered ends up in the
     # lowered layer's ADD (the lowering reads the op's inputs when it runs)
@@ -349,7 +357,7 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
             split = n_out if adj_y else len(bperm) - n_out  # output axes last, or first
             bshape = (int(np.prod([sizes[a] for a in bperm[:split]])),
                       int(np.prod([sizes[a] for a in bperm[split:]])))
-            w, info = _decode(em, p, bperm, bshape, decode, max_table_bytes)
+            w, info = _decode(em, p, bperm, bshape, decode, max_table_bytes, dense)
             prefix.extend(em.ops[start:])
             del em.ops[start:]
             for i, _ in uses:
@@ -364,7 +372,7 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
             route = ("BATCH_MATMUL" + (" (im2col)" if kind == "CONV_2D" else "")
                      + (", weight on the left" if transposed else ""))
         else:
-            w, info = _decode(em, p, tperm, tshape, decode, max_table_bytes)
+            w, info = _decode(em, p, tperm, tshape, decode, max_table_bytes, dense)
             if decode == "once":
                 prefix.extend(em.ops[start:])
             else:  # decoded right before use: the arena holds one decoded weight at a time

@@ -39,7 +39,8 @@ import numpy as np
 
 from dkm_tf.export import lower, pack
 
-__all__ = ["DENSE_MIN_INDICES", "LATENCY_BUDGET", "check_keep_float", "fc_overhead_ns",
+__all__ = ["DENSE_MIN_INDICES", "LATENCY_BUDGET", "check_keep_float", "dense_pays",
+           "fc_overhead_ns",
            "float_time_ns", "once_bytes", "once_storage", "overhead_ns", "plan_keep_float"]
 
 # 0.2: on the zoo (bench/results/mobile_latency.md) every model stays under 1.3x float
@@ -53,6 +54,8 @@ LATENCY_BUDGET = 0.2
 # LeNet-5, its shared tables included), ~1 KB to each further one: at 1.07 bits per index
 # saved (K = 16), a weight of 32768 indices saves 4.4 KB
 DENSE_MIN_INDICES = 32768
+DENSE_SHARED_BYTES = 3500  # the dense chain's shared tables and ops, once per file
+DENSE_WEIGHT_BYTES = 1000  # its ops and tensors per weight
 NS_PER_MAC = 0.023  # f32 conv / GEMM
 NS_PER_OP = 2000.0  # fixed cost of one op of the float graph
 NS_PER_LAYER = 4000.0  # fixed cost of one lowered conv's extra ops
@@ -66,17 +69,19 @@ BUILTIN_CONV_SLOWDOWN = 3.0  # builtin CONV_2D on a decoded filter vs XNNPACK (2
 _BIAS_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D"}
 
 
-def once_storage(k, n, groups, d, max_table_bytes):
+def once_storage(k, n, groups, d, max_table_bytes, dense=True):
     """How ``decode="once"`` stores ``n`` indices per codebook (``groups`` codebooks of ``k``
     entries of dimension ``d``): ``(scheme, label, bits per index, index bytes)``.
 
     ``scheme`` is a :class:`~dkm_tf.export.pack.DenseScheme` (spare bits used: K = 16 at
-    4.27 bits per index) for one codebook over at least :data:`DENSE_MIN_INDICES` indices,
-    else the number ``g`` of base-K indices per int16 (:func:`dkm_tf.export.pack.tuple_width`,
-    capped so the decoded tuple table stays under ``max_table_bytes``).
+    4.27 bits per index) for one codebook over at least :data:`DENSE_MIN_INDICES` indices
+    (and ``dense``), else the number ``g`` of base-K indices per int16
+    (:func:`dkm_tf.export.pack.tuple_width`, capped so the decoded tuple table stays under
+    ``max_table_bytes``).
     """
     entries = max(1, max_table_bytes // (4 * d * groups))
-    scheme = pack.dense_scheme(k, entries) if groups == 1 and n >= DENSE_MIN_INDICES else None
+    scheme = pack.dense_scheme(k, entries) \
+        if dense and groups == 1 and n >= DENSE_MIN_INDICES else None
     if scheme is not None:
         words = int(np.ceil(n / scheme.per_group)) * scheme.q
         return (scheme, f"int16 ({scheme.per_group} indices/{scheme.q} int16)",
@@ -85,13 +90,31 @@ def once_storage(k, n, groups, d, max_table_bytes):
     return g, f"int16 ({g} indices/int16)", 16 / g, int(np.ceil(n / g)) * groups * 2
 
 
-def once_bytes(palette, max_table_bytes):
+def dense_pays(palettes, max_table_bytes):
+    """Whether densely packed indices make the file smaller overall: the bytes they save on
+    the palettes that qualify (:func:`once_storage`) exceed their decode graph's
+    (:data:`DENSE_SHARED_BYTES` once, :data:`DENSE_WEIGHT_BYTES` per weight)."""
+    saved, used = 0, 0
+    for p in palettes:
+        lay = p.layout
+        n = p.indices.size // max(lay.n_groups, 1)
+        k = p.n_clusters * (p.n_transforms if getattr(p, "transforms", None) is not None
+                            else 1)  # T transformed copies of each centroid are stored
+        args = (k, n, lay.n_groups, lay.unit_dim, max_table_bytes)
+        scheme, _, _, dense_bytes = once_storage(*args)
+        if isinstance(scheme, pack.DenseScheme):
+            saved += once_storage(*args, dense=False)[3] - dense_bytes - DENSE_WEIGHT_BYTES
+            used += 1
+    return used > 0 and saved > DENSE_SHARED_BYTES
+
+
+def once_bytes(palette, max_table_bytes, dense=True):
     """``(g or scheme, index bytes, codebook bytes)`` of ``palette`` decoded once
     (:func:`once_storage`)."""
     lay = palette.layout
     d, groups, k = lay.unit_dim, lay.n_groups, palette.n_clusters
     per_group = palette.indices.size // max(groups, 1)
-    g, _, _, index_bytes = once_storage(k, per_group, groups, d, max_table_bytes)
+    g, _, _, index_bytes = once_storage(k, per_group, groups, d, max_table_bytes, dense)
     if isinstance(g, pack.DenseScheme):
         return g, index_bytes, (1 << g.b) * d * 4
     return g, index_bytes, int(palette.codebook.size * 4)
@@ -142,7 +165,7 @@ def fc_overhead_ns(fm, op):
 
 
 def plan_keep_float(fm, found, keep_float, max_table_bytes=1 << 20, lowering=True,
-                    budget=None):
+                    budget=None, dense=True):
     """``{id(palette): reason}`` for the palettes ``decode="once"`` keeps as float32.
 
     Args:
@@ -156,6 +179,7 @@ def plan_keep_float(fm, found, keep_float, max_table_bytes=1 << 20, lowering=Tru
             it only rules 1 and 2 apply.
         budget: with ``"auto"``, the estimated extra latency allowed, as a fraction of the
             float graph's estimated time (default :data:`LATENCY_BUDGET`).
+        dense: whether large per-tensor palettes use densely packed indices.
     """
     if keep_float is None:
         return {}
@@ -166,7 +190,7 @@ def plan_keep_float(fm, found, keep_float, max_table_bytes=1 << 20, lowering=Tru
                 if p.layer_name in keep_float or p.name in keep_float}
     keep, costs, fixed = {}, [], 0.0
     for key, (p, _t, uses, _tperm, _tshape) in found.items():
-        g, index_bytes, codebook_bytes = once_bytes(p, max_table_bytes)
+        g, index_bytes, codebook_bytes = once_bytes(p, max_table_bytes, dense)
         n, names = int(p.n_values), {name for _, name in uses}
         if index_bytes + codebook_bytes >= 4 * n:
             keep[key] = (f"auto: palettized ({index_bytes + codebook_bytes} B with "

@@ -52,7 +52,8 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
         keep_float: as for ``palettize_flatbuffer`` (a list of names applies to the
             palettes of those layers in whichever subgraph they are; a latency budget to
             each subgraph's estimate).
-        **options: ``max_table_bytes``, ``matmul_lowering``, ``kept_dtype``.
+        **options: ``max_table_bytes``, ``matmul_lowering``, ``kept_dtype``,
+            ``index_packing``.
 
     Returns:
         The per-tensor records, in palette order; records of a body subgraph carry
