@@ -13,7 +13,9 @@ Palettized storage, worked example. A Dense kernel (2 inputs x 3 outputs) cluste
 In TFLite's FULLY_CONNECTED layout ([out, in]) the indices read ``3 1 0 1 2 0``.
 ``decode="once"`` packs them base K, up to g = 7 per int16 for K = 4: one int16
 ``3 + 1*4 + 0*16 + 1*64 + 2*256 + 0*1024 = 583``, expanded by GATHERs when the interpreter
-allocates its tensors. ``decode="per_invoke"`` stores INT2 fields ``q = i - 2``, low bits first:
+allocates its tensors (a tensor with one codebook over >= 32,768 indices also uses each
+int16's spare top bits: K = 16 at 15 indices per 4 int16, :mod:`.decode_dense`).
+``decode="per_invoke"`` stores INT2 fields ``q = i - 2``, low bits first:
 bytes ``0xED 0x08``, expanded on every invoke (DEQUANTIZE, CAST, GATHER): the smallest file.
 (It uses int16 base-K tuples split by FLOOR_DIV/FLOOR_MOD instead when they are denser than the
 INT2/INT4/uint8 fields, e.g. 3 indices per int16 = 5.33 bits for K = 32.)
