@@ -295,3 +295,27 @@ def test_dense_export_of_scaled_kernel_palettes(tmp_path, monkeypatch, transform
     convs = [t for t in r.tensors if t["palette"] in ("c1/kernel", "c2/kernel")]
     assert convs and all("4 int16" in t["storage"] or "2 int16" in t["storage"]
                          for t in convs)
+
+
+def test_codebook_shared_by_a_dense_and_a_tuple_weight_is_counted_as_stored(tmp_path):
+    """Two weights with the same codebook, one densely packed (40,000 indices), one in tuples
+    (20,000): the dense chain stores its codebook 1-D, the tuple chain (1, K), so the file
+    holds two codebook tensors, and the report must count both."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((200,))
+    h = keras.layers.Dense(200, name="a", use_bias=False)(inp)
+    model = keras.Model(inp, keras.layers.Dense(100, name="b", use_bias=False)(h))
+    b = np.asarray(model.get_layer("b").kernel)
+    model.get_layer("a").kernel.assign(np.concatenate([b.ravel(), b.ravel()[::-1]])
+                                       .reshape(200, 200))  # the same values, twice each
+    res = share_weights(model, 16)
+    assert np.array_equal(res.palettes[0].codebook, res.palettes[1].codebook)
+    x = np.random.default_rng(0).normal(size=(3, 200)).astype(np.float32)
+    r = ex.to_tflite(res.model, tmp_path / "m.tflite", "palettized", res.palettes, x,
+                     keep_float=None)
+    assert sorted(t["storage"] for t in r.tensors) == ["int16 (15 indices/4 int16)",
+                                                       "int16 (3 indices/int16)"]
+    stored = [t["bytes"] for t in ex.inspect_tflite(r.path).tensors
+              if t["role"].startswith("palette codebook")]
+    assert len(stored) == 2
+    assert sum(t["codebook_bytes"] for t in r.tensors) == sum(stored)

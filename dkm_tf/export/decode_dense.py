@@ -35,7 +35,7 @@ import numpy as np
 from dkm_tf.export import pack
 from dkm_tf.export.rewrite import schema
 
-__all__ = ["once_dense"]
+__all__ = ["once_dense", "pad_codebook"]
 
 _WORDS = pack.INT16_POSITIONS
 
@@ -84,15 +84,29 @@ def _digits(em, scheme):
     return out
 
 
+def _table(em, what, array, scheme):
+    """A helper constant of ``scheme``, stored once per file and counted in the report."""
+    key = ("dense_table", what, scheme)
+    if key not in em.cache:
+        em.cache[key] = em.const(what, array)
+        em.aux_bytes += array.nbytes
+    return em.cache[key]
+
+
 def _factor(em, table, what, words, scheme):
     """int32 [e, Q]: ``table[j, spare(words[j, c])]`` (the factor of each extra index)."""
     e, n_groups = len(table), em.fm.shape(words)[1]
-    if ("dense_table", what, scheme) not in em.cache:
-        em.cache[("dense_table", what, scheme)] = em.const(what, table)
-        em.aux_bytes += table.nbytes  # helper constants, counted in the report
     fields = em.gather(_spare(em, scheme), words, [e, n_groups], dtype="int16")
-    return em.gather(em.cache[("dense_table", what, scheme)], fields, [e, n_groups], axis=1,
+    return em.gather(_table(em, what, table, scheme), fields, [e, n_groups], axis=1,
                      batch_dims=1, dtype="int32")
+
+
+def pad_codebook(codebook, scheme):
+    """(A, K, d) codebooks -> (A, 2^b, d): the last entry repeated (never indexed, and no
+    new value appears in the file)."""
+    cb = np.asarray(codebook, np.float32)
+    return np.concatenate([cb, np.repeat(cb[:, -1:], (1 << scheme.b) - cb.shape[1], axis=1)],
+                          axis=1)
 
 
 def once_dense(em, codebook, idx, target_shape, scheme):
@@ -100,15 +114,13 @@ def once_dense(em, codebook, idx, target_shape, scheme):
 
     Args:
         em: the :class:`~dkm_tf.export.decode.Emitter`.
-        codebook: float32 (1, K, d), K <= 2^b (padded here with its last entry).
+        codebook: float32 (1, 2^b, d) (:func:`pad_codebook`).
         idx: int (1, M) indices, in the target's order (as for ``Emitter.once``).
         target_shape: final shape; its C order must be ``[j, m]`` (d x M).
         scheme: the :class:`~dkm_tf.export.pack.DenseScheme`.
     """
-    cb = np.asarray(codebook, np.float32)[0]                    # (K, d)
-    k, d = cb.shape
-    full = 1 << scheme.b
-    cb = np.concatenate([cb, np.repeat(cb[-1:], full - k, axis=0)])
+    cb = np.asarray(codebook, np.float32)[0]                    # (2^b, d)
+    d = cb.shape[1]
     rows, low, high, extra = pack.extra_tables(scheme)
     q, g, e = scheme.q, scheme.g, scheme.e
     m = np.asarray(idx).shape[1]
@@ -125,10 +137,7 @@ def once_dense(em, codebook, idx, target_shape, scheme):
     hi = _factor(em, high, "high", hi_words, scheme)
     prod = em.op("MUL", [lo, hi], [em.tensor("product", [e, n_groups], "int32")],
                  schema().MulOptionsT())
-    if ("dense_extra", scheme) not in em.cache:
-        em.cache[("dense_extra", scheme)] = em.const("extra", extra)
-        em.aux_bytes += extra.nbytes
-    ext = em.gather(em.cache[("dense_extra", scheme)], prod, [e, n_groups], axis=1,
+    ext = em.gather(_table(em, "extra", extra, scheme), prod, [e, n_groups], axis=1,
                     batch_dims=1, dtype="int16")
     ext = em.reshape(ext, [e * n_groups], "int16", static=True)
     opt = schema().ConcatenationOptionsT()

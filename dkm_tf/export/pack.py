@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 __all__ = ["INT16_POSITIONS", "MAX_EXTRA_TABLE", "DenseScheme", "bit_width", "dense_scheme",
-           "enum_table", "extra_tables", "once_index_bytes", "pack_bits", "pack_dense",
+           "enum_table", "extra_tables", "pack_bits", "pack_dense",
            "pack_tuples", "storage_for_bits", "tuple_width", "unpack_bits", "unpack_dense",
            "unpack_tuples"]
 
@@ -286,17 +286,6 @@ def extra_tables(scheme):
         extra[j, :len(t)] = t
     return (np.asarray(rows, np.int32), np.asarray(low, np.int32),
             np.asarray(high, np.int32), extra)
-
-
-def once_index_bytes(n, k, max_table_entries=None):
-    """(storage label, bits per index, bytes) of ``n`` indices decoded once (int16 words)."""
-    scheme = dense_scheme(k, max_table_entries)
-    if scheme is not None:
-        words = int(np.ceil(n / scheme.per_group)) * scheme.q
-        return (f"int16 ({scheme.per_group} indices/{scheme.q} int16)",
-                scheme.bits_per_index, 2 * words)
-    g = tuple_width(k, max_table_entries)
-    return f"int16 ({g} indices/int16)", 16 / g, 2 * int(np.ceil(n / g))
 
 
 def pack_dense(indices, scheme):

@@ -23,7 +23,7 @@ import numpy as np
 from dkm_tf.core import units as units_lib
 from dkm_tf.export import lower, pack
 from dkm_tf.export.decode import Emitter
-from dkm_tf.export.decode_dense import once_dense
+from dkm_tf.export.decode_dense import once_dense, pad_codebook
 from dkm_tf.export.policy import check_keep_float, dense_pays, once_storage, plan_keep_float
 from dkm_tf.export.scaled import scaled_codebook, times_scales
 
@@ -137,9 +137,8 @@ def _decode(em, palette, tperm, tshape, mode, max_table_bytes, dense=True):
         g, label, bits, index_bytes = once_storage(k, idx.shape[1], g_dim, d, max_table_bytes,
                                                    dense)
         if isinstance(g, pack.DenseScheme):
+            codebook = pad_codebook(codebook, g)
             out = once_dense(em, codebook, idx, chain_shape, g)
-            codebook = np.concatenate([codebook, np.repeat(codebook[:, -1:], (1 << g.b) - k,
-                                                           axis=1)], axis=1)
         else:
             out = em.once(codebook, idx, chain_shape, g)
         info.update(storage=label, index_bits=bits, index_bytes=index_bytes)
@@ -164,7 +163,8 @@ def _decode(em, palette, tperm, tshape, mode, max_table_bytes, dense=True):
         out = em.transpose(out, pshape, [produced.index(a) for a in tperm])
     if chain_shape != list(tshape):
         out = em.reshape(out, list(tshape), static=True)
-    book = ("codebook", mode, _digest(codebook), codebook.shape)
+    flat = mode == "once" and isinstance(g, pack.DenseScheme) and d == 1  # stored 1-D
+    book = ("codebook", mode, flat, _digest(codebook), codebook.shape)
     info["codebook_bytes"] = 0 if book in em.cache else int(codebook.size * 4)
     em.cache[book] = True  # a codebook shared by several weights is stored (counted) once
     return out, info

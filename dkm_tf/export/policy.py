@@ -40,8 +40,8 @@ import numpy as np
 from dkm_tf.export import lower, pack
 
 __all__ = ["DENSE_MIN_INDICES", "LATENCY_BUDGET", "check_keep_float", "dense_pays",
-           "fc_overhead_ns",
-           "float_time_ns", "once_bytes", "once_storage", "overhead_ns", "plan_keep_float"]
+           "fc_overhead_ns", "float_time_ns", "once_bytes", "once_storage", "overhead_ns",
+           "plan_keep_float"]
 
 # 0.2: on the zoo (bench/results/mobile_latency.md) every model stays under 1.3x float
 # latency on a loaded 2-core machine; at 0.22 MTCNN ONet drops to 0.185x float bytes but
