@@ -33,7 +33,7 @@ import dataclasses
 
 import numpy as np
 
-from dkm_tf.core.validate import check_choice, invalid
+from dkm_tf.core.validate import check_choice, check_hw, invalid
 
 __all__ = ["KernelFlops", "conv_output_hw", "distinct_counts", "kernel_flops"]
 
@@ -117,21 +117,13 @@ class KernelFlops:
         return out
 
 
-def _hw(value, name):
-    items = list(value) if isinstance(value, (tuple, list)) else [value]
-    if len(items) not in (1, 2) or any(isinstance(v, bool) or not isinstance(
-            v, (int, np.integer)) or v < 1 for v in items):
-        raise invalid(name, "a positive integer or a pair (height, width) of them", value)
-    return int(items[0]), int(items[-1])
-
-
 def conv_output_hw(in_hw, kernel, strides=1, padding="same"):
     """Output ``(Ho, Wo)`` of a conv (dilation 1), Keras' rule.
 
     ``same``: ``ceil(H / stride)``; ``valid``: ``floor((H - k) / stride) + 1``.
     """
-    (h, w), (kh, kw), (sh, sw) = _hw(in_hw, "in_hw"), _hw(kernel, "kernel"), \
-        _hw(strides, "strides")
+    (h, w), (kh, kw), (sh, sw) = check_hw("in_hw", in_hw), check_hw("kernel", kernel), \
+        check_hw("strides", strides)
     check_choice("padding", padding, ("same", "valid"))
     if padding == "same":
         return -(-h // sh), -(-w // sw)
@@ -179,10 +171,10 @@ def kernel_flops(indices, *, in_hw, kernel, out_hw=None, strides=1, padding="sam
         (576, 432, 64, 432)
     """
     idx = _check_indices(indices)
-    (hi, wi), (kh, kw) = _hw(in_hw, "in_hw"), _hw(kernel, "kernel")
+    (hi, wi), (kh, kw) = check_hw("in_hw", in_hw), check_hw("kernel", kernel)
     if out_hw is None:
         out_hw = conv_output_hw((hi, wi), (kh, kw), strides, padding)
-    ho, wo = _hw(out_hw, "out_hw")
+    ho, wo = check_hw("out_hw", out_hw)
     cin, cout = idx.shape
     u_in, u_out = distinct_counts(idx, 1), distinct_counts(idx, 0)
     k2, n_out, n_in = kh * kw, ho * wo, hi * wi

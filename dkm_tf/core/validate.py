@@ -75,6 +75,18 @@ def check_int(name, value, minimum=0, maximum=None):
     return int(value)
 
 
+def check_hw(name, value):
+    """``(height, width)`` from a positive integer or a pair of them (a conv's kernel size,
+    strides, input size); ``ValueError`` otherwise (bools refused)."""
+    import numbers  # noqa: PLC0415
+
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    if len(items) not in (1, 2) or any(isinstance(v, bool) or not isinstance(
+            v, numbers.Integral) or v < 1 for v in items):
+        raise invalid(name, "a positive integer or a pair (height, width) of them", value)
+    return int(items[0]), int(items[-1])
+
+
 def check_seed(seed, name="seed"):
     """Return a random seed as an int: a non-negative integer (what numpy's generators take).
 

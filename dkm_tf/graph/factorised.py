@@ -49,19 +49,11 @@ import numpy as np
 from keras import ops
 
 from dkm_tf.core.kernel_flops import MIXINGS, conv_output_hw, kernel_flops
-from dkm_tf.core.validate import check_choice, invalid, invalid_type
+from dkm_tf.core.validate import check_choice, check_hw, invalid, invalid_type
 
 FORMS = ("conv_then_add", "add_then_conv")
 
 __all__ = ["FactorisedConv2D", "check_factors", "slot_tables"]
-
-
-def _pair(value, name):
-    items = list(value) if isinstance(value, (tuple, list)) else [value]
-    if len(items) not in (1, 2) or any(isinstance(v, bool) or not isinstance(
-            v, (int, np.integer)) or v < 1 for v in items):
-        raise invalid(name, "a positive integer or a pair of them", value)
-    return int(items[0]), int(items[-1])
 
 
 def check_factors(codebook, indices, scales, bias=None):
@@ -145,21 +137,21 @@ class FactorisedConv2D(keras.layers.Layer):
         if data_format not in (None, "channels_last"):
             raise invalid("data_format", "'channels_last' (FactorisedConv2D runs channels-last "
                           "only)", data_format)
-        if _pair(dilation_rate, "dilation_rate") != (1, 1):
+        if check_hw("dilation_rate", dilation_rate) != (1, 1):
             raise invalid("dilation_rate", "1 (FactorisedConv2D supports no dilation)",
                           dilation_rate)
         for name, value in (("filters", filters), ("n_centroids", n_centroids),
                             ("channel_multiplier", channel_multiplier),
                             ("input_channels", input_channels)):
-            _pair(value, name)
+            check_hw(name, value)
         if channel_multiplier > n_centroids:
             raise invalid("channel_multiplier", f"at most n_centroids={n_centroids}",
                           channel_multiplier)
         self.filters, self.n_centroids = int(filters), int(n_centroids)
         self.channel_multiplier, self.input_channels = int(channel_multiplier), int(
             input_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.strides = _pair(strides, "strides")
+        self.kernel_size = check_hw("kernel_size", kernel_size)
+        self.strides = check_hw("strides", strides)
         self.padding = check_choice("padding", str(padding).lower(), ("valid", "same"))
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
