@@ -108,12 +108,18 @@ def test_checksum_mismatch_corrupt_copy(tmp_path):
     assert ytr[0] == 6
 
 
-@needs_real
-def test_file_url_mirror_download_and_cache(tmp_path):
+def _mirror(tmp_path):
+    """A file:// mirror holding the four real IDX files, and an empty cache folder."""
     mirror, cache = tmp_path / "mirror", tmp_path / "cache"
     mirror.mkdir()
     for s in STEMS:
         shutil.copy(REAL / (s + ".gz"), mirror)
+    return mirror, cache
+
+
+@needs_real
+def test_file_url_mirror_download_and_cache(tmp_path):
+    mirror, cache = _mirror(tmp_path)
     (xtr, ytr), (xte, yte) = data.load_mnist(url=mirror.as_uri() + "/", cache_dir=cache)
     assert sorted(p.name for p in cache.iterdir()) == sorted(s + ".gz" for s in STEMS)
     assert ytr[:3].tolist() == [5, 0, 4] and xte.shape == (10000, 28, 28, 1)
@@ -124,10 +130,7 @@ def test_file_url_mirror_download_and_cache(tmp_path):
 
 @needs_real
 def test_file_url_corrupt_mirror_writes_nothing(tmp_path):
-    mirror, cache = tmp_path / "mirror", tmp_path / "cache"
-    mirror.mkdir()
-    for s in STEMS:
-        shutil.copy(REAL / (s + ".gz"), mirror)
+    mirror, cache = _mirror(tmp_path)
     blob = bytearray((mirror / (STEMS[3] + ".gz")).read_bytes())
     blob[-5] ^= 0xFF
     (mirror / (STEMS[3] + ".gz")).write_bytes(bytes(blob))
