@@ -140,6 +140,9 @@ def check_fisher(out):
     check_palettes(out["palettes"])
     assert out["skipped"] == []
     assert all(np.isfinite([out["ce_fisher"], out["ce_plain"], out["ce_float"]]))
+    check_palettes(out["palettes_refined"])  # refine="gptq": still <= K values, stored
+    assert np.isfinite(out["ce_refined"])
+    assert all("output-refined" in n for n in out["refined_notes"]), out["refined_notes"]
 
 
 def check_export_refused(out, backend):
@@ -166,6 +169,7 @@ def check_same_numerics(other, tf, names):
             close(a["energy"]["value"], b["energy"]["value"], rtol=1e-12)
         if name == "fisher":
             close([a["ce_fisher"], a["ce_plain"]], [b["ce_fisher"], b["ce_plain"]], rtol=1e-4)
+            close(a["ce_refined"], b["ce_refined"], rtol=1e-3)  # argmins on other floats
         if name == "share":  # post-training k-means is numpy: identical
             assert a["kernels"] == b["kernels"]
 

@@ -271,7 +271,8 @@ def s_soft():
 
 
 def s_fisher():
-    """Fisher-weighted post-training k-means; skipped where not built."""
+    """Fisher-weighted post-training k-means, also with the GPTQ + least-squares codebook
+    update (``refine="gptq"``); skipped where not built."""
     x, y = data()
     try:
         clustered, palettes, skipped = dkm_tf.share_weights(
@@ -281,7 +282,17 @@ def s_fisher():
         return {"unavailable": f"{type(e).__name__}: {e}"}
     plain, plain_palettes, _ = dkm_tf.share_weights(model(), n_clusters=K, seed=0)
     logits = model().predict(x, verbose=0)
-    return {"palettes": palette_checks(clustered, palettes), "skipped": [str(s) for s in skipped],
+    try:
+        refined = dkm_tf.share_weights(
+            model(), n_clusters=K, seed=0, weighting="fisher", data=(x, y), refine="gptq",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        extra = {"palettes_refined": palette_checks(refined.model, refined.palettes),
+                 "ce_refined": np_sce(refined.model.predict(x, verbose=0), y),
+                 "refined_notes": [p.note for p in refined.palettes]}
+    except TypeError as e:  # the feature is not in this tree
+        extra = {"refined_unavailable": f"{type(e).__name__}: {e}"}
+    return {**extra, "palettes": palette_checks(clustered, palettes),
+            "skipped": [str(s) for s in skipped],
             "ce_fisher": np_sce(clustered.predict(x, verbose=0), y),
             "ce_plain": np_sce(plain.predict(x, verbose=0), y), "ce_float": np_sce(logits, y)}
 

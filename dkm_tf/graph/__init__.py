@@ -6,6 +6,8 @@
   weight values, and atomic ``.keras`` saves;
 * :mod:`~dkm_tf.graph.share`: post-training weight sharing, a model copy whose kernels hold
   their k-means reconstruction;
+* :mod:`~dkm_tf.graph.refine`: the output-aware codebook update after k-means
+  (``share_weights(refine="outputs")``);
 * :mod:`~dkm_tf.graph.batchnorm`: folding BatchNormalization into the preceding kernel and
   bias (``fold_batch_norm``), and :mod:`~dkm_tf.graph.batchnorm_palettes`: the same fold
   applied to palettes (codebooks rescaled per channel) for strip and export;

@@ -58,7 +58,8 @@ def check_sparse(weighting, sparse):
                       "has no fixed zero centroid)", weighting)
 
 
-def check_weighting(model, weighting, data, loss, sparse=False, labels="model"):
+def check_weighting(model, weighting, data, loss, sparse=False, labels="model",
+                    data_used=False):
     """Validate ``weighting``/``data``/``loss`` eagerly; return ``(x, y, loss_fn)`` or None.
 
     With ``weighting="fisher"``: ``model`` must be a ``keras.Model``; ``data`` is ``x`` or a
@@ -67,9 +68,11 @@ def check_weighting(model, weighting, data, loss, sparse=False, labels="model"):
     sample is run through the model and the loss, so data that does not fit the model fails
     here, before any k-means; with ``labels="model"`` the loss must also be a cross-entropy of
     the model's output (``sum_c exp(-L(c, f(x))) = 1`` over its classes). ``sparse``: sparsity
-    or preserve_sparsity is requested (not supported with a weighting).
+    or preserve_sparsity is requested (not supported with a weighting). ``data_used``: another
+    option (``refine``) uses ``data``, so it may be given without a weighting.
     """
-    checked = _check(model, weighting, data, loss, sparse, labels)
+    checked = _check(model, weighting, None if data_used and weighting is None else data,
+                     loss, sparse, labels)
     return checked and checked[:3]
 
 

@@ -119,7 +119,8 @@ def _share_plan(model, defaults, overrides, seed):
 def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
                   init="kmeans++", seed=0, overrides=None, sparsity=0.0, verbose=False,
                   inplace=False, preserve_sparsity=False, fold_bn=None, weighting=None,
-                  data=None, loss=None, codebook="layer", transforms=1, scale_bits=16):
+                  data=None, loss=None, codebook="layer", transforms=1, scale_bits=16,
+                  refine=None):
     """Cluster every supported kernel of a model with k-means (no re-training).
 
     Args:
@@ -169,6 +170,13 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         transforms: 1, 2, 4 or 8: transform-invariant kernel clustering (``unit="kernel"``).
         scale_bits: 16 (float16), 8 (int8 with a per-layer step) or 32: stored per-kernel
             scales of scaled kernel clustering.
+        refine: ``None``, ``"outputs"`` or ``"gptq"``: after k-means, move each per-tensor
+            scalar codebook (and its layer's bias) to the least-squares fit of the float
+            layer's outputs on ``data``, layer by layer, each layer fed by the already
+            clustered ones (:mod:`dkm_tf.graph.refine`; still <= K values). ``"gptq"`` also
+            re-assigns Dense and Conv2D weights by GPTQ's error feedback first
+            (:mod:`dkm_tf.graph.gptq`). Needs ``data`` (inputs only) and ``inplace=False``;
+            the palettes' notes say what was updated, or why not.
 
     Returns:
         A :class:`ShareResult` ``(model, palettes, skipped)``; ``model`` is the input itself
@@ -205,7 +213,7 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
                                  granularity=(granularity, "per_tensor"),
                                  sparsity=(sparsity, 0.0),
                                  preserve_sparsity=(preserve_sparsity, False),
-                                 weighting=(weighting, None)):
+                                 weighting=(weighting, None), refine=(refine, None)):
         return ShareResult(*kernel_share.share_kernels(
             model, n_clusters, codebook=codebook, transforms=transforms,
             scale_bits=scale_bits, init=init, seed=seed, overrides=overrides,
@@ -214,9 +222,12 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
 
     overrides = check_overrides(model, overrides, defaults, _check_settings)
     from dkm_tf.graph import sensitivity  # noqa: PLC0415 (imports keras)
+    from dkm_tf.graph.refine import check_refine, refine_codebooks  # noqa: PLC0415
 
+    calib = check_refine(model, refine, data, inplace, preserve_sparsity or sparsity)
     fisher = sensitivity.check_weighting(model, weighting, data, loss,
-                                         preserve_sparsity or sparsity)
+                                         preserve_sparsity or sparsity,
+                                         data_used=calib is not None)
     if (fold_bn is not None and not isinstance(fold_bn, bool)) or (fold_bn and inplace):
         raise ValueError("Invalid value for argument `fold_bn`. Expected None or a bool, and "
                          "not True with inplace=True (folding changes the layer graph). "
@@ -226,8 +237,8 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         from dkm_tf.graph.batchnorm import maybe_fold  # noqa: PLC0415 (imports keras)
 
         folding = maybe_fold(model)
-        if folding.folded:  # already a fresh copy: cluster it in place
-            model, inplace = folding.model, True
+        if folding.folded:  # already a fresh copy: cluster it in place (unless refine
+            model, inplace = folding.model, calib is None  # compares it with the float one)
     jobs, skipped = _share_plan(model, defaults, overrides, seed)
     if not jobs and not any(r == "excluded by overrides" for _, r in skipped):
         raise ValueError(f"share_weights found no weight to cluster in model {model.name!r}: "
@@ -274,6 +285,9 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         for job, pal in zip(jobs, palettes):
             print(f"  clustered {pal.name}: {job.size:,} weights -> K={pal.n_clusters} "
                   f"({job.unit}, d={pal.unit_dim}, {job.cfg['granularity']})", flush=True)
+    if calib is not None:
+        palettes = refine_codebooks(model, clone, palettes, calib, method=refine,
+                                    verbose=verbose)
     return ShareResult(clone, palettes, skipped,
                        list(folding.folded) if folding is not None else [])
 

@@ -1,0 +1,398 @@
+"""Output-aware codebook update for post-training weight sharing (``share_weights(refine=...)``).
+
+k-means (plain or Fisher-weighted) chooses the centroids that best approximate the *weights*.
+What matters is the layer's *output*. With the assignments fixed, a layer whose pre-activation
+output is linear in its kernel (Dense, convolutions, EinsumDense, Embedding) has an output
+error that is a quadratic function of the K centroids, so the centroids that minimise it are
+the solution of a K x K least-squares problem. For calibration inputs, writing ``M_k`` for the
+0/1 mask of the weights in cluster k and ``lin(X, M)`` for the layer's pre-activation output
+without bias,
+
+    Z_k = lin(X_q, M_k),        T = lin(X_f, W) + b,
+    min_{c, b'}  || sum_k c_k Z_k + b' - T ||^2
+
+where ``X_f`` are the layer's inputs in the float model, ``X_q`` its inputs in the clustered
+model with every earlier layer already updated (sequential, as GPTQ, Frantar et al. 2023, §3,
+so each layer also absorbs the error of the ones before it), ``W`` and ``b`` the float kernel
+and bias, and ``b'`` the new bias. A 1-D bias over the output channels is solved jointly
+(closed form: ``b'_j = mean_j(T - sum_k c_k Z_k)``, the empirical bias correction of Nagel et
+al., ICCV 2019, §4.2); otherwise the bias is kept. With per-channel means ``S``, the centroids
+solve ``(G - S S^T / n + lam I) c = H - S s_T / n + lam c0`` (``G_kl = <Z_k, Z_l>``,
+``H_k = <Z_k, T>``), a ridge ``lam`` (1e-6 of the mean diagonal) towards the k-means centroids
+``c0`` keeping empty or collinear clusters where they were. The update is the codebook update
+step of GPTVQ (van Baalen et al., 2024, §3.3), in closed form.
+
+Candidates and the guard. A layer-wise fit is not the model's error, so each layer tries a few
+fits and keeps the one that gives the **model's** outputs the lowest error against the float
+model's on the calibration inputs (mean KL(float || clustered) when the outputs are
+probability distributions, else the mean squared error), and only if that error is below the
+one before the update (else the k-means codebook stays, and the note says so): the error of the
+model's outputs never rises, layer after layer. The fits tried: all pre-activation outputs counted;
+for a layer with a fused ReLU (or ReLU6), also the fit that leaves out the output elements the
+activation clips in both the float and the k-means model (both pre-activations <= 0, or both
+>= 6), whose error never reaches the next layer; and with ``refine="gptq"``, each of these
+also with the weights of a Dense or Conv2D kernel re-assigned to the k-means centroids by GPTQ
+(:mod:`dkm_tf.graph.gptq`, error feedback through the inverse Hessian of the same layer-wise
+loss). ``refine="gptq"`` tries a superset of ``"outputs"``'s fits, so on a single layer its
+model error is never above it. Cost: one forward pass of the calibration inputs per fit tried
+and per layer, plus the layer's own K + 2 evaluations.
+
+Applies to one-codebook-per-tensor scalar palettes of those layers; any other palette (per
+channel, vector units, a float16 kernel, a layer that is not linear in its kernel) is left as
+k-means made it, and its note says why. Each update is kept only if it lowers that layer's
+output error on the calibration data; the note gives the error before and after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+
+import numpy as np
+
+from dkm_tf.core import units as units_lib
+from dkm_tf.core.validate import invalid
+from dkm_tf.graph import gptq
+from dkm_tf.graph.clusterable import get_weight
+from dkm_tf.graph.copying import iter_layers
+
+__all__ = ["LINEAR_LAYERS", "REFINES", "refine_codebooks"]
+
+REFINES = (None, "outputs", "gptq")
+# layers whose pre-activation output is linear in each of their kernels (the others fixed)
+LINEAR_LAYERS = ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D", "Conv3D",
+                 "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv1D",
+                 "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
+RIDGE = 1e-6
+GPTQ_MAX_INPUTS = 8192  # GPTQ's Hessian is d_in x d_in float64 (512 MiB here)
+MEMORY = 1 << 28  # bytes of layer outputs (or im2col rows) held at once
+_CLIPS = {"relu": (0.0, np.inf), "relu6": (0.0, 6.0)}  # fused activations that clip
+
+
+def _twin(layer, x):
+    """A copy of ``layer`` without its activation, built on ``x``: its pre-activation."""
+    cfg = dict(layer.get_config())
+    if "activation" in cfg:
+        cfg["activation"] = None
+    cfg["name"] = f"{layer.name}_refine_twin"
+    twin = type(layer).from_config(cfg)
+    twin(x[:1])
+    if [tuple(v.shape) for v in twin.weights] != [tuple(v.shape) for v in layer.weights]:
+        raise ValueError("its copy creates different weights")
+    return twin
+
+
+def _call(twin, x, values):
+    import keras  # noqa: PLC0415
+
+    with keras.StatelessScope(state_mapping=list(zip(twin.weights, values))):
+        return keras.ops.convert_to_numpy(twin(x)).astype(np.float64)
+
+
+def _channels_last(y, layer):
+    if getattr(layer, "data_format", "channels_last") == "channels_first" and y.ndim > 2:
+        y = np.moveaxis(y, 1, -1)
+    return y.reshape(-1, y.shape[-1])
+
+
+def _why_not(pal, layer, var):
+    if type(layer).__name__ not in LINEAR_LAYERS:
+        return f"{type(layer).__name__} is not linear in its kernel"
+    if pal.codebook.shape[0] != 1 or pal.unit_dim != 1:
+        return "only one-codebook-per-tensor scalar palettes are updated"
+    if pal.preserve_sparsity or pal.scales is not None or pal.n_transforms != 1:
+        return "palettes with a fixed zero, scales or transforms are not updated"
+    if str(var.dtype) != "float32":
+        return f"a {var.dtype} kernel is not updated"
+    return None
+
+
+def _inputs_fn(model, layer):
+    import keras  # noqa: PLC0415
+
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, layer.input)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keras warns when a model built on a list of one input is called on a tensor."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        yield
+
+
+def _predict(fn, x, batch_size):
+    import keras  # noqa: PLC0415
+
+    with _quiet():
+        return np.concatenate([keras.ops.convert_to_numpy(fn(x[lo:lo + batch_size],
+                                                             training=False))
+                               for lo in range(0, len(x), batch_size)])
+
+
+def _clip(layer):
+    """The clipping range of the layer's fused ReLU / ReLU6, or None."""
+    return _CLIPS.get(getattr(getattr(layer, "activation", None), "__name__", ""))
+
+
+def _refine_one(pal, layer_f, layer_q, xf, xq, batch_size, masked=False):
+    """``(codebook (K,), bias or None, bias slot, SSE before, SSE after)`` of one palette."""
+    ids = [id(v) for v in layer_q.weights]
+    slot = ids.index(id(get_weight(layer_q, pal.weight_name)))
+    bias = getattr(layer_q, "bias", None)
+    b_slot = ids.index(id(bias)) if bias is not None and len(bias.shape) == 1 else None
+    twin = _twin(layer_q, xq)
+    float_vals = [np.asarray(v.numpy()) for v in layer_f.weights]
+    base = [np.asarray(v.numpy()) for v in layer_q.weights]
+    kernel = base[slot]
+    zero = np.zeros_like(kernel)
+    base[slot] = zero
+    if b_slot is not None:
+        b_old = base[b_slot].astype(np.float64)
+        base[b_slot] = np.zeros_like(base[b_slot])
+
+    def lin(xs, m):  # the output with kernel m (and the bias solved for at 0)
+        vals = list(base)
+        vals[slot] = m
+        return _call(twin, xs, vals)
+
+    probe = xq[:min(batch_size, 8)]  # linearity: lin(X, -W) - off = -(lin(X, W) - off)
+    off = lin(probe, zero)
+    a, b = lin(probe, kernel) - off, lin(probe, -kernel) - off
+    if not np.allclose(a, -b, rtol=1e-4, atol=1e-6 * (np.abs(a).max() + 1e-30)):
+        raise ValueError("its output is not linear in the kernel")
+    if b_slot is not None and _channels_last(a, layer_q).shape[-1] != b_old.shape[0]:
+        base[b_slot], b_slot = b_old.astype(base[b_slot].dtype), None  # not per channel: kept
+    k = pal.codebook.shape[1]
+    masks = [dataclasses.replace(pal, codebook=np.eye(k, dtype=np.float32)[i][None, :, None])
+             .decode() for i in range(k)]
+    clip = _clip(layer_q) if masked else None
+    g, h, tt = np.zeros((k, k)), np.zeros(k), 0.0
+    s = t_sum = n = 0.0
+    chunk = _chunk(a.size / len(probe) * (k + 4), batch_size)  # float64 outputs held at once
+    for lo in range(0, len(xq), chunk):
+        xs_q = xq[lo:lo + chunk]
+        off = lin(xs_q, zero)  # what the kernel does not produce (a kept bias)
+        t_full = _call(twin, xf[lo:lo + chunk], float_vals)
+        t = _channels_last(t_full - off, layer_q)
+        z = np.stack([_channels_last(lin(xs_q, m) - off, layer_q) for m in masks])
+        w = np.ones_like(t)
+        if clip is not None:  # a fused ReLU: elements it clips in both models do not count
+            p0 = _channels_last(lin(xs_q, kernel), layer_q) + (b_old if b_slot is not None
+                                                               else 0.0)
+            t0 = _channels_last(t_full, layer_q)
+            w = 1.0 - (((t0 <= clip[0]) & (p0 <= clip[0]))
+                       | ((t0 >= clip[1]) & (p0 >= clip[1])))
+        wz = z * w
+        g += np.einsum("kpc,lpc->kl", wz, z)
+        h += np.einsum("kpc,pc->k", wz, t)
+        tt += float((w * t * t).sum())
+        s, t_sum, n = s + wz.sum(1), t_sum + (w * t).sum(0), n + w.sum(0)
+
+    def sse(c, bvec):
+        e = c @ g @ c - 2 * c @ h + tt
+        if bvec is not None:
+            e += 2 * bvec @ (c @ s - t_sum) + (n * bvec) @ bvec
+        return max(float(e), 0.0)
+
+    c0 = pal.codebook[0, :, 0].astype(np.float64)
+    a_mat, rhs = g, h
+    if b_slot is not None:
+        inv = np.where(n > 0, 1.0 / np.where(n > 0, n, 1.0), 0.0)  # channels never counted:
+        a_mat, rhs = g - (s * inv) @ s.T, h - (s * inv) @ t_sum  # their bias is kept
+    lam = RIDGE * max(float(np.mean(np.diag(a_mat))), 1e-30)
+    c = np.linalg.solve(a_mat + lam * np.eye(k), rhs + lam * c0)
+    if b_slot is None:
+        return c, None, None, sse(c0, None), sse(c, None)
+    b_new = np.where(n > 0, (t_sum - c @ s) * inv, b_old)
+    return c, b_new, b_slot, sse(c0, b_old), sse(c, b_new)
+
+
+def _chunk(floats_per_sample, batch_size):
+    """Samples per step so that a step holds at most :data:`MEMORY` bytes of float64."""
+    return int(max(1, min(batch_size, MEMORY // max(8 * floats_per_sample, 1))))
+
+
+def _outputs(model, x, batch_size):
+    """The model's outputs on ``x``, all outputs flattened per sample (n, total)."""
+    import keras  # noqa: PLC0415
+
+    parts = []
+    with _quiet():
+        for lo in range(0, len(x), batch_size):
+            out = keras.tree.flatten(model(x[lo:lo + batch_size], training=False))
+            parts.append(np.concatenate([keras.ops.convert_to_numpy(o).reshape(len(o), -1)
+                                         for o in out], 1).astype(np.float64))
+    return np.concatenate(parts)
+
+
+def _is_distribution(y):
+    return bool(np.all(y >= 0) and np.allclose(y.sum(1), 1.0, atol=1e-3))
+
+
+def _error(y, ref):
+    """The model's output error: mean KL(ref || y) when its outputs are probability
+    distributions (a softmax head: squared error there ignores the small probabilities), else
+    the mean squared error."""
+    if _is_distribution(ref):
+        p = np.clip(y, 1e-12, None)
+        q = np.clip(ref, 1e-12, None)
+        return float(np.mean(np.sum(q * (np.log(q) - np.log(p)), 1)))
+    return float(np.mean((y - ref) ** 2))
+
+
+def _gptq_palette(pal, layer_f, layer_q, xq, batch_size):
+    """``(pal with its indices chosen by GPTQ for the same centroids, "")`` (see
+    :mod:`dkm_tf.graph.gptq`), or ``(None, why not)``: Dense and channels-last, ungrouped
+    Conv2D kernels with at most :data:`GPTQ_MAX_INPUTS` inputs per output."""
+    name = type(layer_q).__name__
+    kernel = np.asarray(get_weight(layer_f, pal.weight_name).numpy(), np.float64)
+    if name == "Dense" and kernel.ndim == 2:
+        def rows(xs):
+            return xs.reshape(-1, kernel.shape[0])
+    elif (name == "Conv2D" and getattr(layer_q, "groups", 1) == 1
+          and layer_q.data_format == "channels_last"):
+        def rows(xs):
+            return gptq.im2col(xs, layer_q.kernel_size, layer_q.strides,
+                               layer_q.dilation_rate, layer_q.padding)
+    else:
+        return None, f"GPTQ assigns Dense and Conv2D kernels only, not {name}"
+    d_in = int(np.prod(kernel.shape[:-1]))
+    if d_in > GPTQ_MAX_INPUTS:
+        return None, (f"{d_in:,} inputs per output is above GPTQ_MAX_INPUTS = "
+                      f"{GPTQ_MAX_INPUTS:,} (its Hessian is d_in x d_in)")
+    chunk = _chunk(rows(xq[:1]).size, batch_size)
+    h = sum(gptq.hessian(rows(xq[lo:lo + chunk])) for lo in range(0, len(xq), chunk))
+    idx = gptq.gptq_assign(kernel.reshape(-1, kernel.shape[-1]), h,
+                           pal.codebook[0, :, 0].astype(np.float64))
+    units = units_lib.to_units(idx.reshape(kernel.shape), pal.layout)[:, :, 0]
+    return dataclasses.replace(pal, indices=units.astype(pal.indices.dtype)), ""
+
+
+def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch_size=64,
+                     verbose=False):
+    """Update each eligible palette's codebook (and its layer's bias) on the layer outputs.
+
+    ``method``: ``"outputs"`` or ``"gptq"`` (also try GPTQ's assignment of Dense and Conv2D
+    kernels); the fit that lowers the model's output error most is kept (see the module
+    docstring), or none.
+
+    Args:
+        float_model: the float model (BatchNormalization folded like ``model``).
+        model: its clustered copy; its kernels (and biases) are overwritten in layer order.
+        palettes: ``model``'s palettes, in layer order.
+        x: calibration inputs (an array with a leading sample axis).
+        batch_size: samples per forward pass.
+        verbose: print one line per palette.
+
+    Returns:
+        The palettes, the updated ones with their new codebook and a note.
+    """
+    layers_f = {layer.name: layer for layer in iter_layers(float_model)}
+    layers_q = {layer.name: layer for layer in iter_layers(model)}
+    ref = _outputs(float_model, x, batch_size)
+    err = _error(_outputs(model, x, batch_size), ref)
+    out = []
+    for pal in palettes:
+        layer_q, layer_f = layers_q.get(pal.layer_name), layers_f.get(pal.layer_name)
+        var = get_weight(layer_q, pal.weight_name) if layer_q is not None else None
+        why = "layer not found" if var is None or layer_f is None else _why_not(pal, layer_q,
+                                                                                  var)
+        cands = []
+        if why is None:
+            try:
+                xf = _predict(_inputs_fn(float_model, layer_f), x, batch_size)
+                xq = _predict(_inputs_fn(model, layer_q), x, batch_size)
+                assigned = [(pal, "")]
+                if method == "gptq":
+                    g_pal, gwhy = _gptq_palette(pal, layer_f, layer_q, xq, batch_size)
+                    assigned = [(pal, f"k-means assignment ({gwhy})" if gwhy else
+                                 "k-means assignment")] + ([(g_pal, "GPTQ assignment")]
+                                                           if g_pal is not None else [])
+                for p, label in assigned:
+                    for masked in (False, True) if _clip(layer_q) else (False,):
+                        fit = _refine_one(p, layer_f, layer_q, xf, xq, batch_size, masked)
+                        what = ", ".join(filter(None, (label, "clipped outputs left out"
+                                                       if masked else "")))
+                        cands.append((p, what, fit))
+            except (ValueError, AttributeError, TypeError) as e:
+                why = f"its inputs or outputs could not be evaluated ({e})"
+        if not cands:
+            note = f"output refine not applied: {why}"
+        else:
+            pal, err, note = _pick(model, layer_q, var, pal, cands, x, ref, err, batch_size)
+        if verbose:
+            print(f"  {pal.name}: {note}", flush=True)
+        out.append(dataclasses.replace(pal, note="; ".join(filter(None, (pal.note, note)))))
+    return out
+
+
+def _pick(model, layer, var, pal, cands, x, ref, err, batch_size):
+    """Try each candidate update of ``layer``; keep the one with the lowest model output error
+    (:func:`_error` against the float model's ``ref``) if it is below ``err``, else restore
+    the layer.
+    Returns ``(palette, error, note)``."""
+    old = [v.numpy() for v in layer.weights]
+    best = None
+    for p, what, (c, b_new, b_slot, before, after) in cands:
+        if after >= before:
+            continue  # the fit did not even lower this layer's output error
+        new = dataclasses.replace(p, codebook=c.astype(np.float32)[None, :, None])
+        var.assign(new.decode().astype(np.float32))
+        if b_slot is not None:
+            layer.weights[b_slot].assign(b_new.astype(np.float32))
+        e = _error(_outputs(model, x, batch_size), ref)
+        if best is None or e < best[0]:
+            what = f"codebook{' and bias' if b_slot is not None else ''}" + (
+                f" ({what})" if what else "")
+            best = (e, new, [v.numpy() for v in layer.weights], what, before, after)
+        for v, value in zip(layer.weights, old):
+            v.assign(value)
+    if best is None:
+        return pal, err, "output refine kept k-means centroids (no fit lowered the layer error)"
+    e, new, values, what, before, after = best
+    if e >= err:
+        return pal, err, (f"output refine reverted: the {what} lowered the layer output SSE "
+                          f"{before:.4g} -> {after:.4g} but not the model output error "
+                          f"({err:.4g} -> {e:.4g})")
+    for v, value in zip(layer.weights, values):
+        v.assign(value)
+    return new, e, (f"output-refined {what}: layer output SSE {before:.4g} -> {after:.4g}, "
+                    f"model output error {err:.4g} -> {e:.4g}")
+
+
+def check_refine(model, refine, data, inplace, sparse):
+    """Validate ``refine`` eagerly; return the calibration inputs ``x`` (or None).
+
+    One sample is run through ``model``, so inputs that do not fit it fail here, before any
+    k-means.
+    """
+    if refine not in REFINES:
+        raise invalid("refine", f"one of {REFINES}", refine)
+    if refine is None:
+        return None
+    if inplace:
+        raise invalid("refine", "None with inplace=True (the update compares the clustered "
+                      "layers' outputs with the float model's)", refine)
+    if sparse:
+        raise invalid("refine", "None with sparsity or preserve_sparsity (the update would "
+                      "move the fixed zero centroid)", refine)
+    if len(getattr(model, "inputs", None) or ()) != 1:
+        raise invalid("refine", "None for a model without exactly one input (the update "
+                      "feeds calibration samples x, one array, through the model)", refine)
+    x = data[0] if isinstance(data, (tuple, list)) and len(data) == 2 else data
+    if x is None or getattr(x, "shape", None) is None or len(x.shape) < 1 or len(x) < 1:
+        raise invalid("data", "calibration samples x (an array with a leading sample axis), "
+                      f"or (x, y), needed by refine={refine!r}",
+                      None if x is None else type(x).__name__)
+    x = np.asarray(x)
+    try:
+        with _quiet():
+            model(x[:1], training=False)
+    except Exception as e:  # noqa: BLE001 (any failure of the trial sample means misfit data)
+        raise ValueError(f"Invalid value for argument `data`. Expected samples x that fit model "
+                         f"{model.name!r}. Received: x of shape {x.shape}; one sample failed "
+                         f"with: {type(e).__name__}: {e}") from e
+    return x
