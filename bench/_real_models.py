@@ -14,7 +14,9 @@ the only network used, as for pip install).
 
 Real images, no network: matplotlib's bundled ``grace_hopper.jpg`` (a face) and scikit-learn's
 ``load_sample_images()`` (china.jpg, flower.jpg); MNIST test digits from ``$DKM_TF_MNIST_DIR``
-or ``../shared/data/mnist`` for the digits classifier.
+or ``../shared/data/mnist`` for the digits classifier, and printed digits rendered from
+matplotlib's (and the system's DejaVu) fonts (``bench/_printed_digits.py``, its own domain) for
+``load_digitsclassifier_printed``.
 """
 
 from __future__ import annotations
@@ -176,17 +178,40 @@ def load_mtcnn_onet():
     return RealModel("MTCNN ONet", twin, x.astype(np.float32), extra={"subclassed": net})
 
 
-def load_digitsclassifier():
+def _digitsclassifier_model():
     import keras  # noqa: PLC0415
 
+    return keras.models.load_model(package_dir("digitsclassifier") / "models" /
+                                   "digit_classifier_model.keras", compile=False)
+
+
+def load_digitsclassifier():
     from dkm_tf.data import load_mnist  # noqa: PLC0415
 
-    model = keras.models.load_model(package_dir("digitsclassifier") / "models" /
-                                    "digit_classifier_model.keras", compile=False)
+    model = _digitsclassifier_model()
     (_, _), (x_test, y_test) = load_mnist()
     x = mnist_as_digitsclassifier(x_test[:1000])
     return RealModel("digitsclassifier CNN", model, x[:8], labels=np.asarray(y_test[:8]),
                      extra={"x_test": x, "y_test": np.asarray(y_test[:1000])})
+
+
+def load_digitsclassifier_printed(n_test=2000, n_calib=4096):
+    """The digitsclassifier CNN on its own domain, printed digits (``bench/_printed_digits.py``):
+    ``n_test`` renderings from the test fonts (seed 1) in ``extra["x_test"]``/``["y_test"]``, a
+    calibration pool of ``n_calib`` from the disjoint calibration fonts (seed 0) in
+    ``extra["x_calib"]``/``["y_calib"]``, all preprocessed as the package does."""
+    import _printed_digits as printed  # noqa: PLC0415 (bench/ is on sys.path)
+
+    calib_fonts, test_fonts = printed.split_fonts()
+    xc, yc = printed.printed_digits(-(-n_calib // 10), fonts=calib_fonts, seed=0)
+    xt, yt = printed.printed_digits(-(-n_test // 10), fonts=test_fonts, seed=1)
+    x = printed.as_digitsclassifier(xt[:n_test])
+    return RealModel("digitsclassifier CNN (printed digits)", _digitsclassifier_model(), x[:8],
+                     labels=yt[:8], extra={
+                         "x_test": x, "y_test": yt[:n_test],
+                         "x_calib": printed.as_digitsclassifier(xc[:n_calib]),
+                         "y_calib": yc[:n_calib],
+                         "fonts": ([f.stem for f in calib_fonts], [f.stem for f in test_fonts])})
 
 
 def mnist_as_digitsclassifier(x):

