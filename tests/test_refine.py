@@ -72,28 +72,36 @@ def obq_assign(w, h, codebook, damp=0.01):
     idx = np.zeros(w.shape, np.int64)
     while left:
         i, rest = left[0], left[1:]
-        idx[i] = np.argmin(np.abs(w[i][:, None] - codebook[None, :]), axis=1)
-        err = w[i] - codebook[idx[i]]
+        book = codebook if codebook.ndim == 2 else np.broadcast_to(codebook, (w.shape[1],
+                                                                              codebook.size))
+        idx[i] = np.argmin(np.abs(w[i][:, None] - book), axis=1)
+        err = w[i] - book[np.arange(w.shape[1]), idx[i]]
         w[rest] -= np.outer(hinv[rest, i] / hinv[i, i], err)
         hinv = hinv - np.outer(hinv[:, i], hinv[i, :]) / hinv[i, i]
         left = rest
     return idx
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_gptq_assign_equals_the_obq_form(seed):
+@pytest.mark.parametrize("seed,per_column", [(0, False), (1, False), (2, False), (3, True)])
+def test_gptq_assign_equals_the_obq_form(seed, per_column):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(60, 20)) * rng.uniform(0.2, 2.0, size=20)  # unequal H_ii
     w = rng.normal(size=(20, 5))
     codebook = np.array([0.4, -1.1, 0.0, 1.3])  # unsorted on purpose
+    if per_column:  # one codebook per output column (per-channel palettes)
+        codebook = codebook * rng.uniform(0.5, 1.5, size=(5, 1))
     h = gptq.hessian(x)
     got = gptq.gptq_assign(w, h, codebook, block=7)  # blocks end inside the rows
     want = obq_assign(w, h, codebook)
     np.testing.assert_array_equal(got, want)
     # it beats nearest-centroid rounding on the layer's outputs
-    near = np.argmin(np.abs(w[..., None] - codebook), axis=-1)
-    assert (np.sum((x @ (codebook[got] - w)) ** 2)
-            < np.sum((x @ (codebook[near] - w)) ** 2))
+    book = codebook if per_column else np.broadcast_to(codebook, (5, 4))
+    near = np.argmin(np.abs(w[..., None] - book), axis=-1)
+
+    def decoded(idx):
+        return book[np.arange(5), idx]
+
+    assert np.sum((x @ (decoded(got) - w)) ** 2) < np.sum((x @ (decoded(near) - w)) ** 2)
 
 
 @pytest.mark.parametrize("stride,dilation,padding", [(1, 1, "same"), (2, 1, "valid"),
@@ -166,7 +174,7 @@ def test_relu_fit_leaves_out_what_the_relu_clips_in_both_models():
     m1 = masks(k1, plain.palettes[0])
     want_c, want_b = ls_codebook(np.stack([xf @ m for m in m1]), xf @ w + b1, True,
                                  xf @ k1 + b1)
-    np.testing.assert_allclose(c, want_c, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(c[0], want_c, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(b, want_b, rtol=1e-4, atol=1e-6)
     assert after < before
 
@@ -257,19 +265,63 @@ def test_conv_codebook_equals_numpy_least_squares(stride, padding, use_bias):
 
 
 # --------------------------------------------------------------------- what it leaves alone
+def depthwise_nhwc(x, w):
+    """Plain numpy 'valid' depthwise convolution, multiplier 1 (w: kh, kw, C, 1)."""
+    return np.stack([conv_nhwc(x[..., c:c + 1], w[:, :, c:c + 1, :], 1, "valid")[..., 0]
+                     for c in range(x.shape[-1])], -1)
+
+
+@pytest.mark.parametrize("layer", ["dense", "depthwise"])
+def test_per_channel_codebooks_equal_numpy_least_squares_per_channel(layer):
+    keras.utils.set_random_seed(4)
+    rng = np.random.default_rng(5)
+    if layer == "dense":
+        inp = keras.Input((7,))
+        out = keras.layers.Dense(3, name="l")(inp)
+        x = rng.normal(size=(50, 7)).astype(np.float32)
+    else:
+        inp = keras.Input((6, 6, 3))
+        out = keras.layers.DepthwiseConv2D(3, name="l")(inp)
+        x = rng.normal(size=(10, 6, 6, 3)).astype(np.float32)
+    model = keras.Model(inp, out)
+    model.get_layer("l").bias.assign(np.linspace(-0.3, 0.3, 3).astype(np.float32))
+    kw = {"granularity": "per_channel"} if layer == "dense" else {}
+    plain = share_weights(model, 3, **kw)
+    res = share_weights(model, 3, refine="outputs", data=x, **kw)
+    pal = res.palettes[0]
+    assert pal.codebook.shape[0] == 3 and "output-refined codebook and bias" in pal.note
+    w, b = _values(model.get_layer("l"))
+    kq = plain.model.get_layer("l").kernel.numpy()
+    xf = x.astype(np.float64)
+    op = (lambda m: xf @ m) if layer == "dense" else (lambda m: depthwise_nhwc(xf, m))
+    t = (op(w) + b).reshape(-1, 3)
+    for ch in range(3):  # each output channel has its own K centroids and bias
+        book = plain.palettes[0].codebook[ch, :, 0]
+        sel = np.zeros_like(kq)  # dense: column ch; depthwise: channel ch (multiplier 1)
+        sel[(..., ch) if layer == "dense" else (slice(None), slice(None), ch)] = 1.0
+        m = [((kq == v) * sel).astype(np.float64) for v in book]
+        z = np.stack([op(mk).reshape(-1, 3)[:, ch:ch + 1] for mk in m])
+        want_c, want_b = ls_codebook(z, t[:, ch:ch + 1], True)
+        np.testing.assert_allclose(pal.codebook[ch, :, 0], want_c, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(res.model.get_layer("l").bias.numpy()[ch], want_b[0],
+                                   rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(res.model.get_layer("l").kernel.numpy(), pal.decode())
+
+
 def test_layers_and_palettes_it_cannot_update_are_reported():
     keras.utils.set_random_seed(0)
     inp = keras.Input((5, 5, 3))
-    h = keras.layers.DepthwiseConv2D(3, name="dw")(inp)  # per-channel by default
-    h = keras.layers.Conv2D(4, 1, name="pw")(h)
+    h = keras.layers.SeparableConv2D(4, 3, name="sep")(inp)  # depthwise: per channel
     h = keras.layers.Reshape((9, 4))(h)
     out = keras.layers.LSTM(3, name="rnn")(h)
     model = keras.Model(inp, out)
     x = np.random.default_rng(0).normal(size=(6, 5, 5, 3)).astype(np.float32)
     res = share_weights(model, 4, refine="outputs", data=x)
     notes = {p.name: p.note for p in res.palettes}
-    assert "output refine not applied: only one-codebook-per-tensor" in notes["dw/kernel"]
-    assert "output-refined codebook" in notes["pw/kernel"]
+    # a per-channel codebook whose channel feeds every output (through the pointwise kernel)
+    assert ("output refine not applied: per-channel codebooks are updated only where"
+            in notes["sep/depthwise_kernel"])
+    assert "output refine not applied" not in notes["sep/pointwise_kernel"]
     rnn = [n for name, n in notes.items() if name.startswith("rnn/")]
     assert rnn and all("LSTM is not linear in its kernel" in n for n in rnn)
     for pal in res.palettes:  # untouched or updated, the stored weights are the palettes

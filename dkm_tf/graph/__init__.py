@@ -7,7 +7,8 @@
 * :mod:`~dkm_tf.graph.share`: post-training weight sharing, a model copy whose kernels hold
   their k-means reconstruction;
 * :mod:`~dkm_tf.graph.refine`: the output-aware codebook update after k-means
-  (``share_weights(refine="outputs")``);
+  (``share_weights(refine="outputs" | "gptq")``), with :mod:`~dkm_tf.graph.gptq` (GPTQ's
+  assignment) and :mod:`~dkm_tf.graph.calibration` (running a model on calibration inputs);
 * :mod:`~dkm_tf.graph.batchnorm`: folding BatchNormalization into the preceding kernel and
   bias (``fold_batch_norm``), and :mod:`~dkm_tf.graph.batchnorm_palettes`: the same fold
   applied to palettes (codebooks rescaled per channel) for strip and export;

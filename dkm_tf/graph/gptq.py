@@ -36,20 +36,37 @@ def _nearest(w, codebook):
 
 
 def gptq_assign(kernel, h, codebook, *, damp=DAMP, act_order=True, block=BLOCK):
-    """Indices (d_in, d_out) into ``codebook`` (K,) of ``kernel`` (d_in, d_out), by GPTQ.
+    """Indices (d_in, d_out) into ``codebook`` of ``kernel`` (d_in, d_out), by GPTQ.
 
     Args:
         kernel: the float weights, rows = input dimensions.
         h: ``X^T X`` (d_in, d_in) of the layer's calibration inputs.
-        codebook: the K scalar centroids (fixed).
+        codebook: the K scalar centroids (fixed), (K,) or one row per output column
+            (d_out, K).
         damp: ridge added to H, a fraction of its mean diagonal.
         act_order: assign rows in order of decreasing ``H_ii``.
         block: rows per lazy-update block.
     """
     w = np.array(kernel, np.float64)
     h = np.array(h, np.float64)
-    order = np.argsort(codebook)
-    cb = np.asarray(codebook, np.float64)[order]
+    book = np.asarray(codebook, np.float64)
+    if book.ndim == 2:  # per column: nearest by distance (K is small)
+        cols = np.arange(w.shape[1])
+
+        def nearest(row):
+            return np.argmin(np.abs(row[:, None] - book), axis=1)
+
+        def value(row_idx):
+            return book[cols, row_idx]
+    else:
+        order = np.argsort(book)
+        cb = book[order]
+
+        def nearest(row):
+            return _nearest(row, cb)
+
+        def value(row_idx):
+            return cb[row_idx]
     d = w.shape[0]
     dead = np.diag(h) == 0  # inputs that are always 0: any value, nearest centroid
     h[dead, dead] = 1.0
@@ -62,14 +79,14 @@ def gptq_assign(kernel, h, codebook, *, damp=DAMP, act_order=True, block=BLOCK):
         b1 = min(b0 + block, d)
         err = np.zeros((b1 - b0, w.shape[1]))
         for i in range(b0, b1):
-            idx[i] = _nearest(w[i], cb)
-            e = (w[i] - cb[idx[i]]) / u[i, i]
+            idx[i] = nearest(w[i])
+            e = (w[i] - value(idx[i])) / u[i, i]
             w[i + 1:b1] -= np.outer(u[i, i + 1:b1], e)
             err[i - b0] = e
         w[b1:] -= u[b0:b1, b1:].T @ err
     out = np.empty_like(idx)
     out[perm] = idx
-    return order[out]
+    return out if book.ndim == 2 else order[out]
 
 
 def _same_pad(size, k, stride, rate):

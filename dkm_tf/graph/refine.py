@@ -37,23 +37,24 @@ loss). ``refine="gptq"`` tries a superset of ``"outputs"``'s fits, so on a singl
 model error is never above it. Cost: one forward pass of the calibration inputs per fit tried
 and per layer, plus the layer's own K + 2 evaluations.
 
-Applies to one-codebook-per-tensor scalar palettes of those layers; any other palette (per
-channel, vector units, a float16 kernel, a layer that is not linear in its kernel) is left as
-k-means made it, and its note says why. Each update is kept only if it lowers that layer's
-output error on the calibration data; the note gives the error before and after.
+Applies to scalar palettes of those layers: one codebook per tensor, or one per output channel
+(per-channel Dense / conv kernels, depthwise kernels), where the fit decouples into one K x K
+solve per channel, each with its channel's bias. Any other palette (vector units, a separable
+conv's per-channel depthwise kernel, whose channels all reach every output through the
+pointwise kernel, a float16 kernel, a layer that is not linear in its kernel) is left as
+k-means made it, and its note says why; so is every layer whose update would not lower the
+model's output error. The notes give the errors before and after.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import warnings
 
 import numpy as np
 
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import invalid
-from dkm_tf.graph import gptq
+from dkm_tf.graph import calibration, gptq
 from dkm_tf.graph.clusterable import get_weight
 from dkm_tf.graph.copying import iter_layers
 
@@ -66,7 +67,6 @@ LINEAR_LAYERS = ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D", "Conv3
                  "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
 RIDGE = 1e-6
 GPTQ_MAX_INPUTS = 8192  # GPTQ's Hessian is d_in x d_in float64 (512 MiB here)
-MEMORY = 1 << 28  # bytes of layer outputs (or im2col rows) held at once
 _CLIPS = {"relu": (0.0, np.inf), "relu6": (0.0, 6.0)}  # fused activations that clip
 
 
@@ -99,37 +99,18 @@ def _channels_last(y, layer):
 def _why_not(pal, layer, var):
     if type(layer).__name__ not in LINEAR_LAYERS:
         return f"{type(layer).__name__} is not linear in its kernel"
-    if pal.codebook.shape[0] != 1 or pal.unit_dim != 1:
-        return "only one-codebook-per-tensor scalar palettes are updated"
+    if pal.unit_dim != 1:
+        return "only scalar palettes are updated"
+    if pal.codebook.shape[0] != 1 and (type(layer).__name__ == "EinsumDense" or (
+            type(layer).__name__.startswith("SeparableConv")
+            and pal.weight_name == "depthwise_kernel")):
+        return ("per-channel codebooks are updated only where each feeds one output channel "
+                "(not a separable conv's depthwise kernel or an EinsumDense)")
     if pal.preserve_sparsity or pal.scales is not None or pal.n_transforms != 1:
         return "palettes with a fixed zero, scales or transforms are not updated"
     if str(var.dtype) != "float32":
         return f"a {var.dtype} kernel is not updated"
     return None
-
-
-def _inputs_fn(model, layer):
-    import keras  # noqa: PLC0415
-
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return keras.Model(inputs, layer.input)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Keras warns when a model built on a list of one input is called on a tensor."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The structure of `inputs`")
-        yield
-
-
-def _predict(fn, x, batch_size):
-    import keras  # noqa: PLC0415
-
-    with _quiet():
-        return np.concatenate([keras.ops.convert_to_numpy(fn(x[lo:lo + batch_size],
-                                                             training=False))
-                               for lo in range(0, len(x), batch_size)])
 
 
 def _clip(layer):
@@ -138,7 +119,8 @@ def _clip(layer):
 
 
 def _refine_one(pal, layer_f, layer_q, xf, xq, batch_size, masked=False):
-    """``(codebook (K,), bias or None, bias slot, SSE before, SSE after)`` of one palette."""
+    """``(codebook (G, K), bias or None, bias slot, SSE before, SSE after)`` of one palette
+    (G = 1, or one codebook per output channel: the fit decouples into one per channel)."""
     ids = [id(v) for v in layer_q.weights]
     slot = ids.index(id(get_weight(layer_q, pal.weight_name)))
     bias = getattr(layer_q, "bias", None)
@@ -165,13 +147,14 @@ def _refine_one(pal, layer_f, layer_q, xf, xq, batch_size, masked=False):
         raise ValueError("its output is not linear in the kernel")
     if b_slot is not None and _channels_last(a, layer_q).shape[-1] != b_old.shape[0]:
         base[b_slot], b_slot = b_old.astype(base[b_slot].dtype), None  # not per channel: kept
-    k = pal.codebook.shape[1]
-    masks = [dataclasses.replace(pal, codebook=np.eye(k, dtype=np.float32)[i][None, :, None])
-             .decode() for i in range(k)]
+    groups, k = pal.codebook.shape[:2]
+    masks = [dataclasses.replace(pal, codebook=np.repeat(np.eye(k, dtype=np.float32)[i][None, :,
+                                                                                       None],
+                                                         groups, 0)).decode() for i in range(k)]
     clip = _clip(layer_q) if masked else None
-    g, h, tt = np.zeros((k, k)), np.zeros(k), 0.0
-    s = t_sum = n = 0.0
-    chunk = _chunk(a.size / len(probe) * (k + 4), batch_size)  # float64 outputs held at once
+    g = h = tt = s = t_sum = n = 0.0  # per output channel: (C, K, K), (C, K), (C,), (K, C), ...
+    # float64 outputs held at once: K masks, target, offset, weights
+    chunk = calibration.chunk(a.size / len(probe) * (k + 4), batch_size)
     for lo in range(0, len(xq), chunk):
         xs_q = xq[lo:lo + chunk]
         off = lin(xs_q, zero)  # what the kernel does not produce (a kept bias)
@@ -186,61 +169,37 @@ def _refine_one(pal, layer_f, layer_q, xf, xq, batch_size, masked=False):
             w = 1.0 - (((t0 <= clip[0]) & (p0 <= clip[0]))
                        | ((t0 >= clip[1]) & (p0 >= clip[1])))
         wz = z * w
-        g += np.einsum("kpc,lpc->kl", wz, z)
-        h += np.einsum("kpc,pc->k", wz, t)
-        tt += float((w * t * t).sum())
+        g = g + np.einsum("kpc,lpc->ckl", wz, z)
+        h = h + np.einsum("kpc,pc->ck", wz, t)
+        tt = tt + (w * t * t).sum(0)
         s, t_sum, n = s + wz.sum(1), t_sum + (w * t).sum(0), n + w.sum(0)
+    if groups not in (1, len(t_sum)):
+        raise ValueError(f"its {groups} codebooks are not one per output channel "
+                         f"({len(t_sum)})")
 
-    def sse(c, bvec):
-        e = c @ g @ c - 2 * c @ h + tt
+    def sse(cm, bvec):  # cm: (C, K), the centroids that reach each output channel
+        e = np.einsum("ck,ckl,cl->c", cm, g, cm) - 2 * np.einsum("ck,ck->c", cm, h) + tt
         if bvec is not None:
-            e += 2 * bvec @ (c @ s - t_sum) + (n * bvec) @ bvec
-        return max(float(e), 0.0)
+            e = e + 2 * bvec * (np.einsum("ck,kc->c", cm, s) - t_sum) + n * bvec * bvec
+        return max(float(e.sum()), 0.0)
 
-    c0 = pal.codebook[0, :, 0].astype(np.float64)
-    a_mat, rhs = g, h
+    inv = np.where(n > 0, 1.0 / np.where(n > 0, n, 1.0), 0.0)  # channels never counted:
+    a_ch, r_ch = g, h  # their bias is kept
     if b_slot is not None:
-        inv = np.where(n > 0, 1.0 / np.where(n > 0, n, 1.0), 0.0)  # channels never counted:
-        a_mat, rhs = g - (s * inv) @ s.T, h - (s * inv) @ t_sum  # their bias is kept
-    lam = RIDGE * max(float(np.mean(np.diag(a_mat))), 1e-30)
-    c = np.linalg.solve(a_mat + lam * np.eye(k), rhs + lam * c0)
+        a_ch = g - np.einsum("kc,lc->ckl", s, s) * inv[:, None, None]
+        r_ch = h - (s * (t_sum * inv)).T
+    if groups == 1:
+        a_ch, r_ch = a_ch.sum(0, keepdims=True), r_ch.sum(0, keepdims=True)
+    c0 = pal.codebook[:, :, 0].astype(np.float64)
+    lam = RIDGE * np.maximum(np.trace(a_ch, axis1=1, axis2=2) / k, 1e-30)
+    c = np.linalg.solve(a_ch + lam[:, None, None] * np.eye(k),
+                        (r_ch + lam[:, None] * c0)[..., None])[..., 0]
+    per_ch = (lambda cb: np.broadcast_to(cb, (len(t_sum), k))) if groups == 1 else (
+        lambda cb: cb)
     if b_slot is None:
-        return c, None, None, sse(c0, None), sse(c, None)
-    b_new = np.where(n > 0, (t_sum - c @ s) * inv, b_old)
-    return c, b_new, b_slot, sse(c0, b_old), sse(c, b_new)
-
-
-def _chunk(floats_per_sample, batch_size):
-    """Samples per step so that a step holds at most :data:`MEMORY` bytes of float64."""
-    return int(max(1, min(batch_size, MEMORY // max(8 * floats_per_sample, 1))))
-
-
-def _outputs(model, x, batch_size):
-    """The model's outputs on ``x``, all outputs flattened per sample (n, total)."""
-    import keras  # noqa: PLC0415
-
-    parts = []
-    with _quiet():
-        for lo in range(0, len(x), batch_size):
-            out = keras.tree.flatten(model(x[lo:lo + batch_size], training=False))
-            parts.append(np.concatenate([keras.ops.convert_to_numpy(o).reshape(len(o), -1)
-                                         for o in out], 1).astype(np.float64))
-    return np.concatenate(parts)
-
-
-def _is_distribution(y):
-    return bool(np.all(y >= 0) and np.allclose(y.sum(1), 1.0, atol=1e-3))
-
-
-def _error(y, ref):
-    """The model's output error: mean KL(ref || y) when its outputs are probability
-    distributions (a softmax head: squared error there ignores the small probabilities), else
-    the mean squared error."""
-    if _is_distribution(ref):
-        p = np.clip(y, 1e-12, None)
-        q = np.clip(ref, 1e-12, None)
-        return float(np.mean(np.sum(q * (np.log(q) - np.log(p)), 1)))
-    return float(np.mean((y - ref) ** 2))
+        return c, None, None, sse(per_ch(c0), None), sse(per_ch(c), None)
+    b_new = np.where(n > 0, (t_sum - np.einsum("ck,kc->c", per_ch(c), s)) * inv, b_old)
+    return c, b_new, b_slot, sse(per_ch(c0), b_old), sse(per_ch(c), b_new)
 
 
 def _gptq_palette(pal, layer_f, layer_q, xq, batch_size):
@@ -263,10 +222,13 @@ def _gptq_palette(pal, layer_f, layer_q, xq, batch_size):
     if d_in > GPTQ_MAX_INPUTS:
         return None, (f"{d_in:,} inputs per output is above GPTQ_MAX_INPUTS = "
                       f"{GPTQ_MAX_INPUTS:,} (its Hessian is d_in x d_in)")
-    chunk = _chunk(rows(xq[:1]).size, batch_size)
+    chunk = calibration.chunk(rows(xq[:1]).size, batch_size)
     h = sum(gptq.hessian(rows(xq[lo:lo + chunk])) for lo in range(0, len(xq), chunk))
+    book = pal.codebook[:, :, 0].astype(np.float64)  # (1, K) or one per output column
+    if book.shape[0] not in (1, kernel.shape[-1]):
+        return None, "its codebooks are not one per output column"
     idx = gptq.gptq_assign(kernel.reshape(-1, kernel.shape[-1]), h,
-                           pal.codebook[0, :, 0].astype(np.float64))
+                           book[0] if book.shape[0] == 1 else book)
     units = units_lib.to_units(idx.reshape(kernel.shape), pal.layout)[:, :, 0]
     return dataclasses.replace(pal, indices=units.astype(pal.indices.dtype)), ""
 
@@ -292,8 +254,8 @@ def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch
     """
     layers_f = {layer.name: layer for layer in iter_layers(float_model)}
     layers_q = {layer.name: layer for layer in iter_layers(model)}
-    ref = _outputs(float_model, x, batch_size)
-    err = _error(_outputs(model, x, batch_size), ref)
+    ref = calibration.outputs(float_model, x, batch_size)
+    err = calibration.output_error(calibration.outputs(model, x, batch_size), ref)
     out = []
     for pal in palettes:
         layer_q, layer_f = layers_q.get(pal.layer_name), layers_f.get(pal.layer_name)
@@ -303,8 +265,8 @@ def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch
         cands = []
         if why is None:
             try:
-                xf = _predict(_inputs_fn(float_model, layer_f), x, batch_size)
-                xq = _predict(_inputs_fn(model, layer_q), x, batch_size)
+                xf = calibration.layer_inputs(float_model, layer_f, x, batch_size)
+                xq = calibration.layer_inputs(model, layer_q, x, batch_size)
                 assigned = [(pal, "")]
                 if method == "gptq":
                     g_pal, gwhy = _gptq_palette(pal, layer_f, layer_q, xq, batch_size)
@@ -331,19 +293,18 @@ def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch
 
 def _pick(model, layer, var, pal, cands, x, ref, err, batch_size):
     """Try each candidate update of ``layer``; keep the one with the lowest model output error
-    (:func:`_error` against the float model's ``ref``) if it is below ``err``, else restore
-    the layer.
-    Returns ``(palette, error, note)``."""
+    (:func:`~dkm_tf.graph.calibration.output_error` against the float model's ``ref``) if it
+    is below ``err``, else restore the layer. Returns ``(palette, error, note)``."""
     old = [v.numpy() for v in layer.weights]
     best = None
     for p, what, (c, b_new, b_slot, before, after) in cands:
         if after >= before:
             continue  # the fit did not even lower this layer's output error
-        new = dataclasses.replace(p, codebook=c.astype(np.float32)[None, :, None])
+        new = dataclasses.replace(p, codebook=c.astype(np.float32)[:, :, None])
         var.assign(new.decode().astype(np.float32))
         if b_slot is not None:
             layer.weights[b_slot].assign(b_new.astype(np.float32))
-        e = _error(_outputs(model, x, batch_size), ref)
+        e = calibration.output_error(calibration.outputs(model, x, batch_size), ref)
         if best is None or e < best[0]:
             what = f"codebook{' and bias' if b_slot is not None else ''}" + (
                 f" ({what})" if what else "")
@@ -389,7 +350,7 @@ def check_refine(model, refine, data, inplace, sparse):
                       None if x is None else type(x).__name__)
     x = np.asarray(x)
     try:
-        with _quiet():
+        with calibration.quiet():
             model(x[:1], training=False)
     except Exception as e:  # noqa: BLE001 (any failure of the trial sample means misfit data)
         raise ValueError(f"Invalid value for argument `data`. Expected samples x that fit model "

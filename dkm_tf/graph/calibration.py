@@ -1,0 +1,73 @@
+"""Running a model on calibration inputs, for :mod:`dkm_tf.graph.refine`: a layer's inputs,
+the model's outputs (all outputs, flattened per sample) and the error of one model's outputs
+against another's, in bounded memory."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+
+__all__ = ["MEMORY", "chunk", "layer_inputs", "output_error", "outputs", "predict", "quiet"]
+
+MEMORY = 1 << 28  # bytes of layer outputs (or im2col rows) held at once
+
+
+def layer_inputs(model, layer, x, batch_size):
+    """``layer``'s inputs when ``model`` runs on ``x`` (a layer of ``model``'s own graph)."""
+    import keras  # noqa: PLC0415
+
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return predict(keras.Model(inputs, layer.input), x, batch_size)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Keras warns when a model built on a list of one input is called on a tensor."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        yield
+
+
+def predict(fn, x, batch_size):
+    """``fn(x)`` (a Keras model or layer) in steps of ``batch_size`` samples, as numpy."""
+    import keras  # noqa: PLC0415
+
+    with quiet():
+        return np.concatenate([keras.ops.convert_to_numpy(fn(x[lo:lo + batch_size],
+                                                             training=False))
+                               for lo in range(0, len(x), batch_size)])
+
+
+def chunk(floats_per_sample, batch_size):
+    """Samples per step so that a step holds at most :data:`MEMORY` bytes of float64."""
+    return int(max(1, min(batch_size, MEMORY // max(8 * floats_per_sample, 1))))
+
+
+def outputs(model, x, batch_size):
+    """The model's outputs on ``x``, all outputs flattened per sample (n, total)."""
+    import keras  # noqa: PLC0415
+
+    parts = []
+    with quiet():
+        for lo in range(0, len(x), batch_size):
+            out = keras.tree.flatten(model(x[lo:lo + batch_size], training=False))
+            parts.append(np.concatenate([keras.ops.convert_to_numpy(o).reshape(len(o), -1)
+                                         for o in out], 1).astype(np.float64))
+    return np.concatenate(parts)
+
+
+def is_distribution(y):
+    return bool(np.all(y >= 0) and np.allclose(y.sum(1), 1.0, atol=1e-3))
+
+
+def output_error(y, ref):
+    """The model's output error: mean KL(ref || y) when its outputs are probability
+    distributions (a softmax head: squared error there ignores the small probabilities), else
+    the mean squared error."""
+    if is_distribution(ref):
+        p = np.clip(y, 1e-12, None)
+        q = np.clip(ref, 1e-12, None)
+        return float(np.mean(np.sum(q * (np.log(q) - np.log(p)), 1)))
+    return float(np.mean((y - ref) ** 2))
