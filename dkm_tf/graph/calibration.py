@@ -14,12 +14,39 @@ __all__ = ["MEMORY", "chunk", "layer_inputs", "output_error", "outputs", "predic
 MEMORY = 1 << 28  # bytes of layer outputs (or im2col rows) held at once
 
 
+def _inputs(model):
+    return model.inputs[0] if len(model.inputs) == 1 else model.inputs
+
+
+def _path(model, layer):
+    """The chain of models from ``model`` down to the (nested) model whose own graph holds
+    ``layer``, or None."""
+    for sub in getattr(model, "layers", ()):
+        if sub is layer:
+            return [model]
+        if getattr(sub, "layers", None) and getattr(sub, "inputs", None):
+            inner = _path(sub, layer)
+            if inner:
+                return [model, *inner]
+    return None
+
+
 def layer_inputs(model, layer, x, batch_size):
-    """``layer``'s inputs when ``model`` runs on ``x`` (a layer of ``model``'s own graph)."""
+    """``layer``'s inputs when ``model`` runs on ``x``; the layer may sit in a nested
+    Functional / Sequential model called once (a pretrained base inside a classifier): the
+    inputs of each nested model are computed first, then the layer's inside it."""
     import keras  # noqa: PLC0415
 
-    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-    return predict(keras.Model(inputs, layer.input), x, batch_size)
+    path = _path(model, layer)
+    if path is None:
+        raise ValueError(f"layer {layer.name!r} is not reachable from model {model.name!r}")
+    for outer, inner in zip(path, path[1:]):
+        nodes = getattr(inner, "_inbound_nodes", ())
+        if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
+            raise ValueError(f"nested model {inner.name!r} is called {len(nodes)} times or "
+                             "on several inputs")
+        x = predict(keras.Model(_inputs(outer), nodes[0].input_tensors[0]), x, batch_size)
+    return predict(keras.Model(_inputs(path[-1]), layer.input), x, batch_size)
 
 
 @contextlib.contextmanager
