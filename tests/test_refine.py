@@ -166,8 +166,10 @@ def test_relu_fit_leaves_out_what_the_relu_clips_in_both_models():
     x = np.random.default_rng(1).normal(size=(40, 6)).astype(np.float32)
     plain = share_weights(model, 3)
     layer_f, layer_q = model.get_layer("d1"), plain.model.get_layer("d1")
-    c, b, _, before, after = refine_lib._refine_one(plain.palettes[0], layer_f, layer_q, x, x,
-                                                    64, masked=True)
+    twin = refine_lib._twin(layer_q, x)
+    (_, (c, b, _, before, after)), = refine_lib._fits(
+        [plain.palettes[0]], layer_f, layer_q, twin, x, x, 64,
+        (None, refine_lib._clip(layer_q)))
     w, b1 = _values(layer_f)
     k1 = layer_q.kernel.numpy()
     xf = x.astype(np.float64)

@@ -118,19 +118,22 @@ def _clip(layer):
     return _CLIPS.get(getattr(getattr(layer, "activation", None), "__name__", ""))
 
 
-def _refine_one(pal, layer_f, layer_q, xf, xq, batch_size, masked=False):
-    """``(codebook (G, K), bias or None, bias slot, SSE before, SSE after)`` of one palette
+def _fits(pals, layer_f, layer_q, twin, xf, xq, batch_size, clips):
+    """Least-squares fits of palettes ``pals`` (same weight, other assignments), one per
+    output weighting of ``clips`` (None: every output counts; a clipping range: the outputs
+    a fused ReLU clips in both models do not), from one pass over the calibration inputs:
+    ``[[(codebook (G, K), bias or None, bias slot, SSE before, SSE after), ...], ...]``
     (G = 1, or one codebook per output channel: the fit decouples into one per channel)."""
     ids = [id(v) for v in layer_q.weights]
-    slot = ids.index(id(get_weight(layer_q, pal.weight_name)))
+    slot = ids.index(id(get_weight(layer_q, pals[0].weight_name)))
     bias = getattr(layer_q, "bias", None)
     b_slot = ids.index(id(bias)) if bias is not None and len(bias.shape) == 1 else None
-    twin = _twin(layer_q, xq)
     float_vals = [np.asarray(v.numpy()) for v in layer_f.weights]
     base = [np.asarray(v.numpy()) for v in layer_q.weights]
     kernel = base[slot]
     zero = np.zeros_like(kernel)
     base[slot] = zero
+    b_old = None
     if b_slot is not None:
         b_old = base[b_slot].astype(np.float64)
         base[b_slot] = np.zeros_like(base[b_slot])
@@ -146,36 +149,48 @@ def _refine_one(pal, layer_f, layer_q, xf, xq, batch_size, masked=False):
     if not np.allclose(a, -b, rtol=1e-4, atol=1e-6 * (np.abs(a).max() + 1e-30)):
         raise ValueError("its output is not linear in the kernel")
     if b_slot is not None and _channels_last(a, layer_q).shape[-1] != b_old.shape[0]:
-        base[b_slot], b_slot = b_old.astype(base[b_slot].dtype), None  # not per channel: kept
-    groups, k = pal.codebook.shape[:2]
-    masks = [dataclasses.replace(pal, codebook=np.repeat(np.eye(k, dtype=np.float32)[i][None, :,
+        base[b_slot], b_slot, b_old = b_old.astype(base[b_slot].dtype), None, None  # kept
+    groups, k = pals[0].codebook.shape[:2]
+    masks = [[dataclasses.replace(p, codebook=np.repeat(np.eye(k, dtype=np.float32)[i][None, :,
                                                                                        None],
-                                                         groups, 0)).decode() for i in range(k)]
-    clip = _clip(layer_q) if masked else None
-    g = h = tt = s = t_sum = n = 0.0  # per output channel: (C, K, K), (C, K), (C,), (K, C), ...
-    # float64 outputs held at once: K masks, target, offset, weights
-    chunk = calibration.chunk(a.size / len(probe) * (k + 4), batch_size)
+                                                        groups, 0)).decode()
+              for i in range(k)] for p in pals]
+    stats = [[[0.0] * 6 for _ in clips] for _ in pals]  # G, H, TT, S, T_sum, N per channel
+    # float64 outputs held at once: K masks per palette, target, offset, weights
+    chunk = calibration.chunk(a.size / len(probe) * (k * len(pals) + 4), batch_size)
     for lo in range(0, len(xq), chunk):
         xs_q = xq[lo:lo + chunk]
         off = lin(xs_q, zero)  # what the kernel does not produce (a kept bias)
         t_full = _call(twin, xf[lo:lo + chunk], float_vals)
         t = _channels_last(t_full - off, layer_q)
-        z = np.stack([_channels_last(lin(xs_q, m) - off, layer_q) for m in masks])
-        w = np.ones_like(t)
-        if clip is not None:  # a fused ReLU: elements it clips in both models do not count
-            p0 = _channels_last(lin(xs_q, kernel), layer_q) + (b_old if b_slot is not None
-                                                               else 0.0)
+        weights = []
+        for clip in clips:
+            if clip is None:
+                weights.append(np.ones_like(t))
+                continue
+            p0 = _channels_last(lin(xs_q, kernel), layer_q) + (0.0 if b_old is None else b_old)
             t0 = _channels_last(t_full, layer_q)
-            w = 1.0 - (((t0 <= clip[0]) & (p0 <= clip[0]))
-                       | ((t0 >= clip[1]) & (p0 >= clip[1])))
-        wz = z * w
-        g = g + np.einsum("kpc,lpc->ckl", wz, z)
-        h = h + np.einsum("kpc,pc->ck", wz, t)
-        tt = tt + (w * t * t).sum(0)
-        s, t_sum, n = s + wz.sum(1), t_sum + (w * t).sum(0), n + w.sum(0)
-    if groups not in (1, len(t_sum)):
+            weights.append(1.0 - (((t0 <= clip[0]) & (p0 <= clip[0]))
+                                  | ((t0 >= clip[1]) & (p0 >= clip[1]))))
+        for pal_masks, pal_stats in zip(masks, stats):
+            z = np.stack([_channels_last(lin(xs_q, m) - off, layer_q) for m in pal_masks])
+            for w, st in zip(weights, pal_stats):
+                wz = z * w
+                for i, v in enumerate((np.einsum("kpc,lpc->ckl", wz, z),
+                                       np.einsum("kpc,pc->ck", wz, t), (w * t * t).sum(0),
+                                       wz.sum(1), (w * t).sum(0), w.sum(0))):
+                    st[i] = st[i] + v
+    if groups not in (1, t.shape[-1]):
         raise ValueError(f"its {groups} codebooks are not one per output channel "
-                         f"({len(t_sum)})")
+                         f"({t.shape[-1]})")
+    return [[_solve(st, p.codebook[:, :, 0].astype(np.float64), b_slot, b_old)
+             for st in pal_stats] for p, pal_stats in zip(pals, stats)]
+
+
+def _solve(stats, c0, b_slot, b_old):
+    """The fit of :func:`_fits` from its per-channel sums, starting from centroids ``c0``."""
+    g, h, tt, s, t_sum, n = stats
+    groups, k = c0.shape
 
     def sse(cm, bvec):  # cm: (C, K), the centroids that reach each output channel
         e = np.einsum("ck,ckl,cl->c", cm, g, cm) - 2 * np.einsum("ck,ck->c", cm, h) + tt
@@ -190,7 +205,6 @@ def _refine_one(pal, layer_f, layer_q, xf, xq, batch_size, masked=False):
         r_ch = h - (s * (t_sum * inv)).T
     if groups == 1:
         a_ch, r_ch = a_ch.sum(0, keepdims=True), r_ch.sum(0, keepdims=True)
-    c0 = pal.codebook[:, :, 0].astype(np.float64)
     lam = RIDGE * np.maximum(np.trace(a_ch, axis1=1, axis2=2) / k, 1e-30)
     c = np.linalg.solve(a_ch + lam[:, None, None] * np.eye(k),
                         (r_ch + lam[:, None] * c0)[..., None])[..., 0]
@@ -273,11 +287,13 @@ def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch
                     assigned = [(pal, f"k-means assignment ({gwhy})" if gwhy else
                                  "k-means assignment")] + ([(g_pal, "GPTQ assignment")]
                                                            if g_pal is not None else [])
-                for p, label in assigned:
-                    for masked in (False, True) if _clip(layer_q) else (False,):
-                        fit = _refine_one(p, layer_f, layer_q, xf, xq, batch_size, masked)
+                clips = (None, _clip(layer_q)) if _clip(layer_q) else (None,)
+                fits = _fits([p for p, _ in assigned], layer_f, layer_q, _twin(layer_q, xq),
+                             xf, xq, batch_size, clips)
+                for (p, label), pal_fits in zip(assigned, fits):
+                    for clip, fit in zip(clips, pal_fits):
                         what = ", ".join(filter(None, (label, "clipped outputs left out"
-                                                       if masked else "")))
+                                                       if clip else "")))
                         cands.append((p, what, fit))
             except (ValueError, AttributeError, TypeError) as e:
                 why = f"its inputs or outputs could not be evaluated ({e})"
