@@ -36,8 +36,8 @@ _DATASET = flags.DEFINE_string("dataset", None, "Data for training/evaluation: d
                                "or keras:<name> (default: digits for the built-in model, none "
                                "for --model).")
 _METHOD = flags.DEFINE_enum("method", None, ["wr", "finetune", "dkm", "dkm+finetune"],
-                            "Compression method (default: finetune for the built-in demo, wr "
-                            "for --model without --dataset).")
+                            "Compression method (default: wr for --model without --dataset "
+                            "or with --weighting / --refine, else finetune).")
 _N_CLUSTERS = flags.DEFINE_integer("n_clusters", 16, "K, centroids per codebook.")
 _UNIT = flags.DEFINE_enum("unit", "scalar", ["scalar", "row", "kernel", "auto"],
                           "Clustering unit.")
@@ -47,6 +47,13 @@ _CODEBOOK = flags.DEFINE_enum("codebook", "layer", ["layer", "shared"], "--unit 
                               "shared = one codebook per kernel size for the network.")
 _TRANSFORMS = flags.DEFINE_integer("transforms", 1, "--unit kernel: 1, 2, 4, 8 flips/turns.")
 _SCALE_BITS = flags.DEFINE_integer("scale_bits", 16, "--unit kernel: scale bits, 16, 8, 32.")
+_WEIGHTING = flags.DEFINE_enum("weighting", "none", ["none", "fisher"], "Post-training "
+                               "(--method wr): fisher = sensitivity-weighted k-means.")
+_REFINE = flags.DEFINE_enum("refine", "none", ["none", "outputs", "gptq"], "Post-training "
+                            "(--method wr): fit the codebooks to the float layer outputs "
+                            "(gptq: with GPTQ's assignment too).")
+_CALIBRATION = flags.DEFINE_integer("calibration_samples", 256, "Training samples that "
+                                    "--weighting / --refine calibrate on.")
 _INIT = flags.DEFINE_enum("init", "kmeans++", ["kmeans++", "linear", "density", "random"],
                           "k-means initialisation.")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs of the built-in model.")
@@ -87,7 +94,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                  granularity="per_tensor", init="kmeans++", epochs=30, finetune_epochs=3,
                  dkm_epochs=5, lam=1.0, seed=0, output_dir="dkm_tf_out", tflite=True,
                  plots=True, plots_dir=None, quiet=False, progress=None, codebook="layer",
-                 transforms=1, scale_bits=16):
+                 transforms=1, scale_bits=16, weighting="none", refine="none",
+                 calibration_samples=256):
     """Run ``dkm-tf compress``; returns the :class:`~dkm_tf.pipeline.CompressionResult`.
 
     Training, k-means, export and evaluation show progress on stderr
@@ -103,9 +111,10 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     from dkm_tf.progress import Progress  # noqa: PLC0415
 
     progress = progress if progress is not None else Progress(enabled=not quiet)
+    weighting, refine = (None if v == "none" else v for v in (weighting, refine))
     if model_path is None:
         dataset = dataset or "digits"
-        method = method or "finetune"
+        method = method or ("wr" if weighting or refine else "finetune")
         train, test = data_lib.load_dataset(dataset)
         _log(f"[data] {dataset}: {len(train[1])} train / {len(test[1])} test images")
         model = models.digits_cnn(input_shape=train[0].shape[1:], seed=seed)
@@ -125,13 +134,14 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         train = test = None
         if dataset:
             train, test = data_lib.load_dataset(dataset)
-        method = method or ("wr" if train is None else "finetune")
+        method = method or ("wr" if train is None or weighting or refine else "finetune")
         _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
     result = pipeline.compress(
         model, train, test, method=method, n_clusters=n_clusters, unit=unit,
         granularity=granularity, init=init, seed=seed, finetune_epochs=finetune_epochs,
         dkm_epochs=dkm_epochs, lam=lam, progress=progress, codebook=codebook,
-        transforms=transforms, scale_bits=scale_bits)
+        transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
+        calibration_samples=calibration_samples)
     _log(result.summary())
     _log(cli_tables.SIZE_LEGEND)
     out_model = os.path.join(output_dir, "clustered.keras")
@@ -268,7 +278,9 @@ def main(argv):
               "lam": _LAM.value, "seed": _SEED.value, "output_dir": _OUTPUT.value,
               "tflite": _TFLITE.value, "plots": _PLOTS.value, "plots_dir": _PLOTS_DIR.value,
               "quiet": _QUIET.value, "codebook": _CODEBOOK.value,
-              "transforms": _TRANSFORMS.value, "scale_bits": _SCALE_BITS.value}
+              "transforms": _TRANSFORMS.value, "scale_bits": _SCALE_BITS.value,
+              "weighting": _WEIGHTING.value, "refine": _REFINE.value,
+              "calibration_samples": _CALIBRATION.value}
     check_compress_args(_MODEL.value, **kwargs)
     run_compress(_MODEL.value, **kwargs)
     return 0

@@ -20,7 +20,7 @@ COMMAND_FLAGS = {
     "compress": ("model", "dataset", "method", "n_clusters", "unit", "granularity", "init",
                  "epochs", "finetune_epochs", "dkm_epochs", "lam", "seed", "output_dir",
                  "tflite", "plots", "plots_dir", "quiet", "codebook", "transforms",
-                 "scale_bits"),
+                 "scale_bits", "weighting", "refine", "calibration_samples"),
     "energy": ("model",),
 }
 SUMMARY = {
@@ -115,7 +115,8 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
                         unit="scalar", granularity="per_tensor", init="kmeans++", epochs=30,
                         finetune_epochs=3, dkm_epochs=5, lam=1.0, seed=0,
                         output_dir="dkm_tf_out", tflite=True, plots=True, plots_dir=None,
-                        quiet=False, codebook="layer", transforms=1, scale_bits=16):
+                        quiet=False, codebook="layer", transforms=1, scale_bits=16,
+                        weighting="none", refine="none", calibration_samples=256):
     """Check every ``dkm-tf compress`` argument; raise :class:`CliUsageError` on the first bad
     one. (``unit``, ``granularity``, ``init`` and ``method`` are enums absl already checked.)"""
     del granularity, init, tflite  # absl enums / bool
@@ -130,6 +131,7 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
     if model_path is not None and dataset is None and method in NEEDS_DATA:
         raise CliUsageError("method", "wr with --model and no --dataset (the other methods "
                             "train, so they need --dataset)", method)
+    _calibration_flags(model_path, dataset, method, weighting, refine, calibration_samples)
     _int("n_clusters", n_clusters, 1, MAX_CLUSTERS)
     _int("epochs", epochs, 1 if model_path is None else 0)
     _int("finetune_epochs", finetune_epochs, 0)
@@ -143,6 +145,20 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
             raise CliUsageError("plots_dir", "no --plots_dir with --noplots (no plot is "
                                 "written)", plots_dir)
         _output_dir(plots_dir, "plots_dir")
+
+
+def _calibration_flags(model_path, dataset, method, weighting, refine, samples):
+    """--weighting / --refine: post-training k-means calibrated on the training data."""
+    for flag, value in (("weighting", weighting), ("refine", refine)):
+        if value == "none":
+            continue
+        if method not in (None, "wr"):
+            raise CliUsageError(flag, f"none with --method {method} (it calibrates "
+                                "post-training k-means: --method wr)", value)
+        if model_path is not None and dataset is None:
+            raise CliUsageError(flag, "none with --model and no --dataset (it calibrates on "
+                                "the training samples of --dataset)", value)
+    _int("calibration_samples", samples, 1)
 
 
 def _kernel_flags(unit, codebook, transforms, scale_bits):

@@ -42,6 +42,8 @@ class CompressionResult:
             uncompressed model as baseline), or None when the shapes could not be read.
         tflite: export reports by format label, when the caller exported the model.
         plots: the :class:`dkm_tf.plots.Plot` files the caller wrote (``dkm-tf compress``).
+        calibration: ``{"weighting", "refine", "samples"}`` of a calibrated ``"wr"``, else
+            empty.
     """
 
     model: object
@@ -55,6 +57,7 @@ class CompressionResult:
     energy: object = None
     tflite: dict = dataclasses.field(default_factory=dict)
     plots: list = dataclasses.field(default_factory=list)
+    calibration: dict = dataclasses.field(default_factory=dict)
 
     def summary(self):
         lines = [f"method: {self.method}", self.size.summary()]
@@ -74,7 +77,7 @@ class CompressionResult:
         return {"method": self.method, "size": self.size.to_dict(),
                 "skipped": [list(s) for s in self.skipped],
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
-                "seconds": self.seconds,
+                "seconds": self.seconds, "calibration": self.calibration,
                 "energy": None if self.energy is None else self.energy.to_dict()}
 
 
@@ -145,7 +148,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
              finetune_epochs=2, finetune_learning_rate=None, dkm_epochs=5, lam=1.0,
              relaxation="hard", sparsity=0.0, batch_size=64, verbose=1,
              preserve_sparsity=False, progress=None, codebook="layer", transforms=1,
-             scale_bits=16):
+             scale_bits=16, weighting=None, refine=None, calibration_samples=256):
     """Compress a Keras model by k-means weight sharing.
 
     Args:
@@ -178,6 +181,12 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         codebook, transforms, scale_bits: kernel clustering with scaled units (``unit="kernel"``,
             ``codebook="shared"`` or groups; Son et al., ECCV 2018): see
             :func:`dkm_tf.share_weights` and :func:`dkm_tf.cluster_weights`.
+        weighting, refine: post-training only (``method="wr"``): ``weighting="fisher"``
+            (sensitivity-weighted k-means, SqueezeLLM §4.1) and ``refine="outputs"`` /
+            ``"gptq"`` (codebooks fitted to the float layer outputs, with GPTQ's assignment
+            for ``"gptq"``); see :func:`dkm_tf.share_weights`. Both calibrate on
+            ``calibration_samples`` samples of ``train_data`` drawn with ``seed``.
+        calibration_samples: how many training samples ``weighting`` / ``refine`` use.
 
     Returns:
         A :class:`CompressionResult`.
@@ -210,7 +219,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                               verbose=max(verbose - 1, 0), preserve_sparsity=preserve_sparsity,
                               callbacks=bar("dkm"))
         seconds["retrain"] = time.perf_counter() - t
-    t = time.perf_counter()
+    t, calib = time.perf_counter(), {}
     if method.endswith("finetune"):
         from dkm_tf.training.finetune import finetune  # noqa: PLC0415
 
@@ -229,17 +238,34 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity})",
             flush=True)
         stage = _cluster_stage(progress, work, n_clusters, overrides)
+        if weighting or refine:
+            calib = {"weighting": weighting, "refine": refine,
+                     "data": calibration_set(train_data, calibration_samples, seed)}
+            log(f"[k-means] calibrating on {len(calib['data'][1])} training samples "
+                f"(weighting={weighting}, refine={refine})", flush=True)
         clustered, palettes, skipped = share_weights(
             work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
             overrides=overrides, sparsity=sparsity, verbose=verbose > 1,
-            preserve_sparsity=preserve_sparsity, **(kernel or {}))
+            preserve_sparsity=preserve_sparsity, **(kernel or {}), **calib)
     seconds["cluster"] = time.perf_counter() - t
     if stage is not None:  # still open unless a fine-tuning bar took over
         stage.close()
     acc_after = evaluate_accuracy(clustered, test_data) if test_data is not None else None
     size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))
-    return CompressionResult(clustered, palettes, skipped, size, method, acc_before, acc_after,
-                             seconds, _energy(clustered, palettes, log))
+    options = {k: v for k, v in (("weighting", weighting), ("refine", refine)) if v}
+    label = method + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options
+                      else "")
+    return CompressionResult(clustered, palettes, skipped, size, label, acc_before, acc_after,
+                             seconds, _energy(clustered, palettes, log),
+                             calibration={**options, "samples": len(calib["data"][1])}
+                             if calib else {})
+
+
+def calibration_set(train_data, n, seed=0):
+    """``n`` samples of ``(x, y)`` drawn without replacement with ``seed`` (all if fewer)."""
+    x, y = train_data
+    pick = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
+    return np.asarray(x)[pick], np.asarray(y)[pick]
 
 
 def _cluster_stage(progress, model, n_clusters, overrides):
@@ -309,11 +335,32 @@ def _check_args(model, train_data, test_data, args):
         from dkm_tf.training.regularizer import RELAXATIONS  # noqa: PLC0415
 
         validate.check_choice("relaxation", a["relaxation"], RELAXATIONS)
+    _check_calibration(method, train_data, a)
     train_data = check_data("train_data", train_data, model, required=method != "wr")
     test_data = check_data("test_data", test_data, model, required=False)
     if test_data is not None and not isinstance(test_data, tuple):
         raise validate.invalid_type("test_data", "an (x, y) pair of arrays", test_data)
     return train_data, test_data
+
+
+def _check_calibration(method, train_data, a):
+    """``weighting`` / ``refine`` / ``calibration_samples`` (post-training only)."""
+    from dkm_tf.core import validate  # noqa: PLC0415
+    from dkm_tf.graph.refine import REFINES  # noqa: PLC0415
+
+    validate.check_choice("weighting", a["weighting"], (None, "fisher"))
+    validate.check_choice("refine", a["refine"], REFINES)
+    validate.check_int("calibration_samples", a["calibration_samples"], minimum=1)
+    for name in ("weighting", "refine"):
+        if a[name] is None:
+            continue
+        if method != "wr":
+            raise validate.invalid(name, f"None with method={method!r} (it calibrates "
+                                   "post-training k-means: method='wr')", a[name])
+        if not (isinstance(train_data, tuple) and len(train_data) == 2):
+            raise validate.invalid("train_data", f"an (x, y) pair of arrays to calibrate "
+                                   f"{name}={a[name]!r} on",
+                                   None if train_data is None else type(train_data).__name__)
 
 
 def _energy(model, palettes, log):

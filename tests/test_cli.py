@@ -123,6 +123,12 @@ def test_help_lists_every_flag_and_exits_0(args):
     (["compress", "--plots_dir", ""], "--plots_dir", "''"),
     (["compress", "--plots_dir", "README.md"], "--plots_dir", "README.md"),
     (["compress", "--no_plots", "--plots_dir", "p"], "--plots_dir", "'p'"),
+    (["compress", "--refine", "hessian"], "--refine", "hessian"),
+    (["compress", "--weighting", "l2"], "--weighting", "l2"),
+    (["compress", "--refine", "gptq", "--method", "finetune"], "--refine", "'gptq'"),
+    (["compress", "--weighting", "fisher", "--method", "dkm"], "--weighting", "'fisher'"),
+    (["compress", "--refine", "gptq", "--calibration_samples", "0"], "--calibration_samples",
+     "0"),
     (["energy"], "--model", "None"),
     (["energy", "--model", "nope.tflite"], "--model", "nope.tflite"),
     (["shrink"], "command", "shrink"),
@@ -153,6 +159,31 @@ def test_method_that_trains_needs_a_dataset(tmp_path):
     with pytest.raises(CliUsageError, match="--method.*need --dataset.*'finetune'"):
         check_compress_args(str(path), method="finetune", output_dir=str(tmp_path / "o"))
     check_compress_args(str(path), method="wr", output_dir=str(tmp_path / "o"))  # fine
+
+
+def test_calibration_needs_a_dataset_with_a_user_model(tmp_path):
+    path = tmp_path / "m.keras"
+    small_cnn().save(path)
+    with pytest.raises(CliUsageError, match="--refine: expected none with --model and no "
+                       "--dataset.*'gptq'"):
+        check_compress_args(str(path), refine="gptq", output_dir=str(tmp_path / "o"))
+    check_compress_args(str(path), dataset="digits", refine="gptq",
+                        output_dir=str(tmp_path / "o"))  # fine
+
+
+def test_builtin_demo_with_refine_runs_calibrated_wr(tmp_path):
+    result = cli.run_compress(None, epochs=2, n_clusters=4, refine="gptq", weighting="fisher",
+                              calibration_samples=64, tflite=False, plots=False, quiet=True,
+                              output_dir=str(tmp_path))
+    assert result.method == "wr (weighting=fisher, refine=gptq)"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["calibration"] == {"weighting": "fisher", "refine": "gptq", "samples": 64}
+    notes = " ".join(p.note for p in result.palettes)
+    assert "model output error" in notes  # each palette says what its refit did
+    for p in result.palettes:
+        kernel = getattr(result.model.get_layer(p.layer_name), p.weight_name).numpy()
+        np.testing.assert_array_equal(kernel, p.decode())
+        assert np.unique(kernel).size <= 4
 
 
 def test_failure_while_running_is_one_line_exit_1_and_verbose_adds_the_traceback(tmp_path):

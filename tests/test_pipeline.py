@@ -45,6 +45,50 @@ def test_bad_arguments(trained):
         dkm_tf.compress(model, None, method="finetune")
 
 
+def test_calibrated_wr_is_share_weights_on_a_seeded_sample(trained):
+    model, train, test = trained
+    before = [w.copy() for w in model.get_weights()]
+    result = dkm_tf.compress(model, train, test, n_clusters=4, weighting="fisher",
+                             refine="gptq", calibration_samples=48, seed=3, verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert result.method == "wr (weighting=fisher, refine=gptq)"
+    assert result.calibration == {"weighting": "fisher", "refine": "gptq", "samples": 48}
+    assert result.to_dict()["calibration"] == result.calibration
+    x, y = pipeline.calibration_set(train, 48, seed=3)
+    direct = dkm_tf.share_weights(model, 4, weighting="fisher", refine="gptq", data=(x, y),
+                                  seed=3)
+    for a, b in zip(direct.model.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    plain = dkm_tf.compress(model, train, n_clusters=4, seed=3, verbose=0)
+    assert plain.method == "wr" and plain.calibration == {}
+
+
+def test_calibration_set_draws_distinct_samples():
+    x, y = np.arange(50.0).reshape(25, 2), np.arange(25)
+    cx, cy = pipeline.calibration_set((x, y), 10, seed=1)
+    assert len(set(cy)) == 10 and np.all(np.diff(cy) > 0)
+    np.testing.assert_array_equal(cx, x[cy])
+    assert not np.array_equal(cy, pipeline.calibration_set((x, y), 10, seed=2)[1])
+    np.testing.assert_array_equal(pipeline.calibration_set((x, y), 99)[1], y)  # all of them
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"refine": "hessian"}, r"`refine`. Expected one of \[None, 'outputs', 'gptq'\]"),
+    ({"weighting": "l2"}, r"`weighting`. Expected one of \[None, 'fisher'\]"),
+    ({"refine": "gptq", "calibration_samples": 0}, "`calibration_samples`"),
+    ({"refine": "gptq", "method": "finetune"}, r"`refine`. Expected None with "
+     r"method='finetune'"),
+    ({"weighting": "fisher", "train": None}, r"`train_data`. Expected an \(x, y\) pair"),
+])
+def test_bad_calibration_arguments_fail_before_any_work(trained, kwargs, match, monkeypatch):
+    model, train, test = trained
+    train = kwargs.pop("train", train)
+    monkeypatch.setattr(pipeline, "evaluate_accuracy", lambda *a: pytest.fail("evaluated"))
+    with pytest.raises(ValueError, match=match):
+        dkm_tf.compress(model, train, test, n_clusters=4, verbose=0, **kwargs)
+
+
 def test_progress_shows_every_stage(trained):
     import io
 
