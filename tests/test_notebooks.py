@@ -58,6 +58,13 @@ def check_quickstart(r):
     assert r["dataset"] == "digits"
     _acc(r["acc_float"], 0.85)
     _acc(r["acc_final"], 0.7)  # K=4 after one epoch of fine-tuning (chance: 0.1)
+    post = r["post_training"]  # "unit/refine": [test accuracy, output MSE on x_calib]
+    assert set(post) == {"auto/None", "auto/outputs", "scalar/None", "scalar/gptq"}
+    for acc, _ in post.values():
+        _acc(acc, 0.0)
+    # refine keeps a layer's fit only if the model's output error on x_calib falls
+    assert post["auto/outputs"][1] <= post["auto/None"][1] * (1 + 1e-5), post
+    assert post["scalar/gptq"][1] <= post["scalar/None"][1] * (1 + 1e-5), post
     assert r["penalty_last"] < 0.7 * r["penalty_first"]  # the regularizer does its job
     assert r["cr_model_log2"] > 10  # 2-bit indices: 16x for the big tensors, codebooks aside
     # the exported files compute what Keras computes, on all 449 test images

@@ -266,6 +266,45 @@ def test_conv_codebook_equals_numpy_least_squares(stride, padding, use_bias):
     np.testing.assert_array_equal(res.model.get_layer("c").kernel.numpy(), pal.decode())
 
 
+@pytest.mark.parametrize("unit", ["row", "kernel"])
+def test_vector_unit_codebook_equals_numpy_least_squares(unit):
+    """Rows (d=3) or whole 3x3 kernels (d=9): K x d unknowns, one basis per (cluster, j)."""
+    import dkm_tf
+
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((7, 7, 2))
+    out = keras.layers.Conv2D(4, 3, padding="same", name="c")(inp)
+    model = keras.Model(inp, out)
+    model.get_layer("c").bias.assign(np.linspace(-0.2, 0.3, 4).astype(np.float32))
+    x = np.random.default_rng(7).normal(size=(12, 7, 7, 2)).astype(np.float32)
+    plain = share_weights(model, 3, unit=unit)
+    res = share_weights(model, 3, unit=unit, refine="outputs", data=x)
+    pal, pal0 = res.palettes[0], plain.palettes[0]
+    d = pal0.unit_dim
+    assert d == (3 if unit == "row" else 9) and "output-refined codebook and bias" in pal.note
+    units = dkm_tf.to_units(plain.model.get_layer("c").kernel.numpy(), pal0.layout)
+    units = units.reshape(-1, d)
+    book = pal0.codebook[0]  # (K, d), read the membership off the clustered kernel
+    member = np.array([np.flatnonzero((book == u).all(1))[0] for u in units])
+    w, b = _values(model.get_layer("c"))
+    xf = x.astype(np.float64)
+    t = conv_nhwc(xf, w, 1, "same") + b
+    z = []
+    for k in range(3):
+        for j in range(d):
+            basis = np.zeros_like(units)
+            basis[member == k, j] = 1.0
+            mk = dkm_tf.from_units(basis.reshape(1, -1, d), pal0.layout)
+            z.append(conv_nhwc(xf, np.asarray(mk, np.float64), 1, "same"))
+    c, nb = ls_codebook(np.stack(z).reshape(3 * d, -1, 4), t.reshape(-1, 4), True)
+    np.testing.assert_allclose(pal.codebook[0], c.reshape(3, d), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(res.model.get_layer("c").bias.numpy(), nb, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(res.model.get_layer("c").kernel.numpy(), pal.decode())
+    np.testing.assert_array_equal(pal.indices, pal0.indices)  # assignment unchanged
+    gptq = share_weights(model, 3, unit=unit, refine="gptq", data=x).palettes[0]
+    assert "GPTQ assigns scalar units only" in gptq.note
+
+
 # --------------------------------------------------------------------- what it leaves alone
 def depthwise_nhwc(x, w):
     """Plain numpy 'valid' depthwise convolution, multiplier 1 (w: kh, kw, C, 1)."""

@@ -37,13 +37,16 @@ loss). ``refine="gptq"`` tries a superset of ``"outputs"``'s fits, so on a singl
 model error is never above it. Cost: one forward pass of the calibration inputs per fit tried
 and per layer, plus the layer's own K + 2 evaluations.
 
-Applies to scalar palettes of those layers: one codebook per tensor, or one per output channel
-(per-channel Dense / conv kernels, depthwise kernels), where the fit decouples into one K x K
-solve per channel, each with its channel's bias. Any other palette (vector units, a separable
-conv's per-channel depthwise kernel, whose channels all reach every output through the
-pointwise kernel, a float16 kernel, a layer that is not linear in its kernel) is left as
-k-means made it, and its note says why; so is every layer whose update would not lower the
-model's output error. The notes give the errors before and after.
+Applies to the palettes of those layers: one codebook per tensor, or one per output channel
+(per-channel Dense / conv kernels, depthwise kernels), where the fit decouples into one solve
+per channel, each with its channel's bias. Vector units (rows or k x k kernels of d weights)
+are the same problem with K d unknowns: ``M_kj`` is the mask of coordinate j of the units in
+cluster k, and the solve is K d x K d (GPTQ's re-assignment is for scalar units only). Any
+other palette (a separable conv's per-channel depthwise kernel, whose channels all reach every
+output through the pointwise kernel; scaled or transformed kernel units; a float16 kernel; a
+layer that is not linear in its kernel) is left as k-means made it, and its note says why; so
+is every layer whose update would not lower the model's output error. The notes give the
+errors before and after.
 """
 
 from __future__ import annotations
@@ -99,8 +102,6 @@ def _channels_last(y, layer):
 def _why_not(pal, layer, var):
     if type(layer).__name__ not in LINEAR_LAYERS:
         return f"{type(layer).__name__} is not linear in its kernel"
-    if pal.unit_dim != 1:
-        return "only scalar palettes are updated"
     if pal.codebook.shape[0] != 1 and (type(layer).__name__ == "EinsumDense" or (
             type(layer).__name__.startswith("SeparableConv")
             and pal.weight_name == "depthwise_kernel")):
@@ -150,11 +151,11 @@ def _fits(pals, layer_f, layer_q, twin, xf, xq, batch_size, clips):
         raise ValueError("its output is not linear in the kernel")
     if b_slot is not None and _channels_last(a, layer_q).shape[-1] != b_old.shape[0]:
         base[b_slot], b_slot, b_old = b_old.astype(base[b_slot].dtype), None, None  # kept
-    groups, k = pals[0].codebook.shape[:2]
-    masks = [[dataclasses.replace(p, codebook=np.repeat(np.eye(k, dtype=np.float32)[i][None, :,
-                                                                                       None],
-                                                        groups, 0)).decode()
-              for i in range(k)] for p in pals]
+    groups, k, d = pals[0].codebook.shape  # the fit's unknowns: K x d values per codebook
+    k *= d
+    masks = [[dataclasses.replace(p, codebook=np.repeat(
+        np.eye(k, dtype=np.float32)[i].reshape(1, -1, d), groups, 0)).decode()
+        for i in range(k)] for p in pals]
     stats = [[[0.0] * 6 for _ in clips] for _ in pals]  # G, H, TT, S, T_sum, N per channel
     # float64 outputs held at once: K masks per palette, target, offset, weights
     chunk = calibration.chunk(a.size / len(probe) * (k * len(pals) + 4), batch_size)
@@ -183,7 +184,7 @@ def _fits(pals, layer_f, layer_q, twin, xf, xq, batch_size, clips):
     if groups not in (1, t.shape[-1]):
         raise ValueError(f"its {groups} codebooks are not one per output channel "
                          f"({t.shape[-1]})")
-    return [[_solve(st, p.codebook[:, :, 0].astype(np.float64), b_slot, b_old)
+    return [[_solve(st, p.codebook.reshape(groups, k).astype(np.float64), b_slot, b_old)
              for st in pal_stats] for p, pal_stats in zip(pals, stats)]
 
 
@@ -221,6 +222,8 @@ def _gptq_palette(pal, layer_f, layer_q, xq, batch_size):
     :mod:`dkm_tf.graph.gptq`), or ``(None, why not)``: Dense and channels-last, ungrouped
     Conv2D kernels with at most :data:`GPTQ_MAX_INPUTS` inputs per output."""
     name = type(layer_q).__name__
+    if pal.unit_dim != 1:
+        return None, f"GPTQ assigns scalar units only, not {pal.layout.unit} units"
     kernel = np.asarray(get_weight(layer_f, pal.weight_name).numpy(), np.float64)
     if name == "Dense" and kernel.ndim == 2:
         def rows(xs):
@@ -316,7 +319,7 @@ def _pick(model, layer, var, pal, cands, x, ref, err, batch_size):
     for p, what, (c, b_new, b_slot, before, after) in cands:
         if after >= before:
             continue  # the fit did not even lower this layer's output error
-        new = dataclasses.replace(p, codebook=c.astype(np.float32)[:, :, None])
+        new = dataclasses.replace(p, codebook=c.astype(np.float32).reshape(p.codebook.shape))
         var.assign(new.decode().astype(np.float32))
         if b_slot is not None:
             layer.weights[b_slot].assign(b_new.astype(np.float32))
