@@ -170,13 +170,13 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         transforms: 1, 2, 4 or 8: transform-invariant kernel clustering (``unit="kernel"``).
         scale_bits: 16 (float16), 8 (int8 with a per-layer step) or 32: stored per-kernel
             scales of scaled kernel clustering.
-        refine: ``None``, ``"outputs"`` or ``"gptq"``: after k-means, move each scalar
-            codebook (per tensor or per output channel) and its layer's bias to the
+        refine: ``None``, ``"outputs"`` or ``"gptq"``: after k-means, move each codebook
+            (per tensor or per output channel; scalar or vector units) and its layer's bias to the
             least-squares fit of the float layer's outputs on ``data``, layer by layer, each
             layer fed by the already clustered ones, keeping a fit only if it lowers the
             model's output error (:mod:`dkm_tf.graph.refine`; still <= K values).
             ``"gptq"`` also tries GPTQ's error-feedback assignment of Dense and Conv2D
-            weights (:mod:`dkm_tf.graph.gptq`). Needs ``data`` (inputs only) and
+            scalar weights (:mod:`dkm_tf.graph.gptq`). Needs ``data`` (inputs only) and
             ``inplace=False``; the palettes' notes say what was updated, or why not.
 
     Returns:
