@@ -335,32 +335,41 @@ def _check_args(model, train_data, test_data, args):
         from dkm_tf.training.regularizer import RELAXATIONS  # noqa: PLC0415
 
         validate.check_choice("relaxation", a["relaxation"], RELAXATIONS)
-    _check_calibration(method, train_data, a)
     train_data = check_data("train_data", train_data, model, required=method != "wr")
+    _check_calibration(model, method, train_data, a)
     test_data = check_data("test_data", test_data, model, required=False)
     if test_data is not None and not isinstance(test_data, tuple):
         raise validate.invalid_type("test_data", "an (x, y) pair of arrays", test_data)
     return train_data, test_data
 
 
-def _check_calibration(method, train_data, a):
-    """``weighting`` / ``refine`` / ``calibration_samples`` (post-training only)."""
+def _check_calibration(model, method, train_data, a):
+    """``weighting`` / ``refine`` / ``calibration_samples`` (post-training only), with the
+    checks ``share_weights`` makes (one calibration sample through the model)."""
     from dkm_tf.core import validate  # noqa: PLC0415
-    from dkm_tf.graph.refine import REFINES  # noqa: PLC0415
+    from dkm_tf.graph import kernel_share, sensitivity  # noqa: PLC0415
+    from dkm_tf.graph.refine import REFINES, check_refine  # noqa: PLC0415
 
-    validate.check_choice("weighting", a["weighting"], (None, "fisher"))
-    validate.check_choice("refine", a["refine"], REFINES)
+    weighting, refine = (validate.check_choice("weighting", a["weighting"], (None, "fisher")),
+                         validate.check_choice("refine", a["refine"], REFINES))
     validate.check_int("calibration_samples", a["calibration_samples"], minimum=1)
-    for name in ("weighting", "refine"):
-        if a[name] is None:
-            continue
-        if method != "wr":
-            raise validate.invalid(name, f"None with method={method!r} (it calibrates "
-                                   "post-training k-means: method='wr')", a[name])
-        if not (isinstance(train_data, tuple) and len(train_data) == 2):
-            raise validate.invalid("train_data", f"an (x, y) pair of arrays to calibrate "
-                                   f"{name}={a[name]!r} on",
-                                   None if train_data is None else type(train_data).__name__)
+    if weighting is None and refine is None:
+        return
+    name = "weighting" if weighting else "refine"
+    if method != "wr":
+        raise validate.invalid(name, f"None with method={method!r} (it calibrates "
+                               "post-training k-means: method='wr')", a[name])
+    if not (isinstance(train_data, tuple) and len(train_data) == 2):
+        raise validate.invalid("train_data", f"an (x, y) pair of arrays to calibrate "
+                               f"{name}={a[name]!r} on",
+                               None if train_data is None else type(train_data).__name__)
+    kernel_share.kernel_route(a["unit"], a["codebook"], a["transforms"], a["scale_bits"],
+                              weighting=(weighting, None), refine=(refine, None))
+    sample = calibration_set(train_data, 1)
+    sparse = a["preserve_sparsity"] or a["sparsity"]
+    check_refine(model, refine, sample[0], False, sparse)
+    sensitivity.check_weighting(model, weighting, sample if weighting else None, None, sparse,
+                                data_used=refine is not None)
 
 
 def _energy(model, palettes, log):

@@ -80,6 +80,11 @@ def test_calibration_set_draws_distinct_samples():
     ({"refine": "gptq", "method": "finetune"}, r"`refine`. Expected None with "
      r"method='finetune'"),
     ({"weighting": "fisher", "train": None}, r"`train_data`. Expected an \(x, y\) pair"),
+    ({"refine": "gptq", "unit": "kernel", "codebook": "shared"},
+     r"`refine`. Expected None with unit='kernel'"),
+    ({"refine": "outputs", "sparsity": 0.2}, r"`refine`. Expected None with sparsity"),
+    ({"weighting": "fisher", "preserve_sparsity": True}, "`weighting`"),
+    ({"refine": "outputs", "train": (np.zeros((4, 5, 5, 1)), np.zeros(4))}, "`train_data`"),
 ])
 def test_bad_calibration_arguments_fail_before_any_work(trained, kwargs, match, monkeypatch):
     model, train, test = trained
