@@ -18,6 +18,7 @@ import numpy as np
 
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.graph.share import share_weights
+from dkm_tf.pipeline_args import calibration_set, check_args
 
 __all__ = ["METHODS", "CompressionResult", "compress", "evaluate_accuracy", "tflite_accuracy",
            "train_classifier"]
@@ -200,7 +201,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
 
     kernel = ({"codebook": codebook, "transforms": transforms, "scale_bits": scale_bits}
               if kernel_route(unit, codebook, transforms, scale_bits) else None)
-    train_data, test_data = _check_args(model, train_data, test_data, locals())
+    train_data, test_data = check_args(model, train_data, test_data, locals())
     log = print if verbose else (lambda *a, **k: None)
     bar = (lambda name: [progress.keras_callback(name)]) if progress is not None else (
         lambda name: None)
@@ -261,13 +262,6 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                              if calib else {})
 
 
-def calibration_set(train_data, n, seed=0):
-    """``n`` samples of ``(x, y)`` drawn without replacement with ``seed`` (all if fewer)."""
-    x, y = train_data
-    pick = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
-    return np.asarray(x)[pick], np.asarray(y)[pick]
-
-
 def _cluster_stage(progress, model, n_clusters, overrides):
     """Open the progress stage of the k-means step: one unit per tensor it will cluster.
 
@@ -291,85 +285,6 @@ def _cluster_stage(progress, model, n_clusters, overrides):
     stage.finish_on_close = True
     stage.note = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:5])}, ..."
     return stage
-
-
-def _check_args(model, train_data, test_data, args):
-    """Every argument of :func:`compress`, checked before any evaluation, training or k-means.
-
-    Returns ``(train_data, test_data)`` as checked (``(x, y)`` tuples or datasets).
-    """
-    import keras  # noqa: PLC0415
-
-    from dkm_tf.core import validate  # noqa: PLC0415
-    from dkm_tf.graph.clusterable import check_has_clusterable, check_overrides  # noqa: PLC0415
-    from dkm_tf.graph.share import _check_settings  # noqa: PLC0415
-    from dkm_tf.training.common import check_data, check_learning_rate  # noqa: PLC0415
-    from dkm_tf.training.wrapper import validate_settings  # noqa: PLC0415
-
-    if not isinstance(model, keras.Model):
-        raise validate.invalid_type("model", "a built keras.Model", model)
-    check_has_clusterable(model, "compress")
-    method, a = args["method"], args
-    trains = method.endswith("finetune")
-    settings = {k: a[k] for k in ("n_clusters", "unit", "granularity", "init",
-                                  "preserve_sparsity")}
-    settings.update({"latent": False} if trains else {"sparsity": a["sparsity"]})
-    check = (lambda cfg: validate_settings(**cfg)) if trains else _check_settings
-    check(settings)
-    validate.check_seed(a["seed"])
-    check_overrides(model, a["overrides"], settings, check)
-    validate.check_number("sparsity", a["sparsity"], "a fraction in [0, 1)", low=0, high=1,
-                          high_open=True)
-    if a["preserve_sparsity"] and a["sparsity"]:
-        raise validate.invalid("sparsity", "0 with preserve_sparsity=True", a["sparsity"])
-    validate.check_int("batch_size", a["batch_size"], minimum=1)
-    if not isinstance(a["verbose"], bool):  # True/False read as 1/0
-        validate.check_int("verbose", a["verbose"], minimum=0, maximum=2)
-    if trains:
-        validate.check_int("finetune_epochs", a["finetune_epochs"], minimum=0)
-        if a["finetune_learning_rate"] is not None:
-            check_learning_rate(a["finetune_learning_rate"])
-    if method.startswith("dkm"):
-        validate.check_int("dkm_epochs", a["dkm_epochs"], minimum=1)
-        validate.check_number("lam", a["lam"], "a finite number >= 0", low=0)
-        from dkm_tf.training.regularizer import RELAXATIONS  # noqa: PLC0415
-
-        validate.check_choice("relaxation", a["relaxation"], RELAXATIONS)
-    train_data = check_data("train_data", train_data, model, required=method != "wr")
-    _check_calibration(model, method, train_data, a)
-    test_data = check_data("test_data", test_data, model, required=False)
-    if test_data is not None and not isinstance(test_data, tuple):
-        raise validate.invalid_type("test_data", "an (x, y) pair of arrays", test_data)
-    return train_data, test_data
-
-
-def _check_calibration(model, method, train_data, a):
-    """``weighting`` / ``refine`` / ``calibration_samples`` (post-training only), with the
-    checks ``share_weights`` makes (one calibration sample through the model)."""
-    from dkm_tf.core import validate  # noqa: PLC0415
-    from dkm_tf.graph import kernel_share, sensitivity  # noqa: PLC0415
-    from dkm_tf.graph.refine import REFINES, check_refine  # noqa: PLC0415
-
-    weighting, refine = (validate.check_choice("weighting", a["weighting"], (None, "fisher")),
-                         validate.check_choice("refine", a["refine"], REFINES))
-    validate.check_int("calibration_samples", a["calibration_samples"], minimum=1)
-    if weighting is None and refine is None:
-        return
-    name = "weighting" if weighting else "refine"
-    if method != "wr":
-        raise validate.invalid(name, f"None with method={method!r} (it calibrates "
-                               "post-training k-means: method='wr')", a[name])
-    if not (isinstance(train_data, tuple) and len(train_data) == 2):
-        raise validate.invalid("train_data", f"an (x, y) pair of arrays to calibrate "
-                               f"{name}={a[name]!r} on",
-                               None if train_data is None else type(train_data).__name__)
-    kernel_share.kernel_route(a["unit"], a["codebook"], a["transforms"], a["scale_bits"],
-                              weighting=(weighting, None), refine=(refine, None))
-    sample = calibration_set(train_data, 1)
-    sparse = a["preserve_sparsity"] or a["sparsity"]
-    check_refine(model, refine, sample[0], False, sparse)
-    sensitivity.check_weighting(model, weighting, sample if weighting else None, None, sparse,
-                                data_used=refine is not None)
 
 
 def _energy(model, palettes, log):
