@@ -184,12 +184,15 @@ def markdown(r):
                      f"{t - floor:,} B (~{max(t - floor, 0) / (c['op'] + c['tensor']):.0f} "
                      f"ops with their output) |")
     kept = r["kept_float16_kernels"]
+    f16 = r["variants"]["once, kept weights float16"]["latency_vs_float"]
     lines += ["", f"Only the files that keep fer's small kernels constant run within 1.3x float "
               f"(below). Keeping the {len(kept)} kernels ({sum(kept):,} weights) that the "
-              f"1.19x float16 file keeps, at float16 with one DEQUANTIZE each, and storing the "
-              f"rest at the 4.27-bit limit, the floor with no decode and no lowering op is "
+              f"{f16:.2f}x float16 file keeps, at float16 with one DEQUANTIZE each, and storing "
+              f"the rest at the 4.27-bit limit, the floor with no decode and no lowering op is "
               f"**{r['floor_4_27_with_those_kept']:,} B = "
-              f"{r['floor_4_27_with_those_kept'] / r['float_bytes']:.3f}x**."]
+              f"{r['floor_4_27_with_those_kept'] / r['float_bytes']:.3f}x**. (Palettizing a "
+              "subset of them trades latency for bytes between this row and the 4.27-bit "
+              "floor; palettizing them all runs at about 3x float, below.)"]
     lines += ["", "## What dkm_tf writes (same run; latency 1 thread, interleaved, median)", "",
               "| file | bytes | x float | graph | stripped | ops | tensors | ms | x float |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
