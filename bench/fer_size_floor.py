@@ -119,7 +119,6 @@ def describe(path):
 
 def run(runs):
     import dkm_tf  # noqa: PLC0415
-    from dkm_tf.export.rewrite import FlatModel  # noqa: PLC0415
 
     rm = zoo.load_fer()
     shared = dkm_tf.share_weights(rm.model, K)
@@ -131,8 +130,8 @@ def run(runs):
         dkm_tf.export.to_tflite(shared.model, paths[label], "palettized", shared.palettes,
                                 rm.inputs, **opts)
     raw = paths["float"].read_bytes()
-    fm = FlatModel.from_bytes(raw)
-    stripped = strip(FlatModel.from_bytes(raw)).to_bytes()
+    described = {label: describe(path) for label, path in paths.items()}
+    float_file = described["float"]
     kernels = list(shared.palettes)
     n_weights = sum(int(np.prod(p.layout.kernel_shape)) for p in kernels)
     kinds = collections.Counter()
@@ -140,7 +139,7 @@ def run(runs):
         kinds[type(shared.model.get_layer(p.layer_name)).__name__ + "/" + p.weight_name] += \
             int(np.prod(p.layout.kernel_shape))
     costs = item_costs(raw)
-    without_kernels = len(stripped) - 4 * n_weights  # the float kernels' data removed
+    without_kernels = float_file["stripped_bytes"] - 4 * n_weights  # float kernels' data out
     codebooks = 4 * K * len(kernels)
     floors = {name: without_kernels + codebooks + int(np.ceil(n_weights * bits / 8))
               for name, bits in DENSITIES.items()}
@@ -151,12 +150,12 @@ def run(runs):
     timed = dkm_tf.export.benchmark_latency(
         {k: str(v) for k, v in paths.items()}, rm.inputs[0], threads=1, runs=runs,
         reference="float")
-    variants = {label: {**describe(path), "latency_ms": timed[label]["median_ms"],
+    variants = {label: {**d, "latency_ms": timed[label]["median_ms"],
                         "latency_vs_float": timed[label].get("ratio", 1.0)}
-                for label, path in paths.items()}
+                for label, d in described.items()}
     return {"float_bytes": len(raw), "target_bytes": int(0.2 * len(raw)),
-            "float_graph_bytes": len(raw) - const_bytes(fm),
-            "float_stripped_bytes": len(stripped), "kernels": len(kernels),
+            "float_graph_bytes": float_file["graph_bytes"],
+            "float_stripped_bytes": float_file["stripped_bytes"], "kernels": len(kernels),
             "kernel_weights": n_weights, "weights_by_kind": dict(kinds),
             "item_costs": costs, "floor_without_kernel_data": without_kernels,
             "codebook_bytes_f32": codebooks, "floors_no_decode": floors,

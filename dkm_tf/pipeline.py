@@ -220,7 +220,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                               verbose=max(verbose - 1, 0), preserve_sparsity=preserve_sparsity,
                               callbacks=bar("dkm"))
         seconds["retrain"] = time.perf_counter() - t
-    t, calib = time.perf_counter(), {}
+    t, calib = time.perf_counter(), None  # the calibration sample of a calibrated "wr"
     if method.endswith("finetune"):
         from dkm_tf.training.finetune import finetune  # noqa: PLC0415
 
@@ -240,14 +240,14 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             flush=True)
         stage = _cluster_stage(progress, work, n_clusters, overrides)
         if weighting or refine:
-            calib = {"weighting": weighting, "refine": refine,
-                     "data": calibration_set(train_data, calibration_samples, seed)}
-            log(f"[k-means] calibrating on {len(calib['data'][1])} training samples "
+            calib = calibration_set(train_data, calibration_samples, seed)
+            log(f"[k-means] calibrating on {len(calib[1])} training samples "
                 f"(weighting={weighting}, refine={refine})", flush=True)
         clustered, palettes, skipped = share_weights(
             work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
             overrides=overrides, sparsity=sparsity, verbose=verbose > 1,
-            preserve_sparsity=preserve_sparsity, **(kernel or {}), **calib)
+            preserve_sparsity=preserve_sparsity, weighting=weighting, refine=refine,
+            data=calib, **(kernel or {}))
     seconds["cluster"] = time.perf_counter() - t
     if stage is not None:  # still open unless a fine-tuning bar took over
         stage.close()
@@ -258,8 +258,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                       else "")
     return CompressionResult(clustered, palettes, skipped, size, label, acc_before, acc_after,
                              seconds, _energy(clustered, palettes, log),
-                             calibration={**options, "samples": len(calib["data"][1])}
-                             if calib else {})
+                             calibration={**options, "samples": len(calib[1])}
+                             if calib is not None else {})
 
 
 def _cluster_stage(progress, model, n_clusters, overrides):

@@ -75,7 +75,8 @@ def check_calibration(model, method, train_data, a):
     from dkm_tf.graph import kernel_share, sensitivity  # noqa: PLC0415
     from dkm_tf.graph.refine import REFINES, check_refine  # noqa: PLC0415
 
-    weighting, refine = (validate.check_choice("weighting", a["weighting"], (None, "fisher")),
+    weighting, refine = (validate.check_choice("weighting", a["weighting"],
+                                               sensitivity.WEIGHTINGS),
                          validate.check_choice("refine", a["refine"], REFINES))
     validate.check_int("calibration_samples", a["calibration_samples"], minimum=1)
     if weighting is None and refine is None:

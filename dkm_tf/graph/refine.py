@@ -151,10 +151,10 @@ def _fits(pals, layer_f, layer_q, twin, xf, xq, batch_size, clips):
         raise ValueError("its output is not linear in the kernel")
     if b_slot is not None and _channels_last(a, layer_q).shape[-1] != b_old.shape[0]:
         base[b_slot], b_slot, b_old = b_old.astype(base[b_slot].dtype), None, None  # kept
-    groups, k, d = pals[0].codebook.shape  # the fit's unknowns: K x d values per codebook
-    k *= d
+    groups, n_centroids, d = pals[0].codebook.shape
+    k = n_centroids * d  # the fit's unknowns per codebook: K centroids of d values
     masks = [[dataclasses.replace(p, codebook=np.repeat(
-        np.eye(k, dtype=np.float32)[i].reshape(1, -1, d), groups, 0)).decode()
+        np.eye(k, dtype=np.float32)[i].reshape(1, n_centroids, d), groups, 0)).decode()
         for i in range(k)] for p in pals]
     stats = [[[0.0] * 6 for _ in clips] for _ in pals]  # G, H, TT, S, T_sum, N per channel
     # float64 outputs held at once: K masks per palette, target, offset, weights
