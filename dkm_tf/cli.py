@@ -32,9 +32,10 @@ from dkm_tf.core.files import atomic_path
 
 _MODEL = flags.DEFINE_string("model", None, "Path to a .keras model (default: train the "
                              "built-in digits CNN).")
-_DATASET = flags.DEFINE_string("dataset", None, "Data for training/evaluation: digits, mnist "
-                               "or keras:<name> (default: digits for the built-in model, none "
-                               "for --model).")
+_DATASET = flags.DEFINE_string("dataset", None, "Data for training/evaluation: digits, mnist, "
+                               "keras:<name>, or your own .npz with x_train, y_train, x_test, "
+                               "y_test (default: digits for the built-in model, none for "
+                               "--model).")
 _METHOD = flags.DEFINE_enum("method", None, ["wr", "finetune", "dkm", "dkm+finetune"],
                             "Compression method (default: wr for --model without --dataset "
                             "or with --weighting / --refine, else finetune).")
@@ -90,6 +91,11 @@ def _atomic_write_text(path, text):
         f.write(text)
 
 
+def _log_data(dataset, train, test):
+    _log(f"[data] {dataset}: {len(train[1])} train / {len(test[1])} test samples of shape "
+         f"{tuple(train[0].shape[1:])}, {int(max(train[1].max(), test[1].max())) + 1} classes")
+
+
 def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, unit="scalar",
                  granularity="per_tensor", init="kmeans++", epochs=30, finetune_epochs=3,
                  dkm_epochs=5, lam=1.0, seed=0, output_dir="dkm_tf_out", tflite=True,
@@ -116,8 +122,9 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         dataset = dataset or "digits"
         method = method or ("wr" if weighting or refine else "finetune")
         train, test = data_lib.load_dataset(dataset)
-        _log(f"[data] {dataset}: {len(train[1])} train / {len(test[1])} test images")
-        model = models.digits_cnn(input_shape=train[0].shape[1:], seed=seed)
+        _log_data(dataset, train, test)
+        model = models.digits_cnn(input_shape=train[0].shape[1:], seed=seed,
+                                  num_classes=int(max(train[1].max(), test[1].max())) + 1)
         _log(f"[train] built-in {model.name} ({model.count_params():,} params), "
              f"{epochs} epochs")
         t = time.perf_counter()
@@ -134,6 +141,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         train = test = None
         if dataset:
             train, test = data_lib.load_dataset(dataset)
+            _log_data(dataset, train, test)
         method = method or ("wr" if train is None or weighting or refine else "finetune")
         _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
     result = pipeline.compress(

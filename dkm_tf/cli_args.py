@@ -90,8 +90,15 @@ def _model_file(path, suffixes):
 def _dataset(name):
     from dkm_tf import data  # noqa: PLC0415 (numpy only at import)
 
+    if name.endswith(".npz"):
+        try:
+            data.check_npz(name)
+        except data.DatasetFileError as e:
+            raise CliUsageError("dataset", e.expected, f"{name} ({e.received})") from None
+        return
     if name not in data.DATASETS:
-        raise CliUsageError("dataset", f"one of {sorted(data.DATASETS)}", name)
+        raise CliUsageError("dataset", f"one of {sorted(data.DATASETS)} or a .npz file "
+                            f"with {', '.join(data.NPZ_KEYS)}", name)
     if name == "mnist":
         folder = data.mnist_dir()
         if not (folder / "t10k-labels-idx1-ubyte.gz").is_file():

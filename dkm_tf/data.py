@@ -1,4 +1,5 @@
-"""Built-in datasets that work offline: sklearn digits and the MNIST idx files.
+"""Built-in datasets that work offline: sklearn digits and the MNIST idx files, and the user's
+own data as a ``.npz`` file.
 
 ``keras.datasets`` needs the internet; :func:`load_dataset` offers it as ``"keras:<name>"`` but
 the defaults never touch the network.
@@ -9,13 +10,16 @@ from __future__ import annotations
 import gzip
 import os
 import pathlib
+import zipfile
 
 import numpy as np
 
-__all__ = ["DATASETS", "MNIST_FILES", "MNIST_MIRRORS", "download_mnist", "load_dataset",
-           "load_digits", "load_mnist", "mnist_cache_dir", "mnist_dir"]
+__all__ = ["DATASETS", "DatasetFileError", "MNIST_FILES", "MNIST_MIRRORS", "NPZ_KEYS",
+           "check_npz", "download_mnist", "load_dataset", "load_digits", "load_mnist",
+           "load_npz", "mnist_cache_dir", "mnist_dir"]
 
 DATASETS = ("digits", "mnist", "keras:mnist", "keras:fashion_mnist", "keras:cifar10")
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")  # keras.datasets' load_data() order
 
 
 def load_digits(test_fraction=0.25, seed=0):
@@ -238,8 +242,100 @@ def load_mnist(path=None, *, url=None, cache_dir=None, verify=True):
     return (x_tr, xs[1].astype(np.int32)), (x_te, xs[3].astype(np.int32))
 
 
+class DatasetFileError(ValueError):
+    """A ``.npz`` dataset that cannot be used: ``expected`` says what is needed, ``received``
+    what the file holds."""
+
+    def __init__(self, path, expected, received):
+        self.path, self.expected, self.received = path, expected, received
+        super().__init__(f"Invalid value for argument `name`. Expected {expected}. "
+                         f"Received: {path!r} ({received})")
+
+
+_npz_error = DatasetFileError
+
+
+def check_npz(path):
+    """Check a ``.npz`` dataset from its array headers alone (nothing is loaded).
+
+    The file must hold the arrays of :data:`NPZ_KEYS` (as ``np.savez(path, x_train=...,
+    y_train=..., x_test=..., y_test=...)`` writes them): inputs with one sample per row and the
+    same shape per sample in both splits, and 1-D integer class labels (or ``(n, 1)``), one
+    per sample, in both splits.
+
+    Returns:
+        ``{key: (shape, dtype)}`` of the four arrays.
+
+    Raises:
+        DatasetFileError: a ValueError naming what is wrong (missing file, not a ``.npz``,
+            missing arrays, pickled objects, lengths or shapes that do not match, labels
+            that are not integers).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise _npz_error(path, "a .npz file", "no such file")
+    info = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = {n[:-4]: n for n in z.namelist() if n.endswith(".npy")}
+            missing = [k for k in NPZ_KEYS if k not in names]
+            if missing:
+                raise _npz_error(path, f"a .npz file with the arrays {list(NPZ_KEYS)}",
+                                 f"it lacks {missing}; it has {sorted(names)}")
+            for key in NPZ_KEYS:
+                with z.open(names[key]) as f:
+                    fmt = np.lib.format
+                    read = (fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0)
+                            else fmt.read_array_header_2_0)
+                    shape, _, dtype = read(f)
+                info[key] = (tuple(shape), np.dtype(dtype))
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        if isinstance(e, DatasetFileError):
+            raise
+        raise _npz_error(path, "a .npz file (np.savez)", e) from None
+    for split in ("train", "test"):
+        (xs, xd), (ys, yd) = info[f"x_{split}"], info[f"y_{split}"]
+        if xd.hasobject or yd.hasobject:
+            raise _npz_error(path, "numeric arrays", f"x_{split} or y_{split} holds objects")
+        if len(xs) < 2 or xs[0] < 1:
+            raise _npz_error(path, f"x_{split} with samples along its first axis",
+                             f"shape {xs}")
+        if not (len(ys) == 1 or (len(ys) == 2 and ys[1] == 1)) or ys[0] != xs[0]:
+            raise _npz_error(path, f"y_{split} of shape ({xs[0]},): one label per sample",
+                             f"shape {ys}")
+        if yd.kind not in "iu":
+            raise _npz_error(path, f"integer class labels in y_{split}", f"dtype {yd}")
+    if info["x_train"][0][1:] != info["x_test"][0][1:]:
+        raise _npz_error(path, "x_train and x_test with the same shape per sample",
+                         f"{info['x_train'][0][1:]} and {info['x_test'][0][1:]}")
+    return info
+
+
+def load_npz(path):
+    """The user's dataset from a ``.npz`` file checked by :func:`check_npz`.
+
+    Inputs are cast to float32 and used as they are (no scaling: store them as the model
+    expects them); labels are cast to int32 and must be >= 0.
+
+    Returns:
+        ``(x_train, y_train), (x_test, y_test)``.
+    """
+    check_npz(path)
+    with np.load(os.fspath(path), allow_pickle=False) as z:
+        out = [z[k].astype(np.float32 if k[0] == "x" else np.int32).reshape(
+            z[k].shape if k[0] == "x" else (-1,)) for k in NPZ_KEYS]
+    for key, y in zip(NPZ_KEYS[1::2], out[1::2]):
+        if len(y) and y.min() < 0:
+            raise _npz_error(os.fspath(path), f"class labels >= 0 in {key}",
+                             f"its smallest is {y.min()}")
+    return (out[0], out[1]), (out[2], out[3])
+
+
 def load_dataset(name="digits"):
-    """Load a dataset by name: ``"digits"`` (default), ``"mnist"`` or ``"keras:<name>"``."""
+    """Load a dataset by name: ``"digits"`` (default), ``"mnist"``, ``"keras:<name>"``, or the
+    path of a ``.npz`` file with the arrays of :data:`NPZ_KEYS` (:func:`load_npz`)."""
+    if isinstance(name, (str, os.PathLike)) and os.fspath(name).endswith(".npz"):
+        return load_npz(name)
     if name == "digits":
         return load_digits()
     if name == "mnist":
@@ -252,5 +348,6 @@ def load_dataset(name="digits"):
         if x_tr.ndim == 3:
             x_tr, x_te = x_tr[..., None], x_te[..., None]
         return (x_tr, y_tr.reshape(-1).astype(np.int32)), (x_te, y_te.reshape(-1).astype(np.int32))
-    raise ValueError(f"Invalid value for argument `name`. Expected one of {list(DATASETS)}. "
+    raise ValueError(f"Invalid value for argument `name`. Expected one of {list(DATASETS)} "
+                     "or a .npz file path. "
                      f"Received: name={name!r}")

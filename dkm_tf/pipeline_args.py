@@ -65,7 +65,24 @@ def check_args(model, train_data, test_data, args):
     test_data = check_data("test_data", test_data, model, required=False)
     if test_data is not None and not isinstance(test_data, tuple):
         raise validate.invalid_type("test_data", "an (x, y) pair of arrays", test_data)
+    for name, data in (("train_data", train_data), ("test_data", test_data)):
+        check_labels(name, data, model)
     return train_data, test_data
+
+
+def check_labels(name, data, model):
+    """Integer class labels of an ``(x, y)`` pair must index the model's C output scores:
+    out of range they would give a silently wrong accuracy, or a NaN loss on CPU."""
+    if not isinstance(data, tuple) or not hasattr(data[1], "dtype"):
+        return
+    y, shape = np.asarray(data[1]), getattr(model, "output_shape", None)
+    if y.dtype.kind not in "iu" or not y.size or not isinstance(shape, tuple) or len(shape) != 2:
+        return
+    classes = shape[1]
+    if classes is not None and classes > 1 and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected class labels in "
+                         f"[0, {classes - 1}] (the model has {classes} outputs). Received: "
+                         f"labels from {y.min()} to {y.max()}")
 
 
 def check_calibration(model, method, train_data, a):

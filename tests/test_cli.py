@@ -171,6 +171,61 @@ def test_calibration_needs_a_dataset_with_a_user_model(tmp_path):
                         output_dir=str(tmp_path / "o"))  # fine
 
 
+def _npz(path, n_train=96, n_test=40, shape=(8, 8, 1), classes=10, **changes):
+    from dkm_tf import data
+
+    (x_tr, y_tr), (x_te, y_te) = data.load_digits()
+    arrays = {"x_train": x_tr[:n_train], "y_train": y_tr[:n_train] % classes,
+              "x_test": x_te[:n_test], "y_test": y_te[:n_test] % classes, **changes}
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"y_test": np.zeros(3, int)}, "expected y_test of shape (40,): one label per sample"),
+    ({"y_train": np.zeros(96)}, "expected integer class labels in y_train"),
+])
+def test_bad_npz_dataset_is_one_line_exit_2_before_any_work(tmp_path, changes, expected):
+    out = tmp_path / "out"
+    proc = _cli("compress", "--dataset", _npz(tmp_path / "d.npz", **changes),
+                "--output_dir", str(out))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--dataset" in lines[0] and expected in lines[0], lines
+    assert "d.npz" in lines[0] and not out.exists()
+
+
+def test_user_model_with_npz_data_calibrates_and_reports_accuracy(tmp_path, capsys):
+    from dkm_tf import data, pipeline
+
+    path = tmp_path / "m.keras"
+    model = small_cnn()
+    (x_tr, y_tr), _ = data.load_digits()
+    pipeline.train_classifier(model, (x_tr[:96], y_tr[:96]), epochs=2)
+    model.save(path)
+    dataset = _npz(tmp_path / "mine.npz")
+    check_compress_args(str(path), dataset=dataset, refine="gptq",
+                        output_dir=str(tmp_path / "o"))
+    result = cli.run_compress(str(path), dataset=dataset, n_clusters=4, refine="gptq",
+                              calibration_samples=32, tflite=False, plots=False, quiet=True,
+                              output_dir=str(tmp_path / "o"))
+    assert "[data] " + dataset + ": 96 train / 40 test samples of shape (8, 8, 1), 10 classes" \
+        in capsys.readouterr().out
+    assert result.method == "wr (refine=gptq)"
+    (_, _), (x_te, y_te) = data.load_npz(dataset)
+    want = float(np.mean(np.argmax(model.predict(x_te, verbose=0), 1) == y_te))
+    assert result.accuracy_before == pytest.approx(want)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["calibration"]["samples"] == 32
+
+
+def test_builtin_model_takes_its_classes_from_the_npz_labels(tmp_path):
+    result = cli.run_compress(None, dataset=_npz(tmp_path / "three.npz", classes=3), epochs=1,
+                              method="wr", n_clusters=4, tflite=False, plots=False, quiet=True,
+                              output_dir=str(tmp_path / "o"))
+    assert result.model.output_shape == (None, 3)
+
+
 def test_builtin_demo_with_refine_runs_calibrated_wr(tmp_path):
     result = cli.run_compress(None, epochs=2, n_clusters=4, refine="gptq", weighting="fisher",
                               calibration_samples=64, tflite=False, plots=False, quiet=True,

@@ -94,6 +94,20 @@ def test_bad_calibration_arguments_fail_before_any_work(trained, kwargs, match, 
         dkm_tf.compress(model, train, test, n_clusters=4, verbose=0, **kwargs)
 
 
+@pytest.mark.parametrize("which, labels", [("train_data", 10), ("test_data", -1)])
+def test_labels_outside_the_model_outputs_fail_before_any_work(trained, which, labels,
+                                                               monkeypatch):
+    model, train, test = trained
+    bad = (train[0][:8], np.full(8, labels))
+    data_ = {"train_data": train, "test_data": test, which: bad}
+    monkeypatch.setattr(pipeline, "evaluate_accuracy", lambda *a: pytest.fail("evaluated"))
+    with pytest.raises(ValueError, match=rf"`{which}`. Expected class labels in \[0, 9\] "
+                       rf"\(the model has 10 outputs\). Received: labels from {labels} to "
+                       rf"{labels}"):
+        dkm_tf.compress(model, data_["train_data"], data_["test_data"], method="finetune",
+                        n_clusters=4, verbose=0)
+
+
 def test_progress_shows_every_stage(trained):
     import io
 
