@@ -34,8 +34,9 @@ _MODEL = flags.DEFINE_string("model", None, "Path to a .keras model (default: tr
                              "built-in digits CNN).")
 _DATASET = flags.DEFINE_string("dataset", None, "Data for training/evaluation: digits, mnist, "
                                "keras:<name>, or your own .npz with x_train, y_train, x_test, "
-                               "y_test (default: digits for the built-in model, none for "
-                               "--model).")
+                               "y_test (x_train alone: calibration inputs of --refine / "
+                               "--weighting) (default: digits for the built-in model, none "
+                               "for --model).")
 _METHOD = flags.DEFINE_enum("method", None, ["wr", "finetune", "dkm", "dkm+finetune"],
                             "Compression method (default: wr for --model without --dataset "
                             "or with --weighting / --refine, else finetune).")
@@ -92,8 +93,13 @@ def _atomic_write_text(path, text):
 
 
 def _log_data(dataset, train, test):
+    shape = tuple(train[0].shape[1:])
+    if test is None:
+        _log(f"[data] {dataset}: {len(train[0])} unlabelled samples of shape {shape} "
+             "(calibration only: no accuracy is reported)")
+        return
     _log(f"[data] {dataset}: {len(train[1])} train / {len(test[1])} test samples of shape "
-         f"{tuple(train[0].shape[1:])}, {int(max(train[1].max(), test[1].max())) + 1} classes")
+         f"{shape}, {int(max(train[1].max(), test[1].max())) + 1} classes")
 
 
 def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, unit="scalar",
@@ -159,7 +165,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     _log(f"[write] {pal_path} (the palettes: codebooks + indices)")
     accuracy = {}
     if tflite:
-        samples = test[0][:16] if test is not None else None
+        source = test if test is not None else train  # verify on the user's own inputs
+        samples = source[0][:16] if source is not None else None
         result.tflite, accuracy = write_tflite(result, output_dir, samples, test, progress)
     result.plots = _write_plots(result, model, plots_dir or output_dir, accuracy, progress) \
         if plots else []

@@ -92,10 +92,9 @@ def _dataset(name):
 
     if name.endswith(".npz"):
         try:
-            data.check_npz(name)
+            return "y_train" in data.check_npz(name)
         except data.DatasetFileError as e:
             raise CliUsageError("dataset", e.expected, f"{name} ({e.received})") from None
-        return
     if name not in data.DATASETS:
         raise CliUsageError("dataset", f"one of {sorted(data.DATASETS)} or a .npz file "
                             f"with {', '.join(data.NPZ_KEYS)}", name)
@@ -104,6 +103,7 @@ def _dataset(name):
         if not (folder / "t10k-labels-idx1-ubyte.gz").is_file():
             raise CliUsageError("dataset", "mnist with the IDX files in $DKM_TF_MNIST_DIR "
                                 f"(looked in {folder})", name)
+    return True
 
 
 def _output_dir(path, flag="output_dir"):
@@ -133,8 +133,8 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
             raise CliUsageError(flag, "true or false", value)
     if model_path is not None:
         _model_file(model_path, MODEL_SUFFIXES)
-    if dataset is not None:
-        _dataset(dataset)
+    if dataset is not None and not _dataset(dataset):
+        _unlabelled(model_path, dataset, method, weighting, refine)
     if model_path is not None and dataset is None and method in NEEDS_DATA:
         raise CliUsageError("method", "wr with --model and no --dataset (the other methods "
                             "train, so they need --dataset)", method)
@@ -152,6 +152,20 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
             raise CliUsageError("plots_dir", "no --plots_dir with --noplots (no plot is "
                                 "written)", plots_dir)
         _output_dir(plots_dir, "plots_dir")
+
+
+def _unlabelled(model_path, dataset, method, weighting, refine):
+    """An unlabelled .npz (x_train alone) only calibrates --refine / --weighting of --model."""
+    if model_path is None:
+        raise CliUsageError("dataset", "a labelled .npz (x_train, y_train, x_test, y_test) "
+                            "to train the built-in model", f"{dataset} (x_train alone)")
+    if method not in (None, "wr"):
+        raise CliUsageError("method", "wr with an unlabelled --dataset (x_train alone: the "
+                            "other methods train on labels)", method)
+    if weighting == "none" and refine == "none":
+        raise CliUsageError("dataset", "labels (y_train, x_test, y_test) unless --refine or "
+                            "--weighting calibrates on x_train (plain wr reads no data)",
+                            f"{dataset} (x_train alone)")
 
 
 def _calibration_flags(model_path, dataset, method, weighting, refine, samples):

@@ -255,16 +255,37 @@ class DatasetFileError(ValueError):
 _npz_error = DatasetFileError
 
 
+def _headers(path):
+    """``{array name: (shape, dtype)}`` of a ``.npz`` file, from the headers alone."""
+    info = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.endswith(".npy"):
+                    with z.open(name) as f:
+                        fmt = np.lib.format
+                        read = (fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0)
+                                else fmt.read_array_header_2_0)
+                        shape, _, dtype = read(f)
+                    info[name[:-4]] = (tuple(shape), np.dtype(dtype))
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise _npz_error(path, "a .npz file (np.savez)", e) from None
+    return info
+
+
 def check_npz(path):
     """Check a ``.npz`` dataset from its array headers alone (nothing is loaded).
 
-    The file must hold the arrays of :data:`NPZ_KEYS` (as ``np.savez(path, x_train=...,
-    y_train=..., x_test=..., y_test=...)`` writes them): inputs with one sample per row and the
-    same shape per sample in both splits, and 1-D integer class labels (or ``(n, 1)``), one
-    per sample, in both splits.
+    Two forms (as ``np.savez`` writes them):
+
+    - labelled: the four arrays of :data:`NPZ_KEYS`, inputs with one sample per row and the
+      same shape per sample in both splits, and 1-D integer class labels (or ``(n, 1)``), one
+      per sample;
+    - unlabelled: ``x_train`` alone, calibration inputs for the post-training methods
+      (``refine``, ``weighting``), which need no labels.
 
     Returns:
-        ``{key: (shape, dtype)}`` of the four arrays.
+        ``{key: (shape, dtype)}`` of the arrays (``"y_train" in`` it: labelled).
 
     Raises:
         DatasetFileError: a ValueError naming what is wrong (missing file, not a ``.npz``,
@@ -274,32 +295,22 @@ def check_npz(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise _npz_error(path, "a .npz file", "no such file")
-    info = {}
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = {n[:-4]: n for n in z.namelist() if n.endswith(".npy")}
-            missing = [k for k in NPZ_KEYS if k not in names]
-            if missing:
-                raise _npz_error(path, f"a .npz file with the arrays {list(NPZ_KEYS)}",
-                                 f"it lacks {missing}; it has {sorted(names)}")
-            for key in NPZ_KEYS:
-                with z.open(names[key]) as f:
-                    fmt = np.lib.format
-                    read = (fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0)
-                            else fmt.read_array_header_2_0)
-                    shape, _, dtype = read(f)
-                info[key] = (tuple(shape), np.dtype(dtype))
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        if isinstance(e, DatasetFileError):
-            raise
-        raise _npz_error(path, "a .npz file (np.savez)", e) from None
+    found = _headers(path)
+    keys = NPZ_KEYS if set(found) & set(NPZ_KEYS[1:]) or "x_train" not in found else ("x_train",)
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise _npz_error(path, f"a .npz file with the arrays {list(NPZ_KEYS)} (or x_train "
+                         "alone: unlabelled)", f"it lacks {missing}; it has {sorted(found)}")
+    info = {k: found[k] for k in keys}
+    for key, (shape, dtype) in info.items():
+        if dtype.hasobject:
+            raise _npz_error(path, "numeric arrays", f"{key} holds objects")
+        if key[0] == "x" and (len(shape) < 2 or shape[0] < 1):
+            raise _npz_error(path, f"{key} with samples along its first axis", f"shape {shape}")
+    if len(keys) == 1:
+        return info
     for split in ("train", "test"):
-        (xs, xd), (ys, yd) = info[f"x_{split}"], info[f"y_{split}"]
-        if xd.hasobject or yd.hasobject:
-            raise _npz_error(path, "numeric arrays", f"x_{split} or y_{split} holds objects")
-        if len(xs) < 2 or xs[0] < 1:
-            raise _npz_error(path, f"x_{split} with samples along its first axis",
-                             f"shape {xs}")
+        (xs, _), (ys, yd) = info[f"x_{split}"], info[f"y_{split}"]
         if not (len(ys) == 1 or (len(ys) == 2 and ys[1] == 1)) or ys[0] != xs[0]:
             raise _npz_error(path, f"y_{split} of shape ({xs[0]},): one label per sample",
                              f"shape {ys}")
@@ -318,17 +329,19 @@ def load_npz(path):
     expects them); labels are cast to int32 and must be >= 0.
 
     Returns:
-        ``(x_train, y_train), (x_test, y_test)``.
+        ``(x_train, y_train), (x_test, y_test)``; unlabelled: ``(x_train, None), None``.
     """
-    check_npz(path)
+    keys = list(check_npz(path))
     with np.load(os.fspath(path), allow_pickle=False) as z:
-        out = [z[k].astype(np.float32 if k[0] == "x" else np.int32).reshape(
-            z[k].shape if k[0] == "x" else (-1,)) for k in NPZ_KEYS]
-    for key, y in zip(NPZ_KEYS[1::2], out[1::2]):
-        if len(y) and y.min() < 0:
+        arrays = {k: z[k].astype(np.float32) if k[0] == "x" else
+                  z[k].astype(np.int32).reshape(-1) for k in keys}
+    for key in keys[1::2]:
+        if len(arrays[key]) and arrays[key].min() < 0:
             raise _npz_error(os.fspath(path), f"class labels >= 0 in {key}",
-                             f"its smallest is {y.min()}")
-    return (out[0], out[1]), (out[2], out[3])
+                             f"its smallest is {arrays[key].min()}")
+    if len(keys) == 1:
+        return (arrays["x_train"], None), None
+    return ((arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]))
 
 
 def load_dataset(name="digits"):

@@ -154,7 +154,9 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
 
     Args:
         model: a built Sequential or Functional Keras model (never modified).
-        train_data: ``(x, y)`` for the methods that train (``finetune``, ``dkm``).
+        train_data: ``(x, y)`` for the methods that train (``finetune``, ``dkm``);
+            ``(x, None)`` serves as unlabelled calibration inputs of ``weighting`` /
+            ``refine``.
         test_data: ``(x, y)`` to report accuracy before and after (optional).
         method: one of ``"wr"``, ``"finetune"``, ``"dkm"``, ``"dkm+finetune"``.
         n_clusters: K per codebook (per layer overrides through ``overrides``).
@@ -241,7 +243,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         stage = _cluster_stage(progress, work, n_clusters, overrides)
         if weighting or refine:
             calib = calibration_set(train_data, calibration_samples, seed)
-            log(f"[k-means] calibrating on {len(calib[1])} training samples "
+            log(f"[k-means] calibrating on {len(calib[0])} training samples "
                 f"(weighting={weighting}, refine={refine})", flush=True)
         clustered, palettes, skipped = share_weights(
             work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
@@ -258,7 +260,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                       else "")
     return CompressionResult(clustered, palettes, skipped, size, label, acc_before, acc_after,
                              seconds, _energy(clustered, palettes, log),
-                             calibration={**options, "samples": len(calib[1])}
+                             calibration={**options, "samples": len(calib[0])}
                              if calib is not None else {})
 
 

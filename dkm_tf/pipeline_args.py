@@ -12,10 +12,11 @@ import numpy as np
 
 
 def calibration_set(train_data, n, seed=0):
-    """``n`` samples of ``(x, y)`` drawn without replacement with ``seed`` (all if fewer)."""
+    """``n`` samples of ``(x, y)`` drawn without replacement with ``seed`` (all if fewer);
+    ``y`` may be None (unlabelled calibration inputs)."""
     x, y = train_data
     pick = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
-    return np.asarray(x)[pick], np.asarray(y)[pick]
+    return np.asarray(x)[pick], None if y is None else np.asarray(y)[pick]
 
 
 def check_args(model, train_data, test_data, args):
@@ -61,6 +62,9 @@ def check_args(model, train_data, test_data, args):
 
         validate.check_choice("relaxation", a["relaxation"], RELAXATIONS)
     train_data = check_data("train_data", train_data, model, required=method != "wr")
+    if method != "wr" and isinstance(train_data, tuple) and train_data[1] is None:
+        raise validate.invalid("train_data", f"(x, y) with labels y for method={method!r} "
+                               "(it trains)", "(x, None)")
     check_calibration(model, method, train_data, a)
     test_data = check_data("test_data", test_data, model, required=False)
     if test_data is not None and not isinstance(test_data, tuple):

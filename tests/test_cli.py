@@ -219,6 +219,46 @@ def test_user_model_with_npz_data_calibrates_and_reports_accuracy(tmp_path, caps
     assert report["calibration"]["samples"] == 32
 
 
+@pytest.mark.parametrize("args, flag, expected", [
+    ([], "--dataset", "a labelled .npz (x_train, y_train, x_test, y_test) to train the built-in"),
+    (["--model", "{model}", "--method", "finetune", "--refine", "none"], "--method",
+     "wr with an unlabelled --dataset"),
+    (["--model", "{model}", "--refine", "none"], "--dataset",
+     "labels (y_train, x_test, y_test) unless --refine or --weighting calibrates"),
+])
+def test_unlabelled_npz_only_calibrates_a_user_model(tmp_path, args, flag, expected):
+    model = tmp_path / "m.keras"
+    small_cnn().save(model)
+    x = tmp_path / "x.npz"
+    np.savez(x, x_train=np.zeros((4, 8, 8, 1), np.float32))
+    out = tmp_path / "out"
+    proc = _cli("compress", "--dataset", str(x), "--refine", "gptq",
+                *[a.format(model=model) for a in args], "--output_dir", str(out))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip()
+    assert "\n" not in line and f"invalid {flag}: expected {expected}" in line, line
+    assert not out.exists()
+
+
+def test_user_model_calibrates_on_unlabelled_npz(tmp_path, capsys):
+    from dkm_tf import data
+
+    path = tmp_path / "m.keras"
+    small_cnn().save(path)
+    (x_tr, _), _ = data.load_digits()
+    dataset = str(tmp_path / "x.npz")
+    np.savez(dataset, x_train=x_tr[:40])
+    check_compress_args(str(path), dataset=dataset, refine="outputs",
+                        output_dir=str(tmp_path / "o"))
+    result = cli.run_compress(str(path), dataset=dataset, n_clusters=4, refine="outputs",
+                              tflite=False, plots=False, quiet=True,
+                              output_dir=str(tmp_path / "o"))
+    assert "40 unlabelled samples of shape (8, 8, 1)" in capsys.readouterr().out
+    assert result.method == "wr (refine=outputs)" and result.accuracy_before is None
+    assert result.calibration == {"refine": "outputs", "samples": 40}
+    assert "model output error" in " ".join(p.note for p in result.palettes)
+
+
 def test_builtin_model_takes_its_classes_from_the_npz_labels(tmp_path):
     result = cli.run_compress(None, dataset=_npz(tmp_path / "three.npz", classes=3), epochs=1,
                               method="wr", n_clusters=4, tflite=False, plots=False, quiet=True,

@@ -60,7 +60,10 @@ def _bad(tmp_path, **changes):
 
 @pytest.mark.parametrize("changes, match", [
     ({"x_test": None, "y_test": None}, r"the arrays \['x_train', 'y_train', 'x_test', "
-     r"'y_test'\].*it lacks \['x_test', 'y_test'\]; it has \['x_train', 'y_train'\]"),
+     r"'y_test'\] \(or x_train alone: unlabelled\).*it lacks \['x_test', 'y_test'\]; it has "
+     r"\['x_train', 'y_train'\]"),
+    ({"x_train": None, "y_train": None, "y_test": None}, r"it lacks \['x_train', 'y_train', "
+     r"'y_test'\]; it has \['x_test'\]"),
     ({"y_train": np.zeros(11, int)}, r"y_train of shape \(12,\): one label per sample.*"
      r"shape \(11,\)"),
     ({"y_test": np.zeros((5, 2), int)}, r"y_test of shape \(5,\).*shape \(5, 2\)"),
@@ -76,6 +79,21 @@ def test_bad_files_name_what_is_wrong(tmp_path, changes, match):
     with pytest.raises(data.DatasetFileError, match=match) as e:
         data.load_dataset(str(path))
     assert isinstance(e.value, ValueError) and str(path) in str(e.value)
+
+
+def test_x_train_alone_is_unlabelled_calibration_data(tmp_path):
+    x = _arrays()["x_train"]
+    path = tmp_path / "unlabelled.npz"
+    np.savez(path, x_train=x)
+    assert data.check_npz(path) == {"x_train": (x.shape, x.dtype)}
+    (x_tr, y_tr), test = data.load_dataset(str(path))
+    np.testing.assert_array_equal(x_tr, x.astype(np.float32))
+    assert y_tr is None and test is None
+    np.savez(path, x_train=x[:, 0, 0])  # (12, 1): samples of one value each: fine
+    assert data.load_npz(path)[0][0].shape == (12, 1)
+    np.savez(path, x_train=x[:, 0, 0, 0])
+    with pytest.raises(data.DatasetFileError, match="x_train with samples along its first"):
+        data.load_npz(path)
 
 
 def test_object_arrays_are_refused_without_unpickling(tmp_path):

@@ -108,6 +108,21 @@ def test_labels_outside_the_model_outputs_fail_before_any_work(trained, which, l
                         n_clusters=4, verbose=0)
 
 
+def test_unlabelled_train_data_calibrates_and_cannot_train(trained, monkeypatch):
+    model, train, _ = trained
+    result = dkm_tf.compress(model, (train[0], None), n_clusters=4, refine="outputs",
+                             calibration_samples=32, seed=1, verbose=0)
+    x, y = pipeline.calibration_set((train[0], None), 32, seed=1)
+    assert y is None and result.calibration["samples"] == 32
+    direct = dkm_tf.share_weights(model, 4, refine="outputs", data=x, seed=1)
+    for a, b in zip(direct.model.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(pipeline, "evaluate_accuracy", lambda *a: pytest.fail("evaluated"))
+    with pytest.raises(ValueError, match=r"`train_data`. Expected \(x, y\) with labels y for "
+                       r"method='finetune'"):
+        dkm_tf.compress(model, (train[0], None), method="finetune", n_clusters=4, verbose=0)
+
+
 def test_progress_shows_every_stage(trained):
     import io
 
