@@ -18,7 +18,7 @@ import numpy as np
 
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.graph.share import share_weights
-from dkm_tf.pipeline_args import calibration_set, check_args
+from dkm_tf.pipeline_args import calibration_set, check_args, fisher_loss
 
 __all__ = ["METHODS", "CompressionResult", "compress", "evaluate_accuracy", "tflite_accuracy",
            "train_classifier"]
@@ -249,7 +249,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
             overrides=overrides, sparsity=sparsity, verbose=verbose > 1,
             preserve_sparsity=preserve_sparsity, weighting=weighting, refine=refine,
-            data=calib, **(kernel or {}))
+            data=calib, loss=fisher_loss(work, weighting), **(kernel or {}))
     seconds["cluster"] = time.perf_counter() - t
     if stage is not None:  # still open unless a fine-tuning bar took over
         stage.close()

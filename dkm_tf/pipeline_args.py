@@ -6,7 +6,7 @@ was received (the messages of :mod:`dkm_tf.core.validate`).
 
 from __future__ import annotations
 
-__all__ = ["calibration_set", "check_args", "check_calibration"]
+__all__ = ["calibration_set", "check_args", "check_calibration", "fisher_loss"]
 
 import numpy as np
 
@@ -115,5 +115,18 @@ def check_calibration(model, method, train_data, a):
     sample = calibration_set(train_data, 1)
     sparse = a["preserve_sparsity"] or a["sparsity"]
     check_refine(model, refine, sample[0], False, sparse)
-    sensitivity.check_weighting(model, weighting, sample if weighting else None, None, sparse,
+    sensitivity.check_weighting(model, weighting, sample if weighting else None,
+                                fisher_loss(model, weighting), sparse,
                                 data_used=refine is not None)
+
+
+def fisher_loss(model, weighting):
+    """The loss of ``weighting="fisher"``: the compiled model's (None: share_weights reads
+    it), else the cross-entropy that fits its output (training.common.default_loss), as the
+    fine-tuning methods use; a model loaded with ``compile=False`` has none."""
+    from dkm_tf.training.common import default_loss  # noqa: PLC0415
+
+    if weighting is None or (getattr(model, "compiled", False)
+                             and getattr(model, "loss", None) is not None):
+        return None
+    return default_loss(model)

@@ -123,6 +123,25 @@ def test_unlabelled_train_data_calibrates_and_cannot_train(trained, monkeypatch)
         dkm_tf.compress(model, (train[0], None), method="finetune", n_clusters=4, verbose=0)
 
 
+def test_fisher_on_an_uncompiled_model_uses_the_cross_entropy_of_its_outputs(trained):
+    """A model loaded with compile=False (what the CLI does) has no loss: the fine-tuning
+    methods' default (logits here: digits_cnn ends in a linear Dense) is used."""
+    import keras
+
+    model, train, _ = trained
+    bare = models.digits_cnn()
+    bare.set_weights(model.get_weights())
+    assert not bare.compiled
+    result = dkm_tf.compress(bare, train, n_clusters=4, weighting="fisher",
+                             calibration_samples=32, verbose=0)
+    x, y = pipeline.calibration_set(train, 32)
+    direct = dkm_tf.share_weights(
+        bare, 4, weighting="fisher", data=(x, y),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for a, b in zip(direct.model.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_progress_shows_every_stage(trained):
     import io
 
