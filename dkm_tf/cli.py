@@ -93,7 +93,10 @@ def _atomic_write_text(path, text):
 
 
 def _log_data(dataset, train, test):
-    shape = tuple(train[0].shape[1:])
+    """One line on the data: sizes, shape, classes, and the input range (a .npz is used as
+    it is, so 0-255 pixels for a model trained on [0, 1] show here)."""
+    x = train[0]
+    shape = f"{tuple(x.shape[1:])} in [{float(x.min()):.4g}, {float(x.max()):.4g}]"
     if test is None:
         _log(f"[data] {dataset}: {len(train[0])} unlabelled samples of shape {shape} "
              "(calibration only: no accuracy is reported)")

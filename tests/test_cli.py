@@ -209,8 +209,8 @@ def test_user_model_with_npz_data_calibrates_and_reports_accuracy(tmp_path, caps
     result = cli.run_compress(str(path), dataset=dataset, n_clusters=4, refine="gptq",
                               calibration_samples=32, tflite=False, plots=False, quiet=True,
                               output_dir=str(tmp_path / "o"))
-    assert "[data] " + dataset + ": 96 train / 40 test samples of shape (8, 8, 1), 10 classes" \
-        in capsys.readouterr().out
+    assert "[data] " + dataset + ": 96 train / 40 test samples of shape (8, 8, 1) in [0, 1], " \
+        "10 classes" in capsys.readouterr().out
     assert result.method == "wr (refine=gptq)"
     (_, _), (x_te, y_te) = data.load_npz(dataset)
     want = float(np.mean(np.argmax(model.predict(x_te, verbose=0), 1) == y_te))
@@ -253,7 +253,8 @@ def test_user_model_calibrates_on_unlabelled_npz(tmp_path, capsys):
     result = cli.run_compress(str(path), dataset=dataset, n_clusters=4, refine="outputs",
                               tflite=False, plots=False, quiet=True,
                               output_dir=str(tmp_path / "o"))
-    assert "40 unlabelled samples of shape (8, 8, 1)" in capsys.readouterr().out
+    assert "40 unlabelled samples of shape (8, 8, 1) in [0, 1] (calibration" in \
+        capsys.readouterr().out
     assert result.method == "wr (refine=outputs)" and result.accuracy_before is None
     assert result.calibration == {"refine": "outputs", "samples": 40}
     assert "model output error" in " ".join(p.note for p in result.palettes)
