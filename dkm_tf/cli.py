@@ -92,19 +92,6 @@ def _atomic_write_text(path, text):
         f.write(text)
 
 
-def _log_data(dataset, train, test):
-    """One line on the data: sizes, shape, classes, and the input range (a .npz is used as
-    it is, so 0-255 pixels for a model trained on [0, 1] show here)."""
-    x = train[0]
-    shape = f"{tuple(x.shape[1:])} in [{float(x.min()):.4g}, {float(x.max()):.4g}]"
-    if test is None:
-        _log(f"[data] {dataset}: {len(train[0])} unlabelled samples of shape {shape} "
-             "(calibration only: no accuracy is reported)")
-        return
-    _log(f"[data] {dataset}: {len(train[1])} train / {len(test[1])} test samples of shape "
-         f"{shape}, {int(max(train[1].max(), test[1].max())) + 1} classes")
-
-
 def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, unit="scalar",
                  granularity="per_tensor", init="kmeans++", epochs=30, finetune_epochs=3,
                  dkm_epochs=5, lam=1.0, seed=0, output_dir="dkm_tf_out", tflite=True,
@@ -127,11 +114,12 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
 
     progress = progress if progress is not None else Progress(enabled=not quiet)
     weighting, refine = (None if v == "none" else v for v in (weighting, refine))
+    metric = "test accuracy"
     if model_path is None:
         dataset = dataset or "digits"
         method = method or ("wr" if weighting or refine else "finetune")
         train, test = data_lib.load_dataset(dataset)
-        _log_data(dataset, train, test)
+        _log(cli_tables.data_line(dataset, train, test))
         model = models.digits_cnn(input_shape=train[0].shape[1:], seed=seed,
                                   num_classes=int(max(train[1].max(), test[1].max())) + 1)
         _log(f"[train] built-in {model.name} ({model.count_params():,} params), "
@@ -150,15 +138,20 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         train = test = None
         if dataset:
             train, test = data_lib.load_dataset(dataset)
-            _log_data(dataset, train, test)
+            _log(cli_tables.data_line(dataset, train, test))
         method = method or ("wr" if train is None or weighting or refine else "finetune")
         _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
+        if test is not None and test[1] is None:  # held-out inputs without labels: the
+            y = pipeline.float_predictions(model, test[0])  # float model's classes
+            test, metric = (None, metric) if y is None else ((test[0], y), cli_tables.AGREEMENT)
+            _log(cli_tables.agreement_line(y))
     result = pipeline.compress(
         model, train, test, method=method, n_clusters=n_clusters, unit=unit,
         granularity=granularity, init=init, seed=seed, finetune_epochs=finetune_epochs,
         dkm_epochs=dkm_epochs, lam=lam, progress=progress, codebook=codebook,
         transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
         calibration_samples=calibration_samples)
+    result.metric = metric
     _log(result.summary())
     _log(cli_tables.SIZE_LEGEND)
     out_model = os.path.join(output_dir, "clustered.keras")
@@ -177,7 +170,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     report["tflite"] = {k: (v.to_dict() if hasattr(v, "to_dict") else str(v))
                         for k, v in result.tflite.items()}
     for label, acc in accuracy.items():
-        report["tflite"][label]["test_accuracy"] = acc
+        report["tflite"][label][metric.replace(" ", "_")] = acc
     report["plots"] = {os.path.basename(p.path): {"path": p.path, "shows": p.summary}
                        for p in result.plots}
     report_path = os.path.join(output_dir, "report.json")
@@ -256,7 +249,9 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
         stage.close("50 invokes each, interleaved")
         if test_data is not None:
             n = min(len(test_data[1]), 10_000)
-            stage = progress.stage(f"accuracy ({n} test samples)", len(targets), "formats")
+            what = ("accuracy ({n} test samples)" if result.metric == "test accuracy" else
+                    "agreement with the float model ({n} held-out inputs)")
+            stage = progress.stage(what.format(n=n), len(targets), "formats")
             for label, rep in reports.items():
                 accuracy[label] = tflite_accuracy(rep.path, test_data, max_samples=n)
                 stage.update(1, f"{label}: {100 * accuracy[label]:.2f}%"
@@ -264,7 +259,7 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
             stage.close(", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()
                                   if v is not None))
     _log(f"[tflite] done in {time.perf_counter() - t:.1f} s")
-    _log(cli_tables.tflite_table(reports, accuracy))
+    _log(cli_tables.tflite_table(reports, accuracy, result.metric))
     return reports, accuracy
 
 

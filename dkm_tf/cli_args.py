@@ -163,7 +163,7 @@ def _unlabelled(model_path, dataset, method, weighting, refine):
         raise CliUsageError("method", "wr with an unlabelled --dataset (x_train alone: the "
                             "other methods train on labels)", method)
     if weighting == "none" and refine == "none":
-        raise CliUsageError("dataset", "labels (y_train, x_test, y_test) unless --refine or "
+        raise CliUsageError("dataset", "labels (y_train, y_test) unless --refine or "
                             "--weighting calibrates on x_train (plain wr reads no data)",
                             f"{dataset} (x_train alone)")
 

@@ -74,8 +74,35 @@ def native_stderr_filtered(progress):
             print("\n".join(kept), file=sys.stderr, flush=True)
 
 
-def tflite_table(reports, accuracy):
-    """The formats table, its legend, and why palettized keeps some tensors float32."""
+AGREEMENT = "agreement with the float model"
+
+
+def data_line(dataset, train, test):
+    """The ``[data]`` line: sizes, shape, classes, and the input range (a .npz is used as it
+    is, so 0-255 pixels for a model trained on [0, 1] show here)."""
+    x = train[0]
+    shape = f"{tuple(x.shape[1:])} in [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+    if train[1] is None:
+        held = "" if test is None else f" and {len(test[0])} held-out inputs"
+        return (f"[data] {dataset}: {len(x)} unlabelled samples{held} of shape {shape} "
+                f"(calibration{'' if held else ' only: no accuracy is reported'})")
+    return (f"[data] {dataset}: {len(train[1])} train / {len(test[1])} test samples of shape "
+            f"{shape}, {int(max(train[1].max(), test[1].max())) + 1} classes")
+
+
+def agreement_line(labels):
+    """What the accuracy figures are for held-out inputs without labels (``labels``: the
+    float model's top-1 classes, or None when its output is not class scores)."""
+    if labels is None:
+        return ("[data] x_test: no agreement figure (the model's output is not one row of "
+                "class scores per sample)")
+    return (f"[data] x_test: accuracy figures below are the {AGREEMENT}: the share of the "
+            f"{len(labels)} held-out inputs where a compressed form predicts its top-1 class")
+
+
+def tflite_table(reports, accuracy, metric="test accuracy"):
+    """The formats table, its legend, and why palettized keeps some tensors float32
+    (``metric``: what ``acc %`` measures, when it is not the test accuracy)."""
     acc_head = f"{'acc %':>8}" if accuracy else ""
     head = (f"{'format':<22}{'bytes':>12}{'x float':>9}{'bits/w':>8}{'ms (1 thread)':>15}"
             f"{acc_head}  file")
@@ -88,6 +115,9 @@ def tflite_table(reports, accuracy):
         lines.append(f"{label:<22}{rep.bytes:>12,}{rep.ratio_vs_float:>9.3f}"
                      f"{rep.bits_per_weight:>8.2f}{lat_s:>15}{acc_s}  {rep.path}")
     lines.append(TFLITE_LEGEND)
+    if accuracy and metric != "test accuracy":
+        lines.append(f"        acc % here: {metric} (top-1 predictions on the held-out "
+                     "inputs, which have no labels)")
     pal, int8 = reports.get("palettized"), reports.get("int8")
     kept = [t for t in (pal.tensors if pal is not None else ()) if t.get("kept")]
     if kept:

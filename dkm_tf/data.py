@@ -281,8 +281,9 @@ def check_npz(path):
     - labelled: the four arrays of :data:`NPZ_KEYS`, inputs with one sample per row and the
       same shape per sample in both splits, and 1-D integer class labels (or ``(n, 1)``), one
       per sample;
-    - unlabelled: ``x_train`` alone, calibration inputs for the post-training methods
-      (``refine``, ``weighting``), which need no labels.
+    - unlabelled: ``x_train`` (and optionally ``x_test``, held-out inputs of the same shape),
+      calibration inputs for the post-training methods (``refine``, ``weighting``), which
+      need no labels.
 
     Returns:
         ``{key: (shape, dtype)}`` of the arrays (``"y_train" in`` it: labelled).
@@ -296,27 +297,27 @@ def check_npz(path):
     if not os.path.isfile(path):
         raise _npz_error(path, "a .npz file", "no such file")
     found = _headers(path)
-    keys = NPZ_KEYS if set(found) & set(NPZ_KEYS[1:]) or "x_train" not in found else ("x_train",)
+    labelled = bool({"y_train", "y_test"} & set(found)) or "x_train" not in found
+    keys = NPZ_KEYS if labelled else tuple(k for k in ("x_train", "x_test") if k in found)
     missing = [k for k in keys if k not in found]
     if missing:
-        raise _npz_error(path, f"a .npz file with the arrays {list(NPZ_KEYS)} (or x_train "
-                         "alone: unlabelled)", f"it lacks {missing}; it has {sorted(found)}")
+        raise _npz_error(path, f"a .npz file with the arrays {list(NPZ_KEYS)} (or, "
+                         "without labels, x_train and optionally x_test)",
+                         f"it lacks {missing}; it has {sorted(found)}")
     info = {k: found[k] for k in keys}
     for key, (shape, dtype) in info.items():
         if dtype.hasobject:
             raise _npz_error(path, "numeric arrays", f"{key} holds objects")
         if key[0] == "x" and (len(shape) < 2 or shape[0] < 1):
             raise _npz_error(path, f"{key} with samples along its first axis", f"shape {shape}")
-    if len(keys) == 1:
-        return info
-    for split in ("train", "test"):
+    for split in ("train", "test") if labelled else ():
         (xs, _), (ys, yd) = info[f"x_{split}"], info[f"y_{split}"]
         if not (len(ys) == 1 or (len(ys) == 2 and ys[1] == 1)) or ys[0] != xs[0]:
             raise _npz_error(path, f"y_{split} of shape ({xs[0]},): one label per sample",
                              f"shape {ys}")
         if yd.kind not in "iu":
             raise _npz_error(path, f"integer class labels in y_{split}", f"dtype {yd}")
-    if info["x_train"][0][1:] != info["x_test"][0][1:]:
+    if "x_test" in info and info["x_train"][0][1:] != info["x_test"][0][1:]:
         raise _npz_error(path, "x_train and x_test with the same shape per sample",
                          f"{info['x_train'][0][1:]} and {info['x_test'][0][1:]}")
     return info
@@ -329,7 +330,8 @@ def load_npz(path):
     expects them); labels are cast to int32 and must be >= 0.
 
     Returns:
-        ``(x_train, y_train), (x_test, y_test)``; unlabelled: ``(x_train, None), None``.
+        ``(x_train, y_train), (x_test, y_test)``; unlabelled: ``(x_train, None),
+        (x_test, None)``, or ``(x_train, None), None`` without ``x_test``.
     """
     keys = list(check_npz(path))
     with np.load(os.fspath(path), allow_pickle=False) as z:
@@ -339,8 +341,9 @@ def load_npz(path):
         if len(arrays[key]) and arrays[key].min() < 0:
             raise _npz_error(os.fspath(path), f"class labels >= 0 in {key}",
                              f"its smallest is {arrays[key].min()}")
-    if len(keys) == 1:
-        return (arrays["x_train"], None), None
+    if "y_train" not in arrays:
+        test = arrays.get("x_test")
+        return (arrays["x_train"], None), None if test is None else (test, None)
     return ((arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"]))
 
 

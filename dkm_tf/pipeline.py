@@ -20,8 +20,8 @@ from dkm_tf.core import palette as palette_lib
 from dkm_tf.graph.share import share_weights
 from dkm_tf.pipeline_args import calibration_set, check_args, fisher_loss
 
-__all__ = ["METHODS", "CompressionResult", "compress", "evaluate_accuracy", "tflite_accuracy",
-           "train_classifier"]
+__all__ = ["METHODS", "CompressionResult", "compress", "evaluate_accuracy", "float_predictions",
+           "tflite_accuracy", "train_classifier"]
 
 METHODS = ("wr", "finetune", "dkm", "dkm+finetune")
 
@@ -45,6 +45,9 @@ class CompressionResult:
         plots: the :class:`dkm_tf.plots.Plot` files the caller wrote (``dkm-tf compress``).
         calibration: ``{"weighting", "refine", "samples"}`` of a calibrated ``"wr"``, else
             empty.
+        metric: what ``accuracy_*`` measure: ``"test accuracy"``, or ``"agreement with the
+            float model"`` when the test labels are the float model's own top-1 predictions
+            (:func:`float_predictions`: held-out inputs without labels).
     """
 
     model: object
@@ -59,13 +62,14 @@ class CompressionResult:
     tflite: dict = dataclasses.field(default_factory=dict)
     plots: list = dataclasses.field(default_factory=list)
     calibration: dict = dataclasses.field(default_factory=dict)
+    metric: str = "test accuracy"
 
     def summary(self):
         lines = [f"method: {self.method}", self.size.summary()]
         for name, reason in self.skipped:
             lines.append(f"skipped {name}: {reason}")
         if self.accuracy_before is not None:
-            lines.append(f"test accuracy: {100 * self.accuracy_before:.2f}% before, "
+            lines.append(f"{self.metric}: {100 * self.accuracy_before:.2f}% before, "
                          f"{100 * self.accuracy_after:.2f}% after "
                          f"({100 * (self.accuracy_after - self.accuracy_before):+.2f} pt)")
         if self.energy is not None and self.energy.baseline is not None:
@@ -78,8 +82,19 @@ class CompressionResult:
         return {"method": self.method, "size": self.size.to_dict(),
                 "skipped": [list(s) for s in self.skipped],
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
-                "seconds": self.seconds, "calibration": self.calibration,
+                "metric": self.metric, "seconds": self.seconds,
+                "calibration": self.calibration,
                 "energy": None if self.energy is None else self.energy.to_dict()}
+
+
+def float_predictions(model, x, batch_size=256):
+    """The model's top-1 classes on ``x`` (labels for held-out inputs that have none: the
+    accuracy of a compressed copy against them is its agreement with this model), or None
+    when the output is not one row of class scores per sample."""
+    out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    if out.ndim != 2 or out.shape[0] != len(x) or out.shape[1] < 2:
+        return None
+    return np.argmax(out, axis=1).astype(np.int32)
 
 
 def evaluate_accuracy(model, data, batch_size=256):

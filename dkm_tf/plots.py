@@ -152,13 +152,15 @@ def plot_weight_histograms(palettes, path, original_model=None, max_layers=4, bi
     return Plot(_save(fig, path), fig, summary)
 
 
-def plot_formats(formats, path, reference_accuracy=None):
+def plot_formats(formats, path, reference_accuracy=None, metric="test accuracy"):
     """Test accuracy against file size of every exported format.
 
     Args:
         formats: list of ``(label, bytes, accuracy)``; accuracy in [0, 1] or None.
         path: destination PNG.
         reference_accuracy: accuracy of the uncompressed Keras model (a dashed line).
+        metric: what the accuracies measure (the y axis label), e.g. ``"agreement with the
+            float model"`` for held-out inputs without labels.
 
     Returns:
         A :class:`Plot` with one axes: a scatter of accuracy (%) against size (KiB), or, when
@@ -184,7 +186,7 @@ def plot_formats(formats, path, reference_accuracy=None):
         ax.set_ylim(min(accs) - pad, max(accs) + pad)
         ax.set_xlim(0, max(kib) * 1.25)
         ax.set_xlabel("file size (KiB)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"{metric} (%)")
         ax.set_title("Accuracy and size of each exported format (up and left is better)",
                      fontsize=10)
         ax.grid(alpha=0.3)
@@ -275,7 +277,8 @@ def write_plots(result, out_dir, original_model=None, formats=None):
         skipped.append(("weights.png", "no clustered tensor"))
     if formats:
         plots.append(plot_formats(formats, os.path.join(out_dir, "formats.png"),
-                                  result.accuracy_before))
+                                  result.accuracy_before,
+                                  getattr(result, "metric", "test accuracy")))
     else:
         skipped.append(("formats.png", "no exported file (--notflite)"))
     if result.energy is not None and result.energy.baseline is not None:

@@ -224,7 +224,7 @@ def test_user_model_with_npz_data_calibrates_and_reports_accuracy(tmp_path, caps
     (["--model", "{model}", "--method", "finetune", "--refine", "none"], "--method",
      "wr with an unlabelled --dataset"),
     (["--model", "{model}", "--refine", "none"], "--dataset",
-     "labels (y_train, x_test, y_test) unless --refine or --weighting calibrates"),
+     "labels (y_train, y_test) unless --refine or --weighting calibrates"),
 ])
 def test_unlabelled_npz_only_calibrates_a_user_model(tmp_path, args, flag, expected):
     model = tmp_path / "m.keras"
@@ -258,6 +258,33 @@ def test_user_model_calibrates_on_unlabelled_npz(tmp_path, capsys):
     assert result.method == "wr (refine=outputs)" and result.accuracy_before is None
     assert result.calibration == {"refine": "outputs", "samples": 40}
     assert "model output error" in " ".join(p.note for p in result.palettes)
+
+
+def test_unlabelled_held_out_inputs_report_agreement_with_the_float_model(tmp_path, capsys):
+    from dkm_tf import cli_tables, data, pipeline
+
+    path = tmp_path / "m.keras"
+    model = small_cnn()
+    (x_tr, y_tr), (x_te, _) = data.load_digits()
+    pipeline.train_classifier(model, (x_tr[:200], y_tr[:200]), epochs=2)
+    model.save(path)
+    dataset = str(tmp_path / "x.npz")
+    np.savez(dataset, x_train=x_tr[:64], x_test=x_te[:50])
+    result = cli.run_compress(str(path), dataset=dataset, n_clusters=2, refine="gptq",
+                              plots=False, quiet=True, output_dir=str(tmp_path / "o"))
+    out = capsys.readouterr().out
+    assert "64 unlabelled samples and 50 held-out inputs of shape (8, 8, 1)" in out
+    assert "agreement with the float model: 100.00% before" in out
+    assert "acc % here: agreement with the float model" in out
+    float_cls = np.argmax(model.predict(x_te[:50], verbose=0), 1)
+    agree = np.mean(np.argmax(result.model.predict(x_te[:50], verbose=0), 1) == float_cls)
+    assert result.metric == cli_tables.AGREEMENT and result.accuracy_before == 1.0
+    assert result.accuracy_after == pytest.approx(agree)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["metric"] == "agreement with the float model"
+    for label in ("float", "palettized"):  # the files agree with Keras (at most one flip)
+        got = report["tflite"][label]["agreement_with_the_float_model"]
+        assert abs(got - agree) <= 1 / 50 + 1e-9, (label, got, agree)
 
 
 def test_builtin_model_takes_its_classes_from_the_npz_labels(tmp_path):

@@ -60,8 +60,8 @@ def _bad(tmp_path, **changes):
 
 @pytest.mark.parametrize("changes, match", [
     ({"x_test": None, "y_test": None}, r"the arrays \['x_train', 'y_train', 'x_test', "
-     r"'y_test'\] \(or x_train alone: unlabelled\).*it lacks \['x_test', 'y_test'\]; it has "
-     r"\['x_train', 'y_train'\]"),
+     r"'y_test'\] \(or, without labels, x_train and optionally x_test\).*it lacks "
+     r"\['x_test', 'y_test'\]; it has \['x_train', 'y_train'\]"),
     ({"x_train": None, "y_train": None, "y_test": None}, r"it lacks \['x_train', 'y_train', "
      r"'y_test'\]; it has \['x_test'\]"),
     ({"y_train": np.zeros(11, int)}, r"y_train of shape \(12,\): one label per sample.*"
@@ -94,6 +94,19 @@ def test_x_train_alone_is_unlabelled_calibration_data(tmp_path):
     np.savez(path, x_train=x[:, 0, 0, 0])
     with pytest.raises(data.DatasetFileError, match="x_train with samples along its first"):
         data.load_npz(path)
+
+
+def test_unlabelled_held_out_inputs(tmp_path):
+    arrays = _arrays()
+    path = tmp_path / "unlabelled.npz"
+    np.savez(path, x_train=arrays["x_train"], x_test=arrays["x_test"])
+    (x_tr, y_tr), (x_te, y_te) = data.load_npz(path)
+    np.testing.assert_array_equal(x_te, arrays["x_test"].astype(np.float32))
+    assert y_tr is None and y_te is None and len(x_tr) == 12
+    np.savez(path, x_train=arrays["x_train"], x_test=arrays["x_test"][:, :5])
+    with pytest.raises(data.DatasetFileError, match=r"the same shape per sample.*\(6, 6, 1\) "
+                       r"and \(5, 6, 1\)"):
+        data.check_npz(path)
 
 
 def test_object_arrays_are_refused_without_unpickling(tmp_path):
