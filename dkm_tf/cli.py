@@ -34,9 +34,9 @@ _MODEL = flags.DEFINE_string("model", None, "Path to a .keras model (default: tr
                              "built-in digits CNN).")
 _DATASET = flags.DEFINE_string("dataset", None, "Data for training/evaluation: digits, mnist, "
                                "keras:<name>, or your own .npz with x_train, y_train, x_test, "
-                               "y_test (x_train alone: calibration inputs of --refine / "
-                               "--weighting) (default: digits for the built-in model, none "
-                               "for --model).")
+                               "y_test (without labels: x_train calibrates --refine / "
+                               "--weighting, x_test gives agreement with float) (default: "
+                               "digits for the built-in model, none for --model).")
 _METHOD = flags.DEFINE_enum("method", None, ["wr", "finetune", "dkm", "dkm+finetune"],
                             "Compression method (default: wr for --model without --dataset "
                             "or with --weighting / --refine, else finetune).")
