@@ -155,17 +155,18 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
 
 
 def _unlabelled(model_path, dataset, method, weighting, refine):
-    """An unlabelled .npz (x_train alone) only calibrates --refine / --weighting of --model."""
+    """An unlabelled .npz (x_train, optionally x_test) only calibrates --refine / --weighting
+    of a --model (x_test: the agreement with the float model is reported)."""
     if model_path is None:
         raise CliUsageError("dataset", "a labelled .npz (x_train, y_train, x_test, y_test) "
-                            "to train the built-in model", f"{dataset} (x_train alone)")
+                            "to train the built-in model", f"{dataset} (no labels)")
     if method not in (None, "wr"):
-        raise CliUsageError("method", "wr with an unlabelled --dataset (x_train alone: the "
-                            "other methods train on labels)", method)
+        raise CliUsageError("method", "wr with an unlabelled --dataset (the other methods "
+                            "train on labels)", method)
     if weighting == "none" and refine == "none":
         raise CliUsageError("dataset", "labels (y_train, y_test) unless --refine or "
                             "--weighting calibrates on x_train (plain wr reads no data)",
-                            f"{dataset} (x_train alone)")
+                            f"{dataset} (no labels)")
 
 
 def _calibration_flags(model_path, dataset, method, weighting, refine, samples):
