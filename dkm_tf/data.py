@@ -252,8 +252,6 @@ class DatasetFileError(ValueError):
                          f"Received: {path!r} ({received})")
 
 
-_npz_error = DatasetFileError
-
 
 def _headers(path):
     """``{array name: (shape, dtype)}`` of a ``.npz`` file, from the headers alone."""
@@ -269,7 +267,7 @@ def _headers(path):
                         shape, _, dtype = read(f)
                     info[name[:-4]] = (tuple(shape), np.dtype(dtype))
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise _npz_error(path, "a .npz file (np.savez)", e) from None
+        raise DatasetFileError(path, "a .npz file (np.savez)", e) from None
     return info
 
 
@@ -295,31 +293,32 @@ def check_npz(path):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise _npz_error(path, "a .npz file", "no such file")
+        raise DatasetFileError(path, "a .npz file", "no such file")
     found = _headers(path)
     labelled = bool({"y_train", "y_test"} & set(found)) or "x_train" not in found
     keys = NPZ_KEYS if labelled else tuple(k for k in ("x_train", "x_test") if k in found)
     missing = [k for k in keys if k not in found]
     if missing:
-        raise _npz_error(path, f"a .npz file with the arrays {list(NPZ_KEYS)} (or, "
-                         "without labels, x_train and optionally x_test)",
-                         f"it lacks {missing}; it has {sorted(found)}")
+        raise DatasetFileError(path, f"a .npz file with the arrays {list(NPZ_KEYS)} (or, "
+                               "without labels, x_train and optionally x_test)",
+                               f"it lacks {missing}; it has {sorted(found)}")
     info = {k: found[k] for k in keys}
     for key, (shape, dtype) in info.items():
         if dtype.hasobject:
-            raise _npz_error(path, "numeric arrays", f"{key} holds objects")
+            raise DatasetFileError(path, "numeric arrays", f"{key} holds objects")
         if key[0] == "x" and (len(shape) < 2 or shape[0] < 1):
-            raise _npz_error(path, f"{key} with samples along its first axis", f"shape {shape}")
+            raise DatasetFileError(path, f"{key} with samples along its first axis",
+                                   f"shape {shape}")
     for split in ("train", "test") if labelled else ():
         (xs, _), (ys, yd) = info[f"x_{split}"], info[f"y_{split}"]
         if not (len(ys) == 1 or (len(ys) == 2 and ys[1] == 1)) or ys[0] != xs[0]:
-            raise _npz_error(path, f"y_{split} of shape ({xs[0]},): one label per sample",
-                             f"shape {ys}")
+            raise DatasetFileError(path, f"y_{split} of shape ({xs[0]},): one label per "
+                                   "sample", f"shape {ys}")
         if yd.kind not in "iu":
-            raise _npz_error(path, f"integer class labels in y_{split}", f"dtype {yd}")
+            raise DatasetFileError(path, f"integer class labels in y_{split}", f"dtype {yd}")
     if "x_test" in info and info["x_train"][0][1:] != info["x_test"][0][1:]:
-        raise _npz_error(path, "x_train and x_test with the same shape per sample",
-                         f"{info['x_train'][0][1:]} and {info['x_test'][0][1:]}")
+        raise DatasetFileError(path, "x_train and x_test with the same shape per sample",
+                               f"{info['x_train'][0][1:]} and {info['x_test'][0][1:]}")
     return info
 
 
@@ -339,7 +338,7 @@ def load_npz(path):
                   z[k].astype(np.int32).reshape(-1) for k in keys}
     for key in keys[1::2]:
         if len(arrays[key]) and arrays[key].min() < 0:
-            raise _npz_error(os.fspath(path), f"class labels >= 0 in {key}",
+            raise DatasetFileError(os.fspath(path), f"class labels >= 0 in {key}",
                              f"its smallest is {arrays[key].min()}")
     if "y_train" not in arrays:
         test = arrays.get("x_test")
