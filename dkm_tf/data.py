@@ -336,7 +336,7 @@ def load_npz(path):
     with np.load(os.fspath(path), allow_pickle=False) as z:
         arrays = {k: z[k].astype(np.float32) if k[0] == "x" else
                   z[k].astype(np.int32).reshape(-1) for k in keys}
-    for key in keys[1::2]:
+    for key in [k for k in keys if k[0] == "y"]:
         if len(arrays[key]) and arrays[key].min() < 0:
             raise DatasetFileError(os.fspath(path), f"class labels >= 0 in {key}",
                              f"its smallest is {arrays[key].min()}")

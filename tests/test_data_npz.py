@@ -97,7 +97,7 @@ def test_x_train_alone_is_unlabelled_calibration_data(tmp_path):
 
 
 def test_unlabelled_held_out_inputs(tmp_path):
-    arrays = _arrays()
+    arrays = {k: v * 2 - 1 for k, v in _arrays().items()}  # inputs in [-1, 1] (as fer's)
     path = tmp_path / "unlabelled.npz"
     np.savez(path, x_train=arrays["x_train"], x_test=arrays["x_test"])
     (x_tr, y_tr), (x_te, y_te) = data.load_npz(path)
