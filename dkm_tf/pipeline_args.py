@@ -124,9 +124,8 @@ def fisher_loss(model, weighting):
     """The loss of ``weighting="fisher"``: the compiled model's (None: share_weights reads
     it), else the cross-entropy that fits its output (training.common.default_loss), as the
     fine-tuning methods use; a model loaded with ``compile=False`` has none."""
-    from dkm_tf.training.common import default_loss  # noqa: PLC0415
+    from dkm_tf.training.common import compiled_loss, default_loss  # noqa: PLC0415
 
-    if weighting is None or (getattr(model, "compiled", False)
-                             and getattr(model, "loss", None) is not None):
+    if weighting is None or compiled_loss(model) is not None:
         return None
     return default_loss(model)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def compiled_loss(model):
+    """The loss ``model`` was compiled with, or None (not compiled, or compiled without one;
+    a model loaded with ``compile=False`` has none)."""
+    return getattr(model, "loss", None) if getattr(model, "compiled", False) else None
+
+
 def default_loss(model):
     """Sparse categorical cross-entropy, from logits unless the model ends in a softmax.
 

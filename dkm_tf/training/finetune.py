@@ -7,7 +7,13 @@ import numpy as np
 
 from dkm_tf.core.validate import check_int, check_seed
 from dkm_tf.training.clustering import cluster_weights, strip_clustering
-from dkm_tf.training.common import check_data, check_fit_args, check_learning_rate, default_loss
+from dkm_tf.training.common import (
+    check_data,
+    check_fit_args,
+    check_learning_rate,
+    compiled_loss,
+    default_loss,
+)
 
 __all__ = ["finetune"]
 
@@ -63,11 +69,10 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
                              f"reassign_every={reassign_every!r} with latent=False")
     train_data = check_data("train_data", train_data, model, required=bool(epochs))
     val_data = check_data("val_data", val_data, model, required=False)
-    if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
-        loss = model.loss
-        used_default = False
-    else:
-        loss, used_default = default_loss(model), True
+    loss = compiled_loss(model)
+    used_default = loss is None
+    if used_default:
+        loss = default_loss(model)
     if metrics is None:
         metrics = ["accuracy"] if used_default else []
     keras.utils.set_random_seed(seed)

@@ -8,7 +8,13 @@ from dkm_tf.core.validate import check_int, check_seed
 from dkm_tf.graph.copying import copy_model
 from dkm_tf.training import callbacks as callbacks_lib
 from dkm_tf.training.attach import attach_regularizer, detach_regularizer, kmeans_regularizers
-from dkm_tf.training.common import check_data, check_fit_args, check_learning_rate, default_loss
+from dkm_tf.training.common import (
+    check_data,
+    check_fit_args,
+    check_learning_rate,
+    compiled_loss,
+    default_loss,
+)
 
 __all__ = ["dkm_retrain"]
 
@@ -80,8 +86,8 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
                        include_dense=include_dense, sparsity=sparsity, seed=seed,
                        preserve_sparsity=preserve_sparsity)
     undo_pins = _pin_zeros(clone) if preserve_sparsity else (lambda: None)
-    if getattr(model, "compiled", False) and getattr(model, "loss", None) is not None:
-        loss = model.loss
+    loss = compiled_loss(model)
+    if loss is not None:
         metrics = (model.get_compile_config() or {}).get("metrics")
         metrics = keras.saving.deserialize_keras_object(metrics) if metrics else None
     else:
