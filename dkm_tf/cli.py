@@ -121,7 +121,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         train, test = data_lib.load_dataset(dataset)
         _log(cli_tables.data_line(dataset, train, test))
         model = models.digits_cnn(input_shape=train[0].shape[1:], seed=seed,
-                                  num_classes=int(max(train[1].max(), test[1].max())) + 1)
+                                  num_classes=cli_tables.n_classes(train, test))
         _log(f"[train] built-in {model.name} ({model.count_params():,} params), "
              f"{epochs} epochs")
         t = time.perf_counter()

@@ -77,6 +77,11 @@ def native_stderr_filtered(progress):
 AGREEMENT = "agreement with the float model"
 
 
+def n_classes(train, test):
+    """Classes of labelled data: one more than the largest label of either split."""
+    return int(max(train[1].max(), test[1].max())) + 1
+
+
 def data_line(dataset, train, test):
     """The ``[data]`` line: sizes, shape, classes, and the input range (a .npz is used as it
     is, so 0-255 pixels for a model trained on [0, 1] show here)."""
@@ -87,7 +92,7 @@ def data_line(dataset, train, test):
         return (f"[data] {dataset}: {len(x)} unlabelled samples{held} of shape {shape} "
                 f"(calibration{'' if held else ' only: no accuracy is reported'})")
     return (f"[data] {dataset}: {len(train[1])} train / {len(test[1])} test samples of shape "
-            f"{shape}, {int(max(train[1].max(), test[1].max())) + 1} classes")
+            f"{shape}, {n_classes(train, test)} classes")
 
 
 def agreement_line(labels):
