@@ -103,8 +103,17 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     Training, k-means, export and evaluation show progress on stderr
     (:class:`dkm_tf.progress.Progress`; none with ``quiet``); with ``plots`` the PNGs of
     :mod:`dkm_tf.plots` go to ``plots_dir`` (default ``output_dir``), their paths in
-    ``result.plots`` and report.json.
+    ``result.plots`` and report.json. Every argument is checked first, as on the command
+    line (:func:`dkm_tf.cli_args.check_compress_args`: a :class:`CliUsageError`, a
+    ``ValueError``, before anything loads, trains or is written).
     """
+    check_compress_args(
+        model_path, dataset=dataset, method=method, n_clusters=n_clusters, unit=unit,
+        granularity=granularity, init=init, epochs=epochs, finetune_epochs=finetune_epochs,
+        dkm_epochs=dkm_epochs, lam=lam, seed=seed, output_dir=output_dir, tflite=tflite,
+        plots=plots, plots_dir=plots_dir, quiet=quiet, codebook=codebook,
+        transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
+        calibration_samples=calibration_samples)
     import keras  # noqa: PLC0415
 
     from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
@@ -129,8 +138,6 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                                   callbacks=[progress.keras_callback("train")])
         _log(f"[train] done in {time.perf_counter() - t:.1f} s")
     else:
-        if not os.path.isfile(model_path):
-            raise FileNotFoundError(f"--model {model_path!r}: no such file.")
         from dkm_tf.training.serialization import check_model_file  # noqa: PLC0415
 
         check_model_file(model_path)
@@ -294,8 +301,7 @@ def main(argv):
               "transforms": _TRANSFORMS.value, "scale_bits": _SCALE_BITS.value,
               "weighting": _WEIGHTING.value, "refine": _REFINE.value,
               "calibration_samples": _CALIBRATION.value}
-    check_compress_args(_MODEL.value, **kwargs)
-    run_compress(_MODEL.value, **kwargs)
+    run_compress(_MODEL.value, **kwargs)  # checks every argument before any work
     return 0
 
 

@@ -64,7 +64,7 @@ def test_run_compress_user_model(tmp_path):
 
 
 def test_missing_model_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(CliUsageError, match="invalid --model: expected an existing file"):
         cli.run_compress(str(tmp_path / "nope.keras"), output_dir=str(tmp_path))
     assert not (tmp_path / "clustered.keras").exists()
 
@@ -237,6 +237,17 @@ def test_unlabelled_npz_only_calibrates_a_user_model(tmp_path, args, flag, expec
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = proc.stderr.strip()
     assert "\n" not in line and f"invalid {flag}: expected {expected}" in line, line
+    assert not out.exists()
+
+
+def test_run_compress_from_python_checks_arguments_like_the_command_line(tmp_path):
+    x = tmp_path / "x.npz"
+    np.savez(x, x_train=np.zeros((4, 8, 8, 1), np.float32))
+    out = tmp_path / "out"
+    with pytest.raises(CliUsageError, match="invalid --dataset: expected a labelled .npz"):
+        cli.run_compress(None, dataset=str(x), refine="gptq", output_dir=str(out))
+    with pytest.raises(CliUsageError, match="invalid --n_clusters"):
+        cli.run_compress(None, n_clusters=0, output_dir=str(out))
     assert not out.exists()
 
 
