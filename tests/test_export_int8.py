@@ -136,3 +136,45 @@ def test_comparison_needs_top1_when_asked():
     assert not Comparison("litert", 0.1, 0.2, 0.5, 8, top1_agreement=0.5, min_top1=0.7).ok
     assert not Comparison("litert", 0.1, 0.6, 0.5, 8, top1_agreement=1.0, min_top1=0.7).ok
     assert Comparison("litert", 0.1, 0.2, 0.5, 8).ok  # float formats: no top-1 check
+
+
+def _two_scale_heads():
+    """A head in the hundreds and a sigmoid head in [0, 1] computed from one concatenated
+    tensor (whose full-int8 range is the big head's)."""
+    import keras  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    i = keras.Input((16,))
+    big = L.Dense(4, kernel_initializer=keras.initializers.RandomNormal(stddev=100.0))(i)
+    cat = L.Concatenate()([big, L.Dense(8)(i)])
+    small = L.Flatten()(L.Cropping1D((4, 0))(L.Reshape((12, 1))(cat)))
+    return keras.Model(i, [L.Dense(1, name="age")(cat),
+                           L.Dense(1, activation="sigmoid", name="prob")(small)])
+
+
+def test_each_output_is_checked_against_its_own_range(tmp_path):
+    from dkm_tf.export import convert, verify  # noqa: PLC0415
+
+    model = _two_scale_heads()
+    x = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
+    ref = verify.keras_outputs(model, [x])
+    assert np.abs(ref[0]).max() > 100 * np.abs(ref[1]).max()
+    content = convert.convert(model, convert.input_specs(model, x))
+    off = [ref[0], ref[1] * 1.1]  # the small head 10 % off: 10 % of its own range
+    comp = verify.compare(off, content, [x], "litert", 1e-5)
+    want = np.abs(ref[1] * 0.1).max() / np.abs(off[1]).max()
+    np.testing.assert_allclose(comp.rel_error, want, rtol=1e-3)
+    assert not comp.ok
+
+
+def test_full_int8_that_breaks_a_small_head_is_refused(tmp_path):
+    model = _two_scale_heads()
+    shared, palettes, _ = share_weights(model, n_clusters=16)
+    x = np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32)
+    path = tmp_path / "m.tflite"
+    with pytest.raises(ex.ExportVerificationError, match="relative 0.[5-9]") as info:
+        ex.to_tflite(shared, path, "int8", palettes, x, int8_mode="full")
+    assert "nan" not in str(info.value) and not path.exists()
+    ex.to_tflite(shared, path, "int8", palettes, x)  # dynamic int8 keeps both heads
+    assert path.is_file()

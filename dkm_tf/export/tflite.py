@@ -366,8 +366,10 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         raise verify.ExportVerificationError(
             f"Refusing to write {path!r}: the {format} model disagrees with the Keras model: "
             + "; ".join(f"{c.interpreter}: max abs error {c.max_abs_error:.3g}, relative "
-                        f"{c.rel_error:.3g} (tolerance {c.tolerance:g}), top-1 agreement "
-                        f"{c.top1_agreement:.3g} (at least {c.min_top1:g})" for c in bad))
+                        f"{c.rel_error:.3g} (tolerance {c.tolerance:g})"
+                        + ("" if np.isnan(c.min_top1) or np.isnan(c.top1_agreement) else
+                           f", top-1 agreement "
+                           f"{c.top1_agreement:.3g} (at least {c.min_top1:g})") for c in bad))
     write_atomic(path, content)
     if not records:
         info = inspect_tflite(content)

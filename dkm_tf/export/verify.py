@@ -1,7 +1,9 @@
 """Run a ``.tflite`` in the LiteRT interpreters and compare it with the Keras model.
 
-Errors are reported as ``max |tflite - keras| / max |keras|`` over all outputs and samples
-("relative to the output range"), which is meaningful for logits, probabilities and maps alike.
+Errors are reported as ``max |tflite - keras| / max |keras|`` over samples, taken for each
+output against its own range and then the largest over outputs ("relative to the output
+range"), which is meaningful for logits, probabilities and maps alike. Each output has its own
+scale, so a [0, 1] head beside a head in the hundreds cannot hide behind the larger range.
 
 Every LiteRT check runs the file twice in one interpreter: one sample per invoke (batch 1),
 then all batch samples in one invoke after ``resize_tensor_input`` (batch n > 1), then sample
@@ -38,7 +40,8 @@ class Comparison:
     Attributes:
         interpreter: ``"litert"`` (``ai_edge_litert``), ``"tflite"`` (``tf.lite``) or ``"tflm"``.
         max_abs_error: largest absolute difference over outputs and samples.
-        rel_error: ``max_abs_error / max |keras output|``.
+        rel_error: the largest over outputs of ``max |tflite - keras| / max |keras|``, each
+            output against its own range.
         tolerance: the allowed ``rel_error``.
         n_samples: samples compared.
         batch_size: the largest batch run in one invoke (1: batch 1 only, e.g. TFLite Micro).
@@ -139,7 +142,11 @@ def _n_outputs(content):
 
 
 def _errors(got, reference, what):
-    """(max abs error, scale) of outputs ``got`` against Keras' ``reference``."""
+    """(max abs error, relative error) of outputs ``got`` against Keras' ``reference``.
+
+    The relative error is the largest over outputs of that output's max abs error over its
+    own max |keras| (floored at 1e-30): one scale pooled over every output would let a small
+    head be wrong by its whole range beside a large one."""
     if len(got) != len(reference):
         raise ExportVerificationError(f"The .tflite has {len(got)} outputs, the Keras model "
                                       f"{len(reference)} ({what}).")
@@ -148,9 +155,9 @@ def _errors(got, reference, what):
             raise ExportVerificationError(
                 f"Output {k} of the .tflite has shape {g.shape}, the Keras model's "
                 f"{r.shape} ({what}): the file does not compute every sample of the batch.")
-    err = max(float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, reference))
-    scale = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in reference)
-    return err, max(scale, 1e-30)
+    errs = [float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, reference)]
+    scales = [max(float(np.max(np.abs(r))) if r.size else 0.0, 1e-30) for r in reference]
+    return max(errs), max(e / s for e, s in zip(errs, scales))
 
 
 def static_batch(content):
@@ -193,14 +200,14 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
     top1 = {"min_top1": float("nan") if min_top1 is None else float(min_top1)}
     if kind == "tflm" or batch is None:
         got = run_tflite(content, inputs, kind)
-        err, scale = _errors(got, reference, "batch 1")
-        return Comparison(kind, err, err / scale, float(tolerance), len(inputs[0]),
+        err, rel = _errors(got, reference, "batch 1")
+        return Comparison(kind, err, rel, float(tolerance), len(inputs[0]),
                           top1_agreement=top1_agreement(got, reference), **top1)
     runner = make_interpreter(kind, content).get_signature_runner()
     n = len(inputs[0])
     got = [_feed(runner, [a[i:i + 1] for a in inputs]) for i in range(n)]
     got = [np.concatenate([o[k] for o in got]) for k in range(len(got[0]))]
-    err, scale = _errors(got, reference, "batch 1")
+    err, rel = _errors(got, reference, "batch 1")
     top1["top1_agreement"] = top1_agreement(got, reference)
     b_inputs, b_ref = batch
     nb = len(b_inputs[0])
@@ -208,16 +215,15 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
         b_got = _feed(runner, b_inputs)
     except (RuntimeError, ValueError) as e:  # refused loudly: fixed batch, no garbage
         msg = " ".join(str(e).split())[:300]
-        return Comparison(kind, err, err / scale, float(tolerance), n, 1, float("nan"),
+        return Comparison(kind, err, rel, float(tolerance), n, 1, float("nan"),
                           f"{type(e).__name__}: {msg}", **top1)
-    b_err, b_scale = _errors(b_got, b_ref, f"batch {nb} in one invoke")
+    b_err, b_rel = _errors(b_got, b_ref, f"batch {nb} in one invoke")
     again = _feed(runner, [a[:1] for a in inputs])
     if any(not np.array_equal(x, y[:1]) for x, y in zip(again, got)):
         raise ExportVerificationError(
             "The .tflite gives a different result for sample 0 at batch 1 after running a "
             f"batch of {nb} in the same interpreter (stale shapes after resize).")
-    rel = max(err / scale, b_err / b_scale)
-    return Comparison(kind, max(err, b_err), rel, float(tolerance), n, nb, b_err / b_scale,
+    return Comparison(kind, max(err, b_err), max(rel, b_rel), float(tolerance), n, nb, b_rel,
                       **top1)
 
 
