@@ -9,6 +9,7 @@ import gzip
 import math
 import os
 import pathlib
+import re
 
 import keras
 import numpy as np
@@ -193,9 +194,11 @@ def test_keep_float_validation_and_names(lenet, tmp_path):
     with pytest.raises(ValueError, match="keep_float.*unknown names: \\['nope'\\]"):
         ex.to_tflite(model, str(tmp_path / "a.tflite"), "palettized", palettes, x[:2],
                      keep_float=["nope"])
-    with pytest.raises(ValueError, match="keep_float"):
-        ex.to_tflite(model, str(tmp_path / "a.tflite"), "palettized", palettes, x[:2],
-                     keep_float="always")
+    for bad in ("always", True, False, 3 + 0j, b"conv1"):  # bools are not budgets or lists
+        with pytest.raises(ValueError, match=r"Invalid value for argument `keep_float`.*"
+                           + re.escape(f"keep_float={bad!r}")):
+            ex.to_tflite(model, str(tmp_path / "a.tflite"), "palettized", palettes, x[:2],
+                         keep_float=bad)
     assert not (tmp_path / "a.tflite").exists()
     r = ex.to_tflite(model, str(tmp_path / "b.tflite"), "palettized", palettes, x[:2],
                      keep_float=["fc2"])

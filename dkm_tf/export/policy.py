@@ -231,8 +231,8 @@ def check_keep_float(keep_float, palettes):
         ``"auto"``, a float, None or a frozenset of names.
 
     Raises:
-        ValueError: another string, a negative or non-finite number, non-strings in a list,
-            or names no palette has.
+        ValueError: another string, a bool, a negative or non-finite number, anything but
+            a list / tuple / set of strings, or names no palette has.
     """
     if keep_float is None or keep_float == "auto":
         return keep_float
@@ -243,7 +243,8 @@ def check_keep_float(keep_float, palettes):
                              "budget >= 0 (fraction of the float model's time). Received: "
                              f"keep_float={keep_float!r}")
         return float(keep_float)
-    if isinstance(keep_float, str) or not all(isinstance(n, str) for n in keep_float):
+    if not isinstance(keep_float, (list, tuple, set, frozenset)) \
+            or not all(isinstance(n, str) for n in keep_float):  # a bool, a str, ...
         raise ValueError("Invalid value for argument `keep_float`. Expected \"auto\", None or "
                          "a latency budget >= 0, or a list of layer names (or palette names "
                          "\"layer/weight\"). Received: "
