@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 from dkm_tf.graph.clusterable import walk_layers
-from dkm_tf.graph.copying import build_like, copy_layer, is_graph_model
+from dkm_tf.graph.copying import build_like, copy_layer, is_graph_model, layers_only
 
 __all__ = ["FOLDABLE_LAYERS", "FoldResult", "fold_batch_norm", "maybe_fold"]
 
@@ -311,7 +311,8 @@ def _rebuild(model, plan, memo, scales):
     if compiled:  # Keras would re-compile the copy from the compile config
         model.compiled = False
     try:
-        return keras.models.clone_model(model, clone_function=clone, call_function=call)
+        return keras.models.clone_model(model, clone_function=layers_only(clone),
+                                        call_function=call)
     finally:
         if compiled:
             model.compiled = True

@@ -13,7 +13,7 @@ import os
 from dkm_tf.core.files import atomic_path
 
 __all__ = ["build_like", "clone_uncompiled", "copy_layer", "copy_model", "is_graph_model",
-           "iter_layers", "save_model_atomic"]
+           "iter_layers", "layers_only", "save_model_atomic"]
 
 
 def iter_layers(model):
@@ -79,6 +79,27 @@ def _value_add_weight(add_weight, values, created):
     return patched
 
 
+def layers_only(clone_function):
+    """``clone_function`` for layers; any other operation of a Functional graph is copied
+    from its config as ``keras.models.clone_model`` would.
+
+    ``x + y`` or ``keras.ops.relu(x)`` on symbolic tensors puts a stateless
+    ``keras.Operation`` (no ``weights``, nothing to cluster) into the graph, and
+    ``clone_model`` hands it to the clone function like a layer.
+    """
+    import keras  # noqa: PLC0415
+
+    def fn(op):
+        if isinstance(op, keras.layers.Layer):
+            return clone_function(op)
+        try:
+            return op.__class__.from_config(op.get_config())
+        except Exception:  # noqa: BLE001 - a stateless op can be reused as it is
+            return op
+
+    return fn
+
+
 def copy_layer(layer, values=None):
     """A new layer with the same config and the same weight values (never shares state).
 
@@ -118,7 +139,8 @@ def clone_uncompiled(model, clone_function):
     for m in compiled:
         m.compiled = False
     try:
-        return keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+        return keras.models.clone_model(model, clone_function=layers_only(clone_function),
+                                        recursive=True)
     finally:
         for m in compiled:
             m.compiled = True
