@@ -26,7 +26,6 @@ from keras import ops
 
 from dkm_tf.core import codebook as codebook_lib
 from dkm_tf.core import kmeans as kmeans_lib
-from dkm_tf.core import kmeans_batched as batched_lib
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import (
@@ -40,15 +39,18 @@ from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.training import soft as soft_lib
 from dkm_tf.training.distribute import collective_safe_dtype
 from dkm_tf.training.soft import gather_codebook
+from dkm_tf.training.wrapper_kmeans import index_dtype, kmeans_codebook, kmeans_layout
 
-__all__ = ["ClusterWeights", "gather_codebook", "index_dtype", "validate_settings"]
+__all__ = ["ClusterWeights", "gather_codebook", "index_dtype", "kmeans_codebook", "kmeans_layout",
+           "validate_settings"]
 
 
-def index_dtype(n_clusters):
-    """Smallest integer dtype that holds indices in [0, n_clusters): uint8, int16 or int32."""
-    if n_clusters <= 256:
-        return "uint8"
-    return "int16" if n_clusters <= 32768 else "int32"
+_NO_VALUE_YET = object()  # a kernel built in a symbolic pass: k-means waits for its values
+try:  # Keras' shape-only pass (compute_output_spec), where variables have no values
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope as _in_symbolic_scope
+except ImportError:  # pragma: no cover - a Keras without it: every call is a real one
+    def _in_symbolic_scope():
+        return False
 
 
 def validate_settings(n_clusters=16, unit="scalar", granularity="per_tensor", init="kmeans++",
@@ -81,39 +83,6 @@ class _Slot:
     @property
     def inv_perm(self):
         return tuple(int(a) for a in np.argsort(self.layout.perm))
-
-
-def kmeans_layout(kernel_shape, kind, unit, granularity):
-    """The :class:`~dkm_tf.core.units.UnitLayout` a wrapper uses for a weight of this shape."""
-    unit = units_lib.resolve_unit(unit, kind, tuple(kernel_shape))
-    return units_lib.layout_for(tuple(kernel_shape), kind, unit, granularity)
-
-
-def kmeans_codebook(kernel, layout, n_clusters, *, init="kmeans++", seed=0, name=None,
-                    kmeans_options=None, preserve_sparsity=False):
-    """k-means of one kernel into the wrapper's variables: codebook (G, K, d), indices (G, M).
-
-    Pure numpy (thread-safe): :func:`dkm_tf.cluster_weights` runs it for all layers in a
-    thread pool while Keras copies the model. Group g uses ``seed + g``. When a group has
-    fewer distinct units than K, its last centroid is repeated (no unit uses the copies).
-    With ``preserve_sparsity`` the codebook is (G, K + 1, d), entry 0 the fixed zero.
-    """
-    kernel = np.asarray(kernel)
-    k, opts = n_clusters, dict(kmeans_options or {})
-    if preserve_sparsity:
-        return codebook_lib.kmeans_keeping_zeros(units_lib.to_units(kernel, layout), k, init=init,
-                                                 seed=seed, name=name, kmeans_options=opts)[:2]
-    if layout.n_groups == 1 and layout.unit_dim == 1:  # order-free: skip the float transpose
-        cb, idx = kmeans_lib.cluster_values(kernel.reshape(-1), k, init=init, seed=seed,
-                                            name=name, **opts)
-        cb = np.asarray(cb, np.float32).reshape(-1)
-        codebook = np.concatenate([cb, np.repeat(cb[-1:], k - cb.size)]).reshape(1, k, 1)
-        idx = idx.astype(index_dtype(k)).reshape(kernel.shape)
-        return codebook, units_lib.to_units(idx, layout)[..., 0]
-    # per channel: scalar units of all groups in one batched k-means (core.kmeans_batched)
-    cb, idx = batched_lib.cluster_groups(units_lib.to_units(kernel, layout), k, init=init,
-                                         seed=seed, name=name, **opts)
-    return np.concatenate([cb, np.repeat(cb[:, -1:], k - cb.shape[1], axis=1)], axis=1), idx
 
 
 @keras.saving.register_keras_serializable(package="dkm_tf")
@@ -204,6 +173,7 @@ class ClusterWeights(keras.layers.Wrapper):
         self._slots = []
         self._skip_kmeans = False
         self._pending = {}  # attr -> Future of kmeans_codebook (set by cluster_weights)
+        self._deferred = []  # slots built symbolically, k-means still to run
 
     # ------------------------------------------------------------------ build
     def build_from_config(self, config):
@@ -225,6 +195,7 @@ class ClusterWeights(keras.layers.Wrapper):
                     f"from the wrapper's input shape {input_shape} ({e}). Build it first "
                     "(call it on data, e.g. layer(query, value)), then wrap it.") from e
         k = self.n_clusters + self.preserve_sparsity  # + the fixed zero entry 0
+        plans = []
         for attr, var, kind in clusterable_lib.clusterable_weights(self.layer):
             if not isinstance(var, keras.Variable):
                 raise ValueError(
@@ -232,6 +203,14 @@ class ClusterWeights(keras.layers.Wrapper):
                     f"(got {type(var).__name__}); LoRA-enabled or quantized layers cannot be "
                     "clustered. Merge or disable LoRA / quantization first.")
             layout = kmeans_layout(var.shape, kind, self.unit, self.granularity)
+            plans.append((attr, var, layout,
+                          None if self._skip_kmeans else self._initial_clusters(attr, var, layout)))
+        # Every k-means has run (or waits for the kernel's value: Keras builds a subclassed
+        # model by a symbolic pass first, before any variable has a value); only now are the
+        # wrapper's weights added, so a build that fails leaves no orphan variables.
+        for attr in (a for a, *_ in plans):
+            self._pending.pop(attr, None)
+        for attr, var, layout, clusters in plans:
             g, m, d = layout.n_groups, layout.n_units, layout.unit_dim
             codebook = self.add_weight(name=f"{attr}_codebook", shape=(g, k, d),
                                        initializer="zeros", dtype=var.dtype,
@@ -239,8 +218,10 @@ class ClusterWeights(keras.layers.Wrapper):
             indices = self.add_weight(name=f"{attr}_indices", shape=(g, m), initializer="zeros",
                                       trainable=False, dtype=collective_safe_dtype(index_dtype(k)))
             slot = _Slot(attr, var, layout, codebook, indices)
-            if not self._skip_kmeans:
-                self._init_slot(slot)
+            if clusters is _NO_VALUE_YET:  # k-means at the first eager call (or the load)
+                self._deferred.append(slot)
+            elif clusters is not None:
+                self._assign_clusters(slot, clusters)
             if not self.latent and self.assignment == "hard":
                 var.trainable = False  # it no longer feeds the output
             self._slots.append(slot)
@@ -250,17 +231,42 @@ class ClusterWeights(keras.layers.Wrapper):
                 initializer=keras.initializers.Constant(self.temperature))
         self.built = True
 
-    def _init_slot(self, slot):
-        pending = self._pending.pop(slot.attr, None)
+    def _initial_clusters(self, attr, var, layout):
+        """``(codebook, indices)`` of ``var``: from cluster_weights' thread pool, else k-means;
+        :data:`_NO_VALUE_YET` in a symbolic pass, where the kernel has no value."""
+        pending = self._pending.get(attr)
         if pending is not None:  # k-means already running in cluster_weights' thread pool
-            codebook, indices = pending.result()
-        else:
-            codebook, indices = kmeans_codebook(
-                keras.ops.convert_to_numpy(slot.variable), slot.layout, self.n_clusters,
-                init=self.init, seed=self.seed, name=f"{self.layer.name}/{slot.attr}",
-                kmeans_options=self.kmeans_options, preserve_sparsity=self.preserve_sparsity)
-        slot.codebook.assign(codebook)
-        slot.indices.assign(indices.astype(slot.indices.dtype))
+            return pending.result()
+        try:
+            values = keras.ops.convert_to_numpy(var)
+        except Exception:  # noqa: BLE001 - symbolic tensor / tracer: no value in this pass
+            return _NO_VALUE_YET
+        return kmeans_codebook(
+            values, layout, self.n_clusters, init=self.init,
+            seed=self.seed, name=f"{self.layer.name}/{attr}", kmeans_options=self.kmeans_options,
+            preserve_sparsity=self.preserve_sparsity)
+
+    @staticmethod
+    def _assign_clusters(slot, clusters):
+        slot.codebook.assign(clusters[0])
+        slot.indices.assign(clusters[1].astype(slot.indices.dtype))
+
+    def _run_deferred_kmeans(self):
+        """k-means of the slots a symbolic build left without clusters (first eager call)."""
+        for slot in list(self._deferred):
+            clusters = self._initial_clusters(slot.attr, slot.variable, slot.layout)
+            if clusters is _NO_VALUE_YET:
+                raise RuntimeError(
+                    f"ClusterWeights {self.name!r} was built in a traced call, so k-means of "
+                    f"its {slot.attr!r} has not run yet (it needs the kernel's values). Call "
+                    "the model once eagerly on a batch, e.g. model(x[:1]), before fit, "
+                    "predict or saving.")
+            self._assign_clusters(slot, clusters)
+            self._deferred.remove(slot)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self._deferred.clear()  # the loaded codebooks and indices are the clusters
 
     # ------------------------------------------------------------------ forward
     def _shared(self, slot):
@@ -284,6 +290,8 @@ class ClusterWeights(keras.layers.Wrapper):
             slot.codebook.dtype)[:, None]
 
     def call(self, inputs, *args, **kwargs):
+        if self._deferred and not _in_symbolic_scope():  # a shape-only pass needs no values
+            self._run_deferred_kmeans()
         mapping, ours = [], set()
         for slot in self._slots:
             kernel = (self._shared(slot) if self.assignment == "hard"

@@ -1,0 +1,56 @@
+"""k-means of one kernel into :class:`~dkm_tf.training.wrapper.ClusterWeights`' variables.
+
+Pure numpy (thread-safe): :func:`dkm_tf.cluster_weights` runs :func:`kmeans_codebook` for all
+layers in a thread pool while Keras copies the model; the wrapper runs it at build.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dkm_tf.core import codebook as codebook_lib
+from dkm_tf.core import kmeans as kmeans_lib
+from dkm_tf.core import kmeans_batched as batched_lib
+from dkm_tf.core import units as units_lib
+
+__all__ = ["index_dtype", "kmeans_codebook", "kmeans_layout"]
+
+
+def index_dtype(n_clusters):
+    """Smallest integer dtype that holds indices in [0, n_clusters): uint8, int16 or int32."""
+    if n_clusters <= 256:
+        return "uint8"
+    return "int16" if n_clusters <= 32768 else "int32"
+
+
+def kmeans_layout(kernel_shape, kind, unit, granularity):
+    """The :class:`~dkm_tf.core.units.UnitLayout` a wrapper uses for a weight of this shape."""
+    unit = units_lib.resolve_unit(unit, kind, tuple(kernel_shape))
+    return units_lib.layout_for(tuple(kernel_shape), kind, unit, granularity)
+
+
+def kmeans_codebook(kernel, layout, n_clusters, *, init="kmeans++", seed=0, name=None,
+                    kmeans_options=None, preserve_sparsity=False):
+    """k-means of one kernel into the wrapper's variables: codebook (G, K, d), indices (G, M).
+
+    Pure numpy (thread-safe): :func:`dkm_tf.cluster_weights` runs it for all layers in a
+    thread pool while Keras copies the model. Group g uses ``seed + g``. When a group has
+    fewer distinct units than K, its last centroid is repeated (no unit uses the copies).
+    With ``preserve_sparsity`` the codebook is (G, K + 1, d), entry 0 the fixed zero.
+    """
+    kernel = np.asarray(kernel)
+    k, opts = n_clusters, dict(kmeans_options or {})
+    if preserve_sparsity:
+        return codebook_lib.kmeans_keeping_zeros(units_lib.to_units(kernel, layout), k, init=init,
+                                                 seed=seed, name=name, kmeans_options=opts)[:2]
+    if layout.n_groups == 1 and layout.unit_dim == 1:  # order-free: skip the float transpose
+        cb, idx = kmeans_lib.cluster_values(kernel.reshape(-1), k, init=init, seed=seed,
+                                            name=name, **opts)
+        cb = np.asarray(cb, np.float32).reshape(-1)
+        codebook = np.concatenate([cb, np.repeat(cb[-1:], k - cb.size)]).reshape(1, k, 1)
+        idx = idx.astype(index_dtype(k)).reshape(kernel.shape)
+        return codebook, units_lib.to_units(idx, layout)[..., 0]
+    # per channel: scalar units of all groups in one batched k-means (core.kmeans_batched)
+    cb, idx = batched_lib.cluster_groups(units_lib.to_units(kernel, layout), k, init=init,
+                                         seed=seed, name=name, **opts)
+    return np.concatenate([cb, np.repeat(cb[:, -1:], k - cb.shape[1], axis=1)], axis=1), idx
