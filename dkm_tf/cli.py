@@ -138,7 +138,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                                   callbacks=[progress.keras_callback("train")])
         _log(f"[train] done in {time.perf_counter() - t:.1f} s")
     else:
-        from dkm_tf.training.serialization import check_model_file  # noqa: PLC0415
+        from dkm_tf.core.files import check_model_file  # noqa: PLC0415
 
         check_model_file(model_path)
         model = keras.models.load_model(model_path, compile=False)
@@ -222,7 +222,7 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
     from dkm_tf import cli_tables, export  # noqa: PLC0415
     from dkm_tf.export import convert as convert_lib  # noqa: PLC0415
     from dkm_tf.export.tflite import check_export_args  # noqa: PLC0415
-    from dkm_tf.pipeline import tflite_accuracy  # noqa: PLC0415
+    from dkm_tf.pipeline import binary_threshold, tflite_accuracy  # noqa: PLC0415
     from dkm_tf.progress import Progress  # noqa: PLC0415
 
     progress = progress if progress is not None else Progress(enabled=False)
@@ -260,7 +260,8 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
                     "agreement with the float model ({n} held-out inputs)")
             stage = progress.stage(what.format(n=n), len(targets), "formats")
             for label, rep in reports.items():
-                accuracy[label] = tflite_accuracy(rep.path, test_data, max_samples=n)
+                accuracy[label] = tflite_accuracy(rep.path, test_data, max_samples=n,
+                                                  threshold=binary_threshold(result.model))
                 stage.update(1, f"{label}: {100 * accuracy[label]:.2f}%"
                              if accuracy[label] is not None else label)
             stage.close(", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()

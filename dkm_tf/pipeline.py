@@ -20,8 +20,8 @@ from dkm_tf.core import palette as palette_lib
 from dkm_tf.graph.share import share_weights
 from dkm_tf.pipeline_args import calibration_set, check_args, fisher_loss
 
-__all__ = ["METHODS", "CompressionResult", "compress", "evaluate_accuracy", "float_predictions",
-           "tflite_accuracy", "train_classifier"]
+__all__ = ["METHODS", "CompressionResult", "binary_threshold", "compress", "evaluate_accuracy",
+           "float_predictions", "predicted_classes", "tflite_accuracy", "train_classifier"]
 
 METHODS = ("wr", "finetune", "dkm", "dkm+finetune")
 
@@ -87,31 +87,52 @@ class CompressionResult:
                 "energy": None if self.energy is None else self.energy.to_dict()}
 
 
+def binary_threshold(model):
+    """Where a one-unit output (a binary classifier) turns to class 1: 0.5 after a sigmoid,
+    0 for a logit (no activation); None for any other final activation (no class)."""
+    from dkm_tf.training.common import output_activation  # noqa: PLC0415
+
+    return {"sigmoid": 0.5, "linear": 0.0}.get(output_activation(model))
+
+
+def predicted_classes(scores, n, threshold=None):
+    """Top-1 classes of ``scores``, one row per sample (``n`` of them): the arg-max, or for
+    one column (a binary classifier) class 1 where the score is above ``threshold``. None
+    when the output is not that, or is one column and ``threshold`` is None."""
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[0] != n:
+        return None
+    if scores.shape[1] == 1:
+        return None if threshold is None else (scores[:, 0] > threshold).astype(np.int32)
+    return np.argmax(scores, axis=1).astype(np.int32)
+
+
 def float_predictions(model, x, batch_size=256):
     """The model's top-1 classes on ``x`` (labels for held-out inputs that have none: the
     accuracy of a compressed copy against them is its agreement with this model), or None
-    when the output is not one row of class scores per sample."""
-    out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    if out.ndim != 2 or out.shape[0] != len(x) or out.shape[1] < 2:
-        return None
-    return np.argmax(out, axis=1).astype(np.int32)
+    when the output is not class scores (:func:`predicted_classes`)."""
+    out = model.predict(x, batch_size=batch_size, verbose=0)
+    return predicted_classes(out, len(x), binary_threshold(model))
 
 
 def evaluate_accuracy(model, data, batch_size=256):
-    """Top-1 accuracy of a classifier on ``(x, y)``; None when the output is not class scores."""
+    """Top-1 accuracy of a classifier on ``(x, y)``; None when the output is not class scores.
+
+    A one-unit output is a binary classifier (:func:`binary_threshold`, labels 0/1)."""
     x, y = data
-    out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    if out.ndim != 2 or out.shape[0] != len(y):
-        return None
-    return float(np.mean(np.argmax(out, axis=1) == np.asarray(y).reshape(-1)))
+    out = model.predict(x, batch_size=batch_size, verbose=0)
+    pred = predicted_classes(out, len(y), binary_threshold(model))
+    return None if pred is None else float(np.mean(pred == np.asarray(y).reshape(-1)))
 
 
-def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256):
+def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold=None):
     """Top-1 accuracy of a classifier ``.tflite`` file on ``(x, y)`` (the first
     ``max_samples``), run in LiteRT (``tf.lite`` without the ``[litert]`` extra) in batches
     of ``batch_size`` (one sample at a time when the file has a fixed batch of 1).
 
-    Returns None when the file's output is not one row of class scores per sample.
+    Returns None when the file's output is not one row of class scores per sample. A
+    one-column output is a binary classifier with this ``threshold`` (the Keras model's
+    :func:`binary_threshold`); None then gives None.
     """
     from dkm_tf.export.interpreters import default_interpreters, make_interpreter  # noqa: PLC0415
 
@@ -131,10 +152,10 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256):
             shape = chunk.shape
         it.set_tensor(inp["index"], chunk)
         it.invoke()
-        scores = it.get_tensor(out["index"])
-        if scores.ndim != 2 or scores.shape[0] != len(chunk):
+        pred = predicted_classes(it.get_tensor(out["index"]), len(chunk), threshold)
+        if pred is None:
             return None
-        preds.append(np.argmax(scores, axis=1))
+        preds.append(pred)
     return float(np.mean(np.concatenate(preds) == y))
 
 

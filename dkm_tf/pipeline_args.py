@@ -83,6 +83,10 @@ def check_labels(name, data, model):
     if y.dtype.kind not in "iu" or not y.size or not isinstance(shape, tuple) or len(shape) != 2:
         return
     classes = shape[1]
+    if classes == 1 and (y.min() < 0 or y.max() > 1):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected labels 0 and 1 (the "
+                         "model has one output unit: a binary classifier). Received: labels "
+                         f"from {y.min()} to {y.max()}")
     if classes is not None and classes > 1 and (y.min() < 0 or y.max() >= classes):
         raise ValueError(f"Invalid value for argument `{name}`. Expected class labels in "
                          f"[0, {classes - 1}] (the model has {classes} outputs). Received: "

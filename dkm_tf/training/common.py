@@ -9,17 +9,32 @@ def compiled_loss(model):
     return getattr(model, "loss", None) if getattr(model, "compiled", False) else None
 
 
-def default_loss(model):
-    """Sparse categorical cross-entropy, from logits unless the model ends in a softmax.
-
-    A final softmax is recognised as the last layer's ``activation`` or a ``Softmax`` layer.
-    """
+def output_activation(model):
+    """Name of the model's final activation: the last layer's ``activation`` (``"softmax"``
+    for a ``Softmax`` layer), ``""`` when unknown (a nested model or a custom last layer)."""
     import keras  # noqa: PLC0415
 
     last = model.layers[-1] if getattr(model, "layers", None) else None
-    activation = getattr(getattr(last, "activation", None), "__name__", "")
-    softmax = activation == "softmax" or isinstance(last, keras.layers.Softmax)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax)
+    if isinstance(last, keras.layers.Softmax):
+        return "softmax"
+    return getattr(getattr(last, "activation", None), "__name__", "")
+
+
+def default_loss(model):
+    """The cross-entropy that fits the model's output.
+
+    One output unit (a binary classifier, labels 0/1): binary cross-entropy, from logits
+    unless the model ends in a sigmoid. Otherwise sparse categorical cross-entropy, from
+    logits unless the model ends in a softmax (the last layer's ``activation`` or a
+    ``Softmax`` layer).
+    """
+    import keras  # noqa: PLC0415
+
+    activation = output_activation(model)
+    shape = getattr(model, "output_shape", None)
+    if isinstance(shape, tuple) and len(shape) == 2 and shape[1] == 1:
+        return keras.losses.BinaryCrossentropy(from_logits=activation != "sigmoid")
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=activation != "softmax")
 
 
 def check_learning_rate(learning_rate):
