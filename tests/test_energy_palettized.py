@@ -168,8 +168,12 @@ def test_keras_file_with_a_wrong_palettes_file(files, tmp_path):
     other = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 5, name="conv1"),
                               keras.layers.Flatten(), keras.layers.Dense(3, name="fc1")])
     save_palettes(share_weights(other, 4).palettes, tmp_path / "m.keras")
-    with pytest.raises(ValueError, match="m.palettes.json' beside the model does not describe"):
-        energy.estimate(tmp_path / "m.keras")
+    rep = energy.estimate(tmp_path / "m.keras")   # rejected: the kernels are read instead
+    assert any(n.startswith("REJECTED PALETTES: the palettes file") and "m.palettes.json"
+               in n and "does not belong to this model" in n for n in rep.notes)
+    ref = energy.estimate(files["row"].model, palettes=[p for p in files["row"].palettes
+                                                        if p.layer_name != "conv1"])
+    assert rep.paper_total == pytest.approx(ref.paper_total, rel=1e-12)
     (tmp_path / "m.palettes.json").write_text("{}")
     with pytest.raises(ValueError, match="Could not read the palettes file"):
         energy.estimate(tmp_path / "m.keras")

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temp file in the target folder, then ``os.replace``."""
+"""Atomic file writes (a temp file in the target folder, then ``os.replace``), and the check
+that a model file exists and is readable before Keras is asked to load it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import re
 import tempfile
 import time
+import zipfile
 
 TEMP_PREFIX = ".tmp-dkm_tf-"
 _TEMP_RE = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
@@ -79,3 +81,42 @@ def atomic_path(path, suffix=".tmp"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_model_file(path):
+    """Raise a clear error for a missing, unreadable or corrupted model file.
+
+    Keras reports every unreadable ``.keras`` file as "File not found", even one that exists
+    but is truncated or not a zip; this says which it is.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a folder, an unreadable file, or a ``.keras`` file that is not a Keras
+            zip (truncated, or no ``config.json``).
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError("Invalid type for argument `path`. Expected a model file path (str or "
+                        f"os.PathLike). Received: path={path!r}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Invalid value for argument `path`. Expected an existing "
+                                f"model file. Received: path={path!r} (no such file)")
+    if os.path.isdir(path):
+        raise ValueError(f"Invalid value for argument `path`. Expected a model file, not a "
+                         f"folder. Received: path={path!r}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"Invalid value for argument `path`. Expected a readable file. "
+                         f"Received: path={path!r} (permission denied)")
+    if path.endswith(".keras"):
+        size = os.path.getsize(path)
+        problem = None
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if "config.json" not in archive.namelist():
+                    problem = "a zip without config.json"
+        except zipfile.BadZipFile:
+            problem = "not a zip archive (truncated or not a .keras file)"
+        if problem:
+            raise ValueError(f"Invalid value for argument `path`. Expected a .keras model "
+                             f"saved by Keras 3. Received: path={path!r}, {size:,} bytes, "
+                             f"{problem}.")

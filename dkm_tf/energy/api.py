@@ -162,7 +162,12 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
             `palettes` nor `weight_sharing` is given: a palettized `.tflite` the K, d and G
             of every weight stored as codebook + indices; a `.keras` / `.h5` the palettes
             in `<stem>.palettes.json` (else `palettes.json`) beside it, else those its
-            kernels hold (K distinct values or units; `energy.stored.infer_sharing`).
+            kernels hold (K distinct values or units; `energy.stored.infer_sharing`). A
+            palette from such a file is applied only if its `decode()` equals the stored
+            weight; the others (another model's file, another K, the float original) are
+            rejected, named with the reason in `notes` (printed "REJECTED PALETTES"), and
+            their layers charged as their kernels hold (`energy.stored.beside_keras_file`).
+            Palettes passed as `palettes` are taken as given (no value check).
         palettes: Iterable of objects with `layer_name`, `n_clusters`, `unit_dim`, `n_units`
             and `entropy_bits()` (e.g. `dkm_tf.core.palette.Palette`). `entropy_bits()` is read as
             bits per index if it is ≤ log₂ K, otherwise as the total over all units. A 3-D
@@ -171,7 +176,8 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
         weight_sharing: Mapping `{layer_name: SharingInfo}` (or a list of `SharingInfo` for
             layers with several kernels, matched by kernel size).
         pruning: Mapping `{layer_name: kept_fraction}` with fractions in (0, 1].
-        bits_w: Weight bits B_w.
+        bits_w: Weight bits B_w, the metric's datapath width for every weight (an int8
+            `.tflite` is charged at it too; a note says the file stores int8 weights).
         bits_x: Activation bits B_x.
         index_cost: "none", "log2" or "entropy"; see `estimate_layer`.
         compute_model: "conservative" or "unique_products"; see `estimate_layer`.
@@ -196,6 +202,8 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
     check_positive("bits_x", bits_x)
     check_choice("index_cost", index_cost, constants.INDEX_COSTS)
     check_choice("compute_model", compute_model, constants.COMPUTE_MODELS)
+    from dkm_tf.energy import stored
+
     shapes, skipped, name, found = _read(model_or_path, input_shape)
     notes = list(found.get("notes", ()))
     if palettes is None and weight_sharing is None:
@@ -203,6 +211,9 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
     elif found.get("weight_sharing") or found.get("palettes"):
         notes = ["compression info from the `palettes` / `weight_sharing` arguments; the "
                  "palettes stored with the file were not used"]
+    if found.get("quantized"):
+        notes.append(stored.quantized_note(found["quantized"], sum(
+            s.kind in ("conv", "dense") for s in shapes), bits_w, bits_x))
     try:
         return estimate_shapes(shapes, skipped=skipped, weight_sharing=weight_sharing,
                                palettes=palettes, pruning=pruning, bits_w=bits_w,
@@ -231,29 +242,28 @@ def _read(model_or_path, input_shape):
         if os.path.isdir(path):
             raise ValueError("Invalid value for argument `model_or_path`. Expected a model "
                              f"file, not a folder. Received: model_or_path={path!r}")
+        stored.check_file(path)
         suffix = os.path.splitext(path)[1].lower()
         if suffix == ".tflite":
             from dkm_tf.energy.tflite_reader import read_tflite_palettes
 
-            shapes, skipped, palettes = read_tflite_palettes(path)
+            quantized = {}
+            shapes, skipped, palettes = read_tflite_palettes(path, quantized)
             sharing, notes = stored.sharing_from_tflite(shapes, palettes)
             return shapes, skipped, os.path.basename(path), {
-                "weight_sharing": sharing or None, "notes": notes}
+                "weight_sharing": sharing or None, "notes": notes, "quantized": quantized}
         if suffix in (".keras", ".h5"):
             import keras
 
-            model = keras.saving.load_model(path, compile=False)
+            try:
+                model = keras.saving.load_model(path, compile=False)
+            except Exception as e:
+                raise ValueError(f"Could not load the Keras model {path!r}: "
+                                 f"{type(e).__name__}: {e}") from e
             from dkm_tf.energy.keras_reader import read_keras_model
 
             shapes, skipped = read_keras_model(model, input_shape=input_shape)
-            beside = stored.palettes_beside(path)
-            if beside is not None:
-                found = {"palettes": stored.load_palettes_file(beside), "source": beside}
-                found["notes"] = [f"palettes read from {beside} "
-                                  f"({len(found['palettes'])} tensors)"]
-            else:
-                sharing, notes = stored.infer_sharing(model, shapes)
-                found = {"weight_sharing": sharing or None, "notes": notes}
+            found = stored.beside_keras_file(model, shapes, path)
             return shapes, skipped, os.path.basename(path), found
         raise ValueError(
             "Invalid value for argument `model_or_path`. Expected a path ending in "

@@ -9,6 +9,8 @@
   format is a JSON list of `Palette.to_dict()`, the one `export/to_tflite.py --palettes`
   reads. Without such a file, the kernels themselves are read: a kernel saved after
   clustering holds only K distinct values (or units), and `infer_sharing` describes it.
+  A palettes file is only a claim about the model: `check_palettes` keeps the palettes whose
+  `decode()` equals the stored weight and rejects the others, with the reason.
 """
 
 import json
@@ -47,6 +49,35 @@ def sharing_from_tflite(shapes, stored):
     return out, notes
 
 
+def quantized_note(quantized, n_ops, bits_w, bits_x):
+    """The note for a `.tflite` whose conv / dense weights are stored as integers.
+
+    B_w and B_x are the fixed-point widths of the metric's datapath, one pair for the whole
+    model (Deep k-Means §3, after Sakr et al.), not the storage type of the file: an int8
+    file is charged at the B_w asked for (16 by default), and the note says so.
+    """
+    types = sorted({w for w, _ in quantized.values()})
+    acts = sorted({x for _, x in quantized.values()} - {"float32"})
+    return (f"the file stores the weights of {len(quantized)} of {n_ops} conv/dense ops as "
+            f"{'/'.join(types)} ({', '.join(quantized)})"
+            + (f", with {'/'.join(acts)} activations" if acts else "")
+            + f"; every weight is charged at B_w={bits_w} and every activation at "
+            f"B_x={bits_x} (one datapath width for the whole model): pass bits_w=8"
+            + (", bits_x=8" if acts else "") + " to estimate() to charge an 8-bit datapath")
+
+
+def check_file(path):
+    """A clear error for an unreadable file or a `.keras` file that is not a Keras zip
+    (`check_model_file`; Keras itself says "File not found" for an existing bad file)."""
+    from dkm_tf.core.files import check_model_file  # noqa: PLC0415
+
+    try:
+        check_model_file(path)
+    except ValueError as e:  # name `estimate`'s argument, not the checker's
+        raise ValueError(str(e).replace("argument `path`", "argument `model_or_path`")
+                         .replace("Received: path=", "Received: model_or_path=")) from e
+
+
 def palettes_beside(path):
     """The palettes file beside model file `path`, or None: `<stem>.palettes.json`, else
     `palettes.json` in the same folder."""
@@ -77,6 +108,58 @@ def load_palettes_file(path):
                          f"of Palette.to_dict()): {type(e).__name__}: {e}") from e
 
 
+def check_palettes(model, palettes):
+    """Splits `palettes` into those that describe `model`'s stored weights and the others.
+
+    A palette describes a weight when the model has its layer (`layer_name`, searched in
+    nested models too) with the weight (`weight_name`, an attribute path such as
+    "cell.kernel"), of the same shape, and `decode()` equals the stored values (to float
+    round-off: |diff| <= 1e-6 * max |w|). Anything else (a palettes file of another model, of
+    the same model clustered with another K, or of its float original) is rejected.
+
+    Returns:
+        `(accepted, rejected)`: a list of palettes and a list of `(palette name, reason)`.
+    """
+    import keras
+
+    from dkm_tf.graph.clusterable import get_weight
+    from dkm_tf.graph.copying import iter_layers
+
+    layers = {}
+    for layer in [model, *iter_layers(model)]:
+        layers.setdefault(layer.name, []).append(layer)
+    accepted, rejected = [], []
+    for p in palettes:
+        name = f"{p.layer_name}/{p.weight_name}"
+        found = [get_weight(la, p.weight_name) for la in layers.get(p.layer_name, ())]
+        found = [w for w in found if w is not None and hasattr(w, "shape")]
+        if not found:
+            why = (f"the model has no layer {p.layer_name!r}" if p.layer_name not in layers
+                   else f"layer {p.layer_name!r} has no weight {p.weight_name!r}")
+            rejected.append((name, why))
+            continue
+        dec = np.asarray(p.decode(), np.float64)
+        reasons = []
+        for var in found:
+            w = np.asarray(keras.ops.convert_to_numpy(var), np.float64)
+            if w.shape != dec.shape:
+                reasons.append(f"it decodes to shape {dec.shape}, the weight has shape "
+                               f"{w.shape}")
+                continue
+            diff = np.abs(w - dec)
+            if np.all(diff <= 1e-6 * max(float(np.max(np.abs(w), initial=0.0)), 1e-30)):
+                accepted.append(p)
+                break
+            reasons.append(
+                f"its decode() differs from the stored weight in {int(np.sum(diff > 0)):,} of "
+                f"{w.size:,} values (max |diff| {float(diff.max()):.3g}); the weight holds "
+                f"{np.unique(w).size:,} distinct values, the palette K={p.n_clusters} "
+                f"(d={p.unit_dim})")
+        else:
+            rejected.append((name, "; ".join(dict.fromkeys(reasons))))
+    return accepted, rejected
+
+
 def _unit_views(w):
     """Candidate `(unit, d, units of shape (G, M, d))` of a kernel (output channels last)."""
     out_c = w.shape[-1]
@@ -91,7 +174,50 @@ def _unit_views(w):
     return views
 
 
-def infer_sharing(model, shapes, bits_w=16, max_clusters=256):
+def beside_keras_file(model, shapes, path):
+    """Compression info stored with the `.keras` / `.h5` file `path` (loaded as `model`).
+
+    The palettes of the palettes file beside it (`palettes_beside`) that describe the stored
+    weights (`check_palettes`) are used. The rejected ones are not: their layers, or the
+    whole model when no palette matches (the file belongs to another model), are described
+    from their stored kernels (`infer_sharing`; a float kernel stays float), and a note
+    names each rejected palette with the reason. Without a palettes file, `infer_sharing`.
+
+    Returns:
+        A dict with "palettes" (accepted palettes) and "source" (the palettes file) when any
+        palette is accepted, "weight_sharing" (inferred `SharingInfo`s) and "notes".
+    """
+    beside = palettes_beside(path)
+    if beside is None:
+        sharing, notes = infer_sharing(model, shapes)
+        return {"weight_sharing": sharing or None, "notes": notes}
+    palettes = load_palettes_file(beside)
+    accepted, rejected = check_palettes(model, palettes)
+    found, notes = {}, []
+    if accepted:
+        found = {"palettes": accepted, "source": beside}
+        notes.append(f"palettes read from {beside} ({len(accepted)} tensors"
+                     + (f"; {len(rejected)} rejected)" if rejected else ")"))
+    if rejected:
+        names = {n.split("/", 1)[0] for n, _ in rejected}
+        names -= {p.layer_name for p in accepted}
+        sharing, _ = infer_sharing(model, shapes, layers=None if not accepted else names)
+        what = (f"the palettes file {beside} does not belong to this model: none of its "
+                f"{len(palettes)} palettes matches the stored weights, the file is ignored"
+                if not accepted else f"{len(rejected)} of the {len(palettes)} palettes in "
+                f"{beside} do not match the stored weights and are not applied")
+        inferred = ", ".join(f"{n} K={s.n_clusters} d={s.unit_dim}"
+                             for n, s in sharing.items())
+        notes.append(f"REJECTED PALETTES: {what}; "
+                     + "; ".join(f"{n}: {why}" for n, why in rejected)
+                     + ". Those layers are charged as their stored kernels hold: "
+                     + (inferred or "float (no palette found in their values)"))
+        found["weight_sharing"] = sharing or None
+    found["notes"] = notes
+    return found
+
+
+def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
     """`{layer name: SharingInfo}` for kernels whose stored values are a palette; notes.
 
     A kernel saved after clustering holds at most K distinct units. For each conv / dense
@@ -99,7 +225,7 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256):
     channel) is tried: K = the most distinct units in one codebook group, storage
     G·K·d·B_w + N·log2 K bits. The smallest is kept when K <= `max_clusters` and the storage
     is under half the float kernel's (a trained float kernel has about N distinct values and
-    never qualifies).
+    never qualifies). `layers`: names of the layers to describe (default: all).
     """
     import keras
 
@@ -112,7 +238,8 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256):
     out, notes = {}, []
     for layer in iter_layers(model):
         kernel = getattr(layer, "kernel", None)
-        if kernel is None or layer.name not in sizes or len(kernel.shape) < 2:
+        if kernel is None or layer.name not in sizes or len(kernel.shape) < 2 or (
+                layers is not None and layer.name not in layers):
             continue
         w = np.asarray(keras.ops.convert_to_numpy(kernel))
         if w.size not in sizes[layer.name]:

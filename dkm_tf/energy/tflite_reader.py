@@ -99,8 +99,12 @@ def read_tflite(path):
     return shapes, skipped
 
 
-def read_tflite_palettes(path):
+def read_tflite_palettes(path, quantized=None):
     """Like `read_tflite`, plus the palettes the file stores.
+
+    `quantized`, a dict if given, receives `{record name: (weight type, input type)}` for each
+    conv / dense op whose weight is stored as an integer type ("int8", "uint8", "int16",
+    "int4"); the input type is "float32" unless the activations are integers too.
 
     Returns:
         `(shapes, skipped, palettes)`: `palettes` maps the name of each conv / dense record
@@ -122,7 +126,7 @@ def read_tflite_palettes(path):
     shapes, skipped, used, palettes = [], [], {}, {}
     try:
         _read_graph(model, schema, op_names, graph, 1, "", shapes, skipped, used, (0,),
-                    palettes, None)
+                    palettes, None, quantized)
     except ValueError:
         raise
     except Exception as e:  # struct.error, IndexError, ... from a damaged flatbuffer
@@ -132,7 +136,7 @@ def read_tflite_palettes(path):
 
 
 def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, used, stack,
-                palettes, outer):
+                palettes, outer, quantized=None):
     """Appends the records of one subgraph's ops, each repeated `trips` times.
 
     `palettes` collects `{record name: StoredPalette}`; `outer` maps this subgraph's input
@@ -147,10 +151,15 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
     decode = set(tp.constant_ops(view))
     decode_ops = Counter()
 
+    ints = {getattr(schema.TensorType, t.upper()): t for t in ("int8", "uint8", "int16", "int4")}
+
     def palette(name, op):
         found = tp.stored_palette(view, op.InputsAsNumpy()[1], outer)
         if found is not None:
             palettes[name] = found
+        x, w = (graph.Tensors(int(i)).Type() for i in op.InputsAsNumpy()[:2])
+        if quantized is not None and w in ints:
+            quantized[name] = (ints[w], ints.get(x, "float32"))
 
     def tensor(i):
         t = graph.Tensors(int(i))
@@ -201,7 +210,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                         carried[int(t_body)] = found
                 _read_graph(model, schema, op_names, body_graph,
                             trips * (1 if n is None else n), f"{label}/", shapes, skipped,
-                            used, (*stack, body), palettes, carried)
+                            used, (*stack, body), palettes, carried, quantized)
             elif opname == "CONV_2D":
                 x, w = ins[0][1], ins[1][1]
                 opt = options(op, schema.Conv2DOptions)

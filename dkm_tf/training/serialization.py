@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import os
-import zipfile
+
+from dkm_tf.core.files import check_model_file
 
 __all__ = ["check_model_file", "load_model", "register_serializables"]
 
@@ -39,42 +39,3 @@ def load_model(path, **kwargs):
     check_model_file(path)
     register_serializables()
     return keras.models.load_model(path, **kwargs)
-
-
-def check_model_file(path):
-    """Raise a clear error for a missing, unreadable or corrupted model file.
-
-    Keras reports every unreadable ``.keras`` file as "File not found", even one that exists
-    but is truncated or not a zip; this says which it is.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: a folder, an unreadable file, or a ``.keras`` file that is not a Keras
-            zip (truncated, or no ``config.json``).
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError("Invalid type for argument `path`. Expected a model file path (str or "
-                        f"os.PathLike). Received: path={path!r}")
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Invalid value for argument `path`. Expected an existing "
-                                f"model file. Received: path={path!r} (no such file)")
-    if os.path.isdir(path):
-        raise ValueError(f"Invalid value for argument `path`. Expected a model file, not a "
-                         f"folder. Received: path={path!r}")
-    if not os.access(path, os.R_OK):
-        raise ValueError(f"Invalid value for argument `path`. Expected a readable file. "
-                         f"Received: path={path!r} (permission denied)")
-    if path.endswith(".keras"):
-        size = os.path.getsize(path)
-        problem = None
-        try:
-            with zipfile.ZipFile(path) as archive:
-                if "config.json" not in archive.namelist():
-                    problem = "a zip without config.json"
-        except zipfile.BadZipFile:
-            problem = "not a zip archive (truncated or not a .keras file)"
-        if problem:
-            raise ValueError(f"Invalid value for argument `path`. Expected a .keras model "
-                             f"saved by Keras 3. Received: path={path!r}, {size:,} bytes, "
-                             f"{problem}.")
