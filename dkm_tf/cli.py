@@ -27,6 +27,7 @@ from dkm_tf.cli_args import (
     check_compress_args,
     check_energy_args,
     help_text,
+    load_dataset,
 )
 from dkm_tf.core.files import atomic_path
 
@@ -117,7 +118,6 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     import keras  # noqa: PLC0415
 
     from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
-    from dkm_tf import data as data_lib  # noqa: PLC0415
     from dkm_tf.graph.copying import save_model_atomic  # noqa: PLC0415
     from dkm_tf.progress import Progress  # noqa: PLC0415
 
@@ -127,7 +127,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     if model_path is None:
         dataset = dataset or "digits"
         method = method or ("wr" if weighting or refine else "finetune")
-        train, test = data_lib.load_dataset(dataset)
+        train, test = load_dataset(dataset)
         _log(cli_tables.data_line(dataset, train, test))
         model = models.digits_cnn(input_shape=train[0].shape[1:], seed=seed,
                                   num_classes=cli_tables.n_classes(train, test))
@@ -144,7 +144,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         model = keras.models.load_model(model_path, compile=False)
         train = test = None
         if dataset:
-            train, test = data_lib.load_dataset(dataset)
+            train, test = load_dataset(dataset)
             _log(cli_tables.data_line(dataset, train, test))
         method = method or ("wr" if train is None or weighting or refine else "finetune")
         _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")

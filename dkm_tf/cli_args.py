@@ -87,6 +87,17 @@ def _model_file(path, suffixes):
         raise CliUsageError("model", "a readable file", path)
 
 
+def load_dataset(name):
+    """``dkm_tf.data.load_dataset`` for ``--dataset``: a ``.npz`` whose values are bad
+    (negative or huge labels, NaN inputs: not visible in its headers) is a usage error."""
+    from dkm_tf import data  # noqa: PLC0415 (numpy only at import)
+
+    try:
+        return data.load_dataset(name)
+    except data.DatasetFileError as e:
+        raise CliUsageError("dataset", e.expected, f"{name} ({e.received})") from None
+
+
 def _dataset(name):
     from dkm_tf import data  # noqa: PLC0415 (numpy only at import)
 

@@ -86,13 +86,19 @@ def data_line(dataset, train, test):
     """The ``[data]`` line: sizes, shape, classes, and the input range (a .npz is used as it
     is, so 0-255 pixels for a model trained on [0, 1] show here)."""
     x = train[0]
-    shape = f"{tuple(x.shape[1:])} in [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+    shape = f"{tuple(x.shape[1:])} in {_range(x)}"
+    if test is not None and _range(test[0]) != _range(x):
+        shape += f" (x_test in {_range(test[0])})"
     if train[1] is None:
         held = "" if test is None else f" and {len(test[0])} held-out inputs"
         return (f"[data] {dataset}: {len(x)} unlabelled samples{held} of shape {shape} "
                 f"(calibration{'' if held else ' only: no accuracy is reported'})")
     return (f"[data] {dataset}: {len(train[1])} train / {len(test[1])} test samples of shape "
             f"{shape}, {n_classes(train, test)} classes")
+
+
+def _range(x):
+    return f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"
 
 
 def agreement_line(labels):

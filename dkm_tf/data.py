@@ -293,7 +293,8 @@ def check_npz(path):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise DatasetFileError(path, "a .npz file", "no such file")
+        raise DatasetFileError(path, "a .npz file",
+                               "a folder" if os.path.isdir(path) else "no such file")
     found = _headers(path)
     labelled = bool({"y_train", "y_test"} & set(found)) or "x_train" not in found
     keys = NPZ_KEYS if labelled else tuple(k for k in ("x_train", "x_test") if k in found)
@@ -326,20 +327,29 @@ def load_npz(path):
     """The user's dataset from a ``.npz`` file checked by :func:`check_npz`.
 
     Inputs are cast to float32 and used as they are (no scaling: store them as the model
-    expects them); labels are cast to int32 and must be >= 0.
+    expects them) and must be finite; labels are cast to int32 and must be in
+    [0, 2**31 - 1].
 
     Returns:
         ``(x_train, y_train), (x_test, y_test)``; unlabelled: ``(x_train, None),
         (x_test, None)``, or ``(x_train, None), None`` without ``x_test``.
     """
-    keys = list(check_npz(path))
-    with np.load(os.fspath(path), allow_pickle=False) as z:
-        arrays = {k: z[k].astype(np.float32) if k[0] == "x" else
-                  z[k].astype(np.int32).reshape(-1) for k in keys}
-    for key in [k for k in keys if k[0] == "y"]:
-        if len(arrays[key]) and arrays[key].min() < 0:
-            raise DatasetFileError(os.fspath(path), f"class labels >= 0 in {key}",
-                             f"its smallest is {arrays[key].min()}")
+    keys, path = list(check_npz(path)), os.fspath(path)
+    arrays = {}
+    with np.load(path, allow_pickle=False) as z:
+        for k in keys:
+            a = z[k]
+            if k[0] == "y" and a.size and (a.min() < 0 or a.max() > np.iinfo(np.int32).max):
+                raise DatasetFileError(path, f"class labels in [0, 2**31 - 1] in {k}",
+                                       f"labels from {a.min()} to {a.max()}")
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
+                arrays[k] = (a.astype(np.int32).reshape(-1) if k[0] == "y" else
+                             a.astype(np.float32))
+            if k[0] == "x" and not np.isfinite(arrays[k]).all():
+                bad = int(np.count_nonzero(~np.isfinite(arrays[k])))
+                raise DatasetFileError(path, f"finite inputs in {k}", f"{bad:,} of "
+                                       f"{arrays[k].size:,} values are NaN or infinite "
+                                       "(as float32)")
     if "y_train" not in arrays:
         test = arrays.get("x_test")
         return (arrays["x_train"], None), None if test is None else (test, None)

@@ -184,6 +184,9 @@ def _npz(path, n_train=96, n_test=40, shape=(8, 8, 1), classes=10, **changes):
 @pytest.mark.parametrize("changes, expected", [
     ({"y_test": np.zeros(3, int)}, "expected y_test of shape (40,): one label per sample"),
     ({"y_train": np.zeros(96)}, "expected integer class labels in y_train"),
+    # values, not headers: found when the file loads, still before any work
+    ({"y_test": -np.ones(40, int)}, "expected class labels in [0, 2**31 - 1] in y_test"),
+    ({"x_test": np.full((40, 8, 8, 1), np.nan)}, "expected finite inputs in x_test"),
 ])
 def test_bad_npz_dataset_is_one_line_exit_2_before_any_work(tmp_path, changes, expected):
     out = tmp_path / "out"
@@ -410,3 +413,14 @@ def test_import_sets_no_environment_variable():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, check=True, timeout=120).stdout
     assert out.strip() == "None"
+
+
+def test_data_line_shows_x_test_range_when_it_differs():
+    from dkm_tf import cli_tables
+
+    x = np.linspace(0, 1, 2 * 64, dtype=np.float32).reshape(2, 8, 8, 1)
+    y = np.array([0, 1])
+    same = cli_tables.data_line("d.npz", (x, y), (x, y))
+    assert "of shape (8, 8, 1) in [0, 1], 2 classes" in same and "x_test" not in same
+    pixels = cli_tables.data_line("d.npz", (x, y), (x * 255, y))  # 0-255 test inputs show
+    assert "of shape (8, 8, 1) in [0, 1] (x_test in [0, 255]), 2 classes" in pixels

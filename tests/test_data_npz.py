@@ -72,7 +72,12 @@ def _bad(tmp_path, **changes):
      r"\(6, 7, 1\)"),
     ({"x_train": np.zeros(12), "y_train": np.zeros(12, int)},
      r"x_train with samples along its first axis.*shape \(12,\)"),
-    ({"y_test": -np.ones(5, int)}, "class labels >= 0 in y_test.*its smallest is -1"),
+    ({"y_test": -np.ones(5, int)}, r"class labels in \[0, 2\*\*31 - 1\] in y_test.*labels "
+     "from -1 to -1"),
+    ({"y_train": np.full(12, 2**32 + 3)}, r"in y_train.*labels from 4294967299 to"),  # not 3
+    ({"x_test": np.full((5, 6, 6, 1), np.inf)}, r"finite inputs in x_test.*180 of 180 values "
+     "are NaN or infinite"),
+    ({"x_train": np.full((12, 6, 6, 1), 1e39)}, r"finite inputs in x_train.*432 of 432"),
 ])
 def test_bad_files_name_what_is_wrong(tmp_path, changes, match):
     path = _bad(tmp_path, **changes)
@@ -114,6 +119,12 @@ def test_object_arrays_are_refused_without_unpickling(tmp_path):
     np.savez(path, **{**_arrays(), "x_train": np.array([{"a": 1}] * 12, dtype=object)})
     with pytest.raises(data.DatasetFileError, match="numeric arrays"):
         data.check_npz(path)
+
+
+def test_a_folder_named_like_a_file_is_called_a_folder(tmp_path):
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(data.DatasetFileError, match=r"d.npz' \(a folder\)"):
+        data.load_dataset(str(tmp_path / "d.npz"))
 
 
 @pytest.mark.parametrize("content, match", [(None, "no such file"),
