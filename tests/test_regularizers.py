@@ -462,3 +462,39 @@ def test_regularizer_still_copies_and_pickles():
     reg = SpectralKMeansRegularizer(4, lam=0.5, seed=3)
     for again in (copy.deepcopy(reg), pickle.loads(pickle.dumps(reg))):
         assert again.get_config() == reg.get_config() and not again.built
+
+
+def test_detach_reaches_frozen_layers():
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    model = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(4, 3, name="c1"),
+                              L.Conv2D(4, 3, name="c2"), L.Flatten(), L.Dense(2, name="d")])
+    model.get_layer("c1").trainable = False  # transfer learning: a frozen base
+    attach.attach_regularizer(model, 2, lam=1.0)
+    assert {v.path for v, _ in attach.kmeans_regularizers(model)} == {
+        "sequential/c1/kernel", "sequential/c2/kernel"}
+    assert attach.detach_regularizer(model) == 2
+    assert [v.path for v in model.weights if v.regularizer is not None] == []
+    model.get_layer("c1").trainable = True
+    assert model.losses == []  # no stale penalty comes back with the layer
+
+
+def test_strip_leaves_no_kmeans_regularizer_and_loads_without_dkm_tf(tmp_path):
+    import dkm_tf
+
+    model = small_cnn()
+    attach.attach_regularizer(model, 4, lam=1.0, include_dense=True)
+    assert attach.kmeans_regularizers(model)
+    with pytest.warns(UserWarning, match=r"bn \(BatchNormalization\)"):
+        wrapped = dkm_tf.cluster_weights(model, 4)
+    plain, _ = dkm_tf.strip_clustering(wrapped)
+    assert [v.path for v in plain.weights if v.regularizer is not None] == []
+    assert plain.losses == [] and "SpectralKMeans" not in str(plain.get_config())
+    path = tmp_path / "plain.keras"
+    plain.save(path)
+    code = ("import keras, sys; m = keras.models.load_model(sys.argv[1]); "
+            "assert 'dkm_tf' not in sys.modules; print('LOADED', len(m.weights))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, env=env, timeout=240, cwd=str(tmp_path))
+    assert f"LOADED {len(plain.weights)}" in out.stdout, out.stderr[-3000:]

@@ -244,9 +244,10 @@ def _reset_compiled_functions(model):
 
 
 def kmeans_regularizers(model):
-    """``[(variable, regularizer)]`` for every weight of ``model`` with a k-means penalty."""
+    """``[(variable, regularizer)]`` for every weight of ``model`` with a k-means penalty,
+    frozen layers' included (their penalty comes back when they are unfrozen)."""
     _check_model(model)
-    return [(v, v.regularizer) for v in model.trainable_weights
+    return [(v, v.regularizer) for v in model.weights
             if isinstance(v.regularizer, reg_lib.SpectralKMeansRegularizer)]
 
 

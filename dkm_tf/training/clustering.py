@@ -36,6 +36,7 @@ from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
 from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
 from dkm_tf.training import soft as soft_lib
+from dkm_tf.training.attach import detach_regularizer
 from dkm_tf.training.kernel_clustering import routes_cluster, routes_palettes, routes_strip
 from dkm_tf.training.wrapper import (
     ClusterWeights,
@@ -294,9 +295,8 @@ def strip_clustering(model, *, fold_bn=True):
     s = gamma / sqrt(var + eps), the folded kernel W[..., c] s_c is a per-channel palette
     whose codebook of channel c is ``codebook * s_c`` (same indices, same K values per
     channel; a per-tensor codebook becomes C_out codebooks: K d C_out floats instead of K d).
-    The fine-tuned function is kept (outputs change by float rounding only); re-clustering
-    the folded kernel to one per-tensor codebook instead would keep the codebook small but
-    change the outputs (README, "BatchNormalization folding", has the measurements).
+    The fine-tuned function is kept (outputs change by float rounding only). k-means
+    regularizers (:func:`dkm_tf.attach_regularizer`) are removed: the kernels are clustered.
 
     Args:
         model: a Sequential or Functional model (nested models too), or a single
@@ -307,8 +307,7 @@ def strip_clustering(model, *, fold_bn=True):
         ``(plain, palettes)``: a model (or layer) made of plain Keras layers only, whose
         clustered kernels are exactly ``codebook[indices]`` and whose other weights are copied
         bit for bit, and the list of :class:`~dkm_tf.core.palette.Palette`, in layer order.
-        A wrapper never built (made directly around a built layer) is built, i.e.
-        clustered, first.
+        A wrapper never built (made around a built layer) is built, i.e. clustered, first.
 
     Raises:
         TypeError: a subclassed model (the message says what to do instead).
@@ -334,6 +333,7 @@ def strip_clustering(model, *, fold_bn=True):
     plain = _clone(model, unwrap)
     if fold_bn:
         plain, palettes, _ = fold_with_palettes(plain, palettes)
+    detach_regularizer(plain)  # plain Keras layers only: loads without dkm_tf imported
     return plain, palettes
 
 
