@@ -281,3 +281,57 @@ def test_dense_on_a_sequence_and_two_inputs(tmp_path):
             got = it.get_tensor(d["index"])
             tol = 0.5 if label == "int8_full" else 1e-4
             assert got.shape == ref.shape and np.abs(got - ref).max() <= tol * np.abs(ref).max()
+
+
+def _np_grouped_conv(x, kernel, bias, groups, padding):
+    """Independent float64 reference of a Keras grouped Conv2D (stride 1, no dilation)."""
+    kh, kw, cg, c_out = kernel.shape
+    if padding == "same":
+        x = np.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+    n, h, w, _ = x.shape
+    ho, wo, og = h - kh + 1, w - kw + 1, c_out // groups
+    y = np.zeros((n, ho, wo, c_out)) + bias
+    for g in range(groups):
+        for dy in range(kh):
+            for dx in range(kw):
+                y[..., g * og:(g + 1) * og] += (x[:, dy:dy + ho, dx:dx + wo, g * cg:(g + 1) * cg]
+                                                @ kernel[dy, dx, :, g * og:(g + 1) * og])
+    return y
+
+
+@pytest.mark.parametrize("keep_float", ["auto", None])
+@pytest.mark.parametrize("kind", ["litert", "tflite"])
+def test_grouped_conv_lowered_once_matches_keras_at_any_batch(tmp_path, keep_float, kind):
+    """Grouped CONV_2D (4 input channels: one-hot im2col; 16 and 128: slice im2col) becomes
+    one batched BATCH_MATMUL over the groups; it used to be lowered as if ungrouped
+    (XNNPACK: "failed to reshape runtime"). ``"auto"`` lowers the large 128 -> 128 layer."""
+    keras.utils.set_random_seed(5)
+    L = keras.layers
+    inp = keras.Input((16, 16, 4))
+    y = L.Conv2D(16, 3, groups=2, padding="same", name="g2a")(inp)
+    y = L.Conv2D(128, 3, groups=4, padding="same", activation="relu", name="g4")(y)
+    model = keras.Model(inp, L.Conv2D(128, 3, groups=2, name="g2")(y))
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
+                       for w in model.get_weights()])
+    palettes = clustered_copy(model, 16)
+    x = rng.normal(size=(3, 16, 16, 4)).astype(np.float32)
+    path = str(tmp_path / "grouped.tflite")
+    report = ex.to_tflite(model, path, "palettized", palettes, x, decode="once",
+                          keep_float=keep_float)
+    routes = {t["palette"]: t["route"] for t in report.tensors}
+    assert routes["g2/kernel"] == "BATCH_MATMUL (im2col), 2 groups batched"
+    if keep_float is None:
+        assert routes["g2a/kernel"] == "BATCH_MATMUL (im2col), 2 groups batched"
+        assert routes["g4/kernel"] == "BATCH_MATMUL (im2col), 4 groups batched"
+    w = {v.path: np.asarray(v, np.float64) for v in model.weights}
+    ref = x.astype(np.float64)
+    for name, groups, padding in [("g2a", 2, "same"), ("g4", 4, "same"), ("g2", 2, "valid")]:
+        ref = _np_grouped_conv(ref, w[f"{name}/kernel"], w[f"{name}/bias"], groups, padding)
+        ref = np.maximum(ref, 0) if name == "g4" else ref
+    np.testing.assert_allclose(np.asarray(model(x)), ref, atol=1e-4 * np.abs(ref).max())
+    it = interpreter(kind, path)
+    for b in (1, 3):
+        out = run_batch(it, x[:b])
+        assert out.shape == ref[:b].shape
+        assert np.abs(out - ref[:b]).max() <= 1e-4 * np.abs(ref).max()

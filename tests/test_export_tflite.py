@@ -341,3 +341,54 @@ def test_docstring_worked_example(tmp_path):
         (entry,) = ex.inspect_tflite(path).palettized
         idx = next(t for t in range(len(fm.tensors)) if fm.tensor_name(t) == entry["indices"])
         assert fm.raw(idx) == stored
+
+
+@pytest.mark.skipif(not ex.tflm_available(), reason="needs tflite-micro")
+def test_tflm_per_channel_palettes_decode_exactly(tmp_path):
+    """Per-channel palettes (a Dense, a depthwise kernel) in TFLite Micro: one value table per
+    tensor holding every channel's values. Per-channel tables used to be written, and the
+    runtime decoded every channel with the first one (relative error 0.3-0.9)."""
+    from dkm_tf.export.verify import run_tflite
+
+    keras.utils.set_random_seed(2)
+    L = keras.layers
+    inp = keras.Input((16,))
+    model = keras.Model(inp, L.Dense(8, use_bias=False, name="d")(inp))
+    palettes = clustered_copy(model, 3, granularity="per_channel")
+    eye = np.eye(16, dtype=np.float32)  # row j of the output: row j of the kernel
+    r = ex.to_tflite(model, str(tmp_path / "d.tflm"), "tflm", palettes, eye)
+    decoded = run_tflite(pathlib.Path(r.path).read_bytes(), [eye], "tflm")[0]
+    np.testing.assert_array_equal(decoded, model.get_layer("d").get_weights()[0])
+    assert r.tensors[0]["tables"] == 1 and r.tensors[0]["index_bits"] == 5  # 24 values
+    # a depthwise conv clustered per channel (share_weights' default for depthwise kernels)
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6, 6, 4))
+    model = keras.Model(inp, L.DepthwiseConv2D(3, name="dw")(inp))
+    palettes = clustered_copy(model, 4, granularity="per_channel")
+    x = np.random.default_rng(0).normal(size=(3, 6, 6, 4)).astype(np.float32)
+    r = ex.to_tflite(model, str(tmp_path / "dw.tflm"), "tflm", palettes, x)
+    got = run_tflite(pathlib.Path(r.path).read_bytes(), [x], "tflm")[0]
+    k, b = model.get_layer("dw").get_weights()
+    ref = b + sum(x[:, dy:dy + 4, dx:dx + 4, :] * k[dy, dx, :, 0]
+                  for dy in range(3) for dx in range(3))
+    np.testing.assert_allclose(got, ref, atol=1e-5 * np.abs(ref).max())
+    # too many values for one table: a clear error naming the palette and the fix
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((16,))
+    model = keras.Model(inp, L.Dense(32, name="wide")(inp))
+    palettes = clustered_copy(model, 16, granularity="per_channel")
+    with pytest.raises(ValueError, match=r"'wide/kernel'.*per-channel.*per_tensor"):
+        ex.to_tflite(model, str(tmp_path / "w.tflm"), "tflm", palettes, eye)
+    assert not (tmp_path / "w.tflm").exists()
+
+
+def test_tiny_palettized_file_larger_than_float_says_so(tmp_path):
+    """On a tiny model the decode graph outweighs the palettes' savings: the notes say so."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8,))
+    model = keras.Model(inp, keras.layers.Dense(4, name="d")(inp))
+    palettes = clustered_copy(model, 4)
+    r = ex.to_tflite(model, str(tmp_path / "t.tflite"), "palettized", palettes,
+                     np.ones((2, 8), np.float32))
+    assert r.bytes > r.float_bytes
+    assert any(f"{r.bytes / r.float_bytes:.2f}x the float file's size" in n for n in r.notes)

@@ -98,3 +98,39 @@ def test_kernel_palette_export_smaller_than_float_on_a_wider_net(tmp_path):
                   for r in rep.tensors)
     assert payload <= n * (16 / 3 / 9 + 16 / 9) / 8 + 16 * 9 * 4 + 64  # int16 3-tuples
     assert rep.bytes < 0.25 * fl.bytes, (rep.bytes, fl.bytes)
+
+
+@pytest.mark.parametrize("scale_bits", [8, 16, 32])
+@pytest.mark.parametrize("transforms", [1, 2])
+def test_scale_bits_survive_per_invoke_storage(tmp_path, scale_bits, transforms):
+    """8-bit scales ``q * step`` used to be stored as float16 per invoke (off by up to 2^-12
+    relative: refused by the verifier); now int8 ``q`` with ``step`` as the tensor's
+    quantization scale, which DEQUANTIZE turns back into the exact float32 scales."""
+    import keras
+
+    keras.utils.set_random_seed(6)
+    L = keras.layers
+    m = keras.Sequential([keras.Input((12, 12, 3)),
+                          L.Conv2D(16, 3, activation="relu", name="k1"),
+                          L.Conv2D(16, 3, name="k2"), L.Conv2D(8, 5, name="k3")])
+    x = np.random.default_rng(0).normal(size=(5, 12, 12, 3)).astype(np.float32)
+    res = dkm_tf.share_weights(m, 16, unit="kernel", codebook="shared",
+                               transforms=transforms, scale_bits=scale_bits)
+    path = str(tmp_path / "k.tflite")
+    rep = to_tflite(res.model, path, format="palettized", palettes=res.palettes,
+                    decode="per_invoke", sample_inputs=x)
+    ref = np.asarray(res.model(x))
+    got = run_tflite_per_sample(path, x)
+    assert np.max(np.abs(got - ref)) <= 1e-5 * np.max(np.abs(ref))
+    fm = FlatModel.from_bytes(pathlib.Path(path).read_bytes())
+    scales = [t for t in range(len(fm.tensors))
+              if fm.raw(t) and re.search(r"/scales_\d+$", fm.tensor_name(t))]
+    want = {8: "int8", 16: "float16", 32: "float32"}[scale_bits]
+    assert {fm.type_name(t) for t in scales} == {want}
+    assert sum(r["scale_bytes"] for r in rep.tensors) == sum(p.scales.size for p in res.palettes) \
+        * scale_bits // 8
+    if scale_bits == 8:  # DEQUANTIZE(q) = q * step gives every palette scale bit for bit
+        stored = [np.frombuffer(fm.raw(t), np.int8).astype(np.float32)
+                  * np.float32(fm.tensors[t].quantization.scale[0]) for t in scales]
+        np.testing.assert_array_equal(np.sort(np.concatenate(stored)), np.sort(
+            np.concatenate([p.scales.ravel() for p in res.palettes])))

@@ -8,6 +8,10 @@ kernels. BATCH_MATMUL accepts a non-constant float right-hand side, so:
 * ``CONV_2D(x, W, b)`` (any stride, dilation) -> an im2col built from PAD + STRIDED_SLICE +
   CONCATENATION, then ``BATCH_MATMUL`` with W as a ``[kh*kw*C_in, C_out]`` matrix and an
   ``ADD`` of the bias with the fused activation. A 1x1 conv needs no im2col.
+* a grouped ``CONV_2D`` (G groups: filter ``[C_out, kh, kw, C_in/G]``) -> the same im2col,
+  transposed to ``[G, rows, kh*kw*C_in/G]``, one batched ``BATCH_MATMUL`` against the weight
+  read as ``[G, C_out/G, kh*kw*C_in/G]`` (output-major), a TRANSPOSE back to
+  ``[rows, C_out]``, then the ``ADD``.
 
 Every op used here is supported by the XNNPACK delegate, so the rewritten layer stays in one
 delegate partition; the fused activation goes on the ADD (never lost, unlike the converter's
@@ -28,10 +32,12 @@ import numpy as np
 
 from dkm_tf.export.rewrite import schema
 
-__all__ = ["CONCAT_FANIN", "conv_lowerable", "lower_conv", "lower_fc"]
+__all__ = ["CONCAT_FANIN", "MIN_ROWS_WEIGHT_LEFT", "conv_groups", "conv_lowerable", "lower_conv",
+           "lower_fc", "route"]
 
 CONCAT_FANIN = 4  # XNNPACK's concatenation takes at most 5 inputs; stay below
 _ACTS = (0, 1, 2, 3)  # NONE, RELU, RELU_N1_TO_1, RELU6: what ADD can fuse
+MIN_ROWS_WEIGHT_LEFT = 16  # BATCH_MATMUL with the weight on the left needs this many rows
 
 
 def _dyn(fm, t):
@@ -50,12 +56,51 @@ def _batch_sig(dyn, shape):
     return [-1, *shape[1:]] if dyn else None
 
 
+def conv_groups(fm, op):
+    """Number of groups of CONV_2D ``op``: input channels / the filter's input channels."""
+    c, cg = fm.shape(int(op.inputs[0]))[-1], fm.shape(int(op.inputs[1]))[-1]
+    return c // cg if cg > 0 and c % cg == 0 else 0
+
+
 def conv_lowerable(fm, op):
-    """True when this CONV_2D can become im2col + BATCH_MATMUL (any stride and dilation)."""
+    """True when this CONV_2D can become im2col + BATCH_MATMUL (any stride, dilation and
+    number of groups)."""
     o = op.builtinOptions
     x = int(op.inputs[0])
     return (o.fusedActivationFunction in _ACTS and len(fm.shape(x)) == 4
-            and _fixed_but_batch(fm, x))
+            and _fixed_but_batch(fm, x) and conv_groups(fm, op) > 0
+            and fm.shape(int(op.outputs[0]))[-1] % conv_groups(fm, op) == 0)
+
+
+def route(fm, palette, uses, decode, lowering):
+    """``(kind, transposed, groups)`` when the consumers ``uses`` (``(op position, name)``)
+    of ``palette``'s weight become BATCH_MATMUL (``kind``: ``"CONV_2D"`` or
+    ``"FULLY_CONNECTED"``; ``transposed``: weight on the left), else None."""
+    names = {name for _, name in uses}
+    if decode != "once" or not lowering or len(names) != 1:
+        return None
+    kind = next(iter(names))
+    ops = [fm.operators[i] for i, _ in uses]
+    groups = 1
+    if kind == "CONV_2D" and len(palette.layout.kernel_shape) == 4 \
+            and all(conv_lowerable(fm, op) for op in ops):
+        o, kh, kw, c = fm.shape(int(ops[0].inputs[1]))
+        rows = int(np.prod(fm.shape(int(ops[0].outputs[0]))[:3]))
+        k = kh * kw * c
+        groups = conv_groups(fm, ops[0])
+        if any(conv_groups(fm, op) != groups for op in ops):
+            return None
+    elif kind == "FULLY_CONNECTED" and all(fc_lowerable(fm, op) for op in ops):
+        o, k = fm.shape(int(ops[0].inputs[1]))
+        rows = int(np.prod(fm.shape(int(ops[0].inputs[0])))) // k
+    else:
+        return None
+    if kind == "FULLY_CONNECTED" and rows < MIN_ROWS_WEIGHT_LEFT:
+        return None  # a matrix-vector product: the builtin kernel beats packing the weight
+    # XNNPACK packs the right-hand operand on every invoke: pack whichever is smaller
+    # (a grouped conv keeps it on the right: one layout for the batched product)
+    left = groups == 1 and rows >= MIN_ROWS_WEIGHT_LEFT and rows * (k + o) < k * o
+    return kind, left, groups
 
 
 def _same_pads(size, out, k, stride, dilation):
@@ -144,6 +189,15 @@ def _matmul_bias_act(em, fm, lhs, weight, adj_y, shape, bias, act, out, transpos
         opt.adjX, opt.adjY = False, bool(adj_y)
         y = em.op("BATCH_MATMUL", [lhs, weight], [em.tensor("matmul", shape, signature=sig)],
                   opt)
+    _bias_act(em, fm, y, shape, bias, act, out, dyn)
+
+
+def _bias_act(em, fm, y, shape, bias, act, out, dyn):
+    """ADD(y, bias) with the fused activation ``act`` when needed, ending in tensor ``out``
+    (``y``: ``shape`` = ``[rows, C_out]``, rows varying at run time when ``dyn``)."""
+    s = schema()
+    c_out = shape[1]
+    sig = _batch_sig(dyn, shape)
     if bias >= 0 or act != 0:
         if bias < 0:
             bias = em.const("zero_bias", np.zeros(c_out, np.float32))
@@ -186,8 +240,17 @@ def lower_conv(em, fm, op, weight, adj_y, order, transposed=False):
     _, ho, wo, _ = fm.shape(out)
     strides, dil = (o.strideH, o.strideW), (o.dilationHFactor, o.dilationWFactor)
     cols = [n * ho * wo, kh * kw * c]
+    groups = conv_groups(fm, op)
+    if groups > 1 and not (adj_y and not transposed):
+        raise ValueError("a grouped CONV_2D is lowered with an output-major weight on the "
+                         f"right only. Received: adj_y={adj_y}, transposed={transposed}")
+    rows, act = n * ho * wo, o.fusedActivationFunction
     if order == "channel_major":
         col = _im2col_depthwise(em, x, [n, ho, wo, c], kh, kw, o.padding, dyn, strides, dil)
+        if groups > 1:  # columns (channel, offset): [rows, G, C/G * kh*kw]
+            _grouped_matmul(em, fm, col, [rows, groups, c // groups * kh * kw], [1, 0, 2],
+                            weight, [rows, c_out], bias, act, out, dyn)
+            return
         col = em.reshape(col, cols, static=True, signature=_batch_sig(dyn, cols))
         _matmul_bias_act(em, fm, col, weight, adj_y, [n * ho * wo, c_out], bias,
                          o.fusedActivationFunction, out, transposed, dyn)
@@ -242,9 +305,37 @@ def lower_conv(em, fm, op, weight, adj_y, order, transposed=False):
             parts.append(t)
         x = _concat(em, parts, shape_of, axis=3, dyn=dyn)
         em.shapes[x] = shp[:3] + [shp[3] * taps]
+    if groups > 1:  # columns (offset, channel): [rows, kh*kw, G, C/G]
+        _grouped_matmul(em, fm, x, [rows, kh * kw, groups, c // groups], [2, 0, 1, 3],
+                        weight, [rows, c_out], bias, act, out, dyn)
+        return
     col = em.reshape(x, cols, static=True, signature=_batch_sig(dyn, cols))
     _matmul_bias_act(em, fm, col, weight, adj_y, [n * ho * wo, c_out], bias,
                      o.fusedActivationFunction, out, transposed, dyn)
+
+
+def _grouped_matmul(em, fm, x, split, perm, weight, shape, bias, act, out, dyn):
+    """Grouped conv product: im2col ``x`` read as ``split`` (rows first, one axis of G
+    groups), transposed by ``perm`` to put the groups first, ``[G, rows, K]``, times the
+    output-major weight ``[C_out, K]`` read as ``[G, C_out/G, K]``; then back to
+    ``[rows, C_out]`` and :func:`_bias_act`."""
+    s = schema()
+    rows, c_out = shape
+    groups = split[perm[0]]
+    k, c_g = int(np.prod(split[1:])) // groups, c_out // groups
+    lhs = em.reshape(x, split, static=True, signature=_batch_sig(dyn, split))
+    lhs = em.transpose(lhs, split, perm, _batch_sig(dyn, split))
+    if len(split) > 3:
+        lhs = em.reshape(lhs, [groups, rows, k], static=True,
+                         signature=[groups, -1, k] if dyn else None)
+    w = em.reshape(weight, [groups, c_g, k])  # shape operand not static: folds at load
+    opt = s.BatchMatMulOptionsT()
+    opt.adjX, opt.adjY = False, True
+    y = em.op("BATCH_MATMUL", [lhs, w], [em.tensor(
+        "matmul", [groups, rows, c_g], signature=[groups, -1, c_g] if dyn else None)], opt)
+    y = em.transpose(y, [groups, rows, c_g], [1, 0, 2], [groups, -1, c_g] if dyn else None)
+    y = em.reshape(y, shape, static=True, signature=_batch_sig(dyn, shape))
+    _bias_act(em, fm, y, shape, bias, act, out, dyn)
 
 
 def _im2col_depthwise(em, x, out_shape, kh, kw, padding, dyn=False, strides=(1, 1),

@@ -3,8 +3,8 @@
 :func:`palettize_flatbuffer` finds, for every :class:`~dkm_tf.core.palette.Palette`, the constant
 tensor the converter wrote for that weight (by value, in the layout the consuming op uses),
 then swaps it for a decode chain (:mod:`dkm_tf.export.decode`). With ``decode="once"``,
-CONV_2D (stride 1) and FULLY_CONNECTED consumers are also rewritten to BATCH_MATMUL
-(:mod:`dkm_tf.export.lower`) so that XNNPACK keeps running them.
+CONV_2D (any stride, grouped too) and FULLY_CONNECTED consumers are also rewritten to
+BATCH_MATMUL (:mod:`dkm_tf.export.lower`) so that XNNPACK keeps running them.
 
 Layouts. A palette's indices enumerate units in :mod:`dkm_tf.core.units` order: group (channel)
 axes, then the other axes, then the unit's values (trailing spatial axes). A decode chain
@@ -32,7 +32,6 @@ __all__ = ["BIAS_INPUT", "DECODE_MODES", "INDEX_PACKINGS", "KEPT_DTYPES", "WEIGH
 
 DECODE_MODES = ("once", "per_invoke")
 DEPTHWISE_IM2COL_MAX_CHANNELS = 4  # im2col by one-hot DEPTHWISE_CONV_2D up to this C_in
-MIN_ROWS_WEIGHT_LEFT = 16  # BATCH_MATMUL with the weight on the left needs this many rows
 # ops a 1-D clustered weight (palette kind "vector": a bias, a scale) may feed, any operand
 VECTOR_OPS = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "PRELU",
               "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D")
@@ -170,12 +169,13 @@ def _decode(em, palette, tperm, tshape, mode, max_table_bytes, dense=True):
     return out, info
 
 
-def _bmm_target(palette, kind, mode, prefer_adj):
+def _bmm_target(palette, kind, mode, prefer_adj, groups=1):
     """(tperm, adj_y, im2col order) for a BATCH_MATMUL operand holding the weight.
 
     The im2col is one DEPTHWISE_CONV_2D with a one-hot filter (rows channel-major) when the
     conv has few input channels (slices would copy a few floats at a time), else PAD + SLICE
-    + CONCATENATION (rows ordered by kernel offset).
+    + CONCATENATION (rows ordered by kernel offset). A grouped conv (``groups`` > 1) needs
+    the weight output-major (``adj_y``).
     """
     if kind == "FULLY_CONNECTED":  # (in, out) or (out, in); EinsumDense: axes in groups
         lay = palette.layout
@@ -188,37 +188,16 @@ def _bmm_target(palette, kind, mode, prefer_adj):
         cm = "channel_major"
         cands = [((0, 1, 2, 3), False, yx), ((1, 0, 2, 3), False, xy),
                  ((3, 0, 1, 2), True, yx), ((3, 1, 0, 2), True, xy)]
-        if palette.layout.kernel_shape[2] <= DEPTHWISE_IM2COL_MAX_CHANNELS:
+        if palette.layout.kernel_shape[2] * groups <= DEPTHWISE_IM2COL_MAX_CHANNELS:
             cands = [((2, 0, 1, 3), False, cm), ((3, 2, 0, 1), True, cm)] + cands
+        if groups > 1:
+            cands = [c for c in cands if c[1]]
     if prefer_adj:
         cands = [c for c in cands if c[1]] + [c for c in cands if not c[1]]
     for c in cands:
         if _reachable(palette, c[0], mode) is not None:
             return c
     return cands[0]
-
-
-def _route(fm, palette, uses, decode, lowering):
-    """("CONV_2D" | "FULLY_CONNECTED", transposed) when the consumers become BATCH_MATMUL."""
-    names = {name for _, name in uses}
-    if decode != "once" or not lowering or len(names) != 1:
-        return None
-    kind = next(iter(names))
-    ops = [fm.operators[i] for i, _ in uses]
-    if kind == "CONV_2D" and len(palette.layout.kernel_shape) == 4 \
-            and all(lower.conv_lowerable(fm, op) for op in ops):
-        o, kh, kw, c = fm.shape(int(ops[0].inputs[1]))
-        rows = int(np.prod(fm.shape(int(ops[0].outputs[0]))[:3]))
-        k = kh * kw * c
-    elif kind == "FULLY_CONNECTED" and all(lower.fc_lowerable(fm, op) for op in ops):
-        o, k = fm.shape(int(ops[0].inputs[1]))
-        rows = int(np.prod(fm.shape(int(ops[0].inputs[0])))) // k
-    else:
-        return None
-    if kind == "FULLY_CONNECTED" and rows < MIN_ROWS_WEIGHT_LEFT:
-        return None  # a matrix-vector product: the builtin kernel beats packing the weight
-    # XNNPACK packs the right-hand operand on every invoke: pack whichever is smaller
-    return kind, rows >= MIN_ROWS_WEIGHT_LEFT and rows * (k + o) < k * o
 
 
 def _match(fm, palettes):
@@ -344,12 +323,12 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
                             "decode": decode, "n_weights": int(p.n_values),
                             "bits_per_weight": float(bits), "transpose_per_invoke": False})
             continue
-        route = None if p.layout.kind == "vector" else _route(fm, p, uses, decode,
-                                                              matmul_lowering)
+        route = None if p.layout.kind == "vector" else lower.route(fm, p, uses, decode,
+                                                                   matmul_lowering)
         start, aux0 = len(em.ops), em.aux_bytes
         if route is not None:
-            kind, want_t = route
-            bperm, adj_y, order = _bmm_target(p, kind, decode, want_t)
+            kind, want_t, groups = route
+            bperm, adj_y, order = _bmm_target(p, kind, decode, want_t, groups)
             transposed = want_t and adj_y
             sizes = p.layout.kernel_shape
             n_out = 1 if kind != "FULLY_CONNECTED" else len(
@@ -370,6 +349,7 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
                 replace[i].append(None)  # None marks "drop the original op"
                 del em.ops[start:]
             route = ("BATCH_MATMUL" + (" (im2col)" if kind == "CONV_2D" else "")
+                     + (f", {groups} groups batched" if groups > 1 else "")
                      + (", weight on the left" if transposed else ""))
         else:
             w, info = _decode(em, p, tperm, tshape, decode, max_table_bytes, dense)

@@ -141,7 +141,8 @@ def overhead_ns(fm, op, lowered):
     goes on the left and a TRANSPOSE follows), :data:`NS_PER_MAC_EXTRA` per MAC (XNNPACK's
     BATCH_MATMUL on a dynamic operand against its conv on a static one) and
     :data:`NS_PER_IM2COL` per im2col value (kh·kw > 1 or a stride), more when the im2col
-    outgrows the cache. Otherwise the builtin
+    outgrows the cache; a grouped conv adds a TRANSPOSE of its im2col and of its output.
+    Otherwise the builtin
     CONV_2D runs it, :data:`BUILTIN_CONV_SLOWDOWN` times slower than XNNPACK's.
     """
     w, out = fm.shape(int(op.inputs[1])), fm.shape(int(op.outputs[0]))
@@ -150,11 +151,13 @@ def overhead_ns(fm, op, lowered):
     if not lowered:
         return BUILTIN_CONV_SLOWDOWN * NS_PER_MAC * macs
     o = op.builtinOptions
+    grouped = lower.conv_groups(fm, op) > 1  # im2col and output each transposed once more
     im2col = rows * k if (w[1] * w[2] > 1 or o.strideH > 1 or o.strideW > 1) else 0
     per_value = NS_PER_IM2COL + NS_PER_IM2COL_MB * max(0.0, 4 * im2col / 2**20 - IM2COL_CACHE_MB)
-    transposed = rows >= 16 and rows * (k + c_out) < k * c_out  # as palettize._route
-    return (NS_PER_LAYER + NS_PER_OUTPUT * rows * c_out * (2 if transposed else 1)
-            + NS_PER_MAC_EXTRA * macs + per_value * im2col)
+    transposed = not grouped and rows >= 16 and rows * (k + c_out) < k * c_out  # lower.route
+    return (NS_PER_LAYER + NS_PER_OUTPUT * rows * c_out * (2 if transposed or grouped else 1)
+            + NS_PER_MAC_EXTRA * macs + per_value * im2col
+            + (NS_PER_IM2COL * rows * k if grouped else 0))
 
 
 def fc_overhead_ns(fm, op):

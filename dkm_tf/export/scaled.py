@@ -12,7 +12,7 @@ import numpy as np
 
 from dkm_tf.export.rewrite import schema
 
-__all__ = ["scaled_codebook", "times_scales"]
+__all__ = ["int8_grid", "scaled_codebook", "times_scales"]
 
 
 def scaled_codebook(palette, idx, ordered):
@@ -35,20 +35,55 @@ def times_scales(em, out, pshape, palette, group, unit, order, ordered, mode, in
     ``group + order + unit`` per invoke) by their scales.
 
     ``once``: float32 scales, so the MUL folds at load like the rest of the chain. ``per
-    invoke``: float16 scales (16 bits each, the paper's storage) and a DEQUANTIZE.
+    invoke``: the scales as stored by clustering, when that holds them exactly, and a
+    DEQUANTIZE: ``scale_bits=8``, int8 ``q`` with the layer's step as the tensor's
+    quantization scale (:func:`int8_grid`); 16, float16 (the paper's storage); otherwise
+    float32.
     """
     s = schema()
     sizes = palette.layout.kernel_shape
     bshape = [1] * len(group + unit) + [sizes[a] for a in order] if mode == "once" else \
         [1] * len(group) + [sizes[a] for a in order] + [1] * len(unit)
-    arr = ordered(palette.scales).reshape(bshape)
-    if mode == "once" or palette.scale_bits > 16:
-        st = em.const("scales", arr.astype(np.float32))
-        info["scale_bytes"] = int(arr.size * 4)
-    else:
-        half = em.const("scales", arr.astype(np.float16))
-        st = em.tensor("scales", bshape)
-        em.op("DEQUANTIZE", [half], [st])
+    arr = ordered(palette.scales).reshape(bshape).astype(np.float32)
+    grid = int8_grid(arr) if mode != "once" and palette.scale_bits == 8 else None
+    half = arr.astype(np.float16)
+    if grid is not None:
+        q = s.QuantizationParametersT()
+        q.scale, q.zeroPoint = [grid[1]], [0]
+        stored = em.fm.add_tensor(em.name("scales"), bshape, "int8",
+                                  data=grid[0].tobytes(), quantization=q)
+        st = em.op("DEQUANTIZE", [stored], [em.tensor("scales", bshape)], version=2)
+        info["scale_bytes"] = int(arr.size)
+    elif mode != "once" and palette.scale_bits <= 16 \
+            and np.array_equal(half.astype(np.float32), arr):
+        st = em.op("DEQUANTIZE", [em.const("scales", half)], [em.tensor("scales", bshape)],
+                   version=3)
         info["scale_bytes"] = int(arr.size * 2)
+    else:  # decoded once, 32-bit scales, or scales no smaller type holds exactly
+        st = em.const("scales", arr)
+        info["scale_bytes"] = int(arr.size * 4)
     res = em.tensor("scaled", pshape)
     return em.op("MUL", [out, st], [res], s.MulOptionsT())
+
+
+def int8_grid(scales):
+    """``(q int8, step float32)`` with ``float32(q * step) == scales`` exactly, or None.
+
+    ``scale_bits=8`` scales are ``q * step`` with ``|q| <= 127`` and ``step = max |s| / 127``
+    (:func:`dkm_tf.core.kernel_codebook.quantize_scales`); the step is not kept, so it is
+    recovered from the largest scale (to a few float32 ulps) and the result checked: a
+    DEQUANTIZE of the int8 ``q`` gives the scales back bit for bit, or the caller stores them
+    another way. (float16 would not: an 8-bit grid needs ~2^-11 relative steps it lacks.)
+    """
+    s = np.asarray(scales, np.float32)
+    top = float(np.max(np.abs(s))) if s.size else 0.0
+    if not top or not np.isfinite(top):
+        return None
+    base = np.float32(top / 127.0)
+    for k in range(-4, 5):
+        step = np.float32(base + k * np.spacing(base))
+        q = np.round(s.astype(np.float64) / float(step))
+        if np.max(np.abs(q)) <= 127 and np.array_equal(
+                (q.astype(np.float32) * step).astype(np.float32), s):
+            return q.astype(np.int8), float(step)
+    return None

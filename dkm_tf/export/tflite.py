@@ -377,6 +377,10 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                     "bytes": t["bytes"], "distinct": t["distinct"],
                     "bits_per_weight": 8.0 * t["bytes"] / max(1, int(np.prod(t["shape"])))}
                    for t in info.tensors if t["role"] == "weight"]
+    if format in ("palettized", "tflm") and len(content) > len(float_content):
+        notes.append(f"file is {len(content) / len(float_content):.2f}x the float file's size: "
+                     "the decode ops and tensors outweigh the bytes the palettes save on this "
+                     "model (too few weights); format='float' is smaller")
     n_params = int(model.count_params())
     graph = max(0, len(float_content) - 4 * n_params)
     return ExportReport(path, format, variant, len(content), len(gzip.compress(content, 9)),

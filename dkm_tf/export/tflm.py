@@ -47,8 +47,9 @@ def tflm_compress(content, palettes):
 
     Returns:
         ``(compressed bytes, records)``; one record per palette with the tensor name, the
-        index bit width, table count and sizes. Per-channel palettes use per-channel tables
-        when the channel is the tensor's first axis, else one table.
+        index bit width, table count and sizes. Every tensor gets one value table (TFLite
+        Micro's runtime decodes float tensors with a single table): a per-channel palette's
+        table holds all its channels' values, so it needs more index bits.
 
     Raises:
         ImportError: ``tflite-micro`` is not installed.
@@ -80,17 +81,19 @@ def tflm_compress(content, palettes):
     records = []
     for g, fm, p, t, _uses, _tperm, _tshape in found:
         arr = fm.const(t)
-        per_channel = p.layout.granularity == "per_channel" and _channel_first(p)
-        slices = arr.reshape(arr.shape[0], -1) if per_channel else arr.reshape(1, -1)
-        distinct = max(np.unique(s).size for s in slices)
+        # one table per tensor: TFLite Micro's decoder reads a float tensor's per-channel
+        # tables all from the first one (measured: channel c decoded with channel 0's
+        # values), so a per-channel palette gets one table of every channel's values
+        distinct = np.unique(arr).size
         bits = max(1, math.ceil(math.log2(distinct))) if distinct > 1 else 1
         if bits > MAX_TFLM_BITS:
-            raise ValueError(f"Invalid palette {p.name!r} for format='tflm': {distinct} distinct "
-                             f"values need {bits}-bit indices; TFLite Micro supports at most "
-                             f"{MAX_TFLM_BITS} bits (K <= 128 values per table).")
-        mode = spec.PerChannel(axis=0) if per_channel else spec.PerTensor()
-        builder.add_tensor(g, t).with_lut(index_bitwidth=bits, mode=mode)
-        tables = len(slices)
+            pc = p.layout.granularity == "per_channel"
+            raise ValueError(
+                f"Invalid palette {p.name!r} for format='tflm': {distinct} distinct values "
+                f"need {bits}-bit indices; TFLite Micro supports at most {MAX_TFLM_BITS} bits "
+                f"(<= 128 values per tensor){_PER_CHANNEL_HINT if pc else ''}.")
+        builder.add_tensor(g, t).with_lut(index_bitwidth=bits, mode=spec.PerTensor())
+        tables = 1
         records.append({"palette": p.name, "tensor": fm.tensor_name(t), "route": "TFLM_DECODE",
                         "storage": f"{bits}-bit LUT indices", "K": int(distinct),
                         "tables": tables, "n_weights": int(arr.size),
@@ -111,6 +114,7 @@ def tflm_compress(content, palettes):
     return out, records
 
 
-def _channel_first(palette):
-    """Whether the TFLite layout of this weight has its output channel on axis 0."""
-    return palette.layout.kind in ("dense", "conv", "conv_t")
+_PER_CHANNEL_HINT = (
+    ". It is a per-channel palette: TFLite Micro decodes a float tensor with one value "
+    "table, which must hold every channel's codebook; cluster it with "
+    "granularity=\"per_tensor\" (or fewer clusters) for format='tflm'")
