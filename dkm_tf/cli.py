@@ -161,6 +161,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     result.metric = metric
     _log(result.summary())
     _log(cli_tables.SIZE_LEGEND)
+    _clear_earlier_outputs(output_dir, plots_dir or output_dir)
     out_model = os.path.join(output_dir, "clustered.keras")
     save_model_atomic(result.model, out_model)
     _log(f"[write] {out_model} ({os.path.getsize(out_model):,} bytes)")
@@ -186,6 +187,24 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     for p in result.plots:
         _log(f"[plot] {p.path}: {p.summary}")
     return result
+
+
+def _clear_earlier_outputs(output_dir, plots_dir):
+    """Remove the files an earlier run wrote here (our names only), report.json first: the
+    folder then never mixes two runs (e.g. old .tflite files beside a --notflite run), and
+    report.json, written last, marks a complete set."""
+    from dkm_tf.cli_tables import TARGETS  # noqa: PLC0415
+
+    names = [os.path.join(output_dir, n) for n in ("report.json", "clustered.keras",
+                                                   "clustered.palettes.json")]
+    names += [os.path.join(output_dir, f"clustered.{t}.tflite") for t in TARGETS]
+    names += [os.path.join(plots_dir, f"{p}.png") for p in ("weights", "formats", "energy")]
+    gone = [p for p in names if os.path.isfile(p)]
+    for path in gone:
+        os.remove(path)
+    if gone:
+        _log(f"[write] removed {len(gone)} file(s) of an earlier run: "
+             + ", ".join(os.path.basename(p) for p in gone))
 
 
 def _write_plots(result, model, plots_dir, accuracy, progress):
@@ -338,7 +357,8 @@ def run(argv, *, stdout=None, stderr=None):
         print(f"dkm-tf: error: {e} (see {where})", file=stderr)
         return 2
     except KeyboardInterrupt:
-        print("dkm-tf: interrupted; nothing half-written was left behind", file=stderr)
+        print("dkm-tf: interrupted; nothing half-written was left behind (report.json, "
+              "written last, is missing: the folder holds an unfinished run)", file=stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - every failure becomes one line (+ --verbose)
         if verbose:

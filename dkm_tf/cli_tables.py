@@ -21,7 +21,8 @@ legend: unit        what one centroid stands for: scalar = one weight, row = one
         N           units clustered in the tensor (its weights / d)
         K           centroids per codebook;  bits = bits per index, ceil(log2 K)
         H           entropy of the indices in bits per index: what an entropy coder needs
-        CR log2K    compression vs float32 with fixed-length log2 K-bit indices
+        CR log2K    compression vs float32 with log2 K bits per index (Han et al.'s formula,
+                    fractional when K is not a power of 2; a packed file uses the bits column)
         CR entropy  compression vs float32 with entropy-coded indices (codebooks included)"""
 TFLITE_LEGEND = """\
 legend: bytes          file size;  x float = bytes / bytes of the float file
@@ -125,7 +126,8 @@ def tflite_table(reports, accuracy, metric="test accuracy"):
         acc_s = (f"{100 * acc:>8.2f}" if acc is not None else f"{'-':>8}") if accuracy else ""
         lines.append(f"{label:<22}{rep.bytes:>12,}{rep.ratio_vs_float:>9.3f}"
                      f"{rep.bits_per_weight:>8.2f}{lat_s:>15}{acc_s}  {rep.path}")
-    lines.append(TFLITE_LEGEND)
+    lines.append(TFLITE_LEGEND if accuracy else "\n".join(
+        line for line in TFLITE_LEGEND.splitlines() if "acc %" not in line))
     if accuracy and metric != "test accuracy":
         lines.append(f"        acc % here: {metric} (top-1 predictions on the held-out "
                      "inputs, which have no labels)")

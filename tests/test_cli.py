@@ -424,3 +424,20 @@ def test_data_line_shows_x_test_range_when_it_differs():
     assert "of shape (8, 8, 1) in [0, 1], 2 classes" in same and "x_test" not in same
     pixels = cli_tables.data_line("d.npz", (x, y), (x * 255, y))  # 0-255 test inputs show
     assert "of shape (8, 8, 1) in [0, 1] (x_test in [0, 255]), 2 classes" in pixels
+
+
+def test_a_run_removes_an_earlier_runs_files_and_nothing_else(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = ["clustered.int8.tflite", "clustered.palettized.tflite", "formats.png",
+               "report.json"]
+    for name in earlier + ["mine.tflite", "notes.txt"]:
+        (out / name).write_text("an earlier run")
+    cli.run_compress(None, epochs=1, method="wr", n_clusters=4, tflite=False, plots=False,
+                     output_dir=str(out), quiet=True)
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["clustered.keras", "clustered.palettes.json", "mine.tflite", "notes.txt",
+                    "report.json"]
+    assert json.loads((out / "report.json").read_text())["method"] == "wr"
+    logged = capsys.readouterr().out
+    assert "[write] removed 4 file(s) of an earlier run: report.json, " in logged
