@@ -71,6 +71,8 @@ def check_args(model, train_data, test_data, args):
         raise validate.invalid_type("test_data", "an (x, y) pair of arrays", test_data)
     for name, data in (("train_data", train_data), ("test_data", test_data)):
         check_labels(name, data, model)
+        if isinstance(data, tuple) and hasattr(data[0], "dtype"):  # arrays (not a Dataset)
+            validate.check_finite_samples(name, data[0], "x (NaN inputs train NaN weights)")
     return train_data, test_data
 
 

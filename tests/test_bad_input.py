@@ -595,3 +595,29 @@ def test_truncated_tflite_in_energy_is_a_clear_error(tmp_path):
 def test_load_digits_arguments(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         dkm_tf.data.load_digits(**kwargs)
+
+
+@pytest.mark.parametrize("call", ["refine", "fisher", "compress_wr", "compress_finetune"])
+def test_nan_inputs_are_refused_before_any_work(call):
+    """A NaN input gave a refine note blaming the layer ('not linear') or, after training, a
+    codebook of NaN; now it is a clear error naming the argument, before any work."""
+    import dkm_tf
+    from tests.testing import small_cnn
+
+    model = small_cnn()
+    before = [w.copy() for w in model.get_weights()]
+    x = np.random.default_rng(0).random((8, 8, 8, 1)).astype(np.float32)
+    x[3, 2, 2, 0] = np.nan
+    y = np.zeros(8, int)
+    name = "train_data" if call.startswith("compress") else "data"
+    with pytest.raises(ValueError, match=rf"argument `{name}`. Expected finite samples.*"
+                                         r"1 NaN or infinite values among 512"):
+        if call == "refine":
+            dkm_tf.share_weights(model, 4, refine="gptq", data=x)
+        elif call == "fisher":
+            dkm_tf.share_weights(model, 4, weighting="fisher", data=(x, y),
+                                 loss="sparse_categorical_crossentropy")
+        else:
+            dkm_tf.compress(model, (x, y), None, method=call[9:], n_clusters=4)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)

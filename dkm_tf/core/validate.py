@@ -172,3 +172,17 @@ def check_kmeans_options(options, engine=None, name="kmeans_options"):
                             f"{' and '.join(engines)} units, and these are {engine} units "
                             f"(options: {usable}). Received: {key}={value!r}")
     return dict(options)
+
+
+def check_finite_samples(name, x, purpose):
+    """Raise :func:`invalid` when a float array of ``x`` (an array or a list / tuple of them,
+    one per model input) holds NaN or inf: a NaN input gives NaN outputs and losses that
+    later checks misread (a layer "not linear", a codebook of NaN)."""
+    import numpy as np  # noqa: PLC0415
+
+    for a in x if isinstance(x, (list, tuple)) else (x,):
+        a = np.asarray(a)
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            raise ValueError(f"Invalid value for argument `{name}`. Expected finite samples "
+                             f"{purpose}. Received: {int(np.count_nonzero(~np.isfinite(a))):,} "
+                             f"NaN or infinite values among {a.size:,}")

@@ -56,7 +56,7 @@ import dataclasses
 import numpy as np
 
 from dkm_tf.core import units as units_lib
-from dkm_tf.core.validate import invalid
+from dkm_tf.core.validate import check_finite_samples, invalid
 from dkm_tf.graph import calibration, gptq
 from dkm_tf.graph.clusterable import get_weight
 from dkm_tf.graph.copying import iter_layers
@@ -368,6 +368,7 @@ def check_refine(model, refine, data, inplace, sparse):
                       f"or (x, y), needed by refine={refine!r}",
                       None if x is None else type(x).__name__)
     x = np.asarray(x)
+    check_finite_samples("data", x, f"to calibrate refine={refine!r} on")
     try:
         with calibration.quiet():
             model(x[:1], training=False)

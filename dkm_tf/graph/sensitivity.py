@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dkm_tf.core.validate import check_choice, check_number, invalid
+from dkm_tf.core.validate import check_choice, check_finite_samples, check_number, invalid
 from dkm_tf.graph.weighted_kmeans import FLOOR, weighted_codebook, weighted_kmeans, weighted_palette
 
 __all__ = ["DAMPING", "FISHER_LABELS", "FLOOR", "WEIGHTINGS", "check_sparse", "check_weighting",
@@ -103,6 +103,7 @@ def _check(model, weighting, data, loss, sparse, labels):
     if labels == "data" and y is None:
         raise invalid("data", "a tuple (x, y) with labels y, needed by labels='data' (the "
                       "empirical Fisher uses the true labels)", "samples without labels")
+    check_finite_samples("data", x, "for weighting='fisher' (squared gradients over them)")
     loss_fn = _resolve_loss(model, loss, keras)
     x0 = _take(x, 0, 1)
     try:
