@@ -12,6 +12,7 @@ turns errors into one line on stderr with exit status 2 (usage) or 1 (failure).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -75,8 +76,6 @@ _PLOTS_DIR = flags.DEFINE_string("plots_dir", None, "Where to write the plots (d
                                  "--output_dir).")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars or progress lines on stderr "
                            "(the tables and written paths still print).")
-
-
 
 
 def _log(msg):
@@ -196,8 +195,7 @@ def _clear_earlier_outputs(output_dir, plots_dir):
     from dkm_tf.cli_tables import TARGETS  # noqa: PLC0415
 
     names = [os.path.join(output_dir, n) for n in ("report.json", "clustered.keras",
-                                                   "clustered.palettes.json")]
-    names += [os.path.join(output_dir, f"clustered.{t}.tflite") for t in TARGETS]
+             "clustered.palettes.json", *(f"clustered.{t}.tflite" for t in TARGETS))]
     names += [os.path.join(plots_dir, f"{p}.png") for p in ("weights", "formats", "energy")]
     gone = [p for p in names if os.path.isfile(p)]
     for path in gone:
@@ -308,7 +306,8 @@ def main(argv):
         raise CliUsageError("arguments", "no positional arguments after the command",
                             " ".join(argv[2:]))
     if argv[1] == "energy":
-        check_energy_args(_MODEL.value)
+        check_energy_args(_MODEL.value, [f.name for f in flags.FLAGS.get_flags_for_module(
+            __name__) if f.present])
         run_energy(_MODEL.value)
         return 0
     kwargs = {"dataset": _DATASET.value, "method": _METHOD.value,
@@ -328,14 +327,12 @@ def main(argv):
 def run(argv, *, stdout=None, stderr=None):
     """The whole command line: parse ``argv``, run, and turn errors into exit statuses.
 
-    ``--help`` / ``-h`` (on the command or a subcommand) prints the flags and returns 0; a
-    usage error (unknown command or flag, bad value) prints one line naming the flag, what is
-    allowed and what was received, and returns 2; a failure while running prints one line
-    and returns 1. ``--verbose`` adds the Python traceback. Nothing is trained or written
-    before every argument has been checked.
-    """
-    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
-    argv = list(argv)
+    ``--help`` / ``-h`` prints the flags, 0; a usage error (unknown command or flag, bad
+    value) one line naming the flag, what is allowed and what was received, 2; a failure
+    while running one line, 1 (``--verbose`` adds the traceback); stdout closed early, 141.
+    Nothing is trained or written before every argument has been checked."""
+    stdout, stderr, argv = stdout or sys.stdout, stderr or sys.stderr, list(argv)
+    flags.FLAGS.unparse_flags()  # a second run in one process starts from the defaults
     command = next((a for a in argv[1:] if not a.startswith("-")), None)
     if any(a in ("-h", "--help", "-help", "--helpshort", "--helpfull") for a in argv[1:]):
         print(help_text(command if command in COMMANDS else None), file=stdout)
@@ -356,6 +353,10 @@ def run(argv, *, stdout=None, stderr=None):
         where = f"dkm-tf {command} --help" if command in COMMANDS else "dkm-tf --help"
         print(f"dkm-tf: error: {e} (see {where})", file=stderr)
         return 2
+    except BrokenPipeError:  # stdout closed early (dkm-tf energy ... | head): not an error
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # a real stdout only
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
+        return 141  # 128 + SIGPIPE, as a shell tool killed by it
     except KeyboardInterrupt:
         print("dkm-tf: interrupted; nothing half-written was left behind (report.json, "
               "written last, is missing: the folder holds an unfinished run)", file=stderr)
@@ -369,9 +370,8 @@ def run(argv, *, stdout=None, stderr=None):
 
 
 def _import_tensorflow_quietly():
-    """Import TensorFlow with the C-level stderr sent to a buffer: TF 2.21 prints absl/oneDNN
-    INFO lines at import whatever ``TF_CPP_MIN_LOG_LEVEL`` says. If the import fails, what
-    it printed is shown with the error."""
+    """Import TensorFlow with the C-level stderr sent to a buffer (TF 2.21 prints INFO lines
+    whatever ``TF_CPP_MIN_LOG_LEVEL`` says); shown if the import fails."""
     if "tensorflow" in sys.modules:
         return
     sys.stderr.flush()

@@ -208,9 +208,15 @@ def _kernel_flags(unit, codebook, transforms, scale_bits):
                             "--transforms > 1", scale_bits)
 
 
-def check_energy_args(model_path):
-    """Check ``dkm-tf energy``'s ``--model`` (required: .keras, .h5, .hdf5 or .tflite)."""
+def check_energy_args(model_path, given=()):
+    """Check ``dkm-tf energy``'s ``--model`` (required: .keras, .h5, .hdf5 or .tflite);
+    ``given``: the other flags on the command line, which energy would ignore."""
     if not model_path:
         raise CliUsageError("model", "a .keras, .h5 or .tflite file (dkm-tf energy needs it)",
                             model_path)
     _model_file(model_path, (*MODEL_SUFFIXES, ".tflite"))
+    extra = [f for f in given if f not in ("model", "quiet")]
+    if extra:
+        raise CliUsageError(extra[0], "no compress flags with dkm-tf energy (it reads --model "
+                            "alone)", f"--{extra[0]}" + (f" (and {len(extra) - 1} more)"
+                                                         if len(extra) > 1 else ""))

@@ -441,3 +441,38 @@ def test_a_run_removes_an_earlier_runs_files_and_nothing_else(tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["method"] == "wr"
     logged = capsys.readouterr().out
     assert "[write] removed 4 file(s) of an earlier run: report.json, " in logged
+
+
+def test_energy_refuses_compress_flags_it_would_ignore(tmp_path):
+    model = tmp_path / "m.keras"
+    small_cnn().save(model)
+    proc = _cli("energy", "--model", str(model), "--n_clusters", "4")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip()
+    assert "\n" not in line and "invalid --n_clusters: expected no compress flags with " \
+        "dkm-tf energy" in line and "received '--n_clusters'" in line
+    assert proc.stdout == ""
+
+
+def test_stdout_closed_early_is_exit_141_without_an_error(tmp_path, monkeypatch, capsys):
+    model = tmp_path / "m.keras"
+    small_cnn().save(model)
+
+    def closed(*args, **kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "run_energy", closed)
+    assert cli.run(["dkm-tf", "energy", "--model", str(model)]) == 141
+    assert "error" not in capsys.readouterr().err
+
+
+def test_a_second_run_in_one_process_starts_from_the_default_flags(tmp_path, monkeypatch):
+    model = tmp_path / "m.keras"
+    small_cnn().save(model)
+    seen = []
+    monkeypatch.setattr(cli, "run_compress", lambda path, **kw: seen.append(kw["n_clusters"]))
+    monkeypatch.setattr(cli, "run_energy", lambda path: seen.append(path))
+    assert cli.run(["dkm-tf", "compress", "--model", str(model), "--n_clusters", "4"]) == 0
+    assert cli.run(["dkm-tf", "compress", "--model", str(model)]) == 0
+    assert cli.run(["dkm-tf", "energy", "--model", str(model)]) == 0  # no stale --n_clusters
+    assert seen == [4, 16, str(model)]
