@@ -70,7 +70,7 @@ class DistillationLoss(keras.losses.Loss):
         c, t = self.num_classes, self.temperature
         y_pred = ops.convert_to_tensor(y_pred)
         for name, y, width in (("y_true", y_true, 2 * c), ("y_pred", y_pred, c)):
-            if y.shape[-1] is not None and y.shape[-1] != width:
+            if len(y.shape) != 2 or y.shape[-1] not in (None, width):  # (None,): int labels
                 raise ValueError(f"Invalid value for argument `{name}` of DistillationLoss("
                                  f"num_classes={c}). Expected width {width} ("
                                  + ("[one-hot labels | teacher logits], see "
