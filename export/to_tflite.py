@@ -10,7 +10,8 @@ Usage:
 The output defaults to <model stem>.<format>.tflite. An existing output file is never
 replaced unless --overwrite is given (one line on stderr, exit status 2). The written model
 is run in the LiteRT interpreters and compared with Keras before it is written; the report
-is printed.
+is printed. A bad input is one line on stderr, exit status 1, nothing written
+(DKM_TF_TRACEBACK=1 shows the traceback).
 """
 
 import os
@@ -54,13 +55,20 @@ def main(argv):
               f"does not exist yet (or pass --overwrite to replace it). Received: "
               f"--output={out} (exists)", file=sys.stderr)
         sys.exit(2)
-    report = run_to_tflite(_MODEL.value, out, format=_FORMAT.value,
-                           decode=_DECODE.value, int8_mode=_INT8.value,
-                           keep_float=_KEEP.value, kept_dtype=_KEPT.value,
-                           index_packing=_PACK.value,
-                           palettes_path=_PALETTES.value, n_clusters=_K.value,
-                           unit=_UNIT.value, granularity=_GRAN.value,
-                           samples_path=_SAMPLES.value)
+    try:
+        report = run_to_tflite(_MODEL.value, out, format=_FORMAT.value,
+                               decode=_DECODE.value, int8_mode=_INT8.value,
+                               keep_float=_KEEP.value, kept_dtype=_KEPT.value,
+                               index_packing=_PACK.value,
+                               palettes_path=_PALETTES.value, n_clusters=_K.value,
+                               unit=_UNIT.value, granularity=_GRAN.value,
+                               samples_path=_SAMPLES.value)
+    except (ValueError, TypeError, OSError) as e:  # bad input: one line, nothing written
+        if os.environ.get("DKM_TF_TRACEBACK"):
+            raise
+        print(f"to_tflite.py: error: {type(e).__name__}: {' '.join(str(e).split())} "
+              "(DKM_TF_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        sys.exit(1)
     print(report.summary())
 
 

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -105,3 +106,33 @@ def test_script_overwrite_replaces(saved, tmp_path):
     assert "palettized/once" in res.stdout
     data = out.read_bytes()
     assert data != b"stale" and data[4:8] == b"TFL3"   # a real flatbuffer replaced it
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--n_clusters=0"], "argument `n_clusters`"),  # used to blame `palettes`
+    (["--palettes={x}"], "Invalid palettes file .*it is not JSON"),
+    (["--palettes={p}", "--samples={junk}"], "Invalid samples file .*a .npy array or a .npz"),
+])
+def test_script_bad_input_is_one_line_and_writes_nothing(saved, tmp_path, args, expected):
+    junk = tmp_path / "junk.npy"
+    junk.write_bytes(b"not an array")
+    out = tmp_path / "o.tflite"
+    fill = {"x": saved / "x.npy", "p": saved / "palettes.json", "junk": junk}
+    res = _script(f"--model={saved / 'm.keras'}", f"--output={out}",
+                  *[a.format(**fill) for a in args])
+    assert res.returncode == 1, res.stderr[-2000:]
+    ours = [line for line in res.stderr.splitlines() if line.startswith("to_tflite.py")]
+    assert len(ours) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]  # + TF's logs
+    assert ours[0].startswith("to_tflite.py: error: ") and re.search(expected, ours[0]), ours
+    assert not out.exists()
+
+
+def test_samples_from_an_npz_like_dkm_tf_compress_reads(saved, tmp_path):
+    x = np.load(saved / "x.npy")
+    np.savez(tmp_path / "d.npz", x_train=x[:1], x_test=x)
+    np.testing.assert_array_equal(cli.load_samples(tmp_path / "d.npz"), x)
+    np.savez(tmp_path / "one.npz", inputs=x)
+    np.testing.assert_array_equal(cli.load_samples(tmp_path / "one.npz"), x)
+    np.savez(tmp_path / "two.npz", a=x, b=x)
+    with pytest.raises(ValueError, match=r"x_test or x_train, or one array; it has \['a', 'b'\]"):
+        cli.load_samples(tmp_path / "two.npz")

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-__all__ = ["default_output_path", "load_palettes", "run_inspect",
+__all__ = ["default_output_path", "load_palettes", "load_samples", "run_inspect",
            "run_to_tflite"]
 
 
@@ -28,8 +28,13 @@ def load_palettes(path):
     """Palettes from a JSON file holding a list of ``Palette.to_dict()``."""
     from dkm_tf.core.palette import Palette  # noqa: PLC0415
 
-    with open(os.fspath(path)) as f:
-        data = json.load(f)
+    try:
+        with open(os.fspath(path)) as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"Invalid palettes file {os.fspath(path)!r}: expected the JSON list "
+                         f"of palettes that dkm-tf compress writes; it is not JSON ({e}).") \
+            from None
     if not isinstance(data, list):
         raise ValueError(f"Invalid palettes file {path!r}: expected a JSON list of palettes, "
                          f"found {type(data).__name__}.")
@@ -48,20 +53,22 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     """
     import keras  # noqa: PLC0415
 
+    from dkm_tf.core.files import check_model_file  # noqa: PLC0415
     from dkm_tf.export.tflite import to_tflite  # noqa: PLC0415
 
-    if palettes_path and n_clusters:
+    if palettes_path and n_clusters is not None:
         raise ValueError("Give either `palettes_path` or `n_clusters`, not both.")
+    check_model_file(model_path)
+    samples = load_samples(samples_path) if samples_path else None
     model = keras.models.load_model(os.fspath(model_path), compile=False)
     palettes = None
     if palettes_path:
         palettes = load_palettes(palettes_path)
-    elif n_clusters:  # post-training k-means (no fine-tuning), as dkm_tf.share_weights
+    elif n_clusters is not None:  # post-training k-means (no fine-tuning): share_weights
         from dkm_tf.graph.share import share_weights  # noqa: PLC0415
 
-        model, palettes, _ = share_weights(model, int(n_clusters), unit=unit,
+        model, palettes, _ = share_weights(model, n_clusters, unit=unit,
                                            granularity=granularity)
-    samples = np.load(os.fspath(samples_path)) if samples_path else None
     out = output_path or default_output_path(model_path, format, decode)
     if keep_float in (None, "none"):
         keep_float = None
@@ -73,6 +80,25 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
                      decode=decode, int8_mode=int8_mode, keep_float=keep_float,
                      kept_dtype=kept_dtype, index_packing=index_packing)
+
+
+def load_samples(path):
+    """Sample inputs from a ``.npy`` array, or a ``.npz`` (its ``x_test``, else ``x_train``,
+    else its only array: the files ``dkm-tf compress --dataset`` reads)."""
+    path = os.fspath(path)
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Invalid samples file {path!r}: expected a .npy array or a .npz "
+                         f"with x_test or x_train ({type(e).__name__}: {e}).") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        return loaded
+    with loaded:
+        keys = [k for k in ("x_test", "x_train") if k in loaded.files] or loaded.files
+        if len(keys) != 1 and keys[0] not in ("x_test", "x_train"):
+            raise ValueError(f"Invalid samples file {path!r}: expected a .npz with x_test or "
+                             f"x_train, or one array; it has {loaded.files}.")
+        return loaded[keys[0]]
 
 
 def run_inspect(path):
