@@ -280,10 +280,6 @@ def test_cluster_weights_report_and_sequential():
 # ----------------------------------------------------------------------------- bad input
 def test_bad_input():
     m = _two_conv()
-    with pytest.raises(ValueError, match=r"`n_clusters`.*\(18"):  # c1 + c2: 18 + 48 = 66
-        dkm_tf.share_weights(m, 19, unit="kernel", codebook=[["c1"], ["c2"]])
-    with pytest.raises(ValueError, match=r"`n_clusters`.*66"):
-        dkm_tf.cluster_weights(m, 67, unit="kernel", codebook="shared")
     with pytest.raises(ValueError, match="`codebook`.*'layer', 'shared'.*bogus"):
         dkm_tf.share_weights(m, 4, unit="kernel", codebook="bogus")
     with pytest.raises(ValueError, match="`transforms`.*1, 2, 4, 8.*transforms=3"):
@@ -307,3 +303,28 @@ def test_bad_input():
         dkm_tf.share_weights(dense, 2, unit="kernel", codebook="shared")
     with pytest.raises(ValueError, match="`palette`"):
         kc.kernel_factors(dkm_tf.share_weights(dense, 2).palettes[0])
+
+
+@pytest.mark.parametrize("n_t", [1, 2])
+def test_k_above_a_groups_kernel_count_gets_one_centroid_per_kernel(n_t):
+    """A small group (ResNet-18's 7x7 stem has 192 kernels, K=256) is capped at its kernel
+    count, lossless, as the scalar path caps K at the distinct values; it used to fail."""
+    m = _two_conv()  # c1: 3 x 6 = 18 kernels, c2: 6 x 8 = 48
+    res = dkm_tf.share_weights(m, 19, unit="kernel", codebook=[["c1"], ["c2"]],
+                               transforms=n_t)
+    by = {p.layer_name: p for p in res.palettes}
+    assert by["c1"].n_clusters <= 18 and "K=18 < n_clusters=19" in by["c1"].note
+    assert by["c2"].n_clusters == 19 and "n_clusters=19" not in by["c2"].note
+    kernel = m.get_layer("c1").kernel.numpy()
+    np.testing.assert_allclose(by["c1"].decode(), kernel, rtol=0,
+                               atol=2e-3 * np.abs(kernel).max())  # float16 scales only
+    # fine-tuning with K above all 66 kernels: the wrapper holds the smaller codebook
+    wrapped = dkm_tf.cluster_weights(m, 67, unit="kernel", codebook="shared", transforms=n_t)
+    wrapped.compile("adam", "mse")
+    wrapped.fit(_x(), np.zeros((4, 3), np.float32), epochs=1, verbose=0)
+    plain, pals = dkm_tf.strip_clustering(wrapped)
+    np.testing.assert_allclose(plain.predict(_x(), verbose=0), wrapped.predict(_x(), verbose=0),
+                               atol=1e-5)
+    for p in pals:
+        np.testing.assert_array_equal(plain.get_layer(p.layer_name).kernel.numpy(), p.decode())
+        assert p.n_clusters <= 66

@@ -205,7 +205,8 @@ def cluster_kernels(kernels, n_clusters, *, transforms=1, scale_bits=16, init="k
 
     Args:
         kernels: list of Keras Conv2D kernels (kh, kw, cin, cout), all the same kh x kw.
-        n_clusters: K (at most the number of non-zero kernels).
+        n_clusters: K; a group with fewer non-zero kernels gets one centroid per kernel (K'
+            = their number, lossless), as the scalar path caps K at the distinct values.
         transforms: T in 1, 2, 4, 8 (TIC).
         scale_bits: 16, 8 or 32 (see :func:`quantize_scales`).
         init: k-means initialisation (:data:`dkm_tf.core.kmeans.INITS`).
@@ -241,10 +242,10 @@ def cluster_kernels(kernels, n_clusters, *, transforms=1, scale_bits=16, init="k
     alls = np.concatenate([q for q, _ in stored]).astype(np.float64)
     live = alls != 0
     n_live = int(live.sum())
-    if k > n_live:
-        raise invalid("n_clusters", f"at most the number of non-zero {kh}x{kw} kernels "
-                      f"clustered together ({n_live:,}"
-                      + (f" in {name}" if name else "") + ")", n_clusters)
+    if not n_live:
+        raise invalid("kernels", f"at least one non-zero {kh}x{kw} kernel"
+                      + (f" in {name}" if name else ""), "only zero kernels")
+    k = min(k, n_live)  # a small group (a 7x7 stem: 192 kernels) gets one centroid per kernel
     normed = allu[live] / alls[live][:, None, None]
     if n_t == 1:
         cb, idx_live = kmeans_lib.vector_kmeans(normed.reshape(n_live, -1), k, init=init,

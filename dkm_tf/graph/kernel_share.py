@@ -144,7 +144,9 @@ def cluster_groups(groups, n_clusters, *, transforms=1, scale_bits=16, init="kme
             layout = units_lib.layout_for(a.kernel_shape, "conv", "kernel", "per_tensor")
             note = (f"kernel codebook {group.codebook_id} shared by {len(group.layers)} "
                     f"layer(s)" + (f"; int8 scales, step {a.scale_step:.6g}"
-                                   if a.scale_step is not None else ""))
+                                   if a.scale_step is not None else "")
+                    + (f"; K={cb.shape[0]} < n_clusters={k}: the group has no more distinct "
+                       "non-zero kernels" if cb.shape[0] < k else ""))
             out[lay.name] = palette_lib.Palette(
                 lay.name, "kernel", flat, a.indices[None], layout, requested_clusters=k,
                 codebook_id=group.codebook_id, note=note, scales=a.scales[None],

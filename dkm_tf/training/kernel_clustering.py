@@ -222,7 +222,7 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
         if g is None:
             return copy_layer(layer)
         p = pals[layer.name]
-        w = ClusterKernels(copy_layer(layer), n_clusters=int(n_clusters), transforms=transforms,
+        w = ClusterKernels(copy_layer(layer), n_clusters=p.n_clusters, transforms=transforms,
                            scale_bits=scale_bits, codebook_id=g.codebook_id,
                            trainable=layer.trainable)
         w.build(tuple(layer.get_build_config()["input_shape"]))
