@@ -498,3 +498,17 @@ def test_strip_leaves_no_kmeans_regularizer_and_loads_without_dkm_tf(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                          text=True, env=env, timeout=240, cwd=str(tmp_path))
     assert f"LOADED {len(plain.weights)}" in out.stdout, out.stderr[-3000:]
+
+
+def test_kernel_units_on_the_whole_model_give_dense_scalars_as_share_weights_does():
+    """compress(method='dkm', unit='kernel') (dkm-tf compress --unit kernel --method dkm)
+    failed on any model with a Dense layer; share_weights clusters Dense as scalars."""
+    import dkm_tf
+
+    model = small_cnn()
+    regs = attach.attach_regularizer(model, 4, unit="kernel", include_dense=True)
+    units = {path.split("/")[-2]: r.unit for path, r in regs.items()}
+    assert units == {"c1": "kernel", "dw": "kernel", "out": "scalar"}
+    share = {p.layer_name: p.layout.unit_dim for p in dkm_tf.share_weights(
+        small_cnn(), 4, unit="kernel").palettes}
+    assert share["out"] == 1  # one value per unit

@@ -64,8 +64,13 @@ def _regularizer_slots(layer):
             if o is not None and r and not isinstance(getattr(type(o), r, None), property)]
 
 
-def _unit_for(unit, kind, layer, attr, shape):
-    """The regularizer's unit: scalars for EinsumDense kernels (no spatial axes)."""
+def _unit_for(unit, kind, layer, attr, shape, named):
+    """The regularizer's unit: scalars for a kernel without spatial axes (Dense, EinsumDense)
+    when the whole model is regularized (as share_weights clusters them: rows of length 1);
+    a layer named in ``layers`` with ``unit`` row or kernel is an error."""
+    spatial = len(shape) >= 3 and not kind.startswith(units_lib.EINSUM_PREFIX)
+    if unit in ("row", "kernel") and not spatial and not named:
+        return "scalar"
     if not kind.startswith(units_lib.EINSUM_PREFIX):
         return unit
     if unit in ("row", "kernel"):
@@ -98,7 +103,9 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
         lam: λ >= 0.
         relaxation: ``"hard"`` (default) or ``"spectral"``; see :mod:`dkm_tf.training.regularizer`.
         unit: ``"auto"`` (rows for k x k convs, scalars for 1x1 convs, Dense, recurrent
-            and attention kernels), ``"row"``, ``"kernel"`` or ``"scalar"``.
+            and attention kernels), ``"row"``, ``"kernel"`` or ``"scalar"``; with ``layers``
+            None, row or kernel units apply to kernels with spatial axes and the others get
+            scalars (as :func:`dkm_tf.share_weights` clusters them).
         layers: layer names or layer objects to regularize (default: every conv-type layer,
             plus the matrix kernels when ``include_dense``).
         include_dense: when ``layers`` is None, also regularize the matrix kernels: Dense,
@@ -181,7 +188,7 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
             existing = var.regularizer
             if isinstance(existing, reg_lib.SpectralKMeansRegularizer):
                 existing = existing.base
-            reg_unit = _unit_for(unit, kind, layer, attr, var.shape)
+            reg_unit = _unit_for(unit, kind, layer, attr, var.shape, layers is not None)
             reg = reg_lib.SpectralKMeansRegularizer(
                 k, lam, relaxation, reg_unit, sparsity=_per_layer(sparsity, layer.name) or 0.0,
                 seed=seed, base=existing, preserve_sparsity=preserve_sparsity)
