@@ -137,8 +137,9 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
                         weighting="none", refine="none", calibration_samples=256):
     """Check every ``dkm-tf compress`` argument; raise :class:`CliUsageError` on the first bad
     one. (``unit``, ``granularity``, ``init`` and ``method`` are enums absl already checked.)"""
-    del granularity, init, tflite  # absl enums / bool
-    _kernel_flags(unit, codebook, transforms, scale_bits)
+    del init, tflite  # absl enums / bool
+    _kernel_flags(unit, codebook, transforms, scale_bits, granularity=(granularity, "per_tensor"),
+                  weighting=(weighting, "none"), refine=(refine, "none"))
     for flag, value in (("plots", plots), ("quiet", quiet)):
         if not isinstance(value, bool):
             raise CliUsageError(flag, "true or false", value)
@@ -194,8 +195,9 @@ def _calibration_flags(model_path, dataset, method, weighting, refine, samples):
     _int("calibration_samples", samples, 1)
 
 
-def _kernel_flags(unit, codebook, transforms, scale_bits):
-    """--codebook / --transforms / --scale_bits: kernel clustering (Son et al., ECCV 2018)."""
+def _kernel_flags(unit, codebook, transforms, scale_bits, **others):
+    """--codebook / --transforms / --scale_bits: kernel clustering (Son et al., ECCV 2018);
+    ``others``: flag -> (value, default) of options scaled kernel clustering lacks."""
     if transforms not in (1, 2, 4, 8):
         raise CliUsageError("transforms", "1, 2, 4 or 8", transforms)
     if scale_bits not in (8, 16, 32):
@@ -206,6 +208,12 @@ def _kernel_flags(unit, codebook, transforms, scale_bits):
     if scale_bits != 16 and (unit != "kernel" or (codebook == "layer" and transforms == 1)):
         raise CliUsageError("scale_bits", "16 unless --unit kernel with --codebook shared or "
                             "--transforms > 1", scale_bits)
+    if unit == "kernel" and (codebook != "layer" or transforms != 1):  # graph.kernel_route
+        for flag, (value, default) in others.items():
+            if value != default:
+                raise CliUsageError(flag, f"{default} with --unit kernel --codebook {codebook} "
+                                    f"--transforms {transforms} (scaled kernel clustering "
+                                    "does not support it)", value)
 
 
 def check_energy_args(model_path, given=()):

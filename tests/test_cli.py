@@ -129,6 +129,11 @@ def test_help_lists_every_flag_and_exits_0(args):
     (["compress", "--weighting", "fisher", "--method", "dkm"], "--weighting", "'fisher'"),
     (["compress", "--refine", "gptq", "--calibration_samples", "0"], "--calibration_samples",
      "0"),
+    # scaled kernel clustering lacks these: refused from the flags, before loading anything
+    (["compress", "--unit", "kernel", "--codebook", "shared", "--refine", "gptq"], "--refine",
+     "'gptq'"),
+    (["compress", "--unit", "kernel", "--transforms", "2", "--granularity", "per_channel"],
+     "--granularity", "'per_channel'"),
     (["energy"], "--model", "None"),
     (["energy", "--model", "nope.tflite"], "--model", "nope.tflite"),
     (["shrink"], "command", "shrink"),

@@ -269,9 +269,10 @@ def kernel_route(unit, codebook="layer", transforms=1, scale_bits=16, **others):
                                      ("transforms", transforms, 1),
                                      ("scale_bits", scale_bits, 16)):
             if value != default:
-                raise invalid(name, f"{default!r} unless unit='kernel' (scaled kernel "
-                              "clustering: codebook='shared' or a list of groups, or "
-                              f"transforms > 1); unit={unit!r}", value)
+                raise invalid(name, f"{default!r} unless scaled kernel clustering "
+                              "(unit='kernel' with codebook='shared' or a list of groups, or "
+                              f"transforms > 1; here unit={unit!r}, codebook={codebook!r}, "
+                              f"transforms={transforms!r})", value)
         return False
     for name, (value, default) in others.items():
         if value is not default and value != default:
