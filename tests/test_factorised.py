@@ -377,3 +377,35 @@ def test_add_then_conv_chosen_where_outputs_share_centroids(tmp_path):
     np.testing.assert_array_equal(np.asarray(back(x)), np.asarray(new(x)))
     with pytest.raises(ValueError, match="mixing"):
         factorise_convs(model, fac, form="add_then_conv", mixing="gather")
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_unknown_spatial_size_judges_add_then_conv_as_a_known_one(strides):
+    """add-then-conv's input additions scale with the input positions: the stand-in for an
+    unknown size counted them kh*kw times per output position (ratio 0.94 vs 5.76 on 32x32),
+    and the reason printed conv-then-add's MACs next to add-then-conv's ratio."""
+    cin = cout = 16
+    idx = np.tile(np.arange(cout) % 4, (cin, 1)).astype(np.int32)
+    rng = np.random.default_rng(0)
+    cb = rng.standard_normal((4, 3, 3)).astype(np.float32)
+    sc = rng.standard_normal((cin, cout)).astype(np.float32)
+
+    def build(hw):
+        inp = keras.Input((hw, hw, cin))
+        m = keras.Model(inp, keras.layers.Conv2D(cout, 3, strides=strides, padding="same",
+                                                 name="c")(inp))
+        m.get_layer("c").set_weights([(cb[idx] * sc[..., None, None]).transpose(2, 3, 0, 1),
+                                      np.zeros(cout, np.float32)])
+        return m
+
+    rows = {hw: factorise_convs(build(hw), {"c": (cb, idx, sc)},
+                                       form="add_then_conv")[1].layers[0] for hw in (32, None)}
+    out = 32 // strides
+    flops = kernel_flops(idx, in_hw=32, kernel=3, strides=strides)
+    want = flops.baseline / flops.add_then_conv_total  # hand count: 2304 / (144 + 256 s^2)
+    np.testing.assert_allclose(want, 2304 / (144 + 256 * strides ** 2))
+    for row in rows.values():
+        assert row.action == "replaced"
+        np.testing.assert_allclose(row.ratio, want, rtol=1e-9)
+    assert rows[32].reason.startswith(f"cheaper: {flops.add_then_conv_total:,} vs "
+                                      f"{out * out * 2304:,} MACs")

@@ -201,8 +201,8 @@ def factorise_convs(model, factors, *, force=False, mixing="dense", criterion="t
                                     "conv_then_add", criterion, mixing)
         cheaper = ratio > 1.0
         where = " (per output position: spatial size unknown)" if per_position else ""
-        count = (f"{flops.factorised(criterion, mixing):,} vs {flops.baseline_for(criterion):,} "
-                 f"MACs{where}")
+        base = flops.baseline_for(criterion)  # the chosen form's MACs, not conv-then-add's
+        count = f"{round(base / ratio):,} vs {base:,} MACs{where}"
         if cheaper or force:
             reason = ("cheaper: " if cheaper else "forced although not cheaper: ") + count
             reason += f" ({chosen.replace('_', '-')})"
@@ -231,13 +231,13 @@ def factorise_convs(model, factors, *, force=False, mixing="dense", criterion="t
 
 
 def _input_hw(layer):
-    """``((H, W), per_position)``: the layer's input size, or a stand-in when unknown (MAC
-    ratios do not depend on it: every term scales with the output positions)."""
+    """``((H, W), per_position)``: the layer's input size, or when unknown a stand-in for one
+    output position: the strides (add-then-conv's input additions scale with the input
+    positions, sh * sw per output position; every other term with the output positions)."""
     try:
         shape = tuple(layer.input.shape)
     except (AttributeError, ValueError):
         shape = tuple((layer.get_build_config() or {}).get("input_shape") or ())
     if len(shape) == 4 and shape[1] and shape[2]:
         return (int(shape[1]), int(shape[2])), False
-    kh, kw = layer.kernel_size
-    return (kh, kw), True
+    return tuple(int(v) for v in layer.strides), True
