@@ -275,3 +275,30 @@ def test_row_units_per_channel_forward_and_strip():
     plain, pals = strip_clustering(m)
     units = units_lib.to_units(plain.layers[0].kernel.numpy(), pals[0].layout)
     assert all(np.unique(units[g], axis=0).shape[0] <= 2 for g in range(units.shape[0]))
+
+
+def test_collapsed_centroids_count_once_in_the_palette():
+    """At a large temperature DKM's centroids collapse onto one value; the palette said K=2
+    with two equal entries (an index bit wasted, the compression table overstated)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    model = keras.Model(inp, keras.layers.Dense(7, name="L")(inp))
+    wrapped = cluster_weights(model, 3, assignment="soft", temperature=10.0)
+    wrapped(np.zeros((1, 5), np.float32))
+    plain, (palette,) = strip_clustering(wrapped)
+    kernel = plain.get_layer("L").kernel.numpy()
+    assert palette.n_clusters == np.unique(kernel).size
+    np.testing.assert_array_equal(palette.decode(), kernel)
+
+
+def test_compact_merges_equal_entries_and_keeps_the_decode():
+    from dkm_tf.core import codebook as codebook_lib  # noqa: PLC0415
+
+    cb = np.array([[[0.0], [1.5], [1.5], [-2.0]], [[3.0], [3.0], [3.0], [4.0]]], np.float32)
+    idx = np.array([[0, 1, 2, 3, 2], [0, 1, 2, 3, 3]], np.uint8)
+    out_cb, out_idx = codebook_lib.compact(cb, idx)
+    assert out_cb.shape == (2, 3, 1) and out_idx.dtype == np.uint8
+    for g in range(2):  # decode unchanged; group 1 has 2 distinct values (padded to 3)
+        np.testing.assert_array_equal(out_cb[g, out_idx[g], 0], cb[g, idx[g], 0])
+    assert np.unique(out_idx[1]).size == 2
+    np.testing.assert_array_equal(idx, [[0, 1, 2, 3, 2], [0, 1, 2, 3, 3]])  # input untouched

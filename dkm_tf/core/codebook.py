@@ -53,7 +53,10 @@ def nearest(units, codebook):
 
 def compact(codebook, indices, keep=0):
     """Drop codebook entries no unit uses (per group) except the first ``keep``; pad groups to
-    the same K by repeating their last entry. Returns ``(codebook, indices)``."""
+    the same K by repeating their last entry. Entries equal to an earlier one (centroids that
+    collapsed onto each other, e.g. soft assignment at a large temperature) are merged into
+    it first: K counts distinct values. Returns ``(codebook, indices)``."""
+    indices = _merge_duplicates(codebook, indices)
     k_all = codebook.shape[1]
     kept = np.arange(k_all) < keep
     used = [np.flatnonzero((_bincount(row, k_all) > 0) | kept) for row in indices]
@@ -68,6 +71,20 @@ def compact(codebook, indices, keep=0):
                                                                k - u.size, axis=0)]))
         idxs.append(lut[indices[g]])
     return np.stack(books), np.stack(idxs)
+
+
+def _merge_duplicates(codebook, indices):
+    """``indices`` with each entry that repeats an earlier one of its group replaced by the
+    first (a copy only when there is one)."""
+    out = indices
+    for g in range(codebook.shape[0]):
+        rows = codebook[g].reshape(codebook.shape[1], -1)
+        _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        canon = first[inverse.reshape(-1)]
+        if np.any(canon != np.arange(canon.size)):
+            out = indices.copy() if out is indices else out
+            out[g] = canon.astype(indices.dtype)[indices[g]]
+    return out
 
 
 def _bincount(row, k):
