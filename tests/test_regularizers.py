@@ -468,11 +468,12 @@ def test_detach_reaches_frozen_layers():
     keras.utils.set_random_seed(0)
     L = keras.layers
     model = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(4, 3, name="c1"),
-                              L.Conv2D(4, 3, name="c2"), L.Flatten(), L.Dense(2, name="d")])
+                              L.Conv2D(4, 3, name="c2"), L.Flatten(), L.Dense(2, name="d")],
+                             name="net")
     model.get_layer("c1").trainable = False  # transfer learning: a frozen base
     attach.attach_regularizer(model, 2, lam=1.0)
     assert {v.path for v, _ in attach.kmeans_regularizers(model)} == {
-        "sequential/c1/kernel", "sequential/c2/kernel"}
+        "net/c1/kernel", "net/c2/kernel"}
     assert attach.detach_regularizer(model) == 2
     assert [v.path for v in model.weights if v.regularizer is not None] == []
     model.get_layer("c1").trainable = True
