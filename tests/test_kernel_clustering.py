@@ -328,3 +328,16 @@ def test_k_above_a_groups_kernel_count_gets_one_centroid_per_kernel(n_t):
     for p in pals:
         np.testing.assert_array_equal(plain.get_layer(p.layer_name).kernel.numpy(), p.decode())
         assert p.n_clusters <= 66
+
+
+@pytest.mark.parametrize("bad", [True, 2.0])
+def test_transforms_and_scale_bits_must_be_ints(bad):
+    """True == 1 and 2.0 == 2 passed the choice check in cluster_kernels and share_weights."""
+    with pytest.raises(ValueError, match=rf"`transforms`. Expected one of \[1, 2, 4, 8\] "
+                                         rf"\(an int\). Received: transforms={bad!r}"):
+        kc.cluster_kernels([np.ones((3, 3, 2, 2), np.float32)], 2, transforms=bad)
+    with pytest.raises(ValueError, match=rf"transforms={bad!r}"):
+        dkm_tf.share_weights(_two_conv(), 4, unit="kernel", codebook="shared", transforms=bad)
+    with pytest.raises(ValueError, match=r"`scale_bits`.*\(an int\)"):
+        dkm_tf.share_weights(_two_conv(), 4, unit="kernel", codebook="shared",
+                             scale_bits=16.0 if bad is not True else True)

@@ -302,3 +302,11 @@ def test_compact_merges_equal_entries_and_keeps_the_decode():
         np.testing.assert_array_equal(out_cb[g, out_idx[g], 0], cb[g, idx[g], 0])
     assert np.unique(out_idx[1]).size == 2
     np.testing.assert_array_equal(idx, [[0, 1, 2, 3, 2], [0, 1, 2, 3, 3]])  # input untouched
+
+
+def test_constant_schedule_refuses_an_end_it_would_ignore():
+    assert TemperatureSchedule(0.1, schedule="constant").value(5) == 0.1
+    assert TemperatureSchedule(0.1, 0.1, schedule="constant").value(0) == 0.1
+    with pytest.raises(ValueError, match=r"`end`. Expected None or start=0.1 with "
+                                         r"schedule='constant'.*Received: end=0.001"):
+        TemperatureSchedule(0.1, 0.001, epochs=3, schedule="constant")

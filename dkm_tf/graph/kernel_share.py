@@ -54,10 +54,10 @@ def check_codebook(codebook):
 
 def check_kernel_options(transforms=1, scale_bits=16):
     """Check ``transforms`` (1, 2, 4, 8) and ``scale_bits`` (16, 8, 32)."""
-    if isinstance(transforms, bool) or transforms not in kc.TRANSFORM_COUNTS:
-        raise invalid("transforms", f"one of {list(kc.TRANSFORM_COUNTS)}", transforms)
-    if isinstance(scale_bits, bool) or scale_bits not in kc.SCALE_BITS:
-        raise invalid("scale_bits", f"one of {list(kc.SCALE_BITS)}", scale_bits)
+    for name, value, allowed in (("transforms", transforms, kc.TRANSFORM_COUNTS),
+                                 ("scale_bits", scale_bits, kc.SCALE_BITS)):
+        if not kc._exact_int(value) or value not in allowed:  # not True, not 2.0  # noqa: SLF001
+            raise invalid(name, f"one of {list(allowed)} (an int)", value)
 
 
 @dataclasses.dataclass

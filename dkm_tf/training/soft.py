@@ -269,12 +269,13 @@ class TemperatureSchedule(keras.callbacks.Callback):
 
     ``tau(e) = start`` (``"constant"``), ``start + (end - start) e / (epochs - 1)``
     (``"linear"``) or ``start (end / start)^(e / (epochs - 1))`` (``"exponential"``) at epoch
-    e = 0 .. epochs - 1, and ``end`` after that. Lowering tau moves the soft assignment towards
-    the hard one used at inference (DKM anneals nothing by default: it tunes a constant tau).
+    e = 0 .. epochs - 1, and ``end`` after that (with ``epochs=1`` the first epoch is the last:
+    ``end`` from epoch 0). Lowering tau moves the soft assignment towards the hard one used
+    at inference (DKM anneals nothing by default: it tunes a constant tau).
 
     Args:
         start: tau at the first epoch (> 0).
-        end: tau at the last epoch (> 0; default ``start``).
+        end: tau at the last epoch (> 0; default ``start``; ``"constant"``: None or ``start``).
         epochs: number of epochs of the ramp (>= 1).
         schedule: ``"constant"``, ``"linear"`` or ``"exponential"``.
     """
@@ -287,6 +288,9 @@ class TemperatureSchedule(keras.callbacks.Callback):
             raise invalid("epochs", "an integer >= 1", epochs)
         self.epochs = int(epochs)
         self.schedule = check_choice("schedule", schedule, SCHEDULES)
+        if self.schedule == "constant" and self.end != self.start:
+            raise invalid("end", f"None or start={self.start!r} with schedule='constant' (use "
+                          "'linear' or 'exponential' to reach another tau)", end)
 
     def value(self, epoch):
         """tau at ``epoch`` (0-based)."""
