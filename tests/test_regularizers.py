@@ -202,6 +202,9 @@ def test_bad_layers_and_units():
                   callbacks=[RefreshKMeans()])
     with pytest.raises(ValueError, match=r"`every_n_epochs`.*Received: every_n_epochs=0"):
         RefreshKMeans(every_n_epochs=0)
+    with pytest.raises(ValueError, match=r"every_n_steps set \(None for both never refreshes\)"):
+        RefreshKMeans(every_n_epochs=None, every_n_steps=None)
+    assert RefreshKMeans(every_n_epochs=None, every_n_steps=3).every_n_steps == 3
     with pytest.raises(ValueError, match=r"`log_penalty`.*Received: log_penalty='step'"):
         RefreshKMeans(log_penalty="step")
     reg = SpectralKMeansRegularizer(2)

@@ -64,6 +64,10 @@ class RefreshKMeans(keras.callbacks.Callback):
         super().__init__()
         self.every_n_epochs = _check_every("every_n_epochs", every_n_epochs, True)
         self.every_n_steps = _check_every("every_n_steps", every_n_steps, True)
+        if self.every_n_epochs is None and self.every_n_steps is None:  # it would never refresh
+            raise ValueError("Invalid value for argument `every_n_epochs`. Expected an integer "
+                             ">= 1, or every_n_steps set (None for both never refreshes). "
+                             "Received: every_n_epochs=None, every_n_steps=None")
         if log_penalty not in (True, False, "batch", "epoch"):
             raise ValueError("Invalid value for argument `log_penalty`. Expected True, False, "
                              f"'batch' or 'epoch'. Received: log_penalty={log_penalty!r}")
