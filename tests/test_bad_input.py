@@ -510,7 +510,7 @@ def test_errors_leave_the_users_files_and_models_as_they_were(m):
     out = keras.layers.EinsumDense("abc,cd->abd", output_shape=(4, 3), name="ein")(h)
     model = keras.Model(inp, out)
     with pytest.raises(ValueError, match=r"`unit`.*EinsumDense"):
-        dkm_tf.attach_regularizer(model, 2, unit="row", include_dense=True)
+        dkm_tf.attach_regularizer(model, 2, unit="row", layers=["hc", "ein"])  # named
     assert dkm_tf.kmeans_regularizers(model) == []
     assert model.get_layer("hc").kernel.regularizer is None
     # share_weights(inplace=True) writes nothing when a later kernel cannot be clustered
