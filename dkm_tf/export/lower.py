@@ -33,7 +33,7 @@ import numpy as np
 from dkm_tf.export.rewrite import schema
 
 __all__ = ["CONCAT_FANIN", "MIN_ROWS_WEIGHT_LEFT", "conv_groups", "conv_lowerable", "lower_conv",
-           "lower_fc", "route"]
+           "lower_fc", "route", "weight_left"]
 
 CONCAT_FANIN = 4  # XNNPACK's concatenation takes at most 5 inputs; stay below
 _ACTS = (0, 1, 2, 3)  # NONE, RELU, RELU_N1_TO_1, RELU6: what ADD can fuse
@@ -97,10 +97,14 @@ def route(fm, palette, uses, decode, lowering):
         return None
     if kind == "FULLY_CONNECTED" and rows < MIN_ROWS_WEIGHT_LEFT:
         return None  # a matrix-vector product: the builtin kernel beats packing the weight
-    # XNNPACK packs the right-hand operand on every invoke: pack whichever is smaller
-    # (a grouped conv keeps it on the right: one layout for the batched product)
-    left = groups == 1 and rows >= MIN_ROWS_WEIGHT_LEFT and rows * (k + o) < k * o
-    return kind, left, groups
+    return kind, weight_left(rows, k, o, groups), groups
+
+
+def weight_left(rows, k, o, groups=1):
+    """Whether the lowered product puts the ``[o, k]`` weight on the left of the ``[rows, k]``
+    activations: XNNPACK packs the right-hand operand on every invoke, so pack whichever is
+    smaller (a grouped conv keeps it on the right: one layout for the batched product)."""
+    return groups == 1 and rows >= MIN_ROWS_WEIGHT_LEFT and rows * (k + o) < k * o
 
 
 def _same_pads(size, out, k, stride, dilation):

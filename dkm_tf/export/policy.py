@@ -151,10 +151,11 @@ def overhead_ns(fm, op, lowered):
     if not lowered:
         return BUILTIN_CONV_SLOWDOWN * NS_PER_MAC * macs
     o = op.builtinOptions
-    grouped = lower.conv_groups(fm, op) > 1  # im2col and output each transposed once more
+    groups = lower.conv_groups(fm, op)
+    grouped = groups > 1  # im2col and output each transposed once more
     im2col = rows * k if (w[1] * w[2] > 1 or o.strideH > 1 or o.strideW > 1) else 0
     per_value = NS_PER_IM2COL + NS_PER_IM2COL_MB * max(0.0, 4 * im2col / 2**20 - IM2COL_CACHE_MB)
-    transposed = not grouped and rows >= 16 and rows * (k + c_out) < k * c_out  # lower.route
+    transposed = lower.weight_left(rows, k, c_out, groups)  # as lower.route
     return (NS_PER_LAYER + NS_PER_OUTPUT * rows * c_out * (2 if transposed or grouped else 1)
             + NS_PER_MAC_EXTRA * macs + per_value * im2col
             + (NS_PER_IM2COL * rows * k if grouped else 0))
