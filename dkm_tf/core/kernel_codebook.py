@@ -46,7 +46,7 @@ from dkm_tf.core.kernel_palette import (
     decode_scaled,
     inverse_transform,
 )
-from dkm_tf.core.validate import check_choice, check_int, check_n_clusters, invalid
+from dkm_tf.core.validate import check_choice, check_int, check_n_clusters, invalid, is_int
 
 __all__ = ["SCALE_BITS", "TRANSFORM_COUNTS", "KernelAssignment", "apply_transform",
            "centre_tap", "cluster_kernels", "decode_scaled", "inverse_transform",
@@ -56,17 +56,13 @@ _CHUNK = 16_384
 
 
 def _check_transforms(transforms, kh, kw):
-    if not _exact_int(transforms):  # True == 1 and 2.0 == 2 would pass the choice
+    if not is_int(transforms):  # True == 1 and 2.0 == 2 would pass the choice
         raise invalid("transforms", f"one of {list(TRANSFORM_COUNTS)} (an int)", transforms)
     check_choice("transforms", transforms, TRANSFORM_COUNTS)
     if transforms == 8 and kh != kw:
         raise invalid("transforms", f"1, 2 or 4 for non-square {kh}x{kw} kernels (8 includes "
                       "90-degree turns)", transforms)
     return int(transforms)
-
-
-def _exact_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------------------- scales

@@ -24,9 +24,7 @@ def check_n_clusters(n_clusters, name="n_clusters"):
 
     The one K check of k-means, the wrapper and the regularizer.
     """
-    import numbers  # noqa: PLC0415
-
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral):
+    if not is_int(n_clusters):
         raise TypeError(f"Invalid type for argument `{name}`. Expected an integer >= 1. "
                         f"Received: {name}={n_clusters!r} of type {type(n_clusters).__name__}")
     if not 1 <= n_clusters <= 2**31 - 1:
@@ -61,12 +59,17 @@ def check_bool(name, value):
     return bool(value)
 
 
+def is_int(value):
+    """An integer (Python or numpy), not a bool (True == 1 would pass as one)."""
+    import numbers  # noqa: PLC0415
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_int(name, value, minimum=0, maximum=None):
     """Return ``value`` as an int: ``TypeError`` unless an integer (bools refused),
     ``ValueError`` outside ``[minimum, maximum]``."""
-    import numbers  # noqa: PLC0415
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_int(value):
         raise invalid_type(name, f"an integer >= {minimum}", value)
     if value < minimum or (maximum is not None and value > maximum):
         bound = f"an integer >= {minimum}" if maximum is None else \

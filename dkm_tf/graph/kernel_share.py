@@ -25,7 +25,7 @@ import numpy as np
 from dkm_tf.core import kernel_codebook as kc
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
-from dkm_tf.core.validate import check_choice, check_n_clusters, invalid
+from dkm_tf.core.validate import check_choice, check_n_clusters, invalid, is_int
 
 __all__ = ["CODEBOOK_SCOPES", "KernelGroup", "check_codebook", "check_kernel_options",
            "cluster_groups", "fold_kernel_palettes", "kernel_groups", "share_kernels"]
@@ -56,7 +56,7 @@ def check_kernel_options(transforms=1, scale_bits=16):
     """Check ``transforms`` (1, 2, 4, 8) and ``scale_bits`` (16, 8, 32)."""
     for name, value, allowed in (("transforms", transforms, kc.TRANSFORM_COUNTS),
                                  ("scale_bits", scale_bits, kc.SCALE_BITS)):
-        if not kc._exact_int(value) or value not in allowed:  # not True, not 2.0  # noqa: SLF001
+        if not is_int(value) or value not in allowed:  # not True, not 2.0
             raise invalid(name, f"one of {list(allowed)} (an int)", value)
 
 
