@@ -103,9 +103,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     Training, k-means, export and evaluation show progress on stderr
     (:class:`dkm_tf.progress.Progress`; none with ``quiet``); with ``plots`` the PNGs of
     :mod:`dkm_tf.plots` go to ``plots_dir`` (default ``output_dir``), their paths in
-    ``result.plots`` and report.json. Every argument is checked first, as on the command
-    line (:func:`dkm_tf.cli_args.check_compress_args`: a :class:`CliUsageError`, a
-    ``ValueError``, before anything loads, trains or is written).
+    ``result.plots`` and report.json. Every argument is checked first, as on the command line
+    (:func:`~dkm_tf.cli_args.check_compress_args`: a ``ValueError``, before any work).
     """
     check_compress_args(
         model_path, dataset=dataset, method=method, n_clusters=n_clusters, unit=unit,
@@ -189,14 +188,14 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
 
 
 def _clear_earlier_outputs(output_dir, plots_dir):
-    """Remove the files an earlier run wrote here (our names only), report.json first: the
-    folder then never mixes two runs (e.g. old .tflite files beside a --notflite run), and
-    report.json, written last, marks a complete set."""
+    """Remove an earlier run's files here (our names only; report.json, written last, first):
+    one folder never mixes two runs (e.g. old .tflite files beside a --notflite run)."""
     from dkm_tf.cli_tables import TARGETS  # noqa: PLC0415
+    from dkm_tf.plots import PLOT_FILES  # noqa: PLC0415
 
     names = [os.path.join(output_dir, n) for n in ("report.json", "clustered.keras",
              "clustered.palettes.json", *(f"clustered.{t}.tflite" for t in TARGETS))]
-    names += [os.path.join(plots_dir, f"{p}.png") for p in ("weights", "formats", "energy")]
+    names += [os.path.join(plots_dir, name) for name in PLOT_FILES]
     gone = [p for p in names if os.path.isfile(p)]
     for path in gone:
         os.remove(path)
@@ -276,9 +275,10 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
             what = ("accuracy ({n} test samples)" if result.metric == "test accuracy" else
                     "agreement with the float model ({n} held-out inputs)")
             stage = progress.stage(what.format(n=n), len(targets), "formats")
+            threshold = binary_threshold(result.model)  # one-unit outputs: where class 1 starts
             for label, rep in reports.items():
                 accuracy[label] = tflite_accuracy(rep.path, test_data, max_samples=n,
-                                                  threshold=binary_threshold(result.model))
+                                                  threshold=threshold)
                 stage.update(1, f"{label}: {100 * accuracy[label]:.2f}%"
                              if accuracy[label] is not None else label)
             stage.close(", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()

@@ -23,10 +23,11 @@ import numpy as np
 
 from dkm_tf.core.files import atomic_path
 
-__all__ = ["MISSING_MATPLOTLIB", "Plot", "matplotlib_available", "plot_energy", "plot_formats",
-           "plot_weight_histograms", "write_plots"]
+__all__ = ["MISSING_MATPLOTLIB", "PLOT_FILES", "Plot", "matplotlib_available", "plot_energy",
+           "plot_formats", "plot_weight_histograms", "write_plots"]
 
 MISSING_MATPLOTLIB = "plots skipped: pip install matplotlib (or dkm-tf[plots])"
+PLOT_FILES = ("weights.png", "formats.png", "energy.png")  # what write_plots writes
 MAX_CENTROID_LINES = 64  # more centroid values than this are drawn as a rug, not lines
 
 
@@ -268,21 +269,22 @@ def write_plots(result, out_dir, original_model=None, formats=None):
     if not matplotlib_available():
         raise ImportError(MISSING_MATPLOTLIB)
     plots, skipped = [], []
+    weights_png, formats_png, energy_png = PLOT_FILES
     if result.palettes:
         note = ("the centroids are those of the weights after Deep k-Means re-training (the "
                 "histogram: before it)" if result.method.startswith("dkm") else "")
-        plots.append(plot_weight_histograms(result.palettes, os.path.join(out_dir, "weights.png"),
+        plots.append(plot_weight_histograms(result.palettes, os.path.join(out_dir, weights_png),
                                             original_model, note=note))
     else:
-        skipped.append(("weights.png", "no clustered tensor"))
+        skipped.append((weights_png, "no clustered tensor"))
     if formats:
-        plots.append(plot_formats(formats, os.path.join(out_dir, "formats.png"),
+        plots.append(plot_formats(formats, os.path.join(out_dir, formats_png),
                                   result.accuracy_before,
                                   getattr(result, "metric", "test accuracy")))
     else:
-        skipped.append(("formats.png", "no exported file (--notflite)"))
+        skipped.append((formats_png, "no exported file (--notflite)"))
     if result.energy is not None and result.energy.baseline is not None:
-        plots.append(plot_energy(result.energy, os.path.join(out_dir, "energy.png")))
+        plots.append(plot_energy(result.energy, os.path.join(out_dir, energy_png)))
     else:
-        skipped.append(("energy.png", "no energy estimate for this model"))
+        skipped.append((energy_png, "no energy estimate for this model"))
     return plots, skipped
