@@ -21,6 +21,9 @@ Example: digits CNN, batch None: ``SHAPE, STRIDED_SLICE, PACK, RESHAPE [?, 512]`
 
 :func:`fix_batch` is for the few files that cannot change their batch (TFLite's recurrent
 loops): it fixes the signature at batch 1 and adds a guard so that another batch raises.
+:func:`fix_size` does the same for the other dimensions of a model whose Keras input leaves
+them open (a fully convolutional net on ``(None, None, 3)``): the file is built and verified
+at the samples' size, and another size raises instead of running reshapes built for it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 
 from dkm_tf.export.rewrite import FlatModel, schema
 
-__all__ = ["canonicalize", "fix_batch", "fold_batch_reshapes", "order_io"]
+__all__ = ["canonicalize", "fix_batch", "fix_size", "fold_batch_reshapes", "order_io"]
 
 
 def _index(name, prefix):
@@ -199,3 +202,49 @@ def fix_batch(content):
                                 for v in op.inputs], np.int32)
     fm.graph.operators = [g for _, g in guards.values()] + list(fm.operators)
     return fm.to_bytes()
+
+
+_GUARD_DTYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32,
+                 "int64": np.int64}
+
+
+def fix_size(content):
+    """Make every input's non-batch dimensions fixed: a resize to another size raises.
+
+    The batch stays dynamic. Each input of rank >= 2 gets two broadcasting ``ADD``s of zeros
+    in front of its readers, of shapes ``[1, d1, 1, d3, ..]`` and ``[1, 1, d2, 1, ..]``
+    (exact: ``x + 0 == x``; a few hundred bytes). An input resized to another size then fails
+    in ``allocate_tensors`` ("does not broadcast") instead of running the decode-once
+    lowering's reshapes, which are built for the converted size: a fully convolutional net
+    converted at 12x12 answered a 30x30 image with one 1x1 map, silently.
+
+    Returns:
+        ``(content, guarded)``: the new bytes and the names of the inputs guarded (inputs of
+        other types, e.g. int8, are left as they are).
+    """
+    fm = FlatModel.from_bytes(content)
+    guards, guarded = {}, []
+    for t in (int(v) for v in fm.graph.inputs):
+        shape, dtype = list(fm.shape(t)), _GUARD_DTYPES.get(fm.type_name(t))
+        if len(shape) < 2 or dtype is None:
+            continue
+        x, ops = t, []
+        for parity in (1, 0):
+            dims = [1] + [d if i % 2 == parity else 1 for i, d in enumerate(shape[1:], 1)]
+            if all(d == 1 for d in dims[1:]) and parity == 0:
+                continue
+            zero = fm.add_const(f"{fm.tensor_name(t)}/size_guard_{parity}",
+                                np.zeros(dims, dtype))
+            out = fm.add_tensor(f"{fm.tensor_name(t)}/fixed_size_{parity}", shape,
+                                fm.type_name(t), signature=[-1, *shape[1:]])
+            ops.append(fm.make_op("ADD", [x, zero], [out], schema().AddOptionsT()))
+            x = out
+        guards[t] = (x, ops)
+        guarded.append(fm.tensor_name(t))
+    if not guards:
+        return bytes(content), []
+    for op in fm.operators:
+        op.inputs = np.asarray([guards[int(v)][0] if int(v) in guards else int(v)
+                                for v in op.inputs], np.int32)
+    fm.graph.operators = [g for _, ops in guards.values() for g in ops] + list(fm.operators)
+    return fm.to_bytes(), guarded

@@ -82,13 +82,27 @@ def as_input_list(sample_inputs):
     return arrays
 
 
+def _model_input_dtypes(model):
+    try:
+        inputs = list(model.inputs or ())
+    except (AttributeError, TypeError, ValueError):  # subclassed: no symbolic inputs
+        return None
+    return ["int32" if "int" in str(t.dtype) else "float32" for t in inputs] or None
+
+
 def input_specs(model, sample_inputs=None, batch=None):
     """Per-input (shape, dtype) of the model, from its inputs or the samples.
 
-    The leading dimension is ``batch``: None (dynamic, the default) or a fixed size.
+    The leading dimension is ``batch``: None (dynamic, the default) or a fixed size. The
+    dtype is the model input's where it declares one (uint8 images fed to a float model
+    give a float32 input, as in Keras), else the samples' (float32, or int32 for integers).
     """
     if sample_inputs is not None:
-        return [((batch, *a.shape[1:]), a.dtype.name) for a in as_input_list(sample_inputs)]
+        arrays = as_input_list(sample_inputs)
+        dtypes = _model_input_dtypes(model)
+        if dtypes is None or len(dtypes) != len(arrays):
+            dtypes = [a.dtype.name for a in arrays]
+        return [((batch, *a.shape[1:]), d) for a, d in zip(arrays, dtypes)]
     inputs = getattr(model, "inputs", None)
     try:
         shapes = [tuple(t.shape) for t in inputs] if inputs else None
@@ -100,6 +114,30 @@ def input_specs(model, sample_inputs=None, batch=None):
                          "defined input shape (subclassed model or dynamic dimensions), so "
                          "sample inputs are required. Received: sample_inputs=None")
     return [((batch, *s[1:]), d) for s, d in zip(shapes, dtypes)]
+
+
+def open_dims(model):
+    """Why the model's input size is not fixed by the model itself, or None when it is.
+
+    A Keras input with an unknown non-batch dimension (a fully convolutional net on
+    ``(None, None, 3)``), or a subclassed model (no declared input), runs at sizes the export
+    does not see: the file is built and verified at the samples' size only.
+    """
+    try:
+        shapes = [tuple(t.shape) for t in model.inputs or ()]
+    except (AttributeError, TypeError, ValueError):
+        shapes = []
+    if not shapes:
+        return "a subclassed model declares no input size"
+    open_ = [s for s in shapes if any(d is None for d in s[1:])]
+    if open_:
+        return f"the Keras model's input shape is {open_[0]}"
+    return None
+
+
+def as_specs_dtypes(inputs, specs):
+    """``inputs`` cast to the dtypes of ``specs`` (what the file's inputs take)."""
+    return [a if a.dtype.name == d else a.astype(d) for a, (_, d) in zip(inputs, specs)]
 
 
 def synthesize_inputs(specs, n=8, seed=0):

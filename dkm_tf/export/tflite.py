@@ -301,7 +301,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         inputs = convert_lib.synthesize_inputs(specs)
         notes.append("no sample_inputs given: verified on 8 seeded standard-normal inputs")
     else:
-        inputs = convert_lib.as_input_list(sample_inputs)
+        inputs = convert_lib.as_specs_dtypes(convert_lib.as_input_list(sample_inputs), specs)
     reference = verify.keras_outputs(model, inputs)
     b_inputs = verify.batch_inputs(inputs)  # the batch > 1 check, in one invoke
     b_reference = reference if b_inputs is inputs else verify.keras_outputs(model, b_inputs)
@@ -360,7 +360,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     tol = DEFAULT_TOLERANCE[key] if tolerance is None else float(tolerance)
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
-        INT8_MIN_TOP1 if format == "int8" else None)
+        INT8_MIN_TOP1 if format == "int8" else None, convert_lib.open_dims(model))
     bad = [c for c in comparisons if not c.ok]
     if bad:
         raise verify.ExportVerificationError(

@@ -14,6 +14,7 @@ must equal Keras' exactly: a file that answers a batch of 4 with one row fails.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -80,10 +81,22 @@ def default_interpreters():
 
 
 def keras_outputs(model, inputs):
-    """Flattened Keras outputs (list of arrays) for a list of input arrays."""
+    """Flattened Keras outputs (list of arrays) for a list of input arrays.
+
+    Raises:
+        ValueError: the model cannot run the inputs (e.g. a subclassed model, whose input
+            shape is not declared, given samples of another size), named as `sample_inputs`.
+    """
     import tensorflow as tf  # noqa: PLC0415
 
-    y = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+    try:
+        y = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+    except Exception as e:  # noqa: BLE001 (Keras / TF raise many types for a bad shape)
+        first = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))[:300]
+        raise ValueError(
+            "Invalid value for argument `sample_inputs`. Expected inputs the model can run. "
+            f"Received: shapes {[a.shape for a in inputs]}; the model raised "
+            f"{type(e).__name__}: {first}") from e
     return [np.asarray(t) for t in tf.nest.flatten(y)]
 
 
@@ -228,13 +241,15 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
 
 
 def verify_batches(content, reference, inputs, batch, interpreters, tolerance, notes,
-                   min_top1=None):
+                   min_top1=None, fixed_size=None):
     """:func:`compare` in every interpreter at batch 1 and n; fix the batch where it cannot vary.
 
     A file converted at a fixed batch (:func:`static_batch`), or one whose batch run the
     interpreter refuses, gets :func:`~dkm_tf.export.canonical.fix_batch` (signature
     ``[1, ...]`` plus a guard), is compared again, and must then refuse batch n in every
     interpreter; ``notes`` says why. TFLite Micro files are compared at batch 1 only.
+    ``fixed_size`` (why the samples' size is the only one, or None): the inputs' other
+    dimensions get :func:`~dkm_tf.export.canonical.fix_size`, and another size must raise.
 
     Returns:
         ``(content, comparisons, dynamic_batch)``.
@@ -251,6 +266,8 @@ def verify_batches(content, reference, inputs, batch, interpreters, tolerance, n
 
     if tuple(interpreters) == ("tflm",):
         return content, run_all(), False
+    if fixed_size:
+        content = _fix_size(content, inputs, interpreters, fixed_size, notes)
     reason = None
     if static_batch(content):
         reason = "the converter needs a fixed batch for this model (a recurrent layer's loop)"
@@ -271,3 +288,25 @@ def verify_batches(content, reference, inputs, batch, interpreters, tolerance, n
         notes.append(f"batch fixed at 1: {reason}; input signature [1, ...], another batch "
                      "raises an error")
     return content, comps, reason is None
+
+
+def _fix_size(content, inputs, interpreters, why, notes):
+    """:func:`~dkm_tf.export.canonical.fix_size`, then check that another size raises."""
+    from dkm_tf.export.canonical import fix_size  # noqa: PLC0415
+
+    content, guarded = fix_size(content)
+    if not guarded:
+        return content
+    other = [np.zeros((1, *(d + 1 for d in a.shape[1:])), a.dtype) for a in inputs]
+    for kind in interpreters:
+        try:
+            _feed(make_interpreter(kind, content).get_signature_runner(), other)
+        except (RuntimeError, ValueError):
+            continue
+        raise ExportVerificationError(
+            f"The .tflite is fixed at the samples' input size, yet {kind} ran inputs of "
+            f"shapes {[a.shape for a in other]} without an error.")
+    sizes = ", ".join("x".join(str(d) for d in a.shape[1:]) for a in inputs)
+    notes.append(f"input size fixed at {sizes} (the samples'; {why}): another size raises an "
+                 "error; export with samples of the size you will run")
+    return content
