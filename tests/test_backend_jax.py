@@ -10,6 +10,7 @@ installed (``pip install -e ".[jax]"``).
 """
 
 import importlib.util
+import re
 
 import pytest
 
@@ -48,3 +49,36 @@ def test_tensorflow_reference_run(tf_results):
 
 def test_same_numbers_as_tensorflow(jax_results, tf_results):
     bc.check_same_as_tensorflow(jax_results, tf_results)
+
+
+# The main training test files, run as they are on Keras' JAX backend (tests that export or
+# test TensorFlow-only code skip there with the reason, via testing.tf_backend_only).
+MAIN_TRAINING_TESTS = [
+    "test_clustering.py", "test_layers.py", "test_soft.py", "test_fisher.py", "test_refine.py",
+    "test_distill.py", "test_regularizers.py", "test_posttrain.py", "test_retrain.py",
+    "test_serialization.py", "test_sparsity.py", "test_single_layer.py", "test_batchnorm.py",
+    "test_wrapper_subclassed.py", "test_binary_classifier.py", "test_keras_ops_graph.py",
+    "test_kernel_clustering.py", "test_recurrent_attention.py",
+]
+
+
+def test_main_training_tests_pass_on_jax():
+    """Issue 15's acceptance: the main training tests pass on JAX. One pytest process with
+    ``KERAS_BACKEND=jax`` runs the files above (``JAX_ENABLE_X64=1``: the numpy references
+    of several tests are float64; the models stay float32, Keras' floatx)."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    here = pathlib.Path(__file__).parent
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         *[str(here / f) for f in MAIN_TRAINING_TESTS]],
+        cwd=here.parent, env=env, capture_output=True, text=True, timeout=1500)
+    tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+    assert proc.returncode == 0, tail
+    summary = proc.stdout.strip().splitlines()[-1]  # "285 passed, 11 skipped in 250s"
+    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|skipped|failed|error)", summary)}
+    assert counts.get("passed", 0) > 10 * counts.get("skipped", 0), tail  # mostly run, not skipped

@@ -10,7 +10,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from testing import subclassed_model
+from testing import subclassed_model, tf_backend_only, to_numpy
 
 import dkm_tf
 import dkm_tf.export as ex
@@ -43,7 +43,7 @@ def randomize(model, seed=0):
 
 
 def snapshot(model):
-    return [layer.name for layer in walk_layers(model)], [w.numpy().copy() for w in model.weights]
+    return [layer.name for layer in walk_layers(model)], [to_numpy(w).copy() for w in model.weights]
 
 
 def bn_names(model):
@@ -101,16 +101,16 @@ def test_fold_is_exact_for_every_layer_kind(name, shape, make, kind, attr, use_b
         np.testing.assert_array_equal(a, b)
     # palettes of the unfolded kernel (per tensor, row units) -> exact per-channel palettes
     var = getattr(model.layers[0], attr)
-    pal = cluster_tensor(var.numpy(), kind=kind, n_clusters=4, unit="row",
+    pal = cluster_tensor(to_numpy(var), kind=kind, n_clusters=4, unit="row",
                          layer_name=model.layers[0].name, weight_name=attr)
     var.assign(pal.decode())
     folded, (new_pal,), _ = fold_with_palettes(model, [pal])
-    kernel = getattr(folded.layers[0], attr).numpy()
+    kernel = to_numpy(getattr(folded.layers[0], attr))
     np.testing.assert_array_equal(kernel, new_pal.decode())
     assert new_pal.layout.granularity == "per_channel"
     assert np.array_equal(new_pal.indices.reshape(-1), pal.indices.reshape(-1))
     bn = model.layers[1]
-    s = bn.gamma.numpy().astype(np.float64) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    s = to_numpy(bn.gamma).astype(np.float64) / np.sqrt(to_numpy(bn.moving_variance) + bn.epsilon)
     np.testing.assert_allclose(new_pal.codebook, pal.codebook * s[:, None, None], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x)), atol=ATOL)
 
@@ -243,6 +243,7 @@ def conv_bn_net(seed=4):
     return randomize(keras.Model(inp, L.Dense(4, name="out")(y)), seed)
 
 
+@tf_backend_only()
 def test_share_weights_folds_and_the_palettized_export_verifies(tmp_path):
     model = conv_bn_net()
     x = np.random.default_rng(5).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
@@ -250,8 +251,8 @@ def test_share_weights_folds_and_the_palettized_export_verifies(tmp_path):
     assert sorted(layer for layer, _ in res.folded) == ["c1", "dw", "fc", "sep"]
     assert bn_names(res.model) == [] and len(bn_names(model)) == 4
     for p in res.palettes:
-        np.testing.assert_array_equal(getattr(res.model.get_layer(p.layer_name),
-                                              p.weight_name).numpy(), p.decode())
+        np.testing.assert_array_equal(to_numpy(getattr(res.model.get_layer(p.layer_name),
+                                              p.weight_name)), p.decode())
     for decode, storage in (("per_invoke", "int4"), ("once", "int16")):
         r = ex.to_tflite(res.model, tmp_path / f"{decode}.tflite", "palettized", res.palettes,
                          x, decode=decode, keep_float=None)
@@ -266,6 +267,7 @@ def test_share_weights_folds_and_the_palettized_export_verifies(tmp_path):
             assert {p["codebook_bytes"] for p in info.palettized} == {4 * 16}
 
 
+@tf_backend_only()
 def test_export_folds_an_unfolded_model_and_rescales_its_palettes(tmp_path):
     """Palettes of the unfolded kernels (share_weights(fold_bn=False)): to_tflite folds as the
     converter does, stores per-channel codebooks, and verifies against the unfolded model."""
@@ -300,14 +302,14 @@ def test_cluster_strip_folds_with_per_channel_codebooks():
     by_name = {p.name: p for p in kept_palettes}
     folded = {"c1/kernel", "dw/kernel", "sep/pointwise_kernel", "fc/kernel"}
     for p in palettes:  # decodes exactly to the stripped kernel
-        np.testing.assert_array_equal(getattr(plain.get_layer(p.layer_name),
-                                              p.weight_name).numpy(), p.decode())
+        np.testing.assert_array_equal(to_numpy(getattr(plain.get_layer(p.layer_name),
+                                              p.weight_name)), p.decode())
         old = by_name[p.name]
         if p.name not in folded:
             np.testing.assert_array_equal(p.codebook, old.codebook)
             continue
         bn = kept.get_layer("bn_" + p.layer_name)
-        s = bn.gamma.numpy().astype(np.float64) / np.sqrt(bn.moving_variance.numpy()
+        s = to_numpy(bn.gamma).astype(np.float64) / np.sqrt(to_numpy(bn.moving_variance)
                                                           + bn.epsilon)
         assert p.layout.granularity == "per_channel" and p.codebook.shape[0] == s.size
         np.testing.assert_allclose(p.codebook, old.codebook * s[:, None, None], rtol=1e-6)

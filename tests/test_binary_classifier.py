@@ -8,6 +8,7 @@ The arg-max of one column is always 0, so its accuracy used to be the share of l
 import keras
 import numpy as np
 import pytest
+from testing import tf_backend_only
 
 import dkm_tf
 from dkm_tf import pipeline
@@ -62,6 +63,7 @@ def test_finetune_trains_with_binary_cross_entropy(activation):
     assert result.accuracy_after > np.mean(test[1] == 0) + 0.1  # not "always 0"
 
 
+@tf_backend_only()
 def test_tflite_accuracy_of_a_binary_file(tmp_path):
     model, _, test = _binary("sigmoid")
     path = str(tmp_path / "b.tflite")

@@ -9,7 +9,7 @@ way). Every path that copies the model must carry them over: they used to fail w
 import keras
 import numpy as np
 import pytest
-from testing import run_tflite_per_sample
+from testing import run_tflite_per_sample, tf_backend_only
 
 import dkm_tf
 import dkm_tf.export as ex
@@ -80,6 +80,7 @@ def test_cluster_fit_strip_and_reload(ops_model, tmp_path):
     np.testing.assert_array_equal(again.predict(x, verbose=0), plain.predict(x, verbose=0))
 
 
+@tf_backend_only()
 def test_palettized_export_of_bare_ops(ops_model, tmp_path):
     model, x, _ = ops_model
     shared, palettes, _ = dkm_tf.share_weights(model, n_clusters=K)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from testing import gradients, to_numpy
 
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
@@ -144,7 +145,7 @@ def test_share_weights_shared_codebook_palettes_and_factors():
     skipped = dict(r.skipped)
     assert "1x1" in skipped["pw"] and "Dense" in skipped["fc"]  # pass-through, reported
     for p in r.palettes:
-        kernel = r.model.get_layer(p.layer_name).kernel.numpy()
+        kernel = to_numpy(r.model.get_layer(p.layer_name).kernel)
         cb, idx, t, s = kc.kernel_factors(p)
         assert cb.shape[1:] == kernel.shape[:2] and idx.shape == kernel.shape[2:]
         np.testing.assert_array_equal(_decode_ref(cb, idx, t, s), kernel)
@@ -158,8 +159,8 @@ def test_share_weights_shared_codebook_palettes_and_factors():
     want = n3 * (3 + 1 + 16) + 8 * 9 * 32 + by["c5"].n_units * (3 + 1 + 16) + 8 * 25 * 32
     assert rep.totals["compressed_bits_log2"] == pytest.approx(want)
     # the other layers are untouched
-    np.testing.assert_array_equal(r.model.get_layer("fc").kernel.numpy(),
-                                  m.get_layer("fc").kernel.numpy())
+    np.testing.assert_array_equal(to_numpy(r.model.get_layer("fc").kernel),
+                                  to_numpy(m.get_layer("fc").kernel))
 
 
 def test_codebook_groups_and_per_layer():
@@ -184,16 +185,14 @@ def test_shared_centroid_gradient_is_the_scale_weighted_member_sum(n_t):
     books = [lay for lay in cm.layers if isinstance(lay, KernelCodebook)]
     assert len(books) == 1
     x, y = _x(), np.random.default_rng(2).standard_normal((4, 3)).astype(np.float32)
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_mean((cm(x) - y) ** 2)
-    g_cb, *g_s = tape.gradient(loss, [books[0].codebook] + [
+    loss = float(keras.ops.mean((cm(x) - y) ** 2))
+    g_cb, *g_s = gradients(lambda: keras.ops.mean((cm(x) - y) ** 2), [books[0].codebook] + [
         lay.scales for lay in cm.layers if isinstance(lay, ClusterKernels)])
     # reference: the plain model with the decoded kernels, dL/dW per layer
     plain, pals = dkm_tf.strip_clustering(cm)
     kernels = [plain.get_layer(n).kernel for n in ("c1", "c2")]
-    with tf.GradientTape() as tape:
-        loss2 = tf.reduce_mean((plain(x) - y) ** 2)
-    dws = [g.numpy() for g in tape.gradient(loss2, kernels)]
+    loss2 = float(keras.ops.mean((plain(x) - y) ** 2))
+    dws = gradients(lambda: keras.ops.mean((plain(x) - y) ** 2), kernels)
     np.testing.assert_allclose(float(loss2), float(loss), rtol=1e-6)
     ref = np.zeros(g_cb.shape, np.float64)
     for p, dw, gs in zip(pals, dws, g_s):
@@ -204,8 +203,8 @@ def test_shared_centroid_gradient_is_the_scale_weighted_member_sum(n_t):
                 tt = 0 if t is None else t[i, o]
                 ref[idx[i, o]] += s[i, o] * kc.inverse_transform(dw[:, :, i, o], tt)
                 ds[i, o] = np.sum(kc.apply_transform(cb[idx[i, o]], tt) * dw[:, :, i, o])
-        np.testing.assert_allclose(gs.numpy(), ds, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(tf.convert_to_tensor(g_cb).numpy(), ref, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(to_numpy(gs), ds, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(to_numpy(tf.convert_to_tensor(g_cb)), ref, rtol=1e-4, atol=1e-7)
     assert np.abs(ref).max() > 1e-4  # the check is not vacuous
 
 
@@ -217,8 +216,8 @@ def test_shared_codebook_survives_keras_save_load(tmp_path):
     m2 = dkm_tf.load_model(path)
     books = [v for v in m2.trainable_variables if v.path.endswith("codebook")]
     assert len(books) == 1  # still ONE variable for both layers
-    np.testing.assert_array_equal(books[0].numpy(), [v for v in cm.trainable_variables
-                                                     if v.path.endswith("codebook")][0].numpy())
+    np.testing.assert_array_equal(to_numpy(books[0]), to_numpy([v for v in cm.trainable_variables
+                                                     if v.path.endswith("codebook")][0]))
     np.testing.assert_allclose(np.asarray(m2(x)), np.asarray(cm(x)), rtol=0, atol=1e-6)
     # one gradient step on the loaded model moves the codebook of both layers together
     m2.compile(keras.optimizers.SGD(0.1), "mse")
@@ -226,7 +225,7 @@ def test_shared_codebook_survives_keras_save_load(tmp_path):
     _, pals = dkm_tf.strip_clustering(m2)
     np.testing.assert_array_equal(pals[0].codebook, pals[1].codebook)
     np.testing.assert_array_equal(pals[0].codebook[0].reshape(books[0].shape),
-                                  books[0].numpy())
+                                  to_numpy(books[0]))
 
 
 @pytest.mark.parametrize("bits", [16, 8])
@@ -244,12 +243,12 @@ def test_finetune_keeps_kernels_on_the_shared_codebook(bits):
     for p in pals:
         cb, idx, t, s = kc.kernel_factors(p)
         np.testing.assert_array_equal(cb, cb0)  # the SAME codebook in every layer
-        kernel = plain.get_layer(p.layer_name).kernel.numpy()
+        kernel = to_numpy(plain.get_layer(p.layer_name).kernel)
         np.testing.assert_array_equal(_decode_ref(cb, idx, t, s), kernel)
         if bits == 16:
             np.testing.assert_array_equal(s.astype(np.float16).astype(np.float32), s)
         else:  # int8 fixed point: integer multiples of the layer's step, |q| <= 127
-            q = s / float(cm.get_layer(f"cluster_{p.layer_name}").scale_step.numpy())
+            q = s / float(to_numpy(cm.get_layer(f"cluster_{p.layer_name}").scale_step))
             np.testing.assert_allclose(q, np.round(q), atol=1e-3)
             assert np.abs(np.round(q)).max() <= 127
     np.testing.assert_allclose(np.asarray(plain(x_eval)), np.asarray(cm(x_eval)), atol=1e-5)
@@ -260,7 +259,7 @@ def test_finetune_keeps_kernels_on_the_shared_codebook(bits):
     np.testing.assert_allclose(np.asarray(folded(x_eval)), np.asarray(cm(x_eval)),
                                rtol=1e-4, atol=1e-4)
     for p in fpals:
-        np.testing.assert_array_equal(p.decode(), folded.get_layer(p.layer_name).kernel.numpy())
+        np.testing.assert_array_equal(p.decode(), to_numpy(folded.get_layer(p.layer_name).kernel))
 
 
 def test_cluster_weights_report_and_sequential():
@@ -315,7 +314,7 @@ def test_k_above_a_groups_kernel_count_gets_one_centroid_per_kernel(n_t):
     by = {p.layer_name: p for p in res.palettes}
     assert by["c1"].n_clusters <= 18 and "K=18 < n_clusters=19" in by["c1"].note
     assert by["c2"].n_clusters == 19 and "n_clusters=19" not in by["c2"].note
-    kernel = m.get_layer("c1").kernel.numpy()
+    kernel = to_numpy(m.get_layer("c1").kernel)
     np.testing.assert_allclose(by["c1"].decode(), kernel, rtol=0,
                                atol=2e-3 * np.abs(kernel).max())  # float16 scales only
     # fine-tuning with K above all 66 kernels: the wrapper holds the smaller codebook
@@ -326,7 +325,7 @@ def test_k_above_a_groups_kernel_count_gets_one_centroid_per_kernel(n_t):
     np.testing.assert_allclose(plain.predict(_x(), verbose=0), wrapped.predict(_x(), verbose=0),
                                atol=1e-5)
     for p in pals:
-        np.testing.assert_array_equal(plain.get_layer(p.layer_name).kernel.numpy(), p.decode())
+        np.testing.assert_array_equal(to_numpy(plain.get_layer(p.layer_name).kernel), p.decode())
         assert p.n_clusters <= 66
 
 

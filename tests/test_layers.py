@@ -8,6 +8,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from testing import gradients, tf_backend_only, to_numpy  # noqa: E402
 
 from dkm_tf.core import units as units_lib  # noqa: E402
 from dkm_tf.training.wrapper import ClusterWeights, gather_codebook, index_dtype  # noqa: E402
@@ -55,7 +56,7 @@ def _plain_twin(wrapper, x):
     plain = inner.__class__.from_config(inner.get_config())
     plain(x)
     decoded = {p.weight_name: p.decode() for p in wrapper.palettes()}
-    plain.set_weights([decoded[a] if a in decoded else v.numpy()
+    plain.set_weights([decoded[a] if a in decoded else to_numpy(v)
                        for a, v in zip([_attr_of(inner, v) for v in inner.weights],
                                        inner.weights)])
     return plain
@@ -76,7 +77,7 @@ def test_wrapped_layer_matches_plain_layer_with_decoded_kernel(name, factory, sh
     x = _input(shape)
     inner = factory()
     inner(x)
-    bias_before = [v.numpy().copy() for v in inner.weights if _attr_of(inner, v) is None]
+    bias_before = [to_numpy(v).copy() for v in inner.weights if _attr_of(inner, v) is None]
     w = ClusterWeights(inner, n_clusters=k, unit=unit, granularity=granularity)
     y = keras.ops.convert_to_numpy(w(x))
     np.testing.assert_allclose(y, keras.ops.convert_to_numpy(_plain_twin(w, x)(x)), atol=ATOL,
@@ -96,13 +97,11 @@ def test_wrapped_layer_matches_plain_layer_with_decoded_kernel(name, factory, sh
     others = [v for v in inner.weights if _attr_of(inner, v) is None]
     assert all(v.trainable for v in others)
     for before, v in zip(bias_before, others):
-        np.testing.assert_array_equal(before, v.numpy())
+        np.testing.assert_array_equal(before, to_numpy(v))
 
 
 def _tape_grads(layer, x, r, sources):
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(x) * r)
-    return tape.gradient(loss, sources)
+    return gradients(lambda: keras.ops.sum(layer(x) * r), sources)
 
 
 def test_centroid_gradient_is_sum_of_member_gradients_dense():
@@ -136,6 +135,7 @@ def test_centroid_gradient_per_channel_row_units_conv():
     np.testing.assert_allclose(np.asarray(g_cb), want, rtol=1e-5, atol=1e-5)
 
 
+@tf_backend_only("gather_codebook's custom gradient is TensorFlow's (other backends use ops.take)")
 def test_gather_codebook_gradient_equals_default_gather_gradient():
     rng = np.random.default_rng(3)
     v = tf.constant(rng.standard_normal(12).astype(np.float32))
@@ -147,8 +147,8 @@ def test_gather_codebook_gradient_equals_default_gather_gradient():
             tape.watch(v)
             out = fn(v, i)
             loss = tf.reduce_sum(out * up)
-        grads.append(tf.convert_to_tensor(tape.gradient(loss, v)).numpy())
-        np.testing.assert_array_equal(out.numpy(), tf.gather(v, i).numpy())
+        grads.append(to_numpy(tf.convert_to_tensor(tape.gradient(loss, v))))
+        np.testing.assert_array_equal(to_numpy(out), to_numpy(tf.gather(v, i)))
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-6)
 
 
@@ -168,7 +168,7 @@ def test_latent_kernel_gets_own_gradient_and_reassignment_moves_units():
     cb = keras.ops.convert_to_numpy(w._slots[0].codebook)[0, :, 0]
     idx = keras.ops.convert_to_numpy(w._slots[0].indices).astype(int)[0]
     target = (idx[0] + 1) % 4
-    latent = units_lib.to_units(kernel.numpy(), w._slots[0].layout)[0, :, 0].copy()
+    latent = units_lib.to_units(to_numpy(kernel), w._slots[0].layout)[0, :, 0].copy()
     latent[:] = cb[idx]
     latent[0] = cb[target]
     kernel.assign(units_lib.from_units(latent[None, :, None], w._slots[0].layout))
@@ -236,7 +236,7 @@ def test_keras_and_weights_h5_round_trip(tmp_path):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), y)
     for a, b in zip(model.weights, loaded.weights):
         assert a.dtype == b.dtype and a.trainable == b.trainable
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     assert loaded.layers[0]._slots[0].indices.dtype == "uint8"
     assert loaded.layers[2]._slots[0].indices.dtype == "int16"
     model.save_weights(tmp_path / "m.weights.h5")
@@ -290,4 +290,4 @@ def test_fewer_distinct_values_than_k_is_lossless():
     w(np.ones((1, 3), np.float32))
     pal = w.palettes()[0]
     assert pal.n_clusters == 2
-    np.testing.assert_array_equal(pal.decode(), inner.kernel.numpy())
+    np.testing.assert_array_equal(pal.decode(), to_numpy(inner.kernel))

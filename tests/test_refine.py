@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from testing import tf_backend_only, to_numpy  # noqa: E402
 
 from dkm_tf.graph import gptq  # noqa: E402
 from dkm_tf.graph.share import share_weights  # noqa: E402
@@ -113,11 +114,11 @@ def test_im2col_times_the_kernel_is_keras_conv(stride, dilation, padding):
     x = np.random.default_rng(0).normal(size=(2, 8, 7, 2)).astype(np.float32)
     y = np.asarray(conv(x))
     cols = gptq.im2col(x, (3, 3), (stride, stride), (dilation, dilation), padding)
-    got = cols @ conv.kernel.numpy().reshape(-1, 3)
+    got = cols @ to_numpy(conv.kernel).reshape(-1, 3)
     np.testing.assert_allclose(got, y.reshape(-1, 3), rtol=1e-5, atol=1e-5)
     if dilation == 1:
         np.testing.assert_allclose(got.reshape(y.shape),
-                                   conv_nhwc(x, conv.kernel.numpy(), stride, padding),
+                                   conv_nhwc(x, to_numpy(conv.kernel), stride, padding),
                                    rtol=1e-5, atol=1e-5)
 
 
@@ -140,7 +141,7 @@ def test_refine_gptq_reassigns_and_never_does_worse_than_outputs_on_one_layer():
 
     # gptq tries a superset of outputs' candidates, each kept only if the model error drops
     assert mse(res) <= mse(outs) * (1 + 1e-6) < mse(plain)
-    kernel = res.model.get_layer("d").kernel.numpy()
+    kernel = to_numpy(res.model.get_layer("d").kernel)
     np.testing.assert_array_equal(kernel, res.palettes[0].decode())
     assert np.unique(kernel).size <= 3
 
@@ -155,7 +156,7 @@ def test_model_output_error_never_above_kmeans(refine):
     assert (np.mean((res.model.predict(x, verbose=0) - ref) ** 2)
             <= np.mean((plain.model.predict(x, verbose=0) - ref) ** 2) * (1 + 1e-6))
     for pal in res.palettes:  # updated or restored, the stored kernel is the palette
-        np.testing.assert_array_equal(res.model.get_layer(pal.layer_name).kernel.numpy(),
+        np.testing.assert_array_equal(to_numpy(res.model.get_layer(pal.layer_name).kernel),
                                       pal.decode())
 
 
@@ -171,7 +172,7 @@ def test_relu_fit_leaves_out_what_the_relu_clips_in_both_models():
         [plain.palettes[0]], layer_f, layer_q, twin, x, x, 64,
         (None, refine_lib._clip(layer_q)))
     w, b1 = _values(layer_f)
-    k1 = layer_q.kernel.numpy()
+    k1 = to_numpy(layer_q.kernel)
     xf = x.astype(np.float64)
     m1 = masks(k1, plain.palettes[0])
     want_c, want_b = ls_codebook(np.stack([xf @ m for m in m1]), xf @ w + b1, True,
@@ -182,15 +183,18 @@ def test_relu_fit_leaves_out_what_the_relu_clips_in_both_models():
 
 
 def _dense_model(seed=0):
-    keras.utils.set_random_seed(seed)
+    """Weights drawn by numpy (Keras' initialisers draw differently on each backend)."""
     inp = keras.Input((6,))
     h = keras.layers.Dense(5, activation="relu", name="d1")(inp)
     out = keras.layers.Dense(3, name="d2")(h)
-    return keras.Model(inp, out)
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0, 0.5, v.shape).astype(np.float32) for v in model.weights])
+    return model
 
 
 def _values(layer):
-    return [np.asarray(v.numpy(), np.float64) for v in layer.weights]
+    return [np.asarray(to_numpy(v), np.float64) for v in layer.weights]
 
 
 # --------------------------------------------------------------------- numerics
@@ -205,9 +209,9 @@ def test_dense_codebooks_and_biases_equal_numpy_least_squares_sequentially():
     # the assignments are k-means's (unchanged); only the centroids move
     np.testing.assert_array_equal(p1.indices, plain.palettes[0].indices)
     xf = x.astype(np.float64)
-    m1 = masks(plain.model.get_layer("d1").kernel.numpy(), plain.palettes[0])
-    m2 = masks(plain.model.get_layer("d2").kernel.numpy(), plain.palettes[1])
-    k1 = plain.model.get_layer("d1").kernel.numpy()
+    m1 = masks(to_numpy(plain.model.get_layer("d1").kernel), plain.palettes[0])
+    m2 = masks(to_numpy(plain.model.get_layer("d2").kernel), plain.palettes[1])
+    k1 = to_numpy(plain.model.get_layer("d1").kernel)
     # d1 has a ReLU: its fit counts every output, or leaves out what the ReLU clips in both
     # models, whichever gave the model's outputs the lower error (the note says which)
     assert "output-refined codebook and bias" in p1.note, p1.note
@@ -225,7 +229,7 @@ def test_dense_codebooks_and_biases_equal_numpy_least_squares_sequentially():
                                atol=1e-6)
     # stored kernels are the palettes, <= K values; the model's output error went down
     for pal in res.palettes:
-        kernel = res.model.get_layer(pal.layer_name).kernel.numpy()
+        kernel = to_numpy(res.model.get_layer(pal.layer_name).kernel)
         np.testing.assert_array_equal(kernel, pal.decode())
         assert np.unique(kernel).size <= 3
         assert "output-refined codebook and bias" in pal.note
@@ -248,11 +252,11 @@ def test_conv_codebook_equals_numpy_least_squares(stride, padding, use_bias):
     res = share_weights(model, 4, refine="outputs", data=x)
     plain = share_weights(model, 4)
     pal = res.palettes[0]
-    kq = plain.model.get_layer("c").kernel.numpy()
+    kq = to_numpy(plain.model.get_layer("c").kernel)
     vals = _values(model.get_layer("c"))
     xf = x.astype(np.float64)
     t = conv_nhwc(xf, vals[0], stride, padding) + (vals[1] if use_bias else 0.0)
-    m = masks(plain.model.get_layer("c").kernel.numpy(), plain.palettes[0])
+    m = masks(to_numpy(plain.model.get_layer("c").kernel), plain.palettes[0])
     z = np.stack([conv_nhwc(xf, mk, stride, padding) for mk in m])
     p0 = conv_nhwc(xf, kq, stride, padding) + (vals[1] if use_bias else 0.0)
     assert "output-refined codebook" in pal.note, pal.note
@@ -261,9 +265,9 @@ def test_conv_codebook_equals_numpy_least_squares(stride, padding, use_bias):
                         p0.reshape(-1, 4) if masked else None)
     np.testing.assert_allclose(pal.codebook[0, :, 0], c, rtol=1e-4, atol=1e-6)
     if use_bias:
-        np.testing.assert_allclose(res.model.get_layer("c").bias.numpy(), nb, rtol=1e-4,
+        np.testing.assert_allclose(to_numpy(res.model.get_layer("c").bias), nb, rtol=1e-4,
                                    atol=1e-6)
-    np.testing.assert_array_equal(res.model.get_layer("c").kernel.numpy(), pal.decode())
+    np.testing.assert_array_equal(to_numpy(res.model.get_layer("c").kernel), pal.decode())
 
 
 @pytest.mark.parametrize("unit", ["row", "kernel"])
@@ -282,7 +286,7 @@ def test_vector_unit_codebook_equals_numpy_least_squares(unit):
     pal, pal0 = res.palettes[0], plain.palettes[0]
     d = pal0.unit_dim
     assert d == (3 if unit == "row" else 9) and "output-refined codebook and bias" in pal.note
-    units = dkm_tf.to_units(plain.model.get_layer("c").kernel.numpy(), pal0.layout)
+    units = dkm_tf.to_units(to_numpy(plain.model.get_layer("c").kernel), pal0.layout)
     units = units.reshape(-1, d)
     book = pal0.codebook[0]  # (K, d), read the membership off the clustered kernel
     member = np.array([np.flatnonzero((book == u).all(1))[0] for u in units])
@@ -298,8 +302,8 @@ def test_vector_unit_codebook_equals_numpy_least_squares(unit):
             z.append(conv_nhwc(xf, np.asarray(mk, np.float64), 1, "same"))
     c, nb = ls_codebook(np.stack(z).reshape(3 * d, -1, 4), t.reshape(-1, 4), True)
     np.testing.assert_allclose(pal.codebook[0], c.reshape(3, d), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(res.model.get_layer("c").bias.numpy(), nb, rtol=1e-4, atol=1e-6)
-    np.testing.assert_array_equal(res.model.get_layer("c").kernel.numpy(), pal.decode())
+    np.testing.assert_allclose(to_numpy(res.model.get_layer("c").bias), nb, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(to_numpy(res.model.get_layer("c").kernel), pal.decode())
     np.testing.assert_array_equal(pal.indices, pal0.indices)  # assignment unchanged
     gptq = share_weights(model, 3, unit=unit, refine="gptq", data=x).palettes[0]
     assert "GPTQ assigns scalar units only" in gptq.note
@@ -332,7 +336,7 @@ def test_per_channel_codebooks_equal_numpy_least_squares_per_channel(layer):
     pal = res.palettes[0]
     assert pal.codebook.shape[0] == 3 and "output-refined codebook and bias" in pal.note
     w, b = _values(model.get_layer("l"))
-    kq = plain.model.get_layer("l").kernel.numpy()
+    kq = to_numpy(plain.model.get_layer("l").kernel)
     xf = x.astype(np.float64)
     op = (lambda m: xf @ m) if layer == "dense" else (lambda m: depthwise_nhwc(xf, m))
     t = (op(w) + b).reshape(-1, 3)
@@ -344,9 +348,9 @@ def test_per_channel_codebooks_equal_numpy_least_squares_per_channel(layer):
         z = np.stack([op(mk).reshape(-1, 3)[:, ch:ch + 1] for mk in m])
         want_c, want_b = ls_codebook(z, t[:, ch:ch + 1], True)
         np.testing.assert_allclose(pal.codebook[ch, :, 0], want_c, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(res.model.get_layer("l").bias.numpy()[ch], want_b[0],
+        np.testing.assert_allclose(to_numpy(res.model.get_layer("l").bias)[ch], want_b[0],
                                    rtol=1e-4, atol=1e-6)
-    np.testing.assert_array_equal(res.model.get_layer("l").kernel.numpy(), pal.decode())
+    np.testing.assert_array_equal(to_numpy(res.model.get_layer("l").kernel), pal.decode())
 
 
 def test_layers_and_palettes_it_cannot_update_are_reported():
@@ -369,7 +373,7 @@ def test_layers_and_palettes_it_cannot_update_are_reported():
         layer = res.model.get_layer(pal.layer_name)
         stored = [v for v in layer.weights if v.path.endswith(pal.weight_name.split(".")[-1])
                   or v.path.endswith(pal.weight_name)]
-        assert any(np.array_equal(v.numpy(), pal.decode()) for v in stored), pal.name
+        assert any(np.array_equal(to_numpy(v), pal.decode()) for v in stored), pal.name
 
 
 def test_embedding_and_nested_models():
@@ -400,6 +404,7 @@ def test_embedding_and_nested_models():
         assert np.unique(pal.decode()).size <= 4
 
 
+@tf_backend_only()
 @pytest.mark.parametrize("refine", ["outputs", "gptq"])
 def test_batchnorm_is_folded_first_and_the_refined_model_exports_palettized(tmp_path, refine):
     from dkm_tf.export import to_tflite
@@ -431,7 +436,7 @@ def test_batchnorm_is_folded_first_and_the_refined_model_exports_palettized(tmp_
 def test_bad_refine_arguments_raise_before_any_work():
     model = _dense_model()
     x = np.zeros((4, 6), np.float32)
-    before = [v.numpy().copy() for v in model.weights]
+    before = [to_numpy(v).copy() for v in model.weights]
     with pytest.raises(ValueError, match="argument `refine`.*'outputs'.*Received: refine='yes'"):
         share_weights(model, 3, refine="yes", data=x)
     with pytest.raises(ValueError, match="argument `data`.*needed by refine='outputs'"):
@@ -449,7 +454,7 @@ def test_bad_refine_arguments_raise_before_any_work():
     with pytest.raises(ValueError, match="argument `data`.*None unless"):
         share_weights(model, 3, data=x)  # data without a use for it is still refused
     for v, b in zip(model.weights, before):
-        np.testing.assert_array_equal(v.numpy(), b)
+        np.testing.assert_array_equal(to_numpy(v), b)
 
 
 def test_data_as_x_y_tuple_and_with_fisher_weighting():

@@ -9,13 +9,17 @@ import re
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from testing import gradients, to_numpy  # noqa: E402
 
 from dkm_tf.core import units as units_lib  # noqa: E402
 from dkm_tf.training import soft as soft_lib  # noqa: E402
 from dkm_tf.training.clustering import cluster_weights, strip_clustering  # noqa: E402
 from dkm_tf.training.soft import TemperatureSchedule, dkm_assign  # noqa: E402
 from dkm_tf.training.wrapper import ClusterWeights  # noqa: E402
+
+
+def _tensor(x):
+    return keras.ops.convert_to_tensor(x)
 
 
 # --------------------------------------------------------------------- independent reference
@@ -69,21 +73,21 @@ def test_dkm_assign_equals_numpy_reference_scalar_and_vector():
         w = rng.normal(size=(2, 17, d))
         c0 = rng.normal(size=(2, 4, d))
         for full, ref in ((False, ref_dkm), (True, ref_unrolled)):
-            got_w, got_c, _ = dkm_assign(tf.constant(w), c0, tau, full_backprop=full)
+            got_w, got_c, _ = dkm_assign(_tensor(w), c0, tau, full_backprop=full)
             for g in range(2 if full else 1):  # the while loop runs on all groups at once
                 ref_w, ref_c = ref(w[g], c0[g], tau)
-                np.testing.assert_allclose(got_w[g].numpy(), ref_w, rtol=0, atol=1e-10)
-                np.testing.assert_allclose(got_c[g].numpy(), ref_c, rtol=0, atol=1e-10)
+                np.testing.assert_allclose(to_numpy(got_w[g]), ref_w, rtol=0, atol=1e-10)
+                np.testing.assert_allclose(to_numpy(got_c[g]), ref_c, rtol=0, atol=1e-10)
 
 
 def test_chunked_attention_equals_one_block(monkeypatch):
     rng = np.random.default_rng(1)
     w, c0 = rng.normal(size=(1, 50, 2)), rng.normal(size=(1, 3, 2))
-    whole = [t.numpy() for full in (False, True)
-             for t in dkm_assign(tf.constant(w), c0, 0.3, full_backprop=full)[:2]]
+    whole = [to_numpy(t) for full in (False, True)
+             for t in dkm_assign(_tensor(w), c0, 0.3, full_backprop=full)[:2]]
     monkeypatch.setattr(soft_lib, "CHUNK", 21)  # 7 units x 3 centroids per block
-    parts = [t.numpy() for full in (False, True)
-             for t in dkm_assign(tf.constant(w), c0, 0.3, full_backprop=full)[:2]]
+    parts = [to_numpy(t) for full in (False, True)
+             for t in dkm_assign(_tensor(w), c0, 0.3, full_backprop=full)[:2]]
     for a, b in zip(whole, parts):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
@@ -92,13 +96,13 @@ def test_fixed_point_iteration_converges():
     rng = np.random.default_rng(2)
     w = np.concatenate([rng.normal(-1, 0.1, 30), rng.normal(1, 0.1, 30)])[None, :, None]
     c0 = np.array([[[-0.5], [0.4]]])
-    _, c, moved = dkm_assign(tf.constant(w), c0, 0.05, max_iter=50, tol=1e-12)
+    _, c, moved = dkm_assign(_tensor(w), c0, 0.05, max_iter=50, tol=1e-12)
     assert int(moved) < 50  # stopped by the tolerance, not the cap
     # c is a fixed point of the update: one more step moves it by < 1e-12
-    c2 = _step(w[0], c.numpy()[0], 0.05)[1]
-    np.testing.assert_allclose(c2, c.numpy()[0], rtol=0, atol=1e-12)
+    c2 = _step(w[0], to_numpy(c)[0], 0.05)[1]
+    np.testing.assert_allclose(c2, to_numpy(c)[0], rtol=0, atol=1e-12)
     # near the means of the two blobs (the soft fixed point of well-separated clusters)
-    np.testing.assert_allclose(np.sort(c.numpy().ravel()),
+    np.testing.assert_allclose(np.sort(to_numpy(c).ravel()),
                                [w[0, :30, 0].mean(), w[0, 30:, 0].mean()], atol=1e-6)
 
 
@@ -108,10 +112,9 @@ def test_gradient_matches_finite_differences(full):
     w = rng.normal(size=(1, 6, 1))
     c0 = np.array([[[-0.5], [0.6]]])
     r = rng.normal(size=(1, 6, 1))
-    wt = tf.Variable(w)
-    with tf.GradientTape() as tape:
-        out = tf.reduce_sum(dkm_assign(wt, c0, 0.4, full_backprop=full)[0] * r)
-    grad = tape.gradient(out, wt).numpy()
+    wt = keras.Variable(w, dtype="float64")
+    (grad,) = gradients(
+        lambda: keras.ops.sum(dkm_assign(wt.value, c0, 0.4, full_backprop=full)[0] * r), [wt])
     assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
     # full: through every step; default: through the last step, the converged c* held fixed
     c_star = ref_converge(w[0], c0[0], 0.4, 4, 1e-4)
@@ -146,17 +149,17 @@ def test_wrapper_forward_equals_reference_and_stores_warm_start():
     base = _model()
     m = cluster_weights(base, 4, assignment="soft", temperature=0.02)
     layer = m.layers[0]
-    w = layer.layer.kernel.numpy().astype(np.float64)
-    c0 = layer._slots[0].codebook.numpy().astype(np.float64)  # k-means init
+    w = to_numpy(layer.layer.kernel).astype(np.float64)
+    c0 = to_numpy(layer._slots[0].codebook).astype(np.float64)  # k-means init
     ref_w, ref_c = ref_dkm(w.reshape(-1, 1), c0[0], 0.02)
-    got = layer.shared_kernels()["kernel"].numpy()
+    got = to_numpy(layer.shared_kernels()["kernel"])
     np.testing.assert_allclose(got, ref_w.reshape(w.shape), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(layer._slots[0].codebook.numpy()[0], ref_c, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer._slots[0].codebook)[0], ref_c, atol=1e-5)
     # the next call starts from the stored centroids (DKM's warm start)
-    ref_w2, _ = ref_dkm(w.reshape(-1, 1), layer._slots[0].codebook.numpy()[0], 0.02)
+    ref_w2, _ = ref_dkm(w.reshape(-1, 1), to_numpy(layer._slots[0].codebook)[0], 0.02)
     x = _data()[0]
-    expect = np.maximum(x @ ref_w2.reshape(w.shape) + layer.layer.bias.numpy(), 0)
-    np.testing.assert_allclose(layer(x).numpy(), expect, rtol=1e-4, atol=1e-5)
+    expect = np.maximum(x @ ref_w2.reshape(w.shape) + to_numpy(layer.layer.bias), 0)
+    np.testing.assert_allclose(to_numpy(layer(x)), expect, rtol=1e-4, atol=1e-5)
     # the float kernel trains, the codebook does not (DKM learns no centroids)
     names = [v.path for v in m.trainable_weights]
     # (Keras numbers auto-named layers per process: "dense", "dense_3", ...)
@@ -169,22 +172,20 @@ def test_fit_with_schedule_gives_finite_gradients_and_strip_at_most_k_values():
     x, y = _data()
     m = cluster_weights(base, 2, assignment="soft", temperature=0.05)
     m.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
-    with tf.GradientTape() as tape:
-        loss = m.compute_loss(x=x, y=y, y_pred=m(x))
-    grads = tape.gradient(loss, m.trainable_weights)
-    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
-    assert float(tf.reduce_max(tf.abs(grads[0]))) > 0  # reaches the kernel through A and C
+    grads = gradients(lambda: m.compute_loss(x=x, y=y, y_pred=m(x)), m.trainable_weights)
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+    assert float(np.abs(grads[0]).max()) > 0  # reaches the kernel through A and C
     sched = TemperatureSchedule(0.05, 0.005, epochs=3, schedule="exponential")
     hist = m.fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[sched])
     assert np.all(np.isfinite(hist.history["loss"]))
-    assert float(m.layers[0].temperature_variable.numpy()) == pytest.approx(0.005, rel=1e-6)
+    assert float(to_numpy(m.layers[0].temperature_variable)) == pytest.approx(0.005, rel=1e-6)
     plain, pals = strip_clustering(m)
     for layer, pal in zip(plain.layers, pals):
-        k = layer.kernel.numpy()
+        k = to_numpy(layer.kernel)
         assert np.unique(k).size <= 2
         np.testing.assert_array_equal(k, pal.decode())
         # hard assignment: each weight on the centroid nearest to its trained float value
-        w = m.get_layer(f"cluster_{layer.name}").layer.kernel.numpy()
+        w = to_numpy(m.get_layer(f"cluster_{layer.name}").layer.kernel)
         cb = pal.codebook[0, :, 0]
         np.testing.assert_array_equal(k, cb[np.argmin(np.abs(w[..., None] - cb), -1)])
 
@@ -205,7 +206,7 @@ def test_soft_model_saves_and_loads(tmp_path):
     m.save(path)
     back = keras.models.load_model(path)
     assert back.layers[0].assignment == "soft"
-    assert float(back.layers[0].temperature_variable.numpy()) == pytest.approx(0.01)
+    assert float(to_numpy(back.layers[0].temperature_variable)) == pytest.approx(0.01)
     np.testing.assert_allclose(back.predict(x, verbose=0), m.predict(x, verbose=0), atol=1e-6)
 
 
@@ -260,8 +261,8 @@ def test_row_units_per_channel_forward_and_strip():
                         temperature=0.1, overrides={"Dense": None})
     layer = m.layers[0]
     slot = layer._slots[0]
-    w = units_lib.to_units(layer.layer.kernel.numpy(), slot.layout).astype(np.float64)
-    c = slot.codebook.numpy().astype(np.float64)
+    w = units_lib.to_units(to_numpy(layer.layer.kernel), slot.layout).astype(np.float64)
+    c = to_numpy(slot.codebook).astype(np.float64)
     for _ in range(4):  # the fixed-point loop runs on all groups until all have converged
         new = np.stack([_step(w[g], c[g], 0.1)[1] for g in range(len(w))])
         step, c = np.abs(new - c).max(), new
@@ -269,11 +270,11 @@ def test_row_units_per_channel_forward_and_strip():
             break
     expect = np.stack([_step(w[g], c[g], 0.1)[0] @ _step(w[g], c[g], 0.1)[1]
                        for g in range(len(w))])
-    got = units_lib.to_units(layer.shared_kernels()["kernel"].numpy(), slot.layout)
+    got = units_lib.to_units(to_numpy(layer.shared_kernels()["kernel"]), slot.layout)
     assert got.shape == w.shape and w.shape[2] == 3  # rows of 3 values, one group per channel
     np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5)
     plain, pals = strip_clustering(m)
-    units = units_lib.to_units(plain.layers[0].kernel.numpy(), pals[0].layout)
+    units = units_lib.to_units(to_numpy(plain.layers[0].kernel), pals[0].layout)
     assert all(np.unique(units[g], axis=0).shape[0] <= 2 for g in range(units.shape[0]))
 
 
@@ -286,7 +287,7 @@ def test_collapsed_centroids_count_once_in_the_palette():
     wrapped = cluster_weights(model, 3, assignment="soft", temperature=10.0)
     wrapped(np.zeros((1, 5), np.float32))
     plain, (palette,) = strip_clustering(wrapped)
-    kernel = plain.get_layer("L").kernel.numpy()
+    kernel = to_numpy(plain.get_layer("L").kernel)
     assert palette.n_clusters == np.unique(kernel).size
     np.testing.assert_array_equal(palette.decode(), kernel)
 

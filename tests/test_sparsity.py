@@ -12,6 +12,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from testing import gradients, tf_backend_only, to_numpy
 
 import dkm_tf
 import dkm_tf.export as ex
@@ -33,7 +34,7 @@ def pruned_model(seed=0, structured=False):
     rng = np.random.default_rng(seed)
     masks = {}
     for layer in (model.get_layer("conv"), model.get_layer("fc")):
-        k = layer.kernel.numpy()
+        k = to_numpy(layer.kernel)
         if structured and k.ndim == 4:  # whole kernel rows (last spatial axis) zero
             mask = np.broadcast_to(rng.random((3, 1, 1, 8)) < 0.5, k.shape).copy()
         else:
@@ -75,7 +76,7 @@ def finetuned():
 def test_initial_codebook_is_kmeans_of_nonzero_values_plus_zero(finetuned):
     model, masks, _, before, _ = finetuned
     for name, (kernel, codebook) in before.items():
-        w = model.get_layer(name).kernel.numpy()
+        w = to_numpy(model.get_layer(name).kernel)
         ref_cb, _ = cluster_values(w[w != 0], K)  # k-means of the non-zero values only
         assert codebook.shape == (1, K + 1, 1)
         assert codebook[0, 0, 0] == 0.0
@@ -107,7 +108,7 @@ def test_strip_gives_palettes_with_the_zero_entry(finetuned):
     plain, palettes = dkm_tf.strip_clustering(wrapped)
     assert [p.name for p in palettes] == ["conv/kernel", "fc/kernel"]
     for p in palettes:
-        kernel = plain.get_layer(p.layer_name).kernel.numpy()
+        kernel = to_numpy(plain.get_layer(p.layer_name).kernel)
         assert p.preserve_sparsity and p.requested_clusters == K and p.n_clusters <= K + 1
         assert np.all(p.codebook[:, 0] == 0)
         np.testing.assert_array_equal(p.decode(), kernel)
@@ -118,6 +119,7 @@ def test_strip_gives_palettes_with_the_zero_entry(finetuned):
     assert all(p.preserve_sparsity for p in dkm_tf.palettes_of(wrapped))
 
 
+@tf_backend_only()
 def test_palettized_export_verifies(finetuned, tmp_path):
     """Three ways: outputs (litert, run here), stored index tensors, file size."""
     _, _, wrapped, _, x = finetuned
@@ -160,8 +162,8 @@ def test_share_weights_keeps_the_mask():
     model, masks = pruned_model()
     clustered, palettes, _ = dkm_tf.share_weights(model, K, preserve_sparsity=True)
     for p in palettes:
-        kernel = clustered.get_layer(p.layer_name).kernel.numpy()
-        orig = model.get_layer(p.layer_name).kernel.numpy()
+        kernel = to_numpy(clustered.get_layer(p.layer_name).kernel)
+        orig = to_numpy(model.get_layer(p.layer_name).kernel)
         np.testing.assert_array_equal(kernel == 0, masks[p.layer_name])
         assert np.unique(kernel[kernel != 0]).size == K and p.n_clusters == K + 1
         ref_cb, ref_idx = cluster_values(orig[orig != 0], K, seed=0 if p.layer_name == "conv"
@@ -171,7 +173,7 @@ def test_share_weights_keeps_the_mask():
     per_channel = dkm_tf.share_weights(model, K, granularity="per_channel",
                                        preserve_sparsity=True)
     for p in per_channel.palettes:
-        kernel = per_channel.model.get_layer(p.layer_name).kernel.numpy()
+        kernel = to_numpy(per_channel.model.get_layer(p.layer_name).kernel)
         np.testing.assert_array_equal(kernel == 0, masks[p.layer_name])
         assert all(np.unique(c[c != 0]).size <= K for c in np.moveaxis(kernel, -1, 0))
 
@@ -205,11 +207,7 @@ def test_bad_arguments():
 
 
 def _grad(reg, var):
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        penalty = reg(var)
-    return float(penalty), tape.gradient(penalty, var.value).numpy()
+    return float(reg(var)), gradients(lambda: reg(var), [var])[0]
 
 
 @pytest.mark.parametrize("relaxation, unit, k", [("hard", "scalar", K), ("spectral", "row", 2)])
@@ -229,7 +227,7 @@ def test_regularizer_does_not_pull_zeros_away(relaxation, unit, k):
     assert np.all(grad[mask] == 0.0)
     assert np.count_nonzero(grad[~mask]) > 0.9 * np.count_nonzero(~mask)
     if relaxation == "hard":  # numpy reference: K clusters of the non-zero weights
-        v = var.numpy().reshape(-1)
+        v = to_numpy(var).reshape(-1)
         a = reg.assignment
         assert a.max() == K and np.array_equal(a == K, mask.reshape(-1))
         means = np.array([v[a == j].mean() for j in range(K)] + [0.0])
@@ -297,10 +295,10 @@ def test_compress_keeps_a_pruned_models_zeros_with_every_method():
     model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(4, 3, name="c"),
                               keras.layers.Flatten(), keras.layers.Dense(3, name="d")])
     for layer in (model.get_layer("c"), model.get_layer("d")):
-        k = layer.kernel.numpy()
+        k = to_numpy(layer.kernel)
         k[np.abs(k) < np.median(np.abs(k))] = 0.0
         layer.kernel.assign(k)
-    masks = {n: model.get_layer(n).kernel.numpy() == 0 for n in ("c", "d")}
+    masks = {n: to_numpy(model.get_layer(n).kernel) == 0 for n in ("c", "d")}
     rng = np.random.default_rng(0)
     data = (rng.random((32, 6, 6, 1), dtype=np.float32), rng.integers(0, 3, 32))
     for method in ("wr", "finetune", "dkm+finetune"):
@@ -308,6 +306,6 @@ def test_compress_keeps_a_pruned_models_zeros_with_every_method():
                                  finetune_epochs=1, dkm_epochs=1, verbose=0,
                                  preserve_sparsity=True)
         for name, mask in masks.items():
-            kernel = result.model.get_layer(name).kernel.numpy()
+            kernel = to_numpy(result.model.get_layer(name).kernel)
             np.testing.assert_array_equal(kernel == 0, mask, err_msg=f"{method}/{name}")
             assert np.unique(kernel[kernel != 0]).size <= 3, (method, name)

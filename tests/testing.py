@@ -3,6 +3,54 @@
 import numpy as np
 
 
+def backend():
+    """The Keras backend this test process runs on ("tensorflow", "jax", "torch")."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def to_numpy(x):
+    """A numpy array of a tensor or Keras variable of any backend (``.numpy()`` is TF only)."""
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def gradients(fn, sources):
+    """``d fn() / d source`` for each of ``sources`` (Keras variables), as numpy arrays.
+
+    ``fn`` takes no argument and returns a scalar computed from the variables. TensorFlow: a
+    ``GradientTape``; JAX: ``jax.grad`` of ``fn`` run in a ``keras.StatelessScope`` that maps
+    each variable to the traced value (what Keras' own JAX trainer does). A source that does
+    not reach the result gives None (TensorFlow) or zeros (JAX).
+    """
+    import keras
+
+    if backend() == "jax":
+        import jax
+
+        def f(values):
+            with keras.StatelessScope(state_mapping=list(zip(sources, values))):
+                return fn()
+
+        return [np.asarray(g) for g in jax.grad(f)([v.value for v in sources])]
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = fn()
+    return [None if g is None else np.asarray(tf.convert_to_tensor(g))
+            for g in tape.gradient(loss, sources)]
+
+
+def tf_backend_only(reason="dkm_tf.export traces the model with TensorFlow"):
+    """Skip marker for tests of TensorFlow-only features when the suite runs on JAX / torch."""
+    import pytest
+
+    return pytest.mark.skipif(backend() != "tensorflow",
+                              reason=f"needs the TensorFlow backend: {reason}")
+
+
 def assert_all_close(actual, desired, atol=1e-6, rtol=1e-6, msg=""):
     """``np.testing.assert_allclose`` that accepts tensors."""
     np.testing.assert_allclose(np.asarray(actual), np.asarray(desired), atol=atol, rtol=rtol,
