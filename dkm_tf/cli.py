@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 import traceback
 
@@ -27,9 +26,11 @@ from dkm_tf.cli_args import (
     CliUsageError,
     check_compress_args,
     check_energy_args,
+    check_outputs,
     help_text,
     load_dataset,
 )
+from dkm_tf.cli_tables import import_tensorflow_quietly
 from dkm_tf.core.files import atomic_path
 
 _MODEL = flags.DEFINE_string("model", None, "Path to a .keras model (default: train the "
@@ -121,7 +122,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
 
     progress = progress if progress is not None else Progress(enabled=not quiet)
     weighting, refine = (None if v == "none" else v for v in (weighting, refine))
-    metric = "test accuracy"
+    metric, notes = "test accuracy", []
     if model_path is None:
         dataset = dataset or "digits"
         method = method or ("wr" if weighting or refine else "finetune")
@@ -146,17 +147,18 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
             _log(cli_tables.data_line(dataset, train, test))
         method = method or ("wr" if train is None or weighting or refine else "finetune")
         _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
+        check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
         if test is not None and test[1] is None:  # held-out inputs without labels: the
             y = pipeline.float_predictions(model, test[0])  # float model's classes
             test, metric = (None, metric) if y is None else ((test[0], y), cli_tables.AGREEMENT)
-            _log(cli_tables.agreement_line(y))
+            _log(cli_tables.agreement_line(y, pipeline.accuracy_note(model), notes))
     result = pipeline.compress(
         model, train, test, method=method, n_clusters=n_clusters, unit=unit,
         granularity=granularity, init=init, seed=seed, finetune_epochs=finetune_epochs,
         dkm_epochs=dkm_epochs, lam=lam, progress=progress, codebook=codebook,
         transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
         calibration_samples=calibration_samples)
-    result.metric = metric
+    result.metric, result.notes = metric, notes + result.notes
     _log(result.summary())
     _log(cli_tables.SIZE_LEGEND)
     _clear_earlier_outputs(output_dir, plots_dir or output_dir)
@@ -169,7 +171,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     if tflite:
         source = test if test is not None else train  # verify on the user's own inputs
         samples = source[0][:16] if source is not None else None
-        result.tflite, accuracy = write_tflite(result, output_dir, samples, test, progress)
+        scored = test if result.accuracy_after is not None else None  # else: no classes
+        result.tflite, accuracy = write_tflite(result, output_dir, samples, scored, progress)
     result.plots = _write_plots(result, model, plots_dir or output_dir, accuracy, progress) \
         if plots else []
     report = result.to_dict()
@@ -347,7 +350,7 @@ def run(argv, *, stdout=None, stderr=None):
         return 2
     try:
         if len(rest) == 2 and rest[1] in COMMANDS:
-            _import_tensorflow_quietly()
+            import_tensorflow_quietly()
         return main(rest)
     except CliUsageError as e:
         where = f"dkm-tf {command} --help" if command in COMMANDS else "dkm-tf --help"
@@ -367,27 +370,6 @@ def run(argv, *, stdout=None, stderr=None):
         print(f"dkm-tf: error: {type(e).__name__}: {_one_line(e)}"
               + ("" if verbose else " (run with --verbose for the traceback)"), file=stderr)
         return 1
-
-
-def _import_tensorflow_quietly():
-    """Import TensorFlow with the C-level stderr sent to a buffer (TF 2.21 prints INFO lines
-    whatever ``TF_CPP_MIN_LOG_LEVEL`` says); shown if the import fails."""
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as buf:
-        os.dup2(buf.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401, PLC0415
-        except BaseException:
-            os.dup2(saved, 2)
-            buf.seek(0)
-            sys.stderr.write(buf.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def entry_point():

@@ -181,6 +181,15 @@ def _unlabelled(model_path, dataset, method, weighting, refine):
                             f"{dataset} (no labels)")
 
 
+def check_outputs(n_outputs, method, dataset):
+    """A model with several outputs (a detector's box and score heads) has no single array
+    of class labels to train on: --method finetune / dkm need a single-output classifier."""
+    if n_outputs > 1 and method in NEEDS_DATA:
+        raise CliUsageError("method", f"wr for a model with {n_outputs} outputs (--method "
+                            f"{method} trains on the class labels of --dataset {dataset}, "
+                            "which need a single-output classifier)", method)
+
+
 def _calibration_flags(model_path, dataset, method, weighting, refine, samples):
     """--weighting / --refine: post-training k-means calibrated on the training data."""
     for flag, value in (("weighting", weighting), ("refine", refine)):

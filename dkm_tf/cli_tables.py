@@ -1,6 +1,7 @@
 """What ``dkm-tf compress`` prints besides the compression table: the legends under its
 tables, the table of the exported formats (and why ``palettized`` keeps some tensors
-float32), and the filter that keeps the LiteRT runtimes' log lines out of the output.
+float32), and the filters that keep TensorFlow's and the LiteRT runtimes' log lines out of
+the output.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import sys
 import tempfile
 import textwrap
 
-__all__ = ["SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND", "native_stderr_filtered", "tflite_table"]
+__all__ = ["SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND", "import_tensorflow_quietly",
+           "native_stderr_filtered", "tflite_table"]
 
 TARGETS = ("float", "int8", "palettized", "palettized_per_invoke")
 SIZE_LEGEND = """\
@@ -75,6 +77,27 @@ def native_stderr_filtered(progress):
             print("\n".join(kept), file=sys.stderr, flush=True)
 
 
+def import_tensorflow_quietly():
+    """Import TensorFlow with the C-level stderr sent to a buffer (TF 2.21 prints INFO lines
+    whatever ``TF_CPP_MIN_LOG_LEVEL`` says); shown if the import fails."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401, PLC0415
+        except BaseException:
+            os.dup2(saved, 2)
+            buf.seek(0)
+            sys.stderr.write(buf.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 AGREEMENT = "agreement with the float model"
 
 
@@ -102,12 +125,15 @@ def _range(x):
     return f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"
 
 
-def agreement_line(labels):
+def agreement_line(labels, why="the model's output is not one row of class scores per "
+                   "sample", notes=None):
     """What the accuracy figures are for held-out inputs without labels (``labels``: the
-    float model's top-1 classes, or None when its output is not class scores)."""
+    float model's top-1 classes, or None when its output is not class scores: ``why``,
+    also appended to ``notes``, the report's list)."""
     if labels is None:
-        return ("[data] x_test: no agreement figure (the model's output is not one row of "
-                "class scores per sample)")
+        if notes is not None:
+            notes.append(f"no {AGREEMENT} on x_test: {why}")
+        return f"[data] x_test: no agreement figure ({why})"
     return (f"[data] x_test: accuracy figures below are the {AGREEMENT}: the share of the "
             f"{len(labels)} held-out inputs where a compressed form predicts its top-1 class")
 

@@ -20,8 +20,9 @@ from dkm_tf.core import palette as palette_lib
 from dkm_tf.graph.share import share_weights
 from dkm_tf.pipeline_args import calibration_set, check_args, fisher_loss
 
-__all__ = ["METHODS", "CompressionResult", "binary_threshold", "compress", "evaluate_accuracy",
-           "float_predictions", "predicted_classes", "tflite_accuracy", "train_classifier"]
+__all__ = ["METHODS", "CompressionResult", "accuracy_note", "binary_threshold", "compress",
+           "evaluate_accuracy", "float_predictions", "predicted_classes", "tflite_accuracy",
+           "train_classifier"]
 
 METHODS = ("wr", "finetune", "dkm", "dkm+finetune")
 
@@ -48,6 +49,8 @@ class CompressionResult:
         metric: what ``accuracy_*`` measure: ``"test accuracy"``, or ``"agreement with the
             float model"`` when the test labels are the float model's own top-1 predictions
             (:func:`float_predictions`: held-out inputs without labels).
+        notes: what was not done and why (e.g. no accuracy for a model with several
+            outputs: :func:`accuracy_note`); printed by ``summary`` and in report.json.
     """
 
     model: object
@@ -63,6 +66,7 @@ class CompressionResult:
     plots: list = dataclasses.field(default_factory=list)
     calibration: dict = dataclasses.field(default_factory=dict)
     metric: str = "test accuracy"
+    notes: list = dataclasses.field(default_factory=list)
 
     def summary(self):
         lines = [f"method: {self.method}", self.size.summary()]
@@ -76,14 +80,14 @@ class CompressionResult:
             r = self.energy.ratio_vs(self.energy.baseline)
             lines.append(f"energy (16-bit, entropy-coded indices): {r.paper:.2f}x lower by the "
                          f"paper's metric, {r.hierarchy:.2f}x by the memory-hierarchy model")
-        return "\n".join(lines)
+        return "\n".join(lines + [f"note: {note}" for note in self.notes])
 
     def to_dict(self):
         return {"method": self.method, "size": self.size.to_dict(),
                 "skipped": [list(s) for s in self.skipped],
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
                 "metric": self.metric, "seconds": self.seconds,
-                "calibration": self.calibration,
+                "calibration": self.calibration, "notes": list(self.notes),
                 "energy": None if self.energy is None else self.energy.to_dict()}
 
 
@@ -95,10 +99,27 @@ def binary_threshold(model):
     return {"sigmoid": 0.5, "linear": 0.0}.get(output_activation(model))
 
 
+def accuracy_note(model):
+    """Why ``model`` has no top-1 accuracy (its output is not one row of class scores per
+    sample): a line for :attr:`CompressionResult.notes`."""
+    names = list(getattr(model, "output_names", None) or ())
+    if len(names) > 1:
+        return (f"the model has {len(names)} outputs ({', '.join(names)}): top-1 accuracy "
+                "needs a single-output classifier")
+    return "the model's output is not one row of class scores per sample"
+
+
 def predicted_classes(scores, n, threshold=None):
     """Top-1 classes of ``scores``, one row per sample (``n`` of them): the arg-max, or for
     one column (a binary classifier) class 1 where the score is above ``threshold``. None
-    when the output is not that, or is one column and ``threshold`` is None."""
+    when the output is not that (several outputs: a list of arrays, one per head, has no
+    single arg-max), or is one column and ``threshold`` is None."""
+    if isinstance(scores, dict):
+        scores = list(scores.values())
+    if isinstance(scores, (list, tuple)) and scores and all(hasattr(s, "shape") for s in scores):
+        if len(scores) != 1:
+            return None
+        scores = scores[0]
     scores = np.asarray(scores)
     if scores.ndim != 2 or scores.shape[0] != n:
         return None
@@ -130,9 +151,9 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     ``max_samples``), run in LiteRT (``tf.lite`` without the ``[litert]`` extra) in batches
     of ``batch_size`` (one sample at a time when the file has a fixed batch of 1).
 
-    Returns None when the file's output is not one row of class scores per sample. A
-    one-column output is a binary classifier with this ``threshold`` (the Keras model's
-    :func:`binary_threshold`); None then gives None.
+    Returns None when the file's output is not one row of class scores per sample (several
+    outputs included). A one-column output is a binary classifier with this ``threshold``
+    (the Keras model's :func:`binary_threshold`); None then gives None.
     """
     from dkm_tf.export.interpreters import default_interpreters, make_interpreter  # noqa: PLC0415
 
@@ -140,6 +161,8 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     x, y = np.asarray(x)[:max_samples], np.asarray(y).reshape(-1)[:max_samples]
     with open(path, "rb") as f:
         it = make_interpreter(default_interpreters()[0], f.read())
+    if len(it.get_output_details()) != 1:  # several heads: no single arg-max
+        return None
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     if int(inp["shape_signature"][0]) != -1:
         batch_size = 1
@@ -290,6 +313,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     if stage is not None:  # still open unless a fine-tuning bar took over
         stage.close()
     acc_after = evaluate_accuracy(clustered, test_data) if test_data is not None else None
+    notes = [] if acc_before is not None or test_data is None else [
+        f"no test accuracy: {accuracy_note(model)}"]
     size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))
     options = {k: v for k, v in (("weighting", weighting), ("refine", refine)) if v}
     label = method + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options
@@ -297,7 +322,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     return CompressionResult(clustered, palettes, skipped, size, label, acc_before, acc_after,
                              seconds, _energy(clustered, palettes, log),
                              calibration={**options, "samples": len(calib[0])}
-                             if calib is not None else {})
+                             if calib is not None else {}, notes=notes)
 
 
 def _cluster_stage(progress, model, n_clusters, overrides):

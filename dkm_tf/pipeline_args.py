@@ -65,6 +65,12 @@ def check_args(model, train_data, test_data, args):
     if method != "wr" and isinstance(train_data, tuple) and train_data[1] is None:
         raise validate.invalid("train_data", f"(x, y) with labels y for method={method!r} "
                                "(it trains)", "(x, None)")
+    heads = len(getattr(model, "outputs", None) or ())
+    if method != "wr" and heads > 1 and isinstance(train_data, tuple):
+        raise ValueError(f"Invalid value for argument `train_data`. Expected a single-output "
+                         f"classifier for method={method!r}, which trains on the labels y (the "
+                         f"model has {heads} outputs; method='wr' trains nothing). Received: "
+                         f"one label array y of shape {np.shape(train_data[1])}")
     check_calibration(model, method, train_data, a)
     test_data = check_data("test_data", test_data, model, required=False)
     if test_data is not None and not isinstance(test_data, tuple):

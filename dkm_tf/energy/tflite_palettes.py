@@ -11,7 +11,12 @@ rebuilds it with builtin ops (`dkm_tf.export.decode`):
   through CAST / DEQUANTIZE / FLOOR_DIV / FLOOR_MOD / RESHAPE / STRIDED_SLICE, plus an ADD of
   the offsets g·K for G per-channel codebooks; the codebook constant is (G·K, d) or (G·K,).
 
-followed by RESHAPE / TRANSPOSE / STRIDED_SLICE into the layout the op reads.
+followed by RESHAPE / TRANSPOSE / STRIDED_SLICE into the layout the op reads. A TFLite Micro
+file (`format="tflm"`) decodes each clustered weight with the custom `TFLM_DECODE` op from
+packed b-bit indices and an ancillary tensor: a 16-byte header (byte 0: decode type, 0 =
+lookup table; byte 5: channel axis << 4 | b, axis 15 = one table; byte 6: entries per
+table) followed by the value tables; K is the table length, d = 1, and G is 1 or the
+weight's size along the axis.
 :func:`stored_palette` follows a weight operand back through those ops and returns K, d and
 G, from which the energy models charge a codebook of G·K·d values plus N = |W| / d
 indices instead of |W| weights.
@@ -31,6 +36,8 @@ import math
 _LAYOUT = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "STRIDED_SLICE")
 _INDEX = ("CAST", "DEQUANTIZE", "ADD", "RESHAPE", "STRIDED_SLICE", "FLOOR_MOD", "FLOOR_DIV")
 _FLOAT32, _INT16 = 0, 7  # TensorType values of the schema
+_ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 7: 2, 9: 1}  # float32 ... int8 (TensorType: bytes)
+_TFLM_DECODE, _LUT, _ONE_TABLE = "CUSTOM:TFLM_DECODE", 0, 15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +48,7 @@ class StoredPalette:
         n_clusters: K.
         unit_dim: d.
         n_codebooks: G (1 per tensor, one per output channel when per channel).
-        mode: "once" or "per_invoke" (the decode chain found).
+        mode: "once", "per_invoke" or "tflm" (the decode chain found).
         index_tensor: name of the stored index constant.
         codebook_tensor: name of the codebook constant.
     """
@@ -63,14 +70,21 @@ class GraphView:
         self.names = []
         for op in self.ops:
             code = model.OperatorCodes(op.OpcodeIndex())
-            self.names.append(op_names.get(max(code.BuiltinCode(),
-                                               code.DeprecatedBuiltinCode()), "CUSTOM"))
+            name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+            if name == "CUSTOM":  # e.g. "CUSTOM:TFLM_DECODE"
+                name += ":" + (code.CustomCode() or b"").decode("utf-8", "replace")
+            self.names.append(name)
         self.producer = {int(t): k for k, op in enumerate(self.ops)
                          for t in (op.OutputsAsNumpy() if op.OutputsLength() else ())}
 
     def const(self, t):
         buf = self.model.Buffers(self.graph.Tensors(int(t)).Buffer())
         return buf is not None and buf.DataLength() > 0
+
+    def raw(self, t):
+        """The bytes of constant tensor `t` (empty when it has none)."""
+        buf = self.model.Buffers(self.graph.Tensors(int(t)).Buffer())
+        return buf.DataAsNumpy().tobytes() if buf is not None and buf.DataLength() else b""
 
     def shape(self, t):
         tensor = self.graph.Tensors(int(t))
@@ -134,6 +148,8 @@ def stored_palette(view, t, outer=None):
     if outer and t in outer:
         return outer[t]
     k = view.producer.get(t)
+    if k is not None and view.names[k] == _TFLM_DECODE:
+        return _tflm_lut(view, k, t)
     if k is None or view.names[k] != "GATHER":
         return None
     params, pos = view.inputs(k)[:2]
@@ -171,3 +187,28 @@ def stored_palette(view, t, outer=None):
                          unit_dim=shape[1] if len(shape) == 2 else 1, n_codebooks=groups,
                          mode="per_invoke", index_tensor=view.name(stored),
                          codebook_tensor=view.name(params))
+
+
+def _tflm_lut(view, k, t):
+    """The `StoredPalette` of output `t` of TFLite Micro's `TFLM_DECODE` op `k` (its output j
+    is decoded from inputs 2j, the packed indices, and 2j + 1, the ancillary data), or None
+    when that is not a lookup table."""
+    ins = [int(i) for i in view.ops[k].InputsAsNumpy()]
+    outs = [int(o) for o in view.ops[k].OutputsAsNumpy()]
+    j = outs.index(int(t))
+    if 2 * j + 1 >= len(ins) or min(ins[2 * j:2 * j + 2]) < 0:
+        return None
+    packed, ancillary = ins[2 * j:2 * j + 2]
+    head = view.raw(ancillary)
+    if len(head) < 16 or head[0] != _LUT or not view.const(packed):
+        return None
+    bits, axis, entries = head[5] & 7, head[5] >> 4, head[6]
+    shape = view.shape(t)
+    if not bits or not entries or (axis != _ONE_TABLE and axis >= len(shape)):
+        return None
+    groups = 1 if axis == _ONE_TABLE else shape[axis]
+    size = _ITEMSIZE.get(view.dtype(t))
+    if size is not None and len(head) - 16 != groups * entries * size:
+        return None  # not the layout above: charged as float, not guessed
+    return StoredPalette(n_clusters=entries, unit_dim=1, n_codebooks=groups, mode="tflm",
+                         index_tensor=view.name(packed), codebook_tensor=view.name(ancillary))
