@@ -128,3 +128,17 @@ def test_per_channel_lookup_tables_give_g_codebooks(tmp_path):
     assert (p.mode, p.n_clusters, p.unit_dim, p.n_codebooks) == ("tflm", 3, 1, 8)
     (row,) = _shared(energy.estimate(path))
     assert row.stored_weight_bits == pytest.approx(8 * 3 * 16 + 128 * math.log2(3), rel=1e-12)
+
+
+def test_inspect_tflite_reads_k_and_table_bytes_of_a_tflm_file(files):
+    """`inspect_tflite` reads the same header (core.tflm_lut): K and the table bytes, which
+    with the packed indices add up to the export report's own storage count."""
+    info = ex.inspect_tflite(files["tflm"].path)
+    tflm = [p for p in info.palettized if p["mode"] == "tflm"]
+    assert len(tflm) == 3
+    ks = {p.name: int(np.unique(p.decode()).size) for p in files["shared"].palettes}
+    assert sorted(p["K"] for p in tflm) == sorted(ks.values())
+    for p in tflm:
+        assert p["codebook_bytes"] == p["K"] * 4  # one float32 table of K entries
+    stored = {r["palette"]: r["index_bytes"] for r in files["tflm"].tensors if "palette" in r}
+    assert sorted(p["index_bytes"] for p in tflm) == sorted(stored.values())

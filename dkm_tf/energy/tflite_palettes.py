@@ -33,11 +33,13 @@ charging them as layers.
 import dataclasses
 import math
 
+from dkm_tf.core.tflm_lut import read_lut_header
+
 _LAYOUT = ("RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "STRIDED_SLICE")
 _INDEX = ("CAST", "DEQUANTIZE", "ADD", "RESHAPE", "STRIDED_SLICE", "FLOOR_MOD", "FLOOR_DIV")
 _FLOAT32, _INT16 = 0, 7  # TensorType values of the schema
 _ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 7: 2, 9: 1}  # float32 ... int8 (TensorType: bytes)
-_TFLM_DECODE, _LUT, _ONE_TABLE = "CUSTOM:TFLM_DECODE", 0, 15
+_TFLM_DECODE = "CUSTOM:TFLM_DECODE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,16 +201,13 @@ def _tflm_lut(view, k, t):
     if 2 * j + 1 >= len(ins) or min(ins[2 * j:2 * j + 2]) < 0:
         return None
     packed, ancillary = ins[2 * j:2 * j + 2]
-    head = view.raw(ancillary)
-    if len(head) < 16 or head[0] != _LUT or not view.const(packed):
-        return None
-    bits, axis, entries = head[5] & 7, head[5] >> 4, head[6]
+    head = read_lut_header(view.raw(ancillary))
     shape = view.shape(t)
-    if not bits or not entries or (axis != _ONE_TABLE and axis >= len(shape)):
+    if head is None or not view.const(packed) or (head.axis or 0) >= max(len(shape), 1):
         return None
-    groups = 1 if axis == _ONE_TABLE else shape[axis]
+    groups = 1 if head.axis is None else shape[head.axis]
     size = _ITEMSIZE.get(view.dtype(t))
-    if size is not None and len(head) - 16 != groups * entries * size:
+    if size is not None and head.table_bytes != groups * head.entries * size:
         return None  # not the layout above: charged as float, not guessed
-    return StoredPalette(n_clusters=entries, unit_dim=1, n_codebooks=groups, mode="tflm",
+    return StoredPalette(n_clusters=head.entries, unit_dim=1, n_codebooks=groups, mode="tflm",
                          index_tensor=view.name(packed), codebook_tensor=view.name(ancillary))

@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from dkm_tf.core.tflm_lut import read_lut_header
 from dkm_tf.export import pack
 from dkm_tf.export.rewrite import FlatModel, TFLiteFormatError
 
@@ -147,10 +148,13 @@ def _palettized(fm):
     for op in fm.operators:
         name = fm.op_name(op)
         if name.startswith("CUSTOM:TFLM_DECODE"):
-            for t_in, t_out in zip(op.inputs[::2], op.outputs):
-                found.append({"weight": fm.tensor_name(int(t_out)), "mode": "tflm", "K": -1,
+            for t_in, t_aux, t_out in zip(op.inputs[::2], op.inputs[1::2], op.outputs):
+                head = read_lut_header(fm.raw(int(t_aux)) or b"")
+                found.append({"weight": fm.tensor_name(int(t_out)), "mode": "tflm",
+                              "K": -1 if head is None else head.entries,
                               "storage": fm.type_name(int(t_in)), "per_element": 1,
-                              "index_bytes": len(fm.raw(int(t_in))), "codebook_bytes": 0})
+                              "index_bytes": len(fm.raw(int(t_in))),
+                              "codebook_bytes": 0 if head is None else head.table_bytes})
             continue
         if name != "GATHER":
             continue
