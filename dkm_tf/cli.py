@@ -24,10 +24,13 @@ from absl import flags
 from dkm_tf.cli_args import (
     COMMANDS,
     CliUsageError,
+    check_command_flags,
     check_compress_args,
     check_energy_args,
+    check_export_size,
     check_outputs,
     help_text,
+    input_shape_error,
     load_dataset,
 )
 from dkm_tf.cli_tables import import_tensorflow_quietly
@@ -37,12 +40,13 @@ _MODEL = flags.DEFINE_string("model", None, "Path to a .keras model (default: tr
                              "built-in digits CNN).")
 _DATASET = flags.DEFINE_string("dataset", None, "Data for training/evaluation: digits, mnist, "
                                "keras:<name>, or your own .npz with x_train, y_train, x_test, "
-                               "y_test (without labels: x_train calibrates --refine / "
-                               "--weighting, x_test gives agreement with float) (default: "
-                               "digits for the built-in model, none for --model).")
+                               "y_test (without labels, for --method wr: x_train calibrates "
+                               "--refine / --weighting, x_test gives agreement with float; "
+                               "either sets the TFLite input size) (default: digits for the "
+                               "built-in model, none for --model).")
 _METHOD = flags.DEFINE_enum("method", None, ["wr", "finetune", "dkm", "dkm+finetune"],
-                            "Compression method (default: wr for --model without --dataset "
-                            "or with --weighting / --refine, else finetune).")
+                            "Compression method (default: wr for --model without a labelled "
+                            "--dataset or with --weighting / --refine, else finetune).")
 _N_CLUSTERS = flags.DEFINE_integer("n_clusters", 16, "K, centroids per codebook.")
 _UNIT = flags.DEFINE_enum("unit", "scalar", ["scalar", "row", "kernel", "auto"],
                           "Clustering unit.")
@@ -75,6 +79,9 @@ _PLOTS = flags.DEFINE_bool("plots", True, "Write weights.png, formats.png and en
                            "(needs matplotlib; --no_plots is --noplots).")
 _PLOTS_DIR = flags.DEFINE_string("plots_dir", None, "Where to write the plots (default: "
                                  "--output_dir).")
+_INPUT_SHAPE = flags.DEFINE_string("input_shape", None, "Input size without the batch axis, "
+                                   "e.g. 12,12,3, for a model that leaves it open or a "
+                                   "subclassed one.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars or progress lines on stderr "
                            "(the tables and written paths still print).")
 
@@ -141,11 +148,13 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
 
         check_model_file(model_path)
         model = keras.models.load_model(model_path, compile=False)
+        check_export_size(model, tflite, dataset)  # an open input size needs --dataset
         train = test = None
         if dataset:
             train, test = load_dataset(dataset)
-            _log(cli_tables.data_line(dataset, train, test))
-        method = method or ("wr" if train is None or weighting or refine else "finetune")
+            _log(cli_tables.data_line(dataset, train, test, bool(weighting or refine)))
+        method = method or ("wr" if train is None or train[1] is None or weighting or refine
+                            else "finetune")
         _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
         check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
         if test is not None and test[1] is None:  # held-out inputs without labels: the
@@ -292,10 +301,15 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
 
 
 def run_energy(model_path, **kwargs):
-    """Run ``dkm-tf energy``; returns the printed text."""
+    """Run ``dkm-tf energy``; returns the printed text (``kwargs``: those of
+    :func:`dkm_tf.energy.estimate`; a missing or wrong ``input_shape`` names --input_shape)."""
     from dkm_tf import energy  # noqa: PLC0415
+    from dkm_tf.energy.keras_reader import InputShapeError  # noqa: PLC0415
 
-    text = energy.energy_cli_text(model_path, **kwargs)
+    try:
+        text = energy.energy_cli_text(model_path, **kwargs)
+    except InputShapeError as e:
+        raise input_shape_error(e, kwargs.get("input_shape")) from None
     _log(text)
     return text
 
@@ -308,11 +322,12 @@ def main(argv):
     if len(argv) > 2:
         raise CliUsageError("arguments", "no positional arguments after the command",
                             " ".join(argv[2:]))
+    given = [f.name for f in flags.FLAGS.get_flags_for_module(__name__) if f.present]
     if argv[1] == "energy":
-        check_energy_args(_MODEL.value, [f.name for f in flags.FLAGS.get_flags_for_module(
-            __name__) if f.present])
-        run_energy(_MODEL.value)
+        shape = check_energy_args(_MODEL.value, given, _INPUT_SHAPE.value)
+        run_energy(_MODEL.value, input_shape=shape)
         return 0
+    check_command_flags("compress", given)
     kwargs = {"dataset": _DATASET.value, "method": _METHOD.value,
               "n_clusters": _N_CLUSTERS.value, "unit": _UNIT.value,
               "granularity": _GRANULARITY.value, "init": _INIT.value, "epochs": _EPOCHS.value,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 COMMANDS = ("compress", "energy")
 MAX_CLUSTERS = 65_536
@@ -21,7 +22,7 @@ COMMAND_FLAGS = {
                  "epochs", "finetune_epochs", "dkm_epochs", "lam", "seed", "output_dir",
                  "tflite", "plots", "plots_dir", "quiet", "codebook", "transforms",
                  "scale_bits", "weighting", "refine", "calibration_samples"),
-    "energy": ("model",),
+    "energy": ("model", "input_shape"),
 }
 SUMMARY = {
     "compress": "cluster (and fine-tune) a model; write .keras, .tflite files and report.json",
@@ -146,7 +147,7 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
     if model_path is not None:
         _model_file(model_path, MODEL_SUFFIXES)
     if dataset is not None and not _dataset(dataset):
-        _unlabelled(model_path, dataset, method, weighting, refine)
+        _unlabelled(model_path, dataset, method)
     if model_path is not None and dataset is None and method in NEEDS_DATA:
         raise CliUsageError("method", "wr with --model and no --dataset (the other methods "
                             "train, so they need --dataset)", method)
@@ -166,19 +167,16 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
         _output_dir(plots_dir, "plots_dir")
 
 
-def _unlabelled(model_path, dataset, method, weighting, refine):
-    """An unlabelled .npz (x_train, optionally x_test) only calibrates --refine / --weighting
-    of a --model (x_test: the agreement with the float model is reported)."""
+def _unlabelled(model_path, dataset, method):
+    """An unlabelled .npz (x_train, optionally x_test) serves a --model's post-training k-means:
+    x_train calibrates --refine / --weighting (plain wr reads no data), x_test gives the
+    agreement with the float model, and either feeds the TFLite step its inputs."""
     if model_path is None:
         raise CliUsageError("dataset", "a labelled .npz (x_train, y_train, x_test, y_test) "
                             "to train the built-in model", f"{dataset} (no labels)")
     if method not in (None, "wr"):
         raise CliUsageError("method", "wr with an unlabelled --dataset (the other methods "
                             "train on labels)", method)
-    if weighting == "none" and refine == "none":
-        raise CliUsageError("dataset", "labels (y_train, y_test) unless --refine or "
-                            "--weighting calibrates on x_train (plain wr reads no data)",
-                            f"{dataset} (no labels)")
 
 
 def check_outputs(n_outputs, method, dataset):
@@ -225,15 +223,71 @@ def _kernel_flags(unit, codebook, transforms, scale_bits, **others):
                                     "does not support it)", value)
 
 
-def check_energy_args(model_path, given=()):
-    """Check ``dkm-tf energy``'s ``--model`` (required: .keras, .h5, .hdf5 or .tflite);
-    ``given``: the other flags on the command line, which energy would ignore."""
+def check_export_size(model, tflite, dataset):
+    """The TFLite step exports at a fixed input size: the model's own, else that of the inputs
+    of --dataset. A model that leaves it open (``Input((None, None, 3))``, a subclassed model)
+    without --dataset is refused before any k-means (run after the model loads)."""
+    if not tflite or dataset is not None:
+        return
+    from dkm_tf.export.convert import open_dims  # noqa: PLC0415 (loads TensorFlow)
+
+    why = open_dims(model)
+    if why:
+        raise CliUsageError("dataset", f"a .npz whose x_test (or x_train) has the input size "
+                            f"to export, because {why} (or --notflite to skip the TFLite "
+                            "files)", dataset)
+
+
+def check_command_flags(command, given):
+    """Flags of the other command (``given``: those on the command line) are refused: the
+    command would ignore them."""
+    other = [f for f in given if f not in COMMAND_FLAGS[command] and f != "quiet"]
+    if other:
+        what = "compress flags" if command == "energy" else f"--{other[0]}"
+        reads = ("--model and --input_shape only" if command == "energy" else
+                 "the input size from the model, or from --dataset for the TFLite files")
+        raise CliUsageError(other[0], f"no {what} with dkm-tf {command} (it reads {reads})",
+                            f"--{other[0]}" + (f" (and {len(other) - 1} more)"
+                                               if len(other) > 1 else ""))
+
+
+def parse_input_shape(text):
+    """``--input_shape 12,12,3``: positive integers separated by commas, no batch axis."""
+    parts = text.split(",") if isinstance(text, str) else []
+    if not parts or not all(re.fullmatch(r"\s*[0-9]+\s*", p) and int(p) > 0 for p in parts):
+        raise CliUsageError("input_shape", "positive integers separated by commas, without "
+                            "the batch axis (e.g. 12,12,3)", text)
+    return tuple(int(p) for p in parts)
+
+
+def check_energy_args(model_path, given=(), input_shape=None):
+    """Check ``dkm-tf energy``'s ``--model`` (required: .keras, .h5, .hdf5 or .tflite) and
+    ``--input_shape`` (a Keras model's input size; a .tflite file stores its own); ``given``:
+    the flags on the command line (compress flags, which energy would ignore, are refused).
+    Returns the input shape as a tuple, or None."""
     if not model_path:
         raise CliUsageError("model", "a .keras, .h5 or .tflite file (dkm-tf energy needs it)",
                             model_path)
     _model_file(model_path, (*MODEL_SUFFIXES, ".tflite"))
-    extra = [f for f in given if f not in ("model", "quiet")]
-    if extra:
-        raise CliUsageError(extra[0], "no compress flags with dkm-tf energy (it reads --model "
-                            "alone)", f"--{extra[0]}" + (f" (and {len(extra) - 1} more)"
-                                                         if len(extra) > 1 else ""))
+    check_command_flags("energy", given)
+    if input_shape is None:
+        return None
+    shape = parse_input_shape(input_shape)
+    if model_path.lower().endswith(".tflite"):
+        raise CliUsageError("input_shape", "no --input_shape with a .tflite --model (the file "
+                            "stores its input size)", input_shape)
+    return shape
+
+
+def input_shape_error(error, input_shape):
+    """The :class:`CliUsageError` naming --input_shape for the energy reader's
+    ``InputShapeError``: a model whose layer shapes need the input size, or that fixes
+    another one than ``input_shape`` (the parsed flag)."""
+    if error.fixed is None:
+        expected = ("the input size without the batch axis, positive integers separated by "
+                    f"commas (e.g. 12,12,3), because {error.why}")
+    else:
+        expected = (f"{','.join(map(str, error.fixed))} or no --input_shape, because "
+                    f"{error.why}")
+    return CliUsageError("input_shape", expected, None if input_shape is None else
+                         ",".join(map(str, input_shape)))

@@ -106,17 +106,20 @@ def n_classes(train, test):
     return int(max(train[1].max(), test[1].max())) + 1
 
 
-def data_line(dataset, train, test):
+def data_line(dataset, train, test, calibrates=True):
     """The ``[data]`` line: sizes, shape, classes, and the input range (a .npz is used as it
-    is, so 0-255 pixels for a model trained on [0, 1] show here)."""
+    is, so 0-255 pixels for a model trained on [0, 1] show here). Unlabelled samples
+    calibrate --refine / --weighting (``calibrates``), else plain wr's k-means reads none."""
     x = train[0]
     shape = f"{tuple(x.shape[1:])} in {_range(x)}"
     if test is not None and _range(test[0]) != _range(x):
         shape += f" (x_test in {_range(test[0])})"
     if train[1] is None:
         held = "" if test is None else f" and {len(test[0])} held-out inputs"
-        return (f"[data] {dataset}: {len(x)} unlabelled samples{held} of shape {shape} "
-                f"(calibration{'' if held else ' only: no accuracy is reported'})")
+        use = ("calibration" + ("" if held else " only: no accuracy is reported")
+               if calibrates else "x_train not read by k-means without --refine / --weighting"
+               + ("" if held else "; no accuracy is reported"))
+        return f"[data] {dataset}: {len(x)} unlabelled samples{held} of shape {shape} ({use})"
     return (f"[data] {dataset}: {len(train[1])} train / {len(test[1])} test samples of shape "
             f"{shape}, {n_classes(train, test)} classes")
 

@@ -181,7 +181,8 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
         bits_x: Activation bits B_x.
         index_cost: "none", "log2" or "entropy"; see `estimate_layer`.
         compute_model: "conservative" or "unique_products"; see `estimate_layer`.
-        input_shape: Input shape without the batch axis; required for subclassed models.
+        input_shape: Input shape without the batch axis; required for subclassed models and
+            open input sizes (`Input((None, None, 3))`); else the model's own or None.
 
     Returns:
         An `EnergyReport` (with `baseline` set when compression information is given).

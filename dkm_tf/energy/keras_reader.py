@@ -23,20 +23,32 @@ _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D"
 _RELU_NAMES = ("relu", "relu6", "leaky_relu")
 
 
+class InputShapeError(ValueError):
+    """`input_shape` is missing where the layer shapes need it, or differs from the input
+    size the model fixes (then ``fixed`` is that size): ``why`` says which, without the
+    advice, so that the ``dkm-tf energy`` command can name its --input_shape flag instead."""
+
+    def __init__(self, message, why, fixed=None):
+        super().__init__(message)
+        self.why, self.fixed = why, fixed
+
+
 def read_keras_model(model, *, input_shape=None):
     """Reads per-layer shapes of a built Keras model.
 
     Args:
         model: A `keras.Model`.
         input_shape: Input shape without the batch axis. Required for subclassed models and
-            models with dynamic (None) spatial dimensions; builds an unbuilt Sequential.
+            models with dynamic (None) spatial dimensions; builds an unbuilt Sequential; must
+            be the model's own where it fixes its one input's size.
 
     Returns:
         `(shapes, skipped)`: a tuple of `LayerShape` and a tuple of `(name, reason)`.
 
     Raises:
         TypeError: If `model` is not a keras.Model.
-        ValueError: If shapes cannot be determined and `input_shape` is missing.
+        InputShapeError: A ValueError: shapes cannot be determined and `input_shape` is
+            missing, or it differs from the input size the model fixes.
     """
     import keras
 
@@ -48,31 +60,43 @@ def read_keras_model(model, *, input_shape=None):
     graph_model = isinstance(model, keras.Sequential) or _has_inputs(model)
     if isinstance(model, keras.Sequential) and not _has_inputs(model):
         if input_shape is None:
-            raise ValueError(
-                f"Sequential model {model.name!r} is not built, so its layer shapes are "
-                "unknown. Pass input_shape=(...) (without the batch axis) or build the model."
-            )
+            why = f"Sequential model {model.name!r} is not built, so its layer shapes are unknown"
+            raise InputShapeError(f"{why}. Pass input_shape=(...) (without the batch axis) or "
+                                  "build the model.", why)
         model.build((None,) + tuple(input_shape))
     if not graph_model or (input_shape is not None and _has_dynamic_input(model)):
         if input_shape is None:
-            raise ValueError(
-                f"Cannot read layer shapes of model {model.name!r} "
-                f"({type(model).__name__}): subclassed models do not record their layers' "
-                "input and output shapes. Pass input_shape=(...) (without the batch axis) "
-                "to trace the model with TensorFlow."
-            )
+            why = (f"model {model.name!r} ({type(model).__name__}) is subclassed: it does not "
+                   "record its layers' input and output shapes")
+            raise InputShapeError(
+                f"Cannot read layer shapes of model {model.name!r} ({type(model).__name__}): "
+                "subclassed models do not record their layers' input and output shapes. Pass "
+                "input_shape=(...) (without the batch axis) to trace the model with "
+                "TensorFlow.", why)
         from dkm_tf.energy.graph_reader import read_traced_model
 
         return read_traced_model(model, input_shape)
     if _has_dynamic_input(model):
-        raise ValueError(
-            f"Model {model.name!r} has dynamic input dimensions "
-            f"{[tuple(t.shape) for t in model.inputs]}. Pass input_shape=(...) (without the "
-            "batch axis) to fix them."
-        )
+        dims = f"has dynamic input dimensions {[tuple(t.shape) for t in model.inputs]}"
+        raise InputShapeError(f"Model {model.name!r} {dims}. Pass input_shape=(...) (without "
+                              "the batch axis) to fix them.", f"model {model.name!r} {dims}")
+    _check_fixed_size(model, input_shape)
     shapes, skipped = [], []
     _walk(model, keras, shapes, skipped)
     return tuple(shapes), tuple(skipped)
+
+
+def _check_fixed_size(model, input_shape):
+    """`input_shape` given for a model that fixes its (one) input size must be that size:
+    the layer shapes read are the model's, whatever `input_shape` says."""
+    if input_shape is None or len(model.inputs) != 1:
+        return
+    fixed = tuple(model.inputs[0].shape)[1:]
+    if (tuple(input_shape) if isinstance(input_shape, (list, tuple)) else input_shape) != fixed:
+        why = f"model {model.name!r} fixes its input size at {fixed}"
+        raise InputShapeError(
+            f"Invalid value for argument `input_shape`. Expected None or {fixed}: {why}. "
+            f"Received: input_shape={input_shape!r}", why, fixed)
 
 
 def _has_inputs(model):

@@ -1,0 +1,102 @@
+"""Accuracy of classifiers for :func:`dkm_tf.compress` and ``dkm-tf compress``: top-1 of a
+Keras model or a ``.tflite`` file, binary classifiers (one output unit), and why a model has
+no accuracy (several outputs, not class scores). Re-exported by :mod:`dkm_tf.pipeline`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["accuracy_note", "binary_threshold", "evaluate_accuracy", "float_predictions",
+           "predicted_classes", "tflite_accuracy"]
+
+
+def binary_threshold(model):
+    """Where a one-unit output (a binary classifier) turns to class 1: 0.5 after a sigmoid,
+    0 for a logit (no activation); None for any other final activation (no class)."""
+    from dkm_tf.training.common import output_activation  # noqa: PLC0415
+
+    return {"sigmoid": 0.5, "linear": 0.0}.get(output_activation(model))
+
+
+def accuracy_note(model):
+    """Why ``model`` has no top-1 accuracy (its output is not one row of class scores per
+    sample): a line for :attr:`CompressionResult.notes`."""
+    names = list(getattr(model, "output_names", None) or ())
+    if len(names) > 1:
+        return (f"the model has {len(names)} outputs ({', '.join(names)}): top-1 accuracy "
+                "needs a single-output classifier")
+    return "the model's output is not one row of class scores per sample"
+
+
+def predicted_classes(scores, n, threshold=None):
+    """Top-1 classes of ``scores``, one row per sample (``n`` of them): the arg-max, or for
+    one column (a binary classifier) class 1 where the score is above ``threshold``. None
+    when the output is not that (several outputs: a list of arrays, one per head, has no
+    single arg-max), or is one column and ``threshold`` is None."""
+    if isinstance(scores, dict):
+        scores = list(scores.values())
+    if isinstance(scores, (list, tuple)) and scores and all(hasattr(s, "shape") for s in scores):
+        if len(scores) != 1:
+            return None
+        scores = scores[0]
+    scores = np.asarray(scores)
+    if scores.ndim != 2 or scores.shape[0] != n:
+        return None
+    if scores.shape[1] == 1:
+        return None if threshold is None else (scores[:, 0] > threshold).astype(np.int32)
+    return np.argmax(scores, axis=1).astype(np.int32)
+
+
+def float_predictions(model, x, batch_size=256):
+    """The model's top-1 classes on ``x`` (labels for held-out inputs that have none: the
+    accuracy of a compressed copy against them is its agreement with this model), or None
+    when the output is not class scores (:func:`predicted_classes`)."""
+    out = model.predict(x, batch_size=batch_size, verbose=0)
+    return predicted_classes(out, len(x), binary_threshold(model))
+
+
+def evaluate_accuracy(model, data, batch_size=256):
+    """Top-1 accuracy of a classifier on ``(x, y)``; None when the output is not class scores.
+
+    A one-unit output is a binary classifier (:func:`binary_threshold`, labels 0/1)."""
+    x, y = data
+    out = model.predict(x, batch_size=batch_size, verbose=0)
+    pred = predicted_classes(out, len(y), binary_threshold(model))
+    return None if pred is None else float(np.mean(pred == np.asarray(y).reshape(-1)))
+
+
+def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold=None):
+    """Top-1 accuracy of a classifier ``.tflite`` file on ``(x, y)`` (the first
+    ``max_samples``), run in LiteRT (``tf.lite`` without the ``[litert]`` extra) in batches
+    of ``batch_size`` (one sample at a time when the file has a fixed batch of 1).
+
+    Returns None when the file's output is not one row of class scores per sample (several
+    outputs included). A one-column output is a binary classifier with this ``threshold``
+    (the Keras model's :func:`binary_threshold`); None then gives None.
+    """
+    from dkm_tf.export.interpreters import default_interpreters, make_interpreter  # noqa: PLC0415
+
+    x, y = data
+    x, y = np.asarray(x)[:max_samples], np.asarray(y).reshape(-1)[:max_samples]
+    with open(path, "rb") as f:
+        it = make_interpreter(default_interpreters()[0], f.read())
+    if len(it.get_output_details()) != 1:  # several heads: no single arg-max
+        return None
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    if int(inp["shape_signature"][0]) != -1:
+        batch_size = 1
+    preds, shape = [], tuple(inp["shape"])
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size].astype(inp["dtype"])
+        if shape != chunk.shape:
+            it.resize_tensor_input(inp["index"], chunk.shape)
+            it.allocate_tensors()
+            shape = chunk.shape
+        it.set_tensor(inp["index"], chunk)
+        it.invoke()
+        pred = predicted_classes(it.get_tensor(out["index"]), len(chunk), threshold)
+        if pred is None:
+            return None
+        preds.append(pred)
+    return float(np.mean(np.concatenate(preds) == y))
