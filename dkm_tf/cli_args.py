@@ -7,9 +7,11 @@ training run: :func:`check_compress_args` / :func:`check_energy_args` raise
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import sys
 
 COMMANDS = ("compress", "energy")
 MAX_CLUSTERS = 65_536
@@ -130,6 +132,21 @@ def _output_dir(path, flag="output_dir"):
         raise CliUsageError(flag, f"a folder this user can write ({probe} is not)", path)
 
 
+def keras_backend():
+    """The Keras backend this process runs or will run, without importing Keras: Keras'
+    own answer once imported, else ``$KERAS_BACKEND``, else keras.json's, else TensorFlow."""
+    if "keras" in sys.modules and hasattr(sys.modules["keras"], "backend"):
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return str(json.load(f).get("backend", "tensorflow"))
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
 def check_compress_args(model_path=None, *, dataset=None, method=None, n_clusters=16,
                         unit="scalar", granularity="per_tensor", init="kmeans++", epochs=30,
                         finetune_epochs=3, dkm_epochs=5, lam=1.0, seed=0,
@@ -138,7 +155,11 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
                         weighting="none", refine="none", calibration_samples=256):
     """Check every ``dkm-tf compress`` argument; raise :class:`CliUsageError` on the first bad
     one. (``unit``, ``granularity``, ``init`` and ``method`` are enums absl already checked.)"""
-    del init, tflite  # absl enums / bool
+    del init  # an absl enum
+    if tflite and keras_backend() != "tensorflow":
+        raise CliUsageError("tflite", f"--notflite on Keras' {keras_backend()!r} backend (the "
+                            "TFLite converter traces with TensorFlow; export the saved "
+                            "clustered.keras from a KERAS_BACKEND=tensorflow process)", True)
     _kernel_flags(unit, codebook, transforms, scale_bits, granularity=(granularity, "per_tensor"),
                   weighting=(weighting, "none"), refine=(refine, "none"))
     for flag, value in (("plots", plots), ("quiet", quiet)):

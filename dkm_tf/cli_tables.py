@@ -80,8 +80,10 @@ def native_stderr_filtered(progress):
 def import_tensorflow_quietly():
     """Import TensorFlow with the C-level stderr sent to a buffer (TF 2.21 prints INFO lines
     whatever ``TF_CPP_MIN_LOG_LEVEL`` says); shown if the import fails."""
-    if "tensorflow" in sys.modules:
-        return
+    import importlib.util  # noqa: PLC0415
+
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return  # loaded already, or not installed (training on JAX / torch needs none)
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as buf:

@@ -82,3 +82,21 @@ def test_main_training_tests_pass_on_jax():
     summary = proc.stdout.strip().splitlines()[-1]  # "285 passed, 11 skipped in 250s"
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|skipped|failed|error)", summary)}
     assert counts.get("passed", 0) > 10 * counts.get("skipped", 0), tail  # mostly run, not skipped
+
+
+def test_cli_on_jax_refuses_tflite_before_any_work(tmp_path):
+    """Found by a probe: on JAX, dkm-tf compress trained and clustered everything, then
+    failed in the TFLite step (no report.json). --tflite is now refused first (exit 2)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    proc = subprocess.run([sys.executable, "-m", "dkm_tf.cli", "compress", "--n_clusters", "4",
+                           "--output_dir", str(out)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "--tflite" in err and "--notflite" in err and "'jax'" in err, err
+    assert not out.exists()  # nothing trained or written

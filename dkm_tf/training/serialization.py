@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 from dkm_tf.core.files import check_model_file
 
@@ -32,10 +33,22 @@ def load_model(path, **kwargs):
         **kwargs: passed to ``keras.models.load_model`` (e.g. ``compile=False``).
 
     Returns:
-        The Keras model.
+        The Keras model. A file whose compile config names an optimizer of another Keras
+        backend (saved with ``KERAS_BACKEND=torch``: ``keras.src.backend.torch.optimizers``,
+        which other backends cannot import) loads uncompiled, with a ``UserWarning`` that says
+        so (the weights and layers are backend-neutral); compile it again before ``fit``.
     """
     import keras  # noqa: PLC0415
 
     check_model_file(path)
     register_serializables()
-    return keras.models.load_model(path, **kwargs)
+    try:
+        return keras.models.load_model(path, **kwargs)
+    except TypeError as e:
+        if kwargs.get("compile") is False or "backend." not in str(e):
+            raise
+        warnings.warn(f"{path}: its compile config comes from another Keras backend and "
+                      f"cannot be restored on {keras.backend.backend()!r} "
+                      f"({' '.join(str(e).split())[:160]}); loaded without compile: call "
+                      "model.compile(...) before fit", UserWarning, stacklevel=2)
+        return keras.models.load_model(path, **{**kwargs, "compile": False})

@@ -122,7 +122,9 @@ def _distance(w, c):
         return ops.abs(w - ops.transpose(c, (0, 2, 1)))
     sq = (ops.sum(w * w, axis=-1)[:, :, None] - 2.0 * ops.einsum("gmd,gkd->gmk", w, c)
           + ops.sum(c * c, axis=-1)[:, None, :])
-    return ops.sqrt(ops.maximum(sq, 1e-24))  # clamp: no NaN gradient at distance 0
+    # clamp: no NaN gradient at distance 0 (clip keeps sq's dtype; Keras' torch maximum
+    # returns float32 for float64 operands, which broke the float64 snap at strip)
+    return ops.sqrt(ops.clip(sq, 1e-24, 1e30))
 
 
 def _chunks(m, k):
@@ -145,7 +147,7 @@ def _update(w, c, tau, parts):
         blocks.append(a)
         num = num + ops.einsum("gmk,gmd->gkd", a, wc)
         den = den + ops.sum(a, axis=1)
-    c_new = ops.where(den[..., None] > 1e-30, num / ops.maximum(den, 1e-30)[..., None], c)
+    c_new = ops.where(den[..., None] > 1e-30, num / ops.clip(den, 1e-30, 1e30)[..., None], c)
     return c_new, blocks
 
 

@@ -212,10 +212,11 @@ class ClusterWeights(keras.layers.Wrapper):
             self._pending.pop(attr, None)
         for attr, var, layout, clusters in plans:
             g, m, d = layout.n_groups, layout.n_units, layout.unit_dim
-            codebook = self.add_weight(name=f"{attr}_codebook", shape=(g, k, d),
+            stem = attr.replace(".", "_")  # "cell.kernel": torch refuses dots in names
+            codebook = self.add_weight(name=f"{stem}_codebook", shape=(g, k, d),
                                        initializer="zeros", dtype=var.dtype,
                                        trainable=self.assignment == "hard")
-            indices = self.add_weight(name=f"{attr}_indices", shape=(g, m), initializer="zeros",
+            indices = self.add_weight(name=f"{stem}_indices", shape=(g, m), initializer="zeros",
                                       trainable=False, dtype=collective_safe_dtype(index_dtype(k)))
             slot = _Slot(attr, var, layout, codebook, indices)
             if clusters is _NO_VALUE_YET:  # k-means at the first eager call (or the load)
