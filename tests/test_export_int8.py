@@ -138,6 +138,30 @@ def test_comparison_needs_top1_when_asked():
     assert Comparison("litert", 0.1, 0.2, 0.5, 8).ok  # float formats: no top-1 check
 
 
+def test_top1_reads_class_scores_only_softmax_heads_beside_other_outputs():
+    """A detector's box head has an arg-max that means nothing: with several outputs only
+    rows of probabilities count (a probe saw RNet's box head set the int8 top-1 figure)."""
+    from dkm_tf.export.verify import class_score_outputs, top1_agreement  # noqa: PLC0415
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(10, 3))
+    prob = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    box = rng.normal(size=(10, 4))
+    box_flipped = box.copy()
+    box_flipped[:6] = -box_flipped[:6]  # arg-max of 6 box rows changes
+    assert class_score_outputs([box, prob]) == [1]
+    assert top1_agreement([box_flipped, prob], [box, prob]) == 1.0  # box head not read
+    prob_flipped = prob[:, ::-1].copy()
+    want = float(np.mean(prob_flipped.argmax(1) == prob.argmax(1)))
+    assert top1_agreement([box, prob_flipped], [box, prob]) == want < 1.0
+    # one output: any (samples, classes >= 2) output counts, logits included
+    assert class_score_outputs([logits]) == [0]
+    assert top1_agreement([-logits], [logits]) == float(np.mean((-logits).argmax(1)
+                                                                == logits.argmax(1)))
+    # several outputs, none a softmax: no top-1 check (NaN)
+    assert np.isnan(top1_agreement([box, logits], [box, logits]))
+
+
 def _two_scale_heads():
     """A head in the hundreds and a sigmoid head in [0, 1] computed from one concatenated
     tensor (whose full-int8 range is the big head's)."""

@@ -231,7 +231,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             MobileNetV2, seeded normal noise is no stand-in for images.
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
             :data:`DEFAULT_TOLERANCE`. int8 files must also agree with Keras' arg-max on
-            :data:`INT8_MIN_TOP1` of the samples (outputs shaped (samples, classes)).
+            :data:`INT8_MIN_TOP1` of the samples (class-score outputs: shaped (samples, classes);
+            with several outputs, softmax heads only).
         interpreters: which of ``"litert"`` and ``"tflite"`` verify the file (default: both,
             or ``tf.lite`` alone when ``ai_edge_litert`` is not installed, with a note).
         max_table_bytes: RAM cap of one decode table (``once``).

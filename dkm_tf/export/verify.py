@@ -24,9 +24,9 @@ from dkm_tf.export.interpreters import (  # noqa: F401 (re-exported)
     make_interpreter,
 )
 
-__all__ = ["INTERPRETERS", "Comparison", "ExportVerificationError", "batch_inputs", "compare",
-           "keras_outputs", "make_interpreter", "run_tflite", "static_batch", "top1_agreement",
-           "verify_batches"]
+__all__ = ["INTERPRETERS", "Comparison", "ExportVerificationError", "batch_inputs",
+           "class_score_outputs", "compare", "keras_outputs", "make_interpreter", "run_tflite",
+           "static_batch", "top1_agreement", "verify_batches"]
 
 
 
@@ -51,7 +51,7 @@ class Comparison:
             cannot change its batch, e.g. a recurrent layer converted with a fixed one);
             empty when it ran.
         top1_agreement: fraction of samples whose arg-max equals Keras' (the lowest over the
-            outputs shaped ``(samples, classes >= 2)``); NaN when no output is.
+            :func:`class_score_outputs`); NaN when no output is one.
         min_top1: the required ``top1_agreement`` (int8 formats), NaN when not checked.
     """
 
@@ -185,10 +185,21 @@ def static_batch(content):
     return all(fm.signature(int(t))[:1] != (-1,) for t in fm.graph.inputs)
 
 
+def class_score_outputs(reference):
+    """Indices of the outputs read as class scores: shaped (samples, classes >= 2), and when
+    the model has several outputs only rows of probabilities (>= 0, summing to 1: a softmax
+    head), since the arg-max of a detector's box or landmark head means nothing."""
+    found = [k for k, r in enumerate(reference) if r.ndim == 2 and r.shape[1] >= 2 and len(r)]
+    if len(reference) > 1:
+        found = [k for k in found if np.all(reference[k] >= 0)
+                 and np.allclose(reference[k].sum(-1), 1.0, atol=1e-3)]
+    return found
+
+
 def top1_agreement(got, reference):
-    """Lowest arg-max agreement over the outputs shaped (samples, classes >= 2); NaN if none."""
-    rates = [float(np.mean(np.argmax(g, -1) == np.argmax(r, -1)))
-             for g, r in zip(got, reference) if r.ndim == 2 and r.shape[1] >= 2 and len(r)]
+    """Lowest arg-max agreement over the :func:`class_score_outputs`; NaN if none."""
+    rates = [float(np.mean(np.argmax(got[k], -1) == np.argmax(reference[k], -1)))
+             for k in class_score_outputs(reference)]
     return min(rates) if rates else float("nan")
 
 
