@@ -156,8 +156,9 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
     """Check every ``dkm-tf compress`` argument; raise :class:`CliUsageError` on the first bad
     one. (``unit``, ``granularity``, ``init`` and ``method`` are enums absl already checked.)"""
     del init  # an absl enum
-    if tflite and keras_backend() != "tensorflow":
-        raise CliUsageError("tflite", f"--notflite on Keras' {keras_backend()!r} backend (the "
+    backend = keras_backend()
+    if tflite and backend != "tensorflow":
+        raise CliUsageError("tflite", f"--notflite on Keras' {backend!r} backend (the "
                             "TFLite converter traces with TensorFlow; export the saved "
                             "clustered.keras from a KERAS_BACKEND=tensorflow process)", True)
     _kernel_flags(unit, codebook, transforms, scale_bits, granularity=(granularity, "per_tensor"),

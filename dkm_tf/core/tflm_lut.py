@@ -9,24 +9,21 @@ energy reader, which must agree on K.
 
 from __future__ import annotations
 
+import typing
+
 __all__ = ["HEADER_BYTES", "LutHeader", "read_lut_header"]
 
 HEADER_BYTES = 16
 _LUT, _ONE_TABLE = 0, 15
 
 
-class LutHeader(tuple):
-    """``(bits, axis, entries, table_bytes)``: ``axis`` is None for one table per tensor."""
+class LutHeader(typing.NamedTuple):
+    """One lookup-table header: ``axis`` is None for one table per tensor."""
 
-    __slots__ = ()
-
-    def __new__(cls, bits, axis, entries, table_bytes):
-        return super().__new__(cls, (bits, axis, entries, table_bytes))
-
-    bits = property(lambda self: self[0])
-    axis = property(lambda self: self[1])
-    entries = property(lambda self: self[2])
-    table_bytes = property(lambda self: self[3])
+    bits: int
+    axis: int | None
+    entries: int
+    table_bytes: int
 
 
 def read_lut_header(raw):
@@ -34,7 +31,7 @@ def read_lut_header(raw):
     table (another decode type, too short, zero bits or entries).
 
     >>> read_lut_header(bytes([0, 1, 0, 0, 0, (15 << 4) | 2, 3, 0] + [0] * 8) + bytes(12))
-    (2, None, 3, 12)
+    LutHeader(bits=2, axis=None, entries=3, table_bytes=12)
     """
     raw = bytes(raw)
     if len(raw) < HEADER_BYTES or raw[0] != _LUT:

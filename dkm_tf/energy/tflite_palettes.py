@@ -13,10 +13,8 @@ rebuilds it with builtin ops (`dkm_tf.export.decode`):
 
 followed by RESHAPE / TRANSPOSE / STRIDED_SLICE into the layout the op reads. A TFLite Micro
 file (`format="tflm"`) decodes each clustered weight with the custom `TFLM_DECODE` op from
-packed b-bit indices and an ancillary tensor: a 16-byte header (byte 0: decode type, 0 =
-lookup table; byte 5: channel axis << 4 | b, axis 15 = one table; byte 6: entries per
-table) followed by the value tables; K is the table length, d = 1, and G is 1 or the
-weight's size along the axis.
+packed b-bit indices and a lookup table (`dkm_tf.core.tflm_lut`): K is the table length,
+d = 1, and G is 1 or the weight's size along the table's axis.
 :func:`stored_palette` follows a weight operand back through those ops and returns K, d and
 G, from which the energy models charge a codebook of G·K·d values plus N = |W| / d
 indices instead of |W| weights.
@@ -203,7 +201,8 @@ def _tflm_lut(view, k, t):
     packed, ancillary = ins[2 * j:2 * j + 2]
     head = read_lut_header(view.raw(ancillary))
     shape = view.shape(t)
-    if head is None or not view.const(packed) or (head.axis or 0) >= max(len(shape), 1):
+    if head is None or not view.const(packed) or (head.axis is not None
+                                                  and head.axis >= len(shape)):
         return None
     groups = 1 if head.axis is None else shape[head.axis]
     size = _ITEMSIZE.get(view.dtype(t))

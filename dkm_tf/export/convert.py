@@ -82,12 +82,16 @@ def as_input_list(sample_inputs):
     return arrays
 
 
-def _model_input_dtypes(model):
+def model_inputs(model):
+    """The model's symbolic inputs, or [] (a subclassed model declares none)."""
     try:
-        inputs = list(model.inputs or ())
-    except (AttributeError, TypeError, ValueError):  # subclassed: no symbolic inputs
-        return None
-    return ["int32" if "int" in str(t.dtype) else "float32" for t in inputs] or None
+        return list(model.inputs or ())
+    except (AttributeError, TypeError, ValueError):
+        return []
+
+
+def _file_dtype(t):
+    return "int32" if "int" in str(t.dtype) else "float32"
 
 
 def input_specs(model, sample_inputs=None, batch=None):
@@ -98,17 +102,12 @@ def input_specs(model, sample_inputs=None, batch=None):
     give a float32 input, as in Keras), else the samples' (float32, or int32 for integers).
     """
     if sample_inputs is not None:
-        arrays = as_input_list(sample_inputs)
-        dtypes = _model_input_dtypes(model)
-        if dtypes is None or len(dtypes) != len(arrays):
-            dtypes = [a.dtype.name for a in arrays]
+        arrays, inputs = as_input_list(sample_inputs), model_inputs(model)
+        dtypes = ([_file_dtype(t) for t in inputs] if len(inputs) == len(arrays)
+                  else [a.dtype.name for a in arrays])
         return [((batch, *a.shape[1:]), d) for a, d in zip(arrays, dtypes)]
-    inputs = getattr(model, "inputs", None)
-    try:
-        shapes = [tuple(t.shape) for t in inputs] if inputs else None
-        dtypes = ["int32" if "int" in str(t.dtype) else "float32" for t in inputs or ()]
-    except (AttributeError, TypeError, ValueError):
-        shapes = None
+    inputs = model_inputs(model)
+    shapes, dtypes = [tuple(t.shape) for t in inputs], [_file_dtype(t) for t in inputs]
     if not shapes or any(s is None or any(d is None for d in s[1:]) for s in shapes):
         raise ValueError("Invalid value for argument `sample_inputs`. The model has no fully "
                          "defined input shape (subclassed model or dynamic dimensions), so "
@@ -123,10 +122,7 @@ def open_dims(model):
     ``(None, None, 3)``), or a subclassed model (no declared input), runs at sizes the export
     does not see: the file is built and verified at the samples' size only.
     """
-    try:
-        shapes = [tuple(t.shape) for t in model.inputs or ()]
-    except (AttributeError, TypeError, ValueError):
-        shapes = []
+    shapes = [tuple(t.shape) for t in model_inputs(model)]
     if not shapes:
         return "a subclassed model declares no input size"
     open_ = [s for s in shapes if any(d is None for d in s[1:])]

@@ -142,11 +142,8 @@ def _check_inputs(name, data, model):
         raise ValueError(f"Invalid value for argument `{name}`. Expected finite numbers (the "
                          f"export is verified by comparing outputs). Received: {bad} NaN/Inf "
                          "value(s)")
-    try:
-        inputs = list(model.inputs or ())
-    except (AttributeError, ValueError, TypeError):  # subclassed: no symbolic inputs
-        return
-    if not inputs:
+    inputs = convert_lib.model_inputs(model)
+    if not inputs:  # subclassed: no symbolic inputs
         return
     if len(arrays) != len(inputs):
         raise invalid(name, f"{len(inputs)} array(s), one per input of model "
