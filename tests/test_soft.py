@@ -154,12 +154,19 @@ def test_wrapper_forward_equals_reference_and_stores_warm_start():
     ref_w, ref_c = ref_dkm(w.reshape(-1, 1), c0[0], 0.02)
     got = to_numpy(layer.shared_kernels()["kernel"])
     np.testing.assert_allclose(got, ref_w.reshape(w.shape), rtol=0, atol=1e-5)
-    np.testing.assert_allclose(to_numpy(layer._slots[0].codebook)[0], ref_c, atol=1e-5)
-    # the next call starts from the stored centroids (DKM's warm start)
-    ref_w2, _ = ref_dkm(w.reshape(-1, 1), to_numpy(layer._slots[0].codebook)[0], 0.02)
+    np.testing.assert_array_equal(to_numpy(layer._slots[0].codebook), c0)  # a query only
     x = _data()[0]
+    expect = np.maximum(x @ ref_w.reshape(w.shape) + to_numpy(layer.layer.bias), 0)
+    np.testing.assert_allclose(to_numpy(layer(x, training=True)), expect, rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(to_numpy(layer._slots[0].codebook)[0], ref_c, atol=1e-5)
+    # the next call starts from the stored centroids (DKM's warm start); inference does
+    # not move them
+    ref_w2, _ = ref_dkm(w.reshape(-1, 1), to_numpy(layer._slots[0].codebook)[0], 0.02)
+    stored = to_numpy(layer._slots[0].codebook)
     expect = np.maximum(x @ ref_w2.reshape(w.shape) + to_numpy(layer.layer.bias), 0)
     np.testing.assert_allclose(to_numpy(layer(x)), expect, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(to_numpy(layer._slots[0].codebook), stored)
     # the float kernel trains, the codebook does not (DKM learns no centroids)
     names = [v.path for v in m.trainable_weights]
     # (Keras numbers auto-named layers per process: "dense", "dense_3", ...)
@@ -188,6 +195,24 @@ def test_fit_with_schedule_gives_finite_gradients_and_strip_at_most_k_values():
         w = to_numpy(m.get_layer(f"cluster_{layer.name}").layer.kernel)
         cb = pal.codebook[0, :, 0]
         np.testing.assert_array_equal(k, cb[np.argmin(np.abs(w[..., None] - cb), -1)])
+
+
+def test_inference_leaves_the_warm_start_alone_and_training_moves_it():
+    # predict twice gives identical outputs on every backend (on JAX, predict used to move
+    # the warm start, so two identical calls differed by ~1e-7); a train step moves it
+    x, y = _data()
+    m = cluster_weights(_model(), 4, assignment="soft", temperature=0.5)
+    m.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    codebooks = [to_numpy(layer._slots[0].codebook) for layer in m.layers]
+    first = m.predict(x, verbose=0)
+    np.testing.assert_array_equal(m.predict(x, verbose=0), first)
+    m.evaluate(x, y, verbose=0)
+    for layer, c in zip(m.layers, codebooks):
+        np.testing.assert_array_equal(to_numpy(layer._slots[0].codebook), c)
+    m.fit(x, y, epochs=1, batch_size=64, verbose=0, shuffle=False)  # lr 0: kernel unchanged
+    moved = [float(np.abs(to_numpy(layer._slots[0].codebook) - c).max())
+             for layer, c in zip(m.layers, codebooks)]
+    assert max(moved) > 1e-4, moved  # tau 0.5: the fixed point is far from k-means'
 
 
 def test_schedule_values():

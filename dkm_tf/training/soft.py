@@ -230,8 +230,9 @@ def _compiled_assign(w, c, tau):
     return _XLA[key](w, ops.cast(c, w.dtype), ops.cast(tau, w.dtype))
 
 
-def soft_kernel(wrapper, slot):
-    """The DKM kernel of one slot; stores the final centroids as the next warm start."""
+def soft_kernel(wrapper, slot, update=False):
+    """The DKM kernel of one slot; with ``update`` (training steps) stores the final
+    centroids as the next step's warm start. Inference leaves the state alone."""
     layout = slot.layout
     w = ops.convert_to_tensor(slot.variable)
     if tuple(layout.perm) != tuple(range(len(layout.perm))):
@@ -239,7 +240,8 @@ def soft_kernel(wrapper, slot):
     w = ops.reshape(w, (layout.n_groups, layout.n_units, layout.unit_dim))
     w_tilde, c = _compiled_assign(w, ops.convert_to_tensor(slot.codebook),
                                   ops.convert_to_tensor(wrapper.temperature_variable))
-    slot.codebook.assign(ops.stop_gradient(c))
+    if update:
+        slot.codebook.assign(ops.stop_gradient(c))
     kernel = ops.reshape(w_tilde, slot.t_shape)
     if slot.inv_perm != tuple(range(len(slot.inv_perm))):
         kernel = ops.transpose(kernel, slot.inv_perm)

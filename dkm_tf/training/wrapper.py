@@ -290,13 +290,16 @@ class ClusterWeights(keras.layers.Wrapper):
         return slot.codebook * (np.arange(slot.codebook.shape[1]) > 0).astype(
             slot.codebook.dtype)[:, None]
 
-    def call(self, inputs, *args, **kwargs):
+    def call(self, inputs, *args, training=None, **kwargs):
+        # ``training`` reaches the wrapped layer through Keras' call context; here it only
+        # says whether a soft kernel may move its warm start (never at inference, so two
+        # identical predictions are identical on every backend)
         if self._deferred and not _in_symbolic_scope():  # a shape-only pass needs no values
             self._run_deferred_kmeans()
         mapping, ours = [], set()
         for slot in self._slots:
             kernel = (self._shared(slot) if self.assignment == "hard"
-                      else soft_lib.soft_kernel(self, slot))
+                      else soft_lib.soft_kernel(self, slot, update=bool(training)))
             if self.latent:
                 w = ops.convert_to_tensor(slot.variable)
                 kernel = kernel + (w - ops.stop_gradient(w))
