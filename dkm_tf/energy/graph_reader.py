@@ -8,11 +8,17 @@ Kernels are attributed to Keras layers through their variables (`variable.path`)
 match `layer.name`; other ops are named by their TensorFlow name scope.
 
 Per-channel affine ops (biases, inference-mode batch norm) and activation functions are treated
-as fused into the preceding layer. Nested function calls (e.g. grouped convolutions, which
+as fused into the preceding layer, except where a separate Keras layer computes them, as
+`read_keras_model` charges them: a LeakyRelu op reading a tensor of another name scope (a
+`LeakyReLU` or `Activation("leaky_relu")` layer) is one "relu" record, and the ops of a `PReLU`
+layer call (Keras computes `relu(x) - alpha * relu(-x)`: Relu, Neg, Mul, AddV2 ops in the
+layer's name scope, found by the op that reads its `alpha`) are one "affine" record named after
+the layer (see `shapes.prelu_shape`). Nested function calls (e.g. grouped convolutions, which
 Keras emits as a separate `tf.function`) are reported in `skipped`.
 """
 
 import math
+import re
 
 _SKIP_TYPES = {"Placeholder", "Const", "ReadVariableOp", "Identity", "NoOp", "Reshape",
                "Squeeze", "ExpandDims", "Shape", "StridedSlice", "Pack", "ConcatV2", "Cast",
@@ -74,6 +80,7 @@ def read_traced_model(model, input_shape):
         ) from e
     var_names = {id(v.value.handle): v.path for v in model.weights if hasattr(v, "path")}
     captured = {id(inner): id(outer) for outer, inner in concrete.graph.captures}
+    prelu = _prelu_calls(model, concrete.graph, captured, keras)
     shapes, skipped, used = [], [], {}
 
     def kernel_layer(tensor):
@@ -88,12 +95,24 @@ def read_traced_model(model, input_shape):
 
     for op in concrete.graph.get_operations():
         kind = op.type
-        if kind in _SKIP_TYPES:
+        call = next((s for s in prelu if op.name.startswith(s + "/")), None)
+        if call is not None:
+            if prelu[call] is not None:  # the first op of a PReLU call: its one record
+                layer, elements, n_params = prelu[call]
+                shapes.append(sh.prelu_shape(unique(layer), layer=layer, elements=elements,
+                                             n_params=n_params))
+                prelu[call] = None
+            continue
+        if kind in _SKIP_TYPES and not (
+                kind == "LeakyRelu" and _scope(op.inputs[0].op.name) != _scope(op.name)):
             continue
         ins = [_dims(t) for t in op.inputs]
         outs = [_dims(t) for t in op.outputs]
-        scope = op.name.rsplit("/", 1)[0] if "/" in op.name else op.name
-        if kind in ("Conv2D", "DepthwiseConv2dNative"):
+        scope = _scope(op.name)
+        if kind == "LeakyRelu":  # a layer of its own (fused into its producer's op otherwise)
+            shapes.append(sh.eltwise_shape(unique(scope), op=kind, eltwise_op="relu",
+                                           elements=math.prod(outs[0][1:]), n_inputs=1))
+        elif kind in ("Conv2D", "DepthwiseConv2dNative"):
             x, w, y = ins[0], ins[1], outs[0]
             layer = kernel_layer(op.inputs[1]) or scope
             strides = list(op.get_attr("strides"))[1:3]
@@ -134,6 +153,37 @@ def read_traced_model(model, input_shape):
         else:
             skipped.append((op.name, f"unsupported TensorFlow op {kind}"))
     return tuple(shapes), tuple(skipped)
+
+
+def _scope(name):
+    return name.rsplit("/", 1)[0] if "/" in name else name
+
+
+def _prelu_calls(model, graph, captured, keras):
+    """`{name scope: (layer name, elements, alpha size)}` of each call of a `PReLU` layer of
+    `model` in `graph`: the scope of the op reading the layer's `alpha` (up to the segment named
+    after the layer, `p1` or `p1_<n>`); elements: the largest per-image output in that scope."""
+    alphas = {id(layer.alpha.value.handle): layer
+              for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.PReLU)
+              and getattr(layer, "alpha", None) is not None}
+    calls = {}
+    for op in graph.get_operations():
+        if op.type != "ReadVariableOp" or captured.get(id(op.inputs[0])) not in alphas:
+            continue
+        layer = alphas[captured[id(op.inputs[0])]]
+        parts = op.name.split("/")[:-1]
+        ends = [i for i, p in enumerate(parts, 1)
+                if re.fullmatch(re.escape(layer.name) + r"(_\d+)?", p)]
+        scope = "/".join(parts[:ends[-1]] if ends else parts)
+        if scope:  # else its ops cannot be told from others: charged op by op, as before
+            calls[scope] = (layer.name, 1, math.prod(layer.alpha.shape))
+    for op in graph.get_operations():
+        for scope, (name, elements, n_params) in calls.items():
+            if op.name.startswith(scope + "/") and op.outputs:
+                size = math.prod(_dims(op.outputs[0])[1:])
+                calls[scope] = (name, max(elements, size), n_params)
+    return calls
 
 
 def _dims(tensor):

@@ -7,7 +7,8 @@ classified by its inner layer, with the wrapper's input and output shapes. Subcl
 have no recorded per-layer shapes; with `input_shape` they are traced with TensorFlow
 (`graph_reader`), without it a `ValueError` asks for one.
 
-Fused activations (`Conv2D(activation="relu")`) and biases are not charged separately.
+Fused activations (`Conv2D(activation="relu")`) and biases are not charged separately; a
+`PReLU` layer is one "affine" record (`shapes.prelu_shape`).
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
 EinsumDense) layers are read by :mod:`dkm_tf.energy.sequence_reader`.
 A layer called more than once is read at its first call only.
@@ -252,6 +253,9 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
             isinstance(layer, L.Activation) and _act_name(layer) in _RELU_NAMES):
         return [sh.eltwise_shape(name, elements=elements, eltwise_op="relu", n_inputs=1,
                                  **common)], None
+    if isinstance(layer, L.PReLU):
+        return [sh.prelu_shape(name, elements=elements, n_params=math.prod(layer.alpha.shape),
+                               **common)], None
     if isinstance(layer, L.Activation) and _act_name(layer) == "linear":
         return [], "no compute"
     if isinstance(layer, L.BatchNormalization):
@@ -265,7 +269,7 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
         return [], "no compute"
     return [], (f"unsupported layer type {cls}; supported: Conv1D/2D (grouped), Depthwise/"
                 "SeparableConv1D/2D, Dense, EinsumDense, MultiHeadAttention, SimpleRNN/LSTM/"
-                "GRU/RNN/Bidirectional, pooling, merge, ReLU, BatchNormalization")
+                "GRU/RNN/Bidirectional, pooling, merge, ReLU, PReLU, BatchNormalization")
 
 
 def _factorised_records(layer, name, in_shape, out_shape, common):

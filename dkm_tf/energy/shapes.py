@@ -3,7 +3,8 @@
 Pure Python and NumPy; no TensorFlow. A `LayerShape` is everything the two energy models need
 to know about one layer: its kind, its input and output feature-map sizes and, for
 convolutions and dense layers, its kernel. Readers (`keras_reader`, `tflite_reader`) produce
-them; `conv_shape`, `dense_shape`, `pool_shape` and `eltwise_shape` build them by hand.
+them; `conv_shape`, `dense_shape`, `pool_shape` and `eltwise_shape` (`prelu_shape` for a PReLU)
+build them by hand.
 
 Conventions (Eyeriss notation in brackets): a convolution reads an input of `in_h × in_w ×
 in_c` [H × W × C], applies `out_c` [M] filters of `kernel_h × kernel_w × in_c / groups`
@@ -283,6 +284,25 @@ def eltwise_shape(name, *, elements, eltwise_op="add", n_inputs=2, n_params=0, l
     return LayerShape(name=name, layer=layer or name, op=op or eltwise_op, kind="eltwise",
                       in_h=1, in_w=elements, in_c=1, out_h=1, out_w=elements, out_c=1,
                       eltwise_op=eltwise_op, n_inputs=n_inputs, n_params=int(n_params))
+
+
+def prelu_shape(name, *, elements, n_params, layer=None, op="PReLU"):
+    """Builds the `LayerShape` of a PReLU, `max(x, 0) + alpha · min(x, 0)`, every reader's.
+
+    Charged as one "affine" op over `elements` outputs with its `n_params` slopes (the alpha
+    values: `C` with `shared_axes` over the spatial axes) read as weights. Per output a PReLU
+    tests the sign of x and multiplies it by a stored slope, the datapath of "affine" (x · a + b,
+    a per-channel parameter): its multiply by a parameter (B_w · B_x full adders) dominates, and
+    only "affine" charges it and the parameter reads. "relu" (a B_x compare, no weights) would
+    leave both out; "mul" multiplies two activation tensors. "affine" is an upper bound: a
+    B_w + B_x adder where PReLU has a B_x comparator, two parameter reads per output where it
+    has one, and the multiply charged for every output, not only the negative ones.
+
+    Returns:
+        A frozen `LayerShape` of kind "eltwise".
+    """
+    return eltwise_shape(name, elements=elements, eltwise_op="affine", n_inputs=1,
+                         n_params=n_params, layer=layer, op=op)
 
 
 def unique_product_fraction(indices):

@@ -8,9 +8,12 @@ in the body, `i < limit` or `i <= limit` in the condition); otherwise the body i
 and the loop is reported as skipped with the reason. Supported: CONV_2D (grouped
 when the filter has fewer input channels than the input), DEPTHWISE_CONV_2D,
 FULLY_CONNECTED, BATCH_MATMUL with a 2-D right-hand side, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN
-over the spatial axes, and the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6,
-LEAKY_RELU. Layout ops (RESHAPE, PAD, ...) and weight-decoding ops (DEQUANTIZE, GATHER, ...)
-are reported as "no compute"; anything else is reported as unsupported.
+over the spatial axes, the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6,
+LEAKY_RELU, and PRELU (one "affine" record, `shapes.prelu_shape`). A LEAKY_RELU in the name
+scope of the op it reads (`Conv2D(activation="leaky_relu")`, which TFLite cannot fuse) is
+reported as a fused activation, not charged, as the other readers do. Layout ops (RESHAPE,
+PAD, ...) and weight-decoding ops (DEQUANTIZE, GATHER, ...) are reported as "no compute";
+anything else is reported as unsupported.
 
 Palettized weights (`dkm_tf.export`'s codebook + indices decode chains) are recognised by
 `tflite_palettes`: :func:`read_tflite_palettes` also returns K, d and G of every conv or dense
@@ -173,13 +176,12 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
             obj.Init(table.Bytes, table.Pos)
         return obj
 
+    def scope(tensor_name):
+        parts = [p for p in tensor_name.split(";")[0].split("/") if p]
+        return parts[1] if len(parts) >= 3 else None
+
     def name_of(candidates, fallback):
-        name = fallback
-        for tensor_name in candidates:
-            parts = [p for p in tensor_name.split(";")[0].split("/") if p]
-            if len(parts) >= 3:
-                name = parts[1]
-                break
+        name = next((n for n in map(scope, candidates) if n is not None), fallback)
         used[name] = used.get(name, 0) + 1
         return name if used[name] == 1 else f"{name}#{used[name]}"
 
@@ -264,6 +266,16 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
                                             in_hw=x[1:3], channels=x[3], out_hw=1,
                                             window=x[1:3], pool_op="avg", repeat=trips))
+            elif opname == "PRELU":
+                name = name_of([ins[1][0], out_name], label)
+                shapes.append(sh.prelu_shape(name, layer=name.split("#")[0], op=opname,
+                                             elements=trips * (math.prod(y[1:]) or 1),
+                                             n_params=math.prod(ins[1][1]) or 1))
+            elif opname == "LEAKY_RELU" and scope(out_name) is not None and \
+                    scope(ins[0][0]) == scope(out_name):
+                # Conv2D(activation="leaky_relu"): no fused LEAKY_RELU in TFLite, but the
+                # layer's own activation, charged as fused like the Keras and traced readers
+                skipped.append((label, f"activation of layer {scope(out_name)}, fused"))
             elif opname in _ELTWISE:
                 n_in = 1 if _ELTWISE[opname] == "relu" else 2
                 name = name_of([out_name], label)
