@@ -8,10 +8,13 @@ Usage:
   python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
 
 The output defaults to <model stem>.<format>.tflite. An existing output file is never
-replaced unless --overwrite is given (one line on stderr, exit status 2). The written model
-is run in the LiteRT interpreters and compared with Keras before it is written; the report
-is printed. A bad input is one line on stderr, exit status 1, nothing written
-(DKM_TF_TRACEBACK=1 shows the traceback).
+replaced unless --overwrite is given, and a flag the format does not use (--decode with
+--format=int8, --int8_mode=full with --format=palettized, --keep_float=none with
+--decode=per_invoke, ...) set to a value other than its default is refused, before any
+work (one line on stderr, exit status 2). The written model is run in the LiteRT
+interpreters and compared with Keras before it is written; the report is printed. A bad
+input is one line on stderr, exit status 1, nothing written (DKM_TF_TRACEBACK=1 shows the
+traceback).
 """
 
 import os
@@ -19,7 +22,7 @@ import sys
 
 from absl import app, flags
 
-from dkm_tf.export.cli import default_output_path, run_to_tflite
+from dkm_tf.export.cli import default_output_path, inapplicable_flags, run_to_tflite
 
 _MODEL = flags.DEFINE_string("model", None, "Path to the .keras model.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output .tflite (default: beside the model).")
@@ -49,6 +52,11 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output f
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("Too many command-line arguments.")
+    bad = inapplicable_flags(_FORMAT.value, _DECODE.value, _INT8.value, _KEEP.value,
+                             _KEPT.value, _PACK.value)
+    if bad:  # a usage error, before any work: the first such flag, one line
+        print(f"to_tflite.py: error: {bad[0]}", file=sys.stderr)
+        sys.exit(2)
     out = _OUTPUT.value or default_output_path(_MODEL.value, _FORMAT.value, _DECODE.value)
     if os.path.exists(out) and not _OVERWRITE.value:
         print(f"to_tflite.py: error: Invalid value for flag `--output`. Expected a path that "

@@ -3,7 +3,8 @@
 ``run_to_tflite`` loads a ``.keras`` model and its palettes (a JSON list of
 ``Palette.to_dict()``, or clusters every supported weight post-training with
 ``n_clusters``), exports it with :func:`dkm_tf.export.to_tflite` and returns the report;
-``run_inspect`` returns :func:`dkm_tf.export.inspect_tflite`'s summary.
+``run_inspect`` returns :func:`dkm_tf.export.inspect_tflite`'s summary;
+``inapplicable_flags`` the usage errors of flags set where ``--format`` does not use them.
 """
 
 from __future__ import annotations
@@ -13,8 +14,16 @@ import os
 
 import numpy as np
 
-__all__ = ["default_output_path", "load_palettes", "load_samples", "run_inspect",
-           "run_to_tflite"]
+__all__ = ["default_output_path", "inapplicable_flags", "load_palettes", "load_samples",
+           "parse_keep_float", "run_inspect", "run_to_tflite"]
+
+# flag -> when it applies (dkm_tf.export.policy.APPLIES, in flag words)
+_FLAG_WHEN = {"decode": "--format=palettized",
+              "keep_float": "--format=palettized with --decode=once",
+              "kept_dtype": "--format=palettized with --decode=once and --keep_float other "
+                            "than none",
+              "index_packing": "--format=palettized with --decode=once",
+              "int8_mode": "--format=int8"}
 
 
 def default_output_path(model_path, format, decode="once"):  # noqa: A002
@@ -54,10 +63,14 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     import keras  # noqa: PLC0415
 
     from dkm_tf.core.files import check_model_file  # noqa: PLC0415
+    from dkm_tf.export.policy import check_applicable  # noqa: PLC0415
     from dkm_tf.export.tflite import to_tflite  # noqa: PLC0415
 
     if palettes_path and n_clusters is not None:
         raise ValueError("Give either `palettes_path` or `n_clusters`, not both.")
+    keep_float = parse_keep_float(keep_float)
+    check_applicable(_applicability(format, decode, int8_mode, keep_float, kept_dtype,
+                                    index_packing))  # before loading or clustering
     check_model_file(model_path)
     samples = load_samples(samples_path) if samples_path else None
     model = keras.models.load_model(os.fspath(model_path), compile=False)
@@ -70,16 +83,60 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
         model, palettes, _ = share_weights(model, n_clusters, unit=unit,
                                            granularity=granularity)
     out = output_path or default_output_path(model_path, format, decode)
-    if keep_float in (None, "none"):
-        keep_float = None
-    elif isinstance(keep_float, str) and keep_float != "auto":
-        try:
-            keep_float = float(keep_float)  # a latency budget
-        except ValueError:
-            keep_float = [n.strip() for n in keep_float.split(",") if n.strip()]
     return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
                      decode=decode, int8_mode=int8_mode, keep_float=keep_float,
                      kept_dtype=kept_dtype, index_packing=index_packing)
+
+
+def parse_keep_float(keep_float):
+    """``--keep_float``'s text: ``"none"`` -> None, a number -> a latency budget, other text
+    but ``"auto"`` -> comma-separated layer names (anything else is returned as given)."""
+    if keep_float in (None, "none"):
+        return None
+    if isinstance(keep_float, str) and keep_float != "auto":
+        try:
+            return float(keep_float)  # a latency budget
+        except ValueError:
+            return [n.strip() for n in keep_float.split(",") if n.strip()]
+    return keep_float
+
+
+def _applicability(format, decode, int8_mode, keep_float, kept_dtype,  # noqa: A002
+                   index_packing):
+    from dkm_tf.core.validate import check_choice  # noqa: PLC0415
+    from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES  # noqa: PLC0415
+    from dkm_tf.export.policy import APPLIES  # noqa: PLC0415
+    from dkm_tf.export.tflite import FORMATS, INT8_MODES  # noqa: PLC0415
+
+    for name, value, allowed in (("format", format, FORMATS), ("decode", decode, DECODE_MODES),
+                                 ("int8_mode", int8_mode, INT8_MODES),
+                                 ("kept_dtype", kept_dtype, KEPT_DTYPES),
+                                 ("index_packing", index_packing, INDEX_PACKINGS)):
+        check_choice(name, value, allowed)
+    args = {name: default for name, (default, *_rest) in APPLIES.items()}
+    args.update(format=format, palettes=None, decode=decode, int8_mode=int8_mode,
+                keep_float=keep_float, kept_dtype=kept_dtype, index_packing=index_packing)
+    return args
+
+
+def inapplicable_flags(format, decode="once", int8_mode="dynamic",  # noqa: A002
+                       keep_float="auto", kept_dtype="float32", index_packing="dense"):
+    """One usage-error line per flag set to a non-default value that ``format`` (and
+    ``decode``, ``keep_float``) does not use; ``[]`` when all apply. Flag values as typed."""
+    from dkm_tf.export.policy import inapplicable  # noqa: PLC0415
+
+    flags = {"format": format, "decode": decode, "int8_mode": int8_mode,
+             "keep_float": keep_float, "kept_dtype": kept_dtype, "index_packing": index_packing}
+    lines = []
+    for name, _ in inapplicable(_applicability(format, decode, int8_mode,
+                                               parse_keep_float(keep_float), kept_dtype,
+                                               index_packing)):
+        shown = ["format"] + (["decode"] if format == "palettized" and name != "decode"
+                              else []) + (["keep_float"] if name == "kept_dtype" else [])
+        lines.append(f"Invalid flag `--{name}`: it applies only to {_FLAG_WHEN[name]}; leave "
+                     f"it out otherwise. Received: --{name}={flags[name]} with "
+                     + " ".join(f"--{f}={flags[f]}" for f in shown))
+    return lines
 
 
 def load_samples(path):

@@ -31,6 +31,10 @@ XNNPACK's) when palettizing it costs more than it saves:
 :data:`LATENCY_BUDGET`: smaller trades file size for latency. ``keep_float=None`` palettizes
 every weight; a list keeps the weights of the named layers (or the named palettes,
 ``"layer/weight"``, e.g. only a separable conv's depthwise kernel).
+
+:func:`check_applicable` refuses, before any work, an argument of ``to_tflite`` (``keep_float``
+and the other decode / int8 options) given a non-default value where the format does not use
+it (:data:`APPLIES`).
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ import numpy as np
 
 from dkm_tf.export import lower, pack
 
-__all__ = ["DENSE_MIN_INDICES", "LATENCY_BUDGET", "check_keep_float", "dense_pays",
-           "fc_overhead_ns", "float_time_ns", "once_bytes", "once_storage", "overhead_ns",
-           "plan_keep_float"]
+__all__ = ["APPLIES", "DENSE_MIN_INDICES", "LATENCY_BUDGET", "check_applicable",
+           "check_keep_float", "dense_pays", "fc_overhead_ns", "float_time_ns", "inapplicable",
+           "once_bytes", "once_storage", "overhead_ns", "plan_keep_float"]
 
 # 0.2: on the zoo (bench/results/mobile_latency.md) every model stays under 1.3x float
 # latency on a loaded 2-core machine; at 0.22 MTCNN ONet drops to 0.185x float bytes but
@@ -260,3 +264,80 @@ def check_keep_float(keep_float, palettes):
                          f"the palettes, {sorted({p.layer_name for p in palettes})}, or "
                          f"palette names. Received unknown names: {unknown}")
     return frozenset(keep_float)
+
+
+# -- which of to_tflite's arguments apply to a given format (``check_applicable``) --
+
+_ONCE = "format='palettized' with decode='once'"
+
+
+def _once(a):
+    return a["format"] == "palettized" and a["decode"] == "once"
+
+
+def _keeps(keep_float):  # None and an empty list keep no weight float
+    return keep_float is not None and not (
+        isinstance(keep_float, (list, tuple, set, frozenset)) and not keep_float)
+
+
+# argument -> (its default, whether it applies, when it applies, the arguments that decide)
+APPLIES = {
+    "decode": ("once", lambda a: a["format"] == "palettized", "format='palettized'",
+               ("format",)),
+    "max_table_bytes": (1 << 20, _once, _ONCE, ("format", "decode")),
+    "matmul_lowering": (True, _once, _ONCE, ("format", "decode")),
+    "keep_float": ("auto", _once, _ONCE, ("format", "decode")),
+    "index_packing": ("dense", _once, _ONCE, ("format", "decode")),
+    "kept_dtype": ("float32", lambda a: _once(a) and _keeps(a["keep_float"]),
+                   _ONCE + " and a keep_float that can keep weights (not None "
+                   "nor [])",
+                   ("format", "decode", "keep_float")),
+    "int8_mode": ("dynamic", lambda a: a["format"] == "int8", "format='int8'", ("format",)),
+    "int8_scales": ("per_channel", lambda a: a["format"] == "int8" and bool(a["palettes"]),
+                    "format='int8' with palettes", ("format", "palettes")),
+    "representative_data": (None, lambda a: a["format"] == "int8" and a["int8_mode"] == "full",
+                            "format='int8' with int8_mode='full'", ("format", "int8_mode")),
+    "interpreters": (None, lambda a: a["format"] != "tflm", "formats other than 'tflm', "
+                     "whose file is verified in TFLite Micro's interpreter", ("format",)),
+}
+# a deciding argument other than ``format`` is shown only with the format it matters for
+_SHOWN_WITH = {"decode": "palettized", "keep_float": "palettized", "int8_mode": "int8",
+               "palettes": "int8"}
+
+
+def _is_default(value, default):
+    if default is None:
+        return value is None
+    return isinstance(value, (str, int, np.integer)) and value == default
+
+
+def _show(name, value):
+    if isinstance(value, np.ndarray):
+        return f"{name}=<array of shape {value.shape}>"
+    if name in ("palettes", "representative_data") and isinstance(value, (list, tuple)) \
+            and value:
+        return f"{name}=<{len(value)} {'palettes' if name == 'palettes' else 'arrays'}>"
+    return f"{name}={value!r}"
+
+
+def inapplicable(args):
+    """``[(name, message)]``: the arguments of ``to_tflite`` (``args``: name -> value, with
+    ``format``, ``palettes`` and every key of :data:`APPLIES`) given a value other than
+    their default where the format / decode / int8_mode / keep_float / palettes do not use
+    them."""
+    out = []
+    for name, (default, applies, when, deciding) in APPLIES.items():
+        if not _is_default(args[name], default) and not applies(args):
+            shown = [d for d in deciding if _SHOWN_WITH.get(d, args["format"]) == args["format"]]
+            out.append((name, f"Argument `{name}` applies only to {when}; elsewhere leave it "
+                              f"at its default, {default!r}. Received: "
+                              f"{_show(name, args[name])} with "
+                              + ", ".join(_show(d, args[d]) for d in shown)))
+    return out
+
+
+def check_applicable(args):
+    """Raise a ``ValueError`` for the first argument :func:`inapplicable` finds."""
+    bad = inapplicable(args)
+    if bad:
+        raise ValueError(bad[0][1])

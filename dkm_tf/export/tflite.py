@@ -42,7 +42,7 @@ from dkm_tf.export import verify
 from dkm_tf.export.inspect import inspect_tflite
 from dkm_tf.export.int8 import int8_survival, preserve_clusters
 from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES
-from dkm_tf.export.policy import check_keep_float
+from dkm_tf.export.policy import check_applicable, check_keep_float
 from dkm_tf.export.report import ExportReport, analytic_bytes
 from dkm_tf.export.rewrite import FlatModel
 from dkm_tf.export.subgraphs import palettize_subgraphs
@@ -258,7 +258,13 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
 
     Raises:
         ValueError: bad argument, palettes not matching the model, model with ops TFLite
-            builtins lack, or unwritable path (``PermissionError``).
+            builtins lack, or unwritable path (``PermissionError``); before any work, an
+            argument given a non-default value where it does not apply (``decode`` outside
+            ``"palettized"``; ``max_table_bytes``, ``matmul_lowering``, ``keep_float``,
+            ``index_packing``, ``kept_dtype`` outside ``"palettized"`` with ``"once"``, and
+            ``kept_dtype`` with ``keep_float=None``; ``int8_mode`` outside ``"int8"``;
+            ``int8_scales`` outside ``"int8"`` with palettes; ``representative_data``
+            outside ``int8_mode="full"``; ``interpreters`` with ``"tflm"``: :data:`.APPLIES`).
         ExportVerificationError: the written model disagrees with Keras (nothing written).
 
     Example:
@@ -275,6 +281,14 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                       tolerance=tolerance, interpreters=interpreters,
                       max_table_bytes=max_table_bytes, matmul_lowering=matmul_lowering,
                       float_content=float_content)
+    check_choice("kept_dtype", kept_dtype, KEPT_DTYPES)
+    check_choice("index_packing", index_packing, INDEX_PACKINGS)
+    check_applicable({"format": format, "palettes": palettes, "decode": decode,
+                      "int8_mode": int8_mode, "int8_scales": int8_scales,
+                      "representative_data": representative_data, "interpreters": interpreters,
+                      "max_table_bytes": max_table_bytes, "matmul_lowering": matmul_lowering,
+                      "keep_float": keep_float, "kept_dtype": kept_dtype,
+                      "index_packing": index_packing})
     litert_missing = interpreters is None and not verify.litert_available()
     interpreters = tuple(verify.default_interpreters() if interpreters is None else interpreters)
     for kind in interpreters:
@@ -286,8 +300,6 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                          f"{palettes!r}")
     if palettes:
         check_palettes(model, palettes)
-    check_choice("kept_dtype", kept_dtype, KEPT_DTYPES)
-    check_choice("index_packing", index_packing, INDEX_PACKINGS)
     if format == "palettized" and decode == "once":
         check_keep_float(keep_float, palettes)
     notes = []
