@@ -39,7 +39,7 @@ def test_run_to_tflite_clusters_when_asked(saved, tmp_path):
     out = tmp_path / "k4.tflite"
     r = cli.run_to_tflite(saved / "m.keras", out, n_clusters=4)
     assert {t["K"] for t in r.tensors} == {4}
-    assert any("seeded standard-normal" in n for n in r.notes)
+    assert any("float inputs standard normal" in n for n in r.notes)
     with pytest.raises(ValueError, match="either `palettes_path` or `n_clusters`"):
         cli.run_to_tflite(saved / "m.keras", out, n_clusters=4,
                           palettes_path=saved / "palettes.json")

@@ -19,7 +19,8 @@ import numpy as np
 from dkm_tf.export.canonical import canonicalize
 
 __all__ = ["QUANTIZATIONS", "as_input_list", "convert", "input_specs", "quiet",
-           "require_tensorflow_backend", "synthesize_inputs"]
+           "require_tensorflow_backend", "synthesize_inputs",
+           "synthetic_samples"]
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "full")
 
@@ -136,12 +137,37 @@ def as_specs_dtypes(inputs, specs):
     return [a if a.dtype.name == d else a.astype(d) for a, (_, d) in zip(inputs, specs)]
 
 
-def synthesize_inputs(specs, n=8, seed=0):
-    """Seeded standard-normal samples matching ``specs`` (when the caller gives none)."""
+def synthesize_inputs(specs, n=8, seed=0, int_high=2):
+    """Seeded samples matching ``specs`` (when the caller gives none): standard normal for
+    float inputs, integers uniform in ``[0, int_high)`` for integer ones."""
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, 2, (n, *shape[1:])).astype(np.int32) if dtype == "int32"
+    return [rng.integers(0, int_high, (n, *shape[1:])).astype(np.int32) if dtype == "int32"
             else rng.standard_normal((n, *shape[1:])).astype(np.float32)
             for shape, dtype in specs]
+
+
+def synthetic_samples(model, specs, n=8):
+    """``(inputs, note)``: :func:`synthesize_inputs` for ``model``, integer inputs drawn over
+    the smallest ``Embedding`` table of the model (token ids reach every row it can read;
+    ``{0, 1}`` when it has none), and the note saying what verified the file."""
+    tables = []
+    stack = list(getattr(model, "layers", ()))
+    while stack:
+        layer = stack.pop()
+        if hasattr(layer, "input_dim") and type(layer).__name__ == "Embedding":
+            tables.append(int(layer.input_dim))
+        stack.extend(getattr(layer, "layers", ()) or ())
+        if hasattr(layer, "layer"):  # a wrapper (ClusterWeights, Bidirectional, ...)
+            stack.append(layer.layer)
+    high = min(tables) if tables else 2
+    kinds = []
+    if any(d != "int32" for _, d in specs):
+        kinds.append("float inputs standard normal")
+    if any(d == "int32" for _, d in specs):
+        kinds.append(f"integer inputs uniform in [0, {high})" + (
+            " (the smallest Embedding table)" if tables else " (no Embedding to bound them)"))
+    return (synthesize_inputs(specs, n, int_high=high),
+            f"no sample_inputs given: verified on {n} seeded inputs ({'; '.join(kinds)})")
 
 
 def _flatten_outputs(y):

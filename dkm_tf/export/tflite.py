@@ -214,7 +214,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         palettes: list of :class:`~dkm_tf.core.palette.Palette`; required for ``palettized`` and
             ``tflm``, optional for ``int8`` (adds the distinct-values report).
         sample_inputs: array (or list of arrays per input) with a leading sample axis, used
-            for verification (and calibration); 8 seeded normal samples when None (noted).
+            for verification (and calibration); when None, 8 seeded samples (noted).
         decode: ``"once"`` (decoded at load; XNNPACK-friendly layers; int16 tuple indices) or
             ``"per_invoke"`` (``ceil(log2 K)``-bit INT2/INT4 fields, decoded each invoke).
         int8_mode: ``"dynamic"`` (int8 weights) or ``"full"`` (int8 weights and activations).
@@ -308,8 +308,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                      "with tf.lite.Interpreter only")
     specs = convert_lib.input_specs(model, sample_inputs)
     if sample_inputs is None:
-        inputs = convert_lib.synthesize_inputs(specs)
-        notes.append("no sample_inputs given: verified on 8 seeded standard-normal inputs")
+        inputs, note = convert_lib.synthetic_samples(model, specs)
+        notes.append(note)
     else:
         inputs = convert_lib.as_specs_dtypes(convert_lib.as_input_list(sample_inputs), specs)
     reference = verify.keras_outputs(model, inputs)

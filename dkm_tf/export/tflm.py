@@ -11,12 +11,17 @@ Worked example: a 2 x 3 weight ``[[0.5, -1, 0.5], [0, 0, -1]]`` has the value ta
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import re
+import sys
+import tempfile
 import warnings
 
 import numpy as np
 
-__all__ = ["MAX_TFLM_BITS", "tflm_available", "tflm_compress"]
+__all__ = ["MAX_TFLM_BITS", "tflm_available", "tflm_compress", "tflm_interpreter"]
 
 MAX_TFLM_BITS = 7  # the TFLM LUT decoder handles 1..7-bit indices
 
@@ -34,6 +39,44 @@ def _require():
     if not tflm_available():
         raise ImportError("format='tflm' needs the optional TFLite Micro package: "
                           "pip install tflite-micro")
+
+
+@contextlib.contextmanager
+def _stderr_to(stream):
+    """Send file descriptor 2 (where TFLite Micro's C++ reports) to ``stream``."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(stream.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def tflm_interpreter(content, arena_size):
+    """A TFLite Micro interpreter of ``content``; a file TFLite Micro cannot run is a
+    ``ValueError`` naming the ops it has no kernel for (its C++ says so on stderr only)."""
+    from tflite_micro import runtime  # noqa: PLC0415
+
+    with tempfile.TemporaryFile("w+b") as log:
+        try:
+            with _stderr_to(log):
+                return runtime.Interpreter.from_bytes(bytes(content), arena_size=arena_size)
+        except RuntimeError as e:
+            log.seek(0)
+            text = log.read().decode("utf-8", "replace")
+            missing = sorted(set(re.findall(r"Didn't find op for builtin opcode '(\w+)'",
+                                            text)))
+            if not missing:
+                lines = [line for line in text.splitlines() if line.strip()][-5:]
+                raise RuntimeError(f"{e}; TFLite Micro said: {' | '.join(lines)}") from e
+            raise ValueError(
+                f"format='tflm': TFLite Micro has no kernel for the op(s) {missing} of this "
+                "model (e.g. TILE from UpSampling2D, SELECT from Embedding, CONV_3D from "
+                "Conv3D), so it cannot run on a microcontroller; use format='palettized' "
+                "(LiteRT) or replace those layers") from e
 
 
 def tflm_compress(content, palettes):

@@ -131,11 +131,10 @@ def run_tflite(content, inputs, kind="litert", batch=1):
     if kind != "tflm" and batch is None:
         return _feed(make_interpreter(kind, content).get_signature_runner(), inputs)
     if kind == "tflm":
-        from tflite_micro import runtime  # noqa: PLC0415
+        from dkm_tf.export.tflm import tflm_interpreter  # noqa: PLC0415
 
         # decoded weights live in the arena: give it room for ~10x the compressed size
-        it = runtime.Interpreter.from_bytes(bytes(content),
-                                            arena_size=max(40 * len(content), 1 << 24))
+        it = tflm_interpreter(content, arena_size=max(40 * len(content), 1 << 24))
         outs = []
         for i in range(n):
             for j, a in enumerate(inputs):
