@@ -2,11 +2,10 @@
 
 import math
 import os
-import re
-from collections.abc import Mapping
 
 from dkm_tf.energy import constants
 from dkm_tf.energy.hierarchy import hierarchy_cost
+from dkm_tf.energy.matching import collect_sharing, match_pruning, match_sharing, note_unused
 from dkm_tf.energy.paper import paper_cost
 from dkm_tf.energy.report import EnergyReport, LayerEnergy
 from dkm_tf.energy.shapes import (
@@ -126,8 +125,11 @@ def estimate_shapes(shapes, *, skipped=(), weight_sharing=None, palettes=None, p
     for s in shapes:
         if not isinstance(s, LayerShape):
             raise TypeError(f"Expected LayerShape records. Received: {s!r}")
-    sharing = _match_sharing(shapes, _collect_sharing(weight_sharing, palettes, index_cost))
-    kept = _match_pruning(shapes, pruning)
+    skipped = tuple(tuple(x) for x in skipped)
+    sharing, unused = match_sharing(
+        shapes, collect_sharing(weight_sharing, palettes, index_cost), skipped)
+    kept, unpruned = match_pruning(shapes, pruning, skipped)
+    skipped = note_unused(skipped, unused, unpruned)
     common = {"bits_w": bits_w, "bits_x": bits_x}
     layers = tuple(
         estimate_layer(s, sharing=sharing.get(s.name), kept_fraction=kept.get(s.name, 1.0),
@@ -188,8 +190,9 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
         An `EnergyReport` (with `baseline` set when compression information is given).
 
     Raises:
-        ValueError: On invalid arguments, unknown layer names in the compression info,
-            or a subclassed model without `input_shape`.
+        ValueError: On invalid arguments, unknown layer names in the compression info (a
+            layer the reader skips, e.g. an Embedding, gets a `skipped` entry saying its
+            palette is not charged), or a subclassed model without `input_shape`.
 
     Example:
         >>> from dkm_tf.energy import dense_shape
@@ -277,115 +280,3 @@ def _read(model_or_path, input_shape):
 
     shapes, skipped = read_keras_model(model_or_path, input_shape=input_shape)
     return shapes, skipped, getattr(model_or_path, "name", ""), {}
-
-
-def _collect_sharing(weight_sharing, palettes, index_cost):
-    """Merges `weight_sharing` and duck-typed `palettes` into `{name: [SharingInfo, ...]}`."""
-    out = {}
-    if palettes is not None and (hasattr(palettes, "layer_name")
-                                 or not hasattr(palettes, "__iter__")):
-        raise TypeError("Invalid type for argument `palettes`. Expected a list of palettes. "
-                        f"Received: {type(palettes).__name__}")
-    if weight_sharing is not None:
-        if not isinstance(weight_sharing, Mapping):
-            raise TypeError(
-                "Invalid value for argument `weight_sharing`. Expected a mapping "
-                f"{{layer_name: SharingInfo}}. Received: weight_sharing={weight_sharing!r}"
-            )
-        for name, info in weight_sharing.items():
-            infos = list(info) if isinstance(info, (list, tuple)) else [info]
-            for i in infos:
-                if not isinstance(i, SharingInfo):
-                    raise TypeError(
-                        f"Invalid value for argument `weight_sharing[{name!r}]`. Expected a "
-                        f"SharingInfo. Received: {i!r}"
-                    )
-            out.setdefault(name, []).extend(infos)
-    for p in palettes or ():
-        missing = [a for a in ("layer_name", "n_clusters", "unit_dim", "n_units")
-                   if not hasattr(p, a)]
-        if missing:
-            raise ValueError(
-                "Invalid value in argument `palettes`. Expected objects with `layer_name`, "
-                f"`n_clusters`, `unit_dim`, `n_units`. Received: {p!r} (missing {missing})"
-            )
-        k, n = int(p.n_clusters), int(p.n_units)
-        bits = None
-        if index_cost == "entropy" and hasattr(p, "entropy_bits"):
-            bits = float(p.entropy_bits())
-            if bits > math.log2(max(k, 1)) + 1e-9:
-                bits /= n
-        codebook = getattr(p, "codebook", None)
-        n_books = int(codebook.shape[0]) if getattr(codebook, "ndim", 0) == 3 else 1
-        key = p.layer_name
-        weight_name = str(getattr(p, "weight_name", ""))
-        for part in ("depthwise", "pointwise"):
-            if weight_name.startswith(part):
-                key = f"{p.layer_name}/{part}"
-        if "." in weight_name:  # a sublayer's kernel (RNN cell, attention projection)
-            key = f"{p.layer_name}/{weight_name}"
-        out.setdefault(key, []).append(
-            SharingInfo(n_clusters=k, unit_dim=int(p.unit_dim), n_units=n, index_bits=bits,
-                        n_codebooks=n_books))
-    return out
-
-
-def _match_sharing(shapes, sharing):
-    """Assigns each SharingInfo to one record of its layer, by name and kernel size."""
-    matched = {}
-    by_layer = {}
-    for s in shapes:
-        if s.kind in ("conv", "dense"):
-            by_layer.setdefault(s.layer, []).append(s)
-            if s.name != s.layer:
-                by_layer.setdefault(s.name, []).append(s)
-    for name, infos in sharing.items():
-        candidates = by_layer.get(name)
-        if not candidates and "/" in name:
-            candidates = by_layer.get(name.rsplit("/", 1)[0])
-        if not candidates:
-            # Keras 3 export renames scopes `layer` -> `layer_1` (TFLite tensor names).
-            near = [k for k in by_layer if re.fullmatch(re.escape(name) + r"_\d+", k)]
-            candidates = by_layer[near[0]] if len(near) == 1 else None
-        if not candidates:
-            known = sorted({s.layer for s in shapes if s.kind in ("conv", "dense")})
-            raise ValueError(
-                f"Compression info names layer {name!r}, which is not a conv or dense layer "
-                f"of the model. Known layers: {known}"
-            )
-        for info in infos:
-            fits = [s for s in candidates if s.n_weights == info.n_weights
-                    and s.name not in matched]
-            if not fits:
-                sizes = {s.name: s.n_weights for s in candidates}
-                raise ValueError(
-                    f"Compression info for layer {name!r} describes {info.n_weights} weights "
-                    f"(n_units={info.n_units} x unit_dim={info.unit_dim}), which matches no "
-                    f"unassigned kernel of that layer. Kernel sizes: {sizes}"
-                )
-            matched[fits[0].name] = info
-    return matched
-
-
-def _match_pruning(shapes, pruning):
-    if pruning is None:
-        return {}
-    if not isinstance(pruning, Mapping):
-        raise TypeError(
-            "Invalid value for argument `pruning`. Expected a mapping {layer_name: "
-            f"kept_fraction}}. Received: pruning={pruning!r}"
-        )
-    out = {}
-    for name, frac in pruning.items():
-        if not (isinstance(frac, (int, float)) and 0 < frac <= 1):
-            raise ValueError(
-                f"Invalid value for argument `pruning[{name!r}]`. Expected a kept fraction in "
-                f"(0, 1]. Received: {frac!r}"
-            )
-        hits = [s.name for s in shapes if s.kind in ("conv", "dense")
-                and (s.layer == name or s.name == name)]
-        if not hits:
-            raise ValueError(f"Pruning info names layer {name!r}, which is not a conv or "
-                             "dense layer of the model.")
-        out.update(dict.fromkeys(hits, float(frac)))
-    return out

@@ -2,8 +2,9 @@
 
 Used for subclassed models (and models with dynamic input shapes), whose layers do not record
 input and output shapes. The model is traced once with `tf.function` on a batch-1 input of
-`input_shape`; the graph's Conv2D, DepthwiseConv2dNative, MatMul / BatchMatMulV2,
-MaxPool / AvgPool, spatial Mean and element-wise ops between two activation tensors are read.
+`input_shape`; the graph's Conv2D, DepthwiseConv2dNative, Conv2DBackpropInput (a transposed
+convolution, `conv_transpose`), MatMul / BatchMatMulV2, MaxPool / AvgPool, spatial Mean and
+element-wise ops between two activation tensors are read.
 Kernels are attributed to Keras layers through their variables (`variable.path`), so names
 match `layer.name`; other ops are named by their TensorFlow name scope.
 
@@ -84,7 +85,7 @@ def read_traced_model(model, input_shape):
     shapes, skipped, used = [], [], {}
 
     def kernel_layer(tensor):
-        while tensor.op.type in ("ReadVariableOp", "Identity", "Cast"):
+        while tensor.op.type in ("ReadVariableOp", "Identity", "Cast", "ExpandDims"):
             tensor = tensor.op.inputs[0]
         path = var_names.get(captured.get(id(tensor)))
         return path.split("/")[-2] if path and "/" in path else None
@@ -124,6 +125,14 @@ def read_traced_model(model, input_shape):
             shapes.append(sh.conv_shape(unique(layer), layer=layer, op=kind, in_hw=x[1:3],
                                         in_c=x[3], out_hw=y[1:3], out_c=out_c, kernel=w[:2],
                                         strides=strides, groups=groups))
+        elif kind == "Conv2DBackpropInput":  # Conv1D/2DTranspose: see `conv_transpose`
+            from dkm_tf.energy.conv_transpose import conv_transpose_shape
+
+            w, x = ins[1], ins[2]  # filter [kh, kw, out_c, in_c / groups], input
+            layer = kernel_layer(op.inputs[1]) or scope
+            shapes.append(conv_transpose_shape(unique(layer), layer=layer, op=kind,
+                                               in_hw=x[1:3], in_c=x[3], out_c=w[2],
+                                               kernel=w[:2], groups=x[3] // w[3]))
         elif kind in ("MatMul", "BatchMatMulV2") and len(ins[1]) == 2:
             layer = kernel_layer(op.inputs[1])
             if layer is None:

@@ -8,7 +8,9 @@ have no recorded per-layer shapes; with `input_shape` they are traced with Tenso
 (`graph_reader`), without it a `ValueError` asks for one.
 
 Fused activations (`Conv2D(activation="relu")`) and biases are not charged separately; a
-`PReLU` layer is one "affine" record (`shapes.prelu_shape`).
+`PReLU` layer is one "affine" record (`shapes.prelu_shape`). Conv1D/2DTranspose layers are
+the matrix product of `conv_transpose` (in_h·in_w·in_c·kh·kw·out_c MACs); an Embedding is a
+table lookup (reported in `skipped`, no MACs).
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
 EinsumDense) layers are read by :mod:`dkm_tf.energy.sequence_reader`.
 A layer called more than once is read at its first call only.
@@ -219,6 +221,18 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
         pw = sh.conv_shape(f"{name}/pointwise", in_hw=ohw, in_c=mid, out_hw=ohw, out_c=oc,
                            kernel=1, repeat=rep, **common)
         return [dw, pw], None
+    if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose)):
+        from dkm_tf.energy.conv_transpose import conv_transpose_shape
+
+        rank = 1 if isinstance(layer, L.Conv1DTranspose) else 2
+        first = getattr(layer, "data_format", "channels_last") == "channels_first"
+        ihw, ic, rep = _spatial(in_shape, rank, first)
+        oc = _spatial(out_shape, rank, first)[1]
+        return [conv_transpose_shape(name, in_hw=ihw, in_c=ic, out_c=oc,
+                                     kernel=_hw(layer.kernel_size, rank), repeat=rep,
+                                     **common)], None
+    if isinstance(layer, L.Embedding):
+        return [], "Embedding: a table lookup, no MACs"
     from dkm_tf.energy.sequence_reader import classify_sequence_layer
 
     sequence = classify_sequence_layer(layer, alias, in_shapes, out_shape, keras)
@@ -267,9 +281,10 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
                                  n_params=2, **common)], None
     if cls in _NO_COMPUTE:
         return [], "no compute"
-    return [], (f"unsupported layer type {cls}; supported: Conv1D/2D (grouped), Depthwise/"
-                "SeparableConv1D/2D, Dense, EinsumDense, MultiHeadAttention, SimpleRNN/LSTM/"
-                "GRU/RNN/Bidirectional, pooling, merge, ReLU, PReLU, BatchNormalization")
+    return [], (f"unsupported layer type {cls}; supported: Conv1D/2D (grouped), Conv1D/2D"
+                "Transpose, Depthwise/SeparableConv1D/2D, Dense, EinsumDense, "
+                "MultiHeadAttention, SimpleRNN/LSTM/GRU/RNN/Bidirectional, pooling, merge, "
+                "ReLU, PReLU, BatchNormalization")
 
 
 def _factorised_records(layer, name, in_shape, out_shape, common):

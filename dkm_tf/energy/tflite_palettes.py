@@ -25,11 +25,14 @@ schema accessors as `tflite_reader`, and the tests check that both agree on ever
 
 Ops whose inputs are all constants (or outputs of such ops) compute weights, not activations:
 :func:`constant_ops` lists them so that the reader reports them as weight decoding instead of
-charging them as layers.
+charging them as layers. :func:`im2col_helper` recognises the one-hot DEPTHWISE_CONV_2D that
+`dkm_tf.export.lower` emits to build the im2col of a conv lowered to BATCH_MATMUL (a copy of
+the input's pixels, no arithmetic), which the reader reports instead of charging.
 """
 
 import dataclasses
 import math
+import re
 
 from dkm_tf.core.tflm_lut import read_lut_header
 
@@ -210,3 +213,32 @@ def _tflm_lut(view, k, t):
         return None  # not the layout above: charged as float, not guessed
     return StoredPalette(n_clusters=head.entries, unit_dim=1, n_codebooks=groups, mode="tflm",
                          index_tensor=view.name(packed), codebook_tensor=view.name(ancillary))
+
+
+def im2col_helper(view, op_index):
+    """Whether DEPTHWISE_CONV_2D op `op_index` of `view` is `dkm_tf.export`'s im2col helper.
+
+    That op (`lower._im2col_depthwise`) copies each input value to `kh · kw` output channels,
+    one per kernel offset: its filter is a float constant named `<prefix>/im2col_filter_<n>`
+    whose every output channel holds a single 1 and zeros, and its bias is zero. Both the name
+    and the values are checked: a depthwise conv of the model is never taken for it.
+    """
+    import numpy as np
+
+    ins = [int(t) for t in view.ops[op_index].InputsAsNumpy()]
+    if len(ins) < 2 or ins[1] < 0:
+        return False
+    f, shape = ins[1], view.shape(ins[1])
+    if not re.fullmatch(r"im2col_filter(_\d+)?", view.name(f).rsplit("/", 1)[-1]) \
+            or view.dtype(f) != _FLOAT32 or len(shape) != 4 \
+            or len(view.raw(f)) != 4 * math.prod(shape):
+        return False
+    taps = np.frombuffer(view.raw(f), np.float32).reshape(-1, shape[-1])
+    if not (np.all((taps == 0) | (taps == 1)) and np.all(taps.sum(axis=0) == 1)):
+        return False
+    if len(ins) > 2 and ins[2] >= 0:  # the bias, if any: a constant of float zeros
+        b = ins[2]
+        if not view.const(b) or view.dtype(b) != _FLOAT32 or \
+                np.any(np.frombuffer(view.raw(b), np.float32)):
+            return False
+    return True

@@ -6,14 +6,17 @@ recurrent layer's time loop) is read through its body subgraph, each record mult
 trip count when the loop's bounds are constants (counter `i` from a constant start, `i += step`
 in the body, `i < limit` or `i <= limit` in the condition); otherwise the body is counted once
 and the loop is reported as skipped with the reason. Supported: CONV_2D (grouped
-when the filter has fewer input channels than the input), DEPTHWISE_CONV_2D,
-FULLY_CONNECTED, BATCH_MATMUL with a 2-D right-hand side, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN
+when the filter has fewer input channels than the input), DEPTHWISE_CONV_2D, TRANSPOSE_CONV
+(`conv_transpose`), FULLY_CONNECTED and BATCH_MATMUL with a 2-D right-hand side (rows per
+image from any input layout, `_rows`), MAX_POOL_2D, AVERAGE_POOL_2D, MEAN
 over the spatial axes, the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6,
 LEAKY_RELU, and PRELU (one "affine" record, `shapes.prelu_shape`). A LEAKY_RELU in the name
 scope of the op it reads (`Conv2D(activation="leaky_relu")`, which TFLite cannot fuse) is
 reported as a fused activation, not charged, as the other readers do. Layout ops (RESHAPE,
 PAD, ...) and weight-decoding ops (DEQUANTIZE, GATHER, ...) are reported as "no compute";
-anything else is reported as unsupported.
+anything else is reported as unsupported. The one-hot DEPTHWISE_CONV_2D that builds the
+im2col of a conv `dkm_tf.export` lowered to BATCH_MATMUL (`tflite_palettes.im2col_helper`)
+copies pixels: reported, not charged (the BATCH_MATMUL is the conv's MACs).
 
 Palettized weights (`dkm_tf.export`'s codebook + indices decode chains) are recognised by
 `tflite_palettes`: :func:`read_tflite_palettes` also returns K, d and G of every conv or dense
@@ -23,7 +26,8 @@ chains) are reported once per subgraph as weight decoding, not charged as layers
 Records are named after the Keras layer when the converter kept its name scope (the weight
 tensor's name, else the output tensor's: `functional_1/c1_1/convolution` → `c1_1`; Keras 3
 export may append `_1`, which compression-info lookup tolerates), else `<op>_<index>`.
-Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored; dynamic dims read as 1).
+Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored; dynamic dims read as 1;
+the rows of a matrix product divided by the input's batch, `_rows`).
 """
 
 import math
@@ -129,7 +133,7 @@ def read_tflite_palettes(path, quantized=None):
     shapes, skipped, used, palettes = [], [], {}, {}
     try:
         _read_graph(model, schema, op_names, graph, 1, "", shapes, skipped, used, (0,),
-                    palettes, None, quantized)
+                    palettes, None, quantized, _batch(graph))
     except ValueError:
         raise
     except Exception as e:  # struct.error, IndexError, ... from a damaged flatbuffer
@@ -138,12 +142,23 @@ def read_tflite_palettes(path, quantized=None):
     return tuple(shapes), tuple(skipped), palettes
 
 
+def _batch(graph):
+    """Images per invoke: the leading dimension of the model's first input of rank >= 2 (1 for
+    a dynamic batch, stored as 1 with -1 in the shape signature), else 1."""
+    for i in graph.InputsAsNumpy():
+        t = graph.Tensors(int(i))
+        if t.ShapeLength() >= 2:
+            return max(int(t.ShapeAsNumpy()[0]), 1)
+    return 1
+
+
 def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, used, stack,
-                palettes, outer, quantized=None):
+                palettes, outer, quantized=None, batch=1):
     """Appends the records of one subgraph's ops, each repeated `trips` times.
 
     `palettes` collects `{record name: StoredPalette}`; `outer` maps this subgraph's input
-    tensors that carry a weight decoded in the calling graph to its palette.
+    tensors that carry a weight decoded in the calling graph to its palette; `batch`: the
+    images per invoke (`_batch`), by which the rows of a matrix product are divided.
     """
     from collections import Counter
 
@@ -152,15 +167,20 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
 
     view = tp.GraphView(model, graph, op_names)
     decode = set(tp.constant_ops(view))
+    weights = {int(t) for j in decode for t in view.ops[j].OutputsAsNumpy()} | set(outer or ())
+    users = {}
+    for j in range(len(view.ops)):
+        for t in view.inputs(j):
+            users.setdefault(t, []).append(j)
     decode_ops = Counter()
 
     ints = {getattr(schema.TensorType, t.upper()): t for t in ("int8", "uint8", "int16", "int4")}
 
-    def palette(name, op):
-        found = tp.stored_palette(view, op.InputsAsNumpy()[1], outer)
+    def palette(name, op, x_at=0, w_at=1):
+        found = tp.stored_palette(view, op.InputsAsNumpy()[w_at], outer)
         if found is not None:
             palettes[name] = found
-        x, w = (graph.Tensors(int(i)).Type() for i in op.InputsAsNumpy()[:2])
+        x, w = (graph.Tensors(int(op.InputsAsNumpy()[i])).Type() for i in (x_at, w_at))
         if quantized is not None and w in ints:
             quantized[name] = (ints[w], ints.get(x, "float32"))
 
@@ -212,7 +232,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                         carried[int(t_body)] = found
                 _read_graph(model, schema, op_names, body_graph,
                             trips * (1 if n is None else n), f"{label}/", shapes, skipped,
-                            used, (*stack, body), palettes, carried, quantized)
+                            used, (*stack, body), palettes, carried, quantized, batch)
             elif opname == "CONV_2D":
                 x, w = ins[0][1], ins[1][1]
                 opt = options(op, schema.Conv2DOptions)
@@ -222,6 +242,10 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                                             kernel=w[1:3], groups=x[3] // w[3], repeat=trips,
                                             strides=(opt.StrideH(), opt.StrideW())))
                 palette(name, op)
+            elif opname == "DEPTHWISE_CONV_2D" and tp.im2col_helper(view, k):
+                skipped.append((label, f"im2col of a conv lowered to BATCH_MATMUL (one-hot "
+                                f"filter {ins[1][0]!r}): copies input pixels, no compute, "
+                                "not charged"))
             elif opname == "DEPTHWISE_CONV_2D":
                 x, w = ins[0][1], ins[1][1]
                 opt = options(op, schema.DepthwiseConv2DOptions)
@@ -233,22 +257,40 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 palette(name, op)
             elif opname == "FULLY_CONNECTED" or (opname == "BATCH_MATMUL" and
                                                  len(ins[1][1]) == 2):
-                x, w = ins[0][1], ins[1][1]
+                a, b = (int(i) for i in op.InputsAsNumpy()[:2])
+                # dkm_tf.export puts a decoded weight on the left when it has more columns
+                # than the activations have rows: W [units, in_f] . X^T (adj_y)
+                w_at = 0 if opname == "BATCH_MATMUL" and len(ins[0][1]) == 2 and (
+                    a in weights or view.const(a)) and not (b in weights or view.const(b)) \
+                    else 1
+                x, w = ins[1 - w_at][1], ins[w_at][1]
                 if opname == "FULLY_CONNECTED":
                     in_f, units = w[1], w[0]
+                elif w_at == 0:
+                    adj_x = options(op, schema.BatchMatMulOptions).AdjX()
+                    units, in_f = (w[1], w[0]) if adj_x else w
                 else:
                     adj_y = options(op, schema.BatchMatMulOptions).AdjY()
                     in_f, units = (w[1], w[0]) if adj_y else w
-                # rows per image: FULLY_CONNECTED's and an N-D BATCH_MATMUL's first axis is
-                # the batch; a 2-D BATCH_MATMUL operand (dkm_tf's im2col lowering of a conv,
-                # batch folded into the rows) is stored at batch 1, so all its rows count
-                rows = x[0] if opname == "BATCH_MATMUL" and len(x) == 2 else \
-                    math.prod(x) // in_f // x[0]
-                name = name_of([ins[1][0], out_name], label)
+                name = name_of([ins[w_at][0], out_name], label)
                 shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
                                              in_features=in_f, units=units,
-                                             positions=trips * max(rows, 1)))
-                palette(name, op)
+                                             positions=trips * _rows(
+                                                 [_count(view, users, t) for t in (
+                                                     op.InputsAsNumpy()[1 - w_at],
+                                                     op.OutputsAsNumpy()[0])],
+                                                 in_f, units, batch, label, skipped)))
+                palette(name, op, x_at=1 - w_at, w_at=w_at)
+            elif opname == "TRANSPOSE_CONV":  # see `conv_transpose` for the MACs
+                from dkm_tf.energy.conv_transpose import conv_transpose_shape
+
+                w, x = ins[1][1], ins[2][1]  # filter [out_c, kh, kw, in_c / groups], input
+                name = name_of([ins[1][0], out_name], label)
+                shapes.append(conv_transpose_shape(name, layer=name.split("#")[0], op=opname,
+                                                   in_hw=x[1:3], in_c=x[3], out_c=w[0],
+                                                   kernel=w[1:3], groups=x[3] // w[3],
+                                                   repeat=trips))
+                palette(name, op, x_at=2)
             elif opname in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
                 x = ins[0][1]
                 opt = options(op, schema.Pool2DOptions)
@@ -295,3 +337,47 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
         ops = ", ".join(f"{n} x{c}" for n, c in sorted(decode_ops.items()))
         skipped.append((f"{prefix}weight decode", f"{sum(decode_ops.values())} ops computing "
                         f"from constants only (weight decoding), not charged: {ops}"))
+
+
+_SAME_COUNT = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+
+
+def _count(view, users, t):
+    """Elements of activation tensor `t` at the stored batch: the largest stored count of the
+    tensors RESHAPE / SQUEEZE / EXPAND_DIMS connect it to (they hold the same values). The
+    converter may store a dimension it leaves open at run time as 1, never as more: `x` of
+    `tf.reshape(x, (-1, 6))` on a `(None, 4, 5, 6)` input is stored as `[1, 6]` (20 rows per
+    image), a FULLY_CONNECTED's output as `[1, 128]` for its `[-1, 128]`."""
+    todo, seen = [int(t)], set()
+    while todo:
+        u = todo.pop()
+        if u in seen or u < 0:
+            continue
+        seen.add(u)
+        k = view.producer.get(u)
+        if k is not None and view.names[k] in _SAME_COUNT:
+            todo.append(view.inputs(k)[0])
+        for j in users.get(u, ()):
+            if view.names[j] in _SAME_COUNT and view.inputs(j)[0] == u:
+                todo.extend(int(o) for o in view.ops[j].OutputsAsNumpy())
+    return max(math.prod(max(d, 1) for d in view.shape(u)) for u in seen)
+
+
+def _rows(counts, in_features, units, batch, label, skipped):
+    """Rows per image of a matrix product whose input and output hold `counts` elements.
+
+    FULLY_CONNECTED flattens its input to `[rows, in_features]` whatever its rank: a Dense on
+    an N-D tensor (`(16, 16, 32) -> Dense(128)`) is stored with a 2-D input `[256, 32]`, the
+    batch folded into the rows (or, with `keep_num_dims`, N-D: `[1, 16, 16, 32]`); so are the
+    2-D operands of `dkm_tf.export`'s lowered convs and dense layers (BATCH_MATMUL). The rows
+    are `elements / in_features` of the input (`elements / units` of the output) for every
+    layout, the larger of the two (`_count`: stored shapes may understate open dimensions),
+    divided by the images per invoke `batch` (a dynamic-batch file is stored at batch 1).
+    """
+    x_count, y_count = counts
+    rows = max(x_count // max(in_features, 1), y_count // max(units, 1), 1)
+    if rows % batch:
+        skipped.append((label, f"{rows} rows, not a multiple of the file's batch of {batch} "
+                        "images: all charged to one image"))
+        return rows
+    return rows // batch

@@ -1,0 +1,172 @@
+"""Matching compression info (palettes, `SharingInfo`s, pruning) to `LayerShape` records.
+
+`collect_sharing` turns `palettes` and `weight_sharing` into `{name: [SharingInfo, ...]}`;
+`match_sharing` / `match_pruning` assign them to conv / dense records by layer name and
+kernel size. A name that is no such record raises a `ValueError`, unless the reader listed
+that layer in `skipped` (a layer type it does not model, e.g. an Embedding's table lookup or
+a Conv3D): then the estimate goes on and `note_unused` appends to the layer's skipped entry
+that its palette is not charged (or its pruning not applied).
+"""
+
+import math
+import re
+from collections.abc import Mapping
+
+from dkm_tf.energy.shapes import SharingInfo
+
+
+def collect_sharing(weight_sharing, palettes, index_cost):
+    """Merges `weight_sharing` and duck-typed `palettes` into `{name: [SharingInfo, ...]}`."""
+    out = {}
+    if palettes is not None and (hasattr(palettes, "layer_name")
+                                 or not hasattr(palettes, "__iter__")):
+        raise TypeError("Invalid type for argument `palettes`. Expected a list of palettes. "
+                        f"Received: {type(palettes).__name__}")
+    if weight_sharing is not None:
+        if not isinstance(weight_sharing, Mapping):
+            raise TypeError(
+                "Invalid value for argument `weight_sharing`. Expected a mapping "
+                f"{{layer_name: SharingInfo}}. Received: weight_sharing={weight_sharing!r}"
+            )
+        for name, info in weight_sharing.items():
+            infos = list(info) if isinstance(info, (list, tuple)) else [info]
+            for i in infos:
+                if not isinstance(i, SharingInfo):
+                    raise TypeError(
+                        f"Invalid value for argument `weight_sharing[{name!r}]`. Expected a "
+                        f"SharingInfo. Received: {i!r}"
+                    )
+            out.setdefault(name, []).extend(infos)
+    for p in palettes or ():
+        missing = [a for a in ("layer_name", "n_clusters", "unit_dim", "n_units")
+                   if not hasattr(p, a)]
+        if missing:
+            raise ValueError(
+                "Invalid value in argument `palettes`. Expected objects with `layer_name`, "
+                f"`n_clusters`, `unit_dim`, `n_units`. Received: {p!r} (missing {missing})"
+            )
+        k, n = int(p.n_clusters), int(p.n_units)
+        bits = None
+        if index_cost == "entropy" and hasattr(p, "entropy_bits"):
+            bits = float(p.entropy_bits())
+            if bits > math.log2(max(k, 1)) + 1e-9:
+                bits /= n
+        codebook = getattr(p, "codebook", None)
+        n_books = int(codebook.shape[0]) if getattr(codebook, "ndim", 0) == 3 else 1
+        key = p.layer_name
+        weight_name = str(getattr(p, "weight_name", ""))
+        for part in ("depthwise", "pointwise"):
+            if weight_name.startswith(part):
+                key = f"{p.layer_name}/{part}"
+        if "." in weight_name:  # a sublayer's kernel (RNN cell, attention projection)
+            key = f"{p.layer_name}/{weight_name}"
+        out.setdefault(key, []).append(
+            SharingInfo(n_clusters=k, unit_dim=int(p.unit_dim), n_units=n, index_bits=bits,
+                        n_codebooks=n_books))
+    return out
+
+
+def match_sharing(shapes, sharing, skipped=()):
+    """Assigns each SharingInfo to one record of its layer, by name and kernel size.
+
+    A name that is no conv / dense record but a layer the reader listed in `skipped` (a layer
+    type not modelled: Embedding, Conv3D, ...) raises nothing: it is returned in `unused`, so
+    that its skipped entry says its compression info is not charged. Any other unknown name
+    raises.
+
+    Returns:
+        `(matched, unused)`: `{record name: SharingInfo}` and `{skipped name: [phrase]}`.
+    """
+    matched, unused = {}, {}
+    by_layer = {}
+    for s in shapes:
+        if s.kind in ("conv", "dense"):
+            by_layer.setdefault(s.layer, []).append(s)
+            if s.name != s.layer:
+                by_layer.setdefault(s.name, []).append(s)
+    for name, infos in sharing.items():
+        candidates = by_layer.get(name)
+        if not candidates and "/" in name:
+            candidates = by_layer.get(name.rsplit("/", 1)[0])
+        if not candidates:
+            # Keras 3 export renames scopes `layer` -> `layer_1` (TFLite tensor names).
+            near = [k for k in by_layer if re.fullmatch(re.escape(name) + r"_\d+", k)]
+            candidates = by_layer[near[0]] if len(near) == 1 else None
+        if not candidates:
+            where = _skipped_name(name, skipped)
+            if where is not None:
+                what = ", ".join(f"K={i.n_clusters}, d={i.unit_dim}" for i in infos)
+                unused.setdefault(where, []).append(
+                    f"its palette{'s' if len(infos) > 1 else ''} ({what}) "
+                    f"{'are' if len(infos) > 1 else 'is'} not charged")
+                continue
+            known = sorted({s.layer for s in shapes if s.kind in ("conv", "dense")})
+            raise ValueError(
+                f"Compression info names layer {name!r}, which is not a conv or dense layer "
+                f"of the model. Known layers: {known}"
+            )
+        for info in infos:
+            fits = [s for s in candidates if s.n_weights == info.n_weights
+                    and s.name not in matched]
+            if not fits:
+                sizes = {s.name: s.n_weights for s in candidates}
+                raise ValueError(
+                    f"Compression info for layer {name!r} describes {info.n_weights} weights "
+                    f"(n_units={info.n_units} x unit_dim={info.unit_dim}), which matches no "
+                    f"unassigned kernel of that layer. Kernel sizes: {sizes}"
+                )
+            matched[fits[0].name] = info
+    return matched, unused
+
+
+def _skipped_name(name, skipped):
+    """The name of the `skipped` entry for layer (or `layer/weight` key) `name`, or None."""
+    names = {str(n) for n, _ in skipped}
+    for cand in (name, name.split("/", 1)[0]):
+        if cand in names:
+            return cand
+    return None
+
+
+def note_unused(skipped, *unused):
+    """`skipped` with each entry named in the `unused` dicts followed by their phrases."""
+    phrases = {}
+    for d in unused:
+        for name, items in d.items():
+            phrases.setdefault(name, []).extend(items)
+    out = []
+    for name, why in skipped:
+        if name in phrases:
+            why = "; ".join([why, *phrases.pop(name)])
+        out.append((name, why))
+    return tuple(out)
+
+
+def match_pruning(shapes, pruning, skipped=()):
+    """`({record name: kept fraction}, unused)`; a layer listed in `skipped` goes to `unused`
+    (`{skipped name: [phrase]}`, see `match_sharing`), any other unknown name raises."""
+    if pruning is None:
+        return {}, {}
+    if not isinstance(pruning, Mapping):
+        raise TypeError(
+            "Invalid value for argument `pruning`. Expected a mapping {layer_name: "
+            f"kept_fraction}}. Received: pruning={pruning!r}"
+        )
+    out, unused = {}, {}
+    for name, frac in pruning.items():
+        if not (isinstance(frac, (int, float)) and 0 < frac <= 1):
+            raise ValueError(
+                f"Invalid value for argument `pruning[{name!r}]`. Expected a kept fraction in "
+                f"(0, 1]. Received: {frac!r}"
+            )
+        hits = [s.name for s in shapes if s.kind in ("conv", "dense")
+                and (s.layer == name or s.name == name)]
+        where = None if hits else _skipped_name(name, skipped)
+        if where is not None:
+            unused.setdefault(where, []).append(f"its pruning (kept {frac}) is not applied")
+            continue
+        if not hits:
+            raise ValueError(f"Pruning info names layer {name!r}, which is not a conv or "
+                             "dense layer of the model.")
+        out.update(dict.fromkeys(hits, float(frac)))
+    return out, unused
