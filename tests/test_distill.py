@@ -74,3 +74,28 @@ def test_integer_labels_in_fit_get_the_width_message():
     with pytest.raises(ValueError, match=r"`y_true` of DistillationLoss\(num_classes=3\). "
                                          r"Expected width 6.*distillation_targets.*\((None|8),\)"):
         model.fit(x, np.arange(8) % 3, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("how", ["activation", "layer"])
+def test_softmax_teacher_gives_its_log_probabilities(how):
+    """A teacher that ends in a softmax (keras.applications' default) returned probabilities
+    as "logits", and softmax(p / T) is nearly uniform: the soft term taught nothing. Its
+    targets are now log p, which softmax-soften exactly as the pre-softmax logits do."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    z = keras.layers.Dense(5, name="logits")(keras.layers.Dense(8, activation="relu")(inp))
+    out = (keras.layers.Softmax()(z) if how == "layer" else
+           keras.layers.Activation("softmax")(z))
+    teacher, logit_model = keras.Model(inp, out), keras.Model(inp, z)
+    x = np.random.default_rng(2).normal(size=(16, 6)).astype(np.float32) * 3
+    labels = np.arange(16) % 5
+    y = distillation_targets(teacher, x, labels)
+    ref_logits = np.asarray(logit_model(x), np.float64)
+    # the same tempered teacher distribution as from the true logits, at any T
+    for t in (1.0, 4.0):
+        np.testing.assert_allclose(np.exp(_log_softmax(y[:, 5:] / t)),
+                                   np.exp(_log_softmax(ref_logits / t)), atol=1e-5)
+    student = np.random.default_rng(3).normal(size=(16, 5)).astype(np.float32)
+    got = float(DistillationLoss(5, temperature=4.0)(y, student))
+    np.testing.assert_allclose(got, _reference(np.eye(5)[labels], ref_logits, student, 4.0,
+                                               0.5), rtol=1e-4)

@@ -215,6 +215,29 @@ def test_inference_leaves_the_warm_start_alone_and_training_moves_it():
     assert max(moved) > 1e-4, moved  # tau 0.5: the fixed point is far from k-means'
 
 
+def test_palettes_and_strip_leave_the_wrapped_model_alone():
+    # palettes_of / strip_clustering snapped the wrapper's own codebook and indices, so
+    # asking for palettes mid-training changed the next epoch (probe: loss 1.46780 untouched
+    # vs 1.46802 after one palettes_of call)
+    from dkm_tf.training.clustering import palettes_of  # noqa: PLC0415
+
+    x, y = _data()
+    m = cluster_weights(_model(), 4, assignment="soft", temperature=0.5)
+    m.compile(keras.optimizers.SGD(1e-2), "sparse_categorical_crossentropy")
+    m.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    before = [to_numpy(v).copy() for v in m.variables]
+    pals = palettes_of(m)
+    plain, stripped_pals = strip_clustering(m)
+    for v, b in zip(m.variables, before):
+        np.testing.assert_array_equal(to_numpy(v), b, err_msg=v.path)
+    for a, b in zip(pals, stripped_pals):  # the same snapped palettes either way
+        np.testing.assert_array_equal(a.decode(), b.decode())
+    for layer, pal in zip(plain.layers, pals):
+        k = to_numpy(layer.kernel)
+        assert np.unique(k).size <= 4
+        np.testing.assert_array_equal(k, pal.decode())
+
+
 def test_schedule_values():
     lin = TemperatureSchedule(1.0, 0.1, epochs=4, schedule="linear")
     np.testing.assert_allclose([lin.value(e) for e in range(5)], [1.0, 0.7, 0.4, 0.1, 0.1])

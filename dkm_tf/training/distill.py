@@ -94,7 +94,11 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
     """``[one-hot labels | teacher logits]`` for :class:`DistillationLoss`.
 
     Args:
-        teacher: a Keras model returning logits (the uncompressed model).
+        teacher: the uncompressed Keras model. Its logits are used; a teacher that returns
+            probabilities (ending in a softmax, or rows of non-negative values summing to 1,
+            as ``keras.applications`` models do) gives their logarithms, logits up to a
+            constant per row, so ``softmax(z_t / T)`` is the softened teacher either way
+            (``softmax(p / T)`` of the probabilities would be nearly uniform).
         x: inputs, an array with a leading sample axis.
         labels: integer class labels, shape (N,).
         num_classes: C; default the teacher's output width.
@@ -122,4 +126,9 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
                          f"({labels.size}, {c}). Received: shape {logits.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= c):
         raise invalid("labels", f"integers in [0, {c})", labels[:8])
+    from dkm_tf.training.common import output_activation  # noqa: PLC0415
+
+    if output_activation(teacher) == "softmax" or (
+            logits.size and logits.min() >= 0 and np.allclose(logits.sum(-1), 1, atol=1e-3)):
+        logits = np.log(np.maximum(logits, np.finfo(np.float32).tiny))  # log p: logits
     return np.concatenate([np.eye(c, dtype=np.float32)[labels], logits], axis=1)

@@ -252,11 +252,13 @@ def snap(wrapper):
     """Hard assignment at the end of soft training: each unit to its nearest centroid.
 
     The centroids are first brought to the fixed point of the current weights (the same
-    iteration as the forward pass, in numpy); codebook and indices variables are updated, so
-    :meth:`ClusterWeights.palettes` and :func:`dkm_tf.strip_clustering` give at most K
-    distinct units per group.
+    iteration as the forward pass, in numpy). Returns ``[(codebook, indices)]`` per clustered
+    weight, numpy arrays from which :meth:`ClusterWeights.palettes` and
+    :func:`dkm_tf.strip_clustering` build kernels with at most K distinct units per group.
+    The wrapper's variables are left alone: asking for palettes mid-training changes nothing.
     """
     tau = float(keras.ops.convert_to_numpy(wrapper.temperature_variable))
+    out = []
     for s in wrapper._slots:  # noqa: SLF001
         units = units_lib.to_units(keras.ops.convert_to_numpy(s.variable), s.layout)
         units = units.astype(np.float64)
@@ -264,8 +266,9 @@ def snap(wrapper):
                                keras.ops.convert_to_numpy(s.codebook).astype(np.float64), tau)
         c = keras.ops.convert_to_numpy(c)
         idx = np.stack([codebook_lib.nearest(units[g], c[g]) for g in range(c.shape[0])])
-        s.codebook.assign(c.astype(s.codebook.dtype))
-        s.indices.assign(idx.astype(s.indices.dtype))
+        out.append((c.astype(keras.ops.convert_to_numpy(s.codebook).dtype),
+                    idx.astype(keras.ops.convert_to_numpy(s.indices).dtype)))
+    return out
 
 
 class TemperatureSchedule(keras.callbacks.Callback):

@@ -343,12 +343,12 @@ class ClusterWeights(keras.layers.Wrapper):
         if not self.built:
             raise ValueError(f"Layer {self.name!r} is not built, so it has no codebooks yet "
                              "(k-means runs at build): call it on data or build it first.")
-        if self.assignment == "soft":
-            soft_lib.snap(self)  # DKM inference: each unit to its nearest centroid
         out, z = [], self.preserve_sparsity
-        for s in self._slots:
-            cb, idx = codebook_lib.compact(keras.ops.convert_to_numpy(self._codebook(s)),
-                                           keras.ops.convert_to_numpy(s.indices), keep=int(z))
+        snapped = (soft_lib.snap(self) if self.assignment == "soft"  # DKM inference: nearest
+                   else [(keras.ops.convert_to_numpy(self._codebook(s)),
+                          keras.ops.convert_to_numpy(s.indices)) for s in self._slots])
+        for s, (codebook, indices) in zip(self._slots, snapped):
+            cb, idx = codebook_lib.compact(codebook, indices, keep=int(z))
             note = (f"{cb.shape[1] - z} of {self.n_clusters} centroids in use"
                     if cb.shape[1] - z < self.n_clusters else "")
             out.append(palette_lib.Palette(self.layer.name, s.attr, cb, idx, s.layout,
