@@ -221,7 +221,7 @@ class Palette:
 
     def __repr__(self):
         k = f"{self.n_clusters - 1}+zero" if self.preserve_sparsity else self.n_clusters
-        return (f"Palette({self.name}, K={k}, unit={self.layout.unit}(d="
+        return (f"Palette({self.name}, K={k}, unit={self.layout.effective_unit}(d="
                 f"{self.unit_dim}), {self.layout.granularity}, N={self.n_units})")
 
 
@@ -296,11 +296,11 @@ def size_report(palettes, other_params=0, bits=FLOAT_BITS):
             seen.add(p.codebook_id)
         il, ie = p.index_bits("log2"), p.index_bits("entropy")
         n_bits = p.n_values * bits
-        rows.append({"name": p.name, "unit": p.layout.unit, "granularity": p.layout.granularity,
-                     "d": p.unit_dim, "N": p.n_units, "K": p.n_clusters, "bits": p.bit_width,
-                     "entropy": p.entropy_bits(), "original_bits": n_bits,
-                     "compressed_bits_log2": il + cb, "compressed_bits_entropy": ie + cb,
-                     "cr_log2": n_bits / max(il + cb, 1e-12),
+        rows.append({"name": p.name, "unit": p.layout.effective_unit,
+                     "granularity": p.layout.granularity, "d": p.unit_dim, "N": p.n_units,
+                     "K": p.n_clusters, "bits": p.bit_width, "entropy": p.entropy_bits(),
+                     "original_bits": n_bits, "compressed_bits_log2": il + cb,
+                     "compressed_bits_entropy": ie + cb, "cr_log2": n_bits / max(il + cb, 1e-12),
                      "cr_entropy": n_bits / max(ie + cb, 1e-12),
                      "preserve_sparsity": p.preserve_sparsity})
         orig += n_bits

@@ -51,8 +51,8 @@ import numpy as np
 from dkm_tf.core.validate import check_choice
 
 __all__ = ["EINSUM_PREFIX", "GRANULARITIES", "KINDS", "UNITS", "UNIT_CHOICES", "UnitLayout",
-           "check_kind", "einsum_kind", "from_units", "is_kind", "layout_for", "resolve_unit",
-           "to_units"]
+           "check_kind", "describe_unit", "einsum_kind", "from_units", "is_kind", "layout_for",
+           "resolve_unit", "to_units", "unit_summary"]
 
 UNITS = ("scalar", "row", "kernel")
 UNIT_CHOICES = (*UNITS, "auto")  # "auto": the paper's choice, see resolve_unit
@@ -155,6 +155,13 @@ class UnitLayout:
         """Number of weights in the kernel."""
         return int(np.prod(self.kernel_shape))
 
+    @property
+    def effective_unit(self):
+        """The unit as clustered: ``"scalar"`` when a unit holds one value (a row or kernel
+        unit of a weight without spatial axes, e.g. Dense, Embedding or attention kernels,
+        or of a 1x1 kernel), else :attr:`unit`, which keeps the unit asked for (saved)."""
+        return "scalar" if self.unit_dim == 1 else self.unit
+
     def to_config(self):
         return {"kernel_shape": list(self.kernel_shape), "kind": self.kind, "unit": self.unit,
                 "granularity": self.granularity}
@@ -193,6 +200,34 @@ def resolve_unit(unit, kind, kernel_shape):
         return unit
     spatial, _, _ = _axes(kind, len(kernel_shape))
     return "row" if any(kernel_shape[a] > 1 for a in spatial) else "scalar"
+
+
+def describe_unit(layout, requested):
+    """The unit of ``layout`` as reports show it: the unit clustered, and why it is not the
+    ``requested`` one (``"scalar (row units need spatial kernel axes)"`` for a Dense kernel with
+    ``unit="row"``, ``"row (auto)"``)."""
+    used = layout.effective_unit
+    if requested in (used, "auto"):
+        return used if requested == used else f"{used} (auto)"
+    if used != "scalar":
+        return used
+    spatial, _, _ = _axes(layout.kind, len(layout.kernel_shape))
+    return (f"scalar (its {requested}s hold 1 value)" if spatial
+            else f"scalar ({requested} units need spatial kernel axes)")
+
+
+def unit_summary(weights, unit, granularity="per_tensor"):
+    """:func:`describe_unit` of a layer's ``(path, variable, kind)`` weights clustered with
+    ``unit`` (``"auto"`` resolved per weight): one text when all agree, else ``path: text``
+    for each weight."""
+    texts = {}
+    for path, var, kind in weights:
+        shape = tuple(int(s) for s in var.shape)
+        lay = layout_for(shape, kind, resolve_unit(unit, kind, shape), granularity)
+        texts[path] = describe_unit(lay, unit)
+    if len(set(texts.values())) == 1:
+        return next(iter(texts.values()))
+    return ", ".join(f"{path}: {text}" for path, text in texts.items())
 
 
 def _check_shape(kernel_shape):

@@ -1,8 +1,8 @@
 """Attaching the Deep k-Means penalty to the kernels of an existing model, and finding it again.
 
 :func:`attach_regularizer` puts a :class:`~dkm_tf.training.regularizer.SpectralKMeansRegularizer`
-on every conv (and optionally Dense, recurrent and attention) kernel of a built model, in
-place, so the user's own
+on every conv kernel (and optionally every other clusterable weight: Dense, Embedding,
+recurrent and attention) of a built model, in place, so the user's own
 ``compile`` / ``fit`` trains with it; :func:`refresh_regularizers` recomputes every F (what
 :class:`dkm_tf.RefreshKMeans` calls); :func:`detach_regularizer` takes them off again.
 """
@@ -19,8 +19,8 @@ from dkm_tf.core.validate import check_bool, check_n_clusters, check_seed, inval
 from dkm_tf.graph import clusterable
 from dkm_tf.training import regularizer as reg_lib
 
-__all__ = ["attach_regularizer", "detach_regularizer", "kmeans_regularizers",
-           "refresh_regularizers", "strategy_scope"]
+__all__ = ["AttachedRegularizers", "attach_regularizer", "detach_regularizer",
+           "kmeans_regularizers", "refresh_regularizers", "strategy_scope"]
 
 _CONV_KINDS = ("conv", "conv_t", "depthwise")
 _REG_ATTR = {"kernel": "kernel_regularizer", "depthwise_kernel": "depthwise_regularizer",
@@ -33,10 +33,58 @@ _CONFIG_LOSES_REGULARIZER = (keras.layers.MultiHeadAttention,)
 
 
 def _selected(kind, include_dense):
-    """Whether ``attach_regularizer`` regularizes a weight of this kind by default."""
-    if kind in _CONV_KINDS:
-        return True
-    return include_dense and (kind == "dense" or kind.startswith(units_lib.EINSUM_PREFIX))
+    """Whether ``attach_regularizer`` regularizes a weight of this kind by default: conv
+    kernels always; with ``include_dense`` every other kind :func:`dkm_tf.share_weights`
+    clusters too (Dense, Embedding, recurrent, EinsumDense / attention, custom "vector")."""
+    return kind in _CONV_KINDS or include_dense
+
+
+class AttachedRegularizers(dict):
+    """What :func:`attach_regularizer` returns: ``{variable path: regularizer}`` of the weights
+    that got a penalty, plus ``skipped``: tuples ``(layer_name, layer_type, reason)`` of the
+    layers with weights left without one (all of them, or the weights the reason names)."""
+
+    def __init__(self, attached=(), skipped=()):
+        super().__init__(attached)
+        self.skipped = tuple(skipped)
+
+    def summary(self):
+        lines = [f"regularized {len(self)} weight(s), skipped {len(self.skipped)} layer(s)"]
+        lines += [f"  + {path}: K={reg.n_clusters}, lam={reg.lam:g}, {reg.resolved_unit} units"
+                  for path, reg in self.items()]
+        lines += [f"  - {name} ({kind}): {reason}" for name, kind, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def _skipped(model, done, chosen, n_clusters):
+    """``(layer name, type, reason)`` of every layer with weights not (all) in ``done``."""
+    out = []
+    for layer in clusterable.walk_layers(model):
+        if isinstance(layer, keras.Model) or not layer.weights:
+            continue
+        kind = type(layer).__name__
+        if not clusterable.is_clusterable(layer):
+            out.append((layer.name, kind, "layer type not supported (k-means does not "
+                                          "cluster it either)"))
+            continue
+        try:
+            weights = clusterable.clusterable_weights(layer)
+        except (TypeError, ValueError) as e:
+            out.append((layer.name, kind, str(e)))
+            continue
+        missing = [(attr, wkind) for attr, var, wkind in weights if id(var) not in done]
+        if not missing:
+            continue
+        if chosen is not None and layer not in chosen:
+            reason = "not in layers"
+        elif _per_layer(n_clusters, layer.name) is None:
+            reason = "n_clusters gives it no K"
+        else:  # include_dense=True selects every clusterable weight
+            reason = "not a conv kernel (include_dense=False)"
+        if len(missing) < len(weights):
+            reason = f"{', '.join(a for a, _ in missing)}: {reason}"
+        out.append((layer.name, kind, reason))
+    return out
 
 
 def _owner(layer, attr):
@@ -102,13 +150,16 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
             dict are skipped when ``layers`` is None).
         lam: λ >= 0.
         relaxation: ``"hard"`` (default) or ``"spectral"``; see :mod:`dkm_tf.training.regularizer`.
-        unit: ``"auto"`` (rows for k x k convs, scalars for 1x1 convs, Dense, recurrent
-            and attention kernels), ``"row"``, ``"kernel"`` or ``"scalar"``; with ``layers``
-            None, row or kernel units apply to kernels with spatial axes and the others get
-            scalars (as :func:`dkm_tf.share_weights` clusters them).
+        unit: ``"auto"`` (rows for k x k convs, scalars for 1x1 convs, Dense, Embedding,
+            recurrent and attention kernels), ``"row"``, ``"kernel"`` or ``"scalar"``; with
+            ``layers`` None, row or kernel units apply to kernels with spatial axes and the
+            others get scalars (as :func:`dkm_tf.share_weights` clusters them).
         layers: layer names or layer objects to regularize (default: every conv-type layer,
-            plus the matrix kernels when ``include_dense``).
-        include_dense: when ``layers`` is None, also regularize the matrix kernels: Dense,
+            plus every other clusterable weight when ``include_dense``).
+        include_dense: when ``layers`` is None, also regularize every clusterable weight that
+            is not a conv kernel, i.e. all that :func:`dkm_tf.share_weights` and
+            :func:`dkm_tf.cluster_weights` cluster: Dense kernels, Embedding tables (their
+            ``embeddings_regularizer``), custom layers' weights (``get_clusterable_weights``),
             the input and recurrent kernels of SimpleRNN/LSTM/GRU (also inside RNN and
             Bidirectional; their ``kernel_regularizer`` / ``recurrent_regularizer`` is set on
             the cell, so it is saved), and EinsumDense / MultiHeadAttention projections
@@ -123,7 +174,12 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
             with ``cluster_weights(..., preserve_sparsity=True)`` to keep them exactly zero.
 
     Returns:
-        ``{variable path: regularizer}`` for the weights that got one.
+        An :class:`AttachedRegularizers`: ``{variable path: regularizer}`` for the weights
+        that got one (a dict), whose ``skipped`` lists every layer with weights left without
+        a penalty and why: not a conv kernel with ``include_dense=False`` (Dense, Embedding,
+        ...), not in ``layers``, no K in an ``n_clusters`` dict, or a layer type no k-means
+        clusters (BatchNormalization, a custom layer without ``get_clusterable_weights``);
+        ``summary()`` prints both.
 
     Raises:
         ValueError: bad λ / K / relaxation / unit / sparsity, a unit the layer's kernel does
@@ -167,6 +223,7 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                                 f"to regularize. {e}") from e
             targets.extend((layer, w) for w in weights)
     else:
+        chosen = None
         targets = [(layer, w) for layer in clusterable.walk_layers(model)
                    if clusterable.is_clusterable(layer)
                    for w in clusterable.clusterable_weights(layer)
@@ -176,8 +233,8 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                         if clusterable.is_clusterable(layer)})
         raise ValueError(
             f"attach_regularizer found no kernel to regularize in model {model.name!r}: "
-            + (f"its clusterable layers ({', '.join(kinds)}) are Dense/recurrent/attention "
-               "layers, which need include_dense=True (or name them in layers=[...])."
+            + (f"its clusterable layers ({', '.join(kinds)}) are Dense/Embedding/recurrent/"
+               "attention layers, which need include_dense=True (or name them in layers=[...])."
                if kinds and not include_dense else "it has no clusterable layer."))
     attached, degenerate, unsaved, planned = {}, [], [], []
     with strategy_scope(model):  # every F first: an error leaves the model as it was
@@ -221,7 +278,8 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                       "holds one kernel_regularizer for all four projections. Call "
                       "attach_regularizer again after loading.", UserWarning, stacklevel=2)
     _reset_compiled_functions(model)
-    return attached
+    done = {id(var) for _, _, var, _, _ in planned}
+    return AttachedRegularizers(attached, _skipped(model, done, chosen, n_clusters))
 
 
 def detach_regularizer(model):

@@ -62,9 +62,9 @@ class ClusteringReport:
     """What :func:`cluster_weights` did to each layer with weights.
 
     Attributes:
-        clustered: tuples ``(layer_name, layer_type, settings)`` of wrapped layers.
-        skipped: tuples ``(layer_name, layer_type, reason)`` of layers with weights that were
-            left as they are.
+        clustered: tuples ``(layer_name, layer_type, settings)`` of wrapped layers; settings'
+            ``unit_used`` says the unit each weight got (a Dense kernel's "row" is a scalar).
+        skipped: tuples ``(layer_name, layer_type, reason)`` of layers left as they are.
     """
 
     clustered: tuple
@@ -73,9 +73,9 @@ class ClusteringReport:
     def summary(self):
         lines = [f"clustered {len(self.clustered)} layer(s), skipped {len(self.skipped)}"]
         for name, kind, s in self.clustered:
-            lines.append(f"  + {name} ({kind}): K={s['n_clusters']}, {s['unit']}, "
-                         f"{s['granularity']}, init={s['init']}" +
-                         (", latent" if s.get("latent") else ""))
+            lines.append(f"  + {name} ({kind}): K={s['n_clusters']}, "
+                         f"{s.get('unit_used', s['unit'])}, {s['granularity']}, "
+                         f"init={s['init']}" + (", latent" if s.get("latent") else ""))
         for name, kind, reason in self.skipped:
             lines.append(f"  - {name} ({kind}): {reason}")
         return "\n".join(lines)
@@ -156,9 +156,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         overrides: dict keyed by layer name or layer class name (name wins); each value is a
             dict of settings among ``n_clusters, unit, granularity, init, latent,
             preserve_sparsity``, or ``None`` to leave that layer unclustered.
-        on_unsupported: ``"skip"`` (default) leaves layers with weights that cannot be
-            clustered (BatchNormalization, ConvLSTM2D, ...) as they are, records them in the report
-            and warns once; ``"error"`` raises instead.
+        on_unsupported: ``"skip"`` (default) leaves unclusterable layers with weights (BatchNorm,
+            ConvLSTM2D, ...) as they are, reports them and warns once; ``"error"`` raises.
         kmeans_options: extra keyword arguments of :func:`dkm_tf.cluster_values`, e.g.
             ``{"refine": False}`` (plain Lloyd; several times faster on big models).
         return_report: also return a :class:`ClusteringReport`.
@@ -223,7 +222,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
                              "cluster: build the model first (call it on data or give it an "
                              "input shape), or wrap the layer as dkm_tf.ClusterWeights(layer, "
                              "...), which clusters at its first build.")
-        clustered.append((layer.name, kind, dict(cfg)))
+        clustered.append((layer.name, kind, {**cfg, "unit_used": units_lib.unit_summary(
+            clusterable_lib.clusterable_weights(layer), cfg["unit"], cfg["granularity"])}))
         wrapper = ClusterWeights(inner, seed=seed, trainable=layer.trainable,
                                  kmeans_options=kmeans_options, **cfg, **soft)
         wrapper._pending = dict(futures.get(id(layer), {}))  # noqa: SLF001

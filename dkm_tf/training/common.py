@@ -9,6 +9,24 @@ def compiled_loss(model):
     return getattr(model, "loss", None) if getattr(model, "compiled", False) else None
 
 
+def compiled_metrics(model):
+    """The metrics ``model`` was compiled with, as new objects (a metric holds state), or None
+    (not compiled, or no metrics). Re-created from its compile config; when Keras cannot
+    (an unregistered custom metric), the objects given to ``compile`` are reused."""
+    import keras  # noqa: PLC0415
+
+    if not getattr(model, "compiled", False):
+        return None
+    metrics = (model.get_compile_config() or {}).get("metrics")
+    if not metrics:
+        return None
+    try:
+        return keras.saving.deserialize_keras_object(metrics)
+    except (TypeError, ValueError):
+        config = getattr(getattr(model, "_compile_config", None), "config", None) or {}
+        return config.get("metrics") or None
+
+
 def output_activation(model):
     """Name of the model's final activation: the last layer's ``activation`` (``"softmax"``
     for a ``Softmax`` layer), ``""`` when unknown (a nested model or a custom last layer)."""

@@ -12,6 +12,7 @@ from dkm_tf.training.common import (
     check_fit_args,
     check_learning_rate,
     compiled_loss,
+    compiled_metrics,
     default_loss,
 )
 
@@ -36,7 +37,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         batch_size: used with array data.
         reassign_every: with ``latent=True``, re-assign indices every this many epochs
             (:class:`dkm_tf.ReassignClusters`); ``None`` never re-assigns.
-        metrics: compile metrics; default ``["accuracy"]`` with the default loss.
+        metrics: compile metrics; default: the model's own when it is compiled (as
+            :func:`dkm_tf.dkm_retrain`), ``["accuracy"]`` with the default loss.
         callbacks: extra Keras callbacks for ``fit``.
         seed: k-means and Keras seed.
         verbose: passed to ``fit``.
@@ -47,9 +49,13 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     cross-entropy, from logits unless the last layer is a softmax.
 
     Returns:
-        ``(stripped_model, palettes, history)``: the plain fine-tuned model (compiled with the
-        same loss and metrics, ready for ``evaluate``), its palettes, and the ``fit`` History
-        (``None`` when ``epochs`` is 0).
+        ``(stripped_model, palettes, history)``: the plain fine-tuned model, its palettes, and
+        the ``fit`` History (``None`` when ``epochs`` is 0). The model is compiled with the
+        same loss and metrics, ready for ``evaluate``, and a built plain SGD at
+        ``learning_rate`` (no slot variables: ``save`` then ``load_model`` restores it without
+        Keras' optimizer-mismatch warning, and the file holds only the weights). Training the
+        stripped model further would move its shared weights apart: fine-tune the clustered
+        model instead.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"Invalid value for argument `epochs`. Expected an integer >= 0. "
@@ -74,7 +80,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     if used_default:
         loss = default_loss(model)
     if metrics is None:
-        metrics = ["accuracy"] if used_default else []
+        metrics = ["accuracy"] if used_default else (compiled_metrics(model) or [])
+    metrics = list(metrics) if isinstance(metrics, (list, tuple)) else metrics  # or a dict
     keras.utils.set_random_seed(seed)
     clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
                                 seed=seed, latent=latent, overrides=overrides,
@@ -82,7 +89,7 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     history = None
     if epochs:
         clustered.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
-                          metrics=list(metrics))
+                          metrics=metrics)
         callbacks = list(callbacks or [])
         if reassign_every:
             from dkm_tf.training.reassign import ReassignClusters  # noqa: PLC0415
@@ -97,6 +104,11 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         else:
             history = clustered.fit(train_data, **fit_kwargs)
     stripped, palettes = strip_clustering(clustered)
-    stripped.compile(loss=loss, metrics=list(metrics))
+    # plain SGD has no slot variables: built, it saves and loads back without Keras'
+    # optimizer-mismatch warning and adds nothing to the .keras file (Adam's slots would
+    # triple it); training the stripped model further would undo the sharing anyway
+    stripped.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=loss,
+                     metrics=metrics)
+    stripped.optimizer.build(stripped.trainable_variables)
     return stripped, palettes, history
 

@@ -13,6 +13,7 @@ from dkm_tf.training.common import (
     check_fit_args,
     check_learning_rate,
     compiled_loss,
+    compiled_metrics,
     default_loss,
 )
 
@@ -58,7 +59,9 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         preserve_sparsity: the kernels' exact zeros (a pruned model's) form a zero cluster
             not counted against K (see :func:`dkm_tf.attach_regularizer`) and stay exactly
             zero through training (a constraint while ``fit`` runs, removed afterwards).
-        include_dense: also regularize Dense kernels (conv kernels always are).
+        include_dense: also regularize every clusterable weight that is not a conv kernel
+            (Dense, Embedding, recurrent, attention; conv kernels always are), as the
+            k-means that follows clusters them (see :func:`dkm_tf.attach_regularizer`).
         seed: k-means seed.
         callbacks: extra Keras callbacks.
         verbose: passed to ``fit``.
@@ -88,8 +91,7 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     undo_pins = _pin_zeros(clone) if preserve_sparsity else (lambda: None)
     loss = compiled_loss(model)
     if loss is not None:
-        metrics = (model.get_compile_config() or {}).get("metrics")
-        metrics = keras.saving.deserialize_keras_object(metrics) if metrics else None
+        metrics = compiled_metrics(model)
     else:
         loss, metrics = default_loss(clone), ["accuracy"]
     clone.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
