@@ -44,8 +44,9 @@ def require_tensorflow_backend(what="dkm_tf.export"):
 
 
 @contextlib.contextmanager
-def quiet(enabled=True):
-    """Silence stdout/stderr at the file-descriptor level (converter and interpreter logs)."""
+def quiet(enabled=True, into=None):
+    """Silence stdout/stderr at the file-descriptor level (converter and interpreter logs);
+    with ``into`` (an open binary file), send them there instead, for the caller to read."""
     if not enabled:
         yield
         return
@@ -55,15 +56,15 @@ def quiet(enabled=True):
         with contextlib.suppress(Exception):
             s.flush()
     saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    target = os.open(os.devnull, os.O_WRONLY) if into is None else os.dup(into.fileno())
     try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
+        os.dup2(target, 1)
+        os.dup2(target, 2)
         yield
     finally:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
+        for fd in (*saved, target):
             os.close(fd)
 
 
@@ -150,15 +151,13 @@ def synthetic_samples(model, specs, n=8):
     """``(inputs, note)``: :func:`synthesize_inputs` for ``model``, integer inputs drawn over
     the smallest ``Embedding`` table of the model (token ids reach every row it can read;
     ``{0, 1}`` when it has none), and the note saying what verified the file."""
-    tables = []
-    stack = list(getattr(model, "layers", ()))
-    while stack:
-        layer = stack.pop()
-        if hasattr(layer, "input_dim") and type(layer).__name__ == "Embedding":
-            tables.append(int(layer.input_dim))
-        stack.extend(getattr(layer, "layers", ()) or ())
-        if hasattr(layer, "layer"):  # a wrapper (ClusterWeights, Bidirectional, ...)
-            stack.append(layer.layer)
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
+
+    layers = [getattr(layer, "layer", layer) for layer in walk_layers(model)]  # unwrapped
+    tables = [int(layer.input_dim) for layer in layers
+              if isinstance(layer, keras.layers.Embedding)]
     high = min(tables) if tables else 2
     kinds = []
     if any(d != "int32" for _, d in specs):

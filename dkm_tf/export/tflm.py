@@ -11,11 +11,8 @@ Worked example: a 2 x 3 weight ``[[0.5, -1, 0.5], [0, 0, -1]]`` has the value ta
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import sys
 import tempfile
 import warnings
 
@@ -41,28 +38,17 @@ def _require():
                           "pip install tflite-micro")
 
 
-@contextlib.contextmanager
-def _stderr_to(stream):
-    """Send file descriptor 2 (where TFLite Micro's C++ reports) to ``stream``."""
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        os.dup2(stream.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def tflm_interpreter(content, arena_size):
     """A TFLite Micro interpreter of ``content``; a file TFLite Micro cannot run is a
-    ``ValueError`` naming the ops it has no kernel for (its C++ says so on stderr only)."""
+    ``ValueError`` naming the ops it has no kernel for (its C++ names them on stderr only,
+    captured here)."""
     from tflite_micro import runtime  # noqa: PLC0415
+
+    from dkm_tf.export.convert import quiet  # noqa: PLC0415
 
     with tempfile.TemporaryFile("w+b") as log:
         try:
-            with _stderr_to(log):
+            with quiet(into=log):
                 return runtime.Interpreter.from_bytes(bytes(content), arena_size=arena_size)
         except RuntimeError as e:
             log.seek(0)
