@@ -11,6 +11,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from testing import layer_stack  # noqa: E402
+
 from dkm_tf import energy  # noqa: E402
 
 L = keras.layers
@@ -33,20 +35,9 @@ def _functional():
     return keras.Model(inp, x, name="tiny")
 
 
-class _Sub(keras.Model):
-    def __init__(self, layers):
-        super().__init__(name="tiny_sub")
-        self.stack = layers
-
-    def call(self, x):
-        for layer in self.stack:
-            x = layer(x)
-        return x
-
-
 def _subclassed(layers, shape):
     keras.utils.set_random_seed(0)
-    model = _Sub(layers)
+    model = layer_stack(layers, "tiny_sub")
     model(np.zeros((1,) + shape, "float32"))
     return model
 

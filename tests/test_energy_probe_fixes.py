@@ -20,6 +20,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from testing import layer_stack  # noqa: E402
+
 from dkm_tf import energy  # noqa: E402
 from dkm_tf.energy import SharingInfo  # noqa: E402
 from dkm_tf.graph.share import share_weights  # noqa: E402
@@ -167,17 +169,6 @@ def _transpose_layers(padding):
             L.Conv2D(2, 1, name="o")]
 
 
-class _Sub(keras.Model):
-    def __init__(self, layers):
-        super().__init__(name="sub")
-        self.stack = layers
-
-    def call(self, x):
-        for layer in self.stack:
-            x = layer(x)
-        return x
-
-
 @TF_ONLY
 @pytest.mark.parametrize("padding,out_hw", [("same", (12, 10)), ("valid", (13, 11))])
 def test_conv2d_transpose_macs_by_hand_in_every_reader(padding, out_hw, tmp_path):
@@ -196,7 +187,7 @@ def test_conv2d_transpose_macs_by_hand_in_every_reader(padding, out_hw, tmp_path
     assert keras_report.layer("up").n_clusters == 4
     assert "up" not in dict(keras_report.skipped)
 
-    sub = _Sub(_transpose_layers(padding))
+    sub = layer_stack(_transpose_layers(padding), "sub")
     sub(np.zeros((1, 6, 5, 3), np.float32))
     traced = energy.estimate(sub, input_shape=(6, 5, 3))
     assert {n: m for n, (m, _) in _by_weights(traced).items()} == expected
@@ -219,7 +210,7 @@ def test_conv1d_transpose_in_keras_traced_and_tflite(tmp_path):
     keras.utils.set_random_seed(0)
     inp = keras.Input((9, 3))
     model = keras.Model(inp, layers()[0](inp))
-    sub = _Sub(layers())
+    sub = layer_stack(layers(), "sub")
     sub(np.zeros((1, 9, 3), np.float32))
     path = tmp_path / "t.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())

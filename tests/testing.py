@@ -133,3 +133,20 @@ def two_conv_model():
     model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
                        for w in model.get_weights()])
     return model
+
+
+def layer_stack(layers, name):
+    """A subclassed model (it declares no input) calling ``layers`` in turn."""
+    import keras
+
+    class LayerStack(keras.Model):
+        def __init__(self):
+            super().__init__(name=name)
+            self.stack = layers
+
+        def call(self, x):
+            for layer in self.stack:
+                x = layer(x)
+            return x
+
+    return LayerStack()
