@@ -7,7 +7,10 @@ classified by its inner layer, with the wrapper's input and output shapes. Subcl
 have no recorded per-layer shapes; with `input_shape` they are traced with TensorFlow
 (`graph_reader`), without it a `ValueError` asks for one.
 
-Fused activations (`Conv2D(activation="relu")`) and biases are not charged separately; a
+Fused activations (`Conv2D(activation="relu")`), biases and batch norms folded into the linear
+conv or dense layer before them (:mod:`dkm_tf.energy.bn_folding`) are not charged; other
+activations (of a layer or an `Activation` layer) and `LayerNormalization` are charged as the
+priced element-wise ops a `.tflite` runs them as (:mod:`dkm_tf.energy.activations`); a
 `PReLU` layer is one "affine" record (`shapes.prelu_shape`). Conv1D/2DTranspose layers are
 the matrix product of `conv_transpose` (in_h·in_w·in_c·kh·kw·out_c MACs); an Embedding is a
 table lookup (reported in `skipped`, no MACs).
@@ -17,6 +20,9 @@ A layer called more than once is read at its first call only.
 """
 
 import math
+
+from dkm_tf.energy.activations import activation_name, activation_records, layer_norm_records
+from dkm_tf.energy.bn_folding import consumers, folded_into
 
 _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
                "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
@@ -118,6 +124,7 @@ def _has_dynamic_input(model):
 
 def _walk(model, keras, shapes, skipped):
     ops = model.operations if hasattr(model, "operations") else model.layers
+    counts = consumers(model, keras)
     for layer in ops:
         if isinstance(layer, keras.Model):
             if _has_inputs(layer):
@@ -128,6 +135,11 @@ def _walk(model, keras, shapes, skipped):
         inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
         if type(inner).__name__ in _NO_COMPUTE:
             skipped.append((layer.name, "no compute"))
+            continue
+        into = folded_into(inner, counts, keras) \
+            if isinstance(inner, keras.layers.BatchNormalization) else None
+        if into is not None:
+            skipped.append((layer.name, f"folded into {into} (as a .tflite folds it)"))
             continue
         try:
             in_shapes = _shapes_of(layer.input)
@@ -150,6 +162,14 @@ def _walk(model, keras, shapes, skipped):
         shapes.extend(records)
         if reason:
             skipped.append((layer.name, reason))
+        act = _own_activation(inner, keras)
+        if records and act not in (None, "linear"):
+            extra, why = activation_records(f"{layer.name}/{act}", act,
+                                            math.prod(out_shape[1:]), layer=alias,
+                                            op=type(inner).__name__)
+            shapes.extend(extra)
+            if why:
+                skipped.append((layer.name, why))
 
 
 _OP_ELTWISE = {"Add": "add", "Subtract": "add", "Multiply": "mul", "Maximum": "max",
@@ -264,14 +284,18 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
             return [sh.eltwise_shape(name, elements=elements, eltwise_op=op,
                                      n_inputs=len(in_shapes), **common)], None
     if isinstance(layer, (L.ReLU, L.LeakyReLU)) or (
-            isinstance(layer, L.Activation) and _act_name(layer) in _RELU_NAMES):
+            isinstance(layer, L.Activation) and activation_name(layer.activation) in _RELU_NAMES):
         return [sh.eltwise_shape(name, elements=elements, eltwise_op="relu", n_inputs=1,
                                  **common)], None
     if isinstance(layer, L.PReLU):
         return [sh.prelu_shape(name, elements=elements, n_params=math.prod(layer.alpha.shape),
                                **common)], None
-    if isinstance(layer, L.Activation) and _act_name(layer) == "linear":
-        return [], "no compute"
+    if isinstance(layer, L.Activation):
+        act = activation_name(layer.activation)
+        return activation_records(name, act, elements, **common) if act != "linear" \
+            else ([], "no compute")
+    if isinstance(layer, L.LayerNormalization) or cls == "RMSNormalization":
+        return layer_norm_records(layer, name, in_shape, common=common), None
     if isinstance(layer, L.BatchNormalization):
         axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
         return [sh.eltwise_shape(name, elements=elements, eltwise_op="affine", n_inputs=1,
@@ -284,7 +308,7 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
     return [], (f"unsupported layer type {cls}; supported: Conv1D/2D (grouped), Conv1D/2D"
                 "Transpose, Depthwise/SeparableConv1D/2D, Dense, EinsumDense, "
                 "MultiHeadAttention, SimpleRNN/LSTM/GRU/RNN/Bidirectional, pooling, merge, "
-                "ReLU, PReLU, BatchNormalization")
+                "activations, PReLU, Batch/Layer/RMSNormalization")
 
 
 def _factorised_records(layer, name, in_shape, out_shape, common):
@@ -328,9 +352,14 @@ def _factorised_records(layer, name, in_shape, out_shape, common):
     return records
 
 
-def _act_name(layer):
-    act = layer.activation
-    return getattr(act, "__name__", str(act))
+def _own_activation(layer, keras):
+    """The name of a conv / dense layer's own `activation` (`None` for other layers)."""
+    L = keras.layers
+    kinds = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
+             L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose, L.Dense, L.EinsumDense)
+    if not isinstance(layer, kinds) and type(layer).__name__ != "FactorisedConv2D":
+        return None
+    return activation_name(getattr(layer, "activation", None))
 
 
 def _spatial(shape, rank, channels_first):

@@ -1,0 +1,51 @@
+"""Which inference batch norms a `.tflite` folds away, so the Keras reader leaves them out.
+
+The TensorFlow Lite converter (TF 2.21) folds a `BatchNormalization` over the channel axis into
+the conv or dense layer that produces its input when that layer is linear (no activation) and
+its output feeds the batch norm only: Conv1D/2D, Depthwise/SeparableConv1D/2D,
+Conv1D/2DTranspose, and a Dense on a 2-D input (a Dense on an N-D tensor is not folded). The
+traced-graph reader treats batch norms as fused too; the Keras reader charges the others as
+one "affine" record (a `.tflite` runs them as a MUL and an ADD).
+`tests/test_energy_activations.py` converts each case and checks which are folded.
+"""
+
+
+def consumers(model, keras):
+    """Counts, per tensor `id`, the operations of `model` reading it (outputs count once)."""
+    counts = {}
+    ops = model.operations if hasattr(model, "operations") else model.layers
+    for op in ops:
+        try:
+            tensors = keras.tree.flatten(op.input)
+        except (AttributeError, ValueError):
+            continue
+        for t in tensors:
+            counts[id(t)] = counts.get(id(t), 0) + 1
+    for t in keras.tree.flatten(getattr(model, "outputs", None) or []):
+        counts[id(t)] = counts.get(id(t), 0) + 1
+    return counts
+
+
+def folded_into(norm, counts, keras):
+    """The name of the layer batch norm `norm` is folded into, or `None`."""
+    L = keras.layers
+    try:
+        x = norm.input
+        producer = x._keras_history.operation
+    except (AttributeError, ValueError):
+        return None
+    inner = producer.layer if isinstance(producer, L.Wrapper) else producer
+    convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
+             L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose)
+    if isinstance(inner, convs):
+        if getattr(inner, "data_format", "channels_last") != "channels_last":
+            return None
+    elif not (isinstance(inner, L.Dense) and len(x.shape) == 2):
+        return None
+    act = getattr(inner, "activation", None)
+    axis = norm.axis if isinstance(norm.axis, int) else (
+        norm.axis[0] if len(norm.axis) == 1 else None)
+    if getattr(act, "__name__", "linear") != "linear" or axis is None or \
+            axis % len(x.shape) != len(x.shape) - 1 or counts.get(id(x), 0) != 1:
+        return None
+    return producer.name
