@@ -41,6 +41,7 @@ from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.inspect import inspect_tflite
 from dkm_tf.export.int8 import int8_survival, preserve_clusters
+from dkm_tf.export.model_check import check_built_model
 from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES
 from dkm_tf.export.policy import check_applicable, check_keep_float
 from dkm_tf.export.report import ExportReport, analytic_bytes
@@ -85,18 +86,17 @@ def check_export_args(model, sample_inputs=None, *, representative_data=None, to
                       float_content=None):
     """Check :func:`to_tflite`'s arguments before any conversion (Keras' message pattern).
 
-    The model must be a built Keras model; sample inputs (and representative data) real,
-    finite, at least one sample, one array per model input, each shaped like that input.
+    The model must be a built Keras model whose layers compute in float32 (not float16 /
+    bfloat16: :func:`~dkm_tf.export.model_check.check_float_model`); sample inputs (and
+    representative data) real, finite, at least one sample, one array per model input, each
+    shaped like that input.
     """
     import keras  # noqa: PLC0415
 
     convert_lib.require_tensorflow_backend()
     if not isinstance(model, keras.layers.Layer):
         raise invalid_type("model", "a built Keras model", model)
-    if not model.built:
-        raise ValueError("Invalid value for argument `model`. Expected a built Keras model. "
-                         f"Received: model {model.name!r}, which is not built (or has no "
-                         "layers): call it on data or give it an Input first.")
+    check_built_model(model)  # built, and no float16 / bfloat16 layers (mixed precision)
     for name, data in (("sample_inputs", sample_inputs),
                        ("representative_data", representative_data)):
         if data is not None:

@@ -115,7 +115,7 @@ def _check(model, weighting, data, loss, sparse, labels):
             f"{model.name!r} (inputs {_input_shapes(model)}) and its loss. Received: x of "
             f"shape {_shapes(x)}, y of shape {None if y is None else _shapes(y)}; one sample "
             f"failed with: {type(e).__name__}: {e}") from e
-    if value is not None and not np.all(np.isfinite(keras.ops.convert_to_numpy(value))):
+    if value is not None and not np.all(np.isfinite(_numpy(value))):
         raise invalid("data", "samples whose loss is finite", f"a loss of {value}")
     targets = _class_targets(model, loss_fn, x0, pred, keras) if labels == "model" else None
     return x, y, loss_fn, targets
@@ -124,13 +124,14 @@ def _check(model, weighting, data, loss, sparse, labels):
 def _class_targets(model, loss_fn, x0, pred, keras):
     """The C targets ``t_c`` (sparse ``[c]`` or one-hot) for which ``exp(-L(t_c, f(x)))`` are
     the model's class probabilities; raise if the loss is not such a cross-entropy."""
+    pred = _float32_outputs(pred)  # a loss function computes in its input's dtype
     shape = tuple(pred.shape) if hasattr(pred, "shape") else None
     if shape is None or len(shape) != 2 or shape[1] < 2:
         raise invalid("weighting", "None for a model that is not a classifier with one output "
                       "of shape (batch, classes) (weighting='fisher' takes the expectation "
                       "over the model's predicted classes)", f"'fisher' with output {shape}")
     n = int(shape[1])
-    out = keras.ops.convert_to_numpy(pred).astype(np.float64)
+    out = _numpy(pred).astype(np.float64)
     probabilities = bool(np.all(out >= 0) and abs(out.sum() - 1.0) <= SUM_TOL)
     name = getattr(loss_fn, "__name__", "")
     if not probabilities and (getattr(loss_fn, "from_logits", None) is False or name in (
@@ -143,10 +144,10 @@ def _class_targets(model, loss_fn, x0, pred, keras):
         targets = [np.array([c], np.int32) if kind == "sparse"
                    else np.eye(n, dtype=np.float32)[c:c + 1] for c in range(n)]
         try:
-            total = sum(float(np.exp(-keras.ops.convert_to_numpy(
-                keras.ops.mean(loss_fn(t, pred))))) for t in targets)
+            total = sum(float(np.exp(-_numpy(keras.ops.mean(loss_fn(t, pred)))))
+                        for t in targets)
         except Exception as e:  # noqa: BLE001 (this label format does not fit the loss)
-            found.append(f"{kind} labels: {type(e).__name__}")
+            found.append(f"{kind} labels: {type(e).__name__}: {str(e).strip()[:200]}")
             continue
         if abs(total - 1.0) <= SUM_TOL:
             return targets
@@ -170,7 +171,34 @@ def _n_samples(x, name):
     leaves = keras.tree.flatten(x)
     if not leaves or any(getattr(a, "shape", None) is None or len(a.shape) == 0 for a in leaves):
         raise invalid(name, "(x, y) made of arrays with a leading sample axis", _short(x))
-    return int(leaves[0].shape[0])
+    lengths = [int(a.shape[0]) for a in leaves]
+    if len(set(lengths)) != 1:  # several inputs (or outputs): one sample count for all
+        raise invalid(name, "arrays with the same number of samples along axis 0",
+                      f"lengths {lengths} (shapes {[tuple(a.shape) for a in leaves]})")
+    return lengths[0]
+
+
+def _float32_outputs(pred):
+    """Model outputs with float16 / bfloat16 ones (mixed-precision heads) cast to float32, as
+    a ``keras.losses.Loss`` does: a loss function such as the string
+    ``"sparse_categorical_crossentropy"`` otherwise computes in bfloat16, whose rounding
+    breaks ``sum_c exp(-L(c)) = 1`` and the Fisher sums."""
+    import keras  # noqa: PLC0415
+
+    def cast(t):
+        if getattr(t, "dtype", None) is not None and keras.backend.standardize_dtype(
+                t.dtype) in ("float16", "bfloat16"):
+            return keras.ops.cast(t, "float32")
+        return t
+    return keras.tree.map_structure(cast, pred)
+
+
+def _numpy(t):
+    """``t`` as a numpy array; float16 / bfloat16 (no numpy scalar for 0-d bfloat16 on every
+    backend) as float32, so mixed-precision outputs and losses convert."""
+    import keras  # noqa: PLC0415
+
+    return keras.ops.convert_to_numpy(_float32_outputs(t))
 
 
 def _take(x, lo, hi):
@@ -219,7 +247,7 @@ def _loss_value(model, loss_fn, x, y, mapping=None):
     else:
         with keras.StatelessScope(state_mapping=mapping):
             pred = model(x, training=False)
-    return keras.ops.mean(loss_fn(y, pred))
+    return keras.ops.mean(loss_fn(y, _float32_outputs(pred)))
 
 
 # ---------------------------------------------------------------------- Fisher
@@ -319,10 +347,10 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
         total = 0.0
         for t in pairs:
             value, g = grads(values, x_i, t)
-            p = 1.0 if targets is None else float(np.exp(-keras.ops.convert_to_numpy(value)))
+            p = 1.0 if targets is None else float(np.exp(-_numpy(value)))
             total += p
             for s, g_v in zip(sums, g):
-                s += p * np.square(keras.ops.convert_to_numpy(g_v).astype(np.float64))
+                s += p * np.square(_numpy(g_v).astype(np.float64))
         if targets is not None and abs(total - 1.0) > SUM_TOL:  # checked on every sample
             raise _not_cross_entropy(model, len(targets),
                                      f"sum_c exp(-loss) = {total:.6g} on sample {i}")

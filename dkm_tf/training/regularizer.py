@@ -368,12 +368,15 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer, state_lib.KerasS
 
 def _segment_sum(values, segment_ids, n_segments):
     """Sum of ``values`` per segment; TF's weighted bincount is ~5x faster than
-    unsorted_segment_sum on CPU for few segments."""
+    unsorted_segment_sum on CPU for few segments (it has no half kernels: float16 and
+    bfloat16 are summed in float32 and cast back)."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf  # noqa: PLC0415
 
-        return tf.math.bincount(segment_ids, weights=values, minlength=n_segments,
-                                maxlength=n_segments, dtype=values.dtype)
+        acc = tf.float32 if values.dtype in (tf.float16, tf.bfloat16) else values.dtype
+        sums = tf.math.bincount(segment_ids, weights=tf.cast(values, acc),
+                                minlength=n_segments, maxlength=n_segments, dtype=acc)
+        return tf.cast(sums, values.dtype)
     return ops.segment_sum(values, segment_ids, num_segments=n_segments)
 
 

@@ -47,6 +47,14 @@ from dkm_tf.core import codebook as codebook_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_choice, invalid
 
+try:  # switches Keras' autocasting of float variables (mixed precision) off inside a block
+    from keras.src.backend import AutocastScope as _AutocastScope
+except ImportError:  # pragma: no cover - a Keras without it: variables are read as they come
+    import contextlib
+
+    def _AutocastScope(_dtype):  # noqa: N802
+        return contextlib.nullcontext()
+
 __all__ = ["ASSIGNMENTS", "TemperatureSchedule", "check_soft_settings", "dkm_assign",
            "gather_codebook", "snap"]
 
@@ -232,20 +240,29 @@ def _compiled_assign(w, c, tau):
 
 def soft_kernel(wrapper, slot, update=False):
     """The DKM kernel of one slot; with ``update`` (training steps) stores the final
-    centroids as the next step's warm start. Inference leaves the state alone."""
+    centroids as the next step's warm start. Inference leaves the state alone.
+
+    The iteration always runs in float32 (float64 for float64 variables): under a mixed
+    policy Keras would autocast the variables to float16 / bfloat16, where the distance
+    clamps (1e-24, 1e-30) flush to 0 and a small tau rounds or overflows (NaN losses,
+    non-finite gradients). Only the result is cast to the wrapper's compute dtype.
+    """
     layout = slot.layout
-    w = ops.convert_to_tensor(slot.variable)
+    with _AutocastScope(None):  # read (cast) here: the variables' own values, not the
+        # autocast copies (convert_to_tensor would return the variable, read later)
+        acc = "float64" if slot.variable.dtype == "float64" else "float32"
+        w, codebook, tau = [ops.cast(v, acc) for v in (
+            slot.variable, slot.codebook, wrapper.temperature_variable)]
     if tuple(layout.perm) != tuple(range(len(layout.perm))):
         w = ops.transpose(w, layout.perm)
     w = ops.reshape(w, (layout.n_groups, layout.n_units, layout.unit_dim))
-    w_tilde, c = _compiled_assign(w, ops.convert_to_tensor(slot.codebook),
-                                  ops.convert_to_tensor(wrapper.temperature_variable))
+    w_tilde, c = _compiled_assign(w, codebook, tau)
     if update:
-        slot.codebook.assign(ops.stop_gradient(c))
+        slot.codebook.assign(ops.cast(ops.stop_gradient(c), slot.codebook.dtype))
     kernel = ops.reshape(w_tilde, slot.t_shape)
     if slot.inv_perm != tuple(range(len(slot.inv_perm))):
         kernel = ops.transpose(kernel, slot.inv_perm)
-    return kernel
+    return ops.cast(kernel, wrapper.compute_dtype)
 
 
 def snap(wrapper):

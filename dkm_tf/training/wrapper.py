@@ -159,6 +159,10 @@ class ClusterWeights(keras.layers.Wrapper):
         temperature = soft_lib.check_soft_settings(assignment, temperature, latent=latent,
                                                    preserve_sparsity=preserve_sparsity)
         kwargs.setdefault("name", f"cluster_{layer.name}")
+        if getattr(layer.dtype_policy, "quantization_mode", None) is None:
+            # the wrapped layer's policy, not the global one at wrapping time: a float32
+            # layer stays float32 under a later set_global_policy("mixed_float16")
+            kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
         self.n_clusters = int(n_clusters)
         self.unit = unit

@@ -1,0 +1,81 @@
+"""The model checks of :func:`dkm_tf.export.to_tflite` (and ``export_all``) before any work.
+
+A model must be built, and every layer must compute in float32 (or float64): the exporters
+trace the model's float graph, and a layer built under a mixed (``"mixed_float16"``,
+``"mixed_bfloat16"``) or half policy casts to float16 / bfloat16 around each op, which the
+converter and the palettized rewrite do not handle. Its variables are float32 already, so the
+same weights in float32 layers export; see :func:`check_float_model` for how.
+"""
+
+from __future__ import annotations
+
+__all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "half_precision_layers"]
+
+HALF_DTYPES = ("float16", "bfloat16")
+_SHOWN = 5  # layers named in the message
+
+
+def check_built_model(model):
+    """Raise ``ValueError`` unless ``model`` is built and computes in float32 (or float64)."""
+    if not model.built:
+        raise ValueError("Invalid value for argument `model`. Expected a built Keras model. "
+                         f"Received: model {model.name!r}, which is not built (or has no "
+                         "layers): call it on data or give it an Input first.")
+    check_float_model(model)
+
+
+def half_precision_layers(model):
+    """``[(layer name, policy name)]`` of the layers of ``model`` (nested ones and a
+    subclassed model itself included; not input layers or Functional / Sequential graphs)
+    whose compute dtype is float16 or bfloat16."""
+    layers = (model._flatten_layers(include_self=True, recursive=True)  # noqa: SLF001
+              if hasattr(model, "_flatten_layers") else [model, *getattr(model, "layers", [])])
+    out = []
+    for layer in layers:
+        if _no_compute(layer):
+            continue
+        if str(getattr(layer, "compute_dtype", "float32")) in HALF_DTYPES:
+            policy = getattr(layer, "dtype_policy", None)
+            out.append((layer.name, getattr(policy, "name", str(policy))))
+    return out
+
+
+def _no_compute(layer):
+    """Input layers and Functional / Sequential graphs: no op of their own (they do not cast
+    their inputs), so their policy (the global one at build time) does not matter."""
+    import keras  # noqa: PLC0415
+
+    if isinstance(layer, (keras.layers.InputLayer, keras.Sequential)):
+        return True
+    try:  # keras.Model(inputs, outputs) builds this class
+        from keras.src.models.functional import Functional  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - then Functional models are checked like any layer
+        return False
+    return type(layer) is Functional
+
+
+def check_float_model(model):
+    """Raise ``ValueError`` naming the layers of ``model`` that compute in half precision.
+
+    The fix is to rebuild the model with float32 layers and copy the (float32) weights, e.g.
+    for a Functional or Sequential model::
+
+        m32 = keras.models.clone_model(model, clone_function=lambda layer:
+            layer.__class__.from_config({**layer.get_config(), "dtype": "float32"}))
+        m32.set_weights(model.get_weights())
+    """
+    bad = half_precision_layers(model)
+    if not bad:
+        return
+    shown = ", ".join(f"{name!r} ({policy})" for name, policy in bad[:_SHOWN])
+    more = f" and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+    raise ValueError(
+        "Invalid value for argument `model`. Expected a model whose layers compute in float32 "
+        "(TFLite export traces the float graph; float16 / bfloat16 compute is not supported). "
+        f"Received: model {model.name!r} with {len(bad)} layer(s) computing in half "
+        f"precision: {shown}{more}. Its variables are float32 already: rebuild the model "
+        "with float32 layers and copy the weights, e.g. for a Functional or Sequential "
+        "model m32 = keras.models.clone_model(model, clone_function=lambda layer: "
+        "layer.__class__.from_config({**layer.get_config(), 'dtype': 'float32'})); "
+        "m32.set_weights(model.get_weights()); then export m32 (build models to export "
+        "after keras.mixed_precision.set_global_policy('float32')).")
