@@ -130,10 +130,16 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
 
     Args:
         model: a built Sequential or Functional Keras model (never modified).
-        train_data: ``(x, y)`` for the methods that train (``finetune``, ``dkm``);
+        train_data: ``(x, y)`` (or a finite, batched dataset) for the methods that train
+            (``finetune``, ``dkm``; see :func:`dkm_tf.finetune` for the forms refused);
             ``(x, None)`` serves as unlabelled calibration inputs of ``weighting`` /
             ``refine``.
-        test_data: ``(x, y)`` to report accuracy before and after (optional).
+        test_data: ``(x, y)`` to report accuracy before and after (optional); ``y`` holds
+            class ids, shape (samples,) or (samples, 1) (one-hot labels are refused: pass
+            ``y.argmax(-1)``). ``(x, None)``: held-out inputs without labels; the figures are
+            then the agreement with the float model's top-1 classes
+            (:attr:`CompressionResult.metric`), as ``dkm-tf compress`` reports them. A dict
+            or list of labels (a model with several outputs) gives no accuracy, with a note.
         method: one of ``"wr"``, ``"finetune"``, ``"dkm"``, ``"dkm+finetune"``.
         n_clusters: K per codebook (per layer overrides through ``overrides``).
         unit: ``"scalar"``, ``"row"``, ``"kernel"`` or ``"auto"``.
@@ -183,7 +189,14 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     log = print if verbose else (lambda *a, **k: None)
     bar = (lambda name: [progress.keras_callback(name)]) if progress is not None else (
         lambda name: None)
-    seconds = {}
+    seconds, metric, notes = {}, "test accuracy", []
+    if test_data is not None and test_data[1] is None:  # held-out inputs without labels
+        labels = float_predictions(model, test_data[0], batch_size=max(batch_size, 256))
+        if labels is None:
+            notes.append(f"no agreement with the float model on test_data: "
+                         f"{accuracy_note(model)}")
+        test_data, metric = ((None, metric) if labels is None else
+                             ((test_data[0], labels), "agreement with the float model"))
     acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
     work = model
     if method.startswith("dkm"):
@@ -230,8 +243,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     if stage is not None:  # still open unless a fine-tuning bar took over
         stage.close()
     acc_after = evaluate_accuracy(clustered, test_data) if test_data is not None else None
-    notes = [] if acc_before is not None or test_data is None else [
-        f"no test accuracy: {accuracy_note(model)}"]
+    if acc_before is None and test_data is not None:
+        notes.append(f"no test accuracy: {accuracy_note(model)}")
     size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))
     options = {k: v for k, v in (("weighting", weighting), ("refine", refine)) if v}
     label = method + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options
@@ -239,7 +252,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     return CompressionResult(clustered, palettes, skipped, size, label, acc_before, acc_after,
                              seconds, _energy(clustered, palettes, log, (test_data, train_data)),
                              calibration={**options, "samples": len(calib[0])}
-                             if calib is not None else {}, notes=notes)
+                             if calib is not None else {}, metric=metric, notes=notes)
 
 
 def _cluster_stage(progress, model, n_clusters, overrides):

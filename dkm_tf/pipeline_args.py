@@ -61,7 +61,8 @@ def check_args(model, train_data, test_data, args):
         from dkm_tf.training.regularizer import RELAXATIONS  # noqa: PLC0415
 
         validate.check_choice("relaxation", a["relaxation"], RELAXATIONS)
-    train_data = check_data("train_data", train_data, model, required=method != "wr")
+    train_data = check_data("train_data", train_data, model, required=method != "wr",
+                            labels=False)  # (x, None) gets its own message below
     if method != "wr" and isinstance(train_data, tuple) and train_data[1] is None:
         raise validate.invalid("train_data", f"(x, y) with labels y for method={method!r} "
                                "(it trains)", "(x, None)")
@@ -72,22 +73,39 @@ def check_args(model, train_data, test_data, args):
                          f"model has {heads} outputs; method='wr' trains nothing). Received: "
                          f"one label array y of shape {np.shape(train_data[1])}")
     check_calibration(model, method, train_data, a)
-    test_data = check_data("test_data", test_data, model, required=False)
+    test_data = check_data("test_data", test_data, model, required=False, labels=False)
     if test_data is not None and not isinstance(test_data, tuple):
         raise validate.invalid_type("test_data", "an (x, y) pair of arrays", test_data)
-    for name, data in (("train_data", train_data), ("test_data", test_data)):
-        check_labels(name, data, model)
+    from dkm_tf.training.common import compiled_loss, is_sparse_loss  # noqa: PLC0415
+
+    # training labels are class ids for the default loss (sparse cross-entropy) or a sparse
+    # compiled one, else whatever the model's own loss reads; test labels are class ids
+    loss = compiled_loss(model)
+    for name, data, ids in (("train_data", train_data, loss is None or is_sparse_loss(loss)),
+                            ("test_data", test_data, True)):
+        check_labels(name, data, model, class_ids=ids)
         if isinstance(data, tuple) and hasattr(data[0], "dtype"):  # arrays (not a Dataset)
             validate.check_finite_samples(name, data[0], "x (NaN inputs train NaN weights)")
     return train_data, test_data
 
 
-def check_labels(name, data, model):
+def check_labels(name, data, model, class_ids=True):
     """Integer class labels of an ``(x, y)`` pair must index the model's C output scores:
-    out of range they would give a silently wrong accuracy, or a NaN loss on CPU."""
+    out of range they would give a silently wrong accuracy, or a NaN loss on CPU.
+
+    With ``class_ids``, a single-output model's labels must be class ids, shape (samples,)
+    or (samples, 1): one-hot (samples, C) labels are refused (pass ``y.argmax(-1)``), as the
+    accuracy compares class ids. Labels that are not one array (a dict or list of arrays,
+    one per output) are left to Keras (no accuracy is reported for several outputs).
+    """
     if not isinstance(data, tuple) or not hasattr(data[1], "dtype"):
         return
     y, shape = np.asarray(data[1]), getattr(model, "output_shape", None)
+    heads = len(getattr(model, "outputs", None) or ())
+    if class_ids and heads <= 1 and (y.ndim > 2 or y.ndim == 2 and y.shape[1] != 1):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
+                         "(samples,) or (samples, 1): class ids (for one-hot labels pass "
+                         f"y.argmax(-1)). Received: y of shape {y.shape}")
     if y.dtype.kind not in "iu" or not y.size or not isinstance(shape, tuple) or len(shape) != 2:
         return
     classes = shape[1]

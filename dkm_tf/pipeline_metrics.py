@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["accuracy_note", "binary_threshold", "evaluate_accuracy", "float_predictions",
-           "predicted_classes", "tflite_accuracy"]
+__all__ = ["accuracy_note", "binary_threshold", "class_ids", "evaluate_accuracy",
+           "float_predictions", "predicted_classes", "tflite_accuracy"]
 
 
 def binary_threshold(model):
@@ -53,17 +53,60 @@ def float_predictions(model, x, batch_size=256):
     accuracy of a compressed copy against them is its agreement with this model), or None
     when the output is not class scores (:func:`predicted_classes`)."""
     out = model.predict(x, batch_size=batch_size, verbose=0)
-    return predicted_classes(out, len(x), binary_threshold(model))
+    return predicted_classes(out, _n_samples(x), binary_threshold(model))
+
+
+def class_ids(y, name="data"):
+    """``y`` as a 1-D array of class ids: shape (samples,) or (samples, 1). One-hot
+    (samples, C) labels raise ``ValueError`` naming ``name`` (flattened they would be compared
+    with the wrong samples: a silently wrong accuracy); pass ``y.argmax(-1)``."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
+                         "(samples,) or (samples, 1): class ids (for one-hot labels pass "
+                         f"y.argmax(-1)). Received: y of shape {y.shape}")
+    return y
+
+
+def _n_samples(x):
+    """Samples in ``x``: the first dimension of its first array (``x`` may be a dict or list
+    of arrays, one per input)."""
+    import keras  # noqa: PLC0415
+
+    leaves = [v for v in keras.tree.flatten(x) if hasattr(v, "shape") and len(v.shape)]
+    return len(leaves[0]) if leaves else len(x)
 
 
 def evaluate_accuracy(model, data, batch_size=256):
-    """Top-1 accuracy of a classifier on ``(x, y)``; None when the output is not class scores.
+    """Top-1 accuracy of a classifier on ``(x, y)``; None when the output is not class scores
+    (several outputs: a dict or list of labels, one per output, gives None too).
 
-    A one-unit output is a binary classifier (:func:`binary_threshold`, labels 0/1)."""
+    ``y`` holds class ids, shape (samples,) or (samples, 1); one-hot labels raise
+    ``ValueError`` (:func:`class_ids`). A one-unit output is a binary classifier
+    (:func:`binary_threshold`, labels 0/1)."""
     x, y = data
+    if y is None:
+        raise ValueError("Invalid value for argument `data`. Expected (x, y) with labels y "
+                         "(for the agreement with the float model, pass "
+                         "(x, float_predictions(model, x))). Received: (x, None)")
+    labels = y
+    if isinstance(y, dict) or isinstance(y, (list, tuple)) and any(
+            hasattr(v, "shape") for v in y):  # labels per output: one array or none
+        import keras  # noqa: PLC0415
+
+        leaves = keras.tree.flatten(y)
+        labels = leaves[0] if len(leaves) == 1 else None
     out = model.predict(x, batch_size=batch_size, verbose=0)
-    pred = predicted_classes(out, len(y), binary_threshold(model))
-    return None if pred is None else float(np.mean(pred == np.asarray(y).reshape(-1)))
+    pred = predicted_classes(out, _n_samples(x), binary_threshold(model))
+    if pred is None or labels is None:
+        return None
+    labels = class_ids(labels)
+    if len(labels) != len(pred):
+        raise ValueError(f"Invalid value for argument `data`. Expected one label per sample "
+                         f"({len(pred)}). Received: {len(labels)} labels")
+    return float(np.mean(pred == labels))
 
 
 def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold=None):
@@ -78,7 +121,7 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     from dkm_tf.export.interpreters import default_interpreters, make_interpreter  # noqa: PLC0415
 
     x, y = data
-    x, y = np.asarray(x)[:max_samples], np.asarray(y).reshape(-1)[:max_samples]
+    x, y = np.asarray(x)[:max_samples], class_ids(y)[:max_samples]
     with open(path, "rb") as f:
         it = make_interpreter(default_interpreters()[0], f.read())
     if len(it.get_output_details()) != 1:  # several heads: no single arg-max

@@ -59,7 +59,7 @@ def test_bad_arguments():
     x = np.zeros((4, 8, 8, 1), np.float32)
     with pytest.raises(ValueError, match="argument `labels`"):
         distillation_targets(small_cnn(), x, np.array([0, 1, 2, 10]))
-    with pytest.raises(ValueError, match="argument `teacher`"):
+    with pytest.raises(ValueError, match="argument `labels`"):  # one label per sample of x
         distillation_targets(small_cnn(), x, np.array([0, 1, 2]))
 
 

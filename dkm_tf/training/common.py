@@ -99,39 +99,178 @@ def check_fit_args(model, *, batch_size=None, callbacks=None, metrics=None, verb
         raise invalid("verbose", "0, 1, 2 or 'auto'", verbose)
 
 
-def check_data(name, data, model, *, required=True):
+DATA_FORMS = ("an (x, y) pair of arrays, a batched tf.data.Dataset or a "
+              "keras.utils.PyDataset")
+
+
+def check_data(name, data, model, *, required=True, labels=True):
     """Check training or test data before any work; return it (an ``(x, y)`` list as a tuple).
 
-    ``data`` is an ``(x, y)`` pair (tuple or list of two) or a batched dataset
-    (``tf.data.Dataset``, ``keras.utils.PyDataset``). For arrays, ``x`` and ``y`` must hold
-    the same number of samples and a single-input model's input shape must match ``x``'s.
+    ``data`` is an ``(x, y)`` pair (tuple or list of two; ``x`` and ``y`` arrays or dicts /
+    lists of arrays, as Keras' ``fit`` takes them) or a finite, batched dataset
+    (``tf.data.Dataset``, ``keras.utils.PyDataset``). Refused before any work: a generator
+    or iterator (read once: every epoch after the first would see no data), an infinite
+    dataset (``fit`` would never return: take a finite part with ``.take(n)``), an empty one
+    or 0 samples, arrays of ``x`` and ``y`` with different numbers of samples, and, with
+    ``labels``, data without labels. A single-input model's input shape must match ``x``'s
+    (and a dataset's elements must be batches of it).
     """
     import numpy as np  # noqa: PLC0415
 
     from dkm_tf.core.validate import invalid, invalid_type  # noqa: PLC0415
 
-    expected = "an (x, y) pair of arrays or a batched tf.data.Dataset / keras.utils.PyDataset"
     if data is None:
         if required:
-            raise invalid(name, expected, data)
+            raise invalid(name, DATA_FORMS, data)
         return None
     if isinstance(data, (str, bytes, dict)) or hasattr(data, "shape"):
-        raise invalid_type(name, expected, data)
+        raise invalid_type(name, DATA_FORMS, data)
     if not isinstance(data, (tuple, list)):
-        return data  # a dataset: Keras reads it
+        return _check_dataset(name, data, model, labels)  # Keras reads it
     if len(data) != 2:
-        raise ValueError(f"Invalid value for argument `{name}`. Expected {expected}. "
+        raise ValueError(f"Invalid value for argument `{name}`. Expected {DATA_FORMS}. "
                          f"Received: a sequence of length {len(data)}")
     x, y = data
-    if hasattr(x, "shape") and hasattr(y, "__len__") and len(x) != len(y):
+    if x is None:
+        raise invalid(name, "an (x, y) pair with inputs x", "(None, ...)")
+    if labels and y is None:
+        raise invalid(name, "an (x, y) pair with labels y (the loss needs them)", "(x, None)")
+    counts = _sample_counts("x", x) + ([] if y is None else _sample_counts("y", y))
+    if len({n for _, n in counts}) > 1:
         raise ValueError(f"Invalid value for argument `{name}`. Expected x and y with the same "
-                         f"number of samples. Received: {len(x)} and {len(y)}")
-    inputs = getattr(model, "inputs", None) if getattr(model, "built", False) else None
-    if hasattr(x, "shape") and inputs and len(inputs) == 1:
-        want = tuple(inputs[0].shape)[1:]
+                         "number of samples (the first dimension of every array). Received: "
+                         + (f"{counts[0][1]} and {counts[1][1]}" if len(counts) == 2 else
+                            ", ".join(f"{what}: {n}" for what, n in counts)))
+    if counts and counts[0][1] == 0:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected at least 1 sample. "
+                         f"Received: {counts[0][0]} with 0 samples")
+    want = _input_shape(model)
+    if hasattr(x, "shape") and want is not None:
         got = tuple(np.shape(x))[1:]
         if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
             raise ValueError(f"Invalid value for argument `{name}`. Expected x of shape "
                              f"(samples, {', '.join(str(w) for w in want)}) (the model's "
                              f"input). Received: x of shape {tuple(np.shape(x))}")
     return tuple(data)
+
+
+def _input_shape(model):
+    """A built single-input model's input shape without the batch axis, else None."""
+    inputs = getattr(model, "inputs", None) if getattr(model, "built", False) else None
+    return tuple(inputs[0].shape)[1:] if inputs and len(inputs) == 1 else None
+
+
+def _sample_counts(what, part):
+    """``(name, samples)`` of every array in ``part`` (an array, or a dict / list of them,
+    as ``keras.tree`` walks it; a plain list of numbers counts as one array)."""
+    import keras  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    if isinstance(part, (list, tuple)) and not any(
+            hasattr(v, "shape") for v in keras.tree.flatten(part)):
+        try:
+            part = np.asarray(part)
+        except ValueError:  # ragged
+            return []
+    out = []
+    for path, leaf in keras.tree.flatten_with_path(part):
+        shape = getattr(leaf, "shape", None)
+        if shape is not None and len(shape) and shape[0] is not None:
+            out.append((what + "".join(f"[{p!r}]" for p in path), int(shape[0])))
+    return out
+
+
+def _check_dataset(name, data, model, labels):
+    """The checks of :func:`check_data` for a dataset; returns it."""
+    import collections.abc  # noqa: PLC0415
+    import inspect  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from dkm_tf.core.validate import invalid_type  # noqa: PLC0415
+
+    tf, is_tf = sys.modules.get("tensorflow"), is_tf_dataset(data)
+    if not is_tf and (inspect.isgenerator(data) or isinstance(data, collections.abc.Iterator)):
+        raise invalid_type(name, f"{DATA_FORMS} (a generator or iterator is read once: the "
+                           "epochs after the first would see no data; wrap it in "
+                           "tf.data.Dataset.from_generator or a PyDataset)", data)
+    kind = "tf.data.Dataset" if is_tf else type(data).__name__
+    if is_tf:
+        n = int(data.cardinality())
+        n = None if n == int(tf.data.INFINITE_CARDINALITY) else (
+            "unknown" if n == int(tf.data.UNKNOWN_CARDINALITY) else n)
+    else:
+        try:
+            n = data.num_batches if hasattr(data, "num_batches") else "unknown"
+        except NotImplementedError:  # Keras says what to implement
+            n = "unknown"
+    if n is None:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a finite dataset "
+                         "(training takes every batch of it per epoch and has no "
+                         "steps_per_epoch: an infinite one never ends). Received: an infinite "
+                         f"{kind} (e.g. from .repeat()); take a finite part with .take(n)")
+    if n == 0:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a dataset with at "
+                         f"least 1 batch. Received: an empty {kind}")
+    if is_tf:
+        _check_element_spec(name, data.element_spec, model, labels)
+    return data
+
+
+def _check_element_spec(name, spec, model, labels):
+    """A ``tf.data.Dataset``'s elements: ``(x, y)`` batches (with ``labels``), whose ``x``
+    has the rank of a single-input model's input (one less: the dataset is not batched)."""
+    has_y = isinstance(spec, tuple) and len(spec) in (2, 3)
+    if labels and not has_y:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a dataset of (x, y) "
+                         "batches (the loss needs labels y). Received: a dataset whose "
+                         f"elements hold x only ({spec})")
+    x_spec, want = spec[0] if has_y else spec, _input_shape(model)
+    rank = getattr(getattr(x_spec, "shape", None), "rank", None)
+    if want is not None and rank is not None and rank == len(want):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a batched dataset: "
+                         f"elements x of shape (batch, {', '.join(str(w) for w in want)}) "
+                         f"(the model's input). Received: elements x of shape "
+                         f"{tuple(x_spec.shape)}; call .batch(n) on the dataset")
+
+
+def is_tf_dataset(data):
+    """Whether ``data`` is a ``tf.data.Dataset`` (Keras' ``fit`` cannot shuffle it, and warns
+    when asked to: pass ``shuffle=False``)."""
+    import sys  # noqa: PLC0415
+
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(data, tf.data.Dataset)
+
+
+def is_sparse_loss(loss):
+    """Whether ``loss`` is a sparse categorical cross-entropy (it reads class ids)."""
+    import keras  # noqa: PLC0415
+
+    return isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or (
+        (loss if isinstance(loss, str) else getattr(loss, "__name__", None))
+        in ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"))
+
+
+def check_class_ids(name, data, loss):
+    """With a sparse categorical cross-entropy ``loss``, the labels of ``data`` (an ``(x, y)``
+    pair or a ``tf.data.Dataset``) must be class ids, shape (samples,) or (samples, 1): one-hot
+    (samples, C) labels would fail inside ``fit``, after the clustering or copying work."""
+    import sys  # noqa: PLC0415
+
+    if data is None or not is_sparse_loss(loss):
+        return
+    tf, shape = sys.modules.get("tensorflow"), None
+    if isinstance(data, tuple):
+        shape = tuple(data[1].shape) if hasattr(data[1], "shape") else None  # dicts: Keras
+    elif tf is not None and isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if isinstance(spec, tuple) and len(spec) >= 2 and hasattr(spec[1], "shape"):
+            shape = spec[1].shape
+            shape = None if shape.rank is None else tuple(shape)
+    if shape is not None and (len(shape) > 2 or len(shape) == 2 and shape[1] not in (None, 1)):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
+                         "(samples,) or (samples, 1): class ids, as the sparse categorical "
+                         "cross-entropy loss reads them (for one-hot labels pass "
+                         "y.argmax(-1), or compile the model with "
+                         "keras.losses.CategoricalCrossentropy). Received: y of shape "
+                         f"{tuple(shape)}")

@@ -100,7 +100,8 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
             constant per row, so ``softmax(z_t / T)`` is the softened teacher either way
             (``softmax(p / T)`` of the probabilities would be nearly uniform).
         x: inputs, an array with a leading sample axis.
-        labels: integer class labels, shape (N,).
+        labels: integer class labels, shape (N,) or (N, 1) (not one-hot: pass
+            ``labels.argmax(-1)``), one per sample of ``x``.
         num_classes: C; default the teacher's output width.
         batch_size: prediction batch size.
 
@@ -108,17 +109,28 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
         float32 array (N, 2C).
 
     Raises:
-        ValueError: labels outside [0, C), or a teacher whose output is not (N, C).
+        ValueError: labels not of shape (N,) / (N, 1) or outside [0, C), ``x`` without
+            samples, or a teacher whose output is not (N, C).
     """
     if not isinstance(teacher, keras.Model):
         raise invalid_type("teacher", "a keras.Model", teacher)
     check_int("batch_size", batch_size, minimum=1)
-    labels = np.asarray(labels).reshape(-1)
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError("Invalid value for argument `labels`. Expected integer class labels "
+                         "of shape (samples,) or (samples, 1) (for one-hot labels pass "
+                         f"labels.argmax(-1)). Received: labels of shape {labels.shape}")
     if labels.dtype.kind not in "iu":
         raise invalid_type("labels", "an array of integer class labels", labels)
     from dkm_tf.training.common import check_data  # noqa: PLC0415
 
-    check_data("x", (x, None), teacher)  # the teacher's input shape
+    check_data("x", (x, None), teacher, labels=False)  # >= 1 sample, the teacher's input
+    n = len(x) if hasattr(x, "shape") else len(keras.tree.flatten(x)[0])
+    if labels.size != n:
+        raise ValueError(f"Invalid value for argument `labels`. Expected one label per sample "
+                         f"of x ({n}). Received: {labels.size} labels")
     logits = np.asarray(teacher.predict(x, batch_size=batch_size, verbose=0), np.float32)
     c = int(num_classes or logits.shape[-1])
     if logits.ndim != 2 or logits.shape != (labels.size, c):

@@ -8,12 +8,14 @@ import numpy as np
 from dkm_tf.core.validate import check_int, check_seed
 from dkm_tf.training.clustering import cluster_weights, strip_clustering
 from dkm_tf.training.common import (
+    check_class_ids,
     check_data,
     check_fit_args,
     check_learning_rate,
     compiled_loss,
     compiled_metrics,
     default_loss,
+    is_tf_dataset,
 )
 
 __all__ = ["finetune"]
@@ -27,8 +29,11 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
 
     Args:
         model: a Sequential or Functional model (not modified).
-        train_data: ``(x, y)`` arrays or a ``tf.data.Dataset`` / ``keras.utils.PyDataset``
-            yielding batches.
+        train_data: ``(x, y)`` arrays (``y`` a dict or list of arrays for a model with several
+            outputs) or a finite ``tf.data.Dataset`` / ``keras.utils.PyDataset`` yielding
+            ``(x, y)`` batches; not a generator (read once), nor an infinite dataset (take a
+            finite part with ``.take(n)``). Labels are class ids, shape (samples,) or
+            (samples, 1), with a sparse categorical cross-entropy (the default loss).
         val_data: optional validation data in the same form.
         n_clusters, unit, granularity, init, overrides, latent, preserve_sparsity: see
             :func:`cluster_weights` (``preserve_sparsity`` keeps a pruned model's zeros).
@@ -73,12 +78,16 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
                              "unless latent=True (re-assignment moves units to the centroid "
                              "nearest their latent weight). Received: "
                              f"reassign_every={reassign_every!r} with latent=False")
-    train_data = check_data("train_data", train_data, model, required=bool(epochs))
+    train_data = check_data("train_data", train_data, model, required=bool(epochs),
+                            labels=bool(epochs))
     val_data = check_data("val_data", val_data, model, required=False)
     loss = compiled_loss(model)
     used_default = loss is None
     if used_default:
         loss = default_loss(model)
+    if epochs:
+        check_class_ids("train_data", train_data, loss)
+        check_class_ids("val_data", val_data, loss)
     if metrics is None:
         metrics = ["accuracy"] if used_default else (compiled_metrics(model) or [])
     metrics = list(metrics) if isinstance(metrics, (list, tuple)) else metrics  # or a dict
@@ -102,7 +111,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
             history = clustered.fit(train_data[0], train_data[1], batch_size=batch_size,
                                     **fit_kwargs)
         else:
-            history = clustered.fit(train_data, **fit_kwargs)
+            history = clustered.fit(train_data, shuffle=not is_tf_dataset(train_data),
+                                    **fit_kwargs)
     stripped, palettes = strip_clustering(clustered)
     # plain SGD has no slot variables: built, it saves and loads back without Keras'
     # optimizer-mismatch warning and adds nothing to the .keras file (Adam's slots would

@@ -9,12 +9,14 @@ from dkm_tf.graph.copying import copy_model
 from dkm_tf.training import callbacks as callbacks_lib
 from dkm_tf.training.attach import attach_regularizer, detach_regularizer, kmeans_regularizers
 from dkm_tf.training.common import (
+    check_class_ids,
     check_data,
     check_fit_args,
     check_learning_rate,
     compiled_loss,
     compiled_metrics,
     default_loss,
+    is_tf_dataset,
 )
 
 __all__ = ["dkm_retrain"]
@@ -45,7 +47,11 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     Args:
         model: a built Keras model (Sequential or Functional; cloned with
             ``keras.models.clone_model``).
-        train_data: ``(x, y)`` arrays or a batched ``tf.data.Dataset``.
+        train_data: ``(x, y)`` arrays (``y`` a dict or list of arrays for a model with several
+            outputs) or a finite, batched ``tf.data.Dataset`` / ``keras.utils.PyDataset`` of
+            ``(x, y)``; not a generator (read once), nor an infinite dataset (take a finite
+            part with ``.take(n)``). Labels are class ids, shape (samples,) or (samples, 1),
+            with a sparse categorical cross-entropy (the default loss).
         val_data: optional ``(x, y)`` or dataset for validation.
         n_clusters: K, an int or ``{layer name: K}``.
         lam: λ of the penalty (λ/2)‖W − W F Fᵀ‖².
@@ -72,7 +78,10 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         logs include ``kmeans_penalty``.
 
     Raises:
-        ValueError: bad ``epochs`` / ``learning_rate`` or regularizer settings.
+        ValueError: bad ``epochs`` / ``learning_rate`` or regularizer settings, or data
+            that cannot train (empty, infinite, unbatched, without labels, one-hot labels
+            for a sparse loss).
+        TypeError: data that is a generator or iterator.
         TypeError: a subclassed model (Keras cannot copy it; the message says what to do).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -84,6 +93,9 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     check_fit_args(model, batch_size=batch_size, callbacks=callbacks, verbose=verbose)
     train_data = check_data("train_data", train_data, model)
     val_data = check_data("val_data", val_data, model, required=False)
+    own_loss = compiled_loss(model)
+    for name, data in (("train_data", train_data), ("val_data", val_data)):
+        check_class_ids(name, data, default_loss(model) if own_loss is None else own_loss)
     clone = copy_model(model)
     attach_regularizer(clone, n_clusters, lam, relaxation=relaxation, unit=unit,
                        include_dense=include_dense, sparsity=sparsity, seed=seed,
@@ -104,7 +116,7 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     if xy is not None:
         history = clone.fit(xy[0], xy[1], batch_size=batch_size, shuffle=True, **fit_kwargs)
     else:
-        history = clone.fit(train_ds, **fit_kwargs)
+        history = clone.fit(train_ds, shuffle=not is_tf_dataset(train_ds), **fit_kwargs)
     detach_regularizer(clone)
     undo_pins()
     return clone, history
