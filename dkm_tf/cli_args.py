@@ -248,8 +248,19 @@ def _kernel_flags(unit, codebook, transforms, scale_bits, **others):
 def check_export_size(model, tflite, dataset):
     """The TFLite step exports at a fixed input size: the model's own, else that of the inputs
     of --dataset. A model that leaves it open (``Input((None, None, 3))``, a subclassed model)
-    without --dataset is refused before any k-means (run after the model loads)."""
-    if not tflite or dataset is not None:
+    without --dataset is refused before any k-means (run after the model loads), as is a
+    model with float16 / bfloat16 layers (mixed precision), which the exporters refuse."""
+    if not tflite:
+        return
+    from dkm_tf.export.model_check import half_precision_layers  # noqa: PLC0415
+
+    half = half_precision_layers(model)
+    if half:  # a mixed-precision model: to_tflite would refuse it after the training
+        raise CliUsageError("model", "a model whose layers compute in float32 for the TFLite "
+                            f"files ({len(half)} compute in half precision, e.g. "
+                            f"{half[0][0]!r} ({half[0][1]}): rebuild it with float32 layers, "
+                            "or --notflite)", model.name)
+    if dataset is not None:
         return
     from dkm_tf.export.convert import open_dims  # noqa: PLC0415 (loads TensorFlow)
 

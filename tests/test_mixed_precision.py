@@ -204,3 +204,27 @@ def test_regularizer_penalty_of_a_float16_variable():
     p16 = reg16(var16)  # TF's weighted bincount has no float16 kernel: summed in float32
     assert _dtype(p16) == "float16"
     np.testing.assert_allclose(float(to_numpy(p16)), numpy_penalty, rtol=2e-3)
+
+
+@tf_backend_only()
+def test_cli_refuses_a_half_precision_model_before_any_work(policy, tmp_path):
+    """`dkm-tf compress` trained and wrote clustered.keras, then failed at the TFLite step."""
+    import io
+
+    from dkm_tf import cli
+
+    policy("mixed_float16")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x), name="half")
+    path = str(tmp_path / "half.keras")
+    model.save(path)
+    policy("float32")
+    out, err = tmp_path / "out", io.StringIO()
+    rc = cli.run(["dkm-tf", "compress", "--model", path, "--noplots", "--quiet",
+                  "--output_dir", str(out)], stdout=io.StringIO(), stderr=err)
+    assert rc == 2, err.getvalue()
+    assert "invalid --model" in err.getvalue() and "half precision" in err.getvalue()
+    assert "mixed_float16" in err.getvalue() and "--notflite" in err.getvalue()
+    assert not out.exists()  # nothing clustered, nothing written

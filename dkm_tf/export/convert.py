@@ -84,6 +84,25 @@ def as_input_list(sample_inputs):
     return arrays
 
 
+def input_list_form(model):
+    """What sample inputs must be: an array, or a list in `model.inputs` order (named)."""
+    names = [getattr(t, "name", "?") for t in model_inputs(model)]
+    return ("an array or a list of arrays (one per model input" +
+            (f", in model.inputs order: {names})" if len(names) > 1 else ")"))
+
+
+def structured_inputs(model, xs):
+    """Inputs `xs` (one per model input, in `model.inputs` order) as the model takes them: one
+    tensor, a list, or the dict of a Functional model built on named inputs (Keras 3 calls it
+    with that structure only; `model.inputs` is its flattened, key-sorted order)."""
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, dict) and len(struct) == len(xs):
+        import keras  # noqa: PLC0415
+
+        return keras.tree.pack_sequence_as(struct, list(xs))
+    return xs[0] if len(xs) == 1 else list(xs)
+
+
 def model_inputs(model):
     """The model's symbolic inputs, or [] (a subclassed model declares none)."""
     try:
@@ -206,7 +225,7 @@ def convert(model, specs, quantization="none", representative_data=None):
                  for i, (shape, dtype) in enumerate(specs)]
 
     def call(*xs):
-        return _flatten_outputs(model(xs[0] if len(xs) == 1 else list(xs), training=False))
+        return _flatten_outputs(model(structured_inputs(model, xs), training=False))
 
     module.f = tf.function(call, input_signature=signature, autograph=False)
     conv = tf.lite.TFLiteConverter.from_concrete_functions(

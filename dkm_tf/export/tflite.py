@@ -122,7 +122,7 @@ def check_export_args(model, sample_inputs=None, *, representative_data=None, to
 def _check_inputs(name, data, model):
     """Sample inputs: real, finite, >= 1 sample, one array per model input of its shape."""
     if isinstance(data, dict):
-        raise invalid_type(name, "an array or a list of arrays (one per model input)", data)
+        raise invalid_type(name, convert_lib.input_list_form(model), data)
     arrays = []
     for a in data if isinstance(data, (list, tuple)) else [data]:
         try:

@@ -89,8 +89,10 @@ def keras_outputs(model, inputs):
     """
     import tensorflow as tf  # noqa: PLC0415
 
+    from dkm_tf.export.convert import structured_inputs  # noqa: PLC0415
+
     try:
-        y = model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+        y = model(structured_inputs(model, inputs), training=False)
     except Exception as e:  # noqa: BLE001 (Keras / TF raise many types for a bad shape)
         first = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))[:300]
         raise ValueError(
