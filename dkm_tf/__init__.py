@@ -62,6 +62,7 @@ _EXPORTS = {
     "detach_regularizer": "dkm_tf.training.attach",
     "dkm_retrain": "dkm_tf.training.retrain",
     "DistillationLoss": "dkm_tf.training.distill",
+    "DistillationAccuracy": "dkm_tf.training.distill",
     "distillation_targets": "dkm_tf.training.distill",
     "CompressionResult": "dkm_tf.pipeline",
 }

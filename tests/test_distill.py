@@ -99,3 +99,54 @@ def test_softmax_teacher_gives_its_log_probabilities(how):
     got = float(DistillationLoss(5, temperature=4.0)(y, student))
     np.testing.assert_allclose(got, _reference(np.eye(5)[labels], ref_logits, student, 4.0,
                                                0.5), rtol=1e-4)
+
+
+def test_distillation_accuracy_reads_the_labels_half(tmp_path):
+    """Keras' "accuracy" takes the arg-max over [one-hot | teacher logits] (~0 when the teacher
+    logits dominate); `DistillationAccuracy` equals a numpy top-1 on the labels."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 64)
+    y = np.concatenate([np.eye(10)[labels], 5.0 + rng.normal(size=(64, 10))], 1)
+    pred = rng.normal(size=(64, 10)).astype(np.float32)
+    pred[:40, :] -= 10.0
+    pred[np.arange(40), labels[:40]] = 10.0  # the first 40 right
+    metric = dkm_tf.DistillationAccuracy(num_classes=10)
+    metric.update_state(y.astype(np.float32), pred)
+    assert float(metric.result()) == pytest.approx(np.mean(pred.argmax(1) == labels), abs=1e-7)
+    assert float(metric.result()) >= 40 / 64
+    keras_acc = keras.metrics.CategoricalAccuracy()
+    keras_acc.update_state(y.astype(np.float32), pred)
+    assert float(keras_acc.result()) < 0.1  # what "accuracy" showed
+
+
+@pytest.mark.filterwarnings("ignore:cluster_weights left")  # small_cnn's BatchNormalization
+def test_finetune_reports_the_top1_for_a_distillation_loss(tmp_path):
+    teacher = small_cnn()
+    x = np.random.default_rng(1).normal(size=(48, 8, 8, 1)).astype(np.float32)
+    labels = np.asarray(teacher(x)).argmax(1)  # the teacher's own classes: room to be right
+    y = distillation_targets(teacher, x, labels)
+    student = small_cnn(seed=0)
+    student.compile("adam", loss=DistillationLoss(num_classes=10), metrics=["accuracy"])
+    out, _, hist = dkm_tf.finetune(student, (x, y), n_clusters=8, epochs=1, batch_size=16)
+    assert len(hist.history["accuracy"]) == 1
+    got = out.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+    want = np.mean(np.asarray(out.predict(x, verbose=0)).argmax(1) == labels)
+    assert got == pytest.approx(want, abs=1e-6) and want > 0.5
+    out.save(tmp_path / "s.keras")
+    loaded = keras.models.load_model(tmp_path / "s.keras")  # no custom_objects
+    assert loaded.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] == pytest.approx(got)
+
+
+@pytest.mark.filterwarnings("ignore:cluster_weights left")  # small_cnn's BatchNormalization
+def test_first_evaluate_after_finetune_is_not_mixed_with_training_totals():
+    """finetune compiled its model with the metric objects fit had just updated: the first
+    evaluate mixed the epoch's totals in (0.740 for a true 0.854 on a probe)."""
+    x = np.random.default_rng(1).normal(size=(48, 8, 8, 1)).astype(np.float32)
+    model = small_cnn(seed=0)
+    y = np.asarray(model(x)).argmax(1)
+    out, _, hist = dkm_tf.finetune(model, (x, y), n_clusters=8, epochs=1, batch_size=16,
+                                   metrics=[keras.metrics.SparseCategoricalAccuracy("acc")])
+    first = out.evaluate(x, y, verbose=0, return_dict=True)["acc"]
+    want = np.mean(np.asarray(out.predict(x, verbose=0)).argmax(1) == y)
+    assert first == pytest.approx(want, abs=1e-6)
+    assert hist.history["acc"][0] != pytest.approx(want, abs=1e-3)  # the totals differ

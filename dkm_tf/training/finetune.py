@@ -15,8 +15,10 @@ from dkm_tf.training.common import (
     compiled_loss,
     compiled_metrics,
     default_loss,
+    fresh_metrics,
     is_tf_dataset,
 )
+from dkm_tf.training.distill import distillation_metrics
 
 __all__ = ["finetune"]
 
@@ -89,7 +91,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         check_class_ids("train_data", train_data, loss)
         check_class_ids("val_data", val_data, loss)
     if metrics is None:
-        metrics = ["accuracy"] if used_default else (compiled_metrics(model) or [])
+        metrics = ["accuracy"] if used_default else (
+            distillation_metrics(model, compiled_metrics(model)) or [])
     metrics = list(metrics) if isinstance(metrics, (list, tuple)) else metrics  # or a dict
     keras.utils.set_random_seed(seed)
     clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
@@ -118,7 +121,7 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     # optimizer-mismatch warning and adds nothing to the .keras file (Adam's slots would
     # triple it); training the stripped model further would undo the sharing anyway
     stripped.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=loss,
-                     metrics=metrics)
+                     metrics=fresh_metrics(metrics))  # not those fit has updated
     stripped.optimizer.build(stripped.trainable_variables)
     return stripped, palettes, history
 

@@ -18,8 +18,10 @@ from dkm_tf.training.common import (
     default_loss,
     is_tf_dataset,
 )
+from dkm_tf.training.distill import distillation_metrics
 
 __all__ = ["dkm_retrain"]
+
 
 def _split(data, name):
     if data is None:
@@ -103,7 +105,7 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     undo_pins = _pin_zeros(clone) if preserve_sparsity else (lambda: None)
     loss = compiled_loss(model)
     if loss is not None:
-        metrics = compiled_metrics(model)
+        metrics = distillation_metrics(model, compiled_metrics(model))
     else:
         loss, metrics = default_loss(clone), ["accuracy"]
     clone.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
