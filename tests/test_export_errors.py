@@ -135,3 +135,29 @@ def test_export_without_litert_falls_back_to_tf_lite(tmp_path, monkeypatch):
     rep = ex.to_tflite(model, tmp_path / "m.tflite", palettes=palettes)
     assert [c.interpreter for c in rep.comparisons] == ["tflite"]
     assert any("ai_edge_litert not installed" in n for n in rep.notes)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_tflm_refusal_of_a_folded_palette_says_how_to_keep_it_per_tensor(tmp_path):
+    """A per-tensor palette becomes per channel when strip_clustering folds the batch norm
+    after its conv: the advice to "cluster it per tensor" did not help a model that was."""
+    pytest.importorskip("tflite_micro")
+    import dkm_tf
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    norm = keras.layers.BatchNormalization(name="bn")
+    x = norm(keras.layers.Conv2D(40, 3, name="conv")(inp))
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    norm.moving_variance.assign(np.linspace(0.5, 2.0, 40).astype("float32"))
+    stripped, palettes = dkm_tf.strip_clustering(dkm_tf.cluster_weights(model, 8))
+    path = tmp_path / "m.tflite"
+    with pytest.raises(ValueError, match=r"fold_batch_norm\(model\).model then cluster_weights"):
+        ex.to_tflite(stripped, str(path), format="tflm", palettes=palettes,
+                     sample_inputs=np.zeros((1, 6, 6, 3), "float32"))
+    assert not path.exists()
+    folded = dkm_tf.fold_batch_norm(model).model
+    plain, palettes = dkm_tf.strip_clustering(dkm_tf.cluster_weights(folded, 8))
+    ex.to_tflite(plain, str(path), format="tflm", palettes=palettes,
+                 sample_inputs=np.zeros((1, 6, 6, 3), "float32"))  # the advice works
+    assert path.exists()

@@ -146,4 +146,8 @@ def tflm_compress(content, palettes):
 _PER_CHANNEL_HINT = (
     ". It is a per-channel palette: TFLite Micro decodes a float tensor with one value "
     "table, which must hold every channel's codebook; cluster it with "
-    "granularity=\"per_tensor\" (or fewer clusters) for format='tflm'")
+    "granularity=\"per_tensor\" (or fewer clusters) for format='tflm'. A per-tensor "
+    "palette becomes per channel when a BatchNormalization after its layer is folded into "
+    "it (scale s_c per output channel; strip_clustering and the TFLite converter both fold "
+    "it): fold before clustering, dkm_tf.fold_batch_norm(model).model then cluster_weights, or "
+    "share_weights (which folds first)")
