@@ -11,12 +11,14 @@ one "affine" record (a `.tflite` runs them as a MUL and an ADD).
 
 
 def consumers(model, keras):
-    """Counts, per tensor `id`, the operations of `model` reading it (outputs count once)."""
+    """Counts, per tensor `id`, the calls in `model`'s graph reading it (outputs count once):
+    every call of a shared layer (`keras_calls`)."""
+    from dkm_tf.energy.keras_calls import calls, graph_ops
+
     counts = {}
-    ops = model.operations if hasattr(model, "operations") else model.layers
-    for op in ops:
+    for op in graph_ops(model):
         try:
-            tensors = keras.tree.flatten(op.input)
+            tensors = [t for ins, _ in calls(model, op) for t in keras.tree.flatten(ins)]
         except (AttributeError, ValueError):
             continue
         for t in tensors:
@@ -26,11 +28,12 @@ def consumers(model, keras):
     return counts
 
 
-def folded_into(norm, counts, keras):
-    """The name of the layer batch norm `norm` is folded into, or `None`."""
+def folded_into(norm, counts, keras, x=None):
+    """The name of the layer batch norm `norm` is folded into at the call reading `x` (by
+    default its first call's input), or `None`."""
     L = keras.layers
     try:
-        x = norm.input
+        x = norm.input if x is None else x
         producer = x._keras_history.operation
     except (AttributeError, ValueError):
         return None

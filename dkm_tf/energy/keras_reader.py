@@ -16,13 +16,20 @@ the matrix product of `conv_transpose` (in_h·in_w·in_c·kh·kw·out_c MACs); a
 table lookup (reported in `skipped`, no MACs).
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
 EinsumDense) layers are read by :mod:`dkm_tf.energy.sequence_reader`.
-A layer called more than once is read at its first call only.
+A layer called more than once (a shared layer, a nested model called twice) is read once per
+call in the model's own graph (`keras_calls`), with that call's shapes; the second and later
+calls' records are named `name#2`, ... and keep the layer's name as `layer`, so compression
+info applies to every call. A nested model is read at the shapes of its own graph: called
+with other input shapes (dynamic dimensions), it is reported in `skipped`.
 """
 
+import dataclasses
 import math
 
 from dkm_tf.energy.activations import activation_name, activation_records, layer_norm_records
 from dkm_tf.energy.bn_folding import consumers, folded_into
+from dkm_tf.energy.keras_calls import calls, graph_ops
+from dkm_tf.energy.keras_ops import classify_op
 
 _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
                "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
@@ -122,84 +129,87 @@ def _has_dynamic_input(model):
         return False
 
 
-def _walk(model, keras, shapes, skipped):
-    ops = model.operations if hasattr(model, "operations") else model.layers
+def _walk(model, keras, shapes, skipped, used=None):
+    """Appends the records of every call of every op in `model`'s graph (`keras_calls`): a
+    shared layer once per call, the second and later named `name#2`, ... (`used` counts the
+    walks of each name), with the same `layer` field so that compression info matches."""
+    used = {} if used is None else used
     counts = consumers(model, keras)
-    for layer in ops:
-        if isinstance(layer, keras.Model):
-            if _has_inputs(layer):
-                _walk(layer, keras, shapes, skipped)
-            else:
-                skipped.append((layer.name, "nested subclassed model: shapes not recorded"))
-            continue
-        inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
-        if type(inner).__name__ in _NO_COMPUTE:
-            skipped.append((layer.name, "no compute"))
-            continue
-        into = folded_into(inner, counts, keras) \
-            if isinstance(inner, keras.layers.BatchNormalization) else None
-        if into is not None:
-            skipped.append((layer.name, f"folded into {into} (as a .tflite folds it)"))
-            continue
+    for layer in graph_ops(model):
         try:
-            in_shapes = _shapes_of(layer.input)
-            out_shape = tuple(_shapes_of(layer.output)[0])
-        except (AttributeError, ValueError, IndexError) as e:
-            skipped.append((layer.name, f"no recorded input/output shape ({e})"))
-            continue
-        alias = inner.name if inner is not layer else layer.name
-        try:
-            if isinstance(inner, keras.layers.Layer):
-                records, reason = _classify(inner, layer.name, alias, in_shapes, out_shape,
-                                            keras)
-            else:
-                records, reason = _classify_op(inner, in_shapes, out_shape)
-        except (TypeError, ValueError) as e:
-            raise ValueError(
-                f"Could not read layer {layer.name!r} ({type(inner).__name__}) with input "
-                f"shapes {in_shapes} and output shape {out_shape}: {e}"
-            ) from e
-        shapes.extend(records)
-        if reason:
-            skipped.append((layer.name, reason))
-        act = _own_activation(inner, keras)
-        if records and act not in (None, "linear"):
-            extra, why = activation_records(f"{layer.name}/{act}", act,
-                                            math.prod(out_shape[1:]), layer=alias,
-                                            op=type(inner).__name__)
-            shapes.extend(extra)
-            if why:
-                skipped.append((layer.name, why))
+            layer_calls = calls(model, layer)
+        except (AttributeError, ValueError) as e:
+            layer_calls = [e]
+        for call in layer_calls:
+            used[layer.name] = n = used.get(layer.name, 0) + 1
+            name = layer.name if n == 1 else f"{layer.name}#{n}"
+            _walk_call(layer, name, call, counts, keras, shapes, skipped, used)
 
 
-_OP_ELTWISE = {"Add": "add", "Subtract": "add", "Multiply": "mul", "Maximum": "max",
-               "Minimum": "max", "Relu": "relu", "Relu6": "relu", "LeakyRelu": "relu"}
-_OP_NO_COMPUTE = ("Reshape", "Transpose", "Concatenate", "ExpandDims", "Squeeze", "Flatten",
-                  "GetItem", "Cast", "Identity", "StopGradient")
+def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
+    """Appends the records of one call `(inputs, outputs)` of `layer`, named `name`."""
+    if isinstance(layer, keras.Model):
+        if not _has_inputs(layer):
+            skipped.append((name, "nested subclassed model: shapes not recorded"))
+            return
+        if not isinstance(call, Exception):
+            own, got = _shapes_of(layer.inputs), _shapes_of(call[0])
+            if [s[1:] for s in own] != [s[1:] for s in got]:
+                skipped.append((name, f"nested model called with input shapes {got}: read at "
+                                f"the shapes of its own graph, {own}"))
+        _walk(layer, keras, shapes, skipped, used)
+        return
+    inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
+    if type(inner).__name__ in _NO_COMPUTE:
+        skipped.append((name, "no compute"))
+        return
+    if isinstance(call, Exception):
+        skipped.append((name, f"no recorded input/output shape ({call})"))
+        return
+    into = folded_into(inner, counts, keras, call[0][0] if call[0] else None) \
+        if isinstance(inner, keras.layers.BatchNormalization) else None
+    if into is not None:
+        skipped.append((name, f"folded into {into} (as a .tflite folds it)"))
+        return
+    try:
+        in_shapes = _shapes_of(call[0])
+        out_shape = tuple(_shapes_of(call[1])[0])
+    except (AttributeError, ValueError, IndexError) as e:
+        skipped.append((name, f"no recorded input/output shape ({e})"))
+        return
+    alias = inner.name if inner is not layer else layer.name
+    try:
+        if isinstance(inner, keras.layers.Layer):
+            records, reason = _classify(inner, name, alias, in_shapes, out_shape, keras)
+        else:
+            records, reason = classify_op(inner, in_shapes, out_shape)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"Could not read layer {layer.name!r} ({type(inner).__name__}) with input "
+            f"shapes {in_shapes} and output shape {out_shape}: {e}"
+        ) from e
+    if name != layer.name:
+        records = _call_names(records, name, (layer.name, alias))
+    shapes.extend(records)
+    if reason:
+        skipped.append((name, reason))
+    act = _own_activation(inner, keras)
+    if records and act not in (None, "linear"):
+        extra, why = activation_records(f"{name}/{act}", act, math.prod(out_shape[1:]),
+                                         layer=alias, op=type(inner).__name__)
+        shapes.extend(extra)
+        if why:
+            skipped.append((name, why))
 
 
-def _classify_op(op, in_shapes, out_shape):
-    """Classifies a non-layer Keras operation of a Functional model (e.g. `x + y`)."""
-    from dkm_tf.energy import shapes as sh
-
-    cls = type(op).__name__
-    if cls in _OP_NO_COMPUTE:
-        return [], "no compute"
-    dims = [tuple(s) for s in in_shapes] + [tuple(out_shape)]
-    if any(d is None for s in dims for d in s[1:]):
-        return [], f"unknown dimension in shapes {dims}"
-    elements = math.prod(out_shape[1:])
-    if cls in _OP_ELTWISE:
-        n_in = 1 if _OP_ELTWISE[cls] == "relu" else max(len(in_shapes), 2)
-        return [sh.eltwise_shape(op.name, elements=elements, eltwise_op=_OP_ELTWISE[cls],
-                                 n_inputs=n_in, op=cls)], None
-    in_shape = tuple(in_shapes[0])
-    axis = getattr(op, "axis", None)
-    if cls == "Mean" and len(in_shape) == 4 and axis is not None and \
-            sorted(a % 4 for a in (axis if isinstance(axis, (list, tuple)) else [axis])) == [1, 2]:
-        return [sh.pool_shape(op.name, in_hw=in_shape[1:3], channels=in_shape[3], out_hw=1,
-                              window=in_shape[1:3], pool_op="avg", op=cls)], None
-    return [], f"unsupported operation {cls}"
+def _call_names(records, name, bases):
+    """Records of a second or later call: a name starting with a base (the layer's name, the
+    inner layer's) gets the call's `name` for it; the `layer` field stays the layer's."""
+    out = []
+    for r in records:
+        base = next((b for b in bases if r.name == b or r.name.startswith(b + "/")), None)
+        out.append(r if base is None else dataclasses.replace(r, name=name + r.name[len(base):]))
+    return out
 
 
 def _shapes_of(tensors):

@@ -67,7 +67,8 @@ def collect_sharing(weight_sharing, palettes, index_cost):
 
 
 def match_sharing(shapes, sharing, skipped=()):
-    """Assigns each SharingInfo to one record of its layer, by name and kernel size.
+    """Assigns each SharingInfo to one record of its layer, by name and kernel size, and to
+    the records of that layer's later calls (`name#2`, ... of the same size) left unassigned.
 
     A name that is no conv / dense record but a layer the reader listed in `skipped` (a layer
     type not modelled: Embedding, Conv3D, ...) raises nothing: it is returned in `unused`, so
@@ -116,6 +117,12 @@ def match_sharing(shapes, sharing, skipped=()):
                     f"unassigned kernel of that layer. Kernel sizes: {sizes}"
                 )
             matched[fits[0].name] = info
+    named = {s.name: s for s in shapes}
+    for s in shapes:  # a later call of a shared layer (`name#2`): the same stored weights
+        first = named.get(re.sub(r"#\d+", "", s.name))
+        if s.name not in matched and first is not None and first.name in matched and \
+                (first.layer, first.kind, first.n_weights) == (s.layer, s.kind, s.n_weights):
+            matched[s.name] = matched[first.name]
     return matched, unused
 
 

@@ -13,10 +13,11 @@ over the spatial axes, the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, R
 LEAKY_RELU, and PRELU (one "affine" record, `shapes.prelu_shape`). A LEAKY_RELU in the name
 scope of the op it reads (`Conv2D(activation="leaky_relu")`, which TFLite cannot fuse) is
 reported as a fused activation, not charged, as the other readers do. Layout ops (RESHAPE,
-PAD, ...) and weight-decoding ops (DEQUANTIZE, GATHER, ...) are reported as "no compute";
-anything else is reported as unsupported. The one-hot DEPTHWISE_CONV_2D that builds the
-im2col of a conv `dkm_tf.export` lowered to BATCH_MATMUL (`tflite_palettes.im2col_helper`)
-copies pixels: reported, not charged (the BATCH_MATMUL is the conv's MACs).
+PAD, SPACE_TO_BATCH_ND, ...) and weight-decoding ops (DEQUANTIZE, GATHER, ...) are reported
+as "no compute"; anything else is reported as unsupported. The one-hot DEPTHWISE_CONV_2D
+that builds the im2col of a conv `dkm_tf.export` lowered to BATCH_MATMUL
+(`tflite_palettes.im2col_helper`) copies pixels: reported, not charged (the BATCH_MATMUL is
+the conv's MACs).
 
 Palettized weights (`dkm_tf.export`'s codebook + indices decode chains) are recognised by
 `tflite_palettes`: :func:`read_tflite_palettes` also returns K, d and G of every conv or dense
@@ -27,7 +28,9 @@ Records are named after the Keras layer when the converter kept its name scope (
 tensor's name, else the output tensor's: `functional_1/c1_1/convolution` → `c1_1`; Keras 3
 export may append `_1`, which compression-info lookup tolerates), else `<op>_<index>`.
 Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored; dynamic dims read as 1;
-the rows of a matrix product divided by the input's batch, `_rows`).
+the rows of a matrix product divided by the input's batch, `_rows`); a conv runs the images
+of its stored batch per image of the file, and a dilated conv lowered to SPACE_TO_BATCH_ND ->
+conv -> BATCH_TO_SPACE_ND all its blocks (`tflite_blocks`).
 """
 
 import math
@@ -35,7 +38,8 @@ import os
 
 _NO_COMPUTE = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS", "PAD", "PADV2", "CONCATENATION",
                "TRANSPOSE", "QUANTIZE", "DEQUANTIZE", "CAST", "GATHER", "SLICE", "STRIDED_SLICE",
-               "TILE", "SHAPE", "PACK", "UNPACK", "SPLIT", "SPLIT_V")
+               "TILE", "SHAPE", "PACK", "UNPACK", "SPLIT", "SPLIT_V", "SPACE_TO_BATCH_ND",
+               "BATCH_TO_SPACE_ND")
 _ELTWISE = {"ADD": "add", "SUB": "add", "MUL": "mul", "MAXIMUM": "max", "MINIMUM": "max",
             "RELU": "relu", "RELU6": "relu", "LEAKY_RELU": "relu", "RELU_N1_TO_1": "relu"}
 
@@ -164,6 +168,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
 
     from dkm_tf.energy import shapes as sh
     from dkm_tf.energy import tflite_palettes as tp
+    from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
 
     view = tp.GraphView(model, graph, op_names)
     decode = set(tp.constant_ops(view))
@@ -239,7 +244,8 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 name = name_of([ins[1][0], out_name], label)
                 shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
                                             in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[0],
-                                            kernel=w[1:3], groups=x[3] // w[3], repeat=trips,
+                                            kernel=w[1:3], groups=x[3] // w[3], repeat=trips *
+                                            conv_images(view, op.InputsAsNumpy()[0], x, batch),
                                             strides=(opt.StrideH(), opt.StrideW())))
                 palette(name, op)
             elif opname == "DEPTHWISE_CONV_2D" and tp.im2col_helper(view, k):
@@ -252,7 +258,8 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 name = name_of([ins[1][0], out_name], label)
                 shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
                                             in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[3],
-                                            kernel=w[1:3], groups=x[3], repeat=trips,
+                                            kernel=w[1:3], groups=x[3], repeat=trips *
+                                            conv_images(view, op.InputsAsNumpy()[0], x, batch),
                                             strides=(opt.StrideH(), opt.StrideW())))
                 palette(name, op)
             elif opname == "FULLY_CONNECTED" or (opname == "BATCH_MATMUL" and
@@ -275,7 +282,8 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 name = name_of([ins[w_at][0], out_name], label)
                 shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
                                              in_features=in_f, units=units,
-                                             positions=trips * _rows(
+                                             positions=trips * missing_blocks(
+                                                 view, int(op.InputsAsNumpy()[1 - w_at])) * _rows(
                                                  [_count(view, users, t) for t in (
                                                      op.InputsAsNumpy()[1 - w_at],
                                                      op.OutputsAsNumpy()[0])],

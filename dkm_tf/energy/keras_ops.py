@@ -1,0 +1,36 @@
+"""Records of the non-layer operations of a Keras 3 Functional model (`x + y`, `ops.mean`).
+
+Element-wise arithmetic and ReLUs are element-wise records, a mean over the spatial axes of a
+4-D tensor an average pooling; layout ops are "no compute", anything else unsupported.
+"""
+
+import math
+
+_OP_ELTWISE = {"Add": "add", "Subtract": "add", "Multiply": "mul", "Maximum": "max",
+               "Minimum": "max", "Relu": "relu", "Relu6": "relu", "LeakyRelu": "relu"}
+_OP_NO_COMPUTE = ("Reshape", "Transpose", "Concatenate", "ExpandDims", "Squeeze", "Flatten",
+                  "GetItem", "Cast", "Identity", "StopGradient")
+
+
+def classify_op(op, in_shapes, out_shape):
+    """Classifies a non-layer Keras operation of a Functional model (e.g. `x + y`)."""
+    from dkm_tf.energy import shapes as sh
+
+    cls = type(op).__name__
+    if cls in _OP_NO_COMPUTE:
+        return [], "no compute"
+    dims = [tuple(s) for s in in_shapes] + [tuple(out_shape)]
+    if any(d is None for s in dims for d in s[1:]):
+        return [], f"unknown dimension in shapes {dims}"
+    elements = math.prod(out_shape[1:])
+    if cls in _OP_ELTWISE:
+        n_in = 1 if _OP_ELTWISE[cls] == "relu" else max(len(in_shapes), 2)
+        return [sh.eltwise_shape(op.name, elements=elements, eltwise_op=_OP_ELTWISE[cls],
+                                 n_inputs=n_in, op=cls)], None
+    in_shape = tuple(in_shapes[0])
+    axis = getattr(op, "axis", None)
+    if cls == "Mean" and len(in_shape) == 4 and axis is not None and \
+            sorted(a % 4 for a in (axis if isinstance(axis, (list, tuple)) else [axis])) == [1, 2]:
+        return [sh.pool_shape(op.name, in_hw=in_shape[1:3], channels=in_shape[3], out_hw=1,
+                              window=in_shape[1:3], pool_op="avg", op=cls)], None
+    return [], f"unsupported operation {cls}"
