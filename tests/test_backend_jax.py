@@ -58,7 +58,7 @@ MAIN_TRAINING_TESTS = [
     "test_distill.py", "test_regularizers.py", "test_posttrain.py", "test_retrain.py",
     "test_serialization.py", "test_sparsity.py", "test_single_layer.py", "test_batchnorm.py",
     "test_wrapper_subclassed.py", "test_binary_classifier.py", "test_keras_ops_graph.py",
-    "test_kernel_clustering.py", "test_recurrent_attention.py",
+    "test_kernel_clustering.py", "test_recurrent_attention.py", "test_transfer_learning.py",
 ]
 
 

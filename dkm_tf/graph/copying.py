@@ -108,8 +108,14 @@ def copy_layer(layer, values=None):
     try:
         new = layer.__class__.from_config(layer.get_config())
     except Exception as e:  # noqa: BLE001 - re-raised with context
+        import keras  # noqa: PLC0415
+
+        hint = " (it needs get_config()/from_config())."
+        if isinstance(layer, keras.layers.Lambda):  # Keras' safe mode refuses Python code
+            hint = ("" if "enable_unsafe_deserialization" in str(e) else
+                    " If you trust the code, call keras.config.enable_unsafe_deserialization().")
         raise TypeError(f"Layer {layer.name!r} ({type(layer).__name__}) cannot be copied from "
-                        "its config (it needs get_config()/from_config()).") from e
+                        f"its config: {type(e).__name__}: {e}{hint}") from e
     if layer.built and layer.weights:
         build_like(new, layer, layer.get_weights() if values is None else values)
     return new
@@ -139,11 +145,28 @@ def clone_uncompiled(model, clone_function):
     for m in compiled:
         m.compiled = False
     try:
-        return keras.models.clone_model(model, clone_function=layers_only(clone_function),
-                                        recursive=True)
+        clone = keras.models.clone_model(model, clone_function=layers_only(clone_function),
+                                         recursive=True)
     finally:
         for m in compiled:
             m.compiled = True
+    _restore_model_flags(models, [clone] + [m for m in walk_layers(clone)
+                                            if isinstance(m, keras.Model)])
+    return clone
+
+
+def _restore_model_flags(originals, clones):
+    """Give each cloned (nested) model its original's ``trainable`` flag, which
+    ``clone_model`` drops, without setting it on its layers: they keep their own flags (a
+    frozen base's are False), and a later ``base.trainable = True`` unfreezes them as it would
+    have on the original (Keras' setter does nothing visible when the flag already reads True).
+    """
+    by_name = {m.name: m for m in originals}
+    for i, clone in enumerate(clones):
+        original = originals[i] if i < len(originals) and originals[i].name == clone.name \
+            else by_name.get(clone.name)
+        if original is not None:
+            clone._trainable = original.trainable  # noqa: SLF001 - the flag only
 
 
 def copy_model(model):

@@ -44,6 +44,9 @@ from dkm_tf.training.wrapper import (
     kmeans_layout,
     validate_settings,
 )
+from dkm_tf.training.wrapper_extras import FROZEN_NOTE, warn_unenforced_constraints
+from dkm_tf.training.wrapper_extras import build_now as _build_now
+from dkm_tf.training.wrapper_extras import unwrap as _unwrap
 
 __all__ = ["ClusteringReport", "cluster_weights", "palettes_of", "strip_clustering"]
 
@@ -63,7 +66,8 @@ class ClusteringReport:
 
     Attributes:
         clustered: tuples ``(layer_name, layer_type, settings)`` of wrapped layers; settings'
-            ``unit_used`` says the unit each weight got (a Dense kernel's "row" is a scalar).
+            ``unit_used`` says the unit each weight got (a Dense kernel's "row" is a scalar),
+            ``frozen`` that the layer was not trainable (its codebook will not train).
         skipped: tuples ``(layer_name, layer_type, reason)`` of layers left as they are.
     """
 
@@ -75,7 +79,8 @@ class ClusteringReport:
         for name, kind, s in self.clustered:
             lines.append(f"  + {name} ({kind}): K={s['n_clusters']}, "
                          f"{s.get('unit_used', s['unit'])}, {s['granularity']}, "
-                         f"init={s['init']}" + (", latent" if s.get("latent") else ""))
+                         f"init={s['init']}" + (", latent" if s.get("latent") else "")
+                         + (f"; {FROZEN_NOTE}" if s.get("frozen") else ""))
         for name, kind, reason in self.skipped:
             lines.append(f"  - {name} ({kind}): {reason}")
         return "\n".join(lines)
@@ -144,6 +149,12 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
     :func:`strip_clustering` work without calling it). An unbuilt layer has no weights to
     cluster and raises; wrap it as ``dkm_tf.ClusterWeights(layer)`` to cluster at its first
     build instead.
+
+    A clustered weight's regularizer applies to its shared kernel and a ``NonNeg`` constraint
+    to its codebook. A norm constraint (MaxNorm, MinMaxNorm, UnitNorm) or a custom one cannot
+    hold for shared values: it is not enforced while clustered, and a UserWarning names the
+    layer. Frozen layers (``trainable=False``) are clustered too; their codebooks stay fixed
+    until unfrozen (the report marks them ``frozen``).
 
     Args:
         model: a ``keras.Sequential``, a Functional ``keras.Model`` or a clusterable layer.
@@ -222,8 +233,10 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
                              "cluster: build the model first (call it on data or give it an "
                              "input shape), or wrap the layer as dkm_tf.ClusterWeights(layer, "
                              "...), which clusters at its first build.")
-        clustered.append((layer.name, kind, {**cfg, "unit_used": units_lib.unit_summary(
-            clusterable_lib.clusterable_weights(layer), cfg["unit"], cfg["granularity"])}))
+        weights = clusterable_lib.clusterable_weights(layer)
+        clustered.append((layer.name, kind, {**cfg, "frozen": not layer.trainable, "unit_used":
+                          units_lib.unit_summary(weights, cfg["unit"], cfg["granularity"])}))
+        warn_unenforced_constraints(layer, weights)
         wrapper = ClusterWeights(inner, seed=seed, trainable=layer.trainable,
                                  kmeans_options=kmeans_options, **cfg, **soft)
         wrapper._pending = dict(futures.get(id(layer), {}))  # noqa: SLF001
@@ -262,27 +275,6 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
                       f"{', '.join(unsupported)}. Pass on_unsupported='error' to fail instead.",
                       stacklevel=2)
     return (out, report) if return_report else out
-
-
-def _build_now(wrapper):
-    """Build (and so cluster) a wrapper whose inner layer is built, with that layer's shape."""
-    if not wrapper.layer.built:
-        raise ValueError(f"Layer {wrapper.name!r} is not built and neither is the layer it "
-                         "wraps, so it has no codebooks yet: call it on data first.")
-    wrapper.build((wrapper.layer.get_build_config() or {}).get("input_shape"))
-
-
-def _unwrap(wrapper, palettes):
-    """A plain copy of the wrapped layer whose clustered kernels hold the decoded values."""
-    if not wrapper.built:
-        _build_now(wrapper)
-    pals = wrapper.palettes()
-    palettes.extend(pals)
-    decoded = {p.weight_name: p.decode() for p in pals}
-    by_id = {id(s.variable): decoded[s.attr] for s in wrapper._slots}
-    return _copy_layer(wrapper.layer, [by_id[id(v)] if id(v) in by_id
-                                       else keras.ops.convert_to_numpy(v)
-                                       for v in wrapper.layer.weights])
 
 
 @routes_strip

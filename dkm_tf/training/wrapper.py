@@ -37,6 +37,7 @@ from dkm_tf.core.validate import (
 )
 from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.training import soft as soft_lib
+from dkm_tf.training import wrapper_extras as extras
 from dkm_tf.training.distribute import collective_safe_dtype
 from dkm_tf.training.soft import gather_codebook
 from dkm_tf.training.wrapper_kmeans import index_dtype, kmeans_codebook, kmeans_layout
@@ -86,7 +87,7 @@ class _Slot:
 
 
 @keras.saving.register_keras_serializable(package="dkm_tf")
-class ClusterWeights(keras.layers.Wrapper):
+class ClusterWeights(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
     """Wraps a layer so that its kernels are ``codebook[indices]`` while it trains.
 
     On ``build`` each clusterable weight of the wrapped layer (see
@@ -98,7 +99,8 @@ class ClusterWeights(keras.layers.Wrapper):
     and other weights of the wrapped layer are untouched and keep training.
 
     With ``latent=False`` (default) the wrapped layer's float kernel no longer feeds the output
-    and is marked non-trainable; it only records the pre-clustering weights. With
+    and stays non-trainable (its regularizer and a NonNeg constraint act on the shared kernel:
+    :mod:`dkm_tf.training.wrapper_extras`); it only records the pre-clustering weights. With
     ``latent=True`` it stays trainable and receives each weight's own gradient through the
     identity ``codebook[indices] + (w - stop_gradient(w))`` (the forward value is exactly the
     shared kernel); :class:`dkm_tf.ReassignClusters` then moves units to the centroid nearest to
@@ -219,7 +221,8 @@ class ClusterWeights(keras.layers.Wrapper):
             stem = attr.replace(".", "_")  # "cell.kernel": torch refuses dots in names
             codebook = self.add_weight(name=f"{stem}_codebook", shape=(g, k, d),
                                        initializer="zeros", dtype=var.dtype,
-                                       trainable=self.assignment == "hard")
+                                       trainable=self.assignment == "hard",
+                                       constraint=extras.codebook_constraint(var))
             indices = self.add_weight(name=f"{stem}_indices", shape=(g, m), initializer="zeros",
                                       trainable=False, dtype=collective_safe_dtype(index_dtype(k)))
             slot = _Slot(attr, var, layout, codebook, indices)
@@ -318,7 +321,7 @@ class ClusterWeights(keras.layers.Wrapper):
         for v, _ in others:
             if scope.get_current_value(v) is not before[id(v)]:
                 v.assign(scope.get_current_value(v))
-        for loss in scope.losses:
+        for loss in [*scope.losses, *extras.shared_kernel_losses(self, mapping)]:
             self.add_loss(loss)
         return outputs
 

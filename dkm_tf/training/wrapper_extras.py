@@ -1,0 +1,132 @@
+"""The wrapped layer's own weight settings while :class:`ClusterWeights` shares its kernels.
+
+A replaced kernel variable (``latent=False``, hard assignment) no longer feeds the output and
+is non-trainable, so Keras would neither apply its regularizer (Keras collects weight penalties
+over trainable weights only) nor its constraint (the optimizer constrains the variables it
+updates: the codebook). Here:
+
+* **regularizers**: the variable's regularizer is applied to the shared kernel the wrapper
+  computes (:func:`shared_kernel_losses`), so ``wrapper.losses`` holds the same penalty as
+  the plain layer holding that kernel. A k-means penalty (:func:`dkm_tf.attach_regularizer`)
+  is not applied (the kernel is clustered already); its ``base`` regularizer is.
+* **constraints**: an element-wise constraint (:data:`ELEMENTWISE_CONSTRAINTS`: a function
+  of each value alone) goes to the codebook, so every shared value, and with it the kernel,
+  satisfies it (:func:`codebook_constraint`). A norm constraint (MaxNorm, MinMaxNorm,
+  UnitNorm) or an unknown one is not enforced while clustered: a shared codebook cannot keep
+  it, and :func:`dkm_tf.cluster_weights` warns (:func:`warn_unenforced_constraints`).
+* **trainable**: a replaced variable stays non-trainable whatever the wrapper's flag
+  (:func:`keep_replaced_frozen`, run by the wrapper's ``trainable`` setter), else unfreezing a
+  wrapper or a base model holding wrappers would hand the optimizer a variable with no gradient.
+
+Also :func:`build_now` and :func:`unwrap`, which :mod:`dkm_tf.training.clustering` uses to
+cluster a wrapper at once and to turn it back into a plain layer.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+from keras import ops
+
+from dkm_tf.graph.copying import copy_layer
+from dkm_tf.training.regularizer import SpectralKMeansRegularizer
+
+__all__ = ["ELEMENTWISE_CONSTRAINTS", "FROZEN_NOTE", "KeepsReplacedFrozen", "build_now",
+           "codebook_constraint", "keep_replaced_frozen", "replaces_variables",
+           "shared_kernel_losses", "unwrap", "user_regularizer", "warn_unenforced_constraints"]
+
+# Constraints that act on each value alone: a codebook that satisfies them gives a kernel that
+# does. Exact classes only (a subclass may redefine __call__).
+ELEMENTWISE_CONSTRAINTS = (keras.constraints.NonNeg,)
+FROZEN_NOTE = "frozen (trainable=False): codebook fixed during fit until unfrozen"
+
+
+def replaces_variables(wrapper):
+    """Whether the wrapper's shared kernels replace the layer's variables (which then neither
+    train nor feed the output): hard assignment without a latent kernel."""
+    return not wrapper.latent and wrapper.assignment == "hard"
+
+
+def user_regularizer(variable):
+    """The regularizer of ``variable`` to apply to its shared kernel (a k-means penalty's
+    ``base``: the penalty itself is pointless on a clustered kernel), or None."""
+    reg = getattr(variable, "regularizer", None)
+    if isinstance(reg, SpectralKMeansRegularizer):
+        reg = reg.base
+    return reg
+
+
+def shared_kernel_losses(wrapper, pairs):
+    """The regularization losses of the shared kernels of ``pairs`` (``(variable, kernel)``)
+    whose variable they replace; none for a frozen wrapper (as Keras: trainable weights only)."""
+    if not replaces_variables(wrapper) or not wrapper.trainable:
+        return []
+    losses = []
+    for variable, kernel in pairs:
+        reg = user_regularizer(variable)
+        if reg is not None:
+            losses.append(reg(ops.cast(kernel, variable.dtype)))
+    return losses
+
+
+def codebook_constraint(variable):
+    """The constraint of ``variable`` if element-wise (the codebook can hold it), else None."""
+    constraint = getattr(variable, "constraint", None)
+    return constraint if type(constraint) in ELEMENTWISE_CONSTRAINTS else None
+
+
+def keep_replaced_frozen(wrapper):
+    """Mark the variables the wrapper's shared kernels replace non-trainable again."""
+    if replaces_variables(wrapper):
+        for slot in getattr(wrapper, "_slots", ()):
+            slot.variable.trainable = False
+
+
+class KeepsReplacedFrozen:
+    """Mixin of :class:`ClusterWeights`: Keras' ``trainable`` setter (the flag, the wrapper's
+    own variables and every sublayer's), then the replaced variables non-trainable again."""
+
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        keras.layers.Layer.trainable.fset(self, value)
+        keep_replaced_frozen(self)
+
+
+def warn_unenforced_constraints(layer, weights):
+    """Warn once for ``layer`` if a clustered weight (``(attr, variable, kind)`` of
+    ``weights``) has a constraint that the shared kernel cannot keep while clustered."""
+    found = [f"{attr}: {type(var.constraint).__name__}" for attr, var, _ in weights
+             if getattr(var, "constraint", None) is not None
+             and type(var.constraint) not in ELEMENTWISE_CONSTRAINTS]
+    if found:
+        warnings.warn(
+            f"cluster_weights: layer {layer.name!r} has constraints ({', '.join(found)}) that are "
+            "not enforced while it is clustered: its kernel is shared codebook values, which a "
+            "norm or custom constraint cannot be applied to. Only element-wise constraints "
+            "(NonNeg) are kept, through the codebook.", UserWarning, stacklevel=2)
+
+
+def build_now(wrapper):
+    """Build (and so cluster) a wrapper whose inner layer is built, with that layer's shape."""
+    if not wrapper.layer.built:
+        raise ValueError(f"Layer {wrapper.name!r} is not built and neither is the layer it "
+                         "wraps, so it has no codebooks yet: call it on data first.")
+    wrapper.build((wrapper.layer.get_build_config() or {}).get("input_shape"))
+
+
+def unwrap(wrapper, palettes):
+    """A plain copy of the wrapped layer whose clustered kernels hold the decoded values."""
+    if not wrapper.built:
+        build_now(wrapper)
+    pals = wrapper.palettes()
+    palettes.extend(pals)
+    decoded = {p.weight_name: p.decode() for p in pals}
+    by_id = {id(s.variable): decoded[s.attr] for s in wrapper._slots}
+    return copy_layer(wrapper.layer, [by_id[id(v)] if id(v) in by_id
+                                      else keras.ops.convert_to_numpy(v)
+                                      for v in wrapper.layer.weights])
