@@ -143,9 +143,10 @@ def agreement_line(labels, why="the model's output is not one row of class score
             f"{len(labels)} held-out inputs where a compressed form predicts its top-1 class")
 
 
-def tflite_table(reports, accuracy, metric="test accuracy"):
+def tflite_table(reports, accuracy, metric="test accuracy", refused=None):
     """The formats table, its legend, and why palettized keeps some tensors float32
-    (``metric``: what ``acc %`` measures, when it is not the test accuracy)."""
+    (``metric``: what ``acc %`` measures, when it is not the test accuracy; ``refused``:
+    label -> why a format's file was not written)."""
     acc_head = f"{'acc %':>8}" if accuracy else ""
     head = (f"{'format':<22}{'bytes':>12}{'x float':>9}{'bits/w':>8}{'ms (1 thread)':>15}"
             f"{acc_head}  file")
@@ -157,6 +158,9 @@ def tflite_table(reports, accuracy, metric="test accuracy"):
         acc_s = (f"{100 * acc:>8.2f}" if acc is not None else f"{'-':>8}") if accuracy else ""
         lines.append(f"{label:<22}{rep.bytes:>12,}{rep.ratio_vs_float:>9.3f}"
                      f"{rep.bits_per_weight:>8.2f}{lat_s:>15}{acc_s}  {rep.path}")
+    for label, why in (refused or {}).items():
+        lines += textwrap.wrap(f"{label:<22}not written: {why}", width=100,
+                               subsequent_indent=" " * 22)
     lines.append(TFLITE_LEGEND if accuracy else "\n".join(
         line for line in TFLITE_LEGEND.splitlines() if "acc %" not in line))
     if accuracy and metric != "test accuracy":

@@ -71,7 +71,7 @@ def test_import_graph_reads_function_level_imports():
     graph = _graph()
     assert "dkm_tf.training.reassign" in graph["dkm_tf.training.finetune"]
     assert "dkm_tf.core.kmeans" in graph["dkm_tf.core.palette"]
-    assert "dkm_tf.export" in graph["dkm_tf.cli"]
+    assert "dkm_tf.export" in graph["dkm_tf.cli_export"]
 
 
 def test_stages_import_downwards_only():

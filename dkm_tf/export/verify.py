@@ -197,6 +197,45 @@ def class_score_outputs(reference):
     return found
 
 
+NOISE_FACTOR = 10  # a default tolerance is at least this many times Keras' own noise
+
+
+def keras_noise(model, inputs, reference):
+    """How far Keras' outputs for ``inputs`` run one sample at a time are from ``reference``
+    (all at once), relative as in :func:`compare`: float reordering (batched kernels, oneDNN)
+    that no other runtime can be asked to beat. 0 for a single sample."""
+    n = len(inputs[0])
+    if n < 2:
+        return 0.0
+    per = [keras_outputs(model, [a[i:i + 1] for a in inputs]) for i in range(n)]
+    got = [np.concatenate([p[k] for p in per]) for k in range(len(reference))]
+    return _errors(got, reference, "Keras at batch 1")[1]
+
+
+def noise_floor(tolerance, noise, n, notes):
+    """The default ``tolerance``, or :data:`NOISE_FACTOR` x Keras' own ``noise`` when larger
+    (deep networks, saturated softmax outputs), with a note saying so."""
+    if NOISE_FACTOR * noise <= tolerance:
+        return tolerance
+    notes.append(f"tolerance {tolerance:g} raised to {NOISE_FACTOR * noise:.3g}: Keras' own "
+                 f"outputs differ by {noise:.3g} (relative) between batch 1 and batch {n} on "
+                 f"these samples")
+    return NOISE_FACTOR * noise
+
+
+def refuse_if_bad(path, fmt, comparisons):
+    """Raise :class:`ExportVerificationError` naming every comparison that failed."""
+    bad = [c for c in comparisons if not c.ok]
+    if bad:
+        raise ExportVerificationError(
+            f"Refusing to write {path!r}: the {fmt} model disagrees with the Keras model: "
+            + "; ".join(f"{c.interpreter}: max abs error {c.max_abs_error:.3g}, relative "
+                        f"{c.rel_error:.3g} (tolerance {c.tolerance:g})"
+                        + ("" if np.isnan(c.min_top1) or np.isnan(c.top1_agreement) else
+                           f", top-1 agreement "
+                           f"{c.top1_agreement:.3g} (at least {c.min_top1:g})") for c in bad))
+
+
 def top1_agreement(got, reference):
     """Lowest arg-max agreement over the :func:`class_score_outputs`; NaN if none."""
     rates = [float(np.mean(np.argmax(got[k], -1) == np.argmax(reference[k], -1)))

@@ -1,0 +1,88 @@
+"""The TFLite step of ``dkm-tf compress``: write, time and score every format's file."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def _log(msg):
+    print(msg, flush=True)
+
+
+def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progress=None):
+    """Write float / int8 / palettized .tflite files and print size, latency and accuracy.
+
+    Two palettized files: ``palettized`` (decode once at load, near-float speed) and
+    ``palettized_per_invoke`` (the smallest file, decoded on every invoke). Each file is
+    verified against Keras as it is written (:func:`dkm_tf.export.to_tflite`), then timed
+    (interleaved) and, with ``test_data``, its top-1 accuracy measured in LiteRT.
+
+    A format whose file disagrees with Keras beyond its tolerance is refused (nothing written
+    for it, the reason in the table and in the returned reports) and the others are written.
+
+    Returns:
+        ``(reports, accuracy)``: label -> ExportReport (or the refusal, a string), label ->
+        accuracy (with test data).
+
+    Raises:
+        ExportVerificationError: every format was refused.
+    """
+    from dkm_tf import cli_tables, export  # noqa: PLC0415
+    from dkm_tf.export import convert as convert_lib  # noqa: PLC0415
+    from dkm_tf.export.tflite import check_export_args  # noqa: PLC0415
+    from dkm_tf.pipeline import binary_threshold, tflite_accuracy  # noqa: PLC0415
+    from dkm_tf.progress import Progress  # noqa: PLC0415
+
+    progress = progress if progress is not None else Progress(enabled=False)
+    targets = cli_tables.TARGETS
+    _log("[tflite] converting and verifying float, int8 (dynamic range) and palettized "
+         "(decode once; decode per invoke) files")
+    t = time.perf_counter()
+    reports, accuracy, refused = {}, {}, {}
+    with cli_tables.native_stderr_filtered(progress):
+        check_export_args(result.model, sample_inputs)
+        stage = progress.stage("export", len(targets), "formats")
+        float_content = convert_lib.convert(
+            result.model, convert_lib.input_specs(result.model, sample_inputs), "none")
+        for label in targets:
+            stage.update(0, f"{label}...")
+            try:
+                reports[label] = export.to_tflite(
+                    result.model, os.path.join(output_dir, f"clustered.{label}.tflite"),
+                    palettes=result.palettes, sample_inputs=sample_inputs,
+                    float_content=float_content, **export.EXPORT_TARGETS[label])
+            except export.ExportVerificationError as e:  # the other formats still get written
+                refused[label] = " ".join(str(e).split())
+                stage.update(1, f"{label}: refused")
+                continue
+            stage.update(1, f"{label}: {reports[label].bytes:,} bytes")
+        stage.close(", ".join(f"{t}{' (refused)' if t in refused else ''}" for t in targets))
+        if not reports:
+            raise export.ExportVerificationError("; ".join(refused.values()))
+        stage = progress.stage("latency", len(targets), "formats")
+        stage.finish_on_close = True
+        x = None
+        if sample_inputs is not None:
+            x = [a[0] for a in convert_lib.as_input_list(sample_inputs)]
+        timed = export.benchmark_latency({k: r.path for k, r in reports.items()}, x,
+                                         threads=1, runs=50)
+        for label, stats in timed.items():
+            reports[label].latency["1t"] = stats
+        stage.close("50 invokes each, interleaved")
+        if test_data is not None:
+            n = min(len(test_data[1]), 10_000)
+            what = ("accuracy ({n} test samples)" if result.metric == "test accuracy" else
+                    "agreement with the float model ({n} held-out inputs)")
+            stage = progress.stage(what.format(n=n), len(targets), "formats")
+            threshold = binary_threshold(result.model)  # one-unit outputs: where class 1 starts
+            for label, rep in reports.items():
+                accuracy[label] = tflite_accuracy(rep.path, test_data, max_samples=n,
+                                                  threshold=threshold)
+                stage.update(1, f"{label}: {100 * accuracy[label]:.2f}%"
+                             if accuracy[label] is not None else label)
+            stage.close(", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()
+                                  if v is not None))
+    _log(f"[tflite] done in {time.perf_counter() - t:.1f} s")
+    _log(cli_tables.tflite_table(reports, accuracy, result.metric, refused))
+    return {**reports, **refused}, accuracy
