@@ -228,9 +228,10 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             MobileNetV2, seeded normal noise is no stand-in for images.
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
             :data:`DEFAULT_TOLERANCE`, or 10x Keras' own batch-1 vs batch-n difference on the
-            samples when larger (deep nets; noted, ``verify.noise_floor``). int8 files must also agree with Keras' arg-max on
-            :data:`INT8_MIN_TOP1` of the samples (class-score outputs: shaped (samples, classes);
-            with several outputs, softmax heads only).
+            samples when larger (deep nets; noted, ``verify.noise_floor``). int8 files must
+            also agree with Keras' arg-max on :data:`INT8_MIN_TOP1` of the samples
+            (class-score outputs: shaped (samples, classes); with several outputs, softmax
+            heads only).
         interpreters: which of ``"litert"`` and ``"tflite"`` verify the file (default: both,
             or ``tf.lite`` alone when ``ai_edge_litert`` is not installed, with a note).
         max_table_bytes: RAM cap of one decode table (``once``).
