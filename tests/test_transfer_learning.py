@@ -151,3 +151,41 @@ def test_lambda_layer_error_gives_keras_safe_mode_reason():
     model = keras.Model(inp, L.Dense(3, name="head")(h))
     with pytest.raises(TypeError, match=r"'lam'.*lambda.*enable_unsafe_deserialization"):
         cluster_weights(model, 4)
+
+
+def _conv_pair(**conv_kwargs):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    x = L.Conv2D(6, 3, name="c1", **conv_kwargs)(inp)
+    x = L.Conv2D(6, 3, name="c2", **conv_kwargs)(x)
+    return keras.Model(inp, L.Dense(2)(L.Flatten()(x)))
+
+
+def test_kernel_clustering_applies_the_regularizer_and_stays_frozen_when_unfrozen():
+    """unit="kernel" (ClusterKernels) replaces the conv kernel as ClusterWeights does: its
+    regularizer applies to the shared kernel, unfreezing leaves the replaced kernel out."""
+    from dkm_tf.training.kernel_clustering import ClusterKernels
+
+    model = _conv_pair(kernel_regularizer=keras.regularizers.L2(0.5))
+    cm = cluster_weights(model, 4, unit="kernel", codebook="shared")
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 4)).astype("float32")
+    cm(x)
+    wrappers = [lay for lay in cm.layers if isinstance(lay, ClusterKernels)]
+    assert len(wrappers) == 2 and len(cm.losses) == 2
+    books = {lay.name: lay for lay in cm.layers if type(lay).__name__ == "KernelCodebook"}
+    for w, loss in zip(wrappers, cm.losses):
+        book = books[next(iter(books))] if len(books) == 1 else books[w.codebook_id]
+        kernel = to_numpy(w.shared_kernel(book.codebook))
+        assert float(to_numpy(loss)) == pytest.approx(0.5 * float(np.sum(kernel ** 2)),
+                                                      rel=1e-5)
+    for w in wrappers:
+        w.trainable = False
+        w.trainable = True
+        assert not w.layer.kernel.trainable
+        assert all(v is not w.layer.kernel for v in cm.trainable_weights)
+
+
+def test_kernel_clustering_warns_about_a_kernel_constraint():
+    with pytest.warns(UserWarning, match="not enforced while it is clustered with unit='kernel'"):
+        cluster_weights(_conv_pair(kernel_constraint=keras.constraints.NonNeg()), 4,
+                        unit="kernel", codebook="shared")

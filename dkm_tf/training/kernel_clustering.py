@@ -32,6 +32,7 @@ from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_seed
 from dkm_tf.graph import kernel_share
 from dkm_tf.graph.copying import copy_layer, layers_only
+from dkm_tf.training import wrapper_extras as extras
 
 __all__ = ["ClusterKernels", "KernelCodebook", "cluster_kernel_model", "has_kernel_layers",
            "kernel_palettes", "routes_cluster", "routes_palettes", "routes_strip",
@@ -79,14 +80,15 @@ def _transform(x, t):
 
 
 @keras.saving.register_keras_serializable(package="dkm_tf")
-class ClusterKernels(keras.layers.Wrapper):
+class ClusterKernels(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
     """A Conv2D whose kernel is ``s T_t(codebook[l])`` with the codebook given as an input.
 
     Called as ``wrapper(x, codebook=cb)`` with ``cb`` the output of its group's
     :class:`KernelCodebook`. Variables: ``scales`` (cin, cout) trainable, ``indices`` and
     ``transform_ids`` (cin, cout) int32 frozen, ``scale_step`` (int8 step of
     ``scale_bits=8``) frozen. The wrapped conv's own kernel no longer feeds the output
-    (non-trainable); its bias and everything else train. No attribute of the wrapped layer is
+    (non-trainable, also when the wrapper is unfrozen; its regularizer applies to the shared
+    kernel); its bias and everything else train. No attribute of the wrapped layer is
     written: its own ``call`` runs in a :class:`keras.StatelessScope` mapping its kernel to
     the shared one (as :class:`dkm_tf.ClusterWeights` does).
     """
@@ -149,6 +151,9 @@ class ClusterKernels(keras.layers.Wrapper):
         kernel = self.shared_kernel(codebook)
         var = self.layer.kernel
         others = [(v, v.value) for v in self.layer.variables if v is not var]
+        reg = extras.user_regularizer(var) if self.trainable else None
+        if reg is not None:  # the replaced kernel is not trainable: Keras would skip it
+            self.add_loss(reg(kernel))
         with keras.StatelessScope(state_mapping=[(var, kernel), *others]):
             return self.layer(inputs, **kwargs)
 
@@ -222,6 +227,7 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
         if g is None:
             return copy_layer(layer)
         p = pals[layer.name]
+        extras.warn_kernel_clustering_constraint(layer)
         w = ClusterKernels(copy_layer(layer), n_clusters=p.n_clusters, transforms=transforms,
                            scale_bits=scale_bits, codebook_id=g.codebook_id,
                            trainable=layer.trainable)

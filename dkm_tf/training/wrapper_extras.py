@@ -34,7 +34,8 @@ from dkm_tf.training.regularizer import SpectralKMeansRegularizer
 
 __all__ = ["ELEMENTWISE_CONSTRAINTS", "FROZEN_NOTE", "KeepsReplacedFrozen", "build_now",
            "codebook_constraint", "keep_replaced_frozen", "replaces_variables",
-           "shared_kernel_losses", "unwrap", "user_regularizer", "warn_unenforced_constraints"]
+           "shared_kernel_losses", "unwrap", "user_regularizer",
+           "warn_kernel_clustering_constraint", "warn_unenforced_constraints"]
 
 # Constraints that act on each value alone: a codebook that satisfies them gives a kernel that
 # does. Exact classes only (a subclass may redefine __call__).
@@ -77,10 +78,25 @@ def codebook_constraint(variable):
 
 
 def keep_replaced_frozen(wrapper):
-    """Mark the variables the wrapper's shared kernels replace non-trainable again."""
-    if replaces_variables(wrapper):
-        for slot in getattr(wrapper, "_slots", ()):
-            slot.variable.trainable = False
+    """Mark the variables the wrapper's shared kernels replace non-trainable again (a
+    :class:`ClusterWeights`' replaced slots; a built ``ClusterKernels``' conv kernel)."""
+    if hasattr(wrapper, "latent"):
+        if replaces_variables(wrapper):
+            for slot in getattr(wrapper, "_slots", ()):
+                slot.variable.trainable = False
+    elif getattr(wrapper, "built", False):
+        wrapper.layer.kernel.trainable = False
+
+
+def warn_kernel_clustering_constraint(layer):
+    """Warn if ``layer``'s kernel has a constraint: a kernel ``s T(codebook[l])`` of shared
+    centroids and scales (``unit="kernel"``) keeps none of them while clustered."""
+    constraint = getattr(getattr(layer, "kernel", None), "constraint", None)
+    if constraint is not None:
+        warnings.warn(
+            f"cluster_weights: layer {layer.name!r} has a kernel constraint "
+            f"({type(constraint).__name__}) that is not enforced while it is clustered with "
+            "unit='kernel' (scaled shared centroids).", UserWarning, stacklevel=3)
 
 
 class KeepsReplacedFrozen:
