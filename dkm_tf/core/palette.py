@@ -28,6 +28,7 @@ import numpy as np
 from dkm_tf.core import codebook as codebook_lib
 from dkm_tf.core import kernel_palette as kernel_lib
 from dkm_tf.core import units as units_lib
+from dkm_tf.core.index_codec import pack_indices, unpack_indices
 from dkm_tf.core.kmeans import assignment_entropy, scalar_kmeans
 from dkm_tf.core.kmeans_batched import cluster_groups
 from dkm_tf.core.validate import (
@@ -192,7 +193,7 @@ class Palette:
     # ----------------------------------------------------------------- serialization
     def to_dict(self):
         return {"layer_name": self.layer_name, "weight_name": self.weight_name,
-                "codebook": self.codebook.tolist(), "indices": self.indices.tolist(),
+                "codebook": self.codebook.tolist(), "indices": pack_indices(self.indices),
                 "layout": self.layout.to_config(), "requested_clusters": self.requested_clusters,
                 "codebook_id": self.codebook_id, "note": self.note,
                 "preserve_sparsity": self.preserve_sparsity,
@@ -214,9 +215,7 @@ class Palette:
         d = dict(d)
         d["layout"] = units_lib.UnitLayout.from_config(d["layout"])
         d["codebook"] = np.asarray(d["codebook"], np.float32)
-        d["indices"] = np.asarray(d["indices"])
-        if d["indices"].size == 0:
-            d["indices"] = d["indices"].astype(np.int32)
+        d["indices"] = unpack_indices(d["indices"])  # a list, or pack_indices' dict
         return cls(**kernel_lib.extras_from_dict(d))
 
     def __repr__(self):
