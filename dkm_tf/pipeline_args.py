@@ -102,10 +102,10 @@ def check_labels(name, data, model, class_ids=True):
         return
     y, shape = np.asarray(data[1]), getattr(model, "output_shape", None)
     heads = len(getattr(model, "outputs", None) or ())
-    if class_ids and heads <= 1 and (y.ndim > 2 or y.ndim == 2 and y.shape[1] != 1):
-        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
-                         "(samples,) or (samples, 1): class ids (for one-hot labels pass "
-                         f"y.argmax(-1)). Received: y of shape {y.shape}")
+    if class_ids and heads <= 1 and y.ndim >= 2:
+        from dkm_tf.pipeline_metrics import class_ids as as_class_ids  # noqa: PLC0415
+
+        as_class_ids(y, name)  # (samples, 1) passes; one-hot (samples, C) raises
     if y.dtype.kind not in "iu" or not y.size or not isinstance(shape, tuple) or len(shape) != 2:
         return
     classes = shape[1]

@@ -9,19 +9,20 @@ one "affine" record (a `.tflite` runs them as a MUL and an ADD).
 `tests/test_energy_activations.py` converts each case and checks which are folded.
 """
 
+from dkm_tf.energy.activations import activation_name
 
-def consumers(model, keras):
-    """Counts, per tensor `id`, the calls in `model`'s graph reading it (outputs count once):
-    every call of a shared layer (`keras_calls`)."""
-    from dkm_tf.energy.keras_calls import calls, graph_ops
 
+def consumers(model, op_calls, keras):
+    """Counts, per tensor `id`, the calls in `model`'s graph reading it (outputs count once).
+
+    `op_calls`: `[(op, calls)]` of every op of the graph, `calls` as `keras_calls.calls`
+    returns them (every call of a shared layer), or an exception where the op has none.
+    """
     counts = {}
-    for op in graph_ops(model):
-        try:
-            tensors = [t for ins, _ in calls(model, op) for t in keras.tree.flatten(ins)]
-        except (AttributeError, ValueError):
+    for _, op_call_list in op_calls:
+        if isinstance(op_call_list, Exception):
             continue
-        for t in tensors:
+        for t in (t for ins, _ in op_call_list for t in keras.tree.flatten(ins)):
             counts[id(t)] = counts.get(id(t), 0) + 1
     for t in keras.tree.flatten(getattr(model, "outputs", None) or []):
         counts[id(t)] = counts.get(id(t), 0) + 1
@@ -45,10 +46,9 @@ def folded_into(norm, counts, keras, x=None):
             return None
     elif not (isinstance(inner, L.Dense) and len(x.shape) == 2):
         return None
-    act = getattr(inner, "activation", None)
     axis = norm.axis if isinstance(norm.axis, int) else (
         norm.axis[0] if len(norm.axis) == 1 else None)
-    if getattr(act, "__name__", "linear") != "linear" or axis is None or \
+    if activation_name(getattr(inner, "activation", None)) != "linear" or axis is None or \
             axis % len(x.shape) != len(x.shape) - 1 or counts.get(id(x), 0) != 1:
         return None
     return producer.name

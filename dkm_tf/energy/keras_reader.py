@@ -134,16 +134,21 @@ def _walk(model, keras, shapes, skipped, used=None):
     shared layer once per call, the second and later named `name#2`, ... (`used` counts the
     walks of each name), with the same `layer` field so that compression info matches."""
     used = {} if used is None else used
-    counts = consumers(model, keras)
-    for layer in graph_ops(model):
-        try:
-            layer_calls = calls(model, layer)
-        except (AttributeError, ValueError) as e:
-            layer_calls = [e]
-        for call in layer_calls:
+    op_calls = [(layer, _calls(model, layer)) for layer in graph_ops(model)]
+    counts = consumers(model, op_calls, keras)
+    for layer, layer_calls in op_calls:
+        for call in (layer_calls if isinstance(layer_calls, list) else [layer_calls]):
             used[layer.name] = n = used.get(layer.name, 0) + 1
             name = layer.name if n == 1 else f"{layer.name}#{n}"
             _walk_call(layer, name, call, counts, keras, shapes, skipped, used)
+
+
+def _calls(model, layer):
+    """`keras_calls.calls`, or the exception saying the layer has no recorded call."""
+    try:
+        return calls(model, layer)
+    except (AttributeError, ValueError) as e:
+        return e
 
 
 def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):

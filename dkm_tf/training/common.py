@@ -50,7 +50,6 @@ def fresh_metrics(metrics):
     return None if metrics is None else keras.tree.map_structure(fresh, metrics)
 
 
-
 def output_activation(model):
     """Name of the model's final activation: the last layer's ``activation`` (``"softmax"``
     for a ``Softmax`` layer), ``""`` when unknown (a nested model or a custom last layer)."""

@@ -95,15 +95,14 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     check_fit_args(model, batch_size=batch_size, callbacks=callbacks, verbose=verbose)
     train_data = check_data("train_data", train_data, model)
     val_data = check_data("val_data", val_data, model, required=False)
-    own_loss = compiled_loss(model)
+    loss = compiled_loss(model)
     for name, data in (("train_data", train_data), ("val_data", val_data)):
-        check_class_ids(name, data, default_loss(model) if own_loss is None else own_loss)
+        check_class_ids(name, data, default_loss(model) if loss is None else loss)
     clone = copy_model(model)
     attach_regularizer(clone, n_clusters, lam, relaxation=relaxation, unit=unit,
                        include_dense=include_dense, sparsity=sparsity, seed=seed,
                        preserve_sparsity=preserve_sparsity)
     undo_pins = _pin_zeros(clone) if preserve_sparsity else (lambda: None)
-    loss = compiled_loss(model)
     if loss is not None:
         metrics = distillation_metrics(model, compiled_metrics(model))
     else:
