@@ -549,10 +549,16 @@ def test_low_precision_palettes_decode_to_the_stored_weights(policy):
         dkm_tf.export.check_palettes(clustered, pals)  # raises on any difference
 
 
-def test_cluster_values_says_when_the_histogram_caps_k():
-    # 69,990 values inside one histogram bin: far fewer centroids than K, and lossy
+def test_cluster_values_says_when_the_histogram_caps_k(monkeypatch):
+    # 69,990 values inside one histogram bin: the exact values are clustered instead (K found)
     x = np.concatenate([np.random.default_rng(0).uniform(0, 1e-6, 69_990),
                         np.linspace(0.5, 1.0, 10)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        codebook, _ = dkm_tf.cluster_values(x, 20)
+    assert len(codebook) == 20
+    # beyond the exact fallback's size: far fewer centroids than K, lossy, and said so
+    monkeypatch.setattr(dkm_tf.core._kmeans1d, "EXACT_FALLBACK_MAX", 0)
     with pytest.warns(UserWarning, match=r"found only \d+ of n_clusters=20 centroids \(lossy\)"):
         codebook, _ = dkm_tf.cluster_values(x, 20)
     assert len(codebook) < 20

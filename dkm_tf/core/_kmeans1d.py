@@ -16,6 +16,10 @@ DP_WINDOW = 64  # points (or bins) each boundary may move per windowed-DP round
 # on a histogram the bins bound the precision anyway: a narrower window, more rounds
 DP_WINDOW_HIST = 32
 _BLOCK = 1 << 18  # values per block of the passes over the data in cluster_histogram
+# fewer occupied bins than this many per cluster (a few far outliers squeeze the other values
+# into a few bins): cluster the exact values instead, up to this many values (memory)
+MIN_BINS_PER_CLUSTER = 16
+EXACT_FALLBACK_MAX = 1 << 22
 
 __all__ = ["HIST_BINS", "Weighted1D", "cluster_histogram", "finish", "solve"]
 
@@ -264,41 +268,56 @@ def cluster_histogram(x, k, init, rng, max_iter, refine, bounds=None):
     ``bounds`` is ``(min, max)`` of ``x`` when the caller already has it. ``x`` may have any
     shape and layout (a transposed view is fine): the indices follow its C order. Both passes
     run in blocks of ``_BLOCK`` values, so besides the int32 indices (the result) memory is
-    O(block + bins): no float64 or int64 copy of the values.
+    O(block + bins): no float64 or int64 copy of the values. When fewer than
+    ``MIN_BINS_PER_CLUSTER * k`` bins are occupied (far outliers), up to
+    ``EXACT_FALLBACK_MAX`` values are clustered exactly (a sorted float32 copy) instead.
     """
     x = np.asarray(x)
-    lo_v, hi_v = (float(x.min()), float(x.max())) if bounds is None else map(float, bounds)
+    lo_v, hi_v = (x.min(), x.max()) if bounds is None else bounds
+    # the values are binned as float32: bounds of the float32 values (rounding is monotone)
+    lo_v, hi_v = float(np.float32(lo_v)), float(np.float32(hi_v))
     if hi_v == lo_v:
         return np.array([lo_v], np.float32), np.zeros(x.size, np.int32)
     nb = HIST_BINS
-    scale = (nb - 0.5) / (hi_v - lo_v)  # float32 products stay below nb: no clip needed
+    # float64 arithmetic: a float32 scale overflows for tiny ranges (< 2e-34) and x - lo for
+    # ranges above float32's max; the float64 products stay below nb: no clip needed
+    scale = (nb - 0.5) / (hi_v - lo_v)
     idx = np.empty(x.size, np.int32)  # the bin of every value first, its index at the end
     cnt = np.zeros(nb, np.int64)
     sm = np.zeros(nb)
     for s, blk in _blocks(x):
         xb = blk.astype(np.float32, copy=False)
         b = idx[s:s + xb.size]  # cast inside the multiply
-        np.multiply(np.subtract(xb, np.float32(lo_v)), np.float32(scale), out=b,
-                    casting="unsafe")
+        np.multiply(np.subtract(xb, lo_v, dtype=np.float64), scale, out=b, casting="unsafe")
         cnt += np.bincount(b, minlength=nb)
         sm += np.bincount(b, weights=xb, minlength=nb)
     keep = cnt > 0
     cnt = cnt.astype(np.float64)
-    data = Weighted1D(sm[keep] / cnt[keep], cnt[keep])
-    # the bins bound the precision anyway: a coarser seed (the windowed DP still polishes)
-    c = solve(data, k, init, rng, max_iter, refine, n_groups=DP_GROUPS // 2,
-              window=DP_WINDOW_HIST)
-    mids = (c[:-1] + c[1:]) / 2.0
-    centers = lo_v + (np.arange(nb) + 0.5) / scale
-    lut = np.searchsorted(mids, centers, side="left").astype(np.int32)
-    edge = np.floor((mids - lo_v) * scale).astype(np.int64)
-    border = np.zeros(nb, bool)
-    for off in (-1, 0, 1):
-        border[np.clip(edge + off, 0, nb - 1)] = True
-    whole = keep & ~border
-    counts = np.bincount(lut[whole], weights=cnt[whole], minlength=c.size)
-    sums = np.bincount(lut[whole], weights=sm[whole], minlength=c.size)
-    lut[border] = -1  # one gather gives the indices and marks the values to re-assign
+    if keep.sum() < MIN_BINS_PER_CLUSTER * k and x.size <= EXACT_FALLBACK_MAX:
+        # most values share a few bins (far outliers): k-means of the exact values instead
+        vals, n_v = np.unique(x.astype(np.float32), return_counts=True)
+        vals = vals.astype(np.float64)
+        c = vals if vals.size <= k else solve(Weighted1D(vals, n_v.astype(np.float64)), k,
+                                               init, rng, max_iter, refine)
+        mids = (c[:-1] + c[1:]) / 2.0
+        counts, sums = np.zeros(c.size), np.zeros(c.size)
+        lut = np.full(nb, -1, np.int32)  # every value is assigned exactly below
+    else:
+        data = Weighted1D(sm[keep] / cnt[keep], cnt[keep])
+        # the bins bound the precision anyway: a coarser seed (the windowed DP still polishes)
+        c = solve(data, k, init, rng, max_iter, refine, n_groups=DP_GROUPS // 2,
+                  window=DP_WINDOW_HIST)
+        mids = (c[:-1] + c[1:]) / 2.0
+        centers = lo_v + (np.arange(nb) + 0.5) / scale
+        lut = np.searchsorted(mids, centers, side="left").astype(np.int32)
+        edge = np.floor((mids - lo_v) * scale).astype(np.int64)
+        border = np.zeros(nb, bool)
+        for off in (-1, 0, 1):
+            border[np.clip(edge + off, 0, nb - 1)] = True
+        whole = keep & ~border
+        counts = np.bincount(lut[whole], weights=cnt[whole], minlength=c.size)
+        sums = np.bincount(lut[whole], weights=sm[whole], minlength=c.size)
+        lut[border] = -1  # one gather gives the indices and marks the values to re-assign
     for s, blk in _blocks(x):
         b = idx[s:s + blk.size]
         ib = lut[b]

@@ -29,7 +29,7 @@ from dkm_tf.core import kmeans as kmeans_lib
 from dkm_tf.core import units as units_lib
 
 __all__ = ["check_zero_entry", "compact", "decode", "kmeans_keeping_zeros", "nearest",
-           "nearest_keeping_zeros", "zero_units"]
+           "nearest_keeping_zeros", "short_codebook_note", "zero_units"]
 
 _SLAB = 1 << 16  # kernel values per slab of decode() (and of _bincount)
 
@@ -168,6 +168,28 @@ def check_zero_entry(codebook, name):
     if codebook.shape[1] < 1 or np.any(codebook[:, 0] != 0):
         raise ValueError(f"Palette {name}: preserve_sparsity=True needs entry 0 of every "
                          "codebook to be the fixed zero; it is not.")
+
+
+def short_codebook_note(codebook, indices, units, n_clusters, skip=None):
+    """The note of a palette whose codebook (G, K', d) has fewer entries than ``n_clusters``.
+
+    "lossless" only when every unit decodes to itself (as float32): k-means also returns
+    fewer centroids when clusters end empty (or a histogram merges values), and that is
+    lossy. ``units`` is the (G, M, d) array or a function that makes it (called only when
+    K' < ``n_clusters``); ``skip`` (G, M) marks units not compared (set to zero on purpose).
+    """
+    k = codebook.shape[1]
+    if k >= n_clusters:
+        return ""
+    units = np.asarray(units() if callable(units) else units, np.float32)
+    got = np.take_along_axis(np.asarray(codebook, np.float32),
+                             np.asarray(indices, np.int64)[..., None], axis=1)
+    same = np.all(got == units, axis=-1) | (False if skip is None else np.asarray(skip))
+    if same.all():
+        return (f"only {k} distinct units (<= n_clusters={n_clusters}): lossless, codebook "
+                f"has {k} entries")
+    return (f"k-means found only {k} of n_clusters={n_clusters} centroids: lossy "
+            f"({int(np.count_nonzero(~same))} units differ from their centroid)")
 
 
 def _slabs(shape, limit=_SLAB):

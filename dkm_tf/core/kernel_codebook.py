@@ -245,8 +245,12 @@ def cluster_kernels(kernels, n_clusters, *, transforms=1, scale_bits=16, init="k
     live = alls != 0
     n_live = int(live.sum())
     if not n_live:
+        top = float(np.max(np.abs(kernel_scales(allu))))
+        got = "only zero kernels" if top == 0 else (
+            f"kernels of norms up to {top:.3g}, whose scales round to 0 at scale_bits="
+            f"{scale_bits} (use scale_bits=32)")
         raise invalid("kernels", f"at least one non-zero {kh}x{kw} kernel"
-                      + (f" in {name}" if name else ""), "only zero kernels")
+                      + (f" in {name}" if name else ""), got)
     k = min(k, n_live)  # a small group (a 7x7 stem: 192 kernels) gets one centroid per kernel
     normed = allu[live] / alls[live][:, None, None]
     if n_t == 1:

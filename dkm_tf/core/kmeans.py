@@ -50,6 +50,7 @@ INITS = ("kmeans++", "linear", "density", "random")
 KMEANS_THREADS = 4  # k-means of different layers runs in this many threads (numpy frees the GIL)
 _HIST_THRESHOLD = 65_536  # values above which scalar k-means runs on a histogram
 _FAISS_MIN_WORK = 20_000_000  # N*K above which vector k-means prefers faiss when installed
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 # --------------------------------------------------------------------------- validation
@@ -58,13 +59,20 @@ def _check_init(init):
 
 
 def _check_finite(x, name):
+    """Refuse NaN / Inf, and values beyond float32's range (codebooks are float32: a
+    float64 weight of 1e39 would become an infinite centroid)."""
+    where = f" in {name}" if name else ""
     if not np.all(np.isfinite(x)):
         bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        where = f" in {name}" if name else ""
         raise ValueError(
             f"Cannot cluster weights{where}: {bad} of {np.size(x)} values are NaN or Inf. "
             "Fix the model (e.g. lower the learning rate) before clustering."
         )
+    top = float(np.max(np.abs(x), initial=0.0))
+    if top > _F32_MAX:
+        raise ValueError(f"Cannot cluster weights{where}: values up to {top:.4g} exceed "
+                         f"float32's range (+-{_F32_MAX:.4g}), and codebooks are float32. "
+                         "Rescale the weights before clustering.")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -138,12 +146,13 @@ def scalar_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=3000, refi
     rng = np.random.default_rng(seed)
     if x.size > _HIST_THRESHOLD:  # read block by block in C order: a view is never copied
         bounds = (x.min(), x.max())  # NaN / Inf exactly when some value is
-        if not np.all(np.isfinite(bounds)):
+        if not np.all(np.isfinite(bounds)) or max(map(abs, map(float, bounds))) > _F32_MAX:
             _check_finite(x, name)
-        return cluster_histogram(x, k, init, rng, max_iter, refine, bounds=bounds)
+        return _say_if_capped(x, k, cluster_histogram(x, k, init, rng, max_iter, refine,
+                                                      bounds=bounds), name)
     flat = x.reshape(-1)
     _check_finite(flat, name)
-    xd = flat.astype(np.float64)
+    xd = flat.astype(np.float32).astype(np.float64)  # the codebook's values: no duplicates
     vals, cnt = np.unique(xd, return_counts=True)
     if vals.size <= k:
         if vals.size < k:
@@ -246,7 +255,7 @@ def vector_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=50, tol=1e
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"Expected a non-empty (N, d) array of units. Received shape {x.shape}")
     _check_finite(x, name)
-    xd = x.astype(np.float64)
+    xd = x.astype(np.float32).astype(np.float64)  # the codebook's values
     rng = np.random.default_rng(seed)
     distinct = _distinct_units(xd, k)
     if distinct is not None:
@@ -256,6 +265,12 @@ def vector_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=50, tol=1e
                       name or "units", uniq.shape[0], k)
         return uniq.astype(np.float32), inverse.reshape(-1).astype(np.int32)
     n = xd.shape[0]
+    # k-means is translation and scale invariant: centre, then scale by a power of two (exact),
+    # so that float32 distances neither overflow (units ~1e20) nor underflow (~1e-20)
+    mu = xd.mean(axis=0)
+    xd -= mu
+    unit = 2.0 ** -math.floor(math.log2(float(np.max(np.abs(xd)))))  # > 0: > K distinct units
+    xd *= unit
     if init == "kmeans++":
         sub = xd if n <= 20 * k else xd[rng.choice(n, 20 * k, replace=False)]
         c = _kmeanspp(sub, k, rng)
@@ -276,6 +291,7 @@ def vector_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=50, tol=1e
         c, idx = _faiss_kmeans(xd, k, c, max_iter, seed)
     else:
         c, idx = _kmeans_vec.lloyd(xd, c, max_iter=max_iter, tol=tol, chunk=chunk)
+    c = np.asarray(c, np.float64) / unit + mu
     counts = np.bincount(idx, minlength=c.shape[0])
     used = np.flatnonzero(counts)
     remap = np.full(c.shape[0], -1, np.int64)
@@ -302,18 +318,18 @@ def _has_faiss():
     return True
 
 
-def _say_if_capped(flat, k, result, name):
+def _say_if_capped(x, k, result, name):
     """Warn when the histogram engine (> 65,536 values) gave fewer than K centroids, lossy."""
     codebook, indices = result
-    if flat.size > _HIST_THRESHOLD and len(codebook) < k and not np.array_equal(
-            np.asarray(codebook)[indices], flat.astype(np.float32)):
+    if len(codebook) < k and not np.array_equal(np.asarray(codebook)[indices],
+                                                 np.asarray(x, np.float32).reshape(-1)):
         import warnings  # noqa: PLC0415
 
         warnings.warn(f"cluster_values{' (' + name + ')' if name else ''}: found only "
-                      f"{len(codebook)} of n_clusters={k} centroids (lossy): the {flat.size:,} "
+                      f"{len(codebook)} of n_clusters={k} centroids (lossy): the {x.size:,} "
                       f"values are clustered on a histogram of {_HIST_THRESHOLD:,} bins, and "
                       "too few of its bins are occupied for more centroids.",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=4)
     return result
 
 
@@ -363,11 +379,9 @@ def cluster_values(x, n_clusters, *, init="kmeans++", seed=0, name=None, **kwarg
             "n_clusters", f"at most {_HIST_THRESHOLD:,} for more than {_HIST_THRESHOLD:,} values "
             f"(they are clustered on a histogram of {_HIST_THRESHOLD:,} bins)", n_clusters)
     if x.ndim == 1:
-        return _say_if_capped(x, k, scalar_kmeans(x, n_clusters, init=init, seed=seed,
-                                                  name=name, **kwargs), name)
+        return scalar_kmeans(x, n_clusters, init=init, seed=seed, name=name, **kwargs)
     if x.ndim == 2 and x.shape[1] == 1:
-        c, idx = _say_if_capped(x[:, 0], k, scalar_kmeans(x[:, 0], n_clusters, init=init,
-                                                          seed=seed, name=name, **kwargs), name)
+        c, idx = scalar_kmeans(x[:, 0], n_clusters, init=init, seed=seed, name=name, **kwargs)
         return c[:, None], idx
     if x.ndim == 2:
         return vector_kmeans(x, n_clusters, init=init, seed=seed, name=name, **kwargs)

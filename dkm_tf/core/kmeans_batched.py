@@ -305,7 +305,9 @@ def batched_scalar_kmeans(x, n_clusters, *, name=None):
     _check_finite(x, name)
     g, m = x.shape
     order = np.argsort(x, axis=1, kind="stable")
-    v = np.take_along_axis(x, order, axis=1).astype(np.float64)
+    # float32 first (the codebook's type): float64 values closer than its resolution would
+    # give equal centroids
+    v = np.take_along_axis(x, order, axis=1).astype(np.float32).astype(np.float64)
     new_value = np.diff(v, axis=1) > 0
     n_distinct = 1 + new_value.sum(axis=1)
     codebook = np.empty((g, k))
@@ -337,9 +339,22 @@ def batched_scalar_kmeans(x, n_clusters, *, name=None):
             idx_sorted[big[j]] = remap[idx_sorted[big[j]]]
             kept = codebook[big[j], used]
             codebook[big[j]] = np.concatenate([kept, np.repeat(kept[-1:], k - used.size)])
+        _redo_cancelled(x, k, v[big], data, codebook, idx_sorted, big, order, name)
     indices = np.empty((g, m), np.int32)
     np.put_along_axis(indices, order, idx_sorted.astype(np.int32), axis=1)
     return codebook[:, :int(min(k, n_distinct.max()))].astype(np.float32), indices
+
+
+def _redo_cancelled(x, k, v, data, codebook, idx_sorted, big, order, name):
+    """Re-solve with the single-problem engine the groups whose prefix sums lost their small
+    values to rounding (a value 1e12 times the others): their SSE, computed directly, is
+    within a million times the sums' rounding error. Edits ``codebook``, ``idx_sorted``."""
+    err = np.sum((v - np.take_along_axis(codebook[big], idx_sorted[big], 1)) ** 2, axis=1)
+    bound = np.finfo(np.float64).eps * data.m * np.max(data.v ** 2, axis=1)
+    for j in big[np.flatnonzero(bound > 1e-6 * err)]:
+        cb, idx = cluster_values(x[j], k, name=name)
+        codebook[j] = np.concatenate([cb, np.repeat(cb[-1:], k - cb.size)])
+        idx_sorted[j] = idx[order[j]]
 
 
 def cluster_groups(units, n_clusters, *, init="kmeans++", seed=0, name=None, **kwargs):

@@ -390,10 +390,7 @@ def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_
         idx[~zero] = (sub + 1).ravel()
     else:  # scalar units of many groups: one batched k-means (dkm_tf.core.kmeans_batched)
         cb, idx = cluster_groups(units, n_clusters, init=init, seed=seed, name=label)
-    k_max = cb.shape[1]
-    note = ""
-    if k_max < n_clusters:
-        note = (f"only {k_max} distinct units (<= n_clusters={n_clusters}): lossless, "
-                f"codebook has {k_max} entries")
+    note = codebook_lib.short_codebook_note(cb, idx, lambda: units_lib.to_units(
+        kernel, layout), n_clusters, zero if n_zero else None)  # lossless only if it is
     return Palette(layer_name, weight_name, cb, idx, layout,
                    requested_clusters=int(n_clusters), note=note)

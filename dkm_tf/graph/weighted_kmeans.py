@@ -29,26 +29,29 @@ FLOOR = 1e-6
 
 
 # ---------------------------------------------------------------------- weighted k-means
-def _floor(importance):
+def _floor(importance, name=None):
     imp = np.asarray(importance, np.float64)
     if not np.all(np.isfinite(imp)) or np.any(imp < 0):
-        raise ValueError("Importances must be finite and >= 0.")
+        bad = int(imp.size - np.count_nonzero(np.isfinite(imp) & (imp >= 0)))
+        raise ValueError(f"Importances{' of ' + name if name else ''} must be finite and >= 0: "
+                         f"{bad} of {imp.size} are NaN, Inf or negative.")
     mean = float(imp.mean()) if imp.size else 0.0
     if mean <= 0:
         return None
     return np.maximum(imp, FLOOR * mean)
 
 
-def weighted_kmeans(x, importance, n_clusters, *, seed=0, max_iter=100):
+def weighted_kmeans(x, importance, n_clusters, *, seed=0, max_iter=100, name=None):
     """k-means of units ``x`` (M, d) minimising ``sum_u sum_j F_uj (x_uj - c_{a(u)j})^2``.
 
     Returns ``(codebook (K', d) float32, indices (M,) int32)``, K' <= K (fewer distinct units
     than K is lossless). Importances that are all zero give plain k-means.
     """
-    x = np.asarray(x, np.float64)
-    imp = _floor(importance)
+    kmeans_lib._check_finite(x, name)  # noqa: SLF001 (NaN / Inf, beyond float32)
+    x = np.asarray(x).astype(np.float32).astype(np.float64)  # the codebook's values
+    imp = _floor(importance, name)
     if imp is None:
-        return kmeans_lib.cluster_values(x, n_clusters, seed=seed)
+        return kmeans_lib.cluster_values(x, n_clusters, seed=seed, name=name)
     k = int(n_clusters)
     if x.shape[1] == 1:
         vals, inv = np.unique(x[:, 0], return_inverse=True)
@@ -89,7 +92,7 @@ def _weighted_nearest(x, imp, c, chunk=16384):
     return out
 
 
-def weighted_codebook(kernel, importance, layout, n_clusters, *, seed=0):
+def weighted_codebook(kernel, importance, layout, n_clusters, *, seed=0, name=None):
     """Weighted k-means of every group of a kernel: codebook (G, K, d), indices (G, M).
 
     A group with fewer than K centroids repeats its last one (no unit uses the copies), the
@@ -99,7 +102,7 @@ def weighted_codebook(kernel, importance, layout, n_clusters, *, seed=0):
     imps = units_lib.to_units(np.asarray(importance, np.float64), layout)
     books, idxs = [], []
     for g in range(layout.n_groups):
-        cb, idx = weighted_kmeans(units[g], imps[g], n_clusters, seed=seed + g)
+        cb, idx = weighted_kmeans(units[g], imps[g], n_clusters, seed=seed + g, name=name)
         books.append(np.concatenate([cb, np.repeat(cb[-1:], n_clusters - cb.shape[0], 0)]))
         idxs.append(idx)
     return np.stack(books).astype(np.float32), np.stack(idxs).astype(np.int32)
@@ -110,8 +113,11 @@ def weighted_palette(kernel, importance, *, kind, n_clusters, unit="scalar",
     """:func:`dkm_tf.cluster_tensor` with Fisher-weighted k-means: a :class:`Palette`."""
     kernel = np.asarray(kernel)
     layout = units_lib.layout_for(kernel.shape, kind, unit, granularity)
-    unweighted = _floor(importance) is None
-    cb, idx = weighted_codebook(kernel, importance, layout, int(n_clusters), seed=seed)
+    name = f"{layer_name}/{weight_name}" if layer_name else weight_name
+    kmeans_lib._check_finite(kernel, name)  # noqa: SLF001 (before the importances' check)
+    unweighted = _floor(importance, name) is None
+    cb, idx = weighted_codebook(kernel, importance, layout, int(n_clusters), seed=seed,
+                                name=name)
     used = max(int(np.unique(cb[g], axis=0).shape[0]) for g in range(cb.shape[0]))
     if used < cb.shape[1]:
         cb = cb[:, :max(used, int(idx.max()) + 1)]
