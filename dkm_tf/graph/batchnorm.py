@@ -32,7 +32,13 @@ import keras
 import numpy as np
 
 from dkm_tf.graph.clusterable import walk_layers
-from dkm_tf.graph.copying import build_like, copy_layer, is_graph_model, layers_only
+from dkm_tf.graph.copying import (
+    _restore_model_flags,
+    build_like,
+    copy_layer,
+    is_graph_model,
+    layers_only,
+)
 
 __all__ = ["FOLDABLE_LAYERS", "FoldResult", "fold_batch_norm", "maybe_fold"]
 
@@ -351,6 +357,9 @@ def fold_batch_norm(model):
     plan = _plan(model)
     scales = {}
     new = _rebuild(model, plan, {}, scales)
+    # clone_model drops a nested Functional model's own flag (a frozen base reads trainable)
+    _restore_model_flags(*([m, *(x for x in walk_layers(m) if isinstance(x, keras.Model))]
+                           for m in (model, new)))
     return FoldResult(new, plan.folded, plan.skipped, scales)
 
 

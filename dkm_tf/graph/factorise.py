@@ -17,6 +17,8 @@ from dkm_tf.core.validate import check_bool, check_choice, invalid, invalid_type
 
 __all__ = ["FactorisationReport", "LayerFactorisation", "factorise_convs"]
 
+FOLDED_RATIO = 0.8  # factors this much closer to the BN-folded kernel: BN folded in
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerFactorisation:
@@ -173,6 +175,14 @@ def factorise_convs(model, factors, *, force=False, mixing="dense", criterion="t
         convs = sorted(n for n, lay in layers.items() if isinstance(lay, keras.layers.Conv2D))
         raise invalid("factors", f"names of Conv2D layers of the model ({convs})",
                       f"unknown layer names {unknown}")
+    from dkm_tf.graph.batchnorm import _plan  # noqa: PLC0415 (imports keras)
+
+    bn_after = {}  # id(layer) -> the BatchNormalization fold_batch_norm would fold into it
+    if any(isinstance(lay, keras.layers.BatchNormalization) for lay in layers.values()):
+        try:
+            bn_after = _plan(model).fold
+        except (TypeError, ValueError):  # a model fold_batch_norm cannot read: no check
+            bn_after = {}
     rows, plan = [], {}
     for name, layer in layers.items():
         if name not in wanted:
@@ -193,6 +203,7 @@ def factorise_convs(model, factors, *, force=False, mixing="dense", criterion="t
                           f"codebook {cb.shape}, indices {idx.shape}")
         decoded = (cb[idx] * sc[..., None, None]).transpose(2, 3, 0, 1)
         diff = float(np.max(np.abs(decoded - kernel)))
+        _check_not_folded(name, layer, decoded, kernel, diff, bn_after)
         in_hw, per_position = _input_hw(layer)
         flops = kernel_flops(idx, in_hw=in_hw, kernel=(kh, kw), strides=layer.strides,
                              padding=layer.padding,
@@ -208,6 +219,11 @@ def factorise_convs(model, factors, *, force=False, mixing="dense", criterion="t
             reason += f" ({chosen.replace('_', '-')})"
             if flops.best != chosen:
                 reason += f"; {flops.best.replace('_', '-')} would be cheaper"
+            dropped = [a for a in ("kernel_regularizer", "bias_regularizer",
+                                   "activity_regularizer", "kernel_constraint",
+                                   "bias_constraint") if getattr(layer, a, None) is not None]
+            if dropped:  # FactorisedConv2D has none: say so (it matters for further training)
+                reason += f"; {', '.join(dropped)} dropped"
             plan[name] = (cb, idx, sc, chosen)
             rows.append(LayerFactorisation(name, "replaced", reason, ratio, flops.to_dict(),
                                            diff))
@@ -224,10 +240,34 @@ def factorise_convs(model, factors, *, force=False, mixing="dense", criterion="t
             cb, idx, sc, bias, strides=layer.strides, padding=layer.padding,
             activation=keras.activations.serialize(layer.activation),
             use_bias=layer.use_bias, mixing=mixing, form=chosen, name=layer.name,
-            dtype=layer.dtype_policy.name)
+            dtype=layer.dtype_policy.name, trainable=layer.trainable)
 
     new_model = _copy_model(model, clone)
     return new_model, FactorisationReport(tuple(rows), criterion, mixing)
+
+
+def _check_not_folded(name, layer, decoded, kernel, diff, bn_after):
+    """Refuse factors of ``layer``'s kernel with the BatchNormalization after it folded in
+    (``share_weights`` folds by default) when that BatchNormalization is still in the model:
+    it would be applied twice. Told apart by distance: such factors are much closer to the
+    folded kernel ``W s`` (``s = gamma / sqrt(var + eps)``) than to ``W`` (a clustering error
+    uncorrelated with ``W (s - 1)`` only adds to the distance to ``W s``)."""
+    bn = bn_after.get(id(layer))
+    if bn is None or diff <= 1e-6 * (float(np.max(np.abs(kernel))) + 1e-30):
+        return
+    gamma = 1.0 if getattr(bn, "gamma", None) is None else np.asarray(bn.gamma.numpy(),
+                                                                      np.float64)
+    s = gamma / np.sqrt(np.asarray(bn.moving_variance.numpy(), np.float64) + bn.epsilon)
+    w, d = kernel.astype(np.float64), decoded.astype(np.float64)
+    to_own, to_folded = float(np.linalg.norm(d - w)), float(np.linalg.norm(d - w * s))
+    if to_folded < FOLDED_RATIO * to_own:
+        raise invalid(f"factors[{name!r}]", f"factors of layer {name!r}'s kernel in this "
+                      f"model (BatchNormalization {bn.name!r} follows it and is not folded "
+                      "here; share_weights folds it by default: factorise ShareResult.model, "
+                      "or cluster with fold_bn=False)", "factors of the kernel with "
+                      f"{bn.name!r} folded in (distance {to_folded:.4g} to the folded kernel, "
+                      f"{to_own:.4g} to the layer's): the outputs would apply {bn.name!r} "
+                      "twice")
 
 
 def _input_hw(layer):

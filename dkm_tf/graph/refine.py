@@ -234,6 +234,9 @@ def _gptq_palette(pal, layer_f, layer_q, xq, batch_size):
             return gptq.im2col(xs, layer_q.kernel_size, layer_q.strides,
                                layer_q.dilation_rate, layer_q.padding)
     else:
+        if name == "Conv2D":  # say which setting, not "not Conv2D"
+            name = (f"Conv2D with groups={layer_q.groups}" if layer_q.groups != 1
+                    else f"Conv2D with data_format={layer_q.data_format!r}")
         return None, f"GPTQ assigns Dense and Conv2D kernels only, not {name}"
     d_in = int(np.prod(kernel.shape[:-1]))
     if d_in > GPTQ_MAX_INPUTS:
@@ -279,6 +282,9 @@ def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch
         var = get_weight(layer_q, pal.weight_name) if layer_q is not None else None
         why = "layer not found" if var is None or layer_f is None else _why_not(pal, layer_q,
                                                                                   var)
+        calls = len(getattr(layer_q, "_inbound_nodes", ()))
+        if why is None and calls > 1:  # the fit would see the inputs of its first call only
+            why = f"the layer is called {calls} times (shared layer)"
         cands = []
         if why is None:
             try:
