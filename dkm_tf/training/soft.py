@@ -46,6 +46,7 @@ from keras import ops
 from dkm_tf.core import codebook as codebook_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_choice, invalid
+from dkm_tf.training.segment import segment_sums
 
 try:  # switches Keras' autocasting of float variables (mixed precision) off inside a block
     from keras.src.backend import AutocastScope as _AutocastScope
@@ -99,10 +100,11 @@ def gather_codebook(values, indices):
     """``values[indices]`` for a 1-D tensor of codebook values; differentiable in ``values``.
 
     The gradient is the exact one, ``grad[k] = sum of upstream[i] over indices[i] == k`` (the
-    Deep Compression centroid update). With TensorFlow it is computed with one weighted
-    ``bincount``: TF's default gather gradient (IndexedSlices densified by
-    ``UnsortedSegmentSum``) is about 10x slower on CPU for large kernels and K << N
-    (5.8 ms against 0.44 ms for 400k weights, K = 16). Other backends use ``ops.take``.
+    Deep Compression centroid update). With TensorFlow it is computed with a row-wise weighted
+    ``bincount`` (:func:`dkm_tf.training.segment.segment_sums`: the same bits on every run):
+    TF's default gather gradient (IndexedSlices densified by ``UnsortedSegmentSum``) is about
+    6x slower on CPU for large kernels and K << N (7.5 ms against 1.2 ms for 400k weights,
+    K = 16). Other backends use ``ops.take``.
     """
     if keras.backend.backend() != "tensorflow":
         return ops.take(values, indices, axis=0)
@@ -112,10 +114,8 @@ def gather_codebook(values, indices):
         @tf.custom_gradient
         def _gather(v, i):
             def grad(upstream):
-                n = tf.shape(v)[0]
                 acc = tf.float64 if upstream.dtype == tf.float64 else tf.float32
-                sums = tf.math.bincount(tf.reshape(i, [-1]), minlength=n, maxlength=n,
-                                        weights=tf.cast(tf.reshape(upstream, [-1]), acc))
+                sums = segment_sums(upstream, i, v.shape[0], acc=acc)
                 return tf.cast(sums, v.dtype), None
             return tf.gather(v, i), grad
 
