@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -32,6 +34,7 @@ from dkm_tf.cli_args import (
     help_text,
     input_shape_error,
     load_dataset,
+    run_outputs,
 )
 from dkm_tf.cli_export import write_tflite
 from dkm_tf.cli_tables import import_tensorflow_quietly
@@ -73,7 +76,8 @@ _DKM_EPOCHS = flags.DEFINE_integer("dkm_epochs", 5, "Re-training epochs with the
 _LAM = flags.DEFINE_float("lam", 1.0, "Regularizer strength lambda (the paper's 1e-4 is too "
                           "weak for a few epochs of Adam; see dkm_tf.compress).")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
-_OUTPUT = flags.DEFINE_string("output_dir", "dkm_tf_out", "Where to write the results.")
+_OUTPUT = flags.DEFINE_string("output_dir", "dkm_tf_out", "Where to write the results (a run "
+                              "first removes an earlier run's files there; never --model).")
 _TFLITE = flags.DEFINE_bool("tflite", True, "Also write float, int8 and palettized .tflite "
                             "files, verified against Keras, with their sizes and latencies.")
 _PLOTS = flags.DEFINE_bool("plots", True, "Write weights.png, formats.png and energy.png "
@@ -85,6 +89,10 @@ _INPUT_SHAPE = flags.DEFINE_string("input_shape", None, "Input size without the 
                                    "subclassed one.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars or progress lines on stderr "
                            "(the tables and written paths still print).")
+
+
+_TOUCHED = []  # the --output_dir this process's run has started to change (for the error line)
+_INTERRUPTS = []  # Ctrl-C received during run(), even one that Python swallowed
 
 
 def _log(msg):
@@ -148,7 +156,11 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         from dkm_tf.core.files import check_model_file  # noqa: PLC0415
 
         check_model_file(model_path)
-        model = keras.models.load_model(model_path, compile=False)
+        try:
+            model = keras.models.load_model(model_path, compile=False)
+        except (OSError, ValueError, TypeError) as e:  # say which file (a truncated .h5, ...)
+            raise ValueError(f"Could not load --model {model_path!r}: {type(e).__name__}: "
+                             f"{e}") from e
         check_export_size(model, tflite, dataset)  # an open input size needs --dataset
         train = test = None
         if dataset:
@@ -171,6 +183,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     result.metric, result.notes = metric, notes + result.notes
     _log(result.summary())
     _log(cli_tables.SIZE_LEGEND)
+    _check_interrupted()  # a swallowed Ctrl-C: stop before the earlier run's files go
+    _TOUCHED[:] = [output_dir]  # from here on, a failure leaves an unfinished run there
     _clear_earlier_outputs(output_dir, plots_dir or output_dir)
     out_model = os.path.join(output_dir, "clustered.keras")
     save_model_atomic(result.model, out_model)
@@ -178,6 +192,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     pal_path = pipeline.save_palettes(result.palettes, out_model)  # read by `dkm-tf energy`
     _log(f"[write] {pal_path} (the palettes: codebooks + indices)")
     accuracy = {}
+    _check_interrupted()
     if tflite:
         source = test if test is not None else train  # verify on the user's own inputs
         samples = source[0][:16] if source is not None else None
@@ -193,7 +208,9 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     report["plots"] = {os.path.basename(p.path): {"path": p.path, "shows": p.summary}
                        for p in result.plots}
     report_path = os.path.join(output_dir, "report.json")
+    _check_interrupted()  # never mark an interrupted run finished
     _atomic_write_text(report_path, json.dumps(report, indent=2, default=str))
+    _TOUCHED.clear()  # the run is complete
     _log(f"[write] {report_path}")
     for p in result.plots:
         _log(f"[plot] {p.path}: {p.summary}")
@@ -203,13 +220,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
 def _clear_earlier_outputs(output_dir, plots_dir):
     """Remove an earlier run's files here (our names only; report.json, written last, first):
     one folder never mixes two runs (e.g. old .tflite files beside a --notflite run)."""
-    from dkm_tf.cli_tables import TARGETS  # noqa: PLC0415
-    from dkm_tf.plots import PLOT_FILES  # noqa: PLC0415
-
-    names = [os.path.join(output_dir, n) for n in ("report.json", "clustered.keras",
-             "clustered.palettes.json", *(f"clustered.{t}.tflite" for t in TARGETS))]
-    names += [os.path.join(plots_dir, name) for name in PLOT_FILES]
-    gone = [p for p in names if os.path.isfile(p)]
+    gone = [p for p in run_outputs(output_dir, plots_dir) if os.path.isfile(p)]
     for path in gone:
         os.remove(path)
     if gone:
@@ -279,15 +290,44 @@ def main(argv):
     return 0
 
 
+def _on_sigint(signum, frame):
+    del frame
+    _INTERRUPTS.append(signum)
+    raise KeyboardInterrupt
+
+
+def _check_interrupted():
+    """Raise the Ctrl-C that Python swallowed: a KeyboardInterrupt raised inside a garbage
+    collector callback or a ``__del__`` (JAX's, which TensorFlow imports, ...) is printed as
+    "Exception ignored" and the run went on, replacing the earlier run's files."""
+    if _INTERRUPTS:
+        raise KeyboardInterrupt
+
+
 def run(argv, *, stdout=None, stderr=None):
     """The whole command line: parse ``argv``, run, and turn errors into exit statuses.
 
     ``--help`` / ``-h`` prints the flags, 0; a usage error (unknown command or flag, bad
     value) one line naming the flag, what is allowed and what was received, 2; a failure
-    while running one line, 1 (``--verbose`` adds the traceback); stdout closed early, 141.
-    Nothing is trained or written before every argument has been checked."""
+    while running one line, 1 (``--verbose`` adds the traceback); Ctrl-C 130; stdout closed
+    early, 141. Nothing is trained or written before every argument has been checked."""
+    _INTERRUPTS.clear()
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    if ours:  # remember every Ctrl-C (not when SIGINT is ignored, as under nohup)
+        signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        return _run(argv, stdout, stderr)
+    finally:
+        _INTERRUPTS.clear()  # a later run_compress call in this process starts afresh
+        if ours:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run(argv, stdout, stderr):
     stdout, stderr, argv = stdout or sys.stdout, stderr or sys.stderr, list(argv)
     flags.FLAGS.unparse_flags()  # a second run in one process starts from the defaults
+    _TOUCHED.clear()
     command = next((a for a in argv[1:] if not a.startswith("-")), None)
     if any(a in ("-h", "--help", "-help", "--helpshort", "--helpfull") for a in argv[1:]):
         print(help_text(command if command in COMMANDS else None), file=stdout)
@@ -313,15 +353,24 @@ def run(argv, *, stdout=None, stderr=None):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
         return 141  # 128 + SIGPIPE, as a shell tool killed by it
     except KeyboardInterrupt:
-        print("dkm-tf: interrupted; nothing half-written was left behind (report.json, "
-              "written last, is missing: the folder holds an unfinished run)", file=stderr)
+        print("dkm-tf: interrupted; " + (_unfinished() or "nothing was written or removed "
+              "(the output folder is as it was)"), file=stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - every failure becomes one line (+ --verbose)
         if verbose:
             traceback.print_exc(file=stderr)
         print(f"dkm-tf: error: {type(e).__name__}: {_one_line(e)}"
-              + ("" if verbose else " (run with --verbose for the traceback)"), file=stderr)
+              + ("" if verbose else " (run with --verbose for the traceback)")
+              + (f"; {_unfinished()}" if _TOUCHED else ""), file=stderr)
         return 1
+
+
+def _unfinished():
+    """What a failed or interrupted run left in its --output_dir ('' when it wrote nothing)."""
+    if not _TOUCHED:
+        return ""
+    return (f"{_TOUCHED[0]} holds an unfinished run: no report.json (written last); the files "
+            "there are complete, none half-written, but not all of them were written")
 
 
 def entry_point():

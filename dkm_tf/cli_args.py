@@ -61,8 +61,9 @@ def help_text(command=None):
                 help_line, default = " ".join(flag.help.split()), flag.default
                 if enum:  # absl puts "<a|b>: " in front of an enum's help
                     help_line = help_line.split(">: ", 1)[-1]
-            if flag.flag_type() == "bool":
-                help_line += f" (--no{name} to turn off)"
+            if flag.flag_type() == "bool":  # the default, and the spelling that changes it
+                help_line += (f" [on; --no{name} turns it off]" if flag.default
+                              else f" [off; --{name} turns it on]")
             shown = "" if default is None or flag.flag_type() == "bool" else f" [{default}]"
             lines.append(f"  --{name}{value}: {help_line}{shown}")
     lines += ["", "Common flags:", "  --verbose: print the Python traceback of an error",
@@ -112,11 +113,12 @@ def _dataset(name):
     if name not in data.DATASETS:
         raise CliUsageError("dataset", f"one of {sorted(data.DATASETS)} or a .npz file "
                             f"with {', '.join(data.NPZ_KEYS)}", name)
-    if name == "mnist":
+    if name == "mnist":  # the four IDX files, gzip'd or not, as data.load_mnist reads them
         folder = data.mnist_dir()
-        if not (folder / "t10k-labels-idx1-ubyte.gz").is_file():
+        missing = [stem for stem in data.MNIST_FILES if data._find(folder, stem) is None]
+        if missing:
             raise CliUsageError("dataset", "mnist with the IDX files in $DKM_TF_MNIST_DIR "
-                                f"(looked in {folder})", name)
+                                f"(looked in {folder}; missing {', '.join(missing)})", name)
     return True
 
 
@@ -187,6 +189,45 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
             raise CliUsageError("plots_dir", "no --plots_dir with --noplots (no plot is "
                                 "written)", plots_dir)
         _output_dir(plots_dir, "plots_dir")
+    _check_run_outputs(model_path, output_dir, plots_dir)
+
+
+def run_outputs(output_dir, plots_dir=None):
+    """The files a ``dkm-tf compress`` run removes (an earlier run's) and writes: its own
+    names in ``output_dir`` and the plots in ``plots_dir`` (default ``output_dir``)."""
+    from dkm_tf.cli_tables import TARGETS  # noqa: PLC0415
+    from dkm_tf.plots import PLOT_FILES  # noqa: PLC0415
+
+    names = [os.path.join(output_dir, n) for n in ("report.json", "clustered.keras",
+             "clustered.palettes.json", *(f"clustered.{t}.tflite" for t in TARGETS))]
+    return names + [os.path.join(plots_dir or output_dir, n) for n in PLOT_FILES]
+
+
+def _same_file(a, b):
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # a hard link
+    except OSError:
+        return False
+
+
+def _check_run_outputs(model_path, output_dir, plots_dir):
+    """Each file the run writes can be written (not a folder), and --model is none of them
+    (``dkm-tf compress --model dkm_tf_out/clustered.keras`` again, into the same
+    --output_dir, would remove and replace it: the input model would be lost)."""
+    for path in run_outputs(output_dir, plots_dir):
+        if os.path.isdir(path):
+            flag = "plots_dir" if plots_dir is not None and path.endswith(".png") else "output_dir"
+            raise CliUsageError(flag, f"a folder where {os.path.basename(path)} can be written "
+                                f"({path} is a folder)", output_dir if flag == "output_dir"
+                                else plots_dir)
+        if model_path is not None and _same_file(model_path, path):
+            raise CliUsageError(
+                "output_dir", f"a folder other than the one holding --model as "
+                f"{os.path.basename(path)} (a run replaces that file there, so the input "
+                f"model would be lost: give another --output_dir, or copy the model "
+                "elsewhere first)", output_dir)
 
 
 def _unlabelled(model_path, dataset, method):

@@ -81,9 +81,10 @@ class CompressionResult:
         for name, reason in self.skipped:
             lines.append(f"skipped {name}: {reason}")
         if self.accuracy_before is not None:
-            lines.append(f"{self.metric}: {100 * self.accuracy_before:.2f}% before, "
-                         f"{100 * self.accuracy_after:.2f}% after "
-                         f"({100 * (self.accuracy_after - self.accuracy_before):+.2f} pt)")
+            before, after = (round(100 * a, 2) for a in (self.accuracy_before,
+                                                          self.accuracy_after))
+            lines.append(f"{self.metric}: {before:.2f}% before, {after:.2f}% after "
+                         f"({round(after - before, 2) + 0.0:+.2f} pt)")  # of the shown values
         if self.energy is not None and self.energy.baseline is not None:
             r = self.energy.ratio_vs(self.energy.baseline)
             lines.append(f"energy (16-bit, entropy-coded indices): {r.paper:.2f}x lower by the "
@@ -225,7 +226,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             batch_size=batch_size, overrides=overrides, verbose=max(verbose - 1, 0),
             preserve_sparsity=preserve_sparsity, callbacks=bar("finetune"),
             kernel_options=kernel)
-        skipped = _skipped_layers(clustered, palettes, overrides)  # after BN folding
+        skipped = _skipped_layers(clustered, palettes, overrides, unit)  # after BN fold
     else:
         log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity})",
             flush=True)
@@ -303,7 +304,9 @@ def _energy(model, palettes, log, data=()):
     return None
 
 
-def _skipped_layers(model, palettes, overrides):
+def _skipped_layers(model, palettes, overrides, unit=None):
+    import keras  # noqa: PLC0415
+
     from dkm_tf.graph import clusterable  # noqa: PLC0415
     from dkm_tf.graph.copying import iter_layers  # noqa: PLC0415
 
@@ -311,8 +314,11 @@ def _skipped_layers(model, palettes, overrides):
     out = []
     for layer in iter_layers(model):
         if layer.weights and layer.name not in done:
+            kind = type(layer).__name__
             why = ("excluded by overrides" if overrides and layer.name in overrides
                    else "not a supported kernel layer" if not clusterable.is_clusterable(layer)
+                   else f"unit='kernel': {kind} has no k x k Conv2D kernel; left float"
+                   if unit == "kernel" and not isinstance(layer, keras.layers.Conv2D)
                    else "not clustered")
             out.append((layer.name, why))
     return out

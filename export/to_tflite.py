@@ -2,19 +2,21 @@
 
 Usage:
   python export/to_tflite.py --model m.keras --palettes palettes.json [--format palettized]
-      [--decode once|per_invoke] [--keep_float auto|none|conv1,conv2]
+      [--decode once|per_invoke] [--keep_float auto|none|0.1|conv1,conv2]
       [--kept_dtype float32|float16] [--index_packing dense|tuples]
-      [--int8_mode dynamic|full] [--samples x.npy] [--output m.tflite]
+      [--int8_mode dynamic|full] [--samples x.npy] [--output m.tflite] [--overwrite]
   python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
+      [--unit scalar|row|kernel] [--granularity per_tensor|per_channel]
 
 The output defaults to <model stem>.<format>.tflite. An existing output file is never
-replaced unless --overwrite is given, and a flag the format does not use (--decode with
---format=int8, --int8_mode=full with --format=palettized, --keep_float=none with
---decode=per_invoke, ...) set to a value other than its default is refused, before any
-work (one line on stderr, exit status 2). The written model is run in the LiteRT
-interpreters and compared with Keras before it is written; the report is printed. A bad
-input is one line on stderr, exit status 1, nothing written (DKM_TF_TRACEBACK=1 shows the
-traceback).
+replaced unless --overwrite is given, and an input file (--model, --palettes, --samples)
+never. A usage error (an unknown flag or value, a missing --model, a positional argument,
+an output that exists or is an input, a flag the format does not use set to a value other
+than its default: --decode with --format=int8, --int8_mode=full with --format=palettized,
+--keep_float=none with --decode=per_invoke, ...) is refused before any work: one line on
+stderr, exit status 2. The written model is run in the LiteRT interpreters and compared
+with Keras before it is written; the report is printed. A bad input is one line on stderr,
+exit status 1, nothing written (DKM_TF_TRACEBACK=1 shows the traceback).
 """
 
 import os
@@ -22,7 +24,13 @@ import sys
 
 from absl import app, flags
 
-from dkm_tf.export.cli import default_output_path, inapplicable_flags, run_to_tflite
+from dkm_tf.export.cli import (
+    default_output_path,
+    inapplicable_flags,
+    output_collision,
+    run_to_tflite,
+    script_flags_parser,
+)
 
 _MODEL = flags.DEFINE_string("model", None, "Path to the .keras model.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output .tflite (default: beside the model).")
@@ -31,8 +39,10 @@ _FORMAT = flags.DEFINE_enum("format", "palettized", ["float", "fp16", "palettize
 _DECODE = flags.DEFINE_enum("decode", "once", ["once", "per_invoke"],
                             "Palettized decode mode.")
 _KEEP = flags.DEFINE_string("keep_float", "auto",
-                            "decode=once: 'auto' keeps small convs whose im2col costs more "
-                            "than it saves as float32; 'none' palettizes all; or layer names.")
+                            "decode=once: 'auto' keeps as float32 the tensors whose "
+                            "palettized form would not be smaller or would cost more than a "
+                            "20% latency budget; a number sets that budget (0.1); 'none' "
+                            "palettizes all; or comma-separated layer names.")
 _KEPT = flags.DEFINE_enum("kept_dtype", "float32", ["float32", "float16"],
                           "decode=once: storage of the weights keep_float keeps (float16: "
                           "half their bytes, same speed, fp16 accuracy).")
@@ -50,14 +60,21 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output f
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError("Too many command-line arguments.")
+    del argv  # script_flags_parser refused positional arguments
     bad = inapplicable_flags(_FORMAT.value, _DECODE.value, _INT8.value, _KEEP.value,
                              _KEPT.value, _PACK.value)
     if bad:  # a usage error, before any work: the first such flag, one line
         print(f"to_tflite.py: error: {bad[0]}", file=sys.stderr)
         sys.exit(2)
     out = _OUTPUT.value or default_output_path(_MODEL.value, _FORMAT.value, _DECODE.value)
+    inputs = {"model": _MODEL.value, "palettes": _PALETTES.value, "samples": _SAMPLES.value}
+    clash = output_collision(out, **inputs)
+    if clash:  # never, even with --overwrite: the input would be lost
+        print(f"to_tflite.py: error: Invalid value for flag `--output`. Expected a path other "
+              f"than --{clash} (writing the .tflite there would destroy that input, with "
+              f"--overwrite too). Received: --output={out}, --{clash}={inputs[clash]}",
+              file=sys.stderr)
+        sys.exit(2)
     if os.path.exists(out) and not _OVERWRITE.value:
         print(f"to_tflite.py: error: Invalid value for flag `--output`. Expected a path that "
               f"does not exist yet (or pass --overwrite to replace it). Received: "
@@ -82,4 +99,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flag_as_required("model")
-    app.run(main)
+    app.run(main, flags_parser=script_flags_parser("to_tflite.py"))

@@ -91,8 +91,9 @@ def check_model_file(path):
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a folder, an unreadable file, or a ``.keras`` file that is not a Keras
-            zip (truncated, or no ``config.json``).
+        ValueError: a folder, an unreadable file, a ``.keras`` file that is not a Keras
+            zip (truncated, or no ``config.json``), or a ``.h5`` file that is not HDF5
+            (:func:`model_content_problem`).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError("Invalid type for argument `path`. Expected a model file path (str or "
@@ -107,16 +108,43 @@ def check_model_file(path):
     if not os.access(path, os.R_OK):
         raise ValueError(f"Invalid value for argument `path`. Expected a readable file. "
                          f"Received: path={path!r} (permission denied)")
-    if path.endswith(".keras"):
-        size = os.path.getsize(path)
-        problem = None
+    found = model_content_problem(path)
+    if found:
+        expected, problem = found
+        raise ValueError(f"Invalid value for argument `path`. Expected {expected}. Received: "
+                         f"path={path!r}, {os.path.getsize(path):,} bytes, {problem}.")
+
+
+def model_content_problem(path):
+    """``(expected, problem)`` when an existing ``.keras`` / ``.h5`` / ``.hdf5`` file cannot be
+    a Keras model of its kind (from its first bytes: a truncated or renamed file), else None."""
+    path = os.fspath(path)
+    size = os.path.getsize(path)
+    if path.lower().endswith(".keras"):
         try:
             with zipfile.ZipFile(path) as archive:
                 if "config.json" not in archive.namelist():
-                    problem = "a zip without config.json"
+                    return "a .keras model saved by Keras 3", "a zip without config.json"
         except zipfile.BadZipFile:
-            problem = "not a zip archive (truncated or not a .keras file)"
-        if problem:
-            raise ValueError(f"Invalid value for argument `path`. Expected a .keras model "
-                             f"saved by Keras 3. Received: path={path!r}, {size:,} bytes, "
-                             f"{problem}.")
+            return "a .keras model saved by Keras 3", (
+                "an HDF5 file: rename it to .h5" if _is_hdf5(path, size) else
+                "not a zip archive (truncated or not a .keras file)")
+    elif path.lower().endswith((".h5", ".hdf5")) and not _is_hdf5(path, size):
+        return "an HDF5 (.h5) Keras model", (
+            "a .keras zip archive: rename it to .keras" if zipfile.is_zipfile(path)
+            else "not an HDF5 file (truncated or not a Keras .h5 model)")
+    return None
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path, size):
+    """The HDF5 signature at byte 0, 512, 1024, 2048, ... (after a user block)."""
+    offsets = [0] + [512 * 2**i for i in range(20) if 512 * 2**i + 8 <= size]
+    with open(path, "rb") as f:
+        for offset in offsets:
+            f.seek(offset)
+            if f.read(8) == _HDF5_SIGNATURE:
+                return True
+    return False

@@ -14,8 +14,9 @@ import os
 
 import numpy as np
 
-__all__ = ["default_output_path", "inapplicable_flags", "load_palettes", "load_samples",
-           "parse_keep_float", "run_inspect", "run_to_tflite"]
+__all__ = ["check_output_path", "default_output_path", "inapplicable_flags", "load_palettes",
+           "load_samples", "output_collision", "parse_keep_float", "run_inspect",
+           "run_to_tflite", "script_flags_parser"]
 
 # flag -> when it applies (dkm_tf.export.policy.APPLIES, in flag words)
 _FLAG_WHEN = {"decode": "--format=palettized",
@@ -31,6 +32,33 @@ def default_output_path(model_path, format, decode="once"):  # noqa: A002
     stem = os.path.splitext(os.fspath(model_path))[0]
     label = format + ("_per_invoke" if format == "palettized" and decode == "per_invoke" else "")
     return f"{stem}.{label}.tflite"
+
+
+def output_collision(output_path, **inputs):
+    """The name of the input (``model_path=...``, ``palettes_path=...``, ``samples_path=...``)
+    that ``output_path`` is the same file as, or None: writing there would destroy it."""
+    out = os.path.realpath(os.fspath(output_path))
+    for name, path in inputs.items():
+        if not path:
+            continue
+        if out == os.path.realpath(os.fspath(path)):
+            return name
+        try:
+            if os.path.samefile(output_path, path):  # a hard link
+                return name
+        except OSError:
+            pass
+    return None
+
+
+def check_output_path(output_path, **inputs):
+    """Raise a ValueError when ``output_path`` is one of ``inputs`` (see output_collision)."""
+    name = output_collision(output_path, **inputs)
+    if name:
+        raise ValueError(f"Invalid value for argument `output_path`. Expected a path other "
+                         f"than the input `{name}` (writing the .tflite there would destroy "
+                         f"it). Received: output_path={os.fspath(output_path)!r}, "
+                         f"{name}={os.fspath(inputs[name])!r}")
 
 
 def load_palettes(path):
@@ -67,7 +95,11 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     from dkm_tf.export.tflite import to_tflite  # noqa: PLC0415
 
     if palettes_path and n_clusters is not None:
-        raise ValueError("Give either `palettes_path` or `n_clusters`, not both.")
+        raise ValueError("Give either `palettes_path` or `n_clusters`, not both "
+                         "(--palettes or --n_clusters).")
+    check_output_path(output_path or default_output_path(model_path, format, decode),
+                      model_path=model_path, palettes_path=palettes_path,
+                      samples_path=samples_path)  # before anything is loaded
     keep_float = parse_keep_float(keep_float)
     check_applicable(_applicability(format, decode, int8_mode, keep_float, kept_dtype,
                                     index_packing))  # before loading or clustering
@@ -86,6 +118,31 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
                      decode=decode, int8_mode=int8_mode, keep_float=keep_float,
                      kept_dtype=kept_dtype, index_packing=index_packing)
+
+
+def script_flags_parser(prog):
+    """An ``absl.app.run`` flags parser for the ``export/`` scripts: an unknown flag, a bad
+    value, a missing required flag or a positional argument is one line on stderr naming
+    the flag, exit status 2 (absl's own parser exits 1 with two lines)."""
+    import sys  # noqa: PLC0415
+
+    from absl import flags  # noqa: PLC0415
+
+    def parse(argv):
+        try:
+            rest = flags.FLAGS(argv)
+        except flags.Error as e:
+            print(f"{prog}: error: {' '.join(str(e).split())} (see {prog} --help)",
+                  file=sys.stderr)
+            sys.exit(2)
+        if len(rest) > 1:
+            print(f"{prog}: error: expected flags only (--name=value); received the "
+                  f"positional argument(s) {' '.join(rest[1:])!r} (see {prog} --help)",
+                  file=sys.stderr)
+            sys.exit(2)
+        return rest
+
+    return parse
 
 
 def parse_keep_float(keep_float):
