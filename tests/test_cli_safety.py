@@ -232,7 +232,7 @@ def test_an_output_name_taken_by_a_folder_is_refused_before_any_work(model_file,
 
 
 def test_a_ctrl_c_that_python_swallowed_still_stops_the_run_before_any_file(
-        model_file, tmp_path, monkeypatch, capsys):
+        model_file, tmp_path, monkeypatch, capsys, request):
     """A KeyboardInterrupt raised inside a gc callback or __del__ (JAX's, imported by
     TensorFlow) is printed as "Exception ignored" and lost: the run went on and replaced the
     earlier run's files."""
@@ -253,7 +253,9 @@ def test_a_ctrl_c_that_python_swallowed_still_stops_the_run_before_any_file(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "compress", swallowed_then_compress)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # as in a terminal (a job started in the background of a script ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     rc = _run("compress", "--model", str(model_file), "--output_dir", str(out), "--notflite",
               "--noplots", "--quiet", "--n_clusters", "4")
     err = capsys.readouterr().err

@@ -44,8 +44,9 @@ import numpy as np
 from dkm_tf.export import lower, pack
 
 __all__ = ["APPLIES", "DENSE_MIN_INDICES", "LATENCY_BUDGET", "check_applicable",
-           "check_keep_float", "dense_pays", "fc_overhead_ns", "float_time_ns", "inapplicable",
-           "once_bytes", "once_storage", "overhead_ns", "plan_keep_float"]
+           "check_codebook_sizes", "check_keep_float", "dense_pays", "fc_overhead_ns",
+           "float_time_ns", "inapplicable", "once_bytes", "once_storage", "overhead_ns",
+           "plan_keep_float"]
 
 # 0.2: on the zoo (bench/results/mobile_latency.md) every model stays under 1.3x float
 # latency on a loaded 2-core machine; at 0.22 MTCNN ONet drops to 0.185x float bytes but
@@ -341,3 +342,19 @@ def check_applicable(args):
     bad = inapplicable(args)
     if bad:
         raise ValueError(bad[0][1])
+
+
+def check_codebook_sizes(palettes):
+    """Refuse, before any work, a palette whose stored codebook has more entries than an
+    index of ``format="palettized"`` can address: a GATHER position is a non-negative int16
+    (at most :data:`~dkm_tf.export.pack.INT16_POSITIONS` = 32,768 entries, counting the T
+    transformed copies of each centroid of a kernel palette)."""
+    for p in palettes:
+        k = p.n_clusters * (p.n_transforms if getattr(p, "transforms", None) is not None
+                            else 1)
+        if k > pack.INT16_POSITIONS:
+            raise ValueError(
+                f"Invalid palette {p.name!r} for format='palettized': its codebook has {k:,} "
+                f"entries, but a palettized index is a non-negative int16 (at most "
+                f"{pack.INT16_POSITIONS:,} entries per codebook). Re-cluster it with fewer "
+                "clusters, or export it with format='float', 'fp16' or 'int8'.")

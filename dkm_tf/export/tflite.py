@@ -43,7 +43,7 @@ from dkm_tf.export.inspect import inspect_tflite
 from dkm_tf.export.int8 import int8_survival, preserve_clusters
 from dkm_tf.export.model_check import check_built_model
 from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES
-from dkm_tf.export.policy import check_applicable, check_keep_float
+from dkm_tf.export.policy import check_applicable, check_codebook_sizes, check_keep_float
 from dkm_tf.export.report import ExportReport, analytic_bytes
 from dkm_tf.export.rewrite import FlatModel
 from dkm_tf.export.subgraphs import palettize_subgraphs
@@ -302,6 +302,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                          f"{palettes!r}")
     if palettes:
         check_palettes(model, palettes)
+        if format == "palettized":
+            check_codebook_sizes(palettes)
     if format == "palettized" and decode == "once":
         check_keep_float(keep_float, palettes)
     notes = []
