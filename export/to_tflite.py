@@ -4,11 +4,12 @@ Usage:
   python export/to_tflite.py --model m.keras --palettes palettes.json [--format palettized]
       [--decode once|per_invoke] [--keep_float auto|none|0.1|conv1,conv2]
       [--kept_dtype float32|float16] [--index_packing dense|tuples]
-      [--int8_mode dynamic|full] [--samples x.npy] [--output m.tflite] [--overwrite]
+      [--int8_mode dynamic|full] [--samples x.npy|data.npz] [--output m.tflite] [--overwrite]
   python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
       [--unit scalar|row|kernel] [--granularity per_tensor|per_channel]
 
-The output defaults to <model stem>.<format>.tflite. An existing output file is never
+The output defaults to <model stem>.<format>.tflite (.palettized_per_invoke.tflite with
+--decode=per_invoke). An existing output file is never
 replaced unless --overwrite is given, and an input file (--model, --palettes, --samples)
 never. A usage error (an unknown flag or value, a missing --model, a positional argument,
 an output that exists or is an input, a flag the format does not use set to a value other
@@ -33,7 +34,9 @@ from dkm_tf.export.cli import (
 )
 
 _MODEL = flags.DEFINE_string("model", None, "Path to the .keras model.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output .tflite (default: beside the model).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output .tflite (default: beside the model, "
+                               "<stem>.<format>.tflite; <stem>.palettized_per_invoke.tflite "
+                               "with --decode=per_invoke).")
 _FORMAT = flags.DEFINE_enum("format", "palettized", ["float", "fp16", "palettized", "int8",
                                                      "tflm"], "Storage format.")
 _DECODE = flags.DEFINE_enum("decode", "once", ["once", "per_invoke"],
@@ -55,7 +58,9 @@ _K = flags.DEFINE_integer("n_clusters", None, "Cluster every weight post-trainin
 _UNIT = flags.DEFINE_enum("unit", "scalar", ["scalar", "row", "kernel"], "Clustering unit.")
 _GRAN = flags.DEFINE_enum("granularity", "per_tensor", ["per_tensor", "per_channel"],
                           "Codebook granularity.")
-_SAMPLES = flags.DEFINE_string("samples", None, ".npy sample inputs for verification.")
+_SAMPLES = flags.DEFINE_string("samples", None, "Sample inputs for verification: a .npy "
+                                "array, or a .npz (its x_test, else x_train, else its only "
+                                "array).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 
 
