@@ -85,8 +85,8 @@ _PLOTS = flags.DEFINE_bool("plots", True, "Write weights.png, formats.png and en
 _PLOTS_DIR = flags.DEFINE_string("plots_dir", None, "Where to write the plots (default: "
                                  "--output_dir).")
 _INPUT_SHAPE = flags.DEFINE_string("input_shape", None, "Input size without the batch axis, "
-                                   "e.g. 12,12,3, for a model that leaves it open or a "
-                                   "subclassed one.")
+                                   "e.g. 12,12,3, for a model or .tflite that leaves "
+                                   "it open, or a subclassed model.")
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars or progress lines on stderr "
                            "(the tables and written paths still print).")
 

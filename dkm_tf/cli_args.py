@@ -336,7 +336,8 @@ def parse_input_shape(text):
 
 def check_energy_args(model_path, given=(), input_shape=None):
     """Check ``dkm-tf energy``'s ``--model`` (required: .keras, .h5, .hdf5 or .tflite) and
-    ``--input_shape`` (a Keras model's input size; a .tflite file stores its own); ``given``:
+    ``--input_shape`` (the input size of a model or .tflite that leaves it open; the reader
+    refuses one the model does not accept); ``given``:
     the flags on the command line (compress flags, which energy would ignore, are refused).
     Returns the input shape as a tuple, or None."""
     if not model_path:
@@ -346,11 +347,7 @@ def check_energy_args(model_path, given=(), input_shape=None):
     check_command_flags("energy", given)
     if input_shape is None:
         return None
-    shape = parse_input_shape(input_shape)
-    if model_path.lower().endswith(".tflite"):
-        raise CliUsageError("input_shape", "no --input_shape with a .tflite --model (the file "
-                            "stores its input size)", input_shape)
-    return shape
+    return parse_input_shape(input_shape)  # the reader checks it fits the model or file
 
 
 def input_shape_error(error, input_shape):

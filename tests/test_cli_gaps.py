@@ -202,10 +202,22 @@ def test_bad_input_shape_is_one_line_exit_2(tmp_path, value):
 
 
 def test_input_shape_is_refused_where_it_would_be_ignored(tmp_path):
-    tfl = tmp_path / "m.tflite"
-    tfl.write_bytes(b"not read: the flag is checked first")
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+    tfl = tmp_path / "m.tflite"  # a file of fixed size: another --input_shape is refused
+    fixed = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(3, 3)])
+    tfl.write_bytes(tf.lite.TFLiteConverter.from_keras_model(fixed).convert())
     rc, err = _run("energy", "--model", str(tfl), "--input_shape", "12,12,3")
-    assert rc == 2 and "invalid --input_shape: expected no --input_shape with a .tflite" in err
+    assert rc == 2 and "invalid --input_shape: expected 6,6,2 or no --input_shape" in err, err
+    # a file of open size needs it, and reads its op shapes at that size
+    inp = keras.Input((None, None, 2))
+    tfl_open = tmp_path / "open.tflite"
+    tfl_open.write_bytes(tf.lite.TFLiteConverter.from_keras_model(
+        keras.Model(inp, keras.layers.Conv2D(3, 3)(inp))).convert())
+    rc, err = _run("energy", "--model", str(tfl_open))
+    assert rc == 2 and "invalid --input_shape: expected the input size" in err, err
+    rc, err = _run("energy", "--model", str(tfl_open), "--input_shape", "6,6,2")
+    assert rc == 0, err
     out = tmp_path / "out"
     rc, err = _run("compress", "--input_shape", "12,12,3", "--output_dir", str(out))
     assert rc == 2 and "invalid --input_shape: expected no --input_shape with dkm-tf " \

@@ -184,7 +184,9 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
         index_cost: "none", "log2" or "entropy"; see `estimate_layer`.
         compute_model: "conservative" or "unique_products"; see `estimate_layer`.
         input_shape: Input shape without the batch axis; required for subclassed models and
-            open input sizes (`Input((None, None, 3))`); else the model's own or None.
+            open input sizes (`Input((None, None, 3))`, or a `.tflite` converted from one:
+            its op shapes are then read by running it once, `energy.tflite_dynamic`); else
+            the model's own or None.
 
     Returns:
         An `EnergyReport` (with `baseline` set when compression information is given).
@@ -252,7 +254,7 @@ def _read(model_or_path, input_shape):
             from dkm_tf.energy.tflite_reader import read_tflite_palettes
 
             quantized = {}
-            shapes, skipped, palettes = read_tflite_palettes(path, quantized)
+            shapes, skipped, palettes = read_tflite_palettes(path, quantized, input_shape)
             sharing, notes = stored.sharing_from_tflite(shapes, palettes)
             return shapes, skipped, os.path.basename(path), {
                 "weight_sharing": sharing or None, "notes": notes, "quantized": quantized}

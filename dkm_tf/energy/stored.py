@@ -58,12 +58,15 @@ def quantized_note(quantized, n_ops, bits_w, bits_x):
     """
     types = sorted({w for w, _ in quantized.values()})
     acts = sorted({x for _, x in quantized.values()} - {"float32"})
+    x_bits = max((16 if x == "int16" else 8 for x in acts), default=8)  # int16x8: 16
     return (f"the file stores the weights of {len(quantized)} of {n_ops} conv/dense ops as "
             f"{'/'.join(types)} ({', '.join(quantized)})"
             + (f", with {'/'.join(acts)} activations" if acts else "")
             + f"; every weight is charged at B_w={bits_w} and every activation at "
             f"B_x={bits_x} (one datapath width for the whole model): pass bits_w=8"
-            + (", bits_x=8" if acts else "") + " to estimate() to charge an 8-bit datapath")
+            + (f", bits_x={x_bits}" if acts else "") + " to estimate() to charge "
+            + (f"int8 weights and {x_bits}-bit activations" if x_bits != 8 else
+               "an 8-bit datapath"))
 
 
 def check_file(path):

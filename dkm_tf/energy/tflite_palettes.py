@@ -65,10 +65,11 @@ class StoredPalette:
 
 
 class GraphView:
-    """Tensors and operators of one subgraph, with the producer of every tensor."""
+    """Tensors and operators of one subgraph, with the producer of every tensor (`shapes`:
+    `{tensor: shape}` overriding the stored shapes, read by running the file)."""
 
-    def __init__(self, model, graph, op_names):
-        self.model, self.graph = model, graph
+    def __init__(self, model, graph, op_names, shapes=None):
+        self.model, self.graph, self.shapes = model, graph, shapes or {}
         self.ops = [graph.Operators(k) for k in range(graph.OperatorsLength())]
         self.names = []
         for op in self.ops:
@@ -90,6 +91,9 @@ class GraphView:
         return buf.DataAsNumpy().tobytes() if buf is not None and buf.DataLength() else b""
 
     def shape(self, t):
+        """Stored shape of tensor `t`, or its run-time shape where `shapes` gives one."""
+        if int(t) in self.shapes:
+            return self.shapes[int(t)]
         tensor = self.graph.Tensors(int(t))
         return tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
 

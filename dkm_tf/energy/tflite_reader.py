@@ -8,7 +8,8 @@ in the body, `i < limit` or `i <= limit` in the condition); otherwise the body i
 and the loop is reported as skipped with the reason. Supported: CONV_2D (grouped
 when the filter has fewer input channels than the input), DEPTHWISE_CONV_2D, TRANSPOSE_CONV
 (`conv_transpose`), FULLY_CONNECTED and BATCH_MATMUL with a 2-D right-hand side (rows per
-image from any input layout, `_rows`), MAX_POOL_2D, AVERAGE_POOL_2D, MEAN
+image from any input layout, `_rows`), other BATCH_MATMULs (attention: `tflite_matmul`),
+IF (the costlier branch, `tflite_control`), MAX_POOL_2D, AVERAGE_POOL_2D, MEAN
 over the spatial axes, the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6,
 LEAKY_RELU, and PRELU (one "affine" record, `shapes.prelu_shape`). A LEAKY_RELU in the name
 scope of the op it reads (`Conv2D(activation="leaky_relu")`, which TFLite cannot fuse) is
@@ -27,7 +28,8 @@ chains) are reported once per subgraph as weight decoding, not charged as layers
 Records are named after the Keras layer when the converter kept its name scope (the weight
 tensor's name, else the output tensor's: `functional_1/c1_1/convolution` → `c1_1`; Keras 3
 export may append `_1`, which compression-info lookup tolerates), else `<op>_<index>`.
-Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored; dynamic dims read as 1;
+Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored; dims left open beyond
+the batch read by running the file once, `tflite_dynamic`;
 the rows of a matrix product divided by the input's batch, `_rows`); a conv runs the images
 of its stored batch per image of the file, and a dilated conv lowered to SPACE_TO_BATCH_ND ->
 conv -> BATCH_TO_SPACE_ND all its blocks (`tflite_blocks`).
@@ -42,56 +44,6 @@ _NO_COMPUTE = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS", "PAD", "PADV2", "CONCATENATI
                "BATCH_TO_SPACE_ND")
 _ELTWISE = {"ADD": "add", "SUB": "add", "MUL": "mul", "MAXIMUM": "max", "MINIMUM": "max",
             "RELU": "relu", "RELU6": "relu", "LEAKY_RELU": "relu", "RELU_N1_TO_1": "relu"}
-
-
-def _scalar(graph, model, i):
-    """The value of constant scalar int tensor `i` of `graph`, or None."""
-    import numpy as np
-
-    t = graph.Tensors(int(i))
-    buf = model.Buffers(t.Buffer())
-    if buf is None or buf.DataLength() == 0 or t.ShapeLength() > 1:
-        return None
-    raw = buf.DataAsNumpy().tobytes()
-    dtype = {2: np.int32, 4: np.int64}.get(t.Type())
-    if dtype is None or len(raw) != np.dtype(dtype).itemsize:
-        return None
-    return int(np.frombuffer(raw, dtype)[0])
-
-
-def _trip_count(model, schema, op_names, parent, op):
-    """Iterations of WHILE `op` when its counter's bounds are constants, else None."""
-    opts = schema.WhileOptions()
-    table = op.BuiltinOptions()
-    opts.Init(table.Bytes, table.Pos)
-    cond = model.Subgraphs(opts.CondSubgraphIndex())
-    body = model.Subgraphs(opts.BodySubgraphIndex())
-    inputs = list(op.InputsAsNumpy())
-    cond_in, body_in = list(cond.InputsAsNumpy()), list(body.InputsAsNumpy())
-    body_out = list(body.OutputsAsNumpy())
-
-    def name(o):
-        code = model.OperatorCodes(o.OpcodeIndex())
-        return op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
-
-    producers = {int(t): o for o in (body.Operators(k) for k in range(body.OperatorsLength()))
-                 for t in o.OutputsAsNumpy()}
-    trips = []
-    for k in range(cond.OperatorsLength()):
-        c = cond.Operators(k)
-        if name(c) not in ("LESS", "LESS_EQUAL") or int(c.InputsAsNumpy()[0]) not in cond_in:
-            continue
-        j = cond_in.index(int(c.InputsAsNumpy()[0]))
-        limit = _scalar(cond, model, c.InputsAsNumpy()[1])
-        start = _scalar(parent, model, inputs[j])
-        add = producers.get(int(body_out[j]))
-        step = None
-        if add is not None and name(add) == "ADD" and int(add.InputsAsNumpy()[0]) == body_in[j]:
-            step = _scalar(body, model, add.InputsAsNumpy()[1])
-        if None in (limit, start, step) or step <= 0:
-            continue
-        trips.append(max(0, -(-(limit - start + (name(c) == "LESS_EQUAL")) // step)))
-    return min(trips) if trips else None
 
 
 def read_tflite(path):
@@ -110,8 +62,11 @@ def read_tflite(path):
     return shapes, skipped
 
 
-def read_tflite_palettes(path, quantized=None):
+def read_tflite_palettes(path, quantized=None, input_shape=None):
     """Like `read_tflite`, plus the palettes the file stores.
+
+    Open dimensions beyond the batch are read by running the file once (`tflite_dynamic`), at
+    `input_shape` (without the batch axis) where given: an input left open needs it.
 
     `quantized`, a dict if given, receives `{record name: (weight type, input type)}` for each
     conv / dense op whose weight is stored as an integer type ("int8", "uint8", "int16",
@@ -123,6 +78,8 @@ def read_tflite_palettes(path, quantized=None):
         `tflite_palettes.StoredPalette` (K, d, G, decode mode).
     """
     from tensorflow.lite.python import schema_py_generated as schema
+
+    from dkm_tf.energy import tflite_control as tc
 
     with open(os.fspath(path), "rb") as fh:
         buf = fh.read()
@@ -136,8 +93,12 @@ def read_tflite_palettes(path, quantized=None):
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     shapes, skipped, used, palettes = [], [], {}, {}
     try:
+        from dkm_tf.energy.tflite_dynamic import run_shapes
+
+        run, skipped[:0] = run_shapes(path, model, op_names, input_shape)
         _read_graph(model, schema, op_names, graph, 1, "", shapes, skipped, used, (0,),
-                    palettes, None, quantized, _batch(graph))
+                    palettes, None, quantized, _batch(graph), run)
+        skipped += tc.unreached(model, schema, op_names)
     except ValueError:
         raise
     except Exception as e:  # struct.error, IndexError, ... from a damaged flatbuffer
@@ -157,20 +118,22 @@ def _batch(graph):
 
 
 def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, used, stack,
-                palettes, outer, quantized=None, batch=1):
+                palettes, outer, quantized=None, batch=1, run=None):
     """Appends the records of one subgraph's ops, each repeated `trips` times.
 
     `palettes` collects `{record name: StoredPalette}`; `outer` maps this subgraph's input
     tensors that carry a weight decoded in the calling graph to its palette; `batch`: the
-    images per invoke (`_batch`), by which the rows of a matrix product are divided.
+    images per invoke (`_batch`), by which the rows of a matrix product are divided; `run`:
+    `{subgraph: {tensor: shape}}` read by running the file (`tflite_dynamic`), if any.
     """
     from collections import Counter
 
     from dkm_tf.energy import shapes as sh
+    from dkm_tf.energy import tflite_control as tc
     from dkm_tf.energy import tflite_palettes as tp
     from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
 
-    view = tp.GraphView(model, graph, op_names)
+    view = tp.GraphView(model, graph, op_names, (run or {}).get(stack[-1]))
     decode = set(tp.constant_ops(view))
     weights = {int(t) for j in decode for t in view.ops[j].OutputsAsNumpy()} | set(outer or ())
     users = {}
@@ -190,9 +153,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
             quantized[name] = (ints[w], ints.get(x, "float32"))
 
     def tensor(i):
-        t = graph.Tensors(int(i))
-        shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-        return (t.Name() or b"").decode("utf-8", "replace"), tuple(max(d, 1) for d in shape)
+        return view.name(i), tuple(max(d, 1) for d in view.shape(i))
 
     def options(op, cls):
         table = op.BuiltinOptions()
@@ -212,8 +173,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
 
     for k in range(graph.OperatorsLength()):
         op = graph.Operators(k)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        opname = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM")
+        opname = view.names[k]
         ins = [tensor(i) if i >= 0 else ("", ()) for i in op.InputsAsNumpy()]
         out_name, y = tensor(op.OutputsAsNumpy()[0]) if op.OutputsLength() else ("", ())
         label = f"{prefix}{opname.lower()}_{k}"
@@ -226,9 +186,10 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 body = opts.BodySubgraphIndex()
                 if body in stack:
                     raise ValueError(f"WHILE body subgraph {body} calls itself")
-                n = _trip_count(model, schema, op_names, graph, op)
+                n = tc.trip_count(model, schema, op_names, graph, op)
                 if n is None:
                     skipped.append((label, "WHILE: trip count not constant, body counted once"))
+                skipped.append(tc.cond_entry(model, schema, op_names, op, label, n))
                 body_graph = model.Subgraphs(body)
                 carried = {}
                 for t_in, t_body in zip(op.InputsAsNumpy(), body_graph.InputsAsNumpy()):
@@ -237,7 +198,22 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                         carried[int(t_body)] = found
                 _read_graph(model, schema, op_names, body_graph,
                             trips * (1 if n is None else n), f"{label}/", shapes, skipped,
-                            used, (*stack, body), palettes, carried, quantized, batch)
+                            used, (*stack, body), palettes, carried, quantized, batch, run)
+            elif opname == "IF":
+                def read(s, label=label):
+                    if s in stack:
+                        raise ValueError(f"IF branch subgraph {s} calls itself")
+                    out = [], [], {}, dict(used)
+                    _read_graph(model, schema, op_names, model.Subgraphs(s), trips, f"{label}/",
+                                out[0], out[1], out[3], (*stack, s), out[2], None, quantized,
+                                batch, run)
+                    return out
+
+                recs, skip, pal, names = tc.read_if(model, schema, op_names, op, label, read)
+                shapes += recs
+                skipped += skip
+                palettes.update(pal)
+                used.update(names)
             elif opname == "CONV_2D":
                 x, w = ins[0][1], ins[1][1]
                 opt = options(op, schema.Conv2DOptions)
@@ -289,6 +265,17 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                                                      op.OutputsAsNumpy()[0])],
                                                  in_f, units, batch, label, skipped)))
                 palette(name, op, x_at=1 - w_at, w_at=w_at)
+            elif opname == "BATCH_MATMUL":  # two activations (attention), or an N-D weight
+                from dkm_tf.energy.tflite_matmul import batch_matmul_shape
+
+                opt = options(op, schema.BatchMatMulOptions)
+                name = name_of([out_name], label)
+                shapes.append(batch_matmul_shape(name, a=ins[0][1], b=ins[1][1], out=y,
+                                                 adj_x=opt.AdjX(), adj_y=opt.AdjY(),
+                                                 batch=batch, repeat=trips, label=label,
+                                                 skipped=skipped))
+                if int(op.InputsAsNumpy()[1]) in weights or view.const(op.InputsAsNumpy()[1]):
+                    palette(name, op)
             elif opname == "TRANSPOSE_CONV":  # see `conv_transpose` for the MACs
                 from dkm_tf.energy.conv_transpose import conv_transpose_shape
 
@@ -326,6 +313,10 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 # Conv2D(activation="leaky_relu"): no fused LEAKY_RELU in TFLite, but the
                 # layer's own activation, charged as fused like the Keras and traced readers
                 skipped.append((label, f"activation of layer {scope(out_name)}, fused"))
+            elif opname in _ELTWISE and view.dtype(op.OutputsAsNumpy()[0]) in (2, 4) and \
+                    math.prod(y) <= 1:  # int32 / int64 scalar: a loop counter, an index
+                skipped.append((label, f"integer scalar {opname} (loop counter or index "
+                                "arithmetic), not charged"))
             elif opname in _ELTWISE:
                 n_in = 1 if _ELTWISE[opname] == "relu" else 2
                 name = name_of([out_name], label)
