@@ -203,26 +203,19 @@ def run_outputs(output_dir, plots_dir=None):
     return names + [os.path.join(plots_dir or output_dir, n) for n in PLOT_FILES]
 
 
-def _same_file(a, b):
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)  # a hard link
-    except OSError:
-        return False
-
-
 def _check_run_outputs(model_path, output_dir, plots_dir):
     """Each file the run writes can be written (not a folder), and --model is none of them
     (``dkm-tf compress --model dkm_tf_out/clustered.keras`` again, into the same
     --output_dir, would remove and replace it: the input model would be lost)."""
+    from dkm_tf.core.files import same_file  # noqa: PLC0415
+
     for path in run_outputs(output_dir, plots_dir):
         if os.path.isdir(path):
             flag = "plots_dir" if plots_dir is not None and path.endswith(".png") else "output_dir"
             raise CliUsageError(flag, f"a folder where {os.path.basename(path)} can be written "
                                 f"({path} is a folder)", output_dir if flag == "output_dir"
                                 else plots_dir)
-        if model_path is not None and _same_file(model_path, path):
+        if model_path is not None and same_file(model_path, path):
             raise CliUsageError(
                 "output_dir", f"a folder other than the one holding --model as "
                 f"{os.path.basename(path)} (a run replaces that file there, so the input "

@@ -83,6 +83,17 @@ def atomic_path(path, suffix=".tmp"):
             os.remove(tmp)
 
 
+def same_file(a, b):
+    """Whether paths ``a`` and ``b`` name one file: the same real path (symlinks, ``..``) or
+    a hard link of it. False when either does not exist and the real paths differ."""
+    if os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b)):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_model_file(path):
     """Raise a clear error for a missing, unreadable or corrupted model file.
 

@@ -37,18 +37,10 @@ def default_output_path(model_path, format, decode="once"):  # noqa: A002
 def output_collision(output_path, **inputs):
     """The name of the input (``model_path=...``, ``palettes_path=...``, ``samples_path=...``)
     that ``output_path`` is the same file as, or None: writing there would destroy it."""
-    out = os.path.realpath(os.fspath(output_path))
-    for name, path in inputs.items():
-        if not path:
-            continue
-        if out == os.path.realpath(os.fspath(path)):
-            return name
-        try:
-            if os.path.samefile(output_path, path):  # a hard link
-                return name
-        except OSError:
-            pass
-    return None
+    from dkm_tf.core.files import same_file  # noqa: PLC0415
+
+    return next((name for name, path in inputs.items()
+                 if path and same_file(output_path, path)), None)
 
 
 def check_output_path(output_path, **inputs):
