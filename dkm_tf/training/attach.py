@@ -235,7 +235,11 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
             f"attach_regularizer found no kernel to regularize in model {model.name!r}: "
             + (f"its clusterable layers ({', '.join(kinds)}) are Dense/Embedding/recurrent/"
                "attention layers, which need include_dense=True (or name them in layers=[...])."
-               if kinds and not include_dense else "it has no clusterable layer."))
+               if kinds and not include_dense else "it has no clusterable layer."
+               + (" Its ClusterWeights layers already share their kernels: attach the "
+                  "regularizer before dkm_tf.cluster_weights (or to the dkm_tf.strip_clustering"
+                  " result)." if any(type(layer).__name__ == "ClusterWeights"
+                                     for layer in clusterable.walk_layers(model)) else "")))
     attached, degenerate, unsaved, planned = {}, [], [], []
     with strategy_scope(model):  # every F first: an error leaves the model as it was
         for layer, (attr, var, kind) in targets:

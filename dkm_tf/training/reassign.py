@@ -14,6 +14,7 @@ weight (per group), as tfmot does on every step; the centroids keep their traine
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from dkm_tf.training.wrapper import ClusterWeights
 
@@ -30,6 +31,11 @@ def cluster_wrappers(model):
 
 class ReassignClusters(keras.callbacks.Callback):
     """Re-assign each unit to its nearest centroid every few epochs (``latent=True`` only).
+
+    A fit resumed at epoch e > 0 (``BackupAndRestore``, or ``load_weights`` of a
+    ``ModelCheckpoint`` and ``fit(..., initial_epoch=e)``) first redoes the re-assignment due at
+    the end of epoch e - 1, which a checkpoint callback listed before this one did not save, so
+    it ends where the uninterrupted fit ends.
 
     Args:
         every_n_epochs: re-assign after every this many epochs (>= 1).
@@ -49,13 +55,17 @@ class ReassignClusters(keras.callbacks.Callback):
 
     def __init__(self, every_n_epochs=1, verbose=0):
         super().__init__()
-        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int) \
+        if isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, (int, np.integer)) \
                 or every_n_epochs < 1:
             raise ValueError("Invalid value for argument `every_n_epochs`. Expected an integer "
                              f">= 1. Received: every_n_epochs={every_n_epochs!r}")
-        self.every_n_epochs = every_n_epochs
-        self.verbose = verbose
+        if not isinstance(verbose, (int, np.integer)):
+            raise ValueError("Invalid value for argument `verbose`. Expected an integer (0 or "
+                             f"1). Received: verbose={verbose!r}")
+        self.every_n_epochs = int(every_n_epochs)
+        self.verbose = int(verbose)
         self.history = []
+        self._starting = False
 
     def on_train_begin(self, logs=None):
         wrappers = cluster_wrappers(self.model)
@@ -68,10 +78,23 @@ class ReassignClusters(keras.callbacks.Callback):
                 f"ReassignClusters: layers {missing} have no latent kernel, so re-assignment "
                 "would change nothing (each weight already equals its centroid). Cluster with "
                 "latent=True, e.g. dkm_tf.cluster_weights(model, ..., latent=True).")
+        self._starting = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """A fit that starts at epoch e > 0 (``BackupAndRestore``, ``initial_epoch`` after
+        ``load_weights``) redoes the re-assignment due at the end of epoch e - 1: a checkpoint
+        callback listed before this one saved the state before it. Re-assigning is idempotent
+        (units already at their nearest centroid stay), so a checkpoint that holds it is kept."""
+        if self._starting:
+            self._starting = False
+            if epoch > 0 and epoch % self.every_n_epochs == 0:
+                self._reassign(epoch - 1)
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every_n_epochs:
-            return
+        if (epoch + 1) % self.every_n_epochs == 0:
+            self._reassign(epoch)
+
+    def _reassign(self, epoch):
         changed = sum(w.reassign_indices() for w in cluster_wrappers(self.model))
         self.history.append((epoch, changed))
         if self.verbose:

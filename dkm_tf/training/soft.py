@@ -47,6 +47,7 @@ from dkm_tf.core import codebook as codebook_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_choice, invalid
 from dkm_tf.training.segment import segment_sums
+from dkm_tf.training.wrapper_kmeans import check_finite
 
 try:  # switches Keras' autocasting of float variables (mixed precision) off inside a block
     from keras.src.backend import AutocastScope as _AutocastScope
@@ -278,6 +279,7 @@ def snap(wrapper):
     out = []
     for s in wrapper._slots:  # noqa: SLF001
         units = units_lib.to_units(keras.ops.convert_to_numpy(s.variable), s.layout)
+        check_finite(units, f"Layer {wrapper.name!r}: the soft-clustered {s.attr!r}")
         units = units.astype(np.float64)
         w_t, c, _ = dkm_assign(ops.convert_to_tensor(units),
                                keras.ops.convert_to_numpy(s.codebook).astype(np.float64), tau)
@@ -325,13 +327,19 @@ class TemperatureSchedule(keras.callbacks.Callback):
             return self.start + (self.end - self.start) * f
         return self.start * (self.end / self.start) ** f
 
+    def on_train_begin(self, logs=None):
+        self._soft_layers()  # a model without soft layers is refused before any epoch
+
     def on_epoch_begin(self, epoch, logs=None):
         tau = self.value(epoch)
+        for lay in self._soft_layers():
+            lay.temperature_variable.assign(tau)
+
+    def _soft_layers(self):
         found = [lay for lay in self.model._flatten_layers(include_self=False)  # noqa: SLF001
                  if getattr(lay, "assignment", None) == "soft"]
         if not found:
             raise ValueError("TemperatureSchedule: the model has no ClusterWeights layer with "
                              "assignment='soft' (dkm_tf.cluster_weights(model, ..., "
                              "assignment='soft', temperature=...)).")
-        for lay in found:
-            lay.temperature_variable.assign(tau)
+        return found

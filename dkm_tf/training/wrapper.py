@@ -38,6 +38,7 @@ from dkm_tf.core.validate import (
 from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.training import soft as soft_lib
 from dkm_tf.training import wrapper_extras as extras
+from dkm_tf.training import wrapper_kmeans
 from dkm_tf.training.distribute import collective_safe_dtype
 from dkm_tf.training.soft import gather_codebook
 from dkm_tf.training.wrapper_kmeans import index_dtype, kmeans_codebook, kmeans_layout
@@ -370,24 +371,22 @@ class ClusterWeights(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
             The number of units whose index changed.
 
         Raises:
-            ValueError: the wrapper has no latent kernel.
+            ValueError: the wrapper has no latent kernel, or a latent weight or centroid is
+                NaN / Inf (a diverged fit; no index is changed).
         """
         if not self.latent:
             raise ValueError(
                 f"Layer {self.name!r} has no latent kernel to re-assign from (every weight "
                 "already equals its centroid). Create it with latent=True, e.g. "
                 "dkm_tf.cluster_weights(model, ..., latent=True).")
-        changed = 0
-        for s in self._slots:
-            units = units_lib.to_units(keras.ops.convert_to_numpy(s.variable), s.layout)
-            cb = keras.ops.convert_to_numpy(s.codebook)
-            old = keras.ops.convert_to_numpy(s.indices).astype(np.int64)
-            new = np.stack([codebook_lib.nearest_keeping_zeros(units[g], cb[g], old[g])
-                            if self.preserve_sparsity else codebook_lib.nearest(units[g], cb[g])
-                            for g in range(cb.shape[0])])
-            changed += int(np.count_nonzero(new != old))
+        olds = [keras.ops.convert_to_numpy(s.indices).astype(np.int64) for s in self._slots]
+        news = [wrapper_kmeans.nearest_indices(  # raises on NaN / Inf before any assignment
+            units_lib.to_units(keras.ops.convert_to_numpy(s.variable), s.layout),
+            keras.ops.convert_to_numpy(s.codebook), old, self.preserve_sparsity,
+            f"Layer {self.name!r}: the latent {s.attr!r}") for s, old in zip(self._slots, olds)]
+        for s, new in zip(self._slots, news):
             s.indices.assign(new.astype(s.indices.dtype))
-        return changed
+        return sum(int(np.count_nonzero(n != o)) for n, o in zip(news, olds))
 
     def get_config(self):
         config = super().get_config()

@@ -13,7 +13,7 @@ from dkm_tf.core import kmeans as kmeans_lib
 from dkm_tf.core import kmeans_batched as batched_lib
 from dkm_tf.core import units as units_lib
 
-__all__ = ["index_dtype", "kmeans_codebook", "kmeans_layout"]
+__all__ = ["check_finite", "index_dtype", "kmeans_codebook", "kmeans_layout", "nearest_indices"]
 
 
 def index_dtype(n_clusters):
@@ -54,3 +54,26 @@ def kmeans_codebook(kernel, layout, n_clusters, *, init="kmeans++", seed=0, name
     cb, idx = batched_lib.cluster_groups(units_lib.to_units(kernel, layout), k, init=init,
                                          seed=seed, name=name, **opts)
     return np.concatenate([cb, np.repeat(cb[:, -1:], k - cb.shape[1], axis=1)], axis=1), idx
+
+
+def check_finite(values, what):
+    """Raise a ``ValueError`` when ``values`` holds NaN or Inf: a diverged fit (a NaN loss, e.g.
+    stopped by ``keras.callbacks.TerminateOnNaN``) must not be snapped or re-assigned to finite
+    centroids silently (the wrapped model outputs NaN; the result would not)."""
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise ValueError(
+            f"{what} holds {bad} NaN/Inf value(s): training diverged (a NaN loss). Assigning "
+            "them to centroids would hide it. Restore finite weights (e.g. from a checkpoint) "
+            "and train with a lower learning rate.")
+
+
+def nearest_indices(units, codebook, old, preserve_sparsity, what):
+    """Indices (G, M) of the centroid of ``codebook`` (G, K, d) nearest to each of ``units``
+    (G, M, d), per group; with ``preserve_sparsity`` units at the fixed zero (``old`` == 0)
+    stay there. Non-finite units or centroids raise (:func:`check_finite`)."""
+    check_finite(units, what)
+    check_finite(codebook, f"{what}: its codebook")
+    return np.stack([codebook_lib.nearest_keeping_zeros(units[g], codebook[g], old[g])
+                     if preserve_sparsity else codebook_lib.nearest(units[g], codebook[g])
+                     for g in range(codebook.shape[0])])
