@@ -271,22 +271,26 @@ def main(argv):
         raise CliUsageError("arguments", "no positional arguments after the command",
                             " ".join(argv[2:]))
     given = [f.name for f in flags.FLAGS.get_flags_for_module(__name__) if f.present]
+    # "--output_dir=~/out": the shell leaves a ~ after "=" alone (it made a folder named ~)
+    model, output_dir, plots_dir, dataset = (
+        v if v is None else os.path.expanduser(v)
+        for v in (_MODEL.value, _OUTPUT.value, _PLOTS_DIR.value, _DATASET.value))
     if argv[1] == "energy":
-        shape = check_energy_args(_MODEL.value, given, _INPUT_SHAPE.value)
-        run_energy(_MODEL.value, input_shape=shape)
+        shape = check_energy_args(model, given, _INPUT_SHAPE.value)
+        run_energy(model, input_shape=shape)
         return 0
     check_command_flags("compress", given)
-    kwargs = {"dataset": _DATASET.value, "method": _METHOD.value,
+    kwargs = {"dataset": dataset, "method": _METHOD.value,
               "n_clusters": _N_CLUSTERS.value, "unit": _UNIT.value,
               "granularity": _GRANULARITY.value, "init": _INIT.value, "epochs": _EPOCHS.value,
               "finetune_epochs": _FINETUNE_EPOCHS.value, "dkm_epochs": _DKM_EPOCHS.value,
-              "lam": _LAM.value, "seed": _SEED.value, "output_dir": _OUTPUT.value,
-              "tflite": _TFLITE.value, "plots": _PLOTS.value, "plots_dir": _PLOTS_DIR.value,
+              "lam": _LAM.value, "seed": _SEED.value, "output_dir": output_dir,
+              "tflite": _TFLITE.value, "plots": _PLOTS.value, "plots_dir": plots_dir,
               "quiet": _QUIET.value, "codebook": _CODEBOOK.value,
               "transforms": _TRANSFORMS.value, "scale_bits": _SCALE_BITS.value,
               "weighting": _WEIGHTING.value, "refine": _REFINE.value,
               "calibration_samples": _CALIBRATION.value}
-    run_compress(_MODEL.value, **kwargs)  # checks every argument before any work
+    run_compress(model, **kwargs)  # checks every argument before any work
     return 0
 
 

@@ -265,3 +265,16 @@ def test_a_ctrl_c_that_python_swallowed_still_stops_the_run_before_any_file(
     cli.run_compress(str(model_file), n_clusters=4, output_dir=str(tmp_path / "later"),
                      tflite=False, plots=False, quiet=True)  # a later call: not interrupted
     assert (tmp_path / "later" / "report.json").is_file()
+
+
+def test_a_tilde_after_an_equals_sign_is_the_home_folder(model_file, tmp_path, monkeypatch):
+    # the shell expands ~ only at the start of a word: "--output_dir=~/out" arrived as is and
+    # made a folder literally named "~" in the working directory
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    rc = _run("compress", f"--model={model_file}", "--output_dir=~/out", "--notflite",
+              "--noplots", "--quiet", "--n_clusters", "4")
+    assert rc == 0
+    assert (tmp_path / "home" / "out" / "report.json").is_file()
+    assert not (tmp_path / "~").exists()
