@@ -33,7 +33,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from testing import two_conv_model
+from testing import interrupt_at, two_conv_model
 
 import dkm_tf
 from dkm_tf.core.files import TEMP_PREFIX
@@ -280,16 +280,6 @@ def _still_clustered(got, kind):
         assert sorted(k[len(prefix):] for k in got if k.startswith(prefix)) == want
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 class _Snapshot(keras.callbacks.Callback):
     """The state at the end of epoch ``epoch`` (after the callbacks before this one)."""
 
@@ -321,7 +311,7 @@ def test_keyboard_interrupt_then_backup_and_restore_in_a_fresh_model(tmp_path, k
     model, callbacks = build(kind)
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     with pytest.raises(KeyboardInterrupt):
-        fit(model, [backup, *callbacks, _Interrupt(2)])
+        fit(model, [backup, *callbacks, interrupt_at(2)])
     assert json.loads((tmp_path / "backup" / "training_metadata.json").read_text())["epoch"] == 2
     model, callbacks = build(kind)  # a restart: nothing survives but the backup folder
     history = fit(model, [keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
@@ -339,7 +329,7 @@ def test_keyboard_interrupt_then_model_checkpoint_reload(tmp_path, kind):
     model, callbacks = build(kind)
     path = tmp_path / "epoch{epoch}.keras"
     with pytest.raises(KeyboardInterrupt):
-        fit(model, [keras.callbacks.ModelCheckpoint(str(path)), *callbacks, _Interrupt(3)])
+        fit(model, [keras.callbacks.ModelCheckpoint(str(path)), *callbacks, interrupt_at(3)])
     assert sorted(os.listdir(tmp_path)) == ["epoch1.keras", "epoch2.keras", "epoch3.keras"]
     model = keras.models.load_model(tmp_path / "epoch3.keras", safe_mode=True)
     fit(model, build(kind)[1], initial_epoch=3)
@@ -390,7 +380,7 @@ def test_hard_regularizer_resume_restores_the_weights_and_F_then_refreshes_on_sc
     model, callbacks = build("hard")
     with pytest.raises(KeyboardInterrupt):
         fit(model, [keras.callbacks.BackupAndRestore(str(tmp_path)), *callbacks,
-                    _Interrupt(2)])
+                    interrupt_at(2)])
     model, callbacks = build("hard")
 
     class AtStart(keras.callbacks.Callback):
@@ -429,7 +419,7 @@ def test_hard_regularizer_resume_between_refreshes_matches_uninterrupted(tmp_pat
     model, callbacks = build("hard", every=2)
     with pytest.raises(KeyboardInterrupt):
         fit(model, [keras.callbacks.BackupAndRestore(str(tmp_path)), *callbacks,
-                    _Interrupt(1)])
+                    interrupt_at(1)])
     model, callbacks = build("hard", every=2)
     fit(model, [keras.callbacks.BackupAndRestore(str(tmp_path)), *callbacks])
     assert callbacks[0].refresh_count == 2  # ends of epochs 1 and 3: none at the resume
@@ -443,7 +433,7 @@ def test_hard_regularizer_resume_on_a_refresh_epoch_matches_uninterrupted(tmp_pa
     model, callbacks = build("hard")
     with pytest.raises(KeyboardInterrupt):
         fit(model, [keras.callbacks.ModelCheckpoint(str(tmp_path / "e{epoch}.keras")),
-                    *callbacks, _Interrupt(3)])
+                    *callbacks, interrupt_at(3)])
     model = keras.models.load_model(tmp_path / "e3.keras", safe_mode=True)
     fit(model, build("hard")[1], initial_epoch=3)
     assert_same_state(state(model), want)
@@ -462,7 +452,7 @@ def test_resume_from_weights_checkpoint_between_refreshes_matches_uninterrupted(
     with pytest.raises(KeyboardInterrupt):
         fit(model, [*callbacks, keras.callbacks.ModelCheckpoint(str(path),
                                                                 save_weights_only=True),
-                    _Interrupt(resume_at)])
+                    interrupt_at(resume_at)])
     model, callbacks = build(kind, every=2)
     model.optimizer.build(model.trainable_variables)
     model.load_weights(tmp_path / f"e{resume_at}.weights.h5")

@@ -8,6 +8,7 @@ weights into a model clustered otherwise. Tiny Dense models, a few epochs each.
 import keras
 import numpy as np
 import pytest
+from testing import interrupt_at
 
 import dkm_tf
 
@@ -50,16 +51,6 @@ def _assert_same(got, want):
         np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 def _latent():
     return _compile(dkm_tf.cluster_weights(_base(), 4, latent=True))
 
@@ -76,7 +67,7 @@ def test_reassign_resumed_by_backup_and_restore_matches_uninterrupted(tmp_path, 
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):
         _fit(_latent(), [keras.callbacks.BackupAndRestore(backup), dkm_tf.ReassignClusters(1),
-                         _Interrupt(stop_at)])
+                         interrupt_at(stop_at)])
     resumed = _latent()
     _fit(resumed, [keras.callbacks.BackupAndRestore(backup), dkm_tf.ReassignClusters(1)])
     _assert_same(_state(resumed), _state(reference))
@@ -91,7 +82,7 @@ def test_reassign_resumed_from_weights_checkpoint_with_initial_epoch(tmp_path):
     path = tmp_path / "e{epoch}.weights.h5"
     with pytest.raises(KeyboardInterrupt):
         _fit(_latent(), [keras.callbacks.ModelCheckpoint(str(path), save_weights_only=True),
-                         dkm_tf.ReassignClusters(2), _Interrupt(2)])
+                         dkm_tf.ReassignClusters(2), interrupt_at(2)])
     resumed = _latent()
     resumed.optimizer.build(resumed.trainable_variables)
     resumed.load_weights(tmp_path / "e2.weights.h5")
@@ -107,7 +98,7 @@ def test_reassign_resume_redo_is_idempotent_when_the_checkpoint_holds_it(tmp_pat
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):
         _fit(_latent(), [dkm_tf.ReassignClusters(1), keras.callbacks.BackupAndRestore(backup),
-                         _Interrupt(2)])
+                         interrupt_at(2)])
     resumed, reassign = _latent(), dkm_tf.ReassignClusters(1)
     _fit(resumed, [reassign, keras.callbacks.BackupAndRestore(backup)])
     assert reassign.history[0] == (1, 0)

@@ -150,3 +150,16 @@ def layer_stack(layers, name):
             return x
 
     return LayerStack()
+
+
+def interrupt_at(epoch):
+    """A callback that raises KeyboardInterrupt at the start of ``epoch`` (an interrupted fit,
+    for BackupAndRestore / checkpoint resume tests)."""
+    import keras
+
+    class InterruptAt(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            if e == epoch:
+                raise KeyboardInterrupt
+
+    return InterruptAt()
