@@ -210,7 +210,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     report_path = os.path.join(output_dir, "report.json")
     _check_interrupted()  # never mark an interrupted run finished
     _atomic_write_text(report_path, json.dumps(report, indent=2, default=str))
-    _TOUCHED.clear()  # the run is complete
+    _TOUCHED[:] = [output_dir, "complete"]  # the run is complete
     _log(f"[write] {report_path}")
     for p in result.plots:
         _log(f"[plot] {p.path}: {p.summary}")
@@ -373,6 +373,8 @@ def _unfinished():
     """What a failed or interrupted run left in its --output_dir ('' when it wrote nothing)."""
     if not _TOUCHED:
         return ""
+    if _TOUCHED[1:] == ["complete"]:
+        return f"the run had finished: {_TOUCHED[0]} holds its complete results"
     return (f"{_TOUCHED[0]} holds an unfinished run: no report.json (written last); the files "
             "there are complete, none half-written, but not all of them were written")
 

@@ -278,3 +278,22 @@ def test_a_tilde_after_an_equals_sign_is_the_home_folder(model_file, tmp_path, m
     assert rc == 0
     assert (tmp_path / "home" / "out" / "report.json").is_file()
     assert not (tmp_path / "~").exists()
+
+
+def test_interrupted_after_the_report_says_the_run_had_finished(model_file, tmp_path,
+                                                                 monkeypatch, capsys):
+    # was: "nothing was written or removed (the output folder is as it was)"
+    real_log = cli._log
+
+    def log(msg):
+        real_log(msg)
+        if msg.startswith("[write]") and msg.endswith("report.json"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_log", log)
+    out = tmp_path / "out"
+    rc = _run("compress", "--model", str(model_file), "--output_dir", str(out), "--notflite",
+              "--noplots", "--quiet", "--n_clusters", "4")
+    err = capsys.readouterr().err
+    assert rc == 130 and f"the run had finished: {out} holds its complete results" in err, err
+    assert (out / "report.json").is_file()

@@ -132,3 +132,45 @@ def test_factorise_convs_says_which_regularizers_and_constraints_it_drops():
     assert reasons["c1"].endswith("; kernel_regularizer, bias_constraint dropped")
     assert "dropped" not in reasons["c2"]
     assert new.get_layer("c1").losses == []  # what the note says: FactorisedConv2D has none
+
+
+def test_refine_counts_calls_in_the_models_graph_not_keras_rebuild_nodes():
+    """A Sequential built with add() (or loaded from .keras) leaves one inbound node per
+    rebuild on its layers: refine_codebooks read its conv as "called 3 times (shared
+    layer)" and left it unrefined."""
+    from dkm_tf.graph.refine import refine_codebooks  # noqa: PLC0415
+
+    def built_with_add():
+        keras.utils.set_random_seed(6)
+        m = keras.Sequential()
+        for layer in (keras.Input((8, 8, 1)), L.Conv2D(4, 3, name="c"), L.Flatten(),
+                      L.Dense(3, name="d")):
+            m.add(layer)
+        return m
+
+    model, model_q = built_with_add(), built_with_add()
+    assert len(model_q.get_layer("c")._inbound_nodes) > 1  # the trap
+    x = np.random.default_rng(0).normal(size=(32, 8, 8, 1)).astype(np.float32)
+    shared = dkm_tf.share_weights(model, 3)
+    model_q.set_weights(shared.model.get_weights())
+    notes = {p.layer_name: p.note for p in refine_codebooks(model, model_q, shared.palettes, x)}
+    assert "called" not in notes["c"] and "SSE" in notes["c"], notes["c"]
+
+
+def test_factorise_convs_accepts_lossy_factors_of_the_convs_own_kernel():
+    """k-means shrinks a kernel towards zero, so coarse factors of the conv's own kernel sit
+    close to ``W s`` for a batch-norm scale s < 1 too: the fold check refused them (K=16,
+    s ~ 0.4-0.7, clustered with fold_bn=False as its message advised)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 8))
+    y = L.BatchNormalization(name="bn1")(L.Conv2D(16, 3, padding="same", use_bias=False,
+                                                  name="c1")(inp))
+    model = keras.Model(inp, L.Conv2D(4, 1, name="head")(L.ReLU()(y)))
+    rng = np.random.default_rng(0)
+    model.get_layer("bn1").moving_variance.assign(rng.uniform(2, 6, 16).astype(np.float32))
+    model.get_layer("bn1").gamma.assign(rng.uniform(0.8, 1.2, 16).astype(np.float32))
+    shared = dkm_tf.share_weights(model, 16, unit="kernel", fold_bn=False,
+                                  overrides={"head": None})
+    pal = [p for p in shared.palettes if p.layer_name == "c1"]
+    _, report = dkm_tf.factorise_convs(model, pal, force=True)
+    assert report.replaced == ["c1"]

@@ -139,6 +139,12 @@ def _model(seed=0):
                              keras.layers.Dense(3)])
 
 
+def _logits_loss():
+    # _model() ends in a Dense without softmax: logits. Read as probabilities they gave a NaN
+    # loss on JAX (and NaN weights, which strip_clustering then snapped silently)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
 def _data(seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(64, 6)).astype("float32")
@@ -178,7 +184,7 @@ def test_fit_with_schedule_gives_finite_gradients_and_strip_at_most_k_values():
     base = _model()
     x, y = _data()
     m = cluster_weights(base, 2, assignment="soft", temperature=0.05)
-    m.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    m.compile(keras.optimizers.Adam(1e-2), _logits_loss())
     grads = gradients(lambda: m.compute_loss(x=x, y=y, y_pred=m(x)), m.trainable_weights)
     assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
     assert float(np.abs(grads[0]).max()) > 0  # reaches the kernel through A and C
@@ -202,7 +208,7 @@ def test_inference_leaves_the_warm_start_alone_and_training_moves_it():
     # the warm start, so two identical calls differed by ~1e-7); a train step moves it
     x, y = _data()
     m = cluster_weights(_model(), 4, assignment="soft", temperature=0.5)
-    m.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    m.compile(keras.optimizers.SGD(0.0), _logits_loss())
     codebooks = [to_numpy(layer._slots[0].codebook) for layer in m.layers]
     first = m.predict(x, verbose=0)
     np.testing.assert_array_equal(m.predict(x, verbose=0), first)
@@ -223,7 +229,7 @@ def test_palettes_and_strip_leave_the_wrapped_model_alone():
 
     x, y = _data()
     m = cluster_weights(_model(), 4, assignment="soft", temperature=0.5)
-    m.compile(keras.optimizers.SGD(1e-2), "sparse_categorical_crossentropy")
+    m.compile(keras.optimizers.SGD(1e-2), _logits_loss())
     m.fit(x, y, epochs=1, batch_size=16, verbose=0)
     before = [to_numpy(v).copy() for v in m.variables]
     pals = palettes_of(m)
@@ -295,7 +301,7 @@ def test_bad_schedule_raises(args, match):
 
 def test_schedule_on_a_model_without_soft_layers_raises():
     m = cluster_weights(_model(), 4)
-    m.compile("adam", "sparse_categorical_crossentropy")
+    m.compile("adam", _logits_loss())
     x, y = _data()
     with pytest.raises(ValueError, match="assignment='soft'"):
         m.fit(x, y, epochs=1, verbose=0, callbacks=[TemperatureSchedule(0.1)])

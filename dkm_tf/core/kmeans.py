@@ -68,7 +68,7 @@ def _check_finite(x, name):
             f"Cannot cluster weights{where}: {bad} of {np.size(x)} values are NaN or Inf. "
             "Fix the model (e.g. lower the learning rate) before clustering."
         )
-    top = float(np.max(np.abs(x), initial=0.0))
+    top = max(float(np.max(x, initial=0.0)), -float(np.min(x, initial=0.0)))  # no |x| copy
     if top > _F32_MAX:
         raise ValueError(f"Cannot cluster weights{where}: values up to {top:.4g} exceed "
                          f"float32's range (+-{_F32_MAX:.4g}), and codebooks are float32. "

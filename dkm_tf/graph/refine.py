@@ -253,6 +253,15 @@ def _gptq_palette(pal, layer_f, layer_q, xq, batch_size):
     return dataclasses.replace(pal, indices=units.astype(pal.indices.dtype)), ""
 
 
+def _calls_in(model, layer):
+    """How many times ``model``'s own graph calls ``layer`` (a shared layer: > 1). Not
+    ``layer._inbound_nodes``: a Sequential built with ``add()`` or loaded from ``.keras``
+    leaves one node per rebuild there. A layer of a nested model counts as 1."""
+    graph = getattr(model, "_functional", None) or model
+    nodes = getattr(graph, "_nodes_by_depth", None) or {}
+    return max(1, sum(n.operation is layer for ns in nodes.values() for n in ns))
+
+
 def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch_size=64,
                      verbose=False):
     """Update each eligible palette's codebook (and its layer's bias) on the layer outputs.
@@ -282,7 +291,7 @@ def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch
         var = get_weight(layer_q, pal.weight_name) if layer_q is not None else None
         why = "layer not found" if var is None or layer_f is None else _why_not(pal, layer_q,
                                                                                   var)
-        calls = len(getattr(layer_q, "_inbound_nodes", ()))
+        calls = _calls_in(model, layer_q)
         if why is None and calls > 1:  # the fit would see the inputs of its first call only
             why = f"the layer is called {calls} times (shared layer)"
         cands = []
