@@ -165,6 +165,22 @@ def test_reassign_refuses_a_nan_latent_kernel_and_changes_no_index():
                                                       .index(idx.path)])
 
 
+def test_reassign_callback_checks_every_layer_before_changing_any():
+    # the first layer was re-assigned before the second's NaN raised: half a re-assignment
+    model = dkm_tf.cluster_weights(_base(), 4, latent=True)
+    first, second = model.get_layer("cluster_d1"), model.get_layer("cluster_d2")
+    d1 = first.layer.kernel
+    d1.assign(np.array(d1.numpy())[:, ::-1].copy())  # every d1 index would move
+    _poison(second)
+    before = {w.path: np.array(w.numpy()) for w in model.weights}
+    callback = dkm_tf.ReassignClusters(1)
+    callback.set_model(model)
+    with pytest.raises(ValueError, match=r"cluster_d2.*latent 'kernel' holds 1 NaN/Inf"):
+        callback.on_epoch_end(0)
+    for w in model.weights:
+        np.testing.assert_array_equal(w.numpy(), before[w.path], err_msg=w.path)
+
+
 # --------------------------------------------------------------- TemperatureSchedule
 def test_temperature_schedule_refuses_a_hard_model_before_the_first_epoch():
     seen = []

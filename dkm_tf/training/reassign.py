@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from dkm_tf.training.wrapper import ClusterWeights
+from dkm_tf.training.wrapper_kmeans import check_finite
 
 __all__ = ["ReassignClusters", "cluster_wrappers"]
 
@@ -95,7 +96,13 @@ class ReassignClusters(keras.callbacks.Callback):
             self._reassign(epoch)
 
     def _reassign(self, epoch):
-        changed = sum(w.reassign_indices() for w in cluster_wrappers(self.model))
+        wrappers = cluster_wrappers(self.model)
+        for w in wrappers:  # every layer first: a NaN in a later one changes no index at all
+            for s in w._slots:  # noqa: SLF001
+                for value, what in ((s.variable, "latent"), (s.codebook, "codebook of the")):
+                    check_finite(keras.ops.convert_to_numpy(value),
+                                 f"Layer {w.name!r}: the {what} {s.attr!r}")
+        changed = sum(w.reassign_indices() for w in wrappers)
         self.history.append((epoch, changed))
         if self.verbose:
             print(f"ReassignClusters: epoch {epoch + 1}: {changed} indices changed")
