@@ -17,7 +17,6 @@ import keras
 import numpy as np
 
 from dkm_tf.training.wrapper import ClusterWeights
-from dkm_tf.training.wrapper_kmeans import check_finite
 
 __all__ = ["ReassignClusters", "cluster_wrappers"]
 
@@ -96,13 +95,9 @@ class ReassignClusters(keras.callbacks.Callback):
             self._reassign(epoch)
 
     def _reassign(self, epoch):
-        wrappers = cluster_wrappers(self.model)
-        for w in wrappers:  # every layer first: a NaN in a later one changes no index at all
-            for s in w._slots:  # noqa: SLF001
-                for value, what in ((s.variable, "latent"), (s.codebook, "codebook of the")):
-                    check_finite(keras.ops.convert_to_numpy(value),
-                                 f"Layer {w.name!r}: the {what} {s.attr!r}")
-        changed = sum(w.reassign_indices() for w in wrappers)
+        # every layer planned first: a NaN in a later one changes no index at all
+        plans = [w.reassign_plan() for w in cluster_wrappers(self.model)]
+        changed = sum(ClusterWeights.assign_reassign_plan(p) for p in plans)
         self.history.append((epoch, changed))
         if self.verbose:
             print(f"ReassignClusters: epoch {epoch + 1}: {changed} indices changed")

@@ -38,7 +38,6 @@ from dkm_tf.core.validate import (
 from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.training import soft as soft_lib
 from dkm_tf.training import wrapper_extras as extras
-from dkm_tf.training import wrapper_kmeans
 from dkm_tf.training.distribute import collective_safe_dtype
 from dkm_tf.training.soft import gather_codebook
 from dkm_tf.training.wrapper_kmeans import index_dtype, kmeans_codebook, kmeans_layout
@@ -88,7 +87,7 @@ class _Slot:
 
 
 @keras.saving.register_keras_serializable(package="dkm_tf")
-class ClusterWeights(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
+class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.Wrapper):
     """Wraps a layer so that its kernels are ``codebook[indices]`` while it trains.
 
     On ``build`` each clusterable weight of the wrapped layer (see
@@ -363,30 +362,6 @@ class ClusterWeights(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
                                            requested_clusters=self.n_clusters, note=note,
                                            preserve_sparsity=z))
         return out
-
-    def reassign_indices(self):
-        """Move each unit to the centroid nearest to its latent weight (``latent=True`` only).
-
-        Returns:
-            The number of units whose index changed.
-
-        Raises:
-            ValueError: the wrapper has no latent kernel, or a latent weight or centroid is
-                NaN / Inf (a diverged fit; no index is changed).
-        """
-        if not self.latent:
-            raise ValueError(
-                f"Layer {self.name!r} has no latent kernel to re-assign from (every weight "
-                "already equals its centroid). Create it with latent=True, e.g. "
-                "dkm_tf.cluster_weights(model, ..., latent=True).")
-        olds = [keras.ops.convert_to_numpy(s.indices).astype(np.int64) for s in self._slots]
-        news = [wrapper_kmeans.nearest_indices(  # raises on NaN / Inf before any assignment
-            units_lib.to_units(keras.ops.convert_to_numpy(s.variable), s.layout),
-            keras.ops.convert_to_numpy(s.codebook), old, self.preserve_sparsity,
-            f"Layer {self.name!r}: the latent {s.attr!r}") for s, old in zip(self._slots, olds)]
-        for s, new in zip(self._slots, news):
-            s.indices.assign(new.astype(s.indices.dtype))
-        return sum(int(np.count_nonzero(n != o)) for n, o in zip(news, olds))
 
     def get_config(self):
         config = super().get_config()

@@ -27,13 +27,16 @@ from __future__ import annotations
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
+from dkm_tf.core import units as units_lib
 from dkm_tf.graph.copying import copy_layer
 from dkm_tf.training.regularizer import SpectralKMeansRegularizer
+from dkm_tf.training.wrapper_kmeans import nearest_indices
 
-__all__ = ["ELEMENTWISE_CONSTRAINTS", "FROZEN_NOTE", "KeepsReplacedFrozen", "build_now",
-           "codebook_constraint", "keep_replaced_frozen", "replaces_variables",
+__all__ = ["ELEMENTWISE_CONSTRAINTS", "FROZEN_NOTE", "KeepsReplacedFrozen", "Reassigns",
+           "build_now", "codebook_constraint", "keep_replaced_frozen", "replaces_variables",
            "shared_kernel_losses", "unwrap", "user_regularizer",
            "warn_kernel_clustering_constraint", "warn_unenforced_constraints"]
 
@@ -146,3 +149,46 @@ def unwrap(wrapper, palettes):
     return copy_layer(wrapper.layer, [by_id[id(v)] if id(v) in by_id
                                       else keras.ops.convert_to_numpy(v)
                                       for v in wrapper.layer.weights])
+
+
+class Reassigns:
+    """:meth:`reassign_indices` of :class:`~dkm_tf.training.wrapper.ClusterWeights`, split in
+    a plan (computed, checked, nothing assigned) and its assignment, so that
+    :class:`~dkm_tf.training.reassign.ReassignClusters` plans every layer before it assigns
+    any: a NaN in a later layer then changes no index at all."""
+
+    def reassign_indices(self):
+        """Move each unit to the centroid nearest to its latent weight (``latent=True`` only).
+
+        Returns:
+            The number of units whose index changed.
+
+        Raises:
+            ValueError: the wrapper has no latent kernel, or a latent weight or centroid is
+                NaN / Inf (a diverged fit; no index is changed).
+        """
+        return self.assign_reassign_plan(self.reassign_plan())
+
+    def reassign_plan(self):
+        """``[(slot, new indices, old indices)]``; raises (see :meth:`reassign_indices`)."""
+        if not self.latent:
+            raise ValueError(
+                f"Layer {self.name!r} has no latent kernel to re-assign from (every weight "
+                "already equals its centroid). Create it with latent=True, e.g. "
+                "dkm_tf.cluster_weights(model, ..., latent=True).")
+        plan = []
+        for s in self._slots:
+            old = keras.ops.convert_to_numpy(s.indices).astype(np.int64)
+            new = nearest_indices(  # raises on NaN / Inf
+                units_lib.to_units(keras.ops.convert_to_numpy(s.variable), s.layout),
+                keras.ops.convert_to_numpy(s.codebook), old, self.preserve_sparsity,
+                f"Layer {self.name!r}: the latent {s.attr!r}")
+            plan.append((s, new, old))
+        return plan
+
+    @staticmethod
+    def assign_reassign_plan(plan):
+        """Assign a :meth:`reassign_plan`; returns the number of changed indices."""
+        for s, new, _ in plan:
+            s.indices.assign(new.astype(s.indices.dtype))
+        return sum(int(np.count_nonzero(new != old)) for _, new, old in plan)
