@@ -39,6 +39,8 @@ says how the weight is laid out (``"dense"`` for an (in, out) matrix, ``"conv"``
 
 from __future__ import annotations
 
+import difflib
+
 import keras
 
 from dkm_tf.core import units as units_lib
@@ -284,14 +286,15 @@ def resolve_layer_config(layer, defaults, overrides=None):
 def check_overrides(model, overrides, defaults, check_settings=None):
     """Check per-layer ``overrides`` before any work; return them as a dict (``{}`` for None).
 
-    Every key must name a layer of ``model`` (or the model itself) or a layer class in it, and
-    every value must be None or a dict of settings among ``defaults``; ``check_settings``
-    (called with the defaults updated by a value) checks the values themselves.
+    Every key must name a layer of ``model`` or a layer class in it (``model`` itself if a
+    layer), each value None or a dict of settings among ``defaults`` (``check_settings`` checks
+    the defaults updated by it). A key that would be ignored is refused: a typo (close matches
+    listed), one naming only models (nested or not, ``"Functional"``: their layers would get
+    the defaults), or one giving settings to layers never clustered (``"BatchNormalization"``).
 
     Raises:
         TypeError: ``overrides`` is not a dict, or a value is neither None nor a dict.
-        ValueError: a key that matches no layer (a typo would otherwise be ignored), or an
-            unknown or invalid setting.
+        ValueError: a key that would be ignored, or an unknown or invalid setting.
     """
     if overrides is None:
         return {}
@@ -303,20 +306,52 @@ def check_overrides(model, overrides, defaults, check_settings=None):
             raise TypeError(f"Invalid type for argument `overrides[{key!r}]`. Expected None or "
                             f"a dict of settings among {sorted(defaults)}. Received: "
                             f"overrides[{key!r}]={value!r}")
-        unknown = sorted(set(value or ()) - set(defaults))
+        unknown = sorted(set(value or ()) - set(defaults), key=str)
         if unknown:
             raise ValueError(f"Invalid value for argument `overrides[{key!r}]`: Unknown "
                              f"setting(s) {unknown}. Expected settings among {sorted(defaults)}.")
         if value and check_settings is not None:
-            check_settings({**defaults, **value})
-    layers = [model, *walk_layers(model)]
-    names = {n for layer in layers for n in (getattr(layer, "name", None), type(layer).__name__)}
-    missing = sorted(set(overrides) - names, key=str)
+            try:
+                check_settings({**defaults, **value})
+            except (TypeError, ValueError) as e:  # say which entry holds the bad setting
+                raise type(e)(f"In overrides[{key!r}]: {e}") from e
+    layers, matches = [model, *walk_layers(model)], {}
+    for layer in layers:
+        for n in {getattr(layer, "name", None), type(layer).__name__}:
+            matches.setdefault(n, []).append(layer)
+    missing = sorted(set(overrides) - set(matches), key=str)
     if missing:
+        close = {k: difflib.get_close_matches(k, [n for n in matches if isinstance(n, str)], 3)
+                 for k in missing if isinstance(k, str)}
+        hint = "; ".join(f"{k!r} -> {v}" for k, v in close.items() if v)
         raise ValueError(f"Invalid value for argument `overrides`. Keys {missing} match no "
                          f"layer name or layer class name of model {getattr(model, 'name', '')!r}"
-                         f" (layers: {sorted(layer.name for layer in layers[1:])[:20]}).")
+                         f" (layers: {sorted(layer.name for layer in layers[1:])[:20]})"
+                         + (f". Close matches: {hint}" if hint else "") + ".")
+    _check_effective(model, overrides, matches)
     return dict(overrides)
+
+
+def _check_effective(model, overrides, matches):
+    """Refuse keys naming only models, or (with settings) only layers never clustered."""
+    for key in sorted(overrides, key=str):
+        found, got = matches[key], f"Received: overrides[{key!r}]={overrides[key]!r}"
+        if all(isinstance(lay, keras.Model) for lay in found):
+            inner = sorted({lay.name for m in found for lay in walk_layers(m)
+                            if not isinstance(lay, keras.Model) and is_clusterable(lay)})
+            raise ValueError(
+                f"Invalid value for argument `overrides`. Key {key!r} names a model, not a "
+                "layer: it would be ignored and the model's layers clustered with the defaults."
+                f" Expected keys naming layers or layer classes; its clusterable layers: "
+                f"{inner[:20]}{' ...' if len(inner) > 20 else ''}. {got}")
+        if overrides[key] is not None and not any(
+                is_clusterable(lay) for lay in found if not isinstance(lay, keras.Model)):
+            raise ValueError(
+                f"Invalid value for argument `overrides[{key!r}]`. Expected settings for a "
+                f"layer that can be clustered; {key!r} names only "
+                f"{', '.join(sorted({type(lay).__name__ for lay in found}))} layer(s), never "
+                f"clustered, so they would be ignored (None is allowed; supported: "
+                f"{', '.join(SUPPORTED_LAYERS)}). {got}")
 
 
 def check_has_clusterable(model, caller, also=()):

@@ -95,6 +95,12 @@ def kernel_groups(layers, codebook, excluded=()):
                             "left float (Son et al. cluster only k x k convolutions)"))
         elif int(np.prod(layer.kernel.shape[:2])) == 1:
             skipped.append((layer.name, PASS_THROUGH))
+        elif layer.name in eligible:  # nested models may reuse a name: the palettes and the
+            # copy find kernels by name, so one layer would silently get the other's kernel
+            raise invalid("model", "k x k Conv2D layers with distinct names for unit='kernel' "
+                          "with a codebook scope (palettes are matched to layers by name): "
+                          "rename them",
+                          f"two layers named {layer.name!r}")
         else:
             eligible[layer.name] = layer
     if isinstance(codebook, tuple):
@@ -173,6 +179,9 @@ def share_kernels(model, n_clusters=16, *, codebook="shared", transforms=1, scal
     check_kernel_options(transforms, scale_bits)
     check_choice("init", init, kc.kmeans_lib.INITS)
     excluded = _excluded(overrides)
+    from dkm_tf.graph.clusterable import check_overrides  # noqa: PLC0415 (imports keras)
+
+    check_overrides(model, overrides, {})  # a key naming no layer would be ignored
     folded = []
     if fold_bn is not False and not inplace:
         from dkm_tf.graph.batchnorm import maybe_fold  # noqa: PLC0415

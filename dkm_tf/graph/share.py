@@ -139,7 +139,10 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         overrides: dict keyed by layer name or class name with settings to change
             (``{"fc2": {"n_clusters": 64}}``) or ``None`` to leave a layer unclustered
             (``{"DepthwiseConv2D": {}}`` clusters depthwise kernels with the plain defaults,
-            ``{"DepthwiseConv2D": None}`` leaves them float).
+            ``{"DepthwiseConv2D": None}`` leaves them float). A key naming no layer, only
+            models (a nested model: name its layers), or with settings only layers never
+            clustered (BatchNormalization) raises: it would be ignored. A name shared by
+            layers of several nested models applies to each of them.
         sparsity: fraction of units per tensor fixed to an all-zero centroid (Deep k-Means'
             sparsity-promoting variant, §4.1.4); the rest share K - 1 centroids.
         verbose: print one line per clustered tensor.
@@ -157,7 +160,9 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
             each weight counted by its diagonal Fisher information ``F`` plus ``mean(F)``
             (the true Fisher: expectation over the model's own class probabilities of the
             squared per-sample gradient of log p; SqueezeLLM §4.1; see
-            :mod:`dkm_tf.graph.sensitivity`).
+            :mod:`dkm_tf.graph.sensitivity`). Its k-means has its own k-means++ init and
+            no fixed zero centroid: ``init`` must be ``"kmeans++"``, and ``overrides`` may not
+            set another ``init``, nor (also with ``refine``) ``sparsity``/``preserve_sparsity``.
         data: samples ``x`` (or ``(x, y)``; labels are not needed) for ``weighting="fisher"``
             (a few hundred suffice; each costs one gradient pass per class). One sample is
             tried first: data that does not fit the model raises before any work.
@@ -193,10 +198,6 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
                 "init": init, "sparsity": sparsity, "preserve_sparsity": preserve_sparsity}
     _check_settings(defaults)
     check_seed(seed)
-    if preserve_sparsity and sparsity:
-        raise ValueError("Invalid value for argument `sparsity`. Expected 0 with "
-                         "preserve_sparsity=True (one keeps existing zeros, the other creates "
-                         f"zeros). Received: sparsity={sparsity}")
     if not isinstance(inplace, bool):
         raise TypeError(f"Invalid type for argument `inplace`. Expected a bool. "
                         f"Received: inplace={inplace!r}")
@@ -229,6 +230,7 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     fisher = sensitivity.check_weighting(model, weighting, data, loss,
                                          preserve_sparsity or sparsity,
                                          data_used=calib is not None)
+    _check_override_options(defaults, overrides, weighting, refine)
     if (fold_bn is not None and not isinstance(fold_bn, bool)) or (fold_bn and inplace):
         raise ValueError("Invalid value for argument `fold_bn`. Expected None or a bool, and "
                          "not True with inplace=True (folding changes the layer graph). "
@@ -302,3 +304,29 @@ def _check_settings(cfg):
     check_number("sparsity", cfg["sparsity"], "a fraction in [0, 1)", low=0, high=1,
                  high_open=True)
     check_bool("preserve_sparsity", cfg["preserve_sparsity"])
+    if cfg["preserve_sparsity"] and cfg["sparsity"]:
+        raise ValueError("Invalid value for argument `sparsity`. Expected 0 with "
+                         "preserve_sparsity=True (one keeps existing zeros, the other creates "
+                         f"zeros). Received: sparsity={cfg['sparsity']}")
+
+
+def _check_override_options(defaults, overrides, weighting, refine):
+    """Refuse settings that ``weighting`` / ``refine`` would silently ignore: Fisher-weighted
+    k-means has no fixed zero centroid and its own k-means++ init; ``refine`` moves every
+    centroid, a fixed zero one included. The defaults' sparsity is checked by them."""
+    if weighting is not None and defaults["init"] != "kmeans++":
+        raise ValueError("Invalid value for argument `init`. Expected 'kmeans++' with "
+                         f"weighting={weighting!r} (Fisher-weighted k-means uses its own "
+                         f"k-means++ init). Received: init={defaults['init']!r}")
+    for key, value in overrides.items():
+        for name, plain in (("sparsity", 0), ("preserve_sparsity", False), ("init", "kmeans++")):
+            if not value or value.get(name, plain) == plain:
+                continue
+            if weighting is not None or (refine is not None and name != "init"):
+                other = (f"weighting={weighting!r}" if weighting is not None
+                         else f"refine={refine!r}")
+                raise ValueError(
+                    f"Invalid value for argument `overrides[{key!r}]`. Expected {name}="
+                    f"{plain!r} (or no {name!r}) with {other}: it would be ignored (Fisher-"
+                    "weighted k-means has no fixed zero centroid and its own k-means++ init; "
+                    f"refine moves every centroid). Received: overrides[{key!r}]={value!r}")
