@@ -3,8 +3,10 @@
 Used for subclassed models (and models with dynamic input shapes), whose layers do not record
 input and output shapes. The model is traced once with `tf.function` on a batch-1 input of
 `input_shape`; the graph's Conv2D, DepthwiseConv2dNative, Conv2DBackpropInput (a transposed
-convolution, `conv_transpose`), MatMul / BatchMatMulV2, MaxPool / AvgPool, spatial Mean and
-element-wise ops between two activation tensors are read.
+convolution, `conv_transpose`), MatMul / BatchMatMulV2, MaxPool / AvgPool, a Mean / Sum / Max
+over all axes but the batch and the channels (a global pooling, as `tflite_ops` reads it) and
+element-wise ops between two activation tensors are read; lookups and transcendental functions
+(Sigmoid, Tanh, Softmax, ...) and other reductions are listed in `skipped`, not priced.
 Kernels are attributed to Keras layers through their variables (`variable.path`), so names
 match `layer.name`; other ops are named by their TensorFlow name scope.
 
@@ -23,8 +25,12 @@ import re
 
 _SKIP_TYPES = {"Placeholder", "Const", "ReadVariableOp", "Identity", "NoOp", "Reshape",
                "Squeeze", "ExpandDims", "Shape", "StridedSlice", "Pack", "ConcatV2", "Cast",
-               "Transpose", "BiasAdd", "Relu", "Relu6", "LeakyRelu", "Rsqrt", "GatherV2",
-               "Prod", "Fill", "Pad", "Sigmoid", "Tanh", "Softmax", "Range", "Sum"}
+               "Transpose", "BiasAdd", "Relu", "Relu6", "LeakyRelu", "GatherV2",
+               "Prod", "Fill", "Pad", "Range"}
+# listed, not charged (`activations`): lookups and transcendental functions
+_NOT_PRICED = {"Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Rsqrt", "Sqrt", "Exp", "Log", "Elu",
+               "Selu", "Softplus", "Neg"}
+_REDUCTIONS = {"Mean": "avg", "Sum": "avg", "Max": "max"}
 _ELTWISE = {"AddV2": "add", "Add": "add", "Sub": "add", "Mul": "mul", "Maximum": "max",
             "Minimum": "max"}
 
@@ -149,10 +155,21 @@ def read_traced_model(model, input_shape):
                                         out_hw=y[1:3], window=list(op.get_attr("ksize"))[1:3],
                                         strides=list(op.get_attr("strides"))[1:3],
                                         pool_op="max" if kind == "MaxPool" else "avg"))
-        elif kind == "Mean" and len(ins[0]) == 4 and math.prod(outs[0]) == ins[0][0] * ins[0][3]:
+        elif kind in _REDUCTIONS and op.outputs[0].dtype.is_integer:
+            continue  # shape arithmetic
+        elif kind in _REDUCTIONS and len(ins[0]) in (3, 4, 5) and \
+                math.prod(outs[0]) == ins[0][0] * ins[0][-1]:  # a global pooling
             x = ins[0]
-            shapes.append(sh.pool_shape(unique(scope), op=kind, in_hw=x[1:3], channels=x[3],
-                                        out_hw=1, window=x[1:3], pool_op="avg"))
+            hw = (1, x[1]) if len(x) == 3 else (x[1], x[2]) if len(x) == 4 else \
+                (x[1] * x[2], x[3])
+            shapes.append(sh.pool_shape(unique(scope), op=kind, in_hw=hw, channels=x[-1],
+                                        out_hw=1, window=hw, pool_op=_REDUCTIONS[kind]))
+        elif kind in _REDUCTIONS:
+            skipped.append((op.name, f"{kind} over {ins[0]} -> {outs[0]}: not a global pooling "
+                            "(a normalization's statistics), not priced"))
+        elif kind in _NOT_PRICED:
+            skipped.append((op.name, f"{kind}: a lookup / transcendental function (or a sign "
+                            "flip), not priced"))
         elif kind in _ELTWISE:
             if len(ins) == 2 and ins[0] == ins[1] == outs[0] and math.prod(outs[0]) > 1:
                 shapes.append(sh.eltwise_shape(unique(scope), op=kind, eltwise_op=_ELTWISE[kind],

@@ -15,7 +15,7 @@ priced element-wise ops a `.tflite` runs them as (:mod:`dkm_tf.energy.activation
 the matrix product of `conv_transpose` (in_h·in_w·in_c·kh·kw·out_c MACs); an Embedding is a
 table lookup (reported in `skipped`, no MACs).
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
-EinsumDense) layers are read by :mod:`dkm_tf.energy.sequence_reader`.
+EinsumDense) layers by `sequence_reader`; Attention, Softmax and 3-D pooling by `keras_more`.
 A layer called more than once (a shared layer, a nested model called twice) is read once per
 call in the model's own graph (`keras_calls`), with that call's shapes; the second and later
 calls' records are named `name#2`, ... and keep the layer's name as `layer`, so compression
@@ -35,7 +35,8 @@ _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D"
                "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
                "AlphaDropout", "Permute", "Concatenate", "ZeroPadding1D", "ZeroPadding2D",
                "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "Identity",
-               "ActivityRegularization", "RepeatVector", "UpSampling1D", "UpSampling2D")
+               "ActivityRegularization", "RepeatVector", "UpSampling1D", "UpSampling2D",
+               "UpSampling3D")
 _RELU_NAMES = ("relu", "relu6", "leaky_relu")
 
 
@@ -318,12 +319,15 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
     if isinstance(layer, L.Rescaling):
         return [sh.eltwise_shape(name, elements=elements, eltwise_op="affine", n_inputs=1,
                                  n_params=2, **common)], None
-    if cls in _NO_COMPUTE:
-        return [], "no compute"
+    from dkm_tf.energy.keras_more import classify_more
+
+    more = classify_more(layer, name, in_shapes, out_shape, keras, common)
+    if more is not None:
+        return more
     return [], (f"unsupported layer type {cls}; supported: Conv1D/2D (grouped), Conv1D/2D"
-                "Transpose, Depthwise/SeparableConv1D/2D, Dense, EinsumDense, "
-                "MultiHeadAttention, SimpleRNN/LSTM/GRU/RNN/Bidirectional, pooling, merge, "
-                "activations, PReLU, Batch/Layer/RMSNormalization")
+                "Transpose, Depthwise/SeparableConv1D/2D, Dense, EinsumDense, Attention, "
+                "MultiHeadAttention, SimpleRNN/LSTM/GRU/RNN/Bidirectional, pooling 1-D to 3-D, "
+                "merge, activations, Softmax, PReLU, Batch/Layer/RMSNormalization")
 
 
 def _factorised_records(layer, name, in_shape, out_shape, common):

@@ -1,7 +1,8 @@
 """Energy records of recurrent and attention layers, read from built Keras layers.
 
 Covers SimpleRNN, LSTM, GRU, ``keras.layers.RNN`` over those cells (a list of cells included),
-Bidirectional, EinsumDense and MultiHeadAttention. Counts are per input sample. A record's
+Bidirectional, ConvLSTM1D / ConvLSTM2D (`_conv_lstm_records`), EinsumDense and
+MultiHeadAttention. Counts are per input sample. A record's
 name is ``<layer>/<weight path>`` with the weight paths of :mod:`dkm_tf.graph.clusterable`
 (``lstm/cell.kernel``, ``mha/query_dense.kernel``), so palettes find their kernel by name.
 
@@ -63,6 +64,8 @@ def classify_sequence_layer(layer, alias, in_shapes, out_shape, keras):
             records.append(_eltwise(f"{alias}/merge", alias, math.prod(out_shape[1:]), mode,
                                     2, "Bidirectional"))
         return records, None
+    if isinstance(layer, L.RNN) and type(layer.cell).__name__ == "ConvLSTMCell":
+        return _conv_lstm_records(layer, alias, in_shapes[0], out_shape)
     if isinstance(layer, L.RNN):
         return _rnn_records(layer, alias, in_shapes[0], "")
     if isinstance(layer, L.MultiHeadAttention):
@@ -108,6 +111,34 @@ def _rnn_records(rnn, alias, in_shape, prefix):
                                 op))
         features = u
     return records, None
+
+
+def _conv_lstm_records(rnn, alias, in_shape, out_shape):
+    """Records of a ConvLSTM1D / ConvLSTM2D over input ``(batch, T, *spatial, C)``: per step
+    the input conv (C -> 4f, the layer's strides and padding) and the recurrent conv (f -> 4f,
+    'same', stride 1) at the output's H'·W' positions, and the LSTM's gate arithmetic over
+    f·H'·W' values (3 products, 5 sums), as for an LSTM of f·H'·W' units."""
+    from dkm_tf.energy import shapes as sh
+
+    cell, op = rnn.cell, type(rnn).__name__
+    if cell.rank not in (1, 2) or any(d is None for d in tuple(in_shape)[1:]):
+        return [], f"{op} over input {tuple(in_shape)}: only ConvLSTM1D / ConvLSTM2D modelled"
+    first = cell.data_format == "channels_first"
+    dims = [int(d) for d in in_shape[2:]]
+    steps, c = int(in_shape[1]), dims[0] if first else dims[-1]
+    spatial = [int(d) for d in (out_shape[-cell.rank:] if first else out_shape[-cell.rank - 1:-1])]
+    hw = (1, spatial[0]) if cell.rank == 1 else tuple(spatial)
+    kernel = (1, cell.kernel_size[0]) if cell.rank == 1 else tuple(cell.kernel_size)
+    in_hw = (1, dims[1 if first else 0]) if cell.rank == 1 else \
+        tuple(dims[1:3] if first else dims[0:2])
+    f = int(cell.filters)
+    common = {"layer": alias, "op": op, "repeat": steps, "kernel": kernel, "out_hw": hw}
+    elements = steps * f * hw[0] * hw[1]
+    return [sh.conv_shape(f"{alias}/cell.kernel", in_hw=in_hw, in_c=c, out_c=4 * f, **common),
+            sh.conv_shape(f"{alias}/cell.recurrent_kernel", in_hw=hw, in_c=f, out_c=4 * f,
+                          **common),
+            _eltwise(f"{alias}/cell.gates_mul", alias, 3 * elements, "mul", 2, op),
+            _eltwise(f"{alias}/cell.gates_add", alias, 5 * elements, "add", 2, op)], None
 
 
 def _einsum_parts(layer, in_rank):

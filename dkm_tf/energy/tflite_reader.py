@@ -9,8 +9,9 @@ and the loop is reported as skipped with the reason. Supported: CONV_2D (grouped
 when the filter has fewer input channels than the input), DEPTHWISE_CONV_2D, TRANSPOSE_CONV
 (`conv_transpose`), FULLY_CONNECTED and BATCH_MATMUL with a 2-D right-hand side (rows per
 image from any input layout, `_rows`), other BATCH_MATMULs (attention: `tflite_matmul`),
-IF (the costlier branch, `tflite_control`), MAX_POOL_2D, AVERAGE_POOL_2D, MEAN
-over the spatial axes, the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6,
+IF (the costlier branch, `tflite_control`), MAX_POOL_2D, AVERAGE_POOL_2D, MEAN / SUM /
+REDUCE_MAX (global pooling; bias ADDs, integer ops, lookups and other reductions are listed,
+not charged: `tflite_ops`), the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6,
 LEAKY_RELU, and PRELU (one "affine" record, `shapes.prelu_shape`). A LEAKY_RELU in the name
 scope of the op it reads (`Conv2D(activation="leaky_relu")`, which TFLite cannot fuse) is
 reported as a fused activation, not charged, as the other readers do. Layout ops (RESHAPE,
@@ -41,7 +42,7 @@ import os
 _NO_COMPUTE = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS", "PAD", "PADV2", "CONCATENATION",
                "TRANSPOSE", "QUANTIZE", "DEQUANTIZE", "CAST", "GATHER", "SLICE", "STRIDED_SLICE",
                "TILE", "SHAPE", "PACK", "UNPACK", "SPLIT", "SPLIT_V", "SPACE_TO_BATCH_ND",
-               "BATCH_TO_SPACE_ND")
+               "BATCH_TO_SPACE_ND", "REVERSE_V2")
 _ELTWISE = {"ADD": "add", "SUB": "add", "MUL": "mul", "MAXIMUM": "max", "MINIMUM": "max",
             "RELU": "relu", "RELU6": "relu", "LEAKY_RELU": "relu", "RELU_N1_TO_1": "relu"}
 
@@ -130,6 +131,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
 
     from dkm_tf.energy import shapes as sh
     from dkm_tf.energy import tflite_control as tc
+    from dkm_tf.energy import tflite_ops as tops
     from dkm_tf.energy import tflite_palettes as tp
     from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
 
@@ -296,13 +298,11 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                                             strides=(opt.StrideH(), opt.StrideW()),
                                             pool_op=("max" if opname == "MAX_POOL_2D"
                                                      else "avg"), repeat=trips))
-            elif opname == "MEAN" and len(ins[0][1]) == 4 and math.prod(y) == \
-                    ins[0][1][0] * ins[0][1][3]:
-                x = ins[0][1]
-                name = name_of([out_name], label)
-                shapes.append(sh.pool_shape(name, layer=name.split("#")[0], op=opname,
-                                            in_hw=x[1:3], channels=x[3], out_hw=1,
-                                            window=x[1:3], pool_op="avg", repeat=trips))
+            elif opname in tops.REDUCTIONS and not tops.integer_only(view, k):
+                record, why = tops.reduce_shape(view, k, ins[0][1], trips,
+                                                lambda o=out_name, b=label: name_of([o], b))
+                shapes += [record] if record else []
+                skipped += [(label, why)] if why else []
             elif opname == "PRELU":
                 name = name_of([ins[1][0], out_name], label)
                 shapes.append(sh.prelu_shape(name, layer=name.split("#")[0], op=opname,
@@ -317,6 +317,14 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                     math.prod(y) <= 1:  # int32 / int64 scalar: a loop counter, an index
                 skipped.append((label, f"integer scalar {opname} (loop counter or index "
                                 "arithmetic), not charged"))
+            elif opname not in _NO_COMPUTE and tops.integer_only(view, k):
+                skipped.append((label, f"{opname} of integers (index or shape arithmetic), "
+                                "not charged"))
+            elif tops.bias_of(view, k, weights):
+                skipped.append((label, f"bias of the {tops.bias_of(view, k, weights)} before "
+                                "it (its accumulators' initial value), not charged"))
+            elif opname in tops.LISTED:
+                skipped.append((label, f"{opname}: {tops.LISTED[opname]}"))
             elif opname in _ELTWISE:
                 n_in = 1 if _ELTWISE[opname] == "relu" else 2
                 name = name_of([out_name], label)

@@ -1,0 +1,73 @@
+"""Records of the Keras layers `keras_reader` hands over: 3-D pooling, `Attention`, `Softmax`.
+
+* `MaxPooling3D`, `AveragePooling3D`, `GlobalMaxPooling3D`, `GlobalAveragePooling3D`: a pooling
+  record over the `(D·H) × W` map (the `.tflite` reader's layout of a 3-D global pooling, a
+  MEAN / REDUCE_MAX over axes 1-3), window `(kd·kh) × kw`: the comparisons or additions of
+  every window, as for 1-D and 2-D pooling.
+* `Attention` (Luong dot-product attention of a query `(T_q, d)` and a value `(T_v, d_v)`, the
+  key defaulting to the value): `<layer>/scores` (Q·Kᵀ, T_q positions, d inputs, T_v outputs:
+  T_q·T_v·d MACs) and `<layer>/context` (softmax(scores)·V: T_q·T_v·d_v MACs), dense records
+  whose "weights" are the keys and values (an activation fetched like a weight, as the
+  `.tflite` reader's BATCH_MATMUL records and `MultiHeadAttention`'s). With `use_scale` the
+  scaling of the scores is a "mul" over T_q·T_v values; the softmax is not priced.
+  `score_mode="concat"` (tanh of sums) is listed as unsupported.
+* `Softmax`: a lookup / transcendental function, not priced (as `Activation("softmax")`).
+"""
+
+import math
+
+
+def classify_more(layer, name, in_shapes, out_shape, keras, common):
+    """`(records, reason)` of one of the layers above, or None for any other layer."""
+    L = keras.layers
+    if isinstance(layer, (L.MaxPooling3D, L.AveragePooling3D, L.GlobalMaxPooling3D,
+                          L.GlobalAveragePooling3D)):
+        return _pool3d(layer, name, tuple(in_shapes[0]), tuple(out_shape), L, common), None
+    if isinstance(layer, L.Attention):
+        return _attention(layer, name, in_shapes, common)
+    if isinstance(layer, L.Softmax):
+        from dkm_tf.energy.activations import activation_records
+
+        return activation_records(name, "softmax", math.prod(out_shape[1:]), **common)
+    return None
+
+
+def _split(shape, channels_first):
+    dims = [int(d) for d in shape[1:]]
+    return (dims[1:], dims[0]) if channels_first else (dims[:-1], dims[-1])
+
+
+def _pool3d(layer, name, in_shape, out_shape, L, common):
+    from dkm_tf.energy import shapes as sh
+
+    first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    (d, h, w), c = _split(in_shape, first)
+    op = "max" if isinstance(layer, (L.MaxPooling3D, L.GlobalMaxPooling3D)) else "avg"
+    if isinstance(layer, (L.GlobalMaxPooling3D, L.GlobalAveragePooling3D)):
+        return [sh.pool_shape(name, in_hw=(d * h, w), channels=c, out_hw=1, window=(d * h, w),
+                              pool_op=op, **common)]
+    (od, oh, ow), _ = _split(out_shape, first)
+    kd, kh, kw = layer.pool_size
+    sd, s_h, sw = layer.strides
+    return [sh.pool_shape(name, in_hw=(d * h, w), channels=c, out_hw=(od * oh, ow),
+                          window=(kd * kh, kw), strides=(sd * s_h, sw), pool_op=op, **common)]
+
+
+def _attention(layer, name, in_shapes, common):
+    from dkm_tf.energy import shapes as sh
+
+    if getattr(layer, "score_mode", "dot") != "dot":
+        return [], (f"Attention score_mode={layer.score_mode!r} (tanh of sums) not modelled; "
+                    "supported: 'dot'")
+    q, v = (tuple(in_shapes[i]) for i in (0, 1))
+    if len(q) != 3 or len(v) != 3:
+        return [], f"Attention inputs {q}, {v} are not (batch, steps, features)"
+    t_q, d, t_v, d_v = int(q[1]), int(q[2]), int(v[1]), int(v[2])
+    records = [sh.dense_shape(f"{name}/scores", in_features=d, units=t_v, positions=t_q,
+                              **common),
+               sh.dense_shape(f"{name}/context", in_features=t_v, units=d_v, positions=t_q,
+                              **common)]
+    if getattr(layer, "use_scale", False):
+        records.append(sh.eltwise_shape(f"{name}/scale", elements=t_q * t_v, eltwise_op="mul",
+                                        n_inputs=1, **common))
+    return records, None
