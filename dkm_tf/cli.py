@@ -13,7 +13,6 @@ turns errors into one line on stderr with exit status 2 (usage) or 1 (failure).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -209,7 +208,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                        for p in result.plots}
     report_path = os.path.join(output_dir, "report.json")
     _check_interrupted()  # never mark an interrupted run finished
-    _atomic_write_text(report_path, json.dumps(report, indent=2, default=str))
+    _atomic_write_text(report_path, cli_tables.json_text(report))
     _TOUCHED[:] = [output_dir, "complete"]  # the run is complete
     _log(f"[write] {report_path}")
     for p in result.plots:

@@ -60,7 +60,7 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
         stage.close(", ".join(f"{t}{' (refused)' if t in refused else ''}" for t in targets))
         if not reports:
             raise export.ExportVerificationError("; ".join(refused.values()))
-        stage = progress.stage("latency", len(targets), "formats")
+        stage = progress.stage("latency", len(reports), "formats")  # refused ones: not timed
         stage.finish_on_close = True
         x = None
         if sample_inputs is not None:
@@ -74,7 +74,7 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
             n = min(len(test_data[1]), 10_000)
             what = ("accuracy ({n} test samples)" if result.metric == "test accuracy" else
                     "agreement with the float model ({n} held-out inputs)")
-            stage = progress.stage(what.format(n=n), len(targets), "formats")
+            stage = progress.stage(what.format(n=n), len(reports), "formats")
             threshold = binary_threshold(result.model)  # one-unit outputs: where class 1 starts
             for label, rep in reports.items():
                 accuracy[label] = tflite_accuracy(rep.path, test_data, max_samples=n,

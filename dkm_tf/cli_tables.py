@@ -13,7 +13,7 @@ import tempfile
 import textwrap
 
 __all__ = ["SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND", "import_tensorflow_quietly",
-           "native_stderr_filtered", "tflite_table"]
+           "json_text", "native_stderr_filtered", "tflite_table"]
 
 TARGETS = ("float", "int8", "palettized", "palettized_per_invoke")
 SIZE_LEGEND = """\
@@ -25,12 +25,14 @@ legend: unit        what one centroid stands for: scalar = one weight, row = one
         H           entropy of the indices in bits per index: what an entropy coder needs
         CR log2K    compression vs float32 with log2 K bits per index (Han et al.'s formula,
                     fractional when K is not a power of 2; a packed file uses the bits column)
-        CR entropy  compression vs float32 with entropy-coded indices (codebooks included)"""
+        CR entropy  compression vs float32 with entropy-coded indices (codebooks included)
+        unit kernel: each kernel also stores its scale (--scale_bits) and, with --transforms T,
+                    a transform id (log2 T bits); the CR columns count both, bits and H do not"""
 TFLITE_LEGEND = """\
 legend: bytes          file size;  x float = bytes / bytes of the float file
         bits/w         file bits per model parameter (graph and codebooks included)
         ms (1 thread)  median latency of one invoke, batch 1, LiteRT on 1 CPU thread
-        acc %          top-1 accuracy of the file itself on the test set, run in LiteRT
+        acc %          top-1 accuracy of the file itself in LiteRT, test set (first 10,000 at most)
         int8           dynamic-range int8 weights (float activations)
         palettized     codebook + packed indices, decoded once at load (near-float speed)
         palettized_per_invoke  the same decoded on every invoke (smallest file, slower)"""
@@ -103,6 +105,35 @@ def import_tensorflow_quietly():
 AGREEMENT = "agreement with the float model"
 
 
+def _json_ready(value):
+    """``value`` with every non-finite float (NaN, +-inf: "no figure") as None and numpy
+    scalars and arrays as plain numbers and lists."""
+    import math  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, (np.bool_, np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(report):
+    """``report`` as strict JSON text (RFC 8259: no ``NaN`` / ``Infinity`` literals, which
+    ``json.dumps`` writes by default and strict parsers refuse): a non-finite number, such as
+    a comparison's ``min_top1`` where no top-1 check applies, is written as ``null``."""
+    import json  # noqa: PLC0415
+
+    return json.dumps(_json_ready(report), indent=2, default=str, allow_nan=False)
+
+
 def n_classes(train, test):
     """Classes of labelled data: one more than the largest label of either split."""
     return int(max(train[1].max(), test[1].max())) + 1
@@ -169,8 +200,15 @@ def tflite_table(reports, accuracy, metric="test accuracy", refused=None):
     pal, int8 = reports.get("palettized"), reports.get("int8")
     kept = [t for t in (pal.tensors if pal is not None else ()) if t.get("kept")]
     if kept:
-        larger = (f"palettized ({pal.bytes:,} bytes) is larger than int8 ({int8.bytes:,} "
-                  "bytes) because " if int8 is not None and pal.bytes > int8.bytes else "")
+        gap = pal.bytes - int8.bytes if int8 is not None else 0
+        kept_bytes = sum(int(t.get("codebook_bytes", 0)) for t in kept)  # their float32 bytes
+        larger = ""
+        if gap > 0:  # "because" only where int8 storage of the kept tensors closes the gap
+            larger = (f"palettized ({pal.bytes:,} bytes) is larger than int8 ({int8.bytes:,} "
+                      "bytes) " + ("because " if 3 * kept_bytes >= 4 * gap else
+                                   f"by more than its {kept_bytes:,} bytes of kept tensors "
+                                   "would save as int8 (the rest: index storage and decode "
+                                   "graph; bytes of each tensor in report.json); "))
         why = "; ".join(f"{t['palette']} ({t['route'].split('auto: ', 1)[-1]})" for t in kept)
         lines += textwrap.wrap(
             f"note: {larger}keep_float=\"auto\" kept {len(kept)} of {len(pal.tensors)} "

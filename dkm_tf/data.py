@@ -288,8 +288,9 @@ def check_npz(path):
 
     Raises:
         DatasetFileError: a ValueError naming what is wrong (missing file, not a ``.npz``,
-            missing arrays, pickled objects, lengths or shapes that do not match, labels
-            that are not integers).
+            missing arrays, pickled objects, inputs that are not real numbers (complex,
+            strings, dates, records), lengths or shapes that do not match, labels that are
+            not integers).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -307,6 +308,9 @@ def check_npz(path):
     for key, (shape, dtype) in info.items():
         if dtype.hasobject:
             raise DatasetFileError(path, "numeric arrays", f"{key} holds objects")
+        if key[0] == "x" and dtype.kind not in "biuf":  # complex, strings, dates, records
+            raise DatasetFileError(path, f"real numbers (bool, integer or float) in {key}",
+                                   f"dtype {dtype}")
         if key[0] == "x" and (len(shape) < 2 or shape[0] < 1):
             raise DatasetFileError(path, f"{key} with samples along its first axis",
                                    f"shape {shape}")
@@ -344,7 +348,7 @@ def load_npz(path):
                                        f"labels from {a.min()} to {a.max()}")
             with np.errstate(over="ignore"):  # beyond float32: inf, refused just below
                 arrays[k] = (a.astype(np.int32).reshape(-1) if k[0] == "y" else
-                             a.astype(np.float32))
+                             a.astype(np.float32, copy=False))  # float32: no second copy
             if k[0] == "x" and not np.isfinite(arrays[k]).all():
                 bad = int(np.count_nonzero(~np.isfinite(arrays[k])))
                 raise DatasetFileError(path, f"finite inputs in {k}", f"{bad:,} of "

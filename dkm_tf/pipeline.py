@@ -18,7 +18,7 @@ import numpy as np
 
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.graph.share import share_weights
-from dkm_tf.pipeline_args import calibration_set, check_args, fisher_loss
+from dkm_tf.pipeline_args import calibration_set, check_args, fisher_loss, input_range_note
 from dkm_tf.pipeline_metrics import (
     accuracy_note,
     binary_threshold,
@@ -102,18 +102,32 @@ class CompressionResult:
 
 def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_rate=1e-3,
                      verbose=0, callbacks=None):
-    """Compile (Adam, sparse categorical cross-entropy on logits) and fit a classifier.
+    """Compile (Adam, the cross-entropy that fits the model's output) and fit a classifier.
 
-    ``callbacks``: Keras callbacks for ``fit`` (e.g. a
-    :meth:`dkm_tf.progress.Progress.keras_callback` bar).
+    The loss is :func:`dkm_tf.training.common.default_loss`: sparse categorical
+    cross-entropy on logits, or on probabilities when the model ends in a softmax; binary
+    cross-entropy for one output unit (labels 0/1). ``train_data``: ``(x, y)`` with class ids
+    y, or a finite, batched ``tf.data.Dataset`` / ``keras.utils.PyDataset`` (its own batches;
+    ``batch_size`` applies to arrays), checked before any training as
+    :func:`compress` checks it (labels in range, no endless dataset). ``callbacks``: Keras
+    callbacks for ``fit`` (e.g. a :meth:`dkm_tf.progress.Progress.keras_callback` bar).
     """
     import keras  # noqa: PLC0415
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    return model.fit(*train_data, epochs=epochs, batch_size=batch_size, verbose=verbose,
-                     callbacks=list(callbacks or []))
+    from dkm_tf.pipeline_args import check_train_data  # noqa: PLC0415
+    from dkm_tf.training.common import default_loss, is_tf_dataset  # noqa: PLC0415
+
+    train_data = check_train_data(model, train_data, batch_size=batch_size,
+                                  callbacks=callbacks, verbose=verbose)
+    threshold = binary_threshold(model) if model.output_shape[-1] == 1 else None
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=default_loss(model),
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)
+                           if threshold is not None else "accuracy"])
+    fit = ({"x": train_data[0], "y": train_data[1], "batch_size": batch_size}
+           if isinstance(train_data, tuple) else {"x": train_data})
+    if is_tf_dataset(train_data):  # Keras cannot shuffle it, and warns when asked to
+        fit["shuffle"] = False
+    return model.fit(**fit, epochs=epochs, verbose=verbose, callbacks=list(callbacks or []))
 
 
 def _other_params(model, palettes):
@@ -191,6 +205,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     bar = (lambda name: [progress.keras_callback(name)]) if progress is not None else (
         lambda name: None)
     seconds, metric, notes = {}, "test accuracy", []
+    if (note := input_range_note(train_data, test_data)) is not None:  # 0-255 vs [0, 1]
+        notes.append(note)
     if test_data is not None and test_data[1] is None:  # held-out inputs without labels
         labels = float_predictions(model, test_data[0], batch_size=max(batch_size, 256))
         if labels is None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["accuracy_note", "binary_threshold", "class_ids", "evaluate_accuracy",
+__all__ = ["accuracy_note", "as_arrays", "binary_threshold", "class_ids", "evaluate_accuracy",
            "float_predictions", "predicted_classes", "tflite_accuracy"]
 
 
@@ -33,7 +33,8 @@ def predicted_classes(scores, n, threshold=None):
     """Top-1 classes of ``scores``, one row per sample (``n`` of them): the arg-max, or for
     one column (a binary classifier) class 1 where the score is above ``threshold``. None
     when the output is not that (several outputs: a list of arrays, one per head, has no
-    single arg-max), or is one column and ``threshold`` is None."""
+    single arg-max), or is one column and ``threshold`` is None. A row holding NaN (a
+    diverged model) predicts no class: -1, which matches no label."""
     if isinstance(scores, dict):
         scores = list(scores.values())
     if isinstance(scores, (list, tuple)) and scores and all(hasattr(s, "shape") for s in scores):
@@ -44,8 +45,15 @@ def predicted_classes(scores, n, threshold=None):
     if scores.ndim != 2 or scores.shape[0] != n:
         return None
     if scores.shape[1] == 1:
-        return None if threshold is None else (scores[:, 0] > threshold).astype(np.int32)
-    return np.argmax(scores, axis=1).astype(np.int32)
+        if threshold is None:
+            return None
+        pred = (scores[:, 0] > threshold).astype(np.int32)
+    else:
+        pred = np.argmax(scores, axis=1).astype(np.int32)
+    # argmax of a NaN row and NaN > threshold both said class 0: a share of 0s as accuracy
+    if scores.dtype.kind in "fc":
+        pred[np.isnan(scores).any(axis=1)] = -1
+    return pred
 
 
 def float_predictions(model, x, batch_size=256):
@@ -59,7 +67,9 @@ def float_predictions(model, x, batch_size=256):
 def class_ids(y, name="data"):
     """``y`` as a 1-D array of class ids: shape (samples,) or (samples, 1). One-hot
     (samples, C) labels raise ``ValueError`` naming ``name`` (flattened they would be compared
-    with the wrong samples: a silently wrong accuracy); pass ``y.argmax(-1)``."""
+    with the wrong samples: a silently wrong accuracy); pass ``y.argmax(-1)``. Float labels
+    must be whole numbers (0.0, 1.0, ...; 0.5 would match no class: a silently low accuracy),
+    booleans are 0 / 1, and anything else (strings, objects) raises ``TypeError``."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
@@ -67,7 +77,39 @@ def class_ids(y, name="data"):
         raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
                          "(samples,) or (samples, 1): class ids (for one-hot labels pass "
                          f"y.argmax(-1)). Received: y of shape {y.shape}")
-    return y
+    if y.dtype.kind in "iu":
+        return y
+    if y.dtype.kind == "b":
+        return y.astype(np.int32)
+    if y.dtype.kind != "f":
+        raise TypeError(f"Invalid type for argument `{name}`. Expected labels y holding "
+                        "integer class ids (or whole-number floats, or booleans). Received: "
+                        f"y of dtype {y.dtype}" + (f" (e.g. {y[0].item()!r}: map class names to "
+                                                   "ids first)" if y.size else ""))
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(y) & (y == np.round(y)) & (np.abs(y) < 2**31))
+    if bad.any():
+        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y holding "
+                         "class ids (whole numbers such as 0.0, 1.0, 2.0 in a float array). "
+                         f"Received: {int(bad.sum())} of {y.size} labels that are not, e.g. "
+                         f"{y[bad][0].item()!r}")
+    return y.astype(np.int64)
+
+
+def as_arrays(part):
+    """``part`` of ``(x, y)`` as an array when it is a (nested) Python list of numbers, which
+    Keras would read as one input (or label set) per element; arrays, dicts and lists of
+    arrays (one per input or output) are returned as they are."""
+    if not isinstance(part, (list, tuple)):
+        return part
+    import keras  # noqa: PLC0415
+
+    if any(np.ndim(leaf) for leaf in keras.tree.flatten(part)):
+        return part
+    try:
+        return np.asarray(part)
+    except ValueError:  # ragged: left to Keras
+        return part
 
 
 def _n_samples(x):
@@ -84,29 +126,58 @@ def evaluate_accuracy(model, data, batch_size=256):
     (several outputs: a dict or list of labels, one per output, gives None too).
 
     ``y`` holds class ids, shape (samples,) or (samples, 1); one-hot labels raise
-    ``ValueError`` (:func:`class_ids`). A one-unit output is a binary classifier
-    (:func:`binary_threshold`, labels 0/1)."""
-    x, y = data
+    ``ValueError`` (:func:`class_ids`), as do labels outside the model's classes, before
+    anything is predicted. A one-unit output is a binary classifier (:func:`binary_threshold`,
+    labels 0/1). A dataset raises ``TypeError`` (its batches would be unpacked as x and y).
+    """
+    if not isinstance(data, (tuple, list)) or len(data) != 2:  # a Dataset would be unpacked
+        raise TypeError("Invalid type for argument `data`. Expected an (x, y) pair of arrays. "
+                        f"Received: data of type {type(data).__name__}")
+    x, y = (as_arrays(part) for part in data)
     if y is None:
         raise ValueError("Invalid value for argument `data`. Expected (x, y) with labels y "
                          "(for the agreement with the float model, pass "
                          "(x, float_predictions(model, x))). Received: (x, None)")
-    labels = y
+    labels, checked = y, False
     if isinstance(y, dict) or isinstance(y, (list, tuple)) and any(
             hasattr(v, "shape") for v in y):  # labels per output: one array or none
         import keras  # noqa: PLC0415
 
         leaves = keras.tree.flatten(y)
         labels = leaves[0] if len(leaves) == 1 else None
+    if labels is not None:  # checked before predict: strings, 0.5, 7 of 3 classes
+        labels = class_ids(labels)
+        n = _n_samples(x)
+        if n == 0 or len(labels) != n:
+            raise ValueError("Invalid value for argument `data`. Expected at least 1 sample "
+                             f"and one label per sample. Received: x with {n} samples, "
+                             f"{len(labels)} labels")
+        checked = _check_label_range(labels, getattr(model, "output_shape", None))
     out = model.predict(x, batch_size=batch_size, verbose=0)
     pred = predicted_classes(out, _n_samples(x), binary_threshold(model))
     if pred is None or labels is None:
         return None
-    labels = class_ids(labels)
+    if not checked:  # a subclassed model: its output width is known now
+        _check_label_range(labels, tuple(np.shape(out)))
     if len(labels) != len(pred):
         raise ValueError(f"Invalid value for argument `data`. Expected one label per sample "
                          f"({len(pred)}). Received: {len(labels)} labels")
     return float(np.mean(pred == labels))
+
+
+def _check_label_range(labels, shape):
+    """Raise when class ids fall outside the C scores of an output of ``shape``
+    ``(samples, C)`` (0 / 1 for one unit): they would count as wrong. False when the shape
+    is unknown (nothing checked)."""
+    width = shape[1] if isinstance(shape, tuple) and len(shape) == 2 else None
+    if not isinstance(width, int):
+        return False
+    top = 1 if width == 1 else width - 1
+    if labels.size and (labels.min() < 0 or labels.max() > top):
+        raise ValueError(f"Invalid value for argument `data`. Expected class labels in "
+                         f"[0, {top}] (the model has {width} output unit(s)). Received: "
+                         f"labels from {labels.min()} to {labels.max()}")
+    return True
 
 
 def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold=None):

@@ -7,7 +7,7 @@ imported only when a plot is drawn: ``pip install dkm-tf[plots]``):
   histogram of the input model's weights with the k-means centroids drawn on it (Deep k-Means,
   Wu et al. 2018, §3: every weight is replaced by its nearest centroid).
 * ``formats.png`` — :func:`plot_formats`: test accuracy against file size of every exported
-  format (bars of size when there is no test data).
+  format (bars of size when no format has an accuracy figure).
 * ``energy.png`` — :func:`plot_energy`: energy per layer before and after compression, under
   the paper's metric (eqs. 5-7) and the memory-hierarchy model (:mod:`dkm_tf.energy`).
 
@@ -93,7 +93,9 @@ def _original_values(model, palette):
 
 def plot_weight_histograms(palettes, path, original_model=None, max_layers=4, bins=80,
                            note=""):
-    """Histogram of each of the ``max_layers`` largest tensors' weights with its centroids.
+    """Histogram of each of the ``max_layers`` largest tensors' weights with its centroids
+    (scaled kernel units, ``unit="kernel"``: with the histogram of the clustered weights
+    instead, since each of those weights is its kernel's scale times a centroid coordinate).
 
     Args:
         palettes: the run's :class:`~dkm_tf.core.palette.Palette` list.
@@ -127,7 +129,11 @@ def plot_weight_histograms(palettes, path, original_model=None, max_layers=4, bi
         ax.hist(values.ravel(), bins=bins, color="tab:blue", alpha=0.75, label=label)
         centroids = np.unique(pal.codebook.ravel())
         what = "centroids" if pal.unit_dim == 1 else f"centroid coordinates (d={pal.unit_dim})"
-        if centroids.size <= MAX_CENTROID_LINES:
+        if pal.scales is not None:  # scaled kernels: a weight is scale x a centroid coordinate,
+            # so the coordinates are no weight values: draw the clustered weights themselves
+            ax.hist(pal.decode().ravel(), bins=bins, histtype="step", color="tab:red", lw=1.2,
+                    label="clustered weights (each kernel: scale x centroid)")
+        elif centroids.size <= MAX_CENTROID_LINES:
             for i, c in enumerate(centroids):
                 ax.axvline(c, color="tab:red", lw=0.9, alpha=0.8,
                            label=f"{what} ({centroids.size})" if i == 0 else None)
@@ -135,7 +141,8 @@ def plot_weight_histograms(palettes, path, original_model=None, max_layers=4, bi
             ax.plot(centroids, np.zeros_like(centroids), "|", color="tab:red", ms=14,
                     label=f"{what} ({centroids.size})")
         groups = pal.layout.n_groups
-        ax.set_title(f"{pal.name}: {pal.n_values:,} weights, K={pal.n_clusters}"
+        k = f"{pal.n_clusters - 1}+zero" if pal.preserve_sparsity else pal.n_clusters
+        ax.set_title(f"{pal.name}: {pal.n_values:,} weights, K={k}"
                      + (f", {groups} codebooks" if groups > 1 else ""), fontsize=9)
         ax.set_xlabel("weight value")
         ax.set_ylabel("number of weights")
@@ -201,10 +208,19 @@ def plot_formats(formats, path, reference_accuracy=None, metric="test accuracy")
         ax.invert_yaxis()
         ax.set_xlabel("file size (KiB)")
         ax.set_ylabel("format")
-        ax.set_title("Size of each exported format (no test data: no accuracy)", fontsize=10)
+        ax.set_title("Size of each exported format (no accuracy figure: no labelled test data, "
+                     "or outputs that are not class scores)", fontsize=10)
         ax.legend(fontsize=7)
         summary = "file size of " + ", ".join(f[0] for f in formats)
     return Plot(_save(fig, path), fig, summary)
+
+
+def _change(ratio):
+    """An energy ratio (before / after) in words: "2.11x lower", or "1.25x higher" where the
+    compressed model costs more (a ratio below 1 read as "0.80x lower" said the opposite)."""
+    if not ratio or ratio != ratio or ratio == float("inf"):
+        return f"{ratio:.2f}x"
+    return f"{ratio:.2f}x lower" if ratio >= 1 else f"{1 / ratio:.2f}x higher"
 
 
 def plot_energy(report, path):
@@ -237,7 +253,7 @@ def plot_energy(report, path):
         ax.bar(xs + 0.2, after, width=0.4, color="tab:green", label="after (clustered)")
         ax.set_yscale("log")
         ax.set_ylabel(f"energy ({unit})", fontsize=8)
-        ax.set_title(f"{title}: {ratio:.2f}x lower in total", fontsize=9)
+        ax.set_title(f"{title}: {_change(ratio)} in total", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
     axes[1].set_xticks(xs)
@@ -245,8 +261,8 @@ def plot_energy(report, path):
                             if len(names) > 6 else "center", fontsize=8)
     axes[1].set_xlabel("layer")
     fig.suptitle("Energy per layer before and after compression (per image)", fontsize=10)
-    summary = (f"energy per layer before/after ({red.paper:.2f}x paper metric, "
-               f"{red.hierarchy:.2f}x hierarchy model)")
+    summary = (f"energy per layer before/after ({_change(red.paper)} by the paper metric, "
+               f"{_change(red.hierarchy)} by the hierarchy model)")
     return Plot(_save(fig, path), fig, summary)
 
 
