@@ -25,6 +25,7 @@ from dkm_tf.pipeline_metrics import (
     evaluate_accuracy,
     float_predictions,
     predicted_classes,
+    ratio_words,
     tflite_accuracy,
 )
 
@@ -47,7 +48,9 @@ class CompressionResult:
         method: the method used.
         accuracy_before: test accuracy of the input model (None without test data).
         accuracy_after: test accuracy of the compressed model.
-        seconds: wall time of each stage.
+        seconds: wall time of each stage: ``"retrain"`` (the Deep k-Means retraining of
+            ``"dkm"`` / ``"dkm+finetune"``), then ``"cluster"`` (k-means, with calibration for
+            a calibrated ``"wr"``) or ``"finetune"`` (k-means plus hard-sharing fine-tuning).
         energy: the :class:`~dkm_tf.energy.EnergyReport` of the compressed model (with the
             uncompressed model as baseline), or None when the shapes could not be read.
         tflite: export reports by format label, when the caller exported the model.
@@ -87,8 +90,9 @@ class CompressionResult:
                          f"({round(after - before, 2) + 0.0:+.2f} pt)")  # of the shown values
         if self.energy is not None and self.energy.baseline is not None:
             r = self.energy.ratio_vs(self.energy.baseline)
-            lines.append(f"energy (16-bit, entropy-coded indices): {r.paper:.2f}x lower by the "
-                         f"paper's metric, {r.hierarchy:.2f}x by the memory-hierarchy model")
+            lines.append(f"energy (16-bit, entropy-coded indices): {ratio_words(r.paper)} by "
+                         f"the paper's metric, {ratio_words(r.hierarchy)} by the "
+                         "memory-hierarchy model")
         return "\n".join(lines + [f"note: {note}" for note in self.notes])
 
     def to_dict(self):
@@ -256,7 +260,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             overrides=overrides, sparsity=sparsity, verbose=verbose > 1,
             preserve_sparsity=preserve_sparsity, weighting=weighting, refine=refine,
             data=calib, loss=fisher_loss(work, weighting), **(kernel or {}))
-    seconds["cluster"] = time.perf_counter() - t
+    seconds["finetune" if method.endswith("finetune") else "cluster"] = time.perf_counter() - t
     if stage is not None:  # still open unless a fine-tuning bar took over
         stage.close()
     acc_after = evaluate_accuracy(clustered, test_data) if test_data is not None else None

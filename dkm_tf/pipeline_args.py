@@ -224,6 +224,7 @@ def check_calibration(model, method, train_data, a):
     from dkm_tf.core import validate  # noqa: PLC0415
     from dkm_tf.graph import kernel_share, sensitivity  # noqa: PLC0415
     from dkm_tf.graph.refine import REFINES, check_refine  # noqa: PLC0415
+    from dkm_tf.graph.share import check_override_options  # noqa: PLC0415
 
     weighting, refine = (validate.check_choice("weighting", a["weighting"],
                                                sensitivity.WEIGHTINGS),
@@ -241,6 +242,7 @@ def check_calibration(model, method, train_data, a):
                                None if train_data is None else type(train_data).__name__)
     kernel_share.kernel_route(a["unit"], a["codebook"], a["transforms"], a["scale_bits"],
                               weighting=(weighting, None), refine=(refine, None))
+    check_override_options({"init": a["init"]}, a["overrides"] or {}, weighting, refine)
     sample = calibration_set(train_data, 1)
     sparse = a["preserve_sparsity"] or a["sparsity"]
     check_refine(model, refine, sample[0], False, sparse)

@@ -214,3 +214,11 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
             return None
         preds.append(pred)
     return float(np.mean(np.concatenate(preds) == y))
+
+
+def ratio_words(ratio):
+    """A before / after cost ratio in words: "2.11x lower", or "1.25x higher" where the
+    compressed model costs more (a ratio below 1 read as "0.80x lower" said the opposite)."""
+    if not ratio or ratio != ratio or ratio == float("inf"):
+        return f"{ratio:.2f}x"
+    return f"{ratio:.2f}x lower" if ratio >= 1 else f"{1 / ratio:.2f}x higher"

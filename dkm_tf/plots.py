@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dkm_tf.core.files import atomic_path
+from dkm_tf.pipeline_metrics import ratio_words
 
 __all__ = ["MISSING_MATPLOTLIB", "PLOT_FILES", "Plot", "matplotlib_available", "plot_energy",
            "plot_formats", "plot_weight_histograms", "write_plots"]
@@ -215,14 +216,6 @@ def plot_formats(formats, path, reference_accuracy=None, metric="test accuracy")
     return Plot(_save(fig, path), fig, summary)
 
 
-def _change(ratio):
-    """An energy ratio (before / after) in words: "2.11x lower", or "1.25x higher" where the
-    compressed model costs more (a ratio below 1 read as "0.80x lower" said the opposite)."""
-    if not ratio or ratio != ratio or ratio == float("inf"):
-        return f"{ratio:.2f}x"
-    return f"{ratio:.2f}x lower" if ratio >= 1 else f"{1 / ratio:.2f}x higher"
-
-
 def plot_energy(report, path):
     """Energy per layer before and after compression (two panels: paper metric, hierarchy).
 
@@ -253,7 +246,7 @@ def plot_energy(report, path):
         ax.bar(xs + 0.2, after, width=0.4, color="tab:green", label="after (clustered)")
         ax.set_yscale("log")
         ax.set_ylabel(f"energy ({unit})", fontsize=8)
-        ax.set_title(f"{title}: {_change(ratio)} in total", fontsize=9)
+        ax.set_title(f"{title}: {ratio_words(ratio)} in total", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
     axes[1].set_xticks(xs)
@@ -261,8 +254,8 @@ def plot_energy(report, path):
                             if len(names) > 6 else "center", fontsize=8)
     axes[1].set_xlabel("layer")
     fig.suptitle("Energy per layer before and after compression (per image)", fontsize=10)
-    summary = (f"energy per layer before/after ({_change(red.paper)} by the paper metric, "
-               f"{_change(red.hierarchy)} by the hierarchy model)")
+    summary = (f"energy per layer before/after ({ratio_words(red.paper)} by the paper metric, "
+               f"{ratio_words(red.hierarchy)} by the hierarchy model)")
     return Plot(_save(fig, path), fig, summary)
 
 

@@ -153,3 +153,23 @@ def test_same_k_per_layer_through_share_and_cluster_weights():
 
     assert summary(shared.palettes) == summary(pals) == [
         ("conv/kernel", 3, "per_tensor"), ("fc/kernel", 2, "per_channel")]
+
+
+def test_compress_refuses_fisher_with_another_init_before_any_work(monkeypatch):
+    """`compress(weighting="fisher", init=...)` and Fisher with a per-layer sparsity were
+    refused only inside share_weights, after the float model's accuracy had been measured."""
+    import dkm_tf
+    from dkm_tf import data, pipeline
+
+    def no_work(*a, **k):
+        raise AssertionError("work started before the arguments were checked")
+
+    (x, y), _ = data.load_digits()
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, name="fc")])
+    monkeypatch.setattr(pipeline, "evaluate_accuracy", no_work)
+    for kw in ({"init": "random"}, {"overrides": {"fc": {"init": "random"}}},
+               {"overrides": {"fc": {"sparsity": 0.5}}}):
+        with pytest.raises(ValueError, match="init|sparsity"):
+            dkm_tf.compress(model, (x[:32], y[:32]), (x[:32], y[:32]), n_clusters=4,
+                            weighting="fisher", verbose=0, **kw)

@@ -275,3 +275,28 @@ def test_a_refused_format_is_not_counted_as_timed_or_scored(run, tmp_path, monke
     assert by_name["export"].total == 4
     for name in ("latency", "accuracy"):
         assert by_name[name].total == by_name[name].n == 3, name
+
+
+def test_summary_says_higher_when_compression_costs_more_energy():
+    from dkm_tf.pipeline_metrics import ratio_words
+
+    assert ratio_words(2.0) == "2.00x lower" and ratio_words(0.8) == "1.25x higher"
+    ratio = types.SimpleNamespace(paper=0.8, hierarchy=0.5)
+    energy = types.SimpleNamespace(baseline=object(), ratio_vs=lambda base: ratio)
+    size = types.SimpleNamespace(summary=lambda: "size")
+    text = pipeline.CompressionResult(model=None, palettes=[], skipped=[], size=size,
+                                      method="wr", energy=energy).summary()
+    assert "1.25x higher by the paper's metric, 2.00x higher by the" in text, text
+    assert "lower" not in text
+
+
+def test_stage_seconds_name_what_ran():
+    """A fine-tuning run's k-means + fine-tuning time is "finetune", not "cluster"."""
+    model = _small_model()
+    (x, y), _ = data.load_digits()
+    x, y = x[:64], y[:64]
+    result = dkm_tf.compress(model, (x, y), None, method="finetune", n_clusters=4,
+                             finetune_epochs=1, verbose=0)
+    assert set(result.seconds) == {"finetune"}, result.seconds
+    result = dkm_tf.compress(model, (x, y), None, method="wr", n_clusters=4, verbose=0)
+    assert set(result.seconds) == {"cluster"}, result.seconds

@@ -230,7 +230,7 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     fisher = sensitivity.check_weighting(model, weighting, data, loss,
                                          preserve_sparsity or sparsity,
                                          data_used=calib is not None)
-    _check_override_options(defaults, overrides, weighting, refine)
+    check_override_options(defaults, overrides, weighting, refine)
     if (fold_bn is not None and not isinstance(fold_bn, bool)) or (fold_bn and inplace):
         raise ValueError("Invalid value for argument `fold_bn`. Expected None or a bool, and "
                          "not True with inplace=True (folding changes the layer graph). "
@@ -310,7 +310,7 @@ def _check_settings(cfg):
                          f"zeros). Received: sparsity={cfg['sparsity']}")
 
 
-def _check_override_options(defaults, overrides, weighting, refine):
+def check_override_options(defaults, overrides, weighting, refine):
     """Refuse settings that ``weighting`` / ``refine`` would silently ignore: Fisher-weighted
     k-means has no fixed zero centroid and its own k-means++ init; ``refine`` moves every
     centroid, a fixed zero one included. The defaults' sparsity is checked by them."""
