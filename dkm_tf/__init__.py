@@ -78,15 +78,48 @@ _SUBMODULES = {
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "__version__"])
 
 
+# the Keras versions setup.cfg's install_requires allows (pip refuses others; this check catches
+# an install that bypassed it: --no-deps, or a Keras 2 / older Keras 3 pinned by another package)
+_KERAS_REQUIRED = ((3, 10), (4, 0))
+
+
+def _installed_keras():
+    """The installed Keras' version, read from its metadata (Keras is not imported), or None."""
+    from importlib import metadata  # noqa: PLC0415
+
+    try:
+        return metadata.version("keras")
+    except metadata.PackageNotFoundError:
+        return None  # the import that needs it will say so
+
+
+def _check_keras_version(version):
+    """Raise ``ImportError`` naming ``version`` and the required range unless Keras fits it."""
+    if version is None:
+        return
+    try:
+        found = tuple(int(p) for p in str(version).split(".")[:2])
+    except ValueError:
+        return  # a development build: not ours to judge
+    (lo_major, lo_minor), (hi_major, _) = _KERAS_REQUIRED
+    if not (lo_major, lo_minor) <= found < (hi_major, 0):
+        raise ImportError(f"dkm_tf needs Keras >= {lo_major}.{lo_minor}, < {hi_major} (Keras 3); "
+                          f"found Keras {version}: pip install 'keras>={lo_major}.{lo_minor},"
+                          f"<{hi_major}'")
+
+
 def __getattr__(name):
     if name in _EXPORTS:
         module = _EXPORTS[name]
         if not module.startswith("dkm_tf.core."):  # numpy-only names never load Keras
+            _check_keras_version(_installed_keras())
             importlib.import_module("dkm_tf.training.serialization").register_serializables()
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
     if name in _SUBMODULES:
+        if not _SUBMODULES[name].startswith("dkm_tf.core"):
+            _check_keras_version(_installed_keras())
         module = importlib.import_module(_SUBMODULES[name])
         globals()[name] = module
         return module

@@ -233,7 +233,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             (class-score outputs: shaped (samples, classes); with several outputs, softmax
             heads only).
         interpreters: which of ``"litert"`` and ``"tflite"`` verify the file (default: both,
-            or ``tf.lite`` alone when ``ai_edge_litert`` is not installed, with a note).
+            or ``tf.lite`` alone when ``ai_edge_litert`` is not installed, with a note; LiteRT
+            alone under TensorFlow < 2.21, whose ``tf.lite`` cannot run every file, noted).
         max_table_bytes: RAM cap of one decode table (``once``).
         matmul_lowering: with ``once``, rewrite convs/dense layers to BATCH_MATMUL.
         keep_float: with ``once``, clustered weights left as float32 constants so XNNPACK
@@ -291,10 +292,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                       "max_table_bytes": max_table_bytes, "matmul_lowering": matmul_lowering,
                       "keep_float": keep_float, "kept_dtype": kept_dtype,
                       "index_packing": index_packing})
-    litert_missing = interpreters is None and not verify.litert_available()
-    interpreters = tuple(verify.default_interpreters() if interpreters is None else interpreters)
-    for kind in interpreters:
-        check_choice("interpreters", kind, verify.INTERPRETERS[:2])
+    interpreters, notes = verify.choose_interpreters(interpreters)
     path = _check_path(path)
     if format in ("palettized", "tflm") and not palettes:
         raise ValueError(f"Invalid value for argument `palettes`. format={format!r} needs the "
@@ -306,10 +304,6 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             check_codebook_sizes(palettes)
     if format == "palettized" and decode == "once":
         check_keep_float(keep_float, palettes)
-    notes = []
-    if litert_missing:
-        notes.append("ai_edge_litert not installed (pip install dkm-tf[litert]): verified "
-                     "with tf.lite.Interpreter only")
     specs = convert_lib.input_specs(model, sample_inputs)
     if sample_inputs is None:
         inputs, note = convert_lib.synthetic_samples(model, specs)

@@ -18,15 +18,18 @@ import re
 
 import numpy as np
 
+from dkm_tf.core.validate import check_choice, invalid
+from dkm_tf.export import interpreters as _interpreters
 from dkm_tf.export.interpreters import (  # noqa: F401 (re-exported)
     INTERPRETERS,
     litert_available,
     make_interpreter,
+    tflite_unsupported,
 )
 
 __all__ = ["INTERPRETERS", "Comparison", "ExportVerificationError", "batch_inputs",
-           "class_score_outputs", "compare", "keras_outputs", "make_interpreter", "run_tflite",
-           "static_batch", "top1_agreement", "verify_batches"]
+           "choose_interpreters", "class_score_outputs", "compare", "keras_outputs",
+           "make_interpreter", "run_tflite", "static_batch", "top1_agreement", "verify_batches"]
 
 
 
@@ -76,8 +79,30 @@ class Comparison:
 
 
 def default_interpreters():
-    """``("litert", "tflite")``, or ``("tflite",)`` without the ``[litert]`` extra."""
-    return ("litert", "tflite") if litert_available() else ("tflite",)
+    """:func:`~dkm_tf.export.interpreters.default_interpreters` (this module's LiteRT probe)."""
+    return _interpreters.default_interpreters(litert_available())
+
+
+def choose_interpreters(interpreters):
+    """``(interpreters, notes)`` an export is verified in: the defaults, or ``interpreters``.
+
+    Raises:
+        ValueError: an unknown name, or ``"tflite"`` under TensorFlow < 2.21.
+        RuntimeError: the default under TensorFlow < 2.21 without ``ai_edge_litert``.
+    """
+    if interpreters is None:
+        chosen = default_interpreters()
+        if "litert" not in chosen:
+            return chosen, ["ai_edge_litert not installed (pip install dkm-tf[litert]): "
+                            "verified with tf.lite.Interpreter only"]
+        why = tflite_unsupported() if "tflite" not in chosen else None
+        return chosen, [f"{why}: verified with ai_edge_litert only"] if why else []
+    for kind in interpreters:
+        check_choice("interpreters", kind, INTERPRETERS[:2])
+    why = tflite_unsupported() if "tflite" in interpreters else None
+    if why:
+        raise invalid("interpreters", f"['litert'] ({why})", list(interpreters))
+    return tuple(interpreters), []
 
 
 def keras_outputs(model, inputs):
