@@ -9,6 +9,7 @@
 """
 
 import os
+import pathlib
 
 import keras
 import numpy as np
@@ -78,3 +79,26 @@ def test_export_without_samples_verifies_on_the_whole_table(tmp_path):
                               palettes=shared.palettes, decode="per_invoke")
     assert any("integer inputs uniform in [0, 50)" in n for n in report.notes), report.notes
     assert all(c.ok for c in report.comparisons)
+
+
+@pytest.mark.parametrize("decode", ["once", "per_invoke"])
+def test_conv3d_transpose_is_palettized(tmp_path, decode):
+    """A Conv3DTranspose's kernel (d, h, w, out, in) is CONV_3D_TRANSPOSE's filter as is: it was
+    matched to the 4-D TRANSPOSE_CONV layout and the export failed ("axes don't match array")."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 6, 2))
+    model = keras.Model(inp, keras.layers.Conv3DTranspose(16, 3, strides=2, name="ct")(inp))
+    clustered, palettes, _ = dkm_tf.share_weights(model, 4)
+    x = np.random.default_rng(0).uniform(0, 1, (3, 6, 6, 6, 2)).astype(np.float32)
+    path = str(tmp_path / "ct.tflite")
+    kept = {"keep_float": None} if decode == "once" else {}  # auto keeps this tiny one float
+    report = export.to_tflite(clustered, path, palettes=palettes, sample_inputs=x,
+                              decode=decode, **kept)
+    assert all(c.ok for c in report.comparisons)
+    (stored,) = export.inspect_tflite(path).palettized
+    assert stored["K"] == 4 and stored["mode"] == decode
+    ref = np.asarray(clustered(x))
+    from dkm_tf.export.verify import run_tflite
+
+    got = run_tflite(pathlib.Path(path).read_bytes(), [x], "litert")[0]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())

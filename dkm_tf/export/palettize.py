@@ -34,15 +34,16 @@ DECODE_MODES = ("once", "per_invoke")
 DEPTHWISE_IM2COL_MAX_CHANNELS = 4  # im2col by one-hot DEPTHWISE_CONV_2D up to this C_in
 # ops a 1-D clustered weight (palette kind "vector": a bias, a scale) may feed, any operand
 VECTOR_OPS = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "PRELU",
-              "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D")
+              "FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D",
+              "CONV_3D_TRANSPOSE")
 BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3,
-              "CONV_3D": 2}
+              "CONV_3D": 2, "CONV_3D_TRANSPOSE": 3}
 KEPT_DTYPES = ("float32", "float16")
 INDEX_PACKINGS = ("dense", "tuples")
 # operator -> position of its weight input
 WEIGHT_INPUT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1,
-                "TRANSPOSE_CONV": 1, "CONV_3D": 1, "GATHER": 0, "EMBEDDING_LOOKUP": 1,
-                "BATCH_MATMUL": 1}
+                "TRANSPOSE_CONV": 1, "CONV_3D": 1, "CONV_3D_TRANSPOSE": 1, "GATHER": 0,
+                "EMBEDDING_LOOKUP": 1, "BATCH_MATMUL": 1}
 
 
 def tflite_layouts(layout):
@@ -72,6 +73,8 @@ def tflite_layouts(layout):
         return [(("DEPTHWISE_CONV_2D",), (0, 1, 2, 3), (1, s[0], s[1], s[2] * s[3]))]
     if nd == 3:  # conv_t 1D
         return [(("TRANSPOSE_CONV",), (1, 0, 2), (s[1], 1, s[0], s[2]))]
+    if nd == 5:  # Conv3DTranspose: (d, h, w, out, in), the filter layout of CONV_3D_TRANSPOSE
+        return [(("CONV_3D_TRANSPOSE",), tuple(range(5)), s)]
     return [(("TRANSPOSE_CONV",), (2, 0, 1, 3), (s[2], s[0], s[1], s[3]))]
 
 
