@@ -273,6 +273,21 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
             self._deferred.remove(slot)
 
     def load_own_variables(self, store):
+        # Unbuilt with saved variables: a subclassed model saved without a build config, as
+        # dkm_tf before 8cde247 (2026-12-04) wrote them. Keras then visits the layer again by
+        # another path with an empty store and forgets the failure, so the model would load
+        # with no weights and re-cluster fresh ones at its first call: refuse both visits.
+        saved = len(store.keys()) if store is not None else 0
+        if not self.built and (saved or getattr(self, "_unloaded", 0)):
+            self._unloaded = max(saved, getattr(self, "_unloaded", 0))
+            raise ValueError(
+                f"ClusterWeights {self.name!r} was not built when its model was loaded, so "
+                f"its {self._unloaded} saved variables cannot be restored (the model would "
+                "silently start from fresh weights). This is a subclassed model saved without "
+                "a build config, e.g. by dkm_tf before 2026-12-04, whose wrappers in "
+                "subclassed models saved some variables twice; that file cannot be restored "
+                "exactly. Rebuild the model, call it once on a batch, and load weights saved "
+                "from a working copy, or re-run the clustering.")
         super().load_own_variables(store)
         self._deferred.clear()  # the loaded codebooks and indices are the clusters
 
