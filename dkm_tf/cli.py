@@ -132,6 +132,10 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     import keras  # noqa: PLC0415
 
     from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
+    from dkm_tf.export.verify import choose_interpreters  # noqa: PLC0415
+
+    if tflite:  # TF < 2.21 without LiteRT cannot verify a file: say so before any training
+        choose_interpreters(None)
     from dkm_tf.graph.copying import save_model_atomic  # noqa: PLC0415
     from dkm_tf.progress import Progress  # noqa: PLC0415
 
@@ -249,7 +253,8 @@ def _write_plots(result, model, plots_dir, accuracy, progress):
 
 def run_energy(model_path, **kwargs):
     """Run ``dkm-tf energy``; returns the printed text (``kwargs``: those of
-    :func:`dkm_tf.energy.estimate`; a missing or wrong ``input_shape`` names --input_shape)."""
+    :func:`dkm_tf.energy.estimate`, ``index_cost="auto"`` unless given: the index entropy as in
+    ``dkm-tf compress`` where the file gives it; a bad ``input_shape`` names --input_shape)."""
     from dkm_tf import energy  # noqa: PLC0415
     from dkm_tf.energy.keras_reader import InputShapeError  # noqa: PLC0415
 

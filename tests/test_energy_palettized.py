@@ -135,7 +135,7 @@ def test_dkm_tf_energy_command_on_both_files(files):
         assert proc.returncode == 0, proc.stderr[-2000:]
         texts[label] = proc.stdout
     flt = energy.estimate(files["float"].path)
-    pal = energy.estimate(files["per_invoke"].path)
+    pal = energy.estimate(files["per_invoke"].path, index_cost="auto")
     assert "Reduction vs uncompressed" not in texts["float"]
     assert "Note: palettes stored in the file (per_invoke decode)" in texts["per_invoke"]
     assert f"hierarchy {pal.reduction.hierarchy:.3f}x" in texts["per_invoke"]

@@ -148,3 +148,18 @@ def test_litert_extra_asks_for_a_litert_that_loads_int2():
     cfg.read(pathlib.Path(__file__).resolve().parent.parent / "setup.cfg")
     # ai-edge-litert 2.0.3: "Unsupported data type 19 in tensor" on INT2; 2.1.0 loads it
     assert cfg["options.extras_require"]["litert"].split() == ["ai-edge-litert>=2.1"]
+
+
+def test_compress_without_a_verifying_interpreter_stops_before_training(monkeypatch):
+    """`dkm-tf compress` on TensorFlow < 2.21 without LiteRT stops in its first second (it
+    used to train, cluster, then fail at the export)."""
+    from dkm_tf import cli, pipeline
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before finding that no interpreter can verify the files")
+
+    monkeypatch.setattr(tf, "__version__", "2.20.0")
+    monkeypatch.setattr(verify, "litert_available", lambda: False)
+    monkeypatch.setattr(pipeline, "train_classifier", no_training)
+    with pytest.raises(RuntimeError, match=r"pip install 'dkm-tf\[litert\]'"):
+        cli.run_compress(dataset="digits", quiet=True, plots=False)

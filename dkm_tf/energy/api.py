@@ -5,6 +5,8 @@ import os
 
 from dkm_tf.energy import constants
 from dkm_tf.energy.hierarchy import hierarchy_cost
+from dkm_tf.energy.index_cost import AUTO
+from dkm_tf.energy.index_cost import resolve as resolve_index_cost
 from dkm_tf.energy.matching import collect_sharing, match_pruning, match_sharing, note_unused
 from dkm_tf.energy.paper import paper_cost
 from dkm_tf.energy.report import EnergyReport, LayerEnergy
@@ -181,7 +183,10 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
         bits_w: Weight bits B_w, the metric's datapath width for every weight (an int8
             `.tflite` is charged at it too; a note says the file stores int8 weights).
         bits_x: Activation bits B_x.
-        index_cost: "none", "log2" or "entropy"; see `estimate_layer`.
+        index_cost: "none", "log2" or "entropy" (see `estimate_layer`), or "auto" (what
+            `dkm-tf energy` uses): "entropy" where the compression info gives every clustered
+            weight's index entropy, else "none", with a note saying which and why
+            (`energy.index_cost`).
         compute_model: "conservative" or "unique_products"; see `estimate_layer`.
         input_shape: Input shape without the batch axis; required for subclassed models and
             open input sizes (`Input((None, None, 3))`, or a `.tflite` converted from one:
@@ -206,7 +211,7 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
     """
     check_positive("bits_w", bits_w)
     check_positive("bits_x", bits_x)
-    check_choice("index_cost", index_cost, constants.INDEX_COSTS)
+    check_choice("index_cost", index_cost, (*constants.INDEX_COSTS, AUTO))
     check_choice("compute_model", compute_model, constants.COMPUTE_MODELS)
     from dkm_tf.energy import stored
 
@@ -217,6 +222,9 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
     elif found.get("weight_sharing") or found.get("palettes"):
         notes = ["compression info from the `palettes` / `weight_sharing` arguments; the "
                  "palettes stored with the file were not used"]
+    if index_cost == AUTO:
+        index_cost, why = resolve_index_cost(weight_sharing, palettes)
+        notes += [why] if why else []
     if found.get("quantized"):
         notes.append(stored.quantized_note(found["quantized"], sum(
             s.kind in ("conv", "dense") for s in shapes), bits_w, bits_x))
@@ -233,7 +241,11 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
 
 
 def energy_cli_text(path, **kwargs):
-    """Text printed by `dkm-tf energy --model PATH`: `estimate(path, **kwargs).summary()`."""
+    """Text printed by `dkm-tf energy --model PATH`: `estimate(path, **kwargs).summary()`,
+    with `index_cost="auto"` unless given: the index entropy of the file's own compression
+    info, the convention of `dkm-tf compress`'s report, where it is known (a note says which
+    convention was used and why)."""
+    kwargs.setdefault("index_cost", AUTO)
     return estimate(path, **kwargs).summary()
 
 

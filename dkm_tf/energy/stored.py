@@ -27,6 +27,9 @@ PALETTES_SUFFIX = ".palettes.json"
 def sharing_from_tflite(shapes, stored):
     """`{record name: SharingInfo}` from `{record name: StoredPalette}`; plus notes.
 
+    `SharingInfo.index_bits` is the entropy of the indices stored in the file
+    (`StoredPalette.index_bits`, read by `tflite_indices`), None where they were not read.
+
     A palette whose unit dimension d does not divide the op's weight count is left out and
     noted (never silently charged as something else).
     """
@@ -39,13 +42,19 @@ def sharing_from_tflite(shapes, stored):
                          f"op's {n} weights; charged as float")
             continue
         out[name] = SharingInfo(n_clusters=p.n_clusters, unit_dim=p.unit_dim,
-                                n_units=n // p.unit_dim, n_codebooks=p.n_codebooks)
+                                n_units=n // p.unit_dim, n_codebooks=p.n_codebooks,
+                                index_bits=getattr(p, "index_bits", None))
     if out:
         modes = sorted({stored[n].mode for n in out})
         notes.insert(0, f"palettes stored in the file ({'/'.join(modes)} decode): "
                      + ", ".join(f"{n} K={s.n_clusters} d={s.unit_dim}"
                                  + (f" G={s.n_codebooks}" if s.n_codebooks > 1 else "")
                                  for n, s in out.items()))
+        blind = [n for n, s in out.items() if s.index_bits is None]
+        if blind:
+            notes.append("the stored indices of " + ", ".join(blind) + " were not read (a "
+                         "decode chain `energy.tflite_indices` does not evaluate): their "
+                         "index entropy is unknown")
     return out, notes
 
 
@@ -220,6 +229,18 @@ def beside_keras_file(model, shapes, path):
     return found
 
 
+def _value_entropy(units):
+    """Entropy (bits per unit, averaged over the G groups of `units`, shape (G, M, d)) of
+    which distinct unit each unit is: the index histogram of a kernel saved after clustering
+    (`Palette.entropy_bits`, up to codewords that coincide)."""
+    out = []
+    for group in units:
+        _, counts = np.unique(group, axis=0, return_counts=True)
+        p = counts / counts.sum()
+        out.append(float(-(p * np.log2(p)).sum()) + 0.0)
+    return float(np.mean(out))
+
+
 def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
     """`{layer name: SharingInfo}` for kernels whose stored values are a palette; notes.
 
@@ -228,7 +249,8 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
     channel) is tried: K = the most distinct units in one codebook group, storage
     G·K·d·B_w + N·log2 K bits. The smallest is kept when K <= `max_clusters` and the storage
     is under half the float kernel's (a trained float kernel has about N distinct values and
-    never qualifies). `layers`: names of the layers to describe (default: all).
+    never qualifies). `layers`: names of the layers to describe (default: all). Each
+    `SharingInfo.index_bits` is the entropy of the kernel's distinct-unit histogram.
     """
     import keras
 
@@ -253,11 +275,12 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
             bits = units.shape[0] * k * d * bits_w + w.size // d * math.log2(max(k, 1))
             if k <= max_clusters and bits < 0.5 * w.size * bits_w and \
                     (best is None or bits < best[0]):
-                best = (bits, unit, d, k, units.shape[0])
+                best = (bits, unit, d, k, units)
         if best is not None:
-            _, unit, d, k, g = best
+            _, unit, d, k, units = best
+            g = units.shape[0]
             out[layer.name] = SharingInfo(n_clusters=k, unit_dim=d, n_units=w.size // d,
-                                          n_codebooks=g)
+                                          n_codebooks=g, index_bits=_value_entropy(units))
             notes.append(f"{layer.name} K={k} {unit}" + (f" G={g}" if g > 1 else ""))
     if out:
         notes = ["no palettes file beside the model: palettes inferred from the stored "

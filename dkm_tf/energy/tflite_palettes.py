@@ -54,6 +54,8 @@ class StoredPalette:
         mode: "once", "per_invoke" or "tflm" (the decode chain found).
         index_tensor: name of the stored index constant.
         codebook_tensor: name of the codebook constant.
+        index_bits: entropy of the stored indices, bits per index (`tflite_indices`), or
+            None where the chain is not one that reader evaluates.
     """
 
     n_clusters: int
@@ -62,6 +64,7 @@ class StoredPalette:
     mode: str
     index_tensor: str = ""
     codebook_tensor: str = ""
+    index_bits: float | None = None
 
 
 class GraphView:
@@ -143,7 +146,8 @@ def _dense_words(view, pos):
 
 
 def stored_palette(view, t, outer=None):
-    """The `StoredPalette` that tensor `t` (a weight operand) is decoded from, or None.
+    """The `StoredPalette` that tensor `t` (a weight operand) is decoded from, or None; its
+    `index_bits` is the entropy of the stored indices (`tflite_indices.index_entropy`).
 
     Args:
         view: The `GraphView` of the subgraph holding `t`.
@@ -151,9 +155,19 @@ def stored_palette(view, t, outer=None):
         outer: `{tensor index: StoredPalette}` for subgraph inputs that carry a decoded weight
             from the calling graph (a WHILE body reading a weight decoded before the loop).
     """
-    t, _ = view.source(int(t), _LAYOUT)
-    if outer and t in outer:
-        return outer[t]
+    src, _ = view.source(int(t), _LAYOUT)
+    if outer and src in outer:
+        return outer[src]
+    found = _stored_palette(view, src)
+    if found is None:
+        return None
+    from dkm_tf.energy.tflite_indices import index_entropy
+
+    return dataclasses.replace(found, index_bits=index_entropy(view, t, found))
+
+
+def _stored_palette(view, t):
+    """`stored_palette` without the index entropy; `t`: the operand past its layout ops."""
     k = view.producer.get(t)
     if k is not None and view.names[k] == _TFLM_DECODE:
         return _tflm_lut(view, k, t)
