@@ -92,13 +92,14 @@ def run_shapes(path, model, op_names, input_shape=None):
         return {}, []
     try:
         import numpy as np
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        it = Interpreter(model_path=os.fspath(path), experimental_op_resolver_type=(
-            OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
-        for i, shape in resize.items():
-            it.resize_tensor_input(i, list(shape))
-        it.allocate_tensors()
+        from dkm_tf.core.interpreters import make_interpreter
+
+        with open(path, "rb") as f:
+            content = f.read()
+        # LiteRT only (its absence is a skip, not a tf.lite fallback); builtin kernels, so
+        # every intermediate tensor is given its run-time shape
+        it = make_interpreter("litert", content, xnnpack=False, input_shapes=resize)
         for d in it.get_input_details():
             it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
         it.invoke()

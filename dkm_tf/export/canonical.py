@@ -82,7 +82,7 @@ def _shapes_at(fm, batches):
     its output's shape in Eval), so they are what the kernels compute, not a guess from
     signatures (a -1 may stand for 16 x batch).
     """
-    from dkm_tf.export.interpreters import default_interpreters, make_interpreter  # noqa: PLC0415
+    from dkm_tf.core.interpreters import default_interpreters, make_interpreter  # noqa: PLC0415
 
     content = fm.to_bytes()
     out = []

@@ -5,11 +5,16 @@ trace the model's float graph, and a layer built under a mixed (``"mixed_float16
 ``"mixed_bfloat16"``) or half policy casts to float16 / bfloat16 around each op, which the
 converter and the palettized rewrite do not handle. Its variables are float32 already, so the
 same weights in float32 layers export; see :func:`check_float_model` for how.
+
+Palettes name their layers (``"fc/kernel"``), so the layers they name must be told apart by
+name: :func:`palette_layers` refuses two layers of one name (two nested models each with an
+``"fc"``) instead of checking and writing a palette against the wrong one.
 """
 
 from __future__ import annotations
 
-__all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "half_precision_layers"]
+__all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "half_precision_layers",
+           "palette_layers"]
 
 HALF_DTYPES = ("float16", "bfloat16")
 _SHOWN = 5  # layers named in the message
@@ -79,3 +84,36 @@ def check_float_model(model):
         "layer.__class__.from_config({**layer.get_config(), 'dtype': 'float32'})); "
         "m32.set_weights(model.get_weights()); then export m32 (build models to export "
         "after keras.mixed_precision.set_global_policy('float32')).")
+
+
+def palette_layers(model, palettes):
+    """``{name: layer}`` of every layer below ``model`` (nested models included).
+
+    Raises:
+        ValueError: two distinct layers (a shared layer counts once) carry a name a palette
+            refers to: palettes are matched to layers by name, so one of them would be checked
+            and exported with the other's palette.
+    """
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415 (imports keras)
+
+    layers, where, parents = {}, {}, [model]
+    for layer in parents:
+        for sub in getattr(layer, "layers", None) or []:
+            where.setdefault(id(sub), layer.name)
+            if getattr(sub, "layers", None) and sub not in parents:
+                parents.append(sub)
+    for layer in walk_layers(model):
+        layers.setdefault(layer.name, []).append(layer)
+    for name in dict.fromkeys(p.layer_name for p in palettes):
+        same = layers.get(name, [])
+        if len(same) > 1:
+            count = "two" if len(same) == 2 else str(len(same))
+            inside = ", ".join(repr(where.get(id(layer), model.name)) for layer in same)
+            named = sorted({p.name for p in palettes if p.layer_name == name})
+            raise ValueError(
+                f"Palettes do not match the model: model {model.name!r} has {count} layers "
+                f"named {name!r} (inside {inside}), and palettes are matched to layers by name "
+                f"(palettes {named}), so one layer would be checked and exported with the "
+                "other's palette. Rename them (a distinct name=... for each nested model's "
+                "layer) and cluster again.")
+    return {name: same[0] for name, same in layers.items()}

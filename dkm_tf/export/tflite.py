@@ -41,7 +41,7 @@ from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.inspect import inspect_tflite
 from dkm_tf.export.int8 import int8_survival, preserve_clusters
-from dkm_tf.export.model_check import check_built_model
+from dkm_tf.export.model_check import check_built_model, palette_layers
 from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES
 from dkm_tf.export.policy import check_applicable, check_codebook_sizes, check_keep_float
 from dkm_tf.export.report import ExportReport, analytic_bytes
@@ -167,7 +167,8 @@ def check_palettes(model, palettes):
 
     Raises:
         TypeError: ``palettes`` is not a list of Palette objects.
-        ValueError: a layer or weight is missing, or shape or values differ.
+        ValueError: a layer or weight is missing, two layers share a palette's layer name,
+            or shape or values differ.
     """
     from dkm_tf.core.palette import Palette  # noqa: PLC0415
 
@@ -175,11 +176,9 @@ def check_palettes(model, palettes):
                                                           for p in palettes):
         raise TypeError("Invalid type for argument `palettes`. Expected a list of "
                         f"dkm_tf.Palette. Received: {type(palettes).__name__}")
-    from dkm_tf.graph.clusterable import get_weight, walk_layers  # noqa: PLC0415 (keras)
+    from dkm_tf.graph.clusterable import get_weight  # noqa: PLC0415 (keras)
 
-    layers = {}
-    for layer in walk_layers(model):
-        layers.setdefault(layer.name, layer)
+    layers = palette_layers(model, palettes)  # refuses two layers of a palette's name
     for p in palettes:
         layer = layers.get(p.layer_name)
         var = get_weight(layer, p.weight_name) if layer is not None else None

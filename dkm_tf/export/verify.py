@@ -18,14 +18,14 @@ import re
 
 import numpy as np
 
-from dkm_tf.core.validate import check_choice, invalid
-from dkm_tf.export import interpreters as _interpreters
-from dkm_tf.export.interpreters import (  # noqa: F401 (re-exported)
+from dkm_tf.core import interpreters as _interpreters
+from dkm_tf.core.interpreters import (  # noqa: F401 (re-exported)
     INTERPRETERS,
     litert_available,
     make_interpreter,
     tflite_unsupported,
 )
+from dkm_tf.core.validate import check_choice, invalid
 
 __all__ = ["INTERPRETERS", "Comparison", "ExportVerificationError", "batch_inputs",
            "choose_interpreters", "class_score_outputs", "compare", "keras_outputs",
@@ -79,7 +79,7 @@ class Comparison:
 
 
 def default_interpreters():
-    """:func:`~dkm_tf.export.interpreters.default_interpreters` (this module's LiteRT probe)."""
+    """:func:`~dkm_tf.core.interpreters.default_interpreters` (this module's LiteRT probe)."""
     return _interpreters.default_interpreters(litert_available())
 
 
