@@ -11,6 +11,8 @@ __all__ = ["calibration_set", "check_args", "check_calibration", "check_labels",
 
 import numpy as np
 
+from dkm_tf.training.data_checks import check_labels, repeats_forever
+
 
 def calibration_set(train_data, n, seed=0):
     """``n`` samples of ``(x, y)`` drawn without replacement with ``seed`` (all if fewer);
@@ -62,8 +64,6 @@ def check_args(model, train_data, test_data, args):
         from dkm_tf.training.regularizer import RELAXATIONS  # noqa: PLC0415
 
         validate.check_choice("relaxation", a["relaxation"], RELAXATIONS)
-    train_data, test_data = (_as_arrays(name, d) for name, d in (("train_data", train_data),
-                                                                   ("test_data", test_data)))
     train_data = check_data("train_data", train_data, model, required=method != "wr",
                             labels=False)  # (x, None) gets its own message below
     if method != "wr" and isinstance(train_data, tuple) and train_data[1] is None:
@@ -101,58 +101,11 @@ def check_train_data(model, train_data, **fit_args):
     from dkm_tf.training.common import check_data, check_fit_args  # noqa: PLC0415
 
     check_fit_args(model, **fit_args)
-    train_data = check_data("train_data", _as_arrays("train_data", train_data), model)
+    train_data = check_data("train_data", train_data, model)
     data = check_labels("train_data", train_data, model)
     if isinstance(data, tuple) and hasattr(data[0], "dtype"):
         validate.check_finite_samples("train_data", data[0], "x (NaN inputs train NaN weights)")
     return data
-
-
-def _as_arrays(name, data):
-    """``(x, y)`` with Python lists of numbers as arrays (Keras reads a list as one input or
-    label set per element: a crash inside ``fit`` after the clustering, or no accuracy);
-    a ``tf.data.Dataset`` that repeats forever is refused (``fit`` would never return)."""
-    from dkm_tf.pipeline_metrics import as_arrays  # noqa: PLC0415
-
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return type(data)(as_arrays(part) for part in data)
-    if repeats_forever(data):
-        raise ValueError(f"Invalid value for argument `{name}`. Expected a finite dataset "
-                         "(training takes every batch of it per epoch: an endless one never "
-                         "ends). Received: a tf.data.Dataset of unknown length built on "
-                         ".repeat() without a count (e.g. .repeat().filter(...)); repeat it "
-                         "a number of times, or take a finite part with .take(n)")
-    return data
-
-
-def repeats_forever(data):
-    """Whether ``data`` is a ``tf.data.Dataset`` of unknown length (``cardinality()`` -2, as
-    after ``.filter``) whose graph holds a ``.repeat()`` without a count and no ``.take`` /
-    ``.take_while`` that could end it. (An infinite cardinality is refused by
-    ``training.common.check_data``; a generator that never ends cannot be seen.)"""
-    import sys  # noqa: PLC0415
-
-    tf = sys.modules.get("tensorflow")
-    if tf is None or not isinstance(data, tf.data.Dataset) or int(
-            data.cardinality()) != int(tf.data.UNKNOWN_CARDINALITY):
-        return False
-    from tensorflow.core.framework import graph_pb2  # noqa: PLC0415
-    from tensorflow.python.framework import tensor_util  # noqa: PLC0415
-
-    try:
-        graph = graph_pb2.GraphDef.FromString(data._as_serialized_graph(  # noqa: SLF001
-            external_state_policy=tf.data.experimental.ExternalStatePolicy.IGNORE).numpy())
-    except Exception:  # noqa: BLE001 (a graph that does not serialize: not judged)
-        return False
-    nodes = {n.name: n for n in graph.node}
-    if any(n.op in ("TakeDataset", "TakeWhileDataset") for n in graph.node):
-        return False
-    for node in graph.node:
-        count = nodes.get(node.input[1].split(":")[0]) if node.op == "RepeatDataset" else None
-        if count is not None and count.op == "Const" and int(
-                tensor_util.MakeNdarray(count.attr["value"].tensor)) < 0:
-            return True
-    return False
 
 
 def input_range_note(train_data, test_data):
@@ -173,49 +126,6 @@ def input_range_note(train_data, test_data):
     return (f"train_data inputs lie in [{a:.4g}, {b:.4g}] but test_data inputs in "
             f"[{c:.4g}, {d:.4g}]: scaled differently? (e.g. 0-255 pixels for a model trained "
             "on [0, 1]; the accuracy is measured on test_data as given, never rescaled)")
-
-
-def check_labels(name, data, model, class_ids=True):
-    """Labels of an ``(x, y)`` pair must be numbers, and integer class labels must index the
-    model's C output scores: out of range they would give a silently wrong accuracy, or a NaN
-    loss on CPU. Returns ``data``, with labels given as whole-number floats or booleans as
-    integer class ids where class ids are read.
-
-    With ``class_ids``, a single-output model's labels must be class ids, shape (samples,)
-    or (samples, 1), integers or whole-number floats (0.5 would be truncated by the loss and
-    match no class in the accuracy): one-hot (samples, C) labels are refused (pass
-    ``y.argmax(-1)``), as the accuracy compares class ids. Labels that are not one array (a
-    dict or list of arrays, one per output) are left to Keras (no accuracy is reported for
-    several outputs).
-    """
-    if not isinstance(data, tuple) or not hasattr(data[1], "dtype"):
-        return data
-    y, shape = np.asarray(data[1]), getattr(model, "output_shape", None)
-    heads = len(getattr(model, "outputs", None) or ())
-    if y.dtype.kind not in "biuf":
-        raise TypeError(f"Invalid type for argument `{name}`. Expected labels y of numbers "
-                        "(integer class ids). Received: y of dtype " + str(y.dtype)
-                        + (f" (e.g. {y.flat[0].item()!r}: map class names to ids first)" if y.size
-                           else ""))
-    if class_ids and heads <= 1:
-        from dkm_tf.pipeline_metrics import class_ids as as_class_ids  # noqa: PLC0415
-
-        ids = as_class_ids(y, name)  # (samples, 1) passes; one-hot (samples, C) raises
-        if y.dtype.kind in "bf":
-            y = ids.reshape(y.shape)
-            data = (data[0], y)
-    if y.dtype.kind not in "iu" or not y.size or not isinstance(shape, tuple) or len(shape) != 2:
-        return data
-    classes = shape[1]
-    if classes == 1 and (y.min() < 0 or y.max() > 1):
-        raise ValueError(f"Invalid value for argument `{name}`. Expected labels 0 and 1 (the "
-                         "model has one output unit: a binary classifier). Received: labels "
-                         f"from {y.min()} to {y.max()}")
-    if classes is not None and classes > 1 and (y.min() < 0 or y.max() >= classes):
-        raise ValueError(f"Invalid value for argument `{name}`. Expected class labels in "
-                         f"[0, {classes - 1}] (the model has {classes} outputs). Received: "
-                         f"labels from {y.min()} to {y.max()}")
-    return data
 
 
 def check_calibration(model, method, train_data, a):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dkm_tf.training.data_checks import as_arrays, class_ids
+
 __all__ = ["accuracy_note", "as_arrays", "binary_threshold", "class_ids", "evaluate_accuracy",
            "float_predictions", "predicted_classes", "tflite_accuracy"]
 
@@ -62,54 +64,6 @@ def float_predictions(model, x, batch_size=256):
     when the output is not class scores (:func:`predicted_classes`)."""
     out = model.predict(x, batch_size=batch_size, verbose=0)
     return predicted_classes(out, _n_samples(x), binary_threshold(model))
-
-
-def class_ids(y, name="data"):
-    """``y`` as a 1-D array of class ids: shape (samples,) or (samples, 1). One-hot
-    (samples, C) labels raise ``ValueError`` naming ``name`` (flattened they would be compared
-    with the wrong samples: a silently wrong accuracy); pass ``y.argmax(-1)``. Float labels
-    must be whole numbers (0.0, 1.0, ...; 0.5 would match no class: a silently low accuracy),
-    booleans are 0 / 1, and anything else (strings, objects) raises ``TypeError``."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
-                         "(samples,) or (samples, 1): class ids (for one-hot labels pass "
-                         f"y.argmax(-1)). Received: y of shape {y.shape}")
-    if y.dtype.kind in "iu":
-        return y
-    if y.dtype.kind == "b":
-        return y.astype(np.int32)
-    if y.dtype.kind != "f":
-        raise TypeError(f"Invalid type for argument `{name}`. Expected labels y holding "
-                        "integer class ids (or whole-number floats, or booleans). Received: "
-                        f"y of dtype {y.dtype}" + (f" (e.g. {y[0].item()!r}: map class names to "
-                                                   "ids first)" if y.size else ""))
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.isfinite(y) & (y == np.round(y)) & (np.abs(y) < 2**31))
-    if bad.any():
-        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y holding "
-                         "class ids (whole numbers such as 0.0, 1.0, 2.0 in a float array). "
-                         f"Received: {int(bad.sum())} of {y.size} labels that are not, e.g. "
-                         f"{y[bad][0].item()!r}")
-    return y.astype(np.int64)
-
-
-def as_arrays(part):
-    """``part`` of ``(x, y)`` as an array when it is a (nested) Python list of numbers, which
-    Keras would read as one input (or label set) per element; arrays, dicts and lists of
-    arrays (one per input or output) are returned as they are."""
-    if not isinstance(part, (list, tuple)):
-        return part
-    import keras  # noqa: PLC0415
-
-    if any(np.ndim(leaf) for leaf in keras.tree.flatten(part)):
-        return part
-    try:
-        return np.asarray(part)
-    except ValueError:  # ragged: left to Keras
-        return part
 
 
 def _n_samples(x):

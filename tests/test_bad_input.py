@@ -181,7 +181,7 @@ CASES = [
     ("SharingInfo K 0", lambda: _energy().SharingInfo(0, 1, 4), ValueError,
      r"`n_clusters`.*>= 1"),
     ("estimate index_cost typo", lambda: _energy().estimate([_fc()], index_cost="entropic"),
-     ValueError, r"`index_cost`.*\['none', 'log2', 'entropy'\].*'entropic'"),
+     ValueError, r"`index_cost`.*\['none', 'log2', 'entropy', 'auto'\].*'entropic'"),
 ]
 
 

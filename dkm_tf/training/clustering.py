@@ -29,12 +29,13 @@ import numpy as np
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.kmeans import KMEANS_THREADS
-from dkm_tf.core.validate import check_bool, check_kmeans_options, check_seed
+from dkm_tf.core.validate import check_bool, check_choice, check_kmeans_options, check_seed
 from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.graph import sensitivity as sensitivity_lib
 from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
 from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
+from dkm_tf.graph.share import check_override_options
 from dkm_tf.training import soft as soft_lib
 from dkm_tf.training.attach import detach_regularizer
 from dkm_tf.training.kernel_clustering import routes_cluster, routes_palettes, routes_strip
@@ -204,6 +205,10 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
                         f"{_SUBCLASSED_HINT}")
     overrides = clusterable_lib.check_overrides(model, overrides, defaults,
                                                 lambda cfg: validate_settings(**cfg))
+    if weighting is not None:  # its k-means has its own init and no zero centroid
+        check_override_options(defaults, overrides,
+                               check_choice("weighting", weighting, sensitivity_lib.WEIGHTINGS),
+                               None)
     if isinstance(model, keras.Model):
         clusterable_lib.check_has_clusterable(model, "cluster_weights", also=(ClusterWeights,))
     fisher = sensitivity_lib.check_weighting(model, weighting, data, loss, preserve_sparsity)

@@ -133,10 +133,13 @@ def check_data(name, data, model, *, required=True, labels=True):
     lists of arrays, as Keras' ``fit`` takes them) or a finite, batched dataset
     (``tf.data.Dataset``, ``keras.utils.PyDataset``). Refused before any work: a generator
     or iterator (read once: every epoch after the first would see no data), an infinite
-    dataset (``fit`` would never return: take a finite part with ``.take(n)``), an empty one
-    or 0 samples, arrays of ``x`` and ``y`` with different numbers of samples, and, with
+    dataset (``fit`` would never return: take a finite part with ``.take(n)``), one of unknown
+    length built on ``.repeat()`` without a count
+    (:func:`~dkm_tf.training.data_checks.repeats_forever`), an empty one or 0 samples, arrays
+    of ``x`` and ``y`` with different numbers of samples, and, with
     ``labels``, data without labels. A single-input model's input shape must match ``x``'s
-    (and a dataset's elements must be batches of it).
+    (and a dataset's elements must be batches of it). Python lists of numbers in ``x`` or
+    ``y`` become arrays (Keras would read a list as one input or label set per element).
     """
     import numpy as np  # noqa: PLC0415
 
@@ -153,7 +156,9 @@ def check_data(name, data, model, *, required=True, labels=True):
     if len(data) != 2:
         raise ValueError(f"Invalid value for argument `{name}`. Expected {DATA_FORMS}. "
                          f"Received: a sequence of length {len(data)}")
-    x, y = data
+    from dkm_tf.training.data_checks import as_arrays  # noqa: PLC0415
+
+    x, y = data = (as_arrays(data[0]), as_arrays(data[1]))  # Keras reads a list per element
     if x is None:
         raise invalid(name, "an (x, y) pair with inputs x", "(None, ...)")
     if labels and y is None:
@@ -230,7 +235,17 @@ def _check_dataset(name, data, model, labels):
         raise ValueError(f"Invalid value for argument `{name}`. Expected a finite dataset "
                          "(training takes every batch of it per epoch and has no "
                          "steps_per_epoch: an infinite one never ends). Received: an infinite "
-                         f"{kind} (e.g. from .repeat()); take a finite part with .take(n)")
+                         + ("tf.data.Dataset (e.g. from .repeat()); take a finite part with "
+                            ".take(n)" if is_tf else f"{kind} (num_batches is None); give it "
+                            "a finite num_batches (the batches of one epoch)"))
+    from dkm_tf.training.data_checks import repeats_forever  # noqa: PLC0415
+
+    if repeats_forever(data):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a finite dataset "
+                         "(training takes every batch of it per epoch: an endless one never "
+                         "ends). Received: a tf.data.Dataset of unknown length built on "
+                         ".repeat() without a count (e.g. .repeat().filter(...)); repeat it "
+                         "a number of times, or take a finite part with .take(n)")
     if n == 0:
         raise ValueError(f"Invalid value for argument `{name}`. Expected a dataset with at "
                          f"least 1 batch. Received: an empty {kind}")
@@ -297,3 +312,20 @@ def check_class_ids(name, data, loss):
                          "y.argmax(-1), or compile the model with "
                          "keras.losses.CategoricalCrossentropy). Received: y of shape "
                          f"{tuple(shape)}")
+
+
+def check_labels_for(name, data, model, loss):
+    """:func:`check_class_ids`, then the label checks of :func:`dkm_tf.compress` on an
+    ``(x, y)`` pair (:func:`~dkm_tf.training.data_checks.check_labels`): numbers only, with a
+    sparse cross-entropy whole class ids in [0, C) (0.5 would be truncated by the loss;
+    whole-number floats become integers), with a binary cross-entropy integer labels 0 / 1.
+    Returns ``data``, its labels converted."""
+    from dkm_tf.training.data_checks import check_labels  # noqa: PLC0415
+
+    check_class_ids(name, data, loss)
+    if not isinstance(data, tuple):
+        return data  # a dataset's labels are not read (KNOWN_LIMITATIONS.md)
+    sparse = is_sparse_loss(loss)
+    binary = (loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
+              ) in ("binary_crossentropy", "BinaryCrossentropy")
+    return check_labels(name, data, model, class_ids=sparse, ranges=sparse or binary)

@@ -144,7 +144,7 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
             as ``keras.applications`` models do) gives their logarithms, logits up to a
             constant per row, so ``softmax(z_t / T)`` is the softened teacher either way
             (``softmax(p / T)`` of the probabilities would be nearly uniform).
-        x: inputs, an array with a leading sample axis.
+        x: inputs, an array with a leading sample axis (a list of numbers is read as one).
         labels: integer class labels, shape (N,) or (N, 1) (not one-hot: pass
             ``labels.argmax(-1)``), one per sample of ``x``.
         num_classes: C; default the teacher's output width.
@@ -171,7 +171,8 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
         raise invalid_type("labels", "an array of integer class labels", labels)
     from dkm_tf.training.common import check_data  # noqa: PLC0415
 
-    check_data("x", (x, None), teacher, labels=False)  # >= 1 sample, the teacher's input
+    # >= 1 sample, the teacher's input; a list of numbers becomes an array
+    x = check_data("x", (x, None), teacher, labels=False)[0]
     n = len(x) if hasattr(x, "shape") else len(keras.tree.flatten(x)[0])
     if labels.size != n:
         raise ValueError(f"Invalid value for argument `labels`. Expected one label per sample "

@@ -8,9 +8,9 @@ import numpy as np
 from dkm_tf.core.validate import check_int, check_seed
 from dkm_tf.training.clustering import cluster_weights, strip_clustering
 from dkm_tf.training.common import (
-    check_class_ids,
     check_data,
     check_fit_args,
+    check_labels_for,
     check_learning_rate,
     compiled_loss,
     compiled_metrics,
@@ -88,8 +88,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     if used_default:
         loss = default_loss(model)
     if epochs:
-        check_class_ids("train_data", train_data, loss)
-        check_class_ids("val_data", val_data, loss)
+        train_data = check_labels_for("train_data", train_data, model, loss)
+        val_data = check_labels_for("val_data", val_data, model, loss)
     if metrics is None:
         metrics = ["accuracy"] if used_default else (
             distillation_metrics(model, compiled_metrics(model)) or [])

@@ -30,7 +30,7 @@ from keras import ops
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_seed
-from dkm_tf.graph import kernel_share
+from dkm_tf.graph import clusterable, kernel_share
 from dkm_tf.graph.copying import copy_layer, layers_only
 from dkm_tf.training import wrapper_extras as extras
 
@@ -206,6 +206,7 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
     check_seed(seed)
     codebook = kernel_share.check_codebook(codebook)
     excluded = kernel_share._excluded(overrides)  # noqa: SLF001
+    clusterable.check_overrides(model, overrides, {})  # a key naming no layer would be ignored
     fmodel = _functional(model)
     top = {id(lay) for lay in fmodel.layers}
     groups, skipped = kernel_share.kernel_groups(

@@ -9,9 +9,9 @@ from dkm_tf.graph.copying import copy_model
 from dkm_tf.training import callbacks as callbacks_lib
 from dkm_tf.training.attach import attach_regularizer, detach_regularizer, kmeans_regularizers
 from dkm_tf.training.common import (
-    check_class_ids,
     check_data,
     check_fit_args,
+    check_labels_for,
     check_learning_rate,
     compiled_loss,
     compiled_metrics,
@@ -82,8 +82,9 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     Raises:
         ValueError: bad ``epochs`` / ``learning_rate`` or regularizer settings, or data
             that cannot train (empty, infinite, unbatched, without labels, one-hot labels
-            for a sparse loss).
-        TypeError: data that is a generator or iterator.
+            for a sparse loss, array labels outside the model's classes or fractional).
+        TypeError: data that is a generator or iterator, or array labels that are not
+            numbers.
         TypeError: a subclassed model (Keras cannot copy it; the message says what to do).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -96,8 +97,9 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     train_data = check_data("train_data", train_data, model)
     val_data = check_data("val_data", val_data, model, required=False)
     loss = compiled_loss(model)
-    for name, data in (("train_data", train_data), ("val_data", val_data)):
-        check_class_ids(name, data, default_loss(model) if loss is None else loss)
+    reads = default_loss(model) if loss is None else loss  # the loss that reads the labels
+    train_data = check_labels_for("train_data", train_data, model, reads)
+    val_data = check_labels_for("val_data", val_data, model, reads)
     clone = copy_model(model)
     attach_regularizer(clone, n_clusters, lam, relaxation=relaxation, unit=unit,
                        include_dense=include_dense, sparsity=sparsity, seed=seed,

@@ -1,0 +1,135 @@
+"""Checks of ``(x, y)`` data shared by the training functions and :func:`dkm_tf.compress`:
+Python lists as arrays, labels as class ids (numbers, whole, inside the model's classes),
+and datasets that would repeat forever. Raise ``ValueError`` / ``TypeError`` naming the
+argument, what is allowed and what was received, before any work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["as_arrays", "check_labels", "class_ids", "repeats_forever"]
+
+
+def class_ids(y, name="data"):
+    """``y`` as a 1-D array of class ids: shape (samples,) or (samples, 1). One-hot
+    (samples, C) labels raise ``ValueError`` naming ``name`` (flattened they would be compared
+    with the wrong samples: a silently wrong accuracy); pass ``y.argmax(-1)``. Float labels
+    must be whole numbers (0.0, 1.0, ...; 0.5 would match no class: a silently low accuracy),
+    booleans are 0 / 1, and anything else (strings, objects) raises ``TypeError``."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
+                         "(samples,) or (samples, 1): class ids (for one-hot labels pass "
+                         f"y.argmax(-1)). Received: y of shape {y.shape}")
+    if y.dtype.kind in "iu":
+        return y
+    if y.dtype.kind == "b":
+        return y.astype(np.int32)
+    if y.dtype.kind != "f":
+        raise TypeError(f"Invalid type for argument `{name}`. Expected labels y holding "
+                        "integer class ids (or whole-number floats, or booleans). Received: "
+                        f"y of dtype {y.dtype}" + (f" (e.g. {y[0].item()!r}: map class names to "
+                                                   "ids first)" if y.size else ""))
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.isfinite(y) & (y == np.round(y)) & (np.abs(y) < 2**31))
+    if bad.any():
+        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y holding "
+                         "class ids (whole numbers such as 0.0, 1.0, 2.0 in a float array). "
+                         f"Received: {int(bad.sum())} of {y.size} labels that are not, e.g. "
+                         f"{y[bad][0].item()!r}")
+    return y.astype(np.int64)
+
+
+_to_class_ids = class_ids  # check_labels' argument class_ids hides the name
+
+
+def as_arrays(part):
+    """``part`` of ``(x, y)`` as an array when it is a (nested) Python list of numbers, which
+    Keras would read as one input (or label set) per element; arrays, dicts and lists of
+    arrays (one per input or output) are returned as they are."""
+    if not isinstance(part, (list, tuple)):
+        return part
+    import keras  # noqa: PLC0415
+
+    if any(np.ndim(leaf) for leaf in keras.tree.flatten(part)):
+        return part
+    try:
+        return np.asarray(part)
+    except ValueError:  # ragged: left to Keras
+        return part
+
+
+def check_labels(name, data, model, class_ids=True, ranges=True):
+    """Labels of an ``(x, y)`` pair must be numbers, and integer class labels must index the
+    model's C output scores: out of range they would give a silently wrong accuracy, or a NaN
+    loss on CPU. Returns ``data``, with labels given as whole-number floats or booleans as
+    integer class ids where class ids are read.
+
+    With ``class_ids``, a single-output model's labels must be class ids, shape (samples,)
+    or (samples, 1), integers or whole-number floats (0.5 would be truncated by the loss and
+    match no class in the accuracy): one-hot (samples, C) labels are refused (pass
+    ``y.argmax(-1)``), as the accuracy compares class ids. Labels that are not one array (a
+    dict or list of arrays, one per output) are left to Keras (no accuracy is reported for
+    several outputs). ``ranges=False`` skips the range check (a loss that reads no class
+    ids, e.g. integer regression targets).
+    """
+    if not isinstance(data, tuple) or not hasattr(data[1], "dtype"):
+        return data
+    y, shape = np.asarray(data[1]), getattr(model, "output_shape", None)
+    heads = len(getattr(model, "outputs", None) or ())
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"Invalid type for argument `{name}`. Expected labels y of numbers "
+                        "(integer class ids). Received: y of dtype " + str(y.dtype)
+                        + (f" (e.g. {y.flat[0].item()!r}: map class names to ids first)" if y.size
+                           else ""))
+    if class_ids and heads <= 1:
+        ids = _to_class_ids(y, name)  # (samples, 1) passes; one-hot (samples, C) raises
+        if y.dtype.kind in "bf":
+            y = ids.reshape(y.shape)
+            data = (data[0], y)
+    if (not ranges or y.dtype.kind not in "iu" or not y.size or not isinstance(shape, tuple)
+            or len(shape) != 2):
+        return data
+    classes = shape[1]
+    if classes == 1 and (y.min() < 0 or y.max() > 1):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected labels 0 and 1 (the "
+                         "model has one output unit: a binary classifier). Received: labels "
+                         f"from {y.min()} to {y.max()}")
+    if classes is not None and classes > 1 and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected class labels in "
+                         f"[0, {classes - 1}] (the model has {classes} outputs). Received: "
+                         f"labels from {y.min()} to {y.max()}")
+    return data
+
+
+def repeats_forever(data):
+    """Whether ``data`` is a ``tf.data.Dataset`` of unknown length (``cardinality()`` -2, as
+    after ``.filter``) whose graph holds a ``.repeat()`` without a count and no ``.take`` /
+    ``.take_while`` that could end it; :func:`dkm_tf.training.common.check_data` refuses
+    both these and infinite cardinalities (a generator that never ends cannot be seen)."""
+    import sys  # noqa: PLC0415
+
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(data, tf.data.Dataset) or int(
+            data.cardinality()) != int(tf.data.UNKNOWN_CARDINALITY):
+        return False
+    from tensorflow.core.framework import graph_pb2  # noqa: PLC0415
+    from tensorflow.python.framework import tensor_util  # noqa: PLC0415
+
+    try:
+        graph = graph_pb2.GraphDef.FromString(data._as_serialized_graph(  # noqa: SLF001
+            external_state_policy=tf.data.experimental.ExternalStatePolicy.IGNORE).numpy())
+    except Exception:  # noqa: BLE001 (a graph that does not serialize: not judged)
+        return False
+    nodes = {n.name: n for n in graph.node}
+    if any(n.op in ("TakeDataset", "TakeWhileDataset") for n in graph.node):
+        return False
+    for node in graph.node:
+        count = nodes.get(node.input[1].split(":")[0]) if node.op == "RepeatDataset" else None
+        if count is not None and count.op == "Const" and int(
+                tensor_util.MakeNdarray(count.attr["value"].tensor)) < 0:
+            return True
+    return False
