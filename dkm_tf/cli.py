@@ -174,9 +174,11 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
         check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
         if test is not None and test[1] is None:  # held-out inputs without labels: the
-            y = pipeline.float_predictions(model, test[0])  # float model's classes
-            test, metric = (None, metric) if y is None else ((test[0], y), cli_tables.AGREEMENT)
-            _log(cli_tables.agreement_line(y, pipeline.accuracy_note(model), notes))
+            test, note = pipeline.agreement_data(model, test[0])  # float model's classes
+            metric = metric if test is None else cli_tables.AGREEMENT
+            notes += [note] if note else []  # inputs where it outputs NaN: left out
+            _log(cli_tables.agreement_line(test and test[1], pipeline.accuracy_note(model),
+                                           notes))
     result = pipeline.compress(
         model, train, test, method=method, n_clusters=n_clusters, unit=unit,
         granularity=granularity, init=init, seed=seed, finetune_epochs=finetune_epochs,

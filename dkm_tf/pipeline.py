@@ -21,6 +21,7 @@ from dkm_tf.graph.share import share_weights
 from dkm_tf.pipeline_args import calibration_set, check_args, fisher_loss, input_range_note
 from dkm_tf.pipeline_metrics import (
     accuracy_note,
+    agreement_data,
     binary_threshold,
     evaluate_accuracy,
     float_predictions,
@@ -29,9 +30,9 @@ from dkm_tf.pipeline_metrics import (
     tflite_accuracy,
 )
 
-__all__ = ["METHODS", "CompressionResult", "accuracy_note", "binary_threshold", "compress",
-           "evaluate_accuracy", "float_predictions", "predicted_classes", "tflite_accuracy",
-           "train_classifier"]
+__all__ = ["METHODS", "CompressionResult", "accuracy_note", "agreement_data", "binary_threshold",
+           "compress", "evaluate_accuracy", "float_predictions", "predicted_classes",
+           "tflite_accuracy", "train_classifier"]
 
 METHODS = ("wr", "finetune", "dkm", "dkm+finetune")
 
@@ -123,7 +124,9 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
 
     train_data = check_train_data(model, train_data, batch_size=batch_size,
                                   callbacks=callbacks, verbose=verbose)
-    threshold = binary_threshold(model) if model.output_shape[-1] == 1 else None
+    shape = getattr(model, "output_shape", None) if getattr(model, "built", False) else None
+    threshold = (binary_threshold(model) if isinstance(shape, tuple) and shape and
+                 shape[-1] == 1 else None)  # a subclassed model has no output_shape
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=default_loss(model),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)
                            if threshold is not None else "accuracy"])
@@ -212,12 +215,13 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     if (note := input_range_note(train_data, test_data)) is not None:  # 0-255 vs [0, 1]
         notes.append(note)
     if test_data is not None and test_data[1] is None:  # held-out inputs without labels
-        labels = float_predictions(model, test_data[0], batch_size=max(batch_size, 256))
-        if labels is None:
+        agreed, note = agreement_data(model, test_data[0], batch_size=max(batch_size, 256))
+        notes += [note] if note else []  # inputs where the float model outputs NaN: left out
+        if agreed is None:
             notes.append(f"no agreement with the float model on test_data: "
                          f"{accuracy_note(model)}")
-        test_data, metric = ((None, metric) if labels is None else
-                             ((test_data[0], labels), "agreement with the float model"))
+        test_data, metric = ((None, metric) if agreed is None else
+                             (agreed, "agreement with the float model"))
     acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
     work = model
     if method.startswith("dkm"):

@@ -9,8 +9,8 @@ import numpy as np
 
 from dkm_tf.training.data_checks import as_arrays, class_ids
 
-__all__ = ["accuracy_note", "as_arrays", "binary_threshold", "class_ids", "evaluate_accuracy",
-           "float_predictions", "predicted_classes", "tflite_accuracy"]
+__all__ = ["accuracy_note", "agreement_data", "as_arrays", "binary_threshold", "class_ids",
+           "evaluate_accuracy", "float_predictions", "predicted_classes", "tflite_accuracy"]
 
 
 def binary_threshold(model):
@@ -64,6 +64,31 @@ def float_predictions(model, x, batch_size=256):
     when the output is not class scores (:func:`predicted_classes`)."""
     out = model.predict(x, batch_size=batch_size, verbose=0)
     return predicted_classes(out, _n_samples(x), binary_threshold(model))
+
+
+def agreement_data(model, x, batch_size=256):
+    """``((x, labels), note)`` for held-out inputs without labels: ``labels`` the float
+    model's top-1 classes (:func:`float_predictions`; ``(None, None)`` when its output is not
+    class scores). Inputs where the float model outputs NaN have no class to agree with: they
+    are left out, and ``note`` says how many (None when none is).
+
+    Raises:
+        ValueError: the float model outputs NaN for every input.
+    """
+    labels = float_predictions(model, x, batch_size=batch_size)
+    if labels is None or not (labels < 0).any():
+        return (None if labels is None else (x, labels)), None
+    keep, n = labels >= 0, len(labels)
+    if not keep.any():
+        raise ValueError(f"Invalid value for argument `test_data`. Expected inputs on which the "
+                         f"float model gives class scores. Received: {n} inputs, on every one "
+                         "of which it outputs NaN (no class to measure agreement with)")
+    import keras  # noqa: PLC0415
+
+    kept = keras.tree.map_structure(lambda a: np.asarray(a)[keep], x)
+    return (kept, labels[keep]), (
+        f"the float model outputs NaN for {n - int(keep.sum())} of {n} held-out inputs: "
+        f"agreement is measured on the other {int(keep.sum())}")
 
 
 def _n_samples(x):

@@ -132,9 +132,25 @@ def test_train_and_test_inputs_on_other_scales_get_a_note():
     unit = (pixels / 255).astype(np.float32)
     result = dkm_tf.compress(_model(), (unit, Y), (pixels.astype(np.uint8), Y), method="wr",
                              n_clusters=2, verbose=0)
-    assert any("scaled differently" in n and "[0, 255]" in n for n in result.notes)
+    (note,) = [n for n in result.notes if "scaled differently" in n]
+    lo, hi = np.percentile(pixels, [1, 99])
+    assert f"test_data inputs in [{lo:.4g}, {hi:.4g}]" in note
     same = dkm_tf.compress(_model(), (unit, Y), (unit, Y), method="wr", n_clusters=2, verbose=0)
     assert not any("scaled differently" in n for n in same.notes)
+
+
+def test_one_outlier_or_an_all_zero_side_is_no_other_scale():
+    """The note compared min / max: one count of 300 among values 0-2, or a test set of
+    all-zero one-hot rows, said "scaled differently?" of data on one scale."""
+    from dkm_tf.pipeline_args import input_range_note
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 3, (500, 6)).astype(np.float32)
+    outlier = counts.copy()
+    outlier[0, 0] = 300
+    assert input_range_note((outlier, None), (counts[:50], None)) is None
+    assert input_range_note((counts, None), (np.zeros((20, 6), np.float32), None)) is None
+    assert input_range_note((counts, None), (255 * counts[:50], None)) is not None
 
 
 @pytest.mark.parametrize("activation, units, loss, from_logits", [
@@ -175,3 +191,62 @@ def test_npz_inputs_that_are_not_real_numbers_are_refused(tmp_path, x):
         data.check_npz(path)
     with pytest.raises(data.DatasetFileError, match="real numbers"):
         data.load_dataset(str(path))
+
+
+@pytest.mark.parametrize("kind", ["subclassed", "subclassed_called", "sequential_no_input"])
+def test_train_classifier_takes_models_without_an_output_shape(kind):
+    """train_classifier read model.output_shape, which a subclassed model and a Sequential
+    built without an Input do not have (AttributeError; they trained before)."""
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d1, self.d2 = keras.layers.Dense(6), keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.d2(self.d1(x))
+
+    model = (Sub() if kind.startswith("subclassed") else
+             keras.Sequential([keras.layers.Dense(6), keras.layers.Dense(3)]))
+    if kind.endswith("called"):
+        model(X[:1])
+    history = pipeline.train_classifier(model, (X, Y), epochs=1)
+    assert np.isfinite(history.history["loss"][-1])
+
+
+@keras.saving.register_keras_serializable(package="dkm_tf_tests")
+class _NanGate(keras.layers.Layer):
+    def call(self, t):
+        return keras.ops.where(t[:, :1] < 0, np.nan, 0.0)
+
+
+def _nan_rows_model():
+    """Three class scores, NaN for the inputs whose first feature is negative."""
+    inp = keras.Input((8,))
+    gate = _NanGate()(inp)
+    out = keras.layers.Add()([keras.layers.Dense(3, name="fc")(inp), gate])
+    return keras.Model(inp, out)
+
+
+def test_agreement_leaves_out_inputs_where_the_float_model_outputs_nan():
+    """Held-out inputs without labels: rows where the float model outputs NaN predicted -1,
+    and compress then refused its own labels ("labels from -1 to 2")."""
+    keras.utils.set_random_seed(0)
+    model = _nan_rows_model()
+    result = dkm_tf.compress(model, test_data=(X, None), n_clusters=4, verbose=0)
+    bad = int((X[:, 0] < 0).sum())
+    assert 0 < bad < len(X)
+    assert any(f"NaN for {bad} of {len(X)} held-out inputs" in n for n in result.notes)
+    keep = X[:, 0] >= 0
+    ref = np.argmax(model.predict(X[keep], verbose=0), -1)
+    assert result.accuracy_before == 1.0
+    got = np.argmax(result.model.predict(X[keep], verbose=0), -1)
+    assert result.accuracy_after == pytest.approx(np.mean(got == ref))
+    with pytest.raises(ValueError, match="outputs NaN"):
+        dkm_tf.compress(model, test_data=(X[~keep], None), n_clusters=4, verbose=0)
+
+
+def test_float16_labels_give_no_overflow_warning():
+    from dkm_tf.pipeline_metrics import class_ids
+
+    np.testing.assert_array_equal(class_ids(Y.astype(np.float16)), Y)  # warnings are errors
+

@@ -71,6 +71,9 @@ def test_settings_for_a_layer_never_clustered_raise(key):
 def test_none_for_a_layer_never_clustered_is_allowed():
     res = dkm_tf.share_weights(_flat(), 4, overrides={"drop": None, "BatchNormalization": None})
     assert [p.name for p in res.palettes] == ["conv/kernel", "fc/kernel", "head/kernel"]
+    # {} (the plain defaults) changes nothing either: allowed as None is
+    res = dkm_tf.share_weights(_flat(), 4, overrides={"bn": {}, "drop": {}})
+    assert [p.name for p in res.palettes] == ["conv/kernel", "fc/kernel", "head/kernel"]
 
 
 def test_unknown_key_lists_close_matches():

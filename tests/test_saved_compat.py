@@ -153,7 +153,7 @@ def test_unrestorable_old_file_fails_clearly(stem):
     ref = reference(stem)
     assert sum(ref["trainable"]) > 0  # what the old model held when it was saved
     with pytest.raises(ValueError, match=r"(?s)ClusterWeights 'cluster_d1' was not built when "
-                                         r"its model was loaded.*2026-12-04"):
+                                         r"weights were loaded.*2026-12-04"):
         keras.models.load_model(DATA / f"{stem}.keras")
 
 

@@ -344,7 +344,7 @@ def _check_effective(model, overrides, matches):
                 "layer: it would be ignored and the model's layers clustered with the defaults."
                 f" Expected keys naming layers or layer classes; its clusterable layers: "
                 f"{inner[:20]}{' ...' if len(inner) > 20 else ''}. {got}")
-        if overrides[key] is not None and not any(
+        if overrides[key] and not any(  # None / {} (the plain defaults): harmless
                 is_clusterable(lay) for lay in found if not isinstance(lay, keras.Model)):
             raise ValueError(
                 f"Invalid value for argument `overrides[{key!r}]`. Expected settings for a "

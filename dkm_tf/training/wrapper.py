@@ -281,13 +281,14 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
         if not self.built and (saved or getattr(self, "_unloaded", 0)):
             self._unloaded = max(saved, getattr(self, "_unloaded", 0))
             raise ValueError(
-                f"ClusterWeights {self.name!r} was not built when its model was loaded, so "
-                f"its {self._unloaded} saved variables cannot be restored (the model would "
-                "silently start from fresh weights). This is a subclassed model saved without "
-                "a build config, e.g. by dkm_tf before 2026-12-04, whose wrappers in "
-                "subclassed models saved some variables twice; that file cannot be restored "
-                "exactly. Rebuild the model, call it once on a batch, and load weights saved "
-                "from a working copy, or re-run the clustering.")
+                f"ClusterWeights {self.name!r} was not built when weights were loaded into "
+                f"it, so its {self._unloaded} saved variables cannot be restored (the model "
+                "would silently start from fresh weights). Either the model was built with "
+                "model.build(shape), which does not build a subclassed model's wrappers: call "
+                "it once on a batch, then load; or the file is a subclassed model saved "
+                "without a build config (dkm_tf before 2026-12-04 saved some of its "
+                "variables twice): it cannot be restored exactly; load weights saved from a "
+                "working copy, or re-run the clustering.")
         super().load_own_variables(store)
         self._deferred.clear()  # the loaded codebooks and indices are the clusters
 
