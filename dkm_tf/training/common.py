@@ -243,9 +243,10 @@ def _check_dataset(name, data, model, labels):
     if repeats_forever(data):
         raise ValueError(f"Invalid value for argument `{name}`. Expected a finite dataset "
                          "(training takes every batch of it per epoch: an endless one never "
-                         "ends). Received: a tf.data.Dataset of unknown length built on "
-                         ".repeat() without a count (e.g. .repeat().filter(...)); repeat it "
-                         "a number of times, or take a finite part with .take(n)")
+                         "ends). Received: a tf.data.Dataset of unknown length built on an "
+                         "endless one (.repeat() without a count, counter(), random(); e.g. "
+                         ".repeat().filter(...)); repeat it a number of times, or take a "
+                         "finite part with .take(n)")
     if n == 0:
         raise ValueError(f"Invalid value for argument `{name}`. Expected a dataset with at "
                          f"least 1 batch. Received: an empty {kind}")
