@@ -17,6 +17,7 @@ import os
 import keras
 import numpy as np
 import pytest
+from testing import conv_conv_dense
 
 from dkm_tf import cli, energy
 from dkm_tf import export as ex
@@ -28,12 +29,7 @@ X = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 1)).astype(np.float32)
 
 
 def _small_model():
-    keras.utils.set_random_seed(3)
-    L = keras.layers
-    inp = keras.Input((8, 8, 1))
-    h = L.Conv2D(8, 3, activation="relu", name="conv")(inp)
-    h = L.Conv2D(6, 3, activation="relu", name="conv2")(h)
-    return keras.Model(inp, L.Dense(10, name="fc")(L.Flatten()(h)), name="small")
+    return conv_conv_dense((8, 6), ("conv", "conv2"), seed=3, name="small")
 
 
 def _recount(palette):

@@ -11,6 +11,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from testing import conv_conv_dense
 
 from dkm_tf import energy
 from dkm_tf import export as ex
@@ -23,12 +24,7 @@ X = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 1)).astype(np.float32)
 
 
 def _tiny_cnn():
-    keras.utils.set_random_seed(4)
-    L = keras.layers
-    inp = keras.Input((8, 8, 1))
-    h = L.Conv2D(4, 3, activation="relu", name="c1")(inp)
-    h = L.Conv2D(8, 3, activation="relu", name="c2")(h)
-    return keras.Model(inp, L.Dense(10, name="fc")(L.Flatten()(h)))
+    return conv_conv_dense((4, 8), ("c1", "c2"), seed=4)
 
 
 @pytest.fixture(scope="module")

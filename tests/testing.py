@@ -120,15 +120,23 @@ def run_tflite_per_sample(path, x, kind="litert"):
     return np.stack(ys)
 
 
-def two_conv_model():
-    """Conv(4) - Conv(4) - Dense(10) on 8x8x1 with fixed normal(0, 0.3) weights (seed 1)."""
+def conv_conv_dense(filters, names, head="fc", seed=None, name=None):
+    """Conv(filters[0]) - Conv(filters[1]) - Dense(10) on 8x8x1 (3x3 valid convs, relu), the
+    layers named ``names`` and ``head``; Keras' initial weights after ``seed`` (if given)."""
     import keras
 
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
     L = keras.layers
     inp = keras.Input((8, 8, 1))
-    y = L.Conv2D(4, 3, activation="relu", name="conv")(inp)
-    y = L.Conv2D(4, 3, activation="relu", name="conv2")(y)
-    model = keras.Model(inp, L.Dense(10, name="out")(L.Flatten()(y)))
+    y = L.Conv2D(filters[0], 3, activation="relu", name=names[0])(inp)
+    y = L.Conv2D(filters[1], 3, activation="relu", name=names[1])(y)
+    return keras.Model(inp, L.Dense(10, name=head)(L.Flatten()(y)), name=name)
+
+
+def two_conv_model():
+    """Conv(4) - Conv(4) - Dense(10) on 8x8x1 with fixed normal(0, 0.3) weights (seed 1)."""
+    model = conv_conv_dense((4, 4), ("conv", "conv2"), head="out")
     rng = np.random.default_rng(1)
     model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
                        for w in model.get_weights()])
