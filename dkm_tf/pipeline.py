@@ -124,10 +124,11 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
 
     train_data = check_train_data(model, train_data, batch_size=batch_size,
                                   callbacks=callbacks, verbose=verbose)
-    shape = getattr(model, "output_shape", None) if getattr(model, "built", False) else None
+    shape = _output_shape(model, train_data)
     threshold = (binary_threshold(model) if isinstance(shape, tuple) and shape and
-                 shape[-1] == 1 else None)  # a subclassed model has no output_shape
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=default_loss(model),
+                 shape[-1] == 1 else None)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=default_loss(model, shape),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)
                            if threshold is not None else "accuracy"])
     fit = ({"x": train_data[0], "y": train_data[1], "batch_size": batch_size}
@@ -135,6 +136,25 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     if is_tf_dataset(train_data):  # Keras cannot shuffle it, and warns when asked to
         fit["shuffle"] = False
     return model.fit(**fit, epochs=epochs, verbose=verbose, callbacks=list(callbacks or []))
+
+
+def _output_shape(model, data):
+    """``model``'s output shape: its ``output_shape``, or for a model without one (subclassed)
+    that of its output on one sample of ``data`` (without it, a one-unit subclassed binary
+    classifier was given a sparse cross-entropy: an error on TensorFlow and PyTorch, silently
+    no training on JAX). None when unknown (``fit`` then says why)."""
+    import keras  # noqa: PLC0415
+
+    shape = getattr(model, "output_shape", None) if getattr(model, "built", False) else None
+    if shape is not None:
+        return shape
+    try:
+        x = data[0] if isinstance(data, tuple) else (
+            data[0] if isinstance(data, keras.utils.PyDataset) else next(iter(data)))[0]
+        out = model(keras.tree.map_structure(lambda a: np.asarray(a)[:1], x), training=False)
+    except Exception:  # noqa: BLE001 (data or model that fit rejects: it says why)
+        return None
+    return tuple(out.shape) if hasattr(out, "shape") else None
 
 
 def _other_params(model, palettes):

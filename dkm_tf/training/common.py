@@ -61,8 +61,9 @@ def output_activation(model):
     return getattr(getattr(last, "activation", None), "__name__", "")
 
 
-def default_loss(model):
-    """The cross-entropy that fits the model's output.
+def default_loss(model, shape=None):
+    """The cross-entropy that fits the model's output (of ``shape``: default the model's
+    ``output_shape``, which a subclassed model lacks).
 
     One output unit (a binary classifier, labels 0/1): binary cross-entropy, from logits
     unless the model ends in a sigmoid. Otherwise sparse categorical cross-entropy, from
@@ -72,7 +73,7 @@ def default_loss(model):
     import keras  # noqa: PLC0415
 
     activation = output_activation(model)
-    shape = getattr(model, "output_shape", None)
+    shape = getattr(model, "output_shape", None) if shape is None else shape
     if isinstance(shape, tuple) and len(shape) == 2 and shape[1] == 1:
         return keras.losses.BinaryCrossentropy(from_logits=activation != "sigmoid")
     return keras.losses.SparseCategoricalCrossentropy(from_logits=activation != "softmax")
