@@ -233,12 +233,10 @@ def _value_entropy(units):
     """Entropy (bits per unit, averaged over the G groups of `units`, shape (G, M, d)) of
     which distinct unit each unit is: the index histogram of a kernel saved after clustering
     (`Palette.entropy_bits`, up to codewords that coincide)."""
-    out = []
-    for group in units:
-        _, counts = np.unique(group, axis=0, return_counts=True)
-        p = counts / counts.sum()
-        out.append(float(-(p * np.log2(p)).sum()) + 0.0)
-    return float(np.mean(out))
+    from dkm_tf.core.kmeans import assignment_entropy
+
+    return float(np.mean([assignment_entropy(np.unique(group, axis=0, return_inverse=True)[1]
+                                             .ravel()) for group in units]))
 
 
 def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):

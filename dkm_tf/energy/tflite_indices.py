@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from dkm_tf.core.kmeans import assignment_entropy
 from dkm_tf.core.tflm_lut import read_lut_header
 
 # TensorType -> numpy dtype (INT4 = 17 and INT2 = 19 are sub-byte fields, unpacked apart)
@@ -37,11 +38,7 @@ def entropy_bits(groups, n_clusters):
     """Mean over `groups` (integer arrays of indices in [0, K)) of each one's histogram
     entropy, in bits per index (`core.kmeans.assignment_entropy`, averaged like
     `Palette.entropy_bits`)."""
-    out = []
-    for idx in groups:
-        counts = np.bincount(np.asarray(idx, np.int64).ravel(), minlength=n_clusters)
-        p = counts[counts > 0] / max(int(counts.sum()), 1)
-        out.append(float(-(p * np.log2(p)).sum()) + 0.0)
+    out = [assignment_entropy(np.asarray(idx, np.int64).ravel(), n_clusters) for idx in groups]
     return float(np.mean(out)) if out else None
 
 

@@ -320,8 +320,8 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
             elif opname not in _NO_COMPUTE and tops.integer_only(view, k):
                 skipped.append((label, f"{opname} of integers (index or shape arithmetic), "
                                 "not charged"))
-            elif tops.bias_of(view, k, weights):
-                skipped.append((label, f"bias of the {tops.bias_of(view, k, weights)} before "
+            elif product := tops.bias_of(view, k, weights):
+                skipped.append((label, f"bias of the {product} before "
                                 "it (its accumulators' initial value), not charged"))
             elif opname in tops.LISTED:
                 skipped.append((label, f"{opname}: {tops.LISTED[opname]}"))
