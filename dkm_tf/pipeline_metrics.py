@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dkm_tf.training.data_checks import as_arrays, class_ids
+from dkm_tf.training.data_checks import as_arrays, check_label_range, class_ids
 
 __all__ = ["accuracy_note", "agreement_data", "as_arrays", "binary_threshold", "class_ids",
            "evaluate_accuracy", "float_predictions", "predicted_classes", "tflite_accuracy"]
@@ -131,32 +131,17 @@ def evaluate_accuracy(model, data, batch_size=256):
             raise ValueError("Invalid value for argument `data`. Expected at least 1 sample "
                              f"and one label per sample. Received: x with {n} samples, "
                              f"{len(labels)} labels")
-        checked = _check_label_range(labels, getattr(model, "output_shape", None))
+        checked = check_label_range("data", labels, getattr(model, "output_shape", None))
     out = model.predict(x, batch_size=batch_size, verbose=0)
     pred = predicted_classes(out, _n_samples(x), binary_threshold(model))
     if pred is None or labels is None:
         return None
     if not checked:  # a subclassed model: its output width is known now
-        _check_label_range(labels, tuple(np.shape(out)))
+        check_label_range("data", labels, tuple(np.shape(out)))
     if len(labels) != len(pred):
         raise ValueError(f"Invalid value for argument `data`. Expected one label per sample "
                          f"({len(pred)}). Received: {len(labels)} labels")
     return float(np.mean(pred == labels))
-
-
-def _check_label_range(labels, shape):
-    """Raise when class ids fall outside the C scores of an output of ``shape``
-    ``(samples, C)`` (0 / 1 for one unit): they would count as wrong. False when the shape
-    is unknown (nothing checked)."""
-    width = shape[1] if isinstance(shape, tuple) and len(shape) == 2 else None
-    if not isinstance(width, int):
-        return False
-    top = 1 if width == 1 else width - 1
-    if labels.size and (labels.min() < 0 or labels.max() > top):
-        raise ValueError(f"Invalid value for argument `data`. Expected class labels in "
-                         f"[0, {top}] (the model has {width} output unit(s)). Received: "
-                         f"labels from {labels.min()} to {labels.max()}")
-    return True
 
 
 def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold=None):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_arrays", "check_labels", "class_ids", "repeats_forever"]
+__all__ = ["as_arrays", "check_label_range", "check_labels", "class_ids", "repeats_forever"]
 
 
 def class_ids(y, name="data"):
@@ -90,19 +90,29 @@ def check_labels(name, data, model, class_ids=True, ranges=True):
         if y.dtype.kind in "bf":
             y = ids.reshape(y.shape)
             data = (data[0], y)
-    if (not ranges or y.dtype.kind not in "iu" or not y.size or not isinstance(shape, tuple)
-            or len(shape) != 2):
-        return data
-    classes = shape[1]
-    if classes == 1 and (y.min() < 0 or y.max() > 1):
+    if ranges and y.dtype.kind in "iu":
+        check_label_range(name, y, shape)
+    return data
+
+
+def check_label_range(name, labels, shape):
+    """Raise when integer class ids ``labels`` fall outside the C scores of an output of
+    ``shape`` ``(samples, C)`` (0 / 1 for one unit: a binary classifier): they would count as
+    wrong, or give a NaN loss. False when the shape is unknown (nothing checked), else True."""
+    classes = shape[1] if isinstance(shape, tuple) and len(shape) == 2 else None
+    if not isinstance(classes, int):
+        return False
+    if not labels.size:
+        return True
+    if classes == 1 and (labels.min() < 0 or labels.max() > 1):
         raise ValueError(f"Invalid value for argument `{name}`. Expected labels 0 and 1 (the "
                          "model has one output unit: a binary classifier). Received: labels "
-                         f"from {y.min()} to {y.max()}")
-    if classes is not None and classes > 1 and (y.min() < 0 or y.max() >= classes):
+                         f"from {labels.min()} to {labels.max()}")
+    if classes > 1 and (labels.min() < 0 or labels.max() >= classes):
         raise ValueError(f"Invalid value for argument `{name}`. Expected class labels in "
                          f"[0, {classes - 1}] (the model has {classes} outputs). Received: "
-                         f"labels from {y.min()} to {y.max()}")
-    return data
+                         f"labels from {labels.min()} to {labels.max()}")
+    return True
 
 
 # One-input datasets that pass every element of their input on (or batches, maps, shuffles,
