@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+from testing import subclassed_model
 
 import dkm_tf
 
@@ -185,22 +186,6 @@ CASES = [
 ]
 
 
-def _subclassed():
-    import keras  # noqa: PLC0415
-
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.d = keras.layers.Dense(3)
-
-        def call(self, x):
-            return self.d(x)
-
-    sub = Sub()
-    sub(np.zeros((1, 4), np.float32))
-    return sub
-
-
 @pytest.fixture(scope="module")
 def m(tmp_path_factory):
     """The tiny models, data and files the cases use (built once)."""
@@ -217,7 +202,7 @@ def m(tmp_path_factory):
     ns.empty = keras.Sequential([keras.Input((4,))], name="empty")
     ns.noclust = keras.Sequential([keras.Input((4,)), layers.BatchNormalization(name="bn")],
                                   name="noclust")
-    ns.sub = _subclassed()
+    ns.sub = subclassed_model(3, 4)
     ns.x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
     ns.y = np.arange(8) % 2
     ns.xc = np.random.default_rng(1).standard_normal((8, 6, 6, 1)).astype(np.float32)

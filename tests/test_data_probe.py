@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from testing import subclassed_model
 
 import dkm_tf
 from dkm_tf import data, pipeline
@@ -60,18 +61,9 @@ def test_evaluate_accuracy_refuses_labels_that_match_no_class(labels, error, mat
         pipeline.evaluate_accuracy(_model(), (x, labels))
 
 
-class Subclassed(keras.Model):
-    def __init__(self):
-        super().__init__()
-        self.dense = keras.layers.Dense(3)
-
-    def call(self, x):
-        return self.dense(x)
-
-
 def test_evaluate_accuracy_checks_a_subclassed_models_classes_from_its_scores():
     keras.utils.set_random_seed(0)
-    model = Subclassed()  # no output_shape before it runs
+    model = subclassed_model(3, None)  # no output_shape before it runs
     with pytest.raises(ValueError, match=r"labels in \[0, 2\]"):  # was 0.0
         pipeline.evaluate_accuracy(model, (X, Y + 3))
     assert pipeline.evaluate_accuracy(model, (X, Y)) == _recount(model, X, Y)

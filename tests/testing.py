@@ -73,20 +73,23 @@ def small_cnn(seed=0, input_shape=(8, 8, 1)):
     ], name="small_cnn")
 
 
-def subclassed_model():
-    """A built subclassed model (one Dense layer): Keras cannot clone or trace it generically."""
+def subclassed_model(units=2, inputs=3):
+    """A subclassed model (one Dense layer of ``units``): Keras cannot clone or trace it
+    generically. Built on ``inputs`` features; ``inputs=None`` leaves it unbuilt (no
+    ``output_shape`` before it runs)."""
     import keras
 
     class Sub(keras.Model):
         def __init__(self):
             super().__init__()
-            self.d = keras.layers.Dense(2)
+            self.d = keras.layers.Dense(units)
 
         def call(self, x):
             return self.d(x)
 
     m = Sub()
-    m(np.zeros((1, 3), np.float32))
+    if inputs is not None:
+        m(np.zeros((1, inputs), np.float32))
     return m
 
 
