@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dkm_tf.core.labels import as_arrays, check_label_range, class_ids, is_sparse_loss
 from dkm_tf.core.validate import check_choice, check_finite_samples, check_number, invalid
 from dkm_tf.graph.weighted_kmeans import FLOOR, weighted_codebook, weighted_kmeans, weighted_palette
 
@@ -92,6 +93,7 @@ def _check(model, weighting, data, loss, sparse, labels):
         raise invalid("weighting", "None for a single layer (weighting='fisher' needs a "
                       "keras.Model and its loss)", weighting)
     x, y = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
+    x, y = as_arrays(x), as_arrays(y)  # lists of numbers, as the training functions take them
     if x is None:
         raise invalid("data", "samples x, or a tuple (x, y), needed by weighting='fisher' "
                       "(squared gradients over these samples)", None)
@@ -105,6 +107,8 @@ def _check(model, weighting, data, loss, sparse, labels):
                       "empirical Fisher uses the true labels)", "samples without labels")
     check_finite_samples("data", x, "for weighting='fisher' (squared gradients over them)")
     loss_fn = _resolve_loss(model, loss, keras)
+    if labels == "data" and is_sparse_loss(loss_fn) and hasattr(y, "shape"):
+        y = _sparse_labels(model, y)
     x0 = _take(x, 0, 1)
     try:
         pred = model(x0, training=False)
@@ -115,10 +119,25 @@ def _check(model, weighting, data, loss, sparse, labels):
             f"{model.name!r} (inputs {_input_shapes(model)}) and its loss. Received: x of "
             f"shape {_shapes(x)}, y of shape {None if y is None else _shapes(y)}; one sample "
             f"failed with: {type(e).__name__}: {e}") from e
+    if labels == "data" and is_sparse_loss(loss_fn) and len(getattr(pred, "shape", ())) == 2:
+        check_label_range("data", np.reshape(y, (-1,)), (None, int(pred.shape[1])))  # subclassed
     if value is not None and not np.all(np.isfinite(_numpy(value))):
         raise invalid("data", "samples whose loss is finite", f"a loss of {value}")
     targets = _class_targets(model, loss_fn, x0, pred, keras) if labels == "model" else None
     return x, y, loss_fn, targets
+
+
+def _sparse_labels(model, y):
+    """``y`` for a sparse cross-entropy (labels="data"): class ids, whole numbers (0.5 would
+    be truncated to class 0: the Fisher of other labels, silently) inside the model's classes
+    (out of them the loss fails, or is NaN, at that sample); returned as integers."""
+    ids = class_ids(y, "data")
+    try:
+        shape = model.output_shape
+    except (AttributeError, ValueError):  # a subclassed model: read from one sample below
+        shape = None
+    check_label_range("data", ids, shape if isinstance(shape, tuple) else None)
+    return ids.reshape(np.shape(y))
 
 
 def _class_targets(model, loss_fn, x0, pred, keras):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dkm_tf.core.labels import is_sparse_loss  # also imported from here by pipeline_args
+
 
 def compiled_loss(model):
     """The loss ``model`` was compiled with, or None (not compiled, or compiled without one;
@@ -282,15 +284,6 @@ def is_tf_dataset(data):
     return tf is not None and isinstance(data, tf.data.Dataset)
 
 
-def is_sparse_loss(loss):
-    """Whether ``loss`` is a sparse categorical cross-entropy (it reads class ids)."""
-    import keras  # noqa: PLC0415
-
-    return isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or (
-        (loss if isinstance(loss, str) else getattr(loss, "__name__", None))
-        in ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"))
-
-
 def check_class_ids(name, data, loss):
     """With a sparse categorical cross-entropy ``loss``, the labels of ``data`` (an ``(x, y)``
     pair or a ``tf.data.Dataset``) must be class ids, shape (samples,) or (samples, 1): one-hot
@@ -318,15 +311,14 @@ def check_class_ids(name, data, loss):
 
 def check_labels_for(name, data, model, loss):
     """:func:`check_class_ids`, then the label checks of :func:`dkm_tf.compress` on an
-    ``(x, y)`` pair (:func:`~dkm_tf.training.data_checks.check_labels`): numbers only, with a
-    sparse cross-entropy whole class ids in [0, C) (0.5 would be truncated by the loss;
-    whole-number floats become integers), with a binary cross-entropy integer labels 0 / 1.
-    Returns ``data``, its labels converted."""
+    ``(x, y)`` pair or a dataset (:func:`~dkm_tf.training.data_checks.check_labels`; a
+    dataset's labels as far as :func:`~dkm_tf.training.data_checks.dataset_labels` reads
+    them): numbers only, with a sparse cross-entropy whole class ids in [0, C) (0.5 would be
+    truncated by the loss; whole-number floats become integers in a pair), with a binary
+    cross-entropy integer labels 0 / 1. Returns ``data``, a pair's labels converted."""
     from dkm_tf.training.data_checks import check_labels  # noqa: PLC0415
 
     check_class_ids(name, data, loss)
-    if not isinstance(data, tuple):
-        return data  # a dataset's labels are not read (KNOWN_LIMITATIONS.md)
     sparse = is_sparse_loss(loss)
     binary = (loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
               ) in ("binary_crossentropy", "BinaryCrossentropy")

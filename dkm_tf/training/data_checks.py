@@ -1,5 +1,6 @@
 """Checks of ``(x, y)`` data shared by the training functions and :func:`dkm_tf.compress`:
-Python lists as arrays, labels as class ids (numbers, whole, inside the model's classes),
+Python lists as arrays, labels as class ids (numbers, whole, inside the model's classes; in
+a dataset too, as far as they can be read without side effects: :func:`dataset_labels`),
 and datasets that would repeat forever. Raise ``ValueError`` / ``TypeError`` naming the
 argument, what is allowed and what was received, before any work.
 """
@@ -8,58 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_arrays", "check_label_range", "check_labels", "class_ids", "repeats_forever"]
+from dkm_tf.core.labels import as_arrays, check_label_range, class_ids
 
-
-def class_ids(y, name="data"):
-    """``y`` as a 1-D array of class ids: shape (samples,) or (samples, 1). One-hot
-    (samples, C) labels raise ``ValueError`` naming ``name`` (flattened they would be compared
-    with the wrong samples: a silently wrong accuracy); pass ``y.argmax(-1)``. Float labels
-    must be whole numbers (0.0, 1.0, ...; 0.5 would match no class: a silently low accuracy),
-    booleans are 0 / 1, and anything else (strings, objects) raises ``TypeError``."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1:
-        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
-                         "(samples,) or (samples, 1): class ids (for one-hot labels pass "
-                         f"y.argmax(-1)). Received: y of shape {y.shape}")
-    if y.dtype.kind in "iu":
-        return y
-    if y.dtype.kind == "b":
-        return y.astype(np.int32)
-    if y.dtype.kind != "f":
-        raise TypeError(f"Invalid type for argument `{name}`. Expected labels y holding "
-                        "integer class ids (or whole-number floats, or booleans). Received: "
-                        f"y of dtype {y.dtype}" + (f" (e.g. {y[0].item()!r}: map class names to "
-                                                   "ids first)" if y.size else ""))
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.isfinite(y) & (y == np.round(y)) & (np.abs(y.astype(np.float64)) < 2**31))
-    if bad.any():
-        raise ValueError(f"Invalid value for argument `{name}`. Expected labels y holding "
-                         "class ids (whole numbers such as 0.0, 1.0, 2.0 in a float array). "
-                         f"Received: {int(bad.sum())} of {y.size} labels that are not, e.g. "
-                         f"{y[bad][0].item()!r}")
-    return y.astype(np.int64)
-
+__all__ = ["as_arrays", "check_label_range", "check_labels", "class_ids", "dataset_labels",
+           "repeats_forever"]
 
 _to_class_ids = class_ids  # check_labels' argument class_ids hides the name
-
-
-def as_arrays(part):
-    """``part`` of ``(x, y)`` as an array when it is a (nested) Python list of numbers, which
-    Keras would read as one input (or label set) per element; arrays, dicts and lists of
-    arrays (one per input or output) are returned as they are."""
-    if not isinstance(part, (list, tuple)):
-        return part
-    import keras  # noqa: PLC0415
-
-    if any(np.ndim(leaf) for leaf in keras.tree.flatten(part)):
-        return part
-    try:
-        return np.asarray(part)
-    except ValueError:  # ragged: left to Keras
-        return part
 
 
 def check_labels(name, data, model, class_ids=True, ranges=True):
@@ -75,44 +30,167 @@ def check_labels(name, data, model, class_ids=True, ranges=True):
     dict or list of arrays, one per output) are left to Keras (no accuracy is reported for
     several outputs). ``ranges=False`` skips the range check (a loss that reads no class
     ids, e.g. integer regression targets).
+
+    A dataset's labels get the same checks (the messages end saying where they were read),
+    as far as :func:`dataset_labels` reads them; the dataset is returned as it is (its float
+    labels are not converted: the loss reads whole-number floats as class ids).
     """
-    if not isinstance(data, tuple) or not hasattr(data[1], "dtype"):
+    if not isinstance(data, tuple):
+        labels, where = dataset_labels(name, data)
+        if labels is not None:
+            try:
+                _checked_labels(name, labels, model, class_ids, ranges)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{e} ({where})") from None
         return data
-    y, shape = np.asarray(data[1]), getattr(model, "output_shape", None)
+    if not hasattr(data[1], "dtype"):
+        return data
+    y = _checked_labels(name, data[1], model, class_ids, ranges)
+    return data if y is data[1] else (data[0], y)
+
+
+def _checked_labels(name, y, model, class_ids, ranges):
+    """:func:`check_labels` on one label array ``y``; returns it (whole-number floats and
+    booleans as integer class ids where class ids are read)."""
+    labels, shape = np.asarray(y), getattr(model, "output_shape", None)
     heads = len(getattr(model, "outputs", None) or ())
-    if y.dtype.kind not in "biuf":
+    if labels.dtype.kind not in "biuf":
         raise TypeError(f"Invalid type for argument `{name}`. Expected labels y of numbers "
-                        "(integer class ids). Received: y of dtype " + str(y.dtype)
-                        + (f" (e.g. {y.flat[0].item()!r}: map class names to ids first)" if y.size
-                           else ""))
+                        "(integer class ids). Received: y of dtype " + str(labels.dtype)
+                        + (f" (e.g. {labels.flat[0].item()!r}: map class names to ids first)"
+                           if labels.size else ""))
     if class_ids and heads <= 1:
-        ids = _to_class_ids(y, name)  # (samples, 1) passes; one-hot (samples, C) raises
-        if y.dtype.kind in "bf":
-            y = ids.reshape(y.shape)
-            data = (data[0], y)
-    if ranges and y.dtype.kind in "iu":
-        check_label_range(name, y, shape)
-    return data
+        ids = _to_class_ids(labels, name)  # (samples, 1) passes; one-hot (samples, C) raises
+        if labels.dtype.kind in "bf":
+            y = labels = ids.reshape(labels.shape)
+    if ranges and labels.dtype.kind in "iu":
+        check_label_range(name, labels, shape)
+    return y
 
 
-def check_label_range(name, labels, shape):
-    """Raise when integer class ids ``labels`` fall outside the C scores of an output of
-    ``shape`` ``(samples, C)`` (0 / 1 for one unit: a binary classifier): they would count as
-    wrong, or give a NaN loss. False when the shape is unknown (nothing checked), else True."""
-    classes = shape[1] if isinstance(shape, tuple) and len(shape) == 2 else None
-    if not isinstance(classes, int):
-        return False
-    if not labels.size:
-        return True
-    if classes == 1 and (labels.min() < 0 or labels.max() > 1):
-        raise ValueError(f"Invalid value for argument `{name}`. Expected labels 0 and 1 (the "
-                         "model has one output unit: a binary classifier). Received: labels "
-                         f"from {labels.min()} to {labels.max()}")
-    if classes > 1 and (labels.min() < 0 or labels.max() >= classes):
-        raise ValueError(f"Invalid value for argument `{name}`. Expected class labels in "
-                         f"[0, {classes - 1}] (the model has {classes} outputs). Received: "
-                         f"labels from {labels.min()} to {labels.max()}")
-    return True
+def dataset_labels(name, data):
+    """``(labels, where)``: labels of ``data`` (a ``tf.data.Dataset`` or a
+    ``keras.utils.PyDataset`` of ``(x, y)`` or ``(x, y, sample_weight)`` elements, ``y`` one
+    array) read before training, and where they were read (for the messages); ``(None, None)``
+    when nothing is read. Never iterates more than one batch, and never a dataset whose
+    reading would change what training sees:
+
+    - a dataset of ``from_tensor_slices`` (or ``zip`` of them) through steps that keep every
+      label as it is (batch, padded / parallel batch, shuffle, prefetch, cache, options,
+      repeat, unbatch, rebatch): all its labels, read from the source arrays (nothing is
+      iterated);
+    - else, a dataset of known, side-effect-free steps (file readers, ``from_tensors``,
+      ``range``; map, filter, flat_map, interleave, batch, take, skip, shard, zip,
+      concatenate, ...) whose functions hold no stateful op: the labels of its first batch
+      (``take(1)``);
+    - not read: a ``from_generator`` dataset (it may wrap a one-shot Python generator, which
+      reading would consume), steps with Python functions (``py_function``,
+      ``numpy_function``) or random ops, a shuffle that reshuffles each epoch anywhere but
+      in the first case (reading would move training to the next epoch's order),
+      ``sample_from_datasets``, steps not listed; their labels are checked by the loss only,
+      inside ``fit``. A string label dtype is refused from the element spec in every case;
+    - a ``PyDataset``: its first batch, ``data[0]``.
+    """
+    import sys  # noqa: PLC0415
+
+    tf, keras = sys.modules.get("tensorflow"), sys.modules.get("keras")
+    if tf is not None and isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if not (isinstance(spec, tuple) and len(spec) in (2, 3)
+                and isinstance(spec[1], tf.TensorSpec)):
+            return None, None  # no labels (check_data says so), or labels per output: Keras
+        if not (spec[1].dtype.is_bool or spec[1].dtype.is_integer or spec[1].dtype.is_floating):
+            raise TypeError(f"Invalid type for argument `{name}`. Expected labels y of numbers "
+                            "(integer class ids). Received: y of dtype "
+                            f"{spec[1].dtype.name} (the dataset's element spec)")
+        try:
+            labels = _source_labels(data, tf)
+            if labels is not None:
+                return labels, f"all {labels.shape[0] if labels.ndim else 1} labels of the " \
+                    "dataset, read from its from_tensor_slices arrays"
+            labels = _first_batch_labels(data, tf)
+            return (None, None) if labels is None else (
+                labels, "the labels of the dataset's first batch")
+        except Exception:  # noqa: BLE001 (internals of another TensorFlow: not read)
+            return None, None
+    if keras is not None and isinstance(data, keras.utils.PyDataset):
+        batch = data[0]
+        if isinstance(batch, tuple) and len(batch) in (2, 3) and hasattr(batch[1], "shape"):
+            return np.asarray(batch[1]), "the labels of the PyDataset's first batch, data[0]"
+    return None, None
+
+
+# Steps that pass every label on unchanged (all of them, some order, some batching)
+_KEEP_LABELS = frozenset((
+    "_BatchDataset", "_PaddedBatchDataset", "_ParallelBatchDataset", "_ShuffleDataset",
+    "_PrefetchDataset", "CacheDataset", "_OptionsDataset", "_RepeatDataset", "_UnbatchDataset",
+    "_RebatchDataset", "_LegacyRebatchDataset"))
+# Steps and sources that reading one batch leaves as they were (their functions checked; a
+# shuffle only when it does not reshuffle each epoch)
+_READ_SAFE = _KEEP_LABELS | frozenset((
+    "_TensorSliceDataset", "_TensorDataset", "_RangeDataset", "TFRecordDatasetV2",
+    "_TFRecordDataset", "TextLineDatasetV2", "FixedLengthRecordDatasetV2", "_MapDataset",
+    "_ParallelMapDataset", "_FilterDataset", "_FlatMapDataset", "_InterleaveDataset",
+    "_ParallelInterleaveDataset", "_MapAndBatchDataset", "_TakeDataset", "_SkipDataset",
+    "_ShardDataset", "_ZipDataset", "_ConcatenateDataset", "_TakeWhileDataset",
+    "_IgnoreErrorsDataset", "_UniqueDataset"))
+
+
+def _source_labels(ds, tf):
+    """All labels of ``ds`` read from its ``from_tensor_slices`` arrays, or None when a step
+    between may change, drop or add labels."""
+    path = (1,)
+    while True:
+        name = type(ds).__name__
+        if name == "_ZipDataset" and path and isinstance(ds._datasets, tuple):  # noqa: SLF001
+            ds, path = ds._datasets[path[0]], path[1:]  # noqa: SLF001
+        elif name in _KEEP_LABELS:
+            (ds,) = ds._inputs()  # noqa: SLF001
+        elif name == "_TensorSliceDataset":
+            spec = ds.element_spec
+            leaves = tf.nest.flatten(spec)
+            if len(leaves) != len(ds._tensors) or not all(  # noqa: SLF001
+                    isinstance(s, tf.TensorSpec) for s in leaves):
+                return None  # ragged / sparse components
+            element = tf.nest.pack_sequence_as(spec, list(ds._tensors))  # noqa: SLF001
+            for p in path:
+                element = element[p]
+            return element.numpy() if isinstance(element, tf.Tensor) else None
+        else:
+            return None
+
+
+def _first_batch_labels(ds, tf):
+    """The labels of ``ds``'s first element (``take(1)``), or None when reading it could
+    consume or move anything (:func:`dataset_labels`), or when it has none."""
+    from tensorflow.python.framework import op_def_registry  # noqa: PLC0415
+
+    if int(ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY) or repeats_forever(ds):
+        return None  # a filter over it might never let an element through
+    seen, stack = set(), [ds]
+    while stack:
+        d = stack.pop()
+        if id(d) in seen:
+            continue
+        seen.add(id(d))
+        name = type(d).__name__
+        if name == "_ShuffleDataset" and d._reshuffle_each_iteration or (  # noqa: SLF001
+                name not in _READ_SAFE or name == "CacheDataset" and d._filename):  # noqa: SLF001
+            return None  # a file cache would log a partial read; unknown steps: not read
+        for fn in d._functions():  # noqa: SLF001
+            graph = fn.function.graph.as_graph_def()
+            ops = ({n.op for n in graph.node} | {
+                n.op for f in graph.library.function for n in f.node_def}) - {
+                f.signature.name for f in graph.library.function}  # calls of nested functions
+            if any(op_def_registry.get(op) is None or op_def_registry.get(op).is_stateful
+                   for op in ops):
+                return None  # generators, py_function, random ops, variables
+        stack.extend(d._inputs())  # noqa: SLF001
+    for element in ds.take(1):
+        y = element[1]
+        return np.reshape(y.numpy(), (-1,)) if isinstance(y, tf.Tensor) and y.shape.rank == 0 \
+            else (y.numpy() if isinstance(y, tf.Tensor) else None)  # rank 0: not batched
+    return None
 
 
 # One-input datasets that pass every element of their input on (or batches, maps, shuffles,

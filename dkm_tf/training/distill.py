@@ -167,8 +167,10 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
         raise ValueError("Invalid value for argument `labels`. Expected integer class labels "
                          "of shape (samples,) or (samples, 1) (for one-hot labels pass "
                          f"labels.argmax(-1)). Received: labels of shape {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        raise invalid_type("labels", "an array of integer class labels", labels)
+    if labels.dtype.kind not in "iu":  # whole-number floats / booleans as class ids, else raise
+        from dkm_tf.core.labels import class_ids  # noqa: PLC0415
+
+        labels = class_ids(labels, "labels")
     from dkm_tf.training.common import check_data  # noqa: PLC0415
 
     # >= 1 sample, the teacher's input; a list of numbers becomes an array
@@ -177,6 +179,10 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
     if labels.size != n:
         raise ValueError(f"Invalid value for argument `labels`. Expected one label per sample "
                          f"of x ({n}). Received: {labels.size} labels")
+    shape = getattr(teacher, "output_shape", None)  # None for a subclassed teacher: below
+    known = num_classes or (shape[-1] if isinstance(shape, tuple) else None)
+    if known and labels.size and (labels.min() < 0 or labels.max() >= known):  # before predict
+        raise invalid("labels", f"integers in [0, {known})", labels[:8])
     logits = np.asarray(teacher.predict(x, batch_size=batch_size, verbose=0), np.float32)
     c = int(num_classes or logits.shape[-1])
     if logits.ndim != 2 or logits.shape != (labels.size, c):
