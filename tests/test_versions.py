@@ -2,9 +2,10 @@
 
 Measured (KNOWN_LIMITATIONS.md "Versions"): TensorFlow 2.19 and 2.20's ``tf.lite.Interpreter``
 cannot load INT2 tensors, and 2.19's crashes the process on a dynamic-range int8 file at
-batch > 1; so under TensorFlow < 2.21 an export is verified in LiteRT only (noted), an
-explicit ``interpreters=["tflite"]`` is refused, and without LiteRT the export says what to
-install. These tests fake the TensorFlow version; nothing is installed.
+batch > 1; so under TensorFlow < 2.21 an export is verified in LiteRT only (noted), and
+without LiteRT in ``tf.lite``, which refuses those files (test_versions_policy.py). Before
+2.19 nothing was measured: ``interpreters=["tflite"]`` is refused, and without LiteRT the
+export says what to install. These tests fake the TensorFlow version; nothing is installed.
 """
 
 import numpy as np
@@ -42,6 +43,9 @@ def test_installed_tensorflow_is_read_when_no_version_is_given(monkeypatch):
     ("2.21.0", False, ("tflite",)),
     ("2.20.0", True, ("litert",)),
     ("2.19.1", True, ("litert",)),
+    ("2.20.0", False, ("tflite",)),  # old code: RuntimeError; tf.lite verifies what it runs
+    ("2.19.1", False, ("tflite",)),
+    ("2.18.0", True, ("litert",)),
 ])
 def test_default_interpreters_per_version(monkeypatch, version, litert, expected):
     monkeypatch.setattr(tf, "__version__", version)
@@ -50,9 +54,11 @@ def test_default_interpreters_per_version(monkeypatch, version, litert, expected
     assert verify.default_interpreters() == expected
 
 
-def test_old_tensorflow_without_litert_says_what_to_install(monkeypatch):
-    monkeypatch.setattr(tf, "__version__", "2.19.1")
-    with pytest.raises(RuntimeError, match=r"TensorFlow 2\.19\.1 .*pip install 'dkm-tf\[litert\]'"):
+@pytest.mark.parametrize("version", ["2.18.0", "2.16.2"])
+def test_untested_tensorflow_without_litert_says_what_to_install(monkeypatch, version):
+    monkeypatch.setattr(tf, "__version__", version)
+    with pytest.raises(RuntimeError, match=rf"TensorFlow {version} is untested.*pip install "
+                       r"'dkm-tf\[litert\]'"):
         interpreters.default_interpreters(False)
 
 
@@ -77,19 +83,19 @@ def test_old_tensorflow_export_is_verified_in_litert_with_a_note(tmp_path, monke
     assert (tmp_path / "m.tflite").stat().st_size == rep.bytes
 
 
-def test_old_tensorflow_refuses_tf_lite_verification(tmp_path, monkeypatch, digits):
+def test_untested_tensorflow_refuses_tf_lite_verification(tmp_path, monkeypatch, digits):
     model, palettes, x = digits
-    monkeypatch.setattr(tf, "__version__", "2.19.1")
-    with pytest.raises(ValueError, match=r"`interpreters`.*TensorFlow 2\.19\.1.*>= 2\.21"):
+    monkeypatch.setattr(tf, "__version__", "2.18.0")
+    with pytest.raises(ValueError, match=r"`interpreters`.*TensorFlow 2\.18\.0 is untested"):
         ex.to_tflite(model, tmp_path / "m.tflite", "float", None, x, interpreters=["tflite"])
     assert not (tmp_path / "m.tflite").exists()
 
 
-def test_old_tensorflow_without_litert_refuses_export(tmp_path, monkeypatch, digits):
+def test_untested_tensorflow_without_litert_refuses_export(tmp_path, monkeypatch, digits):
     model, palettes, x = digits
-    monkeypatch.setattr(tf, "__version__", "2.20.0")
+    monkeypatch.setattr(tf, "__version__", "2.18.0")
     monkeypatch.setattr(verify, "litert_available", lambda: False)
-    with pytest.raises(RuntimeError, match=r"TensorFlow 2\.20\.0"):
+    with pytest.raises(RuntimeError, match=r"TensorFlow 2\.18\.0"):
         ex.to_tflite(model, tmp_path / "m.tflite", "float", None, x)
     assert not list(tmp_path.iterdir())
 
@@ -151,14 +157,15 @@ def test_litert_extra_asks_for_a_litert_that_loads_int2():
 
 
 def test_compress_without_a_verifying_interpreter_stops_before_training(monkeypatch):
-    """`dkm-tf compress` on TensorFlow < 2.21 without LiteRT stops in its first second (it
-    used to train, cluster, then fail at the export)."""
+    """`dkm-tf compress` on an untested TensorFlow (< 2.19) without LiteRT stops in its first
+    second (it used to train, cluster, then fail at the export). 2.19 / 2.20 go on: their
+    tf.lite verifies the formats it runs, and compress lists the others as refused."""
     from dkm_tf import cli, pipeline
 
     def no_training(*a, **k):
         raise AssertionError("trained before finding that no interpreter can verify the files")
 
-    monkeypatch.setattr(tf, "__version__", "2.20.0")
+    monkeypatch.setattr(tf, "__version__", "2.18.0")
     monkeypatch.setattr(verify, "litert_available", lambda: False)
     monkeypatch.setattr(pipeline, "train_classifier", no_training)
     with pytest.raises(RuntimeError, match=r"pip install 'dkm-tf\[litert\]'"):

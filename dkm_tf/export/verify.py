@@ -26,15 +26,21 @@ from dkm_tf.core.interpreters import (  # noqa: F401 (re-exported)
     tflite_unsupported,
 )
 from dkm_tf.core.validate import check_choice, invalid
+from dkm_tf.export import interpreters as _exp_interpreters
 
-__all__ = ["INTERPRETERS", "Comparison", "ExportVerificationError", "batch_inputs",
-           "choose_interpreters", "class_score_outputs", "compare", "keras_outputs",
-           "make_interpreter", "run_tflite", "static_batch", "top1_agreement", "verify_batches"]
-
+__all__ = ["INTERPRETERS", "Comparison", "ExportVerificationError", "TFLiteUnverifiableError",
+           "batch_inputs", "choose_interpreters", "class_score_outputs", "compare",
+           "keras_outputs", "make_interpreter", "run_tflite", "static_batch", "top1_agreement",
+           "verify_batches"]
 
 
 class ExportVerificationError(ValueError):
     """The written model disagrees with the Keras model beyond the tolerance."""
+
+
+class TFLiteUnverifiableError(ExportVerificationError, RuntimeError):
+    """This TensorFlow's ``tf.lite`` cannot run the file, so it was neither verified nor
+    written (:func:`dkm_tf.export.interpreters.tflite_file_refusal` says why)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,21 +93,21 @@ def choose_interpreters(interpreters):
     """``(interpreters, notes)`` an export is verified in: the defaults, or ``interpreters``.
 
     Raises:
-        ValueError: an unknown name, or ``"tflite"`` under TensorFlow < 2.21.
-        RuntimeError: the default under TensorFlow < 2.21 without ``ai_edge_litert``.
+        ValueError: an unknown name, or ``"tflite"`` under TensorFlow < 2.19.
+        RuntimeError: the default under TensorFlow < 2.19 without ``ai_edge_litert``.
     """
+    why = tflite_unsupported()
     if interpreters is None:
         chosen = default_interpreters()
-        if "litert" not in chosen:
-            return chosen, ["ai_edge_litert not installed (pip install dkm-tf[litert]): "
-                            "verified with tf.lite.Interpreter only"]
-        why = tflite_unsupported() if "tflite" not in chosen else None
+        if "litert" not in chosen:  # TF 2.19 / 2.20: verify_batches refuses what it can't run
+            return chosen, ["ai_edge_litert not installed (pip install dkm-tf[litert]): verified "
+                            "with tf.lite.Interpreter only" + _exp_interpreters.tflite_note()]
         return chosen, [f"{why}: verified with ai_edge_litert only"] if why else []
     for kind in interpreters:
         check_choice("interpreters", kind, INTERPRETERS[:2])
-    why = tflite_unsupported() if "tflite" in interpreters else None
-    if why:
-        raise invalid("interpreters", f"['litert'] ({why})", list(interpreters))
+    old = _interpreters.tflite_refusal(None, ()) if "tflite" in interpreters else None
+    if old:
+        raise invalid("interpreters", f"['litert'] ({old})", list(interpreters))
     return tuple(interpreters), []
 
 
@@ -332,7 +338,7 @@ def verify_batches(content, reference, inputs, batch, interpreters, tolerance, n
 
     Raises:
         ExportVerificationError: wrong output shapes, a stale resize, or a fixed-batch file
-            that still runs batch n.
+            that still runs batch n, or a file 2.19 / 2.20's ``tf.lite`` cannot run.
     """
     from dkm_tf.export.canonical import fix_batch  # noqa: PLC0415
 
@@ -342,6 +348,10 @@ def verify_batches(content, reference, inputs, batch, interpreters, tolerance, n
 
     if tuple(interpreters) == ("tflm",):
         return content, run_all(), False
+    why = "tflite" in interpreters and _exp_interpreters.tflite_file_refusal(
+        content, len(batch[0][0]))  # TF 2.19 / 2.20; fix_batch / fix_size add RESHAPEs only
+    if why:
+        raise TFLiteUnverifiableError(why)
     if fixed_size:
         content = _fix_size(content, inputs, interpreters, fixed_size, notes)
     reason = None
