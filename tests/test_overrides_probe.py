@@ -176,3 +176,23 @@ def test_compress_refuses_fisher_with_another_init_before_any_work(monkeypatch):
         with pytest.raises(ValueError, match="init|sparsity"):
             dkm_tf.compress(model, (x[:32], y[:32]), (x[:32], y[:32]), n_clusters=4,
                             weighting="fisher", verbose=0, **kw)
+
+
+def test_a_layer_name_wins_over_its_class_none():
+    """``{"Dense": None, "fc": {...}}``: fc is clustered with its settings (its class's None
+    used to win, leaving fc float with "excluded by overrides"), head stays float, and the
+    same holds through cluster_weights + strip_clustering."""
+    model = _flat()
+    overrides = {"Dense": None, "fc": {"n_clusters": 3}}
+    shared = dkm_tf.share_weights(model, 4, overrides=overrides, fold_bn=False)
+    with pytest.warns(UserWarning, match=r"bn \(BatchNormalization\)"):
+        wrapped = dkm_tf.cluster_weights(model, 4, overrides=overrides)
+    stripped, pals = dkm_tf.strip_clustering(wrapped, fold_bn=False)
+    for palettes in (shared.palettes, pals):
+        assert [(p.name, p.n_clusters) for p in palettes] == [("conv/kernel", 4),
+                                                              ("fc/kernel", 3)]
+    assert dict(shared.skipped)["head"] == "excluded by overrides"
+    for m in (shared.model, stripped):
+        assert np.unique(m.get_layer("fc").kernel.numpy()).size <= 3
+        np.testing.assert_array_equal(m.get_layer("head").kernel.numpy(),
+                                      model.get_layer("head").kernel.numpy())

@@ -44,10 +44,11 @@ import difflib
 import keras
 
 from dkm_tf.core import units as units_lib
+from dkm_tf.core.validate import invalid_type
 
 __all__ = ["DEPTHWISE_NOTE", "SUPPORTED_LAYERS", "LayerConfig", "check_has_clusterable",
            "check_overrides", "clusterable_weights", "get_weight", "is_clusterable",
-           "resolve_layer_config", "walk_layers", "weight_config"]
+           "resolve_layer_config", "skipped_by_overrides", "walk_layers", "weight_config"]
 
 _L = keras.layers
 # (class, [(attribute, kind), ...]); order matters: subclasses first.
@@ -222,8 +223,7 @@ def clusterable_weights(layer):
         ValueError: the layer is not built, or its protocol method returns a bad kind.
     """
     if not isinstance(layer, keras.layers.Layer):
-        raise TypeError("Invalid type for argument `layer`. Expected a keras.layers.Layer. "
-                        f"Received: layer={layer!r} of type {type(layer).__name__}")
+        raise invalid_type("layer", "a keras.layers.Layer", layer)
     if hasattr(layer, "get_clusterable_weights"):
         return _protocol_weights(layer)
     if not is_clusterable(layer):
@@ -264,15 +264,13 @@ def resolve_layer_config(layer, defaults, overrides=None):
         DepthwiseConv1D/2D layer that ``overrides`` does not name gets per-channel codebooks
         (see :func:`weight_config`).
     """
-    cfg = LayerConfig(defaults)
-    overrides = overrides or {}
+    cfg, overrides = LayerConfig(defaults), overrides or {}
     if not isinstance(overrides, dict):
-        raise TypeError("Invalid type for argument `overrides`. Expected a dict keyed by layer "
-                        f"name or class name. Received: {type(overrides).__name__}")
+        raise invalid_type("overrides", "a dict keyed by layer name or class name", overrides)
+    if skipped_by_overrides(layer, overrides):
+        return None
     for key in (type(layer).__name__, layer.name):
-        if key in overrides:
-            if overrides[key] is None:
-                return None
+        if overrides.get(key) is not None:  # a class's None under a named layer's settings
             unknown = set(overrides[key]) - set(defaults)
             if unknown:
                 raise ValueError(f"Unknown setting(s) {sorted(unknown)} in overrides[{key!r}]. "
@@ -281,6 +279,12 @@ def resolve_layer_config(layer, defaults, overrides=None):
     depthwise_only = next((all(kind == "depthwise" for _, kind in weights)
                            for cls, weights in _REGISTRY if isinstance(layer, cls)), False)
     return weight_config(layer, "depthwise", cfg, overrides) if depthwise_only else cfg
+
+
+def skipped_by_overrides(layer, overrides):
+    """Whether ``overrides`` leaves ``layer`` float: its name's None, else its class's."""
+    key = layer.name if layer.name in (overrides or {}) else type(layer).__name__
+    return key in (overrides or {}) and overrides[key] is None
 
 
 def check_overrides(model, overrides, defaults, check_settings=None):
@@ -299,13 +303,11 @@ def check_overrides(model, overrides, defaults, check_settings=None):
     if overrides is None:
         return {}
     if not isinstance(overrides, dict):
-        raise TypeError("Invalid type for argument `overrides`. Expected a dict keyed by layer "
-                        f"name or class name. Received: overrides={overrides!r}")
+        raise invalid_type("overrides", "a dict keyed by layer name or class name", overrides)
     for key, value in overrides.items():
         if value is not None and not isinstance(value, dict):
-            raise TypeError(f"Invalid type for argument `overrides[{key!r}]`. Expected None or "
-                            f"a dict of settings among {sorted(defaults)}. Received: "
-                            f"overrides[{key!r}]={value!r}")
+            raise invalid_type(f"overrides[{key!r}]",
+                               f"None or a dict of settings among {sorted(defaults)}", value)
         unknown = sorted(set(value or ()) - set(defaults), key=str)
         if unknown:
             raise ValueError(f"Invalid value for argument `overrides[{key!r}]`: Unknown "
@@ -382,8 +384,7 @@ def weight_config(layer, kind, cfg, overrides=None):
     folded, K = 16, 9 real images, ``bench/per_channel.py``): clustering the depthwise kernels
     per tensor keeps 0 of 9 top-1 predictions where per channel (and float) keeps 6 (the
     other kernels per channel); without BN folding, per tensor everywhere keeps 0 of 9 and 5
-    of 9 once the depthwise kernels are per channel. Per channel with K at least the values
-    per channel is lossless (its codebooks cost 2 % of the model's compressed size there).
+    of 9 once the depthwise kernels are per channel (codebooks: 2 % of the compressed size).
     So unless ``overrides`` names the layer or its class (``{"DepthwiseConv2D": {...}}``;
     ``None`` leaves it float, reported in ``skipped``), a ``"per_tensor"`` setting becomes
     ``"per_channel"`` for depthwise kernels, and the palette's note says so.
@@ -394,7 +395,6 @@ def weight_config(layer, kind, cfg, overrides=None):
     named = bool(overrides) and (type(layer).__name__ in overrides or layer.name in overrides)
     if kind != "depthwise" or named or cfg.get("granularity") != "per_tensor":
         return cfg
-    out = LayerConfig(cfg)
-    out["granularity"] = "per_channel"
+    out = LayerConfig({**cfg, "granularity": "per_channel"})
     out.note = DEPTHWISE_NOTE
     return out
