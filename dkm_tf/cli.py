@@ -26,7 +26,6 @@ from dkm_tf.cli_args import (
     COMMANDS,
     CliUsageError,
     check_command_flags,
-    check_compress_args,
     check_energy_args,
     check_export_size,
     check_outputs,
@@ -36,6 +35,7 @@ from dkm_tf.cli_args import (
     run_outputs,
 )
 from dkm_tf.cli_export import write_tflite
+from dkm_tf.cli_overrides import HELP, check_compress_args, check_model_overrides, default_method
 from dkm_tf.cli_tables import import_tensorflow_quietly
 from dkm_tf.core.files import atomic_path
 
@@ -86,6 +86,7 @@ _PLOTS_DIR = flags.DEFINE_string("plots_dir", None, "Where to write the plots (d
 _INPUT_SHAPE = flags.DEFINE_string("input_shape", None, "Input size without the batch axis, "
                                    "e.g. 12,12,3, for a model or .tflite that leaves "
                                    "it open, or a subclassed model.")
+_OVERRIDES = flags.DEFINE_string("overrides", None, HELP)
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars or progress lines on stderr "
                            "(the tables and written paths still print).")
 
@@ -113,7 +114,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                  dkm_epochs=5, lam=1.0, seed=0, output_dir="dkm_tf_out", tflite=True,
                  plots=True, plots_dir=None, quiet=False, progress=None, codebook="layer",
                  transforms=1, scale_bits=16, weighting="none", refine="none",
-                 calibration_samples=256):
+                 calibration_samples=256, overrides=None):
     """Run ``dkm-tf compress``; returns the :class:`~dkm_tf.pipeline.CompressionResult`.
 
     Training, k-means, export and evaluation show progress on stderr
@@ -121,14 +122,15 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     :mod:`dkm_tf.plots` go to ``plots_dir`` (default ``output_dir``), their paths in
     ``result.plots`` and report.json. Every argument is checked first, as on the command line
     (:func:`~dkm_tf.cli_args.check_compress_args`: a ``ValueError``, before any work).
+    ``overrides``: --overrides' JSON text or .json path, or a dict (:mod:`dkm_tf.cli_overrides`).
     """
-    check_compress_args(
+    overrides = check_compress_args(  # overrides: --overrides parsed (JSON text or file)
         model_path, dataset=dataset, method=method, n_clusters=n_clusters, unit=unit,
         granularity=granularity, init=init, epochs=epochs, finetune_epochs=finetune_epochs,
         dkm_epochs=dkm_epochs, lam=lam, seed=seed, output_dir=output_dir, tflite=tflite,
         plots=plots, plots_dir=plots_dir, quiet=quiet, codebook=codebook,
         transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
-        calibration_samples=calibration_samples)
+        calibration_samples=calibration_samples, overrides=overrides)
     import keras  # noqa: PLC0415
 
     from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
@@ -144,11 +146,12 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     metric, notes = "test accuracy", []
     if model_path is None:
         dataset = dataset or "digits"
-        method = method or ("wr" if weighting or refine else "finetune")
+        method = method or default_method(None, True, bool(weighting or refine))
         train, test = load_dataset(dataset)
         _log(cli_tables.data_line(dataset, train, test))
         model = models.digits_cnn(input_shape=train[0].shape[1:], seed=seed,
                                   num_classes=cli_tables.n_classes(train, test))
+        check_model_overrides(model, overrides, method, locals())  # before any training
         _log(f"[train] built-in {model.name} ({model.count_params():,} params), "
              f"{epochs} epochs")
         t = time.perf_counter()
@@ -169,10 +172,11 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         if dataset:
             train, test = load_dataset(dataset)
             _log(cli_tables.data_line(dataset, train, test, bool(weighting or refine)))
-        method = method or ("wr" if train is None or train[1] is None or weighting or refine
-                            else "finetune")
+        labelled = train is not None and train[1] is not None
+        method = method or default_method(model_path, labelled, bool(weighting or refine))
         _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
         check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
+        check_model_overrides(model, overrides, method, locals())  # keys naming its layers
         if test is not None and test[1] is None:  # held-out inputs without labels: the
             test, note = pipeline.agreement_data(model, test[0])  # float model's classes
             metric = metric if test is None else cli_tables.AGREEMENT
@@ -184,7 +188,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         granularity=granularity, init=init, seed=seed, finetune_epochs=finetune_epochs,
         dkm_epochs=dkm_epochs, lam=lam, progress=progress, codebook=codebook,
         transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
-        calibration_samples=calibration_samples)
+        calibration_samples=calibration_samples, overrides=overrides)
     result.metric, result.notes = metric, notes + result.notes
     _log(result.summary())
     _log(cli_tables.SIZE_LEGEND)
@@ -205,7 +209,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         result.tflite, accuracy = write_tflite(result, output_dir, samples, scored, progress)
     result.plots = _write_plots(result, model, plots_dir or output_dir, accuracy, progress) \
         if plots else []
-    report = result.to_dict()
+    report = {**result.to_dict(), "overrides": overrides}  # as given (None: none)
     report["tflite"] = {k: (v.to_dict() if hasattr(v, "to_dict") else str(v))
                         for k, v in result.tflite.items()}
     for label, acc in accuracy.items():
@@ -295,7 +299,7 @@ def main(argv):
               "quiet": _QUIET.value, "codebook": _CODEBOOK.value,
               "transforms": _TRANSFORMS.value, "scale_bits": _SCALE_BITS.value,
               "weighting": _WEIGHTING.value, "refine": _REFINE.value,
-              "calibration_samples": _CALIBRATION.value}
+              "calibration_samples": _CALIBRATION.value, "overrides": _OVERRIDES.value}
     run_compress(model, **kwargs)  # checks every argument before any work
     return 0
 

@@ -23,7 +23,7 @@ COMMAND_FLAGS = {
     "compress": ("model", "dataset", "method", "n_clusters", "unit", "granularity", "init",
                  "epochs", "finetune_epochs", "dkm_epochs", "lam", "seed", "output_dir",
                  "tflite", "plots", "plots_dir", "quiet", "codebook", "transforms",
-                 "scale_bits", "weighting", "refine", "calibration_samples"),
+                 "scale_bits", "weighting", "refine", "calibration_samples", "overrides"),
     "energy": ("model", "input_shape"),
 }
 SUMMARY = {
@@ -103,6 +103,7 @@ def load_dataset(name):
 
 
 def _dataset(name):
+    """Check ``--dataset``; True if it has labels (a .npz without y_train: False)."""
     from dkm_tf import data  # noqa: PLC0415 (numpy only at import)
 
     if name.endswith(".npz"):

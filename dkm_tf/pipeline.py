@@ -188,7 +188,11 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         granularity: ``"per_tensor"`` or ``"per_channel"``.
         init: k-means init.
         seed: random seed.
-        overrides: per-layer settings keyed by layer name or class name (None skips a layer).
+        overrides: per-layer settings keyed by layer name or class name (None skips a layer):
+            those of :func:`dkm_tf.share_weights` (``"wr"``, ``"dkm"``) or
+            :func:`dkm_tf.cluster_weights` (the fine-tuning methods). The ``"dkm"`` methods'
+            re-training takes their K, sparsity and None too, and refuses another unit or
+            preserve_sparsity (it regularizes every layer with one).
         finetune_epochs: epochs of hard-weight-sharing fine-tuning.
         finetune_learning_rate: Adam learning rate of the fine-tuning (default: 1e-3 for
             K <= 4, where the centroids must move far, else 1e-4).
@@ -245,14 +249,17 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
     work = model
     if method.startswith("dkm"):
+        from dkm_tf.pipeline_args import override_settings, regularizer_settings  # noqa: PLC0415
         from dkm_tf.training.retrain import dkm_retrain  # noqa: PLC0415
 
         log(f"[dkm] re-training {dkm_epochs} epoch(s) with the k-means regularizer "
             f"(lambda={lam}, {relaxation})", flush=True)
         t = time.perf_counter()
-        work, _ = dkm_retrain(work, train_data, n_clusters=n_clusters, lam=lam,
+        reg_k, reg_p = regularizer_settings(work, n_clusters, sparsity,  # per-layer K, p
+                                            override_settings(method, locals())[0], overrides)
+        work, _ = dkm_retrain(work, train_data, n_clusters=reg_k, lam=lam,
                               relaxation=relaxation, unit=unit, epochs=dkm_epochs,
-                              sparsity=sparsity, batch_size=batch_size,
+                              sparsity=reg_p, batch_size=batch_size,
                               verbose=max(verbose - 1, 0), preserve_sparsity=preserve_sparsity,
                               callbacks=bar("dkm"))
         seconds["retrain"] = time.perf_counter() - t
@@ -260,8 +267,9 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     if method.endswith("finetune"):
         from dkm_tf.training.finetune import finetune  # noqa: PLC0415
 
-        log(f"[finetune] clustering (K={n_clusters}) and fine-tuning {finetune_epochs} "
-            "epoch(s) with hard weight sharing", flush=True)
+        log(f"[finetune] clustering (K={n_clusters}"
+            f"{f'; {len(overrides)} per-layer override(s)' if overrides else ''}) and fine-"
+            f"tuning {finetune_epochs} epoch(s) with hard weight sharing", flush=True)
         stage = _cluster_stage(progress, work, n_clusters, overrides)
         clustered, palettes, _ = finetune(
             work, train_data, n_clusters=n_clusters, unit=unit, granularity=granularity,
@@ -272,8 +280,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             kernel_options=kernel)
         skipped = _skipped_layers(clustered, palettes, overrides, unit)  # after BN fold
     else:
-        log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity})",
-            flush=True)
+        log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity}"
+            f"{f'; {len(overrides)} per-layer override(s)' if overrides else ''})", flush=True)
         stage = _cluster_stage(progress, work, n_clusters, overrides)
         if weighting or refine:
             calib = calibration_set(train_data, calibration_samples, seed)
@@ -314,8 +322,7 @@ def _cluster_stage(progress, model, n_clusters, overrides):
 
     overrides, names = overrides or {}, []
     for layer in iter_layers(model):
-        excluded = any(k in overrides and overrides[k] is None
-                       for k in (layer.name, type(layer).__name__))
+        excluded = clusterable.skipped_by_overrides(layer, overrides)
         if layer.weights and not excluded and clusterable.is_clusterable(layer):
             names += [f"{layer.name}/{path}" for path, _, _ in
                       clusterable.clusterable_weights(layer)]
@@ -359,8 +366,9 @@ def _skipped_layers(model, palettes, overrides, unit=None):
     for layer in iter_layers(model):
         if layer.weights and layer.name not in done:
             kind = type(layer).__name__
-            why = ("excluded by overrides" if overrides and layer.name in overrides
-                   else "not a supported kernel layer" if not clusterable.is_clusterable(layer)
+            why = ("not a supported kernel layer" if not clusterable.is_clusterable(layer)
+                   else "excluded by overrides"
+                   if clusterable.skipped_by_overrides(layer, overrides)
                    else f"unit='kernel': {kind} has no k x k Conv2D kernel; left float"
                    if unit == "kernel" and not isinstance(layer, keras.layers.Conv2D)
                    else "not clustered")

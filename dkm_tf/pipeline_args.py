@@ -6,12 +6,17 @@ was received (the messages of :mod:`dkm_tf.core.validate`).
 
 from __future__ import annotations
 
-__all__ = ["calibration_set", "check_args", "check_calibration", "check_labels",
-           "check_train_data", "fisher_loss", "input_range_note", "repeats_forever"]
+__all__ = ["REGULARIZER_WIDE", "calibration_set", "check_args", "check_calibration",
+           "check_labels", "check_method_overrides", "check_regularizer_overrides",
+           "check_train_data", "fisher_loss", "input_range_note", "override_settings",
+           "regularizer_settings", "repeats_forever"]
 
 import numpy as np
 
 from dkm_tf.training.data_checks import check_labels, repeats_forever
+
+# settings the Deep k-Means re-training (dkm_retrain) takes for the whole model only
+REGULARIZER_WIDE = ("unit", "preserve_sparsity")
 
 
 def calibration_set(train_data, n, seed=0):
@@ -30,23 +35,18 @@ def check_args(model, train_data, test_data, args):
     import keras  # noqa: PLC0415
 
     from dkm_tf.core import validate  # noqa: PLC0415
-    from dkm_tf.graph.clusterable import check_has_clusterable, check_overrides  # noqa: PLC0415
-    from dkm_tf.graph.share import _check_settings  # noqa: PLC0415
+    from dkm_tf.graph.clusterable import check_has_clusterable  # noqa: PLC0415
     from dkm_tf.training.common import check_data, check_learning_rate  # noqa: PLC0415
-    from dkm_tf.training.wrapper import validate_settings  # noqa: PLC0415
 
     if not isinstance(model, keras.Model):
         raise validate.invalid_type("model", "a built keras.Model", model)
     check_has_clusterable(model, "compress")
     method, a = args["method"], args
     trains = method.endswith("finetune")
-    settings = {k: a[k] for k in ("n_clusters", "unit", "granularity", "init",
-                                  "preserve_sparsity")}
-    settings.update({"latent": False} if trains else {"sparsity": a["sparsity"]})
-    check = (lambda cfg: validate_settings(**cfg)) if trains else _check_settings
-    check(settings)
+    settings, check = override_settings(method, a)
+    check(settings)  # the defaults first, then each override on top of them
     validate.check_seed(a["seed"])
-    check_overrides(model, a["overrides"], settings, check)
+    check_method_overrides(model, a["overrides"], method, a)
     validate.check_number("sparsity", a["sparsity"], "a fraction in [0, 1)", low=0, high=1,
                           high_open=True)
     if a["preserve_sparsity"] and a["sparsity"]:
@@ -91,6 +91,76 @@ def check_args(model, train_data, test_data, args):
             validate.check_finite_samples(name, data[0], "x (NaN inputs train NaN weights)")
         train_data, test_data = (data, test_data) if name == "train_data" else (train_data, data)
     return train_data, test_data
+
+
+def override_settings(method, args):
+    """``(defaults, check)`` of the per-layer settings that ``overrides`` may change for
+    ``method``: those of :func:`dkm_tf.cluster_weights` for the methods that fine-tune
+    (``latent`` included), else those of :func:`dkm_tf.share_weights` (``sparsity``
+    included); ``check`` checks one layer's settings (the defaults updated by an entry).
+    ``args``: the arguments of :func:`compress` (``preserve_sparsity`` / ``sparsity``
+    default to off)."""
+    from dkm_tf.graph.share import _check_settings  # noqa: PLC0415
+    from dkm_tf.training.wrapper import validate_settings  # noqa: PLC0415
+
+    trains = method.endswith("finetune")
+    settings = {k: args[k] for k in ("n_clusters", "unit", "granularity", "init")}
+    settings["preserve_sparsity"] = args.get("preserve_sparsity", False)
+    settings.update({"latent": False} if trains else {"sparsity": args.get("sparsity", 0.0)})
+    return settings, ((lambda cfg: validate_settings(**cfg)) if trains else _check_settings)
+
+
+def check_regularizer_overrides(method, overrides, defaults):
+    """``method="dkm"`` / ``"dkm+finetune"``: the re-training regularizes every layer with
+    one ``unit`` and one ``preserve_sparsity`` (``dkm_retrain`` takes no other), so an entry
+    setting another value would cluster a layer in a form it was not trained for: refused.
+    Its ``n_clusters``, ``sparsity`` and None (no penalty) do reach the re-training
+    (:func:`regularizer_settings`)."""
+    from dkm_tf.core import validate  # noqa: PLC0415
+
+    if not method.startswith("dkm"):
+        return
+    for key, value in (overrides or {}).items():
+        for name in REGULARIZER_WIDE:
+            if isinstance(value, dict) and name in value and value[name] != defaults[name]:
+                raise validate.invalid(
+                    f"overrides[{key!r}]", f"no {name!r} other than {defaults[name]!r} with "
+                    f"method={method!r} (its re-training regularizes every layer with "
+                    f"{name}={defaults[name]!r}; the per-layer k-means would then cluster a "
+                    "layer in a form it was not trained for)", value)
+
+
+def check_method_overrides(model, overrides, method, args):
+    """The per-layer ``overrides`` of :func:`compress` for ``method``, checked against
+    ``model`` before any work (:func:`dkm_tf.graph.clusterable.check_overrides`: every key
+    names a layer or layer class, close matches listed; each entry's settings valid), and
+    refused where the method would not apply them (:func:`check_regularizer_overrides`).
+    Returns them as a dict (``{}`` for None)."""
+    from dkm_tf.graph.clusterable import check_overrides  # noqa: PLC0415
+
+    settings, check = override_settings(method, args)
+    overrides = check_overrides(model, overrides, settings, check)
+    check_regularizer_overrides(method, overrides, settings)
+    return overrides
+
+
+def regularizer_settings(model, n_clusters, sparsity, defaults, overrides):
+    """``(n_clusters, sparsity)`` for :func:`dkm_tf.dkm_retrain` under per-layer
+    ``overrides``: ``{layer name: K}`` (None: a layer left float gets no penalty) and
+    ``{layer name: p}``, each layer's as the final k-means resolves it; the plain values
+    without overrides."""
+    if not overrides:
+        return n_clusters, sparsity
+    from dkm_tf.graph import clusterable  # noqa: PLC0415
+
+    ks, ps = {}, {}
+    for layer in clusterable.walk_layers(model):
+        if not clusterable.is_clusterable(layer):
+            continue
+        cfg = clusterable.resolve_layer_config(layer, defaults, overrides)
+        ks[layer.name] = None if cfg is None else cfg["n_clusters"]
+        ps[layer.name] = 0.0 if cfg is None else cfg.get("sparsity", sparsity)
+    return ks, ps
 
 
 def check_train_data(model, train_data, **fit_args):
