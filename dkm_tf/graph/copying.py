@@ -9,11 +9,12 @@ Post-training sharing, the clustering wrapper and the re-training loop all copy 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from dkm_tf.core.files import atomic_path
 
 __all__ = ["build_like", "clone_uncompiled", "copy_layer", "copy_model", "is_graph_model",
-           "iter_layers", "layers_only", "save_model_atomic"]
+           "iter_layers", "keep_dtype_policy", "layers_only", "save_model_atomic"]
 
 
 def iter_layers(model):
@@ -156,10 +157,15 @@ def clone_uncompiled(model, clone_function):
 
 
 def _restore_model_flags(originals, clones):
-    """Give each cloned (nested) model its original's ``trainable`` flag, which
-    ``clone_model`` drops, without setting it on its layers: they keep their own flags (a
-    frozen base's are False), and a later ``base.trainable = True`` unfreezes them as it would
-    have on the original (Keras' setter does nothing visible when the flag already reads True).
+    """Give each cloned (nested) model its original's ``trainable`` flag and dtype policy,
+    which ``clone_model`` drops.
+
+    The flag is set without setting it on the layers: they keep their own flags (a frozen
+    base's are False), and a later ``base.trainable = True`` unfreezes them as it would have on
+    the original (Keras' setter does nothing visible when the flag already reads True).
+    The model's own policy is the global one at cloning time otherwise: a model built under
+    ``mixed_float16`` and copied after ``set_global_policy("float32")`` lost the loss scaling
+    that ``compile`` gives a ``mixed_float16`` model (its float16 gradients then underflow).
     """
     by_name = {m.name: m for m in originals}
     for i, clone in enumerate(clones):
@@ -167,6 +173,17 @@ def _restore_model_flags(originals, clones):
             else by_name.get(clone.name)
         if original is not None:
             clone._trainable = original.trainable  # noqa: SLF001 - the flag only
+            keep_dtype_policy(original, clone)
+
+
+def keep_dtype_policy(original, clone):
+    """Give the model ``clone`` the dtype policy of the model ``original`` (see
+    :func:`_restore_model_flags`); a quantized or per-layer (map) policy is left alone."""
+    policy = getattr(original, "dtype_policy", None)
+    if (getattr(policy, "quantization_mode", "?") is None and not isinstance(policy, Mapping)
+            and clone.dtype_policy.name != policy.name):
+        clone.dtype_policy = policy
+    return clone
 
 
 def copy_model(model):

@@ -31,7 +31,7 @@ from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_seed
 from dkm_tf.graph import clusterable, kernel_share
-from dkm_tf.graph.copying import copy_layer, layers_only
+from dkm_tf.graph.copying import copy_layer, keep_dtype_policy, layers_only
 from dkm_tf.training import wrapper_extras as extras
 
 __all__ = ["ClusterKernels", "KernelCodebook", "cluster_kernel_model", "has_kernel_layers",
@@ -253,8 +253,8 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
             return layer(args[0], codebook=made[id(layer)](args[0]), **kwargs)
         return layer(*args, **kwargs)
 
-    out = keras.models.clone_model(fmodel, clone_function=layers_only(clone_function),
-                                   call_function=call_function)
+    out = keep_dtype_policy(model, keras.models.clone_model(  # mixed_float16: loss scaling
+        fmodel, clone_function=layers_only(clone_function), call_function=call_function))
     clustered = [(lay.name, type(lay).__name__,
                   {"n_clusters": int(n_clusters), "unit": "kernel", "codebook": g.codebook_id,
                    "granularity": "per_tensor", "init": init, "transforms": transforms,
@@ -314,8 +314,8 @@ def strip_kernel_model(model, *, fold_bn=True):
             kwargs.pop("codebook")
         return layer(*args, **kwargs)
 
-    plain = keras.models.clone_model(model, clone_function=layers_only(clone_function),
-                                     call_function=call_function)
+    plain = keep_dtype_policy(model, keras.models.clone_model(
+        model, clone_function=layers_only(clone_function), call_function=call_function))
     palettes = list(pals.values())
     if fold_bn:
         plain, palettes = kernel_share.fold_kernel_palettes(plain, palettes)

@@ -181,14 +181,16 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer, state_lib.KerasS
         n = lead * trail
         tag = (name or "weight").replace("/", "_").replace(":", "_")
 
-        def var(value, dtype, aggregation="none", suffix=""):
+        def var(value, dtype, aggregation="none", suffix="", synchronization="auto"):
             return keras.Variable(value, dtype=dtype, trainable=False, aggregation=aggregation,
-                                  name=f"dkm_{tag}_{suffix}")
+                                  synchronization=synchronization, name=f"dkm_{tag}_{suffix}")
 
+        # penalty meters: per-replica sums read as their total, as Keras' metrics (mirrored,
+        # updated by 2 replicas they doubled at every step: the first steps' mean, then inf)
         st = {"shape": shape, "unit": unit, "n": n, "d": d, "w3": (lead, d, trail),
               "ready": var(0.0, "float32", suffix="ready"),
-              "total": var(0.0, "float32", "sum", "penalty_total"),
-              "count": var(0.0, "float32", "sum", "penalty_count")}
+              "total": var(0.0, "float32", "sum", "penalty_total", "on_read"),
+              "count": var(0.0, "float32", "sum", "penalty_count", "on_read")}
         if self.relaxation == "spectral":  # F (N x r) as (lead, trail, r), and its transpose
             r = min(self.n_clusters, d, n)
             st["f"] = var(np.zeros((lead, trail, r), np.float32), "float32", suffix="f")
@@ -313,19 +315,23 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer, state_lib.KerasS
         # target = W F Fᵀ (each unit's projection / cluster mean) without gradient: the exact
         # gradient of (λ/2)‖W − W F Fᵀ‖² is λ(W − W F Fᵀ), because I − F Fᵀ is a projector
         # (hard: the deviations within a cluster sum to zero), so only W − target needs one.
-        xs = ops.stop_gradient(x)
+        # float32 for a float16 / bfloat16 weight: its cluster sums and sum of squares overflow
+        acc = "float32" if keras.backend.standardize_dtype(x.dtype) in (
+            "float16", "bfloat16") else x.dtype
+        xa = ops.cast(x, acc)
+        xs = ops.stop_gradient(xa)
         if self.relaxation == "spectral":
             w3 = ops.reshape(xs, st["w3"])  # (lead, d, trail); W F = sum_l w3[l] @ F[l]
-            wf = ops.sum(ops.matmul(w3, ops.cast(st["f"], x.dtype)), axis=0, keepdims=True)
-            target = ops.reshape(ops.matmul(wf, ops.cast(st["ft"], x.dtype)), st["shape"])
+            wf = ops.sum(ops.matmul(w3, ops.cast(st["f"], acc)), axis=0, keepdims=True)
+            target = ops.reshape(ops.matmul(wf, ops.cast(st["ft"], acc)), st["shape"])
         else:
             segment, n_seg = st["segment"], (self.n_clusters + 1) * st["d"]
             sums = _segment_sum(ops.reshape(xs, (-1,)), segment, n_seg)
-            means = sums * ops.cast(st["scale"], x.dtype)
+            means = sums * ops.cast(st["scale"], acc)
             target = ops.reshape(ops.take(means, segment, axis=0), st["shape"])
-        ready = ops.cast(st["ready"], x.dtype)
-        penalty = (0.5 * self.lam) * ready * ops.sum(ops.square(x - target))
+        penalty = (0.5 * self.lam) * ops.cast(st["ready"], acc) * ops.sum(ops.square(xa - target))
         st["total"].assign_add(ops.cast(ops.stop_gradient(penalty), "float32"))
+        penalty = ops.cast(penalty, x.dtype)
         st["count"].assign_add(1.0)
         if self.base is not None:
             penalty = penalty + ops.cast(self.base(x), penalty.dtype)

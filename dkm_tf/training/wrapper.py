@@ -300,7 +300,11 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
             idx = idx + np.arange(0, g * k, k, dtype=np.int32)[:, None]
         if d > 1:  # position of each value of each unit in the flattened codebook
             idx = idx[..., None] * d + np.arange(d, dtype=np.int32)
-        values = gather_codebook(ops.reshape(self._codebook(slot), (g * k * d,)), idx)
+        with soft_lib._AutocastScope(None):  # noqa: SLF001 - the float32 codebook, not a
+            # float16 copy (mixed precision): the centroid gradients, sums of many weights'
+            # gradients, overflowed float16 under loss scaling (steps skipped, NaN mirrored)
+            cb = ops.cast(self._codebook(slot), slot.codebook.dtype)
+        values = gather_codebook(ops.reshape(cb, (g * k * d,)), idx)
         kernel = ops.reshape(values, slot.t_shape)
         if slot.inv_perm != tuple(range(len(slot.inv_perm))):
             kernel = ops.transpose(kernel, slot.inv_perm)
@@ -324,7 +328,8 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
             kernel = (self._shared(slot) if self.assignment == "hard"
                       else soft_lib.soft_kernel(self, slot, update=bool(training)))
             if self.latent:
-                w = ops.convert_to_tensor(slot.variable)
+                with soft_lib._AutocastScope(None):  # noqa: SLF001 - as the codebook
+                    w = ops.cast(slot.variable, kernel.dtype)
                 kernel = kernel + (w - ops.stop_gradient(w))
             mapping.append((slot.variable, kernel))
             ours.add(id(slot.variable))
