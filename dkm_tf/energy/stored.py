@@ -252,6 +252,7 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
     """
     import keras
 
+    from dkm_tf.core.kmeans import sortable
     from dkm_tf.graph.copying import iter_layers
 
     sizes = {}
@@ -264,7 +265,7 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
         if kernel is None or layer.name not in sizes or len(kernel.shape) < 2 or (
                 layers is not None and layer.name not in layers):
             continue
-        w = np.asarray(keras.ops.convert_to_numpy(kernel))
+        w = sortable(keras.ops.convert_to_numpy(kernel))  # float16 as float32 for np.unique
         if w.size not in sizes[layer.name]:
             continue
         best = None

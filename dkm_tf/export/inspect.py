@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from dkm_tf.core.kmeans import count_unique
 from dkm_tf.core.tflm_lut import read_lut_header
 from dkm_tf.export import pack
 from dkm_tf.export.rewrite import FlatModel, TFLiteFormatError
@@ -82,9 +83,7 @@ def _distinct(fm, t):
         bits = 4 if dtype == "int4" else 2
         n = int(np.prod(fm.shape(t)))
         arr = pack.unpack_bits(arr, bits, n)
-    if dtype == "float16":  # numpy's float16 sort may leave equal values apart in unique
-        arr = arr.astype(np.float32)
-    return int(np.unique(arr).size)
+    return count_unique(arr)  # float16 counted as float32 (numpy's float16 sort)
 
 
 def _producers(fm):

@@ -16,8 +16,6 @@ import re
 import tempfile
 import warnings
 
-import numpy as np
-
 __all__ = ["MAX_TFLM_BITS", "tflm_available", "tflm_compress", "tflm_interpreter"]
 
 MAX_TFLM_BITS = 7  # the TFLM LUT decoder handles 1..7-bit indices
@@ -90,6 +88,7 @@ def tflm_compress(content, palettes):
     from tflite_micro import compression  # noqa: PLC0415
     from tflite_micro.tensorflow.lite.micro.compression import spec  # noqa: PLC0415
 
+    from dkm_tf.core.kmeans import count_unique  # noqa: PLC0415
     from dkm_tf.export.palettize import _match  # noqa: PLC0415
     from dkm_tf.export.rewrite import FlatModel  # noqa: PLC0415
     from dkm_tf.export.subgraphs import _not_found_record  # noqa: PLC0415
@@ -113,7 +112,7 @@ def tflm_compress(content, palettes):
         # one table per tensor: TFLite Micro's decoder reads a float tensor's per-channel
         # tables all from the first one (measured: channel c decoded with channel 0's
         # values), so a per-channel palette gets one table of every channel's values
-        distinct = np.unique(arr).size
+        distinct = count_unique(arr)  # float16 as float32: numpy's float16 sort (core.kmeans)
         bits = max(1, math.ceil(math.log2(distinct))) if distinct > 1 else 1
         if bits > MAX_TFLM_BITS:
             pc = p.layout.granularity == "per_channel"

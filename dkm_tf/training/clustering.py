@@ -28,7 +28,7 @@ import numpy as np
 
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
-from dkm_tf.core.kmeans import KMEANS_THREADS
+from dkm_tf.core.kmeans import KMEANS_THREADS, sortable
 from dkm_tf.core.validate import check_bool, check_choice, check_kmeans_options, check_seed
 from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.graph import sensitivity as sensitivity_lib
@@ -340,7 +340,7 @@ def _palette_from_values(layer, attr, values, kind, max_clusters):
     for granularity in units_lib.GRANULARITIES:
         layout = units_lib.layout_for(values.shape, kind, "scalar", granularity)
         u = units_lib.to_units(values, layout)[..., 0]
-        found = [np.unique(row, return_inverse=True) for row in u]
+        found = [np.unique(row, return_inverse=True) for row in sortable(u)]  # float16
         k = max(f[0].size for f in found)
         if k > max_clusters or k >= layout.n_units:
             continue
