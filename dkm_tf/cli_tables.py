@@ -12,8 +12,8 @@ import sys
 import tempfile
 import textwrap
 
-__all__ = ["SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND", "import_tensorflow_quietly",
-           "json_text", "native_stderr_filtered", "tflite_table"]
+__all__ = ["RUNTIMES", "SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND", "import_tensorflow_quietly",
+           "json_text", "native_stderr_filtered", "table_runtime", "tflite_table"]
 
 TARGETS = ("float", "int8", "palettized", "palettized_per_invoke")
 SIZE_LEGEND = """\
@@ -28,14 +28,29 @@ legend: unit        what one centroid stands for: scalar = one weight, row = one
         CR entropy  compression vs float32 with entropy-coded indices (codebooks included)
         unit kernel: each kernel also stores its scale (--scale_bits) and, with --transforms T,
                     a transform id (log2 T bits); the CR columns count both, bits and H do not"""
-TFLITE_LEGEND = """\
+_LEGEND = """\
 legend: bytes          file size;  x float = bytes / bytes of the float file
         bits/w         file bits per model parameter (graph and codebooks included)
-        ms (1 thread)  median latency of one invoke, batch 1, LiteRT on 1 CPU thread
-        acc %          top-1 accuracy of the file itself in LiteRT, test set (first 10,000 at most)
+        ms (1 thread)  median latency of one invoke, batch 1, {runtime} on 1 CPU thread
+        acc %          top-1 accuracy of the file in {runtime}, test set (first 10,000 at most)
         int8           dynamic-range int8 weights (float activations)
         palettized     codebook + packed indices, decoded once at load (near-float speed)
         palettized_per_invoke  the same decoded on every invoke (smallest file, slower)"""
+RUNTIMES = {"litert": "LiteRT", "tflite": "tf.lite"}  # verify.Comparison.interpreter -> name
+TFLITE_LEGEND = _LEGEND.format(runtime="LiteRT")
+
+
+def table_runtime(reports):
+    """The interpreter that timed and scored the files of ``reports`` (``"LiteRT"``, or
+    ``"tf.lite"`` without the ``[litert]`` extra), read from the reports: the first
+    interpreter that verified each file (``ExportReport.comparisons``; TFLite Micro files
+    aside), which is the one ``benchmark_latency`` and ``pipeline.tflite_accuracy`` run
+    (LiteRT when installed, else ``tf.lite``). ``"LiteRT or tf.lite"`` when the reports
+    say nothing or disagree."""
+    kinds = {rep.comparisons[0].interpreter for rep in reports.values()
+             if getattr(rep, "format", None) != "tflm" and getattr(rep, "comparisons", None)}
+    kind = kinds.pop() if len(kinds) == 1 else None
+    return RUNTIMES.get(kind, kind) if kind else "LiteRT or tf.lite"
 
 
 @contextlib.contextmanager
@@ -192,8 +207,9 @@ def tflite_table(reports, accuracy, metric="test accuracy", refused=None):
     for label, why in (refused or {}).items():
         lines += textwrap.wrap(f"{label:<22}not written: {why}", width=100,
                                subsequent_indent=" " * 22)
-    lines.append(TFLITE_LEGEND if accuracy else "\n".join(
-        line for line in TFLITE_LEGEND.splitlines() if "acc %" not in line))
+    legend = _LEGEND.format(runtime=table_runtime(reports))
+    lines.append(legend if accuracy else "\n".join(
+        line for line in legend.splitlines() if "acc %" not in line))
     if accuracy and metric != "test accuracy":
         lines.append(f"        acc % here: {metric} (top-1 predictions on the held-out "
                      "inputs, which have no labels)")

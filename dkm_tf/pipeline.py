@@ -192,10 +192,13 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             those of :func:`dkm_tf.share_weights` (``"wr"``, ``"dkm"``) or
             :func:`dkm_tf.cluster_weights` (the fine-tuning methods). The ``"dkm"`` methods'
             re-training takes their K, sparsity and None too, and refuses another unit or
-            preserve_sparsity (it regularizes every layer with one).
+            preserve_sparsity (it regularizes every layer with one). Overrides that leave
+            every clusterable layer float are refused before any work (nothing to cluster).
         finetune_epochs: epochs of hard-weight-sharing fine-tuning.
-        finetune_learning_rate: Adam learning rate of the fine-tuning (default: 1e-3 for
-            K <= 4, where the centroids must move far, else 1e-4).
+        finetune_learning_rate: Adam learning rate of the fine-tuning (default: 1e-3 when
+            the smallest K any clustered layer gets is <= 4, where the centroids must move
+            far, else 1e-4; with ``overrides`` that is the smallest per-layer K, e.g.
+            ``n_clusters=16`` with one layer at K=2 gets 1e-3).
         dkm_epochs: epochs of re-training with the k-means regularizer.
         lam: regularizer strength lambda. The paper's 1e-4 (with SGD over a long schedule)
             barely moves the weights in a few epochs of Adam: on the digits CNN at K=2 it gave
@@ -265,19 +268,21 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         seconds["retrain"] = time.perf_counter() - t
     t, calib = time.perf_counter(), None  # the calibration sample of a calibrated "wr"
     if method.endswith("finetune"):
+        from dkm_tf.pipeline_args import smallest_k  # noqa: PLC0415
         from dkm_tf.training.finetune import finetune  # noqa: PLC0415
 
+        lr = finetune_learning_rate or (1e-3 if smallest_k(model, method, locals()) <= 4
+                                        else 1e-4)  # per-layer K: the smallest one
         log(f"[finetune] clustering (K={n_clusters}"
             f"{f'; {len(overrides)} per-layer override(s)' if overrides else ''}) and fine-"
-            f"tuning {finetune_epochs} epoch(s) with hard weight sharing", flush=True)
+            f"tuning {finetune_epochs} epoch(s) with hard weight sharing (Adam, lr {lr:g})",
+            flush=True)
         stage = _cluster_stage(progress, work, n_clusters, overrides)
         clustered, palettes, _ = finetune(
             work, train_data, n_clusters=n_clusters, unit=unit, granularity=granularity,
-            init=init, epochs=finetune_epochs,
-            learning_rate=finetune_learning_rate or (1e-3 if n_clusters <= 4 else 1e-4),
-            batch_size=batch_size, overrides=overrides, verbose=max(verbose - 1, 0),
-            preserve_sparsity=preserve_sparsity, callbacks=bar("finetune"),
-            kernel_options=kernel)
+            init=init, epochs=finetune_epochs, learning_rate=lr, batch_size=batch_size,
+            overrides=overrides, verbose=max(verbose - 1, 0),
+            preserve_sparsity=preserve_sparsity, callbacks=bar("finetune"), kernel_options=kernel)
         skipped = _skipped_layers(clustered, palettes, overrides, unit)  # after BN fold
     else:
         log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity}"

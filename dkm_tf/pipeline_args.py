@@ -9,7 +9,7 @@ from __future__ import annotations
 __all__ = ["REGULARIZER_WIDE", "calibration_set", "check_args", "check_calibration",
            "check_labels", "check_method_overrides", "check_regularizer_overrides",
            "check_train_data", "fisher_loss", "input_range_note", "override_settings",
-           "regularizer_settings", "repeats_forever"]
+           "regularizer_settings", "repeats_forever", "smallest_k"]
 
 import numpy as np
 
@@ -134,14 +134,39 @@ def check_method_overrides(model, overrides, method, args):
     """The per-layer ``overrides`` of :func:`compress` for ``method``, checked against
     ``model`` before any work (:func:`dkm_tf.graph.clusterable.check_overrides`: every key
     names a layer or layer class, close matches listed; each entry's settings valid), and
-    refused where the method would not apply them (:func:`check_regularizer_overrides`).
+    refused where the method would not apply them (:func:`check_regularizer_overrides`) or
+    where they leave every clusterable layer float (nothing to cluster: the ``"dkm"``
+    methods failed only once re-training started, after the CLI had trained its built-in
+    model, and ``"finetune"`` fine-tuned the float model with no weight shared).
     Returns them as a dict (``{}`` for None)."""
     from dkm_tf.graph.clusterable import check_overrides  # noqa: PLC0415
 
     settings, check = override_settings(method, args)
     overrides = check_overrides(model, overrides, settings, check)
     check_regularizer_overrides(method, overrides, settings)
+    ks = regularizer_settings(model, settings["n_clusters"], 0.0, settings, overrides)[0]
+    if isinstance(ks, dict) and ks and all(k is None for k in ks.values()):
+        work = {"wr": "its k-means would cluster nothing", "finetune": "it would fine-tune "
+                "the float model with no weight shared"}.get(
+                    method, "its re-training would regularize no kernel")
+        raise ValueError(f"Invalid value for argument `overrides`. Expected settings that "
+                         f"leave at least one layer clustered (None leaves a layer float; with "
+                         f"every layer float method={method!r} has nothing to do: {work}). "
+                         f"Received: overrides={overrides!r}, which leave every clusterable "
+                         f"layer of model {model.name!r} float ({', '.join(ks)})")
     return overrides
+
+
+def smallest_k(model, method, args):
+    """The smallest K any clustered layer of ``model`` gets under ``args["overrides"]`` (the
+    per-layer K of :func:`regularizer_settings`; ``args["n_clusters"]`` without overrides):
+    the codebook whose centroids move farthest in fine-tuning. ``args``: those of
+    :func:`dkm_tf.compress`."""
+    defaults = override_settings(method, args)[0]
+    ks = regularizer_settings(model, args["n_clusters"], 0.0, defaults, args["overrides"])[0]
+    if not isinstance(ks, dict):
+        return ks
+    return min((k for k in ks.values() if k is not None), default=args["n_clusters"])
 
 
 def regularizer_settings(model, n_clusters, sparsity, defaults, overrides):

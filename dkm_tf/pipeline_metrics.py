@@ -144,7 +144,8 @@ def evaluate_accuracy(model, data, batch_size=256):
     return float(np.mean(pred == labels))
 
 
-def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold=None):
+def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold=None,
+                    notes=None):
     """Top-1 accuracy of a classifier ``.tflite`` file on ``(x, y)`` (the first
     ``max_samples``), run in LiteRT (``tf.lite`` without the ``[litert]`` extra) in batches
     of ``batch_size`` (one sample at a time when the file has a fixed batch of 1).
@@ -152,17 +153,33 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     Returns None when the file's output is not one row of class scores per sample (several
     outputs included). A one-column output is a binary classifier with this ``threshold``
     (the Keras model's :func:`binary_threshold`); None then gives None.
+
+    In ``tf.lite`` of TensorFlow 2.19 / 2.20 the file is checked first
+    (:func:`dkm_tf.core.interpreters.tflite_refusal` on its tensor types): one it cannot
+    run (INT2 tensors) gives None, and a dynamic-range int8 file, which 2.19 crashes on at a
+    batch > 1, runs one sample per invoke; either way with the reason appended to ``notes``
+    (a list, when given), never a crash.
     """
     from dkm_tf.export.interpreters import default_interpreters, make_interpreter  # noqa: PLC0415
 
     x, y = data
     x, y = np.asarray(x)[:max_samples], class_ids(y)[:max_samples]
     with open(path, "rb") as f:
-        it = make_interpreter(default_interpreters()[0], f.read())
+        content = f.read()
+    kind, notes = default_interpreters()[0], notes if notes is not None else []
+    if kind == "tflite" and (why := _tf_lite_refusal(content, 1)):
+        notes.append(f"no accuracy of {path}: {why}; install LiteRT: pip install "
+                     "'dkm-tf[litert]'")
+        return None
+    it = make_interpreter(kind, content)
     if len(it.get_output_details()) != 1:  # several heads: no single arg-max
         return None
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     if int(inp["shape_signature"][0]) != -1:
+        batch_size = 1
+    batch = min(batch_size, len(x))
+    if kind == "tflite" and batch > 1 and (why := _tf_lite_refusal(content, batch)):
+        notes.append(f"accuracy of {path} run one sample per invoke: {why}")
         batch_size = 1
     preds, shape = [], tuple(inp["shape"])
     for start in range(0, len(x), batch_size):
@@ -178,6 +195,17 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
             return None
         preds.append(pred)
     return float(np.mean(np.concatenate(preds) == y))
+
+
+def _tf_lite_refusal(content, batch):
+    """Why this TensorFlow's ``tf.lite`` must not run ``content`` at ``batch`` (the check of
+    :func:`dkm_tf.export.interpreters.tflite_file_refusal`, without its export wording)."""
+    from dkm_tf.export import interpreters  # noqa: PLC0415
+
+    if interpreters.tflite_unsupported() is None:  # TensorFlow >= 2.21: the file unread
+        return None
+    types, dynamic = interpreters.file_tensor_types(content)
+    return interpreters.tflite_refusal(None, types, batch, dynamic)
 
 
 def ratio_words(ratio):

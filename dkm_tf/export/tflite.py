@@ -231,9 +231,13 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             also agree with Keras' arg-max on :data:`INT8_MIN_TOP1` of the samples
             (class-score outputs: shaped (samples, classes); with several outputs, softmax
             heads only).
-        interpreters: which of ``"litert"`` and ``"tflite"`` verify the file (default: both,
-            or ``tf.lite`` alone when ``ai_edge_litert`` is not installed, with a note; LiteRT
-            alone under TensorFlow < 2.21, whose ``tf.lite`` cannot run every file, noted).
+        interpreters: which of ``"litert"`` and ``"tflite"`` verify the file (default: both;
+            without ``ai_edge_litert``, ``tf.lite`` alone, noted; under TensorFlow 2.19 /
+            2.20, LiteRT alone, noted, or without it ``tf.lite`` after a check of the file
+            itself: one it cannot run (INT2 tensors; on 2.19 dynamic-range int8 at a batch
+            > 1) raises ``verify.TFLiteUnverifiableError``, nothing written; an older
+            TensorFlow needs LiteRT). ``"tflm"`` files run in the TFLite Micro interpreter
+            only.
         max_table_bytes: RAM cap of one decode table (``once``).
         matmul_lowering: with ``once``, rewrite convs/dense layers to BATCH_MATMUL.
         keep_float: with ``once``, clustered weights left as float32 constants so XNNPACK
@@ -267,7 +271,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             ``kept_dtype`` with ``keep_float=None``; ``int8_mode`` outside ``"int8"``;
             ``int8_scales`` outside ``"int8"`` with palettes; ``representative_data``
             outside ``int8_mode="full"``; ``interpreters`` with ``"tflm"``: :data:`.APPLIES`).
-        ExportVerificationError: the written model disagrees with Keras (nothing written).
+        ExportVerificationError: the written model disagrees with Keras (nothing written);
+            ``verify.TFLiteUnverifiableError`` where ``tf.lite`` cannot run it (see above).
 
     Example:
         >>> report = to_tflite(plain, "m.tflite", "palettized", palettes,
@@ -291,7 +296,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                       "max_table_bytes": max_table_bytes, "matmul_lowering": matmul_lowering,
                       "keep_float": keep_float, "kept_dtype": kept_dtype,
                       "index_packing": index_packing})
-    interpreters, notes = verify.choose_interpreters(interpreters)
+    interpreters, notes = ((("tflm",), []) if format == "tflm"  # TFLM verifies it alone
+                           else verify.choose_interpreters(interpreters))
     path = _check_path(path)
     if format in ("palettized", "tflm") and not palettes:
         raise ValueError(f"Invalid value for argument `palettes`. format={format!r} needs the "
@@ -355,8 +361,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         content, records = tflm_compress(static, palettes)
         notes += [f"{r['palette']}: kept float32: {r['route']}" for r in records
                   if r.get("not_found")]
-        interpreters = ("tflm",)
-        notes.append("tflm: batch fixed at 1 (TFLite Micro cannot resize inputs)")
+        notes.append("tflm: verified in the TFLite Micro interpreter; batch fixed at 1 "
+                     "(TFLite Micro cannot resize inputs)")
     notes += [f"{r['palette']}: palettized storage ({r['bits_per_weight']:.1f} bits/weight) is "
               "larger than float32 (too few weights per codebook)"
               for r in records if r.get("bits_per_weight", 0) >= 32 and "palette" in r

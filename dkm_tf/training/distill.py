@@ -144,7 +144,10 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
             as ``keras.applications`` models do) gives their logarithms, logits up to a
             constant per row, so ``softmax(z_t / T)`` is the softened teacher either way
             (``softmax(p / T)`` of the probabilities would be nearly uniform).
-        x: inputs, an array with a leading sample axis (a list of numbers is read as one).
+        x: inputs, an array with a leading sample axis (a list of numbers is read as one;
+            a list / dict of arrays for a teacher with several inputs). A
+            ``tf.data.Dataset``, ``keras.utils.PyDataset`` or generator is refused
+            (``TypeError``): its length counts batches and its order need not be the labels'.
         labels: integer class labels, shape (N,) or (N, 1) (not one-hot: pass
             ``labels.argmax(-1)``), one per sample of ``x``.
         num_classes: C; default the teacher's output width.
@@ -156,10 +159,18 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
     Raises:
         ValueError: labels not of shape (N,) / (N, 1) or outside [0, C), ``x`` without
             samples, or a teacher whose output is not (N, C).
+        TypeError: ``x`` not arrays (a dataset or generator).
     """
     if not isinstance(teacher, keras.Model):
         raise invalid_type("teacher", "a keras.Model", teacher)
     check_int("batch_size", batch_size, minimum=1)
+    if not isinstance(x, (np.ndarray, list, tuple, dict)) and not hasattr(x, "shape"):
+        # a tf.data.Dataset / PyDataset / generator: len() counts batches, not samples, and
+        # the labels could not follow a shuffled or batched order
+        raise invalid_type("x", "inputs as arrays aligned with `labels` (an array with a "
+                           "leading sample axis, or a list / dict of them for a teacher with "
+                           "several inputs; a dataset or generator is not accepted: take "
+                           "its inputs and labels out as arrays)", x)
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
