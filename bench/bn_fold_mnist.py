@@ -35,14 +35,10 @@ import time
 
 import numpy as np
 
+from dkm_tf.core.files import write_text_atomic
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-
-def _atomic_write(path, text):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def build():
@@ -157,8 +153,8 @@ def main():
            "clustered_weights": n_clustered, "epochs": opts.epochs,
            "finetune_epochs": opts.finetune_epochs, "float_accuracy": float_acc, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _atomic_write(RESULTS / "bn_fold_mnist.json", json.dumps(out, indent=1))
-    _atomic_write(RESULTS / "bn_fold_mnist.md", markdown(out))
+    write_text_atomic(RESULTS / "bn_fold_mnist.json", json.dumps(out, indent=1))
+    write_text_atomic(RESULTS / "bn_fold_mnist.md", markdown(out))
     print("wrote bench/results/bn_fold_mnist.json and .md", flush=True)
 
 

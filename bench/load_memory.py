@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from dkm_tf.core.files import write_text_atomic
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "bench"))
@@ -51,12 +53,6 @@ it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
 it.invoke()
 print("RSS", before, rss())
 """
-
-
-def _atomic_write(path, text):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def measure(path):
@@ -109,8 +105,8 @@ def main():
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared)",
            "model": r.name, "params": n_params, "K": K, "repeats": opts.repeats, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _atomic_write(RESULTS / "load_memory.json", json.dumps(out, indent=1))
-    _atomic_write(RESULTS / "load_memory.md", markdown(out))
+    write_text_atomic(RESULTS / "load_memory.json", json.dumps(out, indent=1))
+    write_text_atomic(RESULTS / "load_memory.md", markdown(out))
     print("wrote bench/results/load_memory.json and .md", flush=True)
 
 

@@ -33,17 +33,13 @@ import time
 
 import numpy as np
 
+from dkm_tf.core.files import write_text_atomic
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "bench"))
 
 N_TRAIN, N_TEST = 2048, 1000
-
-
-def _atomic_write(path, text):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def printed_npz(folder):
@@ -126,8 +122,8 @@ def main():
            "n_train": N_TRAIN, "n_test": N_TEST, "runs": runs}
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "printed_digits_cli" if opts.only is None else f"printed_digits_cli_{opts.only}"
-    _atomic_write(RESULTS / f"{name}.json", json.dumps(out, indent=1, default=str))
-    _atomic_write(RESULTS / f"{name}.md", markdown(out))
+    write_text_atomic(RESULTS / f"{name}.json", json.dumps(out, indent=1, default=str))
+    write_text_atomic(RESULTS / f"{name}.md", markdown(out))
     print(f"wrote {RESULTS / name}.json and .md", flush=True)
 
 

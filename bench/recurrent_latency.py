@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from dkm_tf.core.files import write_text_atomic
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 BEFORE_REF = "04c4a8a^"
@@ -61,12 +63,6 @@ if len(sys.argv) > 4:
                     "max_rel_error": rep.max_rel_error, "notes": list(rep.notes)}
 print("JSON" + json.dumps(out))
 """.replace("__K__", str(K))
-
-
-def _atomic_write(path, text):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def build(steps, folder):
@@ -153,8 +149,8 @@ def main():
            "model": f"Input((T, {FEATURES})) -> LSTM({UNITS}) -> Dense(10), K = {K}",
            "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _atomic_write(RESULTS / "recurrent_latency.json", json.dumps(out, indent=1))
-    _atomic_write(RESULTS / "recurrent_latency.md", markdown(out))
+    write_text_atomic(RESULTS / "recurrent_latency.json", json.dumps(out, indent=1))
+    write_text_atomic(RESULTS / "recurrent_latency.md", markdown(out))
     print("wrote bench/results/recurrent_latency.json and .md", flush=True)
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from dkm_tf.core.files import TEMP_PREFIX, atomic_path, remove_stale_temps
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -63,3 +65,15 @@ def test_live_writers_and_foreign_files_are_left_alone(tmp_path):
     assert remove_stale_temps(tmp_path) == [legacy_old.name]
     assert mine.exists() and legacy_new.exists() and other.exists()
     assert remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_write_text_atomic_writes_all_or_nothing(tmp_path):
+    from dkm_tf.core.files import write_text_atomic
+
+    path = tmp_path / "r.md"
+    write_text_atomic(path, "first\n")
+    assert path.read_text() == "first\n"
+    with pytest.raises(TypeError):
+        write_text_atomic(path, b"bytes are not text")  # fails inside: the old file stays
+    assert path.read_text() == "first\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md"]

@@ -20,15 +20,6 @@ from dkm_tf.training.regularizer import SpectralKMeansRegularizer  # noqa: E402
 from dkm_tf.training.wrapper import ClusterWeights  # noqa: E402
 
 
-@pytest.fixture
-def policy():
-    """``policy(name)`` sets the global dtype policy; float32 again after the test."""
-    try:
-        yield keras.mixed_precision.set_global_policy
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def _dtype(tensor):
     return keras.backend.standardize_dtype(tensor.dtype)
 

@@ -27,14 +27,6 @@ import dkm_tf  # noqa: E402
 from dkm_tf.training.regularizer import SpectralKMeansRegularizer  # noqa: E402
 
 
-@pytest.fixture
-def policy():
-    try:
-        yield keras.mixed_precision.set_global_policy
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def _mlp(policy, name):
     policy(name)
     try:

@@ -83,6 +83,13 @@ def atomic_path(path, suffix=".tmp"):
             os.remove(tmp)
 
 
+def write_text_atomic(path, text):
+    """Write ``text`` to ``path`` through :func:`atomic_path` (all of it, or nothing)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
 def same_file(a, b):
     """Whether paths ``a`` and ``b`` name one file: the same real path (symlinks, ``..``) or
     a hard link of it. False when either does not exist and the real paths differ."""
