@@ -69,7 +69,7 @@ def _read(value):
     if not os.path.isfile(path):
         raise CliUsageError("overrides", "a .json file, not a folder", value)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a BOM (Windows editors) is skipped
             return f.read(), path
     except (OSError, UnicodeDecodeError) as e:
         raise CliUsageError("overrides", "a readable UTF-8 .json file",

@@ -79,14 +79,19 @@ def check_args(model, train_data, test_data, args):
     test_data = check_data("test_data", test_data, model, required=False, labels=False)
     if test_data is not None and not isinstance(test_data, tuple):
         raise validate.invalid_type("test_data", "an (x, y) pair of arrays", test_data)
+    from dkm_tf.core.labels import is_binary_loss  # noqa: PLC0415
     from dkm_tf.training.common import compiled_loss, is_sparse_loss  # noqa: PLC0415
 
-    # training labels are class ids for the default loss (sparse cross-entropy) or a sparse
-    # compiled one, else whatever the model's own loss reads; test labels are class ids
+    # training labels are class ids for the default loss (a sparse or, for one unit, binary
+    # cross-entropy) or a sparse compiled one; the range (0 / 1 for one unit) is checked for
+    # those and a binary cross-entropy, not for other losses (integer regression targets);
+    # test labels are class ids
     loss = compiled_loss(model)
-    for name, data, ids in (("train_data", train_data, loss is None or is_sparse_loss(loss)),
-                            ("test_data", test_data, True)):
-        data = check_labels(name, data, model, class_ids=ids)
+    reads_ids = loss is None or is_sparse_loss(loss)
+    for name, data, ids, ranges in (
+            ("train_data", train_data, reads_ids, reads_ids or is_binary_loss(loss)),
+            ("test_data", test_data, True, True)):
+        data = check_labels(name, data, model, class_ids=ids, ranges=ranges)
         if isinstance(data, tuple) and hasattr(data[0], "dtype"):  # arrays (not a Dataset)
             validate.check_finite_samples(name, data[0], "x (NaN inputs train NaN weights)")
         train_data, test_data = (data, test_data) if name == "train_data" else (train_data, data)
@@ -110,10 +115,13 @@ def override_settings(method, args):
     return settings, ((lambda cfg: validate_settings(**cfg)) if trains else _check_settings)
 
 
-def check_regularizer_overrides(method, overrides, defaults):
+def check_regularizer_overrides(method, overrides, defaults, model=None):
     """``method="dkm"`` / ``"dkm+finetune"``: the re-training regularizes every layer with
     one ``unit`` and one ``preserve_sparsity`` (``dkm_retrain`` takes no other), so an entry
     setting another value would cluster a layer in a form it was not trained for: refused.
+    A ``unit`` is compared as the layers of ``model`` the entry names resolve it (``"auto"``
+    is ``"scalar"`` for a Dense kernel; a row of one value is a scalar); without ``model``
+    (the CLI's flags, before the model is loaded) it is left to the check with the model.
     Its ``n_clusters``, ``sparsity`` and None (no penalty) do reach the re-training
     (:func:`regularizer_settings`)."""
     from dkm_tf.core import validate  # noqa: PLC0415
@@ -122,12 +130,36 @@ def check_regularizer_overrides(method, overrides, defaults):
         return
     for key, value in (overrides or {}).items():
         for name in REGULARIZER_WIDE:
-            if isinstance(value, dict) and name in value and value[name] != defaults[name]:
-                raise validate.invalid(
-                    f"overrides[{key!r}]", f"no {name!r} other than {defaults[name]!r} with "
-                    f"method={method!r} (its re-training regularizes every layer with "
-                    f"{name}={defaults[name]!r}; the per-layer k-means would then cluster a "
-                    "layer in a form it was not trained for)", value)
+            if not (isinstance(value, dict) and name in value and value[name] != defaults[name]):
+                continue
+            if name == "unit" and (model is None or _same_units(model, key, defaults,
+                                                                 overrides)):
+                continue
+            raise validate.invalid(
+                f"overrides[{key!r}]", f"no {name!r} other than {defaults[name]!r} with "
+                f"method={method!r} (its re-training regularizes every layer with "
+                f"{name}={defaults[name]!r}; the per-layer k-means would then cluster a "
+                "layer in a form it was not trained for)", value)
+
+
+def _same_units(model, key, defaults, overrides):
+    """Whether every clusterable weight of the layers that ``key`` names is clustered in
+    the same unit under ``overrides`` as under ``defaults["unit"]`` (both resolved)."""
+    from dkm_tf.core.units import layout_for, resolve_unit  # noqa: PLC0415
+    from dkm_tf.graph import clusterable  # noqa: PLC0415
+
+    for layer in clusterable.walk_layers(model):
+        if key not in (type(layer).__name__, layer.name) or not clusterable.is_clusterable(
+                layer):
+            continue
+        cfg = clusterable.resolve_layer_config(layer, defaults, overrides)
+        for _, var, kind in clusterable.clusterable_weights(layer) if cfg is not None else ():
+            shape = tuple(int(s) for s in var.shape)
+            used, trained = (layout_for(shape, kind, resolve_unit(unit, kind, shape))
+                             .effective_unit for unit in (cfg["unit"], defaults["unit"]))
+            if used != trained:
+                return False
+    return True
 
 
 def check_method_overrides(model, overrides, method, args):
@@ -143,7 +175,7 @@ def check_method_overrides(model, overrides, method, args):
 
     settings, check = override_settings(method, args)
     overrides = check_overrides(model, overrides, settings, check)
-    check_regularizer_overrides(method, overrides, settings)
+    check_regularizer_overrides(method, overrides, settings, model)
     ks = regularizer_settings(model, settings["n_clusters"], 0.0, settings, overrides)[0]
     if isinstance(ks, dict) and ks and all(k is None for k in ks.values()):
         work = {"wr": "its k-means would cluster nothing", "finetune": "it would fine-tune "

@@ -104,9 +104,6 @@ def test_bad_json_file_names_the_file_and_the_position(tmp_path, capsys, content
 
 
 @pytest.mark.parametrize("args, expected", [
-    # the re-training regularizes every layer with one unit: a per-layer one would be ignored
-    (["--method", "dkm", "--overrides", '{"conv1": {"unit": "row"}}'],
-     "Expected no 'unit' other than 'scalar' with method='dkm'"),
     (["--method", "dkm+finetune", "--overrides", '{"conv1": {"sparsity": 0.2}}'],
      "option names among ['n_clusters', 'unit', 'granularity', 'init', 'preserve_sparsity']"),
     (["--method", "wr", "--overrides", '{"conv1": {"sparsity": 1.5}}'],
@@ -140,6 +137,17 @@ def test_keys_not_naming_layers_are_refused_before_training(tmp_path, capsys, ov
     assert expected in line, line
     assert "[data]" in out and "[train]" not in out  # the model was built, not trained
     assert not (tmp_path / "out").exists()
+
+
+def test_a_unit_the_retraining_did_not_use_is_refused_before_training(tmp_path, capsys):
+    """The re-training regularizes every layer with one unit: a per-layer unit that resolves
+    to another one is refused once the model is built (its layers say how a unit resolves:
+    "row" is "scalar" for a Dense kernel), before any training."""
+    rc, out, err = _run(capsys, "--method", "dkm", "--epochs", "1", "--overrides",
+                        '{"conv1": {"unit": "row"}}', out_dir=tmp_path / "out")
+    line = _usage_line(rc, err)
+    assert "Expected no 'unit' other than 'scalar' with method='dkm'" in line, line
+    assert "[data]" in out and "[train]" not in out and not (tmp_path / "out").exists()
 
 
 def test_user_model_keys_are_checked_after_loading_before_any_kmeans(tmp_path, capsys):

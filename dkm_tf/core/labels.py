@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_arrays", "check_label_range", "class_ids", "is_sparse_loss"]
+__all__ = ["as_arrays", "check_label_range", "class_ids", "is_binary_loss", "is_sparse_loss"]
 
 
 def class_ids(y, name="data"):
@@ -87,3 +87,10 @@ def is_sparse_loss(loss):
     return isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or (
         (loss if isinstance(loss, str) else getattr(loss, "__name__", None))
         in ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"))
+
+
+def is_binary_loss(loss):
+    """Whether ``loss`` is a binary cross-entropy (it reads labels 0 / 1): a
+    ``keras.losses.BinaryCrossentropy``, its function or its name."""
+    return (loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
+            ) in ("binary_crossentropy", "BinaryCrossentropy")

@@ -107,37 +107,46 @@ def _check(model, weighting, data, loss, sparse, labels):
                       "empirical Fisher uses the true labels)", "samples without labels")
     check_finite_samples("data", x, "for weighting='fisher' (squared gradients over them)")
     loss_fn = _resolve_loss(model, loss, keras)
-    if labels == "data" and is_sparse_loss(loss_fn) and hasattr(y, "shape"):
-        y = _sparse_labels(model, y)
     x0 = _take(x, 0, 1)
     try:
         pred = model(x0, training=False)
-        value = _loss_value(model, loss_fn, x0, _take(y, 0, 1)) if y is not None else None
     except Exception as e:  # noqa: BLE001 (any failure of the trial batch means misfit data)
-        raise ValueError(
-            f"Invalid value for argument `data`. Expected (x, y) or x that fit model "
-            f"{model.name!r} (inputs {_input_shapes(model)}) and its loss. Received: x of "
-            f"shape {_shapes(x)}, y of shape {None if y is None else _shapes(y)}; one sample "
-            f"failed with: {type(e).__name__}: {e}") from e
-    if labels == "data" and is_sparse_loss(loss_fn) and len(getattr(pred, "shape", ())) == 2:
-        check_label_range("data", np.reshape(y, (-1,)), (None, int(pred.shape[1])))  # subclassed
+        raise _misfit(model, x, y, e) from e
+    if labels == "data" and is_sparse_loss(loss_fn) and hasattr(y, "shape"):
+        y = _sparse_labels(y, pred)  # per output shape: (samples,) or per token
+    try:
+        value = _loss_value(model, loss_fn, x0, _take(y, 0, 1)) if y is not None else None
+    except Exception as e:  # noqa: BLE001
+        raise _misfit(model, x, y, e) from e
     if value is not None and not np.all(np.isfinite(_numpy(value))):
         raise invalid("data", "samples whose loss is finite", f"a loss of {value}")
     targets = _class_targets(model, loss_fn, x0, pred, keras) if labels == "model" else None
     return x, y, loss_fn, targets
 
 
-def _sparse_labels(model, y):
+def _sparse_labels(y, pred):
     """``y`` for a sparse cross-entropy (labels="data"): class ids, whole numbers (0.5 would
     be truncated to class 0: the Fisher of other labels, silently) inside the model's classes
-    (out of them the loss fails, or is NaN, at that sample); returned as integers."""
-    ids = class_ids(y, "data")
-    try:
-        shape = model.output_shape
-    except (AttributeError, ValueError):  # a subclassed model: read from one sample below
-        shape = None
-    check_label_range("data", ids, shape if isinstance(shape, tuple) else None)
+    (out of them the loss fails, or is NaN, at that sample); returned as integers. ``pred``:
+    the model's output on one sample. A 2-D output (samples, C) takes labels of shape
+    (samples,) or (samples, 1); a longer one (per token or pixel: (samples, T, C)) one label
+    per position, e.g. (samples, T) or (samples, T, 1), checked against its last axis."""
+    shape = tuple(getattr(pred, "shape", None) or ())
+    if len(shape) <= 2:
+        ids = class_ids(y, "data")
+    else:
+        ids = class_ids(np.reshape(y, (-1,)), "data")  # whole numbers, any label shape
+    classes = shape[-1] if len(shape) >= 2 else None
+    check_label_range("data", ids, (None, int(classes)) if classes is not None else None)
     return ids.reshape(np.shape(y))
+
+
+def _misfit(model, x, y, e):
+    return ValueError(
+        f"Invalid value for argument `data`. Expected (x, y) or x that fit model "
+        f"{model.name!r} (inputs {_input_shapes(model)}) and its loss. Received: x of shape "
+        f"{_shapes(x)}, y of shape {None if y is None else _shapes(y)}; one sample failed "
+        f"with: {type(e).__name__}: {e}")
 
 
 def _class_targets(model, loss_fn, x0, pred, keras):

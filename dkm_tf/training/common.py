@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dkm_tf.core.labels import is_sparse_loss  # also imported from here by pipeline_args
+from dkm_tf.core.labels import is_binary_loss, is_sparse_loss  # is_sparse_loss: pipeline_args
 
 
 def compiled_loss(model):
@@ -320,6 +320,5 @@ def check_labels_for(name, data, model, loss):
 
     check_class_ids(name, data, loss)
     sparse = is_sparse_loss(loss)
-    binary = (loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
-              ) in ("binary_crossentropy", "BinaryCrossentropy")
-    return check_labels(name, data, model, class_ids=sparse, ranges=sparse or binary)
+    return check_labels(name, data, model, class_ids=sparse,
+                        ranges=sparse or is_binary_loss(loss))

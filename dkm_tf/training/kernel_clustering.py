@@ -231,7 +231,7 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
         extras.warn_kernel_clustering_constraint(layer)
         w = ClusterKernels(copy_layer(layer), n_clusters=p.n_clusters, transforms=transforms,
                            scale_bits=scale_bits, codebook_id=g.codebook_id,
-                           trainable=layer.trainable)
+                           trainable=layer.trainable, dtype=layer.dtype_policy)
         w.build(tuple(layer.get_build_config()["input_shape"]))
         kh, kw, cin, cout = p.layout.kernel_shape
         w.scales.assign(p.scales.reshape(cout, cin).T)
@@ -241,8 +241,9 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
         step = _step(p)
         w.scale_step.assign(step)
         if g.codebook_id not in holders:
-            h = KernelCodebook(p.n_clusters, g.kernel_size, g.codebook_id,
-                               name="codebook_" + g.codebook_id.replace(":", "_"))
+            h = KernelCodebook(p.n_clusters, g.kernel_size, g.codebook_id,  # the conv's
+                               name="codebook_" + g.codebook_id.replace(":", "_"),  # policy,
+                               dtype=layer.dtype_policy)  # not the global one
             h.codebook.assign(p.codebook[0].reshape(-1, *g.kernel_size))
             holders[g.codebook_id] = h
         made[id(w)] = holders[g.codebook_id]
