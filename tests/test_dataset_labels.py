@@ -9,7 +9,7 @@ clustering; ``fisher_importance(labels="data")`` computed the Fisher of class 0 
 
 import numpy as np
 import pytest
-from testing import tf_backend_only
+from testing import dense_classifier, tf_backend_only
 
 pytestmark = tf_backend_only("tf.data datasets")
 
@@ -26,15 +26,7 @@ BAD = {  # labels -> (error, message)
 
 
 def _model(units=C, loss=None):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((4,), name="inp")
-    model = keras.Model(inp, keras.layers.Dense(units, name="out")(
-        keras.layers.Dense(8, name="hidden")(inp)))
-    if loss is not None:
-        model.compile(loss=loss)
-    return model
+    return dense_classifier(units, loss)
 
 
 def _pydataset(y):

@@ -20,7 +20,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from testing import tf_backend_only
+from testing import dense_classifier, tf_backend_only
 
 pytestmark = tf_backend_only("tf.data datasets, LossScaleOptimizer")
 
@@ -45,15 +45,7 @@ def stop_at_fit(monkeypatch):
 
 
 def _dense(units=C, loss=None):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((4,), name="inp")
-    model = keras.Model(inp, keras.layers.Dense(units, name="out")(
-        keras.layers.Dense(8, name="hidden")(inp)))
-    if loss is not None:
-        model.compile(loss=loss)
-    return model
+    return dense_classifier(units, loss)
 
 
 def _slices(y=Y):

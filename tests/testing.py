@@ -174,3 +174,17 @@ def interrupt_at(epoch):
                 raise KeyboardInterrupt
 
     return InterruptAt()
+
+
+def dense_classifier(units=3, loss=None):
+    """Input(4) -> Dense(8, "hidden") -> Dense(units, "out"), seed 0, compiled with ``loss``
+    if one is given (the label-check tests' model)."""
+    import keras  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4,), name="inp")
+    model = keras.Model(inp, keras.layers.Dense(units, name="out")(
+        keras.layers.Dense(8, name="hidden")(inp)))
+    if loss is not None:
+        model.compile(loss=loss)
+    return model
