@@ -29,6 +29,7 @@ from dkm_tf.pipeline_metrics import (
     ratio_words,
     tflite_accuracy,
 )
+from dkm_tf.training.data_checks import reads_once
 
 __all__ = ["METHODS", "CompressionResult", "accuracy_note", "agreement_data", "binary_threshold",
            "compress", "evaluate_accuracy", "float_predictions", "predicted_classes",
@@ -162,6 +163,7 @@ def _other_params(model, palettes):
     return int(model.count_params()) - clustered
 
 
+@reads_once  # compress and the training function it calls read a dataset's labels once
 def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=16,
              unit="scalar", granularity="per_tensor", init="kmeans++", seed=0, overrides=None,
              finetune_epochs=2, finetune_learning_rate=None, dkm_epochs=5, lam=1.0,
@@ -196,9 +198,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             every clusterable layer float are refused before any work (nothing to cluster).
         finetune_epochs: epochs of hard-weight-sharing fine-tuning.
         finetune_learning_rate: Adam learning rate of the fine-tuning (default: 1e-3 when
-            the smallest K any clustered layer gets is <= 4, where the centroids must move
-            far, else 1e-4; with ``overrides`` that is the smallest per-layer K, e.g.
-            ``n_clusters=16`` with one layer at K=2 gets 1e-3).
+            the smallest K of any layer, ``overrides`` included, is <= 4, else 1e-4).
         dkm_epochs: epochs of re-training with the k-means regularizer.
         lam: regularizer strength lambda. The paper's 1e-4 (with SGD over a long schedule)
             barely moves the weights in a few epochs of Adam: on the digits CNN at K=2 it gave

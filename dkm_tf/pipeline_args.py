@@ -83,13 +83,15 @@ def check_args(model, train_data, test_data, args):
     from dkm_tf.training.common import compiled_loss, is_sparse_loss  # noqa: PLC0415
 
     # training labels are class ids for the default loss (a sparse or, for one unit, binary
-    # cross-entropy) or a sparse compiled one; the range (0 / 1 for one unit) is checked for
-    # those and a binary cross-entropy, not for other losses (integer regression targets);
-    # test labels are class ids
-    loss = compiled_loss(model)
+    # cross-entropy) or a sparse compiled one; their range ([0, C), 0 / 1 for one unit) is
+    # checked for every loss except another loss of a one-unit model (integer regression
+    # targets); test labels are class ids
+    loss, shape = compiled_loss(model), getattr(model, "output_shape", None)
     reads_ids = loss is None or is_sparse_loss(loss)
+    train_ranges = reads_ids or is_binary_loss(loss) or not (
+        isinstance(shape, tuple) and shape[-1:] == (1,))
     for name, data, ids, ranges in (
-            ("train_data", train_data, reads_ids, reads_ids or is_binary_loss(loss)),
+            ("train_data", train_data, reads_ids, train_ranges),
             ("test_data", test_data, True, True)):
         data = check_labels(name, data, model, class_ids=ids, ranges=ranges)
         if isinstance(data, tuple) and hasattr(data[0], "dtype"):  # arrays (not a Dataset)

@@ -301,3 +301,44 @@ def test_integer_regression_targets_are_not_range_checked(form, stop_at_fit):
         with pytest.raises(ValueError, match="argument `train_data`.*labels 0 and 1"):
             dkm_tf.compress(_dense(1, loss=loss), data, method="finetune", n_clusters=4,
                             finetune_epochs=1, verbose=0)
+
+
+def test_label_reads_last_one_compress_call(stop_at_fit):
+    """A PyDataset relabelled between two ``compress`` calls is read again: its new
+    out-of-range labels are refused up front (a read kept for the object's life passed them,
+    and fit failed after the clustering), and new valid labels are not refused by old ones."""
+    import dkm_tf
+
+    y, reads = Y.copy(), []
+    data = _counting_pydataset(y, reads)
+    kwargs = {"method": "finetune", "n_clusters": 4, "finetune_epochs": 1, "verbose": 0}
+    with pytest.raises(_Reached):
+        dkm_tf.compress(_dense(), data, **kwargs)
+    y += 3  # now every label is beyond the 3 classes
+    with pytest.raises(ValueError, match=r"class labels in \[0, 2\]"):
+        dkm_tf.compress(_dense(), data, **kwargs)
+    y -= 3
+    with pytest.raises(_Reached):
+        dkm_tf.compress(_dense(), data, **kwargs)
+    assert reads == [0, 0, 0]
+
+
+@pytest.mark.parametrize("loss", [["sparse_categorical_crossentropy"],
+                                  {"out": "sparse_categorical_crossentropy"},
+                                  "custom", "focal"])
+def test_label_range_kept_for_losses_in_lists_dicts_and_others(loss, stop_at_fit):
+    """Out-of-range labels are refused before any work for a sparse loss given in a list or
+    a dict, a custom loss of a 3-class model, and a binary focal loss of a one-unit model
+    (2d26700 checked the range only for losses it recognised: they reached fit)."""
+    import keras
+
+    import dkm_tf
+
+    units, labels = (1, np.full(N, 2)) if loss == "focal" else (C, np.full(N, 5))
+    if loss == "custom":
+        loss = lambda y, p: keras.losses.sparse_categorical_crossentropy(y, p)  # noqa: E731
+    elif loss == "focal":
+        loss = keras.losses.BinaryFocalCrossentropy()
+    with pytest.raises(ValueError, match="argument `train_data`"):
+        dkm_tf.compress(_dense(units, loss=loss), (X, labels), method="finetune",
+                        n_clusters=4, finetune_epochs=1, verbose=0)

@@ -79,11 +79,20 @@ def check_label_range(name, labels, shape):
     return True
 
 
+def _one_loss(loss):
+    """The loss of a one-item list or dict of losses (a single-output model's), else ``loss``."""
+    if isinstance(loss, (list, tuple, dict)) and len(loss) == 1:
+        return next(iter(loss.values())) if isinstance(loss, dict) else loss[0]
+    return loss
+
+
 def is_sparse_loss(loss):
     """Whether ``loss`` is a sparse categorical cross-entropy (it reads class ids): a
-    ``keras.losses.SparseCategoricalCrossentropy``, its function or its name."""
+    ``keras.losses.SparseCategoricalCrossentropy``, its function or its name (also as the one
+    item of a list or dict)."""
     import keras  # noqa: PLC0415
 
+    loss = _one_loss(loss)
     return isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or (
         (loss if isinstance(loss, str) else getattr(loss, "__name__", None))
         in ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"))
@@ -91,6 +100,9 @@ def is_sparse_loss(loss):
 
 def is_binary_loss(loss):
     """Whether ``loss`` is a binary cross-entropy (it reads labels 0 / 1): a
-    ``keras.losses.BinaryCrossentropy``, its function or its name."""
+    ``keras.losses.BinaryCrossentropy`` or ``BinaryFocalCrossentropy``, its function or its
+    name (also as the one item of a list or dict)."""
+    loss = _one_loss(loss)
     return (loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
-            ) in ("binary_crossentropy", "BinaryCrossentropy")
+            ) in ("binary_crossentropy", "BinaryCrossentropy", "binary_focal_crossentropy",
+                  "BinaryFocalCrossentropy")

@@ -7,14 +7,15 @@ argument, what is allowed and what was received, before any work.
 
 from __future__ import annotations
 
-import weakref
+import contextvars
+import functools
 
 import numpy as np
 
 from dkm_tf.core.labels import as_arrays, check_label_range, class_ids
 
 __all__ = ["as_arrays", "check_label_range", "check_labels", "class_ids", "dataset_labels",
-           "repeats_forever"]
+           "reads_once", "repeats_forever"]
 
 _to_class_ids = class_ids  # check_labels' argument class_ids hides the name
 
@@ -43,7 +44,7 @@ def check_labels(name, data, model, class_ids=True, ranges=True):
             try:
                 _checked_labels(name, labels, model, class_ids, ranges)
             except (TypeError, ValueError) as e:
-                _READ.pop(id(data), None)  # labels fixed in place are read again
+                (_READS.get() or {}).pop(id(data), None)  # labels fixed in place: read again
                 raise type(e)(f"{e} ({where})") from None
         return data
     if not hasattr(data[1], "dtype"):
@@ -99,26 +100,34 @@ def dataset_labels(name, data):
       in every case;
     - a ``PyDataset``: its first batch, ``data[0]``.
 
-    Each dataset object is read once: the result is kept while the object lives (a weak
-    reference), so :func:`dkm_tf.compress` and the training function it calls read the
-    same batch once. :func:`check_labels` forgets a read whose labels it refuses (labels
-    fixed in place are read again).
+    Inside one call of a function decorated with :func:`reads_once` (:func:`dkm_tf.compress`)
+    a dataset object is read once, so compress and the training function it calls read the
+    same batch once; every other call reads it again (labels changed in place are seen).
     """
-    held = _READ.get(id(data))
-    if held is not None and held[0]() is data:
+    reads = _READS.get()
+    held = reads.get(id(data)) if reads is not None else None
+    if held is not None and held[0] is data:
         return held[1]
     labels, where, kept = _read_labels(name, data)
-    if kept:
-        key = id(data)
-        try:
-            ref = weakref.ref(data, lambda _: _READ.pop(key, None))  # dropped with the object
-            _READ[key] = (ref, (labels, where))
-        except TypeError:  # not weakly referenceable: read again next time
-            pass
+    if kept and reads is not None:
+        reads[id(data)] = (data, (labels, where))  # held until the decorated call returns
     return labels, where
 
 
-_READ = {}  # id(dataset) -> (weak reference to it, (labels, where)): each object read once
+_READS = contextvars.ContextVar("dkm_tf_label_reads", default=None)  # id -> (data, read)
+
+
+def reads_once(fn):
+    """Decorate ``fn`` so that within one call each dataset's labels are read once
+    (:func:`dataset_labels`); the reads are forgotten when it returns."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        token = _READS.set({})
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _READS.reset(token)
+    return wrapper
 
 
 def _read_labels(name, data):
