@@ -160,14 +160,18 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     batch > 1, runs one sample per invoke; either way with the reason appended to ``notes``
     (a list, when given), never a crash.
     """
-    from dkm_tf.export.interpreters import default_interpreters, make_interpreter  # noqa: PLC0415
+    from dkm_tf.export.interpreters import (  # noqa: PLC0415
+        default_interpreters,
+        file_refusal,
+        make_interpreter,
+    )
 
     x, y = data
     x, y = np.asarray(x)[:max_samples], class_ids(y)[:max_samples]
     with open(path, "rb") as f:
         content = f.read()
     kind, notes = default_interpreters()[0], notes if notes is not None else []
-    if kind == "tflite" and (why := _tf_lite_refusal(content, 1)):
+    if kind == "tflite" and (why := file_refusal(content, 1)):
         notes.append(f"no accuracy of {path}: {why}; install LiteRT: pip install "
                      "'dkm-tf[litert]'")
         return None
@@ -178,7 +182,7 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     if int(inp["shape_signature"][0]) != -1:
         batch_size = 1
     batch = min(batch_size, len(x))
-    if kind == "tflite" and batch > 1 and (why := _tf_lite_refusal(content, batch)):
+    if kind == "tflite" and batch > 1 and (why := file_refusal(content, batch)):
         notes.append(f"accuracy of {path} run one sample per invoke: {why}")
         batch_size = 1
     preds, shape = [], tuple(inp["shape"])
@@ -195,17 +199,6 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
             return None
         preds.append(pred)
     return float(np.mean(np.concatenate(preds) == y))
-
-
-def _tf_lite_refusal(content, batch):
-    """Why this TensorFlow's ``tf.lite`` must not run ``content`` at ``batch`` (the check of
-    :func:`dkm_tf.export.interpreters.tflite_file_refusal`, without its export wording)."""
-    from dkm_tf.export import interpreters  # noqa: PLC0415
-
-    if interpreters.tflite_unsupported() is None:  # TensorFlow >= 2.21: the file unread
-        return None
-    types, dynamic = interpreters.file_tensor_types(content)
-    return interpreters.tflite_refusal(None, types, batch, dynamic)
 
 
 def ratio_words(ratio):

@@ -18,8 +18,9 @@ from dkm_tf.core.interpreters import (
 )
 
 __all__ = ["INTERPRETERS", "TFLITE_MEASURED_TF", "TFLITE_MIN_TF", "TFLITE_TYPES",
-           "default_interpreters", "file_tensor_types", "litert_available", "make_interpreter",
-           "tflite_file_refusal", "tflite_note", "tflite_refusal", "tflite_unsupported"]
+           "default_interpreters", "file_refusal", "file_tensor_types", "litert_available",
+           "make_interpreter", "tflite_file_refusal", "tflite_note", "tflite_refusal",
+           "tflite_unsupported"]
 
 INSTALL = ("install LiteRT to verify it: pip install 'dkm-tf[litert]' (ai-edge-litert>=2.1), "
            "or TensorFlow >= 2.21")
@@ -47,9 +48,9 @@ def file_tensor_types(content):
     return frozenset(types), dynamic
 
 
-def tflite_file_refusal(content, batch=1, version=None):
+def file_refusal(content, batch=1, version=None):
     """Why ``tf.lite.Interpreter`` of TensorFlow ``version`` (default: the installed one)
-    must not run the ``.tflite`` bytes at ``batch``, with what to install; or None.
+    must not run the ``.tflite`` bytes at ``batch``, or None.
 
     :func:`~dkm_tf.core.interpreters.tflite_refusal` on the types read from the file itself
     (:func:`file_tensor_types`); under TensorFlow >= 2.21 None at once, the file unread.
@@ -57,7 +58,12 @@ def tflite_file_refusal(content, batch=1, version=None):
     if tflite_unsupported(version) is None:
         return None
     types, dynamic = file_tensor_types(content)
-    why = tflite_refusal(version, types, batch, dynamic)
+    return tflite_refusal(version, types, batch, dynamic)
+
+
+def tflite_file_refusal(content, batch=1, version=None):
+    """:func:`file_refusal` worded for an export: nothing written, what to install."""
+    why = file_refusal(content, batch, version)
     return f"Cannot verify this file: {why}. Nothing was written; {INSTALL}." if why else None
 
 
