@@ -10,6 +10,7 @@ from dkm_tf.core.interpreters import (
     TFLITE_MEASURED_TF,
     TFLITE_MIN_TF,
     TFLITE_TYPES,
+    _tf_version,  # the installed version when None (also read by tflite_unsupported)
     default_interpreters,
     litert_available,
     make_interpreter,
@@ -71,9 +72,6 @@ def tflite_note(version=None):
     """What the export notes add when ``tf.lite`` alone verifies under TensorFlow < 2.21."""
     if tflite_unsupported(version) is None:
         return ""
-    if version is None:
-        import tensorflow as tf  # noqa: PLC0415
-
-        version = tf.__version__
+    version = _tf_version(version)[0]
     return (f"; TensorFlow {version}'s refuses the files it cannot run (INT2 tensors; on 2.19 "
             "also dynamic-range int8)")
