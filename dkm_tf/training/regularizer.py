@@ -357,10 +357,10 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer, state_lib.KerasS
 
     # ------------------------------------------------------------------ config
     def get_config(self):
-        # F / the cluster assignment are state, not config: they are re-derived by refresh().
+        # F / assignments are state (refresh() re-derives them); preserve_sparsity only when set
         return {"n_clusters": self.n_clusters, "lam": self.lam, "relaxation": self.relaxation,
                 "unit": self.unit, "sparsity": self.sparsity, "seed": self.seed,
-                "preserve_sparsity": self.preserve_sparsity,
+                **({"preserve_sparsity": True} if self.preserve_sparsity else {}),
                 "base": keras.regularizers.serialize(self.base) if self.base else None}
 
     @classmethod

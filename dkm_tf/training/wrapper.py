@@ -388,8 +388,9 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
         config = super().get_config()
         config.update({"n_clusters": self.n_clusters, "unit": self.unit,
                        "granularity": self.granularity, "init": self.init, "seed": self.seed,
-                       "latent": self.latent, "kmeans_options": self.kmeans_options,
-                       "preserve_sparsity": self.preserve_sparsity})
+                       "latent": self.latent, "kmeans_options": self.kmeans_options})
+        if self.preserve_sparsity:  # written only when set: loads in dkm_tf before 2026-12-03
+            config.update(preserve_sparsity=True)
         if self.assignment == "soft":
             config.update(assignment="soft", temperature=self.temperature)
         return config
