@@ -7,7 +7,8 @@ measurement on TF 2.21: no ``UNIDIRECTIONAL_SEQUENCE_LSTM``, no per-gate split f
 ``implementation=2`` cells). :func:`palettize_subgraphs` matches the palettes subgraph by
 subgraph (first the main graph, then each body) and rewrites each subgraph with
 :func:`~dkm_tf.export.palettize.palettize_flatbuffer`; the decode chain of a body's weight
-lives in that body.
+lives in that body until :func:`hoist_decodes` moves it in front of the WHILE op, and
+:func:`hoist_input_projections` then takes the input kernel's product out of the loop.
 
 A palette whose values are in no subgraph (the converter split, transposed or folded the
 weight: an ``LSTMCell(implementation=1)`` kernel split per gate, a kernel with batch
@@ -23,8 +24,13 @@ import copy
 import numpy as np
 
 from dkm_tf.export.palettize import _match, palettize_flatbuffer
+from dkm_tf.export.rewrite import schema
 
-__all__ = ["NOT_FOUND_REASON", "hoist_decodes", "palettize_subgraphs"]
+__all__ = ["NOT_FOUND_REASON", "PROJECTION_ROUTE", "hoist_decodes", "hoist_input_projections",
+           "palettize_subgraphs"]
+
+PROJECTION_ROUTE = ("; input product of every time step computed in one {op} in front of "
+                    "the loop")
 
 NOT_FOUND_REASON = ("no constant of the converted model holds its values in a layout the "
                     "exporter knows (the converter split, transposed or folded the weight, "
@@ -72,15 +78,21 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
         if isinstance(keep_float, (list, tuple, set, frozenset)):
             keep = [name for name in keep_float
                     if name in {p.layer_name for p in here} | {p.name for p in here}]
+        readers = {p.name: [view.operators[i] for i, _ in found[id(p)][2]] for p in here}
         recs = palettize_flatbuffer(view, here, decode, keep_float=keep, found=found,
                                     **options)
         parent = hoist_decodes(fm, index) if index else None
+        lowering = decode == "once" and options.get("matmul_lowering", True)
+        moved = hoist_input_projections(fm, index, lowering) if parent is not None else {}
         by_name = {p.name: p for p in here}
         for r in recs:
             if index:
                 r["subgraph"] = index
                 if parent is not None and not r.get("kept"):
                     r["decoded_in_subgraph"] = parent  # out of the loop body
+                    ops = {moved.get(id(op)) for op in readers[r["palette"]]}
+                    if len(ops) == 1 and None not in ops:  # every reader left the loop
+                        r["route"] += PROJECTION_ROUTE.format(op=ops.pop())
             records[id(by_name[r["palette"]])] = r
         left = [p for p in left if id(p) not in found]
     for p in left:
@@ -164,3 +176,151 @@ def hoist_decodes(fm, body):
     for view in (bv, cv, pv):
         view.compact()
     return g
+
+
+def _loop_invariant(bv, t):
+    """Position of body input ``t`` when the body passes it through unchanged, else None."""
+    ins, outs = [int(v) for v in bv.graph.inputs], [int(v) for v in bv.graph.outputs]
+    return next((i for i, v in enumerate(ins) if v == t and outs[i] == t), None)
+
+
+def _projectable(bv, g, f):
+    """``(i_seq, i_w, projection shape)`` when FULLY_CONNECTED ``f`` reads, as its only
+    input, a time step ``GATHER(sequence, step)`` ``g`` of a loop-invariant sequence, with a
+    loop-invariant weight and no bias or activation; else None."""
+    o, x = f.builtinOptions, int(g.outputs[0])
+    ins = [int(v) for v in f.inputs]
+    if int(ins[0]) != x or len(ins) < 2 or (len(ins) > 2 and ins[2] >= 0) \
+            or o is None or o.fusedActivationFunction != 0 or o.weightsFormat != 0:
+        return None
+    go = g.builtinOptions
+    seq, w = int(g.inputs[0]), ins[1]
+    i_seq, i_w = _loop_invariant(bv, seq), _loop_invariant(bv, w)
+    if i_seq is None or i_w is None or (go is not None and (go.axis or go.batchDims)) \
+            or len(bv.shape(int(g.inputs[1]))) != 0 or bv.type_name(seq) != "float32" \
+            or bv.type_name(w) != "float32":
+        return None
+    seq_shape, w_shape, out = bv.shape(seq), bv.shape(w), bv.shape(int(f.outputs[0]))
+    known = all(v > 0 for t in (seq, w, x, int(f.outputs[0])) for v in bv.signature(t))
+    if not known or len(w_shape) != 2 or len(seq_shape) < 2 \
+            or w_shape[1] != seq_shape[-1] or bv.shape(x) != seq_shape[1:]:
+        return None
+    rows = int(np.prod(seq_shape[1:-1], dtype=np.int64))
+    if out not in {(rows, w_shape[0]), (*seq_shape[1:-1], w_shape[0])}:
+        return None
+    return i_seq, i_w, (seq_shape[0], *out)
+
+
+def _bias_after(bv, t):
+    """``(bias constant, a1, a2)`` when ``t`` reaches the graph only through ``a1 = ADD(t, r)``
+    followed by ``a2 = ADD(a1, bias)`` (a cell's sum of products, then its bias), else None:
+    the bias then joins the input products before the loop, one ADD fewer per step."""
+    cons, outs = bv.consumers(), {int(v) for v in bv.graph.outputs}
+
+    def only_add(v):
+        use = cons.get(v, [])
+        op = bv.operators[use[0]] if len(use) == 1 else None
+        ok = op is not None and bv.op_name(op) == "ADD" and v not in outs \
+            and (op.builtinOptions is None or op.builtinOptions.fusedActivationFunction == 0)
+        return op if ok else None
+
+    a1 = only_add(t)
+    a2 = None if a1 is None else only_add(int(a1.outputs[0]))
+    if a2 is None or bv.shape(int(a1.outputs[0])) != bv.shape(int(a2.outputs[0])):
+        return None
+    o = bv.shape(t)[-1]
+    for c in (int(v) for v in a2.inputs):
+        if c != int(a1.outputs[0]) and bv.raw(c) and bv.type_name(c) == "float32" \
+                and [d for d in bv.shape(c) if d != 1] in ([o], []) and len(bv.shape(c)) <= 2:
+            return c, a1, a2
+    return None
+
+
+def hoist_input_projections(fm, body, lowering=True):
+    """Compute the input kernel's products of every time step in front of the WHILE loop.
+
+    A recurrent cell multiplies its time step ``GATHER(x, t)`` by its input kernel on every
+    step. With the kernel decoded (a loop variable, not a constant) XNNPACK leaves that
+    FULLY_CONNECTED to the builtin kernel, one call per step. Its product does not depend on
+    the recurrence, so it is computed for all steps at once before the loop (``BATCH_MATMUL``
+    with ``lowering``, which XNNPACK runs on the decoded weight, else one FULLY_CONNECTED)
+    and passed in as one more loop variable; the body reads ``GATHER(products, t)``. A
+    constant bias the cell adds to the sum of its products joins the products there too
+    (:func:`_bias_after`; float rounding of ``(xW + b) + hU`` instead of ``(xW + hU) + b``).
+
+    Args:
+        fm: the :class:`~dkm_tf.export.rewrite.FlatModel`, edited in place.
+        body: index of a WHILE body subgraph whose decode chains were hoisted.
+        lowering: BATCH_MATMUL (True) or FULLY_CONNECTED (False) before the loop.
+
+    Returns:
+        ``{id(FULLY_CONNECTED op): op name used before the loop}`` for each op taken out.
+    """
+    whiles = [(g, op) for g in range(len(fm.model.subgraphs))
+              for op in fm.subgraph(g).operators if fm.op_name(op) == "WHILE"
+              and int(op.builtinOptions.bodySubgraphIndex) == body]
+    if len(whiles) != 1:
+        return {}
+    g, wop = whiles[0]
+    pv, bv = fm.subgraph(g), fm.subgraph(body)
+    cv = fm.subgraph(int(wop.builtinOptions.condSubgraphIndex))
+    s, name, moved, before, emptied = schema(), f"dkm_proj{body}", {}, [], []
+    for gather in [op for op in bv.operators if bv.op_name(op) == "GATHER"]:
+        for f in [op for op in bv.operators if bv.op_name(op) == "FULLY_CONNECTED"]:
+            found = _projectable(bv, gather, f)
+            if found is None:
+                continue
+            i_seq, i_w, shape = found
+            seq, w = int(wop.inputs[i_seq]), int(wop.inputs[i_w])
+            rows, c, o = int(np.prod(shape[:-1])), pv.shape(seq)[-1], shape[-1]
+            x2 = pv.add_tensor(f"{name}/x", [rows, c], "float32")
+            prod = pv.add_tensor(f"{name}/product", [rows, o], "float32")
+            out = pv.add_tensor(f"{name}/products", list(shape), "float32")
+            ro1, ro2 = s.ReshapeOptionsT(), s.ReshapeOptionsT()
+            ro1.newShape, ro2.newShape = [rows, c], list(shape)
+            before.append(pv.make_op("RESHAPE", [seq, pv.add_const(
+                f"{name}/x_shape", np.asarray([rows, c], np.int32))], [x2], ro1))
+            if lowering:
+                opt = s.BatchMatMulOptionsT()
+                opt.adjX, opt.adjY = False, True  # the weight is [out, in]
+                before.append(pv.make_op("BATCH_MATMUL", [x2, w], [prod], opt))
+            else:
+                before.append(pv.make_op("FULLY_CONNECTED", [x2, w, -1], [prod],
+                                         s.FullyConnectedOptionsT()))
+            bias = _bias_after(bv, int(f.outputs[0]))
+            if bias is not None:  # products + bias before the loop; a2 leaves the body
+                bc, a1, a2 = bias
+                biased = pv.add_tensor(f"{name}/product_bias", [rows, o], "float32")
+                pv.tensors.append(copy.deepcopy(bv.tensors[bc]))  # same constant buffer
+                before.append(pv.make_op("ADD", [prod, len(pv.tensors) - 1], [biased],
+                                         s.AddOptionsT()))
+                prod = biased
+                a1.outputs = np.asarray([int(a2.outputs[0])], np.int32)
+                bv.graph.operators = [op for op in bv.operators if op is not a2]
+            before.append(pv.make_op("RESHAPE", [prod, pv.add_const(
+                f"{name}/products_shape", np.asarray(shape, np.int32))], [out], ro2))
+            tb = bv.add_tensor(f"{name}/products", list(shape), "float32")
+            wop.inputs = _concat(wop.inputs, [out])
+            wop.outputs = _concat(wop.outputs, [pv.add_tensor(f"{name}/unused", list(shape),
+                                                              "float32")])
+            bv.graph.inputs = _concat(bv.graph.inputs, [tb])
+            bv.graph.outputs = _concat(bv.graph.outputs, [tb])
+            cv.graph.inputs = _concat(cv.graph.inputs, [cv.add_tensor(
+                f"{name}/products", list(shape), "float32")])
+            step = copy.deepcopy(gather)  # same options and version, on the products
+            step.inputs = np.asarray([tb, int(gather.inputs[1])], np.int32)
+            step.outputs = np.asarray([int(f.outputs[0])], np.int32)
+            bv.graph.operators = [step if op is f else op for op in bv.operators]
+            moved[id(f)] = "BATCH_MATMUL" if lowering else "FULLY_CONNECTED"
+            emptied.append(gather)
+    if not moved:
+        return {}
+    read = {int(t) for op in bv.operators for t in op.inputs if t >= 0}
+    read |= {int(t) for t in bv.graph.outputs}
+    bv.graph.operators = [op for op in bv.operators  # time steps no one reads any more
+                          if not any(op is e for e in emptied) or int(op.outputs[0]) in read]
+    at = next(i for i, op in enumerate(pv.operators) if op is wop)
+    pv.graph.operators = pv.operators[:at] + before + pv.operators[at:]
+    for view in (bv, cv, pv):
+        view.compact()
+    return moved
