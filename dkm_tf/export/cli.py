@@ -79,10 +79,15 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     ``keep_float`` is ``"auto"``, ``"none"``, a latency budget (``"0.1"``) or comma-separated
     layer names; ``kept_dtype`` ``"float32"`` or ``"float16"``; ``index_packing``
     ``"dense"`` or ``"tuples"`` (see :func:`dkm_tf.export.to_tflite`).
+
+    A SavedModel folder, or a file saved while clustering (``ClusterWeights``,
+    ``ClusterKernels``, a ``SpectralKMeansRegularizer``), is refused before Keras loads it,
+    with the lines that strip it (:func:`dkm_tf.export.model_file.check_export_input`).
     """
     import keras  # noqa: PLC0415
 
     from dkm_tf.core.files import check_model_file  # noqa: PLC0415
+    from dkm_tf.export.model_file import check_export_input  # noqa: PLC0415
     from dkm_tf.export.policy import check_applicable  # noqa: PLC0415
     from dkm_tf.export.tflite import to_tflite  # noqa: PLC0415
 
@@ -95,8 +100,11 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     keep_float = parse_keep_float(keep_float)
     check_applicable(_applicability(format, decode, int8_mode, keep_float, kept_dtype,
                                     index_packing))  # before loading or clustering
+    if isinstance(model_path, (str, os.PathLike)):  # a SavedModel folder, a wrapped model
+        check_export_input(model_path)
     check_model_file(model_path)
     samples = load_samples(samples_path) if samples_path else None
+    from dkm_tf.graph import factorised  # noqa: F401, PLC0415 - registers FactorisedConv2D
     model = keras.models.load_model(os.fspath(model_path), compile=False)
     palettes = None
     if palettes_path:

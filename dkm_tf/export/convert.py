@@ -39,8 +39,10 @@ def require_tensorflow_backend(what="dkm_tf.export"):
             f"{what} needs the TensorFlow backend of Keras (the TFLite converter traces the "
             f"model with TensorFlow); this process runs Keras on {backend!r}. Save the model "
             "(model.save('m.keras')) and export it from a process started with "
-            "KERAS_BACKEND=tensorflow: m = dkm_tf.load_model('m.keras'), palettes = "
-            "dkm_tf.palettes_of(m), then dkm_tf.export.to_tflite(m, ..., palettes=palettes).")
+            "KERAS_BACKEND=tensorflow: plain, palettes = dkm_tf.strip_clustering("
+            "dkm_tf.load_model('m.keras')) for a model saved while clustering (palettes = "
+            "dkm_tf.palettes_of(m) for one saved stripped), then dkm_tf.export.to_tflite(plain, "
+            "..., palettes=palettes).")
 
 
 @contextlib.contextmanager

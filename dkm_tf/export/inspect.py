@@ -28,7 +28,7 @@ from dkm_tf.core.tflm_lut import read_lut_header
 from dkm_tf.export import pack
 from dkm_tf.export.rewrite import FlatModel, TFLiteFormatError
 
-__all__ = ["TFLiteInspection", "inspect_tflite"]
+__all__ = ["TFLiteInspection", "file_notes", "inspect_tflite"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,7 @@ class TFLiteInspection:
             index bytes, codebook bytes.
         ops: operator name -> count, over all subgraphs.
         bytes_by_dtype: dtype -> constant bytes.
+        notes: problems read from the file itself (see :func:`file_notes`), in ``summary()``.
     """
 
     path: str | None
@@ -54,6 +55,7 @@ class TFLiteInspection:
     palettized: tuple
     ops: dict
     bytes_by_dtype: dict
+    notes: tuple = ()
 
     def summary(self):
         lines = [f"{self.path or '<bytes>'}: {self.bytes:,} bytes; constants by dtype: "
@@ -70,6 +72,7 @@ class TFLiteInspection:
                 lines.append(f"  {p['weight'][:50]:<50} {p['mode']:<10} K={p['K']:<4} "
                              f"{p['storage']:<6} x{p['per_element']:<3} idx {p['index_bytes']:,}"
                              f" B, codebook {p['codebook_bytes']:,} B")
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def to_dict(self):
@@ -200,6 +203,26 @@ def _palettized(fm):
     return found
 
 
+def file_notes(ops):
+    """Problems of a file read from its operator counts ``ops``.
+
+    A file that reads resource variables (``READ_VARIABLE``) no op of it assigns
+    (``ASSIGN_VARIABLE``) stores no values for them: ``tf.saved_model.save`` of a Keras 3
+    model converted by ``TFLiteConverter.from_saved_model`` (TensorFlow 2.21) gives one, whose
+    weights are variables, and LiteRT and ``tf.lite`` both ran it to all-NaN outputs, without
+    an error.
+    """
+    reads = ops.get("READ_VARIABLE", 0)
+    if not reads or ops.get("ASSIGN_VARIABLE", 0):
+        return ()
+    return (f"the file reads {reads} resource variable(s) (READ_VARIABLE) that no op of it "
+            "assigns (no ASSIGN_VARIABLE): their values (the weights) are not stored, and "
+            "interpreters run it on uninitialized memory (all-NaN outputs measured). A "
+            "tf.saved_model.save of a Keras 3 model converted by from_saved_model gives such "
+            "a file; convert the model with dkm_tf.export.to_tflite (verified), or "
+            "model.export(path) then from_saved_model(path).",)
+
+
 def inspect_tflite(path):
     """Describe the constant tensors and palettized weights of a ``.tflite``.
 
@@ -221,8 +244,11 @@ def inspect_tflite(path):
                             f"the model bytes. Received: path={path!r}")
         where = os.fspath(path)
         if os.path.isdir(where):
+            saved = os.path.isfile(os.path.join(where, "saved_model.pb"))
             raise ValueError(f"Invalid value for argument `path`. Expected a .tflite file, not "
-                             f"a folder. Received: path={where!r}")
+                             f"a folder. Received: path={where!r}" + (
+                                 ", a TensorFlow SavedModel folder: convert its Keras model "
+                                 "with dkm_tf.export.to_tflite first" if saved else ""))
         if not os.path.isfile(where):
             raise FileNotFoundError(f"No such .tflite file: {where!r}")
         with open(where, "rb") as f:
@@ -264,4 +290,4 @@ def inspect_tflite(path):
         raise TFLiteFormatError(f"Corrupted TFLite flatbuffer {where or '<bytes>'}: "
                                 f"{type(e).__name__}: {e}") from e
     return TFLiteInspection(where, len(data), tuple(tensors), tuple(pal), dict(ops),
-                            dict(by_dtype))
+                            dict(by_dtype), file_notes(ops))

@@ -9,34 +9,87 @@ same weights in float32 layers export; see :func:`check_float_model` for how.
 Palettes name their layers (``"fc/kernel"``), so the layers they name must be told apart by
 name: :func:`palette_layers` refuses two layers of one name (two nested models each with an
 ``"fc"``) instead of checking and writing a palette against the wrong one.
+
+A model that still holds dkm_tf's training layers (``ClusterWeights``, ``ClusterKernels``)
+is refused by :func:`check_stripped_model`: export reads the weights a deployed model keeps,
+which :func:`dkm_tf.strip_clustering` produces (see there for what an unstripped export did).
 """
 
 from __future__ import annotations
 
-__all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "half_precision_layers",
-           "palette_layers"]
+__all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "check_stripped_model",
+           "half_precision_layers", "palette_layers", "training_layers"]
 
 HALF_DTYPES = ("float16", "bfloat16")
 _SHOWN = 5  # layers named in the message
 
 
 def check_built_model(model):
-    """Raise ``ValueError`` unless ``model`` is built and computes in float32 (or float64)."""
+    """Raise ``ValueError`` unless ``model`` is built, computes in float32 (or float64) and
+    holds no dkm_tf training layer (:func:`check_stripped_model`)."""
     if not model.built:
         raise ValueError("Invalid value for argument `model`. Expected a built Keras model. "
                          f"Received: model {model.name!r}, which is not built (or has no "
                          "layers): call it on data or give it an Input first.")
     check_float_model(model)
+    check_stripped_model(model)
+
+
+def _all_layers(model):
+    return (model._flatten_layers(include_self=True, recursive=True)  # noqa: SLF001
+            if hasattr(model, "_flatten_layers") else [model, *getattr(model, "layers", [])])
+
+
+def training_layers(model):
+    """``[(layer name, description)]`` of the dkm_tf training layers below ``model`` (nested
+    models included): ``ClusterWeights`` (``"ClusterWeights, soft assignment"`` for DKM's soft
+    one), ``ClusterKernels`` and their ``KernelCodebook``. Read by class, so this module does
+    not import the training code."""
+    out = []
+    for layer in _all_layers(model):
+        ours = [k for k in type(layer).__mro__ if k.__module__.startswith("dkm_tf.training.")]
+        if not ours:  # (a user's subclass of ClusterWeights counts as one)
+            continue
+        soft = getattr(layer, "assignment", "hard") == "soft"
+        out.append((layer.name, ours[0].__name__ + (", soft assignment" if soft else "")))
+    return out
+
+
+def check_stripped_model(model):
+    """Raise ``ValueError`` naming the dkm_tf training layers ``model`` still holds.
+
+    Exporting them was wrong three ways (measured on a 2-conv + dense net, K = 4): a
+    soft-assignment wrapper's file stored its unclustered weights and ran the DKM iteration on
+    every invoke (30,512 bytes, 640 distinct values in a tensor, vs 7,088 bytes and 4 once
+    stripped), and verification passed, since Keras computes the same; a hard wrapper's report
+    counted the codebook and index variables as weights (analytic 9,996 bytes for a
+    7,168-byte file, 22.95 instead of 45.25 bits per weight); and ``palettes_of(model)``
+    failed with "palette 'c1/kernel' names no weight" (the layers are named ``cluster_c1``).
+    """
+    found = training_layers(model)
+    if not found:
+        return
+    shown = ", ".join(f"{name!r} ({kind})" for name, kind in found[:_SHOWN])
+    more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
+    soft = any("soft" in kind for _, kind in found)
+    raise ValueError(
+        "Invalid value for argument `model`. Expected a stripped model (plain Keras layers "
+        "holding the clustered weights: the export stores what a deployed model keeps). "
+        f"Received: model {model.name!r} with {len(found)} dkm_tf training layer(s): "
+        f"{shown}{more}. "
+        + ("A soft-assignment wrapper computes its kernel by the DKM iteration over "
+           "unclustered weights, so its file would hold no clusters. " if soft else "")
+        + "Strip it first: plain, palettes = dkm_tf.strip_clustering(model)"
+        + (" (soft assignment snaps to the nearest centroids there)" if soft else "")
+        + ", then export plain with palettes=palettes.")
 
 
 def half_precision_layers(model):
     """``[(layer name, policy name)]`` of the layers of ``model`` (nested ones and a
     subclassed model itself included; not input layers or Functional / Sequential graphs)
     whose compute dtype is float16 or bfloat16."""
-    layers = (model._flatten_layers(include_self=True, recursive=True)  # noqa: SLF001
-              if hasattr(model, "_flatten_layers") else [model, *getattr(model, "layers", [])])
     out = []
-    for layer in layers:
+    for layer in _all_layers(model):
         if _no_compute(layer):
             continue
         if str(getattr(layer, "compute_dtype", "float32")) in HALF_DTYPES:

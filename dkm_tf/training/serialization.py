@@ -33,13 +33,17 @@ def load_model(path, **kwargs):
         **kwargs: passed to ``keras.models.load_model`` (e.g. ``compile=False``).
 
     Returns:
-        The Keras model. A file whose compile config names an optimizer of another Keras
-        backend (saved with ``KERAS_BACKEND=torch``: ``keras.src.backend.torch.optimizers``,
-        which other backends cannot import) loads uncompiled, with a ``UserWarning`` that says
-        so (the weights and layers are backend-neutral); compile it again before ``fit``.
+        The Keras model. A SavedModel folder (``model.export``, ``tf.saved_model.save``) is
+        refused with a ``ValueError`` saying so: it keeps a traced graph, not Keras layers
+        (``keras.layers.TFSMLayer(path)`` runs it for inference). A file whose compile config
+        names an optimizer of another Keras backend (saved with ``KERAS_BACKEND=torch``:
+        ``keras.src.backend.torch.optimizers``, which other backends cannot import) loads
+        uncompiled, with a ``UserWarning`` that says so (the weights and layers are
+        backend-neutral); compile it again before ``fit``.
     """
     import keras  # noqa: PLC0415
 
+    _refuse_savedmodel(path)
     check_model_file(path)
     register_serializables()
     try:
@@ -52,3 +56,19 @@ def load_model(path, **kwargs):
                       f"({' '.join(str(e).split())[:160]}); loaded without compile: call "
                       "model.compile(...) before fit", UserWarning, stacklevel=2)
         return keras.models.load_model(path, **{**kwargs, "compile": False})
+
+
+def _refuse_savedmodel(path):
+    """A SavedModel folder: say what it is (``check_model_file`` only says "not a folder")."""
+    import os  # noqa: PLC0415
+
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(
+            os.path.join(os.fspath(path), "saved_model.pb")):
+        return
+    raise ValueError(
+        "Invalid value for argument `path`. Expected a .keras (or .h5) model file. Received: "
+        f"path={os.fspath(path)!r}, a TensorFlow SavedModel folder (model.export(...) or "
+        "tf.saved_model.save wrote it): it keeps a traced graph, not the Keras layers (nor "
+        "dkm_tf's wrappers, palettes or regularizer state), so it cannot load as a Keras "
+        "model. Load the .keras file it was exported from, or run the folder for inference "
+        "with keras.layers.TFSMLayer(path, call_endpoint='serve').")
