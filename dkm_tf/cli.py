@@ -29,12 +29,12 @@ from dkm_tf.cli_args import (
     check_energy_args,
     check_export_size,
     check_outputs,
-    help_text,
     input_shape_error,
     load_dataset,
     run_outputs,
 )
 from dkm_tf.cli_export import write_tflite
+from dkm_tf.cli_help import command_error, early_exit, flag_message
 from dkm_tf.cli_overrides import HELP, check_compress_args, check_model_overrides, default_method
 from dkm_tf.cli_tables import import_tensorflow_quietly
 from dkm_tf.core.files import atomic_path
@@ -191,13 +191,13 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         calibration_samples=calibration_samples, overrides=overrides)
     result.metric, result.notes = metric, notes + result.notes
     _log(result.summary())
-    _log(cli_tables.SIZE_LEGEND)
+    _log(cli_tables.size_legend(output_dir, result))
     _check_interrupted()  # a swallowed Ctrl-C: stop before the earlier run's files go
     _TOUCHED[:] = [output_dir]  # from here on, a failure leaves an unfinished run there
     _clear_earlier_outputs(output_dir, plots_dir or output_dir)
     out_model = os.path.join(output_dir, "clustered.keras")
     save_model_atomic(result.model, out_model)
-    _log(f"[write] {out_model} ({os.path.getsize(out_model):,} bytes)")
+    _log(cli_tables.keras_line(out_model, tflite))  # its size, and why it is not smaller
     pal_path = pipeline.save_palettes(result.palettes, out_model)  # read by `dkm-tf energy`
     _log(f"[write] {pal_path} (the palettes: codebooks + indices)")
     accuracy = {}
@@ -275,8 +275,7 @@ def run_energy(model_path, **kwargs):
 def main(argv):
     """Run the command named in ``argv`` (flags already parsed); returns the exit status."""
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        raise CliUsageError("command", f"one of {list(COMMANDS)} (example: dkm-tf compress)",
-                            argv[1] if len(argv) > 1 else None)
+        raise command_error(argv[1] if len(argv) > 1 else None)  # with a close match
     if len(argv) > 2:
         raise CliUsageError("arguments", "no positional arguments after the command",
                             " ".join(argv[2:]))
@@ -343,16 +342,17 @@ def _run(argv, stdout, stderr):
     flags.FLAGS.unparse_flags()  # a second run in one process starts from the defaults
     _TOUCHED.clear()
     command = next((a for a in argv[1:] if not a.startswith("-")), None)
-    if any(a in ("-h", "--help", "-help", "--helpshort", "--helpfull") for a in argv[1:]):
-        print(help_text(command if command in COMMANDS else None), file=stdout)
-        return 0
+    status = early_exit(argv, stdout, stderr)  # help, `dkm-tf help compress`, bare dkm-tf
+    if status is not None:
+        return status
     verbose = any(a in ("--verbose", "-v") for a in argv[1:])
     argv = [a for a in argv if a not in ("--verbose", "-v", "--noverbose")]
     argv = ["--noplots" if a == "--no_plots" else a for a in argv]  # the spelling people try
     try:
         rest = flags.FLAGS(argv, known_only=False)
     except flags.Error as e:
-        print(f"dkm-tf: error: {_one_line(e)} (see dkm-tf --help)", file=stderr)
+        where = f"dkm-tf {command} --help" if command in COMMANDS else "dkm-tf --help"
+        print(f"dkm-tf: error: {flag_message(_one_line(e))} (see {where})", file=stderr)
         return 2
     try:
         if len(rest) == 2 and rest[1] in COMMANDS:

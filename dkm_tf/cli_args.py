@@ -67,7 +67,8 @@ def help_text(command=None):
             shown = "" if default is None or flag.flag_type() == "bool" else f" [{default}]"
             lines.append(f"  --{name}{value}: {help_line}{shown}")
     lines += ["", "Common flags:", "  --verbose: print the Python traceback of an error",
-              "  -h, --help: this text (dkm-tf <command> --help: that command's flags)", "",
+              "  -h, --help: this text (dkm-tf <command> --help, or dkm-tf help <command>: "
+              "that command's flags)", "",
               "Exit status: 0 done, 1 failed while running, 2 bad command line."]
     return "\n".join(lines)
 

@@ -12,8 +12,9 @@ import sys
 import tempfile
 import textwrap
 
-__all__ = ["RUNTIMES", "SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND", "import_tensorflow_quietly",
-           "json_text", "native_stderr_filtered", "table_runtime", "tflite_table"]
+__all__ = ["ENERGY_LEGEND", "PT_LEGEND", "RUNTIMES", "SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND",
+           "import_tensorflow_quietly", "json_text", "keras_line", "native_stderr_filtered",
+           "size_legend", "table_runtime", "tflite_table"]
 
 TARGETS = ("float", "int8", "palettized", "palettized_per_invoke")
 SIZE_LEGEND = """\
@@ -28,6 +29,14 @@ legend: unit        what one centroid stands for: scalar = one weight, row = one
         CR entropy  compression vs float32 with entropy-coded indices (codebooks included)
         unit kernel: each kernel also stores its scale (--scale_bits) and, with --transforms T,
                     a transform id (log2 T bits); the CR columns count both, bits and H do not"""
+PT_LEGEND = "        pt          percentage points: the line's after minus its before"
+ENERGY_LEGEND = """\
+        energy      estimated energy of one inference, float model / clustered model, both at
+                    16-bit weights and activations (the paper's setting), indices charged at
+                    their entropy H: the paper's metric (full adders of the MACs plus the
+                    weight and activation bits) and an Eyeriss-style memory-hierarchy model
+                    (MACs plus DRAM, buffer, array and register-file traffic);
+                    per layer: dkm-tf energy --model {model}"""
 _LEGEND = """\
 legend: bytes          file size;  x float = bytes / bytes of the float file
         bits/w         file bits per model parameter (graph and codebooks included)
@@ -38,6 +47,28 @@ legend: bytes          file size;  x float = bytes / bytes of the float file
         palettized_per_invoke  the same decoded on every invoke (smallest file, slower)"""
 RUNTIMES = {"litert": "LiteRT", "tflite": "tf.lite"}  # verify.Comparison.interpreter -> name
 TFLITE_LEGEND = _LEGEND.format(runtime="LiteRT")
+
+
+def keras_line(path, tflite=True):
+    """The ``[write]`` line of ``clustered.keras``: a newcomer expects the compressed model
+    to be small, and this one is larger than the float ``.tflite`` (float32 weights)."""
+    where = ("the small files are the palettized .tflite files below" if tflite else
+             "run without --notflite for the small palettized .tflite files")
+    return (f"[write] {path} ({os.path.getsize(path):,} bytes: a Keras model, its clustered "
+            f"weights stored decoded as float32; {where})")
+
+
+def size_legend(output_dir="dkm_tf_out", result=None):
+    """The legend printed under ``dkm-tf compress``'s size table and summary lines: the
+    columns, and for the lines ``result`` (a CompressionResult; None: all) prints, ``pt`` and
+    the energy line, naming the run's own ``clustered.keras`` for ``dkm-tf energy``."""
+    lines = [SIZE_LEGEND]
+    if result is None or result.accuracy_before is not None:
+        lines.append(PT_LEGEND)
+    energy = None if result is None else result.energy
+    if result is None or (energy is not None and energy.baseline is not None):
+        lines.append(ENERGY_LEGEND.format(model=os.path.join(output_dir, "clustered.keras")))
+    return "\n".join(lines)
 
 
 def table_runtime(reports):

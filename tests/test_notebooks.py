@@ -141,6 +141,53 @@ def check_energy(r):
     assert r["alexnet_r2"] > 0.9
 
 
+def _n(text):
+    return float(text.replace(",", ""))
+
+
+# What the markdown states that does not depend on training (file sizes of a fixed
+# architecture, the size formula, AlexNet's shapes): it must be what the smoke run prints too.
+# (markdown pattern, its numbers from the RESULT dict)
+FACTS = {
+    "01_quickstart.ipynb": [
+        (r"\*\*0\.10x\*\* the float file \(([\d,]+) vs ([\d,]+) B\)",
+         lambda r: (r["palettized_per_invoke_bytes"], r["float_bytes"])),
+        (r"`decode=\"once\"` is ([\d.]+)x", lambda r: (round(
+            r["palettized_once_bytes"] / r["float_bytes"], 2),)),
+        (r"Whole model ([\d.]+)x", lambda r: (round(r["cr_model_log2"], 1),))],
+    "03_kernel_clustering.ipynb": [
+        (r"The palettized file is ([\d,]+) B, ([\d.]+)x the float file",
+         lambda r: (r["tflite_bytes"], round(r["tflite_bytes"] / r["float_bytes"], 2)))],
+    "04_deploy.ipynb": [
+        (rf"\| {row} \| (?:\*\*)?([\d,]+)(?:\*\*)? \| (?:\*\*)?([\d.]+)",
+         lambda r, key=key: (r["bytes"][key], round(r["bytes"][key] / r["bytes"]["original"],
+                                                    3)))
+        for row, key in (("original \\(float, not clustered\\)", "original"),
+                         ("float \\(clustered weights\\)", "float"), ("fp16", "fp16"),
+                         ("int8 \\(dynamic\\)", "int8"), ("int8 \\(full\\)", "int8_full"),
+                         ("palettized, decode once", "palettized"),
+                         ("palettized, nothing kept float", "palettized_all"),
+                         ("palettized, decode per invoke", "palettized_per_invoke"))],
+    "05_energy.ipynb": [
+        (r"AlexNet: ([\d,]+) MACs per image", lambda r: (r["alexnet_macs"],)),
+        (r"at rate 0\.5 \(([\d.]+)\) and \d+ % at 0\.01 \(([\d.]+)\); the conv layers "
+         r"alone reach ([\d.]+)", lambda r: tuple(round(v, 3) for v in (
+             r["alexnet_paper_ratio"]["0.5"], r["alexnet_paper_ratio"]["0.01"],
+             r["alexnet_conv_paper_ratio"]["0.01"]))),
+        (r"R² = ([\d.]+)\*\* between the two models", lambda r: (round(r["alexnet_r2"], 4),))],
+}
+
+
+def check_markdown(name, nb, r):
+    """The training-independent numbers the markdown states are the ones the run printed."""
+    text = " ".join("\n".join(c.source for c in nb.cells if c.cell_type == "markdown").split())
+    for pattern, numbers in FACTS.get(name, ()):
+        found = re.search(pattern, text)
+        assert found, f"{name}: the markdown no longer states {pattern!r}"
+        stated = tuple(_n(g) for g in found.groups())
+        assert stated == tuple(float(v) for v in numbers(r)), (name, pattern, stated)
+
+
 CHECKS = {"01_quickstart.ipynb": check_quickstart,
           "02_what_the_regularizer_does.ipynb": check_regularizer,
           "03_kernel_clustering.ipynb": check_kernels,
@@ -185,3 +232,4 @@ def test_notebook_runs_and_its_numbers_hold(path, tmp_path):
     client.execute()
     print(f"{path.name}: {time.perf_counter() - start:.1f} s")
     CHECKS[path.name](_result(nb))
+    check_markdown(path.name, nb, _result(nb))
