@@ -12,8 +12,12 @@
   scaling of the scores is a "mul" over T_q·T_v values; the softmax is not priced.
   `score_mode="concat"` (tanh of sums) is listed as unsupported.
 * `Softmax`: a lookup / transcendental function, not priced (as `Activation("softmax")`).
+
+A subclassed model nested in a Functional one records no layer shapes: `nested_subclassed`
+traces it (`graph_reader`) at the input shape of its call in the outer graph.
 """
 
+import dataclasses
 import math
 
 
@@ -30,6 +34,31 @@ def classify_more(layer, name, in_shapes, out_shape, keras, common):
 
         return activation_records(name, "softmax", math.prod(out_shape[1:]), **common)
     return None
+
+
+def nested_subclassed(layer, name, call, used):
+    """`(records, skipped)` of one call of a subclassed model nested in a Functional one.
+
+    Traced at the shape of the call's one input (`call` is `(inputs, outputs)`, or the
+    exception saying it was not recorded); a record of a layer read before (a second call)
+    is named `name#2`, ... (`used` counts the names). Without a single fully known input, or
+    on a backend other than TensorFlow, nothing is read and `skipped` says why.
+    """
+    why = "nested subclassed model: shapes not recorded"
+    shapes = [] if isinstance(call, Exception) else [tuple(t.shape) for t in call[0]]
+    if len(shapes) != 1 or any(d is None for d in shapes[0][1:]):
+        return [], [(name, f"{why} (and not traced: its call has inputs {shapes})")]
+    from dkm_tf.energy.graph_reader import read_traced_model
+
+    try:
+        records, skipped = read_traced_model(layer, shapes[0][1:])
+    except (RuntimeError, ValueError) as e:
+        return [], [(name, f"{why} (and not traced: {e})")]
+    out = []
+    for r in records:
+        used[r.name] = n = used.get(r.name, 0) + 1
+        out.append(r if n == 1 else dataclasses.replace(r, name=f"{r.name}#{n}"))
+    return out, list(skipped)
 
 
 def _split(shape, channels_first):

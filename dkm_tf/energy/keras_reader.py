@@ -5,7 +5,8 @@ output shapes (per image: the batch axis is ignored). Nested models are read rec
 A layer wrapped by a `keras.layers.Wrapper` (e.g. a clustering wrapper or TimeDistributed) is
 classified by its inner layer, with the wrapper's input and output shapes. Subclassed models
 have no recorded per-layer shapes; with `input_shape` they are traced with TensorFlow
-(`graph_reader`), without it a `ValueError` asks for one.
+(`graph_reader`), without it a `ValueError` asks for one; one nested in a Functional model is
+traced at its call's input shape.
 
 Fused activations (`Conv2D(activation="relu")`), biases and batch norms folded into the linear
 conv or dense layer before them (:mod:`dkm_tf.energy.bn_folding`) are not charged; other
@@ -29,6 +30,7 @@ import math
 from dkm_tf.energy.activations import activation_name, activation_records, layer_norm_records
 from dkm_tf.energy.bn_folding import consumers, folded_into
 from dkm_tf.energy.keras_calls import calls, graph_ops
+from dkm_tf.energy.keras_more import classify_more, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
 
 _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
@@ -155,8 +157,10 @@ def _calls(model, layer):
 def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
     """Appends the records of one call `(inputs, outputs)` of `layer`, named `name`."""
     if isinstance(layer, keras.Model):
-        if not _has_inputs(layer):
-            skipped.append((name, "nested subclassed model: shapes not recorded"))
+        if not _has_inputs(layer):  # traced at its call's input shape
+            records, why = nested_subclassed(layer, name, call, used)
+            shapes.extend(records)
+            skipped.extend(why)
             return
         if not isinstance(call, Exception):
             own, got = _shapes_of(layer.inputs), _shapes_of(call[0])
@@ -319,8 +323,6 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
     if isinstance(layer, L.Rescaling):
         return [sh.eltwise_shape(name, elements=elements, eltwise_op="affine", n_inputs=1,
                                  n_params=2, **common)], None
-    from dkm_tf.energy.keras_more import classify_more
-
     more = classify_more(layer, name, in_shapes, out_shape, keras, common)
     if more is not None:
         return more

@@ -104,22 +104,32 @@ def layers_only(clone_function):
 def copy_layer(layer, values=None):
     """A new layer with the same config and the same weight values (never shares state).
 
-    ``values`` (``layer.get_weights()`` order) replace the layer's own weight values.
+    ``values`` (``layer.get_weights()`` order) replace the layer's own weight values. The
+    functions the layer holds (an activation, a ``Lambda``'s named function) are the copy's, and
+    its unregistered regularizer / initializer / constraint classes are found
+    (:func:`dkm_tf.graph.own_config.from_own_config`).
     """
-    try:
-        new = layer.__class__.from_config(layer.get_config())
-    except Exception as e:  # noqa: BLE001 - re-raised with context
-        import keras  # noqa: PLC0415
+    from dkm_tf.graph.own_config import from_own_config  # noqa: PLC0415
 
-        hint = " (it needs get_config()/from_config())."
-        if isinstance(layer, keras.layers.Lambda):  # Keras' safe mode refuses Python code
-            hint = ("" if "enable_unsafe_deserialization" in str(e) else
-                    " If you trust the code, call keras.config.enable_unsafe_deserialization().")
-        raise TypeError(f"Layer {layer.name!r} ({type(layer).__name__}) cannot be copied from "
-                        f"its config: {type(e).__name__}: {e}{hint}") from e
+    try:
+        new = from_own_config(layer)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise _not_copied(layer, e) from e
     if layer.built and layer.weights:
         build_like(new, layer, layer.get_weights() if values is None else values)
     return new
+
+
+def _not_copied(layer, e):
+    """The TypeError of a layer that cannot be rebuilt from its config, with a hint."""
+    import keras  # noqa: PLC0415
+
+    hint = " (it needs get_config()/from_config())."
+    if isinstance(layer, keras.layers.Lambda):  # Keras' safe mode refuses Python code
+        hint = ("" if "enable_unsafe_deserialization" in str(e) else
+                " If you trust the code, call keras.config.enable_unsafe_deserialization().")
+    return TypeError(f"Layer {layer.name!r} ({type(layer).__name__}) cannot be copied from "
+                     f"its config: {type(e).__name__}: {e}{hint}")
 
 
 def is_graph_model(model):

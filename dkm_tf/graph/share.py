@@ -95,14 +95,16 @@ class _ShareJob:
 def _share_plan(model, defaults, overrides, seed):
     """The weights :func:`share_weights` clusters (layer order) and the layers it skips."""
     from dkm_tf.graph import clusterable  # noqa: PLC0415 (imports keras)
+    from dkm_tf.graph.composite import unsupported_reason  # noqa: PLC0415
 
     jobs, skipped = [], []
     for i, layer in enumerate(iter_layers(model)):
         if not layer.weights:
             continue
         if not clusterable.is_clusterable(layer):
-            skipped.append((layer.name, f"{type(layer).__name__} is not a supported kernel layer "
-                                        f"(supported: {', '.join(clusterable.SUPPORTED_LAYERS)})"))
+            skipped.append((layer.name, unsupported_reason(
+                layer, f"{type(layer).__name__} is not a supported kernel layer (supported: "
+                       f"{', '.join(clusterable.SUPPORTED_LAYERS)})")))
             continue
         cfg = clusterable.resolve_layer_config(layer, defaults, overrides)
         if cfg is None:

@@ -17,6 +17,7 @@ import keras
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_bool, check_n_clusters, check_seed, invalid
 from dkm_tf.graph import clusterable
+from dkm_tf.graph.composite import unsupported_reason
 from dkm_tf.training import regularizer as reg_lib
 
 __all__ = ["AttachedRegularizers", "attach_regularizer", "detach_regularizer",
@@ -64,8 +65,8 @@ def _skipped(model, done, chosen, n_clusters):
             continue
         kind = type(layer).__name__
         if not clusterable.is_clusterable(layer):
-            out.append((layer.name, kind, "layer type not supported (k-means does not "
-                                          "cluster it either)"))
+            out.append((layer.name, kind, unsupported_reason(
+                layer, "layer type not supported (k-means does not cluster it either)")))
             continue
         try:
             weights = clusterable.clusterable_weights(layer)

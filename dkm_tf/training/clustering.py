@@ -33,6 +33,7 @@ from dkm_tf.core.validate import check_bool, check_choice, check_kmeans_options,
 from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.graph import sensitivity as sensitivity_lib
 from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
+from dkm_tf.graph.composite import unsupported_reason
 from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
 from dkm_tf.graph.share import check_override_options
@@ -52,6 +53,7 @@ from dkm_tf.training.wrapper_extras import unwrap as _unwrap
 __all__ = ["ClusteringReport", "cluster_weights", "palettes_of", "strip_clustering"]
 
 ON_UNSUPPORTED = ("skip", "error")
+_UNSUPPORTED = "layer type not supported"
 _SUBCLASSED_HINT = (
     "cluster_weights and strip_clustering rebuild Sequential and Functional models only. For a "
     "subclassed model, create its layers as dkm_tf.ClusterWeights(layer, n_clusters=...) in "
@@ -224,9 +226,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
             raise TypeError(f"Nested model {layer.name!r} ({kind}): {_SUBCLASSED_HINT}")
         if not clusterable_lib.is_clusterable(layer):
             if layer.weights:
-                if on_unsupported == "error":
-                    clusterable_lib.clusterable_weights(layer)  # raises, listing support
-                skipped.append((layer.name, kind, "layer type not supported"))
+                skipped.append((layer.name, kind, unsupported_reason(  # raises on "error"
+                    layer, _UNSUPPORTED, refuse=on_unsupported == "error")))
             return _copy_layer(layer)
         cfg = clusterable_lib.resolve_layer_config(layer, defaults, overrides)
         if cfg is None:
@@ -273,7 +274,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         raise ValueError(f"Invalid value for argument `overrides`. Keys {unknown} match no "
                          "layer name or layer class name of the model.")
     report = ClusteringReport(tuple(clustered), tuple(skipped))
-    unsupported = [f"{n} ({k})" for n, k, r in skipped if r == "layer type not supported"]
+    unsupported = [f"{n} ({k}{r[len(_UNSUPPORTED):].partition('. To')[0]})"
+                   for n, k, r in skipped if r.startswith(_UNSUPPORTED)]
     if unsupported:
         warnings.warn(f"cluster_weights left {len(unsupported)} layer(s) with weights "
                       f"unclustered because their type is not supported: "
