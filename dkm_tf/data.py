@@ -8,6 +8,7 @@ the defaults never touch the network.
 from __future__ import annotations
 
 import gzip
+import numbers
 import os
 import pathlib
 import zipfile
@@ -31,8 +32,8 @@ def load_digits(test_fraction=0.25, seed=0):
     """
     from sklearn.datasets import load_digits as _load  # noqa: PLC0415
 
-    if (isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float))
-            or not 0 < test_fraction < 1):
+    if (isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real)
+            or not 0 < test_fraction < 1):  # numpy floats too (np.float32(0.25) was refused)
         raise ValueError("Invalid value for argument `test_fraction`. Expected a number in "
                          f"(0, 1). Received: test_fraction={test_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -216,6 +217,9 @@ def load_mnist(path=None, *, url=None, cache_dir=None, verify=True):
             SHA-256 checksums and where to get them.
         ValueError: a checksum does not match, or an argument is invalid.
     """
+    if not isinstance(verify, (bool, np.bool_)):  # "no" / 0 / None: a typo, not a choice
+        raise TypeError("Invalid type for argument `verify`. Expected a bool (True or False). "
+                        f"Received: verify={verify!r} of type {type(verify).__name__}")
     if isinstance(path, str) and "://" in path:
         path, url = None, path if url is None else url
     if path is not None and url is not None:
@@ -292,6 +296,9 @@ def check_npz(path):
             strings, dates, records), lengths or shapes that do not match, labels that are
             not integers).
     """
+    if not isinstance(path, (str, os.PathLike)):  # os.fspath's TypeError named nothing
+        raise TypeError("Invalid type for argument `path`. Expected a .npz file path (str or "
+                        f"os.PathLike). Received: path={path!r} of type {type(path).__name__}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DatasetFileError(path, "a .npz file",

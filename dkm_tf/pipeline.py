@@ -268,14 +268,14 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         seconds["retrain"] = time.perf_counter() - t
     t, calib = time.perf_counter(), None  # the calibration sample of a calibrated "wr"
     if method.endswith("finetune"):
-        from dkm_tf.pipeline_args import smallest_k  # noqa: PLC0415
+        from dkm_tf.pipeline_args import finetune_lr  # noqa: PLC0415
         from dkm_tf.training.finetune import finetune  # noqa: PLC0415
 
-        lr = finetune_learning_rate or (1e-3 if smallest_k(model, method, locals()) <= 4
-                                        else 1e-4)  # per-layer K: the smallest one
+        lr = finetune_lr(model, method, locals())  # a float, or by the smallest K
         log(f"[finetune] clustering (K={n_clusters}"
             f"{f'; {len(overrides)} per-layer override(s)' if overrides else ''}) and fine-"
-            f"tuning {finetune_epochs} epoch(s) with hard weight sharing (Adam, lr {lr:g})",
+            f"tuning {finetune_epochs} epoch(s) with hard weight sharing (Adam, lr "
+            f"{format(lr, 'g') if isinstance(lr, float) else type(lr).__name__})",
             flush=True)
         stage = _cluster_stage(progress, work, n_clusters, overrides)
         clustered, palettes, _ = finetune(

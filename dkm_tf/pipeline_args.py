@@ -8,8 +8,8 @@ from __future__ import annotations
 
 __all__ = ["REGULARIZER_WIDE", "calibration_set", "check_args", "check_calibration",
            "check_labels", "check_method_overrides", "check_regularizer_overrides",
-           "check_train_data", "fisher_loss", "input_range_note", "override_settings",
-           "regularizer_settings", "repeats_forever", "smallest_k"]
+           "check_train_data", "finetune_lr", "fisher_loss", "input_range_note",
+           "override_settings", "regularizer_settings", "repeats_forever", "smallest_k"]
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def check_args(model, train_data, test_data, args):
 
     from dkm_tf.core import validate  # noqa: PLC0415
     from dkm_tf.graph.clusterable import check_has_clusterable  # noqa: PLC0415
-    from dkm_tf.training.common import check_data, check_learning_rate  # noqa: PLC0415
+    from dkm_tf.training.common import check_data  # noqa: PLC0415
 
     if not isinstance(model, keras.Model):
         raise validate.invalid_type("model", "a built keras.Model", model)
@@ -56,8 +56,11 @@ def check_args(model, train_data, test_data, args):
         validate.check_int("verbose", a["verbose"], minimum=0, maximum=2)
     if trains:
         validate.check_int("finetune_epochs", a["finetune_epochs"], minimum=0)
-        if a["finetune_learning_rate"] is not None:
-            check_learning_rate(a["finetune_learning_rate"])
+        finetune_lr(model, method, a)  # named as compress names it; finite; numpy floats too
+    if a["progress"] is not None and not all(callable(getattr(a["progress"], f, None))
+                                             for f in ("stage", "keras_callback")):
+        raise validate.invalid_type("progress", "None or a dkm_tf.progress.Progress",
+                                    a["progress"])  # was an AttributeError mid-run
     if method.startswith("dkm"):
         validate.check_int("dkm_epochs", a["dkm_epochs"], minimum=1)
         validate.check_number("lam", a["lam"], "a finite number >= 0", low=0)
@@ -189,6 +192,25 @@ def check_method_overrides(model, overrides, method, args):
                          f"Received: overrides={overrides!r}, which leave every clusterable "
                          f"layer of model {model.name!r} float ({', '.join(ks)})")
     return overrides
+
+
+def finetune_lr(model, method, args):
+    """The learning rate of :func:`compress`'s fine-tuning: ``finetune_learning_rate``
+    checked (a finite number > 0, numpy scalars as a float, or a Keras
+    ``LearningRateSchedule``), or by default 1e-3 when the smallest K of any layer
+    (:func:`smallest_k`) is <= 4, else 1e-4."""
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.core import validate  # noqa: PLC0415
+
+    lr = args["finetune_learning_rate"]
+    if lr is None:
+        return 1e-3 if smallest_k(model, method, args) <= 4 else 1e-4
+    if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+        return lr
+    return validate.check_number("finetune_learning_rate", lr, "a finite number > 0 or a "
+                                 "keras.optimizers.schedules.LearningRateSchedule", low=0,
+                                 low_open=True)
 
 
 def smallest_k(model, method, args):

@@ -5,8 +5,11 @@ no accuracy (several outputs, not class scores). Re-exported by :mod:`dkm_tf.pip
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from dkm_tf.core.validate import check_int, check_number, invalid_type
 from dkm_tf.training.data_checks import as_arrays, check_label_range, class_ids
 
 __all__ = ["accuracy_note", "agreement_data", "as_arrays", "binary_threshold", "class_ids",
@@ -62,7 +65,7 @@ def float_predictions(model, x, batch_size=256):
     """The model's top-1 classes on ``x`` (labels for held-out inputs that have none: the
     accuracy of a compressed copy against them is its agreement with this model), or None
     when the output is not class scores (:func:`predicted_classes`)."""
-    out = model.predict(x, batch_size=batch_size, verbose=0)
+    out = model.predict(x, batch_size=_batch(batch_size), verbose=0)
     return predicted_classes(out, _n_samples(x), binary_threshold(model))
 
 
@@ -91,6 +94,12 @@ def agreement_data(model, x, batch_size=256):
         f"agreement is measured on the other {int(keep.sum())}")
 
 
+def _batch(batch_size):
+    """``batch_size`` checked: an integer in [1, 2**31 - 1] (numpy ones too); a float, a
+    bool, 0 or a negative one reached Keras / the interpreter loop and failed there."""
+    return check_int("batch_size", batch_size, minimum=1, maximum=2**31 - 1)
+
+
 def _n_samples(x):
     """Samples in ``x``: the first dimension of its first array (``x`` may be a dict or list
     of arrays, one per input)."""
@@ -109,6 +118,7 @@ def evaluate_accuracy(model, data, batch_size=256):
     anything is predicted. A one-unit output is a binary classifier (:func:`binary_threshold`,
     labels 0/1). A dataset raises ``TypeError`` (its batches would be unpacked as x and y).
     """
+    _batch(batch_size)
     if not isinstance(data, (tuple, list)) or len(data) != 2:  # a Dataset would be unpacked
         raise TypeError("Invalid type for argument `data`. Expected an (x, y) pair of arrays. "
                         f"Received: data of type {type(data).__name__}")
@@ -132,7 +142,7 @@ def evaluate_accuracy(model, data, batch_size=256):
                              f"and one label per sample. Received: x with {n} samples, "
                              f"{len(labels)} labels")
         checked = check_label_range("data", labels, getattr(model, "output_shape", None))
-    out = model.predict(x, batch_size=batch_size, verbose=0)
+    out = model.predict(x, batch_size=_batch(batch_size), verbose=0)
     pred = predicted_classes(out, _n_samples(x), binary_threshold(model))
     if pred is None or labels is None:
         return None
@@ -166,6 +176,12 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
         make_interpreter,
     )
 
+    _batch(batch_size)
+    check_int("max_samples", max_samples, minimum=1)
+    if not isinstance(path, (str, os.PathLike)):  # open(3) read file descriptor 3
+        raise invalid_type("path", "a .tflite file path (str or os.PathLike)", path)
+    if threshold is not None:
+        check_number("threshold", threshold, "None or a finite number", low=None)
     x, y = data
     x, y = np.asarray(x)[:max_samples], class_ids(y)[:max_samples]
     with open(path, "rb") as f:

@@ -92,16 +92,16 @@ def assignment_entropy(indices, n_clusters=None):
     """
     idx = np.asarray(indices).ravel()
     if idx.dtype.kind not in "iu" or (idx.size and idx.min() < 0):
+        low = idx.min() if idx.size and idx.dtype.kind in "biuf" else None  # no min of text
         raise ValueError("Invalid value for argument `indices`. Expected an array of integers "
-                         f">= 0. Received: dtype {idx.dtype}, smallest value "
-                         f"{idx.min() if idx.size else None}")
-    if n_clusters is not None and validate_lib.check_int("n_clusters", n_clusters, 1) <= (
+                         f">= 0. Received: dtype {idx.dtype}, smallest value {low}")
+    if n_clusters is not None and check_n_clusters(n_clusters) <= (
             idx.max() if idx.size else -1):
         raise validate_lib.invalid("n_clusters", f"None or more than the largest index, "
                                    f"{idx.max()}", n_clusters)
     if idx.size == 0:
         return 0.0
-    counts = np.bincount(idx, minlength=n_clusters or 0)
+    counts = np.bincount(idx)  # K adds only empty clusters, which add nothing to H
     p = counts[counts > 0] / idx.size
     return float(max(0.0, -np.sum(p * np.log2(p))))
 
@@ -116,11 +116,13 @@ def sortable(x):
 def count_unique(x, axis=None):
     """Number of distinct values of ``x``, or of each slice ``x[..., i, ...]`` along ``axis``.
 
-    ``count_unique(kernel, axis=-1)`` counts per output channel of a Conv/Dense kernel.
+    ``count_unique(kernel, axis=-1)`` counts per output channel of a Conv/Dense kernel
+    (``axis``: None or an integer in ``[-x.ndim, x.ndim)``).
     """
     x = sortable(x)
     if axis is None:
         return int(np.unique(x).size)
+    axis = validate_lib.check_axis("axis", axis, x.ndim)
     moved = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
     return np.array([np.unique(row).size for row in moved])
 
@@ -149,7 +151,7 @@ def scalar_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=3000, refi
     _check_init(init)
     x = np.asarray(x)
     if x.size == 0:
-        raise ValueError(f"Cannot cluster an empty array{' in ' + name if name else ''}.")
+        raise validate_lib.invalid("x", f"at least one value{' (' + name + ')' if name else ''}", x)
     rng = np.random.default_rng(seed)
     if x.size > _HIST_THRESHOLD:  # read block by block in C order: a view is never copied
         bounds = (x.min(), x.max())  # NaN / Inf exactly when some value is
@@ -260,7 +262,7 @@ def vector_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=50, tol=1e
     _check_init(init)
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"Expected a non-empty (N, d) array of units. Received shape {x.shape}")
+        raise validate_lib.invalid("x", "a non-empty (N, d) array of units", x)
     _check_finite(x, name)
     xd = x.astype(np.float32).astype(np.float64)  # the codebook's values
     rng = np.random.default_rng(seed)

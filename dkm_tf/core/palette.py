@@ -38,6 +38,7 @@ from dkm_tf.core.validate import (
     check_number,
     check_real_array,
     check_seed,
+    invalid_type,
 )
 
 __all__ = ["INDEX_CODINGS", "Palette", "SizeReport", "cluster_tensor", "size_report"]
@@ -89,6 +90,9 @@ class Palette:
     scale_bits: int = 0
 
     def __post_init__(self):
+        for arg in ("layer_name", "weight_name"):  # a non-str name matches no layer, silently
+            if not isinstance(getattr(self, arg), str):
+                raise invalid_type(arg, "a str", getattr(self, arg))
         lay = self.layout
         if not isinstance(lay, units_lib.UnitLayout):
             raise TypeError(f"Invalid type for argument `layout`. Expected a UnitLayout "

@@ -282,10 +282,7 @@ def to_units(kernel, layout):
     _check_layout(layout)
     kernel = np.asarray(kernel)
     if tuple(kernel.shape) != layout.kernel_shape:
-        raise ValueError(
-            f"Kernel shape {tuple(kernel.shape)} does not match the layout's "
-            f"{layout.kernel_shape}."
-        )
+        raise _shape_error("kernel", f"the layout's kernel_shape {layout.kernel_shape}", kernel)
     t = np.transpose(kernel, layout.perm)
     return np.ascontiguousarray(t).reshape(layout.n_groups, layout.n_units, layout.unit_dim)
 
@@ -296,9 +293,16 @@ def from_units(units, layout):
     units = np.asarray(units)
     expected = (layout.n_groups, layout.n_units, layout.unit_dim)
     if tuple(units.shape) != expected:
-        raise ValueError(f"Units shape {tuple(units.shape)} does not match {expected}.")
+        raise _shape_error("units", f"the layout's (G, M, d) = {expected}", units)
     t_shape = tuple(layout.kernel_shape[a] for a in layout.perm)
     return np.transpose(units.reshape(t_shape), np.argsort(layout.perm))
+
+
+def _shape_error(name, expected, value):
+    """The ``ValueError`` for array argument ``name`` of another shape than ``expected``."""
+    return ValueError(f"Invalid value for argument `{name}`. Expected an array of shape "
+                      f"{expected}. Received: {name} of shape {tuple(value.shape)} and dtype "
+                      f"{value.dtype}, which does not match")
 
 
 def _check_layout(layout):

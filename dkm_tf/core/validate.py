@@ -7,9 +7,11 @@ from __future__ import annotations
 
 
 def invalid(name, expected, value):
-    """The ``ValueError`` for argument ``name``: what was expected and what was received."""
+    """The ``ValueError`` for argument ``name``: what was expected and what was received
+    (arrays by shape and dtype)."""
+    shown = _short(value) if hasattr(value, "shape") else repr(value)
     return ValueError(f"Invalid value for argument `{name}`. Expected {expected}. "
-                      f"Received: {name}={value!r}")
+                      f"Received: {name}={shown}")
 
 
 def check_choice(name, value, allowed):
@@ -28,7 +30,8 @@ def check_n_clusters(n_clusters, name="n_clusters"):
         raise TypeError(f"Invalid type for argument `{name}`. Expected an integer >= 1. "
                         f"Received: {name}={n_clusters!r} of type {type(n_clusters).__name__}")
     if not 1 <= n_clusters <= 2**31 - 1:
-        raise invalid(name, "an integer >= 1", n_clusters)
+        raise invalid(name, "an integer >= 1" if n_clusters < 1 else
+                      "an integer <= 2,147,483,647 (2**31 - 1)", n_clusters)
     return int(n_clusters)
 
 
@@ -76,6 +79,17 @@ def check_int(name, value, minimum=0, maximum=None):
             f"an integer in [{minimum}, {maximum}]"
         raise invalid(name, bound, value)
     return int(value)
+
+
+def check_axis(name, axis, ndim):
+    """Return ``axis`` of an array of ``ndim`` dimensions as an int in ``[-ndim, ndim)``:
+    ``TypeError`` unless an integer (bools refused), ``ValueError`` outside the range."""
+    expected = f"an integer in [-{ndim}, {ndim}) (an axis of an array of {ndim} dimensions)"
+    if not is_int(axis):
+        raise invalid_type(name, expected, axis)
+    if not -ndim <= axis < ndim:
+        raise invalid(name, expected, axis)
+    return int(axis)
 
 
 def check_hw(name, value):

@@ -3,6 +3,7 @@
 import math
 import os
 
+from dkm_tf.core import validate
 from dkm_tf.energy import constants
 from dkm_tf.energy.hierarchy import hierarchy_cost
 from dkm_tf.energy.index_cost import AUTO
@@ -46,11 +47,9 @@ def estimate_layer(shape, *, bits_w=16, bits_x=16, sharing=None, index_cost="non
     check_positive("bits_x", bits_x)
     check_choice("index_cost", index_cost, constants.INDEX_COSTS)
     check_choice("compute_model", compute_model, constants.COMPUTE_MODELS)
-    if not (isinstance(kept_fraction, (int, float)) and 0 < kept_fraction <= 1):
-        raise ValueError(
-            "Invalid value for argument `kept_fraction`. Expected a number in (0, 1]. "
-            f"Received: kept_fraction={kept_fraction!r}"
-        )
+    # numpy scalars too (np.float32(1.0) was refused); bools, NaN and Inf are not
+    kept_fraction = validate.check_number("kept_fraction", kept_fraction, "a number in (0, 1]",
+                                          low=0, high=1, low_open=True)
     if not isinstance(shape, LayerShape):
         raise TypeError(
             "Invalid value for argument `shape`. Expected a LayerShape. "
@@ -127,7 +126,7 @@ def estimate_shapes(shapes, *, skipped=(), weight_sharing=None, palettes=None, p
     for s in shapes:
         if not isinstance(s, LayerShape):
             raise TypeError(f"Expected LayerShape records. Received: {s!r}")
-    skipped = tuple(tuple(x) for x in skipped)
+    skipped, notes = _check_report_args(skipped, model_name, notes)
     sharing, unused = match_sharing(
         shapes, collect_sharing(weight_sharing, palettes, index_cost), skipped)
     kept, unpruned = match_pruning(shapes, pruning, skipped)
@@ -140,13 +139,28 @@ def estimate_shapes(shapes, *, skipped=(), weight_sharing=None, palettes=None, p
     settings = {"skipped": tuple(tuple(x) for x in skipped), "bits_w": bits_w,
                 "bits_x": bits_x, "model_name": model_name}
     if notes:
-        settings["notes"] = tuple(str(n) for n in notes)
+        settings["notes"] = notes
     baseline = None
     if sharing or kept:
         baseline = EnergyReport(layers=tuple(estimate_layer(s, **common) for s in shapes),
                                 **settings)
     return EnergyReport(layers=layers, index_cost=index_cost, compute_model=compute_model,
                         baseline=baseline, **settings)
+
+
+def _check_report_args(skipped, model_name, notes):
+    """``(skipped, notes)`` of :func:`estimate_shapes` as tuples, checked: ``skipped``
+    ``(name, reason)`` pairs, ``model_name`` a str, ``notes`` strings (one str is refused:
+    it was split into one note per character)."""
+    if not isinstance(model_name, str):
+        raise validate.invalid_type("model_name", "a str", model_name)
+    for arg, value in (("skipped", skipped), ("notes", notes)):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise validate.invalid_type(arg, "a list or tuple" + (
+                " of (name, reason) pairs" if arg == "skipped" else " of strings"), value)
+    if not all(isinstance(x, (list, tuple)) and len(x) == 2 for x in skipped):
+        raise validate.invalid("skipped", "a list of (name, reason) pairs", skipped)
+    return tuple(tuple(x) for x in skipped), tuple(str(n) for n in notes)
 
 
 def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None, bits_w=16,

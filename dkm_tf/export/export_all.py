@@ -55,23 +55,23 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
         raise TypeError(f"Invalid type for argument `targets`. Expected a non-empty list of "
                         f"labels from {list(EXPORT_TARGETS)}. Received: targets={targets!r}")
     unknown = [t for t in targets if t not in EXPORT_TARGETS]
-    if unknown:
-        raise ValueError(f"Invalid value for argument `targets`. Expected labels from "
+    if unknown or len(set(targets)) < len(targets):  # a repeat exported the file twice
+        raise ValueError(f"Invalid value for argument `targets`. Expected distinct labels from "
                          f"{list(EXPORT_TARGETS)}. Received: targets={list(targets)!r}")
     if not isinstance(out_dir, (str, os.PathLike)) or not os.path.isdir(out_dir):
         raise ValueError(f"Invalid value for argument `out_dir`. Expected an existing "
                          f"directory. Received: out_dir={out_dir!r}")
-    if not isinstance(stem, str) or not stem or os.sep in stem or "/" in stem:
+    if not isinstance(stem, str) or not stem.strip(".") or os.sep in stem or "/" in stem:
         raise ValueError("Invalid value for argument `stem`. Expected a non-empty file name "
-                         f"stem without '/'. Received: stem={stem!r}")
+                         f"stem without '/' (not only dots). Received: stem={stem!r}")
     check_bool("latency", latency)
     if latency:
-        check_int("runs", runs, minimum=1)
+        # as ints: benchmark_latency refused np.int64 runs / threads, after the export
+        runs = check_int("runs", runs, minimum=1)
         if not isinstance(threads, (list, tuple)) or not threads:
             raise TypeError("Invalid type for argument `threads`. Expected a non-empty list "
                             f"of thread counts. Received: threads={threads!r}")
-        for n in threads:
-            check_int("threads", n, minimum=1)
+        threads = [check_int("threads", n, minimum=1) for n in threads]
     needs = sorted({EXPORT_TARGETS[t]["format"] for t in targets} & {"palettized", "tflm"})
     if needs and not palettes:
         raise ValueError(f"Invalid value for argument `palettes`. Targets of format {needs} "

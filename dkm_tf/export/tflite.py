@@ -70,9 +70,9 @@ def _check_path(path):
         raise invalid_type("path", "a file path (str or os.PathLike)", path)
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
+    if os.path.isdir(path) or not path:  # "" failed after the conversion, naming a temp file
         raise ValueError(f"Invalid value for argument `path`. Expected a file path. Received "
-                         f"a directory: path={path!r}")
+                         f"{'a directory' if path else 'an empty path'}: path={path!r}")
     if not os.path.isdir(d):
         raise ValueError(f"Invalid value for argument `path`. Its directory does not exist. "
                          f"Received: path={path!r}")

@@ -28,7 +28,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from dkm_tf.core.validate import check_int, invalid, invalid_type
+from dkm_tf.core.validate import (
+    check_finite_samples,
+    check_int,
+    check_number,
+    invalid,
+    invalid_type,
+)
 
 __all__ = ["DistillationAccuracy", "DistillationLoss", "distillation_targets"]
 
@@ -60,12 +66,10 @@ class DistillationLoss(keras.losses.Loss):
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
                 or num_classes < 2:
             raise invalid("num_classes", "an integer >= 2", num_classes)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-                or not temperature > 0:
-            raise invalid("temperature", "a number > 0", temperature)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) \
-                or not 0.0 <= alpha <= 1.0:
-            raise invalid("alpha", "a number in [0, 1]", alpha)
+        # finite numbers, numpy scalars too (np.float32(4.0) was refused, inf accepted)
+        temperature = check_number("temperature", temperature, "a finite number > 0", low=0,
+                                   low_open=True)
+        alpha = check_number("alpha", alpha, "a number in [0, 1]", low=0, high=1)
         self.num_classes = int(num_classes)
         self.temperature = float(temperature)
         self.alpha = float(alpha)
@@ -163,7 +167,10 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
     """
     if not isinstance(teacher, keras.Model):
         raise invalid_type("teacher", "a keras.Model", teacher)
-    check_int("batch_size", batch_size, minimum=1)
+    if check_int("batch_size", batch_size, minimum=1) > 2**31 - 1:  # Keras' OverflowError
+        raise invalid("batch_size", "an integer <= 2,147,483,647 (2**31 - 1)", batch_size)
+    if num_classes is not None:
+        check_int("num_classes", num_classes, minimum=2, maximum=2**31 - 1)
     if not isinstance(x, (np.ndarray, list, tuple, dict)) and not hasattr(x, "shape"):
         # a tf.data.Dataset / PyDataset / generator: len() counts batches, not samples, and
         # the labels could not follow a shuffled or batched order
@@ -190,7 +197,12 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
     if labels.size != n:
         raise ValueError(f"Invalid value for argument `labels`. Expected one label per sample "
                          f"of x ({n}). Received: {labels.size} labels")
+    check_finite_samples("x", x, "(NaN inputs give NaN targets)")
     shape = getattr(teacher, "output_shape", None)  # None for a subclassed teacher: below
+    width = shape[-1] if isinstance(shape, tuple) and shape else None
+    if num_classes is not None and isinstance(width, int) and num_classes != width:
+        raise invalid("num_classes", f"None or the teacher's output width, {width}",
+                      num_classes)
     known = num_classes or (shape[-1] if isinstance(shape, tuple) else None)
     if known and labels.size and (labels.min() < 0 or labels.max() >= known):  # before predict
         raise invalid("labels", f"integers in [0, {known})", labels[:8])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from dkm_tf.core.validate import check_int, check_seed
+from dkm_tf.core.validate import check_finite_samples, check_int
 from dkm_tf.training.clustering import cluster_weights, strip_clustering
 from dkm_tf.training.common import (
     check_data,
@@ -68,7 +68,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         raise ValueError(f"Invalid value for argument `epochs`. Expected an integer >= 0. "
                          f"Received: epochs={epochs!r}")
     check_learning_rate(learning_rate)
-    check_seed(seed)
+    # an int below 2**32, as keras.utils.set_random_seed takes it (it refused np.int64(0))
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     check_fit_args(model, batch_size=batch_size, callbacks=callbacks, metrics=metrics,
                    verbose=verbose)
     if reassign_every is not None:
@@ -90,6 +91,9 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     if epochs:
         train_data = check_labels_for("train_data", train_data, model, loss)
         val_data = check_labels_for("val_data", val_data, model, loss)
+        for name, data in (("train_data", train_data), ("val_data", val_data)):
+            if isinstance(data, tuple):  # NaN inputs trained NaN weights, refused late
+                check_finite_samples(name, data[0], "x (NaN inputs train NaN weights)")
     if metrics is None:
         metrics = ["accuracy"] if used_default else (
             distillation_metrics(model, compiled_metrics(model)) or [])

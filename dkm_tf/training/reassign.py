@@ -59,9 +59,9 @@ class ReassignClusters(keras.callbacks.Callback):
                 or every_n_epochs < 1:
             raise ValueError("Invalid value for argument `every_n_epochs`. Expected an integer "
                              f">= 1. Received: every_n_epochs={every_n_epochs!r}")
-        if not isinstance(verbose, (int, np.integer)):
-            raise ValueError("Invalid value for argument `verbose`. Expected an integer (0 or "
-                             f"1). Received: verbose={verbose!r}")
+        if not isinstance(verbose, (int, np.integer, np.bool_)) or not 0 <= verbose <= 2:
+            raise ValueError("Invalid value for argument `verbose`. Expected an integer in "
+                             f"[0, 2] (or a bool). Received: verbose={verbose!r}")
         self.every_n_epochs = int(every_n_epochs)
         self.verbose = int(verbose)
         self.history = []

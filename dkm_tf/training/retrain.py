@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from dkm_tf.core.validate import check_int, check_seed
+from dkm_tf.core.validate import check_finite_samples, check_int, check_seed, is_int
 from dkm_tf.graph.copying import copy_model
 from dkm_tf.training import callbacks as callbacks_lib
 from dkm_tf.training.attach import attach_regularizer, detach_regularizer, kmeans_regularizers
@@ -87,7 +87,7 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
             numbers.
         TypeError: a subclassed model (Keras cannot copy it; the message says what to do).
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if not is_int(epochs) or epochs < 1:  # numpy integers too (np.int64(1) was refused)
         raise ValueError(f"Invalid value for argument `epochs`. Expected a positive integer. "
                          f"Received: epochs={epochs!r}")
     check_learning_rate(learning_rate)
@@ -100,6 +100,9 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     reads = default_loss(model) if loss is None else loss  # the loss that reads the labels
     train_data = check_labels_for("train_data", train_data, model, reads)
     val_data = check_labels_for("val_data", val_data, model, reads)
+    for name, data in (("train_data", train_data), ("val_data", val_data)):
+        if isinstance(data, tuple):  # NaN inputs trained NaN weights, refused late
+            check_finite_samples(name, data[0], "x (NaN inputs train NaN weights)")
     clone = copy_model(model)
     attach_regularizer(clone, n_clusters, lam, relaxation=relaxation, unit=unit,
                        include_dense=include_dense, sparsity=sparsity, seed=seed,
