@@ -37,6 +37,7 @@ MACs, all weight traffic and the RF input/psum traffic by f.
 import dataclasses
 import math
 
+from dkm_tf.core.validate import check_number
 from dkm_tf.energy import constants
 from dkm_tf.energy.paper import check_layer_args, eltwise_fa, fa_per_mac
 
@@ -93,12 +94,11 @@ def hierarchy_cost(shape, *, bits_w=16, bits_x=16, weight_store_bits=None, kept_
         A `HierarchyCost`.
     """
     check_layer_args(shape, bits_w, bits_x, kept_fraction=kept_fraction)
-    if weight_store_bits is not None and not weight_store_bits >= 0:
-        raise ValueError("Invalid value for argument `weight_store_bits`. Expected None or a "
-                         f"number >= 0. Received: weight_store_bits={weight_store_bits!r}")
-    if isinstance(compute_fraction, bool) or not compute_fraction > 0:
-        raise ValueError("Invalid value for argument `compute_fraction`. Expected a number "
-                         f"> 0. Received: compute_fraction={compute_fraction!r}")
+    if weight_store_bits is not None:
+        check_number("weight_store_bits", weight_store_bits, "None or a finite number > 0 "
+                     "(bits of the stored kernel)", low=0, low_open=True)
+    check_number("compute_fraction", compute_fraction, "a number in (0, 1] (unique-products "
+                 "full adders over the conservative count)", low=0, high=1, low_open=True)
     ref = constants.REFERENCE_BITS
     sw, sx = bits_w / ref, bits_x / ref
     if shape.kind in ("conv", "dense"):

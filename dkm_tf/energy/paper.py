@@ -117,6 +117,7 @@ def paper_cost(shape, *, bits_w=16, bits_x=16, sharing=None, index_bits=0.0,
     """
     check_layer_args(shape, bits_w, bits_x, kept_fraction=kept_fraction,
                      unique_fraction=unique_fraction)
+    _check_sharing(shape, sharing, index_bits)
     bw, bx, f = bits_w, bits_x, kept_fraction
     if shape.kind in ("conv", "dense"):
         d_len = shape.dot_length
@@ -178,7 +179,7 @@ def _check_bits(d, bits_w, bits_x):
 
 def check_layer_args(shape, bits_w, bits_x, **fractions):
     """Check a per-layer cost function's arguments: a `LayerShape`, bits > 0, and fractions
-    in (0, 1] (``None`` allowed)."""
+    in (0, 1] (``None`` refused: it reached the arithmetic as a raw TypeError)."""
     from dkm_tf.energy.shapes import LayerShape, check_positive  # noqa: PLC0415
 
     if not isinstance(shape, LayerShape):
@@ -187,11 +188,30 @@ def check_layer_args(shape, bits_w, bits_x, **fractions):
     check_positive("bits_w", bits_w)
     check_positive("bits_x", bits_x)
     for name, value in fractions.items():
-        if value is not None:
-            check_positive(name, value)
-            if value > 1:
-                raise ValueError(f"Invalid value for argument `{name}`. Expected a number in "
-                                 f"(0, 1]. Received: {name}={value!r}")
+        check_positive(name, value)
+        if value > 1:
+            raise ValueError(f"Invalid value for argument `{name}`. Expected a number in "
+                             f"(0, 1]. Received: {name}={value!r}")
+
+
+def _check_sharing(shape, sharing, index_bits):
+    """`sharing`: None or a `SharingInfo` of the kernel's size; `index_bits` a finite number
+    >= 0 (a negative one lowered C_W below the codebook's, NaN made every term NaN)."""
+    from dkm_tf.core.validate import check_number  # noqa: PLC0415
+    from dkm_tf.energy.shapes import SharingInfo  # noqa: PLC0415
+
+    check_number("index_bits", index_bits, "a finite number >= 0 (bits per stored index)",
+                 low=0)
+    if sharing is None:
+        return
+    if not isinstance(sharing, SharingInfo):
+        raise TypeError("Invalid type for argument `sharing`. Expected a SharingInfo or None. "
+                        f"Received: sharing={sharing!r} of type {type(sharing).__name__}")
+    if shape.kind in ("conv", "dense") and sharing.n_weights != shape.n_weights:
+        raise ValueError(f"Invalid value for argument `sharing`. Expected a SharingInfo of the "
+                         f"{shape.n_weights} weights of layer {shape.name!r} (n_units x "
+                         f"unit_dim). Received: sharing={sharing!r}, {sharing.n_weights} "
+                         "weights")
 
 
 def _clog2(d):

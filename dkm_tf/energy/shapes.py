@@ -87,7 +87,7 @@ class SharingInfo:
         check_positive_int("n_units", self.n_units)
         check_positive_int("n_codebooks", self.n_codebooks)
         if self.index_bits is not None and not (
-            isinstance(self.index_bits, (int, float, np.integer, np.floating))
+            _is_real(self.index_bits)
             and math.isfinite(self.index_bits)
             and self.index_bits >= 0
         ):
@@ -95,7 +95,9 @@ class SharingInfo:
                 "Invalid value for argument `index_bits`. Expected None or a number >= 0. "
                 f"Received: index_bits={self.index_bits!r}"
             )
-        if self.unique_fraction is not None and not (0 < self.unique_fraction <= 1):
+        if self.unique_fraction is not None and not (
+            _is_real(self.unique_fraction) and 0 < self.unique_fraction <= 1
+        ):
             raise ValueError(
                 "Invalid value for argument `unique_fraction`. Expected None or a number in "
                 f"(0, 1]. Received: unique_fraction={self.unique_fraction!r}"
@@ -232,6 +234,9 @@ def conv_shape(name, *, in_hw, in_c, out_hw, out_c, kernel, strides=1, groups=1,
     """
     (ih, iw), (oh, ow) = _pair(in_hw, "in_hw"), _pair(out_hw, "out_hw")
     (kh, kw), (sh, sw) = _pair(kernel, "kernel"), _pair(strides, "strides")
+    for arg, value in (("in_c", in_c), ("out_c", out_c), ("groups", groups),
+                       ("repeat", repeat)):
+        check_positive_int(arg, value)
     return LayerShape(name=name, layer=layer or name, op=op, kind="conv", in_h=ih, in_w=iw,
                       in_c=in_c, out_h=oh, out_w=ow, out_c=out_c, kernel_h=kh, kernel_w=kw,
                       stride_h=sh, stride_w=sw, groups=groups, repeat=repeat)
@@ -246,6 +251,13 @@ def dense_shape(name, *, in_features, units, positions=1, groups=1, layer=None, 
     Returns:
         A frozen `LayerShape` of kind "dense" (a 1 × 1 convolution on a `1 × positions` map).
     """
+    for arg, value in (("in_features", in_features), ("units", units),
+                       ("positions", positions), ("groups", groups)):
+        check_positive_int(arg, value)
+    if in_features % groups or units % groups:
+        raise ValueError(f"Invalid value for argument `groups` of layer {name!r}. Expected a "
+                         f"divisor of in_features={in_features} and units={units}. "
+                         f"Received: groups={groups}")
     return LayerShape(name=name, layer=layer or name, op=op, kind="dense", in_h=1,
                       in_w=positions, in_c=in_features, out_h=1, out_w=positions, out_c=units,
                       groups=groups)
@@ -259,8 +271,11 @@ def pool_shape(name, *, in_hw, channels, out_hw, window, pool_op="max", strides=
         A frozen `LayerShape` of kind "pool".
     """
     (ih, iw), (oh, ow) = _pair(in_hw, "in_hw"), _pair(out_hw, "out_hw")
-    kh, kw = _pair(window, "window")
+    kh, kw = _pair(window, "window", " (LayerShape fields `kernel_h`, `kernel_w`)")
     sh, sw = _pair(strides, "strides") if strides is not None else (kh, kw)
+    check_positive_int("channels", channels)
+    check_positive_int("repeat", repeat)
+    check_choice("pool_op", pool_op, POOL_OPS)
     return LayerShape(name=name, layer=layer or name, op=op or f"{pool_op}_pool", kind="pool",
                       in_h=ih, in_w=iw, in_c=channels, out_h=oh, out_w=ow, out_c=channels,
                       kernel_h=kh, kernel_w=kw, stride_h=sh, stride_w=sw, repeat=repeat,
@@ -277,13 +292,12 @@ def eltwise_shape(name, *, elements, eltwise_op="add", n_inputs=2, n_params=0, l
     Returns:
         A frozen `LayerShape` of kind "eltwise".
     """
-    if isinstance(elements, float) and not elements.is_integer():
-        raise ValueError("Invalid value for argument `elements`. Expected an integer >= 1. "
-                         f"Received: elements={elements!r}")
-    elements = int(elements)
+    elements = _whole("elements", elements, 1)
+    n_params = _whole("n_params", n_params, 0)
+    check_positive_int("n_inputs", n_inputs)
     return LayerShape(name=name, layer=layer or name, op=op or eltwise_op, kind="eltwise",
                       in_h=1, in_w=elements, in_c=1, out_h=1, out_w=elements, out_c=1,
-                      eltwise_op=eltwise_op, n_inputs=n_inputs, n_params=int(n_params))
+                      eltwise_op=eltwise_op, n_inputs=n_inputs, n_params=n_params)
 
 
 def prelu_shape(name, *, elements, n_params, layer=None, op="PReLU"):
@@ -356,11 +370,29 @@ def expected_unique_fraction(n_clusters, n_filters, n_codebooks=1):
     return min(1.0, k * -math.expm1(m * math.log1p(-1.0 / k)) / m)
 
 
-def _pair(value, name):
-    """``(h, w)`` from an int or a sequence of one or two ints (strings, floats refused)."""
+def _pair(value, name, fields=""):
+    """``(h, w)`` from an int or a sequence of one or two ints >= 1 (strings, floats refused);
+    ``fields`` names the record's fields in the message (a pooling window's kernel_h)."""
     items = list(value) if isinstance(value, (tuple, list)) else [value]
     if not 1 <= len(items) <= 2 or any(isinstance(v, bool) or not isinstance(
-            v, (int, np.integer)) for v in items):
-        raise ValueError(f"Invalid value for argument `{name}`. Expected an integer or a pair "
-                         f"of integers (height, width). Received: {name}={value!r}")
+            v, (int, np.integer)) or v < 1 for v in items):
+        raise ValueError(f"Invalid value for argument `{name}`{fields}. Expected a positive "
+                         f"integer or a pair of integers (height, width), each >= 1. "
+                         f"Received: {name}={value!r}")
     return int(items[0]), int(items[-1])
+
+
+def _is_real(value):
+    """A real number (Python or numpy), not a bool nor a string."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, (bool, np.bool_))
+
+
+def _whole(name, value, minimum):
+    """``value`` as an int: a whole number >= ``minimum`` (4.0 is 4; 4.5, bools, strings,
+    NaN refused), else `ValueError` naming ``name``."""
+    if not (_is_real(value) and math.isfinite(value) and float(value).is_integer()
+            and value >= minimum):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected an integer >= "
+                         f"{minimum}. Received: {name}={value!r}")
+    return int(value)

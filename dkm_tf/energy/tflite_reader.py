@@ -27,8 +27,9 @@ op whose weight is decoded from a palette, and ops computing only from constants
 chains) are reported once per subgraph as weight decoding, not charged as layers.
 
 Records are named after the Keras layer when the converter kept its name scope (the weight
-tensor's name, else the output tensor's: `functional_1/c1_1/convolution` → `c1_1`; Keras 3
-export may append `_1`, which compression-info lookup tolerates), else `<op>_<index>`.
+tensor's name, else the output's, else a conv / dense bias's, `tflite_names`:
+`functional_1/c1_1/convolution` → `c1_1`; Keras 3 export may append `_1`, which
+compression-info lookup tolerates), else `<op>_<index>`.
 Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored; dims left open beyond
 the batch read by running the file once, `tflite_dynamic`;
 the rows of a matrix product divided by the input's batch, `_rows`); a conv runs the images
@@ -94,6 +95,9 @@ def read_tflite_palettes(path, quantized=None, input_shape=None):
     op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     shapes, skipped, used, palettes = [], [], {}, {}
     try:
+        from dkm_tf.energy.tflite_variables import check_assigned
+
+        check_assigned(model, op_names, os.fspath(path))  # weights not stored: refused
         from dkm_tf.energy.tflite_dynamic import run_shapes
 
         run, skipped[:0] = run_shapes(path, model, op_names, input_shape)
@@ -134,6 +138,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
     from dkm_tf.energy import tflite_ops as tops
     from dkm_tf.energy import tflite_palettes as tp
     from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
+    from dkm_tf.energy.tflite_names import bias_name
 
     view = tp.GraphView(model, graph, op_names, (run or {}).get(stack[-1]))
     decode = set(tp.constant_ops(view))
@@ -219,7 +224,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
             elif opname == "CONV_2D":
                 x, w = ins[0][1], ins[1][1]
                 opt = options(op, schema.Conv2DOptions)
-                name = name_of([ins[1][0], out_name], label)
+                name = name_of([ins[1][0], out_name, bias_name(view, users, k, 2, scope)], label)
                 shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
                                             in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[0],
                                             kernel=w[1:3], groups=x[3] // w[3], repeat=trips *
@@ -233,7 +238,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
             elif opname == "DEPTHWISE_CONV_2D":
                 x, w = ins[0][1], ins[1][1]
                 opt = options(op, schema.DepthwiseConv2DOptions)
-                name = name_of([ins[1][0], out_name], label)
+                name = name_of([ins[1][0], out_name, bias_name(view, users, k, 2, scope)], label)
                 shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
                                             in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[3],
                                             kernel=w[1:3], groups=x[3], repeat=trips *
@@ -257,7 +262,8 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 else:
                     adj_y = options(op, schema.BatchMatMulOptions).AdjY()
                     in_f, units = (w[1], w[0]) if adj_y else w
-                name = name_of([ins[w_at][0], out_name], label)
+                name = name_of([ins[w_at][0], out_name, bias_name(view, users, k, 2, scope)],
+                               label)  # a BATCH_MATMUL has no operand 2
                 shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
                                              in_features=in_f, units=units,
                                              positions=trips * missing_blocks(
@@ -282,7 +288,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 from dkm_tf.energy.conv_transpose import conv_transpose_shape
 
                 w, x = ins[1][1], ins[2][1]  # filter [out_c, kh, kw, in_c / groups], input
-                name = name_of([ins[1][0], out_name], label)
+                name = name_of([ins[1][0], out_name, bias_name(view, users, k, 3, scope)], label)
                 shapes.append(conv_transpose_shape(name, layer=name.split("#")[0], op=opname,
                                                    in_hw=x[1:3], in_c=x[3], out_c=w[0],
                                                    kernel=w[1:3], groups=x[3] // w[3],

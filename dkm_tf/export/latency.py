@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from dkm_tf.core.validate import check_int
 from dkm_tf.export import verify
 from dkm_tf.export.verify import make_interpreter
 
@@ -51,10 +52,9 @@ def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmu
     Example:
         >>> benchmark_latency({"float": "m.tflite", "pal": "p.tflite"})  # doctest: +SKIP
     """
-    for name, value, low in (("threads", threads, 1), ("runs", runs, 1), ("block", block, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"Invalid value for argument `{name}`. Expected an integer >= "
-                             f"{low}. Received: {name}={value!r}")
+    threads, runs, block, warmup = (
+        check_int(name, value, minimum=low, maximum=2**31 - 1) for name, value, low in
+        (("threads", threads, 1), ("runs", runs, 1), ("block", block, 1), ("warmup", warmup, 0)))
     if interpreter is None:
         interpreter = "litert" if verify.litert_available() else "tflite"
     single = not isinstance(paths, (dict, list, tuple))
@@ -63,6 +63,15 @@ def benchmark_latency(paths, inputs=None, *, threads=1, runs=200, block=5, warmu
     if not items:
         raise ValueError("Invalid value for argument `paths`. Expected a .tflite path or bytes, "
                          f"or a non-empty dict or list of them. Received: paths={paths!r}")
+    for label, p in items.items():
+        if not isinstance(p, (bytes, bytearray, str, os.PathLike)):
+            raise TypeError(f"Invalid type for argument `paths`. Expected a .tflite path or "
+                            f"bytes, or a dict or list of them. Received: {p!r} of type "
+                            f"{type(p).__name__} for model {label!r}")
+        if not isinstance(p, (bytes, bytearray)) and not os.path.isfile(p):
+            raise FileNotFoundError(f"Invalid value for argument `paths`. Expected a .tflite "
+                                    f"file. Received: {os.fspath(p)!r} for model {label!r}, "
+                                    f"{'a folder' if os.path.isdir(p) else 'no such file'}")
     if reference is not None and reference not in items:
         raise ValueError(f"Invalid value for argument `reference`. Expected one of the labels "
                          f"{sorted(items)}. Received: reference={reference!r}")

@@ -129,3 +129,32 @@ def hard_assignment(x, k, seed, name, previous=None, max_iter=20):
         if best is None or err < best[2]:
             best = (j.astype(np.int32), means, err)
     return best
+
+
+# ------------------------------------------------------------------ legacy .h5 files
+def warn_legacy_h5_save(reg):
+    """Warn that a legacy ``.h5`` model file (``model.save("m.h5")``) is about to drop the
+    state of ``reg`` (nothing when ``reg`` is unbuilt or no such file is being written).
+
+    Keras' legacy HDF5 format stores the model config and the layers' weights only: no
+    ``save_own_variables``, so F, the warm-start centroids and ``refresh_step`` are lost, and
+    the loaded regularizer rebuilds F from the loaded weights at its first call (another
+    penalty: 7.399e-5 saved, 7.480e-5 loaded, measured on a conv after two epochs of
+    ``RefreshKMeans``). Keras writes that file inside its legacy-config scope, where the
+    regularizer's ``get_config`` is called: ``get_config`` calls this (a ``.keras`` file or
+    ``save_weights`` keeps the state and never sets that scope).
+    """
+    import warnings  # noqa: PLC0415
+
+    from keras.src.backend.common import global_state  # noqa: PLC0415
+
+    if reg._state is None or not global_state.get_global_attribute(  # noqa: SLF001
+            "use_legacy_config", False):
+        return
+    warnings.warn(f"{reg!r}: a legacy .h5 model file does not store the k-means state "
+                  f"(F of the last refresh at step {reg.refresh_step}, warm-start centroids, "
+                  "preserved zeros); once loaded, the regularizer recomputes F from the "
+                  "loaded weights at its first call, so the penalty and the next hard F-step "
+                  "differ from the saved model's. Save a .keras file (model.save('m.keras')) "
+                  "or weights (model.save_weights('m.weights.h5')) to keep it.", UserWarning,
+                  stacklevel=3)
