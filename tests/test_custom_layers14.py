@@ -167,10 +167,13 @@ def test_a_lambda_of_a_named_function_between_clustered_layers(batch):
     np.testing.assert_allclose(np.asarray(model(x)), reference(model), atol=1e-5)  # untouched
 
 
-def test_a_lambda_of_a_python_lambda_is_still_refused_before_any_copy():
-    model = _lambda_model(lambda t: t * 2.0 - 0.5)
-    with pytest.raises(TypeError, match=r"'lam'.*lambda.*enable_unsafe_deserialization"):
-        dkm_tf.share_weights(model, 4)
+def test_a_lambda_of_a_python_lambda_is_copied_with_the_users_function():
+    # before 2026-12-05 (fuzz round 2): TypeError "'lam' ... enable_unsafe_deserialization"
+    fn = lambda t: t * 2.0 - 0.5  # noqa: E731
+    model, x = _lambda_model(fn), _x(4, (6,))
+    shared = dkm_tf.share_weights(model, 64).model  # lossless: <= 48 weights per kernel
+    assert shared.get_layer("lam").function is fn
+    np.testing.assert_allclose(np.asarray(shared(x)), np.asarray(model(x)), atol=1e-6)
 
 
 @keras.saving.register_keras_serializable("dkm_tf_test14")

@@ -1,6 +1,7 @@
 """Transfer learning with cluster_weights: a layer's own regularizer and constraint while
 clustered, frozen layers and nested frozen bases (flags kept, unfreezing works), and the
-copy error of a Lambda layer. Found by an adversarial probe; backend-neutral (also JAX)."""
+copy of a Lambda layer holding a Python lambda. Found by an adversarial probe;
+backend-neutral (also JAX)."""
 
 import os
 
@@ -145,12 +146,25 @@ def test_report_marks_frozen_layers():
     assert "frozen" not in lines["head"]
 
 
-def test_lambda_layer_error_gives_keras_safe_mode_reason():
+def test_lambda_layer_of_a_python_lambda_is_copied_with_its_live_function():
+    # old: TypeError "Layer 'lam' (Lambda) cannot be copied from its config: ... safe mode"
+    # for every copy (cluster_weights, share_weights, strip_clustering); now the copy reuses
+    # the user's in-memory lambda (nothing decoded), outputs equal at lossless K
+    keras.utils.set_random_seed(0)
+    fn = lambda t: t * 2.0  # noqa: E731
     inp = keras.Input((8,))
-    h = L.Lambda(lambda t: t * 2.0, name="lam")(L.Dense(8, name="d")(inp))
+    h = L.Lambda(fn, name="lam")(L.Dense(8, name="d")(inp))
     model = keras.Model(inp, L.Dense(3, name="head")(h))
-    with pytest.raises(TypeError, match=r"'lam'.*lambda.*enable_unsafe_deserialization"):
-        cluster_weights(model, 4)
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype("float32")
+    want = to_numpy(model(x))
+    clustered = cluster_weights(model, 64)  # >= 64 weights per kernel: lossless
+    stripped, _ = strip_clustering(clustered)
+    shared = dkm_tf.share_weights(model, 64).model
+    for copy in (clustered, stripped, shared):
+        assert copy.get_layer("lam").function is fn
+        assert copy.get_layer("lam") is not model.get_layer("lam")
+        for xs in (x[:1], x):
+            np.testing.assert_allclose(to_numpy(copy(xs)), want[:len(xs)], rtol=0, atol=1e-6)
 
 
 def _conv_pair(**conv_kwargs):

@@ -46,13 +46,29 @@ from dkm_tf.core.kernel_palette import (
     decode_scaled,
     inverse_transform,
 )
-from dkm_tf.core.validate import check_choice, check_int, check_n_clusters, invalid, is_int
+from dkm_tf.core.validate import (
+    check_bool,
+    check_choice,
+    check_hw,
+    check_int,
+    check_n_clusters,
+    check_seed,
+    invalid,
+    is_int,
+)
 
 __all__ = ["SCALE_BITS", "TRANSFORM_COUNTS", "KernelAssignment", "apply_transform",
            "centre_tap", "cluster_kernels", "decode_scaled", "inverse_transform",
            "kernel_bits", "kernel_factors", "kernel_scales", "quantize_scales"]
 
 _CHUNK = 16_384
+
+
+def _check_scale_bits(scale_bits):
+    if not is_int(scale_bits):  # 16.0 == 16 would pass the choice
+        raise invalid("scale_bits", f"one of {list(SCALE_BITS)} (an int)", scale_bits)
+    check_choice("scale_bits", scale_bits, SCALE_BITS)
+    return int(scale_bits)
 
 
 def _check_transforms(transforms, kh, kw):
@@ -223,9 +239,11 @@ def cluster_kernels(kernels, n_clusters, *, transforms=1, scale_bits=16, init="k
         kernel, in order.
     """
     k = check_n_clusters(n_clusters)
-    check_choice("scale_bits", scale_bits, SCALE_BITS)
+    _check_scale_bits(scale_bits)
     check_choice("init", init, kmeans_lib.INITS)
     check_int("max_iter", max_iter, minimum=1)
+    seed = check_seed(seed)  # None, True, [0] were accepted; "0" a raw numpy error
+    refit_scales = check_bool("refit_scales", refit_scales)  # "no" was truthy: refitted
     if not isinstance(kernels, (list, tuple)) or not kernels:
         raise invalid("kernels", "a non-empty list of Conv2D kernels", kernels)
     per = [_units_of(w) for w in kernels]
@@ -328,16 +346,24 @@ def kernel_bits(n_kernels, n_clusters, kernel_size=(3, 3), transforms=1, scale_b
                 codebook_bits=32):
     """Bits of a kernel-clustered network, methods §2.5.
 
-    ``N (log2 K + log2 T + b_s) + K h w b`` with the codebook counted once.
+    ``N (log2 K + log2 T + b_s) + K h w b`` with the codebook counted once: ``kernel_size``
+    is ``(h, w)`` or one int for a square kernel (as Keras' ``Conv2D`` takes it), ``transforms``
+    T one of 1, 2, 4, 8, ``scale_bits`` b_s one of 8, 16, 32 and ``codebook_bits`` b an
+    integer in [1, 64].
 
     Returns:
         dict with ``bits``, ``bytes``, ``bits_per_kernel``, ``original_bits`` (N h w 32) and
         ``ratio``.
     """
-    check_int("n_kernels", n_kernels, minimum=1)
+    n_kernels = check_int("n_kernels", n_kernels, minimum=1)
     k = check_n_clusters(n_clusters)
-    check_choice("transforms", transforms, TRANSFORM_COUNTS)
-    hw = int(np.prod(kernel_size))
+    if isinstance(kernel_size, np.ndarray) and kernel_size.ndim == 1:  # np.array([3, 3])
+        kernel_size = tuple(kernel_size.tolist())
+    kh, kw = check_hw("kernel_size", kernel_size)  # 0, (2, 2, 2), 2.5 were accepted
+    transforms = _check_transforms(transforms, kh, kw)
+    scale_bits = _check_scale_bits(scale_bits)  # -100 gave negative bytes
+    codebook_bits = check_int("codebook_bits", codebook_bits, minimum=1, maximum=64)
+    hw = kh * kw
     per = math.log2(k) + math.log2(transforms) + scale_bits
     bits = n_kernels * per + k * hw * codebook_bits
     orig = n_kernels * hw * 32

@@ -62,6 +62,29 @@ def check_bool(name, value):
     return bool(value)
 
 
+def is_bool(value):
+    """A bool: ``True``/``False`` or a numpy bool (``np.True_``), not 1 / 0 or "yes"."""
+    import numpy as np  # noqa: PLC0415
+
+    return isinstance(value, (bool, np.bool_))
+
+
+def check_finite_positive(name, value, expected):
+    """Return ``value`` as a float if it is a finite real number > 0 (numpy scalars too), else
+    ``ValueError`` naming ``expected`` (bools, strings, NaN and inf refused)."""
+    import math  # noqa: PLC0415
+    import numbers  # noqa: PLC0415
+
+    try:
+        ok = not is_bool(value) and isinstance(value, numbers.Real) and math.isfinite(
+            float(value)) and value > 0
+    except OverflowError:  # an int beyond float's range (10**400)
+        ok = False
+    if not ok:
+        raise invalid(name, expected, value)
+    return float(value)
+
+
 def is_int(value):
     """An integer (Python or numpy), not a bool (True == 1 would pass as one)."""
     import numbers  # noqa: PLC0415

@@ -75,9 +75,16 @@ def _scope(layer, functions):
 def from_own_config(layer):
     """``layer.__class__.from_config(layer.get_config())`` holding the layer's own functions.
 
-    A ``Lambda`` of a Python lambda still raises Keras' safe-mode error (its config holds
-    the lambda as bytecode): a ``Lambda`` of a named function gets that function.
+    A plain ``keras.layers.Lambda`` is built as ``Lambda(**config)`` with its live
+    ``function``, ``arguments``, ``output_shape`` and ``mask`` put back: nothing is decoded
+    (``from_config`` would refuse a Python lambda's bytecode in safe mode, and leaves a
+    callable ``mask`` as its config), the user's own in-memory objects are reused.
     """
+    if type(layer) is keras.layers.Lambda:
+        config = layer.get_config()
+        config.update(function=layer.function, arguments=dict(layer.arguments),
+                      output_shape=layer._output_shape, mask=layer.mask)  # noqa: SLF001
+        return keras.layers.Lambda(**config)
     held = held_functions(layer)
     with keras.saving.custom_object_scope(_scope(layer, held)):
         new = layer.__class__.from_config(layer.get_config())

@@ -22,6 +22,7 @@ from dkm_tf.core.validate import (
     check_n_clusters,
     check_number,
     check_seed,
+    is_bool,
 )
 from dkm_tf.graph.copying import _copy_model, _NotACopyError, copy_layer, iter_layers
 
@@ -200,9 +201,13 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
                 "init": init, "sparsity": sparsity, "preserve_sparsity": preserve_sparsity}
     _check_settings(defaults)
     check_seed(seed)
-    if not isinstance(inplace, bool):
-        raise TypeError(f"Invalid type for argument `inplace`. Expected a bool. "
-                        f"Received: inplace={inplace!r}")
+    inplace = check_bool("inplace", inplace)  # numpy bools too; 1 refused
+    verbose = check_bool("verbose", verbose)  # "yes", 1 and None were accepted
+    if (fold_bn is not None and not is_bool(fold_bn)) or (fold_bn and inplace):
+        raise ValueError("Invalid value for argument `fold_bn`. Expected None or a bool, and "
+                         "not True with inplace=True (folding changes the layer graph). "
+                         f"Received: fold_bn={fold_bn!r} with inplace={inplace!r}")
+    fold_bn = None if fold_bn is None else bool(fold_bn)
     import keras  # noqa: PLC0415
 
     if not isinstance(model, keras.Model):
@@ -233,10 +238,6 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
                                          preserve_sparsity or sparsity,
                                          data_used=calib is not None)
     check_override_options(defaults, overrides, weighting, refine)
-    if (fold_bn is not None and not isinstance(fold_bn, bool)) or (fold_bn and inplace):
-        raise ValueError("Invalid value for argument `fold_bn`. Expected None or a bool, and "
-                         "not True with inplace=True (folding changes the layer graph). "
-                         f"Received: fold_bn={fold_bn!r} with inplace={inplace!r}")
     folding = None
     if fold_bn is not False and not inplace:
         from dkm_tf.graph.batchnorm import maybe_fold  # noqa: PLC0415 (imports keras)

@@ -193,6 +193,9 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                          "give it an Input) before attach_regularizer.")
     check_bool("include_dense", include_dense)
     check_seed(seed)
+    if sparsity is None or (isinstance(sparsity, dict) and None in sparsity.values()):
+        raise invalid("sparsity", "a fraction in [0, 1) or a dict {layer name: fraction} "
+                      "(0 for none)", sparsity)  # None was read as 0 without a word
     by_name = {layer.name: layer for layer in clusterable.walk_layers(model)}
     for arg, value in (("n_clusters", n_clusters), ("sparsity", sparsity)):
         unknown = sorted(set(value) - set(by_name), key=str) if isinstance(value, dict) else []
@@ -327,6 +330,7 @@ def refresh_regularizers(model, *, warn=True):
     Returns:
         ``{variable path: refresh info}`` (see :meth:`SpectralKMeansRegularizer.refresh`).
     """
+    warn = check_bool("warn", warn)  # "yes", 0 and None were accepted
     out, degenerate = {}, []
     with strategy_scope(model):
         for var, reg in kmeans_regularizers(model):

@@ -321,9 +321,7 @@ def strip_clustering(model, *, fold_bn=True):
                             f"{_SUBCLASSED_HINT}")
         return _copy_layer(layer)
 
-    if not isinstance(fold_bn, bool):
-        raise TypeError("Invalid type for argument `fold_bn`. Expected a bool. "
-                        f"Received: fold_bn={fold_bn!r}")
+    fold_bn = check_bool("fold_bn", fold_bn)  # numpy bools too
     if isinstance(model, ClusterWeights):
         return _unwrap(model, palettes), palettes
     if not isinstance(model, keras.Model):

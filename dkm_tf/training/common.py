@@ -82,46 +82,53 @@ def default_loss(model, shape=None):
 
 
 def check_learning_rate(learning_rate):
-    """Return ``learning_rate`` if it is a number > 0 or a Keras ``LearningRateSchedule``.
+    """Return ``learning_rate`` if it is a finite number > 0 (numpy scalars too; as a float)
+    or a Keras ``LearningRateSchedule``; ``ValueError`` otherwise (bools, strings, NaN, inf:
+    an infinite rate trained NaN weights).
 
     A schedule (e.g. ``keras.optimizers.schedules.CosineDecay``) is passed to Adam as it is,
     so long fine-tuning runs can decay the rate.
     """
     import keras  # noqa: PLC0415
 
+    from dkm_tf.core.validate import check_finite_positive  # noqa: PLC0415
+
     if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
         return learning_rate
-    if (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
-            or not learning_rate > 0):
-        from dkm_tf.core.validate import invalid  # noqa: PLC0415
-
-        raise invalid("learning_rate", "a number > 0 or a "
-                      "keras.optimizers.schedules.LearningRateSchedule", learning_rate)
-    return learning_rate
+    return check_finite_positive("learning_rate", learning_rate, "a finite number > 0 or a "
+                                 "keras.optimizers.schedules.LearningRateSchedule")
 
 
 def check_fit_args(model, *, batch_size=None, callbacks=None, metrics=None, verbose=None):
     """Check the arguments a training function passes on to Keras' ``compile``/``fit``.
 
-    ``batch_size`` an integer >= 1; ``callbacks`` None or a list of Keras callbacks;
-    ``metrics`` None or a list (a bare string would be read letter by letter); ``verbose``
-    0, 1, 2 or "auto". Raises ``TypeError``/``ValueError`` in Keras' message pattern.
+    ``batch_size`` an integer in [1, 2**31 - 1]; ``callbacks`` None or a list of Keras
+    callbacks; ``metrics`` None or a list (a bare string would be read letter by letter);
+    ``verbose`` 0, 1, 2 (numpy integers too; True / False read as 1 / 0, as Keras reads
+    them) or "auto". Raises ``TypeError``/``ValueError`` in Keras' message pattern.
     """
     import keras  # noqa: PLC0415
 
-    from dkm_tf.core.validate import check_int, invalid, invalid_type  # noqa: PLC0415
+    from dkm_tf.core.validate import (  # noqa: PLC0415
+        check_int,
+        invalid,
+        invalid_type,
+        is_bool,
+        is_int,
+    )
 
     if not isinstance(model, keras.Model):
         raise invalid_type("model", "a keras.Model", model)
-    if batch_size is not None:
-        check_int("batch_size", batch_size, minimum=1)
+    if batch_size is not None and check_int("batch_size", batch_size, minimum=1) > 2**31 - 1:
+        raise invalid("batch_size", "an integer >= 1 and <= 2147483647 (2**31 - 1)",
+                      batch_size)  # 2**64 reached Keras as an OverflowError
     if callbacks is not None and (not isinstance(callbacks, (list, tuple)) or not all(
             isinstance(c, keras.callbacks.Callback) for c in callbacks)):
         raise invalid_type("callbacks", "None or a list of keras.callbacks.Callback", callbacks)
     if metrics is not None and not isinstance(metrics, (list, tuple)):
         raise invalid_type("metrics", "None or a list of metrics (e.g. ['accuracy'])", metrics)
-    if verbose is not None and verbose != "auto" and (
-            not isinstance(verbose, int) or verbose not in (0, 1, 2)):
+    if verbose is not None and not (isinstance(verbose, str) and verbose == "auto") and (
+            not (is_int(verbose) or is_bool(verbose)) or verbose not in (0, 1, 2)):
         raise invalid("verbose", "0, 1, 2 or 'auto'", verbose)
 
 

@@ -46,7 +46,7 @@ import numpy as np
 from keras import ops
 
 from dkm_tf.core import codebook as codebook_lib
-from dkm_tf.core.validate import check_n_clusters, check_seed, invalid
+from dkm_tf.core.validate import check_n_clusters, check_seed, invalid, is_bool
 from dkm_tf.training import regularizer_state as state_lib
 from dkm_tf.training.segment import segment_sums
 
@@ -148,10 +148,10 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer, state_lib.KerasS
         if sparsity > 0 and self.n_clusters < 2:
             raise invalid("n_clusters", "an integer >= 2 when sparsity > 0 (one cluster is "
                            "the fixed zero cluster)", n_clusters)
-        if not isinstance(preserve_sparsity, bool) or (preserve_sparsity and sparsity):
+        if not is_bool(preserve_sparsity) or (preserve_sparsity and sparsity):  # np.bool_ too
             raise invalid("preserve_sparsity", "a bool (False when sparsity > 0)",
                           preserve_sparsity)
-        self.preserve_sparsity, self._zeros = preserve_sparsity, None
+        self.preserve_sparsity, self._zeros = bool(preserve_sparsity), None
         self.lam = float(lam)
         self.relaxation = relaxation
         self.unit = unit

@@ -34,6 +34,7 @@ from dkm_tf.core.validate import (
     check_n_clusters,
     check_seed,
     invalid,
+    is_bool,
 )
 from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.training import soft as soft_lib
@@ -63,7 +64,7 @@ def validate_settings(n_clusters=16, unit="scalar", granularity="per_tensor", in
     check_choice("granularity", granularity, units_lib.GRANULARITIES)
     check_choice("init", init, kmeans_lib.INITS)
     for arg, value in (("latent", latent), ("preserve_sparsity", preserve_sparsity)):
-        if not isinstance(value, bool):
+        if not is_bool(value):  # numpy bools too; 1 / "yes" refused
             raise invalid(arg, "a bool", value)
 
 
@@ -171,9 +172,9 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
         self.granularity = granularity
         self.init = init
         self.seed = int(seed)
-        self.latent = latent
+        self.latent = bool(latent)  # a numpy bool would not serialise to JSON
         self.kmeans_options = dict(kmeans_options or {})
-        self.preserve_sparsity = preserve_sparsity
+        self.preserve_sparsity = bool(preserve_sparsity)
         self.assignment, self.temperature = assignment, temperature
         self.supports_masking = getattr(layer, "supports_masking", False)
         self._slots = []
@@ -226,6 +227,9 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
             indices = self.add_weight(name=f"{stem}_indices", shape=(g, m), initializer="zeros",
                                       trainable=False, dtype=collective_safe_dtype(index_dtype(k)))
             slot = _Slot(attr, var, layout, codebook, indices)
+            # attributes too: tf.saved_model.save cannot reach into _Slot ("untracked resource")
+            setattr(self, f"_{stem}_codebook_var", codebook)
+            setattr(self, f"_{stem}_indices_var", indices)
             if clusters is _NO_VALUE_YET:  # k-means at the first eager call (or the load)
                 self._deferred.append(slot)
             elif clusters is not None:
