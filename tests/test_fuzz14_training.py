@@ -72,10 +72,8 @@ def test_finetune_takes_numpy_scalars_and_refuses_inf_before_work():
         dkm_tf.dkm_retrain(model, (x, y), n_clusters=4, epochs=1, learning_rate=float("inf"))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="finetune.py / retrain.py ignore check_learning_rate's float and give "
-                          "the raw value to keras.optimizers.Adam, which refuses np.float32, "
-                          "np.int64 and even a Python int, after the clustering work")
+# finetune / dkm_retrain pass on check_learning_rate's float: Keras' Adam refused
+# np.float32 and a Python int after the clustering work
 @pytest.mark.parametrize("lr", [np.float32(1e-3), 1])
 @pytest.mark.parametrize("fn", ["finetune", "dkm_retrain"])
 def test_numpy_and_int_learning_rates_reach_adam_as_floats(fn, lr):

@@ -71,10 +71,6 @@ def test_warning_when_a_legacy_h5_file_drops_the_state(tmp_path):
             state_lib.warn_legacy_h5_save(unbuilt)  # no state to lose: silent
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="SpectralKMeansRegularizer.get_config (dkm_tf/training/regularizer.py, "
-                          "another helper's file) does not call "
-                          "regularizer_state.warn_legacy_h5_save(self) yet")
 def test_model_save_h5_warns(tmp_path):
     model = _trained(tmp_path)
     with pytest.warns(UserWarning, match="legacy .h5 model file does not store"):

@@ -67,7 +67,7 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"Invalid value for argument `epochs`. Expected an integer >= 0. "
                          f"Received: epochs={epochs!r}")
-    check_learning_rate(learning_rate)
+    learning_rate = check_learning_rate(learning_rate)
     # an int below 2**32, as keras.utils.set_random_seed takes it (it refused np.int64(0))
     seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     check_fit_args(model, batch_size=batch_size, callbacks=callbacks, metrics=metrics,

@@ -357,7 +357,7 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer, state_lib.KerasS
 
     # ------------------------------------------------------------------ config
     def get_config(self):
-        # F / assignments are state (refresh() re-derives them); preserve_sparsity only when set
+        state_lib.warn_legacy_h5_save(self)  # F is state, not config; preserve_sparsity if set
         return {"n_clusters": self.n_clusters, "lam": self.lam, "relaxation": self.relaxation,
                 "unit": self.unit, "sparsity": self.sparsity, "seed": self.seed,
                 **({"preserve_sparsity": True} if self.preserve_sparsity else {}),

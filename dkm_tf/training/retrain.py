@@ -90,7 +90,7 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     if not is_int(epochs) or epochs < 1:  # numpy integers too (np.int64(1) was refused)
         raise ValueError(f"Invalid value for argument `epochs`. Expected a positive integer. "
                          f"Received: epochs={epochs!r}")
-    check_learning_rate(learning_rate)
+    learning_rate = check_learning_rate(learning_rate)
     check_seed(seed)
     check_int("refresh_every", refresh_every, minimum=1)
     check_fit_args(model, batch_size=batch_size, callbacks=callbacks, verbose=verbose)
