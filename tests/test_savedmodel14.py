@@ -7,7 +7,8 @@ batch 1 and 4, and its ``from_saved_model`` .tflite keeps <= K values per cluste
 (a soft one used to be written unclustered, a hard one with wrong byte counts) and a
 SavedModel folder, saying what to give instead; ``inspect_tflite`` flags a file whose weights
 are unassigned resource variables (``tf.saved_model.save`` of a Keras 3 model, converted: all
-NaN). ``tf.saved_model.save`` of a ``ClusterWeights`` model still fails (see the xfail).
+NaN); ``tf.saved_model.save`` of a ``ClusterWeights`` model (hard and soft) serves Keras'
+outputs at batch 1 and 4.
 """
 
 import json
@@ -159,8 +160,7 @@ def saved(models, tmp_path_factory):
 
 @pytest.mark.parametrize("name,cls", [("hard", "ClusterWeights"), ("soft", "ClusterWeights"),
                                       ("kernel", "ClusterKernels"),
-                                      ("hard.h5", "ClusterWeights"),
-                                      ("reg", "SpectralKMeansRegularizer")])
+                                      ("hard.h5", "ClusterWeights")])
 def test_cli_refuses_a_file_saved_while_clustering_before_loading(saved, tmp_path, monkeypatch,
                                                                    name, cls):
     # old: Keras' 10 kB "could not be deserialized" / "Unknown layer" in a fresh process
@@ -174,7 +174,7 @@ def test_cli_refuses_a_file_saved_while_clustering_before_loading(saved, tmp_pat
 
     monkeypatch.setattr(keras.models, "load_model", no_load)
     out = tmp_path / "o.tflite"
-    recipe = "detach_regularizer" if cls.startswith("Spectral") else "strip_clustering"
+    recipe = "strip_clustering"  # ("reg": exported since, tests/test_review14_fixes.py)
     with pytest.raises(ValueError, match=rf"(?s)model_path.*{cls} '.*{recipe}"):
         run_to_tflite(saved[name], str(out), format="float")
     assert not out.exists()
@@ -279,14 +279,19 @@ def test_inspect_flags_a_file_whose_weights_are_unassigned_variables(models, x, 
     assert dkm_tf.export.inspect_tflite(good).notes == ()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="ClusterWeights keeps its codebook / index variables in _Slot "
-                          "dataclasses TensorFlow's object graph does not reach "
-                          "(dkm_tf/training/wrapper.py): 'untracked resource'")
-def test_tf_saved_model_save_of_a_cluster_weights_model(models, tmp_path):
+@pytest.mark.parametrize("name", ["hard", "soft"])
+def test_tf_saved_model_save_of_a_cluster_weights_model(models, x, tmp_path, name):
+    # old: AssertionError "Tried to export a function which references an 'untracked'
+    # resource" (kernel_indices: the codebook / index variables lived only in _Slot objects)
     import tensorflow as tf
 
-    tf.saved_model.save(models["hard"], str(tmp_path / "sm"))
+    model = models[name]
+    tf.saved_model.save(model, str(tmp_path / "sm"))
+    serve = tf.saved_model.load(str(tmp_path / "sm")).signatures["serving_default"]
+    for xs in (x[:1], x):
+        (got,) = serve(tf.constant(xs)).values()
+        assert got.shape == (len(xs), 5)
+        assert _rel(got, model(xs)) <= 1e-5
 
 
 # ---------------------------------------------------------------------------- .weights.h5

@@ -81,13 +81,17 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     ``"dense"`` or ``"tuples"`` (see :func:`dkm_tf.export.to_tflite`).
 
     A SavedModel folder, or a file saved while clustering (``ClusterWeights``,
-    ``ClusterKernels``, a ``SpectralKMeansRegularizer``), is refused before Keras loads it,
-    with the lines that strip it (:func:`dkm_tf.export.model_file.check_export_input`).
+    ``ClusterKernels``), is refused before Keras loads it, with the lines that strip it
+    (:func:`dkm_tf.export.model_file.check_export_input`); a ``SpectralKMeansRegularizer``
+    loads as a stand-in with no penalty (it does not change the forward pass).
     """
     import keras  # noqa: PLC0415
 
     from dkm_tf.core.files import check_model_file  # noqa: PLC0415
-    from dkm_tf.export.model_file import check_export_input  # noqa: PLC0415
+    from dkm_tf.export.model_file import (  # noqa: PLC0415
+        check_export_input,
+        export_custom_objects,
+    )
     from dkm_tf.export.policy import check_applicable  # noqa: PLC0415
     from dkm_tf.export.tflite import to_tflite  # noqa: PLC0415
 
@@ -105,7 +109,8 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     check_model_file(model_path)
     samples = load_samples(samples_path) if samples_path else None
     from dkm_tf.graph import factorised  # noqa: F401, PLC0415 - registers FactorisedConv2D
-    model = keras.models.load_model(os.fspath(model_path), compile=False)
+    model = keras.models.load_model(os.fspath(model_path), compile=False,
+                                    custom_objects=export_custom_objects())
     palettes = None
     if palettes_path:
         palettes = load_palettes(palettes_path)

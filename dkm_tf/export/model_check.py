@@ -12,13 +12,17 @@ name: :func:`palette_layers` refuses two layers of one name (two nested models e
 
 A model that still holds dkm_tf's training layers (``ClusterWeights``, ``ClusterKernels``)
 is refused by :func:`check_stripped_model`: export reads the weights a deployed model keeps,
-which :func:`dkm_tf.strip_clustering` produces (see there for what an unstripped export did).
+which :func:`dkm_tf.strip_clustering` produces (see there for what an unstripped export did);
+but a hard ``ClusterWeights`` inside a subclassed model, which ``strip_clustering`` cannot
+copy, exports as it is (its figures count the wrapped layer's weights, and palettes are
+checked against the kernels the wrapper computes: :func:`palette_layers`).
 """
 
 from __future__ import annotations
 
 __all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "check_stripped_model",
-           "half_precision_layers", "palette_layers", "training_layers"]
+           "deployed_param_count", "half_precision_layers", "palette_layers",
+           "training_layers", "training_weights"]
 
 HALF_DTYPES = ("float16", "bfloat16")
 _SHOWN = 5  # layers named in the message
@@ -40,19 +44,69 @@ def _all_layers(model):
             if hasattr(model, "_flatten_layers") else [model, *getattr(model, "layers", [])])
 
 
-def training_layers(model):
+def training_layers(model, *, exportable=False):
     """``[(layer name, description)]`` of the dkm_tf training layers below ``model`` (nested
     models included): ``ClusterWeights`` (``"ClusterWeights, soft assignment"`` for DKM's soft
     one), ``ClusterKernels`` and their ``KernelCodebook``. Read by class, so this module does
-    not import the training code."""
+    not import the training code. With ``exportable``, hard ``ClusterWeights`` inside a
+    subclassed model are left out (see :func:`check_stripped_model`)."""
     out = []
+    inside = _inside_subclassed(model) if exportable else set()
     for layer in _all_layers(model):
         ours = [k for k in type(layer).__mro__ if k.__module__.startswith("dkm_tf.training.")]
         if not ours:  # (a user's subclass of ClusterWeights counts as one)
             continue
         soft = getattr(layer, "assignment", "hard") == "soft"
+        if id(layer) in inside and ours[0].__name__ == "ClusterWeights" and not soft:
+            continue
         out.append((layer.name, ours[0].__name__ + (", soft assignment" if soft else "")))
     return out
+
+
+def _inside_subclassed(model):
+    """ids of the layers below a subclassed model (``model`` itself or a nested one), which
+    ``strip_clustering`` cannot copy (it rebuilds Sequential and Functional models only)."""
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.graph.copying import is_graph_model  # noqa: PLC0415
+
+    inside, stack = set(), [(model, False)]
+    seen = set()
+    while stack:
+        layer, under = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if under:
+            inside.add(id(layer))
+        under = under or (isinstance(layer, keras.Model) and not is_graph_model(layer))
+        subs = (layer._flatten_layers(include_self=False, recursive=False)  # noqa: SLF001
+                if hasattr(layer, "_flatten_layers") else [])
+        stack += [(sub, under) for sub in subs]
+    return inside
+
+
+def training_weights(model):
+    """The variables (by id) that dkm_tf training layers below ``model`` hold themselves (a
+    hard ``ClusterWeights``' codebook and index variables), not as weights of the layer they
+    wrap: a deployed model has none of them. ``{}`` for a stripped model."""
+    out = {}
+    for layer in _all_layers(model):
+        if not any(k.__module__.startswith("dkm_tf.training.") for k in type(layer).__mro__):
+            continue
+        inner = {id(v) for sub in layer._flatten_layers(include_self=False)  # noqa: SLF001
+                 for v in sub.weights}
+        out.update({id(v): v for v in layer.weights if id(v) not in inner})
+    return out
+
+
+def deployed_param_count(model):
+    """``model.count_params()`` less the variables of :func:`training_weights` (a hard
+    ``ClusterWeights`` model counted its codebook and indices: 2,468 for 1,236 weights)."""
+    import numpy as np  # noqa: PLC0415
+
+    extra = sum(int(np.prod(v.shape)) for v in training_weights(model).values())
+    return int(model.count_params()) - extra
 
 
 def check_stripped_model(model):
@@ -65,8 +119,13 @@ def check_stripped_model(model):
     counted the codebook and index variables as weights (analytic 9,996 bytes for a
     7,168-byte file, 22.95 instead of 45.25 bits per weight); and ``palettes_of(model)``
     failed with "palette 'c1/kernel' names no weight" (the layers are named ``cluster_c1``).
+
+    A hard ``ClusterWeights`` inside a subclassed model is accepted: ``strip_clustering``
+    cannot copy such a model (the README builds subclassed models from ``ClusterWeights``
+    layers), the traced kernel is the codebook gathered by the indices (<= K values), and the
+    report counts the wrapped layer's weights only (:func:`deployed_param_count`).
     """
-    found = training_layers(model)
+    found = training_layers(model, exportable=True)
     if not found:
         return
     shown = ", ".join(f"{name!r} ({kind})" for name, kind in found[:_SHOWN])
@@ -81,7 +140,11 @@ def check_stripped_model(model):
            "unclustered weights, so its file would hold no clusters. " if soft else "")
         + "Strip it first: plain, palettes = dkm_tf.strip_clustering(model)"
         + (" (soft assignment snaps to the nearest centroids there)" if soft else "")
-        + ", then export plain with palettes=palettes.")
+        + ", then export plain with palettes=palettes."
+        + (" In a subclassed model (strip_clustering copies Sequential and Functional models "
+           "only), export accepts hard-assignment ClusterWeights as they are, not soft ones "
+           "or ClusterKernels." if _inside_subclassed(model)
+           else ""))
 
 
 def half_precision_layers(model):
@@ -140,7 +203,10 @@ def check_float_model(model):
 
 
 def palette_layers(model, palettes):
-    """``{name: layer}`` of every layer below ``model`` (nested models included).
+    """``{name: layer}`` of every layer below ``model`` (nested models included); a layer a
+    hard ``ClusterWeights`` wraps (exported as it is in a subclassed model) is given as a view
+    whose clustered weights are the kernels the wrapper computes (its variables hold the
+    latent values: a palette of the wrapper never matched them).
 
     Raises:
         ValueError: two distinct layers (a shared layer counts once) carry a name a palette
@@ -157,6 +223,12 @@ def palette_layers(model, palettes):
                 parents.append(sub)
     for layer in walk_layers(model):
         layers.setdefault(layer.name, []).append(layer)
+    for layer in _all_layers(model):  # a hard ClusterWeights exported as it is (a subclassed
+        # model's): its layer's clustered weights are what the wrapper computes, not the
+        # latent values the wrapped variables hold
+        if hasattr(layer, "shared_kernels") and hasattr(layer, "layer") and any(
+                k.__module__.startswith("dkm_tf.training.") for k in type(layer).__mro__):
+            layers.setdefault(layer.layer.name, []).append(_SharedKernels(layer))
     for name in dict.fromkeys(p.layer_name for p in palettes):
         same = layers.get(name, [])
         if len(same) > 1:
@@ -170,3 +242,27 @@ def palette_layers(model, palettes):
                 "other's palette. Rename them (a distinct name=... for each nested model's "
                 "layer) and cluster again.")
     return {name: same[0] for name, same in layers.items()}
+
+
+class _SharedKernels:
+    """The layer a dkm_tf wrapper wraps, as :func:`palette_layers` gives it to the palette
+    checks: a clustered weight (``"kernel"``, ``"cell.kernel"``) reads as the wrapper's
+    ``shared_kernels()`` (the codebook gathered by the indices, what the traced graph and so
+    the file hold), any other as the wrapped layer's own."""
+
+    def __init__(self, wrapper, prefix=""):
+        self._wrapper, self._prefix = wrapper, prefix
+        self.name = wrapper.layer.name
+
+    def __getattr__(self, attr):
+        import keras  # noqa: PLC0415
+
+        from dkm_tf.graph.clusterable import get_weight  # noqa: PLC0415
+
+        path = self._prefix + attr
+        kernels = self._wrapper.shared_kernels()
+        if path in kernels:
+            return keras.ops.convert_to_numpy(kernels[path])
+        if any(k.startswith(path + ".") for k in kernels):
+            return _SharedKernels(self._wrapper, path + ".")
+        return get_weight(self._wrapper.layer, path)

@@ -3,11 +3,14 @@
 * A TensorFlow SavedModel folder (``model.export(path)``, ``tf.saved_model.save``) has lost
   its Keras layers: the exporters need the ``.keras`` / ``.h5`` file it was made from
   (:func:`savedmodel_problem`).
-* A ``.keras`` / ``.h5`` file saved while clustering holds dkm_tf's training classes
-  (``ClusterWeights``, ``ClusterKernels``, ``KernelCodebook``, ``SpectralKMeansRegularizer``).
-  The export stage never imports the training code (the layering of the package), so Keras
-  could not even rebuild the model; :func:`training_classes` names them from the file's
-  config, so the error can say how to strip them.
+* A ``.keras`` / ``.h5`` file saved while clustering holds dkm_tf's training layers
+  (``ClusterWeights``, ``ClusterKernels``, ``KernelCodebook``). The export stage never imports
+  the training code (the layering of the package), so Keras could not even rebuild the model;
+  :func:`training_classes` names them from the file's config, so the error can say how to
+  strip them. The file's ``compile_config`` is not read (the export loads with
+  ``compile=False``): a stripped model compiled with ``DistillationLoss`` was refused.
+* A ``SpectralKMeansRegularizer`` does not change the forward pass: the file loads with a
+  stand-in that adds no penalty (:func:`export_custom_objects`) and exports.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ import json
 import os
 import zipfile
 
-__all__ = ["TRAINING_CLASSES", "check_export_input", "savedmodel_problem",
-           "training_classes"]
+__all__ = ["TRAINING_CLASSES", "check_export_input", "export_custom_objects",
+           "savedmodel_problem", "training_classes"]
 
 _SHOWN = 4
 # dkm_tf's registered training classes (``"dkm_tf>ClusterWeights"`` in a legacy .h5 config,
 # which has no "module" key)
-TRAINING_CLASSES = ("ClusterWeights", "ClusterKernels", "KernelCodebook",
-                    "SpectralKMeansRegularizer")
+TRAINING_CLASSES = ("ClusterWeights", "ClusterKernels", "KernelCodebook")
+_REGULARIZER = "SpectralKMeansRegularizer"  # loaded as a stand-in (export_custom_objects)
+_STAND_IN = []
 
 
 def savedmodel_problem(path):
@@ -58,8 +62,9 @@ def _config(path):
 
 
 def training_classes(path):
-    """``[(class name, layer name)]`` of the dkm_tf training objects in the model file
-    ``path`` (a regularizer is named by the layer holding it); ``[]`` when none or unread."""
+    """``[(class name, layer name)]`` of the dkm_tf training layers (and any other
+    ``dkm_tf.training`` object but ``SpectralKMeansRegularizer``) in the model file ``path``'s
+    model config (not its ``compile_config``); ``[]`` when none or unread."""
     config = _config(os.fspath(path))
     out = []
 
@@ -68,7 +73,9 @@ def training_classes(path):
             inner = node.get("config")
             name = inner.get("name", layer) if isinstance(inner, dict) else layer
             cls = str(node.get("class_name", ""))
-            if str(node.get("module", "")).startswith("dkm_tf.training."):
+            if cls == _REGULARIZER or cls == "dkm_tf>" + _REGULARIZER:
+                pass  # the forward pass does not use it: loaded as a stand-in
+            elif str(node.get("module", "")).startswith("dkm_tf.training."):
                 out.append((cls, str(name)))
             elif cls.startswith("dkm_tf>") and cls[len("dkm_tf>"):] in TRAINING_CLASSES:
                 out.append((cls[len("dkm_tf>"):], str(name)))  # a legacy .h5 names it so
@@ -78,6 +85,8 @@ def training_classes(path):
             for value in node:
                 walk(value, layer)
 
+    if isinstance(config, dict):  # the export loads with compile=False: a saved loss or
+        config = {k: v for k, v in config.items() if k != "compile_config"}  # metric is unread
     walk(config, None)
     return list(dict.fromkeys(out))
 
@@ -95,15 +104,35 @@ def check_export_input(path):
         return
     shown = ", ".join(f"{cls} {name!r}" for cls, name in found[:_SHOWN])
     more = f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else ""
-    wrapped = any(cls != "SpectralKMeansRegularizer" for cls, _ in found)
     recipe = ("plain, palettes = dkm_tf.strip_clustering(dkm_tf.load_model(path)); "
               "plain.save('plain.keras'); json.dump([p.to_dict() for p in palettes], "
               "open('palettes.json', 'w')); then export --model plain.keras --palettes "
-              "palettes.json" if wrapped else
-              "m = dkm_tf.load_model(path); dkm_tf.detach_regularizer(m); "
-              "m.save('plain.keras'); then export --model plain.keras")
+              "palettes.json")
     raise ValueError(
         "Invalid value for argument `model_path`. Expected a plain Keras model (the exporter "
         "reads stripped models; dkm_tf's training classes are not loaded here). Received: "
         f"model_path={os.fspath(path)!r}, saved with {len(found)} dkm_tf training "
         f"object(s): {shown}{more}. Strip it in Python first: {recipe}.")
+
+
+def export_custom_objects():
+    """``custom_objects`` for loading a model file to export: ``SpectralKMeansRegularizer``
+    (a training penalty; the forward pass never reads it) as a regularizer that adds none
+    and takes any config, so a file saved with one loads without the training code."""
+    if not _STAND_IN:
+        import keras  # noqa: PLC0415
+
+        class SpectralKMeansRegularizer(keras.regularizers.Regularizer):
+            """Export-time stand-in: no penalty; keeps the config it was given."""
+
+            def __init__(self, **config):
+                self.config = config
+
+            def __call__(self, x):
+                return keras.ops.zeros((), dtype="float32")
+
+            def get_config(self):
+                return dict(self.config)
+
+        _STAND_IN.append(SpectralKMeansRegularizer)
+    return {"dkm_tf>" + _REGULARIZER: _STAND_IN[0], _REGULARIZER: _STAND_IN[0]}

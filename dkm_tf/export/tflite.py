@@ -41,7 +41,7 @@ from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.inspect import inspect_tflite
 from dkm_tf.export.int8 import int8_survival, preserve_clusters
-from dkm_tf.export.model_check import check_built_model, palette_layers
+from dkm_tf.export.model_check import check_built_model, deployed_param_count, palette_layers
 from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES
 from dkm_tf.export.policy import check_applicable, check_codebook_sizes, check_keep_float
 from dkm_tf.export.report import ExportReport, analytic_bytes
@@ -388,7 +388,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         notes.append(f"file is {len(content) / len(float_content):.2f}x the float file's size: "
                      "the decode ops and tensors outweigh the bytes the palettes save on this "
                      "model (too few weights); format='float' is smaller")
-    n_params = int(model.count_params())
+    n_params = deployed_param_count(model)  # less a ClusterWeights' codebook / indices
     graph = max(0, len(float_content) - 4 * n_params)
     return ExportReport(path, format, variant, len(content), len(gzip.compress(content, 9)),
                         len(float_content),

@@ -33,6 +33,7 @@ import numpy as np
 
 from dkm_tf.graph.clusterable import walk_layers
 from dkm_tf.graph.copying import (
+    _not_copied,
     _restore_model_flags,
     build_like,
     copy_layer,
@@ -282,9 +283,25 @@ def _folded_copy(layer, bn, scales):
               for w, r in zip(layer.weights, values)]
     if not layer.use_bias:
         values.append(new_bias.astype(kernel.dtype))
-    new = type(layer).from_config({**layer.get_config(), "use_bias": True})
+    new = _with_bias(layer)
     build_like(new, layer, values)
     return new
+
+
+def _with_bias(layer):
+    """An unbuilt copy of ``layer`` with ``use_bias=True``, through
+    :func:`~dkm_tf.graph.own_config.from_own_config`: ``type(layer).from_config`` raised a raw
+    Keras TypeError for a conv with an unregistered regularizer or constraint."""
+    from dkm_tf.graph.own_config import from_own_config  # noqa: PLC0415
+
+    get_config = layer.get_config
+    object.__setattr__(layer, "get_config", lambda: {**get_config(), "use_bias": True})
+    try:
+        return from_own_config(layer)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise _not_copied(layer, e) from e
+    finally:
+        layer.__dict__.pop("get_config", None)
 
 
 def _rebuild(model, plan, memo, scales):

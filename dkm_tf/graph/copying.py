@@ -47,13 +47,64 @@ def build_like(new, layer, values=None):
     if values is not None:
         object.__setattr__(new, "add_weight", _value_add_weight(new.add_weight, values, created))
     try:
-        new.build_from_config(build_config)
+        if not getattr(new.build, "_is_default", False):  # Keras' own build() only sets
+            new.build_from_config(build_config)  # built (and warns): built by a call below
     finally:
         new.__dict__.pop("add_weight", None)
         for k, v in saved.items():
             object.__setattr__(new, k, v)
+    expected = len(layer.weights if values is None else values)
+    if not new.built or len(new.weights) != expected:
+        _build_by_calling(new, layer, build_config, expected)
     if values is not None and [id(v) for v in new.weights] != [id(v) for v in created]:
         new.set_weights(values)
+
+
+def _build_by_calling(new, layer, build_config, expected):
+    """Build ``new`` by calling it on symbolic inputs like ``layer``'s.
+
+    A layer with no ``build()`` of its own whose sublayers (a ``Dense`` made in ``__init__``)
+    build at their first call has no weights after ``build_from_config`` (Keras' default
+    ``build`` only marks it built): its copy kept fresh random sublayer weights (outputs off by
+    1.79 after a lossless ``share_weights``). It is called on inputs of the original's first
+    call (or of its build shape) here, and refused if its weights still do not match.
+    """
+    import keras  # noqa: PLC0415
+    from keras import tree  # noqa: PLC0415
+
+    def fresh(t):
+        return keras.KerasTensor(t.shape, dtype=t.dtype, sparse=getattr(t, "sparse", False))
+
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    if nodes:
+        args = tree.map_structure(
+            lambda t: fresh(t) if isinstance(t, keras.KerasTensor) else t, nodes[0].arguments.args)
+        kwargs = tree.map_structure(
+            lambda t: fresh(t) if isinstance(t, keras.KerasTensor) else t,
+            nodes[0].arguments.kwargs)
+    else:
+        shapes = build_config.get("shapes_dict") or {"input_shape": build_config.get("input_shape")}
+        args = tuple(tree.map_shape_structure(
+            lambda s: keras.KerasTensor(s, dtype=layer.input_dtype), shape)
+            for shape in shapes.values())
+        kwargs = {}
+    count = len(getattr(new, "_inbound_nodes", []))
+    error = None
+    try:
+        new(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 - reported below, with the layer's name
+        error = e
+    finally:
+        del new._inbound_nodes[count:]  # noqa: SLF001 - no node outside the copied graph
+    if len(new.weights) != expected:
+        raise TypeError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) cannot be copied: its copy from "
+            f"get_config() has {len(new.weights)} weight(s) after building, the layer "
+            f"{expected}, so its values cannot be given to it (a layer that makes "
+            "sublayers or weights at its first call needs a build() that creates them)"
+            + (f"; calling the copy failed: {type(error).__name__}: {error}" if error else "")
+            + ".")
+    new.built = True  # (as Keras' default build() did: its weights are all there)
 
 
 def _value_add_weight(add_weight, values, created):
