@@ -34,7 +34,8 @@ import numpy as np
 
 from dkm_tf.export.rewrite import FlatModel, schema
 
-__all__ = ["canonicalize", "fix_batch", "fix_size", "fold_batch_reshapes", "order_io"]
+__all__ = ["canonicalize", "fix_batch", "fix_size", "fixed_like", "fold_batch_reshapes",
+           "order_io"]
 
 
 def _index(name, prefix):
@@ -248,3 +249,14 @@ def fix_size(content):
                                 for v in op.inputs], np.int32)
     fm.graph.operators = [g for _, ops in guards.values() for g in ops] + list(fm.operators)
     return fm.to_bytes(), guarded
+
+
+def fixed_like(content, fixed_size, dynamic_batch):
+    """``content`` (the float file an export report compares with) with the fixes
+    :func:`dkm_tf.export.verify.verify_batches` gave the exported file (:func:`fix_size` where
+    ``fixed_size``, :func:`fix_batch` unless ``dynamic_batch``), so both count the same
+    RESHAPE / ADD ops: a subclassed model's float export was reported at 6,640 bytes for a
+    7,264-byte file, its analytic size 9 % low."""
+    if fixed_size:
+        content = fix_size(content)[0]
+    return content if dynamic_batch else fix_batch(content)

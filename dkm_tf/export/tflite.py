@@ -39,6 +39,7 @@ from dkm_tf.core.validate import (
 )
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
+from dkm_tf.export.canonical import fixed_like
 from dkm_tf.export.inspect import inspect_tflite
 from dkm_tf.export.int8 import int8_survival, preserve_clusters
 from dkm_tf.export.model_check import check_built_model, deployed_param_count, palette_layers
@@ -377,6 +378,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
         INT8_MIN_TOP1 if format == "int8" else None, convert_lib.open_dims(model))
     verify.refuse_if_bad(path, format, comparisons)
+    if format != "tflm":  # the float file with the exported file's fixes, for the figures
+        float_content = fixed_like(float_content, convert_lib.open_dims(model), dynamic)
     write_atomic(path, content)
     if not records:
         info = inspect_tflite(content)
