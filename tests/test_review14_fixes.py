@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.testing import tf_backend_only
+from tests.testing import run_tflite_batch, tf_backend_only
 
 pytestmark = tf_backend_only()
 
@@ -38,15 +38,7 @@ def _maxdiff(a, b):
 
 
 def _run(content, xs):
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=bytes(content))
-    i = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(i, xs.shape)
-    it.allocate_tensors()
-    it.set_tensor(i, xs)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
+    return run_tflite_batch(content, xs)
 
 
 def _cli(args):

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.testing import tf_backend_only
+from tests.testing import run_tflite_batch, tf_backend_only
 
 pytestmark = tf_backend_only()
 
@@ -57,15 +57,7 @@ def models():
 
 
 def _run(content, xs):
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=bytes(content))
-    i = it.get_input_details()[0]["index"]
-    it.resize_tensor_input(i, xs.shape)
-    it.allocate_tensors()
-    it.set_tensor(i, xs)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
+    return run_tflite_batch(content, xs)
 
 
 def _rel(got, want):

@@ -123,6 +123,20 @@ def run_tflite_per_sample(path, x, kind="litert"):
     return np.stack(ys)
 
 
+def run_tflite_batch(content, x):
+    """Outputs of a single-input, single-output .tflite (bytes) on the whole batch ``x`` in one
+    invoke (LiteRT, the input resized to ``x.shape``)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=bytes(content))
+    i = it.get_input_details()[0]["index"]
+    it.resize_tensor_input(i, x.shape)
+    it.allocate_tensors()
+    it.set_tensor(i, x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
 def conv_conv_dense(filters, names, head="fc", seed=None, name=None):
     """Conv(filters[0]) - Conv(filters[1]) - Dense(10) on 8x8x1 (3x3 valid convs, relu), the
     layers named ``names`` and ``head``; Keras' initial weights after ``seed`` (if given)."""
