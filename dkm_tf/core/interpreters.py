@@ -12,7 +12,7 @@ import warnings
 
 __all__ = ["INTERPRETERS", "TFLITE_MEASURED_TF", "TFLITE_MIN_TF", "TFLITE_TYPES",
            "default_interpreters", "litert_available", "make_interpreter", "tflite_refusal",
-           "tflite_unsupported"]
+           "tflite_unsupported", "unassigned_variable_reads"]
 
 INTERPRETERS = ("litert", "tflite", "tflm")
 # tf.lite.Interpreter runs every file dkm_tf writes from TensorFlow 2.21 on. Older ones,
@@ -156,3 +156,15 @@ def make_interpreter(kind, content, threads=1, xnnpack=True, input_shapes=None):
         it.resize_tensor_input(index, list(shape))
     it.allocate_tensors()
     return it
+
+
+def unassigned_variable_reads(op_counts):
+    """The number of ``READ_VARIABLE`` ops of a ``.tflite`` none of whose ops is an
+    ``ASSIGN_VARIABLE`` (0 otherwise): such a file stores no values for its variables.
+
+    ``tf.saved_model.save`` of a Keras 3 model converted by ``TFLiteConverter
+    .from_saved_model`` (TensorFlow 2.21) gives one, whose weights are variables: LiteRT and
+    ``tf.lite`` both run it to all-NaN outputs, without an error. ``op_counts``: op name ->
+    count over all subgraphs (read by ``export.inspect`` and by the energy reader).
+    """
+    return 0 if op_counts.get("ASSIGN_VARIABLE", 0) else op_counts.get("READ_VARIABLE", 0)

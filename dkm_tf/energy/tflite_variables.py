@@ -4,7 +4,7 @@
 (TensorFlow 2.21) keeps the weights as resource variables: ``VAR_HANDLE`` + ``READ_VARIABLE``
 and no ``ASSIGN_VARIABLE`` in any subgraph, so the file stores no weight values, and LiteRT
 and ``tf.lite`` both run it to all-NaN outputs without an error. ``dkm_tf.export
-.inspect_tflite`` notes such a file (``file_notes``, the same rule: reads and no assignment).
+.inspect_tflite`` notes such a file (both read ``core.interpreters.unassigned_variable_reads``).
 Energy refuses it: the file does not compute the model, and its numbers would be wrong too
 (a bias read from a variable is not a constant, so each bias addition was charged as an
 element-wise ADD: +24 % hierarchy energy on a small CNN), and the palettes of its weights
@@ -13,6 +13,7 @@ cannot be read.
 
 from collections import Counter
 
+from dkm_tf.core.interpreters import unassigned_variable_reads
 from dkm_tf.energy.tflite_control import _op_name
 
 
@@ -22,8 +23,8 @@ def check_assigned(model, op_names, where):
     ops = Counter(_op_name(model, op_names, g.Operators(k))
                   for g in (model.Subgraphs(s) for s in range(model.SubgraphsLength()))
                   for k in range(g.OperatorsLength()))
-    reads = ops.get("READ_VARIABLE", 0)
-    if reads and not ops.get("ASSIGN_VARIABLE", 0):
+    reads = unassigned_variable_reads(ops)
+    if reads:
         raise ValueError(
             "Invalid value for argument `model_or_path`. Expected a .tflite that stores its "
             "weights (convert with dkm_tf.export.to_tflite, or model.export(path) then "

@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from dkm_tf.core.interpreters import unassigned_variable_reads
 from dkm_tf.core.kmeans import count_unique
 from dkm_tf.core.tflm_lut import read_lut_header
 from dkm_tf.export import pack
@@ -204,16 +205,10 @@ def _palettized(fm):
 
 
 def file_notes(ops):
-    """Problems of a file read from its operator counts ``ops``.
-
-    A file that reads resource variables (``READ_VARIABLE``) no op of it assigns
-    (``ASSIGN_VARIABLE``) stores no values for them: ``tf.saved_model.save`` of a Keras 3
-    model converted by ``TFLiteConverter.from_saved_model`` (TensorFlow 2.21) gives one, whose
-    weights are variables, and LiteRT and ``tf.lite`` both ran it to all-NaN outputs, without
-    an error.
-    """
-    reads = ops.get("READ_VARIABLE", 0)
-    if not reads or ops.get("ASSIGN_VARIABLE", 0):
+    """Problems of a file read from its operator counts ``ops``: resource variables no op
+    assigns (:func:`dkm_tf.core.interpreters.unassigned_variable_reads`)."""
+    reads = unassigned_variable_reads(ops)
+    if not reads:
         return ()
     return (f"the file reads {reads} resource variable(s) (READ_VARIABLE) that no op of it "
             "assigns (no ASSIGN_VARIABLE): their values (the weights) are not stored, and "

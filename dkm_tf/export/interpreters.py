@@ -16,12 +16,13 @@ from dkm_tf.core.interpreters import (
     make_interpreter,
     tflite_refusal,
     tflite_unsupported,
+    unassigned_variable_reads,
 )
 
 __all__ = ["INTERPRETERS", "TFLITE_MEASURED_TF", "TFLITE_MIN_TF", "TFLITE_TYPES",
            "default_interpreters", "file_refusal", "file_tensor_types", "litert_available",
            "make_interpreter", "tflite_file_refusal", "tflite_note", "tflite_refusal",
-           "tflite_unsupported"]
+           "tflite_unsupported", "unassigned_variable_reads"]
 
 INSTALL = ("install LiteRT to verify it: pip install 'dkm-tf[litert]' (ai-edge-litert>=2.1), "
            "or TensorFlow >= 2.21")
