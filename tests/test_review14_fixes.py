@@ -348,3 +348,39 @@ def test_subclassed_soft_model_is_still_refused(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)soft assignment.*subclassed model.*hard"):
         dkm_tf.export.to_tflite(model, tmp_path / "s.tflite", format="float",
                                 sample_inputs=x)
+
+
+def test_custom_layer_with_its_own_build_from_config_is_copied():
+    # Keras' hook for weights made outside build(): the symbolic-call path skipped it, and
+    # the copy raised "has 0 weight(s) after building, the layer 1" (it copied before).
+    import keras
+
+    import dkm_tf
+
+    class Lazy(keras.layers.Layer):
+        def _make(self, d):
+            self.w = self.add_weight(shape=(d, 4), initializer="glorot_uniform", name="w")
+
+        def call(self, x):
+            return x @ self.w
+
+        def get_build_config(self):
+            return {"d": self._d}
+
+        def build_from_config(self, config):
+            self._d = config["d"]
+            self._make(self._d)
+            self.built = True
+
+    keras.utils.set_random_seed(0)
+    lazy = Lazy(name="lazy")
+    lazy.build_from_config({"d": 6})
+    i = keras.Input((6,))
+    model = keras.Model(i, keras.layers.Dense(3, name="out")(lazy(keras.layers.Dense(
+        6, name="a")(i))))
+    x = np.random.default_rng(0).random((4, 6)).astype(np.float32)
+    with keras.saving.custom_object_scope({"Lazy": Lazy}):
+        shared = dkm_tf.share_weights(model, 64)  # lossless: <= 36 weights per kernel
+    assert [name for name, _ in shared.skipped] == ["lazy"]
+    np.testing.assert_array_equal(shared.model.get_layer("lazy").w.numpy(), lazy.w.numpy())
+    assert _maxdiff(shared.model(x), model(x)) <= 1e-6

@@ -47,8 +47,11 @@ def build_like(new, layer, values=None):
     if values is not None:
         object.__setattr__(new, "add_weight", _value_add_weight(new.add_weight, values, created))
     try:
-        if not getattr(new.build, "_is_default", False):  # Keras' own build() only sets
-            new.build_from_config(build_config)  # built (and warns): built by a call below
+        # Keras' own build() only sets built (and warns): built by a call below, unless the
+        # layer overrides build_from_config (Keras' hook for weights made outside build())
+        if (not getattr(new.build, "_is_default", False)
+                or type(new).build_from_config is not keras.layers.Layer.build_from_config):
+            new.build_from_config(build_config)
     finally:
         new.__dict__.pop("add_weight", None)
         for k, v in saved.items():
