@@ -133,8 +133,9 @@ def hard_assignment(x, k, seed, name, previous=None, max_iter=20):
 
 # ------------------------------------------------------------------ legacy .h5 files
 def warn_legacy_h5_save(reg):
-    """Warn that a legacy ``.h5`` model file (``model.save("m.h5")``) is about to drop the
-    state of ``reg`` (nothing when ``reg`` is unbuilt or no such file is being written).
+    """Log (logger ``"dkm_tf"``, level WARNING) that a legacy ``.h5`` model file
+    (``model.save("m.h5")``) is about to drop the state of ``reg`` (nothing when ``reg`` is
+    unbuilt or no such file is being written).
 
     Keras' legacy HDF5 format stores the model config and the layers' weights only: no
     ``save_own_variables``, so F, the warm-start centroids and ``refresh_step`` are lost, and
@@ -144,17 +145,19 @@ def warn_legacy_h5_save(reg):
     regularizer's ``get_config`` is called: ``get_config`` calls this (a ``.keras`` file or
     ``save_weights`` keeps the state and never sets that scope).
     """
-    import warnings  # noqa: PLC0415
+    import logging  # noqa: PLC0415
 
     from keras.src.backend.common import global_state  # noqa: PLC0415
 
     if reg._state is None or not global_state.get_global_attribute(  # noqa: SLF001
             "use_legacy_config", False):
         return
-    warnings.warn(f"{reg!r}: a legacy .h5 model file does not store the k-means state "
-                  f"(F of the last refresh at step {reg.refresh_step}, warm-start centroids, "
-                  "preserved zeros); once loaded, the regularizer recomputes F from the "
-                  "loaded weights at its first call, so the penalty and the next hard F-step "
-                  "differ from the saved model's. Save a .keras file (model.save('m.keras')) "
-                  "or weights (model.save_weights('m.weights.h5')) to keep it.", UserWarning,
-                  stacklevel=3)
+    # logged, not warnings.warn: Keras has opened (truncated) the file when get_config runs,
+    # so a warning raised as an error (-W error) left an unreadable 800-byte file
+    logging.getLogger("dkm_tf").warning(
+        f"{reg!r}: a legacy .h5 model file does not store the k-means state (F of the last "
+        f"refresh at step {reg.refresh_step}, warm-start centroids, preserved zeros); once "
+        "loaded, the regularizer recomputes F from the loaded weights at its first call, so "
+        "the penalty and the next hard F-step differ from the saved model's. Save a .keras "
+        "file (model.save('m.keras')) or weights (model.save_weights('m.weights.h5')) to keep "
+        "it.")
