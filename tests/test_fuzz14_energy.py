@@ -250,9 +250,43 @@ def _scope(name):
     ("m/fc2_1/BiasAdd", {2: [0, 3]}, ""),  # shared with another op: maybe not its layer's
     ("m/fc1_1/BiasAdd;m/fc2_1/BiasAdd", {2: [0]}, ""),  # two scopes fused in one name
     ("dkm/reshape_63", {2: [0]}, ""),  # decoded: no scope
+    # a bias-free Dense followed by a layer adding a constant gets its add folded in as the
+    # bias: not this layer's (it was named "shift_1"); a fused activation keeps the BiasAdd's
+    ("m/shift_1/add", {2: [0]}, ""),
+    ("m/r_1/Relu6;m/b_1/BiasAdd", {2: [0]}, "m/b_1/BiasAdd"),
 ])
 def test_bias_name_trusted_only_when_unambiguous(bias, users, expected):
     from dkm_tf.energy.tflite_names import bias_name  # noqa: PLC0415
 
     assert bias_name(_View(bias), users, 0, 2, _scope) == expected
     assert bias_name(_View(bias), users, 0, 3, _scope) == ""  # no operand 3
+
+
+@pytest.mark.parametrize("tail,expected", [("shift", "fully_connected"), ("relu6", "b_1")])
+def test_last_dense_named_only_from_its_own_bias(tmp_path, tail, expected):
+    # Dense(use_bias=False) + a layer adding a constant: the converter folds the add into the
+    # FULLY_CONNECTED's bias, named after the next layer (was "shift_1", a layer with no
+    # palette); Dense + ReLU(6): the fused bias name "r_1/Relu6;b_1/BiasAdd" names b (was
+    # "fully_connected_N")
+    import keras  # noqa: PLC0415
+
+    import dkm_tf  # noqa: PLC0415
+
+    class Shift(keras.layers.Layer):
+        def build(self, shape):
+            self.s = self.add_weight(shape=(shape[-1],), initializer="ones", name="s")
+
+        def call(self, x):
+            return x + self.s
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    last = ([layers.Dense(8, name="b", use_bias=False), Shift(name="shift")] if tail == "shift"
+            else [layers.Dense(8, name="b", bias_initializer="ones"), layers.ReLU(6, name="r")])
+    model = keras.Sequential([keras.Input((8,)), layers.Dense(8, name="a"), *last])
+    shared, palettes, _ = dkm_tf.share_weights(model, n_clusters=4)
+    path = tmp_path / "p.tflite"
+    dkm_tf.export.to_tflite(shared, path, format="palettized", palettes=palettes,
+                            sample_inputs=np.ones((4, 8), np.float32), decode="once")
+    names = [s.shape.name for s in _energy().estimate(path).layers]
+    assert names[0] == "a_1" and names[1].startswith(expected), names
