@@ -48,10 +48,10 @@ def nested_subclassed(layer, name, call, used):
     shapes = [] if isinstance(call, Exception) else [tuple(t.shape) for t in call[0]]
     if len(shapes) != 1 or any(d is None for d in shapes[0][1:]):
         return [], [(name, f"{why} (and not traced: its call has inputs {shapes})")]
-    from dkm_tf.energy.graph_reader import read_traced_model
+    from dkm_tf.energy.traced_wrappers import read_traced
 
     try:
-        records, skipped = read_traced_model(layer, shapes[0][1:])
+        records, skipped = read_traced(layer, shapes[0][1:])
     except (RuntimeError, ValueError) as e:
         return [], [(name, f"{why} (and not traced: {e})")]
     out = []

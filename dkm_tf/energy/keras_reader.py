@@ -5,8 +5,8 @@ output shapes (per image: the batch axis is ignored). Nested models are read rec
 A layer wrapped by a `keras.layers.Wrapper` (e.g. a clustering wrapper or TimeDistributed) is
 classified by its inner layer, with the wrapper's input and output shapes. Subclassed models
 have no recorded per-layer shapes; with `input_shape` they are traced with TensorFlow
-(`graph_reader`), without it a `ValueError` asks for one; one nested in a Functional model is
-traced at its call's input shape.
+(`graph_reader`; a clustering wrapper read as its layer: `traced_wrappers`), without it a
+`ValueError` asks for one; one nested in a Functional model is traced at its call's shape.
 
 Fused activations (`Conv2D(activation="relu")`), biases and batch norms folded into the linear
 conv or dense layer before them (:mod:`dkm_tf.energy.bn_folding`) are not charged; other
@@ -92,9 +92,9 @@ def read_keras_model(model, *, input_shape=None):
                 "subclassed models do not record their layers' input and output shapes. Pass "
                 "input_shape=(...) (without the batch axis) to trace the model with "
                 "TensorFlow.", why)
-        from dkm_tf.energy.graph_reader import read_traced_model
+        from dkm_tf.energy.traced_wrappers import read_traced
 
-        return read_traced_model(model, input_shape)
+        return read_traced(model, input_shape)
     if _has_dynamic_input(model):
         dims = f"has dynamic input dimensions {[tuple(t.shape) for t in model.inputs]}"
         raise InputShapeError(f"Model {model.name!r} {dims}. Pass input_shape=(...) (without "
