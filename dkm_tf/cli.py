@@ -352,7 +352,8 @@ def _run(argv, stdout, stderr):
         rest = flags.FLAGS(argv, known_only=False)
     except flags.Error as e:
         where = f"dkm-tf {command} --help" if command in COMMANDS else "dkm-tf --help"
-        print(f"dkm-tf: error: {flag_message(_one_line(e))} (see {where})", file=stderr)
+        print(f"dkm-tf: error: {flag_message(_one_line(e), command)} (see {where})",
+              file=stderr)
         return 2
     try:
         if len(rest) == 2 and rest[1] in COMMANDS:

@@ -19,7 +19,8 @@ import re
 from dkm_tf.cli_args import COMMAND_FLAGS, COMMANDS, CliUsageError, help_text
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
-_LEADING = ("--verbose", "-v", "--noverbose")  # flags that may come before `help`
+# flags that may come before `help` (both commands take them)
+_LEADING = ("--verbose", "-v", "--noverbose", "--quiet", "--noquiet")
 
 
 def suggestion(word, choices):
@@ -47,22 +48,29 @@ def command_error(received):
     return error
 
 
-def flag_message(message):
+def flag_message(message, command=None):
     """absl's unknown-flag message with a "did you mean" where absl gives none or a wrong one:
-    ``--noplot`` -> ``--noplots``, ``--no-plots`` -> ``--noplots`` (absl: ``plots``)."""
+    ``--noplot`` -> ``--noplots``, ``--no-plots`` -> ``--noplots`` (absl: ``plots``), and,
+    given the ``command``, only among its flags (absl suggested ``--n_clusters`` for
+    ``dkm-tf energy --n_cluster``, a flag ``energy`` refuses): else a command of a few flags
+    lists them."""
     found = re.match(r"Unknown command line flag '([^']+)'", message)
     if not found:
         return message
     word = found.group(1).lower().replace("-", "_")
-    bools = ("tflite", "plots", "quiet", "verbose")
+    names = COMMAND_FLAGS.get(command) or sorted({n for f in COMMAND_FLAGS.values() for n in f})
+    bools = tuple(n for n in ("tflite", "plots", "quiet") if n in names or n == "quiet")
+    bools += ("verbose",)
     if word.startswith("no_") and suggestion(word[3:], bools):
         match = "no" + suggestion(word[3:], bools)
     else:
-        names = sorted({n for flags in COMMAND_FLAGS.values() for n in flags})
-        match = suggestion(word, names + ["verbose", "help"] + [f"no{n}" for n in bools])
-    if match is None:
-        return message
-    return f"Unknown command line flag '{found.group(1)}'. Did you mean: --{match} ?"
+        match = suggestion(word, list(names) + ["verbose", "help"] + [f"no{n}" for n in bools])
+    head = f"Unknown command line flag '{found.group(1)}'"
+    if match is not None:
+        return f"{head}. Did you mean: --{match} ?"
+    if len(COMMAND_FLAGS.get(command, ())) <= 4 and command in COMMAND_FLAGS:  # energy: 2
+        return f"{head}: dkm-tf {command} takes --" + ", --".join(COMMAND_FLAGS[command])
+    return message
 
 
 def _usage():

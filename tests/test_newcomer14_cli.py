@@ -24,6 +24,7 @@ def _run(*args):
                                            (["help", "energy"], "energy"),
                                            (["help"], None), (["help", "help"], None),
                                            (["--verbose", "help", "energy"], "energy"),
+                                           (["--quiet", "help", "compress"], "compress"),
                                            (["help", "compress", "--n_clusters", "4"],
                                             "compress")])
 def test_help_subcommand_prints_that_commands_help_and_exits_0(args, command):
@@ -91,6 +92,15 @@ def test_a_mistyped_flag_gets_the_right_spelling(args, expected, tmp_path):
     # the help of the command at hand (old: always "see dkm-tf --help")
     assert lines[0].endswith(f"(see dkm-tf {args[0]} --help)"), lines[0]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args", [["energy", "--n_cluster", "4"], ["energy", "--noplot"]])
+def test_flag_suggestions_come_from_the_commands_own_flags(args):
+    # old: "Did you mean: --n_clusters ?" / "--noplots", flags dkm-tf energy refuses
+    rc, out, err = _run(*args)
+    assert rc == 2 and out == "" and "mean" not in err
+    assert f"Unknown command line flag '{args[1][2:]}': dkm-tf energy takes --model, " \
+           "--input_shape (see dkm-tf energy --help)" in err
 
 
 def test_unknown_flag_without_close_match_is_unchanged():
