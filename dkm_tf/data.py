@@ -15,6 +15,8 @@ import zipfile
 
 import numpy as np
 
+from dkm_tf.core.validate import check_bool
+
 __all__ = ["DATASETS", "DatasetFileError", "MNIST_FILES", "MNIST_MIRRORS", "NPZ_KEYS",
            "check_npz", "download_mnist", "load_dataset", "load_digits", "load_mnist",
            "load_npz", "mnist_cache_dir", "mnist_dir"]
@@ -217,9 +219,7 @@ def load_mnist(path=None, *, url=None, cache_dir=None, verify=True):
             SHA-256 checksums and where to get them.
         ValueError: a checksum does not match, or an argument is invalid.
     """
-    if not isinstance(verify, (bool, np.bool_)):  # "no" / 0 / None: a typo, not a choice
-        raise TypeError("Invalid type for argument `verify`. Expected a bool (True or False). "
-                        f"Received: verify={verify!r} of type {type(verify).__name__}")
+    verify = check_bool("verify", verify)  # "no" / 0 / None: a typo, not a choice
     if isinstance(path, str) and "://" in path:
         path, url = None, path if url is None else url
     if path is not None and url is not None:

@@ -55,9 +55,7 @@ def check_bool(name, value):
 
     Truthy stand-ins ("yes", 1) are refused: they hide typos such as ``inplace="no"``.
     """
-    import numpy as np  # noqa: PLC0415
-
-    if not isinstance(value, (bool, np.bool_)):
+    if not is_bool(value):
         raise invalid_type(name, "a bool (True or False)", value)
     return bool(value)
 
@@ -72,17 +70,10 @@ def is_bool(value):
 def check_finite_positive(name, value, expected):
     """Return ``value`` as a float if it is a finite real number > 0 (numpy scalars too), else
     ``ValueError`` naming ``expected`` (bools, strings, NaN and inf refused)."""
-    import math  # noqa: PLC0415
-    import numbers  # noqa: PLC0415
-
     try:
-        ok = not is_bool(value) and isinstance(value, numbers.Real) and math.isfinite(
-            float(value)) and value > 0
-    except OverflowError:  # an int beyond float's range (10**400)
-        ok = False
-    if not ok:
-        raise invalid(name, expected, value)
-    return float(value)
+        return check_number(name, value, expected, low=0, low_open=True)
+    except TypeError:  # a ValueError here, as learning rates always raised
+        raise invalid(name, expected, value) from None
 
 
 def is_int(value):
@@ -146,9 +137,12 @@ def check_number(name, value, expected, *, low=None, high=None, low_open=False,
     import math  # noqa: PLC0415
     import numbers  # noqa: PLC0415
 
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if is_bool(value) or not isinstance(value, numbers.Real):
         raise invalid_type(name, expected, value)
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float's range (10**400): not finite either
+        v = math.inf
     if (not math.isfinite(v) or (low is not None and (v < low or (low_open and v == low)))
             or (high is not None and (v > high or (high_open and v == high)))):
         raise invalid(name, expected, value)

@@ -7,7 +7,7 @@ import time
 import keras
 import numpy as np
 
-from dkm_tf.core.validate import check_int
+from dkm_tf.core.validate import check_int, is_bool
 from dkm_tf.training import attach as attach_lib
 
 __all__ = ["PENALTY_KEY", "RefreshKMeans"]
@@ -70,13 +70,13 @@ class RefreshKMeans(keras.callbacks.Callback):
                              ">= 1, or every_n_steps set (None for both never refreshes). "
                              "Received: every_n_epochs=None, every_n_steps=None")
         # 1 / 0 are no bools here (1 == True passed); numpy bools are
-        if not (isinstance(log_penalty, (bool, np.bool_)) or log_penalty in ("batch", "epoch")):
+        if not (is_bool(log_penalty) or log_penalty in ("batch", "epoch")):
             raise ValueError("Invalid value for argument `log_penalty`. Expected True, False, "
                              f"'batch' or 'epoch'. Received: log_penalty={log_penalty!r}")
-        self.log_penalty = bool(log_penalty) if isinstance(log_penalty, np.bool_) else log_penalty
+        self.log_penalty = bool(log_penalty) if is_bool(log_penalty) else log_penalty
         self._batch_logs = False
         # 0, 1 or 2 (True / False as 1 / 0); int() took "1", 1.7 and -3
-        self.verbose = int(verbose) if isinstance(verbose, (bool, np.bool_)) else check_int(
+        self.verbose = int(verbose) if is_bool(verbose) else check_int(
             "verbose", verbose, minimum=0, maximum=2)
         self.refresh_count = 0
         self._regs = []
