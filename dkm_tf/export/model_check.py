@@ -21,7 +21,7 @@ checked against the kernels the wrapper computes: :func:`palette_layers`).
 from __future__ import annotations
 
 __all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "check_stripped_model",
-           "deployed_param_count", "half_precision_layers", "palette_layers",
+           "deployed_param_count", "half_precision_layers", "palette_layers", "training_class",
            "training_layers", "training_weights"]
 
 HALF_DTYPES = ("float16", "bfloat16")
@@ -44,6 +44,14 @@ def _all_layers(model):
             if hasattr(model, "_flatten_layers") else [model, *getattr(model, "layers", [])])
 
 
+def training_class(layer):
+    """The dkm_tf training class ``layer`` is an instance of (``ClusterWeights``,
+    ``ClusterKernels``, ``KernelCodebook``; a user's subclass counts as one), or None. Read by
+    module, so this module does not import the training code."""
+    return next((k for k in type(layer).__mro__ if k.__module__.startswith("dkm_tf.training.")),
+                None)
+
+
 def training_layers(model, *, exportable=False):
     """``[(layer name, description)]`` of the dkm_tf training layers below ``model`` (nested
     models included): ``ClusterWeights`` (``"ClusterWeights, soft assignment"`` for DKM's soft
@@ -53,13 +61,13 @@ def training_layers(model, *, exportable=False):
     out = []
     inside = _inside_subclassed(model) if exportable else set()
     for layer in _all_layers(model):
-        ours = [k for k in type(layer).__mro__ if k.__module__.startswith("dkm_tf.training.")]
-        if not ours:  # (a user's subclass of ClusterWeights counts as one)
+        ours = training_class(layer)
+        if ours is None:
             continue
         soft = getattr(layer, "assignment", "hard") == "soft"
-        if id(layer) in inside and ours[0].__name__ == "ClusterWeights" and not soft:
+        if id(layer) in inside and ours.__name__ == "ClusterWeights" and not soft:
             continue
-        out.append((layer.name, ours[0].__name__ + (", soft assignment" if soft else "")))
+        out.append((layer.name, ours.__name__ + (", soft assignment" if soft else "")))
     return out
 
 
@@ -92,7 +100,7 @@ def training_weights(model):
     wrap: a deployed model has none of them. ``{}`` for a stripped model."""
     out = {}
     for layer in _all_layers(model):
-        if not any(k.__module__.startswith("dkm_tf.training.") for k in type(layer).__mro__):
+        if training_class(layer) is None:
             continue
         inner = {id(v) for sub in layer._flatten_layers(include_self=False)  # noqa: SLF001
                  for v in sub.weights}
@@ -226,8 +234,8 @@ def palette_layers(model, palettes):
     for layer in _all_layers(model):  # a hard ClusterWeights exported as it is (a subclassed
         # model's): its layer's clustered weights are what the wrapper computes, not the
         # latent values the wrapped variables hold
-        if hasattr(layer, "shared_kernels") and hasattr(layer, "layer") and any(
-                k.__module__.startswith("dkm_tf.training.") for k in type(layer).__mro__):
+        if hasattr(layer, "shared_kernels") and hasattr(layer, "layer") and training_class(
+                layer) is not None:
             layers.setdefault(layer.layer.name, []).append(_SharedKernels(layer))
     for name in dict.fromkeys(p.layer_name for p in palettes):
         same = layers.get(name, [])

@@ -99,7 +99,7 @@ class ExportReport:
 
 def analytic_bytes(model, fmt, variant, records, palettes):
     """Bytes predicted from parameter counts and palettes (no look at the file)."""
-    from dkm_tf.export.model_check import deployed_param_count  # noqa: PLC0415
+    from dkm_tf.export.model_check import deployed_param_count, training_class  # noqa: PLC0415
 
     n_total = deployed_param_count(model)  # not a ClusterWeights' codebook / indices
     if fmt == "float":
@@ -115,7 +115,9 @@ def analytic_bytes(model, fmt, variant, records, palettes):
 
     total = 4 * n_total
     for layer in walk_layers(model):
-        layer = getattr(layer, "layer", layer) if _wrapper(layer) else layer
+        # a dkm_tf wrapper (a hard ClusterWeights exported as it is in a subclassed model):
+        # its wrapped layer holds the weights the file stores
+        layer = getattr(layer, "layer", layer) if training_class(layer) is not None else layer
         try:
             weights = clusterable_weights(layer)
         except (TypeError, ValueError):
@@ -125,9 +127,3 @@ def analytic_bytes(model, fmt, variant, records, palettes):
             if variant == "full" or n >= 1024:  # the dynamic-range quantizer skips small ones
                 total -= 3 * n - 12 * int(var.shape[-1])  # int8 + per-channel scale/zero point
     return total
-
-
-def _wrapper(layer):
-    """True for a dkm_tf training wrapper (a hard ``ClusterWeights`` in a subclassed model is
-    exported as it is): its wrapped layer holds the weights the file stores."""
-    return any(k.__module__.startswith("dkm_tf.training.") for k in type(layer).__mro__)
