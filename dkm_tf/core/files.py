@@ -90,6 +90,13 @@ def write_text_atomic(path, text):
             f.write(text)
 
 
+def is_savedmodel_dir(path):
+    """Whether ``path`` (a str or ``os.PathLike``) is a TensorFlow SavedModel folder
+    (``model.export(...)``, ``tf.saved_model.save``): a folder holding ``saved_model.pb``."""
+    return isinstance(path, (str, os.PathLike)) and os.path.isfile(
+        os.path.join(os.fspath(path), "saved_model.pb"))
+
+
 def same_file(a, b):
     """Whether paths ``a`` and ``b`` name one file: the same real path (symlinks, ``..``) or
     a hard link of it. False when either does not exist and the real paths differ."""

@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from dkm_tf.core.files import is_savedmodel_dir
 from dkm_tf.core.interpreters import unassigned_variable_reads
 from dkm_tf.core.kmeans import count_unique
 from dkm_tf.core.tflm_lut import read_lut_header
@@ -239,7 +240,7 @@ def inspect_tflite(path):
                             f"the model bytes. Received: path={path!r}")
         where = os.fspath(path)
         if os.path.isdir(where):
-            saved = os.path.isfile(os.path.join(where, "saved_model.pb"))
+            saved = is_savedmodel_dir(where)
             raise ValueError(f"Invalid value for argument `path`. Expected a .tflite file, not "
                              f"a folder. Received: path={where!r}" + (
                                  ", a TensorFlow SavedModel folder: convert its Keras model "

@@ -19,6 +19,8 @@ import json
 import os
 import zipfile
 
+from dkm_tf.core.files import is_savedmodel_dir
+
 __all__ = ["TRAINING_CLASSES", "check_export_input", "export_custom_objects",
            "savedmodel_problem", "training_classes"]
 
@@ -32,8 +34,7 @@ _STAND_IN = []
 
 def savedmodel_problem(path):
     """A sentence saying ``path`` is a SavedModel folder and what to give instead, or None."""
-    path = os.fspath(path)
-    if not (os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))):
+    if not is_savedmodel_dir(path):
         return None
     return ("a TensorFlow SavedModel folder (model.export(...) or tf.saved_model.save wrote "
             "it): it keeps a traced graph, not the Keras layers the export rebuilds, checks "

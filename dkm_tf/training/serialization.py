@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import warnings
 
-from dkm_tf.core.files import check_model_file
+from dkm_tf.core.files import check_model_file, is_savedmodel_dir
 
 __all__ = ["check_model_file", "load_model", "register_serializables"]
 
@@ -62,8 +62,7 @@ def _refuse_savedmodel(path):
     """A SavedModel folder: say what it is (``check_model_file`` only says "not a folder")."""
     import os  # noqa: PLC0415
 
-    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(
-            os.path.join(os.fspath(path), "saved_model.pb")):
+    if not is_savedmodel_dir(path):
         return
     raise ValueError(
         "Invalid value for argument `path`. Expected a .keras (or .h5) model file. Received: "
