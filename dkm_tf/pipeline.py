@@ -250,7 +250,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         test_data, metric = ((None, metric) if agreed is None else
                              (agreed, "agreement with the float model"))
     acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
-    work = model
+    from dkm_tf.pipeline_args import merged_lora  # noqa: PLC0415
+    work = merged_lora(model, notes)  # LoRA merged into plain kernels (a copy), noted
     if method.startswith("dkm"):
         from dkm_tf.pipeline_args import override_settings, regularizer_settings  # noqa: PLC0415
         from dkm_tf.training.retrain import dkm_retrain  # noqa: PLC0415

@@ -36,10 +36,12 @@ def check_args(model, train_data, test_data, args):
 
     from dkm_tf.core import validate  # noqa: PLC0415
     from dkm_tf.graph.clusterable import check_has_clusterable  # noqa: PLC0415
+    from dkm_tf.graph.layer_features import check_not_quantized  # noqa: PLC0415
     from dkm_tf.training.common import check_data  # noqa: PLC0415
 
     if not isinstance(model, keras.Model):
         raise validate.invalid_type("model", "a built keras.Model", model)
+    check_not_quantized(model, "compress")  # before anything reads a kernel
     check_has_clusterable(model, "compress")
     method, a = args["method"], args
     trains = method.endswith("finetune")
@@ -325,3 +327,18 @@ def fisher_loss(model, weighting):
     if weighting is None or compiled_loss(model) is not None:
         return None
     return default_loss(model)
+
+
+def merged_lora(model, notes):
+    """``model``, or a copy with each LoRA-enabled layer merged into a plain kernel
+    (:func:`dkm_tf.graph.layer_features.merge_lora`: what the layer computes with is what
+    gets compressed); a note in ``notes`` names them."""
+    from dkm_tf.graph.layer_features import merge_lora  # noqa: PLC0415
+
+    work, merged = merge_lora(model)
+    if merged:
+        notes.append(f"LoRA merged: {len(merged)} layer(s) ({', '.join(merged)}) were "
+                     "compressed on their effective kernel kernel + lora_kernel_a @ "
+                     "lora_kernel_b * (lora_alpha / rank); the compressed model holds plain "
+                     "layers (the given model is unchanged)")
+    return work

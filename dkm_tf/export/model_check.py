@@ -20,7 +20,8 @@ checked against the kernels the wrapper computes: :func:`palette_layers`).
 
 from __future__ import annotations
 
-__all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "check_stripped_model",
+__all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "check_keras_quantized",
+           "check_stripped_model",
            "deployed_param_count", "half_precision_layers", "palette_layers", "training_class",
            "training_layers", "training_weights"]
 
@@ -37,6 +38,27 @@ def check_built_model(model):
                          "layers): call it on data or give it an Input first.")
     check_float_model(model)
     check_stripped_model(model)
+    check_keras_quantized(model)
+
+
+def check_keras_quantized(model):
+    """Raise ``ValueError`` naming the int8 / float8 layers of ``model`` (Keras'
+    ``model.quantize``): TF 2.21's converter fails on both, with a message about MLIR types
+    (measured: int8 Dense "'tfl.fully_connected' op operand #0 must be tensor of 32-bit float
+    or QI8 type", float8 "Failed to convert element type 'f8E4M3FN'"). An int4 layer
+    converts (its kernel is unpacked and dequantized in the graph) and is let through."""
+    from dkm_tf.graph.quantized import quantized_layers  # noqa: PLC0415 (keras)
+
+    bad = [(n, mode, p) for n, mode, p in quantized_layers(model) if mode in ("int8", "float8")]
+    if not bad:
+        return
+    shown = ", ".join(f"{n!r} ({mode}; dtype policy {p!r})" for n, mode, p in bad[:_SHOWN])
+    raise ValueError(
+        "Invalid value for argument `model`. Expected a model without Keras int8 / float8 "
+        "layers (the TFLite converter cannot convert them). Received: model "
+        f"{model.name!r} with {len(bad)} such layer(s) (model.quantize(...)): {shown}. Export "
+        "the float model instead, with format='int8' for int8 weights in the file (TFLite's "
+        "own quantization; with palettes it keeps each clustered tensor's <= K values).")
 
 
 def _all_layers(model):
@@ -202,8 +224,9 @@ def check_float_model(model):
         "Invalid value for argument `model`. Expected a model whose layers compute in float32 "
         "(TFLite export traces the float graph; float16 / bfloat16 compute is not supported). "
         f"Received: model {model.name!r} with {len(bad)} layer(s) computing in half "
-        f"precision: {shown}{more}. Its variables are float32 already: rebuild the model "
-        "with float32 layers and copy the weights, e.g. for a Functional or Sequential "
+        f"precision: {shown}{more}. Rebuild the model with float32 layers and copy the "
+        "weights (set_weights casts bfloat16 / float16 variables), e.g. for a Functional or "
+        "Sequential "
         "model m32 = keras.models.clone_model(model, clone_function=lambda layer: "
         "layer.__class__.from_config({**layer.get_config(), 'dtype': 'float32'})); "
         "m32.set_weights(model.get_weights()); then export m32 (build models to export "

@@ -14,7 +14,10 @@
   applied to palettes (codebooks rescaled per channel) for strip and export;
 * :mod:`~dkm_tf.graph.factorised`: ``FactorisedConv2D``, a conv with codebook-shared kernels
   run conv-then-add (Son et al. §2.6), and :mod:`~dkm_tf.graph.factorise`:
-  ``factorise_convs``, a model copy with chosen Conv2D layers replaced where cheaper.
+  ``factorise_convs``, a model copy with chosen Conv2D layers replaced where cheaper;
+* :mod:`~dkm_tf.graph.layer_features`: LoRA-enabled layers (``merge_lora``: a copy with each
+  LoRA merged into a plain kernel, what ``share_weights`` / ``cluster_weights`` / ``compress``
+  cluster) and :mod:`~dkm_tf.graph.quantized`: Keras-quantized layers, refused everywhere.
 
 Imports :mod:`dkm_tf.core` only (and Keras).
 """

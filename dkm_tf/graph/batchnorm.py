@@ -172,9 +172,11 @@ def _why_not(prev, bn, sole, uses):
     if act is not keras.activations.linear:
         name = getattr(act, "__name__", type(act).__name__)
         return f"{prev.name!r} applies activation {name!r} before the BatchNormalization"
-    if getattr(getattr(prev, "dtype_policy", None), "quantization_mode", None) \
-            or getattr(prev, "lora_enabled", False):
-        return f"{prev.name!r} is quantized or has LoRA enabled"
+    if getattr(getattr(prev, "dtype_policy", None), "quantization_mode", None):
+        return f"{prev.name!r} is quantized ({prev.dtype_policy.name}; fold the float model)"
+    if getattr(prev, "lora_enabled", False):
+        return (f"{prev.name!r} has LoRA enabled (fold a merged copy: "
+                "dkm_tf.graph.layer_features.merge_lora(model)[0]; share_weights merges itself)")
     if not prev.built:
         return f"{prev.name!r} is not built"
     rank = len(bn.get_build_config()["input_shape"])

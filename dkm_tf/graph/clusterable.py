@@ -26,8 +26,7 @@ units)``) are plain (in, out) matrices: kind ``"dense"``, one output channel per
 An EinsumDense kernel's kind lists the kernel axes that appear in the einsum's output (its
 output channels): ``"einsum:1,2"`` for an attention query kernel of shape (d_model, heads,
 head_dim), ``"einsum:2"`` for the output projection (heads, head_dim, d_model); see
-:func:`dkm_tf.core.units.einsum_kind`. ConvLSTM and other cells are not supported (the error
-says so).
+:func:`dkm_tf.core.units.einsum_kind`. ConvLSTM and other cells are not supported.
 
 **Protocol for your own layers.** A layer is clusterable when it defines
 ``get_clusterable_weights()`` returning a list of ``(attribute_name, variable, kind)`` tuples,
@@ -45,6 +44,7 @@ import keras
 
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import invalid_type
+from dkm_tf.graph.quantized import check_not_quantized
 
 __all__ = ["DEPTHWISE_NOTE", "SUPPORTED_LAYERS", "LayerConfig", "check_has_clusterable",
            "check_overrides", "clusterable_weights", "get_weight", "is_clusterable",
@@ -215,12 +215,11 @@ def _cell_supported(cell):
 def clusterable_weights(layer):
     """The clusterable weights of a built layer: a list of ``(path, variable, kind)``.
 
-    ``path`` is the attribute path of the weight from ``layer`` (``"kernel"``,
-    ``"cell.recurrent_kernel"``, ``"query_dense.kernel"``; see :func:`get_weight`).
+    ``path``: the weight's attribute path from ``layer`` (see :func:`get_weight`).
 
     Raises:
         TypeError: the layer is not clusterable (the message lists what is supported).
-        ValueError: the layer is not built, or its protocol method returns a bad kind.
+        ValueError: the layer is not built or quantized, or its protocol method returns a bad kind.
     """
     if not isinstance(layer, keras.layers.Layer):
         raise invalid_type("layer", "a keras.layers.Layer", layer)
@@ -232,6 +231,7 @@ def clusterable_weights(layer):
     if not layer.built:
         raise ValueError(f"Layer {layer.name!r} is not built; build the model first "
                          "(call it on data or give it an input shape).")
+    check_not_quantized(layer, f"Clustering layer {layer.name!r}")
     structured = _structured_weights(layer)
     if structured is not None:
         return structured

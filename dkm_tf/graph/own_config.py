@@ -72,8 +72,9 @@ def _scope(layer, functions):
     return scope
 
 
-def from_own_config(layer):
-    """``layer.__class__.from_config(layer.get_config())`` holding the layer's own functions.
+def from_own_config(layer, config=None):
+    """``layer.__class__.from_config(layer.get_config())`` holding the layer's own functions
+    (``config``, if given, in place of ``layer.get_config()``).
 
     A plain ``keras.layers.Lambda`` is built as ``Lambda(**config)`` with its live
     ``function``, ``arguments``, ``output_shape`` and ``mask`` put back: nothing is decoded
@@ -87,7 +88,7 @@ def from_own_config(layer):
         return keras.layers.Lambda(**config)
     held = held_functions(layer)
     with keras.saving.custom_object_scope(_scope(layer, held)):
-        new = layer.__class__.from_config(layer.get_config())
+        new = layer.__class__.from_config(layer.get_config() if config is None else config)
     got = held_functions(new)
     for path, fn in held.items():  # only a built-in's name resolved to Keras' own function:
         # a function the layer's __init__ makes anew (a closure) stays the copy's

@@ -39,12 +39,15 @@ class ShareResult:
         skipped: list of ``(layer_name, reason)`` for layers with weights left unclustered.
         folded: list of ``(layer_name, bn_name)``: BatchNormalization layers folded into the
             kernel before them ahead of clustering (see ``fold_bn``).
+        lora_merged: names of the LoRA-enabled layers whose effective kernel (LoRA merged)
+            was clustered; the returned copy holds them as plain layers.
     """
 
     model: object
     palettes: list
     skipped: list
     folded: list = dataclasses.field(default_factory=list)
+    lora_merged: list = dataclasses.field(default_factory=list)
 
     def __iter__(self):  # allows ``model, palettes, skipped = share_weights(...)``
         return iter((self.model, self.palettes, self.skipped))
@@ -216,6 +219,30 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     if not model.built:
         raise ValueError(f"Model {model.name!r} is not built, so it has no weights to cluster: "
                          "build it first (call it on data or give it an Input).")
+    from dkm_tf.graph import layer_features  # noqa: PLC0415 (imports keras)
+
+    layer_features.check_not_quantized(model, "share_weights")
+    if inplace:
+        layer_features.refuse_lora(
+            model, "share_weights(inplace=True)", "Pass inplace=False (the returned copy holds "
+            "each merged kernel, clustered); a subclassed model, which cannot be copied, needs "
+            "its layers created without enable_lora and each kernel assigned the LoRA layer's "
+            "merged layer.kernel")
+    model, merged = layer_features.merge_lora(model)
+    result = _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity,
+                    verbose, inplace, preserve_sparsity, fold_bn, weighting, data,
+                    loss, codebook, transforms, scale_bits, refine)
+    result.palettes = layer_features.lora_note(result.palettes, merged)
+    result.lora_merged = merged
+    return result
+
+
+def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity, verbose,
+           inplace, preserve_sparsity, fold_bn, weighting, data, loss, codebook, transforms,
+           scale_bits, refine):
+    """:func:`share_weights` once its model is checked (and any LoRA merged)."""
+    defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
+                "init": init, "sparsity": sparsity, "preserve_sparsity": preserve_sparsity}
     from dkm_tf.graph import kernel_share  # noqa: PLC0415 (unit="kernel" with a scope)
 
     if kernel_share.kernel_route(unit, codebook, transforms, scale_bits,

@@ -16,7 +16,7 @@ import keras
 
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_bool, check_n_clusters, check_seed, invalid
-from dkm_tf.graph import clusterable
+from dkm_tf.graph import clusterable, layer_features
 from dkm_tf.graph.composite import unsupported_reason
 from dkm_tf.training import regularizer as reg_lib
 
@@ -219,6 +219,7 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                 item = by_name[item]
             chosen.append(item)
         targets = []
+        _check_features(model, chosen)
         for layer in chosen:
             try:
                 weights = clusterable.clusterable_weights(layer)
@@ -228,6 +229,7 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
             targets.extend((layer, w) for w in weights)
     else:
         chosen = None
+        layer_features.check_not_quantized(model, "attach_regularizer")  # include_dense or not
         targets = [(layer, w) for layer in clusterable.walk_layers(model)
                    if clusterable.is_clusterable(layer)
                    for w in clusterable.clusterable_weights(layer)
@@ -244,6 +246,7 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                   "regularizer before dkm_tf.cluster_weights (or to the dkm_tf.strip_clustering"
                   " result)." if any(type(layer).__name__ == "ClusterWeights"
                                      for layer in clusterable.walk_layers(model)) else "")))
+    _check_features(model, list({id(layer): layer for layer, _ in targets}.values()))
     attached, degenerate, unsaved, planned = {}, [], [], []
     with strategy_scope(model):  # every F first: an error leaves the model as it was
         for layer, (attr, var, kind) in targets:
@@ -357,6 +360,14 @@ def _retrace_on_jax(model):
     for kind in ("train", "test", "predict"):
         if getattr(model, f"{kind}_function", None) is not None:
             getattr(model, f"make_{kind}_function")(force=True)  # traced at its next call
+
+
+def _check_features(model, layers):
+    """Refuse quantized or LoRA-enabled ``layers`` (the ones to regularize), before any work:
+    no float kernel variable holds what they compute with."""
+    layer_features.check_not_quantized(model, "attach_regularizer", layers)
+    layer_features.refuse_lora(model, "attach_regularizer", "Attach the regularizer to a copy "
+                               "with each LoRA merged into a plain kernel instead", layers)
 
 
 def _check_model(model):

@@ -36,6 +36,7 @@ from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
 from dkm_tf.graph.composite import unsupported_reason
 from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
+from dkm_tf.graph.layer_features import merges_lora
 from dkm_tf.graph.share import check_override_options
 from dkm_tf.training import soft as soft_lib
 from dkm_tf.training.attach import detach_regularizer
@@ -83,7 +84,8 @@ class ClusteringReport:
             lines.append(f"  + {name} ({kind}): K={s['n_clusters']}, "
                          f"{s.get('unit_used', s['unit'])}, {s['granularity']}, "
                          f"init={s['init']}" + (", latent" if s.get("latent") else "")
-                         + (f"; {FROZEN_NOTE}" if s.get("frozen") else ""))
+                         + (f"; {FROZEN_NOTE}" if s.get("frozen") else "")
+                         + ("; LoRA merged into the kernel" if s.get("lora_merged") else ""))
         for name, kind, reason in self.skipped:
             lines.append(f"  - {name} ({kind}): {reason}")
         return "\n".join(lines)
@@ -137,6 +139,7 @@ def _kmeans_of_variable(var, layout, k, importance=None, **kwargs):
     return kmeans_codebook(keras.ops.convert_to_numpy(var), layout, k, **kwargs)
 
 
+@merges_lora("cluster_weights")
 @routes_cluster(ClusteringReport)
 def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
                     init="kmeans++", seed=0, latent=False, overrides=None,
@@ -164,8 +167,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         n_clusters: K per codebook.
         unit: ``"scalar"``, ``"row"`` or ``"kernel"``.
         granularity: ``"per_tensor"`` or ``"per_channel"``.
-        init: k-means initialisation.
-        seed: k-means seed.
+        init, seed: k-means initialisation and seed.
         latent: keep trainable float kernels for re-assignment (see :class:`ClusterWeights`).
         overrides: dict keyed by layer name or layer class name (name wins); each value is a
             dict of settings among ``n_clusters, unit, granularity, init, latent,
@@ -184,7 +186,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
 
     Returns:
         The clustered model (or wrapper), or ``(model, report)`` with ``return_report``.
-        Weights are copied; the given model is not modified.
+        Weights are copied; the given model is not modified. A LoRA-enabled layer is
+        clustered on its merged kernel (report: ``lora_merged``); quantized ones are refused.
 
     Raises:
         TypeError: a subclassed model (the message says how to wrap its layers), or an
@@ -336,7 +339,7 @@ def strip_clustering(model, *, fold_bn=True):
 
 def _palette_from_values(layer, attr, values, kind, max_clusters):
     """The smallest lossless scalar Palette of ``values`` (per tensor or per channel), if any."""
-    best = None
+    best, stored = None, min(palette_lib.FLOAT_BITS, 8 * values.dtype.itemsize)  # bfloat16: 16
     for granularity in units_lib.GRANULARITIES:
         layout = units_lib.layout_for(values.shape, kind, "scalar", granularity)
         u = units_lib.to_units(values, layout)[..., 0]
@@ -348,7 +351,7 @@ def _palette_from_values(layer, attr, values, kind, max_clusters):
         idx = np.stack([i.reshape(-1) for _, i in found])
         pal = palette_lib.Palette(layer.name, attr, np.stack(books)[..., None], idx, layout,
                                   note="recovered by palettes_of")
-        if pal.compressed_bits() < pal.n_values * palette_lib.FLOAT_BITS and (
+        if pal.compressed_bits() < pal.n_values * stored and (
                 best is None or pal.compressed_bits() < best.compressed_bits()):
             best = pal
     return best
@@ -362,8 +365,8 @@ def palettes_of(model, max_clusters=256):
     clusterable layer (e.g. a model that tfmot or ``strip_clustering`` produced and the user
     saved and loaded again), a weight whose distinct values number at most ``max_clusters``
     (per tensor or per output channel, whichever stores smaller) becomes a scalar Palette with
-    those values as codebook (lossless), provided that it is smaller than the float tensor.
-    Other weights are not reported.
+    those values as codebook (lossless), provided that it is smaller than the tensor stored as
+    it is (16 bits a value for bfloat16 / float16). Other weights are not reported.
 
     Args:
         model: any Keras model or layer, subclassed models included.
