@@ -33,6 +33,12 @@ class RefreshKMeans(keras.callbacks.Callback):
     (:func:`dkm_tf.refresh_regularizers`) at the start of training, then every
     ``every_n_epochs`` epochs (at the epoch's end) and/or every ``every_n_steps`` batches.
 
+    ``every_n_steps`` counts training batches, also with ``compile(steps_per_execution=S)``,
+    where Keras runs S batches per call and calls callbacks once per call: a refresh due inside
+    a call would run late, so ``every_n_steps`` must then be a multiple of S (and S divide the
+    epoch's steps, or ``every_n_steps`` be a multiple of them); otherwise fit raises at its
+    start (``ValueError``).
+
     Resuming keeps the schedule. Each regularizer saves its F with the model's weights
     (``BackupAndRestore``, ``ModelCheckpoint``; see :mod:`dkm_tf.training.regularizer_state`),
     with the optimizer step of its last refresh. When training starts at an epoch > 0 and
@@ -81,7 +87,7 @@ class RefreshKMeans(keras.callbacks.Callback):
         self.refresh_count = 0
         self._regs = []
         self._reader = None
-        self._step = 0
+        self._step = self._epoch_start = 0  # batches trained (this fit); at the epoch's start
         self._train_mean = None
         self._val_mean = None
         self._mark = None
@@ -157,11 +163,30 @@ class RefreshKMeans(keras.callbacks.Callback):
             raise ValueError(f"RefreshKMeans: model {self.model.name!r} has no "
                              "SpectralKMeansRegularizer on any weight; call "
                              "dkm_tf.attach_regularizer(model, ...) first.")
-        self._step = 0
+        self._step = self._epoch_start = 0
+        self._check_steps_per_execution()
         self._batch_logs = self.log_penalty == "batch" or (
             self.log_penalty is True and (self.params or {}).get("verbose") == 1)
         self._starting = True  # the first F-step waits for the first epoch: see _start
         self._reset_meters()
+
+    def _check_steps_per_execution(self):
+        """Refuse an ``every_n_steps`` that falls inside a ``steps_per_execution`` call."""
+        n = self.every_n_steps
+        spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        steps = (self.params or {}).get("steps")
+        if not n or spe == 1 or (steps and n % steps == 0) or (
+                n % spe == 0 and (not steps or steps % spe == 0)):
+            return
+        expected = (f"a multiple of the {steps} steps per epoch"
+                    + (f" or of steps_per_execution={spe}" if steps % spe == 0 else "")
+                    if steps else f"a multiple of steps_per_execution={spe}")
+        raise ValueError(
+            f"Invalid value for argument `every_n_steps`. Expected {expected}: with "
+            f"compile(steps_per_execution={spe}) Keras calls callbacks once per {spe} batches, "
+            "so the F-step cannot run after the batch it is due. Pass such an every_n_steps, "
+            "compile with steps_per_execution=1, or refresh per epoch (every_n_epochs). "
+            f"Received: every_n_steps={n}")
 
     def _optimizer_step(self):
         opt = getattr(self.model, "optimizer", None)
@@ -187,17 +212,21 @@ class RefreshKMeans(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self._starting:
             self._start(epoch)
+        self._epoch_start = self._step
         self._reset_meters()
         self._train_mean = self._val_mean = self._mark = None
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
+        # ``batch`` is the last batch of the call: with steps_per_execution=S, Keras calls
+        # this once per S batches (counting calls refreshed S times too rarely)
+        before, self._step = self._step, self._epoch_start + int(batch) + 1
         if self._batch_logs and logs is not None:
             self._jax_probe(force=True)
             value = self._mean(*self._meters())
             if value is not None:
                 logs[PENALTY_KEY] = value
-        if self.every_n_steps and self._step % self.every_n_steps == 0:
+        n = self.every_n_steps
+        if n and self._step // n > before // n:  # a due batch in this call (its last one)
             self.refresh()
 
     def on_test_begin(self, logs=None):

@@ -12,7 +12,9 @@ problem per group) and centroids ``c_j``,
 
 iterated inside the forward pass until ``max |C - C_new| <= tol`` (paper: 1e-4) or for at most
 ``max_iter`` iterations (paper: 5), warm-started from the previous step's centroids (stored in
-the wrapper's codebook variable, without gradient). The layer then uses ``W_tilde = A C``.
+the wrapper's codebook variable, without gradient; only training calls of a trainable wrapper
+move it: a frozen one keeps it, as a frozen BatchNormalization keeps its statistics). The
+layer then uses ``W_tilde = A C``.
 There is no regularizer and no learnable codebook. After training, :func:`snap` assigns each
 unit to its nearest centroid (the paper's inference rule), so the stripped kernel has at most
 K distinct units.

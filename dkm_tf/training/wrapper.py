@@ -154,8 +154,8 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError("Invalid type for argument `layer`. Expected a keras.layers.Layer. "
                             f"Received: layer={layer!r} of type {type(layer).__name__}")
-        if not clusterable_lib.is_clusterable(layer):
-            clusterable_lib.clusterable_weights(layer)  # raises a TypeError listing support
+        if not clusterable_lib.is_clusterable(layer) or layer.built:
+            extras.plain_weights(layer)  # a TypeError listing support; quantized, LoRA: eagerly
         validate_settings(n_clusters, unit, granularity, init, latent, preserve_sparsity)
         check_seed(seed)
         kmeans_options = check_kmeans_options(kmeans_options)
@@ -203,12 +203,7 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
                     "(call it on data, e.g. layer(query, value)), then wrap it.") from e
         k = self.n_clusters + self.preserve_sparsity  # + the fixed zero entry 0
         plans = []
-        for attr, var, kind in clusterable_lib.clusterable_weights(self.layer):
-            if not isinstance(var, keras.Variable):
-                raise ValueError(
-                    f"Layer {self.layer.name!r}: weight {attr!r} is not a plain variable "
-                    f"(got {type(var).__name__}); LoRA-enabled or quantized layers cannot be "
-                    "clustered. Merge or disable LoRA / quantization first.")
+        for attr, var, kind in extras.plain_weights(self.layer):
             layout = kmeans_layout(var.shape, kind, self.unit, self.granularity)
             plans.append((attr, var, layout,
                           None if self._skip_kmeans else self._initial_clusters(attr, var, layout)))
@@ -324,13 +319,13 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
     def call(self, inputs, *args, training=None, **kwargs):
         # ``training`` reaches the wrapped layer through Keras' call context; here it only
         # says whether a soft kernel may move its warm start (never at inference, so two
-        # identical predictions are identical on every backend)
+        # identical predictions are identical on every backend, nor when frozen: as BN)
         if self._deferred and not _in_symbolic_scope():  # a shape-only pass needs no values
             self._run_deferred_kmeans()
         mapping, ours = [], set()
         for slot in self._slots:
             kernel = (self._shared(slot) if self.assignment == "hard"
-                      else soft_lib.soft_kernel(self, slot, update=bool(training)))
+                      else soft_lib.soft_kernel(self, slot, bool(training and self.trainable)))
             if self.latent:
                 with soft_lib._AutocastScope(None):  # noqa: SLF001 - as the codebook
                     w = ops.cast(slot.variable, kernel.dtype)

@@ -31,6 +31,7 @@ import numpy as np
 from keras import ops
 
 from dkm_tf.core import units as units_lib
+from dkm_tf.graph.clusterable import clusterable_weights
 from dkm_tf.graph.copying import copy_layer
 from dkm_tf.training.regularizer import SpectralKMeansRegularizer
 from dkm_tf.training.wrapper_kmeans import nearest_indices
@@ -44,6 +45,18 @@ __all__ = ["ELEMENTWISE_CONSTRAINTS", "FROZEN_NOTE", "KeepsReplacedFrozen", "Rea
 # does. Exact classes only (a subclass may redefine __call__).
 ELEMENTWISE_CONSTRAINTS = (keras.constraints.NonNeg,)
 FROZEN_NOTE = "frozen (trainable=False): codebook fixed during fit until unfrozen"
+
+
+def plain_weights(layer):
+    """``clusterable_weights(layer)``, refusing a weight that is no variable (LoRA enabled)."""
+    weights = clusterable_weights(layer)
+    for attr, var, _ in weights:
+        if not isinstance(var, keras.Variable):
+            raise ValueError(
+                f"Layer {layer.name!r}: weight {attr!r} is not a plain variable (got "
+                f"{type(var).__name__}): LoRA is enabled. dkm_tf.cluster_weights(model) merges it "
+                "in its copy; or dkm_tf.graph.layer_features.merge_lora(model) first.")
+    return weights
 
 
 def replaces_variables(wrapper):
