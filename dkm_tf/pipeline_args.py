@@ -41,7 +41,7 @@ def check_args(model, train_data, test_data, args):
 
     if not isinstance(model, keras.Model):
         raise validate.invalid_type("model", "a built keras.Model", model)
-    check_not_quantized(model, "compress")  # before anything reads a kernel
+    check_not_quantized(model, "compress", overrides=args["overrides"])  # before any reading
     check_has_clusterable(model, "compress")
     method, a = args["method"], args
     trains = method.endswith("finetune")
@@ -334,8 +334,13 @@ def merged_lora(model, notes):
     (:func:`dkm_tf.graph.layer_features.merge_lora`: what the layer computes with is what
     gets compressed); a note in ``notes`` names them."""
     from dkm_tf.graph.layer_features import merge_lora  # noqa: PLC0415
+    from dkm_tf.training.common import compiled_loss, compiled_metrics  # noqa: PLC0415
 
     work, merged = merge_lora(model)
+    if merged and compiled_loss(model) is not None:  # the copy trains with the user's loss
+        opt = model.optimizer
+        work.compile(optimizer=type(opt).from_config(opt.get_config()), loss=model.loss,
+                     metrics=compiled_metrics(model))
     if merged:
         notes.append(f"LoRA merged: {len(merged)} layer(s) ({', '.join(merged)}) were "
                      "compressed on their effective kernel kernel + lora_kernel_a @ "

@@ -125,7 +125,7 @@ def merge_lora(model):
     found = lora_layers(model)
     if not found:
         return model, []
-    check_not_quantized(model, "Merging LoRA")
+    check_not_quantized(model, "Merging LoRA", found)  # QLoRA: a base kernel of codes
     from dkm_tf.graph.copying import _copy_model, copy_layer  # noqa: PLC0415
 
     if not isinstance(model, keras.Model):
@@ -155,7 +155,7 @@ def merges_lora(what):
 
             merged = []
             if isinstance(model, keras.layers.Layer):
-                check_not_quantized(model, what)
+                check_not_quantized(model, what, overrides=kwargs.get("overrides"))
                 if not isinstance(model, keras.Model) or is_graph_model(model):
                     model, merged = merge_lora(model)  # a subclassed model: fn says why not
             out = fn(model, *args, **kwargs)

@@ -221,7 +221,7 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
                          "build it first (call it on data or give it an Input).")
     from dkm_tf.graph import layer_features  # noqa: PLC0415 (imports keras)
 
-    layer_features.check_not_quantized(model, "share_weights")
+    layer_features.check_not_quantized(model, "share_weights", overrides=overrides)
     if inplace:
         layer_features.refuse_lora(
             model, "share_weights(inplace=True)", "Pass inplace=False (the returned copy holds "

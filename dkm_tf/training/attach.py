@@ -18,12 +18,14 @@ from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_bool, check_n_clusters, check_seed, invalid
 from dkm_tf.graph import clusterable, layer_features
 from dkm_tf.graph.composite import unsupported_reason
+from dkm_tf.graph.quantized import quantization_mode
 from dkm_tf.training import regularizer as reg_lib
 
 __all__ = ["AttachedRegularizers", "attach_regularizer", "detach_regularizer",
            "kmeans_regularizers", "refresh_regularizers", "strategy_scope"]
 
 _CONV_KINDS = ("conv", "conv_t", "depthwise")
+_FLOAT = "include_dense=False, or layers=[...] naming the float layers"
 _REG_ATTR = {"kernel": "kernel_regularizer", "depthwise_kernel": "depthwise_regularizer",
              "pointwise_kernel": "pointwise_regularizer",
              "embeddings": "embeddings_regularizer",
@@ -229,9 +231,10 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
             targets.extend((layer, w) for w in weights)
     else:
         chosen = None
-        layer_features.check_not_quantized(model, "attach_regularizer")  # include_dense or not
+        if include_dense:  # Keras quantizes Dense, EinsumDense and Embedding only
+            layer_features.check_not_quantized(model, "attach_regularizer", leave_float=_FLOAT)
         targets = [(layer, w) for layer in clusterable.walk_layers(model)
-                   if clusterable.is_clusterable(layer)
+                   if clusterable.is_clusterable(layer) and not quantization_mode(layer)
                    for w in clusterable.clusterable_weights(layer)
                    if _selected(w[2], include_dense)]
     if not targets:
@@ -365,7 +368,7 @@ def _retrace_on_jax(model):
 def _check_features(model, layers):
     """Refuse quantized or LoRA-enabled ``layers`` (the ones to regularize), before any work:
     no float kernel variable holds what they compute with."""
-    layer_features.check_not_quantized(model, "attach_regularizer", layers)
+    layer_features.check_not_quantized(model, "attach_regularizer", layers, leave_float=_FLOAT)
     layer_features.refuse_lora(model, "attach_regularizer", "Attach the regularizer to a copy "
                                "with each LoRA merged into a plain kernel instead", layers)
 

@@ -175,12 +175,14 @@ class RefreshKMeans(keras.callbacks.Callback):
         n = self.every_n_steps
         spe = int(getattr(self.model, "steps_per_execution", 1) or 1)
         steps = (self.params or {}).get("steps")
-        if not n or spe == 1 or (steps and n % steps == 0) or (
-                n % spe == 0 and (not steps or steps % spe == 0)):
+        if not n or spe == 1 or (steps and (n % steps == 0 or (
+                n % spe == 0 and steps % spe == 0))):
             return
+        # data of unknown length: Keras reports a short last call as a full one (the count
+        # would drift by up to spe - 1 batches every epoch), so no step schedule is exact
         expected = (f"a multiple of the {steps} steps per epoch"
                     + (f" or of steps_per_execution={spe}" if steps % spe == 0 else "")
-                    if steps else f"a multiple of steps_per_execution={spe}")
+                    if steps else "None with data of unknown length (steps_per_epoch=None)")
         raise ValueError(
             f"Invalid value for argument `every_n_steps`. Expected {expected}: with "
             f"compile(steps_per_execution={spe}) Keras calls callbacks once per {spe} batches, "
@@ -219,7 +221,9 @@ class RefreshKMeans(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         # ``batch`` is the last batch of the call: with steps_per_execution=S, Keras calls
         # this once per S batches (counting calls refreshed S times too rarely)
-        before, self._step = self._step, self._epoch_start + int(batch) + 1
+        # (a short last call is reported as a full one: counted up to the epoch's steps)
+        done = min(int(batch) + 1, (self.params or {}).get("steps") or int(batch) + 1)
+        before, self._step = self._step, self._epoch_start + done
         if self._batch_logs and logs is not None:
             self._jax_probe(force=True)
             value = self._mean(*self._meters())

@@ -114,7 +114,7 @@ def _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options, pool, imp
                 or not clusterable_lib.is_clusterable(layer)):
             continue
         cfg = clusterable_lib.resolve_layer_config(layer, defaults, overrides)
-        weights = clusterable_lib.clusterable_weights(layer)
+        weights = [] if cfg is None else clusterable_lib.clusterable_weights(layer)  # float
         if cfg is None or not all(isinstance(v, keras.Variable) for _, v, _ in weights):
             continue
         for attr, var, kind in weights:
@@ -339,7 +339,7 @@ def strip_clustering(model, *, fold_bn=True):
 
 def _palette_from_values(layer, attr, values, kind, max_clusters):
     """The smallest lossless scalar Palette of ``values`` (per tensor or per channel), if any."""
-    best, stored = None, min(palette_lib.FLOAT_BITS, 8 * values.dtype.itemsize)  # bfloat16: 16
+    best, best_size, stored = None, None, min(palette_lib.FLOAT_BITS, 8 * values.dtype.itemsize)
     for granularity in units_lib.GRANULARITIES:
         layout = units_lib.layout_for(values.shape, kind, "scalar", granularity)
         u = units_lib.to_units(values, layout)[..., 0]
@@ -351,9 +351,9 @@ def _palette_from_values(layer, attr, values, kind, max_clusters):
         idx = np.stack([i.reshape(-1) for _, i in found])
         pal = palette_lib.Palette(layer.name, attr, np.stack(books)[..., None], idx, layout,
                                   note="recovered by palettes_of")
-        if pal.compressed_bits() < pal.n_values * stored and (
-                best is None or pal.compressed_bits() < best.compressed_bits()):
-            best = pal
+        size = pal.compressed_bits(bits=stored)
+        if size < pal.n_values * stored and (best is None or size < best_size):
+            best, best_size = pal, size
     return best
 
 
@@ -365,8 +365,8 @@ def palettes_of(model, max_clusters=256):
     clusterable layer (e.g. a model that tfmot or ``strip_clustering`` produced and the user
     saved and loaded again), a weight whose distinct values number at most ``max_clusters``
     (per tensor or per output channel, whichever stores smaller) becomes a scalar Palette with
-    those values as codebook (lossless), provided that it is smaller than the tensor stored as
-    it is (16 bits a value for bfloat16 / float16). Other weights are not reported.
+    those values as codebook (lossless), if smaller than the tensor (in its own bits: 16 for
+    bfloat16 / float16, codebook too). Other weights are not reported.
 
     Args:
         model: any Keras model or layer, subclassed models included.

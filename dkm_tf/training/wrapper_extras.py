@@ -52,10 +52,12 @@ def plain_weights(layer):
     weights = clusterable_weights(layer)
     for attr, var, _ in weights:
         if not isinstance(var, keras.Variable):
-            raise ValueError(
-                f"Layer {layer.name!r}: weight {attr!r} is not a plain variable (got "
-                f"{type(var).__name__}): LoRA is enabled. dkm_tf.cluster_weights(model) merges it "
-                "in its copy; or dkm_tf.graph.layer_features.merge_lora(model) first.")
+            why = ("LoRA is enabled. dkm_tf.cluster_weights(model) merges it in its copy; or "
+                   "dkm_tf.graph.layer_features.merge_lora(model) first."
+                   if getattr(layer, "lora_enabled", False) else
+                   "get_clusterable_weights() must return the layer's keras.Variable objects.")
+            raise ValueError(f"Layer {layer.name!r}: weight {attr!r} is not a plain variable "
+                             f"(got {type(var).__name__}): {why}")
     return weights
 
 
