@@ -29,13 +29,8 @@ from __future__ import annotations
 
 import keras
 
-from dkm_tf.graph.quantized import (
-    among,
-    check_not_quantized,
-    layers_below,
-    quantization_mode,
-    quantized_layers,
-)
+from dkm_tf.graph import quantized
+from dkm_tf.graph.quantized import among, layers_below, quantization_mode, quantized_layers
 
 __all__ = ["check_not_quantized", "lora_layers", "lora_note", "merge_lora", "quantized_layers",
            "quantization_mode", "refuse_lora"]
@@ -43,6 +38,18 @@ __all__ = ["check_not_quantized", "lora_layers", "lora_note", "merge_lora", "qua
 _LORA_VARS = ("lora_kernel_a", "lora_kernel_b", "lora_embeddings_a", "lora_embeddings_b")
 LORA_NOTE = ("LoRA merged: clustered the layer's effective kernel kernel + lora_kernel_a @ "
              "lora_kernel_b * (lora_alpha / rank), a plain kernel in the returned copy")
+
+
+def check_not_quantized(model, what, layers=None, overrides=None, **kwargs):
+    """:func:`dkm_tf.graph.quantized.check_not_quantized`, except for the layers that
+    ``overrides`` leaves float (``{"q": None}``): a float backbone with an int8 head clusters
+    the backbone."""
+    if layers is None and isinstance(overrides, dict) and isinstance(model, keras.Model):
+        from dkm_tf.graph.clusterable import skipped_by_overrides, walk_layers  # noqa: PLC0415
+
+        layers = [layer for layer in walk_layers(model) if not isinstance(layer, keras.Model)
+                  and not skipped_by_overrides(layer, overrides)]
+    quantized.check_not_quantized(model, what, layers, **kwargs)
 
 
 def lora_layers(model):

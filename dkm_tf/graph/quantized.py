@@ -38,17 +38,10 @@ def among(model, layers, find):
     return out
 
 
-def check_not_quantized(model, what, layers=None, overrides=None,
-                        leave_float="overrides={name: None}"):
+def check_not_quantized(model, what, layers=None, leave_float="overrides={name: None}"):
     """Raise ``ValueError`` naming the quantized layers of ``model`` (or only of ``layers``;
     ``what`` is the entry point, e.g. ``"share_weights"``): they hold no float kernel to
-    cluster or export. Layers that ``overrides`` leaves float (``{"q": None}``) are not
-    refused: a float backbone with an int8 head clusters the backbone."""
-    if layers is None and isinstance(overrides, dict) and isinstance(model, keras.Model):
-        from dkm_tf.graph.clusterable import skipped_by_overrides, walk_layers  # noqa: PLC0415
-
-        layers = [layer for layer in walk_layers(model) if not isinstance(layer, keras.Model)
-                  and not skipped_by_overrides(layer, overrides)]
+    cluster or export. ``leave_float`` says how the entry point leaves a layer float."""
     found = among(model, layers, quantized_layers)
     if not found:
         return
