@@ -241,7 +241,8 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
         notes += [why] if why else []
     if found.get("quantized"):
         notes.append(stored.quantized_note(found["quantized"], sum(
-            s.kind in ("conv", "dense") for s in shapes), bits_w, bits_x))
+            s.kind in ("conv", "dense") for s in shapes), bits_w, bits_x,
+            found.get("what", "the file")))
     try:
         return estimate_shapes(shapes, skipped=skipped, weight_sharing=weight_sharing,
                                palettes=palettes, pruning=pruning, bits_w=bits_w,
@@ -266,6 +267,7 @@ def energy_cli_text(path, **kwargs):
 def _read(model_or_path, input_shape):
     """`(shapes, skipped, name, found)`; `found`: compression info stored with a file."""
     from dkm_tf.energy import stored
+    from dkm_tf.energy.keras_quantized import quantized_layers
 
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
@@ -295,7 +297,8 @@ def _read(model_or_path, input_shape):
             from dkm_tf.energy.keras_reader import read_keras_model
 
             shapes, skipped = read_keras_model(model, input_shape=input_shape)
-            found = stored.beside_keras_file(model, shapes, path)
+            found = dict(stored.beside_keras_file(model, shapes, path),
+                         quantized=quantized_layers(model))
             return shapes, skipped, os.path.basename(path), found
         raise ValueError(
             "Invalid value for argument `model_or_path`. Expected a path ending in "
@@ -307,4 +310,5 @@ def _read(model_or_path, input_shape):
     from dkm_tf.energy.keras_reader import read_keras_model
 
     shapes, skipped = read_keras_model(model_or_path, input_shape=input_shape)
-    return shapes, skipped, getattr(model_or_path, "name", ""), {}
+    return shapes, skipped, getattr(model_or_path, "name", ""), {
+        "quantized": quantized_layers(model_or_path), "what": "the model"}

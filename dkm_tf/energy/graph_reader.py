@@ -3,15 +3,19 @@
 Used for subclassed models (and models with dynamic input shapes), whose layers do not record
 input and output shapes. The model is traced once with `tf.function` on a batch-1 input of
 `input_shape`; the graph's Conv2D, DepthwiseConv2dNative, Conv2DBackpropInput (a transposed
-convolution, `conv_transpose`), MatMul / BatchMatMulV2, MaxPool / AvgPool, a Mean / Sum / Max
-over all axes but the batch and the channels (a global pooling, as `tflite_ops` reads it) and
-element-wise ops between two activation tensors are read; lookups and transcendental functions
-(Sigmoid, Tanh, Softmax, ...) and other reductions are listed in `skipped`, not priced.
+convolution, `conv_transpose`), MatMul / BatchMatMulV2 / V3 (an int8-quantized Dense's),
+Einsum and products of two activations (`traced_products`), MaxPool / AvgPool, a Mean / Sum /
+Max over all axes but the batch and the channels (a global pooling, as `tflite_ops` reads it)
+and element-wise ops (`traced_consts`: with a constant operand charged as the `.tflite`
+charges them, or folded into the linear conv / dense op before them as the converter folds
+them) are read; activation functions and Layer/RMSNormalization as the activations table
+charges them (`traced_activations`); lookups and transcendental functions (Sigmoid, Tanh,
+Softmax, ...) and other reductions are listed in `skipped`, not priced.
 Kernels are attributed to Keras layers through their variables (`variable.path`), so names
 match `layer.name`; other ops are named by their TensorFlow name scope.
 
-Per-channel affine ops (biases, inference-mode batch norm) and activation functions are treated
-as fused into the preceding layer, except where a separate Keras layer computes them, as
+Biases (BiasAdd) and relu activations are treated as fused into the preceding layer, except
+where a separate Keras layer computes them, as
 `read_keras_model` charges them: a LeakyRelu op reading a tensor of another name scope (a
 `LeakyReLU` or `Activation("leaky_relu")` layer) is one "relu" record, and the ops of a `PReLU`
 layer call (Keras computes `relu(x) - alpha * relu(-x)`: Relu, Neg, Mul, AddV2 ops in the
@@ -23,16 +27,20 @@ Keras emits as a separate `tf.function`) are reported in `skipped`.
 import math
 import re
 
+from dkm_tf.energy.traced_activations import activation_calls, call_of, recording
+from dkm_tf.energy.traced_activations import records as activation_records
+from dkm_tf.energy.traced_consts import CONST_OPS, ConstOps
+from dkm_tf.energy.traced_products import einsum_record, matmul_record
+
 _SKIP_TYPES = {"Placeholder", "Const", "ReadVariableOp", "Identity", "NoOp", "Reshape",
                "Squeeze", "ExpandDims", "Shape", "StridedSlice", "Pack", "ConcatV2", "Cast",
                "Transpose", "BiasAdd", "Relu", "Relu6", "LeakyRelu", "GatherV2",
-               "Prod", "Fill", "Pad", "Range"}
+               "Prod", "Fill", "Pad", "Range", "ReverseV2"}
 # listed, not charged (`activations`): lookups and transcendental functions
 _NOT_PRICED = {"Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Rsqrt", "Sqrt", "Exp", "Log", "Elu",
                "Selu", "Softplus", "Neg"}
+_MATMULS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3")
 _REDUCTIONS = {"Mean": "avg", "Sum": "avg", "Max": "max"}
-_ELTWISE = {"AddV2": "add", "Add": "add", "Sub": "add", "Mul": "mul", "Maximum": "max",
-            "Minimum": "max"}
 
 
 _NESTED_CALL = ("nested function call not inspected (e.g. a grouped convolution); read a "
@@ -80,7 +88,9 @@ def read_traced_model(model, input_shape):
         )
     spec = tf.TensorSpec((1,) + dims, tf.float32)
     try:
-        concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+        with recording(model, keras) as calls:  # see `traced_activations`
+            concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+                spec)
     except Exception as e:
         raise ValueError(
             f"Could not trace model {model.name!r} on input_shape={dims}: {e}"
@@ -89,6 +99,7 @@ def read_traced_model(model, input_shape):
     captured = {id(inner): id(outer) for outer, inner in concrete.graph.captures}
     prelu = _prelu_calls(model, concrete.graph, captured, keras)
     shapes, skipped, used = [], [], {}
+    consts = ConstOps(concrete.graph)
 
     def kernel_layer(tensor):
         while tensor.op.type in ("ReadVariableOp", "Identity", "Cast", "ExpandDims"):
@@ -100,8 +111,19 @@ def read_traced_model(model, input_shape):
         used[name] = used.get(name, 0) + 1
         return name if used[name] == 1 else f"{name}#{used[name]}"
 
+    owner, entries, consts.quantized = activation_calls(calls, concrete.graph, consts.live)
+    charged = set()
     for op in concrete.graph.get_operations():
         kind = op.type
+        act = call_of(op, owner, entries)
+        if act is not None:  # an activation function's op (`traced_activations`)
+            if act not in charged:
+                charged.add(act)
+                records, why = activation_records(entries[act], unique)
+                shapes.extend(records)
+                skipped.extend([(records[0].name if records else entries[act][0], why)]
+                               if why else [])
+            continue
         call = next((s for s in prelu if op.name.startswith(s + "/")), None)
         if call is not None:
             if prelu[call] is not None:  # the first op of a PReLU call: its one record
@@ -139,11 +161,17 @@ def read_traced_model(model, input_shape):
             shapes.append(conv_transpose_shape(unique(layer), layer=layer, op=kind,
                                                in_hw=x[1:3], in_c=x[3], out_c=w[2],
                                                kernel=w[:2], groups=x[3] // w[3]))
-        elif kind in ("MatMul", "BatchMatMulV2") and len(ins[1]) == 2:
+        elif kind == "Einsum":  # see `traced_products`
+            layer = next(filter(None, map(kernel_layer, op.inputs)), None)
+            record, why = einsum_record(op, unique(layer or scope), layer or scope)
+            shapes += [record] if record else []
+            skipped += [(op.name, why)] if why else []
+        elif kind in _MATMULS and kernel_layer(op.inputs[1]) is None:  # `traced_products`
+            # a float8 / int4 quantized layer's kernel is computed: named after the layer
+            shapes.append(matmul_record(op, unique(consts.quantized.get(op.name, scope)), ins,
+                                        outs[0]))
+        elif kind in _MATMULS and len(ins[1]) == 2:
             layer = kernel_layer(op.inputs[1])
-            if layer is None:
-                skipped.append((op.name, "matmul without a variable kernel"))
-                continue
             a, w = ins
             if kind == "MatMul" and op.get_attr("transpose_b"):
                 w = (w[1], w[0])
@@ -170,14 +198,24 @@ def read_traced_model(model, input_shape):
         elif kind in _NOT_PRICED:
             skipped.append((op.name, f"{kind}: a lookup / transcendental function (or a sign "
                             "flip), not priced"))
-        elif kind in _ELTWISE:
-            if len(ins) == 2 and ins[0] == ins[1] == outs[0] and math.prod(outs[0]) > 1:
-                shapes.append(sh.eltwise_shape(unique(scope), op=kind, eltwise_op=_ELTWISE[kind],
-                                               elements=math.prod(outs[0][1:]), n_inputs=2))
+        elif kind in CONST_OPS:  # see `traced_consts`
+            eltwise, elements, why = consts.classify(op, kernel_layer)
+            if why:
+                skipped.append((op.name, why))
+            elif eltwise is None and len(ins) == 2 and math.prod(outs[0]) > 1 and \
+                    all(t.op.name in consts.live for t in op.inputs):  # two activations
+                eltwise, elements = CONST_OPS[kind], math.prod(outs[0][1:])
+                if kind == "RealDiv":
+                    eltwise = None
+                    skipped.append((op.name, "RealDiv of two activations: not priced"))
+            if eltwise is not None:
+                shapes.append(sh.eltwise_shape(unique(scope), op=kind, eltwise_op=eltwise,
+                                               elements=elements, n_inputs=2))
         elif kind in ("StatefulPartitionedCall", "PartitionedCall"):
             skipped.append((scope, _NESTED_CALL))
         else:
             skipped.append((op.name, f"unsupported TensorFlow op {kind}"))
+    skipped += [consts.weight_entry()] if consts.weight_entry() else []
     return tuple(shapes), tuple(skipped)
 
 

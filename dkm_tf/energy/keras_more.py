@@ -33,6 +33,10 @@ def classify_more(layer, name, in_shapes, out_shape, keras, common):
         from dkm_tf.energy.activations import activation_records
 
         return activation_records(name, "softmax", math.prod(out_shape[1:]), **common)
+    if isinstance(layer, L.Normalization):
+        from dkm_tf.energy.keras_consts import normalization_records
+
+        return normalization_records(layer, name, tuple(in_shapes[0]), out_shape, common)
     return None
 
 

@@ -12,11 +12,21 @@ _OP_NO_COMPUTE = ("Reshape", "Transpose", "Concatenate", "ExpandDims", "Squeeze"
                   "GetItem", "Cast", "Identity", "StopGradient")
 
 
-def classify_op(op, in_shapes, out_shape):
-    """Classifies a non-layer Keras operation of a Functional model (e.g. `x + y`)."""
+def classify_op(op, in_shapes, out_shape, call=None):
+    """Classifies a non-layer Keras operation of a Functional model (e.g. `x + y`); `call`:
+    its `(inputs, outputs)` (a division by a constant: `keras_consts`)."""
     from dkm_tf.energy import shapes as sh
+    from dkm_tf.energy.keras_consts import const_op_records
 
     cls = type(op).__name__
+    from dkm_tf.energy.keras_products import NO_COMPUTE, product_records
+
+    if cls in NO_COMPUTE:
+        return [], "no compute"
+    found = None if call is None else (const_op_records(op, call, in_shapes, out_shape) or
+                                       product_records(op, call, in_shapes, out_shape))
+    if found is not None:
+        return found
     if cls in _OP_NO_COMPUTE:
         return [], "no compute"
     dims = [tuple(s) for s in in_shapes] + [tuple(out_shape)]

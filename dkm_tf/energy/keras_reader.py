@@ -8,13 +8,13 @@ have no recorded per-layer shapes; with `input_shape` they are traced with Tenso
 (`graph_reader`; a clustering wrapper read as its layer: `traced_wrappers`), without it a
 `ValueError` asks for one; one nested in a Functional model is traced at its call's shape.
 
-Fused activations (`Conv2D(activation="relu")`), biases and batch norms folded into the linear
-conv or dense layer before them (:mod:`dkm_tf.energy.bn_folding`) are not charged; other
-activations (of a layer or an `Activation` layer) and `LayerNormalization` are charged as the
-priced element-wise ops a `.tflite` runs them as (:mod:`dkm_tf.energy.activations`); a
-`PReLU` layer is one "affine" record (`shapes.prelu_shape`). Conv1D/2DTranspose layers are
-the matrix product of `conv_transpose` (in_h·in_w·in_c·kh·kw·out_c MACs); an Embedding is a
-table lookup (reported in `skipped`, no MACs).
+Fused activations (`Conv2D(activation="relu")`), biases, batch norms and constant scalings
+folded into the linear conv or dense layer before them (`bn_folding`, `keras_consts`) are not
+charged (`ops.matmul` / `einsum` / `mean`: `keras_products`); other activations (of a layer
+or an `Activation` layer) and `LayerNormalization` are charged as the priced element-wise ops
+a `.tflite` runs them as (`activations`); a `PReLU` layer is one "affine" record
+(`shapes.prelu_shape`). Conv1D/2DTranspose layers are the matrix product of `conv_transpose`
+(in_h·in_w·in_c·kh·kw·out_c MACs); an Embedding is a table lookup (`skipped`, no MACs).
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
 EinsumDense) layers by `sequence_reader`; Attention, Softmax and 3-D pooling by `keras_more`.
 A layer called more than once (a shared layer, a nested model called twice) is read once per
@@ -28,8 +28,9 @@ import dataclasses
 import math
 
 from dkm_tf.energy.activations import activation_name, activation_records, layer_norm_records
-from dkm_tf.energy.bn_folding import consumers, folded_into
+from dkm_tf.energy.bn_folding import consumers
 from dkm_tf.energy.keras_calls import calls, graph_ops
+from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
 from dkm_tf.energy.keras_more import classify_more, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
 
@@ -176,8 +177,7 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
     if isinstance(call, Exception):
         skipped.append((name, f"no recorded input/output shape ({call})"))
         return
-    into = folded_into(inner, counts, keras, call[0][0] if call[0] else None) \
-        if isinstance(inner, keras.layers.BatchNormalization) else None
+    into = fold_of(inner, call, counts, keras)
     if into is not None:
         skipped.append((name, f"folded into {into} (as a .tflite folds it)"))
         return
@@ -192,7 +192,7 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
         if isinstance(inner, keras.layers.Layer):
             records, reason = _classify(inner, name, alias, in_shapes, out_shape, keras)
         else:
-            records, reason = classify_op(inner, in_shapes, out_shape)
+            records, reason = classify_op(inner, in_shapes, out_shape, call)
     except (TypeError, ValueError) as e:
         raise ValueError(
             f"Could not read layer {layer.name!r} ({type(inner).__name__}) with input "

@@ -93,6 +93,8 @@ def match_sharing(shapes, sharing, skipped=()):
             # Keras 3 export renames scopes `layer` -> `layer_1` (TFLite tensor names).
             near = [k for k in by_layer if re.fullmatch(re.escape(name) + r"_\d+", k)]
             candidates = by_layer[near[0]] if len(near) == 1 else None
+        if not candidates and name.endswith(("/depthwise", "/pointwise")):
+            candidates = _separable_part(name, by_layer)
         if not candidates:
             where = _skipped_name(name, skipped)
             if where is not None:
@@ -124,6 +126,20 @@ def match_sharing(shapes, sharing, skipped=()):
                 (first.layer, first.kind, first.n_weights) == (s.layer, s.kind, s.n_weights):
             matched[s.name] = matched[first.name]
     return matched, unused
+
+
+def _separable_part(name, by_layer):
+    """The records of `layer/depthwise` (`layer/pointwise`) in a `.tflite`, which names a
+    separable conv's two ops after the layer's (renamed) scope, `layer_1` and `layer_1#2`:
+    its depthwise records (groups > 1), or its others; None unless exactly one scope fits.
+    (A palette of a separable conv passed to `estimate(file, palettes=...)` named no record:
+    fer's palettized file was refused, "names layer 'separable_conv2d_1/depthwise'".)"""
+    layer, part = name.rsplit("/", 1)
+    near = [k for k in by_layer if re.fullmatch(re.escape(layer) + r"(_\d+)?", k)]
+    if len(near) != 1:
+        return None
+    found = [s for s in by_layer[near[0]] if (s.groups > 1) == (part == "depthwise")]
+    return found or None
 
 
 def _skipped_name(name, skipped):

@@ -58,7 +58,7 @@ def sharing_from_tflite(shapes, stored):
     return out, notes
 
 
-def quantized_note(quantized, n_ops, bits_w, bits_x):
+def quantized_note(quantized, n_ops, bits_w, bits_x, what="the file"):
     """The note for a `.tflite` whose conv / dense weights are stored as integers.
 
     B_w and B_x are the fixed-point widths of the metric's datapath, one pair for the whole
@@ -68,7 +68,7 @@ def quantized_note(quantized, n_ops, bits_w, bits_x):
     types = sorted({w for w, _ in quantized.values()})
     acts = sorted({x for _, x in quantized.values()} - {"float32"})
     x_bits = max((16 if x == "int16" else 8 for x in acts), default=8)  # int16x8: 16
-    return (f"the file stores the weights of {len(quantized)} of {n_ops} conv/dense ops as "
+    return (f"{what} stores the weights of {len(quantized)} of {n_ops} conv/dense ops as "
             f"{'/'.join(types)} ({', '.join(quantized)})"
             + (f", with {'/'.join(acts)} activations" if acts else "")
             + f"; every weight is charged at B_w={bits_w} and every activation at "

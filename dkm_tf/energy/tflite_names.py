@@ -26,3 +26,49 @@ def bias_name(view, users, k, at, scope):
     own = [part for part in name.split(";") if part.rsplit("/", 1)[-1].startswith("BiasAdd")]
     scopes = {scope(part) for part in own}
     return own[0] if len(scopes) == 1 and None not in scopes else ""
+
+
+_FOLLOW = ("ADD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS")
+_OWN_OPS = ("BiasAdd", "convolution", "MatMul", "separable_conv2d")
+
+
+def own_name(view, users, k, at, scope, weights=()):
+    """`bias_name` of op `k`'s operand `at`, else the name its output chain carries.
+
+    A conv that `dkm_tf.export` lowers to BATCH_MATMUL (no bias operand) computes
+    `RESHAPE(ADD(BATCH_MATMUL(im2col, W), bias))` (a TRANSPOSE between for a weight on the
+    left), and the conv's bias constant and the RESHAPE's output keep the names the converter
+    gave the conv's bias and output (`model/conv2d_4_1/BiasAdd;model/conv2d_4_1/convolution;
+    ...`): 11 of fer's 23 palettized layers were named `batch_matmul_<index>` for want of
+    them. The chain is followed from op `k`'s output while each tensor has one reader: an ADD
+    of a constant (or decoded) operand (its name read only if that ADD alone reads it: zero
+    biases may be one shared constant, `arith.constant1`), or a layout op. The name is the
+    scope of the parts of those names that are a conv / dense layer's own op (`BiasAdd`,
+    `convolution`, `MatMul`, `separable_conv2d`), returned only when they all lie in one
+    scope: a fused activation's part (`activation_5_1/Relu`) is not one, and two scopes
+    (another layer's op fused in) give no name (`<op>_<index>` stays)."""
+    found = bias_name(view, users, k, at, scope)
+    if found:
+        return found
+    t, names = int(view.ops[k].OutputsAsNumpy()[0]), []
+    for _ in range(8):
+        readers = users.get(t, [])
+        if len(readers) != 1 or view.names[readers[0]] not in _FOLLOW:
+            break
+        j = readers[0]
+        ins = [int(i) for i in view.inputs(j)]
+        if view.names[j] == "ADD":
+            other = [i for i in ins if i != t]
+            if len(ins) != 2 or len(other) != 1 or not (view.const(other[0]) or
+                                                        other[0] in weights):
+                break
+            if users.get(other[0], []) == [j]:  # a bias the converter shares: not its name
+                names.append(view.name(other[0]))
+        elif not ins or ins[0] != t:
+            break
+        t = int(view.ops[j].OutputsAsNumpy()[0])
+        names.append(view.name(t))
+    own = [part for name in names for part in name.split(";")
+           if part.rsplit("/", 1)[-1].startswith(_OWN_OPS)]
+    scopes = {scope(part) for part in own}
+    return own[0] if len(scopes) == 1 and None not in scopes else ""

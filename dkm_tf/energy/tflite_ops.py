@@ -36,7 +36,7 @@ LISTED.update(dict.fromkeys(
     "a comparison / select (an activation's branch, e.g. selu's), not priced"))
 REDUCTIONS = {"MEAN": "avg", "SUM": "avg", "REDUCE_MAX": "max"}
 _MACS = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV")
-_LAYOUT = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+_LAYOUT = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS", "TRANSPOSE")  # TRANSPOSE: W-left BATCH_MATMUL
 _INTEGER = (2, 4, 6)  # INT32, INT64, BOOL
 
 

@@ -138,7 +138,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
     from dkm_tf.energy import tflite_ops as tops
     from dkm_tf.energy import tflite_palettes as tp
     from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
-    from dkm_tf.energy.tflite_names import bias_name
+    from dkm_tf.energy.tflite_names import bias_name, own_name
 
     view = tp.GraphView(model, graph, op_names, (run or {}).get(stack[-1]))
     decode = set(tp.constant_ops(view))
@@ -262,8 +262,8 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 else:
                     adj_y = options(op, schema.BatchMatMulOptions).AdjY()
                     in_f, units = (w[1], w[0]) if adj_y else w
-                name = name_of([ins[w_at][0], out_name, bias_name(view, users, k, 2, scope)],
-                               label)  # a BATCH_MATMUL has no operand 2
+                name = name_of([ins[w_at][0], out_name, own_name(view, users, k, 2, scope,
+                                                                  weights)], label)
                 shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
                                              in_features=in_f, units=units,
                                              positions=trips * missing_blocks(

@@ -42,15 +42,21 @@ def _flat(model):
 
 @contextlib.contextmanager
 def _as_wrapped_layers(model):
+    from dkm_tf.energy.keras_quantized import lora_layers
+
     wrappers = [x for x in _flat(model) if _is_clustering_wrapper(x)]
-    saved = []
+    saved, lora = [], lora_layers(_flat(model))
     try:
+        for x in lora:  # traced with its effective kernel's shape (`keras_quantized`)
+            x.lora_enabled = False
         for w in wrappers:
             own = vars(w).get("call")
             object.__setattr__(w, "call", _runs_wrapped(w.layer))
             saved.append((w, own))
         yield
     finally:
+        for x in lora:
+            x.lora_enabled = True
         for w, own in saved:
             if own is None:
                 object.__delattr__(w, "call")

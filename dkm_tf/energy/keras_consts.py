@@ -1,0 +1,105 @@
+"""Ops of a Functional / Sequential Keras model that scale or shift by constants.
+
+`x * 2.0`, `x + c`, `x - c`, `x / 3.0` (one `KerasTensor` operand and a constant), a
+`Rescaling` layer and a `Normalization` layer are what a `.tflite` runs as a MUL / ADD / SUB
+by a constant (a division by a constant is a MUL by its inverse; TF 2.21 converter), except
+where the converter folds them into the linear conv or dense layer before them (a scalar or
+per-channel constant, that layer's output read by this op only), as it folds a batch norm
+(`bn_folding`). The Keras reader therefore lists such a folded op ("folded into <layer>",
+not charged), charges a division by a constant as a "mul" (was listed "unsupported operation
+TrueDivide") and a `Normalization` layer as one "affine" record like `Rescaling` and a batch
+norm (was "unsupported layer type"). The traced reader does the same (`traced_consts`).
+"""
+
+import math
+
+_CONST_OPS = {"Add": "add", "Subtract": "add", "Multiply": "mul", "TrueDivide": "mul"}
+
+
+class _LastAxis:
+    axis = -1
+
+
+def _constant(op, call):
+    """The constant operand of a binary op call with one `KerasTensor` operand: `(value,
+    at)`, `at` its position, else None."""
+    for node in getattr(op, "_inbound_nodes", None) or []:
+        if not node.outputs or node.outputs[0] is not call[1][0]:
+            continue
+        args = list(node.arguments.args)
+        if len(args) != 2 or len(node.input_tensors) != 1:
+            return None
+        at = 0 if args[1] is node.input_tensors[0] else 1
+        return args[at], at
+    return None
+
+
+def _per_channel(value):
+    import numpy as np
+
+    shape = np.shape(value)
+    return math.prod(shape[:-1]) == 1 if shape else True
+
+
+def fold_of(inner, call, counts, keras):
+    """The name of the layer op `inner` (a batch norm, a `Rescaling` / `Normalization`, a
+    constant Add / Subtract / Multiply / TrueDivide) is folded into at `call`, else None."""
+    from dkm_tf.energy.bn_folding import folded_into
+
+    L = keras.layers
+    x = call[0][0] if not isinstance(call, Exception) and call[0] else None
+    if isinstance(inner, L.BatchNormalization):
+        return folded_into(inner, counts, keras, x)
+    if x is None:
+        return None
+    if isinstance(inner, (L.Rescaling, L.Normalization)):
+        scale = getattr(inner, "scale", None)
+        if isinstance(inner, L.Rescaling) and not (_per_channel(scale) and
+                                                   _per_channel(inner.offset)):
+            return None
+        return folded_into(_LastAxis, counts, keras, x)
+    if type(inner).__name__ in _CONST_OPS:
+        found = _constant(inner, call)
+        if found is not None and _per_channel(found[0]) and not (
+                type(inner).__name__ in ("Subtract", "TrueDivide") and found[1] == 0):
+            return folded_into(_LastAxis, counts, keras, x)
+    return None
+
+
+def const_op_records(op, call, in_shapes, out_shape):
+    """`(records, reason)` of a TrueDivide with one `KerasTensor` operand: a division by a
+    constant is a "mul" record; a constant divided by activations is listed. None for other
+    ops."""
+    from dkm_tf.energy import shapes as sh
+
+    if type(op).__name__ != "TrueDivide" or isinstance(call, Exception):
+        return None
+    found = _constant(op, call)
+    if found is None:
+        return None
+    if found[1] == 0:
+        return [], "a constant divided by activations (a reciprocal): not priced"
+    if any(d is None for d in out_shape[1:]):
+        return [], f"unknown dimension in shapes {in_shapes} -> {out_shape}"
+    return [sh.eltwise_shape(op.name, elements=math.prod(out_shape[1:]), eltwise_op="mul",
+                             n_inputs=2, op="TrueDivide")], None
+
+
+def normalization_records(layer, name, in_shape, out_shape, common):
+    """A `Normalization` layer: one "affine" record (its mean and variance per feature); none
+    for mean 0 and variance 1 (not adapted: an identity, which the converter removes:
+    EfficientNetB0's, 27,648 elements at 96x96)."""
+    import keras
+    import numpy as np
+
+    from dkm_tf.energy import shapes as sh
+
+    mean, var = getattr(layer, "mean", None), getattr(layer, "variance", None)
+    if getattr(layer, "invert", False):
+        return [], "Normalization(invert=True): not modelled, not charged"
+    if mean is not None and var is not None and not np.any(
+            keras.ops.convert_to_numpy(mean)) and np.all(keras.ops.convert_to_numpy(var) == 1):
+        return [], "mean 0 and variance 1: an identity the converter removes, not charged"
+    n = math.prod(mean.shape) if mean is not None else in_shape[-1]
+    return [sh.eltwise_shape(name, elements=math.prod(out_shape[1:]), eltwise_op="affine",
+                             n_inputs=1, n_params=2 * int(n), **common)], None

@@ -1,0 +1,160 @@
+"""Element-wise ops of a traced graph (`graph_reader`) with a constant or weight operand.
+
+`x * 2.0`, `x + c`, `x / 3.0`, `ops.multiply(x, per_channel)`, a `Rescaling` or
+`Normalization` layer and an inference batch norm (`x * inv + shift`) are, in the traced
+graph, an element-wise op (Mul, AddV2, Sub, RealDiv, Maximum, Minimum) of an activation
+tensor and a tensor computed from constants / variables only. The TensorFlow Lite converter
+(TF 2.21) folds such an op into the linear conv or dense op before it when the constant is a
+scalar or a per-channel vector and the product's output feeds that op only (as it folds a
+batch norm, `bn_folding`); otherwise it runs a MUL / ADD / SUB (a division by a constant is
+a MUL by its inverse), which the `.tflite` reader charges. The traced reader does the same
+(`classify`): folded ops are listed in `skipped` ("folded into <layer>"), the others charged
+as "mul" / "add" / "max" records of two inputs, as the `.tflite` reader charges them. Ops
+computing from constants / variables only (a batch norm's `rsqrt(var + eps) * gamma`) are
+weight preprocessing a converter folds away: listed once, not charged. (Before, the traced
+reader charged only ops of two same-shape activations: every broadcast op was dropped without
+a word.) A weight of the output's trailing axes added to a conv's / matrix product's
+output (an `EinsumDense` bias, heads x dims; Dense and Conv biases are BiasAdd ops) is that
+product's bias, not charged, as in the `.tflite` reader; element-wise ops on integers (an
+Embedding's index wrap-around) are listed as index arithmetic. `tests/test_energy15.py`
+converts each case and compares.
+"""
+
+import math
+
+_FOLDING_PRODUCTS = ("Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "MatMul")
+_PASS = ("BiasAdd", "Identity")
+CONST_OPS = {"AddV2": "add", "Add": "add", "Sub": "add", "Mul": "mul", "RealDiv": "mul",
+             "Maximum": "max", "Minimum": "max"}
+
+
+def activation_ops(graph):
+    """Names of the ops whose outputs depend on the graph's (non-resource) input placeholders."""
+    import tensorflow as tf
+
+    live = set()
+    for op in graph.get_operations():
+        if op.type == "Placeholder":
+            if op.outputs and op.outputs[0].dtype not in (tf.resource, tf.variant):
+                live.add(op.name)
+        elif any(t.op.name in live for t in op.inputs):
+            live.add(op.name)
+    return live
+
+
+class ConstOps:
+    """Classifies the element-wise ops of one traced graph (module docstring)."""
+
+    def __init__(self, graph):
+        self.live = activation_ops(graph)
+        self.quantized = {}  # op name -> the Keras-quantized layer whose call made it
+        self.folded = {}  # op name -> the product it is folded into
+        self.weight_ops = 0
+
+    def _consumers(self, tensor):
+        return len(tensor.consumers())
+
+    def _fold_target(self, tensor, kernel_layer):
+        """The layer the linear product producing `tensor` belongs to (through BiasAdd,
+        Identity and folded constant ops, each read by one op only), else None."""
+        for _ in range(16):
+            if self._consumers(tensor) != 1:
+                return None
+            op = tensor.op
+            if op.name in self.folded:
+                return self.folded[op.name]
+            if op.type in _FOLDING_PRODUCTS:
+                if op.type == "MatMul" and len(op.inputs[0].shape) != 2:
+                    return None
+                w = op.inputs[2 if op.type == "Conv2DBackpropInput" else 1]
+                return kernel_layer(w) or op.name.rsplit("/", 1)[0]
+            if op.type not in _PASS:
+                return None
+            tensor = op.inputs[0]
+        return None
+
+    def classify(self, op, kernel_layer):
+        """`(eltwise_op, elements, None)` to charge, `(None, None, reason)` to list, or
+        `(None, None, None)` for an op `graph_reader` reads itself (two activations) or a
+        weight op (counted, listed once by `weight_entry`)."""
+        kind = op.type
+        live = [t.op.name in self.live for t in op.inputs]
+        if not any(live):
+            self.weight_ops += 1
+            return None, None, None
+        if op.outputs[0].dtype.is_integer or op.outputs[0].dtype.is_bool:
+            return None, None, (f"{kind} of integers (index or shape arithmetic, e.g. an "
+                                "Embedding's index wrap-around), not charged")
+        layer = self.quantized.get(op.name)
+        if layer is not None:
+            return None, None, (f"{kind}: quantize / dequantize arithmetic of the quantized "
+                                f"layer {layer} (charged as its product), not charged")
+        if all(live) or len(op.inputs) != 2:
+            return None, None, None
+        x = op.inputs[live.index(True)]
+        c = op.inputs[live.index(False)]
+        out = _dims(op.outputs[0])
+        if kind == "RealDiv" and live.index(True) == 1:
+            return None, None, (f"RealDiv of a constant by activations over {out}: a "
+                                "reciprocal, not priced")
+        if _identity(kind, c):
+            one = "0" if kind in ("AddV2", "Add", "Sub") else "1"
+            return None, None, (f"{kind} by a constant {one}: an identity the converter "
+                                "removes, not charged")
+        c_dims = _dims(c)
+        per_channel = math.prod(c_dims[:-1]) == 1 if c_dims else True
+        product = _product_before(x)
+        trailing = list(c_dims)
+        while trailing and trailing[0] == 1:
+            trailing.pop(0)
+        if kind in ("AddV2", "Add") and product and trailing and \
+                list(_dims(x)[-len(trailing):]) == trailing and math.prod(trailing) > 1:
+            return None, None, (f"bias of the {product} before it (its accumulators' "
+                                "initial value), not charged")
+        if per_channel:
+            into = self._fold_target(x, kernel_layer)
+            if into is not None:
+                self.folded[op.name] = into
+                return None, None, (f"{kind} by a constant / weight of shape {list(c_dims)}: "
+                                    f"folded into {into} (as a .tflite folds it), not charged")
+        return CONST_OPS[kind], math.prod(out[1:]) if len(out) > 1 else 1, None
+
+    def weight_entry(self):
+        """The `skipped` entry of the weight-only ops, or None."""
+        if not self.weight_ops:
+            return None
+        return ("weight preprocessing", f"{self.weight_ops} element-wise ops computing from "
+                "constants / variables only (folded at conversion), not charged")
+
+
+_PRODUCTS = ("Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "MatMul",
+             "BatchMatMulV2", "BatchMatMulV3", "Einsum")
+
+
+def _product_before(tensor):
+    """The type of the matrix product / conv whose output `tensor` is (through layout ops)."""
+    for _ in range(8):
+        if tensor.op.type in _PRODUCTS:
+            return tensor.op.type
+        if tensor.op.type not in ("Reshape", "Identity", "ExpandDims", "Squeeze"):
+            return None
+        tensor = tensor.op.inputs[0]
+    return None
+
+
+def _identity(kind, c):
+    """Whether constant operand `c` makes op `kind` an identity (x + 0, x * 1)."""
+    import numpy as np
+    import tensorflow as tf
+
+    value = tf.get_static_value(c) if c.op.type == "Const" else None
+    if value is None or kind in ("Maximum", "Minimum"):
+        return False
+    return bool(np.all(np.asarray(value) == (0 if kind in ("AddV2", "Add", "Sub") else 1)))
+
+
+def _dims(tensor):
+    shape = tensor.shape
+    if shape.rank is None:
+        return ()
+    return tuple(1 if d is None else int(d) for d in shape.as_list())
