@@ -257,7 +257,17 @@ def copy_model(model):
         TypeError: for subclassed models, which Keras cannot clone (the message says what to
             do instead), or when Keras fails to clone a Sequential/Functional model (the
             message gives Keras' reason).
+        ValueError: a clusterable weight read by another layer of the model (tied weights,
+            :mod:`dkm_tf.graph.tied`): the copy could not keep the tie.
     """
+    import keras  # noqa: PLC0415
+
+    if isinstance(model, keras.Model):  # dkm_retrain trains such a copy
+        from dkm_tf.graph.tied import CLONE_WHY, check_no_tied_reads  # noqa: PLC0415
+
+        check_no_tied_reads(model, "copy_model", CLONE_WHY.format(
+            entry="copy_model (dkm_retrain and compress(method='dkm') train such a copy)",
+            extra=""))
     return _copy_model(model, copy_layer)
 
 

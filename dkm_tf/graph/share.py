@@ -220,6 +220,11 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         raise ValueError(f"Model {model.name!r} is not built, so it has no weights to cluster: "
                          "build it first (call it on data or give it an Input).")
     from dkm_tf.graph import layer_features  # noqa: PLC0415 (imports keras)
+    from dkm_tf.graph.tied import CLONE_WHY, check_no_tied_reads  # noqa: PLC0415
+
+    if not inplace:  # in place, the shared values go into the variable every reader reads
+        check_no_tied_reads(model, "share_weights", CLONE_WHY.format(
+            entry="share_weights(inplace=False)", extra=""))
 
     layer_features.check_not_quantized(model, "share_weights", overrides=overrides)
     if inplace:

@@ -26,9 +26,8 @@ import warnings
 import keras
 import numpy as np
 
-from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
-from dkm_tf.core.kmeans import KMEANS_THREADS, sortable
+from dkm_tf.core.kmeans import KMEANS_THREADS
 from dkm_tf.core.validate import check_bool, check_choice, check_kmeans_options, check_seed
 from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.graph import sensitivity as sensitivity_lib
@@ -38,9 +37,11 @@ from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
 from dkm_tf.graph.layer_features import merges_lora
 from dkm_tf.graph.share import check_override_options
+from dkm_tf.graph.tied import CLONE_WHY, check_no_tied_reads
 from dkm_tf.training import soft as soft_lib
 from dkm_tf.training.attach import detach_regularizer
 from dkm_tf.training.kernel_clustering import routes_cluster, routes_palettes, routes_strip
+from dkm_tf.training.recovered_palettes import palette_from_values as _palette_from_values
 from dkm_tf.training.wrapper import (
     ClusterWeights,
     kmeans_codebook,
@@ -192,7 +193,9 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
     Raises:
         TypeError: a subclassed model (the message says how to wrap its layers), or an
             unsupported layer with ``on_unsupported="error"``.
-        ValueError: invalid settings, or override keys that match no layer.
+        ValueError: invalid settings, override keys that match no layer, or a clusterable
+            weight read by another layer of the model (tied weights: see
+            :mod:`dkm_tf.graph.tied`; a layer called twice is fine).
     """
     defaults = {"n_clusters": n_clusters, "unit": unit, "granularity": granularity,
                 "init": init, "latent": latent, "preserve_sparsity": preserve_sparsity}
@@ -216,6 +219,9 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
                                None)
     if isinstance(model, keras.Model):
         clusterable_lib.check_has_clusterable(model, "cluster_weights", also=(ClusterWeights,))
+        check_no_tied_reads(model, "cluster_weights", CLONE_WHY.format(
+            entry="cluster_weights", extra="; and ClusterWeights shares the kernel inside its "
+            "own layer's call only (the reader would train on float weights)"))
     fisher = sensitivity_lib.check_weighting(model, weighting, data, loss, preserve_sparsity)
     clustered, skipped, seen = [], [], set()
 
@@ -335,26 +341,6 @@ def strip_clustering(model, *, fold_bn=True):
         plain, palettes, _ = fold_with_palettes(plain, palettes)
     detach_regularizer(plain)  # plain Keras layers only: loads without dkm_tf imported
     return plain, palettes
-
-
-def _palette_from_values(layer, attr, values, kind, max_clusters):
-    """The smallest lossless scalar Palette of ``values`` (per tensor or per channel), if any."""
-    best, best_size, stored = None, None, min(palette_lib.FLOAT_BITS, 8 * values.dtype.itemsize)
-    for granularity in units_lib.GRANULARITIES:
-        layout = units_lib.layout_for(values.shape, kind, "scalar", granularity)
-        u = units_lib.to_units(values, layout)[..., 0]
-        found = [np.unique(row, return_inverse=True) for row in sortable(u)]  # float16
-        k = max(f[0].size for f in found)
-        if k > max_clusters or k >= layout.n_units:
-            continue
-        books = [np.concatenate([c, np.repeat(c[-1:], k - c.size)]) for c, _ in found]
-        idx = np.stack([i.reshape(-1) for _, i in found])
-        pal = palette_lib.Palette(layer.name, attr, np.stack(books)[..., None], idx, layout,
-                                  note="recovered by palettes_of")
-        size = pal.compressed_bits(bits=stored)
-        if size < pal.n_values * stored and (best is None or size < best_size):
-            best, best_size = pal, size
-    return best
 
 
 @routes_palettes

@@ -1,0 +1,168 @@
+"""Tied weights: a clusterable kernel read by a layer other than its own.
+
+A tied output projection reading the embedding table (``ops.matmul(h,
+ops.transpose(emb.embeddings))`` in a custom layer or a ``Lambda``), a decoder reading its
+encoder's kernel, a layer holding another layer of the model as an attribute: in each, one
+variable feeds two layers of the graph. The entry points that copy the model cannot keep
+such a tie, and the clustering wrapper cannot reach the other reader:
+
+* a copy is rebuilt layer by layer from configs: a ``Lambda``'s closure still reads the
+  *original* model's float variable (the copy's tied head never sees the clustered table: on
+  a 50 x 16 tied LM, 0.005 off the outputs of the kernel it claims to use, after strip too), a
+  layer holding another one gets its own fresh copy of it, trained on its own (0.13-0.36 off),
+  and a layer holding a non-serialisable reference cannot be copied at all;
+* :class:`~dkm_tf.ClusterWeights` replaces the kernel inside its own call only: any other
+  reader sees the float variable while training and the shared values after strip.
+
+:func:`check_no_tied_reads` finds such readers before any work: statically (another layer of
+the graph tracks the variable among its weights) and by one eager call of every ``Lambda``
+and user-defined layer on zeros shaped like its graph inputs, inside a scope that records
+each variable read (nothing is updated). A layer that calls another one of the model itself
+(the same layer object at two places, e.g. keras_hub's ``ReversibleEmbedding`` called with
+``reverse=True``) is no tie: one layer, one wrapper, both uses clustered.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TIED_WAY_OUT", "check_no_tied_reads", "tied_reads"]
+
+TIED_WAY_OUT = (
+    "Either make both uses one layer called twice (e.g. an Embedding subclass whose "
+    "call(inputs, reverse=True) returns ops.matmul(inputs, ops.transpose(self.embeddings)), "
+    "as keras_hub's ReversibleEmbedding: one wrapper clusters both uses), or cluster after "
+    "training with dkm_tf.share_weights(model, inplace=True), which writes the shared values "
+    "into the variable itself so that every reader sees them (dkm_tf.attach_regularizer + fit "
+    "first to fine-tune towards them).")
+
+
+def _owners(layers):
+    """``{id(variable): (owner layer, attr)}`` of every clusterable weight of ``layers``."""
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.graph import clusterable as clusterable_lib  # noqa: PLC0415
+
+    out = {}
+    for layer in layers:
+        if isinstance(layer, keras.Model) or not layer.built \
+                or not clusterable_lib.is_clusterable(layer):
+            continue
+        try:
+            weights = clusterable_lib.clusterable_weights(layer)
+        except (TypeError, ValueError):  # refused later, by the entry point, with its message
+            continue
+        for attr, var, _ in weights:
+            out.setdefault(id(var), (layer, attr))
+    return out
+
+
+def _audited(layer):
+    """Layers whose call may read another layer's variable: Lambda and user-defined ones."""
+    import keras  # noqa: PLC0415
+
+    if isinstance(layer, keras.Model) or not layer.built:  # a call would build it
+        return False
+    if isinstance(layer, keras.layers.Lambda):
+        return True
+    module = type(layer).__module__ or ""
+    return not module.startswith(("keras.", "keras", "dkm_tf.", "tf_keras."))
+
+
+def _zeros_like_node(node):
+    """Concrete zeros shaped like a node's symbolic arguments (unknown dims: 1)."""
+    import keras  # noqa: PLC0415
+    from keras import tree  # noqa: PLC0415
+
+    def concrete(t):
+        if isinstance(t, keras.KerasTensor):
+            if getattr(t, "sparse", False) or getattr(t, "ragged", False):
+                raise TypeError("sparse / ragged input")
+            return keras.ops.zeros([1 if d is None else d for d in t.shape], dtype=t.dtype)
+        return t
+
+    args = tree.map_structure(concrete, node.arguments.args)
+    kwargs = tree.map_structure(concrete, node.arguments.kwargs)
+    return args, kwargs
+
+
+def _reads_of_call(layer, node):
+    """ids of the variables ``layer`` reads when called like ``node``; None if it cannot run."""
+    import keras  # noqa: PLC0415
+
+    class _Recorder(keras.StatelessScope):
+        def __init__(self):
+            super().__init__(collect_losses=True)
+            self.read = set()
+
+        def get_current_value(self, variable):
+            self.read.add(id(variable))
+            return super().get_current_value(variable)
+
+    try:
+        args, kwargs = _zeros_like_node(node)
+        with _Recorder() as scope:
+            layer(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - an input it cannot take: the static check still runs
+        return None
+    return scope.read
+
+
+def tied_reads(model):
+    """Every clusterable weight of ``model`` read by another layer of its graph.
+
+    Returns:
+        A list of ``(owner_name, attr, reader_name, how)``; ``how`` is ``"tracks"`` (the
+        reader lists the variable among its weights) or ``"reads"`` (its call reads it).
+    """
+    from dkm_tf.graph import clusterable as clusterable_lib  # noqa: PLC0415
+
+    layers = [model, *clusterable_lib.walk_layers(model)]
+    owners = _owners(layers)
+    found, seen = [], set()
+
+    def add(var_id, reader, how):
+        owner, attr = owners[var_id]
+        key = (id(owner), attr, id(reader))
+        if owner is not reader and key not in seen:
+            seen.add(key)
+            found.append((owner.name, attr, reader.name, how))
+
+    import keras  # noqa: PLC0415
+
+    for layer in layers:
+        if isinstance(layer, keras.Model):
+            continue
+        for var in layer.weights:
+            if id(var) in owners:
+                add(id(var), layer, "tracks")
+        if _audited(layer):
+            for node in getattr(layer, "_inbound_nodes", None) or []:
+                for var_id in (_reads_of_call(layer, node) or ()):
+                    if var_id in owners:
+                        add(var_id, layer, "reads")
+    return found
+
+
+CLONE_WHY = (
+    "{entry} copies the model layer by layer, which cannot keep a tie: the reader's copy "
+    "reads the original model's float variable (a Lambda's closure) or a second copy of the "
+    "weight of its own (trained, stored and exported apart from the clustered one), or cannot "
+    "be copied at all{extra}.")
+
+
+def check_no_tied_reads(model, entry, why):
+    """Raise ``ValueError`` if a clusterable weight of ``model`` is read outside its layer.
+
+    Args:
+        model: the model given to ``entry``.
+        entry: the entry point's name, for the message.
+        why: what ``entry`` would do wrong with such a reader (one sentence).
+    """
+    found = tied_reads(model)
+    if not found:
+        return
+    ties = "; ".join(
+        f"{owner!r}.{attr} is {'tracked' if how == 'tracks' else 'read'} by layer {reader!r}"
+        for owner, attr, reader, how in found)
+    raise ValueError(
+        f"{entry}: a clustered weight would be read outside its own layer (tied weights): "
+        f"{ties}. {why} {TIED_WAY_OUT}")
