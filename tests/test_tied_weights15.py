@@ -228,3 +228,13 @@ def test_dkm_retrain_refuses_a_tied_reader_before_training():
     x, _ = _ids(8)
     with pytest.raises(ValueError, match="'emb'.embeddings is read by layer 'tied'"):
         dkm_tf.dkm_retrain(model, (x, np.arange(8) % V), n_clusters=4, epochs=1)
+
+
+def test_energy_lists_the_reverse_call_of_a_tied_embedding_as_not_charged():
+    """Measured before: the ``reverse=True`` call (a 16 x 50 matmul per token, 4,800 MACs per
+    sample of 6 tokens) was listed as "a table lookup, no MACs", like the lookup call."""
+    report = dkm_tf.energy.estimate(_lm("reversible"))
+    reasons = dict(report.skipped)
+    assert reasons["emb"] == "Embedding: a table lookup, no MACs"
+    assert "not a table lookup" in reasons["emb#2"] and "not charged" in reasons["emb#2"]
+    assert f"(None, {T}, {D}) -> (None, {T}, {V})" in reasons["emb#2"]

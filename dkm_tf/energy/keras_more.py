@@ -40,6 +40,22 @@ def classify_more(layer, name, in_shapes, out_shape, keras, common):
     return None
 
 
+def embedding_reason(layer, in_shape, out_shape):
+    """Why an Embedding call has no record: a table lookup (integer ids in, ``output_dim``
+    features out), or, for any other call of an Embedding subclass (a tied output projection
+    such as keras_hub's ``ReversibleEmbedding(reverse=True)``: features in, ``input_dim``
+    logits out, a matmul with the table), a reason saying it is not charged. Measured before
+    2026-12-05: such a call was listed as "a table lookup, no MACs" (76 % of a tiny tied LM's
+    6,336 MACs missing)."""
+    lookup = (len(out_shape) == len(in_shape) + 1
+              and out_shape[-1] == getattr(layer, "output_dim", None))
+    if lookup:
+        return "Embedding: a table lookup, no MACs"
+    return (f"Embedding subclass called {tuple(in_shape)} -> {tuple(out_shape)}: not a table "
+            "lookup (a tied output projection?); not modelled, not charged: estimate the "
+            "exported .tflite for its MACs")
+
+
 def nested_subclassed(layer, name, call, used):
     """`(records, skipped)` of one call of a subclassed model nested in a Functional one.
 

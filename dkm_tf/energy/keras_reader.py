@@ -31,7 +31,7 @@ from dkm_tf.energy.activations import activation_name, activation_records, layer
 from dkm_tf.energy.bn_folding import consumers
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
-from dkm_tf.energy.keras_more import classify_more, nested_subclassed
+from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
 
 _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
@@ -272,7 +272,7 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
                                      kernel=_hw(layer.kernel_size, rank), repeat=rep,
                                      **common)], None
     if isinstance(layer, L.Embedding):
-        return [], "Embedding: a table lookup, no MACs"
+        return [], embedding_reason(layer, in_shape, out_shape)
     from dkm_tf.energy.sequence_reader import classify_sequence_layer
 
     sequence = classify_sequence_layer(layer, alias, in_shapes, out_shape, keras)
