@@ -428,3 +428,66 @@ def test_traced_activation_layers_with_colliding_scope_names():
         ("c", "conv", 144), ("activation_1", "eltwise", 144), ("c_1", "conv", 64),
         ("c_1/silu", "eltwise", 64)]
     assert not any("call" in vars(x) for x in (sub.a0, sub.a1, sub.c1))  # restored
+
+
+# ------------------------------------------------------------ review of 52bc0b6
+@TF_ONLY
+@pytest.mark.parametrize("layers", [
+    lambda: [L.SeparableConv2D(4, 3, activation="selu", name="c1")],
+    lambda: [L.Conv1D(4, 3, padding="causal", activation="selu", name="c1")],
+    lambda: [L.Dense(4, activation="selu", name="c1")]], ids=["separable", "causal", "dense"])
+def test_traced_activation_charged_at_the_layer_output_size(layers, tmp_path):
+    """The first fix charged an activation at the largest tensor of its layer's call: a
+    selu SeparableConv2D(4) on 8x8x16 charged add 576 / mul 1152 for the file's 144 / 288."""
+    shape = (8, 8, 16) if "separable" in str(layers()[0].__class__).lower() else (16, 32)
+    functional, sub = _compare_three(layers, shape=shape)
+    f = energy.estimate(_file(functional, tmp_path / "a.tflite"))
+    traced = energy.estimate(sub, input_shape=shape)
+    assert _eltwise(traced) == _eltwise(f)
+    assert traced.paper_total == pytest.approx(f.paper_total)
+
+
+class ConstOp(L.Layer):
+    def __init__(self, fn, **kwargs):
+        super().__init__(**kwargs)
+        self.fn = fn
+
+    def call(self, x):
+        return self.fn(x)
+
+
+@TF_ONLY
+@pytest.mark.parametrize("fn, bias", [
+    (lambda x: 1.0 - x, True),
+    (lambda x: keras.ops.maximum(x, 0.5), True),
+    (lambda x: keras.ops.minimum(x, 0.5), True),
+    (lambda x: x + np.linspace(0.1, 1.0, 6 * 6 * 4).reshape(6, 6, 4).astype("float32"), False)],
+    ids=["c-x", "max", "min", "hwc-constant"])
+def test_traced_ops_the_converter_runs_are_charged_not_listed_as_folded(fn, bias, tmp_path):
+    """The first fix listed `1 - conv(x)`, max / min with a constant and an (H, W, C)
+    constant added to a bias-free conv as folded / as the conv's bias: the file runs them."""
+    functional, sub = _compare_three(lambda: [L.Conv2D(4, 3, use_bias=bias, name="c1"),
+                                              ConstOp(fn)])
+    f = energy.estimate(_file(functional, tmp_path / "o.tflite"))
+    traced = energy.estimate(sub, input_shape=(8, 8, 3))
+    assert sum(_eltwise(f).values()) == 144
+    assert _eltwise(traced) == _eltwise(f)
+    assert not any("folded into" in why or "bias of the" in why for _, why in traced.skipped)
+
+
+@TF_ONLY
+@pytest.mark.parametrize("axis", [1, (1, 2, 3)])
+def test_functional_normalization_over_other_axes_is_not_folded(axis, tmp_path):
+    """`fold_of` read every Normalization as per channel (last axis): axis=1 after a linear
+    conv was listed as folded into c1; the file runs a SUB and a MUL (144 + 144 here)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3), batch_size=1)
+    h = L.Conv2D(4, 3, name="c1")(inp)
+    norm = L.Normalization(axis=axis)
+    norm.adapt(np.random.default_rng(0).normal(size=(4, 6, 6, 4)).astype("float32"))
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(norm(h))))
+    f = energy.estimate(_file(model, tmp_path / "n.tflite"))
+    k = energy.estimate(model)
+    assert sum(_eltwise(f).values()) == 288
+    assert not any("folded into" in why for _, why in k.skipped)
+    assert sum(_eltwise(k).values()) == 144  # one "affine" record of the 144 outputs

@@ -57,6 +57,10 @@ def fold_of(inner, call, counts, keras):
         if isinstance(inner, L.Rescaling) and not (_per_channel(scale) and
                                                    _per_channel(inner.offset)):
             return None
+        axis = getattr(inner, "axis", (-1,))  # Normalization: statistics per channel only
+        if isinstance(inner, L.Normalization) and tuple(axis or ()) not in ((-1,), (len(
+                x.shape) - 1,)):
+            return None
         return folded_into(_LastAxis, counts, keras, x)
     if type(inner).__name__ in _CONST_OPS:
         found = _constant(inner, call)

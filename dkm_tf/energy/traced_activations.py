@@ -104,7 +104,9 @@ def _recorded(layer, kind, call, calls, tf):
         graph = tf.compat.v1.get_default_graph()
         first = len(graph.get_operations())
         out = call(*args, **kwargs)
-        calls.append((layer, kind, graph, first, len(graph.get_operations())))
+        dims = _dims(out) if hasattr(out, "shape") and hasattr(out.shape, "rank") else ()
+        calls.append((layer, kind, graph, first, len(graph.get_operations()),
+                      math.prod(dims[1:]) if len(dims) > 1 else None))  # the output's size
         return out
 
     return run
@@ -113,8 +115,9 @@ def _recorded(layer, kind, call, calls, tf):
 def activation_calls(calls, graph, live):
     """`({op name: call index}, entries, {op name: quantized layer})` of the recorded `calls`
     made in `graph` (an inner call's ops are its own): entries `[layer name, kind, elements,
-    input shape, an Activation layer]`, elements the largest per-image activation an op of the
-    call outputs, the input its first activation operand from outside the call."""
+    input shape, an Activation layer]`, elements the per-image size of the call's output (else
+    the largest an op of the call outputs), the input its first activation operand from
+    outside the call."""
     ops = graph.get_operations()
     quantized = {op.name: c[0].name for c in calls if c[2] is graph and isinstance(c[1], tuple)
                  for op in ops[c[3]:c[4]]}
@@ -124,7 +127,7 @@ def activation_calls(calls, graph, live):
     owner, entries = {}, []
     for layer, kind, *_ in mine:
         entries.append([layer.name, kind, 1, None, type(layer).__name__ == "Activation"])
-    for i, (_, _, _, first, end) in sorted(enumerate(mine), key=lambda c: c[1][4] - c[1][3],
+    for i, (_, _, _, first, end, _) in sorted(enumerate(mine), key=lambda c: c[1][4] - c[1][3],
                                            reverse=True):
         for op in ops[first:end]:
             owner[op.name] = i  # the innermost call owns an op
@@ -133,7 +136,10 @@ def activation_calls(calls, graph, live):
         if i is None:
             continue
         entry = entries[i]
-        if op.outputs and op.outputs[0].dtype.is_floating and op.name in live:
+        size = mine[i][5]  # an activation applies to the call's output (not its widest op)
+        if size is not None:
+            entry[2] = size
+        elif op.outputs and op.outputs[0].dtype.is_floating and op.name in live:
             entry[2] = max(entry[2], math.prod(_dims(op.outputs[0])[1:]) or 1)
         outside = [t for t in op.inputs if owner.get(t.op.name) != i and t.op.name in live
                    and t.dtype.is_floating]

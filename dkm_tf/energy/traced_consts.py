@@ -107,11 +107,15 @@ class ConstOps:
         trailing = list(c_dims)
         while trailing and trailing[0] == 1:
             trailing.pop(0)
-        if kind in ("AddV2", "Add") and product and trailing and \
+        # a conv's bias is per channel; a matmul's (EinsumDense) may span its trailing axes
+        if kind in ("AddV2", "Add") and product and trailing and (
+                len(trailing) == 1 or product not in _FOLDING_PRODUCTS[:3]) and \
                 list(_dims(x)[-len(trailing):]) == trailing and math.prod(trailing) > 1:
             return None, None, (f"bias of the {product} before it (its accumulators' "
                                 "initial value), not charged")
-        if per_channel:
+        # c - x and max / min are no affine map of x the converter folds (it runs them)
+        if per_channel and kind not in ("Maximum", "Minimum") and not (
+                kind == "Sub" and live.index(True) == 1):
             into = self._fold_target(x, kernel_layer)
             if into is not None:
                 self.folded[op.name] = into
