@@ -491,3 +491,19 @@ def test_functional_normalization_over_other_axes_is_not_folded(axis, tmp_path):
     assert sum(_eltwise(f).values()) == 288
     assert not any("folded into" in why for _, why in k.skipped)
     assert sum(_eltwise(k).values()) == 144  # one "affine" record of the 144 outputs
+
+
+@TF_ONLY
+def test_functional_normalization_with_one_mean_is_folded(tmp_path):
+    """Review of a93bf0f: `Normalization(axis=None)` (one scalar mean and variance) after a
+    linear conv was charged (paper 30,654) though the file folds it (29,214)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3), batch_size=1)
+    norm = L.Normalization(axis=None)
+    norm.adapt(np.random.default_rng(0).random((4, 6, 6, 4)).astype("float32"))
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(norm(L.Conv2D(4, 3,
+                                                                           name="c1")(inp)))))
+    f, k = energy.estimate(_file(model, tmp_path / "n.tflite")), energy.estimate(model)
+    assert _eltwise(f) == _eltwise(k) == {}
+    assert any("folded into c1" in why for _, why in k.skipped)
+    assert k.paper_total == pytest.approx(f.paper_total)

@@ -238,3 +238,52 @@ def test_energy_lists_the_reverse_call_of_a_tied_embedding_as_not_charged():
     assert reasons["emb"] == "Embedding: a table lookup, no MACs"
     assert "not a table lookup" in reasons["emb#2"] and "not charged" in reasons["emb#2"]
     assert f"(None, {T}, {D}) -> (None, {T}, {V})" in reasons["emb#2"]
+
+
+class WithLayersAttr(keras.layers.Layer):
+    """A custom block keeping its own sublayers in a public ``layers`` list."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.layers = [keras.layers.Dense(8, name="in1"), keras.layers.Dense(8, name="in2")]
+
+    def call(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_a_block_reading_its_own_public_sublayers_is_no_tie():
+    """Review of b969289: refused as "'in1'.kernel is tracked by layer 'block'"; worked
+    before (the sublayers' kernels clustered by share_weights, left by cluster_weights)."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8,))
+    model = keras.Model(x, keras.layers.Dense(2, name="out")(WithLayersAttr(name="block")(x)))
+    assert tied_reads(model) == []
+    shared = dkm_tf.share_weights(model, n_clusters=4, verbose=False)
+    assert sorted(p.layer_name for p in shared.palettes) == ["in1", "in2", "out"]
+    with pytest.warns(UserWarning, match="block"):
+        dkm_tf.cluster_weights(model, n_clusters=4)
+
+
+def test_a_user_module_named_keras_something_is_audited(tmp_path, monkeypatch):
+    """Review of b969289: layers of any module starting with "keras" (keras_hub, keras_cv, a
+    user's keras_blocks.py) were never called by the check: a tie through an untracked
+    reference went unseen."""
+    (tmp_path / "keras_blocks15.py").write_text(
+        "import keras\nfrom keras import ops\n\n\n"
+        "class TiedOut(keras.layers.Layer):\n"
+        "    def __init__(self, emb=None, **kw):\n"
+        "        super().__init__(**kw)\n"
+        "        self._get = lambda: emb  # an untracked reference\n\n"
+        "    def call(self, h):\n"
+        "        return ops.matmul(h, ops.transpose(self._get().embeddings))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import keras_blocks15  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((T,), dtype="int32")
+    emb = keras.layers.Embedding(V, D, name="emb")
+    h = keras.layers.Dense(D, activation="tanh", name="mix")(emb(ids))
+    model = keras.Model(ids, keras_blocks15.TiedOut(emb, name="tied")(h))
+    assert tied_reads(model) == [("emb", "embeddings", "tied", "reads")]

@@ -58,8 +58,8 @@ def fold_of(inner, call, counts, keras):
                                                    _per_channel(inner.offset)):
             return None
         axis = getattr(inner, "axis", (-1,))  # Normalization: statistics per channel only
-        if isinstance(inner, L.Normalization) and tuple(axis or ()) not in ((-1,), (len(
-                x.shape) - 1,)):
+        if isinstance(inner, L.Normalization) and tuple(axis or ()) not in ((), (-1,), (len(
+                x.shape) - 1,)):  # None: one scalar mean and variance
             return None
         return folded_into(_LastAxis, counts, keras, x)
     if type(inner).__name__ in _CONST_OPS:

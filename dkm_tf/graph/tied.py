@@ -64,7 +64,7 @@ def _audited(layer):
     if isinstance(layer, keras.layers.Lambda):
         return True
     module = type(layer).__module__ or ""
-    return not module.startswith(("keras.", "keras", "dkm_tf.", "tf_keras."))
+    return not module.startswith(("keras.", "dkm_tf.", "tf_keras."))  # keras_hub's: audited
 
 
 def _zeros_like_node(node):
@@ -113,20 +113,27 @@ def tied_reads(model):
         A list of ``(owner_name, attr, reader_name, how)``; ``how`` is ``"tracks"`` (the
         reader lists the variable among its weights) or ``"reads"`` (its call reads it).
     """
+    import keras  # noqa: PLC0415
+
     from dkm_tf.graph import clusterable as clusterable_lib  # noqa: PLC0415
 
     layers = [model, *clusterable_lib.walk_layers(model)]
     owners = _owners(layers)
     found, seen = [], set()
+    in_graph = {id(model)}  # layers of the model's graphs, nested models' included
+    for layer in layers:
+        if isinstance(layer, keras.Model) and id(layer) in in_graph:
+            in_graph |= {id(x) for x in layer.layers}
 
     def add(var_id, reader, how):
         owner, attr = owners[var_id]
         key = (id(owner), attr, id(reader))
+        subs = reader._flatten_layers(include_self=False)  # noqa: SLF001
+        if id(owner) not in in_graph and any(x is owner for x in subs):
+            return  # the reader's own sublayer (listed in a public `layers`), not a tie
         if owner is not reader and key not in seen:
             seen.add(key)
             found.append((owner.name, attr, reader.name, how))
-
-    import keras  # noqa: PLC0415
 
     for layer in layers:
         if isinstance(layer, keras.Model):
