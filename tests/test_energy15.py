@@ -507,3 +507,25 @@ def test_functional_normalization_with_one_mean_is_folded(tmp_path):
     assert _eltwise(f) == _eltwise(k) == {}
     assert any("folded into c1" in why for _, why in k.skipped)
     assert k.paper_total == pytest.approx(f.paper_total)
+
+
+@TF_ONLY
+def test_palettes_passed_with_a_palettized_file_whose_last_dense_has_no_name(tmp_path):
+    """Measured before: `estimate(file, palettes=...)` raised "Compression info names layer
+    'fc2'" for the built-in digits CNN's palettized file: its untrained fc2 has zero biases,
+    which the converter drops, so the record is `fully_connected_<n>`. The one op-named record
+    of the palette's weight count is its layer now; the estimate equals the Keras model's."""
+    import dkm_tf  # noqa: PLC0415
+    from dkm_tf import export  # noqa: PLC0415
+
+    model = dkm_tf.models.digits_cnn()
+    shared = dkm_tf.share_weights(model, n_clusters=16, verbose=False)
+    path = str(tmp_path / "d.tflite")
+    export.to_tflite(shared.model, path, format="palettized", palettes=shared.palettes,
+                     sample_inputs=np.random.default_rng(0).random((2, 8, 8, 1), np.float32))
+    named = [x.name for x in energy.estimate(path).layers]
+    assert "fc2" not in named and any(n.startswith("fully_connected_") for n in named)
+    f = energy.estimate(path, palettes=shared.palettes)
+    k = energy.estimate(shared.model, palettes=shared.palettes)
+    assert f.paper_total == pytest.approx(k.paper_total, rel=1e-9)
+    assert f.hierarchy_total == pytest.approx(k.hierarchy_total, rel=1e-9)

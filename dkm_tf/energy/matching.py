@@ -96,6 +96,8 @@ def match_sharing(shapes, sharing, skipped=()):
         if not candidates and name.endswith(("/depthwise", "/pointwise")):
             candidates = _separable_part(name, by_layer)
         if not candidates:
+            candidates = _unnamed_by_size(infos, shapes, sharing)
+        if not candidates:
             where = _skipped_name(name, skipped)
             if where is not None:
                 what = ", ".join(f"K={i.n_clusters}, d={i.unit_dim}" for i in infos)
@@ -126,6 +128,26 @@ def match_sharing(shapes, sharing, skipped=()):
                 (first.layer, first.kind, first.n_weights) == (s.layer, s.kind, s.n_weights):
             matched[s.name] = matched[first.name]
     return matched, unused
+
+
+# a `.tflite` record named after its op (no tensor carried the layer's name: a palettized
+# last Dense whose zero bias the converter dropped), `tflite_names`
+_UNNAMED = re.compile(r"(fully_connected|batch_matmul|conv_2d|depthwise_conv_2d|"
+                      r"transpose_conv)_\d+")
+
+
+def _unnamed_by_size(infos, shapes, sharing):
+    """The op-named `.tflite` record a palette of a layer the file does not name belongs to:
+    the only one whose weight count equals the palette's, and which no palette names (a
+    record two palettes or two such records could fit is no match: the caller raises).
+    Measured before 2026-12-05: `estimate(file, palettes=share_weights(...).palettes)` raised
+    for the built-in digits CNN's palettized file (its untrained fc2 has zero biases)."""
+    sizes = {i.n_weights for i in infos}
+    fits = [s for s in shapes if s.kind in ("conv", "dense") and _UNNAMED.fullmatch(s.layer)
+            and s.layer not in sharing and s.n_weights in sizes]
+    rivals = [other for other in sharing.values()
+              if other is not infos and any(i.n_weights in sizes for i in other)]
+    return fits if len(fits) == 1 and not rivals else None
 
 
 def _separable_part(name, by_layer):
