@@ -26,7 +26,8 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")  # keras.datasets' load_da
 
 
 def load_digits(test_fraction=0.25, seed=0):
-    """sklearn's 8x8 digits (1,797 images, bundled with sklearn), scaled to [0, 1].
+    """sklearn's 8x8 digits (1,797 images, bundled with sklearn), scaled to [0, 1]; a
+    ``test_fraction`` in (0, 1) of them held out, chosen by a permutation drawn with ``seed``.
 
     Returns:
         ``(x_train, y_train), (x_test, y_test)`` with x of shape (n, 8, 8, 1) float32 and y
@@ -247,8 +248,8 @@ def load_mnist(path=None, *, url=None, cache_dir=None, verify=True):
 
 
 class DatasetFileError(ValueError):
-    """A ``.npz`` dataset that cannot be used: ``expected`` says what is needed, ``received``
-    what the file holds."""
+    """A ``.npz`` dataset at ``path`` that cannot be used: ``expected`` says what is needed,
+    ``received`` what the file holds."""
 
     def __init__(self, path, expected, received):
         self.path, self.expected, self.received = path, expected, received
@@ -276,7 +277,7 @@ def _headers(path):
 
 
 def check_npz(path):
-    """Check a ``.npz`` dataset from its array headers alone (nothing is loaded).
+    """Check the ``.npz`` dataset at ``path`` from its array headers alone (nothing is loaded).
 
     Two forms (as ``np.savez`` writes them):
 
@@ -335,7 +336,7 @@ def check_npz(path):
 
 
 def load_npz(path):
-    """The user's dataset from a ``.npz`` file checked by :func:`check_npz`.
+    """The user's dataset from the ``.npz`` file at ``path``, checked by :func:`check_npz`.
 
     Inputs are cast to float32 and used as they are (no scaling: store them as the model
     expects them) and must be finite; labels are cast to int32 and must be in
