@@ -166,3 +166,18 @@ def test_a_protocol_layer_returning_a_tensor_is_told_to_return_variables():
     layer(np.zeros((1, 4), "float32"))
     with pytest.raises(ValueError, match="must return the layer's keras.Variable objects"):
         dkm_tf.ClusterWeights(layer, n_clusters=2)
+
+
+def test_the_lora_note_names_only_the_weights_lora_changed():
+    """Measured before: a MultiHeadAttention with LoRA on its query projection only got the
+    "LoRA merged" note on all four projections' palettes (the note was keyed by layer)."""
+    keras.utils.set_random_seed(0)
+    q = keras.Input((5, 8))
+    mha = L.MultiHeadAttention(2, 4, name="mha")
+    model = keras.Model(q, L.Dense(3, name="fc")(mha(q, q)))
+    mha._query_dense.enable_lora(2)  # noqa: SLF001 - Keras keeps the projections private
+    shared = dkm_tf.share_weights(model, n_clusters=4, verbose=False)
+    noted = sorted((p.layer_name, p.weight_name) for p in shared.palettes
+                   if "LoRA merged" in (p.note or ""))
+    assert noted == [("mha", "query_dense.kernel")]
+    assert shared.lora_merged == ["mha"]

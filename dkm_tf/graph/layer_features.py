@@ -32,8 +32,8 @@ import keras
 from dkm_tf.graph import quantized
 from dkm_tf.graph.quantized import among, layers_below, quantization_mode, quantized_layers
 
-__all__ = ["check_not_quantized", "lora_layers", "lora_note", "merge_lora", "quantized_layers",
-           "quantization_mode", "refuse_lora"]
+__all__ = ["check_not_quantized", "lora_layers", "lora_note", "lora_paths", "merge_lora",
+           "quantized_layers", "quantization_mode", "refuse_lora"]
 
 _LORA_VARS = ("lora_kernel_a", "lora_kernel_b", "lora_embeddings_a", "lora_embeddings_b")
 LORA_NOTE = ("LoRA merged: clustered the layer's effective kernel kernel + lora_kernel_a @ "
@@ -74,13 +74,26 @@ def refuse_lora(model, what, fix, layers=None):
         "compress do this themselves).")
 
 
-def lora_note(palettes, merged):
-    """``palettes`` with :data:`LORA_NOTE` added to the notes of the layers in ``merged``."""
+def lora_paths(model):
+    """``{(layer name, weight path)}`` of the clusterable weights of ``model`` that LoRA
+    changes (a LoRA-enabled layer's kernel reads as a tensor, not a variable): a
+    MultiHeadAttention with LoRA on its query projection has one, ``query_dense.kernel``."""
+    from dkm_tf.graph import clusterable  # noqa: PLC0415
+
+    layers = clusterable.walk_layers(model) if isinstance(model, keras.Model) else [model]
+    return {(layer.name, path) for layer in layers
+            if lora_layers(layer) and clusterable.is_clusterable(layer)
+            for path, var, _ in clusterable.clusterable_weights(layer)
+            if not isinstance(var, keras.Variable)}
+
+
+def lora_note(palettes, paths):
+    """``palettes`` with :data:`LORA_NOTE` added to the notes of the weights in ``paths``
+    (:func:`lora_paths` of the model before the merge)."""
     import dataclasses  # noqa: PLC0415
 
-    merged = set(merged)
     return [dataclasses.replace(p, note="; ".join(filter(None, (p.note, LORA_NOTE))))
-            if p.layer_name in merged else p for p in palettes]
+            if (p.layer_name, p.weight_name) in paths else p for p in palettes]
 
 
 def _merged_values(layer):

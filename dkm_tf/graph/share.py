@@ -233,11 +233,12 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
             "each merged kernel, clustered); a subclassed model, which cannot be copied, needs "
             "its layers created without enable_lora and each kernel assigned the LoRA layer's "
             "merged layer.kernel")
+    paths = layer_features.lora_paths(model)  # the weights the merge changes
     model, merged = layer_features.merge_lora(model)
     result = _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity,
                     verbose, inplace, preserve_sparsity, fold_bn, weighting, data,
                     loss, codebook, transforms, scale_bits, refine)
-    result.palettes = layer_features.lora_note(result.palettes, merged)
+    result.palettes = layer_features.lora_note(result.palettes, paths)
     result.lora_merged = merged
     return result
 
