@@ -16,21 +16,15 @@ A LoRA-enabled layer computes its kernel as ``kernel + A·B · (alpha / r)`` on 
 layer's product with that effective kernel (as a deployed, merged model runs it); the traced
 reader did not: it read the LoRA matrices' products as the layer (a Dense of 144 -> 16 read
 as 4,608 MACs with 32 weights plus zero-MAC records; a conv as 216 MACs), so
-`traced_wrappers` traces LoRA layers with LoRA off (the same effective kernel shape).
+`traced_wrappers` traces LoRA layers (`dkm_tf.graph.layer_features.lora_layers`) with LoRA
+off (the same effective kernel shape).
 """
 
 
 def quantized_layers(model):
     """`{layer name: (mode, "float32")}` of the layers of `model` (every depth) that Keras
-    quantized (`quantization_mode` set), as `stored.quantized_note` reads them."""
-    try:
-        layers = list(model._flatten_layers(include_self=False))  # noqa: SLF001
-    except (AttributeError, TypeError):
-        layers = list(getattr(model, "layers", []))
-    return {x.name: (str(x.quantization_mode), "float32") for x in layers
-            if getattr(x, "quantization_mode", None)}
+    quantized (`dkm_tf.graph.quantized.quantized_layers`), as `stored.quantized_note` reads
+    them."""
+    from dkm_tf.graph.quantized import quantized_layers as found
 
-
-def lora_layers(layers):
-    """The layers among `layers` with LoRA enabled."""
-    return [x for x in layers if getattr(x, "lora_enabled", False) is True]
+    return {name: (str(mode), "float32") for name, mode, _ in found(model)}

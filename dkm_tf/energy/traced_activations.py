@@ -125,8 +125,9 @@ def activation_calls(calls, graph, live):
             if c[2] is graph]
     mine = [c for c in mine if c[1] is not None]
     owner, entries = {}, []
-    for layer, kind, *_ in mine:
-        entries.append([layer.name, kind, 1, None, type(layer).__name__ == "Activation"])
+    for layer, kind, *_, size in mine:  # an activation applies to the call's output
+        entries.append([layer.name, kind, 1 if size is None else size, None,
+                        type(layer).__name__ == "Activation"])
     for i, (_, _, _, first, end, _) in sorted(enumerate(mine), key=lambda c: c[1][4] - c[1][3],
                                            reverse=True):
         for op in ops[first:end]:
@@ -136,10 +137,8 @@ def activation_calls(calls, graph, live):
         if i is None:
             continue
         entry = entries[i]
-        size = mine[i][5]  # an activation applies to the call's output (not its widest op)
-        if size is not None:
-            entry[2] = size
-        elif op.outputs and op.outputs[0].dtype.is_floating and op.name in live:
+        if mine[i][5] is None and op.outputs and op.outputs[0].dtype.is_floating and \
+                op.name in live:  # no output size recorded: the widest op of the call
             entry[2] = max(entry[2], math.prod(_dims(op.outputs[0])[1:]) or 1)
         outside = [t for t in op.inputs if owner.get(t.op.name) != i and t.op.name in live
                    and t.dtype.is_floating]

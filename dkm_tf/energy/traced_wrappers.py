@@ -42,10 +42,10 @@ def _flat(model):
 
 @contextlib.contextmanager
 def _as_wrapped_layers(model):
-    from dkm_tf.energy.keras_quantized import lora_layers
+    from dkm_tf.graph.layer_features import lora_layers
 
     wrappers = [x for x in _flat(model) if _is_clustering_wrapper(x)]
-    saved, lora = [], lora_layers(_flat(model))
+    saved, lora = [], lora_layers(model)
     try:
         for x in lora:  # traced with its effective kernel's shape (`keras_quantized`)
             x.lora_enabled = False
