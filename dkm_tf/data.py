@@ -26,8 +26,11 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")  # keras.datasets' load_da
 
 
 def load_digits(test_fraction=0.25, seed=0):
-    """sklearn's 8x8 digits (1,797 images, bundled with sklearn), scaled to [0, 1]; a
-    ``test_fraction`` in (0, 1) of them held out, chosen by a permutation drawn with ``seed``.
+    """sklearn's 8x8 digits (1,797 images, bundled with sklearn), scaled to [0, 1].
+
+    Args:
+        test_fraction: the fraction held out for testing, a number in (0, 1) (default 0.25).
+        seed: an integer >= 0 drawing the permutation that splits them (default 0).
 
     Returns:
         ``(x_train, y_train), (x_test, y_test)`` with x of shape (n, 8, 8, 1) float32 and y
@@ -248,8 +251,11 @@ def load_mnist(path=None, *, url=None, cache_dir=None, verify=True):
 
 
 class DatasetFileError(ValueError):
-    """A ``.npz`` dataset at ``path`` that cannot be used: ``expected`` says what is needed,
-    ``received`` what the file holds."""
+    """A ``.npz`` dataset that cannot be used (a ValueError raised by :func:`check_npz`).
+
+    Args:
+        path, expected, received: the file, what is needed, what it holds (kept as attributes).
+    """
 
     def __init__(self, path, expected, received):
         self.path, self.expected, self.received = path, expected, received
@@ -279,14 +285,13 @@ def _headers(path):
 def check_npz(path):
     """Check the ``.npz`` dataset at ``path`` from its array headers alone (nothing is loaded).
 
-    Two forms (as ``np.savez`` writes them):
-
-    - labelled: the four arrays of :data:`NPZ_KEYS`, inputs with one sample per row and the
-      same shape per sample in both splits, and 1-D integer class labels (or ``(n, 1)``), one
-      per sample;
-    - unlabelled: ``x_train`` (and optionally ``x_test``, held-out inputs of the same shape),
-      calibration inputs for the post-training methods (``refine``, ``weighting``), which
-      need no labels.
+    Args:
+        path: a ``.npz`` file (str or path-like) in one of two forms (as ``np.savez`` writes
+            them). Labelled: the four arrays of :data:`NPZ_KEYS`, inputs with one sample per
+            row and the same shape per sample in both splits, and 1-D integer class labels (or
+            ``(n, 1)``), one per sample. Unlabelled: ``x_train`` (and optionally ``x_test``,
+            held-out inputs of the same shape), calibration inputs for the post-training
+            methods (``refine``, ``weighting``), which need no labels.
 
     Returns:
         ``{key: (shape, dtype)}`` of the arrays (``"y_train" in`` it: labelled).
@@ -338,9 +343,10 @@ def check_npz(path):
 def load_npz(path):
     """The user's dataset from the ``.npz`` file at ``path``, checked by :func:`check_npz`.
 
-    Inputs are cast to float32 and used as they are (no scaling: store them as the model
-    expects them) and must be finite; labels are cast to int32 and must be in
-    [0, 2**31 - 1].
+    Args:
+        path: a ``.npz`` file (str or path-like). Inputs are cast to float32 and used as they
+            are (no scaling: store them as the model expects them) and must be finite; labels
+            are cast to int32 and must be in [0, 2**31 - 1].
 
     Returns:
         ``(x_train, y_train), (x_test, y_test)``; unlabelled: ``(x_train, None),
@@ -369,8 +375,12 @@ def load_npz(path):
 
 
 def load_dataset(name="digits"):
-    """Load a dataset by name: ``"digits"`` (default), ``"mnist"``, ``"keras:<name>"``, or the
-    path of a ``.npz`` file with the arrays of :data:`NPZ_KEYS` (:func:`load_npz`)."""
+    """Load a dataset by name (offline, except ``"keras:<name>"``).
+
+    Args:
+        name: ``"digits"`` (default), ``"mnist"``, ``"keras:<name>"`` (see :data:`DATASETS`), or
+            the path of a ``.npz`` file with the arrays of :data:`NPZ_KEYS` (:func:`load_npz`).
+    """
     if isinstance(name, (str, os.PathLike)) and os.fspath(name).endswith(".npz"):
         return load_npz(name)
     if name == "digits":

@@ -8,9 +8,14 @@ __all__ = ["digits_cnn", "lenet5_caffe"]
 def digits_cnn(input_shape=(8, 8, 1), num_classes=10, seed=0):
     """The built-in demo CNN for sklearn digits (about 40k parameters; trains in seconds).
 
-    Conv2D(16, 3, same) - Conv2D(32, 3, same) - MaxPool - Flatten - Dense(64) - Dense(10),
-    ReLU activations, logits output: ``input_shape`` (without the batch), ``num_classes``
-    logits, weights drawn with Keras' ``seed``.
+    Conv2D(16, 3, same) - Conv2D(32, 3, same) - MaxPool - Flatten - Dense(64) -
+    Dense(num_classes), ReLU activations, logits output.
+
+    Args:
+        input_shape: one sample's shape, without the batch axis (default ``(8, 8, 1)``).
+        num_classes: the number of output logits (default 10).
+        seed: an integer passed to ``keras.utils.set_random_seed`` (it seeds Python, NumPy
+            and the backend globally) before the weights are drawn (default 0).
     """
     import keras  # noqa: PLC0415
 
@@ -30,8 +35,12 @@ def digits_cnn(input_shape=(8, 8, 1), num_classes=10, seed=0):
 def lenet5_caffe(input_shape=(28, 28, 1), num_classes=10, seed=0):
     """LeNet-5, Caffe variant (431,080 parameters), as in Deep k-Means' MNIST experiments.
 
-    conv 5x5x20 - maxpool 2 - conv 5x5x50 - maxpool 2 - fc 500 (ReLU) - fc 10 (logits);
-    ``input_shape``, ``num_classes`` and ``seed`` as in :func:`digits_cnn`.
+    conv 5x5x20 - maxpool 2 - conv 5x5x50 - maxpool 2 - fc 500 (ReLU) - fc 10 (logits).
+
+    Args:
+        input_shape: one sample's shape, without the batch axis (default ``(28, 28, 1)``).
+        num_classes: the number of output logits (default 10; 431,080 parameters at 10).
+        seed: as in :func:`digits_cnn`: ``keras.utils.set_random_seed(seed)`` (global).
     """
     import keras  # noqa: PLC0415
 

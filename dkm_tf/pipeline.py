@@ -57,8 +57,7 @@ class CompressionResult:
             uncompressed model as baseline), or None when the shapes could not be read.
         tflite: export reports by format label, when the caller exported the model.
         plots: the :class:`dkm_tf.plots.Plot` files the caller wrote (``dkm-tf compress``).
-        calibration: ``{"weighting", "refine", "samples"}`` of a calibrated ``"wr"``, else
-            empty.
+        calibration: ``{"weighting", "refine", "samples"}`` of a calibrated ``"wr"``, else empty.
         metric: what ``accuracy_*`` measure: ``"test accuracy"``, or ``"agreement with the
             float model"`` when the test labels are the float model's own top-1 predictions
             (:func:`float_predictions`: held-out inputs without labels).
@@ -82,6 +81,7 @@ class CompressionResult:
     notes: list = dataclasses.field(default_factory=list)
 
     def summary(self):
+        """The result as text: method, size table, skipped layers, accuracy, energy, notes."""
         lines = [f"method: {self.method}", self.size.summary()]
         for name, reason in self.skipped:
             lines.append(f"skipped {name}: {reason}")
@@ -98,6 +98,7 @@ class CompressionResult:
         return "\n".join(lines + [f"note: {note}" for note in self.notes])
 
     def to_dict(self):
+        """A JSON-ready dict (no model, palettes, tflite or plots), the core of report.json."""
         return {"method": self.method, "size": self.size.to_dict(),
                 "skipped": [list(s) for s in self.skipped],
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
@@ -108,9 +109,8 @@ class CompressionResult:
 
 def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_rate=1e-3,
                      verbose=0, callbacks=None):
-    """Compile (Adam, the cross-entropy that fits the model's output) and fit a classifier.
-
-    The loss is :func:`dkm_tf.training.common.default_loss`: sparse categorical
+    """Compile (Adam, the cross-entropy that fits the model's output) and fit a classifier. The
+    loss is :func:`dkm_tf.training.common.default_loss`: sparse categorical
     cross-entropy on logits, or on probabilities when the model ends in a softmax; binary
     cross-entropy for one output unit (labels 0/1). ``train_data``: ``(x, y)`` with class ids
     y, or a finite, batched ``tf.data.Dataset`` / ``keras.utils.PyDataset`` (its own batches;

@@ -313,6 +313,10 @@ def _transformed(cb, idx, t, n_t):
 def kernel_factors(palette):
     """The factors of a 2-D kernel palette, for a factorised convolution.
 
+    Args:
+        palette: a per-tensor ``unit="kernel"`` Conv2D :class:`~dkm_tf.core.palette.Palette`
+            (kernel (kh, kw, cin, cout)), scaled and transformed or plain.
+
     Returns:
         ``(codebook, indices, transforms, scales)``: float32 (K, kh, kw), int32 (cin, cout),
         int32 (cin, cout) or None, float32 (cin, cout), such that ``palette.decode()[:, :, i,
@@ -344,12 +348,17 @@ def kernel_factors(palette):
 # ----------------------------------------------------------------------------- sizes
 def kernel_bits(n_kernels, n_clusters, kernel_size=(3, 3), transforms=1, scale_bits=16,
                 codebook_bits=32):
-    """Bits of a kernel-clustered network, methods §2.5.
+    """Bits of a kernel-clustered network (Son et al., ECCV 2018; methods.md §2.5).
 
-    ``N (log2 K + log2 T + b_s) + K h w b`` with the codebook counted once: ``kernel_size``
-    is ``(h, w)`` or one int for a square kernel (as Keras' ``Conv2D`` takes it), ``transforms``
-    T one of 1, 2, 4, 8, ``scale_bits`` b_s one of 8, 16, 32 and ``codebook_bits`` b an
-    integer in [1, 64].
+    ``N (log2 K + log2 T + b_s) + K h w b``, the one shared codebook counted once.
+
+    Args:
+        n_kernels: N, the 2-D kernels clustered (cin x cout summed over the layers), >= 1.
+        n_clusters: K, the codebook's kernels, >= 1.
+        kernel_size: ``(h, w)`` or one int for a square kernel (as Keras' ``Conv2D`` takes it).
+        transforms: T, one of 1, 2, 4, 8 (8, with 90-degree turns, needs a square kernel).
+        scale_bits: b_s, bits of one stored per-kernel scale: 8, 16 or 32.
+        codebook_bits: b, bits of one codebook entry, an integer in [1, 64] (default 32).
 
     Returns:
         dict with ``bits``, ``bytes``, ``bits_per_kernel``, ``original_bits`` (N h w 32) and

@@ -1,4 +1,5 @@
-"""k-means for weight sharing, in numpy (no TensorFlow).
+"""k-means for weight sharing, in numpy (no TensorFlow); the public entry point is
+:func:`cluster_values`.
 
 Two engines:
 
@@ -17,8 +18,6 @@ Two engines:
   ``[x, 1] @ [-2 C^T; ||c||^2]``, argmin in cache, SSE from per-cluster sums, never
   ``N x K``); within 2x of faiss at 1 M x 9, K=256 (bench/kmeans.py). faiss (optional extra)
   is used when it is installed and the problem is large.
-
-The public entry point is :func:`cluster_values`.
 """
 
 from __future__ import annotations
@@ -84,11 +83,12 @@ def sse(x, codebook, indices):
 
 
 def assignment_entropy(indices, n_clusters=None):
-    """Empirical entropy of an index histogram, in bits per index.
+    """Empirical entropy of an index histogram, in bits per index: ``H = -sum_k p_k log2 p_k``,
+    the ideal entropy-coded index cost of Deep k-Means' ratio (``huffman_length``; methods.md §1.7).
 
-    ``H = -sum_k p_k log2 p_k`` with ``p_k`` the fraction of units assigned to cluster k. This
-    is the ideal entropy-coded index cost that the Deep k-Means code uses for its compression
-    ratio (``huffman_length`` in ``WideResNet_Deploy.py``; methods.md §1.7).
+    Args:
+        indices: integers >= 0, any shape; ``p_k`` is the fraction of them equal to k.
+        n_clusters: K or None; if given it must exceed the largest index (empty clusters add 0).
     """
     idx = np.asarray(indices).ravel()
     if idx.dtype.kind not in "iu" or (idx.size and idx.min() < 0):
@@ -116,8 +116,9 @@ def sortable(x):
 def count_unique(x, axis=None):
     """Number of distinct values of ``x``, or of each slice ``x[..., i, ...]`` along ``axis``.
 
-    ``count_unique(kernel, axis=-1)`` counts per output channel of a Conv/Dense kernel
-    (``axis``: None or an integer in ``[-x.ndim, x.ndim)``).
+    Args:
+        x: array of any shape (``count_unique(kernel, axis=-1)``: per output channel).
+        axis: None (one count over all of ``x``) or an integer in ``[-x.ndim, x.ndim)``.
     """
     x = sortable(x)
     if axis is None:
@@ -180,10 +181,8 @@ def scalar_kmeans(x, n_clusters, *, init="kmeans++", seed=0, max_iter=3000, refi
 
 # --------------------------------------------------------------------------- vector engine
 def _nearest(x, c, chunk):
-    """Index of and squared distance to the nearest centroid, in blocks of ``chunk`` rows.
-
-    Uses ``||x||^2 - 2 x.c + ||c||^2`` in float32, so memory is ``O(chunk * K)``.
-    """
+    """Index of and squared distance to the nearest centroid, in blocks of ``chunk`` rows:
+    ``||x||^2 - 2 x.c + ||c||^2`` in float32, so memory is ``O(chunk * K)``."""
     x32 = x.astype(np.float32, copy=False)
     c32 = c.astype(np.float32)
     cc = np.einsum("kd,kd->k", c32, c32)

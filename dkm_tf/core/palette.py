@@ -2,14 +2,9 @@
 
 A :class:`Palette` describes one clustered weight tensor. Size accounting follows Deep
 Compression (Han et al., ICLR 2016), which Deep k-Means uses (§4): for N units of dimension d
-with K shared values at b = 32 bits,
-
-    CR = N d b / (N log2 K + K d b)                                        (log2 K indices)
-
+with K shared values at b = 32 bits, ``CR = N d b / (N log2 K + K d b)`` (log2 K indices),
 and, as the Deep k-Means code does (``WideResNet_Deploy.py:get_compressed_memory``), with the
-empirical entropy H of the index histogram in place of log2 K (entropy-coded indices):
-
-    CR_H = N d b / (N H + K d b).
+index histogram's entropy H for log2 K: ``CR_H = N d b / (N H + K d b)`` (entropy-coded indices).
 
 Per-channel palettes count one codebook per channel; palettes that share a codebook (same
 ``codebook_id``) count it once. A palette with ``preserve_sparsity`` holds K + 1 entries per
@@ -64,14 +59,12 @@ class Palette:
         codebook_id: codebooks with the same id are shared across tensors and counted once.
         note: free text (e.g. why K is smaller than requested).
         preserve_sparsity: entry 0 of every codebook is the fixed zero that keeps a pruned
-            weight's exact zeros; it is not one of the ``requested_clusters`` (so
-            ``n_clusters`` is at most K + 1).
+            weight's exact zeros, not one of the ``requested_clusters`` (``n_clusters`` <= K + 1).
         scales: float32 (G, M) per-unit scales of scaled kernel units (Son et al., ECCV 2018;
             :mod:`dkm_tf.core.kernel_codebook`), or None: unit n decodes to
             ``scales[n] T_t(codebook[indices[n]])``.
         transforms: integer (G, M) transform ids of transform-invariant clustering, or None.
-        n_transforms: T (1, 2, 4, 8): indices cost log2 K + log2 T bits (stored index
-            ``k + K t``).
+        n_transforms: T (1, 2, 4, 8): indices cost log2 K + log2 T bits (stored index ``k + K t``).
         scale_bits: bits of one stored scale (16, 8 or 32; 0 without scales).
     """
 
@@ -172,7 +165,8 @@ class Palette:
 
     # ----------------------------------------------------------------- sizes
     def index_bits(self, coding="log2"):
-        """Total bits of the indices: N log2 K, N ceil(log2 K) (packed) or N H (entropy)."""
+        """Total bits of the indices for ``coding`` (one of :data:`INDEX_CODINGS`): ``"log2"``
+        N log2 K, ``"packed"`` N ceil(log2 K), ``"entropy"`` N H (H: :meth:`entropy_bits`)."""
         if coding not in INDEX_CODINGS:
             raise ValueError(f"Invalid value for argument `coding`. Expected one of "
                              f"{list(INDEX_CODINGS)}. Received: coding={coding!r}")
@@ -185,17 +179,21 @@ class Palette:
         return float(self.n_units * per)
 
     def codebook_bits(self, bits=FLOAT_BITS):
+        """Bits of the stored codebook(s): G K d entries at ``bits`` each (default 32)."""
         return float(self.codebook.size * bits)
 
     def compressed_bits(self, coding="log2", bits=FLOAT_BITS):
+        """:meth:`index_bits` for ``coding`` plus :meth:`codebook_bits` at ``bits``."""
         return self.index_bits(coding) + self.codebook_bits(bits)
 
     def compression_ratio(self, coding="log2", bits=FLOAT_BITS):
-        """Han et al.'s r = n b / (N log2 K + K d b) (or with N H for ``"entropy"``)."""
+        """Han et al.'s r = n b / (N log2 K + K d b), or with N H for ``coding="entropy"``
+        (``coding`` as in :meth:`index_bits`; ``bits``: b, of a weight and a codebook entry)."""
         return self.n_values * bits / self.compressed_bits(coding, bits)
 
     # ----------------------------------------------------------------- serialization
     def to_dict(self):
+        """A JSON-ready dict (packed indices); :meth:`from_dict` restores the palette."""
         return {"layer_name": self.layer_name, "weight_name": self.weight_name,
                 "codebook": self.codebook.tolist(), "indices": pack_indices(self.indices),
                 "layout": self.layout.to_config(), "requested_clusters": self.requested_clusters,
@@ -205,7 +203,7 @@ class Palette:
 
     @classmethod
     def from_dict(cls, d):
-        """Inverse of :meth:`to_dict`; a missing or unknown key is a clear ``ValueError``."""
+        """Inverse of :meth:`to_dict` for its dict ``d``; a missing or unknown key: ValueError."""
         if not isinstance(d, dict):
             raise TypeError(f"Invalid type for argument `d`. Expected a dict (Palette.to_dict()"
                             f"). Received: {type(d).__name__}")
@@ -246,6 +244,7 @@ class SizeReport:
     totals: dict
 
     def summary(self):
+        """The table as text: one row per palette, then the clustered and whole-model CRs."""
         head = (f"{'tensor':<34}{'unit':>8}{'d':>4}{'N':>10}{'K':>6}{'bits':>5}"
                 f"{'H':>6}{'CR log2K':>10}{'CR entropy':>12}")
         lines = [head, "-" * len(head)]
@@ -266,6 +265,7 @@ class SizeReport:
         return "\n".join(lines)
 
     def to_dict(self):
+        """The report as a JSON-ready dict: ``rows``, ``other_params``, ``totals``."""
         return {"rows": list(self.rows), "other_params": self.other_params, "totals": self.totals}
 
 

@@ -163,11 +163,13 @@ class UnitLayout:
         return "scalar" if self.unit_dim == 1 else self.unit
 
     def to_config(self):
+        """The four inputs of :func:`layout_for` as a JSON-ready dict (the rest follows)."""
         return {"kernel_shape": list(self.kernel_shape), "kind": self.kind, "unit": self.unit,
                 "granularity": self.granularity}
 
     @classmethod
     def from_config(cls, config):
+        """The layout that ``config``, a :meth:`to_config` dict, describes (:func:`layout_for`)."""
         return layout_for(tuple(config["kernel_shape"]), config["kind"], config["unit"],
                           config["granularity"])
 
@@ -278,7 +280,13 @@ def layout_for(kernel_shape, kind, unit="scalar", granularity="per_tensor"):
 
 
 def to_units(kernel, layout):
-    """Cut ``kernel`` into units: an array of shape (G, M, d)."""
+    """Cut ``kernel`` into units: an array of shape (G, M, d) in the kernel's dtype.
+
+    Args:
+        kernel: array of exactly ``layout.kernel_shape`` (the Keras kernel's layout).
+        layout: a :class:`UnitLayout` (from :func:`layout_for`): its ``perm`` moves the kernel to
+            (channels, others, spatial) order; G groups of M units of d values follow.
+    """
     _check_layout(layout)
     kernel = np.asarray(kernel)
     if tuple(kernel.shape) != layout.kernel_shape:
@@ -288,7 +296,12 @@ def to_units(kernel, layout):
 
 
 def from_units(units, layout):
-    """Put units of shape (G, M, d) back into a kernel of ``layout.kernel_shape``."""
+    """Put units back into a kernel of ``layout.kernel_shape``: the inverse of :func:`to_units`.
+
+    Args:
+        units: array of shape (G, M, d) = ``(layout.n_groups, layout.n_units, layout.unit_dim)``.
+        layout: the :class:`UnitLayout` that cut the kernel (from :func:`layout_for`).
+    """
     _check_layout(layout)
     units = np.asarray(units)
     expected = (layout.n_groups, layout.n_units, layout.unit_dim)

@@ -107,9 +107,23 @@ def estimate_layer(shape, *, bits_w=16, bits_x=16, sharing=None, index_cost="non
 def estimate_shapes(shapes, *, skipped=(), weight_sharing=None, palettes=None, pruning=None,
                     bits_w=16, bits_x=16, index_cost="none", compute_model="conservative",
                     model_name="", notes=()):
-    """Estimates a list of `LayerShape` records; see `estimate` for the arguments.
+    """Estimates a list of `LayerShape` records with both energy models (see `estimate`).
 
-    `notes` (strings) are carried into the report (e.g. where its palettes came from).
+    Args:
+        shapes: Iterable of `LayerShape` records (`conv_shape`, `dense_shape`, ...), in model
+            order.
+        skipped: `(name, reason)` pairs of layers not estimated, carried into the report;
+            compression info naming one of them is not charged (its entry says so).
+        weight_sharing: Mapping `{layer_name: SharingInfo}` (or a list of them for layers
+            with several kernels), as in `estimate`; a name of no record nor skipped layer
+            raises.
+        palettes: Iterable of palettes, as in `estimate`.
+        pruning: Mapping `{layer_name: kept_fraction}` with fractions in (0, 1].
+        bits_w, bits_x: B_w and B_x, weight and activation bits (> 0, default 16).
+        index_cost: "none" (default), "log2" or "entropy" (see `estimate_layer`).
+        compute_model: "conservative" (default) or "unique_products" (see `estimate_layer`).
+        model_name: A str shown in the summary.
+        notes: Strings carried into the report (e.g. where its palettes came from).
 
     Returns:
         An `EnergyReport`; with compression information its `baseline` holds the same
@@ -256,10 +270,15 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
 
 
 def energy_cli_text(path, **kwargs):
-    """Text printed by `dkm-tf energy --model PATH`: `estimate(path, **kwargs).summary()`,
-    with `index_cost="auto"` unless given: the index entropy of the file's own compression
-    info, the convention of `dkm-tf compress`'s report, where it is known (a note says which
-    convention was used and why)."""
+    """Text printed by `dkm-tf energy --model PATH`: `estimate(path, **kwargs).summary()`.
+
+    Args:
+        path: A `.keras` / `.h5` / `.tflite` model file (or anything `estimate` takes).
+        **kwargs: Keyword arguments of `estimate`; `index_cost` defaults to "auto": the index
+            entropy of the file's own compression info, the convention of `dkm-tf
+            compress`'s report, where it is known (a note says which convention was used
+            and why).
+    """
     kwargs.setdefault("index_cost", AUTO)
     return estimate(path, **kwargs).summary()
 

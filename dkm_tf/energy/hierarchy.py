@@ -56,12 +56,14 @@ class HierarchyCost:
     traffic: tuple
 
     def words(self, data_type=None, level=None):
-        """Sums 16-bit-word-equivalent accesses, optionally for one data type and/or level."""
+        """Sums 16-bit-word-equivalent accesses, optionally of one `data_type` ("weight",
+        "input", "psum") and/or one `level` ("dram", "buffer", "array", "rf"); None: all."""
         return sum(w for (d, lv), w in self.traffic
                    if (data_type is None or d == data_type) and (level is None or lv == level))
 
     def energy(self, data_type=None, level=None):
-        """Data energy (MAC units), optionally for one data type and/or level."""
+        """Data energy (MAC units: words × the level's cost, DRAM 200 / buffer 6 / array 2 /
+        RF 1), optionally of one `data_type` and/or `level` as in `words`; None: all."""
         return sum(w * constants.LEVEL_COSTS[lv] for (d, lv), w in self.traffic
                    if (data_type is None or d == data_type) and (level is None or lv == level))
 

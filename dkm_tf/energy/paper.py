@@ -37,7 +37,13 @@ from dkm_tf.energy import constants
 def fa_dot(d, bits_w, bits_x):
     """Full adders of one d-dimensional dot product, paper eq. (5).
 
-    FA(d) = d·B_w·B_x + (d − 1)·(B_x + B_w + ⌈log₂ d⌉ − 1).
+    FA(d) = d·B_w·B_x + (d − 1)·(B_x + B_w + ⌈log₂ d⌉ − 1): d Baugh-Wooley multipliers, then
+    d − 1 ripple-carry adders, each counted at the sum's full width (Sakr et al., ICML 2017).
+
+    Args:
+        d: The dot product's length, an integer >= 1.
+        bits_w, bits_x: B_w and B_x, bits of a weight and of an activation (> 0; may be
+            fractional, e.g. an average over layers).
 
     Example:
         >>> fa_dot(4, 8, 8)
@@ -48,7 +54,12 @@ def fa_dot(d, bits_w, bits_x):
 
 
 def fa_per_mac(d, bits_w, bits_x):
-    """Per-MAC share of eq. (5): B_w·B_x + B_w + B_x + ⌈log₂ d⌉ − 1 (methods.md §1.8.2)."""
+    """Per-MAC share of eq. (5): B_w·B_x + B_w + B_x + ⌈log₂ d⌉ − 1 (methods.md §1.8.2).
+
+    Args:
+        d: The dot product's length, an integer >= 1.
+        bits_w, bits_x: B_w and B_x, bits of a weight and of an activation (> 0).
+    """
     _check_bits(d, bits_w, bits_x)
     return bits_w * bits_x + bits_w + bits_x + _clog2(d) - 1
 

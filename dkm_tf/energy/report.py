@@ -69,7 +69,12 @@ class LayerEnergy:
 
 @dataclasses.dataclass(frozen=True)
 class EnergyRatio:
-    """Energy of a baseline divided by energy of a model (> 1 means the model saves)."""
+    """Energy of a baseline divided by energy of a model (> 1 means the model saves).
+
+    Attributes:
+        paper: The ratio of the paper metric's totals (Deep k-Means §3, eqs. 5-7).
+        hierarchy: The ratio of the memory-hierarchy model's totals.
+    """
 
     paper: float
     hierarchy: float
@@ -130,7 +135,7 @@ class EnergyReport:
         return out
 
     def layer(self, name):
-        """Returns the `LayerEnergy` called `name`; raises `KeyError` if absent."""
+        """Returns the `LayerEnergy` whose record name is `name`; raises `KeyError` if absent."""
         for layer in self.layers:
             if layer.name == name:
                 return layer

@@ -75,6 +75,40 @@ def classify_sequence_layer(layer, alias, in_shapes, out_shape, keras):
     return None
 
 
+def is_traced_sequence_layer(layer, keras):
+    """Whether a traced call of ``layer`` is charged by :func:`traced_records` (recurrent
+    layers: their traced ops are one step's, see there)."""
+    return isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
+
+
+def traced_records(layer, in_shape, keras, unique=None):
+    """``(records, skip_reason)`` of one traced call of a recurrent layer (``graph_reader``).
+
+    Traced with TensorFlow, Keras runs the cell once before its ``while`` loop (to learn the
+    output's structure), and the loop body is a function the graph reader does not open:
+    the ops read from the graph are one step's, and their records were named after the
+    cell (``lstm_cell``), which no palette names. Here the call is charged as the Keras
+    reader charges the layer: T steps read from the call's input shape ``in_shape``
+    (batch axis first), records named ``<layer>/<weight path>``; ``unique`` (a callable)
+    makes a repeated record name unique (a layer called twice).
+    """
+    import dataclasses
+
+    shape = tuple(in_shape or ())
+    if len(shape) < 3:
+        return [], (f"input shape {shape} of recurrent layer {layer.name!r} not found in the "
+                    "trace: not charged")
+    shape = (None, *shape[1:])
+    out_shape = layer.compute_output_shape(shape)
+    if out_shape and isinstance(out_shape[0], (tuple, list)):  # return_state: the output
+        out_shape = out_shape[0]
+    records, reason = classify_sequence_layer(layer, layer.name, [shape], tuple(out_shape),
+                                              keras)
+    if unique is not None:
+        records = [dataclasses.replace(r, name=unique(r.name)) for r in records]
+    return records, reason
+
+
 def _eltwise(name, layer, elements, op, n_inputs, source):
     from dkm_tf.energy import shapes as sh
 

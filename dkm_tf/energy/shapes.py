@@ -59,8 +59,7 @@ class SharingInfo:
 
     Args:
         n_clusters: K, the number of codewords (>= 1).
-        unit_dim: d, the length of one unit (1 for scalar sharing, the kernel width for
-            the paper's row units).
+        unit_dim: d, the length of one unit (1 for scalar sharing, the kernel width for rows).
         n_units: N, the number of units; `n_units * unit_dim` must equal the kernel size.
         index_bits: Average stored bits per index, e.g. the entropy of the assignment
             histogram. Needed only for `index_cost="entropy"`. `None` if unknown.
@@ -116,9 +115,7 @@ class SharingInfo:
 
 @dataclasses.dataclass(frozen=True)
 class LayerShape:
-    """Shape description of one layer, as read by the energy models.
-
-    Build these with `conv_shape`, `dense_shape`, `pool_shape` or `eltwise_shape`.
+    """Shape description of one layer, as read by the energy models (built by `conv_shape`, ...).
 
     Attributes:
         name: Record name (`layer` for single-kernel layers, `layer/depthwise` etc. otherwise).
@@ -214,23 +211,18 @@ class LayerShape:
 
 def conv_shape(name, *, in_hw, in_c, out_hw, out_c, kernel, strides=1, groups=1, repeat=1,
                layer=None, op="Conv2D"):
-    """Builds a `LayerShape` for a (grouped, depthwise or 1-D) convolution.
+    """Builds a frozen `LayerShape` of kind "conv": a (grouped, depthwise or 1-D) convolution.
 
     Args:
         name: Record name.
-        in_hw: Input `(height, width)`, or an int for square maps. 1-D: `(1, length)`.
+        in_hw, out_hw: Input and output `(height, width)`, or ints for square maps; 1-D:
+            `(1, length)`.
         in_c: Input channels.
-        out_hw: Output `(height, width)` or an int.
         out_c: Output channels (depthwise: `in_c * depth_multiplier`).
-        kernel: `(kernel_h, kernel_w)` or an int.
-        strides: `(stride_h, stride_w)` or an int.
+        kernel, strides: `(kernel_h, kernel_w)` and `(stride_h, stride_w)`, or ints.
         groups: Channel groups (depthwise: `in_c`).
         repeat: Multiplier for extra leading axes.
-        layer: Model layer name; defaults to `name`.
-        op: Display name of the operation.
-
-    Returns:
-        A frozen `LayerShape` of kind "conv".
+        layer, op: Model layer name (default `name`); display name of the operation.
     """
     (ih, iw), (oh, ow) = _pair(in_hw, "in_hw"), _pair(out_hw, "out_hw")
     (kh, kw), (sh, sw) = _pair(kernel, "kernel"), _pair(strides, "strides")
@@ -243,13 +235,16 @@ def conv_shape(name, *, in_hw, in_c, out_hw, out_c, kernel, strides=1, groups=1,
 
 
 def dense_shape(name, *, in_features, units, positions=1, groups=1, layer=None, op="Dense"):
-    """Builds a `LayerShape` for a dense layer applied at `positions` positions.
+    """Builds a frozen `LayerShape` of kind "dense" (a 1 × 1 convolution on a `1 × positions`
+    map) for a dense layer applied at `positions` positions.
 
-    With `groups` = G the layer is G independent (in_features / G) x (units / G) matrices
-    (e.g. one per attention head): each output is a dot product of length in_features / G.
-
-    Returns:
-        A frozen `LayerShape` of kind "dense" (a 1 × 1 convolution on a `1 × positions` map).
+    Args:
+        name: Record name.
+        in_features, units: Input and output features (multiples of `groups`).
+        positions: Positions per image the layer is applied at (tokens, pixels); default 1.
+        groups: G independent (in_features / G) x (units / G) matrices (e.g. one per attention
+            head): each output is a dot product of length in_features / G. Default 1.
+        layer, op: Model layer name (default `name`); display name of the operation.
     """
     for arg, value in (("in_features", in_features), ("units", units),
                        ("positions", positions), ("groups", groups)):
@@ -265,10 +260,17 @@ def dense_shape(name, *, in_features, units, positions=1, groups=1, layer=None, 
 
 def pool_shape(name, *, in_hw, channels, out_hw, window, pool_op="max", strides=None, repeat=1,
                layer=None, op=None):
-    """Builds a `LayerShape` for max or average pooling (global pooling: window = in_hw).
+    """Builds a frozen `LayerShape` of kind "pool": max or average pooling (global: window = in_hw).
 
-    Returns:
-        A frozen `LayerShape` of kind "pool".
+    Args:
+        name: Record name.
+        in_hw, out_hw: Input and output `(height, width)`, or ints for square maps.
+        channels: Channels (input and output).
+        window: Pooling window `(kernel_h, kernel_w)` or an int.
+        pool_op: "max" (default) or "avg".
+        strides: `(stride_h, stride_w)`, an int, or None (default): the window.
+        repeat: Multiplier for extra leading axes.
+        layer, op: Model layer name (default `name`); display name (default "<pool_op>_pool").
     """
     (ih, iw), (oh, ow) = _pair(in_hw, "in_hw"), _pair(out_hw, "out_hw")
     kh, kw = _pair(window, "window", " (LayerShape fields `kernel_h`, `kernel_w`)")
@@ -284,13 +286,16 @@ def pool_shape(name, *, in_hw, channels, out_hw, window, pool_op="max", strides=
 
 def eltwise_shape(name, *, elements, eltwise_op="add", n_inputs=2, n_params=0, layer=None,
                   op=None):
-    """Builds a `LayerShape` for an element-wise op over `elements` output values.
+    """Builds a frozen `LayerShape` of kind "eltwise": an op over `elements` output values.
 
-    `n_inputs` input tensors of the output's size are read; "affine" (inference batch norm,
-    rescaling) reads `n_params` per-channel parameters as weights.
-
-    Returns:
-        A frozen `LayerShape` of kind "eltwise".
+    Args:
+        name: Record name.
+        elements: Output values per image (a whole number >= 1).
+        eltwise_op: "add" (default), "mul", "max", "relu" or "affine" (inference batch norm,
+            rescaling: x · a + b with per-channel a, b).
+        n_inputs, n_params: Input tensors of the output's size read (default 2); per-channel
+            parameters that "affine" reads as weights (default 0).
+        layer, op: Model layer name (default `name`); display name (default `eltwise_op`).
     """
     elements = _whole("elements", elements, 1)
     n_params = _whole("n_params", n_params, 0)
@@ -301,26 +306,23 @@ def eltwise_shape(name, *, elements, eltwise_op="add", n_inputs=2, n_params=0, l
 
 
 def prelu_shape(name, *, elements, n_params, layer=None, op="PReLU"):
-    """Builds the `LayerShape` of a PReLU, `max(x, 0) + alpha · min(x, 0)`, every reader's.
+    """Builds the frozen "eltwise" `LayerShape` of a PReLU, `max(x, 0) + alpha · min(x, 0)`.
 
     Charged as one "affine" op over `elements` outputs with its `n_params` slopes (the alpha
     values: `C` with `shared_axes` over the spatial axes) read as weights. Per output a PReLU
-    tests the sign of x and multiplies it by a stored slope, the datapath of "affine" (x · a + b,
-    a per-channel parameter): its multiply by a parameter (B_w · B_x full adders) dominates, and
-    only "affine" charges it and the parameter reads. "relu" (a B_x compare, no weights) would
-    leave both out; "mul" multiplies two activation tensors. "affine" is an upper bound: a
-    B_w + B_x adder where PReLU has a B_x comparator, two parameter reads per output where it
-    has one, and the multiply charged for every output, not only the negative ones.
-
-    Returns:
-        A frozen `LayerShape` of kind "eltwise".
+    tests the sign of x and multiplies it by a stored slope, the datapath of "affine"
+    (x · a + b, a per-channel parameter): its multiply by a parameter (B_w · B_x full adders)
+    dominates, and only "affine" charges it and the parameter reads. "relu" (a B_x compare, no
+    weights) would leave both out; "mul" multiplies two activation tensors. "affine" is an upper
+    bound: a B_w + B_x adder where PReLU has a B_x comparator, two parameter reads per output
+    where it has one, and the multiply charged for every output, not only the negative ones.
     """
     return eltwise_shape(name, elements=elements, eltwise_op="affine", n_inputs=1,
                          n_params=n_params, layer=layer, op=op)
 
 
 def unique_product_fraction(indices):
-    """Fraction of distinct unit products when shared codewords are multiplied once.
+    """Fraction, in (0, 1], of distinct unit products when shared codewords are multiplied once.
 
     For each unit position (e.g. an (input channel, kernel row) pair of a row-shared conv)
     the `n_filters` filters touch the same inputs; a codeword used by several of them needs
@@ -329,9 +331,6 @@ def unique_product_fraction(indices):
 
     Args:
         indices: Integer array of shape `(positions, n_filters)`.
-
-    Returns:
-        A float in (0, 1].
 
     Example:
         >>> unique_product_fraction(np.array([[0, 0, 1, 1], [2, 2, 2, 2]]))
@@ -354,7 +353,10 @@ def expected_unique_fraction(n_clusters, n_filters, n_codebooks=1):
 
     With G codebooks of K codewords partitioning M filters (M/G filters each), a unit
     position sees E[U] = G · K · (1 − (1 − 1/K)^(M/G)) distinct codewords; the fraction is
-    E[U] / M.
+    E[U] / M (methods.md §1.8.2).
+
+    Args:
+        n_clusters, n_filters, n_codebooks: K, M and G (default 1), integers >= 1.
 
     Example:
         >>> expected_unique_fraction(2, 2)

@@ -60,6 +60,7 @@ class TFLiteInspection:
     notes: tuple = ()
 
     def summary(self):
+        """The inspection as text: bytes by dtype, op counts, one row per constant tensor."""
         lines = [f"{self.path or '<bytes>'}: {self.bytes:,} bytes; constants by dtype: "
                  + ", ".join(f"{k} {v:,} B" for k, v in sorted(self.bytes_by_dtype.items()))]
         lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.ops.items())))
@@ -78,6 +79,7 @@ class TFLiteInspection:
         return "\n".join(lines)
 
     def to_dict(self):
+        """Every field as a plain dict (``dataclasses.asdict``)."""
         return dataclasses.asdict(self)
 
 

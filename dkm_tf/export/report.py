@@ -17,7 +17,8 @@ class ExportReport:
         path: the written file.
         format: ``"float"``, ``"fp16"``, ``"palettized"``, ``"int8"`` or ``"tflm"``.
         variant: decode mode (palettized), int8 mode, or ``""``.
-        bytes: file size; ``gzip_bytes``: its ``gzip -9`` size.
+        bytes: file size in bytes.
+        gzip_bytes: its ``gzip -9`` size in bytes.
         float_bytes: size of the plain float conversion of the same model.
         analytic_bytes: size predicted from the parameter counts and palettes (indices,
             codebooks, decode tables, float parameters at their stored width) plus
@@ -65,6 +66,7 @@ class ExportReport:
         return max((c.rel_error for c in self.comparisons), default=float("nan"))
 
     def summary(self):
+        """The report as text: sizes, each interpreter's agreement, the batch, each tensor."""
         name = self.format + (f"/{self.variant}" if self.variant else "")
         lines = [f"{name}: {self.path}",
                  f"  {self.bytes:,} B ({self.ratio_vs_float:.4f}x float {self.float_bytes:,} B),"
@@ -90,6 +92,7 @@ class ExportReport:
         return "\n".join(lines)
 
     def to_dict(self):
+        """Every field as a dict (comparisons too), plus the three derived properties."""
         d = dataclasses.asdict(self)
         d["comparisons"] = [c.to_dict() for c in self.comparisons]
         d.update(ratio_vs_float=self.ratio_vs_float, bits_per_weight=self.bits_per_weight,

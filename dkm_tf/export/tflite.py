@@ -85,13 +85,10 @@ def _check_path(path):
 def check_export_args(model, sample_inputs=None, *, representative_data=None, tolerance=None,
                       interpreters=None, max_table_bytes=0, matmul_lowering=True,
                       float_content=None):
-    """Check :func:`to_tflite`'s arguments before any conversion (Keras' message pattern).
-
-    The model must be a built Keras model whose layers compute in float32 (not float16 /
-    bfloat16: :func:`~dkm_tf.export.model_check.check_float_model`); sample inputs (and
-    representative data) real, finite, at least one sample, one array per model input, each
-    shaped like that input.
-    """
+    """Check :func:`to_tflite`'s arguments before any conversion (Keras' message pattern): a
+    built Keras model computing in float32 (not float16 / bfloat16:
+    :func:`~dkm_tf.export.model_check.check_float_model`); sample inputs (and representative
+    data) real, finite, at least one sample, one array per model input, shaped like it."""
     import keras  # noqa: PLC0415
 
     convert_lib.require_tensorflow_backend()
@@ -166,11 +163,14 @@ def write_atomic(path, data):
 def check_palettes(model, palettes):
     """Validate that each palette names a weight of ``model`` that equals ``palette.decode()``.
 
+    Args:
+        model: the Keras model to export (plain, with the palettes' values in its weights).
+        palettes: list of :class:`~dkm_tf.Palette`, equal within 1e-6 x max(1, max |w|).
+
     Raises:
         TypeError: ``palettes`` is not a list of Palette objects.
-        ValueError: a layer or weight is missing, two layers share a palette's layer name,
-            or shape or values differ.
-    """
+        ValueError: a missing layer or weight, a palette's layer name used twice, other shapes
+            or values."""
     from dkm_tf.core.palette import Palette  # noqa: PLC0415
 
     if not isinstance(palettes, (list, tuple)) or not all(isinstance(p, Palette)

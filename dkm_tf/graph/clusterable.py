@@ -74,11 +74,9 @@ SUPPORTED_LAYERS = (*(cls.__name__ for cls, _ in _REGISTRY), "EinsumDense",
 
 
 def walk_layers(model):
-    """Every layer below ``model`` (nested models included), depth first, each once.
-
-    Shared layers appear once; nested models appear before their own layers. Uses only the
-    public ``layers`` attribute, so a wrapper's inner layer is not listed.
-    """
+    """Every layer below ``model`` (nested models included), depth first, each once: shared
+    layers once, nested models before their own layers. Only the public ``layers`` attribute
+    is read, so a wrapper's inner layer is not listed."""
     seen, out = set(), []
 
     def walk(layer):
@@ -93,10 +91,8 @@ def walk_layers(model):
 
 
 def get_weight(layer, path):
-    """The weight at attribute path ``path`` of ``layer`` (``"cell.cells.0.kernel"``).
-
-    Returns None when a step of the path does not exist.
-    """
+    """The weight at attribute path ``path`` of ``layer`` (``"cell.cells.0.kernel"``), or None
+    when a step of the path does not exist."""
     obj = layer
     for part in path.split("."):
         if part.isdigit():
@@ -179,7 +175,9 @@ def _structured_weights(layer):
 def is_clusterable(layer):
     """True for supported layer types and layers implementing ``get_clusterable_weights``.
 
-    An RNN counts when its cell is supported; a Bidirectional when both of its layers are.
+    Args:
+        layer: any Keras layer, built or not. An RNN counts when its cell is supported; a
+            Bidirectional when both of its layers are.
     """
     if hasattr(layer, "get_clusterable_weights") or any(
             isinstance(layer, cls) for cls, _ in _REGISTRY):
@@ -215,7 +213,9 @@ def _cell_supported(cell):
 def clusterable_weights(layer):
     """The clusterable weights of a built layer: a list of ``(path, variable, kind)``.
 
-    ``path``: the weight's attribute path from ``layer`` (see :func:`get_weight`).
+    Args:
+        layer: a built ``keras.layers.Layer`` that :func:`is_clusterable` accepts. ``path`` is
+            a weight's attribute path from it (:func:`get_weight`), ``kind`` its layout kind.
 
     Raises:
         TypeError: the layer is not clusterable (the message lists what is supported).

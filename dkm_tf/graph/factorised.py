@@ -127,6 +127,7 @@ class FactorisedConv2D(keras.layers.Layer):
             distinct centroids per output, and mixing must be ``"dense"``).
         data_format: only ``"channels_last"`` (or None).
         dilation_rate: only 1.
+        **kwargs: base layer arguments (``name``, ``dtype``, ``trainable``, ...).
     """
 
     def __init__(self, filters, kernel_size, n_centroids, channel_multiplier, input_channels,

@@ -91,11 +91,9 @@ def _skipped(model, done, chosen, n_clusters):
 
 
 def _owner(layer, attr):
-    """(object, ``*_regularizer`` attribute) that configures the weight at path ``attr``.
-
-    ``"cell.recurrent_kernel"`` of an LSTM -> (its cell, ``"recurrent_regularizer"``): the
-    layer's own ``kernel_regularizer`` is a read-only view of its cell's.
-    """
+    """(object, ``*_regularizer`` attribute) that configures the weight at path ``attr``:
+    ``"cell.recurrent_kernel"`` of an LSTM -> (its cell, ``"recurrent_regularizer"``); the
+    layer's own ``kernel_regularizer`` is a read-only view of its cell's."""
     head, _, leaf = attr.rpartition(".")
     owner = clusterable.get_weight(layer, head) if head else layer
     reg_attr = _REG_ATTR.get(leaf)
@@ -299,6 +297,9 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
 def detach_regularizer(model):
     """Remove every k-means regularizer from ``model`` (restoring any ``base`` regularizer).
 
+    Args:
+        model: a ``keras.Model``, changed in place (a compiled one re-traces its steps).
+
     Returns:
         The number of weights that had one.
     """
@@ -323,15 +324,24 @@ def _reset_compiled_functions(model):
 
 
 def kmeans_regularizers(model):
-    """``[(variable, regularizer)]`` for every weight of ``model`` with a k-means penalty,
-    frozen layers' included (their penalty comes back when they are unfrozen)."""
+    """``[(variable, regularizer)]`` for every weight of ``model`` with a k-means penalty.
+
+    Args:
+        model: a ``keras.Model``; frozen layers' weights count (unfrozen, they train again).
+    """
     _check_model(model)
     return [(v, v.regularizer) for v in model.weights
             if isinstance(v.regularizer, reg_lib.SpectralKMeansRegularizer)]
 
 
 def refresh_regularizers(model, *, warn=True):
-    """Refresh F of every k-means regularizer of ``model``; one aggregated degeneracy warning.
+    """Refresh F of every k-means regularizer of ``model`` (the lazy F-step of Wu et al., ICML
+    2018, §2.2 eq. 4: F from each weight's current value); one aggregated degeneracy warning.
+
+    Args:
+        model: a ``keras.Model`` with k-means regularizers (:func:`attach_regularizer`).
+        warn: True (default): one ``UserWarning`` naming the weights whose spectral relaxation
+            is degenerate (K >= rank: zero penalty), once per regularizer; False: none.
 
     Returns:
         ``{variable path: refresh info}`` (see :meth:`SpectralKMeansRegularizer.refresh`).
@@ -352,12 +362,10 @@ def refresh_regularizers(model, *, warn=True):
 
 
 def _retrace_on_jax(model):
-    """Re-trace the compiled steps after a refresh on the JAX backend.
-
-    The regularizer's F is not model state: a jitted JAX step holds the values it saw when
-    traced as constants (TensorFlow reads the variables at each step; PyTorch runs eagerly).
-    ``fit`` looks ``train_function`` up at every step, so re-making it mid-fit is safe.
-    """
+    """Re-trace the compiled steps after a refresh on the JAX backend: F is not model state,
+    so a jitted JAX step holds the values it saw when traced as constants (TensorFlow reads the
+    variables at each step; PyTorch runs eagerly). ``fit`` looks ``train_function`` up at
+    every step, so re-making it mid-fit is safe."""
     if keras.backend.backend() != "jax":
         return
     for kind in ("train", "test", "predict"):

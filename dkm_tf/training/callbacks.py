@@ -94,6 +94,7 @@ class RefreshKMeans(keras.callbacks.Callback):
         self._starting = False
 
     def get_config(self):
+        """The constructor's arguments as a dict (``RefreshKMeans(**config)`` rebuilds it)."""
         return {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps,
                 "log_penalty": self.log_penalty, "verbose": self.verbose}
 

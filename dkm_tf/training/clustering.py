@@ -80,6 +80,7 @@ class ClusteringReport:
     skipped: tuple
 
     def summary(self):
+        """The report as text: one ``+`` line per clustered layer, one ``-`` per skipped one."""
         lines = [f"clustered {len(self.clustered)} layer(s), skipped {len(self.skipped)}"]
         for name, kind, s in self.clustered:
             lines.append(f"  + {name} ({kind}): K={s['n_clusters']}, "
@@ -181,9 +182,22 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         preserve_sparsity: keep every exact zero of the weights (a pruned model's) exactly
             zero through fine-tuning: a fixed zero entry on top of the K centroids, k-means
             of the non-zero units only (see :class:`ClusterWeights`).
-        assignment, temperature: ``"soft"``: DKM training at temperature tau (see
-            :class:`ClusterWeights`). weighting, data, loss: ``weighting="fisher"`` starts
-            from Fisher-weighted k-means (see :func:`dkm_tf.share_weights`).
+        assignment: ``"hard"`` (default) or ``"soft"``: DKM training (Cho et al., ICLR 2022;
+            see :class:`ClusterWeights`), snapped to hard assignments at strip.
+        temperature: DKM's softmax temperature tau (> 0), with ``assignment="soft"`` only.
+        weighting: ``None`` or ``"fisher"``: Fisher-weighted k-means (:func:`dkm_tf.share_weights`).
+        data: samples ``x`` (or ``(x, y)``) for ``weighting="fisher"``.
+        loss: the loss for ``weighting="fisher"``; default the compiled model's loss.
+        codebook: ``"layer"`` (default: one codebook per tensor, the path above), or, with
+            ``unit="kernel"``, kernel clustering (Son et al., ECCV 2018; methods.md §2.4):
+            ``"shared"`` (one codebook per kernel size for the network) or a list of groups of
+            layer names; every k x k Conv2D is wrapped in :class:`ClusterKernels` (scaled
+            kernel units, trainable scales, one shared codebook variable per group); 1x1 convs
+            and dense layers stay float (reported).
+        transforms: 1 (default), or with ``unit="kernel"`` 2, 4 or 8: transform-invariant
+            kernel clustering (flips; 8 adds 90-degree turns) with :class:`ClusterKernels`.
+        scale_bits: a stored per-kernel scale's bits, kernel clustering only: 16 (float16,
+            default), 8 (int8 with a per-layer step) or 32.
 
     Returns:
         The clustered model (or wrapper), or ``(model, report)`` with ``return_report``.

@@ -108,6 +108,12 @@ class DistillationAccuracy(keras.metrics.MeanMetricWrapper):
     """Top-1 accuracy on :func:`distillation_targets` (``[one-hot labels | teacher logits]``):
     the student's arg-max against the labels' (the first ``num_classes`` columns).
 
+    Args:
+        num_classes: C, an integer >= 2: the targets' first C columns are the one-hot labels
+            (the rest, the teacher's logits, are ignored); the student predicts C scores.
+        name: the metric's name in logs (default ``"accuracy"``).
+        dtype: the metric's dtype (None: Keras' ``floatx()``, float32 by default).
+
     Example:
         >>> m = DistillationAccuracy(num_classes=2)
         >>> y = np.array([[0, 1, 5.0, 0.0], [1, 0, 5.0, 0.0]], np.float32)

@@ -1,16 +1,14 @@
 """Fine-tuning in the compressed state with scaled kernel units and shared codebooks.
 
 Son, Nah, Lee (ECCV 2018), methods §2.4: every clustered k x k Conv2D computes its kernel as
-
-    W[:, :, i, o] = s_io T_{t_io}(mu_{l_io})
-
-from a codebook ``mu`` (K, kh, kw) that is ONE variable per codebook group (shared across
-layers), trainable per-kernel scales ``s`` (cin, cout), and frozen centroid ids ``l`` and
-transform ids ``t``. The gradient of a centroid is therefore the sum over every member kernel
-of every layer, ``dL/dmu_n = sum_{l_io = n} s_io T_t^-1(dL/dW_io)`` (autodiff through the
-gather), and ``dL/ds_io = <T_t(mu_l), dL/dW_io>``. Scales are rounded to their stored bits in
-the forward pass (float16, or int8 times the layer's fixed step) with a straight-through
-gradient, so the kernels are always exactly ``s_q T_t(mu_l)``.
+``W[:, :, i, o] = s_io T_{t_io}(mu_{l_io})`` from a codebook ``mu`` (K, kh, kw) that is ONE
+variable per codebook group (shared across layers), trainable per-kernel scales ``s`` (cin,
+cout), and frozen centroid ids ``l`` and transform ids ``t``. The gradient of a centroid is
+therefore the sum over every member kernel of every layer,
+``dL/dmu_n = sum_{l_io = n} s_io T_t^-1(dL/dW_io)`` (autodiff through the gather), and
+``dL/ds_io = <T_t(mu_l), dL/dW_io>``. Scales are rounded to their stored bits in the forward
+pass (float16, or int8 times the layer's fixed step) with a straight-through gradient, so the
+kernels are always exactly ``s_q T_t(mu_l)``.
 
 The codebook lives in a :class:`KernelCodebook` layer that is *part of the functional graph*:
 it is called on the conv's input (its value is ignored) and its output, the codebook, is an
@@ -47,6 +45,7 @@ class KernelCodebook(keras.layers.Layer):
         n_clusters: K.
         kernel_size: (kh, kw).
         codebook_id: the group id (``"kernel:3x3"``, ``"kernel:group0"``, ...).
+        **kwargs: base layer arguments (``name``, ``dtype``, ...).
     """
 
     def __init__(self, n_clusters, kernel_size, codebook_id="", **kwargs):
@@ -91,6 +90,14 @@ class ClusterKernels(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
     kernel); its bias and everything else train. No attribute of the wrapped layer is
     written: its own ``call`` runs in a :class:`keras.StatelessScope` mapping its kernel to
     the shared one (as :class:`dkm_tf.ClusterWeights` does).
+
+    Args:
+        layer: the k x k Conv2D to wrap (built at the wrapper's build if it is not).
+        n_clusters: K, the entries of the group's codebook (default 16).
+        transforms: T, transforms per kernel: 1, 2, 4 or 8 (flips; 8 adds 90-degree turns).
+        scale_bits: a stored scale's bits: 16 (float16), 8 (int8 times ``scale_step``) or 32.
+        codebook_id: the group id, that of the group's :class:`KernelCodebook`.
+        **kwargs: base layer arguments (``name``: default ``"cluster_<layer name>"``).
     """
 
     def __init__(self, layer, n_clusters=16, transforms=1, scale_bits=16, codebook_id="",
@@ -166,7 +173,8 @@ class ClusterKernels(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
                 "codebook_id": self.codebook_id}
 
     def palette(self, codebook):
-        """The :class:`~dkm_tf.core.palette.Palette` of the current state (numpy)."""
+        """The :class:`~dkm_tf.core.palette.Palette` of the current state (numpy), with
+        ``codebook`` (K, kh, kw): the value of the group's :class:`KernelCodebook`."""
         s = keras.ops.convert_to_numpy(self.stored_scales()).T.reshape(1, -1)
         idx = keras.ops.convert_to_numpy(self.indices).T.reshape(1, -1)
         t = keras.ops.convert_to_numpy(self.transform_ids).T.reshape(1, -1)
@@ -197,12 +205,9 @@ def _functional(model):
 
 def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=1,
                          scale_bits=16, init="kmeans++", seed=0, overrides=None):
-    """``cluster_weights(model, unit="kernel", codebook=...)``: wrap every k x k Conv2D.
-
-    Returns:
-        ``(clustered model, clustered rows, skipped rows)``: rows as in
-        :class:`dkm_tf.training.clustering.ClusteringReport`.
-    """
+    """``cluster_weights(model, unit="kernel", codebook=...)``: wrap every k x k Conv2D; returns
+    ``(clustered model, clustered rows, skipped rows)``, rows as in
+    :class:`dkm_tf.training.clustering.ClusteringReport`."""
     check_seed(seed)
     codebook = kernel_share.check_codebook(codebook)
     excluded = kernel_share._excluded(overrides)  # noqa: SLF001
@@ -325,13 +330,8 @@ def strip_kernel_model(model, *, fold_bn=True):
 
 # ----------------------------------------------------------------------------- API routing
 _KERNEL_DOC = """
-    Kernel clustering (Son et al., ECCV 2018; :mod:`dkm_tf.training.kernel_clustering`):
-    with ``unit="kernel"``, ``codebook="shared"`` (one codebook per kernel size for the whole
-    network), a list of groups of layer names, or ``transforms`` in 2, 4, 8, every k x k
-    Conv2D is wrapped in :class:`ClusterKernels` (scaled kernel units, frozen indices,
-    trainable scales, one shared codebook variable per group); 1x1 convs and dense layers stay
-    float (reported). ``scale_bits``: 16 (float16), 8 (int8, per-layer step) or 32.
-    ``codebook="layer"`` (default) is the per-tensor path above.
+    Kernel clustering (``codebook``, ``transforms``, ``scale_bits``; Son et al., ECCV 2018):
+    :mod:`dkm_tf.training.kernel_clustering`.
 """
 _NOT_WITH_KERNEL = (("granularity", "per_tensor"), ("latent", False),
                     ("preserve_sparsity", False), ("kmeans_options", None),

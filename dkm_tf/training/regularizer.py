@@ -167,7 +167,7 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer, state_lib.KerasS
 
     # ------------------------------------------------------------------ state
     def build(self, shape, name=None):
-        """Create the state variables for a weight of ``shape`` (no-op when built)."""
+        """Create the state of a weight of ``shape`` (no-op when built), named by ``name``."""
         shape = tuple(int(s) for s in shape)
         if self._state is not None:
             if shape != self._state["shape"]:
@@ -346,11 +346,11 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer, state_lib.KerasS
         return "Loss"  # Keras' saving walks it like a loss (a saveable with no sub-objects)
 
     def save_own_variables(self, store):
-        """Write the state into a checkpoint (Keras calls it; see ``regularizer_state``)."""
+        """Write the state into ``store``, a Keras variable store (Keras calls it)."""
         state_lib.save(self, store)
 
     def load_own_variables(self, store):
-        """Restore the state from a checkpoint; a file without it leaves this one as is."""
+        """Restore the state from ``store``; a store without it leaves this one as is."""
         state_lib.load(self, store)
 
     __reduce__ = object.__reduce__  # plain pickling (KerasSaveable would pickle a model)

@@ -203,7 +203,7 @@ class Reassigns:
 
     @staticmethod
     def assign_reassign_plan(plan):
-        """Assign a :meth:`reassign_plan`; returns the number of changed indices."""
+        """Assign ``plan``, a :meth:`reassign_plan`; returns the number of changed indices."""
         for s, new, _ in plan:
             s.indices.assign(new.astype(s.indices.dtype))
         return sum(int(np.count_nonzero(new != old)) for _, new, old in plan)
