@@ -3,7 +3,9 @@
 The TensorFlow Lite converter (TF 2.21) folds a `BatchNormalization` over the channel axis into
 the conv or dense layer that produces its input when that layer is linear (no activation) and
 its output feeds the batch norm only: Conv1D/2D, Depthwise/SeparableConv1D/2D,
-Conv1D/2DTranspose, and a Dense on a 2-D input (a Dense on an N-D tensor is not folded). The
+Conv1D/2DTranspose (channels_last over the last axis; channels_first over axis 1, where the
+converted graph's transposes put the channels last), and a Dense on a 2-D input (a Dense on an
+N-D tensor is not folded). The
 traced-graph reader treats batch norms as fused too; the Keras reader charges the others as
 one "affine" record (a `.tflite` runs them as a MUL and an ADD).
 `tests/test_energy_activations.py` converts each case and checks which are folded.
@@ -41,14 +43,15 @@ def folded_into(norm, counts, keras, x=None):
     inner = producer.layer if isinstance(producer, L.Wrapper) else producer
     convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
              L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose)
+    channel = len(x.shape) - 1
     if isinstance(inner, convs):
-        if getattr(inner, "data_format", "channels_last") != "channels_last":
-            return None
+        if getattr(inner, "data_format", "channels_last") == "channels_first":
+            channel = 1  # the converter folds it there too (tests/test_layout16.py)
     elif not (isinstance(inner, L.Dense) and len(x.shape) == 2):
         return None
     axis = norm.axis if isinstance(norm.axis, int) else (
         norm.axis[0] if len(norm.axis) == 1 else None)
     if activation_name(getattr(inner, "activation", None)) != "linear" or axis is None or \
-            axis % len(x.shape) != len(x.shape) - 1 or counts.get(id(x), 0) != 1:
+            axis % len(x.shape) != channel or counts.get(id(x), 0) != 1:
         return None
     return producer.name

@@ -142,9 +142,9 @@ def read_traced_model(model, input_shape):
             shapes.append(sh.eltwise_shape(unique(scope), op=kind, eltwise_op="relu",
                                            elements=math.prod(outs[0][1:]), n_inputs=1))
         elif kind in ("Conv2D", "DepthwiseConv2dNative"):
-            x, w, y = ins[0], ins[1], outs[0]
+            x, w, y = _nhwc(op, ins[0]), ins[1], _nhwc(op, outs[0])
             layer = kernel_layer(op.inputs[1]) or scope
-            strides = list(op.get_attr("strides"))[1:3]
+            strides = _spatial_attr(op, "strides")
             if kind == "Conv2D":
                 groups = x[3] // w[2]
                 out_c = w[3]
@@ -156,7 +156,7 @@ def read_traced_model(model, input_shape):
         elif kind == "Conv2DBackpropInput":  # Conv1D/2DTranspose: see `conv_transpose`
             from dkm_tf.energy.conv_transpose import conv_transpose_shape
 
-            w, x = ins[1], ins[2]  # filter [kh, kw, out_c, in_c / groups], input
+            w, x = ins[1], _nhwc(op, ins[2])  # filter [kh, kw, out_c, in_c / groups], input
             layer = kernel_layer(op.inputs[1]) or scope
             shapes.append(conv_transpose_shape(unique(layer), layer=layer, op=kind,
                                                in_hw=x[1:3], in_c=x[3], out_c=w[2],
@@ -178,19 +178,16 @@ def read_traced_model(model, input_shape):
             shapes.append(sh.dense_shape(unique(layer), layer=layer, op=kind, in_features=w[0],
                                          units=w[1], positions=math.prod(a[:-1])))
         elif kind in ("MaxPool", "AvgPool"):
-            x, y = ins[0], outs[0]
+            x, y = _nhwc(op, ins[0]), _nhwc(op, outs[0])
             shapes.append(sh.pool_shape(unique(scope), op=kind, in_hw=x[1:3], channels=x[3],
-                                        out_hw=y[1:3], window=list(op.get_attr("ksize"))[1:3],
-                                        strides=list(op.get_attr("strides"))[1:3],
+                                        out_hw=y[1:3], window=_spatial_attr(op, "ksize"),
+                                        strides=_spatial_attr(op, "strides"),
                                         pool_op="max" if kind == "MaxPool" else "avg"))
         elif kind in _REDUCTIONS and op.outputs[0].dtype.is_integer:
             continue  # shape arithmetic
-        elif kind in _REDUCTIONS and len(ins[0]) in (3, 4, 5) and \
-                math.prod(outs[0]) == ins[0][0] * ins[0][-1]:  # a global pooling
-            x = ins[0]
-            hw = (1, x[1]) if len(x) == 3 else (x[1], x[2]) if len(x) == 4 else \
-                (x[1] * x[2], x[3])
-            shapes.append(sh.pool_shape(unique(scope), op=kind, in_hw=hw, channels=x[-1],
+        elif kind in _REDUCTIONS and _global_pool(op, ins[0], outs[0]) is not None:
+            hw, channels = _global_pool(op, ins[0], outs[0])
+            shapes.append(sh.pool_shape(unique(scope), op=kind, in_hw=hw, channels=channels,
                                         out_hw=1, window=hw, pool_op=_REDUCTIONS[kind]))
         elif kind in _REDUCTIONS:
             skipped.append((op.name, f"{kind} over {ins[0]} -> {outs[0]}: not a global pooling "
@@ -217,6 +214,52 @@ def read_traced_model(model, input_shape):
             skipped.append((op.name, f"unsupported TensorFlow op {kind}"))
     skipped += [consts.weight_entry()] if consts.weight_entry() else []
     return tuple(shapes), tuple(skipped)
+
+
+def _nchw(op):
+    """Whether `op` computes in NCHW (a channels_first Keras conv: TensorFlow's Conv2D,
+    BiasAdd and backprop ops carry it; pooling and depthwise convs are transposed to NHWC)."""
+    try:
+        return op.get_attr("data_format") in (b"NCHW", "NCHW")
+    except ValueError:
+        return False
+
+
+def _nhwc(op, dims):
+    """`dims` of a 4-D operand of `op` in NHWC order (measured before 2026-12-05: an NCHW
+    Conv2D was read as H=C, W=H, C=W: a wrong count, or a crash on groups=0)."""
+    return (dims[0], dims[2], dims[3], dims[1]) if _nchw(op) and len(dims) == 4 else dims
+
+
+def _spatial_attr(op, name):
+    """The (height, width) entries of a 4-element `strides` / `ksize` attribute."""
+    values = list(op.get_attr(name))
+    return values[2:4] if _nchw(op) else values[1:3]
+
+
+def _global_pool(op, x, out):
+    """`((h, w), channels)` of a Mean / Sum / Max over every axis of a 3-D to 5-D input but
+    the batch and the channels (the last axis, or axis 1: a channels_first global pooling,
+    which before 2026-12-05 was read with the last spatial axis as its channels), else None."""
+    import numpy as np
+    import tensorflow as tf
+
+    if len(x) not in (3, 4, 5) or len(op.inputs) < 2:
+        return None
+    axes = tf.get_static_value(op.inputs[1])
+    if axes is None:  # unknown axes: the channels-last reading, as before
+        axes = range(1, len(x) - 1)
+    axes = sorted({int(a) % len(x) for a in np.ravel(axes)})
+    if axes == list(range(1, len(x) - 1)) and math.prod(out) == x[0] * x[-1]:
+        spatial, channels = x[1:-1], x[-1]
+    elif axes == list(range(2, len(x))) and (tuple(out) == tuple(x[:2]) or len(x) > 3 and (
+            tuple(out) == tuple(x[:2]) + (1,) * (len(x) - 2))):  # as `tflite_ops` reads it
+        spatial, channels = x[2:], x[1]
+    else:
+        return None
+    hw = (1, spatial[0]) if len(spatial) == 1 else (spatial[0], spatial[1]) \
+        if len(spatial) == 2 else (spatial[0] * spatial[1], spatial[2])
+    return hw, channels
 
 
 def _scope(name):

@@ -37,6 +37,36 @@ def classify_more(layer, name, in_shapes, out_shape, keras, common):
         from dkm_tf.energy.keras_consts import normalization_records
 
         return normalization_records(layer, name, tuple(in_shapes[0]), out_shape, common)
+    return _preprocessing(layer, tuple(in_shapes[0]), tuple(out_shape))
+
+
+_AUGMENTATION = ("AugMix", "RandAugment", "CutMix", "MixUp")
+_LOOKUPS = ("IntegerLookup", "StringLookup", "TextVectorization", "Hashing", "HashedCrossing",
+            "CategoryEncoding", "Discretization")
+
+
+def _preprocessing(layer, in_shape, out_shape):
+    """`([], reason)` of an image augmentation / preprocessing layer, else None.
+
+    A random augmentation layer (`RandomFlip`, `RandomRotation`, ... in a Keras tutorial's
+    `data_augmentation` block) returns its input at inference, and the converted `.tflite` has
+    no op for it: listed as such (was "unsupported layer type RandomFlip", as if the estimate
+    missed a cost); lookups and encodings (`IntegerLookup`, `Hashing`, ...) as no MACs.
+    `CenterCrop` shrinking its input is a slice (no compute); `Resizing` an
+    interpolation, listed as not priced, as the `.tflite` reader lists RESIZE_BILINEAR."""
+    cls = type(layer).__name__
+    random = cls.startswith("Random") or cls in _AUGMENTATION
+    if random and in_shape == out_shape:
+        return [], (f"{cls}: random augmentation, an identity at inference (the .tflite has "
+                    "no op for it), no compute")
+    if cls == "CenterCrop" and all(o <= i for i, o in zip(in_shape[1:], out_shape[1:])):
+        return [], "CenterCrop: a slice of its input, no compute"
+    if cls in _LOOKUPS:
+        return [], (f"{cls}: a lookup / index encoding of its inputs (integer or string "
+                    "arithmetic), no MACs, not priced")
+    if cls in ("Resizing", "CenterCrop"):
+        return [], (f"{cls} {in_shape[1:]} -> {out_shape[1:]}: image interpolation, not "
+                    "priced (a .tflite's RESIZE_BILINEAR / RESIZE_NEAREST_NEIGHBOR is listed too)")
     return None
 
 

@@ -1,7 +1,8 @@
 """.tflite ops that are read by what they compute, not by their name alone.
 
 * Reductions (MEAN, REDUCE_MAX, SUM) over every axis between the batch and the channels (the
-  last axis) are global pooling of a 1-D, 2-D or 3-D feature map, `channels_last`: an average
+  last axis; or every axis after axis 1 with a `(batch, channels)` output: `channels_first`)
+  are global pooling of a 1-D, 2-D or 3-D feature map: an average
   (MEAN, SUM) or max pooling record, as the Keras reader charges `GlobalAveragePooling1D/2D/3D`
   and `GlobalMaxPooling1D/2D/3D`. A 3-D map (D, H, W) is recorded as a `(D·H) × W` map, the
   Keras reader's layout. Other reductions (over the channels: a `LayerNormalization`'s mean
@@ -67,10 +68,13 @@ def reduce_shape(view, k, x, trips, name_of):
     opname = view.names[k]
     rank = len(x)
     axes = _axes(view, view.inputs(k)[1], rank) if len(view.inputs(k)) > 1 else None
-    if rank < 3 or axes != list(range(1, rank - 1)):
+    if rank >= 3 and axes == list(range(1, rank - 1)):
+        spatial, channels = [max(int(d), 1) for d in x[1:-1]], x[-1]
+    elif rank >= 3 and axes == list(range(2, rank)) and _channels_first_out(view, k, x):
+        spatial, channels = [max(int(d), 1) for d in x[2:]], x[1]
+    else:
         return None, (f"{opname} over axes {axes} of a {list(x)} tensor: not a global "
                       "pooling (a normalization's statistics), not priced")
-    spatial = [max(int(d), 1) for d in x[1:-1]]
     if len(spatial) == 1:
         hw = (1, spatial[0])
     elif len(spatial) == 2:
@@ -78,8 +82,21 @@ def reduce_shape(view, k, x, trips, name_of):
     else:
         hw = (math.prod(spatial[:-1]), spatial[-1])
     name = name_of()
-    return sh.pool_shape(name, layer=name.split("#")[0], op=opname, in_hw=hw, channels=x[-1],
+    return sh.pool_shape(name, layer=name.split("#")[0], op=opname, in_hw=hw, channels=channels,
                          out_hw=1, window=hw, pool_op=REDUCTIONS[opname], repeat=trips), None
+
+
+def _channels_first_out(view, k, x):
+    """Whether reduction `k` over axes 2.. of `x` is a channels_first global pooling: its
+    output is `(batch, channels)` (`(batch, channels, 1, ...)` for a 2-D or 3-D map; a 3-D
+    tensor's keepdims mean over its last axis is a LayerNormalization's statistics). Measured
+    before 2026-12-05: a channels_first `GlobalAveragePooling2D` (a MEAN over axes [2, 3])
+    was listed as normalization statistics, not charged."""
+    out = [int(d) for d in view.shape(int(view.ops[k].OutputsAsNumpy()[0]))]
+    if len(out) == 2:
+        return out[1] == x[1]
+    return len(x) > 3 and len(out) == len(x) and out[1] == x[1] and \
+        all(d == 1 for d in out[2:])
 
 
 def _through(view, t):

@@ -54,9 +54,10 @@ class ConstOps:
     def _consumers(self, tensor):
         return len(tensor.consumers())
 
-    def _fold_target(self, tensor, kernel_layer):
+    def _fold_target(self, tensor, kernel_layer, transposed=False):
         """The layer the linear product producing `tensor` belongs to (through BiasAdd,
-        Identity and folded constant ops, each read by one op only), else None."""
+        Identity, Squeeze and folded constant ops, each read by one op only; with
+        `transposed`, an NHWC -> NCHW Transpose too), else None."""
         for _ in range(16):
             if self._consumers(tensor) != 1:
                 return None
@@ -68,8 +69,9 @@ class ConstOps:
                     return None
                 w = op.inputs[2 if op.type == "Conv2DBackpropInput" else 1]
                 return kernel_layer(w) or op.name.rsplit("/", 1)[0]
-            if op.type not in _PASS:
-                return None
+            if op.type not in _PASS and op.type != "Squeeze" and not (
+                    transposed and _to_channels_first(op)):
+                return None  # a Conv1D's Squeeze, a channels_first depthwise conv's Transpose
             tensor = op.inputs[0]
         return None
 
@@ -102,7 +104,8 @@ class ConstOps:
             return None, None, (f"{kind} by a constant {one}: an identity the converter "
                                 "removes, not charged")
         c_dims = _dims(c)
-        per_channel = math.prod(c_dims[:-1]) == 1 if c_dims else True
+        nchw = _nchw_vector(c_dims, x, self.folded)
+        per_channel = (math.prod(c_dims[:-1]) == 1 if c_dims else True) or nchw
         product = _product_before(x)
         trailing = list(c_dims)
         while trailing and trailing[0] == 1:
@@ -116,7 +119,7 @@ class ConstOps:
         # c - x and max / min are no affine map of x the converter folds (it runs them)
         if per_channel and kind not in ("Maximum", "Minimum") and not (
                 kind == "Sub" and live.index(True) == 1):
-            into = self._fold_target(x, kernel_layer)
+            into = self._fold_target(x, kernel_layer, nchw or math.prod(c_dims) == 1)
             if into is not None:
                 self.folded[op.name] = into
                 return None, None, (f"{kind} by a constant / weight of shape {list(c_dims)}: "
@@ -144,6 +147,43 @@ def _product_before(tensor):
             return None
         tensor = tensor.op.inputs[0]
     return None
+
+
+def _to_channels_first(op):
+    """Whether `op` is a Transpose moving the last axis to axis 1 (NHWC -> NCHW: Keras runs a
+    channels_first depthwise conv / pooling in NHWC between two Transposes)."""
+    import numpy as np
+    import tensorflow as tf
+
+    if op.type != "Transpose":
+        return False
+    perm = tf.get_static_value(op.inputs[1])
+    n = len(perm) if perm is not None else 0
+    return n >= 3 and list(np.ravel(perm)) == [0, n - 1, *range(1, n - 1)]
+
+
+def _nchw_vector(c_dims, x, folded):
+    """Whether a constant of shape `c_dims` is a per-channel vector `(1, C, 1, ...)` of the
+    output `x` of an NCHW product (a channels_first conv, through its BiasAdd and the ops
+    `folded` into it already: a batch norm's MUL before its ADD): the converter
+    folds it as it folds a channels_last one (measured before 2026-12-05: a channels_first
+    batch norm was charged as a MUL and an ADD the `.tflite` does not run)."""
+    x_dims = _dims(x)
+    if len(c_dims) != len(x_dims) or len(x_dims) < 3 or c_dims[1] != x_dims[1] or \
+            math.prod(c_dims) != c_dims[1]:
+        return False
+    op = x.op
+    for _ in range(16):
+        if op.name in folded:
+            op = next(t for t in op.inputs if _dims(t) == x_dims).op
+        elif op.type in _PASS and op.type != "BiasAdd":
+            op = op.inputs[0].op
+        else:
+            break
+    try:
+        return op.get_attr("data_format") in (b"NCHW", "NCHW")
+    except ValueError:
+        return False
 
 
 def _identity(kind, c):
