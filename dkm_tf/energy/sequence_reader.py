@@ -81,6 +81,14 @@ def is_traced_sequence_layer(layer, keras):
     return isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))
 
 
+def traced_sequence_layers(layers, keras):
+    """Ids of the layers of ``layers`` whose traced calls :func:`traced_records` charges:
+    the recurrent ones, except the two directions of a ``Bidirectional`` (charged with it)."""
+    inner = {id(side) for x in layers if isinstance(x, keras.layers.Bidirectional)
+             for side in (x.forward_layer, x.backward_layer)}
+    return {id(x) for x in layers if is_traced_sequence_layer(x, keras) and id(x) not in inner}
+
+
 def traced_records(layer, in_shape, keras, unique=None):
     """``(records, skip_reason)`` of one traced call of a recurrent layer (``graph_reader``).
 

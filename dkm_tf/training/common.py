@@ -291,11 +291,18 @@ def is_tf_dataset(data):
     return tf is not None and isinstance(data, tf.data.Dataset)
 
 
-def check_class_ids(name, data, loss):
+def check_class_ids(name, data, loss, model=None):
     """With a sparse categorical cross-entropy ``loss``, the labels of ``data`` (an ``(x, y)``
     pair or a ``tf.data.Dataset``) must be class ids, shape (samples,) or (samples, 1): one-hot
-    (samples, C) labels would fail inside ``fit``, after the clustering or copying work."""
+    (samples, C) labels would fail inside ``fit``, after the clustering or copying work. For
+    a ``model`` whose output holds class scores per position, ``(samples, T, C)`` (a sequence
+    tagger), one class id per position: (samples, T) or (samples, T, 1)."""
     import sys  # noqa: PLC0415
+
+    from dkm_tf.training.data_checks import (  # noqa: PLC0415
+        check_per_position_shape,
+        per_position_output,
+    )
 
     if data is None or not is_sparse_loss(loss):
         return
@@ -307,7 +314,11 @@ def check_class_ids(name, data, loss):
         if isinstance(spec, tuple) and len(spec) >= 2 and hasattr(spec[1], "shape"):
             shape = spec[1].shape
             shape = None if shape.rank is None else tuple(shape)
-    if shape is not None and (len(shape) > 2 or len(shape) == 2 and shape[1] not in (None, 1)):
+    out = per_position_output(model)
+    if shape is not None and out is not None:
+        check_per_position_shape(name, shape, out)
+    elif shape is not None and (len(shape) > 2 or len(shape) == 2 and
+                                shape[1] not in (None, 1)):
         raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
                          "(samples,) or (samples, 1): class ids, as the sparse categorical "
                          "cross-entropy loss reads them (for one-hot labels pass "
@@ -325,7 +336,7 @@ def check_labels_for(name, data, model, loss):
     cross-entropy integer labels 0 / 1. Returns ``data``, a pair's labels converted."""
     from dkm_tf.training.data_checks import check_labels  # noqa: PLC0415
 
-    check_class_ids(name, data, loss)
+    check_class_ids(name, data, loss, model)
     sparse = is_sparse_loss(loss)
     return check_labels(name, data, model, class_ids=sparse,
                         ranges=sparse or is_binary_loss(loss))

@@ -53,9 +53,36 @@ def check_labels(name, data, model, class_ids=True, ranges=True):
     return data if y is data[1] else (data[0], y)
 
 
+def per_position_output(model):
+    """The output shape ``(samples, T..., C)`` of a single-output ``model`` whose output has
+    more than two axes (class scores per token or pixel), else None."""
+    shape = getattr(model, "output_shape", None)
+    if len(getattr(model, "outputs", None) or ()) > 1 or not isinstance(shape, tuple) or \
+            len(shape) <= 2 or not all(d is None or isinstance(d, int) for d in shape):
+        return None
+    return shape
+
+
+def check_per_position_shape(name, label_shape, out):
+    """Labels of shape ``label_shape`` for a sparse loss on an output ``out`` of shape
+    ``(samples, T..., C)`` must be one class id per position: ``(samples, T...)`` or
+    ``(samples, T..., 1)``, as Keras' sparse categorical cross-entropy reads them."""
+    rank = len(out)
+    if len(label_shape) == rank - 1 or len(label_shape) == rank and label_shape[-1] in (None, 1):
+        return
+    want = ", ".join(["samples", *("None" if d is None else str(d) for d in out[1:-1])])
+    raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
+                     f"({want}) or ({want}, 1): one class id per position of the model's "
+                     f"output {out}, as the sparse categorical cross-entropy loss reads them "
+                     "(for one-hot labels pass y.argmax(-1)). Received: y of shape "
+                     f"{tuple(label_shape)}")
+
+
 def _checked_labels(name, y, model, class_ids, ranges):
     """:func:`check_labels` on one label array ``y``; returns it (whole-number floats and
-    booleans as integer class ids where class ids are read)."""
+    booleans as integer class ids where class ids are read). A model whose output holds
+    class scores per position (``(samples, T, C)``: a sequence tagger) takes one label per
+    position (:func:`check_per_position_shape`), its range checked against C."""
     labels, shape = np.asarray(y), getattr(model, "output_shape", None)
     heads = len(getattr(model, "outputs", None) or ())
     if labels.dtype.kind not in "biuf":
@@ -63,8 +90,15 @@ def _checked_labels(name, y, model, class_ids, ranges):
                         "(integer class ids). Received: y of dtype " + str(labels.dtype)
                         + (f" (e.g. {labels.flat[0].item()!r}: map class names to ids first)"
                            if labels.size else ""))
+    out = per_position_output(model) if class_ids else None
+    if out is not None:
+        shape = (None, out[-1])  # the range check reads C (or 0 / 1 for one unit)
     if class_ids and heads <= 1:
-        ids = _to_class_ids(labels, name)  # (samples, 1) passes; one-hot (samples, C) raises
+        if out is not None:  # whole numbers, one per position
+            check_per_position_shape(name, labels.shape, out)
+            ids = _to_class_ids(labels.reshape(-1), name)
+        else:  # (samples, 1) passes; one-hot (samples, C) raises
+            ids = _to_class_ids(labels, name)
         if labels.dtype.kind in "bf":
             y = labels = ids.reshape(labels.shape)
     if ranges and labels.dtype.kind in "iu":
