@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 from testing import run_tflite_batch, run_tflite_per_sample, tf_backend_only  # noqa: E402
 
 import dkm_tf  # noqa: E402
-from dkm_tf.energy import sequence_reader, traced_activations  # noqa: E402
+from dkm_tf.energy import sequence_reader  # noqa: E402
 from dkm_tf.energy.keras_reader import read_keras_model  # noqa: E402
 
 L = keras.layers
@@ -264,9 +264,6 @@ def test_traced_sequence_records_equal_the_keras_readers():
     assert records == [] and "not found" in reason
 
 
-@pytest.mark.skipif(not hasattr(traced_activations, "traced_records"),
-                    reason="dkm_tf.energy.traced_activations does not charge recurrent "
-                           "layers through sequence_reader.traced_records yet")
 def test_traced_estimate_charges_every_step():
     keras.utils.set_random_seed(0)
     functional = _model("lstm", t=T)
