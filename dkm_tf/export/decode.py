@@ -48,6 +48,7 @@ class Emitter:
         self.fm = fm
         self.prefix = prefix
         self.ops = []
+        self.early = []  # ops reading only constants, shared through the cache: go first
         self._enum = {}
         self.cache = {}
         self.aux_bytes = 0  # bytes of helper constants (im2col filters)
@@ -86,7 +87,12 @@ class Emitter:
 
         It is GATHER(const, iota): computed in Prepare, so downstream RESHAPE / STRIDED_SLICE
         still fold, but the XNNPACK delegate (which only accepts static shape operands)
-        leaves the float op that reads it to the builtin kernel.
+        leaves the float op that reads it to the builtin kernel. The GATHER goes to
+        ``self.early`` (the caller puts those ops ahead of all others): the tensor is cached
+        and read by every later chain or lowered layer that needs the same values, and a
+        lowered layer's ops land where its original op was, so a GATHER emitted among a later
+        layer's ops was read before it was written (ConvNeXt's grouped convs: ops out of
+        order for any reader but LiteRT's load-time folding; the energy reader missed them).
         """
         v = np.asarray(values, np.int32).ravel()
         key = ("dynamic", v.tobytes())
@@ -95,7 +101,9 @@ class Emitter:
         src = self.const("shape_src", v)
         pos = self.const("shape_pos", np.arange(v.size, dtype=np.int32))
         out = self.tensor("shape", [v.size], "int32")
-        self.cache[key] = self.op("GATHER", [src, pos], [out], schema().GatherOptionsT())
+        self.early.append(self.fm.make_op("GATHER", [src, pos], [out],
+                                          schema().GatherOptionsT(), 1))
+        self.cache[key] = out
         return out
 
     def gather(self, params, positions, out_shape, axis=0, batch_dims=0, dtype="float32"):

@@ -372,7 +372,7 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
                     bits_per_weight=8 * (info["index_bytes"] + info["codebook_bytes"]
                                          + info.get("scale_bytes", 0)) / p.n_values)
         records.append(info)
-    new_ops = list(prefix)
+    new_ops = list(em.early) + list(prefix)
     for i, op in enumerate(fm.operators):
         extra = replace.get(i, [])
         new_ops.extend(o for o in extra if o is not None)

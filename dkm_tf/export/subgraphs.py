@@ -14,16 +14,19 @@ A palette whose values are in no subgraph (the converter split, transposed or fo
 weight: an ``LSTMCell(implementation=1)`` kernel split per gate, a kernel with batch
 normalization folded in) is **kept as the float32 constants the converter wrote**: the model
 stays exact and is verified like any other, and the palette's record says
-``storage="float32 (not found)"`` with the reason (``to_tflite`` adds a note).
+``storage="float32 (not found)"`` with the reason (``to_tflite`` adds a note). A weight the
+converter multiplied by one constant (a ``Rescaling`` before the layer folded into its
+kernel) is palettized with its codebook scaled alike (:func:`_scaled_matches`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 
-from dkm_tf.export.palettize import _match, palettize_flatbuffer
+from dkm_tf.export.palettize import WEIGHT_INPUT, _match, palettize_flatbuffer, tflite_layouts
 from dkm_tf.export.rewrite import schema
 
 __all__ = ["NOT_FOUND_REASON", "PROJECTION_ROUTE", "hoist_decodes", "hoist_input_projections",
@@ -45,6 +48,57 @@ def _not_found_record(palette, decode):
             "index_bits": 32.0, "index_bytes": 0, "codebook_bytes": 4 * n, "aux_bytes": 0,
             "route": NOT_FOUND_REASON, "decode": decode, "n_weights": n,
             "bits_per_weight": 32.0, "transpose_per_invoke": False}
+
+
+SCALED_NOTE = ("the converter multiplied the weight by {s:.6g} (a constant scaling before "
+               "the layer, e.g. Rescaling, folded into it): codebook scaled alike")
+
+
+def _scaled_matches(view, palettes):
+    """Palettes whose weight the converter scaled by one constant: ``{id(p): found entry}``.
+
+    The converter folds a scalar multiply before a conv or Dense (``Rescaling(1 / 255)`` in
+    front of ``keras.applications.EfficientNetB0``'s stem, through its zero padding) into the
+    layer's kernel, so no constant holds ``palette.decode()``: the kernel was kept float32
+    ("not found"). A constant read as the weight of an op the palette's layout allows, with
+    ``decode() * s`` values (``s`` from the codebook entry of largest magnitude, checked on
+    every weight to 1e-6 relative), is matched to a copy of the palette whose codebook is
+    scaled by ``s`` (same indices, still <= K values); the file is verified as always.
+    """
+    consumers, out = view.consumers(), {}
+    for p in palettes:
+        if p.layout.kind == "vector" or p.scales is not None:
+            continue
+        book = np.asarray(p.codebook, np.float64)
+        top = float(np.abs(book).max()) if book.size else 0.0
+        if top == 0.0:
+            continue
+        kernel = p.decode().astype(np.float64)
+        for ops, tperm, tshape in tflite_layouts(p.layout):
+            arr = kernel.transpose(tperm).reshape(tshape)
+            ref = arr.flat[int(np.argmax(np.abs(arr)))]
+            for t in sorted(consumers):
+                if tuple(view.shape(t)) != tuple(tshape) or view.type_name(t) != "float32" \
+                        or not view.raw(t):
+                    continue
+                uses = [(i, view.op_name(view.operators[i])) for i in consumers[t]]
+                if not any(name in ops and WEIGHT_INPUT.get(name) is not None
+                           and int(view.operators[i].inputs[WEIGHT_INPUT[name]]) == t
+                           for i, name in uses):
+                    continue
+                const = np.asarray(view.const(t), np.float64).reshape(tshape)
+                scale = float(const.flat[int(np.argmax(np.abs(arr)))] / ref)
+                if scale == 0.0 or scale == 1.0 or not np.allclose(
+                        arr * scale, const, rtol=1e-6, atol=1e-6 * abs(scale) * top):
+                    continue
+                q = dataclasses.replace(
+                    p, codebook=(book * scale).astype(np.float32), codebook_id=None,
+                    note=SCALED_NOTE.format(s=scale) + (f"; {p.note}" if p.note else ""))
+                out[id(p)] = (q, t, uses, tperm, tshape)
+                break
+            if id(p) in out:
+                break
+    return out
 
 
 def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **options):
@@ -71,9 +125,15 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
             break
         view = fm if index == 0 else fm.subgraph(index)
         found = _match(view, left)
-        if not found:
+        scaled = _scaled_matches(view, [p for p in left if id(p) not in found])
+        if not found and not scaled:
             continue
         here = [p for p in left if id(p) in found]
+        for p in left:  # a scaled weight: its scaled copy is palettized, recorded as p
+            if id(p) in scaled:
+                q = scaled[id(p)][0]
+                found[id(q)] = scaled[id(p)]
+                here.append(q)
         keep = keep_float
         if isinstance(keep_float, (list, tuple, set, frozenset)):
             keep = [name for name in keep_float
@@ -84,8 +144,10 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
         parent = hoist_decodes(fm, index) if index else None
         lowering = decode == "once" and options.get("matmul_lowering", True)
         moved = hoist_input_projections(fm, index, lowering) if parent is not None else {}
-        by_name = {p.name: p for p in here}
+        by_name = {p.name: p for p in left if id(p) in found or id(p) in scaled}
         for r in recs:
+            if id(by_name[r["palette"]]) in scaled:
+                r["route"] += "; " + scaled[id(by_name[r["palette"]])][0].note.split("; ")[0]
             if index:
                 r["subgraph"] = index
                 if parent is not None and not r.get("kept"):
@@ -94,7 +156,7 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
                     if len(ops) == 1 and None not in ops:  # every reader left the loop
                         r["route"] += PROJECTION_ROUTE.format(op=ops.pop())
             records[id(by_name[r["palette"]])] = r
-        left = [p for p in left if id(p) not in found]
+        left = [p for p in left if id(p) not in found and id(p) not in scaled]
     for p in left:
         records[id(p)] = _not_found_record(p, decode)
     return [records[id(p)] for p in palettes]
