@@ -18,9 +18,8 @@ import numpy as np
 
 from dkm_tf.export.canonical import canonicalize
 
-__all__ = ["QUANTIZATIONS", "as_input_list", "convert", "input_specs", "quiet",
-           "require_tensorflow_backend", "synthesize_inputs",
-           "synthetic_samples"]
+__all__ = ["QUANTIZATIONS", "as_input_list", "check_int8_mode", "convert", "input_specs",
+           "quiet", "require_tensorflow_backend", "synthesize_inputs", "synthetic_samples"]
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "full")
 
@@ -114,7 +113,10 @@ def model_inputs(model):
 
 
 def _file_dtype(t):
-    return "int32" if "int" in str(t.dtype) else "float32"
+    """The file input's dtype for a Keras input: bool stays bool (the converter keeps a bool
+    signature: a float32 one took the mask as numbers), integers are int32, else float32."""
+    dtype = str(t.dtype)
+    return "bool" if dtype == "bool" else "int32" if "int" in dtype else "float32"
 
 
 def input_specs(model, sample_inputs=None, batch=None):
@@ -161,11 +163,19 @@ def as_specs_dtypes(inputs, specs):
 
 def synthesize_inputs(specs, n=8, seed=0, int_high=2):
     """Seeded samples matching ``specs`` (when the caller gives none): standard normal for
-    float inputs, integers uniform in ``[0, int_high)`` for integer ones."""
+    float inputs, integers uniform in ``[0, int_high)`` for integer ones, and for bool ones
+    (an attention mask) True with probability 0.75, so the masked path is verified too."""
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, int_high, (n, *shape[1:])).astype(np.int32) if dtype == "int32"
-            else rng.standard_normal((n, *shape[1:])).astype(np.float32)
-            for shape, dtype in specs]
+
+    def one(shape, dtype):
+        shape = (n, *shape[1:])
+        if dtype == "int32":
+            return rng.integers(0, int_high, shape).astype(np.int32)
+        if dtype == "bool":
+            return rng.random(shape) < 0.75
+        return rng.standard_normal(shape).astype(np.float32)
+
+    return [one(shape, dtype) for shape, dtype in specs]
 
 
 def synthetic_samples(model, specs, n=8):
@@ -181,13 +191,34 @@ def synthetic_samples(model, specs, n=8):
               if isinstance(layer, keras.layers.Embedding)]
     high = min(tables) if tables else 2
     kinds = []
-    if any(d != "int32" for _, d in specs):
+    if any(d not in ("int32", "bool") for _, d in specs):
         kinds.append("float inputs standard normal")
+    if any(d == "bool" for _, d in specs):
+        kinds.append("bool inputs True with probability 0.75")
     if any(d == "int32" for _, d in specs):
         kinds.append(f"integer inputs uniform in [0, {high})" + (
             " (the smallest Embedding table)" if tables else " (no Embedding to bound them)"))
     return (synthesize_inputs(specs, n, int_high=high),
             f"no sample_inputs given: verified on {n} seeded inputs ({'; '.join(kinds)})")
+
+
+def check_int8_mode(model, format, int8_mode, modes):  # noqa: A002 - to_tflite's name
+    """Check ``int8_mode`` (one of ``modes``) and, for ``format="int8"`` with
+    ``int8_mode="full"``, that ``model`` can be calibrated
+    (:func:`~dkm_tf.export.model_check.check_full_int8`: no recurrent loop), before any work.
+
+    Args:
+        model: the model to export (anything else is left to the model checks).
+        format: the export format.
+        int8_mode: ``"dynamic"`` or ``"full"``.
+        modes: the allowed ``int8_mode`` values.
+    """
+    from dkm_tf.core.validate import check_choice  # noqa: PLC0415
+    from dkm_tf.export.model_check import check_full_int8  # noqa: PLC0415
+
+    check_choice("int8_mode", int8_mode, modes)
+    if format == "int8" and int8_mode == "full" and hasattr(model, "_flatten_layers"):
+        check_full_int8(model)
 
 
 def _flatten_outputs(y):
@@ -221,6 +252,10 @@ def convert(model, specs, quantization="none", representative_data=None):
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"Invalid value for argument `quantization`. Expected one of "
                          f"{list(QUANTIZATIONS)}. Received: quantization={quantization!r}")
+    if quantization == "full":  # the calibrator segfaults on a recurrent loop
+        from dkm_tf.export.model_check import check_full_int8  # noqa: PLC0415
+
+        check_full_int8(model)
     module = tf.Module()
     module.vars = [getattr(v, "value", v) for v in model.variables]
     signature = [tf.TensorSpec(shape, dtype, name=f"input_{i}")
@@ -239,7 +274,7 @@ def convert(model, specs, quantization="none", representative_data=None):
     if quantization == "full":
         if representative_data is None:
             raise ValueError("Full-integer quantization needs representative data.")
-        data = as_input_list(representative_data)
+        data = as_specs_dtypes(as_input_list(representative_data), specs)  # bool stays bool
 
         def gen():
             for i in range(len(data[0])):
@@ -252,9 +287,11 @@ def convert(model, specs, quantization="none", representative_data=None):
             content = bytes(conv.convert())
     except Exception as e:  # noqa: BLE001 - the converter raises many types
         msg = str(e).strip().splitlines()
-        if "TensorList" in str(e) and any(s[0] is None for s, _ in specs):
+        if (any(op in str(e) for op in ("TensorList", "DataFormatVecPermute"))
+                and any(s[0] is None for s, _ in specs)):
             # a recurrent layer's loop (tf.TensorArray): TFLite lowers its TensorList ops
-            # only with a static batch, so such models are converted at batch 1
+            # only with a static batch, nor the output-shape permute of a channels_first
+            # Conv2DTranspose (DataFormatVecPermute), so such models convert at batch 1
             return convert(model, [((1, *s[1:]), d) for s, d in specs], quantization,
                            representative_data)
         detail = "; ".join(line.strip() for line in msg if "error" in line.lower())[:800]

@@ -35,8 +35,11 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
         palettes: list of :class:`~dkm_tf.core.palette.Palette`.
         out_dir: existing, writable directory; files are ``<stem>.<label>.tflite``.
         sample_inputs: verification inputs (see :func:`~dkm_tf.export.to_tflite`).
-        targets: labels from :data:`EXPORT_TARGETS`; ``"tflm"`` is skipped (with a note in
-            the returned dict) when ``tflite-micro`` is not installed.
+        targets: labels from :data:`EXPORT_TARGETS`; ``"tflm"`` is skipped (left out of
+            the returned dict) when ``tflite-micro`` is not installed; ``"int8_full"`` is
+            skipped, with a ``UserWarning`` naming the layers, for a model with a recurrent
+            loop (TensorFlow's calibrator crashes on it:
+            :func:`~dkm_tf.export.model_check.check_full_int8`).
         stem: file name stem.
         latency: also measure invoke latency of the LiteRT formats, interleaved, with
             ``ai_edge_litert`` at each thread count in ``threads``.
@@ -78,11 +81,12 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
                          f"need the palettes of the clustered weights. Received: "
                          f"palettes={palettes!r}")
     check_export_args(model, sample_inputs)
+    skip = _unconvertible(model, targets)
     specs = convert_lib.input_specs(model, sample_inputs)
     float_content = convert_lib.convert(model, specs, "none")
     reports = {}
     for label in targets:
-        if label == "tflm" and not tflm_available():
+        if (label == "tflm" and not tflm_available()) or label in skip:
             continue
         path = os.path.join(out_dir, f"{stem}.{label}.tflite")
         reports[label] = to_tflite(model, path, palettes=palettes, sample_inputs=sample_inputs,
@@ -97,3 +101,21 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
             for label, stats in res.items():
                 reports[label].latency[f"{n}t"] = stats
     return reports
+
+
+def _unconvertible(model, targets):
+    """The targets of ``targets`` that ``model`` cannot be converted to, each warned about:
+    ``"int8_full"`` with a recurrent loop, whose calibration segfaults (the whole run was
+    lost; ``to_tflite`` refuses it)."""
+    import warnings  # noqa: PLC0415
+
+    from dkm_tf.export.model_check import recurrent_loops  # noqa: PLC0415
+
+    loops = recurrent_loops(model) if "int8_full" in targets else []
+    if not loops:
+        return set()
+    warnings.warn(f"export_all skipped target 'int8_full' for model {model.name!r}: its "
+                  f"recurrent layer(s) {loops[:5]} crash TensorFlow's full-integer calibrator "
+                  "(segmentation fault); the 'int8' target (dynamic range) quantizes its "
+                  "weights.", UserWarning, stacklevel=3)
+    return {"int8_full"}

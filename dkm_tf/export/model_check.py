@@ -20,8 +20,9 @@ checked against the kernels the wrapper computes: :func:`palette_layers`).
 
 from __future__ import annotations
 
-__all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "check_keras_quantized",
-           "check_stripped_model",
+__all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "check_full_int8",
+           "check_keras_quantized", "check_numeric_inputs", "check_stripped_model",
+           "recurrent_loops",
            "deployed_param_count", "half_precision_layers", "palette_layers", "training_class",
            "training_layers", "training_weights"]
 
@@ -30,8 +31,9 @@ _SHOWN = 5  # layers named in the message
 
 
 def check_built_model(model):
-    """Raise ``ValueError`` unless ``model`` is built, computes in float32 (or float64) and
-    holds no dkm_tf training layer (:func:`check_stripped_model`)."""
+    """Raise ``ValueError`` unless ``model`` is built, computes in float32 (or float64),
+    holds no dkm_tf training layer (:func:`check_stripped_model`) and takes no string input
+    (:func:`check_numeric_inputs`)."""
     if not model.built:
         raise ValueError("Invalid value for argument `model`. Expected a built Keras model. "
                          f"Received: model {model.name!r}, which is not built (or has no "
@@ -39,6 +41,72 @@ def check_built_model(model):
     check_float_model(model)
     check_stripped_model(model)
     check_keras_quantized(model)
+    check_numeric_inputs(model)
+
+
+_STRING_LAYERS = ("StringLookup", "TextVectorization", "Hashing")
+
+
+def check_numeric_inputs(model):
+    """Raise ``ValueError`` naming the string inputs of ``model`` and the layers that read
+    strings (``StringLookup``, ``TextVectorization``, ``Hashing``): a ``.tflite`` built from
+    builtin ops takes numbers only (the converter failed deep inside, or with
+    ``sample_inputs=None`` synthesis raised "Unsupported object type float")."""
+    try:
+        inputs = list(model.inputs or ())
+    except (AttributeError, TypeError, ValueError):  # subclassed: no symbolic inputs
+        return
+    names = [getattr(t, "name", "?") for t in inputs if "string" in str(t.dtype)]
+    if not names:
+        return
+    found = [layer for layer in _all_layers(model) if type(layer).__name__ in _STRING_LAYERS]
+    inner = {id(sub) for layer in found  # a TextVectorization's own StringLookup
+             for sub in layer._flatten_layers(include_self=False)}  # noqa: SLF001
+    readers = [f"{type(layer).__name__} {layer.name!r}" for layer in found
+               if id(layer) not in inner]
+    raise ValueError(
+        "Invalid value for argument `model`. Expected a model with numeric inputs (a .tflite "
+        "of builtin ops takes tensors of numbers, no strings). Received: model "
+        f"{model.name!r} with string input(s) {names}"
+        + (f", read by {', '.join(readers[:_SHOWN])}" if readers else "") + ". Apply "
+        + (", ".join(readers[:_SHOWN]) if readers else "the string preprocessing")
+        + " in the input pipeline (e.g. dataset.map(layer)) and export the model that starts "
+        "at its output (token ids or vectors).")
+
+
+def recurrent_loops(model):
+    """Names of the layers of ``model`` that run a recurrent loop: every ``keras.layers.RNN``
+    (LSTM, GRU, SimpleRNN, ...) without ``unroll=True``, a ``Bidirectional`` by its own name."""
+    import keras  # noqa: PLC0415
+
+    layers = _all_layers(model)
+    pairs = {id(b): (b.forward_layer, b.backward_layer) for b in layers
+             if isinstance(b, keras.layers.Bidirectional)}
+    inside = {id(r) for pair in pairs.values() for r in pair}
+    out = []
+    for layer in layers:
+        if id(layer) in pairs and any(not getattr(r, "unroll", False) for r in pairs[id(layer)]):
+            out.append(layer.name)
+        elif (isinstance(layer, keras.layers.RNN) and id(layer) not in inside
+              and not layer.unroll):
+            out.append(layer.name)
+    return out
+
+
+def check_full_int8(model):
+    """Raise ``ValueError`` for full-integer int8 of a model with a recurrent loop
+    (:func:`recurrent_loops`): TensorFlow 2.21's calibrator (``calibrator._feed_tensors``)
+    killed the Python process with a segmentation fault on every LSTM / GRU / SimpleRNN /
+    Bidirectional model probed (masked or not, at batch 1 too); unrolled ones calibrate."""
+    loops = recurrent_loops(model)
+    if loops:
+        raise ValueError(
+            "Invalid value for argument `int8_mode`. Expected int8_mode='dynamic' for a model "
+            "with a recurrent layer (full-integer calibration of its loop crashes TensorFlow's "
+            f"calibrator with a segmentation fault). Received: int8_mode='full' for model "
+            f"{model.name!r} with recurrent layer(s) {loops[:_SHOWN]}. Use "
+            "int8_mode='dynamic' (int8 weights, float activations), or build the layers with "
+            "unroll=True (a fixed sequence length) for full int8.")
 
 
 def check_keras_quantized(model):

@@ -283,7 +283,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     """
     check_choice("format", format, FORMATS)
     check_choice("decode", decode, DECODE_MODES)
-    check_choice("int8_mode", int8_mode, INT8_MODES)
+    convert_lib.check_int8_mode(model, format, int8_mode, INT8_MODES)  # full: no RNN loop
     check_choice("int8_scales", int8_scales, INT8_SCALES)
     check_export_args(model, sample_inputs, representative_data=representative_data,
                       tolerance=tolerance, interpreters=interpreters,

@@ -179,11 +179,17 @@ def _why_not(prev, bn, sole, uses):
                 "dkm_tf.graph.layer_features.merge_lora(model)[0]; share_weights merges itself)")
     if not prev.built:
         return f"{prev.name!r} is not built"
-    rank = len(bn.get_build_config()["input_shape"])
-    channel = 1 if getattr(prev, "data_format", "channels_last") == "channels_first" else rank - 1
+    shape = tuple(bn.get_build_config()["input_shape"])
+    rank, first = len(shape), getattr(prev, "data_format", "channels_last") == "channels_first"
+    channel = 1 if first else rank - 1
     if bn.axis % rank != channel:
         return (f"it normalizes axis {bn.axis}, not the channel axis {channel} of "
                 f"{prev.name!r}")
+    if first and shape[1] != 1 and shape[-1] in (None, shape[1]):  # Keras 3.15, TF backend:
+        return (f"{prev.name!r} is channels_first with {shape[1]} channels and an output "
+                f"last dim of {shape[-1] or 'None (any)'}: Keras' bias fast path (ops.add -> "
+                "bias_add) adds its bias along the last axis when that dim equals the channel "
+                "count, so a folded bias would change the outputs")
     return None
 
 

@@ -171,7 +171,51 @@ def copy_layer(layer, values=None):
         raise _not_copied(layer, e) from e
     if layer.built and layer.weights:
         build_like(new, layer, layer.get_weights() if values is None else values)
+    if hasattr(layer, "save_assets"):  # only layers that keep assets (Keras' lookups)
+        _copy_assets(layer, new)
     return new
+
+
+def _copy_assets(layer, new):
+    """Give ``new`` the state ``layer`` keeps outside its weights, as ``model.save`` would.
+
+    An adapted ``IntegerLookup`` / ``StringLookup`` / ``TextVectorization`` keeps its
+    vocabulary as Keras assets (and a ``tf_idf`` layer its idf weights in its own variables
+    store), not as weights: its copy from the config read ``['', '[UNK]']`` and raised "Table
+    not initialized" when called. Copied through Keras' own save/load hooks, in that order.
+    """
+    import tempfile  # noqa: PLC0415
+
+    import keras  # noqa: PLC0415
+
+    # Layer's own hooks store the weights, which build_like gave (or replaced) already
+    if type(layer).save_own_variables is not keras.layers.Layer.save_own_variables:
+        store = {}
+        try:
+            layer.save_own_variables(store)
+        except AttributeError:  # an un-adapted tf_idf lookup has no idf weights to save
+            store = {}
+        if store:
+            new.load_own_variables(store)
+    with tempfile.TemporaryDirectory(prefix="dkm_tf_assets_") as d:
+        ours, fresh = os.path.join(d, "layer"), os.path.join(d, "copy")
+        os.mkdir(ours)
+        os.mkdir(fresh)
+        layer.save_assets(ours)
+        new.save_assets(fresh)
+        if _files(ours) != _files(fresh):  # an un-adapted layer's empty vocabulary: as it is
+            new.load_assets(ours)
+
+
+def _files(folder):
+    """``{relative path: bytes}`` of the files below ``folder``."""
+    out = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = f.read()
+    return out
 
 
 def _not_copied(layer, e):
