@@ -92,16 +92,19 @@ def test_functional_nested_and_shared_layers():
     assert [w.layer.name for w in wrappers] == ["shared"]  # one wrapper, called twice
     nested = clustered.get_layer("block")
     assert isinstance(nested.layers[0], ClusterWeights)
-    assert {(n, r) for n, _, r in report.skipped} == {
-        ("bn", "layer type not supported"), ("head", "overrides say None")}
+    assert {(n, r) for n, _, r in report.skipped} == {("head", "overrides say None")}
+    assert report.folded == (("inner_dense", "bn"),)  # folded at strip, not skipped
     assert isinstance(clustered.get_layer("head"), L.Dense)
     np.testing.assert_array_equal(clustered.get_layer("head").kernel.numpy(),
                                   model.get_layer("head").kernel.numpy())
     plain, palettes = strip_clustering(clustered)
     assert sorted(p.layer_name for p in palettes) == ["inner_dense", "shared"]
     np.testing.assert_allclose(_np(plain([xa, xb])), _np(clustered([xa, xb])), atol=ATOL)
-    with pytest.raises(TypeError, match="BatchNormalization"):
-        cluster_weights(model, 3, on_unsupported="error")
+    with pytest.warns(UserWarning, match="folds into the layer before"):
+        cluster_weights(model, 3, on_unsupported="error")  # every BatchNormalization folds
+    alone = keras.Sequential([keras.Input((4,)), L.BatchNormalization(name="bn0"), L.Dense(2)])
+    with pytest.raises(TypeError, match="BatchNormalization"):  # nothing to fold into
+        cluster_weights(alone, 3, on_unsupported="error")
 
 
 def test_overrides_by_type_and_name_per_channel():

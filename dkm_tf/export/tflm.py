@@ -82,7 +82,9 @@ def tflm_compress(content, palettes):
         ImportError: ``tflite-micro`` is not installed.
         ValueError: no palette matches a tensor, or one needs more than 7 index bits.
         Palettes whose values the converter transformed (split, transposed, folded) stay
-        float32 with a ``"not_found": True`` record, as in the palettized export.
+        float32 with a ``"not_found": True`` record, as in the palettized export; a weight it
+        multiplied by one constant (a ``Rescaling`` before the layer) is compressed, its
+        route saying by what (:func:`dkm_tf.export.subgraphs._scaled_matches`).
     """
     _require()
     from tflite_micro import compression  # noqa: PLC0415
@@ -91,13 +93,18 @@ def tflm_compress(content, palettes):
     from dkm_tf.core.kmeans import count_unique  # noqa: PLC0415
     from dkm_tf.export.palettize import _match  # noqa: PLC0415
     from dkm_tf.export.rewrite import FlatModel  # noqa: PLC0415
-    from dkm_tf.export.subgraphs import _not_found_record  # noqa: PLC0415
+    from dkm_tf.export.subgraphs import _not_found_record, _scaled_matches  # noqa: PLC0415
 
     model = FlatModel.from_bytes(content)
-    found, left = [], list(palettes)
+    found, left, notes = [], list(palettes), {}
     for g in range(len(model.model.subgraphs)):  # a WHILE body holds recurrent weights
         view = model if g == 0 else model.subgraph(g)
         hits = _match(view, left) if left else {}
+        # a kernel the converter scaled by one constant (a folded Rescaling): its palette with
+        # the codebook scaled alike, as the palettized export does (recorded under its name)
+        scaled = _scaled_matches(view, [p for p in left if id(p) not in hits]) if left else {}
+        hits.update(scaled)
+        notes.update({id(hit[0]): hit[0].note.split("; ")[0] for hit in scaled.values()})
         found += [(g, view, *hit) for hit in sorted(hits.values(), key=lambda f: f[1])]
         left = [p for p in left if id(p) not in hits]
     if not found:
@@ -122,7 +129,9 @@ def tflm_compress(content, palettes):
                 f"(<= 128 values per tensor){_PER_CHANNEL_HINT if pc else ''}.")
         builder.add_tensor(g, t).with_lut(index_bitwidth=bits, mode=spec.PerTensor())
         tables = 1
-        records.append({"palette": p.name, "tensor": fm.tensor_name(t), "route": "TFLM_DECODE",
+        records.append({"palette": p.name, "tensor": fm.tensor_name(t),
+                        "route": "; ".join(["TFLM_DECODE", *([notes[id(p)]] if id(p) in notes
+                                                             else [])]),
                         "storage": f"{bits}-bit LUT indices", "K": int(distinct),
                         "tables": tables, "n_weights": int(arr.size),
                         "index_bytes": int(math.ceil(arr.size * bits / 8)),

@@ -27,6 +27,12 @@ from dkm_tf.core.interpreters import (  # noqa: F401 (re-exported)
 )
 from dkm_tf.core.validate import check_choice, invalid
 from dkm_tf.export import interpreters as _exp_interpreters
+from dkm_tf.export.top1 import (  # noqa: F401 (re-exported)
+    class_score_outputs,
+    margin_hint,
+    top1_agreement,
+    top1_margin,
+)
 
 __all__ = ["INTERPRETERS", "Comparison", "ExportVerificationError", "TFLiteUnverifiableError",
            "batch_inputs", "choose_interpreters", "class_score_outputs", "compare",
@@ -62,6 +68,9 @@ class Comparison:
         top1_agreement: fraction of samples whose arg-max equals Keras' (the lowest over the
             :func:`class_score_outputs`); NaN when no output is one.
         min_top1: the required ``top1_agreement`` (int8 formats), NaN when not checked.
+        top1_margin: Keras' own median top-1 minus top-2 score on these samples
+            (:func:`~dkm_tf.export.top1.top1_margin`); below ``max_abs_error``, the samples
+            do not separate the classes and the refusal says so. NaN when not read.
     """
 
     interpreter: str
@@ -74,6 +83,7 @@ class Comparison:
     batch_refused: str = ""
     top1_agreement: float = float("nan")
     min_top1: float = float("nan")
+    top1_margin: float = float("nan")
 
     @property
     def ok(self):
@@ -217,17 +227,6 @@ def static_batch(content):
     return all(fm.signature(int(t))[:1] != (-1,) for t in fm.graph.inputs)
 
 
-def class_score_outputs(reference):
-    """Indices of the outputs read as class scores: shaped (samples, classes >= 2), and when
-    the model has several outputs only rows of probabilities (>= 0, summing to 1: a softmax
-    head), since the arg-max of a detector's box or landmark head means nothing."""
-    found = [k for k, r in enumerate(reference) if r.ndim == 2 and r.shape[1] >= 2 and len(r)]
-    if len(reference) > 1:
-        found = [k for k in found if np.all(reference[k] >= 0)
-                 and np.allclose(reference[k].sum(-1), 1.0, atol=1e-3)]
-    return found
-
-
 NOISE_FACTOR = 10  # a default tolerance is at least this many times Keras' own noise
 
 
@@ -255,7 +254,8 @@ def noise_floor(tolerance, noise, n, notes):
 
 
 def refuse_if_bad(path, fmt, comparisons):
-    """Raise :class:`ExportVerificationError` naming every comparison that failed."""
+    """Raise :class:`ExportVerificationError` naming every comparison that failed (and, when
+    Keras' own top-1 margin is below the error, that the samples do not separate classes)."""
     bad = [c for c in comparisons if not c.ok]
     if bad:
         raise ExportVerificationError(
@@ -264,14 +264,8 @@ def refuse_if_bad(path, fmt, comparisons):
                         f"{c.rel_error:.3g} (tolerance {c.tolerance:g})"
                         + ("" if np.isnan(c.min_top1) or np.isnan(c.top1_agreement) else
                            f", top-1 agreement "
-                           f"{c.top1_agreement:.3g} (at least {c.min_top1:g})") for c in bad))
-
-
-def top1_agreement(got, reference):
-    """Lowest arg-max agreement over the :func:`class_score_outputs`; NaN if none."""
-    rates = [float(np.mean(np.argmax(got[k], -1) == np.argmax(reference[k], -1)))
-             for k in class_score_outputs(reference)]
-    return min(rates) if rates else float("nan")
+                           f"{c.top1_agreement:.3g} (at least {c.min_top1:g})") for c in bad)
+            + next((h for h in map(margin_hint, bad) if h), ""))
 
 
 def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=None):
@@ -292,7 +286,8 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
         ExportVerificationError: output count or shapes differ from Keras, or the resize
             back to batch 1 changes the result.
     """
-    top1 = {"min_top1": float("nan") if min_top1 is None else float(min_top1)}
+    top1 = {"min_top1": float("nan") if min_top1 is None else float(min_top1),
+            "top1_margin": top1_margin(reference)}
     if kind == "tflm" or batch is None:
         got = run_tflite(content, inputs, kind)
         err, rel = _errors(got, reference, "batch 1")

@@ -256,10 +256,17 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
                                  sparsity=(sparsity, 0.0),
                                  preserve_sparsity=(preserve_sparsity, False),
                                  weighting=(weighting, None), refine=(refine, None)):
-        return ShareResult(*kernel_share.share_kernels(
+        result = ShareResult(*kernel_share.share_kernels(
             model, n_clusters, codebook=codebook, transforms=transforms,
             scale_bits=scale_bits, init=init, seed=seed, overrides=overrides,
             verbose=verbose, inplace=inplace, fold_bn=fold_bn))
+        if fold_bn is not False and not inplace:  # the per-layer path's words for a BN left
+            from dkm_tf.graph.bn_fate import batch_norm_fate, stays_float  # noqa: PLC0415
+
+            why = batch_norm_fate(model)[1]
+            result.skipped = [(n, stays_float(why[n]) if n in why else r)
+                              for n, r in result.skipped]
+        return result
     from dkm_tf.graph.clusterable import check_overrides  # noqa: PLC0415 (imports keras)
 
     overrides = check_overrides(model, overrides, defaults, _check_settings)
@@ -288,8 +295,10 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
                                             variables=[j.var for j in jobs])
         jobs = [dataclasses.replace(j, importance=imp[id(j.var)]) for j in jobs]
     if folding is not None:  # say why a BatchNormalization was left unfolded
+        from dkm_tf.graph.bn_fate import stays_float  # noqa: PLC0415 (cluster_weights' words)
+
         why = dict(folding.skipped)
-        skipped = [(n, f"{r}; not folded: {why[n]}" if n in why else r) for n, r in skipped]
+        skipped = [(n, stays_float(why[n]) if n in why else r) for n, r in skipped]
     if inplace:
         palettes = [job.run() for job in jobs]  # all k-means first: an error changes nothing
         for job, pal in zip(jobs, palettes):

@@ -19,7 +19,6 @@ given to :func:`cluster_weights` directly.
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import os
 import warnings
 
@@ -29,6 +28,7 @@ import numpy as np
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.kmeans import KMEANS_THREADS
 from dkm_tf.core.validate import check_bool, check_choice, check_kmeans_options, check_seed
+from dkm_tf.graph import bn_fate
 from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.graph import sensitivity as sensitivity_lib
 from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
@@ -40,6 +40,7 @@ from dkm_tf.graph.share import check_override_options
 from dkm_tf.graph.tied import CLONE_WHY, check_no_tied_reads
 from dkm_tf.training import soft as soft_lib
 from dkm_tf.training.attach import detach_regularizer
+from dkm_tf.training.clustering_report import ClusteringReport
 from dkm_tf.training.kernel_clustering import routes_cluster, routes_palettes, routes_strip
 from dkm_tf.training.recovered_palettes import palette_from_values as _palette_from_values
 from dkm_tf.training.wrapper import (
@@ -48,9 +49,9 @@ from dkm_tf.training.wrapper import (
     kmeans_layout,
     validate_settings,
 )
-from dkm_tf.training.wrapper_extras import FROZEN_NOTE, warn_unenforced_constraints
 from dkm_tf.training.wrapper_extras import build_now as _build_now
 from dkm_tf.training.wrapper_extras import unwrap as _unwrap
+from dkm_tf.training.wrapper_extras import warn_unenforced_constraints
 
 __all__ = ["ClusteringReport", "cluster_weights", "palettes_of", "strip_clustering"]
 
@@ -63,34 +64,6 @@ _SUBCLASSED_HINT = (
     "keras.Input(shape); twin = keras.Model(inp, m.head(m.block(inp)))) and cluster the twin. "
     "Nested Sequential/Functional blocks and single layers can be passed to cluster_weights "
     "directly, and dkm_tf.palettes_of(m) reads the palettes of any model.")
-
-
-@dataclasses.dataclass(frozen=True)
-class ClusteringReport:
-    """What :func:`cluster_weights` did to each layer with weights.
-
-    Attributes:
-        clustered: tuples ``(layer_name, layer_type, settings)`` of wrapped layers; settings'
-            ``unit_used`` says the unit each weight got (a Dense kernel's "row" is a scalar),
-            ``frozen`` that the layer was not trainable (its codebook will not train).
-        skipped: tuples ``(layer_name, layer_type, reason)`` of layers left as they are.
-    """
-
-    clustered: tuple
-    skipped: tuple
-
-    def summary(self):
-        """The report as text: one ``+`` line per clustered layer, one ``-`` per skipped one."""
-        lines = [f"clustered {len(self.clustered)} layer(s), skipped {len(self.skipped)}"]
-        for name, kind, s in self.clustered:
-            lines.append(f"  + {name} ({kind}): K={s['n_clusters']}, "
-                         f"{s.get('unit_used', s['unit'])}, {s['granularity']}, "
-                         f"init={s['init']}" + (", latent" if s.get("latent") else "")
-                         + (f"; {FROZEN_NOTE}" if s.get("frozen") else "")
-                         + ("; LoRA merged into the kernel" if s.get("lora_merged") else ""))
-        for name, kind, reason in self.skipped:
-            lines.append(f"  - {name} ({kind}): {reason}")
-        return "\n".join(lines)
 
 
 def _clone(model, fn):
@@ -174,8 +147,11 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         overrides: dict keyed by layer name or layer class name (name wins); each value is a
             dict of settings among ``n_clusters, unit, granularity, init, latent,
             preserve_sparsity``, or ``None`` to leave that layer unclustered.
-        on_unsupported: ``"skip"`` (default) leaves unclusterable layers with weights (BatchNorm,
-            ConvLSTM2D, ...) as they are, reports them and warns once; ``"error"`` raises.
+        on_unsupported: ``"skip"`` (default) leaves unclusterable layers with weights
+            (ConvLSTM2D, a BatchNormalization that strip cannot fold, ...) as they are, reports
+            them and warns once; ``"error"`` raises. A BatchNormalization that
+            :func:`strip_clustering` folds into the layer before it is no skip: the report
+            lists it in ``folded`` (:mod:`dkm_tf.graph.bn_fate`).
         kmeans_options: extra keyword arguments of :func:`dkm_tf.cluster_values`, e.g.
             ``{"refine": False}`` (plain Lloyd; several times faster on big models).
         return_report: also return a :class:`ClusteringReport`.
@@ -237,7 +213,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
             entry="cluster_weights", extra="; and ClusterWeights shares the kernel inside its "
             "own layer's call only (the reader would train on float weights)"))
     fisher = sensitivity_lib.check_weighting(model, weighting, data, loss, preserve_sparsity)
-    clustered, skipped, seen = [], [], set()
+    clustered, skipped, seen, folded = [], [], set(), []
+    folds, stays = bn_fate.batch_norm_fate(model)  # what strip_clustering will fold
 
     def wrap(layer):
         seen.update({layer.name, type(layer).__name__})
@@ -247,6 +224,9 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
             return _copy_layer(layer)
         if isinstance(layer, keras.Model):
             raise TypeError(f"Nested model {layer.name!r} ({kind}): {_SUBCLASSED_HINT}")
+        if id(layer) in folds:  # not a skip: folded into the layer before it at strip
+            folded.append((folds[id(layer)], layer.name))
+            return _copy_layer(layer)
         if not clusterable_lib.is_clusterable(layer):
             if layer.weights:
                 skipped.append((layer.name, kind, unsupported_reason(  # raises on "error"
@@ -296,14 +276,23 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
     if unknown:
         raise ValueError(f"Invalid value for argument `overrides`. Keys {unknown} match no "
                          "layer name or layer class name of the model.")
-    report = ClusteringReport(tuple(clustered), tuple(skipped))
+    skipped = [(n, k, bn_fate.stays_float(stays[n]) if n in stays and r == _UNSUPPORTED else r)
+               for n, k, r in skipped]
+    report = ClusteringReport(tuple(clustered), tuple(skipped), tuple(folded))
     unsupported = [f"{n} ({k}{r[len(_UNSUPPORTED):].partition('. To')[0]})"
                    for n, k, r in skipped if r.startswith(_UNSUPPORTED)]
-    if unsupported:
-        warnings.warn(f"cluster_weights left {len(unsupported)} layer(s) with weights "
-                      f"unclustered because their type is not supported: "
-                      f"{', '.join(unsupported)}. Pass on_unsupported='error' to fail instead.",
-                      stacklevel=2)
+    parts = [(what, names) for what, names in (
+        ("their type is not supported", unsupported),
+        ("BatchNormalization that strip_clustering cannot fold (they stay float; the report "
+         "says why)", [f"{n} ({k})" for n, k, r in skipped if r.startswith(bn_fate.STAYS_FLOAT)]),
+        ("BatchNormalization that strip_clustering folds into the layer before them (not a "
+         "skip: report.folded)", [f"{b} (BatchNormalization) into {a}" for a, b in folded]))
+        if names]
+    if parts:
+        warnings.warn(f"cluster_weights left {sum(len(n) for _, n in parts)} layer(s) with "
+                      "weights unclustered: " + "; ".join(f"{w}: {', '.join(n)}" for w, n in parts)
+                      + (". Pass on_unsupported='error' to fail instead." if len(parts) > 1
+                         or not folded else "."), stacklevel=2)
     return (out, report) if return_report else out
 
 

@@ -28,8 +28,8 @@ from keras import ops
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_seed
-from dkm_tf.graph import clusterable, kernel_share
-from dkm_tf.graph.copying import copy_layer, keep_dtype_policy, layers_only
+from dkm_tf.graph import bn_fate, clusterable, kernel_share
+from dkm_tf.graph.copying import copy_layer, iter_layers, keep_dtype_policy, layers_only
 from dkm_tf.training import wrapper_extras as extras
 
 __all__ = ["ClusterKernels", "KernelCodebook", "cluster_kernel_model", "has_kernel_layers",
@@ -277,8 +277,6 @@ def _step(p):
 
 
 def _leaves(model):
-    from dkm_tf.graph.copying import iter_layers  # noqa: PLC0415
-
     return iter_layers(model)
 
 
@@ -359,7 +357,8 @@ def routes_cluster(report_cls):
                 model, n_clusters, codebook=codebook, transforms=transforms,
                 scale_bits=scale_bits, init=kwargs.get("init", "kmeans++"),
                 seed=kwargs.get("seed", 0), overrides=kwargs.get("overrides"))
-            return (out, report_cls(tuple(clustered), tuple(skipped))) if report else out
+            rows = bn_fate.split_rows(model, skipped)  # BatchNormalization folded at strip
+            return (out, report_cls(tuple(clustered), *map(tuple, rows))) if report else out
 
         sig = inspect.signature(fn)
         extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d)
