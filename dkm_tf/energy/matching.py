@@ -86,7 +86,13 @@ def match_sharing(shapes, sharing, skipped=()):
             if s.name != s.layer:
                 by_layer.setdefault(s.name, []).append(s)
     for name, infos in sharing.items():
-        candidates = by_layer.get(name)
+        # a file renames every scope (`x` -> `x_1`): where palette `x` has no record, record
+        # `x_1` is its, and palette `x_1`'s is `x_1_<n>` (MobileNetV3Small's
+        # `..._squeeze_excite_conv` and `..._squeeze_excite_conv_1` were refused)
+        renamed = any(m not in by_layer and re.fullmatch(re.escape(m) + r"_\d+", name)
+                      for m in sharing) and \
+            any(re.fullmatch(re.escape(name) + r"_\d+", k) for k in by_layer)
+        candidates = None if renamed else by_layer.get(name)
         if not candidates and "/" in name:
             candidates = by_layer.get(name.rsplit("/", 1)[0])
         if not candidates:

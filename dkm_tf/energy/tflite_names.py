@@ -15,6 +15,31 @@ another layer's name, and a bias-free Dense followed by a layer adding a constan
 """
 
 
+_LAYER_OPS = ("BiasAdd", "convolution", "MatMul", "separable_conv2d", "depthwise",
+              "conv_transpose", "conv2d_transpose", "Einsum")
+
+
+def scope(tensor_name):
+    """The Keras layer scope of `tensor_name`'s first `;` part (`model/layer/op` -> `layer`),
+    or None (no scope: `dkm/reshape_6`, `arith.constant3`)."""
+    parts = [p for p in tensor_name.split(";")[0].split("/") if p]
+    return parts[1] if len(parts) >= 3 else None
+
+
+def layer_scope(tensor_name):
+    """The scope of the parts of a fused tensor name that are a conv / dense layer's own op
+    (`depthwise`, `convolution`, `MatMul`, `BiasAdd`, ...) when they lie in one scope, else
+    `scope(tensor_name)`. The converter names a conv's fused output and its BN-folded weight
+    after every op it fused, the last first: MobileNetV2's depthwise convs were named after
+    their ReLU (`m/expanded_conv_depthwise_relu_1/Relu6;m/expanded_conv_depthwise_BN_1/
+    batchnorm/mul_1;m/expanded_conv_depthwise_1/depthwise` -> `expanded_conv_depthwise_relu_1`,
+    17 of 53 conv records of the float and palettized files), not the Keras estimate's
+    `expanded_conv_depthwise`, so `estimate(file, palettes=...)` refused their palettes."""
+    scopes = {scope(part) for part in tensor_name.split(";")
+              if part.rsplit("/", 1)[-1].startswith(_LAYER_OPS)} - {None}
+    return scopes.pop() if len(scopes) == 1 else scope(tensor_name)
+
+
 def bias_name(view, users, k, at, scope):
     """The `BiasAdd` part of the name of operand `at` (the bias) of op `k` if only op `k` reads
     it and its `BiasAdd` parts are in one name scope (`scope(name)` gives it, or None), else
@@ -45,8 +70,10 @@ def own_name(view, users, k, at, scope, weights=()):
     biases may be one shared constant, `arith.constant1`), or a layout op. The name is the
     scope of the parts of those names that are a conv / dense layer's own op (`BiasAdd`,
     `convolution`, `MatMul`, `separable_conv2d`), returned only when they all lie in one
-    scope: a fused activation's part (`activation_5_1/Relu`) is not one, and two scopes
-    (another layer's op fused in) give no name (`<op>_<index>` stays)."""
+    scope: a fused activation's part (`activation_5_1/Relu`) is not one, two scopes
+    (another layer's op fused in) give no name (`<op>_<index>` stays), and an unscoped part
+    names no rival (a grouped conv's bare `convolution` in `m/gdw_1/BiasAdd;convolution`: its
+    BATCH_MATMUL was `batch_matmul_<index>`; with a zero bias, shared, it still is)."""
     found = bias_name(view, users, k, at, scope)
     if found:
         return found
@@ -69,6 +96,6 @@ def own_name(view, users, k, at, scope, weights=()):
         t = int(view.ops[j].OutputsAsNumpy()[0])
         names.append(view.name(t))
     own = [part for name in names for part in name.split(";")
-           if part.rsplit("/", 1)[-1].startswith(_OWN_OPS)]
+           if part.rsplit("/", 1)[-1].startswith(_OWN_OPS) and scope(part)]
     scopes = {scope(part) for part in own}
-    return own[0] if len(scopes) == 1 and None not in scopes else ""
+    return own[0] if len(scopes) == 1 else ""

@@ -28,8 +28,9 @@ chains) are reported once per subgraph as weight decoding, not charged as layers
 
 Records are named after the Keras layer when the converter kept its name scope (the weight
 tensor's name, else the output's, else a conv / dense bias's, `tflite_names`:
-`functional_1/c1_1/convolution` → `c1_1`; Keras 3 export may append `_1`, which
-compression-info lookup tolerates), else `<op>_<index>`.
+`functional_1/c1_1/convolution` → `c1_1`, of a conv's fused `dw_relu_1/Relu6;dw_1/depthwise`
+the conv's `dw_1`; Keras 3 export may append `_1`, which compression-info lookup tolerates),
+else `<op>_<index>`.
 Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored; dims left open beyond
 the batch read by running the file once, `tflite_dynamic`;
 the rows of a matrix product divided by the input's batch, `_rows`); a conv runs the images
@@ -138,7 +139,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
     from dkm_tf.energy import tflite_ops as tops
     from dkm_tf.energy import tflite_palettes as tp
     from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
-    from dkm_tf.energy.tflite_names import bias_name, own_name
+    from dkm_tf.energy.tflite_names import bias_name, layer_scope, own_name, scope
 
     view = tp.GraphView(model, graph, op_names, (run or {}).get(stack[-1]))
     decode = set(tp.constant_ops(view))
@@ -169,12 +170,8 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
             obj.Init(table.Bytes, table.Pos)
         return obj
 
-    def scope(tensor_name):
-        parts = [p for p in tensor_name.split(";")[0].split("/") if p]
-        return parts[1] if len(parts) >= 3 else None
-
-    def name_of(candidates, fallback):
-        name = next((n for n in map(scope, candidates) if n is not None), fallback)
+    def name_of(candidates, fallback, pick=scope):  # pick=layer_scope: a conv / dense op
+        name = next((n for n in map(pick, candidates) if n is not None), fallback)
         used[name] = used.get(name, 0) + 1
         return name if used[name] == 1 else f"{name}#{used[name]}"
 
@@ -224,7 +221,8 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
             elif opname == "CONV_2D":
                 x, w = ins[0][1], ins[1][1]
                 opt = options(op, schema.Conv2DOptions)
-                name = name_of([ins[1][0], out_name, bias_name(view, users, k, 2, scope)], label)
+                name = name_of([ins[1][0], out_name, bias_name(view, users, k, 2, scope)],
+                               label, layer_scope)
                 shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
                                             in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[0],
                                             kernel=w[1:3], groups=x[3] // w[3], repeat=trips *
@@ -238,7 +236,8 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
             elif opname == "DEPTHWISE_CONV_2D":
                 x, w = ins[0][1], ins[1][1]
                 opt = options(op, schema.DepthwiseConv2DOptions)
-                name = name_of([ins[1][0], out_name, bias_name(view, users, k, 2, scope)], label)
+                name = name_of([ins[1][0], out_name, bias_name(view, users, k, 2, scope)],
+                               label, layer_scope)
                 shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
                                             in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[3],
                                             kernel=w[1:3], groups=x[3], repeat=trips *
@@ -263,7 +262,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                     adj_y = options(op, schema.BatchMatMulOptions).AdjY()
                     in_f, units = (w[1], w[0]) if adj_y else w
                 name = name_of([ins[w_at][0], out_name, own_name(view, users, k, 2, scope,
-                                                                  weights)], label)
+                                                                  weights)], label, layer_scope)
                 shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
                                              in_features=in_f, units=units,
                                              positions=trips * missing_blocks(
@@ -277,7 +276,9 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 from dkm_tf.energy.tflite_matmul import batch_matmul_shape
 
                 opt = options(op, schema.BatchMatMulOptions)
-                name = name_of([out_name], label)
+                # a grouped conv lowered by dkm_tf.export: named by its output chain
+                name = name_of([out_name, own_name(view, users, k, 2, scope, weights)], label,
+                               layer_scope)
                 shapes.append(batch_matmul_shape(name, a=ins[0][1], b=ins[1][1], out=y,
                                                  adj_x=opt.AdjX(), adj_y=opt.AdjY(),
                                                  batch=batch, repeat=trips, label=label,
@@ -288,7 +289,8 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 from dkm_tf.energy.conv_transpose import conv_transpose_shape
 
                 w, x = ins[1][1], ins[2][1]  # filter [out_c, kh, kw, in_c / groups], input
-                name = name_of([ins[1][0], out_name, bias_name(view, users, k, 3, scope)], label)
+                name = name_of([ins[1][0], out_name, bias_name(view, users, k, 3, scope)],
+                               label, layer_scope)
                 shapes.append(conv_transpose_shape(name, layer=name.split("#")[0], op=opname,
                                                    in_hw=x[1:3], in_c=x[3], out_c=w[0],
                                                    kernel=w[1:3], groups=x[3] // w[3],
