@@ -351,7 +351,8 @@ def verify_batches(content, reference, inputs, batch, interpreters, tolerance, n
         content = _fix_size(content, inputs, interpreters, fixed_size, notes)
     reason = None
     if static_batch(content):
-        reason = "the converter needs a fixed batch for this model (a recurrent layer's loop)"
+        reason = ("the converter needs a fixed batch for this model (a recurrent layer's "
+                  "loop, or a channels_first Conv2DTranspose)")
         content = fix_batch(content)
     comps = run_all()
     refused = [c for c in comps if c.batch_refused]
