@@ -111,6 +111,32 @@ def test_unadapted_lookup_copies_as_it_is(make):
 
 # --- 2. channels_first BatchNormalization folding and Keras' bias fast path -------------------
 
+@keras.saving.register_keras_serializable("dkm_tf_test_inputs16")
+class _DenseWithAssets(L.Dense):
+    """A custom layer with asset and own-variables hooks (not a Keras lookup)."""
+
+    def save_assets(self, dir_path):
+        pass
+
+    def load_assets(self, dir_path):
+        pass
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+
+
+def test_custom_layer_with_asset_hooks_keeps_the_values_a_copy_is_given():
+    # review fix: the lookup asset copy reloaded the original weights over the shared ones
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4,))
+    model = keras.Model(x, _DenseWithAssets(3, name="cd")(x))
+    shared = dkm_tf.share_weights(model, n_clusters=2)
+    kernel = shared.model.get_layer("cd").get_weights()[0]
+    palette = shared.palettes[0]
+    assert len(np.unique(kernel)) <= 2
+    np.testing.assert_array_equal(kernel, palette.decode().reshape(kernel.shape))
+
+
 @pytest.fixture
 def cf_runs():
     """Skips where Keras cannot run a channels_first conv: TensorFlow's CPU Conv2D is NHWC

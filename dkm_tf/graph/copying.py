@@ -171,9 +171,21 @@ def copy_layer(layer, values=None):
         raise _not_copied(layer, e) from e
     if layer.built and layer.weights:
         build_like(new, layer, layer.get_weights() if values is None else values)
-    if hasattr(layer, "save_assets"):  # only layers that keep assets (Keras' lookups)
+    if _is_keras_lookup(layer):  # a vocabulary kept as assets, not weights
         _copy_assets(layer, new)
     return new
+
+
+def _is_keras_lookup(layer):
+    """Whether ``layer`` is one of Keras' own lookups (``IntegerLookup``, ``StringLookup``,
+    ``TextVectorization`` or a subclass). Only these get :func:`_copy_assets`: a custom layer's
+    own ``save_own_variables`` would put its original weights back over the ``values`` a copy
+    was given (a clustered Dense subclass with asset hooks kept 12 distinct values under a K=2
+    palette)."""
+    import keras  # noqa: PLC0415
+
+    kinds = (keras.layers.IntegerLookup, keras.layers.StringLookup, keras.layers.TextVectorization)
+    return isinstance(layer, kinds)
 
 
 def _copy_assets(layer, new):
