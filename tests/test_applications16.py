@@ -157,3 +157,27 @@ def test_kernel_scaled_by_a_folded_rescaling_is_palettized(tmp_path):
                                    atol=1e-5 * np.abs(want).max())
     # the file stores no float32 constant of the kernel's size (216 weights)
     assert all(rec["n_weights"] != 216 or not rec.get("kept") for rec in report.tensors)
+
+
+def test_two_scaled_copies_of_one_kernel_claim_no_tensor_twice(tmp_path):
+    # review fix: convs a and b share one clustered kernel behind Rescaling(0.5) / (0.25);
+    # both palettes were matched to b's tensor (two decode chains, a's kernel float32 with no
+    # note). An ambiguous scaled match now stays "not found", each palette honestly kept.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    ca = keras.layers.Conv2D(8, 3, use_bias=False, name="a")
+    cb = keras.layers.Conv2D(8, 3, use_bias=False, name="b")
+    y = keras.layers.Concatenate()([cb(keras.layers.Rescaling(0.25)(inp)),
+                                    ca(keras.layers.Rescaling(0.5)(inp))])
+    model = keras.Model(inp, keras.layers.Dense(4, name="head")(keras.layers.Flatten()(y)))
+    cb.set_weights(ca.get_weights())
+    shared = dkm_tf.share_weights(model, n_clusters=16)
+    x = np.random.default_rng(0).uniform(0, 2, (4, 8, 8, 3)).astype("float32")
+    report = export.to_tflite(shared.model, tmp_path / "s.tflite", palettes=shared.palettes,
+                              sample_inputs=x, keep_float=None)
+    tensors = [t["tensor"] for t in report.tensors if t["tensor"]]
+    assert len(tensors) == len(set(tensors)), report.tensors
+    rows = {t["palette"]: t for t in report.tensors}
+    assert rows["a/kernel"].get("not_found") and rows["b/kernel"].get("not_found")
+    assert sum("kept float32" in n for n in report.notes) == 2
+    assert report.bytes == (tmp_path / "s.tflite").stat().st_size

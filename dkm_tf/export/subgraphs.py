@@ -54,7 +54,7 @@ SCALED_NOTE = ("the converter multiplied the weight by {s:.6g} (a constant scali
                "the layer, e.g. Rescaling, folded into it): codebook scaled alike")
 
 
-def _scaled_matches(view, palettes):
+def _scaled_matches(view, palettes, found=None):
     """Palettes whose weight the converter scaled by one constant: ``{id(p): found entry}``.
 
     The converter folds a scalar multiply before a conv or Dense (``Rescaling(1 / 255)`` in
@@ -63,9 +63,14 @@ def _scaled_matches(view, palettes):
     ("not found"). A constant read as the weight of an op the palette's layout allows, with
     ``decode() * s`` values (``s`` from the codebook entry of largest magnitude, checked on
     every weight to 1e-6 relative), is matched to a copy of the palette whose codebook is
-    scaled by ``s`` (same indices, still <= K values); the file is verified as always.
+    scaled by ``s`` (same indices, still <= K values); the file is verified as always. Only
+    an unambiguous match counts: a tensor ``found`` (the exact matches) holds already, or one
+    that fits two palettes, or a palette that fits two tensors (two layers with the same
+    clustered kernel behind different scalings) stays "not found".
     """
-    consumers, out = view.consumers(), {}
+    consumers = view.consumers()
+    taken = {entry[1] for entry in (found or {}).values()}
+    candidates, fits = {}, {}
     for p in palettes:
         if p.layout.kind == "vector" or p.scales is not None:
             continue
@@ -78,8 +83,8 @@ def _scaled_matches(view, palettes):
             arr = kernel.transpose(tperm).reshape(tshape)
             ref = arr.flat[int(np.argmax(np.abs(arr)))]
             for t in sorted(consumers):
-                if tuple(view.shape(t)) != tuple(tshape) or view.type_name(t) != "float32" \
-                        or not view.raw(t):
+                if t in taken or tuple(view.shape(t)) != tuple(tshape) \
+                        or view.type_name(t) != "float32" or not view.raw(t):
                     continue
                 uses = [(i, view.op_name(view.operators[i])) for i in consumers[t]]
                 if not any(name in ops and WEIGHT_INPUT.get(name) is not None
@@ -94,11 +99,10 @@ def _scaled_matches(view, palettes):
                 q = dataclasses.replace(
                     p, codebook=(book * scale).astype(np.float32), codebook_id=None,
                     note=SCALED_NOTE.format(s=scale) + (f"; {p.note}" if p.note else ""))
-                out[id(p)] = (q, t, uses, tperm, tshape)
-                break
-            if id(p) in out:
-                break
-    return out
+                candidates.setdefault(id(p), {})[t] = (q, t, uses, tperm, tshape)
+                fits.setdefault(t, set()).add(id(p))
+    return {key: next(iter(hits.values())) for key, hits in candidates.items()
+            if len(hits) == 1 and len(fits[next(iter(hits))]) == 1}
 
 
 def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **options):
@@ -125,7 +129,7 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
             break
         view = fm if index == 0 else fm.subgraph(index)
         found = _match(view, left)
-        scaled = _scaled_matches(view, [p for p in left if id(p) not in found])
+        scaled = _scaled_matches(view, [p for p in left if id(p) not in found], found)
         if not found and not scaled:
             continue
         here = [p for p in left if id(p) in found]

@@ -102,7 +102,8 @@ def tflm_compress(content, palettes):
         hits = _match(view, left) if left else {}
         # a kernel the converter scaled by one constant (a folded Rescaling): its palette with
         # the codebook scaled alike, as the palettized export does (recorded under its name)
-        scaled = _scaled_matches(view, [p for p in left if id(p) not in hits]) if left else {}
+        scaled = _scaled_matches(view, [p for p in left if id(p) not in hits], hits) \
+            if left else {}
         hits.update(scaled)
         notes.update({id(hit[0]): hit[0].note.split("; ")[0] for hit in scaled.values()})
         found += [(g, view, *hit) for hit in sorted(hits.values(), key=lambda f: f[1])]
