@@ -209,6 +209,23 @@ def test_finetune_sequence_tagger_takes_one_label_per_token():
         dkm_tf.finetune(model, (x, tags + np.float32(0.5)), n_clusters=4)
 
 
+def test_per_token_labels_of_another_length_are_refused_before_any_work():
+    # review fix: only the rank was compared, so (samples, 4) labels for a (samples, 6, C)
+    # output passed the check and Keras failed in fit, after the clustering had started
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((T,), dtype="int32")
+    h = L.LSTM(6, return_sequences=True, name="rnn")(L.Embedding(V, E, name="emb")(inp))
+    model = keras.Model(inp, L.Dense(3, name="tags")(h))
+    model.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.tile(_ids(), (2, 1))
+    for bad in ((x % 3)[:, :4], (x % 3)[:, :1], (x % 3)[:, :4, None]):
+        with pytest.raises(ValueError, match=rf"Expected labels y of shape \(samples, {T}\).*"
+                                             rf"Received: y of shape \({len(x)}, "):
+            dkm_tf.finetune(model, (x, bad), n_clusters=4)
+    dkm_tf.finetune(model, (x, x % 3), n_clusters=4, epochs=0)  # the right length is taken
+
+
 @tf_backend_only()
 @pytest.mark.parametrize("kind,fmt", [("gru", "float"), ("gru", "palettized"),
                                       ("mha", "palettized"), ("masking", "int8")])

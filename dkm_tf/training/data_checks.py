@@ -69,7 +69,9 @@ def check_per_position_shape(name, label_shape, out):
     ``(samples, T..., 1)``, as Keras' sparse categorical cross-entropy reads them."""
     rank = len(out)
     if len(label_shape) == rank - 1 or len(label_shape) == rank and label_shape[-1] in (None, 1):
-        return
+        positions = tuple(label_shape)[1:rank - 1]
+        if all(a is None or b is None or a == b for a, b in zip(positions, out[1:-1])):
+            return
     want = ", ".join(["samples", *("None" if d is None else str(d) for d in out[1:-1])])
     raise ValueError(f"Invalid value for argument `{name}`. Expected labels y of shape "
                      f"({want}) or ({want}, 1): one class id per position of the model's "
