@@ -140,3 +140,24 @@ def test_palette_of_layer_x_1_matches_its_own_record_not_x(tmp_path, reverse):
     keras_est = energy.estimate(shared.model, palettes=palettes)  # Keras names: unchanged
     assert {rec.name: rec.n_clusters for rec in keras_est.layers
             if rec.shape.kind != "pool"} == {"c": 4, "c_1": 16}
+
+
+def test_palette_of_x_1_with_x_left_float_is_charged_on_its_own_record(tmp_path):
+    # review fix: with `c` float and only `c_1` palettized, `c_1`'s palette was charged on
+    # record `c_1`, which is layer `c` renamed by the file, and `c_1`'s own record as float
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 4, 8))
+    x = keras.layers.Conv2D(8, 1, name="c")(inp)
+    x = keras.layers.Conv2D(8, 1, name="c_1")(x)
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
+    shared = dkm_tf.share_weights(model, n_clusters=4, overrides={"c": None})
+    assert [p.layer_name for p in shared.palettes] == ["c_1"]
+    path = tmp_path / "s.tflite"
+    report = export.to_tflite(shared.model, path, palettes=shared.palettes,
+                              sample_inputs=_samples((4, 4, 8)), keep_float=None)
+    (row,) = report.tensors
+    est = energy.estimate(str(path), palettes=shared.palettes)
+    got = {rec.name: rec.n_clusters for rec in est.layers if rec.shape.kind != "pool"}
+    scope = row["tensor"].split("/")[1]  # the file's scope of layer c_1 (`c_1_2`)
+    assert re.fullmatch(r"c_1_\d+", scope), row
+    assert got == {"c_1": None, scope: 4}

@@ -85,12 +85,15 @@ def match_sharing(shapes, sharing, skipped=()):
             by_layer.setdefault(s.layer, []).append(s)
             if s.name != s.layer:
                 by_layer.setdefault(s.name, []).append(s)
+    # a `.tflite` (TFLite op names, upper case) renames every scope, `x` -> `x_1`
+    in_file = any(s.op.isupper() for s in shapes if s.kind in ("conv", "dense"))
     for name, infos in sharing.items():
-        # a file renames every scope (`x` -> `x_1`): where palette `x` has no record, record
-        # `x_1` is its, and palette `x_1`'s is `x_1_<n>` (MobileNetV3Small's
-        # `..._squeeze_excite_conv` and `..._squeeze_excite_conv_1` were refused)
-        renamed = any(m not in by_layer and re.fullmatch(re.escape(m) + r"_\d+", name)
-                      for m in sharing) and \
+        # a file renames every scope (`x` -> `x_1`): record `x_1` is layer `x`'s, and palette
+        # `x_1`'s record is `x_1_<n>` (MobileNetV3Small's `..._squeeze_excite_conv` and
+        # `..._squeeze_excite_conv_1` were refused; with `x` left float, `x_1`'s palette was
+        # charged on layer `x`'s record)
+        renamed = (in_file or any(m not in by_layer and re.fullmatch(re.escape(m) + r"_\d+", name)
+                                  for m in sharing)) and \
             any(re.fullmatch(re.escape(name) + r"_\d+", k) for k in by_layer)
         candidates = None if renamed else by_layer.get(name)
         if not candidates and "/" in name:
