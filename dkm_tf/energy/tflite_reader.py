@@ -139,10 +139,9 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
     from dkm_tf.energy import tflite_ops as tops
     from dkm_tf.energy import tflite_palettes as tp
     from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
-    from dkm_tf.energy.tflite_names import bias_name, own_name, scopes
+    from dkm_tf.energy.tflite_names import bias_name, layer_scope, own_name, scope
 
     view = tp.GraphView(model, graph, op_names, (run or {}).get(stack[-1]))
-    scope, layer_scope = scopes(view)  # a nested model's layers: their own scope
     decode = set(tp.constant_ops(view))
     weights = {int(t) for j in decode for t in view.ops[j].OutputsAsNumpy()} | set(outer or ())
     users = {}
