@@ -161,3 +161,18 @@ def test_palette_of_x_1_with_x_left_float_is_charged_on_its_own_record(tmp_path)
     scope = row["tensor"].split("/")[1]  # the file's scope of layer c_1 (`c_1_2`)
     assert re.fullmatch(r"c_1_\d+", scope), row
     assert got == {"c_1": None, scope: 4}
+
+
+def test_keras_estimate_of_a_recurrent_model_matches_palettes_by_exact_name():
+    # second review: the file test read any upper-case op as a .tflite record, and a Keras
+    # GRU / LSTM record (op "GRU") made palette `dense` go to record `dense_1`
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5, 4))
+    x = keras.layers.GRU(8, name="gru")(inp)
+    x = keras.layers.Dense(8, name="dense")(x)
+    model = keras.Model(inp, keras.layers.Dense(8, name="dense_1")(x))
+    shared = dkm_tf.share_weights(model, n_clusters=4, overrides={"gru": None, "dense_1": None})
+    assert [p.layer_name for p in shared.palettes] == ["dense"]
+    est = energy.estimate(shared.model, palettes=shared.palettes)
+    got = {rec.name: rec.n_clusters for rec in est.layers if rec.name.startswith("dense")}
+    assert got == {"dense": 4, "dense_1": None}

@@ -85,8 +85,9 @@ def match_sharing(shapes, sharing, skipped=()):
             by_layer.setdefault(s.layer, []).append(s)
             if s.name != s.layer:
                 by_layer.setdefault(s.name, []).append(s)
-    # a `.tflite` (TFLite op names, upper case) renames every scope, `x` -> `x_1`
-    in_file = any(s.op.isupper() for s in shapes if s.kind in ("conv", "dense"))
+    # a `.tflite` (TFLite op names: upper case with an underscore, CONV_2D, FULLY_CONNECTED;
+    # never a Keras class such as GRU) renames every scope, `x` -> `x_1`
+    in_file = any(s.op.isupper() and "_" in s.op for s in shapes if s.kind in ("conv", "dense"))
     for name, infos in sharing.items():
         # a file renames every scope (`x` -> `x_1`): record `x_1` is layer `x`'s, and palette
         # `x_1`'s record is `x_1_<n>` (MobileNetV3Small's `..._squeeze_excite_conv` and
