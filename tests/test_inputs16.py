@@ -137,6 +137,40 @@ def test_custom_layer_with_asset_hooks_keeps_the_values_a_copy_is_given():
     np.testing.assert_array_equal(kernel, palette.decode().reshape(kernel.shape))
 
 
+@keras.saving.register_keras_serializable("dkm_tf_test_inputs16")
+class _ScaleInAssets(keras.layers.Layer):
+    """A custom layer keeping a float outside its weights, in its assets (as model.save does)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.s = 1.0
+
+    def call(self, x):
+        return x * self.s
+
+    def save_assets(self, dir_path):
+        with open(os.path.join(dir_path, "s.txt"), "w") as f:
+            f.write(repr(self.s))
+
+    def load_assets(self, dir_path):
+        with open(os.path.join(dir_path, "s.txt")) as f:
+            self.s = float(f.read())
+
+
+def test_custom_layer_state_kept_in_assets_survives_the_copy():
+    # second review: the asset copy limited to Keras' lookups lost a custom layer's asset
+    # state (s = 3.0 came back 1.0 in share_weights' copy; model.save keeps it)
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4,))
+    scale = _ScaleInAssets(name="sc")
+    model = keras.Model(x, keras.layers.Dense(2, name="o")(scale(keras.layers.Dense(3)(x))))
+    scale.s = 3.0
+    shared = dkm_tf.share_weights(model, n_clusters=64)  # lossless: more clusters than values
+    assert shared.model.get_layer("sc").s == 3.0
+    data = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(shared.model(data), model(data), rtol=1e-6, atol=1e-6)
+
+
 @pytest.fixture
 def cf_runs():
     """Skips where Keras cannot run a channels_first conv: TensorFlow's CPU Conv2D is NHWC

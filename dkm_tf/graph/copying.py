@@ -171,15 +171,16 @@ def copy_layer(layer, values=None):
         raise _not_copied(layer, e) from e
     if layer.built and layer.weights:
         build_like(new, layer, layer.get_weights() if values is None else values)
-    if _is_keras_lookup(layer):  # a vocabulary kept as assets, not weights
+    if hasattr(layer, "save_assets"):  # state kept as assets (a lookup's vocabulary)
         _copy_assets(layer, new)
     return new
 
 
 def _is_keras_lookup(layer):
     """Whether ``layer`` is one of Keras' own lookups (``IntegerLookup``, ``StringLookup``,
-    ``TextVectorization`` or a subclass). Only these get :func:`_copy_assets`: a custom layer's
-    own ``save_own_variables`` would put its original weights back over the ``values`` a copy
+    ``TextVectorization`` or a subclass). Only these get their own variables store copied by
+    :func:`_copy_assets` (a tf_idf layer's idf weights); a custom layer's own
+    ``save_own_variables`` would put its original weights back over the ``values`` a copy
     was given (a clustered Dense subclass with asset hooks kept 12 distinct values under a K=2
     palette)."""
     import keras  # noqa: PLC0415
@@ -200,8 +201,10 @@ def _copy_assets(layer, new):
 
     import keras  # noqa: PLC0415
 
-    # Layer's own hooks store the weights, which build_like gave (or replaced) already
-    if type(layer).save_own_variables is not keras.layers.Layer.save_own_variables:
+    # Layer's own hooks store the weights, which build_like gave (or replaced) already; a
+    # custom layer's assets (any state it keeps there) are copied, its weights are not
+    if _is_keras_lookup(layer) and \
+            type(layer).save_own_variables is not keras.layers.Layer.save_own_variables:
         store = {}
         try:
             layer.save_own_variables(store)
