@@ -171,18 +171,6 @@ def test_custom_layer_state_kept_in_assets_survives_the_copy():
     np.testing.assert_allclose(shared.model(data), model(data), rtol=1e-6, atol=1e-6)
 
 
-@pytest.fixture
-def cf_runs():
-    """Skips where Keras cannot run a channels_first conv: TensorFlow's CPU Conv2D is NHWC
-    only, and runs NCHW through oneDNN (not with TF_ENABLE_ONEDNN_OPTS=0)."""
-    import tensorflow as tf
-
-    try:
-        L.Conv2D(1, 1, data_format=CF)(np.zeros((1, 1, 2, 2), np.float32))
-    except tf.errors.UnimplementedError as e:
-        pytest.skip(f"channels_first Conv2D does not run here: {e}")
-
-
 def _cf_bn_model(width):
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 10, width))

@@ -31,16 +31,6 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                 reason="tracing and TFLite conversion need TensorFlow")
 
 
-@pytest.fixture
-def cf_runs():
-    """Skips where Keras cannot run a channels_first conv: TensorFlow's CPU Conv2D is NHWC
-    only, and runs NCHW through oneDNN (not with TF_ENABLE_ONEDNN_OPTS=0)."""
-    try:
-        L.Conv2D(1, 1, data_format=CF)(np.zeros((1, 1, 2, 2), np.float32))
-    except tf.errors.UnimplementedError as e:
-        pytest.skip(f"channels_first Conv2D does not run here: {e}")
-
-
 def _file(model, path, batch=None):
     from dkm_tf.export import convert as cv
 

@@ -27,9 +27,10 @@ Keras emits as a separate `tf.function`) are reported in `skipped`.
 import math
 import re
 
+from dkm_tf.energy.tflite_ops import global_pool_hw
 from dkm_tf.energy.traced_activations import activation_calls, call_of, recording
 from dkm_tf.energy.traced_activations import records as activation_records
-from dkm_tf.energy.traced_consts import CONST_OPS, ConstOps
+from dkm_tf.energy.traced_consts import CONST_OPS, ConstOps, is_nchw
 from dkm_tf.energy.traced_products import einsum_record, matmul_record
 
 _SKIP_TYPES = {"Placeholder", "Const", "ReadVariableOp", "Identity", "NoOp", "Reshape",
@@ -216,25 +217,16 @@ def read_traced_model(model, input_shape):
     return tuple(shapes), tuple(skipped)
 
 
-def _nchw(op):
-    """Whether `op` computes in NCHW (a channels_first Keras conv: TensorFlow's Conv2D,
-    BiasAdd and backprop ops carry it; pooling and depthwise convs are transposed to NHWC)."""
-    try:
-        return op.get_attr("data_format") in (b"NCHW", "NCHW")
-    except ValueError:
-        return False
-
-
 def _nhwc(op, dims):
     """`dims` of a 4-D operand of `op` in NHWC order (measured before 2026-12-05: an NCHW
     Conv2D was read as H=C, W=H, C=W: a wrong count, or a crash on groups=0)."""
-    return (dims[0], dims[2], dims[3], dims[1]) if _nchw(op) and len(dims) == 4 else dims
+    return (dims[0], dims[2], dims[3], dims[1]) if is_nchw(op) and len(dims) == 4 else dims
 
 
 def _spatial_attr(op, name):
     """The (height, width) entries of a 4-element `strides` / `ksize` attribute."""
     values = list(op.get_attr(name))
-    return values[2:4] if _nchw(op) else values[1:3]
+    return values[2:4] if is_nchw(op) else values[1:3]
 
 
 def _global_pool(op, x, out):
@@ -257,9 +249,7 @@ def _global_pool(op, x, out):
         spatial, channels = x[2:], x[1]
     else:
         return None
-    hw = (1, spatial[0]) if len(spatial) == 1 else (spatial[0], spatial[1]) \
-        if len(spatial) == 2 else (spatial[0] * spatial[1], spatial[2])
-    return hw, channels
+    return global_pool_hw(spatial), channels
 
 
 def _scope(name):

@@ -75,15 +75,20 @@ def reduce_shape(view, k, x, trips, name_of):
     else:
         return None, (f"{opname} over axes {axes} of a {list(x)} tensor: not a global "
                       "pooling (a normalization's statistics), not priced")
-    if len(spatial) == 1:
-        hw = (1, spatial[0])
-    elif len(spatial) == 2:
-        hw = tuple(spatial)
-    else:
-        hw = (math.prod(spatial[:-1]), spatial[-1])
+    hw = global_pool_hw(spatial)
     name = name_of()
     return sh.pool_shape(name, layer=name.split("#")[0], op=opname, in_hw=hw, channels=channels,
                          out_hw=1, window=hw, pool_op=REDUCTIONS[opname], repeat=trips), None
+
+
+def global_pool_hw(spatial):
+    """The `(h, w)` a pooling record reads for a global pooling over `spatial` (1 to 3 axes):
+    `(1, w)`, `(h, w)`, `(d * h, w)`; shared by the traced reader (`graph_reader`)."""
+    if len(spatial) == 1:
+        return (1, spatial[0])
+    if len(spatial) == 2:
+        return tuple(spatial)
+    return (math.prod(spatial[:-1]), spatial[-1])
 
 
 def _channels_first_out(view, k, x):

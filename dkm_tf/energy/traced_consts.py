@@ -180,6 +180,13 @@ def _nchw_vector(c_dims, x, folded):
             op = op.inputs[0].op
         else:
             break
+    return is_nchw(op)
+
+
+def is_nchw(op):
+    """Whether traced op `op` computes in NCHW (a channels_first Keras conv: TensorFlow's
+    Conv2D, BiasAdd and backprop ops carry it; pooling and depthwise convs are transposed to
+    NHWC)."""
     try:
         return op.get_attr("data_format") in (b"NCHW", "NCHW")
     except ValueError:

@@ -199,12 +199,9 @@ def _copy_assets(layer, new):
     """
     import tempfile  # noqa: PLC0415
 
-    import keras  # noqa: PLC0415
-
     # Layer's own hooks store the weights, which build_like gave (or replaced) already; a
     # custom layer's assets (any state it keeps there) are copied, its weights are not
-    if _is_keras_lookup(layer) and \
-            type(layer).save_own_variables is not keras.layers.Layer.save_own_variables:
+    if _is_keras_lookup(layer):  # IndexLookup / TextVectorization define their own
         store = {}
         try:
             layer.save_own_variables(store)

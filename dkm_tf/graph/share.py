@@ -260,7 +260,8 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
             model, n_clusters, codebook=codebook, transforms=transforms,
             scale_bits=scale_bits, init=init, seed=seed, overrides=overrides,
             verbose=verbose, inplace=inplace, fold_bn=fold_bn))
-        if fold_bn is not False and not inplace:  # the per-layer path's words for a BN left
+        # the per-layer path's words for a BN left float (its fold plan read only if any)
+        if fold_bn is not False and not inplace and result.skipped:
             from dkm_tf.graph.bn_fate import batch_norm_fate, stays_float  # noqa: PLC0415
 
             why = batch_norm_fate(model)[1]
