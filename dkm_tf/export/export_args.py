@@ -1,0 +1,141 @@
+"""Argument checks of :func:`dkm_tf.export.to_tflite`, run before any conversion (Keras'
+message pattern: the argument, what is allowed, what was received)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from dkm_tf.core.validate import check_bool, check_int, check_number, invalid, invalid_type
+from dkm_tf.export import convert as convert_lib
+from dkm_tf.export.model_check import check_built_model, palette_layers
+
+__all__ = ["check_export_args", "check_inputs", "check_palettes", "check_path"]
+
+
+def check_path(path):
+    """``path`` as a str: a file path (not a directory, not empty) in a writable directory."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise invalid_type("path", "a file path (str or os.PathLike)", path)
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not path:  # "" failed after the conversion, naming a temp file
+        raise ValueError(f"Invalid value for argument `path`. Expected a file path. Received "
+                         f"{'a directory' if path else 'an empty path'}: path={path!r}")
+    if not os.path.isdir(d):
+        raise ValueError(f"Invalid value for argument `path`. Its directory does not exist. "
+                         f"Received: path={path!r}")
+    if not os.access(d, os.W_OK):
+        raise PermissionError(f"Cannot write {path!r}: directory {d!r} is not writable.")
+    return path
+
+
+def check_export_args(model, sample_inputs=None, *, representative_data=None, tolerance=None,
+                      interpreters=None, max_table_bytes=0, matmul_lowering=True,
+                      float_content=None):
+    """Check :func:`to_tflite`'s arguments before any conversion (Keras' message pattern): a
+    built Keras model computing in float32 (not float16 / bfloat16:
+    :func:`~dkm_tf.export.model_check.check_float_model`); sample inputs (and representative
+    data) real, finite, at least one sample, one array per model input, shaped like it."""
+    import keras  # noqa: PLC0415
+
+    convert_lib.require_tensorflow_backend()
+    if not isinstance(model, keras.layers.Layer):
+        raise invalid_type("model", "a built Keras model", model)
+    check_built_model(model)  # built, and no float16 / bfloat16 layers (mixed precision)
+    for name, data in (("sample_inputs", sample_inputs),
+                       ("representative_data", representative_data)):
+        if data is not None:
+            check_inputs(name, data, model)
+    if tolerance is not None:
+        check_number("tolerance", tolerance, "None or a finite number >= 0", low=0)
+    if interpreters is not None and (isinstance(interpreters, str)
+                                     or not isinstance(interpreters, (list, tuple))):
+        raise invalid_type("interpreters", "None or a list such as ['litert', 'tflite']",
+                           interpreters)
+    if interpreters is not None and not interpreters:
+        raise invalid("interpreters", "None or at least one of ['litert', 'tflite'] (an "
+                      "export is always verified)", interpreters)
+    check_int("max_table_bytes", max_table_bytes, minimum=0)
+    check_bool("matmul_lowering", matmul_lowering)
+    if float_content is not None and (not isinstance(float_content, (bytes, bytearray))
+                                      or bytes(float_content[4:8]) != b"TFL3"):
+        raise invalid("float_content", "None or the bytes of the model's float .tflite",
+                      bytes(float_content[:8]) if isinstance(float_content, (bytes, bytearray))
+                      else float_content)
+
+
+def check_inputs(name, data, model):
+    """Sample inputs: real, finite, >= 1 sample, one array per model input of its shape."""
+    if isinstance(data, dict):
+        raise invalid_type(name, convert_lib.input_list_form(model), data)
+    arrays = []
+    for a in data if isinstance(data, (list, tuple)) else [data]:
+        try:
+            arr = np.asarray(a)
+        except ValueError as e:  # ragged
+            raise invalid(name, "rectangular arrays of numbers", a) from e
+        if arr.dtype.kind not in "biuf":
+            raise invalid_type(name, "arrays of real numbers", arr)
+        arrays.append(arr)
+    if not arrays or any(a.ndim < 1 for a in arrays) or len({len(a) for a in arrays}) != 1:
+        raise invalid(name, "arrays with the same number of samples along axis 0",
+                      [a.shape for a in arrays])
+    if len(arrays[0]) == 0:
+        raise invalid(name, "at least one sample along axis 0", [a.shape for a in arrays])
+    bad = sum(int(a.size - np.count_nonzero(np.isfinite(a))) for a in arrays)
+    if bad:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected finite numbers (the "
+                         f"export is verified by comparing outputs). Received: {bad} NaN/Inf "
+                         "value(s)")
+    inputs = convert_lib.model_inputs(model)
+    if not inputs:  # subclassed: no symbolic inputs
+        return
+    if len(arrays) != len(inputs):
+        raise invalid(name, f"{len(inputs)} array(s), one per input of model "
+                      f"{model.name!r}", f"{len(arrays)} array(s)")
+    for i, (a, t) in enumerate(zip(arrays, inputs)):
+        want = tuple(t.shape)[1:]
+        if len(want) != a.ndim - 1 or any(w is not None and w != g
+                                          for w, g in zip(want, a.shape[1:])):
+            raise invalid(name, f"input {i} of shape (samples, "
+                          f"{', '.join(str(w) for w in want)}) like the model's", a.shape)
+
+
+def check_palettes(model, palettes):
+    """Validate that each palette names a weight of ``model`` that equals ``palette.decode()``.
+
+    Args:
+        model: the Keras model to export (plain, with the palettes' values in its weights).
+        palettes: list of :class:`~dkm_tf.Palette`, equal within 1e-6 x max(1, max |w|).
+
+    Raises:
+        TypeError: ``palettes`` is not a list of Palette objects.
+        ValueError: a missing layer or weight, a palette's layer name used twice, other shapes
+            or values."""
+    from dkm_tf.core.palette import Palette  # noqa: PLC0415
+
+    if not isinstance(palettes, (list, tuple)) or not all(isinstance(p, Palette)
+                                                          for p in palettes):
+        raise TypeError("Invalid type for argument `palettes`. Expected a list of "
+                        f"dkm_tf.Palette. Received: {type(palettes).__name__}")
+    from dkm_tf.graph.clusterable import get_weight  # noqa: PLC0415 (keras)
+
+    layers = palette_layers(model, palettes)  # refuses two layers of a palette's name
+    for p in palettes:
+        layer = layers.get(p.layer_name)
+        var = get_weight(layer, p.weight_name) if layer is not None else None
+        if var is None:
+            raise ValueError(f"Palettes do not match the model: palette {p.name!r} names no "
+                             f"weight of model {model.name!r} (layers: "
+                             f"{sorted(layers)[:12]}...).")
+        w = np.asarray(var)
+        if tuple(w.shape) != tuple(p.layout.kernel_shape):
+            raise ValueError(f"Palettes do not match the model: {p.name!r} has shape "
+                             f"{p.layout.kernel_shape}, the model's weight {tuple(w.shape)}.")
+        err = float(np.max(np.abs(w - p.decode()))) if w.size else 0.0
+        if err > 1e-6 * max(1.0, float(np.max(np.abs(w)))):
+            raise ValueError(f"Palettes do not match the model: weight {p.name!r} differs from "
+                             f"palette.decode() by up to {err:.3g}. Assign the decoded values "
+                             "(or strip the clustered model) before exporting.")
