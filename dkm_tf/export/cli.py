@@ -93,7 +93,7 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
         export_custom_objects,
     )
     from dkm_tf.export.policy import check_applicable  # noqa: PLC0415
-    from dkm_tf.export.tflite import to_tflite  # noqa: PLC0415
+    from dkm_tf.export.tflite import INT8_MODES, to_tflite  # noqa: PLC0415
 
     if palettes_path and n_clusters is not None:
         raise ValueError("Give either `palettes_path` or `n_clusters`, not both "
@@ -111,6 +111,11 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     from dkm_tf.graph import factorised  # noqa: F401, PLC0415 - registers FactorisedConv2D
     model = keras.models.load_model(os.fspath(model_path), compile=False,
                                     custom_objects=export_custom_objects())
+    from dkm_tf.export import convert as convert_lib  # noqa: PLC0415
+    from dkm_tf.export.model_check import check_built_model  # noqa: PLC0415
+
+    check_built_model(model)  # refusals to_tflite makes, before any clustering
+    convert_lib.check_int8_mode(model, format, int8_mode, INT8_MODES)
     palettes = None
     if palettes_path:
         palettes = load_palettes(palettes_path)
