@@ -31,9 +31,8 @@ from dkm_tf.cli_args import (
     check_outputs,
     input_shape_error,
     load_dataset,
-    run_outputs,
 )
-from dkm_tf.cli_export import write_tflite
+from dkm_tf.cli_export import clear_earlier_outputs, write_plots, write_tflite
 from dkm_tf.cli_help import command_error, early_exit, flag_message
 from dkm_tf.cli_overrides import HELP, check_compress_args, check_model_overrides, default_method
 from dkm_tf.cli_tables import import_tensorflow_quietly
@@ -131,130 +130,102 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         plots=plots, plots_dir=plots_dir, quiet=quiet, codebook=codebook,
         transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
         calibration_samples=calibration_samples, overrides=overrides)
-    import keras  # noqa: PLC0415
+    from dkm_tf.core.files import folder_lock  # noqa: PLC0415
 
-    from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
-    from dkm_tf.export.verify import choose_interpreters  # noqa: PLC0415
+    with folder_lock(output_dir):  # one run per folder, taken before any work
+        import keras  # noqa: PLC0415
 
-    if tflite:  # TF < 2.21 without LiteRT cannot verify a file: say so before any training
-        choose_interpreters(None)
-    from dkm_tf.graph.copying import save_model_atomic  # noqa: PLC0415
-    from dkm_tf.progress import Progress  # noqa: PLC0415
+        from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
+        from dkm_tf.export.verify import choose_interpreters  # noqa: PLC0415
 
-    progress = progress if progress is not None else Progress(enabled=not quiet)
-    weighting, refine = (None if v == "none" else v for v in (weighting, refine))
-    metric, notes = "test accuracy", []
-    if model_path is None:
-        dataset = dataset or "digits"
-        method = method or default_method(None, True, bool(weighting or refine))
-        train, test = load_dataset(dataset)
-        _log(cli_tables.data_line(dataset, train, test))
-        model = models.digits_cnn(input_shape=train[0].shape[1:], seed=seed,
-                                  num_classes=cli_tables.n_classes(train, test))
-        check_model_overrides(model, overrides, method, locals())  # before any training
-        _log(f"[train] built-in {model.name} ({model.count_params():,} params), "
-             f"{epochs} epochs")
-        t = time.perf_counter()
-        pipeline.train_classifier(model, train, epochs=epochs,
-                                  callbacks=[progress.keras_callback("train")])
-        _log(f"[train] done in {time.perf_counter() - t:.1f} s")
-    else:
-        from dkm_tf.core.files import check_model_file  # noqa: PLC0415
+        if tflite:  # TF < 2.21 without LiteRT cannot verify a file: say so before any training
+            choose_interpreters(None)
+        from dkm_tf.graph.copying import save_model_atomic  # noqa: PLC0415
+        from dkm_tf.progress import Progress  # noqa: PLC0415
 
-        check_model_file(model_path)
-        try:
-            model = keras.models.load_model(model_path, compile=False)
-        except (OSError, ValueError, TypeError) as e:  # say which file (a truncated .h5, ...)
-            raise ValueError(f"Could not load --model {model_path!r}: {type(e).__name__}: "
-                             f"{e}") from e
-        check_export_size(model, tflite, dataset)  # an open input size needs --dataset
-        train = test = None
-        if dataset:
+        progress = progress if progress is not None else Progress(enabled=not quiet)
+        weighting, refine = (None if v == "none" else v for v in (weighting, refine))
+        metric, notes = "test accuracy", []
+        if model_path is None:
+            dataset = dataset or "digits"
+            method = method or default_method(None, True, bool(weighting or refine))
             train, test = load_dataset(dataset)
-            _log(cli_tables.data_line(dataset, train, test, bool(weighting or refine)))
-        labelled = train is not None and train[1] is not None
-        method = method or default_method(model_path, labelled, bool(weighting or refine))
-        _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
-        check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
-        check_model_overrides(model, overrides, method, locals())  # keys naming its layers
-        if test is not None and test[1] is None:  # held-out inputs without labels: the
-            test, note = pipeline.agreement_data(model, test[0])  # float model's classes
-            metric = metric if test is None else cli_tables.AGREEMENT
-            notes += [note] if note else []  # inputs where it outputs NaN: left out
-            _log(cli_tables.agreement_line(test and test[1], pipeline.accuracy_note(model),
-                                           notes))
-    result = pipeline.compress(
-        model, train, test, method=method, n_clusters=n_clusters, unit=unit,
-        granularity=granularity, init=init, seed=seed, finetune_epochs=finetune_epochs,
-        dkm_epochs=dkm_epochs, lam=lam, progress=progress, codebook=codebook,
-        transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
-        calibration_samples=calibration_samples, overrides=overrides)
-    result.metric, result.notes = metric, notes + result.notes
-    _log(result.summary())
-    _log(cli_tables.size_legend(output_dir, result))
-    _check_interrupted()  # a swallowed Ctrl-C: stop before the earlier run's files go
-    _TOUCHED[:] = [output_dir]  # from here on, a failure leaves an unfinished run there
-    _clear_earlier_outputs(output_dir, plots_dir or output_dir)
-    out_model = os.path.join(output_dir, "clustered.keras")
-    save_model_atomic(result.model, out_model)
-    _log(cli_tables.keras_line(out_model, tflite))  # its size, and why it is not smaller
-    pal_path = pipeline.save_palettes(result.palettes, out_model)  # read by `dkm-tf energy`
-    _log(f"[write] {pal_path} (the palettes: codebooks + indices)")
-    accuracy = {}
-    _check_interrupted()
-    if tflite:
-        source = test if test is not None else train  # verify on the user's own inputs
-        samples = source[0][:16] if source is not None else None
-        scored = test if result.accuracy_after is not None else None  # else: no classes
-        result.tflite, accuracy = write_tflite(result, output_dir, samples, scored, progress)
-    result.plots = _write_plots(result, model, plots_dir or output_dir, accuracy, progress) \
-        if plots else []
-    report = {**result.to_dict(), "overrides": overrides}  # as given (None: none)
-    report["tflite"] = {k: (v.to_dict() if hasattr(v, "to_dict") else str(v))
-                        for k, v in result.tflite.items()}
-    for label, acc in accuracy.items():
-        report["tflite"][label][metric.replace(" ", "_")] = acc
-    report["plots"] = {os.path.basename(p.path): {"path": p.path, "shows": p.summary}
-                       for p in result.plots}
-    report_path = os.path.join(output_dir, "report.json")
-    _check_interrupted()  # never mark an interrupted run finished
-    _atomic_write_text(report_path, cli_tables.json_text(report))
-    _TOUCHED[:] = [output_dir, "complete"]  # the run is complete
-    _log(f"[write] {report_path}")
-    for p in result.plots:
-        _log(f"[plot] {p.path}: {p.summary}")
-    return result
+            _log(cli_tables.data_line(dataset, train, test))
+            model = models.digits_cnn(input_shape=train[0].shape[1:], seed=seed,
+                                      num_classes=cli_tables.n_classes(train, test))
+            check_model_overrides(model, overrides, method, locals())  # before any training
+            _log(f"[train] built-in {model.name} ({model.count_params():,} params), "
+                 f"{epochs} epochs")
+            t = time.perf_counter()
+            pipeline.train_classifier(model, train, epochs=epochs,
+                                      callbacks=[progress.keras_callback("train")])
+            _log(f"[train] done in {time.perf_counter() - t:.1f} s")
+        else:
+            from dkm_tf.core.files import check_model_file  # noqa: PLC0415
 
-
-def _clear_earlier_outputs(output_dir, plots_dir):
-    """Remove an earlier run's files here (our names only; report.json, written last, first):
-    one folder never mixes two runs (e.g. old .tflite files beside a --notflite run)."""
-    gone = [p for p in run_outputs(output_dir, plots_dir) if os.path.isfile(p)]
-    for path in gone:
-        os.remove(path)
-    if gone:
-        _log(f"[write] removed {len(gone)} file(s) of an earlier run: "
-             + ", ".join(os.path.basename(p) for p in gone))
-
-
-def _write_plots(result, model, plots_dir, accuracy, progress):
-    """The PNGs of :mod:`dkm_tf.plots` (a missing matplotlib is said once, not an error)."""
-    from dkm_tf import plots as plots_lib  # noqa: PLC0415
-
-    if not plots_lib.matplotlib_available():
-        _log(plots_lib.MISSING_MATPLOTLIB)
-        return []
-    os.makedirs(plots_dir, exist_ok=True)
-    formats = [(label, rep.bytes, accuracy.get(label)) for label, rep in result.tflite.items()
-               if hasattr(rep, "bytes")]
-    stage = progress.stage("plots", 3, "plots")
-    written, skipped = plots_lib.write_plots(result, plots_dir, model, formats)
-    stage.set_total(len(written))
-    stage.update(len(written))
-    stage.close(", ".join(os.path.basename(p.path) for p in written))
-    for name, why in skipped:
-        _log(f"[plot] {name} skipped: {why}")
-    return written
+            check_model_file(model_path)
+            try:
+                model = keras.models.load_model(model_path, compile=False)
+            except (OSError, ValueError, TypeError) as e:  # say which file (a truncated .h5, ...)
+                raise ValueError(f"Could not load --model {model_path!r}: {type(e).__name__}: "
+                                 f"{e}") from e
+            check_export_size(model, tflite, dataset)  # an open input size needs --dataset
+            train = test = None
+            if dataset:
+                train, test = load_dataset(dataset)
+                _log(cli_tables.data_line(dataset, train, test, bool(weighting or refine)))
+            labelled = train is not None and train[1] is not None
+            method = method or default_method(model_path, labelled, bool(weighting or refine))
+            _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
+            check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
+            check_model_overrides(model, overrides, method, locals())  # keys naming its layers
+            if test is not None and test[1] is None:  # held-out inputs without labels: the
+                test, note = pipeline.agreement_data(model, test[0])  # float model's classes
+                metric = metric if test is None else cli_tables.AGREEMENT
+                notes += [note] if note else []  # inputs where it outputs NaN: left out
+                _log(cli_tables.agreement_line(test and test[1], pipeline.accuracy_note(model),
+                                               notes))
+        result = pipeline.compress(
+            model, train, test, method=method, n_clusters=n_clusters, unit=unit,
+            granularity=granularity, init=init, seed=seed, finetune_epochs=finetune_epochs,
+            dkm_epochs=dkm_epochs, lam=lam, progress=progress, codebook=codebook,
+            transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
+            calibration_samples=calibration_samples, overrides=overrides)
+        result.metric, result.notes = metric, notes + result.notes
+        _log(result.summary())
+        _log(cli_tables.size_legend(output_dir, result))
+        _check_interrupted()  # a swallowed Ctrl-C: stop before the earlier run's files go
+        _TOUCHED[:] = [output_dir]  # from here on, a failure leaves an unfinished run there
+        clear_earlier_outputs(output_dir, plots_dir or output_dir)
+        out_model = os.path.join(output_dir, "clustered.keras")
+        save_model_atomic(result.model, out_model)
+        _log(cli_tables.keras_line(out_model, tflite))  # its size, and why it is not smaller
+        pal_path = pipeline.save_palettes(result.palettes, out_model)  # read by `dkm-tf energy`
+        _log(f"[write] {pal_path} (the palettes: codebooks + indices)")
+        accuracy = {}
+        _check_interrupted()
+        if tflite:
+            source = test if test is not None else train  # verify on the user's own inputs
+            samples = source[0][:16] if source is not None else None
+            scored = test if result.accuracy_after is not None else None  # else: no classes
+            result.tflite, accuracy = write_tflite(result, output_dir, samples, scored, progress)
+        result.plots = write_plots(result, model, plots_dir or output_dir, accuracy, progress) \
+            if plots else []
+        report = {**result.to_dict(), "overrides": overrides}  # as given (None: none)
+        report["tflite"] = {k: (v.to_dict() if hasattr(v, "to_dict") else str(v))
+                            for k, v in result.tflite.items()}
+        for label, acc in accuracy.items():
+            report["tflite"][label][metric.replace(" ", "_")] = acc
+        report["plots"] = {os.path.basename(p.path): {"path": p.path, "shows": p.summary}
+                           for p in result.plots}
+        report_path = os.path.join(output_dir, "report.json")
+        _check_interrupted()  # never mark an interrupted run finished
+        _atomic_write_text(report_path, cli_tables.json_text(report))
+        _TOUCHED[:] = [output_dir, "complete"]  # the run is complete
+        _log(f"[write] {report_path}")
+        for p in result.plots:
+            _log(f"[plot] {p.path}: {p.summary}")
+        return result
 
 
 def run_energy(model_path, **kwargs):

@@ -1,9 +1,12 @@
-"""The TFLite step of ``dkm-tf compress``: write, time and score every format's file."""
+"""The write steps of ``dkm-tf compress``: clear an earlier run's files, write, time and score
+every format's ``.tflite`` file, and the plots."""
 
 from __future__ import annotations
 
 import os
 import time
+
+from dkm_tf.cli_args import run_outputs
 
 
 def _log(msg):
@@ -86,3 +89,34 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
     _log(f"[tflite] done in {time.perf_counter() - t:.1f} s")
     _log(cli_tables.tflite_table(reports, accuracy, result.metric, refused))
     return {**reports, **refused}, accuracy
+
+
+def clear_earlier_outputs(output_dir, plots_dir):
+    """Remove an earlier run's files here (our names only; report.json, written last, first):
+    one folder never mixes two runs (e.g. old .tflite files beside a --notflite run)."""
+    gone = [p for p in run_outputs(output_dir, plots_dir) if os.path.isfile(p)]
+    for path in gone:
+        os.remove(path)
+    if gone:
+        _log(f"[write] removed {len(gone)} file(s) of an earlier run: "
+             + ", ".join(os.path.basename(p) for p in gone))
+
+
+def write_plots(result, model, plots_dir, accuracy, progress):
+    """The PNGs of :mod:`dkm_tf.plots` (a missing matplotlib is said once, not an error)."""
+    from dkm_tf import plots as plots_lib  # noqa: PLC0415
+
+    if not plots_lib.matplotlib_available():
+        _log(plots_lib.MISSING_MATPLOTLIB)
+        return []
+    os.makedirs(plots_dir, exist_ok=True)
+    formats = [(label, rep.bytes, accuracy.get(label)) for label, rep in result.tflite.items()
+               if hasattr(rep, "bytes")]
+    stage = progress.stage("plots", 3, "plots")
+    written, skipped = plots_lib.write_plots(result, plots_dir, model, formats)
+    stage.set_total(len(written))
+    stage.update(len(written))
+    stage.close(", ".join(os.path.basename(p.path) for p in written))
+    for name, why in skipped:
+        _log(f"[plot] {name} skipped: {why}")
+    return written

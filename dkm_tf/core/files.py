@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import tempfile
 import time
 import zipfile
@@ -173,3 +174,85 @@ def _is_hdf5(path, size):
             if f.read(8) == _HDF5_SIGNATURE:
                 return True
     return False
+
+
+LOCK_NAME = ".dkm_tf-run.lock"
+_EMPTY_LOCK_GRACE_S = 10.0  # a lock file being written (created, pid not yet in it)
+
+
+class FolderInUseError(RuntimeError):
+    """Another live run holds the output folder (:func:`folder_lock`)."""
+
+
+def _lock_holder(path):
+    """``(pid, host, started)`` from a lock file; ``None`` when it is empty or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            pid, host, started = f.read().strip().split(" ", 2)
+        return int(pid), host, started
+    except (OSError, ValueError):
+        return None
+
+
+def _stale(path):
+    """A lock whose process is gone (same host), or an empty one past its grace period. A
+    lock of another host is never stale: its process cannot be checked from here."""
+    holder = _lock_holder(path)
+    if holder is None:
+        try:
+            return time.time() - os.stat(path).st_mtime > _EMPTY_LOCK_GRACE_S
+        except OSError:
+            return True  # gone meanwhile
+    pid, host, _ = holder
+    return host == socket.gethostname() and not _alive(pid)
+
+
+@contextlib.contextmanager
+def folder_lock(folder, flag="output_dir"):
+    """Hold ``folder`` for one run: ``<folder>/.dkm_tf-run.lock`` is created exclusively
+    (``O_CREAT | O_EXCL``) with this process's pid, host and start time, and removed on exit.
+
+    Two runs writing into one folder each removed the other's files; the second now fails
+    here, before any work. A lock left by a killed run (its pid gone, same host) is taken
+    over. A folder this creates is removed again on exit if it is still empty.
+
+    Raises:
+        FolderInUseError: a live process (this one included) holds ``folder``.
+    """
+    folder = os.fspath(folder)
+    created = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_NAME)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    fd = None
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if not _stale(path):
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+    if fd is None:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        pid, host, started = _lock_holder(path) or ("?", "?", "?")
+        raise FolderInUseError(
+            f"--{flag} {folder!r} is in use by another run (pid {pid} on host {host}, started "
+            f"{started}): two runs in one folder would remove each other's files. Wait for it "
+            f"to finish or give another --{flag}. If no run uses the folder (a run killed on "
+            f"another machine), remove {path}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(f"{os.getpid()} {socket.gethostname()} {stamp}\n")
+    try:
+        yield path
+    finally:
+        holder = _lock_holder(path)
+        if holder is not None and holder[0] == os.getpid():
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only when empty: a run that wrote nothing leaves nothing
