@@ -29,6 +29,7 @@ from dkm_tf.cli_args import (
     check_energy_args,
     check_export_size,
     check_outputs,
+    dataset_words,
     input_shape_error,
     load_dataset,
 )
@@ -137,6 +138,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
 
         from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
         from dkm_tf.export.verify import choose_interpreters  # noqa: PLC0415
+        from dkm_tf.pipeline_args import DataMismatchError  # noqa: PLC0415
 
         if tflite:  # TF < 2.21 without LiteRT cannot verify a file: say so before any training
             choose_interpreters(None)
@@ -185,12 +187,18 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                 notes += [note] if note else []  # inputs where it outputs NaN: left out
                 _log(cli_tables.agreement_line(test and test[1], pipeline.accuracy_note(model),
                                                notes))
-        result = pipeline.compress(
-            model, train, test, method=method, n_clusters=n_clusters, unit=unit,
-            granularity=granularity, init=init, seed=seed, finetune_epochs=finetune_epochs,
-            dkm_epochs=dkm_epochs, lam=lam, progress=progress, codebook=codebook,
-            transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
-            calibration_samples=calibration_samples, overrides=overrides)
+        try:
+            result = pipeline.compress(
+                model, train, test, method=method, n_clusters=n_clusters, unit=unit,
+                granularity=granularity, init=init, seed=seed, finetune_epochs=finetune_epochs,
+                dkm_epochs=dkm_epochs, lam=lam, progress=progress, codebook=codebook,
+                transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
+                calibration_samples=calibration_samples, overrides=overrides)
+        except DataMismatchError as e:  # found before any work: the flag, not the argument
+            if dataset is None:
+                raise
+            raise CliUsageError("dataset", f"data that fits --model ({dataset_words(e)})",
+                                dataset) from e
         result.metric, result.notes = metric, notes + result.notes
         _log(result.summary())
         _log(cli_tables.size_legend(output_dir, result))

@@ -357,3 +357,14 @@ def input_shape_error(error, input_shape):
                     f"{error.why}")
     return CliUsageError("input_shape", expected, None if input_shape is None else
                          ",".join(map(str, input_shape)))
+
+
+def dataset_words(error):
+    """A :class:`~dkm_tf.pipeline_args.DataMismatchError` of ``dkm_tf.compress`` in the
+    words of ``--dataset``: its ``train_data`` is the training part (``x_train``,
+    ``y_train`` in a ``.npz``), its ``test_data`` the held-out part (``x_test``, ``y_test``)."""
+    text = " ".join(str(error).split())
+    for arg, part in (("train_data", "training part (x_train, y_train)"),
+                      ("test_data", "held-out part (x_test, y_test)")):
+        text = text.replace(f"argument `{arg}`", f"the {part}").replace(f"`{arg}`", part)
+    return text

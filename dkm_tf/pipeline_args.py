@@ -6,7 +6,8 @@ was received (the messages of :mod:`dkm_tf.core.validate`).
 
 from __future__ import annotations
 
-__all__ = ["REGULARIZER_WIDE", "calibration_set", "check_args", "check_calibration",
+__all__ = ["REGULARIZER_WIDE", "DataMismatchError", "calibration_set", "check_args",
+           "check_calibration",
            "check_labels", "check_method_overrides", "check_regularizer_overrides",
            "check_train_data", "finetune_lr", "fisher_loss", "input_range_note",
            "override_settings", "regularizer_settings", "repeats_forever", "smallest_k"]
@@ -14,6 +15,12 @@ __all__ = ["REGULARIZER_WIDE", "calibration_set", "check_args", "check_calibrati
 import numpy as np
 
 from dkm_tf.training.data_checks import check_labels, repeats_forever
+
+
+class DataMismatchError(ValueError):
+    """``train_data`` / ``test_data`` that do not fit the model, found by :func:`check_args`
+    before any work (``dkm-tf compress`` reports it as a bad ``--dataset``, exit status 2)."""
+
 
 # settings the Deep k-Means re-training (dkm_retrain) takes for the whole model only
 REGULARIZER_WIDE = ("unit", "preserve_sparsity")
@@ -37,7 +44,6 @@ def check_args(model, train_data, test_data, args):
     from dkm_tf.core import validate  # noqa: PLC0415
     from dkm_tf.graph.clusterable import check_has_clusterable  # noqa: PLC0415
     from dkm_tf.graph.layer_features import check_not_quantized  # noqa: PLC0415
-    from dkm_tf.training.common import check_data  # noqa: PLC0415
 
     if not isinstance(model, keras.Model):
         raise validate.invalid_type("model", "a built keras.Model", model)
@@ -69,6 +75,20 @@ def check_args(model, train_data, test_data, args):
         from dkm_tf.training.regularizer import RELAXATIONS  # noqa: PLC0415
 
         validate.check_choice("relaxation", a["relaxation"], RELAXATIONS)
+    try:
+        return _check_datasets(model, train_data, test_data, method, a)
+    except ValueError as e:  # ``TypeError``s stay: the Python API's wrong types, not data
+        if isinstance(e, DataMismatchError) or not any(
+                f"`{name}`" in str(e) for name in ("train_data", "test_data")):
+            raise
+        raise DataMismatchError(str(e)) from e
+
+
+def _check_datasets(model, train_data, test_data, method, a):
+    """The data part of :func:`check_args`."""
+    from dkm_tf.core import validate  # noqa: PLC0415
+    from dkm_tf.training.common import check_data  # noqa: PLC0415
+
     train_data = check_data("train_data", train_data, model, required=method != "wr",
                             labels=False)  # (x, None) gets its own message below
     if method != "wr" and isinstance(train_data, tuple) and train_data[1] is None:

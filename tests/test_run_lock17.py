@@ -126,3 +126,27 @@ def test_failed_run_leaves_no_folder_it_created(tmp_path, capsys):
     out = tmp_path / "never"
     rc, err = _compress(bad, out, capsys)
     assert rc != 0 and not out.exists(), err
+
+
+@pytest.mark.parametrize("what", ["shape", "labels"])
+def test_dataset_that_does_not_fit_is_a_usage_error_naming_dataset(model_file, tmp_path,
+                                                                   capsys, what):
+    # was: exit 1, "ValueError: Invalid value for argument `train_data`" (compress's name)
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    side = 5 if what == "shape" else 6
+    y_high = 4 if what == "shape" else 9  # the model has 4 classes
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=rng.random((16, side, side, 1), np.float32),
+             y_train=rng.integers(0, y_high, 16), x_test=rng.random((8, side, side, 1),
+                                                                  np.float32),
+             y_test=rng.integers(0, 4, 8))
+    out = tmp_path / "out"
+    rc = cli.run(["dkm-tf", "compress", "--model", str(model_file), "--dataset", str(data),
+                  "--output_dir", str(out), *ARGS])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.startswith("dkm-tf: error: invalid --dataset: expected data that fits --model")
+    assert "training part (x_train, y_train)" in err and "`train_data`" not in err, err
+    assert not out.exists()
