@@ -74,16 +74,22 @@ def int8_grid(scales):
     recovered from the largest scale (to a few float32 ulps) and the result checked: a
     DEQUANTIZE of the int8 ``q`` gives the scales back bit for bit, or the caller stores them
     another way. (float16 would not: an 8-bit grid needs ~2^-11 relative steps it lacks.)
+    Fine-tuning keeps the step of the first quantization while the scales move, so the largest
+    may sit at ``m < 127`` steps (122 and 125 measured): ``step = max |s| / m`` is tried for
+    m = 127 down to 1, the finest exact grid kept (was float32 storage, 4x the bytes the
+    size report counted).
     """
     s = np.asarray(scales, np.float32)
     top = float(np.max(np.abs(s))) if s.size else 0.0
     if not top or not np.isfinite(top):
         return None
-    base = np.float32(top / 127.0)
-    for k in range(-4, 5):
-        step = np.float32(base + k * np.spacing(base))
-        q = np.round(s.astype(np.float64) / float(step))
-        if np.max(np.abs(q)) <= 127 and np.array_equal(
-                (q.astype(np.float32) * step).astype(np.float32), s):
-            return q.astype(np.int8), float(step)
+    wide = s.astype(np.float64)
+    for m in range(127, 0, -1):
+        base = np.float32(top / m)
+        for k in range(-4, 5):
+            step = np.float32(base + k * np.spacing(base))
+            q = np.round(wide / float(step))
+            if np.max(np.abs(q)) <= 127 and np.array_equal(
+                    (q.astype(np.float32) * step).astype(np.float32), s):
+                return q.astype(np.int8), float(step)
     return None
