@@ -31,6 +31,7 @@ __all__ = ["CODEBOOK_SCOPES", "KernelGroup", "check_codebook", "check_kernel_opt
            "cluster_groups", "fold_kernel_palettes", "kernel_groups", "share_kernels"]
 
 CODEBOOK_SCOPES = ("layer", "shared")
+LOW_PRECISION = ("float16", "bfloat16")  # kernel dtypes that cannot hold s T(mu) exactly
 PASS_THROUGH = ("unit='kernel': no k x k spatial kernel (1x1 conv); left float, as Son et al. "
                 "keep 1x1 convs and dense layers in fp32")
 
@@ -95,6 +96,13 @@ def kernel_groups(layers, codebook, excluded=()):
                             "left float (Son et al. cluster only k x k convolutions)"))
         elif int(np.prod(layer.kernel.shape[:2])) == 1:
             skipped.append((layer.name, PASS_THROUGH))
+        elif str(getattr(layer.kernel.dtype, "name", layer.kernel.dtype)) in LOW_PRECISION:
+            # the kernel held s T(mu) rounded to float16 / bfloat16, not palette.decode()
+            raise invalid("model", "k x k Conv2D kernels stored in float32 for unit='kernel' "
+                          "with a codebook scope (a float32 or mixed_* dtype policy): a "
+                          f"{layer.kernel.dtype} kernel cannot hold the products s T(mu) "
+                          "exactly; or leave it float with overrides={name: None}",
+                          f"layer {layer.name!r} with a {layer.kernel.dtype} kernel")
         elif layer.name in eligible:  # nested models may reuse a name: the palettes and the
             # copy find kernels by name, so one layer would silently get the other's kernel
             raise invalid("model", "k x k Conv2D layers with distinct names for unit='kernel' "
@@ -136,6 +144,13 @@ def cluster_groups(groups, n_clusters, *, transforms=1, scale_bits=16, init="kme
     and ``codebook_id``). ``kernel_of(layer)`` gives the numpy kernel (default: its value)."""
     k = check_n_clusters(n_clusters)
     check_kernel_options(transforms, scale_bits)
+    odd = [f"{lay.name} ({g.kernel_size[0]}x{g.kernel_size[1]})" for g in groups
+           for lay in g.layers if g.kernel_size[0] != g.kernel_size[1]]
+    if transforms == 8 and odd:  # raised mid-way, after the square groups were clustered,
+        # and without naming the layer
+        raise invalid("transforms", "1, 2 or 4 with non-square kernels (8 includes 90-degree "
+                      f"turns; non-square: {', '.join(odd)}; or leave them float with "
+                      "overrides={name: None})", transforms)
     out = {}
     for gi, group in enumerate(groups):
         kernels = [np.asarray(kernel_of(lay) if kernel_of else lay.kernel.numpy(), np.float32)

@@ -15,178 +15,25 @@ it is called on the conv's input (its value is ignored) and its output, the code
 input of every :class:`ClusterKernels` wrapper of its group. Keras therefore saves it once and
 a ``.keras`` round trip keeps one variable for the whole group; both classes are registered, so
 ``dkm_tf.load_model`` (or ``keras.models.load_model`` after ``import dkm_tf.training``)
-needs no custom objects. Sequential and flat Functional models are supported (a nested model
-with k x k convs raises).
+needs no custom objects (both live in :mod:`dkm_tf.training.kernel_layers`). Sequential and
+flat Functional models are supported (a nested model with k x k convs raises); a clustered
+model used as a layer of another model is stripped with it, and its palettes listed.
 """
 
 from __future__ import annotations
 
 import keras
 import numpy as np
-from keras import ops
 
-from dkm_tf.core import palette as palette_lib
-from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_seed
 from dkm_tf.graph import bn_fate, clusterable, kernel_share
 from dkm_tf.graph.copying import copy_layer, iter_layers, keep_dtype_policy, layers_only
 from dkm_tf.training import wrapper_extras as extras
+from dkm_tf.training.kernel_layers import ClusterKernels, KernelCodebook
 
 __all__ = ["ClusterKernels", "KernelCodebook", "cluster_kernel_model", "has_kernel_layers",
            "kernel_palettes", "routes_cluster", "routes_palettes", "routes_strip",
            "strip_kernel_model"]
-
-
-@keras.saving.register_keras_serializable(package="dkm_tf")
-class KernelCodebook(keras.layers.Layer):
-    """Owns one shared kernel codebook (K, kh, kw); ``call(x)`` returns it (x is ignored).
-
-    Args:
-        n_clusters: K.
-        kernel_size: (kh, kw).
-        codebook_id: the group id (``"kernel:3x3"``, ``"kernel:group0"``, ...).
-        **kwargs: base layer arguments (``name``, ``dtype``, ...).
-    """
-
-    def __init__(self, n_clusters, kernel_size, codebook_id="", **kwargs):
-        super().__init__(**kwargs)
-        self.n_clusters = int(n_clusters)
-        self.kernel_size = tuple(int(k) for k in kernel_size)
-        self.codebook_id = str(codebook_id)
-        self.codebook = self.add_weight(name="codebook", shape=(self.n_clusters,
-                                                                *self.kernel_size),
-                                        initializer="zeros", trainable=True)
-
-    def build(self, input_shape=None):
-        self.built = True
-
-    def call(self, inputs):
-        return ops.convert_to_tensor(self.codebook)
-
-    def compute_output_spec(self, inputs):
-        return keras.KerasTensor((self.n_clusters, *self.kernel_size), dtype=self.codebook.dtype)
-
-    def get_config(self):
-        return {**super().get_config(), "n_clusters": self.n_clusters,
-                "kernel_size": list(self.kernel_size), "codebook_id": self.codebook_id}
-
-
-def _transform(x, t):
-    """:func:`dkm_tf.core.kernel_codebook.apply_transform` with keras ops on (K, kh, kw)."""
-    y = ops.flip(x, axis=2) if t & 1 else x
-    y = ops.flip(y, axis=1) if t & 2 else y
-    return ops.flip(ops.transpose(y, (0, 2, 1)), axis=1) if t & 4 else y
-
-
-@keras.saving.register_keras_serializable(package="dkm_tf")
-class ClusterKernels(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
-    """A Conv2D whose kernel is ``s T_t(codebook[l])`` with the codebook given as an input.
-
-    Called as ``wrapper(x, codebook=cb)`` with ``cb`` the output of its group's
-    :class:`KernelCodebook`. Variables: ``scales`` (cin, cout) trainable, ``indices`` and
-    ``transform_ids`` (cin, cout) int32 frozen, ``scale_step`` (int8 step of
-    ``scale_bits=8``) frozen. The wrapped conv's own kernel no longer feeds the output
-    (non-trainable, also when the wrapper is unfrozen; its regularizer applies to the shared
-    kernel); its bias and everything else train. No attribute of the wrapped layer is
-    written: its own ``call`` runs in a :class:`keras.StatelessScope` mapping its kernel to
-    the shared one (as :class:`dkm_tf.ClusterWeights` does).
-
-    Args:
-        layer: the k x k Conv2D to wrap (built at the wrapper's build if it is not).
-        n_clusters: K, the entries of the group's codebook (default 16).
-        transforms: T, transforms per kernel: 1, 2, 4 or 8 (flips; 8 adds 90-degree turns).
-        scale_bits: a stored scale's bits: 16 (float16), 8 (int8 times ``scale_step``) or 32.
-        codebook_id: the group id, that of the group's :class:`KernelCodebook`.
-        **kwargs: base layer arguments (``name``: default ``"cluster_<layer name>"``).
-    """
-
-    def __init__(self, layer, n_clusters=16, transforms=1, scale_bits=16, codebook_id="",
-                 **kwargs):
-        kwargs.setdefault("name", f"cluster_{layer.name}")
-        super().__init__(layer, **kwargs)
-        kernel_share.check_kernel_options(transforms, scale_bits)
-        self.n_clusters = int(n_clusters)
-        self.transforms = int(transforms)
-        self.scale_bits = int(scale_bits)
-        self.codebook_id = str(codebook_id)
-
-    def build(self, inputs_shape=None, codebook_shape=None):
-        if not self.layer.built:
-            self.layer.build(inputs_shape)
-        kh, kw, cin, cout = self.layer.kernel.shape
-        self.scales = self.add_weight(name="scales", shape=(cin, cout), initializer="ones",
-                                      trainable=True)
-        self.indices = self.add_weight(name="indices", shape=(cin, cout), dtype="int32",
-                                       initializer="zeros", trainable=False)
-        self.transform_ids = self.add_weight(name="transform_ids", shape=(cin, cout),
-                                             dtype="int32", initializer="zeros",
-                                             trainable=False)
-        self.scale_step = self.add_weight(name="scale_step", shape=(), initializer="ones",
-                                          trainable=False)
-        self.layer.kernel.trainable = False
-        self.built = True
-
-    def stored_scales(self):
-        """The scales as stored (float16 / int8 step / float32), straight-through gradient."""
-        s = ops.convert_to_tensor(self.scales)
-        if self.scale_bits == 32:
-            return s
-        if self.scale_bits == 16:
-            q = ops.cast(ops.cast(s, "float16"), s.dtype)
-        else:
-            step = ops.convert_to_tensor(self.scale_step)
-            r = ops.clip(ops.round(s / step), -127.0, 127.0)
-            r = ops.where(ops.logical_and(ops.equal(r, 0.0), ops.not_equal(s, 0.0)),
-                          ops.sign(s), r)
-            q = r * step
-        return s + ops.stop_gradient(q - s)
-
-    def shared_kernel(self, codebook):
-        """The kernel (kh, kw, cin, cout) from ``codebook`` (K, kh, kw)."""
-        cb = ops.convert_to_tensor(codebook)
-        idx = ops.convert_to_tensor(self.indices)
-        if self.transforms > 1:
-            cb = ops.concatenate([_transform(cb, t) for t in range(self.transforms)], axis=0)
-            idx = idx + self.n_clusters * ops.convert_to_tensor(self.transform_ids)
-        k = ops.take(cb, idx, axis=0) * self.stored_scales()[:, :, None, None]
-        return ops.transpose(k, (2, 3, 0, 1))
-
-    def call(self, inputs, codebook=None, **kwargs):
-        if codebook is None:
-            raise ValueError(f"Layer {self.name!r} needs its shared codebook: call it as "
-                             "layer(x, codebook=codebook_layer(x)).")
-        kernel = self.shared_kernel(codebook)
-        var = self.layer.kernel
-        others = [(v, v.value) for v in self.layer.variables if v is not var]
-        reg = extras.user_regularizer(var) if self.trainable else None
-        if reg is not None:  # the replaced kernel is not trainable: Keras would skip it
-            self.add_loss(reg(kernel))
-        with keras.StatelessScope(state_mapping=[(var, kernel), *others]):
-            return self.layer(inputs, **kwargs)
-
-    def compute_output_spec(self, inputs, codebook=None, **kwargs):
-        return self.layer.compute_output_spec(inputs)
-
-    def get_config(self):
-        return {**super().get_config(), "n_clusters": self.n_clusters,
-                "transforms": self.transforms, "scale_bits": self.scale_bits,
-                "codebook_id": self.codebook_id}
-
-    def palette(self, codebook):
-        """The :class:`~dkm_tf.core.palette.Palette` of the current state (numpy), with
-        ``codebook`` (K, kh, kw): the value of the group's :class:`KernelCodebook`."""
-        s = keras.ops.convert_to_numpy(self.stored_scales()).T.reshape(1, -1)
-        idx = keras.ops.convert_to_numpy(self.indices).T.reshape(1, -1)
-        t = keras.ops.convert_to_numpy(self.transform_ids).T.reshape(1, -1)
-        cb = np.asarray(codebook, np.float32)
-        lay = units_lib.layout_for(tuple(self.layer.kernel.shape), "conv", "kernel",
-                                   "per_tensor")
-        return palette_lib.Palette(
-            self.layer.name, "kernel", cb.reshape(1, cb.shape[0], -1), idx, lay,
-            requested_clusters=self.n_clusters, codebook_id=self.codebook_id,
-            note=f"kernel codebook {self.codebook_id} (fine-tuned)", scales=s,
-            transforms=t if self.transforms > 1 else None, n_transforms=self.transforms,
-            scale_bits=self.scale_bits)
 
 
 # ----------------------------------------------------------------------------- model level
@@ -280,18 +127,41 @@ def _leaves(model):
     return iter_layers(model)
 
 
+def _kernel_models(model, seen=None):
+    """``model`` and every model nested in it that holds :class:`ClusterKernels` wrappers
+    (a clustered model used as a layer of another: its wrappers are not in ``model.layers``)."""
+    seen = set() if seen is None else seen
+    if not isinstance(model, keras.Model) or id(model) in seen:
+        return []
+    seen.add(id(model))
+    own = [model] if any(isinstance(lay, ClusterKernels) for lay in model.layers) else []
+    return own + [m for lay in model.layers for m in _kernel_models(lay, seen)]
+
+
 def has_kernel_layers(model):
-    """True when ``model`` holds :class:`ClusterKernels` wrappers."""
-    return isinstance(model, keras.Model) and any(
-        isinstance(lay, ClusterKernels) for lay in model.layers)
+    """True when ``model`` holds :class:`ClusterKernels` wrappers (also in nested models)."""
+    return bool(_kernel_models(model))
+
+
+def _own_palettes(model):
+    """``{id(wrapper): palette}`` of the wrappers of ``model`` itself (its own codebooks)."""
+    books = {lay.codebook_id: keras.ops.convert_to_numpy(lay.codebook)
+             for lay in model.layers if isinstance(lay, KernelCodebook)}
+    return {id(lay): lay.palette(books[lay.codebook_id]) for lay in model.layers
+            if isinstance(lay, ClusterKernels)}
 
 
 def kernel_palettes(model):
-    """The current palettes of every :class:`ClusterKernels` of ``model`` (layer order)."""
-    books = {lay.codebook_id: keras.ops.convert_to_numpy(lay.codebook)
-             for lay in model.layers if isinstance(lay, KernelCodebook)}
-    return [lay.palette(books[lay.codebook_id]) for lay in model.layers
-            if isinstance(lay, ClusterKernels)]
+    """The current palettes of every :class:`ClusterKernels` of ``model`` (layer order; nested
+    clustered models included, each with its own codebooks)."""
+    pals = [p for m in _kernel_models(model) for p in _own_palettes(m).values()]
+    names = [p.layer_name for p in pals]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:  # palettes are matched to layers by name: one would describe the other's kernel
+        raise ValueError(f"Invalid value for argument `model`. Expected kernel-clustered convs "
+                         f"with distinct names (palettes are matched to layers by name). "
+                         f"Received: model {model.name!r} with several layers named {dup}")
+    return pals
 
 
 def strip_kernel_model(model, *, fold_bn=True):
@@ -300,17 +170,28 @@ def strip_kernel_model(model, *, fold_bn=True):
     Returns:
         ``(plain model, palettes)``: each kernel equals ``palette.decode()`` exactly; with
         ``fold_bn`` a following BatchNormalization is folded into the scales
-        (:func:`dkm_tf.graph.kernel_share.fold_kernel_palettes`).
+        (:func:`dkm_tf.graph.kernel_share.fold_kernel_palettes`). Clustered models nested
+        in ``model`` are stripped too.
     """
-    pals = {p.layer_name: p for p in kernel_palettes(model)}
+    palettes = kernel_palettes(model)  # checks the names
+    plain = _strip(model)
+    if fold_bn:
+        plain, palettes = kernel_share.fold_kernel_palettes(plain, palettes)
+    return plain, palettes
+
+
+def _strip(model):
+    pals = _own_palettes(model)
 
     def clone_function(layer):
         if isinstance(layer, ClusterKernels):
             inner = layer.layer
-            dec = pals[inner.name].decode()
+            dec = pals[id(layer)].decode()
             return copy_layer(inner, [dec.astype(v.dtype) if v is inner.kernel
                                       else keras.ops.convert_to_numpy(v)
                                       for v in inner.weights])
+        if has_kernel_layers(layer):  # a nested clustered model: it was copied with its
+            return _strip(layer)  # wrappers, and no palettes
         return copy_layer(layer)
 
     def call_function(layer, *args, **kwargs):
@@ -318,12 +199,9 @@ def strip_kernel_model(model, *, fold_bn=True):
             kwargs.pop("codebook")
         return layer(*args, **kwargs)
 
-    plain = keep_dtype_policy(model, keras.models.clone_model(
-        model, clone_function=layers_only(clone_function), call_function=call_function))
-    palettes = list(pals.values())
-    if fold_bn:
-        plain, palettes = kernel_share.fold_kernel_palettes(plain, palettes)
-    return plain, palettes
+    return keep_dtype_policy(model, keras.models.clone_model(
+        model, clone_function=layers_only(clone_function),
+        **({"call_function": call_function} if pals else {})))
 
 
 # ----------------------------------------------------------------------------- API routing
@@ -394,6 +272,7 @@ def routes_palettes(fn):
         out = fn(model, max_clusters)
         if not has_kernel_layers(model):
             return out
-        inner = {lay.layer.name for lay in model.layers if isinstance(lay, ClusterKernels)}
+        inner = {lay.layer.name for m in _kernel_models(model) for lay in m.layers
+                 if isinstance(lay, ClusterKernels)}
         return [p for p in out if p.layer_name not in inner] + kernel_palettes(model)
     return palettes_of
