@@ -19,7 +19,8 @@ import numpy as np
 from dkm_tf.export.canonical import canonicalize
 
 __all__ = ["QUANTIZATIONS", "as_input_list", "check_int8_mode", "convert", "input_specs",
-           "quiet", "require_tensorflow_backend", "synthesize_inputs", "synthetic_samples"]
+           "pad_odd_rows", "quiet", "require_tensorflow_backend", "synthesize_inputs",
+           "synthetic_samples"]
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "full")
 
@@ -181,7 +182,8 @@ def synthesize_inputs(specs, n=8, seed=0, int_high=2):
 def synthetic_samples(model, specs, n=8):
     """``(inputs, note)``: :func:`synthesize_inputs` for ``model``, integer inputs drawn over
     the smallest ``Embedding`` table of the model (token ids reach every row it can read;
-    ``{0, 1}`` when it has none), and the note saying what verified the file."""
+    ``{0, 1}`` when it has none; with a masking ``Embedding``, every other sequence padded by
+    :func:`pad_odd_rows`), and the note saying what verified the file."""
     import keras  # noqa: PLC0415
 
     from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
@@ -198,8 +200,27 @@ def synthetic_samples(model, specs, n=8):
     if any(d == "int32" for _, d in specs):
         kinds.append(f"integer inputs uniform in [0, {high})" + (
             " (the smallest Embedding table)" if tables else " (no Embedding to bound them)"))
-    return (synthesize_inputs(specs, n, int_high=high),
-            f"no sample_inputs given: verified on {n} seeded inputs ({'; '.join(kinds)})")
+    inputs = synthesize_inputs(specs, n, int_high=high)
+    if any(getattr(layer, "mask_zero", False) for layer in layers
+           if isinstance(layer, keras.layers.Embedding)):
+        padded = [pad_odd_rows(a) for a in inputs if a.dtype == np.int32 and a.ndim >= 2]
+        if any(padded):
+            kinds.append("every other row padded with trailing 0s (an Embedding masks 0)")
+    return inputs, f"no sample_inputs given: verified on {n} seeded inputs ({'; '.join(kinds)})"
+
+
+def pad_odd_rows(ids, seed=1):
+    """Set a seeded tail of every odd row of integer ``ids`` (samples, steps, ...) to 0, in
+    place, each row keeping at least its first step: the padding a masking ``Embedding``
+    (``mask_zero=True``) skips, so verification covers padded rows too. True when any row
+    was padded (two or more steps)."""
+    steps = ids.shape[1]
+    if steps < 2:
+        return False
+    rng = np.random.default_rng(seed)
+    for row in range(1, len(ids), 2):
+        ids[row, rng.integers(1, steps):] = 0
+    return len(ids) > 1
 
 
 def check_int8_mode(model, format, int8_mode, modes):  # noqa: A002 - to_tflite's name
