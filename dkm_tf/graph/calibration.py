@@ -31,6 +31,15 @@ def _path(model, layer):
     return None
 
 
+def _calls(outer, inner):
+    """The nodes of ``outer``'s own graph that call ``inner``. Not ``inner._inbound_nodes``:
+    a Sequential built with ``add()`` leaves one node per rebuild there (a nested model
+    called once read as "called 2 times")."""
+    graph = getattr(outer, "_functional", None) or outer
+    nodes = getattr(graph, "_nodes_by_depth", None) or {}
+    return [n for ns in nodes.values() for n in ns if n.operation is inner]
+
+
 def layer_inputs(model, layer, x, batch_size):
     """``layer``'s inputs when ``model`` runs on ``x``; the layer may sit in a nested
     Functional / Sequential model called once (a pretrained base inside a classifier): the
@@ -41,7 +50,7 @@ def layer_inputs(model, layer, x, batch_size):
     if path is None:
         raise ValueError(f"layer {layer.name!r} is not reachable from model {model.name!r}")
     for outer, inner in zip(path, path[1:]):
-        nodes = getattr(inner, "_inbound_nodes", ())
+        nodes = _calls(outer, inner)
         if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
             raise ValueError(f"nested model {inner.name!r} is called {len(nodes)} times or "
                              "on several inputs")

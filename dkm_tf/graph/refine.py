@@ -55,11 +55,10 @@ import dataclasses
 
 import numpy as np
 
-from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_finite_samples, invalid
-from dkm_tf.graph import calibration, gptq
+from dkm_tf.graph import calibration
 from dkm_tf.graph.clusterable import get_weight
-from dkm_tf.graph.copying import iter_layers
+from dkm_tf.graph.refine_targets import calls_in, gptq_palette, pair_layers
 
 __all__ = ["LINEAR_LAYERS", "REFINES", "refine_codebooks"]
 
@@ -69,7 +68,6 @@ LINEAR_LAYERS = ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D", "Conv3
                  "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv1D",
                  "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D")
 RIDGE = 1e-6
-GPTQ_MAX_INPUTS = 8192  # GPTQ's Hessian is d_in x d_in float64 (512 MiB here)
 _CLIPS = {"relu": (0.0, np.inf), "relu6": (0.0, 6.0)}  # fused activations that clip
 
 
@@ -101,6 +99,11 @@ def _channels_last(y, layer):
 
 def _why_not(pal, layer, var):
     if type(layer).__name__ not in LINEAR_LAYERS:
+        owner = get_weight(layer, pal.weight_name.rpartition(".")[0]) if "." in \
+            pal.weight_name else None  # MultiHeadAttention's value_dense: linear, but inside
+        if type(owner).__name__ in LINEAR_LAYERS:
+            return (f"{pal.weight_name} is a weight inside a {type(layer).__name__}, not of "
+                    "a linear layer of the model's graph")
         return f"{type(layer).__name__} is not linear in its kernel"
     if pal.codebook.shape[0] != 1 and (type(layer).__name__ == "EinsumDense" or (
             type(layer).__name__.startswith("SeparableConv")
@@ -217,51 +220,6 @@ def _solve(stats, c0, b_slot, b_old):
     return c, b_new, b_slot, sse(per_ch(c0), b_old), sse(per_ch(c), b_new)
 
 
-def _gptq_palette(pal, layer_f, layer_q, xq, batch_size):
-    """``(pal with its indices chosen by GPTQ for the same centroids, "")`` (see
-    :mod:`dkm_tf.graph.gptq`), or ``(None, why not)``: Dense and channels-last, ungrouped
-    Conv2D kernels with at most :data:`GPTQ_MAX_INPUTS` inputs per output."""
-    name = type(layer_q).__name__
-    if pal.unit_dim != 1:
-        return None, f"GPTQ assigns scalar units only, not {pal.layout.unit} units"
-    kernel = np.asarray(get_weight(layer_f, pal.weight_name).numpy(), np.float64)
-    if name == "Dense" and kernel.ndim == 2:
-        def rows(xs):
-            return xs.reshape(-1, kernel.shape[0])
-    elif (name == "Conv2D" and getattr(layer_q, "groups", 1) == 1
-          and layer_q.data_format == "channels_last"):
-        def rows(xs):
-            return gptq.im2col(xs, layer_q.kernel_size, layer_q.strides,
-                               layer_q.dilation_rate, layer_q.padding)
-    else:
-        if name == "Conv2D":  # say which setting, not "not Conv2D"
-            name = (f"Conv2D with groups={layer_q.groups}" if layer_q.groups != 1
-                    else f"Conv2D with data_format={layer_q.data_format!r}")
-        return None, f"GPTQ assigns Dense and Conv2D kernels only, not {name}"
-    d_in = int(np.prod(kernel.shape[:-1]))
-    if d_in > GPTQ_MAX_INPUTS:
-        return None, (f"{d_in:,} inputs per output is above GPTQ_MAX_INPUTS = "
-                      f"{GPTQ_MAX_INPUTS:,} (its Hessian is d_in x d_in)")
-    chunk = calibration.chunk(rows(xq[:1]).size, batch_size)
-    h = sum(gptq.hessian(rows(xq[lo:lo + chunk])) for lo in range(0, len(xq), chunk))
-    book = pal.codebook[:, :, 0].astype(np.float64)  # (1, K) or one per output column
-    if book.shape[0] not in (1, kernel.shape[-1]):
-        return None, "its codebooks are not one per output column"
-    idx = gptq.gptq_assign(kernel.reshape(-1, kernel.shape[-1]), h,
-                           book[0] if book.shape[0] == 1 else book)
-    units = units_lib.to_units(idx.reshape(kernel.shape), pal.layout)[:, :, 0]
-    return dataclasses.replace(pal, indices=units.astype(pal.indices.dtype)), ""
-
-
-def _calls_in(model, layer):
-    """How many times ``model``'s own graph calls ``layer`` (a shared layer: > 1). Not
-    ``layer._inbound_nodes``: a Sequential built with ``add()`` or loaded from ``.keras``
-    leaves one node per rebuild there. A layer of a nested model counts as 1."""
-    graph = getattr(model, "_functional", None) or model
-    nodes = getattr(graph, "_nodes_by_depth", None) or {}
-    return max(1, sum(n.operation is layer for ns in nodes.values() for n in ns))
-
-
 def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch_size=64,
                      verbose=False):
     """Update each eligible palette's codebook (and its layer's bias) on the layer outputs.
@@ -281,17 +239,14 @@ def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch
     Returns:
         The palettes, the updated ones with their new codebook and a note.
     """
-    layers_f = {layer.name: layer for layer in iter_layers(float_model)}
-    layers_q = {layer.name: layer for layer in iter_layers(model)}
     ref = calibration.outputs(float_model, x, batch_size)
     err = calibration.output_error(calibration.outputs(model, x, batch_size), ref)
     out = []
-    for pal in palettes:
-        layer_q, layer_f = layers_q.get(pal.layer_name), layers_f.get(pal.layer_name)
+    for pal, (layer_f, layer_q) in zip(palettes, pair_layers(float_model, model, palettes)):
         var = get_weight(layer_q, pal.weight_name) if layer_q is not None else None
         why = "layer not found" if var is None or layer_f is None else _why_not(pal, layer_q,
                                                                                   var)
-        calls = _calls_in(model, layer_q)
+        calls = calls_in(model, layer_q) if layer_q is not None else 1
         if why is None and calls > 1:  # the fit would see the inputs of its first call only
             why = f"the layer is called {calls} times (shared layer)"
         cands = []
@@ -301,7 +256,7 @@ def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch
                 xq = calibration.layer_inputs(model, layer_q, x, batch_size)
                 assigned = [(pal, "")]
                 if method == "gptq":
-                    g_pal, gwhy = _gptq_palette(pal, layer_f, layer_q, xq, batch_size)
+                    g_pal, gwhy = gptq_palette(pal, layer_f, layer_q, xq, batch_size)
                     assigned = [(pal, f"k-means assignment ({gwhy})" if gwhy else
                                  "k-means assignment")] + ([(g_pal, "GPTQ assignment")]
                                                            if g_pal is not None else [])

@@ -92,7 +92,7 @@ def _check(model, weighting, data, loss, sparse, labels):
     if not isinstance(model, keras.Model):
         raise invalid("weighting", "None for a single layer (weighting='fisher' needs a "
                       "keras.Model and its loss)", weighting)
-    x, y = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
+    x, y = _split(model, data)
     x, y = as_arrays(x), as_arrays(y)  # lists of numbers, as the training functions take them
     if x is None:
         raise invalid("data", "samples x, or a tuple (x, y), needed by weighting='fisher' "
@@ -122,6 +122,16 @@ def _check(model, weighting, data, loss, sparse, labels):
         raise invalid("data", "samples whose loss is finite", f"a loss of {value}")
     targets = _class_targets(model, loss_fn, x0, pred, keras) if labels == "model" else None
     return x, y, loss_fn, targets
+
+
+def _split(model, data):
+    """``(x, y)`` of ``data``: ``x``, ``(x, y)``, or for a model of n > 1 inputs also the n
+    input arrays alone (``[x1, x2]`` was read as ``(x1, y=x2)`` and refused)."""
+    n_in = len(getattr(model, "inputs", None) or ())
+    if (n_in > 1 and isinstance(data, (tuple, list)) and len(data) == n_in
+            and all(hasattr(a, "shape") for a in data)):
+        return data, None
+    return data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
 
 
 def _sparse_labels(y, pred):
@@ -155,9 +165,10 @@ def _class_targets(model, loss_fn, x0, pred, keras):
     pred = _float32_outputs(pred)  # a loss function computes in its input's dtype
     shape = tuple(pred.shape) if hasattr(pred, "shape") else None
     if shape is None or len(shape) != 2 or shape[1] < 2:
+        got = f"output {shape}" if shape is not None else f"outputs {_shapes(pred)}"
         raise invalid("weighting", "None for a model that is not a classifier with one output "
                       "of shape (batch, classes) (weighting='fisher' takes the expectation "
-                      "over the model's predicted classes)", f"'fisher' with output {shape}")
+                      "over the model's predicted classes)", f"'fisher' with {got}")
     n = int(shape[1])
     out = _numpy(pred).astype(np.float64)
     probabilities = bool(np.all(out >= 0) and abs(out.sum() - 1.0) <= SUM_TOL)
@@ -345,7 +356,7 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
     Args:
         model: a built Keras model (a classifier for ``labels="model"``).
         data: ``x`` or ``(x, y)``: every sample is used, one at a time (``y`` only with
-            ``labels="data"``).
+            ``labels="data"``); for a model of n inputs, ``x`` is the list of n arrays.
         loss: the loss (name, ``keras.losses.Loss`` or callable); default the compiled one.
             With ``labels="model"`` a cross-entropy of the model's output (checked).
         variables: the variables to weigh (default: every clusterable weight of the model).
