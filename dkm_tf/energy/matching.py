@@ -5,7 +5,10 @@
 kernel size. A name that is no such record raises a `ValueError`, unless the reader listed
 that layer in `skipped` (a layer type it does not model, e.g. an Embedding's table lookup or
 a Conv3D): then the estimate goes on and `note_unused` appends to the layer's skipped entry
-that its palette is not charged (or its pruning not applied).
+that its palette is not charged (or its pruning not applied). In a `.tflite`, a palette whose
+layer may be one of several records is refused, naming the layer: one of a nested model's
+records named by their path (`enc_1/c_1`, `tflite_nested`), or a record `y_1` (layer `y`'s
+renamed scope) beside an op-named record of its size.
 """
 
 import math
@@ -13,11 +16,12 @@ import re
 from collections.abc import Mapping
 
 from dkm_tf.energy.shapes import SharingInfo
+from dkm_tf.energy.tflite_nested import hidden_by_path
 
 
 def collect_sharing(weight_sharing, palettes, index_cost):
     """Merges `weight_sharing` and duck-typed `palettes` into `{name: [SharingInfo, ...]}`."""
-    out = {}
+    out = _Sharing()
     if palettes is not None and (hasattr(palettes, "layer_name")
                                  or not hasattr(palettes, "__iter__")):
         raise TypeError("Invalid type for argument `palettes`. Expected a list of palettes. "
@@ -63,7 +67,17 @@ def collect_sharing(weight_sharing, palettes, index_cost):
         out.setdefault(key, []).append(
             SharingInfo(n_clusters=k, unit_dim=int(p.unit_dim), n_units=n, index_bits=bits,
                         n_codebooks=n_books))
+        out.of_palettes.add(key)
     return out
+
+
+class _Sharing(dict):
+    """`{name: [SharingInfo, ...]}`; `of_palettes`: the names from palettes, Keras layer names
+    (a `weight_sharing` key may be a `.tflite` record's own name, `y_1`, `mha_1#3`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.of_palettes = set()
 
 
 def match_sharing(shapes, sharing, skipped=()):
@@ -89,6 +103,8 @@ def match_sharing(shapes, sharing, skipped=()):
     # never a Keras class such as GRU) renames every scope, `x` -> `x_1`
     in_file = any(s.op.isupper() and "_" in s.op for s in shapes if s.kind in ("conv", "dense"))
     for name, infos in sharing.items():
+        if in_file:
+            _refuse_hidden(name, by_layer, name in getattr(sharing, "of_palettes", ()))
         # a file renames every scope (`x` -> `x_1`): record `x_1` is layer `x`'s, and palette
         # `x_1`'s record is `x_1_<n>` (MobileNetV3Small's `..._squeeze_excite_conv` and
         # `..._squeeze_excite_conv_1` were refused; with `x` left float, `x_1`'s palette was
@@ -97,6 +113,8 @@ def match_sharing(shapes, sharing, skipped=()):
                                   for m in sharing)) and \
             any(re.fullmatch(re.escape(name) + r"_\d+", k) for k in by_layer)
         candidates = None if renamed else by_layer.get(name)
+        if candidates and in_file and name in getattr(sharing, "of_palettes", ()):
+            _refuse_renamed(name, infos, shapes, sharing)
         if not candidates and "/" in name:
             candidates = by_layer.get(name.rsplit("/", 1)[0])
         if not candidates:
@@ -138,6 +156,44 @@ def match_sharing(shapes, sharing, skipped=()):
                 (first.layer, first.kind, first.n_weights) == (s.layer, s.kind, s.n_weights):
             matched[s.name] = matched[first.name]
     return matched, unused
+
+
+def _refuse_hidden(name, by_layer, of_palette):
+    """Raises if palette key `name` (`layer`, `layer/depthwise`, ...) could be the layer of a
+    `.tflite` record named by its nested-model path (`enc_1/c_1`: its scope names more than one
+    place of the file, `tflite_nested`). A `weight_sharing` key that is a record's own name is
+    no ambiguity; a palette's is a Keras layer name, and record `d_1` is layer `d`'s (a
+    palette of a nested `d_1` called twice went to an outer `d`'s record `d_1`)."""
+    if not of_palette and (name in by_layer or name.rsplit("/", 1)[0] in by_layer):
+        return
+    layer = name.split("/", 1)[0]
+    hidden = hidden_by_path(layer, by_layer)
+    if hidden:
+        raise ValueError(
+            f"Compression info names layer {layer!r}, which the .tflite cannot tell apart: "
+            f"records {hidden} of nested models may be its calls or other layers' (a scope "
+            "named in several places: a nested model called twice, a layer called twice "
+            "inside it, or layers of one name in two models). Pass it by record name in "
+            "`weight_sharing`, or estimate the Keras model.")
+
+
+def _refuse_renamed(name, infos, shapes, sharing):
+    """Raises if palette key `name` (`y_1`) found its `.tflite` record by exact name while a
+    record named after its op (no layer name in the file) that no key names has its size:
+    the file renames every scope (`y` -> `y_1`), so record `y_1` may be layer `y`'s and
+    `y_1`'s the op-named one (its zero bias dropped; or a nested model's `y` beside an outer
+    `y_1`). Was charged on `y`'s record silently (KNOWN_LIMITATIONS before 2026-12-06)."""
+    if not re.fullmatch(r".+_\d+", name):
+        return
+    sizes = {i.n_weights for i in infos}
+    unnamed = [s.name for s in shapes if s.kind in ("conv", "dense") and s.name not in sharing
+               and _UNNAMED.fullmatch(s.layer) and s.n_weights in sizes]
+    if unnamed:
+        raise ValueError(
+            f"Compression info names layer {name!r}: the .tflite's record {name!r} may be "
+            f"layer {name.rsplit('_', 1)[0]!r} (the file renames scopes `x` -> `x_1`) and "
+            f"records {unnamed} carry no layer name but have its size; the match is "
+            "ambiguous. Estimate the Keras model, or avoid layer names `<another layer>_<n>`.")
 
 
 # a `.tflite` record named after its op (no tensor carried the layer's name: a palettized

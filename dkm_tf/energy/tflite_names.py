@@ -19,14 +19,17 @@ _LAYER_OPS = ("BiasAdd", "convolution", "MatMul", "separable_conv2d", "depthwise
               "conv_transpose", "conv2d_transpose", "Einsum")
 
 
-def scope(tensor_name):
+def scope(tensor_name, nested=None):
     """The Keras layer scope of `tensor_name`'s first `;` part (`model/layer/op` -> `layer`),
-    or None (no scope: `dkm/reshape_6`, `arith.constant3`)."""
+    or None (no scope: `dkm/reshape_6`, `arith.constant3`); inside a nested model's scope the
+    name `nested` (`tflite_nested.NestedScopes`) gives its layer (`model/base_1/c1_1/op`)."""
     parts = [p for p in tensor_name.split(";")[0].split("/") if p]
-    return parts[1] if len(parts) >= 3 else None
+    if len(parts) < 3:
+        return None
+    return parts[1] if nested is None else nested.name(parts)
 
 
-def layer_scope(tensor_name):
+def layer_scope(tensor_name, nested=None):
     """The scope of the parts of a fused tensor name that are a conv / dense layer's own op
     (`depthwise`, `convolution`, `MatMul`, `BiasAdd`, ...) when they lie in one scope, else
     `scope(tensor_name)`. The converter names a conv's fused output and its BN-folded weight
@@ -35,9 +38,9 @@ def layer_scope(tensor_name):
     batchnorm/mul_1;m/expanded_conv_depthwise_1/depthwise` -> `expanded_conv_depthwise_relu_1`,
     17 of 53 conv records of the float and palettized files), not the Keras estimate's
     `expanded_conv_depthwise`, so `estimate(file, palettes=...)` refused their palettes."""
-    scopes = {scope(part) for part in tensor_name.split(";")
+    scopes = {scope(part, nested) for part in tensor_name.split(";")
               if part.rsplit("/", 1)[-1].startswith(_LAYER_OPS)} - {None}
-    return scopes.pop() if len(scopes) == 1 else scope(tensor_name)
+    return scopes.pop() if len(scopes) == 1 else scope(tensor_name, nested)
 
 
 def bias_name(view, users, k, at, scope):

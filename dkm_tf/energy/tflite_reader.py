@@ -139,9 +139,11 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
     from dkm_tf.energy import tflite_ops as tops
     from dkm_tf.energy import tflite_palettes as tp
     from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
-    from dkm_tf.energy.tflite_names import bias_name, layer_scope, own_name, scope
+    from dkm_tf.energy.tflite_names import bias_name, own_name
+    from dkm_tf.energy.tflite_nested import nested_scopes
 
     view = tp.GraphView(model, graph, op_names, (run or {}).get(stack[-1]))
+    scope, layer_scope = nested_scopes(view)  # a nested model's layer: its own name
     decode = set(tp.constant_ops(view))
     weights = {int(t) for j in decode for t in view.ops[j].OutputsAsNumpy()} | set(outer or ())
     users = {}
