@@ -43,10 +43,9 @@ from dkm_tf.energy.shapes import (
     conv_shape,
     dense_shape,
     eltwise_shape,
-    expected_unique_fraction,
     pool_shape,
-    unique_product_fraction,
 )
+from dkm_tf.energy.unique_products import expected_unique_fraction, unique_product_fraction
 
 __all__ = [
     "EnergyRatio",

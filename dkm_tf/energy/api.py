@@ -16,8 +16,8 @@ from dkm_tf.energy.shapes import (
     SharingInfo,
     check_choice,
     check_positive,
-    expected_unique_fraction,
 )
+from dkm_tf.energy.unique_products import expected_unique_fraction
 
 
 def estimate_layer(shape, *, bits_w=16, bits_x=16, sharing=None, index_cost="none",
@@ -31,7 +31,9 @@ def estimate_layer(shape, *, bits_w=16, bits_x=16, sharing=None, index_cost="non
         sharing: `SharingInfo` of the kernel, or `None` for a dense kernel.
         index_cost: "none" (paper footnote 3: indices not charged to the paper metric),
             "log2" (log₂ K bits per index) or "entropy" (`sharing.index_bits`). The hierarchy
-            model always fetches indices: log₂ K bits, or `index_bits` for "entropy".
+            model always fetches indices: log₂ K bits, or `index_bits` for "entropy". A
+            transform-invariant / scaled kernel unit (Son et al., §2.5) costs log₂(K T) + b_s
+            bits (`sharing.n_transforms`, `sharing.scale_bits`; entropy: `index_bits` + b_s).
         compute_model: "conservative" (weight sharing leaves compute unchanged) or
             "unique_products" (each distinct codeword is multiplied once per unit position;
             `sharing.unique_fraction`, or its expectation under uniform assignment).
@@ -66,7 +68,8 @@ def estimate_layer(shape, *, bits_w=16, bits_x=16, sharing=None, index_cost="non
                 "Invalid value for argument `sharing`. Expected a SharingInfo or None. "
                 f"Received: sharing={sharing!r}"
             )
-        log2k = math.log2(sharing.n_clusters)
+        log2k = math.log2(sharing.n_clusters * sharing.n_transforms)  # index k + K t, §2.5
+        side = sharing.scale_bits  # a scaled kernel unit's scale, fetched with its index
         if index_cost == "entropy":
             if sharing.index_bits is None:
                 raise ValueError(
@@ -74,10 +77,10 @@ def estimate_layer(shape, *, bits_w=16, bits_x=16, sharing=None, index_cost="non
                     f"{shape.name!r}: pass SharingInfo(index_bits=...) or palettes with "
                     "`entropy_bits()`."
                 )
-            paper_bits = hier_bits = float(sharing.index_bits)
+            paper_bits = hier_bits = float(sharing.index_bits) + side
         else:
-            paper_bits = log2k if index_cost == "log2" else 0.0
-            hier_bits = log2k
+            paper_bits = log2k + side if index_cost == "log2" else 0.0
+            hier_bits = log2k + side
         if compute_model == "unique_products":
             unique = sharing.unique_fraction
             if unique is None:

@@ -50,8 +50,13 @@ def collect_sharing(weight_sharing, palettes, index_cost):
                 f"`n_clusters`, `unit_dim`, `n_units`. Received: {p!r} (missing {missing})"
             )
         k, n = int(p.n_clusters), int(p.n_units)
+        n_t = int(getattr(p, "n_transforms", 1) or 1)  # Son et al.'s kernel units, §2.5
+        side = int(getattr(p, "scale_bits", 0) or 0) if getattr(p, "scales", None) is not None \
+            else 0
         bits = None
-        if index_cost == "entropy" and hasattr(p, "entropy_bits"):
+        if index_cost == "entropy" and (n_t > 1 or side) and hasattr(p, "index_bits"):
+            bits = (float(p.index_bits("entropy")) - n * side) / n  # H(k + K t) per unit
+        elif index_cost == "entropy" and hasattr(p, "entropy_bits"):
             bits = float(p.entropy_bits())
             if bits > math.log2(max(k, 1)) + 1e-9:
                 bits /= n
@@ -66,7 +71,7 @@ def collect_sharing(weight_sharing, palettes, index_cost):
             key = f"{p.layer_name}/{weight_name}"
         out.setdefault(key, []).append(
             SharingInfo(n_clusters=k, unit_dim=int(p.unit_dim), n_units=n, index_bits=bits,
-                        n_codebooks=n_books))
+                        n_codebooks=n_books, n_transforms=n_t, scale_bits=side))
         out.of_palettes.add(key)
     return out
 

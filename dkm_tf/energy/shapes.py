@@ -65,6 +65,10 @@ class SharingInfo:
             histogram. Needed only for `index_cost="entropy"`. `None` if unknown.
         n_codebooks: G, the number of codebooks of K entries (e.g. one per output channel);
             they are assumed to partition the filters. Default 1 (one per tensor).
+        n_transforms: T, the transforms of transform-invariant kernel clustering (Son et al.,
+            ECCV 2018, §2.5): each unit stores the index ``k + K t``, log2(K T) bits.
+        scale_bits: b_s, bits of the per-unit scale of scaled kernel units stored beside each
+            index (0: none), so a unit costs log2(K T) + b_s bits.
         unique_fraction: Optional measured fraction Σ U / (units per filter · filters) of
             distinct unit products (see `unique_product_fraction`). `None` uses the expected
             value under uniform random assignment. Only read by `compute_model="unique_products"`.
@@ -79,12 +83,16 @@ class SharingInfo:
     index_bits: float | None = None
     unique_fraction: float | None = None
     n_codebooks: int = 1
+    n_transforms: int = 1
+    scale_bits: int = 0
 
     def __post_init__(self):
         check_positive_int("n_clusters", self.n_clusters)
         check_positive_int("unit_dim", self.unit_dim)
         check_positive_int("n_units", self.n_units)
         check_positive_int("n_codebooks", self.n_codebooks)
+        check_positive_int("n_transforms", self.n_transforms)
+        _whole("scale_bits", self.scale_bits, 0)
         if self.index_bits is not None and not (
             _is_real(self.index_bits)
             and math.isfinite(self.index_bits)
@@ -319,57 +327,6 @@ def prelu_shape(name, *, elements, n_params, layer=None, op="PReLU"):
     """
     return eltwise_shape(name, elements=elements, eltwise_op="affine", n_inputs=1,
                          n_params=n_params, layer=layer, op=op)
-
-
-def unique_product_fraction(indices):
-    """Fraction, in (0, 1], of distinct unit products when shared codewords are multiplied once.
-
-    For each unit position (e.g. an (input channel, kernel row) pair of a row-shared conv)
-    the `n_filters` filters touch the same inputs; a codeword used by several of them needs
-    one dot product. The fraction is Σ_positions U_p / (positions · n_filters), with U_p the
-    number of distinct indices at position p (methods.md §1.8.2).
-
-    Args:
-        indices: Integer array of shape `(positions, n_filters)`.
-
-    Example:
-        >>> unique_product_fraction(np.array([[0, 0, 1, 1], [2, 2, 2, 2]]))
-        0.375
-    """
-    idx = np.asarray(indices)
-    if idx.ndim != 2 or idx.size == 0 or idx.dtype.kind not in "iu" or idx.min() < 0:
-        raise ValueError(
-            "Invalid value for argument `indices`. Expected a non-empty 2-D array of shape "
-            f"(positions, n_filters) of indices >= 0. Received: indices.shape={idx.shape}, "
-            f"dtype {idx.dtype}"
-        )
-    srt = np.sort(idx, axis=1)
-    distinct = 1 + np.count_nonzero(np.diff(srt, axis=1), axis=1)
-    return float(distinct.sum() / idx.size)
-
-
-def expected_unique_fraction(n_clusters, n_filters, n_codebooks=1):
-    """Expected fraction of distinct unit products under uniform random assignment.
-
-    With G codebooks of K codewords partitioning M filters (M/G filters each), a unit
-    position sees E[U] = G · K · (1 − (1 − 1/K)^(M/G)) distinct codewords; the fraction is
-    E[U] / M (methods.md §1.8.2).
-
-    Args:
-        n_clusters, n_filters, n_codebooks: K, M and G (default 1), integers >= 1.
-
-    Example:
-        >>> expected_unique_fraction(2, 2)
-        0.75
-    """
-    check_positive_int("n_clusters", n_clusters)
-    check_positive_int("n_filters", n_filters)
-    check_positive_int("n_codebooks", n_codebooks)
-    k, g = float(n_clusters), int(n_codebooks)
-    m = max(float(n_filters) / g, 1.0)
-    if k <= 1:
-        return 1.0 / m
-    return min(1.0, k * -math.expm1(m * math.log1p(-1.0 / k)) / m)
 
 
 def _pair(value, name, fields=""):

@@ -1,0 +1,67 @@
+"""Energy of kernel palettes (Son et al., ECCV 2018, §2.5): a transform-invariant, scaled
+kernel unit stores the index ``k + K t`` (log2(K T) bits) and its scale (b_s bits). The
+estimate charged log2 K bits only: T=4 with 32-bit scales gave the same report as T=1 with
+8-bit scales (paper 2.538e5, hierarchy 8.583e5, found by the kernel-clustering probe)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import dkm_tf
+from dkm_tf import energy
+
+L = keras.layers
+BITS_W = 16
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((10, 10, 3)), L.Conv2D(8, 3, name="c1"),
+                             L.Conv2D(8, 3, name="c2")])
+
+
+def _entropy(values):
+    _, counts = np.unique(values, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+@pytest.mark.parametrize("transforms,scale_bits", [(1, 8), (4, 32), (2, 16)])
+@pytest.mark.parametrize("index_cost", ["log2", "entropy"])
+def test_kernel_unit_costs_log2_kt_plus_scale_bits(model, transforms, scale_bits, index_cost):
+    res = dkm_tf.share_weights(model, 8, unit="kernel", codebook="shared",
+                               transforms=transforms, scale_bits=scale_bits)
+    est = energy.estimate(res.model, palettes=res.palettes, index_cost=index_cost,
+                          bits_w=BITS_W)
+    for p in res.palettes:
+        rec = next(r for r in est.layers if r.name == p.layer_name)
+        k, n = p.n_clusters, p.n_units
+        t = 0 if p.transforms is None else p.transforms.astype(np.int64)
+        if index_cost == "log2":
+            index = math.log2(k * transforms)
+        else:  # the stored index k + K t, its entropy (numpy, from the palette's arrays)
+            index = _entropy(p.indices.astype(np.int64) + k * t)
+        want = index + scale_bits
+        assert rec.index_bits == pytest.approx(want, rel=1e-9), (p.name, rec.index_bits)
+        assert rec.stored_weight_bits == pytest.approx(
+            p.codebook.size * BITS_W + n * want, rel=1e-9)
+
+
+def test_plain_palettes_cost_log2_k_as_before(model):
+    res = dkm_tf.share_weights(model, 8)
+    est = energy.estimate(res.model, palettes=res.palettes, index_cost="log2", bits_w=BITS_W)
+    for p in res.palettes:
+        rec = next(r for r in est.layers if r.name == p.layer_name)
+        assert rec.index_bits == 3.0
+        assert rec.stored_weight_bits == p.codebook.size * BITS_W + p.n_units * 3.0
+
+
+def test_sharing_info_checks_the_new_fields():
+    with pytest.raises(ValueError, match="n_transforms"):
+        energy.SharingInfo(n_clusters=4, unit_dim=9, n_units=8, n_transforms=0)
+    with pytest.raises(ValueError, match="scale_bits"):
+        energy.SharingInfo(n_clusters=4, unit_dim=9, n_units=8, scale_bits=-1)
+    assert energy.SharingInfo(4, 9, 8, n_transforms=4, scale_bits=8).scale_bits == 8
