@@ -3,10 +3,8 @@ into a folder a live run holds is refused before any work and removes nothing. B
 ran and each removed the other's files (KNOWN_LIMITATIONS: "not locked against each other")."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import keras
@@ -28,74 +26,90 @@ def model_file(tmp_path_factory):
     return path
 
 
+HOLD = ("import sys, time; from dkm_tf.core.files import folder_lock; "
+        "lock = folder_lock(sys.argv[1]); lock.__enter__(); print('held', flush=True); "
+        "time.sleep(120)")
+
+
 @pytest.fixture
-def live_pid():
-    """A live process of this host (the run holding the folder)."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    yield proc.pid
-    proc.kill()
-    proc.wait()
+def holder():
+    """Start a live run holding a folder; yields ``hold(folder) -> pid``."""
+    procs = []
+
+    def hold(folder):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)],
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
 
 
-def _dead_pid():
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
-def _hold(folder, pid, host=None):
-    folder.mkdir(exist_ok=True)
-    (folder / files.LOCK_NAME).write_text(
-        f"{pid} {host or socket.gethostname()} 2026-12-06 01:00:00 UTC\n")
-
-
-def _compress(model_file, out, capsys):
+def _compress(model_file, out, capsys, *extra):
     rc = cli.run(["dkm-tf", "compress", "--model", str(model_file), "--output_dir", str(out),
-                  *ARGS])
+                  *ARGS, *extra])
     return rc, capsys.readouterr().err
 
 
 def test_second_run_into_a_held_folder_is_refused_and_removes_nothing(model_file, tmp_path,
-                                                                     live_pid, capsys):
+                                                                     holder, capsys):
     out = tmp_path / "out"
-    _hold(out, live_pid)
+    out.mkdir()
     (out / "report.json").write_text('{"earlier": true}')  # the live run's (or an earlier) files
     (out / "clustered.keras").write_bytes(b"earlier")
+    proc = holder(out)
     rc, err = _compress(model_file, out, capsys)
-    assert rc == 1 and "FolderInUseError" in err and f"pid {live_pid}" in err, err
+    assert rc == 1 and "FolderInUseError" in err and f"pid {proc.pid} on host" in err, err
     assert "--output_dir" in err and "another run" in err, err
     assert (out / "report.json").read_text() == '{"earlier": true}'
     assert (out / "clustered.keras").read_bytes() == b"earlier"
-    assert (out / files.LOCK_NAME).read_text().startswith(f"{live_pid} ")  # still theirs
+    assert (out / files.LOCK_NAME).read_text().startswith(f"pid {proc.pid} ")  # still theirs
 
 
-def test_lock_of_a_killed_run_is_taken_over_and_released(model_file, tmp_path, capsys):
+def test_a_held_plots_dir_is_refused_too(model_file, tmp_path, holder, capsys):
+    # review: only --output_dir was held; a run into another --output_dir with the live run's
+    # folder as --plots_dir removed its weights.png / formats.png / energy.png
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("weights.png", "formats.png", "energy.png"):
+        (live / name).write_bytes(b"theirs")
+    holder(live)
+    rc = cli.run(["dkm-tf", "compress", "--model", str(model_file), "--output_dir",
+                  str(tmp_path / "other"), "--plots_dir", str(live), "--notflite", "--quiet",
+                  "--n_clusters", "4"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--plots_dir" in err and "another run" in err, err
+    assert all((live / n).read_bytes() == b"theirs"
+               for n in ("weights.png", "formats.png", "energy.png"))
+    assert not (tmp_path / "other").exists()
+
+
+def test_lock_of_a_killed_run_is_no_lock(model_file, tmp_path, holder, capsys):
     out = tmp_path / "out"
-    _hold(out, _dead_pid())
+    proc = holder(out)
+    proc.kill()  # SIGKILL: no cleanup, the lock file stays; the kernel drops its lock
+    proc.wait()
+    assert (out / files.LOCK_NAME).exists()
     rc, err = _compress(model_file, out, capsys)
     assert rc == 0, err
     assert (out / "report.json").is_file() and (out / "clustered.keras").is_file()
     assert not (out / files.LOCK_NAME).exists()
 
 
-def test_lock_of_another_host_is_kept_and_named(tmp_path):
-    out = tmp_path / "out"
-    _hold(out, _dead_pid(), host="elsewhere.example")
-    with pytest.raises(files.FolderInUseError, match=r"host elsewhere.example.*remove .*lock"):
-        with files.folder_lock(out):
-            pass
-    assert (out / files.LOCK_NAME).exists()
-
-
 def test_same_process_twice_and_release(tmp_path):
     out = tmp_path / "new" / "out"
     with files.folder_lock(out) as path:
-        assert Path(path).read_text().split()[0] == str(os.getpid())
-        with pytest.raises(files.FolderInUseError, match=f"pid {os.getpid()}"):
+        assert Path(path).read_text().split()[1] == str(os.getpid())
+        with pytest.raises(files.FolderInUseError, match=f"pid {os.getpid()} on host"):
             with files.folder_lock(out):
                 pass
         assert os.path.exists(path)  # the refused inner call left the holder's lock alone
-    assert not out.exists()  # created for the run, still empty: removed again
+    assert not (tmp_path / "new").exists()  # created for the run, still empty: removed, parent too
 
 
 def test_folder_the_run_wrote_into_is_kept(tmp_path):
@@ -105,27 +119,20 @@ def test_folder_the_run_wrote_into_is_kept(tmp_path):
     assert (out / "report.json").is_file() and not (out / files.LOCK_NAME).exists()
 
 
-def test_empty_lock_is_busy_while_fresh_then_stale(tmp_path):
+def test_lock_is_taken_again_after_release_in_a_loop(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    lock = out / files.LOCK_NAME
-    lock.write_text("")  # a holder between creating the file and writing its pid
-    with pytest.raises(files.FolderInUseError):
+    for _ in range(3):
         with files.folder_lock(out):
             pass
-    old = time.time() - 60
-    os.utime(lock, (old, old))
-    with files.folder_lock(out):
-        assert lock.read_text().split()[0] == str(os.getpid())
-    assert not lock.exists()
+    assert not out.exists()
 
 
 def test_failed_run_leaves_no_folder_it_created(tmp_path, capsys):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"PK\x03\x04 not a zip")
-    out = tmp_path / "never"
+    out = tmp_path / "never" / "deeper"
     rc, err = _compress(bad, out, capsys)
-    assert rc != 0 and not out.exists(), err
+    assert rc != 0 and not (tmp_path / "never").exists(), err
 
 
 @pytest.mark.parametrize("what", ["shape", "labels"])

@@ -98,6 +98,11 @@ def is_savedmodel_dir(path):
         os.path.join(os.fspath(path), "saved_model.pb"))
 
 
+def same_folder(a, b):
+    """Whether folder paths ``a`` and ``b`` name one folder (real paths; neither need exist)."""
+    return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
+
+
 def same_file(a, b):
     """Whether paths ``a`` and ``b`` name one file: the same real path (symlinks, ``..``) or
     a hard link of it. False when either does not exist and the real paths differ."""
@@ -177,82 +182,86 @@ def _is_hdf5(path, size):
 
 
 LOCK_NAME = ".dkm_tf-run.lock"
-_EMPTY_LOCK_GRACE_S = 10.0  # a lock file being written (created, pid not yet in it)
 
 
 class FolderInUseError(RuntimeError):
     """Another live run holds the output folder (:func:`folder_lock`)."""
 
 
-def _lock_holder(path):
-    """``(pid, host, started)`` from a lock file; ``None`` when it is empty or unreadable."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            pid, host, started = f.read().strip().split(" ", 2)
-        return int(pid), host, started
-    except (OSError, ValueError):
-        return None
+def _created_folders(folder):
+    """Create ``folder`` and its missing parents; return the ones created, deepest first."""
+    made, probe = [], os.path.abspath(folder)
+    while not os.path.isdir(probe):
+        made.append(probe)
+        probe = os.path.dirname(probe)
+    os.makedirs(folder, exist_ok=True)
+    return made
 
 
-def _stale(path):
-    """A lock whose process is gone (same host), or an empty one past its grace period. A
-    lock of another host is never stale: its process cannot be checked from here."""
-    holder = _lock_holder(path)
-    if holder is None:
+def _remove_empty(folders):
+    for path in folders:  # deepest first; a folder with anything in it stays, and its parents
         try:
-            return time.time() - os.stat(path).st_mtime > _EMPTY_LOCK_GRACE_S
+            os.rmdir(path)
         except OSError:
-            return True  # gone meanwhile
-    pid, host, _ = holder
-    return host == socket.gethostname() and not _alive(pid)
+            return
+
+
+def _holder(fd):
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 512).decode("utf-8", "replace").strip() or "?"
+    except OSError:
+        return "?"
 
 
 @contextlib.contextmanager
 def folder_lock(folder, flag="output_dir"):
-    """Hold ``folder`` for one run: ``<folder>/.dkm_tf-run.lock`` is created exclusively
-    (``O_CREAT | O_EXCL``) with this process's pid, host and start time, and removed on exit.
+    """Hold ``folder`` for one run: an exclusive ``flock`` on ``<folder>/.dkm_tf-run.lock``
+    (which names this process's pid, host and start time), released and the file removed on
+    exit; the kernel releases it when the process dies, so a killed run's lock is no lock.
 
     Two runs writing into one folder each removed the other's files; the second now fails
-    here, before any work. A lock left by a killed run (its pid gone, same host) is taken
-    over. A folder this creates is removed again on exit if it is still empty.
+    here, before any work. Folders this creates are removed again on exit if still empty.
+    Without ``fcntl`` (Windows) nothing is locked.
 
     Raises:
         FolderInUseError: a live process (this one included) holds ``folder``.
     """
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+    except ImportError:  # pragma: no cover - Windows: no lock
+        yield None
+        return
     folder = os.fspath(folder)
-    created = not os.path.isdir(folder)
-    os.makedirs(folder, exist_ok=True)
+    made = _created_folders(folder)
     path = os.path.join(folder, LOCK_NAME)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    fd = None
-    for _ in range(2):
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a live run
+            holder = _holder(fd)
+            os.close(fd)
+            _remove_empty(made)
+            raise FolderInUseError(
+                f"--{flag} {folder!r} is in use by another run ({holder}): two runs in one "
+                f"folder would remove each other's files. Wait for it to finish or give "
+                f"another --{flag}.") from None
+        try:  # the holder before us may have removed the file we opened: lock the new one
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
             break
-        except FileExistsError:
-            if not _stale(path):
-                break
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-    if fd is None:
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)
-        pid, host, started = _lock_holder(path) or ("?", "?", "?")
-        raise FolderInUseError(
-            f"--{flag} {folder!r} is in use by another run (pid {pid} on host {host}, started "
-            f"{started}): two runs in one folder would remove each other's files. Wait for it "
-            f"to finish or give another --{flag}. If no run uses the folder (a run killed on "
-            f"another machine), remove {path}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(f"{os.getpid()} {socket.gethostname()} {stamp}\n")
+        os.close(fd)
     try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}, started {stamp}"
+                 .encode())
         yield path
     finally:
-        holder = _lock_holder(path)
-        if holder is not None and holder[0] == os.getpid():
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(folder)  # only when empty: a run that wrote nothing leaves nothing
+        with contextlib.suppress(OSError):
+            os.remove(path)  # before the unlock: a waiter re-checks the file it locked
+        os.close(fd)
+        _remove_empty(made)
