@@ -94,8 +94,9 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         for name, data in (("train_data", train_data), ("val_data", val_data)):
             if isinstance(data, tuple):  # NaN inputs trained NaN weights, refused late
                 check_finite_samples(name, data[0], "x (NaN inputs train NaN weights)")
-    if metrics is None:
-        metrics = ["accuracy"] if used_default else (
+    if metrics is None:  # Keras wants one entry per output of a multi-output model
+        heads = len(getattr(model, "outputs", None) or ()) or 1
+        metrics = (["accuracy"] * heads if heads > 1 else ["accuracy"]) if used_default else (
             distillation_metrics(model, compiled_metrics(model)) or [])
     metrics = list(metrics) if isinstance(metrics, (list, tuple)) else metrics  # or a dict
     keras.utils.set_random_seed(seed)
