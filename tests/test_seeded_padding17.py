@@ -25,7 +25,7 @@ def _tagger(mask_zero=True):
 def test_odd_rows_padded_with_trailing_zeros_and_noted():
     model = _tagger()
     (ids,), note = convert.synthetic_samples(model, convert.input_specs(model))
-    assert "every other row padded with trailing 0s" in note, note
+    assert "every other row of input(s) [0] padded with trailing 0s" in note, note
     for row in range(1, len(ids), 2):
         nonzero = np.flatnonzero(ids[row])
         tail = ids[row, (nonzero.max() + 1 if nonzero.size else 0):]
@@ -59,3 +59,18 @@ def test_export_without_samples_verifies_padded_rows(tmp_path, fmt):
     got = run_tflite_per_sample(str(tmp_path / "t.tflite"), ids)
     want = np.asarray(model(ids))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.max(np.abs(want)))
+
+
+def test_only_inputs_read_by_a_masking_embedding_are_padded():
+    # review: a categorical (n, 4) input read by a non-masking Embedding was padded too
+    keras.utils.set_random_seed(0)
+    cats = keras.Input((4,), dtype="int32", name="cats")
+    ids = keras.Input((9,), dtype="int32", name="ids")
+    inner = keras.Sequential([keras.Input((9,), dtype="int32"),
+                              L.Embedding(20, 4, mask_zero=True), L.GlobalAveragePooling1D()])
+    g = L.Flatten()(L.Embedding(30, 3, name="cat_emb")(cats))
+    model = keras.Model([cats, ids], L.Dense(2)(L.Concatenate()([g, inner(ids)])))
+    (c, i), note = convert.synthetic_samples(model, convert.input_specs(model))
+    assert "input(s) [1] padded" in note, note
+    assert np.count_nonzero(c == 0) < c.size // 4  # uniform over 20 ids, not padded
+    assert all(i[r, -1] == 0 for r in range(1, len(i), 2))

@@ -19,8 +19,8 @@ import numpy as np
 from dkm_tf.export.canonical import canonicalize
 
 __all__ = ["QUANTIZATIONS", "as_input_list", "check_int8_mode", "convert", "input_specs",
-           "pad_odd_rows", "quiet", "require_tensorflow_backend", "synthesize_inputs",
-           "synthetic_samples"]
+           "masking_inputs", "pad_odd_rows", "quiet", "require_tensorflow_backend",
+           "synthesize_inputs", "synthetic_samples"]
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "full")
 
@@ -201,12 +201,36 @@ def synthetic_samples(model, specs, n=8):
         kinds.append(f"integer inputs uniform in [0, {high})" + (
             " (the smallest Embedding table)" if tables else " (no Embedding to bound them)"))
     inputs = synthesize_inputs(specs, n, int_high=high)
-    if any(getattr(layer, "mask_zero", False) for layer in layers
-           if isinstance(layer, keras.layers.Embedding)):
-        padded = [pad_odd_rows(a) for a in inputs if a.dtype == np.int32 and a.ndim >= 2]
-        if any(padded):
-            kinds.append("every other row padded with trailing 0s (an Embedding masks 0)")
+    masked = masking_inputs(model)
+    padded = [i for i, a in enumerate(inputs)
+              if i in masked and a.dtype == np.int32 and a.ndim >= 2 and pad_odd_rows(a)]
+    if padded:
+        kinds.append(f"every other row of input(s) {padded} padded with trailing 0s (read by "
+                     "an Embedding that masks 0; with int8_mode='full', the calibration too)")
     return inputs, f"no sample_inputs given: verified on {n} seeded inputs ({'; '.join(kinds)})"
+
+
+def masking_inputs(model):
+    """Positions of the inputs of ``model`` that an ``Embedding(mask_zero=True)`` reads
+    directly (in the model or in a nested Functional / Sequential model it calls on them)."""
+    import keras  # noqa: PLC0415
+
+    position = {id(t): i for i, t in enumerate(model_inputs(model))}
+    found = set()
+    for layer in getattr(model, "layers", ()):
+        if isinstance(layer, keras.layers.Embedding) and layer.mask_zero:
+            reads = None  # all its inputs
+        elif isinstance(layer, keras.Model) and model_inputs(layer):
+            reads = masking_inputs(layer)
+            if not reads:
+                continue
+        else:
+            continue
+        for node in getattr(layer, "_inbound_nodes", ()):
+            tensors = keras.tree.flatten(node.input_tensors)
+            found.update(position[id(t)] for j, t in enumerate(tensors)
+                         if (reads is None or j in reads) and id(t) in position)
+    return found
 
 
 def pad_odd_rows(ids, seed=1):
