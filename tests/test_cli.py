@@ -1,5 +1,6 @@
 """The dkm-tf command: plain functions and the real entry point."""
 
+import io
 import json
 import os
 import subprocess
@@ -140,13 +141,25 @@ def test_help_lists_every_flag_and_exits_0(args):
     (["compress", "extra"], "arguments", "extra"),
 ])
 def test_bad_command_line_is_one_line_exit_2_before_any_work(args, flag, received, tmp_path):
+    # in this process (a fresh Python per case cost ~5 s each); the console script itself:
+    # test_bad_command_line_in_a_fresh_process
+    out, stdout, stderr = tmp_path / "out", io.StringIO(), io.StringIO()
+    rc = cli.run(["dkm-tf", *args, "--output_dir", str(out)], stdout=stdout, stderr=stderr)
+    err = stderr.getvalue()
+    assert rc == 2, (rc, err[-2000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert flag in lines[0] and received in lines[0], lines[0]
+    assert not out.exists()  # nothing trained, nothing written
+
+
+def test_bad_command_line_in_a_fresh_process(tmp_path):
     out = tmp_path / "out"
-    proc = _cli(*args, "--output_dir", str(out))
+    proc = _cli("compress", "--n_clusters", "0", "--output_dir", str(out))
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert flag in lines[0] and received in lines[0], lines[0]
-    assert not out.exists()  # nothing trained, nothing written
+    assert "--n_clusters" in lines[0] and not out.exists()
 
 
 def test_output_dir_that_is_a_file_is_refused_before_training(tmp_path):
