@@ -77,6 +77,14 @@ def test_usage_errors():
         cli.main(["dkm-tf", "shrink"])
 
 
+def _in_process(*args):
+    """``dkm-tf *args`` in this process: ``(status, stdout, stderr)`` (a fresh Python costs
+    ~5 s of TensorFlow import; the console script runs in the tests that use :func:`_cli`)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    rc = cli.run(["dkm-tf", *[str(a) for a in args]], stdout=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(args, rc, stdout.getvalue(), stderr.getvalue())
+
+
 def _cli(*args, timeout=120):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, "-m", "dkm_tf.cli", *args], capture_output=True,
@@ -143,9 +151,9 @@ def test_help_lists_every_flag_and_exits_0(args):
 def test_bad_command_line_is_one_line_exit_2_before_any_work(args, flag, received, tmp_path):
     # in this process (a fresh Python per case cost ~5 s each); the console script itself:
     # test_bad_command_line_in_a_fresh_process
-    out, stdout, stderr = tmp_path / "out", io.StringIO(), io.StringIO()
-    rc = cli.run(["dkm-tf", *args, "--output_dir", str(out)], stdout=stdout, stderr=stderr)
-    err = stderr.getvalue()
+    out = tmp_path / "out"
+    proc = _in_process(*args, "--output_dir", out)
+    rc, err = proc.returncode, proc.stderr
     assert rc == 2, (rc, err[-2000:])
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
@@ -165,7 +173,7 @@ def test_bad_command_line_in_a_fresh_process(tmp_path):
 def test_output_dir_that_is_a_file_is_refused_before_training(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
-    proc = _cli("compress", "--output_dir", str(blocker))
+    proc = _in_process("compress", "--output_dir", str(blocker))
     assert proc.returncode == 2 and "--output_dir" in proc.stderr
     assert "it exists and is a file" in proc.stderr
     assert blocker.read_text() == "keep me"
@@ -208,7 +216,7 @@ def _npz(path, n_train=96, n_test=40, shape=(8, 8, 1), classes=10, **changes):
 ])
 def test_bad_npz_dataset_is_one_line_exit_2_before_any_work(tmp_path, changes, expected):
     out = tmp_path / "out"
-    proc = _cli("compress", "--dataset", _npz(tmp_path / "d.npz", **changes),
+    proc = _in_process("compress", "--dataset", _npz(tmp_path / "d.npz", **changes),
                 "--output_dir", str(out))
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
@@ -251,7 +259,7 @@ def test_unlabelled_npz_only_calibrates_a_user_model(tmp_path, args, flag, expec
     x = tmp_path / "x.npz"
     np.savez(x, x_train=np.zeros((4, 8, 8, 1), np.float32))
     out = tmp_path / "out"
-    proc = _cli("compress", "--dataset", str(x), "--refine", "gptq",
+    proc = _in_process("compress", "--dataset", str(x), "--refine", "gptq",
                 *[a.format(model=model) for a in args], "--output_dir", str(out))
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = proc.stderr.strip()
@@ -342,11 +350,11 @@ def test_builtin_demo_with_refine_runs_calibrated_wr(tmp_path):
 def test_failure_while_running_is_one_line_exit_1_and_verbose_adds_the_traceback(tmp_path):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"PK\x03\x04 not really a zip")
-    proc = _cli("energy", "--model", str(bad))
+    proc = _in_process("energy", "--model", str(bad))
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dkm-tf: error: ") and "--verbose" in lines[0]
-    verbose = _cli("energy", "--model", str(bad), "--verbose")
+    verbose = _in_process("energy", "--model", str(bad), "--verbose")
     assert verbose.returncode == 1 and "Traceback (most recent call last)" in verbose.stderr
 
 
@@ -462,7 +470,7 @@ def test_a_run_removes_an_earlier_runs_files_and_nothing_else(tmp_path, capsys):
 def test_energy_refuses_compress_flags_it_would_ignore(tmp_path):
     model = tmp_path / "m.keras"
     small_cnn().save(model)
-    proc = _cli("energy", "--model", str(model), "--n_clusters", "4")
+    proc = _in_process("energy", "--model", str(model), "--n_clusters", "4")
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = proc.stderr.strip()
     assert "\n" not in line and "invalid --n_clusters: expected no compress flags with " \
