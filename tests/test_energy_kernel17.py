@@ -65,3 +65,38 @@ def test_sharing_info_checks_the_new_fields():
     with pytest.raises(ValueError, match="scale_bits"):
         energy.SharingInfo(n_clusters=4, unit_dim=9, n_units=8, scale_bits=-1)
     assert energy.SharingInfo(4, 9, 8, n_transforms=4, scale_bits=8).scale_bits == 8
+
+
+def test_unique_products_count_the_k_t_distinct_kernels(model):
+    # review: the expected fraction of distinct unit products used K, not K T (T=4: 0.6564
+    # for the 0.8972 of 32 distinct transformed kernels over 8 filters)
+    res = dkm_tf.share_weights(model, 8, unit="kernel", codebook="shared", transforms=4,
+                               scale_bits=8)
+    est = energy.estimate(res.model, palettes=res.palettes, compute_model="unique_products")
+    for p in res.palettes:
+        rec = next(r for r in est.layers if r.name == p.layer_name)
+        assert rec.unique_fraction == pytest.approx(
+            energy.expected_unique_fraction(8 * 4, 8), rel=1e-12)
+
+
+def test_stored_palettes_of_default_dense_names_are_read_from_the_file(tmp_path):
+    # review: layers `dense` and `dense_1` (the default names): the file's stored palette of
+    # record `dense_1` (layer `dense`) was redirected to `dense_1_2` (layer `dense_1`) and the
+    # estimate of the palettized file raised "describes 96 weights ... {'dense_1_2': 40}"
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((12,)), L.Dense(8, name="dense"),
+                          L.Dense(5, name="dense_1"), L.Dense(3, name="out")])
+    for w in m.weights:
+        if w.path.endswith("bias"):
+            w.assign(np.linspace(0.1, 0.5, int(np.prod(w.shape))).astype("float32"))
+    res = dkm_tf.share_weights(m, 4)
+    x = np.random.default_rng(0).normal(size=(4, 12)).astype("float32")
+    path = tmp_path / "dd.tflite"
+    dkm_tf.export.to_tflite(res.model, path, "palettized", res.palettes, x, keep_float=None)
+    stored = energy.estimate(path)
+    given = energy.estimate(path, palettes=res.palettes)
+    keras_est = energy.estimate(res.model, palettes=res.palettes)
+    rows = [(r.name, r.n_clusters, r.paper_total) for r in stored.layers]
+    assert rows == [(r.name, r.n_clusters, r.paper_total) for r in given.layers]
+    assert sum(r.n_clusters == 4 for r in stored.layers) == 3
+    assert stored.paper_total == pytest.approx(keras_est.paper_total, rel=1e-12)

@@ -84,7 +84,7 @@ def estimate_layer(shape, *, bits_w=16, bits_x=16, sharing=None, index_cost="non
         if compute_model == "unique_products":
             unique = sharing.unique_fraction
             if unique is None:
-                unique = expected_unique_fraction(sharing.n_clusters,
+                unique = expected_unique_fraction(sharing.n_clusters * sharing.n_transforms,
                                                   shape.out_c // shape.groups,
                                                   sharing.n_codebooks)
         store = sharing.codebook_size * bits_w + kept_fraction * sharing.n_units * hier_bits

@@ -107,6 +107,9 @@ def match_sharing(shapes, sharing, skipped=()):
     # a `.tflite` (TFLite op names: upper case with an underscore, CONV_2D, FULLY_CONNECTED;
     # never a Keras class such as GRU) renames every scope, `x` -> `x_1`
     in_file = any(s.op.isupper() and "_" in s.op for s in shapes if s.kind in ("conv", "dense"))
+    # a key that is a record's own name, not a palette's layer (the palettes stored in a file,
+    # `weight_sharing`), is that record: stored `dense_1` (layer `dense`) went to `dense_1_2`
+    records = {s.name for s in shapes if s.kind in ("conv", "dense")}
     for name, infos in sharing.items():
         if in_file:
             _refuse_hidden(name, by_layer, name in getattr(sharing, "of_palettes", ()))
@@ -116,7 +119,8 @@ def match_sharing(shapes, sharing, skipped=()):
         # charged on layer `x`'s record)
         renamed = (in_file or any(m not in by_layer and re.fullmatch(re.escape(m) + r"_\d+", name)
                                   for m in sharing)) and \
-            any(re.fullmatch(re.escape(name) + r"_\d+", k) for k in by_layer)
+            any(re.fullmatch(re.escape(name) + r"_\d+", k) for k in by_layer) and \
+            not (name in records and name not in getattr(sharing, "of_palettes", ()))
         candidates = None if renamed else by_layer.get(name)
         if candidates and in_file and name in getattr(sharing, "of_palettes", ()):
             _refuse_renamed(name, infos, shapes, sharing)
