@@ -157,3 +157,12 @@ def test_dataset_that_does_not_fit_is_a_usage_error_naming_dataset(model_file, t
     assert err.startswith("dkm-tf: error: invalid --dataset: expected data that fits --model")
     assert "training part (x_train, y_train)" in err and "`train_data`" not in err, err
     assert not out.exists()
+
+
+def test_a_lock_that_cannot_be_created_is_a_clear_error(tmp_path):
+    out = tmp_path / "out"
+    (out / files.LOCK_NAME).mkdir(parents=True)  # a folder in the lock file's place
+    with pytest.raises(OSError, match=r"--output_dir .*cannot create its run lock"):
+        with files.folder_lock(out):
+            pass
+    assert (out / files.LOCK_NAME).is_dir()  # nothing removed

@@ -74,3 +74,19 @@ def test_only_inputs_read_by_a_masking_embedding_are_padded():
     assert "input(s) [1] padded" in note, note
     assert np.count_nonzero(c == 0) < c.size // 4  # uniform over 20 ids, not padded
     assert all(i[r, -1] == 0 for r in range(1, len(i), 2))
+
+
+def test_an_input_reaching_the_masking_embedding_through_other_layers_is_padded():
+    # second review: an Embedding(mask_zero=True) reading its ids through an Identity / a cast
+    # Lambda was no longer padded (8 of 72 ids zero, chance level)
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((9,), dtype="int32")
+    cats = keras.Input((4,), dtype="int32")
+    h = L.Embedding(20, 4, mask_zero=True)(L.Lambda(lambda z: keras.ops.cast(z, "int32"))(
+        L.Identity()(ids)))
+    g = L.Flatten()(L.Embedding(30, 3)(L.Identity()(cats)))
+    model = keras.Model([ids, cats], L.Dense(2)(L.Concatenate()([L.LSTM(3)(h), g])))
+    (i, c), note = convert.synthetic_samples(model, convert.input_specs(model))
+    assert "input(s) [0] padded" in note, note
+    assert all(i[r, -1] == 0 for r in range(1, len(i), 2))
+    assert np.count_nonzero(c == 0) < c.size // 4

@@ -237,11 +237,21 @@ def folder_lock(folder, flag="output_dir"):
     path = os.path.join(folder, LOCK_NAME)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as e:  # a read-only folder, a folder in the lock file's place
+            _remove_empty(made)
+            raise OSError(e.errno, f"--{flag} {folder!r}: cannot create its run lock {path} "
+                                   f"({e.strerror}); give a folder this user can write") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held by a live run
-            holder = _holder(fd)
+        except OSError as e:
+            if not isinstance(e, BlockingIOError):  # no lock support (ENOLCK on some NFS)
+                os.close(fd)
+                _remove_empty(made)
+                raise OSError(e.errno, f"--{flag} {folder!r}: cannot lock {path} "
+                                       f"({e.strerror}); give a local folder") from e
+            holder = _holder(fd)  # held by a live run
             os.close(fd)
             _remove_empty(made)
             raise FolderInUseError(

@@ -211,8 +211,9 @@ def synthetic_samples(model, specs, n=8):
 
 
 def masking_inputs(model):
-    """Positions of the inputs of ``model`` that an ``Embedding(mask_zero=True)`` reads
-    directly (in the model or in a nested Functional / Sequential model it calls on them)."""
+    """Positions of the inputs of ``model`` an ``Embedding(mask_zero=True)`` reads, directly
+    or through other layers (an ``Identity``, a cast ``Lambda``), in the model or in a nested
+    Functional / Sequential model it calls on them."""
     import keras  # noqa: PLC0415
 
     position = {id(t): i for i, t in enumerate(model_inputs(model))}
@@ -228,8 +229,29 @@ def masking_inputs(model):
             continue
         for node in getattr(layer, "_inbound_nodes", ()):
             tensors = keras.tree.flatten(node.input_tensors)
-            found.update(position[id(t)] for j, t in enumerate(tensors)
-                         if (reads is None or j in reads) and id(t) in position)
+            found |= _input_sources([t for j, t in enumerate(tensors)
+                                     if reads is None or j in reads], position)
+    return found
+
+
+def _input_sources(tensors, position):
+    """The positions (``position``: ``{id(input tensor): i}``) of the model inputs that
+    symbolic ``tensors`` are computed from, walking their layers' inbound nodes back."""
+    import keras  # noqa: PLC0415
+
+    found, seen, stack = set(), set(), list(tensors)
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if id(t) in position:
+            found.add(position[id(t)])
+            continue
+        op, node_index, _ = getattr(t, "_keras_history", (None, 0, 0))
+        nodes = getattr(op, "_inbound_nodes", ())
+        if node_index < len(nodes):
+            stack += keras.tree.flatten(nodes[node_index].input_tensors)
     return found
 
 
