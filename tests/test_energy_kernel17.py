@@ -100,3 +100,28 @@ def test_stored_palettes_of_default_dense_names_are_read_from_the_file(tmp_path)
     assert rows == [(r.name, r.n_clusters, r.paper_total) for r in given.layers]
     assert sum(r.n_clusters == 4 for r in stored.layers) == 3
     assert stored.paper_total == pytest.approx(keras_est.paper_total, rel=1e-12)
+
+
+@pytest.mark.parametrize("transforms,scale_bits,decode,stored_bits", [
+    (1, 16, "per_invoke", 16), (4, 8, "per_invoke", 8), (1, 16, "once", 32)])
+def test_kernel_palettes_are_read_from_a_palettized_file(model, tmp_path, transforms,
+                                                         scale_bits, decode, stored_bits):
+    # review: the scaled decode (codewords x scales, a MUL) was not read: the convs were
+    # charged as float, without a note (paper 249,883 for the file, 177,163 with palettes)
+    res = dkm_tf.share_weights(model, 8, unit="kernel", codebook="shared",
+                               transforms=transforms, scale_bits=scale_bits)
+    x = np.random.default_rng(0).normal(size=(2, 10, 10, 3)).astype("float32")
+    path = tmp_path / "k.tflite"
+    dkm_tf.export.to_tflite(res.model, path, "palettized", palettes=res.palettes,
+                            decode=decode, sample_inputs=x,
+                            **({"keep_float": None} if decode == "once" else {}))
+    est = energy.estimate(path, index_cost="log2", bits_w=BITS_W)
+    charged = {r.name: r for r in est.layers if r.n_clusters is not None}
+    assert len(charged) == 2, est.notes  # c1, c2 (a zero-bias last conv: op-named record)
+    for r in charged.values():  # the file stores the K T transformed codewords
+        assert r.n_clusters == 8 * transforms
+        assert r.index_bits == pytest.approx(math.log2(8 * transforms) + stored_bits)
+    if transforms == 1 and decode == "per_invoke":  # float16 scales, as the palettes say
+        keras_est = energy.estimate(res.model, palettes=res.palettes, index_cost="log2",
+                                    bits_w=BITS_W)
+        assert est.paper_total == pytest.approx(keras_est.paper_total, rel=1e-12)

@@ -43,7 +43,8 @@ def sharing_from_tflite(shapes, stored):
             continue
         out[name] = SharingInfo(n_clusters=p.n_clusters, unit_dim=p.unit_dim,
                                 n_units=n // p.unit_dim, n_codebooks=p.n_codebooks,
-                                index_bits=getattr(p, "index_bits", None))
+                                index_bits=getattr(p, "index_bits", None),
+                                scale_bits=getattr(p, "scale_bits", 0))
     if out:
         modes = sorted({stored[n].mode for n in out})
         notes.insert(0, f"palettes stored in the file ({'/'.join(modes)} decode): "

@@ -56,6 +56,9 @@ class StoredPalette:
         codebook_tensor: name of the codebook constant.
         index_bits: entropy of the stored indices, bits per index (`tflite_indices`), or
             None where the chain is not one that reader evaluates.
+        scale_bits: bits of a scaled kernel unit's stored scale (Son et al., §2.5: the
+            decoded codeword times its scale, a MUL), 0 without scales; K then counts the
+            codebook's transformed copies (K T rows).
     """
 
     n_clusters: int
@@ -65,6 +68,7 @@ class StoredPalette:
     index_tensor: str = ""
     codebook_tensor: str = ""
     index_bits: float | None = None
+    scale_bits: int = 0
 
 
 class GraphView:
@@ -166,9 +170,20 @@ def stored_palette(view, t, outer=None):
     return dataclasses.replace(found, index_bits=index_entropy(view, t, found))
 
 
+_SCALE_BITS = {0: 32, 1: 16, 9: 8}  # FLOAT32, FLOAT16, INT8 (schema TensorType values)
+
+
 def _stored_palette(view, t):
     """`stored_palette` without the index entropy; `t`: the operand past its layout ops."""
     k = view.producer.get(t)
+    if k is not None and view.names[k] == "MUL":  # scaled kernel units: codewords x scales
+        a, b = view.inputs(k)[:2]
+        for w, s in ((a, b), (b, a)):
+            found = _stored_palette(view, view.source(w, _LAYOUT)[0])
+            scales, _ = view.source(s, ("DEQUANTIZE", "RESHAPE"))
+            if found is not None and view.const(scales) and view.dtype(scales) in _SCALE_BITS:
+                return dataclasses.replace(found, scale_bits=_SCALE_BITS[view.dtype(scales)])
+        return None
     if k is not None and view.names[k] == _TFLM_DECODE:
         return _tflm_lut(view, k, t)
     if k is None or view.names[k] != "GATHER":
