@@ -123,7 +123,10 @@ def match_sharing(shapes, sharing, skipped=()):
             not (name in records and name not in getattr(sharing, "of_palettes", ()))
         candidates = None if renamed else by_layer.get(name)
         if candidates and in_file and name in getattr(sharing, "of_palettes", ()):
-            _refuse_renamed(name, infos, shapes, sharing)
+            if any(s.n_weights in {i.n_weights for i in infos} for s in candidates):
+                _refuse_renamed(name, infos, shapes, sharing)
+            else:  # record `y_1` is layer `y`'s (another size): `y_1`'s is op-named, by size
+                candidates = None
         if not candidates and "/" in name:
             candidates = by_layer.get(name.rsplit("/", 1)[0])
         if not candidates:
