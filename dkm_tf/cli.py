@@ -131,11 +131,11 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         plots=plots, plots_dir=plots_dir, quiet=quiet, codebook=codebook,
         transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
         calibration_samples=calibration_samples, overrides=overrides)
-    from dkm_tf.core.files import folder_lock, same_folder  # noqa: PLC0415
+    from dkm_tf.core.files import folder_lock, same_file  # noqa: PLC0415
 
     with contextlib.ExitStack() as held:  # one run per folder, taken before any work
         held.enter_context(folder_lock(output_dir))
-        if plots_dir and not same_folder(plots_dir, output_dir):
+        if plots_dir and not same_file(plots_dir, output_dir):  # folders too
             held.enter_context(folder_lock(plots_dir, "plots_dir"))  # its PNGs are replaced
         import keras  # noqa: PLC0415
 

@@ -98,11 +98,6 @@ def is_savedmodel_dir(path):
         os.path.join(os.fspath(path), "saved_model.pb"))
 
 
-def same_folder(a, b):
-    """Whether folder paths ``a`` and ``b`` name one folder (real paths; neither need exist)."""
-    return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
-
-
 def same_file(a, b):
     """Whether paths ``a`` and ``b`` name one file: the same real path (symlinks, ``..``) or
     a hard link of it. False when either does not exist and the real paths differ."""

@@ -110,9 +110,10 @@ def match_sharing(shapes, sharing, skipped=()):
     # a key that is a record's own name, not a palette's layer (the palettes stored in a file,
     # `weight_sharing`), is that record: stored `dense_1` (layer `dense`) went to `dense_1_2`
     records = {s.name for s in shapes if s.kind in ("conv", "dense")}
+    of_palettes = getattr(sharing, "of_palettes", ())  # a plain dict: weight_sharing only
     for name, infos in sharing.items():
         if in_file:
-            _refuse_hidden(name, by_layer, name in getattr(sharing, "of_palettes", ()))
+            _refuse_hidden(name, by_layer, name in of_palettes)
         # a file renames every scope (`x` -> `x_1`): record `x_1` is layer `x`'s, and palette
         # `x_1`'s record is `x_1_<n>` (MobileNetV3Small's `..._squeeze_excite_conv` and
         # `..._squeeze_excite_conv_1` were refused; with `x` left float, `x_1`'s palette was
@@ -120,9 +121,9 @@ def match_sharing(shapes, sharing, skipped=()):
         renamed = (in_file or any(m not in by_layer and re.fullmatch(re.escape(m) + r"_\d+", name)
                                   for m in sharing)) and \
             any(re.fullmatch(re.escape(name) + r"_\d+", k) for k in by_layer) and \
-            not (name in records and name not in getattr(sharing, "of_palettes", ()))
+            not (name in records and name not in of_palettes)
         candidates = None if renamed else by_layer.get(name)
-        if candidates and in_file and name in getattr(sharing, "of_palettes", ()):
+        if candidates and in_file and name in of_palettes:
             if any(s.n_weights in {i.n_weights for i in infos} for s in candidates):
                 _refuse_renamed(name, infos, shapes, sharing)
             else:  # record `y_1` is layer `y`'s (another size): `y_1`'s is op-named, by size

@@ -170,7 +170,7 @@ def stored_palette(view, t, outer=None):
     return dataclasses.replace(found, index_bits=index_entropy(view, t, found))
 
 
-_SCALE_BITS = {0: 32, 1: 16, 9: 8}  # FLOAT32, FLOAT16, INT8 (schema TensorType values)
+_SCALE_TYPES = (0, 1, 9)  # FLOAT32, FLOAT16, INT8: how the exporter stores kernel scales
 
 
 def _stored_palette(view, t):
@@ -181,8 +181,8 @@ def _stored_palette(view, t):
         for w, s in ((a, b), (b, a)):
             found = _stored_palette(view, view.source(w, _LAYOUT)[0])
             scales, _ = view.source(s, ("DEQUANTIZE", "RESHAPE"))
-            if found is not None and view.const(scales) and view.dtype(scales) in _SCALE_BITS:
-                return dataclasses.replace(found, scale_bits=_SCALE_BITS[view.dtype(scales)])
+            if found is not None and view.const(scales) and view.dtype(scales) in _SCALE_TYPES:
+                return dataclasses.replace(found, scale_bits=8 * _ITEMSIZE[view.dtype(scales)])
         return None
     if k is not None and view.names[k] == _TFLM_DECODE:
         return _tflm_lut(view, k, t)
