@@ -188,7 +188,12 @@ def check_model_overrides(model, overrides, method, flags):
     """Once the model is loaded or built, before any training or k-means: every key of
     ``overrides`` names a layer or layer class of ``model`` (close matches suggested), and
     each entry applies to a layer that is clustered: the checks of :func:`dkm_tf.compress`
-    (:func:`dkm_tf.pipeline_args.check_method_overrides`), as a usage error."""
+    (:func:`dkm_tf.pipeline_args.check_method_overrides`), as a usage error. With --tflite,
+    also that no two clustered layers share a name (layers of different nested models): the
+    palettized export matches palettes to layers by name and refuses such a model, which
+    the run found only after the whole training and k-means."""
+    if flags.get("tflite"):
+        _check_export_names(model, overrides)
     if not overrides:
         return
     from dkm_tf.pipeline_args import check_method_overrides  # noqa: PLC0415
@@ -199,3 +204,19 @@ def check_model_overrides(model, overrides, method, flags):
         raise CliUsageError("overrides", f"keys naming layers or layer classes of model "
                             f"{model.name!r} that it clusters ({_shown(e, 600)})",
                             sorted(overrides)) from None
+
+
+def _check_export_names(model, overrides):
+    """Raise a usage error naming the layers if clustered layers of ``model`` share a name."""
+    from dkm_tf.graph import clusterable  # noqa: PLC0415
+    from dkm_tf.graph.layer_names import duplicated_names, where  # noqa: PLC0415
+
+    for name, layers in sorted(duplicated_names(model).items()):
+        clustered = [lay for _, lay in layers if clusterable.is_clusterable(lay)
+                     and not clusterable.skipped_by_overrides(lay, overrides or {})]
+        if len(clustered) > 1:
+            raise CliUsageError(
+                "tflite", "a model whose clustered layers have distinct names (the palettized "
+                "export matches palettes to layers by name and refuses the model after the "
+                "training); rename the nested models' layers, or pass --notflite",
+                f"{len(layers)} layers named {name!r} at {where(layers)}")

@@ -230,7 +230,10 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
     Raises:
         ValueError: On invalid arguments, unknown layer names in the compression info (a
             layer the reader skips, e.g. an Embedding, gets a `skipped` entry saying its
-            palette is not charged), or a subclassed model without `input_shape`.
+            palette is not charged), a subclassed model without `input_shape`, or palettes
+            of a name that layers of several nested models share (`a/fc`, `b/fc`) where
+            kernel size does not tell them apart and their palettes differ
+            (`energy.same_names`).
 
     Example:
         >>> from dkm_tf.energy import dense_shape
@@ -261,6 +264,9 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
             s.kind in ("conv", "dense") for s in shapes), bits_w, bits_x,
             found.get("what", "the file")))
     try:
+        if found.get("model") is not None:  # `fc` in two nested blocks: refused unless alike
+            from dkm_tf.energy.same_names import check_same_names
+            check_same_names(found["model"], palettes, weight_sharing, index_cost)
         return estimate_shapes(shapes, skipped=skipped, weight_sharing=weight_sharing,
                                palettes=palettes, pruning=pruning, bits_w=bits_w,
                                bits_x=bits_x, index_cost=index_cost,
@@ -320,7 +326,7 @@ def _read(model_or_path, input_shape):
 
             shapes, skipped = read_keras_model(model, input_shape=input_shape)
             found = dict(stored.beside_keras_file(model, shapes, path),
-                         quantized=quantized_layers(model))
+                         quantized=quantized_layers(model), model=model)
             return shapes, skipped, os.path.basename(path), found
         raise ValueError(
             "Invalid value for argument `model_or_path`. Expected a path ending in "
@@ -333,4 +339,5 @@ def _read(model_or_path, input_shape):
 
     shapes, skipped = read_keras_model(model_or_path, input_shape=input_shape)
     return shapes, skipped, getattr(model_or_path, "name", ""), {
-        "quantized": quantized_layers(model_or_path), "what": "the model"}
+        "quantized": quantized_layers(model_or_path), "what": "the model",
+        "model": model_or_path}

@@ -123,6 +123,11 @@ def match_sharing(shapes, sharing, skipped=()):
             any(re.fullmatch(re.escape(name) + r"_\d+", k) for k in by_layer) and \
             not (name in records and name not in of_palettes)
         candidates = None if renamed else by_layer.get(name)
+        if candidates and not in_file and "/" in name:  # `sc/depthwise`: also `sc#2/depthwise`,
+            layer, part = name.split("/", 1)  # a later call's or a same-named nested layer's
+            candidates = candidates + [
+                s for s in shapes if s.kind in ("conv", "dense") and s not in candidates
+                and re.fullmatch(re.escape(layer) + r"#\d+/" + re.escape(part), s.name)]
         if candidates and in_file and name in of_palettes:
             if any(s.n_weights in {i.n_weights for i in infos} for s in candidates):
                 _refuse_renamed(name, infos, shapes, sharing)

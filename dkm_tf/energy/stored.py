@@ -260,13 +260,14 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
     for s in shapes:
         if s.kind in ("conv", "dense"):
             sizes.setdefault(s.layer, set()).add(s.n_weights)
-    out, notes = {}, []
+    out, notes, each = {}, [], {}
     for layer in iter_layers(model):
         kernel = getattr(layer, "kernel", None)
         if kernel is None or layer.name not in sizes or len(kernel.shape) < 2 or (
                 layers is not None and layer.name not in layers):
             continue
         w = sortable(keras.ops.convert_to_numpy(kernel))  # float16 as float32 for np.unique
+        each.setdefault(layer.name, []).append([w.size, None])
         if w.size not in sizes[layer.name]:
             continue
         best = None
@@ -279,10 +280,44 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
         if best is not None:
             _, unit, d, k, units = best
             g = units.shape[0]
-            out[layer.name] = SharingInfo(n_clusters=k, unit_dim=d, n_units=w.size // d,
-                                          n_codebooks=g, index_bits=_value_entropy(units))
+            out[layer.name] = each[layer.name][-1][1] = SharingInfo(
+                n_clusters=k, unit_dim=d, n_units=w.size // d, n_codebooks=g,
+                index_bits=_value_entropy(units))
             notes.append(f"{layer.name} K={k} {unit}" + (f" G={g}" if g > 1 else ""))
-    if out:
+    ambiguous = _differing_same_names(model, out, each)
+    if notes:
         notes = ["no palettes file beside the model: palettes inferred from the stored "
                  "kernels' distinct values: " + ", ".join(notes)]
-    return out, notes
+    return out, notes + ambiguous
+
+
+def _differing_same_names(model, out, each):
+    """Fix `out` for names that several layers share (layers of nested models): `out` held
+    the last one's description only. Records are matched by name and kernel size, so each
+    layer's own description is kept where its size tells it apart; where layers of one size
+    differ (other K, or one float), none of that size is charged as clustered (one's palette
+    was charged on the other, float ones too) and a note says so."""
+    from dkm_tf.energy.same_names import duplicated_names, same_info, where
+
+    notes = []
+    for name, layers in sorted(duplicated_names(model).items()):
+        if name not in out:
+            continue
+        keep, dropped = [], []
+        rows = each.get(name, [])
+        for size in sorted({size for size, _ in rows}):
+            infos = [info for n, info in rows if n == size]
+            if len(infos) > 1 and (None in infos or not same_info(infos, "none")):
+                dropped.append(size)
+            else:
+                keep += [info for info in infos if info is not None]
+        if keep:
+            out[name] = keep if len(keep) > 1 else keep[0]
+        else:
+            del out[name]
+        if dropped:
+            notes.append(f"{len(layers)} layers are named {name!r} (at {where(layers)}) and "
+                         f"those of {', '.join(map(str, dropped))} weights differ (other K, or "
+                         "float): records are matched by name and size, so they are charged "
+                         "as float; rename them to charge each")
+    return notes
