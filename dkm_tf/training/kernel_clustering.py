@@ -70,6 +70,7 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
     if not groups:
         raise ValueError(f"cluster_weights(unit='kernel') found no k x k Conv2D to cluster in "
                          f"model {model.name!r}: {skipped}")
+    _check_frozen_groups(groups, codebook)
     pals = kernel_share.cluster_groups(groups, n_clusters, transforms=transforms,
                                        scale_bits=scale_bits, init=init, seed=seed)
     group_of = {id(lay): g for g in groups for lay in g.layers}
@@ -95,7 +96,8 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
         if g.codebook_id not in holders:
             h = KernelCodebook(p.n_clusters, g.kernel_size, g.codebook_id,  # the conv's
                                name="codebook_" + g.codebook_id.replace(":", "_"),  # policy,
-                               dtype=layer.dtype_policy)  # not the global one
+                               dtype=layer.dtype_policy,  # not the global one; frozen with
+                               trainable=any(lay.trainable for lay in g.layers))  # its convs
             h.codebook.assign(p.codebook[0].reshape(-1, *g.kernel_size))
             holders[g.codebook_id] = h
         made[id(w)] = holders[g.codebook_id]
@@ -111,9 +113,27 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
     clustered = [(lay.name, type(lay).__name__,
                   {"n_clusters": int(n_clusters), "unit": "kernel", "codebook": g.codebook_id,
                    "granularity": "per_tensor", "init": init, "transforms": transforms,
-                   "scale_bits": scale_bits}) for g in groups for lay in g.layers]
+                   "scale_bits": scale_bits, "frozen": not lay.trainable})
+                 for g in groups for lay in g.layers]
     kinds = {lay.name: type(lay).__name__ for lay in _leaves(fmodel)}
     return out, clustered, [(n, kinds.get(n, ""), why) for n, why in skipped]
+
+
+def _check_frozen_groups(groups, codebook):
+    """Refuse a codebook group that shares one trainable codebook between frozen
+    (``trainable=False``) and trainable convs: training would move the frozen convs' kernels."""
+    for g in groups:
+        frozen = [lay.name for lay in g.layers if not lay.trainable]
+        if frozen and len(frozen) < len(g.layers):
+            live = [lay.name for lay in g.layers if lay.trainable]
+            raise ValueError(
+                f"Invalid value for argument `codebook`. Expected codebook groups whose convs "
+                f"are all trainable or all frozen (one codebook is shared by its group, so "
+                f"training the trainable convs would change the frozen convs' kernels). "
+                f"Received: codebook={codebook!r}, whose group {g.codebook_id!r} holds frozen "
+                f"{frozen} and trainable {live}. Give the frozen convs their own group, e.g. "
+                f"codebook=[{frozen!r}, {live!r}], leave them float with "
+                f"overrides={{{frozen[0]!r}: None, ...}}, or unfreeze them.")
 
 
 def _step(p):
@@ -207,7 +227,9 @@ def _strip(model):
 # ----------------------------------------------------------------------------- API routing
 _KERNEL_DOC = """
     Kernel clustering (``codebook``, ``transforms``, ``scale_bits``; Son et al., ECCV 2018):
-    :mod:`dkm_tf.training.kernel_clustering`.
+    :mod:`dkm_tf.training.kernel_clustering`. A codebook group's convs must be all trainable
+    or all frozen (a ``ValueError`` otherwise: one shared codebook would move the frozen
+    kernels); a frozen group's codebook layer is frozen too.
 """
 _NOT_WITH_KERNEL = (("granularity", "per_tensor"), ("latent", False),
                     ("preserve_sparsity", False), ("kmeans_options", None),

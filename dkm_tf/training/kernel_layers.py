@@ -146,6 +146,9 @@ class ClusterKernels(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
         if codebook is None:
             raise ValueError(f"Layer {self.name!r} needs its shared codebook: call it as "
                              "layer(x, codebook=codebook_layer(x)).")
+        extras.check_not_quantized(self)  # model.quantize reaches the wrapped conv
+        if not self.trainable:  # frozen: no gradient of this layer's loss to the codebook
+            codebook = ops.stop_gradient(codebook)
         kernel = self.shared_kernel(codebook)
         var = self.layer.kernel
         others = [(v, v.value) for v in self.layer.variables if v is not var]

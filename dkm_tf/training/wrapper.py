@@ -88,7 +88,8 @@ class _Slot:
 
 
 @keras.saving.register_keras_serializable(package="dkm_tf")
-class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.Wrapper):
+class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesDeferredClusters,
+                     keras.layers.Wrapper):
     """Wraps a layer so that its kernels are ``codebook[indices]`` while it trains.
 
     On ``build`` each clusterable weight of the wrapped layer (see
@@ -260,6 +261,7 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
 
     def _run_deferred_kmeans(self):
         """k-means of the slots a symbolic build left without clusters (first eager call)."""
+        self._deferred[:] = [s for s in self._deferred if not extras.assigned_since_build(s)]
         for slot in list(self._deferred):
             clusters = self._initial_clusters(slot.attr, slot.variable, slot.layout)
             if clusters is _NO_VALUE_YET:
@@ -320,6 +322,7 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, keras.layers.
         # ``training`` reaches the wrapped layer through Keras' call context; here it only
         # says whether a soft kernel may move its warm start (never at inference, so two
         # identical predictions are identical on every backend, nor when frozen: as BN)
+        extras.check_not_quantized(self)  # model.quantize reaches the wrapped layer
         if self._deferred and not _in_symbolic_scope():  # a shape-only pass needs no values
             self._run_deferred_kmeans()
         mapping, ours = [], set()

@@ -37,7 +37,8 @@ from dkm_tf.training.regularizer import SpectralKMeansRegularizer
 from dkm_tf.training.wrapper_kmeans import nearest_indices
 
 __all__ = ["ELEMENTWISE_CONSTRAINTS", "FROZEN_NOTE", "KeepsReplacedFrozen", "Reassigns",
-           "build_now", "codebook_constraint", "keep_replaced_frozen", "replaces_variables",
+           "SavesDeferredClusters", "assigned_since_build", "build_now", "check_not_quantized",
+           "codebook_constraint", "keep_replaced_frozen", "replaces_variables",
            "shared_kernel_losses", "unwrap", "user_regularizer",
            "warn_kernel_clustering_constraint", "warn_unenforced_constraints"]
 
@@ -145,6 +146,32 @@ def warn_unenforced_constraints(layer, weights):
             "(NonNeg) are kept, through the codebook.", UserWarning, stacklevel=2)
 
 
+def check_not_quantized(wrapper):
+    """Refuse a wrapper whose wrapped layer was quantized after clustering
+    (``model.quantize(...)`` quantizes the leaf layers, so the layer inside the wrapper): that
+    layer then computes with its own quantized kernel, made from the pre-clustering float
+    weights, not with the shared kernel, and its outputs would be silently wrong."""
+    mode = getattr(wrapper.layer.dtype_policy, "quantization_mode", None)
+    if mode is not None:
+        raise ValueError(
+            f"Layer {wrapper.name!r}: the layer it wraps, {wrapper.layer.name!r}, was quantized "
+            f"({mode!r}, e.g. by model.quantize) after clustering; it would compute with its "
+            "own quantized copy of the pre-clustering float kernel instead of the shared "
+            "kernel. Quantize the stripped model instead: plain, _ = "
+            f"dkm_tf.strip_clustering(model); plain.quantize({mode!r}). This model's "
+            "quantized layers cannot be undone: reload or re-cluster it first.")
+
+
+def assigned_since_build(slot):
+    """Whether a slot's codebook or indices (zeros when built) hold values: assigned since the
+    build by ``model.set_weights`` or ``variable.assign``, so k-means deferred from a traced
+    build must not overwrite them (they are the clusters)."""
+    try:
+        return any(np.any(keras.ops.convert_to_numpy(v)) for v in (slot.codebook, slot.indices))
+    except Exception:  # noqa: BLE001 - a traced call: no values (the caller then says so)
+        return False
+
+
 def build_now(wrapper):
     """Build (and so cluster) a wrapper whose inner layer is built, with that layer's shape."""
     if not wrapper.layer.built:
@@ -157,6 +184,7 @@ def unwrap(wrapper, palettes):
     """A plain copy of the wrapped layer whose clustered kernels hold the decoded values."""
     if not wrapper.built:
         build_now(wrapper)
+    check_not_quantized(wrapper)
     pals = wrapper.palettes()
     palettes.extend(pals)
     decoded = {p.weight_name: p.decode() for p in pals}
@@ -164,6 +192,18 @@ def unwrap(wrapper, palettes):
     return copy_layer(wrapper.layer, [by_id[id(v)] if id(v) in by_id
                                       else keras.ops.convert_to_numpy(v)
                                       for v in wrapper.layer.weights])
+
+
+class SavesDeferredClusters:
+    """Mixin of :class:`ClusterWeights`: a wrapper first built in a traced pass (a custom layer
+    holding it, inside a Functional model) runs k-means at its first eager call; saved before
+    that call (``.keras``, ``save_weights``), it runs k-means now, not writing the zero
+    codebooks it holds until then (the loaded model computed zero kernels, silently)."""
+
+    def save_own_variables(self, store):
+        if self._deferred:
+            self._run_deferred_kmeans()
+        super().save_own_variables(store)
 
 
 class Reassigns:
