@@ -10,8 +10,10 @@
   whose "weights" are the keys and values (an activation fetched like a weight, as the
   `.tflite` reader's BATCH_MATMUL records and `MultiHeadAttention`'s). With `use_scale` the
   scaling of the scores is a "mul" over T_q·T_v values; the softmax is not priced.
-  `score_mode="concat"` (tanh of sums) is listed as unsupported.
+  `AdditiveAttention` and `score_mode="concat"` (tanh of sums, no matmul for the scores):
+  element-wise records, see `_additive_records`.
 * `Softmax`: a lookup / transcendental function, not priced (as `Activation("softmax")`).
+* `GroupNormalization`, `UnitNormalization`: element-wise records (`norm_records`).
 
 A subclassed model nested in a Functional one records no layer shapes: `nested_subclassed`
 traces it (`graph_reader`) at the input shape of its call in the outer graph.
@@ -37,6 +39,11 @@ def classify_more(layer, name, in_shapes, out_shape, keras, common):
         from dkm_tf.energy.keras_consts import normalization_records
 
         return normalization_records(layer, name, tuple(in_shapes[0]), out_shape, common)
+    from dkm_tf.energy.norm_records import norm_records
+
+    norm = norm_records(layer, name, tuple(in_shapes[0]), common)
+    if norm is not None:
+        return norm
     return _preprocessing(layer, tuple(in_shapes[0]), tuple(out_shape))
 
 
@@ -135,18 +142,49 @@ def _pool3d(layer, name, in_shape, out_shape, L, common):
 def _attention(layer, name, in_shapes, common):
     from dkm_tf.energy import shapes as sh
 
-    if getattr(layer, "score_mode", "dot") != "dot":
-        return [], (f"Attention score_mode={layer.score_mode!r} (tanh of sums) not modelled; "
-                    "supported: 'dot'")
     q, v = (tuple(in_shapes[i]) for i in (0, 1))
     if len(q) != 3 or len(v) != 3:
-        return [], f"Attention inputs {q}, {v} are not (batch, steps, features)"
+        return [], f"{type(layer).__name__} inputs {q}, {v} are not (batch, steps, features)"
     t_q, d, t_v, d_v = int(q[1]), int(q[2]), int(v[1]), int(v[2])
+    context = sh.dense_shape(f"{name}/context", in_features=t_v, units=d_v, positions=t_q,
+                             **common)
+    scaled = bool(getattr(layer, "use_scale", False))
+    if isinstance(layer, _additive()) or getattr(layer, "score_mode", "dot") == "concat":
+        return _additive_records(layer, name, (t_q, t_v, d), scaled, common) + [context], (
+            f"{type(layer).__name__} scores: tanh and the sum over features not priced")
     records = [sh.dense_shape(f"{name}/scores", in_features=d, units=t_v, positions=t_q,
-                              **common),
-               sh.dense_shape(f"{name}/context", in_features=t_v, units=d_v, positions=t_q,
-                              **common)]
-    if getattr(layer, "use_scale", False):
+                              **common), context]
+    if scaled:
         records.append(sh.eltwise_shape(f"{name}/scale", elements=t_q * t_v, eltwise_op="mul",
                                         n_inputs=1, **common))
     return records, None
+
+
+def _additive():
+    import keras
+
+    return keras.layers.AdditiveAttention
+
+
+def _additive_records(layer, name, dims, scaled, common):
+    """Element-wise records of additive (Bahdanau) scores over the T_q·T_v·d broadcast sums.
+
+    `AdditiveAttention` (a subclass of `Attention`): sum(scale · tanh(q + k)) over features,
+    `scale` a d-vector with `use_scale`. `Attention(score_mode="concat")`:
+    w · sum(tanh(s · (q + k))), `s` a scalar with `use_scale`, `w` a scalar. No matmul: was
+    charged as Q·Kᵀ (T_q·T_v·d MACs) for `AdditiveAttention` before 2026-12-06; the `.tflite`
+    of the same model has an ADD and a MUL (no MACs) there."""
+    from dkm_tf.energy import shapes as sh
+
+    t_q, t_v, d = dims
+    n = t_q * t_v * d
+    out = [sh.eltwise_shape(f"{name}/scores_add", elements=n, eltwise_op="add", n_inputs=2,
+                            **common)]
+    additive = isinstance(layer, _additive())
+    if scaled:  # a d-vector times the tanh (as the .tflite's MUL), or a scalar times the sums
+        out.append(sh.eltwise_shape(f"{name}/scale", elements=n, eltwise_op="mul",
+                                    n_inputs=2 if additive else 1, **common))
+    if not additive:
+        out.append(sh.eltwise_shape(f"{name}/score_weight", elements=t_q * t_v,
+                                    eltwise_op="mul", n_inputs=1, **common))
+    return out

@@ -16,7 +16,8 @@ a `.tflite` runs them as (`activations`); a `PReLU` layer is one "affine" record
 (`shapes.prelu_shape`). Conv1D/2DTranspose layers are the matrix product of `conv_transpose`
 (in_h·in_w·in_c·kh·kw·out_c MACs); an Embedding is a table lookup (`skipped`, no MACs).
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
-EinsumDense) layers by `sequence_reader`; Attention, Softmax and 3-D pooling by `keras_more`.
+EinsumDense) layers by `sequence_reader`; Attention, Softmax and 3-D pooling by `keras_more`;
+the layers of a `keras.layers.Pipeline` as if called one after another (`keras_pipeline`).
 A layer called more than once (a shared layer, a nested model called twice) is read once per
 call in the model's own graph (`keras_calls`), with that call's shapes; the second and later
 calls' records are named `name#2`, ... and keep the layer's name as `layer`, so compression
@@ -31,8 +32,10 @@ from dkm_tf.energy.activations import activation_name, activation_records, layer
 from dkm_tf.energy.bn_folding import consumers
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
+from dkm_tf.energy.keras_factorised import factorised_records
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
+from dkm_tf.energy.keras_pipeline import pipeline_calls
 
 _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
                "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
@@ -170,6 +173,14 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
                                 f"the shapes of its own graph, {own}"))
         _walk(layer, keras, shapes, skipped, used)
         return
+    if isinstance(layer, keras.layers.Pipeline) and not isinstance(call, Exception):
+        subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain
+        for sub, sub_call in subs:
+            used[sub.name] = n = used.get(sub.name, 0) + 1
+            _walk_call(sub, sub.name if n == 1 else f"{sub.name}#{n}", sub_call, counts, keras,
+                       shapes, skipped, used)
+        skipped.extend([(name, why)] if why else [])
+        return
     inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
     if type(inner).__name__ in _NO_COMPUTE:
         skipped.append((name, "no compute"))
@@ -239,7 +250,7 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
         return [], f"unknown dimension in shapes {in_shape} -> {out_shape}"
     common = {"layer": alias, "op": cls}
     if cls == "FactorisedConv2D":
-        return _factorised_records(layer, name, in_shape, out_shape, common), None
+        return factorised_records(layer, name, in_shape, out_shape, common), None
     if isinstance(layer, (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D,
                           L.SeparableConv1D, L.SeparableConv2D)):
         rank = 1 if isinstance(layer, (L.Conv1D, L.DepthwiseConv1D, L.SeparableConv1D)) else 2
@@ -327,50 +338,10 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
     if more is not None:
         return more
     return [], (f"unsupported layer type {cls}; supported: Conv1D/2D (grouped), Conv1D/2D"
-                "Transpose, Depthwise/SeparableConv1D/2D, Dense, EinsumDense, Attention, "
-                "MultiHeadAttention, SimpleRNN/LSTM/GRU/RNN/Bidirectional, pooling 1-D to 3-D, "
-                "merge, activations, Softmax, PReLU, Batch/Layer/RMSNormalization")
-
-
-def _factorised_records(layer, name, in_shape, out_shape, common):
-    """A `FactorisedConv2D` (methods.md §2.6) as the computation it runs.
-
-    ``form="add_then_conv"``: `name/sums` (Cin -> Cout at Hi*Wi positions) and the
-    `name/centroids` depthwise record (sum_j U_j channels); MACs total
-    `kernel_flops(...).add_then_conv_total`. Conv-then-add:
-
-    Centroid convolutions: input channel i convolved with its U_i distinct centroids, one
-    depthwise record per distinct U_i (`name/centroids`, `name/centroids_u{U}`); scaled
-    accumulation: a dense record `name/accumulate` of Cin -> Cout at Ho*Wo positions (one
-    MAC per (i, j) kernel; its Cin*Cout weights are the scales). MACs total
-    `kernel_flops(...).conv_then_add_total`. The centroid taps are charged as the k*k*sum U_i
-    taps the channels read, not as a K*k*k codebook plus indices.
-    """
-    from dkm_tf.core.kernel_flops import distinct_counts
-    from dkm_tf.energy import shapes as sh
-
-    ihw, ohw = tuple(in_shape[1:3]), tuple(out_shape[1:3])
-    if getattr(layer, "form", "conv_then_add") == "add_then_conv":
-        # the scaled input sums (Cin -> Cout at the input positions), then output j's
-        # U_j sums each convolved with its centroid: add_then_conv_total MACs
-        u_out = distinct_counts(layer.indices, axis=0)
-        records = [sh.dense_shape(f"{name}/sums", in_features=layer.input_channels,
-                                  units=layer.filters, positions=ihw[0] * ihw[1], **common)]
-        n = int(u_out.sum())
-        records.append(sh.conv_shape(f"{name}/centroids", in_hw=ihw, in_c=n, out_hw=ohw,
-                                     out_c=n, kernel=layer.kernel_size, strides=layer.strides,
-                                     groups=n, **common))
-        return records
-    u_in = distinct_counts(layer.indices, axis=1)
-    values = sorted(set(u_in.tolist()))
-    records = [sh.conv_shape(f"{name}/centroids" + (f"_u{u}" if len(values) > 1 else ""),
-                             in_hw=ihw, in_c=int((u_in == u).sum()), out_hw=ohw,
-                             out_c=int((u_in == u).sum()) * u, kernel=layer.kernel_size,
-                             strides=layer.strides, groups=int((u_in == u).sum()), **common)
-               for u in values]
-    records.append(sh.dense_shape(f"{name}/accumulate", in_features=layer.input_channels,
-                                  units=layer.filters, positions=ohw[0] * ohw[1], **common))
-    return records
+                "Transpose, Depthwise/SeparableConv1D/2D, Dense, EinsumDense, (Additive)"
+                "Attention, MultiHeadAttention, GroupQueryAttention, SimpleRNN/LSTM/GRU/RNN/"
+                "Bidirectional, pooling 1-D to 3-D, merge, activations, Softmax, PReLU, Pipeline, "
+                "Batch/Layer/RMS/Group/UnitNormalization")
 
 
 def _own_activation(layer, keras):

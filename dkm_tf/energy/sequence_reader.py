@@ -2,7 +2,7 @@
 
 Covers SimpleRNN, LSTM, GRU, ``keras.layers.RNN`` over those cells (a list of cells included),
 Bidirectional, ConvLSTM1D / ConvLSTM2D (`_conv_lstm_records`), EinsumDense and
-MultiHeadAttention. Counts are per input sample. A record's
+MultiHeadAttention (GroupQueryAttention: `gqa_records`). Counts are per input sample. A record's
 name is ``<layer>/<weight path>`` with the weight paths of :mod:`dkm_tf.graph.clusterable`
 (``lstm/cell.kernel``, ``mha/query_dense.kernel``), so palettes find their kernel by name.
 
@@ -70,6 +70,10 @@ def classify_sequence_layer(layer, alias, in_shapes, out_shape, keras):
         return _rnn_records(layer, alias, in_shapes[0], "")
     if isinstance(layer, L.MultiHeadAttention):
         return _mha_records(layer, alias)
+    if type(layer).__name__ in ("GroupQueryAttention", "GroupedQueryAttention"):
+        from dkm_tf.energy.gqa_records import gqa_records
+
+        return gqa_records(layer, alias, in_shapes, _einsum_records)
     if isinstance(layer, L.EinsumDense):
         return _einsum_records(layer, alias, "kernel", in_shapes[0])
     return None

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from dkm_tf.export.canonical import canonicalize
+from dkm_tf.export.layer_refusals import float64_hint
 
 __all__ = ["QUANTIZATIONS", "as_input_list", "check_int8_mode", "convert", "input_specs",
            "masking_inputs", "pad_odd_rows", "quiet", "require_tensorflow_backend",
@@ -366,5 +367,5 @@ def convert(model, specs, quantization="none", representative_data=None):
             f"TFLite conversion of model {getattr(model, 'name', '?')!r} failed "
             f"({type(e).__name__}). The model probably uses operations that have no TFLite "
             f"builtin kernel (only builtin ops are allowed). Converter said: "
-            f"{detail or ' '.join(msg)[:800]}") from e
+            f"{detail or ' '.join(msg)[:800]}{float64_hint(model)}") from e
     return canonicalize(content)

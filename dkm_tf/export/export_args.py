@@ -9,6 +9,7 @@ import numpy as np
 
 from dkm_tf.core.validate import check_bool, check_int, check_number, invalid, invalid_type
 from dkm_tf.export import convert as convert_lib
+from dkm_tf.export.layer_refusals import check_not_stateful
 from dkm_tf.export.model_check import check_built_model, palette_layers
 
 __all__ = ["check_export_args", "check_inputs", "check_palettes", "check_path"]
@@ -44,6 +45,7 @@ def check_export_args(model, sample_inputs=None, *, representative_data=None, to
     if not isinstance(model, keras.layers.Layer):
         raise invalid_type("model", "a built Keras model", model)
     check_built_model(model)  # built, and no float16 / bfloat16 layers (mixed precision)
+    check_not_stateful(model)  # a stateful RNN cannot run at batch 1 and n
     for name, data in (("sample_inputs", sample_inputs),
                        ("representative_data", representative_data)):
         if data is not None:

@@ -136,10 +136,11 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             the file could not hold faithfully (:mod:`dkm_tf.export.model_check`): not built;
             layers computing in float16 / bfloat16; dkm_tf training layers not stripped
             (``strip_clustering`` first); Keras int8 / float8 layers (``model.quantize``);
-            string inputs; ``int8_mode="full"`` with a recurrent loop (LSTM, GRU, SimpleRNN,
-            Bidirectional without ``unroll=True``: TensorFlow's calibrator crashes). Also
-            before any work, an argument given a non-default value where it does not apply
-            (``decode`` outside
+            string inputs; stateful RNN layers (``stateful=True``: a fixed batch, not
+            verifiable at batch 1 and n); ``int8_mode="full"`` with a recurrent loop (LSTM,
+            GRU, SimpleRNN, Bidirectional without ``unroll=True``: TensorFlow's calibrator
+            crashes). Also before any work, an argument given a non-default value where it does
+            not apply (``decode`` outside
             ``"palettized"``; ``max_table_bytes``, ``matmul_lowering``, ``keep_float``,
             ``index_packing``, ``kept_dtype`` outside ``"palettized"`` with ``"once"``, and
             ``kept_dtype`` with ``keep_float=None``; ``int8_mode`` outside ``"int8"``;

@@ -63,7 +63,7 @@ def _skipped(model, done, chosen, n_clusters):
     """``(layer name, type, reason)`` of every layer with weights not (all) in ``done``."""
     out = []
     for layer in clusterable.walk_layers(model):
-        if isinstance(layer, keras.Model) or not layer.weights:
+        if not layer.weights or isinstance(layer, (keras.Model, keras.layers.Pipeline)):
             continue
         kind = type(layer).__name__
         if not clusterable.is_clusterable(layer):

@@ -1,0 +1,44 @@
+"""Layer options :func:`dkm_tf.export.to_tflite` cannot honour, said in words.
+
+* ``stateful=True`` recurrent layers (a fixed batch whose state carries from one call to the
+  next): refused before any work. The export verifies at batch 1 and at batch n with a dynamic
+  batch, which such a model cannot run; measured before 2026-12-06 it failed with "Invalid
+  value for argument `sample_inputs` ... Expected batch size: 3 - Received batch size: 1"
+  for correct sample inputs.
+* float64 layers: TFLite's builtin kernels (FULLY_CONNECTED, CONV_2D, GATHER of the
+  activations, most element-wise ops) have no float64 version. Not refused (a float64
+  LayerNormalization converts); a failed conversion names them (`float64_hint`).
+"""
+
+
+def _layers(model):
+    return [model, *model._flatten_layers(include_self=False, recursive=True)]
+
+
+def stateful_layers(model):
+    """Names of the recurrent layers of ``model`` (nested ones included) with stateful=True."""
+    return [layer.name for layer in _layers(model) if getattr(layer, "stateful", False) is True]
+
+
+def check_not_stateful(model):
+    """Raise ValueError naming the stateful recurrent layers of ``model``, if any."""
+    names = stateful_layers(model)
+    if names:
+        raise ValueError(
+            "Invalid value for argument `model`. Expected a model without stateful recurrent "
+            f"layers. Received: stateful=True in {names}. A stateful RNN runs at one fixed "
+            "batch with state kept between calls; the .tflite is verified at batch 1 and n "
+            "with a dynamic batch. Rebuild the model with stateful=False (the same weights: "
+            "`new.set_weights(model.get_weights())`) and export that.")
+
+
+def float64_hint(model):
+    """A sentence naming the layers of ``model`` that compute in float64, or ""."""
+    names = [layer.name for layer in _layers(model)[1:]
+             if str(getattr(layer, "compute_dtype", "")) == "float64"
+             or any(str(v.dtype) == "float64" for v in getattr(layer, "weights", ()))]
+    if not names:
+        return ""
+    shown = names[:8] + (["..."] if len(names) > 8 else [])
+    return (f" Layers computing in float64 ({', '.join(shown)}): TFLite has no float64 "
+            "kernel for most ops; rebuild them with dtype='float32' (weights cast) to export.")
