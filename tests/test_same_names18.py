@@ -116,7 +116,7 @@ def _bn_block(name):
     return keras.Model(inp, keras.layers.BatchNormalization(name="bn")(h), name=name)
 
 
-def test_strip_refuses_folding_into_same_named_layers():
+def test_strip_folds_batch_norm_into_same_named_layers():
     keras.utils.set_random_seed(0)
     inp = keras.Input((5, 5, 3))
     model = keras.Model(inp, _bn_block("b")(_bn_block("a")(inp)))
@@ -128,12 +128,16 @@ def test_strip_refuses_folding_into_same_named_layers():
     with pytest.warns(UserWarning, match="folds"):
         clustered = dkm_tf.cluster_weights(model, 4)
     # old: "Palette conv/kernel does not match the folded kernel" (one BN's scales for both)
-    with pytest.raises(ValueError, match=r"named 'conv' \(at 'a/conv', 'b/conv'\).*fold_bn"):
-        dkm_tf.strip_clustering(clustered)
+    folded, folded_pals = dkm_tf.strip_clustering(clustered)
     plain, pals = dkm_tf.strip_clustering(clustered, fold_bn=False)
     for batch in (1, 3):
         x = rng.normal(size=(batch, 5, 5, 3)).astype("float32")
         np.testing.assert_allclose(plain(x), clustered(x), atol=1e-5)
+        np.testing.assert_allclose(folded(x), plain(x), atol=1e-5)
+    assert len(folded_pals) == 2
+    for pal, lay in zip(folded_pals, _conv_layers(folded)):
+        np.testing.assert_allclose(pal.decode(), keras.ops.convert_to_numpy(lay.kernel),
+                                   atol=1e-6)
     assert len(pals) == 2
     for pal, lay in zip(pals, _conv_layers(plain)):
         np.testing.assert_array_equal(pal.decode(), keras.ops.convert_to_numpy(lay.kernel))

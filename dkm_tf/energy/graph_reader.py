@@ -36,7 +36,8 @@ from dkm_tf.energy.traced_products import einsum_record, matmul_record
 _SKIP_TYPES = {"Placeholder", "Const", "ReadVariableOp", "Identity", "NoOp", "Reshape",
                "Squeeze", "ExpandDims", "Shape", "StridedSlice", "Pack", "ConcatV2", "Cast",
                "Transpose", "BiasAdd", "Relu", "Relu6", "LeakyRelu", "GatherV2",
-               "Prod", "Fill", "Pad", "Range", "ReverseV2"}
+               "Prod", "Fill", "Pad", "Range", "ReverseV2",
+               "Tile", "BroadcastTo"}  # copies (ops.repeat: GroupQueryAttention's K / V heads)
 # listed, not charged (`activations`): lookups and transcendental functions
 _NOT_PRICED = {"Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Rsqrt", "Sqrt", "Exp", "Log", "Elu",
                "Selu", "Softplus", "Neg"}

@@ -8,17 +8,18 @@
   compress` write next to `clustered.keras`), else `palettes.json` in the same folder. The
   format is a JSON list of `Palette.to_dict()`, the one `export/to_tflite.py --palettes`
   reads. Without such a file, the kernels themselves are read: a kernel saved after
-  clustering holds only K distinct values (or units), and `infer_sharing` describes it.
+  clustering holds only K distinct values (or units), and `infer_sharing` (`energy.inferred`)
+  describes it.
   A palettes file is only a claim about the model: `check_palettes` keeps the palettes whose
   `decode()` equals the stored weight and rejects the others, with the reason.
 """
 
 import json
-import math
 import os
 
 import numpy as np
 
+from dkm_tf.energy.inferred import infer_sharing  # noqa: F401 (re-exported: the old home)
 from dkm_tf.energy.shapes import SharingInfo
 
 PALETTES_SUFFIX = ".palettes.json"
@@ -173,20 +174,6 @@ def check_palettes(model, palettes):
     return accepted, rejected
 
 
-def _unit_views(w):
-    """Candidate `(unit, d, units of shape (G, M, d))` of a kernel (output channels last)."""
-    out_c = w.shape[-1]
-    per_channel = np.moveaxis(w, -1, 0).reshape(out_c, -1)
-    views = [("scalar", 1, w.reshape(1, -1, 1)), ("scalar", 1, per_channel[..., None])]
-    if w.ndim == 4 and w.shape[1] > 1:  # conv (kh, kw, cin, cout): rows of kw, kernels kh*kw
-        kh, kw = w.shape[:2]
-        rows = w.transpose(3, 0, 2, 1).reshape(out_c, -1, kw)
-        kernels = w.transpose(3, 2, 0, 1).reshape(out_c, -1, kh * kw)
-        for unit, d, u in (("row", kw, rows), ("kernel", kh * kw, kernels)):
-            views += [(unit, d, u.reshape(1, -1, d)), (unit, d, u)]
-    return views
-
-
 def beside_keras_file(model, shapes, path):
     """Compression info stored with the `.keras` / `.h5` file `path` (loaded as `model`).
 
@@ -228,96 +215,3 @@ def beside_keras_file(model, shapes, path):
         found["weight_sharing"] = sharing or None
     found["notes"] = notes
     return found
-
-
-def _value_entropy(units):
-    """Entropy (bits per unit, averaged over the G groups of `units`, shape (G, M, d)) of
-    which distinct unit each unit is: the index histogram of a kernel saved after clustering
-    (`Palette.entropy_bits`, up to codewords that coincide)."""
-    from dkm_tf.core.kmeans import assignment_entropy
-
-    return float(np.mean([assignment_entropy(np.unique(group, axis=0, return_inverse=True)[1]
-                                             .ravel()) for group in units]))
-
-
-def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
-    """`{layer name: SharingInfo}` for kernels whose stored values are a palette; notes.
-
-    A kernel saved after clustering holds at most K distinct units. For each conv / dense
-    kernel, every description (scalar, row or kernel units; one codebook, or one per output
-    channel) is tried: K = the most distinct units in one codebook group, storage
-    G·K·d·B_w + N·log2 K bits. The smallest is kept when K <= `max_clusters` and the storage
-    is under half the float kernel's (a trained float kernel has about N distinct values and
-    never qualifies). `layers`: names of the layers to describe (default: all). Each
-    `SharingInfo.index_bits` is the entropy of the kernel's distinct-unit histogram.
-    """
-    import keras
-
-    from dkm_tf.core.kmeans import sortable
-    from dkm_tf.graph.copying import iter_layers
-
-    sizes = {}
-    for s in shapes:
-        if s.kind in ("conv", "dense"):
-            sizes.setdefault(s.layer, set()).add(s.n_weights)
-    out, notes, each = {}, [], {}
-    for layer in iter_layers(model):
-        kernel = getattr(layer, "kernel", None)
-        if kernel is None or layer.name not in sizes or len(kernel.shape) < 2 or (
-                layers is not None and layer.name not in layers):
-            continue
-        w = sortable(keras.ops.convert_to_numpy(kernel))  # float16 as float32 for np.unique
-        each.setdefault(layer.name, []).append([w.size, None])
-        if w.size not in sizes[layer.name]:
-            continue
-        best = None
-        for unit, d, units in _unit_views(w):
-            k = max(np.unique(g, axis=0).shape[0] for g in units)
-            bits = units.shape[0] * k * d * bits_w + w.size // d * math.log2(max(k, 1))
-            if k <= max_clusters and bits < 0.5 * w.size * bits_w and \
-                    (best is None or bits < best[0]):
-                best = (bits, unit, d, k, units)
-        if best is not None:
-            _, unit, d, k, units = best
-            g = units.shape[0]
-            out[layer.name] = each[layer.name][-1][1] = SharingInfo(
-                n_clusters=k, unit_dim=d, n_units=w.size // d, n_codebooks=g,
-                index_bits=_value_entropy(units))
-            notes.append(f"{layer.name} K={k} {unit}" + (f" G={g}" if g > 1 else ""))
-    ambiguous = _differing_same_names(model, out, each)
-    if notes:
-        notes = ["no palettes file beside the model: palettes inferred from the stored "
-                 "kernels' distinct values: " + ", ".join(notes)]
-    return out, notes + ambiguous
-
-
-def _differing_same_names(model, out, each):
-    """Fix `out` for names that several layers share (layers of nested models): `out` held
-    the last one's description only. Records are matched by name and kernel size, so each
-    layer's own description is kept where its size tells it apart; where layers of one size
-    differ (other K, or one float), none of that size is charged as clustered (one's palette
-    was charged on the other, float ones too) and a note says so."""
-    from dkm_tf.energy.same_names import duplicated_names, same_info, where
-
-    notes = []
-    for name, layers in sorted(duplicated_names(model).items()):
-        if name not in out:
-            continue
-        keep, dropped = [], []
-        rows = each.get(name, [])
-        for size in sorted({size for size, _ in rows}):
-            infos = [info for n, info in rows if n == size]
-            if len(infos) > 1 and (None in infos or not same_info(infos, "none")):
-                dropped.append(size)
-            else:
-                keep += [info for info in infos if info is not None]
-        if keep:
-            out[name] = keep if len(keep) > 1 else keep[0]
-        else:
-            del out[name]
-        if dropped:
-            notes.append(f"{len(layers)} layers are named {name!r} (at {where(layers)}) and "
-                         f"those of {', '.join(map(str, dropped))} weights differ (other K, or "
-                         "float): records are matched by name and size, so they are charged "
-                         "as float; rename them to charge each")
-    return notes

@@ -31,33 +31,21 @@ import dataclasses
 import keras
 import numpy as np
 
+from dkm_tf.graph.bn_kernel import FOLDABLE as _FOLDABLE
+from dkm_tf.graph.bn_kernel import entry as _entry
+from dkm_tf.graph.bn_kernel import folded_copy
 from dkm_tf.graph.clusterable import walk_layers
 from dkm_tf.graph.copying import (
-    _not_copied,
     _restore_model_flags,
-    build_like,
     copy_layer,
     is_graph_model,
     layers_only,
 )
+from dkm_tf.graph.layer_paths import layer_paths
 
 __all__ = ["FOLDABLE_LAYERS", "FoldResult", "fold_batch_norm", "maybe_fold"]
 
 _L = keras.layers
-# (class, attribute of the kernel BN folds into, where the output channels sit in it)
-_FOLDABLE = (
-    (_L.SeparableConv1D, "pointwise_kernel", "last"),
-    (_L.SeparableConv2D, "pointwise_kernel", "last"),
-    (_L.DepthwiseConv1D, "kernel", "depthwise"),
-    (_L.DepthwiseConv2D, "kernel", "depthwise"),
-    (_L.Conv1DTranspose, "kernel", "transpose"),
-    (_L.Conv2DTranspose, "kernel", "transpose"),
-    (_L.Conv3DTranspose, "kernel", "transpose"),
-    (_L.Conv1D, "kernel", "last"),
-    (_L.Conv2D, "kernel", "last"),
-    (_L.Conv3D, "kernel", "last"),
-    (_L.Dense, "kernel", "last"),
-)
 FOLDABLE_LAYERS = tuple(cls.__name__ for cls, _, _ in _FOLDABLE)
 _DROPPED = object()  # what a folded BatchNormalization is "cloned" into: its call is skipped
 
@@ -71,13 +59,20 @@ class FoldResult:
         folded: ``(layer_name, bn_name)`` for every BatchNormalization folded into a layer.
         skipped: ``(bn_name, reason)`` for every BatchNormalization left in the model.
         scales: ``{"layer/kernel": multiplier}``: the float64 array (broadcastable to the
-            kernel) that each folded kernel was multiplied by, s laid out on its channel axes.
+            kernel) that each folded kernel was multiplied by, s laid out on its channel axes;
+            only for layers whose name no other layer of the model holding that weight has.
+        paths: the same for every folded kernel, keyed by its layer's path through the nested
+            models (``{"a/conv/kernel": multiplier}``): two nested blocks may each hold a
+            ``conv`` (``layer_paths.layer_paths``).
+        folded_paths: ``(layer path, bn path)`` for every folded BatchNormalization.
     """
 
     model: object
     folded: list
     skipped: list
     scales: dict = dataclasses.field(default_factory=dict)
+    paths: dict = dataclasses.field(default_factory=dict)
+    folded_paths: list = dataclasses.field(default_factory=list)
 
     def __iter__(self):  # allows ``model, folded, skipped = fold_batch_norm(...)``
         return iter((self.model, self.folded, self.skipped))
@@ -96,13 +91,6 @@ class _Plan:
     drop: set = dataclasses.field(default_factory=set)  # id(bn)
     folded: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
-
-
-def _entry(layer):
-    for cls, attr, where in _FOLDABLE:
-        if isinstance(layer, cls):
-            return cls, attr, where
-    return None
 
 
 def _graph_nodes(model):
@@ -254,73 +242,18 @@ def _plan(model):
     return plan
 
 
-def _multiplier(layer, attr, s):
-    """``s`` laid out so that ``kernel * multiplier`` scales each output channel."""
-    shape = tuple(getattr(layer, attr).shape)
-    where = _entry(layer)[2]
-    if where == "last":
-        return s.reshape((1,) * (len(shape) - 1) + (-1,))
-    if where == "transpose":  # (*k, out, in)
-        return s.reshape((1,) * (len(shape) - 2) + (-1, 1))
-    return s.reshape((1,) * (len(shape) - 2) + shape[-2:])  # depthwise (*k, in, mult)
+def _rebuild(model, plan, memo, scales, path_of=None):
+    path_of = path_of or {}
 
-
-def _folded_copy(layer, bn, scales):
-    """A copy of ``layer`` with ``bn`` folded into its kernel and (possibly new) bias."""
-    f64 = np.float64
-
-    def value(name):
-        var = getattr(bn, name)
-        return None if var is None else keras.ops.convert_to_numpy(var).astype(f64)
-
-    gamma, beta = value("gamma"), value("beta")
-    mean, var = value("moving_mean"), value("moving_variance")
-    s = (1.0 if gamma is None else gamma) / np.sqrt(var + f64(bn.epsilon))
-    attr = _entry(layer)[1]
-    kernel_var = getattr(layer, attr)
-    mult = _multiplier(layer, attr, s)
-    scales[f"{layer.name}/{attr}"] = mult
-    kernel = keras.ops.convert_to_numpy(kernel_var)
-    bias = keras.ops.convert_to_numpy(layer.bias).astype(f64) if layer.use_bias else 0.0
-    new_bias = (bias - mean) * s + (0.0 if beta is None else beta)
-    repl = {id(kernel_var): (kernel.astype(f64) * mult).astype(kernel.dtype)}
-    if layer.use_bias:
-        repl[id(layer.bias)] = new_bias.astype(keras.ops.convert_to_numpy(layer.bias).dtype)
-    values = [repl.get(id(v), None) for v in layer.weights]
-    values = [keras.ops.convert_to_numpy(w) if r is None else r
-              for w, r in zip(layer.weights, values)]
-    if not layer.use_bias:
-        values.append(new_bias.astype(kernel.dtype))
-    new = _with_bias(layer)
-    build_like(new, layer, values)
-    return new
-
-
-def _with_bias(layer):
-    """An unbuilt copy of ``layer`` with ``use_bias=True``, through
-    :func:`~dkm_tf.graph.own_config.from_own_config`: ``type(layer).from_config`` raised a raw
-    Keras TypeError for a conv with an unregistered regularizer or constraint."""
-    from dkm_tf.graph.own_config import from_own_config  # noqa: PLC0415
-
-    get_config = layer.get_config
-    object.__setattr__(layer, "get_config", lambda: {**get_config(), "use_bias": True})
-    try:
-        return from_own_config(layer)
-    except Exception as e:  # noqa: BLE001 - re-raised with context
-        raise _not_copied(layer, e) from e
-    finally:
-        layer.__dict__.pop("get_config", None)
-
-
-def _rebuild(model, plan, memo, scales):
     def clone(layer):
         if id(layer) not in memo:
             if isinstance(layer, keras.Model) and is_graph_model(layer):
-                memo[id(layer)] = _rebuild(layer, plan, memo, scales)
+                memo[id(layer)] = _rebuild(layer, plan, memo, scales, path_of)
             elif id(layer) in plan.drop:
                 memo[id(layer)] = _DROPPED
             elif id(layer) in plan.fold:
-                memo[id(layer)] = _folded_copy(layer, plan.fold[id(layer)], scales)
+                memo[id(layer)] = folded_copy(layer, plan.fold[id(layer)], scales,
+                                              path_of.get(id(layer)))
             else:
                 memo[id(layer)] = copy_layer(layer)
         return memo[id(layer)]
@@ -380,12 +313,27 @@ def fold_batch_norm(model):
             the graph (it would normalize by batch statistics even at inference).
     """
     plan = _plan(model)
-    scales = {}
-    new = _rebuild(model, plan, {}, scales)
+    paths, by_path = layer_paths(model), {}
+    path_of = {id(lay): path for path, lay in paths}
+    new = _rebuild(model, plan, {}, by_path, path_of)
     # clone_model drops a nested Functional model's own flag (a frozen base reads trainable)
     _restore_model_flags(*([m, *(x for x in walk_layers(m) if isinstance(x, keras.Model))]
                            for m in (model, new)))
-    return FoldResult(new, plan.folded, plan.skipped, scales)
+    return FoldResult(new, plan.folded, plan.skipped, _by_name(paths, by_path), by_path,
+                      [(path_of.get(k, prev), path_of.get(id(bn), bn.name))
+                       for (k, bn), (prev, _) in zip(plan.fold.items(), plan.folded)])
+
+
+def _by_name(paths, by_path):
+    """``FoldResult.scales``: ``by_path`` keyed ``layer/attr`` where the name is one layer's."""
+    out = {}
+    for key, mult in by_path.items():
+        path, _, attr = key.rpartition("/")
+        name = dict(paths)[path].name
+        if sum(lay.name == name and getattr(lay, attr, None) is not None
+               for _, lay in paths) == 1:
+            out[f"{name}/{attr}"] = mult
+    return out
 
 
 def maybe_fold(model):

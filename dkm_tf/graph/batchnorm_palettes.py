@@ -17,9 +17,9 @@ import numpy as np
 
 from dkm_tf.core import units as units_lib
 from dkm_tf.graph.batchnorm import maybe_fold
-from dkm_tf.graph.clusterable import walk_layers
+from dkm_tf.graph.layer_paths import layer_paths, same_name_index
 
-__all__ = ["fold_for_export", "fold_palettes", "fold_with_palettes"]
+__all__ = ["fold_for_export", "fold_palettes", "fold_with_palettes", "palette_paths"]
 
 
 def _fold_palette(p, mult, bn):
@@ -47,22 +47,65 @@ def _fold_palette(p, mult, bn):
                                indices=p.indices.reshape(lay.n_groups, lay.n_units))
 
 
-def fold_palettes(palettes, result):
+def palette_paths(model, palettes, owners=None, folded=None):
+    """The path (``layer_paths``) of the layer each palette describes, or None where no
+    layer of ``model`` holds it. ``owners``: the layer of ``model`` of each palette (exact);
+    else a name that several layers share (layers of nested models) is paired by position:
+    the i-th palette of ``conv/kernel`` in the list describes the i-th layer ``conv`` holding
+    a ``kernel`` in walk order (the order of ``palettes_of``). Raises ``ValueError`` where the
+    counts differ (a float ``conv`` beside a clustered one) and a kernel of that name is in
+    ``folded`` (the ``FoldResult.paths`` keys): its BatchNormalization scales could not be
+    matched to its palette."""
+    of_layer = {id(lay): path for path, lay in layer_paths(model)}
+    out, groups = [None] * len(palettes), {}
+    for i, p in enumerate(palettes):
+        owner = owners[i] if owners is not None and i < len(owners) else None
+        if owner is not None and id(owner) in of_layer:
+            out[i] = of_layer[id(owner)]
+        else:
+            groups.setdefault((p.layer_name, p.weight_name), []).append(i)
+    for (name, weight), idx in groups.items():
+        held = [path for path, _ in same_name_index(model, name, weight)]
+        if len(held) == 1 or len(held) == len(idx):
+            for i, path in zip(idx, held * len(idx) if len(held) == 1 else held):
+                out[i] = path
+        elif held and any(f"{path}/{weight}" in (folded or ()) for path in held):
+            raise ValueError(
+                f"Cannot fold BatchNormalization into the layers named {name!r}: "
+                f"{len(held)} layers hold {name}/{weight} (at {', '.join(map(repr, held))}) "
+                f"but {len(idx)} palette(s) name it, and palettes carry no path, so a "
+                "palette could be rescaled with another layer's BatchNormalization. Pass "
+                "fold_bn=False (the BatchNormalization layers stay; the TFLite converter "
+                "folds them), or give the nested models' layers distinct names.")
+    return out
+
+
+def fold_palettes(palettes, result, paths=None):
     """Palettes of ``result.model`` from the palettes of the model that was folded.
 
     Palettes of folded kernels are rescaled with :func:`_fold_palette` (exact; per-tensor ones
-    become per-channel); the others are returned as they are.
+    become per-channel); the others are returned as they are. ``paths``: the layer path of
+    each palette (:func:`palette_paths`; default: paired with ``result.model``'s layers, which
+    have the folded model's paths).
     """
-    bn_of = dict(result.folded)
-    return [_fold_palette(p, result.scales[p.name], bn_of[p.layer_name])
-            if p.name in result.scales else p for p in palettes]
+    if paths is None:
+        paths = palette_paths(result.model, palettes, folded=result.paths)
+    bn_of, bn_named = dict(result.folded_paths), dict(result.folded)
+    return [_fold_palette(p, result.paths[f"{path}/{p.weight_name}"],
+                          bn_named[p.layer_name] if p.name in result.scales  # a unique name
+                          else bn_of.get(path, path))
+            if f"{path}/{p.weight_name}" in result.paths else p
+            for p, path in zip(palettes, paths)]
 
 
-def fold_with_palettes(model, palettes):
+def fold_with_palettes(model, palettes, owners=None):
     """Fold ``model``'s BatchNormalization layers and rescale the palettes of folded kernels.
 
     The folded kernels are set to exactly ``palette.decode()`` of their rescaled palettes (they
     agree to float rounding already), so the palettes describe the folded model bit for bit.
+    ``owners``: the layer of ``model`` that each palette describes (``strip_clustering``
+    knows them); default: same-named layers of nested models are paired with the palettes
+    of their name by position (:func:`palette_paths`).
 
     Returns:
         ``(model, palettes, result)``: ``model`` itself when nothing folds, and the
@@ -71,11 +114,12 @@ def fold_with_palettes(model, palettes):
     result = maybe_fold(model)
     if not result.folded:
         return model, list(palettes), result
-    new_palettes = fold_palettes(palettes, result)
-    layers = {layer.name: layer for layer in walk_layers(result.model)}
-    for p in new_palettes:
-        if p.name in result.scales:
-            var = getattr(layers[p.layer_name], p.weight_name)
+    paths = palette_paths(model, palettes, owners, result.paths)
+    new_palettes = fold_palettes(palettes, result, paths)
+    layers = dict(layer_paths(result.model))  # the same paths: BN layers are only dropped
+    for p, path in zip(new_palettes, paths):
+        if f"{path}/{p.weight_name}" in result.paths:
+            var = getattr(layers[path], p.weight_name)
             w, dec = keras.ops.convert_to_numpy(var), p.decode()
             err = float(np.max(np.abs(w - dec))) if w.size else 0.0
             if err > 1e-5 * max(1.0, float(np.max(np.abs(w)))):
@@ -97,7 +141,7 @@ def fold_for_export(model, palettes, float_content=None, notes=None):
     if not result.folded:
         return model, palettes, float_content
     if notes is not None:
-        scaled = [p.name for p in new_palettes if p.name in result.scales]
+        scaled = [p.name for p, q in zip(palettes, new_palettes) if p is not q]
         notes.append(f"folded {len(result.folded)} BatchNormalization layer(s) into the "
                      f"layer before them (as the TFLite converter does); palettes rescaled "
                      f"per channel: {', '.join(scaled) or 'none'}")

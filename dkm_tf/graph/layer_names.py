@@ -39,26 +39,23 @@ def where(layers):
     return ", ".join(repr(path) for path, _ in layers)
 
 
-def check_fold_names(model, palettes):
+def check_fold_names(model, palettes, owners=None):
     """Raise ``ValueError`` if a BatchNormalization of ``model`` folds into a layer whose name
-    other layers holding a kernel share, and that name has palettes: the fold's scales and
-    the palettes are keyed by ``layer/weight``, so one layer's palette would be rescaled with
-    the other's BatchNormalization (``strip_clustering`` raised a broadcast error or "does not
-    match the folded kernel" after the whole training)."""
+    other layers holding a kernel share, and the palettes of that name cannot be paired with
+    those layers: ``owners`` (the layer of each palette) is not given and their counts differ
+    (palettes carry no path; equal counts pair by position, as ``palettes_of`` lists them).
+    One palette would be rescaled with another layer's BatchNormalization."""
     dup = duplicated_names(model)
     if not dup:
         return
-    from dkm_tf.graph import bn_fate  # noqa: PLC0415 (imports keras)
+    from dkm_tf.graph import batchnorm, bn_kernel  # noqa: PLC0415 (imports keras)
+    from dkm_tf.graph.batchnorm_palettes import palette_paths  # noqa: PLC0415
+    from dkm_tf.graph.layer_paths import layer_paths  # noqa: PLC0415
 
-    folds, _ = bn_fate.batch_norm_fate(model)
-    named = {p.layer_name for p in palettes}
-    clash = sorted(set(folds.values()) & set(dup) & named)
-    if clash:
-        name = clash[0]
-        raise ValueError(
-            f"Cannot fold BatchNormalization into layer {name!r}: {len(dup[name])} layers are "
-            f"named {name!r} (at {where(dup[name])}), and folded kernels and their palettes are "
-            "matched by name, so one palette would be rescaled with another layer's "
-            f"BatchNormalization (same-named layers: {clash}). Pass fold_bn=False (the "
-            "BatchNormalization layers stay; the TFLite converter folds them), or give the "
-            "nested models' layers distinct names before clustering.")
+    plan = batchnorm._plan(model)  # noqa: SLF001 (what the fold will do)
+    folded = {f"{path}/{bn_kernel.entry(lay)[1]}" for path, lay in layer_paths(model)
+              if id(lay) in plan.fold}
+    picked = [i for i, p in enumerate(palettes) if p.layer_name in dup]
+    palette_paths(model, [palettes[i] for i in picked],
+                  None if owners is None else [owners[i] if i < len(owners) else None
+                                               for i in picked], folded)

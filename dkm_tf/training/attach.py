@@ -17,9 +17,11 @@ import keras
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_bool, check_n_clusters, check_seed, invalid
 from dkm_tf.graph import clusterable, layer_features
-from dkm_tf.graph.composite import unsupported_reason
 from dkm_tf.graph.quantized import quantization_mode
 from dkm_tf.training import regularizer as reg_lib
+from dkm_tf.training.attach_report import AttachedRegularizers, weight_paths
+from dkm_tf.training.attach_report import per_layer as _per_layer
+from dkm_tf.training.attach_report import skipped_layers as _skipped
 
 __all__ = ["AttachedRegularizers", "attach_regularizer", "detach_regularizer",
            "kmeans_regularizers", "refresh_regularizers", "strategy_scope"]
@@ -40,54 +42,6 @@ def _selected(kind, include_dense):
     kernels always; with ``include_dense`` every other kind :func:`dkm_tf.share_weights`
     clusters too (Dense, Embedding, recurrent, EinsumDense / attention, custom "vector")."""
     return kind in _CONV_KINDS or include_dense
-
-
-class AttachedRegularizers(dict):
-    """What :func:`attach_regularizer` returns: ``{variable path: regularizer}`` of the weights
-    that got a penalty, plus ``skipped``: tuples ``(layer_name, layer_type, reason)`` of the
-    layers with weights left without one (all of them, or the weights the reason names)."""
-
-    def __init__(self, attached=(), skipped=()):
-        super().__init__(attached)
-        self.skipped = tuple(skipped)
-
-    def summary(self):
-        lines = [f"regularized {len(self)} weight(s), skipped {len(self.skipped)} layer(s)"]
-        lines += [f"  + {path}: K={reg.n_clusters}, lam={reg.lam:g}, {reg.resolved_unit} units"
-                  for path, reg in self.items()]
-        lines += [f"  - {name} ({kind}): {reason}" for name, kind, reason in self.skipped]
-        return "\n".join(lines)
-
-
-def _skipped(model, done, chosen, n_clusters):
-    """``(layer name, type, reason)`` of every layer with weights not (all) in ``done``."""
-    out = []
-    for layer in clusterable.walk_layers(model):
-        if not layer.weights or isinstance(layer, (keras.Model, keras.layers.Pipeline)):
-            continue
-        kind = type(layer).__name__
-        if not clusterable.is_clusterable(layer):
-            out.append((layer.name, kind, unsupported_reason(
-                layer, "layer type not supported (k-means does not cluster it either)")))
-            continue
-        try:
-            weights = clusterable.clusterable_weights(layer)
-        except (TypeError, ValueError) as e:
-            out.append((layer.name, kind, str(e)))
-            continue
-        missing = [(attr, wkind) for attr, var, wkind in weights if id(var) not in done]
-        if not missing:
-            continue
-        if chosen is not None and layer not in chosen:
-            reason = "not in layers"
-        elif _per_layer(n_clusters, layer.name) is None:
-            reason = "n_clusters gives it no K"
-        else:  # include_dense=True selects every clusterable weight
-            reason = "not a conv kernel (include_dense=False)"
-        if len(missing) < len(weights):
-            reason = f"{', '.join(a for a, _ in missing)}: {reason}"
-        out.append((layer.name, kind, reason))
-    return out
 
 
 def _owner(layer, attr):
@@ -126,12 +80,6 @@ def _unit_for(unit, kind, layer, attr, shape, named):
         raise invalid("unit", f"'scalar' or 'auto' for weight {attr!r} of layer {layer.name!r} "
                       f"(an EinsumDense kernel of shape {tuple(shape)}: no spatial axes)", unit)
     return "scalar"
-
-
-def _per_layer(value, layer_name):
-    if isinstance(value, dict):
-        return value.get(layer_name)
-    return value
 
 
 def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="auto",
@@ -196,7 +144,9 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
     if sparsity is None or (isinstance(sparsity, dict) and None in sparsity.values()):
         raise invalid("sparsity", "a fraction in [0, 1) or a dict {layer name: fraction} "
                       "(0 for none)", sparsity)  # None was read as 0 without a word
-    by_name = {layer.name: layer for layer in clusterable.walk_layers(model)}
+    by_name = {}  # a name of layers in two nested models selects both, as n_clusters does
+    for layer in clusterable.walk_layers(model):
+        by_name.setdefault(layer.name, []).append(layer)
     for arg, value in (("n_clusters", n_clusters), ("sparsity", sparsity)):
         unknown = sorted(set(value) - set(by_name), key=str) if isinstance(value, dict) else []
         if unknown:
@@ -216,8 +166,9 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                 if item not in by_name:
                     raise ValueError("Invalid value for argument `layers`. Expected names of "
                                      f"layers of model {model.name!r}. Received: layers={item!r}")
-                item = by_name[item]
-            chosen.append(item)
+                chosen.extend(lay for lay in by_name[item] if lay not in chosen)
+            elif item not in chosen:
+                chosen.append(item)
         targets = []
         _check_features(model, chosen)
         for layer in chosen:
@@ -248,7 +199,7 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                   " result)." if any(type(layer).__name__ == "ClusterWeights"
                                      for layer in clusterable.walk_layers(model)) else "")))
     _check_features(model, list({id(layer): layer for layer, _ in targets}.values()))
-    attached, degenerate, unsaved, planned = {}, [], [], []
+    attached, degenerate, unsaved, planned, paths = {}, [], [], [], weight_paths(model)
     with strategy_scope(model):  # every F first: an error leaves the model as it was
         for layer, (attr, var, kind) in targets:
             k = _per_layer(n_clusters, layer.name)
@@ -278,9 +229,9 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                 setattr(owner, reg_attr, reg)
             if isinstance(layer, _CONFIG_LOSES_REGULARIZER) and layer.name not in unsaved:
                 unsaved.append(layer.name)
-            attached[var.path] = reg
+            attached[paths.get(id(var), var.path)] = reg
             if info["degenerate"]:
-                degenerate.append((var.path, reg, info))
+                degenerate.append((paths.get(id(var), var.path), reg, info))
                 reg._warned = True
     if degenerate:
         warnings.warn(reg_lib.degenerate_message(degenerate), UserWarning, stacklevel=2)
@@ -291,7 +242,10 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                       "attach_regularizer again after loading.", UserWarning, stacklevel=2)
     _reset_compiled_functions(model)
     done = {id(var) for _, _, var, _, _ in planned}
-    return AttachedRegularizers(attached, _skipped(model, done, chosen, n_clusters))
+    trainable = {id(v) for v in model.trainable_weights}  # Keras penalizes only these
+    return AttachedRegularizers(attached, _skipped(model, done, chosen, n_clusters),
+                                [paths.get(id(var), var.path) for _, _, var, _, _ in planned
+                                 if id(var) not in trainable])
 
 
 def detach_regularizer(model):
@@ -347,13 +301,14 @@ def refresh_regularizers(model, *, warn=True):
         ``{variable path: refresh info}`` (see :meth:`SpectralKMeansRegularizer.refresh`).
     """
     warn = check_bool("warn", warn)  # "yes", 0 and None were accepted
-    out, degenerate = {}, []
+    out, degenerate, paths = {}, [], weight_paths(model)
     with strategy_scope(model):
         for var, reg in kmeans_regularizers(model):
             info = reg.refresh(var, warn=False)
-            out[var.path] = info
+            path = paths.get(id(var), var.path)  # "a/fc/kernel" where two read "fc/kernel"
+            out[path] = info
             if info["degenerate"] and not reg._warned:
-                degenerate.append((var.path, reg, info))
+                degenerate.append((path, reg, info))
                 reg._warned = True
     if warn and degenerate:
         warnings.warn(reg_lib.degenerate_message(degenerate), UserWarning, stacklevel=2)

@@ -33,7 +33,7 @@ from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.graph import sensitivity as sensitivity_lib
 from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
 from dkm_tf.graph.composite import unsupported_reason
-from dkm_tf.graph.copying import clone_uncompiled
+from dkm_tf.graph.copying import clone_uncompiled, map_pipeline
 from dkm_tf.graph.copying import copy_layer as _copy_layer
 from dkm_tf.graph.layer_features import merges_lora
 from dkm_tf.graph.layer_names import check_fold_names
@@ -228,6 +228,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         if id(layer) in folds:  # not a skip: folded into the layer before it at strip
             folded.append((folds[id(layer)], layer.name))
             return _copy_layer(layer)
+        if isinstance(layer, keras.layers.Pipeline):  # one layer to clone_model: its layers
+            return map_pipeline(layer, wrap, _build_now)
         if not clusterable_lib.is_clusterable(layer):
             if layer.weights:
                 skipped.append((layer.name, kind, unsupported_reason(  # raises on "error"
@@ -324,11 +326,15 @@ def strip_clustering(model, *, fold_bn=True):
     Raises:
         TypeError: a subclassed model (the message says what to do instead).
     """
-    palettes = []
+    palettes, owners = [], []
 
     def unwrap(layer):
         if isinstance(layer, ClusterWeights):
-            return _unwrap(layer, palettes)
+            new = _unwrap(layer, palettes)
+            owners.extend([new] * (len(palettes) - len(owners)))  # the layer of each palette
+            return new
+        if isinstance(layer, keras.layers.Pipeline):  # its ClusterWeights (cluster_weights)
+            return map_pipeline(layer, unwrap, _build_now)
         if isinstance(layer, keras.Model):
             raise TypeError(f"Nested model {layer.name!r} ({type(layer).__name__}): "
                             f"{_SUBCLASSED_HINT}")
@@ -342,8 +348,8 @@ def strip_clustering(model, *, fold_bn=True):
                         f"{_SUBCLASSED_HINT}")
     plain = _clone(model, unwrap)
     if fold_bn:
-        check_fold_names(plain, palettes)  # `conv` + BN in two nested blocks
-        plain, palettes, _ = fold_with_palettes(plain, palettes)
+        check_fold_names(plain, palettes, owners)  # `conv` + BN in two nested blocks
+        plain, palettes, _ = fold_with_palettes(plain, palettes, owners)
     detach_regularizer(plain)  # plain Keras layers only: loads without dkm_tf imported
     return plain, palettes
 
