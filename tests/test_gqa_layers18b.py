@@ -76,7 +76,8 @@ def test_cluster_fit_strip_and_attach_on_group_query_attention():
     _check_palettes(plain, palettes, {n: plain.get_layer(n) for n in ("att", "out")})
     np.testing.assert_allclose(np.asarray(plain(x)), np.asarray(c(x)), rtol=1e-5, atol=1e-6)
     m2 = _gqa_model()
-    regs = dkm_tf.attach_regularizer(m2, 4, include_dense=True)
+    with pytest.warns(UserWarning, match=r"\['att'\].*not saved with the model"):
+        regs = dkm_tf.attach_regularizer(m2, 4, include_dense=True)  # old: silent loss on save
     assert set(regs) == {f"att/{n}/kernel" for n in ("query", "key", "value",
                                                      "attention_output")} | {"out/kernel"}
     assert regs.skipped == () and len(m2.losses) == 5  # old: att skipped, 1 loss

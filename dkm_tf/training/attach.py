@@ -34,7 +34,8 @@ _REG_ATTR = {"kernel": "kernel_regularizer", "depthwise_kernel": "depthwise_regu
              "recurrent_kernel": "recurrent_regularizer"}
 # Their config holds one kernel_regularizer for all projections: per-weight penalties on
 # their sublayers train, but are not saved with the model.
-_CONFIG_LOSES_REGULARIZER = (keras.layers.MultiHeadAttention,)
+_CONFIG_LOSES_REGULARIZER = (keras.layers.MultiHeadAttention,
+                             keras.layers.GroupQueryAttention)
 
 
 def _selected(kind, include_dense):
@@ -237,8 +238,9 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
         warnings.warn(reg_lib.degenerate_message(degenerate), UserWarning, stacklevel=2)
     if unsaved:
         warnings.warn(f"attach_regularizer: the k-means penalties of {unsaved} "
-                      "(MultiHeadAttention) train, but are not saved with the model: its config "
-                      "holds one kernel_regularizer for all four projections. Call "
+                      "(MultiHeadAttention / GroupQueryAttention) train, but are not saved with "
+                      "the model: its config holds one kernel_regularizer for all its "
+                      "projections. Call "
                       "attach_regularizer again after loading.", UserWarning, stacklevel=2)
     _reset_compiled_functions(model)
     done = {id(var) for _, _, var, _, _ in planned}
