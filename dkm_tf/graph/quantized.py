@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["among", "check_not_quantized", "layers_below", "quantization_mode", "quantized_layers"]
+__all__ = ["QUANTIZE_ORDER", "among", "check_not_quantized", "layers_below", "quantization_mode",
+           "quantized_layers"]
+
+# The one order that works, said the same by every refusal (clustering a quantized layer,
+# quantizing a clustered one): Keras quantizes leaf layers, so inside dkm_tf's wrappers too.
+QUANTIZE_ORDER = ("Cluster the float model, strip it (dkm_tf.strip_clustering), then quantize "
+                  "the stripped model.")
 
 
 def quantization_mode(layer):
@@ -55,6 +61,5 @@ def check_not_quantized(model, what, layers=None, leave_float="overrides={name: 
         f"(model.quantize(...)): {shown}{more}. A quantized layer stores integer codes and "
         "scales (int8 / int4) or fake-quantizes with running scales (float8), and quantizes "
         "its inputs when called: there is no float kernel to cluster, and a dequantized float "
-        "copy would compute something else. Cluster the float model (before "
-        "model.quantize(...)), then quantize or export the clustered one; or leave these "
-        f"layers float ({leave_float}).")
+        f"copy would compute something else. {QUANTIZE_ORDER} Or leave these layers float "
+        f"({leave_float}).")

@@ -51,8 +51,8 @@ from dkm_tf.training.wrapper import (
     validate_settings,
 )
 from dkm_tf.training.wrapper_extras import build_now as _build_now
+from dkm_tf.training.wrapper_extras import keep_frozen_variables, warn_unenforced_constraints
 from dkm_tf.training.wrapper_extras import unwrap as _unwrap
-from dkm_tf.training.wrapper_extras import warn_unenforced_constraints
 
 __all__ = ["ClusteringReport", "cluster_weights", "palettes_of", "strip_clustering"]
 
@@ -239,7 +239,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         if cfg is None:
             skipped.append((layer.name, kind, "overrides say None"))
             return _copy_layer(layer)
-        inner = _copy_layer(layer)
+        inner = keep_frozen_variables(layer, _copy_layer(layer))  # kernel.trainable=False
         if not inner.built:
             raise ValueError(f"Layer {layer.name!r} is not built, so it has no weights to "
                              "cluster: build the model first (call it on data or give it an "

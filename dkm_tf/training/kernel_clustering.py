@@ -97,7 +97,8 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
             h = KernelCodebook(p.n_clusters, g.kernel_size, g.codebook_id,  # the conv's
                                name="codebook_" + g.codebook_id.replace(":", "_"),  # policy,
                                dtype=layer.dtype_policy,  # not the global one; frozen with
-                               trainable=any(lay.trainable for lay in g.layers))  # its convs
+                               trainable=any(lay.trainable for lay in g.layers),  # its convs
+                               frozen_with_users=not any(lay.trainable for lay in g.layers))
             h.codebook.assign(p.codebook[0].reshape(-1, *g.kernel_size))
             holders[g.codebook_id] = h
         made[id(w)] = holders[g.codebook_id]
@@ -121,7 +122,21 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
 
 def _check_frozen_groups(groups, codebook):
     """Refuse a codebook group that shares one trainable codebook between frozen
-    (``trainable=False``) and trainable convs: training would move the frozen convs' kernels."""
+    (``trainable=False``) and trainable convs: training would move the frozen convs' kernels;
+    and a trainable conv whose kernel variable alone is frozen (its kernel moved 0.080)."""
+    alone = [lay.name for g in groups for lay in g.layers
+             if lay.trainable and not lay.kernel.trainable]
+    if alone:
+        raise ValueError(
+            f"Invalid value for argument `model`. Expected convs whose kernel is trainable "
+            f"when the conv is (kernel clustering trains a conv's kernel through its scales "
+            f"and its group's codebook). Received: convs {alone} with "
+            f"layer.kernel.trainable=False in a trainable layer. Freeze the whole conv "
+            f"(layer.trainable = False), leave it float with overrides={{{alone[0]!r}: None, "
+            f"...}}, or make its kernel trainable.")
+    split = [[lay.name for lay in g.layers if lay.trainable == t]
+             for g in groups for t in (False, True)]
+    split = [names for names in split if names]
     for g in groups:
         frozen = [lay.name for lay in g.layers if not lay.trainable]
         if frozen and len(frozen) < len(g.layers):
@@ -132,7 +147,7 @@ def _check_frozen_groups(groups, codebook):
                 f"training the trainable convs would change the frozen convs' kernels). "
                 f"Received: codebook={codebook!r}, whose group {g.codebook_id!r} holds frozen "
                 f"{frozen} and trainable {live}. Give the frozen convs their own group, e.g. "
-                f"codebook=[{frozen!r}, {live!r}], leave them float with "
+                f"codebook={split!r} (every group, split by trainable), leave them float with "
                 f"overrides={{{frozen[0]!r}: None, ...}}, or unfreeze them.")
 
 

@@ -10,6 +10,8 @@ stripped copy computes.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -33,9 +35,11 @@ class KernelCodebook(keras.layers.Layer):
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
     """
 
-    def __init__(self, n_clusters, kernel_size, codebook_id="", **kwargs):
+    def __init__(self, n_clusters, kernel_size, codebook_id="", frozen_with_users=False,
+                 **kwargs):
         kwargs.setdefault("autocast", False)  # mixed_float16: the float32 codebook, not
         super().__init__(**kwargs)  # a float16 copy (rounded before the gather)
+        self._frozen_with_users = bool(frozen_with_users)  # see follow_users
         self.n_clusters = int(n_clusters)
         self.kernel_size = tuple(int(k) for k in kernel_size)
         self.codebook_id = str(codebook_id)
@@ -47,15 +51,55 @@ class KernelCodebook(keras.layers.Layer):
     def build(self, input_shape=None):
         self.built = True
 
+    def users(self):
+        """The :class:`ClusterKernels` reading this codebook in the models built so far."""
+        out = []
+        for node in getattr(self, "_outbound_nodes", ()):
+            if isinstance(node.operation, ClusterKernels) and node.operation not in out:
+                out.append(node.operation)
+        return out
+
+    def follow_users(self):
+        """Freeze this codebook when every conv reading it is frozen (it only got zero
+        gradients then, yet an optimizer's weight decay moved it: 0.0081 under JAX + AdamW),
+        and unfreeze it again when one of them is unfrozen, if it was frozen that way (here
+        or by ``cluster_weights`` for a group of frozen convs), not by you."""
+        users = self.users()
+        if not users:
+            return
+        if self.trainable and not any(u.trainable for u in users):
+            self.trainable, self._frozen_with_users = False, True
+        elif any(u.trainable for u in users) and self._frozen_with_users:
+            self.trainable, self._frozen_with_users = True, False
+
     def call(self, inputs):
+        if self.trainable:
+            self._warn_frozen_users()
         return ops.convert_to_tensor(self.codebook)
+
+    def _warn_frozen_users(self):
+        frozen = [u.name for u in self.users() if not u.trainable]
+        if frozen and frozen != getattr(self, "_warned_frozen", None):
+            self._warned_frozen = frozen
+            live = [u.name for u in self.users() if u.trainable]
+            warnings.warn(
+                f"Kernel codebook {self.name!r} ({self.codebook_id}) is trainable, but the "
+                f"frozen {frozen} read it (with trainable {live}): training it changes the "
+                "frozen convs' kernels too. Freeze the codebook layer as well "
+                f"(model.get_layer({self.name!r}).trainable = False; the trainable convs then "
+                "train only their scales), or cluster the frozen convs in their own group "
+                "(cluster_weights(..., unit='kernel', codebook=[[frozen convs], [others]]) on "
+                "the float model).", UserWarning, stacklevel=2)
 
     def compute_output_spec(self, inputs):
         return keras.KerasTensor((self.n_clusters, *self.kernel_size), dtype=self.codebook.dtype)
 
     def get_config(self):
-        return {**super().get_config(), "n_clusters": self.n_clusters,
-                "kernel_size": list(self.kernel_size), "codebook_id": self.codebook_id}
+        config = {**super().get_config(), "n_clusters": self.n_clusters,
+                  "kernel_size": list(self.kernel_size), "codebook_id": self.codebook_id}
+        if self._frozen_with_users:  # written only when set: loads in older dkm_tf
+            config["frozen_with_users"] = True
+        return config
 
 
 def _transform(x, t):
@@ -100,6 +144,19 @@ class ClusterKernels(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
         self.transforms = int(transforms)
         self.scale_bits = int(scale_bits)
         self.codebook_id = str(codebook_id)
+
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):  # the conv's kernel stays frozen; its codebook follows
+        extras.KeepsReplacedFrozen.trainable.fset(self, value)
+        for node in getattr(self, "_inbound_nodes", ()):
+            for t in node.arguments.keras_tensors:
+                holder = t._keras_history.operation  # noqa: SLF001 - Keras' graph record
+                if isinstance(holder, KernelCodebook):
+                    holder.follow_users()
 
     def build(self, inputs_shape=None, codebook_shape=None):
         if not self.layer.built:

@@ -41,18 +41,11 @@ from dkm_tf.training import soft as soft_lib
 from dkm_tf.training import wrapper_extras as extras
 from dkm_tf.training.distribute import collective_safe_dtype
 from dkm_tf.training.soft import gather_codebook
+from dkm_tf.training.wrapper_deferred import NO_VALUE_YET, DeferredKMeans, in_symbolic_scope
 from dkm_tf.training.wrapper_kmeans import index_dtype, kmeans_codebook, kmeans_layout
 
 __all__ = ["ClusterWeights", "gather_codebook", "index_dtype", "kmeans_codebook", "kmeans_layout",
            "validate_settings"]
-
-
-_NO_VALUE_YET = object()  # a kernel built in a symbolic pass: k-means waits for its values
-try:  # Keras' shape-only pass (compute_output_spec), where variables have no values
-    from keras.src.backend.common.symbolic_scope import in_symbolic_scope as _in_symbolic_scope
-except ImportError:  # pragma: no cover - a Keras without it: every call is a real one
-    def _in_symbolic_scope():
-        return False
 
 
 def validate_settings(n_clusters=16, unit="scalar", granularity="per_tensor", init="kmeans++",
@@ -89,7 +82,7 @@ class _Slot:
 
 @keras.saving.register_keras_serializable(package="dkm_tf")
 class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesDeferredClusters,
-                     keras.layers.Wrapper):
+                     DeferredKMeans, keras.layers.Wrapper):
     """Wraps a layer so that its kernels are ``codebook[indices]`` while it trains.
 
     On ``build`` each clusterable weight of the wrapped layer (see
@@ -218,7 +211,8 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
             stem = attr.replace(".", "_")  # "cell.kernel": torch refuses dots in names
             codebook = self.add_weight(name=f"{stem}_codebook", shape=(g, k, d),
                                        initializer="zeros", dtype=var.dtype,
-                                       trainable=self.assignment == "hard",
+                                       trainable=(self.assignment == "hard"
+                                                  and not extras.frozen_variable(self, var)),
                                        constraint=extras.codebook_constraint(var))
             indices = self.add_weight(name=f"{stem}_indices", shape=(g, m), initializer="zeros",
                                       trainable=False, dtype=collective_safe_dtype(index_dtype(k)))
@@ -226,7 +220,7 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
             # attributes too: tf.saved_model.save cannot reach into _Slot ("untracked resource")
             setattr(self, f"_{stem}_codebook_var", codebook)
             setattr(self, f"_{stem}_indices_var", indices)
-            if clusters is _NO_VALUE_YET:  # k-means at the first eager call (or the load)
+            if clusters is NO_VALUE_YET:  # k-means at the first eager call (or the load)
                 self._deferred.append(slot)
             elif clusters is not None:
                 self._assign_clusters(slot, clusters)
@@ -241,14 +235,14 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
 
     def _initial_clusters(self, attr, var, layout):
         """``(codebook, indices)`` of ``var``: from cluster_weights' thread pool, else k-means;
-        :data:`_NO_VALUE_YET` in a symbolic pass, where the kernel has no value."""
+        :data:`NO_VALUE_YET` in a symbolic pass, where the kernel has no value."""
         pending = self._pending.get(attr)
         if pending is not None:  # k-means already running in cluster_weights' thread pool
             return pending.result()
         try:
             values = keras.ops.convert_to_numpy(var)
         except Exception:  # noqa: BLE001 - symbolic tensor / tracer: no value in this pass
-            return _NO_VALUE_YET
+            return NO_VALUE_YET
         return kmeans_codebook(
             values, layout, self.n_clusters, init=self.init,
             seed=self.seed, name=f"{self.layer.name}/{attr}", kmeans_options=self.kmeans_options,
@@ -258,40 +252,6 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
     def _assign_clusters(slot, clusters):
         slot.codebook.assign(clusters[0])
         slot.indices.assign(clusters[1].astype(slot.indices.dtype))
-
-    def _run_deferred_kmeans(self):
-        """k-means of the slots a symbolic build left without clusters (first eager call)."""
-        self._deferred[:] = [s for s in self._deferred if not extras.assigned_since_build(s)]
-        for slot in list(self._deferred):
-            clusters = self._initial_clusters(slot.attr, slot.variable, slot.layout)
-            if clusters is _NO_VALUE_YET:
-                raise RuntimeError(
-                    f"ClusterWeights {self.name!r} was built in a traced call, so k-means of "
-                    f"its {slot.attr!r} has not run yet (it needs the kernel's values). Call "
-                    "the model once eagerly on a batch, e.g. model(x[:1]), before fit, "
-                    "predict or saving.")
-            self._assign_clusters(slot, clusters)
-            self._deferred.remove(slot)
-
-    def load_own_variables(self, store):
-        # Unbuilt with saved variables: a subclassed model saved without a build config, as
-        # dkm_tf before 8cde247 (2026-12-04) wrote them. Keras then visits the layer again by
-        # another path with an empty store and forgets the failure, so the model would load
-        # with no weights and re-cluster fresh ones at its first call: refuse both visits.
-        saved = len(store.keys()) if store is not None else 0
-        if not self.built and (saved or getattr(self, "_unloaded", 0)):
-            self._unloaded = max(saved, getattr(self, "_unloaded", 0))
-            raise ValueError(
-                f"ClusterWeights {self.name!r} was not built when weights were loaded into "
-                f"it, so its {self._unloaded} saved variables cannot be restored (the model "
-                "would silently start from fresh weights). Either the model was built with "
-                "model.build(shape), which does not build a subclassed model's wrappers: call "
-                "it once on a batch, then load; or the file is a subclassed model saved "
-                "without a build config (dkm_tf before 2026-12-04 saved some of its "
-                "variables twice): it cannot be restored exactly; load weights saved from a "
-                "working copy, or re-run the clustering.")
-        super().load_own_variables(store)
-        self._deferred.clear()  # the loaded codebooks and indices are the clusters
 
     # ------------------------------------------------------------------ forward
     def _shared(self, slot):
@@ -323,7 +283,7 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
         # says whether a soft kernel may move its warm start (never at inference, so two
         # identical predictions are identical on every backend, nor when frozen: as BN)
         extras.check_not_quantized(self)  # model.quantize reaches the wrapped layer
-        if self._deferred and not _in_symbolic_scope():  # a shape-only pass needs no values
+        if self._deferred and not in_symbolic_scope():  # a shape-only pass needs no values
             self._run_deferred_kmeans()
         mapping, ours = [], set()
         for slot in self._slots:

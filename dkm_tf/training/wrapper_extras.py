@@ -33,12 +33,14 @@ from keras import ops
 from dkm_tf.core import units as units_lib
 from dkm_tf.graph.clusterable import clusterable_weights
 from dkm_tf.graph.copying import copy_layer
+from dkm_tf.graph.quantized import QUANTIZE_ORDER, layers_below, quantization_mode
 from dkm_tf.training.regularizer import SpectralKMeansRegularizer
 from dkm_tf.training.wrapper_kmeans import nearest_indices
 
 __all__ = ["ELEMENTWISE_CONSTRAINTS", "FROZEN_NOTE", "KeepsReplacedFrozen", "Reassigns",
            "SavesDeferredClusters", "assigned_since_build", "build_now", "check_not_quantized",
-           "codebook_constraint", "keep_replaced_frozen", "replaces_variables",
+           "codebook_constraint", "frozen_variable", "keep_frozen_variables",
+           "keep_replaced_frozen", "replaces_variables",
            "shared_kernel_losses", "unwrap", "user_regularizer",
            "warn_kernel_clustering_constraint", "warn_unenforced_constraints"]
 
@@ -96,6 +98,25 @@ def codebook_constraint(variable):
     return constraint if type(constraint) in ELEMENTWISE_CONSTRAINTS else None
 
 
+def frozen_variable(wrapper, variable):
+    """Whether ``variable`` was frozen by itself (``layer.kernel.trainable = False`` in a
+    trainable layer): its codebook is then built non-trainable, as the plain layer keeps that
+    kernel fixed (it moved 0.40 in a short fit before). As in Keras, setting the wrapper's
+    ``trainable`` later sets it on every variable, the codebook's too."""
+    return not variable.trainable and wrapper.layer.trainable and wrapper.trainable
+
+
+def keep_frozen_variables(layer, copy):
+    """Give ``copy`` (of ``layer``, from its config) the non-trainable flag of each variable
+    that ``layer`` froze by itself (a config does not hold it)."""
+    if not layer.trainable:
+        return copy
+    for original, var in zip(layer.weights, copy.weights):
+        if not original.trainable:
+            var.trainable = False
+    return copy
+
+
 def keep_replaced_frozen(wrapper):
     """Mark the variables the wrapper's shared kernels replace non-trainable again (a
     :class:`ClusterWeights`' replaced slots; a built ``ClusterKernels``' conv kernel)."""
@@ -147,19 +168,24 @@ def warn_unenforced_constraints(layer, weights):
 
 
 def check_not_quantized(wrapper):
-    """Refuse a wrapper whose wrapped layer was quantized after clustering
-    (``model.quantize(...)`` quantizes the leaf layers, so the layer inside the wrapper): that
-    layer then computes with its own quantized kernel, made from the pre-clustering float
-    weights, not with the shared kernel, and its outputs would be silently wrong."""
-    mode = getattr(wrapper.layer.dtype_policy, "quantization_mode", None)
-    if mode is not None:
+    """Refuse a wrapper whose wrapped layer, or a layer inside it (a MultiHeadAttention's
+    projections), was quantized after clustering (``model.quantize(...)`` quantizes the leaf
+    layers, so those inside the wrapper): it then computes with its own quantized kernel, made
+    from the pre-clustering float weights, not with the shared kernel, and its outputs would
+    be silently wrong."""
+    found = [(lay.name, quantization_mode(lay)) for lay in layers_below(wrapper.layer)
+             if quantization_mode(lay) is not None]
+    if found:
+        mode = found[0][1]
+        which = ", ".join(f"{name!r} ({m})" for name, m in found)
         raise ValueError(
-            f"Layer {wrapper.name!r}: the layer it wraps, {wrapper.layer.name!r}, was quantized "
-            f"({mode!r}, e.g. by model.quantize) after clustering; it would compute with its "
-            "own quantized copy of the pre-clustering float kernel instead of the shared "
-            "kernel. Quantize the stripped model instead: plain, _ = "
-            f"dkm_tf.strip_clustering(model); plain.quantize({mode!r}). This model's "
-            "quantized layers cannot be undone: reload or re-cluster it first.")
+            f"Layer {wrapper.name!r}: the layer it wraps, {wrapper.layer.name!r}, or a layer "
+            f"inside it was quantized after clustering (quantized: {which}; e.g. by "
+            "model.quantize); it would compute with its own quantized copy of the "
+            "pre-clustering float kernel instead of the shared kernel. "
+            f"{QUANTIZE_ORDER} Here: plain, _ = dkm_tf.strip_clustering(model); "
+            f"plain.quantize({mode!r}). This model's quantized layers cannot be undone: "
+            "reload or re-cluster it first.")
 
 
 def assigned_since_build(slot):
