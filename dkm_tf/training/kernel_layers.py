@@ -32,6 +32,8 @@ class KernelCodebook(keras.layers.Layer):
         n_clusters: K.
         kernel_size: (kh, kw).
         codebook_id: the group id (``"kernel:3x3"``, ``"kernel:group0"``, ...).
+        frozen_with_users: True when this codebook was frozen because every conv reading it
+            is (see :meth:`follow_users`): it is unfrozen again when one of them is.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
     """
 
