@@ -49,12 +49,15 @@ def test_float_same_named_layer_not_charged_with_the_others_palette():
     _set_levels(fa, [-0.5, 0.5], 0)  # a/fc holds K=2, b/fc stays float (same 6x6 size)
     pals = dkm_tf.palettes_of(model)
     assert [(p.name, p.n_clusters) for p in pals] == [("fc/kernel", 2)]
-    # the old code charged b/fc (record fc#2) with a/fc's palette: 68 stored bits, not 576
+    # the old code charged b/fc (record fc#2) with a/fc's palette: 68 stored bits, not 576;
+    # the palette decodes to a/fc's kernel only, so it is charged there and b/fc stays float
+    assert _charged(energy.estimate(model, palettes=pals)) == {"fc": 2, "fc#2": None}
+    _set_levels(_fcs(model)[1], [-0.5, 0.5], 0)  # now b/fc holds it too: it matches both
     with pytest.raises(ValueError, match=r"1 palette\(s\) of fc/kernel.*'a/fc', 'b/fc'"):
         energy.estimate(model, palettes=pals)
 
 
-def test_differing_palettes_of_same_named_layers_refused():
+def test_differing_palettes_of_same_named_layers_paired_by_value():
     model = _two_blocks()
     fa, fb = _fcs(model)
     _set_levels(fa, [-0.5, 0.5], 0)
@@ -62,8 +65,7 @@ def test_differing_palettes_of_same_named_layers_refused():
     pals = dkm_tf.palettes_of(model)
     assert [p.n_clusters for p in pals] == [2, 3]
     for order in (pals, pals[::-1]):  # old: K followed list order, reversed = swapped
-        with pytest.raises(ValueError, match=r"named 'fc' of that size"):
-            energy.estimate(model, palettes=order)
+        assert _charged(energy.estimate(model, palettes=order)) == {"fc": 2, "fc#2": 3}
 
 
 def test_identical_or_size_told_palettes_are_charged_on_their_own_layers():
@@ -193,13 +195,13 @@ def test_same_named_separable_convs_charged_by_size():
                      "sc#2/pointwise": 16}
 
 
-def test_wrapped_model_palettes_refused_for_same_named_layers():
+def test_wrapped_model_palettes_of_same_named_layers_paired_by_value():
     keras.utils.set_random_seed(0)
     clustered = dkm_tf.cluster_weights(_two_blocks(), 3)  # wrappers cluster_fc, palettes fc
     pals = dkm_tf.palettes_of(clustered)
     assert [p.name for p in pals] == ["fc/kernel", "fc/kernel"]
-    # old: both records charged with the one palette given (b/fc's wrapper left uncharged)
-    with pytest.raises(ValueError, match=r"1 palette\(s\) of fc/kernel.*'a/fc', 'b/fc'"):
-        energy.estimate(clustered, palettes=pals[:1])
+    # old: both records charged with the one palette given; now on the layer it decodes to
+    for given, charged in ((pals[:1], (3, None)), (pals[1:], (None, 3))):
+        assert tuple(_charged(energy.estimate(clustered, palettes=given)).values()) == charged
     assert _charged(energy.estimate(clustered, palettes=pals)) == {"cluster_fc": 3,
                                                                    "cluster_fc#2": 3}

@@ -202,7 +202,10 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
             weight; the others (another model's file, another K, the float original) are
             rejected, named with the reason in `notes` (printed "REJECTED PALETTES"), and
             their layers charged as their kernels hold (`energy.stored.beside_keras_file`).
-            Palettes passed as `palettes` are taken as given (no value check).
+            Palettes passed as `palettes` are taken as given (no value check), but for
+            a name that layers of several nested models share (`a/fc`, `b/fc`): those are
+            paired with the layer whose weight their `decode()` equals (records `fc`,
+            `fc#2` in walk order; `energy.same_names_pairing`).
         palettes: Iterable of objects with `layer_name`, `n_clusters`, `unit_dim`, `n_units`
             and `entropy_bits()` (e.g. `dkm_tf.core.palette.Palette`). `entropy_bits()` is read as
             bits per index if it is ≤ log₂ K, otherwise as the total over all units. A 3-D
@@ -232,7 +235,7 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
             layer the reader skips, e.g. an Embedding, gets a `skipped` entry saying its
             palette is not charged), a subclassed model without `input_shape`, or palettes
             of a name that layers of several nested models share (`a/fc`, `b/fc`) where
-            kernel size does not tell them apart and their palettes differ
+            neither their values nor kernel size tell them apart and their palettes differ
             (`energy.same_names`).
 
     Example:
@@ -263,16 +266,19 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
         notes.append(stored.quantized_note(found["quantized"], sum(
             s.kind in ("conv", "dense") for s in shapes), bits_w, bits_x,
             found.get("what", "the file")))
+    from_file = "source" in found and palettes is found.get("palettes")
     try:
-        if found.get("model") is not None:  # `fc` in two nested blocks: refused unless alike
-            from dkm_tf.energy.same_names import check_same_names
-            check_same_names(found["model"], palettes, weight_sharing, index_cost)
+        if found.get("model") is not None:  # `fc` in two nested blocks: paired by value,
+            from dkm_tf.energy.same_names import check_same_names, same_name_estimate
+            shapes, palettes, pruning, paired = same_name_estimate(  # else refused unless
+                found["model"], shapes, palettes, pruning)  # alike
+            check_same_names(found["model"], palettes, weight_sharing, index_cost, paired)
         return estimate_shapes(shapes, skipped=skipped, weight_sharing=weight_sharing,
                                palettes=palettes, pruning=pruning, bits_w=bits_w,
                                bits_x=bits_x, index_cost=index_cost,
                                compute_model=compute_model, model_name=name, notes=notes)
     except ValueError as e:
-        if "source" not in found or palettes is not found.get("palettes"):
+        if not from_file:
             raise
         raise ValueError(f"The palettes file {found['source']!r} beside the model does not "
                          f"describe it: {e}") from e

@@ -166,7 +166,7 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
                 notes.append(f"{key} {found[1]}")
             elif found is not None:
                 unsure.append(f"{key}: {found[1]}")
-    ambiguous = _differing_same_names(model, out, each)
+    ambiguous = _differing_same_names(model, out, each, shapes)
     if notes:
         notes = ["no palettes file beside the model: palettes inferred from the stored "
                  "kernels' distinct values: " + ", ".join(notes)]
@@ -180,13 +180,17 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
     return out, notes + ambiguous
 
 
-def _differing_same_names(model, out, each):
+def _differing_same_names(model, out, each, shapes):
     """Fix `out` for names that several layers share (layers of nested models): `out` held
-    the last one's description only. Records are matched by name and weight size, so each
-    layer's own description is kept where its size tells it apart; where layers of one size
-    differ (other K, or one float), none of that size is charged as clustered (one's palette
-    was charged on the other, float ones too) and a note says so."""
+    the last one's description only. Where each layer has its own records (`fc`, `fc#2`, in
+    walk order) and no float layer shares a described one's size, each description is keyed
+    by its layer's record (`fc#2`, `sc#2/depthwise`). Else records are matched by name and
+    weight size, so each layer's own description is kept where its size tells it apart; where
+    layers of one size differ (other K or index entropy, or one float), none of that size is
+    charged as clustered (one's palette was charged on the other, float ones too) and a note
+    says so."""
     from dkm_tf.energy.same_names import duplicated_names, same_info, where
+    from dkm_tf.energy.same_names_pairing import record_prefixes
 
     notes = []
     duplicated = duplicated_names(model)
@@ -196,9 +200,17 @@ def _differing_same_names(model, out, each):
             continue
         keep, dropped = [], []
         rows = each.get(key, [])
+        prefixes = record_prefixes(shapes, key.split("/", 1)[0])
+        if len(rows) == len(prefixes) == len(layers) and not any(
+                info is None and sum(n == size for n, _ in rows) > 1 for size, info in rows):
+            del out[key]  # one row per layer (walk order), one record prefix per layer
+            for prefix, (_, info) in zip(prefixes, rows):
+                if info is not None:
+                    out[prefix + key[len(key.split("/", 1)[0]):]] = info
+            continue
         for size in sorted({size for size, _ in rows}):
             infos = [info for n, info in rows if n == size]
-            if len(infos) > 1 and (None in infos or not same_info(infos, "none")):
+            if len(infos) > 1 and (None in infos or not same_info(infos, "entropy")):
                 dropped.append(size)
             else:
                 keep += [info for info in infos if info is not None]
@@ -209,7 +221,8 @@ def _differing_same_names(model, out, each):
         if dropped:
             notes.append(f"{len(layers)} layers are named {key.split('/', 1)[0]!r} (at "
                          f"{where(layers)}) and those of {', '.join(map(str, dropped))} "
-                         f"weights{' of ' + key if '/' in key else ''} differ (other K, or "
-                         "float): records are matched by name and size, so they are charged "
+                         f"weights{' of ' + key if '/' in key else ''} differ (other K or "
+                         "index entropy, or float): records are matched by name and size, so "
+                         "they are charged "
                          "as float; rename them to charge each")
     return notes

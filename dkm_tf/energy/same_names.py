@@ -5,9 +5,10 @@ base and a head) may each hold a layer `fc`. The energy readers name their recor
 `fc#2` (the names of a shared layer's later calls) and `match_sharing` assigns palettes to
 them by name, kernel size and order; a palette of one `fc` then lands on the other `fc`, and
 its later-call rule charges a float `fc` with the other's palette. Palettes do not carry the
-layer's path, so such a name is refused where kernel size does not tell its layers apart,
-unless every layer of that size gets an identical description (then any pairing gives the
-same estimate).
+layer's path: `same_name_estimate` pairs them with their layers by value where it can
+(`same_names_pairing`); a name left unpaired is refused where kernel size does not tell its
+layers apart, unless every layer of that size gets an identical description (then any
+pairing gives the same estimate).
 """
 
 import dataclasses
@@ -39,15 +40,47 @@ def _size(layer, weight):
     return None if var is None else math.prod(var.shape)
 
 
-def check_same_names(model, palettes, weight_sharing, index_cost):
+def same_name_estimate(model, shapes, palettes, pruning):
+    """`(shapes, palettes, pruning, paired names)` for `estimate`: palettes of same-named
+    layers paired with their layers by value (`same_names_pairing.pair_by_value`; a layer no
+    palette decodes to is float), the pruning of a renamed layer's records kept under their
+    new key."""
+    from collections.abc import Mapping
+
+    from dkm_tf.energy.same_names_pairing import pair_by_value
+
+    new, palettes, paired = pair_by_value(model, shapes, palettes)
+    if paired and isinstance(pruning, Mapping):
+        pruning = dict(pruning)
+        for s, old in zip(new, shapes):
+            if s.layer != old.layer and old.layer in pruning:
+                pruning.setdefault(s.layer, pruning[old.layer])
+    return new, palettes, pruning, paired
+
+
+def _differs(same, index_cost):
+    """What tells palettes `same` apart, in words."""
+    parts = []
+    for what, get in (("K", lambda p: int(p.n_clusters)), ("d", lambda p: int(p.unit_dim)),
+                      ("units", lambda p: int(p.n_units))):
+        if len({get(p) for p in same}) > 1:
+            parts.append(f"{what} ({', '.join(str(get(p)) for p in same)})")
+    if not parts and index_cost == "entropy" and all(hasattr(p, "entropy_bits") for p in same):
+        bits = ", ".join(f"{float(p.entropy_bits()):.4f}" for p in same)
+        parts.append(f"only the index entropy ({bits} bits)")
+    return "; they differ in " + ", ".join(parts) if parts else ""
+
+
+def check_same_names(model, palettes, weight_sharing, index_cost, paired=()):
     """Raise `ValueError` where `palettes` / `weight_sharing` name a layer name that several
     layers of `model` share and kernel size does not tell them apart: for each size held by
     several layers of that name, one palette per layer and weight, all charged alike (K, d,
     units, codebooks, and the index entropy when `index_cost` is "entropy"), or
-    `weight_sharing` entries all alike (a name applies to each layer of that name)."""
+    `weight_sharing` entries all alike (a name applies to each layer of that name). Palettes
+    of the names in `paired` (paired by value, `same_name_estimate`) are not checked."""
     for name, layers in sorted(duplicated_names(model).items()):
         groups = {}
-        for p in palettes or ():
+        for p in () if name in paired else palettes or ():
             if getattr(p, "layer_name", None) == name:
                 groups.setdefault(str(getattr(p, "weight_name", "")), []).append(p)
         for weight, pals in sorted(groups.items()):
@@ -61,11 +94,14 @@ def check_same_names(model, palettes, weight_sharing, index_cost):
                     raise ValueError(
                         f"Invalid value for argument `palettes`: {len(same)} palette(s) of "
                         f"{name}/{weight} ({got}, {size} weights) for {n} layers named "
-                        f"{name!r} of that size (at {where(layers)}). Palettes are matched to "
-                        "layers by name and size, so a palette would be charged on the wrong "
-                        "layer (or a float layer charged as clustered). Expected one identical "
-                        "palette per such layer, or distinct layer names: rename the nested "
-                        "models' layers (name=...) and cluster again.")
+                        f"{name!r} of that size (at {where(layers)})"
+                        f"{_differs(same, index_cost)}. Palettes carry no path and are "
+                        "matched to layers by name and size, and pairing them by value "
+                        "failed (a palette whose decode() equals no layer's weight or several, "
+                        "or fewer palettes than layers), so a palette could be charged on the "
+                        "wrong layer (or a float layer charged as clustered). Expected one "
+                        "palette per such layer equal to its weight, or distinct layer names: "
+                        "rename the nested models' layers (name=...) and cluster again.")
         infos = weight_sharing.get(name) if hasattr(weight_sharing, "get") else None
         if infos is not None:
             infos = list(infos) if isinstance(infos, (list, tuple)) else [infos]
