@@ -243,8 +243,8 @@ def test_attach_regularizer_recurrent_and_attention(tmp_path):
     b = L.Flatten()(L.MultiHeadAttention(2, 4, name="mha")(inp, inp))
     model = keras.Model(inp, L.Dense(2, name="head")(L.Concatenate()([a, b])))
     lam = 0.5
-    with pytest.warns(UserWarning, match=r"\['mha'\] \(MultiHeadAttention\) train, but are "
-                                         "not saved"):
+    with pytest.warns(UserWarning, match=r"\['mha'\] \(MultiHeadAttention / "
+                                         r"GroupQueryAttention\) train, but are not saved"):
         attached = dkm_tf.attach_regularizer(model, K, lam=lam, include_dense=True)
     assert len(attached) == 4 + 4 + 1  # 2 directions x 2 kernels, 4 projections, head
     cell = model.get_layer("bilstm").forward_layer.cell

@@ -303,9 +303,11 @@ def refresh_regularizers(model, *, warn=True):
         ``{variable path: refresh info}`` (see :meth:`SpectralKMeansRegularizer.refresh`).
     """
     warn = check_bool("warn", warn)  # "yes", 0 and None were accepted
-    out, degenerate, paths = {}, [], weight_paths(model)
+    out, degenerate = {}, []
     with strategy_scope(model):
-        for var, reg in kmeans_regularizers(model):
+        found = list(kmeans_regularizers(model))  # a TypeError naming `model` first
+        paths = weight_paths(model)
+        for var, reg in found:
             info = reg.refresh(var, warn=False)
             path = paths.get(id(var), var.path)  # "a/fc/kernel" where two read "fc/kernel"
             out[path] = info
