@@ -34,24 +34,32 @@ def consumers(model, op_calls, keras):
 def folded_into(norm, counts, keras, x=None):
     """The name of the layer batch norm `norm` is folded into at the call reading `x` (by
     default its first call's input), or `None`."""
-    L = keras.layers
     try:
         x = norm.input if x is None else x
         producer = x._keras_history.operation
     except (AttributeError, ValueError):
         return None
+    if counts.get(id(x), 0) != 1 or not folds_after(producer, norm, len(x.shape), keras):
+        return None
+    return producer.name
+
+
+def folds_after(producer, norm, rank, keras):
+    """Whether the converter folds batch norm `norm`, reading a rank-``rank`` output of layer
+    `producer` (and nothing else reading that output), into `producer`. Also used for the
+    layers of a `keras.layers.Pipeline` (`keras_pipeline`), whose inner tensors have no
+    Keras history."""
+    L = keras.layers
     inner = producer.layer if isinstance(producer, L.Wrapper) else producer
     convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
              L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose)
-    channel = len(x.shape) - 1
+    channel = rank - 1
     if isinstance(inner, convs):
         if getattr(inner, "data_format", "channels_last") == "channels_first":
             channel = 1  # the converter folds it there too (tests/test_layout16.py)
-    elif not (isinstance(inner, L.Dense) and len(x.shape) == 2):
-        return None
+    elif not (isinstance(inner, L.Dense) and rank == 2):
+        return False
     axis = norm.axis if isinstance(norm.axis, int) else (
         norm.axis[0] if len(norm.axis) == 1 else None)
-    if activation_name(getattr(inner, "activation", None)) != "linear" or axis is None or \
-            axis % len(x.shape) != channel or counts.get(id(x), 0) != 1:
-        return None
-    return producer.name
+    return activation_name(getattr(inner, "activation", None)) == "linear" and \
+        axis is not None and axis % rank == channel

@@ -9,7 +9,7 @@ F_q, F_k, F_v input features (per input sample):
 * the keys and values are repeated to H heads (a copy, no compute), so ``<layer>/scores``
   (QKᵀ) and ``<layer>/context`` (softmax(·)·V) are grouped dense records with G = H,
   T_q·H·T_k·d MACs each (as `MultiHeadAttention`'s), and ``<layer>/scale`` the 1/√d product
-  of the queries, T_q·H·d elements.
+  (`attention_scale`).
 
 Before 2026-12-06 the layer was listed as unsupported and its MACs left out (96 of a tiny
 model's 2,144 counted; the model's `.tflite` counts all 2,144).
@@ -47,9 +47,32 @@ def gqa_records(layer, alias, in_shapes, einsum_records):
                                   positions=t_q, groups=heads, **common))
     records.append(sh.dense_shape(f"{alias}/context", in_features=heads * t_k,
                                   units=heads * d, positions=t_q, groups=heads, **common))
-    records.append(sh.eltwise_shape(f"{alias}/scale", elements=t_q * heads * d,
-                                    eltwise_op="mul", n_inputs=1, **common))
+    records += attention_scale(layer, alias, (t_q, heads, t_k, d), 4, source,
+                               bool(getattr(layer, "_return_attention_scores", False)))
     if getattr(layer, "use_gate", False):
         records.append(sh.eltwise_shape(f"{alias}/gate_mul", elements=t_q * heads * d,
                                         eltwise_op="mul", n_inputs=2, **common))
     return records, None
+
+
+def attention_scale(layer, alias, dims, q_rank, source, scores_out):
+    """The ``<alias>/scale`` record (1/√d) of a `MultiHeadAttention` / `GroupQueryAttention`
+    as Keras 3.15 computes it on TensorFlow: with no dropout, no returned attention scores
+    and a 4-D projected query (one attention axis) the layer calls `ops.dot_product_attention`,
+    which scales the scores, T_q·H·T_k elements (``dims``), a MUL by a constant (2 inputs,
+    as the `.tflite` reader and the Keras reader's other constant products count it).
+    Otherwise Keras multiplies the projected queries (T_q·H·d): with a 4-D projected query
+    (dropout, returned scores) the converter folds that constant into the query projection's
+    FULLY_CONNECTED weights: not charged, as the `.tflite` has no op (as a BatchNormalization
+    folded into its convolution); with more attention axes (a 5-D query, an einsum the
+    converter runs as BATCH_MATMUL + ADD) the MUL stays, T_q·H·d elements. Before 2026-12-06 T_q·H·d
+    elements with 1 input were charged in every case (GQA, T_q=3, T_k=7, H=4, d=2: 24 vs the
+    `.tflite`'s 84)."""
+    from dkm_tf.energy import shapes as sh
+
+    t_q, heads, t_k, d = dims
+    if q_rank == 4 and (float(getattr(layer, "dropout", 0.0) or 0.0) > 0 or scores_out):
+        return []
+    n = t_q * heads * (t_k if q_rank == 4 else d)
+    return [sh.eltwise_shape(f"{alias}/scale", elements=n, eltwise_op="mul", n_inputs=2,
+                             layer=alias, op=source)]

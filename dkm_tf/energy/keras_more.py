@@ -9,7 +9,9 @@
   T_q·T_v·d MACs) and `<layer>/context` (softmax(scores)·V: T_q·T_v·d_v MACs), dense records
   whose "weights" are the keys and values (an activation fetched like a weight, as the
   `.tflite` reader's BATCH_MATMUL records and `MultiHeadAttention`'s). With `use_scale` the
-  scaling of the scores is a "mul" over T_q·T_v values; the softmax is not priced.
+  scaling of the scores is a "mul" over T_q·T_v values (2 inputs: a product with a scalar
+  weight counts its operand as the `.tflite` reader and the Keras reader's other constant
+  products do; 1 before 2026-12-06); the softmax is not priced.
   `AdditiveAttention` and `score_mode="concat"` (tanh of sums, no matmul for the scores):
   element-wise records, see `_additive_records`.
 * `Softmax`: a lookup / transcendental function, not priced (as `Activation("softmax")`).
@@ -156,7 +158,7 @@ def _attention(layer, name, in_shapes, common):
                               **common), context]
     if scaled:
         records.append(sh.eltwise_shape(f"{name}/scale", elements=t_q * t_v, eltwise_op="mul",
-                                        n_inputs=1, **common))
+                                        n_inputs=2, **common))  # a scalar weight: 2 inputs
     return records, None
 
 
@@ -183,8 +185,8 @@ def _additive_records(layer, name, dims, scaled, common):
     additive = isinstance(layer, _additive())
     if scaled:  # a d-vector times the tanh (as the .tflite's MUL), or a scalar times the sums
         out.append(sh.eltwise_shape(f"{name}/scale", elements=n, eltwise_op="mul",
-                                    n_inputs=2 if additive else 1, **common))
+                                    n_inputs=2, **common))
     if not additive:
         out.append(sh.eltwise_shape(f"{name}/score_weight", elements=t_q * t_v,
-                                    eltwise_op="mul", n_inputs=1, **common))
+                                    eltwise_op="mul", n_inputs=2, **common))
     return out

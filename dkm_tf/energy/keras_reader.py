@@ -29,13 +29,14 @@ import dataclasses
 import math
 
 from dkm_tf.energy.activations import activation_name, activation_records, layer_norm_records
+from dkm_tf.energy.attention_mask import mask_records
 from dkm_tf.energy.bn_folding import consumers
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
 from dkm_tf.energy.keras_factorised import factorised_records
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
-from dkm_tf.energy.keras_pipeline import pipeline_calls
+from dkm_tf.energy.keras_pipeline import pipeline_calls, pipeline_fold
 
 _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
                "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
@@ -175,10 +176,14 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
         return
     if isinstance(layer, keras.layers.Pipeline) and not isinstance(call, Exception):
         subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain
-        for sub, sub_call in subs:
+        for i, (sub, sub_call) in enumerate(subs):
             used[sub.name] = n = used.get(sub.name, 0) + 1
-            _walk_call(sub, sub.name if n == 1 else f"{sub.name}#{n}", sub_call, counts, keras,
-                       shapes, skipped, used)
+            sub_name = sub.name if n == 1 else f"{sub.name}#{n}"
+            into = pipeline_fold(sub, subs[i - 1][0] if i else None, sub_call, keras)
+            if into is not None:
+                skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
+                continue
+            _walk_call(sub, sub_name, sub_call, counts, keras, shapes, skipped, used)
         skipped.extend([(name, why)] if why else [])
         return
     inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
@@ -201,7 +206,8 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
     alias = inner.name if inner is not layer else layer.name
     try:
         if isinstance(inner, keras.layers.Layer):
-            records, reason = _classify(inner, name, alias, in_shapes, out_shape, keras)
+            records, reason = _classify(inner, name, alias, in_shapes, out_shape, keras,
+                                        len(_shapes_of(call[1])))
         else:
             records, reason = classify_op(inner, in_shapes, out_shape, call)
     except (TypeError, ValueError) as e:
@@ -209,6 +215,8 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
             f"Could not read layer {layer.name!r} ({type(inner).__name__}) with input "
             f"shapes {in_shapes} and output shape {out_shape}: {e}"
         ) from e
+    if records:  # an Attention call's scores mask (causal / mask=): its ADD
+        records = records + mask_records(inner, alias, call, keras)
     if name != layer.name:
         records = _call_names(records, name, (layer.name, alias))
     shapes.extend(records)
@@ -239,7 +247,7 @@ def _shapes_of(tensors):
     return [tuple(t.shape) for t in tensors]
 
 
-def _classify(layer, name, alias, in_shapes, out_shape, keras):
+def _classify(layer, name, alias, in_shapes, out_shape, keras, n_outputs=1):
     """Returns `(records, skip_reason)` for one layer."""
     from dkm_tf.energy import shapes as sh
 
@@ -286,7 +294,7 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras):
         return [], embedding_reason(layer, in_shape, out_shape)
     from dkm_tf.energy.sequence_reader import classify_sequence_layer
 
-    sequence = classify_sequence_layer(layer, alias, in_shapes, out_shape, keras)
+    sequence = classify_sequence_layer(layer, alias, in_shapes, out_shape, keras, n_outputs)
     if sequence is not None:
         return sequence
     if isinstance(layer, L.Dense):

@@ -7,9 +7,13 @@ such as means and sums of squares are not priced, as everywhere):
 * `GroupNormalization` (Keras' `_apply_normalization`): ``var + eps`` (G adds),
   ``inv · gamma`` (C products, with `scale`), ``-mean · inv`` (C products, G without
   `scale`), ``+ beta`` (C adds, with `center` and a non-zero beta: the converter drops a zero
-  one, as for `LayerNormalization`), then ``x · inv + res`` (E products, E adds). The
-  `.tflite` of an image (4-D) input also has the variance's ``x - mean`` as a SUB (E adds,
-  a statistic here, not charged); of a sequence (3-D) input it has not.
+  one, as for `LayerNormalization`), then ``x · inv + res`` (E products, E adds); for an
+  image (4-D) or volume (5-D) input first the variance's ``x - mean`` (E adds), which the
+  converter leaves a SUB there (of a 2-D / 3-D input it fuses it with the square into a
+  SQUARED_DIFFERENCE, a statistic, not priced); not charged before 2026-12-06 (input
+  (4, 4, 6), 3 groups: paper 3,395.8 vs the `.tflite`'s 3,977.2). With ``axis`` not the last
+  one the `.tflite` reader reads the statistics' MEANs as average-pooling records
+  (KNOWN_LIMITATIONS.md); they are not charged here.
 * `UnitNormalization` (``x · rsqrt(max(sum x², eps))``): one "max" per normalised vector (G of
   them) and E products.
 
@@ -37,7 +41,10 @@ def norm_records(layer, name, in_shape, common):
         parts = [("max", groups), ("mul", elements)]
     else:
         channels, groups = int(in_shape[layer.axis % rank]), int(layer.groups)
-        parts = [("add", groups)]
+        # x - mean of the variance: fused with the square (SQUARED_DIFFERENCE, a statistic)
+        # in the .tflite of a 2-D / 3-D input, a SUB (E adds) of a 4-D or 5-D one
+        parts = [("add", elements)] if rank >= 4 else []
+        parts.append(("add", groups))
         if layer.scale:
             parts.append(("mul", channels))
         parts.append(("mul", channels if layer.scale else groups))

@@ -26,7 +26,9 @@ positions: its four projections are EinsumDense records, plus
 
 * ``<layer>/scores`` (QKᵀ): a grouped dense record, G = h, T_q positions, T_q·h·T_k·d_k MACs;
 * ``<layer>/context`` (softmax(·)·V): G = h, T_q positions, T_q·h·d_v·T_k MACs;
-* ``<layer>/scale``: the 1/√d_k product of the queries, T_q·h·d_k elements.
+* ``<layer>/scale``: the 1/√d_k product, T_q·h·T_k elements of the scores where Keras calls
+  `ops.dot_product_attention`, else the queries' T_q·h·d_k (none with one attention axis:
+  the converter folds it into the query projection), see `gqa_records.attention_scale`.
 
 The second operand of the two attention products (K and V) is an activation, but it is
 counted in the records' weight terms (h·T_k·d_k and h·T_k·d_v values): it is fetched the same
@@ -41,7 +43,7 @@ _GATES = {"LSTMCell": 4, "GRUCell": 3, "SimpleRNNCell": 1}
 _GATE_OPS = {"LSTMCell": (3, 5), "GRUCell": (3, 5), "SimpleRNNCell": (0, 1)}
 
 
-def classify_sequence_layer(layer, alias, in_shapes, out_shape, keras):
+def classify_sequence_layer(layer, alias, in_shapes, out_shape, keras, n_outputs=1):
     """``(records, skip_reason)`` for a recurrent / attention layer, or None for other layers.
 
     Args:
@@ -50,6 +52,7 @@ def classify_sequence_layer(layer, alias, in_shapes, out_shape, keras):
         in_shapes: the layer's input shapes (batch axis first).
         out_shape: its (first) output shape.
         keras: the keras module.
+        n_outputs: the call's number of outputs (2: attention scores returned).
     """
     L = keras.layers
     if isinstance(layer, L.Bidirectional):
@@ -69,7 +72,7 @@ def classify_sequence_layer(layer, alias, in_shapes, out_shape, keras):
     if isinstance(layer, L.RNN):
         return _rnn_records(layer, alias, in_shapes[0], "")
     if isinstance(layer, L.MultiHeadAttention):
-        return _mha_records(layer, alias)
+        return _mha_records(layer, alias, n_outputs)
     if type(layer).__name__ in ("GroupQueryAttention", "GroupedQueryAttention"):
         from dkm_tf.energy.gqa_records import gqa_records
 
@@ -235,7 +238,7 @@ def _build_shape(sub):
     return tuple(config.get("input_shape") or ())
 
 
-def _mha_records(layer, alias):
+def _mha_records(layer, alias, n_outputs):
     from dkm_tf.energy import shapes as sh
 
     records = []
@@ -267,5 +270,7 @@ def _mha_records(layer, alias):
     records.append(sh.dense_shape(f"{alias}/context", in_features=heads * t_k,
                                   units=heads * d_v, positions=t_q, groups=heads, layer=alias,
                                   op=source))
-    records.append(_eltwise(f"{alias}/scale", alias, t_q * heads * d_k, "mul", 1, source))
-    return records, None
+    from dkm_tf.energy.gqa_records import attention_scale
+
+    return records + attention_scale(layer, alias, (t_q, heads, t_k, d_k), len(q), source,
+                                     n_outputs > 1), None

@@ -1,0 +1,38 @@
+"""The masking of the scores of a Keras `Attention` / `AdditiveAttention` call.
+
+Keras (`Attention._apply_scores`) masks the T_q·T_v scores as ``where(~mask, scores - 1e9,
+scores)`` whenever the call has a scores mask (``use_causal_mask=True`` or a ``mask=``
+argument): the subtraction is an ADD of T_q·T_v elements with 2 inputs in the `.tflite` (the
+select is not priced). Before 2026-12-06 the Keras estimate left it out (AdditiveAttention
+with a causal mask, T = 4, d = 8: paper 5,009.5 vs the `.tflite`'s 5,106.4). A mask carried
+by the inputs themselves (`Embedding(mask_zero=True)`, `Masking`) is not seen in the call's
+arguments: not charged (KNOWN_LIMITATIONS.md).
+"""
+
+
+def call_kwargs(call):
+    """The keyword arguments of the Functional call ``(inputs, outputs)`` (its node's), or {}."""
+    try:
+        op, index, _ = call[1][0]._keras_history
+        return dict(op._inbound_nodes[index].arguments.kwargs)
+    except (AttributeError, IndexError, TypeError):
+        return {}
+
+
+def mask_records(layer, name, call, keras):
+    """``[record]`` of the masking ADD of an Attention-family call with a scores mask, else []."""
+    from dkm_tf.energy import shapes as sh
+
+    if not isinstance(layer, keras.layers.Attention) or isinstance(call, Exception):
+        return []
+    kwargs = call_kwargs(call)
+    if not kwargs.get("use_causal_mask") and kwargs.get("mask") is None:
+        return []
+    try:
+        q, v = (tuple(call[0][i].shape) for i in (0, 1))
+    except (AttributeError, IndexError):
+        return []
+    if len(q) != 3 or len(v) != 3 or q[1] is None or v[1] is None:
+        return []
+    return [sh.eltwise_shape(f"{name}/mask", elements=int(q[1]) * int(v[1]), eltwise_op="add",
+                             n_inputs=2, layer=layer.name, op=type(layer).__name__)]

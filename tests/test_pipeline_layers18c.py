@@ -1,0 +1,90 @@
+"""`keras.layers.Pipeline` through energy and `share_weights` (probe 18c).
+
+Measured on the code before these tests (2026-12-06): a BatchNormalization inside a Pipeline
+was charged as an "affine" record instead of folded into the convolution before it, as the
+Functional reader and the converter fold it (Pipeline([Conv2D, BN, ReLU, MaxPooling2D]):
+paper 30,272 vs the same layers as a Functional model 28,832); a Pipeline inside a Pipeline
+(no `compute_output_shape`) made the outer one skipped whole (216 of 4,392 MACs counted);
+`share_weights` of a model calling one Pipeline twice and inside another Pipeline copied it
+twice (8 weights for the original's 6: the copies no longer share).
+"""
+
+import keras
+import numpy as np
+
+import dkm_tf
+from dkm_tf import energy
+
+L = keras.layers
+
+
+def _stats(m):
+    rng = np.random.RandomState(2)
+    for layer in m._flatten_layers():
+        if isinstance(layer, L.BatchNormalization):
+            layer.moving_mean.assign(rng.rand(*layer.moving_mean.shape))
+            layer.gamma.assign(rng.rand(*layer.gamma.shape) + 0.5)
+    return m
+
+
+def _model(kind):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    if kind == "pipeline":
+        x = L.Pipeline([L.Conv2D(4, 3, name="c"), L.BatchNormalization(name="bn"), L.ReLU(),
+                        L.MaxPooling2D()])(inp)
+    elif kind == "functional":
+        x = L.MaxPooling2D()(L.ReLU()(L.BatchNormalization(name="bn")(L.Conv2D(4, 3)(inp))))
+    else:  # nested
+        x = L.Pipeline([L.Conv2D(4, 3, name="c"), L.Pipeline([
+            L.Conv2D(2, 1, name="c1"), L.BatchNormalization(name="bn"), L.ReLU()])])(inp)
+    return _stats(keras.Model(inp, L.Dense(3)(L.Flatten()(x))))
+
+
+def test_batch_norm_in_a_pipeline_is_folded_as_in_a_functional_model():
+    p, f = energy.estimate(_model("pipeline")), energy.estimate(_model("functional"))
+    assert p.macs == f.macs == 6 * 6 * 27 * 4 + 3 * 3 * 4 * 3
+    np.testing.assert_allclose(p.paper_total, f.paper_total, rtol=1e-9)  # old: 30,272 vs 28,832
+    np.testing.assert_allclose(p.hierarchy_total, f.hierarchy_total, rtol=1e-9)
+    assert not any(r.shape.kind == "eltwise" and r.shape.eltwise_op == "affine" for r in p.layers)
+    assert dict(p.skipped)["bn"].startswith("folded into c ")
+
+
+def test_pipeline_in_a_pipeline_is_read_and_matches_the_tflite_macs(tmp_path):
+    m = _model("nested")
+    r = energy.estimate(m)
+    hand = 6 * 6 * 27 * 4 + 6 * 6 * 4 * 2 + 6 * 6 * 2 * 3  # conv 3x3, conv 1x1, dense
+    path = tmp_path / "n.tflite"
+    x = np.random.RandomState(1).rand(2, 8, 8, 3).astype("float32")
+    dkm_tf.export.to_tflite(m, str(path), format="float", sample_inputs=x)
+    assert r.macs == energy.estimate(str(path)).macs == hand  # old Keras: 216
+    assert not any("Pipeline" in why for _, why in r.skipped)
+    assert dict(r.skipped)["bn"].startswith("folded into c1 ")
+
+
+def test_share_weights_keeps_a_pipeline_used_twice_one_layer():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    pipe = L.Pipeline([L.Dense(6, name="pd")], name="pipe")
+    outer = L.Pipeline([pipe, L.ReLU(), L.Dense(6, name="o")], name="outer")
+    m = keras.Model(inp, L.Dense(2, name="head")(outer(pipe(pipe(inp)))))
+    shared, palettes, skipped = dkm_tf.share_weights(m, n_clusters=4)
+    assert not skipped and len(shared.weights) == len(m.weights) == 6  # old: 8
+    dense = {}
+    for layer in shared._flatten_layers():
+        if isinstance(layer, L.Dense):
+            dense.setdefault(layer.name, set()).add(id(layer))
+    assert {k: len(v) for k, v in dense.items()} == {"pd": 1, "o": 1, "head": 1}  # old pd: 2
+    top = shared.get_layer("pipe")
+    assert shared.get_layer("outer").layers[0] is top
+    # the palettes describe the one copy: the shared model is the original with each kernel
+    # replaced by its decoded palette (keras.models.clone_model copies the Pipeline twice too)
+    by_name = {p.name.split("/")[0]: p for p in palettes}
+    x = np.random.RandomState(3).randn(4, 6).astype("float32")
+    for layer in m._flatten_layers():
+        if isinstance(layer, L.Dense):
+            layer.kernel.assign(np.asarray(by_name[layer.name].decode()).reshape(
+                layer.kernel.shape))
+            copy = next(c for c in shared._flatten_layers() if c.name == layer.name)
+            np.testing.assert_array_equal(np.asarray(layer.kernel), np.asarray(copy.kernel))
+    np.testing.assert_allclose(np.asarray(shared(x)), np.asarray(m(x)), rtol=1e-5, atol=1e-6)
