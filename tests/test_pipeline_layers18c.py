@@ -88,3 +88,28 @@ def test_share_weights_keeps_a_pipeline_used_twice_one_layer():
             copy = next(c for c in shared._flatten_layers() if c.name == layer.name)
             np.testing.assert_array_equal(np.asarray(layer.kernel), np.asarray(copy.kernel))
     np.testing.assert_allclose(np.asarray(shared(x)), np.asarray(m(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_cluster_weights_keeps_a_layer_inside_two_pipelines_one_wrapper():
+    # old: the Dense "pd" inside two Pipelines got two wrappers (12 weights for 8, palettes
+    # pd, pre, pd), which a fit pulls apart; strip then returned 6 weights for the original's 4
+    keras.utils.set_random_seed(0)
+    pd = L.Dense(3, name="pd")
+    pipe = L.Pipeline([pd], name="pipe")
+    outer = L.Pipeline([L.Dense(3, name="pre"), pd], name="outer")
+    inp = keras.Input((3,))
+    m = keras.Model(inp, L.Add()([pipe(inp), pipe(inp), outer(inp)]))
+    clustered = dkm_tf.cluster_weights(m, 2)
+    assert [p.name for p in dkm_tf.palettes_of(clustered)] == ["pd/kernel", "pre/kernel"]
+    wrappers = {id(la) for la in clustered._flatten_layers()
+                if isinstance(la, dkm_tf.ClusterWeights) and la.layer.name == "pd"}
+    assert len(wrappers) == 1
+    x = np.random.RandomState(0).randn(4, 3).astype("float32")
+    clustered.compile("sgd", "mse")
+    clustered.fit(x, np.ones((4, 3), "float32"), epochs=1, verbose=0)
+    plain, palettes = dkm_tf.strip_clustering(clustered)
+    assert len(plain.weights) == len(m.weights) == 4
+    assert [p.name for p in palettes] == ["pd/kernel", "pre/kernel"]
+    for batch in (1, 3):
+        np.testing.assert_allclose(np.asarray(plain(x[:batch])), np.asarray(clustered(x[:batch])),
+                                   rtol=1e-5, atol=1e-6)

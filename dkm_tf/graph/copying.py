@@ -44,6 +44,18 @@ def map_pipeline(layer, fn, build=None):
     return new
 
 
+def once_per_layer(fn):
+    """``fn`` called once per layer (a layer inside two Pipelines stays one shared copy)."""
+    copies = {}
+
+    def call(layer):
+        if id(layer) not in copies:
+            copies[id(layer)] = fn(layer)
+        return copies[id(layer)]
+
+    return call
+
+
 def build_like(new, layer, values=None):
     """Build ``new`` with ``layer``'s input shape and, if given, the weight ``values``.
 

@@ -24,7 +24,14 @@ from dkm_tf.core.validate import (
     check_seed,
     is_bool,
 )
-from dkm_tf.graph.copying import _copy_model, _NotACopyError, copy_layer, iter_layers, map_pipeline
+from dkm_tf.graph.copying import (
+    _copy_model,
+    _NotACopyError,
+    copy_layer,
+    iter_layers,
+    map_pipeline,
+    once_per_layer,
+)
 
 __all__ = ["ShareResult", "share_weights"]
 
@@ -312,26 +319,19 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
             futures = {id(j.var): pool.submit(j.run)
                        for j in sorted(jobs, key=lambda j: -j.size)}
 
-            copies = {}  # id(layer) -> its copy: a Pipeline (or its layers) used twice,
-            # or also inside another Pipeline, stays one layer (before 2026-12-06: a copy each)
-
-            def clone_function(layer):
-                if id(layer) in copies:
-                    return copies[id(layer)]
+            @once_per_layer  # a Pipeline (or its layers) used twice, or also inside another
+            def clone_function(layer):  # Pipeline, stays one layer (before 2026-12-06: two)
                 new = map_pipeline(layer, clone_function)
                 if new is not None:
-                    pass
-                elif not any(id(v) in futures for v in layer.weights):
-                    new = copy_layer(layer)
-                else:
-                    try:  # k-means errors (NaN weights, ...) are not copy failures
-                        values = [futures[id(v)].result().decode().astype(v.dtype, copy=False)
-                                  if id(v) in futures else v.numpy() for v in layer.weights]
-                    except Exception as e:
-                        raise _NotACopyError from e
-                    new = copy_layer(layer, values)
-                copies[id(layer)] = new
-                return new
+                    return new
+                if not any(id(v) in futures for v in layer.weights):
+                    return copy_layer(layer)
+                try:  # k-means errors (NaN weights, ...) are not copy failures
+                    values = [futures[id(v)].result().decode().astype(v.dtype, copy=False)
+                              if id(v) in futures else v.numpy() for v in layer.weights]
+                except Exception as e:
+                    raise _NotACopyError from e
+                return copy_layer(layer, values)
 
             try:
                 clone = _copy_model(model, clone_function)

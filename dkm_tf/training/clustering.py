@@ -33,7 +33,7 @@ from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.graph import sensitivity as sensitivity_lib
 from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
 from dkm_tf.graph.composite import unsupported_reason
-from dkm_tf.graph.copying import clone_uncompiled, map_pipeline
+from dkm_tf.graph.copying import clone_uncompiled, map_pipeline, once_per_layer
 from dkm_tf.graph.copying import copy_layer as _copy_layer
 from dkm_tf.graph.layer_features import merges_lora
 from dkm_tf.graph.layer_names import check_fold_names
@@ -254,6 +254,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         wrapper._pending = dict(futures.get(id(layer), {}))  # noqa: SLF001
         return wrapper
 
+    wrap = once_per_layer(wrap)  # a layer inside two Pipelines stays one (shared) layer
     futures = {}
     if isinstance(model, keras.layers.Layer) and not isinstance(model, keras.Model):
         out = wrap(model)
@@ -340,6 +341,7 @@ def strip_clustering(model, *, fold_bn=True):
                             f"{_SUBCLASSED_HINT}")
         return _copy_layer(layer)
 
+    unwrap = once_per_layer(unwrap)  # one palette for a wrapper inside two Pipelines
     fold_bn = check_bool("fold_bn", fold_bn)  # numpy bools too
     if isinstance(model, ClusterWeights):
         return _unwrap(model, palettes), palettes
