@@ -113,3 +113,23 @@ def test_cluster_weights_keeps_a_layer_inside_two_pipelines_one_wrapper():
     for batch in (1, 3):
         np.testing.assert_allclose(np.asarray(plain(x[:batch])), np.asarray(clustered(x[:batch])),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_cluster_and_strip_a_pipeline_holding_preprocessing_layers():
+    # a regression of this session's Pipeline wrapping (5321a43): the copied Rescaling /
+    # Resizing were built as if they were ClusterWeights ("'Rescaling' object has no
+    # attribute 'layer'"); before it the Pipeline was skipped whole. (A RandomFlip in a
+    # Pipeline flips at inference too, in Keras itself: not compared here.)
+    keras.utils.set_random_seed(0)
+    pipe = L.Pipeline([L.Rescaling(0.5), L.Resizing(9, 9), L.Conv2D(4, 3, name="pc")],
+                      name="pp")
+    inp = keras.Input((8, 8, 3))
+    m = keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(pipe(inp))))
+    clustered = dkm_tf.cluster_weights(m, 4)
+    assert [p.name for p in dkm_tf.palettes_of(clustered)] == ["pc/kernel", "head/kernel"]
+    plain, palettes = dkm_tf.strip_clustering(clustered)
+    x = np.random.RandomState(1).rand(3, 8, 8, 3).astype("float32")
+    for batch in (1, 3):
+        np.testing.assert_allclose(np.asarray(plain(x[:batch])),
+                                   np.asarray(clustered(x[:batch])), rtol=1e-5, atol=1e-6)
+    assert len(np.unique(np.asarray(plain.get_layer("pp").layers[2].kernel))) <= 4

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dkm_tf.core.files import atomic_path
 
 __all__ = ["build_like", "clone_uncompiled", "copy_layer", "copy_model", "is_graph_model",
-           "iter_layers", "keep_dtype_policy", "layers_only", "map_pipeline", "save_model_atomic"]
+           "iter_layers", "keep_dtype_policy", "layers_only", "save_model_atomic"]
 
 
 def iter_layers(model):
@@ -22,38 +22,6 @@ def iter_layers(model):
     from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415 (imports keras)
 
     return [layer for layer in walk_layers(model) if not getattr(layer, "layers", None)]
-
-
-def map_pipeline(layer, fn, build=None):
-    """A ``keras.layers.Pipeline`` of ``fn`` applied to each of ``layer``'s layers (a
-    clone function for what ``clone_model`` treats as one layer), or None for other layers.
-
-    ``build(sub)`` builds each new layer that ``fn`` left unbuilt. The Pipeline (no weights of
-    its own) is marked built when all its layers are: Keras cannot trace a Pipeline to build
-    it, so the clone would otherwise warn, and build its layers inside a symbolic pass."""
-    import keras  # noqa: PLC0415
-
-    if not isinstance(layer, keras.layers.Pipeline):
-        return None
-    subs = [fn(sub) for sub in layer.layers]
-    for sub in subs:
-        if not sub.built and build is not None:
-            build(sub)
-    new = keras.layers.Pipeline(subs, name=layer.name)
-    new.built = layer.built and all(sub.built for sub in subs)
-    return new
-
-
-def once_per_layer(fn):
-    """``fn`` called once per layer (a layer inside two Pipelines stays one shared copy)."""
-    copies = {}
-
-    def call(layer):
-        if id(layer) not in copies:
-            copies[id(layer)] = fn(layer)
-        return copies[id(layer)]
-
-    return call
 
 
 def build_like(new, layer, values=None):

@@ -24,14 +24,8 @@ from dkm_tf.core.validate import (
     check_seed,
     is_bool,
 )
-from dkm_tf.graph.copying import (
-    _copy_model,
-    _NotACopyError,
-    copy_layer,
-    iter_layers,
-    map_pipeline,
-    once_per_layer,
-)
+from dkm_tf.graph.copying import _copy_model, _NotACopyError, copy_layer, iter_layers
+from dkm_tf.graph.pipelines import map_pipeline, once_per_layer
 
 __all__ = ["ShareResult", "share_weights"]
 

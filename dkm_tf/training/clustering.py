@@ -33,10 +33,11 @@ from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.graph import sensitivity as sensitivity_lib
 from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
 from dkm_tf.graph.composite import unsupported_reason
-from dkm_tf.graph.copying import clone_uncompiled, map_pipeline, once_per_layer
+from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
 from dkm_tf.graph.layer_features import merges_lora
 from dkm_tf.graph.layer_names import check_fold_names
+from dkm_tf.graph.pipelines import map_pipeline, once_per_layer
 from dkm_tf.graph.share import check_override_options
 from dkm_tf.graph.tied import CLONE_WHY, check_no_tied_reads
 from dkm_tf.training import soft as soft_lib

@@ -50,7 +50,7 @@ class DeferredKMeans:
                     f"its {slot.attr!r} has not run yet (it needs the kernel's values, outside "
                     "any keras.StatelessScope: model.stateless_call cannot keep the clusters "
                     "it would assign). Call the model once eagerly on a batch, e.g. "
-                    "model(x[:1]), before fit, predict, stateless_call or saving.")
+                    "model(x[:1]), before fit, predict or stateless_call.")
             self._assign_clusters(slot, clusters)
             self._deferred.remove(slot)
 
