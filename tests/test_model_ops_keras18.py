@@ -60,30 +60,6 @@ def test_quantize_after_clustering_is_refused_by_name(kind):
         dkm_tf.strip_clustering(model)
 
 
-def test_quantize_of_the_stripped_model_is_close_to_the_clustered_one():
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((8,))
-    base = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Dense(16)(inputs)))
-    model = dkm_tf.cluster_weights(base, 4)
-    x = RNG.normal(size=(3, 8)).astype(np.float32)
-    ref = keras.ops.convert_to_numpy(model(x))
-    plain, _ = dkm_tf.strip_clustering(model)
-    with pytest.warns(UserWarning, match="InputLayer does not have a `quantize`"):  # Keras'
-        plain.quantize("int8")
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(plain(x)), ref, atol=0.05)
-
-
-# ------------------------------------------------------------------ deferred k-means, set_weights
-class TwoWrappers(keras.Model):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.a = dkm_tf.ClusterWeights(keras.layers.Dense(4), n_clusters=3)
-        self.b = dkm_tf.ClusterWeights(keras.layers.Dense(2), n_clusters=3)
-
-    def call(self, x):
-        return self.b(self.a(x))
-
-
 def test_set_weights_after_a_traced_first_call_is_not_overwritten_by_kmeans():
     x = RNG.normal(size=(3, 5)).astype(np.float32)
     keras.utils.set_random_seed(0)
