@@ -60,6 +60,16 @@ def test_quantize_after_clustering_is_refused_by_name(kind):
         dkm_tf.strip_clustering(model)
 
 
+class TwoWrappers(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.a = dkm_tf.ClusterWeights(keras.layers.Dense(4), n_clusters=3)
+        self.b = dkm_tf.ClusterWeights(keras.layers.Dense(2), n_clusters=3)
+
+    def call(self, x):
+        return self.b(self.a(x))
+
+
 def test_set_weights_after_a_traced_first_call_is_not_overwritten_by_kmeans():
     x = RNG.normal(size=(3, 5)).astype(np.float32)
     keras.utils.set_random_seed(0)
