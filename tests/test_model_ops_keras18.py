@@ -60,6 +60,7 @@ def test_quantize_after_clustering_is_refused_by_name(kind):
         dkm_tf.strip_clustering(model)
 
 
+# ------------------------------------------------------------------ deferred k-means, set_weights
 class TwoWrappers(keras.Model):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
