@@ -152,3 +152,27 @@ def test_energy_of_stripped_same_named_conv_bn_blocks_file(tmp_path):
     for name, pal in zip(("conv", "conv#2"), pals):
         assert rows[name].stored_weight_bits == pytest.approx(
             16 * 16 + 144 * float(pal.entropy_bits()), 1e-9)
+
+
+class _CalledBackwards(keras.Model):
+    """Two same-named blocks called in the other order than they are defined (the traced
+    reader names records in call order: `fc` is block b's)."""
+
+    def __init__(self):
+        super().__init__(name="backwards")
+        self.a = _block("a", [0.5, 0.5])
+        self.b = _block("b", [0.25, 0.25, 0.25, 0.25], levels=(-0.6, -0.2, 0.2, 0.6))
+
+    def call(self, x):
+        return self.a(self.b(x))
+
+
+def test_subclassed_model_palettes_not_paired_by_walk_order():
+    # by value, then by walk order: a's K=2 palette was charged on b's record and b's K=4 on
+    # a's (the same wrong numbers as before the pairing, now vouched for); now refused
+    model = _CalledBackwards()
+    model(np.zeros((1, 6), "float32"))
+    pals = dkm_tf.palettes_of(model)
+    assert sorted(p.n_clusters for p in pals) == [2, 4]
+    with pytest.raises(ValueError, match=r"fc"):
+        energy.estimate(model, palettes=pals, input_shape=(6,))

@@ -1,12 +1,13 @@
 """The masking of the scores of a Keras `Attention` / `AdditiveAttention` call.
 
 Keras (`Attention._apply_scores`) masks the T_q·T_v scores as ``where(~mask, scores - 1e9,
-scores)`` whenever the call has a scores mask (``use_causal_mask=True`` or a ``mask=``
-argument): the subtraction is an ADD of T_q·T_v elements with 2 inputs in the `.tflite` (the
-select is not priced). Before 2026-12-06 the Keras estimate left it out (AdditiveAttention
-with a causal mask, T = 4, d = 8: paper 5,009.5 vs the `.tflite`'s 5,106.4). A mask carried
-by the inputs themselves (`Embedding(mask_zero=True)`, `Masking`) is not seen in the call's
-arguments: not charged (KNOWN_LIMITATIONS.md).
+scores)`` whenever the call has a scores mask (``use_causal_mask=True`` or a value mask,
+``mask=[query_mask, value_mask]``; a query mask alone masks none): the subtraction is an ADD
+of T_q·T_v elements with 2 inputs in the `.tflite` (the select is not priced). Before
+2026-12-06 the Keras estimate left it out (AdditiveAttention with a causal mask, T = 4,
+d = 8: paper 5,009.5 vs the `.tflite`'s 5,106.4). A mask carried by the inputs themselves
+(`Embedding(mask_zero=True)`, `Masking`) is not seen in the call's arguments: not charged
+(KNOWN_LIMITATIONS.md).
 """
 
 
@@ -26,7 +27,10 @@ def mask_records(layer, name, call, keras):
     if not isinstance(layer, keras.layers.Attention) or isinstance(call, Exception):
         return []
     kwargs = call_kwargs(call)
-    if not kwargs.get("use_causal_mask") and kwargs.get("mask") is None:
+    mask = kwargs.get("mask")  # [query mask, value mask]: only the value mask masks scores
+    if isinstance(mask, (list, tuple)):
+        mask = mask[1] if len(mask) > 1 else None
+    if not kwargs.get("use_causal_mask") and mask is None:
         return []
     try:
         q, v = (tuple(call[0][i].shape) for i in (0, 1))

@@ -97,8 +97,9 @@ def check_same_names(model, palettes, weight_sharing, index_cost, paired=()):
                         f"{name!r} of that size (at {where(layers)})"
                         f"{_differs(same, index_cost)}. Palettes carry no path and are "
                         "matched to layers by name and size, and pairing them by value "
-                        "failed (a palette whose decode() equals no layer's weight or several, "
-                        "or fewer palettes than layers), so a palette could be charged on the "
+                        "failed (a palette whose decode() equals no layer's weight or several) "
+                        "or cannot be done (a subclassed model, a nested model called twice), "
+                        "so a palette could be charged on the "
                         "wrong layer (or a float layer charged as clustered). Expected one "
                         "palette per such layer equal to its weight, or distinct layer names: "
                         "rename the nested models' layers (name=...) and cluster again.")

@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from dkm_tf.graph.copying import is_graph_model
 from dkm_tf.graph.layer_names import duplicated_names
 from dkm_tf.graph.layer_paths import layer_paths
 
@@ -102,8 +103,8 @@ def pair_by_value(model, shapes, palettes):
             palettes, "__iter__"):  # a wrong type: `collect_sharing` names it
         return shapes, palettes, set()
     dup = duplicated_names(model)
-    if not dup:
-        return shapes, palettes, set()
+    if not dup or not is_graph_model(model):  # a subclassed model's traced records follow
+        return shapes, palettes, set()  # its call order, not its layers' walk order
     palettes = list(palettes)  # an iterator is read once
     names = sorted({getattr(p, "layer_name", None) for p in palettes} & set(dup))
     shapes, paired = list(shapes), set()
