@@ -45,12 +45,13 @@ def _weights(layer):
 
 
 def _wrapper_palettes(layer):
-    """The palettes of a stored `ClusterWeights` wrapper (duck-typed: `energy` does not
-    import `training`): a layer with a `palettes()` method around a wrapped `layer`."""
+    """The palettes of a stored `ClusterWeights` wrapper (`graph.layer_names.wrapped_layer`:
+    duck-typed, `energy` does not import `training`)."""
     import keras
 
-    if not callable(getattr(layer, "palettes", None)) or not isinstance(
-            getattr(layer, "layer", None), keras.layers.Layer) or not layer.built:
+    from dkm_tf.graph.layer_names import wrapped_layer
+
+    if not isinstance(wrapped_layer(layer), keras.layers.Layer) or not layer.built:
         return []
     return [p for p in layer.palettes() if hasattr(p, "entropy_bits")]
 
@@ -189,8 +190,9 @@ def _differing_same_names(model, out, each, shapes):
     layers of one size differ (other K or index entropy, or one float), none of that size is
     charged as clustered (one's palette was charged on the other, float ones too) and a note
     says so."""
-    from dkm_tf.energy.same_names import duplicated_names, same_info, where
+    from dkm_tf.energy.same_names import same_info
     from dkm_tf.energy.same_names_pairing import record_prefixes
+    from dkm_tf.graph.layer_names import duplicated_names, where
 
     notes = []
     duplicated = duplicated_names(model)

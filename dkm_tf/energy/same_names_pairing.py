@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from dkm_tf.graph.copying import is_graph_model
-from dkm_tf.graph.layer_names import duplicated_names
+from dkm_tf.graph.layer_names import duplicated_names, wrapped_layer
 from dkm_tf.graph.layer_paths import layer_paths
 
 
@@ -32,8 +32,8 @@ def _layers_named(model, name):
     kernel, in walk order; a `ClusterWeights` wrapper gives its palettes' decodes."""
     out = []
     for _, lay in layer_paths(model):
-        inner = getattr(lay, "layer", None)
-        if callable(getattr(lay, "palettes", None)) and inner is not None:
+        inner = wrapped_layer(lay)
+        if inner is not None:
             if inner.name == name:
                 out.append((inner, {p.weight_name: p.decode() for p in lay.palettes()}))
         elif lay.name == name and any(len(w.shape) >= 2 for w in lay.weights):

@@ -326,10 +326,10 @@ def fold_batch_norm(model):
 
 def _by_name(paths, by_path):
     """``FoldResult.scales``: ``by_path`` keyed ``layer/attr`` where the name is one layer's."""
-    out = {}
+    layer_at, out = dict(paths), {}
     for key, mult in by_path.items():
         path, _, attr = key.rpartition("/")
-        name = dict(paths)[path].name
+        name = layer_at[path].name
         if sum(lay.name == name and getattr(lay, attr, None) is not None
                for _, lay in paths) == 1:
             out[f"{name}/{attr}"] = mult

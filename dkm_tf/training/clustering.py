@@ -36,7 +36,6 @@ from dkm_tf.graph.composite import unsupported_reason
 from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
 from dkm_tf.graph.layer_features import merges_lora
-from dkm_tf.graph.layer_names import check_fold_names
 from dkm_tf.graph.pipelines import map_pipeline, once_per_layer
 from dkm_tf.graph.share import check_override_options
 from dkm_tf.graph.tied import CLONE_WHY, check_no_tied_reads
@@ -351,8 +350,8 @@ def strip_clustering(model, *, fold_bn=True):
                         f"{_SUBCLASSED_HINT}")
     plain = _clone(model, unwrap)
     if fold_bn:
-        check_fold_names(plain, palettes, owners)  # `conv` + BN in two nested blocks
-        plain, palettes, _ = fold_with_palettes(plain, palettes, owners)
+        plain, palettes, _ = fold_with_palettes(plain, palettes, owners)  # `owners`: two
+        # nested blocks' same-named convs each folded with their own BatchNormalization
     detach_regularizer(plain)  # plain Keras layers only: loads without dkm_tf imported
     return plain, palettes
 
