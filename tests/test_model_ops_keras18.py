@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import dkm_tf
+from tests.testing import holds_a_wrapper
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(6, 6, 6, 2)).astype(np.float32)
@@ -90,16 +91,6 @@ def test_set_weights_after_a_traced_first_call_is_not_overwritten_by_kmeans():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), ref, atol=1e-6)
 
 
-@keras.saving.register_keras_serializable(package="dkm_tf_tests18")
-class HoldsAWrapper(keras.layers.Layer):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.inner = dkm_tf.ClusterWeights(keras.layers.Dense(4), n_clusters=3)
-
-    def call(self, x):
-        return self.inner(x)
-
-
 @pytest.mark.parametrize("fmt", ["keras", "weights"])
 def test_saving_before_the_first_eager_call_saves_the_clusters(fmt, tmp_path):
     # a Functional model builds the custom layer in a traced pass: k-means waits for the
@@ -107,7 +98,7 @@ def test_saving_before_the_first_eager_call_saves_the_clusters(fmt, tmp_path):
     x = RNG.normal(size=(3, 5)).astype(np.float32)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((5,))
-    model = keras.Model(inputs, HoldsAWrapper()(inputs))
+    model = keras.Model(inputs, holds_a_wrapper()()(inputs))
     if fmt == "keras":
         model.save(tmp_path / "m.keras")
         with pytest.warns(UserWarning, match="does not have a `build"):  # Keras: no build()
@@ -115,7 +106,7 @@ def test_saving_before_the_first_eager_call_saves_the_clusters(fmt, tmp_path):
     else:
         model.save_weights(tmp_path / "m.weights.h5")
         keras.utils.set_random_seed(1)
-        loaded = keras.Model(inputs, HoldsAWrapper()(inputs))
+        loaded = keras.Model(inputs, holds_a_wrapper()()(inputs))
         loaded(x[:1])
         loaded.load_weights(tmp_path / "m.weights.h5")
     ref = keras.ops.convert_to_numpy(model(x))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import dkm_tf
+from tests.testing import holds_a_wrapper
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(6, 6, 6, 2)).astype(np.float32)
@@ -100,20 +101,10 @@ def test_quantize_of_the_stripped_model_is_within_its_int8_error():
 
 
 # ------------------------------------------------------------------ stateless_call, deferred
-@keras.saving.register_keras_serializable(package="dkm_tf_tests18b")
-class HoldsAWrapper(keras.layers.Layer):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.inner = dkm_tf.ClusterWeights(keras.layers.Dense(4), n_clusters=3)
-
-    def call(self, x):
-        return self.inner(x)
-
-
 def _deferred_model():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((5,))
-    return keras.Model(inputs, HoldsAWrapper()(inputs))
+    return keras.Model(inputs, holds_a_wrapper()()(inputs))
 
 
 def test_stateless_call_before_the_first_eager_call_is_refused_and_keeps_kmeans_deferred():

@@ -14,6 +14,7 @@ import pytest
 
 import dkm_tf
 from dkm_tf import energy, pipeline
+from tests.testing import two_conv_bn_blocks
 
 keras = pytest.importorskip("keras")
 
@@ -125,21 +126,9 @@ def test_cli_energy_of_a_compressed_same_named_model(tmp_path, capsys):
         ["fc", "Dense", "36", "2"], ["fc#2", "Dense", "36", "2"]]
 
 
-def _conv_bn(name, seed):
-    rng = np.random.default_rng(seed)
-    block = keras.Sequential([
-        keras.Input((5, 5, 4)),
-        keras.layers.Conv2D(4, 3, padding="same", name="conv",
-                            kernel_initializer=keras.initializers.GlorotUniform(seed=seed)),
-        keras.layers.BatchNormalization(name="bn")], name=name)
-    block.layers[1].gamma.assign(rng.uniform(0.3, 3.0, 4).astype("float32"))
-    return block
-
-
 def test_energy_of_stripped_same_named_conv_bn_blocks_file(tmp_path):
     # what `dkm-tf compress --method finetune --notflite` writes: BN folded into each `conv`
-    inp = keras.Input((5, 5, 4))
-    model = keras.Model(inp, _conv_bn("b", 2)(keras.layers.ReLU()(_conv_bn("a", 1)(inp))))
+    model = two_conv_bn_blocks()
     with pytest.warns(UserWarning, match="folds into the layer before them"):
         clustered = dkm_tf.cluster_weights(model, 4, unit="scalar")
     plain, pals = dkm_tf.strip_clustering(clustered)

@@ -14,6 +14,7 @@ import dkm_tf
 from dkm_tf.graph.batchnorm import fold_batch_norm
 from dkm_tf.graph.batchnorm_palettes import fold_for_export, fold_with_palettes
 from dkm_tf.graph.clusterable import walk_layers
+from tests.testing import two_conv_bn_blocks
 
 keras = pytest.importorskip("keras")
 K = 4
@@ -29,28 +30,6 @@ def _dense_block(name, seed):
 def _two_dense():
     inp = keras.Input((6,))
     return keras.Model(inp, _dense_block("b", 2)(_dense_block("a", 1)(inp)))
-
-
-def _conv_bn(name, seed):
-    """A Sequential block ``conv`` (4 -> 4 channels, linear) + ``bn`` with its own statistics."""
-    rng = np.random.default_rng(seed)
-    block = keras.Sequential([
-        keras.Input((5, 5, 4)),
-        keras.layers.Conv2D(4, 3, padding="same", name="conv",
-                            kernel_initializer=keras.initializers.GlorotUniform(seed=seed)),
-        keras.layers.BatchNormalization(name="bn")], name=name)
-    bn = block.layers[1]
-    for var, lo, hi in ((bn.gamma, 0.3, 3.0), (bn.moving_variance, 0.2, 2.0)):
-        var.assign(rng.uniform(lo, hi, 4).astype("float32"))
-    bn.beta.assign(rng.normal(size=4).astype("float32"))
-    bn.moving_mean.assign(rng.normal(size=4).astype("float32"))
-    return block
-
-
-def _two_conv_bn():
-    inp = keras.Input((5, 5, 4))
-    x = keras.layers.ReLU()(_conv_bn("a", 1)(inp))
-    return keras.Model(inp, _conv_bn("b", 2)(x))
 
 
 def _x(batch):
@@ -97,7 +76,7 @@ def test_summary_marks_frozen_kernels():
 
 @pytest.fixture(scope="module")
 def clustered():
-    model = _two_conv_bn()
+    model = two_conv_bn_blocks()
     with pytest.warns(UserWarning, match="folds into the layer before them"):
         return model, dkm_tf.cluster_weights(model, K, unit="scalar")
 

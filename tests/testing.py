@@ -1,5 +1,7 @@
 """Shared test helpers."""
 
+import functools
+
 import numpy as np
 
 
@@ -202,3 +204,49 @@ def dense_classifier(units=3, loss=None):
     if loss is not None:
         model.compile(loss=loss)
     return model
+
+
+@functools.cache
+def holds_a_wrapper():
+    """A custom layer class holding a ``ClusterWeights(Dense(4), n_clusters=3)``: inside a
+    Functional model it is built in a traced pass, so its k-means waits for the first eager
+    call. Registered (package ``dkm_tf_tests``) so ``.keras`` files of it load."""
+    import keras
+
+    import dkm_tf
+
+    @keras.saving.register_keras_serializable(package="dkm_tf_tests")
+    class HoldsAWrapper(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = dkm_tf.ClusterWeights(keras.layers.Dense(4), n_clusters=3)
+
+        def call(self, x):
+            return self.inner(x)
+
+    return HoldsAWrapper
+
+
+def two_conv_bn_blocks():
+    """Layers of one name in two nested models: Sequential blocks ``a`` and ``b`` (a ReLU
+    between), each a linear ``conv`` (4 -> 4 channels, 5x5 inputs) + ``bn`` with its own
+    random statistics (seeds 1 and 2)."""
+    import keras
+
+    def block(name, seed):
+        rng = np.random.default_rng(seed)
+        out = keras.Sequential([
+            keras.Input((5, 5, 4)),
+            keras.layers.Conv2D(4, 3, padding="same", name="conv",
+                                kernel_initializer=keras.initializers.GlorotUniform(seed=seed)),
+            keras.layers.BatchNormalization(name="bn")], name=name)
+        bn = out.layers[1]
+        for var, lo, hi in ((bn.gamma, 0.3, 3.0), (bn.moving_variance, 0.2, 2.0)):
+            var.assign(rng.uniform(lo, hi, 4).astype("float32"))
+        bn.beta.assign(rng.normal(size=4).astype("float32"))
+        bn.moving_mean.assign(rng.normal(size=4).astype("float32"))
+        return out
+
+    inp = keras.Input((5, 5, 4))
+    return keras.Model(inp, block("b", 2)(keras.layers.ReLU()(block("a", 1)(inp))))
+
