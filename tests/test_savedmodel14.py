@@ -253,14 +253,16 @@ def test_savedmodel_folder_refused_by_name(models, tmp_path):
 # ----------------------------------------------------------- tf.saved_model.save + convert
 def test_inspect_flags_a_file_whose_weights_are_unassigned_variables(models, x, tmp_path):
     # tf.saved_model.save of a Keras 3 model, then from_saved_model: the weights stay
-    # resource variables nothing assigns; both interpreters return NaN, no error
+    # resource variables nothing assigns; the interpreters read uninitialised memory (NaN in
+    # most runs, -inf in one CI run), no error
     import tensorflow as tf
 
     import dkm_tf
 
     tf.saved_model.save(models["stripped"], str(tmp_path / "sm"))
     content = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm")).convert()
-    assert np.isnan(_run(content, x[:1])).all()  # upstream behaviour: why the note exists
+    got = _run(content, x[:1])  # upstream behaviour (undefined values): why the note exists
+    assert not np.allclose(got, np.asarray(models["stripped"](x[:1])), rtol=1e-2, atol=1e-3)
     info = dkm_tf.export.inspect_tflite(content)
     notes = getattr(info, "notes", ())  # old: no such field, nothing said
     assert len(notes) == 1 and "READ_VARIABLE" in notes[0] and "to_tflite" in notes[0]
