@@ -127,13 +127,13 @@ def test_indices_travel_as_base64_bytes_and_lists_still_load():
     from dkm_tf.core.index_codec import pack_indices, unpack_indices
 
     rng = np.random.default_rng(0)
-    for k, dtype in ((4, "uint8"), (300, "uint16")):
+    for k, dtype in ((200, "uint8"), (300, "uint16")):  # K <= 128: bit-packed (index_bits19)
         idx = rng.integers(0, k, (3, 1000))
         packed = pack_indices(idx)
         assert packed["dtype"] == dtype and packed["shape"] == [3, 1000]
         back = unpack_indices(json.loads(json.dumps(packed)))
         assert back.dtype == np.int64 and np.array_equal(back, idx)
-        assert len(json.dumps(packed)) < (1.4 if k == 4 else 2.7) * idx.size + 100
+        assert len(json.dumps(packed)) < (1.4 if k == 200 else 2.7) * idx.size + 100
     assert np.array_equal(unpack_indices([[1, 2], [3, 0]]), [[1, 2], [3, 0]])  # old files
     assert unpack_indices([]).dtype == np.int32
     assert unpack_indices(pack_indices(np.zeros((2, 0), np.int32))).shape == (2, 0)
