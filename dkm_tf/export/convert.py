@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import numpy as np
 
 from dkm_tf.export.canonical import canonicalize
 from dkm_tf.export.layer_refusals import float64_hint
+from dkm_tf.graph.input_struct import as_model_inputs
 
 __all__ = ["QUANTIZATIONS", "as_input_list", "check_int8_mode", "convert", "input_specs",
            "masking_inputs", "pad_odd_rows", "quiet", "require_tensorflow_backend",
@@ -103,7 +105,7 @@ def structured_inputs(model, xs):
         import keras  # noqa: PLC0415
 
         return keras.tree.pack_sequence_as(struct, list(xs))
-    return xs[0] if len(xs) == 1 else list(xs)
+    return as_model_inputs(model, xs[0]) if len(xs) == 1 else list(xs)
 
 
 def model_inputs(model):
@@ -351,7 +353,10 @@ def convert(model, specs, quantization="none", representative_data=None):
         conv.representative_dataset = gen
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
-        with quiet():
+        with quiet(), warnings.catch_warnings():
+            # full int8 calibrates in tf.lite.Interpreter, which warns it is deprecated: an
+            # error where warnings are, blamed on the model's ops
+            warnings.filterwarnings("ignore", ".*tf.lite.Interpreter is deprecated", UserWarning)
             content = bytes(conv.convert())
     except Exception as e:  # noqa: BLE001 - the converter raises many types
         msg = str(e).strip().splitlines()

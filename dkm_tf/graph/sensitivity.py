@@ -40,6 +40,7 @@ import numpy as np
 
 from dkm_tf.core.labels import as_arrays, check_label_range, class_ids, is_sparse_loss
 from dkm_tf.core.validate import check_choice, check_finite_samples, check_number, invalid
+from dkm_tf.graph.input_struct import as_model_inputs, input_shapes, shapes, take
 from dkm_tf.graph.weighted_kmeans import FLOOR, weighted_codebook, weighted_kmeans, weighted_palette
 
 __all__ = ["DAMPING", "FISHER_LABELS", "FLOOR", "WEIGHTINGS", "check_sparse", "check_weighting",
@@ -97,6 +98,7 @@ def _check(model, weighting, data, loss, sparse, labels):
     if x is None:
         raise invalid("data", "samples x, or a tuple (x, y), needed by weighting='fisher' "
                       "(squared gradients over these samples)", None)
+    x = as_model_inputs(model, x)
     n_x = _n_samples(x, "data")
     n_y = n_x if y is None else _n_samples(y, "data")
     if n_x != n_y or n_x < 1:
@@ -107,7 +109,7 @@ def _check(model, weighting, data, loss, sparse, labels):
                       "empirical Fisher uses the true labels)", "samples without labels")
     check_finite_samples("data", x, "for weighting='fisher' (squared gradients over them)")
     loss_fn = _resolve_loss(model, loss, keras)
-    x0 = _take(x, 0, 1)
+    x0 = take(x, 0, 1)
     try:
         pred = model(x0, training=False)
     except Exception as e:  # noqa: BLE001 (any failure of the trial batch means misfit data)
@@ -115,7 +117,7 @@ def _check(model, weighting, data, loss, sparse, labels):
     if labels == "data" and is_sparse_loss(loss_fn) and hasattr(y, "shape"):
         y = _sparse_labels(y, pred)  # per output shape: (samples,) or per token
     try:
-        value = _loss_value(model, loss_fn, x0, _take(y, 0, 1)) if y is not None else None
+        value = _loss_value(model, loss_fn, x0, take(y, 0, 1)) if y is not None else None
     except Exception as e:  # noqa: BLE001
         raise _misfit(model, x, y, e) from e
     if value is not None and not np.all(np.isfinite(_numpy(value))):
@@ -154,8 +156,8 @@ def _sparse_labels(y, pred):
 def _misfit(model, x, y, e):
     return ValueError(
         f"Invalid value for argument `data`. Expected (x, y) or x that fit model "
-        f"{model.name!r} (inputs {_input_shapes(model)}) and its loss. Received: x of shape "
-        f"{_shapes(x)}, y of shape {None if y is None else _shapes(y)}; one sample failed "
+        f"{model.name!r} (inputs {input_shapes(model)}) and its loss. Received: x of shape "
+        f"{shapes(x)}, y of shape {None if y is None else shapes(y)}; one sample failed "
         f"with: {type(e).__name__}: {e}")
 
 
@@ -165,7 +167,7 @@ def _class_targets(model, loss_fn, x0, pred, keras):
     pred = _float32_outputs(pred)  # a loss function computes in its input's dtype
     shape = tuple(pred.shape) if hasattr(pred, "shape") else None
     if shape is None or len(shape) != 2 or shape[1] < 2:
-        got = f"output {shape}" if shape is not None else f"outputs {_shapes(pred)}"
+        got = f"output {shape}" if shape is not None else f"outputs {shapes(pred)}"
         raise invalid("weighting", "None for a model that is not a classifier with one output "
                       "of shape (batch, classes) (weighting='fisher' takes the expectation "
                       "over the model's predicted classes)", f"'fisher' with {got}")
@@ -238,25 +240,6 @@ def _numpy(t):
     import keras  # noqa: PLC0415
 
     return keras.ops.convert_to_numpy(_float32_outputs(t))
-
-
-def _take(x, lo, hi):
-    import keras  # noqa: PLC0415
-
-    return keras.tree.map_structure(lambda a: a[lo:hi], x)
-
-
-def _shapes(x):
-    import keras  # noqa: PLC0415
-
-    return keras.tree.map_structure(lambda a: tuple(a.shape), x)
-
-
-def _input_shapes(model):
-    try:
-        return model.input_shape
-    except (AttributeError, ValueError):
-        return "unknown"
 
 
 def _resolve_loss(model, loss, keras):
@@ -378,9 +361,9 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
     convert = keras.ops.convert_to_tensor
     targets = [convert(t) for t in targets] if targets is not None else None
     for i in range(n):
-        x_i = keras.tree.map_structure(convert, _take(x, i, i + 1))
+        x_i = keras.tree.map_structure(convert, take(x, i, i + 1))
         if targets is None:  # empirical: the sample's own label, weight 1
-            pairs = [keras.tree.map_structure(convert, _take(y, i, i + 1))]
+            pairs = [keras.tree.map_structure(convert, take(y, i, i + 1))]
         else:  # true: every class c, weighted by p(c | x_i) = exp(-L(c))
             pairs = targets
         total = 0.0
