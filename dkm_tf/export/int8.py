@@ -20,7 +20,7 @@ import numpy as np
 
 from dkm_tf.export.rewrite import FlatModel
 
-__all__ = ["find_int8", "int8_survival", "preserve_clusters"]
+__all__ = ["find_int8", "int8_survival", "preserve_clusters", "shared_note"]
 
 _BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D")
 
@@ -139,3 +139,37 @@ def preserve_clusters(content, palettes):
             bq.scale = list(s_in * s)
         done.append(p.name)
     return (model.to_bytes() if done else bytes(content)), done
+
+
+def shared_note(shared, per_tensor, palettes):
+    """The note of ``int8_scales="shared"``.
+
+    Args:
+        shared: names :func:`preserve_clusters` re-quantized with one scale.
+        per_tensor: names of the palettes the caller clustered per tensor (before any
+            BatchNormalization fold).
+        palettes: the palettes the file was made from (after the fold).
+
+    A per-tensor palette that a folded BatchNormalization made per channel (scale ``s_c``
+    per output channel) cannot keep <= K int8 values over its tensor: named, with the fix
+    (measured: fer at K = 16 without ``fold_bn``, up to 68 distinct int8 values per tensor).
+    """
+    folded = [p.name for p in palettes
+              if p.name in per_tensor and p.layout.granularity == "per_channel"]
+    parts = []
+    if shared:
+        parts.append(f"int8: one weight scale for all channels of {len(shared)} per-tensor "
+                     "palette(s), so each keeps <= K distinct int8 values")
+    if folded:
+        shown = ", ".join(folded[:5]) + (f", ... ({len(folded)})" if len(folded) > 5 else "")
+        parts.append(f"int8_scales='shared' cannot keep <= K distinct int8 values over the "
+                     f"tensor of palette(s) clustered per tensor that a folded "
+                     f"BatchNormalization made per channel: {shown}; they keep one scale per "
+                     "output channel, <= K int8 values per channel (fold before clustering "
+                     "for <= K per tensor: share_weights folds by default, "
+                     "dkm_tf.fold_batch_norm before cluster_weights)")
+    if not parts:
+        parts.append("int8_scales='shared' changed nothing: no per-tensor palette's int8 "
+                     "weight has several scales (per-channel palettes keep the converter's "
+                     "scales, <= K int8 values per channel)")
+    return "; ".join(parts)

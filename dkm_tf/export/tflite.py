@@ -34,7 +34,7 @@ from dkm_tf.export import verify
 from dkm_tf.export.canonical import fixed_like
 from dkm_tf.export.export_args import check_export_args, check_palettes, check_path
 from dkm_tf.export.inspect import inspect_tflite
-from dkm_tf.export.int8 import int8_survival, preserve_clusters
+from dkm_tf.export.int8 import int8_survival, preserve_clusters, shared_note
 from dkm_tf.export.model_check import deployed_param_count
 from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES
 from dkm_tf.export.policy import check_applicable, check_codebook_sizes, check_keep_float
@@ -194,6 +194,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     noise = verify.keras_noise(model, inputs, reference) if tolerance is None else 0.0
     b_inputs = verify.batch_inputs(inputs)  # the batch > 1 check, in one invoke
     b_reference = reference if b_inputs is inputs else verify.keras_outputs(model, b_inputs)
+    per_tensor = {p.name for p in palettes or () if p.layout.granularity == "per_tensor"}
     if format in ("palettized", "tflm", "int8"):  # the converter folds BatchNorm: so do we
         from dkm_tf.graph.batchnorm_palettes import fold_for_export  # noqa: PLC0415
 
@@ -212,8 +213,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             else convert_lib.as_input_list(representative_data))
         if palettes and int8_scales == "shared":  # <= K int8 values per per-tensor palette
             content, shared = preserve_clusters(content, palettes)
-            notes.append(f"int8: one weight scale for all channels of {len(shared)} "
-                         "per-tensor palette(s), so each keeps <= K distinct int8 values")
+            notes.append(shared_note(shared, per_tensor, palettes))
         records = int8_survival(content, palettes) if palettes else []
     elif format == "palettized":
         variant = decode

@@ -123,11 +123,10 @@ def tflm_compress(content, palettes):
         distinct = count_unique(arr)  # float16 as float32: numpy's float16 sort (core.kmeans)
         bits = max(1, math.ceil(math.log2(distinct))) if distinct > 1 else 1
         if bits > MAX_TFLM_BITS:
-            pc = p.layout.granularity == "per_channel"
             raise ValueError(
                 f"Invalid palette {p.name!r} for format='tflm': {distinct} distinct values "
                 f"need {bits}-bit indices; TFLite Micro supports at most {MAX_TFLM_BITS} bits "
-                f"(<= 128 values per tensor){_PER_CHANNEL_HINT if pc else ''}.")
+                f"(<= 128 values per tensor){_too_many_hint(p)}.")
         builder.add_tensor(g, t).with_lut(index_bitwidth=bits, mode=spec.PerTensor())
         tables = 1
         records.append({"palette": p.name, "tensor": fm.tensor_name(t),
@@ -150,6 +149,27 @@ def tflm_compress(content, palettes):
     for r in records:  # tflite_micro warns when a tensor grows; keep it in the records
         r["expanded"] = any(r["tensor"] in str(w.message) for w in caught)
     return out, records
+
+
+def _too_many_hint(palette):
+    """Why ``palette`` holds too many values for one table, naming the argument to change: a
+    depthwise kernel is per channel by share_weights' / cluster_weights' default even with
+    ``granularity="per_tensor"`` (so that argument is not the fix), other per-channel
+    palettes by choice (or a folded BatchNormalization)."""
+    from dkm_tf.graph.layer_config import DEPTHWISE_NOTE  # noqa: PLC0415
+
+    if palette.layout.granularity != "per_channel":
+        return ""
+    if DEPTHWISE_NOTE not in (palette.note or ""):
+        return _PER_CHANNEL_HINT
+    layer = palette.name.split("/")[-2] if "/" in palette.name else palette.name
+    return (f". It is a depthwise kernel, which share_weights and cluster_weights cluster per "
+            f"channel by default, granularity=\"per_tensor\" included (one codebook across "
+            f"its channels wrecks the layer: see dkm_tf.graph.layer_config); TFLite Micro "
+            f"decodes a float tensor with one value table, which must hold every channel's "
+            f"codebook. For format='tflm' name the layer (or its class) in `overrides`: "
+            f"overrides={{{layer!r}: None}} leaves it float32, overrides={{{layer!r}: {{}}}} "
+            f"clusters it per tensor (check the accuracy); or use format='palettized'")
 
 
 _PER_CHANNEL_HINT = (
