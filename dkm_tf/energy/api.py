@@ -202,10 +202,11 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
             weight; the others (another model's file, another K, the float original) are
             rejected, named with the reason in `notes` (printed "REJECTED PALETTES"), and
             their layers charged as their kernels hold (`energy.stored.beside_keras_file`).
-            Palettes passed as `palettes` are taken as given (no value check), but for
-            a name that layers of several nested models share (`a/fc`, `b/fc`): those are
-            paired with the layer whose weight their `decode()` equals (records `fc`,
-            `fc#2` in walk order; `energy.same_names_pairing`).
+            Palettes passed as `palettes` are taken as given (a what-if estimate; a note
+            names those whose `decode()` is not the model's weight), but for a name
+            that layers of several nested models share (`a/fc`, `b/fc`): those are paired
+            with the layer whose weight their `decode()` equals (records `fc`, `fc#2` in
+            walk order; `energy.same_names_pairing`).
         palettes: Iterable of objects with `layer_name`, `n_clusters`, `unit_dim`, `n_units`
             and `entropy_bits()` (e.g. `dkm_tf.core.palette.Palette`). `entropy_bits()` is read as
             bits per index if it is ≤ log₂ K, otherwise as the total over all units. A 3-D
@@ -267,6 +268,8 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
             s.kind in ("conv", "dense") for s in shapes), bits_w, bits_x,
             found.get("what", "the file")))
     from_file = "source" in found and palettes is found.get("palettes")
+    if found.get("model") is not None and palettes is not None and not from_file:
+        notes += _given_palettes_note(found["model"], palettes)
     try:
         if found.get("model") is not None:  # `fc` in two nested blocks: paired by value,
             from dkm_tf.energy.same_names import check_same_names, same_name_estimate
@@ -296,6 +299,30 @@ def energy_cli_text(path, **kwargs):
     """
     kwargs.setdefault("index_cost", AUTO)
     return estimate(path, **kwargs).summary()
+
+
+def _given_palettes_note(model, palettes):
+    """A note naming the palettes passed as `palettes` whose `decode()` is not the model's
+    weight (stale after more training, another model's, the float original's): they are
+    charged as given (a what-if estimate), but not without a word (`stored.check_palettes`,
+    the check of a palettes file beside a `.keras`)."""
+    from dkm_tf.energy import stored
+
+    if not isinstance(palettes, (list, tuple)):  # an iterator is read once, by the estimate
+        return []
+    real = [p for p in palettes if hasattr(p, "decode") and hasattr(p, "weight_name")]
+    if not real:
+        return []
+    _, rejected = stored.check_palettes(model, real)
+    rejected = [(n, why) for n, why in rejected if why.startswith(("it decodes", "its decode"))]
+    if not rejected:
+        return []
+    shown = "; ".join(f"{n}: {why}" for n, why in rejected[:3])
+    more = f"; and {len(rejected) - 3} more" if len(rejected) > 3 else ""
+    return [f"PALETTES NOT OF THIS MODEL'S WEIGHTS: {len(rejected)} of the {len(real)} "
+            f"palettes passed do not decode to the weights the model holds ({shown}{more}); "
+            "they are charged as given (their K and indices), not as the model stores its "
+            "weights, and `export.to_tflite` refuses them"]
 
 
 def _read(model_or_path, input_shape):
@@ -342,6 +369,9 @@ def _read(model_or_path, input_shape):
             isinstance(s, LayerShape) for s in model_or_path):
         return tuple(model_or_path), (), "", {}
     from dkm_tf.energy.keras_reader import read_keras_model
+    from dkm_tf.graph.result_objects import check_not_a_result
+
+    check_not_a_result(model_or_path, "model_or_path")  # a FoldResult, a (model, ...) tuple
 
     shapes, skipped = read_keras_model(model_or_path, input_shape=input_shape)
     return shapes, skipped, getattr(model_or_path, "name", ""), {

@@ -161,6 +161,14 @@ def match_sharing(shapes, sharing, skipped=()):
                     and s.name not in matched]
             if not fits:
                 sizes = {s.name: s.n_weights for s in candidates}
+                taken = [s.name for s in candidates if s.n_weights == info.n_weights]
+                if taken:  # the kernel of this size is described already: a palette twice
+                    raise ValueError(
+                        f"Compression info for layer {name!r} describes kernel {taken[0]!r} "
+                        f"({info.n_weights} weights) more than once: {len(infos)} palettes "
+                        f"/ SharingInfos name it for {len(taken)} kernel(s) of that size. "
+                        "Pass one per kernel (a palette listed twice, or `palettes` and "
+                        "`weight_sharing` both naming it?).")
                 raise ValueError(
                     f"Compression info for layer {name!r} describes {info.n_weights} weights "
                     f"(n_units={info.n_units} x unit_dim={info.unit_dim}), which matches no "

@@ -43,6 +43,9 @@ def check_export_args(model, sample_inputs=None, *, representative_data=None, to
 
     convert_lib.require_tensorflow_backend()
     if not isinstance(model, keras.layers.Layer):
+        from dkm_tf.graph.result_objects import check_not_a_result  # noqa: PLC0415
+
+        check_not_a_result(model)  # a (model, palettes) tuple, a ShareResult
         raise invalid_type("model", "a built Keras model", model)
     check_built_model(model)  # built, and no float16 / bfloat16 layers (mixed precision)
     check_not_stateful(model)  # a stateful RNN cannot run at batch 1 and n
@@ -114,8 +117,8 @@ def check_palettes(model, palettes):
 
     Raises:
         TypeError: ``palettes`` is not a list of Palette objects.
-        ValueError: a missing layer or weight, a palette's layer name used twice, other shapes
-            or values."""
+        ValueError: a missing layer or weight, a palette's layer name used twice, a weight
+            given two palettes, other shapes or values."""
     from dkm_tf.core.palette import Palette  # noqa: PLC0415
 
     if not isinstance(palettes, (list, tuple)) or not all(isinstance(p, Palette)
@@ -125,6 +128,15 @@ def check_palettes(model, palettes):
     from dkm_tf.graph.clusterable import get_weight  # noqa: PLC0415 (keras)
 
     layers = palette_layers(model, palettes)  # refuses two layers of a palette's name
+    names = [p.name for p in palettes]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # one was palettized, the other reported "float32 (not found)"; the file and its
+        # K depended on the order (K=4 then K=8 of one weight: 8,560 vs 11,440 bytes)
+        raise ValueError(f"Invalid value for argument `palettes`. Expected one palette per "
+                         f"weight. Received: {len(twice)} weight(s) with several palettes: "
+                         + ", ".join(f"{n!r} ({names.count(n)}x, K="
+                                     f"{[p.n_clusters for p in palettes if p.name == n]})"
+                                     for n in twice[:6]))
     for p in palettes:
         layer = layers.get(p.layer_name)
         var = get_weight(layer, p.weight_name) if layer is not None else None

@@ -41,7 +41,9 @@ from dkm_tf.graph.copying import (
     is_graph_model,
     layers_only,
 )
+from dkm_tf.graph.layer_names import wrapped_layer
 from dkm_tf.graph.layer_paths import layer_paths
+from dkm_tf.graph.result_objects import check_not_a_result
 
 __all__ = ["FOLDABLE_LAYERS", "FoldResult", "fold_batch_norm", "maybe_fold"]
 
@@ -181,14 +183,14 @@ def _why_not(prev, bn, sole, uses):
     return None
 
 
-def _analyse(model, plan, uses, seen):
+def _analyse(model, plan, uses, seen, see_through=False):
     if id(model) in seen:
         return
     seen.add(id(model))
     for layer, prev, kwargs, sole in _calls(model):
         if isinstance(layer, keras.Model):
             if is_graph_model(layer):
-                _analyse(layer, plan, uses, seen)
+                _analyse(layer, plan, uses, seen, see_through)
             else:
                 plan.skipped += [(bn.name, f"inside subclassed model {layer.name!r}, which "
                                   "cannot be rebuilt") for bn in walk_layers(layer)
@@ -205,6 +207,10 @@ def _analyse(model, plan, uses, seen):
             plan.skipped.append((layer.name, "the BatchNormalization is not built"))
             continue
         _check_statistics(layer)
+        if see_through and wrapped_layer(prev) is not None:  # a wrapper called twice: its
+            inner = wrapped_layer(prev)  # stripped layer is too
+            uses[id(inner)] = max(uses[id(inner)], uses[id(prev)])
+            prev = inner
         reason = _why_not(prev, layer, sole, uses)
         if reason is None:
             plan.fold[id(prev)] = layer
@@ -224,8 +230,11 @@ def _count_uses(model, uses, seen):
             _count_uses(layer, uses, seen)
 
 
-def _plan(model):
+def _plan(model, see_through=False):
+    """The fold plan; ``see_through``: a BatchNormalization after a clustering wrapper is
+    judged against the layer it wraps, as ``strip_clustering`` folds it (``bn_fate``)."""
     if not isinstance(model, keras.Model):
+        check_not_a_result(model)
         raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
                         f"Received: {type(model).__name__}")
     if not is_graph_model(model):
@@ -238,7 +247,7 @@ def _plan(model):
     uses = collections.Counter()
     _count_uses(model, uses, set())
     plan = _Plan()
-    _analyse(model, plan, uses, set())
+    _analyse(model, plan, uses, set(), see_through)
     return plan
 
 

@@ -39,7 +39,9 @@ def batch_norm_fate(model):
     if not isinstance(model, keras.Model):
         return {}, {}
     try:
-        plan = _bn._plan(model)  # noqa: SLF001 (fold_batch_norm's own plan, not a copy)
+        # fold_batch_norm's own plan, not a copy; a BN after a ClusterWeights (clustering a
+        # clustered model) folds at strip: was "cannot fold (they stay float)"
+        plan = _bn._plan(model, see_through=True)  # noqa: SLF001
     except (TypeError, ValueError) as e:
         why = f"fold_batch_norm refuses this model: {e}"
         return {}, {bn.name: why for bn in walk_layers(model)

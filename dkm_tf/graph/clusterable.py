@@ -47,6 +47,7 @@ import keras
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import invalid_type
 from dkm_tf.graph.layer_config import DEPTHWISE_NOTE, LayerConfig, weight_config
+from dkm_tf.graph.layer_names import wrapped_layer
 from dkm_tf.graph.quantized import check_not_quantized
 
 __all__ = ["DEPTHWISE_NOTE", "SUPPORTED_LAYERS", "LayerConfig", "check_has_clusterable",
@@ -370,7 +371,11 @@ def check_has_clusterable(model, caller, also=()):
     layers = [lay for lay in walk_layers(model) if not isinstance(lay, keras.Model)]
     if not any(isinstance(lay, also) or is_clusterable(lay) for lay in layers):
         kinds = sorted({type(lay).__name__ for lay in layers if lay.weights})
+        wrapped = any(wrapped_layer(lay) is not None for lay in layers)  # ClusterWeights
         raise ValueError(f"{caller} found no layer to cluster in model {model.name!r}: "
+                         + ("it is a clustered model (ClusterWeights layers): strip it first "
+                            "(plain, palettes = dkm_tf.strip_clustering(model)) to cluster "
+                            "it again; " if wrapped else "")
                          + (f"its layers with weights ({', '.join(kinds)}) are not supported. "
                             f"Supported: {', '.join(SUPPORTED_LAYERS)}."
                             if kinds else "it has no layer with weights."))

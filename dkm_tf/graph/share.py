@@ -25,7 +25,9 @@ from dkm_tf.core.validate import (
     is_bool,
 )
 from dkm_tf.graph.copying import _copy_model, _NotACopyError, copy_layer, iter_layers
+from dkm_tf.graph.layer_names import wrapped_layer
 from dkm_tf.graph.pipelines import map_pipeline, once_per_layer
+from dkm_tf.graph.result_objects import check_not_a_result
 
 __all__ = ["ShareResult", "share_weights"]
 
@@ -215,6 +217,7 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     import keras  # noqa: PLC0415
 
     if not isinstance(model, keras.Model):
+        check_not_a_result(model)  # fold_batch_norm's FoldResult, a (model, palettes) tuple
         raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
                         f"Received: {type(model).__name__}")
     if not model.built:
@@ -289,9 +292,13 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
             model, inplace = folding.model, calib is None  # compares it with the float one)
     jobs, skipped = _share_plan(model, defaults, overrides, seed)
     if not jobs and not any(r == "excluded by overrides" for _, r in skipped):
+        wrapped = any(wrapped_layer(la) is not None for la in iter_layers(model))
         raise ValueError(f"share_weights found no weight to cluster in model {model.name!r}: "
                          + (f"its layers with weights are not supported: {skipped}" if skipped
-                            else "it has no layer with weights."))
+                            else "it has no layer with weights.")
+                         + (" It is a clustered model (ClusterWeights layers): its palettes are "
+                            "dkm_tf.strip_clustering(model); share_weights takes the plain "
+                            "result" if wrapped else ""))
     if fisher:  # on the model that is clustered (BatchNormalization folded: same function)
         imp = sensitivity.fisher_importance(model, fisher[:2], fisher[2],
                                             variables=[j.var for j in jobs])

@@ -18,6 +18,7 @@ from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_bool, check_n_clusters, check_seed, invalid
 from dkm_tf.graph import clusterable, layer_features
 from dkm_tf.graph.quantized import quantization_mode
+from dkm_tf.graph.result_objects import check_not_a_result
 from dkm_tf.training import regularizer as reg_lib
 from dkm_tf.training.attach_report import AttachedRegularizers, weight_paths
 from dkm_tf.training.attach_report import per_layer as _per_layer
@@ -342,6 +343,7 @@ def _check_features(model, layers):
 
 def _check_model(model):
     if not isinstance(model, keras.Model):
+        check_not_a_result(model)
         raise TypeError("Invalid type for argument `model`. Expected a keras.Model. "
                         f"Received: model={model!r} of type {type(model).__name__}")
 

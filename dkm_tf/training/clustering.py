@@ -37,6 +37,7 @@ from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
 from dkm_tf.graph.layer_features import merges_lora
 from dkm_tf.graph.pipelines import map_pipeline, once_per_layer
+from dkm_tf.graph.result_objects import check_not_a_result, not_a_model
 from dkm_tf.graph.share import check_override_options
 from dkm_tf.graph.tied import CLONE_WHY, check_no_tied_reads
 from dkm_tf.training import soft as soft_lib
@@ -200,8 +201,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         raise ValueError("Invalid value for argument `on_unsupported`. Expected one of "
                          f"{list(ON_UNSUPPORTED)}. Received: on_unsupported={on_unsupported!r}")
     if not isinstance(model, keras.layers.Layer):
-        raise TypeError(f"Model {getattr(model, 'name', model)!r} ({type(model).__name__}): "
-                        f"{_SUBCLASSED_HINT}")
+        raise not_a_model(model, _SUBCLASSED_HINT)  # or a ShareResult, a (model, ...) tuple
     overrides = clusterable_lib.check_overrides(model, overrides, defaults,
                                                 lambda cfg: validate_settings(**cfg))
     if weighting is not None:  # its k-means has its own init and no zero centroid
@@ -346,8 +346,7 @@ def strip_clustering(model, *, fold_bn=True):
     if isinstance(model, ClusterWeights):
         return _unwrap(model, palettes), palettes
     if not isinstance(model, keras.Model):
-        raise TypeError(f"Model {getattr(model, 'name', model)!r} ({type(model).__name__}): "
-                        f"{_SUBCLASSED_HINT}")
+        raise not_a_model(model, _SUBCLASSED_HINT)
     plain = _clone(model, unwrap)
     if fold_bn:
         plain, palettes, _ = fold_with_palettes(plain, palettes, owners)  # `owners`: two
@@ -375,6 +374,7 @@ def palettes_of(model, max_clusters=256):
         A list of :class:`~dkm_tf.core.palette.Palette`.
     """
     if not isinstance(model, keras.layers.Layer):
+        check_not_a_result(model)
         raise TypeError("Invalid type for argument `model`. Expected a Keras model or layer. "
                         f"Received: model={model!r} of type {type(model).__name__}")
     if isinstance(max_clusters, bool) or not isinstance(max_clusters, (int, np.integer)) \

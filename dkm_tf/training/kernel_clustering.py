@@ -28,6 +28,7 @@ import numpy as np
 from dkm_tf.core.validate import check_seed
 from dkm_tf.graph import bn_fate, clusterable, kernel_share
 from dkm_tf.graph.copying import copy_layer, iter_layers, keep_dtype_policy, layers_only
+from dkm_tf.graph.result_objects import check_not_a_result
 from dkm_tf.training import wrapper_extras as extras
 from dkm_tf.training.kernel_layers import ClusterKernels, KernelCodebook
 
@@ -45,6 +46,7 @@ def _functional(model):
         return keras.Model(model.inputs[0] if one else model.inputs,
                            model.outputs[0] if one else model.outputs, name=model.name)
     if not isinstance(model, keras.Model) or not hasattr(model, "_operations"):
+        check_not_a_result(model)  # a FoldResult, a (model, palettes) tuple
         raise TypeError(f"Invalid type for argument `model`. Expected a Sequential or "
                         f"Functional keras.Model. Received: {type(model).__name__}")
     return model
