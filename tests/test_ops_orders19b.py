@@ -66,15 +66,22 @@ def test_estimate_names_palettes_that_are_not_the_model_weights(shared):
     assert not any("NOT OF THIS MODEL" in n for n in right.notes)
     stale = keras.models.clone_model(plain)
     stale.set_weights([w + 0.01 for w in plain.get_weights()])
-    for other in (model, stale):
+    for other, flag in ((stale, "PALETTES NOT OF THIS MODEL"), (model, "what-if: ")):
+        # stale clustered weights: a warning; the float original: a what-if, said calmly
         report = dkm_tf.energy.estimate(other, palettes=palettes)
-        note = [n for n in report.notes if "NOT OF THIS MODEL" in n]
-        assert len(note) == 1 and "2 of the 2 palettes" in note[0]
+        note = [n for n in report.notes if "NOT OF THIS MODEL" in n or "what-if" in n]
+        assert len(note) == 1 and note[0].startswith(flag) and "2 of the 2 palettes" in note[0]
         assert "d1/kernel" in note[0] and "d2/kernel" in note[0]
-        assert "PALETTES NOT OF THIS MODEL" in report.summary()
+        assert flag in report.summary()
         assert report.hierarchy_total == pytest.approx(right.hierarchy_total, rel=1e-12)
-    one = dkm_tf.energy.estimate(model, palettes=palettes[:1])
+    one = dkm_tf.energy.estimate(stale, palettes=palettes[:1])
     assert any("1 of the 1 palettes" in n for n in one.notes)
+    quantized = keras.models.clone_model(plain)  # int8 codes are not the weights: not flagged
+    quantized.set_weights(plain.get_weights())
+    for name in ("d1", "d2"):  # model.quantize warns about the InputLayer
+        quantized.get_layer(name).quantize("int8")
+    notes = dkm_tf.energy.estimate(quantized, palettes=palettes).notes
+    assert not any("NOT OF THIS MODEL" in n or "what-if" in n for n in notes)
 
 
 def test_a_weight_given_two_palettes_is_refused(shared, tmp_path):
@@ -156,8 +163,9 @@ def test_clustering_a_clustered_conv_bn_reports_the_fold_it_does():
 def test_share_weights_of_a_clustered_model_says_to_strip_it(shared):
     model = shared[0]
     wrapped = dkm_tf.cluster_weights(model, n_clusters=4)
-    with pytest.raises(ValueError, match=r"found no weight to cluster.*It is a clustered model "
-                                         r"\(ClusterWeights layers\).*strip_clustering"):
+    with pytest.raises(ValueError, match=r"found no weight to cluster in model .*: it is a "
+                                         r"clustered model \(ClusterWeights layers\): its "
+                                         r"palettes are dkm_tf.strip_clustering"):
         dkm_tf.share_weights(wrapped, n_clusters=8)
     with pytest.raises(ValueError, match=r"compress found no layer to cluster in model 'mlp': "
                                          r"it is a clustered model \(ClusterWeights layers\): "

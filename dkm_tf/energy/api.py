@@ -306,23 +306,38 @@ def _given_palettes_note(model, palettes):
     weight (stale after more training, another model's, the float original's): they are
     charged as given (a what-if estimate), but not without a word (`stored.check_palettes`,
     the check of a palettes file beside a `.keras`)."""
+    import re
+
     from dkm_tf.energy import stored
+    from dkm_tf.graph.copying import iter_layers
 
     if not isinstance(palettes, (list, tuple)):  # an iterator is read once, by the estimate
         return []
-    real = [p for p in palettes if hasattr(p, "decode") and hasattr(p, "weight_name")]
-    if not real:
-        return []
-    _, rejected = stored.check_palettes(model, real)
-    rejected = [(n, why) for n, why in rejected if why.startswith(("it decodes", "its decode"))]
-    if not rejected:
-        return []
-    shown = "; ".join(f"{n}: {why}" for n, why in rejected[:3])
-    more = f"; and {len(rejected) - 3} more" if len(rejected) > 3 else ""
-    return [f"PALETTES NOT OF THIS MODEL'S WEIGHTS: {len(rejected)} of the {len(real)} "
-            f"palettes passed do not decode to the weights the model holds ({shown}{more}); "
-            "they are charged as given (their K and indices), not as the model stores its "
-            "weights, and `export.to_tflite` refuses them"]
+    quantized = {la.name for la in iter_layers(model) if getattr(la, "quantization_mode", None)}
+    real = [p for p in palettes if hasattr(p, "decode") and hasattr(p, "weight_name")
+            and p.layer_name not in quantized]  # int8 codes: the quantization note says it
+    _, rejected = stored.check_palettes(model, real) if real else ((), ())
+    stale, what_if = [], []
+    for n, why in rejected:
+        if not why.startswith(("it decodes", "its decode")):
+            continue
+        held = re.search(r"holds ([\d,]+) distinct values, the palette K=(\d+) \(d=(\d+)\)", why)
+        floats = held and int(held[1].replace(",", "")) > int(held[2]) * int(held[3])
+        (what_if if floats else stale).append((n, why))
+    notes = []
+    if what_if:  # the float original with its clustered copy's palettes: a what-if
+        names = ", ".join(n for n, _ in what_if[:3]) + (" ..." if len(what_if) > 3 else "")
+        notes.append(f"what-if: {len(what_if)} of the {len(real)} palettes passed describe "
+                     f"weights this model holds as float ({names}): charged as if the model "
+                     "were clustered with them; estimate the clustered model for its own figures")
+    if stale:
+        shown = "; ".join(f"{n}: {why}" for n, why in stale[:3])
+        more = f"; and {len(stale) - 3} more" if len(stale) > 3 else ""
+        notes.append(f"PALETTES NOT OF THIS MODEL'S WEIGHTS: {len(stale)} of the {len(real)} "
+                     f"palettes passed do not decode to the clustered weights the model holds "
+                     f"({shown}{more}); they are charged as given (their K and indices), not as "
+                     "the model stores its weights, and `export.to_tflite` refuses them")
+    return notes
 
 
 def _read(model_or_path, input_shape):

@@ -38,7 +38,8 @@ def result_hint(obj):
     if isinstance(obj, (tuple, list)):
         at = [i for i, item in enumerate(obj) if _is_layer(item)]
         if at:
-            return (f"a {kind} of {len(obj)} items holding model {obj[at[0]].name!r} at "
+            items = f"{len(obj)} item{'s' * (len(obj) != 1)}"
+            return (f"a {kind} of {items} holding model {obj[at[0]].name!r} at "
                     f"position {at[0]}, not a model: unpack it first (`plain, palettes = "
                     "dkm_tf.strip_clustering(...)`; finetune returns `(model, palettes, "
                     "history)`, cluster_weights with return_report=True `(model, report)`)")

@@ -294,11 +294,11 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
     if not jobs and not any(r == "excluded by overrides" for _, r in skipped):
         wrapped = any(wrapped_layer(la) is not None for la in iter_layers(model))
         raise ValueError(f"share_weights found no weight to cluster in model {model.name!r}: "
-                         + (f"its layers with weights are not supported: {skipped}" if skipped
-                            else "it has no layer with weights.")
-                         + (" It is a clustered model (ClusterWeights layers): its palettes are "
+                         + ("it is a clustered model (ClusterWeights layers): its palettes are "
                             "dkm_tf.strip_clustering(model); share_weights takes the plain "
-                            "result" if wrapped else ""))
+                            "result. " if wrapped else "")
+                         + (f"its layers with weights are not supported: {skipped}" if skipped
+                            else "it has no layer with weights."))
     if fisher:  # on the model that is clustered (BatchNormalization folded: same function)
         imp = sensitivity.fisher_importance(model, fisher[:2], fisher[2],
                                             variables=[j.var for j in jobs])
