@@ -58,6 +58,8 @@ def test_worked_example_and_sizes():
     ({"shape": [5]}, "1 bytes for 5 indices of 2 bits"),
     ({"base64": "UlI="}, "2 bytes for 4 indices"),
     ({"base64": "U!=="}, "Error"),
+    ({"shape": [-1, -4]}, "negative dimension"),  # numpy's bare reshape error before
+    ({"shape": [10 ** 30]}, "bytes for 1000000000000000000000000000000 indices"),  # Overflow
 ])
 def test_a_bad_bit_form_is_refused_naming_what_is_wrong(change, match):
     value = {**pack_indices(np.array([2, 0, 1, 1])), **change}

@@ -36,3 +36,19 @@ def test_fisher_of_a_model_built_on_an_input_list_takes_a_bare_array():
     assert len(shared.palettes) == 2
     np.testing.assert_allclose(shared.model([x]), shared.model.predict([x], verbose=0),
                                rtol=1e-6)
+
+
+def test_fisher_of_a_bare_input_model_takes_a_one_element_list():
+    # the reverse (review): data=[x] on a model built on one bare input warned the same way
+    listed, bare = _twins()
+    seq = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 4)
+    loss = "sparse_categorical_crossentropy"
+    for model in (bare, seq):
+        got = dkm_tf.fisher_importance(model, ([x], y), loss=loss, labels="data")
+        want = dkm_tf.fisher_importance(model, (x, y), loss=loss, labels="data")
+        assert set(got) == set(want)
+        for key, value in want.items():
+            np.testing.assert_array_equal(got[key], value)

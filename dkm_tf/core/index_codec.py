@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
 import numpy as np
 
@@ -104,12 +105,14 @@ def _unpack_bit_form(value):
         if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 7:
             raise ValueError(f"bits must be an integer in 1..7, got {bits!r}")
         shape = tuple(int(n) for n in value["shape"])
-        n = int(np.prod(shape, dtype=np.int64))
+        if any(n < 0 for n in shape):
+            raise ValueError(f"negative dimension in shape {list(shape)}")
+        n = math.prod(shape)  # Python integers: no overflow before the byte count is checked
         data = base64.b64decode(value["base64"], validate=True)
         if len(data) != -(-n * bits // 8):
             raise ValueError(f"{len(data)} bytes for {n} indices of {bits} bits "
                              f"(expected {-(-n * bits // 8)})")
-    except (binascii.Error, TypeError, ValueError) as e:
+    except (binascii.Error, TypeError, ValueError, OverflowError) as e:
         raise ValueError("Invalid value for argument `d`. Expected palette indices whose "
                          f"base64 bytes fill shape {value.get('shape')} at {bits!r} bits per "
                          f"index. Received: {type(e).__name__}: {e}") from e

@@ -154,8 +154,8 @@ def shared_note(shared, per_tensor, palettes):
     per output channel) cannot keep <= K int8 values over its tensor: named, with the fix
     (measured: fer at K = 16 without ``fold_bn``, up to 68 distinct int8 values per tensor).
     """
-    folded = [p.name for p in palettes
-              if p.name in per_tensor and p.layout.granularity == "per_channel"]
+    folded = [p.name for p in palettes if p.layout.granularity == "per_channel" and (
+        p.name in per_tensor or "(was per_tensor)" in (p.note or ""))]  # strip_clustering's
     parts = []
     if shared:
         parts.append(f"int8: one weight scale for all channels of {len(shared)} per-tensor "

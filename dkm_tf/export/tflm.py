@@ -160,8 +160,8 @@ def _too_many_hint(palette):
 
     if palette.layout.granularity != "per_channel":
         return ""
-    if DEPTHWISE_NOTE not in (palette.note or ""):
-        return _PER_CHANNEL_HINT
+    if DEPTHWISE_NOTE not in (palette.note or "") and palette.layout.kind != "depthwise":
+        return _PER_CHANNEL_HINT  # (cluster_weights' palettes carry no depthwise note)
     layer = palette.name.split("/")[-2] if "/" in palette.name else palette.name
     return (f". It is a depthwise kernel, which share_weights and cluster_weights cluster per "
             f"channel by default, granularity=\"per_tensor\" included (one codebook across "
@@ -169,7 +169,8 @@ def _too_many_hint(palette):
             f"decodes a float tensor with one value table, which must hold every channel's "
             f"codebook. For format='tflm' name the layer (or its class) in `overrides`: "
             f"overrides={{{layer!r}: None}} leaves it float32, overrides={{{layer!r}: {{}}}} "
-            f"clusters it per tensor (check the accuracy); or use format='palettized'")
+            f"clusters it per tensor (check the accuracy; on the command line: dkm-tf "
+            f"compress --overrides '{{\"{layer}\": {{}}}}'); or use format='palettized'")
 
 
 _PER_CHANNEL_HINT = (

@@ -13,11 +13,17 @@ __all__ = ["as_model_inputs", "input_shapes", "shapes", "take"]
 
 def as_model_inputs(model, x):
     """``x`` as ``model`` takes it: ``[x]`` (or ``(x,)``) for a model built on a one-element
-    list / tuple of inputs when ``x`` is one array, else ``x`` unchanged."""
+    list / tuple of inputs when ``x`` is one array; the array of a one-element list ``x`` for
+    a model built on one bare input; else ``x`` unchanged."""
     struct = getattr(model, "_inputs_struct", None)
+    if struct is None:  # a built Sequential keeps its graph in _functional
+        struct = getattr(getattr(model, "_functional", None), "_inputs_struct", None)
     if (isinstance(struct, (list, tuple)) and len(struct) == 1
             and not isinstance(x, (list, tuple, dict))):
         return type(struct)([x])
+    if (struct is not None and not isinstance(struct, (list, tuple, dict))
+            and isinstance(x, (list, tuple)) and len(x) == 1 and hasattr(x[0], "shape")):
+        return x[0]
     return x
 
 
