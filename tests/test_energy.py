@@ -294,7 +294,7 @@ def test_bad_modes_and_compression_info():
         energy.estimate([TINY_CONV], pruning={"conv": 1.5})
     with pytest.raises(ValueError, match="`groups`"):
         conv_shape("g", in_hw=4, in_c=3, out_hw=2, out_c=4, kernel=3, groups=2)
-    with pytest.raises(ValueError, match=r"\('.keras', '.h5', '.tflite'\)"):
+    with pytest.raises(ValueError, match=r"\('.keras', '.h5', '.hdf5', '.tflite'\)"):
         energy.estimate(__file__)
 
 

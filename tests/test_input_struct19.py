@@ -52,3 +52,12 @@ def test_fisher_of_a_bare_input_model_takes_a_one_element_list():
         assert set(got) == set(want)
         for key, value in want.items():
             np.testing.assert_array_equal(got[key], value)
+
+
+def test_energy_reads_a_keras_file_named_hdf5(tmp_path):
+    # fer's own model file is emotion_model.hdf5: estimate refused the suffix (Keras loads it)
+    _, bare = _twins()
+    bare.save(tmp_path / "m.h5")
+    (tmp_path / "m.h5").rename(tmp_path / "m.hdf5")
+    got = dkm_tf.energy.estimate(str(tmp_path / "m.hdf5"))
+    assert got.paper_total == dkm_tf.energy.estimate(bare).paper_total > 0

@@ -362,7 +362,7 @@ def _read(model_or_path, input_shape):
             sharing, notes = stored.sharing_from_tflite(shapes, palettes)
             return shapes, skipped, os.path.basename(path), {
                 "weight_sharing": sharing or None, "notes": notes, "quantized": quantized}
-        if suffix in (".keras", ".h5"):
+        if suffix in (".keras", ".h5", ".hdf5"):
             import keras
 
             try:
@@ -378,7 +378,7 @@ def _read(model_or_path, input_shape):
             return shapes, skipped, os.path.basename(path), found
         raise ValueError(
             "Invalid value for argument `model_or_path`. Expected a path ending in "
-            f"('.keras', '.h5', '.tflite'). Received: model_or_path={path!r}"
+            f"('.keras', '.h5', '.hdf5', '.tflite'). Received: model_or_path={path!r}"
         )
     if isinstance(model_or_path, (list, tuple)) and all(
             isinstance(s, LayerShape) for s in model_or_path):
