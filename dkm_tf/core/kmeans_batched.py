@@ -40,6 +40,9 @@ from __future__ import annotations
 import numpy as np
 
 from dkm_tf.core.kmeans import _check_finite, cluster_values
+from dkm_tf.core.kmeans_prefix import Groups as _Groups
+from dkm_tf.core.kmeans_prefix import bounds as _bounds
+from dkm_tf.core.kmeans_prefix import gather_rows as _gather
 from dkm_tf.core.validate import check_n_clusters
 
 __all__ = ["BATCH_MAX_VALUES", "EXACT_MAX_VALUES", "batched_scalar_kmeans", "cluster_groups"]
@@ -51,55 +54,8 @@ MAX_ROUNDS = 100
 BATCH_MAX_VALUES = 65_536  # larger groups go through the single-problem (histogram) engine
 _CHUNK = 1 << 21  # elements of one (groups, M, M) block of the exact DP (~17 MB)
 _ROUND_CHUNK = 64  # groups per chunk of a band round
+_BATCH_VALUES = 1 << 20  # values of the groups solved together (~100 bytes each at once)
 
-
-# --------------------------------------------------------------------------- prefix sums
-class _Groups:
-    """Sorted, centred values ``v`` (G, M) with prefix sums ``cs``, ``cq`` (G, M + 1)."""
-
-    def __init__(self, v):
-        self.v, self.m = v, v.shape[1]
-        zero = np.zeros((v.shape[0], 1))
-        self.cs = np.concatenate([zero, np.cumsum(v, axis=1)], axis=1)
-        self.cq = np.concatenate([zero, np.cumsum(v * v, axis=1)], axis=1)
-
-    def take(self, sel):
-        out = _Groups.__new__(_Groups)
-        out.v, out.m, out.cs, out.cq = self.v[sel], self.m, self.cs[sel], self.cq[sel]
-        return out
-
-    def sse(self, lo, hi):
-        """SSE of positions [lo, hi) (index arrays (G, ...), broadcast); inf where empty."""
-        n = hi - lo
-        s = _gather(self.cs, hi) - _gather(self.cs, lo)
-        q = _gather(self.cq, hi) - _gather(self.cq, lo)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            err = np.maximum(q - s * s / n, 0.0)
-        return np.where(n > 0, err, np.inf)
-
-    def total_sse(self, cuts):
-        lo, hi = _bounds(cuts, self.m)
-        return self.sse(lo, hi).sum(axis=1)
-
-    def means(self, cuts):
-        """Centroids of the partitions at ``cuts``; an empty cluster [lo, lo) gets ``v[lo]``,
-        which lies between its neighbours' means (the centroids stay sorted)."""
-        lo, hi = _bounds(cuts, self.m)
-        n = hi - lo
-        s = _gather(self.cs, hi) - _gather(self.cs, lo)
-        return np.where(n > 0, s / np.maximum(n, 1), _gather(self.v, np.minimum(lo, self.m - 1)))
-
-
-def _gather(a, idx):
-    """``a[g, idx[g, ...]]`` for a (G, L) array and a (G, ...) index array."""
-    return np.take_along_axis(a, idx.reshape(a.shape[0], -1), axis=1).reshape(idx.shape)
-
-
-def _bounds(cuts, m):
-    g = cuts.shape[0]
-    lo = np.concatenate([np.zeros((g, 1), cuts.dtype), cuts], axis=1)
-    hi = np.concatenate([cuts, np.full((g, 1), m, cuts.dtype)], axis=1)
-    return lo, hi
 
 
 def _count_le(v, t):
@@ -303,6 +259,21 @@ def batched_scalar_kmeans(x, n_clusters, *, name=None):
         raise ValueError("Invalid value for argument `x`. Expected a non-empty (G, M) array of "
                          f"G groups of values. Received: an array of shape {x.shape}")
     _check_finite(x, name)
+    g, m = x.shape
+    step = max(1, _BATCH_VALUES // m)  # the groups are independent: solved in blocks, so the
+    if g <= step:  # work arrays (~100 bytes per value) are O(block), not O(tensor)
+        return _solve(x, k, name)
+    indices, books = np.empty((g, m), np.int32), []
+    for s in range(0, g, step):
+        cb, indices[s:s + step] = _solve(x[s:s + step], k, name)
+        books.append(cb)
+    width = max(b.shape[1] for b in books)  # K' of the whole tensor; repeats pad the others
+    return np.concatenate([np.concatenate([b, np.repeat(b[:, -1:], width - b.shape[1], 1)], 1)
+                           for b in books]), indices
+
+
+def _solve(x, k, name):
+    """:func:`batched_scalar_kmeans` of one block of groups (checked, finite)."""
     g, m = x.shape
     order = np.argsort(x, axis=1, kind="stable")
     # float32 first (the codebook's type): float64 values closer than its resolution would

@@ -31,7 +31,9 @@ time and memory. ``dkm_assign(..., full_backprop=True)`` is the paper's unrolled
 Memory: a step holds an (M x K) attention per group, computed per layer in chunks of at most
 :data:`CHUNK` units x centroids elements, so no tensor spans the model; autodiff keeps one
 such attention per clustered weight until the backward pass (``max_iter`` with
-``full_backprop``).
+``full_backprop``), except on TensorFlow above :data:`~.soft_bounded.KEEP_ATTENTION` elements,
+where the last step recomputes it chunk by chunk in the backward pass, and many chunks run
+in a loop (:mod:`~.soft_bounded`); :func:`snap` never holds more than one chunk.
 
 The temperature ``tau`` lives in a non-trainable variable of each wrapper, so
 :class:`TemperatureSchedule` can change it between epochs without re-tracing.
@@ -48,6 +50,7 @@ from keras import ops
 from dkm_tf.core import codebook as codebook_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_choice, invalid
+from dkm_tf.training import soft_bounded as bounded
 from dkm_tf.training.segment import segment_sums
 from dkm_tf.training.wrapper_kmeans import check_finite
 
@@ -192,12 +195,14 @@ def dkm_assign(w, c, temperature, *, max_iter=MAX_ITER, tol=TOL, full_backprop=F
         return ops.logical_and(moving, steps < max_iter - 1)
 
     def body(c, moving, steps):
-        c_new = _update(ws, c, tau, parts)[0]
+        c_new = bounded.centroids(ws, c, tau, parts, _attention)[0]  # no chunk list kept
         return c_new, ops.max(ops.abs(c_new - c)) > tol, steps + 1
 
     c, _, steps = ops.while_loop(cond, body, (c, ops.convert_to_tensor(True),
                                               ops.convert_to_tensor(0, "int32")))
     c = ops.stop_gradient(c)
+    if bounded.recomputes(w, c):  # big tensors: no (M x K) attention kept for the backward
+        return (*bounded.last_step(w, c, tau, parts, _attention), steps + 1)
     c_new, blocks = _update(w, c, tau, parts)
     outs = [ops.einsum("gmk,gkd->gmd", a, c_new) for a in blocks]
     w_tilde = outs[0] if len(outs) == 1 else ops.concatenate(outs, axis=1)
@@ -283,8 +288,11 @@ def snap(wrapper):
         units = units_lib.to_units(keras.ops.convert_to_numpy(s.variable), s.layout)
         check_finite(units, f"Layer {wrapper.name!r}: the soft-clustered {s.attr!r}")
         units = units.astype(np.float64)
-        w_t, c, _ = dkm_assign(ops.convert_to_tensor(units),
-                               keras.ops.convert_to_numpy(s.codebook).astype(np.float64), tau)
+        c = bounded.fixed_point(ops.convert_to_tensor(units),
+                                keras.ops.convert_to_numpy(s.codebook).astype(np.float64),
+                                ops.convert_to_tensor(tau, "float64"),
+                                _chunks(units.shape[1], s.codebook.shape[1]), _attention,
+                                MAX_ITER, TOL)  # one attention chunk at a time, no W_tilde
         c = keras.ops.convert_to_numpy(c)
         idx = np.stack([codebook_lib.nearest(units[g], c[g]) for g in range(c.shape[0])])
         out.append((c.astype(keras.ops.convert_to_numpy(s.codebook).dtype),
