@@ -13,7 +13,8 @@ A `BatchNormalization` of the Pipeline is folded as the Functional reader folds 
 Pipeline's first layer, into the outer layer producing the Pipeline's input (its first
 layer's call is given the Pipeline's own input tensor). Before 2026-12-06 it was charged as an
 "affine" record (Conv2D, BatchNormalization, ReLU, MaxPooling2D: paper 30,272 vs the `.tflite`
-28,392). A Pipeline in a Pipeline is read the same way, recursively.
+28,392). A Pipeline in a Pipeline is read in its place, as if its layers were the outer
+Pipeline's (so a batch norm first in it is folded into the layer before it).
 """
 
 
@@ -33,7 +34,7 @@ def pipeline_calls(layer, call):
         return [], f"Pipeline with inputs {ins} and outputs {outs}: not read (one of each)"
     shape, out, first = ins[0], [], list(call[0]) if isinstance(call[0], (list, tuple)) else [
         call[0]]
-    for sub in layer.layers:
+    for sub in _leaves(layer, keras):
         try:
             nxt = _output_shape(sub, shape, keras)
         except Exception as e:  # noqa: BLE001 - any layer's own error
@@ -46,6 +47,14 @@ def pipeline_calls(layer, call):
         return [], (f"Pipeline layers' shapes end at {shape}, the Pipeline's output is "
                     f"{outs[0]}; not read")
     return out, None
+
+
+def _leaves(layer, keras):
+    """The layers of Pipeline ``layer``, a nested Pipeline's in its place (recursively): a
+    batch norm first in a nested Pipeline then follows the layer before it, into which it is
+    folded (before 2026-12-06 it was charged: Pipeline([Conv2D, Pipeline([BN, ReLU])]))."""
+    for sub in layer.layers:
+        yield from (_leaves(sub, keras) if isinstance(sub, keras.layers.Pipeline) else [sub])
 
 
 def pipeline_fold(sub, prev, sub_call, keras):

@@ -6,6 +6,7 @@ import os
 
 from dkm_tf.core.validate import check_bool, check_int
 from dkm_tf.export import convert as convert_lib
+from dkm_tf.export.export_args import inputs_by_name
 from dkm_tf.export.latency import benchmark_latency
 from dkm_tf.export.tflite import check_export_args, to_tflite
 from dkm_tf.export.tflm import tflm_available
@@ -34,7 +35,8 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
         model: Keras model whose clustered weights equal the palettes' decoded values.
         palettes: list of :class:`~dkm_tf.core.palette.Palette`.
         out_dir: existing, writable directory; files are ``<stem>.<label>.tflite``.
-        sample_inputs: verification inputs (see :func:`~dkm_tf.export.to_tflite`).
+        sample_inputs: verification inputs (see :func:`~dkm_tf.export.to_tflite`; a dict keyed
+            by the model's input names too).
         targets: labels from :data:`EXPORT_TARGETS`; ``"tflm"`` is skipped (left out of
             the returned dict) when ``tflite-micro`` is not installed; ``"int8_full"`` is
             skipped, with a ``UserWarning`` naming the layers, for a model with a recurrent
@@ -81,6 +83,7 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
                          f"need the palettes of the clustered weights. Received: "
                          f"palettes={palettes!r}")
     check_export_args(model, sample_inputs)
+    sample_inputs = inputs_by_name("sample_inputs", sample_inputs, model)  # a dict: as a list
     skip = _unconvertible(model, targets)
     specs = convert_lib.input_specs(model, sample_inputs)
     float_content = convert_lib.convert(model, specs, "none")

@@ -12,7 +12,7 @@ from dkm_tf.export import convert as convert_lib
 from dkm_tf.export.layer_refusals import check_not_stateful
 from dkm_tf.export.model_check import check_built_model, palette_layers
 
-__all__ = ["check_export_args", "check_inputs", "check_palettes", "check_path"]
+__all__ = ["check_export_args", "check_inputs", "check_palettes", "check_path", "inputs_by_name"]
 
 
 def check_path(path):
@@ -71,10 +71,28 @@ def check_export_args(model, sample_inputs=None, *, representative_data=None, to
                       else float_content)
 
 
+def inputs_by_name(name, data, model):
+    """``data`` as a list in `model.inputs` order where it is a dict keyed by exactly the model's
+    input names (a Functional model built on a dict: its keys), else unchanged. Before
+    2026-12-06 a dict was refused with a TypeError."""
+    if not isinstance(data, dict):
+        return data
+    inputs = convert_lib.model_inputs(model)
+    struct = getattr(model, "_inputs_struct", None)
+    key_of = {id(t): k for k, t in struct.items()} if isinstance(struct, dict) else {}
+    names = [key_of.get(id(t), getattr(t, "name", None)) for t in inputs]
+    if not names or len(data) != len(names) or set(data) != set(names):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected "
+                         f"{convert_lib.input_list_form(model)}, or a dict keyed by exactly "
+                         f"the model's input names {names}. Received: {name}=a dict with "
+                         f"keys {list(data)}")
+    return [data[k] for k in names]
+
+
 def check_inputs(name, data, model):
-    """Sample inputs: real, finite, >= 1 sample, one array per model input of its shape."""
-    if isinstance(data, dict):
-        raise invalid_type(name, convert_lib.input_list_form(model), data)
+    """Sample inputs: real, finite, >= 1 sample, one array per model input of its shape (a dict
+    keyed by the model's input names: :func:`inputs_by_name`)."""
+    data = inputs_by_name(name, data, model)
     arrays = []
     for a in data if isinstance(data, (list, tuple)) else [data]:
         try:

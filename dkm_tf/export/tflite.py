@@ -32,7 +32,7 @@ from dkm_tf.core.validate import check_choice
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.canonical import fixed_like
-from dkm_tf.export.export_args import check_export_args, check_palettes, check_path
+from dkm_tf.export.export_args import check_export_args, check_palettes, check_path, inputs_by_name
 from dkm_tf.export.inspect import inspect_tflite
 from dkm_tf.export.int8 import int8_survival, preserve_clusters, shared_note
 from dkm_tf.export.model_check import deployed_param_count
@@ -80,8 +80,9 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             (``int8_mode="dynamic"`` or ``"full"``) or ``"tflm"`` (TFLite Micro LUT).
         palettes: list of :class:`~dkm_tf.core.palette.Palette`; required for ``palettized`` and
             ``tflm``, optional for ``int8`` (adds the distinct-values report).
-        sample_inputs: array (or list of arrays per input) with a leading sample axis, used
-            for verification (and calibration); when None, 8 seeded samples (noted).
+        sample_inputs: array (or list of arrays per input, in ``model.inputs`` order, or a dict
+            keyed by the model's input names) with a leading sample axis, used for
+            verification (and calibration); when None, 8 seeded samples (noted).
         decode: ``"once"`` (decoded at load; XNNPACK-friendly layers; int16 tuple indices) or
             ``"per_invoke"`` (``ceil(log2 K)``-bit INT2/INT4 fields, decoded each invoke).
         int8_mode: ``"dynamic"`` (int8 weights) or ``"full"`` (int8 weights and activations).
@@ -163,6 +164,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                       tolerance=tolerance, interpreters=interpreters,
                       max_table_bytes=max_table_bytes, matmul_lowering=matmul_lowering,
                       float_content=float_content)
+    sample_inputs = inputs_by_name("sample_inputs", sample_inputs, model)  # a dict: as a list
+    representative_data = inputs_by_name("representative_data", representative_data, model)
     check_choice("kept_dtype", kept_dtype, KEPT_DTYPES)
     check_choice("index_packing", index_packing, INDEX_PACKINGS)
     check_applicable({"format": format, "palettes": palettes, "decode": decode,
