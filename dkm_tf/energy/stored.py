@@ -152,26 +152,57 @@ def check_palettes(model, palettes):
                    else f"layer {p.layer_name!r} has no weight {p.weight_name!r}")
             rejected.append((name, why))
             continue
-        dec = np.asarray(p.decode(), np.float64)
+        dec = np.asarray(p.decode())
         reasons = []
         for var in found:
-            w = np.asarray(keras.ops.convert_to_numpy(var), np.float64)
+            w = np.asarray(keras.ops.convert_to_numpy(var))
             if w.shape != dec.shape:
                 reasons.append(f"it decodes to shape {dec.shape}, the weight has shape "
                                f"{w.shape}")
                 continue
-            diff = np.abs(w - dec)
-            if np.all(diff <= 1e-6 * max(float(np.max(np.abs(w), initial=0.0)), 1e-30)):
+            differ, worst, ok = _compare(w, dec)
+            if ok:
                 accepted.append(p)
                 break
             reasons.append(
-                f"its decode() differs from the stored weight in {int(np.sum(diff > 0)):,} of "
-                f"{w.size:,} values (max |diff| {float(diff.max()):.3g}); the weight holds "
-                f"{np.unique(w).size:,} distinct values, the palette K={p.n_clusters} "
-                f"(d={p.unit_dim})")
+                f"its decode() differs from the stored weight in {differ:,} of "
+                f"{w.size:,} values (max |diff| {worst:.3g}); the weight holds "
+                f"{np.unique(np.asarray(w, np.float64)).size:,} distinct values, the palette "
+                f"K={p.n_clusters} (d={p.unit_dim})")
         else:
             rejected.append((name, "; ".join(dict.fromkeys(reasons))))
     return accepted, rejected
+
+
+def _slabs(a, b, block=1 << 18):
+    """Pairs of slabs (about ``block`` values, views) of same-shaped ``a`` and ``b``."""
+    if a.ndim == 0 or a.size <= block:
+        yield a, b
+        return
+    rest = a.size // a.shape[0]
+    if rest > block:
+        for i in range(a.shape[0]):
+            yield from _slabs(a[i], b[i], block)
+        return
+    step = block // rest
+    for s in range(0, a.shape[0], step):
+        yield a[s:s + step], b[s:s + step]
+
+
+def _compare(w, dec):
+    """``(values that differ, max |diff|, all |diff| <= 1e-6 * max |w|)`` of the stored weight
+    ``w`` and a palette's ``dec``, in float64 as one comparison of the whole arrays, one slab
+    at a time (no float64 copy of either). NaN propagates as it would there."""
+    top = np.max([np.max(np.abs(np.asarray(a, np.float64)), initial=0.0)
+                  for a, _ in _slabs(w, dec)] or [0.0])
+    tol = 1e-6 * max(float(top), 1e-30)
+    differ, worst, ok = 0, [], True
+    for a, b in _slabs(w, dec):
+        diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+        ok = ok and bool(np.all(diff <= tol))
+        differ += int(np.sum(diff > 0))
+        worst.append(np.max(diff, initial=-np.inf))
+    return differ, float(np.max(worst)) if worst else float("nan"), ok
 
 
 def beside_keras_file(model, shapes, path):

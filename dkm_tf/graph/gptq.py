@@ -36,7 +36,7 @@ def _nearest(w, codebook):
 
 
 def gptq_assign(kernel, h, codebook, *, damp=DAMP, act_order=True, block=BLOCK):
-    """Indices (d_in, d_out) into ``codebook`` of ``kernel`` (d_in, d_out), by GPTQ.
+    """Indices (d_in, d_out) int32 into ``codebook`` of ``kernel`` (d_in, d_out), by GPTQ.
 
     Args:
         kernel: the float weights, rows = input dimensions.
@@ -47,11 +47,10 @@ def gptq_assign(kernel, h, codebook, *, damp=DAMP, act_order=True, block=BLOCK):
         act_order: assign rows in order of decreasing ``H_ii``.
         block: rows per lazy-update block.
     """
-    w = np.array(kernel, np.float64)
-    h = np.array(h, np.float64)
+    kernel, h = np.asarray(kernel), np.asarray(h, np.float64)
     book = np.asarray(codebook, np.float64)
     if book.ndim == 2:  # per column: nearest by distance (K is small)
-        cols = np.arange(w.shape[1])
+        cols = np.arange(kernel.shape[1])
 
         def nearest(row):
             return np.argmin(np.abs(row[:, None] - book), axis=1)
@@ -67,26 +66,33 @@ def gptq_assign(kernel, h, codebook, *, damp=DAMP, act_order=True, block=BLOCK):
 
         def value(row_idx):
             return cb[row_idx]
-    d = w.shape[0]
+    d = kernel.shape[0]
     dead = np.diag(h) == 0  # inputs that are always 0: any value, nearest centroid
-    h[dead, dead] = 1.0
-    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(d)
-    w, h = w[perm], h[np.ix_(perm, perm)]
+    diag = np.where(dead, 1.0, np.diag(h))
+    perm = np.argsort(-diag, kind="stable") if act_order else np.arange(d)
+    # one float64 copy of each, in the act order (no float64 copy before the permutation)
+    w = kernel[perm].astype(np.float64, copy=False)
+    h = h[np.ix_(perm, perm)]
+    h[np.diag_indices(d)] = diag[perm]
     h[np.diag_indices(d)] += damp * float(np.mean(np.diag(h)))
-    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: (H^-1) = U^T U
-    idx = np.empty(w.shape, np.int64)
+    h = np.linalg.inv(h)
+    u = np.linalg.cholesky(h).T  # upper: (H^-1) = U^T U
+    del h
+    out = np.empty(w.shape, np.int32)  # row i of the act order is row perm[i] of the kernel
     for b0 in range(0, d, block):
         b1 = min(b0 + block, d)
         err = np.zeros((b1 - b0, w.shape[1]))
         for i in range(b0, b1):
-            idx[i] = nearest(w[i])
-            e = (w[i] - value(idx[i])) / u[i, i]
+            q = out[perm[i]] = nearest(w[i])
+            e = (w[i] - value(q)) / u[i, i]
             w[i + 1:b1] -= np.outer(u[i, i + 1:b1], e)
             err[i - b0] = e
         w[b1:] -= u[b0:b1, b1:].T @ err
-    out = np.empty_like(idx)
-    out[perm] = idx
-    return out if book.ndim == 2 else order[out]
+    if book.ndim == 1:  # back to the caller's codebook order, in place
+        order = order.astype(np.int32)
+        for r0 in range(0, d, block):
+            out[r0:r0 + block] = order[out[r0:r0 + block]]
+    return out
 
 
 def _same_pad(size, k, stride, rate):

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from dkm_tf.core import _kmeans1d
 from dkm_tf.core import kmeans as kmeans_lib
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
+from dkm_tf.graph.weighted_scalar import _BLOCK, weighted_scalar
 
 __all__ = ["FLOOR", "weighted_codebook", "weighted_kmeans", "weighted_palette"]
 
@@ -29,16 +29,18 @@ FLOOR = 1e-6
 
 
 # ---------------------------------------------------------------------- weighted k-means
-def _floor(importance, name=None):
+def _floor_value(importance, name=None):
+    """``FLOOR x`` the importances' mean, or None when they are all zero (raises on bad ones:
+    counted block by block, no full boolean copies)."""
     imp = np.asarray(importance, np.float64)
-    if not np.all(np.isfinite(imp)) or np.any(imp < 0):
-        bad = int(imp.size - np.count_nonzero(np.isfinite(imp) & (imp >= 0)))
+    flat = imp.reshape(-1)
+    bad = sum(int(b.size - np.count_nonzero(np.isfinite(b) & (b >= 0)))
+              for b in (flat[s:s + _BLOCK] for s in range(0, flat.size, _BLOCK)))
+    if bad:
         raise ValueError(f"Importances{' of ' + name if name else ''} must be finite and >= 0: "
                          f"{bad} of {imp.size} are NaN, Inf or negative.")
     mean = float(imp.mean()) if imp.size else 0.0
-    if mean <= 0:
-        return None
-    return np.maximum(imp, FLOOR * mean)
+    return None if mean <= 0 else FLOOR * mean
 
 
 def weighted_kmeans(x, importance, n_clusters, *, seed=0, max_iter=100, name=None):
@@ -48,24 +50,14 @@ def weighted_kmeans(x, importance, n_clusters, *, seed=0, max_iter=100, name=Non
     than K is lossless). Importances that are all zero give plain k-means.
     """
     kmeans_lib._check_finite(x, name)  # noqa: SLF001 (NaN / Inf, beyond float32)
+    floor = _floor_value(importance, name)
+    if floor is not None and np.shape(x)[1] == 1:
+        return weighted_scalar(x, importance, int(n_clusters), floor, seed=seed)
     x = np.asarray(x).astype(np.float32).astype(np.float64)  # the codebook's values
-    imp = _floor(importance, name)
-    if imp is None:
+    if floor is None:
         return kmeans_lib.cluster_values(x, n_clusters, seed=seed, name=name)
+    imp = np.maximum(np.asarray(importance, np.float64), floor)
     k = int(n_clusters)
-    if x.shape[1] == 1:
-        vals, inv = np.unique(x[:, 0], return_inverse=True)
-        inv = inv.reshape(-1)
-        if vals.size <= k:
-            return vals[:, None].astype(np.float32), inv.astype(np.int32)
-        w = np.bincount(inv, weights=imp[:, 0], minlength=vals.size)
-        data = _kmeans1d.Weighted1D(vals, w)
-        c = _kmeans1d.solve(data, k, "kmeans++", np.random.default_rng(seed), 3000, True)
-        lo, hi = data.bounds(c)  # nearest-centroid intervals; centroids = weighted means
-        ws, ss, _ = data.stats(lo, hi)
-        c = np.where(ws > 0, ss / np.where(ws > 0, ws, 1.0), c)
-        idx = np.searchsorted((c[:-1] + c[1:]) / 2.0, x[:, 0], side="left")
-        return c[:, None].astype(np.float32), idx.astype(np.int32)
     c, idx = kmeans_lib.cluster_values(x, k, seed=seed)
     c = c.astype(np.float64)
     if c.shape[0] < k and np.unique(x, axis=0).shape[0] <= k:
@@ -115,7 +107,7 @@ def weighted_palette(kernel, importance, *, kind, n_clusters, unit="scalar",
     layout = units_lib.layout_for(kernel.shape, kind, unit, granularity)
     name = f"{layer_name}/{weight_name}" if layer_name else weight_name
     kmeans_lib._check_finite(kernel, name)  # noqa: SLF001 (before the importances' check)
-    unweighted = _floor(importance, name) is None
+    unweighted = _floor_value(importance, name) is None
     cb, idx = weighted_codebook(kernel, importance, layout, int(n_clusters), seed=seed,
                                 name=name)
     used = max(int(np.unique(cb[g], axis=0).shape[0]) for g in range(cb.shape[0]))
