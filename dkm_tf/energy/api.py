@@ -306,8 +306,6 @@ def _given_palettes_note(model, palettes):
     weight (stale after more training, another model's, the float original's): they are
     charged as given (a what-if estimate), but not without a word (`stored.check_palettes`,
     the check of a palettes file beside a `.keras`)."""
-    import re
-
     from dkm_tf.energy import stored
     from dkm_tf.graph.copying import iter_layers
 
@@ -316,14 +314,9 @@ def _given_palettes_note(model, palettes):
     quantized = {la.name for la in iter_layers(model) if getattr(la, "quantization_mode", None)}
     real = [p for p in palettes if hasattr(p, "decode") and hasattr(p, "weight_name")
             and p.layer_name not in quantized]  # int8 codes: the quantization note says it
-    _, rejected = stored.check_palettes(model, real) if real else ((), ())
-    stale, what_if = [], []
-    for n, why in rejected:
-        if not why.startswith(("it decodes", "its decode")):
-            continue
-        held = re.search(r"holds ([\d,]+) distinct values, the palette K=(\d+) \(d=(\d+)\)", why)
-        floats = held and int(held[1].replace(",", "")) > int(held[2]) * int(held[3])
-        (what_if if floats else stale).append((n, why))
+    verdicts = stored.palette_verdicts(model, real) if real else []
+    what_if = [(n, why) for _, n, why, kind in verdicts if kind == "float"]
+    stale = [(n, why) for _, n, why, kind in verdicts if kind == "stale"]
     notes = []
     if what_if:  # the float original with its clustered copy's palettes: a what-if
         names = ", ".join(n for n, _ in what_if[:3]) + (" ..." if len(what_if) > 3 else "")

@@ -134,6 +134,18 @@ def check_palettes(model, palettes):
     Returns:
         `(accepted, rejected)`: a list of palettes and a list of `(palette name, reason)`.
     """
+    accepted, rejected = [], []
+    for p, name, why, _ in palette_verdicts(model, palettes):
+        (accepted.append(p) if why is None else rejected.append((name, why)))
+    return accepted, rejected
+
+
+def palette_verdicts(model, palettes):
+    """`(palette, name, reason, kind)` per palette, as :func:`check_palettes` judges it:
+    `reason` None and `kind` "ok" when it describes the stored weight; else `kind` "missing"
+    (no such layer or weight), "float" (its first weight of the palette's shape that differs
+    holds more distinct values than the palette's K d: a float weight, e.g. the float
+    original's) or "stale" (a clustered weight it does not decode to, or other shapes)."""
     import keras
 
     from dkm_tf.graph.clusterable import get_weight
@@ -142,7 +154,7 @@ def check_palettes(model, palettes):
     layers = {}
     for layer in [model, *iter_layers(model)]:
         layers.setdefault(layer.name, []).append(layer)
-    accepted, rejected = [], []
+    out = []
     for p in palettes:
         name = f"{p.layer_name}/{p.weight_name}"
         found = [get_weight(la, p.weight_name) for la in layers.get(p.layer_name, ())]
@@ -150,10 +162,10 @@ def check_palettes(model, palettes):
         if not found:
             why = (f"the model has no layer {p.layer_name!r}" if p.layer_name not in layers
                    else f"layer {p.layer_name!r} has no weight {p.weight_name!r}")
-            rejected.append((name, why))
+            out.append((p, name, why, "missing"))
             continue
         dec = np.asarray(p.decode())
-        reasons = []
+        reasons, kind = [], None
         for var in found:
             w = np.asarray(keras.ops.convert_to_numpy(var))
             if w.shape != dec.shape:
@@ -162,16 +174,18 @@ def check_palettes(model, palettes):
                 continue
             differ, worst, ok = _compare(w, dec)
             if ok:
-                accepted.append(p)
+                out.append((p, name, None, "ok"))
                 break
+            distinct = np.unique(np.asarray(w, np.float64)).size
+            if kind is None:
+                kind = "float" if distinct > p.n_clusters * p.unit_dim else "stale"
             reasons.append(
                 f"its decode() differs from the stored weight in {differ:,} of "
                 f"{w.size:,} values (max |diff| {worst:.3g}); the weight holds "
-                f"{np.unique(np.asarray(w, np.float64)).size:,} distinct values, the palette "
-                f"K={p.n_clusters} (d={p.unit_dim})")
+                f"{distinct:,} distinct values, the palette K={p.n_clusters} (d={p.unit_dim})")
         else:
-            rejected.append((name, "; ".join(dict.fromkeys(reasons))))
-    return accepted, rejected
+            out.append((p, name, "; ".join(dict.fromkeys(reasons)), kind or "stale"))
+    return out
 
 
 def _slabs(a, b, block=1 << 18):
