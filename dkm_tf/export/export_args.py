@@ -3,6 +3,7 @@ message pattern: the argument, what is allowed, what was received)."""
 
 from __future__ import annotations
 
+import collections
 import os
 
 import numpy as np
@@ -146,13 +147,13 @@ def check_palettes(model, palettes):
     from dkm_tf.graph.clusterable import get_weight  # noqa: PLC0415 (keras)
 
     layers = palette_layers(model, palettes)  # refuses two layers of a palette's name
-    names = [p.name for p in palettes]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    counts = collections.Counter(p.name for p in palettes)
+    twice = sorted(n for n, c in counts.items() if c > 1)
     if twice:  # one was palettized, the other reported "float32 (not found)"; the file and its
         # K depended on the order (K=4 then K=8 of one weight: 8,560 vs 11,440 bytes)
         raise ValueError(f"Invalid value for argument `palettes`. Expected one palette per "
                          f"weight. Received: {len(twice)} weight(s) with several palettes: "
-                         + ", ".join(f"{n!r} ({names.count(n)}x, K="
+                         + ", ".join(f"{n!r} ({counts[n]}x, K="
                                      f"{[p.n_clusters for p in palettes if p.name == n]})"
                                      for n in twice[:6]))
     for p in palettes:

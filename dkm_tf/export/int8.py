@@ -141,21 +141,21 @@ def preserve_clusters(content, palettes):
     return (model.to_bytes() if done else bytes(content)), done
 
 
-def shared_note(shared, per_tensor, palettes):
+def shared_note(shared, palettes):
     """The note of ``int8_scales="shared"``.
 
     Args:
         shared: names :func:`preserve_clusters` re-quantized with one scale.
-        per_tensor: names of the palettes the caller clustered per tensor (before any
-            BatchNormalization fold).
-        palettes: the palettes the file was made from (after the fold).
+        palettes: the palettes the file was made from (after any BatchNormalization fold).
 
     A per-tensor palette that a folded BatchNormalization made per channel (scale ``s_c``
-    per output channel) cannot keep <= K int8 values over its tensor: named, with the fix
-    (measured: fer at K = 16 without ``fold_bn``, up to 68 distinct int8 values per tensor).
+    per output channel; its note says "(was per_tensor)", whether the exporter or
+    ``strip_clustering`` folded it) cannot keep <= K int8 values over its tensor: named, with
+    the fix (measured: fer at K = 16 without ``fold_bn``, up to 68 distinct int8 values per
+    tensor).
     """
-    folded = [p.name for p in palettes if p.layout.granularity == "per_channel" and (
-        p.name in per_tensor or "(was per_tensor)" in (p.note or ""))]  # strip_clustering's
+    folded = [p.name for p in palettes if p.layout.granularity == "per_channel"
+              and "(was per_tensor)" in (p.note or "")]
     parts = []
     if shared:
         parts.append(f"int8: one weight scale for all channels of {len(shared)} per-tensor "

@@ -197,7 +197,6 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     noise = verify.keras_noise(model, inputs, reference) if tolerance is None else 0.0
     b_inputs = verify.batch_inputs(inputs)  # the batch > 1 check, in one invoke
     b_reference = reference if b_inputs is inputs else verify.keras_outputs(model, b_inputs)
-    per_tensor = {p.name for p in palettes or () if p.layout.granularity == "per_tensor"}
     if format in ("palettized", "tflm", "int8"):  # the converter folds BatchNorm: so do we
         from dkm_tf.graph.batchnorm_palettes import fold_for_export  # noqa: PLC0415
 
@@ -216,7 +215,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             else convert_lib.as_input_list(representative_data))
         if palettes and int8_scales == "shared":  # <= K int8 values per per-tensor palette
             content, shared = preserve_clusters(content, palettes)
-            notes.append(shared_note(shared, per_tensor, palettes))
+            notes.append(shared_note(shared, palettes))
         records = int8_survival(content, palettes) if palettes else []
     elif format == "palettized":
         variant = decode

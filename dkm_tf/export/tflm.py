@@ -156,12 +156,10 @@ def _too_many_hint(palette):
     depthwise kernel is per channel by share_weights' / cluster_weights' default even with
     ``granularity="per_tensor"`` (so that argument is not the fix), other per-channel
     palettes by choice (or a folded BatchNormalization)."""
-    from dkm_tf.graph.layer_config import DEPTHWISE_NOTE  # noqa: PLC0415
-
     if palette.layout.granularity != "per_channel":
         return ""
-    if DEPTHWISE_NOTE not in (palette.note or "") and palette.layout.kind != "depthwise":
-        return _PER_CHANNEL_HINT  # (cluster_weights' palettes carry no depthwise note)
+    if palette.layout.kind != "depthwise":  # (cluster_weights' palettes carry no depthwise note)
+        return _PER_CHANNEL_HINT
     layer = palette.name.split("/")[-2] if "/" in palette.name else palette.name
     return (f". It is a depthwise kernel, which share_weights and cluster_weights cluster per "
             f"channel by default, granularity=\"per_tensor\" included (one codebook across "
