@@ -35,6 +35,8 @@ import sys
 import threading
 import time
 
+from memory import _status  # bench/memory.py's /proc reader (this folder is on sys.path)
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
@@ -54,14 +56,6 @@ OPS = {
 
 
 # --------------------------------------------------------------------------- in the child
-def _status(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def build(kind, size, seed=0):
     """(model, x, y): one big tensor of ``kind`` scaled by ``size``, a 10-class head."""
     import keras
