@@ -30,9 +30,15 @@ class Weighted1D:
     def __init__(self, values, weights):
         self.v = values
         self.w = weights
-        self.cw = np.concatenate([[0.0], np.cumsum(weights)])
-        self.cs = np.concatenate([[0.0], np.cumsum(weights * values)])
-        self.cq = np.concatenate([[0.0], np.cumsum(weights * values * values)])
+        # 0, then the running sums of w, w v and (w v) v, built in place (no temporaries of
+        # every value: the weighted k-means of a 16 M-weight tensor keeps these alone)
+        self.cw, self.cs, self.cq = (np.zeros(np.size(values) + 1) for _ in range(3))
+        np.cumsum(weights, out=self.cw[1:])
+        cs, cq = self.cs[1:], self.cq[1:]
+        np.multiply(weights, values, out=cs)
+        np.multiply(cs, values, out=cq)
+        np.cumsum(cs, out=cs)
+        np.cumsum(cq, out=cq)
 
     def stats(self, lo, hi):
         """Weight, sum and SSE of the points in [lo, hi) (index arrays)."""

@@ -4,8 +4,9 @@ The same computation as ``np.unique(x, return_inverse=True)`` + ``np.bincount(in
 weights)`` + :class:`dkm_tf.core._kmeans1d.Weighted1D` over the whole tensor, bit for bit,
 without the float64 copies and int64 inverse of every value: the distinct values come from a
 sorted float32 copy, each value's weight is added to its distinct value's in the same order as
-``bincount`` (``np.add.at``, block by block), the prefix sums are built in place, and the
-indices are found block by block (int32). The optimum is the exact weighted one of before.
+``bincount`` (``np.add.at``, block by block), ``Weighted1D`` builds its prefix sums in place,
+and the indices are found block by block (int32). The optimum is the exact weighted one of
+before.
 """
 
 from __future__ import annotations
@@ -17,20 +18,6 @@ from dkm_tf.core import _kmeans1d
 __all__ = ["weighted_scalar"]
 
 _BLOCK = 1 << 18  # values per block
-
-
-class _InPlaceWeighted1D(_kmeans1d.Weighted1D):
-    """:class:`Weighted1D` with the same prefix sums, built without temporaries."""
-
-    def __init__(self, values, weights):  # noqa: D107 (super().__init__ would copy)
-        self.v, self.w = values, weights
-        self.cw, self.cs, self.cq = (np.zeros(values.size + 1) for _ in range(3))
-        np.cumsum(weights, out=self.cw[1:])
-        cs, cq = self.cs[1:], self.cq[1:]
-        np.multiply(weights, values, out=cs)
-        np.multiply(cs, values, out=cq)  # (w * v) * v, as Weighted1D
-        np.cumsum(cs, out=cs)
-        np.cumsum(cq, out=cq)
 
 
 def _blocks(n):
@@ -75,7 +62,7 @@ def weighted_scalar(x, importance, k, floor, *, seed=0):
     w = np.zeros(vals.size)
     for s, e in _blocks(x.size):  # bincount's order: w[inverse[i]] += imp[i], i = 0, 1, ...
         np.add.at(w, _search(vals, _as64(x, s, e)), np.maximum(imp[s:e], floor))
-    data = _InPlaceWeighted1D(vals, w)
+    data = _kmeans1d.Weighted1D(vals, w)  # its prefix sums built in place
     c = _kmeans1d.solve(data, k, "kmeans++", np.random.default_rng(seed), 3000, True)
     lo, hi = data.bounds(c)  # nearest-centroid intervals; centroids = weighted means
     ws, ss, _ = data.stats(lo, hi)
