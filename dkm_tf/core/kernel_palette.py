@@ -13,6 +13,7 @@ import numpy as np
 
 from dkm_tf.core import kmeans as kmeans_lib
 from dkm_tf.core import units as units_lib
+from dkm_tf.core.index_codec import pack_float32, pack_indices, unpack_float32, unpack_indices
 from dkm_tf.core.validate import check_choice, invalid
 
 __all__ = ["SCALE_BITS", "TRANSFORM_COUNTS", "apply_transform", "check_palette_extras",
@@ -117,20 +118,22 @@ def scaled_index_bits(p, coding, codings):
 
 
 def extras_to_dict(p):
-    """The kernel fields of ``Palette.to_dict`` (none for a plain palette)."""
+    """The kernel fields of ``Palette.to_dict`` (none for a plain palette): transform ids
+    bit-packed as indices, scales as their float32 bytes (see :mod:`dkm_tf.core.index_codec`)."""
     out = {}
     if p.scales is not None:
-        out.update(scales=p.scales.tolist(), scale_bits=p.scale_bits)
+        out.update(scales=pack_float32(p.scales), scale_bits=p.scale_bits)
     if p.transforms is not None:
-        out.update(transforms=p.transforms.tolist(), n_transforms=p.n_transforms)
+        out.update(transforms=pack_indices(p.transforms), n_transforms=p.n_transforms)
     return out
 
 
 def extras_from_dict(d):
-    """``Palette.from_dict`` arguments with the kernel fields as arrays."""
+    """``Palette.from_dict`` arguments with the kernel fields as arrays (lists, written before,
+    or the packed forms of :func:`extras_to_dict`)."""
     d = dict(d)
     if d.get("scales") is not None:
-        d["scales"] = np.asarray(d["scales"], np.float32)
+        d["scales"] = unpack_float32(d["scales"])
     if d.get("transforms") is not None:
-        d["transforms"] = np.asarray(d["transforms"], np.int64)
+        d["transforms"] = np.asarray(unpack_indices(d["transforms"]), np.int64)
     return d
