@@ -25,6 +25,7 @@ from dkm_tf.core.validate import (
     is_bool,
 )
 from dkm_tf.graph.copying import _copy_model, _NotACopyError, copy_layer, iter_layers
+from dkm_tf.graph.heartbeat import Heartbeat
 from dkm_tf.graph.layer_names import wrapped_layer
 from dkm_tf.graph.pipelines import map_pipeline, once_per_layer
 from dkm_tf.graph.result_objects import check_not_a_result
@@ -154,7 +155,8 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
             layers of several nested models applies to each of them.
         sparsity: fraction of units per tensor fixed to an all-zero centroid (Deep k-Means'
             sparsity-promoting variant, §4.1.4); the rest share K - 1 centroids.
-        verbose: print one line per clustered tensor.
+        verbose: print one line per clustered tensor, and a heartbeat line every 15 s while
+            k-means runs (:mod:`dkm_tf.graph.heartbeat`).
         inplace: write the clustered values into ``model`` itself instead of a copy (needed
             for subclassed models, which Keras cannot clone; also saves the copy's memory).
         preserve_sparsity: keep the weights' exact zeros (a pruned model's): they get a fixed
@@ -308,16 +310,19 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
 
         why = dict(folding.skipped)
         skipped = [(n, stays_float(why[n]) if n in why else r) for n, r in skipped]
+    beat = Heartbeat(verbose, len(jobs))  # a line every 15 s while k-means runs
+    runs = {id(j.var): beat.track(f"{j.layer_name}/{j.attr}", j.size, j.run) for j in jobs}
     if inplace:
-        palettes = [job.run() for job in jobs]  # all k-means first: an error changes nothing
-        for job, pal in zip(jobs, palettes):
+        with beat:
+            palettes = [runs[id(j.var)]() for j in jobs]  # all k-means first: an error
+        for job, pal in zip(jobs, palettes):  # changes nothing
             job.var.assign(pal.decode().astype(job.var.dtype, copy=False))
         clone = model
     else:  # k-means in a thread pool while Keras copies the model; each copied layer is
         # built directly with its clustered values (no copy of the old kernel, no assign)
         workers = min(KMEANS_THREADS, os.cpu_count() or 1)
-        with concurrent.futures.ThreadPoolExecutor(workers, "dkm_tf-kmeans") as pool:
-            futures = {id(j.var): pool.submit(j.run)
+        with beat, concurrent.futures.ThreadPoolExecutor(workers, "dkm_tf-kmeans") as pool:
+            futures = {id(j.var): pool.submit(runs[id(j.var)])
                        for j in sorted(jobs, key=lambda j: -j.size)}
 
             @once_per_layer  # a Pipeline (or its layers) used twice, or also inside another
