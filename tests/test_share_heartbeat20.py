@@ -50,3 +50,24 @@ def test_verbose_prints_a_heartbeat_naming_the_running_tensor(slow_jobs, capsys,
 def test_no_heartbeat_without_verbose(slow_jobs, capsys):
     dkm_tf.share_weights(_model(), 4)
     assert capsys.readouterr().out == ""
+
+
+def test_kernel_clustering_gets_the_heartbeat_too(monkeypatch, capsys):
+    from dkm_tf.core import kernel_codebook
+
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_S", 0.05)
+    cluster = kernel_codebook.cluster_kernels
+
+    def slow(*args, **kwargs):
+        time.sleep(0.6)
+        return cluster(*args, **kwargs)
+    monkeypatch.setattr(kernel_codebook, "cluster_kernels", slow)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, name="c1"),
+                              keras.layers.Conv2D(4, 3, name="c2")])
+    dkm_tf.share_weights(model, 4, unit="kernel", codebook="shared", verbose=True)
+    beats = [line for line in capsys.readouterr().out.splitlines() if "k-means running" in line]
+    assert len(beats) >= 3
+    # 3 x 3 x 2 x 4 + 3 x 3 x 4 x 4 = 216 weights in the one shared 3x3 codebook
+    assert all("k-means running: codebook kernel:3x3 (c1, c2) (216 weights, " in line
+               and "0 of 1 codebook(s) done" in line for line in beats), beats

@@ -25,7 +25,11 @@ __all__ = ["HIST_BINS", "Weighted1D", "cluster_histogram", "finish", "solve"]
 
 
 class Weighted1D:
-    """Sorted distinct values with weights, and prefix sums for O(1) interval statistics."""
+    """Sorted distinct values with weights, and prefix sums for O(1) interval statistics.
+
+    The sums are float64 (for float64 values and float64 / int64 weights, as every caller
+    passes, the same bits as ``np.cumsum`` of the products; float32 inputs are summed in
+    float64)."""
 
     def __init__(self, values, weights):
         self.v = values

@@ -33,10 +33,12 @@ class Heartbeat:
         enabled: print at all (``share_weights``' ``verbose``).
         total: number of jobs, for "n of total done".
         every_s: seconds between lines; ``None``: :data:`HEARTBEAT_S` (read when opened).
+        what: the jobs' name in "n of total <what> done".
     """
 
-    def __init__(self, enabled, total, every_s=None):
+    def __init__(self, enabled, total, every_s=None, what="tensor(s)"):
         self.enabled, self.total, self.every_s = bool(enabled), int(total), every_s
+        self.what = what
         self._running, self._done = {}, 0
         self._lock, self._stop, self._thread = threading.Lock(), threading.Event(), None
 
@@ -79,5 +81,5 @@ class Heartbeat:
             if running:
                 names = ", ".join(f"{name} ({size:,} weights, {_fmt(now - start)})"
                                   for name, (start, size) in running)
-                print(f"  ... k-means running: {names}; {done} of {self.total} tensor(s) done",
+                print(f"  ... k-means running: {names}; {done} of {self.total} {self.what} done",
                       flush=True)

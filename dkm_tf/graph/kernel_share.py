@@ -26,6 +26,7 @@ from dkm_tf.core import kernel_codebook as kc
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_choice, check_n_clusters, invalid, is_int
+from dkm_tf.graph.heartbeat import Heartbeat
 
 __all__ = ["CODEBOOK_SCOPES", "KernelGroup", "check_codebook", "check_kernel_options",
            "cluster_groups", "fold_kernel_palettes", "kernel_groups", "share_kernels"]
@@ -139,9 +140,10 @@ def kernel_groups(layers, codebook, excluded=()):
 
 
 def cluster_groups(groups, n_clusters, *, transforms=1, scale_bits=16, init="kmeans++", seed=0,
-                   kernel_of=None):
+                   kernel_of=None, heartbeat=None):
     """k-means of every group: ``{layer name: Palette}`` (palettes of a group share codebook
-    and ``codebook_id``). ``kernel_of(layer)`` gives the numpy kernel (default: its value)."""
+    and ``codebook_id``). ``kernel_of(layer)`` gives the numpy kernel (default: its value);
+    ``heartbeat``: a :class:`~dkm_tf.graph.heartbeat.Heartbeat` that tracks each group."""
     k = check_n_clusters(n_clusters)
     check_kernel_options(transforms, scale_bits)
     odd = [f"{lay.name} ({g.kernel_size[0]}x{g.kernel_size[1]})" for g in groups
@@ -156,9 +158,14 @@ def cluster_groups(groups, n_clusters, *, transforms=1, scale_bits=16, init="kme
         kernels = [np.asarray(kernel_of(lay) if kernel_of else lay.kernel.numpy(), np.float32)
                    for lay in group.layers]
         names = ", ".join(lay.name for lay in group.layers)
-        cb, assigns = kc.cluster_kernels(kernels, k, transforms=transforms,
-                                         scale_bits=scale_bits, init=init, seed=seed + gi,
-                                         name=f"codebook {group.codebook_id} ({names})")
+        def run(kernels=kernels, gi=gi, names=names, group=group):
+            return kc.cluster_kernels(kernels, k, transforms=transforms, scale_bits=scale_bits,
+                                      init=init, seed=seed + gi,
+                                      name=f"codebook {group.codebook_id} ({names})")
+        if heartbeat is not None:
+            run = heartbeat.track(f"codebook {group.codebook_id} ({names})",
+                                  sum(x.size for x in kernels), run)
+        cb, assigns = run()
         flat = cb.reshape(1, cb.shape[0], -1)
         n_t = transforms if transforms > 1 else 1
         for lay, a in zip(group.layers, assigns):
@@ -208,8 +215,9 @@ def share_kernels(model, n_clusters=16, *, codebook="shared", transforms=1, scal
     if not groups:
         raise ValueError(f"share_weights(unit='kernel') found no k x k Conv2D to cluster in "
                          f"model {model.name!r}: {skipped}")
-    pals = cluster_groups(groups, n_clusters, transforms=transforms, scale_bits=scale_bits,
-                          init=init, seed=seed)
+    with Heartbeat(verbose, len(groups), what="codebook(s)") as beat:  # a line every 15 s
+        pals = cluster_groups(groups, n_clusters, transforms=transforms,
+                              scale_bits=scale_bits, init=init, seed=seed, heartbeat=beat)
     if inplace:
         for g in groups:
             for lay in g.layers:

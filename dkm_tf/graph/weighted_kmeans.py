@@ -50,6 +50,10 @@ def weighted_kmeans(x, importance, n_clusters, *, seed=0, max_iter=100, name=Non
     than K is lossless). Importances that are all zero give plain k-means.
     """
     kmeans_lib._check_finite(x, name)  # noqa: SLF001 (NaN / Inf, beyond float32)
+    if np.shape(importance) != np.shape(x):  # 20f2b67's block loops read the first M only
+        raise ValueError("Invalid value for argument `importance`. Expected an array of the "
+                         f"shape of `x`, {np.shape(x)}. Received: shape "
+                         f"{np.shape(importance)}.")
     floor = _floor_value(importance, name)
     if floor is not None and np.shape(x)[1] == 1:
         return weighted_scalar(x, importance, int(n_clusters), floor, seed=seed)
