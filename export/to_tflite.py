@@ -4,7 +4,8 @@ Usage:
   python export/to_tflite.py --model m.keras --palettes palettes.json [--format palettized]
       [--decode once|per_invoke] [--keep_float auto|none|0.1|conv1,conv2]
       [--kept_dtype float32|float16] [--index_packing dense|tuples]
-      [--int8_mode dynamic|full] [--samples x.npy|data.npz] [--output m.tflite] [--overwrite]
+      [--int8_mode dynamic|full] [--int8_scales per_channel|shared]
+      [--samples x.npy|data.npz] [--output m.tflite] [--overwrite]
   python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
       [--unit scalar|row|kernel] [--granularity per_tensor|per_channel]
 
@@ -53,6 +54,12 @@ _PACK = flags.DEFINE_enum("index_packing", "dense", ["dense", "tuples"],
                           "decode=once: 'dense' uses the spare int16 bits (smaller file), "
                           "'tuples' keeps less RAM after load.")
 _INT8 = flags.DEFINE_enum("int8_mode", "dynamic", ["dynamic", "full"], "int8 flavour.")
+_SCALES = flags.DEFINE_enum("int8_scales", "per_channel", ["per_channel", "shared"],
+                            "--format=int8 with --palettes or --n_clusters: 'per_channel' "
+                            "(the converter's scales: a clustered weight keeps <= K int8 "
+                            "values per output channel) or 'shared' (one scale per "
+                            "per-tensor palette's weight: <= K int8 values in the whole "
+                            "tensor; costs accuracy where channel ranges differ).")
 _PALETTES = flags.DEFINE_string("palettes", None, "JSON list of Palette.to_dict().")
 _K = flags.DEFINE_integer("n_clusters", None, "Cluster every weight post-training to K.")
 _UNIT = flags.DEFINE_enum("unit", "scalar", ["scalar", "row", "kernel"], "Clustering unit.")
@@ -67,7 +74,8 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output f
 def main(argv):
     del argv  # script_flags_parser refused positional arguments
     bad = inapplicable_flags(_FORMAT.value, _DECODE.value, _INT8.value, _KEEP.value,
-                             _KEPT.value, _PACK.value)
+                             _KEPT.value, _PACK.value, _SCALES.value,
+                             palettes=bool(_PALETTES.value) or _K.value is not None)
     if bad:  # a usage error, before any work: the first such flag, one line
         print(f"to_tflite.py: error: {bad[0]}", file=sys.stderr)
         sys.exit(2)
@@ -89,7 +97,7 @@ def main(argv):
         report = run_to_tflite(_MODEL.value, out, format=_FORMAT.value,
                                decode=_DECODE.value, int8_mode=_INT8.value,
                                keep_float=_KEEP.value, kept_dtype=_KEPT.value,
-                               index_packing=_PACK.value,
+                               index_packing=_PACK.value, int8_scales=_SCALES.value,
                                palettes_path=_PALETTES.value, n_clusters=_K.value,
                                unit=_UNIT.value, granularity=_GRAN.value,
                                samples_path=_SAMPLES.value)

@@ -11,7 +11,9 @@
   clustering holds only K distinct values (or units), and `infer_sharing` (`energy.inferred`)
   describes it.
   A palettes file is only a claim about the model: `check_palettes` keeps the palettes whose
-  `decode()` equals the stored weight and rejects the others, with the reason.
+  `decode()` equals the stored weight and rejects the others, with the reason; the layers no
+  accepted palette describes are read from their kernels, and so is the whole model beside
+  an empty file (noted).
 """
 
 import json
@@ -223,10 +225,13 @@ def beside_keras_file(model, shapes, path):
     """Compression info stored with the `.keras` / `.h5` file `path` (loaded as `model`).
 
     The palettes of the palettes file beside it (`palettes_beside`) that describe the stored
-    weights (`check_palettes`) are used. The rejected ones are not: their layers, or the
-    whole model when no palette matches (the file belongs to another model), are described
-    from their stored kernels (`infer_sharing`; a float kernel stays float), and a note
-    names each rejected palette with the reason. Without a palettes file, `infer_sharing`.
+    weights (`check_palettes`) are used. The rejected ones are not: the layers no accepted
+    palette describes (also the one whose palette names a layer the model does not have,
+    e.g. renamed: the note then lists the model's conv / dense layers), or the whole model
+    when no palette matches (the file belongs to another model), are described from their
+    stored kernels (`infer_sharing`; a float kernel stays float), and a note names each
+    rejected palette with the reason. Without a palettes file, or with an empty one (a
+    note says it holds no palettes), `infer_sharing`.
 
     Returns:
         A dict with "palettes" (accepted palettes) and "source" (the palettes file) when any
@@ -237,26 +242,48 @@ def beside_keras_file(model, shapes, path):
         sharing, notes = infer_sharing(model, shapes)
         return {"weight_sharing": sharing or None, "notes": notes}
     palettes = load_palettes_file(beside)
-    accepted, rejected = check_palettes(model, palettes)
+    if not palettes:  # a claim about no weight: read the kernels, as without the file
+        sharing, inferred = infer_sharing(model, shapes)
+        return {"weight_sharing": sharing or None,
+                "notes": [f"the palettes file {beside} holds no palettes (an empty list), so "
+                          "it describes no weight and is ignored: the weights are charged as "
+                          "their stored kernels hold: " + _described(sharing)]
+                + [n for n in inferred if not n.startswith("no palettes file beside")]}
+    verdicts = palette_verdicts(model, palettes)
+    accepted = [p for p, _, why, _ in verdicts if why is None]
+    rejected = [(name, why) for _, name, why, _ in verdicts if why is not None]
     found, notes = {}, []
     if accepted:
         found = {"palettes": accepted, "source": beside}
         notes.append(f"palettes read from {beside} ({len(accepted)} tensors"
                      + (f"; {len(rejected)} rejected)" if rejected else ")"))
     if rejected:
-        names = {n.split("/", 1)[0] for n, _ in rejected}
-        names -= {p.layer_name for p in accepted}
+        from dkm_tf.graph.copying import iter_layers
+
+        # every layer no accepted palette describes (a palette naming a layer the model does
+        # not have, e.g. renamed, was its layer's: that layer is read from its kernel too)
+        layers = {la.name for la in iter_layers(model)}
+        names = layers - {p.layer_name for p in accepted}
         sharing, _ = infer_sharing(model, shapes, layers=None if not accepted else names)
         what = (f"the palettes file {beside} does not belong to this model: none of its "
                 f"{len(palettes)} palettes matches the stored weights, the file is ignored"
                 if not accepted else f"{len(rejected)} of the {len(palettes)} palettes in "
                 f"{beside} do not match the stored weights and are not applied")
-        inferred = ", ".join(f"{n} K={s.n_clusters} d={s.unit_dim}"
-                             for n, s in sharing.items())
+        missing = [p for p, _, _, kind in verdicts
+                   if kind == "missing" and p.layer_name not in layers | {model.name}]
+        known = list(dict.fromkeys(s.layer for s in shapes if s.kind in ("conv", "dense")))
         notes.append(f"REJECTED PALETTES: {what}; "
                      + "; ".join(f"{n}: {why}" for n, why in rejected)
-                     + ". Those layers are charged as their stored kernels hold: "
-                     + (inferred or "float (no palette found in their values)"))
+                     + (f" (the model's conv / dense layers are {known}: a renamed layer?)"
+                        if missing else "")
+                     + ". The layers without an applied palette are charged as their stored "
+                     "kernels hold: " + _described(sharing))
         found["weight_sharing"] = sharing or None
     found["notes"] = notes
     return found
+
+
+def _described(sharing):
+    """``"conv K=4 d=1, ..."`` for `{record name: SharingInfo}`, or that all is float."""
+    return ", ".join(f"{n} K={s.n_clusters} d={s.unit_dim}" for n, s in sharing.items()) or \
+        "float (no palette found in their values)"

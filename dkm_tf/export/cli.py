@@ -24,7 +24,8 @@ _FLAG_WHEN = {"decode": "--format=palettized",
               "kept_dtype": "--format=palettized with --decode=once and --keep_float other "
                             "than none",
               "index_packing": "--format=palettized with --decode=once",
-              "int8_mode": "--format=int8"}
+              "int8_mode": "--format=int8",
+              "int8_scales": "--format=int8 with palettes (--palettes or --n_clusters)"}
 
 
 def default_output_path(model_path, format, decode="once"):  # noqa: A002
@@ -73,12 +74,14 @@ def load_palettes(path):
 def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa: A002
                   decode="once", int8_mode="dynamic", palettes_path=None, n_clusters=None,
                   unit="scalar", granularity="per_tensor", samples_path=None,
-                  keep_float="auto", kept_dtype="float32", index_packing="dense"):
+                  keep_float="auto", kept_dtype="float32", index_packing="dense",
+                  int8_scales="per_channel"):
     """Load, (cluster,) export and verify; returns the :class:`~dkm_tf.export.ExportReport`.
 
     ``keep_float`` is ``"auto"``, ``"none"``, a latency budget (``"0.1"``) or comma-separated
     layer names; ``kept_dtype`` ``"float32"`` or ``"float16"``; ``index_packing``
-    ``"dense"`` or ``"tuples"`` (see :func:`dkm_tf.export.to_tflite`).
+    ``"dense"`` or ``"tuples"``; ``int8_scales`` ``"per_channel"`` or ``"shared"``
+    (``format="int8"`` with palettes; see :func:`dkm_tf.export.to_tflite`).
 
     A SavedModel folder, or a file saved while clustering (``ClusterWeights``,
     ``ClusterKernels``), is refused before Keras loads it, with the lines that strip it
@@ -102,8 +105,9 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
                       model_path=model_path, palettes_path=palettes_path,
                       samples_path=samples_path)  # before anything is loaded
     keep_float = parse_keep_float(keep_float)
-    check_applicable(_applicability(format, decode, int8_mode, keep_float, kept_dtype,
-                                    index_packing))  # before loading or clustering
+    check_applicable(_applicability(  # before loading or clustering
+        format, decode, int8_mode, keep_float, kept_dtype, index_packing, int8_scales,
+        bool(palettes_path) or n_clusters is not None))
     if isinstance(model_path, (str, os.PathLike)):  # a SavedModel folder, a wrapped model
         check_export_input(model_path)
     check_model_file(model_path)
@@ -127,7 +131,7 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     out = output_path or default_output_path(model_path, format, decode)
     return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
                      decode=decode, int8_mode=int8_mode, keep_float=keep_float,
-                     kept_dtype=kept_dtype, index_packing=index_packing)
+                     kept_dtype=kept_dtype, index_packing=index_packing, int8_scales=int8_scales)
 
 
 def script_flags_parser(prog):
@@ -169,40 +173,48 @@ def parse_keep_float(keep_float):
 
 
 def _applicability(format, decode, int8_mode, keep_float, kept_dtype,  # noqa: A002
-                   index_packing):
+                   index_packing, int8_scales="per_channel", palettes=False):
     from dkm_tf.core.validate import check_choice  # noqa: PLC0415
     from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES  # noqa: PLC0415
     from dkm_tf.export.policy import APPLIES  # noqa: PLC0415
-    from dkm_tf.export.tflite import FORMATS, INT8_MODES  # noqa: PLC0415
+    from dkm_tf.export.tflite import FORMATS, INT8_MODES, INT8_SCALES  # noqa: PLC0415
 
     for name, value, allowed in (("format", format, FORMATS), ("decode", decode, DECODE_MODES),
                                  ("int8_mode", int8_mode, INT8_MODES),
+                                 ("int8_scales", int8_scales, INT8_SCALES),
                                  ("kept_dtype", kept_dtype, KEPT_DTYPES),
                                  ("index_packing", index_packing, INDEX_PACKINGS)):
         check_choice(name, value, allowed)
     args = {name: default for name, (default, *_rest) in APPLIES.items()}
-    args.update(format=format, palettes=None, decode=decode, int8_mode=int8_mode,
-                keep_float=keep_float, kept_dtype=kept_dtype, index_packing=index_packing)
+    args.update(format=format, palettes=["<palettes>"] if palettes else None, decode=decode,
+                int8_mode=int8_mode, keep_float=keep_float, kept_dtype=kept_dtype,
+                index_packing=index_packing, int8_scales=int8_scales)
     return args
 
 
 def inapplicable_flags(format, decode="once", int8_mode="dynamic",  # noqa: A002
-                       keep_float="auto", kept_dtype="float32", index_packing="dense"):
+                       keep_float="auto", kept_dtype="float32", index_packing="dense",
+                       int8_scales="per_channel", palettes=False):
     """One usage-error line per flag set to a non-default value that ``format`` (and
-    ``decode``, ``keep_float``) does not use; ``[]`` when all apply. Flag values as typed."""
+    ``decode``, ``keep_float``; ``palettes``: whether --palettes or --n_clusters is given)
+    does not use; ``[]`` when all apply. Flag values as typed. A value outside a flag's
+    choices is a ValueError naming them."""
     from dkm_tf.export.policy import inapplicable  # noqa: PLC0415
 
     flags = {"format": format, "decode": decode, "int8_mode": int8_mode,
-             "keep_float": keep_float, "kept_dtype": kept_dtype, "index_packing": index_packing}
+             "keep_float": keep_float, "kept_dtype": kept_dtype, "index_packing": index_packing,
+             "int8_scales": int8_scales}
     lines = []
     for name, _ in inapplicable(_applicability(format, decode, int8_mode,
                                                parse_keep_float(keep_float), kept_dtype,
-                                               index_packing)):
+                                               index_packing, int8_scales, palettes)):
         shown = ["format"] + (["decode"] if format == "palettized" and name != "decode"
                               else []) + (["keep_float"] if name == "kept_dtype" else [])
         lines.append(f"Invalid flag `--{name}`: it applies only to {_FLAG_WHEN[name]}; leave "
                      f"it out otherwise. Received: --{name}={flags[name]} with "
-                     + " ".join(f"--{f}={flags[f]}" for f in shown))
+                     + " ".join(f"--{f}={flags[f]}" for f in shown)
+                     + (" and neither --palettes nor --n_clusters"
+                        if name == "int8_scales" and format == "int8" else ""))
     return lines
 
 

@@ -10,8 +10,9 @@ from dkm_tf.export.export_args import inputs_by_name
 from dkm_tf.export.latency import benchmark_latency
 from dkm_tf.export.tflite import check_export_args, to_tflite
 from dkm_tf.export.tflm import tflm_available
+from dkm_tf.export.verify import ExportVerificationError
 
-__all__ = ["DEFAULT_TARGETS", "EXPORT_TARGETS", "export_all"]
+__all__ = ["DEFAULT_TARGETS", "EXPORT_TARGETS", "ExportReports", "export_all"]
 
 # label -> to_tflite keyword arguments
 EXPORT_TARGETS = {
@@ -27,6 +28,16 @@ EXPORT_TARGETS = {
 DEFAULT_TARGETS = ("float", "int8", "palettized")
 
 
+class ExportReports(dict):
+    """What :func:`export_all` returns: label -> :class:`~dkm_tf.export.ExportReport` of each
+    file written, and ``refused``: label -> the reason, for each target asked for that was
+    not written (each also warned about)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.refused = {}
+
+
 def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TARGETS, *,
                stem="model", latency=False, threads=(1, 2), runs=100):
     """Export ``model`` in several formats into ``out_dir`` and report each.
@@ -37,11 +48,16 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
         out_dir: existing, writable directory; files are ``<stem>.<label>.tflite``.
         sample_inputs: verification inputs (see :func:`~dkm_tf.export.to_tflite`; a dict keyed
             by the model's input names too).
-        targets: labels from :data:`EXPORT_TARGETS`; ``"tflm"`` is skipped (left out of
-            the returned dict) when ``tflite-micro`` is not installed; ``"int8_full"`` is
-            skipped, with a ``UserWarning`` naming the layers, for a model with a recurrent
-            loop (TensorFlow's calibrator crashes on it:
-            :func:`~dkm_tf.export.model_check.check_full_int8`).
+        targets: labels from :data:`EXPORT_TARGETS`. A target that cannot be written is
+            left out of the returned dict, named with the reason in its ``refused``, and a
+            ``UserWarning`` says so, while the other targets are written: ``"int8_full"``
+            for a model with a recurrent loop (TensorFlow's calibrator crashes on it:
+            :func:`~dkm_tf.export.model_check.check_full_int8`; refused before any work),
+            ``"tflm"`` when ``tflite-micro`` is not installed or TFLite Micro refuses the
+            palettes (e.g. a depthwise kernel clustered per channel: more than 128 values
+            in one table), and any target whose file disagrees with Keras
+            (:class:`~dkm_tf.export.ExportVerificationError`), as ``dkm-tf compress`` does.
+            When no target is left, the first refusal is raised.
         stem: file name stem.
         latency: also measure invoke latency of the LiteRT formats, interleaved, with
             ``ai_edge_litert`` at each thread count in ``threads``.
@@ -49,8 +65,9 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
         runs: timed invokes per model and thread count.
 
     Returns:
-        dict label -> :class:`~dkm_tf.export.ExportReport` (``report.latency`` holds
-        ``{"1t": {...}, "2t": {...}}`` when ``latency``).
+        :class:`ExportReports`, a dict label -> :class:`~dkm_tf.export.ExportReport`
+        (``report.latency`` holds ``{"1t": {...}, "2t": {...}}`` when ``latency``) with
+        ``refused``: label -> reason, for the targets not written.
 
     Example:
         >>> reports = export_all(plain, palettes, "out", x[:8], latency=True)  # doctest: +SKIP
@@ -84,16 +101,35 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
                          f"palettes={palettes!r}")
     check_export_args(model, sample_inputs)
     sample_inputs = inputs_by_name("sample_inputs", sample_inputs, model)  # a dict: as a list
-    skip = _unconvertible(model, targets)
+    reports = ExportReports()
+    skipped = _unconvertible(model, targets)  # warned about already
+    reports.refused.update(skipped)
     specs = convert_lib.input_specs(model, sample_inputs)
     float_content = convert_lib.convert(model, specs, "none")
-    reports = {}
+    errors = []  # the refusals of this loop, each warned about (the first raised if alone)
     for label in targets:
-        if (label == "tflm" and not tflm_available()) or label in skip:
+        if label in reports.refused:
+            continue
+        if label == "tflm" and not tflm_available():
+            reports.refused[label] = ("tflite-micro is not installed (pip install "
+                                      "tflite-micro)")
             continue
         path = os.path.join(out_dir, f"{stem}.{label}.tflite")
-        reports[label] = to_tflite(model, path, palettes=palettes, sample_inputs=sample_inputs,
-                                   float_content=float_content, **EXPORT_TARGETS[label])
+        try:
+            reports[label] = to_tflite(model, path, palettes=palettes,
+                                       sample_inputs=sample_inputs,
+                                       float_content=float_content, **EXPORT_TARGETS[label])
+        except (ValueError, RuntimeError) as e:  # TFLite Micro's refusals, any verification's
+            if label != "tflm" and not isinstance(e, ExportVerificationError):
+                raise  # a bad argument: every target would fail alike
+            errors.append(e)
+            reports.refused[label] = " ".join(str(e).split())
+    if errors and not reports:  # nothing else to report: the refusal itself
+        raise errors[0]
+    for label in [t for t in targets if t in reports.refused and t not in skipped]:
+        _warn(f"export_all did not write target {label!r} for model {model.name!r}: "
+              f"{reports.refused[label].rstrip('.')}. The other targets were written: "
+              f"{list(reports)} (the returned reports' `refused` holds the reason).")
     if latency:
         timed = {k: r.path for k, r in reports.items() if r.format != "tflm"}
         x = None
@@ -106,19 +142,23 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
     return reports
 
 
-def _unconvertible(model, targets):
-    """The targets of ``targets`` that ``model`` cannot be converted to, each warned about:
-    ``"int8_full"`` with a recurrent loop, whose calibration segfaults (the whole run was
-    lost; ``to_tflite`` refuses it)."""
+def _warn(message, stacklevel=3):
+    """A ``UserWarning`` pointing at the caller of ``export_all`` (``stacklevel``: from here)."""
     import warnings  # noqa: PLC0415
 
+    warnings.warn(message, UserWarning, stacklevel=stacklevel)
+
+
+def _unconvertible(model, targets):
+    """``{target: reason}`` for the targets of ``targets`` that ``model`` cannot be converted
+    to, each warned about: ``"int8_full"`` with a recurrent loop, whose calibration segfaults
+    (the whole run was lost; ``to_tflite`` refuses it)."""
     from dkm_tf.export.model_check import recurrent_loops  # noqa: PLC0415
 
     loops = recurrent_loops(model) if "int8_full" in targets else []
     if not loops:
-        return set()
-    warnings.warn(f"export_all skipped target 'int8_full' for model {model.name!r}: its "
-                  f"recurrent layer(s) {loops[:5]} crash TensorFlow's full-integer calibrator "
-                  "(segmentation fault); the 'int8' target (dynamic range) quantizes its "
-                  "weights.", UserWarning, stacklevel=3)
-    return {"int8_full"}
+        return {}
+    why = (f"its recurrent layer(s) {loops[:5]} crash TensorFlow's full-integer calibrator "
+           "(segmentation fault); the 'int8' target (dynamic range) quantizes its weights.")
+    _warn(f"export_all skipped target 'int8_full' for model {model.name!r}: {why}", 4)
+    return {"int8_full": why}

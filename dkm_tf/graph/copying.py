@@ -266,7 +266,8 @@ def clone_uncompiled(model, clone_function):
     for m in compiled:
         m.compiled = False
     try:
-        clone = keras.models.clone_model(model, clone_function=layers_only(clone_function),
+        clone = keras.models.clone_model(model, input_tensors=_named_inputs(model),
+                                         clone_function=layers_only(clone_function),
                                          recursive=True)
     finally:
         for m in compiled:
@@ -274,6 +275,29 @@ def clone_uncompiled(model, clone_function):
     _restore_model_flags(models, [clone] + [m for m in walk_layers(clone)
                                             if isinstance(m, keras.Model)])
     return clone
+
+
+def _named_inputs(model):
+    """New inputs of a Functional ``model`` named as its input layers, or None (Keras' own).
+
+    ``clone_model`` names each new ``Input`` after the old input's tensor, and an unnamed
+    ``keras.Input`` has tensor ``keras_tensor...`` but layer ``input_layer...``: every copy
+    (``share_weights``, ``cluster_weights``, ``strip_clustering``) renamed the model's inputs,
+    so ``predict({"input_layer": x})`` and ``sample_inputs={"input_layer": x}`` that worked on
+    the original failed on the copy."""
+    import keras  # noqa: PLC0415
+
+    if isinstance(model, keras.Sequential) or not is_graph_model(model):
+        return None
+    try:
+        layers = [t._keras_history.operation for t in model.inputs]  # noqa: SLF001
+    except AttributeError:
+        return None
+    if all(t.name == la.name for t, la in zip(model.inputs, layers)):  # as Keras would
+        return None
+    named = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=la.name)
+             for t, la in zip(model.inputs, layers)]
+    return keras.tree.pack_sequence_as(model.input, named)
 
 
 def _restore_model_flags(originals, clones):
