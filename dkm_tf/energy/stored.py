@@ -178,9 +178,9 @@ def palette_verdicts(model, palettes):
             if ok:
                 out.append((p, name, None, "ok"))
                 break
-            distinct = np.unique(np.asarray(w, np.float64)).size
+            distinct = _distinct(w)
             if kind is None:
-                kind = "float" if distinct > p.n_clusters * p.unit_dim else "stale"
+                kind = "float" if _holds_float(distinct, w.size, p) else "stale"
             reasons.append(
                 f"its decode() differs from the stored weight in {differ:,} of "
                 f"{w.size:,} values (max |diff| {worst:.3g}); the weight holds "
@@ -188,6 +188,24 @@ def palette_verdicts(model, palettes):
         else:
             out.append((p, name, "; ".join(dict.fromkeys(reasons)), kind or "stale"))
     return out
+
+
+def _distinct(w):
+    """Distinct values of ``w``: a float32 weight sorted as it is (a float64 copy and its sort
+    took 8.7x the kernel's bytes on a rejected palette), others as float64 (numpy's float16
+    sort misorders subnormals)."""
+    return np.unique(w if w.dtype == np.float32 else np.asarray(w, np.float64)).size
+
+
+def _holds_float(distinct, size, p):
+    """Whether a weight the palette ``p`` does not decode to holds float values (the float
+    original of a clustered copy: a what-if) rather than another clustering's (stale): more
+    distinct values than ``p``'s K d per group, unless at most 256 per group and at most a
+    quarter of the values (a model clustered at K=4 given K=2 palettes was called float)."""
+    per_group = p.unit_dim * p.layout.n_groups
+    if distinct <= p.n_clusters * per_group:
+        return False
+    return not (distinct <= 256 * per_group and 4 * distinct <= size)
 
 
 def _slabs(a, b, block=1 << 18):
