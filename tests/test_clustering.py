@@ -244,9 +244,12 @@ def test_finetune_takes_a_learning_rate_schedule_and_callbacks():
 def test_clustering_a_clustered_model_keeps_its_wrappers():
     clustered = cluster_weights(_built_cnn(), 4)
     x = _x((4, 8, 8, 1), 5)
-    again, report = cluster_weights(clustered, 8, return_report=True)
+    with pytest.warns(UserWarning, match=r"already clustered with other settings than asked.*"
+                      r"strip_clustering\(model\) first.*cluster_fc1 \(n_clusters=4, not 8\)"):
+        again, report = cluster_weights(clustered, 8, return_report=True)
     assert not report.clustered and len(report.skipped) == 4
-    assert all(r.startswith("already clustered") for _, _, r in report.skipped)
+    assert all(r.startswith("already clustered (kept as it is: n_clusters=4, not 8;")
+               for _, _, r in report.skipped)
     assert again.get_layer("cluster_fc1") is not clustered.get_layer("cluster_fc1")
     assert again.get_layer("cluster_fc1").n_clusters == 4
     np.testing.assert_array_equal(_np(again(x)), _np(clustered(x)))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import warnings
 
 import keras
 import numpy as np
@@ -42,7 +41,7 @@ from dkm_tf.graph.share import check_override_options
 from dkm_tf.graph.tied import CLONE_WHY, check_no_tied_reads
 from dkm_tf.training import soft as soft_lib
 from dkm_tf.training.attach import detach_regularizer
-from dkm_tf.training.clustering_report import ClusteringReport
+from dkm_tf.training.clustering_report import ClusteringReport, kept_reason, warn_unclustered
 from dkm_tf.training.kernel_clustering import routes_cluster, routes_palettes, routes_strip
 from dkm_tf.training.recovered_palettes import palette_from_values as _palette_from_values
 from dkm_tf.training.wrapper import (
@@ -221,7 +220,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         seen.update({layer.name, type(layer).__name__})
         kind = type(layer).__name__
         if isinstance(layer, ClusterWeights):
-            skipped.append((layer.name, kind, "already clustered (kept as it is)"))
+            asked = clusterable_lib.resolve_layer_config(layer, defaults, overrides)
+            skipped.append((layer.name, kind, kept_reason(layer, asked)))
             return _copy_layer(layer)
         if isinstance(layer, keras.Model):
             raise TypeError(f"Nested model {layer.name!r} ({kind}): {_SUBCLASSED_HINT}")
@@ -283,20 +283,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
     skipped = [(n, k, bn_fate.stays_float(stays[n]) if n in stays and r == _UNSUPPORTED else r)
                for n, k, r in skipped]
     report = ClusteringReport(tuple(clustered), tuple(skipped), tuple(folded))
-    unsupported = [f"{n} ({k}{r[len(_UNSUPPORTED):].partition('. To')[0]})"
-                   for n, k, r in skipped if r.startswith(_UNSUPPORTED)]
-    parts = [(what, names) for what, names in (
-        ("their type is not supported", unsupported),
-        ("BatchNormalization that strip_clustering cannot fold (they stay float; the report "
-         "says why)", [f"{n} ({k})" for n, k, r in skipped if r.startswith(bn_fate.STAYS_FLOAT)]),
-        ("BatchNormalization that strip_clustering folds into the layer before them (not a "
-         "skip: report.folded)", [f"{b} (BatchNormalization) into {a}" for a, b in folded]))
-        if names]
-    if parts:
-        warnings.warn(f"cluster_weights left {sum(len(n) for _, n in parts)} layer(s) with "
-                      "weights unclustered: " + "; ".join(f"{w}: {', '.join(n)}" for w, n in parts)
-                      + (". Pass on_unsupported='error' to fail instead." if len(parts) > 1
-                         or not folded else "."), stacklevel=2)
+    warn_unclustered(skipped, folded, _UNSUPPORTED)
     return (out, report) if return_report else out
 
 

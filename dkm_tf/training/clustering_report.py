@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
+from dkm_tf.graph import bn_fate
 from dkm_tf.graph.bn_fate import folded_line
 from dkm_tf.training.wrapper_extras import FROZEN_NOTE
 
-__all__ = ["ClusteringReport"]
+__all__ = ["KEPT", "ClusteringReport", "kept_reason", "warn_unclustered"]
+
+KEPT = "already clustered (kept as it is"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,3 +50,41 @@ class ClusteringReport:
             lines.append(f"  - {name} ({kind}): {reason}")
         lines += [folded_line(layer, bn) for layer, bn in self.folded]
         return "\n".join(lines)
+
+
+def kept_reason(wrapper, asked):
+    """The skip reason of a ``ClusterWeights`` met by ``cluster_weights``: kept as it is, and
+    which of the settings ``asked`` for it (a LayerConfig, or None) it does not have."""
+    if asked is None:  # overrides say None: it stays as it is all the same
+        return KEPT + ")"
+    differ = [f"{key}={getattr(wrapper, key)!r}, not {asked[key]!r}"
+              for key in ("n_clusters", "unit", "granularity")
+              if asked.get(key) is not None and getattr(wrapper, key) != asked[key]]
+    return KEPT + (f": {', '.join(differ)}; strip_clustering(model) first to re-cluster "
+                   "it)" if differ else ")")
+
+
+def warn_unclustered(skipped, folded, unsupported_prefix):
+    """One warning listing the layers with weights ``cluster_weights`` left unclustered (types
+    not supported, BatchNormalization left float or folded at strip, wrappers kept with other
+    settings than asked); nothing when there are none."""
+    unsupported = [f"{n} ({k}{r[len(unsupported_prefix):].partition('. To')[0]})"
+                   for n, k, r in skipped if r.startswith(unsupported_prefix)]
+    parts = [(what, names) for what, names in (
+        ("their type is not supported", unsupported),
+        ("BatchNormalization that strip_clustering cannot fold (they stay float; the report "
+         "says why)", [f"{n} ({k})" for n, k, r in skipped if r.startswith(bn_fate.STAYS_FLOAT)]),
+        ("BatchNormalization that strip_clustering folds into the layer before them (not a "
+         "skip: report.folded)", [f"{b} (BatchNormalization) into {a}" for a, b in folded]))
+        if names]
+    hint = bool(parts) and (len(parts) > 1 or not folded)  # on_unsupported="error" refuses
+    kept = [f"{n} ({r[len(KEPT) + 2:r.index(';')]})" for n, _, r in skipped
+            if r.startswith(KEPT + ":")]
+    if kept:
+        parts.append(("already clustered with other settings than asked, kept as they are "
+                      "(strip_clustering(model) first to re-cluster them)", kept))
+    if parts:
+        warnings.warn(f"cluster_weights left {sum(len(n) for _, n in parts)} layer(s) with "
+                      "weights unclustered: " + "; ".join(f"{w}: {', '.join(n)}" for w, n in parts)
+                      + (". Pass on_unsupported='error' to fail instead." if hint else "."),
+                      stacklevel=3)
