@@ -189,7 +189,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         unit: ``"scalar"``, ``"row"``, ``"kernel"`` or ``"auto"``.
         granularity: ``"per_tensor"`` or ``"per_channel"``.
         init: k-means init.
-        seed: random seed.
+        seed: random seed of the k-means, calibration sample and training (< 2**32 then).
         overrides: per-layer settings keyed by layer name or class name (None skips a layer):
             those of :func:`dkm_tf.share_weights` (``"wr"``, ``"dkm"``) or
             :func:`dkm_tf.cluster_weights` (the fine-tuning methods). The ``"dkm"`` methods'
@@ -265,7 +265,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                               relaxation=relaxation, unit=unit, epochs=dkm_epochs,
                               sparsity=reg_p, batch_size=batch_size,
                               verbose=max(verbose - 1, 0), preserve_sparsity=preserve_sparsity,
-                              callbacks=bar("dkm"))
+                              callbacks=bar("dkm"), seed=seed)
         seconds["retrain"] = time.perf_counter() - t
     t, calib = time.perf_counter(), None  # the calibration sample of a calibrated "wr"
     if method.endswith("finetune"):
@@ -282,7 +282,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         clustered, palettes, _ = finetune(
             work, train_data, n_clusters=n_clusters, unit=unit, granularity=granularity,
             init=init, epochs=finetune_epochs, learning_rate=lr, batch_size=batch_size,
-            overrides=overrides, verbose=max(verbose - 1, 0),
+            overrides=overrides, verbose=max(verbose - 1, 0), seed=seed,
             preserve_sparsity=preserve_sparsity, callbacks=bar("finetune"), kernel_options=kernel)
         skipped = _skipped_layers(clustered, palettes, overrides, unit)  # after BN fold
     else:

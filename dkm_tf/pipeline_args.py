@@ -53,7 +53,8 @@ def check_args(model, train_data, test_data, args):
     trains = method.endswith("finetune")
     settings, check = override_settings(method, a)
     check(settings)  # the defaults first, then each override on top of them
-    validate.check_seed(a["seed"])
+    # a training method's seed is also keras.utils.set_random_seed's, which wants it < 2**32
+    validate.check_int("seed", a["seed"], minimum=0, maximum=None if method == "wr" else 2**32 - 1)
     check_method_overrides(model, a["overrides"], method, a)
     validate.check_number("sparsity", a["sparsity"], "a fraction in [0, 1)", low=0, high=1,
                           high_open=True)

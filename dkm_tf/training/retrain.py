@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from dkm_tf.core.validate import check_finite_samples, check_int, check_seed, is_int
+from dkm_tf.core.validate import check_finite_samples, check_int, is_int
 from dkm_tf.graph.copying import copy_model
 from dkm_tf.training import callbacks as callbacks_lib
 from dkm_tf.training.attach import attach_regularizer, detach_regularizer, kmeans_regularizers
@@ -70,7 +70,8 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         include_dense: also regularize every clusterable weight that is not a conv kernel
             (Dense, Embedding, recurrent, attention; conv kernels always are), as the
             k-means that follows clusters them (see :func:`dkm_tf.attach_regularizer`).
-        seed: k-means seed.
+        seed: k-means and Keras seed (``keras.utils.set_random_seed(seed)`` before ``fit``,
+            as :func:`dkm_tf.finetune`: the same seed shuffles the same way), below 2**32.
         callbacks: extra Keras callbacks.
         verbose: passed to ``fit``.
 
@@ -91,7 +92,8 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         raise ValueError(f"Invalid value for argument `epochs`. Expected a positive integer. "
                          f"Received: epochs={epochs!r}")
     learning_rate = check_learning_rate(learning_rate)
-    check_seed(seed)
+    # the Keras seed too (fit's shuffle): an int below 2**32, as keras.utils.set_random_seed
+    seed = check_int("seed", seed, minimum=0, maximum=2**32 - 1)
     check_int("refresh_every", refresh_every, minimum=1)
     check_fit_args(model, batch_size=batch_size, callbacks=callbacks, verbose=verbose)
     train_data = check_data("train_data", train_data, model)
@@ -113,6 +115,7 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     else:
         loss, metrics = default_loss(clone), ["accuracy"]
     clone.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    keras.utils.set_random_seed(seed)  # fit's shuffle, else the caller's global state decides
     (xy, train_ds), (val_xy, val_ds) = _split(train_data, "train_data"), _split(val_data,
                                                                                 "val_data")
     refresh = callbacks_lib.RefreshKMeans(every_n_epochs=refresh_every)
