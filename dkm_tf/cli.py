@@ -32,6 +32,7 @@ from dkm_tf.cli_args import (
     dataset_words,
     input_shape_error,
     load_dataset,
+    path_flag,
 )
 from dkm_tf.cli_export import clear_earlier_outputs, write_plots, write_tflite
 from dkm_tf.cli_help import command_error, early_exit, flag_message
@@ -131,6 +132,9 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         plots=plots, plots_dir=plots_dir, quiet=quiet, codebook=codebook,
         transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
         calibration_samples=calibration_samples, overrides=overrides)
+    model_path, dataset, output_dir, plots_dir = (path_flag(f, v) for f, v in (  # a Path: str
+        ("model", model_path), ("dataset", dataset), ("output_dir", output_dir),
+        ("plots_dir", plots_dir)))
     from dkm_tf.core.files import folder_lock, same_file  # noqa: PLC0415
 
     with contextlib.ExitStack() as held:  # one run per folder, taken before any work
@@ -368,6 +372,8 @@ def _unfinished():
         return ""
     if _TOUCHED[1:] == ["complete"]:
         return f"the run had finished: {_TOUCHED[0]} holds its complete results"
+    if not os.path.isdir(_TOUCHED[0]):  # a folder the run made, removed again while empty
+        return f"nothing was written ({_TOUCHED[0]}, made by this run, was removed again)"
     return (f"{_TOUCHED[0]} holds an unfinished run: no report.json (written last); the files "
             "there are complete, none half-written, but not all of them were written")
 

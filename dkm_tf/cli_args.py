@@ -81,9 +81,23 @@ def _int(flag, value, low, high=None):
         raise CliUsageError(flag, bound, value)
 
 
+def path_flag(flag, path):
+    """``path`` (None, a str or an ``os.PathLike`` of str) as a str or None; else a usage error
+    naming ``--flag`` (a pathlib.Path failed deep inside with an AttributeError)."""
+    if path is None or isinstance(path, str):
+        return path
+    if isinstance(path, os.PathLike) and isinstance(os.fspath(path), str):
+        return os.fspath(path)
+    raise CliUsageError(flag, "a path (str or os.PathLike of str)", path)
+
+
 def _model_file(path, suffixes):
+    from dkm_tf.core.files import tilde_note  # noqa: PLC0415
+
+    path = path_flag("model", path)
     if not os.path.exists(path):
-        raise CliUsageError("model", f"an existing file ({', '.join(suffixes)})", path)
+        raise CliUsageError("model", f"an existing file ({', '.join(suffixes)})"
+                            + tilde_note(path), path)
     if not os.path.isfile(path):
         raise CliUsageError("model", f"a file ({', '.join(suffixes)}), not a folder", path)
     if not path.lower().endswith(suffixes):
@@ -107,6 +121,7 @@ def _dataset(name):
     """Check ``--dataset``; True if it has labels (a .npz without y_train: False)."""
     from dkm_tf import data  # noqa: PLC0415 (numpy only at import)
 
+    name = path_flag("dataset", name)
     if name.endswith(".npz"):
         try:
             return "y_train" in data.check_npz(name)
@@ -125,8 +140,11 @@ def _dataset(name):
 
 
 def _output_dir(path, flag="output_dir"):
-    if not path:
-        raise CliUsageError(flag, "a folder path", path)
+    from dkm_tf.core.files import tilde_note  # noqa: PLC0415
+
+    path = path_flag(flag, path)
+    if not path or tilde_note(path):  # not a folder literally named ~ in the working one
+        raise CliUsageError(flag, "a folder path" + tilde_note(path), path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise CliUsageError(flag, "a folder (it exists and is a file)", path)
     probe = os.path.abspath(path)

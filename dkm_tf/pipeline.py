@@ -392,9 +392,9 @@ def save_palettes(palettes, model_path):
     import json  # noqa: PLC0415
     import os  # noqa: PLC0415
 
-    from dkm_tf.core.files import atomic_path  # noqa: PLC0415
+    from dkm_tf.core.files import atomic_path, check_target  # noqa: PLC0415
 
-    path = os.path.splitext(os.fspath(model_path))[0] + ".palettes.json"
+    path = os.path.splitext(check_target(model_path, "model_path"))[0] + ".palettes.json"
     with atomic_path(path, suffix=".json") as tmp, open(tmp, "w") as f:
         json.dump([p.to_dict() for p in palettes], f)
     return path

@@ -79,8 +79,11 @@ def main(argv):
     if bad:  # a usage error, before any work: the first such flag, one line
         print(f"to_tflite.py: error: {bad[0]}", file=sys.stderr)
         sys.exit(2)
-    out = _OUTPUT.value or default_output_path(_MODEL.value, _FORMAT.value, _DECODE.value)
-    inputs = {"model": _MODEL.value, "palettes": _PALETTES.value, "samples": _SAMPLES.value}
+    # "--output=~/m.tflite": the shell leaves a ~ after "=" alone; expanded as dkm-tf does
+    model, output, palettes, samples = (v and os.path.expanduser(v) for v in (
+        _MODEL.value, _OUTPUT.value, _PALETTES.value, _SAMPLES.value))
+    out = output or default_output_path(model, _FORMAT.value, _DECODE.value)
+    inputs = {"model": model, "palettes": palettes, "samples": samples}
     clash = output_collision(out, **inputs)
     if clash:  # never, even with --overwrite: the input would be lost
         print(f"to_tflite.py: error: Invalid value for flag `--output`. Expected a path other "
@@ -88,19 +91,23 @@ def main(argv):
               f"--overwrite too). Received: --output={out}, --{clash}={inputs[clash]}",
               file=sys.stderr)
         sys.exit(2)
+    if os.path.isdir(out):  # --overwrite would not help
+        print(f"to_tflite.py: error: Invalid value for flag `--output`. Expected a file path. "
+              f"Received: --output={out} (a folder)", file=sys.stderr)
+        sys.exit(2)
     if os.path.exists(out) and not _OVERWRITE.value:
         print(f"to_tflite.py: error: Invalid value for flag `--output`. Expected a path that "
               f"does not exist yet (or pass --overwrite to replace it). Received: "
               f"--output={out} (exists)", file=sys.stderr)
         sys.exit(2)
     try:
-        report = run_to_tflite(_MODEL.value, out, format=_FORMAT.value,
+        report = run_to_tflite(model, out, format=_FORMAT.value,
                                decode=_DECODE.value, int8_mode=_INT8.value,
                                keep_float=_KEEP.value, kept_dtype=_KEPT.value,
                                index_packing=_PACK.value, int8_scales=_SCALES.value,
-                               palettes_path=_PALETTES.value, n_clusters=_K.value,
+                               palettes_path=palettes, n_clusters=_K.value,
                                unit=_UNIT.value, granularity=_GRAN.value,
-                               samples_path=_SAMPLES.value)
+                               samples_path=samples)
     except (ValueError, TypeError, OSError) as e:  # bad input: one line, nothing written
         if os.environ.get("DKM_TF_TRACEBACK"):
             raise

@@ -70,3 +70,13 @@ def test_a_rejected_float32_weight_is_counted_without_a_float64_copy():
     # tracemalloc: the decoded palette (float32 + its int64 indices), the weight, its sorted
     # copy and unique's mask: 6.0x (a float64 copy and its sort on top: 8.2x)
     assert peak < 7.0 * kernel_bytes, peak / kernel_bytes
+
+
+def test_save_palettes_names_a_bad_model_path():
+    # before: TypeError "can't concat str to bytes" for bytes, a folder literally named "~"
+    from dkm_tf.pipeline import save_palettes
+
+    with pytest.raises(TypeError, match="argument `model_path`"):
+        save_palettes([], b"m.keras")
+    with pytest.raises(ValueError, match="argument `model_path`.*'~'"):
+        save_palettes([], "~/no_such_folder_dkm_tf_20/m.keras")

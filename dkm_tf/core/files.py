@@ -63,13 +63,17 @@ def atomic_path(path, suffix=".tmp"):
     A failure inside the ``with`` block removes the temporary file and leaves ``path``
     untouched, so a crash never leaves a half-written file. A process killed inside the block
     cannot clean up; its temp file is removed by the next :func:`atomic_path` in the same
-    folder (:func:`remove_stale_temps`). The result has mode 0644.
+    folder (:func:`remove_stale_temps`). The result has mode 0644. A symlink to a file is
+    written through (the link stays a link); bytes, an empty path, a folder, or a path under
+    a ``~`` that is not expanded are refused before the block runs (:func:`check_target`).
 
     Example:
         >>> with atomic_path("out.json") as tmp:  # doctest: +SKIP
         ...     pathlib.Path(tmp).write_text("{}")
     """
-    path = os.fspath(path)
+    path = check_target(path)
+    if os.path.islink(path) and os.path.exists(path):  # write through it, as open() does:
+        path = os.path.realpath(path)  # os.replace put a plain file in the link's place
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(folder)
@@ -82,6 +86,34 @@ def atomic_path(path, suffix=".tmp"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def tilde_note(path):
+    """``" ('~' is not expanded ...)"`` for a str path starting with ``~`` that does not
+    exist as written (Python, unlike a shell, leaves ``~`` alone), else ``""``."""
+    path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if (not isinstance(path, str) or not path.startswith("~")
+            or os.path.exists(path.split(os.sep, 1)[0]) or os.path.expanduser(path) == path):
+        return ""
+    return (f" ('~' is not expanded here: pass os.path.expanduser({path!r}) = "
+            f"{os.path.expanduser(path)!r})")
+
+
+def check_target(path, name="path"):
+    """``path`` (a str or ``os.PathLike``) as a str, for a file about to be written: not
+    bytes, not empty, not an existing folder, not under a ``~`` folder that is not there
+    (it was made as a folder literally named ``~``). A ValueError/TypeError naming ``name``."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise TypeError(f"Invalid type for argument `{name}`. Expected a file path (str or "
+                        f"os.PathLike of str). Received: {name}={path!r}")
+    path = os.fspath(path)
+    why = ("an empty path" if not path else "an existing folder" if os.path.isdir(path)
+           else "a path starting with a '~' folder that does not exist" + tilde_note(path)
+           if tilde_note(path) else None)
+    if why:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a file path to "
+                         f"write. Received {why}: {name}={path!r}")
+    return path
 
 
 def write_text_atomic(path, text):
@@ -127,7 +159,8 @@ def check_model_file(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Invalid value for argument `path`. Expected an existing "
-                                f"model file. Received: path={path!r} (no such file)")
+                                f"model file. Received: path={path!r} (no such file)"
+                                + tilde_note(path))
     if os.path.isdir(path):
         raise ValueError(f"Invalid value for argument `path`. Expected a model file, not a "
                          f"folder. Received: path={path!r}")

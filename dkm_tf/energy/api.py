@@ -341,7 +341,9 @@ def _read(model_or_path, input_shape):
     if isinstance(model_or_path, (str, os.PathLike)):
         path = os.fspath(model_or_path)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"No such model file: {path!r}")
+            from dkm_tf.core.files import tilde_note
+
+            raise FileNotFoundError(f"No such model file: {path!r}" + tilde_note(path))
         if os.path.isdir(path):
             raise ValueError("Invalid value for argument `model_or_path`. Expected a model "
                              f"file, not a folder. Received: model_or_path={path!r}")

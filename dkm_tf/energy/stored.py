@@ -96,10 +96,13 @@ def check_file(path):
 
 def palettes_beside(path):
     """The palettes file beside model file `path`, or None: `<stem>.palettes.json`, else
-    `palettes.json` in the same folder."""
+    `palettes.json` in the same folder; for a symlink, then those beside the file it names."""
     path = os.fspath(path)
-    for cand in (os.path.splitext(path)[0] + PALETTES_SUFFIX,
-                 os.path.join(os.path.dirname(path), "palettes.json")):
+    cands = []
+    for p in (path, os.path.realpath(path)):  # a symlink: also beside the file it names
+        cands += [os.path.splitext(p)[0] + PALETTES_SUFFIX,
+                  os.path.join(os.path.dirname(p), "palettes.json")]
+    for cand in cands:
         if os.path.isfile(cand):
             return cand
     return None

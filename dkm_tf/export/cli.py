@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -58,17 +59,23 @@ def load_palettes(path):
     """Palettes from a JSON file holding a list of ``Palette.to_dict()``."""
     from dkm_tf.core.palette import Palette  # noqa: PLC0415
 
+    path = os.fspath(path)
     try:
-        with open(os.fspath(path)) as f:
+        with open(path) as f:
             data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"Invalid palettes file {os.fspath(path)!r}: expected the JSON list "
+        raise ValueError(f"Invalid palettes file {path!r}: expected the JSON list "
                          f"of palettes that dkm-tf compress writes; it is not JSON ({e}).") \
             from None
+    except OSError as e:  # missing, a folder: said before the model is loaded
+        raise ValueError(f"Invalid palettes file {path!r}: {e.strerror or e}.") from None
     if not isinstance(data, list):
         raise ValueError(f"Invalid palettes file {path!r}: expected a JSON list of palettes, "
                          f"found {type(data).__name__}.")
-    return [Palette.from_dict(d) for d in data]
+    try:
+        return [Palette.from_dict(d) for d in data]
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # name the file
+        raise ValueError(f"Invalid palettes file {path!r}: {e}") from e
 
 
 def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa: A002
@@ -86,7 +93,8 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     A SavedModel folder, or a file saved while clustering (``ClusterWeights``,
     ``ClusterKernels``), is refused before Keras loads it, with the lines that strip it
     (:func:`dkm_tf.export.model_file.check_export_input`); a ``SpectralKMeansRegularizer``
-    loads as a stand-in with no penalty (it does not change the forward pass).
+    loads as a stand-in with no penalty (it does not change the forward pass). A bad output
+    path, palettes or samples file is a ValueError naming the file, before the model loads.
     """
     import keras  # noqa: PLC0415
 
@@ -111,6 +119,10 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     if isinstance(model_path, (str, os.PathLike)):  # a SavedModel folder, a wrapped model
         check_export_input(model_path)
     check_model_file(model_path)
+    from dkm_tf.export.export_args import check_path  # noqa: PLC0415
+
+    check_path(output_path or default_output_path(model_path, format, decode))
+    palettes = load_palettes(palettes_path) if palettes_path else None  # before the model
     samples = load_samples(samples_path) if samples_path else None
     from dkm_tf.graph import factorised  # noqa: F401, PLC0415 - registers FactorisedConv2D
     model = keras.models.load_model(os.fspath(model_path), compile=False,
@@ -120,10 +132,7 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
 
     check_built_model(model)  # refusals to_tflite makes, before any clustering
     convert_lib.check_int8_mode(model, format, int8_mode, INT8_MODES)
-    palettes = None
-    if palettes_path:
-        palettes = load_palettes(palettes_path)
-    elif n_clusters is not None:  # post-training k-means (no fine-tuning): share_weights
+    if n_clusters is not None:  # post-training k-means (no fine-tuning): share_weights
         from dkm_tf.graph.share import share_weights  # noqa: PLC0415
 
         model, palettes, _ = share_weights(model, n_clusters, unit=unit,
@@ -224,7 +233,7 @@ def load_samples(path):
     path = os.fspath(path)
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOF: an empty file
         raise ValueError(f"Invalid samples file {path!r}: expected a .npy array or a .npz "
                          f"with x_test or x_train ({type(e).__name__}: {e}).") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):

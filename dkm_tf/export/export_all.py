@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from dkm_tf.core.files import tilde_note
 from dkm_tf.core.validate import check_bool, check_int
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export.export_args import inputs_by_name
@@ -82,7 +83,7 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
                          f"{list(EXPORT_TARGETS)}. Received: targets={list(targets)!r}")
     if not isinstance(out_dir, (str, os.PathLike)) or not os.path.isdir(out_dir):
         raise ValueError(f"Invalid value for argument `out_dir`. Expected an existing "
-                         f"directory. Received: out_dir={out_dir!r}")
+                         f"directory. Received: out_dir={out_dir!r}" + tilde_note(out_dir))
     if not isinstance(stem, str) or not stem.strip(".") or os.sep in stem or "/" in stem:
         raise ValueError("Invalid value for argument `stem`. Expected a non-empty file name "
                          f"stem without '/' (not only dots). Received: stem={stem!r}")

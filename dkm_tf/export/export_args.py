@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from dkm_tf.core.files import tilde_note
 from dkm_tf.core.validate import check_bool, check_int, check_number, invalid, invalid_type
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export.layer_refusals import check_not_stateful
@@ -18,7 +19,7 @@ __all__ = ["check_export_args", "check_inputs", "check_palettes", "check_path", 
 
 def check_path(path):
     """``path`` as a str: a file path (not a directory, not empty) in a writable directory."""
-    if not isinstance(path, (str, os.PathLike)):
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
         raise invalid_type("path", "a file path (str or os.PathLike)", path)
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
@@ -27,7 +28,10 @@ def check_path(path):
                          f"{'a directory' if path else 'an empty path'}: path={path!r}")
     if not os.path.isdir(d):
         raise ValueError(f"Invalid value for argument `path`. Its directory does not exist. "
-                         f"Received: path={path!r}")
+                         f"Received: path={path!r}" + tilde_note(path))
+    if path.lower().endswith((".keras", ".h5", ".hdf5")):  # it replaced a Keras model
+        raise ValueError(f"Invalid value for argument `path`. Expected a .tflite file path, "
+                         f"not a Keras model's suffix. Received: path={path!r}")
     if not os.access(d, os.W_OK):
         raise PermissionError(f"Cannot write {path!r}: directory {d!r} is not writable.")
     return path

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from dkm_tf.core.files import atomic_path
+from dkm_tf.core.files import atomic_path, check_target
 
 __all__ = ["build_like", "clone_uncompiled", "copy_layer", "copy_model", "is_graph_model",
            "iter_layers", "keep_dtype_policy", "layers_only", "save_model_atomic"]
@@ -383,7 +383,7 @@ def _copy_model(model, clone_function):
 
 def save_model_atomic(model, path):
     """Save a Keras model to ``path`` (``.keras``) through a temp file and a rename."""
-    path = os.fspath(path)
+    path = check_target(path)  # bytes, a folder, '~': refused before the save
     if not path.endswith(".keras"):
         raise ValueError(f"Invalid value for argument `path`. Expected a file name ending in "
                          f"'.keras'. Received: path={path!r}")
