@@ -70,14 +70,15 @@ def gptq_assign(kernel, h, codebook, *, damp=DAMP, act_order=True, block=BLOCK):
     dead = np.diag(h) == 0  # inputs that are always 0: any value, nearest centroid
     diag = np.where(dead, 1.0, np.diag(h))
     perm = np.argsort(-diag, kind="stable") if act_order else np.arange(d)
-    # one float64 copy of each, in the act order (no float64 copy before the permutation)
-    w = kernel[perm].astype(np.float64, copy=False)
+    # one float64 copy of each, in the act order (no float64 copy before the permutation);
+    # the caller's h is freed here if this call holds its only reference
     h = h[np.ix_(perm, perm)]
     h[np.diag_indices(d)] = diag[perm]
     h[np.diag_indices(d)] += damp * float(np.mean(np.diag(h)))
-    h = np.linalg.inv(h)
+    h = np.linalg.inv(h)  # LAPACK holds 2 more copies meanwhile: w is made after
     u = np.linalg.cholesky(h).T  # upper: (H^-1) = U^T U
     del h
+    w = kernel[perm].astype(np.float64, copy=False)
     out = np.empty(w.shape, np.int32)  # row i of the act order is row perm[i] of the kernel
     for b0 in range(0, d, block):
         b1 = min(b0 + block, d)

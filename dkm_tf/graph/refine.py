@@ -55,6 +55,7 @@ import dataclasses
 
 import numpy as np
 
+from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_finite_samples, invalid
 from dkm_tf.graph import calibration
 from dkm_tf.graph.clusterable import get_weight
@@ -122,6 +123,24 @@ def _clip(layer):
     return _CLIPS.get(getattr(getattr(layer, "activation", None), "__name__", ""))
 
 
+def _codes(pal):
+    """``pal``'s unknown of each kernel weight, ``index * d + coordinate``, in the kernel's
+    layout and C order (1 or 2 bytes a weight for K d <= 65,536: fast to compare)."""
+    idx = pal.indices[:, :, None]
+    if pal.unit_dim > 1:
+        idx = idx.astype(np.min_scalar_type(pal.codebook.shape[1] * pal.unit_dim)) \
+            * pal.unit_dim + np.arange(pal.unit_dim, dtype=np.min_scalar_type(pal.unit_dim))
+    return np.ascontiguousarray(units_lib.from_units(idx, pal.layout))
+
+
+def _mask(code, i):
+    """The 0/1 float32 kernel of unknown ``i`` (the palette decoded with codebook entry i at 1
+    and every other at 0, bit for bit), made when needed: one kernel at a time, not K."""
+    out = np.empty(code.shape, np.float32)
+    np.equal(code, i, out=out)
+    return out
+
+
 def _fits(pals, layer_f, layer_q, twin, xf, xq, batch_size, clips):
     """Least-squares fits of palettes ``pals`` (same weight, other assignments), one per
     output weighting of ``clips`` (None: every output counts; a clipping range: the outputs
@@ -156,9 +175,7 @@ def _fits(pals, layer_f, layer_q, twin, xf, xq, batch_size, clips):
         base[b_slot], b_slot, b_old = b_old.astype(base[b_slot].dtype), None, None  # kept
     groups, n_centroids, d = pals[0].codebook.shape
     k = n_centroids * d  # the fit's unknowns per codebook: K centroids of d values
-    masks = [[dataclasses.replace(p, codebook=np.repeat(
-        np.eye(k, dtype=np.float32)[i].reshape(1, n_centroids, d), groups, 0)).decode()
-        for i in range(k)] for p in pals]
+    codes = [_codes(p) for p in pals]
     stats = [[[0.0] * 6 for _ in clips] for _ in pals]  # G, H, TT, S, T_sum, N per channel
     # float64 outputs held at once: K masks per palette, target, offset, weights
     chunk = calibration.chunk(a.size / len(probe) * (k * len(pals) + 4), batch_size)
@@ -176,8 +193,9 @@ def _fits(pals, layer_f, layer_q, twin, xf, xq, batch_size, clips):
             t0 = _channels_last(t_full, layer_q)
             weights.append(1.0 - (((t0 <= clip[0]) & (p0 <= clip[0]))
                                   | ((t0 >= clip[1]) & (p0 >= clip[1]))))
-        for pal_masks, pal_stats in zip(masks, stats):
-            z = np.stack([_channels_last(lin(xs_q, m) - off, layer_q) for m in pal_masks])
+        for code, pal_stats in zip(codes, stats):
+            z = np.stack([_channels_last(lin(xs_q, _mask(code, i)) - off, layer_q)
+                          for i in range(k)])
             for w, st in zip(weights, pal_stats):
                 wz = z * w
                 for i, v in enumerate((np.einsum("kpc,lpc->ckl", wz, z),

@@ -77,6 +77,16 @@ def calls_in(model, layer):
     return max(1, total)
 
 
+def _hessian(rows, xq, batch_size):
+    """``sum`` of :func:`gptq.hessian` over chunks of ``xq``, added in place (the same sums)."""
+    chunk = calibration.chunk(rows(xq[:1]).size, batch_size)
+    h = gptq.hessian(rows(xq[:chunk]))
+    h += 0.0  # as sum()'s 0 + h: -0.0 becomes 0.0
+    for lo in range(chunk, len(xq), chunk):
+        h += gptq.hessian(rows(xq[lo:lo + chunk]))
+    return h
+
+
 def gptq_palette(pal, layer_f, layer_q, xq, batch_size):
     """``(pal with its indices chosen by GPTQ for the same centroids, "")`` (see
     :mod:`dkm_tf.graph.gptq`), or ``(None, why not)``: Dense and channels-last, ungrouped
@@ -84,7 +94,7 @@ def gptq_palette(pal, layer_f, layer_q, xq, batch_size):
     name = type(layer_q).__name__
     if pal.unit_dim != 1:
         return None, f"GPTQ assigns scalar units only, not {pal.layout.unit} units"
-    kernel = np.asarray(get_weight(layer_f, pal.weight_name).numpy(), np.float64)
+    kernel = np.asarray(get_weight(layer_f, pal.weight_name).numpy())  # gptq_assign: float64
     if name == "Dense" and kernel.ndim == 2:
         def rows(xs):
             return xs.reshape(-1, kernel.shape[0])
@@ -102,12 +112,12 @@ def gptq_palette(pal, layer_f, layer_q, xq, batch_size):
     if d_in > GPTQ_MAX_INPUTS:
         return None, (f"{d_in:,} inputs per output is above GPTQ_MAX_INPUTS = "
                       f"{GPTQ_MAX_INPUTS:,} (its Hessian is d_in x d_in)")
-    chunk = calibration.chunk(rows(xq[:1]).size, batch_size)
-    h = sum(gptq.hessian(rows(xq[lo:lo + chunk])) for lo in range(0, len(xq), chunk))
     book = pal.codebook[:, :, 0].astype(np.float64)  # (1, K) or one per output column
     if book.shape[0] not in (1, kernel.shape[-1]):
         return None, "its codebooks are not one per output column"
-    idx = gptq.gptq_assign(kernel.reshape(-1, kernel.shape[-1]), h,
+    # the Hessian is made in the call, so that gptq_assign holds its only reference and
+    # frees it once permuted
+    idx = gptq.gptq_assign(kernel.reshape(-1, kernel.shape[-1]), _hessian(rows, xq, batch_size),
                            book[0] if book.shape[0] == 1 else book)
     units = units_lib.to_units(idx.reshape(kernel.shape), pal.layout)[:, :, 0]
     return dataclasses.replace(pal, indices=units.astype(pal.indices.dtype)), ""
