@@ -80,3 +80,76 @@ def test_save_palettes_names_a_bad_model_path():
         save_palettes([], b"m.keras")
     with pytest.raises(ValueError, match="argument `model_path`.*'~'"):
         save_palettes([], "~/no_such_folder_dkm_tf_20/m.keras")
+
+
+def _float_original(kind):
+    import keras
+
+    keras.utils.set_random_seed(2)
+    dtype = {"float16": "float16", "bfloat16": "bfloat16"}.get(kind, "float32")
+    inp = keras.Input((128,))
+    model = keras.Model(inp, keras.layers.Dense(128, dtype=dtype, name="d")(inp))
+    if kind == "pruned":
+        v = model.get_layer("d").kernel
+        w = v.numpy()
+        w[np.random.default_rng(0).random(w.shape) < 0.9] = 0.0
+        v.assign(w)
+    return model
+
+
+@pytest.mark.parametrize("kind, granularity", [
+    ("pruned", "per_tensor"), ("pruned", "per_channel"), ("float16", "per_channel"),
+    ("bfloat16", "per_channel"), ("bfloat16", "per_tensor")])
+def test_float_originals_stay_float_what_ifs(kind, granularity):
+    # the first version of the stale rule (b374a4f) called these float weights "stale": 90 %
+    # pruned (zeros repeat), float16 / bfloat16 (few values by their format) per channel
+    import warnings
+
+    from dkm_tf.energy import stored
+    from dkm_tf.graph.share import share_weights
+
+    model = _float_original(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pal = share_weights(model, 16, granularity=granularity,
+                            preserve_sparsity=kind == "pruned").palettes
+    assert [v[3] for v in stored.palette_verdicts(model, pal) if v[0].layer_name == "d"
+            and v[0].weight_name == "kernel"] == ["float"]
+
+
+def test_a_rejected_palette_leaves_other_float_layers_float(tmp_path):
+    # 2ecf713: one palette naming a renamed layer made every layer the file does not describe
+    # be read from its kernel: a pruned float conv the file leaves out (445 distinct values)
+    # was charged as clustered (paper reduction 1.12 -> 1.59)
+    import json
+    import warnings
+
+    import keras
+
+    from dkm_tf.energy.api import estimate
+    from dkm_tf.graph.share import share_weights
+
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    i = keras.Input((16, 16, 8))
+    x = layers.Conv2D(32, 3, name="pruned")(layers.Conv2D(16, 3, name="conv1")(i))
+    model = keras.Model(i, layers.Dense(4, name="head")(layers.GlobalAveragePooling2D()(x)))
+    w = model.get_layer("pruned").kernel.numpy()
+    w[np.random.default_rng(0).random(w.shape) < 0.9] = 0.0
+    model.get_layer("pruned").kernel.assign(w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = share_weights(model, 16, overrides={"pruned": None})
+    path = tmp_path / "m.keras"
+    result.model.save(path)
+    lines = {}
+    for rename in (False, True):
+        dicts = [p.to_dict() for p in result.palettes]
+        for d in dicts:
+            if rename and d["layer_name"] == "head":
+                d["layer_name"] = "head_old"
+        (tmp_path / "m.palettes.json").write_text(json.dumps(dicts))
+        report = estimate(str(path))
+        lines[rename] = [ln for ln in report.summary().splitlines() if ln.startswith("pruned")]
+        assert lines[rename] and lines[rename][0].split()[-2:] == ["1.00", "1.00"], lines
+    assert "REJECTED PALETTES" in report.summary() and "head K=16" in report.summary()

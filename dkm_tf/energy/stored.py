@@ -183,7 +183,7 @@ def palette_verdicts(model, palettes):
                 break
             distinct = _distinct(w)
             if kind is None:
-                kind = "float" if _holds_float(distinct, w.size, p) else "stale"
+                kind = "float" if _holds_float(w, distinct, p) else "stale"
             reasons.append(
                 f"its decode() differs from the stored weight in {differ:,} of "
                 f"{w.size:,} values (max |diff| {worst:.3g}); the weight holds "
@@ -200,15 +200,20 @@ def _distinct(w):
     return np.unique(w if w.dtype == np.float32 else np.asarray(w, np.float64)).size
 
 
-def _holds_float(distinct, size, p):
-    """Whether a weight the palette ``p`` does not decode to holds float values (the float
-    original of a clustered copy: a what-if) rather than another clustering's (stale): more
-    distinct values than ``p``'s K d per group, unless at most 256 per group and at most a
-    quarter of the values (a model clustered at K=4 given K=2 palettes was called float)."""
-    per_group = p.unit_dim * p.layout.n_groups
-    if distinct <= p.n_clusters * per_group:
+def _holds_float(w, distinct, p):
+    """Whether a weight ``w`` the palette ``p`` does not decode to holds float values (the
+    float original of a clustered copy: a what-if) rather than another clustering's (stale):
+    more distinct values than ``p``'s K d, unless a float32 / float64 weight whose nonzero
+    values take at most 256 per group of ``p``, each used 4 times or more on average (a model
+    clustered at K=4 given K=2 palettes was called float). Pruned weights (zeros left out)
+    stay float, and float16 / bfloat16 weights (few values by their format) follow K d only."""
+    if distinct <= p.n_clusters * p.unit_dim:
         return False
-    return not (distinct <= 256 * per_group and 4 * distinct <= size)
+    if w.dtype not in (np.float32, np.float64):
+        return True
+    nonzero = w[w != 0]
+    values = np.unique(nonzero).size
+    return not (values <= 256 * p.unit_dim * p.layout.n_groups and nonzero.size >= 4 * values)
 
 
 def _slabs(a, b, block=1 << 18):
@@ -281,10 +286,19 @@ def beside_keras_file(model, shapes, path):
     if rejected:
         from dkm_tf.graph.copying import iter_layers
 
-        # every layer no accepted palette describes (a palette naming a layer the model does
-        # not have, e.g. renamed, was its layer's: that layer is read from its kernel too)
-        layers = {la.name for la in iter_layers(model)}
-        names = layers - {p.layer_name for p in accepted}
+        # the rejected palettes' layers, and for a palette naming a layer the model does not
+        # have (renamed) the layers no palette names that hold a weight of its shape, are read
+        # from their kernels (a float layer the file leaves out stays float)
+        all_layers = list(iter_layers(model))
+        layers = {la.name for la in all_layers}
+        named = {p.layer_name for p in palettes}
+        names = {p.layer_name for p, _, why, _ in verdicts if why is not None} & layers
+        for p, _, _, kind in verdicts:
+            if kind == "missing" and p.layer_name not in layers:
+                shape = tuple(np.shape(p.decode()))
+                names |= {la.name for la in all_layers if la.name not in named
+                          and any(tuple(w.shape) == shape for w in la.weights)}
+        names -= {p.layer_name for p in accepted}
         sharing, _ = infer_sharing(model, shapes, layers=None if not accepted else names)
         what = (f"the palettes file {beside} does not belong to this model: none of its "
                 f"{len(palettes)} palettes matches the stored weights, the file is ignored"
