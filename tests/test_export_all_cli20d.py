@@ -93,6 +93,26 @@ def test_a_verification_refusal_keeps_the_other_reports(depthwise, tmp_path, mon
         ea.export_all(model, palettes, tmp_path, X_DW, targets=["float", "int8"])
 
 
+def test_a_refused_target_removes_an_earlier_runs_file(depthwise, tmp_path, monkeypatch):
+    # review of 2ecf713: the earlier run's model.fp16.tflite (another model's) stayed beside
+    # the fresh files under the refused target's name, untouched
+    model, palettes = depthwise
+    earlier = tmp_path / "model.fp16.tflite"
+    earlier.write_bytes(b"TFL3 an earlier run's file")
+    real = ea.to_tflite
+
+    def to_tflite(*a, **k):
+        if k["format"] == "fp16":
+            raise ea.ExportVerificationError("Refusing to write: relative error 0.9 (test)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ea, "to_tflite", to_tflite)
+    with pytest.warns(UserWarning, match=r"did not write target 'fp16'.*earlier run left"):
+        reports = ea.export_all(model, palettes, tmp_path, X_DW, targets=["fp16", "float"])
+    assert not earlier.exists() and (tmp_path / "model.float.tflite").is_file()
+    assert "the file an earlier run left at" in reports.refused["fp16"]
+
+
 # --- int8_scales on the export command line (library side) ---------------------------------
 
 @pytest.fixture(scope="module")

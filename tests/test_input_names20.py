@@ -48,3 +48,15 @@ def test_a_dict_of_the_originals_input_names_exports_the_copy(tmp_path):
     path = tmp_path / "m.tflite"
     to_tflite(shared.model, path, palettes=shared.palettes, sample_inputs=by_name)
     assert path.stat().st_size > 0
+
+
+def test_the_batchnorm_folding_copy_keeps_the_input_names_too():
+    # review of 2ecf713: share_weights (fold_bn default) and fold_batch_norm went through their
+    # own clone_model call and still renamed input_layer -> keras_tensor
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((6, 6, 2))
+    h = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inp))
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    names = _input_names(model)
+    for copy in (dkm_tf.share_weights(model, 4).model, dkm_tf.fold_batch_norm(model).model):
+        assert _input_names(copy) == names and [t.name for t in copy.inputs] == names

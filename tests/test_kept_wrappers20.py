@@ -44,3 +44,16 @@ def test_other_settings_are_named_in_a_warning_and_the_report():
         "re-cluster it)")
     x = np.linspace(-1, 1, 12, dtype="float32").reshape(2, 6)
     np.testing.assert_array_equal(np.asarray(again(x)), np.asarray(clustered(x)))
+
+
+def test_a_depthwise_conv_clustered_per_channel_by_default_is_not_called_different():
+    # review of af32b95: the wrapper holds the depthwise per-channel default; the settings
+    # asked were resolved on the wrapper (per_tensor), so the same call warned
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.DepthwiseConv2D(3, name="dw"),
+                              keras.layers.Flatten(), keras.layers.Dense(2, name="fc")])
+    clustered = dkm_tf.cluster_weights(model, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, report = dkm_tf.cluster_weights(clustered, 8, return_report=True)
+    assert [r for _, _, r in report.skipped] == ["already clustered (kept as it is)"] * 2

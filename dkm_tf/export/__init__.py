@@ -11,7 +11,7 @@ Example:
     >>> print(report.summary())  # doctest: +SKIP
 """
 
-from dkm_tf.export.export_all import EXPORT_TARGETS, export_all
+from dkm_tf.export.export_all import EXPORT_TARGETS, ExportReports, export_all
 from dkm_tf.export.inspect import TFLiteInspection, inspect_tflite
 from dkm_tf.export.latency import benchmark_latency
 from dkm_tf.export.palettize import DECODE_MODES
@@ -36,6 +36,7 @@ __all__ = [
     "INT8_MIN_TOP1",
     "INT8_MODES",
     "ExportReport",
+    "ExportReports",
     "ExportVerificationError",
     "TFLiteFormatError",
     "TFLiteInspection",

@@ -125,6 +125,11 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
                 raise  # a bad argument: every target would fail alike
             errors.append(e)
             reports.refused[label] = " ".join(str(e).split())
+    for label in reports.refused:  # an earlier run's file there would pass for this model's
+        path = os.path.join(out_dir, f"{stem}.{label}.tflite")
+        if os.path.isfile(path):
+            os.remove(path)
+            reports.refused[label] += f" (the file an earlier run left at {path} was removed)"
     if errors and not reports:  # nothing else to report: the refusal itself
         raise errors[0]
     for label in [t for t in targets if t in reports.refused and t not in skipped]:

@@ -36,6 +36,7 @@ from dkm_tf.graph.bn_kernel import entry as _entry
 from dkm_tf.graph.bn_kernel import folded_copy
 from dkm_tf.graph.clusterable import walk_layers
 from dkm_tf.graph.copying import (
+    _named_inputs,
     _restore_model_flags,
     copy_layer,
     is_graph_model,
@@ -284,8 +285,8 @@ def _rebuild(model, plan, memo, scales, path_of=None):
     if compiled:  # Keras would re-compile the copy from the compile config
         model.compiled = False
     try:
-        return keras.models.clone_model(model, clone_function=layers_only(clone),
-                                        call_function=call)
+        return keras.models.clone_model(model, input_tensors=_named_inputs(model),
+                                        clone_function=layers_only(clone), call_function=call)
     finally:
         if compiled:
             model.compiled = True

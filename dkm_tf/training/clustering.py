@@ -221,6 +221,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         kind = type(layer).__name__
         if isinstance(layer, ClusterWeights):
             asked = clusterable_lib.resolve_layer_config(layer, defaults, overrides)
+            if asked is not None and layer.name not in (overrides or {}):  # its layer's
+                asked = clusterable_lib.resolve_layer_config(layer.layer, dict(asked))  # kind
             skipped.append((layer.name, kind, kept_reason(layer, asked)))
             return _copy_layer(layer)
         if isinstance(layer, keras.Model):
