@@ -7,6 +7,7 @@ copy renamed it and a dict keyed by the original's input names was refused by th
 
 import keras
 import numpy as np
+from testing import tf_backend_only
 
 import dkm_tf
 from dkm_tf.export import to_tflite
@@ -39,6 +40,7 @@ def test_every_copy_keeps_the_input_layer_names():
                                wrapped.predict(x, verbose=0), atol=1e-6)
 
 
+@tf_backend_only()
 def test_a_dict_of_the_originals_input_names_exports_the_copy(tmp_path):
     model = _two_inputs()
     shared = dkm_tf.share_weights(model, 4)

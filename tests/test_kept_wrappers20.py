@@ -24,7 +24,7 @@ def _clustered(k=4, **kwargs):
 def test_same_settings_keep_the_wrappers_quietly():
     clustered = _clustered()
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)  # (JAX: a numpy DeprecationWarning)
         again, report = dkm_tf.cluster_weights(clustered, 4, return_report=True)
     assert [r for _, _, r in report.skipped] == ["already clustered (kept as it is)"] * 2
     assert [la.n_clusters for la in again.layers] == [4, 4]
@@ -54,6 +54,6 @@ def test_a_depthwise_conv_clustered_per_channel_by_default_is_not_called_differe
                               keras.layers.Flatten(), keras.layers.Dense(2, name="fc")])
     clustered = dkm_tf.cluster_weights(model, 8)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", UserWarning)  # (JAX: a numpy DeprecationWarning)
         _, report = dkm_tf.cluster_weights(clustered, 8, return_report=True)
     assert [r for _, _, r in report.skipped] == ["already clustered (kept as it is)"] * 2
