@@ -38,7 +38,7 @@ from dkm_tf.cli_export import clear_earlier_outputs, write_plots, write_tflite
 from dkm_tf.cli_help import command_error, early_exit, flag_message
 from dkm_tf.cli_overrides import HELP, check_compress_args, check_model_overrides, default_method
 from dkm_tf.cli_tables import import_tensorflow_quietly
-from dkm_tf.core.files import atomic_path
+from dkm_tf.core.files import atomic_path, is_home_tilde
 
 _MODEL = flags.DEFINE_string("model", None, "Path to a .keras model (default: train the "
                              "built-in digits CNN).")
@@ -93,6 +93,7 @@ _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars or progress lines o
 
 
 _TOUCHED = []  # the --output_dir this process's run has started to change (for the error line)
+_REMOVED = []  # an earlier run's files that this run removed (an interrupted run names them)
 _INTERRUPTS = []  # Ctrl-C received during run(), even one that Python swallowed
 
 
@@ -211,7 +212,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         _log(cli_tables.size_legend(output_dir, result))
         _check_interrupted()  # a swallowed Ctrl-C: stop before the earlier run's files go
         _TOUCHED[:] = [output_dir]  # from here on, a failure leaves an unfinished run there
-        clear_earlier_outputs(output_dir, plots_dir or output_dir)
+        _REMOVED[:] = clear_earlier_outputs(output_dir, plots_dir or output_dir)
         out_model = os.path.join(output_dir, "clustered.keras")
         save_model_atomic(result.model, out_model)
         _log(cli_tables.keras_line(out_model, tflite))  # its size, and why it is not smaller
@@ -266,9 +267,10 @@ def main(argv):
         raise CliUsageError("arguments", "no positional arguments after the command",
                             " ".join(argv[2:]))
     given = [f.name for f in flags.FLAGS.get_flags_for_module(__name__) if f.present]
-    # "--output_dir=~/out": the shell leaves a ~ after "=" alone (it made a folder named ~)
+    # "--output_dir=~/out": the shell leaves a ~ after "=" alone (it made a folder named ~);
+    # "~backup" it leaves too: a folder of that name here, not user backup's home
     model, output_dir, plots_dir, dataset = (
-        v if v is None else os.path.expanduser(v)
+        os.path.expanduser(v) if v is not None and is_home_tilde(v) else v
         for v in (_MODEL.value, _OUTPUT.value, _PLOTS_DIR.value, _DATASET.value))
     if argv[1] == "energy":
         shape = check_energy_args(model, given, _INPUT_SHAPE.value)
@@ -327,6 +329,7 @@ def _run(argv, stdout, stderr):
     stdout, stderr, argv = stdout or sys.stdout, stderr or sys.stderr, list(argv)
     flags.FLAGS.unparse_flags()  # a second run in one process starts from the defaults
     _TOUCHED.clear()
+    _REMOVED.clear()
     command = next((a for a in argv[1:] if not a.startswith("-")), None)
     status = early_exit(argv, stdout, stderr)  # help, `dkm-tf help compress`, bare dkm-tf
     if status is not None:
@@ -372,10 +375,13 @@ def _unfinished():
         return ""
     if _TOUCHED[1:] == ["complete"]:
         return f"the run had finished: {_TOUCHED[0]} holds its complete results"
+    removed = (f"; an earlier run's {len(_REMOVED)} file(s) were removed: "
+               + ", ".join(_REMOVED) if _REMOVED else "")  # e.g. the PNGs in a --plots_dir
     if not os.path.isdir(_TOUCHED[0]):  # a folder the run made, removed again while empty
-        return f"nothing was written ({_TOUCHED[0]}, made by this run, was removed again)"
+        return (f"nothing was written ({_TOUCHED[0]}, made by this run, was removed again)"
+                + removed)
     return (f"{_TOUCHED[0]} holds an unfinished run: no report.json (written last); the files "
-            "there are complete, none half-written, but not all of them were written")
+            "there are complete, none half-written, but not all of them were written" + removed)
 
 
 def entry_point():

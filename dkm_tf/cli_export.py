@@ -93,13 +93,15 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
 
 def clear_earlier_outputs(output_dir, plots_dir):
     """Remove an earlier run's files here (our names only; report.json, written last, first):
-    one folder never mixes two runs (e.g. old .tflite files beside a --notflite run)."""
+    one folder never mixes two runs (e.g. old .tflite files beside a --notflite run).
+    Returns the paths removed (an interrupted run says so)."""
     gone = [p for p in run_outputs(output_dir, plots_dir) if os.path.isfile(p)]
     for path in gone:
         os.remove(path)
     if gone:
         _log(f"[write] removed {len(gone)} file(s) of an earlier run: "
              + ", ".join(os.path.basename(p) for p in gone))
+    return gone
 
 
 def write_plots(result, model, plots_dir, accuracy, progress):

@@ -24,6 +24,7 @@ import os
 
 from dkm_tf import cli_args
 from dkm_tf.cli_args import MAX_CLUSTERS, CliUsageError
+from dkm_tf.core.files import is_home_tilde
 
 # the per-layer settings the command offers (``latent`` of cluster_weights is left out: the
 # command never re-assigns clusters, so a latent kernel would train but never be read)
@@ -59,7 +60,7 @@ def _read(value):
     """``(text, where)``: inline JSON, or the contents of the .json file ``value`` names."""
     if value.lstrip().startswith("{"):
         return value, "inline JSON"
-    path = os.path.expanduser(value)
+    path = os.path.expanduser(value) if is_home_tilde(value) else value  # not ~user/...
     if not value.strip() or not path.lower().endswith(".json"):
         raise CliUsageError("overrides", "a JSON object (text starting with '{') or the path "
                             "of a .json file", value)

@@ -171,14 +171,14 @@ def download_mnist(url, cache_dir=None):
     """
     import urllib.request  # noqa: PLC0415
 
-    from dkm_tf.core.files import atomic_path  # noqa: PLC0415
+    from dkm_tf.core.files import atomic_path, check_folder_arg  # noqa: PLC0415
 
     if not isinstance(url, str) or url.split("://")[0] not in ("http", "https", "file") \
             or "://" not in url:
         raise ValueError("Invalid value for argument `url`. Expected an http://, https:// or "
                          f"file:// URL of a folder holding the four MNIST .gz files. "
                          f"Received: url={url!r}")
-    folder = pathlib.Path(cache_dir) if cache_dir is not None else mnist_cache_dir()
+    folder = pathlib.Path(check_folder_arg(cache_dir, "cache_dir") or mnist_cache_dir())
     folder.mkdir(parents=True, exist_ok=True)
     for stem, (gz_sha, _, _) in MNIST_FILES.items():
         target = folder / (stem + ".gz")

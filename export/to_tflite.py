@@ -26,6 +26,7 @@ import sys
 
 from absl import app, flags
 
+from dkm_tf.core.files import is_home_tilde
 from dkm_tf.export.cli import (
     default_output_path,
     inapplicable_flags,
@@ -80,7 +81,8 @@ def main(argv):
         print(f"to_tflite.py: error: {bad[0]}", file=sys.stderr)
         sys.exit(2)
     # "--output=~/m.tflite": the shell leaves a ~ after "=" alone; expanded as dkm-tf does
-    model, output, palettes, samples = (v and os.path.expanduser(v) for v in (
+    model, output, palettes, samples = (v and (os.path.expanduser(v) if is_home_tilde(v) else v)
+                                        for v in (
         _MODEL.value, _OUTPUT.value, _PALETTES.value, _SAMPLES.value))
     out = output or default_output_path(model, _FORMAT.value, _DECODE.value)
     inputs = {"model": model, "palettes": palettes, "samples": samples}

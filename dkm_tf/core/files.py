@@ -88,12 +88,18 @@ def atomic_path(path, suffix=".tmp"):
             os.remove(tmp)
 
 
+def is_home_tilde(path):
+    """Whether str ``path`` is ``~`` or starts with ``~/``: this user's home, which Python
+    leaves alone. ``~backup/m.keras`` (a ``~user`` form) is a literal folder name here."""
+    return path == "~" or any(s and path.startswith("~" + s) for s in (os.sep, os.altsep))
+
+
 def tilde_note(path):
-    """``" ('~' is not expanded ...)"`` for a str path starting with ``~`` that does not
-    exist as written (Python, unlike a shell, leaves ``~`` alone), else ``""``."""
+    """``" ('~' is not expanded ...)"`` for a str path ``~`` or ``~/...`` that does not exist
+    as written (Python, unlike a shell, leaves ``~`` alone), else ``""``."""
     path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
-    if (not isinstance(path, str) or not path.startswith("~")
-            or os.path.exists(path.split(os.sep, 1)[0]) or os.path.expanduser(path) == path):
+    if (not isinstance(path, str) or not is_home_tilde(path)
+            or os.path.exists("~") or os.path.expanduser(path) == path):
         return ""
     return (f" ('~' is not expanded here: pass os.path.expanduser({path!r}) = "
             f"{os.path.expanduser(path)!r})")
@@ -101,18 +107,51 @@ def tilde_note(path):
 
 def check_target(path, name="path"):
     """``path`` (a str or ``os.PathLike``) as a str, for a file about to be written: not
-    bytes, not empty, not an existing folder, not under a ``~`` folder that is not there
-    (it was made as a folder literally named ``~``). A ValueError/TypeError naming ``name``."""
+    bytes, not empty, not ending in a separator, not an existing folder, device, FIFO or
+    socket (through a symlink too: a plain file replaced it), not under a ``~`` folder that is
+    not there (it was made as a folder literally named ``~``). A ValueError/TypeError naming
+    ``name``. A symlink to a file in a folder this user cannot write: a PermissionError
+    naming both (the temp file goes beside the file it names)."""
     if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
         raise TypeError(f"Invalid type for argument `{name}`. Expected a file path (str or "
                         f"os.PathLike of str). Received: {name}={path!r}")
     path = os.fspath(path)
     why = ("an empty path" if not path else "an existing folder" if os.path.isdir(path)
+           else "a folder path (it ends in a separator)" if path.endswith(
+               tuple(s for s in (os.sep, os.altsep) if s))
+           else "an existing file that is not a regular file (a device, FIFO or socket)"
+           if os.path.exists(path) and not os.path.isfile(path)
            else "a path starting with a '~' folder that does not exist" + tilde_note(path)
            if tilde_note(path) else None)
     if why:
         raise ValueError(f"Invalid value for argument `{name}`. Expected a file path to "
                          f"write. Received {why}: {name}={path!r}")
+    real_dir = os.path.dirname(os.path.realpath(path))
+    if os.path.islink(path) and os.path.exists(path) and not os.access(
+            real_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"Cannot write {name}={path!r}: it is a symlink to "
+                              f"{os.path.realpath(path)!r}, whose directory {real_dir!r} is "
+                              "not writable (the file is replaced through a temp file there).")
+    return path
+
+
+def check_folder_arg(path, name):
+    """None, or ``path`` (a str or ``os.PathLike`` of str) as a str, for a folder to create or
+    use: not bytes, not empty, not an existing file, not under a ``~`` folder that is not
+    there (``mkdir`` made a folder literally named ``~``). A ValueError/TypeError naming
+    ``name``."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise TypeError(f"Invalid type for argument `{name}`. Expected a folder path (str or "
+                        f"os.PathLike of str). Received: {name}={path!r}")
+    path = os.fspath(path)
+    why = ("an empty path" if not path else "an existing file" if os.path.exists(path)
+           and not os.path.isdir(path) else "a path starting with a '~' folder that does not "
+           "exist" + tilde_note(path) if tilde_note(path) else None)
+    if why:
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a folder path. "
+                         f"Received {why}: {name}={path!r}")
     return path
 
 

@@ -96,16 +96,18 @@ def check_file(path):
 
 def palettes_beside(path):
     """The palettes file beside model file `path`, or None: `<stem>.palettes.json`, else
-    `palettes.json` in the same folder; for a symlink, then those beside the file it names."""
-    path = os.fspath(path)
-    cands = []
-    for p in (path, os.path.realpath(path)):  # a symlink: also beside the file it names
-        cands += [os.path.splitext(p)[0] + PALETTES_SUFFIX,
-                  os.path.join(os.path.dirname(p), "palettes.json")]
-    for cand in cands:
-        if os.path.isfile(cand):
-            return cand
-    return None
+    `palettes.json` in the same folder. For a symlink (a chain of them), each link's and the
+    real file's `<stem>.palettes.json` first, in that order, then their folders'
+    `palettes.json` (a generic one beside the link won over the real file's own)."""
+    chain = [os.fspath(path)]
+    while os.path.islink(chain[-1]) and len(chain) < 40:  # every link of a chain, then the file
+        chain.append(os.path.join(os.path.dirname(chain[-1]), os.readlink(chain[-1])))
+    if len(chain) > 1:
+        chain.pop()  # the file the last link names: as its real path, normalized
+    chain.append(os.path.realpath(chain[0]))  # a folder on the way may be a link too
+    cands = [os.path.splitext(p)[0] + PALETTES_SUFFIX for p in chain]
+    cands += [os.path.join(os.path.dirname(p), "palettes.json") for p in chain]
+    return next((c for c in cands if os.path.isfile(c)), None)
 
 
 def load_palettes_file(path):

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from dkm_tf.core.files import tilde_note
+from dkm_tf.core.files import check_target, tilde_note
 from dkm_tf.core.validate import check_bool, check_int, check_number, invalid, invalid_type
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export.layer_refusals import check_not_stateful
@@ -18,20 +18,26 @@ __all__ = ["check_export_args", "check_inputs", "check_palettes", "check_path", 
 
 
 def check_path(path):
-    """``path`` as a str: a file path (not a directory, not empty) in a writable directory."""
+    """``path`` as a str: a file path (not a directory, not empty, not a device or FIFO, not a
+    Keras model's file, through a symlink too) in a writable directory (a symlink's: the
+    directory of the file it names, where the temp file goes)."""
     if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
         raise invalid_type("path", "a file path (str or os.PathLike)", path)
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
+    real = os.path.realpath(path)  # a symlink is written through: check the file it names
+    d = os.path.dirname(real)
     if os.path.isdir(path) or not path:  # "" failed after the conversion, naming a temp file
         raise ValueError(f"Invalid value for argument `path`. Expected a file path. Received "
                          f"{'a directory' if path else 'an empty path'}: path={path!r}")
     if not os.path.isdir(d):
         raise ValueError(f"Invalid value for argument `path`. Its directory does not exist. "
                          f"Received: path={path!r}" + tilde_note(path))
-    if path.lower().endswith((".keras", ".h5", ".hdf5")):  # it replaced a Keras model
+    if any(p.lower().endswith((".keras", ".h5", ".hdf5")) for p in (path, real)):
         raise ValueError(f"Invalid value for argument `path`. Expected a .tflite file path, "
-                         f"not a Keras model's suffix. Received: path={path!r}")
+                         f"not a Keras model's suffix (it replaced the model). Received: "
+                         f"path={path!r}" + (f", a symlink to {real!r}"
+                                             if os.path.islink(path) else ""))
+    check_target(path)  # a trailing separator, a device or FIFO, a link into a read-only folder
     if not os.access(d, os.W_OK):
         raise PermissionError(f"Cannot write {path!r}: directory {d!r} is not writable.")
     return path
