@@ -165,8 +165,8 @@ class Palette:
 
     # ----------------------------------------------------------------- sizes
     def index_bits(self, coding="log2"):
-        """Total bits of the indices for ``coding`` (one of :data:`INDEX_CODINGS`): ``"log2"``
-        N log2 K, ``"packed"`` N ceil(log2 K), ``"entropy"`` N H (H: :meth:`entropy_bits`)."""
+        """Index bits for ``coding`` (:data:`INDEX_CODINGS`): ``"log2"`` N log2 K, ``"packed"`` N
+        ceil(log2 K), ``"entropy"`` N H (:meth:`entropy_bits`); scaled kernels: K T, + N b_s."""
         if coding not in INDEX_CODINGS:
             raise ValueError(f"Invalid value for argument `coding`. Expected one of "
                              f"{list(INDEX_CODINGS)}. Received: coding={coding!r}")
@@ -187,8 +187,8 @@ class Palette:
         return self.index_bits(coding) + self.codebook_bits(bits)
 
     def compression_ratio(self, coding="log2", bits=FLOAT_BITS):
-        """Han et al.'s r = n b / (N log2 K + K d b), or with N H for ``coding="entropy"``
-        (``coding`` as in :meth:`index_bits`; ``bits``: b, of a weight and a codebook entry)."""
+        """Han et al.'s r = n b / (N log2 K + G K d b), N H for entropy ``coding`` (indices as in
+        :meth:`index_bits`, scales included; ``bits``: b, of a weight and a codebook entry)."""
         return self.n_values * bits / self.compressed_bits(coding, bits)
 
     # ----------------------------------------------------------------- serialization
@@ -345,9 +345,8 @@ def cluster_tensor(kernel, *, kind, n_clusters, unit="scalar", granularity="per_
             Unlike ``sparsity`` it creates no zeros; the two cannot be combined.
 
     Returns:
-        A :class:`Palette`. When a group has fewer distinct units than K, its codebook is the
-        distinct units (lossless), padded by repeating the last entry, and ``note`` says so.
-    """
+        A :class:`Palette`. A group with fewer distinct units than K gets them (lossless),
+        padded by repeating the last; K' = the most any group has (``note`` when K' < K)."""
     kernel = check_real_array("kernel", kernel)
     check_n_clusters(n_clusters)
     check_seed(seed)

@@ -32,7 +32,11 @@ DEFAULT_TARGETS = ("float", "int8", "palettized")
 class ExportReports(dict):
     """What :func:`export_all` returns: label -> :class:`~dkm_tf.export.ExportReport` of each
     file written, and ``refused``: label -> the reason, for each target asked for that was
-    not written (each also warned about)."""
+    not written (each also warned about).
+
+    Args:
+        *args, **kwargs: as ``dict``'s (label -> report); ``refused`` starts empty.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -71,6 +75,7 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
         ``refused``: label -> reason, for the targets not written.
 
     Example:
+        >>> os.makedirs("out", exist_ok=True)  # doctest: +SKIP
         >>> reports = export_all(plain, palettes, "out", x[:8], latency=True)  # doctest: +SKIP
         >>> reports["palettized"].latency["1t"]["median_ms"]  # doctest: +SKIP
     """

@@ -313,8 +313,8 @@ def fold_batch_norm(model):
         model: a built Sequential or Functional Keras model.
 
     Returns:
-        A :class:`FoldResult` ``(model, folded, skipped)`` (plus ``scales``); the model is
-        uncompiled.
+        A :class:`FoldResult` ``(model, folded, skipped)`` (plus ``scales``, ``paths``,
+        ``folded_paths``); the model is uncompiled.
 
     Raises:
         TypeError: ``model`` is not a Sequential or Functional model.

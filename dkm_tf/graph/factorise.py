@@ -145,8 +145,8 @@ def factorise_convs(model, factors, *, force=False, mixing="dense", criterion="t
             the layer runs; default) or ``"realised"`` (the MACs the layer executes with
             ``mixing``, padded slots and dense mixing included).
         form: ``"auto"`` (per layer, the cheaper of conv-then-add and add-then-conv with
-            their scaled terms, :attr:`KernelFlops.best`), ``"conv_then_add"`` or
-            ``"add_then_conv"`` (dense mixing only).
+            their scaled terms, :attr:`dkm_tf.core.kernel_flops.KernelFlops.best`),
+            ``"conv_then_add"`` or ``"add_then_conv"`` (dense mixing only).
 
     Returns:
         ``(new_model, report)``: an independent uncompiled copy (biases and activations kept,

@@ -141,7 +141,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
     Args:
         model: a ``keras.Sequential``, a Functional ``keras.Model`` or a clusterable layer.
         n_clusters: K per codebook.
-        unit: ``"scalar"``, ``"row"`` or ``"kernel"``.
+        unit: ``"scalar"``, ``"row"``, ``"kernel"`` or ``"auto"`` (row for k x k convs,
+            scalar otherwise, as :class:`ClusterWeights`).
         granularity: ``"per_tensor"`` or ``"per_channel"``.
         init, seed: k-means initialisation and seed.
         latent: keep trainable float kernels for re-assignment (see :class:`ClusterWeights`).

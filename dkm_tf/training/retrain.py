@@ -84,9 +84,8 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         ValueError: bad ``epochs`` / ``learning_rate`` or regularizer settings, or data
             that cannot train (empty, infinite, unbatched, without labels, one-hot labels
             for a sparse loss, array labels outside the model's classes or fractional).
-        TypeError: data that is a generator or iterator, or array labels that are not
-            numbers.
-        TypeError: a subclassed model (Keras cannot copy it; the message says what to do).
+        TypeError: data that is a generator or iterator, array labels that are not numbers,
+            or a subclassed model (Keras cannot copy it; the message says what to do).
     """
     if not is_int(epochs) or epochs < 1:  # numpy integers too (np.int64(1) was refused)
         raise ValueError(f"Invalid value for argument `epochs`. Expected a positive integer. "
