@@ -153,3 +153,16 @@ def test_a_rejected_palette_leaves_other_float_layers_float(tmp_path):
         lines[rename] = [ln for ln in report.summary().splitlines() if ln.startswith("pruned")]
         assert lines[rename] and lines[rename][0].split()[-2:] == ["1.00", "1.00"], lines
     assert "REJECTED PALETTES" in report.summary() and "head K=16" in report.summary()
+
+
+def test_distillation_targets_names_the_out_of_range_labels():
+    # before: "Received: labels=<array of shape (8,) and dtype int64>": no values, no count
+    import keras
+
+    import dkm_tf
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    x, y = np.zeros((16, 4), "float32"), np.arange(16) % 4  # 4 of 16 labels are 3
+    with pytest.raises(ValueError, match=r"argument `labels`.*\[0, 3\).*4 of 16 labels "
+                                         r"outside, e\.g\. \[3, 3, 3, 3\]"):
+        dkm_tf.distillation_targets(model, x, y)

@@ -211,17 +211,23 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
                       num_classes)
     known = num_classes or (shape[-1] if isinstance(shape, tuple) else None)
     if known and labels.size and (labels.min() < 0 or labels.max() >= known):  # before predict
-        raise invalid("labels", f"integers in [0, {known})", labels[:8])
+        raise invalid("labels", f"integers in [0, {known})", _out_of_range(labels, known))
     logits = np.asarray(teacher.predict(x, batch_size=batch_size, verbose=0), np.float32)
     c = int(num_classes or logits.shape[-1])
     if logits.ndim != 2 or logits.shape != (labels.size, c):
         raise ValueError(f"Invalid value for argument `teacher`. Expected logits of shape "
                          f"({labels.size}, {c}). Received: shape {logits.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= c):
-        raise invalid("labels", f"integers in [0, {c})", labels[:8])
+        raise invalid("labels", f"integers in [0, {c})", _out_of_range(labels, c))
     from dkm_tf.training.common import output_activation  # noqa: PLC0415
 
     if output_activation(teacher) == "softmax" or (
             logits.size and logits.min() >= 0 and np.allclose(logits.sum(-1), 1, atol=1e-3)):
         logits = np.log(np.maximum(logits, np.finfo(np.float32).tiny))  # log p: logits
     return np.concatenate([np.eye(c, dtype=np.float32)[labels], logits], axis=1)
+
+
+def _out_of_range(labels, n):
+    """``"<count> of <size> labels outside, e.g. [..]"``: the values, not an array's shape."""
+    bad = labels[(labels < 0) | (labels >= n)]
+    return f"{bad.size} of {labels.size} labels outside, e.g. {bad[:8].tolist()}"
