@@ -12,6 +12,8 @@ import sys
 import tempfile
 import textwrap
 
+from dkm_tf.core import std_fds
+
 __all__ = ["ENERGY_LEGEND", "PT_LEGEND", "RUNTIMES", "SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND",
            "import_tensorflow_quietly", "json_text", "keras_line", "native_stderr_filtered",
            "size_legend", "table_runtime", "tflite_table"]
@@ -96,19 +98,14 @@ def native_stderr_filtered(progress):
     the real stderr meanwhile.
     """
     show_info = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip() in ("", "0")
-    sys.stderr.flush()
-    saved = os.dup(2)
     old_stream = progress.stream
-    if old_stream is sys.stderr:
-        progress.stream = os.fdopen(os.dup(saved), "w", buffering=1)
     buf = tempfile.TemporaryFile()
-    os.dup2(buf.fileno(), 2)
-    try:
-        yield
+    try:  # one capture at a time in the process (threads: dkm_tf.core.std_fds)
+        with std_fds.captured(buf, fds=(2,)) as saved:
+            if old_stream is sys.stderr:  # the real stderr, saved under the capture's lock
+                progress.stream = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+            yield
     finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
         if progress.stream is not old_stream:
             progress.stream.close()
             progress.stream = old_stream
@@ -132,20 +129,14 @@ def import_tensorflow_quietly():
 
     if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
         return  # loaded already, or not installed (training on JAX / torch needs none)
-    sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as buf:
-        os.dup2(buf.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401, PLC0415
+            with std_fds.captured(buf, fds=(2,)):  # thread-safe (dkm_tf.core.std_fds)
+                import tensorflow  # noqa: F401, PLC0415
         except BaseException:
-            os.dup2(saved, 2)
             buf.seek(0)
             sys.stderr.write(buf.read().decode(errors="replace"))
             raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 AGREEMENT = "agreement with the float model"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import warnings
 
+from dkm_tf.core import std_fds
+
 __all__ = ["INTERPRETERS", "TFLITE_MEASURED_TF", "TFLITE_MIN_TF", "TFLITE_TYPES",
            "default_interpreters", "litert_available", "make_interpreter", "tflite_refusal",
            "tflite_unsupported", "unassigned_variable_reads"]
@@ -148,7 +150,7 @@ def make_interpreter(kind, content, threads=1, xnnpack=True, input_shapes=None):
                          f"{list(INTERPRETERS[:2])}. Received: kind={kind!r}")
     resolver = OpResolverType.AUTO if xnnpack else \
         OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    with warnings.catch_warnings():
+    with std_fds.catch_warnings():  # thread-safe: an 'ignore' left behind hid all warnings
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation warning
         it = Interpreter(model_content=bytes(content), num_threads=threads,
                          experimental_op_resolver_type=resolver)

@@ -12,11 +12,11 @@ Outputs come in Keras' order (signature ``output_i`` = Keras output ``i``), see
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 
 import numpy as np
 
+from dkm_tf.core import std_fds
 from dkm_tf.export.canonical import canonicalize
 from dkm_tf.export.layer_refusals import float64_hint
 from dkm_tf.graph.input_struct import as_model_inputs
@@ -51,26 +51,15 @@ def require_tensorflow_backend(what="dkm_tf.export"):
 @contextlib.contextmanager
 def quiet(enabled=True, into=None):
     """Silence stdout/stderr at the file-descriptor level (converter and interpreter logs);
-    with ``into`` (an open binary file), send them there instead, for the caller to read."""
+    with ``into`` (an open binary file), send them there instead, for the caller to read.
+    Safe from several threads (:mod:`dkm_tf.core.std_fds`); meanwhile every thread's output
+    at the fd level goes there too."""
     if not enabled:
         yield
         return
-    import sys  # noqa: PLC0415
-
-    for s in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            s.flush()
-    saved = [os.dup(1), os.dup(2)]
-    target = os.open(os.devnull, os.O_WRONLY) if into is None else os.dup(into.fileno())
-    try:
-        os.dup2(target, 1)
-        os.dup2(target, 2)
+    # thread-safe: two threads' exports overlapping left the process silenced for good
+    with std_fds.silenced() if into is None else std_fds.captured(into):
         yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, target):
-            os.close(fd)
 
 
 def as_input_list(sample_inputs):
@@ -353,7 +342,7 @@ def convert(model, specs, quantization="none", representative_data=None):
         conv.representative_dataset = gen
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
-        with quiet(), warnings.catch_warnings():
+        with quiet(), std_fds.catch_warnings():  # not warnings': it is not thread-safe
             # full int8 calibrates in tf.lite.Interpreter, which warns it is deprecated: an
             # error where warnings are, blamed on the model's ops
             warnings.filterwarnings("ignore", ".*tf.lite.Interpreter is deprecated", UserWarning)

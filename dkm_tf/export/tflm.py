@@ -16,6 +16,8 @@ import re
 import tempfile
 import warnings
 
+from dkm_tf.core import std_fds
+
 __all__ = ["MAX_TFLM_BITS", "tflm_available", "tflm_compress", "tflm_interpreter"]
 
 MAX_TFLM_BITS = 7  # the TFLM LUT decoder handles 1..7-bit indices
@@ -141,7 +143,7 @@ def tflm_compress(content, palettes):
         r["bits_per_weight"] = 8 * (r["index_bytes"] + r["codebook_bytes"]) / r["n_weights"]
     records += [_not_found_record(p, "tflm") for p in left]  # kept as the converter wrote
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with std_fds.catch_warnings(record=True) as caught:  # thread-safe
             warnings.simplefilter("always")
             out = bytes(compression.compress(content, builder.build()))
     except Exception as e:  # noqa: BLE001 - tflite_micro raises CompressionError and others

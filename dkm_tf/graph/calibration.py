@@ -9,6 +9,8 @@ import warnings
 
 import numpy as np
 
+from dkm_tf.core import std_fds
+
 __all__ = ["MEMORY", "chunk", "layer_inputs", "output_error", "outputs", "predict", "quiet"]
 
 MEMORY = 1 << 28  # bytes of layer outputs (or im2col rows) held at once
@@ -61,7 +63,7 @@ def layer_inputs(model, layer, x, batch_size):
 @contextlib.contextmanager
 def quiet():
     """Keras warns when a model built on a list of one input is called on a tensor."""
-    with warnings.catch_warnings():
+    with std_fds.catch_warnings():  # thread-safe (warnings.catch_warnings is not)
         warnings.filterwarnings("ignore", message="The structure of `inputs`")
         yield
 
