@@ -138,21 +138,31 @@ def test_a_symlink_into_a_read_only_folder_as_an_unprivileged_user():
         shutil.rmtree(base)
 
 
-def test_a_tilde_user_name_is_a_literal_folder_as_the_shell_leaves_it(tmp_path, monkeypatch):
-    # was: refused, since "~<user>" expands to that user's home; the CLI wrote there after "="
+def test_a_tilde_user_name_is_that_users_home_unless_a_folder_of_that_name_is_here(
+        tmp_path, monkeypatch):
+    # d6f774c made "~<user>/x" a literal folder always (then "--output_dir=~root/out" made
+    # ./~root/out); before it, "~backup/m.keras" was refused as /var/backups even with a
+    # ./~backup folder here. Now: a folder of that name here is used, else it is the home
     user = pwd.getpwuid(os.getuid()).pw_name
-    assert os.path.expanduser(f"~{user}") != f"~{user}"
+    home_of_user = os.path.expanduser(f"~{user}")
+    assert home_of_user != f"~{user}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    write_text_atomic(f"~{user}/x.json", "{}")
+    with pytest.raises(ValueError, match="os.path.expanduser"):  # no ./~user: a home, refused
+        write_text_atomic(f"~{user}/x.json", "{}")
+    assert os.listdir(tmp_path) == []
+    (tmp_path / f"~{user}").mkdir()
+    write_text_atomic(f"~{user}/x.json", "{}")  # a folder of that name here: written there
     assert (tmp_path / f"~{user}" / "x.json").read_text() == "{}"
     with pytest.raises(ValueError, match="os.path.expanduser"):  # this user's home: refused
         write_text_atomic("~/x.json", "{}")
+    (tmp_path / f"~{user}" / "x.json").unlink()
+    (tmp_path / f"~{user}").rmdir()
     seen = {}
     monkeypatch.setattr(cli, "run_compress", lambda model, **kw: seen.update(kw, model=model))
-    assert cli.run(["dkm-tf", "compress", f"--output_dir=~{user}", "--plots_dir=~/p",
+    assert cli.run(["dkm-tf", "compress", f"--output_dir=~{user}/out", "--plots_dir=~/p",
                     "--model=~/m.keras", "--quiet"]) == 0
-    assert seen["output_dir"] == f"~{user}"
+    assert seen["output_dir"] == os.path.join(home_of_user, "out")  # as the shell would
     assert (seen["plots_dir"], seen["model"]) == (str(tmp_path / "home" / "p"),
                                                   str(tmp_path / "home" / "m.keras"))
 

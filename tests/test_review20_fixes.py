@@ -166,3 +166,117 @@ def test_distillation_targets_names_the_out_of_range_labels():
     with pytest.raises(ValueError, match=r"argument `labels`.*\[0, 3\).*4 of 16 labels "
                                          r"outside, e\.g\. \[3, 3, 3, 3\]"):
         dkm_tf.distillation_targets(model, x, y)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel"])
+def test_a_half_precision_clustered_model_given_other_palettes_is_stale(dtype, granularity):
+    # ba2f916 called every float16 / bfloat16 weight "float" (the what-if) again: 0 of 12
+    import warnings
+
+    import keras
+
+    from dkm_tf.energy import stored
+    from dkm_tf.graph.share import share_weights
+
+    def dense(dt=None):
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((128,)), keras.layers.Dense(128, name="d",
+                                                                         dtype=dt)])
+
+    model = dense()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k4, k2 = (share_weights(model, k, granularity=granularity) for k in (4, 2))
+        k16 = share_weights(model, 16, granularity=granularity)
+    clustered, original = dense(dtype), dense(dtype)
+    clustered.get_layer("d").set_weights(
+        [w.astype(dtype) for w in k4.model.get_layer("d").get_weights()])
+    original.get_layer("d").set_weights(
+        [w.astype(dtype) for w in model.get_layer("d").get_weights()])
+
+    def kinds(m, pal):
+        return [v[3] for v in stored.palette_verdicts(m, pal) if v[0].weight_name == "kernel"]
+    assert kinds(clustered, k2.palettes) == ["stale"]
+    assert kinds(original, k16.palettes) == ["float"]  # the what-if stays calm
+
+
+def test_a_layer_renamed_onto_another_palettes_name_is_read_from_its_kernel(tmp_path):
+    # ba2f916: with names shifted (c0 <- conv1's palette, conv1 <- conv2's, ...), the clustered
+    # conv3 whose palette now names another layer was charged as float (1.00 for 1.75)
+    import json
+    import warnings
+
+    import keras
+
+    from dkm_tf.energy.api import estimate
+    from dkm_tf.graph.share import share_weights
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((12, 12, 4))
+    x = keras.layers.Conv2D(16, 3, name="conv1")(i)
+    x = keras.layers.Conv2D(16, 3, name="conv2")(x)
+    x = keras.layers.Conv2D(16, 3, name="conv3")(x)
+    model = keras.Model(i, keras.layers.Dense(4, name="head")(x))  # its palette stays right
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = share_weights(model, 16, overrides={"conv3": {"n_clusters": 4}})
+    path = tmp_path / "m.keras"
+    result.model.save(path)
+    dicts = [p.to_dict() for p in result.palettes]
+    shift = {"conv1": "c0", "conv2": "conv1", "conv3": "conv2"}
+    for d in dicts:
+        d["layer_name"] = shift.get(d["layer_name"], d["layer_name"])
+    (tmp_path / "m.palettes.json").write_text(json.dumps(dicts))
+    summary = estimate(str(path)).summary()
+    conv3 = [ln for ln in summary.splitlines() if ln.startswith("conv3")]
+    assert conv3 and conv3[0].split()[-2] != "1.00", summary
+    assert "conv3 K=4" in summary
+
+
+def test_a_refusal_raised_alone_names_the_earlier_file_it_removed(tmp_path, monkeypatch):
+    # d365120 removed the earlier run's file and then raised the refusal without a word of it
+    import importlib
+
+    import keras
+
+    from dkm_tf.graph.share import share_weights
+
+    ea = importlib.import_module("dkm_tf.export.export_all")  # the module, not the function
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    shared = share_weights(model, 4)
+    earlier = tmp_path / "model.palettized.tflite"
+    earlier.write_bytes(b"TFL3 earlier")
+
+    def refuse(*a, **k):
+        raise ea.ExportVerificationError("Refusing to write: relative error 0.9 (test)")
+    monkeypatch.setattr(ea, "to_tflite", refuse)
+    with pytest.raises(ea.ExportVerificationError, match=r"0\.9 \(test\).*earlier run left.*"
+                                                         r"model\.palettized\.tflite.*removed"):
+        ea.export_all(shared.model, shared.palettes, tmp_path,
+                      np.zeros((2, 4), "float32"), targets=["palettized"])
+    assert not earlier.exists()
+
+
+def test_atomic_writes_put_the_temp_file_in_the_folder_the_os_resolves(tmp_path, monkeypatch):
+    # "link/../out.json" with link -> another folder: the temp was made in abspath's folder
+    # (tmp_path), the file lands in the link target's parent: EXDEV across filesystems
+    import tempfile
+
+    from dkm_tf.core import files
+
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "link").symlink_to(tmp_path / "a" / "deep")
+    made = []
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        made.append(kwargs.get("dir"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
+    files.write_text_atomic(str(tmp_path / "b" / "link" / ".." / "out.json"), "{}")
+    assert (tmp_path / "a" / "out.json").read_text() == "{}"
+    assert made == [str(tmp_path / "a")]

@@ -74,7 +74,7 @@ def atomic_path(path, suffix=".tmp"):
     path = check_target(path)
     if os.path.islink(path) and os.path.exists(path):  # write through it, as open() does:
         path = os.path.realpath(path)  # os.replace put a plain file in the link's place
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.realpath(os.path.dirname(path) or ".")  # "link/.." as the OS resolves it
     os.makedirs(folder, exist_ok=True)
     remove_stale_temps(folder)
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=suffix, dir=folder)
@@ -89,9 +89,14 @@ def atomic_path(path, suffix=".tmp"):
 
 
 def is_home_tilde(path):
-    """Whether str ``path`` is ``~`` or starts with ``~/``: this user's home, which Python
-    leaves alone. ``~backup/m.keras`` (a ``~user`` form) is a literal folder name here."""
-    return path == "~" or any(s and path.startswith("~" + s) for s in (os.sep, os.altsep))
+    """Whether str ``path`` is ``~`` or starts with ``~/`` (this user's home) or with
+    ``~name/`` where ``name`` is a user and no folder ``~name`` is here (that user's home):
+    what a shell would expand and Python leaves alone."""
+    if path == "~" or any(s and path.startswith("~" + s) for s in (os.sep, os.altsep)):
+        return True
+    head = path.replace(os.altsep or os.sep, os.sep).split(os.sep, 1)[0]
+    return (path.startswith("~") and not os.path.exists(head)  # ~user/...: no such folder here
+            and os.path.expanduser(head) != head)  # and a user of that name
 
 
 def tilde_note(path):

@@ -205,17 +205,27 @@ def _distinct(w):
 def _holds_float(w, distinct, p):
     """Whether a weight ``w`` the palette ``p`` does not decode to holds float values (the
     float original of a clustered copy: a what-if) rather than another clustering's (stale):
-    more distinct values than ``p``'s K d, unless a float32 / float64 weight whose nonzero
-    values take at most 256 per group of ``p``, each used 4 times or more on average (a model
-    clustered at K=4 given K=2 palettes was called float). Pruned weights (zeros left out)
-    stay float, and float16 / bfloat16 weights (few values by their format) follow K d only."""
+    more distinct values than ``p``'s K d, unless its nonzero values, counted in each group
+    of ``p``, take at most 256 per group (64 for float16 / bfloat16, which hold few values by
+    their format), each used 4 times or more on average (a model clustered at K=4 given K=2
+    palettes was called float). Pruned weights (zeros left out) stay float."""
     if distinct <= p.n_clusters * p.unit_dim:
         return False
-    if w.dtype not in (np.float32, np.float64):
-        return True
-    nonzero = w[w != 0]
-    values = np.unique(nonzero).size
-    return not (values <= 256 * p.unit_dim * p.layout.n_groups and nonzero.size >= 4 * values)
+    from dkm_tf.core.units import to_units  # noqa: PLC0415
+
+    # distinct nonzero values counted in each group of p (a per-channel float weight holds
+    # few values in all by its format, float16 / bfloat16, but nearly one per value per group)
+    g = p.layout.n_groups
+    u = to_units(w, p.layout).reshape(g, -1)
+    s = np.sort(u if u.dtype.itemsize >= 4 else u.astype(np.float32), axis=1)
+    new = np.ones(s.shape, bool)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    values = int(np.count_nonzero(new & (s != 0)))
+    nonzero = int(np.count_nonzero(s))
+    # float16 / bfloat16 hold few values by their format (Keras' bfloat16 initializer: 128 in
+    # all): up to 64 per group there (K <= 64), 256 for wider formats
+    cap = 256 if w.dtype.itemsize >= 4 else 64
+    return not (values <= cap * p.unit_dim * g and nonzero >= 4 * values)
 
 
 def _slabs(a, b, block=1 << 18):
@@ -286,6 +296,8 @@ def beside_keras_file(model, shapes, path):
         notes.append(f"palettes read from {beside} ({len(accepted)} tensors"
                      + (f"; {len(rejected)} rejected)" if rejected else ")"))
     if rejected:
+        import keras
+
         from dkm_tf.graph.copying import iter_layers
 
         # the rejected palettes' layers, and for a palette naming a layer the model does not
@@ -294,12 +306,22 @@ def beside_keras_file(model, shapes, path):
         all_layers = list(iter_layers(model))
         layers = {la.name for la in all_layers}
         named = {p.layer_name for p in palettes}
+        described = {p.layer_name for p in accepted}
         names = {p.layer_name for p, _, why, _ in verdicts if why is not None} & layers
-        for p, _, _, kind in verdicts:
-            if kind == "missing" and p.layer_name not in layers:
-                shape = tuple(np.shape(p.decode()))
-                names |= {la.name for la in all_layers if la.name not in named
-                          and any(tuple(w.shape) == shape for w in la.weights)}
+        for p, _, why, _ in verdicts:
+            if why is None:
+                continue
+            dec = np.asarray(p.decode())
+            same = [la for la in all_layers if la.name not in described and any(
+                tuple(w.shape) == dec.shape for w in la.weights)]
+            # its layer under another name, maybe another palette's: the one holding its values
+            equal = {la.name for la in same if any(
+                tuple(w.shape) == dec.shape and _compare(keras.ops.convert_to_numpy(w), dec)[2]
+                for w in la.weights)}
+            if equal:
+                names |= equal
+            elif p.layer_name not in layers:  # renamed and stale: the layers no palette names
+                names |= {la.name for la in same if la.name not in named}
         names -= {p.layer_name for p in accepted}
         sharing, _ = infer_sharing(model, shapes, layers=None if not accepted else names)
         what = (f"the palettes file {beside} does not belong to this model: none of its "

@@ -130,14 +130,21 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
                 raise  # a bad argument: every target would fail alike
             errors.append(e)
             reports.refused[label] = " ".join(str(e).split())
+    removed = []
     for label in reports.refused:  # an earlier run's file there would pass for this model's
         path = os.path.join(out_dir, f"{stem}.{label}.tflite")
         if os.path.isfile(path):
             os.remove(path)
+            removed.append(label)
             reports.refused[label] += f" (the file an earlier run left at {path} was removed)"
-    if errors and not reports:  # nothing else to report: the refusal itself
+    if errors and not reports:  # nothing else to report: the refusal itself, and what went
+        gone = [os.path.join(out_dir, f"{stem}.{t}.tflite") for t in removed]
+        if gone:
+            errors[0].args = (f"{errors[0]} (the file(s) an earlier run left at {gone} were "
+                              "removed)", *errors[0].args[1:])
         raise errors[0]
-    for label in [t for t in targets if t in reports.refused and t not in skipped]:
+    for label in [t for t in targets if t in reports.refused
+                  and (t not in skipped or t in removed)]:  # a skip was warned of before
         _warn(f"export_all did not write target {label!r} for model {model.name!r}: "
               f"{reports.refused[label].rstrip('.')}. The other targets were written: "
               f"{list(reports)} (the returned reports' `refused` holds the reason).")
