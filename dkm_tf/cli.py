@@ -268,7 +268,7 @@ def main(argv):
                             " ".join(argv[2:]))
     given = [f.name for f in flags.FLAGS.get_flags_for_module(__name__) if f.present]
     # "--output_dir=~/out": the shell leaves a ~ after "=" alone (it made a folder named ~);
-    # "~backup" it leaves too: a folder of that name here, not user backup's home
+    # "~name/..." is user name's home unless a folder "~name" is here; a bare "~name" a name
     model, output_dir, plots_dir, dataset = (
         os.path.expanduser(v) if v is not None and is_home_tilde(v) else v
         for v in (_MODEL.value, _OUTPUT.value, _PLOTS_DIR.value, _DATASET.value))

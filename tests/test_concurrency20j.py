@@ -10,6 +10,10 @@ hidden). See ``dkm_tf.core.std_fds``.
 import concurrent.futures
 import contextlib
 import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 import threading
 import warnings
 
@@ -17,6 +21,8 @@ import numpy as np
 import pytest
 
 from tests.testing import small_cnn, tf_backend_only
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 WAIT = 20  # seconds an event may take before the test fails instead of hanging
 
@@ -289,3 +295,38 @@ def test_run_compress_two_threads_one_output_dir(tmp_path, monkeypatch):
     first.join(WAIT)
     assert isinstance(box.get("error"), Stop)
     assert not out.exists()  # made by the first run, empty, removed with its lock
+
+
+def test_a_child_forked_during_a_conversion_can_export(tmp_path):
+    # review of 0af4765: the lock held by another thread (a conversion) was copied into a
+    # forked child held by a thread it does not have: the child's first export hung for ever
+    script = tmp_path / "fork.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys, threading, time, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12)
+        from dkm_tf.core import std_fds
+        held = threading.Event()
+        def hold():
+            with std_fds.silenced(), std_fds.catch_warnings():
+                held.set()
+                time.sleep(3)
+        threading.Thread(target=hold, daemon=True).start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            with std_fds.silenced(), std_fds.catch_warnings():
+                pass
+            os.write(1, b"child ok")  # the real stdout, not the parent's /dev/null
+            os._exit(0)
+        t = time.time()
+        while time.time() - t < 10:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                sys.exit(0)
+            time.sleep(0.05)
+        os.kill(pid, 9)
+        sys.exit(3)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "child ok" in proc.stdout

@@ -259,3 +259,14 @@ def test_overrides_file_under_a_tilde_user_folder_is_read_as_named(tmp_path, mon
     (tmp_path / "~backup" / "o.json").write_text('{"fc": {"n_clusters": 4}}')
     text, where = cli_overrides._read("~backup/o.json")
     assert '"n_clusters": 4' in text and "~backup" in where
+
+
+def test_a_bare_tilde_name_is_a_file_name(tmp_path, monkeypatch):
+    # 63087c1 made a bare "~<user>" that user's home too: check_target refused a file named
+    # "~root" here and dkm-tf turned --output_dir=~root into /root
+    from dkm_tf.core.files import check_target, is_home_tilde
+
+    user = pwd.getpwuid(os.getuid()).pw_name
+    monkeypatch.chdir(tmp_path)
+    assert not is_home_tilde(f"~{user}") and is_home_tilde(f"~{user}/x")
+    assert check_target(f"~{user}") == f"~{user}"

@@ -95,7 +95,8 @@ def is_home_tilde(path):
     if path == "~" or any(s and path.startswith("~" + s) for s in (os.sep, os.altsep)):
         return True
     head = path.replace(os.altsep or os.sep, os.sep).split(os.sep, 1)[0]
-    return (path.startswith("~") and not os.path.exists(head)  # ~user/...: no such folder here
+    return (path.startswith("~") and head != path  # ~user/... (a bare ~name: a file name)
+            and not os.path.exists(head)  # no such folder here
             and os.path.expanduser(head) != head)  # and a user of that name
 
 

@@ -38,6 +38,21 @@ _LOCK = threading.RLock()
 _SILENT = {"depth": 0, "saved": None}
 
 
+def _after_fork_in_child():
+    """A child forked while another thread held the lock (a conversion) got it held by a
+    thread it does not have: its first export hung. A fresh lock, and the real fds back."""
+    global _LOCK  # noqa: PLW0603
+    _LOCK = threading.RLock()
+    saved, _SILENT["saved"], _SILENT["depth"] = _SILENT["saved"], None, 0
+    if saved is not None:
+        with contextlib.suppress(OSError):
+            _restore(*saved)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _flush():
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
