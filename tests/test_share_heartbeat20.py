@@ -39,9 +39,10 @@ def test_verbose_prints_a_heartbeat_naming_the_running_tensor(slow_jobs, capsys,
     result = dkm_tf.share_weights(model, 4, verbose=True, inplace=inplace)
     out = capsys.readouterr().out
     beats = [line for line in out.splitlines() if "k-means running" in line]
-    assert len(beats) >= 3, out  # 0.6 s of k-means at one line per 0.05 s
-    assert all("fc1/kernel (48 weights, " in line and "of 2 tensor(s) done" in line
-               for line in beats), beats
+    assert all("of 2 tensor(s) done" in line for line in beats), beats
+    # 0.6 s of fc1's k-means at one line per 0.05 s (fc2's, fast, may get a line on a busy
+    # machine: a CI run had one)
+    assert len([line for line in beats if "fc1/kernel (48 weights, " in line]) >= 3, out
     assert "clustered fc1/kernel: 48 weights -> K=4" in out  # the end-of-run lines stay
     for p, q in zip(result.palettes, expected):
         assert np.array_equal(p.decode(), q.decode())
