@@ -84,10 +84,11 @@ def _int(flag, value, low, high=None):
 def path_flag(flag, path):
     """``path`` (None, a str or an ``os.PathLike`` of str) as a str or None; else a usage error
     naming ``--flag`` (a pathlib.Path failed deep inside with an AttributeError)."""
-    if path is None or isinstance(path, str):
-        return path
-    if isinstance(path, os.PathLike) and isinstance(os.fspath(path), str):
-        return os.fspath(path)
+    from dkm_tf.core.files import str_path  # noqa: PLC0415
+
+    text = None if path is None else str_path(path)
+    if path is None or text is not None:
+        return text
     raise CliUsageError(flag, "a path (str or os.PathLike of str)", path)
 
 

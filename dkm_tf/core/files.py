@@ -88,6 +88,15 @@ def atomic_path(path, suffix=".tmp"):
             os.remove(tmp)
 
 
+def str_path(path):
+    """``path`` as a str when it is a str or an ``os.PathLike`` of str, else None (bytes,
+    ``os.PathLike`` of bytes, other types): the one test of every path argument's type."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    path = os.fspath(path)
+    return path if isinstance(path, str) else None
+
+
 def is_home_tilde(path):
     """Whether str ``path`` is ``~`` or starts with ``~/`` (this user's home) or with
     ``~name/`` where ``name`` is a user and no folder ``~name`` is here (that user's home):
@@ -118,10 +127,11 @@ def check_target(path, name="path"):
     not there (it was made as a folder literally named ``~``). A ValueError/TypeError naming
     ``name``. A symlink to a file in a folder this user cannot write: a PermissionError
     naming both (the temp file goes beside the file it names)."""
-    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+    text = str_path(path)
+    if text is None:
         raise TypeError(f"Invalid type for argument `{name}`. Expected a file path (str or "
                         f"os.PathLike of str). Received: {name}={path!r}")
-    path = os.fspath(path)
+    path = text
     why = ("an empty path" if not path else "an existing folder" if os.path.isdir(path)
            else "a folder path (it ends in a separator)" if path.endswith(
                tuple(s for s in (os.sep, os.altsep) if s))
@@ -148,10 +158,11 @@ def check_folder_arg(path, name):
     ``name``."""
     if path is None:
         return None
-    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+    text = str_path(path)
+    if text is None:
         raise TypeError(f"Invalid type for argument `{name}`. Expected a folder path (str or "
                         f"os.PathLike of str). Received: {name}={path!r}")
-    path = os.fspath(path)
+    path = text
     why = ("an empty path" if not path else "an existing file" if os.path.exists(path)
            and not os.path.isdir(path) else "a path starting with a '~' folder that does not "
            "exist" + tilde_note(path) if tilde_note(path) else None)

@@ -322,7 +322,7 @@ def beside_keras_file(model, shapes, path):
                 names |= equal
             elif p.layer_name not in layers:  # renamed and stale: the layers no palette names
                 names |= {la.name for la in same if la.name not in named}
-        names -= {p.layer_name for p in accepted}
+        names -= described
         sharing, _ = infer_sharing(model, shapes, layers=None if not accepted else names)
         what = (f"the palettes file {beside} does not belong to this model: none of its "
                 f"{len(palettes)} palettes matches the stored weights, the file is ignored"

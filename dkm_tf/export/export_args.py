@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from dkm_tf.core.files import check_target, tilde_note
+from dkm_tf.core.files import check_target, str_path, tilde_note
 from dkm_tf.core.validate import check_bool, check_int, check_number, invalid, invalid_type
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export.layer_refusals import check_not_stateful
@@ -21,9 +21,10 @@ def check_path(path):
     """``path`` as a str: a file path (not a directory, not empty, not a device or FIFO, not a
     Keras model's file, through a symlink too) in a writable directory (a symlink's: the
     directory of the file it names, where the temp file goes)."""
-    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+    text = str_path(path)
+    if text is None:
         raise invalid_type("path", "a file path (str or os.PathLike)", path)
-    path = os.fspath(path)
+    path = text
     real = os.path.realpath(path)  # a symlink is written through: check the file it names
     d = os.path.dirname(real)
     if os.path.isdir(path) or not path:  # "" failed after the conversion, naming a temp file
