@@ -351,6 +351,8 @@ def check_refine(model, refine, data, inplace, sparse):
         raise invalid("refine", "None for a model without exactly one input (the update "
                       "feeds calibration samples x, one array, through the model)", refine)
     x = data[0] if isinstance(data, (tuple, list)) and len(data) == 2 else data
+    if isinstance(x, (tuple, list)) and len(x) == 1:  # [x] / ([x], y): the one input's array
+        x = x[0]
     if x is None or getattr(x, "shape", None) is None or len(x.shape) < 1 or len(x) < 1:
         raise invalid("data", "calibration samples x (an array with a leading sample axis), "
                       f"or (x, y), needed by refine={refine!r}",
