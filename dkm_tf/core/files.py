@@ -11,6 +11,9 @@ import tempfile
 import time
 import zipfile
 
+from dkm_tf.core.model_damage import hdf5_damage, zip_damage
+from dkm_tf.core.write_errors import write_error
+
 TEMP_PREFIX = ".tmp-dkm_tf-"
 _TEMP_RE = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-")
 _LEGACY_MAX_AGE_S = 24 * 3600  # temps of older releases carry no pid: removed after a day
@@ -75,16 +78,27 @@ def atomic_path(path, suffix=".tmp"):
     if os.path.islink(path) and os.path.exists(path):  # write through it, as open() does:
         path = os.path.realpath(path)  # os.replace put a plain file in the link's place
     folder = os.path.realpath(os.path.dirname(path) or ".")  # "link/.." as the OS resolves it
-    os.makedirs(folder, exist_ok=True)
-    remove_stale_temps(folder)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=suffix, dir=folder)
-    os.close(fd)
+    existed = os.path.isfile(path)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        remove_stale_temps(folder)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=suffix,
+                                   dir=folder)
+        os.close(fd)
         yield tmp
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None and os.path.exists(tmp):  # first: the free space it held is told
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        clear = write_error(e, path, folder, existed, tmp)
+        if clear is None:
+            raise
+        raise clear from e
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -232,7 +246,9 @@ def check_model_file(path):
 
 def model_content_problem(path):
     """``(expected, problem)`` when an existing ``.keras`` / ``.h5`` / ``.hdf5`` file cannot be
-    a Keras model of its kind (from its first bytes: a truncated or renamed file), else None."""
+    a Keras model of its kind (from its first bytes: a truncated or renamed file; a zip member
+    failing its CRC, HDF5 metadata that does not read, a weights-only file:
+    :mod:`dkm_tf.core.model_damage`), else None."""
     path = os.fspath(path)
     size = os.path.getsize(path)
     if path.lower().endswith(".keras"):
@@ -240,15 +256,31 @@ def model_content_problem(path):
             with zipfile.ZipFile(path) as archive:
                 if "config.json" not in archive.namelist():
                     return "a .keras model saved by Keras 3", "a zip without config.json"
+                damage = zip_damage(archive)
+            if damage:
+                return "a .keras model saved by Keras 3", damage
         except zipfile.BadZipFile:
             return "a .keras model saved by Keras 3", (
                 "an HDF5 file: rename it to .h5" if _is_hdf5(path, size) else
                 "not a zip archive (truncated or not a .keras file)")
     elif path.lower().endswith((".h5", ".hdf5")) and not _is_hdf5(path, size):
         return "an HDF5 (.h5) Keras model", (
-            "a .keras zip archive: rename it to .keras" if zipfile.is_zipfile(path)
+            "a .keras zip archive: rename it to .keras" if _has_config_json(path)
+            else "a zip archive without config.json (not a Keras model)"
+            if zipfile.is_zipfile(path)
             else "not an HDF5 file (truncated or not a Keras .h5 model)")
+    elif path.lower().endswith((".h5", ".hdf5")):
+        damage = hdf5_damage(path)
+        return ("an HDF5 (.h5) Keras model", damage) if damage else None
     return None
+
+
+def _has_config_json(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "config.json" in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

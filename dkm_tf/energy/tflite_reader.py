@@ -30,10 +30,9 @@ Records are named after the Keras layer when the converter kept its name scope (
 tensor's name, else the output's, else a conv / dense bias's, `tflite_names`:
 `functional_1/c1_1/convolution` → `c1_1`, of a conv's fused `dw_relu_1/Relu6;dw_1/depthwise`
 the conv's `dw_1`; Keras 3 export may append `_1`, which compression-info lookup tolerates),
-else `<op>_<index>`.
-Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored; dims left open beyond
-the batch read by running the file once, `tflite_dynamic`;
-the rows of a matrix product divided by the input's batch, `_rows`); a conv runs the images
+else `<op>_<index>`. Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored;
+dims left open beyond the batch read by running the file once, `tflite_dynamic`; the rows of
+a matrix product divided by the input's batch, `_rows`); a conv runs the images
 of its stored batch per image of the file, and a dilated conv lowered to SPACE_TO_BATCH_ND ->
 conv -> BATCH_TO_SPACE_ND all its blocks (`tflite_blocks`).
 """
@@ -105,9 +104,10 @@ def read_tflite_palettes(path, quantized=None, input_shape=None):
         _read_graph(model, schema, op_names, graph, 1, "", shapes, skipped, used, (0,),
                     palettes, None, quantized, _batch(graph), run)
         skipped += tc.unreached(model, schema, op_names)
-    except ValueError:
-        raise
-    except Exception as e:  # struct.error, IndexError, ... from a damaged flatbuffer
+    except Exception as e:  # struct.error, IndexError, flatbuffers' ValueError: a damaged file
+        from dkm_tf.core.model_damage import raised_here  # noqa: PLC0415
+        if isinstance(e, ValueError) and raised_here(e):
+            raise  # a refusal of the reader's own (InputShapeError, an op it cannot read)
         raise ValueError(f"{os.fspath(path)!r} is not a readable TFLite model (truncated or "
                          f"corrupted, {len(buf):,} bytes): {type(e).__name__}: {e}") from e
     return tuple(shapes), tuple(skipped), palettes

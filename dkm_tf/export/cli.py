@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -234,8 +235,10 @@ def load_samples(path):
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOF: an empty file
+        why = (f"{type(e).__name__}: {e}" if "pickled" not in str(e) else  # numpy's last try
+               "neither a .npy nor a .npz (zip) file: truncated, damaged or another kind")
         raise ValueError(f"Invalid samples file {path!r}: expected a .npy array or a .npz "
-                         f"with x_test or x_train ({type(e).__name__}: {e}).") from None
+                         f"with x_test or x_train ({why}).") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         return loaded
     with loaded:
@@ -243,7 +246,12 @@ def load_samples(path):
         if len(keys) != 1 and keys[0] not in ("x_test", "x_train"):
             raise ValueError(f"Invalid samples file {path!r}: expected a .npz with x_test or "
                              f"x_train, or one array; it has {loaded.files}.")
-        return loaded[keys[0]]
+        try:
+            return loaded[keys[0]]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise ValueError(f"Invalid samples file {path!r}: its array {keys[0]} does not "
+                             f"read back, the file is damaged ({type(e).__name__}: "
+                             f"{e}).") from None
 
 
 def run_inspect(path):

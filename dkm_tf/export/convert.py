@@ -18,6 +18,7 @@ import numpy as np
 
 from dkm_tf.core import std_fds
 from dkm_tf.export.canonical import canonicalize
+from dkm_tf.export.convert_failures import check_signature, system_failure
 from dkm_tf.export.layer_refusals import float64_hint
 from dkm_tf.graph.input_struct import as_model_inputs
 
@@ -357,9 +358,19 @@ def convert(model, specs, quantization="none", representative_data=None):
             return convert(model, [((1, *s[1:]), d) for s, d in specs], quantization,
                            representative_data)
         detail = "; ".join(line.strip() for line in msg if "error" in line.lower())[:800]
+        system = system_failure(e)
+        if system:  # not the model's fault: "probably uses operations ..." misled
+            import tempfile  # noqa: PLC0415
+
+            raise OSError(system[0], f"TFLite conversion of model "
+                          f"{getattr(model, 'name', '?')!r} failed: {system[1]} (the "
+                          "converter writes a temporary SavedModel under "
+                          f"{tempfile.gettempdir()!r}; TMPDIR moves it). Converter said: "
+                          f"{detail or ' '.join(msg)[:400]}") from e
         raise ValueError(
             f"TFLite conversion of model {getattr(model, 'name', '?')!r} failed "
             f"({type(e).__name__}). The model probably uses operations that have no TFLite "
             f"builtin kernel (only builtin ops are allowed). Converter said: "
             f"{detail or ' '.join(msg)[:800]}{float64_hint(model)}") from e
+    check_signature(model, content)
     return canonicalize(content)

@@ -130,6 +130,8 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
                 raise  # a bad argument: every target would fail alike
             errors.append(e)
             reports.refused[label] = " ".join(str(e).split())
+        except OSError as e:  # a full disk: say which files are this call's and which are not
+            raise _stopped(e, label, reports, targets, out_dir, stem) from e
     removed = []
     for label in reports.refused:  # an earlier run's file there would pass for this model's
         path = os.path.join(out_dir, f"{stem}.{label}.tflite")
@@ -180,3 +182,18 @@ def _unconvertible(model, targets):
            "(segmentation fault); the 'int8' target (dynamic range) quantizes its weights.")
     _warn(f"export_all skipped target 'int8_full' for model {model.name!r}: {why}", 4)
     return {"int8_full": why}
+
+
+def _stopped(error, label, reports, targets, out_dir, stem):
+    """The ``OSError`` (same errno) of a write that failed at target ``label``: the error, the
+    files this call wrote, and the files of the targets not written that an earlier run left
+    (they are not this model's export)."""
+    rest = [t for t in targets if t not in reports]  # refused ones too: not this model's
+    stale = [p for p in (os.path.join(out_dir, f"{stem}.{t}.tflite") for t in rest)
+             if os.path.isfile(p)]
+    why = error.strerror or error
+    return OSError(error.errno, f"export_all stopped at target {label!r}: {why}. Written by "
+                                f"this call: {[r.path for r in reports.values()]}; not written: "
+                                f"{rest}" + (f"; the files an earlier run left for them are "
+                                             f"still there and are not this model's: {stale}"
+                                             if stale else ""))

@@ -251,7 +251,12 @@ def inspect_tflite(path):
             raise FileNotFoundError(f"No such .tflite file: {where!r}")
         with open(where, "rb") as f:
             data = f.read()
-    model = FlatModel.from_bytes(data)
+    try:
+        model = FlatModel.from_bytes(data)
+    except ValueError as e:  # TFLiteFormatError: name the file it came from
+        if where is None:
+            raise
+        raise type(e)(f"Invalid value for argument `path`: {where!r}: {e}") from e
     try:
         pal, tensors, by_dtype, ops = [], [], collections.Counter(), collections.Counter()
         for g in range(len(model.model.subgraphs)):  # WHILE bodies hold recurrent weights
