@@ -102,8 +102,8 @@ class CompressionResult:
         return {"method": self.method, "size": self.size.to_dict(),
                 "skipped": [list(s) for s in self.skipped],
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
-                "metric": self.metric, "seconds": self.seconds,
-                "calibration": self.calibration, "notes": list(self.notes),
+                "metric": self.metric, "seconds": dict(self.seconds),
+                "calibration": dict(self.calibration), "notes": list(self.notes),
                 "energy": None if self.energy is None else self.energy.to_dict()}
 
 

@@ -216,7 +216,7 @@ def decode(codebook, indices, layout):
     m = layout.n_units
 
     def in_kernel_order(a):  # a (G, M, d)-broadcastable array as a view in kernel layout
-        return units_lib.from_units(np.broadcast_to(a, (g, m, d)), layout)
+        return units_lib.kernel_view(np.broadcast_to(a, (g, m, d)), layout)
 
     idx = in_kernel_order(np.asarray(indices)[:, :, None])
     offset = None  # (group * K) * d + j: where a unit's value j of group g starts

@@ -321,7 +321,8 @@ def kernel_factors(palette):
         ``(codebook, indices, transforms, scales)``: float32 (K, kh, kw), int32 (cin, cout),
         int32 (cin, cout) or None, float32 (cin, cout), such that ``palette.decode()[:, :, i,
         o] == scales[i, o] * apply_transform(codebook[indices[i, o]], transforms[i, o])``
-        (t = 0 when None; scales are ones for an unscaled kernel palette).
+        (t = 0 when None; scales are ones for an unscaled kernel palette). New arrays: an
+        edit of one changes neither the palette nor the other results.
 
     Raises:
         ValueError: not a per-tensor kernel-unit Conv2D palette.
@@ -331,7 +332,7 @@ def kernel_factors(palette):
             "per_tensor" or len(lay.kernel_shape) != 4):
         raise invalid("palette", "a per-tensor unit='kernel' Conv2D palette", palette)
     kh, kw, cin, cout = lay.kernel_shape
-    cb = np.asarray(palette.codebook, np.float32)[0].reshape(-1, kh, kw)
+    cb = np.array(palette.codebook[0], np.float32).reshape(-1, kh, kw)  # copies, not views
 
     def cin_cout(a):  # units are in (cout, cin) order
         return np.asarray(a).reshape(cout, cin).T
@@ -340,7 +341,7 @@ def kernel_factors(palette):
     t = getattr(palette, "transforms", None)
     s = getattr(palette, "scales", None)
     scales = (np.ones((cin, cout), np.float32) if s is None
-              else np.ascontiguousarray(cin_cout(s), np.float32))
+              else np.array(cin_cout(s), np.float32, order="C"))
     return cb, np.ascontiguousarray(idx), None if t is None else np.ascontiguousarray(
         cin_cout(t).astype(np.int32)), scales
 

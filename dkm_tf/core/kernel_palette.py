@@ -69,12 +69,13 @@ def decode_scaled(codebook, indices, layout, scales=None, transforms=None):
                 proto[m] = apply_transform(proto[m], j)
     if scales is not None:
         proto = proto * np.asarray(scales, np.float32).reshape(-1)[:, None, None]
-    return units_lib.from_units(proto.reshape(1, idx.size, -1), layout)
+    return units_lib.kernel_view(proto.reshape(1, idx.size, -1), layout)
 
 
 # ----------------------------------------------------------------------------- Palette hooks
 def check_palette_extras(p):
-    """Validate (and store compactly) a Palette's ``scales`` / ``transforms`` fields."""
+    """Validate (and store compactly) a Palette's ``scales`` / ``transforms`` fields; then
+    make all its arrays read-only."""
     shape = (p.layout.n_groups, p.layout.n_units)
     check_choice("n_transforms", p.n_transforms, TRANSFORM_COUNTS)
     if p.scales is None:
@@ -82,7 +83,7 @@ def check_palette_extras(p):
             raise invalid("scale_bits", "0 for a palette without scales", p.scale_bits)
     else:
         check_choice("scale_bits", p.scale_bits, SCALE_BITS)
-        s = np.asarray(p.scales, np.float32)
+        s = np.array(p.scales, np.float32)  # own copy (Palette makes it read-only)
         if s.shape != shape or not np.all(np.isfinite(s)):
             raise ValueError(f"Palette {p.name}: scales must be finite, of shape {shape}. "
                              f"Received shape {s.shape}.")
@@ -91,7 +92,7 @@ def check_palette_extras(p):
         if p.n_transforms != 1:
             raise invalid("transforms", f"an array of ids for n_transforms={p.n_transforms}",
                           None)
-        return
+        return _read_only(p)
     t = np.asarray(p.transforms)
     if t.shape != shape or t.dtype.kind not in "iu" or (t.size and (
             t.min() < 0 or t.max() >= p.n_transforms)):
@@ -99,6 +100,15 @@ def check_palette_extras(p):
                          f"[0, {p.n_transforms}) of shape {shape}. Received {t.dtype} "
                          f"{t.shape}.")
     object.__setattr__(p, "transforms", t.astype(np.uint8))
+    return _read_only(p)
+
+
+def _read_only(p):
+    """Makes a Palette's arrays (its own copies) read-only: an edit in place (``p.indices[:] =
+    9``) would bypass its checks, and reach every holder of the palette."""
+    for arg in ("codebook", "indices", "scales", "transforms"):
+        if getattr(p, arg) is not None:
+            getattr(p, arg).flags.writeable = False
 
 
 def scaled_index_bits(p, coding, codings):

@@ -23,9 +23,10 @@ import numpy as np
 from dkm_tf.core import codebook as codebook_lib
 from dkm_tf.core import kernel_palette as kernel_lib
 from dkm_tf.core import units as units_lib
-from dkm_tf.core.index_codec import pack_indices, unpack_indices
+from dkm_tf.core.index_codec import pack_indices
 from dkm_tf.core.kmeans import assignment_entropy, scalar_kmeans
 from dkm_tf.core.kmeans_batched import cluster_groups
+from dkm_tf.core.palette_dict import palette_from_dict
 from dkm_tf.core.validate import (
     check_bool,
     check_int,
@@ -66,6 +67,9 @@ class Palette:
         transforms: integer (G, M) transform ids of transform-invariant clustering, or None.
         n_transforms: T (1, 2, 4, 8): indices cost log2 K + log2 T bits (stored index ``k + K t``).
         scale_bits: bits of one stored scale (16, 8 or 32; 0 without scales).
+
+    ``codebook``, ``indices``, ``scales`` and ``transforms`` are the palette's own read-only
+    copies; build an edited palette with ``dataclasses.replace(p, indices=...)`` (checked).
     """
 
     layer_name: str
@@ -95,11 +99,10 @@ class Palette:
             raise TypeError(f"Palette {self.name}: the codebook must be real numbers. "
                             f"Received dtype {raw_cb.dtype}.")
         if idx.dtype.kind not in "iu":
-            if idx.dtype.kind == "f" and idx.size and np.all(np.isfinite(idx)) and np.all(
-                    idx == np.round(idx)):
-                msg = "whole numbers stored as floats; pass them as an integer array"
-            else:
-                msg = "integers"
+            whole = idx.dtype.kind == "f" and idx.size and np.all(np.isfinite(idx)) and np.all(
+                idx == np.round(idx))
+            msg = "whole numbers stored as floats; pass them as an integer array" if whole else \
+                "integers"
             raise TypeError(f"Palette {self.name}: indices must be {msg}. Received dtype "
                             f"{idx.dtype}.")
         cb = raw_cb.astype(np.float32)
@@ -118,10 +121,15 @@ class Palette:
         if self.preserve_sparsity:
             codebook_lib.check_zero_entry(cb, self.name)
         object.__setattr__(self, "codebook", cb)
-        k = cb.shape[1]
-        small = np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.int32
-        object.__setattr__(self, "indices", idx.astype(small, copy=False))
-        kernel_lib.check_palette_extras(self)
+        small = np.uint8 if (k := cb.shape[1]) <= 256 else np.uint16 if k <= 65536 else np.int32
+        object.__setattr__(self, "indices", np.array(idx, small))  # own copy, not the caller's
+        kernel_lib.check_palette_extras(self)  # and makes the arrays read-only
+
+    def __reduce__(self):  # copy, deepcopy, pickle: via __init__ (checked, read-only)
+        return type(self), tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    def __setstate__(self, state):  # a pickle of an earlier release (default reduce): checked
+        self.__init__(**state)
 
     # ----------------------------------------------------------------- shape facts
     @property
@@ -204,21 +212,7 @@ class Palette:
     @classmethod
     def from_dict(cls, d):
         """Inverse of :meth:`to_dict` for its dict ``d``; a missing or unknown key: ValueError."""
-        if not isinstance(d, dict):
-            raise TypeError(f"Invalid type for argument `d`. Expected a dict (Palette.to_dict()"
-                            f"). Received: {type(d).__name__}")
-        required = {"layer_name", "weight_name", "codebook", "indices", "layout"}
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing, unknown = sorted(required - set(d)), sorted(set(d) - fields)
-        if missing or unknown:
-            raise ValueError(f"Invalid value for argument `d`. Expected the keys of "
-                             f"Palette.to_dict() ({sorted(fields)}). Received: missing "
-                             f"{missing}, unknown {unknown}")
-        d = dict(d)
-        d["layout"] = units_lib.UnitLayout.from_config(d["layout"])
-        d["codebook"] = np.asarray(d["codebook"], np.float32)
-        d["indices"] = unpack_indices(d["indices"])  # a list, or pack_indices' dict
-        return cls(**kernel_lib.extras_from_dict(d))
+        return palette_from_dict(cls, d)
 
     def __repr__(self):
         k = f"{self.n_clusters - 1}+zero" if self.preserve_sparsity else self.n_clusters
@@ -232,9 +226,8 @@ class SizeReport:
 
     Attributes:
         rows: one dict per palette (name, unit, d, N, K, bits, original bits, compressed bits
-            with log2 K and entropy-coded indices, and the two ratios). K counts codebook
-            entries: K + 1 for a palette with ``preserve_sparsity`` (row key of that name),
-            shown as ``K+z`` in the summary.
+            with log2 K and entropy-coded indices, the two ratios). K counts codebook entries:
+            K + 1 with ``preserve_sparsity`` (row key of that name), ``K+z`` in the summary.
         other_params: parameters not clustered (biases, BN, unclustered layers), at 32 bits.
         totals: dict with whole-model original / compressed bits and ratios.
     """
@@ -265,8 +258,9 @@ class SizeReport:
         return "\n".join(lines)
 
     def to_dict(self):
-        """The report as a JSON-ready dict: ``rows``, ``other_params``, ``totals``."""
-        return {"rows": list(self.rows), "other_params": self.other_params, "totals": self.totals}
+        """The report as a JSON-ready dict: ``rows``, ``other_params``, ``totals`` (copies)."""
+        return {"rows": [dict(r) for r in self.rows], "other_params": self.other_params,
+                "totals": dict(self.totals)}  # an edit of the dict must not change the report
 
 
 def size_report(palettes, other_params=0, bits=FLOAT_BITS):

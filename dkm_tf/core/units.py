@@ -51,8 +51,8 @@ import numpy as np
 from dkm_tf.core.validate import check_choice
 
 __all__ = ["EINSUM_PREFIX", "GRANULARITIES", "KINDS", "UNITS", "UNIT_CHOICES", "UnitLayout",
-           "check_kind", "describe_unit", "einsum_kind", "from_units", "is_kind", "layout_for",
-           "resolve_unit", "to_units", "unit_summary"]
+           "check_kind", "describe_unit", "einsum_kind", "from_units", "is_kind", "kernel_view",
+           "layout_for", "resolve_unit", "to_units", "unit_summary"]
 
 UNITS = ("scalar", "row", "kernel")
 UNIT_CHOICES = (*UNITS, "auto")  # "auto": the paper's choice, see resolve_unit
@@ -301,7 +301,16 @@ def from_units(units, layout):
     Args:
         units: array of shape (G, M, d) = ``(layout.n_groups, layout.n_units, layout.unit_dim)``.
         layout: the :class:`UnitLayout` that cut the kernel (from :func:`layout_for`).
+
+    Returns:
+        A new C-contiguous array, as :func:`to_units` returns: never a view of ``units`` (an
+        edit of either one would silently change the other).
     """
+    return np.array(kernel_view(units, layout), order="C")
+
+
+def kernel_view(units, layout):
+    """:func:`from_units` as a view of ``units`` (no copy; for broadcast views of indices)."""
     _check_layout(layout)
     units = np.asarray(units)
     expected = (layout.n_groups, layout.n_units, layout.unit_dim)

@@ -25,6 +25,7 @@ def _check_every(name, value, allow_none):
     return int(value)
 
 
+@keras.saving.register_keras_serializable(package="dkm_tf")
 class RefreshKMeans(keras.callbacks.Callback):
     """Keeps F (singular vectors or cluster assignment) of every k-means regularizer fresh.
 
@@ -97,6 +98,11 @@ class RefreshKMeans(keras.callbacks.Callback):
         """The constructor's arguments as a dict (``RefreshKMeans(**config)`` rebuilds it)."""
         return {"every_n_epochs": self.every_n_epochs, "every_n_steps": self.every_n_steps,
                 "log_penalty": self.log_penalty, "verbose": self.verbose}
+
+    @classmethod
+    def from_config(cls, config):
+        """The callback of :meth:`get_config`'s ``config`` (``keras.saving`` round trips)."""
+        return cls(**config)
 
     # ------------------------------------------------------------------ helpers
     def refresh(self):

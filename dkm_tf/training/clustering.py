@@ -179,8 +179,10 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
 
     Returns:
         The clustered model (or wrapper), or ``(model, report)`` with ``return_report``.
-        Weights are copied; the given model is not modified. A LoRA-enabled layer is
-        clustered on its merged kernel (report: ``lora_merged``); quantized ones are refused.
+        Weights are copied; the given model is not modified. The model is returned
+        uncompiled, also for a compiled input (its optimizer state would not fit the new
+        variables): compile it before ``fit``. A LoRA-enabled layer is clustered on its
+        merged kernel (report: ``lora_merged``); quantized ones are refused.
 
     Raises:
         TypeError: a subclassed model (the message says how to wrap its layers), or an

@@ -29,6 +29,7 @@ def cluster_wrappers(model):
     return [layer for layer in layers if isinstance(layer, ClusterWeights)]
 
 
+@keras.saving.register_keras_serializable(package="dkm_tf")
 class ReassignClusters(keras.callbacks.Callback):
     """Re-assign each unit to its nearest centroid every few epochs (``latent=True`` only).
 
@@ -66,6 +67,15 @@ class ReassignClusters(keras.callbacks.Callback):
         self.verbose = int(verbose)
         self.history = []
         self._starting = False
+
+    def get_config(self):
+        """The constructor's arguments as a dict (``ReassignClusters(**config)`` rebuilds it)."""
+        return {"every_n_epochs": self.every_n_epochs, "verbose": self.verbose}
+
+    @classmethod
+    def from_config(cls, config):
+        """The callback of :meth:`get_config`'s ``config`` (``keras.saving`` round trips)."""
+        return cls(**config)
 
     def on_train_begin(self, logs=None):
         wrappers = cluster_wrappers(self.model)

@@ -300,6 +300,7 @@ def snap(wrapper):
     return out
 
 
+@keras.saving.register_keras_serializable(package="dkm_tf")
 class TemperatureSchedule(keras.callbacks.Callback):
     """Sets the DKM temperature of every soft :class:`~dkm_tf.ClusterWeights` each epoch.
 
@@ -327,6 +328,16 @@ class TemperatureSchedule(keras.callbacks.Callback):
         if self.schedule == "constant" and self.end != self.start:
             raise invalid("end", f"None or start={self.start!r} with schedule='constant' (use "
                           "'linear' or 'exponential' to reach another tau)", end)
+
+    def get_config(self):
+        """The constructor's arguments as a dict (``TemperatureSchedule(**config)``)."""
+        return {"start": self.start, "end": self.end, "epochs": self.epochs,
+                "schedule": self.schedule}
+
+    @classmethod
+    def from_config(cls, config):
+        """The callback of :meth:`get_config`'s ``config`` (``keras.saving`` round trips)."""
+        return cls(**config)
 
     def value(self, epoch):
         """tau at ``epoch`` (0-based)."""

@@ -350,7 +350,8 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
         config = super().get_config()
         config.update({"n_clusters": self.n_clusters, "unit": self.unit,
                        "granularity": self.granularity, "init": self.init, "seed": self.seed,
-                       "latent": self.latent, "kmeans_options": self.kmeans_options})
+                       "latent": self.latent, "kmeans_options": dict(self.kmeans_options)})
+        # ^ a copy: an edit of the config (to build a variant) changed this wrapper's k-means
         if self.preserve_sparsity:  # written only when set: loads in dkm_tf before 2026-12-03
             config.update(preserve_sparsity=True)
         if self.assignment == "soft":

@@ -141,7 +141,14 @@ def warn_kernel_clustering_constraint(layer):
 
 class KeepsReplacedFrozen:
     """Mixin of :class:`ClusterWeights`: Keras' ``trainable`` setter (the flag, the wrapper's
-    own variables and every sublayer's), then the replaced variables non-trainable again."""
+    own variables and every sublayer's), then the replaced variables non-trainable again; and
+    ``from_config`` that leaves its ``config`` as it is."""
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # Keras' Wrapper.from_config pops "layer" from the caller's dict: a second
+        # from_config of one config raised KeyError: 'layer'
+        return super().from_config(dict(config), custom_objects=custom_objects)
 
     @property
     def trainable(self):
