@@ -355,13 +355,18 @@ def merged_lora(model, notes):
     (:func:`dkm_tf.graph.layer_features.merge_lora`: what the layer computes with is what
     gets compressed); a note in ``notes`` names them."""
     from dkm_tf.graph.layer_features import merge_lora  # noqa: PLC0415
-    from dkm_tf.training.common import compiled_loss, compiled_metrics  # noqa: PLC0415
+    from dkm_tf.training.common import (  # noqa: PLC0415
+        compiled_loss,
+        compiled_loss_weights,
+        compiled_metrics,
+    )
 
     work, merged = merge_lora(model)
     if merged and compiled_loss(model) is not None:  # the copy trains with the user's loss
         opt = model.optimizer
         work.compile(optimizer=type(opt).from_config(opt.get_config()), loss=model.loss,
-                     metrics=compiled_metrics(model))
+                     loss_weights=compiled_loss_weights(model), metrics=compiled_metrics(model),
+                     weighted_metrics=compiled_metrics(model, "weighted_metrics"))
     if merged:
         notes.append(f"LoRA merged: {len(merged)} layer(s) ({', '.join(merged)}) were "
                      "compressed on their effective kernel kernel + lora_kernel_a @ "

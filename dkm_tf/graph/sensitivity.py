@@ -133,6 +133,10 @@ def _split(model, data):
     if (n_in > 1 and isinstance(data, (tuple, list)) and len(data) == n_in
             and all(hasattr(a, "shape") for a in data)):
         return data, None
+    if isinstance(data, (tuple, list)) and len(data) == 3 and (n_in or np.ndim(data[2]) == 1):
+        raise invalid("data", "x or (x, y): weighting='fisher' weighs every sample equally and "
+                      "takes no sample weights (repeat a sample to weigh it more)",
+                      "a sequence of 3, as (x, y, sample_weight)")
     return data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
 
 
@@ -340,6 +344,7 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
         model: a built Keras model (a classifier for ``labels="model"``).
         data: ``x`` or ``(x, y)``: every sample is used, one at a time (``y`` only with
             ``labels="data"``); for a model of n inputs, ``x`` is the list of n arrays.
+            Every sample weighs 1/N: ``(x, y, sample_weight)`` is refused (``ValueError``).
         loss: the loss (name, ``keras.losses.Loss`` or callable); default the compiled one.
             With ``labels="model"`` a cross-entropy of the model's output (checked).
         variables: the variables to weigh (default: every clusterable weight of the model).

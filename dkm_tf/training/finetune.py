@@ -13,8 +13,10 @@ from dkm_tf.training.common import (
     check_labels_for,
     check_learning_rate,
     compiled_loss,
+    compiled_loss_weights,
     compiled_metrics,
     default_loss,
+    for_outputs,
     fresh_metrics,
     is_tf_dataset,
 )
@@ -52,8 +54,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         kernel_options: ``{"codebook": ..., "transforms": ..., "scale_bits": ...}`` for kernel
             clustering with a shared codebook (see :func:`cluster_weights`), or None.
 
-    The loss is the model's own when it is compiled; otherwise sparse categorical
-    cross-entropy, from logits unless the last layer is a softmax.
+    The loss is the model's own (with its ``loss_weights``) when it is compiled; otherwise
+    sparse categorical cross-entropy, from logits unless the last layer is a softmax.
 
     Returns:
         ``(stripped_model, palettes, history)``: the plain fine-tuned model, its palettes, and
@@ -84,7 +86,7 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     train_data = check_data("train_data", train_data, model, required=bool(epochs),
                             labels=bool(epochs))
     val_data = check_data("val_data", val_data, model, required=False)
-    loss = compiled_loss(model)
+    loss, loss_weights = compiled_loss(model), compiled_loss_weights(model)  # as compiled
     used_default = loss is None
     if used_default:
         loss = default_loss(model)
@@ -99,20 +101,25 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         metrics = (["accuracy"] * heads if heads > 1 else ["accuracy"]) if used_default else (
             distillation_metrics(model, compiled_metrics(model)) or [])
     metrics = list(metrics) if isinstance(metrics, (list, tuple)) else metrics  # or a dict
+    weighted = None if used_default else distillation_metrics(  # the compiled ones, as metrics
+        model, compiled_metrics(model, "weighted_metrics"))
     keras.utils.set_random_seed(seed)
     clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
                                 seed=seed, latent=latent, overrides=overrides,
                                 preserve_sparsity=preserve_sparsity, **(kernel_options or {}))
     history = None
     if epochs:
-        clustered.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
-                          metrics=metrics)
+        clustered.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                          **{k: for_outputs(v, model, clustered) for k, v in (
+                              ("loss", loss), ("loss_weights", loss_weights),
+                              ("metrics", metrics), ("weighted_metrics", weighted))})
         callbacks = list(callbacks or [])
         if reassign_every:
             from dkm_tf.training.reassign import ReassignClusters  # noqa: PLC0415
 
             callbacks.append(ReassignClusters(every_n_epochs=reassign_every))
         fit_kwargs = {"epochs": int(epochs), "verbose": verbose, "callbacks": callbacks}
+        train_data, val_data = (_relabel(d, model, clustered) for d in (train_data, val_data))
         if val_data is not None:
             fit_kwargs["validation_data"] = val_data
         if isinstance(train_data, tuple):
@@ -126,7 +133,21 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     # optimizer-mismatch warning and adds nothing to the .keras file (Adam's slots would
     # triple it); training the stripped model further would undo the sharing anyway
     stripped.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=loss,
+                     loss_weights=loss_weights, weighted_metrics=fresh_metrics(weighted),
                      metrics=fresh_metrics(metrics))  # not those fit has updated
     stripped.optimizer.build(stripped.trainable_variables)
     return stripped, palettes, history
 
+
+def _relabel(data, model, clustered):
+    """``data`` with a label dict keyed by a list-output ``model``'s layer names keyed by the
+    clustered copy's output names (``cluster_<name>``): Keras failed on the old keys inside
+    ``fit``, after the k-means ("Expected float32, but got a of type 'str'"). Arrays and
+    ``tf.data.Dataset`` elements ``(x, y[, sample_weight])``; anything else as it is."""
+    if isinstance(data, tuple):
+        return (data[0], for_outputs(data[1], model, clustered))
+    spec = getattr(data, "element_spec", None) if is_tf_dataset(data) else None
+    if not (isinstance(spec, tuple) and len(spec) in (2, 3) and isinstance(spec[1], dict)
+            and for_outputs(spec[1], model, clustered) is not spec[1]):
+        return data
+    return data.map(lambda x, y, *w: (x, for_outputs(y, model, clustered), *w))

@@ -14,6 +14,7 @@ from dkm_tf.training.common import (
     check_labels_for,
     check_learning_rate,
     compiled_loss,
+    compiled_loss_weights,
     compiled_metrics,
     default_loss,
     is_tf_dataset,
@@ -41,10 +42,10 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     """Re-train a copy of ``model`` with the Deep k-Means penalty (Wu et al., ICML 2018, §2.4).
 
     Steps: clone the model (the input is never modified) → :func:`dkm_tf.attach_regularizer`
-    → compile (the model's own loss and metrics when it is compiled, else sparse categorical
-    cross-entropy, from logits unless the last layer is a softmax, with accuracy; Adam at
-    ``learning_rate``) → ``fit`` with :class:`dkm_tf.RefreshKMeans` → remove the penalty.
-    The final weight sharing (row-wise k-means, §1.6) is left to the caller.
+    → compile (the model's own loss, ``loss_weights`` and metrics when it is compiled, else
+    sparse categorical cross-entropy, from logits unless the last layer is a softmax, with
+    accuracy; Adam at ``learning_rate``) → ``fit`` with :class:`dkm_tf.RefreshKMeans` →
+    remove the penalty. The final weight sharing (row-wise k-means, §1.6) is left to the caller.
 
     Args:
         model: a built Keras model (Sequential or Functional; cloned with
@@ -109,11 +110,15 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
                        include_dense=include_dense, sparsity=sparsity, seed=seed,
                        preserve_sparsity=preserve_sparsity)
     undo_pins = _pin_zeros(clone) if preserve_sparsity else (lambda: None)
+    weighted = None
     if loss is not None:
         metrics = distillation_metrics(model, compiled_metrics(model))
+        weighted = distillation_metrics(model, compiled_metrics(model, "weighted_metrics"))
     else:
         loss, metrics = default_loss(clone), ["accuracy"]
-    clone.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    clone.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics,
+                  loss_weights=compiled_loss_weights(model),  # None with the default loss
+                  weighted_metrics=weighted)
     keras.utils.set_random_seed(seed)  # fit's shuffle, else the caller's global state decides
     (xy, train_ds), (val_xy, val_ds) = _split(train_data, "train_data"), _split(val_data,
                                                                                 "val_data")
