@@ -31,7 +31,7 @@ _FORMS = {"[x]": [_X], "(x,)": (_X,), "([x], y)": ([_X], _Y), "[[x], y]": [[_X],
 
 def _share(model, data, refine):
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the "structure of inputs" warning too
+        warnings.simplefilter("error", UserWarning)  # "The structure of `inputs`" too
         return dkm_tf.share_weights(model, 4, refine=refine, data=data)
 
 
