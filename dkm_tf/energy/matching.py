@@ -98,6 +98,8 @@ def match_sharing(shapes, sharing, skipped=()):
         `(matched, unused)`: `{record name: SharingInfo}` and `{skipped name: [phrase]}`.
     """
     matched, unused = {}, {}
+    if sharing:
+        check_unique_records(shapes)
     by_layer = {}
     for s in shapes:
         if s.kind in ("conv", "dense"):
@@ -133,14 +135,17 @@ def match_sharing(shapes, sharing, skipped=()):
                 _refuse_renamed(name, infos, shapes, sharing)
             else:  # record `y_1` is layer `y`'s (another size): `y_1`'s is op-named, by size
                 candidates = None
-        if not candidates and "/" in name:
+        if not candidates and "/" in name and not (
+                in_file and _renamed(name.rsplit("/", 1)[0], by_layer)):
             candidates = by_layer.get(name.rsplit("/", 1)[0])
-        if not candidates:
-            # Keras 3 export renames scopes `layer` -> `layer_1` (TFLite tensor names).
+        if not candidates and (in_file or _skipped_name(name, skipped) is None):
+            # Keras 3 export renames scopes `layer` -> `layer_1` (TFLite tensor names); a
+            # Keras model's names are exact: a skipped Embedding `emb`'s palette was charged
+            # on a float Dense `emb_1` of its size (before 2026-12-06)
             near = [k for k in by_layer if re.fullmatch(re.escape(name) + r"_\d+", k)]
             candidates = by_layer[near[0]] if len(near) == 1 else None
         if not candidates and name.endswith(("/depthwise", "/pointwise")):
-            candidates = _separable_part(name, by_layer)
+            candidates = _separable_part(name, by_layer, in_file)
         if not candidates:
             candidates = _unnamed_by_size(infos, shapes, sharing)
         if not candidates:
@@ -152,10 +157,15 @@ def match_sharing(shapes, sharing, skipped=()):
                     f"{'are' if len(infos) > 1 else 'is'} not charged")
                 continue
             known = sorted({s.layer for s in shapes if s.kind in ("conv", "dense")})
+            sizes = {i.n_weights for i in infos}
+            unnamed = [s.name for s in shapes if s.kind in ("conv", "dense") and s.n_weights
+                       in sizes and _UNNAMED.fullmatch(s.layer) and s.layer not in sharing]
             raise ValueError(
                 f"Compression info names layer {name!r}, which is not a conv or dense layer "
-                f"of the model. Known layers: {known}"
-            )
+                f"of the model. Known layers: {known}" + (
+                    f". The file names no layer for records {unnamed} of its size, which other "
+                    "palettes' sizes fit too (ambiguous: estimate the Keras model, or the file "
+                    "alone, which reads its codebooks)" if unnamed else ""))
         for info in infos:
             fits = [s for s in candidates if s.n_weights == info.n_weights
                     and s.name not in matched]
@@ -182,6 +192,24 @@ def match_sharing(shapes, sharing, skipped=()):
                 (first.layer, first.kind, first.n_weights) == (s.layer, s.kind, s.n_weights):
             matched[s.name] = matched[first.name]
     return matched, unused
+
+
+def check_unique_records(shapes):
+    """Raises if two conv / dense records share a name: the readers name a layer's later
+    calls `<layer>#<n>`, so a layer named `fc#2` beside a layer `fc` called twice gave two
+    records `fc#2`, and compression info keyed by record name charged one's palette on both
+    (`fc` float, `fc#2` K=4: the second call of `fc` was charged K=4, before 2026-12-06)."""
+    seen, twice = set(), []
+    for s in shapes:
+        if s.kind in ("conv", "dense"):
+            if s.name in seen and s.name not in twice:
+                twice.append(s.name)
+            seen.add(s.name)
+    if twice:
+        raise ValueError(
+            f"Cannot match compression info: records {twice} name two layers' kernels (a "
+            "layer's later calls are named `<layer>#<n>`, and a layer is named so too). "
+            "Rename the layers whose names contain '#'.")
 
 
 def _refuse_hidden(name, by_layer, of_palette):
@@ -242,14 +270,25 @@ def _unnamed_by_size(infos, shapes, sharing):
     return fits if len(fits) == 1 and not rivals else None
 
 
-def _separable_part(name, by_layer):
+def _renamed(layer, by_layer):
+    """Whether a `.tflite`'s records hold `layer`'s renamed scope (`layer_<n>`): a file renames
+    every scope, so its record named `layer` exactly is another layer's (`x` -> `x_1`)."""
+    return any(re.fullmatch(re.escape(layer) + r"_\d+", k) for k in by_layer)
+
+
+def _separable_part(name, by_layer, in_file=True):
     """The records of `layer/depthwise` (`layer/pointwise`) in a `.tflite`, which names a
     separable conv's two ops after the layer's (renamed) scope, `layer_1` and `layer_1#2`:
     its depthwise records (groups > 1), or its others; None unless exactly one scope fits.
     (A palette of a separable conv passed to `estimate(file, palettes=...)` named no record:
-    fer's palettized file was refused, "names layer 'separable_conv2d_1/depthwise'".)"""
+    fer's palettized file was refused, "names layer 'separable_conv2d_1/depthwise'".) In a
+    file, a renamed scope wins over the exact name: with separable convs `a` and `a_1`, record
+    `a_1` is `a`'s (`a_1`'s palettes were charged on it, `a_1_2` left float, before
+    2026-12-06)."""
     layer, part = name.rsplit("/", 1)
     near = [k for k in by_layer if re.fullmatch(re.escape(layer) + r"(_\d+)?", k)]
+    if in_file and len(near) > 1:
+        near = [k for k in near if k != layer]
     if len(near) != 1:
         return None
     found = [s for s in by_layer[near[0]] if (s.groups > 1) == (part == "depthwise")]
@@ -290,6 +329,8 @@ def match_pruning(shapes, pruning, skipped=()):
             f"kept_fraction}}. Received: pruning={pruning!r}"
         )
     out, unused = {}, {}
+    if pruning:
+        check_unique_records(shapes)
     for name, frac in pruning.items():
         if not (isinstance(frac, (int, float)) and 0 < frac <= 1):
             raise ValueError(
@@ -302,8 +343,9 @@ def match_pruning(shapes, pruning, skipped=()):
         if where is not None:
             unused.setdefault(where, []).append(f"its pruning (kept {frac}) is not applied")
             continue
-        if not hits:
+        if not hits:  # a `.tflite`'s keys are its record names: layer `x`'s is `x_1`
+            known = sorted({s.name for s in shapes if s.kind in ("conv", "dense")})
             raise ValueError(f"Pruning info names layer {name!r}, which is not a conv or "
-                             "dense layer of the model.")
+                             f"dense layer of the model. Known records: {known[:20]}.")
         out.update(dict.fromkeys(hits, float(frac)))
     return out, unused

@@ -20,6 +20,8 @@ checked against the kernels the wrapper computes: :func:`palette_layers`).
 
 from __future__ import annotations
 
+from dkm_tf.export.scope_names import check_scope_names
+
 __all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "check_full_int8",
            "check_keras_quantized", "check_numeric_inputs", "check_stripped_model",
            "recurrent_loops",
@@ -38,6 +40,7 @@ def check_built_model(model):
         raise ValueError("Invalid value for argument `model`. Expected a built Keras model. "
                          f"Received: model {model.name!r}, which is not built (or has no "
                          "layers): call it on data or give it an Input first.")
+    check_scope_names(model)  # names TensorFlow's converter cannot trace
     check_float_model(model)
     check_stripped_model(model)
     check_keras_quantized(model)

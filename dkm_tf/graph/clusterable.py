@@ -47,7 +47,7 @@ import keras
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import invalid_type
 from dkm_tf.graph.layer_config import DEPTHWISE_NOTE, LayerConfig, weight_config
-from dkm_tf.graph.layer_names import wrapped_layer
+from dkm_tf.graph.layer_names import check_name_or_class, wrapped_layer
 from dkm_tf.graph.quantized import check_not_quantized
 
 __all__ = ["DEPTHWISE_NOTE", "SUPPORTED_LAYERS", "LayerConfig", "check_has_clusterable",
@@ -300,7 +300,8 @@ def check_overrides(model, overrides, defaults, check_settings=None):
     layer), each value None or a dict of settings among ``defaults`` (``check_settings`` checks
     the defaults updated by it). A key that would be ignored is refused: a typo (close matches
     listed), one naming only models (nested or not, ``"Functional"``: their layers would get
-    the defaults), or one giving settings to layers never clustered (``"BatchNormalization"``).
+    the defaults), one giving settings to layers never clustered (``"BatchNormalization"``),
+    or one that is a layer's name and others' class (a Conv2D ``"Dense"``: it applied to all).
 
     Raises:
         TypeError: ``overrides`` is not a dict, or a value is neither None nor a dict.
@@ -336,6 +337,7 @@ def check_overrides(model, overrides, defaults, check_settings=None):
                          f"layer name or layer class name of model {getattr(model, 'name', '')!r}"
                          f" (layers: {sorted(layer.name for layer in layers[1:])[:20]})"
                          + (f". Close matches: {hint}" if hint else "") + ".")
+    check_name_or_class(overrides, layers)  # `Dense`: a layer's name, others' class
     _check_effective(model, overrides, matches)
     return dict(overrides)
 

@@ -8,7 +8,7 @@ report what it cannot tell apart, naming each layer by its path (``"a/fc"``, ``"
 
 from dkm_tf.graph.layer_paths import layer_paths
 
-__all__ = ["duplicated_names", "where", "wrapped_layer"]
+__all__ = ["check_name_or_class", "duplicated_names", "where", "wrapped_layer"]
 
 
 def wrapped_layer(layer):
@@ -37,3 +37,19 @@ def duplicated_names(model):
 def where(layers):
     """The paths of `duplicated_names` entries, quoted, comma-separated."""
     return ", ".join(repr(path) for path, _ in layers)
+
+
+def check_name_or_class(overrides, layers):
+    """Raise ``ValueError`` for an ``overrides`` key that is one layer's name and the class
+    name of others (a Conv2D named ``"Dense"`` beside Dense layers): it applied to all of them,
+    by name and by class (``{"Dense": None}`` left every layer float, with no word). A Dense
+    named ``"Dense"`` beside other Dense layers is one meaning either way: accepted."""
+    for key in overrides:
+        named = [layer for layer in layers if getattr(layer, "name", None) == key]
+        typed = [layer.name for layer in layers
+                 if type(layer).__name__ == key and getattr(layer, "name", None) != key]
+        if named and typed and any(type(layer).__name__ != key for layer in named):
+            raise ValueError(
+                f"Invalid value for argument `overrides`: key {key!r} names layer {key!r} (a "
+                f"{type(named[0]).__name__}) and is the class of layers {typed[:5]}; it would "
+                "apply to all of them. Rename the layer, or key the others by their names.")
