@@ -35,7 +35,13 @@ from dkm_tf.cli_args import (
     path_flag,
 )
 from dkm_tf.cli_export import clear_earlier_outputs, write_plots, write_tflite
-from dkm_tf.cli_help import command_error, early_exit, flag_message
+from dkm_tf.cli_help import (
+    command_error,
+    early_exit,
+    flag_message,
+    load_model_flag,
+    model_flag_error,
+)
 from dkm_tf.cli_overrides import HELP, check_compress_args, check_model_overrides, default_method
 from dkm_tf.cli_tables import import_tensorflow_quietly
 from dkm_tf.core.files import atomic_path, is_home_tilde
@@ -71,7 +77,8 @@ _INIT = flags.DEFINE_enum("init", "kmeans++", ["kmeans++", "linear", "density", 
                           "k-means initialisation.")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs of the built-in model.")
 _FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", 3, "Fine-tuning epochs (methods "
-                                        "finetune and dkm+finetune).")
+                                        "finetune and dkm+finetune; compress() in Python "
+                                        "defaults to 2).")
 _DKM_EPOCHS = flags.DEFINE_integer("dkm_epochs", 5, "Re-training epochs with the regularizer.")
 _LAM = flags.DEFINE_float("lam", 1.0, "Regularizer strength lambda (the paper's 1e-4 is too "
                           "weak for a few epochs of Adam; see dkm_tf.compress).")
@@ -133,6 +140,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         plots=plots, plots_dir=plots_dir, quiet=quiet, codebook=codebook,
         transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
         calibration_samples=calibration_samples, overrides=overrides)
+    n_clusters, epochs, finetune_epochs, dkm_epochs, seed, lam = (  # numpy numbers: report.json
+        int(n_clusters), int(epochs), int(finetune_epochs), int(dkm_epochs), int(seed), float(lam))
     model_path, dataset, output_dir, plots_dir = (path_flag(f, v) for f, v in (  # a Path: str
         ("model", model_path), ("dataset", dataset), ("output_dir", output_dir),
         ("plots_dir", plots_dir)))
@@ -142,8 +151,6 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         held.enter_context(folder_lock(output_dir))
         if plots_dir and not same_file(plots_dir, output_dir):  # folders too
             held.enter_context(folder_lock(plots_dir, "plots_dir"))  # its PNGs are replaced
-        import keras  # noqa: PLC0415
-
         from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
         from dkm_tf.export.verify import choose_interpreters  # noqa: PLC0415
         from dkm_tf.pipeline_args import DataMismatchError  # noqa: PLC0415
@@ -171,14 +178,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                                       callbacks=[progress.keras_callback("train")])
             _log(f"[train] done in {time.perf_counter() - t:.1f} s")
         else:
-            from dkm_tf.core.files import check_model_file  # noqa: PLC0415
-
-            check_model_file(model_path)
-            try:
-                model = keras.models.load_model(model_path, compile=False)
-            except (OSError, ValueError, TypeError) as e:  # say which file (a truncated .h5, ...)
-                raise ValueError(f"Could not load --model {model_path!r}: {type(e).__name__}: "
-                                 f"{e}") from e
+            model = load_model_flag(model_path)  # errors name --model and the file
             check_export_size(model, tflite, dataset)  # an open input size needs --dataset
             train = test = None
             if dataset:
@@ -255,6 +255,11 @@ def run_energy(model_path, **kwargs):
         text = energy.energy_cli_text(model_path, **kwargs)
     except InputShapeError as e:
         raise input_shape_error(e, kwargs.get("input_shape")) from None
+    except ValueError as e:  # a damaged or renamed file: named with its flag
+        clear = model_flag_error(e, model_path)
+        if clear is None:
+            raise
+        raise clear from e
     _log(text)
     return text
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 import sys
@@ -74,8 +75,10 @@ def help_text(command=None):
 
 
 def _int(flag, value, low, high=None):
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (
-        high is None or value <= high)
+    """Refuse all but an integer in ``[low, high]``; numpy integers pass, as in
+    :func:`dkm_tf.compress` (``run_compress(n_clusters=np.int32(4))`` was refused)."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and (
+        value >= low) and (high is None or value <= high)
     if not ok:
         bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         raise CliUsageError(flag, bound, value)
@@ -201,7 +204,8 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
     _int("epochs", epochs, 1 if model_path is None else 0)
     _int("finetune_epochs", finetune_epochs, 0)
     _int("dkm_epochs", dkm_epochs, 0)
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+    if not (isinstance(lam, numbers.Real) and not isinstance(lam, bool)  # True was taken
+            and math.isfinite(lam) and lam >= 0):
         raise CliUsageError("lam", "a finite number >= 0", lam)
     _int("seed", seed, 0, 2**32 - 1)
     _output_dir(output_dir)

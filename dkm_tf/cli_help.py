@@ -73,6 +73,40 @@ def flag_message(message, command=None):
     return message
 
 
+def model_flag_error(error, model_path):
+    """A model file's ``ValueError`` (``check_model_file``'s, ``energy.estimate``'s) for
+    ``--model model_path``: the flag the user typed instead of the function's argument
+    (``path``, ``model_or_path``), the path once; None when it names no argument."""
+    flag = f"Could not load --model {model_path!r}"
+    text = re.sub(r"Invalid value for argument `(path|model_or_path)`", lambda _: flag,
+                  str(error), count=1)
+    if text == str(error):
+        return None
+    return ValueError(re.sub(r"Received: (path|model_or_path)=" + re.escape(repr(model_path))
+                             + r"(, )?", lambda _: "Received: ", text, count=1))
+
+
+def load_model_flag(model_path):
+    """``keras.models.load_model(model_path, compile=False)`` after ``check_model_file``,
+    every failure a ``ValueError`` naming ``--model`` and the file."""
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.core.files import check_model_file  # noqa: PLC0415
+
+    try:
+        check_model_file(model_path)
+    except ValueError as e:  # a damaged or renamed file, named with its flag
+        clear = model_flag_error(e, model_path)
+        if clear is None:
+            raise
+        raise clear from e
+    try:
+        return keras.models.load_model(model_path, compile=False)
+    except (OSError, ValueError, TypeError) as e:  # say which file (a truncated .h5, ...)
+        raise ValueError(f"Could not load --model {model_path!r}: {type(e).__name__}: "
+                         f"{e}") from e
+
+
 def _usage():
     """The "Usage:" lines of the help text (the commands, one line each)."""
     lines = help_text().splitlines()

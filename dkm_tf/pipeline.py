@@ -196,7 +196,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             re-training takes their K, sparsity and None too, and refuses another unit or
             preserve_sparsity (it regularizes every layer with one). Overrides that leave
             every clusterable layer float are refused before any work (nothing to cluster).
-        finetune_epochs: epochs of hard-weight-sharing fine-tuning.
+        finetune_epochs: epochs of hard-weight-sharing fine-tuning (``dkm-tf compress``: 3).
         finetune_learning_rate: Adam learning rate of the fine-tuning (default: 1e-3 when
             the smallest K of any layer, ``overrides`` included, is <= 4, else 1e-4).
         dkm_epochs: epochs of re-training with the k-means regularizer.
@@ -204,8 +204,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             barely moves the weights in a few epochs of Adam: on the digits CNN at K=2 it gave
             73 % after k-means vs 92 % with lambda = 1 (measured), hence the default 1.0.
         relaxation: ``"hard"`` or ``"spectral"`` (see :class:`SpectralKMeansRegularizer`).
-        sparsity: fraction p of units per tensor tied to a fixed zero centre, in the
-            regularizer (``dkm``) and in the final k-means (Deep k-Means §4.1.4).
+        sparsity: fraction p of units per tensor tied to a fixed zero centre, in the regularizer
+            and the final k-means of ``"wr"`` / ``"dkm"`` (§4.1.4; the finetune methods refuse).
         batch_size: batch size of training and evaluation.
         verbose: 0 silent, 1 progress lines, 2 Keras progress bars too.
         preserve_sparsity: keep a pruned model's exact zeros exactly zero in every step (a

@@ -60,6 +60,10 @@ def check_args(model, train_data, test_data, args):
                           high_open=True)
     if a["preserve_sparsity"] and a["sparsity"]:
         raise validate.invalid("sparsity", "0 with preserve_sparsity=True", a["sparsity"])
+    if trains and a["sparsity"]:  # was dropped: 0 % zeros where "wr" / "dkm" gave 30 %
+        raise validate.invalid("sparsity", f"0 with method={method!r} (its clustering, "
+                               "cluster_weights, has no fixed zero cluster; sparsity applies "
+                               "to method 'wr' or 'dkm')", a["sparsity"])
     validate.check_int("batch_size", a["batch_size"], minimum=1)
     if not isinstance(a["verbose"], bool):  # True/False read as 1/0
         validate.check_int("verbose", a["verbose"], minimum=0, maximum=2)

@@ -23,6 +23,7 @@ from dkm_tf.training import regularizer as reg_lib
 from dkm_tf.training.attach_report import AttachedRegularizers, weight_paths
 from dkm_tf.training.attach_report import per_layer as _per_layer
 from dkm_tf.training.attach_report import skipped_layers as _skipped
+from dkm_tf.training.wrapper_kmeans import MAX_PADDED_ENTRIES
 
 __all__ = ["AttachedRegularizers", "attach_regularizer", "detach_regularizer",
            "kmeans_regularizers", "refresh_regularizers", "strategy_scope"]
@@ -44,6 +45,20 @@ def _selected(kind, include_dense):
     kernels always; with ``include_dense`` every other kind :func:`dkm_tf.share_weights`
     clusters too (Dense, Embedding, recurrent, EinsumDense / attention, custom "vector")."""
     return kind in _CONV_KINDS or include_dense
+
+
+def _check_padded(k, geometry, name, used=0):
+    """Refuse a K above a weight's units whose (K + 1) x d state is huge, alone or with the
+    ``used`` entries of the other weights' (returned: this one's, 0 when K <= units): the hard
+    regularizer's per-cluster sums hold K + 1 entries even where only N units exist, and
+    ``attach_regularizer(m, 2**31 - 1)`` had the process killed for memory."""
+    _, lead, d, trail = geometry
+    padded = (k + 1) * d if k > lead * trail else 0
+    if used + padded > MAX_PADDED_ENTRIES:
+        raise invalid("n_clusters", f"an integer <= {lead * trail:,} (the units of {name}): "
+                      f"the regularizer's state would hold ({k:,} + 1) x {d} entries"
+                      + (f" besides {used:,} of other weights" if used else ""), k)
+    return padded
 
 
 def _owner(layer, attr):
@@ -107,7 +122,8 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
             others get scalars (as :func:`dkm_tf.share_weights` clusters them).
         layers: layer names or layer objects to regularize (default: every conv-type layer,
             plus every other clusterable weight when ``include_dense``).
-        include_dense: when ``layers`` is None, also regularize every clusterable weight that
+        include_dense: (default False; :func:`dkm_tf.dkm_retrain`'s is True) when ``layers``
+            is None, also regularize every clusterable weight that
             is not a conv kernel, i.e. all that :func:`dkm_tf.share_weights` and
             :func:`dkm_tf.cluster_weights` cluster: Dense kernels, Embedding tables (their
             ``embeddings_regularizer``), custom layers' weights (``get_clusterable_weights``),
@@ -152,9 +168,13 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
     for arg, value in (("n_clusters", n_clusters), ("sparsity", sparsity)):
         unknown = sorted(set(value) - set(by_name), key=str) if isinstance(value, dict) else []
         if unknown:
+            classes = {type(lay).__name__ for lays in by_name.values() for lay in lays}
             raise ValueError(f"Invalid value for argument `{arg}`. Expected a value or a dict "
                              f"keyed by layer names of model {model.name!r}. Received keys "
-                             f"that name no layer: {unknown}")
+                             f"that name no layer: {unknown}" + (
+                                 " (layer class names, which share_weights' overrides take, "
+                                 "are not keys here: name each layer)"
+                                 if classes.intersection(unknown) else ""))
     for k in (n_clusters.values() if isinstance(n_clusters, dict) else [n_clusters]):
         if k is not None or not isinstance(n_clusters, dict):
             check_n_clusters(k)
@@ -202,6 +222,16 @@ def attach_regularizer(model, n_clusters, lam=1e-4, *, relaxation="hard", unit="
                                      for layer in clusterable.walk_layers(model)) else "")))
     _check_features(model, list({id(layer): layer for layer, _ in targets}.values()))
     attached, degenerate, unsaved, planned, paths = {}, [], [], [], weight_paths(model)
+    padded = 0
+    for layer, (attr, var, kind) in targets:  # a huge padded K refused before any k-means
+        k = _per_layer(n_clusters, layer.name)
+        geometry = None
+        if k is not None and relaxation == "hard":
+            with contextlib.suppress(ValueError):  # a bad unit: named with its layer below
+                geometry = reg_lib.unit_geometry(var.shape, _unit_for(
+                    unit, kind, layer, attr, var.shape, layers is not None))
+        if geometry is not None:
+            padded += _check_padded(k, geometry, f"{layer.name}/{attr}", padded)
     with strategy_scope(model):  # every F first: an error leaves the model as it was
         for layer, (attr, var, kind) in targets:
             k = _per_layer(n_clusters, layer.name)

@@ -53,6 +53,7 @@ from dkm_tf.training.wrapper import (
 from dkm_tf.training.wrapper_extras import build_now as _build_now
 from dkm_tf.training.wrapper_extras import keep_frozen_variables, warn_unenforced_constraints
 from dkm_tf.training.wrapper_extras import unwrap as _unwrap
+from dkm_tf.training.wrapper_kmeans import check_padded_codebook
 
 __all__ = ["ClusteringReport", "cluster_weights", "palettes_of", "strip_clustering"]
 
@@ -84,7 +85,7 @@ def _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options, pool, imp
     thread; each wrapper picks up its results in ``build``. Layers the wrapper would reject
     are left alone: the wrapper then raises its usual error.
     """
-    jobs = []
+    jobs, padded = [], 0
     for layer in clusterable_lib.walk_layers(model):
         if (isinstance(layer, (ClusterWeights, keras.Model)) or not layer.built
                 or not clusterable_lib.is_clusterable(layer)):
@@ -95,6 +96,8 @@ def _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options, pool, imp
             continue
         for attr, var, kind in weights:
             layout = kmeans_layout(var.shape, kind, cfg["unit"], cfg["granularity"])
+            padded += check_padded_codebook(layout, cfg["n_clusters"], cfg["preserve_sparsity"],
+                                            f"{layer.name}/{attr}", padded)  # before any job
             jobs.append((int(np.prod(var.shape)), id(layer), attr, layout, var, cfg,
                          f"{layer.name}/{attr}"))
     futures = {}

@@ -41,8 +41,10 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         val_data: optional validation data in the same form.
         n_clusters, unit, granularity, init, overrides, latent, preserve_sparsity: see
             :func:`cluster_weights` (``preserve_sparsity`` keeps a pruned model's zeros).
-        epochs: fine-tuning epochs (0 gives post-training clustering only).
-        learning_rate: Adam learning rate, a number or a Keras ``LearningRateSchedule``.
+        epochs: fine-tuning epochs (0 gives post-training clustering only). Defaults differ
+            on purpose: ``compress(method="finetune")`` runs 2, ``dkm-tf compress`` 3.
+        learning_rate: Adam learning rate, a number or a Keras ``LearningRateSchedule``
+            (``compress`` picks 1e-3 when the smallest K is <= 4, else 1e-4).
         batch_size: used with array data.
         reassign_every: with ``latent=True``, re-assign indices every this many epochs
             (:class:`dkm_tf.ReassignClusters`); ``None`` never re-assigns.

@@ -59,7 +59,10 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
         n_clusters: K, an int or ``{layer name: K}``.
         lam: λ of the penalty (λ/2)‖W − W F Fᵀ‖².
         relaxation: ``"hard"`` (cluster-indicator F) or ``"spectral"`` (the paper's text).
-        unit: ``"auto"``, ``"row"``, ``"kernel"`` or ``"scalar"``.
+        unit: ``"auto"``, ``"row"``, ``"kernel"`` or ``"scalar"``. The default ``"auto"``
+            (rows for k x k convs, as :func:`attach_regularizer`) differs on purpose from
+            ``share_weights`` / ``cluster_weights`` / ``compress`` (``"scalar"``, which
+            ``compress(method="dkm")`` passes here): give the unit of the k-means that follows.
         epochs: training epochs.
         learning_rate: Adam learning rate, a number or a Keras ``LearningRateSchedule``.
         batch_size: batch size for array data (ignored for datasets).
@@ -70,7 +73,8 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
             zero through training (a constraint while ``fit`` runs, removed afterwards).
         include_dense: also regularize every clusterable weight that is not a conv kernel
             (Dense, Embedding, recurrent, attention; conv kernels always are), as the
-            k-means that follows clusters them (see :func:`dkm_tf.attach_regularizer`).
+            k-means that follows clusters them (see :func:`dkm_tf.attach_regularizer`, whose
+            default is False: it regularizes conv kernels only unless asked).
         seed: k-means and Keras seed (``keras.utils.set_random_seed(seed)`` before ``fit``,
             as :func:`dkm_tf.finetune`: the same seed shuffles the same way), below 2**32.
         callbacks: extra Keras callbacks.

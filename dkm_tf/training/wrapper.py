@@ -42,7 +42,12 @@ from dkm_tf.training import wrapper_extras as extras
 from dkm_tf.training.distribute import collective_safe_dtype
 from dkm_tf.training.soft import gather_codebook
 from dkm_tf.training.wrapper_deferred import NO_VALUE_YET, DeferredKMeans, in_symbolic_scope
-from dkm_tf.training.wrapper_kmeans import index_dtype, kmeans_codebook, kmeans_layout
+from dkm_tf.training.wrapper_kmeans import (
+    check_padded_codebook,
+    index_dtype,
+    kmeans_codebook,
+    kmeans_layout,
+)
 
 __all__ = ["ClusterWeights", "gather_codebook", "index_dtype", "kmeans_codebook", "kmeans_layout",
            "validate_settings"]
@@ -199,6 +204,8 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
         plans = []
         for attr, var, kind in extras.plain_weights(self.layer):
             layout = kmeans_layout(var.shape, kind, self.unit, self.granularity)
+            check_padded_codebook(layout, self.n_clusters, self.preserve_sparsity,
+                                  f"{self.layer.name}/{attr}")  # before any k-means or weight
             plans.append((attr, var, layout,
                           None if self._skip_kmeans else self._initial_clusters(attr, var, layout)))
         # Every k-means has run (or waits for the kernel's value: Keras builds a subclassed

@@ -13,7 +13,12 @@ from dkm_tf.core import kmeans as kmeans_lib
 from dkm_tf.core import kmeans_batched as batched_lib
 from dkm_tf.core import units as units_lib
 
-__all__ = ["check_finite", "index_dtype", "kmeans_codebook", "kmeans_layout", "nearest_indices"]
+__all__ = ["check_finite", "check_padded_codebook", "index_dtype", "kmeans_codebook",
+           "kmeans_layout", "nearest_indices"]
+
+# entries of codebooks padded past the units they hold (K > M), per model (cluster_weights) or
+# per wrapper built alone, above which K is refused (2**25 per weight took 0.4-2 GB each)
+MAX_PADDED_ENTRIES = 2**24
 
 
 def index_dtype(n_clusters):
@@ -29,6 +34,29 @@ def kmeans_layout(kernel_shape, kind, unit, granularity):
     return units_lib.layout_for(tuple(kernel_shape), kind, unit, granularity)
 
 
+def check_padded_codebook(layout, n_clusters, preserve_sparsity=False, name=None, used=0):
+    """Refuse a K above a weight's M units whose padded (G, K, d) codebook is huge, alone or
+    with ``used`` entries the model's other padded codebooks hold; return its entries (0 when
+    K <= M: no padding).
+
+    The wrapper's codebook holds K centroids per group even where a group has only M < K
+    units (the last centroid repeated), so ``cluster_weights(m, n_clusters=2**31 - 1)``
+    allocated gigabytes and the process was killed, where ``share_weights`` keeps min(K, M).
+    """
+    g, m, d = layout.n_groups, layout.n_units, layout.unit_dim
+    k = int(n_clusters) + bool(preserve_sparsity)
+    padded = g * k * d if k > m + bool(preserve_sparsity) else 0
+    if used + padded > MAX_PADDED_ENTRIES:
+        others = f", with {used:,} entries of other padded codebooks" if used else ""
+        raise ValueError(
+            f"Invalid value for argument `n_clusters`. Expected an integer <= {m:,} (the units "
+            f"per codebook of {name or 'this weight'}): K above them pads the wrapper's codebook "
+            f"to {g:,} x {k:,} x {d} entries, all but {m:,} per group copies (share_weights "
+            f"keeps min(K, units)){others}. Pass a smaller n_clusters or an override for this "
+            f"layer. Received: n_clusters={n_clusters}")
+    return padded
+
+
 def kmeans_codebook(kernel, layout, n_clusters, *, init="kmeans++", seed=0, name=None,
                     kmeans_options=None, preserve_sparsity=False):
     """k-means of one kernel into the wrapper's variables: codebook (G, K, d), indices (G, M).
@@ -38,6 +66,7 @@ def kmeans_codebook(kernel, layout, n_clusters, *, init="kmeans++", seed=0, name
     fewer distinct units than K, its last centroid is repeated (no unit uses the copies).
     With ``preserve_sparsity`` the codebook is (G, K + 1, d), entry 0 the fixed zero.
     """
+    check_padded_codebook(layout, n_clusters, preserve_sparsity, name)
     kernel = np.asarray(kernel)
     k, opts = n_clusters, dict(kmeans_options or {})
     if preserve_sparsity:
