@@ -7,12 +7,12 @@ import contextlib
 import errno
 import os
 
-__all__ = ["write_error"]
+__all__ = ["WRITE_ERRNOS", "write_error"]
 
 
 # errors of the file system, not of the data written: named with the file (the bare
 # "[Errno 28] No space left on device" of a write named no file)
-_WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+WRITE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                  errno.EFBIG: "file too large", errno.EIO: "input/output error",
                  errno.EROFS: "read-only file system", errno.EMFILE: "too many open files "
                  "in this process (raise `ulimit -n`)", errno.ENFILE: "too many open files "
@@ -34,9 +34,9 @@ def write_error(error, path, folder, existed, tmp=None):
     if code == errno.ENOENT and not os.path.isdir(folder):
         return FileNotFoundError(code, f"Could not write {path!r}: its folder {folder!r} was "
                                        f"removed while it was written; {state}")
-    if code not in _WRITE_ERRNOS:
+    if code not in WRITE_ERRNOS:
         return None
-    why = _WRITE_ERRNOS[code]
+    why = WRITE_ERRNOS[code]
     other = getattr(error, "filename", None)  # a writer's own temp elsewhere (TMPDIR)
     if isinstance(other, str) and os.path.dirname(os.path.realpath(other)) != folder:
         folder = os.path.dirname(os.path.realpath(other))

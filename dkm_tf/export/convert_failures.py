@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import errno
 
+from dkm_tf.core.write_errors import WRITE_ERRNOS
+
 __all__ = ["check_signature", "system_failure"]
 
 
-_SYSTEM_FAILURES = (("No space left on device", errno.ENOSPC, "no space left on device"),
-                    ("Disk quota exceeded", errno.EDQUOT, "disk quota exceeded"),
-                    ("Too many open files", errno.EMFILE, "too many open files (raise "
-                     "`ulimit -n`)"))
+# the converter's own text of each failure (the phrases are the atomic writers')
+_SYSTEM_FAILURES = (("No space left on device", errno.ENOSPC),
+                    ("Disk quota exceeded", errno.EDQUOT),
+                    ("Too many open files", errno.EMFILE))
 
 
 def system_failure(error):
     """``(errno, phrase)`` when the converter failed for want of disk space or file
     descriptors (its text says so), else None."""
     text = str(error)
-    return next(((code, why) for key, code, why in _SYSTEM_FAILURES if key in text), None)
+    return next(((code, WRITE_ERRNOS[code]) for key, code in _SYSTEM_FAILURES if key in text),
+                None)
 
 
 def check_signature(model, content):

@@ -113,6 +113,10 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
     specs = convert_lib.input_specs(model, sample_inputs)
     float_content = convert_lib.convert(model, specs, "none")
     errors = []  # the refusals of this loop, each warned about (the first raised if alone)
+
+    def target_file(label):
+        return os.path.join(out_dir, f"{stem}.{label}.tflite")
+
     for label in targets:
         if label in reports.refused:
             continue
@@ -120,9 +124,8 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
             reports.refused[label] = ("tflite-micro is not installed (pip install "
                                       "tflite-micro)")
             continue
-        path = os.path.join(out_dir, f"{stem}.{label}.tflite")
         try:
-            reports[label] = to_tflite(model, path, palettes=palettes,
+            reports[label] = to_tflite(model, target_file(label), palettes=palettes,
                                        sample_inputs=sample_inputs,
                                        float_content=float_content, **EXPORT_TARGETS[label])
         except (ValueError, RuntimeError) as e:  # TFLite Micro's refusals, any verification's
@@ -131,16 +134,16 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
             errors.append(e)
             reports.refused[label] = " ".join(str(e).split())
         except OSError as e:  # a full disk: say which files are this call's and which are not
-            raise _stopped(e, label, reports, targets, out_dir, stem) from e
-    removed = []
+            raise _stopped(e, label, reports, targets, target_file) from e
+    removed = {}  # label: the earlier run's file removed
     for label in reports.refused:  # an earlier run's file there would pass for this model's
-        path = os.path.join(out_dir, f"{stem}.{label}.tflite")
+        path = target_file(label)
         if os.path.isfile(path):
             os.remove(path)
-            removed.append(label)
+            removed[label] = path
             reports.refused[label] += f" (the file an earlier run left at {path} was removed)"
     if errors and not reports:  # nothing else to report: the refusal itself, and what went
-        gone = [os.path.join(out_dir, f"{stem}.{t}.tflite") for t in removed]
+        gone = list(removed.values())
         if gone:
             errors[0].args = (f"{errors[0]} (the file(s) an earlier run left at {gone} were "
                               "removed)", *errors[0].args[1:])
@@ -184,13 +187,12 @@ def _unconvertible(model, targets):
     return {"int8_full": why}
 
 
-def _stopped(error, label, reports, targets, out_dir, stem):
+def _stopped(error, label, reports, targets, target_file):
     """The ``OSError`` (same errno) of a write that failed at target ``label``: the error, the
-    files this call wrote, and the files of the targets not written that an earlier run left
-    (they are not this model's export)."""
+    files this call wrote, and the files (``target_file(label)``) of the targets not written
+    that an earlier run left (they are not this model's export)."""
     rest = [t for t in targets if t not in reports]  # refused ones too: not this model's
-    stale = [p for p in (os.path.join(out_dir, f"{stem}.{t}.tflite") for t in rest)
-             if os.path.isfile(p)]
+    stale = [p for p in map(target_file, rest) if os.path.isfile(p)]
     why = error.strerror or error
     return OSError(error.errno, f"export_all stopped at target {label!r}: {why}. Written by "
                                 f"this call: {[r.path for r in reports.values()]}; not written: "
