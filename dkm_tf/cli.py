@@ -30,18 +30,14 @@ from dkm_tf.cli_args import (
     check_export_size,
     check_outputs,
     dataset_words,
-    input_shape_error,
     load_dataset,
     path_flag,
 )
+from dkm_tf.cli_custom import HELP as CUSTOM_HELP
+from dkm_tf.cli_custom import custom_code, loss_note
+from dkm_tf.cli_energy import run_energy
 from dkm_tf.cli_export import clear_earlier_outputs, write_plots, write_tflite
-from dkm_tf.cli_help import (
-    command_error,
-    early_exit,
-    flag_message,
-    load_model_flag,
-    model_flag_error,
-)
+from dkm_tf.cli_help import command_error, early_exit, flag_message, load_model_flag
 from dkm_tf.cli_overrides import HELP, check_compress_args, check_model_overrides, default_method
 from dkm_tf.cli_tables import import_tensorflow_quietly
 from dkm_tf.core.files import atomic_path, is_home_tilde
@@ -95,6 +91,7 @@ _INPUT_SHAPE = flags.DEFINE_string("input_shape", None, "Input size without the 
                                    "e.g. 12,12,3, for a model or .tflite that leaves "
                                    "it open, or a subclassed model.")
 _OVERRIDES = flags.DEFINE_string("overrides", None, HELP)
+_CUSTOM = flags.DEFINE_string("custom_objects", None, CUSTOM_HELP)
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars or progress lines on stderr "
                            "(the tables and written paths still print).")
 
@@ -123,7 +120,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                  dkm_epochs=5, lam=1.0, seed=0, output_dir="dkm_tf_out", tflite=True,
                  plots=True, plots_dir=None, quiet=False, progress=None, codebook="layer",
                  transforms=1, scale_bits=16, weighting="none", refine="none",
-                 calibration_samples=256, overrides=None):
+                 calibration_samples=256, overrides=None, custom_objects=None):
     """Run ``dkm-tf compress``; returns the :class:`~dkm_tf.pipeline.CompressionResult`.
 
     Training, k-means, export and evaluation show progress on stderr
@@ -132,6 +129,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
     ``result.plots`` and report.json. Every argument is checked first, as on the command line
     (:func:`~dkm_tf.cli_args.check_compress_args`: a ``ValueError``, before any work).
     ``overrides``: --overrides' JSON text or .json path, or a dict (:mod:`dkm_tf.cli_overrides`).
+    ``custom_objects``: --custom_objects' ``.py`` files / module names (a comma-separated str
+    or a list), imported before the model loads (:func:`dkm_tf.cli_custom.custom_code`).
     """
     overrides = check_compress_args(  # overrides: --overrides parsed (JSON text or file)
         model_path, dataset=dataset, method=method, n_clusters=n_clusters, unit=unit,
@@ -147,7 +146,11 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         ("plots_dir", plots_dir)))
     from dkm_tf.core.files import folder_lock, same_file  # noqa: PLC0415
 
+    if custom_objects is not None and model_path is None:
+        raise CliUsageError("custom_objects", "it with --model only (the custom code of "
+                            "your model file)", custom_objects)
     with contextlib.ExitStack() as held:  # one run per folder, taken before any work
+        held.enter_context(custom_code(custom_objects, usage_error=CliUsageError))
         held.enter_context(folder_lock(output_dir))
         if plots_dir and not same_file(plots_dir, output_dir):  # folders too
             held.enter_context(folder_lock(plots_dir, "plots_dir"))  # its PNGs are replaced
@@ -189,6 +192,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
             _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
             check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
             check_model_overrides(model, overrides, method, locals())  # keys naming its layers
+            notes += [n for n in [loss_note(model_path, method, weighting)] if n]
             if test is not None and test[1] is None:  # held-out inputs without labels: the
                 test, note = pipeline.agreement_data(model, test[0])  # float model's classes
                 metric = metric if test is None else cli_tables.AGREEMENT
@@ -244,26 +248,6 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         return result
 
 
-def run_energy(model_path, **kwargs):
-    """Run ``dkm-tf energy``; returns the printed text (``kwargs``: those of
-    :func:`dkm_tf.energy.estimate`, ``index_cost="auto"`` unless given: the index entropy as in
-    ``dkm-tf compress`` where the file gives it; a bad ``input_shape`` names --input_shape)."""
-    from dkm_tf import energy  # noqa: PLC0415
-    from dkm_tf.energy.keras_reader import InputShapeError  # noqa: PLC0415
-
-    try:
-        text = energy.energy_cli_text(model_path, **kwargs)
-    except InputShapeError as e:
-        raise input_shape_error(e, kwargs.get("input_shape")) from None
-    except ValueError as e:  # a damaged or renamed file: named with its flag
-        clear = model_flag_error(e, model_path)
-        if clear is None:
-            raise
-        raise clear from e
-    _log(text)
-    return text
-
-
 def main(argv):
     """Run the command named in ``argv`` (flags already parsed); returns the exit status."""
     if len(argv) < 2 or argv[1] not in COMMANDS:
@@ -279,7 +263,8 @@ def main(argv):
         for v in (_MODEL.value, _OUTPUT.value, _PLOTS_DIR.value, _DATASET.value))
     if argv[1] == "energy":
         shape = check_energy_args(model, given, _INPUT_SHAPE.value)
-        run_energy(model, input_shape=shape)
+        with custom_code(_CUSTOM.value, usage_error=CliUsageError):
+            run_energy(model, input_shape=shape)
         return 0
     check_command_flags("compress", given)
     kwargs = {"dataset": dataset, "method": _METHOD.value,
@@ -291,7 +276,8 @@ def main(argv):
               "quiet": _QUIET.value, "codebook": _CODEBOOK.value,
               "transforms": _TRANSFORMS.value, "scale_bits": _SCALE_BITS.value,
               "weighting": _WEIGHTING.value, "refine": _REFINE.value,
-              "calibration_samples": _CALIBRATION.value, "overrides": _OVERRIDES.value}
+              "calibration_samples": _CALIBRATION.value, "overrides": _OVERRIDES.value,
+              "custom_objects": _CUSTOM.value}
     run_compress(model, **kwargs)  # checks every argument before any work
     return 0
 
@@ -392,7 +378,8 @@ def _unfinished():
 def entry_point():
     """Console-script entry (``dkm-tf``): quiet TF's C++ logs, then :func:`run`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.exit(run(sys.argv))
+    from dkm_tf.cli_env import guarded  # noqa: PLC0415 - std streams, encodings, SIGTERM
+    sys.exit(guarded(run, sys.argv, on_signal=_on_sigint, unfinished=_unfinished))
 
 
 if __name__ == "__main__":

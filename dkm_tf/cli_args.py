@@ -24,9 +24,11 @@ COMMAND_FLAGS = {
     "compress": ("model", "dataset", "method", "n_clusters", "unit", "granularity", "init",
                  "epochs", "finetune_epochs", "dkm_epochs", "lam", "seed", "output_dir",
                  "tflite", "plots", "plots_dir", "quiet", "codebook", "transforms",
-                 "scale_bits", "weighting", "refine", "calibration_samples", "overrides"),
+                 "scale_bits", "weighting", "refine", "calibration_samples", "overrides",
+                 "custom_objects"),
     "energy": ("model", "input_shape"),
 }
+EXTRA_FLAGS = {"energy": ("custom_objects",)}  # taken, not listed in "takes --model, ..."
 SUMMARY = {
     "compress": "cluster (and fine-tune) a model; write .keras, .tflite files and report.json",
     "energy": "energy estimate (paper metric + memory hierarchy) of a .keras or .tflite file",
@@ -51,7 +53,7 @@ def help_text(command=None):
     lines += [f"  dkm-tf {c:<9} [flags]   {SUMMARY[c]}" for c in COMMANDS]
     for cmd in ([command] if command else COMMANDS):
         lines += ["", f"Flags of `dkm-tf {cmd}`:"]
-        for name in COMMAND_FLAGS[cmd]:
+        for name in COMMAND_FLAGS[cmd] + EXTRA_FLAGS.get(cmd, ()):
             flag = flags.FLAGS[name]
             kind, enum = flag.flag_type(), getattr(flag.parser, "enum_values", None)
             value = ("" if kind == "bool" else " " + "|".join(enum) if enum
@@ -70,7 +72,8 @@ def help_text(command=None):
     lines += ["", "Common flags:", "  --verbose: print the Python traceback of an error",
               "  -h, --help: this text (dkm-tf <command> --help, or dkm-tf help <command>: "
               "that command's flags)", "",
-              "Exit status: 0 done, 1 failed while running, 2 bad command line."]
+              "Exit status: 0 done, 1 failed while running, 2 bad command line, 130 / 143 / 129 "
+              "stopped by Ctrl-C / SIGTERM / SIGHUP, 141 output pipe closed."]
     return "\n".join(lines)
 
 
@@ -333,7 +336,8 @@ def check_export_size(model, tflite, dataset):
 def check_command_flags(command, given):
     """Flags of the other command (``given``: those on the command line) are refused: the
     command would ignore them."""
-    other = [f for f in given if f not in COMMAND_FLAGS[command] and f != "quiet"]
+    other = [f for f in given if f not in COMMAND_FLAGS[command] + EXTRA_FLAGS.get(command, ())
+             and f != "quiet"]
     if other:
         what = "compress flags" if command == "energy" else f"--{other[0]}"
         reads = ("--model and --input_shape only" if command == "energy" else

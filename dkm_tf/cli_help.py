@@ -16,7 +16,7 @@ import difflib
 import os
 import re
 
-from dkm_tf.cli_args import COMMAND_FLAGS, COMMANDS, CliUsageError, help_text
+from dkm_tf.cli_args import COMMAND_FLAGS, COMMANDS, EXTRA_FLAGS, CliUsageError, help_text
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 # flags that may come before `help` (both commands take them)
@@ -58,7 +58,9 @@ def flag_message(message, command=None):
     if not found:
         return message
     word = found.group(1).lower().replace("-", "_")
-    names = COMMAND_FLAGS.get(command) or sorted({n for f in COMMAND_FLAGS.values() for n in f})
+    names = list(COMMAND_FLAGS.get(command) or sorted({n for f in COMMAND_FLAGS.values()
+                                                       for n in f}))
+    names += EXTRA_FLAGS.get(command, ())  # --custom_objects: a suggestion, not listed
     bools = tuple(n for n in ("tflite", "plots", "quiet") if n in names or n == "quiet")
     bools += ("verbose",)
     if word.startswith("no_") and suggestion(word[3:], bools):
@@ -88,7 +90,8 @@ def model_flag_error(error, model_path):
 
 def load_model_flag(model_path):
     """``keras.models.load_model(model_path, compile=False)`` after ``check_model_file``,
-    every failure a ``ValueError`` naming ``--model`` and the file."""
+    every failure a ``ValueError`` naming ``--model`` and the file (and, for a custom class or
+    function that is not known here, its name and ``--custom_objects``)."""
     import keras  # noqa: PLC0415
 
     from dkm_tf.core.files import check_model_file  # noqa: PLC0415
@@ -103,6 +106,11 @@ def load_model_flag(model_path):
     try:
         return keras.models.load_model(model_path, compile=False)
     except (OSError, ValueError, TypeError) as e:  # say which file (a truncated .h5, ...)
+        from dkm_tf.cli_custom import load_error  # noqa: PLC0415
+
+        clear = load_error(e, model_path)  # a custom class or function not known here
+        if clear is not None:
+            raise clear from e
         raise ValueError(f"Could not load --model {model_path!r}: {type(e).__name__}: "
                          f"{e}") from e
 

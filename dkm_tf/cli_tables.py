@@ -103,11 +103,15 @@ def native_stderr_filtered(progress):
     try:  # one capture at a time in the process (threads: dkm_tf.core.std_fds)
         with std_fds.captured(buf, fds=(2,)) as saved:
             if old_stream is sys.stderr:  # the real stderr, saved under the capture's lock
-                progress.stream = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+                progress.stream = _like(old_stream, os.fdopen(
+                    os.dup(saved[0]), "w", buffering=1, encoding=getattr(
+                        old_stream, "encoding", None), errors=getattr(old_stream, "errors",
+                                                                        None)))
             yield
     finally:
         if progress.stream is not old_stream:
-            progress.stream.close()
+            with contextlib.suppress(OSError):  # a stderr that cannot be written (EBADF)
+                progress.stream.close()
             progress.stream = old_stream
         buf.seek(0)
         seen, kept = set(), []
@@ -120,6 +124,14 @@ def native_stderr_filtered(progress):
         buf.close()
         if kept:
             print("\n".join(kept), file=sys.stderr, flush=True)
+
+
+def _like(old, stream):
+    """``stream`` wrapped as ``old`` is (:class:`dkm_tf.cli_env.StderrGuard`: the bars of
+    an export to a stderr that fails are dropped, as before and after it)."""
+    from dkm_tf.cli_env import StderrGuard  # noqa: PLC0415
+
+    return StderrGuard(stream) if isinstance(old, StderrGuard) else stream
 
 
 def import_tensorflow_quietly():

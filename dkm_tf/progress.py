@@ -4,9 +4,10 @@ A :class:`Progress` writes to one stream (stderr by default) and adapts to it:
 
 * a terminal gets a live bar per stage (``tqdm`` when installed, else a one-line ``\\r`` bar),
   with the elapsed time ticking even while a stage gives no updates (k-means);
-* anything else (a log file, a pipe, CI) gets one line when a stage ends, plus one line every
-  ``heartbeat_s`` seconds while a long stage runs, so a log is never silent for long and never
-  fills with bar redraws;
+* anything else (a log file, a pipe, CI, a terminal with ``TERM=dumb``: Emacs' shell, some
+  CI runners, which show each redraw as a line) gets one line when a stage ends, plus one
+  line every ``heartbeat_s`` seconds while a long stage runs, so a log is never silent for
+  long and never fills with bar redraws;
 * ``Progress(enabled=False)`` (``--quiet``) writes nothing.
 
 No Keras or TensorFlow at import; :meth:`Progress.keras_callback` builds its callback lazily.
@@ -14,6 +15,8 @@ No Keras or TensorFlow at import; :meth:`Progress.keras_callback` builds its cal
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import threading
 import time
@@ -27,6 +30,23 @@ def _tqdm():
     except ImportError:
         return None
     return tqdm
+
+
+def _columns(stream):
+    """The width of the terminal ``stream`` writes to (as ``tqdm``: the terminal's own size,
+    else ``COLUMNS``, else 80): the plain bar must fit one line, or each redraw wraps and the
+    ``\r`` only returns to the start of its last line (a narrow terminal filled with copies)."""
+    try:
+        columns = os.get_terminal_size(stream.fileno()).columns  # 0: a pty given no size
+    except (AttributeError, ValueError, OSError, io.UnsupportedOperation):
+        columns = 0
+    if columns > 0:
+        return max(columns, 10)
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    return max(columns, 10) if columns > 0 else 80
 
 
 def _fmt_time(seconds):
@@ -82,7 +102,8 @@ class Stage:
             pct = f" {100 * self.n / self.total:3.0f}%" if self.total else ""
             text = (f"\r[{self.name}] {self.n}{total} {self.unit}{pct}  "
                     f"{_fmt_time(time.perf_counter() - self.start)}  {self.note}")
-            self.progress.stream.write(text[:150].ljust(80))
+            width = _columns(self.progress.stream) - 1  # the last column would wrap
+            self.progress.stream.write(text[:width + 1].ljust(width + 1))
             self.progress.stream.flush()
 
     def update(self, n=1, note=None):
@@ -148,7 +169,9 @@ class Stage:
                 return
             line = f"[{self.name}] {self._counts()} in {_fmt_time(seconds)}" + (
                 f": {text}" if text else "")
-            p.stream.write(("\r" + line.ljust(80) if p.tty else line) + "\n")
+            if p.tty:  # blank the bar's line, then the summary (which may wrap: it stays)
+                p.stream.write("\r" + " " * (_columns(p.stream) - 1) + "\r")
+            p.stream.write(line + "\n")
             p.stream.flush()
 
     def __enter__(self):
@@ -164,7 +187,7 @@ class Progress:
     Args:
         enabled: False writes nothing (``--quiet``).
         stream: text stream for the bars and lines.
-        tty: draw live bars; default ``stream.isatty()``.
+        tty: draw live bars; default ``stream.isatty()``, unless ``TERM`` is ``dumb``.
         heartbeat_s: seconds between the lines of a long stage on a non-terminal stream.
         use_tqdm: use ``tqdm`` for the bars when it is installed.
     """
@@ -174,7 +197,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         if tty is None:
             isatty = getattr(self.stream, "isatty", None)
-            tty = bool(isatty and isatty())
+            tty = bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
         self.tty = tty
         self.heartbeat_s = float(heartbeat_s)
         self.tqdm = _tqdm() if use_tqdm else None

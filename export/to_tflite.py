@@ -6,6 +6,7 @@ Usage:
       [--kept_dtype float32|float16] [--index_packing dense|tuples]
       [--int8_mode dynamic|full] [--int8_scales per_channel|shared]
       [--samples x.npy|data.npz] [--output m.tflite] [--overwrite]
+      [--custom_objects my_layers.py,userpkg.losses]
   python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
       [--unit scalar|row|kernel] [--granularity per_tensor|per_channel]
 
@@ -26,6 +27,8 @@ import sys
 
 from absl import app, flags
 
+from dkm_tf.cli_custom import HELP as CUSTOM_HELP
+from dkm_tf.cli_custom import custom_code, load_error
 from dkm_tf.core.files import is_home_tilde
 from dkm_tf.export.cli import (
     default_output_path,
@@ -70,6 +73,7 @@ _SAMPLES = flags.DEFINE_string("samples", None, "Sample inputs for verification:
                                 "array, or a .npz (its x_test, else x_train, else its only "
                                 "array).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
+_CUSTOM = flags.DEFINE_string("custom_objects", None, CUSTOM_HELP)
 
 
 def main(argv):
@@ -102,21 +106,32 @@ def main(argv):
               f"does not exist yet (or pass --overwrite to replace it). Received: "
               f"--output={out} (exists)", file=sys.stderr)
         sys.exit(2)
+    try:  # the user's code first (a usage error: exit 2), registered before the model loads
+        scope = custom_code(_CUSTOM.value, usage_error=_usage_error)
+    except ValueError as e:
+        print(f"to_tflite.py: error: {e} (see to_tflite.py --help)", file=sys.stderr)
+        sys.exit(2)
     try:
-        report = run_to_tflite(model, out, format=_FORMAT.value,
+        with scope:
+            report = run_to_tflite(model, out, format=_FORMAT.value,
                                decode=_DECODE.value, int8_mode=_INT8.value,
-                               keep_float=_KEEP.value, kept_dtype=_KEPT.value,
-                               index_packing=_PACK.value, int8_scales=_SCALES.value,
-                               palettes_path=palettes, n_clusters=_K.value,
-                               unit=_UNIT.value, granularity=_GRAN.value,
-                               samples_path=samples)
+                                   keep_float=_KEEP.value, kept_dtype=_KEPT.value,
+                                   index_packing=_PACK.value, int8_scales=_SCALES.value,
+                                   palettes_path=palettes, n_clusters=_K.value,
+                                   unit=_UNIT.value, granularity=_GRAN.value,
+                                   samples_path=samples)
     except (ValueError, TypeError, OSError) as e:  # bad input: one line, nothing written
         if os.environ.get("DKM_TF_TRACEBACK"):
             raise
+        e = load_error(e, model) or e  # a custom class or function not known: which ones
         print(f"to_tflite.py: error: {type(e).__name__}: {' '.join(str(e).split())} "
               "(DKM_TF_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         sys.exit(1)
     print(report.summary())
+
+
+def _usage_error(flag, expected, received):
+    return ValueError(f"invalid --{flag}: expected {expected}; received {received!r}")
 
 
 if __name__ == "__main__":

@@ -211,11 +211,12 @@ def same_file(a, b):
         return False
 
 
-def check_model_file(path):
+def check_model_file(path, name="path"):
     """Raise a clear error for a missing, unreadable or corrupted model file.
 
     Keras reports every unreadable ``.keras`` file as "File not found", even one that exists
-    but is truncated or not a zip; this says which it is.
+    but is truncated or not a zip; this says which it is. The messages name the argument
+    ``name`` (a caller's own: ``model_or_path``).
 
     Raises:
         FileNotFoundError: no such file.
@@ -224,24 +225,24 @@ def check_model_file(path):
             (:func:`model_content_problem`).
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError("Invalid type for argument `path`. Expected a model file path (str or "
-                        f"os.PathLike). Received: path={path!r}")
+        raise TypeError(f"Invalid type for argument `{name}`. Expected a model file path (str "
+                        f"or os.PathLike). Received: {name}={path!r}")
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Invalid value for argument `path`. Expected an existing "
-                                f"model file. Received: path={path!r} (no such file)"
+        raise FileNotFoundError(f"Invalid value for argument `{name}`. Expected an existing "
+                                f"model file. Received: {name}={path!r} (no such file)"
                                 + tilde_note(path))
     if os.path.isdir(path):
-        raise ValueError(f"Invalid value for argument `path`. Expected a model file, not a "
-                         f"folder. Received: path={path!r}")
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a model file, not a "
+                         f"folder. Received: {name}={path!r}")
     if not os.access(path, os.R_OK):
-        raise ValueError(f"Invalid value for argument `path`. Expected a readable file. "
-                         f"Received: path={path!r} (permission denied)")
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a readable file. "
+                         f"Received: {name}={path!r} (permission denied)")
     found = model_content_problem(path)
     if found:
         expected, problem = found
-        raise ValueError(f"Invalid value for argument `path`. Expected {expected}. Received: "
-                         f"path={path!r}, {os.path.getsize(path):,} bytes, {problem}.")
+        raise ValueError(f"Invalid value for argument `{name}`. Expected {expected}. Received: "
+                         f"{name}={path!r}, {os.path.getsize(path):,} bytes, {problem}.")
 
 
 def model_content_problem(path):

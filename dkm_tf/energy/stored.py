@@ -87,11 +87,7 @@ def check_file(path):
     (`check_model_file`; Keras itself says "File not found" for an existing bad file)."""
     from dkm_tf.core.files import check_model_file  # noqa: PLC0415
 
-    try:
-        check_model_file(path)
-    except ValueError as e:  # name `estimate`'s argument, not the checker's
-        raise ValueError(str(e).replace("argument `path`", "argument `model_or_path`")
-                         .replace("Received: path=", "Received: model_or_path=")) from e
+    check_model_file(path, name="model_or_path")  # `estimate`'s argument, not the checker's
 
 
 def palettes_beside(path):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 
+from dkm_tf.core.custom_code import unknown_code_error
 from dkm_tf.core.files import check_model_file, is_savedmodel_dir
 
 __all__ = ["check_model_file", "load_model", "register_serializables"]
@@ -30,7 +32,10 @@ def load_model(path, **kwargs):
     Args:
         path: a ``.keras`` file (plain, wrapped by :func:`dkm_tf.cluster_weights`, or with
             k-means regularizers attached).
-        **kwargs: passed to ``keras.models.load_model`` (e.g. ``compile=False``).
+        **kwargs: passed to ``keras.models.load_model`` (e.g. ``compile=False``,
+            ``custom_objects={"MyDense": MyDense}`` for a model with custom classes or
+            functions that are not ``register_keras_serializable``: a load that fails for
+            an unknown one names it).
 
     Returns:
         The Keras model. A SavedModel folder (``model.export``, ``tf.saved_model.save``) is
@@ -48,8 +53,17 @@ def load_model(path, **kwargs):
     register_serializables()
     try:
         return keras.models.load_model(path, **kwargs)
-    except TypeError as e:
-        if kwargs.get("compile") is False or "backend." not in str(e):
+    except (TypeError, ValueError) as e:
+        compiled = kwargs.get("compile", True) is not False
+        if not (isinstance(e, TypeError) and compiled and "backend." in str(e)):
+            clear = unknown_code_error(  # a custom class or function not known here
+                e, path, f"Could not load {os.fspath(path)!r}", "Pass custom_objects={'name': "
+                "class_or_function, ...} to load_model, or import the module that registers "
+                "them (@keras.saving.register_keras_serializable) before loading"
+                + ("; compile=False loads without the loss and metrics" if compiled else ""),
+                compiled=compiled, kind=TypeError if isinstance(e, TypeError) else ValueError)
+            if clear is not None:
+                raise clear from e
             raise
         warnings.warn(f"{path}: its compile config comes from another Keras backend and "
                       f"cannot be restored on {keras.backend.backend()!r} "
@@ -60,8 +74,6 @@ def load_model(path, **kwargs):
 
 def _refuse_savedmodel(path):
     """A SavedModel folder: say what it is (``check_model_file`` only says "not a folder")."""
-    import os  # noqa: PLC0415
-
     if not is_savedmodel_dir(path):
         return
     raise ValueError(

@@ -1,0 +1,76 @@
+"""``--custom_objects`` of ``dkm-tf compress``, ``dkm-tf energy`` and ``export/to_tflite.py``:
+the user's ``.py`` files or modules, imported before ``--model`` loads, so that the custom
+layers, activations, losses, metrics, regularizers, constraints and initializers the model
+file names are known (registered ones by their ``register_keras_serializable`` name, the
+others by the class or function name, through a ``keras.saving.custom_object_scope``).
+
+A missing file or one that fails to import is a usage error naming the flag, the file and
+the import error's first line; a model that fails to load because it names a class or
+function that is not known says which ones and to pass the flag (:func:`load_error`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+HELP = ("Comma-separated .py files or module names that define (and register) the "
+        "custom classes and functions of --model (layers, activations, losses, metrics, "
+        "regularizers, ...), imported before it loads, e.g. my_layers.py,userpkg.losses.")
+REMEDY = "Pass the .py files or modules that define them: --custom_objects my_layers.py"
+
+
+def custom_code(spec, flag="custom_objects", usage_error=None):
+    """A context manager under which ``--model`` loads with the code of ``spec`` (a
+    comma-separated str or a list of ``.py`` files / module names; None: none): the modules
+    are imported now (their registered classes become known) and the classes and functions
+    they define are in a ``keras.saving.custom_object_scope`` inside the ``with``.
+
+    A bad item raises ``usage_error(flag, expected, received)`` when given (the command
+    line's ``CliUsageError``), else the ``ValueError`` / ``TypeError`` naming ``flag``."""
+    from dkm_tf.core.custom_code import import_custom_code  # noqa: PLC0415
+
+    try:
+        objects = import_custom_code(spec, flag)
+    except (ValueError, TypeError) as e:
+        if usage_error is None:
+            raise
+        expected = ("comma-separated .py files or importable module names that define the "
+                    "model's custom classes and functions")
+        error = usage_error(flag, expected, spec)
+        if hasattr(e, "why"):  # the file or module at fault, and why (a missing file, ...)
+            error.args = (f"invalid --{flag}: {e.item!r} {e.why}; expected {expected}",)
+        raise error from e
+    if not objects:
+        return contextlib.nullcontext()
+    import keras  # noqa: PLC0415
+
+    return keras.saving.custom_object_scope(objects)
+
+
+def load_error(error, model_path, flag="model"):
+    """The ``ValueError`` for ``--model model_path`` that failed to load (``error``) because
+    it names custom code that is not known here (the names, and to pass
+    ``--custom_objects``), or None when that is not why (``compile=False`` loads)."""
+    from dkm_tf.core.custom_code import unknown_code_error  # noqa: PLC0415
+
+    return unknown_code_error(error, model_path, f"Could not load --{flag} {model_path!r}",
+                              REMEDY, compiled=False)
+
+
+def loss_note(model_path, method, weighting):
+    """A note when ``dkm-tf compress`` trains (``method`` finetune / dkm, or ``weighting``
+    fisher) a ``--model`` file compiled with a loss: the command line loads it without its
+    compile config and trains with the cross-entropy of its output, not that loss (which was
+    silently replaced); else None."""
+    from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
+
+    if method == "wr" and not weighting:
+        return None
+    loss = compiled_loss_name(model_path)
+    if loss is None or loss.replace("_", "").lower() in (
+            "sparsecategoricalcrossentropy", "binarycrossentropy"):
+        return None
+    return (f"{model_path} was compiled with loss {loss!r}; dkm-tf compress "
+            f"{'weighs by' if method == 'wr' else 'trains with'} the cross-entropy of the "
+            "model's output (class-id labels) instead: to keep your loss, call "
+            "dkm_tf.compress(model, ...) in Python on the model compiled with it")

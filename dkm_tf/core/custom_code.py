@@ -1,0 +1,264 @@
+"""A user's own code that a saved model needs: importing it (``--custom_objects``: ``.py``
+files or module names), and naming the custom classes and functions a model file refers to
+that are not known here, so a failed load says what to pass.
+
+Keras finds a custom layer, activation, loss, metric, regularizer, constraint or initializer
+by the name ``keras.saving.register_keras_serializable`` gave it (``"userpkg>MyDense"``), or
+by a ``custom_objects`` dict. Its own error for a missing one is "Functional could not be
+deserialized properly", with the name deep inside a page of config; :func:`unknown_names`
+finds the names (in the error and in the file's config) and :func:`unknown_code_error` says
+which flag or argument brings them in. No Keras at import (it is imported where needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import re
+import sys
+import zipfile
+
+__all__ = ["compiled_loss_name", "import_custom_code", "unknown_code_error", "unknown_names"]
+
+_EXPECTED = ("comma-separated Python files (.py) or importable module names that define (and "
+             "register) the model's custom classes and functions")
+# what Keras says of a name it cannot find, in a .keras / .h5 file, for each kind of object
+_UNKNOWN_RE = (r"Could not locate (?:class|function) '([^']+)'",
+               r"Unknown (?:layer|activation|loss|metric|regularizer|constraint|initializer|"
+               r"optimizer|object)s?: '([^']+)'",
+               r"Could not interpret \w+ identifier: [^\n]*?'registered_name': '([^']+)'",
+               r"Could not interpret \w+ identifier: \{'module': '[^']*', 'class_name': "
+               r"'([^']+)'")
+_DESERIALIZING = ("|".join(_UNKNOWN_RE) + r"|could not be deserialized|Error when deserializing"
+                  r"|Could not interpret")
+_OWN_MODULES = ("keras", "builtins", "dkm_tf", "tensorflow", "numpy")
+
+
+def import_custom_code(spec, name="custom_objects"):
+    """Import every ``.py`` file or module name of ``spec`` (a comma-separated str, or a list
+    of str); returns ``{name: object}`` of the classes and functions they define (for a
+    ``keras.saving.custom_object_scope``: unregistered ones load too).
+
+    A ``.py`` file is imported as the module named by its stem (its folder on ``sys.path``
+    while it runs, so its own ``import`` of a file beside it works); importing it registers
+    its ``register_keras_serializable`` classes. A missing file or a module that fails to
+    import is a ``ValueError`` naming ``name``, the item and the import error's first line.
+    """
+    items = _items(spec, name)
+    found = {}
+    for item in items:
+        module = _import_one(item, name, spec)
+        for obj in vars(module).values():
+            if ((inspect.isclass(obj) or inspect.isfunction(obj))
+                    and getattr(obj, "__module__", None) == module.__name__):
+                found[obj.__name__] = obj
+    return found
+
+
+def _items(spec, name):
+    if spec is None:
+        return []
+    parts = spec.split(",") if isinstance(spec, str) else spec
+    if not isinstance(parts, (list, tuple)) or not all(isinstance(p, (str, os.PathLike))
+                                                       for p in parts):
+        raise TypeError(f"Invalid type for argument `{name}`. Expected {_EXPECTED}: a str or a "
+                        f"list of str. Received: {name}={spec!r}")
+    items = [os.fspath(p).strip() for p in parts]
+    if not all(items):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected {_EXPECTED}, none "
+                         f"empty. Received: {name}={spec!r}")
+    return items
+
+
+def _fail(name, spec, item, why):
+    error = ValueError(f"Invalid value for argument `{name}`. Expected {_EXPECTED}. Received: "
+                       f"{name}={spec!r}: {item!r} {why}")
+    error.item, error.why = item, why  # for the command line's one line
+    return error
+
+
+def _first_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _import_one(item, name, spec):
+    """The module of one item: a ``.py`` path or a dotted module name."""
+    if not item.lower().endswith(".py"):
+        if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", item):
+            raise _fail(name, spec, item, "is neither a .py file nor a module name")
+        try:
+            return importlib.import_module(item)
+        except BaseException as e:  # noqa: BLE001 - SystemExit, an error of the user's code
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            why = ("could not be imported (no .py file or module of that name)"
+                   if isinstance(e, ModuleNotFoundError) and e.name == item.split(".")[0]
+                   else f"failed to import ({_first_line(e)})")
+            raise _fail(name, spec, item, why) from e
+    path = os.path.expanduser(item)
+    if not os.path.isfile(path):
+        raise _fail(name, spec, item, "is not an existing file" if not os.path.isdir(path)
+                    else "is a folder, not a .py file")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    mod_name = stem if stem.isidentifier() else "dkm_tf_user_" + re.sub(r"\W", "_", stem)
+    old = sys.modules.get(mod_name)
+    if old is not None and os.path.realpath(getattr(old, "__file__", "") or "") == \
+            os.path.realpath(path):
+        return old  # imported already (by this run or the user's own code)
+    if old is not None:  # another module of that name (a file named keras.py): keep it
+        mod_name, old = "dkm_tf_user_" + mod_name, None
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    folder = os.path.dirname(os.path.abspath(path))
+    sys.modules[mod_name] = module
+    sys.path.insert(0, folder)
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException as e:  # noqa: BLE001 - any error of the user's file, SystemExit too
+        if old is None:
+            sys.modules.pop(mod_name, None)
+        else:
+            sys.modules[mod_name] = old
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise _fail(name, spec, item, f"failed to import ({_first_line(e)})") from e
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    return module
+
+
+def _config_objects(node, found):
+    """Collect the serialized objects of non-Keras modules in a config (dicts and lists)."""
+    if isinstance(node, dict):
+        module, cls = node.get("module"), node.get("class_name")
+        own = isinstance(module, str) and module.split(".")[0] in _OWN_MODULES
+        if cls == "function" and isinstance(node.get("config"), str) and (
+                module == "builtins" or not own):
+            found.append((node["config"], None))  # a function: "userpkg>my_act" or "my_act"
+        elif isinstance(module, str) and isinstance(cls, str) and not own:
+            found.append((node.get("registered_name") or cls, module))
+        elif "module" in node and module is None and isinstance(cls, str):
+            found.append((node.get("registered_name") or cls, "__main__"))  # Keras writes None
+        elif isinstance(cls, str) and ">" in cls and not cls.startswith("keras"):
+            found.append((cls, None))  # an .h5 file's registered class "userpkg>MyDense"
+        for value in node.values():
+            _config_objects(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _config_objects(value, found)
+    elif isinstance(node, str) and ">" in node and re.fullmatch(r"[\w.]+>\w+", node) and (
+            not node.startswith(("keras", "dkm_tf"))):
+        found.append((node, None))  # an .h5 training config's loss "userpkg>my_loss"
+
+
+def _read_configs(path):
+    """The model's config and its compile config (dicts or None) from a .keras / .h5 file."""
+    path = os.fspath(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+            return config, config.get("compile_config") if isinstance(config, dict) else None
+        import h5py  # noqa: PLC0415 (a Keras dependency)
+
+        with h5py.File(path, "r") as f:
+            texts = [f.attrs.get(k) for k in ("model_config", "training_config")]
+        return tuple(json.loads(t) if isinstance(t, (str, bytes)) else None for t in texts)
+    except (OSError, KeyError, ValueError, RuntimeError, ImportError):
+        return None, None
+
+
+def unknown_names(error=None, path=None, compiled=True):
+    """``{name: module or None}``: the custom classes and functions a failed load could not
+    find, from the text of ``error`` (and the errors it came from) and, for a ``.keras`` /
+    ``.h5`` file ``path``, from its config (every object of a module outside Keras whose
+    name Keras does not know here: neither registered nor in a custom object scope; its
+    compile config's too unless ``compiled`` is False: a ``compile=False`` load)."""
+    found = []
+    if path is not None:
+        for config in _read_configs(path)[:2 if compiled else 1]:
+            _config_objects(config, found)
+    names = {}
+    for link in _chain(error):
+        for pattern in _UNKNOWN_RE:
+            for match in re.findall(pattern, str(link)):
+                names.setdefault(match, None)
+    if not found and not names:
+        return names
+    import keras  # noqa: PLC0415
+
+    for name, module in found:
+        short = name.split(">")[-1]
+        if (keras.saving.get_registered_object(name) is None
+                and keras.saving.get_registered_object(short) is None):
+            names[name] = module or names.get(name)
+    return {n: m for n, m in names.items()  # 'MyReg' when 'userpkg>MyReg' is named too
+            if ">" in n or not any(o.endswith(">" + n) for o in names)}
+
+
+def _chain(error):
+    """``error`` and the errors it was raised from (``__cause__`` / ``__context__``)."""
+    chain = []
+    while error is not None and all(error is not e for e in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def describe(names):
+    """``'userpkg>MyDense' (module userpkg_mod), 'plain_act'``: the names for a message."""
+    return ", ".join(repr(n) + (f" (module {m})" if m else "") for n, m in names.items())
+
+
+def unknown_code_error(error, path, where, remedy, compiled=True, kind=ValueError):
+    """A ``kind`` error for a model ``path`` that failed to load (``error``) because it names
+    custom code not known here, or None when ``error`` is not a Keras deserialization error
+    (a bad file, ...: the names in the file's config are not its cause). ``where`` leads the
+    message ("Could not load --model 'm.keras'"); ``remedy`` says how to bring the code in;
+    ``compiled``: whether the load restored the compile config (loss, metrics)."""
+    if not any(re.search(_DESERIALIZING, str(e)) for e in _chain(error)):
+        return None
+    names = unknown_names(error, path, compiled)
+    if not names:
+        return None
+    main = any(m == "__main__" for m in names.values())
+    return kind(
+        f"{where}: it uses custom code not known here: {describe(names)}"
+        + (" ('__main__': the script that saved the model; move its definitions into a .py "
+           "file)" if main else "") + f". {remedy} (Keras: {_keras_words(error)})")
+
+
+def _keras_words(error):
+    """The innermost line of Keras' nested "Exception encountered:" message, shortened."""
+    error = _chain(error)[-1]  # Keras' own, under the messages that wrap it
+    text = str(error).rsplit("Exception encountered: ", 1)[-1].strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {line if len(line) <= 120 else line[:117] + '...'}"
+
+
+def compiled_loss_name(path):
+    """The loss a ``.keras`` / ``.h5`` file was compiled with, as saved (``"mse"``,
+    ``"userpkg>my_loss"``, ``"SparseCategoricalCrossentropy"``), or None (not compiled, no
+    loss, several losses are joined with ", ")."""
+    config = _read_configs(path)[1]
+    loss = config.get("loss") if isinstance(config, dict) else None
+    return _loss_name(loss)
+
+
+def _loss_name(loss):
+    if loss is None:
+        return None
+    if isinstance(loss, str):
+        return loss
+    if isinstance(loss, dict) and "class_name" in loss:
+        if loss.get("class_name") == "function" and isinstance(loss.get("config"), str):
+            return loss["config"]
+        return str(loss.get("registered_name") or loss["class_name"])
+    values = loss.values() if isinstance(loss, dict) else loss if isinstance(
+        loss, (list, tuple)) else [loss]
+    return ", ".join(str(_loss_name(v)) for v in values) or None
