@@ -139,9 +139,12 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
         if layers is not None and layer.name not in layers:
             continue
         for p in _wrapper_palettes(layer):  # a file saved before strip_clustering
-            key = _record_key(p.layer_name, p.weight_name)
-            if p.n_units * p.unit_dim not in by_name.get(key, by_layer.get(key, ())):
-                continue
+            size = p.n_units * p.unit_dim  # records may carry the wrapper's name: a
+            key = _record_key(layer.name, p.weight_name)  # layer `cluster_fc` beside `fc`
+            if size not in by_name.get(key, ()):
+                key = _record_key(p.layer_name, p.weight_name)
+                if size not in by_name.get(key, by_layer.get(key, ())):
+                    continue
             if int(getattr(p, "n_transforms", 1) or 1) > 1 or p.scales is not None:
                 unsure.append(f"{key}: scaled kernel clustering, pass palettes_of(model)")
                 continue

@@ -40,6 +40,7 @@ from dkm_tf.graph.result_objects import check_not_a_result, not_a_model
 from dkm_tf.graph.share import check_override_options
 from dkm_tf.graph.tied import CLONE_WHY, check_no_tied_reads
 from dkm_tf.training import soft as soft_lib
+from dkm_tf.training import wrapper_names
 from dkm_tf.training.attach import detach_regularizer
 from dkm_tf.training.clustering_report import ClusteringReport, kept_reason, warn_unclustered
 from dkm_tf.training.kernel_clustering import routes_cluster, routes_palettes, routes_strip
@@ -70,11 +71,13 @@ _SUBCLASSED_HINT = (
 
 def _clone(model, fn):
     try:
-        return clone_uncompiled(model, fn)
+        return clone_uncompiled(model, wrapper_names.unique_names(model, fn, (ClusterWeights,)))
     except (TypeError, ValueError) as e:
         if "only supported for Sequential" in str(e):
             raise TypeError(f"Model {model.name!r} ({type(model).__name__}): "
                             f"{_SUBCLASSED_HINT}") from None
+        if "times in the model" in str(e):  # a layer named like another's wrapped layer
+            raise wrapper_names.clash_error(model, e) from None
         raise
 
 

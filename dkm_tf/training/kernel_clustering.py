@@ -30,6 +30,7 @@ from dkm_tf.graph import bn_fate, clusterable, kernel_share
 from dkm_tf.graph.copying import copy_layer, iter_layers, keep_dtype_policy, layers_only
 from dkm_tf.graph.result_objects import check_not_a_result
 from dkm_tf.training import wrapper_extras as extras
+from dkm_tf.training import wrapper_names
 from dkm_tf.training.kernel_layers import ClusterKernels, KernelCodebook
 
 __all__ = ["ClusterKernels", "KernelCodebook", "cluster_kernel_model", "has_kernel_layers",
@@ -77,6 +78,10 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
                                        scale_bits=scale_bits, init=init, seed=seed)
     group_of = {id(lay): g for g in groups for lay in g.layers}
     holders, made = {}, {}
+    plan = wrapper_names.plan_names(fmodel, lambda lay: id(lay) in group_of)  # `cluster_c`
+    taken = {op.name for op in fmodel.operations} | set(plan.values()) | {  # beside a float
+        f"cluster_{lay.name}" for lay in _leaves(fmodel)}  # `c`: `cluster_c_1`; a layer
+    # named `codebook_kernel_3x3`: the codebook layer `codebook_kernel_3x3_1`
 
     def clone_function(layer):
         g = group_of.get(id(layer))
@@ -97,7 +102,8 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
         w.scale_step.assign(step)
         if g.codebook_id not in holders:
             h = KernelCodebook(p.n_clusters, g.kernel_size, g.codebook_id,  # the conv's
-                               name="codebook_" + g.codebook_id.replace(":", "_"),  # policy,
+                               name=wrapper_names.free_name(  # policy,
+                                   "codebook_" + g.codebook_id.replace(":", "_"), taken),
                                dtype=layer.dtype_policy,  # not the global one; frozen with
                                trainable=any(lay.trainable for lay in g.layers),  # its convs
                                frozen_with_users=not any(lay.trainable for lay in g.layers))
@@ -111,8 +117,9 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
             return layer(args[0], codebook=made[id(layer)](args[0]), **kwargs)
         return layer(*args, **kwargs)
 
+    named = wrapper_names.named(plan, clone_function)
     out = keep_dtype_policy(model, keras.models.clone_model(  # mixed_float16: loss scaling
-        fmodel, clone_function=layers_only(clone_function), call_function=call_function))
+        fmodel, clone_function=layers_only(named), call_function=call_function))
     clustered = [(lay.name, type(lay).__name__,
                   {"n_clusters": int(n_clusters), "unit": "kernel", "codebook": g.codebook_id,
                    "granularity": "per_tensor", "init": init, "transforms": transforms,
@@ -266,7 +273,8 @@ def routes_cluster(report_cls):
             others = {k: (kwargs[k], d) for k, d in _NOT_WITH_KERNEL if k in kwargs}
             if not kernel_share.kernel_route(kwargs.get("unit", "scalar"), codebook,
                                              transforms, scale_bits, **others):
-                return fn(model, n_clusters, **kwargs)
+                with wrapper_names.overrides_scope(kwargs.get("overrides")):  # unique names
+                    return fn(model, n_clusters, **kwargs)
             from dkm_tf.core.validate import check_bool  # noqa: PLC0415
 
             report = check_bool("return_report", kwargs.get("return_report", False))
@@ -287,31 +295,65 @@ def routes_cluster(report_cls):
     return deco
 
 
+_VERBOSE_DOC = """
+        verbose: (keyword, default False) True prints a heartbeat line every 15 s while
+            palettes are computed (:mod:`dkm_tf.graph.heartbeat`), naming the wrapped layers
+            still running: a soft (``assignment="soft"``) wrapper's snap to hard assignments
+            takes 110 s for a 2048 x 2048 Dense at K = 256. Nothing is printed (and no
+            thread started) without it."""
+
+
+def _with_verbose(fn, wrapper):
+    """``wrapper`` documented as ``fn`` plus its keyword ``verbose``."""
+    import functools  # noqa: PLC0415
+    import inspect  # noqa: PLC0415
+
+    wrapper = functools.wraps(fn)(wrapper)
+    sig = inspect.signature(fn)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), inspect.Parameter(
+        "verbose", inspect.Parameter.KEYWORD_ONLY, default=False)])
+    doc = fn.__doc__ or ""  # the entry goes at the end of the Args section
+    wrapper.__doc__ = (doc.replace("\n\n    Returns:", _VERBOSE_DOC + "\n\n    Returns:", 1)
+                       if "\n\n    Returns:" in doc else doc + _VERBOSE_DOC)
+    return wrapper
+
+
+def _progress(model, verbose):
+    """The heartbeat of ``strip_clustering`` / ``palettes_of`` (checked ``verbose``)."""
+    from dkm_tf.core.validate import check_bool  # noqa: PLC0415
+    from dkm_tf.graph.heartbeat import progress  # noqa: PLC0415
+    from dkm_tf.training.wrapper import ClusterWeights  # noqa: PLC0415
+
+    verbose = check_bool("verbose", verbose)
+    layers = [model, *clusterable.walk_layers(model)] if verbose else []
+    return progress(verbose, sum(isinstance(lay, ClusterWeights) for lay in layers),
+                    "wrapper(s)")
+
+
 def routes_strip(fn):
     """Decorator of ``strip_clustering``: a model with :class:`ClusterKernels` goes to
-    :func:`strip_kernel_model` (palettes of shared codebooks)."""
-    import functools  # noqa: PLC0415
+    :func:`strip_kernel_model` (palettes of shared codebooks); adds ``verbose``."""
 
-    @functools.wraps(fn)
-    def strip_clustering(model, *, fold_bn=True):
-        if has_kernel_layers(model):
-            from dkm_tf.core.validate import check_bool  # noqa: PLC0415
+    def strip_clustering(model, *, fold_bn=True, verbose=False):
+        with _progress(model, verbose):
+            if has_kernel_layers(model):
+                from dkm_tf.core.validate import check_bool  # noqa: PLC0415
 
-            return strip_kernel_model(model, fold_bn=check_bool("fold_bn", fold_bn))
-        return fn(model, fold_bn=fold_bn)
-    return strip_clustering
+                return strip_kernel_model(model, fold_bn=check_bool("fold_bn", fold_bn))
+            return fn(model, fold_bn=fold_bn)
+    return _with_verbose(fn, strip_clustering)
 
 
 def routes_palettes(fn):
-    """Decorator of ``palettes_of``: adds the palettes of :class:`ClusterKernels` layers."""
-    import functools  # noqa: PLC0415
+    """Decorator of ``palettes_of``: adds the palettes of :class:`ClusterKernels` layers, and
+    ``verbose``."""
 
-    @functools.wraps(fn)
-    def palettes_of(model, max_clusters=256):
-        out = fn(model, max_clusters)
+    def palettes_of(model, max_clusters=256, *, verbose=False):
+        with _progress(model, verbose):
+            out = fn(model, max_clusters)
         if not has_kernel_layers(model):
             return out
         inner = {lay.layer.name for m in _kernel_models(model) for lay in m.layers
                  if isinstance(lay, ClusterKernels)}
         return [p for p in out if p.layer_name not in inner] + kernel_palettes(model)
-    return palettes_of
+    return _with_verbose(fn, palettes_of)

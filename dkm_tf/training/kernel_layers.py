@@ -20,6 +20,7 @@ from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.graph import kernel_share
 from dkm_tf.training import wrapper_extras as extras
+from dkm_tf.training import wrapper_names
 
 __all__ = ["ClusterKernels", "KernelCodebook"]
 
@@ -135,7 +136,7 @@ class ClusterKernels(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
 
     def __init__(self, layer, n_clusters=16, transforms=1, scale_bits=16, codebook_id="",
                  **kwargs):
-        kwargs.setdefault("name", f"cluster_{layer.name}")
+        kwargs.setdefault("name", wrapper_names.default_name(layer))  # unique in its model
         # mixed_float16: the kernel s T_t(mu) is formed in float32, as decode() does, and the
         # wrapped conv casts it (and its inputs) as a plain conv casts its float32 kernel;
         # autocast rounded mu and s to float16 first (one float16 step off on ~1/3 of weights)

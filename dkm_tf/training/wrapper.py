@@ -37,8 +37,10 @@ from dkm_tf.core.validate import (
     is_bool,
 )
 from dkm_tf.graph import clusterable as clusterable_lib
+from dkm_tf.graph import heartbeat
 from dkm_tf.training import soft as soft_lib
 from dkm_tf.training import wrapper_extras as extras
+from dkm_tf.training import wrapper_names
 from dkm_tf.training.distribute import collective_safe_dtype
 from dkm_tf.training.soft import gather_codebook
 from dkm_tf.training.wrapper_deferred import NO_VALUE_YET, DeferredKMeans, in_symbolic_scope
@@ -135,7 +137,9 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
         assignment: ``"hard"`` (default) or ``"soft"``: differentiable k-means (DKM, Cho et
             al., ICLR 2022; see :mod:`dkm_tf.training.soft`), snapped to hard at strip.
         temperature: DKM's softmax temperature tau (> 0), with ``assignment="soft"`` only.
-        **kwargs: base layer arguments (``name``, ``trainable``, ...).
+        **kwargs: base layer arguments (``name``, ``trainable``, ...). ``name`` defaults to
+            ``cluster_<layer name>``; :func:`cluster_weights` takes ``cluster_<layer>_1`` where
+            a layer it leaves has that name (:mod:`dkm_tf.training.wrapper_names`).
 
     Input shape / Output shape: those of the wrapped layer.
 
@@ -160,7 +164,7 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
         kmeans_options = check_kmeans_options(kmeans_options)
         temperature = soft_lib.check_soft_settings(assignment, temperature, latent=latent,
                                                    preserve_sparsity=preserve_sparsity)
-        kwargs.setdefault("name", f"cluster_{layer.name}")
+        kwargs.setdefault("name", wrapper_names.default_name(layer))  # unique in its model
         if getattr(layer.dtype_policy, "quantization_mode", None) is None:
             # the wrapped layer's policy, not the global one at wrapping time: a float32
             # layer stays float32 under a later set_global_policy("mixed_float16")
@@ -341,9 +345,11 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
             raise ValueError(f"Layer {self.name!r} is not built, so it has no codebooks yet "
                              "(k-means runs at build): call it on data or build it first.")
         out, z = [], self.preserve_sparsity
-        snapped = (soft_lib.snap(self) if self.assignment == "soft"  # DKM inference: nearest
-                   else [(keras.ops.convert_to_numpy(self._codebook(s)),
-                          keras.ops.convert_to_numpy(s.indices)) for s in self._slots])
+        snapped = heartbeat.run_tracked(  # strip_clustering(verbose=True): a soft snap is long
+            self.layer.name, sum(int(np.prod(s.variable.shape)) for s in self._slots),
+            lambda: soft_lib.snap(self) if self.assignment == "soft"  # DKM inference: nearest
+            else [(keras.ops.convert_to_numpy(self._codebook(s)),
+                   keras.ops.convert_to_numpy(s.indices)) for s in self._slots])
         for s, (codebook, indices) in zip(self._slots, snapped):
             cb, idx = codebook_lib.compact(codebook, indices, keep=int(z))
             note = (f"{cb.shape[1] - z} of {self.n_clusters} centroids in use"
