@@ -1,8 +1,8 @@
 """Keras training features through dkm_tf's training entry points (probe of session 21).
 
 Multi-output compile state (``loss_weights``, loss dicts keyed by output layer names) kept by
-``finetune`` / ``dkm_retrain``; sample weights: honoured in a dataset, refused clearly by the
-Fisher weighting (which weighs every sample 1/N); optimizer features (EMA, AdamW, gradient
+``finetune`` / ``dkm_retrain``; sample weights: honoured in a dataset and (since session 22) by
+the Fisher weighting; optimizer features (EMA, AdamW, gradient
 accumulation) keep <= K shared values per palette, and the stripped model equals the
 clustered one. Tiny Dense models, fixed seeds.
 """
@@ -104,19 +104,19 @@ def _classifier():
     return m
 
 
-def test_fisher_refuses_sample_weights_it_would_ignore():
-    # (x, y, sample_weight) was read as x with a Keras structure warning, and the Fisher
-    # was the unweighted one (equal to fisher_importance(model, x) to the last bit)
+def test_fisher_takes_sample_weights():
+    # (x, y, sample_weight) was read as x and the unweighted Fisher returned; then refused;
+    # now the weighted mean (tests/test_fisher_weights22c.py checks it against numpy)
     x, y = _data()
     sw = np.linspace(0.1, 3, len(x)).astype("float32")
     m = _classifier()
-    calls = [lambda: dkm_tf.fisher_importance(m, (x, y, sw)),
-             lambda: dkm_tf.fisher_importance(m, (x, y, sw), labels="data"),
-             lambda: dkm_tf.share_weights(m, K, weighting="fisher", data=(x, y, sw)),
-             lambda: dkm_tf.cluster_weights(m, K, weighting="fisher", data=(x, y, sw))]
-    for call in calls:
-        with pytest.raises(ValueError, match=r"`data`.*no sample weights.*sequence of 3"):
-            call()
+    for labels in ("model", "data"):
+        got = dkm_tf.fisher_importance(m, (x, y, sw), labels=labels)
+        plain = dkm_tf.fisher_importance(m, (x, y), labels=labels)
+        assert all(not np.allclose(got[k], plain[k], rtol=1e-3) for k in got)
+    a = dkm_tf.share_weights(m, K, weighting="fisher", data=(x, y, sw))
+    assert all(len(np.unique(p.codebook)) <= K for p in a.palettes)
+    dkm_tf.cluster_weights(m, K, weighting="fisher", data=(x, y, sw))
 
 
 def test_sample_weights_in_a_dataset_are_honoured_and_a_triple_is_refused_with_a_hint():

@@ -26,7 +26,7 @@ class ThreeInputs(keras.Model):
         return self.fc(self.join(list(xs)))
 
 
-def test_fisher_takes_a_subclassed_models_three_inputs_and_refuses_sample_weights():
+def test_fisher_takes_a_subclassed_models_three_inputs_and_sample_weights():
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=(12, 4)).astype("float32") for _ in range(3)]
     y = (xs[0][:, 0] > 0).astype("int64")
@@ -40,8 +40,11 @@ def test_fisher_takes_a_subclassed_models_three_inputs_and_refuses_sample_weight
     for name in got:
         np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(ref[name]))
         assert np.isfinite(np.asarray(got[name])).all() and np.asarray(got[name]).sum() > 0
-    with pytest.raises(ValueError, match="sample weights"):
-        dkm_tf.fisher_importance(model, (list(xs), y, np.ones(12, "float32")), labels="data")
+    weighted = dkm_tf.fisher_importance(model, (list(xs), y, np.ones(12, "float32")),
+                                        labels="data")  # (x, y, sample_weight): weights 1
+    plain = dkm_tf.fisher_importance(model, (list(xs), y), labels="data")
+    for name in weighted:
+        np.testing.assert_array_equal(np.asarray(weighted[name]), np.asarray(plain[name]))
 
 
 def test_lora_merged_copy_keeps_loss_weights_and_weighted_metrics():

@@ -46,7 +46,8 @@ other palette (a separable conv's per-channel depthwise kernel, whose channels a
 output through the pointwise kernel; scaled or transformed kernel units; a float16 kernel; a
 layer that is not linear in its kernel) is left as k-means made it, and its note says why; so
 is every layer whose update would not lower the model's output error. The notes give the
-errors before and after.
+errors before and after. Every calibration sample counts equally: ``data=(x, y,
+sample_weight)``, which ``weighting="fisher"`` takes, is refused (repeat samples to weigh them).
 """
 
 from __future__ import annotations
@@ -335,7 +336,7 @@ def check_refine(model, refine, data, inplace, sparse):
     """Validate ``refine`` eagerly; return the calibration inputs ``x`` (or None).
 
     One sample is run through ``model``, so inputs that do not fit it fail here, before any
-    k-means.
+    k-means. ``(x, y, sample_weight)`` is refused: the fit weighs every sample equally.
     """
     if refine not in REFINES:
         raise invalid("refine", f"one of {REFINES}", refine)
@@ -350,6 +351,13 @@ def check_refine(model, refine, data, inplace, sparse):
     if len(getattr(model, "inputs", None) or ()) != 1:
         raise invalid("refine", "None for a model without exactly one input (the update "
                       "feeds calibration samples x, one array, through the model)", refine)
+    if isinstance(data, (tuple, list)) and len(data) == 3 and (
+            data[2] is None or hasattr(data[2], "shape") or np.ndim(data[2]) == 1):
+        raise invalid("data", f"x or (x, y) for refine={refine!r}: its least-squares fit of "
+                      "the layer outputs weighs every calibration sample equally and takes no "
+                      "sample weights (weighting='fisher' alone takes (x, y, sample_weight); "
+                      "to weigh samples in the fit, repeat them)", "a sequence of 3, as (x, "
+                      "y, sample_weight)")
     x = data[0] if isinstance(data, (tuple, list)) and len(data) == 2 else data
     if isinstance(x, (tuple, list)) and len(x) == 1:  # [x] / ([x], y): the one input's array
         x = x[0]

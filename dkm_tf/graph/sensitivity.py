@@ -13,6 +13,10 @@ with the importance ``I`` of weighting="fisher" (the default recipe, measured in
     F_i = 1/N sum_n sum_c p(c | x_n) (d log p(c | x_n) / d w_i)^2,   log p(c | x) = -L(c, f(x))
     I_i = F_i + damping * mean(F)                         (damping = 1, per tensor)
 
+With sample weights (``data=(x, y, sample_weight)``, as Keras' ``fit`` takes them) ``1/N
+sum_n`` is the weighted mean ``sum_n s_n (...) / sum_n s_n`` (:mod:`.sensitivity_data` reads
+and checks the data).
+
 - **True Fisher** (labels drawn from the model itself, here their exact expectation over the C
   classes): it needs no labels and does not vanish at the training samples the model fits.
   SqueezeLLM's *empirical* Fisher ``1/N sum_n (dL(y_n, f(x_n))/dw_i)^2`` (``labels="data"``)
@@ -41,6 +45,7 @@ import numpy as np
 from dkm_tf.core.labels import as_arrays, check_label_range, class_ids, is_sparse_loss
 from dkm_tf.core.validate import check_choice, check_finite_samples, check_number, invalid
 from dkm_tf.graph.input_struct import as_model_inputs, input_shapes, shapes, take
+from dkm_tf.graph.sensitivity_data import check_sample_weight, n_samples, short, split
 from dkm_tf.graph.weighted_kmeans import FLOOR, weighted_codebook, weighted_kmeans, weighted_palette
 
 __all__ = ["DAMPING", "FISHER_LABELS", "FLOOR", "WEIGHTINGS", "check_sparse", "check_weighting",
@@ -62,29 +67,37 @@ def check_sparse(weighting, sparse):
 
 def check_weighting(model, weighting, data, loss, sparse=False, labels="model",
                     data_used=False):
-    """Validate ``weighting``/``data``/``loss`` eagerly; return ``(x, y, loss_fn)`` or None.
+    """Validate ``weighting``/``data``/``loss`` eagerly; return ``(data, loss_fn)`` or None.
 
-    With ``weighting="fisher"``: ``model`` must be a ``keras.Model``; ``data`` is ``x`` or a
+    With ``weighting="fisher"``: ``model`` must be a ``keras.Model``; ``data`` is ``x``, a
     tuple ``(x, y)`` (``y`` may be None; it is only used with ``labels="data"``, which needs
-    it) with as many samples in y as in x; the loss is ``loss`` or the compiled model's. One
-    sample is run through the model and the loss, so data that does not fit the model fails
-    here, before any k-means; with ``labels="model"`` the loss must also be a cross-entropy of
-    the model's output (``sum_c exp(-L(c, f(x))) = 1`` over its classes). ``sparse``: sparsity
-    or preserve_sparsity is requested (not supported with a weighting). ``data_used``: another
-    option (``refine``) uses ``data``, so it may be given without a weighting.
+    it) or ``(x, y, sample_weight)``, or a ``tf.data.Dataset`` of such batches
+    (:mod:`dkm_tf.graph.sensitivity_data`), with as many samples in y (and weights) as in x;
+    the weights of shape ``(N,)``, finite, ``>= 0`` and not all 0. The returned ``data`` is
+    ``(x, y)`` or ``(x, y, weights)`` as arrays, for :func:`fisher_importance`. The loss is
+    ``loss`` or the compiled model's. One sample is run through the model and the loss, so
+    data that does not fit the model fails here, before any k-means; with ``labels="model"``
+    the loss must also be a cross-entropy of the model's output (``sum_c exp(-L(c, f(x))) =
+    1`` over its classes). ``sparse``: sparsity or preserve_sparsity is requested (not
+    supported with a weighting). ``data_used``: another option (``refine``) uses ``data``, so
+    it may be given without a weighting.
     """
     checked = _check(model, weighting, None if data_used and weighting is None else data,
                      loss, sparse, labels)
-    return checked and checked[:3]
+    if not checked:
+        return checked
+    x, y, weights, loss_fn, _ = checked
+    return ((x, y) if weights is None else (x, y, weights)), loss_fn
 
 
 def _check(model, weighting, data, loss, sparse, labels):
-    """:func:`check_weighting`, and the C class targets fed to the loss (labels="model")."""
+    """:func:`check_weighting`: ``(x, y, sample_weight, loss_fn, targets)``, ``targets`` the
+    C class targets fed to the loss (labels="model"), ``sample_weight`` None or float64."""
     check_choice("weighting", weighting, WEIGHTINGS)
     if weighting is None:
         for name, value in (("data", data), ("loss", loss)):
             if value is not None:
-                raise invalid(name, "None unless weighting='fisher'", _short(value))
+                raise invalid(name, "None unless weighting='fisher'", short(value))
         return None
     check_sparse(weighting, sparse)
     check_choice("labels", labels, FISHER_LABELS)
@@ -93,17 +106,18 @@ def _check(model, weighting, data, loss, sparse, labels):
     if not isinstance(model, keras.Model):
         raise invalid("weighting", "None for a single layer (weighting='fisher' needs a "
                       "keras.Model and its loss)", weighting)
-    x, y = _split(model, data)
+    x, y, sample_weight = split(model, data)
     x, y = as_arrays(x), as_arrays(y)  # lists of numbers, as the training functions take them
     if x is None:
         raise invalid("data", "samples x, or a tuple (x, y), needed by weighting='fisher' "
                       "(squared gradients over these samples)", None)
     x = as_model_inputs(model, x)
-    n_x = _n_samples(x, "data")
-    n_y = n_x if y is None else _n_samples(y, "data")
+    n_x = n_samples(x, "data")
+    n_y = n_x if y is None else n_samples(y, "data")
     if n_x != n_y or n_x < 1:
         raise invalid("data", "(x, y) with the same number (>= 1) of samples",
                       f"x with {n_x} samples, y with {n_y}")
+    sample_weight = check_sample_weight(sample_weight, n_x)
     if labels == "data" and y is None:
         raise invalid("data", "a tuple (x, y) with labels y, needed by labels='data' (the "
                       "empirical Fisher uses the true labels)", "samples without labels")
@@ -123,21 +137,7 @@ def _check(model, weighting, data, loss, sparse, labels):
     if value is not None and not np.all(np.isfinite(_numpy(value))):
         raise invalid("data", "samples whose loss is finite", f"a loss of {value}")
     targets = _class_targets(model, loss_fn, x0, pred, keras) if labels == "model" else None
-    return x, y, loss_fn, targets
-
-
-def _split(model, data):
-    """``(x, y)`` of ``data``: ``x``, ``(x, y)``, or for a model of n > 1 inputs also the n
-    input arrays alone (``[x1, x2]`` was read as ``(x1, y=x2)`` and refused)."""
-    n_in = len(getattr(model, "inputs", None) or ())
-    if (n_in > 1 and isinstance(data, (tuple, list)) and len(data) == n_in
-            and all(hasattr(a, "shape") for a in data)):
-        return data, None
-    if isinstance(data, (tuple, list)) and len(data) == 3 and (n_in or np.ndim(data[2]) == 1):
-        raise invalid("data", "x or (x, y): weighting='fisher' weighs every sample equally and "
-                      "takes no sample weights (repeat a sample to weigh it more)",
-                      "a sequence of 3, as (x, y, sample_weight)")
-    return data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
+    return x, y, sample_weight, loss_fn, targets
 
 
 def _sparse_labels(y, pred):
@@ -204,23 +204,6 @@ def _not_cross_entropy(model, n, received):
     return invalid("loss", f"a cross-entropy of the model's output (for {model.name!r}'s "
                    f"{n} classes, sum_c exp(-loss(c)) = 1: from_logits=True for logits), needed "
                    "by weighting='fisher' (log p(c|x) = -loss(c))", received)
-
-
-def _short(value):
-    return f"<{type(value).__name__}>" if hasattr(value, "shape") else value
-
-
-def _n_samples(x, name):
-    import keras  # noqa: PLC0415
-
-    leaves = keras.tree.flatten(x)
-    if not leaves or any(getattr(a, "shape", None) is None or len(a.shape) == 0 for a in leaves):
-        raise invalid(name, "(x, y) made of arrays with a leading sample axis", _short(x))
-    lengths = [int(a.shape[0]) for a in leaves]
-    if len(set(lengths)) != 1:  # several inputs (or outputs): one sample count for all
-        raise invalid(name, "arrays with the same number of samples along axis 0",
-                      f"lengths {lengths} (shapes {[tuple(a.shape) for a in leaves]})")
-    return lengths[0]
 
 
 def _float32_outputs(pred):
@@ -338,13 +321,19 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
 
         F_i = 1/N sum_n (d L(y_n, f(x_n)) / d w_i)^2
 
-    (one gradient per sample; needs labels). The mean in the damping term is per variable.
+    (one gradient per sample; needs labels). With sample weights ``s_n`` (``data=(x, y,
+    sample_weight)``) ``1/N sum_n`` becomes the weighted mean ``sum_n s_n (...) / sum_n s_n``
+    in both: integer weights give the Fisher of the data with sample n repeated ``s_n`` times;
+    samples of weight 0 are not run. The mean in the damping term is per variable.
 
     Args:
         model: a built Keras model (a classifier for ``labels="model"``).
-        data: ``x`` or ``(x, y)``: every sample is used, one at a time (``y`` only with
-            ``labels="data"``); for a model of n inputs, ``x`` is the list of n arrays.
-            Every sample weighs 1/N: ``(x, y, sample_weight)`` is refused (``ValueError``).
+        data: ``x``, ``(x, y)`` or ``(x, y, sample_weight)`` (``y`` may be None: it is only
+            used with ``labels="data"``), or a finite ``tf.data.Dataset`` of such batches
+            (read once into arrays): every sample is used, one at a time; for a model of n
+            inputs, ``x`` is the list of n arrays. ``sample_weight``: shape ``(N,)``, finite,
+            ``>= 0``, not all 0 (checked before any gradient); without it each sample weighs
+            1/N.
         loss: the loss (name, ``keras.losses.Loss`` or callable); default the compiled one.
             With ``labels="model"`` a cross-entropy of the model's output (checked).
         variables: the variables to weigh (default: every clusterable weight of the model).
@@ -357,15 +346,18 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
     import keras  # noqa: PLC0415
 
     damping = check_number("damping", damping, "a finite number >= 0", low=0)
-    x, y, loss_fn, targets = _check(model, "fisher", data, loss, False, labels)
+    x, y, weights, loss_fn, targets = _check(model, "fisher", data, loss, False, labels)
     variables = list(variables) if variables is not None else _default_variables(model)
     grads = _gradient_fn(model, loss_fn, variables)
     values = [keras.ops.convert_to_tensor(v.value) for v in variables]
     sums = [np.zeros(tuple(v.shape), np.float64) for v in variables]
-    n = _n_samples(x, "data")
+    n = n_samples(x, "data")
     convert = keras.ops.convert_to_tensor
     targets = [convert(t) for t in targets] if targets is not None else None
     for i in range(n):
+        w_i = 1.0 if weights is None else float(weights[i])  # p * 1.0 == p: bit-identical
+        if w_i == 0.0:
+            continue
         x_i = keras.tree.map_structure(convert, take(x, i, i + 1))
         if targets is None:  # empirical: the sample's own label, weight 1
             pairs = [keras.tree.map_structure(convert, take(y, i, i + 1))]
@@ -377,12 +369,12 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
             p = 1.0 if targets is None else float(np.exp(-_numpy(value)))
             total += p
             for s, g_v in zip(sums, g):
-                s += p * np.square(_numpy(g_v).astype(np.float64))
+                s += (p * w_i) * np.square(_numpy(g_v).astype(np.float64))
         if targets is not None and abs(total - 1.0) > SUM_TOL:  # checked on every sample
             raise _not_cross_entropy(model, len(targets),
                                      f"sum_c exp(-loss) = {total:.6g} on sample {i}")
     out = {}
     for v, s in zip(variables, sums):
-        f = s / n
+        f = s / (n if weights is None else float(weights.sum()))
         out[id(v)] = f + damping * (float(f.mean()) if f.size else 0.0)
     return out

@@ -175,8 +175,10 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
             no fixed zero centroid: ``init`` must be ``"kmeans++"``, and ``overrides`` may not
             set another ``init``, nor (also with ``refine``) ``sparsity``/``preserve_sparsity``.
         data: samples ``x`` (or ``(x, y)``; labels are not needed) for ``weighting="fisher"``
-            (a few hundred suffice; each costs one gradient pass per class). One sample is
-            tried first: data that does not fit the model raises before any work.
+            (a few hundred suffice; each costs one gradient pass per class), or ``(x, y,
+            sample_weight)`` (or a tf.data.Dataset of such batches) for the weighted mean of
+            the Fisher (``refine`` refuses weights). One sample is tried first: data that does
+            not fit the model raises before any work.
         loss: the loss for ``weighting="fisher"``, a cross-entropy of the model's output
             (checked); default the compiled model's loss.
         codebook: ``"layer"`` (one codebook per tensor, default), or with ``unit="kernel"``
@@ -302,7 +304,7 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
                          + (f"its layers with weights are not supported: {skipped}" if skipped
                             else "it has no layer with weights."))
     if fisher:  # on the model that is clustered (BatchNormalization folded: same function)
-        imp = sensitivity.fisher_importance(model, fisher[:2], fisher[2],
+        imp = sensitivity.fisher_importance(model, fisher[0], fisher[1],
                                             variables=[j.var for j in jobs])
         jobs = [dataclasses.replace(j, importance=imp[id(j.var)]) for j in jobs]
     if folding is not None:  # say why a BatchNormalization was left unfolded

@@ -170,7 +170,8 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
             see :class:`ClusterWeights`), snapped to hard assignments at strip.
         temperature: DKM's softmax temperature tau (> 0), with ``assignment="soft"`` only.
         weighting: ``None`` or ``"fisher"``: Fisher-weighted k-means (:func:`dkm_tf.share_weights`).
-        data: samples ``x`` (or ``(x, y)``) for ``weighting="fisher"``.
+        data: samples ``x``, ``(x, y)`` or ``(x, y, sample_weight)`` (or a dataset of such
+            batches) for ``weighting="fisher"``.
         loss: the loss for ``weighting="fisher"``; default the compiled model's loss.
         codebook: ``"layer"`` (default: one codebook per tensor, the path above), or, with
             ``unit="kernel"``, kernel clustering (Son et al., ECCV 2018; methods.md §2.4):
@@ -275,7 +276,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         workers = min(KMEANS_THREADS, os.cpu_count() or 1)
         with concurrent.futures.ThreadPoolExecutor(workers, "dkm_tf-kmeans") as pool:
             try:
-                imp = fisher and sensitivity_lib.fisher_importance(model, fisher[:2], fisher[2])
+                imp = fisher and sensitivity_lib.fisher_importance(model, *fisher)  # data, loss
                 futures = _prefetch_kmeans(model, defaults, overrides, seed, kmeans_options,
                                            pool, imp)
                 out = _clone(model, wrap)
