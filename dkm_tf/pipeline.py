@@ -29,6 +29,7 @@ from dkm_tf.pipeline_metrics import (
     ratio_words,
     tflite_accuracy,
 )
+from dkm_tf.pipeline_skipped import skipped_layers as _skipped_layers
 from dkm_tf.training.data_checks import reads_once
 
 __all__ = ["METHODS", "CompressionResult", "accuracy_note", "agreement_data", "binary_threshold",
@@ -169,7 +170,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
              finetune_epochs=2, finetune_learning_rate=None, dkm_epochs=5, lam=1.0,
              relaxation="hard", sparsity=0.0, batch_size=64, verbose=1,
              preserve_sparsity=False, progress=None, codebook="layer", transforms=1,
-             scale_bits=16, weighting=None, refine=None, calibration_samples=256):
+             scale_bits=16, weighting=None, refine=None, calibration_samples=256,
+             class_weight=None):
     """Compress a Keras model by k-means weight sharing.
 
     Args:
@@ -221,6 +223,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             for ``"gptq"``); see :func:`dkm_tf.share_weights`. Both calibrate on
             ``calibration_samples`` samples of ``train_data`` drawn with ``seed``.
         calibration_samples: how many training samples ``weighting`` / ``refine`` use.
+        class_weight: ``{class id: weight}`` of the training methods' loss (see
+            :func:`dkm_tf.finetune`); refused with ``"wr"``.
 
     Returns:
         A :class:`CompressionResult`.
@@ -265,7 +269,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                               relaxation=relaxation, unit=unit, epochs=dkm_epochs,
                               sparsity=reg_p, batch_size=batch_size,
                               verbose=max(verbose - 1, 0), preserve_sparsity=preserve_sparsity,
-                              callbacks=bar("dkm"), seed=seed)
+                              callbacks=bar("dkm"), seed=seed, class_weight=class_weight)
         seconds["retrain"] = time.perf_counter() - t
     t, calib = time.perf_counter(), None  # the calibration sample of a calibrated "wr"
     if method.endswith("finetune"):
@@ -283,7 +287,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             work, train_data, n_clusters=n_clusters, unit=unit, granularity=granularity,
             init=init, epochs=finetune_epochs, learning_rate=lr, batch_size=batch_size,
             overrides=overrides, verbose=max(verbose - 1, 0), seed=seed,
-            preserve_sparsity=preserve_sparsity, callbacks=bar("finetune"), kernel_options=kernel)
+            preserve_sparsity=preserve_sparsity, callbacks=bar("finetune"), kernel_options=kernel,
+            class_weight=class_weight)
         skipped = _skipped_layers(clustered, palettes, overrides, unit)  # after BN fold
     else:
         log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity}"
@@ -359,27 +364,6 @@ def _energy(model, palettes, log, data=()):
             log(f"[energy] not estimated: {e}")
             return None
     return None
-
-
-def _skipped_layers(model, palettes, overrides, unit=None):
-    import keras  # noqa: PLC0415
-
-    from dkm_tf.graph import clusterable  # noqa: PLC0415
-    from dkm_tf.graph.copying import iter_layers  # noqa: PLC0415
-
-    done = {p.layer_name for p in palettes}
-    out = []
-    for layer in iter_layers(model):
-        if layer.weights and layer.name not in done:
-            kind = type(layer).__name__
-            why = ("not a supported kernel layer" if not clusterable.is_clusterable(layer)
-                   else "excluded by overrides"
-                   if clusterable.skipped_by_overrides(layer, overrides)
-                   else f"unit='kernel': {kind} has no k x k Conv2D kernel; left float"
-                   if unit == "kernel" and not isinstance(layer, keras.layers.Conv2D)
-                   else "not clustered")
-            out.append((layer.name, why))
-    return out
 
 
 def save_palettes(palettes, model_path):

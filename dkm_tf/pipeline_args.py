@@ -81,12 +81,22 @@ def check_args(model, train_data, test_data, args):
 
         validate.check_choice("relaxation", a["relaxation"], RELAXATIONS)
     try:
-        return _check_datasets(model, train_data, test_data, method, a)
+        data = _check_datasets(model, train_data, test_data, method, a)
     except ValueError as e:  # ``TypeError``s stay: the Python API's wrong types, not data
         if isinstance(e, DataMismatchError) or not any(
                 f"`{name}`" in str(e) for name in ("train_data", "test_data")):
             raise
         raise DataMismatchError(str(e)) from e
+    if a.get("class_weight") is not None:  # before the first stage (dkm+finetune: both)
+        from dkm_tf.training.class_weights import check_class_weight  # noqa: PLC0415
+        from dkm_tf.training.common import compiled_loss, default_loss  # noqa: PLC0415
+
+        if method == "wr":
+            raise validate.invalid("class_weight", "None with method='wr' (it trains "
+                                   "nothing)", a["class_weight"])
+        check_class_weight(a["class_weight"], model,
+                           compiled_loss(model) or default_loss(model), data[0])
+    return data
 
 
 def _check_datasets(model, train_data, test_data, method, a):
@@ -359,18 +369,14 @@ def merged_lora(model, notes):
     (:func:`dkm_tf.graph.layer_features.merge_lora`: what the layer computes with is what
     gets compressed); a note in ``notes`` names them."""
     from dkm_tf.graph.layer_features import merge_lora  # noqa: PLC0415
-    from dkm_tf.training.common import (  # noqa: PLC0415
-        compiled_loss,
-        compiled_loss_weights,
-        compiled_metrics,
-    )
+    from dkm_tf.training.common import compiled_loss  # noqa: PLC0415
+    from dkm_tf.training.compile_settings import compile_settings  # noqa: PLC0415
 
     work, merged = merge_lora(model)
     if merged and compiled_loss(model) is not None:  # the copy trains with the user's loss
         opt = model.optimizer
-        work.compile(optimizer=type(opt).from_config(opt.get_config()), loss=model.loss,
-                     loss_weights=compiled_loss_weights(model), metrics=compiled_metrics(model),
-                     weighted_metrics=compiled_metrics(model, "weighted_metrics"))
+        work.compile(optimizer=type(opt).from_config(opt.get_config()),
+                     **compile_settings(model))  # loss_weights, weighted_metrics too
     if merged:
         notes.append(f"LoRA merged: {len(merged)} layer(s) ({', '.join(merged)}) were "
                      "compressed on their effective kernel kernel + lora_kernel_a @ "

@@ -6,21 +6,18 @@ import keras
 import numpy as np
 
 from dkm_tf.core.validate import check_finite_samples, check_int
+from dkm_tf.training.class_weights import check_class_weight, weigh_classes
 from dkm_tf.training.clustering import cluster_weights, strip_clustering
 from dkm_tf.training.common import (
     check_data,
     check_fit_args,
     check_labels_for,
     check_learning_rate,
-    compiled_loss,
-    compiled_loss_weights,
-    compiled_metrics,
-    default_loss,
     for_outputs,
     fresh_metrics,
     is_tf_dataset,
 )
-from dkm_tf.training.distill import distillation_metrics
+from dkm_tf.training.compile_settings import check_label_keys, compile_settings
 
 __all__ = ["finetune"]
 
@@ -28,7 +25,8 @@ __all__ = ["finetune"]
 def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
              granularity="per_tensor", init="kmeans++", epochs=3, learning_rate=1e-3,
              batch_size=32, overrides=None, latent=False, reassign_every=None, metrics=None,
-             callbacks=None, seed=0, verbose=0, preserve_sparsity=False, kernel_options=None):
+             callbacks=None, seed=0, verbose=0, preserve_sparsity=False, kernel_options=None,
+             class_weight=None):
     """Cluster a copy of ``model``, fine-tune it with hard weight sharing, and strip it.
 
     Args:
@@ -55,6 +53,10 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         verbose: passed to ``fit``.
         kernel_options: ``{"codebook": ..., "transforms": ..., "scale_bits": ...}`` for kernel
             clustering with a shared codebook (see :func:`cluster_weights`), or None.
+        class_weight: ``{class id: weight}`` (ids in [0, C); a class left out weighs 1) for a
+            single-output model, as Keras' ``fit`` takes it, applied as per-sample weights
+            read from the true labels (the labels' half of distillation targets, which
+            Keras' own would misread); not with ``(x, y, sample_weight)`` batches.
 
     The loss is the model's own (with its ``loss_weights``) when it is compiled; otherwise
     sparse categorical cross-entropy, from logits unless the last layer is a softmax.
@@ -88,23 +90,20 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     train_data = check_data("train_data", train_data, model, required=bool(epochs),
                             labels=bool(epochs))
     val_data = check_data("val_data", val_data, model, required=False)
-    loss, loss_weights = compiled_loss(model), compiled_loss_weights(model)  # as compiled
-    used_default = loss is None
-    if used_default:
-        loss = default_loss(model)
+    settings = compile_settings(model, metrics)  # the model's own, or the defaults
+    loss, metrics = settings["loss"], settings["metrics"] or []
+    loss_weights, weighted = settings["loss_weights"], settings["weighted_metrics"]
+    table = None
     if epochs:
         train_data = check_labels_for("train_data", train_data, model, loss)
         val_data = check_labels_for("val_data", val_data, model, loss)
         for name, data in (("train_data", train_data), ("val_data", val_data)):
+            check_label_keys(name, data, model)  # before the k-means, not inside fit
             if isinstance(data, tuple):  # NaN inputs trained NaN weights, refused late
                 check_finite_samples(name, data[0], "x (NaN inputs train NaN weights)")
-    if metrics is None:  # Keras wants one entry per output of a multi-output model
-        heads = len(getattr(model, "outputs", None) or ()) or 1
-        metrics = (["accuracy"] * heads if heads > 1 else ["accuracy"]) if used_default else (
-            distillation_metrics(model, compiled_metrics(model)) or [])
-    metrics = list(metrics) if isinstance(metrics, (list, tuple)) else metrics  # or a dict
-    weighted = None if used_default else distillation_metrics(  # the compiled ones, as metrics
-        model, compiled_metrics(model, "weighted_metrics"))
+        table = check_class_weight(class_weight, model, loss, train_data)
+    elif class_weight is not None:
+        check_class_weight(class_weight, model, loss, None)
     keras.utils.set_random_seed(seed)
     clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
                                 seed=seed, latent=latent, overrides=overrides,
@@ -124,6 +123,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         train_data, val_data = (_relabel(d, model, clustered) for d in (train_data, val_data))
         if val_data is not None:
             fit_kwargs["validation_data"] = val_data
+        train_data, weights = weigh_classes(train_data, table, loss)
+        fit_kwargs.update(weights)  # sample_weight (arrays) or class_weight (a PyDataset)
         if isinstance(train_data, tuple):
             history = clustered.fit(train_data[0], train_data[1], batch_size=batch_size,
                                     **fit_kwargs)

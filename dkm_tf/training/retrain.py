@@ -8,18 +8,15 @@ from dkm_tf.core.validate import check_finite_samples, check_int, is_int
 from dkm_tf.graph.copying import copy_model
 from dkm_tf.training import callbacks as callbacks_lib
 from dkm_tf.training.attach import attach_regularizer, detach_regularizer, kmeans_regularizers
+from dkm_tf.training.class_weights import check_class_weight, weigh_classes
 from dkm_tf.training.common import (
     check_data,
     check_fit_args,
     check_labels_for,
     check_learning_rate,
-    compiled_loss,
-    compiled_loss_weights,
-    compiled_metrics,
-    default_loss,
     is_tf_dataset,
 )
-from dkm_tf.training.distill import distillation_metrics
+from dkm_tf.training.compile_settings import compile_settings
 
 __all__ = ["dkm_retrain"]
 
@@ -38,7 +35,7 @@ def _split(data, name):
 def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relaxation="hard",
                 unit="auto", epochs=10, learning_rate=1e-4, batch_size=128, refresh_every=5,
                 sparsity=0.0, include_dense=True, seed=0, callbacks=None, verbose=0,
-                preserve_sparsity=False):
+                preserve_sparsity=False, class_weight=None):
     """Re-train a copy of ``model`` with the Deep k-Means penalty (Wu et al., ICML 2018, §2.4).
 
     Steps: clone the model (the input is never modified) → :func:`dkm_tf.attach_regularizer`
@@ -79,6 +76,9 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
             as :func:`dkm_tf.finetune`: the same seed shuffles the same way), below 2**32.
         callbacks: extra Keras callbacks.
         verbose: passed to ``fit``.
+        class_weight: ``{class id: weight}`` for a single-output model, as for
+            :func:`dkm_tf.finetune` (per-sample weights from the true labels; the k-means
+            penalty is not weighed).
 
     Returns:
         ``(retrained_model, history)``: the trained copy with the k-means regularizers removed
@@ -102,33 +102,27 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     check_fit_args(model, batch_size=batch_size, callbacks=callbacks, verbose=verbose)
     train_data = check_data("train_data", train_data, model)
     val_data = check_data("val_data", val_data, model, required=False)
-    loss = compiled_loss(model)
-    reads = default_loss(model) if loss is None else loss  # the loss that reads the labels
+    settings = compile_settings(model)  # the model's own, or the defaults
+    reads = settings["loss"]  # the loss that reads the labels
     train_data = check_labels_for("train_data", train_data, model, reads)
     val_data = check_labels_for("val_data", val_data, model, reads)
     for name, data in (("train_data", train_data), ("val_data", val_data)):
         if isinstance(data, tuple):  # NaN inputs trained NaN weights, refused late
             check_finite_samples(name, data[0], "x (NaN inputs train NaN weights)")
+    table = check_class_weight(class_weight, model, reads, train_data)
     clone = copy_model(model)
     attach_regularizer(clone, n_clusters, lam, relaxation=relaxation, unit=unit,
                        include_dense=include_dense, sparsity=sparsity, seed=seed,
                        preserve_sparsity=preserve_sparsity)
     undo_pins = _pin_zeros(clone) if preserve_sparsity else (lambda: None)
-    weighted = None
-    if loss is not None:
-        metrics = distillation_metrics(model, compiled_metrics(model))
-        weighted = distillation_metrics(model, compiled_metrics(model, "weighted_metrics"))
-    else:
-        loss, metrics = default_loss(clone), ["accuracy"]
-    clone.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics,
-                  loss_weights=compiled_loss_weights(model),  # None with the default loss
-                  weighted_metrics=weighted)
+    clone.compile(optimizer=keras.optimizers.Adam(learning_rate), **settings)
     keras.utils.set_random_seed(seed)  # fit's shuffle, else the caller's global state decides
+    train_data, weights = weigh_classes(train_data, table, reads)  # sample_weight, or Keras'
     (xy, train_ds), (val_xy, val_ds) = _split(train_data, "train_data"), _split(val_data,
                                                                                 "val_data")
     refresh = callbacks_lib.RefreshKMeans(every_n_epochs=refresh_every)
     fit_kwargs = {"epochs": epochs, "verbose": verbose,
-                  "callbacks": [refresh, *(callbacks or [])],
+                  "callbacks": [refresh, *(callbacks or [])], **weights,
                   "validation_data": val_xy if val_xy is not None else val_ds}
     if xy is not None:
         history = clone.fit(xy[0], xy[1], batch_size=batch_size, shuffle=True, **fit_kwargs)

@@ -1,0 +1,98 @@
+"""What the training functions compile their copy of the user's model with
+(:func:`compile_settings`: :func:`dkm_tf.finetune`, :func:`dkm_tf.dkm_retrain` and
+``compress``'s LoRA-merged copy), and the checks of what Keras would refuse only inside
+``fit``, after the k-means: a single loss with a list or dict of ``loss_weights``, and a
+``PyDataset`` whose labels are keyed by the output layers' names (:func:`check_label_keys`).
+"""
+
+from __future__ import annotations
+
+from dkm_tf.core.validate import invalid
+from dkm_tf.training.common import (
+    compiled_loss,
+    compiled_loss_weights,
+    compiled_metrics,
+    default_loss,
+)
+from dkm_tf.training.distill import distillation_metrics
+
+__all__ = ["check_label_keys", "compile_settings"]
+
+
+def compile_settings(model, metrics=None):
+    """The ``compile`` keyword arguments ``loss``, ``loss_weights``, ``metrics`` and
+    ``weighted_metrics`` (a dict) for a copy of ``model``.
+
+    A compiled model gives its own loss, ``loss_weights``, metrics and ``weighted_metrics``
+    (Keras' ``"accuracy"`` read as :class:`~dkm_tf.DistillationAccuracy` with a
+    :class:`~dkm_tf.DistillationLoss`); else the default cross-entropy
+    (:func:`~dkm_tf.training.common.default_loss`) with ``"accuracy"`` once per output (a
+    single ``["accuracy"]`` failed inside ``fit`` for two outputs: "tuple arity mismatch").
+    ``metrics`` (a list or dict) replaces the metrics. A single loss compiled with a list or
+    dict of ``loss_weights`` (one per output) becomes one loss per output (Keras refused it
+    inside ``fit``: "`loss_weights` must match the number of losses"); ``loss_weights`` that
+    name no output, or of another count than the outputs, raise ``ValueError`` here.
+    """
+    loss, default = compiled_loss(model), False
+    if loss is None:
+        loss, default = default_loss(model), True
+    if metrics is None:
+        heads = len(getattr(model, "outputs", None) or ()) or 1
+        metrics = ["accuracy"] * heads if default else distillation_metrics(
+            model, compiled_metrics(model))
+    elif isinstance(metrics, (list, tuple)):
+        metrics = list(metrics)  # a copy (a dict as it is)
+    weighted = None if default else distillation_metrics(
+        model, compiled_metrics(model, "weighted_metrics"))
+    loss, weights = _per_output(loss, compiled_loss_weights(model), model)
+    return {"loss": loss, "loss_weights": weights, "metrics": metrics,
+            "weighted_metrics": weighted}
+
+
+def _per_output(loss, weights, model):
+    """``(loss, loss_weights)`` with a single loss repeated per output where the weights
+    are a list or dict (Keras pairs them only with as many losses)."""
+    if weights is None or isinstance(loss, (list, tuple, dict)) or not isinstance(
+            weights, (list, tuple, dict)):
+        return loss, weights
+    struct = getattr(model, "_outputs_struct", None)
+    names = list(struct) if isinstance(struct, dict) else list(
+        getattr(model, "output_names", None) or ())
+    n = len(getattr(model, "outputs", None) or ()) or 1
+    if isinstance(weights, dict):
+        if set(weights) == set(names):
+            return {k: loss for k in weights}, weights
+        raise invalid("loss_weights", f"loss weights keyed by the model's output names "
+                      f"{names} (as compiled into `model`, with one loss)", weights)
+    if len(weights) != n:
+        raise invalid("loss_weights", f"{n} loss weight(s), one per output of the model (as "
+                      "compiled into `model`, with one loss)", weights)
+    if n == 1:
+        return loss, weights  # Keras pairs one weight with one loss
+    if isinstance(struct, dict):  # Keras would pair the list with its sorted keys
+        raise invalid("loss_weights", f"loss weights keyed by the model's output names "
+                      f"{names} (its outputs are a dict; as compiled into `model`)", weights)
+    return [loss] * n, list(weights)
+
+
+def check_label_keys(name, data, model):
+    """Refuse a ``keras.utils.PyDataset`` ``data`` whose labels (of its first batch,
+    ``data[0]``) are a dict, for a model whose outputs are a list: :func:`dkm_tf.finetune`
+    trains a clustered copy whose output layers are renamed ``cluster_<name>``, and Keras
+    failed inside ``fit``, after the k-means ("Expected float32, but got a of type 'str'").
+    Arrays and ``tf.data`` labels are re-keyed instead; a PyDataset is not wrapped."""
+    import sys  # noqa: PLC0415
+
+    keras = sys.modules.get("keras")
+    if (data is None or keras is None or not isinstance(data, keras.utils.PyDataset)
+            or isinstance(getattr(model, "_outputs_struct", None), dict)
+            or len(getattr(model, "outputs", None) or ()) < 2):
+        return
+    batch = data[0]
+    if isinstance(batch, tuple) and len(batch) in (2, 3) and isinstance(batch[1], dict):
+        raise ValueError(f"Invalid value for argument `{name}`. Expected a PyDataset whose "
+                         "labels are a list, one array per output in the model's order "
+                         f"{list(model.output_names)} (the clustered copy's outputs are "
+                         "renamed cluster_<name>). Received: a PyDataset yielding a label "
+                         f"dict with keys {sorted(batch[1])}; yield "
+                         "[y[name] for name in model.output_names] instead")
