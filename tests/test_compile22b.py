@@ -265,6 +265,20 @@ def test_compress_passes_class_weight_and_checks_it_first(monkeypatch):
                                  learning_rate=1e-3, seed=0, class_weight=CW)  # K <= 4: 1e-3
     for a, b in zip(got.get_weights(), want.get_weights()):  # the class weights reach fit
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    plain = dkm_tf.compress(_mlp(), (x, y), method="finetune", **kw).model  # review: both
+    assert any(not np.allclose(a, b, rtol=1e-5, atol=1e-6)  # could have ignored the weights
+               for a, b in zip(got.get_weights(), plain.get_weights()))
+    weighed, fit = [], keras.Model.fit
+
+    def counting_fit(self, *args, **kwargs):  # both stages of "dkm+finetune" weigh samples
+        weighed.append(kwargs.get("sample_weight") is not None)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", counting_fit)
+    dkm_tf.compress(_mlp(), (x, y), method="dkm+finetune", class_weight=CW,
+                    dkm_epochs=1, **kw)
+    assert len(weighed) >= 2 and all(weighed), weighed
+    monkeypatch.setattr(keras.Model, "fit", fit)
     _refuse_before_kmeans(monkeypatch)
     with pytest.raises(ValueError, match=r"`class_weight`.*method='wr'"):
         dkm_tf.compress(_mlp(), (x, y), method="wr", class_weight=CW, verbose=0)

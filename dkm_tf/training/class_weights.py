@@ -51,6 +51,7 @@ def check_class_weight(class_weight, model, loss, train_data):
                 + f" (key {key!r})", class_weight)
         check_number("class_weight", weight, _EXPECTED + f" (class {key}: {weight!r})", low=0)
     _check_pydataset(train_data, loss)
+    _check_label_width(train_data, loss, n)
     size = max(n or 0, max(int(k) for k in class_weight) + 1)
     table = np.ones(size, np.float32)
     for key, weight in class_weight.items():
@@ -104,6 +105,35 @@ def _check_pydataset(data, loss):
                          "position (Keras would read the class as the arg-max of the last "
                          "label axis). Received: class_weight with such a PyDataset; pass "
                          "(x, y) arrays or a tf.data.Dataset")
+
+
+def _check_label_width(data, loss, n):
+    """Refuse labels of several columns that are not one-hot rows of the ``n`` classes under
+    a loss not known to be sparse (a custom loss over per-position class ids): their arg-max
+    would be a position, not a class (Keras' own reading, silently wrong weights)."""
+    import sys  # noqa: PLC0415
+
+    from dkm_tf.training.distill import DistillationLoss  # noqa: PLC0415
+
+    tf, keras = sys.modules.get("tensorflow"), sys.modules.get("keras")
+    if tf is not None and isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+    elif keras is not None and isinstance(data, keras.utils.PyDataset):
+        spec = data[0]
+    else:
+        spec = data
+    y = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
+    shape = tuple(getattr(y, "shape", ()) or ())
+    if (isinstance(loss, DistillationLoss) or is_sparse_loss(loss) or len(shape) < 2
+            or shape[-1] in (1, n) or n is None):
+        return
+    raise ValueError("Invalid value for argument `class_weight`. Expected labels of one class "
+                     f"id per sample, or one-hot rows of the model's {n} classes, under a loss "
+                     "other than a sparse cross-entropy. Received: class_weight with labels of "
+                     f"shape {shape} and loss {getattr(loss, '__name__', loss)!r}: the class of "
+                     "each label cannot be read; compile with "
+                     "keras.losses.SparseCategoricalCrossentropy for per-position class ids, "
+                     "or pass a tf.data.Dataset of (x, y, sample_weight) batches")
 
 
 def _class_ids(y, loss, xp):
