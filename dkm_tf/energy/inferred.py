@@ -14,6 +14,7 @@ readers' record names): `layer` for a layer's kernel or embeddings, `layer/depth
 equals `estimate(model, palettes=...)` with the palettes that produced it.
 """
 
+import collections
 import math
 
 import numpy as np
@@ -130,6 +131,7 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
     from dkm_tf.graph.copying import iter_layers
 
     by_layer, by_name = {}, {}
+    counts = collections.Counter(la.name for la in iter_layers(model))  # a wrapper's own name
     for s in shapes:
         if s.kind in ("conv", "dense"):
             by_layer.setdefault(s.layer, set()).add(s.n_weights)
@@ -141,7 +143,7 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
         for p in _wrapper_palettes(layer):  # a file saved before strip_clustering
             size = p.n_units * p.unit_dim  # records may carry the wrapper's name: a
             key = _record_key(layer.name, p.weight_name)  # layer `cluster_fc` beside `fc`
-            if size not in by_name.get(key, ()):
+            if counts[layer.name] > 1 or size not in by_name.get(key, ()):  # a nested twin
                 key = _record_key(p.layer_name, p.weight_name)
                 if size not in by_name.get(key, by_layer.get(key, ())):
                     continue

@@ -39,11 +39,13 @@ class Heartbeat:
         total: number of jobs, for "n of total done".
         every_s: seconds between lines; ``None``: :data:`HEARTBEAT_S` (read when opened).
         what: the jobs' name in "n of total <what> done".
+        doing: what the jobs do, the line's head ("k-means running").
     """
 
-    def __init__(self, enabled, total, every_s=None, what="tensor(s)"):
+    def __init__(self, enabled, total, every_s=None, what="tensor(s)",
+                 doing="k-means running"):
         self.enabled, self.total, self.every_s = bool(enabled), int(total), every_s
-        self.what = what
+        self.what, self.doing = what, doing
         self._running, self._done = {}, 0
         self._lock, self._stop, self._thread = threading.Lock(), threading.Event(), None
 
@@ -86,7 +88,7 @@ class Heartbeat:
             if running:
                 names = ", ".join(f"{name} ({size:,} weights, {_fmt(now - start)})"
                                   for name, (start, size) in running)
-                print(f"  ... k-means running: {names}; {done} of {self.total} {self.what} done",
+                print(f"  ... {self.doing}: {names}; {done} of {self.total} {self.what} done",
                       flush=True)
 
 
@@ -94,10 +96,10 @@ _OPEN = contextvars.ContextVar("dkm_tf_heartbeat", default=None)  # set by progr
 
 
 @contextlib.contextmanager
-def progress(enabled, total, what):
+def progress(enabled, total, what, doing="k-means running"):
     """A :class:`Heartbeat` (``enabled=False``: none, no thread) that :func:`run_tracked`
     calls made inside this block report to."""
-    with Heartbeat(enabled, total, what=what) as beat:
+    with Heartbeat(enabled, total, what=what, doing=doing) as beat:
         token = _OPEN.set(beat) if beat.enabled else None
         try:
             yield beat

@@ -327,7 +327,7 @@ def _progress(model, verbose):
     verbose = check_bool("verbose", verbose)
     layers = [model, *clusterable.walk_layers(model)] if verbose else []
     return progress(verbose, sum(isinstance(lay, ClusterWeights) for lay in layers),
-                    "wrapper(s)")
+                    "wrapper(s)", doing="palettes running")
 
 
 def routes_strip(fn):
