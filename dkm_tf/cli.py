@@ -193,12 +193,20 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
             check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
             check_model_overrides(model, overrides, method, locals())  # keys naming its layers
             notes += [n for n in [loss_note(model_path, method, weighting)] if n]
+            from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
+            from dkm_tf.pipeline_metrics import not_class_scores  # noqa: PLC0415
+
+            loss = compiled_loss_name(model_path)  # loaded without it: "mse" = regressor
+            if weighting and (why := not_class_scores(model, loss)):  # Python refuses
+                raise CliUsageError("weighting", "none for a model that is not a classifier "
+                                    f"(the true Fisher needs class probabilities; {why})",
+                                    weighting)
             if test is not None and test[1] is None:  # held-out inputs without labels: the
-                test, note = pipeline.agreement_data(model, test[0])  # float model's classes
+                test, note = pipeline.agreement_data(model, test[0], loss=loss)  # float classes
                 metric = metric if test is None else cli_tables.AGREEMENT
                 notes += [note] if note else []  # inputs where it outputs NaN: left out
-                _log(cli_tables.agreement_line(test and test[1], pipeline.accuracy_note(model),
-                                               notes))
+                _log(cli_tables.agreement_line(test and test[1],
+                                               pipeline.accuracy_note(model, loss), notes))
         try:
             result = pipeline.compress(
                 model, train, test, method=method, n_clusters=n_clusters, unit=unit,

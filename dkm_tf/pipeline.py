@@ -306,7 +306,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     seconds["finetune" if method.endswith("finetune") else "cluster"] = time.perf_counter() - t
     if stage is not None:  # still open unless a fine-tuning bar took over
         stage.close()
-    acc_after = evaluate_accuracy(clustered, test_data) if test_data is not None else None
+    acc_after = (evaluate_accuracy(clustered, test_data)  # the copy has lost the compiled loss
+                 if test_data is not None and acc_before is not None else None)
     if acc_before is None and test_data is not None:
         notes.append(f"no test accuracy: {accuracy_note(model)}")
     size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))

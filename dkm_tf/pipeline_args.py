@@ -111,10 +111,15 @@ def _check_datasets(model, train_data, test_data, method, a):
                                "(it trains)", "(x, None)")
     heads = len(getattr(model, "outputs", None) or ())
     if method != "wr" and heads > 1 and isinstance(train_data, tuple):
+        y = train_data[1]
+        hint = " (dkm_tf.finetune / dkm_retrain train every output with its compiled loss)"
+        got = (f"labels for {len(y)} outputs ({', '.join(map(str, y))}){hint}"
+               if isinstance(y, dict) else f"a {type(y).__name__} of {len(y)} labels{hint}"
+               if isinstance(y, (list, tuple)) else f"one label array y of shape {np.shape(y)}")
         raise ValueError(f"Invalid value for argument `train_data`. Expected a single-output "
                          f"classifier for method={method!r}, which trains on the labels y (the "
                          f"model has {heads} outputs; method='wr' trains nothing). Received: "
-                         f"one label array y of shape {np.shape(train_data[1])}")
+                         f"{got}")  # a dict was "one label array y of shape ()"
     check_calibration(model, method, train_data, a)
     test_data = check_data("test_data", test_data, model, required=False, labels=False)
     if test_data is not None and not isinstance(test_data, tuple):

@@ -13,7 +13,26 @@ from dkm_tf.core.validate import check_int, check_number, invalid_type
 from dkm_tf.training.data_checks import as_arrays, check_label_range, class_ids
 
 __all__ = ["accuracy_note", "agreement_data", "as_arrays", "binary_threshold", "class_ids",
-           "evaluate_accuracy", "float_predictions", "predicted_classes", "tflite_accuracy"]
+           "evaluate_accuracy", "float_predictions", "not_class_scores", "predicted_classes",
+           "tflite_accuracy"]
+
+
+def not_class_scores(model, loss=None):
+    """Why ``model``'s output is not class scores, read from its compiled loss: a regression
+    loss (``"mse"``, ``"mae"``, Huber, ...) or a binary cross-entropy over several output
+    units (multi-label: several classes per sample, no single top-1). None otherwise (a
+    cross-entropy, a custom loss, several outputs, or a model that is not compiled).
+    Their arg-max or sign read as a class gave a regressor an "agreement with the float
+    model" (0.94 for one linear unit: the sign of its output). ``loss``: the compiled loss's
+    name for a model loaded with ``compile=False`` (``dkm-tf compress --model``)."""
+    from dkm_tf.core.loss_kind import non_class_loss  # noqa: PLC0415
+
+    found = non_class_loss(model, loss)
+    if found is None:
+        return None
+    name, kind = found
+    return (f"the model is compiled with loss {name!r}: {kind}, its output is not one class "
+            "per sample (no top-1 accuracy or agreement)")
 
 
 def binary_threshold(model):
@@ -24,10 +43,12 @@ def binary_threshold(model):
     return {"sigmoid": 0.5, "linear": 0.0}.get(output_activation(model))
 
 
-def accuracy_note(model):
+def accuracy_note(model, loss=None):
     """Why ``model`` has no top-1 accuracy (its output is not one row of class scores per
     sample): a line for :attr:`CompressionResult.notes`."""
     names = list(getattr(model, "output_names", None) or ())
+    if (why := not_class_scores(model, loss)) is not None:  # loss: see not_class_scores
+        return why
     if len(names) > 1:
         return (f"the model has {len(names)} outputs ({', '.join(names)}): top-1 accuracy "
                 "needs a single-output classifier")
@@ -61,15 +82,17 @@ def predicted_classes(scores, n, threshold=None):
     return pred
 
 
-def float_predictions(model, x, batch_size=256):
+def float_predictions(model, x, batch_size=256, loss=None):
     """The model's top-1 classes on ``x`` (labels for held-out inputs that have none: the
     accuracy of a compressed copy against them is its agreement with this model), or None
-    when the output is not class scores (:func:`predicted_classes`)."""
+    when the output is not class scores (:func:`predicted_classes`, :func:`not_class_scores`)."""
+    if not_class_scores(model, loss) is not None:  # loss: see not_class_scores
+        return None
     out = model.predict(x, batch_size=_batch(batch_size), verbose=0)
     return predicted_classes(out, _n_samples(x), binary_threshold(model))
 
 
-def agreement_data(model, x, batch_size=256):
+def agreement_data(model, x, batch_size=256, loss=None):
     """``((x, labels), note)`` for held-out inputs without labels: ``labels`` the float
     model's top-1 classes (:func:`float_predictions`; ``(None, None)`` when its output is not
     class scores). Inputs where the float model outputs NaN have no class to agree with: they
@@ -78,7 +101,7 @@ def agreement_data(model, x, batch_size=256):
     Raises:
         ValueError: the float model outputs NaN for every input.
     """
-    labels = float_predictions(model, x, batch_size=batch_size)
+    labels = float_predictions(model, x, batch_size=batch_size, loss=loss)
     if labels is None or not (labels < 0).any():
         return (None if labels is None else (x, labels)), None
     keep, n = labels >= 0, len(labels)
@@ -111,7 +134,8 @@ def _n_samples(x):
 
 def evaluate_accuracy(model, data, batch_size=256):
     """Top-1 accuracy of a classifier on ``(x, y)``; None when the output is not class scores
-    (several outputs: a dict or list of labels, one per output, gives None too).
+    (several outputs: a dict or list of labels, one per output, gives None too; so does a
+    model compiled as a regressor or multi-label model, :func:`not_class_scores`).
 
     ``y`` holds class ids, shape (samples,) or (samples, 1); one-hot labels raise
     ``ValueError`` (:func:`class_ids`), as do labels outside the model's classes, before
@@ -123,6 +147,8 @@ def evaluate_accuracy(model, data, batch_size=256):
         raise TypeError("Invalid type for argument `data`. Expected an (x, y) pair of arrays. "
                         f"Received: data of type {type(data).__name__}")
     x, y = (as_arrays(part) for part in data)
+    if not_class_scores(model) is not None:  # whole-number targets of a regressor: no classes
+        return None
     if y is None:
         raise ValueError("Invalid value for argument `data`. Expected (x, y) with labels y "
                          "(for the agreement with the float model, pass "

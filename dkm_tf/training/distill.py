@@ -28,6 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from dkm_tf.core.loss_kind import non_class_loss
 from dkm_tf.core.validate import (
     check_finite_samples,
     check_int,
@@ -173,6 +174,7 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
     """
     if not isinstance(teacher, keras.Model):
         raise invalid_type("teacher", "a keras.Model", teacher)
+    _check_teacher(teacher)
     if check_int("batch_size", batch_size, minimum=1) > 2**31 - 1:  # Keras' OverflowError
         raise invalid("batch_size", "an integer <= 2,147,483,647 (2**31 - 1)", batch_size)
     if num_classes is not None:
@@ -225,6 +227,27 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
             logits.size and logits.min() >= 0 and np.allclose(logits.sum(-1), 1, atol=1e-3)):
         logits = np.log(np.maximum(logits, np.finfo(np.float32).tiny))  # log p: logits
     return np.concatenate([np.eye(c, dtype=np.float32)[labels], logits], axis=1)
+
+
+def _check_teacher(teacher):
+    """Refuse a teacher whose output is no softmax over classes: several outputs (numpy's
+    "inhomogeneous shape" error), a regressor, a multi-label model (compiled loss) or a
+    sigmoid output. Its values were read as logits: a multi-label teacher's probabilities
+    0.42 / 0.50 / 0.49 / 0.43 gave soft targets 0.247 to 0.253 at T=4 (uniform, nothing to
+    distil), a regressor's outputs a softmax over its targets."""
+    from dkm_tf.training.common import output_activation  # noqa: PLC0415
+
+    found, heads = non_class_loss(teacher), len(getattr(teacher, "outputs", None) or ())
+    why = (f"{heads} outputs ({', '.join(teacher.output_names)}): one head of class scores "
+           "is needed (a Model(inputs, that_head) of it is a teacher)" if heads > 1 else
+           f"compiled with loss {found[0]!r}: {found[1]}" if found else
+           "its output ends in a sigmoid (binary or multi-label probabilities)"
+           if output_activation(teacher) == "sigmoid" else None)
+    if why:
+        raise invalid("teacher", "a classifier of C >= 2 classes whose output is logits or "
+                      "softmax probabilities (DistillationLoss softens a softmax over "
+                      "classes; train a regressor or multi-label model with its own loss, "
+                      "without distillation_targets)", f"model {teacher.name!r}, {why}")
 
 
 def _out_of_range(labels, n):
