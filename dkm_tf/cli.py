@@ -150,7 +150,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         raise CliUsageError("custom_objects", "it with --model only (the custom code of "
                             "your model file)", custom_objects)
     with contextlib.ExitStack() as held:  # one run per folder, taken before any work
-        held.enter_context(custom_code(custom_objects, usage_error=CliUsageError))
+        held.enter_context(custom_code(custom_objects, usage_error=CliUsageError,
+                                       model_path=model_path))
         held.enter_context(folder_lock(output_dir))
         if plots_dir and not same_file(plots_dir, output_dir):  # folders too
             held.enter_context(folder_lock(plots_dir, "plots_dir"))  # its PNGs are replaced
@@ -192,7 +193,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
             _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
             check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
             check_model_overrides(model, overrides, method, locals())  # keys naming its layers
-            notes += [n for n in [loss_note(model_path, method, weighting)] if n]
+            notes += [n for n in [loss_note(model_path, method, weighting, model=model)] if n]
             from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
             from dkm_tf.pipeline_metrics import not_class_scores  # noqa: PLC0415
 
@@ -271,7 +272,7 @@ def main(argv):
         for v in (_MODEL.value, _OUTPUT.value, _PLOTS_DIR.value, _DATASET.value))
     if argv[1] == "energy":
         shape = check_energy_args(model, given, _INPUT_SHAPE.value)
-        with custom_code(_CUSTOM.value, usage_error=CliUsageError):
+        with custom_code(_CUSTOM.value, usage_error=CliUsageError, model_path=model):
             run_energy(model, input_shape=shape)
         return 0
     check_command_flags("compress", given)

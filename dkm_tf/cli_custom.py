@@ -19,18 +19,20 @@ HELP = ("Comma-separated .py files or module names that define (and register) th
 REMEDY = "Pass the .py files or modules that define them: --custom_objects my_layers.py"
 
 
-def custom_code(spec, flag="custom_objects", usage_error=None):
+def custom_code(spec, flag="custom_objects", usage_error=None, model_path=None):
     """A context manager under which ``--model`` loads with the code of ``spec`` (a
     comma-separated str or a list of ``.py`` files / module names; None: none): the modules
     are imported now (their registered classes become known) and the classes and functions
-    they define are in a ``keras.saving.custom_object_scope`` inside the ``with``.
+    they define are in a ``keras.saving.custom_object_scope`` inside the ``with``, except
+    those named like a Keras built-in (a helper ``relu`` would replace Keras' own in the
+    whole model) unless the config of ``model_path`` names them from a user's module.
 
     A bad item raises ``usage_error(flag, expected, received)`` when given (the command
     line's ``CliUsageError``), else the ``ValueError`` / ``TypeError`` naming ``flag``."""
     from dkm_tf.core.custom_code import import_custom_code  # noqa: PLC0415
 
     try:
-        objects = import_custom_code(spec, flag)
+        objects = import_custom_code(spec, flag, path=model_path)
     except (ValueError, TypeError) as e:
         if usage_error is None:
             raise
@@ -57,20 +59,35 @@ def load_error(error, model_path, flag="model"):
                               REMEDY, compiled=False)
 
 
-def loss_note(model_path, method, weighting):
+def loss_note(model_path, method, weighting, model=None):
     """A note when ``dkm-tf compress`` trains (``method`` finetune / dkm, or ``weighting``
     fisher) a ``--model`` file compiled with a loss: the command line loads it without its
     compile config and trains with the cross-entropy of its output, not that loss (which was
-    silently replaced); else None."""
-    from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
+    silently replaced); else None. A (sparse) categorical or binary cross-entropy is that
+    loss on class ids: noted only where the file's ``from_logits`` differs from the one the
+    loaded ``model``'s output activation gives (when ``model`` is given)."""
+    from dkm_tf.core.custom_code import compiled_from_logits, compiled_loss_name  # noqa: PLC0415
 
     if method == "wr" and not weighting:
         return None
     loss = compiled_loss_name(model_path)
-    if loss is None or loss.replace("_", "").lower() in (
-            "sparsecategoricalcrossentropy", "binarycrossentropy"):
+    verb = "weighs by" if method == "wr" else "trains with"
+    if loss is not None and loss.replace("_", "").lower() in (
+            "sparsecategoricalcrossentropy", "categoricalcrossentropy", "binarycrossentropy"):
+        saved = compiled_from_logits(model_path)
+        if model is None or saved is None:
+            return None
+        from dkm_tf.training.common import default_loss  # noqa: PLC0415
+
+        used = default_loss(model).get_config().get("from_logits")
+        if used == saved:
+            return None
+        return (f"{model_path} was compiled with {loss} from_logits={saved}; dkm-tf compress "
+                f"{verb} it with from_logits={used}, read from the model's output activation "
+                "(check that the file's last activation is what you expect)")
+    if loss is None:
         return None
     return (f"{model_path} was compiled with loss {loss!r}; dkm-tf compress "
-            f"{'weighs by' if method == 'wr' else 'trains with'} the cross-entropy of the "
+            f"{verb} the cross-entropy of the "
             "model's output (class-id labels) instead: to keep your loss, call "
             "dkm_tf.compress(model, ...) in Python on the model compiled with it")

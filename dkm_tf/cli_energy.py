@@ -16,7 +16,7 @@ def run_energy(model_path, custom_objects=None, **kwargs):
     from dkm_tf import energy  # noqa: PLC0415
     from dkm_tf.energy.keras_reader import InputShapeError  # noqa: PLC0415
 
-    with custom_code(custom_objects):
+    with custom_code(custom_objects, model_path=model_path):
         try:
             text = energy.energy_cli_text(model_path, **kwargs)
         except InputShapeError as e:

@@ -107,26 +107,26 @@ def main(argv):
               f"--output={out} (exists)", file=sys.stderr)
         sys.exit(2)
     try:  # the user's code first (a usage error: exit 2), registered before the model loads
-        scope = custom_code(_CUSTOM.value, usage_error=_usage_error)
+        scope = custom_code(_CUSTOM.value, usage_error=_usage_error, model_path=model)
     except ValueError as e:
         print(f"to_tflite.py: error: {e} (see to_tflite.py --help)", file=sys.stderr)
         sys.exit(2)
-    try:
-        with scope:
+    with scope:  # load_error inside it: the user's classes are known there
+        try:
             report = run_to_tflite(model, out, format=_FORMAT.value,
-                               decode=_DECODE.value, int8_mode=_INT8.value,
+                                   decode=_DECODE.value, int8_mode=_INT8.value,
                                    keep_float=_KEEP.value, kept_dtype=_KEPT.value,
                                    index_packing=_PACK.value, int8_scales=_SCALES.value,
                                    palettes_path=palettes, n_clusters=_K.value,
                                    unit=_UNIT.value, granularity=_GRAN.value,
                                    samples_path=samples)
-    except (ValueError, TypeError, OSError) as e:  # bad input: one line, nothing written
-        if os.environ.get("DKM_TF_TRACEBACK"):
-            raise
-        e = load_error(e, model) or e  # a custom class or function not known: which ones
-        print(f"to_tflite.py: error: {type(e).__name__}: {' '.join(str(e).split())} "
-              "(DKM_TF_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-        sys.exit(1)
+        except (ValueError, TypeError, OSError) as e:  # bad input: one line, nothing written
+            if os.environ.get("DKM_TF_TRACEBACK"):
+                raise
+            e = load_error(e, model) or e  # a custom class or function not known: which ones
+            print(f"to_tflite.py: error: {type(e).__name__}: {' '.join(str(e).split())} "
+                  "(DKM_TF_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+            sys.exit(1)
     print(report.summary())
 
 

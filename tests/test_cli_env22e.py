@@ -4,11 +4,11 @@ character, SIGTERM / SIGHUP, a deleted current folder, dumb and narrow terminals
 
 The tests call :func:`dkm_tf.cli_env.guarded` around the real :func:`dkm_tf.cli.run` (its
 ``main`` replaced by a fake where a run must be in progress); the two ``wired`` tests run the
-console script's :func:`dkm_tf.cli.entry_point` and are skipped until it calls ``guarded``.
+console script's :func:`dkm_tf.cli.entry_point` (which calls ``guarded``: a removed wiring fails
+them).
 """
 
 import errno
-import inspect
 import io
 import os
 import signal
@@ -23,8 +23,6 @@ from dkm_tf import cli, cli_env
 from dkm_tf.core.files import LOCK_NAME, folder_lock
 from dkm_tf.progress import Progress
 
-# True once dkm_tf.cli.entry_point calls cli_env.guarded (the hook given in the report)
-WIRED = "cli_env" in (_SOURCE := inspect.getsource(cli.entry_point)) and "guarded(" in _SOURCE
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ENV = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -242,7 +240,6 @@ def test_an_ignored_sighup_stays_ignored(tmp_path):
     assert proc.returncode == 143
 
 
-@pytest.mark.skipif(not WIRED, reason="dkm_tf.cli.entry_point does not call cli_env.guarded yet")
 def test_wired_entry_point_sigterm_removes_the_lock_and_exits_143(tmp_path):
     out = str(tmp_path / "out")
     code, err = _kill_when_ready(_SLOW_RUN.format(out=out, call="cli.entry_point()"),
@@ -252,7 +249,6 @@ def test_wired_entry_point_sigterm_removes_the_lock_and_exits_143(tmp_path):
     assert os.listdir(out) == ["clustered.keras"]
 
 
-@pytest.mark.skipif(not WIRED, reason="dkm_tf.cli.entry_point does not call cli_env.guarded yet")
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 def test_wired_entry_point_help_to_a_full_disk_is_one_line():
     with open("/dev/full", "w") as full:

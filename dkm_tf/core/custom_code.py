@@ -21,7 +21,8 @@ import re
 import sys
 import zipfile
 
-__all__ = ["compiled_loss_name", "import_custom_code", "unknown_code_error", "unknown_names"]
+__all__ = ["compiled_from_logits", "compiled_loss_name", "import_custom_code",
+           "unknown_code_error", "unknown_names"]
 
 _EXPECTED = ("comma-separated Python files (.py) or importable module names that define (and "
              "register) the model's custom classes and functions")
@@ -37,25 +38,60 @@ _DESERIALIZING = ("|".join(_UNKNOWN_RE) + r"|could not be deserialized|Error whe
 _OWN_MODULES = ("keras", "builtins", "dkm_tf", "tensorflow", "numpy")
 
 
-def import_custom_code(spec, name="custom_objects"):
+def import_custom_code(spec, name="custom_objects", path=None):
     """Import every ``.py`` file or module name of ``spec`` (a comma-separated str, or a list
     of str); returns ``{name: object}`` of the classes and functions they define (for a
     ``keras.saving.custom_object_scope``: unregistered ones load too).
 
     A ``.py`` file is imported as the module named by its stem (its folder on ``sys.path``
-    while it runs, so its own ``import`` of a file beside it works); importing it registers
-    its ``register_keras_serializable`` classes. A missing file or a module that fails to
-    import is a ``ValueError`` naming ``name``, the item and the import error's first line.
+    while it runs, so its own ``import`` of a file beside it works; a stem that names an
+    importable library gets another name), or under its dotted name when its folder is a
+    package (``userpkg/layers.py``: ``userpkg.layers``, its relative imports work); a file
+    imported already (under any module name) is reused. Importing registers its
+    ``register_keras_serializable`` classes. A missing file or a module that fails to import
+    is a ``ValueError`` naming ``name``, the item and the import error's first line; so is a
+    class or function name defined in two of the items (which one would win).
+
+    A name that Keras' own lookups know (``relu``, ``Dense``, ``mse``, ...) is left out of
+    the returned dict: in a scope it would replace the built-in in the whole model. Only
+    where the config of the model file ``path`` names it from a module outside Keras (a
+    ``.keras`` file saved with the user's own class ``Dense``) is it kept.
     """
     items = _items(spec, name)
-    found = {}
+    found, origin = {}, {}
     for item in items:
         module = _import_one(item, name, spec)
         for obj in vars(module).values():
             if ((inspect.isclass(obj) or inspect.isfunction(obj))
                     and getattr(obj, "__module__", None) == module.__name__):
-                found[obj.__name__] = obj
+                key = obj.__name__
+                if key in found and found[key] is not obj:
+                    raise _fail(name, spec, item, f"defines {key!r}, which {origin[key]!r} "
+                                "defines too (which one the model would get is not clear): "
+                                "rename one, or pass only the file the model needs")
+                found[key], origin[key] = obj, item
+    if not found:
+        return found
+    needed = {n.split(">")[-1] for n, m in _file_objects(path) if m} if path else set()
+    return {k: v for k, v in found.items() if k in needed or not _keras_knows(k)}
+
+
+def _file_objects(path):
+    found = []
+    for config in _read_configs(path):
+        _config_objects(config, found)
     return found
+
+
+def _keras_knows(key):
+    """Whether Keras' own lookups (layers, activations, losses, ...) know the name ``key``."""
+    import keras  # noqa: PLC0415
+
+    modules = (keras.layers, keras.activations, keras.losses, keras.metrics,
+               keras.initializers, keras.regularizers, keras.constraints, keras.optimizers,
+               keras.models)
+    return key in ("Functional", "Sequential", "Model") or any(
+        hasattr(m, key) for m in modules)
 
 
 def _items(spec, name):
@@ -90,6 +126,10 @@ def _import_one(item, name, spec):
     if not item.lower().endswith(".py"):
         if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", item):
             raise _fail(name, spec, item, "is neither a .py file nor a module name")
+        cwd = os.getcwd()
+        added = cwd not in sys.path and "" not in sys.path  # the console script: not on it
+        if added:  # a package in the current folder, as `python -m` finds it
+            sys.path.append(cwd)
         try:
             return importlib.import_module(item)
         except BaseException as e:  # noqa: BLE001 - SystemExit, an error of the user's code
@@ -99,18 +139,27 @@ def _import_one(item, name, spec):
                    if isinstance(e, ModuleNotFoundError) and e.name == item.split(".")[0]
                    else f"failed to import ({_first_line(e)})")
             raise _fail(name, spec, item, why) from e
+        finally:
+            if added and cwd in sys.path:
+                sys.path.remove(cwd)
     path = os.path.expanduser(item)
     if not os.path.isfile(path):
         raise _fail(name, spec, item, "is not an existing file" if not os.path.isdir(path)
                     else "is a folder, not a .py file")
+    real = os.path.realpath(path)
+    for module in list(sys.modules.values()):  # imported already, under any name: reuse it
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and os.path.basename(file) == os.path.basename(real) and \
+                os.path.realpath(file) == real:
+            return module
     stem = os.path.splitext(os.path.basename(path))[0]
+    packaged = _import_packaged(path, stem, name, spec, item)
+    if packaged is not None:
+        return packaged
     mod_name = stem if stem.isidentifier() else "dkm_tf_user_" + re.sub(r"\W", "_", stem)
     old = sys.modules.get(mod_name)
-    if old is not None and os.path.realpath(getattr(old, "__file__", "") or "") == \
-            os.path.realpath(path):
-        return old  # imported already (by this run or the user's own code)
-    if old is not None:  # another module of that name (a file named keras.py): keep it
-        mod_name, old = "dkm_tf_user_" + mod_name, None
+    if old is not None or _importable_elsewhere(mod_name, real):  # a file named keras.py, tqdm.py:
+        mod_name, old = "dkm_tf_user_" + mod_name, None  # the library keeps its name
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(module_spec)
     folder = os.path.dirname(os.path.abspath(path))
@@ -130,6 +179,51 @@ def _import_one(item, name, spec):
         if folder in sys.path:
             sys.path.remove(folder)
     return module
+
+
+def _importable_elsewhere(mod_name, real):
+    """Whether ``mod_name`` is a library importable from ``sys.path`` (not imported yet) that
+    is not at ``real`` (the user's file, or package folder)."""
+    try:
+        found = importlib.util.find_spec(mod_name)
+    except (ImportError, ValueError):
+        return True
+    if found is None:
+        return False
+    places = [found.origin or ""] + list(found.submodule_search_locations or ())
+    return all(os.path.realpath(p) != real for p in places if p)
+
+
+def _import_packaged(path, stem, name, spec, item):
+    """The module of a ``.py`` file inside a package folder (``__init__.py``), imported under
+    its dotted name (so its relative imports work), or None: not in a package, or the
+    package name is another package's (imported or importable)."""
+    parts, folder = [], os.path.dirname(os.path.abspath(path))
+    while os.path.isfile(os.path.join(folder, "__init__.py")) and \
+            os.path.basename(folder).isidentifier():
+        parts.insert(0, os.path.basename(folder))
+        folder = os.path.dirname(folder)
+    if not parts or not stem.isidentifier():
+        return None
+    top = os.path.realpath(os.path.join(folder, parts[0]))
+    held = sys.modules.get(parts[0])
+    if held is not None:
+        if all(os.path.realpath(p) != top for p in getattr(held, "__path__", ())):
+            return None
+    elif _importable_elsewhere(parts[0], top):
+        return None
+    dotted = ".".join(parts + ([] if stem == "__init__" else [stem]))
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(dotted)
+    except BaseException as e:  # noqa: BLE001 - any error of the user's file, SystemExit too
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise _fail(name, spec, item, f"failed to import as {dotted} "
+                                      f"({_first_line(e)})") from e
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
 
 
 def _config_objects(node, found):
@@ -173,12 +267,13 @@ def _read_configs(path):
         return None, None
 
 
-def unknown_names(error=None, path=None, compiled=True):
+def unknown_names(error=None, path=None, compiled=True, custom_objects=None):
     """``{name: module or None}``: the custom classes and functions a failed load could not
     find, from the text of ``error`` (and the errors it came from) and, for a ``.keras`` /
     ``.h5`` file ``path``, from its config (every object of a module outside Keras whose
-    name Keras does not know here: neither registered nor in a custom object scope; its
-    compile config's too unless ``compiled`` is False: a ``compile=False`` load)."""
+    name Keras does not know here: neither registered, nor in a custom object scope, nor in
+    the load's ``custom_objects`` dict; its compile config's too unless ``compiled`` is
+    False: a ``compile=False`` load)."""
     found = []
     if path is not None:
         for config in _read_configs(path)[:2 if compiled else 1]:
@@ -192,13 +287,17 @@ def unknown_names(error=None, path=None, compiled=True):
         return names
     import keras  # noqa: PLC0415
 
+    given = custom_objects if isinstance(custom_objects, dict) else {}
+
+    def known(n):
+        return any(k in given or keras.saving.get_registered_object(k, given) is not None
+                   for k in (n, n.split(">")[-1]))
+
     for name, module in found:
-        short = name.split(">")[-1]
-        if (keras.saving.get_registered_object(name) is None
-                and keras.saving.get_registered_object(short) is None):
+        if not known(name):
             names[name] = module or names.get(name)
     return {n: m for n, m in names.items()  # 'MyReg' when 'userpkg>MyReg' is named too
-            if ">" in n or not any(o.endswith(">" + n) for o in names)}
+            if not known(n) and (">" in n or not any(o.endswith(">" + n) for o in names))}
 
 
 def _chain(error):
@@ -215,15 +314,17 @@ def describe(names):
     return ", ".join(repr(n) + (f" (module {m})" if m else "") for n, m in names.items())
 
 
-def unknown_code_error(error, path, where, remedy, compiled=True, kind=ValueError):
+def unknown_code_error(error, path, where, remedy, compiled=True, kind=ValueError,
+                       custom_objects=None):
     """A ``kind`` error for a model ``path`` that failed to load (``error``) because it names
     custom code not known here, or None when ``error`` is not a Keras deserialization error
     (a bad file, ...: the names in the file's config are not its cause). ``where`` leads the
     message ("Could not load --model 'm.keras'"); ``remedy`` says how to bring the code in;
-    ``compiled``: whether the load restored the compile config (loss, metrics)."""
+    ``compiled``: whether the load restored the compile config (loss, metrics);
+    ``custom_objects``: the load's own dict (its names are known)."""
     if not any(re.search(_DESERIALIZING, str(e)) for e in _chain(error)):
         return None
-    names = unknown_names(error, path, compiled)
+    names = unknown_names(error, path, compiled, custom_objects)
     if not names:
         return None
     main = any(m == "__main__" for m in names.values())
@@ -248,6 +349,16 @@ def compiled_loss_name(path):
     config = _read_configs(path)[1]
     loss = config.get("loss") if isinstance(config, dict) else None
     return _loss_name(loss)
+
+
+def compiled_from_logits(path):
+    """The ``from_logits`` of the (one) loss a ``.keras`` / ``.h5`` file was compiled with, or
+    None (not saved, a loss function, several losses)."""
+    config = _read_configs(path)[1]
+    loss = config.get("loss") if isinstance(config, dict) else None
+    value = (loss.get("config") or {}).get("from_logits") if isinstance(loss, dict) and (
+        isinstance(loss.get("config"), dict)) else None
+    return value if isinstance(value, bool) else None
 
 
 def _loss_name(loss):

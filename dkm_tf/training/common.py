@@ -83,33 +83,58 @@ def fresh_metrics(metrics):
     return None if metrics is None else keras.tree.map_structure(fresh, metrics)
 
 
-def output_activation(model):
-    """Name of the model's final activation: the last layer's ``activation`` (``"softmax"``
-    for a ``Softmax`` layer), ``""`` when unknown (a nested model or a custom last layer)."""
+def output_activation(model, index=0, _depth=0):
+    """Name of the final activation of the model's output ``index``, from the operation that
+    produced it (a ``Softmax`` / ``Sigmoid`` layer or op: ``keras.ops.softmax(x)``, a layer's
+    ``activation``, a nested model's output; no output tensors: the last layer's); ``""``
+    when unknown (a custom last layer)."""
     import keras  # noqa: PLC0415
 
-    last = model.layers[-1] if getattr(model, "layers", None) else None
-    if isinstance(last, keras.layers.Softmax):
-        return "softmax"
-    return getattr(getattr(last, "activation", None), "__name__", "")
+    try:
+        tensor = (getattr(model, "outputs", None) or [])[index]
+        operation, _, tensor_index = tensor._keras_history
+    except (AttributeError, IndexError, TypeError, ValueError):
+        layers = getattr(model, "layers", None)
+        operation, tensor_index = (layers[-1] if layers else None), 0
+    if isinstance(operation, keras.Model) and operation is not model and _depth < 20:
+        return output_activation(operation, tensor_index, _depth + 1)
+    name = type(operation).__name__  # below: keras.ops.softmax / sigmoid of a symbolic tensor
+    if isinstance(operation, keras.layers.Softmax) or (
+            name in ("Softmax", "Sigmoid") and not isinstance(operation, keras.layers.Layer)):
+        return name.lower()
+    return getattr(getattr(operation, "activation", None), "__name__", "")
 
 
-def default_loss(model, shape=None):
+def default_loss(model, shape=None, x=None):
     """The cross-entropy that fits the model's output (of ``shape``: default the model's
-    ``output_shape``, which a subclassed model lacks).
-
-    One output unit (a binary classifier, labels 0/1): binary cross-entropy, from logits
-    unless the model ends in a sigmoid. Otherwise sparse categorical cross-entropy, from
-    logits unless the model ends in a softmax (the last layer's ``activation`` or a
-    ``Softmax`` layer).
-    """
+    ``output_shape``, which a subclassed model lacks). One output unit (labels 0/1): binary
+    cross-entropy, from logits unless the model ends in a sigmoid. Otherwise sparse
+    categorical cross-entropy, from logits unless the model ends in a softmax
+    (:func:`output_activation`); where that cannot tell and inputs ``x`` are given, outputs
+    on ``x[:32]`` in [0, 1] summing to 1 on each row are read as probabilities."""
     import keras  # noqa: PLC0415
 
     activation = output_activation(model)
+    if activation == "" and x is not None and _rows_are_probabilities(model, x):
+        activation = "softmax"
     shape = getattr(model, "output_shape", None) if shape is None else shape
     if isinstance(shape, tuple) and len(shape) == 2 and shape[1] == 1:
         return keras.losses.BinaryCrossentropy(from_logits=activation != "sigmoid")
     return keras.losses.SparseCategoricalCrossentropy(from_logits=activation != "softmax")
+
+
+def _rows_are_probabilities(model, x):
+    """Whether the model's output on ``x[:32]`` has 2+ columns in [0, 1] summing to 1."""
+    import numpy as np  # noqa: PLC0415
+
+    try:
+        batch = [a[:32] for a in x] if isinstance(x, (list, tuple)) else x[:32]
+        out = model(batch, training=False)
+        out = np.asarray(out[0] if isinstance(out, (list, tuple)) else out, dtype=np.float64)
+    except Exception:  # noqa: BLE001 - any failure: cannot tell, keep from_logits
+        return False
+    return bool(out.ndim >= 2 and out.shape[-1] > 1 and out.size and np.all(out >= 0)
+                and np.all(out <= 1) and np.allclose(out.sum(-1), 1.0, atol=1e-3))
 
 
 def check_learning_rate(learning_rate):

@@ -61,7 +61,8 @@ def load_model(path, **kwargs):
                 "class_or_function, ...} to load_model, or import the module that registers "
                 "them (@keras.saving.register_keras_serializable) before loading"
                 + ("; compile=False loads without the loss and metrics" if compiled else ""),
-                compiled=compiled, kind=TypeError if isinstance(e, TypeError) else ValueError)
+                compiled=compiled, kind=TypeError if isinstance(e, TypeError) else ValueError,
+                custom_objects=kwargs.get("custom_objects"))
             if clear is not None:
                 raise clear from e
             raise
