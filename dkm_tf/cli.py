@@ -208,6 +208,9 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                 notes += [note] if note else []  # inputs where it outputs NaN: left out
                 _log(cli_tables.agreement_line(test and test[1],
                                                pipeline.accuracy_note(model, loss), notes))
+            elif test is not None and (why := not_class_scores(model, loss)):  # labelled: its
+                notes.append(f"no test accuracy: {why}")  # arg-max is no class either
+                test = None  # (the .tflite files are then verified on training inputs)
         try:
             result = pipeline.compress(
                 model, train, test, method=method, n_clusters=n_clusters, unit=unit,

@@ -43,7 +43,7 @@ def test_non_class_loss_binary_cross_entropy_by_width():
     from dkm_tf.core.loss_kind import non_class_loss
 
     assert non_class_loss(_model(4, "sigmoid", "binary_crossentropy"))[1] == \
-        "multi-label (4 sigmoid units)"
+        "multi-label (4 units)"
     assert non_class_loss(_model(1, "sigmoid", "binary_crossentropy")) is None  # binary
     assert non_class_loss(_model(3)) is None  # not compiled: unknown
 

@@ -1,11 +1,11 @@
 """Whether a compiled model is a classifier, read from its loss: a regressor (``"mse"``,
 ``"mae"``, Huber, ...) or a multi-label model (a binary cross-entropy over several sigmoid
 units) has no top-1 class, and neither an arg-max nor a softmax over its output means
-anything. No TensorFlow / Keras import: the model and loss are only read."""
+anything. The model and loss are only read (Keras imported lazily, for the output's op)."""
 
 from __future__ import annotations
 
-__all__ = ["non_class_loss"]
+__all__ = ["non_class_loss", "output_activation"]
 
 # compiled losses of models whose output is not one class per sample (normalised names)
 _REGRESSION = {"mse", "mae", "mape", "msle", "meansquarederror", "meanabsoluteerror",
@@ -28,17 +28,48 @@ def non_class_loss(model, loss=None):
     name or loss) stands for the compiled one, e.g. of a file loaded with compile=False."""
     if loss is None:
         loss = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
+    if isinstance(loss, dict) and len(loss) == 1:
+        loss = next(iter(loss.values()))
     if isinstance(loss, (list, tuple)) and len(loss) == 1:
         loss = loss[0]
     if loss is None or isinstance(loss, (dict, list, tuple)):
         return None
-    key = str(_loss_name(loss)).lower().replace("_", "")  # "keras>mse", "losses.Huber"
-    key = key.rsplit(">", 1)[-1].rsplit(".", 1)[-1]
-    key = key[:-4] if key.endswith("loss") and key != "loss" else key
+    if output_activation(model) == "softmax":  # a softmax over classes whatever the loss
+        return None  # (a tutorial's binary cross-entropy or mse over one-hot labels)
+    keys = {_key(n) for n in (_loss_name(loss), type(loss).__name__,
+                              getattr(getattr(loss, "fn", None), "__name__", None)) if n}
     shape = getattr(model, "output_shape", None)
     units = shape[-1] if isinstance(shape, tuple) and shape else None
-    if key in _REGRESSION:
+    if keys & _REGRESSION:
         return _loss_name(loss), "a regressor"
-    if key in _MULTI_LABEL and isinstance(units, int) and units > 1:
-        return _loss_name(loss), f"multi-label ({units} sigmoid units)"
+    if keys & _MULTI_LABEL and isinstance(units, int) and units > 1:
+        return _loss_name(loss), f"multi-label ({units} units)"
     return None
+
+
+def _key(name):
+    """A loss name normalised: ``"keras>mse"``, ``"losses.Huber"``, ``"mse_loss"``."""
+    key = str(name).lower().replace("_", "").rsplit(">", 1)[-1].rsplit(".", 1)[-1]
+    return key[:-4] if key.endswith("loss") and key != "loss" else key
+
+
+def output_activation(model, index=0, _depth=0):
+    """Name of the final activation of the model's output ``index``, from the operation that
+    produced it (a ``Softmax`` / ``Sigmoid`` layer or op: ``keras.ops.softmax(x)``, a layer's
+    ``activation``, a nested model's output; no output tensors: the last layer's); ``""``
+    when unknown (a custom last layer)."""
+    import keras  # noqa: PLC0415
+
+    try:
+        tensor = (getattr(model, "outputs", None) or [])[index]
+        operation, _, tensor_index = tensor._keras_history
+    except (AttributeError, IndexError, TypeError, ValueError):
+        layers = getattr(model, "layers", None)
+        operation, tensor_index = (layers[-1] if layers else None), 0
+    if isinstance(operation, keras.Model) and operation is not model and _depth < 20:
+        return output_activation(operation, tensor_index, _depth + 1)
+    name = type(operation).__name__  # below: keras.ops.softmax / sigmoid of a symbolic tensor
+    if isinstance(operation, keras.layers.Softmax) or (
+            name in ("Softmax", "Sigmoid") and not isinstance(operation, keras.layers.Layer)):
+        return name.lower()
+    return getattr(getattr(operation, "activation", None), "__name__", "")

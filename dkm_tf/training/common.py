@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dkm_tf.core.labels import is_binary_loss, is_sparse_loss  # is_sparse_loss: pipeline_args
+from dkm_tf.core.loss_kind import output_activation  # also read here by distill, metrics
 
 
 def compiled_loss(model):
@@ -81,28 +82,6 @@ def fresh_metrics(metrics):
             return m
 
     return None if metrics is None else keras.tree.map_structure(fresh, metrics)
-
-
-def output_activation(model, index=0, _depth=0):
-    """Name of the final activation of the model's output ``index``, from the operation that
-    produced it (a ``Softmax`` / ``Sigmoid`` layer or op: ``keras.ops.softmax(x)``, a layer's
-    ``activation``, a nested model's output; no output tensors: the last layer's); ``""``
-    when unknown (a custom last layer)."""
-    import keras  # noqa: PLC0415
-
-    try:
-        tensor = (getattr(model, "outputs", None) or [])[index]
-        operation, _, tensor_index = tensor._keras_history
-    except (AttributeError, IndexError, TypeError, ValueError):
-        layers = getattr(model, "layers", None)
-        operation, tensor_index = (layers[-1] if layers else None), 0
-    if isinstance(operation, keras.Model) and operation is not model and _depth < 20:
-        return output_activation(operation, tensor_index, _depth + 1)
-    name = type(operation).__name__  # below: keras.ops.softmax / sigmoid of a symbolic tensor
-    if isinstance(operation, keras.layers.Softmax) or (
-            name in ("Softmax", "Sigmoid") and not isinstance(operation, keras.layers.Layer)):
-        return name.lower()
-    return getattr(getattr(operation, "activation", None), "__name__", "")
 
 
 def default_loss(model, shape=None, x=None):
