@@ -15,11 +15,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
 import os
 import re
 import sys
 import zipfile
+
+from dkm_tf.core.model_configs import config_objects as _config_objects
+from dkm_tf.core.model_configs import config_strings as _config_strings
+from dkm_tf.core.model_configs import file_objects as _file_objects
+from dkm_tf.core.model_configs import read_configs as _read_configs
 
 __all__ = ["compiled_from_logits", "compiled_loss_name", "import_custom_code",
            "unknown_code_error", "unknown_names"]
@@ -35,7 +39,6 @@ _UNKNOWN_RE = (r"Could not locate (?:class|function) '([^']+)'",
                r"'([^']+)'")
 _DESERIALIZING = ("|".join(_UNKNOWN_RE) + r"|could not be deserialized|Error when deserializing"
                   r"|Could not interpret")
-_OWN_MODULES = ("keras", "builtins", "dkm_tf", "tensorflow", "numpy")
 
 
 def import_custom_code(spec, name="custom_objects", path=None):
@@ -58,7 +61,7 @@ def import_custom_code(spec, name="custom_objects", path=None):
     ``.keras`` file saved with the user's own class ``Dense``) is it kept.
     """
     items = _items(spec, name)
-    found, origin = {}, {}
+    found, origin, twice = {}, {}, {}
     for item in items:
         module = _import_one(item, name, spec)
         for obj in vars(module).values():
@@ -66,21 +69,26 @@ def import_custom_code(spec, name="custom_objects", path=None):
                     and getattr(obj, "__module__", None) == module.__name__):
                 key = obj.__name__
                 if key in found and found[key] is not obj:
-                    raise _fail(name, spec, item, f"defines {key!r}, which {origin[key]!r} "
-                                "defines too (which one the model would get is not clear): "
-                                "rename one, or pass only the file the model needs")
+                    twice[key] = item
+                    continue
                 found[key], origin[key] = obj, item
     if not found:
         return found
+    used = _config_strings(path) if path else None  # every name the file's configs hold
+    for key, item in twice.items():  # a name the model may use, from two files: refused
+        if used is None or key in used:
+            raise _fail(name, spec, item, f"defines {key!r}, which {origin[key]!r} defines "
+                        "too (which one the model would get is not clear): rename one, or "
+                        "pass only the file the model needs")
+        found.pop(key)  # the model names it nowhere: left out
+    if path and not zipfile.is_zipfile(os.fspath(path)):  # .h5: configs say no module
+        both = sorted(k for k in found if _keras_knows(k) and k in used)
+        if both:
+            raise _fail(name, spec, origin[both[0]], f"defines {both[0]!r}, which Keras has "
+                        "too, and the .h5 model file names it without saying whose: re-save "
+                        "the model as .keras (its config names the module), or rename yours")
     needed = {n.split(">")[-1] for n, m in _file_objects(path) if m} if path else set()
     return {k: v for k, v in found.items() if k in needed or not _keras_knows(k)}
-
-
-def _file_objects(path):
-    found = []
-    for config in _read_configs(path):
-        _config_objects(config, found)
-    return found
 
 
 def _keras_knows(key):
@@ -224,47 +232,6 @@ def _import_packaged(path, stem, name, spec, item):
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
-
-
-def _config_objects(node, found):
-    """Collect the serialized objects of non-Keras modules in a config (dicts and lists)."""
-    if isinstance(node, dict):
-        module, cls = node.get("module"), node.get("class_name")
-        own = isinstance(module, str) and module.split(".")[0] in _OWN_MODULES
-        if cls == "function" and isinstance(node.get("config"), str) and (
-                module == "builtins" or not own):
-            found.append((node["config"], None))  # a function: "userpkg>my_act" or "my_act"
-        elif isinstance(module, str) and isinstance(cls, str) and not own:
-            found.append((node.get("registered_name") or cls, module))
-        elif "module" in node and module is None and isinstance(cls, str):
-            found.append((node.get("registered_name") or cls, "__main__"))  # Keras writes None
-        elif isinstance(cls, str) and ">" in cls and not cls.startswith("keras"):
-            found.append((cls, None))  # an .h5 file's registered class "userpkg>MyDense"
-        for value in node.values():
-            _config_objects(value, found)
-    elif isinstance(node, list):
-        for value in node:
-            _config_objects(value, found)
-    elif isinstance(node, str) and ">" in node and re.fullmatch(r"[\w.]+>\w+", node) and (
-            not node.startswith(("keras", "dkm_tf"))):
-        found.append((node, None))  # an .h5 training config's loss "userpkg>my_loss"
-
-
-def _read_configs(path):
-    """The model's config and its compile config (dicts or None) from a .keras / .h5 file."""
-    path = os.fspath(path)
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                config = json.loads(archive.read("config.json"))
-            return config, config.get("compile_config") if isinstance(config, dict) else None
-        import h5py  # noqa: PLC0415 (a Keras dependency)
-
-        with h5py.File(path, "r") as f:
-            texts = [f.attrs.get(k) for k in ("model_config", "training_config")]
-        return tuple(json.loads(t) if isinstance(t, (str, bytes)) else None for t in texts)
-    except (OSError, KeyError, ValueError, RuntimeError, ImportError):
-        return None, None
 
 
 def unknown_names(error=None, path=None, compiled=True, custom_objects=None):

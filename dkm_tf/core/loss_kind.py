@@ -53,6 +53,13 @@ def _key(name):
     return key[:-4] if key.endswith("loss") and key != "loss" else key
 
 
+# layers and ops whose output holds their input's values (read through by output_activation)
+_SAME_VALUES = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+                "GaussianDropout", "GaussianNoise", "AlphaDropout", "Reshape", "Flatten",
+                "Identity", "ActivityRegularization", "Cast", "Squeeze", "ExpandDims", "Clip",
+                "StopGradient"}
+
+
 def output_activation(model, index=0, _depth=0):
     """Name of the final activation of the model's output ``index``, from the operation that
     produced it (a ``Softmax`` / ``Sigmoid`` layer or op: ``keras.ops.softmax(x)``, a layer's
@@ -62,7 +69,12 @@ def output_activation(model, index=0, _depth=0):
 
     try:
         tensor = (getattr(model, "outputs", None) or [])[index]
-        operation, _, tensor_index = tensor._keras_history
+        operation, node_index, tensor_index = tensor._keras_history
+        for _ in range(100):  # back through ops that keep the values (a cast, a reshape,
+            if type(operation).__name__ not in _SAME_VALUES:  # a dropout after a softmax)
+                break
+            source = operation._inbound_nodes[node_index].input_tensors[0]  # noqa: SLF001
+            operation, node_index, tensor_index = source._keras_history
     except (AttributeError, IndexError, TypeError, ValueError):
         layers = getattr(model, "layers", None)
         operation, tensor_index = (layers[-1] if layers else None), 0
