@@ -9,7 +9,9 @@
   Keras' own once names Keras knows were left out of the scope (outputs 0.46 off). Such a
   name, defined by the user and named by the ``.h5`` file, is refused (re-save as ``.keras``).
 - A helper defined in two ``--custom_objects`` files was refused even when the model names it
-  nowhere; now only names the model file holds are refused.
+  nowhere; now only objects the model file names (a class, an activation, a loss) are refused,
+  and a helper whose name is only a string of the config (a layer's name, ``"linear"`` as an
+  activation for a two-argument ``linear(x, w)``) is not taken for the model's.
 """
 
 import os
@@ -108,8 +110,34 @@ def test_a_helper_in_two_files_is_refused_only_where_the_model_names_it(tmp_path
     assert "main" not in objects and "swish2" not in objects
     with custom_code(f"{a},{b}", model_path=path):
         pass
-    model = keras.Model(i, layers.Dense(2, name="swish2")(i))  # a layer named like one
+    model = keras.Model(i, layers.Dense(2, name="swish2")(i))  # a layer's name: no object
+    model.save(path)
+    assert "swish2" not in import_custom_code(f"{a},{b}", path=path)
+    sys.path.insert(0, str(tmp_path / "a"))
+    import helpers_a22b  # noqa: PLC0415
+
+    model = keras.Model(i, layers.Dense(2, activation=helpers_a22b.swish2)(i))  # it is used
     model.save(path)
     with pytest.raises(ValueError, match=r"defines 'swish2', which .*helpers_a22b"):
         import_custom_code(f"{a},{b}", path=path)
     assert os.path.exists(path)
+
+
+def test_a_two_argument_helper_named_like_an_activation_is_no_clash(tmp_path, clean_modules):
+    # review: `def linear(x, w)` beside a Dense with activation "linear" in an .h5 was refused
+    user = _write(tmp_path / "u" / "mylinear22b.py", """
+        import keras
+        def linear(x, w):
+            return x @ w
+        class Scale22b(keras.layers.Layer):
+            def call(self, x):
+                return x * 2.0
+    """)
+    keras.utils.set_random_seed(0)
+    i = keras.Input((3,))
+    model = keras.Model(i, layers.Dense(2, activation="linear")(i))
+    path = str(tmp_path / "m.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras: "HDF5 is a legacy format"
+        model.save(path)
+    assert set(import_custom_code(user, path=path)) == {"Scale22b"}

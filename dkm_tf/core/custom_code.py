@@ -20,8 +20,8 @@ import re
 import sys
 import zipfile
 
+from dkm_tf.core.model_configs import config_names as _config_names
 from dkm_tf.core.model_configs import config_objects as _config_objects
-from dkm_tf.core.model_configs import config_strings as _config_strings
 from dkm_tf.core.model_configs import file_objects as _file_objects
 from dkm_tf.core.model_configs import read_configs as _read_configs
 
@@ -74,21 +74,37 @@ def import_custom_code(spec, name="custom_objects", path=None):
                 found[key], origin[key] = obj, item
     if not found:
         return found
-    used = _config_strings(path) if path else None  # every name the file's configs hold
+    used = _config_names(path) if path else None  # the objects the file's configs name
     for key, item in twice.items():  # a name the model may use, from two files: refused
-        if used is None or key in used:
+        if used is None or _names(used, key, found[key]):
             raise _fail(name, spec, item, f"defines {key!r}, which {origin[key]!r} defines "
                         "too (which one the model would get is not clear): rename one, or "
                         "pass only the file the model needs")
         found.pop(key)  # the model names it nowhere: left out
     if path and not zipfile.is_zipfile(os.fspath(path)):  # .h5: configs say no module
-        both = sorted(k for k in found if _keras_knows(k) and k in used)
+        both = sorted(k for k in found if _keras_knows(k) and _names(used or {}, k, found[k]))
         if both:
             raise _fail(name, spec, origin[both[0]], f"defines {both[0]!r}, which Keras has "
                         "too, and the .h5 model file names it without saying whose: re-save "
                         "the model as .keras (its config names the module), or rename yours")
     needed = {n.split(">")[-1] for n, m in _file_objects(path) if m} if path else set()
     return {k: v for k, v in found.items() if k in needed or not _keras_knows(k)}
+
+
+def _names(used, key, obj):
+    """Whether the configs (`model_configs.config_names`) name ``key`` as what ``obj`` is: a
+    class, or a function that fits where it is named (an activation takes one argument)."""
+    kinds = used.get(key, set())
+    if inspect.isclass(obj):
+        return "class" in kinds
+    try:
+        required = [p for p in inspect.signature(obj).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                            p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        required = []
+    return ("activation" in kinds and len(required) <= 1) or (
+        "function" in kinds and len(required) <= 2)  # (x), or a loss's (y_true, y_pred)
 
 
 def _keras_knows(key):

@@ -28,10 +28,11 @@ def non_class_loss(model, loss=None):
     name or loss) stands for the compiled one, e.g. of a file loaded with compile=False."""
     if loss is None:
         loss = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
-    if isinstance(loss, dict) and len(loss) == 1:
-        loss = next(iter(loss.values()))
-    if isinstance(loss, (list, tuple)) and len(loss) == 1:
-        loss = loss[0]
+    if len(getattr(model, "outputs", None) or [None]) == 1:  # one output: its one loss
+        if isinstance(loss, dict) and len(loss) == 1:
+            loss = next(iter(loss.values()))
+        if isinstance(loss, (list, tuple)) and len(loss) == 1:
+            loss = loss[0]
     if loss is None or isinstance(loss, (dict, list, tuple)):
         return None
     if output_activation(model) == "softmax":  # a softmax over classes whatever the loss
@@ -70,18 +71,22 @@ def output_activation(model, index=0, _depth=0):
     try:
         tensor = (getattr(model, "outputs", None) or [])[index]
         operation, node_index, tensor_index = tensor._keras_history
+        mixed = False  # a reshape / flatten that changed the last axis: rows are no softmax
         for _ in range(100):  # back through ops that keep the values (a cast, a reshape,
             if type(operation).__name__ not in _SAME_VALUES:  # a dropout after a softmax)
                 break
             source = operation._inbound_nodes[node_index].input_tensors[0]  # noqa: SLF001
+            mixed |= tuple(source.shape[-1:]) != tuple(tensor.shape[-1:])
             operation, node_index, tensor_index = source._keras_history
+            tensor = source
     except (AttributeError, IndexError, TypeError, ValueError):
-        layers = getattr(model, "layers", None)
+        layers, mixed = getattr(model, "layers", None), False
         operation, tensor_index = (layers[-1] if layers else None), 0
     if isinstance(operation, keras.Model) and operation is not model and _depth < 20:
-        return output_activation(operation, tensor_index, _depth + 1)
-    name = type(operation).__name__  # below: keras.ops.softmax / sigmoid of a symbolic tensor
-    if isinstance(operation, keras.layers.Softmax) or (
-            name in ("Softmax", "Sigmoid") and not isinstance(operation, keras.layers.Layer)):
-        return name.lower()
-    return getattr(getattr(operation, "activation", None), "__name__", "")
+        found = output_activation(operation, tensor_index, _depth + 1)
+    else:
+        name = type(operation).__name__  # keras.ops.softmax / sigmoid of a symbolic tensor
+        found = name.lower() if isinstance(operation, keras.layers.Softmax) or (
+            name in ("Softmax", "Sigmoid") and not isinstance(operation, keras.layers.Layer)) \
+            else getattr(getattr(operation, "activation", None), "__name__", "")
+    return "" if mixed and found == "softmax" else found  # a flattened per-position softmax

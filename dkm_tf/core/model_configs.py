@@ -9,25 +9,42 @@ import os
 import re
 import zipfile
 
-__all__ = ["config_objects", "config_strings", "file_objects", "read_configs"]
+__all__ = ["config_names", "config_objects", "file_objects", "read_configs"]
 
 _OWN_MODULES = ("keras", "builtins", "dkm_tf", "tensorflow", "numpy")
 
 
-def config_strings(path):
-    """Every string of the model file's configs (class names, activation names, ...)."""
-    out = set()
+def config_names(path):
+    """``{name: {"class" | "activation" | "function"}}`` of the objects the model file's
+    configs name: class names (``class_name``, ``registered_name``), activations, and other
+    functions (losses, metrics given by name; ``{"class_name": "function"}`` nodes). None
+    when no config can be read."""
+    configs = [c for c in read_configs(path) if c is not None]
+    if not configs:
+        return None
+    out = {}
 
-    def walk(node):
+    def add(name, kind):
+        if isinstance(name, str):
+            out.setdefault(name.split(">")[-1], set()).add(kind)
+
+    def walk(node, key=""):
         if isinstance(node, dict):
-            for value in node.values():
-                walk(value)
+            if node.get("class_name") == "function":
+                add(node.get("config"), "function")
+            else:
+                add(node.get("class_name"), "class")
+                add(node.get("registered_name"), "class")
+            for k, value in node.items():
+                walk(value, k)
         elif isinstance(node, list):
             for value in node:
-                walk(value)
-        elif isinstance(node, str):
-            out.add(node.split(">")[-1])
-    for config in read_configs(path):
+                walk(value, key)
+        elif isinstance(node, str) and key.endswith("activation"):
+            add(node, "activation")
+        elif isinstance(node, str) and key in ("loss", "losses", "metrics", "weighted_metrics"):
+            add(node, "function")
+    for config in configs:
         walk(config)
     return out
 

@@ -72,11 +72,11 @@ def split(model, data):
     if (n_in > 1 and isinstance(data, (tuple, list)) and len(data) == n_in
             and all(hasattr(a, "shape") for a in data)):
         return data, None, None
-    if n_in > 1 and isinstance(data, (tuple, list)) and len(data) == 3 and hasattr(
-            data[0], "shape"):  # (x1, x2, y) would be read as x=x1, y=x2, sample_weight=y
+    if n_in > 1 and isinstance(data, (tuple, list)) and len(data) != n_in and all(
+            hasattr(a, "shape") for a in data):  # (x1, x2, y): x=x1, y=x2, sample_weight=y
         raise invalid("data", f"for a model of {n_in} inputs: ([x1, ..., x{n_in}], y, "
                       f"sample_weight), ([x1, ..., x{n_in}], y) or the {n_in} input arrays "
-                      "alone", f"a sequence of 3 whose first item is one array of shape "
+                      f"alone", f"a sequence of {len(data)} arrays, the first of shape "
                       f"{tuple(data[0].shape)}")
     if isinstance(data, (tuple, list)) and len(data) == 3 and (
             n_in or data[2] is None or np.ndim(data[2]) == 1):

@@ -125,7 +125,7 @@ def _check_label_width(data, loss, n):
     y = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
     shape = tuple(getattr(y, "shape", ()) or ())
     if (isinstance(loss, DistillationLoss) or is_sparse_loss(loss) or len(shape) < 2
-            or shape[-1] in (1, n) or n is None):
+            or shape[-1] in (1, n, None) or n is None):  # None: a width the data leaves open
         return
     raise ValueError("Invalid value for argument `class_weight`. Expected labels of one class "
                      f"id per sample, or one-hot rows of the model's {n} classes, under a loss "
