@@ -27,6 +27,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ENV = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+@pytest.fixture(autouse=True)
+def _std_fds_kept():
+    """Give this process its fds 0-2 (and pytest's capture files) back after each test: on a
+    broken pipe the command points its stdout at /dev/null for its exit; in the test process
+    that silenced pytest's capture file of the tests after these (tests/test_concurrency20j.py
+    saw fd 1 on /dev/null)."""
+    fds = {0, 1, 2}
+    for stream in (sys.stdout, sys.stderr):  # pytest's capture files: cli.run quiets the
+        try:  # fd of sys.stdout on a broken pipe (fd 1 in the real command)
+            fds.add(stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            pass
+    saved = {fd: os.dup(fd) for fd in sorted(fds)}
+    try:
+        yield
+    finally:
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
 def _guarded(argv):
     return cli_env.guarded(cli.run, argv, on_signal=cli._on_sigint, unfinished=cli._unfinished)
 
