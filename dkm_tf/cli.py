@@ -36,6 +36,7 @@ from dkm_tf.cli_args import (
 from dkm_tf.cli_custom import HELP as CUSTOM_HELP
 from dkm_tf.cli_custom import custom_code, loss_note
 from dkm_tf.cli_energy import run_energy
+from dkm_tf.cli_env import quiet_fd
 from dkm_tf.cli_export import clear_earlier_outputs, write_plots, write_tflite
 from dkm_tf.cli_help import command_error, early_exit, flag_message, load_model_flag
 from dkm_tf.cli_overrides import HELP, check_compress_args, check_model_overrides, default_method
@@ -356,8 +357,7 @@ def _run(argv, stdout, stderr):
         print(f"dkm-tf: error: {e} (see {where})", file=stderr)
         return 2
     except BrokenPipeError:  # stdout closed early (dkm-tf energy ... | head): not an error
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # a real stdout only
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # quiet exit flush
+        quiet_fd(sys.stdout)  # a real stdout only: its exit flush would fail again
         return 141  # 128 + SIGPIPE, as a shell tool killed by it
     except KeyboardInterrupt:
         print("dkm-tf: interrupted; " + (_unfinished() or "nothing was written or removed "

@@ -173,10 +173,12 @@ def _cwd_missing():
     return False
 
 
-def _quiet_fd(fd):
-    """Point ``fd`` at /dev/null: the interpreter's exit flush of a stream that failed would
-    fail again ("Exception ignored ..." and exit status 120)."""
-    with contextlib.suppress(OSError):
+def quiet_fd(fd):
+    """Point ``fd`` (an int, or a stream whose ``fileno()`` it is) at /dev/null: the
+    interpreter's exit flush of a stream that failed would fail again ("Exception ignored
+    ..." and exit status 120). A stream without a real fd (``io.StringIO``) is left alone."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = fd if isinstance(fd, int) else fd.fileno()
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, fd)
         os.close(null)
@@ -188,10 +190,10 @@ def _flush_stdout(status, stderr):
         if sys.stdout is not None:
             sys.stdout.flush()
     except BrokenPipeError:
-        _quiet_fd(1)
+        quiet_fd(1)
         return status or 141
     except (OSError, ValueError) as e:
-        _quiet_fd(1)
+        quiet_fd(1)
         print(f"dkm-tf: error: could not write the output to stdout: {type(e).__name__}: {e}",
               file=stderr)
         return status or 1
@@ -224,12 +226,12 @@ def guarded(run, argv, *, on_signal=None, unfinished=None):
                                                and unfinished() else ""), file=guard)
                 status = 130
             except BrokenPipeError:
-                _quiet_fd(1)
+                quiet_fd(1)
                 status = 141
             except OSError as e:  # writing the output failed where run() does not catch it
                 print(f"dkm-tf: error: could not write the output: {type(e).__name__}: {e}",
                       file=guard)
-                _quiet_fd(1)
+                quiet_fd(1)
                 status = 1
             received.append(None)  # disarmed: a signal from here on is only recorded
             status = _flush_stdout(status, guard)
@@ -253,7 +255,7 @@ def guarded(run, argv, *, on_signal=None, unfinished=None):
                 with contextlib.suppress(Exception):
                     stream.reconfigure(errors=old)
         if guard.lost:
-            _quiet_fd(2)
+            quiet_fd(2)
         for stream, old in zip((sys.stdout, guard.stream), saved):
             if old is None and stream is not None:
                 with contextlib.suppress(Exception):

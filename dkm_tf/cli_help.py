@@ -13,10 +13,10 @@
 from __future__ import annotations
 
 import difflib
-import os
 import re
 
 from dkm_tf.cli_args import COMMAND_FLAGS, COMMANDS, EXTRA_FLAGS, CliUsageError, help_text
+from dkm_tf.cli_env import quiet_fd
 
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 # flags that may come before `help` (both commands take them)
@@ -128,10 +128,7 @@ def _write(text, stream):
         print(text, file=stream)
         stream.flush()
     except BrokenPipeError:
-        try:  # the interpreter's exit flush would raise it again (a real stream only)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
+        quiet_fd(stream)  # the interpreter's exit flush would raise it again (a real stream)
         return 141
     return 0
 

@@ -50,8 +50,9 @@ def check_class_weight(class_weight, model, loss, train_data):
                 f"; the model has {n} classes: ids in [0, {n})" if n else "")
                 + f" (key {key!r})", class_weight)
         check_number("class_weight", weight, _EXPECTED + f" (class {key}: {weight!r})", low=0)
-    _check_pydataset(train_data, loss)
-    _check_label_width(train_data, loss, n)
+    kind, spec = _first_batch(train_data)
+    _check_pydataset(kind, spec, loss)
+    _check_label_width(spec, loss, n)
     size = max(n or 0, max(int(k) for k in class_weight) + 1)
     table = np.ones(size, np.float32)
     for key, weight in class_weight.items():
@@ -70,31 +71,39 @@ def _num_classes(model, loss):
     return None if not isinstance(width, int) else max(width, 2)
 
 
-def _check_pydataset(data, loss):
-    """Refuse a dataset of ``(x, y, sample_weight)`` batches (Keras refuses it with
-    ``class_weight`` inside ``fit``, after the k-means), and a ``PyDataset`` whose classes
-    Keras' ``class_weight`` (used for it) reads wrong: distillation targets, labels per
-    position (its first batch, ``data[0]``, is read)."""
+def _first_batch(data):
+    """``(kind, spec)`` of ``train_data``: ``"dataset"`` and a ``tf.data.Dataset``'s
+    ``element_spec``, ``"pydataset"`` and a ``PyDataset``'s first batch ``data[0]`` (read
+    once, for both checks below), else ``"other"`` and ``data`` itself."""
     import sys  # noqa: PLC0415
 
     tf, keras = sys.modules.get("tensorflow"), sys.modules.get("keras")
-    spec = data.element_spec if tf is not None and isinstance(data, tf.data.Dataset) else None
-    if spec is None and keras is not None and isinstance(data, keras.utils.PyDataset):
-        spec = data[0]  # its first batch, as the label checks read it
-    if isinstance(spec, tuple) and len(spec) == 3:
+    if tf is not None and isinstance(data, tf.data.Dataset):
+        return "dataset", data.element_spec
+    if keras is not None and isinstance(data, keras.utils.PyDataset):
+        return "pydataset", data[0]
+    return "other", data
+
+
+def _check_pydataset(kind, spec, loss):
+    """Refuse a dataset of ``(x, y, sample_weight)`` batches (Keras refuses it with
+    ``class_weight`` inside ``fit``, after the k-means), and a ``PyDataset`` whose classes
+    Keras' ``class_weight`` (used for it) reads wrong: distillation targets, labels per
+    position (its first batch, ``data[0]``, is read). ``kind``, ``spec``: :func:`_first_batch`."""
+    if kind != "other" and isinstance(spec, tuple) and len(spec) == 3:
         raise ValueError("Invalid value for argument `class_weight`. Expected None with "
                          "train_data of (x, y, sample_weight) batches (the samples are "
                          "weighed already). Received: class_weight with sample weights in "
                          "train_data; multiply the class weights into the sample weights")
-    if isinstance(data, tuple):
-        spec = data
+    if kind == "other" and not isinstance(spec, tuple):
+        return
     first = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
     if first is not None and not hasattr(first, "shape"):  # Keras: "single output" in fit
         raise ValueError("Invalid value for argument `class_weight`. Expected None with "
                          "labels that are not one array (it weighs the classes of one array "
                          f"of labels). Received: class_weight with labels y of type "
                          f"{type(first).__name__}; pass y as one array")
-    if spec is None or spec is data or (tf is not None and isinstance(data, tf.data.Dataset)):
+    if kind != "pydataset":
         return
     from dkm_tf.training.distill import DistillationLoss  # noqa: PLC0415
 
@@ -107,21 +116,13 @@ def _check_pydataset(data, loss):
                          "(x, y) arrays or a tf.data.Dataset")
 
 
-def _check_label_width(data, loss, n):
+def _check_label_width(spec, loss, n):
     """Refuse labels of several columns that are not one-hot rows of the ``n`` classes under
     a loss not known to be sparse (a custom loss over per-position class ids): their arg-max
-    would be a position, not a class (Keras' own reading, silently wrong weights)."""
-    import sys  # noqa: PLC0415
-
+    would be a position, not a class (Keras' own reading, silently wrong weights). ``spec``:
+    :func:`_first_batch`'s."""
     from dkm_tf.training.distill import DistillationLoss  # noqa: PLC0415
 
-    tf, keras = sys.modules.get("tensorflow"), sys.modules.get("keras")
-    if tf is not None and isinstance(data, tf.data.Dataset):
-        spec = data.element_spec
-    elif keras is not None and isinstance(data, keras.utils.PyDataset):
-        spec = data[0]
-    else:
-        spec = data
     y = spec[1] if isinstance(spec, tuple) and len(spec) > 1 else None
     shape = tuple(getattr(y, "shape", ()) or ())
     if (isinstance(loss, DistillationLoss) or is_sparse_loss(loss) or len(shape) < 2
