@@ -1,6 +1,7 @@
 """Test configuration: quiet TensorFlow's C++ logs before anything imports it."""
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,3 +32,13 @@ def cf_runs():
         keras.layers.Conv2D(1, 1, data_format="channels_first")(np.zeros((1, 1, 2, 2), np.float32))
     except tf.errors.UnimplementedError as e:
         pytest.skip(f"channels_first Conv2D does not run here: {e}")
+
+
+@pytest.fixture
+def clean_modules():
+    """Forget the modules a test imports (user files, packages), and the sys.path it had."""
+    before, path = set(sys.modules), list(sys.path)
+    yield
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+    sys.path[:] = path

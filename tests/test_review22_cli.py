@@ -30,16 +30,6 @@ def _write(path, text):
     return str(path)
 
 
-@pytest.fixture
-def clean_modules():
-    """Forget the modules a test imports (user files, packages), and the sys.path it had."""
-    before, path = set(sys.modules), list(sys.path)
-    yield
-    for name in set(sys.modules) - before:
-        del sys.modules[name]
-    sys.path[:] = path
-
-
 def _relu_h5(tmp_path):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, activation="relu"),

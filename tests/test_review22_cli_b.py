@@ -35,15 +35,6 @@ def _write(path, text):
     return str(path)
 
 
-@pytest.fixture
-def clean_modules():
-    before, path = set(sys.modules), list(sys.path)
-    yield
-    for name in set(sys.modules) - before:
-        del sys.modules[name]
-    sys.path[:] = path
-
-
 @pytest.mark.parametrize("tail", ["cast", "reshape", "clip", "dropout", "flatten"])
 def test_an_op_keeping_the_values_does_not_hide_the_final_softmax(tail):
     i = keras.Input((4,))
