@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_arrays", "check_label_range", "class_ids", "is_binary_loss", "is_sparse_loss"]
+__all__ = ["as_arrays", "check_label_range", "class_ids", "is_binary_loss", "is_sparse_loss",
+           "one_loss"]
 
 
 def class_ids(y, name="data"):
@@ -79,7 +80,7 @@ def check_label_range(name, labels, shape):
     return True
 
 
-def _one_loss(loss):
+def one_loss(loss):
     """The loss of a one-item list or dict of losses (a single-output model's), else ``loss``."""
     if isinstance(loss, (list, tuple, dict)) and len(loss) == 1:
         return next(iter(loss.values())) if isinstance(loss, dict) else loss[0]
@@ -92,7 +93,7 @@ def is_sparse_loss(loss):
     item of a list or dict)."""
     import keras  # noqa: PLC0415
 
-    loss = _one_loss(loss)
+    loss = one_loss(loss)
     return isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or (
         (loss if isinstance(loss, str) else getattr(loss, "__name__", None))
         in ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy"))
@@ -102,7 +103,7 @@ def is_binary_loss(loss):
     """Whether ``loss`` is a binary cross-entropy (it reads labels 0 / 1): a
     ``keras.losses.BinaryCrossentropy`` or ``BinaryFocalCrossentropy``, its function or its
     name (also as the one item of a list or dict)."""
-    loss = _one_loss(loss)
+    loss = one_loss(loss)
     return (loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
             ) in ("binary_crossentropy", "BinaryCrossentropy", "binary_focal_crossentropy",
                   "BinaryFocalCrossentropy")

@@ -5,6 +5,8 @@ anything. The model and loss are only read (Keras imported lazily, for the outpu
 
 from __future__ import annotations
 
+from dkm_tf.core.labels import one_loss
+
 __all__ = ["non_class_loss", "output_activation"]
 
 # compiled losses of models whose output is not one class per sample (normalised names)
@@ -29,10 +31,7 @@ def non_class_loss(model, loss=None):
     if loss is None:
         loss = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
     if len(getattr(model, "outputs", None) or [None]) == 1:  # one output: its one loss
-        if isinstance(loss, dict) and len(loss) == 1:
-            loss = next(iter(loss.values()))
-        if isinstance(loss, (list, tuple)) and len(loss) == 1:
-            loss = loss[0]
+        loss = one_loss(loss)
     if loss is None or isinstance(loss, (dict, list, tuple)):
         return None
     if output_activation(model) == "softmax":  # a softmax over classes whatever the loss
