@@ -90,8 +90,20 @@ def _pairing(entries, pals):
         hits.append(found[0])
     keys = [(str(p.weight_name), i) for p, i in zip(pals, hits)]
     if len(set(keys)) != len(keys):
-        return None
+        return _Twice(next(k for k in keys if keys.count(k) > 1))
     return hits
+
+
+class _Twice(tuple):
+    """`(weight, layer index)` that two palettes of one name both decode to."""
+
+
+def _where(model, layer):
+    """The path of `layer` (a leaf, or the layer a wrapper holds) in `model`."""
+    for path, lay in layer_paths(model):
+        if lay is layer or wrapped_layer(lay) is layer:
+            return path
+    return layer.name
 
 
 def pair_by_value(model, shapes, palettes):
@@ -118,6 +130,14 @@ def pair_by_value(model, shapes, palettes):
             hits = _pairing(entries, [palettes[i] for i in idx])
         except (AttributeError, TypeError, ValueError):  # a duck-typed palette, no decode()
             hits = None
+        if isinstance(hits, _Twice):
+            weight, layer_i = hits
+            raise ValueError(
+                f"Invalid value for argument `palettes`: two palettes of {name}/{weight} both "
+                f"decode to the weight of the layer at '{_where(model, entries[layer_i][0])}', "
+                f"of the {len(entries)} layers named '{name}': the same palette passed twice "
+                f"would charge another layer of that name with it, whatever that layer holds. "
+                f"Pass each layer's own palette once (dkm_tf.palettes_of(model)).")
         if hits is None:
             continue
         paired.add(name)
