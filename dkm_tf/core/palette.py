@@ -105,11 +105,15 @@ class Palette:
                 "integers"
             raise TypeError(f"Palette {self.name}: indices must be {msg}. Received dtype "
                             f"{idx.dtype}.")
-        cb = raw_cb.astype(np.float32)
+        with np.errstate(over="ignore"):  # finite float64 beyond float32's range: inf
+            cb = raw_cb.astype(np.float32)
         if not np.all(np.isfinite(cb)):
+            big = int(np.sum(np.isfinite(raw_cb.astype(np.float64)) & ~np.isfinite(cb)))
             raise ValueError(f"Palette {self.name}: the codebook holds "
-                             f"{int(np.sum(~np.isfinite(cb)))} NaN/Inf value(s); a palette "
-                             "must decode to finite weights.")
+                             f"{int(np.sum(~np.isfinite(cb)))} NaN/Inf value(s)" + (
+                                 f" as float32 ({big} finite ones beyond float32's range "
+                                 f"+-3.403e+38)" if big else "")
+                             + "; a palette must decode to finite weights.")
         if cb.ndim != 3 or cb.shape[0] != lay.n_groups or cb.shape[2] != lay.unit_dim:
             raise ValueError(f"Palette {self.name}: codebook shape {cb.shape} does not match "
                              f"(G={lay.n_groups}, K, d={lay.unit_dim}).")

@@ -234,21 +234,31 @@ def _match(fm, palettes):
 
 def _keep_half(em, fm, t, uses, halved):
     """Store kept weight ``t`` (and the float32 constant bias of each op reading it, which
-    TF 2.21's XNNPACK needs in the same type) as float16 + DEQUANTIZE; the bias values
-    newly halved (``halved``: tensors done so far, shared with other weights)."""
+    TF 2.21's XNNPACK needs in the same type) as float16 + DEQUANTIZE: ``(bias values newly
+    halved, None)`` (``halved``: tensors done so far, shared with other weights); or, all
+    left float32, ``(0, largest |value|)`` where a value is beyond float16's range (was inf)."""
+    bias = {}
+    for i, name in uses:
+        ins = fm.operators[i].inputs
+        b = int(ins[BIAS_INPUT[name]]) if len(ins) > BIAS_INPUT.get(name, 1 << 30) else -1
+        if b >= 0 and fm.type_name(b) == "float32" and fm.raw(b):
+            bias[i] = b
+    top = max(float(np.max(np.abs(fm.const(v)), initial=0.0)) for v in [t, *bias.values()])
+    with np.errstate(over="ignore"):
+        if np.isinf(np.float16(top)):
+            return 0, top
     w, biases = em.half(t), 0
     for i, name in uses:
         op = fm.operators[i]
         ins = [int(v) for v in op.inputs]
         ins[ins.index(t)] = w
-        if name in BIAS_INPUT and len(ins) > BIAS_INPUT[name] and ins[BIAS_INPUT[name]] >= 0:
-            b = ins[BIAS_INPUT[name]]
-            if fm.type_name(b) == "float32" and fm.raw(b):
-                ins[BIAS_INPUT[name]] = em.half(b)
-                biases += 0 if b in halved else int(np.prod(fm.shape(b)))
-                halved.add(b)
+        if i in bias:
+            b = bias[i]
+            ins[BIAS_INPUT[name]] = em.half(b)
+            biases += 0 if b in halved else int(np.prod(fm.shape(b)))
+            halved.add(b)
         op.inputs = np.asarray(ins, np.int32)
-    return biases
+    return biases, None
 
 
 def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20,
@@ -270,7 +280,8 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
             names.
         kept_dtype: ``"float32"`` or ``"float16"`` (kept weights, and the biases of the ops
             reading them, stored as float16 + DEQUANTIZE: half their bytes, same speed
-            where XNNPACK runs; outputs as close to Keras as ``format="fp16"``'s).
+            where XNNPACK runs; outputs as close to Keras as ``format="fp16"``'s); a weight
+            whose values or bias exceed float16's 65,504 stays float32 (its route says so).
         index_packing: with ``once``, ``"dense"`` (spare int16 bits hold more indices:
             :mod:`dkm_tf.export.decode_dense`) or ``"tuples"`` (base-K tuples only: larger
             file, less RAM after load).
@@ -314,7 +325,10 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
         if reason is not None:
             bits, biases = 32, 0
             if kept_dtype == "float16":
-                bits, biases = 16, _keep_half(em, fm, t, uses, halved)
+                biases, top = _keep_half(em, fm, t, uses, halved)
+                bits = 16 if top is None else 32
+                reason += "" if top is None else (f"; float32, not float16: values up to "
+                                                  f"{top:.4g} exceed float16's 65,504")
                 prefix.extend(em.ops)
                 del em.ops[:]
             records.append({"palette": p.name, "tensor": fm.tensor_name(t),

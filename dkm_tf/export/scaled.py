@@ -46,7 +46,8 @@ def times_scales(em, out, pshape, palette, group, unit, order, ordered, mode, in
         [1] * len(group) + [sizes[a] for a in order] + [1] * len(unit)
     arr = ordered(palette.scales).reshape(bshape).astype(np.float32)
     grid = int8_grid(arr) if mode != "once" and palette.scale_bits == 8 else None
-    half = arr.astype(np.float16)
+    with np.errstate(over="ignore"):  # scales beyond 65,504: inf, then float32 below
+        half = arr.astype(np.float16)
     if grid is not None:
         q = s.QuantizationParametersT()
         q.scale, q.zeroPoint = [grid[1]], [0]

@@ -16,6 +16,8 @@ says so. Numpy only.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dkm_tf.core import kmeans as kmeans_lib
@@ -39,7 +41,13 @@ def _floor_value(importance, name=None):
     if bad:
         raise ValueError(f"Importances{' of ' + name if name else ''} must be finite and >= 0: "
                          f"{bad} of {imp.size} are NaN, Inf or negative.")
-    mean = float(imp.mean()) if imp.size else 0.0
+    with np.errstate(over="ignore"):
+        mean = float(imp.mean()) if imp.size else 0.0
+    if mean == np.inf:  # finite importances near 1e308 whose sum overflows (review R3: NaN
+        scale = 2.0 ** -math.frexp(float(np.max(flat)))[1]  # centroids): exact power of two
+        mean = sum(float(np.sum(b * scale)) for b in (flat[s:s + _BLOCK]
+                                                      for s in range(0, flat.size, _BLOCK)))
+        mean = mean / flat.size / scale
     return None if mean <= 0 else FLOOR * mean
 
 
@@ -55,6 +63,10 @@ def weighted_kmeans(x, importance, n_clusters, *, seed=0, max_iter=100, name=Non
                          f"shape of `x`, {np.shape(x)}. Received: shape "
                          f"{np.shape(importance)}.")
     floor = _floor_value(importance, name)
+    if floor is not None:  # scale-free in F: a power of two (exact) brings max(F) to [0.5, 1),
+        importance = np.asarray(importance, np.float64)  # so sums of F x, F x^2 stay finite
+        scale = 2.0 ** -max(math.frexp(float(np.max(importance)))[1], -1000)
+        importance, floor = importance * scale, floor * scale
     if floor is not None and np.shape(x)[1] == 1:
         return weighted_scalar(x, importance, int(n_clusters), floor, seed=seed)
     x = np.asarray(x).astype(np.float32).astype(np.float64)  # the codebook's values
