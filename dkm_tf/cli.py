@@ -224,7 +224,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                 raise
             raise CliUsageError("dataset", f"data that fits --model ({dataset_words(e)})",
                                 dataset) from e
-        result.metric, result.notes = metric, notes + result.notes
+        result.metric, result.notes = metric, notes + result.notes + cli_tables.params_note(
+            model, result.model) + cli_tables.granularity_note(result.size, granularity)
         _log(result.summary())
         _log(cli_tables.size_legend(output_dir, result))
         _check_interrupted()  # a swallowed Ctrl-C: stop before the earlier run's files go

@@ -16,7 +16,8 @@ from dkm_tf.core import std_fds
 
 __all__ = ["ENERGY_LEGEND", "PT_LEGEND", "RUNTIMES", "SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND",
            "import_tensorflow_quietly", "json_text", "keras_line", "native_stderr_filtered",
-           "size_legend", "table_runtime", "tflite_table"]
+           "granularity_note", "params_note", "size_legend", "table_runtime",
+           "tflite_table"]
 
 TARGETS = ("float", "int8", "palettized", "palettized_per_invoke")
 SIZE_LEGEND = """\
@@ -42,13 +43,14 @@ ENERGY_LEGEND = """\
 _LEGEND = """\
 legend: bytes          file size;  x float = bytes / bytes of the float file
         bits/w         file bits per model parameter (graph and codebooks included)
-        ms (1 thread)  median latency of one invoke, batch 1, {runtime} on 1 CPU thread
+        ms (1 thread)  median latency of {runs} invokes after warm-up (files interleaved),
+                       batch 1, {runtime} on 1 CPU thread
         acc %          top-1 accuracy of the file in {runtime}, test set (first 10,000 at most)
         int8           dynamic-range int8 weights (float activations)
         palettized     codebook + packed indices, decoded once at load (near-float speed)
         palettized_per_invoke  the same decoded on every invoke (smallest file, slower)"""
 RUNTIMES = {"litert": "LiteRT", "tflite": "tf.lite"}  # verify.Comparison.interpreter -> name
-TFLITE_LEGEND = _LEGEND.format(runtime="LiteRT")
+TFLITE_LEGEND = _LEGEND.format(runtime="LiteRT", runs=50)
 
 
 def keras_line(path, tflite=True):
@@ -58,6 +60,43 @@ def keras_line(path, tflite=True):
              "run without --notflite for the small palettized .tflite files")
     return (f"[write] {path} ({os.path.getsize(path):,} bytes: a Keras model, its clustered "
             f"weights stored decoded as float32; {where})")
+
+
+def params_note(model, compressed):
+    """A note when the compressed model has another parameter count than the input model
+    (``[model]`` line): the size table's "whole model" counts the compressed one, whose
+    BatchNormalization layers were folded into the kernels before them (fer: 58,423 params in,
+    56,215 out, so 743 "other params", not 58,423 minus the clustered 55,472). [] when equal."""
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
+
+    before, after = int(model.count_params()), int(compressed.count_params())
+    if before == after:
+        return []
+    n_bn = sum(type(x).__name__ == "BatchNormalization" for x in walk_layers(model)) - sum(
+        type(x).__name__ == "BatchNormalization" for x in walk_layers(compressed))  # folded
+    why = (f" ({n_bn} BatchNormalization layer(s) folded into the kernel before each, as "
+           "TFLite's converter folds them)" if n_bn and after < before else "")
+    return [f"the compressed model has {after:,} parameters, the input model {before:,}"
+            f"{why}: the size table's whole-model CR and the bits/w of the .tflite files "
+            f"count the compressed model's {after:,}"]
+
+
+def granularity_note(size, granularity):
+    """A note naming the tensors of the size table (``size``: a SizeReport) clustered with
+    another granularity than ``--granularity`` (depthwise kernels default to per channel):
+    their K is per codebook, one per channel, which the table does not show (fer: K 9 and
+    CR 0.91 for 3x3 depthwise kernels at --n_clusters 16). [] when none is."""
+    rows = [r for r in size.rows if r.get("granularity", granularity) != granularity]
+    if not rows:
+        return []
+    names = ", ".join(f"{r['name']} ({r['granularity']})" for r in rows[:3])
+    more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+    per = ("their K is per codebook (one per channel) and their CRs count every codebook; "
+           if any(r["granularity"] == "per_channel" for r in rows) else "")
+    return [f"{len(rows)} tensor(s) clustered with another granularity than {granularity}: "
+            f"{names}{more}; {per}depthwise kernels default to per_channel, --overrides may "
+            "set others (report.json's rows and clustered.palettes.json's notes say which and "
+            "why)"]
 
 
 def size_legend(output_dir="dkm_tf_out", result=None):
@@ -241,7 +280,10 @@ def tflite_table(reports, accuracy, metric="test accuracy", refused=None):
     for label, why in (refused or {}).items():
         lines += textwrap.wrap(f"{label:<22}not written: {why}", width=100,
                                subsequent_indent=" " * 22)
-    legend = _LEGEND.format(runtime=table_runtime(reports))
+    runs = sorted({(rep.latency or {}).get("1t", {}).get("runs") for rep in reports.values()}
+                  - {None})  # the invokes each median is of, read from the reports
+    legend = _LEGEND.format(runtime=table_runtime(reports),
+                            runs="/".join(map(str, runs)) or "the timed")
     lines.append(legend if accuracy else "\n".join(
         line for line in legend.splitlines() if "acc %" not in line))
     if accuracy and metric != "test accuracy":
@@ -257,7 +299,9 @@ def tflite_table(reports, accuracy, metric="test accuracy", refused=None):
             larger = (f"palettized ({pal.bytes:,} bytes) is larger than int8 ({int8.bytes:,} "
                       "bytes) " + ("because " if 3 * kept_bytes >= 4 * gap else
                                    f"by more than its {kept_bytes:,} bytes of kept tensors "
-                                   "would save as int8 (the rest: index storage and decode "
+                                   "would save as int8 (the rest: weights left unclustered, "
+                                   "which int8 stores in 8 bits where large, index storage "
+                                   "and decode "
                                    "graph; bytes of each tensor in report.json); "))
         why = "; ".join(f"{t['palette']} ({t['route'].split('auto: ', 1)[-1]})" for t in kept)
         lines += textwrap.wrap(

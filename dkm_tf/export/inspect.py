@@ -42,7 +42,8 @@ class TFLiteInspection:
         bytes: file size.
         tensors: one dict per constant tensor of every subgraph (a WHILE body holds a
             recurrent layer's weights): index, subgraph, name, dtype, shape, bytes,
-            distinct (number of distinct stored values), role.
+            distinct (number of distinct stored values: of the int16 words, not of the
+            indices, where a role says several indices are packed per word), role.
         palettized: one dict per recognized palettized weight: output tensor, subgraph, mode
             (``once`` / ``per_invoke`` / ``tflm``), K, storage dtype, indices per element,
             index bytes, codebook bytes.
@@ -265,8 +266,11 @@ def inspect_tflite(path):
             pal += found
             roles = {}
             for p in found:
-                if "indices" in p:
-                    roles[p["indices"]] = f"palette indices ({p['mode']}, K={p['K']})"
+                if "indices" in p:  # packed g per int16: `distinct` counts words
+                    per = p.get("per_element", 1)
+                    packed = f", {per:g} per int16 word" if p["storage"] == "int16" and \
+                        per != 1 else ""
+                    roles[p["indices"]] = f"palette indices ({p['mode']}, K={p['K']}){packed}"
                     roles[p["codebook"]] = f"palette codebook (K={p['K']})"
                 if p.get("decode_table"):
                     roles[p["decode_table"]] = "decode table (densely packed indices)"

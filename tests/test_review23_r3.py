@@ -1,0 +1,85 @@
+"""Review of session 23's report-number and numeric-extreme changes (R3).
+
+- ``params_note`` said "2 BatchNormalization layer(s) folded" for a model where one of them
+  (right after the input) cannot be folded and stays in the compressed model.
+- ``granularity_note`` said "one per channel" of a tensor set to per_tensor by ``--overrides``
+  under ``--granularity per_channel``.
+- Fisher importances near 1e308 (finite) still overflowed the mean behind the floor: NaN
+  centroids.
+- ``tflite_accuracy`` cast uint8 pixels straight into an int8-input file (200 -> -56): 0.14
+  for a file whose accuracy is 0.985.
+"""
+
+import types
+
+import keras
+import numpy as np
+import pytest
+
+from dkm_tf.cli_tables import granularity_note, params_note
+from dkm_tf.graph.weighted_kmeans import weighted_kmeans
+
+
+def _net(with_bn1):
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((6, 6, 1)), keras.layers.BatchNormalization(name="bn0"),
+              keras.layers.Conv2D(8, 3, use_bias=not with_bn1, name="conv")]
+    layers += [keras.layers.BatchNormalization(name="bn1")] if with_bn1 else []
+    return keras.Sequential(layers + [keras.layers.Flatten(), keras.layers.Dense(3)])
+
+
+def test_params_note_counts_the_folded_batchnorms_only():
+    model, folded = _net(True), _net(False)  # bn1 folded into conv; bn0 kept
+    assert model.count_params() - folded.count_params() == 4 * 8 - 8
+    (note,) = params_note(model, folded)
+    assert "(1 BatchNormalization layer(s) folded" in note
+    assert f"{folded.count_params():,} parameters, the input model {model.count_params():,}" \
+        in note
+
+
+def test_granularity_note_per_tensor_override_is_not_called_per_channel():
+    size = types.SimpleNamespace(rows=[{"name": "fc/kernel", "granularity": "per_tensor"},
+                                       {"name": "conv/kernel", "granularity": "per_channel"}])
+    (note,) = granularity_note(size, "per_channel")
+    assert note.startswith("1 tensor(s) clustered with another granularity than per_channel: "
+                           "fc/kernel (per_tensor); depthwise")
+    assert "one per channel" not in note and "--overrides" in note
+    size.rows[0]["granularity"] = "per_channel"
+    (note,) = granularity_note(size, "per_tensor")
+    assert "2 tensor(s)" in note and "their K is per codebook (one per channel)" in note
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_weighted_kmeans_with_importances_near_the_float64_maximum(d):
+    rng = np.random.default_rng(0)
+    x, imp = rng.normal(size=(500, d)), rng.random((500, d))
+    ref = weighted_kmeans(x, imp, 4)
+    got = weighted_kmeans(x, imp * 1e308, 4)  # finite; their sum is not
+    for a, b in zip(ref, got):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tflite_accuracy_of_uint8_pixels_for_an_int8_input_file(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    from dkm_tf.pipeline import tflite_accuracy
+
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Rescaling(1 / 255.0),
+                          keras.layers.Conv2D(4, 3, activation="relu"),
+                          keras.layers.Flatten(), keras.layers.Dense(5)])
+    xr = rng.integers(0, 256, (200, 8, 8, 1)).astype(np.uint8)
+    xf = xr.astype(np.float32)
+    y = np.argmax(m.predict(xf, verbose=0), 1)
+    c = tf.lite.TFLiteConverter.from_keras_model(m)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([xf[i:i + 1]] for i in range(len(xf)))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = c.inference_output_type = tf.int8
+    path = tmp_path / "ri8.tflite"
+    path.write_bytes(c.convert())
+    as_floats = tflite_accuracy(str(path), (xf, y))
+    assert as_floats > 0.9
+    assert tflite_accuracy(str(path), (xr, y)) == as_floats  # was 0.14: 200 cast to -56
