@@ -37,7 +37,7 @@ from dkm_tf.cli_custom import HELP as CUSTOM_HELP
 from dkm_tf.cli_custom import custom_code, loss_note
 from dkm_tf.cli_energy import run_energy
 from dkm_tf.cli_env import quiet_fd
-from dkm_tf.cli_export import clear_earlier_outputs, write_plots, write_tflite
+from dkm_tf.cli_export import clear_earlier_outputs, compile_as_saved, write_plots, write_tflite
 from dkm_tf.cli_help import command_error, early_exit, flag_message, load_model_flag
 from dkm_tf.cli_overrides import HELP, check_compress_args, check_model_overrides, default_method
 from dkm_tf.cli_tables import import_tensorflow_quietly
@@ -233,6 +233,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         _REMOVED[:] = clear_earlier_outputs(output_dir, plots_dir or output_dir)
         out_model = os.path.join(output_dir, "clustered.keras")
         save_model_atomic(result.model, out_model)
+        compile_as_saved(result.model, model_path)  # the int8 check reads the loss
         _log(cli_tables.keras_line(out_model, tflite))  # its size, and why it is not smaller
         pal_path = pipeline.save_palettes(result.palettes, out_model)  # read by `dkm-tf energy`
         _log(f"[write] {pal_path} (the palettes: codebooks + indices)")

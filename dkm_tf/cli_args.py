@@ -311,17 +311,19 @@ def check_export_size(model, tflite, dataset):
     """The TFLite step exports at a fixed input size: the model's own, else that of the inputs
     of --dataset. A model that leaves it open (``Input((None, None, 3))``, a subclassed model)
     without --dataset is refused before any k-means (run after the model loads), as is a
-    model with float16 / bfloat16 layers (mixed precision), which the exporters refuse."""
+    model with float16 / bfloat16 layers (mixed precision) or float64 ones, which the
+    exporters refuse."""
     if not tflite:
         return
-    from dkm_tf.export.model_check import half_precision_layers  # noqa: PLC0415
+    from dkm_tf.export.model_check import float64_layers, half_precision_layers  # noqa: PLC0415
 
-    half = half_precision_layers(model)
-    if half:  # a mixed-precision model: to_tflite would refuse it after the training
-        raise CliUsageError("model", "a model whose layers compute in float32 for the TFLite "
-                            f"files ({len(half)} compute in half precision, e.g. "
-                            f"{half[0][0]!r} ({half[0][1]}): rebuild it with float32 layers, "
-                            "or --notflite)", model.name)
+    for odd, what in ((half_precision_layers(model), "half precision"),
+                      (float64_layers(model), "float64")):
+        if odd:  # to_tflite would refuse it after the training
+            raise CliUsageError("model", "a model whose layers compute in float32 for the "
+                                f"TFLite files ({len(odd)} compute in {what}, e.g. "
+                                f"{odd[0][0]!r} ({odd[0][1]}): rebuild it with float32 "
+                                "layers, or --notflite)", model.name)
     if dataset is not None:
         return
     from dkm_tf.export.convert import open_dims  # noqa: PLC0415 (loads TensorFlow)

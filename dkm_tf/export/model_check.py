@@ -1,10 +1,11 @@
 """The model checks of :func:`dkm_tf.export.to_tflite` (and ``export_all``) before any work.
 
-A model must be built, and every layer must compute in float32 (or float64): the exporters
-trace the model's float graph, and a layer built under a mixed (``"mixed_float16"``,
+A model must be built, and every layer must compute in float32: the exporters trace the
+model's float graph, and a layer built under a mixed (``"mixed_float16"``,
 ``"mixed_bfloat16"``) or half policy casts to float16 / bfloat16 around each op, which the
-converter and the palettized rewrite do not handle. Its variables are float32 already, so the
-same weights in float32 layers export; see :func:`check_float_model` for how.
+converter and the palettized rewrite do not handle; TFLite has no float64 kernel for the op of
+a float64 layer (:func:`float64_layers`). The same weights in float32 layers export; see
+:func:`check_float_model` for how.
 
 Palettes name their layers (``"fc/kernel"``), so the layers they name must be told apart by
 name: :func:`palette_layers` refuses two layers of one name (two nested models each with an
@@ -24,16 +25,15 @@ from dkm_tf.export.scope_names import check_scope_names
 
 __all__ = ["HALF_DTYPES", "check_built_model", "check_float_model", "check_full_int8",
            "check_keras_quantized", "check_numeric_inputs", "check_stripped_model",
-           "recurrent_loops",
-           "deployed_param_count", "half_precision_layers", "palette_layers", "training_class",
-           "training_layers", "training_weights"]
+           "deployed_param_count", "float64_layers", "half_precision_layers", "palette_layers",
+           "recurrent_loops", "training_class", "training_layers", "training_weights"]
 
 HALF_DTYPES = ("float16", "bfloat16")
 _SHOWN = 5  # layers named in the message
 
 
 def check_built_model(model):
-    """Raise ``ValueError`` unless ``model`` is built, computes in float32 (or float64),
+    """Raise ``ValueError`` unless ``model`` is built, computes in float32,
     holds no dkm_tf training layer (:func:`check_stripped_model`) and takes no string input
     (:func:`check_numeric_inputs`)."""
     if not model.built:
@@ -262,6 +262,30 @@ def half_precision_layers(model):
     return out
 
 
+# Keras layers that compute nothing at inference (a float64 one converts: measured on TF 2.21)
+_PASS_THROUGH = ("Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout", "Reshape",
+                 "Flatten", "Identity", "ActivityRegularization", "Lambda")
+
+
+def float64_layers(model):
+    """``[(layer name, class name)]`` of the Keras layers below ``model`` that compute in
+    float64 and run an op (the converter failed on all 14 probed: Dense, Conv2D, Add, ReLU, ...);
+    not pass-through ones (they convert), nor a user's ``Layer`` (the converter judges it)."""
+    out = []
+    for layer in _all_layers(model):
+        if _no_compute(layer) or str(getattr(layer, "compute_dtype", "")) != "float64":
+            continue
+        keras_cls = next((k for k in type(layer).__mro__ if k.__module__.startswith("keras.")),
+                         None)
+        linear = (type(layer).__name__ == "Activation"
+                  and getattr(layer.activation, "__name__", "") == "linear")
+        if (keras_cls is None or keras_cls.__name__ in ("Layer", "Model") or linear
+                or any(k.__name__ in _PASS_THROUGH for k in keras_cls.__mro__)):
+            continue
+        out.append((layer.name, type(layer).__name__))
+    return out
+
+
 def _no_compute(layer):
     """Input layers and Functional / Sequential graphs: no op of their own (they do not cast
     their inputs), so their policy (the global one at build time) does not matter."""
@@ -277,31 +301,37 @@ def _no_compute(layer):
 
 
 def check_float_model(model):
-    """Raise ``ValueError`` naming the layers of ``model`` that compute in half precision.
-
-    The fix is to rebuild the model with float32 layers and copy the (float32) weights, e.g.
-    for a Functional or Sequential model::
+    """Raise ``ValueError`` naming the layers of ``model`` that compute in half precision, or
+    else in float64 (:func:`float64_layers`). The fix is to rebuild the model with float32
+    layers and copy the weights (``set_weights`` casts them), e.g. for a Functional model::
 
         m32 = keras.models.clone_model(model, clone_function=lambda layer:
             layer.__class__.from_config({**layer.get_config(), "dtype": "float32"}))
         m32.set_weights(model.get_weights())
     """
-    bad = half_precision_layers(model)
+    bad, kind = half_precision_layers(model), "half precision"
+    if not bad:  # "float64 (a, b)" as the converter's failure said (layer_refusals)
+        bad = [(n, f"float64 {c}") for n, c in float64_layers(model)]
+        kind = f"float64 ({', '.join(n for n, _ in bad[:_SHOWN])})"
     if not bad:
         return
     shown = ", ".join(f"{name!r} ({policy})" for name, policy in bad[:_SHOWN])
     more = f" and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
+    half = kind == "half precision"
     raise ValueError(
         "Invalid value for argument `model`. Expected a model whose layers compute in float32 "
-        "(TFLite export traces the float graph; float16 / bfloat16 compute is not supported). "
-        f"Received: model {model.name!r} with {len(bad)} layer(s) computing in half "
-        f"precision: {shown}{more}. Rebuild the model with float32 layers and copy the "
-        "weights (set_weights casts bfloat16 / float16 variables), e.g. for a Functional or "
-        "Sequential "
-        "model m32 = keras.models.clone_model(model, clone_function=lambda layer: "
+        + ("(TFLite export traces the float graph; float16 / bfloat16 compute is not "
+           "supported). " if half else "(TFLite has no float64 kernel for their ops: the "
+           "converter fails with 'operations that have no TFLite builtin kernel'). ")
+        + f"Received: model {model.name!r} with {len(bad)} layer(s) computing in {kind}: "
+        f"{shown}{more}. Rebuild the model with float32 layers and copy the weights "
+        f"(set_weights casts {'bfloat16 / float16' if half else 'float64'} variables), e.g. "
+        "for a Functional or Sequential model m32 = keras.models.clone_model(model, "
+        "clone_function=lambda layer: "
         "layer.__class__.from_config({**layer.get_config(), 'dtype': 'float32'})); "
-        "m32.set_weights(model.get_weights()); then export m32 (build models to export "
-        "after keras.mixed_precision.set_global_policy('float32')).")
+        "m32.set_weights(model.get_weights()); then export m32"
+        + (" (build models to export after keras.mixed_precision.set_global_policy('float32'))."
+           if half else "."))
 
 
 def palette_layers(model, palettes):

@@ -42,6 +42,7 @@ from dkm_tf.export.policy import check_applicable, check_codebook_sizes, check_k
 from dkm_tf.export.report import ExportReport, analytic_bytes
 from dkm_tf.export.rewrite import FlatModel
 from dkm_tf.export.subgraphs import palettize_subgraphs
+from dkm_tf.export.unit_errors import INT8_UNIT_FLOOR
 
 __all__ = ["DEFAULT_TOLERANCE", "FORMATS", "INT8_MIN_TOP1", "INT8_MODES", "ExportReport",
            "check_export_args", "check_palettes", "to_tflite"]
@@ -100,7 +101,9 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             samples when larger (deep nets; noted, ``verify.noise_floor``). int8 files must
             also agree with Keras' arg-max on :data:`INT8_MIN_TOP1` of the samples
             (class-score outputs: shaped (samples, classes); with several outputs, softmax
-            heads only).
+            heads only); every unit (last axis) of their other outputs, ``tolerance`` on its
+            own range plus two int8 steps of the output's (``verify.compare``'s
+            ``unit_floor``); a file the converter quantized nothing in, the float tolerance.
         interpreters: which of ``"litert"`` and ``"tflite"`` verify the file (default: both;
             without ``ai_edge_litert``, ``tf.lite`` alone, noted; under TensorFlow 2.19 /
             2.20, LiteRT alone, noted, or without it ``tf.lite`` after a check of the file
@@ -210,6 +213,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     if format == "float":
         content = float_content
     elif format == "fp16":
+        _check_fp16_range(model, float_content)
         content = convert_lib.convert(model, specs, "fp16")
     elif format == "int8":
         variant = int8_mode
@@ -249,13 +253,21 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
               and not r.get("kept")
               and format in ("palettized", "tflm")]
     key = f"int8/{int8_mode}" if format == "int8" else format
+    if format == "int8" and not _quantized(content):
+        key = "float"  # a 0.5 tolerance would pass a wrong float file (a swapped unit: 0.27)
+        notes.append("int8: the converter quantized no tensor (dynamic range keeps weights of "
+                     "< 1024 values float32): the file is float, verified at the float "
+                     "tolerance")
     if format == "palettized" and any(r.get("storage") == "float16 (kept)" for r in records):
         key = "fp16"  # as close to Keras as an fp16 file
     tol = float(tolerance) if tolerance is not None else verify.noise_floor(
         DEFAULT_TOLERANCE[key], noise, len(inputs[0]), notes)
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
-        _min_top1(model, format, notes), convert_lib.open_dims(model))
+        _min_top1(model, format, notes), convert_lib.open_dims(model),
+        INT8_UNIT_FLOOR if format == "int8" else None)
+    notes += [f"output unit nearest its allowance: {c.worst_unit}" for c in comparisons[:1]
+              if c.worst_unit and c.unit_excess == c.unit_excess]  # checked (int8) units
     verify.refuse_if_bad(path, format, comparisons)
     if format != "tflm":  # the float file with the exported file's fixes, for the figures
         float_content = fixed_like(float_content, convert_lib.open_dims(model), dynamic)
@@ -277,6 +289,58 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                         analytic_bytes(model, format, variant, records, palettes) + graph,
                         n_params, records, comparisons, notes, graph_bytes=graph,
                         dynamic_batch=dynamic)
+
+
+def _consts(content, dtype):
+    """``[(tensor name, values)]`` of the ``dtype`` constants of a ``.tflite`` (all subgraphs)."""
+    fm = FlatModel.from_bytes(content)
+    views = [fm] + [fm.subgraph(g) for g in range(1, len(fm.model.subgraphs))]
+    return [(v.tensor_name(t), c) for v in views for t in range(len(v.tensors))
+            if v.type_name(t) == dtype and (c := v.const(t)) is not None and c.size]
+
+
+def _check_fp16_range(model, float_content):
+    """Raise ``ValueError`` when a weight of ``model`` and a (non-scalar) float32 constant of
+    the float file (a weight, a bias, a folded BatchNormalization's) both hold values beyond
+    float16's 65,504: the fp16 converter stores every such constant as float16, clamped to
+    65,504 (TF 2.21: a Dense kernel of 1e5 gave a relative error of 0.345, refused by
+    verification naming no weight). A weight folded below it (a moving variance of 1e6) and a
+    mask's scalar sentinel (MultiHeadAttention's -2.4e38, clamped: still a mask) pass."""
+    top = 65504.0
+    big = [(n, float(np.max(np.abs(c)))) for n, c in _consts(float_content, "float32")
+           if c.ndim and np.max(np.abs(c)) > top]
+    mine = [(w.path, float(np.max(np.abs(np.asarray(w.numpy(), "float64")))))
+            for w in model.weights if "float" in str(w.dtype) and int(np.prod(w.shape))]
+    mine = [(n, m) for n, m in mine if m > top]
+    if not (big and mine):
+        return
+
+    def show(pairs):
+        return ", ".join(f"{n.split(';')[0]!r} (max |value| {m:.4g})" for n, m in pairs[:5])
+
+    raise ValueError(
+        "Invalid value for argument `format`. format='fp16' stores the weights as float16, "
+        "whose largest value is 65,504 (the converter clamps larger ones). Received: "
+        f"format='fp16' for model {getattr(model, 'name', '?')!r}, whose weight(s) "
+        f"{show(mine)} exceed it (converted tensor(s) {show(big)}). Use format='float' "
+        "(float32 weights), format='int8', or format='palettized' (kept tensors stay float32 "
+        "with kept_dtype='float32', the default; kept_dtype='float16' keeps such a weight "
+        "float32 too).")
+
+
+def _quantized(content):
+    """True when some tensor of the ``.tflite`` (any subgraph) is int8 / uint8 / int16 with
+    quantization scales (the cast of a uint8 / int8 Keras input has none: a float file with
+    such an input was held to the int8 tolerance, passing a unit 5 % off; review R1)."""
+    fm = FlatModel.from_bytes(content)
+    views = [fm] + [fm.subgraph(g) for g in range(1, len(fm.model.subgraphs))]
+    return any(v.type_name(t) in ("int8", "uint8", "int16") and _scaled(v.tensors[t])
+               for v in views for t in range(len(v.tensors)))
+
+
+def _scaled(tensor):
+    q = getattr(tensor, "quantization", None)
+    return q is not None and getattr(q, "scale", None) is not None and len(q.scale) > 0
 
 
 def _min_top1(model, format, notes):

@@ -33,6 +33,12 @@ from dkm_tf.export.top1 import (  # noqa: F401 (re-exported)
     top1_agreement,
     top1_margin,
 )
+from dkm_tf.export.unit_errors import (  # noqa: F401 (re-exported)
+    NOISE_FACTOR,
+    noise_floor,
+    output_errors,
+    unit_report,
+)
 
 __all__ = ["INTERPRETERS", "Comparison", "ExportVerificationError", "TFLiteUnverifiableError",
            "batch_inputs", "choose_interpreters", "class_score_outputs", "compare",
@@ -71,6 +77,11 @@ class Comparison:
         top1_margin: Keras' own median top-1 minus top-2 score on these samples
             (:func:`~dkm_tf.export.top1.top1_margin`); below ``max_abs_error``, the samples
             do not separate the classes and the refusal says so. NaN when not read.
+        worst_unit: the checked output unit (last axis) most over its allowance (int8), else
+            the unit most wrong on its own max |keras|, with both and the run ("at batch n")
+            when the batch run's was worse (:func:`~dkm_tf.export.unit_errors.unit_report`).
+        unit_excess: the largest unit error over what is allowed to it (> 1: refused; int8
+            outputs not read by the top-1 check); NaN when not checked.
     """
 
     interpreter: str
@@ -84,11 +95,13 @@ class Comparison:
     top1_agreement: float = float("nan")
     min_top1: float = float("nan")
     top1_margin: float = float("nan")
+    worst_unit: str = ""
+    unit_excess: float = float("nan")
 
     @property
     def ok(self):
         top1_ok = not self.top1_agreement < self.min_top1  # NaN on either side: not checked
-        return bool(self.rel_error <= self.tolerance and top1_ok)
+        return bool(self.rel_error <= self.tolerance and top1_ok and not self.unit_excess > 1)
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "ok": self.ok}
@@ -197,22 +210,8 @@ def _n_outputs(content):
 
 
 def _errors(got, reference, what):
-    """(max abs error, relative error) of outputs ``got`` against Keras' ``reference``.
-
-    The relative error is the largest over outputs of that output's max abs error over its
-    own max |keras| (floored at 1e-30): one scale pooled over every output would let a small
-    head be wrong by its whole range beside a large one."""
-    if len(got) != len(reference):
-        raise ExportVerificationError(f"The .tflite has {len(got)} outputs, the Keras model "
-                                      f"{len(reference)} ({what}).")
-    for k, (g, r) in enumerate(zip(got, reference)):
-        if g.shape != r.shape:
-            raise ExportVerificationError(
-                f"Output {k} of the .tflite has shape {g.shape}, the Keras model's "
-                f"{r.shape} ({what}): the file does not compute every sample of the batch.")
-    errs = [float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, reference)]
-    scales = [max(float(np.max(np.abs(r))) if r.size else 0.0, 1e-30) for r in reference]
-    return max(errs), max(e / s for e, s in zip(errs, scales))
+    """:func:`~dkm_tf.export.unit_errors.output_errors`, raising ExportVerificationError."""
+    return output_errors(got, reference, what, ExportVerificationError)
 
 
 def static_batch(content):
@@ -227,9 +226,6 @@ def static_batch(content):
     return all(fm.signature(int(t))[:1] != (-1,) for t in fm.graph.inputs)
 
 
-NOISE_FACTOR = 10  # a default tolerance is at least this many times Keras' own noise
-
-
 def keras_noise(model, inputs, reference):
     """How far Keras' outputs for ``inputs`` run one sample at a time are from ``reference``
     (all at once), relative as in :func:`compare`: float reordering (batched kernels, oneDNN)
@@ -240,17 +236,6 @@ def keras_noise(model, inputs, reference):
     per = [keras_outputs(model, [a[i:i + 1] for a in inputs]) for i in range(n)]
     got = [np.concatenate([p[k] for p in per]) for k in range(len(reference))]
     return _errors(got, reference, "Keras at batch 1")[1]
-
-
-def noise_floor(tolerance, noise, n, notes):
-    """The default ``tolerance``, or :data:`NOISE_FACTOR` x Keras' own ``noise`` when larger
-    (deep networks, saturated softmax outputs), with a note saying so."""
-    if NOISE_FACTOR * noise <= tolerance:
-        return tolerance
-    notes.append(f"tolerance {tolerance:g} raised to {NOISE_FACTOR * noise:.3g}: Keras' own "
-                 f"outputs differ by {noise:.3g} (relative) between batch 1 and batch {n} on "
-                 f"these samples")
-    return NOISE_FACTOR * noise
 
 
 def refuse_if_bad(path, fmt, comparisons):
@@ -264,11 +249,15 @@ def refuse_if_bad(path, fmt, comparisons):
                         f"{c.rel_error:.3g} (tolerance {c.tolerance:g})"
                         + ("" if np.isnan(c.min_top1) or np.isnan(c.top1_agreement) else
                            f", top-1 agreement "
-                           f"{c.top1_agreement:.3g} (at least {c.min_top1:g})") for c in bad)
+                           f"{c.top1_agreement:.3g} (at least {c.min_top1:g})")
+                        + (f", {c.worst_unit} (allowed: {c.tolerance:g} x its max |keras| "
+                           "+ 2 int8 steps of the output's)" if c.unit_excess > 1 else "")
+                        for c in bad)
             + next((h for h in map(margin_hint, bad) if h), ""))
 
 
-def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=None):
+def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=None,
+            unit_floor=None):
     """Run ``content`` in interpreter ``kind`` and compare with ``reference`` outputs.
 
     Args:
@@ -281,6 +270,9 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
             batch-1 run, in the same interpreter (then sample 0 once more at batch 1);
             None for batch 1 only.
         min_top1: required top-1 agreement with Keras (see :class:`Comparison`), or None.
+        unit_floor: with a number, each output unit (last axis) of an output the top-1
+            check does not read is held to ``tolerance`` on its own range plus
+            ``unit_floor`` x the output's range (int8); None: units reported only.
 
     Raises:
         ExportVerificationError: output count or shapes differ from Keras, or the resize
@@ -288,17 +280,22 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
     """
     top1 = {"min_top1": float("nan") if min_top1 is None else float(min_top1),
             "top1_margin": top1_margin(reference)}
+    skip = () if min_top1 is None else class_score_outputs(reference)
     if kind == "tflm" or batch is None:
         got = run_tflite(content, inputs, kind)
         err, rel = _errors(got, reference, "batch 1")
+        worst = unit_report(got, reference, tolerance, unit_floor, skip)
         return Comparison(kind, err, rel, float(tolerance), len(inputs[0]),
-                          top1_agreement=top1_agreement(got, reference), **top1)
+                          top1_agreement=top1_agreement(got, reference), **top1,
+                          worst_unit=worst[0], unit_excess=worst[1])
     runner = make_interpreter(kind, content).get_signature_runner()
     n = len(inputs[0])
     got = [_feed(runner, [a[i:i + 1] for a in inputs]) for i in range(n)]
     got = [np.concatenate([o[k] for o in got]) for k in range(len(got[0]))]
     err, rel = _errors(got, reference, "batch 1")
     top1["top1_agreement"] = top1_agreement(got, reference)
+    top1["worst_unit"], top1["unit_excess"] = unit_report(got, reference, tolerance,
+                                                          unit_floor, skip)
     b_inputs, b_ref = batch
     nb = len(b_inputs[0])
     try:
@@ -308,6 +305,9 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
         return Comparison(kind, err, rel, float(tolerance), n, 1, float("nan"),
                           f"{type(e).__name__}: {msg}", **top1)
     b_err, b_rel = _errors(b_got, b_ref, f"batch {nb} in one invoke")
+    b_worst, b_unit = unit_report(b_got, b_ref, tolerance, unit_floor, skip)
+    if b_unit == b_unit and not b_unit <= top1["unit_excess"]:  # larger, or batch 1's NaN
+        top1["worst_unit"], top1["unit_excess"] = f"{b_worst} at batch {nb}", b_unit
     again = _feed(runner, [a[:1] for a in inputs])
     if any(not np.array_equal(x, y[:1]) for x, y in zip(again, got)):
         raise ExportVerificationError(
@@ -318,7 +318,7 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
 
 
 def verify_batches(content, reference, inputs, batch, interpreters, tolerance, notes,
-                   min_top1=None, fixed_size=None):
+                   min_top1=None, fixed_size=None, unit_floor=None):
     """:func:`compare` in every interpreter at batch 1 and n; fix the batch where it cannot vary.
 
     A file converted at a fixed batch (:func:`static_batch`), or one whose batch run the
@@ -327,6 +327,7 @@ def verify_batches(content, reference, inputs, batch, interpreters, tolerance, n
     interpreter; ``notes`` says why. TFLite Micro files are compared at batch 1 only.
     ``fixed_size`` (why the samples' size is the only one, or None): the inputs' other
     dimensions get :func:`~dkm_tf.export.canonical.fix_size`, and another size must raise.
+    ``unit_floor``: see :func:`compare`.
 
     Returns:
         ``(content, comparisons, dynamic_batch)``.
@@ -338,7 +339,7 @@ def verify_batches(content, reference, inputs, batch, interpreters, tolerance, n
     from dkm_tf.export.canonical import fix_batch  # noqa: PLC0415
 
     def run_all():
-        return [compare(reference, content, inputs, k, tolerance, batch, min_top1)
+        return [compare(reference, content, inputs, k, tolerance, batch, min_top1, unit_floor)
                 for k in interpreters]
 
     if tuple(interpreters) == ("tflm",):
