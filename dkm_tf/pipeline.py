@@ -44,7 +44,11 @@ class CompressionResult:
     """What :func:`compress` returns.
 
     Attributes:
-        model: the compressed Keras model (plain layers; clustered kernels hold codebook values).
+        model: the compressed Keras model (plain layers; clustered kernels hold codebook
+            values), compiled with the given model's loss, ``loss_weights``, metrics and
+            ``weighted_metrics`` and a plain SGD at its learning rate (the fine-tuning
+            methods: with the loss they trained with); for ``"wr"`` / ``"dkm"`` uncompiled
+            when the given model has no compiled loss (or compiling failed: a note says why).
         palettes: the :class:`~dkm_tf.core.palette.Palette` of every clustered tensor.
         skipped: ``(layer_name, reason)`` for layers with weights that were not clustered.
         size: the :class:`~dkm_tf.core.palette.SizeReport` (CR by log2 K and by entropy).
@@ -222,7 +226,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             ``"gptq"`` (codebooks fitted to the float layer outputs, with GPTQ's assignment
             for ``"gptq"``); see :func:`dkm_tf.share_weights`. Both calibrate on
             ``calibration_samples`` samples of ``train_data`` drawn with ``seed``.
-        calibration_samples: how many training samples ``weighting`` / ``refine`` use.
+        calibration_samples: how many training samples ``weighting`` / ``refine`` use
+            (``refine`` over-fits fewer than 16, noted; on one it keeps the k-means codebooks).
         class_weight: ``{class id: weight}`` of the training methods' loss (see
             :func:`dkm_tf.finetune`); refused with ``"wr"``.
 
@@ -298,6 +303,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             calib = calibration_set(train_data, calibration_samples, seed)
             log(f"[k-means] calibrating on {len(calib[0])} training samples "
                 f"(weighting={weighting}, refine={refine})", flush=True)
+            from dkm_tf.graph.refine import few_samples_note  # noqa: PLC0415
+            notes += [n for n in [refine and few_samples_note(len(calib[0]))] if n]
         clustered, palettes, skipped = share_weights(
             work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
             overrides=overrides, sparsity=sparsity, verbose=verbose > 1,
@@ -306,7 +313,10 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     seconds["finetune" if method.endswith("finetune") else "cluster"] = time.perf_counter() - t
     if stage is not None:  # still open unless a fine-tuning bar took over
         stage.close()
-    acc_after = (evaluate_accuracy(clustered, test_data)  # the copy has lost the compiled loss
+    from dkm_tf.training.compile_settings import compile_like  # noqa: PLC0415
+    if (why := compile_like(model, clustered)) is not None:  # the user's loss, metrics, ...
+        notes.append(why)
+    acc_after = (evaluate_accuracy(clustered, test_data)
                  if test_data is not None and acc_before is not None else None)
     if acc_before is None and test_data is not None:
         notes.append(f"no test accuracy: {accuracy_note(model)}")

@@ -236,7 +236,7 @@ def test_fits_and_gptq_indices_equal_the_code_before_bit_for_bit(kind, k, n, kw,
     _same(new, old)
 
 
-@pytest.mark.parametrize(("kind", "n"), [("dense", 1), ("conv", 9)])
+@pytest.mark.parametrize(("kind", "n"), [("dense", 3), ("conv", 9)])
 def test_share_weights_gptq_end_to_end_equals_the_code_before(kind, n, monkeypatch):
     model, x = _model(kind, 3)
     new = share_weights(model, 16, refine="gptq", data=x[:n])

@@ -45,7 +45,13 @@ import numpy as np
 from dkm_tf.core.labels import as_arrays, check_label_range, class_ids, is_sparse_loss
 from dkm_tf.core.validate import check_choice, check_finite_samples, check_number, invalid
 from dkm_tf.graph.input_struct import as_model_inputs, input_shapes, shapes, take
-from dkm_tf.graph.sensitivity_data import check_sample_weight, n_samples, short, split
+from dkm_tf.graph.sensitivity_data import (
+    check_sample_weight,
+    n_samples,
+    short,
+    split,
+    triple_hint,
+)
 from dkm_tf.graph.weighted_kmeans import FLOOR, weighted_codebook, weighted_kmeans, weighted_palette
 
 __all__ = ["DAMPING", "FISHER_LABELS", "FLOOR", "WEIGHTINGS", "check_sparse", "check_weighting",
@@ -73,9 +79,9 @@ def check_weighting(model, weighting, data, loss, sparse=False, labels="model",
     tuple ``(x, y)`` (``y`` may be None; it is only used with ``labels="data"``, which needs
     it) or ``(x, y, sample_weight)``, or a ``tf.data.Dataset`` of such batches
     (:mod:`dkm_tf.graph.sensitivity_data`), with as many samples in y (and weights) as in x;
-    the weights of shape ``(N,)``, finite, ``>= 0`` and not all 0. The returned ``data`` is
-    ``(x, y)`` or ``(x, y, weights)`` as arrays, for :func:`fisher_importance`. The loss is
-    ``loss`` or the compiled model's. One sample is run through the model and the loss, so
+    the weights of shape ``(N,)`` or ``(N, 1)``, finite, ``>= 0`` and not all 0. The returned
+    ``data`` is ``(x, y)`` or ``(x, y, weights)`` as arrays, for :func:`fisher_importance`. The
+    loss is ``loss`` or the compiled model's. One sample is run through the model and the loss, so
     data that does not fit the model fails here, before any k-means; with ``labels="model"``
     the loss must also be a cross-entropy of the model's output (``sum_c exp(-L(c, f(x))) =
     1`` over its classes). ``sparse``: sparsity or preserve_sparsity is requested (not
@@ -120,14 +126,15 @@ def _check(model, weighting, data, loss, sparse, labels):
     sample_weight = check_sample_weight(sample_weight, n_x)
     if labels == "data" and y is None:
         raise invalid("data", "a tuple (x, y) with labels y, needed by labels='data' (the "
-                      "empirical Fisher uses the true labels)", "samples without labels")
+                      "empirical Fisher uses the true labels)" + triple_hint(model, data),
+                      "samples without labels")
     check_finite_samples("data", x, "for weighting='fisher' (squared gradients over them)")
     loss_fn = _resolve_loss(model, loss, keras)
     x0 = take(x, 0, 1)
     try:
         pred = model(x0, training=False)
     except Exception as e:  # noqa: BLE001 (any failure of the trial batch means misfit data)
-        raise _misfit(model, x, y, e) from e
+        raise _misfit(model, x, y, e, triple_hint(model, data)) from e
     if labels == "data" and is_sparse_loss(loss_fn) and hasattr(y, "shape"):
         y = _sparse_labels(y, pred)  # per output shape: (samples,) or per token
     try:
@@ -157,10 +164,10 @@ def _sparse_labels(y, pred):
     return ids.reshape(np.shape(y))
 
 
-def _misfit(model, x, y, e):
+def _misfit(model, x, y, e, hint=""):
     return ValueError(
         f"Invalid value for argument `data`. Expected (x, y) or x that fit model "
-        f"{model.name!r} (inputs {input_shapes(model)}) and its loss. Received: x of shape "
+        f"{model.name!r} (inputs {input_shapes(model)}) and its loss{hint}. Received: x of shape "
         f"{shapes(x)}, y of shape {None if y is None else shapes(y)}; one sample failed "
         f"with: {type(e).__name__}: {e}")
 
@@ -331,9 +338,9 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
         data: ``x``, ``(x, y)`` or ``(x, y, sample_weight)`` (``y`` may be None: it is only
             used with ``labels="data"``), or a finite ``tf.data.Dataset`` of such batches
             (read once into arrays): every sample is used, one at a time; for a model of n
-            inputs, ``x`` is the list of n arrays. ``sample_weight``: shape ``(N,)``, finite,
-            ``>= 0``, not all 0 (checked before any gradient); without it each sample weighs
-            1/N.
+            inputs, ``x`` is the list of n arrays. ``sample_weight``: shape ``(N,)`` or
+            ``(N, 1)``, finite, ``>= 0``, not all 0 (checked before any gradient); without it
+            each sample weighs 1/N.
         loss: the loss (name, ``keras.losses.Loss`` or callable); default the compiled one.
             With ``labels="model"`` a cross-entropy of the model's output (checked).
         variables: the variables to weigh (default: every clusterable weight of the model).

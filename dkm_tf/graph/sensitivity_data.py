@@ -4,16 +4,19 @@
 of arrays, or a ``tf.data.Dataset`` of such batches (materialised here, once, as arrays: the
 Fisher runs one sample at a time anyway). For a Functional model of n > 1 inputs, ``data``
 may also be its n input arrays alone; for a subclassed model (no ``model.inputs`` to count), a
-sequence of 3 whose third item is 1-D (or None) is ``(x, y, sample_weight)``, otherwise its
-three inputs (pass 1-D inputs as ``(list_of_inputs, y, sample_weight)``). Sample weights
-(``None``: unweighted) are checked before any forward pass: shape ``(N,)`` matching ``x``
-(``(N, 1)`` is refused), finite, ``>= 0``, not all zero.
+sequence of 3 whose third item is 1-D (or None), or whose first is a list / tuple / dict of
+inputs, is ``(x, y, sample_weight)``, otherwise its three inputs (pass 1-D inputs, or weights
+of shape ``(N, 1)``, as ``(list_of_inputs, y, sample_weight)``). Sample weights
+(``None``: unweighted) are checked before any forward pass: shape ``(N,)`` or ``(N, 1)`` (as
+Keras' ``fit`` takes them; a subclassed model's loose ``(x, y, w)`` needs ``(N,)`` or ``x`` as a
+list ``([x], y, w)``, see above) matching ``x``, finite, ``>= 0``, not all zero.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from dkm_tf.core.endless import repeats_forever
 from dkm_tf.core.validate import invalid
 
 __all__ = ["check_sample_weight", "dataset_arrays", "is_dataset", "n_samples", "short",
@@ -41,6 +44,11 @@ def dataset_arrays(ds):
         raise invalid("data", "a finite tf.data.Dataset of batches (x, y, sample_weight) for "
                       "weighting='fisher' (every sample is used)", "an infinite dataset "
                       "(repeat() without a count)")
+    if repeats_forever(ds):
+        raise invalid("data", "a finite tf.data.Dataset of batches (x, y, sample_weight) for "
+                      "weighting='fisher' (every sample is used)", "a dataset of unknown "
+                      "length built on an endless one (e.g. repeat() then filter(); end it "
+                      "with take(n))")
     batches = [b if isinstance(b, tuple) and 1 <= len(b) <= 3 else (b,)
                for b in ds.as_numpy_iterator()]
     if not batches:
@@ -79,16 +87,30 @@ def split(model, data):
                       f"alone", f"a sequence of {len(data)} arrays, the first of shape "
                       f"{tuple(data[0].shape)}")
     if isinstance(data, (tuple, list)) and len(data) == 3 and (
-            n_in or data[2] is None or np.ndim(data[2]) == 1):
+            n_in or data[2] is None or np.ndim(data[2]) == 1
+            or isinstance(data[0], (tuple, list, dict))):  # ([x], y, w): x is the list
         return tuple(data)
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return data[0], data[1], None
     return data, None, None
 
 
+def triple_hint(model, data):
+    """A sentence for a refusal of ``data`` when :func:`split` read a subclassed model's loose
+    ``(x, y, w)`` with ``w`` of shape ``(N, 1)`` as three inputs (a 3-input model could take
+    that triple too), else ``""``."""
+    if (getattr(model, "inputs", None) or not isinstance(data, (tuple, list)) or len(data) != 3
+            or not all(hasattr(a, "shape") for a in data) or np.ndim(data[2]) != 2
+            or np.shape(data[2])[1:] != (1,)):
+        return ""
+    return (" (a subclassed model's (x, y, w) with w of shape (N, 1) is read as three inputs: "
+            "pass w of shape (N,), or x as a list: ([x], y, w))")
+
+
 def check_sample_weight(sample_weight, n):
-    """``sample_weight`` as a float64 array of shape ``(n,)``, divided by its largest weight
-    (None stays None); raise unless it is finite, ``>= 0`` and not all zero."""
+    """``sample_weight`` (shape ``(n,)`` or ``(n, 1)``) as a float64 array of shape ``(n,)``,
+    divided by its largest weight (None stays None); raise unless it is finite, ``>= 0`` and
+    not all zero."""
     if sample_weight is None:
         return None
     what = "the sample weights of data=(x, y, sample_weight) for weighting='fisher'"
@@ -99,8 +121,10 @@ def check_sample_weight(sample_weight, n):
     if w.dtype.kind not in "biuf":  # strings, objects (a dict), complex numbers
         raise invalid("data", f"{what}: real numbers", f"sample_weight of dtype {w.dtype}")
     w = w.astype(np.float64)
+    if w.shape == (n, 1):  # Keras' fit takes (N, 1) too: one weight per sample
+        w = w[:, 0]
     if w.shape != (n,):
-        raise invalid("data", f"{what}: one per sample of x, shape ({n},)",
+        raise invalid("data", f"{what}: one per sample of x, shape ({n},) or ({n}, 1)",
                       f"sample_weight of shape {w.shape}")
     bad = int(np.count_nonzero(~np.isfinite(w)))
     if bad:

@@ -13,10 +13,11 @@ from dkm_tf.training.common import (
     compiled_loss_weights,
     compiled_metrics,
     default_loss,
+    fresh_metrics,
 )
 from dkm_tf.training.distill import distillation_metrics
 
-__all__ = ["check_label_keys", "compile_settings"]
+__all__ = ["check_label_keys", "compile_like", "compile_settings"]
 
 
 def compile_settings(model, metrics=None):
@@ -47,6 +48,62 @@ def compile_settings(model, metrics=None):
     loss, weights = _per_output(loss, compiled_loss_weights(model), model)
     return {"loss": loss, "loss_weights": weights, "metrics": metrics,
             "weighted_metrics": weighted}
+
+
+def compile_like(model, copy):
+    """Compile ``copy`` (an uncompiled clustered copy of ``model``) as ``model`` is compiled:
+    its loss, ``loss_weights``, metrics and ``weighted_metrics`` (new metric objects,
+    :func:`compile_settings`), with a built plain SGD at ``model``'s optimizer's learning rate,
+    as :func:`dkm_tf.finetune` returns its model (no slot variables: it saves and loads back
+    without Keras' optimizer warning, where an unbuilt Adam failed to load and a built one
+    tripled the file; training the copy further would undo the sharing anyway). Returns None
+    when done or nothing to do (``model`` compiled without a loss, or not at all; ``copy``
+    already compiled), else why not (a sentence for a note).
+
+    Without it ``compress``'s model lost the loss it was given: ``to_tflite(..., "int8")`` of
+    a regressor compiled with ``"mse"`` checked the arg-max of its file again ("top-1
+    agreement") and ``evaluate`` / ``fit`` needed a ``compile`` first."""
+    if compiled_loss(model) is None or getattr(copy, "compiled", False):
+        return None
+    import keras  # noqa: PLC0415
+
+    try:
+        rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    except (AttributeError, TypeError, ValueError):  # no optimizer, or a rate it cannot give
+        rate = 0.01  # SGD's default
+    try:
+        settings = compile_settings(model)
+    except (TypeError, ValueError) as e:
+        return f"the compressed model is not compiled ({type(e).__name__}: {e})"
+    if (custom := _not_loadable(settings, keras)) is not None:
+        return (f"the compressed model is not compiled: the given model's {custom} is custom "
+                f"code Keras cannot load back from a saved file (register it with "
+                f"keras.saving.register_keras_serializable); compile it before evaluate / fit")
+    try:
+        copy.compile(optimizer=keras.optimizers.SGD(rate),
+                     **{k: fresh_metrics(v) if "metrics" in k else v for k, v in settings.items()})
+        copy.optimizer.build(copy.trainable_variables)
+    except (TypeError, ValueError, NotImplementedError) as e:  # a custom metric
+        return (f"the compressed model is not compiled (compiling it as the given model is "
+                f"compiled failed: {type(e).__name__}: {e}); compile it before evaluate / fit")
+    return None
+
+
+def _not_loadable(settings, keras):
+    """The first loss / metric of ``settings`` that does not survive Keras' serialization
+    round trip (an unregistered function or class), named, else None: compiled with it, the
+    returned model's saved file failed to load (``Could not locate function``) where the
+    uncompiled copy loaded."""
+    for key in ("loss", "metrics", "weighted_metrics"):
+        for obj in keras.tree.flatten(settings.get(key)):
+            if obj is None or isinstance(obj, (str, int, float)):
+                continue
+            try:
+                keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
+            except Exception:  # noqa: BLE001 (any failure here is a failure of load_model)
+                name = getattr(obj, "__name__", None) or type(obj).__name__
+                return f"{key.rstrip('s')} {name!r}"
+    return None
 
 
 def _per_output(loss, weights, model):
