@@ -261,16 +261,24 @@ def _quantized(x, detail):
     int8 / uint8 / int16) reads them: ``round(x / scale) + zero_point``, clipped to its dtype;
     a plain cast read 0.4 as 0 (accuracy 0.44 measured where the file's is 0.98). Integer
     inputs of another dtype (uint8 pixels for an int8 input) are real values too (a cast
-    wrapped 200 to -56: 0.14 for 0.985; review R3); inputs of the file's own dtype, and files
-    with float inputs, are cast as they are. Halves round away from zero, as TFLite's
-    QUANTIZE (``std::round``)."""
+    wrapped 200 to -56: 0.14 for 0.985; review R3), refused where they would not fit read so
+    (int64 codes 0..255 for a uint8 input of scale 1/255: saturated, 0.505 for 0.99; review
+    R4); inputs of the file's own dtype, and files with float inputs, are cast as they are.
+    Halves round away from zero, as TFLite's QUANTIZE (``std::round``)."""
     dtype, x = np.dtype(detail["dtype"]), np.asarray(x)
     q = _scale(detail)
     if q is None or x.dtype == dtype:
         return x.astype(dtype)
     info, v = np.iinfo(dtype), x.astype(np.float64) / q[0]
-    return np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5) + q[1], info.min,
-                   info.max).astype(dtype)
+    v = np.sign(v) * np.floor(np.abs(v) + 0.5) + q[1]
+    if x.dtype.kind in "iu" and (v.min() < info.min or v.max() > info.max):
+        raise ValueError(  # integer data: real values, or the file's codes in another dtype?
+            f"Invalid value for argument `data`. Expected x as the real values the model "
+            f"takes (floats), or as the file's own {dtype} input codes (x.astype({dtype.name})"
+            f"; scale {q[0]:.4g}, zero point {q[1]}). Received: x of dtype {x.dtype} whose "
+            f"values {x.min()}..{x.max()}, read as real values, fall outside {dtype}'s range "
+            f"(ambiguous: {x.dtype} codes sent to a {dtype} input read as reals saturate)")
+    return np.clip(v, info.min, info.max).astype(dtype)
 
 
 def _dequantized(scores, detail):

@@ -128,6 +128,35 @@ def test_fp16_of_a_causal_attention_mask_still_exports(tmp_path):
     assert all(c.ok for c in rep.comparisons)
 
 
+@keras.saving.register_keras_serializable("test_followups23f")
+class MaskedSoftmax(L.Layer):
+    """A causal mask kept as a (T, T) weight of -1e9, added to the scores."""
+
+    def build(self, shape):
+        t = shape[-1]
+        self.mask = self.add_weight(shape=(t, t), initializer="zeros", trainable=False,
+                                    name="mask")
+        self.mask.assign(np.triu(np.full((t, t), -1e9, "float32"), 1))
+
+    def call(self, x):
+        return keras.ops.softmax(x + self.mask, axis=-1)
+
+
+def test_fp16_of_a_mask_weight_beyond_float16_still_exports(tmp_path):
+    """A mask weight of -1e9 clamped to -65,504 is still a mask: the file is right (relative
+    2.8e-4) and was written before; the first version of the fp16 check refused it up front
+    for its weight beyond 65,504 (review R5): the weights are named only when verification
+    refuses the file."""
+    ops = keras.ops
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6, 8))
+    s = L.Lambda(lambda a: ops.matmul(a, ops.transpose(a, (0, 2, 1))))(L.Dense(8)(i))
+    m = keras.Model(i, L.Dense(3)(L.Flatten()(ops.matmul(MaskedSoftmax()(s), i))))
+    x = np.random.default_rng(0).normal(size=(8, 6, 8)).astype("float32")
+    rep = to_tflite(m, tmp_path / "m.tflite", format="fp16", sample_inputs=x)
+    assert all(c.ok and c.rel_error < 1e-3 for c in rep.comparisons)
+
+
 def test_cli_int8_of_a_regressor_file_has_no_arg_max_check(tmp_path):
     from dkm_tf import cli
 
@@ -178,3 +207,18 @@ def test_cli_refuses_a_float64_model_before_any_work(tmp_path):
     assert "invalid --model" in err.getvalue() and "compute in float64" in err.getvalue()
     assert "'head'" in err.getvalue() and "--notflite" in err.getvalue()
     assert not out.exists()  # nothing clustered, nothing written
+
+
+@pytest.mark.parametrize("make", [lambda: L.LayerNormalization(dtype="float64"),
+                                  lambda: L.GroupNormalization(2, dtype="float64"),
+                                  lambda: L.RandomFlip(dtype="float64")],
+                         ids=["layer_norm", "group_norm", "random_flip"])
+def test_float64_layers_that_convert_still_export(tmp_path, make):
+    """They exported (relative <= 3.2e-7) before the float64 check, which first refused them
+    (review R5)."""
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6, 6, 4))
+    m = keras.Model(i, L.Dense(3)(L.Flatten()(make()(i))))
+    x = np.random.default_rng(0).normal(size=(8, 6, 6, 4)).astype("float32")
+    rep = to_tflite(m, tmp_path / "m.tflite", format="float", sample_inputs=x)
+    assert all(c.ok and c.rel_error < 1e-5 for c in rep.comparisons)

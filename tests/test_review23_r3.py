@@ -83,3 +83,31 @@ def test_tflite_accuracy_of_uint8_pixels_for_an_int8_input_file(tmp_path):
     as_floats = tflite_accuracy(str(path), (xf, y))
     assert as_floats > 0.9
     assert tflite_accuracy(str(path), (xr, y)) == as_floats  # was 0.14: 200 cast to -56
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tflite_accuracy_refuses_integer_codes_of_another_dtype(tmp_path):
+    """int64 pixel codes 0..255 for a uint8 input of scale 1/255: read as real values they
+    saturated (0.505 for 0.99; review R4 of the fix above): refused, naming both readings."""
+    tf = pytest.importorskip("tensorflow")
+    from dkm_tf.pipeline import tflite_accuracy
+
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="relu"),
+                          keras.layers.Flatten(), keras.layers.Dense(5)])  # inputs in [0, 1]
+    xr = rng.integers(0, 256, (200, 8, 8, 1)).astype(np.uint8)
+    xf = xr.astype(np.float32) / 255
+    y = np.argmax(m.predict(xf, verbose=0), 1)
+    c = tf.lite.TFLiteConverter.from_keras_model(m)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([xf[i:i + 1]] for i in range(len(xf)))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = c.inference_output_type = tf.uint8
+    path = tmp_path / "u8.tflite"
+    path.write_bytes(c.convert())
+    good = tflite_accuracy(str(path), (xf, y))
+    assert good > 0.9 and tflite_accuracy(str(path), (xr, y)) == good  # reals; own codes
+    with pytest.raises(ValueError, match=r"argument `data`.*x.astype\(uint8\).*int64.*0\.\.255"):
+        tflite_accuracy(str(path), (xr.astype(np.int64), y))

@@ -48,7 +48,7 @@ def check_export_args(model, sample_inputs=None, *, representative_data=None, to
                       interpreters=None, max_table_bytes=0, matmul_lowering=True,
                       float_content=None):
     """Check :func:`to_tflite`'s arguments before any conversion (Keras' message pattern): a
-    built Keras model computing in float32 (not float16 / bfloat16:
+    built Keras model computing in float32 (not float16 / bfloat16 / float64:
     :func:`~dkm_tf.export.model_check.check_float_model`); sample inputs (and representative
     data) real, finite, at least one sample, one array per model input, shaped like it."""
     import keras  # noqa: PLC0415
@@ -59,7 +59,7 @@ def check_export_args(model, sample_inputs=None, *, representative_data=None, to
 
         check_not_a_result(model)  # a (model, palettes) tuple, a ShareResult
         raise invalid_type("model", "a built Keras model", model)
-    check_built_model(model)  # built, and no float16 / bfloat16 layers (mixed precision)
+    check_built_model(model)  # built, no float16 / bfloat16 (mixed precision) / float64 layers
     check_not_stateful(model)  # a stateful RNN cannot run at batch 1 and n
     for name, data in (("sample_inputs", sample_inputs),
                        ("representative_data", representative_data)):

@@ -262,25 +262,25 @@ def half_precision_layers(model):
     return out
 
 
-# Keras layers that compute nothing at inference (a float64 one converts: measured on TF 2.21)
-_PASS_THROUGH = ("Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout", "Reshape",
-                 "Flatten", "Identity", "ActivityRegularization", "Lambda")
+# float64 layers that convert (TF 2.21; Random*: below): no-ops, normalizations; Lambda: unjudged
+_CONVERTS = ("Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout", "Reshape", "Flatten",
+             "Identity", "ActivityRegularization", "Lambda", "LayerNormalization",
+             "GroupNormalization", "Discretization")
 
 
 def float64_layers(model):
     """``[(layer name, class name)]`` of the Keras layers below ``model`` that compute in
     float64 and run an op (the converter failed on all 14 probed: Dense, Conv2D, Add, ReLU, ...);
-    not pass-through ones (they convert), nor a user's ``Layer`` (the converter judges it)."""
+    not those that convert (``_CONVERTS``), nor a user's ``Layer`` (the converter judges it)."""
     out = []
     for layer in _all_layers(model):
         if _no_compute(layer) or str(getattr(layer, "compute_dtype", "")) != "float64":
             continue
-        keras_cls = next((k for k in type(layer).__mro__ if k.__module__.startswith("keras.")),
-                         None)
-        linear = (type(layer).__name__ == "Activation"
-                  and getattr(layer.activation, "__name__", "") == "linear")
-        if (keras_cls is None or keras_cls.__name__ in ("Layer", "Model") or linear
-                or any(k.__name__ in _PASS_THROUGH for k in keras_cls.__mro__)):
+        keras_cls = next((k for k in type(layer).__mro__ if k.__module__[:6] == "keras."), None)
+        names = {k.__name__ for k in (keras_cls.__mro__ if keras_cls else ())}
+        linear = getattr(getattr(layer, "activation", None), "__name__", "") == "linear"
+        if (not names or keras_cls.__name__ in ("Layer", "Model") or names & set(_CONVERTS)
+                or any(n[:6] == "Random" for n in names) or linear and "Activation" in names):
             continue
         out.append((layer.name, type(layer).__name__))
     return out

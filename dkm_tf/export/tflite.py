@@ -213,7 +213,6 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     if format == "float":
         content = float_content
     elif format == "fp16":
-        _check_fp16_range(model, float_content)
         content = convert_lib.convert(model, specs, "fp16")
     elif format == "int8":
         variant = int8_mode
@@ -268,6 +267,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         INT8_UNIT_FLOOR if format == "int8" else None)
     notes += [f"output unit nearest its allowance: {c.worst_unit}" for c in comparisons[:1]
               if c.worst_unit and c.unit_excess == c.unit_excess]  # checked (int8) units
+    if format == "fp16" and not all(c.ok for c in comparisons):
+        _check_fp16_range(model, float_content)  # name the weights behind the refusal
     verify.refuse_if_bad(path, format, comparisons)
     if format != "tflm":  # the float file with the exported file's fixes, for the figures
         float_content = fixed_like(float_content, convert_lib.open_dims(model), dynamic)
@@ -300,12 +301,13 @@ def _consts(content, dtype):
 
 
 def _check_fp16_range(model, float_content):
-    """Raise ``ValueError`` when a weight of ``model`` and a (non-scalar) float32 constant of
-    the float file (a weight, a bias, a folded BatchNormalization's) both hold values beyond
-    float16's 65,504: the fp16 converter stores every such constant as float16, clamped to
-    65,504 (TF 2.21: a Dense kernel of 1e5 gave a relative error of 0.345, refused by
-    verification naming no weight). A weight folded below it (a moving variance of 1e6) and a
-    mask's scalar sentinel (MultiHeadAttention's -2.4e38, clamped: still a mask) pass."""
+    """For an fp16 file verification refused: raise ``ValueError`` naming the weights of
+    ``model`` whose values beyond float16's 65,504 reach a (non-scalar) float32 constant of the
+    float file (a weight, a bias, a folded BatchNormalization's): the fp16 converter stores
+    them as float16, clamped to 65,504 (TF 2.21: a Dense kernel of 1e5 gave a relative error
+    of 0.345, refused naming no weight). Only after the refusal: a clamped value that still
+    does its job (a mask weight of -1e9, a folded moving variance of 1e6, MultiHeadAttention's
+    scalar -2.4e38) passes verification, and its file is written (review R5)."""
     top = 65504.0
     big = [(n, float(np.max(np.abs(c)))) for n, c in _consts(float_content, "float32")
            if c.ndim and np.max(np.abs(c)) > top]

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from dkm_tf.core.validate import invalid
 from dkm_tf.training.common import (
     compiled_loss,
@@ -99,10 +101,14 @@ def _not_loadable(settings, keras):
             if obj is None or isinstance(obj, (str, int, float)):
                 continue
             try:
-                keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(obj))
+                with warnings.catch_warnings():  # Keras' own (a lambda's): not the user's
+                    warnings.simplefilter("ignore")
+                    keras.saving.deserialize_keras_object(
+                        keras.saving.serialize_keras_object(obj))
             except Exception:  # noqa: BLE001 (any failure here is a failure of load_model)
                 name = getattr(obj, "__name__", None) or type(obj).__name__
-                return f"{key.rstrip('s')} {name!r}"
+                what = {"loss": "loss", "metrics": "metric"}.get(key, "weighted metric")
+                return f"{what} {name!r}"
     return None
 
 
