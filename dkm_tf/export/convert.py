@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 from dkm_tf.core import std_fds
+from dkm_tf.export.calibration import check_calibration
 from dkm_tf.export.canonical import canonicalize
 from dkm_tf.export.convert_failures import check_signature, system_failure
 from dkm_tf.export.layer_refusals import float64_hint
@@ -305,6 +306,8 @@ def convert(model, specs, quantization="none", representative_data=None):
 
     Raises:
         ValueError: the converter rejects the model (e.g. an op without a TFLite builtin).
+            For ``"full"``, also calibration data giving a file right on those samples
+            only (:func:`~dkm_tf.export.calibration.check_calibration`).
     """
     require_tensorflow_backend()
     import tensorflow as tf  # noqa: PLC0415
@@ -335,6 +338,7 @@ def convert(model, specs, quantization="none", representative_data=None):
         if representative_data is None:
             raise ValueError("Full-integer quantization needs representative data.")
         data = as_specs_dtypes(as_input_list(representative_data), specs)  # bool stays bool
+        check_calibration(data)  # one value, or one sample setting the range: refused
 
         def gen():
             for i in range(len(data[0])):

@@ -41,7 +41,10 @@ def find_int8(fm, palette):
             scale = np.asarray(q.scale, np.float64)
             shp = [1] * ref.ndim
             shp[axis] = -1 if scale.size > 1 else 1
-            deq = fm.const(t).astype(np.float64) * scale.reshape(shp)
+            # full int8 stores a GATHER's table (an Embedding) asymmetric: zero point != 0
+            zero = np.asarray(q.zeroPoint if q.zeroPoint is not None else [], np.float64)
+            zero = zero.reshape(shp) if zero.size == scale.size else 0.0
+            deq = (fm.const(t).astype(np.float64) - zero) * scale.reshape(shp)
             if np.max(np.abs(deq - ref)) <= 0.51 * float(scale.max()):
                 return t, axis, ref
     return None
