@@ -79,8 +79,14 @@ def test_check_calibration_reads_float_inputs_only():
     mild = x.copy()
     mild[2] *= OUTLIER_RATIO / 4  # a few times wider: still one range
     check_calibration([mild])
-    with pytest.raises(ValueError, match=r"input 1 holds the single value -2 in all 6"):
-        check_calibration([x, np.full((6, 2), -2.0, np.float32)])
+    flag = np.full((6, 2), -2.0, np.float32)
+    check_calibration([x, flag])  # a constant flag beside a varying input (review R6)
+    with pytest.raises(ValueError, match=r"input 0 holds the single value 0.5 in all 6"):
+        check_calibration([np.full((6, 5), 0.5, np.float32), flag])  # placeholders only
+    check_calibration([np.zeros((1, 5), np.float32)])  # one sample: nothing to compare
+    few = x[:4].copy()
+    few[1] *= 50  # 2-4 draws of one distribution are often 10x apart: not judged
+    check_calibration([few])
     neg = x.copy()
     neg[5] = -np.abs(neg[5]) * 1000  # far below the others
     with pytest.raises(ValueError, match=r"sample 5 alone makes input 0's range"):
@@ -114,3 +120,17 @@ def test_full_int8_embedding_table_is_reported_as_the_file_stores_it(tmp_path):
         else res.palettes[1].decode()
     assert np.max(np.abs(table - want)) <= 0.51 * q.scale[0]
     assert row["int8_distinct_total"] == np.unique(fm.const(t)).size <= 8
+
+
+def test_export_all_reports_a_calibration_refusal_and_writes_the_other_targets(tmp_path):
+    """The refusal stopped the whole ``export_all`` (a bad argument, it read) and left the
+    float file written without a report (review R6): now only int8_full is refused."""
+    model = _regressor()
+    x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    x[3] *= 100
+    with pytest.warns(UserWarning, match=r"did not write target 'int8_full'.*sample 3 alone"
+                      r".*other targets were written: \['float'\]"):
+        reports = ex.export_all(model, [], str(tmp_path), sample_inputs=x,
+                                targets=("float", "int8_full"))
+    assert set(reports) == {"float"} and (tmp_path / "model.float.tflite").exists()
+    assert "sample 3 alone" in reports.refused["int8_full"]

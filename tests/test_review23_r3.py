@@ -59,11 +59,25 @@ def test_weighted_kmeans_with_importances_near_the_float64_maximum(d):
         np.testing.assert_array_equal(a, b)
 
 
+def _full_int8(model, x, io_type, path):
+    """``model`` converted to full int8 with ``io_type`` inputs and outputs, calibrated on
+    ``x``; written to ``path``."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    c = tf.lite.TFLiteConverter.from_keras_model(model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = c.inference_output_type = io_type
+    path.write_bytes(c.convert())
+    return path
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_tflite_accuracy_of_uint8_pixels_for_an_int8_input_file(tmp_path):
     tf = pytest.importorskip("tensorflow")
-    from dkm_tf.pipeline import tflite_accuracy
+    from dkm_tf.pipeline import tflite_accuracy  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
@@ -73,13 +87,7 @@ def test_tflite_accuracy_of_uint8_pixels_for_an_int8_input_file(tmp_path):
     xr = rng.integers(0, 256, (200, 8, 8, 1)).astype(np.uint8)
     xf = xr.astype(np.float32)
     y = np.argmax(m.predict(xf, verbose=0), 1)
-    c = tf.lite.TFLiteConverter.from_keras_model(m)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([xf[i:i + 1]] for i in range(len(xf)))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = c.inference_output_type = tf.int8
-    path = tmp_path / "ri8.tflite"
-    path.write_bytes(c.convert())
+    path = _full_int8(m, xf, tf.int8, tmp_path / "ri8.tflite")
     as_floats = tflite_accuracy(str(path), (xf, y))
     assert as_floats > 0.9
     assert tflite_accuracy(str(path), (xr, y)) == as_floats  # was 0.14: 200 cast to -56
@@ -91,7 +99,7 @@ def test_tflite_accuracy_refuses_integer_codes_of_another_dtype(tmp_path):
     """int64 pixel codes 0..255 for a uint8 input of scale 1/255: read as real values they
     saturated (0.505 for 0.99; review R4 of the fix above): refused, naming both readings."""
     tf = pytest.importorskip("tensorflow")
-    from dkm_tf.pipeline import tflite_accuracy
+    from dkm_tf.pipeline import tflite_accuracy  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
@@ -100,13 +108,7 @@ def test_tflite_accuracy_refuses_integer_codes_of_another_dtype(tmp_path):
     xr = rng.integers(0, 256, (200, 8, 8, 1)).astype(np.uint8)
     xf = xr.astype(np.float32) / 255
     y = np.argmax(m.predict(xf, verbose=0), 1)
-    c = tf.lite.TFLiteConverter.from_keras_model(m)
-    c.optimizations = [tf.lite.Optimize.DEFAULT]
-    c.representative_dataset = lambda: ([xf[i:i + 1]] for i in range(len(xf)))
-    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    c.inference_input_type = c.inference_output_type = tf.uint8
-    path = tmp_path / "u8.tflite"
-    path.write_bytes(c.convert())
+    path = _full_int8(m, xf, tf.uint8, tmp_path / "u8.tflite")
     good = tflite_accuracy(str(path), (xf, y))
     assert good > 0.9 and tflite_accuracy(str(path), (xr, y)) == good  # reals; own codes
     with pytest.raises(ValueError, match=r"argument `data`.*x.astype\(uint8\).*int64.*0\.\.255"):

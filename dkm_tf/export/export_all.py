@@ -7,6 +7,7 @@ import os
 from dkm_tf.core.files import tilde_note
 from dkm_tf.core.validate import check_bool, check_int
 from dkm_tf.export import convert as convert_lib
+from dkm_tf.export.calibration import CalibrationError
 from dkm_tf.export.export_args import inputs_by_name
 from dkm_tf.export.latency import benchmark_latency
 from dkm_tf.export.tflite import check_export_args, to_tflite
@@ -129,7 +130,8 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
                                        sample_inputs=sample_inputs,
                                        float_content=float_content, **EXPORT_TARGETS[label])
         except (ValueError, RuntimeError) as e:  # TFLite Micro's refusals, any verification's
-            if label != "tflm" and not isinstance(e, ExportVerificationError):
+            if label != "tflm" and not isinstance(e, (ExportVerificationError,
+                                                      CalibrationError)):
                 raise  # a bad argument: every target would fail alike
             errors.append(e)
             reports.refused[label] = " ".join(str(e).split())
