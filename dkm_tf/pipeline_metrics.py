@@ -190,8 +190,10 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     dequantized before the arg-max / ``threshold``.
 
     Returns None when the file's output is not one row of class scores per sample (several
-    outputs included). A one-column output is a binary classifier with this ``threshold``
-    (the Keras model's :func:`binary_threshold`); None then gives None.
+    outputs included), or it has several inputs (noted: the file's input order need not be the
+    model's). ``x``: one array (``[x]`` or ``{name: x}`` are read as ``x``). A one-column
+    output is a binary classifier with this ``threshold`` (the Keras model's
+    :func:`binary_threshold`); None then gives None.
 
     In ``tf.lite`` of TensorFlow 2.19 / 2.20 the file is checked first
     (:func:`dkm_tf.core.interpreters.tflite_refusal` on its tensor types): one it cannot
@@ -212,7 +214,9 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     if threshold is not None:
         check_number("threshold", threshold, "None or a finite number", low=None)
     x, y = data
-    x, y = np.asarray(x)[:max_samples], class_ids(y)[:max_samples]
+    if isinstance(x, dict) and len(x) == 1:
+        x = next(iter(x.values()))  # a one-input model's samples keyed by its input name
+    y = class_ids(y)[:max_samples]
     with open(path, "rb") as f:
         content = f.read()
     kind, notes = default_interpreters()[0], notes if notes is not None else []
@@ -223,7 +227,13 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     it = make_interpreter(kind, content)
     if len(it.get_output_details()) != 1:  # several heads: no single arg-max
         return None
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    if len(it.get_input_details()) != 1:  # its order need not be the Keras model's
+        notes.append(f"no accuracy of {path}: it has {len(it.get_input_details())} inputs")
+        return None
+    inp, out, x = it.get_input_details()[0], it.get_output_details()[0], np.asarray(x)
+    if x.ndim == len(inp["shape"]) + 1 and len(x) == 1:
+        x = x[0]  # [x]: the one input's samples in a list
+    x = x[:max_samples]
     if int(inp["shape_signature"][0]) != -1:
         batch_size = 1
     batch = min(batch_size, len(x))

@@ -113,3 +113,32 @@ def test_tflite_accuracy_refuses_integer_codes_of_another_dtype(tmp_path):
     assert good > 0.9 and tflite_accuracy(str(path), (xr, y)) == good  # reals; own codes
     with pytest.raises(ValueError, match=r"argument `data`.*x.astype\(uint8\).*int64.*0\.\.255"):
         tflite_accuracy(str(path), (xr.astype(np.int64), y))
+
+
+def test_tflite_accuracy_of_a_two_input_file_and_of_wrapped_samples(tmp_path):
+    """A two-input file failed with "XNNPack delegate failed to reshape" (list / tuple x) or
+    an IndexError (dict x): now None with a note (its input order need not be the model's);
+    a one-input file's samples given as [x] or {name: x} are read as x."""
+    tf = pytest.importorskip("tensorflow")
+    from dkm_tf.pipeline import tflite_accuracy  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((4,), name="a"), keras.Input((4,), name="b")
+    two = keras.Model([a, b], keras.layers.Dense(3)(keras.layers.Concatenate()([a, b])))
+    r = np.random.default_rng(0)
+    x1, x2 = r.normal(size=(50, 4)).astype("float32"), r.normal(size=(50, 6)).astype("float32")
+    y = r.integers(0, 3, 50)
+    path = tmp_path / "two.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(two).convert())
+    for x in ([x1, x1], (x1, x1), {"a": x1, "b": x1}):
+        notes = []
+        assert tflite_accuracy(str(path), (x, y), notes=notes) is None
+        assert notes == [f"no accuracy of {path}: it has 2 inputs"]
+    one = keras.Sequential([keras.Input((6,), name="x"), keras.layers.Dense(3)])
+    path = tmp_path / "one.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(one).convert())
+    y = np.argmax(one.predict(x2, verbose=0), 1)
+    assert tflite_accuracy(str(path), (x2, y)) == 1.0
+    assert tflite_accuracy(str(path), ([x2], y)) == tflite_accuracy(str(path), ({"x": x2}, y))
+    assert tflite_accuracy(str(path), ([x2], y)) == 1.0
+    assert tflite_accuracy(str(path), (x2[:1], y[:1])) == 1.0  # one sample, not unwrapped
