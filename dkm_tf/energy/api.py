@@ -264,8 +264,9 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
         index_cost, why = resolve_index_cost(weight_sharing, palettes)
         notes += [why] if why else []
     if found.get("quantized"):
-        notes.append(stored.quantized_note(found["quantized"], sum(
-            s.kind in ("conv", "dense") for s in shapes), bits_w, bits_x,
+        ops = [s.name for s in shapes if s.kind in ("conv", "dense")]  # a file's: named
+        notes.append(stored.quantized_note(
+            found["quantized"], ops if "what" not in found else len(ops), bits_w, bits_x,
             found.get("what", "the file")))
     from_file = "source" in found and palettes is found.get("palettes")
     if found.get("model") is not None and palettes is not None and not from_file:

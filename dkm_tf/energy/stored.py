@@ -67,8 +67,13 @@ def quantized_note(quantized, n_ops, bits_w, bits_x, what="the file"):
 
     B_w and B_x are the fixed-point widths of the metric's datapath, one pair for the whole
     model (Deep k-Means §3, after Sakr et al.), not the storage type of the file: an int8
-    file is charged at the B_w asked for (16 by default), and the note says so.
+    file is charged at the B_w asked for (16 by default), and the note says so. `n_ops`: the
+    number of conv / dense records, or their names: those not in `quantized` (float weights:
+    the converter leaves small tensors float32) are then named, as B_w applies to them too
+    (the note advised bits_w=8 without saying it charges a float32 weight at 8 bits).
     """
+    floats = [] if isinstance(n_ops, int) else [n for n in n_ops if n not in quantized]
+    n_ops = n_ops if isinstance(n_ops, int) else len(n_ops)
     types = sorted({w for w, _ in quantized.values()})
     acts = sorted({x for _, x in quantized.values()} - {"float32"})
     x_bits = max((16 if x == "int16" else 8 for x in acts), default=8)  # int16x8: 16
@@ -79,7 +84,10 @@ def quantized_note(quantized, n_ops, bits_w, bits_x, what="the file"):
             f"B_x={bits_x} (one datapath width for the whole model): pass bits_w=8"
             + (f", bits_x={x_bits}" if acts else "") + " to estimate() to charge "
             + (f"int8 weights and {x_bits}-bit activations" if x_bits != 8 else
-               "an 8-bit datapath"))
+               "an 8-bit datapath")
+            + (f"; the other {len(floats)} ({', '.join(floats[:6])}"
+               f"{' ...' if len(floats) > 6 else ''}) store float weights, which B_w charges "
+               "alike (bits_w=8 charges them at 8 bits too)" if floats else ""))
 
 
 def check_file(path):

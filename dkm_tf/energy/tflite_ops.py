@@ -21,6 +21,9 @@
   softmax activations. SQUARED_DIFFERENCE and SQUARE (a variance) are listed as a
   normalization's statistics, which the Keras reader's LayerNormalization does not price, and
   comparisons and selects (selu's branch) as not priced, as the Keras reader's selu.
+* A GATHER from a stored table (an Embedding's lookup) is listed with its layer and the
+  table's storage (int8, float16, a palette), not charged, as the Keras reader lists an
+  Embedding (`no_compute_reason`); other layout ops are "no compute".
 """
 
 import math
@@ -143,3 +146,35 @@ def bias_of(view, k, weights):
             if found is not None:
                 return found
     return None
+
+
+_DTYPES = {0: "float32", 1: "float16", 3: "uint8", 9: "int8", 7: "int16", 17: "int4"}
+
+
+def no_compute_reason(view, k, weights, outer, scope):
+    """Why layout / lookup op `k` is not charged: "no compute", or for a GATHER from a stored
+    table (a constant, or a weight decoded from one: an Embedding's) a table lookup naming
+    its layer and how the file stores the table, as the Keras reader lists an Embedding (the
+    file said "no compute" only: an int8 or palettized table went unmentioned)."""
+    ins = view.inputs(k)
+    if view.names[k] != "GATHER" or not ins:
+        return "no compute"
+    table = ins[0]
+    if not (view.const(table) or table in weights or table in (outer or {})):
+        return "no compute"
+    from dkm_tf.energy import tflite_palettes as tp
+
+    found = tp.stored_palette(view, table, outer)
+    if found is not None:
+        how = f"a palette (K={found.n_clusters}, d={found.unit_dim}" + (
+            f", G={found.n_codebooks})" if found.n_codebooks > 1 else ")")
+    else:
+        src, _ = view.source(table, ("DEQUANTIZE", *_LAYOUT))
+        how = _DTYPES.get(view.dtype(src), f"type {view.dtype(src)}") if view.const(src) \
+            else "decoded from constants"
+    out = int(view.ops[k].OutputsAsNumpy()[0])
+    layer = next((n for n in (scope(view.name(out)), scope(view.name(table))) if n), None)
+    shape = "x".join(str(d) for d in view.shape(table))
+    return (f"table lookup{f' of layer {layer}' if layer else ''} (an Embedding or other "
+            "stored table): no MACs; "
+            f"its {shape} table, stored as {how}, is not charged")

@@ -342,7 +342,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                                                elements=trips * (math.prod(y[1:]) or 1),
                                                eltwise_op=_ELTWISE[opname], n_inputs=n_in))
             elif opname in _NO_COMPUTE:
-                skipped.append((label, "no compute"))
+                skipped.append((label, tops.no_compute_reason(view, k, weights, outer, scope)))
             else:
                 skipped.append((label, f"unsupported TFLite op {opname}"))
         except (IndexError, ValueError, ZeroDivisionError) as e:
