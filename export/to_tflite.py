@@ -69,9 +69,11 @@ _K = flags.DEFINE_integer("n_clusters", None, "Cluster every weight post-trainin
 _UNIT = flags.DEFINE_enum("unit", "scalar", ["scalar", "row", "kernel"], "Clustering unit.")
 _GRAN = flags.DEFINE_enum("granularity", "per_tensor", ["per_tensor", "per_channel"],
                           "Codebook granularity.")
-_SAMPLES = flags.DEFINE_string("samples", None, "Sample inputs for verification: a .npy "
-                                "array, or a .npz (its x_test, else x_train, else its only "
-                                "array).")
+_SAMPLES = flags.DEFINE_string("samples", None, "Sample inputs for verification (and the "
+                                "calibration of --int8_mode=full, refused where they fit only "
+                                "themselves: one value, or one sample widening the range 10x): a "
+                                ".npy array, or a .npz (its x_test, else x_train, else its "
+                                "only array).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 _CUSTOM = flags.DEFINE_string("custom_objects", None, CUSTOM_HELP)
 

@@ -301,7 +301,7 @@ def _consts(content, dtype):
 
 
 def _check_fp16_range(model, float_content):
-    """For an fp16 file verification refused: raise ``ValueError`` naming the weights of
+    """For an fp16 file verification refused: raise ``ExportVerificationError`` naming weights of
     ``model`` whose values beyond float16's 65,504 reach a (non-scalar) float32 constant of the
     float file (a weight, a bias, a folded BatchNormalization's): the fp16 converter stores
     them as float16, clamped to 65,504 (TF 2.21: a Dense kernel of 1e5 gave a relative error
@@ -320,7 +320,7 @@ def _check_fp16_range(model, float_content):
     def show(pairs):
         return ", ".join(f"{n.split(';')[0]!r} (max |value| {m:.4g})" for n, m in pairs[:5])
 
-    raise ValueError(
+    raise verify.ExportVerificationError(  # a ValueError: verification refused the file
         "Invalid value for argument `format`. format='fp16' stores the weights as float16, "
         "whose largest value is 65,504 (the converter clamps larger ones). Received: "
         f"format='fp16' for model {getattr(model, 'name', '?')!r}, whose weight(s) "
