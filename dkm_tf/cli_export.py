@@ -80,8 +80,11 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
             stage = progress.stage(what.format(n=n), len(reports), "formats")
             threshold = binary_threshold(result.model)  # one-unit outputs: where class 1 starts
             for label, rep in reports.items():
+                why = []  # no accuracy, or a slower run: the reason, logged
                 accuracy[label] = tflite_accuracy(rep.path, test_data, max_samples=n,
-                                                  threshold=threshold)
+                                                  threshold=threshold, notes=why)
+                for line in why:
+                    _log(f"[tflite] note: {line}")
                 stage.update(1, f"{label}: {100 * accuracy[label]:.2f}%"
                              if accuracy[label] is not None else label)
             stage.close(", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()

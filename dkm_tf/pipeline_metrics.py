@@ -233,7 +233,12 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     inp, out, x = it.get_input_details()[0], it.get_output_details()[0], np.asarray(x)
     if x.ndim == len(inp["shape"]) + 1 and len(x) == 1:
         x = x[0]  # [x]: the one input's samples in a list
-    x = x[:max_samples]
+    x = x[:max_samples] if x.ndim else x
+    if x.dtype == object or x.ndim == 0 or len(x) != len(y):  # one label broadcast: 0.5 read
+        raise ValueError(f"Invalid value for argument `data`. Expected (x, y) with one array x "
+                         f"of samples and one label per sample. Received: x of shape "
+                         f"{x.shape} ({x.dtype}), {len(y)} label(s) (after max_samples="
+                         f"{max_samples})")
     if int(inp["shape_signature"][0]) != -1:
         batch_size = 1
     batch = min(batch_size, len(x))

@@ -83,10 +83,20 @@ def test_check_calibration_reads_float_inputs_only():
     check_calibration([x, flag])  # a constant flag beside a varying input (review R6)
     with pytest.raises(ValueError, match=r"input 0 holds the single value 0.5 in all 6"):
         check_calibration([np.full((6, 5), 0.5, np.float32), flag])  # placeholders only
-    check_calibration([np.zeros((1, 5), np.float32)])  # one sample: nothing to compare
-    few = x[:4].copy()
-    few[1] *= 50  # 2-4 draws of one distribution are often 10x apart: not judged
+    check_calibration([np.zeros((1, 1), np.float32)])  # one scalar: nothing to compare
+    with pytest.raises(ValueError, match=r"input 0 holds the single value 0 in all 1"):
+        check_calibration([np.zeros((1, 5), np.float32)])  # one zero image (review R7)
+    ids = np.arange(6 * 3, dtype=np.int32).reshape(6, 3)
+    check_calibration([ids, np.ones((6, 1), np.float32)])  # a flag beside varying ids (R7)
+    with pytest.raises(ValueError, match=r"input 1 holds the single value 1 in all 6"):
+        check_calibration([np.zeros((6, 3), np.int32), np.ones((6, 1), np.float32)])
+    few = x[:4, :1].copy()
+    few[1] = 50 * np.abs(few).max()  # 2-4 draws of one scalar are often 10x apart: not judged
     check_calibration([few])
+    wide = x[:4].copy()
+    wide[1] *= 100  # but 4 samples of 5 values: one image 100x the others is judged (R7)
+    with pytest.raises(ValueError, match=r"sample 1 alone makes input 0's range"):
+        check_calibration([wide])
     neg = x.copy()
     neg[5] = -np.abs(neg[5]) * 1000  # far below the others
     with pytest.raises(ValueError, match=r"sample 5 alone makes input 0's range"):

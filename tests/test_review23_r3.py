@@ -142,3 +142,8 @@ def test_tflite_accuracy_of_a_two_input_file_and_of_wrapped_samples(tmp_path):
     assert tflite_accuracy(str(path), ([x2], y)) == tflite_accuracy(str(path), ({"x": x2}, y))
     assert tflite_accuracy(str(path), ([x2], y)) == 1.0
     assert tflite_accuracy(str(path), (x2[:1], y[:1])) == 1.0  # one sample, not unwrapped
+    # one label for 50 samples was broadcast (0.5 read silently; review R7), 5 samples for
+    # 50 labels failed in numpy, two arrays for a one-input file gave None without a note
+    for x, labels in ((x2, y[:1]), (x2[:5], y), ([x2, x2], y), ({"x": x2, "z": x2}, y)):
+        with pytest.raises(ValueError, match=r"argument `data`.*one label per sample"):
+            tflite_accuracy(str(path), (x, labels))

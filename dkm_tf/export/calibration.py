@@ -56,14 +56,16 @@ def _widest_alone(a):
 
 def check_calibration(data):
     """Raise :class:`CalibrationError` when full-integer calibration on ``data`` (a list of
-    input arrays, samples along axis 0) would give a file right on these samples only: every
-    float input holding one value over >= 2 samples (placeholders; one constant input beside
-    varying ones is a flag, measured right: review), or, with >= :data:`MIN_SAMPLES` samples,
-    one sample widening a float input's range >= :data:`OUTLIER_RATIO` times (see the module
-    docstring)."""
+    input arrays, samples along axis 0) would give a file right on these samples only: float
+    inputs, and no other input varying, each holding one value (placeholders, also one zero
+    image; a constant input beside varying float or integer ones is a flag, measured right:
+    reviews R6, R7), or one sample widening a float input's range >= :data:`OUTLIER_RATIO`
+    times (judged with >= :data:`MIN_SAMPLES` samples, or >= 4 values per sample: 2 draws of
+    one scalar are 10x apart 13 % of the time; see the module docstring)."""
     floats = [(j, a) for j, a in enumerate(data) if a.dtype.kind == "f" and a.size]
-    if floats and all(float(np.ptp(a)) == 0.0 for _, a in floats) and len(data[0]) > 1:
-        j, a = floats[0]  # placeholders; one constant input beside varying ones is a flag
+    varying = [a for a in data if a.size and a.dtype.kind in "fiu" and np.ptp(a) > 0]
+    if floats and not varying and (len(data[0]) > 1 or any(a[0].size > 1 for _, a in floats)):
+        j, a = floats[0]  # placeholders; a constant input beside varying ones (ids) is a flag
         raise CalibrationError(
             f"Invalid value for argument {_ARG}. Expected calibration samples that "
             f"vary like the data the model will run on. Received: input {j} holds the "
@@ -73,7 +75,8 @@ def check_calibration(data):
             "agreement with Keras 0.22 on real digits). Pass samples of the data the "
             "model will run on.")
     for j, a in floats:
-        ratio, i = _widest_alone(a) if len(a) >= MIN_SAMPLES else (1.0, -1)
+        judged = len(a) >= MIN_SAMPLES or a[0].size >= 4  # 2-4 scalars: chance (review)
+        ratio, i = _widest_alone(a) if judged else (1.0, -1)
         if ratio >= OUTLIER_RATIO:
             raise CalibrationError(
                 f"Invalid value for argument {_ARG}. Expected calibration samples of one "
