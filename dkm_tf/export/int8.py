@@ -20,7 +20,7 @@ import numpy as np
 
 from dkm_tf.export.rewrite import FlatModel
 
-__all__ = ["find_int8", "int8_survival", "preserve_clusters", "shared_note"]
+__all__ = ["find_int8", "int8_survival", "preserve_clusters", "shared_note", "subgraph_views"]
 
 _BIAS_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D")
 
@@ -50,8 +50,8 @@ def find_int8(fm, palette):
     return None
 
 
-def _views(content):
-    """The model's subgraphs as FlatModel views (a WHILE body holds recurrent weights)."""
+def subgraph_views(content):
+    """``(model, views)``: its subgraphs as FlatModel views (a WHILE body holds RNN weights)."""
     fm = FlatModel.from_bytes(content)
     return fm, [fm] + [fm.subgraph(g) for g in range(1, len(fm.model.subgraphs))]
 
@@ -70,7 +70,7 @@ def int8_survival(content, palettes):
 
     Every subgraph is searched; a weight found in a loop body gets ``"subgraph": index``.
     """
-    _, views = _views(content)
+    _, views = subgraph_views(content)
     rows = []
     for p in palettes:
         where, fm, hit = _find_any(views, p)
@@ -108,7 +108,7 @@ def preserve_clusters(content, palettes):
     Returns:
         ``(bytes, names)``: the rewritten model and the palettes whose weight was re-quantized.
     """
-    model, views = _views(content)
+    model, views = subgraph_views(content)
     consumers = {id(view): view.consumers() for view in views}
     done = []
     for p in palettes:

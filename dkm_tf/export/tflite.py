@@ -35,7 +35,7 @@ from dkm_tf.export import verify
 from dkm_tf.export.canonical import fixed_like
 from dkm_tf.export.export_args import check_export_args, check_palettes, check_path, inputs_by_name
 from dkm_tf.export.inspect import inspect_tflite
-from dkm_tf.export.int8 import int8_survival, preserve_clusters, shared_note
+from dkm_tf.export.int8 import int8_survival, preserve_clusters, shared_note, subgraph_views
 from dkm_tf.export.model_check import deployed_param_count
 from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES
 from dkm_tf.export.policy import check_applicable, check_codebook_sizes, check_keep_float
@@ -294,8 +294,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
 
 def _consts(content, dtype):
     """``[(tensor name, values)]`` of the ``dtype`` constants of a ``.tflite`` (all subgraphs)."""
-    fm = FlatModel.from_bytes(content)
-    views = [fm] + [fm.subgraph(g) for g in range(1, len(fm.model.subgraphs))]
+    _, views = subgraph_views(content)
     return [(v.tensor_name(t), c) for v in views for t in range(len(v.tensors))
             if v.type_name(t) == dtype and (c := v.const(t)) is not None and c.size]
 
@@ -334,8 +333,7 @@ def _quantized(content):
     """True when some tensor of the ``.tflite`` (any subgraph) is int8 / uint8 / int16 with
     quantization scales (the cast of a uint8 / int8 Keras input has none: a float file with
     such an input was held to the int8 tolerance, passing a unit 5 % off; review R1)."""
-    fm = FlatModel.from_bytes(content)
-    views = [fm] + [fm.subgraph(g) for g in range(1, len(fm.model.subgraphs))]
+    _, views = subgraph_views(content)
     return any(v.type_name(t) in ("int8", "uint8", "int16") and _scaled(v.tensors[t])
                for v in views for t in range(len(v.tensors)))
 
