@@ -120,6 +120,12 @@ def _claims_02(md, out, r):
     # old text: "fc1's weights 851x" for a measured 851.5x
     assert _stated(r"rows fell \*\*([\d,]+)x\*\*", md) == (round(r["conv_sse_drop"]["hard"]),)
     assert _stated(r"fc1's weights (\d+)x", md) == (round(r["dense_sse_drop"]["hard"]),)
+    # the K sweep table (bare numbers, no "%": the accuracy check above misses them)
+    from test_notebooks24c import sweep_table
+
+    keys = {"wr": "wr", "finetune": "finetune", "penalty": "dkm", "both": "dkm_finetune"}
+    assert sweep_table(md)[0] == {int(k): {c: round(100 * row[key], 2) for c, key in keys.items()}
+                                  for k, row in r["k_sweep"].items()}
 
 
 def _claims_03(md, out, r):
