@@ -41,6 +41,10 @@ class ExportReport:
             verified at batch 1 and at batch n > 1 in one invoke); False when the batch is
             fixed at 1 (TFLite Micro, or a graph the interpreter refuses to resize), where
             another batch raises an error.
+        held_out: for full int8 calibrated on its own samples (no ``representative_data``),
+            the :class:`~dkm_tf.export.verify.Comparison` of a file calibrated on half of
+            them, run on the other half (:func:`~dkm_tf.export.held_out.held_out_check`);
+            None otherwise, or with fewer than 4 samples.
     """
 
     path: str
@@ -57,6 +61,7 @@ class ExportReport:
     latency: dict = dataclasses.field(default_factory=dict)
     graph_bytes: int = 0
     dynamic_batch: bool = True
+    held_out: object = None
 
     @property
     def ratio_vs_float(self):
@@ -81,10 +86,16 @@ class ExportReport:
         for c in self.comparisons:
             lines.append(f"  {c.interpreter:<7} max abs err {c.max_abs_error:.3g}, rel "
                          f"{c.rel_error:.3g} (tolerance {c.tolerance:g}) over {c.n_samples} "
-                         "samples" + (f", batch 1 and {c.batch_size}" if c.batch_size > 1
+                         f"{c.measured_on}" + (f", batch 1 and {c.batch_size}" if c.batch_size > 1
                                       else ", batch 1")
                          + (f", top-1 agreement {c.top1_agreement:.3g}"
                             if c.min_top1 == c.min_top1 else ""))
+        if self.held_out is not None:
+            h = self.held_out
+            lines.append(f"  held out: calibrated on half the samples, rel {h.rel_error:.3g} "
+                         f"over the other {h.n_samples}" + (
+                             f", top-1 agreement {h.top1_agreement:.3g}"
+                             if h.min_top1 == h.min_top1 else ""))
         lines.append("  batch: " + ("dynamic" if self.dynamic_batch else "fixed at 1"))
         for t in self.tensors:
             extra = "".join(f", {k}={t[k]}" for k in ("route", "int8_distinct_per_channel",
@@ -104,6 +115,7 @@ class ExportReport:
         """Every field as a dict (comparisons too), plus the three derived properties."""
         d = dataclasses.asdict(self)
         d["comparisons"] = [c.to_dict() for c in self.comparisons]
+        d["held_out"] = None if self.held_out is None else self.held_out.to_dict()
         d.update(ratio_vs_float=self.ratio_vs_float, bits_per_weight=self.bits_per_weight,
                  max_rel_error=self.max_rel_error)
         return d

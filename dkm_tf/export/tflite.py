@@ -31,7 +31,7 @@ from dkm_tf.core.files import atomic_path
 from dkm_tf.core.loss_kind import non_class_loss
 from dkm_tf.core.validate import check_choice
 from dkm_tf.export import convert as convert_lib
-from dkm_tf.export import verify
+from dkm_tf.export import held_out, verify
 from dkm_tf.export.canonical import fixed_like
 from dkm_tf.export.export_args import check_export_args, check_palettes, check_path, inputs_by_name
 from dkm_tf.export.inspect import inspect_tflite
@@ -95,7 +95,11 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             e.g. BN-folded depthwise kernels). ``tensors[*]`` counts the values either way.
         representative_data: calibration inputs for ``int8_mode="full"`` (array or list of
             arrays like ``sample_inputs``; default: the samples). Real data matters: on
-            MobileNetV2, seeded normal noise is no stand-in for images.
+            MobileNetV2, seeded normal noise is no stand-in for images. Without it, the
+            verification is on the calibration samples (``measured_on``), and with 4+
+            ``sample_inputs`` a file calibrated on the even-numbered ones is run on the
+            others (``report.held_out``, :mod:`dkm_tf.export.held_out`; a failure refuses
+            the file from 8 samples, is noted below).
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
             :data:`DEFAULT_TOLERANCE`, or 10x Keras' own batch-1 vs batch-n difference on the
             samples when larger (deep nets; noted, ``verify.noise_floor``). int8 files must
@@ -152,7 +156,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             ``int8_scales`` outside ``"int8"`` with palettes; ``representative_data``
             outside ``int8_mode="full"``; ``interpreters`` with ``"tflm"``:
             :data:`dkm_tf.export.policy.APPLIES`).
-        ExportVerificationError: the written model disagrees with Keras (nothing written);
+        ExportVerificationError: the written model disagrees with Keras (nothing written),
+            or, for full int8 without ``representative_data``, its held-out check fails;
             ``verify.TFLiteUnverifiableError`` where ``tf.lite`` cannot run it (see above).
 
     Example (``plain, palettes``: the README's digits CNN at K = 4, ``unit="auto"``; the
@@ -261,15 +266,21 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         key = "fp16"  # as close to Keras as an fp16 file
     tol = float(tolerance) if tolerance is not None else verify.noise_floor(
         DEFAULT_TOLERANCE[key], noise, len(inputs[0]), notes)
+    min_top1, floor = _min_top1(model, format, notes), INT8_UNIT_FLOOR
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
-        _min_top1(model, format, notes), convert_lib.open_dims(model),
-        INT8_UNIT_FLOOR if format == "int8" else None)
+        min_top1, convert_lib.open_dims(model), floor if format == "int8" else None)
     notes += [f"output unit nearest its allowance: {c.worst_unit}" for c in comparisons[:1]
               if c.worst_unit and c.unit_excess == c.unit_excess]  # checked (int8) units
     if format == "fp16" and not all(c.ok for c in comparisons):
         _check_fp16_range(model, float_content)  # name the weights behind the refusal
     verify.refuse_if_bad(path, format, comparisons)
+    held = None  # full int8 calibrated on its own samples: also judged held out
+    if format == "int8" and int8_mode == "full" and representative_data is None:
+        comparisons, held = held_out.judge(
+            path, model, specs, inputs if sample_inputs is not None else None, comparisons,
+            notes, min_top1, floor, post=(lambda c: preserve_clusters(c, palettes)[0])
+            if palettes and int8_scales == "shared" else None)
     if format != "tflm":  # the float file with the exported file's fixes, for the figures
         float_content = fixed_like(float_content, convert_lib.open_dims(model), dynamic)
     write_atomic(path, content)
@@ -289,7 +300,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                         len(float_content),
                         analytic_bytes(model, format, variant, records, palettes) + graph,
                         n_params, records, comparisons, notes, graph_bytes=graph,
-                        dynamic_batch=dynamic)
+                        dynamic_batch=dynamic, held_out=held)
 
 
 def _consts(content, dtype):

@@ -82,6 +82,8 @@ class Comparison:
             when the batch run's was worse (:func:`~dkm_tf.export.unit_errors.unit_report`).
         unit_excess: the largest unit error over what is allowed to it (> 1: refused; int8
             outputs not read by the top-1 check); NaN when not checked.
+        measured_on: ``"samples"``, ``"calibration samples"`` (full int8 calibrated on them)
+            or ``"held-out samples"`` (:func:`~dkm_tf.export.held_out.held_out_check`).
     """
 
     interpreter: str
@@ -97,6 +99,7 @@ class Comparison:
     top1_margin: float = float("nan")
     worst_unit: str = ""
     unit_excess: float = float("nan")
+    measured_on: str = "samples"
 
     @property
     def ok(self):
