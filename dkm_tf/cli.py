@@ -40,6 +40,12 @@ from dkm_tf.cli_env import quiet_fd
 from dkm_tf.cli_export import clear_earlier_outputs, compile_as_saved, write_plots, write_tflite
 from dkm_tf.cli_help import command_error, early_exit, flag_message, load_model_flag
 from dkm_tf.cli_overrides import HELP, check_compress_args, check_model_overrides, default_method
+from dkm_tf.cli_run_state import INTERRUPTS as _INTERRUPTS
+from dkm_tf.cli_run_state import REMOVED as _REMOVED
+from dkm_tf.cli_run_state import TOUCHED as _TOUCHED
+from dkm_tf.cli_run_state import check_interrupted as _check_interrupted
+from dkm_tf.cli_run_state import on_sigint as _on_sigint
+from dkm_tf.cli_run_state import unfinished as _unfinished
 from dkm_tf.cli_tables import import_tensorflow_quietly
 from dkm_tf.core.files import atomic_path, is_home_tilde
 
@@ -58,7 +64,13 @@ _N_CLUSTERS = flags.DEFINE_integer("n_clusters", 16, "K, centroids per codebook.
 _UNIT = flags.DEFINE_enum("unit", "scalar", ["scalar", "row", "kernel", "auto"],
                           "Clustering unit.")
 _GRANULARITY = flags.DEFINE_enum("granularity", "per_tensor", ["per_tensor", "per_channel"],
-                                 "One codebook per tensor or per output channel.")
+                                 "One codebook per tensor or per output channel (per_channel: "
+                                 "K centroids for each channel, so a larger file and a lower "
+                                 "CR, as the size table shows). Depthwise kernels are "
+                                 "clustered per channel under per_tensor too (a note names "
+                                 "them) unless --overrides names their layer. --unit kernel "
+                                 "with --codebook shared or --transforms > 1 takes per_tensor "
+                                 "only.")
 _CODEBOOK = flags.DEFINE_enum("codebook", "layer", ["layer", "shared"], "--unit kernel: "
                               "shared = one codebook per kernel size for the network.")
 _TRANSFORMS = flags.DEFINE_integer("transforms", 1, "--unit kernel: 1, 2, 4, 8 flips/turns.")
@@ -69,7 +81,12 @@ _REFINE = flags.DEFINE_enum("refine", "none", ["none", "outputs", "gptq"], "Post
                             "(--method wr): fit the codebooks to the float layer outputs "
                             "(gptq: with GPTQ's assignment too).")
 _CALIBRATION = flags.DEFINE_integer("calibration_samples", 256, "Training samples that "
-                                    "--weighting / --refine calibrate on.")
+                                    "--weighting / --refine calibrate on (--method wr): drawn "
+                                    "at random with --seed from the training part of "
+                                    "--dataset, all of it if it has fewer. --refine on fewer "
+                                    "than 16 is noted (the fits over-fit so few); on 1 it "
+                                    "keeps the k-means codebooks. Not used without "
+                                    "--weighting / --refine.")
 _INIT = flags.DEFINE_enum("init", "kmeans++", ["kmeans++", "linear", "density", "random"],
                           "k-means initialisation.")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs of the built-in model.")
@@ -95,11 +112,6 @@ _OVERRIDES = flags.DEFINE_string("overrides", None, HELP)
 _CUSTOM = flags.DEFINE_string("custom_objects", None, CUSTOM_HELP)
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars or progress lines on stderr "
                            "(the tables and written paths still print).")
-
-
-_TOUCHED = []  # the --output_dir this process's run has started to change (for the error line)
-_REMOVED = []  # an earlier run's files that this run removed (an interrupted run names them)
-_INTERRUPTS = []  # Ctrl-C received during run(), even one that Python swallowed
 
 
 def _log(msg):
@@ -224,8 +236,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                 raise
             raise CliUsageError("dataset", f"data that fits --model ({dataset_words(e)})",
                                 dataset) from e
-        result.metric, result.notes = metric, notes + result.notes + cli_tables.params_note(
-            model, result.model) + cli_tables.granularity_note(result.size, granularity)
+        result.metric, result.notes = metric, notes + result.notes  # compress's own notes
         _log(result.summary())
         _log(cli_tables.size_legend(output_dir, result))
         _check_interrupted()  # a swallowed Ctrl-C: stop before the earlier run's files go
@@ -297,20 +308,6 @@ def main(argv):
     return 0
 
 
-def _on_sigint(signum, frame):
-    del frame
-    _INTERRUPTS.append(signum)
-    raise KeyboardInterrupt
-
-
-def _check_interrupted():
-    """Raise the Ctrl-C that Python swallowed: a KeyboardInterrupt raised inside a garbage
-    collector callback or a ``__del__`` (JAX's, which TensorFlow imports, ...) is printed as
-    "Exception ignored" and the run went on, replacing the earlier run's files."""
-    if _INTERRUPTS:
-        raise KeyboardInterrupt
-
-
 def run(argv, *, stdout=None, stderr=None):
     """The whole command line: parse ``argv``, run, and turn errors into exit statuses.
 
@@ -372,21 +369,6 @@ def _run(argv, stdout, stderr):
               + ("" if verbose else " (run with --verbose for the traceback)")
               + (f"; {_unfinished()}" if _TOUCHED else ""), file=stderr)
         return 1
-
-
-def _unfinished():
-    """What a failed or interrupted run left in its --output_dir ('' when it wrote nothing)."""
-    if not _TOUCHED:
-        return ""
-    if _TOUCHED[1:] == ["complete"]:
-        return f"the run had finished: {_TOUCHED[0]} holds its complete results"
-    removed = (f"; an earlier run's {len(_REMOVED)} file(s) were removed: "
-               + ", ".join(_REMOVED) if _REMOVED else "")  # e.g. the PNGs in a --plots_dir
-    if not os.path.isdir(_TOUCHED[0]):  # a folder the run made, removed again while empty
-        return (f"nothing was written ({_TOUCHED[0]}, made by this run, was removed again)"
-                + removed)
-    return (f"{_TOUCHED[0]} holds an unfinished run: no report.json (written last); the files "
-            "there are complete, none half-written, but not all of them were written" + removed)
 
 
 def entry_point():

@@ -1,4 +1,5 @@
-"""Argument checks and help text of the ``dkm-tf`` command (no Keras, no TensorFlow).
+"""Argument checks of the ``dkm-tf`` command (no Keras, no TensorFlow); its commands, their
+flags and the ``--help`` text are in :mod:`dkm_tf.cli_commands`, re-exported here.
 
 Every check runs before any training or file work, so a bad flag costs milliseconds, not a
 training run: :func:`check_compress_args` / :func:`check_energy_args` raise
@@ -14,25 +15,17 @@ import os
 import re
 import sys
 
-COMMANDS = ("compress", "energy")
+from dkm_tf.cli_commands import (  # noqa: F401 - re-exported: the names people import
+    COMMAND_FLAGS,
+    COMMANDS,
+    EXTRA_FLAGS,
+    SUMMARY,
+    help_text,
+)
+
 MAX_CLUSTERS = 65_536
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 NEEDS_DATA = ("finetune", "dkm", "dkm+finetune")
-
-# one line per flag, grouped by subcommand (the flags themselves are defined in cli.py)
-COMMAND_FLAGS = {
-    "compress": ("model", "dataset", "method", "n_clusters", "unit", "granularity", "init",
-                 "epochs", "finetune_epochs", "dkm_epochs", "lam", "seed", "output_dir",
-                 "tflite", "plots", "plots_dir", "quiet", "codebook", "transforms",
-                 "scale_bits", "weighting", "refine", "calibration_samples", "overrides",
-                 "custom_objects"),
-    "energy": ("model", "input_shape"),
-}
-EXTRA_FLAGS = {"energy": ("custom_objects",)}  # taken, not listed in "takes --model, ..."
-SUMMARY = {
-    "compress": "cluster (and fine-tune) a model; write .keras, .tflite files and report.json",
-    "energy": "energy estimate (paper metric + memory hierarchy) of a .keras or .tflite file",
-}
 
 
 class CliUsageError(ValueError):
@@ -42,39 +35,6 @@ class CliUsageError(ValueError):
         self.flag, self.expected, self.received = flag, expected, received
         name = flag if flag in ("command", "arguments") else f"--{flag}"
         super().__init__(f"invalid {name}: expected {expected}; received {received!r}")
-
-
-def help_text(command=None):
-    """The ``--help`` text: the commands, then one line per flag of ``command`` (or all)."""
-    from absl import flags  # noqa: PLC0415
-
-    lines = ["dkm-tf: k-means weight sharing for Keras 3 models, shipped as TFLite.", "",
-             "Usage:"]
-    lines += [f"  dkm-tf {c:<9} [flags]   {SUMMARY[c]}" for c in COMMANDS]
-    for cmd in ([command] if command else COMMANDS):
-        lines += ["", f"Flags of `dkm-tf {cmd}`:"]
-        for name in COMMAND_FLAGS[cmd] + EXTRA_FLAGS.get(cmd, ()):
-            flag = flags.FLAGS[name]
-            kind, enum = flag.flag_type(), getattr(flag.parser, "enum_values", None)
-            value = ("" if kind == "bool" else " " + "|".join(enum) if enum
-                     else " " + kind.upper())
-            if cmd == "energy" and name == "model":
-                help_line, default = "a .keras, .h5 or .tflite file (required)", None
-            else:
-                help_line, default = " ".join(flag.help.split()), flag.default
-                if enum:  # absl puts "<a|b>: " in front of an enum's help
-                    help_line = help_line.split(">: ", 1)[-1]
-            if flag.flag_type() == "bool":  # the default, and the spelling that changes it
-                help_line += (f" [on; --no{name} turns it off]" if flag.default
-                              else f" [off; --{name} turns it on]")
-            shown = "" if default is None or flag.flag_type() == "bool" else f" [{default}]"
-            lines.append(f"  --{name}{value}: {help_line}{shown}")
-    lines += ["", "Common flags:", "  --verbose: print the Python traceback of an error",
-              "  -h, --help: this text (dkm-tf <command> --help, or dkm-tf help <command>: "
-              "that command's flags)", "",
-              "Exit status: 0 done, 1 failed while running, 2 bad command line, 130 / 143 / 129 "
-              "stopped by Ctrl-C / SIGTERM / SIGHUP, 141 output pipe closed."]
-    return "\n".join(lines)
 
 
 def _int(flag, value, low, high=None):

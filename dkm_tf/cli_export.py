@@ -85,6 +85,7 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
                                                   threshold=threshold, notes=why)
                 for line in why:
                     _log(f"[tflite] note: {line}")
+                    result.notes.append(line)  # names the file; report.json says it too
                 stage.update(1, f"{label}: {100 * accuracy[label]:.2f}%"
                              if accuracy[label] is not None else label)
             stage.close(", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items()
@@ -132,6 +133,7 @@ def write_plots(result, model, plots_dir, accuracy, progress):
 
     if not plots_lib.matplotlib_available():
         _log(plots_lib.MISSING_MATPLOTLIB)
+        result.notes.append(plots_lib.MISSING_MATPLOTLIB)  # report.json says it too
         return []
     os.makedirs(plots_dir, exist_ok=True)
     formats = [(label, rep.bytes, accuracy.get(label)) for label, rep in result.tflite.items()
@@ -143,4 +145,5 @@ def write_plots(result, model, plots_dir, accuracy, progress):
     stage.close(", ".join(os.path.basename(p.path) for p in written))
     for name, why in skipped:
         _log(f"[plot] {name} skipped: {why}")
+        result.notes.append(f"plot {name} skipped: {why}")  # report.json says it too
     return written

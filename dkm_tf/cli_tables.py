@@ -13,6 +13,7 @@ import tempfile
 import textwrap
 
 from dkm_tf.core import std_fds
+from dkm_tf.pipeline_report import granularity_note, params_note  # the notes compress keeps
 
 __all__ = ["ENERGY_LEGEND", "PT_LEGEND", "RUNTIMES", "SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND",
            "import_tensorflow_quietly", "json_text", "keras_line", "native_stderr_filtered",
@@ -60,43 +61,6 @@ def keras_line(path, tflite=True):
              "run without --notflite for the small palettized .tflite files")
     return (f"[write] {path} ({os.path.getsize(path):,} bytes: a Keras model, its clustered "
             f"weights stored decoded as float32; {where})")
-
-
-def params_note(model, compressed):
-    """A note when the compressed model has another parameter count than the input model
-    (``[model]`` line): the size table's "whole model" counts the compressed one, whose
-    BatchNormalization layers were folded into the kernels before them (fer: 58,423 params in,
-    56,215 out, so 743 "other params", not 58,423 minus the clustered 55,472). [] when equal."""
-    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
-
-    before, after = int(model.count_params()), int(compressed.count_params())
-    if before == after:
-        return []
-    n_bn = sum(type(x).__name__ == "BatchNormalization" for x in walk_layers(model)) - sum(
-        type(x).__name__ == "BatchNormalization" for x in walk_layers(compressed))  # folded
-    why = (f" ({n_bn} BatchNormalization layer(s) folded into the kernel before each, as "
-           "TFLite's converter folds them)" if n_bn and after < before else "")
-    return [f"the compressed model has {after:,} parameters, the input model {before:,}"
-            f"{why}: the size table's whole-model CR and the bits/w of the .tflite files "
-            f"count the compressed model's {after:,}"]
-
-
-def granularity_note(size, granularity):
-    """A note naming the tensors of the size table (``size``: a SizeReport) clustered with
-    another granularity than ``--granularity`` (depthwise kernels default to per channel):
-    their K is per codebook, one per channel, which the table does not show (fer: K 9 and
-    CR 0.91 for 3x3 depthwise kernels at --n_clusters 16). [] when none is."""
-    rows = [r for r in size.rows if r.get("granularity", granularity) != granularity]
-    if not rows:
-        return []
-    names = ", ".join(f"{r['name']} ({r['granularity']})" for r in rows[:3])
-    more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
-    per = ("their K is per codebook (one per channel) and their CRs count every codebook; "
-           if any(r["granularity"] == "per_channel" for r in rows) else "")
-    return [f"{len(rows)} tensor(s) clustered with another granularity than {granularity}: "
-            f"{names}{more}; {per}depthwise kernels default to per_channel, --overrides may "
-            "set others (report.json's rows and clustered.palettes.json's notes say which and "
-            "why)"]
 
 
 def size_legend(output_dir="dkm_tf_out", result=None):

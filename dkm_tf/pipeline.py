@@ -29,6 +29,7 @@ from dkm_tf.pipeline_metrics import (
     ratio_words,
     tflite_accuracy,
 )
+from dkm_tf.pipeline_report import estimate_energy, result_notes
 from dkm_tf.pipeline_skipped import skipped_layers as _skipped_layers
 from dkm_tf.training.data_checks import reads_once
 
@@ -67,7 +68,10 @@ class CompressionResult:
             float model"`` when the test labels are the float model's own top-1 predictions
             (:func:`float_predictions`: held-out inputs without labels).
         notes: what was not done and why (e.g. no accuracy for a model with several
-            outputs: :func:`accuracy_note`); printed by ``summary`` and in report.json.
+            outputs: :func:`accuracy_note`; no energy estimate), and what the figures count
+            (a parameter count changed by BatchNormalization folding, tensors clustered with
+            another granularity: :mod:`dkm_tf.pipeline_report`); printed by ``summary`` and
+            ``dkm-tf compress``, and in report.json.
     """
 
     model: object
@@ -324,9 +328,10 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     options = {k: v for k, v in (("weighting", weighting), ("refine", refine)) if v}
     label = method + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options
                       else "")
+    report = estimate_energy(clustered, palettes, notes, (test_data, train_data))
+    notes += result_notes(model, clustered, size, granularity)  # BN folded, per channel
     return CompressionResult(clustered, palettes, skipped, size, label, acc_before, acc_after,
-                             seconds, _energy(clustered, palettes, log, (test_data, train_data)),
-                             calibration={**options, "samples": len(calib[0])}
+                             seconds, report, calibration={**options, "samples": len(calib[0])}
                              if calib is not None else {}, metric=metric, notes=notes)
 
 
@@ -352,29 +357,6 @@ def _cluster_stage(progress, model, n_clusters, overrides):
     stage.finish_on_close = True
     stage.note = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:5])}, ..."
     return stage
-
-
-def _energy(model, palettes, log, data=()):
-    """The energy estimate, at the size of the first of ``data``'s inputs where the model
-    leaves its input size open (``Input((None, None, 3))``, subclassed); None if unknown."""
-    from dkm_tf import energy  # noqa: PLC0415
-    from dkm_tf.energy.keras_reader import InputShapeError  # noqa: PLC0415
-
-    shape = next((tuple(np.shape(d[0])[1:]) for d in data
-                  if isinstance(d, tuple) and isinstance(d[0], np.ndarray)), None)
-    kwargs = {"palettes": palettes, "index_cost": "entropy"}
-    for size in (None, shape):
-        try:
-            return energy.estimate(model, input_shape=size, **kwargs)
-        except InputShapeError as e:
-            if size is not None or shape is None or e.fixed is not None:
-                log(f"[energy] not estimated: {e.why}; give data whose inputs have the size")
-                return None
-            log(f"[energy] at the data's input size {shape} ({e.why})")
-        except (ValueError, TypeError) as e:  # shapes unknown: report, do not fail the job
-            log(f"[energy] not estimated: {e}")
-            return None
-    return None
 
 
 def save_palettes(palettes, model_path):

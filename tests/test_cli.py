@@ -428,6 +428,31 @@ def test_missing_matplotlib_is_said_once(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert out.count("plots skipped: pip install matplotlib") == 1
     assert result.plots == [] and not list(tmp_path.glob("*.png"))
+    # what was not done is in report.json too, not only on the screen (it was logged only)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [n for n in report["notes"] if "pip install matplotlib" in n] == [
+        plots.MISSING_MATPLOTLIB]
+
+
+def test_why_a_tflite_file_has_no_accuracy_is_in_report_json(tmp_path, monkeypatch):
+    from dkm_tf import pipeline
+
+    real = pipeline.tflite_accuracy
+
+    def without_int8(path, data, notes=None, **kw):  # as when a file cannot be scored
+        if path.endswith(".int8.tflite"):
+            notes.append(f"no accuracy of {path}: a reason")
+            return None
+        return real(path, data, notes=notes, **kw)
+
+    monkeypatch.setattr(pipeline, "tflite_accuracy", without_int8)
+    result = cli.run_compress(None, epochs=1, method="wr", n_clusters=4, plots=False,
+                              quiet=True, output_dir=str(tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    why = [n for n in report["notes"] if n.startswith("no accuracy of ")]
+    assert why == [f"no accuracy of {tmp_path / 'clustered.int8.tflite'}: a reason"]
+    assert why[0] in result.notes and report["tflite"]["int8"]["test_accuracy"] is None
+    assert report["tflite"]["float"]["test_accuracy"] > 0.5
 
 
 def test_import_sets_no_environment_variable():

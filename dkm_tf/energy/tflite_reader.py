@@ -8,7 +8,7 @@ in the body, `i < limit` or `i <= limit` in the condition); otherwise the body i
 and the loop is reported as skipped with the reason. Supported: CONV_2D (grouped
 when the filter has fewer input channels than the input), DEPTHWISE_CONV_2D, TRANSPOSE_CONV
 (`conv_transpose`), FULLY_CONNECTED and BATCH_MATMUL with a 2-D right-hand side (rows per
-image from any input layout, `_rows`), other BATCH_MATMULs (attention: `tflite_matmul`),
+image from any input layout, `tflite_rows`), other BATCH_MATMULs (attention: `tflite_matmul`),
 IF (the costlier branch, `tflite_control`), MAX_POOL_2D, AVERAGE_POOL_2D, MEAN / SUM /
 REDUCE_MAX (global pooling; bias ADDs, integer ops, lookups and other reductions are listed,
 not charged: `tflite_ops`), the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6,
@@ -32,7 +32,7 @@ tensor's name, else the output's, else a conv / dense bias's, `tflite_names`:
 the conv's `dw_1`; Keras 3 export may append `_1`, which compression-info lookup tolerates),
 else `<op>_<index>`. Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored;
 dims left open beyond the batch read by running the file once, `tflite_dynamic`; the rows of
-a matrix product divided by the input's batch, `_rows`); a conv runs the images
+a matrix product divided by the input's batch, `tflite_rows`); a conv runs the images
 of its stored batch per image of the file, and a dilated conv lowered to SPACE_TO_BATCH_ND ->
 conv -> BATCH_TO_SPACE_ND all its blocks (`tflite_blocks`).
 """
@@ -82,6 +82,7 @@ def read_tflite_palettes(path, quantized=None, input_shape=None):
     from tensorflow.lite.python import schema_py_generated as schema
 
     from dkm_tf.energy import tflite_control as tc
+    from dkm_tf.energy.tflite_rows import images_per_invoke
 
     with open(os.fspath(path), "rb") as fh:
         buf = fh.read()
@@ -102,7 +103,7 @@ def read_tflite_palettes(path, quantized=None, input_shape=None):
 
         run, skipped[:0] = run_shapes(path, model, op_names, input_shape)
         _read_graph(model, schema, op_names, graph, 1, "", shapes, skipped, used, (0,),
-                    palettes, None, quantized, _batch(graph), run)
+                    palettes, None, quantized, images_per_invoke(graph), run)
         skipped += tc.unreached(model, schema, op_names)
     except Exception as e:  # struct.error, IndexError, flatbuffers' ValueError: a damaged file
         from dkm_tf.core.model_damage import raised_here  # noqa: PLC0415
@@ -113,23 +114,14 @@ def read_tflite_palettes(path, quantized=None, input_shape=None):
     return tuple(shapes), tuple(skipped), palettes
 
 
-def _batch(graph):
-    """Images per invoke: the leading dimension of the model's first input of rank >= 2 (1 for
-    a dynamic batch, stored as 1 with -1 in the shape signature), else 1."""
-    for i in graph.InputsAsNumpy():
-        t = graph.Tensors(int(i))
-        if t.ShapeLength() >= 2:
-            return max(int(t.ShapeAsNumpy()[0]), 1)
-    return 1
-
-
 def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, used, stack,
                 palettes, outer, quantized=None, batch=1, run=None):
     """Appends the records of one subgraph's ops, each repeated `trips` times.
 
     `palettes` collects `{record name: StoredPalette}`; `outer` maps this subgraph's input
     tensors that carry a weight decoded in the calling graph to its palette; `batch`: the
-    images per invoke (`_batch`), by which the rows of a matrix product are divided; `run`:
+    images per invoke (`tflite_rows.images_per_invoke`), by which the rows of a matrix
+    product are divided; `run`:
     `{subgraph: {tensor: shape}}` read by running the file (`tflite_dynamic`), if any.
     """
     from collections import Counter
@@ -141,6 +133,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
     from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
     from dkm_tf.energy.tflite_names import bias_name, own_name
     from dkm_tf.energy.tflite_nested import nested_scopes
+    from dkm_tf.energy.tflite_rows import rows_per_image, stored_count
 
     view = tp.GraphView(model, graph, op_names, (run or {}).get(stack[-1]))
     scope, layer_scope = nested_scopes(view)  # a nested model's layer: its own name
@@ -265,14 +258,13 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                     in_f, units = (w[1], w[0]) if adj_y else w
                 name = name_of([ins[w_at][0], out_name, own_name(view, users, k, 2, scope,
                                                                   weights)], label, layer_scope)
+                rows = rows_per_image([stored_count(view, users, t) for t in (
+                    op.InputsAsNumpy()[1 - w_at], op.OutputsAsNumpy()[0])],
+                    in_f, units, batch, label, skipped)
                 shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
                                              in_features=in_f, units=units,
                                              positions=trips * missing_blocks(
-                                                 view, int(op.InputsAsNumpy()[1 - w_at])) * _rows(
-                                                 [_count(view, users, t) for t in (
-                                                     op.InputsAsNumpy()[1 - w_at],
-                                                     op.OutputsAsNumpy()[0])],
-                                                 in_f, units, batch, label, skipped)))
+                                                 view, int(op.InputsAsNumpy()[1 - w_at])) * rows))
                 palette(name, op, x_at=1 - w_at, w_at=w_at)
             elif opname == "BATCH_MATMUL":  # two activations (attention), or an N-D weight
                 from dkm_tf.energy.tflite_matmul import batch_matmul_shape
@@ -354,47 +346,3 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
         ops = ", ".join(f"{n} x{c}" for n, c in sorted(decode_ops.items()))
         skipped.append((f"{prefix}weight decode", f"{sum(decode_ops.values())} ops computing "
                         f"from constants only (weight decoding), not charged: {ops}"))
-
-
-_SAME_COUNT = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
-
-
-def _count(view, users, t):
-    """Elements of activation tensor `t` at the stored batch: the largest stored count of the
-    tensors RESHAPE / SQUEEZE / EXPAND_DIMS connect it to (they hold the same values). The
-    converter may store a dimension it leaves open at run time as 1, never as more: `x` of
-    `tf.reshape(x, (-1, 6))` on a `(None, 4, 5, 6)` input is stored as `[1, 6]` (20 rows per
-    image), a FULLY_CONNECTED's output as `[1, 128]` for its `[-1, 128]`."""
-    todo, seen = [int(t)], set()
-    while todo:
-        u = todo.pop()
-        if u in seen or u < 0:
-            continue
-        seen.add(u)
-        k = view.producer.get(u)
-        if k is not None and view.names[k] in _SAME_COUNT:
-            todo.append(view.inputs(k)[0])
-        for j in users.get(u, ()):
-            if view.names[j] in _SAME_COUNT and view.inputs(j)[0] == u:
-                todo.extend(int(o) for o in view.ops[j].OutputsAsNumpy())
-    return max(math.prod(max(d, 1) for d in view.shape(u)) for u in seen)
-
-
-def _rows(counts, in_features, units, batch, label, skipped):
-    """Rows per image of a matrix product whose input and output hold `counts` elements.
-
-    FULLY_CONNECTED flattens its input to `[rows, in_features]` whatever its rank: a Dense on
-    an N-D tensor (`(16, 16, 32) -> Dense(128)`) is stored with a 2-D input `[256, 32]`, the
-    batch folded into the rows (or, with `keep_num_dims`, N-D: `[1, 16, 16, 32]`); so are the
-    2-D operands of `dkm_tf.export`'s lowered convs and dense layers (BATCH_MATMUL). The rows
-    are `elements / in_features` of the input (`elements / units` of the output) for every
-    layout, the larger of the two (`_count`: stored shapes may understate open dimensions),
-    divided by the images per invoke `batch` (a dynamic-batch file is stored at batch 1).
-    """
-    x_count, y_count = counts
-    rows = max(x_count // max(in_features, 1), y_count // max(units, 1), 1)
-    if rows % batch:
-        skipped.append((label, f"{rows} rows, not a multiple of the file's batch of {batch} "
-                        "images: all charged to one image"))
-        return rows
-    return rows // batch
