@@ -51,7 +51,7 @@ def help_text(command=None):
             lines.append(f"  --{name}{value}: {help_line}{shown}")
     lines += ["", "Common flags:", "  --verbose: print the Python traceback of an error",
               "  -h, --help: this text (dkm-tf <command> --help, or dkm-tf help <command>: "
-              "that command's flags)", "",
+              "that command's flags)", "  --version: the version of dkm_tf", "",
               "Exit status: 0 done, 1 failed while running, 2 bad command line, 130 / 143 / 129 "
               "stopped by Ctrl-C / SIGTERM / SIGHUP, 141 output pipe closed."]
     return "\n".join(lines)

@@ -111,6 +111,9 @@ def test_help_lists_every_flag_and_exits_0(args):
         for name in expected[command]:  # one line each
             assert sum(line.startswith((f"  --{name} ", f"  --{name}:"))
                        for line in lines) == 1, (command, name)
+    common = text.split("Common flags:")[1].split("Exit status")[0]  # --version was missing
+    assert [line.split(":")[0].strip() for line in common.strip().splitlines()] == [
+        "--verbose", "-h, --help", "--version"]
 
 
 @pytest.mark.parametrize("args, flag, received", [
