@@ -14,7 +14,7 @@ import shlex
 
 import pytest
 
-from dkm_tf import cli
+from dkm_tf import cli, cli_args, cli_overrides
 from dkm_tf.cli_args import check_command_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -26,11 +26,13 @@ def _examples(text):
     """The ``dkm-tf`` command lines of ``text``: backticked (across line breaks) and the lines
     of code blocks (after ``&&`` too); optional ``[--flag value]`` groups are kept as given,
     synopsis lines (``a|b`` alternatives) and placeholders (``...``, ``H,W,C``) left out."""
+    text = text.replace("python -m dkm_tf ", "dkm-tf ")
     found = re.findall(r"`(dkm-tf [^`]*)`", " ".join(text.split()))
     for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
-            found += [part.strip() for part in line.split("&&")
-                      if part.strip().startswith("dkm-tf ")]
+        for line in block.replace("\\\n", " ").splitlines():  # continued lines joined
+            parts = (p.strip().removeprefix("$ ").split(" | ")[0].strip()
+                     for p in re.split(r"&&|;", line))
+            found += [p for p in parts if p.startswith("dkm-tf ")]
     lines = set()
     for cmd in found:
         cmd = re.sub(r"\[(--[^\]|]+)\]", r"\1", cmd).replace("<output_dir>", "dkm_tf_out")
@@ -45,10 +47,21 @@ def _examples(text):
 
 
 def _parse(words, monkeypatch):
-    """Exit status, stderr and the recorded call of ``words`` run through :func:`cli.run`."""
+    """Exit status, stderr and the recorded call of ``words`` run through :func:`cli.run`:
+    every check runs but those that need the files (``--model``, ``--dataset``); the
+    compress recorder runs the checks of how its flags combine first (review R3: a README
+    line the real command refuses, e.g. ``--codebook shared`` without ``--unit kernel``,
+    passed)."""
     calls = []
-    monkeypatch.setattr(cli, "run_compress", lambda model, **kw: calls.append(
-        ("compress", model, kw)))
+    monkeypatch.setattr(cli_args, "_model_file", lambda path, suffixes: None)
+    monkeypatch.setattr(cli_args, "_dataset", lambda name: True)
+
+    def compress(model, **kw):
+        cli_overrides.check_compress_args(model, **{k: v for k, v in kw.items()
+                                                    if k != "custom_objects"})
+        calls.append(("compress", model, kw))
+
+    monkeypatch.setattr(cli, "run_compress", compress)
     monkeypatch.setattr(cli, "run_energy", lambda model, **kw: calls.append(
         ("energy", model, kw)))
     # the file checks need the files; the flag checks stay
@@ -71,8 +84,60 @@ def test_every_readme_command_line_parses_as_written(words, monkeypatch):
     status, err, calls = _parse(words, monkeypatch)
     assert status == 0 and not err, (" ".join(words), err)
     assert len(calls) == 1 and calls[0][0] == words[1], calls
-    if "--model" in words:
-        assert calls[0][1] == words[words.index("--model") + 1]
+    _check_reached(words, calls[0])
+
+
+def _check_reached(words, call):
+    """Every ``--flag value`` of ``words`` reached the recorded ``call`` with its value."""
+    got = dict(call[2], model=call[1])
+    for flag, value in _flag_values(words[2:]).items():
+        assert flag in got, (flag, sorted(got))
+        number = isinstance(got[flag], (int, float)) and not isinstance(got[flag], bool)
+        assert str(got[flag]) == value or number and got[flag] == float(value), (
+            flag, value, got[flag])
+
+
+def _flag_values(words):
+    """``{"name": "value"}`` of ``--name value`` / ``--name=value``; booleans "True"/"False"."""
+    out, i = {}, 0
+    while i < len(words):
+        word = words[i]
+        assert word.startswith("--"), words
+        if "=" in word:
+            name, value = word[2:].split("=", 1)
+        elif i + 1 < len(words) and not words[i + 1].startswith("--"):
+            name, value = word[2:], words[i + 1]
+            i += 1
+        elif word.startswith("--no"):
+            name, value = word[4:], "False"
+        else:
+            name, value = word[2:], "True"
+        out[name] = value
+        i += 1
+    return out
+
+
+def test_a_readme_line_the_command_refuses_or_drops_fails(monkeypatch):
+    # review R3: --codebook shared without --unit kernel exits 2 in the real command
+    status, err, calls = _parse(("dkm-tf", "compress", "--codebook", "shared"), monkeypatch)
+    assert status == 2 and "--codebook" in err and not calls
+    words = ("dkm-tf", "compress", "--n_clusters", "4", "--refine", "gptq", "--noplots")
+    status, err, calls = _parse(words, monkeypatch)
+    assert status == 0 and not err
+    _check_reached(words, calls[0])
+    for dropped, wrong in (("refine", None), ("n_clusters", 16), ("plots", True)):
+        call = (calls[0][0], calls[0][1], dict(calls[0][2], **{dropped: wrong}))
+        with pytest.raises(AssertionError):  # a flag lost on the way is seen
+            _check_reached(words, call)
+    call = (calls[0][0], calls[0][1], {k: v for k, v in calls[0][2].items() if k != "refine"})
+    with pytest.raises(AssertionError):
+        _check_reached(words, call)
+    # the forms a README may show a command in are all found
+    text = ("```\n$ dkm-tf compress --n_clusters 8\ncd x; dkm-tf compress --seed 1 | tee log\n"
+            "dkm-tf compress \\\n  --epochs 2\n```\nor `python -m dkm_tf compress --lam 1`")
+    assert _examples(text) == sorted([
+        ("dkm-tf", "compress", "--n_clusters", "8"), ("dkm-tf", "compress", "--seed", "1"),
+        ("dkm-tf", "compress", "--epochs", "2"), ("dkm-tf", "compress", "--lam", "1")])
 
 
 def test_the_check_fails_on_a_positional_file(monkeypatch):
