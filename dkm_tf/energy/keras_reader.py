@@ -10,7 +10,8 @@ have no recorded per-layer shapes; with `input_shape` they are traced with Tenso
 
 Fused activations (`Conv2D(activation="relu")`), biases, batch norms and constant scalings
 folded into the linear conv or dense layer before them (`bn_folding`, `keras_consts`) are not
-charged (`ops.matmul` / `einsum` / `mean`: `keras_products`); other activations (of a layer
+charged (`ops.matmul` / `einsum` / `mean`: `keras_products`), nor is a ReLU layer the
+converter fuses into the op before it (`relu_fusion`); other activations (of a layer
 or an `Activation` layer) and `LayerNormalization` are charged as the priced element-wise ops
 a `.tflite` runs them as (`activations`); a `PReLU` layer is one "affine" record
 (`shapes.prelu_shape`). Conv1D/2DTranspose layers are the matrix product of `conv_transpose`
@@ -37,6 +38,7 @@ from dkm_tf.energy.keras_factorised import factorised_records
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
 from dkm_tf.energy.keras_pipeline import pipeline_calls, pipeline_fold
+from dkm_tf.energy.relu_fusion import relu_fused_after, relu_fused_into
 
 _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
                "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
@@ -183,6 +185,10 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
             if into is not None:
                 skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
                 continue
+            into = relu_fused_after(sub, subs[i - 1][0] if i else None, keras)
+            if into is not None:
+                skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
+                continue
             _walk_call(sub, sub_name, sub_call, counts, keras, shapes, skipped, used)
         skipped.extend([(name, why)] if why else [])
         return
@@ -196,6 +202,10 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
     into = fold_of(inner, call, counts, keras)
     if into is not None:
         skipped.append((name, f"folded into {into} (as a .tflite folds it)"))
+        return
+    into = relu_fused_into(inner, call, counts, keras)
+    if into is not None:
+        skipped.append((name, f"fused into {into} (as a .tflite fuses it)"))
         return
     try:
         in_shapes = _shapes_of(call[0])

@@ -1,0 +1,68 @@
+"""Which ReLU layers a `.tflite` fuses into the op before them, so the Keras reader leaves them out.
+
+The TensorFlow Lite converter (TF 2.21) fuses a ReLU / ReLU6 into the op that produces its
+input (that op's ``fused_activation_function``) when that output feeds the ReLU only. Checked
+by converting each case (`tests/test_energy_relu24d.py`): a linear Conv1D/2D, Depthwise- or
+SeparableConv1D/2D, a Dense (any rank), a BatchNormalization (folded into the conv before it,
+or run as MUL + ADD), an Add / Subtract / Multiply layer and a max / average pooling all
+absorb it; a Conv2DTranspose, a Concatenate, or a producer whose output is read twice keep a
+RELU op of their own. A ReLU with a threshold, a slope or a cap other than 6 is not a fusable
+activation (a ReLU(3.0) is a MINIMUM and a RELU) and stays charged.
+
+Before this, `energy.estimate(keras_model)` charged each such ReLU layer a full DRAM round trip
+of its activations that the model's own `.tflite` never makes: a MobileNetV2 (224x224, K = 16)
+read 7.40e9 hierarchy units from Keras and 4.74e9 from its palettized file.
+"""
+
+from dkm_tf.energy.activations import activation_name
+from dkm_tf.energy.bn_folding import folded_into
+
+
+def _fusable_relu(layer, keras):
+    L = keras.layers
+    if isinstance(layer, L.ReLU):
+        cap = layer.max_value
+        return (float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
+                and (cap is None or float(cap) == 6.0))
+    return isinstance(layer, L.Activation) and activation_name(layer.activation) in (
+        "relu", "relu6")
+
+
+def _absorbs(producer, keras):
+    L = keras.layers
+    inner = producer.layer if isinstance(producer, L.Wrapper) else producer
+    linear = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
+              L.SeparableConv2D, L.Dense)
+    if isinstance(inner, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3D)):
+        return False
+    if isinstance(inner, linear):
+        return activation_name(getattr(inner, "activation", None)) == "linear"
+    return isinstance(inner, (L.BatchNormalization, L.Add, L.Subtract, L.Multiply,
+                              L.MaxPooling1D, L.MaxPooling2D, L.AveragePooling1D,
+                              L.AveragePooling2D))
+
+
+def relu_fused_into(layer, call, counts, keras):
+    """The name of the layer ReLU `layer` is fused into at `call` (`(inputs, outputs)`), else
+    None (not a fusable ReLU, or its producer keeps a RELU op). `counts`: consumers per tensor
+    `id` (`bn_folding.consumers`)."""
+    if isinstance(call, Exception) or not call[0] or not _fusable_relu(layer, keras):
+        return None
+    x = call[0][0]
+    try:
+        producer = x._keras_history.operation
+    except (AttributeError, ValueError):
+        return None
+    if counts.get(id(x), 0) != 1 or not _absorbs(producer, keras):
+        return None
+    if isinstance(producer, keras.layers.BatchNormalization):  # the conv it is folded into
+        return folded_into(producer, counts, keras) or producer.name
+    return producer.name
+
+
+def relu_fused_after(layer, prev, keras):
+    """As :func:`relu_fused_into` for a layer of a `keras.layers.Pipeline`: `prev` is the
+    layer before it there (None for the first), whose output only `layer` reads."""
+    if prev is None or not _fusable_relu(layer, keras) or not _absorbs(prev, keras):
+        return None
+    return prev.name
