@@ -19,7 +19,7 @@ keras = pytest.importorskip("keras")
 
 import dkm_tf  # noqa: E402
 from dkm_tf import cli  # noqa: E402
-from dkm_tf.export import verify  # noqa: E402
+from dkm_tf.export import DEFAULT_TOLERANCE, verify  # noqa: E402
 
 pytestmark = tf_backend_only()
 
@@ -66,17 +66,26 @@ def test_default_tolerance_follows_keras_noise_but_a_given_one_does_not(tmp_path
     path = str(tmp_path / "m.tflite")
     report = dkm_tf.export.to_tflite(model, path, format="float", sample_inputs=x)
     assert any("raised to" in n for n in report.notes)
-    assert all(c.tolerance > 1e-5 and c.rel_error <= c.tolerance for c in report.comparisons)
+    assert all(c.tolerance > DEFAULT_TOLERANCE["float"] and c.rel_error <= c.tolerance for c in report.comparisons)
     os.remove(path)
     with pytest.raises(verify.ExportVerificationError, match="tolerance 1e-05"):
         dkm_tf.export.to_tflite(model, path, format="float", sample_inputs=x, tolerance=1e-5)
     assert not os.path.exists(path)
 
 
+def test_a_float_file_is_allowed_what_a_palettized_one_is():
+    """A float file runs the same float32 arithmetic as a palettized one, in the converter's
+    order: ResNet50 (random weights, batch norms calibrated on 8 N(0, 1) images) reads
+    2.7e-5 from rounding alone and was refused at the old float default 1e-5; a 50-layer
+    conv / batch-norm chain reads 3e-4 (KNOWN_LIMITATIONS: pass ``tolerance=``)."""
+    assert DEFAULT_TOLERANCE["float"] == DEFAULT_TOLERANCE["palettized"] == 1e-4
+    assert DEFAULT_TOLERANCE["tflm"] == 1e-4
+
+
 def test_a_quiet_model_keeps_the_default_tolerance(tmp_path):
     report = dkm_tf.export.to_tflite(small_cnn(), str(tmp_path / "m.tflite"), format="float")
     assert not any("raised to" in n for n in report.notes)
-    assert {c.tolerance for c in report.comparisons} == {1e-5}
+    assert {c.tolerance for c in report.comparisons} == {DEFAULT_TOLERANCE["float"]} == {1e-4}
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dkm_tf.export import convert as convert_lib
-from dkm_tf.export import to_tflite, verify
+from dkm_tf.export import DEFAULT_TOLERANCE, to_tflite, verify
 
 pytest.importorskip("ai_edge_litert")
 
@@ -61,11 +61,11 @@ def test_int8_file_the_converter_left_float_is_held_to_the_float_tolerance(
     with monkeypatch.context() as mp:
         _convert_mutant(mp, _mutant(model, _scaled))  # every output 5 % larger
         with pytest.raises(verify.ExportVerificationError,
-                           match=r"relative 0.05 \(tolerance 1e-05\)"):
+                           match=r"relative 0.05 \(tolerance 0.0001\)"):
             to_tflite(model, tmp_path / "bad.tflite", "int8")
     assert not (tmp_path / "bad.tflite").exists()
     report = to_tflite(model, tmp_path / "ok.tflite", "int8")  # the correct file passes
-    assert report.comparisons[0].tolerance == 1e-5
+    assert report.comparisons[0].tolerance == DEFAULT_TOLERANCE["float"]
     assert any("quantized no tensor" in n for n in report.notes)
 
 
@@ -81,10 +81,10 @@ def test_float_file_with_a_uint8_input_is_not_read_as_quantized(tmp_path, monkey
     x = np.random.default_rng(0).integers(0, 256, (8, 16)).astype("uint8")
     with monkeypatch.context() as mp:
         _convert_mutant(mp, _mutant(model, _scaled))
-        with pytest.raises(verify.ExportVerificationError, match=r"tolerance 1e-05"):
+        with pytest.raises(verify.ExportVerificationError, match=r"tolerance 0.0001"):
             to_tflite(model, tmp_path / "bad.tflite", "int8", sample_inputs=x)
     report = to_tflite(model, tmp_path / "ok.tflite", "int8", sample_inputs=x)
-    assert report.comparisons[0].tolerance == 1e-5 and report.comparisons[0].ok
+    assert report.comparisons[0].tolerance == DEFAULT_TOLERANCE["float"] and report.comparisons[0].ok
 
 
 def _small_unit_off(w):

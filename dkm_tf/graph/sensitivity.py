@@ -60,7 +60,8 @@ __all__ = ["DAMPING", "FISHER_LABELS", "FLOOR", "WEIGHTINGS", "check_sparse", "c
 WEIGHTINGS = (None, "fisher")
 FISHER_LABELS = ("model", "data")  # true Fisher (default) / empirical Fisher
 DAMPING = 1.0
-SUM_TOL = 1e-3  # |sum_c exp(-L(c, f(x))) - 1| allowed for a cross-entropy
+SUM_TOL = 1e-3  # |sum_c exp(-L(c, f(x))) - 1| allowed for a cross-entropy (float32 output)
+_HALF_EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}  # see sum_tolerance
 
 
 # ---------------------------------------------------------------------- checks
@@ -92,13 +93,13 @@ def check_weighting(model, weighting, data, loss, sparse=False, labels="model",
                      loss, sparse, labels)
     if not checked:
         return checked
-    x, y, weights, loss_fn, _ = checked
+    x, y, weights, loss_fn, _, _ = checked
     return ((x, y) if weights is None else (x, y, weights)), loss_fn
 
 
 def _check(model, weighting, data, loss, sparse, labels):
-    """:func:`check_weighting`: ``(x, y, sample_weight, loss_fn, targets)``, ``targets`` the
-    C class targets fed to the loss (labels="model"), ``sample_weight`` None or float64."""
+    """:func:`check_weighting`: ``(x, y, sample_weight, loss_fn, targets, tol)``: ``targets``
+    the C class targets (labels="model"), ``tol`` that of their sum (:func:`sum_tolerance`)."""
     check_choice("weighting", weighting, WEIGHTINGS)
     if weighting is None:
         for name, value in (("data", data), ("loss", loss)):
@@ -143,8 +144,9 @@ def _check(model, weighting, data, loss, sparse, labels):
         raise _misfit(model, x, y, e) from e
     if value is not None and not np.all(np.isfinite(_numpy(value))):
         raise invalid("data", "samples whose loss is finite", f"a loss of {value}")
-    targets = _class_targets(model, loss_fn, x0, pred, keras) if labels == "model" else None
-    return x, y, sample_weight, loss_fn, targets
+    targets, tol = (_class_targets(model, loss_fn, x0, pred, keras) if labels == "model"
+                    else (None, SUM_TOL))
+    return x, y, sample_weight, loss_fn, targets, tol
 
 
 def _sparse_labels(y, pred):
@@ -174,7 +176,9 @@ def _misfit(model, x, y, e, hint=""):
 
 def _class_targets(model, loss_fn, x0, pred, keras):
     """The C targets ``t_c`` (sparse ``[c]`` or one-hot) for which ``exp(-L(t_c, f(x)))`` are
-    the model's class probabilities; raise if the loss is not such a cross-entropy."""
+    the model's class probabilities, and the tolerance of their sum (:func:`sum_tolerance`);
+    raise if the loss is not such a cross-entropy."""
+    tol = sum_tolerance(pred)
     pred = _float32_outputs(pred)  # a loss function computes in its input's dtype
     shape = tuple(pred.shape) if hasattr(pred, "shape") else None
     if shape is None or len(shape) != 2 or shape[1] < 2:
@@ -184,7 +188,7 @@ def _class_targets(model, loss_fn, x0, pred, keras):
                       "over the model's predicted classes)", f"'fisher' with {got}")
     n = int(shape[1])
     out = _numpy(pred).astype(np.float64)
-    probabilities = bool(np.all(out >= 0) and abs(out.sum() - 1.0) <= SUM_TOL)
+    probabilities = bool(np.all(out >= 0) and abs(out.sum() - 1.0) <= tol)
     name = getattr(loss_fn, "__name__", "")
     if not probabilities and (getattr(loss_fn, "from_logits", None) is False or name in (
             "sparse_categorical_crossentropy", "categorical_crossentropy")):
@@ -201,8 +205,8 @@ def _class_targets(model, loss_fn, x0, pred, keras):
         except Exception as e:  # noqa: BLE001 (this label format does not fit the loss)
             found.append(f"{kind} labels: {type(e).__name__}: {str(e).strip()[:200]}")
             continue
-        if abs(total - 1.0) <= SUM_TOL:
-            return targets
+        if abs(total - 1.0) <= tol:
+            return targets, tol
         found.append(f"{kind} labels: sum_c exp(-loss) = {total:.6g}")
     raise _not_cross_entropy(model, n, "; ".join(found))
 
@@ -211,6 +215,15 @@ def _not_cross_entropy(model, n, received):
     return invalid("loss", f"a cross-entropy of the model's output (for {model.name!r}'s "
                    f"{n} classes, sum_c exp(-loss(c)) = 1: from_logits=True for logits), needed "
                    "by weighting='fisher' (log p(c|x) = -loss(c))", received)
+
+
+def sum_tolerance(pred):
+    """``|sum_c p_c - 1|`` allowed for ``pred``: :data:`SUM_TOL`, or 2 eps of a float16 / bfloat16
+    output (a bfloat16 softmax head summed to 1.0019 with TF_ENABLE_ONEDNN_OPTS=0: refused)."""
+    import keras  # noqa: PLC0415
+    dtypes = [keras.backend.standardize_dtype(t.dtype) for t in keras.tree.flatten(pred)
+              if getattr(t, "dtype", None) is not None]
+    return max([SUM_TOL] + [2 * _HALF_EPS[d] for d in dtypes if d in _HALF_EPS])
 
 
 def _float32_outputs(pred):
@@ -353,7 +366,7 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
     import keras  # noqa: PLC0415
 
     damping = check_number("damping", damping, "a finite number >= 0", low=0)
-    x, y, weights, loss_fn, targets = _check(model, "fisher", data, loss, False, labels)
+    x, y, weights, loss_fn, targets, tol = _check(model, "fisher", data, loss, False, labels)
     variables = list(variables) if variables is not None else _default_variables(model)
     grads = _gradient_fn(model, loss_fn, variables)
     values = [keras.ops.convert_to_tensor(v.value) for v in variables]
@@ -377,7 +390,7 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
             total += p
             for s, g_v in zip(sums, g):
                 s += (p * w_i) * np.square(_numpy(g_v).astype(np.float64))
-        if targets is not None and abs(total - 1.0) > SUM_TOL:  # checked on every sample
+        if targets is not None and abs(total - 1.0) > tol:  # checked on every sample
             raise _not_cross_entropy(model, len(targets),
                                      f"sum_c exp(-loss) = {total:.6g} on sample {i}")
     out = {}
