@@ -83,10 +83,11 @@ _REFINE = flags.DEFINE_enum("refine", "none", ["none", "outputs", "gptq"], "Post
 _CALIBRATION = flags.DEFINE_integer("calibration_samples", 256, "Training samples that "
                                     "--weighting / --refine calibrate on (--method wr): drawn "
                                     "at random with --seed from the training part of "
-                                    "--dataset, all of it if it has fewer. --refine on fewer "
-                                    "than 16 is noted (the fits over-fit so few); on 1 it "
-                                    "keeps the k-means codebooks. Not used without "
-                                    "--weighting / --refine.")
+                                    "--dataset (of the built-in digits without it), all of it "
+                                    "if it has fewer. --refine on fewer than 16 is noted (the "
+                                    "fits over-fit so few); on 1 it keeps the k-means "
+                                    "codebooks. Another value than 256 without --weighting / "
+                                    "--refine is refused (unused).")
 _INIT = flags.DEFINE_enum("init", "kmeans++", ["kmeans++", "linear", "density", "random"],
                           "k-means initialisation.")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs of the built-in model.")

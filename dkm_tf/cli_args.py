@@ -244,6 +244,9 @@ def _calibration_flags(model_path, dataset, method, weighting, refine, samples):
             raise CliUsageError(flag, "none with --model and no --dataset (it calibrates on "
                                 "the training samples of --dataset)", value)
     _int("calibration_samples", samples, 1)
+    if weighting == refine == "none" and samples != 256:  # the default: not silently unused
+        raise CliUsageError("calibration_samples", "256 (the default) unless --weighting or "
+                            "--refine is given (only they calibrate)", samples)
 
 
 def _kernel_flags(unit, codebook, transforms, scale_bits, **others):

@@ -48,9 +48,9 @@ def granularity_note(size, granularity):
     per = ("their K is per codebook (one per channel) and their CRs count every codebook; "
            if any(r["granularity"] == "per_channel" for r in rows) else "")
     return [f"{len(rows)} tensor(s) clustered with another granularity than {granularity}: "
-            f"{names}{more}; {per}depthwise kernels default to per_channel, overrides "
-            "(--overrides) may set others (the size report's rows and the palettes' notes, "
-            "in report.json and clustered.palettes.json, say which and why)"]
+            f"{names}{more}; {per}depthwise kernels default to per_channel, `overrides` "
+            "may set others (each row of `result.size.rows` and each palette's `note` say "
+            "which and why; report.json and clustered.palettes.json under dkm-tf compress)"]
 
 
 def result_notes(model, compressed, size, granularity):
@@ -68,14 +68,18 @@ def estimate_energy(model, palettes, notes, data=()):
 
     shape = next((tuple(np.shape(d[0])[1:]) for d in data
                   if isinstance(d, tuple) and isinstance(d[0], np.ndarray)), None)
+    given = any(d is not None for d in data)
     kwargs = {"palettes": palettes, "index_cost": "entropy"}
     for size in (None, shape):
         try:
             return energy.estimate(model, input_shape=size, **kwargs)
         except InputShapeError as e:
             if size is not None or shape is None or e.fixed is not None:
-                notes.append(f"energy not estimated: {e.why}; give data whose inputs have "
-                             "the size")
+                notes.append(f"energy not estimated: {e.why}; " + (
+                    "give data whose inputs have the size" if not given or shape is not None
+                    else "the input size could not be read from the data (not one array); "
+                    "pass arrays, or estimate it with dkm_tf.energy.estimate(model, "
+                    "input_shape=...)"))
                 return None
             notes.append(f"energy estimated at the data's input size {shape} ({e.why})")
         except (ValueError, TypeError) as e:  # shapes unknown: report, do not fail the job

@@ -66,7 +66,10 @@ def test_calibration_samples_help_says_where_drawn_few_samples_and_when_unused()
     assert "at random with --seed from the training part of --dataset" in line
     assert "all of it if it has fewer" in line
     assert "--refine on fewer than 16 is noted" in line and "on 1 it keeps" in line
-    assert "Not used without --weighting / --refine" in line
+    assert "Another value than 256 without --weighting / --refine is refused" in line
+    # and it is (review R2: it was silently unused)
+    rc = cli.run(["dkm-tf", "compress", "--calibration_samples", "64", "--notflite"])
+    assert rc == 2
 
 
 def test_granularity_help_kernel_limit_is_what_the_command_does(capsys):

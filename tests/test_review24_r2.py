@@ -47,3 +47,44 @@ def test_a_float32_output_off_one_is_still_refused():
     with pytest.raises(ValueError, match="argument `loss`"):
         sensitivity.fisher_importance(keras.Model(i, out), np.ones((2, 4), "float32"),
                                       "sparse_categorical_crossentropy")
+
+
+def test_api_notes_speak_to_an_api_user():
+    """The granularity note pointed a Python user to --overrides and report.json; the energy
+    note said "give data" to a caller who gave data as a list of inputs (its size not read)."""
+    from test_notes24a import _model
+
+    import dkm_tf
+    from dkm_tf.pipeline_report import estimate_energy
+
+    result = dkm_tf.compress(_model(), method="wr", n_clusters=4, verbose=0)
+    (note,) = [n for n in result.notes if "another granularity" in n]
+    assert "--overrides" not in note and "`overrides`" in note and "result.size.rows" in note
+    model = _model(open_size=True)
+    x = np.random.default_rng(1).normal(size=(4, 7, 7, 2)).astype(np.float32)
+    result = dkm_tf.compress(model, method="wr", n_clusters=4, verbose=0)  # no data
+    (why,) = [n for n in result.notes if n.startswith("energy not estimated: ")]
+    assert why.endswith("give data whose inputs have the size")
+    notes = []  # data whose size is not read: a model's inputs as a list (several inputs)
+    assert estimate_energy(result.model, result.palettes, notes,
+                           (([x, x], np.array([0, 1, 2, 0])), None)) is None
+    (why,) = notes
+    assert "could not be read from the data" in why and "input_shape=" in why
+
+
+def test_calibration_samples_without_weighting_or_refine_is_refused(capsys):
+    """It was accepted and unused (review R2); the default 256 stays accepted."""
+    from test_notes24a import _model
+
+    import dkm_tf
+    from dkm_tf import cli
+
+    with pytest.raises(ValueError, match=r"argument `calibration_samples`.*256 \(the default\) "
+                                         r"unless weighting or refine.*Received: calibration_samples=64"):
+        dkm_tf.compress(_model(), method="wr", n_clusters=4, calibration_samples=64, verbose=0)
+    assert dkm_tf.compress(_model(), method="wr", n_clusters=4, calibration_samples=256,
+                           verbose=0).palettes
+    capsys.readouterr()
+    assert cli.run(["dkm-tf", "compress", "--calibration_samples", "64", "--notflite"]) == 2
+    err = capsys.readouterr().err
+    assert "--calibration_samples" in err and "unless --weighting or --refine" in err, err
