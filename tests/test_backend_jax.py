@@ -15,6 +15,7 @@ import re
 import pytest
 
 from tests import _backend_checks as bc
+from tests._jax_env24e import jax_env, xla_flags
 
 if importlib.util.find_spec("jax") is None:
     pytest.skip("jax is not installed (pip install -e '.[jax]'): the JAX backend is not tested",
@@ -22,7 +23,9 @@ if importlib.util.find_spec("jax") is None:
 
 @pytest.fixture(scope="module")
 def jax_results():
-    return bc.run_scenarios("jax", bc.SCENARIOS)
+    with pytest.MonkeyPatch.context() as mp:  # XLA's fast compile (tests/_jax_env24e.py)
+        mp.setenv("XLA_FLAGS", xla_flags())
+        return bc.run_scenarios("jax", bc.SCENARIOS)
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +69,12 @@ def test_main_training_tests_pass_on_jax():
     """Issue 15's acceptance: the main training tests pass on JAX. One pytest process with
     ``KERAS_BACKEND=jax`` runs the files above (``JAX_ENABLE_X64=1``: the numpy references
     of several tests are float64; the models stay float32, Keras' floatx)."""
-    import os
     import pathlib
     import subprocess
     import sys
 
     here = pathlib.Path(__file__).parent
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}
+    env = jax_env(JAX_ENABLE_X64="1")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          *[str(here / f) for f in MAIN_TRAINING_TESTS]],
@@ -87,12 +89,11 @@ def test_main_training_tests_pass_on_jax():
 def test_cli_on_jax_refuses_tflite_before_any_work(tmp_path):
     """Found by a probe: on JAX, dkm-tf compress trained and clustered everything, then
     failed in the TFLite step (no report.json). --tflite is now refused first (exit 2)."""
-    import os
     import subprocess
     import sys
 
     out = tmp_path / "out"
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    env = jax_env()
     proc = subprocess.run([sys.executable, "-m", "dkm_tf.cli", "compress", "--n_clusters", "4",
                            "--output_dir", str(out)], env=env, capture_output=True, text=True,
                           timeout=300)

@@ -28,6 +28,7 @@ import pytest
 
 from tests import _backend_checks as bc
 from tests import _backend_scenarios17 as sc
+from tests._jax_env24e import jax_env
 
 if importlib.util.find_spec("jax") is None:
     pytest.skip("jax is not installed (pip install -e '.[jax]'): the JAX backend is not tested",
@@ -46,8 +47,8 @@ TOL = {"zoo": {"rtol": 1e-4, "atol": 1e-5}, "mixed": {"rtol": 2e-3, "atol": 2e-3
 def jax_run(tmp_path_factory):
     """``(folder of the .keras files it saved, {scenario: result})`` of the JAX process."""
     folder = tmp_path_factory.mktemp("jax17")
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join(filter(None, [bc.REPO, os.environ.get("PYTHONPATH")])))
+    env = jax_env(TF_CPP_MIN_LOG_LEVEL="2",
+                  PYTHONPATH=os.pathsep.join(filter(None, [bc.REPO, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, SCRIPT, str(folder), "--quick", *NAMES], cwd=bc.REPO,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]

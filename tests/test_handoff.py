@@ -20,6 +20,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests._jax_env24e import jax_env
 from tests.testing import tf_backend_only
 
 pytestmark = [tf_backend_only("the handoff ends in TensorFlow (export)"),
@@ -153,7 +154,7 @@ exec(compile(COMMON, "handoff_common", "exec"), ns)  # the same builders in this
 
 
 def run_jax(*args, x64=False):
-    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = jax_env(TF_CPP_MIN_LOG_LEVEL="2")  # XLA's fast compile
     env.pop("JAX_ENABLE_X64", None)
     if x64:
         env["JAX_ENABLE_X64"] = "1"
