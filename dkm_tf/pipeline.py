@@ -231,7 +231,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             for ``"gptq"``); see :func:`dkm_tf.share_weights`. Both calibrate on
             ``calibration_samples`` samples of ``train_data`` drawn with ``seed``.
         calibration_samples: how many training samples ``weighting`` / ``refine`` use
-            (``refine`` over-fits fewer than 16, noted; on one it keeps the k-means codebooks).
+            (``refine`` over-fits fewer than 16, noted; on one it keeps the k-means codebooks);
+            another value than 256 without them is refused (unused).
         class_weight: ``{class id: weight}`` of the training methods' loss (see
             :func:`dkm_tf.finetune`); refused with ``"wr"``.
 

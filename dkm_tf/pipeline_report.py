@@ -11,8 +11,6 @@ the energy was not estimated or at which input size it was.
 
 from __future__ import annotations
 
-import numpy as np
-
 __all__ = ["estimate_energy", "granularity_note", "params_note", "result_notes"]
 
 
@@ -66,8 +64,8 @@ def estimate_energy(model, palettes, notes, data=()):
     from dkm_tf import energy  # noqa: PLC0415
     from dkm_tf.energy.keras_reader import InputShapeError  # noqa: PLC0415
 
-    shape = next((tuple(np.shape(d[0])[1:]) for d in data
-                  if isinstance(d, tuple) and isinstance(d[0], np.ndarray)), None)
+    shape = next((tuple(int(n) for n in d[0].shape[1:]) for d in data  # arrays, tensors
+                  if isinstance(d, tuple) and hasattr(d[0], "shape")), None)
     given = any(d is not None for d in data)
     kwargs = {"palettes": palettes, "index_cost": "entropy"}
     for size in (None, shape):

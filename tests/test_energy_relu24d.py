@@ -67,3 +67,20 @@ def test_relu_that_is_not_a_plain_relu_stays_charged(relu):
     out = L.ReLU(name="r", **relu)(L.Conv2D(2, 1, name="c")(inp))
     report = dkm_tf.energy.estimate(keras.Model(inp, out))
     assert "r" in _names(report)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: L.Conv2D(4, 3, dilation_rate=2, padding="same", name="p"),
+    lambda: L.DepthwiseConv2D(3, dilation_rate=2, padding="same", name="p"),
+    lambda: L.TimeDistributed(L.Dense(4), name="p"),
+], ids=["dilated_conv", "dilated_depthwise", "time_distributed"])
+def test_relu_the_file_runs_on_its_own_stays_charged(make):
+    """Review R4: a dilated conv converts to SPACE_TO_BATCH_ND / CONV_2D / BATCH_TO_SPACE_ND
+    and a TimeDistributed layer to per-step ops and a PACK, each with a RELU of its own after
+    it, yet the ReLU was listed "fused into" them (Keras / file hierarchy 0.63-0.75)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))  # TimeDistributed: 8 steps of (8, 4)
+    layer = make()
+    out = L.ReLU(name="r")(layer(inp))
+    report = dkm_tf.energy.estimate(keras.Model(inp, L.Flatten()(out)))
+    assert "r" in _names(report) and "r" not in dict(report.skipped)

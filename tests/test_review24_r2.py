@@ -80,7 +80,8 @@ def test_calibration_samples_without_weighting_or_refine_is_refused(capsys):
     from dkm_tf import cli
 
     with pytest.raises(ValueError, match=r"argument `calibration_samples`.*256 \(the default\) "
-                                         r"unless weighting or refine.*Received: calibration_samples=64"):
+                                         r"unless weighting or refine.*Received: "
+                                         r"calibration_samples=64"):
         dkm_tf.compress(_model(), method="wr", n_clusters=4, calibration_samples=64, verbose=0)
     assert dkm_tf.compress(_model(), method="wr", n_clusters=4, calibration_samples=256,
                            verbose=0).palettes
@@ -88,3 +89,30 @@ def test_calibration_samples_without_weighting_or_refine_is_refused(capsys):
     assert cli.run(["dkm-tf", "compress", "--calibration_samples", "64", "--notflite"]) == 2
     err = capsys.readouterr().err
     assert "--calibration_samples" in err and "unless --weighting or --refine" in err, err
+
+
+def test_label_smoothing_is_not_let_through_by_a_bfloat16_head():
+    """Review R4: CategoricalCrossentropy(label_smoothing=0.02) is refused on a float32 head
+    (sum_c exp(-L(c)) = 0.99) and was accepted on a bfloat16 one (its 2 eps tolerance)."""
+    model = _bf16_head([-0.62, 0.78, 0.18])
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.02)
+    with pytest.raises(ValueError, match="argument `loss`"):
+        sensitivity.fisher_importance(model, x, loss)
+
+
+def test_energy_reads_the_input_size_of_tensor_data():
+    """Review R4: (tf.constant(x), y) read as "not one array": energy not estimated."""
+    import tensorflow as tf
+    from test_notes24a import _model
+
+    import dkm_tf
+    from dkm_tf.pipeline_report import estimate_energy
+
+    model = _model(open_size=True)
+    result = dkm_tf.compress(model, method="wr", n_clusters=4, verbose=0)
+    x = np.random.default_rng(1).normal(size=(4, 7, 7, 2)).astype(np.float32)
+    notes = []
+    assert estimate_energy(result.model, result.palettes, notes,
+                           ((tf.constant(x), tf.constant([0, 1, 2, 0])), None)) is not None
+    assert notes and notes[0].startswith("energy estimated at the data's input size (7, 7, 2)")

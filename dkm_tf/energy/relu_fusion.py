@@ -30,7 +30,12 @@ def _fusable_relu(layer, keras):
 
 def _absorbs(producer, keras):
     L = keras.layers
+    if isinstance(producer, (L.TimeDistributed, L.Bidirectional)):
+        return False  # unstacked per step: PACK, then a RELU of its own
     inner = producer.layer if isinstance(producer, L.Wrapper) else producer
+    if isinstance(inner, (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D)) and any(
+            int(d) != 1 for d in inner.dilation_rate):
+        return False  # SPACE_TO_BATCH_ND / CONV / BATCH_TO_SPACE_ND: the RELU stays
     linear = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
               L.SeparableConv2D, L.Dense)
     if isinstance(inner, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3D)):

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["INT8_UNIT_FLOOR", "NOISE_FACTOR", "noise_floor", "output_errors", "unit_report"]
+__all__ = ["FLOAT_LAYERS_PER_STEP", "INT8_UNIT_FLOOR", "NOISE_FACTOR", "depth_tolerance",
+           "noise_floor", "output_errors", "unit_report"]
 
 INT8_UNIT_FLOOR = 2.0 / 127.0  # two int8 steps of the whole output's max |keras|
 NOISE_FACTOR = 10  # a default tolerance is at least this many times Keras' own noise
+FLOAT_LAYERS_PER_STEP = 5  # the float tolerance grows by itself per this many weighted layers
 
 
 def output_errors(got, reference, what, error=ValueError):
@@ -92,3 +94,23 @@ def noise_floor(tolerance, noise, n, notes):
                  f"outputs differ by {noise:.3g} (relative) between batch 1 and batch {n} on "
                  f"these samples")
     return NOISE_FACTOR * noise
+
+
+def depth_tolerance(model, tolerance, cap, notes):
+    """The float ``tolerance`` for ``model``'s depth: ``tolerance x n / 5`` for ``n`` layers
+    with weights beyond 5, at most ``cap`` (palettized's), with a note saying so.
+
+    Float32 rounding grows with depth: ResNet50 (random weights, batch norms calibrated on 8
+    images; 107 layers with weights) differs from Keras by 2.7e-5 in its float file and was
+    refused at 1e-5, while a small net keeps 1e-5 (a float file of a 3-layer regressor whose
+    small unit's bias was dropped, 9e-5 of the output's range, is refused; review R4)."""
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
+
+    n = sum(1 for layer in walk_layers(model) if getattr(layer, "weights", None)
+            and not hasattr(layer, "layers"))
+    scaled = min(cap, tolerance * max(1.0, n / FLOAT_LAYERS_PER_STEP))
+    if scaled > tolerance:
+        notes.append(f"float tolerance {scaled:.3g} for {n} layers with weights ({tolerance:g} "
+                     f"per {FLOAT_LAYERS_PER_STEP}, at most {cap:g}): float32 rounding grows "
+                     "with depth")
+    return scaled
