@@ -5,20 +5,22 @@ Usage:
       [--decode once|per_invoke] [--keep_float auto|none|0.1|conv1,conv2]
       [--kept_dtype float32|float16] [--index_packing dense|tuples]
       [--int8_mode dynamic|full] [--int8_scales per_channel|shared]
-      [--samples x.npy|data.npz] [--output m.tflite] [--overwrite]
+      [--samples x.npy|data.npz] [--representative_data calib.npy|data.npz]
+      [--output m.tflite] [--overwrite]
       [--custom_objects my_layers.py,userpkg.losses]
   python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
       [--unit scalar|row|kernel] [--granularity per_tensor|per_channel]
 
 The output defaults to <model stem>.<format>.tflite (.palettized_per_invoke.tflite with
 --decode=per_invoke). An existing output file is never
-replaced unless --overwrite is given, and an input file (--model, --palettes, --samples)
-never. A usage error (an unknown flag or value, a missing --model, a positional argument,
-an output that exists or is an input, a flag the format does not use set to a value other
-than its default: --decode with --format=int8, --int8_mode=full with --format=palettized,
---keep_float=none with --decode=per_invoke, ...) is refused before any work: one line on
-stderr, exit status 2. The written model is run in the LiteRT interpreters and compared
-with Keras before it is written; the report is printed. A bad input is one line on stderr,
+replaced unless --overwrite is given, and an input file (--model, --palettes, --samples,
+--representative_data) never. A usage error (an unknown flag or value, a missing --model,
+a positional argument, an output that exists or is an input, a flag the format does not
+use set to a value other than its default: --decode with --format=int8, --int8_mode=full
+with --format=palettized, --keep_float=none with --decode=per_invoke, --representative_data
+without --int8_mode=full, ...) is refused before any work: one line on stderr, exit status 2.
+The written model is run in the LiteRT interpreters and compared with Keras before it is
+written; the report is printed. A bad input is one line on stderr,
 exit status 1, nothing written (DKM_TF_TRACEBACK=1 shows the traceback).
 """
 
@@ -74,6 +76,13 @@ _SAMPLES = flags.DEFINE_string("samples", None, "Sample inputs for verification 
                                 "themselves: one value, or one sample widening the range 10x): a "
                                 ".npy array, or a .npz (its x_test, else x_train, else its "
                                 "only array).")
+_REPR = flags.DEFINE_string("representative_data", None, "--int8_mode=full: calibration "
+                             "inputs from the data the model will run on, read like "
+                             "--samples (.npy, or .npz: x_test, else x_train, else its only "
+                             "array); then --samples are verification samples only, held "
+                             "out. Without it, full int8 is calibrated on --samples and "
+                             "judged on a held-out half of them (refused where that fails "
+                             "clearly).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 _CUSTOM = flags.DEFINE_string("custom_objects", None, CUSTOM_HELP)
 
@@ -82,16 +91,18 @@ def main(argv):
     del argv  # script_flags_parser refused positional arguments
     bad = inapplicable_flags(_FORMAT.value, _DECODE.value, _INT8.value, _KEEP.value,
                              _KEPT.value, _PACK.value, _SCALES.value,
-                             palettes=bool(_PALETTES.value) or _K.value is not None)
+                             palettes=bool(_PALETTES.value) or _K.value is not None,
+                             representative_data=_REPR.value)
     if bad:  # a usage error, before any work: the first such flag, one line
         print(f"to_tflite.py: error: {bad[0]}", file=sys.stderr)
         sys.exit(2)
     # "--output=~/m.tflite": the shell leaves a ~ after "=" alone; expanded as dkm-tf does
-    model, output, palettes, samples = (v and (os.path.expanduser(v) if is_home_tilde(v) else v)
-                                        for v in (
-        _MODEL.value, _OUTPUT.value, _PALETTES.value, _SAMPLES.value))
+    model, output, palettes, samples, representative = (
+        v and (os.path.expanduser(v) if is_home_tilde(v) else v)
+        for v in (_MODEL.value, _OUTPUT.value, _PALETTES.value, _SAMPLES.value, _REPR.value))
     out = output or default_output_path(model, _FORMAT.value, _DECODE.value)
-    inputs = {"model": model, "palettes": palettes, "samples": samples}
+    inputs = {"model": model, "palettes": palettes, "samples": samples,
+              "representative_data": representative}
     clash = output_collision(out, **inputs)
     if clash:  # never, even with --overwrite: the input would be lost
         print(f"to_tflite.py: error: Invalid value for flag `--output`. Expected a path other "
@@ -121,7 +132,8 @@ def main(argv):
                                    index_packing=_PACK.value, int8_scales=_SCALES.value,
                                    palettes_path=palettes, n_clusters=_K.value,
                                    unit=_UNIT.value, granularity=_GRAN.value,
-                                   samples_path=samples)
+                                   samples_path=samples,
+                                   representative_path=representative)
         except (ValueError, TypeError, OSError) as e:  # bad input: one line, nothing written
             if os.environ.get("DKM_TF_TRACEBACK"):
                 raise

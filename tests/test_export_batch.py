@@ -8,6 +8,7 @@ format that cannot change its batch (TFLite Micro; a graph the interpreter refus
 says so in its signature and raises on another batch, never computes a wrong answer.
 """
 
+import contextlib
 import pathlib
 
 import keras
@@ -66,7 +67,9 @@ def setup(tmp_path_factory):
     x = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
     out = tmp_path_factory.mktemp("batch")
     targets = [t for t in ex.EXPORT_TARGETS if t != "tflm" or ex.tflm_available()]
-    reports = ex.export_all(model, palettes, str(out), x, targets=targets, stem="cd")
+    # int8_full, untrained, calibrated on 2 of the 4 samples: its held-out check fails (warned)
+    with pytest.warns(UserWarning, match="held-out check failed"):
+        reports = ex.export_all(model, palettes, str(out), x, targets=targets, stem="cd")
     return model, palettes, x, np.asarray(model(x)), reports
 
 
@@ -224,8 +227,10 @@ def test_outputs_keep_keras_order(tmp_path, label):
     model = two_output_model()
     palettes = clustered_copy(model, 8)
     x = np.random.default_rng(3).uniform(-1, 1, (4, 6, 6, 2)).astype(np.float32)
-    r = ex.to_tflite(model, tmp_path / "m.tflite", palettes=palettes, sample_inputs=x,
-                     **ex.EXPORT_TARGETS[label])
+    with (pytest.warns(UserWarning, match="held-out check failed") if label == "int8_full"
+          else contextlib.nullcontext()):  # on the 2 samples it was not calibrated on
+        r = ex.to_tflite(model, tmp_path / "m.tflite", palettes=palettes, sample_inputs=x,
+                         **ex.EXPORT_TARGETS[label])
     refs = [np.asarray(y) for y in model(x)]
     tol = {"int8_full": 2.5e-1}.get(label, 1e-4)
     for kind in ("litert", "tflite"):

@@ -70,14 +70,17 @@ def test_refuses_file_right_on_its_calibration_samples_only(regressor, tmp_path)
 
 def test_failed_check_on_few_samples_is_noted(regressor, tmp_path):
     m, _, _, plain = regressor
-    rep = ex.to_tflite(m, tmp_path / "r.tflite", "int8", sample_inputs=plain, int8_mode="full")
+    with pytest.warns(UserWarning, match="held-out check failed"):
+        rep = ex.to_tflite(m, tmp_path / "r.tflite", "int8", sample_inputs=plain,
+                           int8_mode="full")
     h = rep.held_out
     assert h.n_samples == 2 and h.rel_error > h.tolerance and not h.ok
     specs = convert_lib.input_specs(m, [plain])
     half = convert_lib.convert(m, specs, "full", [plain[0::2]])
     assert h.rel_error == pytest.approx(_rel(half, m, plain[1::2]), rel=1e-5)
-    assert any(f"held-out check failed (relative {h.rel_error:.3g}) on 2 samples" in n
-               and "not refused" in n for n in rep.notes)
+    assert any(f"held-out check failed (relative {h.rel_error:.3g}, tolerance 0.5" in n
+               and ") on 2 samples" in n and "not refused" in n for n in rep.notes)
+    assert "(tolerance 0.5) over the other 2: failed, not refused" in rep.summary()
 
 
 def test_held_out_comparison_reported(digits, tmp_path):
@@ -94,8 +97,9 @@ def test_held_out_comparison_reported(digits, tmp_path):
     assert (tmp_path / "d.tflite").read_bytes() == convert_lib.convert(m, specs, "full", [x])
     text = rep.summary()
     assert "over 8 calibration samples" in text
-    assert f"held out: calibrated on half the samples, rel {h.rel_error:.3g} over the other 4" \
-        in text
+    assert (f"held out: calibrated on half the samples, rel {h.rel_error:.3g} (tolerance "
+            f"{h.tolerance:g}) over the other 4, top-1 agreement {h.top1_agreement:.3g}: "
+            "passed") in text
     assert any("held-out check" in n and "samples 1, 3" in n for n in rep.notes)
     assert rep.to_dict()["held_out"]["measured_on"] == "held-out samples"
 

@@ -27,7 +27,8 @@ _FLAG_WHEN = {"decode": "--format=palettized",
                             "than none",
               "index_packing": "--format=palettized with --decode=once",
               "int8_mode": "--format=int8",
-              "int8_scales": "--format=int8 with palettes (--palettes or --n_clusters)"}
+              "int8_scales": "--format=int8 with palettes (--palettes or --n_clusters)",
+              "representative_data": "--format=int8 with --int8_mode=full"}
 
 
 def default_output_path(model_path, format, decode="once"):  # noqa: A002
@@ -83,13 +84,16 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
                   decode="once", int8_mode="dynamic", palettes_path=None, n_clusters=None,
                   unit="scalar", granularity="per_tensor", samples_path=None,
                   keep_float="auto", kept_dtype="float32", index_packing="dense",
-                  int8_scales="per_channel"):
+                  int8_scales="per_channel", representative_path=None):
     """Load, (cluster,) export and verify; returns the :class:`~dkm_tf.export.ExportReport`.
 
     ``keep_float`` is ``"auto"``, ``"none"``, a latency budget (``"0.1"``) or comma-separated
     layer names; ``kept_dtype`` ``"float32"`` or ``"float16"``; ``index_packing``
     ``"dense"`` or ``"tuples"``; ``int8_scales`` ``"per_channel"`` or ``"shared"``
     (``format="int8"`` with palettes; see :func:`dkm_tf.export.to_tflite`).
+    ``representative_path``: a ``.npy`` / ``.npz`` read like ``samples_path``
+    (:func:`load_samples`), the calibration data of ``int8_mode="full"``
+    (``representative_data``).
 
     A SavedModel folder, or a file saved while clustering (``ClusterWeights``,
     ``ClusterKernels``), is refused before Keras loads it, with the lines that strip it
@@ -112,11 +116,12 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
                          "(--palettes or --n_clusters).")
     check_output_path(output_path or default_output_path(model_path, format, decode),
                       model_path=model_path, palettes_path=palettes_path,
-                      samples_path=samples_path)  # before anything is loaded
+                      samples_path=samples_path,
+                      representative_path=representative_path)  # before anything is loaded
     keep_float = parse_keep_float(keep_float)
     check_applicable(_applicability(  # before loading or clustering
         format, decode, int8_mode, keep_float, kept_dtype, index_packing, int8_scales,
-        bool(palettes_path) or n_clusters is not None))
+        bool(palettes_path) or n_clusters is not None, representative_path))
     if isinstance(model_path, (str, os.PathLike)):  # a SavedModel folder, a wrapped model
         check_export_input(model_path)
     check_model_file(model_path)
@@ -125,6 +130,8 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     check_path(output_path or default_output_path(model_path, format, decode))
     palettes = load_palettes(palettes_path) if palettes_path else None  # before the model
     samples = load_samples(samples_path) if samples_path else None
+    representative = (load_samples(representative_path, "representative_data")
+                      if representative_path else None)
     from dkm_tf.graph import factorised  # noqa: F401, PLC0415 - registers FactorisedConv2D
     model = keras.models.load_model(os.fspath(model_path), compile=False,
                                     custom_objects=export_custom_objects())
@@ -141,7 +148,8 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     out = output_path or default_output_path(model_path, format, decode)
     return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
                      decode=decode, int8_mode=int8_mode, keep_float=keep_float,
-                     kept_dtype=kept_dtype, index_packing=index_packing, int8_scales=int8_scales)
+                     kept_dtype=kept_dtype, index_packing=index_packing, int8_scales=int8_scales,
+                     representative_data=representative)
 
 
 def script_flags_parser(prog):
@@ -183,7 +191,8 @@ def parse_keep_float(keep_float):
 
 
 def _applicability(format, decode, int8_mode, keep_float, kept_dtype,  # noqa: A002
-                   index_packing, int8_scales="per_channel", palettes=False):
+                   index_packing, int8_scales="per_channel", palettes=False,
+                   representative_data=None):
     from dkm_tf.core.validate import check_choice  # noqa: PLC0415
     from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES  # noqa: PLC0415
     from dkm_tf.export.policy import APPLIES  # noqa: PLC0415
@@ -198,28 +207,32 @@ def _applicability(format, decode, int8_mode, keep_float, kept_dtype,  # noqa: A
     args = {name: default for name, (default, *_rest) in APPLIES.items()}
     args.update(format=format, palettes=["<palettes>"] if palettes else None, decode=decode,
                 int8_mode=int8_mode, keep_float=keep_float, kept_dtype=kept_dtype,
-                index_packing=index_packing, int8_scales=int8_scales)
+                index_packing=index_packing, int8_scales=int8_scales,
+                representative_data=representative_data or None)
     return args
 
 
 def inapplicable_flags(format, decode="once", int8_mode="dynamic",  # noqa: A002
                        keep_float="auto", kept_dtype="float32", index_packing="dense",
-                       int8_scales="per_channel", palettes=False):
+                       int8_scales="per_channel", palettes=False, representative_data=None):
     """One usage-error line per flag set to a non-default value that ``format`` (and
     ``decode``, ``keep_float``; ``palettes``: whether --palettes or --n_clusters is given)
-    does not use; ``[]`` when all apply. Flag values as typed. A value outside a flag's
+    does not use (``representative_data``: the --representative_data path, or None);
+    ``[]`` when all apply. Flag values as typed. A value outside a flag's
     choices is a ValueError naming them."""
     from dkm_tf.export.policy import inapplicable  # noqa: PLC0415
 
     flags = {"format": format, "decode": decode, "int8_mode": int8_mode,
              "keep_float": keep_float, "kept_dtype": kept_dtype, "index_packing": index_packing,
-             "int8_scales": int8_scales}
+             "int8_scales": int8_scales, "representative_data": representative_data}
     lines = []
     for name, _ in inapplicable(_applicability(format, decode, int8_mode,
                                                parse_keep_float(keep_float), kept_dtype,
-                                               index_packing, int8_scales, palettes)):
+                                               index_packing, int8_scales, palettes,
+                                               representative_data)):
         shown = ["format"] + (["decode"] if format == "palettized" and name != "decode"
-                              else []) + (["keep_float"] if name == "kept_dtype" else [])
+                              else []) + (["keep_float"] if name == "kept_dtype" else []) + (
+            ["int8_mode"] if name == "representative_data" and format == "int8" else [])
         lines.append(f"Invalid flag `--{name}`: it applies only to {_FLAG_WHEN[name]}; leave "
                      f"it out otherwise. Received: --{name}={flags[name]} with "
                      + " ".join(f"--{f}={flags[f]}" for f in shown)
@@ -228,28 +241,29 @@ def inapplicable_flags(format, decode="once", int8_mode="dynamic",  # noqa: A002
     return lines
 
 
-def load_samples(path):
+def load_samples(path, what="samples"):
     """Sample inputs from a ``.npy`` array, or a ``.npz`` (its ``x_test``, else ``x_train``,
-    else its only array: the files ``dkm-tf compress --dataset`` reads)."""
+    else its only array: the files ``dkm-tf compress --dataset`` reads); ``what`` names the
+    file in errors (``"samples"``, ``"representative_data"``)."""
     path = os.fspath(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOF: an empty file
         why = (f"{type(e).__name__}: {e}" if "pickled" not in str(e) else  # numpy's last try
                "neither a .npy nor a .npz (zip) file: truncated, damaged or another kind")
-        raise ValueError(f"Invalid samples file {path!r}: expected a .npy array or a .npz "
+        raise ValueError(f"Invalid {what} file {path!r}: expected a .npy array or a .npz "
                          f"with x_test or x_train ({why}).") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         return loaded
     with loaded:
         keys = [k for k in ("x_test", "x_train") if k in loaded.files] or loaded.files
         if len(keys) != 1 and keys[0] not in ("x_test", "x_train"):
-            raise ValueError(f"Invalid samples file {path!r}: expected a .npz with x_test or "
+            raise ValueError(f"Invalid {what} file {path!r}: expected a .npz with x_test or "
                              f"x_train, or one array; it has {loaded.files}.")
         try:
             return loaded[keys[0]]
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise ValueError(f"Invalid samples file {path!r}: its array {keys[0]} does not "
+            raise ValueError(f"Invalid {what} file {path!r}: its array {keys[0]} does not "
                              f"read back, the file is damaged ({type(e).__name__}: "
                              f"{e}).") from None
 

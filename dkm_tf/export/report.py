@@ -93,9 +93,10 @@ class ExportReport:
         if self.held_out is not None:
             h = self.held_out
             lines.append(f"  held out: calibrated on half the samples, rel {h.rel_error:.3g} "
-                         f"over the other {h.n_samples}" + (
+                         f"(tolerance {h.tolerance:g}) over the other {h.n_samples}" + (
                              f", top-1 agreement {h.top1_agreement:.3g}"
-                             if h.min_top1 == h.min_top1 else ""))
+                             if h.min_top1 == h.min_top1 else "")
+                         + (": passed" if h.ok else ": failed, not refused"))
         lines.append("  batch: " + ("dynamic" if self.dynamic_batch else "fixed at 1"))
         for t in self.tensors:
             extra = "".join(f", {k}={t[k]}" for k in ("route", "int8_distinct_per_channel",

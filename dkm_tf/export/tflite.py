@@ -100,8 +100,9 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             MobileNetV2, seeded normal noise is no stand-in for images. Without it, the
             verification is on the calibration samples (``measured_on``), and with 4+
             ``sample_inputs`` a file calibrated on the even-numbered ones is run on the
-            others (``report.held_out``, :mod:`dkm_tf.export.held_out`; a failure refuses
-            the file from 8 samples, is noted below).
+            others (``report.held_out``, :mod:`dkm_tf.export.held_out`; a clear failure
+            refuses the file from 8 samples, a narrower one or one below 8 samples is a
+            ``UserWarning`` and a note).
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
             :data:`DEFAULT_TOLERANCE` (float's grown with depth: 1e-5 x layers with weights
             / 5, at most 1e-4, ``unit_errors.depth_tolerance``), or 10x Keras' own batch-1 vs batch-n difference on the
@@ -160,7 +161,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             outside ``int8_mode="full"``; ``interpreters`` with ``"tflm"``:
             :data:`dkm_tf.export.policy.APPLIES`).
         ExportVerificationError: the written model disagrees with Keras (nothing written),
-            or, for full int8 without ``representative_data``, its held-out check fails;
+            or, for full int8 without ``representative_data``, its held-out check fails
+            by a clear margin (:func:`dkm_tf.export.held_out.clear_failure`);
             ``verify.TFLiteUnverifiableError`` where ``tf.lite`` cannot run it (see above).
 
     Example (``plain, palettes``: the README's digits CNN at K = 4, ``unit="auto"``; the
