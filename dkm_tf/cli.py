@@ -152,7 +152,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         dkm_epochs=dkm_epochs, lam=lam, seed=seed, output_dir=output_dir, tflite=tflite,
         plots=plots, plots_dir=plots_dir, quiet=quiet, codebook=codebook,
         transforms=transforms, scale_bits=scale_bits, weighting=weighting, refine=refine,
-        calibration_samples=calibration_samples, overrides=overrides)
+        calibration_samples=calibration_samples, overrides=overrides,
+        custom_objects=custom_objects)
     n_clusters, epochs, finetune_epochs, dkm_epochs, seed, lam = (  # numpy numbers: report.json
         int(n_clusters), int(epochs), int(finetune_epochs), int(dkm_epochs), int(seed), float(lam))
     model_path, dataset, output_dir, plots_dir = (path_flag(f, v) for f, v in (  # a Path: str
@@ -160,9 +161,6 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         ("plots_dir", plots_dir)))
     from dkm_tf.core.files import folder_lock, same_file  # noqa: PLC0415
 
-    if custom_objects is not None and model_path is None:
-        raise CliUsageError("custom_objects", "it with --model only (the custom code of "
-                            "your model file)", custom_objects)
     with contextlib.ExitStack() as held:  # one run per folder, taken before any work
         held.enter_context(custom_code(custom_objects, usage_error=CliUsageError,
                                        model_path=model_path))

@@ -141,10 +141,14 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
                         finetune_epochs=3, dkm_epochs=5, lam=1.0, seed=0,
                         output_dir="dkm_tf_out", tflite=True, plots=True, plots_dir=None,
                         quiet=False, codebook="layer", transforms=1, scale_bits=16,
-                        weighting="none", refine="none", calibration_samples=256):
+                        weighting="none", refine="none", calibration_samples=256,
+                        custom_objects=None):
     """Check every ``dkm-tf compress`` argument; raise :class:`CliUsageError` on the first bad
     one. (``unit``, ``granularity``, ``init`` and ``method`` are enums absl already checked.)"""
     del init  # an absl enum
+    if custom_objects is not None and model_path is None:
+        raise CliUsageError("custom_objects", "it with --model only (the custom code of "
+                            "your model file)", custom_objects)
     backend = keras_backend()
     if tflite and backend != "tensorflow":
         raise CliUsageError("tflite", f"--notflite on Keras' {backend!r} backend (the "

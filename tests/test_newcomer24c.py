@@ -15,7 +15,7 @@ import shlex
 import pytest
 
 from dkm_tf import cli, cli_args, cli_overrides
-from dkm_tf.cli_args import check_command_flags
+from dkm_tf.cli_args import parse_input_shape
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -57,16 +57,12 @@ def _parse(words, monkeypatch):
     monkeypatch.setattr(cli_args, "_dataset", lambda name: True)
 
     def compress(model, **kw):
-        cli_overrides.check_compress_args(model, **{k: v for k, v in kw.items()
-                                                    if k != "custom_objects"})
+        cli_overrides.check_compress_args(model, **kw)  # every check of run_compress's
         calls.append(("compress", model, kw))
 
     monkeypatch.setattr(cli, "run_compress", compress)
     monkeypatch.setattr(cli, "run_energy", lambda model, **kw: calls.append(
         ("energy", model, kw)))
-    # the file checks need the files; the flag checks stay
-    monkeypatch.setattr(cli, "check_energy_args",
-                        lambda model, given, shape: check_command_flags("energy", given))
     err = io.StringIO()
     status = cli.run(list(words), stdout=io.StringIO(), stderr=err)
     return status, err.getvalue(), calls
@@ -93,7 +89,8 @@ def _check_reached(words, call):
     for flag, value in _flag_values(words[2:]).items():
         assert flag in got, (flag, sorted(got))
         number = isinstance(got[flag], (int, float)) and not isinstance(got[flag], bool)
-        assert str(got[flag]) == value or number and got[flag] == float(value), (
+        shape = isinstance(got[flag], tuple) and got[flag] == parse_input_shape(value)
+        assert str(got[flag]) == value or number and got[flag] == float(value) or shape, (
             flag, value, got[flag])
 
 
@@ -132,6 +129,14 @@ def test_a_readme_line_the_command_refuses_or_drops_fails(monkeypatch):
     call = (calls[0][0], calls[0][1], {k: v for k, v in calls[0][2].items() if k != "refine"})
     with pytest.raises(AssertionError):
         _check_reached(words, call)
+    # review R5: --custom_objects without --model exits 2 in the real command; an energy
+    # line's --input_shape reaches the command
+    status, err, calls = _parse(("dkm-tf", "compress", "--custom_objects", "my.py"), monkeypatch)
+    assert status == 2 and "--custom_objects" in err and not calls
+    words = ("dkm-tf", "energy", "--model", "m.keras", "--input_shape", "12,12,1")
+    status, err, calls = _parse(words, monkeypatch)
+    assert status == 0 and not err and calls[0][2]["input_shape"] == (12, 12, 1)
+    _check_reached(words, calls[0])
     # the forms a README may show a command in are all found
     text = ("```\n$ dkm-tf compress --n_clusters 8\ncd x; dkm-tf compress --seed 1 | tee log\n"
             "dkm-tf compress \\\n  --epochs 2\n```\nor `python -m dkm_tf compress --lam 1`")
