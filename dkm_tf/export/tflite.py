@@ -105,9 +105,10 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             ``UserWarning`` and a note).
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
             :data:`DEFAULT_TOLERANCE` (float's grown with depth: 1e-5 x layers with weights
-            / 5, at most 1e-4, ``unit_errors.depth_tolerance``), or 10x Keras' own batch-1 vs batch-n difference on the
-            samples when larger (deep nets; noted, ``verify.noise_floor``). int8 files must
-            also agree with Keras' arg-max on :data:`INT8_MIN_TOP1` of the samples
+            / 5, at most 1e-4, ``unit_errors.depth_tolerance``), or 10x Keras' own batch-1 vs
+            batch-n difference on the samples when larger (deep nets; noted,
+            ``verify.noise_floor``). int8 files must also agree with Keras' arg-max on
+            :data:`INT8_MIN_TOP1` of the samples
             (class-score outputs: shaped (samples, classes); with several outputs, softmax
             heads only); every unit (last axis) of their other outputs, ``tolerance`` on its
             own range plus two int8 steps of the output's (``verify.compare``'s
