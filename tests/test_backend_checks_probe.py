@@ -17,6 +17,8 @@ import sys
 
 import pytest
 
+from tests._jax_env24e import xla_flags
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 SCRIPT = r'''
@@ -59,6 +61,8 @@ print(json.dumps(out))
 def _run(backend):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if backend == "jax":
+        env["XLA_FLAGS"] = xla_flags(env)  # fast compile, as the other JAX subprocesses
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,7 +8,6 @@ frozen after wrapping (their shared codebook), variable-level freezing
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import warnings
@@ -264,8 +263,9 @@ print(json.dumps({"moved": float(np.abs(k() - c1).max())}))
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 def test_jax_weight_decay_leaves_a_frozen_kernel_group_fixed():
-    env = {**os.environ, "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONWARNINGS": "ignore"}
+    from tests._jax_env24e import jax_env
+
+    env = jax_env(CUDA_VISIBLE_DEVICES="", PYTHONWARNINGS="ignore")
     out = subprocess.run([sys.executable, "-c", _JAX], env=env, capture_output=True, text=True,
                          timeout=300, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1])["moved"] == 0.0  # 0.0081 before
