@@ -43,7 +43,7 @@ def test_granularity_note_per_tensor_override_is_not_called_per_channel():
     (note,) = granularity_note(size, "per_channel")
     assert note.startswith("1 tensor(s) clustered with another granularity than per_channel: "
                            "fc/kernel (per_tensor); depthwise")
-    assert "one per channel" not in note and "--overrides" in note
+    assert "one per channel" not in note and "`overrides`" in note
     size.rows[0]["granularity"] = "per_channel"
     (note,) = granularity_note(size, "per_tensor")
     assert "2 tensor(s)" in note and "their K is per codebook (one per channel)" in note
