@@ -81,8 +81,8 @@ _REPR = flags.DEFINE_string("representative_data", None, "--int8_mode=full: cali
                              "--samples (.npy, or .npz: x_test, else x_train, else its only "
                              "array); then --samples are verification samples only, held "
                              "out. Without it, full int8 is calibrated on --samples and "
-                             "judged on a held-out half of them (refused where that fails "
-                             "clearly).")
+                             "judged on a held-out half of them (from 8 samples refused "
+                             "where that fails clearly, else a warning; under 4, no check).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 _CUSTOM = flags.DEFINE_string("custom_objects", None, CUSTOM_HELP)
 

@@ -100,6 +100,29 @@ def test_float_tolerance_grows_with_depth_to_palettized(n, want):
                                                 for m in notes)
 
 
+def test_depth_is_the_longest_chain_not_the_width():
+    """Review R6: 40 parallel Dense branches into one Dense were counted 41 deep (8.2e-5), and
+    a file with the output bias shifted by 5e-5 of the range was written; 2 deep: 1e-5."""
+    keras = pytest.importorskip("keras")
+    from dkm_tf.export.unit_errors import depth_tolerance, weighted_depth
+
+    i = keras.Input((6,))
+    h = keras.layers.Concatenate()([keras.layers.Dense(4)(i) for _ in range(40)])
+    wide = keras.Model(i, keras.layers.Dense(3)(h))
+    assert weighted_depth(wide) == 2
+    assert depth_tolerance(wide, 1e-5, 1e-4, []) == 1e-5
+    block = keras.Sequential([keras.layers.Dense(6) for _ in range(10)])  # nested: 10 deep
+    j = keras.Input((6,))
+    nested = keras.Model(j, keras.layers.Dense(3)(block(keras.layers.Dense(6)(j))))
+    assert weighted_depth(nested) == 12 and weighted_depth(_chain(20)) == 20
+    shared = keras.layers.Dense(6)  # one layer called 6 times in a row: 6 deep
+    k = keras.Input((6,))
+    h = k
+    for _ in range(6):
+        h = shared(h)
+    assert weighted_depth(keras.Model(k, h)) == 6
+
+
 def test_a_deep_float_file_reports_its_depth_tolerance(tmp_path):
     report = dkm_tf.export.to_tflite(_chain(20), str(tmp_path / "m.tflite"), format="float")
     assert report.comparisons and all(c.tolerance == pytest.approx(4e-5)

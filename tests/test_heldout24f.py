@@ -65,7 +65,8 @@ def test_near_tolerance_failure_warns_and_writes(tmp_path):
     h = rep.held_out
     assert h.n_samples == 4 and not h.ok and 1 < h.unit_excess <= 1.4 and h.rel_error <= 0.575
     assert any("held-out check failed" in n and "not refused" in n for n in rep.notes)
-    assert ": failed, not refused" in rep.summary()
+    assert f", worst unit {h.unit_excess:.3g}x its allowance: failed, not refused" in \
+        rep.summary()  # why it failed (review R6)
     # the written file is right on 2,000 other samples of the same distribution
     pool = [np.random.default_rng(7).normal(size=(2000, 8)).astype("float32")]
     content = path.read_bytes()

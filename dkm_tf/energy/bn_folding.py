@@ -54,6 +54,9 @@ def folds_after(producer, norm, rank, keras):
     convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
              L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose)
     channel = rank - 1
+    if any(int(d) != 1 for d in getattr(inner, "dilation_rate", None) or ()) and not \
+            isinstance(inner, (L.SeparableConv1D, L.SeparableConv2D)):
+        return False  # SPACE_TO_BATCH_ND / CONV / BATCH_TO_SPACE_ND, then a MUL (review R7)
     if isinstance(inner, convs):
         if getattr(inner, "data_format", "channels_last") == "channels_first":
             channel = 1  # the converter folds it there too (tests/test_layout16.py)

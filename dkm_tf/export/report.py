@@ -96,6 +96,8 @@ class ExportReport:
                          f"(tolerance {h.tolerance:g}) over the other {h.n_samples}" + (
                              f", top-1 agreement {h.top1_agreement:.3g}"
                              if h.min_top1 == h.min_top1 else "")
+                         + (f", worst unit {h.unit_excess:.3g}x its allowance"
+                            if h.unit_excess > 1 else "")  # why it failed (review R6)
                          + (": passed" if h.ok else ": failed, not refused"))
         lines.append("  batch: " + ("dynamic" if self.dynamic_batch else "fixed at 1"))
         for t in self.tensors:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["FLOAT_LAYERS_PER_STEP", "INT8_UNIT_FLOOR", "NOISE_FACTOR", "depth_tolerance",
-           "noise_floor", "output_errors", "unit_report"]
+           "noise_floor", "output_errors", "unit_report", "weighted_depth"]
 
 INT8_UNIT_FLOOR = 2.0 / 127.0  # two int8 steps of the whole output's max |keras|
 NOISE_FACTOR = 10  # a default tolerance is at least this many times Keras' own noise
@@ -96,21 +96,43 @@ def noise_floor(tolerance, noise, n, notes):
     return NOISE_FACTOR * noise
 
 
+def weighted_depth(layer):
+    """Layers with weights on the longest input-to-output chain of ``layer`` (nested models
+    counted inside; parallel branches and tables not added up: review R6); a subclassed
+    model's every layer with weights (its graph is not known)."""
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
+
+    if not getattr(layer, "layers", None):
+        return 1 if getattr(layer, "weights", None) else 0
+    if isinstance(layer, keras.Sequential):
+        return sum(weighted_depth(x) for x in layer.layers)
+    by_depth = getattr(layer, "_nodes_by_depth", None)  # Keras' own node depths
+    if not by_depth:
+        return sum(1 for x in walk_layers(layer) if getattr(x, "weights", None)
+                   and not getattr(x, "layers", None))
+    chain = {}
+    for depth in sorted(by_depth, reverse=True):  # from the inputs to the outputs
+        for node in by_depth[depth]:
+            chain[id(node)] = max((chain.get(id(p), 0) for p in node.parent_nodes),
+                                  default=0) + weighted_depth(node.operation)
+    return max(chain.values(), default=0)
+
+
 def depth_tolerance(model, tolerance, cap, notes):
     """The float ``tolerance`` for ``model``'s depth: ``tolerance x n / 5`` for ``n`` layers
-    with weights beyond 5, at most ``cap`` (palettized's), with a note saying so.
+    with weights on its longest chain (:func:`weighted_depth`) beyond 5, at most ``cap``
+    (palettized's), with a note saying so.
 
     Float32 rounding grows with depth: ResNet50 (random weights, batch norms calibrated on 8
     images; 107 layers with weights) differs from Keras by 2.7e-5 in its float file and was
-    refused at 1e-5, while a small net keeps 1e-5 (a float file of a 3-layer regressor whose
+    refused at 1e-5, while a small net keeps 1e-5 (a float file of a 2-layer regressor whose
     small unit's bias was dropped, 9e-5 of the output's range, is refused; review R4)."""
-    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
-
-    n = sum(1 for layer in walk_layers(model) if getattr(layer, "weights", None)
-            and not hasattr(layer, "layers"))
+    n = weighted_depth(model)
     scaled = min(cap, tolerance * max(1.0, n / FLOAT_LAYERS_PER_STEP))
     if scaled > tolerance:
-        notes.append(f"float tolerance {scaled:.3g} for {n} layers with weights ({tolerance:g} "
-                     f"per {FLOAT_LAYERS_PER_STEP}, at most {cap:g}): float32 rounding grows "
-                     "with depth")
+        notes.append(f"float tolerance {scaled:.3g} for {n} layers with weights on the longest "
+                     f"chain ({tolerance:g} per {FLOAT_LAYERS_PER_STEP}, at most {cap:g}): "
+                     "float32 rounding grows with depth")
     return scaled

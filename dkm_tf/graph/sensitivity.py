@@ -178,7 +178,7 @@ def _class_targets(model, loss_fn, x0, pred, keras):
     """The C targets ``t_c`` (sparse ``[c]`` or one-hot) for which ``exp(-L(t_c, f(x)))`` are
     the model's class probabilities, and the tolerance of their sum (:func:`sum_tolerance`);
     raise if the loss is not such a cross-entropy."""
-    tol = SUM_TOL if getattr(loss_fn, "label_smoothing", 0) else sum_tolerance(pred)  # R4
+    tol = sum_tolerance(pred)
     pred = _float32_outputs(pred)  # a loss function computes in its input's dtype
     shape = tuple(pred.shape) if hasattr(pred, "shape") else None
     if shape is None or len(shape) != 2 or shape[1] < 2:
@@ -205,7 +205,7 @@ def _class_targets(model, loss_fn, x0, pred, keras):
         except Exception as e:  # noqa: BLE001 (this label format does not fit the loss)
             found.append(f"{kind} labels: {type(e).__name__}: {str(e).strip()[:200]}")
             continue
-        if abs(total - 1.0) <= tol:
+        if min(abs(total - 1.0), abs(total - out.sum())) <= SUM_TOL:  # p_c, as stored (R6)
             return targets, tol
         found.append(f"{kind} labels: sum_c exp(-loss) = {total:.6g}")
     raise _not_cross_entropy(model, n, "; ".join(found))
