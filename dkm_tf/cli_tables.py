@@ -13,11 +13,10 @@ import tempfile
 import textwrap
 
 from dkm_tf.core import std_fds
-from dkm_tf.pipeline_report import granularity_note, params_note  # the notes compress keeps
 
 __all__ = ["ENERGY_LEGEND", "PT_LEGEND", "RUNTIMES", "SIZE_LEGEND", "TARGETS", "TFLITE_LEGEND",
            "import_tensorflow_quietly", "json_text", "keras_line", "native_stderr_filtered",
-           "granularity_note", "params_note", "size_legend", "table_runtime",
+           "size_legend", "table_runtime",
            "tflite_table"]
 
 TARGETS = ("float", "int8", "palettized", "palettized_per_invoke")

@@ -16,8 +16,8 @@ import keras
 import numpy as np
 import pytest
 
-from dkm_tf.cli_tables import granularity_note, params_note
 from dkm_tf.graph.weighted_kmeans import weighted_kmeans
+from dkm_tf.pipeline_report import granularity_note, params_note
 
 
 def _net(with_bn1):
