@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["FLOAT_LAYERS_PER_STEP", "INT8_UNIT_FLOOR", "NOISE_FACTOR", "depth_tolerance",
-           "noise_floor", "output_errors", "unit_report", "weighted_depth"]
+           "noise_floor", "output_depths", "output_errors", "unit_report",
+           "weighted_depth"]
 
 INT8_UNIT_FLOOR = 2.0 / 127.0  # two int8 steps of the whole output's max |keras|
 NOISE_FACTOR = 10  # a default tolerance is at least this many times Keras' own noise
@@ -97,27 +98,48 @@ def noise_floor(tolerance, noise, n, notes):
 
 
 def weighted_depth(layer):
-    """Layers with weights on the longest input-to-output chain of ``layer`` (nested models
-    counted inside; parallel branches and tables not added up: review R6); a subclassed
-    model's every layer with weights (its graph is not known)."""
+    """Layers with weights on the longest chain from ``layer``'s inputs to one of its outputs
+    (parallel branches and tables not added up: review R6); a subclassed model's every layer
+    with weights (its graph is not known).
+
+    A walk over the tensors the model computes with: a nested model's output tensor is as
+    deep as that output's own chain (:func:`output_depths`), so an outer model reading a
+    nested model's 1-deep output beside its 20-deep one counts 1 for it, not 20 (review R8).
+    Never less than the deepest path: a nested model's output adds its deepest chain from any
+    of its inputs to the deepest of the tensors it is called on."""
+    return max(output_depths(layer), default=0)
+
+
+def output_depths(layer):
+    """Per output of ``layer``, the layers with weights on its longest chain from any input
+    (see :func:`weighted_depth`): a list, one entry per output tensor; ``[n]`` for a layer
+    or a model whose graph is not walked (a Sequential: the sum over its layers; a subclassed
+    model: its every layer with weights)."""
     import keras  # noqa: PLC0415
 
     from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
 
     if not getattr(layer, "layers", None):
-        return 1 if getattr(layer, "weights", None) else 0
+        return [1 if getattr(layer, "weights", None) else 0]
     if isinstance(layer, keras.Sequential):
-        return sum(weighted_depth(x) for x in layer.layers)
+        return [sum(weighted_depth(x) for x in layer.layers)]
     by_depth = getattr(layer, "_nodes_by_depth", None)  # Keras' own node depths
     if not by_depth:
-        return sum(1 for x in walk_layers(layer) if getattr(x, "weights", None)
-                   and not getattr(x, "layers", None))
-    chain = {}
-    for depth in sorted(by_depth, reverse=True):  # from the inputs to the outputs
-        for node in by_depth[depth]:
-            chain[id(node)] = max((chain.get(id(p), 0) for p in node.parent_nodes),
-                                  default=0) + weighted_depth(node.operation)
-    return max(chain.values(), default=0)
+        return [sum(1 for x in walk_layers(layer) if getattr(x, "weights", None)
+                    and not getattr(x, "layers", None))]
+    depth, made = {}, {}  # id(tensor) -> weighted layers before it; id(node) -> its deepest
+    for level in sorted(by_depth, reverse=True):  # from the inputs to the outputs
+        for node in by_depth[level]:
+            parents = max((made.get(id(p), 0) for p in node.parent_nodes), default=0)
+            start = max((depth.get(id(t), parents) for t in node.input_tensors), default=0)
+            outs = [start + d for d in output_depths(node.operation)]
+            tensors = list(node.outputs)
+            if len(outs) != len(tensors):  # not one depth per output: the deepest for all
+                outs = [max(outs, default=start)] * len(tensors)
+            depth.update((id(t), d) for t, d in zip(tensors, outs))
+            made[id(node)] = max(outs, default=start)
+    deepest = max(made.values(), default=0)  # an output not walked: no fewer than any chain
+    return [depth.get(id(t), deepest) for t in layer.outputs]
 
 
 def depth_tolerance(model, tolerance, cap, notes):

@@ -1,0 +1,122 @@
+"""Leftovers of the export and CLI code (session 25): the float tolerance's depth walks the
+tensors an outer model reads (a nested model's shallow output is not its deepest chain,
+review R8)."""
+
+import numpy as np
+import pytest
+from testing import tf_backend_only
+
+keras = pytest.importorskip("keras")
+
+import dkm_tf  # noqa: E402
+from dkm_tf.export import convert as convert_lib  # noqa: E402
+from dkm_tf.export import verify  # noqa: E402
+from dkm_tf.export.unit_errors import depth_tolerance, output_depths, weighted_depth  # noqa: E402
+
+pytestmark = tf_backend_only()
+
+
+def _chain(x, n):
+    for _ in range(n):
+        x = keras.layers.Dense(6, activation="tanh")(x)
+    return x
+
+
+def _shallow_and_deep(deep=20):
+    """A nested Functional model with a 1-deep and a ``deep``-deep output."""
+    i = keras.Input((6,))
+    a = _chain(i, 1)
+    return keras.Model(i, [a, _chain(a, deep - 1)], name="inner")
+
+
+def _reads_shallow():
+    """The outer model reads only the nested model's 1-deep output: 2 deep."""
+    keras.utils.set_random_seed(0)
+    inner = _shallow_and_deep()
+    j = keras.Input((6,))
+    shallow, _ = inner(j)
+    return keras.Model(j, keras.layers.Dense(3, name="head")(shallow))
+
+
+def test_nested_depth_is_that_of_the_output_read():
+    # the parent counted the nested model's whole chain: 21 for the shallow read
+    assert output_depths(_shallow_and_deep()) == [1, 20]
+    assert weighted_depth(_reads_shallow()) == 2
+    notes = []
+    assert depth_tolerance(_reads_shallow(), 1e-5, 1e-4, notes) == 1e-5 and notes == []
+    inner = _shallow_and_deep()
+    j = keras.Input((6,))
+    shallow, deep = inner(j)
+    both = keras.Model(j, [keras.layers.Dense(3)(shallow), deep])
+    assert weighted_depth(both) == 20  # the deep output itself, nothing added after it
+    twice = keras.Model(j, inner(deep)[0])  # 20, then the shallow output of a second call
+    assert weighted_depth(twice) == 21
+    i = keras.Input((6,))
+    inner2 = keras.Model(i, [_chain(i, 1), _chain(i, 12)])
+    x = keras.Input((6,))
+    mid = keras.Model(x, list(inner2(x)))  # nested in a nested model
+    z = keras.Input((6,))
+    assert weighted_depth(keras.Model(z, keras.layers.Dense(2)(mid(z)[0]))) == 2
+    passthrough = keras.Model(i, [i, _chain(i, 4)])  # an input returned as an output: 0 deep
+    assert weighted_depth(keras.Model(x, keras.layers.Dense(2)(passthrough(x)[0]))) == 1
+
+
+def test_nested_dict_outputs_keep_their_depths():
+    i = keras.Input((6,))
+    inner = keras.Model(i, {"z_deep": _chain(i, 9), "a_shallow": _chain(i, 1)})
+    j = keras.Input((6,))
+    out = inner(j)
+    assert weighted_depth(keras.Model(j, keras.layers.Dense(3)(out["a_shallow"]))) == 2
+    assert weighted_depth(keras.Model(j, keras.layers.Dense(3)(out["z_deep"]))) == 10
+
+
+def test_depth_is_never_below_the_deepest_path():
+    # a two-input nested model: 5 deep from a, 1 from b, b fed a 7-deep chain: the path is 8
+    # deep; the walk adds the nested output's deepest chain (5) to its deepest input (7)
+    a, b = keras.Input((6,)), keras.Input((6,))
+    two = keras.Model([a, b], keras.layers.Add()([_chain(a, 5), _chain(b, 1)]))
+    x = keras.Input((6,))
+    got = weighted_depth(keras.Model(x, two([x, _chain(x, 7)])))
+    assert 8 <= got <= 12
+
+    class Sub(keras.Model):  # subclassed: its every layer with weights (graph not known)
+        def __init__(self):
+            super().__init__()
+            self.d = [keras.layers.Dense(6) for _ in range(4)]
+
+        def call(self, h):
+            for d in self.d:
+                h = d(h)
+            return h
+
+    seq = keras.Sequential([keras.layers.Dense(6) for _ in range(3)])
+    assert weighted_depth(keras.Model(x, Sub()(seq(keras.layers.Dense(6)(x))))) == 8
+
+
+@pytest.mark.parametrize("name, want", [("ResNet50", 99), ("MobileNetV2", 105)])
+def test_applications_keep_their_depth(name, want):
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(weights=None, input_shape=(32, 32, 3))
+    assert weighted_depth(model) == want
+
+
+def test_export_of_a_shallow_read_refuses_what_the_whole_chain_let_through(tmp_path):
+    """A float file 2.5e-5 (of the output's range) off: the parent verified it at 4.2e-5 (21
+    deep) and wrote it; 2 deep: 1e-5, refused."""
+    model = _reads_shallow()
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    ref = np.asarray(model.predict(x, verbose=0), np.float64)
+    wrong = keras.models.clone_model(model)
+    wrong.set_weights(model.get_weights())
+    head = wrong.get_layer("head")
+    shift = 2.5e-5 * float(np.max(np.abs(ref)))
+    head.bias.assign(head.bias.numpy() + shift)
+    content = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
+    got = verify.run_tflite(content, [x], "litert")[0]  # the file is off by the shift
+    assert np.max(np.abs(got - ref)) / np.max(np.abs(ref)) == pytest.approx(2.5e-5, rel=0.05)
+    path = tmp_path / "m.tflite"
+    with pytest.raises(verify.ExportVerificationError, match="tolerance 1e-05"):
+        dkm_tf.export.to_tflite(model, path, "float", sample_inputs=x, float_content=content)
+    assert not path.exists()
+    right = dkm_tf.export.to_tflite(model, path, "float", sample_inputs=x)  # its own file
+    assert path.exists() and all(c.tolerance == 1e-5 for c in right.comparisons)
