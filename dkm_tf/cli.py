@@ -48,6 +48,7 @@ from dkm_tf.cli_run_state import on_sigint as _on_sigint
 from dkm_tf.cli_run_state import unfinished as _unfinished
 from dkm_tf.cli_tables import import_tensorflow_quietly
 from dkm_tf.core.files import atomic_path, is_home_tilde
+from dkm_tf.core.validate import CALIBRATION_SAMPLES
 
 _MODEL = flags.DEFINE_string("model", None, "Path to a .keras model (default: train the "
                              "built-in digits CNN).")
@@ -80,14 +81,15 @@ _WEIGHTING = flags.DEFINE_enum("weighting", "none", ["none", "fisher"], "Post-tr
 _REFINE = flags.DEFINE_enum("refine", "none", ["none", "outputs", "gptq"], "Post-training "
                             "(--method wr): fit the codebooks to the float layer outputs "
                             "(gptq: with GPTQ's assignment too).")
-_CALIBRATION = flags.DEFINE_integer("calibration_samples", 256, "Training samples that "
-                                    "--weighting / --refine calibrate on (--method wr): drawn "
-                                    "at random with --seed from the training part of "
+_CALIBRATION = flags.DEFINE_integer("calibration_samples", CALIBRATION_SAMPLES, "Training "
+                                    "samples that --weighting / --refine calibrate on "
+                                    "(--method wr): drawn at random with --seed from the "
+                                    "training part of "
                                     "--dataset (of the built-in digits without it), all of it "
                                     "if it has fewer. --refine on fewer than 16 is noted (the "
                                     "fits over-fit so few); on 1 it keeps the k-means "
-                                    "codebooks. Another value than 256 without --weighting / "
-                                    "--refine is refused (unused).")
+                                    f"codebooks. Another value than {CALIBRATION_SAMPLES} "
+                                    "without --weighting / --refine is refused (unused).")
 _INIT = flags.DEFINE_enum("init", "kmeans++", ["kmeans++", "linear", "density", "random"],
                           "k-means initialisation.")
 _EPOCHS = flags.DEFINE_integer("epochs", 30, "Training epochs of the built-in model.")
@@ -134,7 +136,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                  dkm_epochs=5, lam=1.0, seed=0, output_dir="dkm_tf_out", tflite=True,
                  plots=True, plots_dir=None, quiet=False, progress=None, codebook="layer",
                  transforms=1, scale_bits=16, weighting="none", refine="none",
-                 calibration_samples=256, overrides=None, custom_objects=None):
+                 calibration_samples=CALIBRATION_SAMPLES, overrides=None,
+                 custom_objects=None):
     """Run ``dkm-tf compress``; returns the :class:`~dkm_tf.pipeline.CompressionResult`.
 
     Training, k-means, export and evaluation show progress on stderr

@@ -22,6 +22,8 @@ from dkm_tf.cli_commands import (  # noqa: F401 - re-exported: the names people 
     SUMMARY,
     help_text,
 )
+from dkm_tf.core import validate
+from dkm_tf.core.validate import CALIBRATION_SAMPLES
 
 MAX_CLUSTERS = 65_536
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -141,7 +143,8 @@ def check_compress_args(model_path=None, *, dataset=None, method=None, n_cluster
                         finetune_epochs=3, dkm_epochs=5, lam=1.0, seed=0,
                         output_dir="dkm_tf_out", tflite=True, plots=True, plots_dir=None,
                         quiet=False, codebook="layer", transforms=1, scale_bits=16,
-                        weighting="none", refine="none", calibration_samples=256,
+                        weighting="none", refine="none",
+                        calibration_samples=CALIBRATION_SAMPLES,
                         custom_objects=None):
     """Check every ``dkm-tf compress`` argument; raise :class:`CliUsageError` on the first bad
     one. (``unit``, ``granularity``, ``init`` and ``method`` are enums absl already checked.)"""
@@ -248,9 +251,10 @@ def _calibration_flags(model_path, dataset, method, weighting, refine, samples):
             raise CliUsageError(flag, "none with --model and no --dataset (it calibrates on "
                                 "the training samples of --dataset)", value)
     _int("calibration_samples", samples, 1)
-    if weighting == refine == "none" and samples != 256:  # the default: not silently unused
-        raise CliUsageError("calibration_samples", "256 (the default) unless --weighting or "
-                            "--refine is given (only they calibrate)", samples)
+    default = validate.CALIBRATION_SAMPLES  # read at each call: one value for every check
+    if weighting == refine == "none" and samples != default:  # not silently unused
+        raise CliUsageError("calibration_samples", f"{default} (the default) unless "
+                            "--weighting or --refine is given (only they calibrate)", samples)
 
 
 def _kernel_flags(unit, codebook, transforms, scale_bits, **others):

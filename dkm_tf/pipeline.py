@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from dkm_tf.core import palette as palette_lib
+from dkm_tf.core.validate import CALIBRATION_SAMPLES
 from dkm_tf.graph.share import share_weights
 from dkm_tf.pipeline_args import calibration_set, check_args, fisher_loss, input_range_note
 from dkm_tf.pipeline_metrics import (
@@ -178,7 +179,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
              finetune_epochs=2, finetune_learning_rate=None, dkm_epochs=5, lam=1.0,
              relaxation="hard", sparsity=0.0, batch_size=64, verbose=1,
              preserve_sparsity=False, progress=None, codebook="layer", transforms=1,
-             scale_bits=16, weighting=None, refine=None, calibration_samples=256,
+             scale_bits=16, weighting=None, refine=None,
+             calibration_samples=CALIBRATION_SAMPLES,
              class_weight=None):
     """Compress a Keras model by k-means weight sharing.
 
@@ -232,7 +234,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             ``calibration_samples`` samples of ``train_data`` drawn with ``seed``.
         calibration_samples: how many training samples ``weighting`` / ``refine`` use
             (``refine`` over-fits fewer than 16, noted; on one it keeps the k-means codebooks);
-            another value than 256 without them is refused (unused).
+            another value than the default (``core.validate.CALIBRATION_SAMPLES``, 256)
+            without them is refused (unused).
         class_weight: ``{class id: weight}`` of the training methods' loss (see
             :func:`dkm_tf.finetune`); refused with ``"wr"``.
 

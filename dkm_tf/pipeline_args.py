@@ -338,8 +338,9 @@ def check_calibration(model, method, train_data, a):
                          validate.check_choice("refine", a["refine"], REFINES))
     validate.check_int("calibration_samples", a["calibration_samples"], minimum=1)
     if weighting is None and refine is None:
-        if a["calibration_samples"] != 256:  # the default: not silently unused (review R2)
-            raise validate.invalid("calibration_samples", "256 (the default) unless "
+        default = validate.CALIBRATION_SAMPLES  # not silently unused (review R2)
+        if a["calibration_samples"] != default:
+            raise validate.invalid("calibration_samples", f"{default} (the default) unless "
                                    "weighting or refine is given (only they calibrate)",
                                    a["calibration_samples"])
         return

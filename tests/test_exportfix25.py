@@ -120,3 +120,37 @@ def test_export_of_a_shallow_read_refuses_what_the_whole_chain_let_through(tmp_p
     assert not path.exists()
     right = dkm_tf.export.to_tflite(model, path, "float", sample_inputs=x)  # its own file
     assert path.exists() and all(c.tolerance == 1e-5 for c in right.comparisons)
+
+
+def test_one_calibration_default_for_the_cli_compress_and_their_refusals(monkeypatch):
+    """The default 256 was a literal in four places (the flag, run_compress / the CLI check,
+    compress() and the two refusals of another value without weighting / refine): one changed
+    alone would refuse the other's default run."""
+    import inspect
+
+    from absl import flags
+
+    from dkm_tf import cli, cli_args, pipeline, pipeline_args
+    from dkm_tf.core import validate
+
+    n = validate.CALIBRATION_SAMPLES
+    defaults = {"--calibration_samples": flags.FLAGS["calibration_samples"].default}
+    for f in (cli.run_compress, cli_args.check_compress_args, pipeline.compress):
+        defaults[f.__name__] = inspect.signature(f).parameters["calibration_samples"].default
+    assert set(defaults.values()) == {n} == {256}, defaults
+    help_line = " ".join(flags.FLAGS["calibration_samples"].help.split())
+    assert f"Another value than {n} without --weighting / --refine is refused" in help_line
+    for value, other in ((n, 100), (100, n)):  # the refusals read the one value at each call
+        monkeypatch.setattr(validate, "CALIBRATION_SAMPLES", value)
+        a = {"weighting": None, "refine": None, "calibration_samples": value}
+        cli_args.check_compress_args(None, calibration_samples=value, tflite=False)
+        pipeline_args.check_calibration(None, "wr", None, a)  # accepted: returns
+        with pytest.raises(cli_args.CliUsageError, match=rf"--calibration_samples: expected "
+                           rf"{value} \(the default\) unless --weighting or --refine"):
+            cli_args.check_compress_args(None, calibration_samples=other, tflite=False)
+        with pytest.raises(ValueError, match=rf"`calibration_samples`. Expected {value} \(the "
+                           rf"default\) unless weighting or refine.*calibration_samples={other}"):
+            pipeline_args.check_calibration(None, "wr", None, {**a, "calibration_samples": other})
+        cli_args.check_compress_args(None, method="wr", refine="gptq", tflite=False,
+                                     calibration_samples=other)  # calibrated: any count
+

@@ -5,6 +5,11 @@
 
 from __future__ import annotations
 
+# The default number of training samples ``weighting`` / ``refine`` calibrate on: of
+# compress(), dkm-tf compress (its --calibration_samples) and their refusal of another value
+# without weighting / refine (it would be unused; review R2). One value, read by all four.
+CALIBRATION_SAMPLES = 256
+
 
 def invalid(name, expected, value):
     """The ``ValueError`` for argument ``name``: what was expected and what was received
