@@ -19,7 +19,6 @@ from dkm_tf.cli_commands import (  # noqa: F401 - re-exported: the names people 
     COMMAND_FLAGS,
     COMMANDS,
     EXTRA_FLAGS,
-    SUMMARY,
     help_text,
 )
 from dkm_tf.core import validate

@@ -1,7 +1,9 @@
 """The commands of ``dkm-tf``, the flags each takes, and the ``--help`` text (no Keras, no
 TensorFlow; the flags themselves are defined in :mod:`dkm_tf.cli`).
 
-:mod:`dkm_tf.cli_args` re-exports every name here (``from dkm_tf.cli_args import help_text``).
+:mod:`dkm_tf.cli_args` re-exports the names other modules import (``COMMANDS``,
+``COMMAND_FLAGS``, ``EXTRA_FLAGS``, ``help_text``: ``from dkm_tf.cli_args import
+help_text``); ``SUMMARY`` is read here only.
 """
 
 from __future__ import annotations

@@ -154,3 +154,25 @@ def test_one_calibration_default_for_the_cli_compress_and_their_refusals(monkeyp
         cli_args.check_compress_args(None, method="wr", refine="gptq", tflite=False,
                                      calibration_samples=other)  # calibrated: any count
 
+
+def test_cli_args_re_exports_only_names_that_are_imported():
+    """cli_args re-exported cli_commands.SUMMARY, which nothing imported from it."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    tree = ast.parse((root / "dkm_tf" / "cli_args.py").read_text())
+    re_exported = {a.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                   and node.module == "dkm_tf.cli_commands" for a in node.names}
+    used = set()
+    for path in [*root.glob("dkm_tf/**/*.py"), *root.glob("tests/*.py"), *root.glob("bench/*.py"),
+                 *root.glob("export/*.py")]:
+        if path.name == "cli_args.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "dkm_tf.cli_args":
+                used.update(a.name for a in node.names)
+            elif isinstance(node, ast.Attribute) and getattr(node.value, "id", "") == "cli_args":
+                used.add(node.attr)
+    assert {"COMMANDS", "help_text"} <= re_exported
+    assert re_exported - used == set()
