@@ -176,3 +176,36 @@ def test_cli_args_re_exports_only_names_that_are_imported():
                 used.add(node.attr)
     assert {"COMMANDS", "help_text"} <= re_exported
     assert re_exported - used == set()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A saved Dense(8 -> 16 relu -> 3) regressor and 8 samples (x.npy), 40 others (rep.npy)."""
+    d = tmp_path_factory.mktemp("exportfix25")
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                          keras.layers.Dense(3)])
+    m.save(d / "m.keras")
+    r = np.random.default_rng(0)
+    np.save(d / "x.npy", r.normal(size=(8, 8)).astype("f4"))
+    np.save(d / "rep.npy", r.normal(size=(40, 8)).astype("f4"))
+    return d
+
+
+def test_same_arrays_as_representative_data_are_calibration_samples(saved, tmp_path):
+    """In Python, sample_inputs all inside representative_data were reported as verified on
+    (held-out) "samples"; now "calibration samples", noted (some inside: noted only)."""
+    m = keras.models.load_model(saved / "m.keras", compile=False)
+    x, other = np.load(saved / "x.npy"), np.load(saved / "rep.npy")
+    rep = dkm_tf.export.to_tflite(m, tmp_path / "a.tflite", "int8", sample_inputs=x,
+                                  int8_mode="full", representative_data=np.concatenate([other, x]))
+    assert {c.measured_on for c in rep.comparisons} == {"calibration samples"}
+    assert rep.held_out is None and "over 8 calibration samples" in rep.summary()
+    assert any("the 8 sample_inputs are all in representative_data" in n for n in rep.notes)
+    rep = dkm_tf.export.to_tflite(m, tmp_path / "b.tflite", "int8", sample_inputs=x,
+                                  int8_mode="full", representative_data=np.concatenate(
+                                      [other, x[:3].astype("float64")]))  # cast like the file
+    assert {c.measured_on for c in rep.comparisons} == {"samples"}
+    assert any("3 of the 8 sample_inputs are also in representative_data" in n
+               for n in rep.notes)
+

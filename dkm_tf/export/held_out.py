@@ -44,14 +44,18 @@ export).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import warnings
+
+import numpy as np
 
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.calibration import CalibrationError
 
 __all__ = ["HELD_OUT_MAX", "HELD_OUT_MIN", "REFUSE_MIN", "REL_MARGIN", "UNIT_MARGIN",
-           "clear_failure", "held_out_check", "judge"]
+           "calibration_overlap", "clear_failure", "held_out_check", "judge",
+           "mark_calibrated"]
 
 HELD_OUT_MIN = 4  # samples: 2 to calibrate the judging file, 2 held out
 REFUSE_MIN = 4  # held-out samples (and as many calibrating) a failed check refuses on
@@ -195,3 +199,36 @@ def judge(path, model, specs, inputs, comparisons, notes, min_top1=None, unit_fl
     notes.append(message)
     warnings.warn(message, UserWarning, stacklevel=3)
     return comparisons, held
+
+
+def calibration_overlap(inputs, calibration):
+    """How many samples of ``inputs`` (a list of arrays, one per model input) are also a
+    sample of ``calibration`` (the same bytes, shape and dtype in every input)."""
+    def keys(arrays):
+        return [hashlib.blake2b(b"".join(f"{a.dtype}{a.shape[1:]}".encode()
+                                         + np.ascontiguousarray(a[i]).tobytes()
+                                         for a in arrays), digest_size=16).digest()
+                for i in range(len(arrays[0]))]
+
+    known = set(keys(calibration))
+    return sum(k in known for k in keys(inputs))
+
+
+def mark_calibrated(comparisons, inputs, calibration, notes):
+    """``comparisons`` of a full-int8 file calibrated on ``calibration`` (its
+    representative_data) and verified on ``inputs``: measured on ``"calibration samples"``
+    when every sample is one of the calibration samples, with a note (also when some are).
+    Given representative_data, there is no held-out check: the samples were taken as held out
+    (``export/to_tflite.py`` refuses one file for both flags)."""
+    n, k = len(inputs[0]), calibration_overlap(inputs, calibration)
+    if not k:
+        return comparisons
+    if k < n:
+        notes.append(f"int8 full: {k} of the {n} sample_inputs are also in representative_data: "
+                     "the verification is partly on calibration samples, not held out")
+        return comparisons
+    notes.append(f"int8 full: the {n} sample_inputs are all in representative_data, so the "
+                 "verified error is that of calibration samples, not held out (leave "
+                 "representative_data out for a held-out check on half of them, or pass "
+                 "other samples)")
+    return [dataclasses.replace(c, measured_on=CALIBRATION) for c in comparisons]

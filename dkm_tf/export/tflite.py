@@ -102,7 +102,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             ``sample_inputs`` a file calibrated on the even-numbered ones is run on the
             others (``report.held_out``, :mod:`dkm_tf.export.held_out`; a clear failure
             refuses the file from 8 samples, a narrower one or one below 8 samples is a
-            ``UserWarning`` and a note).
+            ``UserWarning`` and a note). ``sample_inputs`` all in it are measured on
+            calibration samples too (noted; :func:`~dkm_tf.export.held_out.mark_calibrated`).
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
             :data:`DEFAULT_TOLERANCE` (float's grown with depth: 1e-5 x layers with weights
             / 5, at most 1e-4, ``unit_errors.depth_tolerance``), or 10x Keras' own batch-1 vs
@@ -289,6 +290,9 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             path, model, specs, inputs if sample_inputs is not None else None, comparisons,
             notes, min_top1, floor, post=(lambda c: preserve_clusters(c, palettes)[0])
             if palettes and int8_scales == "shared" else None)
+    elif format == "int8" and int8_mode == "full" and sample_inputs is not None:
+        comparisons = held_out.mark_calibrated(comparisons, inputs, convert_lib.as_specs_dtypes(
+            convert_lib.as_input_list(representative_data), specs), notes)
     if format != "tflm":  # the float file with the exported file's fixes, for the figures
         float_content = fixed_like(float_content, convert_lib.open_dims(model), dynamic)
     write_atomic(path, content)
