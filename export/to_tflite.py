@@ -6,7 +6,7 @@ Usage:
       [--kept_dtype float32|float16] [--index_packing dense|tuples]
       [--int8_mode dynamic|full] [--int8_scales per_channel|shared]
       [--samples x.npy|data.npz] [--representative_data calib.npy|data.npz]
-      [--output m.tflite] [--overwrite]
+      [--tolerance 2e-4] [--output m.tflite] [--overwrite]
       [--custom_objects my_layers.py,userpkg.losses]
   python export/to_tflite.py --model m.keras --n_clusters 16   # post-training k-means first
       [--unit scalar|row|kernel] [--granularity per_tensor|per_channel]
@@ -18,7 +18,9 @@ replaced unless --overwrite is given, and an input file (--model, --palettes, --
 a positional argument, an output that exists or is an input, a flag the format does not
 use set to a value other than its default: --decode with --format=int8, --int8_mode=full
 with --format=palettized, --keep_float=none with --decode=per_invoke, --representative_data
-without --int8_mode=full, ...) is refused before any work: one line on stderr, exit status 2.
+without --int8_mode=full, an empty path (--samples=), one file for --samples and
+--representative_data, a --tolerance not a positive number, ...) is refused before any work:
+one line on stderr, exit status 2.
 The written model is run in the LiteRT interpreters and compared with Keras before it is
 written; the report is printed. A bad input is one line on stderr,
 exit status 1, nothing written (DKM_TF_TRACEBACK=1 shows the traceback).
@@ -36,8 +38,11 @@ from dkm_tf.export.cli import (
     default_output_path,
     inapplicable_flags,
     output_collision,
+    path_flag_errors,
     run_to_tflite,
+    script_error_text,
     script_flags_parser,
+    tolerance_flag_error,
 )
 
 _MODEL = flags.DEFINE_string("model", None, "Path to the .keras model.")
@@ -83,6 +88,11 @@ _REPR = flags.DEFINE_string("representative_data", None, "--int8_mode=full: cali
                              "out. Without it, full int8 is calibrated on --samples and "
                              "judged on a held-out half of them (from 8 samples refused "
                              "where that fails clearly, else a warning; under 4, no check).")
+_TOLERANCE = flags.DEFINE_float("tolerance", None, "Relative tolerance of the verification "
+                                 "(max |tflite - keras| / max |keras| per output), a positive "
+                                 "number; default: the format's (float 1e-5, up to 1e-4 for "
+                                 "deep models; palettized / tflm 1e-4, fp16 2e-2, int8 0.5). "
+                                 "Raise it only after checking the outputs yourself.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output file.")
 _CUSTOM = flags.DEFINE_string("custom_objects", None, CUSTOM_HELP)
 
@@ -93,6 +103,9 @@ def main(argv):
                              _KEPT.value, _PACK.value, _SCALES.value,
                              palettes=bool(_PALETTES.value) or _K.value is not None,
                              representative_data=_REPR.value)
+    bad += path_flag_errors(model=_MODEL.value, output=_OUTPUT.value, palettes=_PALETTES.value,
+                            samples=_SAMPLES.value, representative_data=_REPR.value)
+    bad += [e for e in [tolerance_flag_error(_TOLERANCE.value)] if e]
     if bad:  # a usage error, before any work: the first such flag, one line
         print(f"to_tflite.py: error: {bad[0]}", file=sys.stderr)
         sys.exit(2)
@@ -133,12 +146,13 @@ def main(argv):
                                    palettes_path=palettes, n_clusters=_K.value,
                                    unit=_UNIT.value, granularity=_GRAN.value,
                                    samples_path=samples,
-                                   representative_path=representative)
+                                   representative_path=representative,
+                                   tolerance=_TOLERANCE.value)
         except (ValueError, TypeError, OSError) as e:  # bad input: one line, nothing written
             if os.environ.get("DKM_TF_TRACEBACK"):
                 raise
             e = load_error(e, model) or e  # a custom class or function not known: which ones
-            print(f"to_tflite.py: error: {type(e).__name__}: {' '.join(str(e).split())} "
+            print(f"to_tflite.py: error: {type(e).__name__}: {script_error_text(e)} "
                   "(DKM_TF_TRACEBACK=1 shows the traceback)", file=sys.stderr)
             sys.exit(1)
     print(report.summary())

@@ -192,6 +192,27 @@ def saved(tmp_path_factory):
     return d
 
 
+def test_one_file_for_samples_and_representative_data_is_refused(saved, tmp_path):
+    """The parent calibrated on --samples and reported them as held-out verification."""
+    from dkm_tf.export import cli
+
+    out = tmp_path / "r.tflite"
+    with pytest.raises(ValueError, match=r"`representative_path`. Expected a file other than "
+                       r"--samples.*not held out.*\(the same file\)"):
+        cli.run_to_tflite(saved / "m.keras", out, format="int8", int8_mode="full",
+                          samples_path=saved / "x.npy", representative_path=saved / "x.npy")
+    assert not out.exists()
+    [line] = cli.path_flag_errors(samples=str(saved / "x.npy"),
+                                  representative_data=f"{saved}/./x.npy")
+    assert line.startswith("Invalid value for flag `--representative_data`. Expected a file "
+                           "other than --samples") and "leave --representative_data out" in line
+    assert cli.path_flag_errors(samples=str(saved / "x.npy"),
+                                representative_data=str(saved / "rep.npy")) == []
+    rep = cli.run_to_tflite(saved / "m.keras", out, format="int8", int8_mode="full",
+                            samples_path=saved / "x.npy", representative_path=saved / "rep.npy")
+    assert {c.measured_on for c in rep.comparisons} == {"samples"}  # held out: other samples
+
+
 def test_same_arrays_as_representative_data_are_calibration_samples(saved, tmp_path):
     """In Python, sample_inputs all inside representative_data were reported as verified on
     (held-out) "samples"; now "calibration samples", noted (some inside: noted only)."""
@@ -209,3 +230,77 @@ def test_same_arrays_as_representative_data_are_calibration_samples(saved, tmp_p
     assert any("3 of the 8 sample_inputs are also in representative_data" in n
                for n in rep.notes)
 
+
+@pytest.mark.parametrize("flag", ["samples", "representative_data", "output", "palettes",
+                                  "model"])
+def test_an_empty_path_flag_is_a_usage_error(flag):
+    """``--samples=`` (a shell variable left unset) was taken as the flag left out."""
+    from dkm_tf.export import cli
+
+    [line] = cli.path_flag_errors(**{flag: ""})
+    assert line.startswith(f"Invalid value for flag `--{flag}`. Expected a path (leave the "
+                           "flag out for ") and line.endswith(f"Received: an empty value "
+                                                              f"(--{flag}=)")
+    assert cli.path_flag_errors(**{flag: None}) == []
+
+
+@pytest.mark.parametrize("value", [0.0, -1e-3, float("nan"), float("inf"), True, "1e-3"])
+def test_tolerance_flag_must_be_a_positive_finite_number(value):
+    from dkm_tf.export import cli
+
+    line = cli.tolerance_flag_error(value)
+    assert line.startswith("Invalid value for flag `--tolerance`. Expected a positive finite "
+                           "number") and line.endswith(f"Received: --tolerance={value}")
+    assert cli.tolerance_flag_error(None) is None and cli.tolerance_flag_error(2e-4) is None
+
+
+def test_tolerance_reaches_the_exporter_and_refusals_name_the_flag(saved, tmp_path):
+    from dkm_tf.export import cli
+    from dkm_tf.export.held_out import held_out_refusal
+
+    rep = cli.run_to_tflite(saved / "m.keras", tmp_path / "f.tflite", format="float",
+                            samples_path=saved / "x.npy", tolerance=3e-5)
+    assert {c.tolerance for c in rep.comparisons} == {3e-5}
+    comp = verify.Comparison("litert", 0.9, 0.9, 0.5, 4, unit_excess=0.5, worst_unit="")
+    held = cli.script_error_text(verify.ExportVerificationError(
+        held_out_refusal("f.tflite", comp, 0.05)))
+    assert "a larger tolerance (--tolerance=...)" in held and "to_tflite(" not in held
+    model = _reads_shallow()  # a float file 2.5e-5 off: refused at 1e-5, written at 5e-5
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    wrong = keras.models.clone_model(model)
+    wrong.set_weights(model.get_weights())
+    head = wrong.get_layer("head")
+    head.bias.assign(head.bias.numpy() + 2.5e-5 * float(np.max(np.abs(model.predict(
+        x, verbose=0)))))
+    content = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
+    with pytest.raises(verify.ExportVerificationError) as info:
+        dkm_tf.export.to_tflite(model, tmp_path / "w.tflite", "float", sample_inputs=x,
+                                float_content=content)
+    text = cli.script_error_text(info.value)
+    assert text.startswith("Refusing to write") and text.endswith(
+        "(--tolerance=X verifies at a larger relative tolerance X: pass it only after "
+        "checking the file's outputs yourself)")
+    dkm_tf.export.to_tflite(model, tmp_path / "w.tflite", "float", sample_inputs=x,
+                            float_content=content, tolerance=5e-5)
+    assert (tmp_path / "w.tflite").exists()
+
+
+def test_script_refuses_empty_same_file_and_bad_tolerance_flags(saved, tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "export" / "to_tflite.py"
+    base = [sys.executable, str(script), f"--model={saved / 'm.keras'}", "--format=int8",
+            "--int8_mode=full", f"--output={tmp_path / 'o.tflite'}"]
+    for extra, flag in ((["--representative_data=", f"--samples={saved / 'x.npy'}"],
+                         "--representative_data"),
+                        ([f"--samples={saved / 'x.npy'}",
+                          f"--representative_data={saved / 'x.npy'}"], "--representative_data"),
+                        (["--tolerance=-1"], "--tolerance")):
+        res = subprocess.run(base + extra, capture_output=True, text=True, timeout=300,
+                             check=False)
+        assert res.returncode == 2, (extra, res.stderr[-2000:])
+        [line] = res.stderr.strip().splitlines()
+        assert line.startswith(f"to_tflite.py: error: Invalid value for flag `{flag}`"), line
+        assert not (tmp_path / "o.tflite").exists()

@@ -17,8 +17,9 @@ import zlib
 import numpy as np
 
 __all__ = ["check_output_path", "default_output_path", "inapplicable_flags", "load_palettes",
-           "load_samples", "output_collision", "parse_keep_float", "run_inspect",
-           "run_to_tflite", "script_flags_parser"]
+           "load_samples", "output_collision", "parse_keep_float", "path_flag_errors",
+           "run_inspect", "run_to_tflite", "same_samples_error", "script_error_text",
+           "script_flags_parser", "tolerance_flag_error"]
 
 # flag -> when it applies (dkm_tf.export.policy.APPLIES, in flag words)
 _FLAG_WHEN = {"decode": "--format=palettized",
@@ -29,6 +30,12 @@ _FLAG_WHEN = {"decode": "--format=palettized",
               "int8_mode": "--format=int8",
               "int8_scales": "--format=int8 with palettes (--palettes or --n_clusters)",
               "representative_data": "--format=int8 with --int8_mode=full"}
+# path flag -> what leaving it out means (an empty value, --samples=, was taken as that)
+_WITHOUT = {"model": "none: it is required",
+            "output": "<model stem>.<format>.tflite beside the model",
+            "palettes": "no palettes: --n_clusters, or --format float / fp16 / int8",
+            "samples": "seeded synthetic samples",
+            "representative_data": "calibration on --samples, judged on a held-out half"}
 
 
 def default_output_path(model_path, format, decode="once"):  # noqa: A002
@@ -55,6 +62,63 @@ def check_output_path(output_path, **inputs):
                          f"than the input `{name}` (writing the .tflite there would destroy "
                          f"it). Received: output_path={os.fspath(output_path)!r}, "
                          f"{name}={os.fspath(inputs[name])!r}")
+
+
+def path_flag_errors(**paths):
+    """Usage-error lines (``[]``: none) of the script's path flags (``samples="x.npy"``, ...;
+    None: not given): a flag given an empty value (``--samples=``, a shell variable left
+    unset) was taken as left out; and --samples and --representative_data naming one file
+    (:func:`same_samples_error`)."""
+    lines = [f"Invalid value for flag `--{name}`. Expected a path (leave the flag out for "
+             f"{_WITHOUT.get(name, 'its default')}). Received: an empty value (--{name}=)"
+             for name, path in paths.items() if path is not None and not str(path).strip()]
+    same = same_samples_error(paths.get("samples"), paths.get("representative_data"))
+    return lines + ([same] if same else [])
+
+
+def same_samples_error(samples_path, representative_path):
+    """The message refusing --samples and --representative_data naming one file, or None.
+
+    Calibrating on the verification samples verifies the file on its calibration data, while
+    representative_data marks the samples held out (no held-out check, "over n samples"):
+    the report would say "held out" of calibration samples. Refused rather than taken as
+    not held out: leaving --representative_data out gives that, with a held-out check."""
+    from dkm_tf.core.files import same_file  # noqa: PLC0415
+
+    if not (samples_path and representative_path and str(samples_path).strip()
+            and same_file(samples_path, representative_path)):
+        return None
+    return ("Invalid value for flag `--representative_data`. Expected a file other than "
+            "--samples: calibrating on the verification samples verifies the file on its "
+            "calibration data, not held out (leave --representative_data out to calibrate on "
+            "--samples and judge the file on a held-out half of them). Received: "
+            f"--representative_data={os.fspath(representative_path)}, "
+            f"--samples={os.fspath(samples_path)} (the same file)")
+
+
+def tolerance_flag_error(tolerance):
+    """The usage-error line of ``--tolerance`` (None: not given, the format's default), or
+    None: it must be a positive finite number (a relative tolerance, like to_tflite's)."""
+    import math  # noqa: PLC0415
+
+    if tolerance is None or (isinstance(tolerance, (int, float)) and not isinstance(
+            tolerance, bool) and math.isfinite(tolerance) and tolerance > 0):
+        return None
+    return ("Invalid value for flag `--tolerance`. Expected a positive finite number (the "
+            "relative tolerance of the verification, e.g. 2e-4; leave it out for the format's "
+            f"default). Received: --tolerance={tolerance}")
+
+
+def script_error_text(error):
+    """``error``'s message on one line, in the script's words: a verification refusal names
+    ``--tolerance`` (not ``to_tflite(tolerance=...)``), and says how to pass a larger one."""
+    from dkm_tf.export.verify import ExportVerificationError  # noqa: PLC0415
+
+    text = " ".join(str(error).split()).replace("to_tflite(tolerance=...)", "--tolerance=...")
+    if isinstance(error, ExportVerificationError) and "--tolerance" not in text:
+        text += (" (--tolerance=X verifies at a larger relative tolerance X: pass it only "
+                 "after checking the file's outputs yourself)")
+    return text
 
 
 def load_palettes(path):
@@ -84,7 +148,7 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
                   decode="once", int8_mode="dynamic", palettes_path=None, n_clusters=None,
                   unit="scalar", granularity="per_tensor", samples_path=None,
                   keep_float="auto", kept_dtype="float32", index_packing="dense",
-                  int8_scales="per_channel", representative_path=None):
+                  int8_scales="per_channel", representative_path=None, tolerance=None):
     """Load, (cluster,) export and verify; returns the :class:`~dkm_tf.export.ExportReport`.
 
     ``keep_float`` is ``"auto"``, ``"none"``, a latency budget (``"0.1"``) or comma-separated
@@ -93,7 +157,8 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     (``format="int8"`` with palettes; see :func:`dkm_tf.export.to_tflite`).
     ``representative_path``: a ``.npy`` / ``.npz`` read like ``samples_path``
     (:func:`load_samples`), the calibration data of ``int8_mode="full"``
-    (``representative_data``).
+    (``representative_data``), not the file ``samples_path`` names (:func:`same_samples_error`);
+    ``tolerance``: the relative tolerance of the verification (None: the format's default).
 
     A SavedModel folder, or a file saved while clustering (``ClusterWeights``,
     ``ClusterKernels``), is refused before Keras loads it, with the lines that strip it
@@ -118,6 +183,10 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
                       model_path=model_path, palettes_path=palettes_path,
                       samples_path=samples_path,
                       representative_path=representative_path)  # before anything is loaded
+    same = same_samples_error(samples_path, representative_path)
+    if same:
+        raise ValueError(same.replace("flag `--representative_data`", "argument "
+                                      "`representative_path`"))
     keep_float = parse_keep_float(keep_float)
     check_applicable(_applicability(  # before loading or clustering
         format, decode, int8_mode, keep_float, kept_dtype, index_packing, int8_scales,
@@ -149,7 +218,7 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
                      decode=decode, int8_mode=int8_mode, keep_float=keep_float,
                      kept_dtype=kept_dtype, index_packing=index_packing, int8_scales=int8_scales,
-                     representative_data=representative)
+                     representative_data=representative, tolerance=tolerance)
 
 
 def script_flags_parser(prog):
