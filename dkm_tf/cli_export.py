@@ -56,7 +56,8 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
                     palettes=result.palettes, sample_inputs=sample_inputs,
                     float_content=float_content, **export.EXPORT_TARGETS[label])
             except export.ExportVerificationError as e:  # the other formats still get written
-                refused[label] = " ".join(str(e).split())
+                refused[label] = " ".join(str(e).split()).replace(  # no flag here: the script's
+                    "to_tflite(tolerance=...)", "export/to_tflite.py --tolerance=...")
                 stage.update(1, f"{label}: refused")
                 continue
             stage.update(1, f"{label}: {reports[label].bytes:,} bytes")

@@ -276,10 +276,16 @@ def test_tolerance_reaches_the_exporter_and_refusals_name_the_flag(saved, tmp_pa
     with pytest.raises(verify.ExportVerificationError) as info:
         dkm_tf.export.to_tflite(model, tmp_path / "w.tflite", "float", sample_inputs=x,
                                 float_content=content)
+    assert str(info.value).endswith("(tolerance 1e-05) (if the file's outputs are right for "
+                                    "your use, checked yourself, a larger tolerance writes "
+                                    "it: to_tflite(tolerance=...))")
     text = cli.script_error_text(info.value)
-    assert text.startswith("Refusing to write") and text.endswith(
-        "(--tolerance=X verifies at a larger relative tolerance X: pass it only after "
-        "checking the file's outputs yourself)")
+    assert text.startswith("Refusing to write") and "to_tflite(" not in text
+    assert text.endswith("a larger tolerance writes it: --tolerance=...)")
+    comp = verify.Comparison("litert", 0.1, 0.1, 0.5, 8, top1_agreement=0.5, min_top1=0.7)
+    with pytest.raises(verify.ExportVerificationError) as info:  # top-1 only: no hint
+        verify.refuse_if_bad("f.tflite", "int8", [comp])
+    assert "tolerance writes it" not in str(info.value)
     dkm_tf.export.to_tflite(model, tmp_path / "w.tflite", "float", sample_inputs=x,
                             float_content=content, tolerance=5e-5)
     assert (tmp_path / "w.tflite").exists()
@@ -304,3 +310,25 @@ def test_script_refuses_empty_same_file_and_bad_tolerance_flags(saved, tmp_path)
         [line] = res.stderr.strip().splitlines()
         assert line.startswith(f"to_tflite.py: error: Invalid value for flag `{flag}`"), line
         assert not (tmp_path / "o.tflite").exists()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_compress_cli_names_the_script_flag_not_the_python_argument(tmp_path, monkeypatch):
+    """dkm-tf compress has no --tolerance: a refusal advising to_tflite(tolerance=...) names
+    export/to_tflite.py --tolerance (the script re-exports clustered.keras + palettes.json)."""
+    from testing import small_cnn
+
+    from dkm_tf import cli
+
+    def refuse(model, path, **kwargs):
+        raise verify.ExportVerificationError(f"Refusing to write {path!r}: relative 3e-5 "
+                                             "(tolerance 1e-05) (a larger tolerance writes "
+                                             "it: to_tflite(tolerance=...))")
+
+    monkeypatch.setattr(dkm_tf.export, "to_tflite", refuse)
+    small_cnn().save(tmp_path / "user.keras")
+    with pytest.raises(verify.ExportVerificationError) as info:
+        cli.run_compress(str(tmp_path / "user.keras"), n_clusters=4, plots=False, quiet=True,
+                         output_dir=str(tmp_path / "out"))
+    text = str(info.value)
+    assert "export/to_tflite.py --tolerance=..." in text and "to_tflite(tolerance" not in text

@@ -110,15 +110,10 @@ def tolerance_flag_error(tolerance):
 
 
 def script_error_text(error):
-    """``error``'s message on one line, in the script's words: a verification refusal names
-    ``--tolerance`` (not ``to_tflite(tolerance=...)``), and says how to pass a larger one."""
-    from dkm_tf.export.verify import ExportVerificationError  # noqa: PLC0415
-
-    text = " ".join(str(error).split()).replace("to_tflite(tolerance=...)", "--tolerance=...")
-    if isinstance(error, ExportVerificationError) and "--tolerance" not in text:
-        text += (" (--tolerance=X verifies at a larger relative tolerance X: pass it only "
-                 "after checking the file's outputs yourself)")
-    return text
+    """``error``'s message on one line, in the script's words: a verification refusal that
+    advises a larger ``to_tflite(tolerance=...)`` (``unit_errors.tolerance_hint``, the
+    held-out refusal) names ``--tolerance=...`` instead."""
+    return " ".join(str(error).split()).replace("to_tflite(tolerance=...)", "--tolerance=...")
 
 
 def load_palettes(path):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["FLOAT_LAYERS_PER_STEP", "INT8_UNIT_FLOOR", "NOISE_FACTOR", "depth_tolerance",
-           "noise_floor", "output_depths", "output_errors", "unit_report",
+           "noise_floor", "output_depths", "output_errors", "tolerance_hint", "unit_report",
            "weighted_depth"]
 
 INT8_UNIT_FLOOR = 2.0 / 127.0  # two int8 steps of the whole output's max |keras|
@@ -158,3 +158,15 @@ def depth_tolerance(model, tolerance, cap, notes):
                      f"chain ({tolerance:g} per {FLOAT_LAYERS_PER_STEP}, at most {cap:g}): "
                      "float32 rounding grows with depth")
     return scaled
+
+
+def tolerance_hint(bad):
+    """The sentence a verification refusal ends with when a failed comparison of ``bad``
+    exceeds its relative tolerance (not a top-1 or unit failure alone): a larger
+    ``tolerance`` passes it, after checking the outputs (a deep float chain's rounding, the
+    ``Export`` limitations). ``export/to_tflite.py`` names its ``--tolerance`` instead."""
+    if not any(c.rel_error > c.tolerance for c in bad):
+        return ""
+    return (" (if the file's outputs are right for your use, checked yourself, a larger "
+            "tolerance writes it: to_tflite(tolerance=...))")
+

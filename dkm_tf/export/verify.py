@@ -37,6 +37,7 @@ from dkm_tf.export.unit_errors import (  # noqa: F401 (re-exported)
     NOISE_FACTOR,
     noise_floor,
     output_errors,
+    tolerance_hint,
     unit_report,
 )
 
@@ -256,7 +257,7 @@ def refuse_if_bad(path, fmt, comparisons):
                         + (f", {c.worst_unit} (allowed: {c.tolerance:g} x its max |keras| "
                            "+ 2 int8 steps of the output's)" if c.unit_excess > 1 else "")
                         for c in bad)
-            + next((h for h in map(margin_hint, bad) if h), ""))
+            + tolerance_hint(bad) + next((h for h in map(margin_hint, bad) if h), ""))
 
 
 def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=None,
