@@ -238,9 +238,9 @@ def test_an_empty_path_flag_is_a_usage_error(flag):
     from dkm_tf.export import cli
 
     [line] = cli.path_flag_errors(**{flag: ""})
-    assert line.startswith(f"Invalid value for flag `--{flag}`. Expected a path (leave the "
-                           "flag out for ") and line.endswith(f"Received: an empty value "
-                                                              f"(--{flag}=)")
+    assert line.startswith(f"Invalid value for flag `--{flag}`. Expected a path (") and \
+        line.endswith(f"). Received: an empty value (--{flag}=)")
+    assert ("(the flag is required)" if flag == "model" else "(leave the flag out for ") in line
     assert cli.path_flag_errors(**{flag: None}) == []
 
 

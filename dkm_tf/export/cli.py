@@ -31,11 +31,13 @@ _FLAG_WHEN = {"decode": "--format=palettized",
               "int8_scales": "--format=int8 with palettes (--palettes or --n_clusters)",
               "representative_data": "--format=int8 with --int8_mode=full"}
 # path flag -> what leaving it out means (an empty value, --samples=, was taken as that)
-_WITHOUT = {"model": "none: it is required",
-            "output": "<model stem>.<format>.tflite beside the model",
-            "palettes": "no palettes: --n_clusters, or --format float / fp16 / int8",
-            "samples": "seeded synthetic samples",
-            "representative_data": "calibration on --samples, judged on a held-out half"}
+_WITHOUT = {"model": "the flag is required",
+            "output": "leave the flag out for <model stem>.<format>.tflite beside the model",
+            "palettes": "leave the flag out for no palettes: --n_clusters, or --format float "
+                        "/ fp16 / int8",
+            "samples": "leave the flag out for seeded synthetic samples",
+            "representative_data": "leave the flag out for calibration on --samples, judged "
+                                   "on a held-out half"}
 
 
 def default_output_path(model_path, format, decode="once"):  # noqa: A002
@@ -69,8 +71,9 @@ def path_flag_errors(**paths):
     None: not given): a flag given an empty value (``--samples=``, a shell variable left
     unset) was taken as left out; and --samples and --representative_data naming one file
     (:func:`same_samples_error`)."""
-    lines = [f"Invalid value for flag `--{name}`. Expected a path (leave the flag out for "
-             f"{_WITHOUT.get(name, 'its default')}). Received: an empty value (--{name}=)"
+    lines = [f"Invalid value for flag `--{name}`. Expected a path "
+             f"({_WITHOUT.get(name, 'leave the flag out for its default')}). Received: an "
+             f"empty value (--{name}=)"
              for name, path in paths.items() if path is not None and not str(path).strip()]
     same = same_samples_error(paths.get("samples"), paths.get("representative_data"))
     return lines + ([same] if same else [])
