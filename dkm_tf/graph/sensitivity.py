@@ -34,8 +34,8 @@ Gradients are of **one sample at a time** (squaring a batch gradient would let t
 gradients cancel first), in inference mode (``training=False``: BatchNormalization uses its
 moving statistics, dropout is off). ``p(c | x) = exp(-L(c, f(x)))`` holds for a cross-entropy
 loss matching the model's output (logits with ``from_logits=True``, probabilities without);
-it is checked on one sample first (``sum_c p(c | x) = 1``), so a mismatched loss raises.
-The weighted k-means itself is :mod:`dkm_tf.graph.weighted_kmeans`.
+it is checked on one sample first (``sum_c p(c | x) = 1``, :mod:`.sensitivity_loss`), so a
+mismatched loss raises. The weighted k-means itself is :mod:`dkm_tf.graph.weighted_kmeans`.
 """
 
 from __future__ import annotations
@@ -52,16 +52,24 @@ from dkm_tf.graph.sensitivity_data import (
     split,
     triple_hint,
 )
+from dkm_tf.graph.sensitivity_loss import (
+    SUM_TOL,
+    class_targets,
+    float32_outputs,
+    not_cross_entropy,
+    resolve_loss,
+    sum_tolerance,
+    to_numpy,
+)
 from dkm_tf.graph.weighted_kmeans import FLOOR, weighted_codebook, weighted_kmeans, weighted_palette
 
-__all__ = ["DAMPING", "FISHER_LABELS", "FLOOR", "WEIGHTINGS", "check_sparse", "check_weighting",
-           "fisher_importance", "weighted_codebook", "weighted_kmeans", "weighted_palette"]
+__all__ = ["DAMPING", "FISHER_LABELS", "FLOOR", "SUM_TOL", "WEIGHTINGS", "check_sparse",
+           "check_weighting", "fisher_importance", "sum_tolerance", "weighted_codebook",
+           "weighted_kmeans", "weighted_palette"]
 
 WEIGHTINGS = (None, "fisher")
 FISHER_LABELS = ("model", "data")  # true Fisher (default) / empirical Fisher
 DAMPING = 1.0
-SUM_TOL = 1e-3  # |sum_c exp(-L(c, f(x))) - 1| allowed for a cross-entropy (float32 output)
-_HALF_EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}  # see sum_tolerance
 
 
 # ---------------------------------------------------------------------- checks
@@ -99,7 +107,7 @@ def check_weighting(model, weighting, data, loss, sparse=False, labels="model",
 
 def _check(model, weighting, data, loss, sparse, labels):
     """:func:`check_weighting`: ``(x, y, sample_weight, loss_fn, targets, tol)``: ``targets``
-    the C class targets (labels="model"), ``tol`` that of their sum (:func:`sum_tolerance`)."""
+    the C class targets (labels="model"), ``tol`` that of their sum (:mod:`.sensitivity_loss`)."""
     check_choice("weighting", weighting, WEIGHTINGS)
     if weighting is None:
         for name, value in (("data", data), ("loss", loss)):
@@ -130,7 +138,7 @@ def _check(model, weighting, data, loss, sparse, labels):
                       "empirical Fisher uses the true labels)" + triple_hint(model, data),
                       "samples without labels")
     check_finite_samples("data", x, "for weighting='fisher' (squared gradients over them)")
-    loss_fn = _resolve_loss(model, loss, keras)
+    loss_fn = resolve_loss(model, loss, keras)
     x0 = take(x, 0, 1)
     try:
         pred = model(x0, training=False)
@@ -142,9 +150,9 @@ def _check(model, weighting, data, loss, sparse, labels):
         value = _loss_value(model, loss_fn, x0, take(y, 0, 1)) if y is not None else None
     except Exception as e:  # noqa: BLE001
         raise _misfit(model, x, y, e) from e
-    if value is not None and not np.all(np.isfinite(_numpy(value))):
+    if value is not None and not np.all(np.isfinite(to_numpy(value))):
         raise invalid("data", "samples whose loss is finite", f"a loss of {value}")
-    targets, tol = (_class_targets(model, loss_fn, x0, pred, keras) if labels == "model"
+    targets, tol = (class_targets(model, loss_fn, x0, pred, keras) if labels == "model"
                     else (None, SUM_TOL))
     return x, y, sample_weight, loss_fn, targets, tol
 
@@ -174,98 +182,6 @@ def _misfit(model, x, y, e, hint=""):
         f"with: {type(e).__name__}: {e}")
 
 
-def _class_targets(model, loss_fn, x0, pred, keras):
-    """The C targets ``t_c`` (sparse ``[c]`` or one-hot) for which ``exp(-L(t_c, f(x)))`` are
-    the model's class probabilities, and the tolerance of their sum (:func:`sum_tolerance`);
-    raise if the loss is not such a cross-entropy."""
-    tol = sum_tolerance(pred)
-    pred = _float32_outputs(pred)  # a loss function computes in its input's dtype
-    shape = tuple(pred.shape) if hasattr(pred, "shape") else None
-    if shape is None or len(shape) != 2 or shape[1] < 2:
-        got = f"output {shape}" if shape is not None else f"outputs {shapes(pred)}"
-        raise invalid("weighting", "None for a model that is not a classifier with one output "
-                      "of shape (batch, classes) (weighting='fisher' takes the expectation "
-                      "over the model's predicted classes)", f"'fisher' with {got}")
-    n = int(shape[1])
-    out = _numpy(pred).astype(np.float64)
-    probabilities = bool(np.all(out >= 0) and abs(out.sum() - 1.0) <= tol)
-    name = getattr(loss_fn, "__name__", "")
-    if not probabilities and (getattr(loss_fn, "from_logits", None) is False or name in (
-            "sparse_categorical_crossentropy", "categorical_crossentropy")):
-        raise _not_cross_entropy(model, n, f"{getattr(loss_fn, 'name', name)} with "
-                                 f"from_logits=False on outputs that are not probabilities "
-                                 f"(first sample: {np.round(out[0], 4).tolist()[:8]})")
-    found = []
-    for kind in ("sparse", "one-hot"):
-        targets = [np.array([c], np.int32) if kind == "sparse"
-                   else np.eye(n, dtype=np.float32)[c:c + 1] for c in range(n)]
-        try:
-            total = sum(float(np.exp(-_numpy(keras.ops.mean(loss_fn(t, pred)))))
-                        for t in targets)
-        except Exception as e:  # noqa: BLE001 (this label format does not fit the loss)
-            found.append(f"{kind} labels: {type(e).__name__}: {str(e).strip()[:200]}")
-            continue
-        if min(abs(total - 1.0), abs(total - out.sum())) <= SUM_TOL:  # p_c, as stored (R6)
-            return targets, tol
-        found.append(f"{kind} labels: sum_c exp(-loss) = {total:.6g}")
-    raise _not_cross_entropy(model, n, "; ".join(found))
-
-
-def _not_cross_entropy(model, n, received):
-    return invalid("loss", f"a cross-entropy of the model's output (for {model.name!r}'s "
-                   f"{n} classes, sum_c exp(-loss(c)) = 1: from_logits=True for logits), needed "
-                   "by weighting='fisher' (log p(c|x) = -loss(c))", received)
-
-
-def sum_tolerance(pred):
-    """``|sum_c p_c - 1|`` allowed for ``pred``: :data:`SUM_TOL`, or 2 eps of a float16 / bfloat16
-    output (a bfloat16 softmax head summed to 1.0019 with TF_ENABLE_ONEDNN_OPTS=0: refused)."""
-    import keras  # noqa: PLC0415
-    dtypes = [keras.backend.standardize_dtype(t.dtype) for t in keras.tree.flatten(pred)
-              if getattr(t, "dtype", None) is not None]
-    return max([SUM_TOL] + [2 * _HALF_EPS[d] for d in dtypes if d in _HALF_EPS])
-
-
-def _float32_outputs(pred):
-    """Model outputs with float16 / bfloat16 ones (mixed-precision heads) cast to float32, as
-    a ``keras.losses.Loss`` does: a loss function such as the string
-    ``"sparse_categorical_crossentropy"`` otherwise computes in bfloat16, whose rounding
-    breaks ``sum_c exp(-L(c)) = 1`` and the Fisher sums."""
-    import keras  # noqa: PLC0415
-
-    def cast(t):
-        if getattr(t, "dtype", None) is not None and keras.backend.standardize_dtype(
-                t.dtype) in ("float16", "bfloat16"):
-            return keras.ops.cast(t, "float32")
-        return t
-    return keras.tree.map_structure(cast, pred)
-
-
-def _numpy(t):
-    """``t`` as a numpy array; float16 / bfloat16 (no numpy scalar for 0-d bfloat16 on every
-    backend) as float32, so mixed-precision outputs and losses convert."""
-    import keras  # noqa: PLC0415
-
-    return keras.ops.convert_to_numpy(_float32_outputs(t))
-
-
-def _resolve_loss(model, loss, keras):
-    if loss is None:
-        loss = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
-        if loss is None:
-            raise invalid("loss", f"a loss (e.g. 'sparse_categorical_crossentropy', a "
-                          f"keras.losses.Loss or a callable(y_true, y_pred)) because model "
-                          f"{model.name!r} is not compiled with one (weighting='fisher' "
-                          "needs the loss's gradients)", loss)
-    if isinstance(loss, str):
-        try:
-            loss = keras.losses.get(loss)
-        except ValueError as e:
-            raise invalid("loss", "a Keras loss name or a callable", loss) from e
-    if not callable(loss):
-        raise invalid("loss", "a single loss callable(y_true, y_pred) (multi-output models: "
-                      "pass one loss that takes all outputs)", loss)
-    return loss
 
 
 def _loss_value(model, loss_fn, x, y, mapping=None):
@@ -276,7 +192,7 @@ def _loss_value(model, loss_fn, x, y, mapping=None):
     else:
         with keras.StatelessScope(state_mapping=mapping):
             pred = model(x, training=False)
-    return keras.ops.mean(loss_fn(y, _float32_outputs(pred)))
+    return keras.ops.mean(loss_fn(y, float32_outputs(pred)))
 
 
 # ---------------------------------------------------------------------- Fisher
@@ -386,12 +302,12 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
         total = 0.0
         for t in pairs:
             value, g = grads(values, x_i, t)
-            p = 1.0 if targets is None else float(np.exp(-_numpy(value)))
+            p = 1.0 if targets is None else float(np.exp(-to_numpy(value)))
             total += p
             for s, g_v in zip(sums, g):
-                s += (p * w_i) * np.square(_numpy(g_v).astype(np.float64))
+                s += (p * w_i) * np.square(to_numpy(g_v).astype(np.float64))
         if targets is not None and abs(total - 1.0) > tol:  # checked on every sample
-            raise _not_cross_entropy(model, len(targets),
+            raise not_cross_entropy(model, len(targets),
                                      f"sum_c exp(-loss) = {total:.6g} on sample {i}")
     out = {}
     for v, s in zip(variables, sums):
