@@ -34,8 +34,10 @@ Gradients are of **one sample at a time** (squaring a batch gradient would let t
 gradients cancel first), in inference mode (``training=False``: BatchNormalization uses its
 moving statistics, dropout is off). ``p(c | x) = exp(-L(c, f(x)))`` holds for a cross-entropy
 loss matching the model's output (logits with ``from_logits=True``, probabilities without);
-it is checked on one sample first (``sum_c p(c | x) = 1``, :mod:`.sensitivity_loss`), so a
-mismatched loss raises. The weighted k-means itself is :mod:`dkm_tf.graph.weighted_kmeans`.
+it is checked first (:mod:`.sensitivity_loss`: each ``p(c | x)`` the head's own probability
+or softmax of its logits, on one sample and on a shifted output; ``sum_c p(c | x) = 1`` on
+every sample), so a mismatched loss raises. The weighted k-means itself is
+:mod:`dkm_tf.graph.weighted_kmeans`.
 """
 
 from __future__ import annotations
@@ -92,10 +94,11 @@ def check_weighting(model, weighting, data, loss, sparse=False, labels="model",
     ``data`` is ``(x, y)`` or ``(x, y, weights)`` as arrays, for :func:`fisher_importance`. The
     loss is ``loss`` or the compiled model's. One sample is run through the model and the loss, so
     data that does not fit the model fails here, before any k-means; with ``labels="model"``
-    the loss must also be a cross-entropy of the model's output (``sum_c exp(-L(c, f(x))) =
-    1`` over its classes). ``sparse``: sparsity or preserve_sparsity is requested (not
-    supported with a weighting). ``data_used``: another option (``refine``) uses ``data``, so
-    it may be given without a weighting.
+    the loss must also be a cross-entropy of the model's output (``exp(-L(c, f(x)))`` its
+    probability of class c, or the softmax of its logits, for each class). ``sparse``:
+    sparsity or preserve_sparsity is requested (not supported with a weighting).
+    ``data_used``: another option (``refine``) uses ``data``, so it may be given without a
+    weighting.
     """
     checked = _check(model, weighting, None if data_used and weighting is None else data,
                      loss, sparse, labels)

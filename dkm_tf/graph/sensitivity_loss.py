@@ -2,9 +2,12 @@
 
 The true Fisher (``labels="model"``, :mod:`.sensitivity`) reads the model's class
 probabilities off its loss, ``p(c | x) = exp(-L(c, f(x)))``: :func:`class_targets` finds the
-C targets ``t_c`` (sparse ``[c]`` or one-hot) for which that holds, checking ``sum_c p(c | x)
-= 1`` to :func:`sum_tolerance`. Mixed-precision (float16 / bfloat16) outputs are cast to
-float32 first, as a ``keras.losses.Loss`` does (:func:`float32_outputs`).
+C targets ``t_c`` (sparse ``[c]`` or one-hot) for which that holds: ``sum_c p(c | x) = 1`` to
+:func:`sum_tolerance`, and each ``p(c | x)`` the head's own (its probabilities, or the
+softmax of its logits) on the first sample and on a shifted output (:func:`_check_classes`:
+a loss that renormalises, or a constant log(C), sums to 1 too). Mixed-precision (float16 /
+bfloat16) outputs are cast to float32 first, as a ``keras.losses.Loss`` does
+(:func:`float32_outputs`).
 """
 
 from __future__ import annotations
@@ -14,17 +17,27 @@ import numpy as np
 from dkm_tf.core.validate import invalid
 from dkm_tf.graph.input_struct import shapes
 
-__all__ = ["SUM_TOL", "class_targets", "float32_outputs", "not_cross_entropy", "resolve_loss",
-           "sum_tolerance", "to_numpy"]
+__all__ = ["SUM_TOL", "LossMismatchError", "class_targets", "float32_outputs",
+           "not_cross_entropy", "resolve_loss", "sum_tolerance", "to_numpy"]
 
 SUM_TOL = 1e-3  # |sum_c exp(-L(c, f(x))) - 1| allowed for a cross-entropy (float32 output)
 _HALF_EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}  # see sum_tolerance
 
 
+class LossMismatchError(ValueError):
+    """The ``ValueError`` for a ``loss`` that is not the cross-entropy of the model's output
+    (``dkm-tf compress``, which picks the loss itself, reports it as a bad ``--weighting``);
+    ``received``: what the check found."""
+
+    def __init__(self, expected, received):
+        super().__init__(str(invalid("loss", expected, received)))
+        self.received = received
+
+
 def class_targets(model, loss_fn, x0, pred, keras):
     """The C targets ``t_c`` (sparse ``[c]`` or one-hot) for which ``exp(-L(t_c, f(x)))`` are
     the model's class probabilities, and the tolerance of their sum (:func:`sum_tolerance`);
-    raise if the loss is not such a cross-entropy."""
+    raise (:class:`LossMismatchError`) if the loss is not such a cross-entropy."""
     tol = sum_tolerance(pred)
     pred = float32_outputs(pred)  # a loss function computes in its input's dtype
     shape = tuple(pred.shape) if hasattr(pred, "shape") else None
@@ -47,21 +60,116 @@ def class_targets(model, loss_fn, x0, pred, keras):
         targets = [np.array([c], np.int32) if kind == "sparse"
                    else np.eye(n, dtype=np.float32)[c:c + 1] for c in range(n)]
         try:
-            total = sum(float(np.exp(-to_numpy(keras.ops.mean(loss_fn(t, pred)))))
-                        for t in targets)
+            p = _class_probabilities(loss_fn, targets, pred, keras)
         except Exception as e:  # noqa: BLE001 (this label format does not fit the loss)
             found.append(f"{kind} labels: {type(e).__name__}: {str(e).strip()[:200]}")
             continue
+        total = float(np.sum(p))
         if min(abs(total - 1.0), abs(total - out.sum())) <= SUM_TOL:  # p_c, as stored (R6)
+            _check_classes(model, loss_fn, targets, pred, out[0], p, probabilities, tol, keras)
             return targets, tol
         found.append(f"{kind} labels: sum_c exp(-loss) = {total:.6g}")
     raise not_cross_entropy(model, n, "; ".join(found))
 
 
+def _class_probabilities(loss_fn, targets, pred, keras):
+    """``exp(-L(t_c, pred))`` for each target ``t_c``, as float64: the loss's ``p_c``."""
+    return np.array([float(np.exp(-to_numpy(keras.ops.mean(loss_fn(t, pred)))))
+                     for t in targets])
+
+
+def _softmax(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def _sigmoid(z):
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _keras_logits(pred, out):
+    """``(activation, logits)`` of an output that carries the logits Keras' cross-entropies
+    read instead of it, whatever ``from_logits`` says (TensorFlow: the input of a softmax or
+    sigmoid activation, kept on its output as ``_keras_logits``), else ``(None, None)``."""
+    logits = getattr(pred, "_keras_logits", None)
+    if logits is None:
+        return None, None
+    z = to_numpy(logits).astype(np.float64).reshape(out.shape)
+    for name, f in (("softmax", _softmax), ("sigmoid", _sigmoid)):
+        if np.allclose(f(z), out, rtol=0, atol=1e-5):
+            return name, z
+    return None, None
+
+
+def _check_classes(model, loss_fn, targets, pred, out, p, probabilities, tol, keras):
+    """Raise unless the loss's ``p_c = exp(-L(c, f(x)))`` is the model's own distribution,
+    class by class: ``out`` itself for a probability head, ``softmax(out)`` for logits.
+
+    ``sum_c p_c = 1`` alone is passed by any loss that renormalises (Keras'
+    ``sparse_categorical_crossentropy`` on logits, from_logits=False, behind a lambda; a
+    focal or tempered loss normalised again) and by a constant loss of log(C) (importances
+    all 0). ``out``: the first sample's output (float64), ``p`` its ``p_c``, ``tol`` the
+    output dtype's tolerance (:func:`sum_tolerance`: a stored bfloat16 probability is off by up
+    to 2 eps from what a loss renormalises). On TensorFlow a softmax or sigmoid output keeps
+    its logits, which Keras' cross-entropies read whatever ``from_logits`` says: ``softmax``
+    of those is the distribution too (a sigmoid head's, as before). The same is checked at a
+    second, non-uniform output made from ``out`` (:func:`_shifted`), float32-exact
+    (:data:`SUM_TOL`): a loss that agrees only at a uniform output (a constant log(C), the
+    wrapper above) is caught on an untrained or zero-initialised head too."""
+    n = out.size
+    act, z = _keras_logits(pred, out[None])
+    head = "probabilities" if probabilities else "softmax of its logits"
+    fix = ("'sparse_categorical_crossentropy' (or keras.losses.SparseCategoricalCrossentropy())"
+           if probabilities else "keras.losses.SparseCategoricalCrossentropy(from_logits=True)")
+    own = [out] if probabilities else [_softmax(out)] + ([] if z is None else [_softmax(z[0])])
+    shifted, shifted_own = _shifted(out, act, None if z is None else z[0], probabilities,
+                                    pred.dtype, keras)
+    points = (("sample 0", pred, own, p, tol),
+              ("sample 0's output shifted (a second check point)", shifted, shifted_own, None,
+               SUM_TOL))
+    for where, value, wants, p_row, limit in points:
+        if p_row is None:
+            try:
+                p_row = _class_probabilities(loss_fn, targets, value, keras)
+            except Exception as e:  # noqa: BLE001 (it took the model's own output)
+                raise LossMismatchError(
+                    "a loss that takes any output of the model's shape",
+                    f"a loss that failed on {where}: {type(e).__name__}: {e}") from e
+        if any(np.max(np.abs(p_row - q)) <= limit for q in wants):  # NaN fails
+            continue
+        q = wants[0]
+        c = int(np.nanargmax(np.abs(p_row - q))) if not np.isnan(p_row).all() else 0
+        raise LossMismatchError(
+            "a cross-entropy of the model's output: exp(-loss(c)) equal to the "
+            f"model's {head} for each of its {n} classes (model {model.name!r}, to "
+            f"{limit:.3g}), needed by weighting='fisher' (log p(c|x) = -loss(c)); e.g. "
+            f"{fix}, or its Categorical form for one-hot labels, not wrapped in a "
+            "function that clips or renormalises",
+            f"a loss whose exp(-loss) for class {c} on {where} is {p_row[c]:.6g}, the "
+            f"model's {head}: {q[c]:.6g}")
+
+
+def _shifted(out, act, z, probabilities, dtype, keras):
+    """A second output, non-uniform, and the distributions it stands for: the head's
+    activation (``act`` of the logits ``z``, so it keeps them as the model's output does)
+    of ``z + linspace(0, 2, C)``; else logits ``out + linspace(0, 2, C)``, or probabilities
+    ``out`` mixed half and half with ``softmax(linspace(0, 2, C))``."""
+    shift = np.linspace(0.0, 2.0, out.size)
+    if act is not None:
+        row = (_softmax if act == "softmax" else _sigmoid)(z + shift)
+        value = getattr(keras.activations, act)(keras.ops.cast((z + shift)[None], dtype))
+        return value, ([row] if probabilities else [_softmax(row), _softmax(z + shift)])
+    row = 0.5 * out + 0.5 * _softmax(shift) if probabilities else out + shift
+    row = row / row.sum() if probabilities else row
+    value = keras.ops.cast(keras.ops.convert_to_tensor(row[None]), dtype)
+    return value, [row if probabilities else _softmax(row)]
+
+
 def not_cross_entropy(model, n, received):
-    return invalid("loss", f"a cross-entropy of the model's output (for {model.name!r}'s "
-                   f"{n} classes, sum_c exp(-loss(c)) = 1: from_logits=True for logits), needed "
-                   "by weighting='fisher' (log p(c|x) = -loss(c))", received)
+    return LossMismatchError(f"a cross-entropy of the model's output (for {model.name!r}'s "
+                             f"{n} classes, sum_c exp(-loss(c)) = 1: from_logits=True for "
+                             "logits), needed by weighting='fisher' (log p(c|x) = -loss(c))",
+                             received)
 
 
 def sum_tolerance(pred):
