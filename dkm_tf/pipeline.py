@@ -317,7 +317,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
             overrides=overrides, sparsity=sparsity, verbose=verbose > 1,
             preserve_sparsity=preserve_sparsity, weighting=weighting, refine=refine,
-            data=calib, loss=fisher_loss(work, weighting), **(kernel or {}))
+            data=calib, loss=fisher_loss(work, weighting, None if calib is None else calib[0]),
+            **(kernel or {}))
     seconds["finetune" if method.endswith("finetune") else "cluster"] = time.perf_counter() - t
     if stage is not None:  # still open unless a fine-tuning bar took over
         stage.close()

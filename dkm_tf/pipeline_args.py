@@ -359,19 +359,21 @@ def check_calibration(model, method, train_data, a):
     sparse = a["preserve_sparsity"] or a["sparsity"]
     check_refine(model, refine, sample[0], False, sparse)
     sensitivity.check_weighting(model, weighting, sample if weighting else None,
-                                fisher_loss(model, weighting), sparse,
+                                fisher_loss(model, weighting, sample[0]), sparse,
                                 data_used=refine is not None)
 
 
-def fisher_loss(model, weighting):
+def fisher_loss(model, weighting, x=None):
     """The loss of ``weighting="fisher"``: the compiled model's (None: share_weights reads
-    it), else the cross-entropy that fits its output (training.common.default_loss), as the
-    fine-tuning methods use; a model loaded with ``compile=False`` has none."""
+    it), else the cross-entropy that fits its output (training.common.default_loss; a model
+    loaded with ``compile=False`` has none): from_logits unless it ends in a softmax or, where
+    its last activation is unknown, its outputs on the calibration inputs ``x`` are
+    probabilities (from_logits=True on them was the Fisher of their softmax)."""
     from dkm_tf.training.common import compiled_loss, default_loss  # noqa: PLC0415
 
     if weighting is None or compiled_loss(model) is not None:
         return None
-    return default_loss(model)
+    return default_loss(model, x=x)
 
 
 def merged_lora(model, notes):

@@ -234,3 +234,24 @@ def test_a_half_precision_softmax_head_is_accepted(dtype):
     np.testing.assert_allclose(imp[id(model.layers[1].kernel)],
                                _true_fisher_numpy(X, kernel, bias, stored), rtol=2e-2)
 
+
+# ------------------------------------------------------------------ compress / dkm-tf compress
+def test_compress_reads_probabilities_of_an_unknown_last_layer(monkeypatch):
+    """compress() of a model without a compiled loss weighs by the cross-entropy it reads
+    from the output activation: from_logits=True where that is unknown, the Fisher of the
+    softmax of probabilities (now refused); the calibration outputs decide instead."""
+    from dkm_tf.pipeline_args import fisher_loss
+
+    model = _normalised_head()
+    seen = []
+    weigh = sensitivity.fisher_importance
+    monkeypatch.setattr(sensitivity, "fisher_importance",
+                        lambda m, data, loss=None, **k: seen.append(loss) or weigh(m, data,
+                                                                                   loss, **k))
+    dkm_tf.compress(model, (X, None), method="wr", weighting="fisher", n_clusters=2,
+                    calibration_samples=6, verbose=0)
+    (loss,) = seen
+    assert loss.get_config()["from_logits"] is False  # was True
+    assert fisher_loss(model, "fisher", X).get_config()["from_logits"] is False
+    assert fisher_loss(_head("logits"), "fisher", X).get_config()["from_logits"] is True
+
