@@ -255,3 +255,50 @@ def test_compress_reads_probabilities_of_an_unknown_last_layer(monkeypatch):
     assert fisher_loss(model, "fisher", X).get_config()["from_logits"] is False
     assert fisher_loss(_head("logits"), "fisher", X).get_config()["from_logits"] is True
 
+
+def test_cli_reports_a_loss_that_does_not_fit_as_a_bad_weighting(tmp_path, monkeypatch):
+    """dkm-tf compress picks the loss itself: a refusal of it is a bad --weighting (exit 2),
+    not a traceback-less "ValueError: ... argument `loss`" (exit 1) about an argument the
+    command line does not have. Here the pick is made to be the renormalising wrapper."""
+    import io
+
+    from dkm_tf import cli
+    from dkm_tf.training import common
+
+    _head("logits").save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x_train=X, x_test=X[:3])
+    monkeypatch.setattr(common, "default_loss", lambda model, shape=None, x=None: _wrapped)
+    err = io.StringIO()
+    rc = cli.run(["dkm-tf", "compress", "--model", str(tmp_path / "m.keras"), "--dataset",
+                  str(tmp_path / "d.npz"), "--output_dir", str(tmp_path / "o"),
+                  "--n_clusters", "2", "--weighting", "fisher", "--notflite", "--noplots",
+                  "--quiet"], stdout=io.StringIO(), stderr=err)
+    assert rc == 2, err.getvalue()
+    text = err.getvalue()
+    assert text.startswith("dkm-tf: error: invalid --weighting: expected none for this model")
+    assert "exp(-loss) for class" in text and "dkm_tf.compress in Python" in text, text
+    assert "received 'fisher'" in text and not (tmp_path / "o" / "report.json").exists()
+
+
+def test_cli_reports_a_softmax_over_the_batch_as_a_bad_weighting(tmp_path):
+    """A Softmax(axis=0) reads as a softmax head (from_logits=False) but outputs 1.0 for
+    every class of one sample: refused, with exit 2 (was exit 1, "argument `loss`")."""
+    import io
+
+    from dkm_tf import cli
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((5,))
+    keras.Model(i, keras.layers.Softmax(axis=0)(keras.layers.Dense(C)(i))).save(
+        tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x_train=X, x_test=X[:3])
+    err = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Keras: "a softmax over axis 0 ..."
+        rc = cli.run(["dkm-tf", "compress", "--model", str(tmp_path / "m.keras"), "--dataset",
+                      str(tmp_path / "d.npz"), "--output_dir", str(tmp_path / "o"),
+                      "--n_clusters", "2", "--weighting", "fisher", "--notflite",
+                      "--noplots", "--quiet"], stdout=io.StringIO(), stderr=err)
+    assert rc == 2, err.getvalue()
+    assert "invalid --weighting" in err.getvalue()
+    assert "from_logits=False on outputs that are not probabilities" in err.getvalue()
