@@ -90,8 +90,8 @@ def test_traced_constant_ops_after_an_activation_charged_as_the_file(op, tmp_pat
     if op == "div":  # old: listed "unsupported operation TrueDivide", 0 charged
         assert _eltwise(k) == {"mul": 144}
         assert k.paper_total == pytest.approx(f.paper_total)
-    if op == "normalization":  # old: "unsupported layer type Normalization"
-        assert _eltwise(k) == {"affine": 144}
+    if op == "normalization":  # old: "unsupported layer type Normalization", then "affine"
+        assert _eltwise(k) == want
 
 
 @TF_ONLY
@@ -490,7 +490,7 @@ def test_functional_normalization_over_other_axes_is_not_folded(axis, tmp_path):
     k = energy.estimate(model)
     assert sum(_eltwise(f).values()) == 288
     assert not any("folded into" in why for _, why in k.skipped)
-    assert sum(_eltwise(k).values()) == 144  # one "affine" record of the 144 outputs
+    assert sum(_eltwise(k).values()) == 288  # its SUB and MUL (was one "affine" record)
 
 
 @TF_ONLY

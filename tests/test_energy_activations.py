@@ -161,13 +161,14 @@ def test_batch_norm_folded_as_tflite_folds_it(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["conv_relu", "shared", "dense_nd"])
-def test_batch_norm_not_folded_stays_one_affine(kind, tmp_path):
+def test_batch_norm_not_folded_is_the_files_mul_and_add(kind, tmp_path):
     """After an activation, beside another reader of the conv's output, or after a Dense on
     an N-D tensor the converter keeps the batch norm (a MUL and an ADD); the Keras reader
-    charges it as one "affine" record over the same outputs."""
+    charges the same two records (it was one "affine" record: `keras_lowered`)."""
     k, t = _both(_bn_after(kind), tmp_path)
-    affine = [x for x in k.layers if x.shape.eltwise_op == "affine"]
-    assert [x.name for x in affine] == ["bn"]
-    n = affine[0].shape.output_size
+    mine = sorted(x.shape.eltwise_op for x in k.layers if x.shape.layer == "bn")
+    assert mine == ["add", "mul"]
+    n = next(x for x in k.layers if x.shape.layer == "bn").shape.output_size
     assert sorted(x[:3] for x in _eltwise(t) if x[2] == n)[-2:] == [
         ("eltwise", "add", n), ("eltwise", "mul", n)]
+    assert k.hierarchy_total == pytest.approx(t.hierarchy_total, rel=1e-9)

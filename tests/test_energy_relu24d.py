@@ -60,13 +60,21 @@ def test_keras_reader_leaves_out_fused_relus_as_the_file_does(tmp_path):
     np.testing.assert_allclose(keras_report.paper_total, file_report.paper_total, rtol=1e-6)
 
 
-@pytest.mark.parametrize("relu", [dict(threshold=0.5), dict(negative_slope=0.1),
-                                  dict(max_value=3.0)])  # 3.0: a MINIMUM and a RELU
+@pytest.mark.parametrize("relu", [dict(negative_slope=0.1), dict(max_value=3.0)])
 def test_relu_that_is_not_a_plain_relu_stays_charged(relu):
+    """3.0: a MINIMUM and a RELU after the RELU fused into the conv (`keras_lowered`)."""
     inp = keras.Input((4, 4, 2))
     out = L.ReLU(name="r", **relu)(L.Conv2D(2, 1, name="c")(inp))
     report = dkm_tf.energy.estimate(keras.Model(inp, out))
     assert "r" in _names(report)
+
+
+def test_relu_with_a_threshold_is_a_compare_and_select_not_priced():
+    """The file runs GREATER and SELECT_V2 (not priced); it was charged a RELU (1.58x)."""
+    inp = keras.Input((4, 4, 2))
+    out = L.ReLU(name="r", threshold=0.5)(L.Conv2D(2, 1, name="c")(inp))
+    report = dkm_tf.energy.estimate(keras.Model(inp, out))
+    assert "r" not in _names(report) and "GREATER" in dict(report.skipped)["r"]
 
 
 @pytest.mark.parametrize("make", [

@@ -7,8 +7,8 @@ where the converter folds them into the linear conv or dense layer before them (
 per-channel constant, that layer's output read by this op only), as it folds a batch norm
 (`bn_folding`). The Keras reader therefore lists such a folded op ("folded into <layer>",
 not charged), charges a division by a constant as a "mul" (was listed "unsupported operation
-TrueDivide") and a `Normalization` layer as one "affine" record like `Rescaling` and a batch
-norm (was "unsupported layer type"). The traced reader does the same (`traced_consts`).
+TrueDivide") and a `Normalization` layer as its SUB and MUL (`keras_lowered`; was
+"unsupported layer type"). The traced reader does the same (`traced_consts`).
 """
 
 import math
@@ -90,20 +90,12 @@ def const_op_records(op, call, in_shapes, out_shape):
 
 
 def normalization_records(layer, name, in_shape, out_shape, common):
-    """A `Normalization` layer: one "affine" record (its mean and variance per feature); none
-    for mean 0 and variance 1 (not adapted: an identity, which the converter removes:
+    """A `Normalization` layer: a SUB of its mean and a MUL by its inverse standard
+    deviation, as the converter runs it (`keras_lowered`; was one "affine" record); none for
+    mean 0 and variance 1 (not adapted: an identity, which the converter removes:
     EfficientNetB0's, 27,648 elements at 96x96)."""
-    import keras
-    import numpy as np
+    from dkm_tf.energy.keras_lowered import normalization_ops_records
 
-    from dkm_tf.energy import shapes as sh
-
-    mean, var = getattr(layer, "mean", None), getattr(layer, "variance", None)
     if getattr(layer, "invert", False):
         return [], "Normalization(invert=True): not modelled, not charged"
-    if mean is not None and var is not None and not np.any(
-            keras.ops.convert_to_numpy(mean)) and np.all(keras.ops.convert_to_numpy(var) == 1):
-        return [], "mean 0 and variance 1: an identity the converter removes, not charged"
-    n = math.prod(mean.shape) if mean is not None else in_shape[-1]
-    return [sh.eltwise_shape(name, elements=math.prod(out_shape[1:]), eltwise_op="affine",
-                             n_inputs=1, n_params=2 * int(n), **common)], None
+    return normalization_ops_records(layer, name, out_shape, common)

@@ -13,7 +13,8 @@ folded into the linear conv or dense layer before them (`bn_folding`, `keras_con
 charged (`ops.matmul` / `einsum` / `mean`: `keras_products`), nor is a ReLU layer the
 converter fuses into the op before it (`relu_fusion`); other activations (of a layer
 or an `Activation` layer) and `LayerNormalization` are charged as the priced element-wise ops
-a `.tflite` runs them as (`activations`); a `PReLU` layer is one "affine" record
+a `.tflite` runs them as (`activations`), as are merges of n inputs (n - 1 ops), ReLU layers,
+batch norms and `Rescaling` (`keras_lowered`); a `PReLU` is one "affine" record
 (`shapes.prelu_shape`). Conv1D/2DTranspose layers are the matrix product of `conv_transpose`
 (in_h·in_w·in_c·kh·kw·out_c MACs); an Embedding is a table lookup (`skipped`, no MACs).
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
@@ -35,6 +36,7 @@ from dkm_tf.energy.bn_folding import consumers
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
 from dkm_tf.energy.keras_factorised import factorised_records
+from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
 from dkm_tf.energy.keras_pipeline import pipeline_calls, pipeline_fold
@@ -46,7 +48,6 @@ _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D"
                "ZeroPadding3D", "Cropping1D", "Cropping2D", "Cropping3D", "Identity",
                "ActivityRegularization", "RepeatVector", "UpSampling1D", "UpSampling2D",
                "UpSampling3D")
-_RELU_NAMES = ("relu", "relu6", "leaky_relu")
 
 
 class InputShapeError(ValueError):
@@ -161,8 +162,9 @@ def _calls(model, layer):
         return e
 
 
-def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
-    """Appends the records of one call `(inputs, outputs)` of `layer`, named `name`."""
+def _walk_call(layer, name, call, counts, keras, shapes, skipped, used, fused=None):
+    """Appends the records of one call `(inputs, outputs)` of `layer`, named `name`; `fused`:
+    the layer a Pipeline's ReLU `layer` has its first RELU fused into (`relu_fused_after`)."""
     if isinstance(layer, keras.Model):
         if not _has_inputs(layer):  # traced at its call's input shape
             records, why = nested_subclassed(layer, name, call, used)
@@ -186,10 +188,10 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
                 skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
                 continue
             into = relu_fused_after(sub, subs[i - 1][0] if i else None, keras)
-            if into is not None:
+            if into is not None and len(relu_ops(sub, keras)) == 1:
                 skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
                 continue
-            _walk_call(sub, sub_name, sub_call, counts, keras, shapes, skipped, used)
+            _walk_call(sub, sub_name, sub_call, counts, keras, shapes, skipped, used, into)
         skipped.extend([(name, why)] if why else [])
         return
     inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
@@ -203,9 +205,9 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
     if into is not None:
         skipped.append((name, f"folded into {into} (as a .tflite folds it)"))
         return
-    into = relu_fused_into(inner, call, counts, keras)
-    if into is not None:
-        skipped.append((name, f"fused into {into} (as a .tflite fuses it)"))
+    fused = relu_fused_into(inner, call, counts, keras) if fused is None else fused
+    if fused is not None and len(relu_ops(inner, keras)) == 1:
+        skipped.append((name, f"fused into {fused} (as a .tflite fuses it)"))
         return
     try:
         in_shapes = _shapes_of(call[0])
@@ -225,6 +227,9 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used):
             f"Could not read layer {layer.name!r} ({type(inner).__name__}) with input "
             f"shapes {in_shapes} and output shape {out_shape}: {e}"
         ) from e
+    if fused is not None:  # a capped ReLU: its first RELU fused, its MINIMUM and RELU run
+        records = [dataclasses.replace(r, name=k.name) for r, k in zip(records[1:], records)]
+        skipped.append((name, f"its first RELU fused into {fused} (as a .tflite fuses it)"))
     if records:  # an Attention call's scores mask (causal / mask=): its ADD
         records = records + mask_records(inner, alias, call, keras)
     if name != layer.name:
@@ -326,16 +331,9 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras, n_outputs=1):
             return [sh.pool_shape(name, in_hw=ihw, channels=ic, out_hw=ohw, window=window,
                                   strides=strides, pool_op=op, repeat=rep, **common)], None
     elements = math.prod(out_shape[1:])
-    merges = ((L.Add, "add"), (L.Subtract, "add"), (L.Average, "add"), (L.Multiply, "mul"),
-              (L.Maximum, "max"), (L.Minimum, "max"))
-    for klass, op in merges:
-        if isinstance(layer, klass):
-            return [sh.eltwise_shape(name, elements=elements, eltwise_op=op,
-                                     n_inputs=len(in_shapes), **common)], None
-    if isinstance(layer, (L.ReLU, L.LeakyReLU)) or (
-            isinstance(layer, L.Activation) and activation_name(layer.activation) in _RELU_NAMES):
-        return [sh.eltwise_shape(name, elements=elements, eltwise_op="relu", n_inputs=1,
-                                 **common)], None
+    lowered = lowered_records(layer, name, len(in_shapes), elements, common, keras)
+    if lowered is not None:  # merges, ReLUs, batch norms, Rescaling: their converted ops
+        return lowered
     if isinstance(layer, L.PReLU):
         return [sh.prelu_shape(name, elements=elements, n_params=math.prod(layer.alpha.shape),
                                **common)], None
@@ -345,13 +343,6 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras, n_outputs=1):
             else ([], "no compute")
     if isinstance(layer, L.LayerNormalization) or cls == "RMSNormalization":
         return layer_norm_records(layer, name, in_shape, common=common), None
-    if isinstance(layer, L.BatchNormalization):
-        axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
-        return [sh.eltwise_shape(name, elements=elements, eltwise_op="affine", n_inputs=1,
-                                 n_params=2 * in_shape[axis], **common)], None
-    if isinstance(layer, L.Rescaling):
-        return [sh.eltwise_shape(name, elements=elements, eltwise_op="affine", n_inputs=1,
-                                 n_params=2, **common)], None
     more = classify_more(layer, name, in_shapes, out_shape, keras, common)
     if more is not None:
         return more

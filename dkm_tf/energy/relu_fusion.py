@@ -5,9 +5,11 @@ input (that op's ``fused_activation_function``) when that output feeds the ReLU 
 by converting each case (`tests/test_energy_relu24d.py`): a linear Conv1D/2D, Depthwise- or
 SeparableConv1D/2D, a Dense (any rank), a BatchNormalization (folded into the conv before it,
 or run as MUL + ADD), an Add / Subtract / Multiply layer and a max / average pooling all
-absorb it; a Conv2DTranspose, a Concatenate, or a producer whose output is read twice keep a
-RELU op of their own. A ReLU with a threshold, a slope or a cap other than 6 is not a fusable
-activation (a ReLU(3.0) is a MINIMUM and a RELU) and stays charged.
+absorb it, as does an Average (its MUL by 1 / n); a Conv2DTranspose, a Concatenate, a
+Maximum, or a producer whose output is read twice keep a RELU op of their own. A ReLU capped
+at other than 6 is a RELU, a MINIMUM and a RELU (`keras_lowered.relu_ops`): its first RELU is
+fused the same way, the MINIMUM and the last RELU stay charged; one with a threshold or a
+slope (and a cap or threshold) starts with other ops and is charged in full.
 
 Before this, `energy.estimate(keras_model)` charged each such ReLU layer a full DRAM round trip
 of its activations that the model's own `.tflite` never makes: a MobileNetV2 (224x224, K = 16)
@@ -28,6 +30,16 @@ def _fusable_relu(layer, keras):
         "relu", "relu6")
 
 
+def leading_relu(layer, keras):
+    """Whether the first op `layer` converts to is a RELU / RELU6 of its input alone (a ReLU
+    without slope nor threshold: capped at 3 it is a RELU, a MINIMUM and a RELU, whose first
+    RELU the op before absorbs; `keras_lowered.relu_ops`)."""
+    L = keras.layers
+    if isinstance(layer, L.ReLU):
+        return float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
+    return _fusable_relu(layer, keras)
+
+
 def _absorbs(producer, keras):
     L = keras.layers
     if isinstance(producer, (L.TimeDistributed, L.Bidirectional)):
@@ -42,16 +54,16 @@ def _absorbs(producer, keras):
         return False
     if isinstance(inner, linear):
         return activation_name(getattr(inner, "activation", None)) == "linear"
-    return isinstance(inner, (L.BatchNormalization, L.Add, L.Subtract, L.Multiply,
+    return isinstance(inner, (L.BatchNormalization, L.Add, L.Subtract, L.Multiply, L.Average,
                               L.MaxPooling1D, L.MaxPooling2D, L.AveragePooling1D,
                               L.AveragePooling2D))
 
 
 def relu_fused_into(layer, call, counts, keras):
-    """The name of the layer ReLU `layer` is fused into at `call` (`(inputs, outputs)`), else
-    None (not a fusable ReLU, or its producer keeps a RELU op). `counts`: consumers per tensor
-    `id` (`bn_folding.consumers`)."""
-    if isinstance(call, Exception) or not call[0] or not _fusable_relu(layer, keras):
+    """The name of the layer the leading RELU of ReLU `layer` (`leading_relu`) is fused into
+    at `call` (`(inputs, outputs)`), else None (not such a ReLU, or its producer keeps a RELU
+    op). `counts`: consumers per tensor `id` (`bn_folding.consumers`)."""
+    if isinstance(call, Exception) or not call[0] or not leading_relu(layer, keras):
         return None
     x = call[0][0]
     try:
@@ -68,6 +80,6 @@ def relu_fused_into(layer, call, counts, keras):
 def relu_fused_after(layer, prev, keras):
     """As :func:`relu_fused_into` for a layer of a `keras.layers.Pipeline`: `prev` is the
     layer before it there (None for the first), whose output only `layer` reads."""
-    if prev is None or not _fusable_relu(layer, keras) or not _absorbs(prev, keras):
+    if prev is None or not leading_relu(layer, keras) or not _absorbs(prev, keras):
         return None
     return prev.name

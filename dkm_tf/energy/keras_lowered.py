@@ -1,0 +1,117 @@
+"""Element-wise Keras layers charged as the ops the TFLite converter (TF 2.21) lowers them to.
+
+The `.tflite` reader charges each ADD / SUB / MUL / MAXIMUM / MINIMUM as a two-input record
+(a constant operand read like an activation tensor) and each RELU / RELU6 / LEAKY_RELU as a
+one-input one; the Keras reader charges these layers as the same ops, so that a Keras model's
+estimate equals its float file's. Measured before 2026-12-07 (Keras / file hierarchy totals,
+`tests/test_energy25.py`), when each was one record:
+
+- a merge of n inputs (`Add`, `Multiply`, `Maximum`, `Minimum`) is n - 1 two-input ops
+  (Add of 3: 0.839, of 4: 0.772); an `Average` of n is n - 1 ADDs and a MUL by 1 / n
+  (0.708 for 2);
+- an inference `BatchNormalization` the converter does not fold, a `Rescaling` and a
+  `Normalization` are a MUL by their scale and an ADD (a SUB of the mean for a
+  `Normalization`, before its MUL) of their offset; the converter drops a MUL by all ones and
+  an ADD of all zeros (an untrained batch norm is a MUL only), an identity entirely
+  (0.34-0.85 as one "affine" record);
+- a `ReLU` layer is Keras' `relu(x, negative_slope, max_value, threshold)` as converted: a
+  cap other than 6 a MINIMUM and a RELU after the RELU (which the op before may absorb,
+  `relu_fusion`); a threshold a GREATER and a SELECT (not priced), then the cap's MINIMUM and
+  RELU (a RELU6 for a cap of 6); a slope with a cap or threshold a RELU (a SUB with its RELU
+  for a threshold) of the negated input, a MUL and a SUB (0.30-0.65, 1.58 for a threshold).
+"""
+
+import math
+
+import numpy as np
+
+
+def _records(name, ops, elements, common):
+    from dkm_tf.energy import shapes as sh
+
+    return [sh.eltwise_shape(name if i == 0 else f"{name}#{i + 1}", elements=elements,
+                             eltwise_op=op, n_inputs=1 if op == "relu" else 2, **common)
+            for i, op in enumerate(ops)]
+
+
+def relu_ops(layer, keras):
+    """The priced ops (`eltwise_op`s, in order) of a ReLU / LeakyReLU layer or an
+    `Activation("relu" / "relu6" / "leaky_relu")`, as converted (module docstring)."""
+    L = keras.layers
+    if not isinstance(layer, L.ReLU):
+        return ["relu"]  # LEAKY_RELU, RELU, RELU6
+    s, t = float(layer.negative_slope), float(layer.threshold)
+    cap = None if layer.max_value is None else float(layer.max_value)
+    if s != 0 and cap is None and t == 0:
+        return ["relu"]  # LEAKY_RELU
+    ops = ["add" if t != 0 else "relu"] if s != 0 else []  # relu(t - x) / relu(-x)
+    clip = [] if cap is None else ["relu"] if cap == 6 else ["max", "relu"]
+    if t != 0:
+        ops += clip  # GREATER and SELECT_V2, not priced
+    else:
+        ops += ["relu"] if cap == 6 else ["relu"] + clip
+    return ops + (["mul", "add"] if s != 0 else [])
+
+
+def _numpy(value):
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float32)
+
+
+def affine_ops(layer, keras):
+    """The priced ops of an inference batch norm, `Rescaling` or `Normalization` (module
+    docstring), from its values as the converter folds them (float32)."""
+    L = keras.layers
+    if isinstance(layer, L.BatchNormalization):
+        var = _numpy(layer.moving_variance)
+        inv = np.float32(1) / np.sqrt(var + np.float32(layer.epsilon))
+        inv = inv * _numpy(layer.gamma) if layer.scale else inv
+        offset = -_numpy(layer.moving_mean) * inv
+        offset = offset + _numpy(layer.beta) if layer.center else offset
+        return ["mul"] * bool(np.any(inv != 1)) + ["add"] * bool(np.any(offset != 0))
+    if isinstance(layer, L.Normalization):
+        eps = np.float32(keras.config.epsilon())
+        div = np.maximum(np.sqrt(_numpy(layer.variance)), eps)
+        return ["add"] * bool(np.any(_numpy(layer.mean) != 0)) + \
+            ["mul"] * bool(np.any(div != 1))
+    return ["mul"] * bool(np.any(_numpy(layer.scale) != 1)) + \
+        ["add"] * bool(np.any(_numpy(layer.offset) != 0))
+
+
+def lowered_records(layer, name, n_inputs, elements, common, keras):
+    """`(records, reason)` of a merge, ReLU / LeakyReLU (or relu `Activation`), batch norm
+    or `Rescaling` layer (module docstring), None for any other layer."""
+    from dkm_tf.energy.activations import activation_name
+
+    L = keras.layers
+    merges = ((L.Add, "add"), (L.Subtract, "add"), (L.Multiply, "mul"), (L.Maximum, "max"),
+              (L.Minimum, "max"))
+    for klass, op in merges:
+        if isinstance(layer, klass):
+            return _records(name, [op] * max(n_inputs - 1, 1), elements, common), None
+    if isinstance(layer, L.Average):
+        return _records(name, ["add"] * max(n_inputs - 1, 1) + ["mul"], elements,
+                        common), None
+    if isinstance(layer, (L.ReLU, L.LeakyReLU)) or (isinstance(layer, L.Activation) and
+                                                   activation_name(layer.activation) in (
+                                                       "relu", "relu6", "leaky_relu")):
+        ops = relu_ops(layer, keras)
+        return _records(name, ops, elements, common), None if ops else (
+            f"ReLU(threshold={float(layer.threshold)}): a GREATER and a SELECT_V2 in a "
+            ".tflite, not priced")
+    if isinstance(layer, (L.BatchNormalization, L.Rescaling)):
+        ops = affine_ops(layer, keras)
+        return _records(name, ops, elements, common), None if ops else (
+            "scale 1 and offset 0: an identity the converter removes, not charged")
+    return None
+
+
+def normalization_ops_records(layer, name, out_shape, common):
+    """`(records, reason)` of an adapted `Normalization` layer: a SUB of its mean and a MUL
+    by the inverse of its standard deviation, each left out where it is an identity."""
+    import keras
+
+    ops = affine_ops(layer, keras)
+    return _records(name, ops, math.prod(out_shape[1:]), common), None if ops else (
+        "mean 0 and variance 1: an identity the converter removes, not charged")

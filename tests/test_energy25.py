@@ -1,0 +1,141 @@
+"""The Keras reader charges element-wise layers as the ops of the model's own float `.tflite`.
+
+Found by probing `energy.estimate(keras_model)` against `energy.estimate(<its float file>)`
+(hierarchy totals Keras / file, before the fix in brackets): a merge of n inputs is n - 1
+two-input ops in the file (Add of 3: 0.839, of 4: 0.772; Average of 2: 0.708); an unfolded
+batch norm, `Rescaling` and `Normalization` a MUL and an ADD / SUB of constants, each left out
+where it is an identity (0.34-0.85 as one "affine" record); a `ReLU(max_value=3)` a MINIMUM
+and a RELU after a RELU the conv before absorbs (0.646), a threshold a GREATER and a SELECT
+(not priced; 1.58), a slope with a cap a RELU, a MUL and a SUB more (0.30-0.44).
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from dkm_tf import energy
+from dkm_tf.export import to_tflite
+
+L = keras.layers
+E = 8 * 8 * 4  # outputs of the 8x8x4 tensors below
+
+
+def _both(model, tmp_path):
+    path = str(tmp_path / "m.tflite")
+    to_tflite(model, path, format="float")
+    return energy.estimate(model), energy.estimate(path)
+
+
+def _same_totals(k, f):
+    np.testing.assert_allclose(k.hierarchy_total, f.hierarchy_total, rtol=1e-6)
+    np.testing.assert_allclose(k.paper_total, f.paper_total, rtol=1e-6)
+
+
+def _ops(report, layer):
+    """`(eltwise_op, n_inputs, outputs)` of the records of `layer`, in order."""
+    return [(x.shape.eltwise_op, x.shape.n_inputs, x.shape.output_size) for x in report.layers
+            if x.shape.layer == layer]
+
+
+def _randomize(layer):
+    rng = np.random.default_rng(0)
+    for w in layer.weights:
+        w.assign(rng.uniform(0.5, 1.5, w.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("klass,n,ops", [
+    (L.Add, 3, ["add"] * 2), (L.Add, 4, ["add"] * 3), (L.Multiply, 3, ["mul"] * 2),
+    (L.Maximum, 3, ["max"] * 2), (L.Minimum, 4, ["max"] * 3), (L.Average, 2, ["add", "mul"]),
+    (L.Average, 3, ["add", "add", "mul"]), (L.Subtract, 2, ["add"]),
+])
+def test_merge_of_n_inputs_is_n_minus_1_two_input_ops(klass, n, ops, tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    merged = klass(name="m")([L.Conv2D(4, 1, name=f"c{j}")(inp) for j in range(n)])
+    k, f = _both(keras.Model(inp, L.Flatten()(merged)), tmp_path)
+    assert _ops(k, "m") == [(op, 2, E) for op in ops]  # hand count; was [(op, n, E)]
+    _same_totals(k, f)
+
+
+def _after_tanh(layer):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    return keras.Model(inp, L.Flatten()(layer(L.Activation("tanh")(inp))))
+
+
+def _bn(**kwargs):
+    return L.BatchNormalization(name="bn", **kwargs)
+
+
+@pytest.mark.parametrize("make,ops", [
+    (lambda: _bn(), ["mul", "add"]),                         # trained: x * a + b
+    (lambda: _bn(center=False, scale=False), ["mul", "add"]),
+    (lambda: L.Rescaling(0.5, offset=1.0, name="bn"), ["mul", "add"]),
+    (lambda: L.Rescaling(1.0, offset=0.5, name="bn"), ["add"]),  # a MUL by 1 is dropped
+    (lambda: L.Rescaling(0.5, name="bn"), ["mul"]),
+    (lambda: L.Normalization(mean=0.5, variance=4.0, name="bn"), ["add", "mul"]),  # SUB, MUL
+    (lambda: L.Normalization(mean=0.0, variance=4.0, name="bn"), ["mul"]),
+    (lambda: L.Normalization(mean=0.5, variance=1.0, name="bn"), ["add"]),
+], ids=["bn", "bn_no_params", "rescale", "rescale_offset", "rescale_scale", "norm",
+        "norm_mean0", "norm_var1"])
+def test_unfolded_scale_and_shift_is_the_files_mul_and_add(make, ops, tmp_path):
+    layer = make()
+    model = _after_tanh(layer)
+    if isinstance(layer, L.BatchNormalization):
+        _randomize(layer)
+    k, f = _both(model, tmp_path)
+    assert _ops(k, "bn") == [(op, 2, E) for op in ops]  # was [("affine", 1, E)]
+    _same_totals(k, f)
+
+
+def test_untrained_batch_norm_is_a_mul_only_and_an_identity_nothing(tmp_path):
+    """An untrained batch norm's offset is 0 (the converter drops its ADD); with epsilon 0 its
+    scale is 1 too, and the file has no op for it."""
+    k, f = _both(_after_tanh(_bn()), tmp_path)
+    assert _ops(k, "bn") == [("mul", 2, E)]
+    _same_totals(k, f)
+    k, f = _both(_after_tanh(_bn(epsilon=0.0)), tmp_path)
+    assert _ops(k, "bn") == [] and "identity" in dict(k.skipped)["bn"]
+    assert k.layers == f.layers == ()
+
+
+@pytest.mark.parametrize("kwargs,ops", [
+    (dict(max_value=3.0), ["max", "relu"]),  # RELU fused into the conv, MINIMUM, RELU
+    (dict(max_value=1.0), ["max", "relu"]),
+    (dict(max_value=6.0), []),               # RELU6 fused
+    (dict(threshold=0.5), []),               # GREATER, SELECT_V2: not priced
+    (dict(max_value=3.0, threshold=0.5), ["max", "relu"]),
+    (dict(max_value=6.0, threshold=0.5), ["relu"]),
+    (dict(negative_slope=0.1), ["relu"]),    # LEAKY_RELU
+    (dict(negative_slope=0.1, max_value=3.0), ["relu", "relu", "max", "relu", "mul", "add"]),
+    (dict(negative_slope=0.1, max_value=6.0), ["relu", "relu", "mul", "add"]),
+    (dict(negative_slope=0.1, threshold=0.5), ["add", "mul", "add"]),
+    (dict(negative_slope=0.1, max_value=3.0, threshold=0.5),
+     ["add", "max", "relu", "mul", "add"]),
+])
+def test_relu_layer_is_charged_as_its_converted_ops(kwargs, ops, tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    out = L.ReLU(name="r", **kwargs)(L.Conv2D(4, 3, padding="same", name="c")(inp))
+    k, f = _both(keras.Model(inp, L.Flatten()(out)), tmp_path)
+    assert [op for op, _, _ in _ops(k, "r")] == ops  # was ["relu"] (or [] for a cap of 6)
+    _same_totals(k, f)
+
+
+def test_capped_relu_not_after_a_fusing_op_keeps_its_first_relu(tmp_path):
+    k, f = _both(_after_tanh(L.ReLU(max_value=3.0, name="r")), tmp_path)
+    assert _ops(k, "r") == [("relu", 1, E), ("max", 2, E), ("relu", 1, E)]
+    _same_totals(k, f)
+
+
+def test_capped_relu_in_a_pipeline_has_its_first_relu_fused(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    pipe = L.Pipeline([L.Conv2D(4, 3, padding="same", name="c"), L.ReLU(max_value=3.0, name="r"),
+                       L.BatchNormalization(name="bn")])
+    model = keras.Model(inp, L.Flatten()(pipe(inp)))
+    _randomize(pipe.layers[2])
+    k, f = _both(model, tmp_path)
+    assert [op for op, _, _ in _ops(k, "r")] == ["max", "relu"]
+    assert "fused into c" in dict(k.skipped)["r"]
+    _same_totals(k, f)
