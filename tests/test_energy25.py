@@ -6,7 +6,9 @@ two-input ops in the file (Add of 3: 0.839, of 4: 0.772; Average of 2: 0.708); a
 batch norm, `Rescaling` and `Normalization` a MUL and an ADD / SUB of constants, each left out
 where it is an identity (0.34-0.85 as one "affine" record); a `ReLU(max_value=3)` a MINIMUM
 and a RELU after a RELU the conv before absorbs (0.646), a threshold a GREATER and a SELECT
-(not priced; 1.58), a slope with a cap a RELU, a MUL and a SUB more (0.30-0.44).
+(not priced; 1.58), a slope with a cap a RELU, a MUL and a SUB more (0.30-0.44); a batch norm
+or ReLU after a nested model ending in a conv is folded / fused into that conv (1.29), and one
+after a `TimeDistributed` conv is not folded (0.33).
 """
 
 import keras
@@ -139,3 +141,61 @@ def test_capped_relu_in_a_pipeline_has_its_first_relu_fused(tmp_path):
     assert [op for op, _, _ in _ops(k, "r")] == ["max", "relu"]
     assert "fused into c" in dict(k.skipped)["r"]
     _same_totals(k, f)
+
+
+def _nested(two_outputs=False):
+    inp = keras.Input((8, 8, 4))
+    c = L.Conv2D(4, 3, padding="same", name="nc")(L.Conv2D(4, 1, name="n0")(inp))
+    return keras.Model(inp, [c, L.MaxPooling2D(name="np")(c)] if two_outputs else c)
+
+
+@pytest.mark.parametrize("after", ["bn", "relu", "relu3", "bn_relu"])
+def test_batch_norm_and_relu_after_a_nested_model_fold_into_its_conv(after, tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    x = _nested()(inp)
+    bn = L.BatchNormalization(name="bn")
+    if "bn" in after:
+        x = bn(x)
+    if "relu" in after:
+        x = L.ReLU(max_value=3.0 if after == "relu3" else None, name="r")(x)
+    model = keras.Model(inp, L.Flatten()(x))
+    _randomize(bn)
+    k, f = _both(model, tmp_path)
+    skipped = dict(k.skipped)
+    assert skipped.get("bn", "folded into nc").startswith("folded into nc")
+    assert "fused into nc" in skipped.get("r", "fused into nc")
+    assert [op for op, _, _ in _ops(k, "r")] == (["max", "relu"] if after == "relu3" else [])
+    _same_totals(k, f)
+
+
+def test_batch_norm_after_a_nested_conv_read_twice_inside_is_charged(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    a, b = _nested(two_outputs=True)(inp)
+    bn = L.BatchNormalization(name="bn")
+    model = keras.Model(inp, [L.Flatten()(bn(a)), L.Flatten()(b)])
+    _randomize(bn)
+    k, f = _both(model, tmp_path)
+    assert _ops(k, "bn") == [("mul", 2, E), ("add", 2, E)]
+    _same_totals(k, f)
+
+
+@pytest.mark.parametrize("wrapped,shape", [
+    (lambda: L.TimeDistributed(L.Conv2D(4, 3, padding="same"), name="p"), (3, 8, 8, 4)),
+    (lambda: L.Bidirectional(L.LSTM(4, return_sequences=True), name="p"), (6, 5)),
+], ids=["time_distributed_conv", "bidirectional"])
+def test_batch_norm_after_a_wrapped_layer_is_not_folded(wrapped, shape, tmp_path):
+    """The converter unrolls them per step (PACK / concatenation), then runs a MUL and an ADD;
+    the Keras reader listed the batch norm after a TimeDistributed conv folded (0.33)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(shape)
+    bn = L.BatchNormalization(name="bn")
+    model = keras.Model(inp, L.Flatten()(bn(wrapped()(inp))))
+    _randomize(bn)
+    k, f = _both(model, tmp_path)
+    n = int(np.prod(model.outputs[0].shape[1:]))
+    assert _ops(k, "bn") == [("mul", 2, n), ("add", 2, n)]
+    file_bn = [(x.shape.eltwise_op, x.shape.n_inputs, x.shape.output_size) for x in f.layers
+               if x.shape.kind == "eltwise" and x.name.startswith("bn")]
+    assert file_bn == _ops(k, "bn")

@@ -5,13 +5,15 @@ the conv or dense layer that produces its input when that layer is linear (no ac
 its output feeds the batch norm only: Conv1D/2D, Depthwise/SeparableConv1D/2D,
 Conv1D/2DTranspose (channels_last over the last axis; channels_first over axis 1, where the
 converted graph's transposes put the channels last), and a Dense on a 2-D input (a Dense on an
-N-D tensor is not folded). The
-traced-graph reader treats batch norms as fused too; the Keras reader charges the others as
-one "affine" record (a `.tflite` runs them as a MUL and an ADD).
+N-D tensor is not folded), also where that layer ends a nested model (`source`: the converter
+inlines it). Not after a `TimeDistributed` layer (unrolled per step, then a PACK) nor a
+`Bidirectional` one. The traced-graph reader treats batch norms as fused too; the Keras reader
+charges the others as a `.tflite` runs them, a MUL and an ADD (`keras_lowered`).
 `tests/test_energy_activations.py` converts each case and checks which are folded.
 """
 
 from dkm_tf.energy.activations import activation_name
+from dkm_tf.energy.keras_calls import calls, graph_ops
 
 
 def consumers(model, op_calls, keras):
@@ -31,15 +33,44 @@ def consumers(model, op_calls, keras):
     return counts
 
 
+def source(x, counts, keras):
+    """The op whose output tensor `x` is, where `x` is read by one call only (`counts`), else
+    None. Where `x` is the output of a nested Functional model, the op inside producing it when
+    nothing else there reads it (recursively): the converter inlines a nested model, so a batch
+    norm or a ReLU after one ending in a conv is folded into that conv (before 2026-12-07 the
+    Keras reader charged them: Keras / file hierarchy 1.29)."""
+    try:
+        producer, index = x._keras_history.operation, x._keras_history.tensor_index
+    except (AttributeError, ValueError):
+        return None
+    if counts.get(id(x), 0) != 1:
+        return None
+    if isinstance(producer, keras.Model):
+        try:
+            inner = keras.tree.flatten(producer.outputs)[index]
+        except (AttributeError, ValueError, IndexError, TypeError):
+            return None
+        ops = [(op, _calls(producer, op)) for op in graph_ops(producer)]
+        return source(inner, consumers(producer, ops, keras), keras)
+    return producer
+
+
+def _calls(model, op):
+    try:
+        return calls(model, op)
+    except (AttributeError, ValueError) as e:
+        return e
+
+
 def folded_into(norm, counts, keras, x=None):
     """The name of the layer batch norm `norm` is folded into at the call reading `x` (by
     default its first call's input), or `None`."""
     try:
         x = norm.input if x is None else x
-        producer = x._keras_history.operation
     except (AttributeError, ValueError):
         return None
-    if counts.get(id(x), 0) != 1 or not folds_after(producer, norm, len(x.shape), keras):
+    producer = source(x, counts, keras)
+    if producer is None or not folds_after(producer, norm, len(x.shape), keras):
         return None
     return producer.name
 
@@ -50,6 +81,8 @@ def folds_after(producer, norm, rank, keras):
     layers of a `keras.layers.Pipeline` (`keras_pipeline`), whose inner tensors have no
     Keras history."""
     L = keras.layers
+    if isinstance(producer, (L.TimeDistributed, L.Bidirectional)):
+        return False  # unrolled per step, then a PACK, then a MUL and an ADD
     inner = producer.layer if isinstance(producer, L.Wrapper) else producer
     convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
              L.SeparableConv2D, L.Conv1DTranspose, L.Conv2DTranspose)

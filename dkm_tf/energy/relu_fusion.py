@@ -5,11 +5,13 @@ input (that op's ``fused_activation_function``) when that output feeds the ReLU 
 by converting each case (`tests/test_energy_relu24d.py`): a linear Conv1D/2D, Depthwise- or
 SeparableConv1D/2D, a Dense (any rank), a BatchNormalization (folded into the conv before it,
 or run as MUL + ADD), an Add / Subtract / Multiply layer and a max / average pooling all
-absorb it, as does an Average (its MUL by 1 / n); a Conv2DTranspose, a Concatenate, a
-Maximum, or a producer whose output is read twice keep a RELU op of their own. A ReLU capped
-at other than 6 is a RELU, a MINIMUM and a RELU (`keras_lowered.relu_ops`): its first RELU is
-fused the same way, the MINIMUM and the last RELU stay charged; one with a threshold or a
-slope (and a cap or threshold) starts with other ops and is charged in full.
+absorb it, as does an Average (its MUL by 1 / n) and a conv ending a nested model (the
+converter inlines it: `bn_folding.source`; Keras / file 1.29 before 2026-12-07); a
+Conv2DTranspose, a Concatenate, a Maximum, or a producer whose output is read twice keep a
+RELU op of their own. A ReLU capped at other than 6 is a RELU, a MINIMUM and a RELU
+(`keras_lowered.relu_ops`): its first RELU is fused the same way, the MINIMUM and the last
+RELU stay charged; one with a threshold or a slope (and a cap or threshold) starts with other
+ops and is charged in full.
 
 Before this, `energy.estimate(keras_model)` charged each such ReLU layer a full DRAM round trip
 of its activations that the model's own `.tflite` never makes: a MobileNetV2 (224x224, K = 16)
@@ -17,7 +19,7 @@ read 7.40e9 hierarchy units from Keras and 4.74e9 from its palettized file.
 """
 
 from dkm_tf.energy.activations import activation_name
-from dkm_tf.energy.bn_folding import folded_into
+from dkm_tf.energy.bn_folding import folded_into, source
 
 
 def _fusable_relu(layer, keras):
@@ -62,15 +64,13 @@ def _absorbs(producer, keras):
 def relu_fused_into(layer, call, counts, keras):
     """The name of the layer the leading RELU of ReLU `layer` (`leading_relu`) is fused into
     at `call` (`(inputs, outputs)`), else None (not such a ReLU, or its producer keeps a RELU
-    op). `counts`: consumers per tensor `id` (`bn_folding.consumers`)."""
+    op). `counts`: consumers per tensor `id` (`bn_folding.consumers`); the producer is found
+    through nested models (`bn_folding.source`)."""
     if isinstance(call, Exception) or not call[0] or not leading_relu(layer, keras):
         return None
     x = call[0][0]
-    try:
-        producer = x._keras_history.operation
-    except (AttributeError, ValueError):
-        return None
-    if counts.get(id(x), 0) != 1 or not _absorbs(producer, keras):
+    producer = source(x, counts, keras)
+    if producer is None or not _absorbs(producer, keras):
         return None
     if isinstance(producer, keras.layers.BatchNormalization):  # the conv it is folded into
         return folded_into(producer, counts, keras) or producer.name
