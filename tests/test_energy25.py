@@ -199,3 +199,19 @@ def test_batch_norm_after_a_wrapped_layer_is_not_folded(wrapped, shape, tmp_path
     file_bn = [(x.shape.eltwise_op, x.shape.n_inputs, x.shape.output_size) for x in f.layers
                if x.shape.kind == "eltwise" and x.name.startswith("bn")]
     assert file_bn == _ops(k, "bn")
+
+
+def test_records_of_a_shared_layer_called_twice_have_unique_names(tmp_path):
+    """Each call's ops are `name`, `name/2`, ... and `name#2`, `name#2/2`, ... (a first
+    version named them `a#2` for the first call's second op and for the second call)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    add, bn = L.Add(name="a"), L.BatchNormalization(name="bn")
+    cs = [L.Conv2D(4, 1)(inp) for _ in range(3)]
+    x = bn(L.Activation("tanh")(add(cs)))
+    model = keras.Model(inp, L.Flatten()(bn(add([x, cs[0], cs[1]]))))
+    _randomize(bn)
+    k, f = _both(model, tmp_path)
+    names = [x.name for x in k.layers if x.shape.layer in ("a", "bn")]
+    assert names == ["a", "a/2", "a#2", "a#2/2", "bn", "bn/2", "bn#2", "bn#2/2"]
+    _same_totals(k, f)

@@ -27,9 +27,11 @@ import numpy as np
 
 
 def _records(name, ops, elements, common):
+    """One record per op: `name`, `name/2`, ... (a second call's records then `name#2`,
+    `name#2/2`, ...: `keras_reader._call_names`)."""
     from dkm_tf.energy import shapes as sh
 
-    return [sh.eltwise_shape(name if i == 0 else f"{name}#{i + 1}", elements=elements,
+    return [sh.eltwise_shape(name if i == 0 else f"{name}/{i + 1}", elements=elements,
                              eltwise_op=op, n_inputs=1 if op == "relu" else 2, **common)
             for i, op in enumerate(ops)]
 
@@ -71,6 +73,8 @@ def affine_ops(layer, keras):
         offset = offset + _numpy(layer.beta) if layer.center else offset
         return ["mul"] * bool(np.any(inv != 1)) + ["add"] * bool(np.any(offset != 0))
     if isinstance(layer, L.Normalization):
+        if getattr(layer, "mean", None) is None or getattr(layer, "variance", None) is None:
+            return ["add", "mul"]  # not built: its statistics unknown
         eps = np.float32(keras.config.epsilon())
         div = np.maximum(np.sqrt(_numpy(layer.variance)), eps)
         return ["add"] * bool(np.any(_numpy(layer.mean) != 0)) + \
