@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from dkm_tf.export.depth import (  # noqa: F401 (re-exported)
+    FLOAT_LAYERS_PER_STEP,
+    depth_tolerance,
+    output_depths,
+    output_tolerances,
+    weighted_depth,
+)
+
 __all__ = ["FLOAT_LAYERS_PER_STEP", "INT8_UNIT_FLOOR", "NOISE_FACTOR", "depth_tolerance",
-           "noise_floor", "output_depths", "output_errors", "tolerance_hint", "unit_report",
-           "weighted_depth"]
+           "noise_floor", "output_depths", "output_errors", "output_tolerances", "tolerance_hint",
+           "unit_report", "weighted_depth"]
 
 INT8_UNIT_FLOOR = 2.0 / 127.0  # two int8 steps of the whole output's max |keras|
 NOISE_FACTOR = 10  # a default tolerance is at least this many times Keras' own noise
-FLOAT_LAYERS_PER_STEP = 5  # the float tolerance grows by itself per this many weighted layers
 
 
 def output_errors(got, reference, what, error=ValueError):
@@ -95,69 +102,6 @@ def noise_floor(tolerance, noise, n, notes):
                  f"outputs differ by {noise:.3g} (relative) between batch 1 and batch {n} on "
                  f"these samples")
     return NOISE_FACTOR * noise
-
-
-def weighted_depth(layer):
-    """Layers with weights on the longest chain from ``layer``'s inputs to one of its outputs
-    (parallel branches and tables not added up: review R6); a subclassed model's every layer
-    with weights (its graph is not known).
-
-    A walk over the tensors the model computes with: a nested model's output tensor is as
-    deep as that output's own chain (:func:`output_depths`), so an outer model reading a
-    nested model's 1-deep output beside its 20-deep one counts 1 for it, not 20 (review R8).
-    Never less than the deepest path: a nested model's output adds its deepest chain from any
-    of its inputs to the deepest of the tensors it is called on."""
-    return max(output_depths(layer), default=0)
-
-
-def output_depths(layer):
-    """Per output of ``layer``, the layers with weights on its longest chain from any input
-    (see :func:`weighted_depth`): a list, one entry per output tensor; ``[n]`` for a layer
-    or a model whose graph is not walked (a Sequential: the sum over its layers; a subclassed
-    model: its every layer with weights)."""
-    import keras  # noqa: PLC0415
-
-    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
-
-    if not getattr(layer, "layers", None):
-        return [1 if getattr(layer, "weights", None) else 0]
-    if isinstance(layer, keras.Sequential):
-        return [sum(weighted_depth(x) for x in layer.layers)]
-    by_depth = getattr(layer, "_nodes_by_depth", None)  # Keras' own node depths
-    if not by_depth:
-        return [sum(1 for x in walk_layers(layer) if getattr(x, "weights", None)
-                    and not getattr(x, "layers", None))]
-    depth, made = {}, {}  # id(tensor) -> weighted layers before it; id(node) -> its deepest
-    for level in sorted(by_depth, reverse=True):  # from the inputs to the outputs
-        for node in by_depth[level]:
-            parents = max((made.get(id(p), 0) for p in node.parent_nodes), default=0)
-            start = max((depth.get(id(t), parents) for t in node.input_tensors), default=0)
-            outs = [start + d for d in output_depths(node.operation)]
-            tensors = list(node.outputs)
-            if len(outs) != len(tensors):  # not one depth per output: the deepest for all
-                outs = [max(outs, default=start)] * len(tensors)
-            depth.update((id(t), d) for t, d in zip(tensors, outs))
-            made[id(node)] = max(outs, default=start)
-    deepest = max(made.values(), default=0)  # an output not walked: no fewer than any chain
-    return [depth.get(id(t), deepest) for t in layer.outputs]
-
-
-def depth_tolerance(model, tolerance, cap, notes):
-    """The float ``tolerance`` for ``model``'s depth: ``tolerance x n / 5`` for ``n`` layers
-    with weights on its longest chain (:func:`weighted_depth`) beyond 5, at most ``cap``
-    (palettized's), with a note saying so.
-
-    Float32 rounding grows with depth: ResNet50 (random weights, batch norms calibrated on 8
-    images; 107 layers with weights) differs from Keras by 2.7e-5 in its float file and was
-    refused at 1e-5, while a small net keeps 1e-5 (a float file of a 2-layer regressor whose
-    small unit's bias was dropped, 9e-5 of the output's range, is refused; review R4)."""
-    n = weighted_depth(model)
-    scaled = min(cap, tolerance * max(1.0, n / FLOAT_LAYERS_PER_STEP))
-    if scaled > tolerance:
-        notes.append(f"float tolerance {scaled:.3g} for {n} layers with weights on the longest "
-                     f"chain ({tolerance:g} per {FLOAT_LAYERS_PER_STEP}, at most {cap:g}): "
-                     "float32 rounding grows with depth")
-    return scaled
 
 
 def tolerance_hint(bad):

@@ -1,0 +1,179 @@
+"""How deep a model is in layers with weights, per output: the float tolerance's depth.
+
+Float32 rounding grows with depth: ResNet50 (random weights, batch norms calibrated on 8
+images; 107 layers with weights) differs from Keras by 2.7e-5 in its float file and was
+refused at 1e-5, while a small net keeps 1e-5 (a float file of a 2-layer regressor whose small
+unit's bias was dropped, 9e-5 of the output's range, is refused; review R4). Each output gets
+the tolerance of its own depth (:func:`output_tolerances`): a 1-deep head beside a 20-deep
+one was verified at the deep one's 4e-5 and a head 2.5e-5 off was written (review R1, h25).
+"""
+
+from __future__ import annotations
+
+__all__ = ["FLOAT_LAYERS_PER_STEP", "depth_tolerance", "input_depths", "output_depths",
+           "output_tolerances", "weighted_depth"]
+
+FLOAT_LAYERS_PER_STEP = 5  # the float tolerance grows by itself per this many weighted layers
+_WRAPPED = ("forward_layer", "backward_layer", "layer")  # Bidirectional, TimeDistributed, ...
+
+
+def weighted_depth(layer):
+    """Layers with weights on the longest chain from ``layer``'s inputs to one of its outputs
+    (parallel branches and tables not added up: review R6): the largest of
+    :func:`output_depths`.
+
+    A walk over the tensors the model computes with, from each of its inputs: a nested
+    model's output tensor is as deep as that output's own chain from each input of the nested
+    model that reaches it (:func:`input_depths`), so an outer model reading a nested model's
+    1-deep output beside its 20-deep one counts 1 for it, not 20 (review R8), and an output
+    reading input b is not charged for the chain feeding input a. Never less than the deepest
+    path through a Functional model's graph; an upper bound where the graph is not known: a
+    Sequential (the sum over its layers), a subclassed model (its every layer with weights), a
+    layer holding layers (TimeDistributed / Bidirectional: the wrapped layer's depth; another
+    layer: the sum over the layers it tracks, e.g. 4 for MultiHeadAttention, whose longest
+    chain is 2)."""
+    return max(output_depths(layer), default=0)
+
+
+def output_depths(layer):
+    """Per output of ``layer``, the layers with weights on its longest chain from any input
+    that reaches it (see :func:`weighted_depth`): a list, one entry per output tensor."""
+    return [max((d for d in row if d is not None), default=0) for row in input_depths(layer)]
+
+
+def input_depths(layer, cache=None):
+    """Per output of ``layer``, per input: the layers with weights on the longest chain from
+    that input to that output, None where that input does not reach it (a list of lists).
+    A layer or model whose graph is not walked has one entry per output, for any input."""
+    cache = {} if cache is None else cache
+    if id(layer) not in cache:
+        cache[id(layer)] = _input_depths(layer, cache)
+    return cache[id(layer)]
+
+
+def _input_depths(layer, cache):
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
+
+    if not getattr(layer, "layers", None):
+        return [[_layer_depth(layer, cache)]]
+    if isinstance(layer, keras.Sequential):
+        return [[sum(weighted_depth(x) for x in layer.layers)]]
+    by_depth = getattr(layer, "_nodes_by_depth", None)  # Keras' own node depths
+    if not by_depth:
+        return [[sum(1 for x in walk_layers(layer) if getattr(x, "weights", None)
+                     and not getattr(x, "layers", None))]]
+    walks = [_walk(by_depth, x, cache) for x in layer.inputs]
+    deepest = max((max(made.values(), default=0) for _, made in walks), default=0)
+    rows = [[depth.get(id(t)) for depth, _ in walks] for t in layer.outputs]
+    # an output no walk reached (a tensor not found): no fewer than any chain
+    return [row if any(d is not None for d in row) else [deepest] * len(row) for row in rows]
+
+
+def _walk(by_depth, seed, cache):
+    """``(depth, made)``: id(tensor) -> weighted layers from ``seed`` before it (tensors it
+    reaches only), id(node) -> the deepest of its outputs."""
+    depth, made = {id(seed): 0}, {}
+    for level in sorted(by_depth, reverse=True):  # from the inputs to the outputs
+        for node in by_depth[level]:
+            tensors = list(node.input_tensors)
+            ins = [depth.get(id(t)) for t in tensors]
+            if all(d is None for d in ins):
+                parents = [made[id(p)] for p in node.parent_nodes if id(p) in made]
+                if not tensors or not parents:
+                    continue  # not reached from this input
+                ins = [max(parents)] * len(tensors)  # its tensors not found: its parents'
+            outs = [_combine(ins, row) for row in input_depths(node.operation, cache)]
+            outputs = list(node.outputs)
+            reached = [d for d in outs if d is not None]
+            if len(outs) != len(outputs):  # not one depth per output: the deepest for all
+                outs = [max(reached, default=None)] * len(outputs)
+            depth.update((id(t), d) for t, d in zip(outputs, outs) if d is not None)
+            if reached:
+                made[id(node)] = max(reached)
+    return depth, made
+
+
+def _combine(ins, row):
+    """An output's depth from the depths ``ins`` of the tensors a node reads (None: not
+    reached) and the operation's ``row`` (per input, or one entry for any input)."""
+    if len(row) == len(ins):  # per input: only the inputs that reach this output count
+        got = [d + r for d, r in zip(ins, row) if d is not None and r is not None]
+        return max(got) if got else None
+    reached = [d for d in ins if d is not None]
+    own = max((r for r in row if r is not None), default=0)
+    return max(reached) + own if reached else None
+
+
+def _layer_depth(layer, cache):
+    """A layer that is no model: 1 with weights; a wrapper (TimeDistributed, Bidirectional)
+    its wrapped layers' deepest; a layer tracking layers the sum over them (a chain, an
+    upper bound), plus 1 for weights of its own."""
+    weights = getattr(layer, "weights", None) or []
+    inner = [x for x in (getattr(layer, a, None) for a in _WRAPPED)
+             if x is not None and x is not layer and hasattr(x, "weights")]
+    if inner:
+        return max([1 if weights else 0] + [max(output_depths_cached(x, cache)) for x in inner])
+    flatten = getattr(layer, "_flatten_layers", None)
+    subs = list(flatten(include_self=False, recursive=False)) if flatten else []
+    if not subs:
+        return 1 if weights else 0
+    theirs = {id(w) for s in subs for w in (getattr(s, "weights", None) or [])}
+    own = any(id(w) not in theirs for w in weights)
+    total = sum(max(output_depths_cached(s, cache), default=0) for s in subs) + own
+    return max(total, 1 if weights else 0)
+
+
+def output_depths_cached(layer, cache):
+    """:func:`output_depths` with ``cache`` (id(layer) -> :func:`input_depths`)."""
+    return [max((d for d in row if d is not None), default=0)
+            for row in input_depths(layer, cache)] or [0]
+
+
+def _scaled(n, tolerance, cap):
+    return min(cap, tolerance * max(1.0, n / FLOAT_LAYERS_PER_STEP))
+
+
+def depth_tolerance(model, tolerance, cap, notes):
+    """The float ``tolerance`` for ``model``'s deepest output: ``tolerance x n / 5`` for
+    ``n`` layers with weights on its longest chain (:func:`weighted_depth`) beyond 5, at most
+    ``cap`` (palettized's), with a note saying so. The export verifies each output at its own
+    depth's (:func:`output_tolerances`)."""
+    n = weighted_depth(model)
+    scaled = _scaled(n, tolerance, cap)
+    if scaled > tolerance:
+        notes.append(_one_note(scaled, n, tolerance, cap))
+    return scaled
+
+
+def _one_note(scaled, n, tolerance, cap):
+    return (f"float tolerance {scaled:.3g} for {n} layers with weights on the longest "
+            f"chain ({tolerance:g} per {FLOAT_LAYERS_PER_STEP}, at most {cap:g}): "
+            "float32 rounding grows with depth")
+
+
+def output_tolerances(model, tolerance, cap, notes):
+    """Per output of ``model`` (a tuple), the float tolerance of that output's depth
+    (:func:`output_depths`; ``tolerance x n / 5`` beyond 5, at most ``cap``), with one note:
+    the per-output values grouped (a 50-output model gets one line, not 50)."""
+    depths = output_depths(model) or [0]
+    tols = tuple(_scaled(n, tolerance, cap) for n in depths)
+    if max(tols) <= tolerance:
+        return tols
+    if len(set(tols)) == 1:
+        notes.append(_one_note(tols[0], max(depths), tolerance, cap))
+        return tols
+    groups = []
+    for t in sorted(set(tols)):
+        ks = [k for k, x in enumerate(tols) if x == t]
+        ns = sorted({depths[k] for k in ks})
+        who = (f"output{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}"
+               if len(ks) <= 3 else f"{len(ks)} outputs")
+        many = f"{ns[0]}-{ns[-1]}" if len(ns) > 1 else f"{ns[0]}"
+        groups.append(f"{t:.3g} for {who} ({many} layers with weights)")
+    shown = groups if len(groups) <= 4 else [*groups[:2], "...", *groups[-2:]]
+    notes.append(f"float tolerance per output, from its own longest chain: {'; '.join(shown)} "
+                 f"({tolerance:g} per {FLOAT_LAYERS_PER_STEP} layers with weights, at most "
+                 f"{cap:g}): float32 rounding grows with depth")
+    return tols
