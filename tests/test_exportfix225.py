@@ -100,3 +100,111 @@ def test_wrappers_and_layers_holding_layers_are_counted():
                              keras.layers.LSTM(3, return_sequences=True)])
     assert weighted_depth(keras.Model(t, keras.layers.TimeDistributed(
         keras.layers.Dense(2))(deep(t)))) == 3
+
+
+def _head_beside_deep():
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    return keras.Model(i, [keras.layers.Dense(3, name="head")(i), _chain(i, 20)])
+
+
+def test_each_output_gets_the_tolerance_of_its_own_depth(tmp_path):
+    """The parent verified every output at the deepest one's 4e-5: a 1-deep head 2.5e-5 off
+    was written (alone it is refused at 1e-5)."""
+    model = _head_beside_deep()
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    content = _shifted_file(model, x, "head", 2.5e-5)
+    path = tmp_path / "m.tflite"
+    with pytest.raises(verify.ExportVerificationError) as info:
+        dkm_tf.export.to_tflite(model, path, "float", sample_inputs=x, float_content=content)
+    assert not path.exists()
+    text = str(info.value)
+    assert "(tolerance 1e-05 to 4e-05 per output); output 0: relative 2.5" in text, text
+    assert "(its tolerance 1e-05, from its own depth)" in text
+    report = dkm_tf.export.to_tflite(model, path, "float", sample_inputs=x)  # its own file
+    assert path.exists() and all(c.output_tolerances == pytest.approx((1e-5, 4e-5))
+                                 and c.tolerance == pytest.approx(4e-5) and c.ok
+                                 for c in report.comparisons)
+    assert len(report.comparisons[0].output_rel_errors) == 2
+    [note] = [n for n in report.notes if n.startswith("float tolerance")]
+    assert note.startswith("float tolerance per output, from its own longest chain: 1e-05 for "
+                           "output 0 (1 layers with weights); 4e-05 for output 1 (20 layers")
+    assert "(tolerance 1e-05 to 4e-05 per output)" in report.summary()
+
+
+def test_many_outputs_get_one_grouped_note():
+    from dkm_tf.export.depth import output_tolerances
+
+    i = keras.Input((6,))
+    outs = [keras.layers.Dense(2)(i) for _ in range(40)] + [_chain(i, 20), _chain(i, 10)]
+    notes = []
+    tols = output_tolerances(keras.Model(i, outs), 1e-5, 1e-4, notes)
+    assert tols == pytest.approx((1e-5,) * 40 + (4e-5, 2e-5))
+    assert notes == ["float tolerance per output, from its own longest chain: 1e-05 for 40 "
+                     "outputs (1 layers with weights); 2e-05 for output 41 (10 layers with "
+                     "weights); 4e-05 for output 40 (20 layers with weights) (1e-05 per 5 "
+                     "layers with weights, at most 0.0001): float32 rounding grows with depth"]
+
+
+def _regressor():
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                          keras.layers.Dense(3, name="out")])
+    m.compile(loss="mse")  # a regressor: no top-1 check
+    return m
+
+
+HINT = "a larger tolerance writes it"
+
+
+def test_a_larger_tolerance_is_advised_only_where_it_may_be_the_fix(tmp_path):
+    """The parent advised it for a float file with two output units swapped (relative ~1
+    against 1e-5), for a tolerance the caller chose, and for a badly calibrated int8 file."""
+    model = _regressor()
+    x = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")
+    wrong = keras.models.clone_model(model)
+    wrong.set_weights(model.get_weights())
+    out = wrong.get_layer("out")
+    out.kernel.assign(out.kernel.numpy()[:, [1, 0, 2]])
+    out.bias.assign(out.bias.numpy()[[1, 0, 2]])
+    swapped = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
+    with pytest.raises(verify.ExportVerificationError) as info:
+        dkm_tf.export.to_tflite(model, tmp_path / "s.tflite", "float", sample_inputs=x,
+                                float_content=swapped)
+    assert "(tolerance 1e-05)" in str(info.value) and HINT not in str(info.value)
+    near = _shifted_file(model, x, "out", 2.5e-5)  # 2.5x the tolerance: advised by default
+    with pytest.raises(verify.ExportVerificationError, match=HINT):
+        dkm_tf.export.to_tflite(model, tmp_path / "n.tflite", "float", sample_inputs=x,
+                                float_content=near)
+    with pytest.raises(verify.ExportVerificationError) as info:  # the caller chose 2e-5
+        dkm_tf.export.to_tflite(model, tmp_path / "n.tflite", "float", sample_inputs=x,
+                                float_content=near, tolerance=2e-5)
+    assert "(tolerance 2e-05)" in str(info.value) and HINT not in str(info.value)
+    assert str(info.value).endswith("(tolerance 2e-05)")
+    with pytest.raises(verify.ExportVerificationError) as info:  # calibrated on x / 100
+        dkm_tf.export.to_tflite(model, tmp_path / "i.tflite", "int8", sample_inputs=x,
+                                int8_mode="full", representative_data=x * 0.01)
+    text = str(info.value)
+    assert HINT not in text and text.endswith(
+        "(full int8 takes its activation ranges from its calibration samples: pass "
+        "representative_data drawn from the data the model will run on)"), text
+    assert not any((tmp_path / f).exists() for f in ("s.tflite", "n.tflite", "i.tflite"))
+
+
+def test_the_margin_sentence_follows_the_advice():
+    from dkm_tf.export.refusal import refusal_message
+
+    c = verify.Comparison("litert", 0.9, 0.6, 0.5, 8, top1_agreement=0.25, min_top1=0.7,
+                          top1_margin=0.01)
+    text = refusal_message("f.tflite", "int8", [c], "representative_data")
+    assert text.endswith("from the data the model will run on). Keras' own top-1 margin "
+                         "(median 0.01) is below the error (0.9): the samples do not separate "
+                         "the classes (an untrained model, or inputs far from the data); pass "
+                         "real sample_inputs."), text
+    c2 = verify.Comparison("litert", 0.9, 0.6, 0.5, 8)
+    assert refusal_message("f.tflite", "int8", [c2], None).endswith("(tolerance 0.5)")
+    c4 = verify.Comparison("litert", 0.9, 5.1, 0.5, 8)  # 10.2x: a wrong file, not advised
+    assert refusal_message("f.tflite", "float", [c4], "tolerance").endswith("(tolerance 0.5)")
+    c3 = verify.Comparison("litert", 0.9, 4.9, 0.5, 8)  # 9.8x: advised
+    assert refusal_message("f.tflite", "float", [c3], "tolerance").endswith(
+        "to_tflite(tolerance=...))")

@@ -35,7 +35,7 @@ import numpy as np
 from dkm_tf.export.rewrite import FlatModel, schema
 
 __all__ = ["canonicalize", "fix_batch", "fix_size", "fixed_like", "fold_batch_reshapes",
-           "order_io"]
+           "order_io", "static_batch"]
 
 
 def _index(name, prefix):
@@ -260,3 +260,13 @@ def fixed_like(content, fixed_size, dynamic_batch):
     if fixed_size:
         content = fix_size(content)[0]
     return content if dynamic_batch else fix_batch(content)
+
+
+def static_batch(content):
+    """True when every input of the ``.tflite`` has a fixed batch dimension (no -1).
+
+    Models with recurrent layers are converted at batch 1 (see
+    :func:`dkm_tf.export.convert.convert`); they are verified one sample per invoke.
+    """
+    fm = FlatModel.from_bytes(content)
+    return all(fm.signature(int(t))[:1] != (-1,) for t in fm.graph.inputs)

@@ -52,6 +52,7 @@ import numpy as np
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.calibration import CalibrationError
+from dkm_tf.export.refusal import tolerance_text
 
 __all__ = ["HELD_OUT_MAX", "HELD_OUT_MIN", "REFUSE_MIN", "REL_MARGIN", "UNIT_MARGIN",
            "calibration_overlap", "clear_failure", "held_out_check", "judge",
@@ -121,7 +122,7 @@ def held_out_check(model, specs, inputs, interpreter, tolerance, notes, min_top1
             if comp.top1_agreement == comp.top1_agreement and min_top1 is not None else "")
     notes.append(f"{head}; held-out check: a file calibrated on samples 0, 2, ... disagrees "
                  f"with Keras on samples 1, 3, ... by relative {comp.rel_error:.3g}{top1} "
-                 f"(tolerance {tolerance:g}; report.held_out)")
+                 f"(tolerance {tolerance_text(comp)}; report.held_out)")
     return comp
 
 
@@ -176,8 +177,9 @@ def judge(path, model, specs, inputs, comparisons, notes, min_top1=None, unit_fl
     if inputs is None or not comparisons:
         return comparisons, None
     first = comparisons[0]
-    held = held_out_check(model, specs, inputs, first.interpreter, first.tolerance, notes,
-                          min_top1, unit_floor, post)
+    held = held_out_check(model, specs, inputs, first.interpreter,
+                          first.output_tolerances or first.tolerance, notes, min_top1,
+                          unit_floor, post)
     if held is None or held.ok:
         return comparisons, held
     if held.n_samples >= REFUSE_MIN and clear_failure(held):

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from dkm_tf.export.refusal import tolerance_text
+
 __all__ = ["ExportReport", "analytic_bytes"]
 
 
@@ -85,7 +87,7 @@ class ExportReport:
                  f"analytic {self.analytic_bytes:,} B"]
         for c in self.comparisons:
             lines.append(f"  {c.interpreter:<7} max abs err {c.max_abs_error:.3g}, rel "
-                         f"{c.rel_error:.3g} (tolerance {c.tolerance:g}) over {c.n_samples} "
+                         f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}) over {c.n_samples} "
                          f"{c.measured_on}" + (f", batch 1 and {c.batch_size}" if c.batch_size > 1
                                       else ", batch 1")
                          + (f", top-1 agreement {c.top1_agreement:.3g}"

@@ -42,7 +42,7 @@ from dkm_tf.export.policy import check_applicable, check_codebook_sizes, check_k
 from dkm_tf.export.report import ExportReport, analytic_bytes
 from dkm_tf.export.rewrite import FlatModel
 from dkm_tf.export.subgraphs import palettize_subgraphs
-from dkm_tf.export.unit_errors import INT8_UNIT_FLOOR, depth_tolerance
+from dkm_tf.export.unit_errors import INT8_UNIT_FLOOR, output_tolerances
 
 __all__ = ["DEFAULT_TOLERANCE", "FORMATS", "INT8_MIN_TOP1", "INT8_MODES", "ExportReport",
            "check_export_args", "check_palettes", "to_tflite"]
@@ -105,12 +105,13 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             ``UserWarning`` and a note). ``sample_inputs`` all in it are measured on
             calibration samples too (noted; :func:`~dkm_tf.export.held_out.mark_calibrated`).
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
-            :data:`DEFAULT_TOLERANCE` (float's grown with depth: 1e-5 x layers with weights
-            / 5, at most 1e-4, ``unit_errors.depth_tolerance``), or 10x Keras' own batch-1 vs
-            batch-n difference on the samples when larger (deep nets; noted,
-            ``verify.noise_floor``). int8 files must also agree with Keras' arg-max on
-            :data:`INT8_MIN_TOP1` of the samples
-            (class-score outputs: shaped (samples, classes); with several outputs, softmax
+            :data:`DEFAULT_TOLERANCE` (float's grown with depth, each output's own: 1e-5 x
+            layers with weights / 5, at most 1e-4, ``depth.output_tolerances``), or 10x
+            Keras' own batch-1 vs batch-n difference on the samples when larger (deep nets;
+            noted, ``verify.noise_floor``). A refusal advises a larger ``tolerance`` only at
+            the default, within 10x of it (``refusal.tolerance_hint``). int8 files must also
+            agree with Keras' arg-max on :data:`INT8_MIN_TOP1` of the samples (class-score
+            outputs: shaped (samples, classes); with several outputs, softmax
             heads only); every unit (last axis) of their other outputs, ``tolerance`` on its
             own range plus two int8 steps of the output's (``verify.compare``'s
             ``unit_floor``); a file the converter quantized nothing in, the float tolerance.
@@ -271,7 +272,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                      "tolerance")
     if format == "palettized" and any(r.get("storage") == "float16 (kept)" for r in records):
         key = "fp16"  # as close to Keras as an fp16 file
-    base = DEFAULT_TOLERANCE[key] if key != "float" else depth_tolerance(
+    base = DEFAULT_TOLERANCE[key] if key != "float" else output_tolerances(
         model, DEFAULT_TOLERANCE[key], DEFAULT_TOLERANCE["palettized"], notes)
     tol = float(tolerance) if tolerance is not None else verify.noise_floor(
         base, noise, len(inputs[0]), notes)
@@ -283,7 +284,9 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
               if c.worst_unit and c.unit_excess == c.unit_excess]  # checked (int8) units
     if format == "fp16" and not all(c.ok for c in comparisons):
         _check_fp16_range(model, float_content)  # name the weights behind the refusal
-    verify.refuse_if_bad(path, format, comparisons)
+    verify.refuse_if_bad(path, format, comparisons, None if tolerance is not None else (
+        "tolerance" if key in ("float", "fp16", "palettized", "tflm") else
+        "representative_data" if int8_mode == "full" else None))
     held = None  # full int8 calibrated on its own samples: also judged held out
     if format == "int8" and int8_mode == "full" and representative_data is None:
         comparisons, held = held_out.judge(

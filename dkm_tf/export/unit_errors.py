@@ -22,10 +22,11 @@ from dkm_tf.export.depth import (  # noqa: F401 (re-exported)
     output_tolerances,
     weighted_depth,
 )
+from dkm_tf.export.refusal import tolerance_hint  # noqa: F401 (re-exported)
 
 __all__ = ["FLOAT_LAYERS_PER_STEP", "INT8_UNIT_FLOOR", "NOISE_FACTOR", "depth_tolerance",
-           "noise_floor", "output_depths", "output_errors", "output_tolerances", "tolerance_hint",
-           "unit_report", "weighted_depth"]
+           "noise_floor", "output_depths", "output_errors", "output_rel_errors",
+           "output_tolerances", "per_output", "tolerance_hint", "unit_report", "weighted_depth"]
 
 INT8_UNIT_FLOOR = 2.0 / 127.0  # two int8 steps of the whole output's max |keras|
 NOISE_FACTOR = 10  # a default tolerance is at least this many times Keras' own noise
@@ -47,8 +48,31 @@ def output_errors(got, reference, what, error=ValueError):
                         f"{r.shape} ({what}): the file does not compute every sample of the "
                         "batch.")
     errs = [float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, reference)]
+    return max(errs), max(output_rel_errors(got, reference))
+
+
+def output_rel_errors(got, reference):
+    """Per output, ``max |got - reference| / max |reference|`` (floored at 1e-30): a list."""
+    errs = [float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, reference)]
     scales = [max(float(np.max(np.abs(r))) if r.size else 0.0, 1e-30) for r in reference]
-    return max(errs), max(e / s for e, s in zip(errs, scales))
+    return [e / s for e, s in zip(errs, scales)]
+
+
+def per_output(tolerance, n):
+    """``(tolerance, per-output tolerances)`` of a number or a sequence of ``n`` numbers (one
+    per output): the number and ``()``, or the sequence's largest and the tuple (``()`` too
+    when all are equal: one tolerance).
+
+    Raises:
+        ValueError: a sequence of another length than ``n``.
+    """
+    if np.ndim(tolerance) == 0:
+        return float(tolerance), ()
+    tols = tuple(float(t) for t in tolerance)
+    if len(tols) != n:
+        raise ValueError(f"Invalid value for argument `tolerance`. Expected a number or one "
+                         f"per output ({n}). Received: {len(tols)} values {tols}")
+    return max(tols), (tols if len(set(tols)) > 1 else ())
 
 
 def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
@@ -56,7 +80,8 @@ def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
 
     Args:
         got, reference: the file's and Keras' outputs (lists of arrays, same shapes).
-        tolerance: the relative tolerance, applied to each unit's own max |keras|.
+        tolerance: the relative tolerance, applied to each unit's own max |keras| (or one
+            per output, a sequence).
         unit_floor: fraction of the output's max |keras| a unit may be off beyond that
             (int8: :data:`INT8_UNIT_FLOOR`), or None: report only (``excess`` NaN).
         skip: output indices not checked per unit (class scores, read by the top-1 check).
@@ -78,11 +103,12 @@ def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
         err = np.max(np.abs(np.asarray(g, np.float64) - r), axis=axes)
         scale = np.max(np.abs(np.asarray(r, np.float64)), axis=axes)
         whole = float(scale.max())
+        tol = tolerance if np.ndim(tolerance) == 0 else tolerance[k]
         if unit_floor is None:
             score = err / np.maximum(scale, 1e-30)
             unit = "x its max |keras|"
         else:
-            score = err / (tolerance * scale + unit_floor * max(whole, 1e-30))
+            score = err / (tol * scale + unit_floor * max(whole, 1e-30))
             unit = "of what it is allowed"
             excess = max(float(score.max()), -1.0 if excess != excess else excess)
         j = int(np.argmax(score))
@@ -95,22 +121,14 @@ def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
 
 def noise_floor(tolerance, noise, n, notes):
     """The default ``tolerance``, or :data:`NOISE_FACTOR` x Keras' own ``noise`` when larger
-    (deep networks, saturated softmax outputs), with a note saying so."""
-    if NOISE_FACTOR * noise <= tolerance:
+    (deep networks, saturated softmax outputs), with a note saying so. A tuple of per-output
+    tolerances is raised output by output (to the one ``noise``, the largest over outputs)."""
+    if NOISE_FACTOR * noise <= min(np.ravel(tolerance)):
         return tolerance
-    notes.append(f"tolerance {tolerance:g} raised to {NOISE_FACTOR * noise:.3g}: Keras' own "
+    raised = NOISE_FACTOR * noise
+    was = f"{tolerance:g}" if np.ndim(tolerance) == 0 else "/".join(
+        f"{t:.3g}" for t in sorted(set(tolerance)) if t < raised)
+    notes.append(f"tolerance {was} raised to {raised:.3g}: Keras' own "
                  f"outputs differ by {noise:.3g} (relative) between batch 1 and batch {n} on "
                  f"these samples")
-    return NOISE_FACTOR * noise
-
-
-def tolerance_hint(bad):
-    """The sentence a verification refusal ends with when a failed comparison of ``bad``
-    exceeds its relative tolerance (not a top-1 or unit failure alone): a larger
-    ``tolerance`` passes it, after checking the outputs (a deep float chain's rounding, the
-    ``Export`` limitations). ``export/to_tflite.py`` names its ``--tolerance`` instead."""
-    if not any(c.rel_error > c.tolerance for c in bad):
-        return ""
-    return (" (if the file's outputs are right for your use, checked yourself, a larger "
-            "tolerance writes it: to_tflite(tolerance=...))")
-
+    return raised if np.ndim(tolerance) == 0 else tuple(max(t, raised) for t in tolerance)

@@ -27,6 +27,8 @@ from dkm_tf.core.interpreters import (  # noqa: F401 (re-exported)
 )
 from dkm_tf.core.validate import check_choice, invalid
 from dkm_tf.export import interpreters as _exp_interpreters
+from dkm_tf.export.canonical import static_batch  # noqa: F401 (re-exported)
+from dkm_tf.export.refusal import refusal_message
 from dkm_tf.export.top1 import (  # noqa: F401 (re-exported)
     class_score_outputs,
     margin_hint,
@@ -37,6 +39,8 @@ from dkm_tf.export.unit_errors import (  # noqa: F401 (re-exported)
     NOISE_FACTOR,
     noise_floor,
     output_errors,
+    output_rel_errors,
+    per_output,
     tolerance_hint,
     unit_report,
 )
@@ -65,7 +69,7 @@ class Comparison:
         max_abs_error: largest absolute difference over outputs and samples.
         rel_error: the largest over outputs of ``max |tflite - keras| / max |keras|``, each
             output against its own range.
-        tolerance: the allowed ``rel_error``.
+        tolerance: the allowed ``rel_error`` (with ``output_tolerances``, the largest).
         n_samples: samples compared.
         batch_size: the largest batch run in one invoke (1: batch 1 only, e.g. TFLite Micro).
         batch_rel_error: ``rel_error`` of that batch run alone (included in ``rel_error``).
@@ -85,6 +89,9 @@ class Comparison:
             outputs not read by the top-1 check); NaN when not checked.
         measured_on: ``"samples"``, ``"calibration samples"`` (full int8 calibrated on them)
             or ``"held-out samples"`` (:func:`~dkm_tf.export.held_out.held_out_check`).
+        output_tolerances: per output, its allowed relative error where the outputs' differ
+            (a float file: each output's depth), else ``()`` (``tolerance`` for all).
+        output_rel_errors: per output, its relative error (with ``output_tolerances``).
     """
 
     interpreter: str
@@ -101,11 +108,15 @@ class Comparison:
     worst_unit: str = ""
     unit_excess: float = float("nan")
     measured_on: str = "samples"
+    output_tolerances: tuple = ()
+    output_rel_errors: tuple = ()
 
     @property
     def ok(self):
         top1_ok = not self.top1_agreement < self.min_top1  # NaN on either side: not checked
-        return bool(self.rel_error <= self.tolerance and top1_ok and not self.unit_excess > 1)
+        rel_ok = all(r <= t for r, t in zip(self.output_rel_errors, self.output_tolerances)) \
+            if self.output_tolerances else self.rel_error <= self.tolerance
+        return bool(rel_ok and top1_ok and not self.unit_excess > 1)
 
     def to_dict(self):
         return {**dataclasses.asdict(self), "ok": self.ok}
@@ -218,18 +229,6 @@ def _errors(got, reference, what):
     return output_errors(got, reference, what, ExportVerificationError)
 
 
-def static_batch(content):
-    """True when every input of the ``.tflite`` has a fixed batch dimension (no -1).
-
-    Models with recurrent layers are converted at batch 1 (see
-    :func:`dkm_tf.export.convert.convert`); they are verified one sample per invoke.
-    """
-    from dkm_tf.export.rewrite import FlatModel  # noqa: PLC0415
-
-    fm = FlatModel.from_bytes(content)
-    return all(fm.signature(int(t))[:1] != (-1,) for t in fm.graph.inputs)
-
-
 def keras_noise(model, inputs, reference):
     """How far Keras' outputs for ``inputs`` run one sample at a time are from ``reference``
     (all at once), relative as in :func:`compare`: float reordering (batched kernels, oneDNN)
@@ -242,22 +241,14 @@ def keras_noise(model, inputs, reference):
     return _errors(got, reference, "Keras at batch 1")[1]
 
 
-def refuse_if_bad(path, fmt, comparisons):
-    """Raise :class:`ExportVerificationError` naming every comparison that failed (and, when
-    Keras' own top-1 margin is below the error, that the samples do not separate classes)."""
+def refuse_if_bad(path, fmt, comparisons, hint="auto"):
+    """Raise :class:`ExportVerificationError` naming every comparison that failed, with the
+    advice :func:`~dkm_tf.export.refusal.refusal_message` gives for ``hint`` (``"auto"``:
+    ``"tolerance"``, none for ``fmt`` ``"int8"``)."""
     bad = [c for c in comparisons if not c.ok]
     if bad:
-        raise ExportVerificationError(
-            f"Refusing to write {path!r}: the {fmt} model disagrees with the Keras model: "
-            + "; ".join(f"{c.interpreter}: max abs error {c.max_abs_error:.3g}, relative "
-                        f"{c.rel_error:.3g} (tolerance {c.tolerance:g})"
-                        + ("" if np.isnan(c.min_top1) or np.isnan(c.top1_agreement) else
-                           f", top-1 agreement "
-                           f"{c.top1_agreement:.3g} (at least {c.min_top1:g})")
-                        + (f", {c.worst_unit} (allowed: {c.tolerance:g} x its max |keras| "
-                           "+ 2 int8 steps of the output's)" if c.unit_excess > 1 else "")
-                        for c in bad)
-            + tolerance_hint(bad) + next((h for h in map(margin_hint, bad) if h), ""))
+        hint = (None if fmt == "int8" else "tolerance") if hint == "auto" else hint
+        raise ExportVerificationError(refusal_message(path, fmt, bad, hint))
 
 
 def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=None,
@@ -269,7 +260,7 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
         content: the ``.tflite`` bytes.
         inputs: list of input arrays, run one sample per invoke.
         kind: ``"litert"``, ``"tflite"`` or ``"tflm"``.
-        tolerance: allowed ``max|tflite - keras| / max|keras|``.
+        tolerance: allowed ``max|tflite - keras| / max|keras|``, or one per output.
         batch: ``(batch inputs, their Keras outputs)`` to run in one invoke after the
             batch-1 run, in the same interpreter (then sample 0 once more at batch 1);
             None for batch 1 only.
@@ -285,18 +276,22 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
     top1 = {"min_top1": float("nan") if min_top1 is None else float(min_top1),
             "top1_margin": top1_margin(reference)}
     skip = () if min_top1 is None else class_score_outputs(reference)
+    tol, tols = per_output(tolerance, len(reference))
+    tolerance = tols or tol
     if kind == "tflm" or batch is None:
         got = run_tflite(content, inputs, kind)
         err, rel = _errors(got, reference, "batch 1")
         worst = unit_report(got, reference, tolerance, unit_floor, skip)
-        return Comparison(kind, err, rel, float(tolerance), len(inputs[0]),
+        return Comparison(kind, err, rel, tol, len(inputs[0]),
                           top1_agreement=top1_agreement(got, reference), **top1,
-                          worst_unit=worst[0], unit_excess=worst[1])
+                          worst_unit=worst[0], unit_excess=worst[1],
+                          **_per_output(tols, output_rel_errors(got, reference)))
     runner = make_interpreter(kind, content).get_signature_runner()
     n = len(inputs[0])
     got = [_feed(runner, [a[i:i + 1] for a in inputs]) for i in range(n)]
     got = [np.concatenate([o[k] for o in got]) for k in range(len(got[0]))]
     err, rel = _errors(got, reference, "batch 1")
+    rels = output_rel_errors(got, reference)
     top1["top1_agreement"] = top1_agreement(got, reference)
     top1["worst_unit"], top1["unit_excess"] = unit_report(got, reference, tolerance,
                                                           unit_floor, skip)
@@ -306,8 +301,8 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
         b_got = _feed(runner, b_inputs)
     except (RuntimeError, ValueError) as e:  # refused loudly: fixed batch, no garbage
         msg = " ".join(str(e).split())[:300]
-        return Comparison(kind, err, rel, float(tolerance), n, 1, float("nan"),
-                          f"{type(e).__name__}: {msg}", **top1)
+        return Comparison(kind, err, rel, tol, n, 1, float("nan"),
+                          f"{type(e).__name__}: {msg}", **top1, **_per_output(tols, rels))
     b_err, b_rel = _errors(b_got, b_ref, f"batch {nb} in one invoke")
     b_worst, b_unit = unit_report(b_got, b_ref, tolerance, unit_floor, skip)
     if b_unit == b_unit and not b_unit <= top1["unit_excess"]:  # larger, or batch 1's NaN
@@ -317,15 +312,21 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
         raise ExportVerificationError(
             "The .tflite gives a different result for sample 0 at batch 1 after running a "
             f"batch of {nb} in the same interpreter (stale shapes after resize).")
-    return Comparison(kind, max(err, b_err), max(rel, b_rel), float(tolerance), n, nb, b_rel,
-                      **top1)
+    rels = [max(a, b) for a, b in zip(rels, output_rel_errors(b_got, b_ref))]
+    return Comparison(kind, max(err, b_err), max(rel, b_rel), tol, n, nb, b_rel, **top1,
+                      **_per_output(tols, rels))
+
+
+def _per_output(tols, rels):
+    """Comparison's ``output_tolerances`` / ``output_rel_errors`` (none for one tolerance)."""
+    return {"output_tolerances": tols, "output_rel_errors": tuple(rels)} if tols else {}
 
 
 def verify_batches(content, reference, inputs, batch, interpreters, tolerance, notes,
                    min_top1=None, fixed_size=None, unit_floor=None):
     """:func:`compare` in every interpreter at batch 1 and n; fix the batch where it cannot vary.
 
-    A file converted at a fixed batch (:func:`static_batch`), or one whose batch run the
+    A file converted at a fixed batch (``canonical.static_batch``), or one whose batch run the
     interpreter refuses, gets :func:`~dkm_tf.export.canonical.fix_batch` (signature
     ``[1, ...]`` plus a guard), is compared again, and must then refuse batch n in every
     interpreter; ``notes`` says why. TFLite Micro files are compared at batch 1 only.

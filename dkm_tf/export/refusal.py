@@ -1,0 +1,91 @@
+"""The text of a verification refusal (:func:`dkm_tf.export.verify.refuse_if_bad`) and the
+advice it ends with.
+
+A refusal advised a larger tolerance for every relative-error failure, also for files that
+were plainly wrong (review R1, h25: a full int8 file calibrated on inputs x 0.01, relative
+0.992 against 0.5; a float file with two output units swapped, 1.18 against 1e-5).
+:func:`tolerance_hint` now says it only where it is plausibly the fix: a float-exact format
+(float, fp16, palettized, tflm; an int8 file the converter left float), the default tolerance
+(not one the caller chose), and every failing comparison within :data:`HINT_FACTOR` x its
+tolerance. The factor is the span the float default itself grows over with depth (1e-5 at
+5 layers with weights to 1e-4): float32 rounding of a deep chain the depth count misjudges
+(ResNet50 read 2.7e-5 at 1e-5) stays inside it, while a wrong unit or a swapped output is
+orders of magnitude out. A full int8 file over its tolerance is pointed at its calibration
+data (``representative_data``) instead, before the sentence saying Keras' own top-1 margin is
+below the error where it is (:func:`~dkm_tf.export.top1.margin_hint`: int8 only, the float
+formats have no top-1 check, so it never meets the tolerance advice).
+"""
+
+from __future__ import annotations
+
+from dkm_tf.export.top1 import margin_hint
+
+__all__ = ["HINT_FACTOR", "HINTS", "over_tolerance", "refusal_message", "tolerance_hint",
+           "tolerance_text"]
+
+HINT_FACTOR = 10  # a larger tolerance is advised up to this many times the tolerance
+HINTS = ("tolerance", "representative_data")
+
+
+def over_tolerance(c):
+    """How many times its tolerance comparison ``c``'s relative error is (per output where
+    each output has its own: the largest); NaN when the error is NaN."""
+    pairs = list(zip(c.output_rel_errors, c.output_tolerances)) or [(c.rel_error, c.tolerance)]
+    return max(r / max(t, 1e-300) if r == r else float("nan") for r, t in pairs)
+
+
+def tolerance_text(c):
+    """``"1e-05"``, or ``"1e-05 to 4e-05 per output"`` where the outputs' differ."""
+    t = c.output_tolerances
+    return f"{c.tolerance:g}" if not t else f"{min(t):g} to {max(t):g} per output"
+
+
+def _worst_output(c):
+    if not c.output_tolerances:
+        return ""
+    k = max(range(len(c.output_tolerances)),
+            key=lambda j: c.output_rel_errors[j] / c.output_tolerances[j])
+    return (f"; output {k}: relative {c.output_rel_errors[k]:.3g} (its tolerance "
+            f"{c.output_tolerances[k]:g}, from its own depth)")
+
+
+def tolerance_hint(bad, hint="tolerance"):
+    """The sentence a verification refusal ends with when a comparison of ``bad`` exceeds its
+    relative tolerance (not a top-1 or unit failure alone), or "".
+
+    Args:
+        bad: the failed comparisons.
+        hint: ``"tolerance"`` (a float-exact format at its default tolerance): a larger
+            ``tolerance`` writes it, after checking the outputs, when every such failure is
+            within :data:`HINT_FACTOR` x its tolerance (``export/to_tflite.py`` names its
+            ``--tolerance`` instead); ``"representative_data"`` (full int8): calibrate on
+            the model's data; None: no advice (the caller chose the tolerance).
+    """
+    over = [over_tolerance(c) for c in bad]
+    failed = [x for x in over if not x <= 1]
+    if hint is None or not failed:
+        return ""
+    if hint == "representative_data":
+        return (" (full int8 takes its activation ranges from its calibration samples: pass "
+                "representative_data drawn from the data the model will run on)")
+    if not all(x <= HINT_FACTOR for x in failed):
+        return ""
+    return (" (if the file's outputs are right for your use, checked yourself, a larger "
+            "tolerance writes it: to_tflite(tolerance=...))")
+
+
+def _describe(c):
+    top1 = ("" if c.min_top1 != c.min_top1 or c.top1_agreement != c.top1_agreement else
+            f", top-1 agreement {c.top1_agreement:.3g} (at least {c.min_top1:g})")
+    unit = (f", {c.worst_unit} (allowed: {tolerance_text(c)} x its max |keras| + 2 int8 "
+            "steps of the output's)" if c.unit_excess > 1 else "")
+    return (f"{c.interpreter}: max abs error {c.max_abs_error:.3g}, relative "
+            f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){_worst_output(c)}{top1}{unit}")
+
+
+def refusal_message(path, fmt, bad, hint="tolerance"):
+    """The message refusing ``path`` for the failed comparisons ``bad`` (``hint``: see
+    :func:`tolerance_hint`), then :func:`~dkm_tf.export.top1.margin_hint`'s sentence."""
+    return (f"Refusing to write {path!r}: the {fmt} model disagrees with the Keras model: "
+            + "; ".join(map(_describe, bad)) + tolerance_hint(bad, hint)
+            + next((h for h in map(margin_hint, bad) if h), ""))
