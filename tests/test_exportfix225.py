@@ -208,3 +208,35 @@ def test_the_margin_sentence_follows_the_advice():
     c3 = verify.Comparison("litert", 0.9, 4.9, 0.5, 8)  # 9.8x: advised
     assert refusal_message("f.tflite", "float", [c3], "tolerance").endswith(
         "to_tflite(tolerance=...))")
+
+
+def test_script_sees_one_file_behind_a_tilde(tmp_path, monkeypatch):
+    """``--samples=~/x.npy --representative_data=$HOME/x.npy`` was compared before the ``~``
+    was expanded: the script went on and failed with exit 1 in Python's words."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from dkm_tf.export import cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    np.save(home / "x.npy", np.zeros((8, 8), "f4"))
+    _regressor().save(tmp_path / "m.keras")
+    monkeypatch.setenv("HOME", str(home))
+    [line] = cli.path_flag_errors(samples="~/x.npy", representative_data=str(home / "x.npy"))
+    assert line.startswith("Invalid value for flag `--representative_data`. Expected a file "
+                           "other than --samples")
+    script = pathlib.Path(__file__).resolve().parent.parent / "export" / "to_tflite.py"
+    res = subprocess.run([sys.executable, str(script), f"--model={tmp_path / 'm.keras'}",
+                          "--format=int8", "--int8_mode=full", "--samples=~/x.npy",
+                          f"--representative_data={home / 'x.npy'}",
+                          f"--output={tmp_path / 'o.tflite'}"], capture_output=True, text=True,
+                         timeout=300, check=False, env={**os.environ, "HOME": str(home),
+                                                        "PYTHONPATH": str(script.parent.parent)})
+    assert res.returncode == 2, res.stderr[-2000:]
+    [line] = res.stderr.strip().splitlines()
+    assert line.startswith("to_tflite.py: error: Invalid value for flag "
+                           "`--representative_data`. Expected a file other than --samples"), line
+    assert not (tmp_path / "o.tflite").exists()

@@ -85,11 +85,16 @@ def same_samples_error(samples_path, representative_path):
     Calibrating on the verification samples verifies the file on its calibration data, while
     representative_data marks the samples held out (no held-out check, "over n samples"):
     the report would say "held out" of calibration samples. Refused rather than taken as
-    not held out: leaving --representative_data out gives that, with a held-out check."""
-    from dkm_tf.core.files import same_file  # noqa: PLC0415
+    not held out: leaving --representative_data out gives that, with a held-out check. A
+    ``~`` the shell left alone (``--samples=~/x.npy``) is expanded first, as the script does."""
+    from dkm_tf.core.files import is_home_tilde, same_file  # noqa: PLC0415
+
+    def expanded(path):
+        path = os.fspath(path)
+        return os.path.expanduser(path) if is_home_tilde(path) else path
 
     if not (samples_path and representative_path and str(samples_path).strip()
-            and same_file(samples_path, representative_path)):
+            and same_file(expanded(samples_path), expanded(representative_path))):
         return None
     return ("Invalid value for flag `--representative_data`. Expected a file other than "
             "--samples: calibrating on the verification samples verifies the file on its "
