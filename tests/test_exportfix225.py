@@ -240,3 +240,20 @@ def test_script_sees_one_file_behind_a_tilde(tmp_path, monkeypatch):
     assert line.startswith("to_tflite.py: error: Invalid value for flag "
                            "`--representative_data`. Expected a file other than --samples"), line
     assert not (tmp_path / "o.tflite").exists()
+
+
+def test_minus_zero_samples_match_their_calibration_copy():
+    """Byte-equal matching missed a sample whose -0.0 is 0.0 in representative_data."""
+    from dkm_tf.export.held_out import calibration_overlap, mark_calibrated
+
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    x[:, 0] = -0.0
+    y = np.concatenate([np.ones((3, 5), "float32"), x + np.float32(0.0)])
+    assert np.signbit(x[:, 0]).all() and not np.signbit(y[3:, 0]).any()
+    assert calibration_overlap([x], [y]) == 4
+    notes = []
+    comps = mark_calibrated([verify.Comparison("litert", 0.0, 0.0, 0.5, 4)], [x], [y], notes)
+    assert comps[0].measured_on == "calibration samples" and len(notes) == 1
+    ints = np.arange(8, dtype="int32").reshape(4, 2)
+    assert calibration_overlap([ints], [ints[::-1].copy()]) == 4
+    assert calibration_overlap([x], [x.astype("float64")]) == 0  # another dtype: no match

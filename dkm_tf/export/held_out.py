@@ -205,10 +205,14 @@ def judge(path, model, specs, inputs, comparisons, notes, min_top1=None, unit_fl
 
 def calibration_overlap(inputs, calibration):
     """How many samples of ``inputs`` (a list of arrays, one per model input) are also a
-    sample of ``calibration`` (the same bytes, shape and dtype in every input)."""
+    sample of ``calibration`` (the same shape, dtype and values in every input: bytes, after
+    ``+ 0.0`` so that -0.0 matches 0.0; a NaN matches the same NaN bytes)."""
+    def same(v):
+        return np.ascontiguousarray(v + v.dtype.type(0) if v.dtype.kind == "f" else v)
+
     def keys(arrays):
         return [hashlib.blake2b(b"".join(f"{a.dtype}{a.shape[1:]}".encode()
-                                         + np.ascontiguousarray(a[i]).tobytes()
+                                         + same(a[i]).tobytes()
                                          for a in arrays), digest_size=16).digest()
                 for i in range(len(arrays[0]))]
 
