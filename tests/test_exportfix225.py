@@ -192,6 +192,17 @@ def test_a_larger_tolerance_is_advised_only_where_it_may_be_the_fix(tmp_path):
 
 
 def test_the_margin_sentence_follows_the_advice():
+    c2 = verify.Comparison("litert", 0.9, 0.6, 0.5, 8)  # int8 by default: no tolerance advice
+    with pytest.raises(verify.ExportVerificationError) as info:
+        verify.refuse_if_bad("f.tflite", "int8", [c2])
+    assert str(info.value).endswith("(tolerance 0.5)")
+    c4 = verify.Comparison("litert", 0.9, 5.1, 0.5, 8)  # 10.2x: a wrong file, not advised
+    with pytest.raises(verify.ExportVerificationError) as info:
+        verify.refuse_if_bad("f.tflite", "float", [c4])
+    assert str(info.value).endswith("(tolerance 0.5)")
+    c3 = verify.Comparison("litert", 0.9, 4.9, 0.5, 8)  # 9.8x: advised
+    with pytest.raises(verify.ExportVerificationError, match=r"to_tflite\(tolerance=...\)\)$"):
+        verify.refuse_if_bad("f.tflite", "float", [c3])
     from dkm_tf.export.refusal import refusal_message
 
     c = verify.Comparison("litert", 0.9, 0.6, 0.5, 8, top1_agreement=0.25, min_top1=0.7,
@@ -201,13 +212,6 @@ def test_the_margin_sentence_follows_the_advice():
                          "(median 0.01) is below the error (0.9): the samples do not separate "
                          "the classes (an untrained model, or inputs far from the data); pass "
                          "real sample_inputs."), text
-    c2 = verify.Comparison("litert", 0.9, 0.6, 0.5, 8)
-    assert refusal_message("f.tflite", "int8", [c2], None).endswith("(tolerance 0.5)")
-    c4 = verify.Comparison("litert", 0.9, 5.1, 0.5, 8)  # 10.2x: a wrong file, not advised
-    assert refusal_message("f.tflite", "float", [c4], "tolerance").endswith("(tolerance 0.5)")
-    c3 = verify.Comparison("litert", 0.9, 4.9, 0.5, 8)  # 9.8x: advised
-    assert refusal_message("f.tflite", "float", [c3], "tolerance").endswith(
-        "to_tflite(tolerance=...))")
 
 
 def test_script_sees_one_file_behind_a_tilde(tmp_path, monkeypatch):
