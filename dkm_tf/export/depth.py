@@ -114,18 +114,18 @@ def _layer_depth(layer, cache):
     inner = [x for x in (getattr(layer, a, None) for a in _WRAPPED)
              if x is not None and x is not layer and hasattr(x, "weights")]
     if inner:
-        return max([1 if weights else 0] + [max(output_depths_cached(x, cache)) for x in inner])
+        return max([1 if weights else 0] + [max(_depths(x, cache)) for x in inner])
     flatten = getattr(layer, "_flatten_layers", None)
     subs = list(flatten(include_self=False, recursive=False)) if flatten else []
     if not subs:
         return 1 if weights else 0
     theirs = {id(w) for s in subs for w in (getattr(s, "weights", None) or [])}
     own = any(id(w) not in theirs for w in weights)
-    total = sum(max(output_depths_cached(s, cache), default=0) for s in subs) + own
+    total = sum(max(_depths(s, cache), default=0) for s in subs) + own
     return max(total, 1 if weights else 0)
 
 
-def output_depths_cached(layer, cache):
+def _depths(layer, cache):
     """:func:`output_depths` with ``cache`` (id(layer) -> :func:`input_depths`)."""
     return [max((d for d in row if d is not None), default=0)
             for row in input_depths(layer, cache)] or [0]
