@@ -31,7 +31,7 @@ def weighted_depth(layer):
     Sequential (the sum over its layers), a subclassed model (its every layer with weights), a
     layer holding layers (TimeDistributed / Bidirectional: the wrapped layer's depth; another
     layer: the sum over the layers it tracks, e.g. 4 for MultiHeadAttention, whose longest
-    chain is 2)."""
+    chain is 2; fewer only where its ``call`` applies a layer more than once)."""
     return max(output_depths(layer), default=0)
 
 
