@@ -155,7 +155,7 @@ def predictions(model, x):
     cases = [
         ("per_tensor (default: depthwise per channel)", {}),
         ("per_tensor, depthwise per tensor (the old default)",
-         {"overrides": {"DepthwiseConv2D": {}}}),
+         {"overrides": {"DepthwiseConv2D": {"granularity": "per_tensor"}}}),
         ("per_tensor, depthwise float", {"overrides": {"DepthwiseConv2D": None}}),
         ("per_tensor, depthwise per channel K=4",
          {"overrides": {"DepthwiseConv2D": {"granularity": "per_channel", "n_clusters": 4}}}),

@@ -69,7 +69,8 @@ _GRANULARITY = flags.DEFINE_enum("granularity", "per_tensor", ["per_tensor", "pe
                                  "K centroids for each channel, so a larger file and a lower "
                                  "CR, as the size table shows). Depthwise kernels are "
                                  "clustered per channel under per_tensor too (a note names "
-                                 "them) unless --overrides names their layer. --unit kernel "
+                                 "them) unless --overrides sets granularity for their "
+                                 "layer. --unit kernel "
                                  "with --codebook shared or --transforms > 1 takes per_tensor "
                                  "only.")
 _CODEBOOK = flags.DEFINE_enum("codebook", "layer", ["layer", "shared"], "--unit kernel: "

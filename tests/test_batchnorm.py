@@ -23,7 +23,7 @@ from dkm_tf.graph.clusterable import walk_layers
 L = keras.layers
 ATOL = 1e-5
 # plain granularity for depthwise/separable kernels (the default would make them per channel)
-PLAIN = {"DepthwiseConv2D": {}, "SeparableConv2D": {}}
+PLAIN = {"DepthwiseConv2D": {"granularity": "per_tensor"}, "SeparableConv2D": {"granularity": "per_tensor"}}
 
 
 def randomize(model, seed=0):
@@ -294,7 +294,8 @@ def test_cluster_strip_folds_with_per_channel_codebooks():
     x = np.random.default_rng(8).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BatchNormalization is not clusterable
-        wrapped = dkm_tf.cluster_weights(model, 4, overrides={"DepthwiseConv2D": {}})
+        wrapped = dkm_tf.cluster_weights(model, 4, overrides={"DepthwiseConv2D": PLAIN[
+            "DepthwiseConv2D"]})
     plain, palettes = dkm_tf.strip_clustering(wrapped)
     kept, kept_palettes = dkm_tf.strip_clustering(wrapped, fold_bn=False)
     assert bn_names(plain) == [] and len(bn_names(kept)) == 4

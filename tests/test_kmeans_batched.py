@@ -240,8 +240,9 @@ def _depthwise_model():
 
 
 def test_depthwise_kernels_default_to_per_channel():
-    """Depthwise kernels (9 values per channel here) get per-channel codebooks unless
-    overrides name their layer or class, and the palette's note says so; nothing is skipped."""
+    """Depthwise kernels (9 values per channel here) get per-channel codebooks unless an
+    overrides entry for their layer or class sets "granularity", and the palette's note says
+    so; nothing is skipped."""
     import dkm_tf  # noqa: PLC0415
 
     model = _depthwise_model()
@@ -258,13 +259,18 @@ def test_depthwise_kernels_default_to_per_channel():
     # the clustered model holds the palettes' values
     np.testing.assert_array_equal(res.model.get_layer("dw").kernel.numpy(),
                                   by_name["dw/kernel"].decode())
-    # naming the class keeps the requested granularity; None leaves the layer float, reported
-    res = dkm_tf.share_weights(model, 4, overrides={"DepthwiseConv2D": {},
-                                                    "sep": {"n_clusters": 2}})
+    # a "granularity" in the class's entry wins; an entry setting only n_clusters keeps the
+    # depthwise default (per channel); None leaves the layer float, reported
+    res = dkm_tf.share_weights(model, 4, overrides={
+        "DepthwiseConv2D": {"granularity": "per_tensor"}, "sep": {"n_clusters": 2}})
     by_name = {p.name: p for p in res.palettes}
-    assert {p.layout.granularity for p in res.palettes} == {"per_tensor"}
+    assert by_name["dw/kernel"].layout.granularity == "per_tensor"
+    assert not by_name["dw/kernel"].note
+    assert by_name["sep/depthwise_kernel"].layout.granularity == "per_channel"
+    assert "depthwise kernel: per-channel" in by_name["sep/depthwise_kernel"].note
     assert by_name["sep/depthwise_kernel"].n_clusters <= 2
-    assert not any(p.note for p in res.palettes)
+    assert by_name["sep/pointwise_kernel"].layout.granularity == "per_tensor"
+    assert not any(p.note for p in res.palettes if p.name != "sep/depthwise_kernel")
     res = dkm_tf.share_weights(model, 4, overrides={"dw": None})
     assert res.skipped == [("dw", "excluded by overrides")]
     # per_channel requested: no note

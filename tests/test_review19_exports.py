@@ -26,9 +26,9 @@ def test_tflm_refusal_of_a_cluster_weights_depthwise_palette_names_overrides(tmp
     with pytest.raises(ValueError) as err:
         ex.to_tflite(plain, str(tmp_path / "a.tflite"), "tflm", palettes, x)
     msg = str(err.value)
-    assert "It is a depthwise kernel" in msg and "overrides={'dw': {}}" in msg
+    assert "It is a depthwise kernel" in msg and "overrides={'dw': {'granularity': 'per_tensor'}}" in msg
     assert 'cluster it with granularity="per_tensor"' not in msg
-    assert "dkm-tf compress --overrides '{\"dw\": {}}'" in msg
+    assert "dkm-tf compress --overrides '{\"dw\": {\"granularity\": \"per_tensor\"}}'" in msg
 
 
 def test_int8_shared_note_names_a_palette_strip_clustering_folded(tmp_path):

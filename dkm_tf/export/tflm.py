@@ -168,9 +168,11 @@ def _too_many_hint(palette):
             f"its channels wrecks the layer: see dkm_tf.graph.layer_config); TFLite Micro "
             f"decodes a float tensor with one value table, which must hold every channel's "
             f"codebook. For format='tflm' name the layer (or its class) in `overrides`: "
-            f"overrides={{{layer!r}: None}} leaves it float32, overrides={{{layer!r}: {{}}}} "
-            f"clusters it per tensor (check the accuracy; on the command line: dkm-tf "
-            f"compress --overrides '{{\"{layer}\": {{}}}}'); or use format='palettized'")
+            f"overrides={{{layer!r}: None}} leaves it float32, overrides={{{layer!r}: "
+            f"{{'granularity': 'per_tensor'}}}} clusters it per tensor (check the accuracy; "
+            f"on the command line: dkm-tf compress --overrides "
+            f"'{{\"{layer}\": {{\"granularity\": \"per_tensor\"}}}}'); or use "
+            f"format='palettized'")
 
 
 _PER_CHANNEL_HINT = (

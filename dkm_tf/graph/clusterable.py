@@ -267,8 +267,8 @@ def resolve_layer_config(layer, defaults, overrides=None):
 
     Returns:
         A :class:`LayerConfig`, or None when an override says to skip the layer. A
-        DepthwiseConv1D/2D layer that ``overrides`` does not name gets per-channel codebooks
-        (see :func:`weight_config`).
+        DepthwiseConv1D/2D layer gets per-channel codebooks unless an ``overrides`` entry for
+        it or its class sets ``"granularity"`` (see :func:`weight_config`).
     """
     cfg, overrides = LayerConfig(defaults), overrides or {}
     if not isinstance(overrides, dict):

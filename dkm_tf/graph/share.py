@@ -141,14 +141,15 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
         unit: ``"scalar"``, ``"row"``, ``"kernel"`` (see :mod:`dkm_tf.core.units`) or ``"auto"``
             (the paper's choice: ``row`` for k x k convs, ``scalar`` for 1x1 convs and dense).
         granularity: ``"per_tensor"`` or ``"per_channel"``. Depthwise kernels get per-channel
-            codebooks either way unless ``overrides`` names their layer or its class: one
-            codebook across their channels wrecks them (measured on MobileNetV2; see
+            codebooks either way unless an ``overrides`` entry for their layer or its class
+            sets ``"granularity"``: one codebook across their channels wrecks them (measured on MobileNetV2; see
             :func:`dkm_tf.graph.clusterable.weight_config`); their palettes' note says so.
         init: k-means init, one of ``"kmeans++"``, ``"linear"``, ``"density"``, ``"random"``.
         seed: random seed (layer i uses ``seed + i``).
         overrides: dict keyed by layer name or class name with settings to change
             (``{"fc2": {"n_clusters": 64}}``) or ``None`` to leave a layer unclustered
-            (``{"DepthwiseConv2D": {}}`` clusters depthwise kernels with the plain defaults,
+            (``{"DepthwiseConv2D": {"granularity": "per_tensor"}}`` clusters depthwise
+            kernels per tensor, an entry without ``"granularity"`` keeps them per channel,
             ``{"DepthwiseConv2D": None}`` leaves them float). A key naming no layer, only
             models (a nested model: name its layers), or with settings only layers never
             clustered (BatchNormalization) raises: it would be ignored. A name shared by
