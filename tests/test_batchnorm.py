@@ -23,7 +23,8 @@ from dkm_tf.graph.clusterable import walk_layers
 L = keras.layers
 ATOL = 1e-5
 # plain granularity for depthwise/separable kernels (the default would make them per channel)
-PLAIN = {"DepthwiseConv2D": {"granularity": "per_tensor"}, "SeparableConv2D": {"granularity": "per_tensor"}}
+PLAIN = {"DepthwiseConv2D": {"granularity": "per_tensor"},
+         "SeparableConv2D": {"granularity": "per_tensor"}}
 
 
 def randomize(model, seed=0):

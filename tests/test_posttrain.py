@@ -19,8 +19,8 @@ def test_clusters_kernels_and_leaves_the_rest_bit_identical():
     model = small_cnn()
     before = _weights_by_path(model)
     params_before = model.count_params()
-    clustered, palettes, skipped = dkm_tf.share_weights(model, 4, seed=0,
-                                                        overrides={"DepthwiseConv2D": {"granularity": "per_tensor"}})
+    clustered, palettes, skipped = dkm_tf.share_weights(
+        model, 4, seed=0, overrides={"DepthwiseConv2D": {"granularity": "per_tensor"}})
     # the input model is not touched
     for path, value in _weights_by_path(model).items():
         np.testing.assert_array_equal(value, before[path])

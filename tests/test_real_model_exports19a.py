@@ -37,10 +37,12 @@ def test_tflm_depthwise_default_refusal_names_overrides(tmp_path):
     msg = str(err.value)
     assert "'dw/kernel'" in msg and "288 distinct values" in msg
     assert 'cluster it with granularity="per_tensor"' not in msg
-    assert "overrides={'dw': None}" in msg and "overrides={'dw': {'granularity': 'per_tensor'}}" in msg
+    assert "overrides={'dw': None}" in msg
+    assert "overrides={'dw': {'granularity': 'per_tensor'}}" in msg
     assert not (tmp_path / "a.tflite").exists()
     # the two fixes the message names both export and verify
-    for override, n_tables_bits in (({"dw": None}, None), ({"dw": {"granularity": "per_tensor"}}, 4)):
+    for override, n_tables_bits in (({"dw": None}, None),
+                                    ({"dw": {"granularity": "per_tensor"}}, 4)):
         clustered, palettes, _ = share_weights(model, 16, overrides=override)
         r = ex.to_tflite(clustered, str(tmp_path / "b.tflite"), "tflm", palettes, x)
         bits = {t["palette"]: t.get("index_bits") for t in r.tensors}

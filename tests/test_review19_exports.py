@@ -26,7 +26,8 @@ def test_tflm_refusal_of_a_cluster_weights_depthwise_palette_names_overrides(tmp
     with pytest.raises(ValueError) as err:
         ex.to_tflite(plain, str(tmp_path / "a.tflite"), "tflm", palettes, x)
     msg = str(err.value)
-    assert "It is a depthwise kernel" in msg and "overrides={'dw': {'granularity': 'per_tensor'}}" in msg
+    assert "It is a depthwise kernel" in msg
+    assert "overrides={'dw': {'granularity': 'per_tensor'}}" in msg
     assert 'cluster it with granularity="per_tensor"' not in msg
     assert "dkm-tf compress --overrides '{\"dw\": {\"granularity\": \"per_tensor\"}}'" in msg
 

@@ -142,8 +142,9 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
             (the paper's choice: ``row`` for k x k convs, ``scalar`` for 1x1 convs and dense).
         granularity: ``"per_tensor"`` or ``"per_channel"``. Depthwise kernels get per-channel
             codebooks either way unless an ``overrides`` entry for their layer or its class
-            sets ``"granularity"``: one codebook across their channels wrecks them (measured on MobileNetV2; see
-            :func:`dkm_tf.graph.clusterable.weight_config`); their palettes' note says so.
+            sets ``"granularity"``: one codebook across their channels wrecks them
+            (measured on MobileNetV2; see :func:`dkm_tf.graph.clusterable.weight_config`);
+            their palettes' note says so.
         init: k-means init, one of ``"kmeans++"``, ``"linear"``, ``"density"``, ``"random"``.
         seed: random seed (layer i uses ``seed + i``).
         overrides: dict keyed by layer name or class name with settings to change
