@@ -334,7 +334,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     label = method + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options
                       else "")
     report = estimate_energy(clustered, palettes, notes, (test_data, train_data))
-    notes += result_notes(model, clustered, size, granularity)  # BN folded, per channel
+    notes += result_notes(model, clustered, size, granularity, palettes)  # BN folded, ...
     return CompressionResult(clustered, palettes, skipped, size, label, acc_before, acc_after,
                              seconds, report, calibration={**options, "samples": len(calib[0])}
                              if calib is not None else {}, metric=metric, notes=notes)

@@ -6,7 +6,8 @@ compress`` (report.json's ``notes``).
 The notes: the compressed model's parameter count where it differs from the input model's
 (BatchNormalization folded into the kernels: fer 58,423 -> 56,215), the tensors clustered
 with another granularity than asked for (depthwise kernels default to per channel), and why
-the energy was not estimated or at which input size it was.
+the energy was not estimated or at which input size it was, and the layers whose scaled
+kernel clustering stored some kernels' float16 scales as 0 (zero kernels) or coarsely.
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ def granularity_note(size, granularity):
             "which and why; report.json and clustered.palettes.json under dkm-tf compress)"]
 
 
-def result_notes(model, compressed, size, granularity):
+def result_notes(model, compressed, size, granularity, palettes=()):
     """The notes on the size figures of ``compressed`` (:func:`params_note`,
-    :func:`granularity_note`)."""
-    return params_note(model, compressed) + granularity_note(size, granularity)
+    :func:`granularity_note`) and on what its ``palettes`` lost: kernels whose float16 scale
+    is 0 or coarse (:func:`dkm_tf.graph.kernel_share.scale_loss_notes`)."""
+    from dkm_tf.graph.kernel_share import scale_loss_notes  # noqa: PLC0415
+
+    return (params_note(model, compressed) + granularity_note(size, granularity)
+            + scale_loss_notes(palettes))
 
 
 def estimate_energy(model, palettes, notes, data=()):

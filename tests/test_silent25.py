@@ -3,6 +3,7 @@ an overrides entry that only sets n_clusters switched a depthwise kernel to per 
 
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -90,3 +91,61 @@ def test_cli_overrides_entry_without_granularity_keeps_depthwise_per_channel(tmp
     assert rows["dw/kernel"]["granularity"] == "per_channel"
     assert rows["sep/depthwise_kernel"]["granularity"] == "per_channel"
 
+
+# (b) scaled kernel clustering stored a tiny kernel's float16 scale as 0 without a word
+
+
+def _tiny_kernel_model(norms=(1e-8,)):
+    """Conv2D(4, 3x3) on 6x6x4 whose kernels [:, :, i, 0] are rescaled to ``norms``."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 4))
+    conv = L.Conv2D(4, 3, name="c")
+    model = keras.Model(inp, conv(inp))
+    k, b = conv.get_weights()
+    for i, norm in enumerate(norms):
+        k[:, :, i, 0] *= norm / np.linalg.norm(k[:, :, i, 0])
+    conv.set_weights([k, b])
+    return model
+
+
+def test_share_weights_notes_kernels_whose_float16_scale_underflows():
+    model = _tiny_kernel_model((1e-8, 1e-6))
+    res = dkm_tf.share_weights(model, 8, unit="kernel", codebook="shared")
+    kernel = res.model.get_layer("c").kernel.numpy()
+    assert np.all(kernel[:, :, 0, 0] == 0)  # float16's smallest subnormal is 6e-8
+    note = res.palettes[0].note
+    assert "1 of 16 kernel(s): float16 scale underflows to 0" in note, note
+    # 1e-6 is a float16 subnormal: steps of 2^-24 = 6e-8, so up to 3 % off
+    assert "1 of 16 kernel(s): float16 scale below 3e-06" in note, note
+    assert "scale_bits=32 keeps them" in note
+    # 32-bit scales keep both (within k-means' fit of the shape), and say nothing
+    res32 = dkm_tf.share_weights(model, 8, unit="kernel", codebook="shared", scale_bits=32)
+    kept = res32.model.get_layer("c").kernel.numpy()
+    assert 0.5e-8 < np.linalg.norm(kept[:, :, 0, 0]) <= 1.0e-8 * 1.001
+    assert "float16 scale" not in res32.palettes[0].note
+    # an ordinary layer gets no such note
+    plain = dkm_tf.share_weights(_tiny_kernel_model(()), 8, unit="kernel", codebook="shared")
+    assert "float16 scale" not in plain.palettes[0].note
+
+
+def test_cluster_weights_warns_of_kernels_whose_float16_scale_underflows():
+    model = _tiny_kernel_model((1e-8,))
+    with pytest.warns(UserWarning, match=r"layer 'c': 1 of 16 kernel\(s\): float16 scale "
+                                         r"underflows to 0.*scale_bits=32 keeps them"):
+        dkm_tf.cluster_weights(model, 8, unit="kernel", codebook="shared")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 32 bits: no warning
+        dkm_tf.cluster_weights(model, 8, unit="kernel", codebook="shared", scale_bits=32)
+
+
+def test_compress_notes_name_the_layer_whose_float16_scales_underflow():
+    model = _tiny_kernel_model((1e-8,))
+    res = dkm_tf.compress(model, method="wr", n_clusters=8, unit="kernel", codebook="shared",
+                          verbose=0)
+    lines = [n for n in res.notes if "float16 scale" in n]
+    assert len(lines) == 1 and lines[0].startswith("kernel scales of 'c': 1 of 16 kernel(s)")
+    assert "scale_bits=32 keeps them" in lines[0]
+    assert "note: kernel scales of 'c'" in res.summary()
+    res32 = dkm_tf.compress(model, method="wr", n_clusters=8, unit="kernel",
+                            codebook="shared", scale_bits=32, verbose=0)
+    assert not any("float16 scale" in n for n in res32.notes)

@@ -29,10 +29,14 @@ from dkm_tf.core.validate import check_choice, check_n_clusters, invalid, is_int
 from dkm_tf.graph.heartbeat import Heartbeat
 
 __all__ = ["CODEBOOK_SCOPES", "KernelGroup", "check_codebook", "check_kernel_options",
-           "cluster_groups", "fold_kernel_palettes", "kernel_groups", "share_kernels"]
+           "cluster_groups", "fold_kernel_palettes", "kernel_groups", "scale_loss_note",
+           "scale_loss_notes", "share_kernels"]
 
 CODEBOOK_SCOPES = ("layer", "shared")
 LOW_PRECISION = ("float16", "bfloat16")  # kernel dtypes that cannot hold s T(mu) exactly
+SCALE_LOSS = "float16 scale"  # marks scale_loss_note's part of a palette note
+# a float16 subnormal is a multiple of 2^-24: half a step is over 1 % of a scale below this
+COARSE_SCALE = 2.0 ** -25 / 0.01
 PASS_THROUGH = ("unit='kernel': no k x k spatial kernel (1x1 conv); left float, as Son et al. "
                 "keep 1x1 convs and dense layers in fp32")
 
@@ -139,6 +143,37 @@ def kernel_groups(layers, codebook, excluded=()):
     return list(groups.values()), skipped
 
 
+def scale_loss_note(raw, stored, scale_bits):
+    """What float16 storage lost of per-kernel scales: "" or a note part.
+
+    ``raw``: the scales before storage (a kernel's norm, or a trained float32 scale; 0 for a
+    zero kernel), ``stored``: as stored. A kernel whose scale is not 0 but is stored as 0
+    (|s| below float16's ~6e-8) decodes as a zero kernel; a stored float16 subnormal below
+    :data:`COARSE_SCALE` (~3e-6) may be off by over 1 %. Only ``scale_bits=16`` loses
+    either (8 keeps |q| >= 1, 32 is float32), so other bits give ""."""
+    if scale_bits != 16:
+        return ""
+    raw, stored = np.ravel(np.asarray(raw, np.float64)), np.ravel(np.abs(stored))
+    zeroed = int(np.sum((raw != 0) & (stored == 0)))
+    coarse = int(np.sum((stored > 0) & (stored < COARSE_SCALE)))
+    if not zeroed + coarse:
+        return ""
+    parts = ([f"{zeroed} of {raw.size} kernel(s): {SCALE_LOSS} underflows to 0 (decoded "
+              "as zero kernels)"] if zeroed else []) + (
+        [f"{coarse} of {raw.size} kernel(s): {SCALE_LOSS} below {COARSE_SCALE:.2g} (a "
+         "subnormal, off by up to over 1 %)"] if coarse else [])
+    return "; ".join(parts) + "; scale_bits=32 keeps them"
+
+
+def scale_loss_notes(palettes):
+    """One line per palette whose note says its float16 scales lost kernels
+    (:func:`scale_loss_note`), naming the layer: for ``compress``' result notes."""
+    return [f"kernel scales of {p.layer_name!r}: "
+            + "; ".join(s for s in p.note.split("; ") if SCALE_LOSS in s
+                        or s.startswith("scale_bits=32"))
+            for p in palettes if SCALE_LOSS in (getattr(p, "note", None) or "")]
+
+
 def cluster_groups(groups, n_clusters, *, transforms=1, scale_bits=16, init="kmeans++", seed=0,
                    kernel_of=None, heartbeat=None):
     """k-means of every group: ``{layer name: Palette}`` (palettes of a group share codebook
@@ -168,13 +203,16 @@ def cluster_groups(groups, n_clusters, *, transforms=1, scale_bits=16, init="kme
         cb, assigns = run()
         flat = cb.reshape(1, cb.shape[0], -1)
         n_t = transforms if transforms > 1 else 1
-        for lay, a in zip(group.layers, assigns):
+        for lay, a, w in zip(group.layers, assigns, kernels):
             layout = units_lib.layout_for(a.kernel_shape, "conv", "kernel", "per_tensor")
+            lost = scale_loss_note(kc.kernel_scales(kc._units_of(w)), a.scales,  # noqa: SLF001
+                                   scale_bits)
             note = (f"kernel codebook {group.codebook_id} shared by {len(group.layers)} "
                     f"layer(s)" + (f"; int8 scales, step {a.scale_step:.6g}"
                                    if a.scale_step is not None else "")
                     + (f"; K={cb.shape[0]} < n_clusters={k}: the group has no more distinct "
-                       "non-zero kernels" if cb.shape[0] < k else ""))
+                       "non-zero kernels" if cb.shape[0] < k else "")
+                    + (f"; {lost}" if lost else ""))
             out[lay.name] = palette_lib.Palette(
                 lay.name, "kernel", flat, a.indices[None], layout, requested_clusters=k,
                 codebook_id=group.codebook_id, note=note, scales=a.scales[None],

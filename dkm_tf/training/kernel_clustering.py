@@ -89,6 +89,7 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
             return copy_layer(layer)
         p = pals[layer.name]
         extras.warn_kernel_clustering_constraint(layer)
+        extras.warn_scale_loss(p)  # kernels whose float16 scale is 0: zero from the start
         w = ClusterKernels(copy_layer(layer), n_clusters=p.n_clusters, transforms=transforms,
                            scale_bits=scale_bits, codebook_id=g.codebook_id,
                            trainable=layer.trainable, dtype=layer.dtype_policy)

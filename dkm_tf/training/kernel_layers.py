@@ -235,9 +235,12 @@ class ClusterKernels(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
         cb = np.asarray(codebook, np.float32)
         lay = units_lib.layout_for(tuple(self.layer.kernel.shape), "conv", "kernel",
                                    "per_tensor")
+        lost = kernel_share.scale_loss_note(keras.ops.convert_to_numpy(self.scales), s,
+                                            self.scale_bits)  # trained scales float16 drops
         return palette_lib.Palette(
             self.layer.name, "kernel", cb.reshape(1, cb.shape[0], -1), idx, lay,
             requested_clusters=self.n_clusters, codebook_id=self.codebook_id,
-            note=f"kernel codebook {self.codebook_id} (fine-tuned)", scales=s,
+            note=f"kernel codebook {self.codebook_id} (fine-tuned)"
+                 + (f"; {lost}" if lost else ""), scales=s,
             transforms=t if self.transforms > 1 else None, n_transforms=self.transforms,
             scale_bits=self.scale_bits)

@@ -33,6 +33,7 @@ from keras import ops
 from dkm_tf.core import units as units_lib
 from dkm_tf.graph.clusterable import clusterable_weights
 from dkm_tf.graph.copying import copy_layer
+from dkm_tf.graph.kernel_share import SCALE_LOSS
 from dkm_tf.graph.quantized import QUANTIZE_ORDER, layers_below, quantization_mode
 from dkm_tf.training.regularizer import SpectralKMeansRegularizer
 from dkm_tf.training.wrapper_kmeans import nearest_indices
@@ -137,6 +138,17 @@ def warn_kernel_clustering_constraint(layer):
             f"cluster_weights: layer {layer.name!r} has a kernel constraint "
             f"({type(constraint).__name__}) that is not enforced while it is clustered with "
             "unit='kernel' (scaled shared centroids).", UserWarning, stacklevel=3)
+
+
+def warn_scale_loss(palette):
+    """Warn if the float16 scales of ``palette`` (``cluster_weights(unit="kernel")``'s first
+    k-means) zero kernels or round them coarsely: the wrapper starts from them, and
+    ``cluster_weights`` returns no palettes whose note would say so (``share_weights``'
+    palettes do; :func:`dkm_tf.graph.kernel_share.scale_loss_note`)."""
+    lost = [s for s in (palette.note or "").split("; ") if SCALE_LOSS in s]
+    if lost:
+        warnings.warn(f"cluster_weights: layer {palette.layer_name!r}: {'; '.join(lost)}; "
+                      "scale_bits=32 keeps them.", UserWarning, stacklevel=3)
 
 
 class KeepsReplacedFrozen:
