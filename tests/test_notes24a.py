@@ -57,7 +57,7 @@ def test_granularity_help_says_per_channel_cost_depthwise_default_and_kernel_lim
     line = _help_line("granularity")
     assert "K centroids for each channel" in line and "lower CR" in line
     assert "Depthwise kernels are clustered per channel under per_tensor" in line
-    assert "unless --overrides names their layer" in line
+    assert "unless --overrides sets granularity for their layer" in line
     assert "--codebook shared or --transforms > 1 takes per_tensor only" in line
 
 
