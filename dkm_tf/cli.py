@@ -172,6 +172,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         if plots_dir and not same_file(plots_dir, output_dir):  # folders too
             held.enter_context(folder_lock(plots_dir, "plots_dir"))  # its PNGs are replaced
         from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
+        from dkm_tf.cli_export import compress_notes, logits_notes  # noqa: PLC0415
         from dkm_tf.export.verify import choose_interpreters  # noqa: PLC0415
         from dkm_tf.graph.sensitivity_loss import LossMismatchError  # noqa: PLC0415
         from dkm_tf.pipeline_args import DataMismatchError  # noqa: PLC0415
@@ -228,6 +229,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
             elif test is not None and (why := not_class_scores(model, loss)):  # labelled: its
                 notes.append(f"no test accuracy: {why}")  # arg-max is no class either
                 test = None  # (the .tflite files are then verified on training inputs)
+            notes += logits_notes(model, loss, metric != "test accuracy", weighting, tflite)
         try:
             result = pipeline.compress(
                 model, train, test, method=method, n_clusters=n_clusters, unit=unit,
@@ -246,7 +248,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                                 f"class probabilities: {e.received}; to weigh by a loss of "
                                 "your own, call dkm_tf.compress in Python on the model compiled "
                                 "with it)", weighting) from e
-        result.metric, result.notes = metric, notes + result.notes  # compress's own notes
+        result.metric, result.notes = metric, notes + compress_notes(result.notes, model_path)
         _log(result.summary())
         _log(cli_tables.size_legend(output_dir, result))
         _check_interrupted()  # a swallowed Ctrl-C: stop before the earlier run's files go

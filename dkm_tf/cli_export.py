@@ -96,21 +96,44 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
     return {**reports, **refused}, accuracy
 
 
+def logits_notes(model, loss, agreement, weighting, tflite):
+    """``dkm-tf compress --model``'s note when the file's model is read as a classifier of
+    logits by assumption (:func:`dkm_tf.pipeline_metrics.logits_note`, with the loss the file
+    was compiled with: it is loaded with ``compile=False``) for the agreement of held-out
+    inputs, ``--weighting fisher``'s softmax or the int8 file's arg-max check; [] if none."""
+    from dkm_tf import pipeline_metrics as pm  # noqa: PLC0415
+
+    note = pm.logits_note(model, [agreement and pm.AGREEMENT_USE, weighting and pm.FISHER_USE,
+                                  tflite and pm.INT8_USE], loss)
+    return [note] if note else []
+
+
+def compress_notes(notes, model_path):
+    """``compress``' own notes, less its logits note for a ``--model`` file: compress sees the
+    model loaded without its loss, :func:`logits_notes` read the file's."""
+    from dkm_tf.pipeline_metrics import LOGITS_NOTE  # noqa: PLC0415
+
+    return [n for n in notes if model_path is None or not n.startswith(LOGITS_NOTE)]
+
+
 def compile_as_saved(model, model_path):
     """Compile ``model`` (the compressed one) with the loss the ``--model`` file was compiled
     with when that loss makes it a regressor or multi-label model and ``model`` does not say
     so itself (the file is loaded with ``compile=False``): the int8 ``.tflite`` check reads
     the loss, and gave a 3-output "mse" regressor's int8 file, off by 0.15 % of its range, an
-    arg-max check and a refusal for a "top-1 agreement" of 0.56. Other losses: unchanged."""
+    arg-max check and a refusal for a "top-1 agreement" of 0.56. A classifier's loss (a
+    cross-entropy) is given too, so the int8 check does not note the model as read as a
+    classifier of logits by assumption. Other losses: unchanged."""
     if model_path is None:
         return
     from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
-    from dkm_tf.core.loss_kind import non_class_loss  # noqa: PLC0415
+    from dkm_tf.core.loss_kind import assumed_logits, non_class_loss  # noqa: PLC0415
 
     loss = compiled_loss_name(model_path)
-    if loss and non_class_loss(model, loss) and not non_class_loss(model):
+    said = loss and assumed_logits(model) and not assumed_logits(model, loss)  # a classifier's
+    if loss and (said or non_class_loss(model, loss) and not non_class_loss(model)):
         try:
-            model.compile(loss=non_class_loss(model, loss)[0])
+            model.compile(loss=loss if said else non_class_loss(model, loss)[0])
         except (ValueError, TypeError):  # a name Keras cannot resolve here: checked as before
             return
 

@@ -21,11 +21,14 @@ from dkm_tf.core.validate import CALIBRATION_SAMPLES
 from dkm_tf.graph.share import share_weights
 from dkm_tf.pipeline_args import calibration_set, check_args, fisher_loss, input_range_note
 from dkm_tf.pipeline_metrics import (
+    AGREEMENT_USE,
+    FISHER_USE,
     accuracy_note,
     agreement_data,
     binary_threshold,
     evaluate_accuracy,
     float_predictions,
+    logits_note,
     predicted_classes,
     ratio_words,
     tflite_accuracy,
@@ -266,6 +269,11 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                          f"{accuracy_note(model)}")
         test_data, metric = ((None, metric) if agreed is None else
                              (agreed, "agreement with the float model"))
+    from dkm_tf.training.common import compiled_loss  # noqa: PLC0415
+
+    notes += [n for n in [logits_note(model, [  # an uncompiled regressor read as a classifier
+        metric != "test accuracy" and AGREEMENT_USE,
+        weighting and compiled_loss(model) is None and FISHER_USE])] if n]
     acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
     from dkm_tf.pipeline_args import merged_lora  # noqa: PLC0415
     work = merged_lora(model, notes)  # LoRA merged into plain kernels (a copy), noted

@@ -12,9 +12,16 @@ import numpy as np
 from dkm_tf.core.validate import check_int, check_number, invalid_type
 from dkm_tf.training.data_checks import as_arrays, check_label_range, class_ids
 
-__all__ = ["accuracy_note", "agreement_data", "as_arrays", "binary_threshold", "class_ids",
-           "evaluate_accuracy", "float_predictions", "not_class_scores", "predicted_classes",
+__all__ = ["AGREEMENT_USE", "FISHER_USE", "INT8_USE", "LOGITS_NOTE", "accuracy_note",
+           "agreement_data", "as_arrays", "binary_threshold", "class_ids", "evaluate_accuracy",
+           "float_predictions", "logits_note", "not_class_scores", "predicted_classes",
            "tflite_accuracy"]
+
+LOGITS_NOTE = "the model was read as a classifier of logits"  # starts logits_note's line
+# what read it so (logits_note's ``uses``)
+AGREEMENT_USE = "the agreement with the float model compares its arg-max (one unit: its sign)"
+FISHER_USE = "weighting='fisher' weighs by a cross-entropy over a softmax of its outputs"
+INT8_USE = "its int8 .tflite files are checked to keep its arg-max"
 
 
 def not_class_scores(model, loss=None):
@@ -33,6 +40,25 @@ def not_class_scores(model, loss=None):
     name, kind = found
     return (f"the model is compiled with loss {name!r}: {kind}, its output is not one class "
             "per sample (no top-1 accuracy or agreement)")
+
+
+def logits_note(model, uses, loss=None):
+    """A line for :attr:`CompressionResult.notes` when ``model`` was read as a classifier of
+    logits by assumption (:func:`dkm_tf.core.loss_kind.assumed_logits`: no softmax or sigmoid
+    output, no compiled loss that says what it is) for ``uses`` (what read it so: the
+    agreement's arg-max, Fisher's softmax, the int8 file's arg-max check); None when nothing
+    read it so or its output or loss says it is a classifier. An uncompiled regressor got an
+    "agreement with the float model" of 1.0 -> 0.75 (the arg-max of 3 regression outputs)
+    with no word. ``loss``: as in :func:`not_class_scores`."""
+    from dkm_tf.core.loss_kind import assumed_logits  # noqa: PLC0415
+
+    uses = [u for u in uses if u]
+    why = assumed_logits(model, loss) if uses else None
+    if why is None:
+        return None
+    return (f"{LOGITS_NOTE} ({'; '.join(uses)}) because {why} and its output has no softmax "
+            "or sigmoid: if it is a regressor or an embedding model, compile it with its loss "
+            "(e.g. \"mse\") before compressing, and read these figures as meaningless")
 
 
 def binary_threshold(model):

@@ -149,3 +149,112 @@ def test_compress_notes_name_the_layer_whose_float16_scales_underflow():
     res32 = dkm_tf.compress(model, method="wr", n_clusters=8, unit="kernel",
                             codebook="shared", scale_bits=32, verbose=0)
     assert not any("float16 scale" in n for n in res32.notes)
+
+
+# (c) a model with no compiled loss and no softmax / sigmoid output was read as a classifier
+# of logits (its arg-max "agreement", Fisher's softmax, the int8 arg-max check) with no word
+
+LOGITS = "the model was read as a classifier of logits"
+X = np.random.default_rng(0).normal(size=(48, 6)).astype("float32")
+
+
+def _head(activation=None, loss=None, units=3):
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    h = L.Dense(16, activation="relu", name="h")(i)
+    m = keras.Model(i, L.Dense(units, activation=activation, name="o")(h))
+    if loss is not None:
+        m.compile("adam", loss)
+    return m
+
+
+def _logits_notes(notes):
+    return [n for n in notes if n.startswith(LOGITS)]
+
+
+def _my_loss(y_true, y_pred):
+    return keras.ops.mean(keras.ops.abs(y_true - y_pred))
+
+
+def test_compress_notes_an_uncompiled_model_read_as_a_classifier_of_logits():
+    r = dkm_tf.compress(_head(), (X, None), (X[:16], None), n_clusters=2, verbose=0)
+    assert r.metric == "agreement with the float model"  # behaviour unchanged
+    (note,) = _logits_notes(r.notes)
+    assert "compares its arg-max" in note and "because it is not compiled" in note
+    assert 'compile it with its loss (e.g. "mse")' in note
+    assert f"note: {LOGITS}" in r.summary()
+    # a custom loss does not say either
+    r = dkm_tf.compress(_head(loss=_my_loss), (X, None), (X[:16], None), n_clusters=2,
+                        verbose=0)
+    (note,) = _logits_notes(r.notes)
+    assert "its compiled loss '_my_loss' does not say" in note
+
+
+@pytest.mark.parametrize("activation, loss", [
+    ("softmax", None), ("sigmoid", None), (None, "sparse_categorical_crossentropy"),
+    (None, keras.losses.CategoricalCrossentropy(from_logits=True)), (None, "mse")])
+def test_compress_says_nothing_where_the_output_or_loss_says_what_the_model_is(activation,
+                                                                                loss):
+    r = dkm_tf.compress(_head(activation, loss), (X, None), (X[:16], None), n_clusters=2,
+                        verbose=0)
+    assert not _logits_notes(r.notes), r.notes
+    assert (r.accuracy_before is None) == (loss == "mse")
+
+
+def test_compress_notes_fisher_weighting_of_an_uncompiled_model_and_not_labelled_data():
+    r = dkm_tf.compress(_head(), (X, None), None, n_clusters=2, weighting="fisher",
+                        calibration_samples=16, verbose=0)
+    (note,) = _logits_notes(r.notes)
+    assert "weighting='fisher' weighs by a cross-entropy over a softmax" in note
+    assert "arg-max" not in note.split(" because ")[0]
+    # labelled test data (class ids: the user says it is a classifier), no weighting: no note
+    y = np.arange(16) % 3
+    r = dkm_tf.compress(_head(), (X, None), (X[:16], y), n_clusters=2, verbose=0)
+    assert not _logits_notes(r.notes)
+
+
+def test_int8_export_notes_an_uncompiled_model_read_as_a_classifier_of_logits(tmp_path):
+    from dkm_tf.export import to_tflite  # noqa: PLC0415
+
+    report = to_tflite(_head(), str(tmp_path / "a.tflite"), "int8", sample_inputs=X[:16])
+    notes = [n for n in report.notes if LOGITS in n]
+    assert len(notes) == 1 and "top-1 check of its arg-max" in notes[0], report.notes
+    report = to_tflite(_head("softmax"), str(tmp_path / "b.tflite"), "int8",
+                       sample_inputs=X[:16])
+    assert not [n for n in report.notes if LOGITS in n]
+
+
+def _cli(tmp_path, model, *flags):
+    from dkm_tf import cli  # noqa: PLC0415
+
+    tmp_path.mkdir(exist_ok=True)
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x_train=X[:32], x_test=X[32:])
+    out, err = io.StringIO(), io.StringIO()
+    rc = cli.run(["dkm-tf", "compress", "--model", str(tmp_path / "m.keras"), "--dataset",
+                  str(tmp_path / "d.npz"), "--output_dir", str(tmp_path / "o"),
+                  "--n_clusters", "4", "--noplots", "--quiet", *flags], stdout=out, stderr=err)
+    assert rc == 0, err.getvalue()
+    return json.loads((tmp_path / "o" / "report.json").read_text())
+
+
+def _int8_logits_notes(report):
+    return [n for n in report["tflite"]["int8"]["notes"] if LOGITS in n]
+
+
+def test_cli_notes_an_uncompiled_model_file_read_as_a_classifier_of_logits(tmp_path):
+    report = _cli(tmp_path / "a", _head(), "--notflite")
+    (note,) = _logits_notes(report["notes"])
+    assert "compares its arg-max" in note and "int8" not in note
+    report = _cli(tmp_path / "b", _head())  # with the .tflite files: the int8 check too
+    (note,) = _logits_notes(report["notes"])
+    assert "int8 .tflite files are checked to keep its arg-max" in note
+    assert len(_int8_logits_notes(report)) == 1
+
+
+def test_cli_says_nothing_for_a_file_compiled_with_a_cross_entropy(tmp_path):
+    """The file is loaded with compile=False: its loss, read from the file, says it is a
+    classifier, for the agreement and for the int8 check of the compressed model."""
+    report = _cli(tmp_path, _head(loss="sparse_categorical_crossentropy"))
+    assert not _logits_notes(report["notes"]), report["notes"]
+    assert not _int8_logits_notes(report)

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 from dkm_tf.core.labels import one_loss
 
-__all__ = ["non_class_loss", "output_activation"]
+__all__ = ["assumed_logits", "non_class_loss", "output_activation"]
 
 # compiled losses of models whose output is not one class per sample (normalised names)
 _REGRESSION = {"mse", "mae", "mape", "msle", "meansquarederror", "meanabsoluteerror",
                "meanabsolutepercentageerror", "meansquaredlogarithmicerror", "huber",
                "logcosh", "poisson", "cosinesimilarity"}
 _MULTI_LABEL = {"binarycrossentropy", "binaryfocalcrossentropy"}  # over several output units
+# compiled losses that say the output is class scores (logits or probabilities)
+_CLASSIFICATION = {"sparsecategoricalcrossentropy", "categoricalcrossentropy",
+                   "categoricalfocalcrossentropy", "hinge", "squaredhinge", "categoricalhinge",
+                   "kldivergence", "kld", "kullbackleiblerdivergence", "distillation",
+                   *_MULTI_LABEL}
 
 
 def _loss_name(loss):
@@ -45,6 +50,30 @@ def non_class_loss(model, loss=None):
     if keys & _MULTI_LABEL and isinstance(units, int) and units > 1:
         return _loss_name(loss), f"multi-label ({units} units)"
     return None
+
+
+def assumed_logits(model, loss=None):
+    """Why ``model`` is read as a classifier of logits by assumption only: ``"it is not
+    compiled"`` (or compiled without a loss) or ``"its compiled loss 'x' does not say"`` (a
+    custom or unknown loss). None when its output or loss says what it is: a softmax or
+    sigmoid output, a cross-entropy / hinge / KL loss (a classifier), a regression or
+    multi-label loss (:func:`non_class_loss`: not read as one), or several outputs. ``loss``
+    stands for the compiled one, as in :func:`non_class_loss`."""
+    if len(getattr(model, "outputs", None) or [None]) != 1 or non_class_loss(model, loss):
+        return None
+    if output_activation(model) in ("softmax", "sigmoid"):
+        return None
+    compiled = getattr(model, "compiled", False)
+    loss = one_loss(loss if loss is not None else getattr(model, "loss", None) if compiled
+                    else None)
+    if loss is None:
+        return "it is compiled without a loss" if compiled else "it is not compiled"
+    if isinstance(loss, (dict, list, tuple)):
+        return None
+    keys = {_key(n) for n in (_loss_name(loss), type(loss).__name__,
+                              getattr(getattr(loss, "fn", None), "__name__", None)) if n}
+    return None if keys & _CLASSIFICATION else (
+        f"its compiled loss {_loss_name(loss)!r} does not say (a loss dkm_tf does not know)")
 
 
 def _key(name):

@@ -28,7 +28,7 @@ import gzip
 import numpy as np
 
 from dkm_tf.core.files import atomic_path
-from dkm_tf.core.loss_kind import non_class_loss
+from dkm_tf.core.loss_kind import assumed_logits, non_class_loss
 from dkm_tf.core.validate import check_choice
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import held_out, verify
@@ -381,4 +381,9 @@ def _min_top1(model, format, notes):
         notes.append(f"int8: no top-1 check (compiled with loss {found[0]!r}: {found[1]}); "
                      "verified by the relative error alone: see max_abs_error")
         return None
+    if (why := assumed_logits(model)) is not None:  # an uncompiled regressor: say so
+        notes.append(f"int8: top-1 check of its arg-max: the model was read as a classifier "
+                     f"of logits because {why} and its output has no softmax or sigmoid; if "
+                     "it is a regressor or an embedding model, compile it with its loss (e.g. "
+                     "\"mse\") before exporting")
     return INT8_MIN_TOP1
