@@ -167,7 +167,8 @@ def predictions(model, x):
           "overrides": {"DepthwiseConv2D": {"granularity": "per_tensor"}}}),
         ("per_tensor, no BN folding (default: depthwise per channel)", {"fold_bn": False}),
         ("per_tensor, no BN folding, depthwise per tensor",
-         {"fold_bn": False, "overrides": {"DepthwiseConv2D": {}}}),
+         {"fold_bn": False,
+          "overrides": {"DepthwiseConv2D": {"granularity": "per_tensor"}}}),
     ]
     rows = []
     for label, kw in cases:
