@@ -258,3 +258,20 @@ def test_cli_says_nothing_for_a_file_compiled_with_a_cross_entropy(tmp_path):
     report = _cli(tmp_path, _head(loss="sparse_categorical_crossentropy"))
     assert not _logits_notes(report["notes"]), report["notes"]
     assert not _int8_logits_notes(report)
+
+
+@pytest.mark.parametrize("loss, noted", [(None, True), ("mse", True),
+                                         (keras.losses.CategoricalCrossentropy(
+                                             from_logits=True), False)])
+def test_export_script_int8_reads_the_files_loss_for_the_logits_note(tmp_path, loss, noted):
+    """export/to_tflite.py loads with compile=False: a file compiled with a cross-entropy is
+    a classifier (no note); an uncompiled one is read as one of logits by assumption."""
+    from dkm_tf.export.cli import run_to_tflite  # noqa: PLC0415
+
+    _head(loss=loss).save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", X[:16])
+    report = run_to_tflite(tmp_path / "m.keras", str(tmp_path / "m.tflite"), format="int8",
+                           samples_path=str(tmp_path / "x.npy"))
+    assert any(LOGITS in n for n in report.notes) == noted, report.notes
+    assert any("which export/to_tflite.py does not read" in n
+               for n in report.notes) == (loss == "mse")

@@ -211,6 +211,7 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     from dkm_tf.export.model_check import check_built_model  # noqa: PLC0415
 
     check_built_model(model)  # refusals to_tflite makes, before any clustering
+    unread = _compile_as_classifier(model, model_path) if format == "int8" else None
     convert_lib.check_int8_mode(model, format, int8_mode, INT8_MODES)
     if n_clusters is not None:  # post-training k-means (no fine-tuning): share_weights
         from dkm_tf.graph.share import share_weights  # noqa: PLC0415
@@ -218,10 +219,14 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
         model, palettes, _ = share_weights(model, n_clusters, unit=unit,
                                            granularity=granularity)
     out = output_path or default_output_path(model_path, format, decode)
-    return to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
-                     decode=decode, int8_mode=int8_mode, keep_float=keep_float,
-                     kept_dtype=kept_dtype, index_packing=index_packing, int8_scales=int8_scales,
-                     representative_data=representative, tolerance=tolerance)
+    report = to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
+                       decode=decode, int8_mode=int8_mode, keep_float=keep_float,
+                       kept_dtype=kept_dtype, index_packing=index_packing,
+                       int8_scales=int8_scales, representative_data=representative,
+                       tolerance=tolerance)
+    if unread:  # the logits note says "not compiled": say which loss the file has
+        report.notes.append(unread)
+    return report
 
 
 def script_flags_parser(prog):
@@ -345,3 +350,28 @@ def run_inspect(path):
     from dkm_tf.export.inspect import inspect_tflite  # noqa: PLC0415
 
     return inspect_tflite(path).summary()
+
+
+def _compile_as_classifier(model, model_path):
+    """Compile ``model`` (loaded with ``compile=False``) with the loss its file was compiled
+    with when that loss says it is a classifier (a cross-entropy) and nothing else does: the
+    int8 check then reads it as the classifier it is and does not note it as read as one of
+    logits by assumption. The check itself is the same (its arg-max). A regression or
+    multi-label loss is not given (this script still checks the arg-max, as documented):
+    returns a note naming it, for the report; else None."""
+    from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
+    from dkm_tf.core.loss_kind import assumed_logits, non_class_loss  # noqa: PLC0415
+
+    loss = compiled_loss_name(model_path)
+    if not loss or not assumed_logits(model) or assumed_logits(model, loss):
+        return None
+    if (found := non_class_loss(model, loss)) is not None:
+        return (f"int8: the file was compiled with loss {loss!r} ({found[1]}), which "
+                "export/to_tflite.py does not read (it loads the model with compile=False), "
+                "so its arg-max is checked; `dkm-tf compress --model` and to_tflite of the "
+                "model compiled with that loss check it unit by unit")
+    try:
+        model.compile(loss=loss)
+    except (ValueError, TypeError):  # a name Keras cannot resolve here: noted as before
+        pass
+    return None
