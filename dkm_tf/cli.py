@@ -174,7 +174,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         from dkm_tf import cli_tables, models, pipeline  # noqa: PLC0415
         from dkm_tf.cli_export import compress_notes, logits_notes  # noqa: PLC0415
         from dkm_tf.export.verify import choose_interpreters  # noqa: PLC0415
-        from dkm_tf.graph.sensitivity_loss import LossMismatchError  # noqa: PLC0415
+        from dkm_tf.graph import sensitivity_loss  # noqa: PLC0415
         from dkm_tf.pipeline_args import DataMismatchError  # noqa: PLC0415
 
         if tflite:  # TF < 2.21 without LiteRT cannot verify a file: say so before any training
@@ -242,12 +242,15 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                 raise
             raise CliUsageError("dataset", f"data that fits --model ({dataset_words(e)})",
                                 dataset) from e
-        except LossMismatchError as e:  # the cross-entropy this command picked for the model
+        except sensitivity_loss.LossMismatchError as e:  # the cross-entropy picked here
             raise CliUsageError("weighting", "none for this model (the cross-entropy dkm-tf "
                                 "compress reads from its output activation does not give its "
                                 f"class probabilities: {e.received}; to weigh by a loss of "
                                 "your own, call dkm_tf.compress in Python on the model compiled "
                                 "with it)", weighting) from e
+        except sensitivity_loss.NotAClassifierError as e:  # sigmoid unit, time steps, outputs
+            raise CliUsageError("weighting", f"none {sensitivity_loss.NOT_A_CLASSIFIER}",
+                                f"{weighting} with {e.received}") from e
         result.metric, result.notes = metric, notes + compress_notes(result.notes, model_path)
         _log(result.summary())
         _log(cli_tables.size_legend(output_dir, result))

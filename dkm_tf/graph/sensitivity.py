@@ -314,6 +314,23 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
                                      f"sum_c exp(-loss) = {total:.6g} on sample {i}")
     out = {}
     for v, s in zip(variables, sums):
+        if not np.all(np.isfinite(s)):  # share_weights refused it naming no argument
+            raise _not_finite(model, v, s)
         f = s / (n if weights is None else float(weights.sum()))
         out[id(v)] = f + damping * (float(f.mean()) if f.size else 0.0)
     return out
+
+
+def _not_finite(model, variable, s):
+    """The ``ValueError`` for a variable whose Fisher sum is NaN / inf: a float16 head's
+    class probability under 1 / 65504 (a saturated softmax) overflows ``1 / p_c`` in the
+    gradient of ``log p_c``, and ``0 * inf`` is NaN (measured: mixed_float16, p_c ~ 8e-7)."""
+    bad = int(np.size(s) - np.count_nonzero(np.isfinite(s)))
+    name = getattr(variable, "path", None) or getattr(variable, "name", "?")
+    return invalid("weighting", f"None for model {model.name!r}, or a head whose gradients of "
+                   "log p(c|x) are finite for every class (weighting='fisher' sums them): a "
+                   "float16 / bfloat16 softmax that saturates overflows them; compute the "
+                   "last activation in float32 (e.g. keras.layers.Activation('softmax', "
+                   "dtype='float32'), as the Keras mixed-precision guide advises)",
+                   f"'fisher' with {bad} of {np.size(s)} NaN or infinite importances for "
+                   f"{name}")

@@ -3,11 +3,11 @@
 The true Fisher (``labels="model"``, :mod:`.sensitivity`) reads the model's class
 probabilities off its loss, ``p(c | x) = exp(-L(c, f(x)))``: :func:`class_targets` finds the
 C targets ``t_c`` (sparse ``[c]`` or one-hot) for which that holds: ``sum_c p(c | x) = 1`` to
-:func:`sum_tolerance`, and each ``p(c | x)`` the head's own (its probabilities, or the
-softmax of its logits) on the first sample and on a shifted output (:func:`_check_classes`:
-a loss that renormalises, or a constant log(C), sums to 1 too). Mixed-precision (float16 /
-bfloat16) outputs are cast to float32 first, as a ``keras.losses.Loss`` does
-(:func:`float32_outputs`).
+:func:`sum_tolerance`, and ``p(. | x)`` the head's own distribution (its probabilities, or the
+softmax of its logits; :func:`distance`) on the first sample and on a shifted output
+(:func:`_check_classes`: a loss that renormalises, or a constant log(C), sums to 1 too).
+Mixed-precision (float16 / bfloat16) outputs are cast to float32 first, as a
+``keras.losses.Loss`` does (:func:`float32_outputs`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import numpy as np
 from dkm_tf.core.validate import invalid
 from dkm_tf.graph.input_struct import shapes
 
-__all__ = ["SUM_TOL", "LossMismatchError", "class_targets", "float32_outputs",
-           "not_cross_entropy", "resolve_loss", "sum_tolerance", "to_numpy"]
+__all__ = ["NOT_A_CLASSIFIER", "SUM_TOL", "LossMismatchError", "NotAClassifierError",
+           "class_targets", "distance", "float32_outputs", "not_cross_entropy", "resolve_loss",
+           "sum_tolerance", "to_numpy"]
 
 SUM_TOL = 1e-3  # |sum_c exp(-L(c, f(x))) - 1| allowed for a cross-entropy (float32 output)
 _HALF_EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}  # see sum_tolerance
@@ -34,6 +35,22 @@ class LossMismatchError(ValueError):
         self.received = received
 
 
+class NotAClassifierError(ValueError):
+    """The ``ValueError`` (naming ``weighting``) for weighting='fisher' on a model that is not
+    a classifier with one output of shape (batch, classes) (``dkm-tf compress`` reports it as
+    a bad ``--weighting``, exit 2); ``received``: the output(s) found."""
+
+    def __init__(self, received):
+        super().__init__(str(invalid("weighting", f"None {NOT_A_CLASSIFIER}",
+                                     f"'fisher' with {received}")))
+        self.received = received
+
+
+NOT_A_CLASSIFIER = ("for a model that is not a classifier with one output of shape (batch, "
+                    "classes) (weighting='fisher' takes the expectation over the model's "
+                    "predicted classes)")
+
+
 def class_targets(model, loss_fn, x0, pred, keras):
     """The C targets ``t_c`` (sparse ``[c]`` or one-hot) for which ``exp(-L(t_c, f(x)))`` are
     the model's class probabilities, and the tolerance of their sum (:func:`sum_tolerance`);
@@ -43,9 +60,7 @@ def class_targets(model, loss_fn, x0, pred, keras):
     shape = tuple(pred.shape) if hasattr(pred, "shape") else None
     if shape is None or len(shape) != 2 or shape[1] < 2:
         got = f"output {shape}" if shape is not None else f"outputs {shapes(pred)}"
-        raise invalid("weighting", "None for a model that is not a classifier with one output "
-                      "of shape (batch, classes) (weighting='fisher' takes the expectation "
-                      "over the model's predicted classes)", f"'fisher' with {got}")
+        raise NotAClassifierError(got)
     n = int(shape[1])
     out = to_numpy(pred).astype(np.float64)
     probabilities = bool(np.all(out >= 0) and abs(out.sum() - 1.0) <= tol)
@@ -88,9 +103,10 @@ def _sigmoid(z):
 
 
 def _keras_logits(pred, out):
-    """``(activation, logits)`` of an output that carries the logits Keras' cross-entropies
-    read instead of it, whatever ``from_logits`` says (TensorFlow: the input of a softmax or
-    sigmoid activation, kept on its output as ``_keras_logits``), else ``(None, None)``."""
+    """``(activation, logits)`` of an output that carries its logits, else ``(None, None)``:
+    on TensorFlow and JAX a Keras softmax or sigmoid activation keeps its input on its output
+    as ``_keras_logits``; TensorFlow's cross-entropies read those instead of the output,
+    whatever ``from_logits`` says, JAX's (and torch's) do not."""
     logits = getattr(pred, "_keras_logits", None)
     if logits is None:
         return None, None
@@ -103,16 +119,18 @@ def _keras_logits(pred, out):
 
 def _check_classes(model, loss_fn, targets, pred, out, p, probabilities, tol, keras):
     """Raise unless the loss's ``p_c = exp(-L(c, f(x)))`` is the model's own distribution,
-    class by class: ``out`` itself for a probability head, ``softmax(out)`` for logits.
+    as a whole: ``out`` itself for a probability head, ``softmax(out)`` for logits, to
+    ``sum_c |p_c - q_c| <= tol + C * 1e-7`` (:func:`distance`; Keras clips each p_c at 1e-7).
+    A per-class tolerance let any distribution through at C ~ 1000 classes.
 
     ``sum_c p_c = 1`` alone is passed by any loss that renormalises (Keras'
     ``sparse_categorical_crossentropy`` on logits, from_logits=False, behind a lambda; a
     focal or tempered loss normalised again) and by a constant loss of log(C) (importances
     all 0). ``out``: the first sample's output (float64), ``p`` its ``p_c``, ``tol`` the
     output dtype's tolerance (:func:`sum_tolerance`: a stored bfloat16 probability is off by up
-    to 2 eps from what a loss renormalises). On TensorFlow a softmax or sigmoid output keeps
-    its logits, which Keras' cross-entropies read whatever ``from_logits`` says: ``softmax``
-    of those is the distribution too (a sigmoid head's, as before). The same is checked at a
+    to 2 eps from what a loss renormalises). A softmax or sigmoid output keeps its logits
+    (:func:`_keras_logits`), which TensorFlow's cross-entropies read whatever ``from_logits``
+    says: ``softmax`` of those is the distribution too (a sigmoid head's, as before). The same is checked at a
     second, non-uniform output made from ``out`` (:func:`_shifted`), float32-exact
     (:data:`SUM_TOL`): a loss that agrees only at a uniform output (a constant log(C), the
     wrapper above) is caught on an untrained or zero-initialised head too."""
@@ -135,26 +153,34 @@ def _check_classes(model, loss_fn, targets, pred, out, p, probabilities, tol, ke
                 raise LossMismatchError(
                     "a loss that takes any output of the model's shape",
                     f"a loss that failed on {where}: {type(e).__name__}: {e}") from e
-        if any(np.max(np.abs(p_row - q)) <= limit for q in wants):  # NaN fails
+        limit += n * keras.config.epsilon()  # Keras clips each p_c to >= 1e-7
+        if any(distance(p_row, q) <= limit for q in wants):  # NaN fails
             continue
         q = wants[0]
         c = int(np.nanargmax(np.abs(p_row - q))) if not np.isnan(p_row).all() else 0
         raise LossMismatchError(
             "a cross-entropy of the model's output: exp(-loss(c)) equal to the "
-            f"model's {head} for each of its {n} classes (model {model.name!r}, to "
-            f"{limit:.3g}), needed by weighting='fisher' (log p(c|x) = -loss(c)); e.g. "
-            f"{fix}, or its Categorical form for one-hot labels, not wrapped in a "
-            "function that clips or renormalises",
+            f"model's {head} over its {n} classes (model {model.name!r}, to {limit:.3g} in "
+            "sum_c |exp(-loss(c)) - p_c|), needed by weighting='fisher' (log p(c|x) = "
+            f"-loss(c)); e.g. {fix}, or its Categorical form for one-hot labels, not wrapped "
+            "in a function that clips or renormalises",
             f"a loss whose exp(-loss) for class {c} on {where} is {p_row[c]:.6g}, the "
-            f"model's {head}: {q[c]:.6g}")
+            f"model's {head}: {q[c]:.6g} (sum_c |difference| = {distance(p_row, q):.3g})")
+
+
+def distance(p, q):
+    """``sum_c |p_c - q_c|`` (twice the total variation; NaN if either is): a per-class
+    tolerance passes any distribution at C ~ 1000, where every ``p_c`` is ~ 1e-3."""
+    return float(np.sum(np.abs(np.asarray(p, np.float64) - q)))
 
 
 def _shifted(out, act, z, probabilities, dtype, keras):
     """A second output, non-uniform, and the distributions it stands for: the head's
     activation (``act`` of the logits ``z``, so it keeps them as the model's output does)
-    of ``z + linspace(0, 2, C)``; else logits ``out + linspace(0, 2, C)``, or probabilities
-    ``out`` mixed half and half with ``softmax(linspace(0, 2, C))``."""
-    shift = np.linspace(0.0, 2.0, out.size)
+    of ``z + s``; else logits ``out + s``, or probabilities ``out`` mixed half and half with
+    ``softmax(s)``: ``s = linspace(0, 2 + log C, C)``, so it moves the distribution by as much
+    at C = 1000 classes as at 10 (``linspace(0, 2)`` moved each p_c < 1e-3 there)."""
+    shift = np.linspace(0.0, 2.0 + np.log(out.size), out.size)
     if act is not None:
         row = (_softmax if act == "softmax" else _sigmoid)(z + shift)
         value = getattr(keras.activations, act)(keras.ops.cast((z + shift)[None], dtype))

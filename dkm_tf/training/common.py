@@ -103,17 +103,26 @@ def default_loss(model, shape=None, x=None):
 
 
 def _rows_are_probabilities(model, x):
-    """Whether the model's output on ``x[:32]`` has 2+ columns in [0, 1] summing to 1."""
+    """Whether the model's output on ``x[:32]`` (each input's, a dict's too) has 2+ columns in
+    [0, 1] summing to 1, to the output dtype's tolerance (``sum_tolerance``: 2 eps of a
+    bfloat16 output, whose softmax rows sum to 1 +- 0.003; 1e-3 refused them)."""
     import numpy as np  # noqa: PLC0415
 
+    from dkm_tf.graph.sensitivity_loss import sum_tolerance, to_numpy  # noqa: PLC0415
+
     try:
-        batch = [a[:32] for a in x] if isinstance(x, (list, tuple)) else x[:32]
+        if isinstance(x, dict):
+            batch = {k: a[:32] for k, a in x.items()}
+        else:
+            batch = [a[:32] for a in x] if isinstance(x, (list, tuple)) else x[:32]
         out = model(batch, training=False)
-        out = np.asarray(out[0] if isinstance(out, (list, tuple)) else out, dtype=np.float64)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        tol = sum_tolerance(out)  # of the output's own dtype, before any cast
+        out = to_numpy(out).astype(np.float64)
     except Exception:  # noqa: BLE001 - any failure: cannot tell, keep from_logits
         return False
     return bool(out.ndim >= 2 and out.shape[-1] > 1 and out.size and np.all(out >= 0)
-                and np.all(out <= 1) and np.allclose(out.sum(-1), 1.0, atol=1e-3))
+                and np.all(out <= 1) and np.all(np.abs(out.sum(-1) - 1.0) <= tol))
 
 
 def check_learning_rate(learning_rate):
