@@ -130,10 +130,10 @@ def _check_classes(model, loss_fn, targets, pred, out, p, probabilities, tol, ke
     output dtype's tolerance (:func:`sum_tolerance`: a stored bfloat16 probability is off by up
     to 2 eps from what a loss renormalises). A softmax or sigmoid output keeps its logits
     (:func:`_keras_logits`), which TensorFlow's cross-entropies read whatever ``from_logits``
-    says: ``softmax`` of those is the distribution too (a sigmoid head's, as before). The same is checked at a
-    second, non-uniform output made from ``out`` (:func:`_shifted`), float32-exact
-    (:data:`SUM_TOL`): a loss that agrees only at a uniform output (a constant log(C), the
-    wrapper above) is caught on an untrained or zero-initialised head too."""
+    says: ``softmax`` of those is the distribution too (a sigmoid head's, as before). The
+    same is checked at a second, non-uniform output made from ``out`` (:func:`_shifted`),
+    float32-exact (:data:`SUM_TOL`): a loss that agrees only at a uniform output (a constant
+    log(C), the wrapper above) is caught on an untrained or zero-initialised head too."""
     n = out.size
     act, z = _keras_logits(pred, out[None])
     head = "probabilities" if probabilities else "softmax of its logits"
