@@ -154,7 +154,7 @@ def test_non_finite_importances_are_refused_naming_weighting():
     finally:
         keras.config.set_dtype_policy("float32")
     x = np.random.default_rng(0).normal(size=(8, 5)).astype("float32")
-    match = (r"argument `weighting`.*softmax that saturates.*Activation\('softmax', "
+    match = (r"argument `weighting`.*float16 softmax that saturates.*Activation\('softmax', "
              r"dtype='float32'\).*NaN or infinite importances for .*kernel")
     with pytest.raises(ValueError, match=match):
         sensitivity.fisher_importance(model, x, "sparse_categorical_crossentropy")

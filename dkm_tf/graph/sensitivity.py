@@ -329,8 +329,9 @@ def _not_finite(model, variable, s):
     name = getattr(variable, "path", None) or getattr(variable, "name", "?")
     return invalid("weighting", f"None for model {model.name!r}, or a head whose gradients of "
                    "log p(c|x) are finite for every class (weighting='fisher' sums them): a "
-                   "float16 / bfloat16 softmax that saturates overflows them; compute the "
-                   "last activation in float32 (e.g. keras.layers.Activation('softmax', "
+                   "float16 softmax that saturates (a class probability under 1/65504) "
+                   "overflows them; compute the last activation in float32 (e.g. "
+                   "keras.layers.Activation('softmax', "
                    "dtype='float32'), as the Keras mixed-precision guide advises)",
                    f"'fisher' with {bad} of {np.size(s)} NaN or infinite importances for "
                    f"{name}")

@@ -105,7 +105,7 @@ def default_loss(model, shape=None, x=None):
 def _rows_are_probabilities(model, x):
     """Whether the model's output on ``x[:32]`` (each input's, a dict's too) has 2+ columns in
     [0, 1] summing to 1, to the output dtype's tolerance (``sum_tolerance``: 2 eps of a
-    bfloat16 output, whose softmax rows sum to 1 +- 0.003; 1e-3 refused them)."""
+    bfloat16 output, whose softmax rows sum to 1 +- 0.003; 1e-3 read them as logits)."""
     import numpy as np  # noqa: PLC0415
 
     from dkm_tf.graph.sensitivity_loss import sum_tolerance, to_numpy  # noqa: PLC0415
