@@ -248,8 +248,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                                 f"class probabilities: {e.received}; to weigh by a loss of "
                                 "your own, call dkm_tf.compress in Python on the model compiled "
                                 "with it)", weighting) from e
-        except sensitivity_loss.NotAClassifierError as e:  # sigmoid unit, time steps, outputs
-            raise CliUsageError("weighting", f"none {sensitivity_loss.NOT_A_CLASSIFIER}",
+        except sensitivity_loss.WeightingError as e:  # sigmoid unit, time steps, outputs
+            raise CliUsageError("weighting", "none" + e.expected[len("None"):],
                                 f"{weighting} with {e.received}") from e
         result.metric, result.notes = metric, notes + compress_notes(result.notes, model_path)
         _log(result.summary())

@@ -189,3 +189,29 @@ def test_cli_reports_a_model_fisher_cannot_weigh_as_a_bad_weighting(tmp_path, ki
                            "classes)"), text
     assert "received 'fisher with output (1, " in text and "argument `" not in text, text
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_cli_reports_non_finite_importances_as_a_bad_weighting(tmp_path):
+    """The saturated float16 head above, saved and compressed by dkm-tf compress: exit 2."""
+    from dkm_tf import cli
+
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(4, activation="softmax", kernel_initializer=(
+                                      keras.initializers.RandomNormal(stddev=10.0)))])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    x = np.random.default_rng(0).normal(size=(8, 5)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x_train=x, x_test=x[:3])
+    err = io.StringIO()
+    rc = cli.run(["dkm-tf", "compress", "--model", str(tmp_path / "m.keras"), "--dataset",
+                  str(tmp_path / "d.npz"), "--output_dir", str(tmp_path / "o"),
+                  "--n_clusters", "2", "--weighting", "fisher", "--notflite", "--noplots",
+                  "--quiet"], stdout=io.StringIO(), stderr=err)
+    text = err.getvalue()
+    assert rc == 2, text
+    assert text.startswith("dkm-tf: error: invalid --weighting: expected none for model "), text
+    assert "float16 softmax that saturates" in text and "NaN or infinite importances" in text

@@ -56,6 +56,7 @@ from dkm_tf.graph.sensitivity_data import (
 )
 from dkm_tf.graph.sensitivity_loss import (
     SUM_TOL,
+    WeightingError,
     class_targets,
     float32_outputs,
     not_cross_entropy,
@@ -327,11 +328,10 @@ def _not_finite(model, variable, s):
     gradient of ``log p_c``, and ``0 * inf`` is NaN (measured: mixed_float16, p_c ~ 8e-7)."""
     bad = int(np.size(s) - np.count_nonzero(np.isfinite(s)))
     name = getattr(variable, "path", None) or getattr(variable, "name", "?")
-    return invalid("weighting", f"None for model {model.name!r}, or a head whose gradients of "
+    return WeightingError(f"None for model {model.name!r}, or a head whose gradients of "
                    "log p(c|x) are finite for every class (weighting='fisher' sums them): a "
                    "float16 softmax that saturates (a class probability under 1/65504) "
                    "overflows them; compute the last activation in float32 (e.g. "
                    "keras.layers.Activation('softmax', "
                    "dtype='float32'), as the Keras mixed-precision guide advises)",
-                   f"'fisher' with {bad} of {np.size(s)} NaN or infinite importances for "
-                   f"{name}")
+                          f"{bad} of {np.size(s)} NaN or infinite importances for {name}")

@@ -18,8 +18,8 @@ from dkm_tf.core.validate import invalid
 from dkm_tf.graph.input_struct import shapes
 
 __all__ = ["NOT_A_CLASSIFIER", "SUM_TOL", "LossMismatchError", "NotAClassifierError",
-           "class_targets", "distance", "float32_outputs", "not_cross_entropy", "resolve_loss",
-           "sum_tolerance", "to_numpy"]
+           "WeightingError", "class_targets", "distance", "float32_outputs",
+           "not_cross_entropy", "resolve_loss", "sum_tolerance", "to_numpy"]
 
 SUM_TOL = 1e-3  # |sum_c exp(-L(c, f(x))) - 1| allowed for a cross-entropy (float32 output)
 _HALF_EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}  # see sum_tolerance
@@ -35,15 +35,22 @@ class LossMismatchError(ValueError):
         self.received = received
 
 
-class NotAClassifierError(ValueError):
-    """The ``ValueError`` (naming ``weighting``) for weighting='fisher' on a model that is not
-    a classifier with one output of shape (batch, classes) (``dkm-tf compress`` reports it as
-    a bad ``--weighting``, exit 2); ``received``: the output(s) found."""
+class WeightingError(ValueError):
+    """The ``ValueError`` naming ``weighting`` for a model weighting='fisher' cannot weigh
+    (``dkm-tf compress`` reports it as a bad ``--weighting``, exit 2); ``expected``: what
+    would do, starting "None"; ``received``: what 'fisher' found."""
+
+    def __init__(self, expected, received):
+        super().__init__(str(invalid("weighting", expected, f"'fisher' with {received}")))
+        self.expected, self.received = expected, received
+
+
+class NotAClassifierError(WeightingError):
+    """A model that is not a classifier with one output of shape (batch, classes);
+    ``received``: the output(s) found."""
 
     def __init__(self, received):
-        super().__init__(str(invalid("weighting", f"None {NOT_A_CLASSIFIER}",
-                                     f"'fisher' with {received}")))
-        self.received = received
+        super().__init__(f"None {NOT_A_CLASSIFIER}", received)
 
 
 NOT_A_CLASSIFIER = ("for a model that is not a classifier with one output of shape (batch, "
