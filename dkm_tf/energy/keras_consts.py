@@ -13,7 +13,8 @@ TrueDivide") and a `Normalization` layer as its SUB and MUL (`keras_lowered`; wa
 
 import math
 
-_CONST_OPS = {"Add": "add", "Subtract": "add", "Multiply": "mul", "TrueDivide": "mul"}
+_CONST_OPS = {"Add": "add", "Subtract": "add", "Multiply": "mul", "TrueDivide": "mul",
+              "Divide": "mul"}
 
 
 class _LastAxis:
@@ -65,18 +66,19 @@ def fold_of(inner, call, counts, keras):
     if type(inner).__name__ in _CONST_OPS:
         found = _constant(inner, call)
         if found is not None and _per_channel(found[0]) and not (
-                type(inner).__name__ in ("Subtract", "TrueDivide") and found[1] == 0):
+                type(inner).__name__ in ("Subtract", "TrueDivide", "Divide") and found[1] == 0):
             return folded_into(_LastAxis, counts, keras, x)
     return None
 
 
 def const_op_records(op, call, in_shapes, out_shape):
-    """`(records, reason)` of a TrueDivide with one `KerasTensor` operand: a division by a
-    constant is a "mul" record; a constant divided by activations is listed. None for other
-    ops."""
+    """`(records, reason)` of a TrueDivide (`x / c`) or Divide (`keras.ops.divide(x, c)`,
+    unsupported before 2026-12-07: Keras / file hierarchy 0.85) with one `KerasTensor`
+    operand: a division by a constant is a "mul" record; a constant divided by activations
+    is listed. None for other ops."""
     from dkm_tf.energy import shapes as sh
 
-    if type(op).__name__ != "TrueDivide" or isinstance(call, Exception):
+    if type(op).__name__ not in ("TrueDivide", "Divide") or isinstance(call, Exception):
         return None
     found = _constant(op, call)
     if found is None:
@@ -86,16 +88,16 @@ def const_op_records(op, call, in_shapes, out_shape):
     if any(d is None for d in out_shape[1:]):
         return [], f"unknown dimension in shapes {in_shapes} -> {out_shape}"
     return [sh.eltwise_shape(op.name, elements=math.prod(out_shape[1:]), eltwise_op="mul",
-                             n_inputs=2, op="TrueDivide")], None
+                             n_inputs=2, op=type(op).__name__)], None
 
 
 def normalization_records(layer, name, in_shape, out_shape, common):
     """A `Normalization` layer: a SUB of its mean and a MUL by its inverse standard
     deviation, as the converter runs it (`keras_lowered`; was one "affine" record); none for
     mean 0 and variance 1 (not adapted: an identity, which the converter removes:
-    EfficientNetB0's, 27,648 elements at 96x96)."""
+    EfficientNetB0's, 27,648 elements at 96x96); with `invert=True` a MUL by the standard
+    deviation and an ADD of the mean (listed "not modelled" before 2026-12-07: Keras / file
+    hierarchy 0.37)."""
     from dkm_tf.energy.keras_lowered import normalization_ops_records
 
-    if getattr(layer, "invert", False):
-        return [], "Normalization(invert=True): not modelled, not charged"
     return normalization_ops_records(layer, name, out_shape, common)

@@ -8,17 +8,20 @@ estimate equals its float file's. Measured before 2026-12-07 (Keras / file hiera
 
 - a merge of n inputs (`Add`, `Multiply`, `Maximum`, `Minimum`) is n - 1 two-input ops
   (Add of 3: 0.839, of 4: 0.772); an `Average` of n is n - 1 ADDs and a MUL by 1 / n
-  (0.708 for 2);
+  (0.708 for 2); op j runs at the broadcast shape of inputs 0..j (Keras folds left), and a
+  merge of one input is an identity (`_merge_sizes`; `tests/test_energy2_25.py`);
 - an inference `BatchNormalization` the converter does not fold, a `Rescaling` and a
   `Normalization` are a MUL by their scale and an ADD (a SUB of the mean for a
-  `Normalization`, before its MUL) of their offset; the converter drops a MUL by all ones and
+  `Normalization`, before its MUL; after it with `invert=True`) of their offset; the
+  converter drops a MUL by all ones and
   an ADD of all zeros (an untrained batch norm is a MUL only), an identity entirely
   (0.34-0.85 as one "affine" record);
 - a `ReLU` layer is Keras' `relu(x, negative_slope, max_value, threshold)` as converted: a
   cap other than 6 a MINIMUM and a RELU after the RELU (which the op before may absorb,
   `relu_fusion`); a threshold a GREATER and a SELECT (not priced), then the cap's MINIMUM and
   RELU (a RELU6 for a cap of 6); a slope with a cap or threshold a RELU (a SUB with its RELU
-  for a threshold) of the negated input, a MUL and a SUB (0.30-0.65, 1.58 for a threshold).
+  for a threshold) of the negated input, a MUL and a SUB (0.30-0.65, 1.58 for a threshold);
+  a slope of 1 drops the MUL, and without cap or threshold is an identity (removed).
 """
 
 import math
@@ -28,31 +31,34 @@ import numpy as np
 
 def _records(name, ops, elements, common):
     """One record per op: `name`, `name/2`, ... (a second call's records then `name#2`,
-    `name#2/2`, ...: `keras_reader._call_names`)."""
+    `name#2/2`, ...: `keras_reader._call_names`); `elements`: one size for all, or a list
+    of one per op."""
     from dkm_tf.energy import shapes as sh
 
-    return [sh.eltwise_shape(name if i == 0 else f"{name}/{i + 1}", elements=elements,
+    sizes = elements if isinstance(elements, list) else [elements] * len(ops)
+    return [sh.eltwise_shape(name if i == 0 else f"{name}/{i + 1}", elements=n,
                              eltwise_op=op, n_inputs=1 if op == "relu" else 2, **common)
-            for i, op in enumerate(ops)]
+            for i, (op, n) in enumerate(zip(ops, sizes))]
 
 
 def relu_ops(layer, keras):
     """The priced ops (`eltwise_op`s, in order) of a ReLU / LeakyReLU layer or an
     `Activation("relu" / "relu6" / "leaky_relu")`, as converted (module docstring)."""
     L = keras.layers
-    if not isinstance(layer, L.ReLU):
-        return ["relu"]  # LEAKY_RELU, RELU, RELU6
+    if not isinstance(layer, L.ReLU):  # LEAKY_RELU (of slope 1 an identity), RELU, RELU6
+        return [] if isinstance(layer, L.LeakyReLU) and float(layer.negative_slope) == 1 \
+            else ["relu"]
     s, t = float(layer.negative_slope), float(layer.threshold)
     cap = None if layer.max_value is None else float(layer.max_value)
     if s != 0 and cap is None and t == 0:
-        return ["relu"]  # LEAKY_RELU
+        return [] if s == 1 else ["relu"]  # LEAKY_RELU; of slope 1 an identity, removed
     ops = ["add" if t != 0 else "relu"] if s != 0 else []  # relu(t - x) / relu(-x)
     clip = [] if cap is None else ["relu"] if cap == 6 else ["max", "relu"]
     if t != 0:
         ops += clip  # GREATER and SELECT_V2, not priced
     else:
         ops += ["relu"] if cap == 6 else ["relu"] + clip
-    return ops + (["mul", "add"] if s != 0 else [])
+    return ops + (["mul"] * (s != 1) + ["add"] if s != 0 else [])  # no MUL by a slope of 1
 
 
 def _numpy(value):
@@ -77,33 +83,52 @@ def affine_ops(layer, keras):
             return ["add", "mul"]  # not built: its statistics unknown
         eps = np.float32(keras.config.epsilon())
         div = np.maximum(np.sqrt(_numpy(layer.variance)), eps)
-        return ["add"] * bool(np.any(_numpy(layer.mean) != 0)) + \
+        ops = ["add"] * bool(np.any(_numpy(layer.mean) != 0)) + \
             ["mul"] * bool(np.any(div != 1))
+        return ops[::-1] if getattr(layer, "invert", False) else ops  # x * div + mean
     return ["mul"] * bool(np.any(_numpy(layer.scale) != 1)) + \
         ["add"] * bool(np.any(_numpy(layer.offset) != 0))
 
 
-def lowered_records(layer, name, n_inputs, elements, common, keras):
-    """`(records, reason)` of a merge, ReLU / LeakyReLU (or relu `Activation`), batch norm
-    or `Rescaling` layer (module docstring), None for any other layer."""
+def _merge_sizes(in_shapes, elements):
+    """Outputs of the n - 1 ops of a merge of `in_shapes`: Keras folds left, so op j runs at
+    the broadcast shape of inputs 0..j (`Add([g, g2, c])`, g and g2 of 1x1x4, c of 8x8x4:
+    4 then 256; each was charged at 256 before 2026-12-07, Keras / file hierarchy 1.19)."""
+    try:
+        shape, sizes = tuple(in_shapes[0][1:]), []
+        for s in in_shapes[1:]:
+            shape = np.broadcast_shapes(shape, tuple(s[1:]))
+            sizes.append(int(math.prod(shape)))
+        return sizes
+    except (ValueError, TypeError, IndexError):  # unknown dimensions: the output's size
+        return [elements] * max(len(in_shapes) - 1, 0)
+
+
+def lowered_records(layer, name, in_shapes, elements, common, keras):
+    """`(records, reason)` of a merge (of inputs of `in_shapes`), ReLU / LeakyReLU (or relu
+    `Activation`), batch norm or `Rescaling` layer (module docstring), None for any other
+    layer. A merge of one input is an identity the converter removes (one op was charged
+    before 2026-12-07: Keras / file hierarchy 1.86 for `Add()([conv])`)."""
     from dkm_tf.energy.activations import activation_name
 
     L = keras.layers
     merges = ((L.Add, "add"), (L.Subtract, "add"), (L.Multiply, "mul"), (L.Maximum, "max"),
-              (L.Minimum, "max"))
+              (L.Minimum, "max"), (L.Average, "add"))
     for klass, op in merges:
         if isinstance(layer, klass):
-            return _records(name, [op] * max(n_inputs - 1, 1), elements, common), None
-    if isinstance(layer, L.Average):
-        return _records(name, ["add"] * max(n_inputs - 1, 1) + ["mul"], elements,
-                        common), None
+            sizes = _merge_sizes(in_shapes, elements)
+            mul = ["mul"] if isinstance(layer, L.Average) and sizes else []
+            return _records(name, [op] * len(sizes) + mul, sizes + [elements] * len(mul),
+                            common), None if sizes else (
+                "one input: an identity the converter removes, not charged")
     if isinstance(layer, (L.ReLU, L.LeakyReLU)) or (isinstance(layer, L.Activation) and
                                                    activation_name(layer.activation) in (
                                                        "relu", "relu6", "leaky_relu")):
         ops = relu_ops(layer, keras)
         return _records(name, ops, elements, common), None if ops else (
             f"ReLU(threshold={float(layer.threshold)}): a GREATER and a SELECT_V2 in a "
-            ".tflite, not priced")
+            ".tflite, not priced" if float(getattr(layer, "threshold", 0)) != 0 else
+            "negative_slope 1: an identity the converter removes, not charged")
     if isinstance(layer, (L.BatchNormalization, L.Rescaling)):
         ops = affine_ops(layer, keras)
         return _records(name, ops, elements, common), None if ops else (

@@ -331,7 +331,7 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras, n_outputs=1):
             return [sh.pool_shape(name, in_hw=ihw, channels=ic, out_hw=ohw, window=window,
                                   strides=strides, pool_op=op, repeat=rep, **common)], None
     elements = math.prod(out_shape[1:])
-    lowered = lowered_records(layer, name, len(in_shapes), elements, common, keras)
+    lowered = lowered_records(layer, name, in_shapes, elements, common, keras)
     if lowered is not None:  # merges, ReLUs, batch norms, Rescaling: their converted ops
         return lowered
     if isinstance(layer, L.PReLU):
