@@ -33,25 +33,64 @@ def consumers(model, op_calls, keras):
     return counts
 
 
-def source(x, counts, keras):
+# Layers an inference `.tflite` does not run (the converter removes them).
+INFERENCE_IDENTITIES = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+                        "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                        "ActivityRegularization", "Identity")
+
+
+def _identity(op, keras):
+    """Whether `op` is removed by the converter: an inference identity (a dropout, ...), or
+    a batch norm / `Rescaling` / `Normalization` of scale 1 and offset 0, or a
+    `ReLU(negative_slope=1)` (`keras_lowered`)."""
+    from dkm_tf.energy.keras_lowered import affine_ops, relu_ops
+
+    L = keras.layers
+    if type(op).__name__ in INFERENCE_IDENTITIES:
+        return True
+    if isinstance(op, (L.BatchNormalization, L.Rescaling, L.Normalization)):
+        return not affine_ops(op, keras)
+    return isinstance(op, (L.ReLU, L.LeakyReLU)) and float(getattr(op, "threshold", 0)) == 0 \
+        and not relu_ops(op, keras)
+
+
+def source(x, counts, keras, outer=None):
     """The op whose output tensor `x` is, where `x` is read by one call only (`counts`), else
     None. Where `x` is the output of a nested Functional model, the op inside producing it when
     nothing else there reads it (recursively): the converter inlines a nested model, so a batch
     norm or a ReLU after one ending in a conv is folded into that conv (before 2026-12-07 the
-    Keras reader charged them: Keras / file hierarchy 1.29)."""
+    Keras reader charged them: Keras / file hierarchy 1.29). Ops the converter removes
+    (`_identity`: a `Dropout`, an identity batch norm, ...; also a nested model holding only
+    such ops) are stepped over when read by one call only (before 2026-12-07 a batch norm
+    after Conv -> Dropout was charged, 2.73; a ReLU after an identity batch norm was listed as
+    fused into it, while the file keeps its RELU, 0.63). `outer`: `(inputs, call inputs,
+    counts, outer)` of the model graph `x` is in, where it is nested."""
     try:
-        producer, index = x._keras_history.operation, x._keras_history.tensor_index
-    except (AttributeError, ValueError):
+        producer, node, index = x._keras_history
+    except (AttributeError, ValueError, TypeError):
         return None
     if counts.get(id(x), 0) != 1:
         return None
     if isinstance(producer, keras.Model):
         try:
             inner = keras.tree.flatten(producer.outputs)[index]
+            inside = (keras.tree.flatten(producer.inputs),
+                      producer._inbound_nodes[node].input_tensors, counts, outer)
         except (AttributeError, ValueError, IndexError, TypeError):
             return None
         ops = [(op, _calls(producer, op)) for op in graph_ops(producer)]
-        return source(inner, consumers(producer, ops, keras), keras)
+        return source(inner, consumers(producer, ops, keras), keras, inside)
+    if type(producer).__name__ == "InputLayer" and outer is not None:
+        at = [i for i, t in enumerate(outer[0]) if t is x]  # an input of a nested model
+        if len(at) != 1 or at[0] >= len(outer[1]):
+            return None
+        return source(outer[1][at[0]], outer[2], keras, outer[3])
+    if _identity(producer, keras):
+        try:
+            ins = producer._inbound_nodes[node].input_tensors
+        except (AttributeError, IndexError, TypeError):
+            return producer
+        return source(ins[0], counts, keras, outer) if len(ins) == 1 else producer
     return producer
 
 

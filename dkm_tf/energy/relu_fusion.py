@@ -6,7 +6,12 @@ by converting each case (`tests/test_energy_relu24d.py`): a linear Conv1D/2D, De
 SeparableConv1D/2D, a Dense (any rank), a BatchNormalization (folded into the conv before it,
 or run as MUL + ADD), an Add / Subtract / Multiply layer and a max / average pooling all
 absorb it, as does an Average (its MUL by 1 / n) and a conv ending a nested model (the
-converter inlines it: `bn_folding.source`; Keras / file 1.29 before 2026-12-07); a
+converter inlines it: `bn_folding.source`; Keras / file 1.29 before 2026-12-07); so do a
+`Rescaling` / `Normalization` that is not an identity (their last MUL or ADD) and an `a + b`,
+`a - b`, `a * b` or `a / b` of a Functional model (each charged before 2026-12-07: tanh ->
+`Rescaling(0.5, offset=1)` -> ReLU, Keras / file hierarchy 1.21; `ReLU()(a + b)` 1.20;
+`tests/test_energy2_25.py`), and the op before a removed identity (a `Dropout`, an identity
+batch norm: `bn_folding.source` steps over them); a
 Conv2DTranspose, a Concatenate, a Maximum, or a producer whose output is read twice keep a
 RELU op of their own. A ReLU capped at other than 6 is a RELU, a MINIMUM and a RELU
 (`keras_lowered.relu_ops`): its first RELU is fused the same way, the MINIMUM and the last
@@ -20,6 +25,9 @@ read 7.40e9 hierarchy units from Keras and 4.74e9 from its palettized file.
 
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import folded_into, source
+from dkm_tf.energy.keras_lowered import affine_ops
+
+_OPS = ("Add", "Subtract", "Multiply", "TrueDivide", "Divide")  # non-layer ops: ADD, ... DIV
 
 
 def _fusable_relu(layer, keras):
@@ -56,9 +64,12 @@ def _absorbs(producer, keras):
         return False
     if isinstance(inner, linear):
         return activation_name(getattr(inner, "activation", None)) == "linear"
-    return isinstance(inner, (L.BatchNormalization, L.Add, L.Subtract, L.Multiply, L.Average,
-                              L.MaxPooling1D, L.MaxPooling2D, L.AveragePooling1D,
-                              L.AveragePooling2D))
+    if isinstance(inner, (L.BatchNormalization, L.Rescaling, L.Normalization)):
+        return bool(affine_ops(inner, keras))  # its last MUL / ADD; an identity is removed
+    if not isinstance(inner, L.Layer) and type(inner).__name__ in _OPS:
+        return True  # `a + b`, `keras.ops.multiply(a, b)`, `a / b`: an ADD / SUB / MUL / DIV
+    return isinstance(inner, (L.Add, L.Subtract, L.Multiply, L.Average, L.MaxPooling1D,
+                              L.MaxPooling2D, L.AveragePooling1D, L.AveragePooling2D))
 
 
 def relu_fused_into(layer, call, counts, keras):
