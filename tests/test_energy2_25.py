@@ -220,3 +220,20 @@ def test_relu_of_slope_1(make, ops, tmp_path):
     assert [(op, n) for op, n, _ in _ops(k, "r")] == [(op, 1 if op == "relu" else 2)
                                                        for op in ops]
     _same_totals(k, f)
+
+
+@pytest.mark.parametrize("last,ops", [
+    (lambda: L.BatchNormalization(name="x"), []),  # folded into c
+    (lambda: L.ReLU(max_value=3.0, name="x"), [("max", 2, E), ("relu", 1, E)]),
+])
+def test_pipeline_layer_behind_a_dropout_folds_into_the_conv(last, ops, tmp_path):
+    """`Pipeline([Conv2D, Dropout, BN])`: the batch norm's MUL and ADD were charged (2.73)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 4))
+    pipe = L.Pipeline([L.Conv2D(4, 3, padding="same", name="c"), L.Dropout(0.5),
+                       L.GaussianNoise(0.1), last()])
+    model = keras.Model(inp, L.Flatten()(pipe(inp)))
+    _randomize(pipe.layers[3])
+    k, f = _both(model, tmp_path)
+    assert _ops(k, "x") == ops and " into c" in dict(k.skipped)["x"]
+    _same_totals(k, f)

@@ -39,7 +39,7 @@ INFERENCE_IDENTITIES = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "Spat
                         "ActivityRegularization", "Identity")
 
 
-def _identity(op, keras):
+def removed(op, keras):
     """Whether `op` is removed by the converter: an inference identity (a dropout, ...), or
     a batch norm / `Rescaling` / `Normalization` of scale 1 and offset 0, or a
     `ReLU(negative_slope=1)` (`keras_lowered`)."""
@@ -60,7 +60,7 @@ def source(x, counts, keras, outer=None):
     nothing else there reads it (recursively): the converter inlines a nested model, so a batch
     norm or a ReLU after one ending in a conv is folded into that conv (before 2026-12-07 the
     Keras reader charged them: Keras / file hierarchy 1.29). Ops the converter removes
-    (`_identity`: a `Dropout`, an identity batch norm, ...; also a nested model holding only
+    (`removed`: a `Dropout`, an identity batch norm, ...; also a nested model holding only
     such ops) are stepped over when read by one call only (before 2026-12-07 a batch norm
     after Conv -> Dropout was charged, 2.73; a ReLU after an identity batch norm was listed as
     fused into it, while the file keeps its RELU, 0.63). `outer`: `(inputs, call inputs,
@@ -85,7 +85,7 @@ def source(x, counts, keras, outer=None):
         if len(at) != 1 or at[0] >= len(outer[1]):
             return None
         return source(outer[1][at[0]], outer[2], keras, outer[3])
-    if _identity(producer, keras):
+    if removed(producer, keras):
         try:
             ins = producer._inbound_nodes[node].input_tensors
         except (AttributeError, IndexError, TypeError):

@@ -32,7 +32,7 @@ import math
 
 from dkm_tf.energy.activations import activation_name, activation_records, layer_norm_records
 from dkm_tf.energy.attention_mask import mask_records
-from dkm_tf.energy.bn_folding import consumers
+from dkm_tf.energy.bn_folding import consumers, removed
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
 from dkm_tf.energy.keras_factorised import factorised_records
@@ -183,11 +183,13 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used, fused=No
         for i, (sub, sub_call) in enumerate(subs):
             used[sub.name] = n = used.get(sub.name, 0) + 1
             sub_name = sub.name if n == 1 else f"{sub.name}#{n}"
-            into = pipeline_fold(sub, subs[i - 1][0] if i else None, sub_call, keras)
+            prev = next((s for s, _ in subs[i - 1::-1] if not removed(s, keras)), None) \
+                if i else None  # over a Dropout, ... the converter removes (`bn_folding`)
+            into = pipeline_fold(sub, prev, sub_call, keras)
             if into is not None:
                 skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
                 continue
-            into = relu_fused_after(sub, subs[i - 1][0] if i else None, keras)
+            into = relu_fused_after(sub, prev, keras)
             if into is not None and len(relu_ops(sub, keras)) == 1:
                 skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
                 continue
