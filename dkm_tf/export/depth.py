@@ -153,11 +153,18 @@ def _one_note(scaled, n, tolerance, cap):
             "float32 rounding grows with depth")
 
 
-def output_tolerances(model, tolerance, cap, notes):
+def output_tolerances(model, tolerance, cap, notes, n_outputs=None):
     """Per output of ``model`` (a tuple), the float tolerance of that output's depth
     (:func:`output_depths`; ``tolerance x n / 5`` beyond 5, at most ``cap``), with one note:
-    the per-output values grouped (a 50-output model gets one line, not 50)."""
+    the per-output values grouped (a 50-output model gets one line, not 50).
+
+    ``n_outputs``: the number of outputs the model returns (flattened), or None. Where the
+    depths are not one per output (a subclassed model: one entry, its every layer with
+    weights), every output gets the deepest: a 2-output subclassed model's 1-tuple failed
+    the export as an invalid ``tolerance`` (review R4, h25)."""
     depths = output_depths(model) or [0]
+    if n_outputs is not None and len(depths) != n_outputs:
+        depths = [max(depths)] * max(1, n_outputs)
     tols = tuple(_scaled(n, tolerance, cap) for n in depths)
     if max(tols) <= tolerance:
         return tols

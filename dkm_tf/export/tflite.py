@@ -273,7 +273,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     if format == "palettized" and any(r.get("storage") == "float16 (kept)" for r in records):
         key = "fp16"  # as close to Keras as an fp16 file
     base = DEFAULT_TOLERANCE[key] if key != "float" else output_tolerances(
-        model, DEFAULT_TOLERANCE[key], DEFAULT_TOLERANCE["palettized"], notes)
+        model, DEFAULT_TOLERANCE[key], DEFAULT_TOLERANCE["palettized"], notes, len(reference))
     tol = float(tolerance) if tolerance is not None else verify.noise_floor(
         base, noise, len(inputs[0]), notes)
     min_top1, floor = _min_top1(model, format, notes), INT8_UNIT_FLOOR
