@@ -56,3 +56,41 @@ def test_subclassed_model_with_two_outputs_is_written(tmp_path, fmt):
     for g, r in zip(got, _numpy_two(m, x)):
         assert g.shape == r.shape
         assert np.max(np.abs(g - r)) <= 1e-5 * np.max(np.abs(r))
+
+
+def _regressor():
+    """Dense(8 -> 32 relu -> 3), seeded, compiled with mse (no top-1 check); 8 samples
+    N(0, 1) scaled by exp(N(0, 1)) per sample (as tests/test_heldout24b.py)."""
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu"),
+                          keras.layers.Dense(3)])
+    m.compile("adam", "mse")
+    r = np.random.default_rng(3)
+    x = r.normal(size=(8, 8)) * np.exp(r.normal(size=(8, 1)))
+    return m, x.astype("float32")
+
+
+def test_held_out_refusal_advises_no_larger_tolerance_than_the_one_chosen(tmp_path):
+    # the parent ended every held-out refusal with "or a larger tolerance
+    # (to_tflite(tolerance=...))", also to a caller who passed tolerance=
+    m, x = _regressor()
+    path = tmp_path / "r.tflite"
+    with pytest.raises(dkm_tf.export.ExportVerificationError) as e:
+        dkm_tf.export.to_tflite(m, path, "int8", sample_inputs=x, int8_mode="full",
+                                tolerance=0.3)
+    msg = str(e.value)
+    assert "calibrated on half of them it disagrees" in msg and "(tolerance 0.3)" in msg
+    assert "to_tflite(tolerance=" not in msg and not path.exists()
+    with pytest.raises(dkm_tf.export.ExportVerificationError) as e:
+        dkm_tf.export.to_tflite(m, path, "int8", sample_inputs=x, int8_mode="full")
+    assert "to_tflite(tolerance=...)" in str(e.value)  # the default: advised
+
+
+def test_held_out_refusal_names_the_failing_outputs_own_tolerance():
+    from dkm_tf.export.held_out import held_out_refusal
+
+    comp = verify.Comparison("litert", 0.9, 0.9, 0.5, 4, output_tolerances=(0.5, 0.2),
+                             output_rel_errors=(0.1, 0.9))
+    msg = held_out_refusal("f.tflite", comp, 0.05, chosen=True)
+    assert "(tolerance 0.2 to 0.5 per output; output 1: relative 0.9 (its tolerance 0.2" in msg
+    assert "to_tflite(tolerance=" not in msg

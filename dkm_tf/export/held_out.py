@@ -52,7 +52,7 @@ import numpy as np
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.calibration import CalibrationError
-from dkm_tf.export.refusal import tolerance_text
+from dkm_tf.export.refusal import tolerance_text, worst_output
 
 __all__ = ["HELD_OUT_MAX", "HELD_OUT_MIN", "REFUSE_MIN", "REL_MARGIN", "UNIT_MARGIN",
            "calibration_overlap", "clear_failure", "held_out_check", "judge",
@@ -126,9 +126,11 @@ def held_out_check(model, specs, inputs, interpreter, tolerance, notes, min_top1
     return comp
 
 
-def held_out_refusal(path, comp, verified):
+def held_out_refusal(path, comp, verified, chosen=False):
     """The message refusing ``path`` whose held-out check ``comp`` failed (``verified``: the
-    file's own relative error on its calibration samples)."""
+    file's own relative error on its calibration samples; ``chosen``: the caller chose the
+    tolerance, so no larger one is advised, as :func:`~dkm_tf.export.verify.refuse_if_bad`
+    does not)."""
     top1 = (f", top-1 agreement {comp.top1_agreement:.3g} (needs {comp.min_top1:g})"
             if comp.top1_agreement < comp.min_top1 else "")  # NaN on either side: not checked
     unit = (f", {comp.worst_unit}" if comp.unit_excess == comp.unit_excess
@@ -136,12 +138,13 @@ def held_out_refusal(path, comp, verified):
     return (f"Refusing to write {str(path)!r}: full int8 calibrated on its sample_inputs "
             f"(no representative_data) agrees with Keras on them (relative {verified:.3g}), "
             f"but calibrated on half of them it disagrees on the other {comp.n_samples}: "
-            f"relative {comp.rel_error:.3g} (tolerance {comp.tolerance:g}){top1}{unit}. The "
+            f"relative {comp.rel_error:.3g} (tolerance {tolerance_text(comp)}"
+            f"{worst_output(comp)}){top1}{unit}. The "
             "file would be right on its calibration samples only. Pass representative_data "
             "drawn from the data the model will run on (more samples: the digits CNN's "
             "held-out error, mean 0.063 at 4, 0.0093 at 32; export/to_tflite.py "
-            "--representative_data) and other samples of it as sample_inputs (--samples), or "
-            "a larger tolerance (to_tflite(tolerance=...)).")
+            "--representative_data) and other samples of it as sample_inputs (--samples)"
+            + ("." if chosen else ", or a larger tolerance (to_tflite(tolerance=...))."))
 
 
 def clear_failure(comp):
@@ -154,11 +157,11 @@ def clear_failure(comp):
 
 
 def judge(path, model, specs, inputs, comparisons, notes, min_top1=None, unit_floor=None,
-          post=None):
+          post=None, chosen=False):
     """For a full-int8 file calibrated on ``inputs`` (its verification samples): mark its
     ``comparisons`` as measured on calibration samples, run :func:`held_out_check` (not for
     ``inputs`` None: seeded samples, noted where drawn) and refuse the file when it fails
-    clearly.
+    clearly (``chosen``: the caller chose the tolerance; :func:`held_out_refusal`).
 
     Returns:
         ``(comparisons, held_out comparison or None)``.
@@ -184,7 +187,7 @@ def judge(path, model, specs, inputs, comparisons, notes, min_top1=None, unit_fl
         return comparisons, held
     if held.n_samples >= REFUSE_MIN and clear_failure(held):
         raise verify.ExportVerificationError(held_out_refusal(
-            path, held, max(c.rel_error for c in comparisons)))
+            path, held, max(c.rel_error for c in comparisons), chosen))
     why = (f"on {held.n_samples} samples, calibrated on as few (on < {REFUSE_MIN} such "
            "samples it fails files right on other data: an untrained CNN, top-1 0 on 2 noise "
            "images)" if held.n_samples < REFUSE_MIN else

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dkm_tf.export.top1 import margin_hint
 
 __all__ = ["HINT_FACTOR", "HINTS", "over_tolerance", "refusal_message", "tolerance_hint",
-           "tolerance_text"]
+           "tolerance_text", "worst_output"]
 
 HINT_FACTOR = 10  # a larger tolerance is advised up to this many times the tolerance
 HINTS = ("tolerance", "representative_data")
@@ -40,7 +40,9 @@ def tolerance_text(c):
     return f"{c.tolerance:g}" if not t else f"{min(t):g} to {max(t):g} per output"
 
 
-def _worst_output(c):
+def worst_output(c):
+    """``"; output k: relative r (its tolerance t, from its own depth)"`` for the output of
+    comparison ``c`` furthest over its own tolerance, or "" with one tolerance for all."""
     if not c.output_tolerances:
         return ""
     k = max(range(len(c.output_tolerances)),
@@ -80,7 +82,7 @@ def _describe(c):
     unit = (f", {c.worst_unit} (allowed: {tolerance_text(c)} x its max |keras| + 2 int8 "
             "steps of the output's)" if c.unit_excess > 1 else "")
     return (f"{c.interpreter}: max abs error {c.max_abs_error:.3g}, relative "
-            f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){_worst_output(c)}{top1}{unit}")
+            f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){worst_output(c)}{top1}{unit}")
 
 
 def refusal_message(path, fmt, bad, hint="tolerance"):

@@ -292,7 +292,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         comparisons, held = held_out.judge(
             path, model, specs, inputs if sample_inputs is not None else None, comparisons,
             notes, min_top1, floor, post=(lambda c: preserve_clusters(c, palettes)[0])
-            if palettes and int8_scales == "shared" else None)
+            if palettes and int8_scales == "shared" else None, chosen=tolerance is not None)
     elif format == "int8" and int8_mode == "full" and sample_inputs is not None:
         comparisons = held_out.mark_calibrated(comparisons, inputs, convert_lib.as_specs_dtypes(
             convert_lib.as_input_list(representative_data), specs), notes)
