@@ -94,3 +94,56 @@ def test_held_out_refusal_names_the_failing_outputs_own_tolerance():
     msg = held_out_refusal("f.tflite", comp, 0.05, chosen=True)
     assert "(tolerance 0.2 to 0.5 per output; output 1: relative 0.9 (its tolerance 0.2" in msg
     assert "to_tflite(tolerance=" not in msg
+
+
+def _wide(seed=0):
+    """Dense(10) on the 196,608 flattened pixels of a 256 x 256 x 3 image, seeded."""
+    keras.utils.set_random_seed(seed)
+    m = keras.Sequential([keras.Input((256, 256, 3)), keras.layers.Flatten(),
+                          keras.layers.Dense(10, name="head")])
+    x = np.random.default_rng(seed).normal(size=(1, 256, 256, 3)).astype("float32")
+    return m, x
+
+
+def test_fan_in_of_layers():
+    from dkm_tf.export.depth import fan_in, output_fan_ins
+
+    layers = keras.layers
+    cases = [(layers.Dense(5), (7,), 7), (layers.Conv2D(8, 3), (10, 10, 4), 36),
+             (layers.DepthwiseConv2D(3), (10, 10, 4), 9),
+             (layers.Conv2DTranspose(8, 3), (10, 10, 4), 36), (layers.LSTM(5), (7, 4), 9),
+             (layers.EinsumDense("abc,cd->abd", (None, 7)), (5, 6), 6),
+             (layers.Bidirectional(layers.GRU(5)), (7, 4), 9),
+             (layers.Embedding(10, 4), (3,), 0), (layers.BatchNormalization(), (4,), 0)]
+    for layer, shape, want in cases:
+        layer(keras.Input(shape))
+        assert fan_in(layer) == want, type(layer).__name__
+    x = keras.Input((4, 4, 3))
+    m = keras.Model(x, [layers.Dense(2)(layers.Flatten()(x)), layers.Conv2D(2, 2)(x)])
+    assert output_fan_ins(m) == [48, 12]  # 4 x 4 x 3 rows; 2 x 2 x 3
+
+
+def test_wide_output_is_held_to_its_sum_length(tmp_path):
+    # the parent refused this file at 1e-5: its float rounding alone is relative 1.44e-5
+    # (1.04e-5 to 1.44e-5 over seeds 0-2); a sum over 196,608 terms now allows
+    # 1.5 x 2^-24 x sqrt(196,608) = 3.96e-5
+    m, x = _wide()
+    path = tmp_path / "wide.tflite"
+    report = dkm_tf.export.to_tflite(m, str(path), "float", sample_inputs=x)
+    want = 1.5 * 2.0 ** -24 * 196608 ** 0.5
+    assert all(c.ok and c.tolerance == pytest.approx(want) for c in report.comparisons)
+    assert any("a sum over 196608 terms" in n for n in report.notes)
+    ref = x.reshape(1, -1).astype(np.float64) @ np.asarray(m.get_weights()[0], np.float64)
+    got = verify.run_tflite(path.read_bytes(), [x], "litert")[0]
+    assert np.max(np.abs(got - ref)) <= want * np.max(np.abs(ref))
+
+
+def test_wide_output_off_by_more_than_its_sum_length_is_refused(tmp_path):
+    from test_exportfix225 import _shifted_file
+
+    m, x = _wide()
+    content = _shifted_file(m, x, "head", 2e-4)  # above 3.96e-5 and the 1e-4 cap
+    with pytest.raises(dkm_tf.export.ExportVerificationError, match="relative 0.0002"):
+        dkm_tf.export.to_tflite(m, str(tmp_path / "w.tflite"), "float", sample_inputs=x,
+                                float_content=content)
+    assert not (tmp_path / "w.tflite").exists()

@@ -37,7 +37,7 @@ def over_tolerance(c):
 def tolerance_text(c):
     """``"1e-05"``, or ``"1e-05 to 4e-05 per output"`` where the outputs' differ."""
     t = c.output_tolerances
-    return f"{c.tolerance:g}" if not t else f"{min(t):g} to {max(t):g} per output"
+    return f"{c.tolerance:.3g}" if not t else f"{min(t):.3g} to {max(t):.3g} per output"
 
 
 def worst_output(c):
@@ -48,7 +48,7 @@ def worst_output(c):
     k = max(range(len(c.output_tolerances)),
             key=lambda j: c.output_rel_errors[j] / c.output_tolerances[j])
     return (f"; output {k}: relative {c.output_rel_errors[k]:.3g} (its tolerance "
-            f"{c.output_tolerances[k]:g}, from its own depth)")
+            f"{c.output_tolerances[k]:.3g}, from its own depth or sum length)")
 
 
 def tolerance_hint(bad, hint="tolerance"):
