@@ -147,3 +147,43 @@ def test_wide_output_off_by_more_than_its_sum_length_is_refused(tmp_path):
         dkm_tf.export.to_tflite(m, str(tmp_path / "w.tflite"), "float", sample_inputs=x,
                                 float_content=content)
     assert not (tmp_path / "w.tflite").exists()
+
+
+def test_palettized_file_far_over_its_float_rounding_gets_no_tolerance_advice(tmp_path):
+    # the parent measured the advice against 10x palettized's own 1e-4: a palettized file of
+    # a 2-layer model 3e-4 off (30x its 1e-5 float rounding) was advised a larger tolerance
+    from test_exportfix225 import _shifted_file
+
+    from dkm_tf import share_weights
+
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(64, activation="relu"),
+                          keras.layers.Dense(3, name="out")])
+    res = share_weights(m, n_clusters=4)
+    x = np.random.default_rng(0).normal(size=(8, 8)).astype("float32")
+    content = _shifted_file(res.model, x, "out", 3e-4)
+    path = tmp_path / "p.tflite"
+    with pytest.raises(dkm_tf.export.ExportVerificationError) as e:
+        dkm_tf.export.to_tflite(res.model, str(path), "palettized", palettes=res.palettes,
+                                sample_inputs=x, float_content=content)
+    assert "relative 0.0003" in str(e.value) and "(tolerance 0.0001)" in str(e.value)
+    assert "larger tolerance" not in str(e.value) and not path.exists()
+
+
+def test_advice_is_measured_against_the_float_rounding_per_output():
+    from dkm_tf.export.refusal import tolerance_hint
+
+    comp = verify.Comparison("litert", 1.0, 3e-4, 1e-4, 8)  # one tolerance, no per output
+    assert tolerance_hint([comp]) != ""  # within 10x its own 1e-4
+    assert tolerance_hint([comp], within=(1e-4, 1e-4)) == ""  # 10x a 1e-5 float rounding
+    assert tolerance_hint([comp], within=(1e-4, 1e-3)) != ""  # the deepest output's
+    per = verify.Comparison("litert", 1.0, 3e-4, 5e-4, 8, output_tolerances=(1e-4, 5e-4),
+                            output_rel_errors=(3e-4, 1e-4))
+    assert tolerance_hint([per], within=(1e-4, 1e-3)) == ""  # output 0: 3x its 10x
+    assert tolerance_hint([per], within=(1e-3, 1e-3)).startswith(
+        " (float32 rounding of a deep or wide chain can reach this; so can a wrong file: "
+        "compare the outputs on your data first")
+    fp16 = verify.Comparison("litert", 1.0, 5e-2, 2e-2, 8)  # 2.5x fp16's 2e-2
+    assert tolerance_hint([fp16], within=4e-2) == ""
+    assert tolerance_hint([fp16], within=4e-2, hint=None) == ""
+    assert tolerance_hint([verify.Comparison("litert", 1.0, 3e-2, 2e-2, 8)], within=4e-2)

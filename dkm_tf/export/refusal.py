@@ -6,11 +6,15 @@ were plainly wrong (review R1, h25: a full int8 file calibrated on inputs x 0.01
 0.992 against 0.5; a float file with two output units swapped, 1.18 against 1e-5).
 :func:`tolerance_hint` now says it only where it is plausibly the fix: a float-exact format
 (float, fp16, palettized, tflm; an int8 file the converter left float), the default tolerance
-(not one the caller chose), and every failing comparison within :data:`HINT_FACTOR` x its
-tolerance. The factor is the span the float default itself grows over with depth (1e-5 at
-5 layers with weights to 1e-4): float32 rounding of a deep chain the depth count misjudges
-(ResNet50 read 2.7e-5 at 1e-5) stays inside it, while a wrong unit or a swapped output is
-orders of magnitude out. A full int8 file over its tolerance is pointed at its calibration
+(not one the caller chose), and every failing comparison within :data:`HINT_FACTOR` x the
+FLOAT tolerance of the output's own depth and sum length (``within``; review R4, h25: measured
+against the format's own 1e-4, a palettized file of a 2-layer model 3e-4 off, 1000x its float
+rounding, was advised a larger tolerance). The factor is the span the float default itself
+grows over with depth (1e-5 at 5 layers with weights to 1e-4): float32 rounding of a chain the
+depth and sum counts misjudge stays inside it, while a wrong unit or a swapped output is
+orders of magnitude out. fp16 rounds each weight to 2^-11 and its 2e-2 default is set by that,
+not by float32 rounding: an fp16 file is advised only within :data:`FP16_HINT_FACTOR` x its
+tolerance. A full int8 file over its tolerance is pointed at its calibration
 data (``representative_data``) instead, before the sentence saying Keras' own top-1 margin is
 below the error where it is (:func:`~dkm_tf.export.top1.margin_hint`: int8 only, the float
 formats have no top-1 check, so it never meets the tolerance advice).
@@ -20,10 +24,11 @@ from __future__ import annotations
 
 from dkm_tf.export.top1 import margin_hint
 
-__all__ = ["HINT_FACTOR", "HINTS", "over_tolerance", "refusal_message", "tolerance_hint",
-           "tolerance_text", "worst_output"]
+__all__ = ["FP16_HINT_FACTOR", "HINT_FACTOR", "HINTS", "over_tolerance", "refusal_message",
+           "tolerance_hint", "tolerance_text", "worst_output"]
 
 HINT_FACTOR = 10  # a larger tolerance is advised up to this many times the tolerance
+FP16_HINT_FACTOR = 2  # an fp16 file: advised up to this many times its own tolerance
 HINTS = ("tolerance", "representative_data")
 
 
@@ -51,7 +56,7 @@ def worst_output(c):
             f"{c.output_tolerances[k]:.3g}, from its own depth or sum length)")
 
 
-def tolerance_hint(bad, hint="tolerance"):
+def tolerance_hint(bad, hint="tolerance", within=None):
     """The sentence a verification refusal ends with when a comparison of ``bad`` exceeds its
     relative tolerance (not a top-1 or unit failure alone), or "".
 
@@ -59,21 +64,36 @@ def tolerance_hint(bad, hint="tolerance"):
         bad: the failed comparisons.
         hint: ``"tolerance"`` (a float-exact format at its default tolerance): a larger
             ``tolerance`` writes it, after checking the outputs, when every such failure is
-            within :data:`HINT_FACTOR` x its tolerance (``export/to_tflite.py`` names its
-            ``--tolerance`` instead); ``"representative_data"`` (full int8): calibrate on
-            the model's data; None: no advice (the caller chose the tolerance).
+            within ``within`` (``export/to_tflite.py`` names its ``--tolerance`` instead);
+            ``"representative_data"`` (full int8): calibrate on the model's data; None: no
+            advice (the caller chose the tolerance).
+        within: the largest relative error advised, one number or one per output (a
+            comparison without per-output errors is held to the largest), or None:
+            :data:`HINT_FACTOR` x each comparison's own tolerance.
     """
     over = [over_tolerance(c) for c in bad]
-    failed = [x for x in over if not x <= 1]
+    failed = [c for c, x in zip(bad, over) if not x <= 1]
     if hint is None or not failed:
         return ""
     if hint == "representative_data":
         return (" (full int8 takes its activation ranges from its calibration samples: pass "
                 "representative_data drawn from the data the model will run on)")
-    if not all(x <= HINT_FACTOR for x in failed):
+    if not all(_advised(c, within) for c in failed):
         return ""
-    return (" (if the file's outputs are right for your use, checked yourself, a larger "
-            "tolerance writes it: to_tflite(tolerance=...))")
+    return (" (float32 rounding of a deep or wide chain can reach this; so can a wrong file: "
+            "compare the outputs on your data first; if they are right for your use, a "
+            "larger tolerance writes it: to_tflite(tolerance=...))")
+
+
+def _advised(c, within):
+    if within is None:
+        return over_tolerance(c) <= HINT_FACTOR
+    if not isinstance(within, (tuple, list)):
+        return c.rel_error <= within
+    rels = c.output_rel_errors
+    if len(rels) != len(within):
+        return c.rel_error <= max(within)
+    return all(r <= w for r, w in zip(rels, within))
 
 
 def _describe(c):
@@ -85,9 +105,10 @@ def _describe(c):
             f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){worst_output(c)}{top1}{unit}")
 
 
-def refusal_message(path, fmt, bad, hint="tolerance"):
-    """The message refusing ``path`` for the failed comparisons ``bad`` (``hint``: see
-    :func:`tolerance_hint`), then :func:`~dkm_tf.export.top1.margin_hint`'s sentence."""
+def refusal_message(path, fmt, bad, hint="tolerance", within=None):
+    """The message refusing ``path`` for the failed comparisons ``bad`` (``hint``,
+    ``within``: see :func:`tolerance_hint`), then
+    :func:`~dkm_tf.export.top1.margin_hint`'s sentence."""
     return (f"Refusing to write {path!r}: the {fmt} model disagrees with the Keras model: "
-            + "; ".join(map(_describe, bad)) + tolerance_hint(bad, hint)
+            + "; ".join(map(_describe, bad)) + tolerance_hint(bad, hint, within)
             + next((h for h in map(margin_hint, bad) if h), ""))

@@ -39,6 +39,7 @@ from dkm_tf.export.int8 import int8_survival, preserve_clusters, shared_note, su
 from dkm_tf.export.model_check import deployed_param_count
 from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES
 from dkm_tf.export.policy import check_applicable, check_codebook_sizes, check_keep_float
+from dkm_tf.export.refusal import FP16_HINT_FACTOR, HINT_FACTOR
 from dkm_tf.export.report import ExportReport, analytic_bytes
 from dkm_tf.export.rewrite import FlatModel
 from dkm_tf.export.subgraphs import palettize_subgraphs
@@ -105,11 +106,12 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             ``UserWarning`` and a note). ``sample_inputs`` all in it are measured on
             calibration samples too (noted; :func:`~dkm_tf.export.held_out.mark_calibrated`).
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
-            :data:`DEFAULT_TOLERANCE` (float's grown with depth, each output's own: 1e-5 x
-            layers with weights / 5, at most 1e-4, ``depth.output_tolerances``), or 10x
-            Keras' own batch-1 vs batch-n difference on the samples when larger (deep nets;
-            noted, ``verify.noise_floor``). A refusal advises a larger ``tolerance`` only at
-            the default, within 10x of it (``refusal.tolerance_hint``). int8 files must also
+            :data:`DEFAULT_TOLERANCE` (float's grown with depth and sum length, each
+            output's own: 1e-5 x layers with weights / 5, or 1.5 x 2^-24 x sqrt(longest sum),
+            at most 1e-4, ``depth.output_tolerances``), or 10x Keras' own batch-1 vs batch-n
+            difference on the samples when larger (deep nets; noted, ``verify.noise_floor``).
+            A refusal advises a larger ``tolerance`` only at the default, within 10x of the
+            float tolerance (fp16: 2x its own; ``refusal.tolerance_hint``). int8 files must also
             agree with Keras' arg-max on :data:`INT8_MIN_TOP1` of the samples (class-score
             outputs: shaped (samples, classes); with several outputs, softmax
             heads only); every unit (last axis) of their other outputs, ``tolerance`` on its
@@ -272,10 +274,15 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
                      "tolerance")
     if format == "palettized" and any(r.get("storage") == "float16 (kept)" for r in records):
         key = "fp16"  # as close to Keras as an fp16 file
-    base = DEFAULT_TOLERANCE[key] if key != "float" else output_tolerances(
-        model, DEFAULT_TOLERANCE[key], DEFAULT_TOLERANCE["palettized"], notes, len(reference))
+    floats = output_tolerances(model, DEFAULT_TOLERANCE["float"], DEFAULT_TOLERANCE[
+        "palettized"], notes if key == "float" else [], len(reference)) if key in (
+        "float", "palettized", "tflm") else None  # float32 rounding's, per output
+    base = floats if key == "float" else DEFAULT_TOLERANCE[key]
     tol = float(tolerance) if tolerance is not None else verify.noise_floor(
-        base, noise, len(inputs[0]), notes)
+        base, noise, len(inputs[0]), notes)  # advised: within 10x of the float rounding
+    within = (FP16_HINT_FACTOR * np.max(tol) if key == "fp16" else tuple(
+        HINT_FACTOR * t for t in verify.noise_floor(floats, noise, len(inputs[0]), []))
+        if floats else None)
     min_top1, floor = _min_top1(model, format, notes), INT8_UNIT_FLOOR
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
@@ -286,7 +293,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         _check_fp16_range(model, float_content)  # name the weights behind the refusal
     verify.refuse_if_bad(path, format, comparisons, None if tolerance is not None else (
         "tolerance" if key in ("float", "fp16", "palettized", "tflm") else
-        "representative_data" if int8_mode == "full" else None))
+        "representative_data" if int8_mode == "full" else None), within)
     held = None  # full int8 calibrated on its own samples: also judged held out
     if format == "int8" and int8_mode == "full" and representative_data is None:
         comparisons, held = held_out.judge(

@@ -241,14 +241,14 @@ def keras_noise(model, inputs, reference):
     return _errors(got, reference, "Keras at batch 1")[1]
 
 
-def refuse_if_bad(path, fmt, comparisons, hint="auto"):
+def refuse_if_bad(path, fmt, comparisons, hint="auto", within=None):
     """Raise :class:`ExportVerificationError` naming every comparison that failed, with the
-    advice :func:`~dkm_tf.export.refusal.refusal_message` gives for ``hint`` (``"auto"``:
-    ``"tolerance"``, none for ``fmt`` ``"int8"``)."""
+    advice :func:`~dkm_tf.export.refusal.refusal_message` gives for ``hint`` and ``within``
+    (``hint`` ``"auto"``: ``"tolerance"``, none for ``fmt`` ``"int8"``)."""
     bad = [c for c in comparisons if not c.ok]
     if bad:
         hint = (None if fmt == "int8" else "tolerance") if hint == "auto" else hint
-        raise ExportVerificationError(refusal_message(path, fmt, bad, hint))
+        raise ExportVerificationError(refusal_message(path, fmt, bad, hint, within))
 
 
 def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=None,
