@@ -187,3 +187,16 @@ def test_advice_is_measured_against_the_float_rounding_per_output():
     assert tolerance_hint([fp16], within=4e-2) == ""
     assert tolerance_hint([fp16], within=4e-2, hint=None) == ""
     assert tolerance_hint([verify.Comparison("litert", 1.0, 3e-2, 2e-2, 8)], within=4e-2)
+
+
+def test_subclassed_model_with_two_outputs_palettized(tmp_path):
+    # palettized reads the float tolerances too (for the advice): one depth for two outputs
+    m, x = _two()
+    res = dkm_tf.share_weights(m, n_clusters=4, inplace=True)
+    path = tmp_path / "two.tflite"
+    report = dkm_tf.export.to_tflite(res.model, str(path), "palettized",
+                                     palettes=res.palettes, sample_inputs=x)
+    assert all(c.ok and c.tolerance == pytest.approx(1e-4) for c in report.comparisons)
+    got = verify.run_tflite(path.read_bytes(), [x], "litert")
+    for g, r in zip(got, _numpy_two(res.model, x)):
+        assert np.max(np.abs(g - r)) <= 1e-4 * np.max(np.abs(r))
