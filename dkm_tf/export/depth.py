@@ -13,7 +13,8 @@ R4, h25). An output's tolerance is therefore at least :data:`FAN_IN_FACTOR` x 2^
 sqrt(K) for the longest sum K on its chain (:func:`output_fan_ins`): measured on Dense(10), K
 1e3 to 1e6, N(0, 1) inputs, 60 files (10 seeds per K, 5 at K >= 3e5) x 4 draws at batch 1
 and 3 (480 runs), the error is 0 to 0.95 x 2^-24 x sqrt(K) of the output's max |keras|
-(median 0.35).
+(median 0.35); uniform [0, 1) or [0, 255) pixels on 196,608 inputs and Conv2D of 3 x 3 x 2048
+or 1 x 1 x 16384, 12 runs each, at most 0.72.
 """
 
 from __future__ import annotations
