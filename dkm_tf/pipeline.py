@@ -304,12 +304,15 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             f"{format(lr, 'g') if isinstance(lr, float) else type(lr).__name__})",
             flush=True)
         stage = _cluster_stage(progress, work, n_clusters, overrides)
-        clustered, palettes, _ = finetune(
-            work, train_data, n_clusters=n_clusters, unit=unit, granularity=granularity,
-            init=init, epochs=finetune_epochs, learning_rate=lr, batch_size=batch_size,
-            overrides=overrides, verbose=max(verbose - 1, 0), seed=seed,
-            preserve_sparsity=preserve_sparsity, callbacks=bar("finetune"), kernel_options=kernel,
-            class_weight=class_weight)
+        from dkm_tf.training.wrapper_extras import scale_loss_collected  # noqa: PLC0415
+        with scale_loss_collected() as lost:  # scales the first k-means lost: a note, not
+            clustered, palettes, _ = finetune(  # cluster_weights' UserWarning
+                work, train_data, n_clusters=n_clusters, unit=unit, granularity=granularity,
+                init=init, epochs=finetune_epochs, learning_rate=lr, batch_size=batch_size,
+                overrides=overrides, verbose=max(verbose - 1, 0), seed=seed,
+                preserve_sparsity=preserve_sparsity, callbacks=bar("finetune"),
+                kernel_options=kernel, class_weight=class_weight)
+        notes += lost
         skipped = _skipped_layers(clustered, palettes, overrides, unit)  # after BN fold
     else:
         log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity}"

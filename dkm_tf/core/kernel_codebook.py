@@ -20,10 +20,10 @@ The unit is one 2-D spatial kernel ``w_oi = kernel[:, :, i, o]`` of a Keras conv
 * After clustering each scale is refitted by least squares, ``s = <w, T_t(mu)> / ||mu||^2``
   (``refit_scales=True``; the paper keeps the norm and lets fine-tuning adjust it), then
   stored at ``scale_bits``: 16 (float16, the paper's), 8 (int8 fixed point with one float32
-  step per layer, ``step = max |s| / 127``; a non-zero scale never rounds to 0: |q| >= 1) or
-  32 (float32). The kernels are normalised by their *stored* scale, so decoding is
-  ``W_oi = s_oi T_t(mu_k)`` and with K = the number of kernels it gives the kernels back to
-  float32 rounding.
+  step per layer, ``step = max |s| / 127``; a non-zero scale never rounds to 0: |q| >= 1, so
+  one below half a step is raised to one whole step, noted) or 32 (float32). The kernels
+  are normalised by their *stored* scale, so decoding is ``W_oi = s_oi T_t(mu_k)`` and
+  with K = the number of kernels it gives the kernels back to float32 rounding.
 
 Size (methods §2.5): ``N (log2 K + log2 T + b_s) + K h w 32`` bits, the codebook counted once
 (:func:`kernel_bits`); the paper's CIFAR VGG-16 (1,634,496 3x3 kernels, K = 256, 16-bit

@@ -30,11 +30,12 @@ from dkm_tf.graph.heartbeat import Heartbeat
 
 __all__ = ["CODEBOOK_SCOPES", "KernelGroup", "check_codebook", "check_kernel_options",
            "cluster_groups", "fold_kernel_palettes", "kernel_groups", "scale_loss_note",
-           "scale_loss_notes", "share_kernels"]
+           "scale_loss_notes", "scale_loss_parts", "share_kernels"]
 
 CODEBOOK_SCOPES = ("layer", "shared")
 LOW_PRECISION = ("float16", "bfloat16")  # kernel dtypes that cannot hold s T(mu) exactly
 SCALE_LOSS = "float16 scale"  # marks scale_loss_note's part of a palette note
+INT8_RAISE = "scale raised to one int8 step"  # and its part for scale_bits=8
 # a float16 subnormal is a multiple of 2^-24: half a step is over 1 % of a scale below this
 COARSE_SCALE = 2.0 ** -25 / 0.01
 PASS_THROUGH = ("unit='kernel': no k x k spatial kernel (1x1 conv); left float, as Son et al. "
@@ -143,17 +144,27 @@ def kernel_groups(layers, codebook, excluded=()):
     return list(groups.values()), skipped
 
 
-def scale_loss_note(raw, stored, scale_bits):
-    """What float16 storage lost of per-kernel scales: "" or a note part.
+def scale_loss_note(raw, stored, scale_bits, step=None):
+    """What storing per-kernel scales lost: "" or a note part.
 
     ``raw``: the scales before storage (a kernel's norm, or a trained float32 scale; 0 for a
-    zero kernel), ``stored``: as stored. A kernel whose scale is not 0 but is stored as 0
-    (|s| below float16's ~6e-8) decodes as a zero kernel; a stored float16 subnormal below
-    :data:`COARSE_SCALE` (~3e-6) may be off by over 1 %. Only ``scale_bits=16`` loses
-    either (8 keeps |q| >= 1, 32 is float32), so other bits give ""."""
+    zero kernel), ``stored``: as stored, ``step``: the int8 step of ``scale_bits=8``. At 16
+    bits a kernel whose scale is not 0 but is stored as 0 (|s| below ~3e-8, 2^-25: float16's
+    smallest subnormal 2^-24 rounds half down) decodes as a zero kernel, and a stored float16
+    subnormal below :data:`COARSE_SCALE` (~3e-6) may be off by over 1 %. At 8 bits a
+    non-zero scale is never 0 (|q| >= 1), but one below half a step is raised to one whole
+    step: the kernel decodes larger than it was (a norm 1e-8 kernel beside a largest norm of
+    0.32 decodes with norm 0.0025). 32 (float32) gives ""."""
+    raw, stored = np.ravel(np.asarray(raw, np.float64)), np.ravel(np.abs(stored))
+    if scale_bits == 8 and step:
+        small = (raw != 0) & (np.abs(raw) < float(step) / 2)
+        if not np.any(small):
+            return ""
+        times = float(np.max(float(step) / np.abs(raw[small])))
+        return (f"{int(np.sum(small))} of {raw.size} kernel(s): {INT8_RAISE} {float(step):.3g} "
+                f"(decoded up to {times:.3g} times its norm); scale_bits=32 keeps them")
     if scale_bits != 16:
         return ""
-    raw, stored = np.ravel(np.asarray(raw, np.float64)), np.ravel(np.abs(stored))
     zeroed = int(np.sum((raw != 0) & (stored == 0)))
     coarse = int(np.sum((stored > 0) & (stored < COARSE_SCALE)))
     if not zeroed + coarse:
@@ -165,13 +176,18 @@ def scale_loss_note(raw, stored, scale_bits):
     return "; ".join(parts) + "; scale_bits=32 keeps them"
 
 
+def scale_loss_parts(note):
+    """The parts of a palette ``note`` that :func:`scale_loss_note` wrote (without its
+    closing "scale_bits=32 keeps them"): [] when none."""
+    return [s for s in (note or "").split("; ") if SCALE_LOSS in s or INT8_RAISE in s]
+
+
 def scale_loss_notes(palettes):
-    """One line per palette whose note says its float16 scales lost kernels
+    """One line per palette whose note says its stored scales lost kernels
     (:func:`scale_loss_note`), naming the layer: for ``compress``' result notes."""
-    return [f"kernel scales of {p.layer_name!r}: "
-            + "; ".join(s for s in p.note.split("; ") if SCALE_LOSS in s
-                        or s.startswith("scale_bits=32"))
-            for p in palettes if SCALE_LOSS in (getattr(p, "note", None) or "")]
+    return [f"kernel scales of {p.layer_name!r}: " + "; ".join(lost)
+            + "; scale_bits=32 keeps them"
+            for p in palettes if (lost := scale_loss_parts(getattr(p, "note", None)))]
 
 
 def cluster_groups(groups, n_clusters, *, transforms=1, scale_bits=16, init="kmeans++", seed=0,
@@ -206,7 +222,7 @@ def cluster_groups(groups, n_clusters, *, transforms=1, scale_bits=16, init="kme
         for lay, a, w in zip(group.layers, assigns, kernels):
             layout = units_lib.layout_for(a.kernel_shape, "conv", "kernel", "per_tensor")
             lost = scale_loss_note(kc.kernel_scales(kc._units_of(w)), a.scales,  # noqa: SLF001
-                                   scale_bits)
+                                   scale_bits, a.scale_step)
             note = (f"kernel codebook {group.codebook_id} shared by {len(group.layers)} "
                     f"layer(s)" + (f"; int8 scales, step {a.scale_step:.6g}"
                                    if a.scale_step is not None else "")

@@ -235,8 +235,9 @@ class ClusterKernels(extras.KeepsReplacedFrozen, keras.layers.Wrapper):
         cb = np.asarray(codebook, np.float32)
         lay = units_lib.layout_for(tuple(self.layer.kernel.shape), "conv", "kernel",
                                    "per_tensor")
-        lost = kernel_share.scale_loss_note(keras.ops.convert_to_numpy(self.scales), s,
-                                            self.scale_bits)  # trained scales float16 drops
+        lost = kernel_share.scale_loss_note(  # trained scales float16 drops, int8 raises
+            keras.ops.convert_to_numpy(self.scales), s, self.scale_bits,
+            float(keras.ops.convert_to_numpy(self.scale_step)))
         return palette_lib.Palette(
             self.layer.name, "kernel", cb.reshape(1, cb.shape[0], -1), idx, lay,
             requested_clusters=self.n_clusters, codebook_id=self.codebook_id,

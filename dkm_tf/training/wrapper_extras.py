@@ -24,6 +24,10 @@ cluster a wrapper at once and to turn it back into a plain layer.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import os
+import sys
 import warnings
 
 import keras
@@ -33,7 +37,7 @@ from keras import ops
 from dkm_tf.core import units as units_lib
 from dkm_tf.graph.clusterable import clusterable_weights
 from dkm_tf.graph.copying import copy_layer
-from dkm_tf.graph.kernel_share import SCALE_LOSS
+from dkm_tf.graph.kernel_share import scale_loss_parts
 from dkm_tf.graph.quantized import QUANTIZE_ORDER, layers_below, quantization_mode
 from dkm_tf.training.regularizer import SpectralKMeansRegularizer
 from dkm_tf.training.wrapper_kmeans import nearest_indices
@@ -41,9 +45,10 @@ from dkm_tf.training.wrapper_kmeans import nearest_indices
 __all__ = ["ELEMENTWISE_CONSTRAINTS", "FROZEN_NOTE", "KeepsReplacedFrozen", "Reassigns",
            "SavesDeferredClusters", "assigned_since_build", "build_now", "check_not_quantized",
            "codebook_constraint", "frozen_variable", "keep_frozen_variables",
-           "keep_replaced_frozen", "replaces_variables",
-           "shared_kernel_losses", "unwrap", "user_regularizer",
-           "warn_kernel_clustering_constraint", "warn_unenforced_constraints"]
+           "keep_replaced_frozen", "replaces_variables", "scale_loss_collected",
+           "shared_kernel_losses", "unwrap", "user_regularizer", "user_stacklevel",
+           "warn_kernel_clustering_constraint", "warn_scale_loss",
+           "warn_unenforced_constraints"]
 
 # Constraints that act on each value alone: a codebook that satisfies them gives a kernel that
 # does. Exact classes only (a subclass may redefine __call__).
@@ -137,18 +142,57 @@ def warn_kernel_clustering_constraint(layer):
         warnings.warn(
             f"cluster_weights: layer {layer.name!r} has a kernel constraint "
             f"({type(constraint).__name__}) that is not enforced while it is clustered with "
-            "unit='kernel' (scaled shared centroids).", UserWarning, stacklevel=3)
+            "unit='kernel' (scaled shared centroids).", UserWarning,
+            stacklevel=user_stacklevel())
+
+
+_SCALE_NOTES = contextvars.ContextVar("dkm_tf_scale_notes", default=None)
+
+
+@contextlib.contextmanager
+def scale_loss_collected():
+    """Within it, :func:`warn_scale_loss` appends its text to the yielded list instead of
+    warning: ``compress(method="finetune")`` turns it into a result note (a UserWarning
+    saying ``cluster_weights:`` reached a user who called ``compress``, and aborted it where
+    warnings are errors)."""
+    notes = []
+    token = _SCALE_NOTES.set(notes)
+    try:
+        yield notes
+    finally:
+        _SCALE_NOTES.reset(token)
+
+
+def user_stacklevel():
+    """The ``stacklevel`` of a warning issued here that points at the first frame outside
+    dkm_tf, Keras and TensorFlow (the user's call; a fixed level pointed inside Keras'
+    ``clone_model`` for warnings of a ``clone_function``)."""
+    import dkm_tf  # noqa: PLC0415
+
+    inside = tuple(os.path.dirname(m.__file__) + os.sep for m in (
+        dkm_tf, keras, sys.modules.get("tensorflow")) if getattr(m, "__file__", None))
+    frame, level = sys._getframe(1), 1  # noqa: SLF001 (the caller of user_stacklevel)
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def warn_scale_loss(palette):
-    """Warn if the float16 scales of ``palette`` (``cluster_weights(unit="kernel")``'s first
-    k-means) zero kernels or round them coarsely: the wrapper starts from them, and
-    ``cluster_weights`` returns no palettes whose note would say so (``share_weights``'
-    palettes do; :func:`dkm_tf.graph.kernel_share.scale_loss_note`)."""
-    lost = [s for s in (palette.note or "").split("; ") if SCALE_LOSS in s]
-    if lost:
-        warnings.warn(f"cluster_weights: layer {palette.layer_name!r}: {'; '.join(lost)}; "
-                      "scale_bits=32 keeps them.", UserWarning, stacklevel=3)
+    """Warn if the stored scales of ``palette`` (``cluster_weights(unit="kernel")``'s first
+    k-means) zero kernels, round them coarsely or raise them to one int8 step: the wrapper
+    starts from them, and ``cluster_weights`` returns no palettes whose note would say so
+    (``share_weights``' palettes do; :func:`dkm_tf.graph.kernel_share.scale_loss_note`).
+    Within :func:`scale_loss_collected` the text goes to its list instead."""
+    lost = scale_loss_parts(palette.note)
+    if not lost:
+        return
+    notes = _SCALE_NOTES.get()
+    if notes is not None:
+        notes.append(f"kernel scales of {palette.layer_name!r} at the start of fine-tuning: "
+                     f"{'; '.join(lost)}; scale_bits=32 keeps them")
+        return
+    warnings.warn(f"cluster_weights: layer {palette.layer_name!r}: {'; '.join(lost)}; "
+                  "scale_bits=32 keeps them.", UserWarning, stacklevel=user_stacklevel())
 
 
 class KeepsReplacedFrozen:

@@ -1,0 +1,97 @@
+"""Kernel-scale storage losses that reached the user as a stray warning or not at all
+(review R5 of the limits audit, 2026-12-07): compress(method="finetune") noted nothing of
+underflowing float16 scales, scale_bits=8 raised a tiny kernel to one int8 step without a
+word, and cluster_weights' warnings pointed inside Keras."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import dkm_tf  # noqa: E402
+
+L = keras.layers
+
+
+def _tiny_kernel_model(norms=(1e-8,), classifier=False):
+    """Conv2D(4, 3x3) on 6x6x4 whose kernels [:, :, i, 0] are rescaled to ``norms``; with
+    ``classifier`` a softmax head compiled with a sparse cross-entropy."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 4))
+    conv = L.Conv2D(4, 3, name="c")
+    out = conv(inp)
+    if classifier:
+        out = L.Dense(3, activation="softmax", name="fc")(L.Flatten()(out))
+    model = keras.Model(inp, out)
+    k, b = conv.get_weights()
+    for i, norm in enumerate(norms):
+        k[:, :, i, 0] *= norm / np.linalg.norm(k[:, :, i, 0])
+    conv.set_weights([k, b])
+    if classifier:
+        model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def test_compress_finetune_notes_underflowing_scales_without_a_warning():
+    """F1: compress(method="finetune", unit="kernel") said nothing in its notes; a
+    "cluster_weights:" UserWarning escaped (an error where warnings are errors)."""
+    model = _tiny_kernel_model((1e-8,), classifier=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 6, 4)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=UserWarning)  # none escapes compress
+        res = dkm_tf.compress(model, (x, y), (x, y), method="finetune", n_clusters=8,
+                              unit="kernel", codebook="shared", finetune_epochs=1, verbose=0)
+    lines = [n for n in res.notes if "float16 scale" in n]
+    assert lines == ["kernel scales of 'c' at the start of fine-tuning: 1 of 16 kernel(s): "
+                     "float16 scale underflows to 0 (decoded as zero kernels); "
+                     "scale_bits=32 keeps them"], res.notes
+    res32 = dkm_tf.compress(model, (x, y), method="finetune", n_clusters=8, unit="kernel",
+                            codebook="shared", scale_bits=32, finetune_epochs=1, verbose=0)
+    assert not any("scale" in n for n in res32.notes), res32.notes
+    # cluster_weights itself still warns (it returns no notes)
+    with pytest.warns(UserWarning, match="cluster_weights: layer 'c'"):
+        dkm_tf.cluster_weights(model, 8, unit="kernel", codebook="shared")
+
+
+@pytest.mark.parametrize("norm", [1e-8, 1e-6])
+def test_int8_scales_note_a_kernel_raised_to_one_step(norm):
+    """F2: scale_bits=8's |q| >= 1 decoded a norm-1e-8 kernel with norm ~0.0025 silently."""
+    model = _tiny_kernel_model((norm,))
+    res = dkm_tf.share_weights(model, 8, unit="kernel", codebook="shared", scale_bits=8)
+    note = res.palettes[0].note
+    step = float(note.split("int8 scales, step ")[1].split(";")[0])  # max |s| / 127
+    decoded = np.linalg.norm(res.model.get_layer("c").kernel.numpy()[:, :, 0, 0])
+    # one whole step times a centroid of unit kernels (norm <= 1), not ``norm``
+    assert 0.3 * step < decoded <= step * (1 + 1e-5), (decoded, step)
+    assert decoded > 1000 * norm
+    assert f"1 of 16 kernel(s): scale raised to one int8 step {step:.3g}" in note, note
+    times = float(note.split("decoded up to ")[1].split(" times")[0])
+    np.testing.assert_allclose(times, step / norm, rtol=1e-2)
+    assert "scale_bits=32 keeps them" in note
+    r = dkm_tf.compress(model, method="wr", n_clusters=8, unit="kernel", codebook="shared",
+                        scale_bits=8, verbose=0)
+    assert [n for n in r.notes if "int8 step" in n and n.startswith("kernel scales of 'c'")]
+    with pytest.warns(UserWarning, match=r"layer 'c': 1 of 16 kernel\(s\): scale raised"):
+        dkm_tf.cluster_weights(model, 8, unit="kernel", codebook="shared", scale_bits=8)
+
+
+def test_int8_scales_of_ordinary_kernels_say_nothing():
+    res = dkm_tf.share_weights(_tiny_kernel_model(()), 8, unit="kernel", codebook="shared",
+                               scale_bits=8)
+    assert "int8 step" not in res.palettes[0].note.split("int8 scales, step")[-1]
+    assert "raised" not in res.palettes[0].note
+
+
+def test_cluster_weights_scale_warning_points_at_the_callers_line():
+    """F7: stacklevel=3 named a file inside Keras' clone_model."""
+    model = _tiny_kernel_model((1e-8,))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        dkm_tf.cluster_weights(model, 8, unit="kernel", codebook="shared")
+    ours = [w for w in seen if "float16 scale" in str(w.message)]
+    assert len(ours) == 1
+    assert ours[0].filename == __file__, ours[0].filename
