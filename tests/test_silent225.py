@@ -131,3 +131,51 @@ def test_a_class_override_leaves_a_separable_convs_depthwise_kernel_per_channel(
         res = dkm_tf.share_weights(model, 4, overrides=overrides)
         got = {p.name: p.layout.granularity for p in res.palettes}
         assert got["dw/kernel"] == "per_tensor" and got["sep/depthwise_kernel"] == sep
+
+
+# F4: share_weights / strip_clustering copies are uncompiled: to_tflite's int8 check noted a
+# compiled classifier of logits as read so "because it is not compiled"
+
+LOGITS = "the model was read as a classifier of logits"
+XS = np.random.default_rng(1).normal(size=(32, 6)).astype("float32")
+
+
+def _logits_head(loss=None):
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    m = keras.Model(i, L.Dense(3, name="o")(L.Dense(16, activation="relu", name="h")(i)))
+    if loss is not None:
+        m.compile("adam", loss)
+    return m
+
+
+def _int8_logits(model, path):
+    from dkm_tf.export import to_tflite  # noqa: PLC0415
+
+    report = to_tflite(model, str(path), "int8", sample_inputs=XS[:16])
+    return [n for n in report.notes if LOGITS in n], report.notes
+
+
+def test_copies_of_a_compiled_classifier_keep_its_loss_for_the_int8_check(tmp_path):
+    from dkm_tf.core.loss_kind import assumed_logits, non_class_loss  # noqa: PLC0415
+
+    sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = _logits_head(sce)
+    shared = dkm_tf.share_weights(model, 8).model
+    wrapped = dkm_tf.cluster_weights(model, 8)
+    wrapped.compile("adam", sce)  # the README's fine-tuning workflow
+    wrapped.fit(XS, np.arange(32) % 3, epochs=1, verbose=0)
+    plain, _ = dkm_tf.strip_clustering(wrapped)
+    for i, copy in enumerate((shared, plain)):
+        assert not copy.compiled  # nothing compiled: training behaviour as before
+        assert assumed_logits(copy) is None
+        assert _int8_logits(copy, tmp_path / f"c{i}.tflite")[0] == []
+    # the copy's copy too, and an uncompiled regressor is still noted
+    assert assumed_logits(dkm_tf.share_weights(shared, 4).model) is None
+    noted, _ = _int8_logits(dkm_tf.share_weights(_logits_head(), 8).model, tmp_path / "u.tflite")
+    assert len(noted) == 1 and "because it is not compiled" in noted[0]
+    # an "mse" regressor's copy is read by its loss: no arg-max check
+    mse = dkm_tf.share_weights(_logits_head("mse"), 8).model
+    assert non_class_loss(mse) == ("mse", "a regressor")
+    noted, notes = _int8_logits(mse, tmp_path / "r.tflite")
+    assert noted == [] and any("no top-1 check" in n for n in notes), notes

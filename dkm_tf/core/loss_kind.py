@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from dkm_tf.core.labels import one_loss
 
-__all__ = ["assumed_logits", "non_class_loss", "output_activation"]
+__all__ = ["SOURCE_LOSS", "assumed_logits", "keep_source_loss", "non_class_loss",
+           "output_activation", "source_loss"]
+
+SOURCE_LOSS = "_dkm_tf_source_loss"  # the attribute keep_source_loss sets on a copy
 
 # compiled losses of models whose output is not one class per sample (normalised names)
 _REGRESSION = {"mse", "mae", "mape", "msle", "meansquarederror", "meanabsoluteerror",
@@ -26,6 +29,29 @@ def _loss_name(loss):
         getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
 
 
+def source_loss(model):
+    """The loss ``model`` is compiled with; for an uncompiled copy made by ``share_weights`` or
+    ``strip_clustering`` that of the model it was made from (:func:`keep_source_loss`); None
+    otherwise. Read only here, to tell what the model is: the copy stays uncompiled."""
+    if getattr(model, "compiled", False):
+        return getattr(model, "loss", None)
+    return getattr(model, SOURCE_LOSS, None)
+
+
+def keep_source_loss(model, copy):
+    """Record on ``copy`` (an uncompiled copy of ``model``) the loss ``model`` is compiled
+    with (or recorded), for :func:`source_loss`: ``to_tflite(strip_clustering(m)[0], ...,
+    "int8")`` of a classifier of logits compiled with a cross-entropy noted it as read so
+    "because it is not compiled". ``copy`` is returned; nothing is compiled."""
+    loss = source_loss(model)
+    if loss is not None and copy is not model and not getattr(copy, "compiled", False):
+        try:
+            object.__setattr__(copy, SOURCE_LOSS, loss)  # not tracked by Keras
+        except (AttributeError, TypeError):  # an object that takes no attribute
+            pass
+    return copy
+
+
 def non_class_loss(model, loss=None):
     """``(loss name, "a regressor" | "multi-label (C sigmoid units)")`` when ``model`` is
     compiled with a regression loss (``"mse"``, ``"mae"``, Huber, ...) or a binary
@@ -34,7 +60,7 @@ def non_class_loss(model, loss=None):
     per sample, and neither an arg-max nor a softmax over it means anything. ``loss`` (a
     name or loss) stands for the compiled one, e.g. of a file loaded with compile=False."""
     if loss is None:
-        loss = getattr(model, "loss", None) if getattr(model, "compiled", False) else None
+        loss = source_loss(model)
     if len(getattr(model, "outputs", None) or [None]) == 1:  # one output: its one loss
         loss = one_loss(loss)
     if loss is None or isinstance(loss, (dict, list, tuple)):
@@ -58,14 +84,15 @@ def assumed_logits(model, loss=None):
     custom or unknown loss). None when its output or loss says what it is: a softmax or
     sigmoid output, a cross-entropy / hinge / KL loss (a classifier), a regression or
     multi-label loss (:func:`non_class_loss`: not read as one), or several outputs. ``loss``
-    stands for the compiled one, as in :func:`non_class_loss`."""
+    stands for the compiled one, as in :func:`non_class_loss` (default:
+    :func:`source_loss`, so a ``share_weights`` / ``strip_clustering`` copy of a compiled
+    model is read by its source's loss)."""
     if len(getattr(model, "outputs", None) or [None]) != 1 or non_class_loss(model, loss):
         return None
     if output_activation(model) in ("softmax", "sigmoid"):
         return None
     compiled = getattr(model, "compiled", False)
-    loss = one_loss(loss if loss is not None else getattr(model, "loss", None) if compiled
-                    else None)
+    loss = one_loss(loss if loss is not None else source_loss(model))
     if loss is None:
         return "it is compiled without a loss" if compiled else "it is not compiled"
     if isinstance(loss, (dict, list, tuple)):

@@ -15,6 +15,7 @@ import numpy as np
 
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core.kmeans import INITS, KMEANS_THREADS
+from dkm_tf.core.loss_kind import keep_source_loss
 from dkm_tf.core.units import GRANULARITIES, UNIT_CHOICES, resolve_unit
 from dkm_tf.core.validate import (
     check_bool,
@@ -243,13 +244,13 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
             "each merged kernel, clustered); a subclassed model, which cannot be copied, needs "
             "its layers created without enable_lora and each kernel assigned the LoRA layer's "
             "merged layer.kernel")
-    paths = layer_features.lora_paths(model)  # the weights the merge changes
-    model, merged = layer_features.merge_lora(model)
-    result = _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity,
+    paths, (work, merged) = layer_features.lora_paths(model), layer_features.merge_lora(model)
+    result = _share(work, n_clusters, unit, granularity, init, seed, overrides, sparsity,
                     verbose, inplace, preserve_sparsity, fold_bn, weighting, data,
                     loss, codebook, transforms, scale_bits, refine)
     result.palettes = layer_features.lora_note(result.palettes, paths)
     result.lora_merged = merged
+    keep_source_loss(model, result.model)  # the copy's loss for to_tflite's int8 check
     return result
 
 

@@ -336,12 +336,13 @@ def routes_strip(fn):
     :func:`strip_kernel_model` (palettes of shared codebooks); adds ``verbose``."""
 
     def strip_clustering(model, *, fold_bn=True, verbose=False):
-        with _progress(model, verbose):
-            if has_kernel_layers(model):
-                from dkm_tf.core.validate import check_bool  # noqa: PLC0415
+        from dkm_tf.core.loss_kind import keep_source_loss  # noqa: PLC0415
+        from dkm_tf.core.validate import check_bool  # noqa: PLC0415
 
-                return strip_kernel_model(model, fold_bn=check_bool("fold_bn", fold_bn))
-            return fn(model, fold_bn=fold_bn)
+        with _progress(model, verbose):
+            plain, palettes = (strip_kernel_model(model, fold_bn=check_bool("fold_bn", fold_bn))
+                               if has_kernel_layers(model) else fn(model, fold_bn=fold_bn))
+        return keep_source_loss(model, plain), palettes  # the loss to_tflite's check reads
     return _with_verbose(fn, strip_clustering)
 
 
