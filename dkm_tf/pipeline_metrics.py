@@ -56,6 +56,9 @@ def logits_note(model, uses, loss=None):
     why = assumed_logits(model, loss) if uses else None
     if why is None:
         return None
+    shape = getattr(model, "output_shape", None)  # "(one unit: its sign)" for one unit only
+    if not (isinstance(shape, tuple) and shape and shape[-1] == 1):
+        uses = [u.replace(" (one unit: its sign)", "") for u in uses]
     return (f"{LOGITS_NOTE} ({'; '.join(uses)}) because {why} and its output has no softmax "
             "or sigmoid: if it is a regressor or an embedding model, compile it with its loss "
             "(e.g. \"mse\") before compressing, and read these figures as meaningless")

@@ -179,3 +179,72 @@ def test_copies_of_a_compiled_classifier_keep_its_loss_for_the_int8_check(tmp_pa
     assert non_class_loss(mse) == ("mse", "a regressor")
     noted, notes = _int8_logits(mse, tmp_path / "r.tflite")
     assert noted == [] and any("no top-1 check" in n for n in notes), notes
+
+
+# F5: export/to_tflite.py's note on a file it loads with compile=False
+
+
+@keras.saving.register_keras_serializable(package="silent225")
+def _abs_loss(y_true, y_pred):
+    return keras.ops.mean(keras.ops.abs(y_true - y_pred))
+
+
+def _script(tmp_path, model, x=XS[:16]):
+    from dkm_tf.export.cli import run_to_tflite  # noqa: PLC0415
+
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", x)
+    return run_to_tflite(tmp_path / "m.keras", str(tmp_path / "m.tflite"), format="int8",
+                         samples_path=str(tmp_path / "x.npy"))
+
+
+def test_export_script_gives_a_custom_loss_as_the_reason(tmp_path):
+    report = _script(tmp_path, _logits_head(_abs_loss))
+    noted = [n for n in report.notes if LOGITS in n]
+    assert len(noted) == 1, report.notes
+    assert "its compiled loss 'silent225>_abs_loss' does not say" in noted[0], noted
+    assert "not compiled" not in noted[0]
+
+
+def test_export_script_says_once_why_an_mse_file_is_checked_by_its_arg_max(tmp_path):
+    report = _script(tmp_path, _logits_head("mse"))
+    noted = [n for n in report.notes if LOGITS in n or "mse" in n]
+    assert len(noted) == 1, report.notes  # one note, not "compile it with its loss" beside
+    assert "compiled with loss 'mse' (a regressor), which export/to_tflite.py does not " \
+           "read" in noted[0] and "compile it with its loss" not in noted[0]
+
+
+def test_export_script_refusal_of_an_mse_file_says_why_its_arg_max_was_checked(tmp_path):
+    """A hidden layer whose int8 weights round to 0 (each column's scale is set by a weight
+    of 100 on an input that is always 0): its int8 file outputs the bias 10 on every unit,
+    the arg-max check refuses (agreement ~1/3), and the refusal said nothing of the loss
+    (the note went only to a report that a refusal never returns)."""
+    from dkm_tf.export.verify import ExportVerificationError  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((64,))
+    hidden, dense = L.Dense(64, name="h"), L.Dense(3, name="o")
+    model = keras.Model(i, dense(hidden(i)))
+    rng = np.random.default_rng(0)
+    k = rng.normal(size=(64, 64)).astype("float32") * 1e-2
+    k[0, :] = 100.0  # step 100/127: every other weight rounds to 0
+    hidden.set_weights([k, np.zeros(64, "float32")])
+    dense.set_weights([rng.normal(size=(64, 3)).astype("float32"),
+                       np.full(3, 10.0, "float32")])
+    model.compile("adam", "mse")
+    x = rng.normal(size=(64, 64)).astype("float32")
+    x[:, 0] = 0.0
+    with pytest.raises(ExportVerificationError, match=r"top-1 agreement[\s\S]*compiled with "
+                       r"loss 'mse' \(a regressor\), which export/to_tflite.py does not read"):
+        _script(tmp_path, model, x)
+
+
+def test_logits_note_names_the_sign_only_for_one_unit():
+    from dkm_tf import pipeline_metrics as pm  # noqa: PLC0415
+
+    three = pm.logits_note(_logits_head(), [pm.AGREEMENT_USE])
+    assert "compares its arg-max)" in three and "its sign" not in three
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    one = pm.logits_note(keras.Model(i, L.Dense(1)(i)), [pm.AGREEMENT_USE])
+    assert "(one unit: its sign)" in one

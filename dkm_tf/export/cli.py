@@ -219,14 +219,11 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
         model, palettes, _ = share_weights(model, n_clusters, unit=unit,
                                            granularity=granularity)
     out = output_path or default_output_path(model_path, format, decode)
-    report = to_tflite(model, out, format=format, palettes=palettes, sample_inputs=samples,
-                       decode=decode, int8_mode=int8_mode, keep_float=keep_float,
-                       kept_dtype=kept_dtype, index_packing=index_packing,
-                       int8_scales=int8_scales, representative_data=representative,
-                       tolerance=tolerance)
-    if unread:  # the logits note says "not compiled": say which loss the file has
-        report.notes.append(unread)
-    return report
+    return _export_noting(  # the logits note says which loss the file has
+        to_tflite, unread, model, out, format=format, palettes=palettes,
+        sample_inputs=samples, decode=decode, int8_mode=int8_mode, keep_float=keep_float,
+        kept_dtype=kept_dtype, index_packing=index_packing, int8_scales=int8_scales,
+        representative_data=representative, tolerance=tolerance)
 
 
 def script_flags_parser(prog):
@@ -356,22 +353,47 @@ def _compile_as_classifier(model, model_path):
     """Compile ``model`` (loaded with ``compile=False``) with the loss its file was compiled
     with when that loss says it is a classifier (a cross-entropy) and nothing else does: the
     int8 check then reads it as the classifier it is and does not note it as read as one of
-    logits by assumption. The check itself is the same (its arg-max). A regression or
-    multi-label loss is not given (this script still checks the arg-max, as documented):
-    returns a note naming it, for the report; else None."""
+    logits by assumption. The check itself is the same (its arg-max). A custom loss is
+    recorded as the model's source loss (:func:`dkm_tf.core.loss_kind.keep_source_loss`): the
+    note gives it as the reason, not "it is not compiled". A regression or multi-label loss is
+    not given (this script still checks the arg-max, as documented): returns the note that
+    replaces to_tflite's, naming it; else None."""
     from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
-    from dkm_tf.core.loss_kind import assumed_logits, non_class_loss  # noqa: PLC0415
+    from dkm_tf.core.loss_kind import SOURCE_LOSS, assumed_logits, non_class_loss  # noqa: PLC0415
 
     loss = compiled_loss_name(model_path)
-    if not loss or not assumed_logits(model) or assumed_logits(model, loss):
+    if not loss or not assumed_logits(model):
         return None
     if (found := non_class_loss(model, loss)) is not None:
-        return (f"int8: the file was compiled with loss {loss!r} ({found[1]}), which "
-                "export/to_tflite.py does not read (it loads the model with compile=False), "
-                "so its arg-max is checked; `dkm-tf compress --model` and to_tflite of the "
-                "model compiled with that loss check it unit by unit")
+        return (f"int8: top-1 check of its arg-max: the file was compiled with loss {loss!r} "
+                f"({found[1]}), which export/to_tflite.py does not read (it loads the model "
+                "with compile=False), so the model was read as a classifier of logits; "
+                "`dkm-tf compress --model` and to_tflite of the model compiled with that loss "
+                "check it unit by unit")
+    if assumed_logits(model, loss):  # a loss dkm_tf does not know: the note's reason
+        object.__setattr__(model, SOURCE_LOSS, loss)
+        return None
     try:
         model.compile(loss=loss)
     except (ValueError, TypeError):  # a name Keras cannot resolve here: noted as before
         pass
     return None
+
+
+def _export_noting(to_tflite, unread, *args, **kwargs):
+    """``to_tflite(*args, **kwargs)`` with ``unread`` (:func:`_compile_as_classifier`'s note)
+    in place of to_tflite's own "read as a classifier of logits" note, and in the refusal of
+    the arg-max check (it was appended only to a report that a refusal never returns)."""
+    from dkm_tf.export.verify import ExportVerificationError  # noqa: PLC0415
+
+    if not unread:
+        return to_tflite(*args, **kwargs)
+    try:
+        report = to_tflite(*args, **kwargs)
+    except ExportVerificationError as e:
+        if type(e) is not ExportVerificationError:
+            raise
+        raise ExportVerificationError(f"{e} ({unread[len('int8: '):]})") from e
+    report.notes[:] = [n for n in report.notes if not n.startswith(
+        "int8: top-1 check of its arg-max: the model was read as a classifier")] + [unread]
+    return report
