@@ -248,3 +248,37 @@ def test_logits_note_names_the_sign_only_for_one_unit():
     i = keras.Input((6,))
     one = pm.logits_note(keras.Model(i, L.Dense(1)(i)), [pm.AGREEMENT_USE])
     assert "(one unit: its sign)" in one
+
+
+@pytest.mark.parametrize("head", ["log_softmax", "lambda_softmax", "linear"])
+def test_int8_check_reads_probability_rows_as_class_scores(tmp_path, head):
+    """F5 (iii): a log_softmax output and a Lambda(softmax) output were noted as read as a
+    classifier of logits "because it is not compiled"; their sample rows say they are class
+    (log-)probabilities. A linear output is still noted."""
+    from dkm_tf.core.loss_kind import probability_rows  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    z = L.Dense(3, name="o")(L.Dense(16, activation="relu", name="h")(i))
+    out = {"log_softmax": L.Activation("log_softmax")(z),
+           "lambda_softmax": L.Lambda(lambda t: keras.ops.softmax(t, axis=-1))(z),
+           "linear": z}[head]
+    model = keras.Model(i, out)
+    rows = model.predict(XS, verbose=0)
+    ref = (np.exp(rows).sum(-1) if head == "log_softmax" else rows.sum(-1))  # numpy check
+    assert np.allclose(ref, 1.0, atol=1e-5) == (head != "linear")
+    assert probability_rows([rows]) == (head != "linear")
+    noted, notes = _int8_logits(model, tmp_path / "m.tflite")
+    assert (len(noted) == 1) == (head == "linear"), notes
+
+
+def test_probability_rows_needs_two_units_and_rows_summing_to_one():
+    from dkm_tf.core.loss_kind import probability_rows  # noqa: PLC0415
+
+    assert probability_rows(np.array([[0.2, 0.8], [0.5, 0.5]]))
+    assert probability_rows(np.log(np.array([[0.2, 0.8], [0.5, 0.5]])))
+    assert not probability_rows(np.ones((4, 1)))  # one unit: always "sums to 1"
+    assert not probability_rows(np.array([[0.2, 0.7], [0.5, 0.5]]))
+    assert not probability_rows(np.array([[1.2, -0.2]]))  # sums to 1, not probabilities
+    assert not probability_rows([np.ones((2, 2)) / 2, np.ones((2, 2)) / 2])  # two outputs
+    assert not probability_rows(None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dkm_tf.core.labels import one_loss
 
 __all__ = ["SOURCE_LOSS", "assumed_logits", "keep_source_loss", "non_class_loss",
-           "output_activation", "source_loss"]
+           "output_activation", "probability_rows", "source_loss"]
 
 SOURCE_LOSS = "_dkm_tf_source_loss"  # the attribute keep_source_loss sets on a copy
 
@@ -101,6 +101,29 @@ def assumed_logits(model, loss=None):
                               getattr(getattr(loss, "fn", None), "__name__", None)) if n}
     return None if keys & _CLASSIFICATION else (
         f"its compiled loss {_loss_name(loss)!r} does not say (a loss dkm_tf does not know)")
+
+
+def probability_rows(outputs, atol=1e-3):
+    """Whether a model's one output, as computed on sample inputs (``outputs``: an array, or
+    a list holding one), is class probabilities or log-probabilities whatever its last op:
+    >= 2 units, every row >= 0 summing to 1, or every row <= 0 whose exp sums to 1 (a
+    ``log_softmax``, a ``Lambda`` softmax, which :func:`output_activation` cannot see)."""
+    import numpy as np  # noqa: PLC0415
+
+    if isinstance(outputs, (list, tuple)):
+        if len(outputs) != 1:
+            return False
+        outputs = outputs[0]
+    try:
+        rows = np.asarray(outputs, np.float64)
+    except (TypeError, ValueError):
+        return False
+    if rows.ndim < 2 or rows.shape[-1] < 2 or not rows.size or not np.isfinite(rows).all():
+        return False
+    rows = rows.reshape(-1, rows.shape[-1])
+    if rows.min() >= -atol and np.allclose(rows.sum(-1), 1.0, atol=atol):
+        return True
+    return bool(rows.max() <= atol and np.allclose(np.exp(rows).sum(-1), 1.0, atol=atol))
 
 
 def _key(name):

@@ -28,7 +28,7 @@ import gzip
 import numpy as np
 
 from dkm_tf.core.files import atomic_path
-from dkm_tf.core.loss_kind import assumed_logits, non_class_loss
+from dkm_tf.core.loss_kind import assumed_logits, non_class_loss, probability_rows
 from dkm_tf.core.validate import check_choice
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import held_out, verify
@@ -283,7 +283,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     within = (FP16_HINT_FACTOR * np.max(tol) if key == "fp16" else tuple(
         HINT_FACTOR * t for t in verify.noise_floor(floats, noise, len(inputs[0]), []))
         if floats else None)
-    min_top1, floor = _min_top1(model, format, notes), INT8_UNIT_FLOOR
+    min_top1, floor = _min_top1(model, format, notes, reference), INT8_UNIT_FLOOR
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
         min_top1, convert_lib.open_dims(model), floor if format == "int8" else None)
@@ -376,11 +376,12 @@ def _scaled(tensor):
     return q is not None and getattr(q, "scale", None) is not None and len(q.scale) > 0
 
 
-def _min_top1(model, format, notes):
+def _min_top1(model, format, notes, reference=None):
     """:data:`INT8_MIN_TOP1` for an int8 file, else None; None too, with a note, for a model
     compiled as a regressor or multi-label model (its arg-max is no class: a 3-output mse
     regressor whose int8 file was off by 0.6 % of its range was refused for a "top-1
-    agreement" of 0.47)."""
+    agreement" of 0.47). ``reference``: Keras' outputs on the samples; rows of (log-)
+    probabilities are class scores, not logits read so by assumption (no note)."""
     if format != "int8":
         return None
     found = non_class_loss(model)
@@ -388,7 +389,8 @@ def _min_top1(model, format, notes):
         notes.append(f"int8: no top-1 check (compiled with loss {found[0]!r}: {found[1]}); "
                      "verified by the relative error alone: see max_abs_error")
         return None
-    if (why := assumed_logits(model)) is not None:  # an uncompiled regressor: say so
+    if (why := assumed_logits(model)) is not None and not probability_rows(reference):
+        # an uncompiled regressor: say so (not of rows that are (log-)probabilities)
         notes.append(f"int8: top-1 check of its arg-max: the model was read as a classifier "
                      f"of logits because {why} and its output has no softmax or sigmoid; if "
                      "it is a regressor or an embedding model, compile it with its loss (e.g. "
