@@ -167,12 +167,11 @@ def user_stacklevel():
     """The ``stacklevel`` of a warning issued here that points at the first frame outside
     dkm_tf, Keras and TensorFlow (the user's call; a fixed level pointed inside Keras'
     ``clone_model`` for warnings of a ``clone_function``)."""
-    import dkm_tf  # noqa: PLC0415
-
-    inside = tuple(os.path.dirname(m.__file__) + os.sep for m in (
-        dkm_tf, keras, sys.modules.get("tensorflow")) if getattr(m, "__file__", None))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # dkm_tf/
+    inside = (package + os.sep,) + tuple(os.path.dirname(m.__file__) + os.sep for m in (
+        keras, sys.modules.get("tensorflow")) if getattr(m, "__file__", None))
     frame, level = sys._getframe(1), 1  # noqa: SLF001 (the caller of user_stacklevel)
-    while frame is not None and frame.f_code.co_filename.startswith(inside):
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
         frame, level = frame.f_back, level + 1
     return level
 
