@@ -111,9 +111,9 @@ def test_fan_in_of_layers():
     layers = keras.layers
     cases = [(layers.Dense(5), (7,), 7), (layers.Conv2D(8, 3), (10, 10, 4), 36),
              (layers.DepthwiseConv2D(3), (10, 10, 4), 9),
-             (layers.Conv2DTranspose(8, 3), (10, 10, 4), 36), (layers.LSTM(5), (7, 4), 9),
+             (layers.Conv2DTranspose(8, 3), (10, 10, 4), 36), (layers.LSTM(5), (7, 4), 0),
              (layers.EinsumDense("abc,cd->abd", (None, 7)), (5, 6), 6),
-             (layers.Bidirectional(layers.GRU(5)), (7, 4), 9),
+             (layers.Bidirectional(layers.GRU(5)), (7, 4), 0),
              (layers.Embedding(10, 4), (3,), 0), (layers.BatchNormalization(), (4,), 0)]
     for layer, shape, want in cases:
         layer(keras.Input(shape))
@@ -139,11 +139,20 @@ def test_wide_output_is_held_to_its_sum_length(tmp_path):
 
 
 def test_wide_output_off_by_more_than_its_sum_length_is_refused(tmp_path):
-    from test_exportfix225 import _shifted_file
+    # 6e-5 of the range: above its 3.96e-5, below the 1e-4 cap (the parent's 2e-4 was above
+    # the cap too, so it showed nothing of the sum-length term)
+    from dkm_tf.export import convert as convert_lib
 
     m, x = _wide()
-    content = _shifted_file(m, x, "head", 2e-4)  # above 3.96e-5 and the 1e-4 cap
-    with pytest.raises(dkm_tf.export.ExportVerificationError, match="relative 0.0002"):
+    ref = np.asarray(verify.keras_outputs(m, [x])[0], np.float64)
+    wrong = keras.models.clone_model(m)
+    wrong.set_weights(m.get_weights())
+    wrong.get_layer("head").bias.assign(np.full(10, 6e-5 * np.max(np.abs(ref)), "float32"))
+    content = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
+    got = verify.run_tflite(content, [x], "litert")[0]
+    assert 4.5e-5 < np.max(np.abs(got - ref)) / np.max(np.abs(ref)) < 9e-5  # + its rounding
+    with pytest.raises(dkm_tf.export.ExportVerificationError,
+                       match=r"relative [5-8]\.\d+e-05 \(tolerance 3\.96e-05\)"):
         dkm_tf.export.to_tflite(m, str(tmp_path / "w.tflite"), "float", sample_inputs=x,
                                 float_content=content)
     assert not (tmp_path / "w.tflite").exists()

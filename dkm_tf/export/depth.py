@@ -175,29 +175,33 @@ def _one_note(scaled, n, tolerance, cap):
 
 def fan_in(layer):
     """The longest sum of products ``layer`` computes per output value, from its weights'
-    shapes: Dense / Conv the kernel's all but last axis (kernel rows; kh x kw x cin),
-    EinsumDense its contracted axes, a depthwise conv kh x kw, a transposed conv kh x kw x
-    cin, a recurrent cell its kernel's and recurrent kernel's rows (input dim + units), a
-    layer holding layers (MultiHeadAttention, wrappers, nested models) the largest of theirs;
-    0 where unknown (no weights, an embedding, the sum over time of Attention)."""
-    kernel, cell = _weight(layer, "kernel"), getattr(layer, "cell", None)
-    name = type(layer).__name__
-    if _weight(cell, "kernel") is not None and _weight(cell, "recurrent_kernel") is not None:
-        return int(cell.kernel.shape[0] + cell.recurrent_kernel.shape[0])
-    if kernel is not None and isinstance(getattr(layer, "equation", None), str):
+    shapes, for the layer kinds whose float rounding was measured (Dense, Conv): Dense / Conv
+    (1D-3D, grouped) the kernel's all but last axis (kernel rows; kh x kw x cin / groups),
+    EinsumDense its contracted axes, a depthwise conv kh x kw, a separable conv the larger of
+    kh x kw and cin x multiplier, a transposed conv of stride s ceil(kh / s) x ceil(kw / s) x
+    cin (the taps that reach one output), a wrapper (TimeDistributed) or a model the largest
+    of its layers'. 0 (no term: the depth's alone) for every other layer: recurrent layers
+    (LSTM, GRU, ConvLSTM2D, stacked cells: their sums are not measured, and a sum over time
+    steps is not one sum), MultiHeadAttention, embeddings, Attention (review R8, h25)."""
+    kinds = {c.__name__ for c in type(layer).__mro__}
+    kernel = _weight(layer, "kernel")
+    if "RNN" in kinds or "MultiHeadAttention" in kinds:
+        return 0
+    if kernel is not None and "EinsumDense" in kinds:
         ins, out = layer.equation.split("->")
         return _prod(d for c, d in zip(ins.split(",")[-1], kernel.shape) if c not in out)
-    if kernel is not None and "Depthwise" in name:
+    if kernel is not None and "BaseDepthwiseConv" in kinds:
         return _prod(kernel.shape[:-2])
-    if kernel is not None and "Transpose" in name:
-        return _prod(kernel.shape[:-2]) * int(kernel.shape[-1])
-    if kernel is not None and len(kernel.shape) >= 2:
+    if kernel is not None and "BaseConvTranspose" in kinds:
+        strides = tuple(getattr(layer, "strides", None) or (1,) * (len(kernel.shape) - 2))
+        return _prod(-(-int(k) // max(1, int(s))) for k, s in zip(kernel.shape[:-2], strides)
+                     ) * int(kernel.shape[-1])
+    if kernel is not None and len(kernel.shape) >= 2 and kinds & {"Dense", "BaseConv"}:
         return _prod(kernel.shape[:-1])
     separable = _weight(layer, "depthwise_kernel"), _weight(layer, "pointwise_kernel")
-    if all(w is not None for w in separable):
+    if "BaseSeparableConv" in kinds and all(w is not None for w in separable):
         return max(_prod(separable[0].shape[:-2]), _prod(separable[1].shape[:-1]))
-    flatten = getattr(layer, "_flatten_layers", None)
-    subs = list(flatten(include_self=False, recursive=False)) if flatten else []
+    subs = list(getattr(layer, "layers", None) or []) if "Model" in kinds else []
     subs += [x for x in (getattr(layer, a, None) for a in _WRAPPED) if hasattr(x, "weights")]
     return max((fan_in(x) for x in subs if x is not layer), default=0)
 
@@ -220,25 +224,41 @@ def _prod(dims):
 
 def output_fan_ins(model):
     """Per output of ``model``, the longest sum (:func:`fan_in`) of a layer on its chain: a
-    list. A Functional model's outputs each read the layers they are computed from (a nested
-    model: the largest of its layers'); another model has one entry, its every layer's."""
+    list. A Functional model's outputs each read the layers they are computed from; a nested
+    Functional model's output the layers on that output's own chain, and the chains feeding
+    only the nested model's inputs that reach it (an output beside a wide one on another
+    branch was held to the wide one's sum: review R8, h25); another model has one entry, its
+    every layer's."""
     outputs = getattr(model, "outputs", None)
     if not getattr(model, "_nodes_by_depth", None) or not outputs:
         return [fan_in(model)]
-    result = []
-    for t in outputs:
-        best, stack, seen = 0, [t], set()
-        while stack:
-            history = getattr(stack.pop(), "_keras_history", None)
-            if not history or (id(history[0]), history[1]) in seen:
-                continue
-            op, node = history[0], history[1]
-            seen.add((id(op), node))
-            best = max(best, fan_in(op))
-            nodes = getattr(op, "_inbound_nodes", None) or []
-            stack += list(nodes[node].input_tensors) if node < len(nodes) else []
-        result.append(best)
-    return result
+    return [_chain(t)[0] for t in outputs]
+
+
+def _chain(tensor):
+    """``(fan, seen)``: the longest sum on the chain computing ``tensor``, and the ids of the
+    tensors on it."""
+    best, stack, seen, done = 0, [tensor], set(), set()
+    while stack:
+        t = stack.pop()
+        seen.add(id(t))
+        history = getattr(t, "_keras_history", None)
+        if not history or (id(history[0]), history[1], history[2]) in done:
+            continue
+        op, node, index = history[0], history[1], history[2]
+        done.add((id(op), node, index))
+        nodes = getattr(op, "_inbound_nodes", None) or []
+        ins = list(nodes[node].input_tensors) if node < len(nodes) else []
+        if getattr(op, "_nodes_by_depth", None) and len(getattr(op, "outputs", None) or []) \
+                > index:  # a nested Functional model: this output's own chain in it
+            fan, inner = _chain(op.outputs[index])
+            reach = [id(x) in inner for x in op.inputs]
+            ins = [x for x, r in zip(ins, reach) if r] if len(reach) == len(ins) else ins
+        else:
+            fan = fan_in(op)
+        best = max(best, fan)
+        stack += ins
+    return best, seen
 
 
 def output_tolerances(model, tolerance, cap, notes, n_outputs=None):
