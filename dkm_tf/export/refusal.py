@@ -45,15 +45,23 @@ def tolerance_text(c):
     return f"{c.tolerance:.3g}" if not t else f"{min(t):.3g} to {max(t):.3g} per output"
 
 
-def worst_output(c):
-    """``"; output k: relative r (its tolerance t, from its own depth)"`` for the output of
-    comparison ``c`` furthest over its own tolerance, or "" with one tolerance for all."""
+def worst_output(c, own=False):
+    """``"; output k: relative r (its tolerance t)"`` for the output of comparison ``c``
+    furthest over its own tolerance, or "" with one tolerance for all.
+
+    Args:
+        c: the comparison.
+        own: the tolerances are the default float-exact ones, each from its output's own
+            depth or sum length, and the text says so; not where the caller passed them or
+            they are int8's (review R8, h25: it said so of every per-output tolerance).
+    """
     if not c.output_tolerances:
         return ""
     k = max(range(len(c.output_tolerances)),
             key=lambda j: c.output_rel_errors[j] / c.output_tolerances[j])
+    why = ", from its own depth or sum length" if own else ""
     return (f"; output {k}: relative {c.output_rel_errors[k]:.3g} (its tolerance "
-            f"{c.output_tolerances[k]:.3g}, from its own depth or sum length)")
+            f"{c.output_tolerances[k]:.3g}{why})")
 
 
 def tolerance_hint(bad, hint="tolerance", within=None):
@@ -96,13 +104,13 @@ def _advised(c, within):
     return all(r <= w for r, w in zip(rels, within))
 
 
-def _describe(c):
+def _describe(c, own=False):
     top1 = ("" if c.min_top1 != c.min_top1 or c.top1_agreement != c.top1_agreement else
             f", top-1 agreement {c.top1_agreement:.3g} (at least {c.min_top1:g})")
     unit = (f", {c.worst_unit} (allowed: {tolerance_text(c)} x its max |keras| + 2 int8 "
             "steps of the output's)" if c.unit_excess > 1 else "")
     return (f"{c.interpreter}: max abs error {c.max_abs_error:.3g}, relative "
-            f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){worst_output(c)}{top1}{unit}")
+            f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){worst_output(c, own)}{top1}{unit}")
 
 
 def refusal_message(path, fmt, bad, hint="tolerance", within=None):
@@ -110,5 +118,6 @@ def refusal_message(path, fmt, bad, hint="tolerance", within=None):
     ``within``: see :func:`tolerance_hint`), then
     :func:`~dkm_tf.export.top1.margin_hint`'s sentence."""
     return (f"Refusing to write {path!r}: the {fmt} model disagrees with the Keras model: "
-            + "; ".join(map(_describe, bad)) + tolerance_hint(bad, hint, within)
+            + "; ".join(_describe(c, hint == "tolerance") for c in bad)
+            + tolerance_hint(bad, hint, within)
             + next((h for h in map(margin_hint, bad) if h), ""))
