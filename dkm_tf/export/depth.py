@@ -10,7 +10,8 @@ one was verified at the deep one's 4e-5 and a head 2.5e-5 off was written (revie
 Float32 rounding also grows with the length of a sum: a Dense(10) on 196,608 flattened pixels
 differs from Keras by 0.6-1.6e-5 in its float file at depth 1 and was refused at 1e-5 (review
 R4, h25). An output's tolerance is therefore at least :data:`FAN_IN_FACTOR` x 2^-24 x
-sqrt(K) for the longest sum K on its chain (:func:`output_fan_ins`): measured on Dense(10), K
+sqrt(K) for the longest sum K of a Dense or Conv on its chain (:func:`output_fan_ins`; other
+layers, recurrent ones included, add no term: review R8, h25): measured on Dense(10), K
 1e3 to 1e6, N(0, 1) inputs, 60 files (10 seeds per K, 5 at K >= 3e5) x 4 draws at batch 1
 and 3 (480 runs), the error is 0 to 0.95 x 2^-24 x sqrt(K) of the output's max |keras|
 (median 0.35); uniform [0, 1) or [0, 255) pixels on 196,608 inputs and Conv2D of 3 x 3 x 2048
