@@ -114,3 +114,14 @@ def test_worst_output_names_the_default_float_tolerances_only():
         assert own not in refusal_message("f.tflite", "int8", [comp], hint)
     assert own not in held_out_refusal("f.tflite", comp, 0.05, chosen=True)
     assert "output 1: relative 0.9 (its tolerance 0.2)" in held_out_refusal("f", comp, 0.05)
+
+
+def test_nested_output_reads_only_the_outer_chains_feeding_the_inputs_that_reach_it():
+    from dkm_tf.export.depth import output_fan_ins
+
+    a, b = keras.Input((300,)), keras.Input((4,))
+    inner = keras.Model([a, b], [layers.Dense(2)(a), layers.Dense(2)(b)])
+    outer_a, outer_b = keras.Input((30,)), keras.Input((20,))
+    out = inner([layers.Dense(300)(outer_a), layers.Dense(4)(outer_b)])
+    # output 1 reads b, fed by a Dense on 20; the 30-row Dense feeds a only
+    assert output_fan_ins(keras.Model([outer_a, outer_b], out)) == [300, 20]
