@@ -57,9 +57,11 @@ from dkm_tf.graph.sensitivity_data import (
 from dkm_tf.graph.sensitivity_loss import (
     SUM_TOL,
     WeightingError,
+    check_distribution,
     class_targets,
     float32_outputs,
     not_cross_entropy,
+    own_distributions,
     resolve_loss,
     sum_tolerance,
     to_numpy,
@@ -105,13 +107,14 @@ def check_weighting(model, weighting, data, loss, sparse=False, labels="model",
                      loss, sparse, labels)
     if not checked:
         return checked
-    x, y, weights, loss_fn, _, _ = checked
+    x, y, weights, loss_fn, _, _, _ = checked
     return ((x, y) if weights is None else (x, y, weights)), loss_fn
 
 
 def _check(model, weighting, data, loss, sparse, labels):
-    """:func:`check_weighting`: ``(x, y, sample_weight, loss_fn, targets, tol)``: ``targets``
-    the C class targets (labels="model"), ``tol`` that of their sum (:mod:`.sensitivity_loss`)."""
+    """:func:`check_weighting`: ``(x, y, sample_weight, loss_fn, targets, tol, probs)``:
+    ``targets`` the C class targets (labels="model"), ``tol`` that of their sum, ``probs``
+    whether the head outputs probabilities (:mod:`.sensitivity_loss`)."""
     check_choice("weighting", weighting, WEIGHTINGS)
     if weighting is None:
         for name, value in (("data", data), ("loss", loss)):
@@ -156,9 +159,9 @@ def _check(model, weighting, data, loss, sparse, labels):
         raise _misfit(model, x, y, e) from e
     if value is not None and not np.all(np.isfinite(to_numpy(value))):
         raise invalid("data", "samples whose loss is finite", f"a loss of {value}")
-    targets, tol = (class_targets(model, loss_fn, x0, pred, keras) if labels == "model"
-                    else (None, SUM_TOL))
-    return x, y, sample_weight, loss_fn, targets, tol
+    targets, tol, probs = (class_targets(model, loss_fn, x0, pred, keras) if labels == "model"
+                           else (None, SUM_TOL, None))
+    return x, y, sample_weight, loss_fn, targets, tol, probs
 
 
 def _sparse_labels(y, pred):
@@ -286,7 +289,8 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
     import keras  # noqa: PLC0415
 
     damping = check_number("damping", damping, "a finite number >= 0", low=0)
-    x, y, weights, loss_fn, targets, tol = _check(model, "fisher", data, loss, False, labels)
+    x, y, weights, loss_fn, targets, tol, probs = _check(model, "fisher", data, loss, False,
+                                                         labels)
     variables = list(variables) if variables is not None else _default_variables(model)
     grads = _gradient_fn(model, loss_fn, variables)
     values = [keras.ops.convert_to_tensor(v.value) for v in variables]
@@ -294,6 +298,7 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
     n = n_samples(x, "data")
     convert = keras.ops.convert_to_tensor
     targets = [convert(t) for t in targets] if targets is not None else None
+    own = _own(model, x, n, probs, keras) if targets is not None else None
     for i in range(n):
         w_i = 1.0 if weights is None else float(weights[i])  # p * 1.0 == p: bit-identical
         if w_i == 0.0:
@@ -303,16 +308,20 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
             pairs = [keras.tree.map_structure(convert, take(y, i, i + 1))]
         else:  # true: every class c, weighted by p(c | x_i) = exp(-L(c))
             pairs = targets
-        total = 0.0
-        for t in pairs:
+        p_i = np.zeros(len(pairs))
+        for c, t in enumerate(pairs):
             value, g = grads(values, x_i, t)
             p = 1.0 if targets is None else float(np.exp(-to_numpy(value)))
-            total += p
+            p_i[c] = p
             for s, g_v in zip(sums, g):
                 s += (p * w_i) * np.square(to_numpy(g_v).astype(np.float64))
-        if targets is not None and abs(total - 1.0) > tol:  # checked on every sample
-            raise not_cross_entropy(model, len(targets),
-                                     f"sum_c exp(-loss) = {total:.6g} on sample {i}")
+        if targets is not None:  # every sample: the sum, then the whole distribution
+            total = float(p_i.sum())  # + C eps: the loss clips each p_c up to 1e-7
+            if abs(total - 1.0) > tol + len(targets) * keras.config.epsilon():
+                raise not_cross_entropy(model, len(targets),
+                                        f"sum_c exp(-loss) = {total:.6g} on sample {i}")
+            check_distribution(model, p_i, [q[i] for q in own], tol, f"sample {i}", probs,
+                               keras)
     out = {}
     for v, s in zip(variables, sums):
         if not np.all(np.isfinite(s)):  # share_weights refused it naming no argument
@@ -320,6 +329,15 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
         f = s / (n if weights is None else float(weights.sum()))
         out[id(v)] = f + damping * (float(f.mean()) if f.size else 0.0)
     return out
+
+
+def _own(model, x, n, probs, keras, batch=256):
+    """The head's own distributions of every sample (:func:`own_distributions`), from one
+    forward pass per ``batch`` samples, for the per-sample check of the loss."""
+    parts = [own_distributions(model(keras.tree.map_structure(
+        keras.ops.convert_to_tensor, take(x, a, min(a + batch, n))), training=False), probs)
+        for a in range(0, n, batch)]
+    return [np.concatenate(rows) for rows in zip(*parts)]
 
 
 def _not_finite(model, variable, s):

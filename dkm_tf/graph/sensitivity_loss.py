@@ -5,7 +5,8 @@ probabilities off its loss, ``p(c | x) = exp(-L(c, f(x)))``: :func:`class_target
 C targets ``t_c`` (sparse ``[c]`` or one-hot) for which that holds: ``sum_c p(c | x) = 1`` to
 :func:`sum_tolerance`, and ``p(. | x)`` the head's own distribution (its probabilities, or the
 softmax of its logits; :func:`distance`) on the first sample and on a shifted output
-(:func:`_check_classes`: a loss that renormalises, or a constant log(C), sums to 1 too).
+(:func:`_check_classes`: a loss that renormalises, or a constant log(C), sums to 1 too), and
+on every sample in ``fisher_importance`` (:func:`check_distribution`).
 Mixed-precision (float16 / bfloat16) outputs are cast to float32 first, as a
 ``keras.losses.Loss`` does (:func:`float32_outputs`).
 """
@@ -18,8 +19,9 @@ from dkm_tf.core.validate import invalid
 from dkm_tf.graph.input_struct import shapes
 
 __all__ = ["NOT_A_CLASSIFIER", "SUM_TOL", "LossMismatchError", "NotAClassifierError",
-           "WeightingError", "class_targets", "distance", "float32_outputs",
-           "not_cross_entropy", "resolve_loss", "sum_tolerance", "to_numpy"]
+           "WeightingError", "check_distribution", "class_targets", "distance",
+           "float32_outputs", "not_cross_entropy", "own_distributions", "resolve_loss",
+           "sum_tolerance", "to_numpy"]
 
 SUM_TOL = 1e-3  # |sum_c exp(-L(c, f(x))) - 1| allowed for a cross-entropy (float32 output)
 _HALF_EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}  # see sum_tolerance
@@ -60,8 +62,9 @@ NOT_A_CLASSIFIER = ("for a model that is not a classifier with one output of sha
 
 def class_targets(model, loss_fn, x0, pred, keras):
     """The C targets ``t_c`` (sparse ``[c]`` or one-hot) for which ``exp(-L(t_c, f(x)))`` are
-    the model's class probabilities, and the tolerance of their sum (:func:`sum_tolerance`);
-    raise (:class:`LossMismatchError`) if the loss is not such a cross-entropy."""
+    the model's class probabilities, the tolerance of their sum (:func:`sum_tolerance`) and
+    whether the head outputs probabilities (else logits); raise
+    (:class:`LossMismatchError`) if the loss is not such a cross-entropy."""
     tol = sum_tolerance(pred)
     pred = float32_outputs(pred)  # a loss function computes in its input's dtype
     shape = tuple(pred.shape) if hasattr(pred, "shape") else None
@@ -87,9 +90,10 @@ def class_targets(model, loss_fn, x0, pred, keras):
             found.append(f"{kind} labels: {type(e).__name__}: {str(e).strip()[:200]}")
             continue
         total = float(np.sum(p))
-        if min(abs(total - 1.0), abs(total - out.sum())) <= SUM_TOL:  # p_c, as stored (R6)
+        limit = SUM_TOL + n * keras.config.epsilon()  # the loss clips each p_c up to 1e-7
+        if min(abs(total - 1.0), abs(total - out.sum())) <= limit:  # p_c, as stored (R6)
             _check_classes(model, loss_fn, targets, pred, out[0], p, probabilities, tol, keras)
-            return targets, tol
+            return targets, tol, probabilities
         found.append(f"{kind} labels: sum_c exp(-loss) = {total:.6g}")
     raise not_cross_entropy(model, n, "; ".join(found))
 
@@ -101,8 +105,8 @@ def _class_probabilities(loss_fn, targets, pred, keras):
 
 
 def _softmax(z):
-    e = np.exp(z - z.max())
-    return e / e.sum()
+    e = np.exp(z - z.max(-1, keepdims=True))  # per row of a batch
+    return e / e.sum(-1, keepdims=True)
 
 
 def _sigmoid(z):
@@ -127,7 +131,7 @@ def _keras_logits(pred, out):
 def _check_classes(model, loss_fn, targets, pred, out, p, probabilities, tol, keras):
     """Raise unless the loss's ``p_c = exp(-L(c, f(x)))`` is the model's own distribution,
     as a whole: ``out`` itself for a probability head, ``softmax(out)`` for logits, to
-    ``sum_c |p_c - q_c| <= tol + C * 1e-7`` (:func:`distance`; Keras clips each p_c at 1e-7).
+    ``sum_c |p_c - q_c| <= tol + 2 C * 1e-7`` (:func:`distance`, :func:`check_distribution`).
     A per-class tolerance let any distribution through at C ~ 1000 classes.
 
     ``sum_c p_c = 1`` alone is passed by any loss that renormalises (Keras'
@@ -140,12 +144,9 @@ def _check_classes(model, loss_fn, targets, pred, out, p, probabilities, tol, ke
     says: ``softmax`` of those is the distribution too (a sigmoid head's, as before). The
     same is checked at a second, non-uniform output made from ``out`` (:func:`_shifted`),
     float32-exact (:data:`SUM_TOL`): a loss that agrees only at a uniform output (a constant
-    log(C), the wrapper above) is caught on an untrained or zero-initialised head too."""
-    n = out.size
+    log(C), the wrapper above) is caught on an untrained or zero-initialised head too.
+    ``fisher_importance`` checks every sample the same way (:func:`check_distribution`)."""
     act, z = _keras_logits(pred, out[None])
-    head = "probabilities" if probabilities else "softmax of its logits"
-    fix = ("'sparse_categorical_crossentropy' (or keras.losses.SparseCategoricalCrossentropy())"
-           if probabilities else "keras.losses.SparseCategoricalCrossentropy(from_logits=True)")
     own = [out] if probabilities else [_softmax(out)] + ([] if z is None else [_softmax(z[0])])
     shifted, shifted_own = _shifted(out, act, None if z is None else z[0], probabilities,
                                     pred.dtype, keras)
@@ -160,19 +161,43 @@ def _check_classes(model, loss_fn, targets, pred, out, p, probabilities, tol, ke
                 raise LossMismatchError(
                     "a loss that takes any output of the model's shape",
                     f"a loss that failed on {where}: {type(e).__name__}: {e}") from e
-        limit += n * keras.config.epsilon()  # Keras clips each p_c to >= 1e-7
-        if any(distance(p_row, q) <= limit for q in wants):  # NaN fails
-            continue
-        q = wants[0]
-        c = int(np.nanargmax(np.abs(p_row - q))) if not np.isnan(p_row).all() else 0
-        raise LossMismatchError(
-            "a cross-entropy of the model's output: exp(-loss(c)) equal to the "
-            f"model's {head} over its {n} classes (model {model.name!r}, to {limit:.3g} in "
-            "sum_c |exp(-loss(c)) - p_c|), needed by weighting='fisher' (log p(c|x) = "
-            f"-loss(c)); e.g. {fix}, or its Categorical form for one-hot labels, not wrapped "
-            "in a function that clips or renormalises",
-            f"a loss whose exp(-loss) for class {c} on {where} is {p_row[c]:.6g}, the "
-            f"model's {head}: {q[c]:.6g} (sum_c |difference| = {distance(p_row, q):.3g})")
+        check_distribution(model, p_row, wants, limit, where, probabilities, keras)
+
+
+def check_distribution(model, p_row, wants, tol, where, probabilities, keras):
+    """Raise (:class:`LossMismatchError`, naming the class and both values) unless the loss's
+    ``p_row`` is one of ``wants`` (the head's own distributions at ``where``) to
+    ``sum_c |p_c - q_c| <= tol + 2 C eps``: Keras clips each ``p_c`` up to 1e-7 (eps), and
+    TensorFlow's loss on a head without kept logits renormalises after clipping, which moves
+    about twice the clipped mass (a correct loss on a confident 12,000-class head)."""
+    n = len(p_row)
+    limit = tol + 2 * n * keras.config.epsilon()
+    if any(distance(p_row, q) <= limit for q in wants):  # NaN fails
+        return
+    head = "probabilities" if probabilities else "softmax of its logits"
+    fix = ("'sparse_categorical_crossentropy' (or keras.losses.SparseCategoricalCrossentropy())"
+           if probabilities else "keras.losses.SparseCategoricalCrossentropy(from_logits=True)")
+    q = wants[0]
+    c = int(np.nanargmax(np.abs(p_row - q))) if not np.isnan(p_row).all() else 0
+    raise LossMismatchError(
+        "a cross-entropy of the model's output: exp(-loss(c)) equal to the "
+        f"model's {head} over its {n} classes (model {model.name!r}, to {limit:.3g} in "
+        "sum_c |exp(-loss(c)) - p_c|), needed by weighting='fisher' (log p(c|x) = "
+        f"-loss(c)); e.g. {fix}, or its Categorical form for one-hot labels, not wrapped "
+        "in a function that clips or renormalises",
+        f"a loss whose exp(-loss) for class {c} on {where} is {p_row[c]:.6g}, the "
+        f"model's {head}: {q[c]:.6g} (sum_c |difference| = {distance(p_row, q):.3g})")
+
+
+def own_distributions(pred, probabilities):
+    """The head's own distributions of a batch output ``pred`` (rows of float64 arrays, the
+    candidates :func:`check_distribution` takes): its probabilities, or the softmax of its
+    logits (and of the logits a softmax / sigmoid output keeps, :func:`_keras_logits`)."""
+    out = to_numpy(pred).astype(np.float64)
+    if probabilities:
+        return [out]
+    _, z = _keras_logits(pred, out)
+    return [_softmax(out)] + ([] if z is None else [_softmax(z)])
 
 
 def distance(p, q):

@@ -1,0 +1,105 @@
+"""Fisher's loss check on every sample, one-hot losses, many classes (h25-fisher3).
+
+Review R6 of h25-fisher2: the distribution check ran on sample 0 and one shifted output only,
+so a loss that clips the logits of confident samples was accepted with importances 25-32 %
+off; a correct one-hot cross-entropy written by hand (or Keras' focal loss at gamma=0,
+alpha=1) was refused because sparse targets ``[c]`` broadcast against it and summed to 1;
+at C ~ 12,000 classes Keras' clipping of each p_c to >= 1e-7 exceeded the fixed tolerances;
+one-hot targets were row views of an n x n identity matrix; a float32 model's non-finite
+importances were blamed on a float16 softmax.
+"""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from dkm_tf.graph import sensitivity, sensitivity_loss
+from dkm_tf.graph.sensitivity_loss import LossMismatchError
+from tests.testing import tf_backend_only
+
+SCCE_LOGITS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _linear(n_in, n_classes, seed=0):
+    """A logits head ``x @ W + b`` with random W and b."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((n_in,)), keras.layers.Dense(n_classes)])
+    model.layers[0].bias.assign(np.linspace(-1.0, 1.0, n_classes).astype("float32"))
+    return model
+
+
+def _reference(model, x, damping=1.0):
+    """The true Fisher of a linear logits head, in numpy: ``d log p_c / d W_ij = x_i (d_cj -
+    p_j)``, so ``sum_c p_c (...)^2 = x_i^2 p_j (1 - p_j)`` (bias: ``p_j (1 - p_j)``)."""
+    w, b = (np.asarray(v, np.float64) for v in model.layers[0].get_weights())
+    p = _softmax(x.astype(np.float64) @ w + b)
+    f_w = np.mean(x.astype(np.float64)[:, :, None] ** 2 * (p * (1 - p))[:, None, :], axis=0)
+    f_b = np.mean(p * (1 - p), axis=0)
+    return [f + damping * f.mean() for f in (f_w, f_b)]
+
+
+def test_a_loss_that_clips_the_logits_of_later_samples_is_refused_naming_the_sample():
+    """Accepted before (sample 0's logits lie inside the clip; the shifted output too): the
+    clipped loss's distribution differs from the model's on the confident samples."""
+    model = _linear(6, 10)
+    x = np.random.default_rng(1).normal(size=(8, 6)).astype("float32")
+    x[1:] *= 30.0  # confident samples: logits spread far beyond the clip
+    z = np.asarray(model(x), np.float64)
+    shifted = z[0] + np.linspace(0.0, 2.0 + np.log(10), 10)  # the check's second point
+    a = float(np.abs(np.concatenate([z[0], shifted])).max()) + 0.5  # neither is clipped
+    moved = np.abs(_softmax(np.clip(z, -a, a)) - _softmax(z)).sum(-1)
+    assert moved[0] < 1e-12 and moved[1:].max() > 0.05, moved  # the loss is wrong there
+
+    def clipped(y, p):
+        return keras.losses.sparse_categorical_crossentropy(y, ops.clip(p, -a, a),
+                                                            from_logits=True)
+
+    first = int(np.argmax(moved > 2e-3))
+    with pytest.raises(LossMismatchError, match=rf"argument `loss`.*exp\(-loss\) for class "
+                                                 rf"\d+ on sample {first} is .*the model's "
+                                                 r"softmax of its logits: "):
+        sensitivity.fisher_importance(model, x, clipped)
+
+
+@tf_backend_only()
+def test_a_correct_loss_on_a_confident_12000_class_probability_head_is_accepted():
+    """Refused before: without kept logits, TensorFlow's loss clips each p_c to >= 1e-7 and
+    renormalises, moving ~ 2 C 1e-7 = 2.4e-3 of the distribution at C = 12,000."""
+    n = 12000
+    inp = keras.Input((8,))
+    dense = keras.layers.Dense(n)
+    out = keras.layers.Lambda(lambda z: ops.exp(z - ops.max(z, -1, keepdims=True)) / ops.sum(
+        ops.exp(z - ops.max(z, -1, keepdims=True)), -1, keepdims=True))(dense(inp))
+    model = keras.Model(inp, out)
+    rng = np.random.default_rng(0)
+    dense.kernel.assign(rng.normal(size=(8, n)).astype("float32") * 3.0)
+    x = rng.normal(size=(1, 8)).astype("float32")
+    pred = model(x)
+    q = np.asarray(pred, np.float64)[0]
+    clipped = np.clip(q, 1e-7, 1.0)
+    moved = np.abs(clipped / clipped.sum() - q).sum()
+    assert q.max() > 0.99 and 1.5e-3 < moved < 2 * n * 1e-7, (q.max(), moved)
+    loss = keras.losses.get("sparse_categorical_crossentropy")
+    found = sensitivity_loss.class_targets(model, loss, x, pred, keras)
+    assert len(found[0]) == n and found[1] == sensitivity_loss.SUM_TOL
+
+
+def test_check_distribution_allows_twice_the_clipped_mass_only():
+    """``tol + 2 C eps``: a clipped, renormalised copy of q passes, a 1 % move does not."""
+    n = 12000
+    q = _softmax(np.concatenate([np.zeros(n - 1), [40.0]]))  # the others ~ 4e-18
+    clipped = np.clip(q, 1e-7, 1.0)
+    p = clipped / clipped.sum()
+    assert sensitivity_loss.distance(p, q) > sensitivity_loss.SUM_TOL + n * 1e-7
+    model = _linear(2, 3)
+    sensitivity_loss.check_distribution(model, p, [q], sensitivity_loss.SUM_TOL, "sample 3",
+                                        True, keras)
+    with pytest.raises(LossMismatchError, match=r"argument `loss`.*on sample 3 is"):
+        sensitivity_loss.check_distribution(model, 0.99 * q + 0.01 / n, [q],
+                                            sensitivity_loss.SUM_TOL, "sample 3", True, keras)
