@@ -67,6 +67,46 @@ def test_a_loss_that_clips_the_logits_of_later_samples_is_refused_naming_the_sam
         sensitivity.fisher_importance(model, x, clipped)
 
 
+@pytest.mark.parametrize("name", ["one-hot by hand", "focal gamma=0 alpha=1"])
+def test_correct_one_hot_cross_entropies_are_accepted(name):
+    """Refused before: sparse targets [c] broadcast against a one-hot loss, summed to ~1 and
+    failed the distribution check, and one-hot targets were never tried."""
+    loss = {"one-hot by hand": lambda y, z: -ops.sum(ops.cast(y, "float32")
+                                                     * ops.log_softmax(z), axis=-1),
+            "focal gamma=0 alpha=1": keras.losses.CategoricalFocalCrossentropy(
+                alpha=1.0, gamma=0.0, from_logits=True)}[name]
+    model = _linear(5, 4)
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype("float32")
+    imp = sensitivity.fisher_importance(model, x, loss)
+    np.testing.assert_allclose(imp[id(model.layers[0].kernel)], _reference(model, x)[0],
+                               rtol=1e-5, atol=0)
+
+
+def test_a_loss_that_fits_neither_format_reports_the_sparse_misfit():
+    """A tempered sparse cross-entropy sums to 1 but is not the model's distribution: the
+    first error (sparse labels, the distribution) is raised, not a sum message."""
+    model = _linear(5, 4)
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
+
+    def tempered(y, z):
+        return keras.losses.sparse_categorical_crossentropy(y, z / 2.0, from_logits=True)
+
+    with pytest.raises(LossMismatchError, match=r"argument `loss`.*on sample 0 is "):
+        sensitivity.fisher_importance(model, x, tempered)
+
+
+def test_one_hot_targets_do_not_keep_an_identity_matrix_alive():
+    """np.eye(n)[c:c+1] kept the n x n matrix per row: 4 n^3 bytes, 4.5 GB at n = 1000."""
+    model = _linear(5, 7)
+    pred = model(np.ones((1, 5), "float32"))
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    targets = sensitivity_loss.class_targets(model, loss, None, pred, keras)[0]
+    assert len(targets) == 7
+    for c, t in enumerate(targets):
+        assert t.base is None and t.shape == (1, 7) and t.dtype == np.float32
+        np.testing.assert_array_equal(t[0], np.eye(7)[c])
+
+
 @tf_backend_only()
 def test_a_correct_loss_on_a_confident_12000_class_probability_head_is_accepted():
     """Refused before: without kept logits, TensorFlow's loss clips each p_c to >= 1e-7 and

@@ -64,7 +64,9 @@ def class_targets(model, loss_fn, x0, pred, keras):
     """The C targets ``t_c`` (sparse ``[c]`` or one-hot) for which ``exp(-L(t_c, f(x)))`` are
     the model's class probabilities, the tolerance of their sum (:func:`sum_tolerance`) and
     whether the head outputs probabilities (else logits); raise
-    (:class:`LossMismatchError`) if the loss is not such a cross-entropy."""
+    (:class:`LossMismatchError`) if the loss is not such a cross-entropy. Sparse targets are
+    tried first; one-hot if they do not fit, or fit only the sum (a one-hot loss written by
+    hand broadcasts ``[c]``): the first misfit is raised if neither fits."""
     tol = sum_tolerance(pred)
     pred = float32_outputs(pred)  # a loss function computes in its input's dtype
     shape = tuple(pred.shape) if hasattr(pred, "shape") else None
@@ -80,10 +82,10 @@ def class_targets(model, loss_fn, x0, pred, keras):
         raise not_cross_entropy(model, n, f"{getattr(loss_fn, 'name', name)} with "
                                  f"from_logits=False on outputs that are not probabilities "
                                  f"(first sample: {np.round(out[0], 4).tolist()[:8]})")
-    found = []
+    found, first = [], None
     for kind in ("sparse", "one-hot"):
-        targets = [np.array([c], np.int32) if kind == "sparse"
-                   else np.eye(n, dtype=np.float32)[c:c + 1] for c in range(n)]
+        targets = [np.array([c], np.int32) if kind == "sparse" else _one_hot(n, c)
+                   for c in range(n)]
         try:
             p = _class_probabilities(loss_fn, targets, pred, keras)
         except Exception as e:  # noqa: BLE001 (this label format does not fit the loss)
@@ -92,10 +94,25 @@ def class_targets(model, loss_fn, x0, pred, keras):
         total = float(np.sum(p))
         limit = SUM_TOL + n * keras.config.epsilon()  # the loss clips each p_c up to 1e-7
         if min(abs(total - 1.0), abs(total - out.sum())) <= limit:  # p_c, as stored (R6)
-            _check_classes(model, loss_fn, targets, pred, out[0], p, probabilities, tol, keras)
+            try:
+                _check_classes(model, loss_fn, targets, pred, out[0], p, probabilities, tol,
+                               keras)
+            except LossMismatchError as e:  # sparse [c] broadcast against a one-hot loss
+                first = first or e
+                continue
             return targets, tol, probabilities
         found.append(f"{kind} labels: sum_c exp(-loss) = {total:.6g}")
+    if first is not None:  # neither format is the model's distribution: the first misfit
+        raise first
     raise not_cross_entropy(model, n, "; ".join(found))
+
+
+def _one_hot(n, c):
+    """The one-hot target of class ``c`` of ``n``, its own (1, n) array: a row view of
+    ``np.eye(n)`` kept the n x n matrix alive per row (4 n^3 bytes: 4 GB at n = 1000)."""
+    row = np.zeros((1, n), np.float32)
+    row[0, c] = 1.0
+    return row
 
 
 def _class_probabilities(loss_fn, targets, pred, keras):
