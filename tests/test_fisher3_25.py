@@ -143,3 +143,19 @@ def test_check_distribution_allows_twice_the_clipped_mass_only():
     with pytest.raises(LossMismatchError, match=r"argument `loss`.*on sample 3 is"):
         sensitivity_loss.check_distribution(model, 0.99 * q + 0.01 / n, [q],
                                             sensitivity_loss.SUM_TOL, "sample 3", True, keras)
+
+
+def test_non_finite_importances_of_a_float32_model_do_not_blame_float16():
+    """A float32 model whose gradients overflow float32 (weights 1e20 times inputs 1e20,
+    logits ~ 1e10): the refusal named a saturating float16 softmax whatever the dtype."""
+    rng = np.random.default_rng(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False),
+                              keras.layers.Dense(3, use_bias=False)])
+    model.layers[0].kernel.assign(rng.normal(size=(4, 3)).astype("float32") * 1e-30)
+    model.layers[1].kernel.assign(rng.normal(size=(3, 3)).astype("float32") * 1e20)
+    x = (rng.normal(size=(2, 4)) * 1e20).astype("float32")
+    assert np.all(np.isfinite(np.asarray(model(x))))
+    with pytest.raises(ValueError, match=r"argument `weighting`.*gradients that overflow "
+                                         r"float32.*NaN or infinite importances") as info:
+        sensitivity.fisher_importance(model, x, SCCE_LOGITS)
+    assert "float16" not in str(info.value), str(info.value)

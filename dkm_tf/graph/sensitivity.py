@@ -313,8 +313,9 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
             value, g = grads(values, x_i, t)
             p = 1.0 if targets is None else float(np.exp(-to_numpy(value)))
             p_i[c] = p
-            for s, g_v in zip(sums, g):
-                s += (p * w_i) * np.square(to_numpy(g_v).astype(np.float64))
+            with np.errstate(invalid="ignore", over="ignore"):  # refused below, named
+                for s, g_v in zip(sums, g):
+                    s += (p * w_i) * np.square(to_numpy(g_v).astype(np.float64))
         if targets is not None:  # every sample: the sum, then the whole distribution
             total = float(p_i.sum())  # + C eps: the loss clips each p_c up to 1e-7
             if abs(total - 1.0) > tol + len(targets) * keras.config.epsilon():
@@ -325,7 +326,7 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
     out = {}
     for v, s in zip(variables, sums):
         if not np.all(np.isfinite(s)):  # share_weights refused it naming no argument
-            raise _not_finite(model, v, s)
+            raise _not_finite(model, v, s, model(take(x, 0, 1), training=False))
         f = s / (n if weights is None else float(weights.sum()))
         out[id(v)] = f + damping * (float(f.mean()) if f.size else 0.0)
     return out
@@ -340,16 +341,24 @@ def _own(model, x, n, probs, keras, batch=256):
     return [np.concatenate(rows) for rows in zip(*parts)]
 
 
-def _not_finite(model, variable, s):
+def _not_finite(model, variable, s, pred):
     """The ``ValueError`` for a variable whose Fisher sum is NaN / inf: a float16 head's
     class probability under 1 / 65504 (a saturated softmax) overflows ``1 / p_c`` in the
-    gradient of ``log p_c``, and ``0 * inf`` is NaN (measured: mixed_float16, p_c ~ 8e-7)."""
+    gradient of ``log p_c``, and ``0 * inf`` is NaN (measured: mixed_float16, p_c ~ 8e-7);
+    that cause is named only when the output ``pred`` is float16."""
+    import keras  # noqa: PLC0415
+
     bad = int(np.size(s) - np.count_nonzero(np.isfinite(s)))
     name = getattr(variable, "path", None) or getattr(variable, "name", "?")
+    dtypes = {keras.backend.standardize_dtype(t.dtype) for t in keras.tree.flatten(pred)
+              if getattr(t, "dtype", None) is not None}
+    why = ("a float16 softmax that saturates (a class probability under 1/65504) overflows "
+           "them; compute the last activation in float32 (e.g. keras.layers.Activation("
+           "'softmax', dtype='float32'), as the Keras mixed-precision guide advises)"
+           if "float16" in dtypes else
+           "gradients that overflow float32 (huge weights or inputs), times a class "
+           "probability of 0 or not, make them NaN or infinite")
     return WeightingError(f"None for model {model.name!r}, or a head whose gradients of "
-                   "log p(c|x) are finite for every class (weighting='fisher' sums them): a "
-                   "float16 softmax that saturates (a class probability under 1/65504) "
-                   "overflows them; compute the last activation in float32 (e.g. "
-                   "keras.layers.Activation('softmax', "
-                   "dtype='float32'), as the Keras mixed-precision guide advises)",
+                          "log p(c|x) are finite for every class (weighting='fisher' sums "
+                          f"them): {why}",
                           f"{bad} of {np.size(s)} NaN or infinite importances for {name}")
