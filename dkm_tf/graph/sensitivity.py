@@ -35,8 +35,8 @@ gradients cancel first), in inference mode (``training=False``: BatchNormalizati
 moving statistics, dropout is off). ``p(c | x) = exp(-L(c, f(x)))`` holds for a cross-entropy
 loss matching the model's output (logits with ``from_logits=True``, probabilities without);
 it is checked first (:mod:`.sensitivity_loss`: each ``p(c | x)`` the head's own probability
-or softmax of its logits, on one sample and on a shifted output; ``sum_c p(c | x) = 1`` on
-every sample), so a mismatched loss raises. The weighted k-means itself is
+or softmax of its logits, as a whole, on every sample and on a shifted output), so a
+mismatched loss raises. The weighted k-means itself is
 :mod:`dkm_tf.graph.weighted_kmeans`.
 """
 
