@@ -159,3 +159,42 @@ def test_non_finite_importances_of_a_float32_model_do_not_blame_float16():
                                          r"float32.*NaN or infinite importances") as info:
         sensitivity.fisher_importance(model, x, SCCE_LOGITS)
     assert "float16" not in str(info.value), str(info.value)
+
+
+_JAX_12000 = """
+import keras, numpy as np
+from keras import ops
+from dkm_tf.graph import sensitivity_loss
+n = 12000
+inp = keras.Input((8,))
+dense = keras.layers.Dense(n)
+out = keras.layers.Lambda(lambda z: ops.exp(z - ops.max(z, -1, keepdims=True)) / ops.sum(
+    ops.exp(z - ops.max(z, -1, keepdims=True)), -1, keepdims=True))(dense(inp))
+model = keras.Model(inp, out)
+rng = np.random.default_rng(0)
+dense.kernel.assign(rng.normal(size=(8, n)).astype("float32") * 3.0)
+x = rng.normal(size=(1, 8)).astype("float32")
+pred = model(x)
+assert float(np.asarray(pred).max()) > 0.99
+loss = keras.losses.get("sparse_categorical_crossentropy")
+print("targets", len(sensitivity_loss.class_targets(model, loss, x, pred, keras)[0]))
+"""
+
+
+def test_a_correct_loss_on_a_confident_12000_class_head_is_accepted_on_jax():
+    """Refused before on JAX: its loss clips each p_c up to 1e-7 (sum_c exp(-loss) = 1.00117
+    at C = 12,000, over the fixed 1e-3). A KERAS_BACKEND=jax subprocess (~20 s here)."""
+    import importlib.util
+    import pathlib
+    import subprocess
+    import sys
+
+    from tests._jax_env24e import jax_env
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    root = pathlib.Path(__file__).parent.parent
+    proc = subprocess.run([sys.executable, "-c", _JAX_12000], cwd=root, capture_output=True,
+                          text=True, timeout=600,
+                          env=jax_env(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(root)))
+    assert proc.returncode == 0 and "targets 12000" in proc.stdout, proc.stderr[-2000:]
