@@ -42,16 +42,57 @@ INFERENCE_IDENTITIES = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "Spat
 def removed(op, keras):
     """Whether `op` is removed by the converter: an inference identity (a dropout, ...), or
     a batch norm / `Rescaling` / `Normalization` of scale 1 and offset 0, or a
-    `ReLU(negative_slope=1)` (`keras_lowered`)."""
+    `ReLU(negative_slope=1)` (`keras_lowered`), or an `x * 1`, `x / 1`, `x + 0`, `x - 0`
+    (`identity_const`), or a Functional model of one input and one output all
+    of whose ops are removed (a `Model(j, Dropout(0.2)(j))` in a `keras.layers.Pipeline`)."""
     from dkm_tf.energy.keras_lowered import affine_ops, relu_ops
 
     L = keras.layers
-    if type(op).__name__ in INFERENCE_IDENTITIES:
+    if type(op).__name__ in INFERENCE_IDENTITIES or identity_const(op, keras):
         return True
+    if isinstance(op, keras.Model):
+        try:
+            one = len(keras.tree.flatten(op.inputs)) == len(keras.tree.flatten(op.outputs)) == 1
+        except (AttributeError, ValueError, TypeError):  # subclassed: no graph
+            return False
+        return one and all(removed(o, keras) for o in graph_ops(op)
+                           if type(o).__name__ != "InputLayer")
     if isinstance(op, (L.BatchNormalization, L.Rescaling, L.Normalization)):
         return not affine_ops(op, keras)
     return isinstance(op, (L.ReLU, L.LeakyReLU)) and float(getattr(op, "threshold", 0)) == 0 \
         and not relu_ops(op, keras)
+
+
+def identity_const(op, keras):
+    """Whether non-layer op `op` is an identity the converter (TF 2.21) drops in each of its
+    calls: `x * 1` / `1 * x`, `x / 1`, `x + 0` / `0 + x`, `x - 0` by a constant of all ones
+    / zeros that does not broadcast `x` to a bigger shape. Before 2026-12-07 the Keras reader
+    charged it, and a ReLU after `tanh(conv) * 1.0` was listed as fused into it (Keras /
+    file hierarchy 1.18), a batch norm after `conv * 1.0` not folded (2.73)."""
+    import numpy as np
+
+    cls = type(op).__name__
+    nodes = getattr(op, "_inbound_nodes", None) or []
+    if isinstance(op, keras.layers.Layer) or cls not in (
+            "Add", "Subtract", "Multiply", "TrueDivide", "Divide") or not nodes:
+        return False
+    for node in nodes:
+        args = list(node.arguments.args)
+        if len(args) != 2 or len(node.input_tensors) != 1 or len(node.outputs) != 1:
+            return False
+        x = node.input_tensors[0]
+        at = 0 if args[1] is x else 1
+        if at == 0 and cls in ("Subtract", "TrueDivide", "Divide"):
+            return False  # 0 - x, 1 / x
+        try:
+            value = np.asarray(keras.ops.convert_to_numpy(args[at]))
+        except (TypeError, ValueError, AttributeError):
+            return False
+        one = cls in ("Multiply", "TrueDivide", "Divide")
+        if value.dtype == object or not np.all(value == (1 if one else 0)) or \
+                tuple(node.outputs[0].shape) != tuple(x.shape):
+            return False
+    return True
 
 
 def source(x, counts, keras, outer=None):

@@ -185,6 +185,8 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used, fused=No
             sub_name = sub.name if n == 1 else f"{sub.name}#{n}"
             prev = next((s for s, _ in subs[i - 1::-1] if not removed(s, keras)), None) \
                 if i else None  # over a Dropout, ... the converter removes (`bn_folding`)
+            if prev is None:  # only removed layers before: it reads the Pipeline's input
+                sub_call = (subs[0][1][0], sub_call[1])
             into = pipeline_fold(sub, prev, sub_call, keras)
             if into is not None:
                 skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
@@ -202,6 +204,9 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used, fused=No
         return
     if isinstance(call, Exception):
         skipped.append((name, f"no recorded input/output shape ({call})"))
+        return
+    if not isinstance(inner, keras.layers.Layer) and removed(inner, keras):
+        skipped.append((name, "an identity (x * 1, x + 0) the converter removes, not charged"))
         return
     into = fold_of(inner, call, counts, keras)
     if into is not None:
