@@ -365,15 +365,18 @@ def check_calibration(model, method, train_data, a):
 
 def fisher_loss(model, weighting, x=None):
     """The loss of ``weighting="fisher"``: the compiled model's (None: share_weights reads
-    it), else the cross-entropy that fits its output (training.common.default_loss; a model
-    loaded with ``compile=False`` has none): from_logits unless it ends in a softmax or, where
-    its last activation is unknown, its outputs on the calibration inputs ``x`` are
-    probabilities (from_logits=True on them was the Fisher of their softmax)."""
+    it), that of the model an uncompiled copy was made from (core.loss_kind.source_loss: an
+    "mse" copy is refused as its source is), else the cross-entropy that fits its output
+    (training.common.default_loss; a model loaded with ``compile=False`` has none):
+    from_logits unless it ends in a softmax or, where its last activation is unknown, its
+    outputs on the calibration inputs ``x`` are probabilities (from_logits=True on them was
+    the Fisher of their softmax)."""
+    from dkm_tf.core.loss_kind import source_loss  # noqa: PLC0415
     from dkm_tf.training.common import compiled_loss, default_loss  # noqa: PLC0415
 
     if weighting is None or compiled_loss(model) is not None:
         return None
-    return default_loss(model, x=x)
+    return source_loss(model) or default_loss(model, x=x)  # a copy carries its source's
 
 
 def merged_lora(model, notes):

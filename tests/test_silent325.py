@@ -1,0 +1,40 @@
+"""Review R9 (2026-12-07): an uncompiled ``share_weights`` / ``strip_clustering`` copy carries
+its source's loss; the Fisher weighting, the notes and the export checks read it as such."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import dkm_tf  # noqa: E402
+from dkm_tf.graph.sensitivity_loss import LossMismatchError  # noqa: E402
+
+L = keras.layers
+
+
+def _regressor(loss="mse"):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    model = keras.Model(inp, L.Dense(3, name="o")(L.Dense(16, activation="relu", name="h")(inp)))
+    model.compile("adam", loss)
+    return model
+
+
+def _x(n=32):
+    return np.random.default_rng(1).normal(size=(n, 6)).astype("float32")
+
+
+def test_fisher_refuses_copy_of_mse_regressor_as_its_source():
+    """compress(copy, ..., weighting="fisher") of an "mse" regressor's copy weighed it by a
+    cross-entropy over a softmax of its regression outputs (no note); its source is refused."""
+    model, x = _regressor(), _x()
+    copy = dkm_tf.share_weights(model, 16).model
+    assert not copy.compiled
+    kw = {"method": "wr", "n_clusters": 8, "weighting": "fisher", "verbose": 0}
+    with pytest.raises(LossMismatchError) as source_error:
+        dkm_tf.compress(model, (x, None), (x, None), **kw)
+    with pytest.raises(LossMismatchError) as copy_error:
+        dkm_tf.compress(copy, (x, None), (x, None), **kw)
+    assert "weighting='fisher'" in str(copy_error.value)
+    assert str(source_error.value).split("Received")[0] == \
+        str(copy_error.value).split("Received")[0]
