@@ -38,3 +38,24 @@ def test_fisher_refuses_copy_of_mse_regressor_as_its_source():
     assert "weighting='fisher'" in str(copy_error.value)
     assert str(source_error.value).split("Received")[0] == \
         str(copy_error.value).split("Received")[0]
+
+
+def test_cli_relative_error_refusal_of_mse_file_not_blamed_on_arg_max(tmp_path):
+    """export/to_tflite.py on an "mse" file refused by the relative error alone (top-1
+    agreement 1) had the arg-max explanation appended as if it were the refusal's cause."""
+    from dkm_tf.export.cli import run_to_tflite
+    from dkm_tf.export.verify import ExportVerificationError
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    model = keras.Model(inp, L.Dense(3, name="o")(L.Dense(256, activation="relu")(inp)))
+    model.compile("adam", "mse")
+    model.save(tmp_path / "f.keras")
+    np.save(tmp_path / "x.npy", _x(16))
+    with pytest.raises(ExportVerificationError) as error:
+        run_to_tflite(str(tmp_path / "f.keras"), str(tmp_path / "f.tflite"), format="int8",
+                      samples_path=str(tmp_path / "x.npy"), tolerance=1e-7)
+    message = str(error.value)
+    assert "relative" in message and "top-1 agreement 1 " in message
+    assert "read as a classifier of logits" not in message
+    assert not (tmp_path / "f.tflite").exists()

@@ -1,14 +1,13 @@
 """Run a ``.tflite`` in the LiteRT interpreters and compare it with the Keras model.
 
-Errors are reported as ``max |tflite - keras| / max |keras|`` over samples, taken for each
-output against its own range and then the largest over outputs ("relative to the output
-range"), which is meaningful for logits, probabilities and maps alike. Each output has its own
-scale, so a [0, 1] head beside a head in the hundreds cannot hide behind the larger range.
+Errors are reported as ``max |tflite - keras| / max |keras|`` over samples, for each output
+against its own range, then the largest over outputs ("relative to the output range"):
+meaningful for logits, probabilities and maps alike, and a [0, 1] head beside one in the
+hundreds cannot hide behind the larger range.
 
-Every LiteRT check runs the file twice in one interpreter: one sample per invoke (batch 1),
-then all batch samples in one invoke after ``resize_tensor_input`` (batch n > 1), then sample
-0 at batch 1 again (the resize back must give the first result bit for bit). Output shapes
-must equal Keras' exactly: a file that answers a batch of 4 with one row fails.
+Every LiteRT check runs the file twice in one interpreter: one sample per invoke (batch 1), then
+all samples in one invoke after ``resize_tensor_input`` (batch n > 1), then sample 0 at batch 1
+again (bit for bit the first result). Output shapes must equal Keras' (not one row for 4 samples).
 """
 
 from __future__ import annotations
@@ -242,13 +241,14 @@ def keras_noise(model, inputs, reference):
 
 
 def refuse_if_bad(path, fmt, comparisons, hint="auto", within=None):
-    """Raise :class:`ExportVerificationError` naming every comparison that failed, with the
-    advice :func:`~dkm_tf.export.refusal.refusal_message` gives for ``hint`` and ``within``
+    """Raise :class:`ExportVerificationError` (its ``comparisons``: those that failed) with the
+    advice of :func:`~dkm_tf.export.refusal.refusal_message` for ``hint`` and ``within``
     (``hint`` ``"auto"``: ``"tolerance"``, none for ``fmt`` ``"int8"``)."""
-    bad = [c for c in comparisons if not c.ok]
-    if bad:
+    if bad := [c for c in comparisons if not c.ok]:
         hint = (None if fmt == "int8" else "tolerance") if hint == "auto" else hint
-        raise ExportVerificationError(refusal_message(path, fmt, bad, hint, within))
+        error = ExportVerificationError(refusal_message(path, fmt, bad, hint, within))
+        error.comparisons = bad  # cli._export_noting reads their top-1 agreement
+        raise error
 
 
 def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=None,
