@@ -59,3 +59,25 @@ def test_cli_relative_error_refusal_of_mse_file_not_blamed_on_arg_max(tmp_path):
     assert "relative" in message and "top-1 agreement 1 " in message
     assert "read as a classifier of logits" not in message
     assert not (tmp_path / "f.tflite").exists()
+
+
+def test_int8_raised_kernel_note_gives_its_decoded_norm():
+    """At scale_bits=8 a kernel of norm 1e-8 was noted "decoded up to 6.83e+05 times its
+    norm" (step / norm, as if its centroid had norm 1); it decodes to 2.34e5 times."""
+    import re
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 4))
+    conv = L.Conv2D(4, 3, name="c")
+    model = keras.Model(inp, conv(inp))
+    kernel, bias = conv.get_weights()
+    kernel[:, :, 0, 0] *= 1e-8 / np.linalg.norm(kernel[:, :, 0, 0])
+    conv.set_weights([kernel, bias])
+    res = dkm_tf.share_weights(model, 8, unit="kernel", codebook="shared", scale_bits=8)
+    decoded = res.model.get_layer("c").get_weights()[0]
+    norms = lambda k: np.sqrt(np.sum(np.asarray(k, np.float64) ** 2, axis=(0, 1)))  # noqa: E731
+    ratio = norms(decoded) / norms(kernel)
+    assert ratio[0, 0] > 1e4  # raised: the one small kernel
+    found = re.search(r"decoded up to ([0-9.e+]+) times its norm", res.palettes[0].note)
+    assert found, res.palettes[0].note
+    np.testing.assert_allclose(float(found.group(1)), ratio[0, 0], rtol=5e-3)

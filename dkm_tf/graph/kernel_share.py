@@ -144,11 +144,13 @@ def kernel_groups(layers, codebook, excluded=()):
     return list(groups.values()), skipped
 
 
-def scale_loss_note(raw, stored, scale_bits, step=None):
+def scale_loss_note(raw, stored, scale_bits, step=None, centroid_norms=None):
     """What storing per-kernel scales lost: "" or a note part.
 
     ``raw``: the scales before storage (a kernel's norm, or a trained float32 scale; 0 for a
-    zero kernel), ``stored``: as stored, ``step``: the int8 step of ``scale_bits=8``. At 16
+    zero kernel), ``stored``: as stored, ``step``: the int8 step of ``scale_bits=8``,
+    ``centroid_norms``: with ``raw`` a kernel's norm, the norm of each kernel's centroid (it
+    decodes with norm ``stored x centroid norm``); None: the scale's rise is noted. At 16
     bits a kernel whose scale is not 0 but is stored as 0 (|s| below ~3e-8, 2^-25: float16's
     smallest subnormal 2^-24 rounds half down) decodes as a zero kernel, and a stored float16
     subnormal below :data:`COARSE_SCALE` (~3e-6) may be off by over 1 %. At 8 bits a
@@ -160,9 +162,15 @@ def scale_loss_note(raw, stored, scale_bits, step=None):
         small = (raw != 0) & (np.abs(raw) < float(step) / 2)
         if not np.any(small):
             return ""
-        times = float(np.max(float(step) / np.abs(raw[small])))
+        if centroid_norms is None:  # a trained scale: the kernel grows as its scale does
+            times = float(np.max(float(step) / np.abs(raw[small])))
+            what = f"scale raised up to {times:.3g} times"
+        else:  # a kernel's norm: it decodes with norm |stored| x its centroid's norm
+            norms = np.ravel(np.asarray(centroid_norms, np.float64))[small]
+            times = float(np.max(stored[small] * norms / np.abs(raw[small])))
+            what = f"decoded up to {times:.3g} times its norm"
         return (f"{int(np.sum(small))} of {raw.size} kernel(s): {INT8_RAISE} {float(step):.3g} "
-                f"(decoded up to {times:.3g} times its norm); scale_bits=32 keeps them")
+                f"({what}); scale_bits=32 keeps them")
     if scale_bits != 16:
         return ""
     zeroed = int(np.sum((raw != 0) & (stored == 0)))
@@ -222,7 +230,8 @@ def cluster_groups(groups, n_clusters, *, transforms=1, scale_bits=16, init="kme
         for lay, a, w in zip(group.layers, assigns, kernels):
             layout = units_lib.layout_for(a.kernel_shape, "conv", "kernel", "per_tensor")
             lost = scale_loss_note(kc.kernel_scales(kc._units_of(w)), a.scales,  # noqa: SLF001
-                                   scale_bits, a.scale_step)
+                                   scale_bits, a.scale_step, np.sqrt(np.sum(
+                                       cb.reshape(cb.shape[0], -1)[a.indices] ** 2, -1)))
             note = (f"kernel codebook {group.codebook_id} shared by {len(group.layers)} "
                     f"layer(s)" + (f"; int8 scales, step {a.scale_step:.6g}"
                                    if a.scale_step is not None else "")
