@@ -81,3 +81,24 @@ def test_int8_raised_kernel_note_gives_its_decoded_norm():
     found = re.search(r"decoded up to ([0-9.e+]+) times its norm", res.palettes[0].note)
     assert found, res.palettes[0].note
     np.testing.assert_allclose(float(found.group(1)), ratio[0, 0], rtol=5e-3)
+
+
+def test_finetune_kernel_constraint_warning_is_a_compress_note():
+    """compress(method="finetune", unit="kernel") of a conv with a kernel constraint let
+    cluster_weights' UserWarning escape (an error where warnings are errors)."""
+    import warnings
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 2))
+    y = L.Conv2D(4, 3, name="c", kernel_constraint=keras.constraints.MaxNorm(2.0))(inp)
+    model = keras.Model(inp, L.Dense(3, name="fc")(L.Flatten()(y)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 6, 2)).astype("float32")
+    y_true = rng.integers(0, 3, size=16)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*kernel constraint", category=UserWarning)
+        res = dkm_tf.compress(model, (x, y_true), (x, y_true), method="finetune",
+                              n_clusters=4, unit="kernel", codebook="shared",
+                              finetune_epochs=1, verbose=0)
+    assert [n for n in res.notes if "kernel constraint of 'c' (MaxNorm)" in n], res.notes

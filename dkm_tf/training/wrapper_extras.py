@@ -136,9 +136,13 @@ def keep_replaced_frozen(wrapper):
 
 def warn_kernel_clustering_constraint(layer):
     """Warn if ``layer``'s kernel has a constraint: a kernel ``s T(codebook[l])`` of shared
-    centroids and scales (``unit="kernel"``) keeps none of them while clustered."""
+    centroids and scales (``unit="kernel"``) keeps none of them while clustered. Within
+    :func:`scale_loss_collected` the text goes to its list instead (a ``compress`` note)."""
     constraint = getattr(getattr(layer, "kernel", None), "constraint", None)
-    if constraint is not None:
+    if constraint is not None and (notes := _SCALE_NOTES.get()) is not None:
+        notes.append(f"kernel constraint of {layer.name!r} ({type(constraint).__name__}) not "
+                     "enforced while fine-tuned with unit='kernel' (scaled shared centroids)")
+    elif constraint is not None:
         warnings.warn(
             f"cluster_weights: layer {layer.name!r} has a kernel constraint "
             f"({type(constraint).__name__}) that is not enforced while it is clustered with "
@@ -151,8 +155,9 @@ _SCALE_NOTES = contextvars.ContextVar("dkm_tf_scale_notes", default=None)
 
 @contextlib.contextmanager
 def scale_loss_collected():
-    """Within it, :func:`warn_scale_loss` appends its text to the yielded list instead of
-    warning: ``compress(method="finetune")`` turns it into a result note (a UserWarning
+    """Within it, :func:`warn_scale_loss` and :func:`warn_kernel_clustering_constraint`
+    append their text to the yielded list instead of warning: ``compress(method="finetune")``
+    turns it into a result note (a UserWarning
     saying ``cluster_weights:`` reached a user who called ``compress``, and aborted it where
     warnings are errors)."""
     notes = []
