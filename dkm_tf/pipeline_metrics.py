@@ -37,8 +37,11 @@ def not_class_scores(model, loss=None):
     found = non_class_loss(model, loss)
     if found is None:
         return None
-    name, kind = found
-    return (f"the model is compiled with loss {name!r}: {kind}, its output is not one class "
+    from dkm_tf.core.loss_kind import loss_said  # noqa: PLC0415
+
+    said = loss_said(model, found[0], loss)  # an uncompiled copy: its source's loss
+    said = f"is {said}" if said.startswith("compiled") else f"is read by {said}"
+    return (f"the model {said}: {found[1]}, its output is not one class "
             "per sample (no top-1 accuracy or agreement)")
 
 

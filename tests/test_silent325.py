@@ -102,3 +102,27 @@ def test_finetune_kernel_constraint_warning_is_a_compress_note():
                               n_clusters=4, unit="kernel", codebook="shared",
                               finetune_epochs=1, verbose=0)
     assert [n for n in res.notes if "kernel constraint of 'c' (MaxNorm)" in n], res.notes
+
+
+def test_uncompiled_copy_is_not_said_compiled_with_its_source_loss(tmp_path):
+    """Notes and refusals said "compiled with loss 'mse'" of a copy that is not compiled (the
+    loss is its source's, carried by share_weights)."""
+    from dkm_tf.pipeline_metrics import not_class_scores
+
+    model, x = _regressor(), _x(8)
+    copy = dkm_tf.share_weights(model, 16).model
+    carried = "the loss 'mse' of the model it was copied from"
+    assert "is compiled with loss 'mse'" in not_class_scores(model)
+    why = not_class_scores(copy)
+    assert carried in why and "compiled with" not in why
+    with pytest.raises(ValueError, match="compiled with loss 'mse'"):
+        dkm_tf.distillation_targets(model, x, np.zeros(8, "int64"))
+    with pytest.raises(ValueError) as refusal:
+        dkm_tf.distillation_targets(copy, x, np.zeros(8, "int64"))
+    assert carried in str(refusal.value) and "compiled with loss" not in str(refusal.value)
+    assert "compiling the copy with a cross-entropy overrides it" in str(refusal.value)
+    from dkm_tf.export import to_tflite
+
+    report = to_tflite(copy, str(tmp_path / "c.tflite"), "int8", sample_inputs=x)
+    said = [n for n in report.notes if n.startswith("int8: no top-1 check")]
+    assert said and carried in said[0] and "compiled with" not in said[0], report.notes

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dkm_tf.core.labels import one_loss
 
-__all__ = ["SOURCE_LOSS", "assumed_logits", "keep_source_loss", "non_class_loss",
+__all__ = ["SOURCE_LOSS", "assumed_logits", "keep_source_loss", "loss_said", "non_class_loss",
            "output_activation", "probability_rows", "source_loss"]
 
 SOURCE_LOSS = "_dkm_tf_source_loss"  # the attribute keep_source_loss sets on a copy
@@ -36,6 +36,15 @@ def source_loss(model):
     if getattr(model, "compiled", False):
         return getattr(model, "loss", None)
     return getattr(model, SOURCE_LOSS, None)
+
+
+def loss_said(model, name, loss=None):
+    """How a note names the loss ``name`` :func:`non_class_loss` read: ``"compiled with loss
+    'x'"``, or, for an uncompiled copy that carries its source's (``loss`` None),
+    ``"the loss 'x' of the model it was copied from"`` (the copy is compiled with none)."""
+    if loss is None and not getattr(model, "compiled", False) and source_loss(model) is not None:
+        return f"the loss {name!r} of the model it was copied from"
+    return f"compiled with loss {name!r}"
 
 
 def keep_source_loss(model, copy):

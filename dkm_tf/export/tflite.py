@@ -28,7 +28,7 @@ import gzip
 import numpy as np
 
 from dkm_tf.core.files import atomic_path
-from dkm_tf.core.loss_kind import assumed_logits, non_class_loss, probability_rows
+from dkm_tf.core.loss_kind import assumed_logits, loss_said, non_class_loss, probability_rows
 from dkm_tf.core.validate import check_choice
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import held_out, verify
@@ -386,7 +386,7 @@ def _min_top1(model, format, notes, reference=None):
         return None
     found = non_class_loss(model)
     if found is not None:
-        notes.append(f"int8: no top-1 check (compiled with loss {found[0]!r}: {found[1]}); "
+        notes.append(f"int8: no top-1 check ({loss_said(model, found[0])}: {found[1]}); "
                      "verified by the relative error alone: see max_abs_error")
         return None
     if (why := assumed_logits(model)) is not None and not probability_rows(reference):

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from dkm_tf.core.loss_kind import non_class_loss
+from dkm_tf.core.loss_kind import loss_said, non_class_loss
 from dkm_tf.core.validate import (
     check_finite_samples,
     check_int,
@@ -238,9 +238,11 @@ def _check_teacher(teacher):
     from dkm_tf.training.common import output_activation  # noqa: PLC0415
 
     found, heads = non_class_loss(teacher), len(getattr(teacher, "outputs", None) or ())
+    said = loss_said(teacher, found[0]) if found else ""  # a copy: its source's loss
     why = (f"{heads} outputs ({', '.join(teacher.output_names)}): one head of class scores "
            "is needed (a Model(inputs, that_head) of it is a teacher)" if heads > 1 else
-           f"compiled with loss {found[0]!r}: {found[1]}" if found else
+           f"{said}: {found[1]}" + ("" if said.startswith("compiled") else "; compiling "
+                                    "the copy with a cross-entropy overrides it") if found else
            "its output ends in a sigmoid (binary or multi-label probabilities)"
            if output_activation(teacher) == "sigmoid" else None)
     if why:
