@@ -126,3 +126,22 @@ def test_uncompiled_copy_is_not_said_compiled_with_its_source_loss(tmp_path):
     report = to_tflite(copy, str(tmp_path / "c.tflite"), "int8", sample_inputs=x)
     said = [n for n in report.notes if n.startswith("int8: no top-1 check")]
     assert said and carried in said[0] and "compiled with" not in said[0], report.notes
+
+
+@pytest.mark.parametrize("top1", [0.5, 1.0])
+def test_export_noting_explains_only_a_top1_refusal(top1):
+    """The arg-max explanation still reaches a refusal by the top-1 check (and only it)."""
+    from dkm_tf.export.cli import _export_noting
+    from dkm_tf.export.verify import Comparison, ExportVerificationError, refuse_if_bad
+
+    failed = Comparison("litert", 0.01, 0.02 if top1 < 1 else 0.5, 0.1, 4,
+                        top1_agreement=top1, min_top1=0.7)
+    assert not failed.ok
+
+    def export():
+        refuse_if_bad("f.tflite", "int8", [failed])
+
+    unread = "int8: top-1 check of its arg-max: the file was compiled with loss 'mse'"
+    with pytest.raises(ExportVerificationError) as error:
+        _export_noting(export, unread)
+    assert ("the file was compiled with loss 'mse'" in str(error.value)) is (top1 < 1)
