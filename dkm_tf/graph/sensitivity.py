@@ -298,7 +298,6 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
     n = n_samples(x, "data")
     convert = keras.ops.convert_to_tensor
     targets = [convert(t) for t in targets] if targets is not None else None
-    own = _own(model, x, n, probs, keras) if targets is not None else None
     for i in range(n):
         w_i = 1.0 if weights is None else float(weights[i])  # p * 1.0 == p: bit-identical
         if w_i == 0.0:
@@ -321,7 +320,9 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
             if abs(total - 1.0) > tol + len(targets) * keras.config.epsilon():
                 raise not_cross_entropy(model, len(targets),
                                         f"sum_c exp(-loss) = {total:.6g} on sample {i}")
-            check_distribution(model, p_i, [q[i] for q in own], tol, f"sample {i}", probs,
+            with keras.StatelessScope():  # batch 1 as the loss saw it; no state update
+                own = own_distributions(model(x_i, training=False), probs)
+            check_distribution(model, p_i, [q[0] for q in own], tol, f"sample {i}", probs,
                                keras)
     out = {}
     for v, s in zip(variables, sums):
@@ -330,15 +331,6 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
         f = s / (n if weights is None else float(weights.sum()))
         out[id(v)] = f + damping * (float(f.mean()) if f.size else 0.0)
     return out
-
-
-def _own(model, x, n, probs, keras, batch=256):
-    """The head's own distributions of every sample (:func:`own_distributions`), from one
-    forward pass per ``batch`` samples, for the per-sample check of the loss."""
-    parts = [own_distributions(model(keras.tree.map_structure(
-        keras.ops.convert_to_tensor, take(x, a, min(a + batch, n))), training=False), probs)
-        for a in range(0, n, batch)]
-    return [np.concatenate(rows) for rows in zip(*parts)]
 
 
 def _not_finite(model, variable, s, pred):
