@@ -14,6 +14,7 @@ from testing import tf_backend_only
 
 keras = pytest.importorskip("keras")
 
+import dkm_tf  # noqa: E402
 from dkm_tf.graph.sensitivity import fisher_importance  # noqa: E402
 
 pytestmark = tf_backend_only()
@@ -92,3 +93,41 @@ def test_stateful_lstm_is_weighed_and_its_state_kept():
     m(x[:1])  # the state moved one step (the trial pass on sample 0), not one per sample
     for s, a in zip(lstm.states, after):
         np.testing.assert_allclose(s.numpy(), a, rtol=1e-6, atol=1e-7)
+
+
+class Wrap(L.Layer):
+    """A custom layer holding a Dense (and no kernel of its own)."""
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def call(self, x):
+        return self.inner(x)
+
+
+def test_fan_in_of_a_custom_layer_is_its_sublayers():
+    from dkm_tf.export.depth import fan_in
+
+    for inner, shape, want in [(L.Dense(3), (7,), 7), (L.Conv2D(2, 3), (6, 6, 4), 36),
+                               (L.LSTM(3), (5, 4), 0)]:
+        layer = Wrap(inner)
+        layer(keras.Input(shape))
+        assert fan_in(layer) == want, type(inner).__name__
+    mha = L.MultiHeadAttention(2, 4)
+    q = keras.Input((3, 8))
+    mha(q, q)
+    assert fan_in(Wrap(mha)) == 0
+
+
+def test_wide_head_in_a_custom_layer_is_held_to_its_sum_length(tmp_path):
+    # main refused this at 1e-5 (its float rounding is relative 1.38e-5 to 1.44e-5); a sum
+    # over 196,608 terms allows 1.5 x 2^-24 x sqrt(196,608) = 3.96e-5, as a plain Dense
+    keras.utils.set_random_seed(0)
+    i = keras.Input((256, 256, 3))
+    m = keras.Model(i, Wrap(L.Dense(10))(L.Flatten()(i)))
+    x = np.random.default_rng(0).normal(size=(1, 256, 256, 3)).astype("float32")
+    report = dkm_tf.export.to_tflite(m, str(tmp_path / "w.tflite"), "float", sample_inputs=x)
+    want = 1.5 * 2.0 ** -24 * 196608 ** 0.5
+    assert all(c.ok and c.tolerance == pytest.approx(want) for c in report.comparisons)
+    assert any("a sum over 196608 terms" in n for n in report.notes)

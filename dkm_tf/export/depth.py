@@ -180,13 +180,14 @@ def fan_in(layer):
     (1D-3D, grouped) the kernel's all but last axis (kernel rows; kh x kw x cin / groups),
     EinsumDense its contracted axes, a depthwise conv kh x kw, a separable conv the larger of
     kh x kw and cin x multiplier, a transposed conv of stride s ceil(kh / s) x ceil(kw / s) x
-    cin (the taps that reach one output), a wrapper (TimeDistributed) or a model the largest
-    of its layers'. 0 (no term: the depth's alone) for every other layer: recurrent layers
-    (LSTM, GRU, ConvLSTM2D, stacked cells: their sums are not measured, and a sum over time
-    steps is not one sum), MultiHeadAttention, embeddings, Attention (review R8, h25)."""
+    cin (the taps that reach one output), a wrapper (TimeDistributed), a model or any other
+    layer the largest of its sublayers' (a custom Layer holding a Dense: review R10). 0 (no
+    term: the depth's alone) for every other layer: recurrent layers (LSTM, GRU, ConvLSTM2D,
+    Bidirectional, stacked cells: their sums are not measured, and a sum over time steps is
+    not one sum), MultiHeadAttention, embeddings, Attention (review R8, h25)."""
     kinds = {c.__name__ for c in type(layer).__mro__}
     kernel = _weight(layer, "kernel")
-    if "RNN" in kinds or "MultiHeadAttention" in kinds:
+    if kinds & {"RNN", "Bidirectional", "ConvLSTM", "MultiHeadAttention"}:
         return 0
     if kernel is not None and "EinsumDense" in kinds:
         ins, out = layer.equation.split("->")
@@ -204,7 +205,16 @@ def fan_in(layer):
         return max(_prod(separable[0].shape[:-2]), _prod(separable[1].shape[:-1]))
     subs = list(getattr(layer, "layers", None) or []) if "Model" in kinds else []
     subs += [x for x in (getattr(layer, a, None) for a in _WRAPPED) if hasattr(x, "weights")]
+    subs += _children(layer)  # a custom Layer's own sublayers (a Dense it holds: review R10)
     return max((fan_in(x) for x in subs if x is not layer), default=0)
+
+
+def _children(layer):
+    """``layer``'s direct sublayers as Keras tracks them (none if it cannot say)."""
+    try:
+        return list(layer._flatten_layers(include_self=False, recursive=False))
+    except Exception:  # noqa: BLE001 (not a Keras layer)
+        return []
 
 
 def _weight(layer, name):
