@@ -15,34 +15,10 @@ import keras
 import numpy as np
 import pytest
 
-from dkm_tf import energy
-from dkm_tf.export import to_tflite
+from tests._energy_file25 import both, op_records, randomize, same_totals
 
 L = keras.layers
 E = 8 * 8 * 4  # outputs of the 8x8x4 tensors below
-
-
-def _both(model, tmp_path):
-    path = str(tmp_path / "m.tflite")
-    to_tflite(model, path, format="float")
-    return energy.estimate(model), energy.estimate(path)
-
-
-def _same_totals(k, f):
-    np.testing.assert_allclose(k.hierarchy_total, f.hierarchy_total, rtol=1e-6)
-    np.testing.assert_allclose(k.paper_total, f.paper_total, rtol=1e-6)
-
-
-def _ops(report, layer):
-    """`(eltwise_op, n_inputs, outputs)` of the records of `layer`, in order."""
-    return [(x.shape.eltwise_op, x.shape.n_inputs, x.shape.output_size) for x in report.layers
-            if x.shape.layer == layer]
-
-
-def _randomize(layer):
-    rng = np.random.default_rng(0)
-    for w in layer.weights:
-        w.assign(rng.uniform(0.5, 1.5, w.shape).astype("float32"))
 
 
 @pytest.mark.parametrize("klass,n,ops", [
@@ -54,9 +30,9 @@ def test_merge_of_n_inputs_is_n_minus_1_two_input_ops(klass, n, ops, tmp_path):
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 4))
     merged = klass(name="m")([L.Conv2D(4, 1, name=f"c{j}")(inp) for j in range(n)])
-    k, f = _both(keras.Model(inp, L.Flatten()(merged)), tmp_path)
-    assert _ops(k, "m") == [(op, 2, E) for op in ops]  # hand count; was [(op, n, E)]
-    _same_totals(k, f)
+    k, f = both(keras.Model(inp, L.Flatten()(merged)), tmp_path)
+    assert op_records(k, "m") == [(op, 2, E) for op in ops]  # hand count; was [(op, n, E)]
+    same_totals(k, f)
 
 
 def _after_tanh(layer):
@@ -84,20 +60,20 @@ def test_unfolded_scale_and_shift_is_the_files_mul_and_add(make, ops, tmp_path):
     layer = make()
     model = _after_tanh(layer)
     if isinstance(layer, L.BatchNormalization):
-        _randomize(layer)
-    k, f = _both(model, tmp_path)
-    assert _ops(k, "bn") == [(op, 2, E) for op in ops]  # was [("affine", 1, E)]
-    _same_totals(k, f)
+        randomize(layer)
+    k, f = both(model, tmp_path)
+    assert op_records(k, "bn") == [(op, 2, E) for op in ops]  # was [("affine", 1, E)]
+    same_totals(k, f)
 
 
 def test_untrained_batch_norm_is_a_mul_only_and_an_identity_nothing(tmp_path):
     """An untrained batch norm's offset is 0 (the converter drops its ADD); with epsilon 0 its
     scale is 1 too, and the file has no op for it."""
-    k, f = _both(_after_tanh(_bn()), tmp_path)
-    assert _ops(k, "bn") == [("mul", 2, E)]
-    _same_totals(k, f)
-    k, f = _both(_after_tanh(_bn(epsilon=0.0)), tmp_path)
-    assert _ops(k, "bn") == [] and "identity" in dict(k.skipped)["bn"]
+    k, f = both(_after_tanh(_bn()), tmp_path)
+    assert op_records(k, "bn") == [("mul", 2, E)]
+    same_totals(k, f)
+    k, f = both(_after_tanh(_bn(epsilon=0.0)), tmp_path)
+    assert op_records(k, "bn") == [] and "identity" in dict(k.skipped)["bn"]
     assert k.layers == f.layers == ()
 
 
@@ -119,15 +95,15 @@ def test_relu_layer_is_charged_as_its_converted_ops(kwargs, ops, tmp_path):
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 4))
     out = L.ReLU(name="r", **kwargs)(L.Conv2D(4, 3, padding="same", name="c")(inp))
-    k, f = _both(keras.Model(inp, L.Flatten()(out)), tmp_path)
-    assert [op for op, _, _ in _ops(k, "r")] == ops  # was ["relu"] (or [] for a cap of 6)
-    _same_totals(k, f)
+    k, f = both(keras.Model(inp, L.Flatten()(out)), tmp_path)
+    assert [op for op, _, _ in op_records(k, "r")] == ops  # was ["relu"] (or [] for a cap of 6)
+    same_totals(k, f)
 
 
 def test_capped_relu_not_after_a_fusing_op_keeps_its_first_relu(tmp_path):
-    k, f = _both(_after_tanh(L.ReLU(max_value=3.0, name="r")), tmp_path)
-    assert _ops(k, "r") == [("relu", 1, E), ("max", 2, E), ("relu", 1, E)]
-    _same_totals(k, f)
+    k, f = both(_after_tanh(L.ReLU(max_value=3.0, name="r")), tmp_path)
+    assert op_records(k, "r") == [("relu", 1, E), ("max", 2, E), ("relu", 1, E)]
+    same_totals(k, f)
 
 
 def test_capped_relu_in_a_pipeline_has_its_first_relu_fused(tmp_path):
@@ -136,11 +112,11 @@ def test_capped_relu_in_a_pipeline_has_its_first_relu_fused(tmp_path):
     pipe = L.Pipeline([L.Conv2D(4, 3, padding="same", name="c"), L.ReLU(max_value=3.0, name="r"),
                        L.BatchNormalization(name="bn")])
     model = keras.Model(inp, L.Flatten()(pipe(inp)))
-    _randomize(pipe.layers[2])
-    k, f = _both(model, tmp_path)
-    assert [op for op, _, _ in _ops(k, "r")] == ["max", "relu"]
+    randomize(pipe.layers[2])
+    k, f = both(model, tmp_path)
+    assert [op for op, _, _ in op_records(k, "r")] == ["max", "relu"]
     assert "fused into c" in dict(k.skipped)["r"]
-    _same_totals(k, f)
+    same_totals(k, f)
 
 
 def _nested(two_outputs=False):
@@ -160,13 +136,13 @@ def test_batch_norm_and_relu_after_a_nested_model_fold_into_its_conv(after, tmp_
     if "relu" in after:
         x = L.ReLU(max_value=3.0 if after == "relu3" else None, name="r")(x)
     model = keras.Model(inp, L.Flatten()(x))
-    _randomize(bn)
-    k, f = _both(model, tmp_path)
+    randomize(bn)
+    k, f = both(model, tmp_path)
     skipped = dict(k.skipped)
     assert skipped.get("bn", "folded into nc").startswith("folded into nc")
     assert "fused into nc" in skipped.get("r", "fused into nc")
-    assert [op for op, _, _ in _ops(k, "r")] == (["max", "relu"] if after == "relu3" else [])
-    _same_totals(k, f)
+    assert [op for op, _, _ in op_records(k, "r")] == (["max", "relu"] if after == "relu3" else [])
+    same_totals(k, f)
 
 
 def test_batch_norm_after_a_nested_conv_read_twice_inside_is_charged(tmp_path):
@@ -175,10 +151,10 @@ def test_batch_norm_after_a_nested_conv_read_twice_inside_is_charged(tmp_path):
     a, b = _nested(two_outputs=True)(inp)
     bn = L.BatchNormalization(name="bn")
     model = keras.Model(inp, [L.Flatten()(bn(a)), L.Flatten()(b)])
-    _randomize(bn)
-    k, f = _both(model, tmp_path)
-    assert _ops(k, "bn") == [("mul", 2, E), ("add", 2, E)]
-    _same_totals(k, f)
+    randomize(bn)
+    k, f = both(model, tmp_path)
+    assert op_records(k, "bn") == [("mul", 2, E), ("add", 2, E)]
+    same_totals(k, f)
 
 
 @pytest.mark.parametrize("wrapped,shape", [
@@ -192,13 +168,13 @@ def test_batch_norm_after_a_wrapped_layer_is_not_folded(wrapped, shape, tmp_path
     inp = keras.Input(shape)
     bn = L.BatchNormalization(name="bn")
     model = keras.Model(inp, L.Flatten()(bn(wrapped()(inp))))
-    _randomize(bn)
-    k, f = _both(model, tmp_path)
+    randomize(bn)
+    k, f = both(model, tmp_path)
     n = int(np.prod(model.outputs[0].shape[1:]))
-    assert _ops(k, "bn") == [("mul", 2, n), ("add", 2, n)]
+    assert op_records(k, "bn") == [("mul", 2, n), ("add", 2, n)]
     file_bn = [(x.shape.eltwise_op, x.shape.n_inputs, x.shape.output_size) for x in f.layers
                if x.shape.kind == "eltwise" and x.name.startswith("bn")]
-    assert file_bn == _ops(k, "bn")
+    assert file_bn == op_records(k, "bn")
 
 
 def test_records_of_a_shared_layer_called_twice_have_unique_names(tmp_path):
@@ -210,8 +186,8 @@ def test_records_of_a_shared_layer_called_twice_have_unique_names(tmp_path):
     cs = [L.Conv2D(4, 1)(inp) for _ in range(3)]
     x = bn(L.Activation("tanh")(add(cs)))
     model = keras.Model(inp, L.Flatten()(bn(add([x, cs[0], cs[1]]))))
-    _randomize(bn)
-    k, f = _both(model, tmp_path)
+    randomize(bn)
+    k, f = both(model, tmp_path)
     names = [x.name for x in k.layers if x.shape.layer in ("a", "bn")]
     assert names == ["a", "a/2", "a#2", "a#2/2", "bn", "bn/2", "bn#2", "bn#2/2"]
-    _same_totals(k, f)
+    same_totals(k, f)

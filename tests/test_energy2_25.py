@@ -12,37 +12,12 @@ where the file has nothing (1.58); `keras.ops.divide(x, 3.0)` not charged (0.85)
 """
 
 import keras
-import numpy as np
 import pytest
 
-from dkm_tf import energy
-from dkm_tf.export import to_tflite
+from tests._energy_file25 import both, op_records, randomize, same_totals
 
 L = keras.layers
 E = 8 * 8 * 4  # outputs of the 8x8x4 tensors below
-
-
-def _both(model, tmp_path):
-    path = str(tmp_path / "m.tflite")
-    to_tflite(model, path, format="float")
-    return energy.estimate(model), energy.estimate(path)
-
-
-def _same_totals(k, f):
-    np.testing.assert_allclose(k.hierarchy_total, f.hierarchy_total, rtol=1e-6)
-    np.testing.assert_allclose(k.paper_total, f.paper_total, rtol=1e-6)
-
-
-def _ops(report, layer):
-    """`(eltwise_op, n_inputs, outputs)` of the records of `layer`, in order."""
-    return [(x.shape.eltwise_op, x.shape.n_inputs, x.shape.output_size) for x in report.layers
-            if x.shape.layer == layer]
-
-
-def _randomize(layer):
-    rng = np.random.default_rng(0)
-    for w in layer.weights:
-        w.assign(rng.uniform(0.5, 1.5, w.shape).astype("float32"))
 
 
 def _conv(x, name="c"):
@@ -65,9 +40,9 @@ def test_merge_op_j_runs_at_the_broadcast_of_inputs_0_to_j(klass, order, ops, tm
     small = [L.Reshape((1, 1, 4))(L.GlobalAveragePooling2D()(_conv(inp, f"s{j}")))
              for j in range(3)]
     ins = [big if ch == "b" else small.pop() for ch in order]
-    k, f = _both(keras.Model(inp, L.Flatten()(klass(name="m")(ins))), tmp_path)
-    assert _ops(k, "m") == [(op, 2, n) for op, n in ops]
-    _same_totals(k, f)
+    k, f = both(keras.Model(inp, L.Flatten()(klass(name="m")(ins))), tmp_path)
+    assert op_records(k, "m") == [(op, 2, n) for op, n in ops]
+    same_totals(k, f)
 
 
 @pytest.mark.parametrize("klass", [L.Add, L.Multiply, L.Average, L.Maximum])
@@ -75,9 +50,9 @@ def test_merge_of_one_input_is_an_identity(klass, tmp_path):
     """`Add()([x])` returns x: the file has no op for it (one ADD was charged: 1.86)."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 4))
-    k, f = _both(keras.Model(inp, L.Flatten()(klass(name="m")([_conv(inp)]))), tmp_path)
-    assert _ops(k, "m") == [] and "identity" in dict(k.skipped)["m"]
-    _same_totals(k, f)
+    k, f = both(keras.Model(inp, L.Flatten()(klass(name="m")([_conv(inp)]))), tmp_path)
+    assert op_records(k, "m") == [] and "identity" in dict(k.skipped)["m"]
+    same_totals(k, f)
 
 
 def _tanh(inp):
@@ -90,9 +65,9 @@ def test_relu_after_an_identity_batch_norm_keeps_its_relu(tmp_path):
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 4))
     x = L.BatchNormalization(epsilon=0.0, name="bn")(_tanh(inp))
-    k, f = _both(keras.Model(inp, L.Flatten()(L.ReLU(name="r")(x))), tmp_path)
-    assert _ops(k, "bn") == [] and _ops(k, "r") == [("relu", 1, E)]
-    _same_totals(k, f)
+    k, f = both(keras.Model(inp, L.Flatten()(L.ReLU(name="r")(x))), tmp_path)
+    assert op_records(k, "bn") == [] and op_records(k, "r") == [("relu", 1, E)]
+    same_totals(k, f)
 
 
 def _nested_dropout(x):
@@ -120,10 +95,10 @@ def test_batch_norm_behind_an_inference_identity_folds_into_the_conv(between, tm
     inp = keras.Input((8, 8, 4))
     bn = L.BatchNormalization(name="bn")
     x = bn(_IDENTITIES[between](_conv(inp)))
-    _randomize(bn)
-    k, f = _both(keras.Model(inp, L.Flatten()(x)), tmp_path)
-    assert _ops(k, "bn") == [] and dict(k.skipped)["bn"].startswith("folded into c")
-    _same_totals(k, f)
+    randomize(bn)
+    k, f = both(keras.Model(inp, L.Flatten()(x)), tmp_path)
+    assert op_records(k, "bn") == [] and dict(k.skipped)["bn"].startswith("folded into c")
+    same_totals(k, f)
 
 
 @pytest.mark.parametrize("between", ["dropout", "gaussian_noise", "nested_dropout"])
@@ -133,9 +108,9 @@ def test_relu_behind_an_inference_identity_is_fused_into_the_conv(between, cap, 
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 4))
     x = L.ReLU(max_value=cap, name="r")(_IDENTITIES[between](_conv(inp)))
-    k, f = _both(keras.Model(inp, L.Flatten()(x)), tmp_path)
-    assert _ops(k, "r") == ops and "fused into c" in dict(k.skipped)["r"]
-    _same_totals(k, f)
+    k, f = both(keras.Model(inp, L.Flatten()(x)), tmp_path)
+    assert op_records(k, "r") == ops and "fused into c" in dict(k.skipped)["r"]
+    same_totals(k, f)
 
 
 def test_identity_read_twice_keeps_the_batch_norm(tmp_path):
@@ -145,10 +120,10 @@ def test_identity_read_twice_keeps_the_batch_norm(tmp_path):
     c = _conv(inp)
     bn = L.BatchNormalization(name="bn")
     x = L.Add()([bn(L.Dropout(0.5)(c)), c])
-    _randomize(bn)
-    k, f = _both(keras.Model(inp, L.Flatten()(x)), tmp_path)
-    assert _ops(k, "bn") == [("mul", 2, E), ("add", 2, E)]
-    _same_totals(k, f)
+    randomize(bn)
+    k, f = both(keras.Model(inp, L.Flatten()(x)), tmp_path)
+    assert op_records(k, "bn") == [("mul", 2, E), ("add", 2, E)]
+    same_totals(k, f)
 
 
 _PRODUCERS = {
@@ -176,18 +151,18 @@ def test_relu_after_a_scaling_or_functional_op_is_fused_into_it(producer, cap, o
     make, prefix = _PRODUCERS[producer]
     x = L.ReLU(max_value=cap, name="r")(make(_tanh(inp), L.Activation("tanh")(_conv(inp,
                                                                                     "d"))))
-    k, f = _both(keras.Model(inp, L.Flatten()(x)), tmp_path)
-    assert _ops(k, "r") == ops and f"fused into {prefix}" in dict(k.skipped)["r"]
-    _same_totals(k, f)
+    k, f = both(keras.Model(inp, L.Flatten()(x)), tmp_path)
+    assert op_records(k, "r") == ops and f"fused into {prefix}" in dict(k.skipped)["r"]
+    same_totals(k, f)
 
 
 def test_divide_by_a_constant_is_a_mul(tmp_path):
     """`keras.ops.divide(x, 3.0)` is a MUL by 1 / 3 in the file (it was not charged: 0.85)."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 4))
-    k, f = _both(keras.Model(inp, L.Flatten()(keras.ops.divide(_tanh(inp), 3.0))), tmp_path)
+    k, f = both(keras.Model(inp, L.Flatten()(keras.ops.divide(_tanh(inp), 3.0))), tmp_path)
     assert [(x.shape.eltwise_op, x.shape.output_size) for x in k.layers[1:]] == [("mul", E)]
-    _same_totals(k, f)
+    same_totals(k, f)
 
 
 @pytest.mark.parametrize("mean,variance,ops", [
@@ -200,9 +175,9 @@ def test_inverted_normalization_is_a_mul_and_an_add(mean, variance, ops, tmp_pat
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 4))
     x = L.Normalization(mean=mean, variance=variance, invert=True, name="n")(_tanh(inp))
-    k, f = _both(keras.Model(inp, L.Flatten()(x)), tmp_path)
-    assert _ops(k, "n") == [(op, 2, E) for op in ops]
-    _same_totals(k, f)
+    k, f = both(keras.Model(inp, L.Flatten()(x)), tmp_path)
+    assert op_records(k, "n") == [(op, 2, E) for op in ops]
+    same_totals(k, f)
 
 
 @pytest.mark.parametrize("make,ops", [
@@ -216,10 +191,10 @@ def test_relu_of_slope_1(make, ops, tmp_path):
     """`ReLU(negative_slope=1)` is x: one RELU was charged (1.58)."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 4))
-    k, f = _both(keras.Model(inp, L.Flatten()(make()(_conv(inp)))), tmp_path)
-    assert [(op, n) for op, n, _ in _ops(k, "r")] == [(op, 1 if op == "relu" else 2)
+    k, f = both(keras.Model(inp, L.Flatten()(make()(_conv(inp)))), tmp_path)
+    assert [(op, n) for op, n, _ in op_records(k, "r")] == [(op, 1 if op == "relu" else 2)
                                                        for op in ops]
-    _same_totals(k, f)
+    same_totals(k, f)
 
 
 @pytest.mark.parametrize("last,ops", [
@@ -233,7 +208,7 @@ def test_pipeline_layer_behind_a_dropout_folds_into_the_conv(last, ops, tmp_path
     pipe = L.Pipeline([L.Conv2D(4, 3, padding="same", name="c"), L.Dropout(0.5),
                        L.GaussianNoise(0.1), last()])
     model = keras.Model(inp, L.Flatten()(pipe(inp)))
-    _randomize(pipe.layers[3])
-    k, f = _both(model, tmp_path)
-    assert _ops(k, "x") == ops and " into c" in dict(k.skipped)["x"]
-    _same_totals(k, f)
+    randomize(pipe.layers[3])
+    k, f = both(model, tmp_path)
+    assert op_records(k, "x") == ops and " into c" in dict(k.skipped)["x"]
+    same_totals(k, f)

@@ -11,21 +11,9 @@ import keras
 import numpy as np
 import pytest
 
-from dkm_tf import energy
-from dkm_tf.export import to_tflite
+from tests._energy_file25 import both, same_totals
 
 L = keras.layers
-
-
-def _both(model, tmp_path):
-    path = str(tmp_path / "m.tflite")
-    to_tflite(model, path, format="float")
-    return energy.estimate(model), energy.estimate(path)
-
-
-def _same_totals(k, f):
-    np.testing.assert_allclose(k.hierarchy_total, f.hierarchy_total, rtol=1e-6)
-    np.testing.assert_allclose(k.paper_total, f.paper_total, rtol=1e-6)
 
 
 def _bn():
@@ -63,12 +51,12 @@ def test_pipeline_layer_after_removed_ones_reads_the_pipeline_input(case, tmp_pa
                                 _bn()],
               "model_bn": [_dropout_model(), _bn()]}[case]
     model = keras.Model(inp, L.Flatten()(L.Pipeline(layers)(_conv(inp))))
-    k, f = _both(model, tmp_path)
+    k, f = both(model, tmp_path)
     last = "r" if case == "drop_relu" else "bn"
     assert [x for x in k.layers if x.shape.layer == last] == []
     into = "pc" if case == "conv_model_bn" else "c"
     assert into in dict(k.skipped)[last]
-    _same_totals(k, f)
+    same_totals(k, f)
 
 
 _IDENTITIES = {"mul1": lambda x: x * 1.0, "rmul1": lambda x: 1.0 * x,
@@ -91,13 +79,13 @@ def test_constant_identity_op_is_dropped_and_stepped_over(op, after, tmp_path):
         y = _bn()(_IDENTITIES[op](_conv(inp)))
     else:
         y = _IDENTITIES[op](L.Activation("tanh")(_conv(inp)))
-    k, f = _both(keras.Model(inp, L.Flatten()(y)), tmp_path)
+    k, f = both(keras.Model(inp, L.Flatten()(y)), tmp_path)
     assert not any(x.shape.eltwise_op in ("add", "mul") for x in k.layers)
     if after == "relu_after_tanh":
         assert [x.shape.eltwise_op for x in k.layers if x.shape.layer == "r"] == ["relu"]
     if after == "bn_after_conv":
         assert "c" in dict(k.skipped)["bn"]
-    _same_totals(k, f)
+    same_totals(k, f)
 
 
 @pytest.mark.parametrize("op,charged", [
@@ -113,7 +101,7 @@ def test_constant_op_that_is_not_an_identity_stays_charged(op, charged, tmp_path
         y = g + np.zeros((8, 8, 4), "float32")
     else:
         y = t * 2.0 if op == "mul2" else 0.0 - t
-    k, f = _both(keras.Model(inp, L.Flatten()(y)), tmp_path)
+    k, f = both(keras.Model(inp, L.Flatten()(y)), tmp_path)
     assert [x.shape.eltwise_op for x in k.layers if x.shape.eltwise_op in ("add", "mul")] \
         == [charged]
-    _same_totals(k, f)
+    same_totals(k, f)
