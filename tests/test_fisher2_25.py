@@ -31,6 +31,33 @@ def _wrapped(y, p):  # Keras' from_logits=False behind a lambda: clips and renor
     return keras.losses.sparse_categorical_crossentropy(y, p)
 
 
+def _saturated_float16_head():
+    """A float16 softmax head whose p_c ~ 8e-7 is a float16 subnormal, and 8 inputs for it."""
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(4, activation="softmax", kernel_initializer=(
+                                      keras.initializers.RandomNormal(stddev=10.0)))])
+    finally:
+        keras.config.set_dtype_policy("float32")
+    return model, np.random.default_rng(0).normal(size=(8, 5)).astype("float32")
+
+
+def _compress_with_fisher(tmp_path, model, x):
+    """``dkm-tf compress --weighting fisher`` of ``model`` saved, on ``x``: (exit code, stderr)."""
+    from dkm_tf import cli
+
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "d.npz", x_train=x, x_test=x[:3])
+    err = io.StringIO()
+    rc = cli.run(["dkm-tf", "compress", "--model", str(tmp_path / "m.keras"), "--dataset",
+                  str(tmp_path / "d.npz"), "--output_dir", str(tmp_path / "o"),
+                  "--n_clusters", "2", "--weighting", "fisher", "--notflite", "--noplots",
+                  "--quiet"], stdout=io.StringIO(), stderr=err)
+    return rc, err.getvalue()
+
+
 def _dense(layers, policy="float32"):
     """A Sequential model on 16 inputs of ``layers()`` made under dtype ``policy``."""
     keras.config.set_dtype_policy(policy)
@@ -145,15 +172,7 @@ def test_dict_inputs_are_read_as_probabilities():
 def test_non_finite_importances_are_refused_naming_weighting():
     """A saturated float16 softmax: p_c ~ 8e-7 is a float16 subnormal, 1 / p_c overflows in the
     gradient of log p_c and 0 * inf is NaN (share_weights refused it naming no argument)."""
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, activation="relu"),
-                                  keras.layers.Dense(4, activation="softmax", kernel_initializer=(
-                                      keras.initializers.RandomNormal(stddev=10.0)))])
-    finally:
-        keras.config.set_dtype_policy("float32")
-    x = np.random.default_rng(0).normal(size=(8, 5)).astype("float32")
+    model, x = _saturated_float16_head()
     match = (r"argument `weighting`.*float16 softmax that saturates.*Activation\('softmax', "
              r"dtype='float32'\).*NaN or infinite importances for .*kernel")
     with pytest.raises(ValueError, match=match):
@@ -166,8 +185,6 @@ def test_non_finite_importances_are_refused_naming_weighting():
 @pytest.mark.parametrize("kind", ["sigmoid", "timesteps"])
 def test_cli_reports_a_model_fisher_cannot_weigh_as_a_bad_weighting(tmp_path, kind):
     """Exit 2 and the flag, as a loss refusal: it was exit 1, "ValueError: ... `weighting`"."""
-    from dkm_tf import cli
-
     keras.utils.set_random_seed(0)
     if kind == "sigmoid":
         model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(1, activation="sigmoid")])
@@ -175,14 +192,7 @@ def test_cli_reports_a_model_fisher_cannot_weigh_as_a_bad_weighting(tmp_path, ki
     else:
         model = keras.Sequential([keras.Input((4, 5)), keras.layers.Dense(3, activation="softmax")])
         x = np.random.default_rng(0).normal(size=(6, 4, 5)).astype("float32")
-    model.save(tmp_path / "m.keras")
-    np.savez(tmp_path / "d.npz", x_train=x, x_test=x[:3])
-    err = io.StringIO()
-    rc = cli.run(["dkm-tf", "compress", "--model", str(tmp_path / "m.keras"), "--dataset",
-                  str(tmp_path / "d.npz"), "--output_dir", str(tmp_path / "o"),
-                  "--n_clusters", "2", "--weighting", "fisher", "--notflite", "--noplots",
-                  "--quiet"], stdout=io.StringIO(), stderr=err)
-    text = err.getvalue()
+    rc, text = _compress_with_fisher(tmp_path, model, x)
     assert rc == 2, text
     assert text.startswith("dkm-tf: error: invalid --weighting: expected none for a model "
                            "that is not a classifier with one output of shape (batch, "
@@ -193,25 +203,8 @@ def test_cli_reports_a_model_fisher_cannot_weigh_as_a_bad_weighting(tmp_path, ki
 
 def test_cli_reports_non_finite_importances_as_a_bad_weighting(tmp_path):
     """The saturated float16 head above, saved and compressed by dkm-tf compress: exit 2."""
-    from dkm_tf import cli
-
-    keras.config.set_dtype_policy("mixed_float16")
-    try:
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, activation="relu"),
-                                  keras.layers.Dense(4, activation="softmax", kernel_initializer=(
-                                      keras.initializers.RandomNormal(stddev=10.0)))])
-    finally:
-        keras.config.set_dtype_policy("float32")
-    x = np.random.default_rng(0).normal(size=(8, 5)).astype("float32")
-    model.save(tmp_path / "m.keras")
-    np.savez(tmp_path / "d.npz", x_train=x, x_test=x[:3])
-    err = io.StringIO()
-    rc = cli.run(["dkm-tf", "compress", "--model", str(tmp_path / "m.keras"), "--dataset",
-                  str(tmp_path / "d.npz"), "--output_dir", str(tmp_path / "o"),
-                  "--n_clusters", "2", "--weighting", "fisher", "--notflite", "--noplots",
-                  "--quiet"], stdout=io.StringIO(), stderr=err)
-    text = err.getvalue()
+    model, x = _saturated_float16_head()
+    rc, text = _compress_with_fisher(tmp_path, model, x)
     assert rc == 2, text
     assert text.startswith("dkm-tf: error: invalid --weighting: expected none for model "), text
     assert "float16 softmax that saturates" in text and "NaN or infinite importances" in text
