@@ -31,6 +31,8 @@ tensor's name, else the output's, else a conv / dense bias's, `tflite_names`:
 `functional_1/c1_1/convolution` → `c1_1`, of a conv's fused `dw_relu_1/Relu6;dw_1/depthwise`
 the conv's `dw_1`; Keras 3 export may append `_1`, which compression-info lookup tolerates),
 else `<op>_<index>`. Duplicates get a `#n` suffix. Shapes are per image (batch axis ignored;
+an element-wise op's elements over the file's batch, wherever it stands: a `TimeDistributed`
+layer's ops after its PACK run time-major, `tflite_rows.elements_per_image`;
 dims left open beyond the batch read by running the file once, `tflite_dynamic`; the rows of
 a matrix product divided by the input's batch, `tflite_rows`); a conv runs the images
 of its stored batch per image of the file, and a dilated conv lowered to SPACE_TO_BATCH_ND ->
@@ -133,7 +135,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
     from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
     from dkm_tf.energy.tflite_names import bias_name, own_name
     from dkm_tf.energy.tflite_nested import nested_scopes
-    from dkm_tf.energy.tflite_rows import rows_per_image, stored_count
+    from dkm_tf.energy.tflite_rows import elements_per_image, rows_per_image, stored_count
 
     view = tp.GraphView(model, graph, op_names, (run or {}).get(stack[-1]))
     scope, layer_scope = nested_scopes(view)  # a nested model's layer: its own name
@@ -308,7 +310,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
             elif opname == "PRELU":
                 name = name_of([ins[1][0], out_name], label)
                 shapes.append(sh.prelu_shape(name, layer=name.split("#")[0], op=opname,
-                                             elements=trips * (math.prod(y[1:]) or 1),
+                                             elements=trips * elements_per_image(y, batch),
                                              n_params=math.prod(ins[1][1]) or 1))
             elif opname == "LEAKY_RELU" and scope(out_name) is not None and \
                     scope(ins[0][0]) == scope(out_name):
@@ -331,7 +333,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 n_in = 1 if _ELTWISE[opname] == "relu" else 2
                 name = name_of([out_name], label)
                 shapes.append(sh.eltwise_shape(name, layer=name.split("#")[0], op=opname,
-                                               elements=trips * (math.prod(y[1:]) or 1),
+                                               elements=trips * elements_per_image(y, batch),
                                                eltwise_op=_ELTWISE[opname], n_inputs=n_in))
             elif opname in _NO_COMPUTE:
                 skipped.append((label, tops.no_compute_reason(view, k, weights, outer, scope)))

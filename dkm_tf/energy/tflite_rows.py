@@ -20,6 +20,19 @@ def images_per_invoke(graph):
     return 1
 
 
+def elements_per_image(y, batch):
+    """Elements per image of an activation tensor of stored shape `y` (open dimensions read
+    as 1) in a file of `batch` images per invoke: all its elements over `batch`. The batch
+    need not lead: a `TimeDistributed` layer's ops after its PACK run time-major,
+    `(T, batch, ...)`, every step of every image (the shape past the first axis held one
+    step). A count `batch` does not divide (a tensor without the batch axis) is read past
+    the first axis, as before."""
+    n = math.prod(y)
+    if y and n % batch == 0:
+        return max(n // batch, 1)
+    return math.prod(y[1:]) or 1
+
+
 _SAME_COUNT = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
 
 
