@@ -4,7 +4,7 @@ converter folds into the conv or Dense after it, in a Keras model's estimate."""
 import keras
 import numpy as np
 import pytest
-from _energy_file25 import both
+from _energy_file25 import both, randomize, same_totals
 from keras import layers as L
 
 
@@ -45,3 +45,107 @@ def test_merge_after_a_time_distributed_layer_counts_every_step(tmp_path):
     k, f = both(model, tmp_path)
     assert _eltwise(f) == _eltwise(k) == [("add", 2, 30)]
     np.testing.assert_allclose(k.paper_total, f.paper_total, rtol=1e-6)
+
+
+_PC = np.array([0.5, 2.0, 1.5], "float32")  # per channel of the 3 input channels
+
+
+def _chain(*layers):
+    def build(x):
+        for layer in layers:
+            x = layer()(x)
+        return x
+    return build
+
+
+# (first layers, input shape, the element-wise ops the file keeps, totals equal): a MUL /
+# ADD of one element folds into a Conv2D / DepthwiseConv2D / SeparableConv2D / 2-D Dense
+# after it (an ADD only where the conv is padding="valid"), a per-feature MUL into a Dense
+_N = 8 * 8 * 3
+FOLDS = {
+    "scale_conv_valid": (_chain(lambda: L.Rescaling(0.5), lambda: L.Conv2D(4, 3)), [], True),
+    "scale_conv_same": (_chain(lambda: L.Rescaling(0.5),
+                               lambda: L.Conv2D(4, 3, padding="same")), [], True),
+    "offset_conv_valid": (_chain(lambda: L.Rescaling(0.5, 0.1), lambda: L.Conv2D(4, 3)), [],
+                          True),
+    "offset_conv_same": (_chain(lambda: L.Rescaling(0.5, 0.1),
+                                lambda: L.Conv2D(4, 3, padding="same")),
+                         [("mul", 2, _N), ("add", 2, _N)], True),
+    "offset_only_conv_valid": (_chain(lambda: L.Rescaling(1.0, 0.1), lambda: L.Conv2D(4, 3)),
+                               [], True),
+    "per_channel_conv": (_chain(lambda: L.Rescaling(_PC), lambda: L.Conv2D(4, 3)),
+                         [("mul", 2, _N)], True),
+    "per_channel_offset_conv": (_chain(lambda: L.Rescaling(_PC, 0.1), lambda: L.Conv2D(4, 3)),
+                                [("mul", 2, _N)], True),
+    "conv_then_bn": (_chain(lambda: L.Rescaling(1 / 255), lambda: L.Conv2D(4, 3),
+                            lambda: L.BatchNormalization()), [], True),
+    "strided_grouped_conv": (_chain(lambda: L.Rescaling(0.5),
+                                    lambda: L.Conv2D(6, 3, strides=2, groups=3)), [], True),
+    "depthwise_same": (_chain(lambda: L.Rescaling(0.5),
+                              lambda: L.DepthwiseConv2D(3, padding="same")), [], True),
+    "depthwise_offset_valid": (_chain(lambda: L.Rescaling(0.5, 0.1),
+                                      lambda: L.DepthwiseConv2D(3)), [], True),
+    "separable": (_chain(lambda: L.Rescaling(0.5), lambda: L.SeparableConv2D(4, 3)), [], True),
+    "dilated_conv": (_chain(lambda: L.Rescaling(0.5), lambda: L.Conv2D(4, 3, dilation_rate=2)),
+                     [("mul", 2, _N)], False),
+    "conv_transpose": (_chain(lambda: L.Rescaling(0.5), lambda: L.Conv2DTranspose(4, 3)),
+                       [("mul", 2, _N)], True),
+    "through_dropout_and_rescaling": (_chain(
+        lambda: L.Rescaling(0.5), lambda: L.Dropout(0.2), lambda: L.Rescaling(2.0, 0.1),
+        lambda: L.Conv2D(4, 3)), [], True),
+    "through_same_padding": (_chain(lambda: L.Rescaling(1 / 255),
+                                    lambda: L.ZeroPadding2D(((0, 1), (0, 1))),
+                                    lambda: L.Conv2D(4, 3, strides=2)), [], False),
+    "offset_through_padding": (_chain(lambda: L.Rescaling(0.5, 0.1),
+                                      lambda: L.ZeroPadding2D(1), lambda: L.Conv2D(4, 3)),
+                               [("mul", 2, _N), ("add", 2, _N)], False),
+    "wider_padding": (_chain(lambda: L.Rescaling(0.5), lambda: L.ZeroPadding2D(2),
+                             lambda: L.Conv2D(4, 3)), [("mul", 2, _N)], True),
+    "functional_mul": (lambda x: L.Conv2D(4, 3)(x * 0.5), [], True),
+    "functional_sub_same": (lambda x: L.Conv2D(4, 3, padding="same")(x - 0.1),
+                            [("add", 2, _N)], True),
+}
+DENSE_FOLDS = {
+    "scale_dense": (lambda x: L.Dense(4)(L.Rescaling(0.5)(x)), (3,), []),
+    "offset_dense_no_bias": (lambda x: L.Dense(4, use_bias=False)(L.Rescaling(0.5, 0.1)(x)),
+                             (3,), []),
+    "per_feature_dense": (lambda x: L.Dense(4)(L.Rescaling(_PC, 0.1)(x)), (3,), []),
+    "per_feature_offset_dense": (lambda x: L.Dense(4)(L.Rescaling(0.5, _PC)(x)), (3,),
+                                 [("mul", 2, 3), ("add", 2, 3)]),
+    "dense_on_3d": (lambda x: L.Dense(4)(L.Rescaling(0.5)(x)), (5, 3), [("mul", 2, 15)]),
+    "dense_and_output": (lambda x: (lambda r: [r, L.Dense(4)(r)])(L.Rescaling(0.5)(x)),
+                         (3,), [("mul", 2, 3)]),
+}
+
+
+@pytest.mark.parametrize("case", list(FOLDS))
+def test_rescaling_folded_into_the_conv_after_it_is_not_charged(case, tmp_path):
+    """The converter folds a one-element MUL / ADD into the conv after it
+    (`energy.following_folds`); the Keras reader charged them, an upper bound
+    (`Rescaling(0.5)` before a valid 3x3 conv: Keras / file hierarchy 2.06, with an offset
+    3.12, before a depthwise conv 2.63 / 4.26)."""
+    body, kept, equal = FOLDS[case]
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, body(inp))
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):
+            randomize(layer)
+    k, f = both(model, tmp_path)
+    assert _eltwise(f) == kept
+    assert _eltwise(k) == kept
+    if equal:
+        same_totals(k, f)
+
+
+@pytest.mark.parametrize("case", list(DENSE_FOLDS))
+def test_rescaling_folded_into_the_dense_after_it_is_not_charged(case, tmp_path):
+    """A one-element MUL / ADD, or a MUL by a vector over the features, folds into a Dense on
+    a 2-D input (`Rescaling(0.5)`: Keras / file hierarchy 1.52, per feature 1.47)."""
+    body, shape, kept = DENSE_FOLDS[case]
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(shape)
+    model = keras.Model(inp, body(inp))
+    k, f = both(model, tmp_path)
+    assert _eltwise(f) == _eltwise(k) == kept
+    same_totals(k, f)

@@ -33,6 +33,7 @@ import math
 from dkm_tf.energy.activations import activation_name, activation_records, layer_norm_records
 from dkm_tf.energy.attention_mask import mask_records
 from dkm_tf.energy.bn_folding import consumers, removed
+from dkm_tf.energy.following_folds import drop_folded
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
 from dkm_tf.energy.keras_factorised import factorised_records
@@ -234,6 +235,8 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used, fused=No
             f"Could not read layer {layer.name!r} ({type(inner).__name__}) with input "
             f"shapes {in_shapes} and output shape {out_shape}: {e}"
         ) from e
+    records, why = drop_folded(inner, call, counts, records, keras)  # into a conv after
+    skipped.extend([(name, why)] if why else [])
     if fused is not None:  # a capped ReLU: its first RELU fused, its MINIMUM and RELU run
         records = [dataclasses.replace(r, name=k.name) for r, k in zip(records[1:], records)]
         skipped.append((name, f"its first RELU fused into {fused} (as a .tflite fuses it)"))

@@ -1,0 +1,163 @@
+"""Constant scales and shifts the TFLite converter folds into the conv or Dense *after* them.
+
+TF 2.21's converter (MLIR TFL optimize: `FuseBinaryOpToFollowingAffineOp`,
+`FuseMulAndFullyConnected`) rewrites a conv or fully connected op whose input is a MUL / DIV /
+ADD / SUB by a constant to read that op's input instead, its weights scaled (a MUL) or its bias
+shifted (an ADD): `w * (x * c) + b = (w * c) * x + b`, `w * (x + c) + b = w * x + (w * c + b)`.
+Measured on converted files (`tests/test_energyfile26.py`):
+
+- a MUL by a one-element constant folds into a `Conv2D` (grouped too, strided, with or without
+  bias or activation), a `DepthwiseConv2D` (any depth multiplier), the depthwise half of a
+  `SeparableConv2D` and a `Dense` on a 2-D input; a MUL by a vector over the features only into
+  such a Dense (not into a conv: a per-channel `Rescaling` before a conv is kept, and so is
+  one of equal values);
+- an ADD (SUB) of a one-element constant likewise, but into a conv only with
+  `padding="valid"` (zero padding would not see the shift); an ADD of a vector never;
+- not into a dilated conv (SPACE_TO_BATCH_ND between), a `Conv1D` (EXPAND_DIMS between), a
+  Dense on an N-D tensor (a RESHAPE between), a transposed conv, a channels_first conv;
+- an op is gone only when every reader takes it: a `Rescaling` also read by a pooling, or by a
+  `padding="same"` conv where it shifts, stays whole. A `Rescaling` runs a MUL, then an ADD:
+  the ADD folds first, then the MUL into the readers that took the ADD
+  (`Rescaling(per_channel, 0.1)` before a valid conv keeps its MUL only).
+
+Looked through: for a MUL, a `ZeroPadding2D` before a valid conv that pads as
+`padding="same"` would (the converter makes them one conv); layers the converter removes
+(`Dropout`, ...: `bn_folding.removed`); a `Rescaling` / constant op itself folded entirely
+(two `Rescaling`s before a conv both fold). Not looked into: a nested model reading the op
+(charged, an upper bound).
+"""
+
+import numpy as np
+
+_OPS = {"Multiply": "mul", "TrueDivide": "mul", "Divide": "mul", "Add": "add",
+        "Subtract": "add"}
+
+
+def _ops(op, call, keras):
+    """`[(eltwise_op, constant)]` of a `Rescaling` (its MUL, then its ADD, each left out
+    where it is an identity) or a constant Multiply / TrueDivide / Add / Subtract op on one
+    tensor (`x * c`, `x / c`, `x + c`, `x - c`, `c * x`, `c + x`), else None."""
+    from dkm_tf.energy.keras_consts import _constant
+    from dkm_tf.energy.keras_lowered import _numpy, affine_ops
+
+    if isinstance(op, keras.layers.Rescaling):
+        values = {"mul": _numpy(op.scale), "add": _numpy(op.offset)}
+        return [(o, values[o]) for o in affine_ops(op, keras)]
+    name = type(op).__name__
+    if isinstance(op, keras.layers.Layer) or name not in _OPS or isinstance(call, Exception):
+        return None
+    found = _constant(op, call)
+    if found is None or (found[1] == 0 and name in ("Subtract", "TrueDivide", "Divide")):
+        return None
+    try:
+        return [(_OPS[name], np.asarray(keras.ops.convert_to_numpy(found[0]), np.float32))]
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+def _readers(t, keras):
+    """The nodes reading KerasTensor `t` (any graph), or None where unknown."""
+    try:
+        producer = t._keras_history[0]
+    except (AttributeError, TypeError, IndexError):
+        return None
+    return [n for n in getattr(producer, "_outbound_nodes", ()) if any(
+        x is t for x in keras.tree.flatten(n.input_tensors))]
+
+
+def _takes(node, kind, value, counts, keras, depth=0):
+    """Whether the op of `node` (reading the output of a MUL / ADD by `value`) takes it into
+    its weights or bias (module docstring), looking through removed and folded ops."""
+    L = keras.layers
+    op = node.operation
+    inner = op.layer if isinstance(op, L.Wrapper) and not isinstance(
+        op, (L.TimeDistributed, L.Bidirectional)) else op  # ClusterWeights, ...: its layer
+    x = keras.tree.flatten(node.input_tensors)
+    if len(x) != 1 or len(node.outputs) != 1 or depth > 32:
+        return False
+    name = type(inner).__name__
+    if name in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D"):
+        return value.size == 1 and getattr(inner, "data_format", "") == "channels_last" and \
+            all(int(d) == 1 for d in inner.dilation_rate) and (
+                kind == "mul" or str(inner.padding).lower() == "valid")
+    if name == "Dense":
+        return len(x[0].shape) == 2 and (value.size == 1 or (
+            kind == "mul" and value.ndim == 1 and value.size == x[0].shape[-1]))
+    if name == "ZeroPadding2D" and kind == "mul" and value.size == 1:  # a scale commutes
+        after = _readers(node.outputs[0], keras) or []  # with zeros: read by a conv that
+        return len(after) == 1 == counts.get(id(node.outputs[0]), 0) and _same_pad(
+            inner, x[0], after[0]) and _takes(after[0], kind, value, counts, keras, depth + 1)
+    from dkm_tf.energy.bn_folding import removed
+
+    gone = (not isinstance(op, keras.Model) and removed(op, keras)) or (
+        _ops(op, (node.input_tensors, node.outputs), keras) is not None and
+        not kept_ops(op, (node.input_tensors, node.outputs), counts, keras, depth + 1)[0])
+    return gone and _all_take(node.outputs[0], kind, value, counts, keras, depth + 1)
+
+
+def _same_pad(pad, x, node):
+    """Whether `ZeroPadding2D` `pad` on `x` pads as the `padding="same"` of the valid conv of
+    `node` (its only reader): the converter then runs one conv, `padding="same"`, reading the
+    PAD's input (`Rescaling(1 / 255)` -> `ZeroPadding2D(1)` -> a 3x3 conv, EfficientNet's stem
+    with its stride 2 and ((0, 1), (0, 1)); a `ZeroPadding2D(2)` before it stays a PAD)."""
+    conv = node.operation
+    if type(conv).__name__ not in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D") or \
+            str(conv.padding).lower() != "valid" or len(x.shape) != 4 or \
+            getattr(pad, "data_format", "") != "channels_last":
+        return False
+    want = []
+    for size, k, s in zip(x.shape[1:3], conv.kernel_size, conv.strides):
+        if size is None:
+            return False
+        total = max((-(-size // s) - 1) * s + k - size, 0)
+        want.append((total // 2, total - total // 2))
+    return tuple(tuple(int(v) for v in p) for p in pad.padding) == tuple(want)
+
+
+def _takers(t, keras, depth=0):
+    """Names of the convs / Dense layers reading `t`, through the ops between."""
+    names = set()
+    for n in _readers(t, keras) or ():
+        op = n.operation
+        if type(getattr(op, "layer", op)).__name__ in ("Conv2D", "DepthwiseConv2D",
+                                                       "SeparableConv2D", "Dense"):
+            names.add(op.name)
+        elif depth < 32 and len(n.outputs) == 1:
+            names |= _takers(n.outputs[0], keras, depth + 1)
+    return names
+
+
+def _all_take(t, kind, value, counts, keras, depth=0):
+    """Whether every reader of `t` in the model (`counts`: none an output) takes the op."""
+    readers = _readers(t, keras)
+    return bool(readers) and len(readers) == counts.get(id(t), 0) and all(
+        _takes(n, kind, value, counts, keras, depth) for n in readers)
+
+
+def kept_ops(op, call, counts, keras, depth=0):
+    """`(kept, folded)`: the `eltwise_op`s of constant op / `Rescaling` `op` at `call` a
+    `.tflite` runs, in order, and those it folds into the layers after it (module
+    docstring); `None, []` for another op."""
+    ops = _ops(op, call, keras)
+    if not ops or isinstance(call, Exception):
+        return None, []
+    out, kept, folded = call[1][0], [o for o, _ in ops], []
+    for kind, value in reversed(ops):  # the op the readers read first (an ADD after a MUL)
+        if not _all_take(out, kind, value, counts, keras, depth):
+            break
+        kept.pop()
+        folded.append(kind)
+    return kept, folded
+
+
+def drop_folded(op, call, counts, records, keras):
+    """`(records, note)`: `records` of `op` less the ops the converter folds into the layers
+    after it (the last ones: the names of those kept stay), and the note saying so, else
+    None."""
+    kept, folded = kept_ops(op, call, counts, keras)
+    if not folded or len(records) != len(kept) + len(folded):
+        return records, None
+    readers = sorted(_takers(call[1][0], keras))
+    return records[:len(kept)], (
+        f"its {' and '.join(o.upper() for o in reversed(folded))} folded into "
+        f"{', '.join(readers)} after it (as a .tflite folds it)")
