@@ -149,3 +149,14 @@ def test_rescaling_folded_into_the_dense_after_it_is_not_charged(case, tmp_path)
     k, f = both(model, tmp_path)
     assert _eltwise(f) == _eltwise(k) == kept
     same_totals(k, f)
+
+
+def test_time_major_ops_of_a_fixed_batch_file_are_per_image(tmp_path):
+    """A file of batch 2 stores the ops after the PACK as `(T, 2, ...)`: per image, all
+    their elements over the batch (3 steps of Dense(5): 15, not 10 or 30)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 6), batch_size=2)
+    model = keras.Model(inp, L.ReLU(max_value=3.0)(L.TimeDistributed(L.Dense(5))(inp)))
+    k, f = both(model, tmp_path)
+    assert _eltwise(f) == _eltwise(k) == [("relu", 1, 15), ("max", 2, 15), ("relu", 1, 15)]
+    np.testing.assert_allclose(k.paper_total, f.paper_total, rtol=1e-6)
