@@ -89,13 +89,13 @@ def check_args(model, train_data, test_data, args):
         raise DataMismatchError(str(e)) from e
     if a.get("class_weight") is not None:  # before the first stage (dkm+finetune: both)
         from dkm_tf.training.class_weights import check_class_weight  # noqa: PLC0415
-        from dkm_tf.training.common import compiled_loss, default_loss  # noqa: PLC0415
+        from dkm_tf.training.common import default_loss, source_loss  # noqa: PLC0415
 
         if method == "wr":
             raise validate.invalid("class_weight", "None with method='wr' (it trains "
                                    "nothing)", a["class_weight"])
         check_class_weight(a["class_weight"], model,
-                           compiled_loss(model) or default_loss(model), data[0])
+                           source_loss(model) or default_loss(model), data[0])  # a copy's
     return data
 
 
@@ -125,13 +125,13 @@ def _check_datasets(model, train_data, test_data, method, a):
     if test_data is not None and not isinstance(test_data, tuple):
         raise validate.invalid_type("test_data", "an (x, y) pair of arrays", test_data)
     from dkm_tf.core.labels import is_binary_loss  # noqa: PLC0415
-    from dkm_tf.training.common import compiled_loss, is_sparse_loss  # noqa: PLC0415
+    from dkm_tf.training.common import is_sparse_loss, source_loss  # noqa: PLC0415
 
     # training labels are class ids for the default loss (a sparse or, for one unit, binary
     # cross-entropy) or a sparse compiled one; their range ([0, C), 0 / 1 for one unit) is
     # checked for every loss except another loss of a one-unit model (integer regression
     # targets); test labels are class ids
-    loss, shape = compiled_loss(model), getattr(model, "output_shape", None)
+    loss, shape = source_loss(model), getattr(model, "output_shape", None)  # a copy: its source's
     reads_ids = loss is None or is_sparse_loss(loss)
     train_ranges = reads_ids or is_binary_loss(loss) or not (
         isinstance(shape, tuple) and shape[-1:] == (1,))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dkm_tf.core.labels import is_binary_loss, is_sparse_loss  # is_sparse_loss: pipeline_args
 from dkm_tf.core.loss_kind import output_activation  # also read here by distill, metrics
+from dkm_tf.core.loss_kind import source_loss as source_loss  # pipeline_args: a copy's loss
 
 
 def compiled_loss(model):

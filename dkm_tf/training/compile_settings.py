@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 
+from dkm_tf.core.loss_kind import source_loss
 from dkm_tf.core.validate import invalid
 from dkm_tf.training.common import (
     compiled_loss,
@@ -19,7 +20,7 @@ from dkm_tf.training.common import (
 )
 from dkm_tf.training.distill import distillation_metrics
 
-__all__ = ["check_label_keys", "compile_like", "compile_settings"]
+__all__ = ["carried_loss_note", "check_label_keys", "compile_like", "compile_settings"]
 
 
 def compile_settings(model, metrics=None):
@@ -36,7 +37,7 @@ def compile_settings(model, metrics=None):
     inside ``fit``: "`loss_weights` must match the number of losses"); ``loss_weights`` that
     name no output, or of another count than the outputs, raise ``ValueError`` here.
     """
-    loss, default = compiled_loss(model), False
+    loss, default = compiled_loss(model) or source_loss(model), False  # a copy: its source's
     if loss is None:
         loss, default = default_loss(model), True
     if metrics is None:
@@ -50,6 +51,20 @@ def compile_settings(model, metrics=None):
     loss, weights = _per_output(loss, compiled_loss_weights(model), model)
     return {"loss": loss, "loss_weights": weights, "metrics": metrics,
             "weighted_metrics": weighted}
+
+
+def carried_loss_note(model):
+    """A note when the training functions train ``model``, an uncompiled copy, with the loss
+    it carries from the model it was copied from (:func:`compile_settings`), else None."""
+    loss = None if compiled_loss(model) is not None else source_loss(model)
+    if loss is None:
+        return None
+    name = loss if isinstance(loss, str) else (getattr(loss, "name", None) or getattr(
+        loss, "__name__", None) or type(loss).__name__)
+    return (f"trained with the loss {name!r} of the model it was copied from (the given model "
+            "is an uncompiled share_weights / strip_clustering copy, which carries it; not the "
+            "default cross-entropy of an uncompiled model): compile the model to train it "
+            "with another loss")
 
 
 def compile_like(model, copy):

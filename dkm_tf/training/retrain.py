@@ -39,8 +39,9 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     """Re-train a copy of ``model`` with the Deep k-Means penalty (Wu et al., ICML 2018, §2.4).
 
     Steps: clone the model (the input is never modified) → :func:`dkm_tf.attach_regularizer`
-    → compile (the model's own loss, ``loss_weights`` and metrics when it is compiled, else
-    sparse categorical cross-entropy, from logits unless the last layer is a softmax, with
+    → compile (the model's own loss, ``loss_weights`` and metrics when it is compiled; an
+    uncompiled ``share_weights`` / ``strip_clustering`` copy's source's loss; else sparse
+    categorical cross-entropy, from logits unless the last layer is a softmax, with
     accuracy; Adam at ``learning_rate``) → ``fit`` with :class:`dkm_tf.RefreshKMeans` →
     remove the penalty. The final weight sharing (row-wise k-means, §1.6) is left to the caller.
 

@@ -1,0 +1,103 @@
+"""Session 26: the training methods train an uncompiled ``share_weights`` /
+``strip_clustering`` copy with the loss it carries from its source (they trained it with the
+default cross-entropy: a copy of an "mse" regressor with 0 / 1 targets was fitted to a binary
+cross-entropy of its logits, silently), and that loss survives ``save`` / ``load_model``."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import dkm_tf  # noqa: E402
+
+L = keras.layers
+
+
+def _data(n=48):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, 5)).astype("float32")
+    y = (x[:, :1] + 0.3 * x[:, 1:2] > 0).astype("float32")  # 0 / 1 targets: read as labels too
+    return x, y
+
+
+def _regressor():
+    """A one-unit Dense regressor compiled with "mse", trained a few steps on seeded data."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    out = L.Dense(1, name="o")(L.Dense(12, activation="relu", name="h")(inp))
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    x, y = _data()
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    return model
+
+
+def _mse(model, x, y):
+    out = np.asarray(model.predict(x, verbose=0), np.float64)
+    return float(np.mean((out - y.astype(np.float64)) ** 2))
+
+
+def _bce_logits(model, x, y):
+    z = np.asarray(model.predict(x, verbose=0), np.float64)
+    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+
+
+@pytest.mark.parametrize("make", ["share_weights", "strip_clustering"])
+def test_finetune_trains_a_copy_with_its_source_mse(make):
+    """One full-batch epoch: the loss fit minimised is the MSE of the clustered start model's
+    outputs (numpy), not the binary cross-entropy of its logits."""
+    model, (x, y) = _regressor(), _data()
+    if make == "share_weights":
+        copy = dkm_tf.share_weights(model, 8).model
+    else:
+        clustered = dkm_tf.cluster_weights(model, 8)
+        clustered.compile("adam", "mse")  # as a user trains it; its stripped copy is not
+        copy = dkm_tf.strip_clustering(clustered)[0]
+    assert not copy.compiled
+    start, _, _ = dkm_tf.finetune(copy, (x, y), n_clusters=4, epochs=0, seed=0)
+    want, bce = _mse(start, x, y), _bce_logits(start, x, y)
+    assert abs(want - bce) > 0.05  # the two losses tell apart here
+    tuned, _, history = dkm_tf.finetune(copy, (x, y), n_clusters=4, epochs=1, seed=0,
+                                        batch_size=len(x), learning_rate=1e-4)
+    assert history.history["loss"][0] == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert tuned.loss == "mse"
+    assert tuned.evaluate(x, y, verbose=0) == pytest.approx(_mse(tuned, x, y), rel=1e-4)
+
+
+def test_compress_trains_a_copy_with_its_source_loss_and_says_so():
+    """compress(copy, method="finetune" / "dkm") of an "mse" regressor's copy: the returned
+    model is compiled with "mse" and a note names the loss and why."""
+    model, (x, y) = _regressor(), _data()
+    copy = dkm_tf.share_weights(model, 8).model
+    for method in ("finetune", "dkm"):
+        result = dkm_tf.compress(copy, (x, y), method=method, n_clusters=4, finetune_epochs=1,
+                                 dkm_epochs=1, batch_size=16, verbose=0)
+        said = [n for n in result.notes if n.startswith("trained with the loss 'mse'")]
+        assert len(said) == 1 and "copied from" in said[0], result.notes
+        compressed = result.model
+        if not compressed.compiled:  # "dkm": share_weights' copy of the re-trained model
+            compressed.compile(loss=dkm_tf.core.loss_kind.source_loss(compressed))
+        assert compressed.loss == "mse"
+        assert compressed.evaluate(x, y, verbose=0) == pytest.approx(
+            _mse(compressed, x, y), rel=1e-4)
+
+
+def test_dkm_retrain_trains_a_copy_with_its_source_loss():
+    model, (x, y) = _regressor(), _data()
+    copy = dkm_tf.share_weights(model, 8).model
+    retrained, _ = dkm_tf.dkm_retrain(copy, (x, y), n_clusters=4, epochs=1, lam=0.0,
+                                      batch_size=len(x), learning_rate=1e-6)
+    assert retrained.loss == "mse"
+    assert retrained.evaluate(x, y, verbose=0) == pytest.approx(_mse(retrained, x, y), rel=1e-4)
+
+
+def test_plain_uncompiled_model_keeps_the_default_cross_entropy():
+    model, (x, y) = _regressor(), _data()
+    plain = keras.Model.from_config(model.get_config())  # uncompiled, carries no loss
+    plain.set_weights(model.get_weights())
+    assert not plain.compiled
+    tuned, _, _ = dkm_tf.finetune(plain, (x, y), n_clusters=4, epochs=1, seed=0)
+    assert isinstance(tuned.loss, keras.losses.BinaryCrossentropy)
+    result = dkm_tf.compress(plain, (x, y), method="finetune", n_clusters=4,
+                             finetune_epochs=1, verbose=0)
+    assert not any(n.startswith("trained with the loss") for n in result.notes)
