@@ -101,3 +101,81 @@ def test_plain_uncompiled_model_keeps_the_default_cross_entropy():
     result = dkm_tf.compress(plain, (x, y), method="finetune", n_clusters=4,
                              finetune_epochs=1, verbose=0)
     assert not any(n.startswith("trained with the loss") for n in result.notes)
+
+
+def _saved_copy(tmp_path, loss="mse"):
+    model = _regressor()
+    if loss != "mse":
+        model.compile("adam", loss)
+    copy = dkm_tf.share_weights(model, 8).model
+    path = str(tmp_path / "copy.keras")
+    copy.save(path)
+    return model, copy, path
+
+
+def test_saved_copy_keeps_its_source_loss(tmp_path):
+    """copy.save + dkm_tf.load_model: the loaded copy is read (Fisher refusal, notes) and
+    trained as the copy was; it came back as a plain uncompiled model before."""
+    from dkm_tf.core.loss_kind import source_loss
+
+    _, copy, path = _saved_copy(tmp_path)
+    loaded = dkm_tf.load_model(path)
+    assert not loaded.compiled and source_loss(loaded) == "mse"
+    x, y = _data()
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), copy.predict(x, verbose=0))
+    result = dkm_tf.compress(loaded, (x, None), (x, None), method="wr", n_clusters=4,
+                             verbose=0)
+    assert not any("classifier of logits" in n for n in result.notes), result.notes
+    assert source_loss(result.model) == "mse"
+    tuned, _, history = dkm_tf.finetune(loaded, (x, y), n_clusters=4, epochs=1, seed=0,
+                                        batch_size=len(x), learning_rate=1e-4)
+    start, _, _ = dkm_tf.finetune(loaded, (x, y), n_clusters=4, epochs=0, seed=0)
+    assert tuned.loss == "mse"
+    assert history.history["loss"][0] == pytest.approx(_mse(start, x, y), rel=1e-4, abs=1e-6)
+    again = str(tmp_path / "again.keras")
+    loaded.save(again)  # saved again, still carried
+    assert source_loss(dkm_tf.load_model(again)) == "mse"
+    plain = keras.models.load_model(path)  # Keras alone: loads, no custom objects needed
+    assert not plain.compiled and source_loss(plain) is None
+    assert source_loss(dkm_tf.load_model(path, compile=False)) is None
+
+
+def test_saved_copy_keeps_a_loss_object(tmp_path):
+    """A Keras loss object comes back as such; a Huber of delta 0.25 is not saved at all
+    (Keras 3.15 saves no delta: it would load back as delta 1.0, a silently other loss)."""
+    from dkm_tf.core.loss_kind import source_loss
+
+    _, _, path = _saved_copy(tmp_path, keras.losses.MeanAbsoluteError())
+    assert isinstance(source_loss(dkm_tf.load_model(path)), keras.losses.MeanAbsoluteError)
+    huber = keras.losses.Huber(delta=0.25)
+    _, copy, path = _saved_copy(tmp_path, huber)
+    assert source_loss(copy) is huber
+    assert source_loss(dkm_tf.load_model(path)) is None
+
+
+def test_saved_copy_with_a_custom_loss(tmp_path):
+    """An unregistered loss function is not saved (the file loads as before); a registered one
+    that is not registered where it loads gives a warning naming what to do."""
+    from dkm_tf.core.loss_kind import source_loss
+
+    def my_unregistered(y_true, y_pred):
+        return keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=-1)
+
+    _, copy, path = _saved_copy(tmp_path, my_unregistered)
+    assert source_loss(copy) is my_unregistered
+    assert source_loss(dkm_tf.load_model(path)) is None
+
+    @keras.saving.register_keras_serializable(package="h26trainloss")
+    def my_registered(y_true, y_pred):
+        return keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=-1)
+
+    try:
+        _, _, path = _saved_copy(tmp_path, my_registered)
+        assert source_loss(dkm_tf.load_model(path)) is my_registered
+    finally:
+        keras.saving.get_custom_objects().pop("h26trainloss>my_registered", None)
+    with pytest.warns(UserWarning, match="could not be restored.*custom_objects"):
+        loaded = dkm_tf.load_model(path)
+    assert source_loss(loaded) is None
+    loaded = dkm_tf.load_model(path, custom_objects={"h26trainloss>my_registered": my_registered})
+    assert source_loss(loaded) is my_registered

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dkm_tf.core.labels import one_loss
 
-__all__ = ["SOURCE_LOSS", "assumed_logits", "keep_source_loss", "loss_said", "non_class_loss",
-           "output_activation", "probability_rows", "source_loss"]
+__all__ = ["FILE_KEY", "SOURCE_LOSS", "assumed_logits", "keep_source_loss", "loss_said",
+           "non_class_loss", "output_activation", "probability_rows", "restore_source_loss",
+           "source_loss"]
 
 SOURCE_LOSS = "_dkm_tf_source_loss"  # the attribute keep_source_loss sets on a copy
+FILE_KEY = "dkm_tf_source_loss"  # its key in a saved copy's build_config (config.json)
 
 # compiled losses of models whose output is not one class per sample (normalised names)
 _REGRESSION = {"mse", "mae", "mape", "msle", "meansquarederror", "meanabsoluteerror",
@@ -54,11 +56,53 @@ def keep_source_loss(model, copy):
     "because it is not compiled". ``copy`` is returned; nothing is compiled."""
     loss = source_loss(model)
     if loss is not None and copy is not model and not getattr(copy, "compiled", False):
-        try:
-            object.__setattr__(copy, SOURCE_LOSS, loss)  # not tracked by Keras
-        except (AttributeError, TypeError):  # an object that takes no attribute
-            pass
+        _carry(copy, loss)
     return copy
+
+
+def _carry(copy, loss, saved=None):
+    """Set the loss on ``copy`` and, where Keras can save and load it back (a name, a Keras
+    or registered loss that loads back the same: ``saved``, its serialized form; not a Huber
+    of another delta, which Keras 3.15 does not save), in its ``build_config``, which Keras
+    writes to a ``.keras`` file's config.json and ignores on load (a built model is not built
+    again): :func:`restore_source_loss` reads it back (``copy.save`` lost it before)."""
+    import warnings  # noqa: PLC0415
+
+    import keras  # noqa: PLC0415
+
+    try:
+        object.__setattr__(copy, SOURCE_LOSS, loss)  # not tracked by Keras
+        if saved is None:
+            with warnings.catch_warnings():  # Keras' own (a lambda's): not the user's
+                warnings.simplefilter("ignore")
+                saved = keras.saving.serialize_keras_object(loss)
+                back = keras.saving.deserialize_keras_object(saved)  # unregistered: fails
+            if repr(getattr(back, "_fn_kwargs", None)) != repr(getattr(loss, "_fn_kwargs", None)):
+                saved = None  # Keras 3.15 drops Huber's delta: it would load back as 1.0
+        if saved is not None:
+            own = type(copy).get_build_config.__get__(copy)
+            object.__setattr__(copy, "get_build_config", lambda: (
+                None if own() is None else {**own(), FILE_KEY: saved}))
+    except Exception:  # noqa: BLE001 (no attribute taken, or a loss Keras cannot load back)
+        pass
+
+
+def restore_source_loss(model, config, custom_objects=None):
+    """Give ``model`` (uncompiled, loaded from a file whose config.json is ``config``) the
+    source loss a saved ``share_weights`` / ``strip_clustering`` copy carried (see
+    :func:`_carry`); returns None, or why it could not (a custom loss not registered here)."""
+    saved = ((config or {}).get("build_config") or {}).get(FILE_KEY) if isinstance(
+        config, dict) and isinstance(config.get("build_config"), dict) else None
+    if saved is None or getattr(model, "compiled", False):
+        return None
+    import keras  # noqa: PLC0415
+
+    try:
+        loss = keras.saving.deserialize_keras_object(saved, custom_objects=custom_objects)
+    except Exception as e:  # noqa: BLE001 (an unknown custom loss: said, not raised)
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+    _carry(model, loss, saved)
+    return None
 
 
 def non_class_loss(model, loss=None):

@@ -44,7 +44,11 @@ def load_model(path, **kwargs):
         names an optimizer of another Keras backend (saved with ``KERAS_BACKEND=torch``:
         ``keras.src.backend.torch.optimizers``, which other backends cannot import) loads
         uncompiled, with a ``UserWarning`` that says so (the weights and layers are
-        backend-neutral); compile it again before ``fit``.
+        backend-neutral); compile it again before ``fit``. A saved uncompiled
+        ``share_weights`` / ``strip_clustering`` copy gets back the loss of the model it was
+        copied from (unless ``compile=False``): the notes, ``weighting="fisher"`` and the
+        training methods read it as before the save (``keras.models.load_model`` loads the
+        same model without it; a custom loss that is not registered is not saved).
     """
     import keras  # noqa: PLC0415
 
@@ -52,7 +56,7 @@ def load_model(path, **kwargs):
     check_model_file(path)
     register_serializables()
     try:
-        return keras.models.load_model(path, **kwargs)
+        model = keras.models.load_model(path, **kwargs)
     except (TypeError, ValueError) as e:
         compiled = kwargs.get("compile", True) is not False
         if not (isinstance(e, TypeError) and compiled and "backend." in str(e)):
@@ -71,6 +75,24 @@ def load_model(path, **kwargs):
                       f"({' '.join(str(e).split())[:160]}); loaded without compile: call "
                       "model.compile(...) before fit", UserWarning, stacklevel=2)
         return keras.models.load_model(path, **{**kwargs, "compile": False})
+    if kwargs.get("compile", True) is not False:
+        _restore_source_loss(model, path, kwargs.get("custom_objects"))
+    return model
+
+
+def _restore_source_loss(model, path, custom_objects):
+    """The loss a saved uncompiled ``share_weights`` / ``strip_clustering`` copy carries from
+    the model it was copied from, back on ``model`` (``core.loss_kind.restore_source_loss``);
+    a ``UserWarning`` when it cannot be restored (an unregistered custom loss)."""
+    from dkm_tf.core.loss_kind import FILE_KEY, restore_source_loss  # noqa: PLC0415
+    from dkm_tf.core.model_configs import read_configs  # noqa: PLC0415
+
+    why = restore_source_loss(model, read_configs(path)[0], custom_objects)
+    if why is not None:
+        warnings.warn(f"{path}: the loss of the model it was copied from ({FILE_KEY} in its "
+                      f"config.json) could not be restored ({why}); it is read and trained as "
+                      "an uncompiled model: pass custom_objects, or compile it", UserWarning,
+                      stacklevel=3)
 
 
 def _refuse_savedmodel(path):
