@@ -179,3 +179,29 @@ def test_saved_copy_with_a_custom_loss(tmp_path):
     assert source_loss(loaded) is None
     loaded = dkm_tf.load_model(path, custom_objects={"h26trainloss>my_registered": my_registered})
     assert source_loss(loaded) is my_registered
+
+
+def test_finetune_notes_lost_kernel_scales_in_its_palettes_not_a_warning():
+    """dkm_tf.finetune let cluster_weights' "float16 scale underflows" UserWarning escape
+    (an error where warnings are errors) where compress turns it into a note; it is now in
+    the returned palette's note. cluster_weights itself still warns."""
+    import warnings
+
+    from test_silent225 import _tiny_kernel_model
+
+    model = _tiny_kernel_model((1e-8,), classifier=True)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 6, 6, 4)).astype("float32"), rng.integers(0, 3, 16)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=UserWarning)
+        _, palettes, _ = dkm_tf.finetune(model, (x, y), n_clusters=8, unit="kernel", epochs=1,
+                                         kernel_options={"codebook": "shared"})
+    assert [p.note for p in palettes] == [
+        "kernel codebook kernel:3x3 (fine-tuned); kernel scales of 'c' at the start of "
+        "fine-tuning: 1 of 16 kernel(s): float16 scale underflows to 0 (decoded as zero "
+        "kernels); scale_bits=32 keeps them"]
+    _, palettes, _ = dkm_tf.finetune(model, (x, y), n_clusters=8, unit="kernel", epochs=1,
+                                     kernel_options={"codebook": "shared", "scale_bits": 32})
+    assert "scale" not in palettes[0].note
+    with pytest.warns(UserWarning, match="cluster_weights: layer 'c'"):
+        dkm_tf.cluster_weights(model, 8, unit="kernel", codebook="shared")

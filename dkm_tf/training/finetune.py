@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import keras
 import numpy as np
 
@@ -18,6 +21,7 @@ from dkm_tf.training.common import (
     is_tf_dataset,
 )
 from dkm_tf.training.compile_settings import check_label_keys, compile_settings
+from dkm_tf.training.wrapper_extras import collecting_scale_notes, scale_loss_collected
 
 __all__ = ["finetune"]
 
@@ -64,7 +68,9 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     unless the last layer is a softmax.
 
     Returns:
-        ``(stripped_model, palettes, history)``: the plain fine-tuned model, its palettes, and
+        ``(stripped_model, palettes, history)``: the plain fine-tuned model, its palettes (a
+        palette's ``note`` names the kernel scales ``unit="kernel"``'s first k-means lost,
+        which ``cluster_weights`` warns of and ``compress`` notes), and
         the ``fit`` History (``None`` when ``epochs`` is 0). The model is compiled with the
         same loss and metrics, ready for ``evaluate``, and a built plain SGD at
         ``learning_rate`` (no slot variables: ``save`` then ``load_model`` restores it without
@@ -107,9 +113,11 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     elif class_weight is not None:
         check_class_weight(class_weight, model, loss, None)
     keras.utils.set_random_seed(seed)
-    clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity, init=init,
-                                seed=seed, latent=latent, overrides=overrides,
-                                preserve_sparsity=preserve_sparsity, **(kernel_options or {}))
+    own = not collecting_scale_notes()  # compress collects them itself, for its notes
+    with scale_loss_collected() if own else contextlib.nullcontext([]) as lost:
+        clustered = cluster_weights(model, n_clusters, unit=unit, granularity=granularity,
+                                    init=init, seed=seed, latent=latent, overrides=overrides,
+                                    preserve_sparsity=preserve_sparsity, **(kernel_options or {}))
     history = None
     if epochs:
         clustered.compile(optimizer=keras.optimizers.Adam(learning_rate),
@@ -134,6 +142,9 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
             history = clustered.fit(train_data, shuffle=not is_tf_dataset(train_data),
                                     **fit_kwargs)
     stripped, palettes = strip_clustering(clustered)
+    palettes = [dataclasses.replace(p, note="; ".join(n for n in [p.note, *(
+        t for t in lost if f" of {p.layer_name!r} " in t)] if n))
+        for p in palettes]  # the scales the first k-means lost: cluster_weights warned
     # plain SGD has no slot variables: built, it saves and loads back without Keras'
     # optimizer-mismatch warning and adds nothing to the .keras file (Adam's slots would
     # triple it); training the stripped model further would undo the sharing anyway

@@ -44,8 +44,9 @@ from dkm_tf.training.wrapper_kmeans import nearest_indices
 
 __all__ = ["ELEMENTWISE_CONSTRAINTS", "FROZEN_NOTE", "KeepsReplacedFrozen", "Reassigns",
            "SavesDeferredClusters", "assigned_since_build", "build_now", "check_not_quantized",
-           "codebook_constraint", "frozen_variable", "keep_frozen_variables",
-           "keep_replaced_frozen", "replaces_variables", "scale_loss_collected",
+           "codebook_constraint", "collecting_scale_notes", "frozen_variable",
+           "keep_frozen_variables", "keep_replaced_frozen", "replaces_variables",
+           "scale_loss_collected",
            "shared_kernel_losses", "unwrap", "user_regularizer", "user_stacklevel",
            "warn_kernel_clustering_constraint", "warn_scale_loss",
            "warn_unenforced_constraints"]
@@ -166,6 +167,11 @@ def scale_loss_collected():
         yield notes
     finally:
         _SCALE_NOTES.reset(token)
+
+
+def collecting_scale_notes():
+    """Whether a :func:`scale_loss_collected` is open (``compress`` around ``finetune``)."""
+    return _SCALE_NOTES.get() is not None
 
 
 def user_stacklevel():
