@@ -229,7 +229,8 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
             elif test is not None and (why := not_class_scores(model, loss)):  # labelled: its
                 notes.append(f"no test accuracy: {why}")  # arg-max is no class either
                 test = None  # (the .tflite files are then verified on training inputs)
-            notes += logits_notes(model, loss, metric != "test accuracy", weighting, tflite)
+            notes += logits_notes(model, loss, metric != "test accuracy", weighting, tflite,
+                                  (train, test))  # (log-)probability rows: class scores
         try:
             result = pipeline.compress(
                 model, train, test, method=method, n_clusters=n_clusters, unit=unit,

@@ -96,15 +96,17 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
     return {**reports, **refused}, accuracy
 
 
-def logits_notes(model, loss, agreement, weighting, tflite):
+def logits_notes(model, loss, agreement, weighting, tflite, data=()):
     """``dkm-tf compress --model``'s note when the file's model is read as a classifier of
     logits by assumption (:func:`dkm_tf.pipeline_metrics.logits_note`, with the loss the file
     was compiled with: it is loaded with ``compile=False``) for the agreement of held-out
-    inputs, ``--weighting fisher``'s softmax or the int8 file's arg-max check; [] if none."""
+    inputs, ``--weighting fisher``'s softmax or the int8 file's arg-max check; [] if none, or
+    if its outputs on ``data``'s inputs (``--dataset``' pairs) are rows of (log-)probabilities
+    (a ``log_softmax`` output: class scores, as ``to_tflite`` reads them)."""
     from dkm_tf import pipeline_metrics as pm  # noqa: PLC0415
 
     note = pm.logits_note(model, [agreement and pm.AGREEMENT_USE, weighting and pm.FISHER_USE,
-                                  tflite and pm.INT8_USE], loss)
+                                  tflite and pm.INT8_USE], loss, data)
     return [note] if note else []
 
 

@@ -273,7 +273,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
 
     notes += [n for n in [logits_note(model, [  # an uncompiled regressor read as a classifier
         metric != "test accuracy" and AGREEMENT_USE,
-        weighting and compiled_loss(model) is None and FISHER_USE])] if n]
+        weighting and compiled_loss(model) is None and FISHER_USE], data=(train_data,
+                                                                          test_data))] if n]
     acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
     from dkm_tf.core.loss_kind import keep_source_loss  # noqa: PLC0415
     from dkm_tf.pipeline_args import merged_lora  # noqa: PLC0415

@@ -45,19 +45,22 @@ def not_class_scores(model, loss=None):
             "per sample (no top-1 accuracy or agreement)")
 
 
-def logits_note(model, uses, loss=None):
+def logits_note(model, uses, loss=None, data=()):
     """A line for :attr:`CompressionResult.notes` when ``model`` was read as a classifier of
     logits by assumption (:func:`dkm_tf.core.loss_kind.assumed_logits`: no softmax or sigmoid
     output, no compiled loss that says what it is) for ``uses`` (what read it so: the
     agreement's arg-max, Fisher's softmax, the int8 file's arg-max check); None when nothing
     read it so or its output or loss says it is a classifier. An uncompiled regressor got an
     "agreement with the float model" of 1.0 -> 0.75 (the arg-max of 3 regression outputs)
-    with no word. ``loss``: as in :func:`not_class_scores`."""
+    with no word. ``loss``: as in :func:`not_class_scores`. ``data``: ``(x, y)`` pairs (or
+    None, datasets: skipped); where the model's outputs on the first's ``x[:32]`` are rows of
+    probabilities or log-probabilities (a ``log_softmax`` output) they are class scores and
+    nothing is noted, as ``to_tflite``'s int8 check reads them."""
     from dkm_tf.core.loss_kind import assumed_logits  # noqa: PLC0415
 
     uses = [u for u in uses if u]
     why = assumed_logits(model, loss) if uses else None
-    if why is None:
+    if why is None or _probability_rows(model, data):
         return None
     shape = getattr(model, "output_shape", None)  # "(one unit: its sign)" for one unit only
     if not (isinstance(shape, tuple) and shape and shape[-1] == 1):
@@ -65,6 +68,21 @@ def logits_note(model, uses, loss=None):
     return (f"{LOGITS_NOTE} ({'; '.join(uses)}) because {why} and its output has no softmax "
             "or sigmoid: if it is a regressor or an embedding model, compile it with its loss "
             "(e.g. \"mse\") before compressing, and read these figures as meaningless")
+
+
+def _probability_rows(model, data):
+    """Whether ``model``'s outputs on the first ``(x, y)`` of ``data``'s ``x[:32]`` are rows
+    of (log-)probabilities (:func:`dkm_tf.core.loss_kind.probability_rows`)."""
+    from dkm_tf.core.loss_kind import probability_rows  # noqa: PLC0415
+
+    x = next((d[0] for d in data if isinstance(d, tuple) and d and d[0] is not None), None)
+    try:
+        import keras  # noqa: PLC0415
+
+        batch = keras.tree.map_structure(lambda a: np.asarray(a)[:32], x)
+        return x is not None and probability_rows(model.predict(batch, verbose=0))
+    except Exception:  # noqa: BLE001 (inputs the model does not take: cannot tell)
+        return False
 
 
 def binary_threshold(model):

@@ -205,3 +205,28 @@ def test_finetune_notes_lost_kernel_scales_in_its_palettes_not_a_warning():
     assert "scale" not in palettes[0].note
     with pytest.warns(UserWarning, match="cluster_weights: layer 'c'"):
         dkm_tf.cluster_weights(model, 8, unit="kernel", codebook="shared")
+
+
+def _log_softmax_head():
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    z = L.Dense(3, name="o")(L.Dense(16, activation="relu", name="h")(i))
+    return keras.Model(i, L.Activation("log_softmax")(z))
+
+
+def test_cli_and_compress_read_log_softmax_rows_as_class_scores(tmp_path):
+    """`dkm-tf compress --model` (and compress) noted a log_softmax output as "read as a
+    classifier of logits because it is not compiled", where to_tflite's int8 check reads its
+    rows (exp sums to 1) as class scores; a linear output is still noted."""
+    from test_silent25 import LOGITS, X, _cli, _head
+
+    model = _log_softmax_head()
+    rows = model.predict(X, verbose=0)
+    np.testing.assert_allclose(np.exp(rows.astype(np.float64)).sum(-1), 1.0, atol=1e-5)
+    report = _cli(tmp_path / "a", model, "--notflite")
+    assert not [n for n in report["notes"] if n.startswith(LOGITS)], report["notes"]
+    report = _cli(tmp_path / "b", _head(), "--notflite")
+    assert len([n for n in report["notes"] if n.startswith(LOGITS)]) == 1
+    r = dkm_tf.compress(model, (X, None), (X[:16], None), n_clusters=2, verbose=0)
+    assert r.metric == "agreement with the float model"
+    assert not [n for n in r.notes if n.startswith(LOGITS)], r.notes
