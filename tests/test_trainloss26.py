@@ -230,3 +230,19 @@ def test_cli_and_compress_read_log_softmax_rows_as_class_scores(tmp_path):
     r = dkm_tf.compress(model, (X, None), (X[:16], None), n_clusters=2, verbose=0)
     assert r.metric == "agreement with the float model"
     assert not [n for n in r.notes if n.startswith(LOGITS)], r.notes
+
+
+def test_cli_reads_a_saved_copys_source_loss(tmp_path):
+    """dkm-tf compress --model of a saved copy of a 3-unit "mse" regressor read it as a
+    classifier of logits (an arg-max "agreement", with the note); it now reads the loss the
+    copy carries, as it reads a compiled file's."""
+    from test_silent25 import LOGITS, _cli, _head
+
+    from dkm_tf.core.custom_code import compiled_loss_name
+
+    copy = dkm_tf.share_weights(_head(loss="mse"), 8).model
+    copy.save(tmp_path / "c.keras")
+    assert compiled_loss_name(tmp_path / "c.keras") == "mse"
+    report = _cli(tmp_path / "a", copy, "--notflite")
+    assert not [n for n in report["notes"] if n.startswith(LOGITS)], report["notes"]
+    assert any("a regressor" in n for n in report["notes"]), report["notes"]

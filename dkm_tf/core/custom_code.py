@@ -328,9 +328,14 @@ def _keras_words(error):
 def compiled_loss_name(path):
     """The loss a ``.keras`` / ``.h5`` file was compiled with, as saved (``"mse"``,
     ``"userpkg>my_loss"``, ``"SparseCategoricalCrossentropy"``), or None (not compiled, no
-    loss, several losses are joined with ", ")."""
-    config = _read_configs(path)[1]
+    loss, several losses are joined with ", "). An uncompiled ``share_weights`` /
+    ``strip_clustering`` copy's file gives the loss of the model it was copied from, saved
+    in its build config (:func:`dkm_tf.core.loss_kind.keep_source_loss`)."""
+    model_config, config = _read_configs(path)
     loss = config.get("loss") if isinstance(config, dict) else None
+    if loss is None and isinstance(model_config, dict):  # a copy's carried loss
+        built = model_config.get("build_config")
+        loss = built.get("dkm_tf_source_loss") if isinstance(built, dict) else None
     return _loss_name(loss)
 
 
