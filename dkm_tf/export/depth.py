@@ -57,65 +57,82 @@ def input_depths(layer, cache=None):
     """Per output of ``layer``, per input: the layers with weights on the longest chain from
     that input to that output, None where that input does not reach it (a list of lists).
     A layer or model whose graph is not walked has one entry per output, for any input."""
-    cache = {} if cache is None else cache
+    return _rows(layer, {} if cache is None else cache)[0]
+
+
+def _rows(layer, cache):
+    """``(depths, fans)``: :func:`input_depths` and :func:`output_fan_ins` of ``layer``, from
+    one walk of its graph (``cache``: id(layer) -> them, for the layers it nests)."""
     if id(layer) not in cache:
-        cache[id(layer)] = _input_depths(layer, cache)
+        cache[id(layer)] = _walked(layer, cache)
     return cache[id(layer)]
 
 
-def _input_depths(layer, cache):
+def _walked(layer, cache):
     import keras  # noqa: PLC0415
 
     from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
 
     if not getattr(layer, "layers", None):
-        return [[_layer_depth(layer, cache)]]
+        return [[_layer_depth(layer, cache)]], [fan_in(layer)]
     if isinstance(layer, keras.Sequential):
-        return [[sum(weighted_depth(x) for x in layer.layers)]]
+        return [[sum(weighted_depth(x) for x in layer.layers)]], [fan_in(layer)]
     by_depth = getattr(layer, "_nodes_by_depth", None)  # Keras' own node depths
     if not by_depth:
         return [[sum(1 for x in walk_layers(layer) if getattr(x, "weights", None)
-                     and not getattr(x, "layers", None))]]
+                     and not getattr(x, "layers", None))]], [fan_in(layer)]
     walks = [_walk(by_depth, x, cache) for x in layer.inputs]
-    deepest = max((max(made.values(), default=0) for _, made in walks), default=0)
-    rows = [[depth.get(id(t)) for depth, _ in walks] for t in layer.outputs]
-    # an output no walk reached (a tensor not found): no fewer than any chain
-    return [row if any(d is not None for d in row) else [deepest] * len(row) for row in rows]
+    deepest = max((m[0] for _, made in walks for m in made.values()), default=0)
+    found = [[got.get(id(t)) for got, _ in walks] for t in layer.outputs]
+    rows = [[None if x is None else x[0] for x in row] for row in found]
+    fans = [max((x[1] for x in row if x is not None), default=None) for row in found]
+    # an output no walk reached (a tensor not found): no fewer than any chain, every sum
+    return ([row if any(d is not None for d in row) else [deepest] * len(row) for row in rows],
+            [fan_in(layer) if f is None else f for f in fans])
 
 
 def _walk(by_depth, seed, cache):
-    """``(depth, made)``: id(tensor) -> weighted layers from ``seed`` before it (tensors it
-    reaches only), id(node) -> the deepest of its outputs."""
-    depth, made = {id(seed): 0}, {}
+    """``(got, made)``: id(tensor) -> (weighted layers from ``seed`` before it, the longest
+    sum on its chain from ``seed``) for the tensors it reaches; id(node) -> the deepest and
+    the longest of its outputs'."""
+    got, made = {id(seed): (0, 0)}, {}
     for level in sorted(by_depth, reverse=True):  # from the inputs to the outputs
         for node in by_depth[level]:
             tensors = list(node.input_tensors)
-            ins = [depth.get(id(t)) for t in tensors]
-            if all(d is None for d in ins):
+            ins = [got.get(id(t)) for t in tensors]
+            if all(x is None for x in ins):
                 parents = [made[id(p)] for p in node.parent_nodes if id(p) in made]
                 if not tensors or not parents:
                     continue  # not reached from this input
-                ins = [max(parents)] * len(tensors)  # its tensors not found: its parents'
-            outs = [_combine(ins, row) for row in input_depths(node.operation, cache)]
+                ins = [_top(parents)] * len(tensors)  # its tensors not found: its parents'
+            rows, fans = _rows(node.operation, cache)
+            outs = [_combine(ins, row, fan) for row, fan in zip(rows, fans)]
             outputs = list(node.outputs)
-            reached = [d for d in outs if d is not None]
-            if len(outs) != len(outputs):  # not one depth per output: the deepest for all
-                outs = [max(reached, default=None)] * len(outputs)
-            depth.update((id(t), d) for t, d in zip(outputs, outs) if d is not None)
+            reached = [x for x in outs if x is not None]
+            if len(outs) != len(outputs):  # not one per output: the deepest, longest for all
+                outs = [_top(reached) if reached else None] * len(outputs)
+            got.update((id(t), x) for t, x in zip(outputs, outs) if x is not None)
             if reached:
-                made[id(node)] = max(reached)
-    return depth, made
+                made[id(node)] = _top(reached)
+    return got, made
 
 
-def _combine(ins, row):
-    """An output's depth from the depths ``ins`` of the tensors a node reads (None: not
-    reached) and the operation's ``row`` (per input, or one entry for any input)."""
+def _top(pairs):
+    """The deepest and the longest of ``pairs`` of (depth, sum)."""
+    return max(d for d, _ in pairs), max(f for _, f in pairs)
+
+
+def _combine(ins, row, fan):
+    """An output's (depth, sum) from the (depth, sum) ``ins`` of the tensors a node reads
+    (None: not reached) and the operation's ``row`` (depths per input, or one entry for any
+    input) and ``fan`` (the longest sum on that output's own chain in it)."""
     if len(row) == len(ins):  # per input: only the inputs that reach this output count
-        got = [d + r for d, r in zip(ins, row) if d is not None and r is not None]
-        return max(got) if got else None
-    reached = [d for d in ins if d is not None]
-    own = max((r for r in row if r is not None), default=0)
-    return max(reached) + own if reached else None
+        got = [(x[0] + r, x[1]) for x, r in zip(ins, row) if x is not None and r is not None]
+    else:
+        reached = [x for x in ins if x is not None]
+        own = max((r for r in row if r is not None), default=0)
+        got = [(_top(reached)[0] + own, _top(reached)[1])] if reached else []
+    return (max(d for d, _ in got), max([fan] + [f for _, f in got])) if got else None
 
 
 def _layer_depth(layer, cache):
@@ -239,37 +256,9 @@ def output_fan_ins(model):
     Functional model's output the layers on that output's own chain, and the chains feeding
     only the nested model's inputs that reach it (an output beside a wide one on another
     branch was held to the wide one's sum: review R8, h25); another model has one entry, its
-    every layer's."""
-    outputs = getattr(model, "outputs", None)
-    if not getattr(model, "_nodes_by_depth", None) or not outputs:
-        return [fan_in(model)]
-    return [_chain(t)[0] for t in outputs]
-
-
-def _chain(tensor):
-    """``(fan, seen)``: the longest sum on the chain computing ``tensor``, and the ids of the
-    tensors on it."""
-    best, stack, seen, done = 0, [tensor], set(), set()
-    while stack:
-        t = stack.pop()
-        seen.add(id(t))
-        history = getattr(t, "_keras_history", None)
-        if not history or (id(history[0]), history[1], history[2]) in done:
-            continue
-        op, node, index = history[0], history[1], history[2]
-        done.add((id(op), node, index))
-        nodes = getattr(op, "_inbound_nodes", None) or []
-        ins = list(nodes[node].input_tensors) if node < len(nodes) else []
-        if getattr(op, "_nodes_by_depth", None) and len(getattr(op, "outputs", None) or []) \
-                > index:  # a nested Functional model: this output's own chain in it
-            fan, inner = _chain(op.outputs[index])
-            reach = [id(x) in inner for x in op.inputs]
-            ins = [x for x, r in zip(ins, reach) if r] if len(reach) == len(ins) else ins
-        else:
-            fan = fan_in(op)
-        best = max(best, fan)
-        stack += ins
-    return best, seen
+    every layer's. The same walk as :func:`input_depths`: the inputs that reach a nested
+    model's output are those its depth counts (they were two walks, which could disagree)."""
+    return _rows(model, {})[1]
 
 
 def output_tolerances(model, tolerance, cap, notes, n_outputs=None):
