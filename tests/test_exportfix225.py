@@ -13,14 +13,9 @@ import dkm_tf  # noqa: E402
 from dkm_tf.export import convert as convert_lib  # noqa: E402
 from dkm_tf.export import verify  # noqa: E402
 from dkm_tf.export.unit_errors import output_depths, weighted_depth  # noqa: E402
+from tests._depth26 import dense_chain  # noqa: E402
 
 pytestmark = tf_backend_only()
-
-
-def _chain(x, n):
-    for _ in range(n):
-        x = keras.layers.Dense(6, activation="tanh")(x)
-    return x
 
 
 def _reads_input_b():
@@ -28,9 +23,9 @@ def _reads_input_b():
     outer model feeds a a 20-deep chain and reads the output of b: 2 deep."""
     keras.utils.set_random_seed(0)
     a, b = keras.Input((6,)), keras.Input((6,))
-    two = keras.Model([a, b], [_chain(a, 20), keras.layers.Dense(6)(b)])
+    two = keras.Model([a, b], [dense_chain(a, 20), keras.layers.Dense(6)(b)])
     j = keras.Input((6,))
-    out = two([_chain(j, 20), j])
+    out = two([dense_chain(j, 20), j])
     return keras.Model(j, keras.layers.Dense(3, name="head")(out[1]))
 
 
@@ -38,9 +33,10 @@ def test_nested_output_is_charged_only_for_the_inputs_that_reach_it():
     # the parent counted 22: the chain feeding input a added to the output of input b
     assert weighted_depth(_reads_input_b()) == 2
     a, b = keras.Input((6,)), keras.Input((6,))
-    two = keras.Model([a, b], [_chain(a, 3), keras.layers.Add()([_chain(a, 2), _chain(b, 4)])])
+    two = keras.Model([a, b], [dense_chain(a, 3),
+                               keras.layers.Add()([dense_chain(a, 2), dense_chain(b, 4)])])
     x = keras.Input((6,))
-    outer = keras.Model(x, list(two([_chain(x, 5), x])))
+    outer = keras.Model(x, list(two([dense_chain(x, 5), x])))
     assert output_depths(outer) == [8, 7]  # 5 + 3; max(5 + 2, 0 + 4)
 
 
@@ -105,7 +101,7 @@ def test_wrappers_and_layers_holding_layers_are_counted():
 def _head_beside_deep():
     keras.utils.set_random_seed(0)
     i = keras.Input((6,))
-    return keras.Model(i, [keras.layers.Dense(3, name="head")(i), _chain(i, 20)])
+    return keras.Model(i, [keras.layers.Dense(3, name="head")(i), dense_chain(i, 20)])
 
 
 def test_each_output_gets_the_tolerance_of_its_own_depth(tmp_path):
@@ -136,7 +132,7 @@ def test_many_outputs_get_one_grouped_note():
     from dkm_tf.export.depth import output_tolerances
 
     i = keras.Input((6,))
-    outs = [keras.layers.Dense(2)(i) for _ in range(40)] + [_chain(i, 20), _chain(i, 10)]
+    outs = [keras.layers.Dense(2)(i) for _ in range(40)] + [dense_chain(i, 20), dense_chain(i, 10)]
     notes = []
     tols = output_tolerances(keras.Model(i, outs), 1e-5, 1e-4, notes)
     assert tols == pytest.approx((1e-5,) * 40 + (4e-5, 2e-5))

@@ -12,21 +12,16 @@ import dkm_tf  # noqa: E402
 from dkm_tf.export import convert as convert_lib  # noqa: E402
 from dkm_tf.export import verify  # noqa: E402
 from dkm_tf.export.unit_errors import depth_tolerance, output_depths, weighted_depth  # noqa: E402
+from tests._depth26 import dense_chain  # noqa: E402
 
 pytestmark = tf_backend_only()
-
-
-def _chain(x, n):
-    for _ in range(n):
-        x = keras.layers.Dense(6, activation="tanh")(x)
-    return x
 
 
 def _shallow_and_deep(deep=20):
     """A nested Functional model with a 1-deep and a ``deep``-deep output."""
     i = keras.Input((6,))
-    a = _chain(i, 1)
-    return keras.Model(i, [a, _chain(a, deep - 1)], name="inner")
+    a = dense_chain(i, 1)
+    return keras.Model(i, [a, dense_chain(a, deep - 1)], name="inner")
 
 
 def _reads_shallow():
@@ -52,18 +47,18 @@ def test_nested_depth_is_that_of_the_output_read():
     twice = keras.Model(j, inner(deep)[0])  # 20, then the shallow output of a second call
     assert weighted_depth(twice) == 21
     i = keras.Input((6,))
-    inner2 = keras.Model(i, [_chain(i, 1), _chain(i, 12)])
+    inner2 = keras.Model(i, [dense_chain(i, 1), dense_chain(i, 12)])
     x = keras.Input((6,))
     mid = keras.Model(x, list(inner2(x)))  # nested in a nested model
     z = keras.Input((6,))
     assert weighted_depth(keras.Model(z, keras.layers.Dense(2)(mid(z)[0]))) == 2
-    passthrough = keras.Model(i, [i, _chain(i, 4)])  # an input returned as an output: 0 deep
+    passthrough = keras.Model(i, [i, dense_chain(i, 4)])  # an input returned as an output: 0 deep
     assert weighted_depth(keras.Model(x, keras.layers.Dense(2)(passthrough(x)[0]))) == 1
 
 
 def test_nested_dict_outputs_keep_their_depths():
     i = keras.Input((6,))
-    inner = keras.Model(i, {"z_deep": _chain(i, 9), "a_shallow": _chain(i, 1)})
+    inner = keras.Model(i, {"z_deep": dense_chain(i, 9), "a_shallow": dense_chain(i, 1)})
     j = keras.Input((6,))
     out = inner(j)
     assert weighted_depth(keras.Model(j, keras.layers.Dense(3)(out["a_shallow"]))) == 2
@@ -74,9 +69,9 @@ def test_depth_is_never_below_the_deepest_path():
     # a two-input nested model: 5 deep from a, 1 from b, b fed a 7-deep chain: the path is 8
     # deep (the walk added the nested output's deepest chain, 5, to its deepest input, 7: 12)
     a, b = keras.Input((6,)), keras.Input((6,))
-    two = keras.Model([a, b], keras.layers.Add()([_chain(a, 5), _chain(b, 1)]))
+    two = keras.Model([a, b], keras.layers.Add()([dense_chain(a, 5), dense_chain(b, 1)]))
     x = keras.Input((6,))
-    assert weighted_depth(keras.Model(x, two([x, _chain(x, 7)]))) == 8
+    assert weighted_depth(keras.Model(x, two([x, dense_chain(x, 7)]))) == 8
 
     class Sub(keras.Model):  # subclassed: its every layer with weights (graph not known)
         def __init__(self):
