@@ -24,12 +24,25 @@ from __future__ import annotations
 
 from dkm_tf.export.top1 import margin_hint
 
-__all__ = ["FP16_HINT_FACTOR", "HINT_FACTOR", "HINTS", "over_tolerance", "refusal_message",
-           "tolerance_hint", "tolerance_text", "worst_output"]
+__all__ = ["FP16_HINT_FACTOR", "HINT_FACTOR", "HINTS", "over_tolerance", "reasons",
+           "refusal_message", "tolerance_hint", "tolerance_text", "worst_output"]
 
 HINT_FACTOR = 10  # a larger tolerance is advised up to this many times the tolerance
 FP16_HINT_FACTOR = 2  # an fp16 file: advised up to this many times its own tolerance
 HINTS = ("tolerance", "representative_data")
+_OWN = "from its own depth or sum length"
+
+
+def reasons(base, tol, own):
+    """Per output, where its default tolerance in ``tol`` (one per output, else ``()``)
+    came from: 10x Keras' own batch noise where ``tol`` exceeds ``base`` (one number or one
+    per output: the tolerance before the noise floor), else its own depth or sum length where
+    ``own`` (a float file's), else "" (the format's default)."""
+    if not isinstance(tol, (tuple, list)):
+        return ()
+    bases = base if isinstance(base, (tuple, list)) else [base] * len(tol)
+    return tuple("from 10x Keras' own batch-1 vs batch-n difference on it" if t > b else
+                 _OWN if own else "" for t, b in zip(tol, bases))
 
 
 def over_tolerance(c):
@@ -51,15 +64,18 @@ def worst_output(c, own=False):
 
     Args:
         c: the comparison.
-        own: the tolerances are the default float-exact ones, each from its output's own
-            depth or sum length, and the text says so; not where the caller passed them or
-            they are int8's (review R8, h25: it said so of every per-output tolerance).
+        own: True: the tolerances are the default float-exact ones, each from its output's
+            own depth or sum length, and the text says so; not where the caller passed them or
+            they are int8's (review R8, h25: it said so of every per-output tolerance). Or
+            one text per output saying where its tolerance came from (:func:`reasons`: a
+            noise-raised one is not from its depth, h26), "" for none.
     """
     if not c.output_tolerances:
         return ""
     k = max(range(len(c.output_tolerances)),
             key=lambda j: c.output_rel_errors[j] / c.output_tolerances[j])
-    why = ", from its own depth or sum length" if own else ""
+    own = own if isinstance(own, (tuple, list)) else [_OWN if own else ""] * (k + 1)
+    why = f", {own[k]}" if k < len(own) and own[k] else ""
     return (f"; output {k}: relative {c.output_rel_errors[k]:.3g} (its tolerance "
             f"{c.output_tolerances[k]:.3g}{why})")
 
@@ -113,11 +129,13 @@ def _describe(c, own=False):
             f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){worst_output(c, own)}{top1}{unit}")
 
 
-def refusal_message(path, fmt, bad, hint="tolerance", within=None):
+def refusal_message(path, fmt, bad, hint="tolerance", within=None, why=None):
     """The message refusing ``path`` for the failed comparisons ``bad`` (``hint``,
-    ``within``: see :func:`tolerance_hint`), then
-    :func:`~dkm_tf.export.top1.margin_hint`'s sentence."""
+    ``within``: see :func:`tolerance_hint`; ``why``: per output, where its tolerance came
+    from, :func:`reasons`; None: from its depth or sum length at ``hint`` ``"tolerance"``),
+    then :func:`~dkm_tf.export.top1.margin_hint`'s sentence."""
+    own = hint == "tolerance" if why is None else why
     return (f"Refusing to write {path!r}: the {fmt} model disagrees with the Keras model: "
-            + "; ".join(_describe(c, hint == "tolerance") for c in bad)
+            + "; ".join(_describe(c, own) for c in bad)
             + tolerance_hint(bad, hint, within)
             + next((h for h in map(margin_hint, bad) if h), ""))

@@ -39,7 +39,7 @@ from dkm_tf.export.int8 import int8_survival, preserve_clusters, shared_note, su
 from dkm_tf.export.model_check import deployed_param_count
 from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES
 from dkm_tf.export.policy import check_applicable, check_codebook_sizes, check_keep_float
-from dkm_tf.export.refusal import FP16_HINT_FACTOR, HINT_FACTOR
+from dkm_tf.export.refusal import FP16_HINT_FACTOR, HINT_FACTOR, reasons
 from dkm_tf.export.report import ExportReport, analytic_bytes
 from dkm_tf.export.rewrite import FlatModel
 from dkm_tf.export.subgraphs import palettize_subgraphs
@@ -108,8 +108,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
             :data:`DEFAULT_TOLERANCE` (float's grown with depth and sum length, each
             output's own: 1e-5 x layers with weights / 5, or 1.5 x 2^-24 x sqrt(longest sum),
-            at most 1e-4, ``depth.output_tolerances``), or 10x Keras' own batch-1 vs batch-n
-            difference on the samples when larger (deep nets; noted, ``verify.noise_floor``).
+            at most 1e-4, ``depth.output_tolerances``), or 10x that output's Keras batch-1 vs
+            batch-n difference on the samples when larger (noted, ``verify.noise_floor``).
             A refusal advises a larger ``tolerance`` only at the default, within 10x of the
             float tolerance (fp16: 2x its own; ``refusal.tolerance_hint``). int8 files must also
             agree with Keras' arg-max on :data:`INT8_MIN_TOP1` of the samples (class-score
@@ -215,7 +215,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     else:
         inputs = convert_lib.as_specs_dtypes(convert_lib.as_input_list(sample_inputs), specs)
     reference = verify.keras_outputs(model, inputs)
-    noise = verify.keras_noise(model, inputs, reference) if tolerance is None else 0.0
+    noise = verify.keras_noise(model, inputs, reference, True) if tolerance is None else 0.0
     b_inputs = verify.batch_inputs(inputs)  # the batch > 1 check, in one invoke
     b_reference = reference if b_inputs is inputs else verify.keras_outputs(model, b_inputs)
     if format in ("palettized", "tflm", "int8"):  # the converter folds BatchNorm: so do we
@@ -293,7 +293,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         _check_fp16_range(model, float_content)  # name the weights behind the refusal
     verify.refuse_if_bad(path, format, comparisons, None if tolerance is not None else (
         "tolerance" if key in ("float", "fp16", "palettized", "tflm") else
-        "representative_data" if int8_mode == "full" else None), within)
+        "representative_data" if int8_mode == "full" else None), within,
+        reasons(base, tol, key == "float") if tolerance is None else None)
     held = None  # full int8 calibrated on its own samples: also judged held out
     if format == "int8" and int8_mode == "full" and representative_data is None:
         comparisons, held = held_out.judge(

@@ -228,25 +228,25 @@ def _errors(got, reference, what):
     return output_errors(got, reference, what, ExportVerificationError)
 
 
-def keras_noise(model, inputs, reference):
-    """How far Keras' outputs for ``inputs`` run one sample at a time are from ``reference``
-    (all at once), relative as in :func:`compare`: float reordering (batched kernels, oneDNN)
-    that no other runtime can be asked to beat. 0 for a single sample."""
+def keras_noise(model, inputs, reference, per_output=False):
+    """How far Keras' outputs for ``inputs`` one at a time are from ``reference`` (all at once;
+    float reordering; 0 for 1 sample), relative as in :func:`compare`; ``per_output``: a list."""
     n = len(inputs[0])
     if n < 2:
-        return 0.0
+        return [0.0] * len(reference) if per_output else 0.0
     per = [keras_outputs(model, [a[i:i + 1] for a in inputs]) for i in range(n)]
     got = [np.concatenate([p[k] for p in per]) for k in range(len(reference))]
-    return _errors(got, reference, "Keras at batch 1")[1]
+    rels = (_errors(got, reference, "Keras at batch 1"), output_rel_errors(got, reference))[1]
+    return rels if per_output else max(rels)
 
 
-def refuse_if_bad(path, fmt, comparisons, hint="auto", within=None):
-    """Raise :class:`ExportVerificationError` (its ``comparisons``: those that failed) with the
-    advice of :func:`~dkm_tf.export.refusal.refusal_message` for ``hint`` and ``within``
+def refuse_if_bad(path, fmt, comparisons, hint="auto", within=None, why=None):
+    """Raise :class:`ExportVerificationError` (its ``comparisons``: those that failed) with
+    :func:`~dkm_tf.export.refusal.refusal_message` for ``hint``, ``within`` and ``why``
     (``hint`` ``"auto"``: ``"tolerance"``, none for ``fmt`` ``"int8"``)."""
     if bad := [c for c in comparisons if not c.ok]:
         hint = (None if fmt == "int8" else "tolerance") if hint == "auto" else hint
-        error = ExportVerificationError(refusal_message(path, fmt, bad, hint, within))
+        error = ExportVerificationError(refusal_message(path, fmt, bad, hint, within, why))
         error.comparisons = bad  # cli._export_noting reads their top-1 agreement
         raise error
 

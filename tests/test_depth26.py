@@ -1,0 +1,117 @@
+"""Keras' own noise floor per output (session 26): one number, the largest over the outputs,
+raised every output's default tolerance, so a deep or batch-dependent output's noise let a
+float file with a shallow head beside it 1e-4 off be written; and a refusal said a tolerance
+the noise floor raised came "from its own depth or sum length"."""
+
+import numpy as np
+import pytest
+from testing import tf_backend_only
+
+keras = pytest.importorskip("keras")
+
+import dkm_tf  # noqa: E402
+from dkm_tf.export import convert as convert_lib  # noqa: E402
+from dkm_tf.export import verify  # noqa: E402
+from tests._depth26 import dense_chain  # noqa: E402
+
+pytestmark = tf_backend_only()
+
+
+@keras.saving.register_keras_serializable(package="dkm_tf_tests26")
+class BatchNoise26(keras.layers.Layer):
+    """x + eps * (batch mean): an output that depends on the batch, as float reordering."""
+
+    def __init__(self, eps=1e-4, **kwargs):
+        super().__init__(**kwargs)
+        self.eps = eps
+
+    def call(self, x):
+        return x + self.eps * keras.ops.mean(x, axis=0, keepdims=True)
+
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps}
+
+
+def _samples():
+    return np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+
+
+def _noisy_beside_quiet():
+    """Output 0 batch-dependent (its noise ~1e-4), output 1 a quiet Dense head."""
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    noisy = BatchNoise26(name="mix")(keras.layers.Dense(4)(i))
+    return keras.Model(i, [noisy, keras.layers.Dense(3, name="head")(i)])
+
+
+def _noises(model, x):
+    """Per output, max |batch-1 outputs - batch-5 outputs| / max |batch-5 outputs| (numpy)."""
+    ref = [np.asarray(r, np.float64) for r in model(x)]
+    one = [model(x[i:i + 1]) for i in range(len(x))]
+    per = [np.concatenate([np.asarray(o[k], np.float64) for o in one]) for k in range(len(ref))]
+    return [float(np.abs(p - r).max() / np.abs(r).max()) for p, r in zip(per, ref)]
+
+
+def _shifted(model, x, layer, rel, output):
+    """The float file of ``model`` with ``layer``'s bias shifted by ``rel`` x max |keras| of
+    ``output``: that output is ``rel`` off (checked in LiteRT), the others exact."""
+    ref = np.asarray(model(x)[output], np.float64)
+    wrong = keras.models.clone_model(model)
+    wrong.set_weights(model.get_weights())
+    bias = wrong.get_layer(layer).bias
+    bias.assign(bias.numpy() + rel * float(np.abs(ref).max()))
+    content = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
+    got = [np.asarray(g, np.float64) for g in verify.run_tflite(content, [x], "litert")]
+    ref1 = np.concatenate([np.asarray(model(x[i:i + 1])[output]) for i in range(len(x))])
+    assert np.abs(got[output] - ref1).max() / np.abs(ref1).max() == pytest.approx(rel, rel=0.1)
+    return content
+
+
+def test_keras_noise_per_output_raises_each_output_by_its_own():
+    model, x = _noisy_beside_quiet(), _samples()
+    want = _noises(model, x)
+    assert 2e-5 < want[0] < 1e-3 and want[1] < 1e-7  # the Dense head is batch-exact
+    got = verify.keras_noise(model, [x], verify.keras_outputs(model, [x]), per_output=True)
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-9)
+    assert verify.keras_noise(model, [x], verify.keras_outputs(model, [x])) == max(got)
+    notes = []
+    raised = verify.noise_floor((1e-5, 1e-5), got, 5, notes)
+    assert raised == pytest.approx((10 * got[0], 1e-5))
+    assert "output 0" in notes[0] and "output 1" not in notes[0] and "batch 5" in notes[0]
+    assert verify.noise_floor(1e-5, got, 5, []) == pytest.approx((10 * got[0], 1e-5))
+    assert verify.noise_floor(1e-2, got, 5, notes) == 1e-2 and len(notes) == 1
+    assert verify.noise_floor(1e-5, [got[0]], 5, []) == pytest.approx(10 * got[0])  # 1 output
+
+
+def test_quiet_head_beside_a_noisy_output_keeps_its_own_tolerance(tmp_path):
+    """The parent raised both outputs to 10x output 0's noise (~1e-3) and wrote a file whose
+    head is 1e-4 off; the head's own tolerance is 1e-5."""
+    model, x = _noisy_beside_quiet(), _samples()
+    content = _shifted(model, x, "head", 1e-4, 1)
+    path = tmp_path / "m.tflite"
+    with pytest.raises(verify.ExportVerificationError, match="output 1: relative") as err:
+        dkm_tf.export.to_tflite(model, path, "float", sample_inputs=x, float_content=content)
+    assert "its tolerance 1e-05, from its own depth or sum length" in str(err.value)
+    assert not path.exists()
+    right = dkm_tf.export.to_tflite(model, path, "float", sample_inputs=x)  # its own file
+    tols = right.comparisons[0].output_tolerances
+    assert tols[0] > 1e-4 and tols[1] == 1e-5
+    assert any("output 0" in n and "Keras' own" in n for n in right.notes)
+
+
+def test_a_refusal_says_a_noise_raised_tolerance_came_from_the_noise(tmp_path):
+    """A noisy 1-deep output beside a 20-deep one (4e-5): its tolerance 10x its noise, and a
+    file 10x further off is refused saying so, not "from its own depth or sum length"."""
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    mix = BatchNoise26(2.5e-6, name="mix")(keras.layers.Dense(3, name="head")(i))
+    model = keras.Model(i, [dense_chain(i, 20), mix])
+    x = _samples()
+    noise = _noises(model, x)
+    assert 1e-5 < 10 * noise[1] < 4e-5 and 10 * noise[0] < 1e-5
+    content = _shifted(model, x, "head", 100 * noise[1], 1)
+    with pytest.raises(verify.ExportVerificationError, match="output 1: relative") as err:
+        dkm_tf.export.to_tflite(model, tmp_path / "m.tflite", "float", sample_inputs=x,
+                                float_content=content)
+    assert "from its own depth" not in str(err.value)
+    assert "from 10x Keras' own batch-1 vs batch-n difference on it" in str(err.value)
