@@ -272,7 +272,8 @@ def output_tolerances(model, tolerance, cap, notes, n_outputs=None):
     depths are not one per output (a subclassed model: one entry, its every layer with
     weights), every output gets the deepest: a 2-output subclassed model's 1-tuple failed
     the export as an invalid ``tolerance`` (review R4, h25)."""
-    depths, fans = output_depths(model) or [0], output_fan_ins(model) or [0]
+    cache = {}  # one walk for both
+    depths, fans = _depths(model, cache), _rows(model, cache)[1] or [0]
     n = len(depths) if n_outputs is None else max(1, n_outputs)
     depths = depths if len(depths) == n else [max(depths)] * n
     fans = fans if len(fans) == n else [max(fans)] * n
