@@ -126,9 +126,9 @@ def noise_floor(tolerance, noise, n, notes):
     ``noise``: one number (for every output), or one per output (``verify.keras_noise``'s
     ``per_output``): each output's tolerance is then raised by its own noise only, a number
     ``tolerance`` becoming one per output, and the note names the outputs raised. With one
-    number for all, a deep output's batch noise loosened a shallow head beside it (a file with
-    the head's bias 9e-5 off was written at 1.1e-4: review h26). A tuple of per-output
-    tolerances is raised output by output."""
+    number for all, a batch-dependent output's noise loosened a quiet head beside it (noise
+    1.1e-4: a file with the head 1e-4 off was verified at 1.1e-3 and written, h26). A tuple
+    of per-output tolerances is raised output by output."""
     if np.ndim(noise) and len(noise) == 1:
         noise = float(noise[0])
     if np.ndim(noise) == 0 or (np.ndim(tolerance) and len(tolerance) != len(noise)):
