@@ -115,3 +115,18 @@ def test_a_refusal_says_a_noise_raised_tolerance_came_from_the_noise(tmp_path):
                                 float_content=content)
     assert "from its own depth" not in str(err.value)
     assert "from 10x Keras' own batch-1 vs batch-n difference on it" in str(err.value)
+
+
+def test_held_out_clear_failure_reads_each_output_against_its_own_tolerance():
+    """With per-output tolerances (now also int8's, raised by one output's noise), the
+    held-out check compared the largest error with the largest tolerance: a quiet output 1.4x
+    its own 0.5 beside a noisy one's 1.0 was not a clear failure."""
+    from dkm_tf.export.held_out import clear_failure
+
+    def comp(rels, tols):
+        return verify.Comparison("litert", max(rels), max(rels), max(tols), 4,
+                                 output_tolerances=tols, output_rel_errors=rels)
+
+    assert clear_failure(comp((0.1, 0.7), (1.0, 0.5)))  # 0.7 / 0.5 = 1.4 > 1.15
+    assert not clear_failure(comp((1.1, 0.5), (1.0, 0.5)))  # 1.1 and 1.0: within 1.15
+    assert clear_failure(comp((1.2, 0.1), (1.0, 0.5)))

@@ -52,7 +52,7 @@ import numpy as np
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import verify
 from dkm_tf.export.calibration import CalibrationError
-from dkm_tf.export.refusal import tolerance_text, worst_output
+from dkm_tf.export.refusal import over_tolerance, tolerance_text, worst_output
 
 __all__ = ["HELD_OUT_MAX", "HELD_OUT_MIN", "REFUSE_MIN", "REL_MARGIN", "UNIT_MARGIN",
            "calibration_overlap", "clear_failure", "held_out_check", "judge",
@@ -149,10 +149,11 @@ def held_out_refusal(path, comp, verified, chosen=False):
 
 def clear_failure(comp):
     """Whether the held-out comparison ``comp`` fails by a clear margin: relative error over
-    :data:`REL_MARGIN` x the tolerance (or NaN), a unit over :data:`UNIT_MARGIN` x its
-    allowance, or top-1 agreement below the minimum. A failure inside these margins is
+    :data:`REL_MARGIN` x the tolerance (or NaN; each output's own where they differ: the
+    largest let a quiet output pass at a noisy one's, h26), a unit over :data:`UNIT_MARGIN` x
+    its allowance, or top-1 agreement below the minimum. A failure inside these margins is
     within the check's noise on few samples (see the module docstring)."""
-    return bool(not comp.rel_error <= REL_MARGIN * comp.tolerance
+    return bool(not over_tolerance(comp) <= REL_MARGIN
                 or comp.unit_excess > UNIT_MARGIN or comp.top1_agreement < comp.min_top1)
 
 
