@@ -77,7 +77,7 @@ def test_keras_noise_per_output_raises_each_output_by_its_own():
     notes = []
     raised = verify.noise_floor((1e-5, 1e-5), got, 5, notes)
     assert raised == pytest.approx((10 * got[0], 1e-5))
-    assert "output 0" in notes[0] and "output 1" not in notes[0] and "batch 5" in notes[0]
+    assert "output 0" in notes[0] and "output 1" not in notes[0] and "batch-5" in notes[0]
     assert verify.noise_floor(1e-5, got, 5, []) == pytest.approx((10 * got[0], 1e-5))
     assert verify.noise_floor(1e-2, got, 5, notes) == 1e-2 and len(notes) == 1
     assert verify.noise_floor(1e-5, [got[0]], 5, []) == pytest.approx(10 * got[0])  # 1 output

@@ -138,11 +138,11 @@ def noise_floor(tolerance, noise, n, notes):
     ks = [k for k, (t, r) in enumerate(zip(tols, raised)) if r > t]
     if not ks:
         return tolerance
-    shown = [f"output {k} {tols[k]:.3g} to {raised[k]:.3g} ({noise[k]:.3g})" for k in ks]
+    shown = [f"output {k} {tols[k]:.3g} to {raised[k]:.3g} (noise {noise[k]:.3g})" for k in ks]
     shown = shown if len(shown) <= 4 else [*shown[:2], f"... {len(ks) - 3} more", shown[-1]]
-    notes.append(f"tolerance raised to {NOISE_FACTOR}x Keras' own noise, output by output: "
-                 f"{'; '.join(shown)} (Keras' own outputs differ by that, relative, between "
-                 f"batch 1 and batch {n} on these samples); other outputs kept theirs")
+    notes.append(f"tolerance raised to {NOISE_FACTOR}x Keras' own noise on the output (its "
+                 f"relative batch-1 vs batch-{n} difference on these samples), output by "
+                 f"output: {'; '.join(shown)}; other outputs kept theirs")
     return tuple(raised)
 
 
