@@ -105,7 +105,17 @@ def source(x, counts, keras, outer=None):
     such ops) are stepped over when read by one call only (before 2026-12-07 a batch norm
     after Conv -> Dropout was charged, 2.73; a ReLU after an identity batch norm was listed as
     fused into it, while the file keeps its RELU, 0.63). `outer`: `(inputs, call inputs,
-    counts, outer)` of the model graph `x` is in, where it is nested."""
+    counts, outer)` of the model graph `x` is in, where it is nested: an input of that model
+    read by one call there is followed to the tensor its call passes (the reader threads it
+    in, `keras_reader._walk`: before 2026-12-07 a batch norm first in a nested model, reading
+    its input, after an outer conv was charged, Keras / file hierarchy 2.07)."""
+    found = source_at(x, counts, keras, outer)
+    return None if found is None else found[0]
+
+
+def source_at(x, counts, keras, outer=None):
+    """As :func:`source`, `(op, its call's input tensors, counts, outer)`: the context of
+    the op's own graph, for looking further up from its input."""
     try:
         producer, node, index = x._keras_history
     except (AttributeError, ValueError, TypeError):
@@ -120,19 +130,20 @@ def source(x, counts, keras, outer=None):
         except (AttributeError, ValueError, IndexError, TypeError):
             return None
         ops = [(op, _calls(producer, op)) for op in graph_ops(producer)]
-        return source(inner, consumers(producer, ops, keras), keras, inside)
+        return source_at(inner, consumers(producer, ops, keras), keras, inside)
     if type(producer).__name__ == "InputLayer" and outer is not None:
         at = [i for i, t in enumerate(outer[0]) if t is x]  # an input of a nested model
         if len(at) != 1 or at[0] >= len(outer[1]):
             return None
-        return source(outer[1][at[0]], outer[2], keras, outer[3])
+        return source_at(outer[1][at[0]], outer[2], keras, outer[3])
+    try:
+        ins = producer._inbound_nodes[node].input_tensors
+    except (AttributeError, IndexError, TypeError):
+        return producer, [], counts, outer
     if removed(producer, keras):
-        try:
-            ins = producer._inbound_nodes[node].input_tensors
-        except (AttributeError, IndexError, TypeError):
-            return producer
-        return source(ins[0], counts, keras, outer) if len(ins) == 1 else producer
-    return producer
+        return source_at(ins[0], counts, keras, outer) if len(ins) == 1 else (
+            producer, ins, counts, outer)
+    return producer, ins, counts, outer
 
 
 def _calls(model, op):
@@ -142,14 +153,15 @@ def _calls(model, op):
         return e
 
 
-def folded_into(norm, counts, keras, x=None):
+def folded_into(norm, counts, keras, x=None, outer=None):
     """The name of the layer batch norm `norm` is folded into at the call reading `x` (by
-    default its first call's input), or `None`."""
+    default its first call's input), or `None`. `outer`: as for :func:`source`, where the
+    call is in a nested model."""
     try:
         x = norm.input if x is None else x
     except (AttributeError, ValueError):
         return None
-    producer = source(x, counts, keras)
+    producer = source(x, counts, keras, outer)
     if producer is None or not folds_after(producer, norm, len(x.shape), keras):
         return None
     return producer.name

@@ -42,15 +42,16 @@ def _per_channel(value):
     return math.prod(shape[:-1]) == 1 if shape else True
 
 
-def fold_of(inner, call, counts, keras):
+def fold_of(inner, call, counts, keras, outer=None):
     """The name of the layer op `inner` (a batch norm, a `Rescaling` / `Normalization`, a
-    constant Add / Subtract / Multiply / TrueDivide) is folded into at `call`, else None."""
+    constant Add / Subtract / Multiply / TrueDivide) is folded into at `call`, else None.
+    `outer`: the context of the nested model the call is in (`bn_folding.source`)."""
     from dkm_tf.energy.bn_folding import folded_into
 
     L = keras.layers
     x = call[0][0] if not isinstance(call, Exception) and call[0] else None
     if isinstance(inner, L.BatchNormalization):
-        return folded_into(inner, counts, keras, x)
+        return folded_into(inner, counts, keras, x, outer)
     if x is None:
         return None
     if isinstance(inner, (L.Rescaling, L.Normalization)):
@@ -62,12 +63,12 @@ def fold_of(inner, call, counts, keras):
         if isinstance(inner, L.Normalization) and tuple(axis or ()) not in ((), (-1,), (len(
                 x.shape) - 1,)):  # None: one scalar mean and variance
             return None
-        return folded_into(_LastAxis, counts, keras, x)
+        return folded_into(_LastAxis, counts, keras, x, outer)
     if type(inner).__name__ in _CONST_OPS:
         found = _constant(inner, call)
         if found is not None and _per_channel(found[0]) and not (
                 type(inner).__name__ in ("Subtract", "TrueDivide", "Divide") and found[1] == 0):
-            return folded_into(_LastAxis, counts, keras, x)
+            return folded_into(_LastAxis, counts, keras, x, outer)
     return None
 
 

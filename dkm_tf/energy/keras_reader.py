@@ -32,11 +32,12 @@ import math
 
 from dkm_tf.energy.activations import activation_name, activation_records, layer_norm_records
 from dkm_tf.energy.attention_mask import mask_records
-from dkm_tf.energy.bn_folding import consumers, removed
+from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.following_folds import drop_folded
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
 from dkm_tf.energy.keras_factorised import factorised_records
+from dkm_tf.energy.keras_live import live_counts, live_outputs, live_tensors
 from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
@@ -141,18 +142,25 @@ def _has_dynamic_input(model):
         return False
 
 
-def _walk(model, keras, shapes, skipped, used=None):
+def _walk(model, keras, shapes, skipped, used=None, outer=None, outs=None):
     """Appends the records of every call of every op in `model`'s graph (`keras_calls`): a
     shared layer once per call, the second and later named `name#2`, ... (`used` counts the
-    walks of each name), with the same `layer` field so that compression info matches."""
+    walks of each name), with the same `layer` field so that compression info matches; not a
+    call whose result reaches no output (`keras_live`: the converter prunes it). `outer`:
+    where `model` is nested, its inputs, its call's inputs, the counts and `outer` of the
+    graph calling it (`bn_folding.source`); `outs`: the indices of its outputs used there."""
     used = {} if used is None else used
     op_calls = [(layer, _calls(model, layer)) for layer in graph_ops(model)]
-    counts = consumers(model, op_calls, keras)
+    live = live_tensors(model, keras, outs)
+    counts = live_counts(model, op_calls, keras, live)
     for layer, layer_calls in op_calls:
         for call in (layer_calls if isinstance(layer_calls, list) else [layer_calls]):
             used[layer.name] = n = used.get(layer.name, 0) + 1
             name = layer.name if n == 1 else f"{layer.name}#{n}"
-            _walk_call(layer, name, call, counts, keras, shapes, skipped, used)
+            if not isinstance(call, Exception) and not live_outputs(call, live):
+                skipped.append((name, "no model output uses it (a .tflite prunes it)"))
+                continue
+            _walk_call(layer, name, call, (counts, outer, live), keras, shapes, skipped, used)
 
 
 def _calls(model, layer):
@@ -163,9 +171,11 @@ def _calls(model, layer):
         return e
 
 
-def _walk_call(layer, name, call, counts, keras, shapes, skipped, used, fused=None):
-    """Appends the records of one call `(inputs, outputs)` of `layer`, named `name`; `fused`:
-    the layer a Pipeline's ReLU `layer` has its first RELU fused into (`relu_fused_after`)."""
+def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=None):
+    """Appends the records of one call `(inputs, outputs)` of `layer`, named `name`; `graph`:
+    `(counts, outer, live)` of the graph it is in (`_walk`); `fused`: the layer a Pipeline's
+    ReLU `layer` has its first RELU fused into (`relu_fused_after`)."""
+    counts, outer, live = graph
     if isinstance(layer, keras.Model):
         if not _has_inputs(layer):  # traced at its call's input shape
             records, why = nested_subclassed(layer, name, call, used)
@@ -177,7 +187,10 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used, fused=No
             if [s[1:] for s in own] != [s[1:] for s in got]:
                 skipped.append((name, f"nested model called with input shapes {got}: read at "
                                 f"the shapes of its own graph, {own}"))
-        _walk(layer, keras, shapes, skipped, used)
+        inside = None if isinstance(call, Exception) else (
+            keras.tree.flatten(layer.inputs), list(call[0]), counts, outer)
+        _walk(layer, keras, shapes, skipped, used, inside,
+              None if isinstance(call, Exception) else live_outputs(call, live))
         return
     if isinstance(layer, keras.layers.Pipeline) and not isinstance(call, Exception):
         subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain
@@ -196,7 +209,7 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used, fused=No
             if into is not None and len(relu_ops(sub, keras)) == 1:
                 skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
                 continue
-            _walk_call(sub, sub_name, sub_call, counts, keras, shapes, skipped, used, into)
+            _walk_call(sub, sub_name, sub_call, graph, keras, shapes, skipped, used, into)
         skipped.extend([(name, why)] if why else [])
         return
     inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
@@ -209,11 +222,11 @@ def _walk_call(layer, name, call, counts, keras, shapes, skipped, used, fused=No
     if not isinstance(inner, keras.layers.Layer) and removed(inner, keras):
         skipped.append((name, "an identity (x * 1, x + 0) the converter removes, not charged"))
         return
-    into = fold_of(inner, call, counts, keras)
+    into = fold_of(inner, call, counts, keras, outer)
     if into is not None:
         skipped.append((name, f"folded into {into} (as a .tflite folds it)"))
         return
-    fused = relu_fused_into(inner, call, counts, keras) if fused is None else fused
+    fused = relu_fused_into(inner, call, counts, keras, outer) if fused is None else fused
     if fused is not None and len(relu_ops(inner, keras)) == 1:
         skipped.append((name, f"fused into {fused} (as a .tflite fuses it)"))
         return

@@ -24,7 +24,7 @@ read 7.40e9 hierarchy units from Keras and 4.74e9 from its palettized file.
 """
 
 from dkm_tf.energy.activations import activation_name
-from dkm_tf.energy.bn_folding import folded_into, source
+from dkm_tf.energy.bn_folding import folded_into, source_at
 from dkm_tf.energy.keras_lowered import affine_ops
 
 _OPS = ("Add", "Subtract", "Multiply", "TrueDivide", "Divide")  # non-layer ops: ADD, ... DIV
@@ -72,19 +72,21 @@ def _absorbs(producer, keras):
                               L.MaxPooling2D, L.AveragePooling1D, L.AveragePooling2D))
 
 
-def relu_fused_into(layer, call, counts, keras):
+def relu_fused_into(layer, call, counts, keras, outer=None):
     """The name of the layer the leading RELU of ReLU `layer` (`leading_relu`) is fused into
     at `call` (`(inputs, outputs)`), else None (not such a ReLU, or its producer keeps a RELU
     op). `counts`: consumers per tensor `id` (`bn_folding.consumers`); the producer is found
-    through nested models (`bn_folding.source`)."""
+    through nested models (`bn_folding.source`), also out of the nested model the call is in
+    (`outer`, as for `bn_folding.source`)."""
     if isinstance(call, Exception) or not call[0] or not leading_relu(layer, keras):
         return None
-    x = call[0][0]
-    producer = source(x, counts, keras)
-    if producer is None or not _absorbs(producer, keras):
+    found = source_at(call[0][0], counts, keras, outer)
+    if found is None or not _absorbs(found[0], keras):
         return None
+    producer, ins, at_counts, at_outer = found
     if isinstance(producer, keras.layers.BatchNormalization):  # the conv it is folded into
-        return folded_into(producer, counts, keras) or producer.name
+        x = ins[0] if ins else None
+        return folded_into(producer, at_counts, keras, x, at_outer) or producer.name
     return producer.name
 
 

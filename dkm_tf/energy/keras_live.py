@@ -1,0 +1,73 @@
+"""Which calls of a Keras model's graph reach an output, as the converter keeps them.
+
+The TensorFlow Lite converter (TF 2.21) inlines nested models and prunes every op whose
+result no model output uses: a conv feeding only an input of a nested model that the nested
+model never reads, or only an output of a nested model that the outer model never reads.
+Keras' own graph keeps such an op (the nested model's call reads it), and before 2026-12-07
+the Keras reader charged it (such a conv beside one used conv: Keras / file hierarchy 1.62,
+paper 1.90; `tests/test_energynest26.py`). `live_tensors` follows a model's graph back from
+the outputs that are used, through each nested model's call at the outputs of it that are
+used; the reader leaves out a call none of whose outputs is live (`keras_reader._walk`).
+"""
+
+
+def live_tensors(model, keras, used=None):
+    """The `id`s of the tensors of `model`'s own graph that reach one of its outputs numbered
+    in `used` (all of them by default), through the calls of nested models at the outputs
+    of theirs that are live."""
+    outs = keras.tree.flatten(model.outputs)
+    stack = [outs[i] for i in (range(len(outs)) if used is None else sorted(used))]
+    live = {id(t) for t in stack}
+    while stack:
+        try:
+            producer, node_index, _ = stack.pop()._keras_history
+            node = producer._inbound_nodes[node_index]
+            ins = list(node.input_tensors)
+        except (AttributeError, ValueError, IndexError, TypeError):
+            continue
+        if isinstance(producer, keras.Model) and _has_graph(producer):
+            outs_used = {k for k, t in enumerate(node.outputs) if id(t) in live}
+            ins = [ins[k] for k in live_inputs(producer, keras, outs_used) if k < len(ins)]
+        for t in ins:
+            if id(t) not in live:
+                live.add(id(t))
+                stack.append(t)
+    return live
+
+
+def live_inputs(model, keras, used):
+    """The indices of `model`'s inputs that reach one of its outputs numbered in `used`."""
+    live = live_tensors(model, keras, used)
+    return [k for k, t in enumerate(keras.tree.flatten(model.inputs)) if id(t) in live]
+
+
+def live_outputs(call, live):
+    """The indices of the outputs of `call` (`(inputs, outputs)`) that are in `live`."""
+    return {k for k, t in enumerate(call[1]) if id(t) in live}
+
+
+def _has_graph(model):
+    try:
+        return bool(model.inputs) and bool(model.outputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def live_counts(model, op_calls, keras, live):
+    """As `bn_folding.consumers`, counting only the calls with a live output (`live`) and,
+    of a nested model's call, only the inputs it reads (`live_inputs`): a conv's output also
+    passed to an input the nested model never reads is read once in the file."""
+    counts = {}
+    for op, op_call_list in op_calls:
+        for call in [] if isinstance(op_call_list, Exception) else op_call_list:
+            outs_used = live_outputs(call, live)
+            if not outs_used:
+                continue
+            ins = keras.tree.flatten(call[0])
+            if isinstance(op, keras.Model) and _has_graph(op):
+                ins = [ins[k] for k in live_inputs(op, keras, outs_used) if k < len(ins)]
+            for t in ins:
+                counts[id(t)] = counts.get(id(t), 0) + 1
+    for t in keras.tree.flatten(getattr(model, "outputs", None) or []):
+        counts[id(t)] = counts.get(id(t), 0) + 1
+    return counts
