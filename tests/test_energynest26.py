@@ -193,3 +193,33 @@ def test_ops_no_output_uses_are_not_charged(case, tmp_path):
     else:
         assert op_records(k, "bn") == []
     same_totals(k, f)
+
+
+@pytest.mark.parametrize("case", ["bn_after_nested_conv", "relu_after_nested_conv",
+                                  "pipeline_first", "dead_beside_input_relu"])
+def test_nested_model_after_nested_model_and_pipeline(case, tmp_path):
+    """A batch norm / ReLU first in a nested model called on another nested model's last conv
+    (2.07 / 1.36 before), a `Pipeline([BN, ReLU, Conv2D])` first in a nested model (2.07),
+    a ReLU of an outer `Input` feeding only an unused nested input (1.36): folded into /
+    fused into the inner conv `ic`, or pruned."""
+    keras.utils.set_random_seed(0)
+    i, j = keras.Input(S), keras.Input(S)
+    first = _conv(L.Activation("tanh")(j), "ic")
+    if case in ("bn_after_nested_conv", "relu_after_nested_conv"):
+        m1 = keras.Model(j, first)
+        y = _nested(FIRST[case[:case.index("_")]])(m1(i))
+        model, layer, into = keras.Model(i, L.Flatten()(y)), case[:case.index("_")], "ic"
+        layer = "r" if layer == "relu" else layer
+    elif case == "pipeline_first":
+        pipe = L.Pipeline([_bn(), L.ReLU(name="r"), L.Conv2D(4, 1)])
+        model, layer, into = _outer(keras.Model(j, pipe(j))), "bn", "c"
+    else:
+        i2, j2 = keras.Input(S), keras.Input(S)
+        unused = keras.Model([j, j2], L.Conv2D(4, 1)(j))
+        y = unused([_conv(i), L.ReLU(name="r")(i2)])
+        model, layer, into = keras.Model([i, i2], L.Flatten()(y)), "r", None
+    k, f = both(model, tmp_path)
+    assert op_records(k, layer) == []
+    reason = dict(k.skipped)[layer]
+    assert (f"into {into} " in reason) if into else ("prunes it" in reason)
+    same_totals(k, f)

@@ -1,7 +1,8 @@
 """Reads `LayerShape` records from a built Keras 3 model (Keras is imported lazily).
 
 Sequential and Functional models are read layer by layer from their recorded input and
-output shapes (per image: the batch axis is ignored). Nested models are read recursively.
+output shapes (per image: the batch axis is ignored). Nested models are read recursively, in
+the context of their call (`bn_folding.source`); calls no output uses are left (`keras_live`).
 A layer wrapped by a `keras.layers.Wrapper` (e.g. a clustering wrapper or TimeDistributed) is
 classified by its inner layer, with the wrapper's input and output shapes. Subclassed models
 have no recorded per-layer shapes; with `input_shape` they are traced with TensorFlow
