@@ -8,6 +8,8 @@ the op's i-th inbound node): a shared layer, or a nested model called twice (a S
 tower), has one such node per call in that graph, each with its own input and output tensors.
 """
 
+import dataclasses
+
 
 def graph_ops(model):
     """The operations (layers) of `model`, in graph order."""
@@ -40,3 +42,13 @@ def calls(model, op):
         return found
     flat = [op.input, op.output]
     return [tuple(list(t) if isinstance(t, (list, tuple)) else [t] for t in flat)]
+
+
+def call_names(records, name, bases):
+    """Records of a second or later call: a name starting with a base (the layer's name, the
+    inner layer's) gets the call's `name` for it; the `layer` field stays the layer's."""
+    out = []
+    for r in records:
+        base = next((b for b in bases if r.name == b or r.name.startswith(b + "/")), None)
+        out.append(r if base is None else dataclasses.replace(r, name=name + r.name[len(base):]))
+    return out

@@ -31,7 +31,7 @@ import numpy as np
 
 def _records(name, ops, elements, common):
     """One record per op: `name`, `name/2`, ... (a second call's records then `name#2`,
-    `name#2/2`, ...: `keras_reader._call_names`); `elements`: one size for all, or a list
+    `name#2/2`, ...: `keras_calls.call_names`); `elements`: one size for all, or a list
     of one per op."""
     from dkm_tf.energy import shapes as sh
 

@@ -35,7 +35,7 @@ from dkm_tf.energy.activations import activation_name, activation_records, layer
 from dkm_tf.energy.attention_mask import mask_records
 from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.following_folds import drop_folded
-from dkm_tf.energy.keras_calls import calls, graph_ops
+from dkm_tf.energy.keras_calls import call_names, calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
 from dkm_tf.energy.keras_factorised import factorised_records
 from dkm_tf.energy.keras_live import live_counts, live_outputs, live_tensors
@@ -257,7 +257,7 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
     if records:  # an Attention call's scores mask (causal / mask=): its ADD
         records = records + mask_records(inner, alias, call, keras)
     if name != layer.name:
-        records = _call_names(records, name, (layer.name, alias))
+        records = call_names(records, name, (layer.name, alias))
     shapes.extend(records)
     if reason:
         skipped.append((name, reason))
@@ -268,16 +268,6 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
         shapes.extend(extra)
         if why:
             skipped.append((name, why))
-
-
-def _call_names(records, name, bases):
-    """Records of a second or later call: a name starting with a base (the layer's name, the
-    inner layer's) gets the call's `name` for it; the `layer` field stays the layer's."""
-    out = []
-    for r in records:
-        base = next((b for b in bases if r.name == b or r.name.startswith(b + "/")), None)
-        out.append(r if base is None else dataclasses.replace(r, name=name + r.name[len(base):]))
-    return out
 
 
 def _shapes_of(tensors):
