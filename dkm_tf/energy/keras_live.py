@@ -11,10 +11,16 @@ used; the reader leaves out a call none of whose outputs is live (`keras_reader.
 """
 
 
-def live_tensors(model, keras, used=None):
+def dead(call, live, everything):
+    """Whether `call` (`(inputs, outputs)`) is of the graph (an output in `everything`, the
+    tensors `live_tensors(..., prune=False)` finds) and reaches none of its used outputs."""
+    return any(id(t) in everything for t in call[1]) and not live_outputs(call, live)
+
+
+def live_tensors(model, keras, used=None, prune=True):
     """The `id`s of the tensors of `model`'s own graph that reach one of its outputs numbered
     in `used` (all of them by default), through the calls of nested models at the outputs
-    of theirs that are live."""
+    of theirs that are live (`prune=False`: through every input of every call)."""
     outs = keras.tree.flatten(model.outputs)
     stack = [outs[i] for i in (range(len(outs)) if used is None else sorted(used))]
     live = {id(t) for t in stack}
@@ -25,7 +31,7 @@ def live_tensors(model, keras, used=None):
             ins = list(node.input_tensors)
         except (AttributeError, ValueError, IndexError, TypeError):
             continue
-        if isinstance(producer, keras.Model) and _has_graph(producer):
+        if prune and isinstance(producer, keras.Model) and _has_graph(producer):
             outs_used = {k for k, t in enumerate(node.outputs) if id(t) in live}
             ins = [ins[k] for k in live_inputs(producer, keras, outs_used) if k < len(ins)]
         for t in ins:
@@ -53,18 +59,17 @@ def _has_graph(model):
         return False
 
 
-def live_counts(model, op_calls, keras, live):
-    """As `bn_folding.consumers`, counting only the calls with a live output (`live`) and,
-    of a nested model's call, only the inputs it reads (`live_inputs`): a conv's output also
-    passed to an input the nested model never reads is read once in the file."""
+def live_counts(model, op_calls, keras, live, everything):
+    """As `bn_folding.consumers`, leaving out the calls that are `dead` and, of a nested
+    model's call, the inputs it does not read (`live_inputs`): a conv's output also passed
+    to an input the nested model never reads is read once in the file."""
     counts = {}
     for op, op_call_list in op_calls:
         for call in [] if isinstance(op_call_list, Exception) else op_call_list:
-            outs_used = live_outputs(call, live)
-            if not outs_used:
+            if dead(call, live, everything):
                 continue
-            ins = keras.tree.flatten(call[0])
-            if isinstance(op, keras.Model) and _has_graph(op):
+            outs_used, ins = live_outputs(call, live), keras.tree.flatten(call[0])
+            if outs_used and isinstance(op, keras.Model) and _has_graph(op):
                 ins = [ins[k] for k in live_inputs(op, keras, outs_used) if k < len(ins)]
             for t in ins:
                 counts[id(t)] = counts.get(id(t), 0) + 1

@@ -38,7 +38,7 @@ from dkm_tf.energy.following_folds import drop_folded
 from dkm_tf.energy.keras_calls import call_names, calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
 from dkm_tf.energy.keras_factorised import factorised_records
-from dkm_tf.energy.keras_live import live_counts, live_outputs, live_tensors
+from dkm_tf.energy.keras_live import dead, live_counts, live_outputs, live_tensors
 from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
@@ -152,13 +152,13 @@ def _walk(model, keras, shapes, skipped, used=None, outer=None, outs=None):
     graph calling it (`bn_folding.source`); `outs`: the indices of its outputs used there."""
     used = {} if used is None else used
     op_calls = [(layer, _calls(model, layer)) for layer in graph_ops(model)]
-    live = live_tensors(model, keras, outs)
-    counts = live_counts(model, op_calls, keras, live)
+    live, everything = live_tensors(model, keras, outs), live_tensors(model, keras, prune=False)
+    counts = live_counts(model, op_calls, keras, live, everything)
     for layer, layer_calls in op_calls:
         for call in (layer_calls if isinstance(layer_calls, list) else [layer_calls]):
             used[layer.name] = n = used.get(layer.name, 0) + 1
             name = layer.name if n == 1 else f"{layer.name}#{n}"
-            if not isinstance(call, Exception) and not live_outputs(call, live):
+            if not isinstance(call, Exception) and dead(call, live, everything):
                 skipped.append((name, "no model output uses it (a .tflite prunes it)"))
                 continue
             _walk_call(layer, name, call, (counts, outer, live), keras, shapes, skipped, used)
@@ -190,8 +190,8 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
                                 f"the shapes of its own graph, {own}"))
         inside = None if isinstance(call, Exception) else (
             keras.tree.flatten(layer.inputs), list(call[0]), counts, outer)
-        _walk(layer, keras, shapes, skipped, used, inside,
-              None if isinstance(call, Exception) else live_outputs(call, live))
+        _walk(layer, keras, shapes, skipped, used, inside,  # all outputs if not of the graph
+              None if isinstance(call, Exception) else live_outputs(call, live) or None)
         return
     if isinstance(layer, keras.layers.Pipeline) and not isinstance(call, Exception):
         subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain
