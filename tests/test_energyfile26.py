@@ -1,6 +1,8 @@
 """Session 26: the `.tflite` reader after a `TimeDistributed` layer, and a `Rescaling` the
 converter folds into the conv or Dense after it, in a Keras model's estimate."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -101,6 +103,11 @@ FOLDS = {
                                [("mul", 2, _N), ("add", 2, _N)], False),
     "wider_padding": (_chain(lambda: L.Rescaling(0.5), lambda: L.ZeroPadding2D(2),
                              lambda: L.Conv2D(4, 3)), [("mul", 2, _N)], True),
+    "zero_padding_before_1x1": (_chain(lambda: L.Rescaling(0.5), lambda: L.ZeroPadding2D(0),
+                                       lambda: L.Conv2D(4, 1)), [("mul", 2, _N)], True),
+    "zero_padding_before_2x2_stride_2": (_chain(
+        lambda: L.Rescaling(0.5), lambda: L.ZeroPadding2D(0),
+        lambda: L.Conv2D(4, 2, strides=2)), [("mul", 2, _N)], True),
     "functional_mul": (lambda x: L.Conv2D(4, 3)(x * 0.5), [], True),
     "functional_sub_same": (lambda x: L.Conv2D(4, 3, padding="same")(x - 0.1),
                             [("add", 2, _N)], True),
@@ -160,3 +167,18 @@ def test_time_major_ops_of_a_fixed_batch_file_are_per_image(tmp_path):
     k, f = both(model, tmp_path)
     assert _eltwise(f) == _eltwise(k) == [("relu", 1, 15), ("max", 2, 15), ("relu", 1, 15)]
     np.testing.assert_allclose(k.paper_total, f.paper_total, rtol=1e-6)
+
+
+def test_a_rescaling_before_a_keras_int8_dense_is_charged():
+    """`model.quantize("int8")`: `to_tflite` refuses the model, so no file folds the MUL; the
+    estimate keeps it, an upper bound (it was "folded into dense after it"; review R1)."""
+    from dkm_tf import energy
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3,))
+    model = keras.Model(inp, L.Dense(4)(L.Rescaling(0.5)(inp)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras: "Layer InputLayer does not have a `quantize`"
+        model.quantize("int8")
+    assert _eltwise(energy.estimate(model)) == [("mul", 2, 3)]
+

@@ -76,6 +76,8 @@ def _takes(node, kind, value, counts, keras, depth=0):
     if len(x) != 1 or len(node.outputs) != 1 or depth > 32:
         return False
     name = type(inner).__name__
+    if getattr(inner, "quantization_mode", None) in ("int8", "float8"):
+        return False  # Keras-quantized: to_tflite refuses it, no file to fold into (int4 folds)
     if name in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D"):
         return value.size == 1 and getattr(inner, "data_format", "") == "channels_last" and \
             all(int(d) == 1 for d in inner.dilation_rate) and (
@@ -111,7 +113,8 @@ def _same_pad(pad, x, node):
             return False
         total = max((-(-size // s) - 1) * s + k - size, 0)
         want.append((total // 2, total - total // 2))
-    return tuple(tuple(int(v) for v in p) for p in pad.padding) == tuple(want)
+    return any(any(p) for p in want) and tuple(  # all 0 (a 1x1 conv): PAD and MUL stay
+        tuple(int(v) for v in p) for p in pad.padding) == tuple(want)
 
 
 def _takers(t, keras, depth=0):
