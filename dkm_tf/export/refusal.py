@@ -120,11 +120,13 @@ def _advised(c, within):
     return all(r <= w for r, w in zip(rels, within))
 
 
-def _describe(c, own=False):
+def _describe(c, own=False, fmt="int8"):
     top1 = ("" if c.min_top1 != c.min_top1 or c.top1_agreement != c.top1_agreement else
             f", top-1 agreement {c.top1_agreement:.3g} (at least {c.min_top1:g})")
-    unit = (f", {c.worst_unit} (allowed: {tolerance_text(c)} x its max |keras| + 2 int8 "
-            "steps of the output's)" if c.unit_excess > 1 else "")
+    share = ("2 int8 steps of the output's" if fmt == "int8" else "the tolerance x the "
+             "output's max |keras| x the unit's share of its rounding (unit_check)")
+    unit = (f", {c.worst_unit} (allowed: {tolerance_text(c)} x its max |keras| + {share})"
+            if c.unit_excess > 1 else "")
     return (f"{c.interpreter}: max abs error {c.max_abs_error:.3g}, relative "
             f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){worst_output(c, own)}{top1}{unit}")
 
@@ -136,6 +138,6 @@ def refusal_message(path, fmt, bad, hint="tolerance", within=None, why=None):
     then :func:`~dkm_tf.export.top1.margin_hint`'s sentence."""
     own = hint == "tolerance" if why is None else why
     return (f"Refusing to write {path!r}: the {fmt} model disagrees with the Keras model: "
-            + "; ".join(_describe(c, own) for c in bad)
+            + "; ".join(_describe(c, own, fmt) for c in bad)
             + tolerance_hint(bad, hint, within)
             + next((h for h in map(margin_hint, bad) if h), ""))

@@ -31,7 +31,7 @@ from dkm_tf.core.files import atomic_path
 from dkm_tf.core.loss_kind import assumed_logits, loss_said, non_class_loss, probability_rows
 from dkm_tf.core.validate import check_choice
 from dkm_tf.export import convert as convert_lib
-from dkm_tf.export import held_out, verify
+from dkm_tf.export import held_out, unit_check, verify
 from dkm_tf.export.canonical import fixed_like
 from dkm_tf.export.export_args import check_export_args, check_palettes, check_path, inputs_by_name
 from dkm_tf.export.inspect import inspect_tflite
@@ -117,6 +117,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             heads only); every unit (last axis) of their other outputs, ``tolerance`` on its
             own range plus two int8 steps of the output's (``verify.compare``'s
             ``unit_floor``); a file the converter quantized nothing in, the float tolerance.
+            Other formats: each unit as well, plus its rounding share of the output's (unit_check).
         interpreters: which of ``"litert"`` and ``"tflite"`` verify the file (default: both;
             without ``ai_edge_litert``, ``tf.lite`` alone, noted; under TensorFlow 2.19 /
             2.20, LiteRT alone, noted, or without it ``tf.lite`` after a check of the file
@@ -284,11 +285,12 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         HINT_FACTOR * t for t in verify.noise_floor(floats, noise, len(inputs[0]), []))
         if floats else None)
     min_top1, floor = _min_top1(model, format, notes, reference), INT8_UNIT_FLOOR
+    floors = floor if format == "int8" else unit_check.unit_floors(model, inputs, reference, tol)
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
-        min_top1, convert_lib.open_dims(model), floor if format == "int8" else None)
+        min_top1, convert_lib.open_dims(model), floors)  # float: each unit's (unit_check)
     notes += [f"output unit nearest its allowance: {c.worst_unit}" for c in comparisons[:1]
-              if c.worst_unit and c.unit_excess == c.unit_excess]  # checked (int8) units
+              if c.worst_unit and c.unit_excess == c.unit_excess and format == "int8"]
     if format == "fp16" and not all(c.ok for c in comparisons):
         _check_fp16_range(model, float_content)  # name the weights behind the refusal
     verify.refuse_if_bad(path, format, comparisons, None if tolerance is not None else (

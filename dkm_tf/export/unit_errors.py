@@ -83,7 +83,9 @@ def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
         tolerance: the relative tolerance, applied to each unit's own max |keras| (or one
             per output, a sequence).
         unit_floor: fraction of the output's max |keras| a unit may be off beyond that
-            (int8: :data:`INT8_UNIT_FLOOR`), or None: report only (``excess`` NaN).
+            (int8: :data:`INT8_UNIT_FLOOR`), one per output (a number or one per unit: float
+            files, :func:`~dkm_tf.export.unit_check.unit_floors`), or None: report only
+            (``excess`` NaN).
         skip: output indices not checked per unit (class scores, read by the top-1 check).
 
     Returns:
@@ -108,7 +110,8 @@ def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
             score = err / np.maximum(scale, 1e-30)
             unit = "x its max |keras|"
         else:
-            score = err / (tol * scale + unit_floor * max(whole, 1e-30))
+            floor = unit_floor[k] if isinstance(unit_floor, (list, tuple)) else unit_floor
+            score = err / (tol * scale + floor * max(whole, 1e-30))
             unit = "of what it is allowed"
             excess = max(float(score.max()), -1.0 if excess != excess else excess)
         j = int(np.argmax(score))

@@ -1,0 +1,99 @@
+"""Unit-by-unit allowances of float-exact files (float, fp16, palettized, TFLite Micro).
+
+A float file is held to a relative tolerance of each output's range: a small unit beside a
+large one (a regressor's target 1000x smaller than another) could be off by 1000x the
+tolerance on its own range and be written (at K = 196,608 and 3.96e-5, 1.4 % of its own
+range; review R8). Its own range alone is no allowance either: float32 rounding of a unit
+follows the size of the terms summed into it, not its range (a unit near 0 from cancelling
+large terms reads ~1 % of its own range in a correct file).
+
+:func:`unit_floors` therefore measures each unit's share of the rounding: the Keras model is
+run once more with every float weight multiplied by ``1 + u x N(0, 1)`` (:data:`WEIGHT_NOISE`;
+rounding a product or a partial sum is such a relative change of its terms), and unit j's
+change ``S_j`` over the largest ``S`` of its output says how much of the output's rounding can
+reach it. A unit may then be off by ``tolerance x its own max |keras|`` plus ``tolerance x
+min(1, UNIT_SPREAD x S_j / max S + UNIT_SLACK) x the output's max |keras|``: the output's
+whole allowance for a unit as exposed as the most exposed one (a cancelling unit), a sliver of
+it for a unit whose terms are small.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["DRAWS", "UNIT_SLACK", "UNIT_SPREAD", "WEIGHT_NOISE", "unit_floors",
+           "unit_sensitivity"]
+
+DRAWS = 3  # noisy runs: a unit's change is the largest (one draw of one sample can read ~0)
+
+WEIGHT_NOISE = 2.0 ** -10  # relative weight noise of the sensitivity run
+UNIT_SPREAD = 10.0  # x S_j / max S: measured legit files need <= 0.62 (notes/h26 unitcheck)
+UNIT_SLACK = 1e-3  # of the output's allowance, for rounding no weight reaches
+
+
+def unit_sensitivity(model, inputs, reference, seed=0):
+    """Per output, per unit (last axis): ``max |keras(noisy weights) - keras| / u`` over the
+    samples and :data:`DRAWS` draws of the noise (an array), None for an output with fewer
+    than 2 units; None for all when the model cannot be run with other weight values
+    (``stateless_call`` fails).
+
+    Args:
+        model: the Keras model.
+        inputs: list of input arrays (the export's samples).
+        reference: the model's outputs for ``inputs`` (list of arrays).
+        seed: seed of the weight noise.
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    from dkm_tf.export.convert import structured_inputs  # noqa: PLC0415
+
+    rng = np.random.default_rng(seed)
+
+    def noisy(variables):
+        out = []
+        for v in variables:
+            w = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+            if np.issubdtype(w.dtype, np.floating):
+                w = (w * (1 + WEIGHT_NOISE * rng.standard_normal(w.shape))).astype(w.dtype)
+            out.append(w)
+        return out
+
+    runs = []
+    try:
+        for _ in range(DRAWS):
+            y, _ = model.stateless_call(noisy(model.trainable_variables),
+                                        noisy(model.non_trainable_variables),
+                                        structured_inputs(model, inputs), training=False)
+            runs.append([np.asarray(t, np.float64) for t in tf.nest.flatten(y)])
+    except Exception:  # noqa: BLE001 (a model Keras cannot run statelessly: units unchecked)
+        return [None] * len(reference)
+    if any(len(got) != len(reference) for got in runs):
+        return [None] * len(reference)
+    return [None if r.ndim < 2 or r.shape[-1] < 2 or any(
+        got[k].shape != r.shape for got in runs) else np.max(
+        [np.max(np.abs(got[k] - r), axis=tuple(range(r.ndim - 1))) for got in runs],
+        axis=0) / WEIGHT_NOISE for k, r in enumerate(reference)]
+
+
+def unit_floors(model, inputs, reference, tolerance):
+    """Per output, per unit: the fraction of the output's max |keras| a unit may be off
+    beyond ``tolerance`` x its own (:func:`~dkm_tf.export.unit_errors.unit_report`'s
+    ``unit_floor``): ``tolerance x min(1, UNIT_SPREAD x S_j / max S + UNIT_SLACK)``
+    (:func:`unit_sensitivity`), the whole ``tolerance`` where ``S`` is not known.
+
+    Args:
+        model, inputs, reference: as :func:`unit_sensitivity`.
+        tolerance: the export's tolerance, a number or one per output.
+
+    Returns:
+        a tuple, one entry per output: an array (one per unit) or a number.
+    """
+    floors = []
+    for k, s in enumerate(unit_sensitivity(model, inputs, reference)):
+        tol = float(tolerance if np.ndim(tolerance) == 0 else tolerance[k])
+        top = 0.0 if s is None else float(np.max(s))
+        if s is None or not np.isfinite(top) or top <= 0:
+            floors.append(tol)
+            continue
+        floors.append(tol * np.minimum(1.0, UNIT_SPREAD * s / top + UNIT_SLACK))
+    return tuple(floors)
