@@ -126,7 +126,7 @@ def _describe(c, own=False, fmt="int8"):
     share = ("2 int8 steps of the output's" if fmt == "int8" else "the tolerance x the "
              "output's max |keras| x the unit's share of its rounding (unit_check)")
     unit = (f", {c.worst_unit} (allowed: {tolerance_text(c)} x its max |keras| + {share})"
-            if c.unit_excess > 1 else "")
+            if c.unit_excess > 1 and (fmt == "int8" or over_tolerance(c) <= 1) else "")
     return (f"{c.interpreter}: max abs error {c.max_abs_error:.3g}, relative "
             f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){worst_output(c, own)}{top1}{unit}")
 
