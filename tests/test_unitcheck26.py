@@ -15,6 +15,7 @@ import dkm_tf
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import to_tflite, verify
 from dkm_tf.export.unit_check import UNIT_SLACK, unit_floors
+from dkm_tf.export.unit_errors import INT8_UNIT_FLOOR
 
 pytest.importorskip("ai_edge_litert")
 
@@ -184,3 +185,18 @@ def test_unit_floors_follow_the_units_terms():
     assert floors[0][0] == pytest.approx(1e-5)
     assert 1e-5 * UNIT_SLACK < floors[0][1] < 1e-5 * (10 * 5e-3 + UNIT_SLACK)
     assert floors[1] == pytest.approx(2e-5)  # one unit: not checked, the whole tolerance
+
+
+def test_unit_floors_without_stateless_call_fall_back_with_a_note(monkeypatch):
+    model, x = _regressor(), _x()
+    ref = [np.asarray(model(x))]
+
+    def broken(*args, **kwargs):
+        raise NotImplementedError("no stateless call")
+
+    monkeypatch.setattr(model, "stateless_call", broken)
+    notes = []
+    assert unit_floors(model, [x], ref, 1e-5, notes) == (1e-5,)
+    assert notes == ["output units: Keras could not run the model with other weight values "
+                     "(stateless_call), so each unit was held to the output's tolerance only"]
+    assert unit_floors(model, [x], ref, 0.5, notes, "int8") == INT8_UNIT_FLOOR

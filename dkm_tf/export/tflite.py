@@ -285,7 +285,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         HINT_FACTOR * t for t in verify.noise_floor(floats, noise, len(inputs[0]), []))
         if floats else None)
     min_top1, floor = _min_top1(model, format, notes, reference), INT8_UNIT_FLOOR
-    floors = floor if format == "int8" else unit_check.unit_floors(model, inputs, reference, tol)
+    floors = unit_check.unit_floors(model, inputs, reference, tol, notes, format)
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
         min_top1, convert_lib.open_dims(model), floors)  # float: each unit's (unit_check)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dkm_tf.export.unit_errors import INT8_UNIT_FLOOR
+
 __all__ = ["DRAWS", "UNIT_SLACK", "UNIT_SPREAD", "WEIGHT_NOISE", "unit_floors",
            "unit_sensitivity"]
 
@@ -75,7 +77,7 @@ def unit_sensitivity(model, inputs, reference, seed=0):
         axis=0) / WEIGHT_NOISE for k, r in enumerate(reference)]
 
 
-def unit_floors(model, inputs, reference, tolerance):
+def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
     """Per output, per unit: the fraction of the output's max |keras| a unit may be off
     beyond ``tolerance`` x its own (:func:`~dkm_tf.export.unit_errors.unit_report`'s
     ``unit_floor``): ``tolerance x min(1, UNIT_SPREAD x S_j / max S + UNIT_SLACK)``
@@ -84,12 +86,23 @@ def unit_floors(model, inputs, reference, tolerance):
     Args:
         model, inputs, reference: as :func:`unit_sensitivity`.
         tolerance: the export's tolerance, a number or one per output.
+        notes: a list the export's notes are appended to (a model whose units could not be
+            measured), or None.
+        fmt: the export format; ``"int8"`` gets
+            :data:`~dkm_tf.export.unit_errors.INT8_UNIT_FLOOR` (its quantization steps).
 
     Returns:
-        a tuple, one entry per output: an array (one per unit) or a number.
+        a tuple, one entry per output: an array (one per unit) or a number; int8: a number.
     """
+    if fmt == "int8":
+        return INT8_UNIT_FLOOR
+    sens = unit_sensitivity(model, inputs, reference)
+    if notes is not None and all(s is None for s in sens) and any(
+            r.ndim >= 2 and r.shape[-1] >= 2 for r in reference):
+        notes.append("output units: Keras could not run the model with other weight values "
+                     "(stateless_call), so each unit was held to the output's tolerance only")
     floors = []
-    for k, s in enumerate(unit_sensitivity(model, inputs, reference)):
+    for k, s in enumerate(sens):
         tol = float(tolerance if np.ndim(tolerance) == 0 else tolerance[k])
         top = 0.0 if s is None else float(np.max(s))
         if s is None or not np.isfinite(top) or top <= 0:
