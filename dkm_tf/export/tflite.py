@@ -116,8 +116,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             outputs: shaped (samples, classes); with several outputs, softmax
             heads only); every unit (last axis) of their other outputs, ``tolerance`` on its
             own range plus two int8 steps of the output's (``verify.compare``'s
-            ``unit_floor``); a file the converter quantized nothing in, the float tolerance.
-            Other formats: each unit as well, plus its rounding share of the output's (unit_check).
+            ``unit_floor``; other formats: its rounding share of the output's, ``unit_check``);
+            a file the converter quantized nothing in, the float tolerance.
         interpreters: which of ``"litert"`` and ``"tflite"`` verify the file (default: both;
             without ``ai_edge_litert``, ``tf.lite`` alone, noted; under TensorFlow 2.19 /
             2.20, LiteRT alone, noted, or without it ``tf.lite`` after a check of the file
