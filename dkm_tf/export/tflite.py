@@ -265,8 +265,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     notes += [f"{r['palette']}: palettized storage ({r['bits_per_weight']:.1f} bits/weight) is "
               "larger than float32 (too few weights per codebook)"
               for r in records if r.get("bits_per_weight", 0) >= 32 and "palette" in r
-              and not r.get("kept")
-              and format in ("palettized", "tflm")]
+              and not r.get("kept") and format in ("palettized", "tflm")]
     key = f"int8/{int8_mode}" if format == "int8" else format
     if format == "int8" and not _quantized(content):
         key = "float"  # a 0.5 tolerance would pass a wrong float file (a swapped unit: 0.27)
@@ -284,8 +283,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     within = (FP16_HINT_FACTOR * np.max(tol) if key == "fp16" else tuple(
         HINT_FACTOR * t for t in verify.noise_floor(floats, noise, len(inputs[0]), []))
         if floats else None)
-    min_top1, floor = _min_top1(model, format, notes, reference), INT8_UNIT_FLOOR
-    floors = unit_check.unit_floors(model, inputs, reference, tol, notes, format)
+    min_top1, floors = _min_top1(model, format, notes, reference), unit_check.unit_floors(
+        model, inputs, reference, tol, notes, format)
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
         min_top1, convert_lib.open_dims(model), floors)  # float: each unit's (unit_check)
@@ -301,7 +300,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     if format == "int8" and int8_mode == "full" and representative_data is None:
         comparisons, held = held_out.judge(
             path, model, specs, inputs if sample_inputs is not None else None, comparisons,
-            notes, min_top1, floor, post=(lambda c: preserve_clusters(c, palettes)[0])
+            notes, min_top1, INT8_UNIT_FLOOR, post=(lambda c: preserve_clusters(c, palettes)[0])
             if palettes and int8_scales == "shared" else None, chosen=tolerance is not None)
     elif format == "int8" and int8_mode == "full" and sample_inputs is not None:
         comparisons = held_out.mark_calibrated(comparisons, inputs, convert_lib.as_specs_dtypes(
