@@ -21,8 +21,8 @@ or 1 x 1 x 16384, 12 runs each, at most 0.72.
 from __future__ import annotations
 
 __all__ = ["FAN_IN_FACTOR", "FLOAT_LAYERS_PER_STEP", "depth_tolerance", "fan_in",
-           "input_depths", "output_depths", "output_fan_ins", "output_tolerances",
-           "weighted_depth"]
+           "file_order", "input_depths", "output_depths", "output_fan_ins",
+           "output_tolerances", "weighted_depth"]
 
 FLOAT_LAYERS_PER_STEP = 5  # the float tolerance grows by itself per this many weighted layers
 FAN_IN_FACTOR = 1.5  # x 2^-24 x sqrt(longest sum): 1.6x the largest of 480 measured files
@@ -262,7 +262,8 @@ def output_fan_ins(model):
 
 
 def output_tolerances(model, tolerance, cap, notes, n_outputs=None):
-    """Per output of ``model`` (a tuple), the float tolerance of that output's depth
+    """Per output of ``model`` (a tuple, in the order of the Keras reference and the file:
+    :func:`file_order`), the float tolerance of that output's depth
     (:func:`output_depths`; ``tolerance x n / 5`` beyond 5) or of its longest sum K
     (:func:`output_fan_ins`; :data:`FAN_IN_FACTOR` x 2^-24 x sqrt(K)), the larger, at most
     ``cap``, with one note: the per-output values grouped (a 50-output model gets one line,
@@ -277,6 +278,8 @@ def output_tolerances(model, tolerance, cap, notes, n_outputs=None):
     n = len(depths) if n_outputs is None else max(1, n_outputs)
     depths = depths if len(depths) == n else [max(depths)] * n
     fans = fans if len(fans) == n else [max(fans)] * n
+    order = file_order(model, n)  # model.outputs' order to the reference's and the file's
+    depths, fans = [depths[k] for k in order], [fans[k] for k in order]
     wide = [min(cap, FAN_IN_FACTOR * 2.0 ** -24 * k ** 0.5) for k in fans]
     deep = [_scaled(d, tolerance, cap) for d in depths]
     tols = tuple(max(t, w) for t, w in zip(deep, wide))
@@ -303,3 +306,24 @@ def _depth_note(tols, depths, tolerance, cap, notes):
     notes.append(f"float tolerance per output, from its own longest chain: {'; '.join(shown)} "
                  f"({tolerance:g} per {FLOAT_LAYERS_PER_STEP} layers with weights, at most "
                  f"{cap:g}): float32 rounding grows with depth")
+
+
+def file_order(model, n):
+    """Which of ``model.outputs`` (``keras.tree.flatten`` order) each of the ``n`` outputs
+    of the Keras reference and the file is (``tf.nest.flatten`` order: every mapping's keys
+    sorted, an ``OrderedDict``'s too): a list, ``model.outputs`` index per reference index.
+    The identity where they agree, the structure is not known or is not ``n`` outputs.
+    An ``OrderedDict`` of a 20-deep ``"z"`` and a 1-deep ``"a"`` gave the reference's "a"
+    the 20-deep chain's 4e-5, and a file with "a" 2.5e-5 off was written (review F1, h26)."""
+    struct = getattr(model, "_outputs_struct", None)
+    if struct is None or n < 2:
+        return list(range(n))
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    try:
+        order = [int(k) for k in tf.nest.flatten(
+            keras.tree.pack_sequence_as(struct, list(range(n))))]
+    except Exception:  # noqa: BLE001 (another structure than n outputs: as they are)
+        return list(range(n))
+    return order if sorted(order) == list(range(n)) else list(range(n))

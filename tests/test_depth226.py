@@ -1,0 +1,112 @@
+"""Per-output tolerances in the order of the Keras reference and the file (session 26, review
+F1): ``model.outputs`` keeps an ``OrderedDict``'s insertion order while the reference and the
+file sort every mapping's keys, so each output's depth tolerance went to another output."""
+
+import collections
+
+import numpy as np
+import pytest
+from testing import tf_backend_only
+
+keras = pytest.importorskip("keras")
+
+import dkm_tf  # noqa: E402
+from dkm_tf.export import convert as convert_lib  # noqa: E402
+from dkm_tf.export import depth, unit_check, verify  # noqa: E402
+from tests._depth26 import dense_chain  # noqa: E402
+
+pytestmark = tf_backend_only()
+L = keras.layers
+OD = collections.OrderedDict
+# output width -> layers with weights on its chain (a chain of d Dense(6), then Dense(width))
+DEPTHS = {2: 1, 3: 11, 4: 16, 5: 21, 6: 6}
+
+
+def _head(i, width):
+    return L.Dense(width)(dense_chain(i, DEPTHS[width] - 1))
+
+
+STRUCTURES = {
+    "ordered_dict": lambda i: OD([("z", _head(i, 5)), ("a", _head(i, 2))]),
+    "nested_ordered_dict": lambda i: {"o": OD([("z", _head(i, 2)), ("a", _head(i, 3))]),
+                                      "b": [_head(i, 4), {"y": _head(i, 5), "c": _head(i, 6)}]},
+    "dict_unsorted_keys": lambda i: {"z": _head(i, 5), "m": _head(i, 4), "a": _head(i, 2)},
+    "list_of_dicts": lambda i: [OD([("z", _head(i, 5)), ("a", _head(i, 2))]),
+                                {"y": _head(i, 3), "b": _head(i, 6)}],
+}
+
+
+def _expected(width, tolerance=1e-5, cap=1e-4):
+    """The float tolerance of a chain of DEPTHS[width] layers: tolerance x n / 5 beyond 5."""
+    return min(cap, tolerance * max(1.0, DEPTHS[width] / 5))
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURES))
+def test_tolerances_follow_the_reference_order(name):
+    keras.utils.set_random_seed(0)
+    i = keras.Input((4,))
+    model = keras.Model(i, STRUCTURES[name](i))
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    reference = verify.keras_outputs(model, [x])
+    widths = [r.shape[-1] for r in reference]
+    assert len(set(widths)) == len(widths)
+    got = depth.output_tolerances(model, 1e-5, 1e-4, [], len(reference))
+    np.testing.assert_allclose(got, [_expected(w) for w in widths], rtol=1e-12)
+    # the order maps model.outputs onto the reference
+    order = depth.file_order(model, len(reference))
+    assert [model.outputs[k].shape[-1] for k in order] == widths
+
+
+def test_nested_ordered_dict_order():
+    i = keras.Input((4,))
+    inner = OD([("z", L.Dense(2)(i)), ("a", L.Dense(3)(i))])
+    model = keras.Model(i, {"k": inner, "b": L.Dense(4)(i), "c": L.Dense(5)(i)})
+    # model.outputs: b, c, k.z, k.a (keras.tree); reference: b, c, k.a, k.z (tf.nest)
+    assert [t.shape[-1] for t in model.outputs] == [4, 5, 2, 3]
+    assert depth.file_order(model, 4) == [0, 1, 3, 2]
+
+
+def test_depth_note_names_the_file_order():
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    model = keras.Model(i, OD([("z", dense_chain(i, 20)), ("a", L.Dense(3)(i))]))
+    notes = []
+    depth.output_tolerances(model, 1e-5, 1e-4, notes, 2)
+    # reference: a (1 deep) is output 0, z (20 deep) output 1
+    assert "1e-05 for output 0 (1 layers with weights)" in notes[0], notes
+    assert "4e-05 for output 1 (20 layers with weights)" in notes[0], notes
+
+
+def test_ordered_dict_head_off_is_refused(tmp_path):
+    """Review F1: the 1-deep head 2.5e-5 off was verified at the 20-deep chain's 4e-5."""
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    model = keras.Model(i, OD([("z", dense_chain(i, 20)), ("a", L.Dense(3, name="head")(i))]))
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+    reference = verify.keras_outputs(model, [x])
+    assert [r.shape[-1] for r in reference] == [3, 6]
+    wrong = keras.models.clone_model(model)
+    wrong.set_weights(model.get_weights())
+    bias = wrong.get_layer("head").bias
+    bias.assign(bias.numpy() + 2.5e-5 * float(np.abs(reference[0]).max()))
+    content = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
+    got = verify.run_tflite(content, [x], "litert")
+    rel = float(np.abs(got[0] - reference[0]).max() / np.abs(reference[0]).max())
+    assert 2e-5 < rel < 3e-5
+    with pytest.raises(verify.ExportVerificationError, match=r"output 0: relative 2\.\d+e-05 "
+                       r"\(its tolerance 1e-05"):
+        dkm_tf.export.to_tflite(model, str(tmp_path / "od.tflite"), "float", sample_inputs=x,
+                                float_content=content)
+    assert not (tmp_path / "od.tflite").exists()
+
+
+def test_unit_sensitivity_in_reference_order():
+    """Regression guard (passes on 862cf41 too): the unit check's S_j are per reference
+    output (stateless_call's outputs flattened with tf.nest, as the reference)."""
+    keras.utils.set_random_seed(0)
+    i = keras.Input((4,))
+    model = keras.Model(i, OD([("z", L.Dense(5)(i)), ("a", L.Dense(2)(i))]))
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    reference = verify.keras_outputs(model, [x])
+    sens = unit_check.unit_sensitivity(model, [x], reference)
+    assert [s.shape for s in sens] == [(r.shape[-1],) for r in reference] == [(2,), (5,)]
