@@ -1,6 +1,7 @@
 """Per-output tolerances in the order of the Keras reference and the file (session 26, review
 F1): ``model.outputs`` keeps an ``OrderedDict``'s insertion order while the reference and the
-file sort every mapping's keys, so each output's depth tolerance went to another output."""
+file sort every mapping's keys, so each output's depth tolerance went to another output. Also
+NaN outputs (F4)."""
 
 import collections
 
@@ -13,6 +14,8 @@ keras = pytest.importorskip("keras")
 import dkm_tf  # noqa: E402
 from dkm_tf.export import convert as convert_lib  # noqa: E402
 from dkm_tf.export import depth, unit_check, verify  # noqa: E402
+from dkm_tf.export.refusal import over_tolerance  # noqa: E402
+from dkm_tf.export.unit_errors import output_errors  # noqa: E402
 from tests._depth26 import dense_chain  # noqa: E402
 
 pytestmark = tf_backend_only()
@@ -110,3 +113,63 @@ def test_unit_sensitivity_in_reference_order():
     reference = verify.keras_outputs(model, [x])
     sens = unit_check.unit_sensitivity(model, [x], reference)
     assert [s.shape for s in sens] == [(r.shape[-1],) for r in reference] == [(2,), (5,)]
+
+
+class _C:
+    """A comparison's fields over_tolerance reads."""
+
+    def __init__(self, rels, tols):
+        self.output_rel_errors, self.output_tolerances = rels, tols
+        self.rel_error, self.tolerance = max(rels), max(tols)
+
+
+def test_over_tolerance_propagates_nan():
+    assert np.isnan(over_tolerance(_C((0.1, float("nan")), (0.5, 0.4))))
+    assert np.isnan(over_tolerance(_C((float("nan"), 0.1), (0.5, 0.4))))
+    assert over_tolerance(_C((0.1, 0.2), (0.5, 0.4))) == pytest.approx(0.5)
+
+
+def test_output_errors_propagate_nan():
+    ref = [np.ones((2, 3), "float32"), np.ones((2, 2), "float32")]
+    got = [ref[0] + 0.1, np.array([[1.0, np.nan], [1.0, 1.0]], "float32")]
+    err, rel = output_errors(got, ref, "test")
+    assert np.isnan(err) and np.isnan(rel)
+
+
+def _nan_model(bad):
+    i = keras.Input((6,))
+    a = L.Dense(3, name="a")(i)
+    b = L.Dense(2, name="b")(i)
+    if bad:  # NaN where b > 0
+        b = keras.ops.where(b > 0, keras.ops.log(-keras.ops.abs(b) - 1.0), b)
+    return keras.Model(i, [a, b])
+
+
+@pytest.mark.parametrize("tolerance", [None, 1e-5])
+def test_nan_output_refused_saying_nan(tmp_path, tolerance):
+    """Review F4: refused for "stale shapes after resize" (NaN != NaN), not for the NaN."""
+    keras.utils.set_random_seed(0)
+    model, wrong = _nan_model(False), _nan_model(True)
+    for n in "ab":
+        wrong.get_layer(n).set_weights(model.get_layer(n).get_weights())
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+    content = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
+    assert np.isnan(verify.run_tflite(content, [x], "litert")[1]).any()
+    with pytest.raises(verify.ExportVerificationError) as e:
+        dkm_tf.export.to_tflite(model, str(tmp_path / "n.tflite"), "float", sample_inputs=x,
+                                float_content=content, tolerance=tolerance)
+    assert "produced NaN" in str(e.value) and "stale shapes" not in str(e.value)
+    assert "relative nan" in str(e.value)
+    assert not (tmp_path / "n.tflite").exists()
+
+
+def test_nan_output_not_verified_at_batch_1():
+    """Without the batch run (TFLite Micro's path) a NaN in the second output was dropped."""
+    keras.utils.set_random_seed(0)
+    model, wrong = _nan_model(False), _nan_model(True)
+    for n in "ab":
+        wrong.get_layer(n).set_weights(model.get_layer(n).get_weights())
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
+    content = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
+    c = verify.compare(verify.keras_outputs(model, [x]), content, [x], "litert", 1e-5)
+    assert np.isnan(c.rel_error) and not c.ok

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dkm_tf.export.top1 import margin_hint
 
-__all__ = ["FP16_HINT_FACTOR", "HINT_FACTOR", "HINTS", "over_tolerance", "reasons",
+__all__ = ["FP16_HINT_FACTOR", "HINT_FACTOR", "HINTS", "nan_max", "over_tolerance", "reasons",
            "refusal_message", "tolerance_hint", "tolerance_text", "worst_output"]
 
 HINT_FACTOR = 10  # a larger tolerance is advised up to this many times the tolerance
@@ -49,7 +49,26 @@ def over_tolerance(c):
     """How many times its tolerance comparison ``c``'s relative error is (per output where
     each output has its own: the largest); NaN when the error is NaN."""
     pairs = list(zip(c.output_rel_errors, c.output_tolerances)) or [(c.rel_error, c.tolerance)]
-    return max(r / max(t, 1e-300) if r == r else float("nan") for r, t in pairs)
+    return nan_max(r / max(t, 1e-300) for r, t in pairs)
+
+
+def nan_max(values):
+    """The largest of ``values``, NaN when one is NaN (Python's ``max`` drops a NaN that is
+    not first: ``over_tolerance`` of relative errors (0.1, NaN) against (0.5, 0.4) was 0.2,
+    review F4, h26)."""
+    values = [float(v) for v in values]
+    return float("nan") if any(v != v for v in values) else max(values)
+
+
+def _nan_text(c):
+    """``"; the file produced NaN in output k ..."`` where ``c``'s relative error is NaN
+    (Keras' outputs with NaN read so too), else ""."""
+    ks = [k for k, r in enumerate(c.output_rel_errors) if r != r]
+    if not ks and c.rel_error == c.rel_error:
+        return ""
+    who = f"output{'s' if len(ks) > 1 else ''} {', '.join(map(str, ks))}" if ks else "an output"
+    return (f"; the file produced NaN in {who} (or Keras did on these samples): no "
+            "tolerance admits a NaN")
 
 
 def tolerance_text(c):
@@ -73,11 +92,16 @@ def worst_output(c, own=False):
     if not c.output_tolerances:
         return ""
     k = max(range(len(c.output_tolerances)),
-            key=lambda j: c.output_rel_errors[j] / c.output_tolerances[j])
+            key=lambda j: _over(c.output_rel_errors[j], c.output_tolerances[j]))
     own = own if isinstance(own, (tuple, list)) else [_OWN if own else ""] * (k + 1)
     why = f", {own[k]}" if k < len(own) and own[k] else ""
     return (f"; output {k}: relative {c.output_rel_errors[k]:.3g} (its tolerance "
             f"{c.output_tolerances[k]:.3g}{why})")
+
+
+def _over(r, t):
+    """``r / t``, infinite for a NaN ``r`` (the worst output is a NaN one)."""
+    return float("inf") if r != r else r / max(t, 1e-300)
 
 
 def tolerance_hint(bad, hint="tolerance", within=None):
@@ -128,7 +152,8 @@ def _describe(c, own=False, fmt="int8"):
     unit = (f", {c.worst_unit} (allowed: {tolerance_text(c)} x its max |keras| + {share})"
             if c.unit_excess > 1 and (fmt == "int8" or over_tolerance(c) <= 1) else "")
     return (f"{c.interpreter}: max abs error {c.max_abs_error:.3g}, relative "
-            f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){worst_output(c, own)}{top1}{unit}")
+            f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}){worst_output(c, own)}{top1}{unit}"
+            f"{_nan_text(c)}")
 
 
 def refusal_message(path, fmt, bad, hint="tolerance", within=None, why=None):

@@ -27,7 +27,7 @@ from dkm_tf.core.interpreters import (  # noqa: F401 (re-exported)
 from dkm_tf.core.validate import check_choice, invalid
 from dkm_tf.export import interpreters as _exp_interpreters
 from dkm_tf.export.canonical import static_batch  # noqa: F401 (re-exported)
-from dkm_tf.export.refusal import refusal_message
+from dkm_tf.export.refusal import nan_max, refusal_message
 from dkm_tf.export.top1 import (  # noqa: F401 (re-exported)
     class_score_outputs,
     margin_hint,
@@ -308,13 +308,13 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
     if b_unit == b_unit and not b_unit <= top1["unit_excess"]:  # larger, or batch 1's NaN
         top1["worst_unit"], top1["unit_excess"] = f"{b_worst} at batch {nb}", b_unit
     again = _feed(runner, [a[:1] for a in inputs])
-    if any(not np.array_equal(x, y[:1]) for x, y in zip(again, got)):
+    if any(not np.array_equal(x, y[:1], equal_nan=True) for x, y in zip(again, got)):
         raise ExportVerificationError(
             "The .tflite gives a different result for sample 0 at batch 1 after running a "
             f"batch of {nb} in the same interpreter (stale shapes after resize).")
-    rels = [max(a, b) for a, b in zip(rels, output_rel_errors(b_got, b_ref))]
-    return Comparison(kind, max(err, b_err), max(rel, b_rel), tol, n, nb, b_rel, **top1,
-                      **_per_output(tols, rels))
+    rels = [nan_max((a, b)) for a, b in zip(rels, output_rel_errors(b_got, b_ref))]
+    return Comparison(kind, nan_max((err, b_err)), nan_max((rel, b_rel)), tol, n, nb, b_rel,
+                      **top1, **_per_output(tols, rels))
 
 
 def _per_output(tols, rels):
