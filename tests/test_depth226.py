@@ -1,9 +1,10 @@
 """Per-output tolerances in the order of the Keras reference and the file (session 26, review
 F1): ``model.outputs`` keeps an ``OrderedDict``'s insertion order while the reference and the
 file sort every mapping's keys, so each output's depth tolerance went to another output. Also
-NaN outputs (F4)."""
+NaN outputs (F4) and the held-out warning's per-output tolerance (F3)."""
 
 import collections
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,12 @@ keras = pytest.importorskip("keras")
 
 import dkm_tf  # noqa: E402
 from dkm_tf.export import convert as convert_lib  # noqa: E402
-from dkm_tf.export import depth, unit_check, verify  # noqa: E402
+from dkm_tf.export import (  # noqa: E402
+    depth,
+    held_out,
+    unit_check,
+    verify,
+)
 from dkm_tf.export.refusal import over_tolerance  # noqa: E402
 from dkm_tf.export.unit_errors import output_errors  # noqa: E402
 from tests._depth26 import dense_chain  # noqa: E402
@@ -173,3 +179,21 @@ def test_nan_output_not_verified_at_batch_1():
     content = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
     c = verify.compare(verify.keras_outputs(model, [x]), content, [x], "litert", 1e-5)
     assert np.isnan(c.rel_error) and not c.ok
+
+
+def test_held_out_warning_names_the_output(monkeypatch):
+    """Review F3: the warning said the largest tolerance, not the failing output's own."""
+    held = verify.Comparison("litert", 0.3, 0.45, 0.5, 4, measured_on=held_out.HELD_OUT,
+                             output_tolerances=(0.5, 0.1), output_rel_errors=(0.45, 0.11))
+    assert not held.ok and not held_out.clear_failure(held)
+    monkeypatch.setattr(held_out, "held_out_check", lambda *a, **k: held)
+    first = verify.Comparison("litert", 0.1, 0.2, 0.5, 4, output_tolerances=(0.5, 0.1),
+                              output_rel_errors=(0.2, 0.05))
+    notes = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        held_out.judge("f.tflite", None, None, [np.zeros((8, 2), "float32")], [first], notes)
+    text = str(caught[0].message)
+    assert "tolerance 0.1 to 0.5 per output; output 1: relative 0.11 (its tolerance 0.1)" \
+        in text, text
+    assert notes[-1] == text

@@ -199,7 +199,8 @@ def judge(path, model, specs, inputs, comparisons, notes, min_top1=None, unit_fl
             else "") + (f", top-1 agreement {held.top1_agreement:.3g} (needs "
                         f"{held.min_top1:g})" if held.top1_agreement < held.min_top1 else "")
     message = (f"int8 full: the held-out check failed (relative {held.rel_error:.3g}, "
-               f"tolerance {held.tolerance:g}{unit}) {why}: not refused, the file may be "
+               f"tolerance {tolerance_text(held)}{worst_output(held)}{unit}) {why}: not "
+               "refused, the file may be "
                "right on its calibration samples only; pass representative_data "
                "(export/to_tflite.py --representative_data) from your data")
     notes.append(message)
