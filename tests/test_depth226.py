@@ -75,6 +75,24 @@ def test_nested_ordered_dict_order():
     assert depth.file_order(model, 4) == [0, 1, 3, 2]
 
 
+def test_nested_model_with_ordered_dict_outputs():
+    """An outer OrderedDict model reading a nested OrderedDict model's outputs: each output's
+    depth is its own chain's (nested "a" 1 deep + 1; nested "z" 20 deep + 1)."""
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    inner = keras.Model(i, OD([("z", L.Dense(5)(dense_chain(i, 19))), ("a", L.Dense(2)(i))]))
+    j = keras.Input((6,))
+    o = inner(j)
+    outer = keras.Model(j, OD([("q", L.Dense(3)(o["a"])), ("b", L.Dense(4)(o["z"]))]))
+    x = np.zeros((2, 6), "float32")
+    assert [r.shape[-1] for r in verify.keras_outputs(outer, [x])] == [4, 3]  # b, q
+    np.testing.assert_allclose(depth.output_tolerances(outer, 1e-5, 1e-4, [], 2),
+                               (1e-5 * 21 / 5, 1e-5), rtol=1e-12)
+    assert [r.shape[-1] for r in verify.keras_outputs(inner, [x])] == [2, 5]  # a, z
+    np.testing.assert_allclose(depth.output_tolerances(inner, 1e-5, 1e-4, [], 2),
+                               (1e-5, 1e-5 * 20 / 5), rtol=1e-12)
+
+
 def test_depth_note_names_the_file_order():
     keras.utils.set_random_seed(0)
     i = keras.Input((6,))
