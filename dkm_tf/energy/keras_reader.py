@@ -43,6 +43,7 @@ from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
 from dkm_tf.energy.keras_pipeline import pipeline_calls, pipeline_fold
+from dkm_tf.energy.pad_merging import unpadded
 from dkm_tf.energy.relu_fusion import relu_fused_after, relu_fused_into
 
 _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
@@ -232,7 +233,8 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
         skipped.append((name, f"fused into {fused} (as a .tflite fuses it)"))
         return
     try:
-        in_shapes = _shapes_of(call[0])
+        in_shapes, why = unpadded(inner, call, keras, outer) or (_shapes_of(call[0]), None)
+        skipped.extend([(name, why)] if why else [])  # a ZeroPadding2D merged into it
         out_shape = tuple(_shapes_of(call[1])[0])
     except (AttributeError, ValueError, IndexError) as e:
         skipped.append((name, f"no recorded input/output shape ({e})"))

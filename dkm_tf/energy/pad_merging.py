@@ -1,0 +1,98 @@
+"""A `ZeroPadding2D` the TFLite converter merges into the conv after it.
+
+TF 2.21's converter rewrites a `padding="valid"` conv reading a PAD whose amounts are those
+`padding="same"` would give that conv into one `padding="same"` conv reading the PAD's input:
+the conv reads the smaller, unpadded tensor (a `ZeroPadding2D(1)` before a 3x3 conv on
+8x8x3: CONV_2D reads 1x8x8x3, no PAD op). Before 2026-12-07 the Keras reader charged the conv
+on the padded input (Keras / file hierarchy 1.1473; a stride-2 conv after ((0, 1), (0, 1)),
+MobileNet's and EfficientNet's stems, 1.1240; a 5x5 depthwise conv after
+`ZeroPadding2D(2)` 1.4091). Measured on converted files (`tests/test_energypad26.py`):
+
+- merged: a `Conv2D` (grouped, strided, with an activation), a `DepthwiseConv2D` (any depth
+  multiplier), a `SeparableConv2D`, channels_last, each conv reading the pad on its own: a
+  pad read by two such convs is merged into each; one also read by a pooling or a model
+  output stays a PAD for that reader while the conv reads the unpadded input (the PAD is
+  "no compute" either way); through layers the converter removes (`Dropout`, ...:
+  `bn_folding.removed`) and across a nested model's boundary (the converter inlines it);
+- kept (the conv reads the padded input, as charged): amounts other than "same"'s (a
+  `ZeroPadding2D(1)` before a stride-2 3x3 conv on an even size, where "same" pads
+  ((0, 1), (0, 1)); `ZeroPadding2D(2)` before a 3x3 conv), a dilated conv (SPACE_TO_BATCH_ND
+  between), a `Conv1D` after `ZeroPadding1D` (EXPAND_DIMS between), an op between that
+  the converter keeps (a ReLU).
+"""
+
+_CONVS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
+
+
+def same_pad(pad, x_shape, conv):
+    """Whether `ZeroPadding2D` `pad` on a tensor of shape `x_shape` pads as the
+    `padding="same"` of `conv`, a valid, undilated channels_last 2-D conv (module
+    docstring)."""
+    if type(conv).__name__ not in _CONVS or str(conv.padding).lower() != "valid" or \
+            len(x_shape) != 4 or getattr(pad, "data_format", "") != "channels_last" or \
+            getattr(conv, "data_format", "") != "channels_last" or \
+            any(int(d) != 1 for d in conv.dilation_rate):
+        return False
+    want = []
+    for size, k, s in zip(x_shape[1:3], conv.kernel_size, conv.strides):
+        if size is None:
+            return False
+        total = max((-(-size // s) - 1) * s + k - size, 0)
+        want.append((total // 2, total - total // 2))
+    return tuple(tuple(int(v) for v in p) for p in pad.padding) == tuple(want)
+
+
+def _padded(x, keras, outer, depth=0):
+    """`(pad, its input tensor)` where tensor `x` is a `ZeroPadding2D`'s output, looking
+    through removed ops and nested models' boundaries (`outer`: as `bn_folding.source`),
+    else None."""
+    from dkm_tf.energy.bn_folding import removed
+
+    try:
+        producer, node, index = x._keras_history
+    except (AttributeError, ValueError, TypeError):
+        return None
+    if depth > 64:
+        return None
+    if isinstance(producer, keras.Model):
+        try:
+            inner = keras.tree.flatten(producer.outputs)[index]
+            inside = (keras.tree.flatten(producer.inputs),
+                      keras.tree.flatten(producer._inbound_nodes[node].input_tensors), None,
+                      outer)
+        except (AttributeError, ValueError, IndexError, TypeError):
+            return None
+        return _padded(inner, keras, inside, depth + 1)
+    if type(producer).__name__ == "InputLayer":
+        at = [] if outer is None else [i for i, t in enumerate(outer[0]) if t is x]
+        if len(at) != 1 or at[0] >= len(outer[1]):
+            return None
+        return _padded(outer[1][at[0]], keras, outer[3], depth + 1)
+    try:
+        ins = keras.tree.flatten(producer._inbound_nodes[node].input_tensors)
+    except (AttributeError, IndexError, TypeError):
+        return None
+    if len(ins) != 1:
+        return None
+    if type(producer).__name__ == "ZeroPadding2D":
+        return producer, ins[0]
+    return _padded(ins[0], keras, outer, depth + 1) if removed(producer, keras) else None
+
+
+def unpadded(conv, call, keras, outer=None):
+    """`(input shapes, note)` of conv `conv` at `call` (`(inputs, outputs)`) where the
+    converter merges the `ZeroPadding2D` before it into it (module docstring): the pad's
+    input shape, which the converted conv reads; else None. `outer`: as for
+    `bn_folding.source`, where the call is in a nested model."""
+    if type(conv).__name__ not in _CONVS or isinstance(call, Exception):
+        return None
+    x = keras.tree.flatten(call[0])
+    found = _padded(x[0], keras, outer) if len(x) == 1 else None
+    if found is None:
+        return None
+    pad, source = found
+    shape = tuple(source.shape)
+    if not same_pad(pad, shape, conv):
+        return None
+    return [shape], (f"reads the input of {pad.name}, its padding merged into the conv (as "
+                     'a .tflite runs it, padding="same")')
