@@ -23,11 +23,15 @@ Measured on converted files (`tests/test_energyfile26.py`):
 Looked through: for a MUL, a `ZeroPadding2D` before a valid conv that pads as
 `padding="same"` would (the converter makes them one conv); layers the converter removes
 (`Dropout`, ...: `bn_folding.removed`); a `Rescaling` / constant op itself folded entirely
-(two `Rescaling`s before a conv both fold). Not looked into: a nested model reading the op
-(charged, an upper bound).
+(two `Rescaling`s before a conv both fold); a nested Functional model of one input reading
+the op (the converter inlines it: the readers of its input inside, `Rescaling(1 / 255)` before
+a nested Dropout -> conv, before 2026-12-07 charged, Keras / file hierarchy 2.0609). Not
+looked into: an op ending a nested model, read by a conv outside (charged, an upper bound).
 """
 
 import numpy as np
+
+from dkm_tf.energy.pad_merging import same_pad
 
 _OPS = {"Multiply": "mul", "TrueDivide": "mul", "Divide": "mul", "Add": "add",
         "Subtract": "add"}
@@ -75,6 +79,10 @@ def _takes(node, kind, value, counts, keras, depth=0):
     x = keras.tree.flatten(node.input_tensors)
     if len(x) != 1 or len(node.outputs) != 1 or depth > 32:
         return False
+    if isinstance(op, keras.Model):  # inlined: the readers of its input inside
+        inside = _inside(op, keras)
+        return inside is not None and _all_take(inside[0], kind, value, inside[1], keras,
+                                                depth + 1)
     name = type(inner).__name__
     if getattr(inner, "quantization_mode", None) in ("int8", "float8"):
         return False  # Keras-quantized: to_tflite refuses it, no file to fold into (int4 folds)
@@ -87,8 +95,9 @@ def _takes(node, kind, value, counts, keras, depth=0):
             kind == "mul" and value.ndim == 1 and value.size == x[0].shape[-1]))
     if name == "ZeroPadding2D" and kind == "mul" and value.size == 1:  # a scale commutes
         after = _readers(node.outputs[0], keras) or []  # with zeros: read by a conv that
-        return len(after) == 1 == counts.get(id(node.outputs[0]), 0) and _same_pad(
-            inner, x[0], after[0]) and _takes(after[0], kind, value, counts, keras, depth + 1)
+        return len(after) == 1 == counts.get(id(node.outputs[0]), 0) and same_pad(
+            inner, tuple(x[0].shape), after[0].operation) and _takes(
+            after[0], kind, value, counts, keras, depth + 1)  # `pad_merging`
     from dkm_tf.energy.bn_folding import removed
 
     gone = (not isinstance(op, keras.Model) and removed(op, keras)) or (
@@ -97,24 +106,19 @@ def _takes(node, kind, value, counts, keras, depth=0):
     return gone and _all_take(node.outputs[0], kind, value, counts, keras, depth + 1)
 
 
-def _same_pad(pad, x, node):
-    """Whether `ZeroPadding2D` `pad` on `x` pads as the `padding="same"` of the valid conv of
-    `node` (its only reader): the converter then runs one conv, `padding="same"`, reading the
-    PAD's input (`Rescaling(1 / 255)` -> `ZeroPadding2D(1)` -> a 3x3 conv, EfficientNet's stem
-    with its stride 2 and ((0, 1), (0, 1)); a `ZeroPadding2D(2)` before it stays a PAD)."""
-    conv = node.operation
-    if type(conv).__name__ not in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D") or \
-            str(conv.padding).lower() != "valid" or len(x.shape) != 4 or \
-            getattr(pad, "data_format", "") != "channels_last":
-        return False
-    want = []
-    for size, k, s in zip(x.shape[1:3], conv.kernel_size, conv.strides):
-        if size is None:
-            return False
-        total = max((-(-size // s) - 1) * s + k - size, 0)
-        want.append((total // 2, total - total // 2))
-    return any(any(p) for p in want) and tuple(  # all 0 (a 1x1 conv): PAD and MUL stay
-        tuple(int(v) for v in p) for p in pad.padding) == tuple(want)
+def _inside(model, keras):
+    """`(input tensor, counts)` of Functional `model` of one input: the tensor its graph
+    reads, and the readers of each tensor there (`bn_folding.consumers`), else None."""
+    from dkm_tf.energy.bn_folding import _calls, consumers
+    from dkm_tf.energy.keras_calls import graph_ops
+
+    try:
+        ins = keras.tree.flatten(model.inputs)
+    except (AttributeError, ValueError, TypeError):  # subclassed: no graph
+        return None
+    if len(ins) != 1:
+        return None
+    return ins[0], consumers(model, [(o, _calls(model, o)) for o in graph_ops(model)], keras)
 
 
 def _takers(t, keras, depth=0):
@@ -126,7 +130,8 @@ def _takers(t, keras, depth=0):
                                                        "SeparableConv2D", "Dense"):
             names.add(op.name)
         elif depth < 32 and len(n.outputs) == 1:
-            names |= _takers(n.outputs[0], keras, depth + 1)
+            inside = _inside(op, keras) if isinstance(op, keras.Model) else None
+            names |= _takers(n.outputs[0] if inside is None else inside[0], keras, depth + 1)
     return names
 
 
