@@ -174,6 +174,20 @@ def _sequential_inner():
     return keras.Model(x, inner(L.Rescaling(1 / 255)(x)))
 
 
+def _shared_twice():
+    j = keras.Input((8, 8, 3))
+    inner = keras.Model(j, L.Conv2D(4, 3)(j))
+    x = keras.Input((8, 8, 3))
+    return keras.Model(x, L.Add()([inner(L.Rescaling(0.5)(x)), inner(x)]))
+
+
+def _two_inputs():
+    a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    inner = keras.Model([a, b], L.Add()([L.Conv2D(4, 3)(a), L.Conv2D(4, 3)(b)]))
+    x = keras.Input((8, 8, 3))
+    return keras.Model(x, inner([L.Rescaling(0.5)(x), x]))
+
+
 _N = 8 * 8 * 3
 # model -> the element-wise ops the file keeps: a one-element scale (and a shift, before a
 # valid conv) folds into the conv or Dense first in the nested model reading it
@@ -186,6 +200,8 @@ NESTED = {
     "dense": (_nested(lambda x: L.Rescaling(0.5)(x), [lambda: L.Dense(4)], shape=(6,)), []),
     "sequential": (_sequential_inner, []),
     "two_deep": (_two_deep, []),
+    "shared_nested_once_scaled": (_shared_twice, [("add", 2, 6 * 6 * 4)]),
+    "first_of_two_inputs": (_two_inputs, [("add", 2, 6 * 6 * 4)]),
     "then_padded_conv": (_nested(lambda x: L.Rescaling(1 / 255)(x),
                                  [lambda: L.ZeroPadding2D(1), lambda: L.Conv2D(4, 3)]), []),
     # guards (passed before): another reader inside, the input also an output, a same conv

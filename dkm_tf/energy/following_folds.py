@@ -23,8 +23,8 @@ Measured on converted files (`tests/test_energyfile26.py`):
 Looked through: for a MUL, a `ZeroPadding2D` before a valid conv that pads as
 `padding="same"` would (the converter makes them one conv); layers the converter removes
 (`Dropout`, ...: `bn_folding.removed`); a `Rescaling` / constant op itself folded entirely
-(two `Rescaling`s before a conv both fold); a nested Functional model of one input reading
-the op (the converter inlines it: the readers of its input inside, `Rescaling(1 / 255)` before
+(two `Rescaling`s before a conv both fold); a nested Functional model reading the op at
+one input (the converter inlines it: the readers of its input inside, `Rescaling(1 / 255)` before
 a nested Dropout -> conv, before 2026-12-07 charged, Keras / file hierarchy 2.0609). Not
 looked into: an op ending a nested model, read by a conv outside (charged, an upper bound).
 """
@@ -69,20 +69,22 @@ def _readers(t, keras):
         x is t for x in keras.tree.flatten(n.input_tensors))]
 
 
-def _takes(node, kind, value, counts, keras, depth=0):
+def _takes(node, kind, value, counts, keras, depth=0, t=None):
     """Whether the op of `node` (reading the output of a MUL / ADD by `value`) takes it into
-    its weights or bias (module docstring), looking through removed and folded ops."""
+    its weights or bias (module docstring), looking through removed and folded ops; `t`:
+    the tensor it reads, where it may read several (a nested model)."""
     L = keras.layers
     op = node.operation
     inner = op.layer if isinstance(op, L.Wrapper) and not isinstance(
         op, (L.TimeDistributed, L.Bidirectional)) else op  # ClusterWeights, ...: its layer
     x = keras.tree.flatten(node.input_tensors)
-    if len(x) != 1 or len(node.outputs) != 1 or depth > 32:
-        return False
-    if isinstance(op, keras.Model):  # inlined: the readers of its input inside
-        inside = _inside(op, keras)
+    at = [i for i, y in enumerate(x) if y is t] if t is not None else [0] if len(x) == 1 else []
+    if isinstance(op, keras.Model) and len(at) == 1 and depth <= 32:  # inlined: the readers
+        inside = _inside(op, keras, at[0])  # of that input inside
         return inside is not None and _all_take(inside[0], kind, value, inside[1], keras,
                                                 depth + 1)
+    if len(x) != 1 or len(node.outputs) != 1 or depth > 32:
+        return False
     name = type(inner).__name__
     if getattr(inner, "quantization_mode", None) in ("int8", "float8"):
         return False  # Keras-quantized: to_tflite refuses it, no file to fold into (int4 folds)
@@ -106,9 +108,9 @@ def _takes(node, kind, value, counts, keras, depth=0):
     return gone and _all_take(node.outputs[0], kind, value, counts, keras, depth + 1)
 
 
-def _inside(model, keras):
-    """`(input tensor, counts)` of Functional `model` of one input: the tensor its graph
-    reads, and the readers of each tensor there (`bn_folding.consumers`), else None."""
+def _inside(model, keras, at=0):
+    """`(input tensor, counts)` of Functional `model`: the tensor its graph reads as input
+    number `at`, and the readers of each tensor there (`bn_folding.consumers`), else None."""
     from dkm_tf.energy.bn_folding import _calls, consumers
     from dkm_tf.energy.keras_calls import graph_ops
 
@@ -116,9 +118,9 @@ def _inside(model, keras):
         ins = keras.tree.flatten(model.inputs)
     except (AttributeError, ValueError, TypeError):  # subclassed: no graph
         return None
-    if len(ins) != 1:
+    if at >= len(ins):
         return None
-    return ins[0], consumers(model, [(o, _calls(model, o)) for o in graph_ops(model)], keras)
+    return ins[at], consumers(model, [(o, _calls(model, o)) for o in graph_ops(model)], keras)
 
 
 def _takers(t, keras, depth=0):
@@ -130,7 +132,8 @@ def _takers(t, keras, depth=0):
                                                        "SeparableConv2D", "Dense"):
             names.add(op.name)
         elif depth < 32 and len(n.outputs) == 1:
-            inside = _inside(op, keras) if isinstance(op, keras.Model) else None
+            at = [i for i, y in enumerate(keras.tree.flatten(n.input_tensors)) if y is t]
+            inside = _inside(op, keras, at[0]) if isinstance(op, keras.Model) and at else None
             names |= _takers(n.outputs[0] if inside is None else inside[0], keras, depth + 1)
     return names
 
@@ -139,7 +142,7 @@ def _all_take(t, kind, value, counts, keras, depth=0):
     """Whether every reader of `t` in the model (`counts`: none an output) takes the op."""
     readers = _readers(t, keras)
     return bool(readers) and len(readers) == counts.get(id(t), 0) and all(
-        _takes(n, kind, value, counts, keras, depth) for n in readers)
+        _takes(n, kind, value, counts, keras, depth, t) for n in readers)
 
 
 def kept_ops(op, call, counts, keras, depth=0):
