@@ -226,3 +226,46 @@ def test_scale_folded_into_the_first_conv_of_a_nested_model(case, tmp_path):
     assert _eltwise(f) == kept
     assert _eltwise(k) == kept
     same_totals(k, f)
+
+
+def _ending(after, inner_layers=(lambda: L.ReLU(),), deep=False):
+    """A nested model ending in `Rescaling(0.5)` (after `inner_layers`), its output read by
+    `after(x, y)` outside (`deep`: that model nested once more)."""
+    def build():
+        j = keras.Input((8, 8, 3))
+        y = j
+        for layer in inner_layers:
+            y = layer()(y)
+        inner = keras.Model(j, L.Rescaling(0.5)(y))
+        if deep:
+            k = keras.Input((8, 8, 3))
+            inner = keras.Model(k, inner(k))
+        x = keras.Input((8, 8, 3))
+        return keras.Model(x, after(x, inner(x)))
+    return build
+
+
+_R = ("relu", 1, _N)
+ENDING = {
+    "conv_outside": (_ending(lambda x, y: L.Conv2D(4, 3)(y)), [_R]),
+    "two_deep": (_ending(lambda x, y: L.Conv2D(4, 3)(y), deep=True), [_R]),
+    "dropout_then_dense": (_ending(lambda x, y: L.Dense(4)(L.Dropout(0.1)(y)),
+                                   (lambda: L.Flatten(),)), []),
+    # guards (passed before): another reader outside, the output also the model's
+    "also_pooled": (_ending(lambda x, y: [L.Conv2D(4, 3)(y), L.MaxPooling2D(2)(y)]),
+                    [_R, ("mul", 2, _N)]),
+    "also_an_output": (_ending(lambda x, y: [L.Conv2D(4, 3)(y), y]), [_R, ("mul", 2, _N)]),
+}
+
+
+@pytest.mark.parametrize("case", list(ENDING))
+def test_scale_ending_a_nested_model_folded_into_the_conv_after_it(case, tmp_path):
+    """A `Rescaling` last in a nested model, read by a conv / Dense outside only: the
+    converter inlines the model and folds it; the Keras reader charged it (ReLU ->
+    `Rescaling(0.5)` nested before a 3x3 conv: Keras / file hierarchy 1.6217)."""
+    build, kept = ENDING[case]
+    keras.utils.set_random_seed(0)
+    k, f = both(build(), tmp_path)
+    assert _eltwise(f) == kept
+    assert _eltwise(k) == kept
+    same_totals(k, f)

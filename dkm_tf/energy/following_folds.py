@@ -25,8 +25,9 @@ Looked through: for a MUL, a `ZeroPadding2D` before a valid conv that pads as
 (`Dropout`, ...: `bn_folding.removed`); a `Rescaling` / constant op itself folded entirely
 (two `Rescaling`s before a conv both fold); a nested Functional model reading the op at
 one input (the converter inlines it: the readers of its input inside, `Rescaling(1 / 255)` before
-a nested Dropout -> conv, before 2026-12-07 charged, Keras / file hierarchy 2.0609). Not
-looked into: an op ending a nested model, read by a conv outside (charged, an upper bound).
+a nested Dropout -> conv, before 2026-12-07 charged, Keras / file hierarchy 2.0609); an op
+ending a nested model, the readers of its output outside (`keras_reader._walk` threads them:
+ReLU -> `Rescaling(0.5)` nested before an outer conv, 1.6217 before).
 """
 
 import numpy as np
@@ -138,37 +139,55 @@ def _takers(t, keras, depth=0):
     return names
 
 
-def _all_take(t, kind, value, counts, keras, depth=0):
-    """Whether every reader of `t` in the model (`counts`: none an output) takes the op."""
-    readers = _readers(t, keras)
-    return bool(readers) and len(readers) == counts.get(id(t), 0) and all(
-        _takes(n, kind, value, counts, keras, depth, t) for n in readers)
+def _all_take(t, kind, value, counts, keras, depth=0, outer=None):
+    """Whether every reader of `t` in the model (`counts`: none an output) takes the op;
+    `outer`: as `bn_folding.source`, with the nested model's outputs and its call's, where
+    `t` may be an output of a nested model (the readers of the call's output then too)."""
+    readers, out = _readers(t, keras), _outside(t, outer)
+    if readers is None:
+        return False
+    n = counts.get(id(t), 0) - (out is not None)
+    return bool(readers or out) and len(readers) == n and all(
+        _takes(r, kind, value, counts, keras, depth, t) for r in readers) and (
+        out is None or _all_take(*out[:1], kind, value, out[1], keras, depth + 1, out[2]))
 
 
-def kept_ops(op, call, counts, keras, depth=0):
+def _outside(t, outer):
+    """`(tensor, counts, outer)` of the call's output that `t`, an output of the nested model
+    `outer` describes (`keras_reader._walk`), is in the graph calling it, else None."""
+    if outer is None or len(outer) < 5:
+        return None
+    at = [i for i, y in enumerate(outer[4][0]) if y is t]
+    if len(at) != 1 or at[0] >= len(outer[4][1]):
+        return None
+    return outer[4][1][at[0]], outer[2], outer[3]
+
+
+def kept_ops(op, call, counts, keras, depth=0, outer=None):
     """`(kept, folded)`: the `eltwise_op`s of constant op / `Rescaling` `op` at `call` a
     `.tflite` runs, in order, and those it folds into the layers after it (module
-    docstring); `None, []` for another op."""
+    docstring); `None, []` for another op. `outer`: as for `_all_take`."""
     ops = _ops(op, call, keras)
     if not ops or isinstance(call, Exception):
         return None, []
     out, kept, folded = call[1][0], [o for o, _ in ops], []
     for kind, value in reversed(ops):  # the op the readers read first (an ADD after a MUL)
-        if not _all_take(out, kind, value, counts, keras, depth):
+        if not _all_take(out, kind, value, counts, keras, depth, outer):
             break
         kept.pop()
         folded.append(kind)
     return kept, folded
 
 
-def drop_folded(op, call, counts, records, keras):
+def drop_folded(op, call, counts, records, keras, outer=None):
     """`(records, note)`: `records` of `op` less the ops the converter folds into the layers
     after it (the last ones: the names of those kept stay), and the note saying so, else
-    None."""
-    kept, folded = kept_ops(op, call, counts, keras)
+    None. `outer`: where `op` is in a nested model, as for `_all_take`."""
+    kept, folded = kept_ops(op, call, counts, keras, outer=outer)
     if not folded or len(records) != len(kept) + len(folded):
         return records, None
-    readers = sorted(_takers(call[1][0], keras))
+    out = _outside(call[1][0], outer)
+    readers = sorted(_takers(call[1][0], keras) | (_takers(out[0], keras) if out else set()))
     return records[:len(kept)], (
         f"its {' and '.join(o.upper() for o in reversed(folded))} folded into "
         f"{', '.join(readers)} after it (as a .tflite folds it)")

@@ -190,7 +190,8 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
                 skipped.append((name, f"nested model called with input shapes {got}: read at "
                                 f"the shapes of its own graph, {own}"))
         inside = None if isinstance(call, Exception) else (
-            keras.tree.flatten(layer.inputs), list(call[0]), counts, outer)
+            keras.tree.flatten(layer.inputs), list(call[0]), counts, outer,
+            (keras.tree.flatten(layer.outputs), list(call[1])))  # `following_folds`
         _walk(layer, keras, shapes, skipped, used, inside,  # all outputs if not of the graph
               None if isinstance(call, Exception) else live_outputs(call, live) or None)
         return
@@ -251,7 +252,7 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
             f"Could not read layer {layer.name!r} ({type(inner).__name__}) with input "
             f"shapes {in_shapes} and output shape {out_shape}: {e}"
         ) from e
-    records, why = drop_folded(inner, call, counts, records, keras)  # into a conv after
+    records, why = drop_folded(inner, call, counts, records, keras, outer)  # into a conv
     skipped.extend([(name, why)] if why else [])
     if fused is not None:  # a capped ReLU: its first RELU fused, its MINIMUM and RELU run
         records = [dataclasses.replace(r, name=k.name) for r, k in zip(records[1:], records)]
