@@ -61,6 +61,14 @@ def _pad_in_nested():
     return keras.Model(x, L.Conv2D(4, 3)(inner(x)))
 
 
+def _ops_pad(widths, conv, value=0):
+    def build():
+        x = keras.Input((8, 8, 3))
+        return keras.Model(x, conv()(keras.ops.pad(x, [[0, 0], *widths, [0, 0]],
+                                                   constant_values=value)))
+    return build
+
+
 # model -> the (in_h, in_w, in_c, out_h, out_w, out_c) of each conv the file runs: each reads
 # the unpadded input (the pad is what padding="same" gives the conv: one "same" conv)
 MERGED = {
@@ -91,6 +99,10 @@ MERGED = {
     "pad_also_output": (_pad_also_output, [(8, 8, 3, 8, 8, 4)]),
     "conv_in_nested": (_conv_in_nested, [(8, 8, 3, 8, 8, 4)]),
     "pad_in_nested": (_pad_in_nested, [(8, 8, 3, 8, 8, 4)]),
+    "ops_pad": (_ops_pad([[1, 1], [1, 1]], lambda: L.Conv2D(4, 3)), [(8, 8, 3, 8, 8, 4)]),
+    "ops_pad_depthwise_stride2": (_ops_pad([[0, 1], [0, 1]],
+                                           lambda: L.DepthwiseConv2D(3, strides=2)),
+                                  [(8, 8, 3, 4, 4, 3)]),
 }
 
 
@@ -122,6 +134,8 @@ KEPT = {
                              lambda: L.Conv2D(4, 3, padding="same")), [(10, 10, 3, 10, 10, 4)]),
     "conv1d": (_seq((8, 3), lambda: L.ZeroPadding1D(1), lambda: L.Conv1D(4, 3)),
                [(1, 10, 3, 1, 8, 4)]),
+    "ops_pad_of_ones": (_ops_pad([[1, 1], [1, 1]], lambda: L.Conv2D(4, 3), 1.0),
+                        [(10, 10, 3, 8, 8, 4)]),
 }
 
 

@@ -16,7 +16,8 @@ converter fuses into the op before it (`relu_fusion`); other activations (of a l
 or an `Activation` layer) and `LayerNormalization` are charged as the priced element-wise ops
 a `.tflite` runs them as (`activations`), as are merges of n inputs (n - 1 ops), ReLU layers,
 batch norms and `Rescaling` (`keras_lowered`); a `PReLU` is one "affine" record
-(`shapes.prelu_shape`). Conv1D/2DTranspose layers are the matrix product of `conv_transpose`
+(`shapes.prelu_shape`); a conv after a zero pad the converter merges into it reads the pad's
+input (`pad_merging`). Conv1D/2DTranspose layers are the matrix product of `conv_transpose`
 (in_h·in_w·in_c·kh·kw·out_c MACs); an Embedding is a table lookup (`skipped`, no MACs).
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
 EinsumDense) layers by `sequence_reader`; Attention, Softmax and 3-D pooling by `keras_more`;

@@ -19,6 +19,8 @@ MobileNet's and EfficientNet's stems, 1.1240; a 5x5 depthwise conv after
   ((0, 1), (0, 1)); `ZeroPadding2D(2)` before a 3x3 conv), a dilated conv (SPACE_TO_BATCH_ND
   between), a `Conv1D` after `ZeroPadding1D` (EXPAND_DIMS between), an op between that
   the converter keeps (a ReLU).
+
+A zero `keras.ops.pad` of the rows and columns is merged alike (1.1473 before).
 """
 
 _CONVS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
@@ -28,9 +30,15 @@ def same_pad(pad, x_shape, conv):
     """Whether `ZeroPadding2D` `pad` on a tensor of shape `x_shape` pads as the
     `padding="same"` of `conv`, a valid, undilated channels_last 2-D conv (module
     docstring)."""
+    return getattr(pad, "data_format", "") == "channels_last" and _same(
+        tuple(tuple(int(v) for v in p) for p in pad.padding), x_shape, conv)
+
+
+def _same(amounts, x_shape, conv):
+    """Whether `((top, bottom), (left, right))` zeros around a tensor of shape `x_shape` are
+    what `padding="same"` gives `conv` (`same_pad`)."""
     if type(conv).__name__ not in _CONVS or str(conv.padding).lower() != "valid" or \
-            len(x_shape) != 4 or getattr(pad, "data_format", "") != "channels_last" or \
-            getattr(conv, "data_format", "") != "channels_last" or \
+            len(x_shape) != 4 or getattr(conv, "data_format", "") != "channels_last" or \
             any(int(d) != 1 for d in conv.dilation_rate):
         return False
     want = []
@@ -39,13 +47,33 @@ def same_pad(pad, x_shape, conv):
             return False
         total = max((-(-size // s) - 1) * s + k - size, 0)
         want.append((total // 2, total - total // 2))
-    return tuple(tuple(int(v) for v in p) for p in pad.padding) == tuple(want)
+    return amounts == tuple(want)
+
+
+def _amounts(op, node, keras):
+    """`((top, bottom), (left, right))` of `ZeroPadding2D` (channels_last) or `ops.pad`
+    op `op` at `node` padding a 4-D tensor's rows and columns with zeros, else None."""
+    if type(op).__name__ == "ZeroPadding2D":
+        return tuple(tuple(int(v) for v in p) for p in op.padding) if getattr(
+            op, "data_format", "") == "channels_last" else None
+    if type(op).__name__ != "Pad" or isinstance(op, keras.layers.Layer) or \
+            getattr(op, "mode", "") != "constant":
+        return None
+    args = node.arguments
+    value = args.kwargs.get("constant_values", args.args[1] if len(args.args) > 1 else None)
+    try:
+        width = tuple(tuple(int(v) for v in p) for p in op.pad_width)
+    except (TypeError, ValueError):
+        return None
+    if value not in (None, 0) or len(width) != 4 or width[0] != (0, 0) or width[3] != (0, 0):
+        return None
+    return width[1:3]
 
 
 def _padded(x, keras, outer, depth=0):
-    """`(pad, its input tensor)` where tensor `x` is a `ZeroPadding2D`'s output, looking
-    through removed ops and nested models' boundaries (`outer`: as `bn_folding.source`),
-    else None."""
+    """`(pad, its input tensor, amounts)` where tensor `x` is a `ZeroPadding2D`'s or a zero
+    `ops.pad`'s output (`_amounts`), looking through removed ops and nested models'
+    boundaries (`outer`: as `bn_folding.source`), else None."""
     from dkm_tf.energy.bn_folding import removed
 
     try:
@@ -74,8 +102,9 @@ def _padded(x, keras, outer, depth=0):
         return None
     if len(ins) != 1:
         return None
-    if type(producer).__name__ == "ZeroPadding2D":
-        return producer, ins[0]
+    amounts = _amounts(producer, producer._inbound_nodes[node], keras)
+    if amounts is not None:
+        return producer, ins[0], amounts
     return _padded(ins[0], keras, outer, depth + 1) if removed(producer, keras) else None
 
 
@@ -90,9 +119,9 @@ def unpadded(conv, call, keras, outer=None):
     found = _padded(x[0], keras, outer) if len(x) == 1 else None
     if found is None:
         return None
-    pad, source = found
+    pad, source, amounts = found
     shape = tuple(source.shape)
-    if not same_pad(pad, shape, conv):
+    if not _same(amounts, shape, conv):
         return None
     return [shape], (f"reads the input of {pad.name}, its padding merged into the conv (as "
                      'a .tflite runs it, padding="same")')
