@@ -47,7 +47,7 @@ def _same(amounts, x_shape, conv):
             return False
         total = max((-(-size // s) - 1) * s + k - size, 0)
         want.append((total // 2, total - total // 2))
-    return amounts == tuple(want)
+    return any(any(p) for p in want) and amounts == tuple(want)  # all 0 (1x1): PAD stays
 
 
 def _amounts(op, node, keras):
