@@ -42,7 +42,8 @@ UNIT_SLACK = 1e-3  # of the output's allowance, for rounding no weight reaches
 
 def unit_sensitivity(model, inputs, reference, seed=0):
     """Per output, per unit (last axis): ``max |keras(noisy weights) - keras| / u`` over the
-    samples and :data:`DRAWS` draws of the noise (an array), None for an output with fewer
+    samples (one sample: also the batch check's variants, ``verify.batch_inputs``) and
+    :data:`DRAWS` draws of the noise (an array), None for an output with fewer
     than 2 units; None for all when the model cannot be run with other weight values
     (``stateless_call`` fails).
 
@@ -67,21 +68,37 @@ def unit_sensitivity(model, inputs, reference, seed=0):
             out.append(w)
         return out
 
-    runs = []
+    from dkm_tf.export.verify import batch_inputs  # noqa: PLC0415
+
+    def run(x, noise=True):
+        pick = noisy if noise else (lambda vs: [np.asarray(v) for v in vs])
+        y, _ = model.stateless_call(pick(model.trainable_variables),
+                                    pick(model.non_trainable_variables),
+                                    structured_inputs(model, x), training=False)
+        return [np.asarray(t, np.float64) for t in tf.nest.flatten(y)]
+
+    # the batch check's variants of one sample are held to these floors too (a unit ~0 on
+    # the sample may sum large cancelling terms on its mirror: review R5 F1)
+    sets = [(inputs, [np.asarray(r, np.float64) for r in reference])]
+    if len(inputs[0]) < 2:
+        try:
+            b = batch_inputs(inputs)
+            sets.append((b, run(b, noise=False)))
+        except Exception:  # noqa: BLE001, S110 (a static batch: verify_batches says so)
+            pass
     try:
-        for _ in range(DRAWS):
-            y, _ = model.stateless_call(noisy(model.trainable_variables),
-                                        noisy(model.non_trainable_variables),
-                                        structured_inputs(model, inputs), training=False)
-            runs.append([np.asarray(t, np.float64) for t in tf.nest.flatten(y)])
+        runs = [(clean, run(x)) for x, clean in sets for _ in range(DRAWS)]
     except Exception:  # noqa: BLE001 (a model Keras cannot run statelessly: units unchecked)
         return [None] * len(reference)
-    if any(len(got) != len(reference) for got in runs):
+    if any(len(got) != len(reference) or len(clean) != len(reference)
+           for clean, got in runs):
         return [None] * len(reference)
     return [None if r.ndim < 2 or r.shape[-1] < 2 or any(
-        got[k].shape != r.shape for got in runs) else np.max(
-        [np.max(np.abs(got[k] - r), axis=tuple(range(r.ndim - 1))) for got in runs],
-        axis=0) / WEIGHT_NOISE for k, r in enumerate(reference)]
+        got[k].shape[1:] != r.shape[1:] or got[k].shape != clean[k].shape
+        for clean, got in runs) else np.max(
+        [np.max(np.abs(got[k] - clean[k]), axis=tuple(range(r.ndim - 1)))
+         for clean, got in runs], axis=0) / WEIGHT_NOISE
+        for k, r in enumerate(reference)]
 
 
 def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
