@@ -9,6 +9,7 @@ int8's floor. F4: a unit refusal named no allowance and no remedy.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from dkm_tf.export import to_tflite, verify
 
@@ -42,3 +43,38 @@ def test_one_sample_cancelling_unit_on_the_mirrored_variant_is_written(tmp_path)
     got = _run(path, b)
     # float32 rounding of the cancelling sum: ~1e-5 absolute, far beyond 1e-5 x its range
     assert np.max(np.abs(got - ref)) < 1e-5 * np.max(np.abs(ref)) * 10
+
+
+def test_weight_free_unit_beside_a_dense_is_written(tmp_path):
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    i = keras.Input((16,))
+    dl = keras.layers.Dense(4)
+    s = keras.layers.Lambda(lambda t: tf.sigmoid(t[:, :4]) - 0.5)(i)
+    model = keras.Model(i, keras.layers.Concatenate()([dl(i), s]))
+    k, b = dl.get_weights()
+    dl.set_weights([k * 300, b])
+    x = (1e-3 * rng.standard_normal((8, 16))).astype("float32")
+    path = str(tmp_path / "m.tflite")
+    to_tflite(model, path, "float", sample_inputs=x)
+    x64 = x.astype(np.float64)
+    exact = 1 / (1 + np.exp(-x64[:, :4])) - 0.5
+    got = _run(path, x)[:, 4:]
+    assert np.max(np.abs(got - exact)) < 2.0 ** -23  # rounding of sigmoid ~0.5 only
+
+
+def test_weight_free_layer_norm_at_a_large_offset_is_written(tmp_path):
+    # LiteRT rounds x - mean(x) of x ~ 1e4 to 2^-10, 6.4x the unit's old 1e-3 share
+    rng = np.random.default_rng(1)
+    keras.utils.set_random_seed(1)
+    i = keras.Input((16,))
+    d = keras.layers.Dense(4)(i)
+    ln = keras.layers.LayerNormalization(center=False, scale=False)(i)
+    model = keras.Model(i, keras.layers.Concatenate()([d, ln]))
+    x = (1e4 + rng.standard_normal((8, 16))).astype("float32")
+    path = str(tmp_path / "m.tflite")
+    to_tflite(model, path, "float", sample_inputs=x)
+    x64 = x.astype(np.float64)
+    m = x64 - x64.mean(1, keepdims=True)
+    exact = m / np.sqrt(m.var(1, keepdims=True) + 1e-3)
+    assert np.max(np.abs(_run(path, x)[:, 4:] - exact)) < 1e-2  # float32 of x ~1e4: 1e-3

@@ -105,7 +105,8 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
     """Per output, per unit: the fraction of the output's max |keras| a unit may be off
     beyond ``tolerance`` x its own (:func:`~dkm_tf.export.unit_errors.unit_report`'s
     ``unit_floor``): ``tolerance x min(1, UNIT_SPREAD x S_j / max S + UNIT_SLACK)``
-    (:func:`unit_sensitivity`), the whole ``tolerance`` where ``S`` is not known.
+    (:func:`unit_sensitivity`), the whole ``tolerance`` where ``S`` is not known and for a
+    unit with ``S_j = 0`` (no weight reaches it: its rounding is not measured).
 
     Args:
         model, inputs, reference: as :func:`unit_sensitivity`.
@@ -132,5 +133,8 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
         if s is None or not np.isfinite(top) or top <= 0:
             floors.append(tol)
             continue
-        floors.append(tol * np.minimum(1.0, UNIT_SPREAD * s / top + UNIT_SLACK))
+        # a unit no weight reaches (S_j = 0 in every draw: a weight-free branch, whose
+        # rounding the noise cannot measure) keeps the whole allowance (review R5 F2)
+        floors.append(np.where(s > 0, tol * np.minimum(
+            1.0, UNIT_SPREAD * s / top + UNIT_SLACK), tol))
     return tuple(floors)
