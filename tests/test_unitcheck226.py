@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dkm_tf.export import convert as convert_lib
 from dkm_tf.export import to_tflite, verify
+from dkm_tf.export.verify import ExportVerificationError
 
 pytest.importorskip("ai_edge_litert")
 
@@ -78,3 +80,40 @@ def test_weight_free_layer_norm_at_a_large_offset_is_written(tmp_path):
     m = x64 - x64.mean(1, keepdims=True)
     exact = m / np.sqrt(m.var(1, keepdims=True) + 1e-3)
     assert np.max(np.abs(_run(path, x)[:, 4:] - exact)) < 1e-2  # float32 of x ~1e4: 1e-3
+
+
+def _regressor_mutant(shift_unit=2):
+    keras.utils.set_random_seed(0)
+    i = keras.Input((16,))
+    d = keras.layers.Dense(3, name="out")
+    model = keras.Model(i, d(i))
+    k, b = d.get_weights()
+    s = np.float32([1, 1e-3, 1e-6])
+    d.set_weights([k * s, (b + 0.1) * s])
+    x = np.random.default_rng(1).standard_normal((8, 16)).astype("float32")
+    ref = x.astype(np.float64) @ (k * s).astype(np.float64) + ((b + 0.1) * s)
+    mut = keras.models.clone_model(model)
+    mut.set_weights(model.get_weights())
+    k2, b2 = mut.get_layer("out").get_weights()
+    b2[shift_unit] += np.max(np.abs(ref[:, shift_unit]))  # off by its whole range
+    mut.get_layer("out").set_weights([k2, b2])
+    return model, mut, x
+
+
+def _convert_instead(monkeypatch, mutant):
+    real = convert_lib.convert
+
+    def fake(model, specs, quantization="none", representative_data=None):
+        return real(mutant, specs, quantization, representative_data)
+
+    monkeypatch.setattr(convert_lib, "convert", fake)
+
+
+def test_int8_file_quantizing_nothing_holds_units_to_the_float_allowance(tmp_path,
+                                                                          monkeypatch):
+    model, mut, x = _regressor_mutant()
+    _convert_instead(monkeypatch, mut)
+    for fmt in ("float", "int8"):
+        with pytest.raises(ExportVerificationError, match="output 0 unit 2"):
+            to_tflite(model, str(tmp_path / f"{fmt}.tflite"), fmt, sample_inputs=x)
+    assert not (tmp_path / "int8.tflite").exists()

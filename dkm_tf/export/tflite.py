@@ -283,8 +283,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     within = (FP16_HINT_FACTOR * np.max(tol) if key == "fp16" else tuple(
         HINT_FACTOR * t for t in verify.noise_floor(floats, noise, len(inputs[0]), []))
         if floats else None)
-    min_top1, floors = _min_top1(model, format, notes, reference), unit_check.unit_floors(
-        model, inputs, reference, tol, notes, format)
+    min_top1, floors = _min_top1(model, key, notes, reference), unit_check.unit_floors(
+        model, inputs, reference, tol, notes, key)
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
         min_top1, convert_lib.open_dims(model), floors)  # float: each unit's (unit_check)
@@ -292,8 +292,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
               if c.worst_unit and c.unit_excess == c.unit_excess and format == "int8"]
     if format == "fp16" and not all(c.ok for c in comparisons):
         _check_fp16_range(model, float_content)  # name the weights behind the refusal
-    verify.refuse_if_bad(path, format, comparisons, None if tolerance is not None else (
-        "tolerance" if key in ("float", "fp16", "palettized", "tflm") else
+    verify.refuse_if_bad(path, "float" if key == "float" else format, comparisons, None if (
+        tolerance is not None) else ("tolerance" if not key.startswith("int8") else
         "representative_data" if int8_mode == "full" else None), within,
         reasons(base, tol, key == "float") if tolerance is None else None)
     held = None  # full int8 calibrated on its own samples: also judged held out
@@ -384,7 +384,7 @@ def _min_top1(model, format, notes, reference=None):
     regressor whose int8 file was off by 0.6 % of its range was refused for a "top-1
     agreement" of 0.47). ``reference``: Keras' outputs on the samples; rows of (log-)
     probabilities are class scores, not logits read so by assumption (no note)."""
-    if format != "int8":
+    if not format.startswith("int8"):  # to_tflite's key: "float" when nothing is quantized
         return None
     found = non_class_loss(model)
     if found is not None:

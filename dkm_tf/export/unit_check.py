@@ -113,13 +113,14 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
         tolerance: the export's tolerance, a number or one per output.
         notes: a list the export's notes are appended to (a model whose units could not be
             measured), or None.
-        fmt: the export format; ``"int8"`` gets
-            :data:`~dkm_tf.export.unit_errors.INT8_UNIT_FLOOR` (its quantization steps).
+        fmt: the format the file is verified as (to_tflite's key): ``"int8/..."`` (a file
+            with quantized tensors) gets :data:`~dkm_tf.export.unit_errors.INT8_UNIT_FLOOR`
+            (its quantization steps); an int8 file quantizing nothing is ``"float"``.
 
     Returns:
         a tuple, one entry per output: an array (one per unit) or a number; int8: a number.
     """
-    if fmt == "int8":
+    if str(fmt).startswith("int8"):  # the effective key: a file quantizing nothing is float
         return INT8_UNIT_FLOOR
     sens = unit_sensitivity(model, inputs, reference)
     if notes is not None and all(s is None for s in sens) and any(
