@@ -117,3 +117,17 @@ def test_int8_file_quantizing_nothing_holds_units_to_the_float_allowance(tmp_pat
         with pytest.raises(ExportVerificationError, match="output 0 unit 2"):
             to_tflite(model, str(tmp_path / f"{fmt}.tflite"), fmt, sample_inputs=x)
     assert not (tmp_path / "int8.tflite").exists()
+
+
+def test_unit_refusal_gives_the_allowance_and_the_remedy(tmp_path, monkeypatch):
+    model, mut, x = _regressor_mutant()
+    _convert_instead(monkeypatch, mut)
+    with pytest.raises(ExportVerificationError) as e:
+        to_tflite(model, str(tmp_path / "m.tflite"), "float", sample_inputs=x)
+    msg = str(e.value)
+    assert "unit_check" not in msg
+    assert "if the outputs are right on your data, to_tflite(tolerance=...) writes it" in msg
+    allowed = float(msg.split("output 0 unit 2:")[1].split(", allowed ")[1].split(" ")[0])
+    own = float(msg.split("output 0 unit 2: max |keras| ")[1].split(" ")[0])
+    err = float(msg.split("output 0 unit 2:")[1].split("max abs error ")[1].split(",")[0])
+    assert 1e-5 * own <= allowed < err  # at least its own tolerance, less than its error

@@ -148,7 +148,8 @@ def _describe(c, own=False, fmt="int8"):
     top1 = ("" if c.min_top1 != c.min_top1 or c.top1_agreement != c.top1_agreement else
             f", top-1 agreement {c.top1_agreement:.3g} (at least {c.min_top1:g})")
     share = ("2 int8 steps of the output's" if fmt == "int8" else "the tolerance x the "
-             "output's max |keras| x the unit's share of its rounding (unit_check)")
+             "output's max |keras| x the unit's share of its rounding; if the outputs "
+             "are right on your data, to_tflite(tolerance=...) writes it")
     unit = (f", {c.worst_unit} (allowed: {tolerance_text(c)} x its max |keras| + {share})"
             if c.unit_excess > 1 and (fmt == "int8" or over_tolerance(c) <= 1) else "")
     return (f"{c.interpreter}: max abs error {c.max_abs_error:.3g}, relative "

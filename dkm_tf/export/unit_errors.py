@@ -89,9 +89,10 @@ def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
         skip: output indices not checked per unit (class scores, read by the top-1 check).
 
     Returns:
-        ``worst``: "output k unit j: max |keras| s (output's S), max abs error e (...)" of the
-        unit with the largest error over its allowance among the checked units (with
-        ``unit_floor``), else of the unit with the largest error on its own max |keras|
+        ``worst``: "output k unit j: max |keras| s (output's S), max abs error e (...)"
+        (with ``unit_floor``: "max abs error e, allowed a (...)", ``a`` the unit's absolute
+        allowance) of the unit with the largest error over its allowance among the checked
+        units (with ``unit_floor``), else of the unit with the largest error on its own max |keras|
         ("" when no output has several units, or none is checked);
         ``excess``: the largest ``error / (tolerance x unit max |keras| + unit_floor x output
         max |keras|)`` over checked units (> 1: refused), NaN when none is checked.
@@ -111,14 +112,16 @@ def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
             unit = "x its max |keras|"
         else:
             floor = unit_floor[k] if isinstance(unit_floor, (list, tuple)) else unit_floor
-            score = err / (tol * scale + floor * max(whole, 1e-30))
+            allowed = tol * scale + floor * max(whole, 1e-30)  # absolute, one per unit
+            score = err / allowed
             unit = "of what it is allowed"
             excess = max(float(score.max()), -1.0 if excess != excess else excess)
         j = int(np.argmax(score))
         if score[j] > best and err[j] > 0:
             best = float(score[j])
+            limit = "" if unit_floor is None else f", allowed {allowed[j]:.3g}"
             worst = (f"output {k} unit {j}: max |keras| {scale[j]:.3g} (the output's "
-                     f"{whole:.3g}), max abs error {err[j]:.3g} ({score[j]:.3g} {unit})")
+                     f"{whole:.3g}), max abs error {err[j]:.3g}{limit} ({score[j]:.3g} {unit})")
     return worst, float(excess)
 
 
