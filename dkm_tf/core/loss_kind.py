@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from dkm_tf.core.labels import one_loss
 
-__all__ = ["FILE_KEY", "SOURCE_LOSS", "assumed_logits", "keep_source_loss", "loss_said",
-           "non_class_loss", "output_activation", "probability_rows", "restore_source_loss",
-           "source_loss"]
+__all__ = ["FILE_KEY", "SETTINGS_KEY", "SOURCE_LOSS", "SOURCE_SETTINGS", "assumed_logits",
+           "class_losses", "for_outputs", "keep_source_loss", "loss_said", "non_class_loss",
+           "output_activation", "probability_rows", "restore_source_loss", "source_loss",
+           "source_settings"]
 
 SOURCE_LOSS = "_dkm_tf_source_loss"  # the attribute keep_source_loss sets on a copy
+SOURCE_SETTINGS = "_dkm_tf_source_settings"  # and its loss_weights / metrics
 FILE_KEY = "dkm_tf_source_loss"  # its key in a saved copy's build_config (config.json)
+SETTINGS_KEY = "dkm_tf_source_settings"  # and that of its loss_weights / metrics
+_SETTINGS = ("loss_weights", "metrics", "weighted_metrics")
 
 # compiled losses of models whose output is not one class per sample (normalised names)
 _REGRESSION = {"mse", "mae", "mape", "msle", "meansquarederror", "meanabsoluteerror",
@@ -40,6 +44,45 @@ def source_loss(model):
     return getattr(model, SOURCE_LOSS, None)
 
 
+def source_settings(model):
+    """The ``loss_weights``, ``metrics`` and ``weighted_metrics`` (a dict of those set, as
+    given to ``compile``) ``model`` is compiled with; for an uncompiled copy that carries its
+    source's loss (:func:`keep_source_loss`), those of its source; ``{}`` otherwise."""
+    if getattr(model, "compiled", False):
+        config = getattr(getattr(model, "_compile_config", None), "config", None) or {}
+        return {k: config[k] for k in _SETTINGS if config.get(k) is not None}
+    return dict(getattr(model, SOURCE_SETTINGS, None) or {})
+
+
+def for_outputs(value, model, copy):
+    """``value`` (a loss, ``loss_weights`` or metrics dict of ``model``'s compile, keyed by
+    its output names) keyed by the output names of ``copy``, a copy whose output layers are
+    renamed (``cluster_<name>`` and back): Keras refused the old keys in ``fit``, after the
+    k-means. Anything else (a list, one loss, a dict of other keys) is returned as it is, and
+    so is every value of a model whose outputs are a dict (its keys name them, not layers)."""
+    if isinstance(getattr(model, "_outputs_struct", None), dict):
+        return value
+    src = list(getattr(model, "output_names", None) or ())
+    dst = list(getattr(copy, "output_names", None) or ())
+    if not isinstance(value, dict) or len(src) != len(dst) or src == dst or not (
+            set(value) <= set(src)):
+        return value
+    rename = dict(zip(src, dst))
+    return {rename[k]: v for k, v in value.items()}
+
+
+def class_losses(loss):
+    """Whether ``loss`` (one, or a list / dict of one per output) is a cross-entropy, hinge
+    or KL loss for every output (the default ``["accuracy"]`` then means something)."""
+    import keras  # noqa: PLC0415
+
+    losses = [one for one in keras.tree.flatten(loss) if one is not None]
+    return bool(losses) and all(
+        {_key(n) for n in (_loss_name(one), type(one).__name__,
+                           getattr(getattr(one, "fn", None), "__name__", None)) if n}
+        & _CLASSIFICATION for one in losses)
+
+
 def loss_said(model, name, loss=None):
     """How a note names the loss ``name`` :func:`non_class_loss` read: ``"compiled with loss
     'x'"``, or, for an uncompiled copy that carries its source's (``loss`` None),
@@ -51,57 +94,83 @@ def loss_said(model, name, loss=None):
 
 def keep_source_loss(model, copy):
     """Record on ``copy`` (an uncompiled copy of ``model``) the loss ``model`` is compiled
-    with (or recorded), for :func:`source_loss`: ``to_tflite(strip_clustering(m)[0], ...,
-    "int8")`` of a classifier of logits compiled with a cross-entropy noted it as read so
-    "because it is not compiled". ``copy`` is returned; nothing is compiled."""
+    with (or recorded), for :func:`source_loss`, and its ``loss_weights`` / metrics
+    (:func:`source_settings`; a copy was trained without them), keys renamed to the copy's
+    output names (:func:`for_outputs`: ``strip_clustering``'s ``cluster_o`` -> ``o``):
+    ``to_tflite(strip_clustering(m)[0], ..., "int8")`` of a classifier of logits compiled
+    with a cross-entropy noted it as read so "because it is not compiled". ``copy`` is
+    returned; nothing is compiled."""
     loss = source_loss(model)
     if loss is not None and copy is not model and not getattr(copy, "compiled", False):
-        _carry(copy, loss)
+        settings = {k: for_outputs(v, model, copy) for k, v in source_settings(model).items()}
+        _carry(copy, for_outputs(loss, model, copy), settings)
     return copy
 
 
-def _carry(copy, loss, saved=None):
-    """Set the loss on ``copy`` and, where Keras can save and load it back (a name, a Keras
-    or registered loss that loads back the same: ``saved``, its serialized form; not a Huber
-    of another delta, which Keras 3.15 does not save), in its ``build_config``, which Keras
-    writes to a ``.keras`` file's config.json and ignores on load (a built model is not built
-    again): :func:`restore_source_loss` reads it back (``copy.save`` lost it before)."""
-    import warnings  # noqa: PLC0415
-
+def _carry(copy, loss, settings, saved=None, saved_settings=None):
+    """Set the loss and ``settings`` on ``copy`` and, where Keras can save and load the loss
+    back (a name, a Keras or registered loss that loads back the same: ``saved``, its
+    serialized form; not a Huber of another delta, which Keras 3.15 does not save), in its
+    ``build_config``, which Keras writes to a ``.keras`` file's config.json and ignores on
+    load (a built model is not built again): :func:`restore_source_loss` reads it back
+    (``copy.save`` lost it before); of ``settings``, those that load back the same."""
     import keras  # noqa: PLC0415
 
     try:
         object.__setattr__(copy, SOURCE_LOSS, loss)  # not tracked by Keras
+        object.__setattr__(copy, SOURCE_SETTINGS, dict(settings))
         if saved is None:
-            with warnings.catch_warnings():  # Keras' own (a lambda's): not the user's
-                warnings.simplefilter("ignore")
-                saved = keras.saving.serialize_keras_object(loss)
-                back = keras.saving.deserialize_keras_object(saved)  # unregistered: fails
-            if repr(getattr(back, "_fn_kwargs", None)) != repr(getattr(loss, "_fn_kwargs", None)):
-                saved = None  # Keras 3.15 drops Huber's delta: it would load back as 1.0
+            saved = _saved(loss, keras)
+            saved_settings = {k: s for k, s in ((k, _saved(v, keras)) for k, v in
+                                                settings.items()) if s is not None}
         if saved is not None:
             own = type(copy).get_build_config.__get__(copy)
+            extra = {FILE_KEY: saved, **({SETTINGS_KEY: saved_settings} if saved_settings
+                                         else {})}
             object.__setattr__(copy, "get_build_config", lambda: (
-                None if own() is None else {**own(), FILE_KEY: saved}))
-    except Exception:  # noqa: BLE001 (no attribute taken, or a loss Keras cannot load back)
+                None if own() is None else {**own(), **extra}))
+    except Exception:  # noqa: BLE001 (no attribute taken)
         pass
+
+
+def _saved(obj, keras):
+    """``obj`` (a loss, loss weights or metrics) serialized, or None where Keras does not
+    load it back the same (an unregistered custom object; a Huber's delta, which Keras 3.15
+    drops: it would load back as 1.0; a metric whose config changes)."""
+    import warnings  # noqa: PLC0415
+
+    try:
+        with warnings.catch_warnings():  # Keras' own (a lambda's): not the user's
+            warnings.simplefilter("ignore")
+            saved = keras.saving.serialize_keras_object(obj)
+            back = keras.saving.deserialize_keras_object(saved)  # unregistered: fails
+            again = keras.saving.serialize_keras_object(back)
+    except Exception:  # noqa: BLE001 (a loss Keras cannot load back)
+        return None
+    if repr(getattr(back, "_fn_kwargs", None)) != repr(getattr(obj, "_fn_kwargs", None)):
+        return None
+    return saved if repr(again) == repr(saved) else None
 
 
 def restore_source_loss(model, config, custom_objects=None):
     """Give ``model`` (uncompiled, loaded from a file whose config.json is ``config``) the
     source loss a saved ``share_weights`` / ``strip_clustering`` copy carried (see
     :func:`_carry`); returns None, or why it could not (a custom loss not registered here)."""
-    saved = ((config or {}).get("build_config") or {}).get(FILE_KEY) if isinstance(
-        config, dict) and isinstance(config.get("build_config"), dict) else None
+    built = config.get("build_config") if isinstance(config, dict) else None
+    saved = built.get(FILE_KEY) if isinstance(built, dict) else None
     if saved is None or getattr(model, "compiled", False):
         return None
     import keras  # noqa: PLC0415
 
+    saved_settings = built.get(SETTINGS_KEY)
+    saved_settings = saved_settings if isinstance(saved_settings, dict) else {}
     try:
-        loss = keras.saving.deserialize_keras_object(saved, custom_objects=custom_objects)
+        loss, *values = (keras.saving.deserialize_keras_object(
+            s, custom_objects=custom_objects) for s in (saved, *saved_settings.values()))
+        settings = dict(zip(saved_settings, values))
     except Exception as e:  # noqa: BLE001 (an unknown custom loss: said, not raised)
         return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
-    _carry(model, loss, saved)
+    _carry(model, loss, settings, saved, saved_settings)
     return None
 
 

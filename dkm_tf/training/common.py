@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dkm_tf.core.labels import is_binary_loss, is_sparse_loss  # is_sparse_loss: pipeline_args
+from dkm_tf.core.loss_kind import for_outputs as for_outputs  # finetune: renamed outputs
 from dkm_tf.core.loss_kind import output_activation  # also read here by distill, metrics
 from dkm_tf.core.loss_kind import source_loss as source_loss  # pipeline_args: a copy's loss
 
@@ -23,23 +24,6 @@ def compiled_loss_weights(model):
         return None
     config = getattr(getattr(model, "_compile_config", None), "config", None) or {}
     return config.get("loss_weights")
-
-
-def for_outputs(value, model, copy):
-    """``value`` (a loss, ``loss_weights`` or metrics dict of ``model``'s compile, keyed by
-    its output names) keyed by the output names of ``copy``, a clustered copy whose output
-    layers are renamed (``cluster_<name>``): Keras refused the old keys in ``fit``, after the
-    k-means. Anything else (a list, one loss, a dict of other keys) is returned as it is, and
-    so is every value of a model whose outputs are a dict (its keys name them, not layers)."""
-    if isinstance(getattr(model, "_outputs_struct", None), dict):
-        return value
-    src = list(getattr(model, "output_names", None) or ())
-    dst = list(getattr(copy, "output_names", None) or ())
-    if not isinstance(value, dict) or len(src) != len(dst) or src == dst or not (
-            set(value) <= set(src)):
-        return value
-    rename = dict(zip(src, dst))
-    return {rename[k]: v for k, v in value.items()}
 
 
 def compiled_metrics(model, key="metrics"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 
-from dkm_tf.core.loss_kind import source_loss
+from dkm_tf.core.loss_kind import class_losses, source_loss, source_settings
 from dkm_tf.core.validate import invalid
 from dkm_tf.training.common import (
     compiled_loss,
@@ -36,19 +36,31 @@ def compile_settings(model, metrics=None):
     dict of ``loss_weights`` (one per output) becomes one loss per output (Keras refused it
     inside ``fit``: "`loss_weights` must match the number of losses"); ``loss_weights`` that
     name no output, or of another count than the outputs, raise ``ValueError`` here.
+    An uncompiled ``share_weights`` / ``strip_clustering`` copy gives the loss,
+    ``loss_weights``, metrics and ``weighted_metrics`` of the model it was copied from
+    (:func:`~dkm_tf.core.loss_kind.source_settings`; new metric objects), with
+    ``"accuracy"`` once per output where that had no metrics and its loss is a classifier's
+    (a copy was trained without its source's ``loss_weights`` and metrics).
     """
-    loss, default = compiled_loss(model) or source_loss(model), False  # a copy: its source's
+    loss, default = compiled_loss(model), False
+    carried = loss is None and source_loss(model) is not None  # a copy: its source's
+    if carried:
+        loss, given = source_loss(model), source_settings(model)
     if loss is None:
         loss, default = default_loss(model), True
-    if metrics is None:
-        heads = len(getattr(model, "outputs", None) or ()) or 1
-        metrics = ["accuracy"] * heads if default else distillation_metrics(
-            model, compiled_metrics(model))
+    heads = ["accuracy"] * (len(getattr(model, "outputs", None) or ()) or 1)
+    if metrics is None and carried:
+        metrics = distillation_metrics(model, fresh_metrics(given.get("metrics"))) or (
+            heads if class_losses(loss) else None)
+    elif metrics is None:
+        metrics = heads if default else distillation_metrics(model, compiled_metrics(model))
     elif isinstance(metrics, (list, tuple)):
         metrics = list(metrics)  # a copy (a dict as it is)
-    weighted = None if default else distillation_metrics(
-        model, compiled_metrics(model, "weighted_metrics"))
-    loss, weights = _per_output(loss, compiled_loss_weights(model), model)
+    weighted = None if default else distillation_metrics(model, fresh_metrics(
+        given.get("weighted_metrics")) if carried else compiled_metrics(
+        model, "weighted_metrics"))
+    loss, weights = _per_output(loss, given.get("loss_weights") if carried else
+                                compiled_loss_weights(model), model)
     return {"loss": loss, "loss_weights": weights, "metrics": metrics,
             "weighted_metrics": weighted}
 

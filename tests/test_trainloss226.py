@@ -1,0 +1,131 @@
+"""Session 26, review of the carried loss: an uncompiled ``share_weights`` /
+``strip_clustering`` copy carries its source's whole compile settings (``loss_weights``,
+metrics, keys renamed to its own outputs), not only the loss, in memory and through save."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import dkm_tf  # noqa: E402
+from dkm_tf.core.loss_kind import source_loss  # noqa: E402
+from dkm_tf.training.compile_settings import compile_settings  # noqa: E402
+
+L = keras.layers
+
+
+def _xy(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 5)).astype("float32"), rng
+
+
+def _two_heads():
+    """Outputs a (1 unit, "mse") and b (3 classes), b weighted 0, a metric on a."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    h = L.Dense(12, activation="relu", name="h")(inp)
+    model = keras.Model(inp, {"a": L.Dense(1, name="a")(h), "b": L.Dense(3, name="b")(h)})
+    model.compile("adam", loss={"a": "mse", "b": "sparse_categorical_crossentropy"},
+                  loss_weights={"a": 1.0, "b": 0.0}, metrics={"a": ["mae"]})
+    x, rng = _xy()
+    y = {"a": rng.normal(size=(48, 1)).astype("float32"), "b": rng.integers(0, 3, 48)}
+    model.fit(x, y, epochs=1, verbose=0)
+    return model, x, y
+
+
+def _classifier(metrics=("accuracy",)):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    out = L.Dense(3, name="o")(L.Dense(12, activation="relu", name="h")(inp))
+    model = keras.Model(inp, out)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=list(metrics) or None)
+    x, rng = _xy()
+    y = rng.integers(0, 3, 48)
+    model.fit(x, y, epochs=1, verbose=0)
+    return model, x, y
+
+
+def test_finetune_of_a_copy_trains_with_the_sources_loss_weights():
+    # the copy was trained on a + b unweighted (b's cross-entropy ~1.1 added to a's mse)
+    model, x, y = _two_heads()
+    copy = dkm_tf.share_weights(model, 8).model
+    assert compile_settings(copy)["loss_weights"] == {"a": 1.0, "b": 0.0}
+    start, _, _ = dkm_tf.finetune(copy, (x, y), n_clusters=4, epochs=0, seed=0)
+    out = start.predict(x, verbose=0)
+    mse = float(np.mean((np.asarray(out["a"], np.float64) - y["a"]) ** 2))  # b weighs 0
+    _, _, history = dkm_tf.finetune(copy, (x, y), n_clusters=4, epochs=1, seed=0,
+                                    batch_size=48, learning_rate=1e-6)
+    assert history.history["loss"][0] == pytest.approx(mse, rel=1e-4)
+    assert "a_mae" in history.history  # the source's metric too
+
+
+def test_a_saved_copy_keeps_its_sources_loss_weights_and_metrics(tmp_path):
+    model, _, _ = _two_heads()
+    copy = dkm_tf.share_weights(model, 8).model
+    copy.save(tmp_path / "c.keras")
+    back = compile_settings(dkm_tf.load_model(tmp_path / "c.keras"))
+    assert back["loss_weights"] == {"a": 1.0, "b": 0.0}
+    assert back["metrics"] == {"a": ["mae"]}
+
+
+def test_a_copy_of_a_classifier_keeps_its_accuracy():
+    # f6c1785 (the default loss) gave ['accuracy', 'loss']; the carried loss gave ['loss']
+    model, x, y = _classifier()
+    copy = dkm_tf.share_weights(model, 8).model
+    tuned, _, history = dkm_tf.finetune(copy, (x, y), n_clusters=4, epochs=1, seed=0)
+    assert sorted(history.history) == ["accuracy", "loss"]
+    loss, accuracy = tuned.evaluate(x, y, verbose=0)
+    expected = float(np.mean(np.argmax(tuned.predict(x, verbose=0), -1) == y))
+    assert accuracy == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_copy_of_a_classifier_compiled_without_metrics_gets_accuracy():
+    model, x, y = _classifier(metrics=())
+    copy = dkm_tf.share_weights(model, 8).model
+    assert compile_settings(copy)["metrics"] == ["accuracy"]
+    _, _, history = dkm_tf.finetune(copy, (x, y), n_clusters=4, epochs=1, seed=0)
+    assert sorted(history.history) == ["accuracy", "loss"]
+
+
+def test_a_copy_of_a_regressor_gets_no_accuracy():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    model = keras.Model(inp, L.Dense(3, name="o")(inp))
+    model.compile("adam", "mse")
+    assert compile_settings(dkm_tf.share_weights(model, 8).model)["metrics"] is None
+
+
+def _stripped_copy():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    model = keras.Model(inp, L.Dense(3, name="o")(L.Dense(12, activation="relu",
+                                                            name="h")(inp)))
+    clustered = dkm_tf.cluster_weights(model, 8)
+    name = clustered.output_names[0]
+    clustered.compile("adam", loss={name: keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True)}, loss_weights={name: 2.0}, metrics={name: ["accuracy"]})
+    return dkm_tf.strip_clustering(clustered)[0]
+
+
+def test_strip_clustering_renames_the_carried_keys_to_its_outputs(tmp_path):
+    stripped = _stripped_copy()
+    assert stripped.output_names == ["o"]
+    assert list(source_loss(stripped)) == ["o"]
+    settings = compile_settings(stripped)
+    assert settings["loss_weights"] == {"o": 2.0} and list(settings["metrics"]) == ["o"]
+    stripped.save(tmp_path / "s.keras")
+    assert list(source_loss(dkm_tf.load_model(tmp_path / "s.keras"))) == ["o"]
+
+
+def test_dkm_retrain_of_a_stripped_copy_with_a_loss_dict_is_not_refused():
+    # ValueError "Expected keys ['o'] in loss dict" (keyed by cluster_o)
+    stripped = _stripped_copy()
+    x, rng = _xy()
+    y = rng.integers(0, 3, 48)
+    retrained, _ = dkm_tf.dkm_retrain(stripped, (x, y), n_clusters=4, epochs=1)
+    assert retrained.output_names == ["o"]
+    result = dkm_tf.compress(stripped, (x, y), method="dkm", n_clusters=4, dkm_epochs=1,
+                             finetune_epochs=1, verbose=0)
+    assert result.model is not None
+
