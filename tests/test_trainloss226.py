@@ -129,3 +129,29 @@ def test_dkm_retrain_of_a_stripped_copy_with_a_loss_dict_is_not_refused():
                              finetune_epochs=1, verbose=0)
     assert result.model is not None
 
+
+def _stateful():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 3), batch_size=8)
+    model = keras.Model(inp, L.Dense(3)(L.LSTM(6, stateful=True)(inp)))
+    x = np.random.default_rng(0).normal(size=(8, 4, 3)).astype("float32")
+    return model, x
+
+
+def test_the_probability_probe_leaves_a_stateful_rnns_state_alone():
+    from dkm_tf import pipeline_metrics as pm
+
+    model, x = _stateful()
+    lstm = model.layers[1]
+    before = [np.array(v.numpy()) for v in lstm.states]
+    assert pm.logits_note(model, [pm.AGREEMENT_USE], None, ((x, None),)) is not None
+    after = [np.array(v.numpy()) for v in lstm.states]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_a_stateful_float_model_agrees_with_itself():
+    # the probe moved the state: accuracy_before (the float model's agreement) read 0.875
+    model, x = _stateful()
+    result = dkm_tf.compress(model, (x, None), (x, None), method="wr", n_clusters=4,
+                             verbose=0)
+    assert result.accuracy_before == 1.0
