@@ -155,3 +155,24 @@ def test_a_stateful_float_model_agrees_with_itself():
     result = dkm_tf.compress(model, (x, None), (x, None), method="wr", n_clusters=4,
                              verbose=0)
     assert result.accuracy_before == 1.0
+
+
+@pytest.mark.parametrize("loss", [["mse"], {"o": "mse"}])
+def test_the_carried_loss_note_names_a_list_or_dict_loss(loss):
+    # read "trained with the loss 'ListWrapper'" / "'_DictWrapper'" (Keras' tracked types)
+    from dkm_tf.training.compile_settings import carried_loss_note
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    model = keras.Model(inp, L.Dense(1, name="o")(L.Dense(8, name="h")(inp)))
+    model.compile("adam", loss)
+    note = carried_loss_note(dkm_tf.share_weights(model, 8).model)
+    assert note.startswith("trained with the loss 'mse' of the model it was copied from")
+
+
+def test_the_carried_loss_note_names_each_output_loss():
+    from dkm_tf.training.compile_settings import carried_loss_note
+
+    model, _, _ = _two_heads()
+    note = carried_loss_note(dkm_tf.share_weights(model, 8).model)
+    assert "the loss 'a: mse, b: sparse_categorical_crossentropy' of" in note

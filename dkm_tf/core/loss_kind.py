@@ -8,9 +8,9 @@ from __future__ import annotations
 from dkm_tf.core.labels import one_loss
 
 __all__ = ["FILE_KEY", "SETTINGS_KEY", "SOURCE_LOSS", "SOURCE_SETTINGS", "assumed_logits",
-           "class_losses", "for_outputs", "keep_source_loss", "loss_said", "non_class_loss",
-           "output_activation", "probability_rows", "restore_source_loss", "source_loss",
-           "source_settings"]
+           "class_losses", "for_outputs", "keep_source_loss", "loss_names", "loss_said",
+           "non_class_loss", "output_activation", "probability_rows", "restore_source_loss",
+           "source_loss", "source_settings"]
 
 SOURCE_LOSS = "_dkm_tf_source_loss"  # the attribute keep_source_loss sets on a copy
 SOURCE_SETTINGS = "_dkm_tf_source_settings"  # and its loss_weights / metrics
@@ -33,6 +33,19 @@ _CLASSIFICATION = {"sparsecategoricalcrossentropy", "categoricalcrossentropy",
 def _loss_name(loss):
     return loss if isinstance(loss, str) else (
         getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__)
+
+
+def loss_names(loss, model=None):
+    """How a note names ``loss``: ``"mse"`` (also of ``["mse"]`` / ``{"o": "mse"}`` for
+    ``model`` with one output), ``"a: mse, b: SparseCategoricalCrossentropy"``, ``"mse, mae"``
+    (a note read "the loss 'ListWrapper'", the type of Keras' tracked list)."""
+    if model is None or len(getattr(model, "outputs", None) or [None]) == 1:
+        loss = one_loss(loss)
+    if isinstance(loss, dict):
+        return ", ".join(f"{k}: {_loss_name(v)}" for k, v in loss.items())
+    if isinstance(loss, (list, tuple)):
+        return ", ".join(_loss_name(v) for v in loss)
+    return _loss_name(loss)
 
 
 def source_loss(model):

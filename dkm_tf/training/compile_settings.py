@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 
-from dkm_tf.core.loss_kind import class_losses, source_loss, source_settings
+from dkm_tf.core.loss_kind import class_losses, loss_names, source_loss, source_settings
 from dkm_tf.core.validate import invalid
 from dkm_tf.training.common import (
     compiled_loss,
@@ -71,12 +71,10 @@ def carried_loss_note(model):
     loss = None if compiled_loss(model) is not None else source_loss(model)
     if loss is None:
         return None
-    name = loss if isinstance(loss, str) else (getattr(loss, "name", None) or getattr(
-        loss, "__name__", None) or type(loss).__name__)
-    return (f"trained with the loss {name!r} of the model it was copied from (the given model "
-            "is an uncompiled share_weights / strip_clustering copy, which carries it; not the "
-            "default cross-entropy of an uncompiled model): compile the model to train it "
-            "with another loss")
+    return (f"trained with the loss {loss_names(loss, model)!r} of the model it was copied "
+            "from (the given model is an uncompiled share_weights / strip_clustering copy, "
+            "which carries it; not the default cross-entropy of an uncompiled model): compile "
+            "the model to train it with another loss")
 
 
 def compile_like(model, copy):
