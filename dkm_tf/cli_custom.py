@@ -87,7 +87,10 @@ def loss_note(model_path, method, weighting, model=None):
                 "(check that the file's last activation is what you expect)")
     if loss is None:
         return None
-    return (f"{model_path} was compiled with loss {loss!r}; dkm-tf compress "
-            f"{verb} the cross-entropy of the "
-            "model's output (class-id labels) instead: to keep your loss, call "
-            "dkm_tf.compress(model, ...) in Python on the model compiled with it")
+    from dkm_tf.core.loss_kind import CarriedName, file_loss_said  # noqa: PLC0415
+
+    return (f"{model_path} {file_loss_said(loss)}; dkm-tf compress {verb} the cross-entropy of "
+            "the model's output (class-id labels) instead: to keep that loss, call "
+            "dkm_tf.compress(model, ...) in Python on the model " + (
+                "dkm_tf.load_model gives (it carries it)" if isinstance(loss, CarriedName)
+                else "compiled with it"))

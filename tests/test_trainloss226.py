@@ -176,3 +176,36 @@ def test_the_carried_loss_note_names_each_output_loss():
     model, _, _ = _two_heads()
     note = carried_loss_note(dkm_tf.share_weights(model, 8).model)
     assert "the loss 'a: mse, b: sparse_categorical_crossentropy' of" in note
+
+
+def _saved_regressor_copy(tmp_path, units=3):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    model = keras.Model(inp, L.Dense(units, name="o")(L.Dense(16, activation="relu",
+                                                               name="h")(inp)))
+    model.compile("adam", "mse")
+    path = str(tmp_path / "c.keras")
+    dkm_tf.share_weights(model, 8).model.save(path)
+    return path, keras.models.load_model(path, compile=False)
+
+
+def test_the_cli_notes_do_not_call_a_saved_copy_compiled(tmp_path):
+    # "c.keras was compiled with loss 'mse'" / "the model is compiled with loss 'mse'"
+    from dkm_tf.cli_custom import loss_note
+    from dkm_tf.core.custom_code import compiled_loss_name
+    from dkm_tf.pipeline_metrics import not_class_scores
+
+    path, model = _saved_regressor_copy(tmp_path)
+    note = loss_note(path, "finetune", None, model=model)
+    assert "carries the loss 'mse' of the model it was copied from" in note
+    assert "compiled with" not in note.split(";")[0]
+    why = not_class_scores(model, compiled_loss_name(path))
+    assert why.startswith("the model is read by the loss 'mse' of the model it was copied from")
+
+
+def test_to_tflite_script_does_not_call_a_saved_copy_compiled(tmp_path):
+    from dkm_tf.export.cli import _compile_as_classifier
+
+    path, model = _saved_regressor_copy(tmp_path)
+    note = _compile_as_classifier(model, path)
+    assert "the file carries the loss 'mse' of the model it was copied from (a regressor)" in note

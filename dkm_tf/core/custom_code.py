@@ -330,13 +330,17 @@ def compiled_loss_name(path):
     ``"userpkg>my_loss"``, ``"SparseCategoricalCrossentropy"``), or None (not compiled, no
     loss, several losses are joined with ", "). An uncompiled ``share_weights`` /
     ``strip_clustering`` copy's file gives the loss of the model it was copied from, saved
-    in its build config (:func:`dkm_tf.core.loss_kind.keep_source_loss`)."""
+    in its build config (:func:`dkm_tf.core.loss_kind.keep_source_loss`), as a
+    :class:`~dkm_tf.core.loss_kind.CarriedName` (notes do not call it compiled)."""
     model_config, config = _read_configs(path)
     loss = config.get("loss") if isinstance(config, dict) else None
     if loss is None and isinstance(model_config, dict):  # a copy's carried loss
+        from dkm_tf.core.loss_kind import FILE_KEY, CarriedName  # noqa: PLC0415
+
         built = model_config.get("build_config")
-        loss = built.get("dkm_tf_source_loss") if isinstance(built, dict) else None
-    return _loss_name(loss)
+        name = _loss_name(built.get(FILE_KEY) if isinstance(built, dict) else None)
+        return None if name is None else CarriedName(name)  # notes: "of the model it was
+    return _loss_name(loss)  # copied from", not "compiled with"
 
 
 def compiled_from_logits(path):

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dkm_tf.core.labels import one_loss
 
 __all__ = ["FILE_KEY", "SETTINGS_KEY", "SOURCE_LOSS", "SOURCE_SETTINGS", "assumed_logits",
-           "class_losses", "for_outputs", "keep_source_loss", "loss_names", "loss_said",
-           "non_class_loss", "output_activation", "probability_rows", "restore_source_loss",
-           "source_loss", "source_settings"]
+           "CarriedName", "class_losses", "file_loss_said", "for_outputs", "keep_source_loss",
+           "loss_names", "loss_said", "non_class_loss", "output_activation", "probability_rows",
+           "restore_source_loss", "source_loss", "source_settings"]
 
 SOURCE_LOSS = "_dkm_tf_source_loss"  # the attribute keep_source_loss sets on a copy
 SOURCE_SETTINGS = "_dkm_tf_source_settings"  # and its loss_weights / metrics
@@ -96,13 +96,31 @@ def class_losses(loss):
         & _CLASSIFICATION for one in losses)
 
 
+class CarriedName(str):
+    """A loss name read from a saved uncompiled copy's build config (:data:`FILE_KEY`), not
+    from a compile config: notes say "the loss 'x' of the model it was copied from"."""
+
+    __slots__ = ()
+
+
 def loss_said(model, name, loss=None):
     """How a note names the loss ``name`` :func:`non_class_loss` read: ``"compiled with loss
-    'x'"``, or, for an uncompiled copy that carries its source's (``loss`` None),
-    ``"the loss 'x' of the model it was copied from"`` (the copy is compiled with none)."""
-    if loss is None and not getattr(model, "compiled", False) and source_loss(model) is not None:
-        return f"the loss {name!r} of the model it was copied from"
-    return f"compiled with loss {name!r}"
+    'x'"``, or, for an uncompiled copy that carries its source's (``loss`` None, or a
+    :class:`CarriedName` read from its file), ``"the loss 'x' of the model it was copied
+    from"`` (the copy is compiled with none)."""
+    if isinstance(loss, CarriedName) or loss is None and not getattr(
+            model, "compiled", False) and source_loss(model) is not None:
+        return f"the loss {str(name)!r} of the model it was copied from"
+    return f"compiled with loss {str(name)!r}"
+
+
+def file_loss_said(name):
+    """How a note says a file has the loss ``name`` (``custom_code.compiled_loss_name``'s):
+    ``"was compiled with loss 'x'"``, or for a saved uncompiled copy (a :class:`CarriedName`)
+    ``"carries the loss 'x' of the model it was copied from"`` (it is not compiled)."""
+    if isinstance(name, CarriedName):
+        return f"carries the loss {str(name)!r} of the model it was copied from"
+    return f"was compiled with loss {str(name)!r}"
 
 
 def keep_source_loss(model, copy):

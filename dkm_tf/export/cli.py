@@ -357,20 +357,20 @@ def _compile_as_classifier(model, model_path):
     recorded as the model's source loss (:func:`dkm_tf.core.loss_kind.keep_source_loss`): the
     note gives it as the reason, not "it is not compiled". A regression or multi-label loss is
     not given (the arg-max is still checked, as documented): returns the note naming it."""
+    from dkm_tf.core import loss_kind as lk  # noqa: PLC0415
     from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
-    from dkm_tf.core.loss_kind import SOURCE_LOSS, assumed_logits, non_class_loss  # noqa: PLC0415
 
     loss = compiled_loss_name(model_path)
-    if not loss or not assumed_logits(model):
+    if not loss or not lk.assumed_logits(model):
         return None
-    if (found := non_class_loss(model, loss)) is not None:
-        return (f"int8: top-1 check of its arg-max: the file was compiled with loss {loss!r} "
+    if (found := lk.non_class_loss(model, loss)) is not None:
+        return (f"int8: top-1 check of its arg-max: the file {lk.file_loss_said(loss)} "
                 f"({found[1]}), which export/to_tflite.py does not read (it loads the model "
                 "with compile=False), so the model was read as a classifier of logits; "
                 "`dkm-tf compress --model` and to_tflite of the model compiled with that loss "
                 "check it unit by unit")
-    if assumed_logits(model, loss):  # a loss dkm_tf does not know: the note's reason
-        object.__setattr__(model, SOURCE_LOSS, loss)
+    if lk.assumed_logits(model, loss):  # a loss dkm_tf does not know: the note's reason
+        object.__setattr__(model, lk.SOURCE_LOSS, loss)
         return None
     try:
         model.compile(loss=loss)
