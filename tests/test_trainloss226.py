@@ -209,3 +209,18 @@ def test_to_tflite_script_does_not_call_a_saved_copy_compiled(tmp_path):
     path, model = _saved_regressor_copy(tmp_path)
     note = _compile_as_classifier(model, path)
     assert "the file carries the loss 'mse' of the model it was copied from (a regressor)" in note
+
+
+def test_load_model_says_only_a_keras_file_keeps_a_copys_loss(tmp_path):
+    # an .h5 copy reloads without its carried loss: the docstring said nothing of it
+    from dkm_tf.core.loss_kind import source_loss as carried
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    model = keras.Model(inp, L.Dense(3, name="o")(inp))
+    model.compile("adam", "mse")
+    copy = dkm_tf.share_weights(model, 8).model
+    copy.save(tmp_path / "c.h5")
+    assert carried(dkm_tf.load_model(tmp_path / "c.h5")) is None
+    doc = " ".join(dkm_tf.load_model.__doc__.split())
+    assert "Only a ``.keras`` file keeps them: a copy saved to ``.h5`` loads back" in doc

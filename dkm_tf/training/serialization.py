@@ -44,11 +44,14 @@ def load_model(path, **kwargs):
         names an optimizer of another Keras backend (saved with ``KERAS_BACKEND=torch``:
         ``keras.src.backend.torch.optimizers``, which other backends cannot import) loads
         uncompiled, with a ``UserWarning`` that says so (the weights and layers are
-        backend-neutral); compile it again before ``fit``. A saved uncompiled
-        ``share_weights`` / ``strip_clustering`` copy gets back the loss of the model it was
-        copied from (unless ``compile=False``): the notes, ``weighting="fisher"`` and the
-        training methods read it as before the save (``keras.models.load_model`` loads the
-        same model without it; a custom loss that is not registered is not saved).
+        backend-neutral); compile it again before ``fit``. A ``share_weights`` /
+        ``strip_clustering`` copy saved uncompiled to a ``.keras`` file gets back the loss,
+        ``loss_weights`` and metrics of the model it was copied from (unless
+        ``compile=False``): the notes, ``weighting="fisher"`` and the training methods read
+        them as before the save (``keras.models.load_model`` loads the same model without
+        them; a custom loss or metric that is not registered is not saved). Only a
+        ``.keras`` file keeps them: a copy saved to ``.h5`` loads back as a plain uncompiled
+        model (read as a classifier of logits, trained with the default cross-entropy).
     """
     import keras  # noqa: PLC0415
 
