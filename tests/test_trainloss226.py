@@ -224,3 +224,20 @@ def test_load_model_says_only_a_keras_file_keeps_a_copys_loss(tmp_path):
     assert carried(dkm_tf.load_model(tmp_path / "c.h5")) is None
     doc = " ".join(dkm_tf.load_model.__doc__.split())
     assert "Only a ``.keras`` file keeps them: a copy saved to ``.h5`` loads back" in doc
+
+
+def test_a_saved_metric_unknown_at_load_drops_only_itself():
+    # a custom metric not registered where the file loads must not cost the carried loss
+    from dkm_tf.core.loss_kind import FILE_KEY, SETTINGS_KEY, restore_source_loss
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    model = keras.Model(inp, L.Dense(3, name="o")(inp))
+    unknown = {"module": None, "class_name": "NoSuchMetric", "config": {},
+               "registered_name": "nowhere>NoSuchMetric"}
+    config = {"build_config": {FILE_KEY: "mse", SETTINGS_KEY: {
+        "loss_weights": [2.0], "metrics": [unknown]}}}
+    assert restore_source_loss(model, config) is None
+    assert source_loss(model) == "mse"
+    settings = compile_settings(model)
+    assert settings["loss_weights"] == [2.0] and settings["metrics"] is None

@@ -193,15 +193,18 @@ def restore_source_loss(model, config, custom_objects=None):
         return None
     import keras  # noqa: PLC0415
 
-    saved_settings = built.get(SETTINGS_KEY)
-    saved_settings = saved_settings if isinstance(saved_settings, dict) else {}
     try:
-        loss, *values = (keras.saving.deserialize_keras_object(
-            s, custom_objects=custom_objects) for s in (saved, *saved_settings.values()))
-        settings = dict(zip(saved_settings, values))
+        loss = keras.saving.deserialize_keras_object(saved, custom_objects=custom_objects)
     except Exception as e:  # noqa: BLE001 (an unknown custom loss: said, not raised)
         return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
-    _carry(model, loss, settings, saved, saved_settings)
+    saved_settings, settings = built.get(SETTINGS_KEY), {}
+    for key, value in (saved_settings.items() if isinstance(saved_settings, dict) else ()):
+        try:  # a metric unknown here is left out (it trains the same), not the loss
+            settings[key] = keras.saving.deserialize_keras_object(
+                value, custom_objects=custom_objects)
+        except Exception:  # noqa: BLE001
+            continue
+    _carry(model, loss, settings, saved, {k: saved_settings[k] for k in settings})
     return None
 
 
