@@ -241,3 +241,14 @@ def test_a_saved_metric_unknown_at_load_drops_only_itself():
     assert source_loss(model) == "mse"
     settings = compile_settings(model)
     assert settings["loss_weights"] == [2.0] and settings["metrics"] is None
+
+
+@pytest.mark.parametrize("metrics", [["accuracy"], None])
+def test_a_copy_of_a_distilled_model_keeps_the_distillation_accuracy(metrics):
+    # Keras' "accuracy" on [one-hot | teacher logits] targets is no accuracy of the labels
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    model = keras.Model(inp, L.Dense(3, name="o")(inp))
+    model.compile("adam", dkm_tf.DistillationLoss(3), metrics=metrics)
+    got = compile_settings(dkm_tf.share_weights(model, 8).model)["metrics"]
+    assert len(got) == 1 and isinstance(got[0], dkm_tf.DistillationAccuracy)

@@ -50,8 +50,8 @@ def compile_settings(model, metrics=None):
         loss, default = default_loss(model), True
     heads = ["accuracy"] * (len(getattr(model, "outputs", None) or ()) or 1)
     if metrics is None and carried:
-        metrics = distillation_metrics(model, fresh_metrics(given.get("metrics"))) or (
-            heads if class_losses(loss) else None)
+        metrics = distillation_metrics(model, fresh_metrics(given.get("metrics")) or (
+            heads if class_losses(loss) else None))  # a distillation: its own accuracy
     elif metrics is None:
         metrics = heads if default else distillation_metrics(model, compiled_metrics(model))
     elif isinstance(metrics, (list, tuple)):

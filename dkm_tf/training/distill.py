@@ -28,7 +28,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from dkm_tf.core.loss_kind import loss_said, non_class_loss
+from dkm_tf.core.loss_kind import loss_said, non_class_loss, source_loss
 from dkm_tf.core.validate import (
     check_finite_samples,
     check_int,
@@ -138,8 +138,8 @@ class DistillationAccuracy(keras.metrics.MeanMetricWrapper):
 def distillation_metrics(model, metrics):
     """With a `DistillationLoss` compiled into ``model``, Keras' "accuracy" in ``metrics`` (an
     arg-max over [one-hot | teacher logits]) becomes a `DistillationAccuracy`; other metrics
-    are kept."""
-    loss = getattr(model, "loss", None)
+    are kept (also for an uncompiled copy that carries such a loss: ``source_loss``)."""
+    loss = source_loss(model)
     if not isinstance(loss, DistillationLoss) or not isinstance(metrics, (list, tuple)):
         return metrics
     return [DistillationAccuracy(loss.num_classes)
