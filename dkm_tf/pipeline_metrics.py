@@ -6,6 +6,7 @@ no accuracy (several outputs, not class scores). Re-exported by :mod:`dkm_tf.pip
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -84,8 +85,9 @@ def _probability_rows(model, data):
         batch = keras.tree.map_structure(lambda a: np.asarray(a)[:32], x)
         if x is None:
             return False
-        with keras.StatelessScope():  # no state update (a stateful RNN's, a BN's)
-            out = model(batch, training=False)
+        with keras.StatelessScope(), warnings.catch_warnings():  # no state update (a
+            warnings.simplefilter("ignore")  # stateful RNN's); Keras' input-structure note
+            out = model(batch, training=False)  # (predict gave none for inputs=[x])
         return probability_rows(keras.tree.map_structure(keras.ops.convert_to_numpy, out))
     except Exception:  # noqa: BLE001 (inputs the model does not take: cannot tell)
         return False

@@ -252,3 +252,28 @@ def test_a_copy_of_a_distilled_model_keeps_the_distillation_accuracy(metrics):
     model.compile("adam", dkm_tf.DistillationLoss(3), metrics=metrics)
     got = compile_settings(dkm_tf.share_weights(model, 8).model)["metrics"]
     assert len(got) == 1 and isinstance(got[0], dkm_tf.DistillationAccuracy)
+
+
+def test_the_default_loss_probe_leaves_a_stateful_rnns_state_alone():
+    # weighting="fisher" of an uncompiled model reads its outputs on x to pick from_logits
+    from dkm_tf.training.common import default_loss
+
+    model, x = _stateful()
+    model = keras.Model(model.inputs[0], L.Lambda(lambda t: t * 1.0)(model.outputs[0]))
+    lstm = model.layers[1]  # a last op of unknown activation: its outputs are read
+    before = [np.array(v.numpy()) for v in lstm.states]
+    assert default_loss(model, x=x).get_config()["from_logits"] is True
+    after = [np.array(v.numpy()) for v in lstm.states]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_the_probability_probe_reads_a_model_built_with_a_list_of_inputs():
+    # model(x) of keras.Model([inp], ...) warns about the input structure (predict does not)
+    from dkm_tf import pipeline_metrics as pm
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5,))
+    out = L.Lambda(lambda t: keras.ops.log_softmax(t))(L.Dense(3)(inp))
+    model = keras.Model([inp], out)
+    x, _ = _xy(8)
+    assert pm.logits_note(model, [pm.AGREEMENT_USE], None, ((x, None),)) is None

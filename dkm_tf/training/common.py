@@ -91,6 +91,7 @@ def _rows_are_probabilities(model, x):
     """Whether the model's output on ``x[:32]`` (each input's, a dict's too) has 2+ columns in
     [0, 1] summing to 1, to the output dtype's tolerance (``sum_tolerance``: 2 eps of a
     bfloat16 output, whose softmax rows sum to 1 +- 0.003; 1e-3 read them as logits)."""
+    import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
     from dkm_tf.graph.sensitivity_loss import sum_tolerance, to_numpy  # noqa: PLC0415
@@ -100,7 +101,8 @@ def _rows_are_probabilities(model, x):
             batch = {k: a[:32] for k, a in x.items()}
         else:
             batch = [a[:32] for a in x] if isinstance(x, (list, tuple)) else x[:32]
-        out = model(batch, training=False)
+        with keras.StatelessScope():  # a stateful RNN's state is not moved
+            out = model(batch, training=False)
         out = out[0] if isinstance(out, (list, tuple)) else out
         tol = sum_tolerance(out)  # of the output's own dtype, before any cast
         out = to_numpy(out).astype(np.float64)
