@@ -13,7 +13,7 @@ charges the others as a `.tflite` runs them, a MUL and an ADD (`keras_lowered`).
 """
 
 from dkm_tf.energy.activations import activation_name
-from dkm_tf.energy.keras_calls import calls, graph_ops
+from dkm_tf.energy.keras_calls import calls, graph_ops, node_inputs
 
 
 def consumers(model, op_calls, keras):
@@ -126,7 +126,7 @@ def source_at(x, counts, keras, outer=None):
         try:
             inner = keras.tree.flatten(producer.outputs)[index]
             inside = (keras.tree.flatten(producer.inputs),
-                      producer._inbound_nodes[node].input_tensors, counts, outer)
+                      node_inputs(producer, producer._inbound_nodes[node]), counts, outer)
         except (AttributeError, ValueError, IndexError, TypeError):
             return None
         ops = [(op, _calls(producer, op)) for op in graph_ops(producer)]

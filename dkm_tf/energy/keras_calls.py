@@ -36,12 +36,30 @@ def calls(model, op):
         def make_node_key(o, i):
             return f"{id(o)}_ib-{i}"
     found = [] if keys is None else [
-        (list(n.input_tensors), list(n.outputs)) for i, n in enumerate(nodes)
+        (node_inputs(op, n), list(n.outputs)) for i, n in enumerate(nodes)
         if make_node_key(op, i) in keys]
     if found:
         return found
     flat = [op.input, op.output]
     return [tuple(list(t) if isinstance(t, (list, tuple)) else [t] for t in flat)]
+
+
+def node_inputs(op, node):
+    """The input tensors of `node`, a call of `op`, in the order of `op.inputs` where `op` is
+    a model of a list of inputs called with a dict keyed by their names (as Functional maps
+    it: `node.input_tensors` holds the dict's values in the order of its sorted keys; before
+    2026-12-07 the reader paired them with the wrong inputs, a used conv left out, Keras /
+    file hierarchy 0.52), else `node.input_tensors`."""
+    ins, struct = list(node.input_tensors), getattr(op, "_inputs_struct", None)
+    args = getattr(getattr(node, "arguments", None), "args", ())
+    if struct is None or isinstance(struct, dict) or len(args) != 1 or \
+            not isinstance(args[0], dict):
+        return ins
+    try:
+        struct = struct if isinstance(struct, (list, tuple)) else [struct]
+        return [args[0][t.name] for t in struct]
+    except (KeyError, AttributeError, TypeError):
+        return ins
 
 
 def call_names(records, name, bases):

@@ -10,6 +10,8 @@ the outputs that are used, through each nested model's call at the outputs of it
 used; the reader leaves out a call none of whose outputs is live (`keras_reader._walk`).
 """
 
+from dkm_tf.energy.keras_calls import node_inputs
+
 
 def dead(call, live, everything):
     """Whether `call` (`(inputs, outputs)`) is of the graph (an output in `everything`, the
@@ -28,7 +30,7 @@ def live_tensors(model, keras, used=None, prune=True):
         try:
             producer, node_index, _ = stack.pop()._keras_history
             node = producer._inbound_nodes[node_index]
-            ins = list(node.input_tensors)
+            ins = node_inputs(producer, node)
         except (AttributeError, ValueError, IndexError, TypeError):
             continue
         if prune and isinstance(producer, keras.Model) and _has_graph(producer):
