@@ -53,3 +53,27 @@ def test_list_input_model_called_with_dict(case, tmp_path):
     k, f = both(model, tmp_path)
     assert op_records(k, charged)
     same_totals(k, f)
+
+
+@pytest.mark.parametrize("case", ["nested_output", "conv_outside_model"])
+def test_rescaling_read_beside_a_dead_conv_is_kept(case, tmp_path):
+    """A scalar `Rescaling` read by a live conv and by a conv no output uses (or called
+    outside the model), where its tensor is also an output: the file keeps its MUL."""
+    keras.utils.set_random_seed(0)
+    if case == "nested_output":
+        j = keras.Input(S)
+        r = L.Rescaling(0.5, name="r")(j)
+        m = keras.Model(j, [L.Conv2D(4, 3, padding="same", name="ca")(r),
+                            L.Conv2D(4, 3, padding="same", name="cb")(r), r], name="m")
+        i = keras.Input(S)
+        oa, _, orr = m(L.Activation("tanh")(i))
+        model = keras.Model(i, L.Concatenate()([L.Flatten()(oa), L.Flatten()(orr)]))
+    else:
+        i = keras.Input(S)
+        x = L.Rescaling(0.5, name="r")(L.Activation("tanh")(i))
+        y = L.Conv2D(4, 3, padding="same", name="c1")(x)
+        L.Conv2D(4, 3, padding="same", name="c2")(x)  # not of the model
+        model = keras.Model(i, [x, y])
+    k, f = both(model, tmp_path)
+    assert [o for o, _, _ in op_records(k, "r")] == ["mul"]
+    same_totals(k, f)

@@ -142,10 +142,16 @@ def _takers(t, keras, depth=0):
 def _all_take(t, kind, value, counts, keras, depth=0, outer=None):
     """Whether every reader of `t` in the model (`counts`: none an output) takes the op;
     `outer`: as `bn_folding.source`, with the nested model's outputs and its call's, where
-    `t` may be an output of a nested model (the readers of the call's output then too)."""
+    `t` may be an output of a nested model (the readers of the call's output then too). Where
+    `counts` marks live tensors (`keras_live.live_counts`), only readers that are live calls
+    of its graph count (before 2026-12-07 a reader of another graph or one no output uses was
+    counted: a `Rescaling` also an output of a nested model was left out as folded, 0.54)."""
     readers, out = _readers(t, keras), _outside(t, outer)
     if readers is None:
         return False
+    if ("live", id(t)) in counts:
+        readers = [n for n in readers if any(
+            ("live", id(o)) in counts for o in keras.tree.flatten(n.outputs))]
     n = counts.get(id(t), 0) - (out is not None)
     return bool(readers or out) and len(readers) == n and all(
         _takes(r, kind, value, counts, keras, depth, t) for r in readers) and (

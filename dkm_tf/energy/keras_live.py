@@ -64,7 +64,8 @@ def _has_graph(model):
 def live_counts(model, op_calls, keras, live, everything):
     """As `bn_folding.consumers`, leaving out the calls that are `dead` and, of a nested
     model's call, the inputs it does not read (`live_inputs`): a conv's output also passed
-    to an input the nested model never reads is read once in the file."""
+    to an input the nested model never reads is read once in the file; `("live", id)` keys
+    the tensors of `live` (`following_folds._all_take` counts the readers of those only)."""
     counts = {}
     for op, op_call_list in op_calls:
         for call in [] if isinstance(op_call_list, Exception) else op_call_list:
@@ -77,4 +78,5 @@ def live_counts(model, op_calls, keras, live, everything):
                 counts[id(t)] = counts.get(id(t), 0) + 1
     for t in keras.tree.flatten(getattr(model, "outputs", None) or []):
         counts[id(t)] = counts.get(id(t), 0) + 1
+    counts.update((("live", k), 1) for k in live if isinstance(k, int))
     return counts
