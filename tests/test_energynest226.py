@@ -20,6 +20,55 @@ L = keras.layers
 S = (8, 8, 4)
 
 
+def _rnn(kind, unroll=False):
+    if kind == "bidirectional":
+        return L.Bidirectional(L.GRU(6), name="rnn")
+    return getattr(L, kind)(6, unroll=unroll, name="rnn")
+
+
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM", "GRU", "bidirectional"])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_rnn_on_unused_nested_output_is_charged(kind, depth, tmp_path):
+    """The file keeps the WHILE loop of a recurrent layer whose output no model output uses
+    (and the ops feeding it): the Keras estimate charges it as the file does."""
+    keras.utils.set_random_seed(0)
+    j = keras.Input((5, 4))
+    m = keras.Model(j, [L.Dense(3, name="d1")(j), _rnn(kind)(L.Dense(4, name="pre")(j))])
+    if depth == 2:
+        k = keras.Input((5, 4))
+        m = keras.Model(k, m(k))
+    i = keras.Input((5, 4))
+    a, _ = m(L.Dense(4, name="d0")(i))
+    k, f = both(keras.Model(i, L.Flatten()(a)), tmp_path)
+    assert op_records(k, "rnn") and op_records(k, "pre")
+    same_totals(k, f)
+
+
+def test_rnn_feeding_unread_nested_input_is_charged(tmp_path):
+    """An outer LSTM passed only to an input the nested model never reads: kept in the file."""
+    keras.utils.set_random_seed(0)
+    j1, j2 = keras.Input((5, 4)), keras.Input((5, 6))
+    unused = keras.Model([j1, j2], L.Dense(3, name="id")(j1))
+    i = keras.Input((5, 4))
+    y = unused([L.Dense(4, name="d0")(i), L.LSTM(6, return_sequences=True, name="rnn")(i)])
+    k, f = both(keras.Model(i, L.Flatten()(y)), tmp_path)
+    assert op_records(k, "rnn")
+    same_totals(k, f)
+
+
+@pytest.mark.parametrize("kind", ["SimpleRNN", "LSTM"])
+def test_unrolled_rnn_on_unused_output_is_pruned(kind, tmp_path):
+    """Guard: an unrolled RNN no output uses is pruned in the file and in the estimate."""
+    keras.utils.set_random_seed(0)
+    j = keras.Input((5, 4))
+    m = keras.Model(j, [L.Dense(3, name="d1")(j), _rnn(kind, unroll=True)(j)])
+    i = keras.Input((5, 4))
+    a, _ = m(L.Dense(4, name="d0")(i))
+    k, f = both(keras.Model(i, L.Flatten()(a)), tmp_path)
+    assert op_records(k, "rnn") == [] and "prunes it" in dict(k.skipped)["rnn"]
+    same_totals(k, f)
+
+
 def _dict_call(case):
     """A nested model of inputs `[zz, aa]` called with a dict (sorted keys: aa, zz)."""
     keras.utils.set_random_seed(0)

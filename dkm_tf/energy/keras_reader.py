@@ -39,7 +39,7 @@ from dkm_tf.energy.following_folds import drop_folded
 from dkm_tf.energy.keras_calls import call_names, calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
 from dkm_tf.energy.keras_factorised import factorised_records
-from dkm_tf.energy.keras_live import dead, live_counts, live_outputs, live_tensors
+from dkm_tf.energy.keras_live import dead, live_counts, live_tensors, walked_outputs
 from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
@@ -194,7 +194,7 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
             keras.tree.flatten(layer.inputs), list(call[0]), counts, outer,
             (keras.tree.flatten(layer.outputs), list(call[1])))  # `following_folds`
         _walk(layer, keras, shapes, skipped, used, inside,  # all outputs if not of the graph
-              None if isinstance(call, Exception) else live_outputs(call, live) or None)
+              None if isinstance(call, Exception) else walked_outputs(call, live))
         return
     if isinstance(layer, keras.layers.Pipeline) and not isinstance(call, Exception):
         subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain
