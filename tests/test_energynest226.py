@@ -12,6 +12,7 @@ variable update) instead of listed as unsupported. Guards (pass on 862cf41 too) 
 """
 
 import keras
+import numpy as np
 import pytest
 
 from tests._energy_file25 import both, op_records, randomize, same_totals
@@ -126,3 +127,29 @@ def test_rescaling_read_beside_a_dead_conv_is_kept(case, tmp_path):
     k, f = both(model, tmp_path)
     assert [o for o, _, _ in op_records(k, "r")] == ["mul"]
     same_totals(k, f)
+
+
+class _Count(L.Layer):
+    """Adds the sum of its input to a variable (a side effect the file keeps), returns 2x."""
+
+    def build(self, shape):
+        self.n = self.add_weight(shape=(), initializer="zeros", trainable=False, name="n")
+
+    def call(self, x):
+        self.n.assign_add(keras.ops.sum(x))
+        return x * 2.0
+
+
+def test_custom_layer_on_unused_output_is_not_pruned(tmp_path):
+    """A custom layer no output uses is listed as unsupported (its variable update stays in
+    the file), not as pruned; the built-in Dense after it is pruned (as the file does)."""
+    keras.utils.set_random_seed(0)
+    j = keras.Input((6,))
+    m = keras.Model(j, [L.Dense(3, name="d1")(j), L.Dense(2, name="d2")(_Count(name="cnt")(j))])
+    i = keras.Input((6,))
+    a, _ = m(L.Dense(6, name="d0")(i))
+    k, f = both(keras.Model(i, a), tmp_path)
+    skipped = dict(k.skipped)
+    assert skipped["cnt"].startswith("unsupported layer type") and "prunes it" in skipped["d2"]
+    assert sum(x.shape.macs for x in k.layers) == 6 * 6 + 6 * 3
+    np.testing.assert_allclose(sum(x.shape.macs for x in f.layers), 6 * 6 + 6 * 3)

@@ -12,7 +12,9 @@ used; the reader leaves out a call none of whose outputs is live (`keras_reader.
 Kept whatever reads them (`_kept`), with what feeds them: a recurrent layer that is not
 unrolled (`unroll=False`, also in a `Bidirectional`): the file keeps its WHILE loop (before
 2026-12-07 such an LSTM on an unused nested output was left out, Keras / file hierarchy
-0.08). A nested model holding such a call is kept at the inputs that feed it.
+0.08); and a layer of a class neither Keras' nor dkm_tf's (a custom layer may update a
+variable, which the file keeps: 0.96), charged or listed as before. A nested model holding
+such a call is kept at the inputs that feed it.
 """
 
 from dkm_tf.energy.keras_calls import node_inputs
@@ -42,7 +44,9 @@ def _kept(op, keras):
         op = getattr(op, "forward_layer", None) or getattr(op, "layer", None)  # Bidirectional,
         if op is None:  # TimeDistributed, a clustering wrapper: as its layer
             return False
-    return isinstance(op, L.RNN) and not op.unroll
+    if isinstance(op, L.RNN):
+        return not op.unroll
+    return not type(op).__module__.startswith(known)
 
 
 def _nodes(model, keras):
