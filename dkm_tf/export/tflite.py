@@ -289,7 +289,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
         min_top1, convert_lib.open_dims(model), floors)  # float: each unit's (unit_check)
     notes += [f"output unit nearest its allowance: {c.worst_unit}" for c in comparisons[:1]
-              if c.worst_unit and c.unit_excess == c.unit_excess and format == "int8"]
+              if c.worst_unit and c.unit_excess == c.unit_excess and key.startswith("int8")]
     if format == "fp16" and not all(c.ok for c in comparisons):
         _check_fp16_range(model, float_content)  # name the weights behind the refusal
     verify.refuse_if_bad(path, "float" if key == "float" else format, comparisons, None if (

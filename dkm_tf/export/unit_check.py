@@ -66,13 +66,14 @@ def unit_sensitivity(model, inputs, reference, seed=0, noise="weights"):
 
     rng, on_weights = np.random.default_rng(seed), noise == "weights"
 
-    def noisy(variables):
+    def noisy(variables, whole=True):
         out = []
         for v in variables:
             w = np.asarray(v.numpy() if hasattr(v, "numpy") else v)
             if np.issubdtype(w.dtype, np.floating):
-                w = (w * (1 + WEIGHT_NOISE * rng.standard_normal(w.shape))).astype(w.dtype)
-            out.append(w)
+                e = WEIGHT_NOISE * rng.standard_normal(w.shape)  # inputs: whole numbers kept
+                w = (w * (1 + (e if whole else e * (w != np.round(w))))).astype(w.dtype)
+            out.append(w)  # (float ids, a Masking value: review R7 F1 / F2)
         return out
 
     from dkm_tf.export.verify import batch_inputs  # noqa: PLC0415
@@ -80,10 +81,9 @@ def unit_sensitivity(model, inputs, reference, seed=0, noise="weights"):
     def run(x, perturb=True):
         same = lambda vs: [np.asarray(v) for v in vs]  # noqa: E731
         pick = noisy if perturb and on_weights else same
-        y, _ = model.stateless_call(pick(model.trainable_variables),
-                                    pick(model.non_trainable_variables), structured_inputs(
-                                        model, noisy(x) if perturb and not on_weights else x),
-                                    training=False)
+        x = noisy(x, False) if perturb and not on_weights else x
+        y, _ = model.stateless_call(pick(model.trainable_variables), pick(
+            model.non_trainable_variables), structured_inputs(model, x), training=False)
         return [np.asarray(t, np.float64) for t in tf.nest.flatten(y)]
 
     # the batch check's variants of one sample are held to these floors too (a unit ~0 on
@@ -131,8 +131,13 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
     """
     if str(fmt).startswith("int8"):  # the effective key: a file quantizing nothing is float
         return INT8_UNIT_FLOOR
+    if not any(np.ndim(r) >= 2 and np.shape(r)[-1] >= 2 for r in reference):  # no unit to
+        return tuple(float(np.ravel(tolerance)[min(k, np.size(tolerance) - 1)])  # check
+                     for k in range(len(reference)))
     sens = unit_sensitivity(model, inputs, reference)
-    by_inputs = unit_sensitivity(model, inputs, reference, noise="inputs")
+    by_inputs = unit_sensitivity(model, inputs, reference, noise="inputs") if any(
+        np.issubdtype(np.asarray(a).dtype, np.floating) and np.any(a != np.round(a))
+        for a in inputs) else [None] * len(reference)  # no float input to perturb
     if notes is not None and all(s is None for s in sens) and any(
             r.ndim >= 2 and r.shape[-1] >= 2 for r in reference):
         notes.append("output units: Keras could not run the model with other weight values "
@@ -140,13 +145,15 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
     floors = []
     for k, (w, s) in enumerate(zip(sens, by_inputs)):
         tol = float(tolerance if np.ndim(tolerance) == 0 else tolerance[k])
+        reached = np.zeros(1, bool) if w is None or s is None else s > 0  # by input noise
         s = w if w is None or s is None else np.maximum(w, s)  # the larger exposure
         top = 0.0 if s is None else float(np.max(s))
         if s is None or not np.isfinite(top) or top <= 0:
             floors.append(tol)
             continue
-        # a unit no weight reaches (S_j = 0 in every draw: a weight-free branch, whose
-        # rounding the noise cannot measure) keeps the whole allowance (review R5 F2)
-        floors.append(np.where(w > 0, tol * np.minimum(
+        # a unit no weight reaches but the input noise does (a weight-free branch, whose
+        # rounding weight noise cannot measure) keeps the whole allowance (review R5 F2); one
+        # neither reaches (dead on the samples) the cut one (review R7 F4)
+        floors.append(np.where((w > 0) | ~reached, tol * np.minimum(
             1.0, UNIT_SPREAD * s / top + UNIT_SLACK), tol))
     return tuple(floors)
