@@ -12,24 +12,9 @@ keras = pytest.importorskip("keras")
 import dkm_tf  # noqa: E402
 from dkm_tf.export import convert as convert_lib  # noqa: E402
 from dkm_tf.export import verify  # noqa: E402
-from tests._depth26 import dense_chain  # noqa: E402
+from tests._depth26 import BatchMix, dense_chain  # noqa: E402
 
 pytestmark = tf_backend_only()
-
-
-@keras.saving.register_keras_serializable(package="dkm_tf_tests26")
-class BatchNoise26(keras.layers.Layer):
-    """x + eps * (batch mean): an output that depends on the batch, as float reordering."""
-
-    def __init__(self, eps=1e-4, **kwargs):
-        super().__init__(**kwargs)
-        self.eps = eps
-
-    def call(self, x):
-        return x + self.eps * keras.ops.mean(x, axis=0, keepdims=True)
-
-    def get_config(self):
-        return {**super().get_config(), "eps": self.eps}
 
 
 def _samples():
@@ -40,7 +25,7 @@ def _noisy_beside_quiet():
     """Output 0 batch-dependent (its noise ~1e-4), output 1 a quiet Dense head."""
     keras.utils.set_random_seed(0)
     i = keras.Input((6,))
-    noisy = BatchNoise26(name="mix")(keras.layers.Dense(4)(i))
+    noisy = BatchMix(name="mix")(keras.layers.Dense(4)(i))
     return keras.Model(i, [noisy, keras.layers.Dense(3, name="head")(i)])
 
 
@@ -104,7 +89,7 @@ def test_a_refusal_says_a_noise_raised_tolerance_came_from_the_noise(tmp_path):
     file 10x further off is refused saying so, not "from its own depth or sum length"."""
     keras.utils.set_random_seed(0)
     i = keras.Input((6,))
-    mix = BatchNoise26(2.5e-6, name="mix")(keras.layers.Dense(3, name="head")(i))
+    mix = BatchMix(2.5e-6, name="mix")(keras.layers.Dense(3, name="head")(i))
     model = keras.Model(i, [dense_chain(i, 20), mix])
     x = _samples()
     noise = _noises(model, x)

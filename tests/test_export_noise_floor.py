@@ -20,23 +20,9 @@ keras = pytest.importorskip("keras")
 import dkm_tf  # noqa: E402
 from dkm_tf import cli  # noqa: E402
 from dkm_tf.export import DEFAULT_TOLERANCE, verify  # noqa: E402
+from tests._depth26 import BatchMix  # noqa: E402
 
 pytestmark = tf_backend_only()
-
-
-@keras.saving.register_keras_serializable(package="dkm_tf_tests")
-class BatchMix(keras.layers.Layer):
-    """x + eps * (batch mean): outputs that depend on the batch, as float reordering does."""
-
-    def __init__(self, eps=1e-4, **kwargs):
-        super().__init__(**kwargs)
-        self.eps = eps
-
-    def call(self, x):
-        return x + self.eps * keras.ops.mean(x, axis=0, keepdims=True)
-
-    def get_config(self):
-        return {**super().get_config(), "eps": self.eps}
 
 
 def _noisy_model():
