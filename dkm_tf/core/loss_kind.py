@@ -152,7 +152,8 @@ def _carry(copy, loss, settings, saved=None, saved_settings=None):
         object.__setattr__(copy, SOURCE_SETTINGS, dict(settings))
         if saved is None:
             saved = _saved(loss, keras)
-            saved_settings = {k: s for k, s in ((k, _saved(v, keras)) for k, v in
+            saved_settings = {k: s for k, s in ((k, _saved(v, keras) if k == "loss_weights"
+                                                 else _each(v, _saved, keras)) for k, v in
                                                 settings.items()) if s is not None}
         if saved is not None:
             own = type(copy).get_build_config.__get__(copy)
@@ -170,6 +171,7 @@ def _saved(obj, keras):
     drops: it would load back as 1.0; a metric whose config changes)."""
     import warnings  # noqa: PLC0415
 
+    obj = _lists(obj)  # Keras loads a tuple back as a list: a tuple loss was not saved (R8)
     try:
         with warnings.catch_warnings():  # Keras' own (a lambda's): not the user's
             warnings.simplefilter("ignore")
@@ -181,6 +183,34 @@ def _saved(obj, keras):
     if repr(getattr(back, "_fn_kwargs", None)) != repr(getattr(obj, "_fn_kwargs", None)):
         return None
     return saved if repr(again) == repr(saved) else None
+
+
+def _lists(obj):
+    """``obj`` with its tuples (containers of losses, weights, metrics) as lists."""
+    if isinstance(obj, (list, tuple)):
+        return [_lists(x) for x in obj]
+    return {k: _lists(v) for k, v in obj.items()} if isinstance(obj, dict) else obj
+
+
+def _each(obj, one, *args):
+    """``one(leaf, *args)`` on each metric of ``obj`` (a metric, a list / tuple / dict of
+    them, nested), leaving out a leaf ``one`` gives None for: one unsaveable or unknown metric
+    drops itself, not the others (review R8); None only for a leaf of None."""
+    if isinstance(obj, (list, tuple)):
+        return [y for y in (_each(x, one, *args) for x in obj) if y is not None]
+    if isinstance(obj, dict) and "class_name" not in obj:
+        return {k: _each(v, one, *args) for k, v in obj.items()}
+    return one(obj, *args)
+
+
+def _loaded(value, custom_objects):
+    """``value`` deserialized, or None (a metric unknown here: left out, it trains the same)."""
+    import keras  # noqa: PLC0415
+
+    try:
+        return keras.saving.deserialize_keras_object(value, custom_objects=custom_objects)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def restore_source_loss(model, config, custom_objects=None):
@@ -199,11 +229,11 @@ def restore_source_loss(model, config, custom_objects=None):
         return f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
     saved_settings, settings = built.get(SETTINGS_KEY), {}
     for key, value in (saved_settings.items() if isinstance(saved_settings, dict) else ()):
-        try:  # a metric unknown here is left out (it trains the same), not the loss
-            settings[key] = keras.saving.deserialize_keras_object(
-                value, custom_objects=custom_objects)
-        except Exception:  # noqa: BLE001
-            continue
+        # a metric unknown here is left out alone (it trains the same), not the loss
+        got = _loaded(value, custom_objects) if key == "loss_weights" else _each(
+            value, _loaded, custom_objects)
+        if got is not None:
+            settings[key] = got
     _carry(model, loss, settings, saved, {k: saved_settings[k] for k in settings})
     return None
 
