@@ -145,15 +145,14 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
     floors = []
     for k, (w, s) in enumerate(zip(sens, by_inputs)):
         tol = float(tolerance if np.ndim(tolerance) == 0 else tolerance[k])
-        reached = np.zeros(1, bool) if w is None or s is None else s > 0  # by input noise
         s = w if w is None or s is None else np.maximum(w, s)  # the larger exposure
         top = 0.0 if s is None else float(np.max(s))
         if s is None or not np.isfinite(top) or top <= 0:
             floors.append(tol)
             continue
-        # a unit no weight reaches but the input noise does (a weight-free branch, whose
-        # rounding weight noise cannot measure) keeps the whole allowance (review R5 F2); one
-        # neither reaches (dead on the samples) the cut one (review R7 F4)
-        floors.append(np.where((w > 0) | ~reached, tol * np.minimum(
+        # a unit no weight reaches (S_j = 0 under weight noise: a weight-free branch, whose
+        # rounding weight noise cannot measure, also on whole-number inputs the input noise
+        # leaves alone, or a unit dead on the samples) keeps the whole allowance (review R5)
+        floors.append(np.where(w > 0, tol * np.minimum(
             1.0, UNIT_SPREAD * s / top + UNIT_SLACK), tol))
     return tuple(floors)
