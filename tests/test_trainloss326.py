@@ -90,3 +90,20 @@ def test_a_metric_unknown_at_load_drops_only_itself():
     metrics = compile_settings(model)["metrics"]
     assert metrics[0] == "mae" and metrics[1].name == "top2" and metrics[1].k == 2
     assert len(metrics) == 2
+
+
+def test_a_flat_per_output_metrics_list_is_not_shortened(tmp_path):
+    """Two outputs, `metrics=[Unregistered26(), "mae"]` (one per output): saving `["mae"]`
+    made the loaded copy's `finetune` fail ("tuple arity mismatch"); the whole entry is left
+    out instead, and the copy trains (review R9)."""
+    model = _two_outputs(loss=["mse", "mse"], metrics=[Unregistered26(name="u"), "mae"])
+    x = np.random.default_rng(0).normal(size=(16, 5)).astype("float32")
+    y = [np.ones((16, 1), "float32"), np.zeros((16, 1), "float32")]
+    model.fit(x, y, epochs=1, verbose=0)
+    copy = dkm_tf.share_weights(model, 4).model
+    copy.save(tmp_path / "c.keras")
+    loaded = dkm_tf.load_model(tmp_path / "c.keras")
+    assert compile_settings(loaded)["metrics"] is None
+    _, _, history = dkm_tf.finetune(loaded, (x, y), n_clusters=4, epochs=1, seed=0,
+                                    batch_size=16)
+    assert np.isfinite(history.history["loss"][0])

@@ -151,10 +151,11 @@ def _carry(copy, loss, settings, saved=None, saved_settings=None):
         object.__setattr__(copy, SOURCE_LOSS, loss)  # not tracked by Keras
         object.__setattr__(copy, SOURCE_SETTINGS, dict(settings))
         if saved is None:
+            one = len(getattr(copy, "outputs", None) or [None]) == 1  # a flat list may shrink
             saved = _saved(loss, keras)
             saved_settings = {k: s for k, s in ((k, _saved(v, keras) if k == "loss_weights"
-                                                 else _each(v, _saved, keras)) for k, v in
-                                                settings.items()) if s is not None}
+                                                 else _each(v, _saved, keras, shrink=one))
+                                                for k, v in settings.items()) if s is not None}
         if saved is not None:
             own = type(copy).get_build_config.__get__(copy)
             extra = {FILE_KEY: saved, **({SETTINGS_KEY: saved_settings} if saved_settings
@@ -192,12 +193,18 @@ def _lists(obj):
     return {k: _lists(v) for k, v in obj.items()} if isinstance(obj, dict) else obj
 
 
-def _each(obj, one, *args):
+def _each(obj, one, *args, shrink=True):
     """``one(leaf, *args)`` on each metric of ``obj`` (a metric, a list / tuple / dict of
     them, nested), leaving out a leaf ``one`` gives None for: one unsaveable or unknown metric
-    drops itself, not the others (review R8); None only for a leaf of None."""
+    drops itself, not the others (review R8); None only for a leaf of None. ``shrink`` False
+    (the top level of a model of several outputs, where a flat list is one entry per output):
+    a list that would lose a bare leaf gives None (the whole entry left out), not a shorter
+    list Keras refuses ("tuple arity mismatch", review R9)."""
     if isinstance(obj, (list, tuple)):
-        return [y for y in (_each(x, one, *args) for x in obj) if y is not None]
+        got = [_each(x, one, *args) for x in obj]
+        if not shrink and any(y is None for y in got):
+            return None
+        return [y for y in got if y is not None]
     if isinstance(obj, dict) and "class_name" not in obj:
         return {k: _each(v, one, *args) for k, v in obj.items()}
     return one(obj, *args)
@@ -231,7 +238,8 @@ def restore_source_loss(model, config, custom_objects=None):
     for key, value in (saved_settings.items() if isinstance(saved_settings, dict) else ()):
         # a metric unknown here is left out alone (it trains the same), not the loss
         got = _loaded(value, custom_objects) if key == "loss_weights" else _each(
-            value, _loaded, custom_objects)
+            value, _loaded, custom_objects, shrink=len(getattr(model, "outputs", None) or [
+                None]) == 1)
         if got is not None:
             settings[key] = got
     _carry(model, loss, settings, saved, {k: saved_settings[k] for k in settings})
