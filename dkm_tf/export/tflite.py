@@ -283,7 +283,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     within = (FP16_HINT_FACTOR * np.max(tol) if key == "fp16" else tuple(
         HINT_FACTOR * t for t in verify.noise_floor(floats, noise, len(inputs[0]), []))
         if floats else None)
-    min_top1, floors = _min_top1(model, key, notes, reference), unit_check.unit_floors(
+    min_top1, floors = _min_top1(model, format, notes, reference), unit_check.unit_floors(
         model, inputs, reference, tol, notes, key)
     content, comparisons, dynamic = verify.verify_batches(
         content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,

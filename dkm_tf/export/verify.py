@@ -265,17 +265,17 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
             batch-1 run, in the same interpreter (then sample 0 once more at batch 1);
             None for batch 1 only.
         min_top1: required top-1 agreement with Keras (see :class:`Comparison`), or None.
-        unit_floor: with a number, each output unit (last axis) of an output the top-1
-            check does not read is held to ``tolerance`` on its own range plus
-            ``unit_floor`` x the output's range (int8); None: units reported only.
+        unit_floor: a number (int8) or one per output (a tuple, ``unit_check``): each output
+            unit (last axis) is held to ``tolerance`` on its own range plus it x the output's
+            range (int8: of outputs the top-1 check does not read); None: reported only.
 
     Raises:
         ExportVerificationError: output count or shapes differ from Keras, or the resize
             back to batch 1 changes the result.
     """
-    top1 = {"min_top1": float("nan") if min_top1 is None else float(min_top1),
-            "top1_margin": top1_margin(reference)}
-    skip = () if min_top1 is None else class_score_outputs(reference)
+    top1 = {"min_top1": float("nan") if min_top1 is None else float(min_top1), "top1_margin":
+            top1_margin(reference)}
+    skip = () if min_top1 is None or type(unit_floor) is tuple else class_score_outputs(reference)
     tol, tols = per_output(tolerance, len(reference))
     tolerance = tols or tol
     if kind == "tflm" or batch is None:
