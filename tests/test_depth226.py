@@ -169,15 +169,20 @@ def _nan_model(bad):
     return keras.Model(i, [a, b])
 
 
-@pytest.mark.parametrize("tolerance", [None, 1e-5])
-def test_nan_output_refused_saying_nan(tmp_path, tolerance):
-    """Review F4: refused for "stale shapes after resize" (NaN != NaN), not for the NaN."""
+def _nan_file():
+    """``_nan_model(False)``, the file of ``_nan_model(True)`` with its weights, 5 samples."""
     keras.utils.set_random_seed(0)
     model, wrong = _nan_model(False), _nan_model(True)
     for n in "ab":
         wrong.get_layer(n).set_weights(model.get_layer(n).get_weights())
     x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
-    content = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
+    return model, convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none"), x
+
+
+@pytest.mark.parametrize("tolerance", [None, 1e-5])
+def test_nan_output_refused_saying_nan(tmp_path, tolerance):
+    """Review F4: refused for "stale shapes after resize" (NaN != NaN), not for the NaN."""
+    model, content, x = _nan_file()
     assert np.isnan(verify.run_tflite(content, [x], "litert")[1]).any()
     with pytest.raises(verify.ExportVerificationError) as e:
         dkm_tf.export.to_tflite(model, str(tmp_path / "n.tflite"), "float", sample_inputs=x,
@@ -189,12 +194,7 @@ def test_nan_output_refused_saying_nan(tmp_path, tolerance):
 
 def test_nan_output_not_verified_at_batch_1():
     """Without the batch run (TFLite Micro's path) a NaN in the second output was dropped."""
-    keras.utils.set_random_seed(0)
-    model, wrong = _nan_model(False), _nan_model(True)
-    for n in "ab":
-        wrong.get_layer(n).set_weights(model.get_layer(n).get_weights())
-    x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
-    content = convert_lib.convert(wrong, convert_lib.input_specs(wrong, [x]), "none")
+    model, content, x = _nan_file()
     c = verify.compare(verify.keras_outputs(model, [x]), content, [x], "litert", 1e-5)
     assert np.isnan(c.rel_error) and not c.ok
 

@@ -65,31 +65,16 @@ def test_weight_free_unit_beside_a_dense_is_written(tmp_path):
     assert np.max(np.abs(got - exact)) < 2.0 ** -23  # rounding of sigmoid ~0.5 only
 
 
-def test_weight_free_layer_norm_at_a_large_offset_is_written(tmp_path):
-    # LiteRT rounds x - mean(x) of x ~ 1e4 to 2^-10, 6.4x the unit's old 1e-3 share
+@pytest.mark.parametrize("weights", [False, True])
+def test_layer_norm_at_a_large_offset_is_written(tmp_path, weights):
+    """Without weights, LiteRT rounds x - mean(x) of x ~ 1e4 to 2^-10, 6.4x the unit's old
+    1e-3 share; with gamma and beta (S_j > 0) the rounding still comes from x - mean(x),
+    measured by noise on the inputs (refused at 4.4x with weight noise only)."""
     rng = np.random.default_rng(1)
     keras.utils.set_random_seed(1)
     i = keras.Input((16,))
     d = keras.layers.Dense(4)(i)
-    ln = keras.layers.LayerNormalization(center=False, scale=False)(i)
-    model = keras.Model(i, keras.layers.Concatenate()([d, ln]))
-    x = (1e4 + rng.standard_normal((8, 16))).astype("float32")
-    path = str(tmp_path / "m.tflite")
-    to_tflite(model, path, "float", sample_inputs=x)
-    x64 = x.astype(np.float64)
-    m = x64 - x64.mean(1, keepdims=True)
-    exact = m / np.sqrt(m.var(1, keepdims=True) + 1e-3)
-    assert np.max(np.abs(_run(path, x)[:, 4:] - exact)) < 1e-2  # float32 of x ~1e4: 1e-3
-
-
-def test_default_layer_norm_at_a_large_offset_is_written(tmp_path):
-    # gamma and beta reach the unit (S_j > 0) but its rounding comes from x - mean(x) at
-    # x ~ 1e4: measured by noise on the inputs (refused at 4.4x with weight noise only)
-    rng = np.random.default_rng(1)
-    keras.utils.set_random_seed(1)
-    i = keras.Input((16,))
-    d = keras.layers.Dense(4)(i)
-    ln = keras.layers.LayerNormalization()(i)
+    ln = keras.layers.LayerNormalization(center=weights, scale=weights)(i)
     model = keras.Model(i, keras.layers.Concatenate()([d, ln]))
     x = (1e4 + rng.standard_normal((8, 16))).astype("float32")
     path = str(tmp_path / "m.tflite")
