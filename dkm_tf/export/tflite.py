@@ -384,7 +384,7 @@ def _min_top1(model, format, notes, reference=None):
     regressor whose int8 file was off by 0.6 % of its range was refused for a "top-1
     agreement" of 0.47). ``reference``: Keras' outputs on the samples; rows of (log-)
     probabilities are class scores, not logits read so by assumption (no note)."""
-    if not format.startswith("int8"):  # to_tflite's key: "float" when nothing is quantized
+    if not format.startswith("int8"):  # also an int8 file left float (its top-1 and notes)
         return None
     found = non_class_loss(model)
     if found is not None:
