@@ -45,7 +45,7 @@ UNIT_SPREAD = 10.0  # x S_j / max S (see the module docstring's measurements)
 UNIT_SLACK = 1e-3  # of the output's allowance, for rounding no weight reaches
 
 
-def unit_sensitivity(model, inputs, reference, seed=0, noise="weights"):
+def unit_sensitivity(model, inputs, reference, seed=0, noise="weights", sets=None):
     """Per output, per unit (last axis): ``max |keras(noisy weights) - keras| / u`` over the
     samples (one sample: also the batch check's variants, ``verify.batch_inputs``) and
     :data:`DRAWS` draws of the noise (an array), None for an output with fewer
@@ -59,11 +59,9 @@ def unit_sensitivity(model, inputs, reference, seed=0, noise="weights"):
         seed: seed of the weight noise.
         noise: ``"weights"`` (every float weight) or ``"inputs"`` (every float input: the
             rounding of weight-free ops on them, ``x - mean(x)`` at x ~ 1e4).
+        sets: :func:`_sets` of the model, inputs and reference when already run (the clean
+            run of the batch variants is shared by both noises), else None.
     """
-    import tensorflow as tf  # noqa: PLC0415
-
-    from dkm_tf.export.convert import structured_inputs  # noqa: PLC0415
-
     rng, on_weights = np.random.default_rng(seed), noise == "weights"
 
     def noisy(variables, whole=True):
@@ -76,25 +74,11 @@ def unit_sensitivity(model, inputs, reference, seed=0, noise="weights"):
             out.append(w)  # (float ids, a Masking value: review R7 F1 / F2)
         return out
 
-    from dkm_tf.export.verify import batch_inputs  # noqa: PLC0415
+    def run(x):
+        pick = noisy if on_weights else (lambda vs: vs)
+        return _call(model, x if on_weights else noisy(x, False), pick)
 
-    def run(x, perturb=True):
-        same = lambda vs: [np.asarray(v) for v in vs]  # noqa: E731
-        pick = noisy if perturb and on_weights else same
-        x = noisy(x, False) if perturb and not on_weights else x
-        y, _ = model.stateless_call(pick(model.trainable_variables), pick(
-            model.non_trainable_variables), structured_inputs(model, x), training=False)
-        return [np.asarray(t, np.float64) for t in tf.nest.flatten(y)]
-
-    # the batch check's variants of one sample are held to these floors too (a unit ~0 on
-    # the sample may sum large cancelling terms on its mirror: review R5 F1)
-    sets = [(inputs, [np.asarray(r, np.float64) for r in reference])]
-    if len(inputs[0]) < 2:
-        try:
-            b = batch_inputs(inputs)
-            sets.append((b, run(b, perturb=False)))
-        except Exception:  # noqa: BLE001, S110 (a static batch: verify_batches says so)
-            pass
+    sets = _sets(model, inputs, reference) if sets is None else sets
     try:
         runs = [(clean, run(x)) for x, clean in sets for _ in range(DRAWS)]
     except Exception:  # noqa: BLE001 (a model Keras cannot run statelessly: units unchecked)
@@ -108,6 +92,34 @@ def unit_sensitivity(model, inputs, reference, seed=0, noise="weights"):
         [np.max(np.abs(got[k] - clean[k]), axis=tuple(range(r.ndim - 1)))
          for clean, got in runs], axis=0) / WEIGHT_NOISE
         for k, r in enumerate(reference)]
+
+
+def _call(model, x, pick=lambda vs: vs):
+    """Keras' outputs (float64, flattened) for inputs ``x``, its variables through ``pick``."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    from dkm_tf.export.convert import structured_inputs  # noqa: PLC0415
+
+    own = lambda vs: [np.asarray(v) for v in vs]  # noqa: E731
+    y, _ = model.stateless_call(pick(own(model.trainable_variables)), pick(own(
+        model.non_trainable_variables)), structured_inputs(model, x), training=False)
+    return [np.asarray(t, np.float64) for t in tf.nest.flatten(y)]
+
+
+def _sets(model, inputs, reference):
+    """``[(inputs, clean outputs)]``: the samples and, for one sample, the batch check's
+    variants of it, which are held to these floors too (a unit ~0 on the sample may sum large
+    cancelling terms on its mirror: review R5 F1)."""
+    from dkm_tf.export.verify import batch_inputs  # noqa: PLC0415
+
+    sets = [(inputs, [np.asarray(r, np.float64) for r in reference])]
+    if len(inputs[0]) < 2:
+        try:
+            b = batch_inputs(inputs)
+            sets.append((b, _call(model, b)))
+        except Exception:  # noqa: BLE001, S110 (a static batch: verify_batches says so)
+            pass
+    return sets
 
 
 def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
@@ -134,8 +146,9 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
     if not any(np.ndim(r) >= 2 and np.shape(r)[-1] >= 2 for r in reference):  # no unit to
         return tuple(float(np.ravel(tolerance)[min(k, np.size(tolerance) - 1)])  # check
                      for k in range(len(reference)))
-    sens = unit_sensitivity(model, inputs, reference)
-    by_inputs = unit_sensitivity(model, inputs, reference, noise="inputs") if any(
+    sets = _sets(model, inputs, reference)  # the variants' clean run, once for both noises
+    sens = unit_sensitivity(model, inputs, reference, sets=sets)
+    by_inputs = unit_sensitivity(model, inputs, reference, noise="inputs", sets=sets) if any(
         np.issubdtype(np.asarray(a).dtype, np.floating) and np.any(a != np.round(a))
         for a in inputs) else [None] * len(reference)  # no float input to perturb
     if notes is not None and all(s is None for s in sens) and any(
