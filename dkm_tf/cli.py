@@ -34,7 +34,7 @@ from dkm_tf.cli_args import (
     path_flag,
 )
 from dkm_tf.cli_custom import HELP as CUSTOM_HELP
-from dkm_tf.cli_custom import custom_code, loss_note
+from dkm_tf.cli_custom import custom_code, loss_note, train_loss
 from dkm_tf.cli_energy import run_energy
 from dkm_tf.cli_env import quiet_fd
 from dkm_tf.cli_export import clear_earlier_outputs, compile_as_saved, write_plots, write_tflite
@@ -211,6 +211,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
             _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
             check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
             check_model_overrides(model, overrides, method, locals())  # keys naming its layers
+            train_loss(model, model_path, method)  # an "mse" file's: as dkm_tf.compress
             notes += [n for n in [loss_note(model_path, method, weighting, model=model)] if n]
             from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
             from dkm_tf.pipeline_metrics import not_class_scores  # noqa: PLC0415

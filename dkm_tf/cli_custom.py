@@ -65,7 +65,8 @@ def loss_note(model_path, method, weighting, model=None):
     compile config and trains with the cross-entropy of its output, not that loss (which was
     silently replaced); else None. A (sparse) categorical or binary cross-entropy is that
     loss on class ids: noted only where the file's ``from_logits`` differs from the one the
-    loaded ``model``'s output activation gives (when ``model`` is given)."""
+    loaded ``model``'s output activation gives (when ``model`` is given). With ``model``, a
+    regression or multi-label loss gets none (:func:`train_loss`: it trains with it)."""
     from dkm_tf.core.custom_code import compiled_from_logits, compiled_loss_name  # noqa: PLC0415
 
     if method == "wr" and not weighting:
@@ -85,12 +86,55 @@ def loss_note(model_path, method, weighting, model=None):
         return (f"{model_path} was compiled with {loss} from_logits={saved}; dkm-tf compress "
                 f"{verb} it with from_logits={used}, read from the model's output activation "
                 "(check that the file's last activation is what you expect)")
-    if loss is None:
-        return None
-    from dkm_tf.core.loss_kind import CarriedName, file_loss_said  # noqa: PLC0415
+    from dkm_tf.core.loss_kind import CarriedName, file_loss_said, non_class_loss  # noqa: PLC0415
+
+    if loss is None or model is not None and non_class_loss(model, loss):  # a regressor's
+        return None  # loss: trained with it (train_loss; a multi-label one is refused there)
 
     return (f"{model_path} {file_loss_said(loss)}; dkm-tf compress {verb} the cross-entropy of "
             "the model's output (class-id labels) instead: to keep that loss, call "
             "dkm_tf.compress(model, ...) in Python on the model " + (
                 "dkm_tf.load_model gives (it carries it)" if isinstance(loss, CarriedName)
                 else "compiled with it"))
+
+
+def train_loss(model, model_path, method):
+    """Give ``model`` (``--model model_path`` loaded with ``compile=False``) the loss the file
+    was compiled with, or that a saved ``share_weights`` / ``strip_clustering`` copy carries,
+    when ``method`` trains (finetune / dkm) and that loss makes it a regressor (``"mse"``,
+    Huber, ...: :func:`dkm_tf.core.loss_kind.non_class_loss`), so that ``dkm-tf compress``
+    trains it as ``dkm_tf.compress`` does: with that loss, its ``loss_weights`` and metrics
+    (a compiled file: compiled with its compile config; a copy: the loss and settings it
+    carries put back, as ``dkm_tf.load_model`` does). It trained with the cross-entropy of
+    the output instead: a one-unit "mse" regressor's held-out mse went from 0.090 to 0.216
+    (the Python API: 0.108). A multi-label file (a binary cross-entropy over several units)
+    is refused (a ``CliUsageError`` for ``--method``: its labels are no class ids), before
+    any work. Returns None."""
+    from dkm_tf.cli_args import CliUsageError  # noqa: PLC0415
+    from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
+    from dkm_tf.core.loss_kind import CarriedName, non_class_loss  # noqa: PLC0415
+
+    loss = compiled_loss_name(model_path)
+    kind = loss and non_class_loss(model, loss)
+    if method not in ("finetune", "dkm") or not kind:
+        return None
+    if kind[1] != "a regressor":
+        raise CliUsageError("method", f"wr for --model {model_path!r}, which is {kind[1]} by "
+                          f"its loss {str(loss)!r} (--dataset labels are one class id per "
+                          "sample, not the 0/1 rows it trains on; call dkm_tf.compress in "
+                          "Python with them)", method)
+    from dkm_tf.core.loss_kind import restore_source_loss  # noqa: PLC0415
+    from dkm_tf.core.model_configs import read_configs  # noqa: PLC0415
+
+    config, compile_config = read_configs(model_path)
+    try:
+        why = restore_source_loss(model, config) if isinstance(loss, CarriedName) else (
+            model.compile_from_config(compile_config))
+    except Exception as e:  # noqa: BLE001 (a custom metric not known here, ...)
+        why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+    if why is not None or not (getattr(model, "compiled", False) or isinstance(
+            loss, CarriedName)):
+        raise CliUsageError("model", f"a file whose loss {str(loss)!r} and metrics load here "
+                          f"(dkm-tf compress trains it with them; {why}): {REMEDY}",
+                          model_path)
+    return None

@@ -331,10 +331,12 @@ def compiled_loss_name(path):
     loss, several losses are joined with ", "). An uncompiled ``share_weights`` /
     ``strip_clustering`` copy's file gives the loss of the model it was copied from, saved
     in its build config (:func:`dkm_tf.core.loss_kind.keep_source_loss`), as a
-    :class:`~dkm_tf.core.loss_kind.CarriedName` (notes do not call it compiled)."""
+    :class:`~dkm_tf.core.loss_kind.CarriedName` (notes do not call it compiled); a copy the
+    user compiled before saving gives its compiled loss, None if compiled without one, as
+    ``dkm_tf.load_model`` of it trains with (the carried one was still given)."""
     model_config, config = _read_configs(path)
     loss = config.get("loss") if isinstance(config, dict) else None
-    if loss is None and isinstance(model_config, dict):  # a copy's carried loss
+    if not config and isinstance(model_config, dict):  # not compiled ({}): a copy's carried
         from dkm_tf.core.loss_kind import FILE_KEY, CarriedName  # noqa: PLC0415
 
         built = model_config.get("build_config")
