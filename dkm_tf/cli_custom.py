@@ -101,7 +101,7 @@ def loss_note(model_path, method, weighting, model=None):
 def train_loss(model, model_path, method):
     """Give ``model`` (``--model model_path`` loaded with ``compile=False``) the loss the file
     was compiled with, or that a saved ``share_weights`` / ``strip_clustering`` copy carries,
-    when ``method`` trains (finetune / dkm) and that loss makes it a regressor (``"mse"``,
+    when ``method`` trains (not ``"wr"``) and that loss makes it a regressor (``"mse"``,
     Huber, ...: :func:`dkm_tf.core.loss_kind.non_class_loss`), so that ``dkm-tf compress``
     trains it as ``dkm_tf.compress`` does: with that loss, its ``loss_weights`` and metrics
     (a compiled file: compiled with its compile config; a copy: the loss and settings it
@@ -116,7 +116,7 @@ def train_loss(model, model_path, method):
 
     loss = compiled_loss_name(model_path)
     kind = loss and non_class_loss(model, loss)
-    if method not in ("finetune", "dkm") or not kind:
+    if method == "wr" or not kind:
         return None
     if kind[1] != "a regressor":
         raise CliUsageError("method", f"wr for --model {model_path!r}, which is {kind[1]} by "
@@ -129,7 +129,7 @@ def train_loss(model, model_path, method):
     config, compile_config = read_configs(model_path)
     try:
         why = restore_source_loss(model, config) if isinstance(loss, CarriedName) else (
-            model.compile_from_config(compile_config))
+            _compile_as_file(model, compile_config))
     except Exception as e:  # noqa: BLE001 (a custom metric not known here, ...)
         why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
     if why is not None or not (getattr(model, "compiled", False) or isinstance(
@@ -138,3 +138,22 @@ def train_loss(model, model_path, method):
                           f"(dkm-tf compress trains it with them; {why}): {REMEDY}",
                           model_path)
     return None
+
+
+def _compile_as_file(model, config):
+    """Compile ``model`` with the loss, ``loss_weights`` and metrics of ``config`` (a
+    ``.keras`` file's compile config, or an ``.h5`` file's training config, whose
+    ``optimizer_config`` ``compile_from_config`` refused) and its optimizer where Keras
+    rebuilds it (the training makes its own: only the returned model's rate reads it)."""
+    import keras  # noqa: PLC0415
+
+    def get(key):
+        value = config.get(key)
+        return None if value is None else keras.saving.deserialize_keras_object(value)
+
+    try:
+        optimizer = keras.optimizers.get(config.get("optimizer") or config["optimizer_config"])
+    except Exception:  # noqa: BLE001 (a custom or missing optimizer: Keras' default)
+        optimizer = "rmsprop"
+    model.compile(optimizer=optimizer, **{k: get(k) for k in (
+        "loss", "loss_weights", "metrics", "weighted_metrics")})

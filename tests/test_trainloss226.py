@@ -196,7 +196,8 @@ def test_the_cli_notes_do_not_call_a_saved_copy_compiled(tmp_path):
     from dkm_tf.pipeline_metrics import not_class_scores
 
     path, model = _saved_regressor_copy(tmp_path)
-    note = loss_note(path, "finetune", None, model=model)
+    assert loss_note(path, "finetune", None, model=model) is None  # trained with it (h27)
+    note = loss_note(path, "finetune", None)  # a loss it cannot tell: the cross-entropy
     assert "carries the loss 'mse' of the model it was copied from" in note
     assert "compiled with" not in note.split(";")[0]
     why = not_class_scores(model, compiled_loss_name(path))
