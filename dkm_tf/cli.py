@@ -211,7 +211,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
             _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
             check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
             check_model_overrides(model, overrides, method, locals())  # keys naming its layers
-            train_loss(model, model_path, method)  # an "mse" file's: as dkm_tf.compress
+            notes += train_loss(model, model_path, method)  # "mse": as dkm_tf.compress
             notes += [n for n in [loss_note(model_path, method, weighting, model=model)] if n]
             from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
             from dkm_tf.pipeline_metrics import not_class_scores  # noqa: PLC0415

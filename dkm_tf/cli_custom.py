@@ -108,8 +108,9 @@ def train_loss(model, model_path, method):
     carries put back, as ``dkm_tf.load_model`` does). It trained with the cross-entropy of
     the output instead: a one-unit "mse" regressor's held-out mse went from 0.090 to 0.216
     (the Python API: 0.108). A multi-label file (a binary cross-entropy over several units)
-    is refused (a ``CliUsageError`` for ``--method``: its labels are no class ids), before
-    any work. Returns None."""
+    is refused (a ``CliUsageError`` for ``--method``: its labels are no class ids), and so is
+    a loss that does not load here (``--model``), before any work. Returns the notes (a
+    metric not known here is left out, as ``dkm_tf.load_model`` leaves out a copy's)."""
     from dkm_tf.cli_args import CliUsageError  # noqa: PLC0415
     from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
     from dkm_tf.core.loss_kind import CarriedName, non_class_loss  # noqa: PLC0415
@@ -117,43 +118,56 @@ def train_loss(model, model_path, method):
     loss = compiled_loss_name(model_path)
     kind = loss and non_class_loss(model, loss)
     if method == "wr" or not kind:
-        return None
+        return []
     if kind[1] != "a regressor":
         raise CliUsageError("method", f"wr for --model {model_path!r}, which is {kind[1]} by "
-                          f"its loss {str(loss)!r} (--dataset labels are one class id per "
-                          "sample, not the 0/1 rows it trains on; call dkm_tf.compress in "
-                          "Python with them)", method)
+                            f"its loss {str(loss)!r} (--dataset labels are one class id per "
+                            "sample, not the 0/1 rows it trains on; call dkm_tf.compress in "
+                            "Python with them)", method)
     from dkm_tf.core.loss_kind import restore_source_loss  # noqa: PLC0415
     from dkm_tf.core.model_configs import read_configs  # noqa: PLC0415
 
     config, compile_config = read_configs(model_path)
+    dropped = []
     try:
         why = restore_source_loss(model, config) if isinstance(loss, CarriedName) else (
-            _compile_as_file(model, compile_config))
-    except Exception as e:  # noqa: BLE001 (a custom metric not known here, ...)
+            _compile_as_file(model, compile_config, dropped))
+    except Exception as e:  # noqa: BLE001 (a custom loss not known here, ...)
         why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
-    if why is not None or not (getattr(model, "compiled", False) or isinstance(
-            loss, CarriedName)):
-        raise CliUsageError("model", f"a file whose loss {str(loss)!r} and metrics load here "
-                          f"(dkm-tf compress trains it with them; {why}): {REMEDY}",
-                          model_path)
-    return None
+    if why is not None:
+        raise CliUsageError("model", f"a file whose loss {str(loss)!r} loads here (dkm-tf "
+                            f"compress trains it with it; {why}): {REMEDY}", model_path)
+    return [f"the metric(s) {', '.join(dropped)} of {model_path} are not known here (custom "
+            "code: pass --custom_objects); trained and reported without them"] if dropped else []
 
 
-def _compile_as_file(model, config):
+def _compile_as_file(model, config, dropped):
     """Compile ``model`` with the loss, ``loss_weights`` and metrics of ``config`` (a
     ``.keras`` file's compile config, or an ``.h5`` file's training config, whose
     ``optimizer_config`` ``compile_from_config`` refused) and its optimizer where Keras
-    rebuilds it (the training makes its own: only the returned model's rate reads it)."""
+    rebuilds it (the training makes its own: only the returned model's rate reads it). A
+    metric Keras cannot rebuild here is left out, its name appended to ``dropped``."""
     import keras  # noqa: PLC0415
 
-    def get(key):
-        value = config.get(key)
-        return None if value is None else keras.saving.deserialize_keras_object(value)
+    def metrics(value):
+        if isinstance(value, (list, tuple)):
+            return [m for m in (metrics(v) for v in value) if m is not None]
+        if isinstance(value, dict) and "class_name" not in value:
+            return {k: metrics(v) for k, v in value.items()}
+        try:
+            return value if isinstance(value, str) else keras.saving.deserialize_keras_object(
+                value)
+        except Exception:  # noqa: BLE001 (an unregistered custom metric)
+            dropped.append(repr(value.get("registered_name") or value.get("class_name")
+                                if isinstance(value, dict) else value))
+            return None
 
     try:
         optimizer = keras.optimizers.get(config.get("optimizer") or config["optimizer_config"])
     except Exception:  # noqa: BLE001 (a custom or missing optimizer: Keras' default)
         optimizer = "rmsprop"
-    model.compile(optimizer=optimizer, **{k: get(k) for k in (
-        "loss", "loss_weights", "metrics", "weighted_metrics")})
+    loss, weights = (config.get(k) for k in ("loss", "loss_weights"))
+    model.compile(optimizer=optimizer, loss=loss if isinstance(loss, str) else (
+        keras.saving.deserialize_keras_object(loss)), loss_weights=weights, **{
+        k: None if config.get(k) is None else metrics(config[k]) for k in (
+            "metrics", "weighted_metrics")})

@@ -153,3 +153,48 @@ def test_an_h5_copy_is_read_as_the_uncompiled_model_it_loads_as(tmp_path):
         dkm_tf.share_weights(model, 4).model.save(path)
         loaded = dkm_tf.load_model(path)
     assert compiled_loss_name(path) is None and source_loss(loaded) is None
+
+
+def _edit_compile_config(path, **changes):
+    """Rewrite a .keras file with its compile config's ``changes`` (a file saved elsewhere)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        items = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(items["config.json"])
+    config["compile_config"].update(changes)
+    items["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in items.items():
+            z.writestr(name, data)
+
+
+UNKNOWN = {"module": None, "class_name": "NoSuchMetric", "config": {},
+           "registered_name": "nowhere>NoSuchMetric"}
+
+
+def test_a_metric_unknown_here_is_left_out_with_a_note(tmp_path):
+    npz, train, test = _data(tmp_path)
+    model = _regressor(train, metrics=["mae"])
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    _edit_compile_config(path, metrics=["mae", UNKNOWN])
+    result = _cli(path, npz, tmp_path / "out")
+    assert any("the metric(s) 'nowhere>NoSuchMetric' of" in n and "--custom_objects" in n
+               for n in result.notes)
+    loaded = keras.models.load_model(path, compile=False)  # Keras cannot load it compiled
+    loaded.compile("adam", "mse", metrics=["mae"])
+    _same_weights(result.model, _api(loaded, train, test).model)
+
+
+def test_a_regression_loss_that_does_not_load_is_refused_before_any_work(tmp_path):
+    npz, train, _ = _data(tmp_path)
+    path = str(tmp_path / "m.keras")
+    _regressor(train).save(path)
+    _edit_compile_config(path, loss={**UNKNOWN, "class_name": "MeanSquaredError",
+                                     "registered_name": "nowhere>MeanSquaredError"})
+    with pytest.raises(CliUsageError, match=r"invalid --model: expected a file whose loss "
+                       r"'nowhere>MeanSquaredError' loads here .*--custom_objects"):
+        _cli(path, npz, tmp_path / "out")
+    assert not (tmp_path / "out" / "clustered.keras").exists()
