@@ -333,7 +333,7 @@ def compiled_loss_name(path):
     in its build config (:func:`dkm_tf.core.loss_kind.keep_source_loss`), as a
     :class:`~dkm_tf.core.loss_kind.CarriedName` (notes do not call it compiled); a copy the
     user compiled before saving gives its compiled loss, None if compiled without one, as
-    ``dkm_tf.load_model`` of it trains with (the carried one was still given)."""
+    ``dkm_tf.load_model`` of it trains with (the carried one was given before)."""
     model_config, config = _read_configs(path)
     loss = config.get("loss") if isinstance(config, dict) else None
     if not config and isinstance(model_config, dict):  # not compiled ({}): a copy's carried
