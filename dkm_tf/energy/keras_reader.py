@@ -115,7 +115,9 @@ def read_keras_model(model, *, input_shape=None):
     _check_fixed_size(model, input_shape)
     shapes, skipped = [], []
     _walk(model, keras, shapes, skipped)
-    return tuple(shapes), tuple(skipped)
+    from dkm_tf.energy.open_shapes import retraced  # an EinsumDense(output_shape=(None, n))
+
+    return retraced(model, tuple(shapes), tuple(skipped))
 
 
 def _check_fixed_size(model, input_shape):
