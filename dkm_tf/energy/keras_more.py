@@ -1,4 +1,4 @@
-"""Records of the Keras layers `keras_reader` hands over: 3-D pooling, `Attention`, `Softmax`.
+"""Records of Keras layers `keras_reader` hands over: 3-D pooling, `Attention`, `Dot`, `Softmax`.
 
 * `MaxPooling3D`, `AveragePooling3D`, `GlobalMaxPooling3D`, `GlobalAveragePooling3D`: a pooling
   record over the `(D·H) × W` map (the `.tflite` reader's layout of a 3-D global pooling, a
@@ -14,6 +14,9 @@
   products do; 1 before 2026-12-06); the softmax is not priced.
   `AdditiveAttention` and `score_mode="concat"` (tanh of sums, no matmul for the scores):
   element-wise records, see `_additive_records`.
+* `Dot` (two inputs of rank 2 or 3): a dense record per image, M = x's free axis positions,
+  K = the contracted axis inputs, N = y's free axis outputs, as the file's BATCH_MATMUL; with
+  `normalize=True` the L2 normalisation of its inputs is listed, not charged.
 * `Softmax`: a lookup / transcendental function, not priced (as `Activation("softmax")`).
 * `GroupNormalization`, `UnitNormalization`: element-wise records (`norm_records`).
 
@@ -33,6 +36,8 @@ def classify_more(layer, name, in_shapes, out_shape, keras, common):
         return _pool3d(layer, name, tuple(in_shapes[0]), tuple(out_shape), L, common), None
     if isinstance(layer, L.Attention):
         return _attention(layer, name, in_shapes, common)
+    if isinstance(layer, L.Dot):
+        return _dot(layer, name, in_shapes, common)
     if isinstance(layer, L.Softmax):
         from dkm_tf.energy.activations import activation_records
 
@@ -47,6 +52,26 @@ def classify_more(layer, name, in_shapes, out_shape, keras, common):
     if norm is not None:
         return norm
     return _preprocessing(layer, tuple(in_shapes[0]), tuple(out_shape))
+
+
+def _dot(layer, name, in_shapes, common):
+    """`(records, reason)` of a `Dot` of two inputs of rank 2 or 3 (batch included): one
+    dense record per image, as the `.tflite` reader reads the BATCH_MATMUL it converts to
+    (x's free axis M positions, the contracted axis K inputs, y's free axis N outputs)."""
+    from dkm_tf.energy import shapes as sh
+
+    shapes = [tuple(s) for s in in_shapes]
+    if len(shapes) != 2 or len(shapes[0]) != len(shapes[1]) or len(shapes[0]) not in (2, 3):
+        return [], f"Dot of input shapes {shapes}: only two inputs of rank 2 or 3 are modelled"
+    x, y = shapes
+    axes = layer.axes if isinstance(layer.axes, (list, tuple)) else (layer.axes, layer.axes)
+    ax, ay = (int(a) % len(x) for a in axes)
+    if 0 in (ax, ay) or x[ax] != y[ay]:
+        return [], f"Dot of input shapes {shapes} over axes {tuple(axes)} not modelled"
+    m, n = (1, 1) if len(x) == 2 else (x[3 - ax], y[3 - ay])
+    record = sh.dense_shape(name, in_features=x[ax], units=n, positions=m, **common)
+    return [record], ("its inputs' L2 normalisation (normalize=True) is not charged"
+                      if layer.normalize else None)
 
 
 _AUGMENTATION = ("AugMix", "RandAugment", "CutMix", "MixUp")

@@ -369,8 +369,8 @@ def _classify(layer, name, alias, in_shapes, out_shape, keras, n_outputs=1):
     return [], (f"unsupported layer type {cls}; supported: Conv1D/2D (grouped), Conv1D/2D"
                 "Transpose, Depthwise/SeparableConv1D/2D, Dense, EinsumDense, (Additive)"
                 "Attention, MultiHeadAttention, GroupQueryAttention, SimpleRNN/LSTM/GRU/RNN/"
-                "Bidirectional, pooling 1-D to 3-D, merge, activations, Softmax, PReLU, Pipeline, "
-                "Batch/Layer/RMS/Group/UnitNormalization")
+                "Bidirectional, pooling 1-D to 3-D, merge, Dot, activations, Softmax, PReLU, "
+                "Pipeline, Batch/Layer/RMS/Group/UnitNormalization")
 
 
 def _own_activation(layer, keras):
