@@ -36,7 +36,7 @@ import numpy as np
 
 from dkm_tf.export.unit_errors import INT8_UNIT_FLOOR
 
-__all__ = ["DRAWS", "UNIT_SLACK", "UNIT_SPREAD", "WEIGHT_NOISE", "unit_floors",
+__all__ = ["DRAWS", "UNIT_SLACK", "UNIT_SPREAD", "WEIGHT_NOISE", "unit_axes", "unit_floors",
            "unit_sensitivity"]
 
 DRAWS = 3  # noisy runs: a unit's change is the largest (one draw of one sample can read ~0)
@@ -45,7 +45,8 @@ UNIT_SPREAD = 10.0  # x S_j / max S (see the module docstring's measurements)
 UNIT_SLACK = 1e-3  # of the output's allowance, for rounding no weight reaches
 
 
-def unit_sensitivity(model, inputs, reference, seed=0, noise="weights", sets=None):
+def unit_sensitivity(model, inputs, reference, seed=0, noise="weights", sets=None,
+                     elementwise=False):
     """Per output, per unit (last axis): ``max |keras(noisy weights) - keras| / u`` over the
     samples (one sample: also the batch check's variants, ``verify.batch_inputs``) and
     :data:`DRAWS` draws of the noise (an array), None for an output with fewer
@@ -61,6 +62,8 @@ def unit_sensitivity(model, inputs, reference, seed=0, noise="weights", sets=Non
             rounding of weight-free ops on them, ``x - mean(x)`` at x ~ 1e4).
         sets: :func:`_sets` of the model, inputs and reference when already run (the clean
             run of the batch variants is shared by both noises), else None.
+        elementwise: return each output's change element by element (one sample's shape,
+            None below rank 2) instead of per unit of the last axis.
     """
     rng, on_weights = np.random.default_rng(seed), noise == "weights"
 
@@ -86,12 +89,20 @@ def unit_sensitivity(model, inputs, reference, seed=0, noise="weights", sets=Non
     if any(len(got) != len(reference) or len(clean) != len(reference)
            for clean, got in runs):
         return [None] * len(reference)
-    return [None if r.ndim < 2 or r.shape[-1] < 2 or any(
+    maps = [None if r.ndim < 2 or any(
         got[k].shape[1:] != r.shape[1:] or got[k].shape != clean[k].shape
         for clean, got in runs) else np.max(
-        [np.max(np.abs(got[k] - clean[k]), axis=tuple(range(r.ndim - 1)))
-         for clean, got in runs], axis=0) / WEIGHT_NOISE
-        for k, r in enumerate(reference)]
+        [np.max(np.abs(got[k] - clean[k]), axis=0) for clean, got in runs], axis=0)
+        / WEIGHT_NOISE for k, r in enumerate(reference)]
+    return maps if elementwise else [None if m is None or m.shape[-1] < 2 else _units(m, -1)
+                                     for m in maps]
+
+
+def _units(change, axis):
+    """Per unit of ``axis`` (of the output, 1 or -1), the largest of an element-wise
+    ``change`` (one sample's shape) over the other axes."""
+    a = axis - 1 if axis > 0 else axis
+    return np.max(change, axis=tuple(d for d in range(change.ndim) if d != a % change.ndim))
 
 
 def _call(model, x, pick=lambda vs: vs):
@@ -123,7 +134,8 @@ def _sets(model, inputs, reference):
 
 
 def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
-    """Per output, per unit: the fraction of the output's max |keras| a unit may be off
+    """Per output, per unit (of each of its :func:`unit_axes`): the fraction of the output's
+    max |keras| a unit may be off
     beyond ``tolerance`` x its own (:func:`~dkm_tf.export.unit_errors.unit_report`'s
     ``unit_floor``): ``tolerance x min(1, UNIT_SPREAD x S_j / max S + UNIT_SLACK)``
     (:func:`unit_sensitivity`), the whole ``tolerance`` where ``S`` is not known and for a
@@ -139,16 +151,21 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
             (its quantization steps); an int8 file quantizing nothing is ``"float"``.
 
     Returns:
-        a tuple, one entry per output: an array (one per unit) or a number; int8: a number.
+        a tuple, one entry per output: an array (one per unit of the last axis) or a number;
+        for a map not known to keep its channels last (:func:`unit_axes`), a dict ``{1: ...,
+        -1: ...}`` of both axes' (its channels' and its columns'); int8: a number.
     """
     if str(fmt).startswith("int8"):  # the effective key: a file quantizing nothing is float
         return INT8_UNIT_FLOOR
-    if not any(np.ndim(r) >= 2 and np.shape(r)[-1] >= 2 for r in reference):  # no unit to
-        return tuple(float(np.ravel(tolerance)[min(k, np.size(tolerance) - 1)])  # check
+    axes = unit_axes(model, reference)
+    if not any(np.ndim(r) >= 2 and np.shape(r)[a] >= 2  # no unit to check
+               for r, ax in zip(reference, axes) for a in ax):
+        return tuple(float(np.ravel(tolerance)[min(k, np.size(tolerance) - 1)])
                      for k in range(len(reference)))
     sets = _sets(model, inputs, reference)  # the variants' clean run, once for both noises
-    sens = unit_sensitivity(model, inputs, reference, sets=sets)
-    by_inputs = unit_sensitivity(model, inputs, reference, noise="inputs", sets=sets) if any(
+    sens = unit_sensitivity(model, inputs, reference, sets=sets, elementwise=True)
+    by_inputs = unit_sensitivity(model, inputs, reference, noise="inputs", sets=sets,
+                                 elementwise=True) if any(
         np.issubdtype(np.asarray(a).dtype, np.floating) and np.any(a != np.round(a))
         for a in inputs) else [None] * len(reference)  # no float input to perturb
     if notes is not None and all(s is None for s in sens) and any(
@@ -159,13 +176,98 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
     for k, (w, s) in enumerate(zip(sens, by_inputs)):
         tol = float(tolerance if np.ndim(tolerance) == 0 else tolerance[k])
         s = w if w is None or s is None else np.maximum(w, s)  # the larger exposure
-        top = 0.0 if s is None else float(np.max(s))
-        if s is None or not np.isfinite(top) or top <= 0:
-            floors.append(tol)
-            continue
-        # a unit no weight reaches (S_j = 0 under weight noise: a weight-free branch, whose
-        # rounding weight noise cannot measure, also on whole-number inputs the input noise
-        # leaves alone, or a unit dead on the samples) keeps the whole allowance (review R5)
-        floors.append(np.where(w > 0, tol * np.minimum(
-            1.0, UNIT_SPREAD * s / top + UNIT_SLACK), tol))
+        views = {a: _floor(tol, None if s is None else _units(w, a),
+                           None if s is None else _units(s, a)) for a in axes[k]}
+        floors.append(views[-1] if list(views) == [-1] else views)
     return tuple(floors)
+
+
+def _floor(tol, w, s):
+    """One axis' floors from its units' weight-noise ``w`` and larger ``s`` exposure."""
+    top = 0.0 if s is None else float(np.max(s))
+    if s is None or not np.isfinite(top) or top <= 0:
+        return tol
+    # a unit no weight reaches (S_j = 0 under weight noise: a weight-free branch, whose
+    # rounding weight noise cannot measure, also on whole-number inputs the input noise
+    # leaves alone, or a unit dead on the samples) keeps the whole allowance (review R5)
+    return np.where(w > 0, tol * np.minimum(1.0, UNIT_SPREAD * s / top + UNIT_SLACK), tol)
+
+
+_SAME_LAYOUT_OPS = frozenset((  # keras.ops in a Functional graph that keep the layout
+    "Abs", "Add", "Divide", "Exp", "Maximum", "Minimum", "Multiply", "Negative", "Relu",
+    "Sigmoid", "Square", "Subtract", "Tanh", "TrueDivide"))
+
+
+def unit_axes(model, reference):
+    """Per output (reference order), the axes whose entries are its units: ``(-1,)`` for a
+    rank-2 output and a map known to keep its channels last (its producing layer's
+    ``data_format``, or a Dense / Embedding / recurrent / attention layer, through layers that
+    keep the layout: activations, normalization, dropout, merges, pooling); ``(1, -1)``
+    otherwise: a channels_first map (N, C, H, W) is checked per channel, a small channel held
+    to its own range, and per column as before; a map of unknown layout alike."""
+    tensors = _output_tensors(model, len(reference))
+    axes = []
+    for k, r in enumerate(reference):
+        t = None if tensors is None else tensors[k]
+        same = t is not None and len(t.shape) == np.ndim(r) and all(
+            d is None or d == e for d, e in zip(t.shape[1:], np.shape(r)[1:]))
+        axes.append((-1,) if np.ndim(r) < 3 or (same and _layout(t) == "channels_last")
+                    else (1, -1))
+    return axes
+
+
+def _output_tensors(model, n):
+    """The model's output KerasTensors in the reference's (tf.nest) order, or None."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    try:
+        struct = getattr(model, "_outputs_struct", None)
+        tensors = tf.nest.flatten(struct) if struct is not None else list(model.outputs)
+    except Exception:  # noqa: BLE001 (a subclassed model: no graph, layouts unknown)
+        return None
+    return tensors if len(tensors) == n else None
+
+
+def _layout(tensor, cache=None, depth=0):
+    """``"channels_first"`` / ``"channels_last"`` of a Functional graph's tensor, None when
+    not known (walked back through layers that keep the layout; inputs that disagree, or a
+    walk deeper than 300 layers: unknown)."""
+    import keras  # noqa: PLC0415
+
+    cache = {} if cache is None else cache
+    history = getattr(tensor, "_keras_history", None)
+    op = getattr(history, "operation", None)
+    if op is None or depth > 300:
+        return None
+    if id(tensor) in cache:
+        return cache[id(tensor)]
+    L = keras.layers  # noqa: N806
+    fmt = getattr(op, "data_format", None)
+    if fmt not in ("channels_first", "channels_last"):
+        fmt = None
+    if fmt is None and isinstance(op, (L.Dense, L.EinsumDense, L.Embedding, L.RNN,
+                                       L.Bidirectional, L.MultiHeadAttention)):
+        fmt = "channels_last"
+    elif fmt is None and isinstance(op, keras.Model):  # a nested Functional / Sequential
+        try:
+            fmt = _layout(op.outputs[history.tensor_index], cache, depth + 1)
+        except Exception:  # noqa: BLE001, S110 (a subclassed model: unknown)
+            pass
+    elif fmt is None and (isinstance(op, _keep(L)) or (
+            type(op).__name__ in _SAME_LAYOUT_OPS and not isinstance(op, L.Layer))):
+        node = op._inbound_nodes[history.node_index]
+        ins = list(node.input_tensors)
+        if ins and all(tuple(x.shape) == tuple(tensor.shape) for x in ins):
+            got = {_layout(x, cache, depth + 1) for x in ins}
+            fmt = got.pop() if len(got) == 1 else None
+    cache[id(tensor)] = fmt
+    return fmt
+
+
+def _keep(L):  # noqa: N803
+    """Keras layers whose output keeps their inputs' layout."""
+    return (L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax,
+            L.BatchNormalization, L.LayerNormalization, L.GroupNormalization,
+            L.UnitNormalization, L.Dropout, L.GaussianNoise, L.GaussianDropout,
+            L.AlphaDropout, L.ActivityRegularization, L.Identity, L.Add, L.Subtract,
+            L.Multiply, L.Average, L.Maximum, L.Minimum, L.Rescaling, L.Masking)

@@ -76,7 +76,8 @@ def per_output(tolerance, n):
 
 
 def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
-    """``(worst, excess)`` over the output units (last axis, outputs with >= 2 units).
+    """``(worst, excess)`` over the output units (last axis unless ``unit_floor`` names the
+    axes, outputs with >= 2 units).
 
     Args:
         got, reference: the file's and Keras' outputs (lists of arrays, same shapes).
@@ -84,8 +85,9 @@ def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
             per output, a sequence).
         unit_floor: fraction of the output's max |keras| a unit may be off beyond that
             (int8: :data:`INT8_UNIT_FLOOR`), one per output (a number or one per unit: float
-            files, :func:`~dkm_tf.export.unit_check.unit_floors`), or None: report only
-            (``excess`` NaN).
+            files, :func:`~dkm_tf.export.unit_check.unit_floors`; a dict ``{axis: floors}``
+            checks the units of each axis, e.g. ``{1: ..., -1: ...}`` a channels_first map's
+            channels and columns), or None: report only (``excess`` NaN).
         skip: output indices not checked per unit (class scores, read by the top-1 check).
 
     Returns:
@@ -99,29 +101,33 @@ def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
     """
     worst, best, excess = "", -1.0, float("nan")
     for k, (g, r) in enumerate(zip(got, reference)):
-        if r.ndim < 2 or r.shape[-1] < 2 or not r.size or (
-                unit_floor is not None and k in skip):
+        if r.ndim < 2 or not r.size or (unit_floor is not None and k in skip):
             continue
-        axes = tuple(range(r.ndim - 1))
-        err = np.max(np.abs(np.asarray(g, np.float64) - r), axis=axes)
-        scale = np.max(np.abs(np.asarray(r, np.float64)), axis=axes)
-        whole = float(scale.max())
-        tol = tolerance if np.ndim(tolerance) == 0 else tolerance[k]
-        if unit_floor is None:
-            score = err / np.maximum(scale, 1e-30)
-            unit = "x its max |keras|"
-        else:
-            floor = unit_floor[k] if isinstance(unit_floor, (list, tuple)) else unit_floor
-            allowed = tol * scale + floor * max(whole, 1e-30)  # absolute, one per unit
-            score = err / allowed
-            unit = "of what it is allowed"
-            excess = max(float(score.max()), -1.0 if excess != excess else excess)
-        j = int(np.argmax(score))
-        if score[j] > best and err[j] > 0:
-            best = float(score[j])
-            limit = "" if unit_floor is None else f", allowed {allowed[j]:.3g}"
-            worst = (f"output {k} unit {j}: max |keras| {scale[j]:.3g} (the output's "
-                     f"{whole:.3g}), max abs error {err[j]:.3g}{limit} ({score[j]:.3g} {unit})")
+        floor = unit_floor[k] if isinstance(unit_floor, (list, tuple)) else unit_floor
+        for axis, fl in (floor.items() if isinstance(floor, dict) else [(-1, floor)]):
+            if r.shape[axis] < 2:
+                continue
+            axes = tuple(d for d in range(r.ndim) if d != axis % r.ndim)
+            err = np.max(np.abs(np.asarray(g, np.float64) - r), axis=axes)
+            scale = np.max(np.abs(np.asarray(r, np.float64)), axis=axes)
+            whole = float(scale.max())
+            tol = tolerance if np.ndim(tolerance) == 0 else tolerance[k]
+            if unit_floor is None:
+                score = err / np.maximum(scale, 1e-30)
+                unit = "x its max |keras|"
+            else:
+                allowed = tol * scale + fl * max(whole, 1e-30)  # absolute, one per unit
+                score = err / allowed
+                unit = "of what it is allowed"
+                excess = max(float(score.max()), -1.0 if excess != excess else excess)
+            j = int(np.argmax(score))
+            if score[j] > best and err[j] > 0:
+                best = float(score[j])
+                limit = "" if unit_floor is None else f", allowed {allowed[j]:.3g}"
+                of = "" if axis == -1 else f" of axis {axis}"
+                worst = (f"output {k} unit {j}{of}: max |keras| {scale[j]:.3g} (the output's "
+                         f"{whole:.3g}), max abs error {err[j]:.3g}{limit} ({score[j]:.3g} "
+                         f"{unit})")
     return worst, float(excess)
 
 
