@@ -28,6 +28,16 @@ largest unit error over this allowance is 0.54 (units keeping the whole allowanc
 it is cut. Every unit whose allowance is cut was within ``tolerance x its own max |keras|``
 but one: an fp16 1e-6 unit (its weights fp16 subnormals, rounded beyond 2^-11) needed 8.1 x
 ``S_j / max S`` of the output's allowance, 1 % of what UNIT_SLACK gives it.
+
+The units are the last axis, and also axis 1 of a map (rank >= 3) not known to keep its
+channels last (:func:`unit_axes`): of a channels_first map (N, C, H, W) the last axis is the
+width, each column's range taken over all channels, so a channel at 1e-6 of the others'
+scale off by its whole range was written (0.053 of its column's allowance); each channel now
+has its own range and ``S_j``, and each axis' units are held to their allowances. Correct
+channels_first files (6 models: convs, BN(axis=1), pooling, depthwise / separable, residual
+adds, global pooling kept, a Sequential, a subclassed model, a Permute of unknown layout;
+float / fp16 / palettized at batch 1 and 8; 30 Conv + BN + ReLU blocks): largest unit excess
+0.029, 0.55 for the 30 blocks (a channel keeping the whole allowance).
 """
 
 from __future__ import annotations
@@ -135,8 +145,8 @@ def _sets(model, inputs, reference):
 
 def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
     """Per output, per unit (of each of its :func:`unit_axes`): the fraction of the output's
-    max |keras| a unit may be off
-    beyond ``tolerance`` x its own (:func:`~dkm_tf.export.unit_errors.unit_report`'s
+    max |keras| a unit may be off beyond ``tolerance`` x its own
+    (:func:`~dkm_tf.export.unit_errors.unit_report`'s
     ``unit_floor``): ``tolerance x min(1, UNIT_SPREAD x S_j / max S + UNIT_SLACK)``
     (:func:`unit_sensitivity`), the whole ``tolerance`` where ``S`` is not known and for a
     unit with ``S_j = 0`` (no weight reaches it: its rounding is not measured).

@@ -81,7 +81,7 @@ class Comparison:
         top1_margin: Keras' own median top-1 minus top-2 score on these samples
             (:func:`~dkm_tf.export.top1.top1_margin`); below ``max_abs_error``, the samples
             do not separate the classes and the refusal says so. NaN when not read.
-        worst_unit: the checked output unit (last axis) most over its allowance (int8), else
+        worst_unit: the checked output unit (last axis / axis 1) most over its allowance, else
             the unit most wrong on its own max |keras|, with both and the run ("at batch n")
             when the batch run's was worse (:func:`~dkm_tf.export.unit_errors.unit_report`).
         unit_excess: the largest unit error over what is allowed to it (> 1: refused; int8
@@ -265,9 +265,9 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
             batch-1 run, in the same interpreter (then sample 0 once more at batch 1);
             None for batch 1 only.
         min_top1: required top-1 agreement with Keras (see :class:`Comparison`), or None.
-        unit_floor: a number (int8) or one per output (a tuple, ``unit_check``): each output
-            unit (last axis) is held to ``tolerance`` on its own range plus it x the output's
-            range (int8: of outputs the top-1 check does not read); None: reported only.
+        unit_floor: a number (int8) or one per output (a tuple, ``unit_check``, a dict by axis
+            for a map's channels): each unit is held to ``tolerance`` on its own range plus it
+            x the output's (int8: outputs the top-1 check does not read); None: reported only.
 
     Raises:
         ExportVerificationError: output count or shapes differ from Keras, or the resize
