@@ -91,7 +91,8 @@ def test_small_channel_off_is_refused(tmp_path, monkeypatch, fmt, channel, off, 
     assert all(c.ok and c.unit_excess < 0.5 for c in report.comparisons)
 
 
-def test_palettized_small_channel_off_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fmt", ["palettized", "tflm"])
+def test_palettized_small_channel_off_is_refused(tmp_path, monkeypatch, fmt):
     model, x = _model(), _x()
     ref = _numpy(model, x)
     own, whole = np.max(np.abs(ref[:, 3])), np.max(np.abs(ref))
@@ -102,11 +103,9 @@ def test_palettized_small_channel_off_is_refused(tmp_path, monkeypatch):
     with monkeypatch.context() as mp:
         _convert_instead(mp, bad)
         with pytest.raises(verify.ExportVerificationError, match=r"output 0 unit 3 of axis 1"):
-            to_tflite(clustered, tmp_path / "bad.tflite", "palettized", palettes,
-                      sample_inputs=x)
+            to_tflite(clustered, tmp_path / "bad.tflite", fmt, palettes, sample_inputs=x)
     assert not (tmp_path / "bad.tflite").exists()
-    report = to_tflite(clustered, tmp_path / "ok.tflite", "palettized", palettes,
-                       sample_inputs=x)
+    report = to_tflite(clustered, tmp_path / "ok.tflite", fmt, palettes, sample_inputs=x)
     assert all(c.ok for c in report.comparisons)
 
 
