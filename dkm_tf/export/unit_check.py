@@ -168,8 +168,9 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
     if str(fmt).startswith("int8"):  # the effective key: a file quantizing nothing is float
         return INT8_UNIT_FLOOR
     axes = unit_axes(model, reference)
-    if not any(np.ndim(r) >= 2 and np.shape(r)[a] >= 2  # no unit to check
-               for r, ax in zip(reference, axes) for a in ax):
+    units = [np.ndim(r) >= 2 and any(np.shape(r)[a] >= 2 for a in ax)
+             for r, ax in zip(reference, axes)]
+    if not any(units):  # no unit to check
         return tuple(float(np.ravel(tolerance)[min(k, np.size(tolerance) - 1)])
                      for k in range(len(reference)))
     sets = _sets(model, inputs, reference)  # the variants' clean run, once for both noises
@@ -178,8 +179,7 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
                                  elementwise=True) if any(
         np.issubdtype(np.asarray(a).dtype, np.floating) and np.any(a != np.round(a))
         for a in inputs) else [None] * len(reference)  # no float input to perturb
-    if notes is not None and all(s is None for s in sens) and any(
-            r.ndim >= 2 and r.shape[-1] >= 2 for r in reference):
+    if notes is not None and all(s is None for s in sens) and any(units):
         notes.append("output units: Keras could not run the model with other weight values "
                      "(stateless_call), so each unit was held to the output's tolerance only")
     floors = []
