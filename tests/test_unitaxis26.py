@@ -21,11 +21,11 @@ CF = "channels_first"
 SCALES = (1.0, 1.0, 1e-6, 1e-3)
 
 
-def _model(seed=0):
-    """(3, 8, 10) -> Conv2D(6, 3, relu) -> Conv2D(4, 3) "out", channels_first, channel c of
-    "out" scaled by SCALES[c] (width 6 != 4 channels: the bias is added on axis 1)."""
+def _model(seed=0, width=10):
+    """(3, 8, width) -> Conv2D(6, 3, relu) -> Conv2D(4, 3) "out", channels_first, channel c of
+    "out" scaled by SCALES[c] (width - 4 != 4 channels: the bias is added on axis 1)."""
     keras.utils.set_random_seed(seed)
-    i = keras.Input((3, 8, 10))
+    i = keras.Input((3, 8, width))
     h = keras.layers.Conv2D(6, 3, activation="relu", data_format=CF, name="h")(i)
     model = keras.Model(i, keras.layers.Conv2D(4, 3, data_format=CF, name="out")(h))
     k, b = model.get_layer("out").get_weights()
@@ -64,17 +64,18 @@ def _convert_instead(mp, mutant):
                representative_data=None: real(mutant, s, quantization, representative_data))
 
 
-def _x(n=8, seed=1):
-    return np.random.default_rng(seed).standard_normal((n, 3, 8, 10)).astype("float32")
+def _x(n=8, seed=1, width=10):
+    return np.random.default_rng(seed).standard_normal((n, 3, 8, width)).astype("float32")
 
 
-@pytest.mark.parametrize(("fmt", "channel", "off", "n"), [
-    ("float", 2, 1.0, 8),  # the 1e-6 channel off by its whole range: relative 1e-6 < 1e-5
-    ("float", 2, 1.0, 1),  # one sample (and the batch check's variants of it)
-    ("fp16", 3, 1.0, 8),   # the 1e-3 channel off by its whole range: 1e-3 < 2e-2
+@pytest.mark.parametrize(("fmt", "channel", "off", "n", "width"), [
+    ("float", 2, 1.0, 8, 10),  # the 1e-6 channel off by its whole range: relative 1e-6 < 1e-5
+    ("float", 2, 1.0, 1, 10),  # one sample (and the batch check's variants of it)
+    ("fp16", 3, 1.0, 8, 10),   # the 1e-3 channel off by its whole range: 1e-3 < 2e-2
+    ("float", 2, 1.0, 8, 5),   # a map one column wide: no unit check at all before
 ])
-def test_small_channel_off_is_refused(tmp_path, monkeypatch, fmt, channel, off, n):
-    model, x = _model(), _x(n)
+def test_small_channel_off_is_refused(tmp_path, monkeypatch, fmt, channel, off, n, width):
+    model, x = _model(width=width), _x(n, width=width)
     ref = _numpy(model, x)
     assert np.allclose(model.predict(x, verbose=0), ref, rtol=0, atol=1e-5)
     own, whole = np.max(np.abs(ref[:, channel])), np.max(np.abs(ref))
