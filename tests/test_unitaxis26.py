@@ -74,6 +74,7 @@ def _x(n=8, seed=1, width=10):
     ("fp16", 3, 1.0, 8, 10),   # the 1e-3 channel off by its whole range: 1e-3 < 2e-2
     ("float", 2, 1.0, 8, 5),   # a map one column wide: no unit check at all before
 ])
+@pytest.mark.usefixtures("cf_runs")
 def test_small_channel_off_is_refused(tmp_path, monkeypatch, fmt, channel, off, n, width):
     model, x = _model(width=width), _x(n, width=width)
     ref = _numpy(model, x)
@@ -92,6 +93,7 @@ def test_small_channel_off_is_refused(tmp_path, monkeypatch, fmt, channel, off, 
     assert all(c.ok and c.unit_excess < 0.5 for c in report.comparisons)
 
 
+@pytest.mark.usefixtures("cf_runs")
 @pytest.mark.parametrize("fmt", ["palettized", "tflm"])
 def test_palettized_small_channel_off_is_refused(tmp_path, monkeypatch, fmt):
     model, x = _model(), _x()
@@ -108,6 +110,41 @@ def test_palettized_small_channel_off_is_refused(tmp_path, monkeypatch, fmt):
     assert not (tmp_path / "bad.tflite").exists()
     report = to_tflite(clustered, tmp_path / "ok.tflite", fmt, palettes, sample_inputs=x)
     assert all(c.ok for c in report.comparisons)
+
+
+def _residual(seed=0):
+    """Channels_first Conv + BN(axis=1) + ReLU, a depthwise residual block, pooling, a kept
+    global pooling, and a Permute of a channels_last conv (layout unknown: both axes)."""
+    keras.utils.set_random_seed(seed)
+    L = keras.layers  # noqa: N806
+    i = keras.Input((4, 10, 14))
+    h = L.ReLU()(L.BatchNormalization(axis=1)(L.Conv2D(8, 3, padding="same",
+                                                       data_format=CF)(i)))
+    h = L.Add()([h, L.DepthwiseConv2D(3, padding="same", data_format=CF)(h)])
+    h = L.MaxPooling2D(2, data_format=CF)(h)
+    g = L.GlobalAveragePooling2D(data_format=CF, keepdims=True)(h)
+    p = L.Permute((3, 1, 2))(L.Conv2D(3, 3)(L.Permute((2, 3, 1))(i)))
+    model = keras.Model(i, [h, g, p])
+    bn = model.layers[2]
+    gamma, beta, mean, var = bn.get_weights()
+    rng = np.random.default_rng(seed)
+    bn.set_weights([gamma, beta + 0.1, 0.1 * rng.standard_normal(8).astype("float32"),
+                    var + rng.random(8).astype("float32")])
+    return model
+
+
+@pytest.mark.usefixtures("cf_runs")
+@pytest.mark.parametrize("n", [1, 4])
+def test_correct_channels_first_files_are_written(tmp_path, n):
+    """Guard: correct files of a channels_first model, float / fp16 / palettized, at one
+    sample (with its batch variants) and at 4: none refused, far from their allowances."""
+    model = _residual()
+    x = np.random.default_rng(n).standard_normal((n, 4, 10, 14)).astype("float32")
+    clustered, palettes, _ = dkm_tf.share_weights(model, 16, seed=0)
+    for fmt, m, p in (("float", model, None), ("fp16", model, None),
+                      ("palettized", clustered, palettes)):
+        report = to_tflite(m, tmp_path / f"{fmt}.tflite", fmt, p, sample_inputs=x)
+        assert all(c.ok and c.unit_excess < 0.5 for c in report.comparisons), fmt
 
 
 class _Sub(keras.Model):
