@@ -214,7 +214,13 @@ def unit_axes(model, reference):
     ``data_format``, or a Dense / Embedding / recurrent / attention layer, through layers that
     keep the layout: activations, normalization, dropout, merges, pooling); ``(1, -1)``
     otherwise: a channels_first map (N, C, H, W) is checked per channel, a small channel held
-    to its own range, and per column as before; a map of unknown layout alike."""
+    to its own range, and per column as before; a map of unknown layout alike.
+
+    Args:
+        model: the Keras model (a Functional / Sequential graph is walked; a subclassed
+            model's maps are of unknown layout).
+        reference: its outputs (list of arrays, ``tf.nest`` order).
+    """
     tensors = _output_tensors(model, len(reference))
     axes = []
     for k, r in enumerate(reference):
