@@ -3,11 +3,12 @@
 Sequential and Functional models are read layer by layer from their recorded input and
 output shapes (per image: the batch axis is ignored). Nested models are read recursively, in
 the context of their call (`bn_folding.source`); calls no output uses are left (`keras_live`).
-A layer wrapped by a `keras.layers.Wrapper` (e.g. a clustering wrapper or TimeDistributed) is
-classified by its inner layer, with the wrapper's input and output shapes. Subclassed models
-have no recorded per-layer shapes; with `input_shape` they are traced with TensorFlow
-(`graph_reader`; a clustering wrapper read as its layer: `traced_wrappers`), without it a
-`ValueError` asks for one; one nested in a Functional model is traced at its call's shape.
+A layer wrapped by a `keras.layers.Wrapper` (a clustering wrapper, TimeDistributed) is read as
+its inner layer, at the wrapper's input and output shapes (a TimeDistributed model: per step,
+`keras_wrapped`). Subclassed models have no recorded per-layer shapes; with `input_shape` they
+are traced with TensorFlow (`graph_reader`; a clustering wrapper read as its layer:
+`traced_wrappers`), without it a `ValueError` asks for one; one nested in a Functional model
+is traced at its call's shape.
 
 Fused activations (`Conv2D(activation="relu")`), biases, batch norms and constant scalings
 folded into the linear conv or dense layer before them (`bn_folding`, `keras_consts`) are not
@@ -44,6 +45,8 @@ from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
 from dkm_tf.energy.keras_pipeline import pipeline_calls, pipeline_fold
+from dkm_tf.energy.keras_wrapped import has_inputs as _has_inputs
+from dkm_tf.energy.keras_wrapped import wrapped_graph
 from dkm_tf.energy.pad_merging import unpadded
 from dkm_tf.energy.relu_fusion import relu_fused_after, relu_fused_into
 
@@ -133,13 +136,6 @@ def _check_fixed_size(model, input_shape):
             f"Received: input_shape={input_shape!r}", why, fixed)
 
 
-def _has_inputs(model):
-    try:
-        return bool(model.inputs)
-    except (AttributeError, ValueError):
-        return False
-
-
 def _has_dynamic_input(model):
     try:
         return any(d is None for t in model.inputs for d in tuple(t.shape)[1:])
@@ -197,6 +193,9 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
             (keras.tree.flatten(layer.outputs), list(call[1])))  # `following_folds`
         _walk(layer, keras, shapes, skipped, used, inside,  # all outputs if not of the graph
               None if isinstance(call, Exception) else walked_outputs(call, live))
+        return
+    if wrapped_graph(layer, name, call, used, keras, lambda m, u: _walk(  # TimeDistributed
+            m, keras, shapes, skipped, u), skipped):  # of a model: walked step by step
         return
     if isinstance(layer, keras.layers.Pipeline) and not isinstance(call, Exception):
         subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain

@@ -1,0 +1,79 @@
+"""A `TimeDistributed` of a nested model in a Keras model's energy estimate.
+
+Found by probing `energy.estimate(keras_model)` against `energy.estimate(<its float file>)`:
+a TimeDistributed of a Functional or Sequential model was listed as an "unsupported layer
+type" and charged nothing, where the converter unrolls it into one copy of the model's ops per
+step (a TimeDistributed of a model of one 3x3 Conv2D, 3 steps of 8x8x3, then a Dense(2):
+Keras / file hierarchy 0.2916, paper 0.0687; the listed case, a model of a batch norm and a
+Conv1D after a TimeDistributed Conv1D: 0.2272 / 0.6726).
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from tests._energy_file25 import both, randomize, same_totals
+
+L = keras.layers
+T = 3  # steps
+CONV = 6 * 6 * 4 * 27  # MACs of a valid 3x3 Conv2D(4) on one 8x8x3 step
+
+
+def _bn(shape):
+    bn = L.BatchNormalization(name="ibn")
+    bn.build(shape)
+    randomize(bn)  # not an identity
+    return bn
+
+
+def _functional():
+    i = keras.Input((8, 8, 3))
+    return keras.Model(i, L.Conv2D(4, 3, name="ic")(i), name="inner"), CONV
+
+
+def _sequential():
+    return keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="ic")],
+                            name="inner"), CONV
+
+
+def _conv_bn_relu():  # the batch norm folds into the conv, the ReLU fuses into it
+    i = keras.Input((8, 8, 3))
+    x = _bn((None, 6, 6, 4))(L.Conv2D(4, 3, name="ic")(i))
+    return keras.Model(i, L.ReLU()(x), name="inner"), CONV
+
+
+def _two_convs():  # a tanh charged after the second conv
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(5, 3, activation="tanh", name="ic2")(L.Conv2D(4, 3, name="ic")(i))
+    return keras.Model(i, x, name="inner"), CONV + 4 * 4 * 5 * 36
+
+
+@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("build", [_functional, _sequential, _conv_bn_relu, _two_convs])
+def test_time_distributed_model_is_charged_every_step(build, batch, tmp_path):
+    keras.utils.set_random_seed(0)
+    inner, per_step = build()
+    inp = keras.Input((T, 8, 8, 3), batch_size=batch)
+    out = L.TimeDistributed(inner)(inp)
+    model = keras.Model(inp, L.Dense(2, name="out")(out))
+    k, f = both(model, tmp_path)
+    dense = T * int(np.prod(out.shape[2:-1])) * out.shape[-1] * 2
+    assert k.macs == f.macs == T * per_step + dense  # by hand
+    same_totals(k, f)
+    assert not [n for n, why in k.skipped if why.startswith("unsupported")]
+
+
+def test_time_distributed_model_with_a_batch_norm_first(tmp_path):
+    """The listed case: its batch norm reads the step's input, charged as the file's MUL and
+    ADD each step (nothing folds it); MACs and paper metric equal the file's."""
+    keras.utils.set_random_seed(0)
+    j = keras.Input((8, 4))
+    m = keras.Model(j, L.Conv1D(4, 1, name="tc")(_bn((None, 8, 4))(j)))
+    i = keras.Input((T, 8, 4))
+    x = L.TimeDistributed(L.Conv1D(4, 3, padding="same", name="c"))(i)
+    model = keras.Model(i, L.Flatten()(L.TimeDistributed(m)(x)))
+    k, f = both(model, tmp_path)
+    assert k.macs == f.macs == T * (8 * 4 * 12 + 8 * 4 * 4)
+    np.testing.assert_allclose(k.paper_total, f.paper_total, rtol=1e-6)
+    ops = [x.shape.eltwise_op for x in k.layers if x.shape.kind == "eltwise"]
+    assert ops == ["mul", "add"] * T
