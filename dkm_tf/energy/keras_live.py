@@ -18,6 +18,7 @@ such a call is kept at the inputs that feed it.
 """
 
 from dkm_tf.energy.keras_calls import node_inputs
+from dkm_tf.energy.keras_wrapped import lambda_model
 
 
 def dead(call, live, everything):
@@ -91,9 +92,10 @@ def live_tensors(model, keras, used=None, prune=True):
             ins = node_inputs(producer, node)
         except (AttributeError, ValueError, IndexError, TypeError):
             continue
-        if prune and isinstance(producer, keras.Model) and _has_graph(producer):
+        sub = _graph_of(producer, node.outputs, keras) if prune else None
+        if sub is not None:
             outs_used = {k for k, t in enumerate(node.outputs) if id(t) in live}
-            ins = [ins[k] for k in live_inputs(producer, keras, outs_used) if k < len(ins)]
+            ins = [ins[k] for k in live_inputs(sub, keras, outs_used) if k < len(ins)]
         for t in ins:
             if id(t) not in live:
                 live.add(id(t))
@@ -115,6 +117,14 @@ def live_outputs(call, live):
     return {k for k, t in enumerate(call[1]) if id(t) in live}
 
 
+def _graph_of(op, outputs, keras):
+    """`op` where it is a model with a graph, the graph of a Lambda of Keras ops called with
+    `outputs` (`keras_wrapped.lambda_model`), else None."""
+    if isinstance(op, keras.Model):
+        return op if _has_graph(op) else None
+    return lambda_model(op, ((), list(outputs)), keras)
+
+
 def _has_graph(model):
     try:
         return bool(model.inputs) and bool(model.outputs)
@@ -133,8 +143,9 @@ def live_counts(model, op_calls, keras, live, everything):
             if dead(call, live, everything):
                 continue
             outs_used, ins = walked_outputs(call, live), keras.tree.flatten(call[0])
-            if outs_used is not None and isinstance(op, keras.Model) and _has_graph(op):
-                ins = [ins[k] for k in live_inputs(op, keras, outs_used) if k < len(ins)]
+            sub = _graph_of(op, call[1], keras)
+            if outs_used is not None and sub is not None:
+                ins = [ins[k] for k in live_inputs(sub, keras, outs_used) if k < len(ins)]
             for t in ins:
                 counts[id(t)] = counts.get(id(t), 0) + 1
     for t in keras.tree.flatten(getattr(model, "outputs", None) or []):

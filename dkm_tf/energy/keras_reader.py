@@ -3,12 +3,12 @@
 Sequential and Functional models are read layer by layer from their recorded input and
 output shapes (per image: the batch axis is ignored). Nested models are read recursively, in
 the context of their call (`bn_folding.source`); calls no output uses are left (`keras_live`).
-A layer wrapped by a `keras.layers.Wrapper` (a clustering wrapper, TimeDistributed) is read as
-its inner layer, at the wrapper's input and output shapes (a TimeDistributed model: per step,
-`keras_wrapped`). Subclassed models have no recorded per-layer shapes; with `input_shape` they
-are traced with TensorFlow (`graph_reader`; a clustering wrapper read as its layer:
-`traced_wrappers`), without it a `ValueError` asks for one; one nested in a Functional model
-is traced at its call's shape.
+A layer wrapped by a `keras.layers.Wrapper` (e.g. a clustering wrapper or TimeDistributed) is
+classified by its inner layer, with the wrapper's input and output shapes (a TimeDistributed
+model, a Lambda of Keras ops: `keras_wrapped`). Subclassed models have no recorded per-layer
+shapes; with `input_shape` they are traced with TensorFlow (`graph_reader`; a clustering
+wrapper read as its layer: `traced_wrappers`), without it a `ValueError` asks for one; one
+nested in a Functional model is traced at its call's shape.
 
 Fused activations (`Conv2D(activation="relu")`), biases, batch norms and constant scalings
 folded into the linear conv or dense layer before them (`bn_folding`, `keras_consts`) are not
@@ -45,8 +45,7 @@ from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
 from dkm_tf.energy.keras_pipeline import pipeline_calls, pipeline_fold
-from dkm_tf.energy.keras_wrapped import has_inputs as _has_inputs
-from dkm_tf.energy.keras_wrapped import wrapped_graph
+from dkm_tf.energy.keras_wrapped import has_inputs, lambda_model, lambda_records, wrapped_graph
 from dkm_tf.energy.pad_merging import unpadded
 from dkm_tf.energy.relu_fusion import relu_fused_after, relu_fused_into
 
@@ -92,8 +91,8 @@ def read_keras_model(model, *, input_shape=None):
             "Invalid value for argument `model_or_path`. Expected a keras.Model, a model "
             f"file path or a list of LayerShape. Received: {type(model).__name__}"
         )
-    graph_model = isinstance(model, keras.Sequential) or _has_inputs(model)
-    if isinstance(model, keras.Sequential) and not _has_inputs(model):
+    graph_model = isinstance(model, keras.Sequential) or has_inputs(model)
+    if isinstance(model, keras.Sequential) and not has_inputs(model):
         if input_shape is None:
             why = f"Sequential model {model.name!r} is not built, so its layer shapes are unknown"
             raise InputShapeError(f"{why}. Pass input_shape=(...) (without the batch axis) or "
@@ -177,8 +176,11 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
     `(counts, outer, live)` of the graph it is in (`_walk`); `fused`: the layer a Pipeline's
     ReLU `layer` has its first RELU fused into (`relu_fused_after`)."""
     counts, outer, live = graph
+    if (sub := lambda_model(layer, call, keras)) is not None:  # `keras_wrapped`: its graph
+        return lambda_records(sub, layer, name, shapes, skipped, lambda s, k: _walk_call(
+            sub, name, call, graph, keras, s, k, {}))
     if isinstance(layer, keras.Model):
-        if not _has_inputs(layer):  # traced at its call's input shape
+        if not has_inputs(layer):  # traced at its call's input shape
             records, why = nested_subclassed(layer, name, call, used)
             shapes.extend(records)
             skipped.extend(why)

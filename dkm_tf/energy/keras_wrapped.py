@@ -8,7 +8,23 @@ a model of a batch norm and a Conv1D, 3 steps: Keras / file hierarchy 0.2272, pa
 Its model is walked once per step (`keras_reader._walk`), at the shapes of its own graph, its
 records named as those of a nested model called that many times (`c`, `c#2`, ...), with no
 outer context: the first op of a step reads the UNPACK of the steps, into which nothing folds.
+
+A `Lambda` whose function is made of Keras ops (`z[0] + z[1] * 2.0` on KerasTensors): its
+function is called on symbolic inputs of its call's shapes and the graph it builds is read as
+a nested model in the context of the call (a constant scaling folds into the conv before it,
+as the file folds it); its records are named `lambda`, `lambda/2`, ... with `layer` the
+Lambda's name. Before 2026-12-07 every Lambda was listed as an "unsupported layer type" and
+charged nothing (such a Lambda reading both outputs of a nested model: Keras / file hierarchy
+0.7520, paper 0.9887); `keras_live` takes only the inputs its graph reads as live (a Lambda
+picking one output of a nested model: the others are pruned, as in the file; they were
+charged, 1.5000). A function that does not build a Keras graph (TensorFlow ops, a mask or
+`training` argument, tensors passed by keyword) is listed as before.
 """
+
+import dataclasses
+import weakref
+
+_GRAPHS = weakref.WeakKeyDictionary()  # a Lambda's call (its node) -> `lambda_model`
 
 
 def wrapped_graph(layer, name, call, used, keras, walk, skipped):
@@ -50,3 +66,50 @@ def has_inputs(model):
         return bool(model.inputs)
     except (AttributeError, ValueError):
         return False
+
+
+def lambda_model(layer, call, keras):
+    """The graph a `Lambda` `layer`'s function builds on symbolic inputs of its `call`'s
+    shapes, as a `keras.Model`, or None where it builds none (module docstring); the
+    outputs of `call` (`(inputs, outputs)`) find the call among the layer's calls."""
+    if not isinstance(layer, keras.layers.Lambda) or isinstance(call, Exception) or getattr(
+            layer, "_fn_expects_mask_arg", False) or getattr(layer, "_fn_expects_training_arg",
+                                                             False):
+        return None
+    node = next((n for n in layer._inbound_nodes if [id(t) for t in n.outputs] == [
+        id(t) for t in call[1]]), None)
+    if node is None:
+        return None
+    if node not in _GRAPHS:  # one model per call: its tensors are the same at each look
+        _GRAPHS[node] = _build(layer, node, keras)
+    return _GRAPHS[node]
+
+
+def _build(layer, node, keras):
+    try:
+        args, kwargs = node.arguments.args, node.arguments.kwargs
+        if len(args) != 1 or any(keras.KerasTensor is type(t) for t in keras.tree.flatten(
+                kwargs)):
+            return None
+        ins = keras.tree.map_structure(
+            lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype), args[0])
+        out = layer.function(ins, **(layer.arguments or {}))
+        if not all(isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(out)):
+            return None
+        return keras.Model(keras.tree.flatten(ins), out, name=layer.name)
+    except Exception:  # noqa: BLE001 - any user function: listed as before
+        return None
+
+
+def lambda_records(model, layer, name, shapes, skipped, walk):
+    """Appends the records `walk(records, skipped)` reads from `model`, a Lambda's graph
+    (`lambda_model`), named after the Lambda's call `name`: `name`, `name/2`, ..., their
+    `layer` the Lambda's; the graph's input layers are left out of `skipped`."""
+    records, why = [], []
+    walk(records, why)
+    why = [(n, w) for n, w in why if n not in {t._keras_history[0].name for t in model.inputs}]
+    shapes.extend(dataclasses.replace(r, name=name if not i else f"{name}/{i + 1}",
+                                      layer=layer.name) for i, r in enumerate(records))
+    skipped.extend((f"{name}/{n}", w) for n, w in why)
+    if not records and not why:
+        skipped.append((name, "no compute"))
