@@ -104,12 +104,16 @@ def _build(layer, node, keras):
 def lambda_records(model, layer, name, shapes, skipped, walk):
     """Appends the records `walk(records, skipped)` reads from `model`, a Lambda's graph
     (`lambda_model`), named after the Lambda's call `name`: `name`, `name/2`, ..., their
-    `layer` the Lambda's; the graph's input layers are left out of `skipped`."""
+    `layer` the Lambda's (a layer of the model's the function calls keeps its own, so that
+    compression info matches it); the graph's input layers are left out of `skipped`."""
+    import keras
+
     records, why = [], []
     walk(records, why)
     why = [(n, w) for n, w in why if n not in {t._keras_history[0].name for t in model.inputs}]
-    shapes.extend(dataclasses.replace(r, name=name if not i else f"{name}/{i + 1}",
-                                      layer=layer.name) for i, r in enumerate(records))
+    own = {op.name for op in model.operations if not isinstance(op, keras.layers.Layer)}
+    shapes.extend(dataclasses.replace(r, name=name if not i else f"{name}/{i + 1}", layer=(
+        layer.name if r.layer in own else r.layer)) for i, r in enumerate(records))
     skipped.extend((f"{name}/{n}", w) for n, w in why)
     if not records and not why:
         skipped.append((name, "no compute"))
