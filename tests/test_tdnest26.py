@@ -90,12 +90,13 @@ def _two_outputs():
                            L.Conv2D(4, 3, padding="same", name="o2")(t)], name="m")
 
 
-def test_lambda_reading_both_outputs_of_a_nested_model(tmp_path):
+@pytest.mark.parametrize("batch", [None, 2])
+def test_lambda_reading_both_outputs_of_a_nested_model(batch, tmp_path):
     """The listed case (was 0.7520 / 0.9887: the Lambda 'unsupported', its ADD not charged):
     its graph's ADD is charged, its MUL by 2 folded into conv o2 as the file folds it."""
     keras.utils.set_random_seed(0)
     m = _two_outputs()
-    i = keras.Input((8, 8, 4))
+    i = keras.Input((8, 8, 4), batch_size=batch)
     a, b = m(L.Conv2D(4, 3, padding="same", name="c")(i))
     y = L.Lambda(lambda z: z[0] + z[1] * 2.0, name="lam")([a, b])
     k, f = both(keras.Model(i, L.Flatten()(y)), tmp_path)
@@ -137,3 +138,15 @@ def test_lambda_of_tensorflow_ops_is_still_listed():
     k = energy.estimate(keras.Model(i, y))
     assert "unsupported layer type Lambda" in dict(k.skipped)["tfl"]
     assert [x.name for x in k.layers] == ["c"]
+
+
+def test_a_layer_a_lambda_calls_keeps_its_name():
+    """A Dense the Lambda's function calls is charged under its own layer name (compression
+    info matches it); the Lambda's MUL under the Lambda's."""
+    keras.utils.set_random_seed(0)
+    d = L.Dense(4, name="inner_d")
+    i = keras.Input((6,))
+    y = L.Lambda(lambda t: d(t) * t, name="lam")(L.Dense(4, name="d")(i))
+    k = energy.estimate(keras.Model(i, y))
+    assert [(x.name, x.shape.layer, x.macs) for x in k.layers] == [
+        ("d", "d", 24), ("lam", "inner_d", 16), ("lam/2", "lam", 0)]
