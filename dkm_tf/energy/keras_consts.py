@@ -42,12 +42,40 @@ def _per_channel(value):
     return math.prod(shape[:-1]) == 1 if shape else True
 
 
-def fold_of(inner, call, counts, keras, outer=None):
+def fold_of(inner, call, counts, keras, outer=None, _depth=0):
     """The name of the layer op `inner` (a batch norm, a `Rescaling` / `Normalization`, a
     constant Add / Subtract / Multiply / TrueDivide) is folded into at `call`, else None.
-    `outer`: the context of the nested model the call is in (`bn_folding.source`)."""
+    `outer`: the context of the nested model the call is in (`bn_folding.source`). Also
+    where it reads (only) such an op that is folded itself, on the channel axis: the
+    converter folds the chain (`conv(x) * 0.5 + 1.0`: the ADD into the conv's bias; before
+    2026-12-07 it was charged, Keras / file hierarchy 1.8627, paper 1.0240)."""
     from dkm_tf.energy.bn_folding import folded_into
 
+    def into(norm, counts, keras, x, outer):
+        return folded_into(norm, counts, keras, x, outer) or (
+            _chained(norm, x, counts, keras, outer, _depth) if _depth < 16 else None)
+
+    return _fold_here(inner, call, counts, keras, outer, into)
+
+
+def _chained(norm, x, counts, keras, outer, depth):
+    """Where `x` is the output of a foldable op of this graph read by this call only, the
+    layer that op folds into (`fold_of`)."""
+    from dkm_tf.energy.bn_folding import source_at
+
+    axis = norm.axis if isinstance(norm.axis, int) else (
+        norm.axis[0] if len(norm.axis) == 1 else None)
+    found = source_at(x, counts, keras, outer)
+    if axis is None or axis % len(x.shape) != len(x.shape) - 1 or found is None or \
+            not found[1] or getattr(x, "_keras_history", (None,))[0] is not found[0]:
+        return None  # not on channels, not the output of an op of this graph
+    op, ins, op_counts, op_outer = found
+    return fold_of(op, (list(ins), [x]), op_counts, keras, op_outer, depth + 1)
+
+
+def _fold_here(inner, call, counts, keras, outer, folded_into):
+    """`fold_of` for one op: `folded_into(norm, counts, keras, x, outer)` where its kind
+    folds (a batch norm, a per-channel scale / shift)."""
     L = keras.layers
     x = call[0][0] if not isinstance(call, Exception) and call[0] else None
     if isinstance(inner, L.BatchNormalization):
