@@ -14,6 +14,11 @@ MobileNet's and EfficientNet's stems, 1.1240; a 5x5 depthwise conv after
   output stays a PAD for that reader while the conv reads the unpadded input (the PAD is
   "no compute" either way); through layers the converter removes (`Dropout`, ...:
   `bn_folding.removed`) and across a nested model's boundary (the converter inlines it);
+- merged through a `Rescaling` or a constant MUL / DIV / ADD / SUB by one-element
+  constants between (`scalar_ops`: the converter folds each into the conv first, then
+  merges the pad; before 2026-12-07 `ZeroPadding2D(1)` -> `Rescaling(0.5)` -> `Conv2D(4, 3)`
+  was charged on the padded input, 1.1473; one also read by a pooling stays a MUL on the
+  padded tensor for it, while the conv reads the unpadded input, 1.0537 before);
 - kept (the conv reads the padded input, as charged): amounts other than "same"'s (a
   `ZeroPadding2D(1)` before a stride-2 3x3 conv on an even size, where "same" pads
   ((0, 1), (0, 1)); `ZeroPadding2D(2)` before a 3x3 conv), a dilated conv (SPACE_TO_BATCH_ND
@@ -105,7 +110,24 @@ def _padded(x, keras, outer, depth=0):
     amounts = _amounts(producer, producer._inbound_nodes[node], keras)
     if amounts is not None:
         return producer, ins[0], amounts
-    return _padded(ins[0], keras, outer, depth + 1) if removed(producer, keras) else None
+    through = removed(producer, keras) or scalar_ops(
+        producer, (ins, producer._inbound_nodes[node].outputs), keras)
+    return _padded(ins[0], keras, outer, depth + 1) if through else None
+
+
+def scalar_ops(op, call, keras):
+    """Whether `op` at `call` is a `Rescaling` or a constant MUL / DIV / ADD / SUB
+    (`following_folds`) by one-element constants only: each of its ops folds into a valid,
+    undilated channels_last conv reading it, whatever else reads it (the op then stays for
+    those), so that the conv reads what the op reads (a pad before it: merged, module
+    docstring)."""
+    from dkm_tf.energy.following_folds import _ops
+
+    try:
+        ops = _ops(op, call, keras)
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return bool(ops) and all(getattr(v, "size", 0) == 1 for _, v in ops)
 
 
 def unpadded(conv, call, keras, outer=None):

@@ -1,0 +1,101 @@
+"""Session 27: padding merges and constant folds the converter makes that the Keras reader
+missed: a pad, then a folded scale, then a conv (`energy.pad_merging.scalar_ops`); a
+`keras.layers.Pipeline` looked into (`energy.pipeline_folds`); a nested model passing a
+tensor out to a conv outside (`energy.following_folds`). Each Keras estimate is checked
+beside its float file's (hierarchy and paper totals, rtol 1e-6) and the conv shapes the file
+runs."""
+
+import keras
+import pytest
+from _energy_file25 import both, same_totals
+from keras import layers as L
+
+
+def _convs(report):
+    """`(in_h, in_w, in_c, out_h, out_w, out_c)` of every conv record, in order."""
+    return [(s.in_h, s.in_w, s.in_c, s.out_h, s.out_w, s.out_c) for s in
+            (x.shape for x in report.layers) if s.kind == "conv"]
+
+
+def _eltwise(report):
+    """`eltwise_op` of every element-wise record, in order."""
+    return [x.shape.eltwise_op for x in report.layers if x.shape.kind == "eltwise"]
+
+
+def _chain(*layers, shape=(8, 8, 3)):
+    def build():
+        x = keras.Input(shape)
+        y = x
+        for layer in layers:
+            y = layer()(y)
+        return keras.Model(x, y)
+    return build
+
+
+def _pad():
+    return L.ZeroPadding2D(1)
+
+
+def _conv():
+    return L.Conv2D(4, 3)
+
+
+def _half():
+    return L.Rescaling(0.5)
+
+
+def _pad_scale_conv_and_pool():
+    x = keras.Input((8, 8, 3))
+    r = L.Rescaling(0.5)(L.ZeroPadding2D(1)(x))
+    return keras.Model(x, [L.Conv2D(4, 3)(r), L.MaxPooling2D(2)(r)])
+
+
+def _pad_times_const_conv():
+    x = keras.Input((8, 8, 3))
+    return keras.Model(x, L.Conv2D(4, 3)(L.ZeroPadding2D(1)(x) * 0.5 + 0.25))
+
+
+# model -> (conv shapes the file runs, its element-wise ops): a pad, then one-element scales /
+# shifts (each folded into the conv), then a valid conv: the pad is merged, the conv reads the
+# unpadded input (before: charged on the padded input, Keras / file hierarchy 1.1473)
+SCALE_BETWEEN = {
+    "rescaling": (_chain(_pad, _half, _conv), [(8, 8, 3, 8, 8, 4)], []),
+    "rescaling_offset": (_chain(_pad, lambda: L.Rescaling(0.5, 0.1), _conv),
+                         [(8, 8, 3, 8, 8, 4)], []),
+    "two_rescalings_dropout": (_chain(_pad, _half, lambda: L.Dropout(0.1), _half, _conv),
+                               [(8, 8, 3, 8, 8, 4)], []),
+    "const_ops": (_pad_times_const_conv, [(8, 8, 3, 8, 8, 4)], []),
+    # the MUL stays for the pooling (on the padded tensor), the conv still reads 8x8 (1.0537)
+    "also_pooled": (_pad_scale_conv_and_pool, [(8, 8, 3, 8, 8, 4)], ["mul"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SCALE_BETWEEN))
+def test_pad_then_folded_scale_then_conv_is_merged(case, tmp_path):
+    build, convs, ops = SCALE_BETWEEN[case]
+    keras.utils.set_random_seed(0)
+    k, f = both(build(), tmp_path)
+    assert _convs(f) == convs and _eltwise(f) == ops
+    assert _convs(k) == convs and _eltwise(k) == ops
+    same_totals(k, f)
+
+
+# guards (passed before): the pad stays where the scale is not folded (per channel) or the
+# conv's amounts are not "same"'s (stride 2 on an even size)
+SCALE_KEPT = {
+    "per_channel": (_chain(_pad, lambda: L.Rescaling([0.5, 0.2, 0.1]), _conv),
+                    [(10, 10, 3, 8, 8, 4)], ["mul"]),
+    "stride2_even": (_chain(_pad, _half, lambda: L.Conv2D(4, 3, strides=2)),
+                     [(10, 10, 3, 4, 4, 4)], []),
+}
+
+
+@pytest.mark.parametrize("case", list(SCALE_KEPT))
+def test_pad_before_a_kept_scale_or_other_amounts_stays(case, tmp_path):
+    build, convs, ops = SCALE_KEPT[case]
+    keras.utils.set_random_seed(0)
+    k, f = both(build(), tmp_path)
+    assert _convs(f) == convs and _eltwise(f) == ops
+    assert _convs(k) == convs and _eltwise(k) == ops
+    same_totals(k, f)
+
