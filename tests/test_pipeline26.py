@@ -99,3 +99,48 @@ def test_pad_before_a_kept_scale_or_other_amounts_stays(case, tmp_path):
     assert _convs(k) == convs and _eltwise(k) == ops
     same_totals(k, f)
 
+
+def _pass_through(reader):
+    """A `Rescaling(0.5)` before a nested model returning a conv of its input and the input
+    itself, which `reader` reads outside."""
+    def build():
+        j = keras.Input((8, 8, 3))
+        inner = keras.Model(j, [L.Conv2D(4, 3)(j), j])
+        x = keras.Input((8, 8, 3))
+        p, q = inner(L.Rescaling(0.5)(x))
+        return keras.Model(x, [p, reader()(q)])
+    return build
+
+
+def _returned_twice(reader):
+    """A nested model returning one `Rescaling(0.5)` tensor twice, each read by `reader`."""
+    def build():
+        j = keras.Input((8, 8, 3))
+        r = L.Rescaling(0.5)(j)
+        inner = keras.Model(j, [r, r])
+        x = keras.Input((8, 8, 3))
+        p, q = inner(x)
+        return keras.Model(x, [_conv()(p), reader()(q)])
+    return build
+
+
+# model -> (conv shapes, element-wise ops) of the file: the scale folded into every conv
+# (before: its MUL charged, Keras / file hierarchy 1.5304 each), or kept for a pooling reader
+NESTED_OUT = {
+    "pass_through_conv": (_pass_through(_conv), [(8, 8, 3, 6, 6, 4)] * 2, []),
+    "returned_twice_convs": (_returned_twice(_conv), [(8, 8, 3, 6, 6, 4)] * 2, []),
+    "pass_through_pool": (_pass_through(lambda: L.MaxPooling2D(2)), [(8, 8, 3, 6, 6, 4)],
+                          ["mul"]),
+    "returned_twice_pool": (_returned_twice(lambda: L.MaxPooling2D(2)), [(8, 8, 3, 6, 6, 4)],
+                            ["mul"]),
+}
+
+
+@pytest.mark.parametrize("case", list(NESTED_OUT))
+def test_scale_read_through_nested_model_outputs(case, tmp_path):
+    build, convs, ops = NESTED_OUT[case]
+    keras.utils.set_random_seed(0)
+    k, f = both(build(), tmp_path)
+    assert _convs(f) == convs and _eltwise(f) == ops
+    assert _convs(k) == convs and _eltwise(k) == ops
+    same_totals(k, f)

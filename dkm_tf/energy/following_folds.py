@@ -70,10 +70,15 @@ def _readers(t, keras):
         x is t for x in keras.tree.flatten(n.input_tensors))]
 
 
-def _takes(node, kind, value, counts, keras, depth=0, t=None):
+def _takes(node, kind, value, counts, keras, depth=0, t=None, outer=None):
     """Whether the op of `node` (reading the output of a MUL / ADD by `value`) takes it into
     its weights or bias (module docstring), looking through removed and folded ops; `t`:
-    the tensor it reads, where it may read several (a nested model)."""
+    the tensor it reads, where it may read several (a nested model); `outer`: as for
+    `_all_take`, of the graph `node` is in. A nested model reading the op: the readers of
+    that input inside, and where the input is also an output of the nested model, the
+    readers of the call's output (before 2026-12-07 not followed: a `Rescaling` before a
+    model passing its input out to a conv outside was charged, Keras / file hierarchy
+    1.5304)."""
     L = keras.layers
     op = node.operation
     inner = op.layer if isinstance(op, L.Wrapper) and not isinstance(
@@ -82,8 +87,9 @@ def _takes(node, kind, value, counts, keras, depth=0, t=None):
     at = [i for i, y in enumerate(x) if y is t] if t is not None else [0] if len(x) == 1 else []
     if isinstance(op, keras.Model) and len(at) == 1 and depth <= 32:  # inlined: the readers
         inside = _inside(op, keras, at[0])  # of that input inside
-        return inside is not None and _all_take(inside[0], kind, value, inside[1], keras,
-                                                depth + 1)
+        return inside is not None and _all_take(
+            inside[0], kind, value, inside[1], keras, depth + 1, (None, None, counts, outer, (
+                keras.tree.flatten(op.outputs), keras.tree.flatten(node.outputs))))
     if len(x) != 1 or len(node.outputs) != 1 or depth > 32:
         return False
     name = type(inner).__name__
@@ -100,13 +106,14 @@ def _takes(node, kind, value, counts, keras, depth=0, t=None):
         after = _readers(node.outputs[0], keras) or []  # with zeros: read by a conv that
         return len(after) == 1 == counts.get(id(node.outputs[0]), 0) and same_pad(
             inner, tuple(x[0].shape), after[0].operation) and _takes(
-            after[0], kind, value, counts, keras, depth + 1)  # `pad_merging`
+            after[0], kind, value, counts, keras, depth + 1, outer=outer)  # `pad_merging`
     from dkm_tf.energy.bn_folding import removed
 
     gone = (not isinstance(op, keras.Model) and removed(op, keras)) or (
         _ops(op, (node.input_tensors, node.outputs), keras) is not None and
-        not kept_ops(op, (node.input_tensors, node.outputs), counts, keras, depth + 1)[0])
-    return gone and _all_take(node.outputs[0], kind, value, counts, keras, depth + 1)
+        not kept_ops(op, (node.input_tensors, node.outputs), counts, keras, depth + 1,
+                     outer)[0])
+    return gone and _all_take(node.outputs[0], kind, value, counts, keras, depth + 1, outer)
 
 
 def _inside(model, keras, at=0):
@@ -146,27 +153,30 @@ def _all_take(t, kind, value, counts, keras, depth=0, outer=None):
     `counts` marks live tensors (`keras_live.live_counts`), only readers that are live calls
     of its graph count (before 2026-12-07 a reader of another graph or one no output uses was
     counted: a `Rescaling` also an output of a nested model was left out as folded, 0.54)."""
-    readers, out = _readers(t, keras), _outside(t, outer)
-    if readers is None:
+    readers, outs = _readers(t, keras), _outside(t, outer)
+    if readers is None or outs is None:
         return False
     if ("live", id(t)) in counts:
         readers = [n for n in readers if any(
             ("live", id(o)) in counts for o in keras.tree.flatten(n.outputs))]
-    n = counts.get(id(t), 0) - (out is not None)
-    return bool(readers or out) and len(readers) == n and all(
-        _takes(r, kind, value, counts, keras, depth, t) for r in readers) and (
-        out is None or _all_take(*out[:1], kind, value, out[1], keras, depth + 1, out[2]))
+    n = counts.get(id(t), 0) - len(outs)
+    return bool(readers or outs) and len(readers) == n and all(
+        _takes(r, kind, value, counts, keras, depth, t, outer) for r in readers) and all(
+        _all_take(o[0], kind, value, o[1], keras, depth + 1, o[2]) for o in outs)
 
 
 def _outside(t, outer):
-    """`(tensor, counts, outer)` of the call's output that `t`, an output of the nested model
-    `outer` describes (`keras_reader._walk`), is in the graph calling it, else None."""
+    """`[(tensor, counts, outer)]` of the call's outputs that `t`, an output of the nested
+    model `outer` describes (`keras_reader._walk`), is in the graph calling it: one per place
+    of `t` among the model's outputs (before 2026-12-07 a tensor returned twice was not
+    followed: a `Rescaling` returned twice, each read by a conv outside, was charged, 1.5304),
+    `[]` where `t` is not an output, None where a place has no call output."""
     if outer is None or len(outer) < 5:
-        return None
+        return []
     at = [i for i, y in enumerate(outer[4][0]) if y is t]
-    if len(at) != 1 or at[0] >= len(outer[4][1]):
+    if any(i >= len(outer[4][1]) for i in at):
         return None
-    return outer[4][1][at[0]], outer[2], outer[3]
+    return [(outer[4][1][i], outer[2], outer[3]) for i in at]
 
 
 def kept_ops(op, call, counts, keras, depth=0, outer=None):
@@ -192,8 +202,10 @@ def drop_folded(op, call, counts, records, keras, outer=None):
     kept, folded = kept_ops(op, call, counts, keras, outer=outer)
     if not folded or len(records) != len(kept) + len(folded):
         return records, None
-    out = _outside(call[1][0], outer)
-    readers = sorted(_takers(call[1][0], keras) | (_takers(out[0], keras) if out else set()))
+    readers = _takers(call[1][0], keras)
+    for out in _outside(call[1][0], outer) or ():
+        readers |= _takers(out[0], keras)
+    readers = sorted(readers)
     return records[:len(kept)], (
         f"its {' and '.join(o.upper() for o in reversed(folded))} folded into "
         f"{', '.join(readers)} after it (as a .tflite folds it)")
