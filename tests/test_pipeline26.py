@@ -10,6 +10,8 @@ import pytest
 from _energy_file25 import both, same_totals
 from keras import layers as L
 
+from dkm_tf import energy
+
 
 def _convs(report):
     """`(in_h, in_w, in_c, out_h, out_w, out_c)` of every conv record, in order."""
@@ -144,3 +146,104 @@ def test_scale_read_through_nested_model_outputs(case, tmp_path):
     assert _convs(f) == convs and _eltwise(f) == ops
     assert _convs(k) == convs and _eltwise(k) == ops
     same_totals(k, f)
+
+
+def _pipe(*layers):
+    return lambda: L.Pipeline([layer() for layer in layers])
+
+
+def _dropout():
+    return L.Dropout(0.2)
+
+
+def _in_nested_model():
+    j = keras.Input((8, 8, 3))
+    inner = keras.Model(j, L.Pipeline([L.Dropout(0.1), L.Conv2D(4, 3)])(j))
+    x = keras.Input((8, 8, 3))
+    return keras.Model(x, inner(L.Rescaling(0.5)(x)))
+
+
+def _two_readers(first):
+    def build():
+        x = keras.Input((8, 8, 3))
+        r = L.Pipeline([first()])(x)
+        return keras.Model(x, [L.Conv2D(4, 3)(r), L.MaxPooling2D(2)(r)])
+    return build
+
+
+# model -> (conv shapes the file runs, its element-wise ops): pads merged and scales folded
+# across a Pipeline's layers and its boundary (before: Keras / file hierarchy in brackets)
+PIPELINE = {
+    "pad_conv": (_chain(_pipe(_pad, _conv)), [(8, 8, 3, 8, 8, 4)], []),  # 1.1473
+    "scale_before_dropout_conv": (_chain(lambda: L.Rescaling(1 / 255), _pipe(_dropout, _conv)),
+                                  [(8, 8, 3, 6, 6, 4)], []),  # 2.0609
+    "scale_conv": (_chain(_pipe(_half, _conv)), [(8, 8, 3, 6, 6, 4)], []),  # 2.0609
+    "pad_last_conv_after": (_chain(_pipe(_pad), _conv), [(8, 8, 3, 8, 8, 4)], []),  # 1.1473
+    "pad_dropout_conv": (_chain(_pipe(_pad, _dropout, _conv)), [(8, 8, 3, 8, 8, 4)], []),
+    "scale_last_conv_after": (_chain(_pipe(_half), _conv), [(8, 8, 3, 6, 6, 4)], []),  # 2.0609
+    "scale_before_pad_conv": (_chain(_half, _pipe(_pad, _conv)), [(8, 8, 3, 8, 8, 4)], []),
+    "nested_pipeline_pad": (_chain(_pipe(_pipe(_pad), _conv)), [(8, 8, 3, 8, 8, 4)], []),
+    "pad_scale_conv": (_chain(_pipe(_pad, _half, _conv)), [(8, 8, 3, 8, 8, 4)], []),  # 2.3785
+    "scale_before_nested_dropout": (_chain(_half, _pipe(_pipe(_dropout), _conv)),
+                                    [(8, 8, 3, 6, 6, 4)], []),
+    "in_nested_model": (_in_nested_model, [(8, 8, 3, 6, 6, 4)], []),
+    "conv_bn_scale_pad_conv": (_chain(_pipe(_conv, L.BatchNormalization, _half, _pad, _conv)),
+                               [(8, 8, 3, 6, 6, 4), (6, 6, 4, 6, 6, 4)], []),
+    "scale_before_dense": (_chain(_half, _pipe(lambda: L.Dense(4)), shape=(6,)), [], []),
+    # the pad stays for the pooling, the conv reads the unpadded input
+    "pad_also_pooled": (_two_readers(_pad), [(8, 8, 3, 8, 8, 4)], []),
+    # a scale after a linear conv / Dense in it, folded into that layer (1.7956, 1.6987, 2.5902)
+    "conv_then_scale": (_chain(_pipe(_conv, _half)), [(8, 8, 3, 6, 6, 4)], []),
+    "dense_then_channel_scale": (_chain(_pipe(lambda: L.Dense(4), lambda: L.Rescaling(
+        [1.0, 2.0, 3.0, 4.0], 0.5)), shape=(6,)), [], []),
+    "conv_dropout_shift": (_chain(_pipe(_conv, _dropout, lambda: L.Rescaling(0.5, 0.1))),
+                           [(8, 8, 3, 6, 6, 4)], []),
+}
+
+
+@pytest.mark.parametrize("case", list(PIPELINE))
+def test_pipeline_pads_merged_and_scales_folded(case, tmp_path):
+    build, convs, ops = PIPELINE[case]
+    keras.utils.set_random_seed(0)
+    k, f = both(build(), tmp_path)
+    assert _convs(f) == convs and _eltwise(f) == ops
+    assert _convs(k) == convs and _eltwise(k) == ops
+    same_totals(k, f)
+
+
+# guards (passed before): what the converter keeps in a Pipeline stays charged
+PIPELINE_KEPT = {
+    "stride2_even": (_chain(_pipe(_pad, lambda: L.Conv2D(4, 3, strides=2))),
+                     [(10, 10, 3, 4, 4, 4)], []),
+    "shift_before_same_conv": (_chain(_pipe(lambda: L.Rescaling(0.5, 0.1),
+                                            lambda: L.Conv2D(4, 3, padding="same"))),
+                               [(8, 8, 3, 8, 8, 4)], ["mul", "add"]),
+    "per_channel_scale": (_chain(_pipe(lambda: L.Rescaling([0.5, 0.2, 0.1]), _conv)),
+                          [(8, 8, 3, 6, 6, 4)], ["mul"]),
+    "relu_between": (_chain(_pipe(_pad, L.ReLU, _conv)), [(10, 10, 3, 8, 8, 4)], ["relu"]),
+    "scale_before_pool": (_chain(_half, _pipe(lambda: L.MaxPooling2D(2), _conv)),
+                          [(4, 4, 3, 2, 2, 4)], ["mul"]),
+    "scale_also_pooled": (_two_readers(_half), [(8, 8, 3, 6, 6, 4)], ["mul"]),
+    "relu_conv_then_scale": (_chain(_pipe(lambda: L.Conv2D(4, 3, activation="relu"), _half)),
+                             [(8, 8, 3, 6, 6, 4)], ["mul"]),
+}
+
+
+@pytest.mark.parametrize("case", list(PIPELINE_KEPT))
+def test_pipeline_layers_the_converter_keeps_stay(case, tmp_path):
+    build, convs, ops = PIPELINE_KEPT[case]
+    keras.utils.set_random_seed(0)
+    k, f = both(build(), tmp_path)
+    assert _convs(f) == convs and _eltwise(f) == ops
+    assert _convs(k) == convs and _eltwise(k) == ops
+    same_totals(k, f)
+
+
+def test_scale_folded_into_a_pipeline_names_its_conv():
+    """The note of a scale folded into a Pipeline's conv names that conv, not the Pipeline
+    (before, the scale was charged, with no note)."""
+    x = keras.Input((8, 8, 3))
+    conv = L.Conv2D(4, 3, name="pconv")
+    y = L.Pipeline([L.Dropout(0.1), conv])(L.Rescaling(0.5, name="scale")(x))
+    notes = dict(energy.estimate(keras.Model(x, y)).skipped)
+    assert notes["scale"] == "its MUL folded into pconv after it (as a .tflite folds it)"

@@ -30,34 +30,9 @@ ending a nested model, the readers of its output outside (`keras_reader._walk` t
 ReLU -> `Rescaling(0.5)` nested before an outer conv, 1.6217 before).
 """
 
-import numpy as np
-
 from dkm_tf.energy.pad_merging import same_pad
-
-_OPS = {"Multiply": "mul", "TrueDivide": "mul", "Divide": "mul", "Add": "add",
-        "Subtract": "add"}
-
-
-def _ops(op, call, keras):
-    """`[(eltwise_op, constant)]` of a `Rescaling` (its MUL, then its ADD, each left out
-    where it is an identity) or a constant Multiply / TrueDivide / Add / Subtract op on one
-    tensor (`x * c`, `x / c`, `x + c`, `x - c`, `c * x`, `c + x`), else None."""
-    from dkm_tf.energy.keras_consts import _constant
-    from dkm_tf.energy.keras_lowered import _numpy, affine_ops
-
-    if isinstance(op, keras.layers.Rescaling):
-        values = {"mul": _numpy(op.scale), "add": _numpy(op.offset)}
-        return [(o, values[o]) for o in affine_ops(op, keras)]
-    name = type(op).__name__
-    if isinstance(op, keras.layers.Layer) or name not in _OPS or isinstance(call, Exception):
-        return None
-    found = _constant(op, call)
-    if found is None or (found[1] == 0 and name in ("Subtract", "TrueDivide", "Divide")):
-        return None
-    try:
-        return [(_OPS[name], np.asarray(keras.ops.convert_to_numpy(found[0]), np.float32))]
-    except (TypeError, ValueError, AttributeError):
-        return None
+from dkm_tf.energy.scale_ops import affine_takes
+from dkm_tf.energy.scale_ops import scale_ops as _ops
 
 
 def _readers(t, keras):
@@ -93,15 +68,14 @@ def _takes(node, kind, value, counts, keras, depth=0, t=None, outer=None):
     if len(x) != 1 or len(node.outputs) != 1 or depth > 32:
         return False
     name = type(inner).__name__
-    if getattr(inner, "quantization_mode", None) in ("int8", "float8"):
-        return False  # Keras-quantized: to_tflite refuses it, no file to fold into (int4 folds)
-    if name in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D"):
-        return value.size == 1 and getattr(inner, "data_format", "") == "channels_last" and \
-            all(int(d) == 1 for d in inner.dilation_rate) and (
-                kind == "mul" or str(inner.padding).lower() == "valid")
-    if name == "Dense":
-        return len(x[0].shape) == 2 and (value.size == 1 or (
-            kind == "mul" and value.ndim == 1 and value.size == x[0].shape[-1]))
+    if isinstance(op, L.Pipeline):  # its first layer (`pipeline_folds`)
+        from dkm_tf.energy.pipeline_folds import pipeline_takes
+
+        return pipeline_takes(op, node, kind, value, lambda: _all_take(
+            node.outputs[0], kind, value, counts, keras, depth + 1, outer), keras)
+    affine = affine_takes(inner, kind, value, tuple(x[0].shape))
+    if affine is not None:
+        return affine
     if name == "ZeroPadding2D" and kind == "mul" and value.size == 1:  # a scale commutes
         after = _readers(node.outputs[0], keras) or []  # with zeros: read by a conv that
         return len(after) == 1 == counts.get(id(node.outputs[0]), 0) and same_pad(
@@ -139,6 +113,11 @@ def _takers(t, keras, depth=0):
         if type(getattr(op, "layer", op)).__name__ in ("Conv2D", "DepthwiseConv2D",
                                                        "SeparableConv2D", "Dense"):
             names.add(op.name)
+        elif isinstance(op, keras.layers.Pipeline) and len(n.outputs) == 1 and depth < 32:
+            from dkm_tf.energy.pipeline_folds import pipeline_taker
+
+            first = pipeline_taker(op, n, keras)
+            names |= {first} if first else _takers(n.outputs[0], keras, depth + 1)
         elif depth < 32 and len(n.outputs) == 1:
             at = [i for i, y in enumerate(keras.tree.flatten(n.input_tensors)) if y is t]
             inside = _inside(op, keras, at[0]) if isinstance(op, keras.Model) and at else None

@@ -22,7 +22,8 @@ input (`pad_merging`). Conv1D/2DTranspose layers are the matrix product of `conv
 (in_h·in_w·in_c·kh·kw·out_c MACs); an Embedding is a table lookup (`skipped`, no MACs).
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
 EinsumDense) layers by `sequence_reader`; Attention, Softmax and 3-D pooling by `keras_more`;
-the layers of a `keras.layers.Pipeline` as if called one after another (`keras_pipeline`).
+the layers of a `keras.layers.Pipeline` as if called one after another (`keras_pipeline`,
+`pipeline_folds`).
 A layer called more than once (a shared layer, a nested model called twice) is read once per
 call in the model's own graph (`keras_calls`), with that call's shapes; the second and later
 calls' records are named `name#2`, ... and keep the layer's name as `layer`, so compression
@@ -44,10 +45,10 @@ from dkm_tf.energy.keras_live import dead, live_counts, live_tensors, walked_out
 from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
-from dkm_tf.energy.keras_pipeline import pipeline_calls, pipeline_fold
 from dkm_tf.energy.keras_wrapped import has_inputs, lambda_model, lambda_records, wrapped_graph
 from dkm_tf.energy.pad_merging import unpadded
-from dkm_tf.energy.relu_fusion import relu_fused_after, relu_fused_into
+from dkm_tf.energy.pipeline_folds import walk_pipeline
+from dkm_tf.energy.relu_fusion import relu_fused_into
 
 _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
                "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
@@ -200,24 +201,8 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
             m, keras, shapes, skipped, u), skipped):  # of a model: walked step by step
         return
     if isinstance(layer, keras.layers.Pipeline) and not isinstance(call, Exception):
-        subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain
-        for i, (sub, sub_call) in enumerate(subs):
-            used[sub.name] = n = used.get(sub.name, 0) + 1
-            sub_name = sub.name if n == 1 else f"{sub.name}#{n}"
-            prev = next((s for s, _ in subs[i - 1::-1] if not removed(s, keras)), None) \
-                if i else None  # over a Dropout, ... the converter removes (`bn_folding`)
-            if prev is None:  # only removed layers before: it reads the Pipeline's input
-                sub_call = (subs[0][1][0], sub_call[1])
-            into = pipeline_fold(sub, prev, sub_call, keras)
-            if into is not None:
-                skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
-                continue
-            into = relu_fused_after(sub, prev, keras)
-            if into is not None and len(relu_ops(sub, keras)) == 1:
-                skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
-                continue
-            _walk_call(sub, sub_name, sub_call, graph, keras, shapes, skipped, used, into)
-        skipped.extend([(name, why)] if why else [])
+        walk_pipeline(layer, name, call, graph, keras, skipped, used, lambda *a: _walk_call(
+            *a[:3], graph, keras, shapes, skipped, used, a[3]))  # `pipeline_folds`
         return
     inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
     if type(inner).__name__ in _NO_COMPUTE:

@@ -15,7 +15,7 @@ MobileNet's and EfficientNet's stems, 1.1240; a 5x5 depthwise conv after
   "no compute" either way); through layers the converter removes (`Dropout`, ...:
   `bn_folding.removed`) and across a nested model's boundary (the converter inlines it);
 - merged through a `Rescaling` or a constant MUL / DIV / ADD / SUB by one-element
-  constants between (`scalar_ops`: the converter folds each into the conv first, then
+  constants between (`scale_ops.scalar_ops`: the converter folds each into the conv first, then
   merges the pad; before 2026-12-07 `ZeroPadding2D(1)` -> `Rescaling(0.5)` -> `Conv2D(4, 3)`
   was charged on the padded input, 1.1473; one also read by a pooling stays a MUL on the
   padded tensor for it, while the conv reads the unpadded input, 1.0537 before);
@@ -80,6 +80,7 @@ def _padded(x, keras, outer, depth=0):
     `ops.pad`'s output (`_amounts`), looking through removed ops and nested models'
     boundaries (`outer`: as `bn_folding.source`), else None."""
     from dkm_tf.energy.bn_folding import removed
+    from dkm_tf.energy.scale_ops import scalar_ops
 
     try:
         producer, node, index = x._keras_history
@@ -107,27 +108,16 @@ def _padded(x, keras, outer, depth=0):
         return None
     if len(ins) != 1:
         return None
+    if isinstance(producer, keras.layers.Pipeline):  # a pad last in it (`pipeline_folds`)
+        found = pipeline_padded(producer, producer._inbound_nodes[node], keras)
+        return found if found is None or found[0] is not None else _padded(
+            found[1], keras, outer, depth + 1)
     amounts = _amounts(producer, producer._inbound_nodes[node], keras)
     if amounts is not None:
         return producer, ins[0], amounts
     through = removed(producer, keras) or scalar_ops(
         producer, (ins, producer._inbound_nodes[node].outputs), keras)
     return _padded(ins[0], keras, outer, depth + 1) if through else None
-
-
-def scalar_ops(op, call, keras):
-    """Whether `op` at `call` is a `Rescaling` or a constant MUL / DIV / ADD / SUB
-    (`following_folds`) by one-element constants only: each of its ops folds into a valid,
-    undilated channels_last conv reading it, whatever else reads it (the op then stays for
-    those), so that the conv reads what the op reads (a pad before it: merged, module
-    docstring)."""
-    from dkm_tf.energy.following_folds import _ops
-
-    try:
-        ops = _ops(op, call, keras)
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return bool(ops) and all(getattr(v, "size", 0) == 1 for _, v in ops)
 
 
 def unpadded(conv, call, keras, outer=None):
@@ -147,3 +137,24 @@ def unpadded(conv, call, keras, outer=None):
         return None
     return [shape], (f"reads the input of {pad.name}, its padding merged into the conv (as "
                      'a .tflite runs it, padding="same")')
+
+
+def pipeline_padded(layer, node, keras):
+    """`(pad, a tensor of its input's shape, amounts)` where `keras.layers.Pipeline` `layer`'s
+    output at `node` is that of a `ZeroPadding2D` in it (over removed layers and one-element
+    scales: `pipeline_folds`), `(None, the Pipeline's input)` where only such layers are in
+    it, else None."""
+    from dkm_tf.energy.bn_folding import removed
+    from dkm_tf.energy.keras_pipeline import pipeline_calls
+    from dkm_tf.energy.scale_ops import scalar_ops
+
+    subs, _ = pipeline_calls(layer, (node.input_tensors, node.outputs))
+    if not subs:
+        return None
+    for sub, (ins, _) in reversed(subs):
+        if removed(sub, keras) or (type(sub).__name__ == "Rescaling" and scalar_ops(
+                sub, None, keras)):
+            continue
+        amounts = _amounts(sub, None, keras) if type(sub).__name__ == "ZeroPadding2D" else None
+        return None if amounts is None else (sub, ins[0], amounts)
+    return None, subs[0][1][0][0]

@@ -1,0 +1,169 @@
+"""Pads merged and scales folded across the layers of a `keras.layers.Pipeline`.
+
+The converter sees a Pipeline's layers as ops of the graph (it traces the Pipeline's call),
+so it merges a `ZeroPadding2D` into the conv after it (`pad_merging`) and folds a one-element
+`Rescaling` into the conv / Dense after it (`following_folds`) as it does outside one: within
+the Pipeline, across its boundary (an op before the Pipeline into its first layer, its last
+layer into a conv after it), and over the layers it removes (`bn_folding.removed`). The
+layers of a Pipeline are called on tensors without Keras history (`keras_pipeline`), which
+the Functional rules cannot follow; before 2026-12-07 none of this was seen:
+`Pipeline([ZeroPadding2D(1), Conv2D(4, 3)])` on 8x8x3 was charged on the padded input
+(Keras / file hierarchy 1.1473), `Rescaling(1 / 255)` before `Pipeline([Dropout, Conv2D])`
+charged as a MUL (2.0609). Measured on converted files (`tests/test_pipeline26.py`).
+A `Rescaling` in a Pipeline of which the converter folds only the ADD (a per-channel scale
+with an offset before a valid conv) is charged whole (an upper bound).
+"""
+
+from dkm_tf.energy.bn_folding import removed
+from dkm_tf.energy.keras_pipeline import pipeline_calls, pipeline_fold
+from dkm_tf.energy.pad_merging import _same
+from dkm_tf.energy.scale_ops import affine_takes, scalar_ops
+from dkm_tf.energy.scale_ops import scale_ops as _ops
+
+
+def _next(subs, j, keras):
+    """The index of the first layer of `subs` from `j` on that the converter keeps."""
+    while j < len(subs) and removed(subs[j][0], keras):
+        j += 1
+    return j
+
+
+def _shape(tensors):
+    return tuple((tensors[0] if isinstance(tensors, (list, tuple)) else tensors).shape)
+
+
+def _chain_takes(subs, j, kind, value, end, keras):
+    """Whether the layers `subs[j:]` (`keras_pipeline.pipeline_calls`) take a MUL / ADD
+    (`kind`) by `value` before them into a conv / Dense (`following_folds._takes`); `end()`:
+    whether the Pipeline's readers take it, where every layer left is removed."""
+    j = _next(subs, j, keras)
+    if j == len(subs):
+        return end()
+    sub, (ins, _) = subs[j]
+    shape = _shape(ins)
+    affine = affine_takes(sub, kind, value, shape)
+    if affine is not None:
+        return affine
+    name = type(sub).__name__
+    if name == "ZeroPadding2D" and kind == "mul" and value.size == 1:  # a conv right after
+        k = _next(subs, j + 1, keras)  # merges it: the scale commutes with zeros
+        return k < len(subs) and _same(_amounts(sub), shape, subs[k][0]) and bool(
+            affine_takes(subs[k][0], kind, value, shape))
+    ops = _ops(sub, None, keras) if name == "Rescaling" else None
+    return bool(ops) and all(_chain_takes(subs, j + 1, o, v, end, keras) for o, v in ops) \
+        and _chain_takes(subs, j + 1, kind, value, end, keras)
+
+
+def _amounts(pad):
+    if getattr(pad, "data_format", "") != "channels_last":
+        return None
+    return tuple(tuple(int(v) for v in p) for p in pad.padding)
+
+
+def pipeline_takes(op, node, kind, value, end, keras):
+    """Whether Pipeline `op` at `node` takes a MUL / ADD by `value` on its input into its
+    layers (module docstring); `end()`: whether the readers of its output take it."""
+    subs, _ = pipeline_calls(op, (node.input_tensors, node.outputs))
+    return bool(subs) and _chain_takes(subs, 0, kind, value, end, keras)
+
+
+def _back(subs, i, conv, keras):
+    """`(pad, its input shape)` of a `ZeroPadding2D` of `subs` before layer `i`, over removed
+    layers and one-element scales (`scale_ops.scalar_ops`), that conv `conv` merges;
+    `(None, None)` where only such layers are before it; None otherwise."""
+    for sub, (ins, _) in reversed(subs[:i]):
+        if removed(sub, keras) or (type(sub).__name__ == "Rescaling" and scalar_ops(
+                sub, None, keras)):
+            continue
+        shape = _shape(ins)
+        if type(sub).__name__ == "ZeroPadding2D" and _same(_amounts(sub), shape, conv):
+            return sub, shape
+        return None
+    return None, None
+
+
+def walk_pipeline(layer, name, call, graph, keras, skipped, used, walk):
+    """Reads one call `(inputs, outputs)` of Pipeline `layer` named `name`: each layer by
+    `walk(sub, sub_name, sub_call, fused)` (`keras_reader._walk_call`), a batch norm folded
+    (`keras_pipeline`), a ReLU fused, a one-element `Rescaling` the layers after it take
+    left out, a conv reading a pad it merges given the pad's input (module docstring). The
+    first layer the converter keeps reads the Pipeline's input tensor, the last one writes
+    its output tensor (the Functional rules then follow the graph outside)."""
+    from dkm_tf.energy.keras_lowered import relu_ops
+    from dkm_tf.energy.relu_fusion import relu_fused_after
+
+    counts, outer, _ = graph
+    subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain
+    kept = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)]
+    for i, (sub, sub_call) in enumerate(subs):
+        used[sub.name] = n = used.get(sub.name, 0) + 1
+        sub_name = sub.name if n == 1 else f"{sub.name}#{n}"
+        prev = next((s for s, _ in subs[i - 1::-1] if not removed(s, keras)), None) \
+            if i else None  # over a Dropout, ... the converter removes (`bn_folding`)
+        if prev is None:  # only removed layers before: it reads the Pipeline's input
+            sub_call = (subs[0][1][0], sub_call[1])
+        if kept and i == kept[-1] and _shape(sub_call[1])[1:] == _shape(call[1])[1:]:
+            sub_call = (sub_call[0], list(call[1]) if isinstance(call[1], (list, tuple))
+                        else [call[1]])  # its readers are the Pipeline's
+        into = pipeline_fold(sub, prev, sub_call, keras) or _scale_fold(sub, prev, sub_call,
+                                                                       keras)
+        if into is not None:
+            skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
+            continue
+        into = relu_fused_after(sub, prev, keras)
+        if into is not None and len(relu_ops(sub, keras)) == 1:
+            skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
+            continue
+        if i != (kept or [None])[-1] and _folded(subs, i, keras):
+            skipped.append((sub_name, f"folded into {first_taker(subs, i + 1, keras)} after "
+                            "it (as a .tflite folds it)"))
+            continue
+        found = _back(subs, i, sub, keras) if type(sub).__name__ in (
+            "Conv2D", "DepthwiseConv2D", "SeparableConv2D") else None
+        if found is not None and found[0] is not None:
+            skipped.append((sub_name, f"reads the input of {found[0].name}, its padding "
+                            'merged into the conv (as a .tflite runs it, padding="same")'))
+            sub_call = ([keras.KerasTensor(found[1])], sub_call[1])
+        elif found is not None:  # a pad before the Pipeline (`pad_merging.unpadded`)
+            sub_call = (subs[0][1][0], sub_call[1])
+        walk(sub, sub_name, sub_call, into)
+    skipped.extend([(name, why)] if why else [])
+
+
+def _folded(subs, i, keras):
+    """Whether every op of layer `subs[i]`, a `Rescaling`, is taken by the layers after it
+    in the Pipeline (never by its readers outside: `end` is False)."""
+    ops = _ops(subs[i][0], None, keras) if type(subs[i][0]).__name__ == "Rescaling" else None
+    return bool(ops) and all(_chain_takes(subs, i + 1, o, v, lambda: False, keras)
+                             for o, v in ops)
+
+
+def first_taker(subs, i, keras):
+    """The name of the first conv / Dense of `subs[i:]` over layers the converter removes,
+    `Rescaling`s and pads (the layer a scale before them folds into), else None."""
+    for sub, _ in subs[i:]:
+        if type(sub).__name__ in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"):
+            return sub.name
+        if not (removed(sub, keras) or type(sub).__name__ in ("Rescaling", "ZeroPadding2D")):
+            return None
+    return None
+
+
+def pipeline_taker(op, node, keras):
+    """`first_taker` of Pipeline `op`'s layers at `node` (`following_folds` names it)."""
+    subs, _ = pipeline_calls(op, (node.input_tensors, node.outputs))
+    return first_taker(subs, 0, keras)
+
+
+def _scale_fold(sub, prev, sub_call, keras):
+    """The name of the layer `prev` before `Rescaling` `sub` in a Pipeline into which the
+    converter folds it as it folds a batch norm (`keras_consts.fold_of`: a per-channel scale
+    and offset after a linear conv / Dense; before 2026-12-07 charged in a Pipeline,
+    `Pipeline([Conv2D(4, 3), Rescaling(0.5)])` Keras / file hierarchy 1.7956), else None."""
+    from dkm_tf.energy.bn_folding import folds_after
+    from dkm_tf.energy.keras_consts import _LastAxis, _per_channel
+
+    if prev is None or not isinstance(sub, keras.layers.Rescaling) or not (
+            _per_channel(sub.scale) and _per_channel(sub.offset)):
+        return None
+    return prev.name if folds_after(prev, _LastAxis, len(_shape(sub_call[0])), keras) else None
