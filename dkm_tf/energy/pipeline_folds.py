@@ -32,10 +32,11 @@ def _shape(tensors):
     return tuple((tensors[0] if isinstance(tensors, (list, tuple)) else tensors).shape)
 
 
-def _chain_takes(subs, j, kind, value, end, keras):
+def _chain_takes(subs, j, kind, value, end, keras, tail=None):
     """Whether the layers `subs[j:]` (`keras_pipeline.pipeline_calls`) take a MUL / ADD
     (`kind`) by `value` before them into a conv / Dense (`following_folds._takes`); `end()`:
-    whether the Pipeline's readers take it, where every layer left is removed."""
+    whether the Pipeline's readers take it, where every layer left is removed; `tail(pad,
+    shape, kind, value)`: whether they merge a pad ending the Pipeline and take it."""
     j = _next(subs, j, keras)
     if j == len(subs):
         return end()
@@ -47,11 +48,14 @@ def _chain_takes(subs, j, kind, value, end, keras):
     name = type(sub).__name__
     if name == "ZeroPadding2D" and kind == "mul" and value.size == 1:  # a conv right after
         k = _next(subs, j + 1, keras)  # merges it: the scale commutes with zeros
-        return k < len(subs) and _same(_amounts(sub), shape, subs[k][0]) and bool(
+        if k == len(subs):
+            return tail is not None and tail(sub, shape, kind, value)
+        return _same(_amounts(sub), shape, subs[k][0]) and bool(
             affine_takes(subs[k][0], kind, value, shape))
     ops = _ops(sub, None, keras) if name == "Rescaling" else None
-    return bool(ops) and all(_chain_takes(subs, j + 1, o, v, end, keras) for o, v in ops) \
-        and _chain_takes(subs, j + 1, kind, value, end, keras)
+    return bool(ops) and all(_chain_takes(subs, j + 1, o, v, end, keras, tail)
+                             for o, v in ops) and _chain_takes(subs, j + 1, kind, value, end,
+                                                               keras, tail)
 
 
 def _amounts(pad):
@@ -114,7 +118,7 @@ def walk_pipeline(layer, name, call, graph, keras, skipped, used, walk):
         if into is not None and len(relu_ops(sub, keras)) == 1:
             skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
             continue
-        if i != (kept or [None])[-1] and _folded(subs, i, keras):
+        if i != (kept or [None])[-1] and _folded(subs, i, keras, _tail(call, counts, keras)):
             skipped.append((sub_name, f"folded into {first_taker(subs, i + 1, keras)} after "
                             "it (as a .tflite folds it)"))
             continue
@@ -130,12 +134,35 @@ def walk_pipeline(layer, name, call, graph, keras, skipped, used, walk):
     skipped.extend([(name, why)] if why else [])
 
 
-def _folded(subs, i, keras):
+def _folded(subs, i, keras, tail):
     """Whether every op of layer `subs[i]`, a `Rescaling`, is taken by the layers after it
-    in the Pipeline (never by its readers outside: `end` is False)."""
+    in the Pipeline (`end` is False: a later layer is kept), or by a conv after the Pipeline
+    merging a pad ending it (`tail`, `_tail`)."""
     ops = _ops(subs[i][0], None, keras) if type(subs[i][0]).__name__ == "Rescaling" else None
-    return bool(ops) and all(_chain_takes(subs, i + 1, o, v, lambda: False, keras)
+    return bool(ops) and all(_chain_takes(subs, i + 1, o, v, lambda: False, keras, tail)
                              for o, v in ops)
+
+
+def _tail(call, counts, keras):
+    """`_chain_takes`' `tail` for Pipeline call `call` (`(inputs, outputs)`) in a graph of
+    `counts` (`bn_folding.consumers`): whether the one conv reading its output merges the pad
+    ending it (`pad_merging.pipeline_padded`) and takes the scale (before 2026-12-07
+    `Pipeline([Rescaling(0.5), ZeroPadding2D(1)])` -> `Conv2D(4, 3)` charged the MUL,
+    Keras / file hierarchy 1.7879)."""
+    out = keras.tree.flatten(call[1])
+
+    def taken(pad, shape, kind, value):
+        try:
+            producer = out[0]._keras_history[0]
+        except (AttributeError, TypeError, IndexError):
+            return False
+        readers = [n for n in getattr(producer, "_outbound_nodes", ()) if any(
+            x is out[0] for x in keras.tree.flatten(n.input_tensors))]
+        if len(out) != 1 or len(readers) != 1 or counts.get(id(out[0]), 0) != 1:
+            return False
+        conv = readers[0].operation
+        return _same(_amounts(pad), shape, conv) and bool(affine_takes(conv, kind, value, shape))
+    return taken
 
 
 def first_taker(subs, i, keras):
