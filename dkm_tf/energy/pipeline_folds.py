@@ -119,8 +119,8 @@ def walk_pipeline(layer, name, call, graph, keras, skipped, used, walk):
             skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
             continue
         if i != (kept or [None])[-1] and _folded(subs, i, keras, _tail(call, counts, keras)):
-            skipped.append((sub_name, f"folded into {first_taker(subs, i + 1, keras)} after "
-                            "it (as a .tflite folds it)"))
+            into = first_taker(subs, i + 1, keras) or f"the conv after {name}"
+            skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
             continue
         found = _back(subs, i, sub, keras) if type(sub).__name__ in (
             "Conv2D", "DepthwiseConv2D", "SeparableConv2D") else None
