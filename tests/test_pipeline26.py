@@ -194,6 +194,12 @@ PIPELINE = {
     "pad_also_pooled": (_two_readers(_pad), [(8, 8, 3, 8, 8, 4)], []),
     # a scale, then a pad ending it, then a conv after it: merged and folded (1.7879)
     "scale_pad_last_conv_after": (_chain(_pipe(_half, _pad), _conv), [(8, 8, 3, 8, 8, 4)], []),
+    # the same also pooled: the scale stays (a MUL for the pooling), the pad is merged (1.0537)
+    "scale_pad_last_also_pooled": (_two_readers(_half, _pad), [(8, 8, 3, 8, 8, 4)], ["mul"]),
+    "pad_scale_last_conv_after": (_chain(_pipe(_pad, _half), _conv), [(8, 8, 3, 8, 8, 4)],
+                                  []),  # 2.3785
+    "dense_scale_dense": (_chain(_pipe(lambda: L.Dense(4), _half, lambda: L.Dense(3)),
+                                 shape=(6,)), [], []),  # 1.2244
     # a scale after a linear conv / Dense in it, folded into that layer (1.7956, 1.6987, 2.5902)
     "conv_then_scale": (_chain(_pipe(_conv, _half)), [(8, 8, 3, 6, 6, 4)], []),
     "dense_then_channel_scale": (_chain(_pipe(lambda: L.Dense(4), lambda: L.Rescaling(
@@ -226,7 +232,6 @@ PIPELINE_KEPT = {
     "scale_before_pool": (_chain(_half, _pipe(lambda: L.MaxPooling2D(2), _conv)),
                           [(4, 4, 3, 2, 2, 4)], ["mul"]),
     "scale_also_pooled": (_two_readers(_half), [(8, 8, 3, 6, 6, 4)], ["mul"]),
-    "scale_pad_last_also_pooled": (_two_readers(_half, _pad), [(8, 8, 3, 8, 8, 4)], ["mul"]),
     "scale_pad_last_stride2": (_chain(_pipe(_half, _pad), lambda: L.Conv2D(4, 3, strides=2)),
                                [(10, 10, 3, 4, 4, 4)], ["mul"]),
     "relu_conv_then_scale": (_chain(_pipe(lambda: L.Conv2D(4, 3, activation="relu"), _half)),
