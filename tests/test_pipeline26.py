@@ -126,6 +126,19 @@ def _returned_twice(reader):
     return build
 
 
+def _returned_twice_one_read(second_out):
+    """As `_returned_twice`, the second place unread (the converter prunes it) or a model
+    output (where the MUL stays)."""
+    def build():
+        j = keras.Input((8, 8, 3))
+        r = L.Rescaling(0.5)(j)
+        inner = keras.Model(j, [r, r])
+        x = keras.Input((8, 8, 3))
+        p, q = inner(x)
+        return keras.Model(x, [_conv()(p), q] if second_out else _conv()(p))
+    return build
+
+
 # model -> (conv shapes, element-wise ops) of the file: the scale folded into every conv
 # (before: its MUL charged, Keras / file hierarchy 1.5304 each), or kept for a pooling reader
 NESTED_OUT = {
@@ -133,6 +146,9 @@ NESTED_OUT = {
     "returned_twice_convs": (_returned_twice(_conv), [(8, 8, 3, 6, 6, 4)] * 2, []),
     "pass_through_pool": (_pass_through(lambda: L.MaxPooling2D(2)), [(8, 8, 3, 6, 6, 4)],
                           ["mul"]),
+    "returned_twice_one_read": (_returned_twice_one_read(False), [(8, 8, 3, 6, 6, 4)], []),
+    "returned_twice_one_output": (_returned_twice_one_read(True), [(8, 8, 3, 6, 6, 4)],
+                                  ["mul"]),
     "returned_twice_pool": (_returned_twice(lambda: L.MaxPooling2D(2)), [(8, 8, 3, 6, 6, 4)],
                             ["mul"]),
 }

@@ -139,6 +139,7 @@ def _all_take(t, kind, value, counts, keras, depth=0, outer=None):
         readers = [n for n in readers if any(
             ("live", id(o)) in counts for o in keras.tree.flatten(n.outputs))]
     n = counts.get(id(t), 0) - len(outs)
+    outs = [o for o in outs if o[1].get(id(o[0]), 0)]  # one nothing reads: pruned
     return bool(readers or outs) and len(readers) == n and all(
         _takes(r, kind, value, counts, keras, depth, t, outer) for r in readers) and all(
         _all_take(o[0], kind, value, o[1], keras, depth + 1, o[2]) for o in outs)
@@ -148,8 +149,10 @@ def _outside(t, outer):
     """`[(tensor, counts, outer)]` of the call's outputs that `t`, an output of the nested
     model `outer` describes (`keras_reader._walk`), is in the graph calling it: one per place
     of `t` among the model's outputs (before 2026-12-07 a tensor returned twice was not
-    followed: a `Rescaling` returned twice, each read by a conv outside, was charged, 1.5304),
-    `[]` where `t` is not an output, None where a place has no call output."""
+    followed: a `Rescaling` returned twice, each read by a conv outside, was charged, 1.5304;
+    `_all_take` leaves out a place nothing reads, which the converter prunes: 2.0609 where
+    the second was unused), `[]` where `t` is not an output, None where a place has no call
+    output."""
     if outer is None or len(outer) < 5:
         return []
     at = [i for i, y in enumerate(outer[4][0]) if y is t]
