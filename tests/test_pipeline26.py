@@ -216,6 +216,9 @@ PIPELINE = {
                                   []),  # 2.3785
     "dense_scale_dense": (_chain(_pipe(lambda: L.Dense(4), _half, lambda: L.Dense(3)),
                                  shape=(6,)), [], []),  # 1.2244
+    # a per-channel scale with an offset before a valid conv: its ADD folded, its MUL kept
+    "channel_scale_shift_conv": (_chain(_pipe(lambda: L.Rescaling([0.5, 0.2, 0.1], 0.1),
+                                              _conv)), [(8, 8, 3, 6, 6, 4)], ["mul"]),  # 1.5141
     # a scale after a linear conv / Dense in it, folded into that layer (1.7956, 1.6987, 2.5902)
     "conv_then_scale": (_chain(_pipe(_conv, _half)), [(8, 8, 3, 6, 6, 4)], []),
     "dense_then_channel_scale": (_chain(_pipe(lambda: L.Dense(4), lambda: L.Rescaling(

@@ -201,8 +201,8 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
             m, keras, shapes, skipped, u), skipped):  # of a model: walked step by step
         return
     if isinstance(layer, keras.layers.Pipeline) and not isinstance(call, Exception):
-        walk_pipeline(layer, name, call, graph, keras, skipped, used, lambda *a: _walk_call(
-            *a[:3], graph, keras, shapes, skipped, used, a[3]))  # `pipeline_folds`
+        walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used,
+                      lambda *a: _walk_call(*a[:3], graph, keras, shapes, skipped, used, a[3]))
         return
     inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
     if type(inner).__name__ in _NO_COMPUTE:

@@ -11,7 +11,7 @@ the Functional rules cannot follow; before 2026-12-07 none of this was seen:
 (Keras / file hierarchy 1.1473), `Rescaling(1 / 255)` before `Pipeline([Dropout, Conv2D])`
 charged as a MUL (2.0609). Measured on converted files (`tests/test_pipeline26.py`).
 A `Rescaling` in a Pipeline of which the converter folds only the ADD (a per-channel scale
-with an offset before a valid conv) is charged whole (an upper bound).
+with an offset before a valid conv) is charged its MUL.
 """
 
 from dkm_tf.energy.bn_folding import removed
@@ -86,13 +86,16 @@ def _back(subs, i, conv, keras):
     return None, None
 
 
-def walk_pipeline(layer, name, call, graph, keras, skipped, used, walk):
+def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
     """Reads one call `(inputs, outputs)` of Pipeline `layer` named `name`: each layer by
     `walk(sub, sub_name, sub_call, fused)` (`keras_reader._walk_call`), a batch norm folded
     (`keras_pipeline`), a ReLU fused, a one-element `Rescaling` the layers after it take
     left out, a conv reading a pad it merges given the pad's input (module docstring). The
     first layer the converter keeps reads the Pipeline's input tensor, the last one writes
-    its output tensor (the Functional rules then follow the graph outside)."""
+    its output tensor (the Functional rules then follow the graph outside). `graph`:
+    `(counts, outer, live)` of the graph the call is in; `shapes` / `skipped`: the records
+    and `(name, reason)`s appended to (a `Rescaling`'s records trimmed to its MUL where its
+    ADD is folded); `used`: the walks of each layer name (`keras_reader._walk`)."""
     from dkm_tf.energy.keras_lowered import relu_ops
     from dkm_tf.energy.relu_fusion import relu_fused_after
 
@@ -118,9 +121,11 @@ def walk_pipeline(layer, name, call, graph, keras, skipped, used, walk):
         if into is not None and len(relu_ops(sub, keras)) == 1:
             skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
             continue
-        if i != (kept or [None])[-1] and _folded(subs, i, keras, _tail(call, counts, keras)):
-            into = first_taker(subs, i + 1, keras) or f"the conv after {name}"
-            skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
+        folded = _folded(subs, i, keras, _tail(call, counts, keras)) if kept and \
+            i != kept[-1] else []
+        taker = first_taker(subs, i + 1, keras) or f"the conv after {name}"
+        if folded and folded[0] is None:  # all of its ops
+            skipped.append((sub_name, f"folded into {taker} (as a .tflite folds it)"))
             continue
         found = _back(subs, i, sub, keras) if type(sub).__name__ in (
             "Conv2D", "DepthwiseConv2D", "SeparableConv2D") else None
@@ -130,17 +135,26 @@ def walk_pipeline(layer, name, call, graph, keras, skipped, used, walk):
             sub_call = ([keras.KerasTensor(found[1])], sub_call[1])
         elif found is not None:  # a pad before the Pipeline (`pad_merging.unpadded`)
             sub_call = (subs[0][1][0], sub_call[1])
+        start = len(shapes)
         walk(sub, sub_name, sub_call, into)
+        if folded and len(shapes) - start == len(folded) + 1:  # a MUL kept, its ADD folded
+            del shapes[start + 1:]
+            skipped.append((sub_name, f"its ADD folded into {taker} (as a .tflite folds it)"))
     skipped.extend([(name, why)] if why else [])
 
 
 def _folded(subs, i, keras, tail):
-    """Whether every op of layer `subs[i]`, a `Rescaling`, is taken by the layers after it
-    in the Pipeline (`end` is False: a later layer is kept), or by a conv after the Pipeline
-    merging a pad ending it (`tail`, `_tail`)."""
+    """`[None]` where every op of layer `subs[i]`, a `Rescaling`, is taken by the layers after
+    it in the Pipeline (`end` is False: a later layer is kept), or by a conv after the
+    Pipeline merging a pad ending it (`tail`, `_tail`); `["add"]` where its ADD is taken
+    and its MUL is not (`following_folds.kept_ops`: the ADD folds first; before 2026-12-07
+    `Pipeline([Rescaling([0.5, 0.2, 0.1], 0.1), Conv2D(4, 3)])` charged both, Keras / file
+    hierarchy 1.5141); else `[]`."""
     ops = _ops(subs[i][0], None, keras) if type(subs[i][0]).__name__ == "Rescaling" else None
-    return bool(ops) and all(_chain_takes(subs, i + 1, o, v, lambda: False, keras, tail)
-                             for o, v in ops)
+    taken = [_chain_takes(subs, i + 1, o, v, lambda: False, keras, tail) for o, v in ops or ()]
+    if taken and all(taken):
+        return [None]
+    return ["add"] if len(taken) == 2 and taken[1] and ops[1][0] == "add" else []
 
 
 def _tail(call, counts, keras):
