@@ -210,6 +210,8 @@ PIPELINE = {
     "pad_also_pooled": (_two_readers(_pad), [(8, 8, 3, 8, 8, 4)], []),
     # a scale, then a pad ending it, then a conv after it: merged and folded (1.7879)
     "scale_pad_last_conv_after": (_chain(_pipe(_half, _pad), _conv), [(8, 8, 3, 8, 8, 4)], []),
+    "scale_before_pad_last_conv_after": (_chain(_half, _pipe(_pad, _dropout), _conv),
+                                         [(8, 8, 3, 8, 8, 4)], []),  # 1.7879
     # the same also pooled: the scale stays (a MUL for the pooling), the pad is merged (1.0537)
     "scale_pad_last_also_pooled": (_two_readers(_half, _pad), [(8, 8, 3, 8, 8, 4)], ["mul"]),
     "pad_scale_last_conv_after": (_chain(_pipe(_pad, _half), _conv), [(8, 8, 3, 8, 8, 4)],

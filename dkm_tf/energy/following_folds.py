@@ -72,7 +72,7 @@ def _takes(node, kind, value, counts, keras, depth=0, t=None, outer=None):
         from dkm_tf.energy.pipeline_folds import pipeline_takes
 
         return pipeline_takes(op, node, kind, value, lambda: _all_take(
-            node.outputs[0], kind, value, counts, keras, depth + 1, outer), keras)
+            node.outputs[0], kind, value, counts, keras, depth + 1, outer), keras, counts)
     affine = affine_takes(inner, kind, value, tuple(x[0].shape))
     if affine is not None:
         return affine

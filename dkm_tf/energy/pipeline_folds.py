@@ -64,11 +64,16 @@ def _amounts(pad):
     return tuple(tuple(int(v) for v in p) for p in pad.padding)
 
 
-def pipeline_takes(op, node, kind, value, end, keras):
+def pipeline_takes(op, node, kind, value, end, keras, counts):
     """Whether Pipeline `op` at `node` takes a MUL / ADD by `value` on its input into its
-    layers (module docstring); `end()`: whether the readers of its output take it."""
-    subs, _ = pipeline_calls(op, (node.input_tensors, node.outputs))
-    return bool(subs) and _chain_takes(subs, 0, kind, value, end, keras)
+    layers (module docstring); `end()`: whether the readers of its output take it;
+    `counts`: the readers of each tensor of the graph `node` is in (`_tail`: a pad ending
+    the Pipeline merged into the conv after it, before 2026-12-07 a scale before
+    `Pipeline([ZeroPadding2D(1)])` -> `Conv2D(4, 3)` was charged, 1.7879)."""
+    call = (node.input_tensors, node.outputs)
+    subs, _ = pipeline_calls(op, call)
+    return bool(subs) and _chain_takes(subs, 0, kind, value, end, keras,
+                                       _tail(call, counts, keras))
 
 
 def _back(subs, i, conv, keras):
