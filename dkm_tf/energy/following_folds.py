@@ -27,7 +27,9 @@ Looked through: for a MUL, a `ZeroPadding2D` before a valid conv that pads as
 one input (the converter inlines it: the readers of its input inside, `Rescaling(1 / 255)` before
 a nested Dropout -> conv, before 2026-12-07 charged, Keras / file hierarchy 2.0609); an op
 ending a nested model, the readers of its output outside (`keras_reader._walk` threads them:
-ReLU -> `Rescaling(0.5)` nested before an outer conv, 1.6217 before).
+ReLU -> `Rescaling(0.5)` nested before an outer conv, 1.6217 before), at every place it is
+returned, an unread place left out (`_outside`); a `keras.layers.Pipeline` reading the op:
+its layers, as if called in the graph (`pipeline_folds`; 2.0609 before 2026-12-07).
 """
 
 from dkm_tf.energy.pad_merging import same_pad
