@@ -40,8 +40,9 @@ from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.following_folds import drop_folded
 from dkm_tf.energy.keras_calls import call_names, calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
+from dkm_tf.energy.keras_cse import left_out  # calls pruned or computed once
 from dkm_tf.energy.keras_factorised import factorised_records
-from dkm_tf.energy.keras_live import dead, live_counts, live_tensors, walked_outputs
+from dkm_tf.energy.keras_live import live_tensors, walked_outputs
 from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
@@ -153,13 +154,13 @@ def _walk(model, keras, shapes, skipped, used=None, outer=None, outs=None):
     used = {} if used is None else used
     op_calls = [(layer, _calls(model, layer)) for layer in graph_ops(model)]
     live, everything = live_tensors(model, keras, outs), live_tensors(model, keras, prune=False)
-    counts = live_counts(model, op_calls, keras, live, everything)
+    gone, counts = left_out(model, op_calls, (live, everything), used, keras, outer)
     for layer, layer_calls in op_calls:
         for call in (layer_calls if isinstance(layer_calls, list) else [layer_calls]):
             used[layer.name] = n = used.get(layer.name, 0) + 1
             name = layer.name if n == 1 else f"{layer.name}#{n}"
-            if not isinstance(call, Exception) and dead(call, live, everything):
-                skipped.append((name, "no model output uses it (a .tflite prunes it)"))
+            if not isinstance(call, Exception) and id(call) in gone:
+                skipped.append((name, gone[id(call)]))
                 continue
             _walk_call(layer, name, call, (counts, outer, live), keras, shapes, skipped, used)
 

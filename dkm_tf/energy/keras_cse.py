@@ -1,0 +1,202 @@
+"""Calls of a Keras graph that the converter computes once (common subexpression elimination).
+
+The TensorFlow Lite converter (TF 2.21) writes one op where two ops compute the same thing:
+the same operation on the same tensors with the same attributes and the same weights. So a
+layer (or a nested model) called twice on one tensor is one op in the file, and so are two
+layers of one config and equal weights on one tensor, or a layer called twice on two
+`Dropout`s of one tensor (the inference identities the converter removes; also called with
+`training=True`: the file is converted for inference and holds no random op). Before
+2026-12-07 the Keras reader charged each call (a shared `Conv2D(4, 3, "same")` on `tanh(x)`
+twice, then `Add`, 8x8x4: Keras / file hierarchy 1.5369, paper 1.9765; a nested
+`Model(j, Conv2D(4, 1)(tanh(j)))` twice on one conv's output 1.2486 / 1.0976; a batch norm
+first in it, which the file folds into the conv only once that conv has one reader, 2.6416 /
+1.1882; `tests/test_cse26.py`).
+
+`left_out` gives every tensor of a model's graph a structural key: a model input its index
+(a nested model's input the key of its call's input), a call's output its operation's class,
+config (less names, initializers, regularizers, constraints) and weights, the non-tensor
+arguments of the call and its inputs' keys; an inference identity passes its input's key on;
+a nested model's output is keyed through its graph. A call all of whose keys an earlier call
+has produced is left out (a nested model's call at the outputs that are used), and the
+readers of its outputs count as readers of the earlier call's (`bn_folding.consumers`: a
+conv read twice folds nothing). Never merged (a fresh key, kept as before): a layer of a
+class neither Keras' nor dkm_tf's, a `Lambda` (either may draw random numbers or update a
+variable; the converter merges pure ones, so their over-count stays), a recurrent layer
+(the file's WHILE loop), a `Random*` layer, a subclassed nested model; and calls on
+different tensors.
+"""
+
+import hashlib
+
+import numpy as np
+
+from dkm_tf.energy.bn_folding import removed
+from dkm_tf.energy.keras_calls import calls, graph_ops
+from dkm_tf.energy.keras_live import dead, live_counts
+
+_STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
+_DROPPED = ("name", "trainable", "seed")
+REASON = ("computes what {} computes: one op in a .tflite (the converter eliminates common "
+          "subexpressions)")
+
+
+def left_out(model, op_calls, live, used, keras, outer):
+    """`(gone, counts)` for the walk of `model`'s graph (`keras_reader._walk`): `gone` maps
+    the `id` of each call of `op_calls` to leave out to why (no output uses it, `keras_live`;
+    or it repeats an earlier call); `counts` is `keras_live.live_counts` of the calls kept,
+    the readers of a repeated call's outputs added to the earlier call's.
+
+    Args:
+        model: The Functional model whose graph is walked.
+        op_calls: `[(op, calls or exception)]` of its graph, in graph order.
+        live: `(live, everything)` of `keras_live.live_tensors`.
+        used: The reader's name counts; holds this module's state across nested walks.
+        keras: The keras module.
+        outer: `None`, or where `model` is nested `(its inputs, its call's inputs, the
+            counts of the graph calling it, ...)` (`keras_reader._walk`).
+    """
+    state = used.setdefault(_STATE, {"claimed": {}, "envs": {}, "sigs": {}})
+    env = {}
+    if outer is None:
+        env.update((id(t), ("input", k)) for k, t in enumerate(keras.tree.flatten(model.inputs)))
+    else:
+        parent = state["envs"].get(id(outer[2]), {})
+        env.update((id(t), parent[id(c)]) for t, c in zip(outer[0], outer[1]) if id(c) in parent)
+    gone, local, first, alias = {}, {}, {}, []
+    for op, call, out_keys in _ordered(op_calls, env, keras, state):
+        if dead(call, *live):
+            gone[id(call)] = "no model output uses it (a .tflite prunes it)"
+            continue
+        if not call[0] or out_keys == [env.get(id(t)) for t in call[0]]:
+            continue  # an InputLayer, an identity the converter removes: nothing computed
+        nested = isinstance(op, keras.Model)
+        keys = [(k, t) for k, t in zip(out_keys, call[1]) if not nested or id(t) in live[0]]
+        earlier = [local.get(k) or state["claimed"].get(k) for k, _ in keys]
+        if keys and all(earlier):
+            gone[id(call)] = REASON.format(earlier[0])
+            alias.extend((t, first[k]) for k, t in keys if k in first)
+            continue
+        for k, t in keys:
+            local.setdefault(k, op.name)
+            first.setdefault(k, t)
+            if not nested:
+                state["claimed"].setdefault(k, op.name)
+    kept = [(op, c if isinstance(c, Exception) else [x for x in c if id(x) not in gone])
+            for op, c in op_calls]
+    counts = live_counts(model, kept, keras, *live)
+    for t, t1 in alias:
+        if t is not None and t1 is not None:
+            counts[id(t)] = counts[id(t1)] = counts.get(id(t), 0) + counts.get(id(t1), 0)
+    state["envs"][id(counts)] = env
+    return gone, counts
+
+
+def _ordered(op_calls, env, keras, state):
+    """`(op, call, output keys)` of every recorded call, each once the keys of its inputs are
+    in `env`, where its outputs' keys are put (a shared layer's later call can read an op
+    after it in graph order); an input no call produces gets a fresh key (never merged)."""
+    pending = [(op, c) for op, cs in op_calls if not isinstance(cs, Exception) for c in cs]
+    while pending:
+        ready = [p for p in pending if all(id(t) in env for t in p[1][0])] or pending[:1]
+        for op, call in ready:
+            env.update((id(t), object()) for t in call[0] if id(t) not in env)
+            keys = _out_keys(op, call, env, keras, state)
+            env.update((id(t), k) for t, k in zip(call[1], keys))
+            yield op, call, keys
+        done = {id(call) for _, call in ready}
+        pending = [p for p in pending if id(p[1]) not in done]
+
+
+def _out_keys(op, call, env, keras, state):
+    """The keys of the outputs of `call` of `op`, its inputs' keys in `env` (module doc)."""
+    ins, outs = list(call[0]), list(call[1])
+    in_keys = [env.get(id(t)) or object() for t in ins]
+    if not ins:  # an InputLayer: its input's key (a model input's, a nested call's input's)
+        keys = [env.get(id(t)) or object() for t in outs]
+    elif _fresh(op, keras):
+        keys = [object() for _ in outs]
+    elif len(ins) == len(outs) == 1 and removed(op, keras):
+        keys = in_keys
+    elif isinstance(op, keras.Model):
+        inner = dict(zip(map(id, keras.tree.flatten(op.inputs)), in_keys))
+        for _ in _ordered([(o, _calls(op, o)) for o in graph_ops(op)], inner, keras, state):
+            pass
+        keys = [inner.get(id(t)) or object() for t in keras.tree.flatten(op.outputs)]
+    else:
+        sig = _signature(op, state)
+        args = _arguments(call, keras)
+        keys = [object() for _ in outs] if sig is None or args is None else \
+            [(sig, args, tuple(in_keys), k) for k in range(len(outs))]
+    return keys
+
+
+def _calls(model, op):
+    try:
+        return calls(model, op)
+    except (AttributeError, ValueError):
+        return []
+
+
+def _fresh(op, keras):
+    """Whether calls of `op` are never merged (module docstring)."""
+    L = keras.layers
+    while isinstance(op, (L.Wrapper, L.Bidirectional)):
+        if not type(op).__module__.startswith(("keras.", "dkm_tf.")):
+            return True
+        op = getattr(op, "forward_layer", None) or getattr(op, "layer", None)
+    if op is None or not type(op).__module__.startswith(("keras.", "dkm_tf.")):
+        return True
+    if isinstance(op, keras.Model):
+        try:
+            return not (op.inputs and op.outputs)
+        except (AttributeError, ValueError):
+            return True
+    return isinstance(op, (L.Lambda, L.RNN)) or type(op).__name__.startswith("Random")
+
+
+def _signature(op, state):
+    """`(class, config, weights digest)` of `op`, or None where its config cannot be read."""
+    sigs = state["sigs"]
+    if id(op) not in sigs:
+        try:
+            config = _canon(op.get_config())
+        except (NotImplementedError, TypeError, ValueError, AttributeError):
+            config = None
+        digest = hashlib.sha1()
+        for w in getattr(op, "weights", []):
+            digest.update(_array_key(np.asarray(w)).encode())
+        sigs[id(op)] = None if config is None else (
+            f"{type(op).__module__}.{type(op).__qualname__}", config, digest.hexdigest(), op)
+    sig = sigs[id(op)]
+    return None if sig is None else sig[:3]
+
+
+def _arguments(call_or_node, keras):
+    """The non-tensor arguments of the call (its node's), tensors as "T"; None if unknown."""
+    try:
+        producer, index, _ = call_or_node[1][0]._keras_history
+        arguments = producer._inbound_nodes[index].arguments
+        parts = (arguments.args, arguments.kwargs)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return _canon(keras.tree.map_structure(
+        lambda x: "T" if isinstance(x, keras.KerasTensor) else x, parts))
+
+
+def _canon(x):
+    """A hashable, exact stand-in of a config / argument structure: arrays by digest."""
+    if isinstance(x, dict):
+        return tuple(sorted((str(k), _canon(v)) for k, v in x.items() if k not in _DROPPED
+                            and not str(k).endswith(("_initializer", "_regularizer",
+                                                     "_constraint"))))
+    if isinstance(x, (list, tuple)):
+        return tuple(_canon(v) for v in x)
+    if isinstance(x, (str, int, float, bool, type(None))):
+        return x
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return _array_key(np.asarray(x))
+    return repr(x)
+
+
+def _array_key(a):
+    return f"{a.dtype}{a.shape}:{hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()}"
