@@ -27,8 +27,10 @@ the layers of a `keras.layers.Pipeline` as if called one after another (`keras_p
 A layer called more than once (a shared layer, a nested model called twice) is read once per
 call in the model's own graph (`keras_calls`), with that call's shapes; the second and later
 calls' records are named `name#2`, ... and keep the layer's name as `layer`, so compression
-info applies to every call. A nested model is read at the shapes of its own graph: called
-with other input shapes (dynamic dimensions), it is reported in `skipped`.
+info applies to every call; a call that computes what an earlier one does (on the same
+tensors) is left, as the converter computes it once (`keras_cse`). A nested model is read at
+the shapes of its own graph: called with other input shapes (dynamic dimensions), it is
+reported in `skipped`.
 """
 
 import dataclasses
