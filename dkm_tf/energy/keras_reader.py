@@ -27,10 +27,8 @@ the layers of a `keras.layers.Pipeline` as if called one after another (`keras_p
 A layer called more than once (a shared layer, a nested model called twice) is read once per
 call in the model's own graph (`keras_calls`), with that call's shapes; the second and later
 calls' records are named `name#2`, ... and keep the layer's name as `layer`, so compression
-info applies to every call; a call that computes what an earlier one does (on the same
-tensors) is left, as the converter computes it once (`keras_cse`). A nested model is read at
-the shapes of its own graph: called with other input shapes (dynamic dimensions), it is
-reported in `skipped`.
+info applies to every call. A nested model is read at the shapes of its own graph: called
+with other input shapes (dynamic dimensions), it is reported in `skipped`.
 """
 
 import dataclasses
@@ -150,7 +148,8 @@ def _walk(model, keras, shapes, skipped, used=None, outer=None, outs=None):
     """Appends the records of every call of every op in `model`'s graph (`keras_calls`): a
     shared layer once per call, the second and later named `name#2`, ... (`used` counts the
     walks of each name), with the same `layer` field so that compression info matches; not a
-    call whose result reaches no output (`keras_live`: the converter prunes it). `outer`:
+    call whose result reaches no output (`keras_live`: the converter prunes it), nor one that
+    computes what an earlier call does (`keras_cse`: the converter computes it once). `outer`:
     where `model` is nested, its inputs, its call's inputs, the counts and `outer` of the
     graph calling it (`bn_folding.source`); `outs`: the indices of its outputs used there."""
     used = {} if used is None else used
