@@ -145,8 +145,15 @@ def _lambda():
     return keras.Model(i, L.Add()([c(n(i)), c(n(i))])), 2 * C3, C3
 
 
+def _pipeline_lambda():
+    """A `Pipeline` holding a `Lambda`, called twice on one tensor: not merged either."""
+    i = keras.Input(S)
+    p = L.Pipeline([L.Lambda(lambda x: x * 2.0 + 1.0), L.Conv2D(4, 3, padding="same")])
+    return keras.Model(i, L.Add()([p(i), p(i)])), 2 * C3, C3
+
+
 KEPT = {"other_tensors": _other_tensors, "other_weights": _other_weights,
-        "custom_layer": _custom_layer, "lambda": _lambda}
+        "custom_layer": _custom_layer, "lambda": _lambda, "pipeline_lambda": _pipeline_lambda}
 
 
 @pytest.mark.parametrize("case", sorted(KEPT))

@@ -20,10 +20,10 @@ a nested model's output is keyed through its graph. A call all of whose keys an 
 has produced is left out (a nested model's call at the outputs that are used), and the
 readers of its outputs count as readers of the earlier call's (`bn_folding.consumers`: a
 conv read twice folds nothing). Never merged (a fresh key, kept as before): a layer of a
-class neither Keras' nor dkm_tf's, a `Lambda` (either may draw random numbers or update a
-variable; the converter merges pure ones, so their over-count stays), a recurrent layer
-(the file's WHILE loop), a `Random*` layer, a subclassed nested model; and calls on
-different tensors.
+class neither Keras' nor dkm_tf's, a `Lambda`, a layer running foreign code (`TFSMLayer`,
+...), a `Pipeline` holding one of those (any may draw random numbers or update a variable;
+the converter merges pure ones, so their over-count stays), a recurrent layer (the file's
+WHILE loop), a `Random*` layer, a subclassed nested model; and calls on different tensors.
 """
 
 import hashlib
@@ -36,6 +36,7 @@ from dkm_tf.energy.keras_live import dead, live_counts
 
 _STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
 _DROPPED = ("name", "trainable", "seed")
+_OPAQUE = ("TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper")  # foreign code: fresh
 REASON = ("computes what {} computes: one op in a .tflite (the converter eliminates common "
           "subexpressions)")
 
@@ -151,7 +152,10 @@ def _fresh(op, keras):
             return not (op.inputs and op.outputs)
         except (AttributeError, ValueError):
             return True
-    return isinstance(op, (L.Lambda, L.RNN)) or type(op).__name__.startswith("Random")
+    if isinstance(op, L.Pipeline):
+        return any(_fresh(x, keras) for x in op.layers)
+    return isinstance(op, (L.Lambda, L.RNN)) or type(op).__name__.startswith("Random") or \
+        type(op).__name__ in _OPAQUE
 
 
 def _signature(op, state):
