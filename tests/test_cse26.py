@@ -75,8 +75,20 @@ def _shared_dense_after_flattens():
     return keras.Model(i, L.Add()([d(L.Flatten()(t)), d(L.Flatten()(t))])), E * 5
 
 
-ONCE = {"shared_conv": _shared_conv, "after_dropouts": _shared_conv_after_dropouts,
-        "equal_weights": _equal_weights, "nested": _nested, "nested_bn": lambda: _nested(True),
+def _nested_partly():
+    """A nested model of two inputs called on `(t, t)` and `(t, u)`: its conv `a` on `t` is
+    one op in the file, its conv `b` two (on `t` and on `u`)."""
+    j1, j2 = keras.Input(S), keras.Input(S)
+    inner = keras.Model([j1, j2], L.Add()([L.Conv2D(4, 1, name="a")(j1),
+                                           L.Conv2D(4, 1, name="b")(j2)]), name="inner")
+    i = keras.Input(S)
+    t, u = L.Activation("tanh")(i), L.Activation("sigmoid")(i)
+    return keras.Model(i, L.Add()([inner([t, t]), inner([t, u])])), 3 * C1
+
+
+ONCE = {"nested_partly": _nested_partly, "shared_conv": _shared_conv,
+        "after_dropouts": _shared_conv_after_dropouts, "equal_weights": _equal_weights,
+        "nested": _nested, "nested_bn": lambda: _nested(True),
         "ops_relu": _ops_relu, "flatten_dense": _shared_dense_after_flattens}
 
 
