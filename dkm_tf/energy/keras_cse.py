@@ -126,8 +126,11 @@ def _out_keys(op, call, env, keras, state):
     else:
         sig = _signature(op, state)
         args = _arguments(call, keras)
-        keys = [object() for _ in outs] if sig is None or args is None else \
-            [(sig, args, tuple(in_keys), k) for k in range(len(outs))]
+        if sig is None or args is None:
+            return [object() for _ in outs]
+        table = state.setdefault("intern", {})  # a key is an int: nested tuples of a deep
+        keys = [table.setdefault((sig, args, tuple(in_keys), k), len(table) + 1)  # graph
+                for k in range(len(outs))]  # would hash in exponential time (residual branches)
     return keys
 
 
