@@ -41,6 +41,22 @@ REASON = ("computes what {} computes: one op in a .tflite (the converter elimina
           "subexpressions)")
 
 
+def apart(walk):
+    """`walk(model, used)` made to share no keys with the walks around it: each step of a
+    `TimeDistributed` model (`keras_wrapped`) reads its own slice, walked with no outer
+    context, so its model's inputs must not take the outer model's input keys (its convs were
+    read as repeats of the first step's and left out: 3 steps charged as 1)."""
+    def walked(model, used):
+        saved = used.pop(_STATE, None)
+        try:
+            walk(model, used)
+        finally:
+            used.pop(_STATE, None)
+            if saved is not None:
+                used[_STATE] = saved
+    return walked
+
+
 def left_out(model, op_calls, live, used, keras, outer):
     """`(gone, counts)` for the walk of `model`'s graph (`keras_reader._walk`): `gone` maps
     the `id` of each call of `op_calls` to leave out to why (no output uses it, `keras_live`;

@@ -40,7 +40,7 @@ from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.following_folds import drop_folded
 from dkm_tf.energy.keras_calls import call_names, calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
-from dkm_tf.energy.keras_cse import left_out  # calls pruned or computed once
+from dkm_tf.energy.keras_cse import apart, left_out  # calls pruned or computed once
 from dkm_tf.energy.keras_factorised import factorised_records
 from dkm_tf.energy.keras_live import live_tensors, walked_outputs
 from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
@@ -199,8 +199,8 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
         _walk(layer, keras, shapes, skipped, used, inside,  # all outputs if not of the graph
               None if isinstance(call, Exception) else walked_outputs(call, live))
         return
-    if wrapped_graph(layer, name, call, used, keras, lambda m, u: _walk(  # TimeDistributed
-            m, keras, shapes, skipped, u), skipped):  # of a model: walked step by step
+    if wrapped_graph(layer, name, call, used, keras, apart(lambda m, u: _walk(  # TimeDistributed
+            m, keras, shapes, skipped, u)), skipped):  # of a model: walked step by step
         return
     if isinstance(layer, keras.layers.Pipeline) and not isinstance(call, Exception):
         walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used,
