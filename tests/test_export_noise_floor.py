@@ -4,8 +4,9 @@ Found by a full-size probe: the float files of ResNet50 (relative error 3.8e-5) 
 randomly initialised EfficientNetB0 (1.0e-3, saturated softmax) were refused at the default
 tolerance 1e-5, though Keras' own outputs for the same samples differ by 4e-6 / 8.2e-4
 between batch 1 and batch n; and `dkm-tf compress` then aborted with no .tflite at all, the
-palettized files never tried. A default tolerance is now at least 10x Keras' own difference
-(noted in the report); a refused format leaves the others written.
+palettized files never tried. A default tolerance became at least 10x Keras' own difference;
+since h27 each run of the file is compared with Keras at its own batch instead (the floor let
+a file wrong by less than 10x the noise through); a refused format leaves the others written.
 """
 
 import json
@@ -46,18 +47,21 @@ def test_keras_noise_is_the_batch_1_vs_batch_n_difference():
     assert verify.noise_floor(1e-2, want, 5, notes) == 1e-2 and len(notes) == 1
 
 
-def test_default_tolerance_follows_keras_noise_but_a_given_one_does_not(tmp_path):
+def test_a_batch_dependent_output_keeps_the_default_tolerance(tmp_path):
+    """Session 26 raised the default tolerance to 10x Keras' own batch noise, and refused the
+    exact file at a given 1e-5; since h27 each run is compared with Keras at its own batch
+    (``export.keras_ref``), so the exact file is written at 1e-5 either way, noted."""
     model = _noisy_model()
     x = np.random.default_rng(0).normal(size=(5, 6)).astype("float32")
-    path = str(tmp_path / "m.tflite")
-    report = dkm_tf.export.to_tflite(model, path, format="float", sample_inputs=x)
-    assert any("raised to" in n for n in report.notes)
-    assert all(c.tolerance > DEFAULT_TOLERANCE["float"] and c.rel_error <= c.tolerance
-               for c in report.comparisons)
-    os.remove(path)
-    with pytest.raises(verify.ExportVerificationError, match="tolerance 1e-05"):
-        dkm_tf.export.to_tflite(model, path, format="float", sample_inputs=x, tolerance=1e-5)
-    assert not os.path.exists(path)
+    for tolerance in (None, 1e-5):
+        path = str(tmp_path / f"m{tolerance}.tflite")
+        report = dkm_tf.export.to_tflite(model, path, format="float", sample_inputs=x,
+                                         tolerance=tolerance)
+        assert not any("raised to" in n for n in report.notes)
+        assert any("depend on the batch" in n for n in report.notes)
+        assert all(c.tolerance == DEFAULT_TOLERANCE["float"] and c.rel_error <= 1e-6
+                   for c in report.comparisons)
+        assert os.path.exists(path)
 
 
 def _chain(n_dense):

@@ -36,6 +36,7 @@ from dkm_tf.export.canonical import fixed_like
 from dkm_tf.export.export_args import check_export_args, check_palettes, check_path, inputs_by_name
 from dkm_tf.export.inspect import inspect_tflite
 from dkm_tf.export.int8 import int8_survival, preserve_clusters, shared_note, subgraph_views
+from dkm_tf.export.keras_ref import batch_noise_note
 from dkm_tf.export.model_check import deployed_param_count
 from dkm_tf.export.palettize import DECODE_MODES, INDEX_PACKINGS, KEPT_DTYPES
 from dkm_tf.export.policy import check_applicable, check_codebook_sizes, check_keep_float
@@ -108,8 +109,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         tolerance: allowed ``max|tflite - keras| / max|keras|``; default per format in
             :data:`DEFAULT_TOLERANCE` (float's grown with depth and sum length, each
             output's own: 1e-5 x layers with weights / 5, or 1.5 x 2^-24 x sqrt(longest sum),
-            at most 1e-4, ``depth.output_tolerances``), or 10x that output's Keras batch-1 vs
-            batch-n difference on the samples when larger (noted, ``verify.noise_floor``).
+            at most 1e-4, ``depth.output_tolerances``). Batch-1 runs are compared with Keras
+            one sample per call, the batch run with Keras in one call (``keras_ref``).
             A refusal advises a larger ``tolerance`` only at the default, within 10x of the
             float tolerance (fp16: 2x its own; ``refusal.tolerance_hint``). int8 files must also
             agree with Keras' arg-max on :data:`INT8_MIN_TOP1` of the samples (class-score
@@ -215,8 +216,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         notes.append(note)
     else:
         inputs = convert_lib.as_specs_dtypes(convert_lib.as_input_list(sample_inputs), specs)
-    reference = verify.keras_outputs(model, inputs)
-    noise = verify.keras_noise(model, inputs, reference, True) if tolerance is None else 0.0
+    reference = verify.keras_outputs(model, inputs)  # one call: the batch-n run's reference
+    single = verify.keras_one_by_one(model, inputs, reference)  # the batch-1 runs' (keras_ref)
     b_inputs = verify.batch_inputs(inputs)  # the batch > 1 check, in one invoke
     b_reference = reference if b_inputs is inputs else verify.keras_outputs(model, b_inputs)
     if format in ("palettized", "tflm", "int8"):  # the converter folds BatchNorm: so do we
@@ -278,15 +279,14 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         "palettized"], notes if key == "float" else [], len(reference)) if key in (
         "float", "palettized", "tflm") else None  # float32 rounding's, per output
     base = floats if key == "float" else DEFAULT_TOLERANCE[key]
-    tol = float(tolerance) if tolerance is not None else verify.noise_floor(
-        base, noise, len(inputs[0]), notes)  # advised: within 10x of the float rounding
+    tol = float(tolerance) if tolerance is not None else base  # no floor: see keras_ref
+    batch_noise_note(verify.keras_noise(model, inputs, reference, True, single), tol, notes)
     within = (FP16_HINT_FACTOR * np.max(tol) if key == "fp16" else tuple(
-        HINT_FACTOR * t for t in verify.noise_floor(floats, noise, len(inputs[0]), []))
-        if floats else None)
+        HINT_FACTOR * t for t in floats) if floats else None)  # within 10x float rounding
     min_top1, floors = _min_top1(model, format, notes, reference), unit_check.unit_floors(
         model, inputs, reference, tol, notes, key)
     content, comparisons, dynamic = verify.verify_batches(
-        content, reference, inputs, (b_inputs, b_reference), interpreters, tol, notes,
+        content, single, inputs, (b_inputs, b_reference), interpreters, tol, notes,
         min_top1, convert_lib.open_dims(model), floors)  # float: each unit's (unit_check)
     notes += [f"output unit nearest its allowance: {c.worst_unit}" for c in comparisons[:1]
               if c.worst_unit and c.unit_excess == c.unit_excess and key.startswith("int8")]

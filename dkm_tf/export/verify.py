@@ -8,12 +8,12 @@ hundreds cannot hide behind the larger range.
 Every LiteRT check runs the file twice in one interpreter: one sample per invoke (batch 1), then
 all samples in one invoke after ``resize_tensor_input`` (batch n > 1), then sample 0 at batch 1
 again (bit for bit the first result). Output shapes must equal Keras' (not one row for 4 samples).
+Each run is compared with Keras at its own batch (:mod:`dkm_tf.export.keras_ref`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from dkm_tf.core.interpreters import (  # noqa: F401 (re-exported)
 from dkm_tf.core.validate import check_choice, invalid
 from dkm_tf.export import interpreters as _exp_interpreters
 from dkm_tf.export.canonical import static_batch  # noqa: F401 (re-exported)
+from dkm_tf.export.keras_ref import keras_one_by_one, keras_outputs  # noqa: F401
 from dkm_tf.export.refusal import nan_max, refusal_message
 from dkm_tf.export.top1 import (  # noqa: F401 (re-exported)
     class_score_outputs,
@@ -148,28 +149,6 @@ def choose_interpreters(interpreters):
     return tuple(interpreters), []
 
 
-def keras_outputs(model, inputs):
-    """Flattened Keras outputs (list of arrays) for a list of input arrays.
-
-    Raises:
-        ValueError: the model cannot run the inputs (e.g. a subclassed model, whose input
-            shape is not declared, given samples of another size), named as `sample_inputs`.
-    """
-    import tensorflow as tf  # noqa: PLC0415
-
-    from dkm_tf.export.convert import structured_inputs  # noqa: PLC0415
-
-    try:
-        y = model(structured_inputs(model, inputs), training=False)
-    except Exception as e:  # noqa: BLE001 (Keras / TF raise many types for a bad shape)
-        first = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(e).split()))[:300]
-        raise ValueError(
-            "Invalid value for argument `sample_inputs`. Expected inputs the model can run. "
-            f"Received: shapes {[a.shape for a in inputs]}; the model raised "
-            f"{type(e).__name__}: {first}") from e
-    return [np.asarray(t) for t in tf.nest.flatten(y)]
-
-
 def batch_inputs(inputs, n=4):
     """Inputs for the batch check: the samples when there are >= 2, else ``n`` variants of one.
 
@@ -228,14 +207,14 @@ def _errors(got, reference, what):
     return output_errors(got, reference, what, ExportVerificationError)
 
 
-def keras_noise(model, inputs, reference, per_output=False):
-    """How far Keras' outputs for ``inputs`` one at a time are from ``reference`` (all at once;
-    float reordering; 0 for 1 sample), relative as in :func:`compare`; ``per_output``: a list."""
-    n = len(inputs[0])
-    if n < 2:
+def keras_noise(model, inputs, reference, per_output=False, one_by_one=None):
+    """How far Keras' outputs for ``inputs`` one at a time (``one_by_one``, when already run:
+    :func:`~dkm_tf.export.keras_ref.keras_one_by_one`) are from ``reference`` (all at once;
+    0 for 1 sample), relative as in :func:`compare`; ``per_output``: a list. Reported only:
+    each run of the file is compared with Keras at its own batch."""
+    if len(inputs[0]) < 2:
         return [0.0] * len(reference) if per_output else 0.0
-    per = [keras_outputs(model, [a[i:i + 1] for a in inputs]) for i in range(n)]
-    got = [np.concatenate([p[k] for p in per]) for k in range(len(reference))]
+    got = keras_one_by_one(model, inputs) if one_by_one is None else one_by_one
     rels = (_errors(got, reference, "Keras at batch 1"), output_rel_errors(got, reference))[1]
     return rels if per_output else max(rels)
 
@@ -256,12 +235,13 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
     """Run ``content`` in interpreter ``kind`` and compare with ``reference`` outputs.
 
     Args:
-        reference: Keras outputs for ``inputs`` (list of arrays).
+        reference: Keras' outputs for ``inputs`` one sample per call (list of arrays,
+            :func:`~dkm_tf.export.keras_ref.keras_one_by_one`): the batch-1 runs' reference.
         content: the ``.tflite`` bytes.
         inputs: list of input arrays, run one sample per invoke.
         kind: ``"litert"``, ``"tflite"`` or ``"tflm"``.
         tolerance: allowed ``max|tflite - keras| / max|keras|``, or one per output.
-        batch: ``(batch inputs, their Keras outputs)`` to run in one invoke after the
+        batch: ``(batch inputs, their Keras outputs in one call)`` to run in one invoke after the
             batch-1 run, in the same interpreter (then sample 0 once more at batch 1);
             None for batch 1 only.
         min_top1: required top-1 agreement with Keras (see :class:`Comparison`), or None.
