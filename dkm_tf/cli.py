@@ -207,12 +207,13 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
                 train, test = load_dataset(dataset)
                 _log(cli_tables.data_line(dataset, train, test, bool(weighting or refine)))
             labelled = train is not None and train[1] is not None
-            method = method or default_method(model_path, labelled, bool(weighting or refine))
+            given, method = method, method or default_method(model_path, labelled,
+                                                             bool(weighting or refine))
             _log(f"[model] {model_path}: {model.name} ({model.count_params():,} params)")
             check_outputs(len(getattr(model, "outputs", None) or ()), method, dataset)
             check_model_overrides(model, overrides, method, locals())  # keys naming its layers
-            notes += train_loss(model, model_path, method)  # "mse": as dkm_tf.compress
-            notes += [n for n in [loss_note(model_path, method, weighting, model=model)] if n]
+            notes += train_loss(model, model_path, method, train, given is None)  # "mse"
+            notes += [n for n in [loss_note(model_path, method, weighting, model, train)] if n]
             from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
             from dkm_tf.pipeline_metrics import not_class_scores  # noqa: PLC0415
 

@@ -12,6 +12,7 @@ function that is not known says which ones and to pass the flag (:func:`load_err
 from __future__ import annotations
 
 import contextlib
+import math
 
 HELP = ("Comma-separated .py files or module names that define (and register) the "
         "custom classes and functions of --model (layers, activations, losses, metrics, "
@@ -59,14 +60,17 @@ def load_error(error, model_path, flag="model"):
                               REMEDY, compiled=False)
 
 
-def loss_note(model_path, method, weighting, model=None):
+def loss_note(model_path, method, weighting, model=None, train=None):
     """A note when ``dkm-tf compress`` trains (``method`` finetune / dkm, or ``weighting``
     fisher) a ``--model`` file compiled with a loss: the command line loads it without its
     compile config and trains with the cross-entropy of its output, not that loss (which was
     silently replaced); else None. A (sparse) categorical or binary cross-entropy is that
     loss on class ids: noted only where the file's ``from_logits`` differs from the one the
     loaded ``model``'s output activation gives (when ``model`` is given). With ``model``, a
-    regression or multi-label loss gets none (:func:`train_loss`: it trains with it)."""
+    regression or multi-label loss gets none (:func:`train_loss`: it trains with it), unless
+    the outputs on ``train``'s inputs (``(x, y)``) are rows of (log-)probabilities (a
+    ``log_softmax`` or ``Lambda`` softmax compiled with ``"mse"``: class scores, trained with
+    the cross-entropy, as a softmax output compiled with it is)."""
     from dkm_tf.core.custom_code import compiled_from_logits, compiled_loss_name  # noqa: PLC0415
 
     if method == "wr" and not weighting:
@@ -88,17 +92,36 @@ def loss_note(model_path, method, weighting, model=None):
                 "(check that the file's last activation is what you expect)")
     from dkm_tf.core.loss_kind import CarriedName, file_loss_said, non_class_loss  # noqa: PLC0415
 
-    if loss is None or model is not None and non_class_loss(model, loss):  # a regressor's
-        return None  # loss: trained with it (train_loss; a multi-label one is refused there)
+    if loss is None or model is not None and non_class_loss(model, loss) and not (
+            _class_rows(model, train)):  # a regressor's loss: trained with it (train_loss;
+        return None  # a multi-label one is refused there)
+    from dkm_tf.core.loss_kind import regression_name  # noqa: PLC0415
 
+    rows = regression_name(loss)  # "mse" of a softmax: it compares rows with one-hot labels
     return (f"{model_path} {file_loss_said(loss)}; dkm-tf compress {verb} the cross-entropy of "
             "the model's output (class-id labels) instead: to keep that loss, call "
-            "dkm_tf.compress(model, ...) in Python on the model " + (
-                "dkm_tf.load_model gives (it carries it)" if isinstance(loss, CarriedName)
-                else "compiled with it"))
+            "dkm_tf.compress(model, " + ("(x, one-hot y), " if rows else "") + "...) in Python "
+            "on the model " + ("dkm_tf.load_model gives (it carries it)" if isinstance(
+                loss, CarriedName) else "compiled with it") + (
+            " (that loss compares the output rows with one-hot training labels; held-out "
+            "labels stay class ids)" if rows else ""))
 
 
-def train_loss(model, model_path, method):
+def _class_rows(model, train):
+    """Whether ``model``'s outputs on ``train``'s inputs are rows of (log-)probabilities."""
+    from dkm_tf.pipeline_metrics import _probability_rows  # noqa: PLC0415
+
+    return model is not None and train is not None and _probability_rows(model, (train,))
+
+
+def _values(model):
+    """The number of values per sample of ``model``'s one output (None: not fixed)."""
+    shape = getattr(model, "output_shape", None)
+    dims = shape[1:] if isinstance(shape, tuple) and shape else (None,)
+    return None if any(not isinstance(d, int) for d in dims) else math.prod(dims)
+
+
+def train_loss(model, model_path, method, train=None, default=False):
     """Give ``model`` (``--model model_path`` loaded with ``compile=False``) the loss the file
     was compiled with, or that a saved ``share_weights`` / ``strip_clustering`` copy carries,
     when ``method`` trains (not ``"wr"``) and that loss makes it a regressor (``"mse"``,
@@ -106,31 +129,46 @@ def train_loss(model, model_path, method):
     trains it as ``dkm_tf.compress`` does: with that loss, its ``loss_weights`` and metrics
     (a compiled file: compiled with its compile config; a copy: the loss and settings it
     carries put back, as ``dkm_tf.load_model`` does). It trained with the cross-entropy of
-    the output instead: a one-unit "mse" regressor's held-out mse went from 0.090 to 0.216
-    (the Python API: 0.108). A multi-label file (a binary cross-entropy over several units)
-    is refused (a ``CliUsageError`` for ``--method``: its labels are no class ids), and so is
-    a loss that does not load here (``--model``), before any work. Returns the notes (a
-    metric not known here is left out, as ``dkm_tf.load_model`` leaves out a copy's)."""
+    the output instead: a one-unit "mse" regressor (tests/test_clitrain26.py: 0/1 targets,
+    K=4, 20 fine-tune epochs) went from held-out mse 0.275 to 0.285; now 0.259, as the
+    Python API. ``--dataset`` labels are one number per sample: a regressor of several
+    output values per sample (mse of rows of 3 crashed after the k-means step; of 64 units
+    at batch 64 trained broadcast, silently wrong) and a multi-label file (a binary
+    cross-entropy over several units) are refused for ``method`` (a ``CliUsageError``, with
+    ``default``: the method was the default), as is a loss that does not load here
+    (``--model``), before any work. Outputs on ``train``'s inputs (``(x, y)``) that are rows
+    of (log-)probabilities (a ``log_softmax`` compiled with "mse") are class scores: trained
+    with the cross-entropy and noted (:func:`loss_note`), as a softmax output is. Returns
+    the notes (a metric not known here is left out and named)."""
     from dkm_tf.cli_args import CliUsageError  # noqa: PLC0415
     from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
     from dkm_tf.core.loss_kind import CarriedName, non_class_loss  # noqa: PLC0415
 
     loss = compiled_loss_name(model_path)
     kind = loss and non_class_loss(model, loss)
-    if method == "wr" or not kind:
+    if method == "wr" or not kind or kind[1] == "a regressor" and _values(model) != 1 and (
+            _class_rows(model, train)):  # class scores: the cross-entropy and a note
         return []
-    if kind[1] != "a regressor":
-        raise CliUsageError("method", f"wr for --model {model_path!r}, which is {kind[1]} by "
-                            f"its loss {str(loss)!r} (--dataset labels are one class id per "
-                            "sample, not the 0/1 rows it trains on; call dkm_tf.compress in "
-                            "Python with them)", method)
+    values = _values(model)
+    if kind[1] != "a regressor" or values != 1:
+        which, one, rows = (kind[1], "class id", "the 0/1 rows") if kind[1] != (
+            "a regressor") else (f"a regressor of {values or 'several'} output values per "
+                                 "sample", "number", f"the rows of {values or 'several'} values")
+        error = CliUsageError("method", f"wr for --model {model_path!r}, which is {which} by "
+                              f"its loss {str(loss)!r} (--dataset labels are one {one} per "
+                              f"sample, not {rows} it trains on; call dkm_tf.compress in "
+                              "Python with them)", method)
+        if default:
+            error.args = (f"{error.args[0]} (the default with a labelled --dataset)",)
+        raise error
     from dkm_tf.core.loss_kind import restore_source_loss  # noqa: PLC0415
     from dkm_tf.core.model_configs import read_configs  # noqa: PLC0415
 
     config, compile_config = read_configs(model_path)
     dropped = []
     try:
-        why = restore_source_loss(model, config) if isinstance(loss, CarriedName) else (
+        why = restore_source_loss(model, config, None, dropped) if isinstance(
+            loss, CarriedName) else (
             _compile_as_file(model, compile_config, dropped))
     except Exception as e:  # noqa: BLE001 (a custom loss not known here, ...)
         why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
@@ -149,25 +187,40 @@ def _compile_as_file(model, config, dropped):
     metric Keras cannot rebuild here is left out, its name appended to ``dropped``."""
     import keras  # noqa: PLC0415
 
+    def loaded(value, get):  # an .h5 file's Keras object is a dict without "module"
+        if isinstance(value, str):  # (keras.losses.MeanSquaredError(): it failed to load)
+            return value
+        try:
+            return keras.saving.deserialize_keras_object(value)
+        except Exception:
+            if isinstance(value, dict) and "module" not in value:
+                return get(value)  # a built-in's legacy form; a custom one still fails
+            raise
+
     def metrics(value):
         if isinstance(value, (list, tuple)):
             return [m for m in (metrics(v) for v in value) if m is not None]
         if isinstance(value, dict) and "class_name" not in value:
             return {k: metrics(v) for k, v in value.items()}
         try:
-            return value if isinstance(value, str) else keras.saving.deserialize_keras_object(
-                value)
+            return loaded(value, keras.metrics.get)
         except Exception:  # noqa: BLE001 (an unregistered custom metric)
             dropped.append(repr(value.get("registered_name") or value.get("class_name")
                                 if isinstance(value, dict) else value))
             return None
+
+    def losses(value):  # a loss per output (a dict or list of them), or one
+        if isinstance(value, (list, tuple)):
+            return [losses(v) for v in value]
+        if isinstance(value, dict) and "class_name" not in value:
+            return {k: losses(v) for k, v in value.items()}
+        return None if value is None else loaded(value, keras.losses.get)
 
     try:
         optimizer = keras.optimizers.get(config.get("optimizer") or config["optimizer_config"])
     except Exception:  # noqa: BLE001 (a custom or missing optimizer: Keras' default)
         optimizer = "rmsprop"
     loss, weights = (config.get(k) for k in ("loss", "loss_weights"))
-    model.compile(optimizer=optimizer, loss=loss if isinstance(loss, str) else (
-        keras.saving.deserialize_keras_object(loss)), loss_weights=weights, **{
+    model.compile(optimizer=optimizer, loss=losses(loss), loss_weights=weights, **{
         k: None if config.get(k) is None else metrics(config[k]) for k in (
             "metrics", "weighted_metrics")})

@@ -2,10 +2,11 @@
 
 A file compiled with ``"mse"``, or a saved ``share_weights`` copy that carries its source's
 ``"mse"`` (and ``loss_weights`` / metrics), was trained by the command line with the
-cross-entropy of the output (a one-unit regressor's held-out mse 0.090 -> 0.216; the Python
-API: 0.108). A multi-label file is refused before any work, and a copy the user compiled
-without a loss before saving no longer reports the loss it carried (``load_model`` of it
-trains with the default cross-entropy)."""
+cross-entropy of the output (a one-unit regressor's held-out mse, 0.275 before compression
+here: 0.285 with the cross-entropy; now 0.259, as the Python API). A multi-label file is
+refused before any work, and a copy the user compiled without a loss before saving no
+longer reports the loss it carried (``load_model`` of it trains with the default
+cross-entropy)."""
 
 import re
 import warnings
@@ -84,7 +85,7 @@ def test_the_cli_trains_an_mse_file_with_mse_as_the_api_does(tmp_path, copy, ext
     _same_weights(result.model, expected.model)  # the same training as dkm_tf.compress
     after = _mse(result.model, test)
     np.testing.assert_allclose(after, _mse(expected.model, test), rtol=1e-4)
-    assert after < 1.5 * before  # the cross-entropy gave 0.216 from 0.090 (2.4x)
+    assert after < before  # 0.259 < 0.275; the cross-entropy gave 0.285 (h27 measured)
     said = " ".join(result.notes)
     assert "trains with the cross-entropy" not in said
     assert ("trained with the loss 'mse' of the model it was copied from" in said) is copy

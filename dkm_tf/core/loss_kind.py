@@ -10,7 +10,7 @@ from dkm_tf.core.labels import one_loss
 __all__ = ["FILE_KEY", "SETTINGS_KEY", "SOURCE_LOSS", "SOURCE_SETTINGS", "assumed_logits",
            "CarriedName", "class_losses", "file_loss_said", "for_outputs", "keep_source_loss",
            "loss_names", "loss_said", "non_class_loss", "output_activation", "probability_rows",
-           "restore_source_loss", "source_loss", "source_settings"]
+           "regression_name", "restore_source_loss", "source_loss", "source_settings"]
 
 SOURCE_LOSS = "_dkm_tf_source_loss"  # the attribute keep_source_loss sets on a copy
 SOURCE_SETTINGS = "_dkm_tf_source_settings"  # and its loss_weights / metrics
@@ -210,20 +210,26 @@ def _each(obj, one, *args, shrink=True):
     return one(obj, *args)
 
 
-def _loaded(value, custom_objects):
-    """``value`` deserialized, or None (a metric unknown here: left out, it trains the same)."""
+def _loaded(value, custom_objects, dropped=None):
+    """``value`` deserialized, or None (a metric unknown here: left out, it trains the same;
+    its name appended to ``dropped`` when given)."""
     import keras  # noqa: PLC0415
 
     try:
         return keras.saving.deserialize_keras_object(value, custom_objects=custom_objects)
     except Exception:  # noqa: BLE001
+        if dropped is not None:
+            dropped.append(repr(value.get("registered_name") or value.get("class_name")
+                                if isinstance(value, dict) else value))
         return None
 
 
-def restore_source_loss(model, config, custom_objects=None):
+def restore_source_loss(model, config, custom_objects=None, dropped=None):
     """Give ``model`` (uncompiled, loaded from a file whose config.json is ``config``) the
     source loss a saved ``share_weights`` / ``strip_clustering`` copy carried (see
-    :func:`_carry`); returns None, or why it could not (a custom loss not registered here)."""
+    :func:`_carry`); returns None, or why it could not (a custom loss not registered here).
+    A carried metric not known here is left out, its name appended to ``dropped`` (a list)
+    when given."""
     built = config.get("build_config") if isinstance(config, dict) else None
     saved = built.get(FILE_KEY) if isinstance(built, dict) else None
     if saved is None or getattr(model, "compiled", False):
@@ -238,12 +244,18 @@ def restore_source_loss(model, config, custom_objects=None):
     for key, value in (saved_settings.items() if isinstance(saved_settings, dict) else ()):
         # a metric unknown here is left out alone (it trains the same), not the loss
         got = _loaded(value, custom_objects) if key == "loss_weights" else _each(
-            value, _loaded, custom_objects, shrink=len(getattr(model, "outputs", None) or [
-                None]) == 1)
+            value, _loaded, custom_objects, dropped, shrink=len(getattr(model, "outputs", None)
+                                                                or [None]) == 1)
         if got is not None:
             settings[key] = got
     _carry(model, loss, settings, saved, {k: saved_settings[k] for k in settings})
     return None
+
+
+def regression_name(name):
+    """Whether the loss ``name`` (a file's compiled loss, e.g. ``"mse"``) is a regression loss
+    by its name, whatever the output it is computed on (a softmax's rows)."""
+    return _key(name) in _REGRESSION
 
 
 def non_class_loss(model, loss=None):
