@@ -173,3 +173,7 @@ def test_a_copys_carried_metric_unknown_here_is_named_in_a_note(tmp_path):
     assert len(notes) == 1 and re.search(r"the metric\(s\) 'nowhere>NoSuchMetric' of .*"
                                           r"--custom_objects", notes[0])
     assert compile_settings(loaded)["metrics"] == ["mae"]  # the known one: kept
+    with pytest.warns(UserWarning, match=r"the metric\(s\) 'nowhere>NoSuchMetric' of the "
+                      r"model it was copied from are not known here"):
+        api_loaded = dkm_tf.load_model(path)  # silent on bef5bf1
+    assert compile_settings(api_loaded)["metrics"] == ["mae"]

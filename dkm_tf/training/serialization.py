@@ -86,11 +86,18 @@ def load_model(path, **kwargs):
 def _restore_source_loss(model, path, custom_objects):
     """The loss a saved uncompiled ``share_weights`` / ``strip_clustering`` copy carries from
     the model it was copied from, back on ``model`` (``core.loss_kind.restore_source_loss``);
-    a ``UserWarning`` when it cannot be restored (an unregistered custom loss)."""
+    a ``UserWarning`` when it cannot be restored (an unregistered custom loss), or when a
+    carried metric is not known here (left out: it was left out with no word)."""
     from dkm_tf.core.loss_kind import FILE_KEY, restore_source_loss  # noqa: PLC0415
     from dkm_tf.core.model_configs import read_configs  # noqa: PLC0415
 
-    why = restore_source_loss(model, read_configs(path)[0], custom_objects)
+    dropped = []
+    why = restore_source_loss(model, read_configs(path)[0], custom_objects, dropped)
+    if dropped:
+        warnings.warn(f"{path}: the metric(s) {', '.join(dropped)} of the model it was copied "
+                      "from are not known here; it trains and reports without them: pass "
+                      "custom_objects, or import the module that registers them", UserWarning,
+                      stacklevel=3)
     if why is not None:
         warnings.warn(f"{path}: the loss of the model it was copied from ({FILE_KEY} in its "
                       f"config.json) could not be restored ({why}); it is read and trained as "
