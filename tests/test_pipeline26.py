@@ -141,6 +141,23 @@ def _returned_twice_one_read(second_out):
 
 # model -> (conv shapes, element-wise ops) of the file: the scale folded into every conv
 # (before: its MUL charged, Keras / file hierarchy 1.5304 each), or kept for a pooling reader
+def _two_levels(inner_conv):
+    """A Rescaling returned at two places of a model nested in a model nested in the model,
+    the second place read by nothing (review R5: the middle model's tensor kept no place and
+    the scale was charged, Keras / file hierarchy 2.0609; with a conv first in the inner model
+    2.5651)."""
+    def build():
+        a = keras.Input((8, 8, 3))
+        r = L.Rescaling(0.5)(a)
+        inner = keras.Model(a, [L.Conv2D(2, 3)(r) if inner_conv else r, r])
+        j = keras.Input((8, 8, 3))
+        mid = keras.Model(j, list(inner(j)))
+        x = keras.Input((8, 8, 3))
+        p, _ = mid(x)
+        return keras.Model(x, p if inner_conv else L.Conv2D(4, 3)(p))
+    return build
+
+
 NESTED_OUT = {
     "pass_through_conv": (_pass_through(_conv), [(8, 8, 3, 6, 6, 4)] * 2, []),
     "returned_twice_convs": (_returned_twice(_conv), [(8, 8, 3, 6, 6, 4)] * 2, []),
@@ -151,6 +168,8 @@ NESTED_OUT = {
                                   ["mul"]),
     "returned_twice_pool": (_returned_twice(lambda: L.MaxPooling2D(2)), [(8, 8, 3, 6, 6, 4)],
                             ["mul"]),
+    "two_levels_one_read": (_two_levels(False), [(8, 8, 3, 6, 6, 4)], []),
+    "two_levels_inner_conv": (_two_levels(True), [(8, 8, 3, 6, 6, 2)], []),
 }
 
 

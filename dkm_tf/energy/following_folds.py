@@ -141,8 +141,9 @@ def _all_take(t, kind, value, counts, keras, depth=0, outer=None):
         readers = [n for n in readers if any(
             ("live", id(o)) in counts for o in keras.tree.flatten(n.outputs))]
     n = counts.get(id(t), 0) - len(outs)
-    outs = [o for o in outs if o[1].get(id(o[0]), 0)]  # one nothing reads: pruned
-    return bool(readers or outs) and len(readers) == n and all(
+    live = [o for o in outs if o[1].get(id(o[0]), 0)]  # one nothing reads: pruned (a
+    pruned, outs = len(live) < len(outs), live  # middle model's tensor may keep no place)
+    return bool(readers or outs or pruned) and len(readers) == n and all(
         _takes(r, kind, value, counts, keras, depth, t, outer) for r in readers) and all(
         _all_take(o[0], kind, value, o[1], keras, depth + 1, o[2]) for o in outs)
 
