@@ -5,7 +5,7 @@ Keras records that EinsumDense's output as `(None, None, n)` whatever its input'
 usual spelling of "keep the sequence axis"), and the walk of the Keras graph skipped it and
 every layer after it ("unknown dimension"): `Input((5, 6))`, `EinsumDense("abc,cd->abd",
 (None, 7))` and a `Dense(3)` read 0 MACs against the file's 315. A model with one fixed-size
-input is now read by tracing it at that size, and `skipped` says so.
+input is now read at the sizes of one call of the model (`open_shapes`), and `skipped` says so.
 """
 
 import keras
@@ -33,10 +33,11 @@ def test_open_einsum_output_and_the_layers_after_it_are_charged():
     # by hand: EinsumDense 5 positions x 6 x 7; Conv1D(4, 3) 3 positions x (3 x 7) x 4;
     # Dense(3) 3 positions x 4 x 3
     assert [r.macs for r in report.layers] == [5 * 6 * 7, 3 * 21 * 4, 3 * 4 * 3]
-    assert [r.name for r in report.layers] == [x.name for x in model.layers[1:]]
+    assert [r.shape.layer for r in report.layers] == [x.name for x in model.layers[1:]]
     reasons = [why for _, why in report.skipped]
     assert not any(why.startswith("unknown dimension") for why in reasons)
-    assert any("read by tracing the model at that size" in why for why in reasons)
+    assert any("filled in from one call of it at its input size (5, 6)" in why
+               for why in reasons)
 
 
 def test_open_einsum_palettes_are_charged_on_the_traced_records():
@@ -51,12 +52,12 @@ def test_open_einsum_palettes_are_charged_on_the_traced_records():
     assert all(len(np.unique(k)) <= 4 for k in kernels)
 
 
-def test_two_inputs_keep_the_walk_and_its_listed_skip():
+def test_two_inputs_are_filled_in_too():
     a, b = keras.Input((5, 6)), keras.Input((5, 6))
     x = L.EinsumDense("abc,cd->abd", output_shape=(None, 7))(L.Add()([a, b]))
     report = estimate(keras.Model([a, b], x))
-    skipped = dict(report.skipped)
-    assert skipped[x._keras_history.operation.name].startswith("unknown dimension")
+    assert report.macs == 5 * 6 * 7  # 509661a traced one input only: this one was skipped
+    assert x._keras_history.operation.name not in dict(report.skipped)
 
 
 def _dot_model(shape_a, shape_b, axes, normalize=False):

@@ -140,6 +140,11 @@ def read_traced_model(model, input_shape):
         ins = [_dims(t) for t in op.inputs]
         outs = [_dims(t) for t in op.outputs]
         scope = _scope(op.name)
+        if _open(op):  # an open size beyond the batch is not read as 1 (231 MACs, by hand 315)
+            skipped.append((op.name, "unknown dimension in shapes "
+                            f"{[tuple(t.shape.as_list()) for t in op.inputs]} -> "
+                            f"{[tuple(t.shape.as_list()) for t in op.outputs]}"))
+            continue
         if kind == "LeakyRelu":  # a layer of its own (fused into its producer's op otherwise)
             shapes.append(sh.eltwise_shape(unique(scope), op=kind, eltwise_op="relu",
                                            elements=math.prod(outs[0][1:]), n_inputs=1))
@@ -282,6 +287,17 @@ def _prelu_calls(model, graph, captured, keras):
                 size = math.prod(_dims(op.outputs[0])[1:])
                 calls[scope] = (name, max(elements, size), n_params)
     return calls
+
+
+def _open(op):
+    """Whether `op` is one the reader prices (a conv, a product, a pooling, a float op with a
+    constant) with an open dimension beyond the batch axis in an input or output."""
+    priced = ("Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "Einsum", "MaxPool",
+              "AvgPool", "LeakyRelu") + _MATMULS + tuple(_REDUCTIONS) + tuple(CONST_OPS)
+    if op.type not in priced or not op.outputs or op.outputs[0].dtype.is_integer:
+        return False
+    return any(t.shape.rank is not None and None in t.shape.as_list()[1:]
+               for t in list(op.inputs) + list(op.outputs))
 
 
 def _dims(tensor):

@@ -47,6 +47,7 @@ from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
 from dkm_tf.energy.keras_wrapped import has_inputs, lambda_model, lambda_records, wrapped_graph
+from dkm_tf.energy.open_shapes import filled  # an EinsumDense(output_shape=(None, n))
 from dkm_tf.energy.pad_merging import unpadded
 from dkm_tf.energy.pipeline_folds import walk_pipeline
 from dkm_tf.energy.relu_fusion import relu_fused_into
@@ -118,10 +119,9 @@ def read_keras_model(model, *, input_shape=None):
                               "the batch axis) to fix them.", f"model {model.name!r} {dims}")
     _check_fixed_size(model, input_shape)
     shapes, skipped = [], []
-    _walk(model, keras, shapes, skipped)
-    from dkm_tf.energy.open_shapes import retraced  # an EinsumDense(output_shape=(None, n))
-
-    return retraced(model, tuple(shapes), tuple(skipped))
+    with filled(model, keras, skipped):
+        _walk(model, keras, shapes, skipped)
+    return tuple(shapes), tuple(skipped)
 
 
 def _check_fixed_size(model, input_shape):

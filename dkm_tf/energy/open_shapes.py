@@ -1,37 +1,147 @@
-"""Functional models whose recorded shapes are open though their input size is fixed.
+"""Fills in the open shapes Keras records in a Functional graph whose input size is fixed.
 
 Keras records an `EinsumDense(..., output_shape=(None, 7))` output (the usual way to keep a
 sequence axis) as `(None, None, 7)` whatever the length of its input, and every layer after
 it then reads an open shape: the walk of the Keras graph skipped them all ("unknown
 dimension", measured: `Input((5, 6))`, that EinsumDense and a `Dense(3)` read 0 MACs, their
-`.tflite` 315). A model with one fixed-size input is then read by tracing it at that size
-(`graph_reader`, as a subclassed model is), and `skipped` says so, where the trace names every
-conv and dense record after a layer of the model (one inside a nested model could be named
-`outer_1/layer_1`: palettes then name no record, and the walk's reading is kept).
+`.tflite` 315). The model is called once, eagerly, on zeros of its (fixed) input size, as a
+`keras.Model(model.inputs, <every tensor of its graph>)`, and the tensors' recorded shapes
+get the sizes of that call where they are open beyond the batch axis, for the time of the
+walk (`filled`; restored after): the walk keeps its own rules (pads merged into convs,
+`Rescaling` / batch norms folded, ReLUs fused, calls of shared layers, names) and reads the
+layers after the open shape as the file does. A nested Functional model is filled at its own
+input size, or at its first call's where its own is open. A dimension is never taken as 1:
+where the call fails, or gives a tensor another rank or a size 0 (a `TextVectorization`
+without `output_sequence_length` on an empty string), its shape stays open and the layers on
+it are listed ("unknown dimension"), with a note in `skipped` saying why.
 """
 
-_OPEN = "unknown dimension"
+import contextlib
+
+from dkm_tf.energy.keras_calls import calls, graph_ops
 
 
-def retraced(model, shapes, skipped):
-    """`(shapes, skipped)` of `model`, traced at its input size where the Keras walk met
-    open shapes (see the module docstring); the walk's own where it did not, or where the
-    model has several inputs, or tracing fails, meets open shapes too or names a conv or
-    dense record after no layer of the model."""
-    from dkm_tf.energy.traced_wrappers import _flat, read_traced
-
-    open_names = [name for name, why in skipped if str(why).startswith(_OPEN)]
-    if not open_names or len(model.inputs) != 1:
-        return shapes, skipped
-    input_shape = tuple(model.inputs[0].shape)[1:]
+@contextlib.contextmanager
+def filled(model, keras, skipped):
+    """Within the `with` block, the open dimensions (beyond the batch) of the tensors of
+    `model`'s graph, and of its nested Functional models' graphs, hold their sizes in one
+    eager call at the model's input size; a note for `skipped` is appended to `skipped`."""
+    saved = {}
     try:
-        traced, traced_skipped = read_traced(model, input_shape)
-    except (ValueError, TypeError, RuntimeError):  # not the TensorFlow backend, untraceable
-        return shapes, skipped
-    names = {x.name for x in _flat(model)}
-    if any(str(why).startswith(_OPEN) for _, why in traced_skipped) or any(
-            r.kind in ("conv", "dense") and r.layer not in names for r in traced):
-        return shapes, skipped
-    note = ("shapes", f"Keras recorded open shapes after the fixed input size {input_shape} "
-            f"({', '.join(open_names)}): read by tracing the model at that size")
-    return tuple(traced), (note,) + tuple(traced_skipped)
+        _fill(model, keras, None, saved, skipped, set())
+        yield
+    finally:
+        for tensor, shape in saved.values():
+            tensor._shape = shape
+
+
+def _open(shape):
+    return any(d is None for d in tuple(shape)[1:])
+
+
+def _graph_tensors(model, keras):
+    """Every tensor of `model`'s own graph (inputs and outputs of each call), deduplicated,
+    and the nested Functional models called in it with their first call's inputs."""
+    tensors, nested = {}, []
+    for t in keras.tree.flatten(model.inputs) + keras.tree.flatten(model.outputs):
+        tensors[id(t)] = t
+    for op in graph_ops(model):
+        try:
+            op_calls = calls(model, op)
+        except (AttributeError, ValueError):
+            continue
+        for ins, outs in op_calls:
+            for t in list(ins) + list(outs):
+                if isinstance(t, keras.KerasTensor):
+                    tensors[id(t)] = t
+        if isinstance(op, keras.Model) and _functional(op) and op_calls:
+            nested.append((op, list(op_calls[0][0])))
+    return list(tensors.values()), nested
+
+
+def _functional(model):
+    try:
+        return bool(model.inputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def _zeros(tensor, shape):
+    """Zeros (empty strings for a string input) of `shape`, the input `tensor`'s dtype."""
+    import numpy as np
+
+    if str(tensor.dtype) == "string":
+        import tensorflow as tf
+
+        return tf.fill(shape, "")
+    return np.zeros(shape, dtype=str(tensor.dtype))
+
+
+def _fill(model, keras, input_shapes, saved, skipped, seen):
+    """Fills `model`'s graph (`input_shapes`: its inputs' shapes with the batch, for a nested
+    model whose own are open), then its nested models'."""
+    if id(model) in seen:  # a nested model called twice: read at one graph's shapes
+        return
+    seen.add(id(model))
+    tensors, nested = _graph_tensors(model, keras)
+    inputs = keras.tree.flatten(model.inputs)
+    opened = [t for t in tensors if _open(t.shape)]
+    if opened:
+        shapes = input_shapes or [tuple(t.shape) for t in inputs]
+        shapes = [tuple(1 if d is None else d for d in s[:1]) + tuple(s[1:]) for s in shapes]
+        where = ", ".join(str(s[1:]) for s in shapes)
+        names = sorted({t._keras_history.operation.name for t in opened
+                        if getattr(t, "_keras_history", None)})
+        if any(_open((1,) + tuple(s[1:])) for s in shapes):
+            skipped.append(("shapes", f"Keras recorded open shapes in {model.name!r} "
+                            f"({', '.join(names)}) and its input size {where} is open too: "
+                            "they are skipped"))
+        else:
+            try:
+                probe = keras.Model(model.inputs, tensors)
+                values = probe([_zeros(t, s) for t, s in zip(inputs, shapes)], training=False)
+                got = [tuple(v.shape) for v in keras.tree.flatten(values)]
+            except Exception as e:  # noqa: BLE001 (any failure of the call: shapes stay open)
+                skipped.append(("shapes", f"Keras recorded open shapes in {model.name!r} "
+                                f"({', '.join(names)}); a call of it on zeros of its input "
+                                f"size {where} failed ({type(e).__name__}: {str(e)[:200]}): "
+                                "they are skipped"))
+                got = None
+            if got is not None and len(got) == len(tensors):
+                for t, shape in zip(tensors, got):
+                    _set(t, shape, saved)
+                still = sorted({t._keras_history.operation.name for t in opened
+                                if _open(t.shape) and getattr(t, "_keras_history", None)})
+                skipped.append(("shapes", f"Keras recorded open shapes in {model.name!r} "
+                                f"({', '.join(names)}): filled in from one call of it at its "
+                                f"input size {where}"
+                                + (f"; still open: {', '.join(still)}" if still else "")))
+    for inner, call_inputs in nested:
+        own = [tuple(t.shape) for t in keras.tree.flatten(inner.inputs)]
+        at = [tuple(t.shape) for t in call_inputs] if any(_open(s) for s in own) else None
+        _fill(inner, keras, at, saved, skipped, seen)
+
+
+def _set(tensor, shape, saved):
+    """Gives `tensor` the sizes of `shape` where its recorded shape is open beyond the batch
+    and the two agree elsewhere (same rank, same known sizes)."""
+    recorded = tuple(tensor.shape)
+    if not _open(recorded) or len(shape) != len(recorded) or any(
+            s is None or int(s) < 1 or r is not None and r != int(s)
+            for r, s in zip(recorded[1:], shape[1:])):  # a size 0: data-dependent, left open
+        return
+    saved.setdefault(id(tensor), (tensor, tensor._shape))
+    tensor._shape = recorded[:1] + tuple(int(s) if r is None else r
+                                         for r, s in zip(recorded[1:], shape[1:]))
+
+
+def call_shape(shape, in_shapes):
+    """`shape` (a sub-layer's build shape, e.g. a MultiHeadAttention's query_dense's), its
+    open dimensions beyond the batch taken from the one size the call's `in_shapes` of its
+    rank and known sizes give them (left open where they give none or several)."""
+    shape = tuple(shape)
+    if not any(d is None for d in shape[1:]):
+        return shape
+    fits = {tuple(s) for s in in_shapes if len(s) == len(shape) and not _open(s) and all(
+        d is None or d == e for d, e in zip(shape[1:], tuple(s)[1:]))}
+    return shape[:1] + tuple(fits.pop())[1:] if len(fits) == 1 else shape

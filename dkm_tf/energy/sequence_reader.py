@@ -72,7 +72,7 @@ def classify_sequence_layer(layer, alias, in_shapes, out_shape, keras, n_outputs
     if isinstance(layer, L.RNN):
         return _rnn_records(layer, alias, in_shapes[0], "")
     if isinstance(layer, L.MultiHeadAttention):
-        return _mha_records(layer, alias, n_outputs)
+        return _mha_records(layer, alias, n_outputs, in_shapes)
     if type(layer).__name__ in ("GroupQueryAttention", "GroupedQueryAttention"):
         from dkm_tf.energy.gqa_records import gqa_records
 
@@ -238,15 +238,16 @@ def _build_shape(sub):
     return tuple(config.get("input_shape") or ())
 
 
-def _mha_records(layer, alias, n_outputs):
+def _mha_records(layer, alias, n_outputs, in_shapes=()):
     from dkm_tf.energy import shapes as sh
+    from dkm_tf.energy.open_shapes import call_shape
 
     records = []
     projected = {}
     for part in ("query_dense", "key_dense", "value_dense", "output_dense"):
         sub = getattr(layer, part)
         # the attention output (batch, query positions..., heads, d_v) feeds output_dense
-        shape = _build_shape(sub) if part != "output_dense" else (
+        shape = call_shape(_build_shape(sub), in_shapes) if part != "output_dense" else (
             projected["query_dense"][:-1] + projected["value_dense"][-1:])
         recs, reason = _einsum_records(sub, alias, f"{part}.kernel", shape,
                                        op="MultiHeadAttention")
