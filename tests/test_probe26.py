@@ -4,8 +4,8 @@ Found by probing `energy.estimate(keras_model)` against `energy.estimate(<its fl
 Keras records that EinsumDense's output as `(None, None, n)` whatever its input's length (the
 usual spelling of "keep the sequence axis"), and the walk of the Keras graph skipped it and
 every layer after it ("unknown dimension"): `Input((5, 6))`, `EinsumDense("abc,cd->abd",
-(None, 7))` and a `Dense(3)` read 0 MACs against the file's 315. A model with one fixed-size
-input is now read at the sizes of one call of the model (`open_shapes`), and `skipped` says so.
+(None, 7))` and a `Dense(3)` read 0 MACs against the file's 315. A model with fixed-size
+inputs is now read at the sizes of one call of the model (`open_shapes`), and `skipped` says so.
 """
 
 import keras
@@ -40,7 +40,7 @@ def test_open_einsum_output_and_the_layers_after_it_are_charged():
                for why in reasons)
 
 
-def test_open_einsum_palettes_are_charged_on_the_traced_records():
+def test_open_einsum_palettes_are_charged_on_the_filled_records():
     model = _open_einsum(lambda x: L.Dense(3)(x))
     shared = dkm_tf.share_weights(model, n_clusters=4)
     report = estimate(shared.model, palettes=shared.palettes)
