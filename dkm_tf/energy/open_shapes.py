@@ -10,7 +10,8 @@ get the sizes of that call where they are open beyond the batch axis, for the ti
 walk (`filled`; restored after): the walk keeps its own rules (pads merged into convs,
 `Rescaling` / batch norms folded, ReLUs fused, calls of shared layers, names) and reads the
 layers after the open shape as the file does. A nested Functional model is filled at its own
-input size, or at its first call's where its own is open. A dimension is never taken as 1:
+input size, or at its calls' where its own is open and they call it at one size (called at
+several, it stays open: its calls are listed, `keras_reader`). A dimension is never taken as 1:
 where the call fails, or gives a tensor another rank or a size 0 (a `TextVectorization`
 without `output_sequence_length` on an empty string), its shape stays open and the layers on
 it are listed ("unknown dimension"), with a note in `skipped` saying why.
@@ -41,7 +42,7 @@ def _open(shape):
 
 def _graph_tensors(model, keras):
     """Every tensor of `model`'s own graph (inputs and outputs of each call), deduplicated,
-    and the nested Functional models called in it with their first call's inputs."""
+    and the nested Functional models called in it with each call's inputs."""
     tensors, nested = {}, []
     for t in keras.tree.flatten(model.inputs) + keras.tree.flatten(model.outputs):
         tensors[id(t)] = t
@@ -55,7 +56,7 @@ def _graph_tensors(model, keras):
                 if isinstance(t, keras.KerasTensor):
                     tensors[id(t)] = t
         if isinstance(op, keras.Model) and _functional(op) and op_calls:
-            nested.append((op, list(op_calls[0][0])))
+            nested.append((op, [list(ins) for ins, _ in op_calls]))
     return list(tensors.values()), nested
 
 
@@ -118,7 +119,9 @@ def _fill(model, keras, input_shapes, saved, skipped, seen):
                                 + (f"; still open: {', '.join(still)}" if still else "")))
     for inner, call_inputs in nested:
         own = [tuple(t.shape) for t in keras.tree.flatten(inner.inputs)]
-        at = [tuple(t.shape) for t in call_inputs] if any(_open(s) for s in own) else None
+        at = {tuple(tuple(t.shape) for t in ins) for ins in call_inputs}
+        # called at one size: read at it; at several: at its own (open: listed, per call)
+        at = list(at.pop()) if len(at) == 1 and any(_open(s) for s in own) else None
         _fill(inner, keras, at, saved, skipped, seen)
 
 
