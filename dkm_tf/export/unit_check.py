@@ -271,7 +271,6 @@ def _layout(tensor, cache=None, depth=0, feeds=None):
     L = keras.layers  # noqa: N806
     ins = list(op._inbound_nodes[history.node_index].input_tensors) if isinstance(
         op, keras.Operation) and len(op._inbound_nodes) > history.node_index else []
-    walk = lambda x: _layout(x, cache, depth + 1, feeds)  # noqa: E731
     fmt = getattr(op, "data_format", None)
     if fmt not in ("channels_first", "channels_last"):
         fmt = None
@@ -279,17 +278,22 @@ def _layout(tensor, cache=None, depth=0, feeds=None):
         fmt = feeds[id(tensor)]() if id(tensor) in feeds else None
     elif fmt is None and isinstance(op, (L.Dense, L.EinsumDense, L.MultiHeadAttention)):
         # acts on the last axis only: axes 1..-2 are its (first) input's, channels included
-        fmt = "channels_last" if not ins or len(ins[0].shape) < 3 else walk(ins[0])
+        fmt = "channels_last" if not ins or len(ins[0].shape) < 3 else _layout(
+            ins[0], cache, depth + 1, feeds)
     elif fmt is None and isinstance(op, (L.Embedding, L.RNN, L.Bidirectional)):
         fmt = "channels_last"
     elif fmt is None and isinstance(op, L.Permute) and len(ins) == 1:
-        fmt = _permuted(walk(ins[0]), tuple(op.dims), len(tensor.shape))
+        fmt = _permuted(_layout(ins[0], cache, depth + 1, feeds), tuple(op.dims),
+                        len(tensor.shape))
     elif fmt is None and isinstance(op, keras.Model):  # a nested Functional / Sequential
-        fmt = _nested(op, history.tensor_index, ins, walk, depth)
+        fmt = _nested(op, history.tensor_index, ins,
+                      lambda x: _layout(x, cache, depth + 1, feeds), depth)
     elif fmt is None and (isinstance(op, _keep(L)) or (
             type(op).__name__ in _SAME_LAYOUT_OPS and not isinstance(op, L.Layer))):
         if ins and all(tuple(x.shape) == tuple(tensor.shape) for x in ins):
-            got = {walk(x) for x in ins}
+            got = set()
+            for x in ins:  # (a loop, not a comprehension: one stack frame per layer)
+                got.add(_layout(x, cache, depth + 1, feeds))
             fmt = got.pop() if len(got) == 1 else None
     cache[id(tensor)] = fmt
     return fmt
