@@ -138,6 +138,8 @@ def test_unit_axes_follow_permute_dense_and_nested_models():
     outs = {
         "dense on cf": L.Dense(5)(cf),
         "einsum on cf": L.EinsumDense("abcd,de->abce", (4, 6, 5))(cf),
+        "attention on cf": L.MultiHeadAttention(2, 3)(cf, cf),
+        "lstm": L.LSTM(3, return_sequences=True)(L.Reshape((6, 32))(cf)),
         "cf to last": L.Permute((2, 3, 1))(cf),
         "cf to axis 2": L.Permute((2, 1, 3))(cf),
         "cl to first": L.Permute((3, 1, 2))(cl),
@@ -151,7 +153,8 @@ def test_unit_axes_follow_permute_dense_and_nested_models():
     }
     model = keras.Model(i, list(outs.values()))
     ref = [np.zeros((1, *t.shape[1:])) for t in model.outputs]
-    want = {"dense on cf": (1, -1), "einsum on cf": (1, -1), "cl to first": (1, -1),
+    want = {"dense on cf": (1, -1), "einsum on cf": (1, -1), "attention on cf": (1, -1),
+            "cl to first": (1, -1),
             "dense on cl to first": (1, -1), "nested model": (1, -1),
             "nested sequential": (1, -1)}
     assert dict(zip(outs, unit_axes(model, ref))) == {k: want.get(k, (-1,)) for k in outs}
