@@ -139,6 +139,7 @@ def test_unit_axes_follow_permute_dense_and_nested_models():
         "dense on cf": L.Dense(5)(cf),
         "einsum on cf": L.EinsumDense("abcd,de->abce", (4, 6, 5))(cf),
         "attention on cf": L.MultiHeadAttention(2, 3)(cf, cf),
+        "einsum moving axes": L.EinsumDense("abcd,de->acbe", (6, 4, 5))(cf),
         "lstm": L.LSTM(3, return_sequences=True)(L.Reshape((6, 32))(cf)),
         "cf to last": L.Permute((2, 3, 1))(cf),
         "cf to axis 2": L.Permute((2, 1, 3))(cf),

@@ -278,8 +278,10 @@ def _layout(tensor, cache=None, depth=0, feeds=None):
         fmt = feeds[id(tensor)]() if id(tensor) in feeds else None
     elif fmt is None and isinstance(op, (L.Dense, L.EinsumDense, L.MultiHeadAttention)):
         # acts on the last axis only: axes 1..-2 are its (first) input's, channels included
+        eq = str(getattr(op, "equation", "x,y->x")).replace(" ", "")
         fmt = "channels_last" if not ins or len(ins[0].shape) < 3 else _layout(
-            ins[0], cache, depth + 1, feeds)
+            ins[0], cache, depth + 1, feeds) if eq.split(",")[0][:-1] == eq.split(
+            "->")[-1][:-1] else None  # an EinsumDense moving the leading axes: unknown
     elif fmt is None and isinstance(op, (L.Embedding, L.RNN, L.Bidirectional)):
         fmt = "channels_last"
     elif fmt is None and isinstance(op, L.Permute) and len(ins) == 1:
