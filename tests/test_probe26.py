@@ -5,7 +5,7 @@ Keras records that EinsumDense's output as `(None, None, n)` whatever its input'
 usual spelling of "keep the sequence axis"), and the walk of the Keras graph skipped it and
 every layer after it ("unknown dimension"): `Input((5, 6))`, `EinsumDense("abc,cd->abd",
 (None, 7))` and a `Dense(3)` read 0 MACs against the file's 315. A model with fixed-size
-inputs is now read at the sizes of one call of the model (`open_shapes`), and `skipped` says so.
+inputs is now read at the sizes of one trace of the model (`open_shapes`), and `skipped` says so.
 """
 
 import keras
@@ -36,7 +36,7 @@ def test_open_einsum_output_and_the_layers_after_it_are_charged():
     assert [r.shape.layer for r in report.layers] == [x.name for x in model.layers[1:]]
     reasons = [why for _, why in report.skipped]
     assert not any(why.startswith("unknown dimension") for why in reasons)
-    assert any("filled in from one call of it at its input size (5, 6)" in why
+    assert any("filled in from one trace of it at its input size (5, 6)" in why
                for why in reasons)
 
 

@@ -4,17 +4,20 @@ Keras records an `EinsumDense(..., output_shape=(None, 7))` output (the usual wa
 sequence axis) as `(None, None, 7)` whatever the length of its input, and every layer after
 it then reads an open shape: the walk of the Keras graph skipped them all ("unknown
 dimension", measured: `Input((5, 6))`, that EinsumDense and a `Dense(3)` read 0 MACs, their
-`.tflite` 315). The model is called once, eagerly, on zeros of its (fixed) input size, as a
-`keras.Model(model.inputs, <every tensor of its graph>)`, and the tensors' recorded shapes
-get the sizes of that call where they are open beyond the batch axis, for the time of the
+`.tflite` 315). The model is traced once (a `tf.function`'s concrete function: nothing runs,
+so a stateful RNN's states and variables a layer updates in `call` are left alone; an eager
+call changed them, review R8) at its (fixed) input size, as a `keras.Model(model.inputs,
+<every tensor of its graph>)`, and the tensors' recorded shapes get the static sizes of that
+trace where they are open beyond the batch axis, for the time of the
 walk (`filled`; restored after): the walk keeps its own rules (pads merged into convs,
 `Rescaling` / batch norms folded, ReLUs fused, calls of shared layers, names) and reads the
 layers after the open shape as the file does. A nested Functional model is filled at its own
 input size, or at its calls' where its own is open and they call it at one size (called at
-several, it stays open: its calls are listed, `keras_reader`). A dimension is never taken as 1:
-where the call fails, or gives a tensor another rank or a size 0 (a `TextVectorization`
-without `output_sequence_length` on an empty string), its shape stays open and the layers on
-it are listed ("unknown dimension"), with a note in `skipped` saying why.
+several, also by different parents, it stays open: its calls are listed, `keras_reader`). A
+dimension is never taken as 1: where the trace fails, or gives a tensor another rank, a size
+0 or no static size (a size that depends on the data, e.g. after `tf.boolean_mask`), its
+shape stays open and the layers on it are listed ("unknown dimension"), with a note in
+`skipped` saying why.
 """
 
 import contextlib
@@ -25,11 +28,11 @@ from dkm_tf.energy.keras_calls import calls, graph_ops
 @contextlib.contextmanager
 def filled(model, keras, skipped):
     """Within the `with` block, the open dimensions (beyond the batch) of the tensors of
-    `model`'s graph, and of its nested Functional models' graphs, hold their sizes in one
-    eager call at the model's input size; a note for `skipped` is appended to `skipped`."""
+    `model`'s graph, and of its nested Functional models' graphs, hold their static sizes in
+    one trace at the model's input size; a note for `skipped` is appended to `skipped`."""
     saved = {}
     try:
-        _fill(model, keras, None, saved, skipped, set())
+        _fill(model, keras, None, saved, skipped, {})
         yield
     finally:
         for tensor, shape in saved.values():
@@ -67,23 +70,33 @@ def _functional(model):
         return False
 
 
-def _zeros(tensor, shape):
-    """Zeros (empty strings for a string input) of `shape`, the input `tensor`'s dtype."""
-    import numpy as np
+def _traced(probe, inputs, shapes):
+    """The static output shapes of `probe` traced (not run) on inputs of `shapes`."""
+    import tensorflow as tf
 
-    if str(tensor.dtype) == "string":
-        import tensorflow as tf
+    specs = [tf.TensorSpec(s, tf.as_dtype(str(t.dtype))) for t, s in zip(inputs, shapes)]
+    fn = tf.function(lambda *xs: probe(list(xs), training=False))
+    return fn.get_concrete_function(*specs).structured_outputs
 
-        return tf.fill(shape, "")
-    return np.zeros(shape, dtype=str(tensor.dtype))
+
+def _unfill(model, keras, saved):
+    """Puts back the recorded shapes of `model`'s graph and its nested models' graphs."""
+    tensors, nested = _graph_tensors(model, keras)
+    for t in tensors:
+        if id(t) in saved:
+            t._shape = saved.pop(id(t))[1]
+    for inner, _ in nested:
+        _unfill(inner, keras, saved)
 
 
 def _fill(model, keras, input_shapes, saved, skipped, seen):
     """Fills `model`'s graph (`input_shapes`: its inputs' shapes with the batch, for a nested
     model whose own are open), then its nested models'."""
-    if id(model) in seen:  # a nested model called twice: read at one graph's shapes
+    if id(model) in seen:  # a nested model called twice: at other sizes (another parent's
+        if seen[id(model)] != input_shapes:  # call, review R8: read at the first's), open
+            _unfill(model, keras, saved)
         return
-    seen.add(id(model))
+    seen[id(model)] = input_shapes
     tensors, nested = _graph_tensors(model, keras)
     inputs = keras.tree.flatten(model.inputs)
     opened = [t for t in tensors if _open(t.shape)]
@@ -100,11 +113,10 @@ def _fill(model, keras, input_shapes, saved, skipped, seen):
         else:
             try:
                 probe = keras.Model(model.inputs, tensors)
-                values = probe([_zeros(t, s) for t, s in zip(inputs, shapes)], training=False)
-                got = [tuple(v.shape) for v in keras.tree.flatten(values)]
+                got = [tuple(v.shape) for v in keras.tree.flatten(_traced(probe, inputs, shapes))]
             except Exception as e:  # noqa: BLE001 (any failure of the call: shapes stay open)
                 skipped.append(("shapes", f"Keras recorded open shapes in {model.name!r} "
-                                f"({', '.join(names)}); a call of it on zeros of its input "
+                                f"({', '.join(names)}); a trace of it at its input "
                                 f"size {where} failed ({type(e).__name__}: {str(e)[:200]}): "
                                 "they are skipped"))
                 got = None
@@ -114,7 +126,7 @@ def _fill(model, keras, input_shapes, saved, skipped, seen):
                 still = sorted({t._keras_history.operation.name for t in opened
                                 if _open(t.shape) and getattr(t, "_keras_history", None)})
                 skipped.append(("shapes", f"Keras recorded open shapes in {model.name!r} "
-                                f"({', '.join(names)}): filled in from one call of it at its "
+                                f"({', '.join(names)}): filled in from one trace of it at its "
                                 f"input size {where}"
                                 + (f"; still open: {', '.join(still)}" if still else "")))
     for inner, call_inputs in nested:
