@@ -188,6 +188,11 @@ def match_sharing(shapes, sharing, skipped=()):
     named = {s.name: s for s in shapes}
     for s in shapes:  # a later call of a shared layer (`name#2`): the same stored weights
         first = named.get(re.sub(r"#\d+", "", s.name))
+        if s.name not in matched and s.layer != re.sub(r"#\d+", "", s.name) and (
+                first is None or first.name not in matched):
+            # a layer a Lambda calls (record `lam`, layer `d`) also called elsewhere or twice:
+            # its first matched record's (before 2026-12-07 not charged, hierarchy 1.4516)
+            first = next((r for r in shapes if r.name in matched and r.layer == s.layer), None)
         if s.name not in matched and first is not None and first.name in matched and \
                 (first.layer, first.kind, first.n_weights) == (s.layer, s.kind, s.n_weights):
             matched[s.name] = matched[first.name]
