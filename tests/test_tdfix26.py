@@ -5,6 +5,8 @@ A layer a Lambda calls that is also called elsewhere (or twice in the Lambda) ha
 on its record inside the Lambda (Keras / palettized-file hierarchy 1.4516, paper 1.2102).
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import pytest
 import dkm_tf
 from dkm_tf import energy
 from dkm_tf.export import to_tflite
+from tests._energy_file25 import both, randomize, same_totals
 
 L = keras.layers
 
@@ -41,3 +44,78 @@ def test_a_layer_a_lambda_calls_keeps_its_palette(fn, tmp_path):
         x.n_clusters or 0 for x in f.layers)
     np.testing.assert_allclose(k.hierarchy_total, f.hierarchy_total, rtol=1e-6)
     np.testing.assert_allclose(k.paper_total, f.paper_total, rtol=1e-6)
+
+
+def _bn(name, axis=-1, shape=(None, 8, 8, 4)):
+    bn = L.BatchNormalization(axis=axis, name=name)
+    bn.build(shape)
+    randomize(bn)  # not an identity
+    return bn
+
+
+def _conv(x, **kw):
+    return L.Conv2D(4, 3, padding="same", name="c", **kw)(x)
+
+
+def _nested_ending_in_a_scale(x):
+    j = keras.Input((8, 8, 4))
+    return keras.Model(j, _conv(j) * 0.5, name="sub")(x) + 1.0
+
+
+def _chain(pairs):
+    return lambda x: functools.reduce(lambda t, _: t * 1.01 + 0.01, range(pairs), _conv(x))
+
+
+CHAINS = {  # (the ops the file keeps after the conv, the chain)
+    "through_dropout": (0, lambda x: L.Dropout(0.3)(_conv(x) * 0.5) + 1.0),
+    "lambda_then_outer": (0, lambda x: L.Lambda(lambda t: t * 0.5, name="lam")(_conv(x)) + 1.0),
+    "lambda_lambda": (0, lambda x: L.Lambda(lambda t: t + 1.0, name="l2")(
+        L.Lambda(lambda t: t * 0.5, name="lam")(_conv(x)))),
+    "nested_output": (0, _nested_ending_in_a_scale),
+    "20_pairs": (0, _chain(20)),  # 40 ops: beyond the 16 followed before
+    "24_pairs": (7, _chain(24)),  # 48 ops: the converter folds the first 41 only
+}
+
+
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+def test_a_chain_folds_through_what_the_converter_steps_over(chain, tmp_path):
+    """Charged before (Keras / file hierarchy 1.8627; 20 pairs 3.5892)."""
+    keras.utils.set_random_seed(0)
+    kept, fn = CHAINS[chain]
+    i = keras.Input((8, 8, 4))
+    k, f = both(keras.Model(i, L.Flatten()(fn(i))), tmp_path)
+    assert [x.shape.kind for x in f.layers] == ["conv"] + ["eltwise"] * kept
+    assert len(k.layers) == 1 + kept
+    same_totals(k, f)
+
+
+CF = (None, 4, 8, 6)
+
+
+def _cf_conv(x):
+    return L.Conv2D(4, 3, padding="same", data_format="channels_first", name="c")(x)
+
+
+CF_CHAINS = {  # (the ops the file keeps after the conv, the chain)
+    "bn_then_per_column": (1, lambda x: _bn("b1", 1, CF)(_cf_conv(x)) * np.arange(
+        6, dtype="float32")),
+    "bn_then_bn_last_axis": (2, lambda x: _bn("b2", -1, CF)(_bn("b1", 1, CF)(_cf_conv(x)))),
+    "bn_then_bn": (0, lambda x: _bn("b2", 1, CF)(_bn("b1", 1, CF)(_cf_conv(x)))),
+    "bn_then_scalars": (0, lambda x: _bn("b1", 1, CF)(_cf_conv(x)) * 0.5 + 1.0),
+    "scalars": (0, lambda x: _cf_conv(x) * 0.5 + 1.0),
+    "rescaling": (0, lambda x: L.Rescaling(0.5, 1.0)(_cf_conv(x))),
+}
+
+
+@pytest.mark.usefixtures("cf_runs")
+@pytest.mark.parametrize("chain", sorted(CF_CHAINS))
+def test_a_chain_after_a_channels_first_conv(chain, tmp_path):
+    """An op on the last axis (W) after a channels_first conv is not folded into it, a
+    scalar is (the per-column MUL was listed folded: Keras / file hierarchy 0.5503)."""
+    keras.utils.set_random_seed(0)
+    kept, fn = CF_CHAINS[chain]
+    i = keras.Input(CF[1:])
+    k, f = both(keras.Model(i, L.Flatten()(fn(i))), tmp_path)
+    assert [x.shape.kind for x in f.layers] == ["conv"] + ["eltwise"] * kept
+    assert len(k.layers) == 1 + kept
+    same_totals(k, f)

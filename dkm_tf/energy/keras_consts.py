@@ -11,14 +11,27 @@ TrueDivide") and a `Normalization` layer as its SUB and MUL (`keras_lowered`; wa
 "unsupported layer type"). The traced reader does the same (`traced_consts`).
 """
 
+import dataclasses
 import math
 
 _CONST_OPS = {"Add": "add", "Subtract": "add", "Multiply": "mul", "TrueDivide": "mul",
               "Divide": "mul"}
 
 
+_MAX_CHAIN = 40  # the converter folds the first 41 ops of a chain (TF 2.21; was 16)
+
+
 class _LastAxis:
     axis = -1
+
+
+class _AnyAxis:  # a scalar scale / shift: folds on any channel axis
+    axis = -1
+
+
+@dataclasses.dataclass
+class _Axis:
+    axis: int
 
 
 def _constant(op, call):
@@ -42,35 +55,96 @@ def _per_channel(value):
     return math.prod(shape[:-1]) == 1 if shape else True
 
 
-def fold_of(inner, call, counts, keras, outer=None, _depth=0):
+def _scalar(value):
+    import numpy as np
+
+    return value is None or np.size(value) == 1
+
+
+def fold_of(inner, call, counts, keras, outer=None):
     """The name of the layer op `inner` (a batch norm, a `Rescaling` / `Normalization`, a
     constant Add / Subtract / Multiply / TrueDivide) is folded into at `call`, else None.
     `outer`: the context of the nested model the call is in (`bn_folding.source`). Also
-    where it reads (only) such an op that is folded itself, on the channel axis: the
-    converter folds the chain (`conv(x) * 0.5 + 1.0`: the ADD into the conv's bias; before
-    2026-12-07 it was charged, Keras / file hierarchy 1.8627, paper 1.0240)."""
-    from dkm_tf.energy.bn_folding import folded_into
+    where it reads (only) such an op that is folded itself, on the channel axis of the layer
+    the chain folds into (or a scalar): the converter folds the chain (`conv(x) * 0.5 + 1.0`:
+    the ADD into the conv's bias; before 2026-12-07 it was charged, Keras / file hierarchy
+    1.8627, paper 1.0240; a per-column MUL after a batch norm after a channels_first conv,
+    which the file keeps, was listed folded: 0.5503, paper 0.9734), through a `Dropout`, a
+    nested model's output and a `Lambda`'s graph (`t * 0.5` in a Lambda, then `+ 1.0`:
+    1.8627 before), at any length (was 16 ops: 3.5892 for 20)."""
+    found = _fold_layer(inner, call, counts, keras, outer, 0)
+    return None if found is None else found.name
 
+
+def _fold_layer(inner, call, counts, keras, outer, depth):
+    """As `fold_of`, the layer itself; `depth` ops after it in the chain being followed."""
     def into(norm, counts, keras, x, outer):
-        return folded_into(norm, counts, keras, x, outer) or (
-            _chained(norm, x, counts, keras, outer, _depth) if _depth < 16 else None)
+        return _producer(norm, counts, keras, x, outer) or (
+            _chained(norm, x, counts, keras, outer, depth) if depth < _MAX_CHAIN else None)
 
     return _fold_here(inner, call, counts, keras, outer, into)
 
 
-def _chained(norm, x, counts, keras, outer, depth):
-    """Where `x` is the output of a foldable op of this graph read by this call only, the
-    layer that op folds into (`fold_of`)."""
-    from dkm_tf.energy.bn_folding import source_at
+def _producer(norm, counts, keras, x, outer):
+    """`bn_folding.folded_into`, the layer."""
+    from dkm_tf.energy.bn_folding import source
 
-    axis = norm.axis if isinstance(norm.axis, int) else (
-        norm.axis[0] if len(norm.axis) == 1 else None)
+    try:
+        x = norm.input if x is None else x
+    except (AttributeError, ValueError):
+        return None
+    producer = source(x, counts, keras, outer)
+    return producer if producer is not None and _fits(producer, norm, len(x.shape), keras) \
+        else None
+
+
+def _fits(producer, norm, rank, keras):
+    """`bn_folding.folds_after`; a scalar (`_AnyAxis`) on either channel axis."""
+    from dkm_tf.energy.bn_folding import folds_after
+
+    if norm is _AnyAxis:
+        return any(folds_after(producer, _Axis(a), rank, keras) for a in (1, rank - 1))
+    return folds_after(producer, norm, rank, keras)
+
+
+def _chained(norm, x, counts, keras, outer, depth):
+    """Where `x` is the output of a foldable op read by this call only, the layer that op
+    folds into (`_fold_layer`) where `norm` folds there too (on its channel axis)."""
+    found = None if x is None else _op_output(x, counts, keras, outer)
+    if found is None:
+        return None
+    op, ins, y, op_counts, op_outer = found
+    target = _fold_layer(op, (list(ins), [y]), op_counts, keras, op_outer, depth + 1)
+    return target if target is not None and _fits(target, norm, len(x.shape), keras) else None
+
+
+def _op_output(x, counts, keras, outer):
+    """`(op, its call's inputs, its output, counts, outer)` of the op of a graph `x` comes
+    from (`bn_folding.source_at`: through removed ops and nested models' outputs, and into a
+    `Lambda`'s graph), None where `x` is read twice or comes from no single-output op."""
+    from dkm_tf.energy.bn_folding import consumers, graph_ops, source_at
+    from dkm_tf.energy.keras_wrapped import lambda_model
+
     found = source_at(x, counts, keras, outer)
-    if axis is None or axis % len(x.shape) != len(x.shape) - 1 or found is None or \
-            not found[1] or getattr(x, "_keras_history", (None,))[0] is not found[0]:
-        return None  # not on channels, not the output of an op of this graph
+    if found is None or not found[1]:
+        return None
     op, ins, op_counts, op_outer = found
-    return fold_of(op, (list(ins), [x]), op_counts, keras, op_outer, depth + 1)
+    nodes = [n for n in getattr(op, "_inbound_nodes", None) or [] if [
+        id(t) for t in n.input_tensors] == [id(t) for t in ins]]
+    if len(nodes) != 1 or len(nodes[0].outputs) != 1:
+        return None
+    y = nodes[0].outputs[0]
+    sub = lambda_model(op, (list(ins), [y]), keras)
+    if sub is None:
+        return op, ins, y, op_counts, op_outer
+    from dkm_tf.energy.bn_folding import _calls
+
+    inside = (keras.tree.flatten(sub.inputs), list(ins), op_counts, op_outer)
+    inner = keras.tree.flatten(sub.outputs)
+    if len(inner) != 1 or len(inside[0]) != len(ins):
+        return None
+    ops = [(o, _calls(sub, o)) for o in graph_ops(sub)]
+    return _op_output(inner[0], consumers(sub, ops, keras), keras, inside)
 
 
 def _fold_here(inner, call, counts, keras, outer, folded_into):
@@ -91,12 +165,14 @@ def _fold_here(inner, call, counts, keras, outer, folded_into):
         if isinstance(inner, L.Normalization) and tuple(axis or ()) not in ((), (-1,), (len(
                 x.shape) - 1,)):  # None: one scalar mean and variance
             return None
-        return folded_into(_LastAxis, counts, keras, x, outer)
+        return folded_into(_AnyAxis if isinstance(inner, L.Rescaling) and _scalar(scale) and
+                           _scalar(inner.offset) else _LastAxis, counts, keras, x, outer)
     if type(inner).__name__ in _CONST_OPS:
         found = _constant(inner, call)
         if found is not None and _per_channel(found[0]) and not (
                 type(inner).__name__ in ("Subtract", "TrueDivide", "Divide") and found[1] == 0):
-            return folded_into(_LastAxis, counts, keras, x, outer)
+            return folded_into(_AnyAxis if _scalar(found[0]) else _LastAxis, counts, keras, x,
+                               outer)
     return None
 
 
