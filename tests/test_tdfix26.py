@@ -6,6 +6,8 @@ on its record inside the Lambda (Keras / palettized-file hierarchy 1.4516, paper
 """
 
 import functools
+import gc
+import weakref
 
 import keras
 import numpy as np
@@ -119,3 +121,22 @@ def test_a_chain_after_a_channels_first_conv(chain, tmp_path):
     assert [x.shape.kind for x in f.layers] == ["conv"] + ["eltwise"] * kept
     assert len(k.layers) == 1 + kept
     same_totals(k, f)
+
+
+def test_a_lambdas_graph_does_not_keep_the_model_alive():
+    """The graph of a Lambda calling a layer of the model was cached in a module-level
+    WeakKeyDictionary whose value reached its key: the layer and its weights stayed in
+    memory after the model was deleted."""
+    def make():
+        d = L.Dense(8, name="inner_d")
+        i = keras.Input((8,))
+        h = d(L.Dense(8, name="d0")(i))
+        return keras.Model(i, L.Lambda(lambda t: d(t) * t, name="lam")(h)), d
+
+    model, d = make()
+    assert [x.shape.layer for x in energy.estimate(model).layers] == [
+        "d0", "inner_d", "inner_d", "lam"]
+    layer, kernel = weakref.ref(d), weakref.ref(d.kernel)
+    del model, d
+    gc.collect()
+    assert layer() is None and kernel() is None

@@ -22,9 +22,11 @@ charged, 1.5000). A function that does not build a Keras graph (TensorFlow ops, 
 """
 
 import dataclasses
-import weakref
 
-_GRAPHS = weakref.WeakKeyDictionary()  # a Lambda's call (its node) -> `lambda_model`
+# a Lambda's call (its node) -> `lambda_model`, kept on the node: it lives and dies with the
+# Lambda (a module-level WeakKeyDictionary kept it, the layers its function calls, their
+# weights and so the whole model, for good: the graph reaches its key through those layers)
+_GRAPH = "_dkm_tf_lambda_graph"
 
 
 def wrapped_graph(layer, name, call, used, keras, walk, skipped):
@@ -80,9 +82,9 @@ def lambda_model(layer, call, keras):
         id(t) for t in call[1]]), None)
     if node is None:
         return None
-    if node not in _GRAPHS:  # one model per call: its tensors are the same at each look
-        _GRAPHS[node] = _build(layer, node, keras)
-    return _GRAPHS[node]
+    if not hasattr(node, _GRAPH):  # one model per call: its tensors are the same at each look
+        setattr(node, _GRAPH, _build(layer, node, keras))
+    return getattr(node, _GRAPH)
 
 
 def _build(layer, node, keras):
