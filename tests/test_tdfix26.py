@@ -140,3 +140,14 @@ def test_a_lambdas_graph_does_not_keep_the_model_alive():
     del model, d
     gc.collect()
     assert layer() is None and kernel() is None
+
+
+def test_a_lambda_folded_into_the_conv_after_it_names_it():
+    """Its ADD was noted "folded into  after it" (no name)."""
+    i = keras.Input((8, 8, 3))
+    y = L.Conv2D(4, 3, name="c")(L.Lambda(lambda t: (t - 127.5) / 127.5, name="pre")(i))
+    report = energy.estimate(keras.Model(i, y))
+    assert [x.name for x in report.layers] == ["c"]
+    notes = dict(report.skipped)
+    assert notes["pre/subtract"] == "its ADD folded into c after it (as a .tflite folds it)"
+    assert notes["pre/true_divide"] == "its MUL folded into c after it (as a .tflite folds it)"

@@ -107,9 +107,14 @@ def _inside(model, keras, at=0):
     return ins[at], consumers(model, [(o, _calls(model, o)) for o in graph_ops(model)], keras)
 
 
-def _takers(t, keras, depth=0):
-    """Names of the convs / Dense layers reading `t`, through the ops between."""
+def _takers(t, keras, depth=0, outer=None):
+    """Names of the convs / Dense layers reading `t`, through the ops between; `outer`: as
+    for `_all_take`, for the readers outside of a nested model's (a Lambda's graph's) output
+    (`(t - 127.5) / 127.5` in a Lambda before a conv: its ADD was noted "folded into  after
+    it", no name, before 2026-12-07)."""
     names = set()
+    for out in _outside(t, outer) or () if depth < 32 else ():
+        names |= _takers(out[0], keras, depth + 1, out[2])
     for n in _readers(t, keras) or ():
         op = n.operation
         if type(getattr(op, "layer", op)).__name__ in ("Conv2D", "DepthwiseConv2D",
@@ -123,7 +128,8 @@ def _takers(t, keras, depth=0):
         elif depth < 32 and len(n.outputs) == 1:
             at = [i for i, y in enumerate(keras.tree.flatten(n.input_tensors)) if y is t]
             inside = _inside(op, keras, at[0]) if isinstance(op, keras.Model) and at else None
-            names |= _takers(n.outputs[0] if inside is None else inside[0], keras, depth + 1)
+            names |= _takers(n.outputs[0] if inside is None else inside[0], keras, depth + 1,
+                             outer if inside is None else None)
     return names
 
 
@@ -187,10 +193,7 @@ def drop_folded(op, call, counts, records, keras, outer=None):
     kept, folded = kept_ops(op, call, counts, keras, outer=outer)
     if not folded or len(records) != len(kept) + len(folded):
         return records, None
-    readers = _takers(call[1][0], keras)
-    for out in _outside(call[1][0], outer) or ():
-        readers |= _takers(out[0], keras)
-    readers = sorted(readers)
+    readers = sorted(_takers(call[1][0], keras, outer=outer))
     return records[:len(kept)], (
         f"its {' and '.join(o.upper() for o in reversed(folded))} folded into "
         f"{', '.join(readers)} after it (as a .tflite folds it)")
