@@ -71,7 +71,8 @@ def fold_of(inner, call, counts, keras, outer=None):
     1.8627, paper 1.0240; a per-column MUL after a batch norm after a channels_first conv,
     which the file keeps, was listed folded: 0.5503, paper 0.9734), through a `Dropout`, a
     nested model's output and a `Lambda`'s graph (`t * 0.5` in a Lambda, then `+ 1.0`:
-    1.8627 before), at any length (was 16 ops: 3.5892 for 20)."""
+    1.8627 before), for the first 41 ops after the conv, as the TF 2.21 converter folds them
+    (was 16: 10 pairs of `* 1.01 + 0.01`, 3.5892)."""
     found = _fold_layer(inner, call, counts, keras, outer, 0)
     return None if found is None else found.name
 
@@ -122,7 +123,7 @@ def _op_output(x, counts, keras, outer):
     """`(op, its call's inputs, its output, counts, outer)` of the op of a graph `x` comes
     from (`bn_folding.source_at`: through removed ops and nested models' outputs, and into a
     `Lambda`'s graph), None where `x` is read twice or comes from no single-output op."""
-    from dkm_tf.energy.bn_folding import consumers, graph_ops, source_at
+    from dkm_tf.energy.bn_folding import _calls, consumers, graph_ops, source_at
     from dkm_tf.energy.keras_wrapped import lambda_model
 
     found = source_at(x, counts, keras, outer)
@@ -137,8 +138,6 @@ def _op_output(x, counts, keras, outer):
     sub = lambda_model(op, (list(ins), [y]), keras)
     if sub is None:
         return op, ins, y, op_counts, op_outer
-    from dkm_tf.energy.bn_folding import _calls
-
     inside = (keras.tree.flatten(sub.inputs), list(ins), op_counts, op_outer)
     inner = keras.tree.flatten(sub.outputs)
     if len(inner) != 1 or len(inside[0]) != len(ins):
