@@ -76,12 +76,15 @@ CHAINS = {  # (the ops the file keeps after the conv, the chain)
     "nested_output": (0, _nested_ending_in_a_scale),
     "20_pairs": (0, _chain(20)),  # 40 ops: beyond the 16 followed before
     "24_pairs": (7, _chain(24)),  # 48 ops: the converter folds the first 41 only
+    "20_batch_norms": (0, lambda x: functools.reduce(
+        lambda t, k: _bn(f"b{k}")(t), range(20), _conv(x))),  # 40 ops: 6.1795 before
 }
 
 
 @pytest.mark.parametrize("chain", sorted(CHAINS))
 def test_a_chain_folds_through_what_the_converter_steps_over(chain, tmp_path):
-    """Charged before (Keras / file hierarchy 1.8627; 20 pairs 3.5892)."""
+    """Charged before (Keras / file hierarchy 1.8627; 20 pairs 3.5892, 20 batch norms
+    6.1795)."""
     keras.utils.set_random_seed(0)
     kept, fn = CHAINS[chain]
     i = keras.Input((8, 8, 4))

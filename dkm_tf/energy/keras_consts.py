@@ -18,7 +18,7 @@ _CONST_OPS = {"Add": "add", "Subtract": "add", "Multiply": "mul", "TrueDivide": 
               "Divide": "mul"}
 
 
-_MAX_CHAIN = 40  # the converter folds the first 41 ops of a chain (TF 2.21; was 16)
+_MAX_CHAIN = 41  # the converter folds the first 41 MULs / ADDs of a chain (TF 2.21)
 
 
 class _LastAxis:
@@ -71,19 +71,33 @@ def fold_of(inner, call, counts, keras, outer=None):
     1.8627, paper 1.0240; a per-column MUL after a batch norm after a channels_first conv,
     which the file keeps, was listed folded: 0.5503, paper 0.9734), through a `Dropout`, a
     nested model's output and a `Lambda`'s graph (`t * 0.5` in a Lambda, then `+ 1.0`:
-    1.8627 before), for the first 41 ops after the conv, as the TF 2.21 converter folds them
-    (was 16: 10 pairs of `* 1.01 + 0.01`, 3.5892)."""
+    1.8627 before), for the first 41 MULs / ADDs after the conv (a batch norm is two), as
+    the TF 2.21 converter folds them (was 16 ops: 10 pairs of `* 1.01 + 0.01`, 3.5892; 20
+    batch norms 6.1795)."""
     found = _fold_layer(inner, call, counts, keras, outer, 0)
     return None if found is None else found.name
 
 
-def _fold_layer(inner, call, counts, keras, outer, depth):
-    """As `fold_of`, the layer itself; `depth` ops after it in the chain being followed."""
+def _fold_layer(inner, call, counts, keras, outer, above):
+    """As `fold_of`, the layer itself; `above`: the MULs / ADDs of the ops after it in the
+    chain being followed (the converter folds the first `_MAX_CHAIN` after the conv)."""
     def into(norm, counts, keras, x, outer):
-        return _producer(norm, counts, keras, x, outer) or (
-            _chained(norm, x, counts, keras, outer, depth) if depth < _MAX_CHAIN else None)
+        total = above + _n_ops(inner, keras)
+        return None if total > _MAX_CHAIN else _producer(norm, counts, keras, x, outer) or (
+            _chained(norm, x, counts, keras, outer, total))
 
     return _fold_here(inner, call, counts, keras, outer, into)
+
+
+def _n_ops(op, keras):
+    """The MULs / ADDs a foldable op is: a batch norm, a `Normalization` 2, a `Rescaling`
+    with a scale and an offset 2, another 1."""
+    import numpy as np
+
+    L = keras.layers
+    if isinstance(op, L.Rescaling):
+        return 1 + bool(np.any(np.asarray(op.scale) != 1) and np.any(np.asarray(op.offset) != 0))
+    return 2 if isinstance(op, (L.BatchNormalization, L.Normalization)) else 1
 
 
 def _producer(norm, counts, keras, x, outer):
@@ -108,14 +122,14 @@ def _fits(producer, norm, rank, keras):
     return folds_after(producer, norm, rank, keras)
 
 
-def _chained(norm, x, counts, keras, outer, depth):
+def _chained(norm, x, counts, keras, outer, above):
     """Where `x` is the output of a foldable op read by this call only, the layer that op
     folds into (`_fold_layer`) where `norm` folds there too (on its channel axis)."""
     found = None if x is None else _op_output(x, counts, keras, outer)
     if found is None:
         return None
     op, ins, y, op_counts, op_outer = found
-    target = _fold_layer(op, (list(ins), [y]), op_counts, keras, op_outer, depth + 1)
+    target = _fold_layer(op, (list(ins), [y]), op_counts, keras, op_outer, above)
     return target if target is not None and _fits(target, norm, len(x.shape), keras) else None
 
 
