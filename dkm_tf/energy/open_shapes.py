@@ -23,6 +23,7 @@ shape stays open and the layers on it are listed ("unknown dimension"), with a n
 import contextlib
 
 from dkm_tf.energy.keras_calls import calls, graph_ops
+from dkm_tf.energy.keras_wrapped import has_inputs
 
 
 @contextlib.contextmanager
@@ -58,16 +59,9 @@ def _graph_tensors(model, keras):
             for t in list(ins) + list(outs):
                 if isinstance(t, keras.KerasTensor):
                     tensors[id(t)] = t
-        if isinstance(op, keras.Model) and _functional(op) and op_calls:
+        if isinstance(op, keras.Model) and has_inputs(op) and op_calls:
             nested.append((op, [list(ins) for ins, _ in op_calls]))
     return list(tensors.values()), nested
-
-
-def _functional(model):
-    try:
-        return bool(model.inputs)
-    except (AttributeError, ValueError):
-        return False
 
 
 def _traced(probe, inputs, shapes):
