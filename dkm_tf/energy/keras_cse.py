@@ -24,15 +24,21 @@ class neither Keras' nor dkm_tf's, a `Lambda`, a layer running foreign code (`TF
 ...), a `Pipeline` holding one of those (any may draw random numbers or update a variable;
 the converter merges pure ones, so their over-count stays), a recurrent layer (the file's
 WHILE loop), a `Random*` layer, a subclassed nested model; and calls on different tensors.
+A `Dense` on a rank-2 tensor whose output only a ReLU / ReLU6 reads has the fused activation
+in its key (`_fused`: the converter fuses it into FULLY_CONNECTED before it looks for
+repeats; merged with a call read otherwise, Keras / file hierarchy 0.5842 before
+2026-12-07, `tests/test_csefix26.py`).
 """
 
 import hashlib
 
 import numpy as np
 
+from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_live import dead, live_counts
+from dkm_tf.energy.relu_fusion import leading_relu
 
 _STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
 _DROPPED = ("name", "trainable", "seed")
@@ -73,12 +79,17 @@ def left_out(model, op_calls, live, used, keras, outer):
             counts of the graph calling it, ...)` (`keras_reader._walk`).
     """
     state = used.setdefault(_STATE, {"claimed": {}, "envs": {}, "sigs": {}})
-    env = {}
+    env, exits = {}, {}
     if outer is None:
         env.update((id(t), ("input", k)) for k, t in enumerate(keras.tree.flatten(model.inputs)))
+        readers = state.setdefault("readers", {})
+        for t in keras.tree.flatten(model.outputs):  # read by the caller: fuses nothing
+            readers.setdefault(id(t), []).append((None, ()))
     else:
         parent = state["envs"].get(id(outer[2]), {})
         env.update((id(t), parent[id(c)]) for t, c in zip(outer[0], outer[1]) if id(c) in parent)
+        exits = dict(zip(map(id, outer[4][0]), outer[4][1])) if len(outer) > 4 else {}
+    saved, state["exits"] = state.get("exits", {}), exits
     gone, local, first, alias = {}, {}, {}, []
     for op, call, out_keys in _ordered(op_calls, env, keras, state):
         if dead(call, *live):
@@ -98,6 +109,7 @@ def left_out(model, op_calls, live, used, keras, outer):
             first.setdefault(k, t)
             if not nested:
                 state["claimed"].setdefault(k, op.name)
+    state["exits"] = saved
     kept = [(op, c if isinstance(c, Exception) else [x for x in c if id(x) not in gone])
             for op, c in op_calls]
     counts = live_counts(model, kept, keras, *live)
@@ -113,6 +125,12 @@ def _ordered(op_calls, env, keras, state):
     in `env`, where its outputs' keys are put (a shared layer's later call can read an op
     after it in graph order); an input no call produces gets a fresh key (never merged)."""
     pending = [(op, c) for op, cs in op_calls if not isinstance(cs, Exception) for c in cs]
+    readers, seen = state.setdefault("readers", {}), state.setdefault("seen", set())
+    for op, call in pending:  # who reads each tensor (`_fused`), once a call
+        if (id(op),) + tuple(map(id, call[1])) not in seen:
+            seen.add((id(op),) + tuple(map(id, call[1])))
+            for t in call[0]:
+                readers.setdefault(id(t), []).append((op, list(call[1])))
     while pending:
         ready = [p for p in pending if all(id(t) in env for t in p[1][0])] or pending[:1]
         for op, call in ready:
@@ -136,18 +154,55 @@ def _out_keys(op, call, env, keras, state):
         keys = in_keys
     elif isinstance(op, keras.Model):
         inner = dict(zip(map(id, keras.tree.flatten(op.inputs)), in_keys))
+        saved = state.get("exits", {})
+        state["exits"] = dict(zip(map(id, keras.tree.flatten(op.outputs)), outs))
         for _ in _ordered([(o, _calls(op, o)) for o in graph_ops(op)], inner, keras, state):
             pass
+        state["exits"] = saved
         keys = [inner.get(id(t)) or object() for t in keras.tree.flatten(op.outputs)]
     else:
         sig = _signature(op, state)
         args = _arguments(call, keras)
         if sig is None or args is None:
             return [object() for _ in outs]
+        fused = _fused(op, ins, outs, keras, state)
         table = state.setdefault("intern", {})  # a key is an int: nested tuples of a deep
-        keys = [table.setdefault((sig, args, tuple(in_keys), k), len(table) + 1)  # graph
+        keys = [table.setdefault((sig, args, tuple(in_keys), k, fused), len(table) + 1)  # graph
                 for k in range(len(outs))]  # would hash in exponential time (residual branches)
     return keys
+
+
+def _fused(op, ins, outs, keras, state):
+    """The activation the converter fuses into a `Dense` on a rank-2 tensor before it looks
+    for repeats ("relu" / "relu6": its output's only reader, past removed identities, is a
+    `relu_fusion.leading_relu`), else None. Measured: such a Dense read by a ReLU and again
+    by an `Add` is two FULLY_CONNECTED ops in the file (merged, Keras / file hierarchy 0.5842
+    before 2026-12-07); a conv, a depthwise conv, a Dense on a rank-3 / 4 tensor (a RESHAPE
+    first), a batch norm, an `Add`, a `Multiply`, a pooling, a `Rescaling` are computed once
+    and keep a RELU op of their own (the converter merges them first)."""
+    if not (isinstance(op, keras.layers.Dense) and len(ins) == len(outs) == 1
+            and len(getattr(ins[0], "shape", ())) == 2):
+        return None
+    found = _readers(outs[0], state, keras)
+    if len(found) != 1 or found[0] is None or not leading_relu(found[0], keras):
+        return None
+    relu, cap = found[0], getattr(found[0], "max_value", None)
+    six = cap is not None and float(cap) == 6.0
+    return "relu6" if six or activation_name(getattr(relu, "activation", None)) == "relu6" \
+        else "relu"
+
+
+def _readers(t, state, keras):
+    """The ops reading tensor `t` (None: a model output), through removed identities and out
+    of the nested model being keyed (`state["exits"]`)."""
+    found = []
+    for op, outs in state["readers"].get(id(t), []):
+        if op is not None and len(outs) == 1 and removed(op, keras):
+            found.extend(_readers(outs[0], state, keras))
+        else:
+            found.append(op)
+    exit_ = state.get("exits", {}).get(id(t))
+    return found + (_readers(exit_, state, keras) if exit_ is not None else [])
 
 
 def _calls(model, op):

@@ -1,0 +1,97 @@
+"""Calls `energy.keras_cse` must not merge, and readers it must pass on (review R6).
+
+1. The converter fuses a ReLU / ReLU6 into a `Dense` on a rank-2 tensor (FULLY_CONNECTED)
+   before it looks for repeats: a shared Dense whose one call feeds a ReLU is two
+   FULLY_CONNECTED ops in the file. `keras_cse` merged them: Keras / file hierarchy 0.5842
+   (paper 0.5265) with a ReLU, also with a ReLU(6.); 0.5470 with two model outputs; 0.5361
+   with the Dense at two nesting depths. A conv / depthwise conv / Dense on a 3-D tensor is
+   merged first (one op, its RELU kept) and stays merged.
+2. A call merged into one of another graph (the outer graph, a sibling nested model) left
+   its readers behind: a batch norm after it was folded into an op that the file's conv,
+   read twice, does not fold (hierarchy 0.3668, paper 0.9511).
+"""
+
+import keras
+import pytest
+
+from tests._energy_file25 import both, randomize, same_totals
+
+L = keras.layers
+S = (8, 8, 4)
+
+
+def _macs(report):
+    return sum(x.shape.macs for x in report.layers)
+
+
+def _dense_relu(relu, shape=(16,)):
+    i = keras.Input(shape)
+    x, d = L.Activation("tanh")(i), L.Dense(8, name="d")
+    return keras.Model(i, L.Add()([d(x), relu(d(x))]))
+
+
+def _dense_two_outputs():
+    i = keras.Input((16,))
+    x, d = L.Activation("tanh")(i), L.Dense(8, name="d")
+    return keras.Model(i, [d(x), L.ReLU(name="r")(d(x))])
+
+
+def _dense_two_depths():
+    i = keras.Input((16,))
+    x, d = L.Activation("tanh")(i), L.Dense(8, name="d")
+    j = keras.Input((16,))
+    d2 = L.Dense(8, name="d2")
+    n = keras.Model(j, L.ReLU(name="r")(d2(j)), name="n")
+    model = keras.Model(i, L.Add()([d(x), n(x)]))
+    randomize(d)
+    d2.set_weights(d.get_weights())
+    return model
+
+
+def _dense_relus_both():
+    """Both calls feed a ReLU: each FULLY_CONNECTED fused, the two equal: one op."""
+    i = keras.Input((16,))
+    x, d, r = L.Activation("tanh")(i), L.Dense(8, name="d"), L.ReLU(name="r")
+    return keras.Model(i, L.Add()([r(d(x)), r(d(x))]))
+
+
+def _conv_relu(conv, shape=S):
+    i = keras.Input(shape)
+    x = L.Activation("tanh")(i)
+    return keras.Model(i, L.Add()([conv(x), L.ReLU(name="r")(conv(x))]))
+
+
+TWO = {"relu": lambda: _dense_relu(L.ReLU(name="r")),
+       "relu6": lambda: _dense_relu(L.ReLU(6.0, name="r")),
+       "relu_activation": lambda: _dense_relu(L.Activation("relu", name="r")),
+       "relu_after_dropout": lambda: _dense_relu(lambda t: L.ReLU(name="r")(L.Dropout(0.3)(t))),
+       "two_outputs": _dense_two_outputs, "two_depths": _dense_two_depths}
+
+
+@pytest.mark.parametrize("case", sorted(TWO))
+def test_dense_with_fused_relu_is_not_merged(case, tmp_path):
+    """Two FULLY_CONNECTED (16 x 8 MACs each) in the file and in the Keras estimate."""
+    keras.utils.set_random_seed(0)
+    k, f = both(TWO[case](), tmp_path)
+    assert _macs(k) == _macs(f) == 2 * 16 * 8
+    same_totals(k, f)
+
+
+ONCE = {"dense_relus_both": (_dense_relus_both, 16 * 8),
+        "dense_3d": (lambda: _dense_relu(L.ReLU(name="r"), (5, 16)), 5 * 16 * 8),
+        "conv2d": (lambda: _conv_relu(L.Conv2D(4, 3, padding="same", name="c")), 8 * 8 * 4 * 36),
+        "conv1d": (lambda: _conv_relu(L.Conv1D(4, 3, padding="same", name="c"), (8, 4)),
+                   8 * 4 * 12),
+        "depthwise": (lambda: _conv_relu(L.DepthwiseConv2D(3, padding="same", name="c")),
+                      8 * 8 * 4 * 9)}
+
+
+@pytest.mark.parametrize("case", sorted(ONCE))
+def test_merged_before_fusion_stays_merged(case, tmp_path):
+    """One op in the file (the converter merges it before fusing), one in the estimate."""
+    keras.utils.set_random_seed(0)
+    build, macs = ONCE[case]
+    k, f = both(build(), tmp_path)
+    assert _macs(k) == _macs(f) == macs
+    assert any("common subexpressions" in why for _, why in k.skipped)
+    same_totals(k, f)
