@@ -95,3 +95,63 @@ def test_merged_before_fusion_stays_merged(case, tmp_path):
     assert _macs(k) == _macs(f) == macs
     assert any("common subexpressions" in why for _, why in k.skipped)
     same_totals(k, f)
+
+
+def _conv(name):
+    return L.Conv2D(4, 3, padding="same", name=name)
+
+
+def _bn(name="bn"):
+    return L.BatchNormalization(name=name)
+
+
+def _outer_and_nested():
+    """The outer conv and the nested model's conv of equal weights on one tensor: one conv
+    in the file, read by the output and by the nested batch norm (not folded)."""
+    i, j = keras.Input(S), keras.Input(S)
+    x, c, c2, bn = L.Activation("tanh")(i), _conv("c"), _conv("c2"), _bn()
+    model = keras.Model(i, [c(x), keras.Model(j, bn(c2(j)), name="n")(x)])
+    return model, (c, bn), (c, c2)
+
+
+def _outer_and_nested_relu():
+    i, j = keras.Input(S), keras.Input(S)
+    x, c, c2 = L.Activation("tanh")(i), _conv("c"), _conv("c2")
+    model = keras.Model(i, [c(x), keras.Model(j, L.ReLU(name="r")(c2(j)), name="n")(x)])
+    return model, (c,), (c, c2)
+
+
+def _siblings():
+    """Sibling nested models N1 = bn(conv), N2 = conv' (equal weights), both on one tensor."""
+    i, j, j2 = keras.Input(S), keras.Input(S), keras.Input(S)
+    x, c, c2, bn = L.Activation("tanh")(i), _conv("c"), _conv("c2"), _bn()
+    n1, n2 = keras.Model(j, bn(c(j)), name="n1"), keras.Model(j2, c2(j2), name="n2")
+    return keras.Model(i, [n1(x), n2(x)]), (c, bn), (c, c2)
+
+
+def _outer_bn_and_nested():
+    """The outer conv, read by a batch norm, has its twin in a nested model (kept: it adds
+    its input): one conv in the file, read twice, the batch norm not folded."""
+    i, j = keras.Input(S), keras.Input(S)
+    x, c, c2, bn = L.Activation("tanh")(i), _conv("c"), _conv("c2"), _bn()
+    nested = keras.Model(j, L.Add()([c2(j), j]), name="n")
+    model = keras.Model(i, [bn(c(x)), nested(x)])
+    return model, (c, bn), (c, c2)
+
+
+ACROSS = {"outer_and_nested": _outer_and_nested, "outer_and_nested_relu":
+          _outer_and_nested_relu, "siblings": _siblings, "outer_bn": _outer_bn_and_nested}
+
+
+@pytest.mark.parametrize("case", sorted(ACROSS))
+def test_merge_across_graphs_passes_readers_on(case, tmp_path):
+    """One conv in both; the batch norm / ReLU after it keeps its ops, as in the file."""
+    keras.utils.set_random_seed(0)
+    model, randomized, (c, c2) = ACROSS[case]()
+    for layer in randomized:
+        randomize(layer)
+    c2.set_weights(c.get_weights())
+    k, f = both(model, tmp_path)
+    assert _macs(k) == _macs(f) == 8 * 8 * 4 * 36
+    assert any("common subexpressions" in why for _, why in k.skipped)
+    same_totals(k, f)

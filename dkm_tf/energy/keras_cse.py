@@ -19,11 +19,15 @@ arguments of the call and its inputs' keys; an inference identity passes its inp
 a nested model's output is keyed through its graph. A call all of whose keys an earlier call
 has produced is left out (a nested model's call at the outputs that are used), and the
 readers of its outputs count as readers of the earlier call's (`bn_folding.consumers`: a
-conv read twice folds nothing). Never merged (a fresh key, kept as before): a layer of a
-class neither Keras' nor dkm_tf's, a `Lambda`, a layer running foreign code (`TFSMLayer`,
-...), a `Pipeline` holding one of those (any may draw random numbers or update a variable;
-the converter merges pure ones, so their over-count stays), a recurrent layer (the file's
-WHILE loop), a `Random*` layer, a subclassed nested model; and calls on different tensors.
+conv read twice folds nothing); where the earlier call is in another graph (the outer one, a
+sibling nested model), each of the two outputs counts one reader more (a batch norm after
+either folds into neither: it was folded into the conv the file does not have, Keras / file
+hierarchy 0.3668 before 2026-12-07, `tests/test_csefix26.py`). Never merged (a fresh key,
+kept as before): a layer of a class neither Keras' nor dkm_tf's, a `Lambda`, a layer running
+foreign code (`TFSMLayer`, ...), a `Pipeline` holding one of those (any may draw random
+numbers or update a variable; the converter merges pure ones, so their over-count stays), a
+recurrent layer (the file's WHILE loop), a `Random*` layer, a subclassed nested model; and
+calls on different tensors.
 A `Dense` on a rank-2 tensor whose output only a ReLU / ReLU6 reads has the fused activation
 in its key (`_fused`: the converter fuses it into FULLY_CONNECTED before it looks for
 repeats; merged with a call read otherwise, Keras / file hierarchy 0.5842 before
@@ -90,7 +94,7 @@ def left_out(model, op_calls, live, used, keras, outer):
         env.update((id(t), parent[id(c)]) for t, c in zip(outer[0], outer[1]) if id(c) in parent)
         exits = dict(zip(map(id, outer[4][0]), outer[4][1])) if len(outer) > 4 else {}
     saved, state["exits"] = state.get("exits", {}), exits
-    gone, local, first, alias = {}, {}, {}, []
+    gone, local, first, alias, outside, kept_keys = {}, {}, {}, [], [], []
     for op, call, out_keys in _ordered(op_calls, env, keras, state):
         if dead(call, *live):
             gone[id(call)] = "no model output uses it (a .tflite prunes it)"
@@ -103,7 +107,9 @@ def left_out(model, op_calls, live, used, keras, outer):
         if keys and all(earlier):
             gone[id(call)] = REASON.format(earlier[0])
             alias.extend((t, first[k]) for k, t in keys if k in first)
+            outside.extend(t for k, t in keys if k not in first)  # its twin in another graph
             continue
+        kept_keys.extend(keys if not nested else [])  # a nested call's: its walk's
         for k, t in keys:
             local.setdefault(k, op.name)
             first.setdefault(k, t)
@@ -116,6 +122,11 @@ def left_out(model, op_calls, live, used, keras, outer):
     for t, t1 in alias:
         if t is not None and t1 is not None:
             counts[id(t)] = counts[id(t1)] = counts.get(id(t), 0) + counts.get(id(t1), 0)
+    here = {id(t) for _, cs in op_calls if not isinstance(cs, Exception) for c in cs
+            for t in c[1]}
+    producers = state.get("producers", {})
+    for t in outside + [t for k, t in kept_keys if producers.get(k, set()) - here]:
+        counts[id(t)] = counts.get(id(t), 0) + 1  # read in another graph too: folds nothing
     state["envs"][id(counts)] = env
     return gone, counts
 
@@ -169,6 +180,9 @@ def _out_keys(op, call, env, keras, state):
         table = state.setdefault("intern", {})  # a key is an int: nested tuples of a deep
         keys = [table.setdefault((sig, args, tuple(in_keys), k, fused), len(table) + 1)  # graph
                 for k in range(len(outs))]  # would hash in exponential time (residual branches)
+        producers = state.setdefault("producers", {})  # `left_out`: twins in other graphs
+        for key, t in zip(keys, outs):
+            producers.setdefault(key, set()).add(id(t))
     return keys
 
 
