@@ -14,6 +14,7 @@
 import keras
 import pytest
 
+from dkm_tf import energy
 from tests._energy_file25 import both, randomize, same_totals
 
 L = keras.layers
@@ -155,3 +156,15 @@ def test_merge_across_graphs_passes_readers_on(case, tmp_path):
     assert _macs(k) == _macs(f) == 8 * 8 * 4 * 36
     assert any("common subexpressions" in why for _, why in k.skipped)
     same_totals(k, f)
+
+
+def test_int_and_float_constants_are_not_merged():
+    """`ops.add(i, 1)` and `ops.add(i, 1.0)` of an int32 input are two ADDs in the file
+    (int32, and float32 after a CAST): not common subexpressions (1, 1.0 and True were keyed
+    alike). The totals are not compared: the file reader does not price the int32 ADD."""
+    i = keras.Input((16,), dtype="int32")
+    a = keras.ops.cast(keras.ops.add(i, 1), "float32")
+    b = keras.ops.add(i, 1.0)
+    model = keras.Model(i, L.Add()([L.Dense(4, name="d")(a), L.Dense(4, name="e")(b)]))
+    k = energy.estimate(model)
+    assert not any("common subexpressions" in why for _, why in k.skipped)
