@@ -142,15 +142,32 @@ def _ordered(op_calls, env, keras, state):
             seen.add((id(op),) + tuple(map(id, call[1])))
             for t in call[0]:
                 readers.setdefault(id(t), []).append((op, list(call[1])))
-    while pending:
-        ready = [p for p in pending if all(id(t) in env for t in p[1][0])] or pending[:1]
-        for op, call in ready:
-            env.update((id(t), object()) for t in call[0] if id(t) not in env)
+    waiting, left = {}, []  # the calls waiting on each tensor; how many each waits on
+    for n, (_, call) in enumerate(pending):
+        missing = {id(t) for t in call[0] if id(t) not in env}
+        left.append(len(missing))
+        for i in missing:
+            waiting.setdefault(i, []).append(n)
+    ready, done, first = [n for n, m in enumerate(left) if not m], set(), 0
+    while len(done) < len(pending):  # in rounds: the calls whose inputs all have keys
+        while not ready:  # none: the first left, its unknown inputs fresh
+            ready, first = ([first] if first not in done else []), first + 1
+        later = []
+        for n in sorted(ready):
+            op, call = pending[n]
+            new = {id(t) for t in call[0] if id(t) not in env}
+            env.update((i, object()) for i in new)
             keys = _out_keys(op, call, env, keras, state)
+            new.update(id(t) for t in call[1] if id(t) not in env)
             env.update((id(t), k) for t, k in zip(call[1], keys))
+            done.add(n)
             yield op, call, keys
-        done = {id(call) for _, call in ready}
-        pending = [p for p in pending if id(p[1]) not in done]
+            for i in new:
+                for m in waiting.pop(i, []):
+                    left[m] -= 1
+                    if not left[m] and m not in done:
+                        later.append(m)
+        ready = later
 
 
 def _out_keys(op, call, env, keras, state):
@@ -178,8 +195,13 @@ def _out_keys(op, call, env, keras, state):
             return [object() for _ in outs]
         fused = _fused(op, ins, outs, keras, state)
         table = state.setdefault("intern", {})  # a key is an int: nested tuples of a deep
-        keys = [table.setdefault((sig, args, tuple(in_keys), k, fused), len(table) + 1)  # graph
-                for k in range(len(outs))]  # would hash in exponential time (residual branches)
+        twins = table.setdefault((sig, args, tuple(in_keys), fused), [])  # graph would hash
+        keys = next((k for other, k in twins  # in exponential time (residual branches); the
+                     if other is op or _digest(other, state) == _digest(op, state)), None)
+        if keys is None:  # weights hashed only where two layers of one config meet
+            state["n"] = state.get("n", 0) + len(outs)
+            keys = list(range(state["n"] - len(outs) + 1, state["n"] + 1))
+            twins.append((op, keys))
         producers = state.setdefault("producers", {})  # `left_out`: twins in other graphs
         for key, t in zip(keys, outs):
             producers.setdefault(key, set()).add(id(t))
@@ -247,20 +269,28 @@ def _fresh(op, keras):
 
 
 def _signature(op, state):
-    """`(class, config, weights digest)` of `op`, or None where its config cannot be read."""
+    """`(class, config)` of `op`, or None where its config cannot be read."""
     sigs = state["sigs"]
     if id(op) not in sigs:
         try:
             config = _canon(op.get_config())
         except (NotImplementedError, TypeError, ValueError, AttributeError):
             config = None
+        sigs[id(op)] = None if config is None else (
+            f"{type(op).__module__}.{type(op).__qualname__}", config, op)
+    sig = sigs[id(op)]
+    return None if sig is None else sig[:2]
+
+
+def _digest(op, state):
+    """A digest of the weights of `op` (computed once an op)."""
+    digests = state.setdefault("digests", {})
+    if id(op) not in digests:
         digest = hashlib.sha1()
         for w in getattr(op, "weights", []):
             digest.update(_array_key(np.asarray(w)).encode())
-        sigs[id(op)] = None if config is None else (
-            f"{type(op).__module__}.{type(op).__qualname__}", config, digest.hexdigest(), op)
-    sig = sigs[id(op)]
-    return None if sig is None else sig[:3]
+        digests[id(op)] = (digest.hexdigest(), op)
+    return digests[id(op)][0]
 
 
 def _arguments(call_or_node, keras):
