@@ -49,6 +49,25 @@ def _dense_two_depths():
     return model
 
 
+def _dense_into_nested_relu():
+    """The Dense's second call is read by a nested model whose first op is a ReLU: the
+    converter inlines it and fuses the ReLU into that FULLY_CONNECTED (four FCs in all)."""
+    j = keras.Input((8,))
+    n = keras.Model(j, L.Dense(3, name="e")(L.ReLU(name="r")(j)), name="n")
+    i = keras.Input((16,))
+    x, d = L.Activation("tanh")(i), L.Dense(8, name="d")
+    return keras.Model(i, L.Add()([d(x), L.Dense(8, name="f")(n(d(x)))]))
+
+
+def _nested_dense_outer_relu():
+    """A nested model ending in the Dense, called twice; one call's output read by a ReLU."""
+    j = keras.Input((16,))
+    n = keras.Model(j, L.Dense(8, name="d")(j), name="n")
+    i = keras.Input((16,))
+    x = L.Activation("tanh")(i)
+    return keras.Model(i, L.Add()([n(x), L.ReLU(name="r")(n(x))]))
+
+
 def _dense_relus_both():
     """Both calls feed a ReLU: each FULLY_CONNECTED fused, the two equal: one op."""
     i = keras.Input((16,))
@@ -66,7 +85,8 @@ TWO = {"relu": lambda: _dense_relu(L.ReLU(name="r")),
        "relu6": lambda: _dense_relu(L.ReLU(6.0, name="r")),
        "relu_activation": lambda: _dense_relu(L.Activation("relu", name="r")),
        "relu_after_dropout": lambda: _dense_relu(lambda t: L.ReLU(name="r")(L.Dropout(0.3)(t))),
-       "two_outputs": _dense_two_outputs, "two_depths": _dense_two_depths}
+       "two_outputs": _dense_two_outputs, "two_depths": _dense_two_depths,
+       "nested_outer_relu": _nested_dense_outer_relu}
 
 
 @pytest.mark.parametrize("case", sorted(TWO))
@@ -75,6 +95,14 @@ def test_dense_with_fused_relu_is_not_merged(case, tmp_path):
     keras.utils.set_random_seed(0)
     k, f = both(TWO[case](), tmp_path)
     assert _macs(k) == _macs(f) == 2 * 16 * 8
+    same_totals(k, f)
+
+
+def test_dense_read_by_nested_model_starting_with_relu(tmp_path):
+    """Two FULLY_CONNECTED of `d` (16 x 8 MACs each), `e` and `f`, in the file and here."""
+    keras.utils.set_random_seed(0)
+    k, f = both(_dense_into_nested_relu(), tmp_path)
+    assert _macs(k) == _macs(f) == 2 * 16 * 8 + 8 * 3 + 3 * 8
     same_totals(k, f)
 
 

@@ -88,7 +88,7 @@ def left_out(model, op_calls, live, used, keras, outer):
         env.update((id(t), ("input", k)) for k, t in enumerate(keras.tree.flatten(model.inputs)))
         readers = state.setdefault("readers", {})
         for t in keras.tree.flatten(model.outputs):  # read by the caller: fuses nothing
-            readers.setdefault(id(t), []).append((None, ()))
+            readers.setdefault(id(t), []).append((None, (), ()))
     else:
         parent = state["envs"].get(id(outer[2]), {})
         env.update((id(t), parent[id(c)]) for t, c in zip(outer[0], outer[1]) if id(c) in parent)
@@ -136,12 +136,7 @@ def _ordered(op_calls, env, keras, state):
     in `env`, where its outputs' keys are put (a shared layer's later call can read an op
     after it in graph order); an input no call produces gets a fresh key (never merged)."""
     pending = [(op, c) for op, cs in op_calls if not isinstance(cs, Exception) for c in cs]
-    readers, seen = state.setdefault("readers", {}), state.setdefault("seen", set())
-    for op, call in pending:  # who reads each tensor (`_fused`), once a call
-        if (id(op),) + tuple(map(id, call[1])) not in seen:
-            seen.add((id(op),) + tuple(map(id, call[1])))
-            for t in call[0]:
-                readers.setdefault(id(t), []).append((op, list(call[1])))
+    _register(pending, state)
     waiting, left = {}, []  # the calls waiting on each tensor; how many each waits on
     for n, (_, call) in enumerate(pending):
         missing = {id(t) for t in call[0] if id(t) not in env}
@@ -210,12 +205,13 @@ def _out_keys(op, call, env, keras, state):
 
 def _fused(op, ins, outs, keras, state):
     """The activation the converter fuses into a `Dense` on a rank-2 tensor before it looks
-    for repeats ("relu" / "relu6": its output's only reader, past removed identities, is a
-    `relu_fusion.leading_relu`), else None. Measured: such a Dense read by a ReLU and again
-    by an `Add` is two FULLY_CONNECTED ops in the file (merged, Keras / file hierarchy 0.5842
-    before 2026-12-07); a conv, a depthwise conv, a Dense on a rank-3 / 4 tensor (a RESHAPE
-    first), a batch norm, an `Add`, a `Multiply`, a pooling, a `Rescaling` are computed once
-    and keep a RELU op of their own (the converter merges them first)."""
+    for repeats ("relu" / "relu6": its output's only reader, past removed identities and into
+    nested models (`_readers`), is a `relu_fusion.leading_relu`), else None. Measured: such
+    a Dense read by a ReLU and again by an `Add` is two FULLY_CONNECTED ops in the file
+    (merged, Keras / file hierarchy 0.5842 before 2026-12-07); a conv, a depthwise conv, a
+    Dense on a rank-3 / 4 tensor (a RESHAPE first), a batch norm, an `Add`, a `Multiply`, a
+    pooling, a `Rescaling` are computed once and keep a RELU op of their own (the converter
+    merges them first)."""
     if not (isinstance(op, keras.layers.Dense) and len(ins) == len(outs) == 1
             and len(getattr(ins[0], "shape", ())) == 2):
         return None
@@ -229,16 +225,31 @@ def _fused(op, ins, outs, keras, state):
 
 
 def _readers(t, state, keras):
-    """The ops reading tensor `t` (None: a model output), through removed identities and out
-    of the nested model being keyed (`state["exits"]`)."""
+    """The ops reading tensor `t` (None: a model output), through removed identities, into
+    the nested models reading it and out of the nested model being keyed (`state["exits"]`)."""
     found = []
-    for op, outs in state["readers"].get(id(t), []):
+    for op, ins, outs in state["readers"].get(id(t), []):
         if op is not None and len(outs) == 1 and removed(op, keras):
             found.extend(_readers(outs[0], state, keras))
+        elif isinstance(op, keras.Model) and not _fresh(op, keras):  # the converter inlines
+            inner = keras.tree.flatten(op.inputs)
+            _register([(o, c) for o in graph_ops(op) for c in _calls(op, o)], state)
+            for k in [k for k, x in enumerate(ins) if x is t and k < len(inner)]:
+                found.extend(_readers(inner[k], state, keras))
         else:
             found.append(op)
     exit_ = state.get("exits", {}).get(id(t))
     return found + (_readers(exit_, state, keras) if exit_ is not None else [])
+
+
+def _register(pending, state):
+    """Records who reads each tensor of the calls `pending` (`(op, call)`), once a call."""
+    readers, seen = state.setdefault("readers", {}), state.setdefault("seen", set())
+    for op, call in pending:
+        if (id(op),) + tuple(map(id, call[1])) not in seen:
+            seen.add((id(op),) + tuple(map(id, call[1])))
+            for t in call[0]:
+                readers.setdefault(id(t), []).append((op, list(call[0]), list(call[1])))
 
 
 def _calls(model, op):
