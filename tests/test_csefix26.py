@@ -168,8 +168,31 @@ def _outer_bn_and_nested():
     return model, (c, bn), (c, c2)
 
 
+def _outer_bn_and_pruned_twin():
+    """The nested model's twin conv reaches no used output (pruned): the outer batch norm
+    folds into the conv, as in the file."""
+    i, j = keras.Input(S), keras.Input(S)
+    x, c, c2, bn = L.Activation("tanh")(i), _conv("c"), _conv("c2"), _bn()
+    nested = keras.Model(j, [c2(j), L.Activation("sigmoid")(j)], name="n")
+    model = keras.Model(i, [bn(c(x)), L.Conv2D(4, 1, name="e")(nested(x)[1])])
+    return model, (c, bn), (c, c2)
+
+
 ACROSS = {"outer_and_nested": _outer_and_nested, "outer_and_nested_relu":
           _outer_and_nested_relu, "siblings": _siblings, "outer_bn": _outer_bn_and_nested}
+
+
+def test_pruned_twin_passes_nothing_on(tmp_path):
+    """One 3x3 conv and the 1x1 conv `e`; the batch norm folded (no MUL / ADD records)."""
+    keras.utils.set_random_seed(0)
+    model, randomized, (c, c2) = _outer_bn_and_pruned_twin()
+    for layer in randomized:
+        randomize(layer)
+    c2.set_weights(c.get_weights())
+    k, f = both(model, tmp_path)
+    assert _macs(k) == _macs(f) == 8 * 8 * 4 * 36 + 8 * 8 * 4 * 4
+    assert not [x for x in k.layers if x.shape.layer == "bn"]
+    same_totals(k, f)
 
 
 @pytest.mark.parametrize("case", sorted(ACROSS))

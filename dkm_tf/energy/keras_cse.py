@@ -41,7 +41,7 @@ import numpy as np
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.keras_calls import calls, graph_ops
-from dkm_tf.energy.keras_live import dead, live_counts
+from dkm_tf.energy.keras_live import dead, live_counts, live_tensors, walked_outputs
 from dkm_tf.energy.relu_fusion import leading_relu
 
 _STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
@@ -93,7 +93,8 @@ def left_out(model, op_calls, live, used, keras, outer):
         parent = state["envs"].get(id(outer[2]), {})
         env.update((id(t), parent[id(c)]) for t, c in zip(outer[0], outer[1]) if id(c) in parent)
         exits = dict(zip(map(id, outer[4][0]), outer[4][1])) if len(outer) > 4 else {}
-    saved, state["exits"] = state.get("exits", {}), exits
+    saved = state.get("exits", {}), state.get("live")
+    state["exits"], state["live"] = exits, live[0]
     gone, local, first, alias, outside, kept_keys = {}, {}, {}, [], [], []
     for op, call, out_keys in _ordered(op_calls, env, keras, state):
         if dead(call, *live):
@@ -115,7 +116,7 @@ def left_out(model, op_calls, live, used, keras, outer):
             first.setdefault(k, t)
             if not nested:
                 state["claimed"].setdefault(k, op.name)
-    state["exits"] = saved
+    state["exits"], state["live"] = saved
     kept = [(op, c if isinstance(c, Exception) else [x for x in c if id(x) not in gone])
             for op, c in op_calls]
     counts = live_counts(model, kept, keras, *live)
@@ -177,11 +178,13 @@ def _out_keys(op, call, env, keras, state):
         keys = in_keys
     elif isinstance(op, keras.Model):
         inner = dict(zip(map(id, keras.tree.flatten(op.inputs)), in_keys))
-        saved = state.get("exits", {})
+        saved = state.get("exits", {}), state.get("live")
         state["exits"] = dict(zip(map(id, keras.tree.flatten(op.outputs)), outs))
+        if saved[1] is not None:  # its calls that reach a used output: `left_out`'s twins
+            state["live"] = live_tensors(op, keras, walked_outputs(call, saved[1]))
         for _ in _ordered([(o, _calls(op, o)) for o in graph_ops(op)], inner, keras, state):
             pass
-        state["exits"] = saved
+        state["exits"], state["live"] = saved
         keys = [inner.get(id(t)) or object() for t in keras.tree.flatten(op.outputs)]
     else:
         sig = _signature(op, state)
@@ -199,7 +202,8 @@ def _out_keys(op, call, env, keras, state):
             twins.append((op, keys))
         producers = state.setdefault("producers", {})  # `left_out`: twins in other graphs
         for key, t in zip(keys, outs):
-            producers.setdefault(key, set()).add(id(t))
+            if state.get("live") is None or id(t) in state["live"]:  # not pruned
+                producers.setdefault(key, set()).add(id(t))
     return keys
 
 
