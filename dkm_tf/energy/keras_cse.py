@@ -220,9 +220,15 @@ def _fused(op, ins, outs, keras, state):
             and len(getattr(ins[0], "shape", ())) == 2):
         return None
     found = _readers(outs[0], state, keras)
-    if len(found) != 1 or found[0] is None or not leading_relu(found[0], keras):
+    relu = found[0] if len(found) == 1 else None
+    if isinstance(relu, keras.layers.Pipeline) and relu.layers:
+        relu = relu.layers[0]  # its first layer reads the tensor
+    if type(relu).__name__ in ("Relu", "Relu6"):  # `keras.ops.relu` / `relu6`
+        return type(relu).__name__.lower()
+    if relu is None or not isinstance(relu, keras.layers.Layer) or \
+            not leading_relu(relu, keras):
         return None
-    relu, cap = found[0], getattr(found[0], "max_value", None)
+    cap = getattr(relu, "max_value", None)
     six = cap is not None and float(cap) == 6.0
     return "relu6" if six or activation_name(getattr(relu, "activation", None)) == "relu6" \
         else "relu"
