@@ -228,3 +228,15 @@ def test_int_and_float_constants_are_not_merged():
     model = keras.Model(i, L.Add()([L.Dense(4, name="d")(a), L.Dense(4, name="e")(b)]))
     k = energy.estimate(model)
     assert not any("common subexpressions" in why for _, why in k.skipped)
+
+
+@pytest.mark.parametrize("op", [keras.ops.add, keras.ops.multiply])
+def test_int_and_float_scalars_on_a_float_input_stay_merged(op, tmp_path):
+    """Review R9: keyed by the scalar's Python type, `x + 1` and `x + 1.0` of a float `x`
+    (one op in the file) were charged twice (Keras / file hierarchy 1.4997; 1.5003 for a
+    multiply); the call's output dtype tells them apart where it must."""
+    i = keras.Input((8, 8, 4))
+    x = L.Activation("tanh")(i)
+    model = keras.Model(i, L.Multiply()([op(x, 2), op(x, 2.0)]))
+    k, f = both(model, tmp_path)
+    same_totals(k, f)

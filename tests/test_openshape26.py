@@ -244,3 +244,16 @@ def test_the_recorded_shapes_are_restored():
     out = L.Dense(3)(e)
     estimate(keras.Model(i, out))
     assert tuple(e.shape) == (None, None, 7) and tuple(out.shape) == (None, None, 3)
+
+
+@pytest.mark.parametrize("batch", [None, 2])
+def test_a_nested_model_called_at_one_size_by_two_parents_is_filled(batch, tmp_path):
+    """Review R9: called at the same size by two parents, it was put back open (0 MACs, the
+    file 560): the second visit read its filled input shape as its own, fixed one."""
+    keras.utils.set_random_seed(0)
+    ii = keras.Input((None, 7))
+    inner = keras.Model(ii, L.Dense(4, name="d")(ii), name="inner")
+    bi = keras.Input((10, 7), batch_size=batch)
+    b = keras.Model(bi, inner(bi), name="b")
+    a, c = keras.Input((10, 7)), keras.Input((10, 7), batch_size=batch)
+    _same_as_file(keras.Model([a, c], [inner(a), b(c)]), tmp_path)

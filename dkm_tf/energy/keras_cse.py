@@ -322,22 +322,23 @@ def _arguments(call_or_node, keras):
         parts = (arguments.args, arguments.kwargs)
     except (AttributeError, IndexError, TypeError, ValueError):
         return None
-    return _canon(keras.tree.map_structure(
-        lambda x: "T" if isinstance(x, keras.KerasTensor) else x, parts), typed=True)
+    return _canon(keras.tree.map_structure(  # with the outputs' dtypes (review R9: a type
+        lambda x: "T" if isinstance(x, keras.KerasTensor) else x, parts)) + tuple(  # per
+        str(t.dtype) for t in call_or_node[1])  # scalar split `x + 1`, `x + 1.0` of a float x)
 
 
-def _canon(x, typed=False):
-    """A hashable, exact stand-in of a config / argument structure: arrays by digest; a
-    scalar with its type's name where `typed` (an argument: `ops.add(x, 1)` and
-    `ops.add(x, 1.0)` of an int `x` are two ADDs, of int32 and of float32)."""
+def _canon(x):
+    """A hashable, exact stand-in of a config / argument structure: arrays by digest (scalars
+    by value: `_arguments` adds the call's output dtypes, so `ops.add(x, 1)` and
+    `ops.add(x, 1.0)` of an int `x`, an int32 and a float32 ADD, are told apart)."""
     if isinstance(x, dict):
-        return tuple(sorted((str(k), _canon(v, typed)) for k, v in x.items()
+        return tuple(sorted((str(k), _canon(v)) for k, v in x.items()
                             if k not in _DROPPED and not str(k).endswith(
                                 ("_initializer", "_regularizer", "_constraint"))))
     if isinstance(x, (list, tuple)):
-        return tuple(_canon(v, typed) for v in x)
+        return tuple(_canon(v) for v in x)
     if isinstance(x, (str, int, float, bool, type(None))):
-        return (type(x).__name__, x) if typed else x
+        return x
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         return _array_key(np.asarray(x))
     return repr(x)

@@ -65,12 +65,29 @@ def _graph_tensors(model, keras):
 
 
 def _traced(probe, inputs, shapes):
-    """The static output shapes of `probe` traced (not run) on inputs of `shapes`."""
+    """The static output shapes of `probe` traced (not run) on inputs of `shapes`
+    (`jax.eval_shape` on the JAX backend, a `tf.function`'s concrete function elsewhere)."""
+    from keras import backend
+
+    if backend.backend() == "jax":
+        import jax
+        from keras import StatelessScope
+
+        structs = [jax.ShapeDtypeStruct(s, str(t.dtype)) for t, s in zip(inputs, shapes)]
+        with StatelessScope():  # a variable a layer assigns keeps its value (no tracer in it)
+            return jax.eval_shape(lambda *xs: probe(list(xs), training=False), *structs)
     import tensorflow as tf
 
     specs = [tf.TensorSpec(s, tf.as_dtype(str(t.dtype))) for t, s in zip(inputs, shapes)]
     fn = tf.function(lambda *xs: probe(list(xs), training=False))
     return fn.get_concrete_function(*specs).structured_outputs
+
+
+def _last_line(error):
+    """The last non-empty line of `error`'s message (a traced call's starts with a traceback
+    of "in user code"), at most 200 characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else "")[:200]
 
 
 def _unfill(model, keras, saved):
@@ -89,6 +106,8 @@ def _fill(model, keras, input_shapes, saved, skipped, seen):
     if id(model) in seen:  # a nested model called twice: at other sizes (another parent's
         if seen[id(model)] != input_shapes:  # call, review R8: read at the first's), open
             _unfill(model, keras, saved)
+            skipped.append(("shapes", f"{model.name!r} is called at other sizes by another "
+                            "model: its shapes are put back open (its layers listed)"))
         return
     seen[id(model)] = input_shapes
     tensors, nested = _graph_tensors(model, keras)
@@ -111,7 +130,7 @@ def _fill(model, keras, input_shapes, saved, skipped, seen):
             except Exception as e:  # noqa: BLE001 (any failure of the call: shapes stay open)
                 skipped.append(("shapes", f"Keras recorded open shapes in {model.name!r} "
                                 f"({', '.join(names)}); a trace of it at its input "
-                                f"size {where} failed ({type(e).__name__}: {str(e)[:200]}): "
+                                f"size {where} failed ({type(e).__name__}: {_last_line(e)}): "
                                 "they are skipped"))
                 got = None
             if got is not None and len(got) == len(tensors):
@@ -124,8 +143,9 @@ def _fill(model, keras, input_shapes, saved, skipped, seen):
                                 f"input size {where}"
                                 + (f"; still open: {', '.join(still)}" if still else "")))
     for inner, call_inputs in nested:
-        own = [tuple(t.shape) for t in keras.tree.flatten(inner.inputs)]
-        at = {tuple(tuple(t.shape) for t in ins) for ins in call_inputs}
+        own = [tuple(saved[id(t)][1] if id(t) in saved else t.shape)  # as recorded (review
+               for t in keras.tree.flatten(inner.inputs)]  # R9: a filled one read as fixed)
+        at = {tuple((None,) + tuple(t.shape)[1:] for t in ins) for ins in call_inputs}
         # called at one size: read at it; at several: at its own (open: listed, per call)
         at = list(at.pop()) if len(at) == 1 and any(_open(s) for s in own) else None
         _fill(inner, keras, at, saved, skipped, seen)
