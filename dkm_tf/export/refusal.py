@@ -33,16 +33,13 @@ HINTS = ("tolerance", "representative_data")
 _OWN = "from its own depth or sum length"
 
 
-def reasons(base, tol, own):
+def reasons(tol, own):
     """Per output, where its default tolerance in ``tol`` (one per output, else ``()``)
-    came from: 10x Keras' own batch noise where ``tol`` exceeds ``base`` (one number or one
-    per output: the tolerance before the noise floor), else its own depth or sum length where
-    ``own`` (a float file's), else "" (the format's default)."""
+    came from: its own depth or sum length where ``own`` (a float file's), else "" (the
+    format's default). (No noise floor raises a tolerance since h27: ``keras_ref``.)"""
     if not isinstance(tol, (tuple, list)):
         return ()
-    bases = base if isinstance(base, (tuple, list)) else [base] * len(tol)
-    return tuple("from 10x Keras' own batch-1 vs batch-n difference on it" if t > b else
-                 _OWN if own else "" for t, b in zip(tol, bases))
+    return tuple(_OWN if own else "" for _ in tol)
 
 
 def over_tolerance(c):

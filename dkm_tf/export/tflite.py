@@ -295,7 +295,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     verify.refuse_if_bad(path, "float" if key == "float" else format, comparisons, None if (
         tolerance is not None) else ("tolerance" if not key.startswith("int8") else
         "representative_data" if int8_mode == "full" else None), within,
-        reasons(base, tol, key == "float") if tolerance is None else None)
+        reasons(tol, key == "float") if tolerance is None else None)
     held = None  # full int8 calibrated on its own samples: also judged held out
     if format == "int8" and int8_mode == "full" and representative_data is None:
         comparisons, held = held_out.judge(
