@@ -187,6 +187,8 @@ def _compile_as_file(model, config, dropped):
     metric Keras cannot rebuild here is left out, its name appended to ``dropped``."""
     import keras  # noqa: PLC0415
 
+    from dkm_tf.core.loss_kind import _each, dropped_name  # noqa: PLC0415
+
     def loaded(value, get):  # an .h5 file's Keras object is a dict without "module"
         if isinstance(value, str):  # (keras.losses.MeanSquaredError(): it failed to load)
             return value
@@ -197,16 +199,11 @@ def _compile_as_file(model, config, dropped):
                 return get(value)  # a built-in's legacy form; a custom one still fails
             raise
 
-    def metrics(value):
-        if isinstance(value, (list, tuple)):
-            return [m for m in (metrics(v) for v in value) if m is not None]
-        if isinstance(value, dict) and "class_name" not in value:
-            return {k: metrics(v) for k, v in value.items()}
+    def metric(value):  # one of a nested list / dict of them (`loss_kind._each` walks it)
         try:
             return loaded(value, keras.metrics.get)
         except Exception:  # noqa: BLE001 (an unregistered custom metric)
-            dropped.append(repr(value.get("registered_name") or value.get("class_name")
-                                if isinstance(value, dict) else value))
+            dropped.append(dropped_name(value))
             return None
 
     def losses(value):  # a loss per output (a dict or list of them), or one
@@ -222,5 +219,5 @@ def _compile_as_file(model, config, dropped):
         optimizer = "rmsprop"
     loss, weights = (config.get(k) for k in ("loss", "loss_weights"))
     model.compile(optimizer=optimizer, loss=losses(loss), loss_weights=weights, **{
-        k: None if config.get(k) is None else metrics(config[k]) for k in (
+        k: None if config.get(k) is None else _each(config[k], metric) for k in (
             "metrics", "weighted_metrics")})

@@ -8,9 +8,10 @@ from __future__ import annotations
 from dkm_tf.core.labels import one_loss
 
 __all__ = ["FILE_KEY", "SETTINGS_KEY", "SOURCE_LOSS", "SOURCE_SETTINGS", "assumed_logits",
-           "CarriedName", "class_losses", "file_loss_said", "for_outputs", "keep_source_loss",
-           "loss_names", "loss_said", "non_class_loss", "output_activation", "probability_rows",
-           "regression_name", "restore_source_loss", "source_loss", "source_settings"]
+           "CarriedName", "class_losses", "dropped_name", "file_loss_said", "for_outputs",
+           "keep_source_loss", "loss_names", "loss_said", "non_class_loss", "output_activation",
+           "probability_rows", "regression_name", "restore_source_loss", "source_loss",
+           "source_settings"]
 
 SOURCE_LOSS = "_dkm_tf_source_loss"  # the attribute keep_source_loss sets on a copy
 SOURCE_SETTINGS = "_dkm_tf_source_settings"  # and its loss_weights / metrics
@@ -219,9 +220,14 @@ def _loaded(value, custom_objects, dropped=None):
         return keras.saving.deserialize_keras_object(value, custom_objects=custom_objects)
     except Exception:  # noqa: BLE001
         if dropped is not None:
-            dropped.append(repr(value.get("registered_name") or value.get("class_name")
-                                if isinstance(value, dict) else value))
+            dropped.append(dropped_name(value))
         return None
+
+
+def dropped_name(value):
+    """How a metric left out is named in notes: its registered or class name (a config)."""
+    return repr(value.get("registered_name") or value.get("class_name")
+                if isinstance(value, dict) else value)
 
 
 def restore_source_loss(model, config, custom_objects=None, dropped=None):
