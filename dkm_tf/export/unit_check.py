@@ -37,9 +37,13 @@ scale off by its whole range was written (0.053 of its column's allowance); each
 has its own range and ``S_j``, and each axis' units are held to their allowances. A Dense /
 EinsumDense / attention layer on such a map acts on its last axis and keeps axis 1 its
 channels (review R3 F1: called channels_last, a 1e-6 channel off by its whole range was
-written at 0.064-0.089). A map of unknown layout (after a Reshape, a Lambda, a custom layer,
-a subclassed model) keeps the last axis only: its axis 1 may be time steps, and a step near 0
-from a weight-free ``x - mean(x)`` on whole-number inputs (no input noise) got a cut
+written at 0.064-0.089). A chain of Reshape / Flatten layers is one row-major reshape: it
+keeps a channels_first map's channels on axis 1 where that axis keeps its size ((C, H, W) ->
+(C, H*W), or the same shape; a 1e-6 channel off by its whole range was written at 0.056 of
+its column's allowance behind a same-shape Reshape), and maps of one layout joined by a
+Concatenate keep it. A map of unknown layout (after any other Reshape, a Lambda, a custom
+layer, a subclassed model) keeps the last axis only: its axis 1 may be time steps, and a step
+near 0 from a weight-free ``x - mean(x)`` on whole-number inputs (no input noise) got a cut
 allowance and a correct file was refused at 5.3x (review R3 F2). Correct channels_first files
 (6 models: convs, BN(axis=1), pooling, depthwise / separable, residual adds, global pooling
 kept, a Sequential, a subclassed model, a Permute; float / fp16 / palettized at batch 1 and
@@ -220,10 +224,11 @@ def unit_axes(model, reference):
     map (rank >= 3) known to keep its channels first (its producing layer's ``data_format``,
     through layers that keep the layout: activations, normalization, dropout, element-wise
     merges and ``keras.ops``, pooling; a Permute moving the channels to axis 1; a Dense /
-    EinsumDense / attention layer, which acts on the last axis; a nested model's graph): each
-    channel is held to its own range, and each column as before; ``(-1,)`` otherwise (a rank-2
-    output, channels last, or a layout not known: a Reshape, a Lambda, a custom layer, a
-    subclassed model).
+    EinsumDense / attention layer, which acts on the last axis; a Reshape / Flatten keeping
+    the size of the channels' axis (:func:`_reshaped`); a Concatenate of maps of one layout; a
+    nested model's graph): each channel is held to its own range, and each column as before;
+    ``(-1,)`` otherwise (a rank-2 output, channels last, or a layout not known: another
+    Reshape, a Lambda, a custom layer, a subclassed model).
 
     Args:
         model: the Keras model (a Functional / Sequential graph is walked; a subclassed
@@ -255,8 +260,9 @@ def _output_tensors(model, n):
 
 def _layout(tensor, cache=None, depth=0, feeds=None):
     """``"channels_first"`` / ``"channels_last"`` of a Functional graph's tensor, None when
-    not known (walked back through layers that keep the layout, a Permute, a Dense's input and
-    a nested model's call; inputs that disagree, or a walk deeper than 300 layers: unknown).
+    not known (walked back through layers that keep the layout, a Permute, a Dense's input,
+    a Reshape keeping the channels' axis, a Concatenate and a nested model's call; inputs that
+    disagree, or a walk deeper than 300 layers: unknown).
     ``feeds`` maps a nested model's inputs (by id) to the walk of the tensors it was called
     on."""
     import keras  # noqa: PLC0415
@@ -272,9 +278,11 @@ def _layout(tensor, cache=None, depth=0, feeds=None):
     ins = list(op._inbound_nodes[history.node_index].input_tensors) if isinstance(
         op, keras.Operation) and len(op._inbound_nodes) > history.node_index else []
     fmt = getattr(op, "data_format", None)
-    if fmt not in ("channels_first", "channels_last"):
-        fmt = None
-    if fmt is None and isinstance(op, L.InputLayer):  # a nested model's input: its caller's
+    if fmt not in ("channels_first", "channels_last") or isinstance(op, L.Flatten):
+        fmt = None  # (a Flatten's data_format is its input's, or a transpose: see _reshaped)
+    if isinstance(op, (L.Reshape, L.Flatten)):  # a row-major reshape: the channels kept?
+        fmt = _reshaped(tensor, lambda x: _layout(x, cache, depth + 1, feeds))
+    elif fmt is None and isinstance(op, L.InputLayer):  # a nested model's input: its caller's
         fmt = feeds[id(tensor)]() if id(tensor) in feeds else None
     elif fmt is None and isinstance(op, (L.Dense, L.EinsumDense, L.MultiHeadAttention)):
         # acts on the last axis only: axes 1..-2 are its (first) input's, channels included
@@ -290,6 +298,15 @@ def _layout(tensor, cache=None, depth=0, feeds=None):
     elif fmt is None and isinstance(op, keras.Model):  # a nested Functional / Sequential
         fmt = _nested(op, history.tensor_index, ins,
                       lambda x: _layout(x, cache, depth + 1, feeds), depth)
+    elif fmt is None and type(op).__name__ == "Concatenate" and ins and len(
+            tensor.shape) >= 3 and getattr(op, "axis", 0) % len(tensor.shape) != 0:
+        # maps of one layout joined on any axis but the batch's: axis 1 (or the last) is
+        # still the channels (a channels_first map's joined on axis 1: both maps' channels)
+        got = set()
+        for x in ins:
+            got.add(_layout(x, cache, depth + 1, feeds) if len(x.shape) == len(
+                tensor.shape) else None)
+        fmt = got.pop() if len(got) == 1 else None
     elif fmt is None and (isinstance(op, _keep(L)) or (
             type(op).__name__ in _SAME_LAYOUT_OPS and not isinstance(op, L.Layer))):
         if ins and all(tuple(x.shape) == tuple(tensor.shape) for x in ins):
@@ -299,6 +316,39 @@ def _layout(tensor, cache=None, depth=0, feeds=None):
             fmt = got.pop() if len(got) == 1 else None
     cache[id(tensor)] = fmt
     return fmt
+
+
+def _reshaped(tensor, walk):
+    """The layout of a Reshape / Flatten output ``tensor``: the chain of Reshape / Flatten
+    layers back to a map ``x`` of rank >= 3 is one row-major reshape keeping the batch, so a
+    channels_first ``x`` keeps its channels on axis 1 where that axis keeps its size (entry
+    ``c * rest + r`` of a sample stays channel c) and a channels_last one on the last axis
+    where that does (a Reshape to (C, H*W) of (C, H, W), or to the same shape); else None (an
+    axis 1 that may be time steps: review R3 F2). A Flatten that transposes (data_format
+    channels_first) ends the walk: unknown. ``walk`` gives the layout of ``x``."""
+    import keras  # noqa: PLC0415
+
+    x, L = tensor, keras.layers  # noqa: N806
+    for _ in range(300):
+        history = getattr(x, "_keras_history", None)
+        op = getattr(history, "operation", None)
+        if not isinstance(op, (L.Reshape, L.Flatten)):
+            break
+        ins = list(op._inbound_nodes[history.node_index].input_tensors) if len(
+            op._inbound_nodes) > history.node_index else []
+        if len(ins) != 1 or (isinstance(op, L.Flatten) and op.data_format == "channels_first"
+                             and len(ins[0].shape) > 2):
+            return None
+        x = ins[0]
+    else:
+        return None
+    out, src = tuple(tensor.shape), tuple(x.shape)
+    if x is tensor or len(out) < 3 or len(src) < 3:
+        return None
+    fmt = walk(x)
+    axis = {"channels_first": 1, "channels_last": -1}.get(fmt)
+    kept = axis is not None and isinstance(out[axis], int) and out[axis] == src[axis]
+    return fmt if kept else None
 
 
 def _permuted(fmt, dims, rank):
