@@ -41,7 +41,8 @@ written at 0.064-0.089). A chain of Reshape / Flatten layers is one row-major re
 keeps a channels_first map's channels on axis 1 where that axis keeps its size ((C, H, W) ->
 (C, H*W), or the same shape; a 1e-6 channel off by its whole range was written at 0.056 of
 its column's allowance behind a same-shape Reshape), and maps of one layout joined by a
-Concatenate keep it. A map of unknown layout (after any other Reshape, a Lambda, a custom
+Concatenate keep it (``ops.reshape`` to (-1, sizes) / ``ops.transpose`` keeping the batch:
+as a Reshape / Permute). A map of unknown layout (after any other reshape, a Lambda, a custom
 layer, a subclassed model) keeps the last axis only: its axis 1 may be time steps, and a step
 near 0 from a weight-free ``x - mean(x)`` on whole-number inputs (no input noise) got a cut
 allowance and a correct file was refused at 5.3x (review R3 F2). Correct channels_first files
@@ -223,12 +224,13 @@ def unit_axes(model, reference):
     """Per output (reference order), the axes whose entries are its units: ``(1, -1)`` for a
     map (rank >= 3) known to keep its channels first (its producing layer's ``data_format``,
     through layers that keep the layout: activations, normalization, dropout, element-wise
-    merges and ``keras.ops``, pooling; a Permute moving the channels to axis 1; a Dense /
-    EinsumDense / attention layer, which acts on the last axis; a Reshape / Flatten keeping
-    the size of the channels' axis (:func:`_reshaped`); a Concatenate of maps of one layout; a
-    nested model's graph): each channel is held to its own range, and each column as before;
-    ``(-1,)`` otherwise (a rank-2 output, channels last, or a layout not known: another
-    Reshape, a Lambda, a custom layer, a subclassed model).
+    merges and ``keras.ops``, pooling; a Permute / ``ops.transpose`` moving the channels to
+    axis 1; a Dense / EinsumDense / attention layer, which acts on the last axis; a Reshape /
+    Flatten / ``ops.reshape`` keeping the size of the channels' axis (:func:`_reshaped`); a
+    Concatenate of maps of one layout; a nested model's graph): each channel is held to its
+    own range, and each column as before; ``(-1,)`` otherwise (a rank-2 output, channels
+    last, or a layout not known: another reshape, a Lambda, a custom layer, a subclassed
+    model).
 
     Args:
         model: the Keras model (a Functional / Sequential graph is walked; a subclassed
@@ -280,7 +282,7 @@ def _layout(tensor, cache=None, depth=0, feeds=None):
     fmt = getattr(op, "data_format", None)
     if fmt not in ("channels_first", "channels_last") or isinstance(op, L.Flatten):
         fmt = None  # (a Flatten's data_format is its input's, or a transpose: see _reshaped)
-    if isinstance(op, (L.Reshape, L.Flatten)):  # a row-major reshape: the channels kept?
+    if _row_major(op, ins, L):  # a row-major reshape: are the channels kept?
         fmt = _reshaped(tensor, lambda x: _layout(x, cache, depth + 1, feeds))
     elif fmt is None and isinstance(op, L.InputLayer):  # a nested model's input: its caller's
         fmt = feeds[id(tensor)]() if id(tensor) in feeds else None
@@ -292,9 +294,13 @@ def _layout(tensor, cache=None, depth=0, feeds=None):
             "->")[-1][:-1] else None  # an EinsumDense moving the leading axes: unknown
     elif fmt is None and isinstance(op, (L.Embedding, L.RNN, L.Bidirectional)):
         fmt = "channels_last"
-    elif fmt is None and isinstance(op, L.Permute) and len(ins) == 1:
-        fmt = _permuted(_layout(ins[0], cache, depth + 1, feeds), tuple(op.dims),
-                        len(tensor.shape))
+    elif fmt is None and len(ins) == 1 and (isinstance(op, L.Permute) or (
+            type(op).__name__ == "Transpose" and not isinstance(op, L.Layer))):
+        rank = len(tensor.shape)  # a keras.ops.transpose keeping the batch first: a Permute
+        dims = tuple(op.dims) if isinstance(op, L.Permute) else tuple(
+            a % rank for a in getattr(op, "axes", None) or (1,))  # (axes None: reversed)
+        dims = dims if isinstance(op, L.Permute) else dims[1:] if dims[0] == 0 else ()
+        fmt = _permuted(_layout(ins[0], cache, depth + 1, feeds), dims, rank) if dims else None
     elif fmt is None and isinstance(op, keras.Model):  # a nested Functional / Sequential
         fmt = _nested(op, history.tensor_index, ins,
                       lambda x: _layout(x, cache, depth + 1, feeds), depth)
@@ -319,8 +325,8 @@ def _layout(tensor, cache=None, depth=0, feeds=None):
 
 
 def _reshaped(tensor, walk):
-    """The layout of a Reshape / Flatten output ``tensor``: the chain of Reshape / Flatten
-    layers back to a map ``x`` of rank >= 3 is one row-major reshape keeping the batch, so a
+    """The layout of a reshape's output ``tensor``: the chain of reshapes (:func:`_row_major`)
+    back to a map ``x`` of rank >= 3 is one row-major reshape keeping the batch, so a
     channels_first ``x`` keeps its channels on axis 1 where that axis keeps its size (entry
     ``c * rest + r`` of a sample stays channel c) and a channels_last one on the last axis
     where that does (a Reshape to (C, H*W) of (C, H, W), or to the same shape); else None (an
@@ -332,13 +338,10 @@ def _reshaped(tensor, walk):
     for _ in range(300):
         history = getattr(x, "_keras_history", None)
         op = getattr(history, "operation", None)
-        if not isinstance(op, (L.Reshape, L.Flatten)):
+        ins = list(op._inbound_nodes[history.node_index].input_tensors) if isinstance(
+            op, keras.Operation) and len(op._inbound_nodes) > history.node_index else []
+        if not _row_major(op, ins, L):
             break
-        ins = list(op._inbound_nodes[history.node_index].input_tensors) if len(
-            op._inbound_nodes) > history.node_index else []
-        if len(ins) != 1 or (isinstance(op, L.Flatten) and op.data_format == "channels_first"
-                             and len(ins[0].shape) > 2):
-            return None
         x = ins[0]
     else:
         return None
@@ -349,6 +352,21 @@ def _reshaped(tensor, walk):
     axis = {"channels_first": 1, "channels_last": -1}.get(fmt)
     kept = axis is not None and isinstance(out[axis], int) and out[axis] == src[axis]
     return fmt if kept else None
+
+
+def _row_major(op, ins, L):  # noqa: N803
+    """Whether ``op`` on ``ins`` is a row-major reshape keeping the batch: a Reshape, a Flatten
+    that does not transpose (data_format channels_last, or rank 2), a ``keras.ops.reshape`` to
+    ``(-1, known sizes)`` of the input's known per-sample size."""
+    if len(ins) != 1 or not isinstance(op, (L.Reshape, L.Flatten)) and (
+            type(op).__name__ != "Reshape" or isinstance(op, L.Layer)):
+        return False
+    if isinstance(op, (L.Reshape, L.Flatten)):
+        return not isinstance(op, L.Flatten) or op.data_format != "channels_first" or len(
+            ins[0].shape) <= 2
+    to, src = tuple(getattr(op, "newshape", None) or ()), tuple(ins[0].shape[1:])
+    return len(to) >= 2 and to[0] == -1 and all(
+        isinstance(d, int) and d > 0 for d in to[1:] + src) and np.prod(to[1:]) == np.prod(src)
 
 
 def _permuted(fmt, dims, rank):
