@@ -304,7 +304,8 @@ def _layout(tensor, cache=None, depth=0, feeds=None):
     elif fmt is None and isinstance(op, keras.Model):  # a nested Functional / Sequential
         fmt = _nested(op, history.tensor_index, ins,
                       lambda x: _layout(x, cache, depth + 1, feeds), depth)
-    elif fmt is None and type(op).__name__ == "Concatenate" and ins and len(
+    elif fmt is None and (isinstance(op, L.Concatenate) or type(op).__name__ == "Concatenate"
+                          and not isinstance(op, L.Layer)) and ins and len(
             tensor.shape) >= 3 and getattr(op, "axis", 0) % len(tensor.shape) != 0:
         # maps of one layout joined on any axis but the batch's: axis 1 (or the last) is
         # still the channels (a channels_first map's joined on axis 1: both maps' channels)
