@@ -57,6 +57,7 @@ from __future__ import annotations
 import numpy as np
 
 from dkm_tf.export.unit_errors import INT8_UNIT_FLOOR
+from dkm_tf.export.unit_layout import layout
 
 __all__ = ["DRAWS", "UNIT_SLACK", "UNIT_SPREAD", "WEIGHT_NOISE", "unit_axes", "unit_floors",
            "unit_sensitivity"]
@@ -215,22 +216,19 @@ def _floor(tol, w, s):
     return np.where(w > 0, tol * np.minimum(1.0, UNIT_SPREAD * s / top + UNIT_SLACK), tol)
 
 
-_SAME_LAYOUT_OPS = frozenset((  # keras.ops in a Functional graph that keep the layout
-    "Abs", "Add", "Divide", "Exp", "Maximum", "Minimum", "Multiply", "Negative", "Relu",
-    "Sigmoid", "Square", "Subtract", "Tanh", "TrueDivide"))
-
-
 def unit_axes(model, reference):
     """Per output (reference order), the axes whose entries are its units: ``(1, -1)`` for a
     map (rank >= 3) known to keep its channels first (its producing layer's ``data_format``,
     through layers that keep the layout: activations, normalization, dropout, element-wise
-    merges and ``keras.ops``, pooling; a Permute / ``ops.transpose`` moving the channels to
-    axis 1; a Dense / EinsumDense / attention layer, which acts on the last axis; a Reshape /
-    Flatten / ``ops.reshape`` keeping the size of the channels' axis (:func:`_reshaped`); a
-    Concatenate of maps of one layout; a nested model's graph): each channel is held to its
-    own range, and each column as before; ``(-1,)`` otherwise (a rank-2 output, channels
-    last, or a layout not known: another reshape, a Lambda, a custom layer, a subclassed
-    model).
+    merges and ``keras.ops``, pooling; a Permute / ``ops.transpose`` / ``ops.swapaxes`` /
+    ``ops.moveaxis`` moving the channels to axis 1; a Dense / EinsumDense / attention layer,
+    which acts on the last axis; a chain of Reshape / Flatten / ``ops.reshape`` /
+    ``ops.squeeze`` / ``ops.expand_dims``, across nested models too, keeping the size of the
+    channels' axis; a Concatenate of maps of one layout; a nested model's graph:
+    :func:`~dkm_tf.export.unit_layout.layout`): each channel is held to its own range, and
+    each column as before; ``(-1,)`` otherwise (a rank-2 output, channels last, or a layout
+    not known: another reshape, a Lambda, a custom layer, a subclassed model, a recurrent
+    layer's sequence of channels_first maps).
 
     Args:
         model: the Keras model (a Functional / Sequential graph is walked; a subclassed
@@ -243,7 +241,7 @@ def unit_axes(model, reference):
         t = None if tensors is None else tensors[k]
         same = t is not None and len(t.shape) == np.ndim(r) and all(
             d is None or d == e for d, e in zip(t.shape[1:], np.shape(r)[1:]))
-        axes.append((1, -1) if np.ndim(r) >= 3 and same and _layout(t) == "channels_first"
+        axes.append((1, -1) if np.ndim(r) >= 3 and same and layout(t) == "channels_first"
                     else (-1,))
     return axes
 
@@ -258,142 +256,3 @@ def _output_tensors(model, n):
     except Exception:  # noqa: BLE001 (a subclassed model: no graph, layouts unknown)
         return None
     return tensors if len(tensors) == n else None
-
-
-def _layout(tensor, cache=None, depth=0, feeds=None):
-    """``"channels_first"`` / ``"channels_last"`` of a Functional graph's tensor, None when
-    not known (walked back through layers that keep the layout, a Permute, a Dense's input,
-    a Reshape keeping the channels' axis, a Concatenate and a nested model's call; inputs that
-    disagree, or a walk deeper than 300 layers: unknown).
-    ``feeds`` maps a nested model's inputs (by id) to the walk of the tensors it was called
-    on."""
-    import keras  # noqa: PLC0415
-
-    cache, feeds = ({} if cache is None else cache), ({} if feeds is None else feeds)
-    history = getattr(tensor, "_keras_history", None)
-    op = getattr(history, "operation", None)
-    if op is None or depth > 300:
-        return None
-    if id(tensor) in cache:
-        return cache[id(tensor)]
-    L = keras.layers  # noqa: N806
-    ins = list(op._inbound_nodes[history.node_index].input_tensors) if isinstance(
-        op, keras.Operation) and len(op._inbound_nodes) > history.node_index else []
-    fmt = getattr(op, "data_format", None)
-    if fmt not in ("channels_first", "channels_last") or isinstance(op, L.Flatten):
-        fmt = None  # (a Flatten's data_format is its input's, or a transpose: see _reshaped)
-    if _row_major(op, ins, L):  # a row-major reshape: are the channels kept?
-        fmt = _reshaped(tensor, lambda x: _layout(x, cache, depth + 1, feeds))
-    elif fmt is None and isinstance(op, L.InputLayer):  # a nested model's input: its caller's
-        fmt = feeds[id(tensor)]() if id(tensor) in feeds else None
-    elif fmt is None and isinstance(op, (L.Dense, L.EinsumDense, L.MultiHeadAttention)):
-        # acts on the last axis only: axes 1..-2 are its (first) input's, channels included
-        eq = str(getattr(op, "equation", "x,y->x")).replace(" ", "")
-        fmt = "channels_last" if not ins or len(ins[0].shape) < 3 else _layout(
-            ins[0], cache, depth + 1, feeds) if eq.split(",")[0][:-1] == eq.split(
-            "->")[-1][:-1] else None  # an EinsumDense moving the leading axes: unknown
-    elif fmt is None and isinstance(op, (L.Embedding, L.RNN, L.Bidirectional)):
-        fmt = "channels_last"
-    elif fmt is None and len(ins) == 1 and (isinstance(op, L.Permute) or (
-            type(op).__name__ == "Transpose" and not isinstance(op, L.Layer))):
-        rank = len(tensor.shape)  # a keras.ops.transpose keeping the batch first: a Permute
-        dims = tuple(op.dims) if isinstance(op, L.Permute) else tuple(
-            a % rank for a in getattr(op, "axes", None) or (1,))  # (axes None: reversed)
-        dims = dims if isinstance(op, L.Permute) else dims[1:] if dims[0] == 0 else ()
-        fmt = _permuted(_layout(ins[0], cache, depth + 1, feeds), dims, rank) if dims else None
-    elif fmt is None and isinstance(op, keras.Model):  # a nested Functional / Sequential
-        fmt = _nested(op, history.tensor_index, ins,
-                      lambda x: _layout(x, cache, depth + 1, feeds), depth)
-    elif fmt is None and (isinstance(op, L.Concatenate) or type(op).__name__ == "Concatenate"
-                          and not isinstance(op, L.Layer)) and ins and len(
-            tensor.shape) >= 3 and getattr(op, "axis", 0) % len(tensor.shape) != 0:
-        # maps of one layout joined on any axis but the batch's: axis 1 (or the last) is
-        # still the channels (a channels_first map's joined on axis 1: both maps' channels)
-        got = set()
-        for x in ins:
-            got.add(_layout(x, cache, depth + 1, feeds) if len(x.shape) == len(
-                tensor.shape) else None)
-        fmt = got.pop() if len(got) == 1 else None
-    elif fmt is None and (isinstance(op, _keep(L)) or (
-            type(op).__name__ in _SAME_LAYOUT_OPS and not isinstance(op, L.Layer))):
-        if ins and all(tuple(x.shape) == tuple(tensor.shape) for x in ins):
-            got = set()
-            for x in ins:  # (a loop, not a comprehension: one stack frame per layer)
-                got.add(_layout(x, cache, depth + 1, feeds))
-            fmt = got.pop() if len(got) == 1 else None
-    cache[id(tensor)] = fmt
-    return fmt
-
-
-def _reshaped(tensor, walk):
-    """The layout of a reshape's output ``tensor``: the chain of reshapes (:func:`_row_major`)
-    back to a map ``x`` of rank >= 3 is one row-major reshape keeping the batch, so a
-    channels_first ``x`` keeps its channels on axis 1 where that axis keeps its size (entry
-    ``c * rest + r`` of a sample stays channel c) and a channels_last one on the last axis
-    where that does (a Reshape to (C, H*W) of (C, H, W), or to the same shape); else None (an
-    axis 1 that may be time steps: review R3 F2). A Flatten that transposes (data_format
-    channels_first) ends the walk: unknown. ``walk`` gives the layout of ``x``."""
-    import keras  # noqa: PLC0415
-
-    x, L = tensor, keras.layers  # noqa: N806
-    for _ in range(300):
-        history = getattr(x, "_keras_history", None)
-        op = getattr(history, "operation", None)
-        ins = list(op._inbound_nodes[history.node_index].input_tensors) if isinstance(
-            op, keras.Operation) and len(op._inbound_nodes) > history.node_index else []
-        if not _row_major(op, ins, L):
-            break
-        x = ins[0]
-    else:
-        return None
-    out, src = tuple(tensor.shape), tuple(x.shape)
-    if x is tensor or len(out) < 3 or len(src) < 3:
-        return None
-    fmt = walk(x)
-    axis = {"channels_first": 1, "channels_last": -1}.get(fmt)
-    kept = axis is not None and isinstance(out[axis], int) and out[axis] == src[axis]
-    return fmt if kept else None
-
-
-def _row_major(op, ins, L):  # noqa: N803
-    """Whether ``op`` on ``ins`` is a row-major reshape keeping the batch: a Reshape, a Flatten
-    that does not transpose (data_format channels_last, or rank 2), a ``keras.ops.reshape`` to
-    ``(-1, known sizes)`` of the input's known per-sample size."""
-    if len(ins) != 1 or not isinstance(op, (L.Reshape, L.Flatten)) and (
-            type(op).__name__ != "Reshape" or isinstance(op, L.Layer)):
-        return False
-    if isinstance(op, (L.Reshape, L.Flatten)):
-        return not isinstance(op, L.Flatten) or op.data_format != "channels_first" or len(
-            ins[0].shape) <= 2
-    to, src = tuple(getattr(op, "newshape", None) or ()), tuple(ins[0].shape[1:])
-    return len(to) >= 2 and to[0] == -1 and all(
-        isinstance(d, int) and d > 0 for d in to[1:] + src) and np.prod(to[1:]) == np.prod(src)
-
-
-def _permuted(fmt, dims, rank):
-    """The layout after ``Permute(dims)`` of a ``fmt`` map of ``rank`` (batch included)."""
-    if fmt is None or sorted(dims) != list(range(1, rank)):
-        return None
-    where = dims.index(1 if fmt == "channels_first" else rank - 1) + 1  # the channels' axis
-    return {1: "channels_first", rank - 1: "channels_last"}.get(where)
-
-
-def _nested(model, index, ins, walk, depth):
-    """The layout of a nested model's output ``index``, its inputs fed by the caller's."""
-    try:
-        inner = list(model.inputs)
-        feeds = {id(t): (lambda x=x: walk(x)) for t, x in zip(inner, ins)} if len(
-            inner) == len(ins) and all(tuple(t.shape[1:]) == tuple(x.shape[1:])
-                                       for t, x in zip(inner, ins)) else {}
-        return _layout(model.outputs[index], {}, depth + 1, feeds)
-    except Exception:  # noqa: BLE001 (a subclassed model: unknown)
-        return None
-
-
-def _keep(L):  # noqa: N803
-    """Keras layers whose output keeps their inputs' layout."""
-    return (L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax,
-            L.BatchNormalization, L.LayerNormalization, L.GroupNormalization,
-            L.UnitNormalization, L.Dropout, L.GaussianNoise, L.GaussianDropout,
-            L.AlphaDropout, L.ActivityRegularization, L.Identity, L.Add, L.Subtract,
-            L.Multiply, L.Average, L.Maximum, L.Minimum, L.Rescaling, L.Masking)
