@@ -13,7 +13,7 @@ Keras op's name is read as unknown. Each wrong file here is the conversion of a 
 import keras
 import numpy as np
 import pytest
-from test_reshapecf28 import SCALES, _conv, _convert_instead, _mutant, _x
+from test_reshapecf28 import SCALES, _conv, _convert_instead, _x
 
 from dkm_tf.export import to_tflite, verify
 from dkm_tf.export.unit_check import unit_axes
@@ -54,6 +54,16 @@ def _model(tail, size=(8, 10)):
     return model
 
 
+def _mutant(tail, size, model, channel, shift):
+    """The model built again (clone_model cannot copy np.int64 sizes), channel shifted."""
+    m = _model(tail, size)
+    m.set_weights(model.get_weights())
+    k, b = m.get_layer("out").get_weights()
+    b[channel] += np.float32(shift)
+    m.get_layer("out").set_weights([k, b])
+    return m
+
+
 def _numpy(model, tail, x):
     """The model's output in float64 (numpy), the map's channels on axis 1."""
     h = np.maximum(_conv(x.astype(np.float64), *model.get_layer("h").get_weights()), 0)
@@ -65,13 +75,14 @@ def _numpy(model, tail, x):
 def test_small_channel_behind_more_reshapes_is_refused(tmp_path, monkeypatch, tail):
     """The 1e-6 channel off by its whole range: the output's relative error passes, the
     channel's own range does not (written before); the correct file is written."""
-    model = _model(tail, (8, 5) if tail == "squeeze" else (8, 10))
+    size = (8, 5) if tail == "squeeze" else (8, 10)
+    model = _model(tail, size)
     x = _x(model, 8)
     ref = _numpy(model, tail, x)
     assert np.allclose(model.predict(x, verbose=0), ref, rtol=0, atol=1e-5)
     own, whole = np.max(np.abs(ref[:, 2])), np.max(np.abs(ref))
     assert own / whole < 0.5e-5  # the output's relative error passes on its own
-    bad = _mutant(model, 2, own)
+    bad = _mutant(tail, size, model, 2, own)
     assert np.max(np.abs(bad.predict(x, verbose=0) - ref)[:, 2]) > 0.5 * own
     with monkeypatch.context() as mp:
         _convert_instead(mp, bad)
