@@ -42,8 +42,14 @@ keeps a channels_first map's channels on axis 1 where that axis keeps its size (
 (C, H*W), or the same shape; a 1e-6 channel off by its whole range was written at 0.056 of
 its column's allowance behind a same-shape Reshape), and maps of one layout joined by a
 Concatenate keep it (``ops.reshape`` to (-1, sizes) / ``ops.transpose`` keeping the batch:
-as a Reshape / Permute). A map of unknown layout (after any other reshape, a Lambda, a custom
-layer, a subclassed model) keeps the last axis only: its axis 1 may be time steps, and a step
+as a Reshape / Permute; ``ops.squeeze`` / ``ops.expand_dims`` off the batch axis as a
+Reshape, ``ops.swapaxes`` / ``ops.moveaxis`` keeping the batch as a Permute; sizes of any
+integer type; a chain across a nested model's boundary: each of these left a 1e-6 channel off
+by its whole range written at 0.053-0.065, review R3 of h28-reshapecf; the walk is
+:mod:`dkm_tf.export.unit_layout`). A map of unknown layout (after any other reshape, a Lambda,
+a custom layer or a user's op sharing a Keras name, a subclassed model, a recurrent layer's
+sequence of channels_first maps (N, T, C, H, W): its axis 1 is time steps) keeps the last axis
+only: its axis 1 may be time steps, and a step
 near 0 from a weight-free ``x - mean(x)`` on whole-number inputs (no input noise) got a cut
 allowance and a correct file was refused at 5.3x (review R3 F2). Correct channels_first files
 (6 models: convs, BN(axis=1), pooling, depthwise / separable, residual adds, global pooling
