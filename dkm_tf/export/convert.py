@@ -328,8 +328,13 @@ def convert(model, specs, quantization="none", representative_data=None):
         return _flatten_outputs(model(structured_inputs(model, xs), training=False))
 
     module.f = tf.function(call, input_signature=signature, autograph=False)
-    conv = tf.lite.TFLiteConverter.from_concrete_functions(
-        [module.f.get_concrete_function()], module)
+    function = module.f.get_concrete_function()
+    # a layer a Lambda calls that the model does not track (graph.untracked): its variables
+    # are captured too; untracked, the temporary SavedModel was refused and the file lost
+    # its signature ("SignatureDef signature_key is None")
+    held = {id(v) for v in module.vars}
+    module.untracked = [v for v in function.variables if id(v) not in held]
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
     if quantization != "none":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "fp16":

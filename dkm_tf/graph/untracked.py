@@ -1,0 +1,118 @@
+"""Layers a ``Lambda`` calls that the model does not track.
+
+``d = keras.layers.Dense(4); y = keras.layers.Lambda(lambda t: d(t))(x)``: the model calls
+``d`` inside the Lambda's function, but ``d`` is no layer of the model's graph and no
+attribute of any of its layers, so its variables are not among ``model.weights``. Before
+2026-12-07:
+
+* ``to_tflite`` failed on every format with the converter's "SignatureDef signature_key is
+  None and model has 0 Signatures": the function it converts captured ``d``'s variables, the
+  module it saved them in did not hold them, so the converter's temporary SavedModel was
+  refused ("references an 'untracked' resource") and its fallback wrote a file without a
+  signature;
+* ``share_weights`` and ``cluster_weights`` left ``d`` float and did not list it among the
+  skipped layers (``fit`` does not train it either: it is not among the trainable variables).
+
+:func:`untracked_reads` finds such layers by one eager call of every ``Lambda`` and
+user-defined layer on zeros shaped like its graph inputs (the same call as
+:mod:`.tied`'s, which records each variable read and updates nothing); the export keeps the
+captured variables (the file computes what Keras computes), and the clustering entry points
+list each such layer as skipped with :func:`untracked_reason`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UNTRACKED_WAY_OUT", "untracked_reads", "untracked_reason"]
+
+UNTRACKED_WAY_OUT = (
+    "To cluster it, call the layer in the model's graph (y = d(x) instead of "
+    "Lambda(lambda t: d(t))(x)), or hold it as an attribute of a custom layer that calls it.")
+
+
+def _reads_of_call(layer, node):
+    """The variables (objects) ``layer`` reads when called like ``node``; () if it cannot run."""
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.graph.tied import _zeros_like_node  # noqa: PLC0415
+
+    class _Recorder(keras.StatelessScope):
+        def __init__(self):
+            super().__init__(collect_losses=True)
+            self.read = {}
+
+        def get_current_value(self, variable):
+            self.read.setdefault(id(variable), variable)
+            return super().get_current_value(variable)
+
+    try:
+        args, kwargs = _zeros_like_node(node)
+        with _Recorder() as scope:
+            layer(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - an input it cannot take: nothing found
+        return ()
+    return tuple(scope.read.values())
+
+
+def _closure_layers(function, keras):
+    """Keras layers a Python function reaches through its closure and the globals it names
+    (with their sublayers): the candidates for the owner of an untracked variable."""
+    code = getattr(function, "__code__", None)
+    cells = [c.cell_contents for c in getattr(function, "__closure__", None) or ()
+             if c.cell_contents is not None] if code is not None else []
+    names = getattr(code, "co_names", ())
+    found = cells + [getattr(function, "__globals__", {}).get(n) for n in names]
+    out = []
+    for obj in found:
+        if isinstance(obj, keras.layers.Layer):
+            out.extend(obj._flatten_layers(include_self=True))  # noqa: SLF001
+    return out
+
+
+def _owner_name(var, candidates):
+    """The name of the layer among ``candidates`` holding ``var``, else its variable path."""
+    for layer in candidates:
+        if any(w is var for w in layer.weights):
+            return layer.name
+    return getattr(var, "path", None) or getattr(var, "name", "?")
+
+
+def untracked_reads(model):
+    """Layers called inside a ``Lambda`` (or a user-defined layer) that ``model`` does not
+    track.
+
+    Args:
+        model: a built ``keras.Model``.
+
+    Returns:
+        A list of ``(reader_name, owner_name, variables)``, one per reader and owner:
+        ``owner_name`` is the untracked layer's name where the Lambda's function reaches it
+        (closure or globals), else the variable's path; ``variables`` are the Keras variables
+        of it the reader reads, none of them among ``model.weights``.
+    """
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
+    from dkm_tf.graph.tied import _audited  # noqa: PLC0415
+
+    tracked = {id(v) for v in model.weights}
+    found = {}
+    for layer in walk_layers(model):
+        if not _audited(layer):
+            continue
+        candidates = _closure_layers(getattr(layer, "function", None), keras)
+        for node in getattr(layer, "_inbound_nodes", None) or []:
+            for var in _reads_of_call(layer, node):
+                if id(var) in tracked:
+                    continue
+                key = (layer.name, _owner_name(var, candidates))
+                held = found.setdefault(key, [])
+                if not any(v is var for v in held):
+                    held.append(var)
+    return [(reader, owner, tuple(vs)) for (reader, owner), vs in found.items()]
+
+
+def untracked_reason(reader, owner):
+    """The skipped-layer reason for ``owner``, called inside ``reader`` and not tracked."""
+    return (f"called inside layer {reader!r} (a Lambda's function) but not tracked by the "
+            f"model (its weights are not among model.weights): left float, and fit does not "
+            f"train it. {UNTRACKED_WAY_OUT}")
