@@ -30,6 +30,7 @@ from dkm_tf.graph.heartbeat import Heartbeat
 from dkm_tf.graph.layer_names import wrapped_layer
 from dkm_tf.graph.pipelines import map_pipeline, once_per_layer
 from dkm_tf.graph.result_objects import check_not_a_result
+from dkm_tf.graph.untracked import untracked_skipped
 
 __all__ = ["ShareResult", "share_weights"]
 
@@ -41,7 +42,8 @@ class ShareResult:
     Attributes:
         model: a copy of the input model whose clustered kernels hold ``codebook[indices]``.
         palettes: list of :class:`~dkm_tf.core.palette.Palette`, one per clustered tensor.
-        skipped: list of ``(layer_name, reason)`` for layers with weights left unclustered.
+        skipped: list of ``(layer_name, reason)`` for layers with weights left unclustered (a
+            layer a ``Lambda`` calls that the model does not track: ``graph.untracked``).
         folded: list of ``(layer_name, bn_name)``: BatchNormalization layers folded into the
             kernel before them ahead of clustering (see ``fold_bn``).
         lora_merged: names of the LoRA-enabled layers whose effective kernel (LoRA merged)
@@ -248,8 +250,8 @@ def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tenso
     result = _share(work, n_clusters, unit, granularity, init, seed, overrides, sparsity,
                     verbose, inplace, preserve_sparsity, fold_bn, weighting, data,
                     loss, codebook, transforms, scale_bits, refine)
-    result.palettes = layer_features.lora_note(result.palettes, paths)
-    result.lora_merged = merged
+    result.palettes, result.lora_merged = layer_features.lora_note(result.palettes, paths), merged
+    result.skipped = [*result.skipped, *((n, r) for n, _, r in untracked_skipped(model))]
     keep_source_loss(model, result.model)  # the copy's loss for to_tflite's int8 check
     return result
 
@@ -357,10 +359,8 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
             print(f"  clustered {pal.name}: {job.size:,} weights -> K={pal.n_clusters} "
                   f"({job.unit}, d={pal.unit_dim}, {job.cfg['granularity']})", flush=True)
     if calib is not None:
-        palettes = refine_codebooks(model, clone, palettes, calib, method=refine,
-                                    verbose=verbose)
-    return ShareResult(clone, palettes, skipped,
-                       list(folding.folded) if folding is not None else [])
+        palettes = refine_codebooks(model, clone, palettes, calib, method=refine, verbose=verbose)
+    return ShareResult(clone, palettes, skipped, [] if folding is None else list(folding.folded))
 
 
 def _check_settings(cfg):

@@ -17,12 +17,14 @@ attribute of any of its layers, so its variables are not among ``model.weights``
 user-defined layer on zeros shaped like its graph inputs (the same call as
 :mod:`.tied`'s, which records each variable read and updates nothing); the export keeps the
 captured variables (the file computes what Keras computes), and the clustering entry points
-list each such layer as skipped with :func:`untracked_reason`.
+list each such layer as skipped with :func:`untracked_skipped`.
 """
 
 from __future__ import annotations
 
-__all__ = ["UNTRACKED_WAY_OUT", "untracked_reads", "untracked_reason"]
+__all__ = ["UNTRACKED", "UNTRACKED_WAY_OUT", "untracked_reads", "untracked_skipped"]
+
+UNTRACKED = "not tracked by the model"
 
 UNTRACKED_WAY_OUT = (
     "To cluster it, call the layer in the model's graph (y = d(x) instead of "
@@ -68,12 +70,13 @@ def _closure_layers(function, keras):
     return out
 
 
-def _owner_name(var, candidates):
-    """The name of the layer among ``candidates`` holding ``var``, else its variable path."""
+def _owner(var, candidates):
+    """``(name, kind)`` of the layer among ``candidates`` holding ``var``, else its variable
+    path and ``"variable"``."""
     for layer in candidates:
         if any(w is var for w in layer.weights):
-            return layer.name
-    return getattr(var, "path", None) or getattr(var, "name", "?")
+            return layer.name, type(layer).__name__
+    return getattr(var, "path", None) or getattr(var, "name", "?"), "variable"
 
 
 def untracked_reads(model):
@@ -84,10 +87,11 @@ def untracked_reads(model):
         model: a built ``keras.Model``.
 
     Returns:
-        A list of ``(reader_name, owner_name, variables)``, one per reader and owner:
-        ``owner_name`` is the untracked layer's name where the Lambda's function reaches it
-        (closure or globals), else the variable's path; ``variables`` are the Keras variables
-        of it the reader reads, none of them among ``model.weights``.
+        A list of ``(reader_name, owner_name, owner_kind, variables)``, one per reader and
+        owner: ``owner_name`` / ``owner_kind`` are the untracked layer's name and class where
+        the Lambda's function reaches it (closure or globals), else the variable's path and
+        ``"variable"``; ``variables`` are the Keras variables of it the reader reads, none of
+        them among ``model.weights``.
     """
     import keras  # noqa: PLC0415
 
@@ -104,15 +108,23 @@ def untracked_reads(model):
             for var in _reads_of_call(layer, node):
                 if id(var) in tracked:
                     continue
-                key = (layer.name, _owner_name(var, candidates))
+                key = (layer.name, *_owner(var, candidates))
                 held = found.setdefault(key, [])
                 if not any(v is var for v in held):
                     held.append(var)
-    return [(reader, owner, tuple(vs)) for (reader, owner), vs in found.items()]
+    return [(reader, owner, kind, tuple(vs)) for (reader, owner, kind), vs in found.items()]
 
 
-def untracked_reason(reader, owner):
-    """The skipped-layer reason for ``owner``, called inside ``reader`` and not tracked."""
-    return (f"called inside layer {reader!r} (a Lambda's function) but not tracked by the "
-            f"model (its weights are not among model.weights): left float, and fit does not "
-            f"train it. {UNTRACKED_WAY_OUT}")
+def untracked_skipped(model):
+    """``(owner_name, owner_kind, reason)`` for each layer with trainable weights that a
+    ``Lambda`` (or user-defined layer) of ``model`` calls and ``model`` does not track: the
+    clustering entry points list it as skipped (it stays float) instead of saying nothing.
+
+    Args:
+        model: a built ``keras.Model``.
+    """
+    return [(owner, kind, f"{UNTRACKED}: called inside layer {reader!r} (a Lambda's "
+             "function), its weights are not among model.weights, so it is left float (and "
+             f"fit does not train it). {UNTRACKED_WAY_OUT}")
+            for reader, owner, kind, variables in untracked_reads(model)
+            if any(getattr(v, "trainable", False) for v in variables)]

@@ -39,6 +39,7 @@ from dkm_tf.graph.pipelines import map_pipeline, once_per_layer
 from dkm_tf.graph.result_objects import check_not_a_result, not_a_model
 from dkm_tf.graph.share import check_override_options
 from dkm_tf.graph.tied import CLONE_WHY, check_no_tied_reads
+from dkm_tf.graph.untracked import untracked_skipped
 from dkm_tf.training import soft as soft_lib
 from dkm_tf.training import wrapper_names
 from dkm_tf.training.attach import detach_regularizer
@@ -293,7 +294,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         raise ValueError(f"Invalid value for argument `overrides`. Keys {unknown} match no "
                          "layer name or layer class name of the model.")
     skipped = [(n, k, bn_fate.stays_float(stays[n]) if n in stays and r == _UNSUPPORTED else r)
-               for n, k, r in skipped]
+               for n, k, r in skipped] + untracked_skipped(model)  # graph.untracked
     report = ClusteringReport(tuple(clustered), tuple(skipped), tuple(folded))
     warn_unclustered(skipped, folded, _UNSUPPORTED)
     return (out, report) if return_report else out

@@ -7,6 +7,7 @@ import warnings
 
 from dkm_tf.graph import bn_fate
 from dkm_tf.graph.bn_fate import folded_line
+from dkm_tf.graph.untracked import UNTRACKED
 from dkm_tf.training.wrapper_extras import FROZEN_NOTE
 
 __all__ = ["KEPT", "ClusteringReport", "kept_reason", "warn_unclustered"]
@@ -80,6 +81,10 @@ def warn_unclustered(skipped, folded, unsupported_prefix):
     hint = bool(parts) and (len(parts) > 1 or not folded)  # on_unsupported="error" refuses
     kept = [f"{n} ({r[len(KEPT) + 2:r.index(';')]})" for n, _, r in skipped
             if r.startswith(KEPT + ":")]
+    untracked = [f"{n} ({k})" for n, k, r in skipped if r.startswith(UNTRACKED)]
+    if untracked:  # not in the graph: fit does not train it either (graph.untracked)
+        parts.append((f"called inside a Lambda but {UNTRACKED} (they stay float and fit does "
+                      "not train them; the report says where)", untracked))
     if kept:
         parts.append(("already clustered with other settings than asked, kept as they are "
                       "(strip_clustering(model) first to re-cluster them)", kept))
