@@ -171,9 +171,10 @@ def _output_shape(model, data):
     return tuple(out.shape) if hasattr(out, "shape") else None
 
 
-def _other_params(model, palettes):
-    clustered = sum(p.n_values for p in palettes)
-    return int(model.count_params()) - clustered
+def _other_params(model, palettes):  # a layer a Lambda calls, untracked, counts: the file has it
+    from dkm_tf.graph.untracked import param_count  # noqa: PLC0415
+
+    return param_count(model) - sum(p.n_values for p in palettes)
 
 
 @reads_once  # compress and the training function it calls read a dataset's labels once
