@@ -23,6 +23,7 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter
 
 import dkm_tf
+from dkm_tf import energy
 from dkm_tf.export import to_tflite
 from dkm_tf.graph.untracked import untracked_reads
 
@@ -122,6 +123,16 @@ def test_share_weights_lists_the_untracked_layer_and_the_palettized_file_matches
     kernels = _const_dtypes(path)
     assert kernels[(4, 16)] == np.float32  # the untracked layer's kernel: float, as listed
     assert (16, 8) not in kernels  # body's: codebook + indices, no float [16, 8] constant
+    # the energy of the clustered Keras model charges what the file holds: body at K = 4,
+    # the Lambda's Dense float (32 x 4 x 16 bits at 16-bit weights: 1,024)
+    keras_e = energy.estimate(result.model, palettes=result.palettes)
+    file_e = energy.estimate(str(path))
+    assert [(x.shape.layer, x.n_clusters, x.stored_weight_bits) for x in keras_e.layers] == [
+        ("body", 4, 320.0), ("hidden", None, 1024.0)]
+    assert [(x.n_clusters, x.stored_weight_bits) for x in file_e.layers] == [
+        (4, 320.0), (None, 1024.0)]
+    assert keras_e.paper_total == pytest.approx(file_e.paper_total, rel=1e-6)
+    assert keras_e.hierarchy_total == pytest.approx(file_e.hierarchy_total, rel=1e-6)
 
 
 def test_share_weights_in_place_lists_it_too():

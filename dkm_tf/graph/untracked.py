@@ -125,8 +125,9 @@ def untracked_skipped(model):
         model: a built ``keras.Model``.
     """
     return [(owner, kind, f"{UNTRACKED}: called inside layer {reader!r} (a Lambda's "
-             "function), its weights are not among model.weights, so it is left float (and "
-             f"fit does not train it). {UNTRACKED_WAY_OUT}")
+             "function), its weights are not among model.weights (nor in the .keras file "
+             "model.save writes), so it is left float (and fit does not train it). "
+             f"{UNTRACKED_WAY_OUT}")
             for reader, owner, kind, variables in untracked_reads(model)
             if any(getattr(v, "trainable", False) for v in variables)]
 
