@@ -153,3 +153,14 @@ def test_compress_counts_the_untracked_weights_as_other_params():
     model, _ = _model()
     result = dkm_tf.compress(model, method="wr", n_clusters=4, verbose=0)
     assert result.size.other_params == 16 + 16 * 4 + 4  # body's bias, hidden's kernel + bias
+
+
+@pytest.mark.parametrize("entry", ["share_weights", "cluster_weights"])
+def test_a_model_whose_only_weights_are_untracked_is_refused_naming_them(entry):
+    inp = keras.Input((8,))
+    hidden = keras.layers.Dense(4, name="hidden")
+    model = keras.Model(inp, keras.layers.Lambda(lambda t: hidden(t), name="lam")(inp))
+    # 421d599: "it has no layer with weights." (the weights are there, out of reach)
+    with pytest.raises(ValueError, match=r"'hidden' called inside 'lam', not tracked by the "
+                                         r"model .*call the layer in the model's graph"):
+        getattr(dkm_tf, entry)(model, 4)

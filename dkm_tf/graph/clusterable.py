@@ -372,6 +372,8 @@ def check_has_clusterable(model, caller, also=()):
                          "build it first (call it on data or give it an Input).")
     layers = [lay for lay in walk_layers(model) if not isinstance(lay, keras.Model)]
     if not any(isinstance(lay, also) or is_clusterable(lay) for lay in layers):
+        from dkm_tf.graph.untracked import no_weights_reason  # noqa: PLC0415
+
         kinds = sorted({type(lay).__name__ for lay in layers if lay.weights})
         wrapped = any(wrapped_layer(lay) is not None for lay in layers)  # ClusterWeights
         raise ValueError(f"{caller} found no layer to cluster in model {model.name!r}: "
@@ -380,4 +382,4 @@ def check_has_clusterable(model, caller, also=()):
                             "it again; " if wrapped else "")
                          + (f"its layers with weights ({', '.join(kinds)}) are not supported. "
                             f"Supported: {', '.join(SUPPORTED_LAYERS)}."
-                            if kinds else "it has no layer with weights."))
+                            if kinds else no_weights_reason(model)))

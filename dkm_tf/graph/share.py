@@ -30,7 +30,7 @@ from dkm_tf.graph.heartbeat import Heartbeat
 from dkm_tf.graph.layer_names import wrapped_layer
 from dkm_tf.graph.pipelines import map_pipeline, once_per_layer
 from dkm_tf.graph.result_objects import check_not_a_result
-from dkm_tf.graph.untracked import untracked_skipped
+from dkm_tf.graph.untracked import no_weights_reason, untracked_skipped
 
 __all__ = ["ShareResult", "share_weights"]
 
@@ -307,7 +307,7 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
                             "dkm_tf.strip_clustering(model); share_weights takes the plain "
                             "result. " if wrapped else "")
                          + (f"its layers with weights are not supported: {skipped}" if skipped
-                            else "it has no layer with weights."))
+                            else no_weights_reason(model)))
     if fisher:  # on the model that is clustered (BatchNormalization folded: same function)
         imp = sensitivity.fisher_importance(model, fisher[0], fisher[1],
                                             variables=[j.var for j in jobs])

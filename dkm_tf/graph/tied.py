@@ -17,9 +17,10 @@ such a tie, and the clustering wrapper cannot reach the other reader:
 :func:`check_no_tied_reads` finds such readers before any work: statically (another layer of
 the graph tracks the variable among its weights) and by one eager call of every ``Lambda``
 and user-defined layer on zeros shaped like its graph inputs, inside a scope that records
-each variable read (nothing is updated). A layer that calls another one of the model itself
-(the same layer object at two places, e.g. keras_hub's ``ReversibleEmbedding`` called with
-``reverse=True``) is no tie: one layer, one wrapper, both uses clustered.
+each variable read (nothing is updated; :func:`dkm_tf.graph.untracked.variables_read`). A
+layer that calls another one of the model itself (the same layer object at two places, e.g.
+keras_hub's ``ReversibleEmbedding`` called with ``reverse=True``) is no tie: one layer, one
+wrapper, both uses clustered.
 """
 
 from __future__ import annotations
@@ -55,57 +56,6 @@ def _owners(layers):
     return out
 
 
-def _audited(layer):
-    """Layers whose call may read another layer's variable: Lambda and user-defined ones."""
-    import keras  # noqa: PLC0415
-
-    if isinstance(layer, keras.Model) or not layer.built:  # a call would build it
-        return False
-    if isinstance(layer, keras.layers.Lambda):
-        return True
-    module = type(layer).__module__ or ""
-    return not module.startswith(("keras.", "dkm_tf.", "tf_keras."))  # keras_hub's: audited
-
-
-def _zeros_like_node(node):
-    """Concrete zeros shaped like a node's symbolic arguments (unknown dims: 1)."""
-    import keras  # noqa: PLC0415
-    from keras import tree  # noqa: PLC0415
-
-    def concrete(t):
-        if isinstance(t, keras.KerasTensor):
-            if getattr(t, "sparse", False) or getattr(t, "ragged", False):
-                raise TypeError("sparse / ragged input")
-            return keras.ops.zeros([1 if d is None else d for d in t.shape], dtype=t.dtype)
-        return t
-
-    args = tree.map_structure(concrete, node.arguments.args)
-    kwargs = tree.map_structure(concrete, node.arguments.kwargs)
-    return args, kwargs
-
-
-def _reads_of_call(layer, node):
-    """ids of the variables ``layer`` reads when called like ``node``; None if it cannot run."""
-    import keras  # noqa: PLC0415
-
-    class _Recorder(keras.StatelessScope):
-        def __init__(self):
-            super().__init__(collect_losses=True)
-            self.read = set()
-
-        def get_current_value(self, variable):
-            self.read.add(id(variable))
-            return super().get_current_value(variable)
-
-    try:
-        args, kwargs = _zeros_like_node(node)
-        with _Recorder() as scope:
-            layer(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - an input it cannot take: the static check still runs
-        return None
-    return scope.read
-
-
 def tied_reads(model):
     """Every clusterable weight of ``model`` read by another layer of its graph.
 
@@ -116,6 +66,7 @@ def tied_reads(model):
     import keras  # noqa: PLC0415
 
     from dkm_tf.graph import clusterable as clusterable_lib  # noqa: PLC0415
+    from dkm_tf.graph.untracked import audited, variables_read  # noqa: PLC0415 (the one call)
 
     layers = [model, *clusterable_lib.walk_layers(model)]
     owners = _owners(layers)
@@ -141,9 +92,9 @@ def tied_reads(model):
         for var in layer.weights:
             if id(var) in owners:
                 add(id(var), layer, "tracks")
-        if _audited(layer):
+        if audited(layer):
             for node in getattr(layer, "_inbound_nodes", None) or []:
-                for var_id in (_reads_of_call(layer, node) or ()):
+                for var_id in variables_read(layer, node):
                     if var_id in owners:
                         add(var_id, layer, "reads")
     return found

@@ -14,16 +14,17 @@ attribute of any of its layers, so its variables are not among ``model.weights``
   skipped layers (``fit`` does not train it either: it is not among the trainable variables).
 
 :func:`untracked_reads` finds such layers by one eager call of every ``Lambda`` and
-user-defined layer on zeros shaped like its graph inputs (the same call as
-:mod:`.tied`'s, which records each variable read and updates nothing); the export keeps the
-captured variables (the file computes what Keras computes), and the clustering entry points
-list each such layer as skipped with :func:`untracked_skipped`.
+user-defined layer on zeros shaped like its graph inputs (:func:`variables_read`, which
+records each variable read and updates nothing; :mod:`.tied` makes the same call); the
+export keeps the captured variables (the file computes what Keras computes), the clustering
+entry points list each such layer as skipped (:func:`untracked_skipped`) and, where it is
+the only layer with weights, say so (:func:`no_weights_reason`).
 """
 
 from __future__ import annotations
 
-__all__ = ["UNTRACKED", "UNTRACKED_WAY_OUT", "param_count", "untracked_reads",
-           "untracked_skipped"]
+__all__ = ["UNTRACKED", "UNTRACKED_WAY_OUT", "audited", "no_weights_reason", "param_count",
+           "untracked_reads", "untracked_skipped", "variables_read"]
 
 UNTRACKED = "not tracked by the model"
 
@@ -32,11 +33,40 @@ UNTRACKED_WAY_OUT = (
     "Lambda(lambda t: d(t))(x)), or hold it as an attribute of a custom layer that calls it.")
 
 
-def _reads_of_call(layer, node):
-    """The variables (objects) ``layer`` reads when called like ``node``; () if it cannot run."""
+def audited(layer):
+    """Layers whose call may read another layer's variable: Lambda and user-defined ones."""
     import keras  # noqa: PLC0415
 
-    from dkm_tf.graph.tied import _zeros_like_node  # noqa: PLC0415
+    if isinstance(layer, keras.Model) or not layer.built:  # a call would build it
+        return False
+    if isinstance(layer, keras.layers.Lambda):
+        return True
+    module = type(layer).__module__ or ""
+    return not module.startswith(("keras.", "dkm_tf.", "tf_keras."))  # keras_hub's: audited
+
+
+def _zeros_like_node(node):
+    """Concrete zeros shaped like a node's symbolic arguments (unknown dims: 1)."""
+    import keras  # noqa: PLC0415
+    from keras import tree  # noqa: PLC0415
+
+    def concrete(t):
+        if isinstance(t, keras.KerasTensor):
+            if getattr(t, "sparse", False) or getattr(t, "ragged", False):
+                raise TypeError("sparse / ragged input")
+            return keras.ops.zeros([1 if d is None else d for d in t.shape], dtype=t.dtype)
+        return t
+
+    args = tree.map_structure(concrete, node.arguments.args)
+    kwargs = tree.map_structure(concrete, node.arguments.kwargs)
+    return args, kwargs
+
+
+def variables_read(layer, node):
+    """``{id: variable}`` of the variables ``layer`` reads when called like ``node`` (one eager
+    call on zeros in a scope that records each read and updates nothing); ``{}`` if it
+    cannot run on them (the static checks still run)."""
+    import keras  # noqa: PLC0415
 
     class _Recorder(keras.StatelessScope):
         def __init__(self):
@@ -51,9 +81,25 @@ def _reads_of_call(layer, node):
         args, kwargs = _zeros_like_node(node)
         with _Recorder() as scope:
             layer(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - an input it cannot take: nothing found
-        return ()
-    return tuple(scope.read.values())
+    except Exception:  # noqa: BLE001 - an input it cannot take
+        return {}
+    return scope.read
+
+
+def _walk(model):
+    """Every layer below ``model`` by the public ``layers``, each once (as
+    ``clusterable.walk_layers``, which imports this module)."""
+    seen, out = set(), []
+
+    def walk(layer):
+        for sub in getattr(layer, "layers", None) or []:
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                out.append(sub)
+                walk(sub)
+
+    walk(model)
+    return out
 
 
 def _closure_layers(function, keras):
@@ -96,17 +142,14 @@ def untracked_reads(model):
     """
     import keras  # noqa: PLC0415
 
-    from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
-    from dkm_tf.graph.tied import _audited  # noqa: PLC0415
-
     tracked = {id(v) for v in model.weights}
     found = {}
-    for layer in walk_layers(model):
-        if not _audited(layer):
+    for layer in _walk(model):
+        if not audited(layer):
             continue
         candidates = _closure_layers(getattr(layer, "function", None), keras)
         for node in getattr(layer, "_inbound_nodes", None) or []:
-            for var in _reads_of_call(layer, node):
+            for var in variables_read(layer, node).values():
                 if id(var) in tracked:
                     continue
                 key = (layer.name, *_owner(var, candidates))
@@ -144,3 +187,20 @@ def param_count(model):
 
     held = {id(v): v for *_, vs in untracked_reads(model) for v in vs}  # read twice: once
     return int(model.count_params()) + sum(int(np.prod(v.shape)) for v in held.values())
+
+
+def no_weights_reason(model):
+    """What the clustering entry points say of a model with no layer with weights: "it has no
+    layer with weights.", naming a layer a ``Lambda`` calls that ``model`` does not track
+    where there is one (it said only that; the weights are there, out of reach).
+
+    Args:
+        model: a built ``keras.Model``.
+    """
+    found = [(reader, owner) for reader, owner, _, vs in untracked_reads(model)
+             if any(getattr(v, "trainable", False) for v in vs)]
+    if not found:
+        return "it has no layer with weights."
+    names = ", ".join(f"{owner!r} called inside {reader!r}" for reader, owner in found)
+    return (f"it has no layer with weights of its own: {names}, {UNTRACKED} (its weights are "
+            f"not among model.weights). {UNTRACKED_WAY_OUT}")
