@@ -74,7 +74,7 @@ def test_untracked_reads_names_the_lambda_and_the_layer():
     model, hidden = _model()
     assert [w.path for w in model.weights] == ["body/kernel", "body/bias"]
     found = untracked_reads(model)
-    assert [(r, o, k) for r, o, k, _ in found] == [("lam", "hidden", "Dense")]
+    assert [(r, o, k, h) for r, o, k, _, h in found] == [(("lam",), "hidden", "Dense", "Lambda")]
     assert {id(v) for v in found[0][3]} == {id(hidden.kernel), id(hidden.bias)}
 
 

@@ -22,6 +22,7 @@ from dkm_tf.export.canonical import canonicalize
 from dkm_tf.export.convert_failures import check_signature, system_failure
 from dkm_tf.export.layer_refusals import float64_hint
 from dkm_tf.graph.input_struct import as_model_inputs
+from dkm_tf.graph.untracked import record_captured
 
 __all__ = ["QUANTIZATIONS", "as_input_list", "check_int8_mode", "convert", "input_specs",
            "masking_inputs", "pad_odd_rows", "quiet", "require_tensorflow_backend",
@@ -334,6 +335,7 @@ def convert(model, specs, quantization="none", representative_data=None):
     # its signature ("SignatureDef signature_key is None")
     held = {id(v) for v in module.vars}
     module.untracked = [v for v in function.variables if id(v) not in held]
+    record_captured(model, module.untracked)  # n_params counts what the file stores
     conv = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
     if quantization != "none":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]

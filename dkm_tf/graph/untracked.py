@@ -23,8 +23,10 @@ the only layer with weights, say so (:func:`no_weights_reason`).
 
 from __future__ import annotations
 
+import weakref
+
 __all__ = ["UNTRACKED", "UNTRACKED_WAY_OUT", "audited", "no_weights_reason", "param_count",
-           "untracked_reads", "untracked_skipped", "variables_read"]
+           "record_captured", "untracked_reads", "untracked_skipped", "variables_read"]
 
 UNTRACKED = "not tracked by the model"
 
@@ -62,10 +64,9 @@ def _zeros_like_node(node):
     return args, kwargs
 
 
-def variables_read(layer, node):
-    """``{id: variable}`` of the variables ``layer`` reads when called like ``node`` (one eager
-    call on zeros in a scope that records each read and updates nothing); ``{}`` if it
-    cannot run on them (the static checks still run)."""
+def _reads(layer, node):
+    """``{id: variable}`` read by one eager call of ``layer`` like ``node`` on zeros (a scope
+    that records each read and updates nothing); None if it cannot run on them."""
     import keras  # noqa: PLC0415
 
     class _Recorder(keras.StatelessScope):
@@ -82,8 +83,15 @@ def variables_read(layer, node):
         with _Recorder() as scope:
             layer(*args, **kwargs)
     except Exception:  # noqa: BLE001 - an input it cannot take
-        return {}
+        return None
     return scope.read
+
+
+def variables_read(layer, node):
+    """``{id: variable}`` of the variables ``layer`` reads when called like ``node`` (one eager
+    call on zeros in a scope that records each read and updates nothing); ``{}`` if it
+    cannot run on them (the static checks still run)."""
+    return _reads(layer, node) or {}
 
 
 def _walk(model):
@@ -106,8 +114,12 @@ def _closure_layers(function, keras):
     """Keras layers a Python function reaches through its closure and the globals it names
     (with their sublayers): the candidates for the owner of an untracked variable."""
     code = getattr(function, "__code__", None)
-    cells = [c.cell_contents for c in getattr(function, "__closure__", None) or ()
-             if c.cell_contents is not None] if code is not None else []
+    cells = []
+    for cell in (getattr(function, "__closure__", None) or ()) if code is not None else ():
+        try:  # a name assigned in one branch of the builder only: an empty cell
+            cells.append(cell.cell_contents)
+        except ValueError:
+            continue
     names = getattr(code, "co_names", ())
     found = cells + [getattr(function, "__globals__", {}).get(n) for n in names]
     out = []
@@ -117,13 +129,68 @@ def _closure_layers(function, keras):
     return out
 
 
+def _is_state(var):
+    """A ``keras.random.SeedGenerator``'s state (an RNG counter, no parameter)."""
+    name = str(getattr(var, "path", None) or getattr(var, "name", "")).split(":")[0]
+    return name.rsplit("/", 1)[-1] == "seed_generator_state"
+
+
+def _under(var):
+    """The ``tf.Variable`` under a Keras variable (``var`` itself if it is none)."""
+    import keras  # noqa: PLC0415
+
+    return var.value if isinstance(var, keras.Variable) else var
+
+
 def _owner(var, candidates):
-    """``(name, kind)`` of the layer among ``candidates`` holding ``var``, else its variable
-    path and ``"variable"``."""
+    """``(name, kind)`` of the layer among ``candidates`` holding ``var`` (a Keras variable or
+    the ``tf.Variable`` under one), else its variable path's parent and ``"variable"``."""
     for layer in candidates:
-        if any(w is var for w in layer.weights):
+        if any(w is var or _under(w) is var for w in layer.weights):
             return layer.name, type(layer).__name__
-    return getattr(var, "path", None) or getattr(var, "name", "?"), "variable"
+    path = str(getattr(var, "path", None) or getattr(var, "name", "?")).split(":")[0]
+    return path.rsplit("/", 1)[0], "variable"
+
+
+def _tracked_ids(model):
+    """ids of ``model.variables`` (seed state too) and ``model.weights`` and of the
+    ``tf.Variable`` under each."""
+    out = set()
+    for v in [*model.variables, *model.weights]:
+        out.update({id(v), id(_under(v))})
+    return out
+
+
+def _traced(model):
+    """The variables a ``tf.function`` of ``model`` captures (what ``to_tflite`` converts):
+    those :func:`record_captured` kept of its last conversion, else one trace; [] if it
+    cannot be traced."""
+    if model in _CAPTURED:
+        return list(_CAPTURED[model])
+    try:
+        import tensorflow as tf  # noqa: PLC0415
+        from keras import tree  # noqa: PLC0415
+
+        specs = tree.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
+                                   model._inputs_struct)  # noqa: SLF001
+        function = tf.function(lambda xs: model(xs, training=False), autograph=False)
+        return list(function.get_concrete_function(specs).variables)
+    except Exception:  # noqa: BLE001 - a subclassed model, an input it cannot trace
+        return []
+
+
+_CAPTURED = weakref.WeakKeyDictionary()
+
+
+def record_captured(model, variables):
+    """Keep the untracked variables ``to_tflite``'s traced function of ``model`` captured (the
+    file stores them): :func:`param_count` counts these, not the ones the call on zeros saw.
+
+    Args:
+        model: the Keras model converted.
+        variables: the captured ``tf.Variable`` objects not among ``model.variables``.
+    """
+    _CAPTURED[model] = [v for v in variables if not _is_state(v)]
 
 
 def untracked_reads(model):
@@ -134,73 +201,108 @@ def untracked_reads(model):
         model: a built ``keras.Model``.
 
     Returns:
-        A list of ``(reader_name, owner_name, owner_kind, variables)``, one per reader and
-        owner: ``owner_name`` / ``owner_kind`` are the untracked layer's name and class where
-        the Lambda's function reaches it (closure or globals), else the variable's path and
-        ``"variable"``; ``variables`` are the Keras variables of it the reader reads, none of
-        them among ``model.weights``.
+        A list of ``(readers, owner_name, owner_kind, variables, how)``, one per owner:
+        ``readers`` the names of the layers that call it (each once); ``owner_name`` /
+        ``owner_kind`` the untracked layer's name and class where a reader's function reaches
+        it (closure or globals), else its variables' path parent and ``"variable"``;
+        ``variables`` the ones read, none of them among ``model.variables`` (a seed
+        generator's state left out: no parameter); ``how``: ``"Lambda"`` (every reader is a
+        Lambda), ``"call"`` (a user-defined layer's call) or ``"traced"`` (the call on zeros
+        of ``readers`` failed; found among the variables a trace of the model captures).
     """
     import keras  # noqa: PLC0415
 
-    tracked = {id(v) for v in model.weights}
-    found = {}
+    tracked, found, failed, candidates = _tracked_ids(model), {}, [], []
+
+    def add(owner, reader, how, var):
+        entry = found.setdefault(owner, ([], [], set()))
+        entry[0].extend([reader] if reader not in entry[0] else [])
+        entry[2].add(how)
+        if not any(_under(v) is _under(var) for v in entry[1]):
+            entry[1].append(var)
+
     for layer in _walk(model):
         if not audited(layer):
             continue
-        candidates = _closure_layers(getattr(layer, "function", None), keras)
+        near = _closure_layers(getattr(layer, "function", None), keras)
+        candidates += near
+        how = "Lambda" if isinstance(layer, keras.layers.Lambda) else "call"
         for node in getattr(layer, "_inbound_nodes", None) or []:
-            for var in variables_read(layer, node).values():
-                if id(var) in tracked:
-                    continue
-                key = (layer.name, *_owner(var, candidates))
-                held = found.setdefault(key, [])
-                if not any(v is var for v in held):
-                    held.append(var)
-    return [(reader, owner, kind, tuple(vs)) for (reader, owner, kind), vs in found.items()]
+            read = _reads(layer, node)
+            failed += [layer.name] if read is None and layer.name not in failed else []
+            for var in (read or {}).values():
+                if id(var) not in tracked and not _is_state(var):
+                    add(_owner(var, near), layer.name, how, var)
+    if failed:  # a reader that fails on zeros: what the trace captures names the rest
+        seen = {id(_under(v)) for e in found.values() for v in e[1]}
+        for var in _traced(model):
+            if id(var) not in tracked and id(var) not in seen and not _is_state(var):
+                for reader in failed:
+                    add(_owner(var, candidates), reader, "traced", var)
+    return [(tuple(r), owner, kind, tuple(vs), "traced" if "traced" in hows else
+             "Lambda" if hows == {"Lambda"} else "call")
+            for (owner, kind), (r, vs, hows) in found.items()]
 
 
-def untracked_skipped(model):
-    """``(owner_name, owner_kind, reason)`` for each layer with trainable weights that a
+_WHERE = {"Lambda": "a Lambda's function", "call": "a custom layer's call, not an attribute",
+          "traced": "its call on zeros failed; the function to_tflite converts reads it"}
+
+
+def untracked_skipped(model, on_unsupported="skip"):
+    """``(owner_name, owner_kind, reason)`` for each layer with weights (frozen too) that a
     ``Lambda`` (or user-defined layer) of ``model`` calls and ``model`` does not track: the
     clustering entry points list it as skipped (it stays float) instead of saying nothing.
 
     Args:
         model: a built ``keras.Model``.
+        on_unsupported: ``"skip"`` (list it) or ``"error"`` (raise ``ValueError`` naming it,
+            as ``cluster_weights(..., on_unsupported="error")`` does for a layer it cannot
+            cluster).
     """
-    return [(owner, kind, f"{UNTRACKED}: called inside layer {reader!r} (a Lambda's "
-             "function), its weights are not among model.weights (nor in the .keras file "
-             "model.save writes), so it is left float (and fit does not train it). "
-             f"{UNTRACKED_WAY_OUT}")
-            for reader, owner, kind, variables in untracked_reads(model)
-            if any(getattr(v, "trainable", False) for v in variables)]
+    found = untracked_reads(model)
+    if on_unsupported == "error" and found:
+        names = ", ".join(f"{owner!r} ({kind}) called inside {', '.join(map(repr, r))}"
+                          for r, owner, kind, _, _ in found)
+        raise ValueError(f"cluster_weights(on_unsupported='error') cannot cluster {names}: "
+                         f"{UNTRACKED} (its weights are not among model.weights). "
+                         f"{UNTRACKED_WAY_OUT}")
+    return [(owner, kind, f"{UNTRACKED}: called inside layer {', '.join(map(repr, r))} "
+             f"({_WHERE[how]}), its weights are not among model.weights (nor in the .keras "
+             "file model.save writes), so it is left float (and fit does not train it). "
+             f"{UNTRACKED_WAY_OUT}") for r, owner, kind, _, how in found]
 
 
 def param_count(model):
     """``model.count_params()`` plus the size of every variable of a layer a ``Lambda`` calls
-    that ``model`` does not track (each once): the parameters its ``.tflite`` file stores
-    (left out, a Dense(4) in a Lambda after a Dense(16) counted 144 of 212).
+    that ``model`` does not track (each once; a seed generator's state left out): those the
+    last ``to_tflite`` conversion of ``model`` captured (the file stores them:
+    :func:`record_captured`), else those :func:`untracked_reads` finds (left out, a Dense(4)
+    in a Lambda after a Dense(16) counted 144 of 212).
 
     Args:
         model: a built ``keras.Model``.
     """
     import numpy as np  # noqa: PLC0415
 
-    held = {id(v): v for *_, vs in untracked_reads(model) for v in vs}  # read twice: once
+    held = _CAPTURED.get(model)
+    if held is None:
+        held = [v for *_, vs, _ in untracked_reads(model) for v in vs]
+    held = {id(_under(v)): v for v in held}  # read twice: once
     return int(model.count_params()) + sum(int(np.prod(v.shape)) for v in held.values())
 
 
 def no_weights_reason(model):
     """What the clustering entry points say of a model with no layer with weights: "it has no
     layer with weights.", naming a layer a ``Lambda`` calls that ``model`` does not track
-    where there is one (it said only that; the weights are there, out of reach).
+    where there is one (frozen too; it said only that: the weights are there, out of reach).
 
     Args:
         model: a built ``keras.Model``.
     """
-    found = [(reader, owner) for reader, owner, _, vs in untracked_reads(model)
-             if any(getattr(v, "trainable", False) for v in vs)]
+    found = untracked_reads(model)
     if not found:
         return "it has no layer with weights."
-    names = ", ".join(f"{owner!r} called inside {reader!r}" for reader, owner in found)
+    names = ", ".join(f"{owner!r} called inside {', '.join(map(repr, r))}"
+                      for r, owner, *_ in found)
     return (f"it has no layer with weights of its own: {names}, {UNTRACKED} (its weights are "
             f"not among model.weights). {UNTRACKED_WAY_OUT}")

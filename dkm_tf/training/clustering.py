@@ -223,6 +223,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         check_no_tied_reads(model, "cluster_weights", CLONE_WHY.format(
             entry="cluster_weights", extra="; and ClusterWeights shares the kernel inside its "
             "own layer's call only (the reader would train on float weights)"))
+    untracked = untracked_skipped(model, on_unsupported)  # graph.untracked; raises on "error"
     fisher = sensitivity_lib.check_weighting(model, weighting, data, loss, preserve_sparsity)
     clustered, skipped, seen, folded = [], [], set(), []
     folds, stays = bn_fate.batch_norm_fate(model)  # what strip_clustering will fold
@@ -294,7 +295,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
         raise ValueError(f"Invalid value for argument `overrides`. Keys {unknown} match no "
                          "layer name or layer class name of the model.")
     skipped = [(n, k, bn_fate.stays_float(stays[n]) if n in stays and r == _UNSUPPORTED else r)
-               for n, k, r in skipped] + untracked_skipped(model)  # graph.untracked
+               for n, k, r in skipped] + untracked
     report = ClusteringReport(tuple(clustered), tuple(skipped), tuple(folded))
     warn_unclustered(skipped, folded, _UNSUPPORTED)
     return (out, report) if return_report else out
