@@ -15,10 +15,14 @@ attribute of any of its layers, so its variables are not among ``model.weights``
 
 :func:`untracked_reads` finds such layers by one eager call of every ``Lambda`` and
 user-defined layer on zeros shaped like its graph inputs (:func:`variables_read`, which
-records each variable read and updates nothing; :mod:`.tied` makes the same call); the
-export keeps the captured variables (the file computes what Keras computes), the clustering
-entry points list each such layer as skipped (:func:`untracked_skipped`) and, where it is
-the only layer with weights, say so (:func:`no_weights_reason`).
+records each variable read and updates nothing; :mod:`.tied` makes the same call) and, where
+such a call fails (an assertion on its input), by the variables one trace of the model
+captures. Each untracked layer is listed once (frozen too), naming every layer that calls
+it; a ``keras.random.SeedGenerator``'s state is no parameter. The export keeps the captured
+variables (the file computes what Keras computes) and its report counts those
+(:func:`record_captured`); the clustering entry points list each such layer as skipped
+(:func:`untracked_skipped`; ``cluster_weights(..., on_unsupported="error")`` refuses it)
+and, where it is the only layer with weights, say so (:func:`no_weights_reason`).
 """
 
 from __future__ import annotations

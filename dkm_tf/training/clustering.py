@@ -157,9 +157,9 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
             dict of settings among ``n_clusters, unit, granularity, init, latent,
             preserve_sparsity``, or ``None`` to leave that layer unclustered.
         on_unsupported: ``"skip"`` (default) leaves unclusterable layers with weights
-            (ConvLSTM2D, a BatchNormalization that strip cannot fold, ...) as they are, reports
-            them and warns once; ``"error"`` raises. A BatchNormalization that
-            :func:`strip_clustering` folds into the layer before it is no skip: the report
+            (ConvLSTM2D, a BatchNormalization that strip cannot fold, a layer a Lambda calls
+            untracked, ...) as they are, reports them, warns once; ``"error"`` raises. A
+            BatchNormalization that :func:`strip_clustering` folds is no skip: the report
             lists it in ``folded`` (:mod:`dkm_tf.graph.bn_fate`).
         kmeans_options: extra keyword arguments of :func:`dkm_tf.cluster_values`, e.g.
             ``{"refine": False}`` (plain Lloyd; several times faster on big models).
