@@ -46,7 +46,13 @@ from dkm_tf.energy.keras_live import live_tensors, walked_outputs
 from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
-from dkm_tf.energy.keras_wrapped import has_inputs, lambda_model, lambda_records, wrapped_graph
+from dkm_tf.energy.keras_wrapped import (
+    has_inputs,
+    lambda_model,
+    lambda_records,
+    step_records,
+    wrapped_graph,
+)
 from dkm_tf.energy.open_shapes import filled  # an EinsumDense(output_shape=(None, n))
 from dkm_tf.energy.pad_merging import unpadded
 from dkm_tf.energy.pipeline_folds import walk_pipeline
@@ -252,7 +258,7 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
         records = records + mask_records(inner, alias, call, keras)
     if name != layer.name:
         records = call_names(records, name, (layer.name, alias))
-    shapes.extend(records)
+    shapes.extend(step_records(layer, name, call, records, used, keras))  # per step
     if reason:
         skipped.append((name, reason))
     act = _own_activation(inner, keras)

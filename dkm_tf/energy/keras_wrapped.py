@@ -119,3 +119,35 @@ def lambda_records(model, layer, name, shapes, skipped, walk):
     skipped.extend((f"{name}/{n}", w) for n, w in why)
     if not records and not why:
         skipped.append((name, "no compute"))
+
+
+def step_records(layer, name, call, records, used, keras):
+    """The records of one call `call` (`(inputs, outputs)`, named `name`) of `layer`: where it
+    is a `TimeDistributed` over a known number of steps T > 1, `records` (of all steps) cut
+    into T per-step copies (module docstring), the count of `layer`'s name in `used` (the
+    reader's name counts) raised by T - 1; else `records` as they are (also where a record
+    does not split evenly by T)."""
+    steps = tuple(call[0][0].shape)[1:2] if isinstance(layer, keras.layers.TimeDistributed) \
+        else ()
+    if not records or not steps or not isinstance(steps[0], int) or steps[0] < 2:
+        return records
+    one = [_one_step(r, steps[0]) for r in records]
+    if any(r is None or not (r.name == name or r.name.startswith(name + "/")) for r in one):
+        return records
+    out = list(one)
+    for _ in range(steps[0] - 1):
+        used[layer.name] = used.get(layer.name, 0) + 1
+        step = f"{layer.name}#{used[layer.name]}"
+        out += [dataclasses.replace(r, name=step + r.name[len(name):]) for r in one]
+    return out
+
+
+def _one_step(record, steps):
+    """`record` of all `steps` cut to one step's: its `repeat` (a conv's, a pool's leading
+    axes) or, for a row of positions (a dense layer's, an element-wise op's), its width."""
+    if record.repeat % steps == 0:
+        return dataclasses.replace(record, repeat=record.repeat // steps)
+    if record.in_h == record.out_h == 1 and not record.in_w % steps and not record.out_w % steps:
+        return dataclasses.replace(record, in_w=record.in_w // steps,
+                                   out_w=record.out_w // steps)
+    return None
