@@ -21,7 +21,14 @@ estimate equals its float file's. Measured before 2026-12-07 (Keras / file hiera
   `relu_fusion`); a threshold a GREATER and a SELECT (not priced), then the cap's MINIMUM and
   RELU (a RELU6 for a cap of 6); a slope with a cap or threshold a RELU (a SUB with its RELU
   for a threshold) of the negated input, a MUL and a SUB (0.30-0.65, 1.58 for a threshold);
-  a slope of 1 drops the MUL, and without cap or threshold is an identity (removed).
+  a slope of 1 drops the MUL, and without cap or threshold is an identity (removed);
+- a `keras.ops.clip(x, lo, hi)` (in a `Lambda`, or on a Functional model's tensor) is
+  `tf.clip_by_value`, a MINIMUM by hi then a MAXIMUM by lo, converted (`clip_ops`) to a
+  RELU6 for [0, 6] and a RELU_N1_TO_1 for [-1, 1] (which the op before may absorb, as a
+  ReLU6: `relu_fusion`), a MINIMUM and a RELU for lo = 0, else a MINIMUM and a MAXIMUM.
+  Before 2026-12-07 it was listed as an "unsupported operation Clip" and charged nothing
+  (after a 3x3 Conv2D(4) on 8x8x3: [-1, 2] Keras / file hierarchy 0.3862, paper 0.9397;
+  [0, 1] 0.4302 / 0.9540; [0, 6] after a tanh 0.6537 / 0.9841).
 """
 
 import math
@@ -59,6 +66,21 @@ def relu_ops(layer, keras):
     else:
         ops += ["relu"] if cap == 6 else ["relu"] + clip
     return ops + (["mul"] * (s != 1) + ["add"] if s != 0 else [])  # no MUL by a slope of 1
+
+
+def clip_ops(op):
+    """The priced ops (`eltwise_op`s, in order) of a `Clip` operation (`keras.ops.clip`) as
+    converted (module docstring), or None where a bound is not one number."""
+    try:
+        lo, hi = (np.asarray(v) for v in (op.x_min, op.x_max))
+    except (TypeError, ValueError):
+        return None
+    if lo.ndim or hi.ndim or lo.dtype.kind not in "iuf" or hi.dtype.kind not in "iuf":
+        return None
+    lo, hi = float(lo), float(hi)
+    if (lo, hi) in ((0.0, 6.0), (-1.0, 1.0)):
+        return ["relu"]  # RELU6, RELU_N1_TO_1
+    return ["max", "relu"] if lo == 0 else ["max", "max"]
 
 
 def _numpy(value):

@@ -1,7 +1,8 @@
 """Records of the non-layer operations of a Keras 3 Functional model (`x + y`, `ops.mean`).
 
-Element-wise arithmetic and ReLUs are element-wise records, a mean over the spatial axes of a
-4-D tensor an average pooling; layout ops are "no compute", anything else unsupported.
+Element-wise arithmetic, ReLUs and `keras.ops.clip` (`keras_lowered.clip_ops`) are
+element-wise records, a mean over the spatial axes of a 4-D tensor an average pooling; layout
+ops are "no compute", anything else unsupported.
 """
 
 import math
@@ -17,6 +18,7 @@ def classify_op(op, in_shapes, out_shape, call=None):
     its `(inputs, outputs)` (a division by a constant: `keras_consts`)."""
     from dkm_tf.energy import shapes as sh
     from dkm_tf.energy.keras_consts import const_op_records
+    from dkm_tf.energy.keras_lowered import clip_ops
 
     cls = type(op).__name__
     from dkm_tf.energy.keras_products import NO_COMPUTE, product_records
@@ -33,6 +35,12 @@ def classify_op(op, in_shapes, out_shape, call=None):
     if any(d is None for s in dims for d in s[1:]):
         return [], f"unknown dimension in shapes {dims}"
     elements = math.prod(out_shape[1:])
+    if cls == "Clip":  # `keras_lowered.clip_ops`
+        ops = clip_ops(op)
+        return ([], f"unsupported operation Clip of bounds {op.x_min!r}, {op.x_max!r} (not "
+                "numbers)") if ops is None else ([sh.eltwise_shape(
+                    op.name if not i else f"{op.name}/{i + 1}", elements=elements, eltwise_op=e,
+                    n_inputs=1 if e == "relu" else 2, op=cls) for i, e in enumerate(ops)], None)
     if cls in _OP_ELTWISE:
         n_in = 1 if _OP_ELTWISE[cls] == "relu" else max(len(in_shapes), 2)
         return [sh.eltwise_shape(op.name, elements=elements, eltwise_op=_OP_ELTWISE[cls],

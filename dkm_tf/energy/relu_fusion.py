@@ -16,7 +16,8 @@ Conv2DTranspose, a Concatenate, a Maximum, or a producer whose output is read tw
 RELU op of their own. A ReLU capped at other than 6 is a RELU, a MINIMUM and a RELU
 (`keras_lowered.relu_ops`): its first RELU is fused the same way, the MINIMUM and the last
 RELU stay charged; one with a threshold or a slope (and a cap or threshold) starts with other
-ops and is charged in full.
+ops and is charged in full. A `keras.ops.clip(x, 0, 6)` (a RELU6) or `(x, -1, 1)` (a
+RELU_N1_TO_1) is fused the same way (`keras_lowered.clip_ops`).
 
 Before this, `energy.estimate(keras_model)` charged each such ReLU layer a full DRAM round trip
 of its activations that the model's own `.tflite` never makes: a MobileNetV2 (224x224, K = 16)
@@ -25,7 +26,7 @@ read 7.40e9 hierarchy units from Keras and 4.74e9 from its palettized file.
 
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import folded_into, source_at
-from dkm_tf.energy.keras_lowered import affine_ops
+from dkm_tf.energy.keras_lowered import affine_ops, clip_ops
 
 _OPS = ("Add", "Subtract", "Multiply", "TrueDivide", "Divide")  # non-layer ops: ADD, ... DIV
 
@@ -47,6 +48,8 @@ def leading_relu(layer, keras):
     L = keras.layers
     if isinstance(layer, L.ReLU):
         return float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
+    if type(layer).__name__ == "Clip" and not isinstance(layer, L.Layer):
+        return clip_ops(layer) == ["relu"]  # `ops.clip(x, 0, 6)`: a RELU6, (-1, 1) RELU_N1_TO_1
     return _fusable_relu(layer, keras)
 
 
