@@ -120,3 +120,46 @@ def test_clip_of_array_bounds_is_listed_not_guessed():
     report = energy.estimate(keras.Model(inp, out))
     assert [x.shape.kind for x in report.layers] == ["dense"]
     assert any("Clip of bounds" in why for _, why in report.skipped)
+
+
+class Sliced(keras.Model):
+    """A swish `Activation`, a PReLU and a `Dense(4, "swish")` on `x[:, :n]`, n from a
+    `tf.where` (a size that depends on the data: open in the trace) or n = 5 (`open=False`)."""
+
+    def __init__(self, open_size):
+        super().__init__(name="sliced")
+        self.open_size = open_size
+        self.act = L.Activation("swish", name="sw")
+        self.p = L.PReLU(shared_axes=[1], name="pr")
+        self.d = L.Dense(4, activation="swish", name="d")
+
+    def call(self, x):
+        import tensorflow as tf
+
+        n = tf.shape(tf.where(x[0, :, 0] > -1e9))[0] if self.open_size else 5
+        return self.d(self.p(self.act(x[:, :n])))
+
+
+def test_traced_open_size_is_listed_not_read_as_one():
+    """Before: the swish and PReLU read 8 elements (the open 5 as 1) and the Dense's swish 4,
+    while the Dense itself was listed ("unknown dimension")."""
+    keras.utils.set_random_seed(0)
+    model = Sliced(True)
+    model(np.zeros((1, 5, 8), "float32"))
+    report = energy.estimate(model, input_shape=(5, 8))
+    assert report.layers == ()
+    why = dict(report.skipped)
+    for name in ("sw", "pr", "d"):
+        assert why[name].startswith("unknown dimension"), (name, why)
+
+
+def test_traced_fixed_size_is_charged_in_full():
+    keras.utils.set_random_seed(0)
+    model = Sliced(False)
+    model(np.zeros((1, 5, 8), "float32"))
+    report = energy.estimate(model, input_shape=(5, 8))
+    got = [(x.name, x.shape.kind, x.shape.eltwise_op, x.shape.output_size)
+           for x in report.layers]
+    assert got == [("sw", "eltwise", "mul", 40), ("pr", "eltwise", "affine", 40),
+                   ("d", "dense", "", 20), ("d/silu", "eltwise", "mul", 20)]
+    assert report.macs == 5 * 8 * 4

@@ -20,15 +20,17 @@ where a separate Keras layer computes them, as
 `LeakyReLU` or `Activation("leaky_relu")` layer) is one "relu" record, and the ops of a `PReLU`
 layer call (Keras computes `relu(x) - alpha * relu(-x)`: Relu, Neg, Mul, AddV2 ops in the
 layer's name scope, found by the op that reads its `alpha`) are one "affine" record named after
-the layer (see `shapes.prelu_shape`). Nested function calls (e.g. grouped convolutions, which
-Keras emits as a separate `tf.function`) are reported in `skipped`.
+the layer (see `shapes.prelu_shape`); such a call with an open size beyond the batch is
+listed ("unknown dimension"; read as 1 before 2026-12-07). Nested function calls (e.g.
+grouped convolutions, which Keras emits as a separate `tf.function`) are reported in
+`skipped`.
 """
 
 import math
 import re
 
 from dkm_tf.energy.tflite_ops import global_pool_hw
-from dkm_tf.energy.traced_activations import activation_calls, call_of, recording
+from dkm_tf.energy.traced_activations import activation_calls, call_of, recording, size_of
 from dkm_tf.energy.traced_activations import records as activation_records
 from dkm_tf.energy.traced_consts import CONST_OPS, ConstOps, is_nchw
 from dkm_tf.energy.traced_products import einsum_record, matmul_record
@@ -130,8 +132,12 @@ def read_traced_model(model, input_shape):
         if call is not None:
             if prelu[call] is not None:  # the first op of a PReLU call: its one record
                 layer, elements, n_params = prelu[call]
-                shapes.append(sh.prelu_shape(unique(layer), layer=layer, elements=elements,
-                                             n_params=n_params))
+                if elements is None:  # an open size (the data's), not read as 1
+                    skipped.append((unique(layer), "unknown dimension in the output of PReLU "
+                                    f"{layer!r}: not charged"))
+                else:
+                    shapes.append(sh.prelu_shape(unique(layer), layer=layer, elements=elements,
+                                                 n_params=n_params))
                 prelu[call] = None
             continue
         if kind in _SKIP_TYPES and not (
@@ -283,9 +289,9 @@ def _prelu_calls(model, graph, captured, keras):
             calls[scope] = (layer.name, 1, math.prod(layer.alpha.shape))
     for op in graph.get_operations():
         for scope, (name, elements, n_params) in calls.items():
-            if op.name.startswith(scope + "/") and op.outputs:
-                size = math.prod(_dims(op.outputs[0])[1:])
-                calls[scope] = (name, max(elements, size), n_params)
+            if op.name.startswith(scope + "/") and op.outputs and elements is not None:
+                size = size_of(op.outputs[0])  # None where open beyond the batch
+                calls[scope] = (name, None if size is None else max(elements, size), n_params)
     return calls
 
 

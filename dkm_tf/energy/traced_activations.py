@@ -21,7 +21,11 @@ LayerNormalization gave 2 records against 5). A recurrent layer's call (LSTM, GR
 ConvLSTM, a Bidirectional with its two sides) is replaced by `sequence_reader.traced_records`,
 its T steps as the Keras reader charges them (its traced graph holds the cell's ops once,
 before the `while` loop whose body is not read: an LSTM(7) over 8 steps read 385 MACs, not
-2,933, named `lstm_cell`).
+2,933, named `lstm_cell`). A call whose output (or input) has an open size beyond the batch
+(one that depends on the data: the trace's input size is fixed) is listed ("unknown
+dimension"), as a priced op on such a size is (`graph_reader`); before 2026-12-07 the size
+was read as 1 (a swish on `x[:, :n]` of a 5x8 input, n from a `tf.where`: 8 elements
+charged, not 40).
 """
 
 import contextlib
@@ -35,6 +39,7 @@ from dkm_tf.energy.sequence_reader import (
 )
 
 _FUSED = ("linear", "relu", "relu6", "leaky_relu")
+OPEN = "open"  # a recorded call's output size where it is open beyond the batch
 # ops an activation function is made of (the product and its BiasAdd are not)
 ACTIVATION_OPS = ("AddV2", "Add", "Sub", "Mul", "RealDiv", "Maximum", "Minimum", "Neg", "Erf",
                   "Erfc", "Sigmoid", "Tanh", "Softplus", "Softsign", "Selu", "Elu", "Exp",
@@ -44,10 +49,18 @@ ACTIVATION_OPS = ("AddV2", "Add", "Sub", "Mul", "RealDiv", "Maximum", "Minimum",
 
 
 def _dims(tensor):
+    """The static shape of `tensor`, an open size kept as None (the trace's batch is 1)."""
     shape = tensor.shape
     if shape.rank is None:
         return ()
-    return tuple(1 if d is None else int(d) for d in shape.as_list())
+    return tuple(None if d is None else int(d) for d in shape.as_list())
+
+
+def size_of(tensor):
+    """Per-image elements of `tensor` (1 for a scalar or an unknown rank), None where a size
+    beyond the batch is open (before 2026-12-07 read as 1: module docstring)."""
+    dims = _dims(tensor)[1:]
+    return None if None in dims else math.prod(dims)
 
 
 def _identity_normalization(layer):
@@ -116,8 +129,9 @@ def _recorded(layer, kind, call, calls, tf):
         first = len(graph.get_operations())
         out = call(*args, **kwargs)
         dims = _dims(out) if hasattr(out, "shape") and hasattr(out.shape, "rank") else ()
+        size = size_of(out) if len(dims) > 1 else None  # the output's size
         calls.append((layer, kind, graph, first, len(graph.get_operations()),
-                      math.prod(dims[1:]) if len(dims) > 1 else None))  # the output's size
+                      OPEN if len(dims) > 1 and size is None else size))
         return out
 
     return run
@@ -137,8 +151,8 @@ def activation_calls(calls, graph, live):
     mine = [c for c in mine if c[1] is not None]
     owner, entries = {}, []
     for layer, kind, *_, size in mine:  # an activation applies to the call's output
-        entries.append([layer.name, kind, 1 if size is None else size, None,
-                        type(layer).__name__ == "Activation"])
+        entries.append([layer.name, kind, 1 if size is None else None if size == OPEN else size,
+                        None, type(layer).__name__ == "Activation"])
     for i, (_, _, _, first, end, _) in sorted(enumerate(mine), key=lambda c: c[1][4] - c[1][3],
                                            reverse=True):
         for op in ops[first:end]:
@@ -150,7 +164,8 @@ def activation_calls(calls, graph, live):
         entry = entries[i]
         if mine[i][5] is None and op.outputs and op.outputs[0].dtype.is_floating and \
                 op.name in live:  # no output size recorded: the widest op of the call
-            entry[2] = max(entry[2], math.prod(_dims(op.outputs[0])[1:]) or 1)
+            size = size_of(op.outputs[0])
+            entry[2] = None if None in (size, entry[2]) else max(entry[2], size or 1)
         outside = [t for t in op.inputs if owner.get(t.op.name) != i and t.op.name in live
                    and t.dtype.is_floating]
         if entry[3] is None and outside:
@@ -171,6 +186,9 @@ def records(entry, unique):
     """`(records, skip_reason)` of one recorded call (`entry` from `activation_calls`), named
     as the Keras reader names them (`unique` makes a repeated name unique)."""
     layer, act, elements, in_shape, activation_layer = entry
+    if elements is None or None in (in_shape or ())[1:]:  # a size that depends on the data
+        return [], (f"unknown dimension in the output of {layer!r} (input shape "
+                    f"{in_shape}): not charged")
     if not isinstance(act, str) and type(act).__name__ == "Normalization":
         return [], "Normalization with mean 0 and variance 1: an identity the converter " \
             "removes, not charged"
