@@ -5,10 +5,11 @@ output shapes (per image: the batch axis is ignored). Nested models are read rec
 the context of their call (`bn_folding.source`); calls no output uses are left (`keras_live`).
 A layer wrapped by a `keras.layers.Wrapper` (e.g. a clustering wrapper or TimeDistributed) is
 classified by its inner layer, with the wrapper's input and output shapes (a TimeDistributed
-model, a Lambda of Keras ops: `keras_wrapped`). Subclassed models have no recorded per-layer
-shapes; with `input_shape` they are traced with TensorFlow (`graph_reader`; a clustering
-wrapper read as its layer: `traced_wrappers`), without it a `ValueError` asks for one; one
-nested in a Functional model is traced at its call's shape.
+layer then cut into steps, a TimeDistributed model, a Lambda of Keras ops: `keras_wrapped`).
+Subclassed models have no recorded per-layer shapes; with `input_shape` they are traced with
+TensorFlow (`graph_reader`; a clustering wrapper read as its layer: `traced_wrappers`),
+without it a `ValueError` asks for one; one nested in a Functional model is traced at its
+call's shape.
 
 Fused activations (`Conv2D(activation="relu")`), biases, batch norms and constant scalings
 folded into the linear conv or dense layer before them (`bn_folding`, `keras_consts`) are not
