@@ -25,7 +25,10 @@ estimate equals its float file's. Measured before 2026-12-07 (Keras / file hiera
 - a `keras.ops.clip(x, lo, hi)` (in a `Lambda`, or on a Functional model's tensor) is
   `tf.clip_by_value`, a MINIMUM by hi then a MAXIMUM by lo, converted (`clip_ops`) to a
   RELU6 for [0, 6] and a RELU_N1_TO_1 for [-1, 1] (which the op before may absorb, as a
-  ReLU6: `relu_fusion`), a MINIMUM and a RELU for lo = 0, else a MINIMUM and a MAXIMUM.
+  ReLU6: `relu_fusion`), a MINIMUM and a RELU for lo = 0, else a MINIMUM and a MAXIMUM;
+  the converter matches a bound of +0.0 only: one of -0.0 is a MINIMUM and a MAXIMUM (it was
+  read as a RELU before 2026-12-07: [-0.0, 6.0] after a conv, Keras / file hierarchy 0.3862;
+  [-0.0, 1.0] 0.8977); a clip of integers is not charged (`keras_ops`).
   Before 2026-12-07 it was listed as an "unsupported operation Clip" and charged nothing
   (after a 3x3 Conv2D(4) on 8x8x3: [-1, 2] Keras / file hierarchy 0.3862, paper 0.9397;
   [0, 1] 0.4302 / 0.9540; [0, 6] after a tanh 0.6537 / 0.9841).
@@ -78,9 +81,10 @@ def clip_ops(op):
     if lo.ndim or hi.ndim or lo.dtype.kind not in "iuf" or hi.dtype.kind not in "iuf":
         return None
     lo, hi = float(lo), float(hi)
-    if (lo, hi) in ((0.0, 6.0), (-1.0, 1.0)):
+    zero = lo == 0 and not np.signbit(lo)  # a bound of -0.0 is no RELU's: MINIMUM + MAXIMUM
+    if (zero and hi == 6) or (lo, hi) == (-1, 1):
         return ["relu"]  # RELU6, RELU_N1_TO_1
-    return ["max", "relu"] if lo == 0 else ["max", "max"]
+    return ["max", "relu"] if zero else ["max", "max"]
 
 
 def _numpy(value):

@@ -2,7 +2,8 @@
 
 Element-wise arithmetic, ReLUs and `keras.ops.clip` (`keras_lowered.clip_ops`) are
 element-wise records, a mean over the spatial axes of a 4-D tensor an average pooling; layout
-ops are "no compute", anything else unsupported.
+ops are "no compute", an op of integers only (index or shape arithmetic) is not charged, as in
+the `.tflite` reader; anything else unsupported.
 """
 
 import math
@@ -25,6 +26,8 @@ def classify_op(op, in_shapes, out_shape, call=None):
 
     if cls in NO_COMPUTE:
         return [], "no compute"
+    if call is not None and cls not in _OP_NO_COMPUTE and _integer_only(call):
+        return [], f"{cls} of integers (index or shape arithmetic), not charged"
     found = None if call is None else (const_op_records(op, call, in_shapes, out_shape) or
                                        product_records(op, call, in_shapes, out_shape))
     if found is not None:
@@ -52,3 +55,16 @@ def classify_op(op, in_shapes, out_shape, call=None):
         return [sh.pool_shape(op.name, in_hw=in_shape[1:3], channels=in_shape[3], out_hw=1,
                               window=in_shape[1:3], pool_op="avg", op=cls)], None
     return [], f"unsupported operation {cls}"
+
+
+def _integer_only(call):
+    """Whether a call `(inputs, outputs)` computes integers / booleans from integers / booleans
+    only: index or shape arithmetic, which the `.tflite` reader does not charge (an integer
+    `ops.clip(i, -1, 5)` was charged as two "max" records before 2026-12-07, `ops.minimum` /
+    `i * 2` as one: Keras / file hierarchy 2.36 / 1.68 / 1.68 with a Dense(3) after them)."""
+    import keras
+
+    ins, outs = (keras.tree.flatten(c) for c in call)
+    tensors = [t for t in ins if isinstance(t, keras.KerasTensor)] + list(outs)
+    return bool(outs) and all(isinstance(t, keras.KerasTensor) and (
+        "int" in str(t.dtype) or str(t.dtype) == "bool") for t in tensors)
