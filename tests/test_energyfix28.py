@@ -71,3 +71,54 @@ def test_float_elementwise_op_is_still_charged(tmp_path):
     assert [op for op, _, _ in _eltwise(k)] == [op for op, _, _ in _eltwise(f)]
     assert _eltwise(k)
     same_totals(k, f)
+
+
+T = 3  # steps
+
+
+def _td(layer, step_shape):
+    inp = keras.Input((T, *step_shape))
+    return keras.Model(inp, L.TimeDistributed(layer, name="td")(inp))
+
+
+def test_time_distributed_own_activation_is_per_step(tmp_path):
+    """A Dense(4, activation="swish")'s MUL runs after each step's FULLY_CONNECTED in the
+    file; it was one record of all steps after the T step records."""
+    keras.utils.set_random_seed(0)
+    k, f = both(_td(L.Dense(4, activation="swish", name="c"), (8,)), tmp_path)
+    got = [(x.name, x.shape.kind, x.shape.output_size) for x in k.layers]
+    assert got == [(n, kind, 4) for s in ("td", "td#2", "td#3")
+                   for n, kind in ((s, "dense"), (f"{s}/silu", "eltwise"))]
+    assert [(x.shape.kind, x.shape.output_size) for x in f.layers] == [
+        (kind, size) for _, kind, size in got]
+    same_totals(k, f)
+
+
+def test_time_distributed_einsum_dense_is_charged_every_step(tmp_path):
+    """The equation has no step axis: it was read at the wrapper's shape as one step (32 MACs
+    of the file's 96, hierarchy 0.3333)."""
+    keras.utils.set_random_seed(0)
+    k, f = both(_td(L.EinsumDense("ab,bc->ac", 4, name="c"), (8,)), tmp_path)
+    assert k.macs == f.macs == T * 8 * 4  # by hand
+    assert len(k.layers) == len(f.layers) == T
+    assert [x.name for x in k.layers] == ["c/kernel", "td#2/kernel", "td#3/kernel"]
+    same_totals(k, f)
+
+
+@pytest.mark.parametrize("build,step_shape", [
+    (lambda: L.GroupNormalization(2, name="c"), (5, 4)),
+    (lambda: L.GroupNormalization(2, name="c"), (3, 3, 4)),  # an image per step: a SUB too
+    (lambda: L.UnitNormalization(name="c"), (5, 4)),
+])
+def test_time_distributed_normalization_is_charged_per_step(build, step_shape, tmp_path):
+    """It was read at the wrapper's shape (G group adds, not T·G, and an image's SUB):
+    GroupNormalization(2) over 3 steps of 5x4, Keras / file hierarchy 1.2663."""
+    keras.utils.set_random_seed(0)
+    model = _td(build(), step_shape)
+    layer = model.get_layer("td").layer
+    if isinstance(layer, L.GroupNormalization):
+        layer.beta.assign(np.linspace(0.1, 0.4, 4, dtype="float32"))  # an ADD of its own
+    k, f = both(model, tmp_path)
+    assert sorted(_eltwise(k)) == sorted(_eltwise(f))
+    assert len(k.layers) % T == 0 and k.layers[len(k.layers) // T].name == "td#2"
+    same_totals(k, f)

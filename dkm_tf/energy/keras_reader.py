@@ -259,16 +259,15 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
         records = records + mask_records(inner, alias, call, keras)
     if name != layer.name:
         records = call_names(records, name, (layer.name, alias))
-    shapes.extend(step_records(layer, name, call, records, used, keras))  # per step
-    if reason:
-        skipped.append((name, reason))
     act = _own_activation(inner, keras)
     if records and act not in (None, "linear"):
         extra, why = activation_records(f"{name}/{act}", act, math.prod(out_shape[1:]),
                                          layer=alias, op=type(inner).__name__)
-        shapes.extend(extra)
-        if why:
-            skipped.append((name, why))
+        records = records + extra  # cut into steps with its layer's records
+        skipped.extend([(name, why)] if why else [])
+    shapes.extend(step_records(layer, name, call, records, used, keras))  # per step
+    if reason:
+        skipped.append((name, reason))
 
 
 def _shapes_of(tensors):

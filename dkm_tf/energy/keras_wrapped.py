@@ -132,13 +132,15 @@ def step_records(layer, name, call, records, used, keras):
     if not records or not steps or not isinstance(steps[0], int) or steps[0] < 2:
         return records
     one = [_one_step(r, steps[0]) for r in records]
-    if any(r is None or not (r.name == name or r.name.startswith(name + "/")) for r in one):
+    bases = [next((b for b in (name, layer.layer.name) if r.name == b or r.name.startswith(
+        b + "/")), None) for r in records]  # an EinsumDense's `c/kernel`: `td#2/kernel`, ...
+    if any(r is None or b is None for r, b in zip(one, bases)):
         return records
     out = list(one)
     for _ in range(steps[0] - 1):
         used[layer.name] = used.get(layer.name, 0) + 1
         step = f"{layer.name}#{used[layer.name]}"
-        out += [dataclasses.replace(r, name=step + r.name[len(name):]) for r in one]
+        out += [dataclasses.replace(r, name=step + r.name[len(b):]) for r, b in zip(one, bases)]
     return out
 
 

@@ -17,7 +17,13 @@ such as means and sums of squares are not priced, as everywhere):
 * `UnitNormalization` (``x · rsqrt(max(sum x², eps))``): one "max" per normalised vector (G of
   them) and E products.
 
-Before 2026-12-06 both were listed as "unsupported layer type" (their cost left out).
+Before 2026-12-06 both were listed as "unsupported layer type" (their cost left out). Inside a
+`TimeDistributed` (read at the wrapper's shape, one axis more than the layer was built for)
+they are charged per step at the step's shape, T times (`keras_wrapped.step_records` cuts them
+into steps); before 2026-12-07 they were read at the wrapper's shape, as an image's (a
+GroupNormalization(2) over 3 steps of 5x4: G adds, not T·G, and an E-element SUB the file does
+not run; Keras / file hierarchy 1.2663, paper 1.2339). Their records are `name`, `name/2`, ...
+(`name#2`, ... before, the names of a second call).
 """
 
 import math
@@ -33,6 +39,11 @@ def norm_records(layer, name, in_shape, common):
 
     from dkm_tf.energy import shapes as sh
 
+    built = tuple((layer.get_build_config() or {}).get("input_shape") or ())
+    steps = 1
+    if len(built) + 1 == len(in_shape) and tuple(in_shape[2:]) == built[1:]:
+        # inside a TimeDistributed (called at its wrapper's shape): per step, T steps
+        steps, in_shape = int(in_shape[1]), (in_shape[0], *in_shape[2:])
     rank = len(in_shape)
     elements = math.prod(in_shape[1:])
     if cls == "UnitNormalization":
@@ -51,5 +62,6 @@ def norm_records(layer, name, in_shape, common):
         if layer.center and np.any(keras.ops.convert_to_numpy(layer.beta) != 0):
             parts.append(("add", channels))
         parts += [("mul", elements), ("add", elements)]
-    return [sh.eltwise_shape(f"{name}#{i + 1}" if i else name, elements=n, eltwise_op=op,
-                             n_inputs=2, **common) for i, (op, n) in enumerate(parts)], None
+    return [sh.eltwise_shape(f"{name}/{i + 1}" if i else name, elements=steps * n,
+                             eltwise_op=op, n_inputs=2, **common)
+            for i, (op, n) in enumerate(parts)], None

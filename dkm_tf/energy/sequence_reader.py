@@ -221,6 +221,8 @@ def _einsum_records(layer, alias, path, in_shape, name=None, op="EinsumDense"):
     x_spec, w_spec, y_spec = parts
     if any(d is None for d in tuple(in_shape)[1:]):
         return [], f"unknown dimension in input shape {tuple(in_shape)}"
+    lead = max(len(in_shape) - len(x_spec), 0)  # a TimeDistributed's steps: more positions
+    steps, in_shape = math.prod(in_shape[1:1 + lead]), (in_shape[0], *in_shape[1 + lead:])
     w_shape = tuple(int(d) for d in layer.kernel.shape)
     out_shape = _einsum_out_shape(x_spec, w_spec, y_spec, tuple(in_shape), w_shape)
     if any(ch not in x_spec and ch not in y_spec for ch in w_spec):
@@ -228,7 +230,7 @@ def _einsum_records(layer, alias, path, in_shape, name=None, op="EinsumDense"):
     dot = math.prod(w_shape[i] for i, ch in enumerate(w_spec) if ch not in y_spec)
     out_c = math.prod(w_shape[i] for i, ch in enumerate(w_spec) if ch in y_spec)
     groups = math.prod(w_shape[i] for i, ch in enumerate(w_spec) if ch in y_spec and ch in x_spec)
-    positions = math.prod(int(d) for d in out_shape[1:]) // out_c
+    positions = steps * math.prod(int(d) for d in out_shape[1:]) // out_c
     return [sh.dense_shape(name or f"{alias}/{path}", in_features=dot * groups, units=out_c,
                            positions=positions, groups=groups, layer=alias, op=op)], None
 
