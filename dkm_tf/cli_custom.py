@@ -66,7 +66,8 @@ def loss_note(model_path, method, weighting, model=None, train=None):
     compile config and trains with the cross-entropy of its output, not that loss (which was
     silently replaced); else None. A (sparse) categorical or binary cross-entropy is that
     loss on class ids: noted only where the file's ``from_logits`` differs from the one the
-    loaded ``model``'s output activation gives (when ``model`` is given). With ``model``, a
+    loaded ``model``'s output activation gives (when ``model`` is given; a custom last layer:
+    its outputs on ``train``'s inputs, rows of probabilities: False). With ``model``, a
     regression or multi-label loss gets none (:func:`train_loss`: it trains with it), unless
     the outputs on ``train``'s inputs (``(x, y)``) are rows of (log-)probabilities (a
     ``log_softmax`` or ``Lambda`` softmax compiled with ``"mse"``: class scores, trained with
@@ -83,13 +84,16 @@ def loss_note(model_path, method, weighting, model=None, train=None):
         if model is None or saved is None:
             return None
         from dkm_tf.training.common import default_loss  # noqa: PLC0415
+        from dkm_tf.training.compile_settings import sample_inputs  # noqa: PLC0415
 
-        used = default_loss(model).get_config().get("from_logits")
+        x = sample_inputs(model, train)  # a custom last layer: its outputs on the data
+        used = default_loss(model, x=x).get_config().get("from_logits")
         if used == saved:
             return None
         return (f"{model_path} was compiled with {loss} from_logits={saved}; dkm-tf compress "
-                f"{verb} it with from_logits={used}, read from the model's output activation "
-                "(check that the file's last activation is what you expect)")
+                f"{verb} it with from_logits={used}, read from the model's output activation"
+                + (" and its outputs on the --dataset inputs" if x is not None else "") +
+                " (check that the file's last activation is what you expect)")
     from dkm_tf.core.loss_kind import CarriedName, file_loss_said, non_class_loss  # noqa: PLC0415
 
     if loss is None or model is not None and non_class_loss(model, loss) and not (

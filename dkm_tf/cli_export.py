@@ -112,10 +112,15 @@ def logits_notes(model, loss, agreement, weighting, tflite, data=()):
 
 def compress_notes(notes, model_path):
     """``compress``' own notes, less its logits note for a ``--model`` file: compress sees the
-    model loaded without its loss, :func:`logits_notes` read the file's."""
+    model loaded without its loss, :func:`logits_notes` read the file's. Advice to compile
+    the model (the command line trains a classifier file without its compiled loss) says to
+    call ``dkm_tf.compress`` in Python on the compiled model instead."""
     from dkm_tf.pipeline_metrics import LOGITS_NOTE  # noqa: PLC0415
 
-    return [n for n in notes if model_path is None or not n.startswith(LOGITS_NOTE)]
+    advice = ("compile the model to train it with another loss", "call dkm_tf.compress in "
+              "Python on the model compiled with another loss to train it with that loss")
+    return [n.replace(*advice) if model_path else n for n in notes
+            if model_path is None or not n.startswith(LOGITS_NOTE)]
 
 
 def compile_as_saved(model, model_path):

@@ -279,9 +279,10 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     acc_before = evaluate_accuracy(model, test_data) if test_data is not None else None
     from dkm_tf.core.loss_kind import keep_source_loss  # noqa: PLC0415
     from dkm_tf.pipeline_args import merged_lora  # noqa: PLC0415
-    from dkm_tf.training.compile_settings import carried_loss_note  # noqa: PLC0415
+    from dkm_tf.training import compile_settings as trained  # noqa: PLC0415
     work = keep_source_loss(model, merged_lora(model, notes))  # an uncompiled copy's loss
-    notes += [n for n in [method != "wr" and carried_loss_note(model)] if n]  # trained with
+    notes += [n for n in [method != "wr" and (trained.carried_loss_note(model) or (
+        trained.probabilities_note(model, train_data)))] if n]  # a custom softmax: no logits
     if method.startswith("dkm"):
         from dkm_tf.pipeline_args import override_settings, regularizer_settings  # noqa: PLC0415
         from dkm_tf.training.retrain import dkm_retrain  # noqa: PLC0415

@@ -20,10 +20,11 @@ from dkm_tf.training.common import (
 )
 from dkm_tf.training.distill import distillation_metrics
 
-__all__ = ["carried_loss_note", "check_label_keys", "compile_like", "compile_settings"]
+__all__ = ["carried_loss_note", "check_label_keys", "compile_like", "compile_settings",
+           "probabilities_note", "sample_inputs"]
 
 
-def compile_settings(model, metrics=None):
+def compile_settings(model, metrics=None, data=None):
     """The ``compile`` keyword arguments ``loss``, ``loss_weights``, ``metrics`` and
     ``weighted_metrics`` (a dict) for a copy of ``model``.
 
@@ -31,7 +32,11 @@ def compile_settings(model, metrics=None):
     (Keras' ``"accuracy"`` read as :class:`~dkm_tf.DistillationAccuracy` with a
     :class:`~dkm_tf.DistillationLoss`); else the default cross-entropy
     (:func:`~dkm_tf.training.common.default_loss`) with ``"accuracy"`` once per output (a
-    single ``["accuracy"]`` failed inside ``fit`` for two outputs: "tuple arity mismatch").
+    single ``["accuracy"]`` failed inside ``fit`` for two outputs: "tuple arity mismatch");
+    where the last activation is not known (a custom or ``Lambda`` last layer), its outputs
+    on the first inputs of ``data`` (the training data, :func:`sample_inputs`) that are rows
+    of probabilities give ``from_logits=False`` (from_logits=True trained a hand-written
+    softmax's outputs through a second softmax).
     ``metrics`` (a list or dict) replaces the metrics. A single loss compiled with a list or
     dict of ``loss_weights`` (one per output) becomes one loss per output (Keras refused it
     inside ``fit``: "`loss_weights` must match the number of losses"); ``loss_weights`` that
@@ -47,7 +52,7 @@ def compile_settings(model, metrics=None):
     if carried:
         loss, given = source_loss(model), source_settings(model)
     if loss is None:
-        loss, default = default_loss(model), True
+        loss, default = default_loss(model, x=sample_inputs(model, data)), True
     heads = ["accuracy"] * (len(getattr(model, "outputs", None) or ()) or 1)
     if metrics is None and carried:
         metrics = distillation_metrics(model, fresh_metrics(given.get("metrics")) or (
@@ -75,6 +80,48 @@ def carried_loss_note(model):
             "from (the given model is an uncompiled share_weights / strip_clustering copy, "
             "which carries it; not the default cross-entropy of an uncompiled model): compile "
             "the model to train it with another loss")
+
+
+def probabilities_note(model, data):
+    """A note when the training functions train ``model`` (not compiled, carrying no loss)
+    with the cross-entropy ``from_logits=False`` because its last layer's activation is not
+    known and its outputs on the first inputs of ``data`` are rows of probabilities
+    (:func:`compile_settings`), else None."""
+    if compiled_loss(model) is not None or source_loss(model) is not None:
+        return None
+    x = sample_inputs(model, data)
+    if x is None or default_loss(model, x=x).get_config().get("from_logits") is not False:
+        return None
+    return ("trained with the cross-entropy from_logits=False: the model's last layer is not "
+            "one whose activation dkm_tf can read (a custom or Lambda layer) and its outputs on "
+            "the training inputs are rows of probabilities; compile the model to train it with "
+            "another loss")
+
+
+def sample_inputs(model, data):
+    """The inputs of ``data`` (``(x, y)`` arrays, a ``tf.data.Dataset`` or a ``PyDataset``:
+    its first batch) that :func:`~dkm_tf.training.common.default_loss` reads a custom last
+    layer's outputs on; None where its last activation is known (nothing is read: a dataset
+    is not iterated) or the inputs cannot be read."""
+    import sys  # noqa: PLC0415
+
+    from dkm_tf.core.loss_kind import output_activation  # noqa: PLC0415
+
+    if data is None or output_activation(model) != "":
+        return None
+    if isinstance(data, tuple):
+        return data[0] if data else None
+    tf, keras = sys.modules.get("tensorflow"), sys.modules.get("keras")
+    try:
+        if tf is not None and isinstance(data, tf.data.Dataset):
+            batch = next(iter(data.take(1)))
+        elif keras is not None and isinstance(data, keras.utils.PyDataset):
+            batch = data[0]
+        else:
+            return None
+    except Exception:  # noqa: BLE001 (a batch that cannot be read: from_logits as before)
+        return None
+    return batch[0] if isinstance(batch, tuple) and batch else None
 
 
 def compile_like(model, copy):

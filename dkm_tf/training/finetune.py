@@ -98,7 +98,7 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     train_data = check_data("train_data", train_data, model, required=bool(epochs),
                             labels=bool(epochs))
     val_data = check_data("val_data", val_data, model, required=False)
-    settings = compile_settings(model, metrics)  # the model's own, or the defaults
+    settings = compile_settings(model, metrics, train_data)  # its own, or the defaults
     loss, metrics = settings["loss"], settings["metrics"] or []
     loss_weights, weighted = settings["loss_weights"], settings["weighted_metrics"]
     table = None

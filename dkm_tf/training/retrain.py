@@ -103,7 +103,7 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     check_fit_args(model, batch_size=batch_size, callbacks=callbacks, verbose=verbose)
     train_data = check_data("train_data", train_data, model)
     val_data = check_data("val_data", val_data, model, required=False)
-    settings = compile_settings(model)  # the model's own, or the defaults
+    settings = compile_settings(model, data=train_data)  # its own, or the defaults
     reads = settings["loss"]  # the loss that reads the labels
     train_data = check_labels_for("train_data", train_data, model, reads)
     val_data = check_labels_for("val_data", val_data, model, reads)
