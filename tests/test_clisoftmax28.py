@@ -1,0 +1,179 @@
+"""Session 28: a custom or ``Lambda`` last layer whose outputs are probability rows trains with
+the cross-entropy ``from_logits=False``, on the command line as in Python.
+
+``dkm-tf compress --model FILE`` (and ``dkm_tf.compress`` / ``finetune`` / ``dkm_retrain`` of
+an uncompiled model) gave such a model the default cross-entropy with ``from_logits=True``:
+its last activation cannot be read from the op that made the output, and the training inputs
+were not looked at. A softmax written by hand (exp / sum) then trained the cross-entropy of
+softmax(probabilities), silently (MNIST 14x14 MLP, K=2, 5 fine-tune epochs: held-out accuracy
+73.4 % / cross-entropy 0.861, now 74.7 % / 0.807); a ``keras.ops.softmax`` in a ``Lambda`` or
+custom layer trained the same on TensorFlow (Keras takes its logits) but Keras warned. The
+outputs on the first training inputs are read now (rows of probabilities: from_logits=False,
+and a note says so), as a model compiled with ``SparseCategoricalCrossentropy()`` trains."""
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import dkm_tf  # noqa: E402
+from dkm_tf import cli  # noqa: E402
+from dkm_tf.cli_custom import loss_note  # noqa: E402
+from dkm_tf.progress import Progress  # noqa: E402
+from dkm_tf.training.compile_settings import compile_settings, sample_inputs  # noqa: E402
+
+L = keras.layers
+ARGS = {"method": "finetune", "n_clusters": 4, "finetune_epochs": 2, "seed": 0}
+NOTE = "trained with the cross-entropy from_logits=False: the model's last layer is not one"
+
+
+@keras.saving.register_keras_serializable(package="test_clisoftmax28")
+class HandSoftmax(L.Layer):
+    """A softmax written by hand: no Softmax op, so neither dkm_tf nor Keras can see it."""
+
+    def call(self, t):
+        e = keras.ops.exp(t - keras.ops.max(t, axis=-1, keepdims=True))
+        return e / keras.ops.sum(e, axis=-1, keepdims=True)
+
+
+@keras.saving.register_keras_serializable(package="test_clisoftmax28")
+class Scaled(L.Layer):
+    """A custom last layer of logits (twice its input): not probabilities."""
+
+    def call(self, t):
+        return 2.0 * t
+
+
+@keras.saving.register_keras_serializable(package="test_clisoftmax28")
+def ops_softmax(t):
+    """A Lambda's function (registered: the file loads in safe mode)."""
+    return keras.ops.softmax(t)
+
+
+def _data(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(160, 6)).astype("float32")
+    y = np.argmax(x[:, :3] + 0.3 * rng.normal(size=(160, 3)), axis=1).astype("int32")
+    path = str(tmp_path / "d.npz")
+    np.savez(path, x_train=x[:128], y_train=y[:128], x_test=x[128:], y_test=y[128:])
+    return path, (x[:128], y[:128]), (x[128:], y[128:])
+
+
+def _model(last, **compile_args):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    model = keras.Model(inp, last(L.Dense(3, name="o")(L.Dense(8, activation="relu",
+                                                              name="h")(inp))))
+    if compile_args:
+        model.compile(**compile_args)
+    return model
+
+
+def _save(model, path):
+    model.save(str(path))
+    return str(path)
+
+
+def _cli(path, npz, out):
+    with warnings.catch_warnings(record=True) as caught:  # Keras' "received from_logits=True"
+        warnings.simplefilter("always")
+        result = cli.run_compress(path, dataset=npz, output_dir=str(out), tflite=False,
+                                  plots=False, quiet=True, progress=Progress(enabled=False),
+                                  **ARGS)
+    return result, [str(w.message) for w in caught if "from_logits" in str(w.message)]
+
+
+def _max_diff(a, b):
+    return max(float(np.abs(x - y).max()) for x, y in zip(
+        a.get_weights(), b.get_weights(), strict=True))
+
+
+def _nll(loss, model, data):
+    """``loss`` on ``model``'s held-out outputs and the numpy cross-entropy of them."""
+    p = np.asarray(model(data[0]), np.float64)
+    expected = -np.mean(np.log(p[np.arange(len(data[1])), data[1]]))
+    return float(loss(data[1], p.astype("float32"))), float(expected)
+
+
+@pytest.mark.parametrize("last", [lambda t: HandSoftmax(name="p")(t),
+                                  lambda t: L.Lambda(ops_softmax, name="p")(t)],
+                         ids=["hand_written", "lambda_ops_softmax"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["plain_file", "compiled_file"])
+def test_the_cli_trains_a_custom_softmax_as_the_api_compiled_with_probabilities(
+        tmp_path, last, compiled):
+    npz, train, test = _data(tmp_path)
+    kw = {"optimizer": "adam", "loss": keras.losses.SparseCategoricalCrossentropy()}
+    path = _save(_model(last, **(kw if compiled else {})), tmp_path / "m.keras")
+    result, warned = _cli(path, npz, tmp_path / "out")
+    assert warned == []  # Keras warned of from_logits=True on a softmax's output
+    reference = dkm_tf.compress(_model(last, **kw), train, test,
+                                progress=Progress(enabled=False), **ARGS)
+    assert _max_diff(result.model, reference.model) < 1e-6
+    assert result.model.loss.get_config()["from_logits"] is False
+    got, expected = _nll(result.model.loss, result.model, test)  # -mean log p_y, not of
+    np.testing.assert_allclose(got, expected, rtol=1e-5)  # softmax(p)
+    assert sum(n.startswith(NOTE) for n in result.notes) == 1
+    said = " ".join(result.notes)
+    assert "call dkm_tf.compress in Python on the model compiled with another loss" in said
+    assert "from_logits=True" not in said  # the compiled file's note said it trained so
+
+
+def test_the_api_trains_an_uncompiled_hand_softmax_with_probabilities_and_notes_it(tmp_path):
+    _, train, test = _data(tmp_path)
+    plain = dkm_tf.compress(_model(lambda t: HandSoftmax(name="p")(t)), train, test,
+                            progress=Progress(enabled=False), **ARGS)
+    compiled = dkm_tf.compress(_model(lambda t: HandSoftmax(name="p")(t), optimizer="adam",
+                                      loss=keras.losses.SparseCategoricalCrossentropy()),
+                               train, test, progress=Progress(enabled=False), **ARGS)
+    assert _max_diff(plain.model, compiled.model) < 1e-6
+    assert sum(n.startswith(NOTE) for n in plain.notes) == 1
+    assert not any(n.startswith(NOTE) for n in compiled.notes)  # its own loss: nothing read
+    assert "compile the model to train it with another loss" in " ".join(plain.notes)
+
+
+def test_dkm_retrain_and_a_tf_dataset_read_the_probabilities_too(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    _, train, _ = _data(tmp_path)
+    model = _model(lambda t: HandSoftmax(name="p")(t))
+    ds = tf.data.Dataset.from_tensor_slices(train).batch(32)
+    for data in (train, ds):
+        assert compile_settings(model, data=data)["loss"].get_config()["from_logits"] is False
+    assert compile_settings(model)["loss"].get_config()["from_logits"] is True  # no data
+    retrained, _ = dkm_tf.dkm_retrain(model, ds, n_clusters=4, epochs=1, seed=0)
+    assert retrained.loss.get_config()["from_logits"] is False
+
+
+def test_a_custom_last_layer_of_logits_keeps_from_logits_and_gets_no_note(tmp_path):
+    npz, _, test = _data(tmp_path)
+    path = _save(_model(lambda t: Scaled(name="p")(t)), tmp_path / "m.keras")
+    result, warned = _cli(path, npz, tmp_path / "out")
+    assert warned == []
+    assert result.model.loss.get_config()["from_logits"] is True
+    assert not any(n.startswith(NOTE) for n in result.notes)
+
+
+def test_a_known_activation_reads_no_inputs(tmp_path):
+    # a softmax layer says it: the data (a dataset would be iterated) is not looked at
+    _, train, _ = _data(tmp_path)
+    assert sample_inputs(_model(L.Softmax()), train) is None
+    assert sample_inputs(_model(lambda t: HandSoftmax()(t)), train) is train[0]
+
+
+def test_the_cli_note_on_a_files_from_logits_says_the_data_was_read(tmp_path):
+    # a hand softmax compiled with from_logits=True (the user's slip): trained with False,
+    # read from its outputs on the --dataset inputs; compiled with False: no note (it was
+    # "trains it with from_logits=True, read from the model's output activation")
+    _, train, _ = _data(tmp_path)
+    for saved, said in ((True, re.compile(r"from_logits=True; dkm-tf compress trains with it "
+                                          r"with from_logits=False, read from the model's "
+                                          r"output activation and its outputs on the "
+                                          r"--dataset inputs")), (False, None)):
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=saved)
+        path = _save(_model(lambda t: HandSoftmax(name="p")(t), optimizer="adam", loss=loss),
+                     tmp_path / f"m{saved}.keras")
+        note = loss_note(path, "finetune", None, keras.models.load_model(path, compile=False),
+                         train)
+        assert note is None if said is None else said.search(note), note
