@@ -65,9 +65,11 @@ def loss_note(model_path, method, weighting, model=None, train=None):
     fisher) a ``--model`` file compiled with a loss: the command line loads it without its
     compile config and trains with the cross-entropy of its output, not that loss (which was
     silently replaced); else None. A (sparse) categorical or binary cross-entropy is that
-    loss on class ids: noted only where the file's ``from_logits`` differs from the one the
-    loaded ``model``'s output activation gives (when ``model`` is given; a custom last layer:
-    its outputs on ``train``'s inputs, rows of probabilities: False). With ``model``, a
+    loss on class ids: noted where the file's loss has settings the default lacks (label
+    smoothing, ``ignore_class``, a summed reduction: trained without them), or where its
+    ``from_logits`` differs from the one the loaded ``model``'s output activation gives (when
+    ``model`` is given; a custom last layer: its outputs on ``train``'s inputs, rows of
+    probabilities: False). With ``model``, a
     regression or multi-label loss gets none (:func:`train_loss`: it trains with it), unless
     the outputs on ``train``'s inputs (``(x, y)``) are rows of (log-)probabilities (a
     ``log_softmax`` or ``Lambda`` softmax compiled with ``"mse"``: class scores, trained with
@@ -80,20 +82,24 @@ def loss_note(model_path, method, weighting, model=None, train=None):
     verb = "weighs by" if method == "wr" else "trains with"
     if loss is not None and loss.replace("_", "").lower() in (
             "sparsecategoricalcrossentropy", "categoricalcrossentropy", "binarycrossentropy"):
-        saved = compiled_from_logits(model_path)
-        if model is None or saved is None:
-            return None
-        from dkm_tf.training.common import default_loss  # noqa: PLC0415
-        from dkm_tf.training.compile_settings import sample_inputs  # noqa: PLC0415
+        saved, unused = compiled_from_logits(model_path), _unused_settings(model_path)
+        said = [f"{model_path} was compiled with {loss} {', '.join(unused)}; dkm-tf compress "
+                f"{verb} the cross-entropy of the model's output (class-id labels) without "
+                f"{'them' if len(unused) > 1 else 'it'}: to keep the loss, call dkm_tf.compress "
+                "in Python on the model compiled with it (with the labels it takes)"] if (
+            unused) else []  # label smoothing, ...: the default cross-entropy has none
+        if model is not None and saved is not None:
+            from dkm_tf.training.common import default_loss  # noqa: PLC0415
+            from dkm_tf.training.compile_settings import sample_inputs  # noqa: PLC0415
 
-        x = sample_inputs(model, train)  # a custom last layer: its outputs on the data
-        used = default_loss(model, x=x).get_config().get("from_logits")
-        if used == saved:
-            return None
-        return (f"{model_path} was compiled with {loss} from_logits={saved}; dkm-tf compress "
+            x = sample_inputs(model, train)  # a custom last layer: its outputs on the data
+            used = default_loss(model, x=x).get_config().get("from_logits")
+            said += [] if used == saved else [
+                f"{model_path} was compiled with {loss} from_logits={saved}; dkm-tf compress "
                 f"{verb} it with from_logits={used}, read from the model's output activation"
                 + (" and its outputs on the --dataset inputs" if x is not None else "") +
-                " (check that the file's last activation is what you expect)")
+                " (check that the file's last activation is what you expect)"]
+        return "; ".join(said) or None
     from dkm_tf.core.loss_kind import CarriedName, file_loss_said, non_class_loss  # noqa: PLC0415
 
     if loss is None or model is not None and non_class_loss(model, loss) and not (
@@ -109,6 +115,25 @@ def loss_note(model_path, method, weighting, model=None, train=None):
                 loss, CarriedName) else "compiled with it") + (
             " (that loss compares the output rows with one-hot training labels; held-out "
             "labels stay class ids)" if rows else ""))
+
+
+def _unused_settings(model_path):
+    """The settings of the (one) cross-entropy ``model_path`` was compiled with that the
+    default cross-entropy lacks (``"label_smoothing=0.1"``, ``ignore_class``, a reduction
+    other than the mean, another ``axis``), as ``name=value`` strings; [] when none."""
+    from dkm_tf.core.model_configs import read_configs  # noqa: PLC0415
+
+    try:
+        loss = (read_configs(model_path)[1] or {}).get("loss")
+    except Exception:  # noqa: BLE001 (an unreadable file: its load said why)
+        return []
+    config = loss.get("config") if isinstance(loss, dict) else None
+    if not isinstance(config, dict):
+        return []
+    unused = {"label_smoothing": lambda v: v not in (None, 0, 0.0),
+              "ignore_class": lambda v: v is not None, "axis": lambda v: v not in (None, -1),
+              "reduction": lambda v: v not in (None, "auto", "sum_over_batch_size")}
+    return [f"{k}={config[k]!r}" for k, odd in unused.items() if k in config and odd(config[k])]
 
 
 def _class_rows(model, train):
