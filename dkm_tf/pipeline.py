@@ -124,7 +124,8 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
                      verbose=0, callbacks=None):
     """Compile (Adam, the cross-entropy that fits the model's output) and fit a classifier. The
     loss is :func:`dkm_tf.training.common.default_loss`: sparse categorical
-    cross-entropy on logits, or on probabilities when the model ends in a softmax; binary
+    cross-entropy on logits, or on probabilities when the model ends in a softmax (a custom
+    last layer: its outputs on the first inputs are rows of probabilities); binary
     cross-entropy for one output unit (labels 0/1). ``train_data``: ``(x, y)`` with class ids
     y, or a finite, batched ``tf.data.Dataset`` / ``keras.utils.PyDataset`` (its own batches;
     ``batch_size`` applies to arrays), checked before any training as
@@ -135,6 +136,7 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
 
     from dkm_tf.pipeline_args import check_train_data  # noqa: PLC0415
     from dkm_tf.training.common import default_loss, is_tf_dataset  # noqa: PLC0415
+    from dkm_tf.training.compile_settings import sample_inputs  # noqa: PLC0415
 
     train_data = check_train_data(model, train_data, batch_size=batch_size,
                                   callbacks=callbacks, verbose=verbose)
@@ -142,7 +144,7 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     threshold = (binary_threshold(model) if isinstance(shape, tuple) and shape and
                  shape[-1] == 1 else None)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=default_loss(model, shape),
+                  loss=default_loss(model, shape, sample_inputs(model, train_data)),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)
                            if threshold is not None else "accuracy"])
     fit = ({"x": train_data[0], "y": train_data[1], "batch_size": batch_size}

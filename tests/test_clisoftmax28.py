@@ -20,7 +20,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import dkm_tf  # noqa: E402
-from dkm_tf import cli  # noqa: E402
+from dkm_tf import cli, pipeline  # noqa: E402
 from dkm_tf.cli_custom import loss_note  # noqa: E402
 from dkm_tf.progress import Progress  # noqa: E402
 from dkm_tf.training.compile_settings import compile_settings, sample_inputs  # noqa: E402
@@ -215,3 +215,12 @@ def test_the_cli_reports_a_label_smoothing_it_does_not_train_with(tmp_path):
     assert _max_diff(result.model, expected.model) < 1e-6  # trained without it, as said
     assert sum("label_smoothing=0.1" in n for n in result.notes) == 1
     assert not any("label_smoothing" in n for n in expected.notes)
+
+
+def test_train_classifier_reads_a_custom_softmax_too(tmp_path):
+    _, train, test = _data(tmp_path)
+    model = _model(lambda t: HandSoftmax(name="p")(t))
+    pipeline.train_classifier(model, train, epochs=1)
+    assert model.loss.get_config()["from_logits"] is False
+    got, expected = _nll(model.loss, model, test)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
