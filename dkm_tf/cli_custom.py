@@ -83,7 +83,9 @@ def loss_note(model_path, method, weighting, model=None, train=None):
     if loss is not None and loss.replace("_", "").lower() in (
             "sparsecategoricalcrossentropy", "categoricalcrossentropy", "binarycrossentropy"):
         saved, unused = compiled_from_logits(model_path), _unused_settings(model_path)
-        said = [f"{model_path} was compiled with {loss} {', '.join(unused)}; dkm-tf compress "
+        from dkm_tf.core.loss_kind import file_loss_said  # noqa: PLC0415
+
+        said = [f"{model_path} {file_loss_said(loss)} ({', '.join(unused)}); dkm-tf compress "
                 f"{verb} the cross-entropy of the model's output (class-id labels) without "
                 f"{'them' if len(unused) > 1 else 'it'}: to keep the loss, call dkm_tf.compress "
                 "in Python on the model compiled with it (with the labels it takes)"] if (
@@ -118,15 +120,21 @@ def loss_note(model_path, method, weighting, model=None, train=None):
 
 
 def _unused_settings(model_path):
-    """The settings of the (one) cross-entropy ``model_path`` was compiled with that the
-    default cross-entropy lacks (``"label_smoothing=0.1"``, ``ignore_class``, a reduction
-    other than the mean, another ``axis``), as ``name=value`` strings; [] when none."""
+    """The settings of the (one) cross-entropy ``model_path`` was compiled with (or, a saved
+    ``share_weights`` copy, carries) that the default cross-entropy lacks
+    (``"label_smoothing=0.1"``, ``ignore_class``, a reduction other than the mean, another
+    ``axis``), as ``name=value`` strings; [] when none."""
+    from dkm_tf.core.loss_kind import FILE_KEY  # noqa: PLC0415
     from dkm_tf.core.model_configs import read_configs  # noqa: PLC0415
 
     try:
-        loss = (read_configs(model_path)[1] or {}).get("loss")
+        config, compiled = read_configs(model_path)
     except Exception:  # noqa: BLE001 (an unreadable file: its load said why)
         return []
+    loss = compiled.get("loss") if isinstance(compiled, dict) else None
+    built = config.get("build_config") if isinstance(config, dict) else None
+    if loss is None and isinstance(built, dict):  # a saved copy's carried loss
+        loss = built.get(FILE_KEY)
     config = loss.get("config") if isinstance(loss, dict) else None
     if not isinstance(config, dict):
         return []

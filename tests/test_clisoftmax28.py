@@ -181,14 +181,16 @@ def test_the_cli_note_on_a_files_from_logits_says_the_data_was_read(tmp_path):
 
 @pytest.mark.parametrize(("units", "loss", "said"), [
     (3, keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
-     "CategoricalCrossentropy label_smoothing=0.1; dkm-tf compress trains with the "
+     "was compiled with loss 'CategoricalCrossentropy' (label_smoothing=0.1); dkm-tf "
+     "compress trains with the "
      "cross-entropy of the model's output (class-id labels) without it"),
     (3, keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=0,
                                                    reduction="sum"),
-     "SparseCategoricalCrossentropy ignore_class=0, reduction='sum'; dkm-tf compress trains "
+     "'SparseCategoricalCrossentropy' (ignore_class=0, reduction='sum'); dkm-tf compress "
+     "trains "
      "with the cross-entropy of the model's output (class-id labels) without them"),
     (1, keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.2),
-     "BinaryCrossentropy label_smoothing=0.2; dkm-tf compress trains with")],
+     "'BinaryCrossentropy' (label_smoothing=0.2); dkm-tf compress trains with")],
     ids=["cce_smoothing", "scce_ignore_sum", "bce_smoothing"])
 def test_a_cross_entropy_with_settings_the_default_lacks_is_noted(tmp_path, units, loss, said):
     # KNOWN_LIMITATIONS: "trains with the cross-entropy of the output, not the loss the file
@@ -224,3 +226,13 @@ def test_train_classifier_reads_a_custom_softmax_too(tmp_path):
     assert model.loss.get_config()["from_logits"] is False
     got, expected = _nll(model.loss, model, test)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_a_saved_copys_carried_label_smoothing_is_noted(tmp_path):
+    _, train, _ = _data(tmp_path)
+    model = _model(lambda t: t, optimizer="adam", loss=keras.losses.CategoricalCrossentropy(
+        from_logits=True, label_smoothing=0.1))
+    path = _save(dkm_tf.share_weights(model, 4).model, tmp_path / "copy.keras")
+    note = loss_note(path, "finetune", None, keras.models.load_model(path, compile=False), train)
+    assert note is not None and ("carries the loss 'CategoricalCrossentropy' of the model it "
+                                 "was copied from (label_smoothing=0.1)") in note, note
