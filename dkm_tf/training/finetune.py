@@ -65,7 +65,8 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
     The loss is the model's own (with its ``loss_weights``) when it is compiled; for an
     uncompiled ``share_weights`` / ``strip_clustering`` copy, that of the model it was copied
     from, with its ``loss_weights`` and metrics (``compress`` notes it); otherwise sparse
-    categorical cross-entropy, from logits unless the last layer is a softmax.
+    categorical cross-entropy, from logits unless the last layer is a softmax (a custom or
+    ``Lambda`` last layer: unless its outputs on the first training inputs are probabilities).
 
     Returns:
         ``(stripped_model, palettes, history)``: the plain fine-tuned model, its palettes (a

@@ -41,9 +41,10 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     Steps: clone the model (the input is never modified) → :func:`dkm_tf.attach_regularizer`
     → compile (the model's own loss, ``loss_weights`` and metrics when it is compiled; an
     uncompiled ``share_weights`` / ``strip_clustering`` copy's source's; else sparse
-    categorical cross-entropy, from logits unless the last layer is a softmax, with
-    accuracy; Adam at ``learning_rate``) → ``fit`` with :class:`dkm_tf.RefreshKMeans` →
-    remove the penalty. The final weight sharing (row-wise k-means, §1.6) is left to the caller.
+    categorical cross-entropy, from logits unless the last layer is a softmax or, a custom
+    one, its outputs on the first training inputs are probabilities, with accuracy; Adam
+    at ``learning_rate``) → ``fit`` with :class:`dkm_tf.RefreshKMeans` → remove the penalty.
+    The final weight sharing (row-wise k-means, §1.6) is left to the caller.
 
     Args:
         model: a built Keras model (Sequential or Functional; cloned with
