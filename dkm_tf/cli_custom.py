@@ -123,7 +123,8 @@ def _unused_settings(model_path):
     """The settings of the (one) cross-entropy ``model_path`` was compiled with (or, a saved
     ``share_weights`` copy, carries) that the default cross-entropy lacks
     (``"label_smoothing=0.1"``, ``ignore_class``, a reduction other than the mean, another
-    ``axis``), as ``name=value`` strings; [] when none."""
+    ``axis``), as ``name=value`` strings; [] when none. ``reduction="mean"`` is the default's
+    mean over the batch where there are no sample weights: not one of them."""
     from dkm_tf.core.loss_kind import FILE_KEY  # noqa: PLC0415
     from dkm_tf.core.model_configs import read_configs  # noqa: PLC0415
 
@@ -140,7 +141,7 @@ def _unused_settings(model_path):
         return []
     unused = {"label_smoothing": lambda v: v not in (None, 0, 0.0),
               "ignore_class": lambda v: v is not None, "axis": lambda v: v not in (None, -1),
-              "reduction": lambda v: v not in (None, "auto", "sum_over_batch_size")}
+              "reduction": lambda v: v not in (None, "auto", "sum_over_batch_size", "mean")}
     return [f"{k}={config[k]!r}" for k, odd in unused.items() if k in config and odd(config[k])]
 
 

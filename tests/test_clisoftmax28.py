@@ -236,3 +236,158 @@ def test_a_saved_copys_carried_label_smoothing_is_noted(tmp_path):
     note = loss_note(path, "finetune", None, keras.models.load_model(path, compile=False), train)
     assert note is not None and ("carries the loss 'CategoricalCrossentropy' of the model it "
                                  "was copied from (label_smoothing=0.1)") in note, note
+
+
+# Review R6 of the above: what the reads moved (from_generator, shuffle), a layer that is a
+# softmax only at inference, several outputs.
+
+class _Count(keras.callbacks.Callback):
+    """Counts the batches trained."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.n += 1
+
+
+@keras.saving.register_keras_serializable(package="test_clisoftmax28")
+class InferenceSoftmax(L.Layer):
+    """Logits while training (the loss takes them), a hand-written softmax at inference."""
+
+    def call(self, t, training=None):
+        if training:
+            return t
+        return HandSoftmax()(t)
+
+
+def _one_shot(tf, x, y):
+    gen = ((x[i:i + 32], y[i:i + 32]) for i in range(0, 128, 32))  # a one-shot generator
+    return tf.data.Dataset.from_generator(lambda: gen, output_signature=(
+        tf.TensorSpec((None, 6), tf.float32), tf.TensorSpec((None,), tf.int32)))
+
+
+UNREAD = "trained with the cross-entropy from_logits=True: the model's last layer is not one"
+
+
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")  # Keras', at any end of a
+@pytest.mark.parametrize("last", [lambda t: HandSoftmax(name="p")(t),  # generator's data
+                                  lambda t: Scaled(name="p")(t)], ids=["hand", "logits"])
+def test_a_one_shot_generator_is_not_read_and_trains_all_its_batches(tmp_path, last,
+                                                                     monkeypatch):
+    # a read of its first batch consumed it: fine-tuning trained 2 of the 4 batches
+    tf = pytest.importorskip("tensorflow")
+    _, (x, y), test = _data(tmp_path)
+    count = _Count()
+    model, _, _ = dkm_tf.finetune(_model(last), _one_shot(tf, x, y), n_clusters=4, epochs=1,
+                                  seed=0, callbacks=[count])
+    assert count.n == 4
+    assert model.loss.get_config()["from_logits"] is True  # not read: as before
+    count, fit = _Count(), keras.Model.fit  # compress takes no callbacks: counted in fit
+    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, callbacks=None, **k: fit(
+        self, *a, callbacks=[*(callbacks or []), count], **k))
+    result = dkm_tf.compress(_model(last), _one_shot(tf, x, y), test, n_clusters=4,
+                             method="finetune", finetune_epochs=1, seed=0,
+                             progress=Progress(enabled=False))
+    assert count.n == 4
+    said = [n for n in result.notes if n.startswith(UNREAD)]
+    assert len(said) == 1 and "could not be read without changing what training" in said[0]
+
+
+@pytest.mark.parametrize("last", [lambda t: HandSoftmax(name="p")(t),
+                                  lambda t: Scaled(name="p")(t)], ids=["hand", "logits"])
+def test_a_shuffled_dataset_trains_in_the_order_of_a_compiled_model(tmp_path, last):
+    # its first batch read moved training to another order: weights 1.1e-3 off those of the
+    # model compiled with the same loss (nothing read); its source arrays are read instead
+    tf = pytest.importorskip("tensorflow")
+    _, train, _ = _data(tmp_path)
+    probabilities = isinstance(_model(last).layers[-1], HandSoftmax)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=not probabilities)
+    out = []
+    for kw in ({}, {"optimizer": "adam", "loss": loss}):
+        keras.utils.set_random_seed(0)
+        ds = tf.data.Dataset.from_tensor_slices(train).shuffle(128, seed=1).batch(32)
+        model, _, _ = dkm_tf.finetune(_model(last, **kw), ds, n_clusters=4, epochs=1, seed=0)
+        out.append(model)
+    assert out[0].loss.get_config()["from_logits"] is (not probabilities)
+    assert _max_diff(out[0], out[1]) < 1e-7
+
+
+def test_a_mapped_dataset_is_read_once_by_compress(tmp_path, monkeypatch):
+    # a map of known ops (no generator, no shuffle): its first batch is read, once for the
+    # labels and the inputs (it was read three times), and the probabilities it shows train
+    # with from_logits=False
+    tf = pytest.importorskip("tensorflow")
+    _, train, test = _data(tmp_path)
+    ds = tf.data.Dataset.from_tensor_slices(train).batch(32).map(lambda a, b: (a * 1.0, b))
+    reads, take = [], tf.data.Dataset.take
+
+    def counted(self, *a, **k):
+        reads.append(self is ds)
+        return take(self, *a, **k)
+
+    monkeypatch.setattr(tf.data.Dataset, "take", counted)
+    result = dkm_tf.compress(_model(lambda t: HandSoftmax(name="p")(t)), ds, test,
+                             progress=Progress(enabled=False), **ARGS)
+    assert result.model.loss.get_config()["from_logits"] is False
+    assert sum(n.startswith(NOTE) for n in result.notes) == 1
+    assert reads.count(True) == 1
+
+
+def test_a_softmax_only_at_inference_keeps_from_logits(tmp_path):
+    # called with training=False only, it read probabilities and trained its training-time
+    # logits with from_logits=False (held-out accuracy 0.475 -> 0.278)
+    _, train, test = _data(tmp_path)
+    model = _model(lambda t: InferenceSoftmax(name="p")(t))
+    assert compile_settings(model, data=train)["loss"].get_config()["from_logits"] is True
+    result = dkm_tf.compress(model, train, test, progress=Progress(enabled=False), **ARGS)
+    assert result.model.loss.get_config()["from_logits"] is True
+    assert not any(n.startswith(NOTE) for n in result.notes)
+
+
+def test_the_training_call_moves_no_batch_statistics(tmp_path):
+    _, train, _ = _data(tmp_path)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    model = keras.Model(inp, HandSoftmax()(L.Dense(3)(L.BatchNormalization()(inp))))
+    before = [w.copy() for w in model.get_weights()]
+    assert compile_settings(model, data=(train[0] * 5 + 3, train[1]))["loss"].get_config()[
+        "from_logits"] is False
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_several_outputs_are_not_read(tmp_path):
+    # output 0 a hand softmax, output 1 logits: one loss from_logits=False trained output 1's
+    # logits as probabilities (held-out accuracy 0.4475 -> 0.24); now as before (logits)
+    _, (x, y), _ = _data(tmp_path)
+
+    def model(**kw):
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((6,))
+        h = L.Dense(8, activation="relu", name="h")(inp)
+        out = keras.Model(inp, [HandSoftmax(name="p")(L.Dense(3, name="o0")(h)),
+                                L.Dense(3, name="o1")(h)])
+        if kw:
+            out.compile(**kw)
+        return out
+
+    assert sample_inputs(model(), (x, [y, y])) is None
+    loss = compile_settings(model(), data=(x, [y, y]))["loss"]
+    assert loss.get_config()["from_logits"] is True
+    trained, _, _ = dkm_tf.finetune(model(), (x, [y, y]), n_clusters=4, epochs=1, seed=0)
+    assert all(v.get_config()["from_logits"] is True for v in keras.tree.flatten(trained.loss))
+    logits = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    reference, _, _ = dkm_tf.finetune(model(optimizer="adam", loss=logits), (x, [y, y]),
+                                      n_clusters=4, epochs=1, seed=0)
+    assert _max_diff(trained, reference) < 1e-7
+
+
+def test_a_mean_reduction_is_not_noted(tmp_path):
+    # reduction="mean" divides by the batch size as the default does (no sample weights)
+    _, train, _ = _data(tmp_path)
+    model = _model(lambda t: t, optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean"))
+    path = _save(model, tmp_path / "m.keras")
+    assert loss_note(path, "finetune", None, keras.models.load_model(path, compile=False),
+                     train) is None

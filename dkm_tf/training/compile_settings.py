@@ -83,42 +83,63 @@ def carried_loss_note(model):
 
 
 def probabilities_note(model, data):
-    """A note when the training functions train ``model`` (not compiled, carrying no loss)
-    with the cross-entropy ``from_logits=False`` because its last layer's activation is not
-    known and its outputs on the first inputs of ``data`` are rows of probabilities
-    (:func:`compile_settings`), else None."""
-    if compiled_loss(model) is not None or source_loss(model) is not None:
+    """A note when the training functions train ``model`` (not compiled, carrying no loss,
+    its last layer's activation not known: a custom or ``Lambda`` layer) with the
+    cross-entropy ``from_logits=False`` because its outputs on the first inputs of ``data``
+    are rows of probabilities (:func:`compile_settings`), or with ``from_logits=True`` because
+    they could not be read (a dataset is read only where that changes nothing training sees);
+    else None."""
+    from dkm_tf.core.loss_kind import output_activation  # noqa: PLC0415
+
+    if (data is None or compiled_loss(model) is not None or source_loss(model) is not None
+            or output_activation(model) != ""):
         return None
     x = sample_inputs(model, data)
-    if x is None or default_loss(model, x=x).get_config().get("from_logits") is not False:
-        return None
-    return ("trained with the cross-entropy from_logits=False: the model's last layer is not "
-            "one whose activation dkm_tf can read (a custom or Lambda layer) and its outputs on "
-            "the training inputs are rows of probabilities; compile the model to train it with "
-            "another loss")
+    if x is not None:
+        if default_loss(model, x=x).get_config().get("from_logits") is not False:
+            return None
+        return ("trained with the cross-entropy from_logits=False: the model's last layer is "
+                "not one whose activation dkm_tf can read (a custom or Lambda layer) and its "
+                "outputs on the training inputs are rows of probabilities; compile the model "
+                "to train it with another loss")
+    shape = getattr(model, "output_shape", None)
+    if isinstance(shape, tuple) and shape[-1:] == (1,):
+        return None  # one unit: values in [0, 1] would not show a sigmoid (never read)
+    if _outputs(model) > 1:
+        return None  # never read (one loss for all outputs); compress refuses it to train
+    return ("trained with the cross-entropy from_logits=True: the model's last layer is not "
+            "one whose activation dkm_tf can read (a custom or Lambda layer) and its outputs "
+            "on the training data could not be read without changing what training sees (a "
+            "from_generator, shuffled or filtered tf.data dataset, ...): if they are "
+            "probabilities, compile the model to train it with another loss")
+
+
+def _outputs(model):
+    return len(getattr(model, "outputs", None) or ()) or 1
 
 
 def sample_inputs(model, data):
-    """The inputs of ``data`` (``(x, y)`` arrays, a ``tf.data.Dataset`` or a ``PyDataset``:
-    its first batch) that :func:`~dkm_tf.training.common.default_loss` reads a custom last
-    layer's outputs on; None where its last activation is known (nothing is read: a dataset
-    is not iterated) or the inputs cannot be read."""
+    """The inputs of ``data`` (``(x, y)`` arrays; a ``tf.data.Dataset``, as
+    :func:`~dkm_tf.training.data_checks.dataset_inputs` reads it; a ``PyDataset``: its first
+    batch) that :func:`~dkm_tf.training.common.default_loss` reads a custom last layer's
+    outputs on; None where its last activation is known (nothing is read: a dataset is not
+    iterated), where the model has several outputs (one loss for all: not read), or where the
+    inputs cannot be read."""
     import sys  # noqa: PLC0415
 
     from dkm_tf.core.loss_kind import output_activation  # noqa: PLC0415
+    from dkm_tf.training.data_checks import dataset_inputs  # noqa: PLC0415
 
-    if data is None or output_activation(model) != "":
+    if data is None or output_activation(model) != "" or _outputs(model) > 1:
         return None
     if isinstance(data, tuple):
         return data[0] if data else None
     tf, keras = sys.modules.get("tensorflow"), sys.modules.get("keras")
+    if tf is not None and isinstance(data, tf.data.Dataset):
+        return dataset_inputs(data)
     try:
-        if tf is not None and isinstance(data, tf.data.Dataset):
-            batch = next(iter(data.take(1)))
-        elif keras is not None and isinstance(data, keras.utils.PyDataset):
-            batch = data[0]
-        else:
-            return None
+        batch = data[0] if keras is not None and isinstance(data, keras.utils.PyDataset) \
+            else None
     except Exception:  # noqa: BLE001 (a batch that cannot be read: from_logits as before)
         return None
     return batch[0] if isinstance(batch, tuple) and batch else None

@@ -15,8 +15,8 @@ import numpy as np
 from dkm_tf.core.endless import repeats_forever  # noqa: F401 (its callers import it here)
 from dkm_tf.core.labels import as_arrays, check_label_range, class_ids
 
-__all__ = ["as_arrays", "check_label_range", "check_labels", "class_ids", "dataset_labels",
-           "reads_once", "repeats_forever"]
+__all__ = ["as_arrays", "check_label_range", "check_labels", "class_ids", "dataset_inputs",
+           "dataset_labels", "reads_once", "repeats_forever"]
 
 _to_class_ids = class_ids  # check_labels' argument class_ids hides the name
 
@@ -228,15 +228,54 @@ _FAR_READING = ("ShuffleDataset", "ShuffleAndRepeatDataset", "CacheDataset", "Fi
                 "IgnoreErrorsDataset", "ExperimentalIgnoreErrorsDataset")
 
 
+def dataset_inputs(data):
+    """The inputs ``x`` of a ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, sample_weight)``
+    elements, as numpy, read without changing what training sees (as :func:`dataset_labels`
+    reads): of a ``from_tensor_slices`` dataset through batch, shuffle, prefetch, cache,
+    options and repeat steps, the first 32 of its source arrays (nothing is iterated); else its
+    first batch where :func:`dataset_labels` would read it (``take(1)``; once inside a
+    :func:`reads_once` call, with the labels); else None (a ``from_generator`` dataset, whose
+    one-shot generator a read consumed: fine-tuning trained 2 of its 4 batches; a shuffle,
+    whose read moved training to another order; ...)."""
+    import sys  # noqa: PLC0415
+
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(data, tf.data.Dataset) or not (
+            isinstance(data.element_spec, tuple) and len(data.element_spec) in (2, 3)):
+        return None
+    try:
+        x = _source_element(data, tf, 0, _KEEP_INPUTS)
+        if x is not None:
+            return tf.nest.map_structure(lambda t: t[:32].numpy(), x)
+        element = _first_element(data, tf)
+        return None if element is None else tf.nest.map_structure(
+            lambda t: t.numpy(), element[0])
+    except Exception:  # noqa: BLE001 (internals of another TensorFlow, ragged x: not read)
+        return None
+
+
+# Steps that pass every input on unchanged and in the source's shape (batched or not)
+_KEEP_INPUTS = frozenset((
+    "_BatchDataset", "_ParallelBatchDataset", "_ShuffleDataset", "_PrefetchDataset",
+    "CacheDataset", "_OptionsDataset", "_RepeatDataset"))
+
+
 def _source_labels(ds, tf):
     """All labels of ``ds`` read from its ``from_tensor_slices`` arrays, or None when a step
     between may change, drop or add labels."""
-    path = (1,)
+    y = _source_element(ds, tf, 1, _KEEP_LABELS)
+    return y.numpy() if isinstance(y, tf.Tensor) else None
+
+
+def _source_element(ds, tf, index, keep):
+    """Component ``index`` of ``ds``'s elements as the tensors of its ``from_tensor_slices``
+    source (all of them), or None when a step between is not in ``keep``."""
+    path = (index,)
     while True:
         name = type(ds).__name__
         if name == "_ZipDataset" and path and isinstance(ds._datasets, tuple):  # noqa: SLF001
             ds, path = ds._datasets[path[0]], path[1:]  # noqa: SLF001
-        elif name in _KEEP_LABELS:
+        elif name in keep:
             (ds,) = ds._inputs()  # noqa: SLF001
         elif name == "_TensorSliceDataset":
             spec = ds.element_spec
@@ -246,8 +285,10 @@ def _source_labels(ds, tf):
                 return None  # ragged / sparse components
             element = tf.nest.pack_sequence_as(spec, list(ds._tensors))  # noqa: SLF001
             for p in path:
+                if not isinstance(element, (tuple, list)):
+                    return None  # one array: no (x, y) in it
                 element = element[p]
-            return element.numpy() if isinstance(element, tf.Tensor) else None
+            return element
         else:
             return None
 
@@ -255,6 +296,30 @@ def _source_labels(ds, tf):
 def _first_batch_labels(ds, tf):
     """The labels of ``ds``'s first element (``take(1)``), or None when reading it could
     consume or move anything (:func:`dataset_labels`), or when it has none."""
+    element = _first_element(ds, tf)
+    if element is None:
+        return None
+    y = element[1]
+    return np.reshape(y.numpy(), (-1,)) if isinstance(y, tf.Tensor) and y.shape.rank == 0 \
+        else (y.numpy() if isinstance(y, tf.Tensor) else None)  # rank 0: not batched
+
+
+def _first_element(ds, tf):
+    """``ds``'s first element, read once inside a :func:`reads_once` call (the labels' and the
+    inputs' read), or None (:func:`_safe_first`)."""
+    reads = _READS.get()
+    held = reads.get((id(ds), "first")) if reads is not None else None
+    if held is not None and held[0] is ds:
+        return held[1]
+    element = _safe_first(ds, tf)
+    if reads is not None:
+        reads[(id(ds), "first")] = (ds, element)
+    return element
+
+
+def _safe_first(ds, tf):
+    """``ds``'s first element (``take(1)``), or None when reading it could consume or move
+    anything (:func:`dataset_labels`), or when it has none."""
     from tensorflow.python.framework import op_def_registry  # noqa: PLC0415
 
     if int(ds.cardinality()) == int(tf.data.INFINITE_CARDINALITY) or repeats_forever(ds):
@@ -279,7 +344,5 @@ def _first_batch_labels(ds, tf):
                 # inside a flat_map / interleave function
         stack.extend(d._inputs())  # noqa: SLF001
     for element in ds.take(1):
-        y = element[1]
-        return np.reshape(y.numpy(), (-1,)) if isinstance(y, tf.Tensor) and y.shape.rank == 0 \
-            else (y.numpy() if isinstance(y, tf.Tensor) else None)  # rank 0: not batched
+        return element
     return None
