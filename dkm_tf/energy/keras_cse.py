@@ -86,13 +86,15 @@ def left_out(model, op_calls, live, used, keras, outer):
     env, exits = {}, {}
     if outer is None:
         env.update((id(t), ("input", k)) for k, t in enumerate(keras.tree.flatten(model.inputs)))
-        readers = state.setdefault("readers", {})
+        readers, state["collect"] = state.setdefault("readers", {}), True  # `_note`
         for t in keras.tree.flatten(model.outputs):  # read by the caller: fuses nothing
             readers.setdefault(id(t), []).append((None, (), ()))
     else:
         parent = state["envs"].get(id(outer[2]), {})
         env.update((id(t), parent[id(c)]) for t, c in zip(outer[0], outer[1]) if id(c) in parent)
-        exits = dict(zip(map(id, outer[4][0]), outer[4][1])) if len(outer) > 4 else {}
+        up = [state.setdefault(n, {}).get(id(outer[2])) for n in ("lives", "exits_of")]
+        exits = {id(o): (x, up[0], up[1] or {}) for o, x in zip(*outer[4])} \
+            if len(outer) > 4 else {}  # `_readers`: out to the calling graph's
     saved = state.get("exits", {}), state.get("live")
     state["exits"], state["live"] = exits, live[0]
     gone, local, first, alias, outside, kept_keys = {}, {}, {}, [], [], []
@@ -108,7 +110,7 @@ def left_out(model, op_calls, live, used, keras, outer):
         if keys and all(earlier):
             gone[id(call)] = REASON.format(earlier[0])
             alias.extend((t, first[k]) for k, t in keys if k in first)
-            outside.extend(t for k, t in keys if k not in first)  # its twin in another graph
+            outside.extend((k, t) for k, t in keys if k not in first)  # its twin elsewhere
             continue
         kept_keys.extend(keys if not nested else [])  # a nested call's: its walk's
         for k, t in keys:
@@ -117,6 +119,10 @@ def left_out(model, op_calls, live, used, keras, outer):
             if not nested:
                 state["claimed"].setdefault(k, op.name)
     state["exits"], state["live"] = saved
+    if outer is None:
+        for k, t in enumerate(keras.tree.flatten(model.outputs)):  # a model output: a reader
+            state.setdefault("twin_readers", {}).setdefault(env.get(id(t)), set()).add(k)
+        state["collect"] = False
     kept = [(op, c if isinstance(c, Exception) else [x for x in c if id(x) not in gone])
             for op, c in op_calls]
     counts = live_counts(model, kept, keras, *live)
@@ -126,9 +132,13 @@ def left_out(model, op_calls, live, used, keras, outer):
     here = {id(t) for _, cs in op_calls if not isinstance(cs, Exception) for c in cs
             for t in c[1]}
     producers = state.get("producers", {})
-    for t in outside + [t for k, t in kept_keys if producers.get(k, set()) - here]:
-        counts[id(t)] = counts.get(id(t), 0) + 1  # read in another graph too: folds nothing
+    twin_readers = state.get("twin_readers", {})
+    for k, t in outside + [(k, t) for k, t in kept_keys if producers.get(k, set()) - here]:
+        n = len(twin_readers.get(k, ()))  # the readers of every twin, merged as in the file
+        counts[id(t)] = n or counts.get(id(t), 0) + 1  # unknown: read in another graph too
     state["envs"][id(counts)] = env
+    state.setdefault("lives", {})[id(counts)] = live[0]
+    state.setdefault("exits_of", {})[id(counts)] = exits
     return gone, counts
 
 
@@ -156,6 +166,7 @@ def _ordered(op_calls, env, keras, state):
             keys = _out_keys(op, call, env, keras, state)
             new.update(id(t) for t in call[1] if id(t) not in env)
             env.update((id(t), k) for t, k in zip(call[1], keys))
+            _note(op, call, keys, env, keras, state)
             done.add(n)
             yield op, call, keys
             for i in new:
@@ -179,7 +190,8 @@ def _out_keys(op, call, env, keras, state):
     elif isinstance(op, keras.Model):
         inner = dict(zip(map(id, keras.tree.flatten(op.inputs)), in_keys))
         saved = state.get("exits", {}), state.get("live")
-        state["exits"] = dict(zip(map(id, keras.tree.flatten(op.outputs)), outs))
+        state["exits"] = {id(o): (x, saved[1], saved[0])
+                          for o, x in zip(keras.tree.flatten(op.outputs), outs)}
         if saved[1] is not None:  # its calls that reach a used output: `left_out`'s twins
             state["live"] = live_tensors(op, keras, walked_outputs(call, saved[1]))
         for _ in _ordered([(o, _calls(op, o)) for o in graph_ops(op)], inner, keras, state):
@@ -234,22 +246,53 @@ def _fused(op, ins, outs, keras, state):
         else "relu"
 
 
-def _readers(t, state, keras):
+def _readers(t, state, keras, live=None, exits=None):
     """The ops reading tensor `t` (None: a model output), through removed identities, into
-    the nested models reading it and out of the nested model being keyed (`state["exits"]`)."""
+    the nested models reading it and out of the nested models being keyed (`exits`, of
+    `state` by default: `{id(output): (its call's output, live, exits there)}`); not a call
+    `live` (`keras_live.live_tensors` of `t`'s graph, `state["live"]` by default) leaves out:
+    the converter prunes it (counted, a Dense whose live reader is a ReLU was merged, Keras /
+    file hierarchy 0.5842 before 2026-12-07, `tests/test_csedead28.py`)."""
+    if exits is None:
+        live, exits = state.get("live"), state.get("exits", {})
     found = []
     for op, ins, outs in state["readers"].get(id(t), []):
+        if op is not None and not _live(outs, live):
+            continue
         if op is not None and len(outs) == 1 and removed(op, keras):
-            found.extend(_readers(outs[0], state, keras))
+            found.extend(_readers(outs[0], state, keras, live, exits))
         elif isinstance(op, keras.Model) and not _fresh(op, keras):  # the converter inlines
             inner = keras.tree.flatten(op.inputs)
             _register([(o, c) for o in graph_ops(op) for c in _calls(op, o)], state)
+            sub = live_tensors(op, keras, None if live is None else walked_outputs(
+                (ins, outs), live))
+            out = {id(o): (x, live, exits) for o, x in zip(keras.tree.flatten(op.outputs), outs)}
             for k in [k for k, x in enumerate(ins) if x is t and k < len(inner)]:
-                found.extend(_readers(inner[k], state, keras))
+                found.extend(_readers(inner[k], state, keras, sub, out))
         else:
             found.append(op)
-    exit_ = state.get("exits", {}).get(id(t))
-    return found + (_readers(exit_, state, keras) if exit_ is not None else [])
+    exit_ = exits.get(id(t))
+    return found + (_readers(*exit_[:1], state, keras, *exit_[1:]) if exit_ else [])
+
+
+def _live(outs, live):
+    """Whether a call with outputs `outs` reaches a used output (`live`; None: unknown)."""
+    return live is None or any(id(x) in live or ("kept", id(x)) in live for x in outs)
+
+
+def _note(op, call, keys, env, keras, state):
+    """Records, while the outer model is keyed, `(output keys, input position)` of a `_live`
+    call of `op` as a reader of each input's key (not a nested model's: its calls are; not
+    an identity): the converter merges twins' readers as it merges the twins, so a call
+    merged into a twin in another graph has these readers (was one more, so a batch norm
+    after both was not folded: Keras / file hierarchy 1.9269 before 2026-12-07)."""
+    nested = isinstance(op, keras.Model) and not _fresh(op, keras)
+    if not state.get("collect") or nested or not _live(
+            call[1], state.get("live")) or keys == [env.get(id(t)) for t in call[0]]:
+        return
+    for n, t in enumerate(call[0]):
+        state.setdefault("twin_readers", {}).setdefault(env.get(id(t)), set()).add(
+            (tuple(keys), n))
 
 
 def _register(pending, state):
