@@ -20,9 +20,11 @@ a nested model's output is keyed through its graph. A call all of whose keys an 
 has produced is left out (a nested model's call at the outputs that are used), and the
 readers of its outputs count as readers of the earlier call's (`bn_folding.consumers`: a
 conv read twice folds nothing); where the earlier call is in another graph (the outer one, a
-sibling nested model), each of the two outputs counts one reader more (a batch norm after
-either folds into neither: it was folded into the conv the file does not have, Keras / file
-hierarchy 0.3668 before 2026-12-07, `tests/test_csefix26.py`). Never merged (a fresh key,
+sibling nested model), each of the two outputs counts the readers of every twin, merged as
+the file merges them (`_note`: a batch norm after either was folded into the conv the file
+does not have, Keras / file hierarchy 0.3668 before 2026-12-07, `tests/test_csefix26.py`;
+then one reader more was counted, also where the twins' readers merge too: a batch norm
+after both not folded, 1.9269, `tests/test_csedead28.py`). Never merged (a fresh key,
 kept as before): a layer of a class neither Keras' nor dkm_tf's, a `Lambda`, a layer running
 foreign code (`TFSMLayer`, ...), a `Pipeline` holding one of those (any may draw random
 numbers or update a variable; the converter merges pure ones, so their over-count stays), a
@@ -31,7 +33,7 @@ calls on different tensors.
 A `Dense` on a rank-2 tensor whose output only a ReLU / ReLU6 reads has the fused activation
 in its key (`_fused`: the converter fuses it into FULLY_CONNECTED before it looks for
 repeats; merged with a call read otherwise, Keras / file hierarchy 0.5842 before
-2026-12-07, `tests/test_csefix26.py`).
+2026-12-07, `tests/test_csefix26.py`), not counting a reader the converter prunes.
 """
 
 import hashlib
