@@ -136,8 +136,8 @@ def left_out(model, op_calls, live, used, keras, outer):
     producers = state.get("producers", {})
     twin_readers = state.get("twin_readers", {})
     for k, t in outside + [(k, t) for k, t in kept_keys if producers.get(k, set()) - here]:
-        n = len(twin_readers.get(k, ()))  # the readers of every twin, merged as in the file
-        counts[id(t)] = n or counts.get(id(t), 0) + 1  # unknown: read in another graph too
+        n, here_n = len(twin_readers.get(k, ())), counts.get(id(t), 0)  # every twin's, merged
+        counts[id(t)] = max(n, here_n) if n else here_n + 1  # unknown: one more elsewhere
     state["envs"][id(counts)] = env
     state.setdefault("lives", {})[id(counts)] = live[0]
     state.setdefault("exits_of", {})[id(counts)] = exits
