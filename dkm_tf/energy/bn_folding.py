@@ -6,7 +6,9 @@ its output feeds the batch norm only: Conv1D/2D, Depthwise/SeparableConv1D/2D,
 Conv1D/2DTranspose (channels_last over the last axis; channels_first over axis 1, where the
 converted graph's transposes put the channels last), and a Dense on a 2-D input (a Dense on an
 N-D tensor is not folded), also where that layer ends a nested model (`source`: the converter
-inlines it). Not after a `TimeDistributed` layer (unrolled per step, then a PACK) nor a
+inlines it) or a `keras.layers.Pipeline` (its last layer kept: `source_at`; before
+2026-12-07 a batch norm after `Pipeline([Conv2D(4, 3)])` was charged, Keras / file hierarchy
+1.7956). Not after a `TimeDistributed` layer (unrolled per step, then a PACK) nor a
 `Bidirectional` one. The traced-graph reader treats batch norms as fused too; the Keras reader
 charges the others as a `.tflite` runs them, a MUL and an ADD (`keras_lowered`).
 `tests/test_energy_activations.py` converts each case and checks which are folded.
@@ -143,7 +145,37 @@ def source_at(x, counts, keras, outer=None):
     if removed(producer, keras):
         return source_at(ins[0], counts, keras, outer) if len(ins) == 1 else (
             producer, ins, counts, outer)
+    if isinstance(producer, keras.layers.Pipeline):
+        return _pipeline_last(producer, producer._inbound_nodes[node], counts, keras, outer)
     return producer, ins, counts, outer
+
+
+def _pipeline_last(layer, node, counts, keras, outer):
+    """`source_at` of the output of `keras.layers.Pipeline` `layer` at `node`: its last layer
+    the converter keeps (its own input tensor, without history, as the call's; the converter
+    traces the Pipeline's layers into the graph), the Pipeline's input's where it keeps none,
+    the Pipeline itself where its chain cannot be followed (before 2026-12-07 always the
+    Pipeline: a ReLU after `Pipeline([Conv2D(4, 3)])` was charged, Keras / file hierarchy
+    1.5297, a batch norm or `Rescaling(0.5)` after it not folded, 1.7956)."""
+    from dkm_tf.energy.keras_pipeline import pipeline_calls
+
+    subs, _ = pipeline_calls(layer, (node.input_tensors, node.outputs))
+    kept = [(sub, ins) for sub, (ins, _) in subs if not removed(sub, keras)]
+    if kept and isinstance(kept[-1][0], keras.Model):  # inlined: the op ending it
+        sub, ins = kept[-1]
+        try:
+            inner = keras.tree.flatten(sub.outputs)
+            inside = (keras.tree.flatten(sub.inputs), list(ins), counts, outer)
+        except (AttributeError, ValueError, TypeError):  # subclassed: no graph
+            return sub, list(ins), counts, outer
+        ops = [(op, _calls(sub, op)) for op in graph_ops(sub)]
+        return source_at(inner[0], consumers(sub, ops, keras), keras, inside) if len(
+            inner) == 1 else (sub, list(ins), counts, outer)
+    if kept:
+        return kept[-1][0], list(kept[-1][1]), counts, outer
+    ins = keras.tree.flatten(node.input_tensors)
+    return source_at(ins[0], counts, keras, outer) if subs and len(ins) == 1 else (
+        layer, ins, counts, outer)
 
 
 def _calls(model, op):

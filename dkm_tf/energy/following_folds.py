@@ -21,30 +21,26 @@ Measured on converted files (`tests/test_energyfile26.py`):
   (`Rescaling(per_channel, 0.1)` before a valid conv keeps its MUL only).
 
 Looked through: for a MUL, a `ZeroPadding2D` before a valid conv that pads as
-`padding="same"` would (the converter makes them one conv); layers the converter removes
-(`Dropout`, ...: `bn_folding.removed`); a `Rescaling` / constant op itself folded entirely
-(two `Rescaling`s before a conv both fold); a nested Functional model reading the op at
-one input (the converter inlines it: the readers of its input inside, `Rescaling(1 / 255)` before
-a nested Dropout -> conv, before 2026-12-07 charged, Keras / file hierarchy 2.0609); an op
-ending a nested model, the readers of its output outside (`keras_reader._walk` threads them:
-ReLU -> `Rescaling(0.5)` nested before an outer conv, 1.6217 before), at every place it is
-returned, an unread place left out (`_outside`); a `keras.layers.Pipeline` reading the op:
-its layers, as if called in the graph (`pipeline_folds`; 2.0609 before 2026-12-07).
+`padding="same"` would (the converter makes them one conv; also with a `Dropout`, a
+Pipeline or a nested model's boundary between: `conv_after`, 1.7879 before 2026-12-07);
+layers the converter removes (`Dropout`, ...: `bn_folding.removed`); a `Rescaling` /
+constant op itself folded entirely (two `Rescaling`s before a conv both fold); a nested
+Functional model reading the op at one input (the converter inlines it: the readers of its
+input inside, `Rescaling(1 / 255)` before a nested Dropout -> conv, before 2026-12-07
+charged, Keras / file hierarchy 2.0609); an op ending a nested model, the readers of its
+output outside (`keras_reader._walk` threads them: ReLU -> `Rescaling(0.5)` nested before
+an outer conv, 1.6217 before), at every place it is returned, an unread place left out
+(`_outside`); a `keras.layers.Pipeline` reading the op: its layers, as if called in the
+graph (`pipeline_folds`; 2.0609 before 2026-12-07).
 """
 
 from dkm_tf.energy.pad_merging import same_pad
 from dkm_tf.energy.scale_ops import affine_takes
 from dkm_tf.energy.scale_ops import scale_ops as _ops
-
-
-def _readers(t, keras):
-    """The nodes reading KerasTensor `t` (any graph), or None where unknown."""
-    try:
-        producer = t._keras_history[0]
-    except (AttributeError, TypeError, IndexError):
-        return None
-    return [n for n in getattr(producer, "_outbound_nodes", ()) if any(
-        x is t for x in keras.tree.flatten(n.input_tensors))]
+from dkm_tf.energy.tensor_readers import conv_after
+from dkm_tf.energy.tensor_readers import inside as _inside
+from dkm_tf.energy.tensor_readers import outside as _outside
+from dkm_tf.energy.tensor_readers import readers as _readers
 
 
 def _takes(node, kind, value, counts, keras, depth=0, t=None, outer=None):
@@ -74,15 +70,14 @@ def _takes(node, kind, value, counts, keras, depth=0, t=None, outer=None):
         from dkm_tf.energy.pipeline_folds import pipeline_takes
 
         return pipeline_takes(op, node, kind, value, lambda: _all_take(
-            node.outputs[0], kind, value, counts, keras, depth + 1, outer), keras, counts)
+            node.outputs[0], kind, value, counts, keras, depth + 1, outer), keras, counts, outer)
     affine = affine_takes(inner, kind, value, tuple(x[0].shape))
     if affine is not None:
         return affine
     if name == "ZeroPadding2D" and kind == "mul" and value.size == 1:  # a scale commutes
-        after = _readers(node.outputs[0], keras) or []  # with zeros: read by a conv that
-        return len(after) == 1 == counts.get(id(node.outputs[0]), 0) and same_pad(
-            inner, tuple(x[0].shape), after[0].operation) and _takes(
-            after[0], kind, value, counts, keras, depth + 1, outer=outer)  # `pad_merging`
+        conv = conv_after(node.outputs[0], counts, keras, depth + 1, outer)  # with zeros:
+        return conv is not None and same_pad(inner, tuple(x[0].shape), conv) and bool(
+            affine_takes(conv, kind, value, tuple(x[0].shape)))  # a conv merging the pad
     from dkm_tf.energy.bn_folding import removed
 
     gone = (not isinstance(op, keras.Model) and removed(op, keras)) or (
@@ -90,21 +85,6 @@ def _takes(node, kind, value, counts, keras, depth=0, t=None, outer=None):
         not kept_ops(op, (node.input_tensors, node.outputs), counts, keras, depth + 1,
                      outer)[0])
     return gone and _all_take(node.outputs[0], kind, value, counts, keras, depth + 1, outer)
-
-
-def _inside(model, keras, at=0):
-    """`(input tensor, counts)` of Functional `model`: the tensor its graph reads as input
-    number `at`, and the readers of each tensor there (`bn_folding.consumers`), else None."""
-    from dkm_tf.energy.bn_folding import _calls, consumers
-    from dkm_tf.energy.keras_calls import graph_ops
-
-    try:
-        ins = keras.tree.flatten(model.inputs)
-    except (AttributeError, ValueError, TypeError):  # subclassed: no graph
-        return None
-    if at >= len(ins):
-        return None
-    return ins[at], consumers(model, [(o, _calls(model, o)) for o in graph_ops(model)], keras)
 
 
 def _takers(t, keras, depth=0, outer=None):
@@ -152,22 +132,6 @@ def _all_take(t, kind, value, counts, keras, depth=0, outer=None):
     return bool(readers or outs or pruned) and len(readers) == n and all(
         _takes(r, kind, value, counts, keras, depth, t, outer) for r in readers) and all(
         _all_take(o[0], kind, value, o[1], keras, depth + 1, o[2]) for o in outs)
-
-
-def _outside(t, outer):
-    """`[(tensor, counts, outer)]` of the call's outputs that `t`, an output of the nested
-    model `outer` describes (`keras_reader._walk`), is in the graph calling it: one per place
-    of `t` among the model's outputs (before 2026-12-07 a tensor returned twice was not
-    followed: a `Rescaling` returned twice, each read by a conv outside, was charged, 1.5304;
-    `_all_take` leaves out a place nothing reads, which the converter prunes: 2.0609 where
-    the second was unused), `[]` where `t` is not an output, None where a place has no call
-    output."""
-    if outer is None or len(outer) < 5:
-        return []
-    at = [i for i, y in enumerate(outer[4][0]) if y is t]
-    if any(i >= len(outer[4][1]) for i in at):
-        return None
-    return [(outer[4][1][i], outer[2], outer[3]) for i in at]
 
 
 def kept_ops(op, call, counts, keras, depth=0, outer=None):

@@ -9,8 +9,8 @@ left out) and an estimate with those palettes raised "Compression info names lay
 which is not a conv or dense layer of the model".
 
 A `BatchNormalization` of the Pipeline is folded as the Functional reader folds it
-(`bn_folding`): into the layer before it in the Pipeline (`pipeline_fold`), or, as the
-Pipeline's first layer, into the outer layer producing the Pipeline's input (its first
+(`bn_folding`): into the layer before it in the Pipeline (`pipeline_folds.pipeline_fold`), or,
+as the Pipeline's first layer, into the outer layer producing the Pipeline's input (its first
 layer's call is given the Pipeline's own input tensor). Before 2026-12-06 it was charged as an
 "affine" record (Conv2D, BatchNormalization, ReLU, MaxPooling2D: paper 30,272 vs the `.tflite`
 28,392). A Pipeline in a Pipeline is read in its place, as if its layers were the outer
@@ -55,16 +55,6 @@ def _leaves(layer, keras):
     folded (before 2026-12-06 it was charged: Pipeline([Conv2D, Pipeline([BN, ReLU])]))."""
     for sub in layer.layers:
         yield from (_leaves(sub, keras) if isinstance(sub, keras.layers.Pipeline) else [sub])
-
-
-def pipeline_fold(sub, prev, sub_call, keras):
-    """The name of the Pipeline layer ``prev`` that the batch norm ``sub`` (the next layer,
-    called as ``sub_call``) is folded into, else None."""
-    from dkm_tf.energy.bn_folding import folds_after
-
-    if prev is None or not isinstance(sub, keras.layers.BatchNormalization):
-        return None
-    return prev.name if folds_after(prev, sub, len(sub_call[0][0].shape), keras) else None
 
 
 def _output_shape(layer, shape, keras):

@@ -10,15 +10,18 @@ the Functional rules cannot follow; before 2026-12-07 none of this was seen:
 `Pipeline([ZeroPadding2D(1), Conv2D(4, 3)])` on 8x8x3 was charged on the padded input
 (Keras / file hierarchy 1.1473), `Rescaling(1 / 255)` before `Pipeline([Dropout, Conv2D])`
 charged as a MUL (2.0609). Measured on converted files (`tests/test_pipeline26.py`).
+A nested Functional model in a Pipeline that is a chain of ops is looked into as if its ops
+were the Pipeline's (`_model_chain`: the converter inlines it; 2.0609 before 2026-12-07).
 A `Rescaling` in a Pipeline of which the converter folds only the ADD (a per-channel scale
 with an offset before a valid conv) is charged its MUL.
 """
 
-from dkm_tf.energy.bn_folding import removed
-from dkm_tf.energy.keras_pipeline import pipeline_calls, pipeline_fold
+from dkm_tf.energy.bn_folding import folds_after, removed
+from dkm_tf.energy.keras_pipeline import pipeline_calls
 from dkm_tf.energy.pad_merging import _same
 from dkm_tf.energy.scale_ops import affine_takes, scalar_ops
 from dkm_tf.energy.scale_ops import scale_ops as _ops
+from dkm_tf.energy.tensor_readers import conv_after, inside, readers
 
 
 def _next(subs, j, keras):
@@ -52,10 +55,46 @@ def _chain_takes(subs, j, kind, value, end, keras, tail=None):
             return tail is not None and tail(sub, shape, kind, value)
         return _same(_amounts(sub), shape, subs[k][0]) and bool(
             affine_takes(subs[k][0], kind, value, shape))
+    if isinstance(sub, keras.Model):  # inlined: its ops in their place
+        inner = _model_chain(sub, keras)
+        return inner is not None and _chain_takes(subs[:j] + inner + subs[j + 1:], j, kind,
+                                                  value, end, keras, tail)
     ops = _ops(sub, None, keras) if name == "Rescaling" else None
     return bool(ops) and all(_chain_takes(subs, j + 1, o, v, end, keras, tail)
                              for o, v in ops) and _chain_takes(subs, j + 1, kind, value, end,
                                                                keras, tail)
+
+
+def _model_chain(model, keras):
+    """`[(op, (inputs, outputs))]` of Functional `model`'s ops where each reads the one
+    before it only (the first its one input; the last writes its one output), a Pipeline's
+    or a nested chain's layers in their place, else None (the converter inlines a nested
+    model: a scale before `Pipeline([Rescaling(0.5), <Model(Conv2D(4, 3))>])`'s model folds
+    into its conv, charged before 2026-12-07, Keras / file hierarchy 2.0609)."""
+    try:
+        out = keras.tree.flatten(model.outputs)
+    except (AttributeError, ValueError, TypeError):  # subclassed: no graph
+        return None
+    found = inside(model, keras) if len(out) == 1 and len(keras.tree.flatten(
+        model.inputs)) == 1 else None
+    if found is None:
+        return None
+    (t, counts), chain = found, []
+    while t is not out[0] and len(chain) < 4096:
+        nodes = readers(t, keras)
+        if not nodes or len(nodes) != 1 or counts.get(id(t), 0) != 1:
+            return None
+        node = nodes[0]
+        op, ins = node.operation, keras.tree.flatten(node.input_tensors)
+        if len(ins) != 1 or len(node.outputs) != 1:
+            return None
+        more = pipeline_calls(op, (ins, list(node.outputs)))[0] if isinstance(
+            op, keras.layers.Pipeline) else _model_chain(op, keras) if isinstance(
+            op, keras.Model) else [(op, (ins, list(node.outputs)))]
+        if not more:
+            return None
+        chain, t = chain + more, node.outputs[0]
+    return chain if t is out[0] else None
 
 
 def _amounts(pad):
@@ -64,7 +103,7 @@ def _amounts(pad):
     return tuple(tuple(int(v) for v in p) for p in pad.padding)
 
 
-def pipeline_takes(op, node, kind, value, end, keras, counts):
+def pipeline_takes(op, node, kind, value, end, keras, counts, outer=None):
     """Whether Pipeline `op` at `node` takes a MUL / ADD by `value` on its input into its
     layers (module docstring); `end()`: whether the readers of its output take it;
     `counts`: the readers of each tensor of the graph `node` is in (`_tail`: a pad ending
@@ -73,7 +112,7 @@ def pipeline_takes(op, node, kind, value, end, keras, counts):
     call = (node.input_tensors, node.outputs)
     subs, _ = pipeline_calls(op, call)
     return bool(subs) and _chain_takes(subs, 0, kind, value, end, keras,
-                                       _tail(call, counts, keras))
+                                       _tail(call, counts, keras, outer))
 
 
 def _back(subs, i, conv, keras):
@@ -126,7 +165,7 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
         if into is not None and len(relu_ops(sub, keras)) == 1:
             skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
             continue
-        folded = _folded(subs, i, keras, _tail(call, counts, keras)) if kept and \
+        folded = _folded(subs, i, keras, _tail(call, counts, keras, outer)) if kept and \
             i != kept[-1] else []
         taker = first_taker(subs, i + 1, keras) or f"the conv after {name}"
         if folded and folded[0] is None:  # all of its ops
@@ -162,34 +201,41 @@ def _folded(subs, i, keras, tail):
     return ["add"] if len(taken) == 2 and taken[1] and ops[1][0] == "add" else []
 
 
-def _tail(call, counts, keras):
+def _tail(call, counts, keras, outer=None):
     """`_chain_takes`' `tail` for Pipeline call `call` (`(inputs, outputs)`) in a graph of
-    `counts` (`bn_folding.consumers`): whether the one conv reading its output merges the pad
-    ending it (`pad_merging.pipeline_padded`) and takes the scale (before 2026-12-07
+    `counts` (`bn_folding.consumers`; `outer`: as `bn_folding.source`, where it is nested):
+    whether the one conv reading its output (`tensor_readers.conv_after`: through removed
+    layers, Pipelines, nested models' boundaries) merges the pad ending it
+    (`pad_merging.pipeline_padded`) and takes the scale (before 2026-12-07
     `Pipeline([Rescaling(0.5), ZeroPadding2D(1)])` -> `Conv2D(4, 3)` charged the MUL,
-    Keras / file hierarchy 1.7879)."""
+    Keras / file hierarchy 1.7879; with a `Dropout` or a Pipeline between, or the
+    Pipeline's output returned by a nested model, also 1.7879)."""
     out = keras.tree.flatten(call[1])
 
     def taken(pad, shape, kind, value):
-        try:
-            producer = out[0]._keras_history[0]
-        except (AttributeError, TypeError, IndexError):
-            return False
-        readers = [n for n in getattr(producer, "_outbound_nodes", ()) if any(
-            x is out[0] for x in keras.tree.flatten(n.input_tensors))]
-        if len(out) != 1 or len(readers) != 1 or counts.get(id(out[0]), 0) != 1:
-            return False
-        conv = readers[0].operation
-        return _same(_amounts(pad), shape, conv) and bool(affine_takes(conv, kind, value, shape))
+        conv = conv_after(out[0], counts, keras, 0, outer) if len(out) == 1 else None
+        return conv is not None and _same(_amounts(pad), shape, conv) and bool(
+            affine_takes(conv, kind, value, shape))
     return taken
+
+
+def pipeline_fold(sub, prev, sub_call, keras):
+    """The name of the Pipeline layer ``prev`` that the batch norm ``sub`` (the next layer,
+    called as ``sub_call``) is folded into, else None."""
+    if prev is None or not isinstance(sub, keras.layers.BatchNormalization):
+        return None
+    return prev.name if folds_after(prev, sub, len(sub_call[0][0].shape), keras) else None
 
 
 def first_taker(subs, i, keras):
     """The name of the first conv / Dense of `subs[i:]` over layers the converter removes,
     `Rescaling`s and pads (the layer a scale before them folds into), else None."""
-    for sub, _ in subs[i:]:
+    for k, (sub, _) in enumerate(subs[i:], i):
         if type(sub).__name__ in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"):
             return sub.name
+        if isinstance(sub, keras.Model) and not removed(sub, keras):  # its ops in place
+            inner = _model_chain(sub, keras)
+            return None if inner is None else first_taker(inner + subs[k + 1:], 0, keras)
         if not (removed(sub, keras) or type(sub).__name__ in ("Rescaling", "ZeroPadding2D")):
             return None
     return None
@@ -206,7 +252,6 @@ def _scale_fold(sub, prev, sub_call, keras):
     converter folds it as it folds a batch norm (`keras_consts.fold_of`: a per-channel scale
     and offset after a linear conv / Dense; before 2026-12-07 charged in a Pipeline,
     `Pipeline([Conv2D(4, 3), Rescaling(0.5)])` Keras / file hierarchy 1.7956), else None."""
-    from dkm_tf.energy.bn_folding import folds_after
     from dkm_tf.energy.keras_consts import _LastAxis, _per_channel
 
     if prev is None or not isinstance(sub, keras.layers.Rescaling) or not (

@@ -6,7 +6,9 @@ by converting each case (`tests/test_energy_relu24d.py`): a linear Conv1D/2D, De
 SeparableConv1D/2D, a Dense (any rank), a BatchNormalization (folded into the conv before it,
 or run as MUL + ADD), an Add / Subtract / Multiply layer and a max / average pooling all
 absorb it, as does an Average (its MUL by 1 / n) and a conv ending a nested model (the
-converter inlines it: `bn_folding.source`; Keras / file 1.29 before 2026-12-07); so do a
+converter inlines it: `bn_folding.source`; Keras / file 1.29 before 2026-12-07) or a
+`keras.layers.Pipeline` (its last layer kept: `Pipeline([Conv2D(4, 3)])` -> ReLU, 1.5297
+before 2026-12-07); so do a
 `Rescaling` / `Normalization` that is not an identity (their last MUL or ADD) and an `a + b`,
 `a - b`, `a * b` or `a / b` of a Functional model (each charged before 2026-12-07: tanh ->
 `Rescaling(0.5, offset=1)` -> ReLU, Keras / file hierarchy 1.21; `ReLU()(a + b)` 1.20;
