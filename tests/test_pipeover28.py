@@ -148,6 +148,8 @@ FIXED = {
                                     _SAME, []),
     "scale_pad_dropout_depthwise": (_chain(_pipe(_half, _pad), _drop, _dw),
                                     [(8, 8, 3, 8, 8, 3)], []),
+    "scale_pad_pipeline_of_model": (_chain(_half, _pad, _pipe(_nest(_conv, shape=(
+        10, 10, 3)))), _SAME, []),
     # a scale before a nested model in a Pipeline: folded into its conv (2.0609 before)
     "scale_nested_model_conv": (_chain(_pipe(_half, _nest(_conv))), _C, []),
     "shift_nested_model_conv": (_chain(_pipe(_shift, _nest(_conv))), _C, []),  # 3.1203
@@ -187,6 +189,8 @@ KEPT = {
                                     [(10, 10, 3, 8, 8, 4)], ["mul", "relu"]),
     "scale_pad_pipeline_relu_conv": (_chain(_pipe(_half, _pad), _pipe(L.ReLU, _conv)),
                                      [(10, 10, 3, 8, 8, 4)], ["mul", "relu"]),
+    "scale_pad_pipeline_of_model_pool": (_chain(_half, _pad, _pipe(_nest(_pool, _conv, shape=(
+        10, 10, 3)))), [(5, 5, 3, 3, 3, 4)], ["mul"]),
     "scale_nested_model_pool": (_chain(_pipe(_half, _nest(_pool, _conv))),
                                 [(4, 4, 3, 2, 2, 4)], ["mul"]),
     "shift_nested_model_same_conv": (_chain(_pipe(_shift, _nest(lambda: L.Conv2D(

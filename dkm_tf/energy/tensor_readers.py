@@ -54,7 +54,8 @@ def conv_after(t, counts, keras, depth=0, outer=None):
     """The one op reading tensor `t` (a pad's output) where it is a 2-D conv (`pad_merging`
     merges the pad into it), through ops the converter removes (`bn_folding.removed`), a
     nested model's boundary (the readers of its input inside; of its output outside,
-    `outside`) and a `keras.layers.Pipeline`'s layers (its first one kept), else None
+    `outside`) and a `keras.layers.Pipeline`'s layers (its first one kept; a nested model
+    there, the readers of its input inside), else None
     (before 2026-12-07 a scale before a pad was charged where a `Dropout` or a Pipeline was
     between the pad and the conv: Keras / file hierarchy 1.7879)."""
     nodes, outs = readers(t, keras), outside(t, outer)
@@ -84,6 +85,10 @@ def conv_after(t, counts, keras, depth=0, outer=None):
     if isinstance(op, keras.layers.Pipeline):
         subs, _ = pipeline_calls(op, (node.input_tensors, node.outputs))
         kept = [s for s, _ in subs if not removed(s, keras)]
+        if kept and isinstance(kept[0], keras.Model):  # inlined: the readers inside
+            found = inside(kept[0], keras)
+            return None if found is None else conv_after(found[0], found[1], keras,
+                                                         depth + 1)
         if kept or not subs:
             return kept[0] if kept and type(kept[0]).__name__ in (
                 "Conv2D", "DepthwiseConv2D", "SeparableConv2D") else None
