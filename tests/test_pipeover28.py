@@ -94,6 +94,14 @@ def _pipeline_in_nested_then_relu():
     return keras.Model(x, L.ReLU()(inner(x)))
 
 
+def _branches(first, second, merge=L.Add):
+    """A nested model merging `first()` and `second()` of its input."""
+    def build():
+        j = keras.Input((8, 8, 3))
+        return keras.Model(j, merge()([first()(j), second()(j)]))
+    return build
+
+
 def _relu3():
     return L.ReLU(3.0)
 
@@ -157,6 +165,8 @@ FIXED = {
                                      _C + [(6, 6, 4, 4, 4, 4)], []),  # 1.6038
     "scale_nested_model_pad_conv": (_chain(_pipe(_half, _nest(_pad, _conv))), _SAME, []),
     "scale_before_pipeline_of_model": (_chain(_half, _pipe(_nest(_conv))), _C, []),
+    "scale_nested_model_two_branches": (_chain(_pipe(_half, _branches(_conv, _conv))),
+                                        _C * 2, ["add"]),  # 1.3796
 }
 
 
@@ -195,6 +205,11 @@ KEPT = {
                                 [(4, 4, 3, 2, 2, 4)], ["mul"]),
     "shift_nested_model_same_conv": (_chain(_pipe(_shift, _nest(lambda: L.Conv2D(
         4, 3, padding="same")))), _SAME, ["mul", "add"]),
+    "scale_nested_branches_conv_pool": (_chain(_pipe(_half, _branches(
+        _conv, lambda: L.MaxPooling2D(3, 1), L.Concatenate))), _C, ["mul"]),
+    "shift_nested_branches_same_conv": (_chain(_pipe(_shift, _branches(lambda: L.Conv2D(
+        4, 3, padding="same"), lambda: L.Conv2D(4, 1)))), _SAME + [(8, 8, 3, 8, 8, 4)],
+                                        ["mul", "add", "add"]),
     "channel_scale_nested_model_conv": (_chain(_pipe(lambda: L.Rescaling([0.5, 0.2, 0.1]),
                                                      _nest(_conv))), _C, ["mul"]),
 }

@@ -11,7 +11,8 @@ the Functional rules cannot follow; before 2026-12-07 none of this was seen:
 (Keras / file hierarchy 1.1473), `Rescaling(1 / 255)` before `Pipeline([Dropout, Conv2D])`
 charged as a MUL (2.0609). Measured on converted files (`tests/test_pipeline26.py`).
 A nested Functional model in a Pipeline that is a chain of ops is looked into as if its ops
-were the Pipeline's (`_model_chain`: the converter inlines it; 2.0609 before 2026-12-07).
+were the Pipeline's (`_model_chain`: the converter inlines it; 2.0609 before 2026-12-07);
+another takes a scale where every reader of its input does (`_all_convs_take`).
 A `Rescaling` in a Pipeline of which the converter folds only the ADD (a per-channel scale
 with an offset before a valid conv) is charged its MUL.
 """
@@ -57,8 +58,10 @@ def _chain_takes(subs, j, kind, value, end, keras, tail=None):
             affine_takes(subs[k][0], kind, value, shape))
     if isinstance(sub, keras.Model):  # inlined: its ops in their place
         inner = _model_chain(sub, keras)
-        return inner is not None and _chain_takes(subs[:j] + inner + subs[j + 1:], j, kind,
-                                                  value, end, keras, tail)
+        if inner is None:
+            found = inside(sub, keras)
+            return found is not None and _all_convs_take(*found, kind, value, keras)
+        return _chain_takes(subs[:j] + inner + subs[j + 1:], j, kind, value, end, keras, tail)
     ops = _ops(sub, None, keras) if name == "Rescaling" else None
     return bool(ops) and all(_chain_takes(subs, j + 1, o, v, end, keras, tail)
                              for o, v in ops) and _chain_takes(subs, j + 1, kind, value, end,
@@ -95,6 +98,27 @@ def _model_chain(model, keras):
             return None
         chain, t = chain + more, node.outputs[0]
     return chain if t is out[0] else None
+
+
+def _all_convs_take(t, counts, kind, value, keras, depth=0):
+    """Whether every op reading tensor `t` of a nested model's graph (`counts`: none an
+    output), through ops the converter removes, is a conv / Dense taking a MUL / ADD by
+    `value` (where the model is no chain: before 2026-12-07 `Pipeline([Rescaling(0.5),
+    <Model: Add()([Conv2D(4, 3)(j), Conv2D(4, 3)(j)])>])` charged the MUL, Keras / file
+    hierarchy 1.3796)."""
+    nodes = readers(t, keras)
+    if not nodes or counts.get(id(t), 0) != len(nodes) or depth > 32:
+        return False
+    for node in nodes:
+        ins = keras.tree.flatten(node.input_tensors)
+        if len(ins) != 1 or len(node.outputs) != 1:
+            return False
+        affine = affine_takes(node.operation, kind, value, tuple(ins[0].shape))
+        if not (affine or (affine is None and removed(node.operation, keras) and not isinstance(
+                node.operation, keras.Model) and _all_convs_take(
+                node.outputs[0], counts, kind, value, keras, depth + 1))):
+            return False
+    return True
 
 
 def _amounts(pad):
