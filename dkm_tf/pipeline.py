@@ -136,7 +136,7 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
 
     from dkm_tf.pipeline_args import check_train_data  # noqa: PLC0415
     from dkm_tf.training.common import default_loss, is_tf_dataset  # noqa: PLC0415
-    from dkm_tf.training.compile_settings import sample_inputs  # noqa: PLC0415
+    from dkm_tf.training.compile_settings import sample_inputs as firsts  # noqa: PLC0415
 
     train_data = check_train_data(model, train_data, batch_size=batch_size,
                                   callbacks=callbacks, verbose=verbose)
@@ -144,7 +144,7 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     threshold = (binary_threshold(model) if isinstance(shape, tuple) and shape and
                  shape[-1] == 1 else None)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=default_loss(model, shape, sample_inputs(model, train_data)),
+                  loss=default_loss(model, shape, firsts(model, train_data)),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)
                            if threshold is not None else "accuracy"])
     fit = ({"x": train_data[0], "y": train_data[1], "batch_size": batch_size}
@@ -175,7 +175,6 @@ def _output_shape(model, data):
 
 def _other_params(model, palettes):  # a layer a Lambda calls, untracked, counts: the file has it
     from dkm_tf.graph.untracked import param_count  # noqa: PLC0415
-
     return param_count(model) - sum(p.n_values for p in palettes)
 
 
