@@ -156,7 +156,10 @@ def _pipeline_last(layer, node, counts, keras, outer):
     traces the Pipeline's layers into the graph), the Pipeline's input's where it keeps none,
     the Pipeline itself where its chain cannot be followed (before 2026-12-07 always the
     Pipeline: a ReLU after `Pipeline([Conv2D(4, 3)])` was charged, Keras / file hierarchy
-    1.5297, a batch norm or `Rescaling(0.5)` after it not folded, 1.7956)."""
+    1.5297, a batch norm or `Rescaling(0.5)` after it not folded, 1.7956). A layer (or nested
+    model) also called outside the Pipeline keeps the Pipeline as the source: the converter
+    may compute a twin call once, giving the conv a second reader (review R7: a backbone
+    called directly and in a Pipeline, a batch norm after the Pipeline folded, 0.7533)."""
     from dkm_tf.energy.keras_pipeline import pipeline_calls
 
     subs, _ = pipeline_calls(layer, (node.input_tensors, node.outputs))
@@ -169,9 +172,14 @@ def _pipeline_last(layer, node, counts, keras, outer):
         except (AttributeError, ValueError, TypeError):  # subclassed: no graph
             return sub, list(ins), counts, outer
         ops = [(op, _calls(sub, op)) for op in graph_ops(sub)]
-        return source_at(inner[0], consumers(sub, ops, keras), keras, inside) if len(
-            inner) == 1 else (sub, list(ins), counts, outer)
+        found = source_at(inner[0], consumers(sub, ops, keras), keras, inside) if len(
+            inner) == 1 and not sub._inbound_nodes else None
+        if found is None or len(getattr(found[0], "_inbound_nodes", None) or ()) > 1:
+            return sub, list(ins), counts, outer  # shared: the converter may merge a twin
+        return found
     if kept:
+        if getattr(kept[-1][0], "_inbound_nodes", None):  # also called outside: a twin
+            return layer, list(keras.tree.flatten(node.input_tensors)), counts, outer
         return kept[-1][0], list(kept[-1][1]), counts, outer
     ins = keras.tree.flatten(node.input_tensors)
     return source_at(ins[0], counts, keras, outer) if subs and len(ins) == 1 else (
