@@ -157,28 +157,44 @@ def _owner(var, candidates):
 
 
 def _tracked_ids(model):
-    """ids of ``model.variables`` (seed state too) and ``model.weights`` and of the
-    ``tf.Variable`` under each."""
+    """ids of ``model.variables`` (seed state too) and ``model.weights``, of the
+    ``tf.Variable`` under each, and of every variable TF tracking reaches from ``model`` (a
+    raw ``tf.Variable`` a tracked layer holds as an attribute: the model's own, no layer a
+    Lambda calls; it was blamed on an unrelated reader failing on zeros)."""
     out = set()
     for v in [*model.variables, *model.weights]:
         out.update({id(v), id(_under(v))})
+    try:
+        import tensorflow as tf  # noqa: PLC0415
+
+        out.update(id(o) for o in tf.train.TrackableView(model).descendants()
+                   if isinstance(o, tf.Variable))
+    except Exception:  # noqa: BLE001 - an object graph it cannot walk: the ids above
+        pass
     return out
 
 
 def _traced(model):
     """The variables a ``tf.function`` of ``model`` captures (what ``to_tflite`` converts):
-    those :func:`record_captured` kept of its last conversion, else one trace; [] if it
-    cannot be traced."""
+    those :func:`record_captured` kept of its last conversion, else one trace of the model on
+    its ``model.inputs`` (a Sequential too: it has no ``_inputs_struct``, the trace never ran
+    and a layer its failing Lambda calls was hidden); [] if it cannot be traced."""
     if model in _CAPTURED:
         return list(_CAPTURED[model])
     try:
         import tensorflow as tf  # noqa: PLC0415
         from keras import tree  # noqa: PLC0415
 
-        specs = tree.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype),
-                                   model._inputs_struct)  # noqa: SLF001
-        function = tf.function(lambda xs: model(xs, training=False), autograph=False)
-        return list(function.get_concrete_function(specs).variables)
+        specs = [tf.TensorSpec(t.shape, t.dtype) for t in model.inputs]
+        struct = getattr(model, "_inputs_struct", None)
+
+        def call(*xs):
+            xs = (tree.pack_sequence_as(struct, list(xs)) if struct is not None
+                  else xs[0] if len(xs) == 1 else list(xs))
+            return model(xs, training=False)
+
+        function = tf.function(call, autograph=False)
+        return list(function.get_concrete_function(*specs).variables)
     except Exception:  # noqa: BLE001 - a subclassed model, an input it cannot trace
         return []
 
@@ -211,12 +227,16 @@ def untracked_reads(model):
         it (closure or globals), else its variables' path parent and ``"variable"``;
         ``variables`` the ones read, none of them among ``model.variables`` (a seed
         generator's state left out: no parameter); ``how``: ``"Lambda"`` (every reader is a
-        Lambda), ``"call"`` (a user-defined layer's call) or ``"traced"`` (the call on zeros
-        of ``readers`` failed; found among the variables a trace of the model captures).
+        Lambda), ``"call"`` (a user-defined layer's call), ``"traced"`` (the call on zeros
+        of ``readers`` failed; found among the variables a trace of the model captures, each
+        credited to the failed readers whose function reaches its layer) or ``"one of"``
+        (as ``"traced"``, no failed reader's function reaches it: one of ``readers`` reads
+        it). A variable TF tracking reaches from ``model`` (a raw ``tf.Variable`` a layer
+        holds) is the model's own: none.
     """
     import keras  # noqa: PLC0415
 
-    tracked, found, failed, candidates = _tracked_ids(model), {}, [], []
+    tracked, found, failed, candidates, reach = _tracked_ids(model), {}, [], [], {}
 
     def add(owner, reader, how, var):
         entry = found.setdefault(owner, ([], [], set()))
@@ -230,6 +250,7 @@ def untracked_reads(model):
             continue
         near = _closure_layers(getattr(layer, "function", None), keras)
         candidates += near
+        reach[layer.name] = near
         how = "Lambda" if isinstance(layer, keras.layers.Lambda) else "call"
         for node in getattr(layer, "_inbound_nodes", None) or []:
             read = _reads(layer, node)
@@ -241,15 +262,23 @@ def untracked_reads(model):
         seen = {id(_under(v)) for e in found.values() for v in e[1]}
         for var in _traced(model):
             if id(var) not in tracked and id(var) not in seen and not _is_state(var):
-                for reader in failed:
-                    add(_owner(var, candidates), reader, "traced", var)
-    return [(tuple(r), owner, kind, tuple(vs), "traced" if "traced" in hows else
-             "Lambda" if hows == {"Lambda"} else "call")
+                owner = _owner(var, candidates)  # credited to the readers reaching it
+                near = [r for r in failed if owner[1] != "variable" and owner[0] in
+                        {c.name for c in reach[r]}]
+                for reader in near or failed:
+                    add(owner, reader, "traced" if near or len(failed) == 1 else "one of", var)
+    return [(tuple(r), owner, kind, tuple(vs), "one of" if "one of" in hows else
+             "traced" if "traced" in hows else "Lambda" if hows == {"Lambda"} else "call")
             for (owner, kind), (r, vs, hows) in found.items()]
 
 
 _WHERE = {"Lambda": "a Lambda's function", "call": "a custom layer's call, not an attribute",
-          "traced": "its call on zeros failed; the function to_tflite converts reads it"}
+          "traced": "its call on zeros failed; the function to_tflite converts reads it",
+          "one of": "their calls on zeros failed; the function to_tflite converts reads it"}
+
+
+def _one_of(how):
+    return "one of " if how == "one of" else ""
 
 
 def untracked_skipped(model, on_unsupported="skip"):
@@ -265,12 +294,14 @@ def untracked_skipped(model, on_unsupported="skip"):
     """
     found = untracked_reads(model)
     if on_unsupported == "error" and found:
-        names = ", ".join(f"{owner!r} ({kind}) called inside {', '.join(map(repr, r))}"
-                          for r, owner, kind, _, _ in found)
+        names = ", ".join(f"{owner!r} ({kind}) called inside {_one_of(how)}"
+                          f"{', '.join(map(repr, r))}" for r, owner, kind, _, how in found)
         raise ValueError(f"cluster_weights(on_unsupported='error') cannot cluster {names}: "
                          f"{UNTRACKED} (its weights are not among model.weights). "
                          f"{UNTRACKED_WAY_OUT}")
-    return [(owner, kind, f"{UNTRACKED}: called inside layer {', '.join(map(repr, r))} "
+    return [(owner, kind, f"{UNTRACKED}: called inside "
+             f"{_one_of(how)}layer{'s' * (how == 'one of')} "
+             f"{', '.join(map(repr, r))} "
              f"({_WHERE[how]}), its weights are not among model.weights (nor in the .keras "
              "file model.save writes), so it is left float (and fit does not train it). "
              f"{UNTRACKED_WAY_OUT}") for r, owner, kind, _, how in found]
@@ -289,7 +320,10 @@ def param_count(model):
     import numpy as np  # noqa: PLC0415
 
     held = _CAPTURED.get(model)
-    if held is None:
+    if held is not None:  # a layer tracked since (Sequential.add): counted once
+        tracked = _tracked_ids(model)
+        held = [v for v in held if id(v) not in tracked and id(_under(v)) not in tracked]
+    else:
         held = [v for *_, vs, _ in untracked_reads(model) for v in vs]
     held = {id(_under(v)): v for v in held}  # read twice: once
     return int(model.count_params()) + sum(int(np.prod(v.shape)) for v in held.values())
