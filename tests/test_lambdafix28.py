@@ -169,3 +169,72 @@ def test_cluster_weights_on_unsupported_error_refuses_an_untracked_layer():
     with pytest.warns(UserWarning, match=r"hidden \(Dense\)"):  # "skip": listed
         _, report = dkm_tf.cluster_weights(model, 4, return_report=True)
     assert [n for n, _, _ in report.skipped] == ["hidden"]
+
+
+def _check(t):  # fails on zeros: the trace names what it reads
+    tf.debugging.assert_greater(tf.reduce_sum(tf.abs(t)), 0.0)
+    return t
+
+
+def test_a_sequential_lambda_failing_on_zeros_is_traced():
+    # R9 A-F1: the trace read model._inputs_struct (a Sequential has none): param_count 72,
+    # skipped [], on_unsupported="error" accepted
+    keras.utils.set_random_seed(3)
+    hid = keras.layers.Dense(4, name="seq_hidden")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, name="b"),
+                              keras.layers.Lambda(lambda t: hid(_check(t)), name="lamf")])
+    assert param_count(model) == 72 + 36
+    assert [n for n, _ in dkm_tf.share_weights(model, 4).skipped] == ["seq_hidden"]
+    with pytest.raises(ValueError, match=r"'seq_hidden' \(Dense\) called inside 'lamf'"):
+        dkm_tf.cluster_weights(model, 4, on_unsupported="error")
+
+
+class _Table(keras.layers.Layer):  # a raw tf.Variable as an attribute: TF tracking holds it
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.t = tf.Variable(np.ones((8,), "float32"), trainable=False)
+
+    def call(self, x):
+        return x * self.t
+
+
+def test_a_tracked_layers_raw_variable_is_not_blamed_on_a_failing_lambda():
+    # R9 A-F2: the Table's variable was listed as untracked, called inside 'check'; the
+    # model without the Lambda was accepted
+    inp = keras.Input((8,))
+    h = _Table(name="table")(keras.layers.Dense(8, name="d1")(inp))
+    h = keras.layers.Lambda(_check, name="check")(h)
+    model = keras.Model(inp, keras.layers.Dense(2, name="d2")(h))
+    assert untracked_reads(model) == [] and param_count(model) == 72 + 18
+    dkm_tf.cluster_weights(model, 4, on_unsupported="error")  # no ValueError
+
+
+def test_a_traced_variable_is_credited_to_the_failed_readers_reaching_it():
+    # R9 A-F2: every traced variable was credited to every failed reader
+    inp = keras.Input((8,))
+    hid = keras.layers.Dense(8, name="reached")
+    h = keras.layers.Lambda(lambda t: hid(_check(t)), name="reads")(inp)
+    model = keras.Model(inp, keras.layers.Lambda(_check, name="only_checks")(h))
+    found = untracked_reads(model)
+    assert [(r, o, k, how) for r, o, k, _, how in found] == [
+        (("reads",), "reached", "Dense", "traced")]
+    held = {"d": keras.layers.Dense(8, name="by_path")}  # no failed reader reaches it
+    a = keras.layers.Lambda(lambda t: held["d"](_check(t)), name="la")(
+        keras.layers.Dense(8, name="b")(inp))
+    model = keras.Model(inp, keras.layers.Lambda(_check, name="lb")(a))
+    (readers, owner, kind, _, how), = untracked_reads(model)
+    assert (readers, kind, how) == (("la", "lb"), "variable", "one of")
+    skipped = dkm_tf.share_weights(model, 4).skipped
+    assert "called inside one of layers 'la', 'lb'" in skipped[0][1]
+
+
+def test_a_recorded_conversion_is_refiltered_after_the_layer_is_tracked(tmp_path):
+    # R9 A-F3: after to_tflite, Sequential.pop + add(d5) gave param_count 144 (count 108)
+    d5 = keras.layers.Dense(4, name="d5")
+    s = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, name="a"),
+                          keras.layers.Lambda(lambda t: d5(t), name="l5")])
+    report = to_tflite(s, str(tmp_path / "m.tflite"), format="float", sample_inputs=_x())
+    assert report.n_params == 108 and param_count(s) == 108
+    s.pop()
+    s.add(d5)
+    assert s.count_params() == 108 and param_count(s) == 108

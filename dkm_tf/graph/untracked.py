@@ -340,7 +340,7 @@ def no_weights_reason(model):
     found = untracked_reads(model)
     if not found:
         return "it has no layer with weights."
-    names = ", ".join(f"{owner!r} called inside {', '.join(map(repr, r))}"
-                      for r, owner, *_ in found)
+    names = ", ".join(f"{owner!r} called inside {_one_of(how)}{', '.join(map(repr, r))}"
+                      for r, owner, _, _, how in found)
     return (f"it has no layer with weights of its own: {names}, {UNTRACKED} (its weights are "
             f"not among model.weights). {UNTRACKED_WAY_OUT}")
