@@ -251,6 +251,7 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
     check_positive("bits_x", bits_x)
     check_choice("index_cost", index_cost, (*constants.INDEX_COSTS, AUTO))
     check_choice("compute_model", compute_model, constants.COMPUTE_MODELS)
+    input_shape = validate.check_input_shape(input_shape)
     from dkm_tf.energy import stored
 
     shapes, skipped, name, found = _read(model_or_path, input_shape)
