@@ -72,3 +72,27 @@ def test_a_fixed_size_model_takes_its_own_size_as_an_array():
     assert energy.estimate(model, input_shape=np.array([7, 5])).macs == DENSE_MACS
     with pytest.raises(ValueError, match="input_shape"):
         energy.estimate(model, input_shape="75")
+
+
+def _two_dense():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    return keras.Model(inp, L.Dense(3, name="b")(L.Dense(8, name="a")(inp)))
+
+
+@pytest.mark.parametrize("frac", [np.float32(0.5), np.float16(0.5), 0.5, np.float64(0.5)],
+                         ids=repr)
+def test_a_numpy_kept_fraction_is_taken_as_a_python_one(frac):
+    """`pruning={"a": np.float32(0.5)}` was refused as "Expected a kept fraction in (0, 1]"
+    (only int / float passed, np.float64 being a float); the fraction is the same number."""
+    model = _two_dense()
+    want = energy.estimate(model, pruning={"a": 0.5})
+    got = energy.estimate(model, pruning={"a": frac})
+    assert got.paper_total == pytest.approx(want.paper_total, rel=1e-12)
+    assert got.paper_total < energy.estimate(model).paper_total  # pruning was applied
+
+
+@pytest.mark.parametrize("frac", [True, "0.5", np.float32(0.0), 1.5, float("nan")], ids=repr)
+def test_other_kept_fractions_are_still_refused(frac):
+    with pytest.raises(ValueError, match=r"pruning\['a'\].*kept fraction"):
+        energy.estimate(_two_dense(), pruning={"a": frac})

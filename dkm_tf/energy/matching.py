@@ -12,6 +12,7 @@ renamed scope) beside an op-named record of its size.
 """
 
 import math
+import numbers
 import re
 from collections.abc import Mapping
 
@@ -337,7 +338,8 @@ def match_pruning(shapes, pruning, skipped=()):
     if pruning:
         check_unique_records(shapes)
     for name, frac in pruning.items():
-        if not (isinstance(frac, (int, float)) and 0 < frac <= 1):
+        if not (isinstance(frac, numbers.Real) and not isinstance(frac, bool)  # np.float32
+                and 0 < frac <= 1):
             raise ValueError(
                 f"Invalid value for argument `pruning[{name!r}]`. Expected a kept fraction in "
                 f"(0, 1]. Received: {frac!r}"
