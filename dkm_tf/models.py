@@ -5,6 +5,16 @@ from __future__ import annotations
 __all__ = ["digits_cnn", "lenet5_caffe"]
 
 
+def _checked(input_shape, num_classes):
+    """``(input_shape, num_classes)`` as Python ints: ``num_classes=y.max() + 1`` (a numpy
+    int) was refused by Keras as "expected a positive integer. Received: units=3", and
+    ``True`` built a one-logit model."""
+    from dkm_tf.core import validate  # noqa: PLC0415
+
+    return (validate.check_input_shape(input_shape),
+            validate.check_int("num_classes", num_classes, minimum=1))
+
+
 def digits_cnn(input_shape=(8, 8, 1), num_classes=10, seed=0):
     """The built-in demo CNN for sklearn digits (about 40k parameters; trains in seconds).
 
@@ -19,6 +29,7 @@ def digits_cnn(input_shape=(8, 8, 1), num_classes=10, seed=0):
     """
     import keras  # noqa: PLC0415
 
+    input_shape, num_classes = _checked(input_shape, num_classes)
     keras.utils.set_random_seed(seed)
     L = keras.layers
     return keras.Sequential([
@@ -44,6 +55,7 @@ def lenet5_caffe(input_shape=(28, 28, 1), num_classes=10, seed=0):
     """
     import keras  # noqa: PLC0415
 
+    input_shape, num_classes = _checked(input_shape, num_classes)
     keras.utils.set_random_seed(seed)
     L = keras.layers
     return keras.Sequential([

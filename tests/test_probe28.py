@@ -57,11 +57,14 @@ def test_an_unbuilt_sequential_refuses_it_too_and_stays_unbuilt(shape):
 @pytest.mark.parametrize("shape", [(8, 8, 3), [8, 8, 3], np.array([8, 8, 3]),
                                    (np.int64(8), np.int32(8), 3)], ids=repr)
 def test_integer_sequences_and_arrays_give_the_counted_macs(shape):
+    """A TensorShape (`x.shape[1:]` of a tf.Tensor) is taken too (see the next test)."""
     assert energy.estimate(_open_conv(), input_shape=shape).macs == CONV_MACS
 
 
-@pytest.mark.parametrize("shape", [(7, 5), [7, 5], np.array([7, 5])], ids=repr)
+@pytest.mark.parametrize("shape", [(7, 5), [7, 5], np.array([7, 5]), "tensor_shape"], ids=repr)
 def test_an_unbuilt_sequential_is_read_at_the_given_size(shape):
+    if isinstance(shape, str):
+        shape = pytest.importorskip("tensorflow").zeros((2, 7, 5)).shape[1:]
     assert energy.estimate(_lazy_sequential(), input_shape=shape).macs == DENSE_MACS
 
 
@@ -96,3 +99,19 @@ def test_a_numpy_kept_fraction_is_taken_as_a_python_one(frac):
 def test_other_kept_fractions_are_still_refused(frac):
     with pytest.raises(ValueError, match=r"pruning\['a'\].*kept fraction"):
         energy.estimate(_two_dense(), pruning={"a": frac})
+
+
+@pytest.mark.parametrize("build", ["digits_cnn", "lenet5_caffe"])
+def test_reference_models_take_a_numpy_class_count(build):
+    """`digits_cnn(num_classes=y.max() + 1)`: Keras refused the numpy int ("expected a
+    positive integer. Received: units=3"); True built a one-logit model without a word."""
+    from dkm_tf import models
+
+    y = np.array([0, 2, 1, 2])
+    model = getattr(models, build)(num_classes=y.max() + 1)
+    assert model.output_shape == (None, 3)
+    for bad in (True, 0, 2.0):
+        with pytest.raises((TypeError, ValueError), match="num_classes"):
+            getattr(models, build)(num_classes=bad)
+    with pytest.raises(ValueError, match="input_shape"):
+        getattr(models, build)(input_shape="881")

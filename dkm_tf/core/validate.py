@@ -102,12 +102,13 @@ def check_int(name, value, minimum=0, maximum=None):
 
 def check_input_shape(input_shape, name="input_shape"):
     """Return ``input_shape`` (an input size without the batch axis) as a tuple of ints, or
-    None: a list, tuple or 1-D array of positive integers. A string was read digit by digit
-    (``"883"`` as ``(8, 8, 3)``, ``"64"`` as ``(6, 4)``) and a float dim truncated (8.7 as 8)."""
+    None: a list, tuple, 1-D array or TensorShape of positive integers. A string was read
+    digit by digit (``"883"`` as ``(8, 8, 3)``) and a float dim truncated (8.7 as 8)."""
     if input_shape is None:
         return None
-    dims = tuple(input_shape) if isinstance(input_shape, (list, tuple)) or (
-        getattr(input_shape, "ndim", None) == 1) else ()
+    flat = not isinstance(input_shape, (str, bytes, dict)) and getattr(
+        input_shape, "ndim", 1) == 1 and hasattr(input_shape, "__iter__")  # a TensorShape too
+    dims = tuple(input_shape) if flat else ()
     if not dims or not all(is_int(d) and d >= 1 for d in dims):
         raise invalid(name, "None or a tuple of positive integers without the batch axis, "
                       "e.g. (32, 32, 3)", input_shape)
