@@ -26,6 +26,7 @@ from dkm_tf.core import units as units_lib
 from dkm_tf.core.index_codec import pack_indices
 from dkm_tf.core.kmeans import assignment_entropy, scalar_kmeans
 from dkm_tf.core.kmeans_batched import cluster_groups
+from dkm_tf.core.palette_checks import palette_list
 from dkm_tf.core.palette_dict import palette_from_dict
 from dkm_tf.core.validate import (
     check_bool,
@@ -271,21 +272,14 @@ def size_report(palettes, other_params=0, bits=FLOAT_BITS):
     """Compression table of a set of palettes (and the rest of the model's parameters).
 
     Args:
-        palettes: iterable of :class:`Palette`.
+        palettes: iterable of :class:`Palette`, at most one per weight (ValueError).
         other_params: count of parameters left unclustered (kept at ``bits``).
         bits: bits of an uncompressed weight and of a codebook entry (32).
 
     Returns:
         A :class:`SizeReport`.
     """
-    if isinstance(palettes, Palette) or not hasattr(palettes, "__iter__"):
-        raise TypeError("Invalid type for argument `palettes`. Expected a list of Palette. "
-                        f"Received: {type(palettes).__name__}")
-    palettes = list(palettes)
-    bad = [type(p).__name__ for p in palettes if not isinstance(p, Palette)]
-    if bad:
-        raise TypeError("Invalid type for argument `palettes`. Expected a list of Palette. "
-                        f"Received: a list holding {sorted(set(bad))}")
+    palettes = palette_list(palettes, Palette)  # one per weight: a repeat counted twice
     check_int("other_params", other_params, minimum=0)
     check_int("bits", bits, minimum=1)
     rows, seen = [], set()

@@ -3,12 +3,12 @@ message pattern: the argument, what is allowed, what was received)."""
 
 from __future__ import annotations
 
-import collections
 import os
 
 import numpy as np
 
 from dkm_tf.core.files import check_target, str_path, tilde_note
+from dkm_tf.core.palette_checks import check_one_per_weight
 from dkm_tf.core.validate import check_bool, check_int, check_number, invalid, invalid_type
 from dkm_tf.export import convert as convert_lib
 from dkm_tf.export.layer_refusals import check_not_stateful
@@ -158,15 +158,7 @@ def check_palettes(model, palettes):
     from dkm_tf.graph.clusterable import get_weight  # noqa: PLC0415 (keras)
 
     layers = palette_layers(model, palettes)  # refuses two layers of a palette's name
-    counts = collections.Counter(p.name for p in palettes)
-    twice = sorted(n for n, c in counts.items() if c > 1)
-    if twice:  # one was palettized, the other reported "float32 (not found)"; the file and its
-        # K depended on the order (K=4 then K=8 of one weight: 8,560 vs 11,440 bytes)
-        raise ValueError(f"Invalid value for argument `palettes`. Expected one palette per "
-                         f"weight. Received: {len(twice)} weight(s) with several palettes: "
-                         + ", ".join(f"{n!r} ({counts[n]}x, K="
-                                     f"{[p.n_clusters for p in palettes if p.name == n]})"
-                                     for n in twice[:6]))
+    check_one_per_weight(palettes)
     for p in palettes:
         layer = layers.get(p.layer_name)
         var = get_weight(layer, p.weight_name) if layer is not None else None
