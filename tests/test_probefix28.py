@@ -44,3 +44,40 @@ def test_export_still_refuses_a_weight_given_two_palettes(tmp_path):
 
     with pytest.raises(ValueError, match=r"one palette per weight.*'a/kernel' \(2x, K=\[4, 4\]"):
         to_tflite(m, str(tmp_path / "m.tflite"), format="palettized", palettes=[p, p])
+
+
+def _seq():
+    return keras.Sequential([L.Dense(4, name="d1"), L.Dense(2, name="d2")], name="s")
+
+
+def test_estimate_leaves_an_unbuilt_sequential_unbuilt():
+    m = _seq()
+    r = energy.estimate(m, input_shape=(7, 5))
+    assert not m.built and not m.weights
+    m.predict(np.zeros((2, 6), "float32"), verbose=0)  # 6 features: still open
+    ref = _seq()
+    ref.build((None, 7, 5))
+    want = energy.estimate(ref)
+    assert r.macs == want.macs == 7 * (5 * 4 + 4 * 2)
+    np.testing.assert_allclose(r.paper_total, want.paper_total, rtol=1e-9)
+    np.testing.assert_allclose(r.hierarchy_total, want.hierarchy_total, rtol=1e-9)
+    assert [x.shape.name for x in r.layers] == [x.shape.name for x in want.layers]
+
+
+def test_a_refused_estimate_leaves_it_unbuilt_too():
+    m = _seq()
+    with pytest.raises((TypeError, ValueError), match="palettes"):
+        energy.estimate(m, input_shape=(5,), palettes=[object()])
+    assert not m.built
+
+
+def test_estimate_of_a_copy_keeps_the_weights_of_layers_built_already():
+    keras.utils.set_random_seed(0)
+    d1 = L.Dense(4, name="d1")
+    d1.build((None, 5))
+    m = keras.Sequential([d1, L.Dense(2, name="d2")], name="s")
+    p = palette.cluster_tensor(d1.kernel.numpy(), kind="dense", n_clusters=4, layer_name="d1")
+    d1.kernel.assign(p.decode())
+    r = energy.estimate(m, input_shape=(5,), palettes=[p])
+    assert not m.built
+    assert not any("NOT OF THIS MODEL" in n or "what-if" in n for n in r.notes), r.notes

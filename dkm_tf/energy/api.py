@@ -381,11 +381,11 @@ def _read(model_or_path, input_shape):
             isinstance(s, LayerShape) for s in model_or_path):
         return tuple(model_or_path), (), "", {}
     from dkm_tf.energy.keras_reader import read_keras_model
+    from dkm_tf.energy.unbuilt import built_copy
     from dkm_tf.graph.result_objects import check_not_a_result
 
     check_not_a_result(model_or_path, "model_or_path")  # a FoldResult, a (model, ...) tuple
-
-    shapes, skipped = read_keras_model(model_or_path, input_shape=input_shape)
-    return shapes, skipped, getattr(model_or_path, "name", ""), {
-        "quantized": quantized_layers(model_or_path), "what": "the model",
-        "model": model_or_path}
+    model = built_copy(model_or_path, input_shape)  # not the user's: it would stay built
+    shapes, skipped = read_keras_model(model, input_shape=input_shape)
+    return shapes, skipped, getattr(model, "name", ""), {
+        "quantized": quantized_layers(model), "what": "the model", "model": model}
