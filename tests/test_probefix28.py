@@ -81,3 +81,34 @@ def test_estimate_of_a_copy_keeps_the_weights_of_layers_built_already():
     r = energy.estimate(m, input_shape=(5,), palettes=[p])
     assert not m.built
     assert not any("NOT OF THIS MODEL" in n or "what-if" in n for n in r.notes), r.notes
+
+
+def _masked_gap(kind):
+    keras.utils.set_random_seed(0)
+    if kind == "masking":
+        inp = keras.Input((9, 4))
+        h = L.Masking(0.0)(inp)
+    else:
+        inp = keras.Input((12,), dtype="int32")
+        h = L.Embedding(50, 16, mask_zero=kind != "unmasked")(inp)
+        if kind == "dense":
+            h = L.Dense(6)(h)  # passes the mask on
+    p = L.GlobalAveragePooling1D(name="gap")(h)
+    return keras.Model(inp, L.Dense(3, name="head")(p))
+
+
+@pytest.mark.parametrize("kind", ["embedding", "dense", "masking", "unmasked"])
+def test_masked_global_average_pooling_1d_charges_the_mask_sum_as_its_file(kind, tmp_path):
+    from _energy_file25 import both, same_totals
+
+    k, f = both(_masked_gap(kind), tmp_path)
+    same_totals(k, f)  # embedding before 2026-12-07: paper 921.5 vs the file's 958.1
+    rows = {x.shape.name: x.shape for x in k.layers}
+    if kind == "unmasked":
+        assert "gap/mask_sum" not in rows
+        return
+    steps = 9 if kind == "masking" else 12
+    s = rows["gap/mask_sum"]  # a SUM of the (batch, T) mask: T - 1 adds, T reads, 1 output
+    assert (s.kind, s.pool_op, s.input_size, s.output_size) == ("pool", "avg", steps, 1)
+    assert (s.kernel_h * s.kernel_w, s.layer) == (steps, "gap")
+    np.testing.assert_allclose(k.paper_total - f.paper_total, 0.0, atol=1e-6)

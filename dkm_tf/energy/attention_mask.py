@@ -8,6 +8,13 @@ of T_q·T_v elements with 2 inputs in the `.tflite` (the select is not priced). 
 d = 8: paper 5,009.5 vs the `.tflite`'s 5,106.4). A mask carried by the inputs themselves
 (`Embedding(mask_zero=True)`, `Masking`) is not seen in the call's arguments: not charged
 (KNOWN_LIMITATIONS.md).
+
+A `GlobalAveragePooling1D` call with a mask (its input's, e.g. of `Embedding(mask_zero=True)`)
+averages the kept steps, ``sum(x * mask) / sum(mask)``: the `.tflite` has a SUM of the T-step
+mask (charged as an average pooling of 1 channel) beside the SUM of the inputs (the pooling's
+record); the select of the masked steps and the division are not charged there, nor is a plain
+average's division. Before 2026-12-07 the Keras estimate left the mask's SUM out (12 tokens,
+16 wide: paper 4,837.6 vs the file's 4,874.2, hierarchy 190,276 vs 192,993).
 """
 
 
@@ -21,9 +28,12 @@ def call_kwargs(call):
 
 
 def mask_records(layer, name, call, keras):
-    """``[record]`` of the masking ADD of an Attention-family call with a scores mask, else []."""
+    """``[record]`` of the masking ADD of an Attention-family call with a scores mask, or of
+    the mask's SUM of a masked GlobalAveragePooling1D call, else []."""
     from dkm_tf.energy import shapes as sh
 
+    if isinstance(layer, keras.layers.GlobalAveragePooling1D):
+        return _pooled_mask(layer, name, call, sh)
     if not isinstance(layer, keras.layers.Attention) or isinstance(call, Exception):
         return []
     kwargs = call_kwargs(call)
@@ -40,3 +50,18 @@ def mask_records(layer, name, call, keras):
         return []
     return [sh.eltwise_shape(f"{name}/mask", elements=int(q[1]) * int(v[1]), eltwise_op="add",
                              n_inputs=2, layer=layer.name, op=type(layer).__name__)]
+
+
+def _pooled_mask(layer, name, call, sh):
+    """``[record]`` of the SUM over the T steps of a masked GlobalAveragePooling1D call's
+    ``(batch, T)`` mask, as the `.tflite`'s (an average pooling of 1 channel), else []."""
+    if isinstance(call, Exception):
+        return []
+    mask = call_kwargs(call).get("mask")
+    shape = tuple(getattr(mask, "shape", ()) or ())
+    if len(shape) != 2 or shape[1] is None:
+        return []
+    steps = int(shape[1])
+    return [sh.pool_shape(f"{name}/mask_sum", in_hw=(1, steps), channels=1, out_hw=(1, 1),
+                          window=(1, steps), pool_op="avg", layer=layer.name,
+                          op=type(layer).__name__)]
