@@ -112,3 +112,32 @@ def test_masked_global_average_pooling_1d_charges_the_mask_sum_as_its_file(kind,
     assert (s.kind, s.pool_op, s.input_size, s.output_size) == ("pool", "avg", steps, 1)
     assert (s.kernel_h * s.kernel_w, s.layer) == (steps, "gap")
     np.testing.assert_allclose(k.paper_total - f.paper_total, 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind, cls", [("count", "CategoryEncoding"), ("hash", "Hashing"),
+                                       ("lookup", "IntegerLookup")])
+def test_a_failed_conversion_names_the_preprocessing_layer(kind, cls, tmp_path):
+    from dkm_tf.export import to_tflite
+
+    inp = keras.Input((3,), dtype="int32")
+    if kind == "count":
+        h = L.CategoryEncoding(10, output_mode="count", name="enc")(inp)
+    else:
+        pre = L.Hashing(16, name="enc") if kind == "hash" else L.IntegerLookup(
+            vocabulary=[5, 7, 9, 100], name="enc")
+        h = L.Flatten()(L.Embedding(16, 4)(pre(inp)))
+    m = keras.Model(inp, L.Dense(2)(h))
+    with pytest.raises(ValueError, match=rf"failed.*Preprocessing layer\(s\) {cls} 'enc' .*"
+                                         r"input pipeline"):
+        to_tflite(m, str(tmp_path / "m.tflite"), format="float")
+
+
+def test_the_hint_is_only_for_flex_failures():
+    from dkm_tf.export.layer_refusals import flex_layer_hint
+
+    m = keras.Sequential([keras.Input((3,), dtype="int32"), L.Hashing(16, name="enc")])
+    assert flex_layer_hint(m, "'tf.X' op is neither a custom op nor a flex op").startswith(
+        " Preprocessing layer(s) Hashing 'enc' run")
+    assert flex_layer_hint(m, "Too many open files") == ""
+    assert flex_layer_hint(keras.Sequential([keras.Input((3,)), L.Dense(2)]),
+                           "ERROR_NEEDS_FLEX_OPS") == ""

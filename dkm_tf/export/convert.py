@@ -20,7 +20,7 @@ from dkm_tf.core import std_fds
 from dkm_tf.export.calibration import check_calibration
 from dkm_tf.export.canonical import canonicalize
 from dkm_tf.export.convert_failures import check_signature, system_failure
-from dkm_tf.export.layer_refusals import float64_hint
+from dkm_tf.export.layer_refusals import flex_layer_hint, float64_hint
 from dkm_tf.graph.input_struct import as_model_inputs
 from dkm_tf.graph.untracked import record_captured
 
@@ -382,6 +382,7 @@ def convert(model, specs, quantization="none", representative_data=None):
             f"TFLite conversion of model {getattr(model, 'name', '?')!r} failed "
             f"({type(e).__name__}). The model probably uses operations that have no TFLite "
             f"builtin kernel (only builtin ops are allowed). Converter said: "
-            f"{detail or ' '.join(msg)[:800]}{float64_hint(model)}") from e
+            f"{detail or ' '.join(msg)[:800]}{float64_hint(model)}"
+            f"{flex_layer_hint(model, str(e))}") from e
     check_signature(model, content)
     return canonicalize(content)

@@ -8,7 +8,15 @@
 * float64 layers: TFLite's builtin kernels (FULLY_CONNECTED, CONV_2D, GATHER of the
   activations, most element-wise ops) have no float64 version. Not refused (a float64
   LayerNormalization converts); a failed conversion names them (`float64_hint`).
+* preprocessing layers of numbers (``CategoryEncoding`` count / multi_hot, ``Hashing``,
+  ``IntegerLookup``, ...): their TensorFlow ops (tf.DenseBincount, tf.StringToHashBucketFast,
+  hash tables) have no builtin kernel. Not refused (a one_hot CategoryEncoding may convert); a
+  conversion failed for want of flex ops names them (`flex_layer_hint`), as the refusal of a
+  StringLookup of string inputs does; before 2026-12-07 only the TF op was quoted.
 """
+
+_FLEX_LAYERS = ("CategoryEncoding", "Hashing", "HashedCrossing", "IntegerLookup",
+                "StringLookup", "TextVectorization")
 
 
 def _layers(model):
@@ -42,3 +50,18 @@ def float64_hint(model):
     shown = names[:8] + (["..."] if len(names) > 8 else [])
     return (f" Layers computing in float64 ({', '.join(shown)}): TFLite has no float64 "
             "kernel for most ops; rebuild them with dtype='float32' (weights cast) to export.")
+
+
+def flex_layer_hint(model, text):
+    """A sentence naming the preprocessing layers of ``model`` (:data:`_FLEX_LAYERS`) when the
+    converter's ``text`` says ops need the flex (TensorFlow) kernels, or ""."""
+    if "flex op" not in text and "NEEDS_FLEX_OPS" not in text:
+        return ""
+    found = [f"{type(layer).__name__} {layer.name!r}" for layer in _layers(model)[1:]
+             if type(layer).__name__ in _FLEX_LAYERS]
+    if not found:
+        return ""
+    shown = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "")
+    return (f" Preprocessing layer(s) {shown} run TensorFlow ops that TFLite's builtin ops "
+            "lack: apply them in the input pipeline (e.g. dataset.map(layer)) and export the "
+            "model that starts at their output (ids or encodings).")
