@@ -30,8 +30,23 @@ def test_size_report_refuses_a_weight_listed_twice():
         palette.size_report(pals + [pals[0]])
     with pytest.raises(ValueError, match="'a/kernel'"):
         dkm_tf.size_report(iter([pals[0], pals[1], pals[0]]))  # an iterator too
+    again = palette.Palette.from_dict(pals[0].to_dict())  # read twice from one file
+    with pytest.raises(ValueError, match=r"'a/kernel' \(2x, K=\[4, 4\]\)"):
+        palette.size_report([pals[0], pals[1], again])
     with pytest.raises(TypeError, match="`palettes`.*Received: a list holding"):
         palette.size_report([pals[0], "b/kernel"])
+
+
+def test_size_report_keeps_two_weights_of_one_name_in_nested_models():
+    keras.utils.set_random_seed(0)
+    a = keras.Sequential([keras.Input((4,)), L.Dense(4, name="fc")], name="a")
+    b = keras.Sequential([keras.Input((4,)), L.Dense(4, name="fc")], name="b")
+    inp = keras.Input((4,))
+    m = keras.Model(inp, L.Dense(2, name="head")(b(a(inp))))
+    pals = dkm_tf.share_weights(m, 4).palettes
+    assert sorted(p.name for p in pals) == ["fc/kernel", "fc/kernel", "head/kernel"]
+    rep = palette.size_report(pals)
+    assert rep.totals["original_bits"] == (16 + 16 + 8) * 32
 
 
 def test_export_still_refuses_a_weight_given_two_palettes(tmp_path):

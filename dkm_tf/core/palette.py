@@ -272,7 +272,7 @@ def size_report(palettes, other_params=0, bits=FLOAT_BITS):
     """Compression table of a set of palettes (and the rest of the model's parameters).
 
     Args:
-        palettes: iterable of :class:`Palette`, at most one per weight (ValueError).
+        palettes: iterable of :class:`Palette`, no weight listed twice (ValueError).
         other_params: count of parameters left unclustered (kept at ``bits``).
         bits: bits of an uncompressed weight and of a codebook entry (32).
 

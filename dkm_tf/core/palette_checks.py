@@ -1,18 +1,22 @@
 """Checks of a list of palettes shared by :func:`~dkm_tf.core.palette.size_report` and the
-export's ``palettes`` argument: a list of :class:`~dkm_tf.core.palette.Palette`, at most one
-per weight (a weight listed twice was counted twice in a size report and palettized by
-whichever came first in an export)."""
+export's ``palettes`` argument: a list of :class:`~dkm_tf.core.palette.Palette`, no weight
+listed twice (it was counted twice in a size report and palettized by whichever came first in
+an export)."""
 
 from __future__ import annotations
 
 import collections
 
+import numpy as np
+
 __all__ = ["check_one_per_weight", "palette_list"]
 
 
 def palette_list(palettes, palette_cls, argument="palettes"):
-    """``list(palettes)``, each a ``palette_cls``, at most one per weight; a Palette alone or
-    not iterable, or an item of another type: TypeError naming ``argument``."""
+    """``list(palettes)``, each a ``palette_cls``, no weight listed twice (a palette repeated,
+    or two of one name that decode to the same values); a Palette alone or not iterable, or an
+    item of another type: TypeError naming ``argument``. Two palettes of one name that differ
+    are kept: layers of one name in two nested models (what ``share_weights`` gives them)."""
     if isinstance(palettes, palette_cls) or not hasattr(palettes, "__iter__"):
         raise TypeError(f"Invalid type for argument `{argument}`. Expected a list of Palette. "
                         f"Received: {type(palettes).__name__}")
@@ -21,19 +25,32 @@ def palette_list(palettes, palette_cls, argument="palettes"):
     if bad:
         raise TypeError(f"Invalid type for argument `{argument}`. Expected a list of Palette. "
                         f"Received: a list holding {sorted(set(bad))}")
-    check_one_per_weight(palettes, argument)
+    check_one_per_weight(palettes, argument, repeats_only=True)
     return palettes
 
 
-def check_one_per_weight(palettes, argument="palettes"):
+def _repeat(p, q):
+    """Whether ``q`` describes ``p``'s weight again: the same object, or its values."""
+    if p is q:
+        return True
+    a, b = p.decode(), q.decode()
+    return a.shape == b.shape and bool(np.array_equal(a, b))
+
+
+def check_one_per_weight(palettes, argument="palettes", repeats_only=False):
     """ValueError naming ``argument`` and each weight (``layer/weight``) that several of
-    ``palettes`` name, with their K."""
-    counts = collections.Counter(p.name for p in palettes)
-    twice = sorted(n for n, c in counts.items() if c > 1)
+    ``palettes`` name, with their K; ``repeats_only``: only where two of them are one palette
+    or decode to the same values (a weight listed twice), not two weights of one name."""
+    by_name = collections.defaultdict(list)
+    for p in palettes:
+        by_name[p.name].append(p)
+    twice = sorted(n for n, ps in by_name.items() if len(ps) > 1 and (not repeats_only or any(
+        _repeat(p, q) for i, p in enumerate(ps) for q in ps[i + 1:])))
     if twice:  # export: one was palettized, the other reported "float32 (not found)"; the file
-        # and its K depended on the order (K=4 then K=8 of one weight: 8,560 vs 11,440 bytes)
+        # and its K depended on the order (K=4 then K=8 of one weight: 8,560 vs 11,440 bytes);
+        # size_report counted the weight twice
         raise ValueError(f"Invalid value for argument `{argument}`. Expected one palette per "
                          f"weight. Received: {len(twice)} weight(s) with several palettes: "
-                         + ", ".join(f"{n!r} ({counts[n]}x, K="
-                                     f"{[p.n_clusters for p in palettes if p.name == n]})"
+                         + ", ".join(f"{n!r} ({len(by_name[n])}x, K="
+                                     f"{[p.n_clusters for p in by_name[n]]})"
                                      for n in twice[:6]))
