@@ -11,7 +11,7 @@ def _checked(input_shape, num_classes):
     ``True`` built a one-logit model."""
     from dkm_tf.core import validate  # noqa: PLC0415
 
-    return (validate.check_input_shape(input_shape),
+    return (validate.check_input_shape(input_shape, allow_none=False),
             validate.check_int("num_classes", num_classes, minimum=1))
 
 
@@ -22,8 +22,10 @@ def digits_cnn(input_shape=(8, 8, 1), num_classes=10, seed=0):
     Dense(num_classes), ReLU activations, logits output.
 
     Args:
-        input_shape: one sample's shape, without the batch axis (default ``(8, 8, 1)``).
-        num_classes: the number of output logits (default 10).
+        input_shape: one sample's shape, without the batch axis (default ``(8, 8, 1)``): a
+            list / tuple / 1-D array of positive integers.
+        num_classes: the number of output logits (default 10): a positive integer (a NumPy
+            integer such as ``y.max() + 1`` is taken; a bool is refused).
         seed: an integer passed to ``keras.utils.set_random_seed`` (it seeds Python, NumPy
             and the backend globally) before the weights are drawn (default 0).
     """
@@ -49,8 +51,10 @@ def lenet5_caffe(input_shape=(28, 28, 1), num_classes=10, seed=0):
     conv 5x5x20 - maxpool 2 - conv 5x5x50 - maxpool 2 - fc 500 (ReLU) - fc 10 (logits).
 
     Args:
-        input_shape: one sample's shape, without the batch axis (default ``(28, 28, 1)``).
-        num_classes: the number of output logits (default 10; 431,080 parameters at 10).
+        input_shape: one sample's shape, without the batch axis (default ``(28, 28, 1)``), as
+            in :func:`digits_cnn`.
+        num_classes: the number of output logits (default 10; 431,080 parameters at 10), as
+            in :func:`digits_cnn`.
         seed: as in :func:`digits_cnn`: ``keras.utils.set_random_seed(seed)`` (global).
     """
     import keras  # noqa: PLC0415

@@ -156,3 +156,58 @@ def test_the_hint_is_only_for_flex_failures():
     assert flex_layer_hint(m, "Too many open files") == ""
     assert flex_layer_hint(keras.Sequential([keras.Input((3,)), L.Dense(2)]),
                            "ERROR_NEEDS_FLEX_OPS") == ""
+
+
+# Review R5 of the probe's input_shape check: a set was taken in its own order, a tensor
+# refused, an array's values hidden, a TensorShape of unknown rank unnamed, None allowed
+# for the model builders.
+@pytest.mark.parametrize("bad", [{7, 5}, frozenset((7, 5)), {7: 1, 5: 1}.keys()])
+def test_a_set_of_sizes_is_refused_not_taken_in_its_own_order(bad):
+    import keras
+
+    from dkm_tf import energy
+
+    model = keras.Sequential([keras.layers.Dense(4), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="input_shape"):
+        energy.estimate(model, input_shape=bad)
+    assert not model.built
+
+
+def test_an_integer_tensor_is_read_as_the_sizes_it_holds():
+    import tensorflow as tf
+
+    from dkm_tf.core.validate import check_input_shape
+
+    assert check_input_shape(tf.constant([20, 8])) == (20, 8)
+    assert check_input_shape(tf.shape(tf.zeros((3, 20, 8)))[1:]) == (20, 8)
+    assert check_input_shape(tf.TensorShape([20, 8])) == (20, 8)
+
+
+@pytest.mark.parametrize("bad, shown", [
+    (np.array([7, 0]), "[7, 0]"), (np.array([7.5, 2.0]), "[7.5, 2.0]"),
+    ((None, 8), "(None, 8)")])
+def test_the_refusal_shows_the_values_and_names_an_open_size(bad, shown):
+    from dkm_tf.core.validate import check_input_shape
+
+    with pytest.raises(ValueError, match="input_shape") as err:
+        check_input_shape(bad)
+    assert shown in str(err.value)
+    assert ("open None size" in str(err.value)) == (shown == "(None, 8)")
+
+
+def test_a_shape_of_unknown_rank_is_refused_by_name():
+    import tensorflow as tf
+
+    from dkm_tf.core.validate import check_input_shape
+
+    with pytest.raises(ValueError, match="Invalid value for argument `input_shape`"):
+        check_input_shape(tf.TensorShape(None))
+
+
+def test_the_model_builders_refuse_none_saying_it_is_not_allowed():
+    from dkm_tf import models
+
+    for build in (models.digits_cnn, models.lenet5_caffe):
+        with pytest.raises(ValueError, match="input_shape") as err:
+            build(input_shape=None)
+        assert "None or" not in str(err.value)

@@ -100,19 +100,31 @@ def check_int(name, value, minimum=0, maximum=None):
     return int(value)
 
 
-def check_input_shape(input_shape, name="input_shape"):
+def check_input_shape(input_shape, name="input_shape", allow_none=True):
     """Return ``input_shape`` (an input size without the batch axis) as a tuple of ints, or
-    None: a list, tuple, 1-D array or TensorShape of positive integers. A string was read
-    digit by digit (``"883"`` as ``(8, 8, 3)``) and a float dim truncated (8.7 as 8)."""
-    if input_shape is None:
+    None (where ``allow_none``): a list, tuple, 1-D NumPy array, TensorShape or 1-D integer
+    tensor of positive integers. A string was read digit by digit (``"883"`` as
+    ``(8, 8, 3)``), a float dim truncated (8.7 as 8) and a set taken in its own order
+    (``{7, 5}`` as ``(5, 7)``); an open (None) size cannot be charged."""
+    if input_shape is None and allow_none:
         return None
-    flat = not isinstance(input_shape, (str, bytes, dict)) and getattr(
-        input_shape, "ndim", 1) == 1 and hasattr(input_shape, "__iter__")  # a TensorShape too
-    dims = tuple(input_shape) if flat else ()
+    value = input_shape.numpy() if _is_tensor(input_shape) else input_shape
+    ok_type = isinstance(value, (list, tuple)) or getattr(value, "ndim", None) == 1 or (
+        type(value).__name__ == "TensorShape" and value.rank is not None)
+    dims = tuple(value) if ok_type else ()
     if not dims or not all(is_int(d) and d >= 1 for d in dims):
-        raise invalid(name, "None or a tuple of positive integers without the batch axis, "
-                      "e.g. (32, 32, 3)", input_shape)
+        shown = value.tolist() if hasattr(value, "tolist") and getattr(
+            value, "size", 99) <= 8 else input_shape
+        none = " (an open None size cannot be charged: give every size)" if any(
+            d is None for d in dims) else ""
+        raise invalid(name, ("None or " if allow_none else "") + "a list / tuple of positive "
+                      "integers without the batch axis, e.g. (32, 32, 3)" + none, shown)
     return tuple(int(d) for d in dims)
+
+
+def _is_tensor(value):
+    """A backend tensor (``tf.shape(x)[1:]``): read through ``.numpy()``."""
+    return hasattr(value, "numpy") and hasattr(value, "dtype") and hasattr(value, "shape")
 
 
 def check_axis(name, axis, ndim):

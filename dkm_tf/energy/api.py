@@ -223,7 +223,9 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
             weight's index entropy, else "none", with a note saying which and why
             (`energy.index_cost`).
         compute_model: "conservative" or "unique_products"; see `estimate_layer`.
-        input_shape: Input shape without the batch axis; required for subclassed models and
+        input_shape: Input shape without the batch axis (a list / tuple / 1-D array,
+            TensorShape or integer tensor of positive integers; a set, a string, floats,
+            bools and open None sizes are refused); required for subclassed models and
             open input sizes (`Input((None, None, 3))`, or a `.tflite` converted from one:
             its op shapes are then read by running it once, `energy.tflite_dynamic`); else
             the model's own or None.
