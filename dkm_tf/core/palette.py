@@ -272,7 +272,10 @@ def size_report(palettes, other_params=0, bits=FLOAT_BITS):
     """Compression table of a set of palettes (and the rest of the model's parameters).
 
     Args:
-        palettes: iterable of :class:`Palette`, no weight listed twice (ValueError).
+        palettes: iterable of :class:`Palette`, no palette object listed twice (ValueError).
+            Two palettes of one name are kept (layers of one name in nested models); one
+            weight given as two palette objects (a copy, or clustered at two K) is not
+            detected and is counted twice.
         other_params: count of parameters left unclustered (kept at ``bits``).
         bits: bits of an uncompressed weight and of a codebook entry (32).
 

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import collections
 
-import numpy as np
-
 __all__ = ["check_one_per_weight", "palette_list"]
 
 
 def palette_list(palettes, palette_cls, argument="palettes"):
-    """``list(palettes)``, each a ``palette_cls``, no weight listed twice (a palette repeated,
-    or two of one name that decode to the same values); a Palette alone or not iterable, or an
-    item of another type: TypeError naming ``argument``. Two palettes of one name that differ
-    are kept: layers of one name in two nested models (what ``share_weights`` gives them)."""
+    """``list(palettes)``, each a ``palette_cls``, no palette object listed twice; a Palette
+    alone or not iterable, or an item of another type: TypeError naming ``argument``. Two
+    palettes of one name are kept, even when they decode to the same values: layers of one name
+    in two nested models (what ``share_weights`` gives them; tied or zero-initialised kernels
+    are equal). Not detected: one weight given as two palette objects (a copy read again from a
+    file, or the weight clustered at two K) is counted twice."""
     if isinstance(palettes, palette_cls) or not hasattr(palettes, "__iter__"):
         raise TypeError(f"Invalid type for argument `{argument}`. Expected a list of Palette. "
                         f"Received: {type(palettes).__name__}")
@@ -29,23 +29,16 @@ def palette_list(palettes, palette_cls, argument="palettes"):
     return palettes
 
 
-def _repeat(p, q):
-    """Whether ``q`` describes ``p``'s weight again: the same object, or its values."""
-    if p is q:
-        return True
-    a, b = p.decode(), q.decode()
-    return a.shape == b.shape and bool(np.array_equal(a, b))
-
-
 def check_one_per_weight(palettes, argument="palettes", repeats_only=False):
     """ValueError naming ``argument`` and each weight (``layer/weight``) that several of
-    ``palettes`` name, with their K; ``repeats_only``: only where two of them are one palette
-    or decode to the same values (a weight listed twice), not two weights of one name."""
+    ``palettes`` name, with their K; ``repeats_only``: only where one palette object is listed
+    twice, not two palettes of one name (two weights of one name in nested models, whatever
+    their values)."""
     by_name = collections.defaultdict(list)
     for p in palettes:
         by_name[p.name].append(p)
     twice = sorted(n for n, ps in by_name.items() if len(ps) > 1 and (not repeats_only or any(
-        _repeat(p, q) for i, p in enumerate(ps) for q in ps[i + 1:])))
+        p is q for i, p in enumerate(ps) for q in ps[i + 1:])))
     if twice:  # export: one was palettized, the other reported "float32 (not found)"; the file
         # and its K depended on the order (K=4 then K=8 of one weight: 8,560 vs 11,440 bytes);
         # size_report counted the weight twice
