@@ -232,3 +232,35 @@ def test_the_model_builders_refuse_none_saying_it_is_not_allowed():
         with pytest.raises(ValueError, match="input_shape") as err:
             build(input_shape=None)
         assert "None or" not in str(err.value)
+
+
+class _Scale(L.Layer):
+    """A custom layer whose get_config forgot `units` (a clone would get the default 8)."""
+
+    def __init__(self, units=8, **kw):
+        super().__init__(**kw)
+        self.units = units
+
+    def build(self, shape):
+        self.k = self.add_weight(shape=(shape[-1], self.units))
+
+    def call(self, x):
+        return x @ self.k
+
+    def get_config(self):
+        return super().get_config()
+
+
+def test_estimate_of_an_unbuilt_sequential_with_a_custom_layer_is_not_a_clone():
+    def make():
+        return keras.Sequential([_Scale(units=32, name="sc"), L.Dense(2, name="d")])
+
+    ref = make()
+    ref.build((None, 5))
+    want = energy.estimate(ref)
+    assert want.macs == 32 * 2  # the Dense after 32 units (the custom layer is skipped)
+    m = make()
+    r = energy.estimate(m, input_shape=(5,))
+    assert r.macs == want.macs
+    np.testing.assert_allclose(r.paper_total, want.paper_total, rtol=1e-9)
+    assert m.built  # built in place, as before the copy

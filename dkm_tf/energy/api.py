@@ -228,7 +228,9 @@ def estimate(model_or_path, *, palettes=None, weight_sharing=None, pruning=None,
             bools and open None sizes are refused); required for subclassed models and
             open input sizes (`Input((None, None, 3))`, or a `.tflite` converted from one:
             its op shapes are then read by running it once, `energy.tflite_dynamic`); else
-            the model's own or None.
+            the model's own or None. An unbuilt Sequential of Keras's own layers is built
+            as a copy (the model stays unbuilt); one holding a custom class is built in
+            place at this shape (a clone rebuilt from its config may differ).
 
     Returns:
         An `EnergyReport` (with `baseline` set when compression information is given).
