@@ -58,14 +58,14 @@ def apart(walk):
     `TimeDistributed` model (`keras_wrapped`) reads its own slice, walked with no outer
     context, so its model's inputs must not take the outer model's input keys (its convs were
     read as repeats of the first step's and left out: 3 steps charged as 1)."""
-    def walked(model, used):
-        saved = used.pop(_STATE, None)
+    def walked(model, used):  # the modules' states (tuple keys: this one's, attention_mask's)
+        saved = {k: used.pop(k) for k in [k for k in used if isinstance(k, tuple)]}
         try:
             walk(model, used)
         finally:
-            used.pop(_STATE, None)
-            if saved is not None:
-                used[_STATE] = saved
+            for k in [k for k in used if isinstance(k, tuple)]:
+                used.pop(k)
+            used.update(saved)
     return walked
 
 

@@ -256,7 +256,7 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
         records = [dataclasses.replace(r, name=k.name) for r, k in zip(records[1:], records)]
         skipped.append((name, f"its first RELU fused into {fused} (as a .tflite fuses it)"))
     if records:  # an Attention call's scores mask (causal / mask=): its ADD
-        records = records + mask_records(inner, alias, call, keras)
+        records = records + mask_records(inner, alias, call, keras, used, outer)
     if name != layer.name:
         records = call_names(records, name, (layer.name, alias))
     act = _own_activation(inner, keras)
