@@ -193,8 +193,11 @@ def test_the_hint_is_only_for_flex_failures():
     from dkm_tf.export.layer_refusals import flex_layer_hint
 
     m = keras.Sequential([keras.Input((3,), dtype="int32"), L.Hashing(16, name="enc")])
-    assert flex_layer_hint(m, "'tf.X' op is neither a custom op nor a flex op").startswith(
-        " Preprocessing layer(s) Hashing 'enc' run")
+    assert flex_layer_hint(m, "'tf.StringToHashBucketFast' op is neither a custom op nor a "
+                              "flex op").startswith(" Preprocessing layer(s) Hashing 'enc' run")
+    assert flex_layer_hint(m, "'tf.X' op is neither a custom op nor a flex op") == ""
+    assert flex_layer_hint(m, "'tf.LookupTableFindV2' op is neither a custom op nor a "
+                              "flex op") == ""  # not an op of Hashing
     assert flex_layer_hint(m, "Too many open files") == ""
     assert flex_layer_hint(keras.Sequential([keras.Input((3,)), L.Dense(2)]),
                            "ERROR_NEEDS_FLEX_OPS") == ""
@@ -285,3 +288,22 @@ def test_estimate_of_an_unbuilt_sequential_with_a_custom_layer_is_not_a_clone():
     assert r.macs == want.macs
     np.testing.assert_allclose(r.paper_total, want.paper_total, rtol=1e-9)
     assert m.built  # built in place, as before the copy
+
+
+def test_the_hint_does_not_blame_a_layer_whose_ops_convert(tmp_path):
+    # a one_hot CategoryEncoding converts; the failure is the Lambda's tf.MatrixDeterminant
+    import tensorflow as tf
+
+    from dkm_tf.export import to_tflite
+
+    ids = keras.Input((3,), dtype="int32")
+    h = L.CategoryEncoding(10, output_mode="one_hot", name="enc")(L.Lambda(
+        lambda t: t[:, :1], output_shape=(1,))(ids))
+    x = keras.Input((4, 4))
+    d = L.Lambda(lambda t: tf.linalg.det(t)[:, None] * tf.ones((1, 4)), output_shape=(4,),
+                 name="det")(x)
+    m = keras.Model([ids, x], L.Dense(2)(L.Concatenate()([h, d])))
+    with pytest.raises(ValueError, match="MatrixDeterminant") as err:
+        to_tflite(m, str(tmp_path / "m.tflite"), format="float")
+    assert "Preprocessing layer" not in str(err.value)
+    assert "CategoryEncoding" not in str(err.value)

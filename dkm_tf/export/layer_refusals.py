@@ -12,11 +12,29 @@
   ``IntegerLookup``, ...): their TensorFlow ops (tf.DenseBincount, tf.StringToHashBucketFast,
   hash tables) have no builtin kernel. Not refused (a one_hot CategoryEncoding may convert); a
   conversion failed for want of flex ops names them (`flex_layer_hint`), as the refusal of a
-  StringLookup of string inputs does; before 2026-12-07 only the TF op was quoted.
+  StringLookup of string inputs does; before 2026-12-07 only the TF op was quoted. A layer is
+  named only when the converter's text names one of its ops (a one_hot CategoryEncoding beside
+  a Lambda of tf.linalg.det: the failure is tf.MatrixDeterminant, and CategoryEncoding was
+  blamed before).
 """
 
-_FLEX_LAYERS = ("CategoryEncoding", "Hashing", "HashedCrossing", "IntegerLookup",
-                "StringLookup", "TextVectorization")
+import re
+
+_LOOKUP_OPS = ("LookupTableFindV2", "LookupTableImportV2", "HashTableV2",
+               "MutableHashTableV2", "MutableDenseHashTableV2", "InitializeTableV2",
+               "InitializeTableFromTextFileV2")
+# the TF ops each layer runs that TFLite's builtins lack (measured: CategoryEncoding count /
+# multi_hot tf.DenseBincount; Hashing tf.StringToHashBucketFast; HashedCrossing
+# tf.SparseCross; IntegerLookup tf.LookupTableFindV2)
+_FLEX_LAYERS = {
+    "CategoryEncoding": ("DenseBincount", "Bincount", "SparseBincount", "RaggedBincount"),
+    "Hashing": ("StringToHashBucketFast", "StringToHashBucketStrong", "StringToHashBucket"),
+    "HashedCrossing": ("SparseCross", "SparseCrossHashed", "SparseCrossV2"),
+    "IntegerLookup": _LOOKUP_OPS,
+    "StringLookup": _LOOKUP_OPS,
+    "TextVectorization": _LOOKUP_OPS + ("StringSplitV2", "RegexReplace", "StaticRegexReplace",
+                                        "StringLower", "RaggedTensorToTensor"),
+}
 
 
 def _layers(model):
@@ -54,11 +72,13 @@ def float64_hint(model):
 
 def flex_layer_hint(model, text):
     """A sentence naming the preprocessing layers of ``model`` (:data:`_FLEX_LAYERS`) when the
-    converter's ``text`` says ops need the flex (TensorFlow) kernels, or ""."""
+    converter's ``text`` says ops need the flex (TensorFlow) kernels and names one of the ops
+    such a layer runs (``tf.DenseBincount``: a CategoryEncoding), or ""."""
     if "flex op" not in text and "NEEDS_FLEX_OPS" not in text:
         return ""
+    ops = set(re.findall(r"\btf\.([A-Za-z0-9_]+)", text))
     found = [f"{type(layer).__name__} {layer.name!r}" for layer in _layers(model)[1:]
-             if type(layer).__name__ in _FLEX_LAYERS]
+             if ops & set(_FLEX_LAYERS.get(type(layer).__name__, ()))]
     if not found:
         return ""
     shown = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "")
