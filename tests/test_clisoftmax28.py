@@ -391,3 +391,16 @@ def test_a_mean_reduction_is_not_noted(tmp_path):
     path = _save(model, tmp_path / "m.keras")
     assert loss_note(path, "finetune", None, keras.models.load_model(path, compile=False),
                      train) is None
+
+
+@pytest.mark.parametrize("noise", ["dropout", "gaussian_noise"])
+def test_a_hand_softmax_then_dropout_is_read_before_the_dropout(tmp_path, noise):
+    # review R10: read at training=True the dropped-out rows do not sum to 1, so a hand
+    # softmax then Dropout(0.2) trained through a second softmax, with no note (held-out
+    # 0.485 -> 0.443); a Dense(softmax) then Dropout is read through it (output_activation)
+    _, train, _ = _data(tmp_path)
+    make = {"dropout": lambda: L.Dropout(0.2), "gaussian_noise": lambda: L.GaussianNoise(0.1)}
+    model = _model(lambda t: make[noise]()(HandSoftmax(name="p")(t)))
+    assert compile_settings(model, data=train)["loss"].get_config()["from_logits"] is False
+    logits = _model(lambda t: make[noise]()(Scaled(name="s")(t)))
+    assert compile_settings(logits, data=train)["loss"].get_config()["from_logits"] is True
