@@ -132,7 +132,8 @@ def source_at(x, counts, keras, outer=None):
         except (AttributeError, ValueError, IndexError, TypeError):
             return None
         ops = [(op, _calls(producer, op)) for op in graph_ops(producer)]
-        return source_at(inner, consumers(producer, ops, keras), keras, inside)
+        return source_at(inner, counts.get(("nested", id(x))) or consumers(  # `keras_cse`'s
+            producer, ops, keras), keras, inside)  # where walked: a merged call's readers
     if type(producer).__name__ == "InputLayer" and outer is not None:
         at = [i for i, t in enumerate(outer[0]) if t is x]  # an input of a nested model
         if len(at) != 1 or at[0] >= len(outer[1]):

@@ -46,7 +46,7 @@ from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_live import dead, live_counts, live_tensors, walked_outputs
 from dkm_tf.energy.relu_fusion import leading_relu
 
-_STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
+STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
 _DROPPED = ("name", "trainable", "seed")
 _OPAQUE = ("TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper")  # foreign code: fresh
 REASON = ("computes what {} computes: one op in a .tflite (the converter eliminates common "
@@ -84,7 +84,7 @@ def left_out(model, op_calls, live, used, keras, outer):
         outer: `None`, or where `model` is nested `(its inputs, its call's inputs, the
             counts of the graph calling it, ...)` (`keras_reader._walk`).
     """
-    state = used.setdefault(_STATE, {"claimed": {}, "envs": {}, "sigs": {}})
+    state = used.setdefault(STATE, {"claimed": {}, "envs": {}, "sigs": {}})
     env, exits = {}, {}
     if outer is None:
         env.update((id(t), ("input", k)) for k, t in enumerate(keras.tree.flatten(model.inputs)))
@@ -124,6 +124,7 @@ def left_out(model, op_calls, live, used, keras, outer):
     if outer is None:
         for k, t in enumerate(keras.tree.flatten(model.outputs)):  # a model output: a reader
             state.setdefault("twin_readers", {}).setdefault(env.get(id(t)), set()).add(k)
+            state.setdefault("twin_ops", {}).setdefault(env.get(id(t)), {})[k] = None
         state["collect"] = False
     kept = [(op, c if isinstance(c, Exception) else [x for x in c if id(x) not in gone])
             for op, c in op_calls]
@@ -138,6 +139,8 @@ def left_out(model, op_calls, live, used, keras, outer):
     for k, t in outside + [(k, t) for k, t in kept_keys if producers.get(k, set()) - here]:
         n, here_n = len(twin_readers.get(k, ())), counts.get(id(t), 0)  # every twin's, merged
         counts[id(t)] = max(n, here_n) if n else here_n + 1  # unknown: one more elsewhere
+    for t in outer[4][1] if outer is not None and len(outer) > 4 else ():  # `source_at`
+        outer[2][("nested", id(t))] = counts  # looks inside with these counts
     state["envs"][id(counts)] = env
     state.setdefault("lives", {})[id(counts)] = live[0]
     state.setdefault("exits_of", {})[id(counts)] = exits
@@ -295,6 +298,7 @@ def _note(op, call, keys, env, keras, state):
     for n, t in enumerate(call[0]):
         state.setdefault("twin_readers", {}).setdefault(env.get(id(t)), set()).add(
             (tuple(keys), n))
+        state.setdefault("twin_ops", {}).setdefault(env.get(id(t)), {})[(tuple(keys), n)] = op
 
 
 def _register(pending, state):

@@ -38,6 +38,7 @@ import math
 from dkm_tf.energy.activations import activation_name, activation_records, layer_norm_records
 from dkm_tf.energy.attention_mask import mask_records
 from dkm_tf.energy.bn_folding import removed
+from dkm_tf.energy.dense_copies import dense_copy, unread  # a Dense + ReLU read twice
 from dkm_tf.energy.following_folds import drop_folded
 from dkm_tf.energy.keras_calls import call_names, calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
@@ -224,10 +225,15 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
         skipped.append((name, "an identity (x * 1, x + 0) the converter removes, not charged"))
         return
     into = fold_of(inner, call, counts, keras, outer)
-    if into is not None:
-        skipped.append((name, f"folded into {into} (as a .tflite folds it)"))
+    why = None if into is None else f"folded into {into} (as a .tflite folds it)"
+    if (why := why or unread(inner, call, counts, keras, used)) is not None:
+        skipped.append((name, why))
         return
     fused = relu_fused_into(inner, call, counts, keras, outer) if fused is None else fused
+    if fused is None and (copy := dense_copy(inner, call, counts, keras, used)) is not None:
+        if copy[2]:  # the first ReLU of its kind there: its FULLY_CONNECTED
+            _walk_call(copy[0], name, copy[1], graph, keras, shapes, skipped, used)
+        fused = f"a copy of {copy[0].name}"
     if fused is not None and len(relu_ops(inner, keras)) == 1:
         skipped.append((name, f"fused into {fused} (as a .tflite fuses it)"))
         return
