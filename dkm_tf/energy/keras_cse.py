@@ -138,7 +138,8 @@ def left_out(model, op_calls, live, used, keras, outer):
     twin_readers = state.get("twin_readers", {})
     for k, t in outside + [(k, t) for k, t in kept_keys if producers.get(k, set()) - here]:
         n, here_n = len(twin_readers.get(k, ())), counts.get(id(t), 0)  # every twin's, merged
-        counts[id(t)] = max(n, here_n) if n else here_n + 1  # unknown: one more elsewhere
+        late = id(t) not in state.get("top", ())  # keyed after the top-level pass (in a
+        counts[id(t)] = (n + here_n if late else n) if n else here_n + 1  # Pipeline): unnoted
     for t in outer[4][1] if outer is not None and len(outer) > 4 else ():  # `source_at`
         outer[2][("nested", id(t))] = counts  # looks inside with these counts
     state["envs"][id(counts)] = env
@@ -221,6 +222,7 @@ def _out_keys(op, call, env, keras, state):
         for key, t in zip(keys, outs):
             if state.get("live") is None or id(t) in state["live"]:  # not pruned
                 producers.setdefault(key, set()).add(id(t))
+            state.setdefault("top", set()).update([id(t)] if state.get("collect") else [])
     return keys
 
 
