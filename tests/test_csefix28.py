@@ -52,6 +52,8 @@ DENSE = {
                                                        L.Activation("sigmoid")(y)])),
     "through_dropout": lambda: _dense_and(
         L.Activation("sigmoid"), lambda y: L.ReLU(name="r")(L.Dropout(0.2)(y))),
+    "relu_in_nested_model": lambda: _dense_and(L.Activation("sigmoid"), keras.Model(
+        j := keras.Input((8,)), L.ReLU(name="r")(j), name="n")),
 }
 
 
@@ -174,4 +176,17 @@ def test_readers_in_a_pipeline_count_for_a_twin_merged_outside(case, tmp_path):
     k, f = both(_pipeline_twin(own), tmp_path)
     assert _macs(k) == _macs(f) == 8 * 8 * 4 * 36
     assert [x for x in k.layers if x.shape.layer == kept]
+    same_totals(k, f)
+
+
+def test_relu_after_a_nested_twin_read_twice_is_charged(tmp_path):
+    """`n` returns `bn(c(j))` and `c(j)`, a ReLU outside reads the latter; `c(j)` merges
+    with the outer `c(x)` read by the same `bn`: the file's conv has two readers, its RELU
+    stays (was fused: Keras / file hierarchy 0.8856)."""
+    keras.utils.set_random_seed(0)
+    i, j = keras.Input(S), keras.Input(S)
+    x, (c, bn) = L.Activation("tanh")(i), _conv_bn()
+    o = keras.Model(j, [bn(c(j)), c(j)], name="n")(x)
+    k, f = both(keras.Model(i, L.Add()([bn(c(x)), o[0], L.ReLU(name="r")(o[1])])), tmp_path)
+    assert [x for x in k.layers if x.shape.layer == "r"]
     same_totals(k, f)

@@ -20,12 +20,15 @@ from dkm_tf.energy.relu_fusion import leading_relu
 _CHARGED = ("dense_copies",)  # the key of the copies charged in the reader's `used` dict
 
 
-def dense_copy(layer, call, counts, keras, used):
-    """`(dense, its call, first)` where the leading RELU of `layer` at `call` reads, past
-    removed identities each read once, the output of a linear `Dense` on a rank-2 tensor
-    that other calls read too (`counts`, `keras_cse.left_out`'s), else None; `first`: no
-    ReLU of its kind on that output was charged yet (`used`: the reader's name counts, where
-    this is noted), so this one is charged as that FULLY_CONNECTED (else it is fused in)."""
+def dense_copy(layer, call, counts, keras, used, outer=None):
+    """`(dense, its call, first, (counts, outer) of its graph)` where the leading RELU of
+    `layer` at `call` reads, past removed identities each read once, the output of a linear
+    `Dense` on a rank-2 tensor that other calls read too (`counts`, `keras_cse.left_out`'s),
+    else None; `first`: no ReLU of its kind on that output was charged yet (`used`: the
+    reader's name counts, where this is noted), so this one is charged as that
+    FULLY_CONNECTED (else it is fused in). `outer`: as for `bn_folding.source`, where the
+    call is in a nested model (an input of it read once there is followed out to the tensor
+    its call passes; a Dense ending a nested model is not looked into)."""
     if isinstance(call, Exception) or not call[0] or not isinstance(
             layer, keras.layers.Layer) or not leading_relu(layer, keras):
         return None
@@ -36,6 +39,11 @@ def dense_copy(layer, call, counts, keras, used):
             ins = producer._inbound_nodes[node].input_tensors
         except (AttributeError, ValueError, TypeError, IndexError):
             return None
+        at = [k for k, o in enumerate(outer[0]) if o is x] if outer is not None and type(
+            producer).__name__ == "InputLayer" else []
+        if len(at) == 1 and at[0] < len(outer[1]) and counts.get(id(x), 0) == 1:
+            x, counts, outer = outer[1][at[0]], outer[2], outer[3]  # out of a nested model
+            continue
         if not (len(ins) == 1 and removed(producer, keras) and counts.get(id(x), 0) == 1):
             break
         x = ins[0]
@@ -45,7 +53,7 @@ def dense_copy(layer, call, counts, keras, used):
     mark = (_key(x, counts, used) or object(), _kind(layer, keras))
     first = mark not in charged
     charged.add(mark)
-    return producer, _Copy((list(ins), [x])), first
+    return producer, _Copy((list(ins), [x])), first, (counts, outer)
 
 
 class _Copy(tuple):

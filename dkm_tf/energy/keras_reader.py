@@ -230,9 +230,11 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
         skipped.append((name, why))
         return
     fused = relu_fused_into(inner, call, counts, keras, outer) if fused is None else fused
-    if fused is None and (copy := dense_copy(inner, call, counts, keras, used)) is not None:
+    if fused is None and (copy := dense_copy(inner, call, counts, keras, used,
+                                                 outer)) is not None:
         if copy[2]:  # the first ReLU of its kind there: its FULLY_CONNECTED
-            _walk_call(copy[0], name, copy[1], graph, keras, shapes, skipped, used)
+            _walk_call(copy[0], name, copy[1], copy[3] + graph[2:], keras, shapes, skipped,
+                       used)
         fused = f"a copy of {copy[0].name}"
     if fused is not None and len(relu_ops(inner, keras)) == 1:
         skipped.append((name, f"fused into {fused} (as a .tflite fuses it)"))
