@@ -54,7 +54,16 @@ DENSE = {
         L.Activation("sigmoid"), lambda y: L.ReLU(name="r")(L.Dropout(0.2)(y))),
     "relu_in_nested_model": lambda: _dense_and(L.Activation("sigmoid"), keras.Model(
         j := keras.Input((8,)), L.ReLU(name="r")(j), name="n")),
+    "dense_in_nested_model": lambda: _nested_dense(),
 }
+
+
+def _nested_dense():
+    """`Model(j, Dense(8)(j))` on `tanh(x)`, its output read by a ReLU and a sigmoid."""
+    keras.utils.set_random_seed(0)
+    i, j = keras.Input((16,)), keras.Input((16,))
+    y = keras.Model(j, L.Dense(8, name="d")(j), name="n")(L.Activation("tanh")(i))
+    return keras.Model(i, L.Add()([L.ReLU(name="r")(y), L.Activation("sigmoid")(y)]))
 
 
 def _dense_relu_and_relu6():

@@ -14,6 +14,7 @@ across twins as the converter merges them.
 
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
+from dkm_tf.energy.keras_calls import node_inputs
 from dkm_tf.energy.keras_cse import STATE
 from dkm_tf.energy.relu_fusion import leading_relu
 
@@ -28,15 +29,23 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
     reader's name counts, where this is noted), so this one is charged as that
     FULLY_CONNECTED (else it is fused in). `outer`: as for `bn_folding.source`, where the
     call is in a nested model (an input of it read once there is followed out to the tensor
-    its call passes; a Dense ending a nested model is not looked into)."""
+    its call passes), and a nested model's output into that model (the counts of its walk,
+    `keras_cse.left_out`'s)."""
     if isinstance(call, Exception) or not call[0] or not isinstance(
             layer, keras.layers.Layer) or not leading_relu(layer, keras):
         return None
-    x = call[0][0]
+    x, many = call[0][0], False  # many: read by others on the way (a nested model's output)
     while True:
         try:
-            producer, node, _ = x._keras_history
+            producer, node, index = x._keras_history
             ins = producer._inbound_nodes[node].input_tensors
+            if isinstance(producer, keras.Model) and ("nested", id(x)) in counts:
+                inside = (keras.tree.flatten(producer.inputs), node_inputs(
+                    producer, producer._inbound_nodes[node]), counts, outer)
+                many = many or counts.get(id(x), 0) >= 2  # into it, with its walk's counts
+                x, counts, outer = (keras.tree.flatten(producer.outputs)[index],
+                                    counts[("nested", id(x))], inside)
+                continue
         except (AttributeError, ValueError, TypeError, IndexError):
             return None
         at = [k for k, o in enumerate(outer[0]) if o is x] if outer is not None and type(
@@ -47,7 +56,7 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
         if not (len(ins) == 1 and removed(producer, keras) and counts.get(id(x), 0) == 1):
             break
         x = ins[0]
-    if not _linear_rank2(producer, ins, keras) or counts.get(id(x), 0) < 2:
+    if not _linear_rank2(producer, ins, keras) or counts.get(id(x), 0) < 2 and not many:
         return None
     charged = used.setdefault(_CHARGED, set())
     mark = (_key(x, counts, used) or object(), _kind(layer, keras))
