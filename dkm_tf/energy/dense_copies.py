@@ -18,16 +18,14 @@ from dkm_tf.energy.keras_calls import node_inputs
 from dkm_tf.energy.keras_cse import STATE
 from dkm_tf.energy.relu_fusion import leading_relu
 
-_CHARGED = ("dense_copies",)  # the key of the copies charged in the reader's `used` dict
-
 
 def dense_copy(layer, call, counts, keras, used, outer=None):
     """`(dense, its call, first, (counts, outer) of its graph)` where the leading RELU of
     `layer` at `call` reads, past removed identities each read once, the output of a linear
     `Dense` on a rank-2 tensor that other calls read too (`counts`, `keras_cse.left_out`'s),
     else None; `first`: no ReLU of its kind on that output was charged yet (`used`: the
-    reader's name counts, where this is noted), so this one is charged as that
-    FULLY_CONNECTED (else it is fused in). `outer`: as for `bn_folding.source`, where the
+    reader's name counts, in whose `keras_cse` state this is noted), so this one is charged
+    as that FULLY_CONNECTED (else it is fused in). `outer`: as for `bn_folding.source`, where the
     call is in a nested model (an input of it read once there is followed out to the tensor
     its call passes), and a nested model's output into that model (the counts of its walk,
     `keras_cse.left_out`'s)."""
@@ -58,7 +56,8 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
         x = ins[0]
     if not _linear_rank2(producer, ins, keras) or counts.get(id(x), 0) < 2 and not many:
         return None
-    charged = used.setdefault(_CHARGED, set())
+    state = used.get(STATE)  # per walk: a TimeDistributed model's steps are walked apart
+    charged = set() if state is None else state.setdefault("dense_copies", set())
     mark = (_key(x, counts, used) or object(), _kind(layer, keras))
     first = mark not in charged
     charged.add(mark)
