@@ -6,10 +6,9 @@ the context of their call (`bn_folding.source`); calls no output uses are left (
 A layer wrapped by a `keras.layers.Wrapper` (e.g. a clustering wrapper or TimeDistributed) is
 classified by its inner layer, with the wrapper's input and output shapes (a TimeDistributed
 layer then cut into steps, a TimeDistributed model, a Lambda of Keras ops: `keras_wrapped`).
-Subclassed models have no recorded per-layer shapes; with `input_shape` they are traced with
-TensorFlow (`graph_reader`; a clustering wrapper read as its layer: `traced_wrappers`),
-without it a `ValueError` asks for one; one nested in a Functional model is traced at its
-call's shape.
+Subclassed models have no recorded per-layer shapes; with `input_shape` they are traced
+(`graph_reader`; a clustering wrapper read as its layer: `traced_wrappers`), else a
+`ValueError` asks for one; one nested in a Functional model is traced at its call's shape.
 
 Fused activations (`Conv2D(activation="relu")`), biases, batch norms and constant scalings
 folded into the linear conv or dense layer before them (`bn_folding`, `keras_consts`) are not
@@ -23,8 +22,7 @@ input (`pad_merging`). Conv1D/2DTranspose layers are the matrix product of `conv
 (in_h·in_w·in_c·kh·kw·out_c MACs); an Embedding is a table lookup (`skipped`, no MACs).
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
 EinsumDense) layers by `sequence_reader`; Attention, Softmax and 3-D pooling by `keras_more`;
-the layers of a `keras.layers.Pipeline` as if called one after another (`keras_pipeline`,
-`pipeline_folds`).
+a `keras.layers.Pipeline`'s layers as if called in turn (`keras_pipeline`, `pipeline_folds`).
 A layer called more than once (a shared layer, a nested model called twice) is read once per
 call in the model's own graph (`keras_calls`), with that call's shapes; the second and later
 calls' records are named `name#2`, ... and keep the layer's name as `layer`, so compression
