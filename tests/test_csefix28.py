@@ -210,3 +210,16 @@ def test_dense_copy_in_each_step_of_a_time_distributed_model(tmp_path):
     k, f = both(keras.Model(i, L.TimeDistributed(n)(L.Activation("tanh")(i))), tmp_path)
     assert _macs(k) == _macs(f) == 3 * 2 * 16 * 8
     same_totals(k, f)
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 6.0), (-1.0, 1.0)])
+def test_a_shared_dense_read_by_a_fused_clip_is_not_merged(bounds, tmp_path):
+    # review R4: a rank-2 Dense called twice on one tensor, one call read only by
+    # `keras.ops.clip(t, 0, 6)` (a RELU6 the converter fuses into that call's
+    # FULLY_CONNECTED, so the file keeps two) was merged: Keras / file hierarchy 0.5932
+    keras.utils.set_random_seed(0)
+    d = L.Dense(5)
+    i = keras.Input((8,))
+    m = keras.Model(i, [keras.ops.clip(d(i), *bounds), d(i)])
+    k, f = both(m, tmp_path)
+    same_totals(k, f)

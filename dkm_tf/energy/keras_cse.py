@@ -44,6 +44,7 @@ from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_live import dead, live_counts, live_tensors, walked_outputs
+from dkm_tf.energy.keras_lowered import clip_ops
 from dkm_tf.energy.relu_fusion import leading_relu
 
 STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
@@ -228,22 +229,22 @@ def _out_keys(op, call, env, keras, state):
 
 def _fused(op, ins, outs, keras, state):
     """The activation the converter fuses into a `Dense` on a rank-2 tensor before it looks
-    for repeats ("relu" / "relu6": its output's only reader, past removed identities and into
-    nested models (`_readers`), is a `relu_fusion.leading_relu`), else None. Measured: such
-    a Dense read by a ReLU and again by an `Add` is two FULLY_CONNECTED ops in the file
-    (merged, Keras / file hierarchy 0.5842 before 2026-12-07); a conv, a depthwise conv, a
-    Dense on a rank-3 / 4 tensor (a RESHAPE first), a batch norm, an `Add`, a `Multiply`, a
-    pooling, a `Rescaling` are computed once and keep a RELU op of their own (the converter
-    merges them first)."""
+    for repeats ("relu" / "relu6" / a clip to [0, 6] or [-1, 1]: its output's only reader,
+    past removed identities and into nested models (`_readers`)), else None: such a Dense
+    read by a ReLU and again by an `Add` is two FULLY_CONNECTED ops in the file (merged:
+    0.5842; `ops.clip(0, 6)`: 0.5932); a conv, a Dense on a rank-3 / 4 tensor, a batch norm,
+    an `Add`, a pooling are computed once and keep a RELU op (merged first)."""
     if not (isinstance(op, keras.layers.Dense) and len(ins) == len(outs) == 1
             and len(getattr(ins[0], "shape", ())) == 2):
         return None
     found = _readers(outs[0], state, keras)
     relu = found[0] if len(found) == 1 else None
-    if isinstance(relu, keras.layers.Pipeline) and relu.layers:
-        relu = relu.layers[0]  # its first layer reads the tensor
-    if type(relu).__name__ in ("Relu", "Relu6"):  # `keras.ops.relu` / `relu6`
-        return type(relu).__name__.lower()
+    if isinstance(relu, keras.layers.Pipeline) and relu.layers:  # its first layer reads it
+        relu = relu.layers[0]
+    name = type(relu).__name__  # `keras.ops.relu` / `relu6`, a clip to [0, 6] / [-1, 1]
+    if name in ("Relu", "Relu6") or name == "Clip" and not isinstance(
+            relu, keras.layers.Layer) and clip_ops(relu) == ["relu"]:
+        return f"clip{float(relu.x_min)}" if name == "Clip" else name.lower()
     if relu is None or not isinstance(relu, keras.layers.Layer) or \
             not leading_relu(relu, keras):
         return None
