@@ -404,3 +404,12 @@ def test_a_hand_softmax_then_dropout_is_read_before_the_dropout(tmp_path, noise)
     assert compile_settings(model, data=train)["loss"].get_config()["from_logits"] is False
     logits = _model(lambda t: make[noise]()(Scaled(name="s")(t)))
     assert compile_settings(logits, data=train)["loss"].get_config()["from_logits"] is True
+
+
+def test_a_sequential_hand_softmax_then_dropout_is_read_before_the_dropout(tmp_path):
+    # review R11: keras.Model(model.input, ...) fails on a Sequential ("never been called"),
+    # the cut was skipped and the model trained through a second softmax with no note
+    _, train, _ = _data(tmp_path)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), L.Dense(3), HandSoftmax(), L.Dropout(0.2)])
+    assert compile_settings(model, data=train)["loss"].get_config()["from_logits"] is False

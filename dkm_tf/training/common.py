@@ -88,13 +88,11 @@ def default_loss(model, shape=None, x=None):
 
 
 def _rows_are_probabilities(model, x):
-    """Whether the model's single output on ``x[:32]`` (each input's, a dict's too) has 2+
-    columns in [0, 1] summing to 1, to the output dtype's tolerance (``sum_tolerance``: 2 eps
-    of a bfloat16 output, whose softmax rows sum to 1 +- 0.003; 1e-3 read them as logits),
-    called both with ``training=False`` and ``training=True`` (a layer giving logits while
-    training and a softmax at inference trained through a second softmax: held-out accuracy
-    0.475 -> 0.278). A model of several outputs is not read (False: one loss for all of them,
-    where output 0 read as probabilities trained output 1's logits as such: 0.4475 -> 0.24)."""
+    """Whether the model's single output on ``x[:32]`` has 2+ columns in [0, 1] summing to 1,
+    to the output dtype's tolerance (``sum_tolerance``: a bfloat16 softmax sums to 1 +- 0.003),
+    with ``training=False`` and ``training=True`` (logits while training and a softmax at
+    inference trained through a second softmax: 0.475 -> 0.278). A model of several outputs
+    is not read (one loss for all: output 1's logits trained as probabilities: 0.4475 -> 0.24)."""
     import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
@@ -132,7 +130,8 @@ def _before_noise(model, keras):
                 k.__module__.startswith("keras")):  # noqa: SLF001
             layer, node_index, _ = tensor._keras_history  # noqa: SLF001
             tensor = layer._inbound_nodes[node_index].input_tensors[0]  # noqa: SLF001
-        return model if tensor is model.outputs[0] else keras.Model(model.input, tensor)
+        ins = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+        return model if tensor is model.outputs[0] else keras.Model(ins, tensor)
     except (AttributeError, IndexError, TypeError, ValueError):
         return model
 
