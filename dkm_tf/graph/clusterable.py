@@ -48,6 +48,7 @@ from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import invalid_type
 from dkm_tf.graph.layer_config import DEPTHWISE_NOTE, LayerConfig, weight_config
 from dkm_tf.graph.layer_names import check_name_or_class, wrapped_layer
+from dkm_tf.graph.layer_walk import walk_layers
 from dkm_tf.graph.quantized import check_not_quantized
 
 __all__ = ["DEPTHWISE_NOTE", "SUPPORTED_LAYERS", "LayerConfig", "check_has_clusterable",
@@ -80,23 +81,6 @@ _GQA_PROJECTIONS = ("gate_dense", *_MHA_PROJECTIONS)  # gate_dense only with use
 SUPPORTED_LAYERS = (*(cls.__name__ for cls, _ in _REGISTRY), "EinsumDense",
                     "MultiHeadAttention", "GroupQueryAttention", "SimpleRNN", "LSTM", "GRU",
                     "RNN (SimpleRNN/LSTM/GRU cells, StackedRNNCells)", "Bidirectional")
-
-
-def walk_layers(model):
-    """Every layer below ``model`` (nested models included), depth first, each once: shared
-    layers once, nested models before their own layers. Only the public ``layers`` attribute
-    is read, so a wrapper's inner layer is not listed."""
-    seen, out = set(), []
-
-    def walk(layer):
-        for sub in getattr(layer, "layers", None) or []:
-            if id(sub) not in seen:
-                seen.add(id(sub))
-                out.append(sub)
-                walk(sub)
-
-    walk(model)
-    return out
 
 
 def get_weight(layer, path):

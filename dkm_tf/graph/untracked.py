@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import weakref
 
+from dkm_tf.graph.layer_walk import walk_layers
+
 __all__ = ["UNTRACKED", "UNTRACKED_WAY_OUT", "audited", "no_weights_reason", "param_count",
            "record_captured", "untracked_reads", "untracked_skipped", "variables_read"]
 
@@ -96,22 +98,6 @@ def variables_read(layer, node):
     call on zeros in a scope that records each read and updates nothing); ``{}`` if it
     cannot run on them (the static checks still run)."""
     return _reads(layer, node) or {}
-
-
-def _walk(model):
-    """Every layer below ``model`` by the public ``layers``, each once (as
-    ``clusterable.walk_layers``, which imports this module)."""
-    seen, out = set(), []
-
-    def walk(layer):
-        for sub in getattr(layer, "layers", None) or []:
-            if id(sub) not in seen:
-                seen.add(id(sub))
-                out.append(sub)
-                walk(sub)
-
-    walk(model)
-    return out
 
 
 def _closure_layers(function, keras):
@@ -245,7 +231,7 @@ def untracked_reads(model):
         if not any(_under(v) is _under(var) for v in entry[1]):
             entry[1].append(var)
 
-    for layer in _walk(model):
+    for layer in walk_layers(model):
         if not audited(layer):
             continue
         near = _closure_layers(getattr(layer, "function", None), keras)
