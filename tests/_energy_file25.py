@@ -30,3 +30,27 @@ def randomize(layer):
     rng = np.random.default_rng(0)
     for w in layer.weights:
         w.assign(rng.uniform(0.5, 1.5, w.shape).astype("float32"))
+
+
+def convs(report):
+    """`(in_h, in_w, in_c, out_h, out_w, out_c)` of every conv record, in order."""
+    return [(s.in_h, s.in_w, s.in_c, s.out_h, s.out_w, s.out_c) for s in
+            (x.shape for x in report.layers) if s.kind == "conv"]
+
+
+def eltwise(report):
+    """`eltwise_op` of every element-wise record, in order."""
+    return [x.shape.eltwise_op for x in report.layers if x.shape.kind == "eltwise"]
+
+
+def chain(*layers, shape=(8, 8, 3)):
+    """A builder of the Functional model calling `layer()` of each of `layers` in turn."""
+    import keras
+
+    def build():
+        x = keras.Input(shape)
+        y = x
+        for layer in layers:
+            y = layer()(y)
+        return keras.Model(x, y)
+    return build

@@ -10,30 +10,12 @@ runs are given."""
 import keras
 import pytest
 from _energy_file25 import both, same_totals
+from _energy_file25 import chain as _chain
+from _energy_file25 import convs as _convs
+from _energy_file25 import eltwise as _eltwise
 from keras import layers as L
 
 from dkm_tf import energy
-
-
-def _convs(report):
-    """`(in_h, in_w, in_c, out_h, out_w, out_c)` of every conv record, in order."""
-    return [(s.in_h, s.in_w, s.in_c, s.out_h, s.out_w, s.out_c) for s in
-            (x.shape for x in report.layers) if s.kind == "conv"]
-
-
-def _eltwise(report):
-    """`eltwise_op` of every element-wise record, in order."""
-    return [x.shape.eltwise_op for x in report.layers if x.shape.kind == "eltwise"]
-
-
-def _chain(*layers, shape=(8, 8, 3)):
-    def build():
-        x = keras.Input(shape)
-        y = x
-        for layer in layers:
-            y = layer()(y)
-        return keras.Model(x, y)
-    return build
 
 
 def _pipe(*layers):
