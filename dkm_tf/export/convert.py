@@ -6,7 +6,8 @@ subclassed models alike and prints nothing on stdout. The batch dimension of eve
 dynamic (signature ``[-1, ...]``; the stored shapes say 1), so ``resize_tensor_input`` to any
 batch gives per-sample results; ``batch=1`` in :func:`input_specs` fixes it (TFLite Micro).
 Outputs come in Keras' order (signature ``output_i`` = Keras output ``i``), see
-:mod:`dkm_tf.export.canonical`.
+:mod:`dkm_tf.export.canonical`; inputs are named after the Keras inputs
+(:mod:`dkm_tf.export.io_names`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dkm_tf.core import std_fds
 from dkm_tf.export.calibration import check_calibration
 from dkm_tf.export.canonical import canonicalize
 from dkm_tf.export.convert_failures import check_signature, system_failure
+from dkm_tf.export.io_names import input_keys, name_inputs
 from dkm_tf.export.layer_refusals import flex_layer_hint, float64_hint
 from dkm_tf.graph.input_struct import as_model_inputs
 from dkm_tf.graph.untracked import record_captured
@@ -303,7 +305,8 @@ def convert(model, specs, quantization="none", representative_data=None):
 
     Returns:
         The flatbuffer bytes, inputs and outputs in Keras order, batch-free reshapes
-        (:func:`~dkm_tf.export.canonical.canonicalize`).
+        (:func:`~dkm_tf.export.canonical.canonicalize`), the signature's inputs named after
+        the Keras inputs (:mod:`dkm_tf.export.io_names`).
 
     Raises:
         ValueError: the converter rejects the model (e.g. an op without a TFLite builtin).
@@ -385,4 +388,4 @@ def convert(model, specs, quantization="none", representative_data=None):
             f"{detail or ' '.join(msg)[:800]}{float64_hint(model)}"
             f"{flex_layer_hint(model, str(e))}") from e
     check_signature(model, content)
-    return canonicalize(content)
+    return name_inputs(canonicalize(content), input_keys(model, len(specs)))

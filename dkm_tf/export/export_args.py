@@ -11,6 +11,7 @@ from dkm_tf.core.files import check_target, str_path, tilde_note
 from dkm_tf.core.palette_checks import check_one_per_weight
 from dkm_tf.core.validate import check_bool, check_int, check_number, invalid, invalid_type
 from dkm_tf.export import convert as convert_lib
+from dkm_tf.export.io_names import keras_input_names, signature_keys
 from dkm_tf.export.layer_refusals import check_not_stateful
 from dkm_tf.export.model_check import check_built_model, palette_layers
 
@@ -85,14 +86,19 @@ def check_export_args(model, sample_inputs=None, *, representative_data=None, to
 
 def inputs_by_name(name, data, model):
     """``data`` as a list in `model.inputs` order where it is a dict keyed by exactly the model's
-    input names (a Functional model built on a dict: its keys), else unchanged. Before
-    2026-12-06 a dict was refused with a TypeError."""
+    input names (a Functional model built on a dict: its keys; else the input layers' names,
+    as ``model.predict`` takes them, the input tensors' or the ``.tflite`` signature's:
+    :mod:`dkm_tf.export.io_names`), else unchanged. Before 2026-12-06 a dict was refused with
+    a TypeError; before 2026-12-07 one keyed by an unnamed input's layer name."""
     if not isinstance(data, dict):
         return data
     inputs = convert_lib.model_inputs(model)
     struct = getattr(model, "_inputs_struct", None)
     key_of = {id(t): k for k, t in struct.items()} if isinstance(struct, dict) else {}
-    names = [key_of.get(id(t), getattr(t, "name", None)) for t in inputs]
+    tensors = [key_of.get(id(t), getattr(t, "name", None)) for t in inputs]
+    names = keras_input_names(model)  # the input layers' (Keras' predict), or the tensors'
+    names = next((n for n in (names, tensors, signature_keys(names)) if n and
+                  len(data) == len(n) and set(data) == set(n)), names)
     if not names or len(data) != len(names) or set(data) != set(names):
         raise ValueError(f"Invalid value for argument `{name}`. Expected "
                          f"{convert_lib.input_list_form(model)}, or a dict keyed by exactly "

@@ -165,8 +165,20 @@ def batch_inputs(inputs, n=4):
     return out
 
 
+def _runner(kind, content):
+    """The signature runner of ``content`` with its input keys in Keras order (the Keras
+    input names: :mod:`dkm_tf.export.io_names`)."""
+    from dkm_tf.export.io_names import file_keys  # noqa: PLC0415
+
+    return make_interpreter(kind, content).get_signature_runner(), file_keys(content)
+
+
 def _feed(runner, inputs):
-    res = runner(**{f"input_{j}": a for j, a in enumerate(inputs)})
+    runner, keys = runner
+    if len(keys) != len(inputs):
+        raise ValueError(f"The .tflite takes {len(keys)} input(s) {keys}; received "
+                         f"{len(inputs)} array(s)")
+    res = runner(**dict(zip(keys, inputs)))
     return [np.array(res[f"output_{k}"]) for k in range(len(res))]
 
 
@@ -178,7 +190,7 @@ def run_tflite(content, inputs, kind="litert", batch=1):
     """
     n = len(inputs[0])
     if kind != "tflm" and batch is None:
-        return _feed(make_interpreter(kind, content).get_signature_runner(), inputs)
+        return _feed(_runner(kind, content), inputs)
     if kind == "tflm":
         from dkm_tf.export.tflm import tflm_interpreter  # noqa: PLC0415
 
@@ -191,7 +203,7 @@ def run_tflite(content, inputs, kind="litert", batch=1):
             it.invoke()
             outs.append([np.array(it.get_output(k)) for k in range(_n_outputs(content))])
     else:
-        runner = make_interpreter(kind, content).get_signature_runner()
+        runner = _runner(kind, content)
         outs = [_feed(runner, [a[i:i + 1] for a in inputs]) for i in range(n)]
     return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
 
@@ -266,7 +278,7 @@ def compare(reference, content, inputs, kind, tolerance, batch=None, min_top1=No
                           top1_agreement=top1_agreement(got, reference), **top1,
                           worst_unit=worst[0], unit_excess=worst[1],
                           **_per_output(tols, output_rel_errors(got, reference)))
-    runner = make_interpreter(kind, content).get_signature_runner()
+    runner = _runner(kind, content)
     n = len(inputs[0])
     got = [_feed(runner, [a[i:i + 1] for a in inputs]) for i in range(n)]
     got = [np.concatenate([o[k] for o in got]) for k in range(len(got[0]))]
@@ -368,7 +380,7 @@ def _fix_size(content, inputs, interpreters, why, notes):
     other = [np.zeros((1, *(d + 1 for d in a.shape[1:])), a.dtype) for a in inputs]
     for kind in interpreters:
         try:
-            _feed(make_interpreter(kind, content).get_signature_runner(), other)
+            _feed(_runner(kind, content), other)
         except (RuntimeError, ValueError):
             continue
         raise ExportVerificationError(
