@@ -242,7 +242,10 @@ def test_outputs_keep_keras_order(tmp_path, label):
             got = it.get_tensor(d["index"])
             assert got.shape == ref.shape
             assert np.abs(got - ref).max() <= tol * np.abs(ref).max()
-        sig = it.get_signature_runner()(input_0=x)
+        runner = it.get_signature_runner()
+        (name,) = runner.get_input_details()  # named after the Keras input: input_layer_N
+        assert name == model.inputs[0]._keras_history.operation.name  # noqa: SLF001
+        sig = runner(**{name: x})
         for k, ref in enumerate(refs):
             assert np.abs(sig[f"output_{k}"] - ref).max() <= tol * np.abs(ref).max()
 

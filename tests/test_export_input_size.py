@@ -39,7 +39,8 @@ def _images(size, n, seed=1):
 
 def _run(path, x, kind):
     runner = tflite_interpreter(path, kind).get_signature_runner()
-    return np.asarray(runner(input_0=x)["output_0"])
+    (name,) = runner.get_input_details()  # the Keras input's name ("image", "input_layer")
+    return np.asarray(runner(**{name: x})["output_0"])
 
 
 @pytest.mark.parametrize("fmt, kwargs", FORMATS)
@@ -78,8 +79,8 @@ def test_fix_size_is_exact_and_small():
     assert all(not fm.const(int(op.inputs[1])).any() for op in fm.operators[:2])
     assert len(guarded) - len(plain) < 1024
     for kind in ("litert", "tflite"):
-        a = make_interpreter(kind, plain).get_signature_runner()(input_0=x)["output_0"]
-        b = make_interpreter(kind, guarded).get_signature_runner()(input_0=x)["output_0"]
+        a = make_interpreter(kind, plain).get_signature_runner()(image=x)["output_0"]
+        b = make_interpreter(kind, guarded).get_signature_runner()(image=x)["output_0"]
         np.testing.assert_array_equal(a, b)  # x + 0 == x: bit for bit
 
 

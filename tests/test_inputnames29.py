@@ -55,7 +55,7 @@ def _rel(got, want):
 
 
 @pytest.mark.parametrize(("fmt", "kwargs", "tol"), FORMATS,
-                         ids=[f"{f}-{next(iter(k.values()), '')}" for f, k, _ in FORMATS])
+                         ids=["-".join([f, *k.values()]) for f, k, _ in FORMATS])
 def test_every_format_takes_the_keras_input_names(tmp_path, fmt, kwargs, tol):
     shared = dkm_tf.share_weights(_two_inputs(), 4)
     path = tmp_path / "m.tflite"

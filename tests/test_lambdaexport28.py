@@ -50,7 +50,8 @@ def _reference(body, hidden, x):
 
 def _run(path, x):
     runner = Interpreter(model_path=str(path)).get_signature_runner()
-    return runner(input_0=x)["output_0"]
+    (name,) = runner.get_input_details()  # the Keras input's name (input_layer_N)
+    return runner(**{name: x})["output_0"]
 
 
 def _const_dtypes(path):

@@ -29,7 +29,9 @@ def _x(n=3):
 
 
 def _run(path, x):
-    return Interpreter(model_path=str(path)).get_signature_runner()(input_0=x)["output_0"]
+    runner = Interpreter(model_path=str(path)).get_signature_runner()
+    (name,) = runner.get_input_details()  # the Keras input's name (input_layer_N)
+    return runner(**{name: x})["output_0"]
 
 
 def _dense_ref(layer, x):

@@ -148,7 +148,8 @@ def test_cancelling_and_tiny_units_of_a_correct_file_are_written(tmp_path, fmt):
     report = to_tflite(model, tmp_path / "m.tflite", fmt, palettes, sample_inputs=x)
     assert all(c.ok for c in report.comparisons)
     runner = Interpreter(str(tmp_path / "m.tflite")).get_signature_runner()
-    got = np.concatenate([runner(input_0=x[i:i + 1])["output_0"] for i in range(len(x))])
+    (name,) = runner.get_input_details()  # the Keras input's name
+    got = np.concatenate([runner(**{name: x[i:i + 1]})["output_0"] for i in range(len(x))])
     ref = model.predict(x, verbose=0).astype(np.float64)
     own = np.max(np.abs(got - ref), axis=0) / np.max(np.abs(ref), axis=0)
     tol = {"float": 1e-5, "palettized": 1e-4, "fp16": 2e-2}[fmt]
