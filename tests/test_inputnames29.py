@@ -144,3 +144,24 @@ def test_the_tflm_file_takes_the_keras_input_names(tmp_path):
     assert report.comparisons and report.max_rel_error < 1e-5
     details = Interpreter(model_path=str(path)).get_input_details()  # TFLM_DECODE: no invoke
     assert [d["name"] for d in details] == ["serving_default_tok:0", "serving_default_feat:0"]
+
+
+def test_a_model_built_on_a_dict_takes_its_keys(tmp_path):
+    # Keras flattens the dict key-sorted (model.inputs = [alpha, zeta]); a swap would feed
+    # the 2-wide input to the 3-wide one and fail, or mix the weights
+    keras.utils.set_random_seed(5)
+    zeta, alpha = keras.Input((3,), name="zeta"), keras.Input((2,), name="alpha")
+    out = keras.layers.Dense(2, name="d")(keras.layers.Concatenate()([zeta, alpha]))
+    model = keras.Model({"zeta": zeta, "alpha": alpha}, out)
+    x = {"zeta": RNG.normal(size=(3, 3)).astype(np.float32),
+         "alpha": RNG.normal(size=(3, 2)).astype(np.float32)}
+    path = tmp_path / "m.tflite"
+    to_tflite(model, path, format="float", sample_inputs=x)
+    assert sorted(file_keys(path.read_bytes())) == ["alpha", "zeta"]
+    w, b = (np.asarray(v, np.float64) for v in model.get_layer("d").get_weights())
+    want = np.concatenate([x["zeta"], x["alpha"]], axis=1) @ w + b
+    runner = _runner(path)
+    np.testing.assert_allclose(runner(**x)["output_0"], want, rtol=1e-5, atol=1e-6)
+    got1 = np.concatenate([runner(zeta=x["zeta"][i:i + 1], alpha=x["alpha"][i:i + 1])
+                           ["output_0"] for i in range(3)])
+    np.testing.assert_allclose(got1, want, rtol=1e-5, atol=1e-6)

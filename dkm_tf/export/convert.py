@@ -21,7 +21,7 @@ from dkm_tf.core import std_fds
 from dkm_tf.export.calibration import check_calibration
 from dkm_tf.export.canonical import canonicalize
 from dkm_tf.export.convert_failures import check_signature, system_failure
-from dkm_tf.export.io_names import input_keys, name_inputs
+from dkm_tf.export.io_names import input_keys, keras_input_names, name_inputs
 from dkm_tf.export.layer_refusals import flex_layer_hint, float64_hint
 from dkm_tf.graph.input_struct import as_model_inputs
 from dkm_tf.graph.untracked import record_captured
@@ -85,7 +85,7 @@ def as_input_list(sample_inputs):
 
 def input_list_form(model):
     """What sample inputs must be: an array, or a list in `model.inputs` order (named)."""
-    names = [getattr(t, "name", "?") for t in model_inputs(model)]
+    names = keras_input_names(model)  # the input layers' (an unnamed one: input_layer_N)
     return ("an array or a list of arrays (one per model input" +
             (f", in model.inputs order: {names})" if len(names) > 1 else ")"))
 
