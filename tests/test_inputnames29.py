@@ -14,6 +14,7 @@ from ai_edge_litert.interpreter import Interpreter
 import dkm_tf
 from dkm_tf.export import to_tflite
 from dkm_tf.export.io_names import file_keys, signature_keys
+from dkm_tf.export.verify import run_tflite
 
 pytest.importorskip("tensorflow")
 
@@ -114,7 +115,7 @@ def test_names_a_signature_key_refuses_are_sanitised_or_fall_back(tmp_path):
     xs = [RNG.normal(size=(3, 2)).astype(np.float32) for _ in names]
     path = tmp_path / "m.tflite"
     to_tflite(model, path, format="float", sample_inputs=xs)
-    keys = ["a_b", "input_1", "a_b_2"]
+    keys = ["a_b_2", "input_1", "a_b"]  # "a_b" keeps its own name
     assert file_keys(path.read_bytes()) == keys
     w, b = (np.asarray(v, np.float64) for v in model.get_layer("d").get_weights())
     want = np.concatenate(xs, axis=1) @ w + b
@@ -147,21 +148,27 @@ def test_the_tflm_file_takes_the_keras_input_names(tmp_path):
 
 
 def test_a_model_built_on_a_dict_takes_its_keys(tmp_path):
-    # Keras flattens the dict key-sorted (model.inputs = [alpha, zeta]); a swap would feed
-    # the 2-wide input to the 3-wide one and fail, or mix the weights
+    # Keras flattens the dict key-sorted (model.inputs = [alpha, zeta]); same shapes, so a
+    # swap would run and mix the weights: each key must reach its own input
     keras.utils.set_random_seed(5)
-    zeta, alpha = keras.Input((3,), name="zeta"), keras.Input((2,), name="alpha")
+    zeta, alpha = keras.Input((3,), name="zeta"), keras.Input((3,), name="alpha")
     out = keras.layers.Dense(2, name="d")(keras.layers.Concatenate()([zeta, alpha]))
     model = keras.Model({"zeta": zeta, "alpha": alpha}, out)
     x = {"zeta": RNG.normal(size=(3, 3)).astype(np.float32),
-         "alpha": RNG.normal(size=(3, 2)).astype(np.float32)}
+         "alpha": RNG.normal(size=(3, 3)).astype(np.float32)}
     path = tmp_path / "m.tflite"
     to_tflite(model, path, format="float", sample_inputs=x)
-    assert sorted(file_keys(path.read_bytes())) == ["alpha", "zeta"]
+    assert file_keys(path.read_bytes()) == ["alpha", "zeta"]  # model.inputs order
+    details = Interpreter(model_path=str(path)).get_input_details()
+    assert [d["name"] for d in details] == ["serving_default_alpha:0", "serving_default_zeta:0"]
     w, b = (np.asarray(v, np.float64) for v in model.get_layer("d").get_weights())
     want = np.concatenate([x["zeta"], x["alpha"]], axis=1) @ w + b
+    crossed = np.concatenate([x["alpha"], x["zeta"]], axis=1) @ w + b
+    assert np.max(np.abs(want - crossed)) > 0.1  # a swap would show
     runner = _runner(path)
     np.testing.assert_allclose(runner(**x)["output_0"], want, rtol=1e-5, atol=1e-6)
     got1 = np.concatenate([runner(zeta=x["zeta"][i:i + 1], alpha=x["alpha"][i:i + 1])
                            ["output_0"] for i in range(3)])
     np.testing.assert_allclose(got1, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_tflite(path.read_bytes(), [x["alpha"], x["zeta"]])[0],
+                               want, rtol=1e-5, atol=1e-6)

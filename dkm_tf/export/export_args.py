@@ -88,8 +88,9 @@ def inputs_by_name(name, data, model):
     """``data`` as a list in `model.inputs` order where it is a dict keyed by exactly the model's
     input names (a Functional model built on a dict: its keys; else the input layers' names,
     as ``model.predict`` takes them, the input tensors' or the ``.tflite`` signature's:
-    :mod:`dkm_tf.export.io_names`), else unchanged. Before 2026-12-06 a dict was refused with
-    a TypeError; before 2026-12-07 one keyed by an unnamed input's layer name."""
+    :mod:`dkm_tf.export.io_names`; a subclassed model: ``input_0``, ``input_1``, ...), else
+    unchanged. Before 2026-12-06 a dict was refused with a TypeError; before 2026-12-07 one
+    keyed by an unnamed input's layer name, or any dict for a subclassed model."""
     if not isinstance(data, dict):
         return data
     inputs = convert_lib.model_inputs(model)
@@ -97,6 +98,9 @@ def inputs_by_name(name, data, model):
     key_of = {id(t): k for k, t in struct.items()} if isinstance(struct, dict) else {}
     tensors = [key_of.get(id(t), getattr(t, "name", None)) for t in inputs]
     names = keras_input_names(model)  # the input layers' (Keras' predict), or the tensors'
+    if not inputs and data and set(data) == set(keys := signature_keys([], len(data))):
+        # a subclassed model declares no inputs: the file's input_0, input_1, ...
+        return [data[k] for k in keys] if len(keys) > 1 else data[keys[0]]
     names = next((n for n in (names, tensors, signature_keys(names)) if n and
                   len(data) == len(n) and set(data) == set(n)), names)
     if not names or len(data) != len(names) or set(data) != set(names):

@@ -11,15 +11,22 @@ The rule (:func:`signature_keys`), for input ``i`` in ``model.inputs`` order:
 
 * its Keras name: the key of a Functional model built on a dict of inputs, else the input
   layer's name (what ``model.summary()`` shows and ``model.predict({...})`` takes: ``"tok"``;
-  ``"input_layer"`` / ``"input_layer_3"`` for an unnamed ``keras.Input`` or a Sequential);
-* each character other than an ASCII letter, digit or ``_`` becomes ``_`` (``"my input"`` ->
-  ``"my_input"``, ``"a:b"`` -> ``"a_b"``), so the key is a Python identifier and
+  ``"input_layer"`` / ``"input_layer_3"`` for an unnamed ``keras.Input`` or a Sequential),
+  kept as it is where it is a usable key (first pass, so no other input can take it);
+* else each character other than an ASCII letter, digit or ``_`` becomes ``_`` (``"my input"``
+  -> ``"my_input"``, ``"a:b"`` -> ``"a_b"``), so the key is a Python identifier and
   ``runner(key=...)`` works;
-* ``input_i`` where that leaves no usable key: empty, only ``_``, starting with a digit, or a
-  Python keyword (``"1st"``, ``"é"``, ``"class"``), and for every input of a model that
-  declares none (a subclassed model);
-* a key already taken by an earlier input gets ``_2``, ``_3``, ... (``"a-b"`` and ``"a_b"``
-  give ``a_b`` and ``a_b_2``).
+* ``input_i`` where that leaves no usable key: empty, only ``_``, starting with a digit, a
+  Python keyword or ``self`` (LiteRT's ``SignatureRunner.__call__(self, **kwargs)`` cannot take
+  it) (``"1st"``, ``"é"``, ``"class"``), and for every input of a model that declares none (a
+  subclassed model);
+* a sanitised or fallback key that another input's name already is, or an earlier one took,
+  gets ``_2``, ``_3``, ... (``"a:b"`` and ``"a_b"`` give ``a_b_2`` and ``a_b``: the input named
+  ``a_b`` keeps its name; before 2026-12-07 it became ``a_b_2`` and its name fed the other
+  input).
+
+The signature runner's ``get_input_details()`` lists the keys alphabetically; the file's
+subgraph inputs (``Interpreter.get_input_details()``, :func:`file_keys`) are in Keras order.
 
 Outputs keep ``output_0``, ``output_1``, ... (Keras 3 names an output tensor after no layer
 but ``keras_tensor_N``, a counter of the process).
@@ -35,6 +42,7 @@ __all__ = ["file_keys", "input_keys", "keras_input_names", "name_inputs", "signa
 _BAD = re.compile(r"[^A-Za-z0-9_]")
 _USABLE = re.compile(r"_*[A-Za-z][A-Za-z0-9_]*")
 _INDEXED = re.compile(r"input_(\d+)")
+_RESERVED = frozenset({"self"})  # SignatureRunner.__call__(self, **kwargs)
 
 
 def keras_input_names(model):
@@ -58,19 +66,28 @@ def signature_keys(names, n=None):
     """The signature keys for Keras input ``names`` (module docstring); ``n`` inputs of
     ``input_i`` when ``names`` does not name ``n`` inputs."""
     n = len(names) if n is None else n
-    if len(names) != n:
-        names = [""] * n
-    keys, taken = [], set()
+    names = [str(x) for x in names] if len(names) == n else [""] * n
+    keys, taken = [None] * n, set()
+    for i, name in enumerate(names):  # names that are keys already keep them
+        if _usable(name) and name not in taken:
+            keys[i] = name
+            taken.add(name)
     for i, name in enumerate(names):
-        key = _BAD.sub("_", str(name))
-        if not _USABLE.fullmatch(key) or keyword.iskeyword(key):
-            key = f"input_{i}"
+        if keys[i] is not None:
+            continue
+        key = _BAD.sub("_", name)
+        key = key if _usable(key) else f"input_{i}"
         base, k = key, 2
         while key in taken:
             key, k = f"{base}_{k}", k + 1
-        keys.append(key)
+        keys[i] = key
         taken.add(key)
     return keys
+
+
+def _usable(key):
+    """A key ``runner(key=...)`` takes: an identifier with a letter, no keyword, not ``self``."""
+    return bool(_USABLE.fullmatch(key)) and not keyword.iskeyword(key) and key not in _RESERVED
 
 
 def input_keys(model, n):
@@ -96,6 +113,9 @@ def name_inputs(content, keys):
     if len(entries) != len(keys) or not all(index) or \
             sorted(int(m.group(1)) for m in index) != list(range(len(keys))):
         return bytes(content)
+    order = sorted(range(len(entries)), key=lambda j: int(index[j].group(1)))
+    entries, index = [entries[j] for j in order], [index[j] for j in order]
+    sigs[0].inputs = entries  # stored in Keras order, too
     for e, m in zip(entries, index):
         old, new = m.group(0), keys[int(m.group(1))]
         e.name = new
@@ -107,15 +127,22 @@ def name_inputs(content, keys):
 
 
 def file_keys(content):
-    """The signature input keys of ``.tflite`` bytes, in the order the file stores them
-    (Keras order for an exported file: :func:`~dkm_tf.export.canonical.order_io`)."""
+    """The signature input keys of ``.tflite`` bytes in the order of the subgraph's inputs
+    (what ``Interpreter.get_input_details()`` lists, and TFLite Micro's input ``j``: Keras order
+    for an exported file), whatever order the signature stores them in; a key whose tensor is
+    no subgraph input comes last."""
     from dkm_tf.export.rewrite import schema  # noqa: PLC0415
 
     model = schema().Model.GetRootAs(content, 0)
     for i in range(model.SignatureDefsLength()):
         sd = model.SignatureDefs(i)
         if sd.SubgraphIndex() == 0:
-            return [sd.Inputs(j).Name().decode() for j in range(sd.InputsLength())]
+            graph = model.Subgraphs(0)
+            at = {int(graph.Inputs(j)): j for j in range(graph.InputsLength())}
+            entries = [sd.Inputs(j) for j in range(sd.InputsLength())]
+            order = sorted(range(len(entries)),
+                           key=lambda j: at.get(int(entries[j].TensorIndex()), len(at) + j))
+            return [entries[j].Name().decode() for j in order]
     return []
 
 
