@@ -140,5 +140,26 @@ def test_a_subclassed_model_takes_a_dict_of_its_signature_keys(tmp_path):
     got = Interpreter(model_path=str(path)).get_signature_runner()(
         input_0=xs[0], input_1=xs[1])["output_0"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="sample_inputs"):
+    with pytest.raises(ValueError, match=r"sample_inputs.*input_0, input_1, \.\.\."):
         to_tflite(model, path, format="float", sample_inputs={"a": xs[0], "b": xs[1]})
+
+
+def test_a_one_input_subclassed_model_takes_input_0(tmp_path):
+    keras.utils.set_random_seed(6)
+
+    class One(keras.Model):
+        def __init__(self):
+            super().__init__(name="one")
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    model = One()
+    x = _xs(1)[0]
+    model(x)
+    w, b = (np.asarray(v, np.float64) for v in model.d.get_weights())
+    path = tmp_path / "m.tflite"
+    to_tflite(model, path, format="float", sample_inputs={"input_0": x})
+    got = Interpreter(model_path=str(path)).get_signature_runner()(input_0=x)["output_0"]
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w + b, rtol=1e-5, atol=1e-6)

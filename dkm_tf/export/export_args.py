@@ -84,6 +84,9 @@ def check_export_args(model, sample_inputs=None, *, representative_data=None, to
                       else float_content)
 
 
+_UNNAMED = "input_0, input_1, ... (a subclassed model declares no input names)"
+
+
 def inputs_by_name(name, data, model):
     """``data`` as a list in `model.inputs` order where it is a dict keyed by exactly the model's
     input names (a Functional model built on a dict: its keys; else the input layers' names,
@@ -106,8 +109,8 @@ def inputs_by_name(name, data, model):
     if not names or len(data) != len(names) or set(data) != set(names):
         raise ValueError(f"Invalid value for argument `{name}`. Expected "
                          f"{convert_lib.input_list_form(model)}, or a dict keyed by exactly "
-                         f"the model's input names {names}. Received: {name}=a dict with "
-                         f"keys {list(data)}")
+                         f"the model's input names {names or _UNNAMED}. Received: {name}=a "
+                         f"dict with keys {list(data)}")
     return [data[k] for k in names]
 
 

@@ -17,9 +17,9 @@ The rule (:func:`signature_keys`), for input ``i`` in ``model.inputs`` order:
   -> ``"my_input"``, ``"a:b"`` -> ``"a_b"``), so the key is a Python identifier and
   ``runner(key=...)`` works;
 * ``input_i`` where that leaves no usable key: empty, only ``_``, starting with a digit, a
-  Python keyword or ``self`` (LiteRT's ``SignatureRunner.__call__(self, **kwargs)`` cannot take
-  it) (``"1st"``, ``"é"``, ``"class"``), and for every input of a model that declares none (a
-  subclassed model);
+  Python keyword or ``self`` (``"1st"``, ``"é"``, ``"class"``; LiteRT's
+  ``SignatureRunner.__call__(self, **kwargs)`` cannot take ``self=``), and for every input of
+  a model that declares none (a subclassed model);
 * a sanitised or fallback key that another input's name already is, or an earlier one took,
   gets ``_2``, ``_3``, ... (``"a:b"`` and ``"a_b"`` give ``a_b_2`` and ``a_b``: the input named
   ``a_b`` keeps its name; before 2026-12-07 it became ``a_b_2`` and its name fed the other
