@@ -19,7 +19,14 @@ GroupQueryAttention          the same paths (its ``_query_dense``, ...; with    
 SimpleRNN, LSTM, GRU         ``cell.kernel``, ``cell.recurrent_kernel``          dense
 RNN(cell or list of cells)   ``cell.kernel``, ... / ``cell.cells.<i>.kernel``    dense
 Bidirectional(any of these)  ``forward_layer.<path>``, ``backward_layer.<path>``  as wrapped
+TimeDistributed(any)         ``layer.<path>``                                    as wrapped
 ===========================  ==================================================  ============
+
+A ``TimeDistributed`` layer is clustered as the layer it wraps (one codebook per weight, the
+weight counted once: the wrapper applies the same kernel at every step); its palettes carry
+the wrapper's name (``"td_conv/layer.kernel"``) and ``overrides`` key it by the wrapper's name
+or ``"TimeDistributed"`` (a key naming the wrapped layer's class or name is refused: it would
+not reach it). A DepthwiseConv2D inside one gets the per-channel default of a plain one.
 
 A weight is named by its **attribute path** from the layer: dotted attribute names, with an
 integer for a list position (``"cell.cells.1.recurrent_kernel"``); :func:`get_weight` follows
@@ -47,7 +54,11 @@ import keras
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import invalid_type
 from dkm_tf.graph.layer_config import DEPTHWISE_NOTE, LayerConfig, weight_config
-from dkm_tf.graph.layer_names import check_name_or_class, wrapped_layer
+from dkm_tf.graph.layer_names import (
+    check_name_or_class,
+    check_time_distributed_keys,
+    wrapped_layer,
+)
 from dkm_tf.graph.layer_walk import walk_layers
 from dkm_tf.graph.quantized import check_not_quantized
 
@@ -80,7 +91,8 @@ _GQA = (_L.GroupQueryAttention,) if hasattr(_L, "GroupQueryAttention") else ()
 _GQA_PROJECTIONS = ("gate_dense", *_MHA_PROJECTIONS)  # gate_dense only with use_gate=True
 SUPPORTED_LAYERS = (*(cls.__name__ for cls, _ in _REGISTRY), "EinsumDense",
                     "MultiHeadAttention", "GroupQueryAttention", "SimpleRNN", "LSTM", "GRU",
-                    "RNN (SimpleRNN/LSTM/GRU cells, StackedRNNCells)", "Bidirectional")
+                    "RNN (SimpleRNN/LSTM/GRU cells, StackedRNNCells)", "Bidirectional",
+                    "TimeDistributed (of any of these)")
 
 
 def get_weight(layer, path):
@@ -152,11 +164,13 @@ def _cell_weights(rnn, cell):
 
 
 def _structured_weights(layer):
-    """Weights of the layers whose kernels sit in sublayers (RNN, Bidirectional, MHA), or
-    None for other layers."""
+    """Weights of the layers whose kernels sit in sublayers (RNN, Bidirectional,
+    TimeDistributed, MHA), or None for other layers."""
     if isinstance(layer, _L.Bidirectional):
         return (_prefixed("forward_layer", clusterable_weights(layer.forward_layer))
                 + _prefixed("backward_layer", clusterable_weights(layer.backward_layer)))
+    if isinstance(layer, _L.TimeDistributed):
+        return _prefixed("layer", clusterable_weights(layer.layer))
     if isinstance(layer, _L.RNN):
         return _prefixed("cell", _cell_weights(layer, layer.cell))
     if isinstance(layer, _L.MultiHeadAttention):
@@ -176,13 +190,16 @@ def is_clusterable(layer):
 
     Args:
         layer: any Keras layer, built or not. An RNN counts when its cell is supported; a
-            Bidirectional when both of its layers are.
+            Bidirectional when both of its layers are, a TimeDistributed when the layer it
+            wraps is.
     """
     if hasattr(layer, "get_clusterable_weights") or any(
             isinstance(layer, cls) for cls, _ in _REGISTRY):
         return True
     if isinstance(layer, _L.Bidirectional):
         return is_clusterable(layer.forward_layer) and is_clusterable(layer.backward_layer)
+    if isinstance(layer, _L.TimeDistributed):
+        return is_clusterable(layer.layer)
     if isinstance(layer, _L.RNN):
         return _cell_supported(layer.cell)
     if isinstance(layer, _L.EinsumDense):
@@ -197,6 +214,8 @@ def _explain(layer):
         for side in (layer.forward_layer, layer.backward_layer):
             if not is_clusterable(side):
                 _explain(side)
+    if isinstance(layer, _L.TimeDistributed) and not is_clusterable(layer.layer):
+        _explain(layer.layer)
     if isinstance(layer, _L.RNN):
         _cell_weights(layer, layer.cell)
     if isinstance(layer, _L.EinsumDense):
@@ -266,8 +285,11 @@ def resolve_layer_config(layer, defaults, overrides=None):
                 raise ValueError(f"Unknown setting(s) {sorted(unknown)} in overrides[{key!r}]. "
                                  f"Allowed: {sorted(defaults)}.")
             cfg.update(overrides[key])
+    inner = layer
+    while isinstance(inner, _L.TimeDistributed):  # a TimeDistributed(DepthwiseConv2D) too
+        inner = inner.layer
     depthwise_only = next((all(kind == "depthwise" for _, kind in weights)
-                           for cls, weights in _REGISTRY if isinstance(layer, cls)), False)
+                           for cls, weights in _REGISTRY if isinstance(inner, cls)), False)
     return weight_config(layer, "depthwise", cfg, overrides) if depthwise_only else cfg
 
 
@@ -309,6 +331,7 @@ def check_overrides(model, overrides, defaults, check_settings=None):
             except (TypeError, ValueError) as e:  # say which entry holds the bad setting
                 raise type(e)(f"In overrides[{key!r}]: {e}") from e
     layers, matches = [model, *walk_layers(model)], {}
+    check_time_distributed_keys(overrides, layers)  # "Conv2D" for a TimeDistributed(Conv2D)
     for layer in layers:
         for n in {getattr(layer, "name", None), type(layer).__name__}:
             matches.setdefault(n, []).append(layer)

@@ -5,7 +5,8 @@ called in its ``call``) is one layer to :func:`dkm_tf.graph.clusterable.walk_lay
 follows only models' ``layers``: its Dense / Conv2D sublayers are not clustered, although
 their types are supported. ``"layer type not supported"`` alone reads as if they were not;
 :func:`unsupported_reason` names them and gives the ``get_clusterable_weights()`` method
-that clusters them (for a Keras wrapper such as ``TimeDistributed(Dense)``, it names them).
+that clusters them (for another Keras layer holding them, it names them; a ``TimeDistributed``
+of a supported layer is itself supported: :mod:`dkm_tf.graph.clusterable`).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def held_clusterable(layer, prefix="", seen=None):
 def unsupported_reason(layer, base, refuse=False):
     """``base`` (e.g. ``"layer type not supported"``), followed for a layer that holds
     clusterable sublayers by their names: for a custom layer (a class not from Keras or
-    dkm_tf) with the method that would cluster them, for a Keras wrapper
-    (``TimeDistributed``) with the fact that it is not supported.
+    dkm_tf) with the method that would cluster them, for a Keras layer (a ``TimeDistributed``
+    of a custom layer) with the fact that it is not supported.
 
     With ``refuse``, raise that reason as a TypeError instead (for a layer without such
     sublayers, :func:`~dkm_tf.graph.clusterable.clusterable_weights`' own error).
@@ -61,7 +62,13 @@ def unsupported_reason(layer, base, refuse=False):
             clusterable_lib.clusterable_weights(layer)  # raises, listing what is supported
         return base
     names = ", ".join(f"{p} ({t})" for p, _, _, t in held)
-    if module.startswith("keras."):
+    inner = getattr(layer, "layer", None)
+    if isinstance(layer, keras.layers.TimeDistributed) and inner is not None:
+        reason = (f"{base}: the {type(inner).__name__} it wraps is not supported, so the "
+                  f"weights {names} inside it are not clustered (a TimeDistributed is "
+                  "clustered as the layer it wraps: give that layer get_clusterable_weights()"
+                  ", see dkm_tf.graph.clusterable)")
+    elif module.startswith("keras."):
         reason = (f"{base}: the weights {names} inside it are not clustered (the "
                   f"{type(layer).__name__} wrapper is not supported)")
     else:

@@ -99,7 +99,11 @@ def kernel_groups(layers, codebook, excluded=()):
         elif not _is_kernel_conv(layer):
             kind = type(layer).__name__
             skipped.append((layer.name, f"unit='kernel': {kind} has no k x k Conv2D kernel; "
-                            "left float (Son et al. cluster only k x k convolutions)"))
+                            "left float (Son et al. cluster only k x k convolutions)"
+                            if kind != "TimeDistributed" else "unit='kernel' with a codebook "
+                            "scope or transforms: a TimeDistributed layer is not supported "
+                            "(its wrapped layer's kernel is left float; plain unit='kernel' "
+                            "clusters it)"))
         elif int(np.prod(layer.kernel.shape[:2])) == 1:
             skipped.append((layer.name, PASS_THROUGH))
         elif str(getattr(layer.kernel.dtype, "name", layer.kernel.dtype)) in LOW_PRECISION:

@@ -122,7 +122,8 @@ class ClusterWeights(extras.KeepsReplacedFrozen, extras.Reassigns, extras.SavesD
             DepthwiseConv1D/2D, SeparableConv1D/2D (both kernels), Embedding, EinsumDense,
             MultiHeadAttention (its four projections; wrap it built), SimpleRNN/LSTM/GRU/RNN
             and Bidirectional (input and recurrent kernels of every cell: the cell reads the
-            shared kernel at every step of its loop), or any layer implementing
+            shared kernel at every step of its loop), TimeDistributed of any of these (the
+            wrapped layer's kernels, read at every step), or any layer implementing
             ``get_clusterable_weights()``. The wrapper owns it from then on.
         n_clusters: K, centroids per codebook (>= 1).
         unit: ``"scalar"``, ``"row"``, ``"kernel"`` or ``"auto"`` (row for k x k convs,
