@@ -288,3 +288,22 @@ def test_compress_counts_each_weight_once():
     assert sum(r["N"] for r in rows.values()) + result.size.other_params == \
         model.count_params() == 72 + 320 + 4 + 5
     assert result.size.totals["original_bits"] == 32 * model.count_params()  # once each
+
+
+def test_one_layer_in_two_time_distributed_is_clustered_once():
+    """TimeDistributed(d) at two places reads one kernel: the copying entry points refuse the
+    tie; share_weights(inplace=True) clusters it once (it wrote two palettes for one tensor,
+    counted twice by the size report)."""
+    keras.utils.set_random_seed(0)
+    inp, d = keras.Input((3, 6)), L.Dense(6, name="d")
+    out = L.TimeDistributed(d, name="tb")(L.TimeDistributed(d, name="ta")(inp))
+    model = keras.Model(inp, out)
+    for entry in (dkm_tf.share_weights, dkm_tf.cluster_weights):
+        with pytest.raises(ValueError, match=r"'ta'.layer.kernel is tracked by layer 'tb'"):
+            entry(model, K)
+    shared = dkm_tf.share_weights(model, K, inplace=True)
+    assert [p.name for p in shared.palettes] == ["ta/layer.kernel"]
+    assert [name for name, _ in shared.skipped] == ["tb"]
+    assert "the weight ta/layer.kernel (the same variable)" in shared.skipped[0][1]
+    assert [row["N"] for row in dkm_tf.size_report(shared.palettes).rows] == [36]
+    np.testing.assert_array_equal(np.asarray(d.kernel), _decode(shared.palettes[0]))

@@ -16,7 +16,7 @@ import numpy as np
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core.kmeans import INITS, KMEANS_THREADS
 from dkm_tf.core.loss_kind import keep_source_loss
-from dkm_tf.core.units import GRANULARITIES, UNIT_CHOICES, resolve_unit
+from dkm_tf.core.units import GRANULARITIES, UNIT_CHOICES
 from dkm_tf.core.validate import (
     check_bool,
     check_choice,
@@ -30,6 +30,7 @@ from dkm_tf.graph.heartbeat import Heartbeat
 from dkm_tf.graph.layer_names import wrapped_layer
 from dkm_tf.graph.pipelines import map_pipeline, once_per_layer
 from dkm_tf.graph.result_objects import check_not_a_result
+from dkm_tf.graph.share_plan import share_plan
 from dkm_tf.graph.untracked import no_weights_reason, untracked_skipped
 
 __all__ = ["ShareResult", "share_weights"]
@@ -101,32 +102,6 @@ class _ShareJob:
             # the kernel is stored rounded: so is the codebook, so decode() == stored weights
             change["codebook"] = pal.codebook.astype(str(self.var.dtype)).astype(np.float32)
         return dataclasses.replace(pal, **change)
-
-
-def _share_plan(model, defaults, overrides, seed):
-    """The weights :func:`share_weights` clusters (layer order) and the layers it skips."""
-    from dkm_tf.graph import clusterable  # noqa: PLC0415 (imports keras)
-    from dkm_tf.graph.composite import unsupported_reason  # noqa: PLC0415
-
-    jobs, skipped = [], []
-    for i, layer in enumerate(iter_layers(model)):
-        if not layer.weights:
-            continue
-        if not clusterable.is_clusterable(layer):
-            skipped.append((layer.name, unsupported_reason(
-                layer, f"{type(layer).__name__} is not a supported kernel layer (supported: "
-                       f"{', '.join(clusterable.SUPPORTED_LAYERS)})")))
-            continue
-        cfg = clusterable.resolve_layer_config(layer, defaults, overrides)
-        if cfg is None:
-            skipped.append((layer.name, "excluded by overrides"))
-            continue
-        for attr, var, kind in clusterable.clusterable_weights(layer):
-            shape = tuple(var.shape)
-            wcfg = clusterable.weight_config(layer, kind, cfg, overrides)  # depthwise default
-            jobs.append(_ShareJob(layer.name, attr, var, shape, kind,
-                                  resolve_unit(wcfg["unit"], kind, shape), wcfg, seed + i))
-    return jobs, skipped
 
 
 def share_weights(model, n_clusters=16, *, unit="scalar", granularity="per_tensor",
@@ -299,7 +274,7 @@ def _share(model, n_clusters, unit, granularity, init, seed, overrides, sparsity
         folding = maybe_fold(model)
         if folding.folded:  # already a fresh copy: cluster it in place (unless refine
             model, inplace = folding.model, calib is None  # compares it with the float one)
-    jobs, skipped = _share_plan(model, defaults, overrides, seed)
+    jobs, skipped = share_plan(model, defaults, overrides, seed, _ShareJob)
     if not jobs and not any(r == "excluded by overrides" for _, r in skipped):
         wrapped = any(wrapped_layer(la) is not None for la in iter_layers(model))
         raise ValueError(f"share_weights found no weight to cluster in model {model.name!r}: "
