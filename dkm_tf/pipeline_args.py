@@ -196,7 +196,7 @@ def _same_units(model, key, defaults, overrides):
     from dkm_tf.graph import clusterable  # noqa: PLC0415
 
     for layer in clusterable.walk_layers(model):
-        if key not in (type(layer).__name__, layer.name) or not clusterable.is_clusterable(
+        if key not in clusterable.override_keys(layer) or not clusterable.is_clusterable(
                 layer):
             continue
         cfg = clusterable.resolve_layer_config(layer, defaults, overrides)

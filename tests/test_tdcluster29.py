@@ -197,11 +197,14 @@ def test_overrides_key_the_wrapper():
                                                         "td_conv": None})
     assert [(p.name, p.codebook.shape[1]) for p in shared.palettes] == [("td_fc/layer.kernel", 2)]
     assert [name for name, _ in shared.skipped] == ["td_conv"]
-    for key in ("Conv2D", "fc"):  # the wrapped layer's class or name: would not reach it
-        with pytest.raises(ValueError, match=rf"key '{key}' names the layer that TimeDistrib"):
-            dkm_tf.share_weights(model, K, overrides={key: {"n_clusters": 2}})
-        with pytest.raises(ValueError, match=rf"key '{key}' names the layer that TimeDistrib"):
-            dkm_tf.cluster_weights(model, K, overrides={key: None})
+    # the wrapped layer's class or name reaches it too, below the wrapper's own keys
+    for key, skipped in (("Conv2D", "td_conv"), ("fc", "td_fc")):
+        shared = dkm_tf.share_weights(model, K, overrides={key: None})
+        assert [name for name, _ in shared.skipped] == [skipped]
+        wrapped = dkm_tf.cluster_weights(model, K, overrides={key: None})
+        assert not isinstance(wrapped.get_layer(skipped), ClusterWeights)
+    shared = dkm_tf.share_weights(model, K, overrides={"Conv2D": None, "td_conv": {}})
+    assert [p.name for p in shared.palettes] == ["td_conv/layer.kernel", "td_fc/layer.kernel"]
 
 
 def test_unsupported_inside_time_distributed_is_named():

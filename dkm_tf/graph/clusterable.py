@@ -25,8 +25,9 @@ TimeDistributed(any)         ``layer.<path>``                                   
 A ``TimeDistributed`` layer is clustered as the layer it wraps (one codebook per weight, the
 weight counted once: the wrapper applies the same kernel at every step); its palettes carry
 the wrapper's name (``"td_conv/layer.kernel"``) and ``overrides`` key it by the wrapper's name
-or ``"TimeDistributed"`` (a key naming the wrapped layer's class or name is refused: it would
-not reach it). A DepthwiseConv2D inside one gets the per-channel default of a plain one.
+or ``"TimeDistributed"``, and, below those, by the wrapped layer's class or name
+(``"Conv2D"``, as for a plain one: :func:`override_keys`). A DepthwiseConv2D inside one gets
+the per-channel default of a plain one.
 
 A weight is named by its **attribute path** from the layer: dotted attribute names, with an
 integer for a list position (``"cell.cells.1.recurrent_kernel"``); :func:`get_weight` follows
@@ -53,18 +54,15 @@ import keras
 
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import invalid_type
-from dkm_tf.graph.layer_config import DEPTHWISE_NOTE, LayerConfig, weight_config
-from dkm_tf.graph.layer_names import (
-    check_name_or_class,
-    check_time_distributed_keys,
-    wrapped_layer,
-)
+from dkm_tf.graph.layer_config import DEPTHWISE_NOTE, LayerConfig, override_keys, weight_config
+from dkm_tf.graph.layer_names import check_name_or_class, wrapped_layer
 from dkm_tf.graph.layer_walk import walk_layers
 from dkm_tf.graph.quantized import check_not_quantized
 
 __all__ = ["DEPTHWISE_NOTE", "SUPPORTED_LAYERS", "LayerConfig", "check_has_clusterable",
            "check_overrides", "clusterable_weights", "get_weight", "is_clusterable",
-           "resolve_layer_config", "skipped_by_overrides", "walk_layers", "weight_config"]
+           "override_keys", "resolve_layer_config", "skipped_by_overrides", "walk_layers",
+           "weight_config"]
 
 _L = keras.layers
 # (class, [(attribute, kind), ...]); order matters: subclasses first.
@@ -260,7 +258,8 @@ def clusterable_weights(layer):
 
 
 def resolve_layer_config(layer, defaults, overrides=None):
-    """Settings for ``layer``: defaults, then overrides by type name, then by layer name.
+    """Settings for ``layer``: defaults, then overrides by type name, then by layer name (for
+    a TimeDistributed / Bidirectional, the wrapped layer's first: :func:`override_keys`).
 
     Args:
         layer: a Keras layer.
@@ -278,7 +277,7 @@ def resolve_layer_config(layer, defaults, overrides=None):
         raise invalid_type("overrides", "a dict keyed by layer name or class name", overrides)
     if skipped_by_overrides(layer, overrides):
         return None
-    for key in (type(layer).__name__, layer.name):
+    for key in override_keys(layer):  # the wrapped layer's class and name under a wrapper's
         if overrides.get(key) is not None:  # a class's None under a named layer's settings
             unknown = set(overrides[key]) - set(defaults)
             if unknown:
@@ -294,9 +293,10 @@ def resolve_layer_config(layer, defaults, overrides=None):
 
 
 def skipped_by_overrides(layer, overrides):
-    """Whether ``overrides`` leaves ``layer`` float: its name's None, else its class's."""
-    key = layer.name if layer.name in (overrides or {}) else type(layer).__name__
-    return key in (overrides or {}) and overrides[key] is None
+    """Whether ``overrides`` leaves ``layer`` float: its name's None, else its class's (the
+    highest of :func:`override_keys` present decides)."""
+    present = [key for key in override_keys(layer) if key in (overrides or {})]
+    return bool(present) and overrides[present[-1]] is None
 
 
 def check_overrides(model, overrides, defaults, check_settings=None):
@@ -331,9 +331,9 @@ def check_overrides(model, overrides, defaults, check_settings=None):
             except (TypeError, ValueError) as e:  # say which entry holds the bad setting
                 raise type(e)(f"In overrides[{key!r}]: {e}") from e
     layers, matches = [model, *walk_layers(model)], {}
-    check_time_distributed_keys(overrides, layers)  # "Conv2D" for a TimeDistributed(Conv2D)
-    for layer in layers:
-        for n in {getattr(layer, "name", None), type(layer).__name__}:
+    for layer in layers:  # a TimeDistributed(Dense) is reached by "Dense" too
+        keys = override_keys(layer) if isinstance(layer, keras.layers.Layer) else ()
+        for n in {getattr(layer, "name", None), type(layer).__name__, *keys}:
             matches.setdefault(n, []).append(layer)
     missing = sorted(set(overrides) - set(matches), key=str)
     if missing:

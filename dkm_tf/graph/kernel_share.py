@@ -27,6 +27,7 @@ from dkm_tf.core import palette as palette_lib
 from dkm_tf.core import units as units_lib
 from dkm_tf.core.validate import check_choice, check_n_clusters, invalid, is_int
 from dkm_tf.graph.heartbeat import Heartbeat
+from dkm_tf.graph.layer_config import override_keys
 
 __all__ = ["CODEBOOK_SCOPES", "KernelGroup", "check_codebook", "check_kernel_options",
            "cluster_groups", "fold_kernel_palettes", "kernel_groups", "scale_loss_note",
@@ -82,6 +83,21 @@ def _is_kernel_conv(layer):
     return isinstance(layer, keras.layers.Conv2D)  # not Depthwise/Separable/Transpose
 
 
+def _not_kernel_conv(layer):
+    """Why ``layer`` (not a Conv2D) is left float by scaled kernel clustering; for a
+    TimeDistributed, worded by the layer it wraps (a Dense inside has no k x k kernel)."""
+    inner, depth = layer, 0
+    while type(inner).__name__ == "TimeDistributed":
+        inner, depth = inner.layer, depth + 1
+    kind = "TimeDistributed(" * depth + type(inner).__name__ + ")" * depth
+    if inner is not layer and _is_kernel_conv(inner) and int(np.prod(inner.kernel.shape[:2])) > 1:
+        return ("unit='kernel' with a codebook scope or transforms: a TimeDistributed layer "
+                "is not supported (its wrapped Conv2D's kernel is left float; plain "
+                "unit='kernel' clusters it)")
+    return (f"unit='kernel': {kind} has no k x k Conv2D kernel; left float (Son et al. "
+            "cluster only k x k convolutions)")
+
+
 def kernel_groups(layers, codebook, excluded=()):
     """Sort ``layers`` into codebook groups; ``(groups, skipped)`` with skip reasons.
 
@@ -94,16 +110,10 @@ def kernel_groups(layers, codebook, excluded=()):
     for layer in layers:
         if not layer.weights:
             continue
-        if layer.name in excluded or type(layer).__name__ in excluded:
+        if any(key in excluded for key in override_keys(layer)):  # "Dense": a TD(Dense) too
             skipped.append((layer.name, "excluded by overrides"))
         elif not _is_kernel_conv(layer):
-            kind = type(layer).__name__
-            skipped.append((layer.name, f"unit='kernel': {kind} has no k x k Conv2D kernel; "
-                            "left float (Son et al. cluster only k x k convolutions)"
-                            if kind != "TimeDistributed" else "unit='kernel' with a codebook "
-                            "scope or transforms: a TimeDistributed layer is not supported "
-                            "(its wrapped layer's kernel is left float; plain unit='kernel' "
-                            "clusters it)"))
+            skipped.append((layer.name, _not_kernel_conv(layer)))
         elif int(np.prod(layer.kernel.shape[:2])) == 1:
             skipped.append((layer.name, PASS_THROUGH))
         elif str(getattr(layer.kernel.dtype, "name", layer.kernel.dtype)) in LOW_PRECISION:

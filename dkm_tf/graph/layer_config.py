@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-__all__ = ["DEPTHWISE_NOTE", "LayerConfig", "granularity_chosen", "weight_config"]
+__all__ = ["DEPTHWISE_NOTE", "LayerConfig", "granularity_chosen", "override_keys",
+           "weight_config"]
 
 
 class LayerConfig(dict):
@@ -54,5 +55,30 @@ def weight_config(layer, kind, cfg, overrides=None):
 def granularity_chosen(layer, overrides):
     """Whether an ``overrides`` entry for ``layer`` (its name's or its class's, a dict) sets
     ``"granularity"``: only then does a depthwise kernel take the granularity asked for."""
-    entries = (overrides or {}).get(type(layer).__name__), (overrides or {}).get(layer.name)
+    entries = [(overrides or {}).get(key) for key in override_keys(layer)]
     return any(isinstance(e, dict) and "granularity" in e for e in entries)
+
+
+def override_keys(layer):
+    """The ``overrides`` keys that reach ``layer``, lowest precedence first (the last one
+    present wins): its class, then its name. A ``TimeDistributed`` is clustered as the layer it
+    wraps, so that layer's class and name reach it too, below the wrapper's own: ``["Dense",
+    "TimeDistributed", "fc", "td_fc"]`` for ``td_fc = TimeDistributed(Dense(name="fc"))``
+    (wrappers of wrappers: every class, innermost first, then every name). ``{"Dense": None}``
+    thus leaves a plain Dense and a TimeDistributed(Dense) float alike, and ``{"Dense": None,
+    "td_fc": {...}}`` clusters the wrapped one. A ``Bidirectional`` is reached by the class of
+    its forward and backward layers (``"LSTM"``; their names are Keras' ``forward_lstm``...)."""
+    import keras  # noqa: PLC0415 (this module is imported without keras)
+
+    chain, classes = [layer], []
+    while True:
+        inner = chain[0]
+        if isinstance(inner, keras.layers.TimeDistributed):
+            chain.insert(0, inner.layer)
+        elif isinstance(inner, keras.layers.Bidirectional):
+            classes = [type(inner.forward_layer).__name__, type(inner.backward_layer).__name__]
+            break
+        else:
+            break
+    keys = classes + [type(la).__name__ for la in chain] + [la.name for la in chain]
+    return list(dict.fromkeys(reversed(keys)))[::-1]  # a key twice: its last place counts

@@ -8,8 +8,7 @@ report what it cannot tell apart, naming each layer by its path (``"a/fc"``, ``"
 
 from dkm_tf.graph.layer_paths import layer_paths
 
-__all__ = ["check_name_or_class", "check_time_distributed_keys", "duplicated_names", "where",
-           "wrapped_layer"]
+__all__ = ["check_name_or_class", "duplicated_names", "where", "wrapped_layer"]
 
 
 def wrapped_layer(layer):
@@ -55,28 +54,3 @@ def check_name_or_class(overrides, layers):
                 f"{type(named[0]).__name__}) and is the class of layers {typed[:5]}; it would "
                 "apply to all of them. Rename the layer, or key the others by their names.")
 
-
-def check_time_distributed_keys(overrides, layers):
-    """Raise ``ValueError`` for an ``overrides`` key that names the layer a
-    ``TimeDistributed`` wraps (its class, ``"Conv2D"``, or its name) rather than the wrapper:
-    settings are looked up by the wrapper's name and class, so such a key would silently miss
-    it (``{"Conv2D": None}`` would leave plain Conv2D layers float and cluster the wrapped
-    one). Keys naming the wrapper (``"td_conv"``, ``"TimeDistributed"``) are the way."""
-    import keras  # noqa: PLC0415
-
-    for key in overrides:
-        missed = []
-        for layer in layers:
-            inner = layer
-            while isinstance(inner, keras.layers.TimeDistributed):
-                inner = inner.layer
-            if inner is not layer and key in (type(inner).__name__, inner.name) \
-                    and key not in (type(layer).__name__, layer.name):
-                missed.append(layer.name)
-        if missed:
-            raise ValueError(
-                f"Invalid value for argument `overrides`: key {key!r} names the layer that "
-                f"TimeDistributed layer(s) {missed[:5]} wrap, and overrides are looked up by "
-                "the wrapper's name and class, so it would not reach them. Key them by their "
-                f"own names ({missed[:5]}) or by 'TimeDistributed'. Received: "
-                f"overrides[{key!r}]={overrides[key]!r}")

@@ -229,7 +229,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
     folds, stays = bn_fate.batch_norm_fate(model)  # what strip_clustering will fold
 
     def wrap(layer):
-        seen.update({layer.name, type(layer).__name__})
+        seen.update({layer.name, *clusterable_lib.override_keys(layer)})  # "Dense": TD(Dense)
         kind = type(layer).__name__
         if isinstance(layer, ClusterWeights):
             asked = clusterable_lib.resolve_layer_config(layer, defaults, overrides)

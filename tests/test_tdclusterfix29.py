@@ -1,0 +1,113 @@
+"""Review R1 of the TimeDistributed clustering (2026-12-07).
+
+A TimeDistributed is clustered as the layer it wraps, so that layer's class and name reach it
+in ``overrides`` (below the wrapper's own keys): ``{"Dense": None}`` on a plain Dense beside a
+TimeDistributed(Dense) was refused; the energy estimate of a saved shared file charged a
+TimeDistributed kernel as float (its weight ``td/layer.kernel`` missed the record ``td``);
+``refine`` left a TimeDistributed(Dense) at plain k-means; and the skip reason of scaled
+kernel clustering told a TimeDistributed(Dense) that ``unit='kernel'`` clusters it.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+import dkm_tf  # noqa: E402
+from dkm_tf.graph import clusterable  # noqa: E402
+from dkm_tf.training.wrapper import ClusterWeights  # noqa: E402
+
+L = keras.layers
+K = 4
+
+
+def _seq_model(seed=0):
+    """(3, 16) -> TimeDistributed(Dense 16->8, "fc") "td" -> Flatten -> Dense "head"."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((3, 16))
+    x = L.TimeDistributed(L.Dense(8, name="fc"), name="td")(inp)
+    return keras.Model(inp, L.Dense(3, name="head")(L.Flatten()(x)))
+
+
+def _by_name(result):
+    return {p.name: p.codebook.shape[1] for p in result.palettes}
+
+
+def test_override_keys_order():
+    inner = L.TimeDistributed(L.Dense(3, name="fc"), name="a")
+    assert clusterable.override_keys(L.TimeDistributed(inner, name="b")) == [
+        "Dense", "TimeDistributed", "fc", "a", "b"]
+    assert clusterable.override_keys(L.Dense(2, name="d")) == ["Dense", "d"]
+    assert clusterable.override_keys(L.Bidirectional(L.LSTM(3), name="bi")) == [
+        "LSTM", "Bidirectional", "bi"]
+
+
+def test_wrapped_class_reaches_time_distributed():
+    """{"Dense": None} leaves a plain Dense and a TimeDistributed(Dense) float (it was refused);
+    the wrapper's name, above the class, clusters it again."""
+    model = _seq_model()
+    shared = dkm_tf.share_weights(model, K, overrides={"Dense": None})
+    assert list(shared.palettes) == []
+    assert sorted(name for name, _ in shared.skipped) == ["head", "td"]
+    wrapped = dkm_tf.cluster_weights(model, K, overrides={"Dense": None})
+    assert not any(isinstance(la, ClusterWeights) for la in wrapped.layers)
+    shared = dkm_tf.share_weights(model, K, overrides={"Dense": None, "td": {"n_clusters": 2}})
+    assert _by_name(shared) == {"td/layer.kernel": 2}
+    shared = dkm_tf.share_weights(model, K, overrides={"fc": {"n_clusters": 2}})
+    assert _by_name(shared) == {"td/layer.kernel": 2, "head/kernel": K}
+    shared = dkm_tf.share_weights(model, K, overrides={"TimeDistributed": {"n_clusters": 3},
+                                                       "Dense": {"n_clusters": 2}})
+    assert _by_name(shared) == {"td/layer.kernel": 3, "head/kernel": 2}
+
+
+def test_key_of_only_a_wrapped_class_is_accepted():
+    """A model holding only TimeDistributed(Dense): "Dense" is not a key that "matches no
+    layer"."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 16))
+    model = keras.Model(inp, L.TimeDistributed(L.Dense(8, name="fc"), name="td")(inp))
+    shared = dkm_tf.share_weights(model, K, overrides={"Dense": {"n_clusters": 2}})
+    assert _by_name(shared) == {"td/layer.kernel": 2}
+    wrapped = dkm_tf.cluster_weights(model, K, overrides={"fc": {"n_clusters": 2}})
+    _, palettes = dkm_tf.strip_clustering(wrapped)
+    assert [p.codebook.shape[1] for p in palettes] == [2]
+
+
+def test_depthwise_class_key_sets_granularity():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((2, 6, 6, 3))
+    model = keras.Model(inp, L.TimeDistributed(L.DepthwiseConv2D(3), name="td_dw")(inp))
+    shared = dkm_tf.share_weights(
+        model, K, overrides={"DepthwiseConv2D": {"granularity": "per_tensor"}})
+    assert [p.layout.granularity for p in shared.palettes] == ["per_tensor"]
+
+
+def test_wrapped_class_reaches_bidirectional():
+    """{"LSTM": None} left the plain LSTM float and clustered the Bidirectional(LSTM)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 5))
+    x = L.Bidirectional(L.LSTM(4, return_sequences=True), name="bi")(inp)
+    model = keras.Model(inp, L.LSTM(3, name="plain")(x))
+    shared = dkm_tf.share_weights(model, K, overrides={"LSTM": None})
+    assert list(shared.palettes) == []
+    assert sorted(name for name, _ in shared.skipped) == ["bi", "plain"]
+    shared = dkm_tf.share_weights(model, K, overrides={"LSTM": None, "bi": {}})
+    assert sorted({p.layer_name for p in shared.palettes}) == ["bi"]
+
+
+def test_kernel_scope_reason_names_the_wrapped_class():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 2))
+    x = L.Reshape((16, 4))(L.Conv2D(4, 3, name="conv")(inp))
+    model = keras.Model(inp, L.TimeDistributed(L.Dense(3), name="td")(x))
+    shared = dkm_tf.share_weights(model, K, unit="kernel", codebook="shared")
+    why = dict(shared.skipped)["td"]
+    assert "TimeDistributed(Dense) has no k x k Conv2D kernel" in why
+    assert "clusters it" not in why
+    with pytest.raises(ValueError, match=r"a TimeDistributed layer is not supported"):
+        inp = keras.Input((2, 6, 6, 2))
+        dkm_tf.share_weights(keras.Model(inp, L.TimeDistributed(L.Conv2D(4, 3))(inp)), K,
+                             unit="kernel", codebook="shared")
+
