@@ -111,3 +111,44 @@ def test_kernel_scope_reason_names_the_wrapped_class():
         dkm_tf.share_weights(keras.Model(inp, L.TimeDistributed(L.Conv2D(4, 3))(inp)), K,
                              unit="kernel", codebook="shared")
 
+
+def _records(report):
+    return [(r.name, r.n_clusters, round(float(r.paper_total), 6)) for r in report.layers]
+
+
+@pytest.mark.parametrize("inner", ["dense", "conv2d"])
+def test_energy_of_saved_file_charges_time_distributed_kernel(tmp_path, inner):
+    """estimate(saved .keras) inferred no palette for `td` (its weight was keyed
+    `td/layer.kernel`, its records are `td`, `td#2`, `td#3`): the kernel was charged as
+    float (895.0 instead of 523.0 per step for TD(Dense 16->8), K = 4)."""
+    from dkm_tf import energy  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    shape, layer = (((3, 16), L.Dense(8, name="fc")) if inner == "dense"
+                    else ((3, 6, 6, 2), L.Conv2D(4, 3, name="conv")))
+    inp = keras.Input(shape)
+    x = L.Flatten()(L.TimeDistributed(layer, name="td")(inp))
+    model = keras.Model(inp, L.Dense(3, name="head")(x))
+    shared = dkm_tf.share_weights(model, K)
+    path = tmp_path / "shared.keras"
+    shared.model.save(path)
+    from_file = energy.estimate(str(path))
+    given = energy.estimate(shared.model, palettes=shared.palettes)
+    assert [r[0] for r in _records(given)] == ["td", "td#2", "td#3", "head"]
+    assert all(n == K for _, n, _ in _records(given))
+    assert _records(from_file) == _records(given)
+    assert _records(given) != _records(energy.estimate(model))  # float costs more
+
+
+def test_energy_palettes_of_time_distributed_separable():
+    """Palettes `td/layer.depthwise_kernel` reach the records `td/depthwise` (estimate
+    raised "names layer 'td/layer.depthwise_kernel', which is not a conv or dense layer")."""
+    from dkm_tf import energy  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((2, 6, 6, 3))
+    y = L.TimeDistributed(L.SeparableConv2D(4, 3, name="sep"), name="td")(inp)
+    shared = dkm_tf.share_weights(keras.Model(inp, y), K)
+    report = energy.estimate(shared.model, palettes=shared.palettes)
+    assert [(name, n) for name, n, _ in _records(report)] == [
+        ("td/depthwise", K), ("td/pointwise", K), ("td#2/depthwise", K), ("td#2/pointwise", K)]

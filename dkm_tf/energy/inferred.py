@@ -22,8 +22,16 @@ import numpy as np
 from dkm_tf.energy.shapes import SharingInfo
 
 
-def _record_key(layer_name, path):
-    """The record name of weight `path` of layer `layer_name` (as `collect_sharing`)."""
+def _record_key(layer_name, path, layer=None):
+    """The record name of weight `path` of layer `layer_name` (as `collect_sharing`). A
+    `TimeDistributed` `layer` (a `ClusterWeights` of one too) is recorded as the layer it
+    wraps, under its own name (`td`, `td#2`, ... per step): its `layer.` prefixes go."""
+    import keras
+
+    inner = getattr(layer, "layer", None) if callable(getattr(layer, "palettes", None)) \
+        else layer
+    while isinstance(inner, keras.layers.TimeDistributed) and path.startswith("layer."):
+        inner, path = inner.layer, path[len("layer."):]
     for part in ("depthwise", "pointwise"):
         if path.startswith(part):
             return f"{layer_name}/{part}"
@@ -142,9 +150,9 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
             continue
         for p in _wrapper_palettes(layer):  # a file saved before strip_clustering
             size = p.n_units * p.unit_dim  # records may carry the wrapper's name: a
-            key = _record_key(layer.name, p.weight_name)  # layer `cluster_fc` beside `fc`
+            key = _record_key(layer.name, p.weight_name, layer)  # `cluster_fc` beside `fc`
             if counts[layer.name] > 1 or size not in by_name.get(key, ()):  # a nested twin
-                key = _record_key(p.layer_name, p.weight_name)
+                key = _record_key(p.layer_name, p.weight_name, layer)
                 if size not in by_name.get(key, by_layer.get(key, ())):
                     continue
             if int(getattr(p, "n_transforms", 1) or 1) > 1 or p.scales is not None:
@@ -157,13 +165,14 @@ def infer_sharing(model, shapes, bits_w=16, max_clusters=256, layers=None):
                 index_bits=float(p.entropy_bits()))
             each.setdefault(key, []).append([p.n_units * p.unit_dim, info])
             wrapped.append(f"{key} K={p.n_clusters}")
-        if layer.name not in by_layer:
+        steps = isinstance(layer, keras.layers.TimeDistributed)  # records `td`, `td#2`, ...
+        if layer.name not in by_layer and not steps:  # (their layer: the wrapped one's name)
             continue
         for path, var, kind in _weights(layer):
-            key = _record_key(layer.name, path)
+            key = _record_key(layer.name, path, layer)
             w = sortable(keras.ops.convert_to_numpy(var))  # float16 as float32 for np.unique
             each.setdefault(key, []).append([w.size, None])
-            if w.size not in (by_name.get(key, set()) if key != layer.name
+            if w.size not in (by_name.get(key, set()) if key != layer.name or steps
                               else by_layer[layer.name]):
                 continue
             found = _describe(w, kind, bits_w, max_clusters)

@@ -65,6 +65,8 @@ def collect_sharing(weight_sharing, palettes, index_cost):
         n_books = int(codebook.shape[0]) if getattr(codebook, "ndim", 0) == 3 else 1
         key = p.layer_name
         weight_name = str(getattr(p, "weight_name", ""))
+        while weight_name.startswith("layer."):  # a TimeDistributed's: records name the
+            weight_name = weight_name[len("layer."):]  # wrapper (`td`, `td/depthwise`)
         for part in ("depthwise", "pointwise"):
             if weight_name.startswith(part):
                 key = f"{p.layer_name}/{part}"
