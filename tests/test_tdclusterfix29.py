@@ -13,6 +13,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import dkm_tf  # noqa: E402
@@ -152,3 +153,48 @@ def test_energy_palettes_of_time_distributed_separable():
     report = energy.estimate(shared.model, palettes=shared.palettes)
     assert [(name, n) for name, n, _ in _records(report)] == [
         ("td/depthwise", K), ("td/pointwise", K), ("td#2/depthwise", K), ("td#2/pointwise", K)]
+
+
+def _two_dense(wrapped, seed=0):
+    """(3, 16) -> Dense(8, relu) -> Dense(5), each in a TimeDistributed when ``wrapped``
+    (the same weights either way: a Dense maps the last axis)."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((3, 16))
+    a, b = L.Dense(8, activation="relu", name="fc1"), L.Dense(5, name="fc2")
+    if wrapped:
+        a, b = L.TimeDistributed(a, name="td1"), L.TimeDistributed(b, name="td2")
+    model = keras.Model(inp, b(a(inp)))
+    rng = np.random.default_rng(seed + 1)
+    model.set_weights([rng.normal(size=w.shape).astype("float32")
+                       for w in model.get_weights()])
+    return model
+
+
+@pytest.mark.parametrize("refine", ["outputs", "gptq"])
+def test_refine_time_distributed_dense(refine):
+    """refine="outputs" / "gptq" left a TimeDistributed(Dense) at plain k-means ("layer.kernel
+    is a weight inside a TimeDistributed"). It is now fitted as the Dense it wraps, on the
+    wrapper's inputs with time folded into the batch: the same codebooks and biases as the
+    plain Dense model's refine, and a lower output error than plain k-means."""
+    x = np.random.default_rng(7).normal(size=(32, 3, 16)).astype("float32")
+    td, plain = _two_dense(True), _two_dense(False)
+    ref = np.asarray(td(x), np.float64)
+    np.testing.assert_allclose(np.asarray(plain(x)), ref, rtol=1e-5, atol=1e-5)
+    kmeans = dkm_tf.share_weights(td, K)
+    got = dkm_tf.share_weights(td, K, refine=refine, data=x)
+    want = dkm_tf.share_weights(plain, K, refine=refine, data=x)
+    assert [p.weight_name for p in got.palettes] == ["layer.kernel", "layer.kernel"]
+    assert any(p.note.startswith("output-refined") for p in want.palettes)
+    for p, q in zip(got.palettes, want.palettes):
+        assert p.note.split(":")[0] == q.note.split(":")[0]
+        np.testing.assert_allclose(p.codebook, q.codebook, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(p.indices, q.indices)
+        np.testing.assert_array_equal(
+            np.asarray(clusterable.get_weight(got.model.get_layer(p.layer_name),
+                                              p.weight_name)), p.decode())
+    for t, w in zip(("td1", "td2"), ("fc1", "fc2")):
+        np.testing.assert_allclose(np.asarray(got.model.get_layer(t).layer.bias),
+                                   np.asarray(want.model.get_layer(w).bias), atol=1e-5)
+    err = float(np.mean((np.asarray(got.model(x), np.float64) - ref) ** 2))
+    err_kmeans = float(np.mean((np.asarray(kmeans.model(x), np.float64) - ref) ** 2))
+    assert err < 0.9 * err_kmeans

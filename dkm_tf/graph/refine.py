@@ -42,6 +42,12 @@ also with the weights of a Dense or Conv2D kernel re-assigned to the k-means cen
 never above it. Cost: one forward pass of the calibration inputs per fit tried and per layer, plus
 the layer's own K + 2 evaluations.
 
+A ``TimeDistributed`` of such a layer is fitted as the layer it wraps, its inputs those of the
+wrapper with the time axis folded into the batch (as the wrapper calls it): the same fit as
+the plain layer's on those inputs (two Dense(relu) -> Dense layers at K = 4 on 32 samples of 3
+steps: output MSE 6.72 with k-means, 4.93 refined, 4.69 with GPTQ; until 2026-12-07 it was
+left at k-means, "a weight inside a TimeDistributed").
+
 Applies to the palettes of those layers: one codebook per tensor, or one per output channel
 (per-channel Dense / conv kernels, depthwise kernels), where the fit decouples into one solve
 per channel, each with its channel's bias. Vector units (rows or k x k kernels of d weights)
@@ -290,17 +296,22 @@ def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch
     err = calibration.output_error(calibration.outputs(model, x, batch_size), ref)
     out = []
     for pal, (layer_f, layer_q) in zip(palettes, pair_layers(float_model, model, palettes)):
+        calls = calls_in(model, layer_q) if layer_q is not None else 1
+        graph_f, graph_q, steps, weight_name = layer_f, layer_q, 0, pal.weight_name
+        while type(layer_q).__name__ == "TimeDistributed" and layer_f is not None \
+                and pal.weight_name.startswith("layer."):  # fitted as the layer it wraps
+            layer_f, layer_q, steps = layer_f.layer, layer_q.layer, steps + 1
+            pal = dataclasses.replace(pal, weight_name=pal.weight_name[len("layer."):])
         var = get_weight(layer_q, pal.weight_name) if layer_q is not None else None
         why = "layer not found" if var is None or layer_f is None else _why_not(pal, layer_q,
                                                                                   var)
-        calls = calls_in(model, layer_q) if layer_q is not None else 1
         if why is None and calls > 1:  # the fit would see the inputs of its first call only
             why = f"the layer is called {calls} times (shared layer)"
         cands = []
         if why is None:
-            try:
-                xf = calibration.layer_inputs(float_model, layer_f, x, batch_size)
-                xq = calibration.layer_inputs(model, layer_q, x, batch_size)
+            try:  # a TimeDistributed's inputs, time folded into the batch: its layer's
+                xf, xq = (_fold(calibration.layer_inputs(m, la, x, batch_size), steps)
+                          for m, la in ((float_model, graph_f), (model, graph_q)))
                 assigned = [(pal, "")]
                 if method == "gptq":
                     g_pal, gwhy = gptq_palette(pal, layer_f, layer_q, xq, batch_size)
@@ -324,10 +335,19 @@ def refine_codebooks(float_model, model, palettes, x, *, method="outputs", batch
             if few and note.startswith("output-refined"):
                 note += f" (on {len(x)} calibration samples, fewer than {MIN_SAMPLES}: may " \
                         "over-fit them)"
+        pal = dataclasses.replace(pal, weight_name=weight_name)  # a TimeDistributed's path
         if verbose:
             print(f"  {pal.name}: {note}", flush=True)
         out.append(dataclasses.replace(pal, note="; ".join(filter(None, (pal.note, note)))))
     return out
+
+
+def _fold(xs, steps):
+    """The inputs of a layer wrapped ``steps`` times in ``TimeDistributed``: its wrapper's
+    inputs with each time axis folded into the batch (the wrapper calls it so)."""
+    for _ in range(steps):
+        xs = xs.reshape(-1, *xs.shape[2:])
+    return xs
 
 
 def _pick(model, layer, var, pal, cands, x, ref, err, batch_size):
