@@ -67,7 +67,11 @@ def override_keys(layer):
     (wrappers of wrappers: every class, innermost first, then every name). ``{"Dense": None}``
     thus leaves a plain Dense and a TimeDistributed(Dense) float alike, and ``{"Dense": None,
     "td_fc": {...}}`` clusters the wrapped one. A ``Bidirectional`` is reached by the class of
-    its forward and backward layers (``"LSTM"``; their names are Keras' ``forward_lstm``...)."""
+    its forward and backward layers (``"LSTM"``; their names are Keras' ``forward_lstm``...).
+
+    Args:
+        layer: any Keras layer.
+    """
     import keras  # noqa: PLC0415 (this module is imported without keras)
 
     chain, classes = [layer], []
