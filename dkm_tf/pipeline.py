@@ -33,8 +33,9 @@ from dkm_tf.pipeline_metrics import (
     ratio_words,
     tflite_accuracy,
 )
-from dkm_tf.pipeline_report import estimate_energy, result_notes
+from dkm_tf.pipeline_report import cluster_stage, estimate_energy, result_notes
 from dkm_tf.pipeline_skipped import skipped_layers as _skipped_layers
+from dkm_tf.training.batches import ran_out_collected
 from dkm_tf.training.data_checks import reads_once
 
 __all__ = ["METHODS", "CompressionResult", "accuracy_note", "agreement_data", "binary_threshold",
@@ -293,11 +294,14 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         t = time.perf_counter()
         reg_k, reg_p = regularizer_settings(work, n_clusters, sparsity,  # per-layer K, p
                                             override_settings(method, locals())[0], overrides)
-        work, _ = dkm_retrain(work, train_data, n_clusters=reg_k, lam=lam,
-                              relaxation=relaxation, unit=unit, epochs=dkm_epochs,
-                              sparsity=reg_p, batch_size=batch_size,
-                              verbose=max(verbose - 1, 0), preserve_sparsity=preserve_sparsity,
-                              callbacks=bar("dkm"), seed=seed, class_weight=class_weight)
+        with ran_out_collected() as ran_out:  # a one-shot generator's end: a note
+            work, _ = dkm_retrain(work, train_data, n_clusters=reg_k, lam=lam,
+                                  relaxation=relaxation, unit=unit, epochs=dkm_epochs,
+                                  sparsity=reg_p, batch_size=batch_size,
+                                  verbose=max(verbose - 1, 0), callbacks=bar("dkm"),
+                                  preserve_sparsity=preserve_sparsity, seed=seed,
+                                  class_weight=class_weight)
+        notes += ran_out
         seconds["retrain"] = time.perf_counter() - t
     t, calib = time.perf_counter(), None  # the calibration sample of a calibrated "wr"
     if method.endswith("finetune"):
@@ -310,21 +314,21 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
             f"tuning {finetune_epochs} epoch(s) with hard weight sharing (Adam, lr "
             f"{format(lr, 'g') if isinstance(lr, float) else type(lr).__name__})",
             flush=True)
-        stage = _cluster_stage(progress, work, n_clusters, overrides)
+        stage = cluster_stage(progress, work, n_clusters, overrides)
         from dkm_tf.training.wrapper_extras import scale_loss_collected  # noqa: PLC0415
-        with scale_loss_collected() as lost:  # scales the first k-means lost: a note, not
-            clustered, palettes, _ = finetune(  # cluster_weights' UserWarning
+        with scale_loss_collected() as lost, ran_out_collected() as ran_out:  # notes, not
+            clustered, palettes, _ = finetune(  # cluster_weights' UserWarning (scales lost)
                 work, train_data, n_clusters=n_clusters, unit=unit, granularity=granularity,
                 init=init, epochs=finetune_epochs, learning_rate=lr, batch_size=batch_size,
                 overrides=overrides, verbose=max(verbose - 1, 0), seed=seed,
                 preserve_sparsity=preserve_sparsity, callbacks=bar("finetune"),
                 kernel_options=kernel, class_weight=class_weight)
-        notes += lost
+        notes += lost + ran_out
         skipped = _skipped_layers(clustered, palettes, overrides, unit)  # after BN fold
     else:
         log(f"[k-means] clustering every kernel (K={n_clusters}, {unit}, {granularity}"
             f"{f'; {len(overrides)} per-layer override(s)' if overrides else ''})", flush=True)
-        stage = _cluster_stage(progress, work, n_clusters, overrides)
+        stage = cluster_stage(progress, work, n_clusters, overrides)
         if weighting or refine:
             calib = calibration_set(train_data, calibration_samples, seed)
             log(f"[k-means] calibrating on {len(calib[0])} training samples "
@@ -356,30 +360,6 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     return CompressionResult(clustered, palettes, skipped, size, label, acc_before, acc_after,
                              seconds, report, calibration={**options, "samples": len(calib[0])}
                              if calib is not None else {}, metric=metric, notes=notes)
-
-
-def _cluster_stage(progress, model, n_clusters, overrides):
-    """Open the progress stage of the k-means step: one unit per tensor it will cluster.
-
-    The k-means of all tensors runs at once (a thread pool inside ``share_weights`` /
-    ``cluster_weights``), so the bar shows the elapsed time while it runs and the tensors
-    when it ends (at ``close``, or when a fine-tuning bar takes over).
-    """
-    if progress is None:
-        return None
-    from dkm_tf.graph import clusterable  # noqa: PLC0415
-    from dkm_tf.graph.copying import iter_layers  # noqa: PLC0415
-
-    overrides, names = overrides or {}, []
-    for layer in iter_layers(model):
-        excluded = clusterable.skipped_by_overrides(layer, overrides)
-        if layer.weights and not excluded and clusterable.is_clusterable(layer):
-            names += [f"{layer.name}/{path}" for path, _, _ in
-                      clusterable.clusterable_weights(layer)]
-    stage = progress.stage(f"k-means K={n_clusters}", len(names), "tensors")
-    stage.finish_on_close = True
-    stage.note = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:5])}, ..."
-    return stage
 
 
 def save_palettes(palettes, model_path):

@@ -1,7 +1,8 @@
 """What :func:`dkm_tf.compress` reports beside the palettes: the energy estimate of the
 compressed model and the notes on its figures, computed once, kept in
 :attr:`CompressionResult.notes` and printed from there by ``summary()`` and ``dkm-tf
-compress`` (report.json's ``notes``).
+compress`` (report.json's ``notes``); and the progress stage of the k-means step
+(:func:`cluster_stage`).
 
 The notes: the compressed model's parameter count where it differs from the input model's
 (BatchNormalization folded into the kernels: fer 58,423 -> 56,215), the tensors clustered
@@ -12,7 +13,7 @@ kernel clustering stored some kernels' float16 scales as 0 (zero kernels) or coa
 
 from __future__ import annotations
 
-__all__ = ["estimate_energy", "granularity_note", "params_note", "result_notes"]
+__all__ = ["cluster_stage", "estimate_energy", "granularity_note", "params_note", "result_notes"]
 
 
 def params_note(model, compressed):
@@ -89,3 +90,27 @@ def estimate_energy(model, palettes, notes, data=()):
             notes.append(f"energy not estimated: {' '.join(str(e).split())}")
             return None
     return None
+
+
+def cluster_stage(progress, model, n_clusters, overrides):
+    """Open the progress stage of the k-means step: one unit per tensor it will cluster.
+
+    The k-means of all tensors runs at once (a thread pool inside ``share_weights`` /
+    ``cluster_weights``), so the bar shows the elapsed time while it runs and the tensors
+    when it ends (at ``close``, or when a fine-tuning bar takes over).
+    """
+    if progress is None:
+        return None
+    from dkm_tf.graph import clusterable  # noqa: PLC0415
+    from dkm_tf.graph.copying import iter_layers  # noqa: PLC0415
+
+    overrides, names = overrides or {}, []
+    for layer in iter_layers(model):
+        excluded = clusterable.skipped_by_overrides(layer, overrides)
+        if layer.weights and not excluded and clusterable.is_clusterable(layer):
+            names += [f"{layer.name}/{path}" for path, _, _ in
+                      clusterable.clusterable_weights(layer)]
+    stage = progress.stage(f"k-means K={n_clusters}", len(names), "tensors")
+    stage.finish_on_close = True
+    stage.note = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:5])}, ..."
+    return stage

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from dkm_tf.core.validate import check_finite_samples, check_int
+from dkm_tf.training.batches import BatchCount, report_ran_out
 from dkm_tf.training.class_weights import check_class_weight, weigh_classes
 from dkm_tf.training.clustering import cluster_weights, strip_clustering
 from dkm_tf.training.common import (
@@ -130,7 +131,9 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
             from dkm_tf.training.reassign import ReassignClusters  # noqa: PLC0415
 
             callbacks.append(ReassignClusters(every_n_epochs=reassign_every))
-        fit_kwargs = {"epochs": int(epochs), "verbose": verbose, "callbacks": callbacks}
+        counter = BatchCount()  # an epoch of no batch: noted (a one-shot generator)
+        fit_kwargs = {"epochs": int(epochs), "verbose": verbose,
+                      "callbacks": [counter, *callbacks]}
         train_data, val_data = (_relabel(d, model, clustered) for d in (train_data, val_data))
         if val_data is not None:
             fit_kwargs["validation_data"] = val_data
@@ -142,6 +145,7 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         else:
             history = clustered.fit(train_data, shuffle=not is_tf_dataset(train_data),
                                     **fit_kwargs)
+        report_ran_out("finetune", counter)
     stripped, palettes = strip_clustering(clustered)
     palettes = [dataclasses.replace(p, note="; ".join(n for n in [p.note, *(
         t for t in lost if f" of {p.layer_name!r} " in t)] if n))

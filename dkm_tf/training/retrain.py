@@ -8,6 +8,7 @@ from dkm_tf.core.validate import check_finite_samples, check_int, is_int
 from dkm_tf.graph.copying import copy_model
 from dkm_tf.training import callbacks as callbacks_lib
 from dkm_tf.training.attach import attach_regularizer, detach_regularizer, kmeans_regularizers
+from dkm_tf.training.batches import BatchCount, report_ran_out
 from dkm_tf.training.class_weights import check_class_weight, weigh_classes
 from dkm_tf.training.common import (
     check_data,
@@ -123,13 +124,15 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
     (xy, train_ds), (val_xy, val_ds) = _split(train_data, "train_data"), _split(val_data,
                                                                                 "val_data")
     refresh = callbacks_lib.RefreshKMeans(every_n_epochs=refresh_every)
+    counter = BatchCount()  # an epoch of no batch: noted (a one-shot generator)
     fit_kwargs = {"epochs": epochs, "verbose": verbose,
-                  "callbacks": [refresh, *(callbacks or [])], **weights,
+                  "callbacks": [refresh, counter, *(callbacks or [])], **weights,
                   "validation_data": val_xy if val_xy is not None else val_ds}
     if xy is not None:
         history = clone.fit(xy[0], xy[1], batch_size=batch_size, shuffle=True, **fit_kwargs)
     else:
         history = clone.fit(train_ds, shuffle=not is_tf_dataset(train_ds), **fit_kwargs)
+    report_ran_out("dkm_retrain", counter)
     detach_regularizer(clone)
     undo_pins()
     return clone, history
