@@ -118,3 +118,112 @@ def test_the_note_names_the_empty_epochs():
     assert "in 2 of its 5 epochs and none in epoch(s) 2-3, 5:" in ran_out_note(
         "x", [3, 0, 0, 2, 0])
     assert ran_out_note("x", [0]).startswith("x trained no batch in its 1 epoch(s)")
+
+
+# -- a one-unit custom sigmoid ------------------------------------------------------------
+# A hand-written 1 / (1 + exp(-x)) last layer of one unit trained as logits (binary
+# cross-entropy from_logits=True on probabilities: the loss of sigmoid(p), silently). Its
+# outputs are read now: in [0, 1] on the first training inputs AND in [0, 1] (and moving) when
+# the last layer's input is scaled by -100..100 is a sigmoid; logits that happen to lie in
+# [0, 1] on the sample leave it once scaled (or are a known Keras layer: not read at all).
+
+SIGMOID_NOTE = ("trained with the cross-entropy from_logits=False: the model's last layer is "
+                "not one")
+
+
+@keras.saving.register_keras_serializable(package="test_trainfix29")
+class HandSigmoid(L.Layer):
+    """A sigmoid written by hand: no Sigmoid op, so neither dkm_tf nor Keras can see it."""
+
+    def call(self, t):
+        return 1.0 / (1.0 + keras.ops.exp(-t))
+
+
+@keras.saving.register_keras_serializable(package="test_trainfix29")
+class Shift(L.Layer):
+    """Logits that happen to lie in [0, 1] on the data (0.5 + t / 100)."""
+
+    def call(self, t):
+        return 0.5 + 0.01 * t
+
+
+@keras.saving.register_keras_serializable(package="test_trainfix29")
+class SmallDense(L.Layer):
+    """A custom Dense(1) of logits with its own (small) weights: outputs in [0, 1] here."""
+
+    def build(self, shape):
+        self.w = self.add_weight(shape=(shape[-1], 1), initializer="zeros")
+        self.w.assign(np.full((shape[-1], 1), 0.01, "float32"))
+        self.b = self.add_weight(shape=(1,), initializer="zeros")
+        self.b.assign(np.array([0.5], "float32"))
+
+    def call(self, t):
+        return keras.ops.matmul(t, self.w) + self.b
+
+
+def _unit_model(last=None, activation=None):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    out = L.Dense(1, activation=activation, name="o")(L.Dense(8, activation="relu",
+                                                              name="h")(inp))
+    return keras.Model(inp, last(out) if last is not None else out)
+
+
+def _bce(p, y):
+    p = np.asarray(p, np.float64).reshape(-1)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+@pytest.mark.parametrize("last", [lambda t: HandSigmoid(name="p")(t),
+                                  lambda t: L.Dropout(0.5)(HandSigmoid(name="p")(t))],
+                         ids=["hand", "hand_then_dropout"])
+def test_a_hand_written_sigmoid_unit_trains_as_probabilities_with_a_note(last):
+    x, y = _xy()
+    p = np.asarray(_unit_model(last)(x[:32]))
+    assert 0 < p.min() and p.max() < 1  # the read is not trivial: values inside (0, 1)
+    result = dkm_tf.compress(_unit_model(last), (x, y), (x, y), method="finetune",
+                             n_clusters=4, finetune_epochs=1, seed=0, verbose=0,
+                             progress=Progress(enabled=False))
+    loss = result.model.loss
+    assert isinstance(loss, keras.losses.BinaryCrossentropy)
+    assert loss.get_config()["from_logits"] is False  # was True: sigmoid(p) trained
+    q = np.asarray(result.model(x), np.float64)
+    np.testing.assert_allclose(float(loss(y[:, None].astype("float32"), q.astype("float32"))),
+                               _bce(q, y), rtol=1e-4)  # the cross-entropy of p, not sigmoid(p)
+    said = [n for n in result.notes if n.startswith(SIGMOID_NOTE)]
+    assert len(said) == 1 and "(a sigmoid)" in said[0]
+
+
+@pytest.mark.parametrize("last", [None, lambda t: Shift(name="p")(t),
+                                  lambda t: SmallDense(name="p")(t)],
+                         ids=["keras_dense", "custom_shift", "custom_weights"])
+def test_logits_that_happen_to_lie_in_0_1_stay_logits(last):
+    from dkm_tf.training.common import default_loss
+    from dkm_tf.training.compile_settings import probabilities_note
+
+    x, y = _xy()
+    model = _unit_model(last)
+    if last is None:  # a Keras Dense(1) of logits, moved into [0, 1] on the data
+        model.get_layer("o").kernel.assign(np.full((8, 1), 0.01, "float32"))
+        model.get_layer("o").bias.assign(np.array([0.5], "float32"))
+    p = np.asarray(model(x[:32]))
+    assert 0 < p.min() and p.max() < 1  # logits inside (0, 1) on every sampled input
+    assert default_loss(model, x=x).get_config()["from_logits"] is True
+    assert probabilities_note(model, (x, y)) is None
+
+
+def test_the_cli_trains_a_hand_sigmoid_file_with_probabilities(tmp_path):
+    from dkm_tf import cli
+
+    x, y = _xy()
+    npz = str(tmp_path / "d.npz")
+    np.savez(npz, x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
+    path = str(tmp_path / "m.keras")
+    _unit_model(lambda t: HandSigmoid(name="p")(t)).save(path)
+    result = cli.run_compress(path, dataset=npz, output_dir=str(tmp_path / "out"),
+                              tflite=False, plots=False, quiet=True, method="finetune",
+                              n_clusters=4, finetune_epochs=1, seed=0,
+                              progress=Progress(enabled=False))
+    assert result.model.loss.get_config()["from_logits"] is False
+    assert sum(n.startswith(SIGMOID_NOTE) for n in result.notes) == 1
+

@@ -75,65 +75,21 @@ def default_loss(model, shape=None, x=None):
     cross-entropy, from logits unless the model ends in a sigmoid. Otherwise sparse
     categorical cross-entropy, from logits unless the model ends in a softmax
     (:func:`output_activation`); where that cannot tell and inputs ``x`` are given, outputs
-    on ``x[:32]`` in [0, 1] summing to 1 on each row are read as probabilities."""
+    on ``x[:32]`` in [0, 1] summing to 1 on each row are read as probabilities, and one unit
+    as a sigmoid where its last layer keeps it in [0, 1] for any scale of its input
+    (:func:`~dkm_tf.training.probabilities.read_activation`)."""
     import keras  # noqa: PLC0415
+
+    from dkm_tf.training.probabilities import read_activation  # noqa: PLC0415
 
     activation = output_activation(model)
-    if activation == "" and x is not None and _rows_are_probabilities(model, x):
-        activation = "softmax"
     shape = getattr(model, "output_shape", None) if shape is None else shape
-    if isinstance(shape, tuple) and len(shape) == 2 and shape[1] == 1:
+    unit = isinstance(shape, tuple) and len(shape) == 2 and shape[1] == 1
+    if activation == "" and x is not None:
+        activation = read_activation(model, x, unit)
+    if unit:
         return keras.losses.BinaryCrossentropy(from_logits=activation != "sigmoid")
     return keras.losses.SparseCategoricalCrossentropy(from_logits=activation != "softmax")
-
-
-def _rows_are_probabilities(model, x):
-    """Whether the model's single output on ``x[:32]`` has 2+ columns in [0, 1] summing to 1,
-    to the output dtype's tolerance (``sum_tolerance``: a bfloat16 softmax sums to 1 +- 0.003),
-    with ``training=False`` and ``training=True`` (logits while training and a softmax at
-    inference trained through a second softmax: 0.475 -> 0.278). A model of several outputs
-    is not read (one loss for all: output 1's logits trained as probabilities: 0.4475 -> 0.24)."""
-    import keras  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-
-    from dkm_tf.graph.sensitivity_loss import sum_tolerance, to_numpy  # noqa: PLC0415
-
-    try:
-        if isinstance(x, dict):
-            batch = {k: a[:32] for k, a in x.items()}
-        else:
-            batch = [a[:32] for a in x] if isinstance(x, (list, tuple)) else x[:32]
-        if len(getattr(model, "outputs", None) or [None]) != 1:
-            return False
-        model = _before_noise(model, keras)  # a hand softmax then Dropout (0.485 -> 0.443)
-        outs = []
-        for training in (False, True):
-            with keras.StatelessScope():  # a stateful RNN's state, BatchNorm's statistics
-                out = model(batch, training=training)  # and seeds are not moved
-            if isinstance(out, (list, tuple, dict)):
-                if len(out) != 1:
-                    return False
-                out = next(iter(out.values())) if isinstance(out, dict) else out[0]
-            outs.append((sum_tolerance(out), to_numpy(out).astype(np.float64)))  # own dtype
-    except Exception:  # noqa: BLE001 - any failure: cannot tell, keep from_logits
-        return False
-    return all(bool(out.ndim >= 2 and out.shape[-1] > 1 and out.size and np.all(out >= 0)
-                    and np.all(out <= 1) and np.all(np.abs(out.sum(-1) - 1.0) <= tol))
-               for tol, out in outs)
-
-
-def _before_noise(model, keras):
-    """``model`` cut before the Keras dropout / noise layers that end it (review R10)."""
-    try:
-        tensor = model.outputs[0]
-        while (k := type(tensor._keras_history[0])).__name__.endswith(("Dropout", "Noise")) and (
-                k.__module__.startswith("keras")):  # noqa: SLF001
-            layer, node_index, _ = tensor._keras_history  # noqa: SLF001
-            tensor = layer._inbound_nodes[node_index].input_tensors[0]  # noqa: SLF001
-        ins = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
-        return model if tensor is model.outputs[0] else keras.Model(ins, tensor)
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return model
 
 
 def check_learning_rate(learning_rate):

@@ -35,8 +35,9 @@ def compile_settings(model, metrics=None, data=None):
     single ``["accuracy"]`` failed inside ``fit`` for two outputs: "tuple arity mismatch");
     where the last activation is not known (a custom or ``Lambda`` last layer), its outputs
     on the first inputs of ``data`` (the training data, :func:`sample_inputs`) that are rows
-    of probabilities give ``from_logits=False`` (from_logits=True trained a hand-written
-    softmax's outputs through a second softmax).
+    of probabilities, or one unit of a sigmoid
+    (:func:`~dkm_tf.training.probabilities.read_activation`), give ``from_logits=False``
+    (from_logits=True trained a hand-written softmax's outputs through a second softmax).
     ``metrics`` (a list or dict) replaces the metrics. A single loss compiled with a list or
     dict of ``loss_weights`` (one per output) becomes one loss per output (Keras refused it
     inside ``fit``: "`loss_weights` must match the number of losses"); ``loss_weights`` that
@@ -86,27 +87,28 @@ def probabilities_note(model, data):
     """A note when the training functions train ``model`` (not compiled, carrying no loss,
     its last layer's activation not known: a custom or ``Lambda`` layer) with the
     cross-entropy ``from_logits=False`` because its outputs on the first inputs of ``data``
-    are rows of probabilities (:func:`compile_settings`), or with ``from_logits=True`` because
-    they could not be read (a dataset is read only where that changes nothing training sees);
-    else None."""
+    are rows of probabilities or one unit of a sigmoid (:func:`compile_settings`), or with
+    ``from_logits=True`` because they could not be read (a dataset is read only where that
+    changes nothing training sees); else None."""
     from dkm_tf.core.loss_kind import output_activation  # noqa: PLC0415
 
     if (data is None or compiled_loss(model) is not None or source_loss(model) is not None
             or output_activation(model) != ""):
         return None
-    x = sample_inputs(model, data)
+    x, shape = sample_inputs(model, data), getattr(model, "output_shape", None)
+    unit = isinstance(shape, tuple) and len(shape) == 2 and shape[1] == 1  # as default_loss
     if x is not None:
         if default_loss(model, x=x).get_config().get("from_logits") is not False:
             return None
         return ("trained with the cross-entropy from_logits=False: the model's last layer is "
                 "not one whose activation dkm_tf can read (a custom or Lambda layer) and its "
-                "outputs on the training inputs are rows of probabilities; compile the model "
-                "to train it with another loss")
-    shape = getattr(model, "output_shape", None)
-    if isinstance(shape, tuple) and shape[-1:] == (1,):
-        return None  # one unit: values in [0, 1] would not show a sigmoid (never read)
-    if _outputs(model) > 1:
-        return None  # never read (one loss for all outputs); compress refuses it to train
+                "outputs on the training inputs are " + (
+                    "in [0, 1] and stay there when its input is scaled by -100 to 100 (a "
+                    "sigmoid)" if unit else "rows of probabilities") +
+                "; compile the model to train it with another loss")
+    if _outputs(model) > 1 or not unit and isinstance(shape, tuple) and shape[-1:] == (1,):
+        return None  # never read (one loss for all outputs; compress refuses it to train),
+        # or one unit per position (binary cross-entropy: not read)
     return ("trained with the cross-entropy from_logits=True: the model's last layer is not "
             "one whose activation dkm_tf can read (a custom or Lambda layer) and its outputs "
             "on the training data could not be read without changing what training sees (a "

@@ -1,0 +1,116 @@
+"""Whether the outputs of a model whose last activation cannot be read from the op that made
+them (a custom or ``Lambda`` last layer) are probabilities, read from its outputs on a few
+training inputs (:func:`read_activation`, for
+:func:`~dkm_tf.training.common.default_loss`): rows of a softmax, or one unit of a sigmoid.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SCALES", "before_noise", "read_activation"]
+
+SAMPLES = 32
+# the factors the last layer's input is multiplied by to tell a sigmoid (in [0, 1] for any
+# input) from logits that happen to lie in [0, 1] on the sampled inputs
+SCALES = (-100.0, -10.0, 10.0, 100.0)
+
+
+def read_activation(model, x, unit=False):
+    """``"softmax"`` where the model's single output on ``x[:32]`` has 2+ columns in [0, 1]
+    summing to 1, to the output dtype's tolerance (``sum_tolerance``: a bfloat16 softmax sums
+    to 1 +- 0.003), with ``training=False`` and ``training=True`` (logits while training and a
+    softmax at inference trained through a second softmax: 0.475 -> 0.278); with ``unit``
+    (one output unit), ``"sigmoid"`` where its values are in [0, 1] in both and
+    :func:`_bounded_last_layer` holds; else ``""`` (taken as logits). A model of several
+    outputs is not read (one loss for all: output 1's logits trained as probabilities:
+    0.4475 -> 0.24). Read before the Keras dropout / noise layers that end the model."""
+    import keras  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    try:
+        if isinstance(x, dict):
+            batch = {k: a[:SAMPLES] for k, a in x.items()}
+        else:
+            batch = [a[:SAMPLES] for a in x] if isinstance(x, (list, tuple)) else x[:SAMPLES]
+        if len(getattr(model, "outputs", None) or [None]) != 1:
+            return ""
+        model = before_noise(model, keras)  # a hand softmax then Dropout (0.485 -> 0.443)
+        outs = [_outputs(model, batch, training, keras) for training in (False, True)]
+        if unit:
+            return "sigmoid" if all(
+                out.size and np.all(out >= 0) and np.all(out <= 1) for _, out in outs) and (
+                _bounded_last_layer(model, batch, keras)) else ""
+    except Exception:  # noqa: BLE001 - any failure: cannot tell, keep from_logits
+        return ""
+    return "softmax" if all(
+        bool(out.ndim >= 2 and out.shape[-1] > 1 and out.size and np.all(out >= 0)
+             and np.all(out <= 1) and np.all(np.abs(out.sum(-1) - 1.0) <= tol))
+        for tol, out in outs) else ""
+
+
+def _outputs(model, batch, training, keras):
+    """``(sum tolerance, float64 values)`` of the model's single output on ``batch``."""
+    import numpy as np  # noqa: PLC0415
+
+    from dkm_tf.graph.sensitivity_loss import sum_tolerance, to_numpy  # noqa: PLC0415
+
+    with keras.StatelessScope():  # a stateful RNN's state, BatchNorm's statistics and seeds
+        out = model(batch, training=training)  # are not moved
+    if isinstance(out, (list, tuple, dict)):
+        if len(out) != 1:
+            raise ValueError("several outputs")
+        out = next(iter(out.values())) if isinstance(out, dict) else out[0]
+    return sum_tolerance(out), to_numpy(out).astype(np.float64)  # in its own dtype
+
+
+def _bounded_last_layer(model, batch, keras):
+    """Whether the layer (or op) that made the model's output, called on its input's values
+    on ``batch`` times each of :data:`SCALES`, gives finite values in [0, 1] that differ from
+    those on the unscaled input (with ``training=False`` and ``True``). A sigmoid does, for
+    any input; logits do not: a custom layer of logits (affine in its input, or any unbounded
+    function) whose outputs happen to lie in [0, 1] on the sampled inputs leaves [0, 1] once
+    its input is 100 times larger or of the other sign, and one whose input is all zero (or
+    that ignores it) gives the same values at every scale. A last layer of several tensor
+    inputs is not read (taken as logits)."""
+    import numpy as np  # noqa: PLC0415
+
+    from dkm_tf.graph.sensitivity_loss import to_numpy  # noqa: PLC0415
+
+    op, node_index, _ = model.outputs[0]._keras_history
+    node = op._inbound_nodes[node_index]  # noqa: SLF001
+    sources = node.arguments.keras_tensors
+    if len(sources) != 1:
+        return False
+    ins = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+    feed, moved = keras.Model(ins, sources[0]), False
+    for training in (False, True):
+        with keras.StatelessScope():
+            z = feed(batch, training=training)
+            values = [_call(op, node, sources[0], z * c, training, keras) for c in (1.0, *SCALES)]
+        values = [to_numpy(v).astype(np.float64) for v in values]
+        if not all(np.all(np.isfinite(v)) and np.all(v >= 0) and np.all(v <= 1) for v in values):
+            return False
+        moved |= any(float(np.max(np.abs(v - values[0]))) > 1e-3 for v in values[1:])
+    return moved
+
+
+def _call(op, node, source, value, training, keras):
+    """``op`` called as in ``node``, with ``value`` for its tensor input ``source``."""
+    args, kwargs = node.arguments.fill_in({id(source): value})
+    if isinstance(op, keras.layers.Layer) and getattr(op, "_call_has_training_arg", False):
+        kwargs = {**kwargs, "training": training}
+    out = op(*args, **kwargs)
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def before_noise(model, keras):
+    """``model`` cut before the Keras dropout / noise layers that end it (review R10)."""
+    try:
+        tensor = model.outputs[0]
+        while (k := type(tensor._keras_history[0])).__name__.endswith(("Dropout", "Noise")) and (
+                k.__module__.startswith("keras")):  # noqa: SLF001
+            layer, node_index, _ = tensor._keras_history  # noqa: SLF001
+            tensor = layer._inbound_nodes[node_index].input_tensors[0]  # noqa: SLF001
+        ins = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+        return model if tensor is model.outputs[0] else keras.Model(ins, tensor)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return model
