@@ -214,7 +214,35 @@ def train_loss(model, model_path, method, train=None, default=False):
         raise CliUsageError("model", f"a file whose loss {str(loss)!r} loads here (dkm-tf "
                             f"compress trains it with it; {why}): {REMEDY}", model_path)
     return [f"the metric(s) {', '.join(dropped)} of {model_path} are not known here (custom "
-            "code: pass --custom_objects); trained and reported without them"] if dropped else []
+            "code: pass --custom_objects); trained and reported without them"] * bool(dropped) + (
+        unsaved_settings_notes(model, model_path))
+
+
+# a loss's setting that Keras 3.15's get_config leaves out (so no saved file says it)
+UNSAVED = {"Huber": ("delta", 1.0), "CosineSimilarity": ("axis", -1)}
+
+
+def unsaved_settings_notes(model, model_path):
+    """Notes for the losses ``model`` was just compiled with from ``model_path``'s config
+    whose setting Keras does not save (``Huber``'s ``delta``: a model compiled with
+    ``Huber(delta=0.25)`` loads back with 1.0, loss 1.5 instead of 0.469 for a prediction 2.0
+    of target 0), so that ``dkm-tf compress`` trains with Keras' default, whatever the model
+    was compiled with; none where the saved config holds it (a later Keras)."""
+    import keras  # noqa: PLC0415
+
+    notes = []
+    for loss in keras.tree.flatten(getattr(model, "loss", None)):
+        name = type(loss).__name__
+        if name in UNSAVED and isinstance(loss, getattr(keras.losses, name)) and (
+                UNSAVED[name][0] not in loss.get_config()):
+            setting, value = UNSAVED[name]
+            notes.append(f"{model_path} was compiled with {name}, whose {setting} Keras "
+                         f"{keras.__version__} does not save: dkm-tf compress trains it with "
+                         f"{setting}={value!r} (Keras' default), whatever {setting} it was "
+                         f"compiled with; to train with another {setting}, call "
+                         f"dkm_tf.compress in Python on the model compiled with "
+                         f"keras.losses.{name}({setting}=...)")
+    return list(dict.fromkeys(notes))  # one loss per output: one note
 
 
 def _compile_as_file(model, config, dropped):

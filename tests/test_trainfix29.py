@@ -227,3 +227,42 @@ def test_the_cli_trains_a_hand_sigmoid_file_with_probabilities(tmp_path):
     assert result.model.loss.get_config()["from_logits"] is False
     assert sum(n.startswith(SIGMOID_NOTE) for n in result.notes) == 1
 
+
+# -- a loss setting Keras does not save ----------------------------------------------------
+# Keras 3.15's Huber.get_config() has no delta: a file compiled with Huber(delta=0.25) loads
+# back with delta 1.0 and `dkm-tf compress` trained it so with no note (nothing in the file
+# says the delta). Now a note says the delta is Keras' default whatever it was compiled with.
+
+HUBER_NOTE = "was compiled with Huber, whose delta Keras"
+
+
+def _regressor_file(tmp_path, loss):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    model = keras.Model(inp, L.Dense(1, name="o")(L.Dense(8, activation="relu", name="h")(inp)))
+    model.compile(optimizer="adam", loss=loss)
+    path = str(tmp_path / "r.keras")
+    model.save(path)
+    x, y = _xy()  # whole-number targets (the CLI's --dataset labels are integers)
+    npz = str(tmp_path / "r.npz")
+    np.savez(npz, x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
+    return path, npz
+
+
+@pytest.mark.parametrize("loss", [keras.losses.Huber(delta=0.25), "mse"], ids=["huber", "mse"])
+def test_the_cli_notes_the_huber_delta_a_file_cannot_hold(tmp_path, loss):
+    from dkm_tf import cli
+
+    path, npz = _regressor_file(tmp_path, loss)
+    result = cli.run_compress(path, dataset=npz, output_dir=str(tmp_path / "out"),
+                              tflite=False, plots=False, quiet=True, method="finetune",
+                              n_clusters=4, finetune_epochs=1, seed=0,
+                              progress=Progress(enabled=False))
+    said = [n for n in result.notes if HUBER_NOTE in n]
+    if loss == "mse":
+        assert said == []
+        return
+    assert len(said) == 1 and "trains it with delta=1.0 (Keras' default)" in said[0]
+    trained = result.model.loss  # the loss it trained with: delta 1.0, as the note says
+    got = float(trained(np.zeros((1, 1), "float32"), np.full((1, 1), 2.0, "float32")))
+    np.testing.assert_allclose(got, 1.0 * (2.0 - 0.5 * 1.0), rtol=1e-6)  # not 0.25 * 1.875
