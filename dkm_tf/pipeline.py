@@ -195,7 +195,9 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         train_data: ``(x, y)`` (or a finite, batched dataset) for the methods that train
             (``finetune``, ``dkm``; see :func:`dkm_tf.finetune` for the forms refused);
             ``(x, None)`` serves as unlabelled calibration inputs of ``weighting`` /
-            ``refine``.
+            ``refine``. A stage's epoch that trains no batch is noted (a ``from_generator``
+            dataset over a one-shot Python generator: ``"dkm+finetune"``'s fine-tune stage
+            trained none after its DKM stage used it up; pass a generator function).
         test_data: ``(x, y)`` to report accuracy before and after (optional); ``y`` holds
             class ids, shape (samples,) or (samples, 1) (one-hot labels are refused: pass
             ``y.argmax(-1)``). ``(x, None)``: held-out inputs without labels; the figures are

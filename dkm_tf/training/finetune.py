@@ -40,7 +40,9 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
             outputs) or a finite ``tf.data.Dataset`` / ``keras.utils.PyDataset`` yielding
             ``(x, y)`` batches; not a generator (read once), nor an infinite dataset (take a
             finite part with ``.take(n)``). Labels are class ids, shape (samples,) or
-            (samples, 1), with a sparse categorical cross-entropy (the default loss).
+            (samples, 1), with a sparse categorical cross-entropy (the default loss). An
+            epoch that trains no batch (a ``from_generator`` dataset over a one-shot Python
+            generator, used up by the first epoch) is a ``UserWarning`` (``compress``: a note).
         val_data: optional validation data in the same form.
         n_clusters, unit, granularity, init, overrides, latent, preserve_sparsity: see
             :func:`cluster_weights` (``preserve_sparsity`` keeps a pruned model's zeros).

@@ -54,7 +54,9 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
             outputs) or a finite, batched ``tf.data.Dataset`` / ``keras.utils.PyDataset`` of
             ``(x, y)``; not a generator (read once), nor an infinite dataset (take a finite
             part with ``.take(n)``). Labels are class ids, shape (samples,) or (samples, 1),
-            with a sparse categorical cross-entropy (the default loss).
+            with a sparse categorical cross-entropy (the default loss). An epoch that trains
+            no batch (a ``from_generator`` dataset over a one-shot Python generator, used up
+            by the first epoch) is a ``UserWarning`` (``compress``: a note).
         val_data: optional ``(x, y)`` or dataset for validation.
         n_clusters: K, an int or ``{layer name: K}``.
         lam: λ of the penalty (λ/2)‖W − W F Fᵀ‖².
