@@ -124,7 +124,8 @@ def test_the_note_names_the_empty_epochs():
 # A hand-written 1 / (1 + exp(-x)) last layer of one unit trained as logits (binary
 # cross-entropy from_logits=True on probabilities: the loss of sigmoid(p), silently). Its
 # outputs are read now: in [0, 1] on the first training inputs AND in [0, 1] (and moving) when
-# the last layer's input is scaled by -100..100 is a sigmoid; logits that happen to lie in
+# the last layer's input (before weightless one-input ops: a keras.ops chain) is scaled by
+# -100..100 is a sigmoid; logits that happen to lie in
 # [0, 1] on the sample leave it once scaled (or are a known Keras layer: not read at all).
 
 SIGMOID_NOTE = ("trained with the cross-entropy from_logits=False: the model's last layer is "
@@ -175,8 +176,9 @@ def _bce(p, y):
 
 
 @pytest.mark.parametrize("last", [lambda t: HandSigmoid(name="p")(t),
-                                  lambda t: L.Dropout(0.5)(HandSigmoid(name="p")(t))],
-                         ids=["hand", "hand_then_dropout"])
+                                  lambda t: L.Dropout(0.5)(HandSigmoid(name="p")(t)),
+                                  lambda t: 1.0 / (1.0 + keras.ops.exp(-t))],
+                         ids=["hand", "hand_then_dropout", "keras_ops_chain"])
 def test_a_hand_written_sigmoid_unit_trains_as_probabilities_with_a_note(last):
     x, y = _xy()
     p = np.asarray(_unit_model(last)(x[:32]))

@@ -63,10 +63,13 @@ def _outputs(model, batch, training, keras):
 
 
 def _bounded_last_layer(model, batch, keras):
-    """Whether the layer (or op) that made the model's output, called on its input's values
-    on ``batch`` times each of :data:`SCALES`, gives finite values in [0, 1] that differ from
-    those on the unscaled input (with ``training=False`` and ``True``). A sigmoid does, for
-    any input; logits do not: a custom layer of logits (affine in its input, or any unbounded
+    """Whether the tail of the model that made its output, called on the values of the
+    tensor it starts from on ``batch`` times each of :data:`SCALES`, gives finite values in
+    [0, 1] that differ from those on the unscaled tensor (with ``training=False`` and
+    ``True``). The tail is the last layer (or op) and the ops before it that have no weights
+    and one tensor input each (``1 / (1 + ops.exp(-t))``: divide, add, exp, negative), back
+    to the layer with weights (or the input) that feeds them. A sigmoid is in [0, 1] for any
+    input; logits are not: a custom layer of logits (affine in its input, or any unbounded
     function) whose outputs happen to lie in [0, 1] on the sampled inputs leaves [0, 1] once
     its input is 100 times larger or of the other sign, and one whose input is all zero (or
     that ignores it) gives the same values at every scale. A last layer of several tensor
@@ -75,18 +78,27 @@ def _bounded_last_layer(model, batch, keras):
 
     from dkm_tf.graph.sensitivity_loss import to_numpy  # noqa: PLC0415
 
-    op, node_index, _ = model.outputs[0]._keras_history
-    node = op._inbound_nodes[node_index]  # noqa: SLF001
-    sources = node.arguments.keras_tensors
-    if len(sources) != 1:
+    chain, tensor = [], model.outputs[0]
+    for _ in range(64):
+        op, node_index, _ = tensor._keras_history  # noqa: SLF001
+        node = op._inbound_nodes[node_index]  # noqa: SLF001
+        sources = node.arguments.keras_tensors
+        if len(sources) != 1 or chain and getattr(op, "weights", None):
+            break  # the last layer is always in the tail; a layer with weights ends it
+        chain.append((op, node, sources[0]))
+        tensor = sources[0]
+    if not chain:
         return False
     ins = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
-    feed, moved = keras.Model(ins, sources[0]), False
+    feed, moved = keras.Model(ins, chain[-1][2]), False
     for training in (False, True):
         with keras.StatelessScope():
-            z = feed(batch, training=training)
-            values = [_call(op, node, sources[0], z * c, training, keras) for c in (1.0, *SCALES)]
-        values = [to_numpy(v).astype(np.float64) for v in values]
+            z, values = feed(batch, training=training), []
+            for c in (1.0, *SCALES):
+                value = z * c
+                for op, node, source in reversed(chain):
+                    value = _call(op, node, source, value, training, keras)
+                values.append(to_numpy(value).astype(np.float64))
         if not all(np.all(np.isfinite(v)) and np.all(v >= 0) and np.all(v <= 1) for v in values):
             return False
         moved |= any(float(np.max(np.abs(v - values[0]))) > 1e-3 for v in values[1:])
