@@ -131,7 +131,8 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     y, or a finite, batched ``tf.data.Dataset`` / ``keras.utils.PyDataset`` (its own batches;
     ``batch_size`` applies to arrays), checked before any training as
     :func:`compress` checks it (labels in range, no endless dataset). ``callbacks``: Keras
-    callbacks for ``fit`` (e.g. a :meth:`dkm_tf.progress.Progress.keras_callback` bar).
+    callbacks for ``fit`` (e.g. a :meth:`dkm_tf.progress.Progress.keras_callback` bar). An
+    epoch that trains no batch (a one-shot generator used up) is a ``UserWarning``.
     """
     import keras  # noqa: PLC0415
 
@@ -152,7 +153,12 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
            if isinstance(train_data, tuple) else {"x": train_data})
     if is_tf_dataset(train_data):  # Keras cannot shuffle it, and warns when asked to
         fit["shuffle"] = False
-    return model.fit(**fit, epochs=epochs, verbose=verbose, callbacks=list(callbacks or []))
+    from dkm_tf.training.batches import BatchCount, report_ran_out  # noqa: PLC0415
+    counter = BatchCount()  # an epoch of no batch (a one-shot generator): a UserWarning
+    history = model.fit(**fit, epochs=epochs, verbose=verbose,
+                        callbacks=[counter, *(callbacks or [])])
+    report_ran_out("train_classifier", counter)
+    return history
 
 
 def _output_shape(model, data):

@@ -18,6 +18,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 import dkm_tf  # noqa: E402
+from dkm_tf import pipeline  # noqa: E402
 from dkm_tf.progress import Progress  # noqa: E402
 from dkm_tf.training.batches import ran_out_note  # noqa: E402
 
@@ -110,6 +111,13 @@ def test_the_training_functions_warn_of_epochs_without_a_batch(train):
         call(_model(), _fresh(), **kw)  # a generator function: no warning
         x, y = _xy()
         call(_model(), (x, y), **kw)  # arrays: none
+
+
+@pytest.mark.filterwarnings(RAN_OUT)
+def test_train_classifier_warns_of_epochs_without_a_batch():
+    with pytest.warns(UserWarning, match=r"^train_classifier trained 4 batch\(es\) in 1 of "
+                      r"its 2 epochs and none in epoch\(s\) 2: the training data ran out"):
+        pipeline.train_classifier(_model(), _one_shot(), epochs=2)
 
 
 def test_the_note_names_the_empty_epochs():
