@@ -205,9 +205,17 @@ def test_a_hand_written_sigmoid_unit_trains_as_probabilities_with_a_note(last):
 
 
 @pytest.mark.parametrize("last", [None, lambda t: Shift(name="p")(t),
-                                  lambda t: SmallDense(name="p")(t)],
-                         ids=["keras_dense", "custom_shift", "custom_weights"])
+                                  lambda t: SmallDense(name="p")(t),
+                                  lambda t: SmallDense(name="p")(L.Activation("tanh")(t)),
+                                  lambda t: SmallDense(name="p")(L.Activation("sigmoid")(t)),
+                                  lambda t: SmallDense(name="p")(L.UnitNormalization()(t))],
+                         ids=["keras_dense", "custom_shift", "custom_weights",
+                              "custom_weights_after_tanh", "custom_weights_after_sigmoid",
+                              "custom_weights_after_unit_normalization"])
 def test_logits_that_happen_to_lie_in_0_1_stay_logits(last):
+    # custom_weights_after_*: a layer with weights of its own is the whole tail and its own
+    # input is scaled; scaling the Dense before the bounded activation kept 0.5 + 0.01 * t in
+    # [0, 1] at every scale, read as a sigmoid (review R3)
     from dkm_tf.training.common import default_loss
     from dkm_tf.training.compile_settings import probabilities_note
 

@@ -66,9 +66,11 @@ def _bounded_last_layer(model, batch, keras):
     """Whether the tail of the model that made its output, called on the values of the
     tensor it starts from on ``batch`` times each of :data:`SCALES`, gives finite values in
     [0, 1] that differ from those on the unscaled tensor (with ``training=False`` and
-    ``True``). The tail is the last layer (or op) and the ops before it that have no weights
-    and one tensor input each (``1 / (1 + ops.exp(-t))``: divide, add, exp, negative), back
-    to the layer with weights (or the input) that feeds them. A sigmoid is in [0, 1] for any
+    ``True``). The tail is the last layer alone where it has weights (its own input is
+    scaled: a bounded ``Activation("tanh")`` before it must not hide its logits), else the
+    last layer (or op) and the ops before it that have no weights and one tensor input each
+    (``1 / (1 + ops.exp(-t))``: divide, add, exp, negative), back to the layer with weights
+    (or the input) that feeds them. A sigmoid is in [0, 1] for any
     input; logits are not: a custom layer of logits (affine in its input, or any unbounded
     function) whose outputs happen to lie in [0, 1] on the sampled inputs leaves [0, 1] once
     its input is 100 times larger or of the other sign, and one whose input is all zero (or
@@ -83,8 +85,9 @@ def _bounded_last_layer(model, batch, keras):
         op, node_index, _ = tensor._keras_history  # noqa: SLF001
         node = op._inbound_nodes[node_index]  # noqa: SLF001
         sources = node.arguments.keras_tensors
-        if len(sources) != 1 or chain and getattr(op, "weights", None):
-            break  # the last layer is always in the tail; a layer with weights ends it
+        if len(sources) != 1 or chain and (
+                getattr(op, "weights", None) or getattr(chain[0][0], "weights", None)):
+            break  # the last layer is always in the tail, alone where it has weights
         chain.append((op, node, sources[0]))
         tensor = sources[0]
     if not chain:
