@@ -67,7 +67,8 @@ def _bounded_last_layer(model, batch, keras):
     tensor it starts from on ``batch`` times each of :data:`SCALES`, gives finite values in
     [0, 1] that differ from those on the unscaled tensor (with ``training=False`` and
     ``True``). The tail is the last layer alone where it has weights (its own input is
-    scaled: a bounded ``Activation("tanh")`` before it must not hide its logits), else the
+    scaled: a bounded ``Activation("tanh")`` before it must not hide its logits; so a learned
+    scale after ``Activation("sigmoid")`` is read as logits: the two look alike), else the
     last layer (or op) and the ops before it that have no weights and one tensor input each
     (``1 / (1 + ops.exp(-t))``: divide, add, exp, negative), back to the layer with weights
     (or the input) that feeds them. A sigmoid is in [0, 1] for any
