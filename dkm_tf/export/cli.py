@@ -212,7 +212,7 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
 
     check_built_model(model)  # refusals to_tflite makes, before any clustering
     unread = _compile_as_classifier(model, model_path) if format == "int8" else None
-    convert_lib.check_int8_mode(model, format, int8_mode, INT8_MODES)
+    convert_lib.check_int8_mode(model, format, int8_mode, INT8_MODES, (samples, representative))
     if n_clusters is not None:  # post-training k-means (no fine-tuning): share_weights
         from dkm_tf.graph.share import share_weights  # noqa: PLC0415
 

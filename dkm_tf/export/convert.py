@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from dkm_tf.core import std_fds
-from dkm_tf.export.calibration import check_calibration
+from dkm_tf.export.calibration import check_calibration, require_calibration_data
 from dkm_tf.export.canonical import canonicalize
 from dkm_tf.export.convert_failures import check_signature, system_failure
 from dkm_tf.export.io_names import input_keys, keras_input_names, name_inputs
@@ -266,16 +266,19 @@ def pad_odd_rows(ids, seed=1):
     return len(ids) > 1
 
 
-def check_int8_mode(model, format, int8_mode, modes):  # noqa: A002 - to_tflite's name
+def check_int8_mode(model, format, int8_mode, modes, calibration=None):  # noqa: A002
     """Check ``int8_mode`` (one of ``modes``) and, for ``format="int8"`` with
     ``int8_mode="full"``, that ``model`` can be calibrated
-    (:func:`~dkm_tf.export.model_check.check_full_int8`: no recurrent loop), before any work.
+    (:func:`~dkm_tf.export.model_check.check_full_int8`: no recurrent loop) on data
+    (:func:`~dkm_tf.export.calibration.require_calibration_data`), before any work.
 
     Args:
         model: the model to export (anything else is left to the model checks).
-        format: the export format.
+        format: the export format (``to_tflite``'s name).
         int8_mode: ``"dynamic"`` or ``"full"``.
         modes: the allowed ``int8_mode`` values.
+        calibration: None (not checked) or the pair ``(sample_inputs,
+            representative_data)``; full int8 with both None is refused.
     """
     from dkm_tf.core.validate import check_choice  # noqa: PLC0415
     from dkm_tf.export.model_check import check_full_int8  # noqa: PLC0415
@@ -283,6 +286,8 @@ def check_int8_mode(model, format, int8_mode, modes):  # noqa: A002 - to_tflite'
     check_choice("int8_mode", int8_mode, modes)
     if format == "int8" and int8_mode == "full" and hasattr(model, "_flatten_layers"):
         check_full_int8(model)
+    if format == "int8" and int8_mode == "full" and calibration is not None:
+        require_calibration_data(*calibration)
 
 
 def _flatten_outputs(y):

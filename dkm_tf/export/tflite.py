@@ -159,14 +159,14 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
             string inputs; stateful RNN layers (``stateful=True``: a fixed batch, not
             verifiable at batch 1 and n); ``int8_mode="full"`` with a recurrent loop (LSTM,
             GRU, SimpleRNN, Bidirectional without ``unroll=True``: TensorFlow's calibrator
-            crashes). Also before any work, an argument given a non-default value where it does
-            not apply (``decode`` outside
-            ``"palettized"``; ``max_table_bytes``, ``matmul_lowering``, ``keep_float``,
-            ``index_packing``, ``kept_dtype`` outside ``"palettized"`` with ``"once"``, and
-            ``kept_dtype`` with ``keep_float=None``; ``int8_mode`` outside ``"int8"``;
-            ``int8_scales`` outside ``"int8"`` with palettes; ``representative_data``
-            outside ``int8_mode="full"``; ``interpreters`` with ``"tflm"``:
-            :data:`dkm_tf.export.policy.APPLIES`).
+            crashes) or without ``sample_inputs`` and ``representative_data`` (refused:
+            ``CalibrationError``). Before any work, an argument given a non-default value where
+            it does not apply (``decode`` outside ``"palettized"``; ``max_table_bytes``,
+            ``matmul_lowering``, ``keep_float``, ``index_packing``, ``kept_dtype`` outside
+            ``"palettized"`` with ``"once"``, and ``kept_dtype`` with ``keep_float=None``;
+            ``int8_mode`` outside ``"int8"``; ``int8_scales`` outside ``"int8"`` with palettes;
+            ``representative_data`` outside ``int8_mode="full"``; ``interpreters`` with
+            ``"tflm"``: :data:`dkm_tf.export.policy.APPLIES`).
         ExportVerificationError: the written model disagrees with Keras (nothing written),
             or, for full int8 without ``representative_data``, its held-out check fails
             by a clear margin (:func:`dkm_tf.export.held_out.clear_failure`);
@@ -181,7 +181,8 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     """
     check_choice("format", format, FORMATS)
     check_choice("decode", decode, DECODE_MODES)
-    convert_lib.check_int8_mode(model, format, int8_mode, INT8_MODES)  # full: no RNN loop
+    convert_lib.check_int8_mode(model, format, int8_mode, INT8_MODES,  # full: no RNN loop
+                                (sample_inputs, representative_data))  # and data
     check_choice("int8_scales", int8_scales, INT8_SCALES)
     check_export_args(model, sample_inputs, representative_data=representative_data,
                       tolerance=tolerance, interpreters=interpreters,
@@ -318,8 +319,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         notes.append(f"file is {len(content) / len(float_content):.2f}x the float file's size: "
                      "the decode ops and tensors outweigh the bytes the palettes save on this "
                      "model (too few weights); format='float' is smaller")
-    n_params = deployed_param_count(model)  # less a ClusterWeights' codebook / indices
-    graph = max(0, len(float_content) - 4 * n_params)
+    graph = max(0, len(float_content) - 4 * (n_params := deployed_param_count(model)))
     return ExportReport(path, format, variant, len(content), len(gzip.compress(content, 9)),
                         len(float_content),
                         analytic_bytes(model, format, variant, records, palettes) + graph,
