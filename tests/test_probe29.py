@@ -8,6 +8,12 @@
   ``CalibrationError`` (a ``ValueError``) naming the argument, before any conversion, and
   nothing is written; ``export_all`` reports its ``"int8_full"`` target refused and writes
   the others; ``export.cli.run_to_tflite`` refuses it before clustering.
+* The k-means regularizer of a float64 layer returned a float64 penalty, which Keras (summing
+  losses in float32 on TensorFlow) could not add: ``compress(method="dkm")``,
+  ``dkm_retrain`` and ``attach_regularizer`` + ``fit`` on a float64 model failed inside
+  ``fit`` with TensorFlow's "Cannot convert a list containing a tensor of dtype float64 to
+  float32". The penalty is now float32 for float64 weights too (as for float16 / bfloat16),
+  and training moves the kernel toward its cluster means exactly as in float32.
 """
 
 import keras
@@ -79,3 +85,36 @@ def test_export_cli_refuses_before_clustering(tmp_path, monkeypatch):
     with pytest.raises(CalibrationError, match="representative_data"):
         cli.run_to_tflite(path, out, format="int8", int8_mode="full", n_clusters=4)
     assert not out.exists()
+
+
+def test_float64_layer_trains_with_the_kmeans_regularizer():
+    """One SGD step on zero inputs (the data loss gives the kernel no gradient): W' = W -
+    lr * lam * (W - target), target = each weight's cluster mean (numpy, K = 2, two clearly
+    separated groups of signs)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3,), dtype="float64")
+    dense = keras.layers.Dense(4, dtype="float64", name="fc")
+    model = keras.Model(inp, dense(inp))
+    w = np.array([[-1.1, -1.0, -0.9, 1.0], [0.9, 1.1, -1.05, 0.95], [-0.95, 1.05, 1.2, -1.2]])
+    dense.kernel.assign(w)
+    dkm_tf.attach_regularizer(model, n_clusters=2, lam=1.0, include_dense=True)
+    target = np.where(w < 0, w[w < 0].mean(), w[w > 0].mean())
+    (penalty,) = model.losses
+    assert abs(float(penalty) - 0.5 * np.sum((w - target) ** 2)) < 1e-6
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+    model.fit(np.zeros((4, 3)), np.zeros((4, 4)), epochs=1, batch_size=4, verbose=0)
+    np.testing.assert_allclose(dense.kernel.numpy(), 0.5 * w + 0.5 * target, atol=1e-6)
+    assert dense.kernel.dtype == "float64"
+
+
+def test_compress_dkm_of_a_float64_model_runs():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,), dtype="float64")
+    hid = keras.layers.Dense(8, activation="relu", dtype="float64")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, dtype="float64")(hid))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 6)), rng.integers(0, 3, 32)
+    result = dkm_tf.compress(model, (x, y), (x, y), method="dkm", n_clusters=4, dkm_epochs=1,
+                             verbose=0)
+    for layer in result.model.layers[1:]:
+        assert len(np.unique(layer.kernel.numpy())) <= 4

@@ -94,7 +94,12 @@ def test_hard_refresh_never_raises_the_penalty():
 
 @pytest.mark.parametrize("relaxation,sparsity", [("hard", 0.0), ("hard", 0.3),
                                                  ("spectral", 0.0), ("spectral", 0.25)])
-def test_gradient_matches_formula_and_finite_differences(relaxation, sparsity):
+def test_gradient_matches_formula_and_finite_differences(relaxation, sparsity, request):
+    # a float64 penalty (the finite differences need its precision) is returned under a
+    # float64 floatx, the dtype Keras sums losses in (float32 by default: test_probe29)
+    old = keras.config.floatx()
+    request.addfinalizer(lambda: keras.config.set_floatx(old))
+    keras.config.set_floatx("float64")
     rng = np.random.default_rng(5)
     w = rng.normal(size=(3, 3, 3, 4))
     var = _var(w, "float64")

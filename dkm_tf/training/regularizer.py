@@ -331,7 +331,7 @@ class SpectralKMeansRegularizer(keras.regularizers.Regularizer, state_lib.KerasS
             target = ops.reshape(ops.take(means, segment, axis=0), st["shape"])
         penalty = (0.5 * self.lam) * ops.cast(st["ready"], acc) * ops.sum(ops.square(xa - target))
         st["total"].assign_add(ops.cast(ops.stop_gradient(penalty), "float32"))
-        penalty = ops.cast(penalty, "float32" if "16" in str(x.dtype) else x.dtype)  # Keras' sum
+        penalty = ops.cast(penalty, keras.backend.floatx())  # Keras sums losses in floatx
         st["count"].assign_add(1.0)
         if self.base is not None:
             penalty = penalty + ops.cast(self.base(x), penalty.dtype)
