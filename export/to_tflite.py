@@ -106,6 +106,12 @@ def main(argv):
     bad += path_flag_errors(model=_MODEL.value, output=_OUTPUT.value, palettes=_PALETTES.value,
                             samples=_SAMPLES.value, representative_data=_REPR.value)
     bad += [e for e in [tolerance_flag_error(_TOLERANCE.value)] if e]
+    if _FORMAT.value == "int8" and _INT8.value == "full" and not (_SAMPLES.value or _REPR.value):
+        bad.append("Invalid value for flag `--representative_data`. Expected a calibration "
+                   "file of the data the model will run on (.npy / .npz, or --samples) with "
+                   "--int8_mode=full: without either, full int8 would be calibrated on seeded "
+                   "noise (use --int8_mode=dynamic to need none). Received: neither "
+                   "--representative_data nor --samples")
     if bad:  # a usage error, before any work: the first such flag, one line
         print(f"to_tflite.py: error: {bad[0]}", file=sys.stderr)
         sys.exit(2)

