@@ -87,7 +87,8 @@ _REPR = flags.DEFINE_string("representative_data", None, "--int8_mode=full: cali
                              "array); then --samples are verification samples only, held "
                              "out. Without it, full int8 is calibrated on --samples and "
                              "judged on a held-out half of them (from 8 samples refused "
-                             "where that fails clearly, else a warning; under 4, no check).")
+                             "where that fails clearly, else a warning; under 4, no check). "
+                             "--int8_mode=full needs it or --samples.")
 _TOLERANCE = flags.DEFINE_float("tolerance", None, "Relative tolerance of the verification "
                                  "(max |tflite - keras| / max |keras| per output), a positive "
                                  "number; default: the format's (float 1e-5, up to 1e-4 for "
