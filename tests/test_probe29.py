@@ -22,6 +22,9 @@
 * ``size_report({name: palette})`` or ``size_report("...")`` iterated the dict's keys / the
   characters and said "Received: a list holding ['str']"; it now names the type received
   (``dict``, with ``list(palettes.values())`` as the fix; ``str``), as ``to_tflite`` does.
+* ``to_tflite(..., tolerance=0)`` (allowed: "a finite number >= 0") divided each unit's error
+  by an allowance of 0 and let numpy's "divide by zero" / "invalid value" RuntimeWarnings out
+  (errors in a test suite run with warnings as errors) before the refusal.
 """
 
 import pathlib
@@ -172,3 +175,19 @@ def test_size_report_names_a_dict_or_str_of_palettes(given, received):
         dkm_tf.size_report(arg)
     assert "argument `palettes`" in str(err.value) and str(err.value).endswith(received)
     assert dkm_tf.size_report(tuple(palettes)).rows  # any other sequence of Palette: fine
+
+
+def test_tolerance_zero_refuses_without_numpy_warnings(tmp_path):
+    import warnings
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    hid = keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(inp))
+    model = keras.Model(inp, keras.layers.Dense(3)(hid))
+    x = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 1)).astype("float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning would be raised instead
+        with pytest.raises(dkm_tf.export.ExportVerificationError, match="tolerance 0"):
+            dkm_tf.export.to_tflite(model, tmp_path / "m.tflite", format="float",
+                                    sample_inputs=x, tolerance=0)
+    assert list(tmp_path.iterdir()) == []

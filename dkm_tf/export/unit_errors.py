@@ -117,7 +117,8 @@ def unit_report(got, reference, tolerance, unit_floor=None, skip=()):
                 unit = "x its max |keras|"
             else:
                 allowed = tol * scale + fl * max(whole, 1e-30)  # absolute, one per unit
-                score = err / allowed
+                with np.errstate(divide="ignore", invalid="ignore"):  # tolerance=0: 0 allowed
+                    score = err / allowed  # an error > 0 is inf (refused), none is NaN (not)
                 unit = "of what it is allowed"
                 excess = max(float(score.max()), -1.0 if excess != excess else excess)
             j = int(np.argmax(score))
