@@ -1,0 +1,53 @@
+"""Follow-ups to probe 29 (review R6, 2026-12-07).
+
+* No test checked a float64 layer's k-means penalty *gradient* at float64 precision under the
+  default float32 floatx: a regularizer computing a float64 kernel's penalty in float32
+  (casting the weight to floatx first) passed every test. The gradient under floatx float32
+  now is checked equal to the one under floatx float64, and to numpy's ``lam (W - means)``,
+  to 1e-12.
+* ``export_all(model, None, out, None, targets=("float", "int8_full"))`` refused the int8_full
+  target with ``to_tflite``'s advice to pass ``representative_data``, which ``export_all`` has
+  no parameter for: it is now refused before the float conversion, naming ``sample_inputs``.
+* ``to_tflite("notamodel", path, "int8", int8_mode="full")`` raised the missing calibration
+  data's ``CalibrationError`` before the ``TypeError`` naming the model.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dkm_tf
+import dkm_tf.export.convert as convert_lib
+from dkm_tf.export.calibration import CalibrationError
+
+# 4 negative and 8 positive weights: cluster sizes powers of 2, so 1 / count is exact in the
+# regularizer's float32 scale state and the float64 reference needs no tolerance for it
+_W = np.array([[-1.1, 0.9, 1.3, 0.7], [-0.93, 1.17, 1.01, 0.83], [-1.07, 1.21, -0.97, 0.77]])
+
+
+def _penalty_gradient(floatx):
+    keras.config.set_floatx(floatx)
+    try:
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((3,), dtype="float64")
+        dense = keras.layers.Dense(4, dtype="float64", name="fc")
+        model = keras.Model(inp, dense(inp))
+        dense.kernel.assign(_W)
+        dkm_tf.attach_regularizer(model, n_clusters=2, lam=1.0, include_dense=True)
+        with tf.GradientTape() as tape:
+            (penalty,) = model.losses
+        grad = tape.gradient(penalty, dense.kernel)
+    finally:
+        keras.config.set_floatx("float32")
+    return np.asarray(grad.numpy()), penalty
+
+
+def test_float64_penalty_gradient_is_float64_under_float32_floatx():
+    g32, p32 = _penalty_gradient("float32")
+    g64, p64 = _penalty_gradient("float64")
+    assert g32.dtype == np.float64 and g64.dtype == np.float64
+    assert np.abs(g32 - g64).max() < 1e-12, np.abs(g32 - g64).max()
+    means = np.where(_W < 0, _W[_W < 0].mean(), _W[_W > 0].mean())  # numpy, float64
+    assert np.abs(g32 - 1.0 * (_W - means)).max() < 1e-12, np.abs(g32 - (_W - means)).max()
+    assert p32.dtype == "float32" and p64.dtype == "float64"  # Keras sums losses in floatx
