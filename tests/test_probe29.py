@@ -87,7 +87,7 @@ def test_export_all_reports_int8_full_refused_and_writes_the_rest(tmp_path):
         reports = dkm_tf.export.export_all(_model(), None, str(tmp_path),
                                            targets=("float", "int8_full"))
     assert "float" in reports and "int8_full" not in reports
-    assert "representative_data=None" in reports.refused["int8_full"]
+    assert "Received: sample_inputs=None" in reports.refused["int8_full"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.float.tflite"]
 
 

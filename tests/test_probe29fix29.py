@@ -51,3 +51,45 @@ def test_float64_penalty_gradient_is_float64_under_float32_floatx():
     means = np.where(_W < 0, _W[_W < 0].mean(), _W[_W > 0].mean())  # numpy, float64
     assert np.abs(g32 - 1.0 * (_W - means)).max() < 1e-12, np.abs(g32 - (_W - means)).max()
     assert p32.dtype == "float32" and p64.dtype == "float64"  # Keras sums losses in floatx
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    out = keras.layers.Dense(3)(keras.layers.Dense(8, activation="relu")(inp))
+    return keras.Model(inp, out)
+
+
+def test_export_all_refuses_int8_full_without_sample_inputs_before_converting(
+        tmp_path, monkeypatch):
+    calls = []
+    real = convert_lib.convert
+    monkeypatch.setattr(convert_lib, "convert", lambda *a, **k: calls.append(a[2:3]) or real(
+        *a, **k))
+    with pytest.warns(UserWarning) as caught:
+        reports = dkm_tf.export.export_all(_model(), None, str(tmp_path), None,
+                                           targets=("float", "int8_full"))
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert "export_all skipped target 'int8_full'" in messages[0], messages
+    assert "Pass sample_inputs to export_all" in messages[0], messages
+    assert "representative_data (or sample_inputs)" not in messages[0], messages
+    reason = reports.refused["int8_full"]
+    assert "argument `sample_inputs`" in reason and "Received: sample_inputs=None" in reason
+    assert "int8_full" not in reports and list(reports) == ["float"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.float.tflite"]
+    assert all(c in ((), ("none",)) for c in calls), calls  # no int8 conversion was tried
+
+
+def test_export_all_int8_full_alone_without_sample_inputs_raises(tmp_path, monkeypatch):
+    monkeypatch.setattr(convert_lib, "convert",
+                        lambda *a, **k: pytest.fail("converted before the refusal"))
+    with pytest.raises(CalibrationError, match="Pass sample_inputs to export_all"):
+        dkm_tf.export.export_all(_model(), None, str(tmp_path), None, targets=("int8_full",))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_int8_without_data_names_a_bad_model_first(tmp_path):
+    with pytest.raises(TypeError, match="argument `model`"):
+        dkm_tf.export.to_tflite("notamodel", tmp_path / "m.tflite", "int8", int8_mode="full")
+    assert list(tmp_path.iterdir()) == []

@@ -203,7 +203,7 @@ def synthetic_samples(model, specs, n=8):
               if i in masked and a.dtype == np.int32 and a.ndim >= 2 and pad_odd_rows(a)]
     if padded:
         kinds.append(f"every other row of input(s) {padded} padded with trailing 0s (read by "
-                     "an Embedding that masks 0; with int8_mode='full', the calibration too)")
+                     "an Embedding that masks 0)")
     return inputs, f"no sample_inputs given: verified on {n} seeded inputs ({'; '.join(kinds)})"
 
 

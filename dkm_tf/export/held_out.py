@@ -160,9 +160,9 @@ def clear_failure(comp):
 def judge(path, model, specs, inputs, comparisons, notes, min_top1=None, unit_floor=None,
           post=None, chosen=False):
     """For a full-int8 file calibrated on ``inputs`` (its verification samples): mark its
-    ``comparisons`` as measured on calibration samples, run :func:`held_out_check` (not for
-    ``inputs`` None: seeded samples, noted where drawn) and refuse the file when it fails
-    clearly (``chosen``: the caller chose the tolerance; :func:`held_out_refusal`).
+    ``comparisons`` as measured on calibration samples, run :func:`held_out_check` and refuse
+    the file when it fails clearly (``chosen``: the caller chose the tolerance;
+    :func:`held_out_refusal`).
 
     Returns:
         ``(comparisons, held_out comparison or None)``.
@@ -178,7 +178,7 @@ def judge(path, model, specs, inputs, comparisons, notes, min_top1=None, unit_fl
     """
 
     comparisons = [dataclasses.replace(c, measured_on=CALIBRATION) for c in comparisons]
-    if inputs is None or not comparisons:
+    if not comparisons:
         return comparisons, None
     first = comparisons[0]
     held = held_out_check(model, specs, inputs, first.interpreter,

@@ -181,13 +181,13 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     """
     check_choice("format", format, FORMATS)
     check_choice("decode", decode, DECODE_MODES)
-    convert_lib.check_int8_mode(model, format, int8_mode, INT8_MODES,  # full: no RNN loop
-                                (sample_inputs, representative_data))  # and data
     check_choice("int8_scales", int8_scales, INT8_SCALES)
     check_export_args(model, sample_inputs, representative_data=representative_data,
                       tolerance=tolerance, interpreters=interpreters,
                       max_table_bytes=max_table_bytes, matmul_lowering=matmul_lowering,
                       float_content=float_content)
+    convert_lib.check_int8_mode(model, format, int8_mode, INT8_MODES,  # full: no RNN loop
+                                (sample_inputs, representative_data))  # and data: after model
     sample_inputs = inputs_by_name("sample_inputs", sample_inputs, model)  # a dict: as a list
     representative_data = inputs_by_name("representative_data", representative_data, model)
     check_choice("kept_dtype", kept_dtype, KEPT_DTYPES)
@@ -300,7 +300,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
     held = None  # full int8 calibrated on its own samples: also judged held out
     if format == "int8" and int8_mode == "full" and representative_data is None:
         comparisons, held = held_out.judge(
-            path, model, specs, inputs if sample_inputs is not None else None, comparisons,
+            path, model, specs, inputs, comparisons,  # sample_inputs: refused without (above)
             notes, min_top1, INT8_UNIT_FLOOR, post=(lambda c: preserve_clusters(c, palettes)[0])
             if palettes and int8_scales == "shared" else None, chosen=tolerance is not None)
     elif format == "int8" and int8_mode == "full" and sample_inputs is not None:
