@@ -18,7 +18,8 @@ replaced unless --overwrite is given, and an input file (--model, --palettes, --
 a positional argument, an output that exists or is an input, a flag the format does not
 use set to a value other than its default: --decode with --format=int8, --int8_mode=full
 with --format=palettized, --keep_float=none with --decode=per_invoke, --representative_data
-without --int8_mode=full, an empty path (--samples=), one file for --samples and
+without --int8_mode=full, --int8_mode=full without --samples or --representative_data (no
+calibration data), an empty path (--samples=), one file for --samples and
 --representative_data, a --tolerance not a positive number, ...) is refused before any work:
 one line on stderr, exit status 2.
 The written model is run in the LiteRT interpreters and compared with Keras before it is

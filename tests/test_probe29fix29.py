@@ -93,3 +93,13 @@ def test_full_int8_without_data_names_a_bad_model_first(tmp_path):
     with pytest.raises(TypeError, match="argument `model`"):
         dkm_tf.export.to_tflite("notamodel", tmp_path / "m.tflite", "int8", int8_mode="full")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_samples_flag_hint_says_full_int8_needs_it():
+    from dkm_tf.export.cli import path_flag_errors
+
+    (line,) = path_flag_errors(samples="", representative_data=None)
+    assert line.startswith("Invalid value for flag `--samples`."), line
+    assert ("leave the flag out for seeded synthetic samples (needed by --int8_mode=full "
+            "without --representative_data)") in line, line
+    assert line.endswith("Received: an empty value (--samples=)"), line

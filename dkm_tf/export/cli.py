@@ -35,7 +35,8 @@ _WITHOUT = {"model": "the flag is required",
             "output": "leave the flag out for <model stem>.<format>.tflite beside the model",
             "palettes": "leave the flag out for no palettes: --n_clusters, or --format float "
                         "/ fp16 / int8",
-            "samples": "leave the flag out for seeded synthetic samples",
+            "samples": "leave the flag out for seeded synthetic samples (needed by "
+                       "--int8_mode=full without --representative_data)",
             "representative_data": "leave the flag out for calibration on --samples, judged "
                                    "on a held-out half"}
 
@@ -172,10 +173,7 @@ def run_to_tflite(model_path, output_path=None, *, format="palettized",  # noqa:
     import keras  # noqa: PLC0415
 
     from dkm_tf.core.files import check_model_file  # noqa: PLC0415
-    from dkm_tf.export.model_file import (  # noqa: PLC0415
-        check_export_input,
-        export_custom_objects,
-    )
+    from dkm_tf.export.model_file import check_export_input, export_custom_objects  # noqa: PLC0415
     from dkm_tf.export.policy import check_applicable  # noqa: PLC0415
     from dkm_tf.export.tflite import INT8_MODES, to_tflite  # noqa: PLC0415
 
