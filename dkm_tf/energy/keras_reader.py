@@ -51,6 +51,7 @@ from dkm_tf.energy.keras_wrapped import (
     lambda_model,
     lambda_records,
     step_records,
+    unwrapped,
     wrapped_graph,
 )
 from dkm_tf.energy.open_shapes import filled  # an EinsumDense(output_shape=(None, n))
@@ -212,7 +213,7 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
         walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used,
                       lambda *a: _walk_call(*a[:3], graph, keras, shapes, skipped, used, a[3]))
         return
-    inner = layer.layer if isinstance(layer, keras.layers.Wrapper) else layer
+    inner = unwrapped(layer, keras)  # TimeDistributed(TimeDistributed(x)): x
     if type(inner).__name__ in _NO_COMPUTE:
         skipped.append((name, "no compute"))
         return

@@ -22,6 +22,7 @@ charged, 1.5000). A function that does not build a Keras graph (TensorFlow ops, 
 """
 
 import dataclasses
+import math
 
 # a Lambda's call (its node) -> `lambda_model`, kept on the node: it lives and dies with the
 # Lambda (a module-level WeakKeyDictionary kept it, the layers its function calls, their
@@ -44,22 +45,56 @@ def wrapped_graph(layer, name, call, used, keras, walk, skipped):
     Returns:
         True where `layer` is a `TimeDistributed` of a model with a graph, read here.
     """
-    inner = getattr(layer, "layer", None)
-    if not isinstance(layer, keras.layers.TimeDistributed) or isinstance(call, Exception) \
-            or not isinstance(inner, keras.Model) or not has_inputs(inner):
+    inner, depth = unwrapped(layer, keras), td_depth(layer, keras)
+    if not depth or isinstance(call, Exception):
         return False
     got = tuple(call[0][0].shape)
+    if isinstance(inner, keras.layers.Lambda):  # its graph at the step's shape, if it has one
+        inner = _step_lambda(inner, got[1 + depth:], call[0][0].dtype, keras)
+    if not isinstance(inner, keras.Model) or not has_inputs(inner):
+        return False
     own = tuple(keras.tree.flatten(inner.inputs)[0].shape)
-    if len(got) < 2 or got[1] is None:
+    if len(got) < 1 + depth or any(not isinstance(d, int) for d in got[1:1 + depth]):
         skipped.append((name, f"TimeDistributed model called with an unknown number of steps "
                         f"(input shape {got}): not charged"))
         return True
-    if own[1:] != got[2:]:
-        skipped.append((name, f"TimeDistributed model called with step shape {got[2:]}: read "
-                        f"at the shapes of its own graph, {own[1:]}"))
-    for _ in range(got[1]):
+    if own[1:] != got[1 + depth:]:
+        skipped.append((name, f"TimeDistributed model called with step shape "
+                        f"{got[1 + depth:]}: read at the shapes of its own graph, {own[1:]}"))
+    for _ in range(math.prod(got[1:1 + depth])):
         walk(inner, used)
     return True
+
+
+def td_depth(layer, keras):
+    """How many `TimeDistributed` wrap one another from `layer` down (0: `layer` is none)."""
+    depth = 0
+    while isinstance(layer, keras.layers.TimeDistributed):
+        layer, depth = layer.layer, depth + 1
+    return depth
+
+
+def unwrapped(layer, keras):
+    """The layer a `keras.layers.Wrapper` `layer` wraps (through nested `TimeDistributed`
+    layers: `TimeDistributed(TimeDistributed(Dense))`'s Dense), else `layer` itself."""
+    if not isinstance(layer, keras.layers.Wrapper):
+        return layer
+    inner = layer.layer
+    while isinstance(layer, keras.layers.TimeDistributed) and isinstance(
+            inner, keras.layers.TimeDistributed):
+        layer, inner = inner, inner.layer
+    return inner
+
+
+def _step_lambda(layer, step, dtype, keras):
+    """A `TimeDistributed` `Lambda` `layer`'s graph on one step of shape `step` (a
+    `keras.Model`, kept on the layer per step shape), or None where its function builds
+    none (`_build`)."""
+    graphs = layer.__dict__.setdefault(_GRAPH, {})
+    if step not in graphs and all(isinstance(d, int) for d in step):
+        graphs[step] = _graph(layer, keras.Input(batch_shape=(None, *step), dtype=dtype),
+                              keras)
+    return graphs.get(step)
 
 
 def has_inputs(model):
@@ -95,6 +130,14 @@ def _build(layer, node, keras):
             return None
         ins = keras.tree.map_structure(
             lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype), args[0])
+    except Exception:  # noqa: BLE001 - listed as before
+        return None
+    return _graph(layer, ins, keras)
+
+
+def _graph(layer, ins, keras):
+    """`layer.function` called on the symbolic inputs `ins` as a `keras.Model`, or None."""
+    try:
         out = layer.function(ins, **(layer.arguments or {}))
         if not all(isinstance(t, keras.KerasTensor) for t in keras.tree.flatten(out)):
             return None
@@ -127,12 +170,16 @@ def step_records(layer, name, call, records, used, keras):
     into T per-step copies (module docstring), the count of `layer`'s name in `used` (the
     reader's name counts) raised by T - 1; else `records` as they are (also where a record
     does not split evenly by T)."""
-    steps = tuple(call[0][0].shape)[1:2] if isinstance(layer, keras.layers.TimeDistributed) \
-        else ()
-    if not records or not steps or not isinstance(steps[0], int) or steps[0] < 2:
+    depth = td_depth(layer, keras)  # nested TimeDistributed layers: steps of all of them
+    axes = tuple(call[0][0].shape)[1:1 + depth]
+    if not records or not depth or not all(isinstance(d, int) for d in axes):
+        return records
+    steps = (math.prod(axes),)
+    if steps[0] < 2:
         return records
     one = [_one_step(r, steps[0]) for r in records]
-    bases = [next((b for b in (name, layer.layer.name) if r.name == b or r.name.startswith(
+    inner = unwrapped(layer, keras).name
+    bases = [next((b for b in (name, inner) if r.name == b or r.name.startswith(
         b + "/")), None) for r in records]  # an EinsumDense's `c/kernel`: `td#2/kernel`, ...
     if any(r is None or b is None for r, b in zip(one, bases)):
         return records

@@ -135,9 +135,12 @@ def _rnn_records(rnn, alias, in_shape, prefix):
     """Records of one RNN layer (one direction) over input ``(batch, T, F)``."""
     from dkm_tf.energy import shapes as sh
 
-    if len(in_shape) != 3 or any(d is None for d in in_shape[1:]):
+    if len(in_shape) < 3 or any(d is None for d in in_shape[1:]):
         return [], f"recurrent input shape {tuple(in_shape)} is not (batch, steps, features)"
-    steps, features = int(in_shape[1]), int(in_shape[2])
+    # axes between the batch and the steps: a TimeDistributed's (one run per index, each
+    # charged as the layer, then cut per step by `keras_wrapped.step_records`)
+    lead = math.prod(int(d) for d in in_shape[1:-2])
+    steps, features = int(in_shape[-2]), int(in_shape[-1])
     cell = rnn.cell
     cells = list(cell.cells) if type(cell).__name__ == "StackedRNNCells" else [cell]
     records, op = [], type(rnn).__name__
@@ -149,15 +152,15 @@ def _rnn_records(rnn, alias, in_shape, prefix):
         path = f"{prefix}cell." + (f"cells.{i}." if cell is not c else "")
         u, g = int(c.units), _GATES[kind]
         records.append(sh.dense_shape(f"{alias}/{path}kernel", in_features=features,
-                                      units=g * u, positions=steps, layer=alias, op=op))
+                                      units=g * u, positions=lead * steps, layer=alias, op=op))
         records.append(sh.dense_shape(f"{alias}/{path}recurrent_kernel", in_features=u,
-                                      units=g * u, positions=steps, layer=alias, op=op))
+                                      units=g * u, positions=lead * steps, layer=alias, op=op))
         products, sums = _GATE_OPS[kind]
         if products:
-            records.append(_eltwise(f"{alias}/{path}gates_mul", alias, steps * products * u,
-                                    "mul", 2, op))
-        records.append(_eltwise(f"{alias}/{path}gates_add", alias, steps * sums * u, "add", 2,
-                                op))
+            records.append(_eltwise(f"{alias}/{path}gates_mul", alias,
+                                    lead * steps * products * u, "mul", 2, op))
+        records.append(_eltwise(f"{alias}/{path}gates_add", alias, lead * steps * sums * u,
+                                "add", 2, op))
         features = u
     return records, None
 
@@ -173,8 +176,9 @@ def _conv_lstm_records(rnn, alias, in_shape, out_shape):
     if cell.rank not in (1, 2) or any(d is None for d in tuple(in_shape)[1:]):
         return [], f"{op} over input {tuple(in_shape)}: only ConvLSTM1D / ConvLSTM2D modelled"
     first = cell.data_format == "channels_first"
-    dims = [int(d) for d in in_shape[2:]]
-    steps, c = int(in_shape[1]), dims[0] if first else dims[-1]
+    lead = math.prod(int(d) for d in in_shape[1:-cell.rank - 2])  # a TimeDistributed's axes
+    dims = [int(d) for d in in_shape[-cell.rank - 1:]]
+    steps, c = lead * int(in_shape[-cell.rank - 2]), dims[0] if first else dims[-1]
     spatial = [int(d) for d in (out_shape[-cell.rank:] if first else out_shape[-cell.rank - 1:-1])]
     hw = (1, spatial[0]) if cell.rank == 1 else tuple(spatial)
     kernel = (1, cell.kernel_size[0]) if cell.rank == 1 else tuple(cell.kernel_size)
