@@ -16,6 +16,12 @@ Recurrent layers, with T time steps, F input features, u units and g gates (1 Si
   z·h, (1 − z)·h̃) and 5·u sums; SimpleRNN u sums. Biases and the sigmoid / tanh
   non-linearities are not charged (as for every layer here).
 
+Inside a `TimeDistributed` (input ``(batch, T', T, F)``, the converter unrolls the T' runs)
+each record covers the T' runs, cut into T' per-step copies by `keras_wrapped.step_records`;
+before 2026-12-07 such a layer was listed ("not (batch, steps, features)") and charged
+nothing (an LSTM(4) over 3 x 5 x 4: the file 1,920 MACs), and a TimeDistributed ConvLSTM1D
+took T' for its steps (768 of the file's 2,304 MACs).
+
 EinsumDense ``x, W -> y``: the kernel's letters that are contracted give the dot length D,
 its letters in the output the output channels C (G of them also index the input: per-group
 weights, e.g. one matrix per head), so it is a grouped dense record with
