@@ -94,21 +94,26 @@ def _outer_mask(x, outer):
 def _passed_back(x, ins):
     """The tensor of ``ins`` (a nested model's inputs) whose mask ``x`` carries, followed back
     through the layers that pass a mask on unchanged (``supports_masking``, Keras' own
-    ``compute_mask``: Dense, Dropout, ReLU, ...) and read one tensor, else ``x``. Keras gives
+    ``compute_mask``: Dense, Dropout, ReLU, ...) and read one tensor, and the merges
+    (Add, ...) all of whose inputs lead back to one tensor, else ``x``. Keras gives
     a nested model's graph tensors no mask: a mask from outside reaches ``x`` at run time
     (Embedding outside, a Dense then the pooling inside: paper 11,201.0 vs the file's
     11,237.6 before 2026-12-07)."""
     import keras
+    from keras.src.layers.merging.base_merge import Merge
 
     while not any(t is x for t in ins):
         op, index, _ = getattr(x, "_keras_history", (None, 0, 0))
-        if not getattr(op, "supports_masking", False) or getattr(
-                type(op), "compute_mask", None) is not keras.layers.Layer.compute_mask:
+        merge = isinstance(op, Merge) and type(op).compute_mask is Merge.compute_mask
+        if not merge and (not getattr(op, "supports_masking", False) or getattr(
+                type(op), "compute_mask", None) is not keras.layers.Layer.compute_mask):
             return x
         try:
             tensors = keras.tree.flatten(op._inbound_nodes[index].input_tensors)
         except (AttributeError, IndexError):
             return x
+        if merge:  # the AND of its inputs' masks: one mask where all read it (`x + f(x)`)
+            tensors = list({id(t): t for t in (_passed_back(t, ins) for t in tensors)}.values())
         if len(tensors) != 1:
             return x
         x = tensors[0]
