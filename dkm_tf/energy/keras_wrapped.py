@@ -30,9 +30,12 @@ charged, 1.5000). A function that does not build a Keras graph (TensorFlow ops, 
 import dataclasses
 import math
 
-# a Lambda's call (its node) -> `lambda_model`, kept on the node: it lives and dies with the
-# Lambda (a module-level WeakKeyDictionary kept it, the layers its function calls, their
-# weights and so the whole model, for good: the graph reaches its key through those layers)
+# a Lambda's call (its node) -> `(function, arguments, lambda_model)`, kept on the node: it
+# lives and dies with the Lambda (a module-level WeakKeyDictionary kept it, the layers its
+# function calls, their weights and so the whole model, for good: the graph reaches its key
+# through those layers); a TimeDistributed Lambda's step graph on the TimeDistributed's node
+# (the call fixes its step's shape and dtype; on the Lambda, a dict keyed by the step shape
+# gave a float call the graph of an int one, and Keras' saver wrote the graphs' weights)
 _GRAPH = "_dkm_tf_lambda_graph"
 
 
@@ -56,7 +59,7 @@ def wrapped_graph(layer, name, call, used, keras, walk, skipped):
         return False
     got = tuple(call[0][0].shape)
     if isinstance(inner, keras.layers.Lambda):  # its graph at the step's shape, if it has one
-        inner = _step_lambda(inner, got[1 + depth:], call[0][0].dtype, keras)
+        inner = _step_lambda(layer, inner, call, depth, keras)
     if not isinstance(inner, keras.Model) or not has_inputs(inner):
         return False
     own = tuple(keras.tree.flatten(inner.inputs)[0].shape)
@@ -92,15 +95,40 @@ def unwrapped(layer, keras):
     return inner
 
 
-def _step_lambda(layer, step, dtype, keras):
-    """A `TimeDistributed` `Lambda` `layer`'s graph on one step of shape `step` (a
-    `keras.Model`, kept on the layer per step shape), or None where its function builds
-    none (`_build`)."""
-    graphs = layer.__dict__.setdefault(_GRAPH, {})
-    if step not in graphs and all(isinstance(d, int) for d in step):
-        graphs[step] = _graph(layer, keras.Input(batch_shape=(None, *step), dtype=dtype),
-                              keras)
-    return graphs.get(step)
+def _step_lambda(layer, inner, call, depth, keras):
+    """The graph of `inner`, the `Lambda` of the `TimeDistributed` `layer` (`depth` of them),
+    on one step of its `call` (a `keras.Model` kept on the call's node), or None where its
+    function builds none (`_build`) or takes a mask or `training` (listed, as a plain one)."""
+    step = tuple(call[0][0].shape)[1 + depth:]
+    if not all(isinstance(d, int) for d in step) or _takes_mask(inner):
+        return None
+    return _cached(_node(layer, call), inner, lambda: _graph(inner, keras.Input(
+        batch_shape=(None, *step), dtype=call[0][0].dtype), keras))
+
+
+def _takes_mask(layer):
+    """Whether the `Lambda` `layer`'s function takes a `mask` or `training` argument."""
+    return bool(getattr(layer, "_fn_expects_mask_arg", False) or getattr(
+        layer, "_fn_expects_training_arg", False))
+
+
+def _node(layer, call):
+    """The node of `layer` whose outputs are those of `call` (`(inputs, outputs)`), or None."""
+    return next((n for n in layer._inbound_nodes if [id(t) for t in n.outputs] == [
+        id(t) for t in call[1]]), None)
+
+
+def _cached(node, lam, build):
+    """`build()` (the `Lambda` `lam`'s function graph for the call `node`), kept on `node`
+    while `lam`'s function and arguments stay the same (a function swapped: built again);
+    None where `node` is None."""
+    if node is None:
+        return None
+    kept = getattr(node, _GRAPH, None)
+    if kept is None or kept[0] is not lam.function or kept[1] is not lam.arguments:
+        kept = (lam.function, lam.arguments, build())
+        setattr(node, _GRAPH, kept)
+    return kept[2]
 
 
 def has_inputs(model):
@@ -115,17 +143,11 @@ def lambda_model(layer, call, keras):
     """The graph a `Lambda` `layer`'s function builds on symbolic inputs of its `call`'s
     shapes, as a `keras.Model`, or None where it builds none (module docstring); the
     outputs of `call` (`(inputs, outputs)`) find the call among the layer's calls."""
-    if not isinstance(layer, keras.layers.Lambda) or isinstance(call, Exception) or getattr(
-            layer, "_fn_expects_mask_arg", False) or getattr(layer, "_fn_expects_training_arg",
-                                                             False):
+    if not isinstance(layer, keras.layers.Lambda) or isinstance(call, Exception) or _takes_mask(
+            layer):
         return None
-    node = next((n for n in layer._inbound_nodes if [id(t) for t in n.outputs] == [
-        id(t) for t in call[1]]), None)
-    if node is None:
-        return None
-    if not hasattr(node, _GRAPH):  # one model per call: its tensors are the same at each look
-        setattr(node, _GRAPH, _build(layer, node, keras))
-    return getattr(node, _GRAPH)
+    node = _node(layer, call)  # one model per call: its tensors are the same at each look
+    return _cached(node, layer, lambda: _build(layer, node, keras))
 
 
 def _build(layer, node, keras):
