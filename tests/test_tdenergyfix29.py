@@ -122,3 +122,25 @@ def test_lambda_function_swapped_after_an_estimate_is_read_anew(td, tmp_path):
         x.shape.eltwise_op for x in f.layers]
     assert len(k.layers) == (15 if td else 5)
     same_totals(k, f)
+
+
+@pytest.mark.parametrize("inner, first", [
+    (lambda: L.LSTM(4, name="r"), ["td/cell.kernel", "td/cell.recurrent_kernel"]),
+    (lambda: L.EinsumDense("ab,bc->ac", output_shape=4, name="r"), ["td/kernel"]),
+])
+def test_every_step_of_a_time_distributed_is_named_after_it(inner, first):
+    """The first step's records were named after the inner layer (`r/cell.kernel`), the
+    later ones after the TimeDistributed (`td#2/cell.kernel`); the `layer` field stays the
+    inner layer's (compression info)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 5, 4) if len(first) > 1 else (3, 8))
+    k = energy.estimate(keras.Model(inp, TD(inner(), name="td")(inp)))
+    names = [x.name for x in k.layers]
+    per_step = len(names) // 3
+    assert names[:len(first)] == first
+    assert [n.split("/")[0] for n in names] == ["td"] * per_step + ["td#2"] * per_step + [
+        "td#3"] * per_step
+    assert [n.split("/", 1)[1] for n in names[:per_step]] == [
+        n.split("/", 1)[1] for n in names[per_step:2 * per_step]]
+    assert {x.shape.layer for x in k.layers} == {"r"}
+    assert k.layer(first[0]).shape.layer == "r"

@@ -196,21 +196,23 @@ def step_records(layer, name, call, records, used, keras):
     """The records of one call `call` (`(inputs, outputs)`, named `name`) of `layer`: where it
     is a `TimeDistributed` over a known number of steps T > 1, `records` (of all steps) cut
     into T per-step copies (module docstring), the count of `layer`'s name in `used` (the
-    reader's name counts) raised by T - 1; else `records` as they are (also where a record
-    does not split evenly by T)."""
+    reader's name counts) raised by T - 1, each step's named after its call (`td/cell.kernel`,
+    `td#2/cell.kernel`, ...: before 2026-12-07 the first step's kept the inner layer's name,
+    `r/cell.kernel`); else `records` as they are (also where a record does not split evenly
+    by T)."""
     depth = td_depth(layer, keras)  # nested TimeDistributed layers: steps of all of them
     axes = tuple(call[0][0].shape)[1:1 + depth]
     if not records or not depth or not all(isinstance(d, int) for d in axes):
         return records
     steps = (math.prod(axes),)
-    if steps[0] < 2:
-        return records
     one = [_one_step(r, steps[0]) for r in records]
     inner = unwrapped(layer, keras).name
     bases = [next((b for b in (name, inner) if r.name == b or r.name.startswith(
-        b + "/")), None) for r in records]  # an EinsumDense's `c/kernel`: `td#2/kernel`, ...
+        b + "/")), None) for r in records]  # an EinsumDense's `c/kernel`: `td/kernel`, ...
     if any(r is None or b is None for r, b in zip(one, bases)):
         return records
+    one = [dataclasses.replace(r, name=name + r.name[len(b):]) for r, b in zip(one, bases)]
+    bases = [name] * len(one)  # every step named after the call (`td`, `td#2`, ...)
     out = list(one)
     for _ in range(steps[0] - 1):
         used[layer.name] = used.get(layer.name, 0) + 1
