@@ -19,8 +19,10 @@ charged once per mask tensor, as the file computes it once for all the poolings 
 (two GlobalAveragePooling1D calls on one Embedding's mask: 12,196.0 vs the file's 12,159.4
 when charged twice). A pooling of a nested model's own input takes the mask of the tensor
 the model was called on (`Embedding(mask_zero=True)` outside, the pooling inside: 921.5 vs
-958.1 before), also after layers there that pass a mask on unchanged (`_passed_back`); one
-after a layer that computes a mask of its own (a merge, a recurrent layer) is not seen.
+958.1 before), also after layers there that pass a mask on unchanged (`_passed_back`) and
+after an Add-type merge all of whose inputs lead back to one tensor (`x + Dense(x)`); one
+after a layer that computes a mask of its own (a `Concatenate`, a recurrent layer, an
+attention layer) is not seen.
 """
 
 _MASKS = ("<attention_mask: charged mask SUMs>",)  # key in the walk's `used` (not a name)

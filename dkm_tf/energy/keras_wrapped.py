@@ -9,11 +9,13 @@ Its model is walked once per step (`keras_reader._walk`), at the shapes of its o
 records named as those of a nested model called that many times (`c`, `c#2`, ...), with no
 outer context: the first op of a step reads the UNPACK of the steps, into which nothing folds.
 A `TimeDistributed` of a `Lambda` of Keras ops is walked so too, its function's graph built at
-the step's shape (`_step_lambda`); a `TimeDistributed` of a `TimeDistributed` as one over the
-steps of both (`unwrapped`, `td_depth`: `step_records` cuts its inner layer's records into
-T1·T2 steps, a model is walked T1·T2 times). Before 2026-12-07 both were listed as
-"unsupported" and charged nothing (`TimeDistributed(TimeDistributed(Dense(4)))` over 3 x 2 x 8:
-the file 192 MACs in 6 FULLY_CONNECTED; a clip and a scaling over 3 steps of 8: 9 ops).
+the step's shape and dtype, one per call of the TimeDistributed (`_step_lambda`; a function
+taking `mask` or `training` is listed, as a plain Lambda's); a `TimeDistributed` of a
+`TimeDistributed` as one over the steps of both (`unwrapped`, `td_depth`: `step_records` cuts
+its inner layer's records into T1·T2 steps, a model is walked T1·T2 times). Before 2026-12-07
+both were listed as "unsupported" and charged nothing
+(`TimeDistributed(TimeDistributed(Dense(4)))` over 3 x 2 x 8: the file 192 MACs in 6
+FULLY_CONNECTED; a clip and a scaling over 3 steps of 8: 9 ops).
 
 A `Lambda` whose function is made of Keras ops (`z[0] + z[1] * 2.0` on KerasTensors): its
 function is called on symbolic inputs of its call's shapes and the graph it builds is read as
