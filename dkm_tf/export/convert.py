@@ -21,7 +21,7 @@ from dkm_tf.core import std_fds
 from dkm_tf.export.calibration import check_calibration, require_calibration_data
 from dkm_tf.export.canonical import canonicalize
 from dkm_tf.export.convert_failures import check_signature, system_failure
-from dkm_tf.export.io_names import input_keys, keras_input_names, name_inputs
+from dkm_tf.export.io_names import check_names, input_keys, keras_input_names, name_inputs
 from dkm_tf.export.layer_refusals import flex_layer_hint, float64_hint
 from dkm_tf.graph.input_struct import as_model_inputs
 from dkm_tf.graph.untracked import record_captured
@@ -393,4 +393,5 @@ def convert(model, specs, quantization="none", representative_data=None):
             f"{detail or ' '.join(msg)[:800]}{float64_hint(model)}"
             f"{flex_layer_hint(model, str(e))}") from e
     check_signature(model, content)
-    return name_inputs(canonicalize(content), input_keys(model, len(specs)))
+    content, keys = canonicalize(content), input_keys(model, len(specs))
+    return check_names(content, name_inputs(content, keys), keys)  # never a silent mix-up

@@ -107,10 +107,12 @@ def inputs_by_name(name, data, model):
     names = next((n for n in (names, tensors, signature_keys(names)) if n and
                   len(data) == len(n) and set(data) == set(n)), names)
     if not names or len(data) != len(names) or set(data) != set(names):
+        keys = signature_keys(names)  # the file's, where a name is no usable key
+        also = f" (or the file's keys {keys})" if names and keys != names else ""
         raise ValueError(f"Invalid value for argument `{name}`. Expected "
                          f"{convert_lib.input_list_form(model)}, or a dict keyed by exactly "
-                         f"the model's input names {names or _UNNAMED}. Received: {name}=a "
-                         f"dict with keys {list(data)}")
+                         f"the model's input names {names or _UNNAMED}{also}. Received: "
+                         f"{name}=a dict with keys {list(data)}")
     return [data[k] for k in names]
 
 

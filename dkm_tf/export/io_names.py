@@ -23,7 +23,14 @@ The rule (:func:`signature_keys`), for input ``i`` in ``model.inputs`` order:
 * a sanitised or fallback key that another input's name already is, or an earlier one took,
   gets ``_2``, ``_3``, ... (``"a:b"`` and ``"a_b"`` give ``a_b_2`` and ``a_b``: the input named
   ``a_b`` keeps its name; before 2026-12-07 it became ``a_b_2`` and its name fed the other
-  input).
+  input). Three passes: usable names, then sanitised ones, then ``input_i``, so a fallback
+  never takes a later input's sanitised name (``"1st"``, ``"input-0"`` give ``input_0_2`` and
+  ``input_0``: the key ``input_0`` feeds the input whose name reads so, not input 0; before
+  the third pass ``input_0`` and ``input_0_2``). A key ``input_<n>`` is thus a position only
+  where no input's name gives it.
+
+:func:`check_names` checks a renamed file (each key on the tensor of its Keras input, in
+Keras order), so a renaming error is an internal error, never a file fed the wrong way.
 
 The signature runner's ``get_input_details()`` lists the keys alphabetically; the file's
 subgraph inputs (``Interpreter.get_input_details()``, :func:`file_keys`) are in Keras order.
@@ -37,7 +44,8 @@ from __future__ import annotations
 import keyword
 import re
 
-__all__ = ["file_keys", "input_keys", "keras_input_names", "name_inputs", "signature_keys"]
+__all__ = ["check_names", "file_keys", "input_keys", "keras_input_names", "name_inputs",
+           "signature_keys"]
 
 _BAD = re.compile(r"[^A-Za-z0-9_]")
 _USABLE = re.compile(r"_*[A-Za-z][A-Za-z0-9_]*")
@@ -72,16 +80,18 @@ def signature_keys(names, n=None):
         if _usable(name) and name not in taken:
             keys[i] = name
             taken.add(name)
-    for i, name in enumerate(names):
-        if keys[i] is not None:
-            continue
-        key = _BAD.sub("_", name)
-        key = key if _usable(key) else f"input_{i}"
-        base, k = key, 2
-        while key in taken:
-            key, k = f"{base}_{k}", k + 1
-        keys[i] = key
-        taken.add(key)
+    for fallback in (False, True):  # sanitised names, then input_i: no one takes another's
+        for i, name in enumerate(names):
+            if keys[i] is not None:
+                continue
+            key = f"input_{i}" if fallback else _BAD.sub("_", name)
+            if not fallback and not _usable(key):
+                continue
+            base, k = key, 2
+            while key in taken:
+                key, k = f"{base}_{k}", k + 1
+            keys[i] = key
+            taken.add(key)
     return keys
 
 
@@ -99,7 +109,8 @@ def name_inputs(content, keys):
     """``content`` (``.tflite`` bytes whose signature inputs are ``input_0 .. input_{n-1}``)
     with input ``i`` renamed ``keys[i]``: the signature's key and the input tensor's name
     (``serving_default_input_0:0`` -> ``serving_default_tok:0``). Unchanged bytes where the
-    keys are already ``input_i`` or the signature is not ``input_0 .. input_{n-1}``."""
+    keys are already ``input_i`` or the signature is not ``input_0 .. input_{n-1}``
+    (:func:`check_names` then refuses the file)."""
     from dkm_tf.export.rewrite import FlatModel  # noqa: PLC0415
 
     if list(keys) == [f"input_{i}" for i in range(len(keys))]:
@@ -144,6 +155,50 @@ def file_keys(content):
                            key=lambda j: at.get(int(entries[j].TensorIndex()), len(at) + j))
             return [entries[j].Name().decode() for j in order]
     return []
+
+
+def check_names(before, after, keys):
+    """``after``, :func:`name_inputs` of ``before`` (canonical bytes whose signature inputs are
+    ``input_0 .. input_{n-1}``, subgraph input ``i`` = ``input_i``), checked: its keys in
+    subgraph order are ``keys`` and the key ``keys[i]`` is the tensor ``input_i`` was. A
+    RuntimeError otherwise (an internal error, not the model's: a file whose names fed the
+    wrong inputs, or a converter that no longer keeps the ``input_i`` names it is given,
+    would run silently wrong or not as documented). ``after`` unchanged where ``before`` has
+    no signature (verification refuses that file)."""
+    was, inputs = _signature(before)
+    if was is None:
+        return after
+    n = len(keys)
+    expect = [f"input_{i}" for i in range(n)]
+    if sorted(was) != sorted(expect) or inputs[:n] != [was[k] for k in expect]:
+        raise RuntimeError(f"Internal error exporting to .tflite: expected the converter's "
+                           f"signature inputs {expect} on subgraph inputs 0..{n - 1} in that "
+                           f"order; received {dict(sorted(was.items()))} on subgraph inputs "
+                           f"{inputs} (cannot name them {list(keys)}). Please report it.")
+    now, _ = _signature(after)
+    want = {k: was[f"input_{i}"] for i, k in enumerate(keys)}
+    if now != want or file_keys(after) != list(keys):
+        raise RuntimeError(f"Internal error exporting to .tflite: the renamed signature "
+                           f"inputs are {now} (in subgraph order {file_keys(after)}); expected "
+                           f"{want}, the Keras inputs' keys {list(keys)} on their tensors. "
+                           "Please report it.")
+    return after
+
+
+def _signature(content):
+    """``({key: tensor index}, [subgraph input tensors])`` of subgraph 0's signature
+    (``(None, [])`` for none)."""
+    from dkm_tf.export.rewrite import schema  # noqa: PLC0415
+
+    model = schema().Model.GetRootAs(content, 0)
+    for i in range(model.SignatureDefsLength()):
+        sd = model.SignatureDefs(i)
+        if sd.SubgraphIndex() == 0:
+            graph = model.Subgraphs(0)
+            return ({sd.Inputs(j).Name().decode(): int(sd.Inputs(j).TensorIndex())
+                     for j in range(sd.InputsLength())},
+                    [int(graph.Inputs(j)) for j in range(graph.InputsLength())])
+    return None, []
 
 
 def _text(name):
