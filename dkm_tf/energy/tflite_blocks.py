@@ -52,3 +52,103 @@ def conv_images(view, t, x, batch):
     stored = x[0] // batch if x and x[0] % batch == 0 else 1
     return max(stored, 1) * missing_blocks(view, int(t))
 
+
+
+def _ints(view, t):
+    """The values of constant int32 / int64 tensor `t`, or None."""
+    import numpy as np
+
+    dtype = {2: np.int32, 4: np.int64}.get(view.dtype(t))
+    raw = view.raw(t)
+    return None if dtype is None or not raw else np.frombuffer(raw, dtype).astype(int)
+
+
+def _batch_to_space(view, users, t):
+    """The BATCH_TO_SPACE_ND reading `t` through layout ops and a bias ADD, each the only
+    reader of the tensor before it; None when there is none."""
+    seen = set()
+    while len(users.get(t, ())) == 1 and t not in seen:
+        seen.add(t)
+        k = users[t][0]
+        name, ins = view.names[k], view.inputs(k)
+        if name == "BATCH_TO_SPACE_ND" and ins[0] == t:
+            return k
+        bias = name == "ADD" and len(ins) == 2 and len(view.shape(ins[ins[0] == t])) <= 1
+        if not (name in _THROUGH and ins[0] == t or bias) or not view.ops[k].OutputsLength():
+            return None
+        t = int(view.ops[k].OutputsAsNumpy()[0])
+    return None
+
+
+def cropped(view, users, k, t):
+    """What the Keras conv computes of a dilated conv lowered to SPACE_TO_BATCH_ND -> op `k`
+    (input `t`) -> BATCH_TO_SPACE_ND: `(in_sizes, out_sizes, stored_in, kept)`.
+
+    `in_sizes`: the spatial sizes of the SPACE_TO_BATCH_ND's input (its padding the
+    converter's, not the model's); `out_sizes`: the BATCH_TO_SPACE_ND's block output sizes
+    times the block, less its crops (the rows and columns the converter pads to make the
+    blocks whole and crops away after); `stored_in`: the stored batch of the input; `kept`:
+    `(kept positions, computed positions)` of the blocks. None when op `k` is not so lowered
+    (another layout, open sizes or crops that are not constants).
+    """
+    seen, s2b = set(), None
+    while t in view.producer and t not in seen:  # back to the SPACE_TO_BATCH_ND
+        seen.add(t)
+        j = view.producer[t]
+        if view.names[j] == "SPACE_TO_BATCH_ND":
+            s2b = j
+            break
+        if view.names[j] not in _THROUGH and not _im2col(view, j):
+            return None
+        t = view.inputs(j)[0]
+    b2s = _batch_to_space(view, users, int(view.ops[k].OutputsAsNumpy()[0]))
+    if s2b is None or b2s is None:
+        return None
+    block, other = (_ints(view, view.inputs(j)[1]) for j in (s2b, b2s))
+    crops = _ints(view, view.inputs(b2s)[2])
+    n = 0 if block is None else len(block)
+    x = view.shape(view.inputs(s2b)[0])
+    z = view.shape(view.inputs(b2s)[0])
+    if not n or other is None or list(block) != list(other) or crops is None or \
+            crops.size != 2 * n or len(x) < n + 2 or len(z) < n + 2 or \
+            min((*x[1:n + 1], *z[1:n + 1], *block)) < 1:
+        return None
+    blocks = [z[1 + i] * int(block[i]) for i in range(n)]
+    out = [b - int(c) for b, c in zip(blocks, crops.reshape(n, 2).sum(axis=1))]
+    y = view.shape(view.ops[b2s].OutputsAsNumpy()[0])
+    if min(out) < 1 or any(len(y) >= n + 1 and y[1 + i] > 0 and y[1 + i] != out[i]
+                           for i in range(n)):
+        return None
+    import math
+
+    return (tuple(x[1:n + 1]), tuple(out), max(x[0], 1), (math.prod(out), math.prod(blocks)))
+
+
+def _im2col(view, j):
+    from dkm_tf.energy.tflite_palettes import im2col_helper
+
+    return view.names[j] == "DEPTHWISE_CONV_2D" and im2col_helper(view, j)
+
+
+def conv_geometry(view, users, k, x, y, batch, strides):
+    """`(in_hw, out_hw, images)` of CONV_2D / DEPTHWISE_CONV_2D `k` (input shape `x`, output
+    `y`): for a dilated conv lowered to blocks (`cropped`; undilated in the file, stride 1),
+    the Keras conv's input and output sizes (1-D: `(1, length)`) and the images per image of
+    the file `batch`, so that its MACs and memory records are the Keras conv's; otherwise
+    `x`'s and `y`'s sizes and `conv_images`."""
+    t = int(view.ops[k].InputsAsNumpy()[0])
+    got = cropped(view, users, k, t) if tuple(strides) == (1, 1) else None
+    if got is not None and len(got[0]) == 1 and x[1] == y[1] == 1:
+        got = ((1, *got[0]), (1, *got[1]), *got[2:])
+    if got is None or len(got[0]) != 2:
+        return x[1:3], y[1:3], conv_images(view, t, x, batch)
+    return got[0], got[1], max(got[2] // batch if got[2] % batch == 0 else 1, 1)
+
+
+def kept_positions(view, users, k, t, positions):
+    """`positions` of a matrix product `k` (activation input `t`) charged for all the blocks
+    of a dilated conv (`missing_blocks`), less those BATCH_TO_SPACE_ND crops away."""
+    got = cropped(view, users, k, t)
+    if got is None or positions * got[3][0] % got[3][1]:
+        return positions
+    return positions * got[3][0] // got[3][1]

@@ -132,7 +132,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
     from dkm_tf.energy import tflite_control as tc
     from dkm_tf.energy import tflite_ops as tops
     from dkm_tf.energy import tflite_palettes as tp
-    from dkm_tf.energy.tflite_blocks import conv_images, missing_blocks
+    from dkm_tf.energy.tflite_blocks import conv_geometry, kept_positions, missing_blocks
     from dkm_tf.energy.tflite_names import bias_name, own_name
     from dkm_tf.energy.tflite_nested import nested_scopes
     from dkm_tf.energy.tflite_rows import elements_per_image, rows_per_image, stored_count
@@ -220,11 +220,12 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 opt = options(op, schema.Conv2DOptions)
                 name = name_of([ins[1][0], out_name, bias_name(view, users, k, 2, scope)],
                                label, layer_scope)
+                strides = (opt.StrideH(), opt.StrideW())
+                in_hw, out_hw, images = conv_geometry(view, users, k, x, y, batch, strides)
                 shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
-                                            in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[0],
-                                            kernel=w[1:3], groups=x[3] // w[3], repeat=trips *
-                                            conv_images(view, op.InputsAsNumpy()[0], x, batch),
-                                            strides=(opt.StrideH(), opt.StrideW())))
+                                            in_hw=in_hw, in_c=x[3], out_hw=out_hw, out_c=w[0],
+                                            kernel=w[1:3], groups=x[3] // w[3],
+                                            repeat=trips * images, strides=strides))
                 palette(name, op)
             elif opname == "DEPTHWISE_CONV_2D" and tp.im2col_helper(view, k):
                 skipped.append((label, f"im2col of a conv lowered to BATCH_MATMUL (one-hot "
@@ -235,11 +236,12 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 opt = options(op, schema.DepthwiseConv2DOptions)
                 name = name_of([ins[1][0], out_name, bias_name(view, users, k, 2, scope)],
                                label, layer_scope)
+                strides = (opt.StrideH(), opt.StrideW())
+                in_hw, out_hw, images = conv_geometry(view, users, k, x, y, batch, strides)
                 shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
-                                            in_hw=x[1:3], in_c=x[3], out_hw=y[1:3], out_c=w[3],
-                                            kernel=w[1:3], groups=x[3], repeat=trips *
-                                            conv_images(view, op.InputsAsNumpy()[0], x, batch),
-                                            strides=(opt.StrideH(), opt.StrideW())))
+                                            in_hw=in_hw, in_c=x[3], out_hw=out_hw, out_c=w[3],
+                                            kernel=w[1:3], groups=x[3],
+                                            repeat=trips * images, strides=strides))
                 palette(name, op)
             elif opname == "FULLY_CONNECTED" or (opname == "BATCH_MATMUL" and
                                                  len(ins[1][1]) == 2):
@@ -260,13 +262,15 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                     in_f, units = (w[1], w[0]) if adj_y else w
                 name = name_of([ins[w_at][0], out_name, own_name(view, users, k, 2, scope,
                                                                   weights)], label, layer_scope)
+                x_t = int(op.InputsAsNumpy()[1 - w_at])
                 rows = rows_per_image([stored_count(view, users, t) for t in (
                     op.InputsAsNumpy()[1 - w_at], op.OutputsAsNumpy()[0])],
                     in_f, units, batch, label, skipped)
                 shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
                                              in_features=in_f, units=units,
-                                             positions=trips * missing_blocks(
-                                                 view, int(op.InputsAsNumpy()[1 - w_at])) * rows))
+                                             positions=kept_positions(
+                                                 view, users, k, x_t, trips * rows *
+                                                 missing_blocks(view, x_t))))
                 palette(name, op, x_at=1 - w_at, w_at=w_at)
             elif opname == "BATCH_MATMUL":  # two activations (attention), or an N-D weight
                 from dkm_tf.energy.tflite_matmul import batch_matmul_shape
