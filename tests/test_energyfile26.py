@@ -89,7 +89,7 @@ FOLDS = {
                                       lambda: L.DepthwiseConv2D(3)), [], True),
     "separable": (_chain(lambda: L.Rescaling(0.5), lambda: L.SeparableConv2D(4, 3)), [], True),
     "dilated_conv": (_chain(lambda: L.Rescaling(0.5), lambda: L.Conv2D(4, 3, dilation_rate=2)),
-                     [("mul", 2, _N)], False),
+                     [("mul", 2, _N)], True),
     "conv_transpose": (_chain(lambda: L.Rescaling(0.5), lambda: L.Conv2DTranspose(4, 3)),
                        [("mul", 2, _N)], True),
     "through_dropout_and_rescaling": (_chain(

@@ -8,6 +8,12 @@ a dynamic batch as 1, blocks included (`[1, 6, 6, 3]` for the 4 blocks of a 12x1
 fixed-batch file may store them (`[4 * batch, ...]`), or keep the dilation in the conv's
 options. `dkm_tf.export` may lower the undilated conv further to an im2col
 DEPTHWISE_CONV_2D, a RESHAPE and a BATCH_MATMUL, whose rows then also miss the blocks.
+
+Where the conv's output size is not a multiple of the dilation, SPACE_TO_BATCH_ND pads the
+input to whole blocks and BATCH_TO_SPACE_ND crops the extra outputs away: such a conv is read
+as the Keras conv it was (`conv_geometry`: the SPACE_TO_BATCH_ND's input sizes, the
+BATCH_TO_SPACE_ND's output sizes from its crops), a matrix product for the kept positions
+only (`kept_positions`), so neither is charged for positions the model does not compute.
 """
 
 _THROUGH = ("RESHAPE", "EXPAND_DIMS", "SQUEEZE", "QUANTIZE", "DEQUANTIZE", "CAST")

@@ -36,7 +36,8 @@ layer's ops after its PACK run time-major, `tflite_rows.elements_per_image`;
 dims left open beyond the batch read by running the file once, `tflite_dynamic`; the rows of
 a matrix product divided by the input's batch, `tflite_rows`); a conv runs the images
 of its stored batch per image of the file, and a dilated conv lowered to SPACE_TO_BATCH_ND ->
-conv -> BATCH_TO_SPACE_ND all its blocks (`tflite_blocks`).
+conv -> BATCH_TO_SPACE_ND the positions of the Keras conv, not the ones its crops
+drop (`tflite_blocks`).
 """
 
 import math
