@@ -158,3 +158,13 @@ def kept_positions(view, users, k, t, positions):
     if got is None or positions * got[3][0] % got[3][1]:
         return positions
     return positions * got[3][0] // got[3][1]
+
+
+def after_blocks(view, k):
+    """True when op `k` is a RELU / RELU6 / RELU_N1_TO_1 reading a BATCH_TO_SPACE_ND: the
+    converter cannot fuse a dilated conv's own activation into the conv between the blocks
+    (`Conv2D(dilation_rate=2, activation="relu")`), so it runs after them."""
+    if view.names[k] not in ("RELU", "RELU6", "RELU_N1_TO_1") or not view.inputs(k):
+        return False
+    j = view.producer.get(view.inputs(k)[0])
+    return j is not None and view.names[j] == "BATCH_TO_SPACE_ND"

@@ -5,21 +5,21 @@ Operators of subgraph 0 are read with the flatbuffer schema bundled with TensorF
 recurrent layer's time loop) is read through its body subgraph, each record multiplied by the
 trip count when the loop's bounds are constants (counter `i` from a constant start, `i += step`
 in the body, `i < limit` or `i <= limit` in the condition); otherwise the body is counted once
-and the loop is reported as skipped with the reason. Supported: CONV_2D (grouped
-when the filter has fewer input channels than the input), DEPTHWISE_CONV_2D, TRANSPOSE_CONV
-(`conv_transpose`), FULLY_CONNECTED and BATCH_MATMUL with a 2-D right-hand side (rows per
-image from any input layout, `tflite_rows`), other BATCH_MATMULs (attention: `tflite_matmul`),
-IF (the costlier branch, `tflite_control`), MAX_POOL_2D, AVERAGE_POOL_2D, MEAN / SUM /
-REDUCE_MAX (global pooling; bias ADDs, integer ops, lookups and other reductions are listed,
-not charged: `tflite_ops`), the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6,
-LEAKY_RELU, and PRELU (one "affine" record, `shapes.prelu_shape`). A LEAKY_RELU in the name
-scope of the op it reads (`Conv2D(activation="leaky_relu")`, which TFLite cannot fuse) is
-reported as a fused activation, not charged, as the other readers do. Layout ops (RESHAPE,
-PAD, SPACE_TO_BATCH_ND, ...) and weight-decoding ops (DEQUANTIZE, GATHER, ...) are reported
-as "no compute"; anything else is reported as unsupported. The one-hot DEPTHWISE_CONV_2D
-that builds the im2col of a conv `dkm_tf.export` lowered to BATCH_MATMUL
-(`tflite_palettes.im2col_helper`) copies pixels: reported, not charged (the BATCH_MATMUL is
-the conv's MACs).
+and the loop is reported as skipped with the reason. Supported: CONV_2D (grouped when the
+filter has fewer input channels than the input), DEPTHWISE_CONV_2D, TRANSPOSE_CONV
+(`conv_transpose`), FULLY_CONNECTED and BATCH_MATMUL with a 2-D right-hand side (rows per image
+from any input layout, `tflite_rows`), other BATCH_MATMULs (attention: `tflite_matmul`), IF
+(the costlier branch, `tflite_control`), MAX_POOL_2D, AVERAGE_POOL_2D, MEAN / SUM / REDUCE_MAX
+(global pooling; bias ADDs, integer ops, lookups and other reductions are listed, not charged:
+`tflite_ops`), the element-wise ADD, SUB, MUL, MAXIMUM, MINIMUM, RELU, RELU6, LEAKY_RELU, and
+PRELU (one "affine" record, `shapes.prelu_shape`). A LEAKY_RELU in the name scope of the op it
+reads (`Conv2D(activation="leaky_relu")`, which TFLite cannot fuse) is reported as a fused
+activation, not charged, as the other readers do; so is a RELU / RELU6 after a dilated conv's
+BATCH_TO_SPACE_ND in the conv's scope (`tflite_blocks.after_blocks`). Layout ops (RESHAPE, PAD,
+SPACE_TO_BATCH_ND, ...) and weight-decoding ops (DEQUANTIZE, GATHER, ...) are reported as "no
+compute"; anything else is reported as unsupported. The one-hot DEPTHWISE_CONV_2D that builds
+the im2col of a conv `dkm_tf.export` lowered to BATCH_MATMUL (`tflite_palettes.im2col_helper`)
+copies pixels: reported, not charged (the BATCH_MATMUL is the conv's MACs).
 
 Palettized weights (`dkm_tf.export`'s codebook + indices decode chains) are recognised by
 `tflite_palettes`: :func:`read_tflite_palettes` also returns K, d and G of every conv or dense
@@ -130,10 +130,10 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
     from collections import Counter
 
     from dkm_tf.energy import shapes as sh
+    from dkm_tf.energy import tflite_blocks as tb
     from dkm_tf.energy import tflite_control as tc
     from dkm_tf.energy import tflite_ops as tops
     from dkm_tf.energy import tflite_palettes as tp
-    from dkm_tf.energy.tflite_blocks import conv_geometry, kept_positions, missing_blocks
     from dkm_tf.energy.tflite_names import bias_name, own_name
     from dkm_tf.energy.tflite_nested import nested_scopes
     from dkm_tf.energy.tflite_rows import elements_per_image, rows_per_image, stored_count
@@ -222,7 +222,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 name = name_of([ins[1][0], out_name, bias_name(view, users, k, 2, scope)],
                                label, layer_scope)
                 strides = (opt.StrideH(), opt.StrideW())
-                in_hw, out_hw, images = conv_geometry(view, users, k, x, y, batch, strides)
+                in_hw, out_hw, images = tb.conv_geometry(view, users, k, x, y, batch, strides)
                 shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
                                             in_hw=in_hw, in_c=x[3], out_hw=out_hw, out_c=w[0],
                                             kernel=w[1:3], groups=x[3] // w[3],
@@ -238,7 +238,7 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 name = name_of([ins[1][0], out_name, bias_name(view, users, k, 2, scope)],
                                label, layer_scope)
                 strides = (opt.StrideH(), opt.StrideW())
-                in_hw, out_hw, images = conv_geometry(view, users, k, x, y, batch, strides)
+                in_hw, out_hw, images = tb.conv_geometry(view, users, k, x, y, batch, strides)
                 shapes.append(sh.conv_shape(name, layer=name.split("#")[0], op=opname,
                                             in_hw=in_hw, in_c=x[3], out_hw=out_hw, out_c=w[3],
                                             kernel=w[1:3], groups=x[3],
@@ -269,9 +269,9 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                     in_f, units, batch, label, skipped)
                 shapes.append(sh.dense_shape(name, layer=name.split("#")[0], op=opname,
                                              in_features=in_f, units=units,
-                                             positions=kept_positions(
+                                             positions=tb.kept_positions(
                                                  view, users, k, x_t, trips * rows *
-                                                 missing_blocks(view, x_t))))
+                                                 tb.missing_blocks(view, x_t))))
                 palette(name, op, x_at=1 - w_at, w_at=w_at)
             elif opname == "BATCH_MATMUL":  # two activations (attention), or an N-D weight
                 from dkm_tf.energy.tflite_matmul import batch_matmul_shape
@@ -317,10 +317,10 @@ def _read_graph(model, schema, op_names, graph, trips, prefix, shapes, skipped, 
                 shapes.append(sh.prelu_shape(name, layer=name.split("#")[0], op=opname,
                                              elements=trips * elements_per_image(y, batch),
                                              n_params=math.prod(ins[1][1]) or 1))
-            elif opname == "LEAKY_RELU" and scope(out_name) is not None and \
-                    scope(ins[0][0]) == scope(out_name):
-                # Conv2D(activation="leaky_relu"): no fused LEAKY_RELU in TFLite, but the
-                # layer's own activation, charged as fused like the Keras and traced readers
+            elif (opname == "LEAKY_RELU" or tb.after_blocks(view, k)) and \
+                    scope(out_name) is not None and scope(ins[0][0]) == scope(out_name):
+                # Conv2D(activation="leaky_relu"), a dilated conv's relu: not fused in TFLite,
+                # but the layer's own activation, charged as fused like the other readers
                 skipped.append((label, f"activation of layer {scope(out_name)}, fused"))
             elif opname in _ELTWISE and view.dtype(op.OutputsAsNumpy()[0]) in (2, 4) and \
                     math.prod(y) <= 1:  # int32 / int64 scalar: a loop counter, an index
