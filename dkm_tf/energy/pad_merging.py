@@ -26,6 +26,9 @@ MobileNet's and EfficientNet's stems, 1.1240; a 5x5 depthwise conv after
   the converter keeps (a ReLU).
 
 A zero `keras.ops.pad` of the rows and columns is merged alike (1.1473 before).
+
+The other way round, a causal `Conv1D` pads inside the layer and the converter keeps that
+pad as a PAD op before the conv: the conv is charged on the padded input (`causal_padded`).
 """
 
 _CONVS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
@@ -123,8 +126,11 @@ def _padded(x, keras, outer, depth=0):
 def unpadded(conv, call, keras, outer=None):
     """`(input shapes, note)` of conv `conv` at `call` (`(inputs, outputs)`) where the
     converter merges the `ZeroPadding2D` before it into it (module docstring): the pad's
-    input shape, which the converted conv reads; else None. `outer`: as for
-    `bn_folding.source`, where the call is in a nested model."""
+    input shape, which the converted conv reads; for a causal `Conv1D`, the padded shape
+    it reads (`causal_padded`); else None. `outer`: as for `bn_folding.source`, where the
+    call is in a nested model."""
+    if isinstance(conv, keras.layers.Conv1D) and not isinstance(call, Exception):
+        return causal_padded(conv, call, keras)
     if type(conv).__name__ not in _CONVS or isinstance(call, Exception):
         return None
     x = keras.tree.flatten(call[0])
@@ -158,3 +164,22 @@ def pipeline_padded(layer, node, keras):
         amounts = _amounts(sub, None, keras) if type(sub).__name__ == "ZeroPadding2D" else None
         return None if amounts is None else (sub, ins[0], amounts)
     return None, subs[0][1][0][0]
+
+
+def causal_padded(conv, call, keras):
+    """`([padded input shape], note)` of a channels_last `Conv1D(padding="causal")` at
+    `call`: the converter (TF 2.21) keeps Keras' PAD of `dilation * (kernel - 1)` zeros
+    before the length as a PAD op, and the conv reads its output (`Conv1D(4, 3,
+    padding="causal")` on 11x3: CONV_2D reads 13; with dilation 2, SPACE_TO_BATCH_ND reads
+    15; before 2026-12-07 charged on 11: Keras / file hierarchy 0.9532, 0.9105). None
+    otherwise (no padding, channels_first, an open length)."""
+    if str(conv.padding).lower() != "causal" or getattr(conv, "data_format", "") != \
+            "channels_last":
+        return None
+    x = keras.tree.flatten(call[0])
+    shape = tuple(x[0].shape) if len(x) == 1 else ()
+    pad = int(conv.dilation_rate[0]) * (int(conv.kernel_size[0]) - 1)
+    if len(shape) != 3 or shape[1] is None or pad < 1:
+        return None
+    return [(shape[0], shape[1] + pad, shape[2])], (
+        f"reads its causal padding, {pad} zeros before the input (a PAD op in a .tflite)")
