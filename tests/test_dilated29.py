@@ -193,3 +193,45 @@ def test_causal_conv1d_reads_its_padded_input_in_both(d, k, n, tmp_path):
     assert k_rep.macs == f.macs == n * 4 * k * 3
     assert convs(k_rep) == convs(f) == [(1, n + d * (k - 1), 3, 1, n, 4)]
     same_totals(k_rep, f)
+
+
+TRACED = {  # layer, input shape, hand MACs
+    "conv2d_valid_9": (lambda: L.Conv2D(4, 3, dilation_rate=2), (9, 9, 3), 5 * 5 * 4 * 27),
+    "conv2d_same_12": (lambda: L.Conv2D(4, 3, dilation_rate=2, padding="same"), (12, 12, 3),
+                       12 * 12 * 4 * 27),
+    "conv2d_same_9_d3": (lambda: L.Conv2D(4, 3, dilation_rate=3, padding="same"), (9, 9, 3),
+                         9 * 9 * 4 * 27),
+    "depthwise_same_9": (lambda: L.DepthwiseConv2D(3, dilation_rate=2, padding="same"),
+                         (9, 9, 3), 9 * 9 * 3 * 9),
+    "separable_valid_9": (lambda: L.SeparableConv2D(4, 3, dilation_rate=2), (9, 9, 3),
+                          5 * 5 * 3 * 9 + 5 * 5 * 3 * 4),
+    "conv1d_valid_11": (lambda: L.Conv1D(4, 3, dilation_rate=2), (11, 3), 7 * 4 * 9),
+    "conv1d_causal_11": (lambda: L.Conv1D(4, 3, dilation_rate=2, padding="causal"), (11, 3),
+                         11 * 4 * 9),
+}
+
+
+@pytest.mark.parametrize("case", list(TRACED))
+def test_traced_dilated_conv_charges_the_keras_conv(case):
+    """A subclassed model's trace runs a dilated conv over its blocks stacked on the batch
+    axis (SpaceToBatchND): the traced reader charged one block (`Conv2D(4, 3,
+    dilation_rate=2)` on 9x9x3: 972 MACs, by hand 2,700); it now reads the Keras conv's
+    sizes (`graph_reader._blocks`), equal to the Functional model's estimate."""
+    make, shape, hand = TRACED[case]
+
+    class Wrapper(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.inner = make()
+
+        def call(self, x):
+            return self.inner(x)
+
+    keras.utils.set_random_seed(0)
+    sub = Wrapper()
+    sub(np.zeros((1, *shape), "float32"))
+    inp = keras.Input(shape)
+    functional = keras.Model(inp, make()(inp))
+    traced, k = energy.estimate(sub, input_shape=shape), energy.estimate(functional)
+    assert traced.macs == k.macs == hand
+    same_totals(traced, k)

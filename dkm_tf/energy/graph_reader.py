@@ -23,7 +23,8 @@ layer's name scope, found by the op that reads its `alpha`) are one "affine" rec
 the layer (see `shapes.prelu_shape`); such a call with an open size beyond the batch is
 listed ("unknown dimension"; read as 1 before 2026-12-07). Nested function calls (e.g.
 grouped convolutions, which Keras emits as a separate `tf.function`) are reported in
-`skipped`.
+`skipped`. A dilated conv, traced as SpaceToBatchND -> conv -> BatchToSpaceND over its blocks,
+is read at the Keras conv's sizes (`_blocks`).
 """
 
 import math
@@ -156,6 +157,7 @@ def read_traced_model(model, input_shape):
                                            elements=math.prod(outs[0][1:]), n_inputs=1))
         elif kind in ("Conv2D", "DepthwiseConv2dNative"):
             x, w, y = _nhwc(op, ins[0]), ins[1], _nhwc(op, outs[0])
+            x, y = _blocks(op, x, y)  # a dilated conv: the Keras conv's sizes
             layer = kernel_layer(op.inputs[1]) or scope
             strides = _spatial_attr(op, "strides")
             if kind == "Conv2D":
@@ -221,6 +223,8 @@ def read_traced_model(model, input_shape):
             if eltwise is not None:
                 shapes.append(sh.eltwise_shape(unique(scope), op=kind, eltwise_op=eltwise,
                                                elements=elements, n_inputs=2))
+        elif kind in ("SpaceToBatchND", "BatchToSpaceND"):
+            skipped.append((op.name, "no compute"))
         elif kind in ("StatefulPartitionedCall", "PartitionedCall"):
             skipped.append((scope, _NESTED_CALL))
         else:
@@ -233,6 +237,29 @@ def _nhwc(op, dims):
     """`dims` of a 4-D operand of `op` in NHWC order (measured before 2026-12-05: an NCHW
     Conv2D was read as H=C, W=H, C=W: a wrong count, or a crash on groups=0)."""
     return (dims[0], dims[2], dims[3], dims[1]) if is_nchw(op) and len(dims) == 4 else dims
+
+
+def _blocks(op, x, y):
+    """`(x, y)` of conv `op` (NHWC input and output dims) where TensorFlow runs a dilated
+    conv as SpaceToBatchND -> (ExpandDims) -> conv -> (Squeeze) -> BatchToSpaceND, the conv
+    over all the blocks on the batch axis (`tflite_blocks` for a file): the SpaceToBatchND's
+    input and the BatchToSpaceND's output (1-D: `(1, 1, length, c)`), what the Keras conv
+    reads and computes (before 2026-12-07 one block's: `Conv2D(4, 3, dilation_rate=2)` on
+    9x9x3 972 MACs, 2,700 by hand). `(x, y)` unchanged otherwise."""
+    t = op.inputs[0]
+    while t.op.type in ("ExpandDims", "Identity"):
+        t = t.op.inputs[0]
+    u, outs = op.outputs[0], []
+    while len(outs := [c for c in u.consumers()]) == 1 and outs[0].type in ("Squeeze",
+                                                                            "Identity"):
+        u = outs[0].outputs[0]
+    if t.op.type != "SpaceToBatchND" or len(outs) != 1 or outs[0].type != "BatchToSpaceND" \
+            or is_nchw(op) or list(_spatial_attr(op, "strides")) != [1, 1]:
+        return x, y
+    xs, ys = _dims(t.op.inputs[0]), _dims(outs[0].outputs[0])
+    if len(xs) == len(ys) == 3 and x[1] == y[1] == 1:
+        return (xs[0], 1, *xs[1:]), (ys[0], 1, *ys[1:])
+    return (xs, ys) if len(xs) == len(ys) == 4 else (x, y)
 
 
 def _spatial_attr(op, name):
