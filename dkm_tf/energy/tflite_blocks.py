@@ -108,7 +108,7 @@ def cropped(view, users, k, t):
             return None
         t = view.inputs(j)[0]
     b2s = _batch_to_space(view, users, int(view.ops[k].OutputsAsNumpy()[0]))
-    if s2b is None or b2s is None:
+    if s2b is None or b2s is None or min(len(view.inputs(j)) for j in (s2b, b2s)) < 3:
         return None
     block, other = (_ints(view, view.inputs(j)[1]) for j in (s2b, b2s))
     crops = _ints(view, view.inputs(b2s)[2])
