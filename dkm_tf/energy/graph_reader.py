@@ -24,12 +24,14 @@ the layer (see `shapes.prelu_shape`); such a call with an open size beyond the b
 listed ("unknown dimension"; read as 1 before 2026-12-07). Nested function calls (e.g.
 grouped convolutions, which Keras emits as a separate `tf.function`) are reported in
 `skipped`. A dilated conv, traced as SpaceToBatchND -> conv -> BatchToSpaceND over its blocks,
-is read at the Keras conv's sizes (`_blocks`).
+is read at the Keras conv's sizes (`_blocks`), its two ops "no compute"; other SpaceToBatchND /
+BatchToSpaceND ops (a hand-written `tf.space_to_batch`) are listed as unsupported.
 """
 
 import math
 import re
 
+from dkm_tf.energy.tflite_blocks import lowered_by_conv
 from dkm_tf.energy.tflite_ops import global_pool_hw
 from dkm_tf.energy.traced_activations import activation_calls, call_of, recording, size_of
 from dkm_tf.energy.traced_activations import records as activation_records
@@ -117,7 +119,7 @@ def read_traced_model(model, input_shape):
         return name if used[name] == 1 else f"{name}#{used[name]}"
 
     owner, entries, consts.quantized = activation_calls(calls, concrete.graph, consts.live)
-    charged = set()
+    charged, blocks, reshuffles = set(), set(), []
     for op in concrete.graph.get_operations():
         kind = op.type
         act = call_of(op, owner, entries)
@@ -157,7 +159,7 @@ def read_traced_model(model, input_shape):
                                            elements=math.prod(outs[0][1:]), n_inputs=1))
         elif kind in ("Conv2D", "DepthwiseConv2dNative"):
             x, w, y = _nhwc(op, ins[0]), ins[1], _nhwc(op, outs[0])
-            x, y = _blocks(op, x, y)  # a dilated conv: the Keras conv's sizes
+            x, y = _blocks(op, x, y, blocks)  # a dilated conv: the Keras conv's sizes
             layer = kernel_layer(op.inputs[1]) or scope
             strides = _spatial_attr(op, "strides")
             if kind == "Conv2D":
@@ -223,12 +225,14 @@ def read_traced_model(model, input_shape):
             if eltwise is not None:
                 shapes.append(sh.eltwise_shape(unique(scope), op=kind, eltwise_op=eltwise,
                                                elements=elements, n_inputs=2))
-        elif kind in ("SpaceToBatchND", "BatchToSpaceND"):
-            skipped.append((op.name, "no compute"))
+        elif kind in ("SpaceToBatchND", "BatchToSpaceND"):  # no compute if a conv's blocks
+            reshuffles.append((op.name, kind))
         elif kind in ("StatefulPartitionedCall", "PartitionedCall"):
             skipped.append((scope, _NESTED_CALL))
         else:
             skipped.append((op.name, f"unsupported TensorFlow op {kind}"))
+    skipped += [(name, "no compute" if name in blocks else f"unsupported TensorFlow op {kind}")
+                for name, kind in reshuffles]  # else a hand-written one, or not read
     skipped += [consts.weight_entry()] if consts.weight_entry() else []
     return tuple(shapes), tuple(skipped)
 
@@ -239,13 +243,15 @@ def _nhwc(op, dims):
     return (dims[0], dims[2], dims[3], dims[1]) if is_nchw(op) and len(dims) == 4 else dims
 
 
-def _blocks(op, x, y):
+def _blocks(op, x, y, used):
     """`(x, y)` of conv `op` (NHWC input and output dims) where TensorFlow runs a dilated
     conv as SpaceToBatchND -> (ExpandDims) -> conv -> (Squeeze) -> BatchToSpaceND, the conv
     over all the blocks on the batch axis (`tflite_blocks` for a file): the SpaceToBatchND's
     input and the BatchToSpaceND's output (1-D: `(1, 1, length, c)`), what the Keras conv
     reads and computes (before 2026-12-07 one block's: `Conv2D(4, 3, dilation_rate=2)` on
-    9x9x3 972 MACs, 2,700 by hand). `(x, y)` unchanged otherwise."""
+    9x9x3 972 MACs, 2,700 by hand); the two ops' names are added to set `used`. `(x, y)`
+    unchanged otherwise: a `tf.space_to_batch` written by hand around a conv, or an inner
+    conv that pads, is not TensorFlow's lowering (`tflite_blocks.lowered_by_conv`)."""
     t = op.inputs[0]
     while t.op.type in ("ExpandDims", "Identity"):
         t = t.op.inputs[0]
@@ -254,8 +260,12 @@ def _blocks(op, x, y):
                                                                             "Identity"):
         u = outs[0].outputs[0]
     if t.op.type != "SpaceToBatchND" or len(outs) != 1 or outs[0].type != "BatchToSpaceND" \
-            or is_nchw(op) or list(_spatial_attr(op, "strides")) != [1, 1]:
+            or is_nchw(op) or list(_spatial_attr(op, "strides")) != [1, 1] \
+            or op.get_attr("padding") != b"VALID" \
+            or not lowered_by_conv(t.op.name, outs[0].name) \
+            or not f"{op.name}/".startswith(t.op.name.rpartition("/")[0] + "/"):
         return x, y
+    used.update((t.op.name, outs[0].name))
     xs, ys = _dims(t.op.inputs[0]), _dims(outs[0].outputs[0])
     if len(xs) == len(ys) == 3 and x[1] == y[1] == 1:
         return (xs[0], 1, *xs[1:]), (ys[0], 1, *ys[1:])
