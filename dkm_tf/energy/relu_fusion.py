@@ -77,6 +77,25 @@ def _absorbs(producer, keras):
                               L.MaxPooling2D, L.AveragePooling1D, L.AveragePooling2D))
 
 
+def _same_relu(layer, producer, keras):
+    """Whether conv `producer` ends with the relu (relu6) ReLU `layer` is: the converter merges
+    the two RELU ops, dilated conv or not (one RELU after a dilated conv's BATCH_TO_SPACE_ND,
+    `tflite_blocks.after_blocks`; charged before 2026-12-07: Keras / file hierarchy 1.2933
+    dilated, 1.3954 undilated on 9x9x3)."""
+    L = keras.layers
+    inner = producer.layer if isinstance(producer, L.Wrapper) else producer
+    convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
+             L.SeparableConv2D)
+    if not isinstance(inner, convs) or isinstance(inner, (L.Conv1DTranspose, L.Conv2DTranspose)) \
+            or not _fusable_relu(layer, keras):
+        return False
+    if isinstance(layer, L.ReLU):
+        kind = "relu" if layer.max_value is None else "relu6"
+    else:
+        kind = activation_name(layer.activation)
+    return activation_name(getattr(inner, "activation", None)) == kind
+
+
 def relu_fused_into(layer, call, counts, keras, outer=None):
     """The name of the layer the leading RELU of ReLU `layer` (`leading_relu`) is fused into
     at `call` (`(inputs, outputs)`), else None (not such a ReLU, or its producer keeps a RELU
@@ -86,7 +105,7 @@ def relu_fused_into(layer, call, counts, keras, outer=None):
     if isinstance(call, Exception) or not call[0] or not leading_relu(layer, keras):
         return None
     found = source_at(call[0][0], counts, keras, outer)
-    if found is None or not _absorbs(found[0], keras):
+    if found is None or not (_absorbs(found[0], keras) or _same_relu(layer, found[0], keras)):
         return None
     producer, ins, at_counts, at_outer = found
     if isinstance(producer, keras.layers.BatchNormalization):  # the conv it is folded into
@@ -98,6 +117,7 @@ def relu_fused_into(layer, call, counts, keras, outer=None):
 def relu_fused_after(layer, prev, keras):
     """As :func:`relu_fused_into` for a layer of a `keras.layers.Pipeline`: `prev` is the
     layer before it there (None for the first), whose output only `layer` reads."""
-    if prev is None or not leading_relu(layer, keras) or not _absorbs(prev, keras):
+    if prev is None or not leading_relu(layer, keras) or not (
+            _absorbs(prev, keras) or _same_relu(layer, prev, keras)):
         return None
     return prev.name
