@@ -123,3 +123,33 @@ def test_relu6_layer_after_a_relu_conv_stays_charged(tmp_path):
         assert [x.shape.output_size for x in report.layers
                 if x.shape.kind == "eltwise"] == [7 * 7 * 4]
     same_totals(k, f)
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_relu_layer_merged_where_the_convs_output_has_two_readers(d, tmp_path):
+    """Conv2D(4, 3, dilation_rate=d, activation="relu") read by a ReLU -> Conv2D(2, 1) and by a
+    Conv2D(2, 1), added: the converter still drops the second RELU (fd5c9d6: Keras / file
+    hierarchy 1.2458 undilated, 1.2013 dilated)."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((9, 9, 3))
+    c = L.Conv2D(4, 3, dilation_rate=d, activation="relu")(x)
+    model = keras.Model(x, L.Add()([L.Conv2D(2, 1)(L.ReLU()(c)), L.Conv2D(2, 1)(c)]))
+    o = 9 - 2 * d
+    k, f = both(model, tmp_path)
+    assert k.macs == f.macs == o * o * (4 * 27 + 2 * 2 * 4)
+    for report in (k, f):
+        assert [x.shape.eltwise_op for x in report.layers
+                if x.shape.kind == "eltwise"] == ["add"]
+    same_totals(k, f)
+
+
+def test_relu_layer_after_a_relu_dense_is_charged_once(tmp_path):
+    """Dense(8, "relu") -> ReLU() -> Dense(2) on 16 features: one fused RELU (fd5c9d6:
+    Keras / file hierarchy 1.0887)."""
+    keras.utils.set_random_seed(0)
+    k, f = both(chain(lambda: L.Dense(8, activation="relu"), L.ReLU, lambda: L.Dense(2),
+                      shape=(16,))(), tmp_path)
+    assert k.macs == f.macs == 16 * 8 + 8 * 2
+    for report in (k, f):
+        assert [x for x in report.layers if x.shape.kind == "eltwise"] == []
+    same_totals(k, f)

@@ -78,14 +78,15 @@ def _absorbs(producer, keras):
 
 
 def _same_relu(layer, producer, keras):
-    """Whether conv `producer` ends with the relu (relu6) ReLU `layer` is: the converter merges
-    the two RELU ops, dilated conv or not (one RELU after a dilated conv's BATCH_TO_SPACE_ND,
+    """Whether conv or Dense `producer` ends with the relu (relu6) ReLU `layer` is: the
+    converter merges the two RELU ops, dilated conv or not, even where the conv's output has
+    other readers (one RELU after a dilated conv's BATCH_TO_SPACE_ND,
     `tflite_blocks.after_blocks`; charged before 2026-12-07: Keras / file hierarchy 1.2933
     dilated, 1.3954 undilated on 9x9x3)."""
     L = keras.layers
     inner = producer.layer if isinstance(producer, L.Wrapper) else producer
     convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
-             L.SeparableConv2D)
+             L.SeparableConv2D, L.Dense)
     if not isinstance(inner, convs) or isinstance(inner, (L.Conv1DTranspose, L.Conv2DTranspose)) \
             or not _fusable_relu(layer, keras):
         return False
@@ -106,7 +107,9 @@ def relu_fused_into(layer, call, counts, keras, outer=None):
         return None
     found = source_at(call[0][0], counts, keras, outer)
     if found is None or not (_absorbs(found[0], keras) or _same_relu(layer, found[0], keras)):
-        return None
+        found = source_at(call[0][0], {**counts, id(call[0][0]): 1}, keras, outer)  # 2 readers
+        if found is None or not _same_relu(layer, found[0], keras):
+            return None
     producer, ins, at_counts, at_outer = found
     if isinstance(producer, keras.layers.BatchNormalization):  # the conv it is folded into
         x = ins[0] if ins else None
