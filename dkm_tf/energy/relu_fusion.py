@@ -19,7 +19,9 @@ RELU op of their own. A ReLU capped at other than 6 is a RELU, a MINIMUM and a R
 (`keras_lowered.relu_ops`): its first RELU is fused the same way, the MINIMUM and the last
 RELU stay charged; one with a threshold or a slope (and a cap or threshold) starts with other
 ops and is charged in full. A `keras.ops.clip(x, 0, 6)` (a RELU6) or `(x, -1, 1)` (a
-RELU_N1_TO_1) is fused the same way (`keras_lowered.clip_ops`).
+RELU_N1_TO_1) is fused the same way (`keras_lowered.clip_ops`), and so are `keras.ops.relu` /
+`keras.ops.relu6`; a same-shape `Reshape` between the op and the ReLU is removed
+(`identity_reshape`).
 
 Before this, `energy.estimate(keras_model)` charged each such ReLU layer a full DRAM round trip
 of its activations that the model's own `.tflite` never makes: a MobileNetV2 (224x224, K = 16)
@@ -27,7 +29,7 @@ read 7.40e9 hierarchy units from Keras and 4.74e9 from its palettized file.
 """
 
 from dkm_tf.energy.activations import activation_name
-from dkm_tf.energy.bn_folding import folded_into, source_at
+from dkm_tf.energy.bn_folding import folded_into, removed, source_at
 from dkm_tf.energy.keras_lowered import affine_ops, clip_ops
 
 _OPS = ("Add", "Subtract", "Multiply", "TrueDivide", "Divide")  # non-layer ops: ADD, ... DIV
@@ -50,9 +52,46 @@ def leading_relu(layer, keras):
     L = keras.layers
     if isinstance(layer, L.ReLU):
         return float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
-    if type(layer).__name__ == "Clip" and not isinstance(layer, L.Layer):
-        return clip_ops(layer) == ["relu"]  # `ops.clip(x, 0, 6)`: a RELU6, (-1, 1) RELU_N1_TO_1
-    return _fusable_relu(layer, keras)
+    if not isinstance(layer, L.Layer):  # `keras.ops.relu` / `relu6` (before 2026-12-07
+        name = type(layer).__name__  # charged as a RELU op: `ops.relu(Conv2D(4, 3)(x))`,
+        if name in ("Relu", "Relu6"):  # Keras / file hierarchy 1.5297; `ops.relu6` of a
+            return True  # Dense 1.1037)
+        return name == "Clip" and clip_ops(layer) == ["relu"]  # (0, 6): RELU6, (-1, 1)
+    return _fusable_relu(layer, keras)  # RELU_N1_TO_1
+
+
+def relu_kind(op, keras):
+    """The activation the converter fuses for the leading RELU of `op` (`leading_relu`) into
+    the op before it: "relu" (a ReLU, also one capped at other than 6), "relu6" (capped at
+    6, `keras.ops.relu6`, `keras.ops.clip(x, 0, 6)`) or "relu_n1_to_1" (a clip to [-1, 1]);
+    for a `keras.layers.Pipeline`, its first layer's that the converter keeps; else None."""
+    if isinstance(op, keras.layers.Pipeline):
+        first = next((s for s in op.layers if not removed(s, keras)), None)
+        return None if first is None else relu_kind(first, keras)
+    if op is None or not leading_relu(op, keras):
+        return None
+    name = type(op).__name__ if not isinstance(op, keras.layers.Layer) else None
+    if name == "Clip":
+        return "relu6" if float(op.x_max) == 6.0 else "relu_n1_to_1"
+    cap = getattr(op, "max_value", None)
+    six = name == "Relu6" or cap is not None and float(cap) == 6.0
+    return "relu6" if six or activation_name(getattr(op, "activation", None)) == "relu6" \
+        else "relu"
+
+
+def identity_reshape(op, ins, keras):
+    """Whether `op` (a `Reshape` / `Flatten` layer, `keras.ops.reshape`) called on `ins`
+    gives a tensor of the shape of its input: the converter removes it (a ReLU after it is
+    fused into the op before it: `Dense(8)` -> `Reshape((8,))` -> ReLU, Keras / file
+    hierarchy 1.1037 before 2026-12-07)."""
+    if type(op).__name__ not in ("Reshape", "Flatten") or len(ins) != 1:
+        return False
+    try:
+        node = next(n for n in op._inbound_nodes if [id(t) for t in n.input_tensors] == [
+            id(t) for t in ins])
+        return len(node.outputs) == 1 and tuple(node.outputs[0].shape) == tuple(ins[0].shape)
+    except (AttributeError, StopIteration, TypeError):
+        return False
 
 
 def _absorbs(producer, keras):
@@ -106,6 +145,8 @@ def relu_fused_into(layer, call, counts, keras, outer=None):
     if isinstance(call, Exception) or not call[0] or not leading_relu(layer, keras):
         return None
     found = source_at(call[0][0], counts, keras, outer)
+    while found is not None and identity_reshape(found[0], found[1], keras):
+        found = source_at(found[1][0], found[2], keras, found[3])  # removed: `identity_reshape`
     if found is None or not (_absorbs(found[0], keras) or _same_relu(layer, found[0], keras)):
         found = source_at(call[0][0], {**counts, id(call[0][0]): 1}, keras, outer)  # 2 readers
         if found is None or not _same_relu(layer, found[0], keras):
