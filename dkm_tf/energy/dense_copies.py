@@ -9,59 +9,91 @@ RELU for each ReLU: `Dense(8)` on `tanh(Input(16))` read by a ReLU and a sigmoid
 file hierarchy 0.5842 (by a model output 0.5519, by a Dense 0.5980); by a ReLU and a ReLU6
 only, 0.6323. A conv, a batch norm, a Dense on a rank-3 tensor (a RESHAPE first) are computed
 once and keep a RELU op (`tests/test_csefix28.py`). The readers are `keras_cse`'s, merged
-across twins as the converter merges them.
+across twins as the converter merges them. Until later on 2026-12-07 only ReLU layers reading
+the Dense directly were copies: `keras.ops.relu` / `relu6` / `clip(y, 0, 6)`, a ReLU behind
+a same-shape reshape or a `Dropout` read twice, in a `Lambda` or beside a nested model
+passing the Dense through, and a Dense ending a `keras.layers.Pipeline` gave 0.5842
+(`Pipeline([Dense(8)])` read by a ReLU and a ReLU6 only: no FULLY_CONNECTED, 0.1684); a ReLU
+layer beside `ops.relu`, `Pipeline([ReLU()])` or `Lambda(ops.relu)` (one FULLY_CONNECTED in
+the file) 1.9551 / 1.8654 / 1.9551 (`tests/test_denseops29.py`).
 """
 
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.keras_calls import node_inputs
 from dkm_tf.energy.keras_cse import STATE
-from dkm_tf.energy.relu_fusion import leading_relu
+from dkm_tf.energy.keras_pipeline import pipeline_calls
+from dkm_tf.energy.keras_wrapped import lambda_model
+from dkm_tf.energy.relu_fusion import identity_reshape, relu_kind
 
 
 def dense_copy(layer, call, counts, keras, used, outer=None):
     """`(dense, its call, first, (counts, outer) of its graph)` where the leading RELU of
-    `layer` at `call` reads, past removed identities each read once, the output of a linear
-    `Dense` on a rank-2 tensor that other calls read too (`counts`, `keras_cse.left_out`'s),
-    else None; `first`: no ReLU of its kind on that output was charged yet (`used`: the
-    reader's name counts, in whose `keras_cse` state this is noted), so this one is charged
-    as that FULLY_CONNECTED (else it is fused in). `outer`: as for `bn_folding.source`, where the
-    call is in a nested model (an input of it read once there is followed out to the tensor
-    its call passes), and a nested model's output into that model (the counts of its walk,
-    `keras_cse.left_out`'s)."""
-    if isinstance(call, Exception) or not call[0] or not isinstance(
-            layer, keras.layers.Layer) or not leading_relu(layer, keras):
+    `layer` (a ReLU layer, `keras.ops.relu` / `relu6` / `clip(x, 0, 6)`: `relu_kind`) at
+    `call` reads, past removed identities and same-shape reshapes (`identity_reshape`), the
+    output of a linear `Dense` on a rank-2 tensor (also the last layer of a
+    `keras.layers.Pipeline`: `_pipeline_dense`) that other calls read too (`counts`,
+    `keras_cse.left_out`'s, anywhere on the way), else None; `first`: no ReLU of its kind on
+    that output was charged yet (`used`: the reader's name counts, in whose `keras_cse` state
+    this is noted), so this one is charged as that FULLY_CONNECTED (else it is fused in).
+    `outer`: as for `bn_folding.source`, where the call is in a nested model (an input of
+    it is followed out to the tensor its call passes), and a nested model's output into that
+    model (the counts of its walk, `keras_cse.left_out`'s)."""
+    if isinstance(call, Exception) or not call[0] or relu_kind(layer, keras) is None:
         return None
-    x, many = call[0][0], False  # many: read by others on the way (a nested model's output)
+    x, many = call[0][0], False  # many: read by others on the way
     while True:
+        many = many or counts.get(id(x), 0) >= 2
         try:
             producer, node, index = x._keras_history
             ins = producer._inbound_nodes[node].input_tensors
             if isinstance(producer, keras.Model) and ("nested", id(x)) in counts:
                 inside = (keras.tree.flatten(producer.inputs), node_inputs(
                     producer, producer._inbound_nodes[node]), counts, outer)
-                many = many or counts.get(id(x), 0) >= 2  # into it, with its walk's counts
                 x, counts, outer = (keras.tree.flatten(producer.outputs)[index],
                                     counts[("nested", id(x))], inside)
-                continue
+                continue  # into it, with its walk's counts
         except (AttributeError, ValueError, TypeError, IndexError):
             return None
         at = [k for k, o in enumerate(outer[0]) if o is x] if outer is not None and type(
             producer).__name__ == "InputLayer" else []
-        if len(at) == 1 and at[0] < len(outer[1]) and counts.get(id(x), 0) == 1:
+        if len(at) == 1 and at[0] < len(outer[1]):
             x, counts, outer = outer[1][at[0]], outer[2], outer[3]  # out of a nested model
             continue
-        if not (len(ins) == 1 and removed(producer, keras) and counts.get(id(x), 0) == 1):
+        if not (len(ins) == 1 and (removed(producer, keras) or identity_reshape(
+                producer, ins, keras))):
             break
         x = ins[0]
-    if not _linear_rank2(producer, ins, keras) or counts.get(id(x), 0) < 2 and not many:
+    if isinstance(producer, keras.layers.Pipeline):
+        producer, ins = _pipeline_dense(producer, producer._inbound_nodes[node], keras)
+    if not _linear_rank2(producer, ins, keras) or not many:
         return None
     state = used.get(STATE)  # per walk: a TimeDistributed model's steps are walked apart
     charged = set() if state is None else state.setdefault("dense_copies", set())
-    mark = (_key(x, counts, used) or object(), _kind(layer, keras))
-    first = mark not in charged
+    here = counts.setdefault(_MARKS, set())  # also seen from a `Lambda`'s walk (its own
+    kind = relu_kind(layer, keras)  # `used`): a ReLU and a `Lambda(ops.relu)` on one Dense,
+    mark = (_key(x, counts, used) or object(), kind)  # 3 FULLY_CONNECTED, file 1
+    first = mark not in charged and (id(x), kind) not in here
     charged.add(mark)
+    here.add((id(x), kind))
     return producer, _Copy((list(ins), [x])), first, (counts, outer)
+
+
+def _pipeline_dense(layer, node, keras):
+    """`(the last layer Pipeline `layer` keeps, its input tensors)` at its call `node` (the
+    converter traces the Pipeline's layers into the graph: `Pipeline([Dense(8)])` read by a
+    ReLU and a sigmoid is two FULLY_CONNECTED, Keras / file hierarchy 0.5842 before
+    2026-12-07; read by a ReLU and a ReLU6 only, its Dense was charged nothing, 0.1684);
+    `(layer, [])` where its chain of shapes cannot be followed."""
+    try:
+        subs, _ = pipeline_calls(layer, (node.input_tensors, node.outputs))
+    except (AttributeError, TypeError, ValueError):
+        return layer, []
+    kept = [(sub, ins) for sub, (ins, _) in subs if not removed(sub, keras)]
+    return kept[-1] if kept else (layer, [])
+
+
+_MARKS = ("dense_copies",)  # in the counts of the Dense's graph: the copies charged there
 
 
 class _Copy(tuple):
@@ -70,17 +102,37 @@ class _Copy(tuple):
 
 def unread(layer, call, counts, keras, used):
     """Why the call `(inputs, outputs)` of `layer`, a linear `Dense` on a rank-2 tensor read
-    more than once, is not in the file (every reader is a ReLU / ReLU6, each with a
-    FULLY_CONNECTED of its own: `dense_copy`), else None."""
+    more than once (also through removed identities, same-shape reshapes, nested models), is
+    not in the file (every reader is a ReLU / ReLU6, each with a FULLY_CONNECTED of its own:
+    `dense_copy`), else None."""
     if isinstance(call, (Exception, _Copy)) or len(call[0]) != 1 or len(call[1]) != 1 or \
-            not _linear_rank2(layer, call[0], keras) or counts.get(id(call[1][0]), 0) < 2:
+            not _linear_rank2(layer, call[0], keras):
         return None
     key = _key(call[1][0], counts, used)
-    ops = (used.get(STATE) or {}).get("twin_ops", {}).get(key) if key is not None else None
-    if not ops or any(_kind(op, keras) is None for op in ops.values()):
+    ops = _readers(key, (used.get(STATE) or {}).get("twin_ops", {}), keras) \
+        if key is not None else []
+    if not ops or any(_kind(op, keras) is None for op in ops) or \
+            counts.get(id(call[1][0]), 0) < 2 and len(ops) < 2:  # one: fused into it
         return None
     return ("every reader is a ReLU with a FULLY_CONNECTED of its own (as a .tflite writes "
             "it): not charged")
+
+
+def _readers(key, twin_ops, keras, seen=()):
+    """The ops reading the tensors of `key` (`keras_cse`'s, merged across twins, through
+    removed identities and nested models; None: a model output), through same-shape
+    reshapes: read by a ReLU and a ReLU6 only, behind a `Dropout` or such a reshape or in a
+    nested model, the file has no plain FULLY_CONNECTED (before 2026-12-07 the Dense and two
+    RELU ops were charged: Keras / file hierarchy 0.6323)."""
+    found = []
+    for k, op in (twin_ops.get(key) or {}).items():
+        nodes = getattr(op, "_inbound_nodes", None) or [None]
+        if isinstance(k, tuple) and k[0] and key not in seen and all(
+                n is not None and identity_reshape(op, n.input_tensors, keras) for n in nodes):
+            found.extend(_readers(k[0][0], twin_ops, keras, seen + (key,)) or [None])
+        else:
+            found.append(op)
+    return found
 
 
 def _linear_rank2(layer, ins, keras):
@@ -95,10 +147,18 @@ def _key(t, counts, used):
 
 
 def _kind(op, keras):
-    """"relu" / "relu6": the activation the converter fuses for ReLU `op`; None: not one."""
-    if not isinstance(op, keras.layers.Layer) or not leading_relu(op, keras):
-        return None
-    cap = getattr(op, "max_value", None)
-    six = cap is not None and float(cap) == 6.0
-    return "relu6" if six or activation_name(getattr(op, "activation", None)) == "relu6" \
-        else "relu"
+    """`relu_kind` of `op`, a reader of a Dense's output; of a `Lambda`, the kind of the one
+    op reading its input in the graph of each of its calls (`keras_wrapped.lambda_model`:
+    its walk charges the copy), else None."""
+    if not isinstance(op, keras.layers.Lambda):
+        return relu_kind(op, keras)
+    kinds = set()
+    for node in op._inbound_nodes:
+        sub = lambda_model(op, (node.input_tensors, node.outputs), keras)
+        inputs = [] if sub is None else keras.tree.flatten(sub.inputs)
+        if len(inputs) != 1 or any(o is inputs[0] for o in keras.tree.flatten(sub.outputs)):
+            return None
+        readers = [o for o in sub.operations for n in o._inbound_nodes
+                   if any(t is inputs[0] for t in n.input_tensors)]
+        kinds.add(relu_kind(readers[0], keras) if len(readers) == 1 else None)
+    return kinds.pop() if len(kinds) == 1 else None
