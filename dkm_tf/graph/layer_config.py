@@ -4,8 +4,8 @@
 
 from __future__ import annotations
 
-__all__ = ["DEPTHWISE_NOTE", "LayerConfig", "granularity_chosen", "override_keys",
-           "weight_config"]
+__all__ = ["DEPTHWISE_NOTE", "LayerConfig", "granularity_chosen", "override_key_kinds",
+           "override_keys", "weight_config"]
 
 
 class LayerConfig(dict):
@@ -72,6 +72,19 @@ def override_keys(layer):
     Args:
         layer: any Keras layer.
     """
+    classes, names = override_key_kinds(layer)
+    return list(dict.fromkeys(reversed(classes + names)))[::-1]  # a key twice: last counts
+
+
+def override_key_kinds(layer):
+    """``(class keys, name keys)`` of :func:`override_keys`, each lowest precedence first: the
+    classes of ``layer`` and the layers it wraps (a Bidirectional's forward and backward
+    classes), and their names. :func:`~dkm_tf.graph.layer_names.check_name_or_class` tells a
+    key that names one layer from one that is another's class by them.
+
+    Args:
+        layer: any Keras layer.
+    """
     import keras  # noqa: PLC0415 (this module is imported without keras)
 
     chain, classes = [layer], []
@@ -84,5 +97,4 @@ def override_keys(layer):
             break
         else:
             break
-    keys = classes + [type(la).__name__ for la in chain] + [la.name for la in chain]
-    return list(dict.fromkeys(reversed(keys)))[::-1]  # a key twice: its last place counts
+    return classes + [type(la).__name__ for la in chain], [la.name for la in chain]

@@ -40,17 +40,63 @@ def where(layers):
 
 
 def check_name_or_class(overrides, layers):
-    """Raise ``ValueError`` for an ``overrides`` key that is one layer's name and the class
-    name of others (a Conv2D named ``"Dense"`` beside Dense layers): it applied to all of them,
-    by name and by class (``{"Dense": None}`` left every layer float, with no word). A Dense
-    named ``"Dense"`` beside other Dense layers is one meaning either way: accepted."""
-    for key in overrides:
-        named = [layer for layer in layers if getattr(layer, "name", None) == key]
-        typed = [layer.name for layer in layers
-                 if type(layer).__name__ == key and getattr(layer, "name", None) != key]
-        if named and typed and any(type(layer).__name__ != key for layer in named):
-            raise ValueError(
-                f"Invalid value for argument `overrides`: key {key!r} names layer {key!r} (a "
-                f"{type(named[0]).__name__}) and is the class of layers {typed[:5]}; it would "
-                "apply to all of them. Rename the layer, or key the others by their names.")
+    """Raise ``ValueError`` for an ``overrides`` key that would apply to layers it does not
+    mean, with no word:
 
+    - one layer's name and the class of others (a Conv2D named ``"Dense"`` beside Dense
+      layers; ``{"Dense": None}`` left every one float). The names and classes of the layers
+      a ``TimeDistributed`` wraps count as its own (``TimeDistributed(Dense(name="Conv2D"))``
+      beside a Conv2D). A Dense named ``"Dense"`` beside other Dense layers is one meaning
+      either way: accepted;
+    - the name of two distinct layers, one of them wrapped in a ``TimeDistributed`` (a Dense
+      ``"fc"`` beside ``TimeDistributed(Dense(name="fc"))``);
+    - the forward and backward classes of a ``Bidirectional`` of two classes (LSTM, GRU),
+      both keyed with different settings: the backward class's entry won for the whole layer.
+    """
+    from dkm_tf.graph.layer_config import override_key_kinds  # noqa: PLC0415 (keras)
+
+    kinds = [(la, *override_key_kinds(la)) if hasattr(la, "weights") else
+             (la, [type(la).__name__], [getattr(la, "name", None)]) for la in layers]
+    for key in overrides:
+        named = [(la, cls) for la, cls, names in kinds if key in names]
+        typed = [la.name for la, cls, names in kinds if key in cls and key not in names]
+        if named and typed and any(key not in cls for _, cls in named):
+            la = next(la for la, cls in named if key not in cls)
+            how = "" if la.name == key else ", through the layer it wraps"
+            raise ValueError(
+                f"Invalid value for argument `overrides`: key {key!r} names layer {la.name!r} "
+                f"(a {type(la).__name__}{how}) and is the class of layers {typed[:5]}; it "
+                "would apply to all of them. Rename the layer, or key the others by their "
+                "names.")
+        owners = {id(o): (la, o) for la, _ in named for o in _named(la, key)}
+        if len(owners) > 1 and any(la.name != key for la, _ in owners.values()):
+            raise ValueError(
+                f"Invalid value for argument `overrides`: key {key!r} names layers "
+                f"{sorted(la.name for la, _ in owners.values())[:5]}, distinct layers (one "
+                "inside a TimeDistributed) that share the name; it would apply to all of "
+                "them. Key the TimeDistributed by its own name, or rename a layer.")
+    for la, cls, _ in kinds:
+        _check_mixed_bidirectional(overrides, la, cls)
+
+
+def _named(layer, key):
+    """``layer`` and the layers it wraps (``.layer`` of a TimeDistributed) named ``key``."""
+    out = []
+    while layer is not None:
+        out += [layer] if getattr(layer, "name", None) == key else []
+        layer = getattr(layer, "layer", None) if hasattr(layer, "layer") else None
+    return out
+
+
+def _check_mixed_bidirectional(overrides, layer, classes):
+    """Refuse different entries for the forward and backward classes of a Bidirectional."""
+    if not hasattr(layer, "backward_layer") or classes[0] == classes[1]:
+        return
+    fwd, bwd = classes[:2]
+    if fwd in overrides and bwd in overrides and overrides[fwd] != overrides[bwd]:
+        raise ValueError(
+            f"Invalid value for argument `overrides`: layer {layer.name!r} (a Bidirectional "
+            f"of a {fwd} forward and a {bwd} backward) is reached by keys {fwd!r} "
+            f"({overrides[fwd]!r}) and {bwd!r} ({overrides[bwd]!r}), which differ; one of them "
+            f"would apply to the whole layer. Give them equal settings, or leave one out and "
+            f"key it by its name {layer.name!r}.")

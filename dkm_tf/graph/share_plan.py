@@ -21,7 +21,7 @@ def share_plan(model, defaults, overrides, seed, make_job):
     from dkm_tf.graph import clusterable  # noqa: PLC0415 (imports keras)
     from dkm_tf.graph.composite import unsupported_reason  # noqa: PLC0415
 
-    jobs, skipped, planned = [], [], {}
+    jobs, skipped, planned, plan = [], [], {}, []
     for i, layer in enumerate(iter_layers(model)):
         if not layer.weights:
             continue
@@ -30,7 +30,9 @@ def share_plan(model, defaults, overrides, seed, make_job):
                 layer, f"{type(layer).__name__} is not a supported kernel layer (supported: "
                        f"{', '.join(clusterable.SUPPORTED_LAYERS)})")))
             continue
-        cfg = clusterable.resolve_layer_config(layer, defaults, overrides)
+        plan.append((i, layer, clusterable.resolve_layer_config(layer, defaults, overrides)))
+    _check_tied_settings(plan)
+    for i, layer, cfg in plan:
         if cfg is None:
             skipped.append((layer.name, "excluded by overrides"))
             continue
@@ -45,3 +47,26 @@ def share_plan(model, defaults, overrides, seed, make_job):
             jobs.append(make_job(layer.name, attr, var, shape, kind,
                                  resolve_unit(wcfg["unit"], kind, shape), wcfg, seed + i))
     return jobs, skipped
+
+
+def _check_tied_settings(plan):
+    """Refuse a variable whose readers (``d`` and ``TimeDistributed(d)``) ``overrides``
+    resolves differently: it is clustered once, so one reader's settings (or None) would be
+    reported while the other's were applied (``{"d": None, "td": {...}}`` reported d
+    "excluded by overrides" with its kernel clustered as td's)."""
+    from dkm_tf.graph import clusterable  # noqa: PLC0415 (imports keras)
+
+    first = {}
+    for _, layer, cfg in plan:
+        for attr, var, _ in clusterable.clusterable_weights(layer):
+            seen = first.setdefault(id(var), (layer, attr, cfg))
+            if seen[0] is not layer and _settings(seen[2]) != _settings(cfg):
+                raise ValueError(
+                    f"Invalid value for argument `overrides`: layers {seen[0].name!r} "
+                    f"({seen[1]}) and {layer.name!r} ({attr}) read the same variable, "
+                    f"clustered once, but get different settings ({_settings(seen[2])} and "
+                    f"{_settings(cfg)}). Give both layers the same entry (or None for both).")
+
+
+def _settings(cfg):
+    return None if cfg is None else dict(cfg)
