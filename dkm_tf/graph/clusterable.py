@@ -307,7 +307,8 @@ def check_overrides(model, overrides, defaults, check_settings=None):
     the defaults updated by it). A key that would be ignored is refused: a typo (close matches
     listed), one naming only models (nested or not, ``"Functional"``: their layers would get
     the defaults), one giving settings to layers never clustered (``"BatchNormalization"``),
-    or one that is a layer's name and others' class (a Conv2D ``"Dense"``: it applied to all).
+    or one that is a layer's name and others' class (a Conv2D ``"Dense"``: it applied to all;
+    the layers a TimeDistributed wraps count as its own: :func:`check_name_or_class`).
 
     Raises:
         TypeError: ``overrides`` is not a dict, or a value is neither None nor a dict.

@@ -90,13 +90,15 @@ def _named(layer, key):
 
 def _check_mixed_bidirectional(overrides, layer, classes):
     """Refuse different entries for the forward and backward classes of a Bidirectional."""
-    if not hasattr(layer, "backward_layer") or classes[0] == classes[1]:
+    import keras  # noqa: PLC0415 (this module is imported without keras)
+
+    if not isinstance(layer, keras.layers.Bidirectional) or classes[0] == classes[1]:
         return
     fwd, bwd = classes[:2]
     if fwd in overrides and bwd in overrides and overrides[fwd] != overrides[bwd]:
         raise ValueError(
-            f"Invalid value for argument `overrides`: layer {layer.name!r} (a Bidirectional "
-            f"of a {fwd} forward and a {bwd} backward) is reached by keys {fwd!r} "
+            f"Invalid value for argument `overrides`: layer {layer.name!r} (a Bidirectional, "
+            f"forward {fwd}, backward {bwd}) is reached by keys {fwd!r} "
             f"({overrides[fwd]!r}) and {bwd!r} ({overrides[bwd]!r}), which differ; one of them "
             f"would apply to the whole layer. Give them equal settings, or leave one out and "
             f"key it by its name {layer.name!r}.")

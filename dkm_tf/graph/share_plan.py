@@ -5,6 +5,8 @@ A weight is planned once: a layer wrapped by two ``TimeDistributed`` layers (``t
 TimeDistributed(d)``, ``td_b = TimeDistributed(d)``) holds one kernel that both list, and
 clustering it twice (``inplace=True``, which keeps the tie) would count it twice in the size
 report and write two palettes for one tensor; the second reader is skipped, naming the first.
+Readers that ``overrides`` gives different settings (``{"d": None, "td": {...}}``) are
+refused: one reader's settings would be applied and the other's reported.
 """
 
 from __future__ import annotations
