@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from _energy_file25 import both, chain, convs, same_totals
+from _energy_file25 import both, chain, convs, eltwise, same_totals
 from keras import layers as L
 
 from dkm_tf import energy
@@ -152,4 +152,22 @@ def test_relu_layer_after_a_relu_dense_is_charged_once(tmp_path):
     assert k.macs == f.macs == 16 * 8 + 8 * 2
     for report in (k, f):
         assert [x for x in report.layers if x.shape.kind == "eltwise"] == []
+    same_totals(k, f)
+
+
+@pytest.mark.parametrize("wrapped, shape, tail", [
+    (lambda: L.Conv2D(4, 3, activation="relu"), (3, 9, 9, 3), None),
+    (lambda: L.Dense(8, activation="relu"), (3, 5, 16), lambda: L.Dense(2)),
+])
+def test_relu_layer_after_a_time_distributed_relu_layer_stays_charged(wrapped, shape, tail,
+                                                                      tmp_path):
+    """A ReLU after a TimeDistributed relu conv / Dense is not merged: the converter runs the
+    wrapped layer per step, joins the steps with PACK and keeps a RELU after it (review R12:
+    reported fused, Keras / file hierarchy 0.6350 conv, 0.7993 Dense)."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input(shape)
+    y = L.ReLU()(L.TimeDistributed(wrapped())(x))
+    k, f = both(keras.Model(x, tail()(y) if tail else y), tmp_path)
+    for report in (k, f):
+        assert eltwise(report) == ["relu"]
     same_totals(k, f)

@@ -123,6 +123,8 @@ def _same_relu(layer, producer, keras):
     `tflite_blocks.after_blocks`; charged before 2026-12-07: Keras / file hierarchy 1.2933
     dilated, 1.3954 undilated on 9x9x3)."""
     L = keras.layers
+    if isinstance(producer, (L.TimeDistributed, L.Bidirectional)):  # per-step ops, PACK, RELU
+        return False
     inner = producer.layer if isinstance(producer, L.Wrapper) else producer
     convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
              L.SeparableConv2D, L.Dense)
