@@ -157,10 +157,13 @@ def _pipeline_last(layer, node, counts, keras, outer):
     traces the Pipeline's layers into the graph), the Pipeline's input's where it keeps none,
     the Pipeline itself where its chain cannot be followed (before 2026-12-07 always the
     Pipeline: a ReLU after `Pipeline([Conv2D(4, 3)])` was charged, Keras / file hierarchy
-    1.5297, a batch norm or `Rescaling(0.5)` after it not folded, 1.7956). A layer (or nested
-    model) also called outside the Pipeline keeps the Pipeline as the source: the converter
-    may compute a twin call once, giving the conv a second reader (review R7: a backbone
-    called directly and in a Pipeline, a batch norm after the Pipeline folded, 0.7533)."""
+    1.5297, a batch norm or `Rescaling(0.5)` after it not folded, 1.7956). A nested model is
+    looked into with the counts of its walk there (`keras_cse`: a twin merged with a call
+    outside has its readers; review R7: a backbone called directly and in a Pipeline, a batch
+    norm after the Pipeline folded, 0.7533); a call merged with a twin has the twins' readers
+    in `counts` (`pipeline_cse`). Before 2026-12-07 a layer also called outside the Pipeline
+    kept the Pipeline as the source: a batch norm after `Pipeline([c])(tanh(x))` beside
+    `c(sigmoid(x))` was charged, Keras / file hierarchy 2.0499."""
     from dkm_tf.energy.keras_pipeline import pipeline_calls
 
     subs, _ = pipeline_calls(layer, (node.input_tensors, node.outputs))
@@ -172,15 +175,14 @@ def _pipeline_last(layer, node, counts, keras, outer):
             inside = (keras.tree.flatten(sub.inputs), list(ins), counts, outer)
         except (AttributeError, ValueError, TypeError):  # subclassed: no graph
             return sub, list(ins), counts, outer
+        walked = counts.get(("nested", id(keras.tree.flatten(node.outputs)[0])))
         ops = [(op, _calls(sub, op)) for op in graph_ops(sub)]
-        found = source_at(inner[0], consumers(sub, ops, keras), keras, inside) if len(
-            inner) == 1 and not sub._inbound_nodes else None
-        if found is None or len(getattr(found[0], "_inbound_nodes", None) or ()) > 1:
-            return sub, list(ins), counts, outer  # shared: the converter may merge a twin
+        found = source_at(inner[0], walked or consumers(sub, ops, keras), keras, inside) if \
+            len(inner) == 1 and (walked or not sub._inbound_nodes) else None
+        if found is None or not walked and len(getattr(found[0], "_inbound_nodes", ())) > 1:
+            return sub, list(ins), counts, outer  # not walked: the converter may merge a twin
         return found
     if kept:
-        if getattr(kept[-1][0], "_inbound_nodes", None):  # also called outside: a twin
-            return layer, list(keras.tree.flatten(node.input_tensors)), counts, outer
         return kept[-1][0], list(kept[-1][1]), counts, outer
     ins = keras.tree.flatten(node.input_tensors)
     return source_at(ins[0], counts, keras, outer) if subs and len(ins) == 1 else (

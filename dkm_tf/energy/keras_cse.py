@@ -16,39 +16,39 @@ first in it, which the file folds into the conv only once that conv has one read
 (a nested model's input the key of its call's input), a call's output its operation's class,
 config (less names, initializers, regularizers, constraints) and weights, the non-tensor
 arguments of the call and its inputs' keys; an inference identity passes its input's key on;
-a nested model's output is keyed through its graph. A call all of whose keys an earlier call
-has produced is left out (a nested model's call at the outputs that are used), and the
-readers of its outputs count as readers of the earlier call's (`bn_folding.consumers`: a
-conv read twice folds nothing); where the earlier call is in another graph (the outer one, a
-sibling nested model), each of the two outputs counts the readers of every twin, merged as
-the file merges them (`_note`: a batch norm after either was folded into the conv the file
-does not have, Keras / file hierarchy 0.3668 before 2026-12-07, `tests/test_csefix26.py`;
-then one reader more was counted, also where the twins' readers merge too: a batch norm
-after both not folded, 1.9269, `tests/test_csedead28.py`). Never merged (a fresh key,
-kept as before): a layer of a class neither Keras' nor dkm_tf's, a `Lambda`, a layer running
-foreign code (`TFSMLayer`, ...), a `Pipeline` holding one of those (any may draw random
-numbers or update a variable; the converter merges pure ones, so their over-count stays), a
-recurrent layer (the file's WHILE loop), a `Random*` layer, a subclassed nested model; and
-calls on different tensors.
+a nested model's output is keyed through its graph, a `keras.layers.Pipeline`'s through the
+calls of its layers (`pipeline_cse`: each merges with an equal call outside). A call all of
+whose keys an earlier call has produced is left out (a nested model's call at the outputs
+that are used), and the readers of its outputs count as readers of the earlier call's
+(`bn_folding.consumers`: a conv read twice folds nothing); where the earlier call is in
+another graph (the outer one, a sibling nested model), each of the two outputs counts the
+readers of every twin, merged as the file merges them (`_note`: a batch norm after either
+was folded into the conv the file does not have, Keras / file hierarchy 0.3668 before
+2026-12-07, `tests/test_csefix26.py`; then one reader more was counted, also where the
+twins' readers merge too: a batch norm after both not folded, 1.9269,
+`tests/test_csedead28.py`). Never merged (a fresh key, kept as before): a layer of a class
+neither Keras' nor dkm_tf's, a `Lambda`, a layer running foreign code (`TFSMLayer`, ...), a
+`Pipeline` holding one of those (any may draw random numbers or update a variable; the
+converter merges pure ones, so their over-count stays), a recurrent layer (the file's WHILE
+loop), a `Random*` layer, a subclassed nested model; and calls on different tensors.
 A `Dense` on a rank-2 tensor whose output only a ReLU / ReLU6 reads has the fused activation
 in its key (`_fused`: the converter fuses it into FULLY_CONNECTED before it looks for
 repeats; merged with a call read otherwise, Keras / file hierarchy 0.5842 before
 2026-12-07, `tests/test_csefix26.py`), not counting a reader the converter prunes.
 """
 
-import hashlib
-
-import numpy as np
-
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
+from dkm_tf.energy.cse_signatures import arguments as _arguments
+from dkm_tf.energy.cse_signatures import digest as _digest
+from dkm_tf.energy.cse_signatures import signature as _signature
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_live import dead, live_counts, live_tensors, walked_outputs
 from dkm_tf.energy.keras_lowered import clip_ops
+from dkm_tf.energy.pipeline_cse import inner_args, inner_counts, merge, pipeline_keys, rows_of
 from dkm_tf.energy.relu_fusion import leading_relu
 
 STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
-_DROPPED = ("name", "trainable", "seed")
 _OPAQUE = ("TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper")  # foreign code: fresh
 REASON = ("computes what {} computes: one op in a .tflite (the converter eliminates common "
           "subexpressions)")
@@ -100,27 +100,34 @@ def left_out(model, op_calls, live, used, keras, outer):
             if len(outer) > 4 else {}  # `_readers`: out to the calling graph's
     saved = state.get("exits", {}), state.get("live")
     state["exits"], state["live"] = exits, live[0]
-    gone, local, first, alias, outside, kept_keys = {}, {}, {}, [], [], []
+    gone, local, first, alias, outside, kept_keys, inner = {}, {}, {}, [], [], [], []
     for op, call, out_keys in _ordered(op_calls, env, keras, state):
         if dead(call, *live):
             gone[id(call)] = "no model output uses it (a .tflite prunes it)"
             continue
         if not call[0] or out_keys == [env.get(id(t)) for t in call[0]]:
             continue  # an InputLayer, an identity the converter removes: nothing computed
+        def one(op, keys, nested):  # why the call of `op` giving `keys` is left out
+            earlier = [local.get(k) or state["claimed"].get(k) for k, _ in keys]
+            if keys and all(earlier):
+                alias.extend((t, first[k]) for k, t in keys if k in first)
+                outside.extend((k, t) for k, t in keys if k not in first)  # twin elsewhere
+                return REASON.format(earlier[0])
+            kept_keys.extend(keys if not nested else [])  # a nested call's: its walk's
+            for k, t in keys:
+                local.setdefault(k, op.name)
+                first.setdefault(k, t)
+                if not nested:
+                    state["claimed"].setdefault(k, op.name)
+            return None
+        rows = rows_of(op, call, state) if isinstance(op, keras.layers.Pipeline) else None
         nested = isinstance(op, keras.Model)
-        keys = [(k, t) for k, t in zip(out_keys, call[1]) if not nested or id(t) in live[0]]
-        earlier = [local.get(k) or state["claimed"].get(k) for k, _ in keys]
-        if keys and all(earlier):
-            gone[id(call)] = REASON.format(earlier[0])
-            alias.extend((t, first[k]) for k, t in keys if k in first)
-            outside.extend((k, t) for k, t in keys if k not in first)  # its twin elsewhere
-            continue
-        kept_keys.extend(keys if not nested else [])  # a nested call's: its walk's
-        for k, t in keys:
-            local.setdefault(k, op.name)
-            first.setdefault(k, t)
-            if not nested:
-                state["claimed"].setdefault(k, op.name)
+        why = merge(rows, lambda c: [env.get(id(t)) for t in c[0]], one, keras, state) if \
+            rows else one(op, [(k, t) for k, t in zip(out_keys, call[1])
+                               if not nested or id(t) in live[0]], nested)
+        inner.append(rows or [])
+        if why is not None:
+            gone[id(call)] = why
     state["exits"], state["live"] = saved
     if outer is None:
         for k, t in enumerate(keras.tree.flatten(model.outputs)):  # a model output: a reader
@@ -130,11 +137,13 @@ def left_out(model, op_calls, live, used, keras, outer):
     kept = [(op, c if isinstance(c, Exception) else [x for x in c if id(x) not in gone])
             for op, c in op_calls]
     counts = live_counts(model, kept, keras, *live)
+    inner_counts(inner, counts, state)  # a Pipeline's: its layers' outputs
     for t, t1 in alias:
         if t is not None and t1 is not None:
             counts[id(t)] = counts[id(t1)] = counts.get(id(t), 0) + counts.get(id(t1), 0)
     here = {id(t) for _, cs in op_calls if not isinstance(cs, Exception) for c in cs
-            for t in c[1]}
+            for t in c[1]} | {
+        id(t) for rows in inner for _, c, _ in rows for t in c[1]}
     producers = state.get("producers", {})
     twin_readers = state.get("twin_readers", {})
     for k, t in outside + [(k, t) for k, t in kept_keys if producers.get(k, set()) - here]:
@@ -205,9 +214,13 @@ def _out_keys(op, call, env, keras, state):
             pass
         state["exits"], state["live"] = saved
         keys = [inner.get(id(t)) or object() for t in keras.tree.flatten(op.outputs)]
+    elif isinstance(op, keras.layers.Pipeline) and (keys := pipeline_keys(
+            op, call, keras, state, lambda s, c: _inner(s, c, call, env, keras, state))):
+        for t in outs:  # the Pipeline's call is yielded then (`_ordered`)
+            env.pop(id(t), None)
     else:
         sig = _signature(op, state)
-        args = _arguments(call, keras)
+        args = _arguments(call, keras) if len(call) < 3 else call[2]  # `_inner`'s
         if sig is None or args is None:
             return [object() for _ in outs]
         fused = _fused(op, ins, outs, keras, state)
@@ -224,6 +237,23 @@ def _out_keys(op, call, env, keras, state):
             if state.get("live") is None or id(t) in state["live"]:  # not pruned
                 producers.setdefault(key, set()).add(id(t))
             state.setdefault("top", set()).update([id(t)] if state.get("collect") else [])
+    return keys
+
+
+def _inner(sub, sub_call, call, env, keras, state):
+    """The output keys of layer `sub` called as `sub_call` in a Pipeline's call `call`
+    (`pipeline_cse`): keyed, noted as a reader and a producer as a call of the graph (its
+    tensors live where the Pipeline's outputs are)."""
+    outs = list(call[1])
+    env.update((id(t), object()) for t in sub_call[0] if id(t) not in env)
+    keys = _out_keys(sub, (*sub_call, inner_args(sub, sub_call)), env, keras, state)
+    env.update((id(t), k) for t, k in zip(sub_call[1], keys))
+    _note(sub, (sub_call[0], outs), keys, env, keras, state)
+    if _live(outs, state.get("live")) and not isinstance(sub, keras.Model):
+        for k, t in zip(keys, sub_call[1]):
+            state.setdefault("producers", {}).setdefault(k, set()).add(id(t))
+    if not any(hasattr(t, "_keras_history") for t in sub_call[0]):  # not the Pipeline's
+        _register([(sub, sub_call)], state)  # input (its reader: the Pipeline)
     return keys
 
 
@@ -339,62 +369,3 @@ def _fresh(op, keras):
         return any(_fresh(x, keras) for x in op.layers)
     return isinstance(op, (L.Lambda, L.RNN)) or type(op).__name__.startswith("Random") or \
         type(op).__name__ in _OPAQUE
-
-
-def _signature(op, state):
-    """`(class, config)` of `op`, or None where its config cannot be read."""
-    sigs = state["sigs"]
-    if id(op) not in sigs:
-        try:
-            config = _canon(op.get_config())
-        except (NotImplementedError, TypeError, ValueError, AttributeError):
-            config = None
-        sigs[id(op)] = None if config is None else (
-            f"{type(op).__module__}.{type(op).__qualname__}", config, op)
-    sig = sigs[id(op)]
-    return None if sig is None else sig[:2]
-
-
-def _digest(op, state):
-    """A digest of the weights of `op` (computed once an op)."""
-    digests = state.setdefault("digests", {})
-    if id(op) not in digests:
-        digest = hashlib.sha1()
-        for w in getattr(op, "weights", []):
-            digest.update(_array_key(np.asarray(w)).encode())
-        digests[id(op)] = (digest.hexdigest(), op)
-    return digests[id(op)][0]
-
-
-def _arguments(call_or_node, keras):
-    """The non-tensor arguments of the call (its node's), tensors as "T"; None if unknown."""
-    try:
-        producer, index, _ = call_or_node[1][0]._keras_history
-        arguments = producer._inbound_nodes[index].arguments
-        parts = (arguments.args, arguments.kwargs)
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
-    return _canon(keras.tree.map_structure(  # with the outputs' dtypes (review R9: a type
-        lambda x: "T" if isinstance(x, keras.KerasTensor) else x, parts)) + tuple(  # per
-        str(t.dtype) for t in call_or_node[1])  # scalar split `x + 1`, `x + 1.0` of a float x)
-
-
-def _canon(x):
-    """A hashable, exact stand-in of a config / argument structure: arrays by digest (scalars
-    by value: `_arguments` adds the call's output dtypes, so `ops.add(x, 1)` and
-    `ops.add(x, 1.0)` of an int `x`, an int32 and a float32 ADD, are told apart)."""
-    if isinstance(x, dict):
-        return tuple(sorted((str(k), _canon(v)) for k, v in x.items()
-                            if k not in _DROPPED and not str(k).endswith(
-                                ("_initializer", "_regularizer", "_constraint"))))
-    if isinstance(x, (list, tuple)):
-        return tuple(_canon(v) for v in x)
-    if isinstance(x, (str, int, float, bool, type(None))):
-        return x
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return _array_key(np.asarray(x))
-    return repr(x)
-
-
-def _array_key(a):
-    return f"{a.dtype}{a.shape}:{hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()}"

@@ -40,13 +40,27 @@ def pipeline_calls(layer, call):
         except Exception as e:  # noqa: BLE001 - any layer's own error
             return [], (f"Pipeline layer {sub.name!r} ({type(sub).__name__}): no output shape "
                         f"for input {shape} ({type(e).__name__}: {e}); the Pipeline not read")
-        x = first if not out else [keras.KerasTensor(shape)]
+        x = first if not out else out[-1][1][1]  # the one before's output: a chain
         out.append((sub, (x, [keras.KerasTensor(nxt)])))
         shape = nxt
     if shape[1:] != outs[0][1:]:
         return [], (f"Pipeline layers' shapes end at {shape}, the Pipeline's output is "
                     f"{outs[0]}; not read")
     return out, None
+
+
+def walked_calls(layer, call, keras):
+    """`pipeline_calls(layer, call)[0]` as the reader walks them (`pipeline_folds`): the
+    last layer the converter keeps writes the Pipeline's output tensor, and the removed
+    layers after it read and write it (`keras_cse` keys the calls along the chain: a call
+    there merges with its twin outside)."""
+    from dkm_tf.energy.bn_folding import removed
+
+    subs, _ = pipeline_calls(layer, call)
+    kept = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)]
+    outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
+    return [(s, (c[0] if i <= kept[-1] else outs, outs)) if kept and i >= kept[-1] else (s, c)
+            for i, (s, c) in enumerate(subs)]
 
 
 def _leaves(layer, keras):

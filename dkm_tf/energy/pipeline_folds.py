@@ -18,8 +18,9 @@ with an offset before a valid conv) is charged its MUL.
 """
 
 from dkm_tf.energy.bn_folding import folds_after, removed
-from dkm_tf.energy.keras_pipeline import pipeline_calls
+from dkm_tf.energy.keras_pipeline import pipeline_calls, walked_calls
 from dkm_tf.energy.pad_merging import _same
+from dkm_tf.energy.pipeline_cse import inner_gone, rows_of
 from dkm_tf.energy.scale_ops import affine_takes, scalar_ops
 from dkm_tf.energy.scale_ops import scale_ops as _ops
 from dkm_tf.energy.tensor_readers import conv_after, inside, readers
@@ -169,17 +170,22 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
 
     counts, outer, _ = graph
     subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain
+    rows = rows_of(layer, call, used.get(("keras_cse",), {}))  # as `keras_cse` keyed them
+    subs = [(s, c) for s, c, _ in rows] if rows and len(rows) == len(subs) else \
+        walked_calls(layer, call, keras)  # the last kept writes the Pipeline's output
     kept = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)]
     for i, (sub, sub_call) in enumerate(subs):
         used[sub.name] = n = used.get(sub.name, 0) + 1
         sub_name = sub.name if n == 1 else f"{sub.name}#{n}"
-        prev = next((s for s, _ in subs[i - 1::-1] if not removed(s, keras)), None) \
-            if i else None  # over a Dropout, ... the converter removes (`bn_folding`)
+        if (twin := inner_gone(used, sub, sub_call)) is not None:
+            skipped.append((sub_name, twin))
+            continue
+        at = next((j for j in range(i - 1, -1, -1) if not removed(subs[j][0], keras)), None)
+        prev = None if at is None else subs[at][0]  # over a Dropout, ... (`bn_folding`)
         if prev is None:  # only removed layers before: it reads the Pipeline's input
             sub_call = (subs[0][1][0], sub_call[1])
-        if kept and i == kept[-1] and _shape(sub_call[1])[1:] == _shape(call[1])[1:]:
-            sub_call = (sub_call[0], list(call[1]) if isinstance(call[1], (list, tuple))
-                        else [call[1]])  # its readers are the Pipeline's
+        elif counts.get(id(subs[at][1][1][0]), 1) != 1:  # merged with a twin (`pipeline_cse`)
+            prev = None  # its output read elsewhere: nothing folded / fused into it
         into = pipeline_fold(sub, prev, sub_call, keras) or _scale_fold(sub, prev, sub_call,
                                                                        keras)
         if into is not None:

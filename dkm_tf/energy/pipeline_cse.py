@@ -1,0 +1,90 @@
+"""The calls inside a `keras.layers.Pipeline` in the common subexpression merge (`keras_cse`).
+
+The converter traces a Pipeline's layers into the graph, so it computes a layer of the
+Pipeline once with an equal call outside it (or in another Pipeline) on the same tensor, and
+the merged op has the readers of both. Before 2026-12-07 `keras_cse` keyed a Pipeline as one
+op: `Pipeline([c])(t)` beside `c(t)` was two convs, and a batch norm after either was folded
+where the file keeps it (`Conv2D(4, 3, "same")` on `tanh(x)`, 8x8x3, Keras / file hierarchy
+0.6452; a conv shared by two Pipelines, one ending in a `Dropout`, the same); a conv twin in
+a nested model held by a Pipeline counted only its own graph's readers (a ReLU after the
+outer twin fused, 0.8159; a batch norm folded, 0.5669). Now each layer of the chain
+(`keras_pipeline.walked_calls`) is keyed as a call of the graph holding the Pipeline: its
+non-tensor arguments those of `layer(x)` (the Pipeline's `training` / `mask` keywords left
+out: the file is converted for inference), a nested model's calls through its graph. A layer
+call repeating an earlier one is left out of the walk (`inner_gone`, `pipeline_folds`) and
+its readers count as the earlier call's, so a batch norm / ReLU after either is not folded
+/ fused (`pipeline_folds.walk_pipeline` reads the counts of a layer's output there).
+"""
+
+from dkm_tf.energy.keras_pipeline import walked_calls
+
+ARGS = (("T",), ())  # `cse_signatures.arguments` of a call `layer(x)` (its tensors as "T")
+
+
+def pipeline_keys(op, call, keras, state, key):
+    """The output keys of call `call` of Pipeline `op`, each of its layers keyed by `key(sub,
+    sub_call)` (`keras_cse`), else None where its chain cannot be read; notes `(sub,
+    sub_call, keys)` of each for `merge`."""
+    outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
+    if len(outs) != 1:
+        return None
+    at = (id(op), id(outs[0]))
+    subs = state.setdefault("pipes", {})
+    if at not in subs:  # the same tensors in every pass (their `id`s key the counts)
+        subs[at] = walked_calls(op, call, keras)
+    if not subs[at]:
+        return None
+    rows = [(sub, sub_call, key(sub, sub_call)) for sub, sub_call in subs[at]]
+    state.setdefault("inner", {})[at] = rows
+    return rows[-1][2]
+
+
+def inner_args(sub, sub_call):
+    """`cse_signatures.arguments` of a layer `sub` called in a Pipeline: `sub(x)`, with its
+    compute dtype as the output's."""
+    dtype = getattr(sub, "compute_dtype", None) or sub_call[1][0].dtype
+    return ARGS + (str(dtype),)
+
+
+def rows_of(op, call, state):
+    """The `(sub, sub_call, keys)` noted for Pipeline call `call` of `op`, else None."""
+    outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
+    return state.get("inner", {}).get((id(op), id(outs[0]))) if outs else None
+
+
+def inner_gone(used, sub, sub_call):
+    """Why the call `sub_call` of a Pipeline's layer `sub` is left out (it repeats an earlier
+    call), else None; `used`: the reader's state (`keras_cse.STATE`)."""
+    state = used.get(("keras_cse",), {})
+    return state.get("inner_gone", {}).get((id(sub), id(sub_call[1][0])))
+
+
+def merge(rows, in_keys, one, keras, state):
+    """Runs `one(op, keys, nested)` (`keras_cse.left_out`'s merge of one call: its reason if
+    it repeats an earlier call, else None) on each layer call of a Pipeline (`rows`), the
+    layers the converter removes skipped; notes the reason of each left out. Returns the
+    reason where every call is left out (the whole Pipeline), else None."""
+    gone, reasons = state.setdefault("inner_gone", {}), []
+    for sub, sub_call, keys in rows:
+        if keys == in_keys(sub_call):
+            continue  # an identity the converter removes
+        nested = isinstance(sub, keras.Model)
+        why = one(sub, list(zip(keys, sub_call[1])), nested)
+        if why is not None:
+            gone[(id(sub), id(sub_call[1][0]))] = why
+        reasons.append(why)
+    return reasons[-1] if reasons and all(reasons) else None
+
+
+def inner_counts(inner, counts, state):
+    """Puts in `counts` (`keras_cse.left_out`'s) the readers of each tensor inside the
+    Pipelines' calls `inner` (lists of `pipeline_keys`' rows): the next layer, none where it
+    is left out (its twin's readers are counted)."""
+    gone = state.get("inner_gone", {})
+    for rows in inner:
+        for n, (_, sub_call, _) in enumerate(rows):
+            for t in sub_call[1]:
+                if not hasattr(t, "_keras_history"):  # not the Pipeline's output
+                    nxt = rows[n + 1] if n + 1 < len(rows) else None
+                    counts[id(t)] = int(nxt is not None and (
+                        id(nxt[0]), id(nxt[1][1][0])) not in gone)
