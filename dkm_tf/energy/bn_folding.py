@@ -147,11 +147,12 @@ def source_at(x, counts, keras, outer=None):
         return source_at(ins[0], counts, keras, outer) if len(ins) == 1 else (
             producer, ins, counts, outer)
     if isinstance(producer, keras.layers.Pipeline):
-        return _pipeline_last(producer, producer._inbound_nodes[node], counts, keras, outer)
+        return _pipeline_last(producer, producer._inbound_nodes[node], counts, keras, outer,
+                              index)
     return producer, ins, counts, outer
 
 
-def _pipeline_last(layer, node, counts, keras, outer):
+def _pipeline_last(layer, node, counts, keras, outer, index=0):
     """`source_at` of the output of `keras.layers.Pipeline` `layer` at `node`: its last layer
     the converter keeps (its own input tensor, without history, as the call's; the converter
     traces the Pipeline's layers into the graph), the Pipeline's input's where it keeps none,
@@ -175,10 +176,11 @@ def _pipeline_last(layer, node, counts, keras, outer):
             inside = (keras.tree.flatten(sub.inputs), list(ins), counts, outer)
         except (AttributeError, ValueError, TypeError):  # subclassed: no graph
             return sub, list(ins), counts, outer
-        walked = counts.get(("nested", id(keras.tree.flatten(node.outputs)[0])))
+        outs = keras.tree.flatten(node.outputs)  # output `index` of the Pipeline: of `sub`
+        walked = counts.get(("nested", id(outs[index])))
         ops = [(op, _calls(sub, op)) for op in graph_ops(sub)]
-        found = source_at(inner[0], walked or consumers(sub, ops, keras), keras, inside) if \
-            len(inner) == 1 and (walked or not sub._inbound_nodes) else None
+        found = source_at(inner[index], walked or consumers(sub, ops, keras), keras, inside) \
+            if len(inner) == len(outs) and (walked or not sub._inbound_nodes) else None
         if found is None or not walked and len(getattr(found[0], "_inbound_nodes", ())) > 1:
             return sub, list(ins), counts, outer  # not walked: the converter may merge a twin
         return found

@@ -215,7 +215,8 @@ def _out_keys(op, call, env, keras, state):
         state["exits"], state["live"] = saved
         keys = [inner.get(id(t)) or object() for t in keras.tree.flatten(op.outputs)]
     elif isinstance(op, keras.layers.Pipeline) and (keys := pipeline_keys(
-            op, call, keras, state, lambda s, c: _inner(s, c, call, env, keras, state))):
+            op, call, keras, state, lambda s, c: _inner(s, c, call, env, keras, state),
+            lambda pending: _register(pending, state))):
         for t in outs:  # the Pipeline's call is yielded then (`_ordered`)
             env.pop(id(t), None)
     else:
@@ -252,8 +253,6 @@ def _inner(sub, sub_call, call, env, keras, state):
     if _live(outs, state.get("live")) and not isinstance(sub, keras.Model):
         for k, t in zip(keys, sub_call[1]):
             state.setdefault("producers", {}).setdefault(k, set()).add(id(t))
-    if not any(hasattr(t, "_keras_history") for t in sub_call[0]):  # not the Pipeline's
-        _register([(sub, sub_call)], state)  # input (its reader: the Pipeline)
     return keys
 
 

@@ -21,8 +21,9 @@ Pipeline's (so a batch norm first in it is folded into the layer before it).
 def pipeline_calls(layer, call):
     """``(calls, reason)``: ``[(sub_layer, (inputs, outputs))]`` of one call ``(inputs,
     outputs)`` of the Pipeline ``layer``, or ``([], reason)`` where the chain of shapes cannot
-    be followed (several inputs, a layer without `compute_output_shape`, a chain that does not
-    end at the Pipeline's recorded output shape)."""
+    be followed (several inputs, several outputs but those of a Functional model of a list of
+    outputs last, a layer without `compute_output_shape`, a chain that does not end at the
+    Pipeline's recorded output shapes)."""
     import keras
 
     def shape_of(tensors):
@@ -30,22 +31,24 @@ def pipeline_calls(layer, call):
         return [tuple(t.shape) for t in items]
 
     ins, outs = shape_of(call[0]), shape_of(call[1])
-    if len(ins) != 1 or len(outs) != 1:
+    leaves = list(_leaves(layer, keras))
+    if len(ins) != 1 or len(outs) != 1 and _n_outputs(leaves[-1:], keras) != len(outs):
         return [], f"Pipeline with inputs {ins} and outputs {outs}: not read (one of each)"
     shape, out, first = ins[0], [], list(call[0]) if isinstance(call[0], (list, tuple)) else [
         call[0]]
-    for sub in _leaves(layer, keras):
+    for sub in leaves:
         try:
             nxt = _output_shape(sub, shape, keras)
         except Exception as e:  # noqa: BLE001 - any layer's own error
             return [], (f"Pipeline layer {sub.name!r} ({type(sub).__name__}): no output shape "
                         f"for input {shape} ({type(e).__name__}: {e}); the Pipeline not read")
         x = first if not out else out[-1][1][1]  # the one before's output: a chain
-        out.append((sub, (x, [keras.KerasTensor(nxt)])))
+        many = [tuple(s) for s in nxt] if len(outs) > 1 and sub is leaves[-1] else [nxt]
+        out.append((sub, (x, [keras.KerasTensor(s) for s in many])))
         shape = nxt
-    if shape[1:] != outs[0][1:]:
+    if [s[1:] for s in many] != [s[1:] for s in outs]:
         return [], (f"Pipeline layers' shapes end at {shape}, the Pipeline's output is "
-                    f"{outs[0]}; not read")
+                    f"{outs[0] if len(outs) == 1 else outs}; not read")
     return out, None
 
 
@@ -61,6 +64,17 @@ def walked_calls(layer, call, keras):
     outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
     return [(s, (c[0] if i <= kept[-1] else outs, outs)) if kept and i >= kept[-1] else (s, c)
             for i, (s, c) in enumerate(subs)]
+
+
+def _n_outputs(last, keras):
+    """The number of outputs of the Functional model in `last` (a Pipeline's last layer, the
+    one that may have several: before 2026-12-07 a Pipeline ending in a model of two outputs
+    was not read, charged nothing), else 1."""
+    try:
+        return len(keras.tree.flatten(last[0].outputs)) if isinstance(
+            last[0], keras.Model) and isinstance(last[0].outputs, (list, tuple)) else 1
+    except (AttributeError, ValueError, TypeError, IndexError):  # subclassed: no graph
+        return 1
 
 
 def _leaves(layer, keras):

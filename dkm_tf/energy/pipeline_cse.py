@@ -13,7 +13,9 @@ non-tensor arguments those of `layer(x)` (the Pipeline's `training` / `mask` key
 out: the file is converted for inference), a nested model's calls through its graph. A layer
 call repeating an earlier one is left out of the walk (`inner_gone`, `pipeline_folds`) and
 its readers count as the earlier call's, so a batch norm / ReLU after either is not folded
-/ fused (`pipeline_folds.walk_pipeline` reads the counts of a layer's output there).
+/ fused (`pipeline_folds.walk_pipeline` reads the counts of a layer's output there). A
+`Dense(8)` on `tanh(Input(16))` in `Pipeline([d, ReLU()])` beside `ReLU()(d(t))`, or a ReLU
+beside `Pipeline([ReLU()])` on one Dense, was charged twice (2.0000); now once, as the file.
 """
 
 from dkm_tf.energy.keras_pipeline import walked_calls
@@ -21,12 +23,14 @@ from dkm_tf.energy.keras_pipeline import walked_calls
 ARGS = (("T",), ())  # `cse_signatures.arguments` of a call `layer(x)` (its tensors as "T")
 
 
-def pipeline_keys(op, call, keras, state, key):
+def pipeline_keys(op, call, keras, state, key, register):
     """The output keys of call `call` of Pipeline `op`, each of its layers keyed by `key(sub,
     sub_call)` (`keras_cse`), else None where its chain cannot be read; notes `(sub,
-    sub_call, keys)` of each for `merge`."""
+    sub_call, keys)` of each for `merge`. First `register`s the calls reading a tensor
+    inside it (a Dense's key has the ReLU after it: `keras_cse._fused`), live where the
+    Pipeline's outputs are (`state["live"]`)."""
     outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
-    if len(outs) != 1:
+    if not outs:
         return None
     at = (id(op), id(outs[0]))
     subs = state.setdefault("pipes", {})
@@ -34,6 +38,11 @@ def pipeline_keys(op, call, keras, state, key):
         subs[at] = walked_calls(op, call, keras)
     if not subs[at]:
         return None
+    inside = [(s, c) for s, c in subs[at] if not any(hasattr(t, "_keras_history") for t in c[0])]
+    register(inside)  # not the first: its reader of the Pipeline's input is the Pipeline
+    live = state.get("live")
+    if live is not None and any(id(t) in live for t in outs):
+        live.update(id(t) for _, c in inside for t in c[1])
     rows = [(sub, sub_call, key(sub, sub_call)) for sub, sub_call in subs[at]]
     state.setdefault("inner", {})[at] = rows
     return rows[-1][2]
