@@ -14,7 +14,9 @@ as the Pipeline's first layer, into the outer layer producing the Pipeline's inp
 layer's call is given the Pipeline's own input tensor). Before 2026-12-06 it was charged as an
 "affine" record (Conv2D, BatchNormalization, ReLU, MaxPooling2D: paper 30,272 vs the `.tflite`
 28,392). A Pipeline in a Pipeline is read in its place, as if its layers were the outer
-Pipeline's (so a batch norm first in it is folded into the layer before it).
+Pipeline's (so a batch norm first in it is folded into the layer before it). A Pipeline
+ending in a Functional model of a list of outputs is read too (before 2026-12-07 it was
+listed in `skipped`, "not read (one of each)", and charged nothing).
 """
 
 
