@@ -233,3 +233,34 @@ def test_pipeline_dense_calls_merge_as_the_file(case, tmp_path):
     assert _units(f) == units and _eltwise(f) == ops
     assert _units(k) == units and _eltwise(k) == ops
     same_totals(k, f)
+
+
+def _after_pipeline(last, after, twin=False):
+    """`after()` reading `Pipeline([c, last()])(t)` (c a `Conv2D(4, 3, "same")`), beside a
+    ReLU of `c(t)` where `twin`."""
+    c, a = _conv(), after()
+    if isinstance(a, L.BatchNormalization):
+        a = _bn(14)
+    return _model(lambda t: [a(L.Pipeline([c, last()])(t))] + (
+        [L.ReLU()(c(t))] if twin else []))
+
+
+FOLDED = {  # the norm / scale ending the Pipeline folded into its conv, then the one after
+    "bn_after_pipeline_conv_bn": (lambda: _after_pipeline(lambda: _bn(15), L.BatchNormalization),
+                                  _C, []),  # 2.5902 before
+    "bn_after_pipeline_conv_scale": (lambda: _after_pipeline(
+        lambda: L.Rescaling(0.5), L.BatchNormalization), _C, []),  # 2.5902
+    "relu_after_pipeline_conv_bn": (lambda: _after_pipeline(lambda: _bn(16), L.ReLU), _C, []),
+    "bn_after_pipeline_conv_bn_twin": (lambda: _after_pipeline(
+        lambda: _bn(17), L.BatchNormalization, True), _C, ["mul", "add", "mul", "add", "relu"]),
+}
+
+
+@pytest.mark.parametrize("case", list(FOLDED))
+def test_after_a_pipeline_folded_into_its_conv(case, tmp_path):
+    build, convs, ops = FOLDED[case]
+    keras.utils.set_random_seed(0)
+    k, f = both(build(), tmp_path)
+    assert _convs(f) == convs and sorted(_eltwise(f)) == sorted(ops)
+    assert _convs(k) == convs and sorted(_eltwise(k)) == sorted(ops)
+    same_totals(k, f)

@@ -91,6 +91,8 @@ def inner_counts(inner, counts, state):
     is left out (its twin's readers are counted)."""
     gone = state.get("inner_gone", {})
     for rows in inner:
+        if rows:  # the tensors of its layers' outputs (`bn_folding._pipeline_last`)
+            counts[("inner", id(rows[-1][1][1][0]))] = [id(c[1][0]) for _, c, _ in rows]
         for n, (_, sub_call, _) in enumerate(rows):
             for t in sub_call[1]:
                 if not hasattr(t, "_keras_history"):  # not the Pipeline's output

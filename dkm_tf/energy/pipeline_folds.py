@@ -186,7 +186,7 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
             sub_call = (subs[0][1][0], sub_call[1])
         elif counts.get(id(subs[at][1][1][0]), 1) != 1:  # merged with a twin (`pipeline_cse`)
             prev = None  # its output read elsewhere: nothing folded / fused into it
-        into = pipeline_fold(sub, prev, sub_call, keras) or _scale_fold(sub, prev, sub_call,
+        into = pipeline_fold(sub, prev, sub_call, keras) or scale_fold(sub, prev, sub_call,
                                                                        keras)
         if into is not None:
             skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
@@ -277,7 +277,7 @@ def pipeline_taker(op, node, keras):
     return first_taker(subs, 0, keras)
 
 
-def _scale_fold(sub, prev, sub_call, keras):
+def scale_fold(sub, prev, sub_call, keras):
     """The name of the layer `prev` before `Rescaling` `sub` in a Pipeline into which the
     converter folds it as it folds a batch norm (`keras_consts.fold_of`: a per-channel scale
     and offset after a linear conv / Dense; before 2026-12-07 charged in a Pipeline,
