@@ -164,7 +164,11 @@ def _pipeline_last(layer, node, counts, keras, outer, index=0):
     norm after the Pipeline folded, 0.7533); a call merged with a twin has the twins' readers
     in `counts` (`pipeline_cse`). Before 2026-12-07 a layer also called outside the Pipeline
     kept the Pipeline as the source: a batch norm after `Pipeline([c])(tanh(x))` beside
-    `c(sigmoid(x))` was charged, Keras / file hierarchy 2.0499."""
+    `c(sigmoid(x))` was charged, Keras / file hierarchy 2.0499. Where the walk of the
+    Pipeline folded its last layer (a batch norm, a per-channel `Rescaling`) into the conv
+    before it, that conv (`counts[("source", id(output))]`, `pipeline_folds`; before
+    2026-12-07 a batch norm after `Pipeline([Conv2D(4, 3), BatchNormalization()])` was
+    charged, 2.5902)."""
     from dkm_tf.energy.keras_pipeline import pipeline_calls
 
     subs, _ = pipeline_calls(layer, (node.input_tensors, node.outputs))
@@ -185,31 +189,12 @@ def _pipeline_last(layer, node, counts, keras, outer, index=0):
             return sub, list(ins), counts, outer  # not walked: the converter may merge a twin
         return found
     if kept:
-        return _folded_back(subs, counts.get(("inner", id(node.outputs[0]))), counts, keras) \
-            + (counts, outer)
+        end = counts.get(("source", id(node.outputs[0])))  # `pipeline_folds.walk_pipeline`
+        return (end[0], list(end[1])) + (counts, outer) if end else (
+            kept[-1][0], list(kept[-1][1]), counts, outer)
     ins = keras.tree.flatten(node.input_tensors)
     return source_at(ins[0], counts, keras, outer) if subs and len(ins) == 1 else (
         layer, ins, counts, outer)
-
-
-def _folded_back(subs, ids, counts, keras):
-    """`(layer, its call's inputs)` of the last layer of Pipeline calls `subs` the converter
-    keeps, or of the layer before it that it folds into (`pipeline_folds`: a batch norm or a
-    per-channel `Rescaling` after a linear conv, whose output nothing else reads: `ids`, the
-    output tensors of `subs` as `pipeline_cse` counts them; before 2026-12-07 a batch norm
-    after `Pipeline([Conv2D(4, 3), BatchNormalization()])` was charged, Keras / file
-    hierarchy 2.5902)."""
-    from dkm_tf.energy.pipeline_folds import pipeline_fold, scale_fold
-
-    kept = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)]
-    n = len(kept) - 1
-    while n > 0 and (ids is None or len(ids) != len(subs) or counts.get(
-            ids[kept[n - 1]], 1) == 1):
-        (sub, call), prev = subs[kept[n]], subs[kept[n - 1]][0]
-        if not (pipeline_fold(sub, prev, call, keras) or scale_fold(sub, prev, call, keras)):
-            break
-        n -= 1
-    return subs[kept[n]][0], list(subs[kept[n]][1][0])
 
 
 def _calls(model, op):

@@ -54,20 +54,6 @@ def pipeline_calls(layer, call):
     return out, None
 
 
-def walked_calls(layer, call, keras):
-    """`pipeline_calls(layer, call)[0]` as the reader walks them (`pipeline_folds`): the
-    last layer the converter keeps writes the Pipeline's output tensor, and the removed
-    layers after it read and write it (`keras_cse` keys the calls along the chain: a call
-    there merges with its twin outside)."""
-    from dkm_tf.energy.bn_folding import removed
-
-    subs, _ = pipeline_calls(layer, call)
-    kept = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)]
-    outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
-    return [(s, (c[0] if i <= kept[-1] else outs, outs)) if kept and i >= kept[-1] else (s, c)
-            for i, (s, c) in enumerate(subs)]
-
-
 def _n_outputs(last, keras):
     """The number of outputs of the Functional model in `last` (a Pipeline's last layer, the
     one that may have several: before 2026-12-07 a Pipeline ending in a model of two outputs

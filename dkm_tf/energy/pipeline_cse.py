@@ -8,7 +8,7 @@ where the file keeps it (`Conv2D(4, 3, "same")` on `tanh(x)`, 8x8x3, Keras / fil
 0.6452; a conv shared by two Pipelines, one ending in a `Dropout`, the same); a conv twin in
 a nested model held by a Pipeline counted only its own graph's readers (a ReLU after the
 outer twin fused, 0.8159; a batch norm folded, 0.5669). Now each layer of the chain
-(`keras_pipeline.walked_calls`) is keyed as a call of the graph holding the Pipeline: its
+(`walked_calls`) is keyed as a call of the graph holding the Pipeline: its
 non-tensor arguments those of `layer(x)` (the Pipeline's `training` / `mask` keywords left
 out: the file is converted for inference), a nested model's calls through its graph. A layer
 call repeating an earlier one is left out of the walk (`inner_gone`, `pipeline_folds`) and
@@ -18,7 +18,8 @@ its readers count as the earlier call's, so a batch norm / ReLU after either is 
 beside `Pipeline([ReLU()])` on one Dense, was charged twice (2.0000); now once, as the file.
 """
 
-from dkm_tf.energy.keras_pipeline import walked_calls
+from dkm_tf.energy.bn_folding import removed
+from dkm_tf.energy.keras_pipeline import pipeline_calls
 
 ARGS = (("T",), ())  # `cse_signatures.arguments` of a call `layer(x)` (its tensors as "T")
 
@@ -91,11 +92,21 @@ def inner_counts(inner, counts, state):
     is left out (its twin's readers are counted)."""
     gone = state.get("inner_gone", {})
     for rows in inner:
-        if rows:  # the tensors of its layers' outputs (`bn_folding._pipeline_last`)
-            counts[("inner", id(rows[-1][1][1][0]))] = [id(c[1][0]) for _, c, _ in rows]
         for n, (_, sub_call, _) in enumerate(rows):
             for t in sub_call[1]:
                 if not hasattr(t, "_keras_history"):  # not the Pipeline's output
                     nxt = rows[n + 1] if n + 1 < len(rows) else None
                     counts[id(t)] = int(nxt is not None and (
                         id(nxt[0]), id(nxt[1][1][0])) not in gone)
+
+
+def walked_calls(layer, call, keras):
+    """`pipeline_calls(layer, call)[0]` as the reader walks them (`pipeline_folds`): the
+    last layer the converter keeps writes the Pipeline's output tensor, and the removed
+    layers after it read and write it (`keras_cse` keys the calls along the chain: a call
+    there merges with its twin outside)."""
+    subs, _ = pipeline_calls(layer, call)
+    kept = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)]
+    outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
+    return [(s, (c[0] if i <= kept[-1] else outs, outs)) if kept and i >= kept[-1] else (s, c)
+            for i, (s, c) in enumerate(subs)]

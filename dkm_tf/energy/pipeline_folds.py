@@ -18,9 +18,9 @@ with an offset before a valid conv) is charged its MUL.
 """
 
 from dkm_tf.energy.bn_folding import folds_after, removed
-from dkm_tf.energy.keras_pipeline import pipeline_calls, walked_calls
+from dkm_tf.energy.keras_pipeline import pipeline_calls
 from dkm_tf.energy.pad_merging import _same
-from dkm_tf.energy.pipeline_cse import inner_gone, rows_of
+from dkm_tf.energy.pipeline_cse import inner_gone, rows_of, walked_calls
 from dkm_tf.energy.scale_ops import affine_takes, scalar_ops
 from dkm_tf.energy.scale_ops import scale_ops as _ops
 from dkm_tf.energy.tensor_readers import conv_after, inside, readers
@@ -173,7 +173,7 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
     rows = rows_of(layer, call, used.get(("keras_cse",), {}))  # as `keras_cse` keyed them
     subs = [(s, c) for s, c, _ in rows] if rows and len(rows) == len(subs) else \
         walked_calls(layer, call, keras)  # the last kept writes the Pipeline's output
-    kept = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)]
+    kept, ends = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)], {}
     for i, (sub, sub_call) in enumerate(subs):
         used[sub.name] = n = used.get(sub.name, 0) + 1
         sub_name = sub.name if n == 1 else f"{sub.name}#{n}"
@@ -190,7 +190,11 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
                                                                        keras)
         if into is not None:
             skipped.append((sub_name, f"folded into {into} (as a .tflite folds it)"))
+            ends[i] = ends.get(at, (subs[at][0], subs[at][1][0]))  # `bn_folding.source_at`
+            if i == kept[-1]:
+                counts[("source", id(subs[i][1][1][0]))] = ends[i]
             continue
+        ends[i] = (sub, sub_call[0])
         into = relu_fused_after(sub, prev, keras)
         if into is not None and len(relu_ops(sub, keras)) == 1:
             skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
