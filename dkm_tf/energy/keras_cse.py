@@ -45,7 +45,14 @@ from dkm_tf.energy.cse_signatures import signature as _signature
 from dkm_tf.energy.keras_calls import calls, graph_ops
 from dkm_tf.energy.keras_live import dead, live_counts, live_tensors, walked_outputs
 from dkm_tf.energy.keras_lowered import clip_ops
-from dkm_tf.energy.pipeline_cse import inner_args, inner_counts, merge, pipeline_keys, rows_of
+from dkm_tf.energy.pipeline_cse import (
+    context,
+    inner_args,
+    inner_counts,
+    merge,
+    pipeline_keys,
+    rows_of,
+)
 from dkm_tf.energy.relu_fusion import leading_relu
 
 STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
@@ -120,12 +127,13 @@ def left_out(model, op_calls, live, used, keras, outer):
                 if not nested:
                     state["claimed"].setdefault(k, op.name)
             return None
-        rows = rows_of(op, call, state) if isinstance(op, keras.layers.Pipeline) else None
+        ctx = context(call, env) if isinstance(op, keras.layers.Pipeline) else None
+        rows = rows_of(op, call, state, ctx) if isinstance(op, keras.layers.Pipeline) else None
         nested = isinstance(op, keras.Model)
-        why = merge(rows, lambda c: [env.get(id(t)) for t in c[0]], one, keras, state) if \
+        why = merge(rows, lambda c: [env.get(id(t)) for t in c[0]], one, keras, state, ctx) if \
             rows else one(op, [(k, t) for k, t in zip(out_keys, call[1])
                                if not nested or id(t) in live[0]], nested)
-        inner.append(rows or [])
+        inner.append((ctx, rows or []))
         if why is not None:
             gone[id(call)] = why
     state["exits"], state["live"] = saved
@@ -143,7 +151,7 @@ def left_out(model, op_calls, live, used, keras, outer):
             counts[id(t)] = counts[id(t1)] = counts.get(id(t), 0) + counts.get(id(t1), 0)
     here = {id(t) for _, cs in op_calls if not isinstance(cs, Exception) for c in cs
             for t in c[1]} | {
-        id(t) for rows in inner for _, c, _ in rows for t in c[1]}
+        id(t) for _, rows in inner for _, c, _ in rows for t in c[1]}
     producers = state.get("producers", {})
     twin_readers = state.get("twin_readers", {})
     for k, t in outside + [(k, t) for k, t in kept_keys if producers.get(k, set()) - here]:
@@ -216,7 +224,7 @@ def _out_keys(op, call, env, keras, state):
         keys = [inner.get(id(t)) or object() for t in keras.tree.flatten(op.outputs)]
     elif isinstance(op, keras.layers.Pipeline) and (keys := pipeline_keys(
             op, call, keras, state, lambda s, c: _inner(s, c, call, env, keras, state),
-            lambda pending: _register(pending, state))):
+            lambda pending: _register(pending, state), context(call, env))):
         for t in outs:  # the Pipeline's call is yielded then (`_ordered`)
             env.pop(id(t), None)
     else:
@@ -247,7 +255,7 @@ def _inner(sub, sub_call, call, env, keras, state):
     tensors live where the Pipeline's outputs are)."""
     outs = list(call[1])
     env.update((id(t), object()) for t in sub_call[0] if id(t) not in env)
-    keys = _out_keys(sub, (*sub_call, inner_args(sub, sub_call)), env, keras, state)
+    keys = _out_keys(sub, (*sub_call, inner_args(sub, sub_call, call)), env, keras, state)
     env.update((id(t), k) for t, k in zip(sub_call[1], keys))
     _note(sub, (sub_call[0], outs), keys, env, keras, state)
     if _live(outs, state.get("live")) and not isinstance(sub, keras.Model):

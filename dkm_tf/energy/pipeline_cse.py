@@ -24,12 +24,13 @@ from dkm_tf.energy.keras_pipeline import pipeline_calls
 ARGS = (("T",), ())  # `cse_signatures.arguments` of a call `layer(x)` (its tensors as "T")
 
 
-def pipeline_keys(op, call, keras, state, key, register):
+def pipeline_keys(op, call, keras, state, key, register, ctx=None):
     """The output keys of call `call` of Pipeline `op`, each of its layers keyed by `key(sub,
     sub_call)` (`keras_cse`), else None where its chain cannot be read; notes `(sub,
     sub_call, keys)` of each for `merge`. First `register`s the calls reading a tensor
     inside it (a Dense's key has the ReLU after it: `keras_cse._fused`), live where the
-    Pipeline's outputs are (`state["live"]`)."""
+    Pipeline's outputs are (`state["live"]`). `ctx`: the key of the Pipeline's input in
+    this call (`context`): a nested model's calls share its graph's tensors."""
     outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
     if not outs:
         return None
@@ -45,59 +46,84 @@ def pipeline_keys(op, call, keras, state, key, register):
     if live is not None and any(id(t) in live for t in outs):
         live.update(id(t) for _, c in inside for t in c[1])
     rows = [(sub, sub_call, key(sub, sub_call)) for sub, sub_call in subs[at]]
-    state.setdefault("inner", {})[at] = rows
+    state.setdefault("inner", {})[(ctx,) + at] = rows
     return rows[-1][2]
 
 
-def inner_args(sub, sub_call):
-    """`cse_signatures.arguments` of a layer `sub` called in a Pipeline: `sub(x)`, with its
-    compute dtype as the output's."""
+def inner_args(sub, sub_call, call):
+    """`cse_signatures.arguments` of a layer `sub` called as `sub_call` in a Pipeline's call
+    `call`: `sub(x)`, with its compute dtype as the output's, and `("mask", None)` where its
+    call takes a mask (Keras records it in an outer call's arguments: before 2026-12-07 the
+    same batch norm in a Pipeline and outside never merged, `Pipeline([c, b])(t)` beside
+    `b(c(t))` 5.1996 hierarchy); "T" for the first layer where the Pipeline's input carries a
+    mask (as Keras records it), a mark no outer call has for a later one (never merged)."""
     dtype = getattr(sub, "compute_dtype", None) or sub_call[1][0].dtype
-    return ARGS + (str(dtype),)
+    if not getattr(sub, "_call_has_mask_arg", False):
+        return ARGS + (str(dtype),)
+    x = keras_inputs(call)
+    mark = None if not x or getattr(x[0], "_keras_mask", None) is None else "T" if any(
+        t is x[0] for t in sub_call[0]) else "<a mask inside a Pipeline>"
+    return (ARGS[0], (("mask", mark),), str(dtype))
 
 
-def rows_of(op, call, state):
-    """The `(sub, sub_call, keys)` noted for Pipeline call `call` of `op`, else None."""
+def keras_inputs(call):
+    """The input tensors of a call `(inputs, outputs, ...)`, as a list."""
+    return list(call[0]) if isinstance(call[0], (list, tuple)) else [call[0]]
+
+
+def context(call, env):
+    """The key (`env`, `keras_cse`'s) of the input of a Pipeline's call `call`: what tells
+    two calls of one nested model holding it apart (its graph's tensors are shared; before
+    2026-12-07 the second call's keys were read for the first: a conv on `sigmoid(x)` was
+    left out as a twin of one on `tanh(x)`)."""
+    x = keras_inputs(call)
+    return env.get(id(x[0])) if x else None
+
+
+def rows_of(op, call, state, ctx=None):
+    """The `(sub, sub_call, keys)` noted for Pipeline call `call` of `op` in context `ctx`
+    (`context`), else None."""
     outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
-    return state.get("inner", {}).get((id(op), id(outs[0]))) if outs else None
+    return state.get("inner", {}).get((ctx, id(op), id(outs[0]))) if outs else None
 
 
-def inner_gone(used, sub, sub_call):
+def inner_gone(used, sub, sub_call, ctx=None):
     """Why the call `sub_call` of a Pipeline's layer `sub` is left out (it repeats an earlier
-    call), else None; `used`: the reader's state (`keras_cse.STATE`)."""
+    call), else None; `used`: the reader's state (`keras_cse.STATE`); `ctx`: `context`."""
     state = used.get(("keras_cse",), {})
-    return state.get("inner_gone", {}).get((id(sub), id(sub_call[1][0])))
+    return state.get("inner_gone", {}).get((ctx, id(sub), id(sub_call[1][0])))
 
 
-def merge(rows, in_keys, one, keras, state):
+def merge(rows, in_keys, one, keras, state, ctx=None):
     """Runs `one(op, keys, nested)` (`keras_cse.left_out`'s merge of one call: its reason if
-    it repeats an earlier call, else None) on each layer call of a Pipeline (`rows`), the
-    layers the converter removes skipped; notes the reason of each left out. Returns the
-    reason where every call is left out (the whole Pipeline), else None."""
+    it repeats an earlier call, else None) on each layer call of a Pipeline (`rows`, its
+    call's `context` `ctx`), the layers the converter removes skipped; notes the reason of
+    each left out. Returns the reason where every call is left out, else None."""
     gone, reasons = state.setdefault("inner_gone", {}), []
     for sub, sub_call, keys in rows:
         if keys == in_keys(sub_call):
             continue  # an identity the converter removes
         nested = isinstance(sub, keras.Model)
         why = one(sub, list(zip(keys, sub_call[1])), nested)
+        gone.pop((ctx, id(sub), id(sub_call[1][0])), None)
         if why is not None:
-            gone[(id(sub), id(sub_call[1][0]))] = why
+            gone[(ctx, id(sub), id(sub_call[1][0]))] = why
         reasons.append(why)
     return reasons[-1] if reasons and all(reasons) else None
 
 
 def inner_counts(inner, counts, state):
     """Puts in `counts` (`keras_cse.left_out`'s) the readers of each tensor inside the
-    Pipelines' calls `inner` (lists of `pipeline_keys`' rows): the next layer, none where it
-    is left out (its twin's readers are counted)."""
+    Pipelines' calls `inner` (`(context, pipeline_keys' rows)`): the next layer, none where
+    it is left out (its twin's readers are counted)."""
     gone = state.get("inner_gone", {})
-    for rows in inner:
+    for ctx, rows in inner:
         for n, (_, sub_call, _) in enumerate(rows):
             for t in sub_call[1]:
                 if not hasattr(t, "_keras_history"):  # not the Pipeline's output
                     nxt = rows[n + 1] if n + 1 < len(rows) else None
                     counts[id(t)] = int(nxt is not None and (
-                        id(nxt[0]), id(nxt[1][1][0])) not in gone)
+                        ctx, id(nxt[0]), id(nxt[1][1][0])) not in gone)
 
 
 def walked_calls(layer, call, keras):

@@ -20,7 +20,7 @@ with an offset before a valid conv) is charged its MUL.
 from dkm_tf.energy.bn_folding import folds_after, removed
 from dkm_tf.energy.keras_pipeline import pipeline_calls
 from dkm_tf.energy.pad_merging import _same
-from dkm_tf.energy.pipeline_cse import inner_gone, rows_of, walked_calls
+from dkm_tf.energy.pipeline_cse import context, inner_gone, rows_of, walked_calls
 from dkm_tf.energy.scale_ops import affine_takes, scalar_ops
 from dkm_tf.energy.scale_ops import scale_ops as _ops
 from dkm_tf.energy.tensor_readers import conv_after, inside, readers
@@ -170,14 +170,16 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
 
     counts, outer, _ = graph
     subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain
-    rows = rows_of(layer, call, used.get(("keras_cse",), {}))  # as `keras_cse` keyed them
+    state = used.get(("keras_cse",), {})
+    ctx = context(call, state.get("envs", {}).get(id(counts), {}))  # this call's
+    rows = rows_of(layer, call, state, ctx)  # as `keras_cse` keyed them
     subs = [(s, c) for s, c, _ in rows] if rows and len(rows) == len(subs) else \
         walked_calls(layer, call, keras)  # the last kept writes the Pipeline's output
     kept, ends = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)], {}
     for i, (sub, sub_call) in enumerate(subs):
         used[sub.name] = n = used.get(sub.name, 0) + 1
         sub_name = sub.name if n == 1 else f"{sub.name}#{n}"
-        if (twin := inner_gone(used, sub, sub_call)) is not None:
+        if (twin := inner_gone(used, sub, sub_call, ctx)) is not None:
             skipped.append((sub_name, twin))
             continue
         at = next((j for j in range(i - 1, -1, -1) if not removed(subs[j][0], keras)), None)
