@@ -229,6 +229,19 @@ def _count_uses(model, uses, seen):
         uses[id(layer)] += 1
         if isinstance(layer, keras.Model) and is_graph_model(layer):
             _count_uses(layer, uses, seen)
+        _pipeline_uses(layer, uses, seen)
+
+
+def _pipeline_uses(layer, uses, seen):
+    """Counts a call of each layer inside `keras.layers.Pipeline` `layer` (not a graph node:
+    before 2026-12-07 a conv called in a Pipeline and outside was folded into the batch norm
+    after its outer call, a second conv in a palettized file where the converter computes
+    the two calls once, as in the float file, and keeps the batch norm)."""
+    for sub in getattr(layer, "layers", ()) if isinstance(layer, keras.layers.Pipeline) else ():
+        uses[id(sub)] += 1
+        if isinstance(sub, keras.Model) and is_graph_model(sub):
+            _count_uses(sub, uses, seen)
+        _pipeline_uses(sub, uses, seen)
 
 
 def _plan(model, see_through=False):
