@@ -166,9 +166,10 @@ def _pipeline_last(layer, node, counts, keras, outer, index=0):
     kept the Pipeline as the source: a batch norm after `Pipeline([c])(tanh(x))` beside
     `c(sigmoid(x))` was charged, Keras / file hierarchy 2.0499. Where the walk of the
     Pipeline folded its last layer (a batch norm, a per-channel `Rescaling`) into the conv
-    before it, that conv (`counts[("source", id(output))]`, `pipeline_folds`; before
-    2026-12-07 a batch norm after `Pipeline([Conv2D(4, 3), BatchNormalization()])` was
-    charged, 2.5902)."""
+    before it, the source is that conv (`counts[("source", id(output))]`, `pipeline_folds`;
+    before 2026-12-07 a batch norm after `Pipeline([Conv2D(4, 3, "same"),
+    BatchNormalization()])` or `Pipeline([Conv2D(4, 3, "same"), Rescaling(0.5)])` on
+    `tanh(x)`, 8x8x3, was charged: Keras / file hierarchy 3.0998, paper 1.0686)."""
     from dkm_tf.energy.keras_pipeline import pipeline_calls
 
     subs, _ = pipeline_calls(layer, (node.input_tensors, node.outputs))
