@@ -23,8 +23,7 @@ from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.keras_calls import node_inputs
 from dkm_tf.energy.keras_cse import STATE
 from dkm_tf.energy.keras_pipeline import pipeline_calls
-from dkm_tf.energy.keras_wrapped import lambda_model
-from dkm_tf.energy.relu_fusion import identity_reshape, relu_kind
+from dkm_tf.energy.relu_fusion import identity_reshape, lambda_reader, relu_kind
 
 
 def dense_copy(layer, call, counts, keras, used, outer=None):
@@ -71,11 +70,12 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
     state = used.get(STATE)  # per walk: a TimeDistributed model's steps are walked apart
     charged = set() if state is None else state.setdefault("dense_copies", set())
     here = counts.setdefault(_MARKS, set())  # also seen from a `Lambda`'s walk (its own
-    kind = relu_kind(layer, keras)  # `used`): a ReLU and a `Lambda(ops.relu)` on one Dense,
-    mark = (_key(x, counts, used) or object(), kind)  # 3 FULLY_CONNECTED, file 1
-    first = mark not in charged and (id(x), kind) not in here
+    kind, key = relu_kind(layer, keras), _key(x, counts, used)  # `used`): a ReLU and a
+    mark = (key or object(), kind)  # `Lambda(ops.relu)` on one Dense, 3 FULLY_CONNECTED,
+    at = (key if key is not None else id(x), kind)  # file 1; by key: twin calls too (1.8654)
+    first = mark not in charged and at not in here
     charged.add(mark)
-    here.add((id(x), kind))
+    here.add(at)
     return producer, _Copy((list(ins), [x])), first, (counts, outer)
 
 
@@ -89,8 +89,10 @@ def _pipeline_dense(layer, node, keras):
         subs, _ = pipeline_calls(layer, (node.input_tensors, node.outputs))
     except (AttributeError, TypeError, ValueError):
         return layer, []
-    kept = [(sub, ins) for sub, (ins, _) in subs if not removed(sub, keras)]
-    return kept[-1] if kept else (layer, [])
+    kept = [(sub, ins) for sub, (ins, outs) in subs if not removed(sub, keras) and not (
+        type(sub).__name__ in ("Reshape", "Flatten") and [tuple(t.shape) for t in ins] == [
+            tuple(t.shape) for t in outs])]  # the converter removes a same-shape reshape:
+    return kept[-1] if kept else (layer, [])  # `Pipeline([Dense(8), Reshape((8,))])`, 0.5842
 
 
 _MARKS = ("dense_copies",)  # in the counts of the Dense's graph: the copies charged there
@@ -143,22 +145,13 @@ def _linear_rank2(layer, ins, keras):
 
 def _key(t, counts, used):
     """`keras_cse`'s key of tensor `t` of the graph whose counts are `counts`, or None."""
-    return (used.get(STATE) or {}).get("envs", {}).get(id(counts), {}).get(id(t))
+    env = counts.get(("cse_env",)) or (used.get(STATE) or {}).get("envs", {}).get(
+        id(counts), {})  # the first: seen from a `Lambda`'s walk too (its own `used`)
+    return env.get(id(t))
 
 
 def _kind(op, keras):
     """`relu_kind` of `op`, a reader of a Dense's output; of a `Lambda`, the kind of the one
-    op reading its input in the graph of each of its calls (`keras_wrapped.lambda_model`:
-    its walk charges the copy), else None."""
-    if not isinstance(op, keras.layers.Lambda):
-        return relu_kind(op, keras)
-    kinds = set()
-    for node in op._inbound_nodes:
-        sub = lambda_model(op, (node.input_tensors, node.outputs), keras)
-        inputs = [] if sub is None else keras.tree.flatten(sub.inputs)
-        if len(inputs) != 1 or any(o is inputs[0] for o in keras.tree.flatten(sub.outputs)):
-            return None
-        readers = [o for o in sub.operations for n in o._inbound_nodes
-                   if any(t is inputs[0] for t in n.input_tensors)]
-        kinds.add(relu_kind(readers[0], keras) if len(readers) == 1 else None)
-    return kinds.pop() if len(kinds) == 1 else None
+    op reading its input in the graph of each of its calls (`relu_fusion.lambda_reader`: its
+    walk charges the copy), else None."""
+    return relu_kind(lambda_reader(op, keras), keras)

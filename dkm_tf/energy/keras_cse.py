@@ -53,7 +53,7 @@ from dkm_tf.energy.pipeline_cse import (
     pipeline_keys,
     rows_of,
 )
-from dkm_tf.energy.relu_fusion import leading_relu
+from dkm_tf.energy.relu_fusion import lambda_reader, leading_relu
 
 STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
 _OPAQUE = ("TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper")  # foreign code: fresh
@@ -160,7 +160,7 @@ def left_out(model, op_calls, live, used, keras, outer):
         counts[id(t)] = (n + here_n if late else n) if n else here_n + 1  # Pipeline): unnoted
     for t in outer[4][1] if outer is not None and len(outer) > 4 else ():  # `source_at`
         outer[2][("nested", id(t))] = counts  # looks inside with these counts
-    state["envs"][id(counts)] = env
+    state["envs"][id(counts)] = counts[("cse_env",)] = env  # and for a `Lambda`'s walk
     state.setdefault("lives", {})[id(counts)] = live[0]
     state.setdefault("exits_of", {})[id(counts)] = exits
     return gone, counts
@@ -278,6 +278,7 @@ def _fused(op, ins, outs, keras, state):
     relu = found[0] if len(found) == 1 else None
     if isinstance(relu, keras.layers.Pipeline) and relu.layers:  # its first layer reads it
         relu = relu.layers[0]
+    relu = lambda_reader(relu, keras)  # a Lambda: its op reading its input (twins: 1.8654)
     name = type(relu).__name__  # `keras.ops.relu` / `relu6`, a clip to [0, 6] / [-1, 1]
     if name in ("Relu", "Relu6") or name == "Clip" and not isinstance(
             relu, keras.layers.Layer) and clip_ops(relu) == ["relu"]:

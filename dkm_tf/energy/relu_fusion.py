@@ -31,6 +31,7 @@ read 7.40e9 hierarchy units from Keras and 4.74e9 from its palettized file.
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import folded_into, removed, source_at
 from dkm_tf.energy.keras_lowered import affine_ops, clip_ops
+from dkm_tf.energy.keras_wrapped import lambda_model
 
 _OPS = ("Add", "Subtract", "Multiply", "TrueDivide", "Divide")  # non-layer ops: ADD, ... DIV
 
@@ -77,6 +78,25 @@ def relu_kind(op, keras):
     six = name == "Relu6" or cap is not None and float(cap) == 6.0
     return "relu6" if six or activation_name(getattr(op, "activation", None)) == "relu6" \
         else "relu"
+
+
+def lambda_reader(op, keras):
+    """`op`; for a `Lambda`, the op reading its input in the graph of its calls
+    (`keras_wrapped.lambda_model`), one in each and of one `relu_kind` in all (the converter
+    traces the function: its leading RELU is fused into a Dense before it, so twin Dense
+    calls read by a `Lambda(ops.relu)` and a ReLU are one FULLY_CONNECTED), else None."""
+    if not isinstance(op, keras.layers.Lambda):
+        return op
+    found = []
+    for node in op._inbound_nodes:
+        sub = lambda_model(op, (node.input_tensors, node.outputs), keras)
+        inputs = [] if sub is None else keras.tree.flatten(sub.inputs)
+        if len(inputs) != 1 or any(o is inputs[0] for o in keras.tree.flatten(sub.outputs)):
+            return None
+        found.append([o for o in sub.operations for n in o._inbound_nodes
+                      if any(t is inputs[0] for t in n.input_tensors)])
+    kinds = {relu_kind(r[0], keras) if len(r) == 1 else None for r in found}
+    return found[0][0] if found and len(kinds) == 1 and None not in kinds else None
 
 
 def identity_reshape(op, ins, keras):
