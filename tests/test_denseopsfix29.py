@@ -5,8 +5,9 @@
    the RELU fused; the Keras reader charged a copy for each twin's ReLU (Keras / file
    hierarchy 1.8654: `keras_cse` fused no ReLU into the Dense a `Lambda` reads, so the twins
    were not merged; one `Lambda` on both twins, 1.1795 before h29 denseops, 1.8654 after).
-2. `Pipeline([Dense(8), Reshape((8,))])` read by `ops.relu` and a sigmoid: two
-   FULLY_CONNECTED in the file (the same-shape reshape removed), one charged (0.5842).
+2. `Pipeline([Dense(8), Reshape((8,))])` read by `ops.relu` and a sigmoid, a Dense read by
+   `Pipeline([Reshape((8,)), ReLU()])` and a sigmoid: two FULLY_CONNECTED in the file (the
+   same-shape reshape removed), one charged (0.5842).
 Each case: the estimate of the Keras model equals the estimate of its float `.tflite`; MACs
 counted by hand (16 x 8 per FULLY_CONNECTED of `Dense(8)` on 16 features).
 """
@@ -77,9 +78,17 @@ def _dense_reshape_pipeline(batch):
     return keras.Model(i, L.Add()([relu(y), _sigmoid(y)]))
 
 
+def _reshape_relu_pipeline(batch):
+    i, x = _tanh(batch)
+    y = L.Dense(8, name="d")(x)
+    return keras.Model(i, L.Add()([L.Pipeline([L.Reshape((8,)), L.ReLU()])(y), _sigmoid(y)]))
+
+
 @pytest.mark.parametrize("batch", [None, 1])
-def test_same_shape_reshape_ending_a_pipeline(batch, tmp_path):
+@pytest.mark.parametrize("build", [_dense_reshape_pipeline, _reshape_relu_pipeline],
+                         ids=["dense_reshape_pipeline", "reshape_relu_pipeline"])
+def test_same_shape_reshape_in_a_pipeline(build, batch, tmp_path):
     """Two FULLY_CONNECTED (the ReLU's, a plain one for the sigmoid): 0.5842 before."""
-    k, f = both(_dense_reshape_pipeline(batch), tmp_path)
+    k, f = both(build(batch), tmp_path)
     assert _macs(k) == _macs(f) == 2 * FC
     same_totals(k, f)

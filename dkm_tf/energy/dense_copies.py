@@ -22,7 +22,7 @@ from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.keras_calls import node_inputs
 from dkm_tf.energy.keras_cse import STATE
-from dkm_tf.energy.keras_pipeline import pipeline_calls
+from dkm_tf.energy.keras_pipeline import pipeline_calls, same_shape_reshape
 from dkm_tf.energy.relu_fusion import identity_reshape, lambda_reader, relu_kind
 
 
@@ -89,10 +89,9 @@ def _pipeline_dense(layer, node, keras):
         subs, _ = pipeline_calls(layer, (node.input_tensors, node.outputs))
     except (AttributeError, TypeError, ValueError):
         return layer, []
-    kept = [(sub, ins) for sub, (ins, outs) in subs if not removed(sub, keras) and not (
-        type(sub).__name__ in ("Reshape", "Flatten") and [tuple(t.shape) for t in ins] == [
-            tuple(t.shape) for t in outs])]  # the converter removes a same-shape reshape:
-    return kept[-1] if kept else (layer, [])  # `Pipeline([Dense(8), Reshape((8,))])`, 0.5842
+    kept = [(sub, c[0]) for sub, c in subs if not removed(sub, keras) and not
+            same_shape_reshape(sub, c)]  # `Pipeline([Dense(8), Reshape((8,))])`: 0.5842
+    return kept[-1] if kept else (layer, [])
 
 
 _MARKS = ("dense_copies",)  # in the counts of the Dense's graph: the copies charged there

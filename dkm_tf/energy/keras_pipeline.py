@@ -82,3 +82,11 @@ def _output_shape(layer, shape, keras):
             shape = _output_shape(sub, shape, keras)
         return tuple(shape)
     return tuple(layer.compute_output_shape(shape))
+
+
+def same_shape_reshape(sub, call):
+    """Whether `sub`, a layer of a Pipeline at its call `(inputs, outputs)` (`pipeline_calls`),
+    is a `Reshape` / `Flatten` to its input's shape, which the converter removes (a ReLU after
+    it is fused into the op before, a Dense before it is copied for the ReLU after it)."""
+    return type(sub).__name__ in ("Reshape", "Flatten") and [
+        tuple(t.shape) for t in call[0]] == [tuple(t.shape) for t in call[1]]

@@ -18,7 +18,7 @@ with an offset before a valid conv) is charged its MUL.
 """
 
 from dkm_tf.energy.bn_folding import folds_after, removed
-from dkm_tf.energy.keras_pipeline import pipeline_calls
+from dkm_tf.energy.keras_pipeline import pipeline_calls, same_shape_reshape
 from dkm_tf.energy.pad_merging import _same
 from dkm_tf.energy.pipeline_cse import context, inner_gone, rows_of, walked_calls
 from dkm_tf.energy.scale_ops import affine_takes, scalar_ops
@@ -182,8 +182,11 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
         if (twin := inner_gone(used, sub, sub_call, ctx)) is not None:
             skipped.append((sub_name, twin))
             continue
-        at = next((j for j in range(i - 1, -1, -1) if not removed(subs[j][0], keras)), None)
-        prev = None if at is None else subs[at][0]  # over a Dropout, ... (`bn_folding`)
+        at = next((j for j in range(i - 1, -1, -1) if not removed(subs[j][0], keras) and not
+                   same_shape_reshape(*subs[j])), None)  # over a Dropout, a same-shape
+        prev = None if at is None else subs[at][0]  # reshape, ... the converter removes
+        # (`bn_folding`): a ReLU after `Reshape((8,))` beside a sigmoid on a Dense is its
+        # copy (0.5842 before 2026-12-07)
         if prev is None:  # only removed layers before: it reads the Pipeline's input
             sub_call = (subs[0][1][0], sub_call[1])
         elif counts.get(id(subs[at][1][1][0]), 1) != 1:  # merged with a twin (`pipeline_cse`)
