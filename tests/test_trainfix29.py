@@ -161,10 +161,9 @@ class SmallDense(L.Layer):
     """A custom Dense(1) of logits with its own (small) weights: outputs in [0, 1] here."""
 
     def build(self, shape):
-        self.w = self.add_weight(shape=(shape[-1], 1), initializer="zeros")
-        self.w.assign(np.full((shape[-1], 1), 0.01, "float32"))
-        self.b = self.add_weight(shape=(1,), initializer="zeros")
-        self.b.assign(np.array([0.5], "float32"))
+        constant = keras.initializers.Constant  # (assign() in build is lost in a sublayer)
+        self.w = self.add_weight(shape=(shape[-1], 1), initializer=constant(0.01))
+        self.b = self.add_weight(shape=(1,), initializer=constant(0.5))
 
     def call(self, t):
         return keras.ops.matmul(t, self.w) + self.b
@@ -284,3 +283,96 @@ def test_the_cli_notes_the_huber_delta_a_file_cannot_hold(tmp_path, loss):
     trained = result.model.loss  # the loss it trained with: delta 1.0, as the note says
     got = float(trained(np.zeros((1, 1), "float32"), np.full((1, 1), 2.0, "float32")))
     np.testing.assert_allclose(got, 1.0 * (2.0 - 0.5 * 1.0), rtol=1e-6)  # not 0.25 * 1.875
+
+
+# -- a model as the last layer (review R11) -------------------------------------------------
+# A nested Functional / Sequential last layer counted as "a last layer with weights": the whole
+# sub-model's input was scaled, so a bounded op inside it (Dense -> tanh -> a custom Dense of
+# logits in [0, 1]) kept them in [0, 1] at every scale: read as a sigmoid (from_logits=False).
+# The sub-model is opened now and its own last layer read; a custom layer of weighted
+# sublayers (which cannot be opened) is not read.
+
+@keras.saving.register_keras_serializable(package="test_trainfix29")
+class Block(L.Layer):
+    """A custom layer of sublayers with weights: Dense(8) -> tanh -> logits in [0, 1]."""
+
+    def __init__(self, head=None, **kwargs):
+        super().__init__(**kwargs)
+        self.d, self.o = L.Dense(8), head or SmallDense()
+
+    def call(self, t):
+        return self.o(keras.ops.tanh(self.d(t)))
+
+
+def _logits_head():
+    return [L.Dense(8), L.Activation("tanh"), SmallDense()]
+
+
+def _nested(kind, layers):
+    keras.utils.set_random_seed(0)
+    if kind == "sequential":
+        return keras.Sequential([keras.Input((6,)), L.Dense(6), keras.Sequential(layers)])
+    if kind == "seq_in_seq":
+        return keras.Sequential([keras.Input((6,)), keras.Sequential(
+            [L.Dense(6), keras.Sequential(layers)])])
+    s = keras.Input((6,))
+    t = s
+    for layer in layers:
+        t = layer(t)
+    inp = keras.Input((6,))
+    return keras.Model(inp, keras.Model(s, t, name="head")(inp))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: _nested("functional", _logits_head()),
+    lambda: _nested("sequential", _logits_head()),
+    lambda: _nested("seq_in_seq", _logits_head()),
+    lambda: _nested("functional", [L.Dense(8), L.UnitNormalization(), SmallDense()]),
+    lambda: keras.Model(inp := keras.Input((6,)), Block()(inp))],
+    ids=["functional", "sequential", "sequential_in_sequential", "unit_normalization",
+         "custom_block"])
+def test_logits_in_0_1_inside_a_nested_last_layer_stay_logits(build):
+    from dkm_tf.training.common import default_loss
+    from dkm_tf.training.compile_settings import probabilities_note
+
+    x, y = _xy()
+    keras.utils.set_random_seed(0)
+    model = build()
+    p = np.asarray(model(x[:32]), np.float64)
+    assert 0 < p.min() and p.max() < 1  # logits inside (0, 1) on every sampled input
+    assert default_loss(model, x=x).get_config()["from_logits"] is True  # was False
+    assert probabilities_note(model, (x, y)) is None
+
+
+@pytest.mark.filterwarnings("ignore:cluster_weights left 1 layer:UserWarning")  # SmallDense
+def test_compress_trains_a_nested_head_of_logits_in_0_1_as_logits():
+    x, y = _xy()
+    result = dkm_tf.compress(_nested("functional", _logits_head()), (x, y), method="finetune",
+                             n_clusters=4, finetune_epochs=1, seed=0, verbose=0,
+                             progress=Progress(enabled=False))
+    assert result.model.loss.get_config()["from_logits"] is True  # was False
+    assert not [n for n in result.notes if n.startswith(SIGMOID_NOTE)]
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential", "seq_in_seq"])
+def test_a_hand_sigmoid_inside_a_nested_last_layer_is_still_read(kind):
+    from dkm_tf.training.common import default_loss
+
+    x, _ = _xy()
+    model = _nested(kind, [L.Dense(8, activation="tanh"), L.Dense(1), HandSigmoid()])
+    p = np.asarray(model(x[:32]), np.float64)
+    assert 0 < p.min() and p.max() < 1
+    assert default_loss(model, x=x).get_config()["from_logits"] is False
+
+
+def test_a_model_built_on_a_list_of_one_input_is_read_without_structure_warnings():
+    from dkm_tf.training.common import default_loss
+
+    x, _ = _xy()
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    model = keras.Model([inp], HandSigmoid()(L.Dense(1)(inp)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras' "structure of `inputs` doesn't match" raised
+        loss = default_loss(model, x=x)  # inside the probe: read as logits before
+    assert loss.get_config()["from_logits"] is False

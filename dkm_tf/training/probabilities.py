@@ -53,6 +53,10 @@ def _outputs(model, batch, training, keras):
 
     from dkm_tf.graph.sensitivity_loss import sum_tolerance, to_numpy  # noqa: PLC0415
 
+    try:
+        batch = _structured(_inputs(model, keras), batch)
+    except (AttributeError, ValueError):  # a subclassed model: no symbolic inputs
+        pass
     with keras.StatelessScope():  # a stateful RNN's state, BatchNorm's statistics and seeds
         out = model(batch, training=training)  # are not moved
     if isinstance(out, (list, tuple, dict)):
@@ -77,6 +81,16 @@ def _bounded_last_layer(model, batch, keras):
     its input is 100 times larger or of the other sign, and one whose input is all zero (or
     that ignores it) gives the same values at every scale. A last layer of several tensor
     inputs is not read (taken as logits)."""
+    return _bounded(model, dict.fromkeys((False, True), batch), keras, 0)
+
+
+def _bounded(model, batches, keras, depth):
+    """:func:`_bounded_last_layer` of ``model`` whose inputs are ``batches[training]``. A last
+    layer that is a model (Functional or Sequential) with weights is opened: its own last
+    layer is read on the values of its input (scaling the whole sub-model's input hid a
+    bounded op inside it: Dense -> tanh -> a custom Dense of logits in [0, 1] was read as a
+    sigmoid, review R11). A custom last layer whose sublayers have weights cannot be opened:
+    not read (a bounded sublayer output inside it would hide logits the same way)."""
     import numpy as np  # noqa: PLC0415
 
     from dkm_tf.graph.sensitivity_loss import to_numpy  # noqa: PLC0415
@@ -93,11 +107,20 @@ def _bounded_last_layer(model, batch, keras):
         tensor = sources[0]
     if not chain:
         return False
-    ins = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
-    feed, moved = keras.Model(ins, chain[-1][2]), False
+    last, ins = chain[0][0], _inputs(model, keras)
+    nested = isinstance(last, keras.Model) and bool(last.weights)
+    if nested and (depth >= 8 or len(getattr(last, "outputs", None) or ()) != 1):
+        return False
+    if not nested and getattr(last, "weights", None) and any(
+            layer.weights for layer in last._flatten_layers(include_self=False)):  # noqa: SLF001
+        return False  # a custom layer of weighted sublayers: cannot be opened
+    feed, moved, inner = keras.Model(ins, chain[-1][2]), False, {}
     for training in (False, True):
         with keras.StatelessScope():
-            z, values = feed(batch, training=training), []
+            z, values = feed(_structured(ins, batches[training]), training=training), []
+            if nested:
+                inner[training] = z
+                continue
             for c in (1.0, *SCALES):
                 value = z * c
                 for op, node, source in reversed(chain):
@@ -106,7 +129,19 @@ def _bounded_last_layer(model, batch, keras):
         if not all(np.all(np.isfinite(v)) and np.all(v >= 0) and np.all(v <= 1) for v in values):
             return False
         moved |= any(float(np.max(np.abs(v - values[0]))) > 1e-3 for v in values[1:])
-    return moved
+    return _bounded(last, inner, keras, depth + 1) if nested else moved
+
+
+def _inputs(model, keras):
+    return model.inputs[0] if isinstance(model, keras.Sequential) else model.input
+
+
+def _structured(ins, batch):
+    """``batch`` in the structure of the model inputs ``ins``: one array for a model built on
+    ``[input]`` as a list of one (Keras warns of a structure mismatch otherwise, an error
+    under ``-W error``, which read such a model as logits)."""
+    one = isinstance(ins, (list, tuple)) and len(ins) == 1
+    return [batch] if one and not isinstance(batch, (list, tuple, dict)) else batch
 
 
 def _call(op, node, source, value, training, keras):
@@ -126,7 +161,6 @@ def before_noise(model, keras):
                 k.__module__.startswith("keras")):  # noqa: SLF001
             layer, node_index, _ = tensor._keras_history  # noqa: SLF001
             tensor = layer._inbound_nodes[node_index].input_tensors[0]  # noqa: SLF001
-        ins = model.inputs[0] if isinstance(model, keras.Sequential) else model.input
-        return model if tensor is model.outputs[0] else keras.Model(ins, tensor)
+        return model if tensor is model.outputs[0] else keras.Model(_inputs(model, keras), tensor)
     except (AttributeError, IndexError, TypeError, ValueError):
         return model
