@@ -100,8 +100,9 @@ def test_empty_samples_flag_hint_says_full_int8_needs_it():
 
     (line,) = path_flag_errors(samples="", representative_data=None)
     assert line.startswith("Invalid value for flag `--samples`."), line
-    assert ("leave the flag out for seeded synthetic samples (needed by --int8_mode=full "
-            "without --representative_data)") in line, line
+    assert ("leave the flag out for seeded synthetic samples (not with --int8_mode=full "
+            "without --representative_data, which needs this file)") in line, line
+    assert "needed by" not in line, line  # read backwards: synthetic samples "needed by" it
     assert line.endswith("Received: an empty value (--samples=)"), line
 
 

@@ -35,8 +35,9 @@ _WITHOUT = {"model": "the flag is required",
             "output": "leave the flag out for <model stem>.<format>.tflite beside the model",
             "palettes": "leave the flag out for no palettes: --n_clusters, or --format float "
                         "/ fp16 / int8",
-            "samples": "leave the flag out for seeded synthetic samples (needed by "
-                       "--int8_mode=full without --representative_data)",
+            "samples": "leave the flag out for seeded synthetic samples (not with "
+                       "--int8_mode=full without --representative_data, which needs this "
+                       "file)",
             "representative_data": "leave the flag out for calibration on --samples, judged "
                                    "on a held-out half"}
 
