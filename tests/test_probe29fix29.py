@@ -89,6 +89,24 @@ def test_export_all_int8_full_alone_without_sample_inputs_raises(tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_all_int8_full_alone_of_a_recurrent_model_returns_empty_and_says_so(tmp_path):
+    """Unlike the no-data case above, a recurrent model's ``"int8_full"`` (refused before it is
+    tried: the calibrator crashes on its loop) alone only warns and returns an empty dict,
+    with the reason in ``refused``; the docstring said the first refusal was raised (R11)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4, 3))
+    lstm = keras.Model(inp, keras.layers.Dense(2)(keras.layers.LSTM(4)(inp)))
+    x = np.random.default_rng(0).normal(size=(8, 4, 3)).astype("float32")
+    with pytest.warns(UserWarning, match="skipped target 'int8_full'.*recurrent layer"):
+        reports = dkm_tf.export.export_all(lstm, [], str(tmp_path), x, targets=("int8_full",))
+    assert dict(reports) == {} and list(reports.refused) == ["int8_full"]
+    assert list(tmp_path.iterdir()) == []
+    doc = " ".join(dkm_tf.export.export_all.__doc__.split())
+    assert ("a target refused before it is tried (``\"int8_full\"`` of a recurrent model, "
+            "``\"tflm\"`` without ``tflite-micro``) only warns, so where it is the only "
+            "target the returned dict is empty") in doc
+
+
 def test_full_int8_without_data_names_a_bad_model_first(tmp_path):
     with pytest.raises(TypeError, match="argument `model`"):
         dkm_tf.export.to_tflite("notamodel", tmp_path / "m.tflite", "int8", int8_mode="full")

@@ -65,7 +65,12 @@ def export_all(model, palettes, out_dir, sample_inputs=None, targets=DEFAULT_TAR
             palettes (e.g. a depthwise kernel clustered per channel: more than 128 values
             in one table), and any target whose file disagrees with Keras
             (:class:`~dkm_tf.export.ExportVerificationError`), as ``dkm-tf compress`` does.
-            When no target is left, the first refusal is raised.
+            When no target is written, the first refusal met while writing one (a
+            verification or calibration error, TFLite Micro's) is raised, and
+            ``CalibrationError`` where ``"int8_full"`` without ``sample_inputs`` is the
+            only target; a target refused before it is tried (``"int8_full"`` of a
+            recurrent model, ``"tflm"`` without ``tflite-micro``) only warns, so where it is
+            the only target the returned dict is empty and ``refused`` says why.
         stem: file name stem.
         latency: also measure invoke latency of the LiteRT formats, interleaved, with
             ``ai_edge_litert`` at each thread count in ``threads``.
