@@ -75,7 +75,9 @@ def _bounded_last_layer(model, batch, keras):
     scale after ``Activation("sigmoid")`` is read as logits: the two look alike), else the
     last layer (or op) and the ops before it that have no weights and one tensor input each
     (``1 / (1 + ops.exp(-t))``: divide, add, exp, negative), back to the layer with weights
-    (or the input) that feeds them. A sigmoid is in [0, 1] for any
+    (or the input) that feeds them. A last layer that is a model with weights is opened
+    (its own tail read so, on the values of its input); a custom last layer whose sublayers
+    have weights is not read (:func:`_bounded`). A sigmoid is in [0, 1] for any
     input; logits are not: a custom layer of logits (affine in its input, or any unbounded
     function) whose outputs happen to lie in [0, 1] on the sampled inputs leaves [0, 1] once
     its input is 100 times larger or of the other sign, and one whose input is all zero (or
