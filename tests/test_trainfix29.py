@@ -341,7 +341,43 @@ def test_logits_in_0_1_inside_a_nested_last_layer_stay_logits(build):
     p = np.asarray(model(x[:32]), np.float64)
     assert 0 < p.min() and p.max() < 1  # logits inside (0, 1) on every sampled input
     assert default_loss(model, x=x).get_config()["from_logits"] is True  # was False
-    assert probabilities_note(model, (x, y)) is None
+    note = probabilities_note(model, (x, y))
+    if isinstance(model.layers[-1], Block):  # cannot be opened: logits, said
+        assert note.startswith(OPAQUE_NOTE), note
+    else:
+        assert note is None
+
+
+OPAQUE_NOTE = ("trained with the cross-entropy from_logits=True: the model's last layer is a "
+               "custom layer of sublayers with weights")
+
+
+@keras.saving.register_keras_serializable(package="test_trainfix29")
+class SigmoidBlock(L.Layer):
+    """A custom layer of a Dense(1) sublayer and a hand sigmoid: cannot be opened."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.d = L.Dense(1)
+
+    def call(self, t):
+        return 1.0 / (1.0 + keras.ops.exp(-self.d(t)))
+
+
+def test_a_hand_sigmoid_in_a_custom_layer_of_sublayers_trains_as_logits_with_a_note():
+    # read as a sigmoid before (its input scaled); not read now, as Block above cannot be
+    # told from it: from_logits=True, and a note says how to train it as probabilities
+    from dkm_tf.training.common import default_loss
+    from dkm_tf.training.compile_settings import probabilities_note
+
+    x, y = _xy()
+    keras.utils.set_random_seed(0)
+    model = keras.Model(inp := keras.Input((6,)), SigmoidBlock()(inp))
+    p = np.asarray(model(x[:32]), np.float64)
+    assert 0 < p.min() and p.max() < 1
+    assert default_loss(model, x=x).get_config()["from_logits"] is True
+    note = probabilities_note(model, (x, y))
+    assert note.startswith(OPAQUE_NOTE) and note.endswith("BinaryCrossentropy()"), note
 
 
 @pytest.mark.filterwarnings("ignore:cluster_weights left 1 layer:UserWarning")  # SmallDense

@@ -99,7 +99,7 @@ def probabilities_note(model, data):
     unit = isinstance(shape, tuple) and len(shape) == 2 and shape[1] == 1  # as default_loss
     if x is not None:
         if default_loss(model, x=x).get_config().get("from_logits") is not False:
-            return None
+            return _opaque_note(model, x) if unit else None
         return ("trained with the cross-entropy from_logits=False: the model's last layer is "
                 "not one whose activation dkm_tf can read (a custom or Lambda layer) and its "
                 "outputs on the training inputs are " + (
@@ -114,6 +114,20 @@ def probabilities_note(model, data):
             "on the training data could not be read without changing what training sees (a "
             "from_generator, shuffled or filtered tf.data dataset, ...): if they are "
             "probabilities, compile the model to train it with another loss")
+
+
+def _opaque_note(model, x):
+    """The note of a one-unit custom last layer of weighted sublayers whose outputs are in [0,
+    1] (:func:`~dkm_tf.training.probabilities.read_activation`: ``"opaque"``), else None."""
+    from dkm_tf.training.probabilities import OPAQUE, read_activation  # noqa: PLC0415
+
+    if read_activation(model, x, unit=True) != OPAQUE:
+        return None
+    return ("trained with the cross-entropy from_logits=True: the model's last layer is a "
+            "custom layer of sublayers with weights and its outputs on the training inputs are "
+            "in [0, 1], but dkm_tf cannot open it to tell a sigmoid from logits that happen to "
+            "lie there: if they are probabilities, compile the model with "
+            "BinaryCrossentropy()")
 
 
 def _outputs(model):

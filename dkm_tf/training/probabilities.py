@@ -6,12 +6,13 @@ training inputs (:func:`read_activation`, for
 
 from __future__ import annotations
 
-__all__ = ["SCALES", "before_noise", "read_activation"]
+__all__ = ["OPAQUE", "SCALES", "before_noise", "read_activation"]
 
 SAMPLES = 32
 # the factors the last layer's input is multiplied by to tell a sigmoid (in [0, 1] for any
 # input) from logits that happen to lie in [0, 1] on the sampled inputs
 SCALES = (-100.0, -10.0, 10.0, 100.0)
+OPAQUE = "opaque"  # one unit in [0, 1] from a custom last layer of weighted sublayers: not read
 
 
 def read_activation(model, x, unit=False):
@@ -20,7 +21,9 @@ def read_activation(model, x, unit=False):
     to 1 +- 0.003), with ``training=False`` and ``training=True`` (logits while training and a
     softmax at inference trained through a second softmax: 0.475 -> 0.278); with ``unit``
     (one output unit), ``"sigmoid"`` where its values are in [0, 1] in both and
-    :func:`_bounded_last_layer` holds; else ``""`` (taken as logits). A model of several
+    :func:`_bounded_last_layer` holds, ``"opaque"`` where they are but the last layer is a
+    custom layer of weighted sublayers, which cannot be opened (taken as logits, noted); else
+    ``""`` (taken as logits). A model of several
     outputs is not read (one loss for all: output 1's logits trained as probabilities:
     0.4475 -> 0.24). Read before the Keras dropout / noise layers that end the model."""
     import keras  # noqa: PLC0415
@@ -36,9 +39,10 @@ def read_activation(model, x, unit=False):
         model = before_noise(model, keras)  # a hand softmax then Dropout (0.485 -> 0.443)
         outs = [_outputs(model, batch, training, keras) for training in (False, True)]
         if unit:
-            return "sigmoid" if all(
-                out.size and np.all(out >= 0) and np.all(out <= 1) for _, out in outs) and (
-                _bounded_last_layer(model, batch, keras)) else ""
+            if not all(out.size and np.all(out >= 0) and np.all(out <= 1) for _, out in outs):
+                return ""
+            bounded = _bounded_last_layer(model, batch, keras)
+            return "sigmoid" if bounded is True else "opaque" if bounded == OPAQUE else ""
     except Exception:  # noqa: BLE001 - any failure: cannot tell, keep from_logits
         return ""
     return "softmax" if all(
@@ -115,7 +119,7 @@ def _bounded(model, batches, keras, depth):
         return False
     if not nested and getattr(last, "weights", None) and any(
             layer.weights for layer in last._flatten_layers(include_self=False)):  # noqa: SLF001
-        return False  # a custom layer of weighted sublayers: cannot be opened
+        return OPAQUE  # a custom layer of weighted sublayers: cannot be opened
     feed, moved, inner = keras.Model(ins, chain[-1][2]), False, {}
     for training in (False, True):
         with keras.StatelessScope():
