@@ -116,7 +116,7 @@ def _bounded(model, batches, keras, depth):
     last, ins = chain[0][0], _inputs(model, keras)
     nested = isinstance(last, keras.Model) and bool(last.weights)
     if nested and (depth >= 8 or len(getattr(last, "outputs", None) or ()) != 1):
-        return False
+        return OPAQUE  # a subclassed model (no graph), or one of several outputs
     if not nested and getattr(last, "weights", None) and any(
             layer.weights for layer in last._flatten_layers(include_self=False)):  # noqa: SLF001
         return OPAQUE  # a custom layer of weighted sublayers: cannot be opened
