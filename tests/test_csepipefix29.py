@@ -14,22 +14,9 @@ from _energy_file25 import both, same_totals
 from _energy_file25 import convs as _convs
 from _energy_file25 import eltwise as _eltwise
 from keras import layers as L
+from test_csepipe29 import _bn, _conv
 
 _C = [(8, 8, 3, 8, 8, 4)]  # Conv2D(4, 3, "same") on 8x8x3
-
-
-def _conv():
-    return L.Conv2D(4, 3, padding="same")
-
-
-def _bn(seed):
-    """A batch norm built on 4 channels, its weights from U(0.5, 1.5) (seed `seed`)."""
-    bn = L.BatchNormalization()
-    bn.build((None, 8, 8, 4))
-    rng = np.random.default_rng(seed)
-    for w in bn.weights:
-        w.assign(rng.uniform(0.5, 1.5, w.shape).astype("float32"))
-    return bn
 
 
 def _model(outputs):

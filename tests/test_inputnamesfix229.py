@@ -9,10 +9,10 @@ fallback ``input_i`` could take a later input's sanitised name (``["1st", "input
 ``sample_inputs`` dict error listed the Keras names only.
 """
 
-import keras
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
+from test_inputnamesfix29 import _concat_dense, _numpy
 
 import dkm_tf.export.convert as convert_lib
 from dkm_tf.export import to_tflite
@@ -21,20 +21,6 @@ from dkm_tf.export.io_names import file_keys, name_inputs, signature_keys
 pytest.importorskip("tensorflow")
 
 RNG = np.random.default_rng(2292)
-
-
-def _concat_dense(names, width=4, seed=0):
-    """Inputs of the same shape named ``names`` (a swap runs, silently wrong), one Dense."""
-    keras.utils.set_random_seed(seed)
-    inputs = [keras.Input((width,), name=n) for n in names]
-    return keras.Model(inputs, keras.layers.Dense(2, name="d")(
-        keras.layers.Concatenate()(inputs)))
-
-
-def _numpy(model, xs):
-    """The concatenating model in float64 numpy: ``xs`` in ``model.inputs`` order."""
-    w, b = (np.asarray(v, np.float64) for v in model.get_layer("d").get_weights())
-    return np.concatenate([np.asarray(x, np.float64) for x in xs], axis=1) @ w + b
 
 
 def _xs(n, width=4):
