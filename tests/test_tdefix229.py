@@ -65,3 +65,21 @@ def test_masked_pooling_after_a_nested_model_in_a_nested_model(conv, batch, tmp_
     assert [(s.kind, s.pool_op, s.input_size, s.output_size) for s in sums] == (
         [] if conv else [("pool", "avg", 6, 1)])
     same_totals(k, f)
+
+
+@pytest.mark.parametrize("td", [True, False])
+def test_lambda_argument_set_in_place_after_an_estimate_is_read_anew(td, tmp_path):
+    """`arguments={"s": 2.0}` then `lam.arguments["s"] = 1.0`: the new graph's ADD only, as
+    the file (the old graph's MUL and ADD were read again: paper 310.7 vs 145.3)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 8))
+    lam = L.Lambda(lambda t, s: t * s + 1.0, arguments={"s": 2.0}, name="lam")
+    model = keras.Model(inp, L.TimeDistributed(lam, name="td")(inp) if td else lam(inp))
+    steps = 3 if td else 1
+    assert [x.shape.eltwise_op for x in both(model, tmp_path)[0].layers] == [
+        "mul", "add"] * steps
+    lam.arguments["s"] = 1.0
+    k, f = both(model, tmp_path)
+    assert [x.shape.eltwise_op for x in k.layers] == ["add"] * steps == [
+        x.shape.eltwise_op for x in f.layers]
+    same_totals(k, f)

@@ -122,13 +122,18 @@ def _node(layer, call):
 
 def _cached(node, lam, build):
     """`build()` (the `Lambda` `lam`'s function graph for the call `node`), kept on `node`
-    while `lam`'s function and arguments stay the same (a function swapped: built again);
-    None where `node` is None."""
+    while `lam`'s function and arguments stay the same (a function swapped, an entry of its
+    `arguments` dict set or removed in place: built again; before 2026-12-07 the graph of
+    `arguments={"s": 2.0}` was still read after `lam.arguments["s"] = 1.0`); an argument
+    changed in place itself (a numpy array's values) is not seen. None where `node` is
+    None."""
     if node is None:
         return None
     kept = getattr(node, _GRAPH, None)
-    if kept is None or kept[0] is not lam.function or kept[1] is not lam.arguments:
-        kept = (lam.function, lam.arguments, build())
+    args = dict(lam.arguments or {})  # a shallow copy: its values are compared by identity
+    if kept is None or kept[0] is not lam.function or kept[1].keys() != args.keys() or any(
+            kept[1][k] is not v for k, v in args.items()):
+        kept = (lam.function, args, build())
         setattr(node, _GRAPH, kept)
     return kept[2]
 
