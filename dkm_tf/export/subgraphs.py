@@ -28,6 +28,7 @@ import numpy as np
 
 from dkm_tf.export.palettize import WEIGHT_INPUT, _match, palettize_flatbuffer, tflite_layouts
 from dkm_tf.export.rewrite import schema
+from dkm_tf.export.subgraph_copies import check_no_float_copies, mark_copy, share_buffers
 
 __all__ = ["NOT_FOUND_REASON", "PROJECTION_ROUTE", "hoist_decodes", "hoist_input_projections",
            "palettize_subgraphs"]
@@ -120,20 +121,20 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
             ``index_packing``.
 
     Returns:
-        The per-tensor records, in palette order; records of a body subgraph carry
+        The per-tensor records, in palette order, then one per further copy of a weight
+        (a layer in several loop bodies: ``"copy_of_subgraph"``, its bytes stored once,
+        :mod:`~dkm_tf.export.subgraph_copies`); records of a body subgraph carry
         ``"subgraph": index``, palettes found nowhere a ``"not_found": True`` record.
     """
-    records, left = {}, list(palettes)
-    for index in range(len(fm.model.subgraphs)):
-        if not left:
-            break
-        view = fm if index == 0 else fm.subgraph(index)
-        found = _match(view, left)
-        scaled = _scaled_matches(view, [p for p in left if id(p) not in found], found)
+    records, copies, first = {}, [], {}
+    for index in range(len(fm.model.subgraphs)):  # every body: a layer's kernels are in
+        view = fm if index == 0 else fm.subgraph(index)  # each loop it runs in (review R13)
+        found = _match(view, palettes)
+        scaled = _scaled_matches(view, [p for p in palettes if id(p) not in found], found)
         if not found and not scaled:
             continue
-        here = [p for p in left if id(p) in found]
-        for p in left:  # a scaled weight: its scaled copy is palettized, recorded as p
+        here = [p for p in palettes if id(p) in found]
+        for p in palettes:  # a scaled weight: its scaled copy is palettized, recorded as p
             if id(p) in scaled:
                 q = scaled[id(p)][0]
                 found[id(q)] = scaled[id(p)]
@@ -148,7 +149,7 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
         parent = hoist_decodes(fm, index) if index else None
         lowering = decode == "once" and options.get("matmul_lowering", True)
         moved = hoist_input_projections(fm, index, lowering) if parent is not None else {}
-        by_name = {p.name: p for p in left if id(p) in found or id(p) in scaled}
+        by_name = {p.name: p for p in palettes if id(p) in found or id(p) in scaled}
         for r in recs:
             if id(by_name[r["palette"]]) in scaled:
                 r["route"] += "; " + scaled[id(by_name[r["palette"]])][0].note.split("; ")[0]
@@ -159,11 +160,18 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
                     ops = {moved.get(id(op)) for op in readers[r["palette"]]}
                     if len(ops) == 1 and None not in ops:  # every reader left the loop
                         r["route"] += PROJECTION_ROUTE.format(op=ops.pop())
-            records[id(by_name[r["palette"]])] = r
-        left = [p for p in left if id(p) not in found and id(p) not in scaled]
-    for p in left:
-        records[id(p)] = _not_found_record(p, decode)
-    return [records[id(p)] for p in palettes]
+            key = id(by_name[r["palette"]])
+            if key in records:  # one more loop body with this weight
+                copies.append((r, first[key], records[key]))
+            else:
+                records[key], first[key] = r, index
+    stored = share_buffers(fm)
+    for r, where, r0 in copies:
+        mark_copy(r, where, r0, stored)
+    check_no_float_copies(fm, palettes, list(records.values()) + [c[0] for c in copies])
+    for p in palettes:
+        records.setdefault(id(p), _not_found_record(p, decode))
+    return [records[id(p)] for p in palettes] + [c[0] for c in copies]
 
 
 def _concat(values, extra):
