@@ -6,7 +6,9 @@ parent palettized them in the first body only; the other bodies kept float32 cop
 decoded kernel while the report claimed ``int16 3.00 b/w``. Checked against numpy: no float32
 constant of the file holds a palette's decoded values, the file's outputs equal Keras', each
 record's storage is the dtype of the index tensor stored, and the copies share one stored
-index and codebook buffer whose bytes the records count once.
+index and codebook buffer whose bytes the records count once, decoded once in front of all
+the loops (TimeDistributed(LSTM(6)) over 3 steps: 39,248 B on the parent with float32
+copies, 34,160 B now).
 """
 
 import os
@@ -104,6 +106,10 @@ def test_every_loop_body_palettized(tmp_path, build, n_in, bodies):
     copies = [r for r in rep.tensors if "copy_of_subgraph" in r]
     assert len(copies) == (bodies - 1) * len(cell)
     assert all(r["index_bytes"] == r["codebook_bytes"] == 0 for r in copies)
+    # each weight decoded once, in front of all the loops: one index tensor per palette
+    names = [t["name"] for t in ex.inspect_tflite(content).tensors
+             if t["role"].startswith("palette indices")]
+    assert len(names) == len({r["palette"] for r in rep.tensors if not r.get("kept")}), names
 
 
 def test_float_copy_is_refused():

@@ -12,6 +12,8 @@ the palettized storage; :func:`check_no_float_copies` refuses such a file.
 
 from __future__ import annotations
 
+import numpy as np
+
 from dkm_tf.export.palettize import _match
 
 __all__ = ["check_no_float_copies", "mark_copy", "share_buffers"]
@@ -41,8 +43,52 @@ def share_buffers(fm):
         if target != b:
             for t in ts:
                 t.buffer = target
-    fm.compact()
+    for g in range(len(fm.model.subgraphs)):
+        _merge_chains(fm.subgraph(g))
     return {int(t.buffer) for sg in fm.model.subgraphs for t in sg.tensors or ()}
+
+
+def _options_key(options):
+    if options is None:
+        return None
+    return repr(sorted((k, repr(v.tolist() if hasattr(v, "tolist") else v))
+                       for k, v in vars(options).items()))
+
+
+def _merge_chains(view):
+    """Run each decode chain once: an exporter op (outputs named ``dkm``) with the same
+    opcode, options and inputs (the same constant buffer, or an output so merged) as an
+    earlier one is dropped, its readers read the earlier op's outputs (the decode chains of
+    one weight hoisted in front of several WHILE loops decode it once)."""
+    alias, seen, keep = {}, {}, []
+
+    def key(t):
+        t = alias.get(t, t)
+        tensor = view.tensors[t]
+        if view.raw(t):
+            return ("c", int(tensor.buffer), tuple(view.shape(t)), view.type_name(t))
+        return ("t", t)
+
+    for op in view.operators:
+        op.inputs = np.asarray([alias.get(int(t), int(t)) for t in op.inputs], np.int32)
+        outs = [int(t) for t in op.outputs]
+        if not outs or not all(view.tensor_name(t).startswith("dkm") for t in outs) \
+                or op.intermediates is not None and len(op.intermediates):
+            keep.append(op)
+            continue
+        k = (int(op.opcodeIndex), _options_key(op.builtinOptions),
+             tuple(key(int(t)) if t >= 0 else None for t in op.inputs),
+             tuple((tuple(view.shape(t)), view.type_name(t)) for t in outs))
+        if k in seen:
+            alias.update(zip(outs, seen[k]))
+            continue
+        seen[k] = outs
+        keep.append(op)
+    g = view.graph
+    if alias:
+        g.operators = keep
+        g.outputs = np.asarray([alias.get(int(t), int(t)) for t in g.outputs], np.int32)
+    view.compact()
 
 
 def _name(tensor):
