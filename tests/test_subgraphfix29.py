@@ -124,3 +124,20 @@ def test_float_copy_is_refused():
     recs = [{"palette": p.name} for p in sh.palettes]  # all claimed palettized
     with pytest.raises(ValueError, match=r"float32 copies of palettized weights.*subgraph"):
         check_no_float_copies(fm, sh.palettes, recs)
+
+
+def test_tflm_every_loop_body_compressed(tmp_path):
+    """format='tflm' compressed the first body's kernels only (parent: float32 MatMul 768 B
+    and MatMul_1 576 B weights left in subgraphs 2, 4 and 6 by inspect_tflite); now every
+    body's kernels are LUT-compressed, one record per body, and the file is verified."""
+    model = _td_model()
+    sh = dkm_tf.share_weights(model, 4)
+    xs = np.random.default_rng(1).normal(size=(1, 3, 5, 8)).astype("float32")
+    path = str(tmp_path / "m.tflite")
+    rep = ex.to_tflite(sh.model, path, "tflm", sh.palettes, xs)
+    floats = [(t["subgraph"], t["name"]) for t in ex.inspect_tflite(path).tensors
+              if t["role"] == "weight" and t["dtype"] == "float32"]
+    assert floats == []
+    cell = [r for r in rep.tensors if r["palette"].startswith("td/")]
+    assert sorted({r.get("subgraph") for r in cell}) == [2, 4, 6]
+    assert len(cell) == 6 and all(r["storage"] == "2-bit LUT indices" for r in cell)

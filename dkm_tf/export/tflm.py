@@ -101,11 +101,10 @@ def tflm_compress(content, palettes):
     found, left, notes = [], list(palettes), {}
     for g in range(len(model.model.subgraphs)):  # a WHILE body holds recurrent weights
         view = model if g == 0 else model.subgraph(g)
-        hits = _match(view, left) if left else {}
+        hits = _match(view, palettes)  # every body: a layer in several loops (review R13)
         # a kernel the converter scaled by one constant (a folded Rescaling): its palette with
         # the codebook scaled alike, as the palettized export does (recorded under its name)
-        scaled = _scaled_matches(view, [p for p in left if id(p) not in hits], hits) \
-            if left else {}
+        scaled = _scaled_matches(view, [p for p in palettes if id(p) not in hits], hits)
         hits.update(scaled)
         notes.update({id(hit[0]): hit[0].note.split("; ")[0] for hit in scaled.values()})
         found += [(g, view, *hit) for hit in sorted(hits.values(), key=lambda f: f[1])]
