@@ -141,3 +141,26 @@ def test_tflm_every_loop_body_compressed(tmp_path):
     cell = [r for r in rep.tensors if r["palette"].startswith("td/")]
     assert sorted({r.get("subgraph") for r in cell}) == [2, 4, 6]
     assert len(cell) == 6 and all(r["storage"] == "2-bit LUT indices" for r in cell)
+
+
+@pytest.mark.parametrize("keep_float", [["b"], None])
+def test_a_layer_of_weights_equal_to_another_keeps_its_own_record(keep_float, tmp_path):
+    """Two LSTMs of equal weights (review R15): the second's loop body was claimed as a copy of
+    the first's palette, so `keep_float=["b"]` was ignored (b palettized, reported "float32
+    (not found)"); kept float, its float32 kernels are no "copy" to refuse either."""
+    keras.utils.set_random_seed(0)
+    x = keras.Input((5, 8))
+    a, b = L.LSTM(6, name="a"), L.LSTM(6, name="b")
+    model = keras.Model(x, L.Dense(4, name="h")(L.Concatenate()([a(x), b(x)])))
+    b.set_weights(a.get_weights())
+    sh = dkm_tf.share_weights(model, 4)
+    xs = np.random.default_rng(1).normal(size=(1, 5, 8)).astype("float32")
+    path = str(tmp_path / "m.tflite")
+    rep = ex.to_tflite(sh.model, path, "palettized", sh.palettes, xs, keep_float=keep_float)
+    assert rep.bytes == os.path.getsize(path)
+    recs = {r["palette"]: r for r in rep.tensors if r["palette"].startswith("b/")}
+    assert sorted(recs) == ["b/cell.kernel", "b/cell.recurrent_kernel"]
+    for r in recs.values():
+        assert "copy_of_subgraph" not in r and not r.get("not_found")
+        assert r["storage"] == ("float32 (kept)" if keep_float else "int16 (7 indices/int16)")
+    np.testing.assert_allclose(_run(path, [xs]), np.asarray(sh.model(xs)), atol=1e-5)

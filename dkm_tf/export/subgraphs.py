@@ -129,7 +129,7 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
     records, copies, first = {}, [], {}
     for index in range(len(fm.model.subgraphs)):  # every body: a layer's kernels are in
         view = fm if index == 0 else fm.subgraph(index)  # each loop it runs in (review R13)
-        found = _match(view, palettes)
+        found = _match(view, sorted(palettes, key=lambda p: id(p) in records))  # R15
         scaled = _scaled_matches(view, [p for p in palettes if id(p) not in found], found)
         if not found and not scaled:
             continue

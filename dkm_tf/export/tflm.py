@@ -101,7 +101,9 @@ def tflm_compress(content, palettes):
     found, left, notes = [], list(palettes), {}
     for g in range(len(model.model.subgraphs)):  # a WHILE body holds recurrent weights
         view = model if g == 0 else model.subgraph(g)
-        hits = _match(view, palettes)  # every body: a layer in several loops (review R13)
+        # every body: a layer in several loops (review R13); unmatched palettes claim a
+        # tensor first, so a layer of weights equal to another's is its own (review R15)
+        hits = _match(view, [p for p in left] + [p for p in palettes if p not in left])
         # a kernel the converter scaled by one constant (a folded Rescaling): its palette with
         # the codebook scaled alike, as the palettized export does (recorded under its name)
         scaled = _scaled_matches(view, [p for p in palettes if id(p) not in hits], hits)
