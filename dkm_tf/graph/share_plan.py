@@ -55,11 +55,16 @@ def _check_tied_settings(plan):
     """Refuse a variable whose readers (``d`` and ``TimeDistributed(d)``) ``overrides``
     resolves differently: it is clustered once, so one reader's settings (or None) would be
     reported while the other's were applied (``{"d": None, "td": {...}}`` reported d
-    "excluded by overrides" with its kernel clustered as td's)."""
+    "excluded by overrides" with its kernel clustered as td's). An excluded quantized layer
+    is passed over: it holds no float kernel (listing its weights would refuse it), and a
+    reader of its variables that is not excluded is refused as quantized when planned."""
     from dkm_tf.graph import clusterable  # noqa: PLC0415 (imports keras)
+    from dkm_tf.graph.quantized import quantized_layers  # noqa: PLC0415
 
     first = {}
     for _, layer, cfg in plan:
+        if cfg is None and quantized_layers(layer):
+            continue
         for attr, var, _ in clusterable.clusterable_weights(layer):
             seen = first.setdefault(id(var), (layer, attr, cfg))
             if seen[0] is not layer and _settings(seen[2]) != _settings(cfg):
