@@ -142,19 +142,13 @@ def file_keys(content):
     (what ``Interpreter.get_input_details()`` lists, and TFLite Micro's input ``j``: Keras order
     for an exported file), whatever order the signature stores them in; a key whose tensor is
     no subgraph input comes last."""
-    from dkm_tf.export.rewrite import schema  # noqa: PLC0415
-
-    model = schema().Model.GetRootAs(content, 0)
-    for i in range(model.SignatureDefsLength()):
-        sd = model.SignatureDefs(i)
-        if sd.SubgraphIndex() == 0:
-            graph = model.Subgraphs(0)
-            at = {int(graph.Inputs(j)): j for j in range(graph.InputsLength())}
-            entries = [sd.Inputs(j) for j in range(sd.InputsLength())]
-            order = sorted(range(len(entries)),
-                           key=lambda j: at.get(int(entries[j].TensorIndex()), len(at) + j))
-            return [entries[j].Name().decode() for j in order]
-    return []
+    sig, inputs = _signature(content)
+    if sig is None:
+        return []
+    at = {t: j for j, t in enumerate(inputs)}
+    names = list(sig)  # the signature's stored order
+    order = sorted(range(len(names)), key=lambda j: at.get(sig[names[j]], len(at) + j))
+    return [names[j] for j in order]
 
 
 def check_names(before, after, keys):
