@@ -35,7 +35,7 @@ from dkm_tf.pipeline_metrics import (
 )
 from dkm_tf.pipeline_report import cluster_stage, estimate_energy, result_notes
 from dkm_tf.pipeline_skipped import skipped_layers as _skipped_layers
-from dkm_tf.training.batches import ran_out_collected
+from dkm_tf.training.batches import BatchCount, ran_out_collected, report_ran_out
 from dkm_tf.training.data_checks import reads_once
 
 __all__ = ["METHODS", "CompressionResult", "accuracy_note", "agreement_data", "binary_threshold",
@@ -153,7 +153,6 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
            if isinstance(train_data, tuple) else {"x": train_data})
     if is_tf_dataset(train_data):  # Keras cannot shuffle it, and warns when asked to
         fit["shuffle"] = False
-    from dkm_tf.training.batches import BatchCount, report_ran_out  # noqa: PLC0415
     counter = BatchCount()  # an epoch of no batch (a one-shot generator): a UserWarning
     history = model.fit(**fit, epochs=epochs, verbose=verbose,
                         callbacks=[counter, *(callbacks or [])])
