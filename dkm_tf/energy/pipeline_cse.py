@@ -31,7 +31,7 @@ def pipeline_keys(op, call, keras, state, key, register, ctx=None):
     inside it (a Dense's key has the ReLU after it: `keras_cse._fused`), live where the
     Pipeline's outputs are (`state["live"]`). `ctx`: the key of the Pipeline's input in
     this call (`context`): a nested model's calls share its graph's tensors."""
-    outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
+    outs = keras_outputs(call)
     if not outs:
         return None
     at = (id(op), id(outs[0]))
@@ -71,6 +71,11 @@ def keras_inputs(call):
     return list(call[0]) if isinstance(call[0], (list, tuple)) else [call[0]]
 
 
+def keras_outputs(call):
+    """The output tensors of a call `(inputs, outputs, ...)`, as a list."""
+    return list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
+
+
 def context(call, env):
     """The key (`env`, `keras_cse`'s) of the input of a Pipeline's call `call`: what tells
     two calls of one nested model holding it apart (its graph's tensors are shared; before
@@ -83,7 +88,7 @@ def context(call, env):
 def rows_of(op, call, state, ctx=None):
     """The `(sub, sub_call, keys)` noted for Pipeline call `call` of `op` in context `ctx`
     (`context`), else None."""
-    outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
+    outs = keras_outputs(call)
     return state.get("inner", {}).get((ctx, id(op), id(outs[0]))) if outs else None
 
 
@@ -133,6 +138,6 @@ def walked_calls(layer, call, keras):
     there merges with its twin outside)."""
     subs, _ = pipeline_calls(layer, call)
     kept = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)]
-    outs = list(call[1]) if isinstance(call[1], (list, tuple)) else [call[1]]
+    outs = keras_outputs(call)
     return [(s, (c[0] if i <= kept[-1] else outs, outs)) if kept and i >= kept[-1] else (s, c)
             for i, (s, c) in enumerate(subs)]
