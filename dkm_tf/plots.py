@@ -230,9 +230,11 @@ def plot_energy(report, path):
     if getattr(report, "baseline", None) is None:
         raise ValueError("Invalid value for argument `report`. Expected an EnergyReport with a "
                          "baseline (estimate(model, palettes=...)). Received: a report without")
-    base = {x.name: x for x in report.baseline.layers}
-    layers = [x for x in report.layers if x.name in base]
-    names = [x.name for x in layers]
+    from dkm_tf.energy.layer_totals import rows  # noqa: PLC0415 - a TimeDistributed: summed
+
+    base = dict(rows(report.baseline.layers))  # steps summed (before, the first step as td)
+    table = [(label, x) for label, x in rows(report.layers) if label in base]
+    names, layers = [label for label, _ in table], [x for _, x in table]
     xs = np.arange(len(names))
     fig = _figure(max(6.0, 1.0 + 0.55 * len(names)), 6.4)
     axes = fig.subplots(2, 1, sharex=True)
@@ -240,7 +242,7 @@ def plot_energy(report, path):
     panels = [("paper metric", "paper_total", "MAC units", red.paper),
               ("memory-hierarchy model", "hierarchy_total", "16-bit MAC units", red.hierarchy)]
     for ax, (title, attr, unit, ratio) in zip(axes, panels):
-        before = [getattr(base[n], attr) for n in names]
+        before = [getattr(base[n], attr) for n in names]  # by row label
         after = [getattr(x, attr) for x in layers]
         ax.bar(xs - 0.2, before, width=0.4, color="tab:gray", label="before (uncompressed)")
         ax.bar(xs + 0.2, after, width=0.4, color="tab:green", label="after (clustered)")

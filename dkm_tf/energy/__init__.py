@@ -26,6 +26,7 @@ from dkm_tf.energy.hierarchy import (
     HierarchyCost,
     hierarchy_cost,
 )
+from dkm_tf.energy.layer_totals import LayerTotal
 from dkm_tf.energy.paper import (
     PaperCost,
     fa_dot,
@@ -53,6 +54,7 @@ __all__ = [
     "HierarchyCost",
     "LayerEnergy",
     "LayerShape",
+    "LayerTotal",
     "PaperCost",
     "SharingInfo",
     "conv_shape",

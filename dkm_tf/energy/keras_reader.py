@@ -207,7 +207,7 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
               None if isinstance(call, Exception) else walked_outputs(call, live))
         return
     if wrapped_graph(layer, name, call, used, keras, apart(lambda m, u: _walk(  # TimeDistributed
-            m, keras, shapes, skipped, u)), skipped):  # of a model: walked step by step
+            m, keras, shapes, skipped, u)), skipped, shapes):  # of a model: step by step
         return
     if isinstance(layer, keras.layers.Pipeline) and not isinstance(call, Exception):
         walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used,

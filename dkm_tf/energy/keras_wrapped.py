@@ -41,7 +41,7 @@ import math
 _GRAPH = "_dkm_tf_lambda_graph"
 
 
-def wrapped_graph(layer, name, call, used, keras, walk, skipped):
+def wrapped_graph(layer, name, call, used, keras, walk, skipped, shapes):
     """Reads a call of `layer` (named `name`) holding a graph, returns whether it did.
 
     Args:
@@ -52,6 +52,7 @@ def wrapped_graph(layer, name, call, used, keras, walk, skipped):
         keras: The keras module.
         walk: `walk(model, used)` appends the records of a nested `model`'s graph.
         skipped: The `(name, reason)` list to add to.
+        shapes: The records list `walk` appends to (each step's tagged with it, `tagged`).
 
     Returns:
         True where `layer` is a `TimeDistributed` of a model with a graph, read here.
@@ -72,8 +73,11 @@ def wrapped_graph(layer, name, call, used, keras, walk, skipped):
     if own[1:] != got[1 + depth:]:
         skipped.append((name, f"TimeDistributed model called with step shape "
                         f"{got[1 + depth:]}: read at the shapes of its own graph, {own[1:]}"))
-    for _ in range(math.prod(got[1:1 + depth])):
+    n = math.prod(got[1:1 + depth])
+    for k in range(1, n + 1):  # each step's records tagged with it (`tagged`)
+        start = len(shapes)
         walk(inner, used)
+        shapes[start:] = tagged(shapes[start:], name, k, n)
     return True
 
 
@@ -220,12 +224,19 @@ def step_records(layer, name, call, records, used, keras):
         return records
     one = [dataclasses.replace(r, name=name + r.name[len(b):]) for r, b in zip(one, bases)]
     bases = [name] * len(one)  # every step named after the call (`td`, `td#2`, ...)
-    out = list(one)
-    for _ in range(steps[0] - 1):
+    out = tagged(one, name, 1, steps[0])
+    for k in range(2, steps[0] + 1):
         used[layer.name] = used.get(layer.name, 0) + 1
         step = f"{layer.name}#{used[layer.name]}"
-        out += [dataclasses.replace(r, name=step + r.name[len(b):]) for r, b in zip(one, bases)]
+        out += tagged([dataclasses.replace(r, name=step + r.name[len(b):]) for r, b in zip(
+            one, bases)], name, k, steps[0])
     return out
+
+
+def tagged(records, call, k, steps):
+    """`records` of step `k` of `steps` of the `TimeDistributed` call named `call`, that tag
+    put first in their `steps` (`LayerShape.steps`; what `EnergyReport.layer(call)` sums)."""
+    return [dataclasses.replace(r, steps=((call, k, steps),) + r.steps) for r in records]
 
 
 def _one_step(record, steps):

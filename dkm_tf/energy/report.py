@@ -4,7 +4,7 @@ import dataclasses
 import os
 
 from dkm_tf.core.files import atomic_path
-from dkm_tf.energy import constants
+from dkm_tf.energy import constants, layer_totals
 
 PAPER_TERMS = ("compute", "weights", "activations")
 HIERARCHY_PARTS = ("mac",) + tuple(reversed(constants.LEVELS))
@@ -135,11 +135,38 @@ class EnergyReport:
         return out
 
     def layer(self, name):
-        """Returns the `LayerEnergy` whose record name is `name`; raises `KeyError` if absent."""
+        """The cost of the layer (call) or record named `name`.
+
+        Args:
+            name: A record's name (`conv`, `lstm/cell.kernel`, a shared layer's second call
+                `fc#2`) or the name of a `TimeDistributed` layer's call charged per step
+                (`td`; a second call of T steps `td#<T+1>`).
+
+        Returns:
+            For a `TimeDistributed` call charged per step, a `LayerTotal` of all its steps'
+            records (`layer_totals`; its step records by their own names: `record`); else
+            the `LayerEnergy` named `name`.
+
+        Raises:
+            KeyError: (also a `ValueError`) where nothing is named `name`, naming the close
+                names, or why it is not charged where `skipped` lists it.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"Invalid type for argument `name`. Expected a str (a layer name). "
+                            f"Received: name={name!r} of type {type(name).__name__}")
+        return layer_totals.total(self.layers, name) or self.record(name)
+
+    def record(self, name):
+        """The `LayerEnergy` whose record name is `name` (`td` of a `TimeDistributed` Dense:
+        its first step's); raises `KeyError` (`layer`) if absent.
+
+        Args:
+            name: The record's name (`[x.name for x in report.layers]`).
+        """
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise KeyError(f"No layer {name!r} in the report. Layers: {[x.name for x in self.layers]}")
+        raise layer_totals.unknown(name, self.layers, self.skipped)
 
     def ratio_vs(self, baseline):
         """Energy reduction factor against `baseline` (baseline energy / this energy).
@@ -164,10 +191,14 @@ class EnergyReport:
         return None if self.baseline is None else self.ratio_vs(self.baseline)
 
     def to_dict(self):
-        """A JSON-ready dict of totals and per-layer rows."""
+        """A JSON-ready dict of totals and per-record rows (`step`: `[call, k, T]` for a
+        step of a `TimeDistributed` call, else None), and `layer_totals`: each such call's
+        steps summed (`layer`)."""
         rows = []
         for layer in self.layers:
-            row = {"name": layer.name, "op": layer.shape.op, "kind": layer.shape.kind,
+            step = layer.shape.steps[0] if layer.shape.steps else None  # of a TimeDistributed
+            row = {"name": layer.name, "step": None if step is None else list(step),
+                   "op": layer.shape.op, "kind": layer.shape.kind,
                    "macs": layer.macs, "n_weights": layer.shape.n_weights,
                    "n_clusters": layer.n_clusters, "kept_fraction": layer.kept_fraction,
                    "paper_total": layer.paper_total, "hierarchy_total": layer.hierarchy_total}
@@ -180,25 +211,29 @@ class EnergyReport:
                 "macs": self.macs, "paper_total": self.paper_total,
                 "hierarchy_total": self.hierarchy_total,
                 "reduction": None if red is None else dataclasses.asdict(red),
-                "layers": rows, "skipped": [list(s) for s in self.skipped],
+                "layers": rows, "layer_totals": [_total_row(self.layer(c)) for c in
+                                                 layer_totals.calls(self.layers)],
+                "skipped": [list(s) for s in self.skipped],
                 "notes": list(self.notes)}
 
     def summary(self):
-        """A plain-text table: one row per layer, totals, reduction and skipped layers."""
-        base = None if self.baseline is None else {x.name: x for x in self.baseline.layers}
+        """A plain-text table: one row per record (a `TimeDistributed` call's records summed
+        over its steps, `td [3 steps]`: `layer_totals.rows`), totals, reduction and skipped
+        layers."""
+        base = None if self.baseline is None else dict(layer_totals.rows(self.baseline.layers))
         head = ["layer", "op", "MACs", "K", "paper:comp", "paper:W", "paper:X", "paper",
                 "hier:DRAM", "hier"]
         if base is not None:
             head += ["x paper", "x hier"]
         rows = [head]
-        for x in self.layers:
+        for label, x in layer_totals.rows(self.layers):  # a TimeDistributed's steps summed
             t = x.paper_terms()
-            row = [x.name, x.shape.op, _num(x.macs), "-" if x.n_clusters is None else
+            row = [label, x.shape.op, _num(x.macs), "-" if x.n_clusters is None else
                    str(x.n_clusters), _num(t["compute"]), _num(t["weights"]),
                    _num(t["activations"]), _num(x.paper_total),
                    _num(x.hierarchy.energy(level="dram")), _num(x.hierarchy_total)]
             if base is not None:
-                b = base.get(x.name)
+                b = base.get(label)
                 row += ["-", "-"] if b is None else [
                     f"{_div(b.paper_total, x.paper_total):.2f}",
                     f"{_div(b.hierarchy_total, x.hierarchy_total):.2f}"]
@@ -256,14 +291,15 @@ class EnergyReport:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        names = [x.name for x in self.layers]
+        table = layer_totals.rows(self.layers)  # a TimeDistributed's steps summed
+        names = [label for label, _ in table]
         n = max(len(names), 1)
         fig = Figure(figsize=(min(4 + 0.35 * n, 40), 7.5))
         FigureCanvasAgg(fig)
         axes = fig.subplots(2, 1, sharex=True)
-        series = [("paper metric (MAC units)", PAPER_TERMS, [x.paper_terms() for x in self.layers]),
+        series = [("paper metric (MAC units)", PAPER_TERMS, [x.paper_terms() for _, x in table]),
                   ("hierarchy model (16-bit MAC units)", HIERARCHY_PARTS,
-                   [x.hierarchy_parts() for x in self.layers])]
+                   [x.hierarchy_parts() for _, x in table])]
         xs = list(range(len(names)))
         for ax, (title, keys, values) in zip(axes, series):
             bottom = [0.0] * len(names)
@@ -281,6 +317,13 @@ class EnergyReport:
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, format="png", dpi=110)
         return path
+
+
+def _total_row(x):
+    """`to_dict`'s row of a `LayerTotal` `x`."""
+    return {"name": x.name, "steps": x.steps, "records": [r.name for r in x.records],
+            "macs": x.macs, "n_clusters": x.n_clusters, "paper_total": x.paper_total,
+            "hierarchy_total": x.hierarchy_total}
 
 
 def _div(a, b):

@@ -140,6 +140,9 @@ class LayerShape:
         eltwise_op: "add", "mul", "max", "relu" or "affine" for element-wise ops, else "".
         n_inputs: Number of input tensors of an element-wise op.
         n_params: Per-channel parameters of an "affine" op (batch norm: 2 · C), else 0.
+        steps: `((call, k, T), ...)` for a record of step k of T of a `TimeDistributed`
+            layer's call named `call` (outermost first; `keras_wrapped`), else `()`: what
+            `EnergyReport.layer(call)` sums (`layer_totals`). Not compared.
     """
 
     name: str
@@ -162,6 +165,7 @@ class LayerShape:
     eltwise_op: str = ""
     n_inputs: int = 1
     n_params: int = 0
+    steps: tuple = dataclasses.field(default=(), compare=False)
 
     def __post_init__(self):
         check_choice("kind", self.kind, KINDS)
