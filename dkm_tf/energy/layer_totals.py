@@ -182,9 +182,10 @@ def unknown(name, layers, skipped):
     close = [n for n in names if n.startswith(name + "/") or n.startswith(name + "#")][:8]
     close += [n for n in difflib.get_close_matches(name, names, n=5, cutoff=0.6)
               if n not in close]
-    return UnknownLayerError(
-        f"No layer {name!r} in the report. Closest names: {close or 'none'}"
-        f" (layers: {len(names)}; every name: `[x.name for x in report.layers]`)")
+    every = (f"names: {names}" if len(names) <= 20 else
+             f"{len(names)} names: `[x.name for x in report.layers]`")
+    return UnknownLayerError(f"No layer {name!r} in the report. Closest names: "
+                             f"{close or 'none'} ({every})")
 
 
 class UnknownLayerError(KeyError, ValueError):

@@ -183,6 +183,12 @@ class LayerShape:
             check_choice("pool_op", self.pool_op, POOL_OPS)
         if self.kind == "eltwise":
             check_choice("eltwise_op", self.eltwise_op, ELTWISE_OPS)
+        if not isinstance(self.steps, tuple) or not all(
+                isinstance(t, tuple) and len(t) == 3 and isinstance(t[0], str) and all(
+                    isinstance(n, int) and 1 <= n for n in t[1:]) and t[1] <= t[2]
+                for t in self.steps):
+            raise ValueError("Invalid value for argument `steps`. Expected a tuple of "
+                             f"(call, k, T) with 1 <= k <= T. Received: steps={self.steps!r}")
 
     @property
     def positions(self):
