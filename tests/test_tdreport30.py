@@ -229,3 +229,14 @@ def test_hand_made_step_records_are_summed():
     np.testing.assert_allclose(report.layer("td").hierarchy_total, 2 * ref.hierarchy_total,
                                rtol=1e-12)
     assert "td [2 steps]" in report.summary()
+
+
+def test_cli_text_sums_the_steps(tmp_path):
+    """`dkm-tf energy --model m.keras`'s table: one row for `td`, all 5 steps."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((5, 8))
+    path = str(tmp_path / "m.keras")
+    keras.Model(inp, TD(L.Dense(4, name="d"), name="td")(inp)).save(path)
+    lines = energy.energy_cli_text(path).splitlines()
+    (row,) = [ln for ln in lines if ln.startswith("td")]
+    assert row.split()[:5] == ["td", "[5", "steps]", "Dense", "160"]
