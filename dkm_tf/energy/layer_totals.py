@@ -33,7 +33,8 @@ class LayerTotal:
 
     Attributes:
         name: The call's name (`td`; a second call of a TimeDistributed of T steps `td#<T+1>`,
-            the name of its first step's record).
+            the name of its first step's record); in a table row (`rows`), the name of the
+            row's first record (`td/cell.kernel`: that record of every step).
         records: The `LayerEnergy` records of all steps, in model order.
         steps: T, the number of steps (of all nested TimeDistributed layers: T1 · T2).
     """

@@ -150,6 +150,7 @@ class EnergyReport:
         Raises:
             KeyError: (also a `ValueError`) where nothing is named `name`, naming the close
                 names, or why it is not charged where `skipped` lists it.
+            TypeError: If `name` is not a str.
         """
         if not isinstance(name, str):
             raise TypeError(f"Invalid type for argument `name`. Expected a str (a layer name). "
