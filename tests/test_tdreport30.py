@@ -240,3 +240,27 @@ def test_cli_text_sums_the_steps(tmp_path):
     lines = energy.energy_cli_text(path).splitlines()
     (row,) = [ln for ln in lines if ln.startswith("td")]
     assert row.split()[:5] == ["td", "[5", "steps]", "Dense", "160"]
+
+
+def test_palettes_of_a_clustered_video_model_reach_every_step():
+    """`share_weights` palettes of TimeDistributed Conv2D / Dense (`test_tdcluster29`'s
+    model): each layer's K, and before / after ratios, of all 3 steps."""
+    import dkm_tf
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 6, 6, 2))
+    x = TD(L.Conv2D(4, 3, name="conv"), name="td_conv")(inp)
+    x = TD(L.Dense(5, name="fc"), name="td_fc")(TD(L.Flatten(), name="td_flat")(x))
+    model = keras.Model(inp, x)
+    report = energy.estimate(model, palettes=dkm_tf.share_weights(model, n_clusters=4).palettes)
+    for name, macs in (("td_conv", 3 * 4 * 4 * 4 * 3 * 3 * 2), ("td_fc", 3 * 64 * 5)):
+        after, before = report.layer(name), report.baseline.layer(name)
+        mine = [x for x in report.layers if re.fullmatch(name + r"(#\d+)?", x.name)]
+        assert after.macs == before.macs == macs == sum(x.macs for x in mine)
+        assert after.n_clusters == 4 and before.n_clusters is None
+        np.testing.assert_allclose(after.paper_total, sum(x.paper_total for x in mine),
+                                   rtol=1e-12)
+        base = [x for x in report.baseline.layers if x.name in {m.name for m in mine}]
+        np.testing.assert_allclose(before.hierarchy_total / after.hierarchy_total, sum(
+            x.hierarchy_total for x in base) / sum(x.hierarchy_total for x in mine), rtol=1e-12)
+        assert after.paper_total < before.paper_total
