@@ -264,3 +264,19 @@ def test_palettes_of_a_clustered_video_model_reach_every_step():
         np.testing.assert_allclose(before.hierarchy_total / after.hierarchy_total, sum(
             x.hierarchy_total for x in base) / sum(x.hierarchy_total for x in mine), rtol=1e-12)
         assert after.paper_total < before.paper_total
+
+
+def test_time_distributed_model_holding_a_time_distributed():
+    """TD(model of TD(Dense(4)) over 2 steps) over 3 steps: `td` all 6 records, `itd` (the
+    inner call of the first outer step) its 2; the table sums each inner step over 3."""
+    keras.utils.set_random_seed(0)
+    j = keras.Input((2, 8))
+    inner = keras.Model(j, TD(L.Dense(4, name="d"), name="itd")(j))
+    inp = keras.Input((3, 2, 8))
+    report = energy.estimate(keras.Model(inp, TD(inner, name="td")(inp)))
+    assert report.macs == report.layer("td").macs == 3 * 2 * 8 * 4
+    assert report.layer("itd").macs == report.layer("itd#3").macs == 2 * 8 * 4
+    assert [x.name for x in report.layer("itd#3").records] == ["itd#3", "itd#4"]
+    rows = [ln.split()[:5] for ln in report.summary().splitlines() if ln.startswith("itd")]
+    assert rows == [["itd", "[td:", "3", "steps]", "Dense"],
+                    ["itd#2", "[td:", "3", "steps]", "Dense"]]
