@@ -49,6 +49,9 @@ def mask_records(layer, name, call, keras, used=None, outer=None):
 
     if isinstance(layer, keras.layers.GlobalAveragePooling1D):
         mask = None if isinstance(call, Exception) else call_kwargs(call).get("mask")
+        if mask is None and not isinstance(call, Exception):  # a Pipeline's layer: its
+            mask = call[0][1] if isinstance(call[0], (list, tuple)) and len(  # second input
+                call[0]) == 2 else None  # (`keras_pipeline.masked_chain`)
         if mask is None and not isinstance(call, Exception):
             mask = _outer_mask(call[0], outer)
         records = _pooled_mask(layer, name, mask, sh)

@@ -40,7 +40,8 @@ def pipeline_keys(op, call, keras, state, key, register, ctx=None):
         subs[at] = walked_calls(op, call, keras)
     if not subs[at]:
         return None
-    inside = [(s, c) for s, c in subs[at] if not any(hasattr(t, "_keras_history") for t in c[0])]
+    inside = [(s, c) for s, c in subs[at] if not hasattr(c[0][0], "_keras_history")]  # (a
+    # mask read inside is the graph's)
     register(inside)  # not the first: its reader of the Pipeline's input is the Pipeline
     live = state.get("live")
     if live is not None and any(id(t) in live for t in outs):
@@ -55,15 +56,13 @@ def inner_args(sub, sub_call, call):
     `call`: `sub(x)`, with its compute dtype as the output's, and `("mask", None)` where its
     call takes a mask (Keras records it in an outer call's arguments: before 2026-12-07 the
     same batch norm in a Pipeline and outside never merged, `Pipeline([c, b])(t)` beside
-    `b(c(t))` 5.1996 hierarchy); "T" for the first layer where the Pipeline's input carries a
-    mask (as Keras records it), a mark no outer call has for a later one (never merged)."""
+    `b(c(t))` 5.1996 hierarchy); `("mask", "T")` where it is called with a mask, its second
+    input (`keras_pipeline.masked_chain`: as Keras records a call of the layer given one;
+    before 2026-12-07 a Pipeline given a mask was not read, its pooling never merged)."""
     dtype = getattr(sub, "compute_dtype", None) or sub_call[1][0].dtype
     if not getattr(sub, "_call_has_mask_arg", False):
         return ARGS + (str(dtype),)
-    x = keras_inputs(call)
-    mark = None if not x or getattr(x[0], "_keras_mask", None) is None else "T" if any(
-        t is x[0] for t in sub_call[0]) else "<a mask inside a Pipeline>"
-    return (ARGS[0], (("mask", mark),), str(dtype))
+    return (ARGS[0], (("mask", "T" if len(sub_call[0]) > 1 else None),), str(dtype))
 
 
 def keras_inputs(call):

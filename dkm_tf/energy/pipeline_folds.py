@@ -188,7 +188,7 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
         # (`bn_folding`): a ReLU after `Reshape((8,))` beside a sigmoid on a Dense is its
         # copy (0.5842 before 2026-12-07)
         if prev is None:  # only removed layers before: it reads the Pipeline's input
-            sub_call = (subs[0][1][0], sub_call[1])
+            sub_call = (subs[0][1][0][:1] + list(sub_call[0][1:]), sub_call[1])  # its mask
         elif counts.get(id(subs[at][1][1][0]), 1) != 1:  # merged with a twin (`pipeline_cse`)
             prev = None  # its output read elsewhere: nothing folded / fused into it
         into = pipeline_fold(sub, prev, sub_call, keras) or scale_fold(sub, prev, sub_call,
@@ -217,7 +217,7 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
                             'merged into the conv (as a .tflite runs it, padding="same")'))
             sub_call = ([keras.KerasTensor(found[1])], sub_call[1])
         elif found is not None:  # a pad before the Pipeline (`pad_merging.unpadded`)
-            sub_call = (subs[0][1][0], sub_call[1])
+            sub_call = (subs[0][1][0][:1], sub_call[1])
         start = len(shapes)
         walk(sub, sub_name, sub_call, into)
         if folded and len(shapes) - start == len(folded) + 1:  # a MUL kept, its ADD folded
