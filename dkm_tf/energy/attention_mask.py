@@ -30,9 +30,15 @@ _MASKS = ("<attention_mask: charged mask SUMs>",)  # key in the walk's `used` (n
 
 
 def call_kwargs(call):
-    """The keyword arguments of the Functional call ``(inputs, outputs)`` (its node's), or {}."""
+    """The keyword arguments of the Functional call ``(inputs, outputs)`` (its node's), or {}:
+    not a `keras.layers.Pipeline`'s, the call of its last layer writing its output (their
+    masks: `keras_pipeline.masked_chain`; the pooling of `Pipeline([Dense(3),
+    GlobalAveragePooling1D()])(t, mask=m)`, which Keras gives no mask, would be charged the
+    mask's SUM: Keras / file hierarchy 1.0666)."""
     try:
         op, index, _ = call[1][0]._keras_history
+        if type(op).__name__ == "Pipeline":
+            return {}
         return dict(op._inbound_nodes[index].arguments.kwargs)
     except (AttributeError, IndexError, TypeError):
         return {}
