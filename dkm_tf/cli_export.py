@@ -79,7 +79,8 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
             what = ("accuracy ({n} test samples)" if result.metric == "test accuracy" else
                     "agreement with the float model ({n} held-out inputs)")
             stage = progress.stage(what.format(n=n), len(reports), "formats")
-            threshold = binary_threshold(result.model)  # one-unit outputs: where class 1 starts
+            threshold = result.threshold if result.threshold is not None else (
+                binary_threshold(result.model))  # one unit: where class 1 starts, as compress
             for label, rep in reports.items():
                 why = []  # no accuracy, or a slower run: the reason, logged
                 accuracy[label] = tflite_accuracy(rep.path, test_data, max_samples=n,

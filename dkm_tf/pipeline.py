@@ -72,6 +72,9 @@ class CompressionResult:
         metric: what ``accuracy_*`` measure: ``"test accuracy"``, or ``"agreement with the
             float model"`` when the test labels are the float model's own top-1 predictions
             (:func:`float_predictions`: held-out inputs without labels).
+        threshold: where a one-unit output (a binary classifier) turns to class 1 in
+            ``accuracy_*`` (:func:`binary_threshold` of ``model``: 0.5 probabilities, 0.0
+            logits; ``dkm-tf compress`` scores its ``.tflite`` files with it), else None.
         notes: what was not done and why (e.g. no accuracy for a model with several
             outputs: :func:`accuracy_note`; no energy estimate), and what the figures count
             (a parameter count changed by BatchNormalization folding, tensors clustered with
@@ -93,6 +96,7 @@ class CompressionResult:
     calibration: dict = dataclasses.field(default_factory=dict)
     metric: str = "test accuracy"
     notes: list = dataclasses.field(default_factory=list)
+    threshold: float | None = None
 
     def summary(self):
         """The result as text: method, size table, skipped layers, accuracy, energy, notes."""
@@ -142,11 +146,11 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
 
     train_data = check_train_data(model, train_data, batch_size=batch_size,
                                   callbacks=callbacks, verbose=verbose)
-    shape = _output_shape(model, train_data)
-    threshold = (binary_threshold(model) if isinstance(shape, tuple) and shape and
+    shape, x = _output_shape(model, train_data), firsts(model, train_data)
+    threshold = (binary_threshold(model, x) if isinstance(shape, tuple) and shape and
                  shape[-1] == 1 else None)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=default_loss(model, shape, firsts(model, train_data)),
+                  loss=default_loss(model, shape, x),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)
                            if threshold is not None else "accuracy"])
     fit = ({"x": train_data[0], "y": train_data[1], "batch_size": batch_size}
@@ -358,6 +362,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
                  if test_data is not None and acc_before is not None else None)
     if acc_before is None and test_data is not None:
         notes.append(f"no test accuracy: {accuracy_note(model)}")
+    unit = acc_after is not None and tuple(getattr(clustered, "output_shape", ()))[-1:] == (1,)
+    threshold = binary_threshold(clustered, test_data[0]) if unit else None  # for .tflite
     size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))
     options = {k: v for k, v in (("weighting", weighting), ("refine", refine)) if v}
     label = method + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options
@@ -366,7 +372,8 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     notes += result_notes(model, clustered, size, granularity, palettes)  # BN folded, ...
     return CompressionResult(clustered, palettes, skipped, size, label, acc_before, acc_after,
                              seconds, report, calibration={**options, "samples": len(calib[0])}
-                             if calib is not None else {}, metric=metric, notes=notes)
+                             if calib is not None else {}, metric=metric, notes=notes,
+                             threshold=threshold)
 
 
 def save_palettes(palettes, model_path):

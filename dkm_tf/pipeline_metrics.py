@@ -55,8 +55,9 @@ def logits_note(model, uses, loss=None, data=()):
     "agreement with the float model" of 1.0 -> 0.75 (the arg-max of 3 regression outputs)
     with no word. ``loss``: as in :func:`not_class_scores`. ``data``: ``(x, y)`` pairs (or
     None, datasets: skipped); where the model's outputs on the first's ``x[:32]`` are rows of
-    probabilities or log-probabilities (a ``log_softmax`` output) they are class scores and
-    nothing is noted, as ``to_tflite``'s int8 check reads them."""
+    probabilities or log-probabilities (a ``log_softmax`` output), or one unit read as a
+    sigmoid (:func:`binary_threshold`), they are class scores and nothing is noted, as
+    ``to_tflite``'s int8 check reads them."""
     from dkm_tf.core.loss_kind import assumed_logits  # noqa: PLC0415
 
     uses = [u for u in uses if u]
@@ -88,17 +89,31 @@ def _probability_rows(model, data):
         with keras.StatelessScope(), warnings.catch_warnings():  # no state update (a
             warnings.simplefilter("ignore")  # stateful RNN's); Keras' input-structure note
             out = model(batch, training=False)  # (predict gave none for inputs=[x])
-        return probability_rows(keras.tree.map_structure(keras.ops.convert_to_numpy, out))
+        out = keras.tree.map_structure(keras.ops.convert_to_numpy, out)
+        return _threshold(model, out, batch) == 0.5 or probability_rows(out)  # or a sigmoid
     except Exception:  # noqa: BLE001 (inputs the model does not take: cannot tell)
         return False
 
 
-def binary_threshold(model):
+def binary_threshold(model, x=None):
     """Where a one-unit output (a binary classifier) turns to class 1: 0.5 after a sigmoid,
-    0 for a logit (no activation); None for any other final activation (no class)."""
-    from dkm_tf.training.common import output_activation  # noqa: PLC0415
+    0 for a logit (no activation); None for any other final activation (no class). A custom
+    or ``Lambda`` last layer is read as the training functions read it
+    (:func:`~dkm_tf.training.probabilities.unit_threshold`): by the binary cross-entropy the
+    model is compiled with, else as a sigmoid by its outputs on the inputs ``x`` (optional;
+    its first 32 samples are read)."""
+    from dkm_tf.training.probabilities import unit_threshold  # noqa: PLC0415
 
-    return {"sigmoid": 0.5, "linear": 0.0}.get(output_activation(model))
+    return unit_threshold(model, x)
+
+
+def _threshold(model, out, x):
+    """:func:`binary_threshold` of ``model`` (its outputs ``out`` on ``x``) where ``out`` is
+    one column, else None (a custom last layer's outputs are not read for nothing)."""
+    leaves = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(
+        out, (list, tuple)) else [out]
+    one = len(leaves) == 1 and np.ndim(leaves[0]) == 2 and np.shape(leaves[0])[1] == 1
+    return binary_threshold(model, x) if one else None
 
 
 def accuracy_note(model, loss=None):
@@ -110,6 +125,14 @@ def accuracy_note(model, loss=None):
     if len(names) > 1:
         return (f"the model has {len(names)} outputs ({', '.join(names)}): top-1 accuracy "
                 "needs a single-output classifier")
+    from dkm_tf.core.loss_kind import output_activation  # noqa: PLC0415
+
+    if tuple(getattr(model, "output_shape", ()))[-1:] == (1,) and not output_activation(model):
+        return ("the model's one output unit is read neither as a probability nor as a logit "
+                "(its last layer is a custom or Lambda layer, or a subclassed model, that "
+                "dkm_tf cannot read as a sigmoid): compile it with BinaryCrossentropy() if "
+                "it outputs probabilities (class 1 above 0.5), BinaryCrossentropy(from_logits"
+                "=True) if logits (above 0), and pass it to dkm_tf.compress")
     return "the model's output is not one row of class scores per sample"
 
 
@@ -147,7 +170,7 @@ def float_predictions(model, x, batch_size=256, loss=None):
     if not_class_scores(model, loss) is not None:  # loss: see not_class_scores
         return None
     out = model.predict(x, batch_size=_batch(batch_size), verbose=0)
-    return predicted_classes(out, _n_samples(x), binary_threshold(model))
+    return predicted_classes(out, _n_samples(x), _threshold(model, out, x))
 
 
 def agreement_data(model, x, batch_size=256, loss=None):
@@ -227,7 +250,7 @@ def evaluate_accuracy(model, data, batch_size=256):
                              f"{len(labels)} labels")
         checked = check_label_range("data", labels, getattr(model, "output_shape", None))
     out = model.predict(x, batch_size=_batch(batch_size), verbose=0)
-    pred = predicted_classes(out, _n_samples(x), binary_threshold(model))
+    pred = predicted_classes(out, _n_samples(x), _threshold(model, out, x))
     if pred is None or labels is None:
         return None
     if not checked:  # a subclassed model: its output width is known now

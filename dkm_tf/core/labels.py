@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_arrays", "check_label_range", "class_ids", "is_binary_loss", "is_sparse_loss",
-           "one_loss"]
+__all__ = ["as_arrays", "binary_from_logits", "check_label_range", "class_ids",
+           "is_binary_loss", "is_sparse_loss", "one_loss"]
 
 
 def class_ids(y, name="data"):
@@ -107,3 +107,14 @@ def is_binary_loss(loss):
     return (loss if isinstance(loss, str) else getattr(loss, "__name__", type(loss).__name__)
             ) in ("binary_crossentropy", "BinaryCrossentropy", "binary_focal_crossentropy",
                   "BinaryFocalCrossentropy")
+
+
+def binary_from_logits(loss):
+    """The ``from_logits`` a binary cross-entropy ``loss`` (:func:`is_binary_loss`) reads its
+    predictions with: its config's for a loss object, False for its function or name (as Keras
+    compiles them); None for any other loss (or None)."""
+    if loss is None or not is_binary_loss(loss):
+        return None
+    loss = one_loss(loss)
+    config = loss.get_config() if hasattr(loss, "get_config") else {}
+    return bool(config.get("from_logits", False)) if isinstance(config, dict) else False

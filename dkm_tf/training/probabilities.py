@@ -1,12 +1,14 @@
 """Whether the outputs of a model whose last activation cannot be read from the op that made
 them (a custom or ``Lambda`` last layer) are probabilities, read from its outputs on a few
 training inputs (:func:`read_activation`, for
-:func:`~dkm_tf.training.common.default_loss`): rows of a softmax, or one unit of a sigmoid.
+:func:`~dkm_tf.training.common.default_loss`): rows of a softmax, or one unit of a sigmoid;
+and where a one-unit output turns to class 1 (:func:`unit_threshold`, for the accuracy of
+:func:`dkm_tf.compress`).
 """
 
 from __future__ import annotations
 
-__all__ = ["OPAQUE", "SCALES", "before_noise", "read_activation"]
+__all__ = ["OPAQUE", "SCALES", "before_noise", "read_activation", "unit_threshold"]
 
 SAMPLES = 32
 # the factors the last layer's input is multiplied by to tell a sigmoid (in [0, 1] for any
@@ -49,6 +51,33 @@ def read_activation(model, x, unit=False):
         bool(out.ndim >= 2 and out.shape[-1] > 1 and out.size and np.all(out >= 0)
              and np.all(out <= 1) and np.all(np.abs(out.sum(-1) - 1.0) <= tol))
         for tol, out in outs) else ""
+
+
+def unit_threshold(model, x=None):
+    """Where ``model``'s one output unit turns to class 1, as the training functions read it:
+    0.5 for probabilities, 0.0 for logits, None when unknown. From the op that made the output
+    (a sigmoid, or a linear layer); for a last layer whose activation cannot be read (a custom
+    or ``Lambda`` layer), from the binary cross-entropy the model is compiled with (or that an
+    uncompiled copy carries): its ``from_logits``; else from its outputs on ``x[:32]``
+    (:func:`read_activation`): 0.5 for a sigmoid. A subclassed model as the last layer whose
+    last sublayer is linear gives 0.0 unless its outputs are in [0, 1] (a hand sigmoid in its
+    ``call`` looks so: None). Without it, ``compress`` gave a one-unit custom sigmoid no
+    accuracy (its training read it as probabilities), and a subclassed last layer ending in
+    ``1 / (1 + exp(-d(t)))`` the share of class 1 as its accuracy (0.48 for 0.96)."""
+    from dkm_tf.core.labels import binary_from_logits  # noqa: PLC0415
+    from dkm_tf.core.loss_kind import output_activation, source_loss  # noqa: PLC0415
+
+    activation = output_activation(model)
+    if activation:
+        return {"sigmoid": 0.5, "linear": 0.0}.get(activation)
+    logits = binary_from_logits(source_loss(model))
+    if logits is not None:  # what it trains with, whatever its outputs
+        return 0.0 if logits else 0.5
+    read = read_activation(model, x, unit=True) if x is not None else ""
+    if read == "sigmoid":
+        return 0.5
+    guessed = output_activation(model, _guess=True) == "linear"  # a subclassed last layer's
+    return 0.0 if guessed and read != OPAQUE else None
 
 
 def _outputs(model, batch, training, keras):
