@@ -259,3 +259,43 @@ def test_the_cli_reports_the_accuracy_of_a_hand_sigmoid_file(tmp_path):
                               n_clusters=4, seed=0, progress=Progress(enabled=False))
     assert abs(result.accuracy_before - _numpy_accuracy(model, x[64:], y[64:], 0.5)) < 1e-12
     assert result.threshold == 0.5
+
+
+@keras.saving.register_keras_serializable(package="test_sigmoid30")
+class SubSoftmax(keras.Model):
+    """A subclassed model ending in ops.softmax over its Dense(3) sublayer."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.d = L.Dense(3)
+
+    def call(self, t):
+        return keras.ops.softmax(self.d(t))
+
+
+def test_a_subclassed_last_layer_ending_in_a_softmax_trains_as_probabilities():
+    # its Dense(3) sublayer's "linear" trained the softmax rows through a second softmax
+    from dkm_tf.training.common import default_loss
+
+    x, _ = _xy()
+    model = _model(lambda t: SubSoftmax()(t))
+    assert default_loss(model, x=x).get_config()["from_logits"] is False  # was True
+    assert default_loss(model).get_config()["from_logits"] is True  # not read without x
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "logits"])
+def test_a_subclassed_model_is_scored_by_what_its_call_gives(kind):
+    # a subclassed model itself (not as a layer): its last sublayer's "linear" scored a hand
+    # sigmoid at threshold 0 (the share of class 1); logits keep it
+    from dkm_tf.pipeline_metrics import evaluate_accuracy
+
+    x, y = _xy()
+    keras.utils.set_random_seed(0)
+    model = SubSigmoid() if kind == "sigmoid" else SubLogits()
+    model(x[:2])
+    if kind == "logits":
+        assert evaluate_accuracy(model, (x, y)) == _numpy_accuracy(model, x, y, 0.0)
+        return
+    assert evaluate_accuracy(model, (x, y)) is None  # was the share of class 1
+    model.compile(loss=keras.losses.BinaryCrossentropy())
+    assert evaluate_accuracy(model, (x, y)) == _numpy_accuracy(model, x, y, 0.5)

@@ -355,9 +355,9 @@ def output_activation(model, index=0, _depth=0, _guess=False):
     """Name of the final activation of the model's output ``index``, from the operation that
     produced it (a ``Softmax`` / ``Sigmoid`` layer or op: ``keras.ops.softmax(x)``, a layer's
     ``activation``, a nested model's output; no output tensors: the last layer's); ``""``
-    when unknown (a custom last layer; a subclassed model as the last layer whose last
-    sublayer is linear: its ``call`` may end in a hand sigmoid, trained as logits, review
-    R12; ``_guess``: ``"linear"`` then, as read before)."""
+    when unknown (a custom last layer; a subclassed model, or one as the last layer, whose
+    last sublayer is linear: its ``call`` may end in a hand sigmoid, which was trained as
+    logits; ``_guess``: ``"linear"`` then, as read before)."""
     import keras  # noqa: PLC0415
 
     try:
@@ -374,10 +374,12 @@ def output_activation(model, index=0, _depth=0, _guess=False):
     except (AttributeError, IndexError, TypeError, ValueError):
         layers, mixed = getattr(model, "layers", None), False
         operation, tensor_index = (layers[-1] if layers else None), 0
+        if not (_guess or isinstance(model, keras.Sequential) or isinstance(
+                operation, keras.Model)) and getattr(getattr(
+                operation, "activation", None), "__name__", "") == "linear":
+            return ""  # a subclassed model: its last sublayer is a guess (no call graph)
     if isinstance(operation, keras.Model) and operation is not model and _depth < 20:
         found = output_activation(operation, tensor_index, _depth + 1, _guess)
-        if found == "linear" and not _guess and not getattr(operation, "outputs", None):
-            found = ""  # a subclassed model: its last sublayer's activation is a guess
     else:
         name = type(operation).__name__  # keras.ops.softmax / sigmoid of a symbolic tensor
         found = name.lower() if isinstance(operation, keras.layers.Softmax) or (

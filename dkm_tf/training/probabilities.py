@@ -115,7 +115,9 @@ def _bounded_last_layer(model, batch, keras):
     function) whose outputs happen to lie in [0, 1] on the sampled inputs leaves [0, 1] once
     its input is 100 times larger or of the other sign, and one whose input is all zero (or
     that ignores it) gives the same values at every scale. A last layer of several tensor
-    inputs is not read (taken as logits)."""
+    inputs is not read (taken as logits); a subclassed model (no graph) cannot be opened."""
+    if not getattr(model, "outputs", None):  # a subclassed model: no graph to open
+        return OPAQUE if model.weights else False
     return _bounded(model, dict.fromkeys((False, True), batch), keras, 0)
 
 
