@@ -59,11 +59,11 @@ def unit_threshold(model, x=None):
     (a sigmoid, or a linear layer); for a last layer whose activation cannot be read (a custom
     or ``Lambda`` layer), from the binary cross-entropy the model is compiled with (or that an
     uncompiled copy carries): its ``from_logits``; else from its outputs on ``x[:32]``
-    (:func:`read_activation`): 0.5 for a sigmoid. A subclassed model as the last layer whose
-    last sublayer is linear gives 0.0 unless its outputs are in [0, 1] (a hand sigmoid in its
-    ``call`` looks so: None). Without it, ``compress`` gave a one-unit custom sigmoid no
-    accuracy (its training read it as probabilities), and a subclassed last layer ending in
-    ``1 / (1 + exp(-d(t)))`` the share of class 1 as its accuracy (0.48 for 0.96)."""
+    (:func:`read_activation`): 0.5 for a sigmoid. A subclassed model (or one as the last
+    layer) whose last sublayer is linear gives 0.0 unless its outputs are in [0, 1] (a hand
+    sigmoid in its ``call`` looks so: None). Without it, ``compress`` gave a one-unit custom
+    sigmoid no accuracy (its training read it as probabilities), and a subclassed last layer
+    ending in ``1 / (1 + exp(-d(t)))`` the share of class 1 as its accuracy (0.48 for 0.96)."""
     from dkm_tf.core.labels import binary_from_logits  # noqa: PLC0415
     from dkm_tf.core.loss_kind import output_activation, source_loss  # noqa: PLC0415
 
