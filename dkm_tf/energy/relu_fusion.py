@@ -136,26 +136,75 @@ def _absorbs(producer, keras):
                               L.MaxPooling2D, L.AveragePooling1D, L.AveragePooling2D))
 
 
-def _same_relu(layer, producer, keras):
-    """Whether conv or Dense `producer` ends with the relu (relu6) ReLU `layer` is: the
-    converter merges the two RELU ops, dilated conv or not, even where the conv's output has
-    other readers (one RELU after a dilated conv's BATCH_TO_SPACE_ND,
-    `tflite_blocks.after_blocks`; charged before 2026-12-07: Keras / file hierarchy 1.2933
-    dilated, 1.3954 undilated on 9x9x3)."""
+def _ends_with(op, keras):
+    """The RELU ("relu") or RELU6 ("relu6") the ops of `op` end with as converted, else None:
+    a conv or Dense of that activation (fused; after a dilated conv's BATCH_TO_SPACE_ND,
+    `tflite_blocks.after_blocks`), a ReLU without slope nor threshold (capped at other than 6
+    it ends with the RELU after its MINIMUM: `keras_lowered.relu_ops`), an `Activation`,
+    `keras.ops.relu` / `relu6`, a `keras.ops.clip(x, 0, 6)`. Not a TimeDistributed or
+    Bidirectional layer (per-step ops, PACK, a RELU of its own) nor a transposed conv."""
     L = keras.layers
-    if isinstance(producer, (L.TimeDistributed, L.Bidirectional)):  # per-step ops, PACK, RELU
-        return False
-    inner = producer.layer if isinstance(producer, L.Wrapper) else producer
+    if isinstance(op, (L.TimeDistributed, L.Bidirectional)):
+        return None
+    inner = op.layer if isinstance(op, L.Wrapper) else op
+    if isinstance(inner, L.ReLU):
+        if float(inner.negative_slope) != 0.0 or float(inner.threshold) != 0.0:
+            return None
+        cap = inner.max_value
+        return "relu6" if cap is not None and float(cap) == 6.0 else "relu"
+    if not isinstance(inner, L.Layer):
+        name = type(inner).__name__
+        six = name == "Clip" and clip_ops(inner) == ["relu"] and float(inner.x_max) == 6.0
+        return name.lower() if name in ("Relu", "Relu6") else "relu6" if six else None
     convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
              L.SeparableConv2D, L.Dense)
-    if not isinstance(inner, convs) or isinstance(inner, (L.Conv1DTranspose, L.Conv2DTranspose)) \
-            or not _fusable_relu(layer, keras):
-        return False
-    if isinstance(layer, L.ReLU):
-        kind = "relu" if layer.max_value is None else "relu6"
-    else:
-        kind = activation_name(layer.activation)
-    return activation_name(getattr(inner, "activation", None)) == kind
+    if not isinstance(inner, (L.Activation, *convs)) or isinstance(
+            inner, (L.Conv1DTranspose, L.Conv2DTranspose)):
+        return None
+    act = activation_name(getattr(inner, "activation", None))
+    return act if act in ("relu", "relu6") else None
+
+
+class _AnyReaders(dict):
+    """Counts of a graph (`bn_folding.consumers`) read as if each tensor had one reader, for
+    `bn_folding.source_at` to look past tensors read elsewhere too (a RELU of a RELU is
+    dropped whatever else reads the first); a nested model's counts too."""
+
+    def __bool__(self):
+        return True
+
+    def get(self, key, default=None):
+        if isinstance(key, int):
+            return 1
+        if isinstance(key, tuple) and key[:1] == ("nested",):
+            return _AnyReaders(super().get(key) or {})
+        return super().get(key, default)
+
+
+def _any_readers(outer):
+    """`outer` (`bn_folding.source_at`) with the counts of each level as `_AnyReaders`."""
+    if outer is None:
+        return None
+    return (*outer[:2], _AnyReaders(outer[2] or {}), _any_readers(outer[3]), *outer[4:])
+
+
+def _merged(layer, producer, keras):
+    """Whether the leading RELU / RELU6 of ReLU `layer` (`relu_kind`) is the one `producer`
+    ends with (`_ends_with`): the converter drops a RELU of a RELU (a RELU6 of a RELU6),
+    whatever else reads the first, dilated conv or not (charged before 2026-12-07: a ReLU
+    after a relu conv, Keras / file hierarchy 1.2933 dilated, 1.3954 undilated on 9x9x3; a
+    second ReLU after it again 1.3954 / 1.2933; `ReLU(max_value=3)` after it 1.1988, its
+    MINIMUM and last RELU run)."""
+    kind = relu_kind(layer, keras)
+    return kind is not None and _ends_with(producer, keras) == kind
+
+
+def _source(x, counts, keras, outer):
+    """`bn_folding.source_at` of `x`, past same-shape reshapes (`identity_reshape`)."""
+    found = source_at(x, counts, keras, outer)
+    while found is not None and identity_reshape(found[0], found[1], keras):
+        found = source_at(found[1][0], found[2], keras, found[3])  # removed: `identity_reshape`
+    return found
 
 
 def relu_fused_into(layer, call, counts, keras, outer=None):
@@ -166,13 +215,10 @@ def relu_fused_into(layer, call, counts, keras, outer=None):
     (`outer`, as for `bn_folding.source`)."""
     if isinstance(call, Exception) or not call[0] or not leading_relu(layer, keras):
         return None
-    found = source_at(call[0][0], counts, keras, outer)
-    while found is not None and identity_reshape(found[0], found[1], keras):
-        found = source_at(found[1][0], found[2], keras, found[3])  # removed: `identity_reshape`
-    if found is None or not (_absorbs(found[0], keras) or _same_relu(layer, found[0], keras)):
-        found = source_at(call[0][0], {**counts, id(call[0][0]): 1}, keras, outer)  # 2 readers
-        if found is None or not _same_relu(layer, found[0], keras):
-            return None
+    found = _source(call[0][0], counts, keras, outer)
+    if found is None or not _absorbs(found[0], keras):  # the RELU it ends with, read by any
+        found = _source(call[0][0], _AnyReaders(counts), keras, _any_readers(outer))
+        return found[0].name if found is not None and _merged(layer, found[0], keras) else None
     producer, ins, at_counts, at_outer = found
     if isinstance(producer, keras.layers.BatchNormalization):  # the conv it is folded into
         x = ins[0] if ins else None
@@ -184,6 +230,6 @@ def relu_fused_after(layer, prev, keras):
     """As :func:`relu_fused_into` for a layer of a `keras.layers.Pipeline`: `prev` is the
     layer before it there (None for the first), whose output only `layer` reads."""
     if prev is None or not leading_relu(layer, keras) or not (
-            _absorbs(prev, keras) or _same_relu(layer, prev, keras)):
+            _absorbs(prev, keras) or _merged(layer, prev, keras)):
         return None
     return prev.name
