@@ -21,7 +21,11 @@ RELU stay charged; one with a threshold or a slope (and a cap or threshold) star
 ops and is charged in full. A `keras.ops.clip(x, 0, 6)` (a RELU6) or `(x, -1, 1)` (a
 RELU_N1_TO_1) is fused the same way (`keras_lowered.clip_ops`), and so are `keras.ops.relu` /
 `keras.ops.relu6`; a same-shape `Reshape` between the op and the ReLU is removed
-(`identity_reshape`).
+(`identity_reshape`). A ReLU whose leading RELU / RELU6 reads an op ending with the same one
+(a conv or Dense of that activation, dilated or not, another ReLU layer, a capped ReLU's last
+RELU, `ops.relu`, `ops.clip(x, 0, 6)`) is dropped by the converter whatever else reads that
+op's output (`_merged`; checked by converting each case: `tests/test_reluchain30.py`): a
+RELU after a RELU6 or a RELU6 after a RELU stays.
 
 Before this, `energy.estimate(keras_model)` charged each such ReLU layer a full DRAM round trip
 of its activations that the model's own `.tflite` never makes: a MobileNetV2 (224x224, K = 16)
