@@ -194,8 +194,9 @@ def test_relu_after_a_relu_read_twice(d, tmp_path):
 
 
 def test_pipeline_relu_after_a_relu_layer(tmp_path):
-    """`keras.layers.Pipeline([Conv2D(4, 3, activation="relu"), ReLU(), ReLU()])`: both ReLUs
-    merged into the conv's fused RELU."""
+    """`keras.layers.Pipeline([Conv2D(4, 3, activation="relu"), ReLU(), ReLU(max_value=3)])`:
+    the ReLU and the capped ReLU's first RELU merged into the conv's fused RELU, its MINIMUM
+    and last RELU run (f84e5ff: both RELUs charged)."""
     keras.utils.set_random_seed(0)
     k, f = both(chain(lambda: L.Pipeline([L.Conv2D(4, 3, activation="relu"), L.ReLU(),
                                           L.ReLU(max_value=3.0)]),
