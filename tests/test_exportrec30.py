@@ -25,7 +25,7 @@ import dkm_tf  # noqa: E402
 from dkm_tf import export as ex  # noqa: E402
 
 L = keras.layers
-ROLES = ("/indices_", "/codebook_", "/scales_")
+ROLES = ("/indices_", "/codebook_", "/scales_", "/half_")  # half: kept float16 weights, biases
 
 
 def _file_buffers(path):
@@ -50,12 +50,11 @@ def _file_buffers(path):
 
 
 def _stored_bytes(path, records):
-    """Bytes of the distinct buffers the records describe: the exporter's index, codebook and
-    scale tensors, and each kept weight (float32: the tensor the record names; float16: the
-    exporter's ``half`` constant read by its DEQUANTIZE is not named, so none are used here)."""
+    """Bytes of the distinct buffers the records describe: the exporter's index, codebook,
+    scale and float16 (kept weights and their ops' biases) tensors, and each kept float32
+    weight (the tensor the record names)."""
     rows = _file_buffers(path)
-    kept = {r["tensor"] for r in records if r.get("kept") and r["tensor"]}
-    assert all(r["storage"] != "float16 (kept)" for r in records)
+    kept = {r["tensor"] for r in records if r.get("storage") == "float32 (kept)"}
     sizes = {b: n for g, name, typ, b, n in rows
              if name.startswith("dkm") and any(k in name for k in ROLES)
              or name in kept and typ == 0}  # TensorType.FLOAT32 == 0
@@ -63,8 +62,9 @@ def _stored_bytes(path, records):
 
 
 def _counted(records):
+    """The records' bytes, plus the float16 biases of kept ops (counted as parameters)."""
     return sum(r["index_bytes"] + r["codebook_bytes"] + r.get("scale_bytes", 0)
-               for r in records)
+               + 2 * r.get("fp16_bias_values", 0) for r in records)
 
 
 def _export(model, palettes, xs, tmp_path, **kw):
@@ -155,8 +155,10 @@ CASES = {"lstm_twice": _lstm_twice, "td_lstm": _td_lstm, "equal_lstms": _equal_l
 
 
 @pytest.mark.parametrize("k,kw", [(4, {"keep_float": None}), (256, {}),
+                                  (256, {"kept_dtype": "float16"}),
                                   (4, {"decode": "per_invoke"})],
-                         ids=["k4_palettized", "k256_kept_float", "k4_per_invoke"])
+                         ids=["k4_palettized", "k256_kept_float", "k256_kept_float16",
+                              "k4_per_invoke"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_records_sum_to_the_distinct_stored_buffers(case, k, kw, tmp_path):
     """Parent, for example: TD(LSTM(6)) at K = 256 (kept float32 in 3 bodies) 4,320 B counted
@@ -177,10 +179,13 @@ def test_records_sum_to_the_distinct_stored_buffers(case, k, kw, tmp_path):
     if case == "equal_lstms":  # b's kernels read a's buffers
         assert sorted(r["palette"] for r in shared if r.get("codebook_bytes") == 0
                       and r["index_bytes"] == 0) == ["b/cell.kernel", "b/cell.recurrent_kernel"]
-    # analytic: graph + the stored buffers + 4 B per parameter no palette holds
+    # analytic: graph + the stored buffers + 4 B per parameter no palette holds (2 B for a
+    # bias stored float16)
     unclustered = rep.n_params - sum(int(p.n_values) for p in sh.palettes)
     aux = sum(r.get("aux_bytes", 0) for r in rep.tensors)
-    assert rep.analytic_bytes == rep.graph_bytes + stored + aux + 4 * unclustered
+    halved = sum(r.get("fp16_bias_values", 0) for r in rep.tensors)
+    assert rep.analytic_bytes == (rep.graph_bytes + stored - 2 * halved + aux
+                                  + 4 * unclustered - 2 * halved)
 
 
 def test_real_model_records_unchanged(tmp_path):
