@@ -300,7 +300,8 @@ def test_dense_export_of_scaled_kernel_palettes(tmp_path, monkeypatch, transform
 def test_codebook_shared_by_a_dense_and_a_tuple_weight_is_counted_as_stored(tmp_path):
     """Two weights with the same codebook, one densely packed (40,000 indices), one in tuples
     (20,000): the dense chain stores its codebook 1-D, the tuple chain (1, K), so the file
-    holds two codebook tensors, and the report must count both."""
+    holds two codebook tensors; they read one buffer (equal bytes, merged by share_buffers),
+    so the report counts it once (session 30: it counted 64 B twice), in a's record."""
     keras.utils.set_random_seed(0)
     inp = keras.Input((200,))
     h = keras.layers.Dense(200, name="a", use_bias=False)(inp)
@@ -315,7 +316,10 @@ def test_codebook_shared_by_a_dense_and_a_tuple_weight_is_counted_as_stored(tmp_
                      keep_float=None)
     assert sorted(t["storage"] for t in r.tensors) == ["int16 (15 indices/4 int16)",
                                                        "int16 (3 indices/int16)"]
-    stored = [t["bytes"] for t in ex.inspect_tflite(r.path).tensors
-              if t["role"].startswith("palette codebook")]
-    assert len(stored) == 2
-    assert sum(t["codebook_bytes"] for t in r.tensors) == sum(stored)
+    books = [t for t in ex.inspect_tflite(r.path).tensors
+             if t["role"].startswith("palette codebook")]
+    stored = {t["buffer"]: t["bytes"] for t in books}
+    assert len(books) == 2 and len(stored) == 1
+    assert sum(t["codebook_bytes"] for t in r.tensors) == sum(stored.values())
+    assert {t["palette"]: t.get("shared_with") for t in r.tensors} == {"a/kernel": None,
+                                                                         "b/kernel": "a/kernel"}

@@ -43,12 +43,13 @@ class TFLiteInspection:
         tensors: one dict per constant tensor of every subgraph (a WHILE body holds a
             recurrent layer's weights): index, subgraph, name, dtype, shape, bytes,
             distinct (number of distinct stored values: of the int16 words, not of the
-            indices, where a role says several indices are packed per word), role.
+            indices, where a role says several indices are packed per word), role, buffer
+            (the file's buffer index: tensors of one buffer share its bytes).
         palettized: one dict per recognized palettized weight: output tensor, subgraph, mode
             (``once`` / ``per_invoke`` / ``tflm``), K, storage dtype, indices per element,
             index bytes, codebook bytes.
         ops: operator name -> count, over all subgraphs.
-        bytes_by_dtype: dtype -> constant bytes.
+        bytes_by_dtype: dtype -> constant bytes (a buffer read by several tensors once).
         notes: problems read from the file itself (see :func:`file_notes`), in ``summary()``.
     """
 
@@ -260,6 +261,7 @@ def inspect_tflite(path):
         raise type(e)(f"Invalid value for argument `path`: {where!r}: {e}") from e
     try:
         pal, tensors, by_dtype, ops = [], [], collections.Counter(), collections.Counter()
+        seen = set()
         for g in range(len(model.model.subgraphs)):  # WHILE bodies hold recurrent weights
             fm = model if g == 0 else model.subgraph(g)
             found = [{**p, "subgraph": g} for p in _palettized(fm)]
@@ -288,10 +290,13 @@ def inspect_tflite(path):
                 expected = int(np.prod(shape)) if shape else 1
                 role = roles.get(name) or ("weight" if expected >= 64 and len(shape) >= 2
                                            else "small constant")
+                buffer = int(fm.tensors[t].buffer)
                 tensors.append({"index": t, "subgraph": g, "name": name,
                                 "dtype": fm.type_name(t), "shape": tuple(shape),
-                                "bytes": len(raw), "distinct": distinct, "role": role})
-                by_dtype[fm.type_name(t)] += len(raw)
+                                "bytes": len(raw), "distinct": distinct, "role": role,
+                                "buffer": buffer})
+                by_dtype[fm.type_name(t)] += 0 if buffer in seen else len(raw)
+                seen.add(buffer)  # a buffer several tensors read is stored once
             ops.update(fm.op_name(op) for op in fm.operators)
     except (IndexError, ValueError, TypeError, KeyError) as e:
         raise TFLiteFormatError(f"Corrupted TFLite flatbuffer {where or '<bytes>'}: "
