@@ -206,3 +206,34 @@ def test_real_model_records_unchanged(tmp_path):
     for r in rep.tensors:
         stored = r["index_bytes"] + r["codebook_bytes"] + r.get("scale_bytes", 0)
         assert r["bits_per_weight"] == pytest.approx(8 * stored / r["n_weights"]), r
+
+
+@pytest.mark.parametrize("case", ["td_lstm", "equal_lstms"])
+def test_tflm_records_count_each_compressed_buffer_once(case, tmp_path):
+    """format='tflm': the converter stores a kernel read in several loop bodies (or two equal
+    kernels) once and the compressor keeps one buffer; the parent's records counted it per
+    body (TD(LSTM(6)) over 3 steps: 382 B of indices and tables for 150) and
+    ``analytic_bytes`` took each body's weights off the float count (21,022 B for a
+    23,424 B file; now 23,478 B)."""
+    pytest.importorskip("tflite_micro")
+    model, _ = CASES[case]()
+    sh = dkm_tf.share_weights(model, 4)
+    xs = np.random.default_rng(1).normal(size=(1, *model.inputs[0].shape[1:])).astype(
+        "float32")
+    path = str(tmp_path / "m.tflite")
+    rep = ex.to_tflite(sh.model, path, "tflm", sh.palettes, xs)
+    names = {r["tensor"] for r in rep.tensors}
+    stored = {b: n for g, name, typ, b, n in _file_buffers(path) if name in names}
+    assert sum(r["index_bytes"] for r in rep.tensors) == sum(stored.values())
+    later = [r for r in rep.tensors if r["index_bytes"] == 0]
+    if case == "td_lstm":
+        assert sorted((r["palette"], r["copy_of_subgraph"]) for r in later) == sorted(
+            [(n, 2) for n in ("td/layer.cell.kernel", "td/layer.cell.recurrent_kernel")] * 2)
+    else:
+        assert {r["palette"]: r["shared_with"] for r in later} == {
+            "b/cell.kernel": "a/cell.kernel", "b/cell.recurrent_kernel": "a/cell.recurrent_kernel"}
+    assert all(r["codebook_bytes"] == 0 and r["bits_per_weight"] == 0 for r in later)
+    # analytic: the float file's graph, each stored table once, 4 B per unclustered parameter
+    unclustered = rep.n_params - sum(int(p.n_values) for p in sh.palettes)
+    assert rep.analytic_bytes == rep.graph_bytes + 4 * unclustered + sum(
+        r["index_bytes"] + r["codebook_bytes"] for r in rep.tensors)

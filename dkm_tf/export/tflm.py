@@ -65,6 +65,23 @@ def tflm_interpreter(content, arena_size):
                 "(LiteRT) or replace those layers") from e
 
 
+def _count_once(record, first):
+    """A weight stored in a buffer ``first``'s weight reads (the converter stores equal
+    constants once: a layer in several loop bodies, layers of equal weights; the compressor
+    keeps them one buffer) adds no bytes: ``"copy_of_subgraph"`` (the same palette) or
+    ``"shared_with"`` (another palette's record counts them)."""
+    if first is record:
+        return
+    record.update(index_bytes=0, codebook_bytes=0)
+    if first["palette"] == record["palette"]:
+        record["copy_of_subgraph"] = first.get("subgraph", 0)
+        record["route"] += (f"; one more loop body's copy: reads the buffer counted for "
+                            f"subgraph {record['copy_of_subgraph']}'s copy")
+    else:
+        record["shared_with"] = first["palette"]
+        record["route"] += f"; stored once: reads the buffer counted in {first['palette']}'s"
+
+
 def tflm_compress(content, palettes):
     """LUT-compress the palettized weights of a converted float model for TFLite Micro.
 
@@ -117,7 +134,7 @@ def tflm_compress(content, palettes):
             f"decoded values of {[p.name for p in left]} (the converter split, transposed or "
             "folded them, e.g. per-gate LSTM kernels), so there is nothing to compress.")
     builder = compression.SpecBuilder()
-    records = []
+    records, first = [], {}  # first: buffer -> the record that counts its bytes
     for g, fm, p, t, _uses, _tperm, _tshape in found:
         arr = fm.const(t)
         # one table per tensor: TFLite Micro's decoder reads a float tensor's per-channel
@@ -140,6 +157,7 @@ def tflm_compress(content, palettes):
                         "index_bytes": int(math.ceil(arr.size * bits / 8)),
                         "codebook_bytes": int(tables * (1 << bits) * arr.itemsize),
                         "index_bits": bits, "decode": "tflm", **({"subgraph": g} if g else {})})
+        _count_once(records[-1], first.setdefault(int(fm.tensors[t].buffer), records[-1]))
     for r in records:
         r["bits_per_weight"] = 8 * (r["index_bytes"] + r["codebook_bytes"]) / r["n_weights"]
     records += [_not_found_record(p, "tflm") for p in left]  # kept as the converter wrote
