@@ -12,6 +12,7 @@ LiteRT schema's reader, each distinct buffer of an index, codebook or scale tens
 kept weight summed once.
 """
 
+import json
 import os
 import sys
 
@@ -169,6 +170,8 @@ def test_records_sum_to_the_distinct_stored_buffers(case, k, kw, tmp_path):
     xs = [rng.normal(size=(1, *model.inputs[0].shape[1:])).astype("float32")
           for _ in range(n_in)]
     rep, path = _export(sh.model, sh.palettes, xs if n_in > 1 else xs[0], tmp_path, **kw)
+    json.dumps(rep.tensors)  # report.json: no buffer objects left in the records
+    assert not any(key.startswith("_") for r in rep.tensors for key in r)
     stored = _stored_bytes(path, rep.tensors)
     assert stored > 0 and _counted(rep.tensors) == stored, [
         (r["palette"], r.get("subgraph"), r["storage"], r["index_bytes"],
