@@ -54,7 +54,7 @@ class Emitter:
         self.aux_bytes = 0  # bytes of helper constants (im2col filters)
         self.shapes = {}  # shapes of tensors emitted here, when callers need them
         self._count = 0
-        self.log = []  # (what, BufferT) of every constant returned: record_bytes reads it
+        self.log = []  # (what, BufferT) of every constant a chain reads: see tag()
 
     def stored(self, what, t):
         """Log that the chain being emitted reads constant ``t`` as ``what``; returns ``t``."""
@@ -68,8 +68,9 @@ class Emitter:
         return len(self.log) - 1
 
     def tag(self, mark, record):
-        """``record`` with the constants logged since ``mark`` (:func:`record_bytes.
-        count_once` takes them off, then deletes the key); returns ``record``."""
+        """``record`` with the constants logged since ``mark`` in its ``"_stored"`` key
+        (:func:`~dkm_tf.export.record_bytes.count_once` reads it to count each stored buffer
+        in one record, then deletes it); returns ``record``."""
         record["_stored"] = self.log[mark:]
         return record
 

@@ -288,7 +288,8 @@ def palettize_flatbuffer(fm, palettes, decode="once", *, max_table_bytes=1 << 20
         found: the palettes' weight tensors in ``fm`` if already matched (``_match``).
 
     Returns:
-        A list of per-tensor dicts (palette, tensor, op, route, storage, sizes).
+        A list of per-tensor dicts (palette, tensor, op, route, storage, sizes; ``"_stored"``:
+        the constants read, which :func:`~dkm_tf.export.record_bytes.count_once` removes).
 
     Raises:
         ValueError: a palette matches no weight tensor of the model.
