@@ -54,6 +54,7 @@ from dkm_tf.energy.pipeline_cse import (
     rows_of,
 )
 from dkm_tf.energy.relu_fusion import lambda_reader, leading_relu
+from dkm_tf.energy.relu_like import relu_like
 
 STATE = ("keras_cse",)  # the key of this module's state in the reader's `used` dict
 _OPAQUE = ("TFSMLayer", "JaxLayer", "FlaxLayer", "TorchModuleWrapper")  # foreign code: fresh
@@ -283,9 +284,9 @@ def _fused(op, ins, outs, keras, state):
     if name in ("Relu", "Relu6") or name == "Clip" and not isinstance(
             relu, keras.layers.Layer) and clip_ops(relu) == ["relu"]:
         return f"clip{float(relu.x_min)}" if name == "Clip" else name.lower()
-    if relu is None or not isinstance(relu, keras.layers.Layer) or \
-            not leading_relu(relu, keras):
-        return None
+    if relu is None or not (isinstance(relu, keras.layers.Layer) or relu_like(
+            relu, keras)) or not leading_relu(relu, keras):  # `keras.activations.relu`,
+        return None  # `ops.maximum(y, 0)` (`relu_like`): as a ReLU layer
     cap = getattr(relu, "max_value", None)
     six = cap is not None and float(cap) == 6.0
     return "relu6" if six or activation_name(getattr(relu, "activation", None)) == "relu6" \

@@ -54,8 +54,11 @@ def _records(name, ops, elements, common):
 def relu_ops(layer, keras):
     """The priced ops (`eltwise_op`s, in order) of a ReLU / LeakyReLU layer or an
     `Activation("relu" / "relu6" / "leaky_relu")`, as converted (module docstring)."""
-    L = keras.layers
-    if not isinstance(layer, L.ReLU):  # LEAKY_RELU (of slope 1 an identity), RELU, RELU6
+    from dkm_tf.energy.relu_like import activation_relu
+
+    L = keras.layers  # `keras.activations.relu`'s op: as the ReLU layer (`relu_like`)
+    if not (isinstance(layer, L.ReLU) or activation_relu(layer, keras)):  # LEAKY_RELU (of
+        # slope 1 an identity), RELU, RELU6; `ops.maximum(y, 0)` (`relu_like`): a RELU
         return [] if isinstance(layer, L.LeakyReLU) and float(layer.negative_slope) == 1 \
             else ["relu"]
     s, t = float(layer.negative_slope), float(layer.threshold)

@@ -44,6 +44,14 @@ def classify_op(op, in_shapes, out_shape, call=None):
                 "numbers)") if ops is None else ([sh.eltwise_shape(
                     op.name if not i else f"{op.name}/{i + 1}", elements=elements, eltwise_op=e,
                     n_inputs=1 if e == "relu" else 2, op=cls) for i, e in enumerate(ops)], None)
+    if cls in ("ReLU", "Maximum") and _relu_like(op):  # `relu_like`: as a ReLU layer
+        ops = _relu_ops(op)
+        return ([sh.eltwise_shape(op.name if not i else f"{op.name}/{i + 1}", elements=elements,
+                                  eltwise_op=e, n_inputs=1 if e == "relu" else 2, op=cls)
+                 for i, e in enumerate(ops)], None if ops else
+                f"relu(threshold={float(op.threshold)}): a GREATER and a SELECT_V2 in a "
+                ".tflite, not priced" if float(getattr(op, "threshold", 0)) != 0 else
+                "negative_slope 1: an identity the converter removes, not charged")
     if cls in _OP_ELTWISE:
         n_in = 1 if _OP_ELTWISE[cls] == "relu" else max(len(in_shapes), 2)
         return [sh.eltwise_shape(op.name, elements=elements, eltwise_op=_OP_ELTWISE[cls],
@@ -55,6 +63,20 @@ def classify_op(op, in_shapes, out_shape, call=None):
         return [sh.pool_shape(op.name, in_hw=in_shape[1:3], channels=in_shape[3], out_hw=1,
                               window=in_shape[1:3], pool_op="avg", op=cls)], None
     return [], f"unsupported operation {cls}"
+
+
+def _relu_like(op):
+    import keras
+
+    from dkm_tf.energy.relu_like import relu_like
+    return relu_like(op, keras)
+
+
+def _relu_ops(op):
+    import keras
+
+    from dkm_tf.energy.keras_lowered import relu_ops
+    return relu_ops(op, keras)
 
 
 def _integer_only(call):

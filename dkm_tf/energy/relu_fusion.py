@@ -36,6 +36,7 @@ from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import folded_into, removed, source_at
 from dkm_tf.energy.keras_lowered import affine_ops, clip_ops
 from dkm_tf.energy.keras_wrapped import lambda_model
+from dkm_tf.energy.relu_like import activation_relu, zero_maximum
 
 _OPS = ("Add", "Subtract", "Multiply", "TrueDivide", "Divide")  # non-layer ops: ADD, ... DIV
 
@@ -59,8 +60,10 @@ def leading_relu(layer, keras):
         return float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
     if not isinstance(layer, L.Layer):  # `keras.ops.relu` / `relu6` (before 2026-12-07
         name = type(layer).__name__  # charged as a RELU op: `ops.relu(Conv2D(4, 3)(x))`,
-        if name in ("Relu", "Relu6"):  # Keras / file hierarchy 1.5297; `ops.relu6` of a
-            return True  # Dense 1.1037)
+        if name in ("Relu", "Relu6") or zero_maximum(layer, keras):  # Keras / file 1.5297;
+            return True  # `ops.relu6` of a Dense 1.1037; `ops.maximum(y, 0)`: `relu_like`
+        if activation_relu(layer, keras):  # `keras.activations.relu`: as a ReLU layer
+            return float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
         return name == "Clip" and clip_ops(layer) == ["relu"]  # (0, 6): RELU6, (-1, 1)
     return _fusable_relu(layer, keras)  # RELU_N1_TO_1
 
