@@ -21,6 +21,7 @@ the file) 1.9551 / 1.8654 / 1.9551 (`tests/test_denseops29.py`).
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.keras_calls import node_inputs
+from dkm_tf.energy.keras_consts import fold_of
 from dkm_tf.energy.keras_cse import STATE
 from dkm_tf.energy.keras_pipeline import pipeline_calls, same_shape_reshape
 from dkm_tf.energy.relu_fusion import identity_reshape, lambda_reader, relu_kind
@@ -60,8 +61,9 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
             x, counts, outer = outer[1][at[0]], outer[2], outer[3]  # out of a nested model
             continue
         if not (len(ins) == 1 and (removed(producer, keras) or identity_reshape(
-                producer, ins, keras))):
-            break
+                producer, ins, keras) or fold_of(producer, (ins, [x]), counts, keras,
+                                                 outer) is not None)):
+            break  # a batch norm folded into the Dense: into each copy (0.5842 before)
         x = ins[0]
     if isinstance(producer, keras.layers.Pipeline):
         producer, ins = _pipeline_dense(producer, producer._inbound_nodes[node], keras)
@@ -91,6 +93,9 @@ def _pipeline_dense(layer, node, keras):
         return layer, []
     kept = [(sub, c[0]) for sub, c in subs if not removed(sub, keras) and not
             same_shape_reshape(sub, c)]  # `Pipeline([Dense(8), Reshape((8,))])`: 0.5842
+    while len(kept) > 1 and isinstance(kept[-1][0], keras.layers.BatchNormalization) and \
+            _linear_rank2(*kept[-2], keras):  # folded into the Dense: 0.5842 before
+        kept.pop()
     return kept[-1] if kept else (layer, [])
 
 
@@ -106,17 +111,48 @@ def unread(layer, call, counts, keras, used):
     more than once (also through removed identities, same-shape reshapes, nested models), is
     not in the file (every reader is a ReLU / ReLU6, each with a FULLY_CONNECTED of its own:
     `dense_copy`), else None."""
-    if isinstance(call, (Exception, _Copy)) or len(call[0]) != 1 or len(call[1]) != 1 or \
-            not _linear_rank2(layer, call[0], keras):
+    if isinstance(call, (Exception, _Copy)) or len(call[0]) != 1 or len(call[1]) != 1:
         return None
-    key = _key(call[1][0], counts, used)
-    ops = _readers(key, (used.get(STATE) or {}).get("twin_ops", {}), keras) \
-        if key is not None else []
+    if not _linear_rank2(layer, call[0], keras):
+        return _folded_beside(layer, call, counts, keras, used)
+    key, twins = _key(call[1][0], counts, used), (used.get(STATE) or {}).get("twin_ops", {})
+    ops = _readers(key, twins, keras) if key is not None else []
+    bn = [k for k, op in (twins.get(key) or {}).items() if isinstance(
+        op, keras.layers.BatchNormalization)] if len(ops) == 1 else []
+    if bn and not removed(ops[0], keras):  # read by a batch norm folded into it and into
+        ops = _readers(bn[0][0][0], twins, keras)  # each copy: its readers (1.4639 before)
+        ops = ops if len(ops) >= 2 else [None]
     if not ops or any(_kind(op, keras) is None for op in ops) or \
             counts.get(id(call[1][0]), 0) < 2 and len(ops) < 2:  # one: fused into it
         return None
     return ("every reader is a ReLU with a FULLY_CONNECTED of its own (as a .tflite writes "
             "it): not charged")
+
+
+def _folded_beside(layer, call, counts, keras, used):
+    """Why `layer` (a batch norm, a constant MUL / ADD) at `call` is not charged: it reads
+    a linear `Dense` on a rank-2 tensor whose other readers are all ReLUs, each fused into
+    a FULLY_CONNECTED copy (`dense_copy`), so the converter folds it into the plain one
+    (charged before 2026-12-07: Dense(8) read by a ReLU and a batch norm, Keras / file
+    hierarchy 1.0723), else None."""
+    x = call[0][0]
+    try:
+        producer, node, _ = x._keras_history
+        ins = producer._inbound_nodes[node].input_tensors
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return None
+    key = _key(x, counts, used)
+    if key is None or not _linear_rank2(producer, ins, keras):
+        return None
+    ops = _readers(key, (used.get(STATE) or {}).get("twin_ops", {}), keras)
+    others = [op for op in ops if op is not layer]
+    if len(others) != len(ops) - 1 or not others or any(
+            _kind(op, keras) is None for op in others):
+        return None
+    into = fold_of(layer, call, {**counts, id(x): 1}, keras)
+    return None if into is None else (
+        f"folded into {into} (as a .tflite folds it: its other readers are ReLUs, each "
+        "with a FULLY_CONNECTED of its own)")
 
 
 def _readers(key, twin_ops, keras, seen=()):
