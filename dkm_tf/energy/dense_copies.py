@@ -23,6 +23,7 @@ from dkm_tf.energy.bn_folding import removed
 from dkm_tf.energy.keras_calls import node_inputs
 from dkm_tf.energy.keras_consts import fold_of
 from dkm_tf.energy.keras_cse import STATE
+from dkm_tf.energy.keras_lowered import relu_ops
 from dkm_tf.energy.keras_pipeline import pipeline_calls, same_shape_reshape
 from dkm_tf.energy.relu_fusion import identity_reshape, lambda_reader, relu_kind
 
@@ -41,7 +42,7 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
     model (the counts of its walk, `keras_cse.left_out`'s)."""
     if isinstance(call, Exception) or not call[0] or relu_kind(layer, keras) is None:
         return None
-    x, many = call[0][0], False  # many: read by others on the way
+    x, many, shaped = call[0][0], False, []  # many: read by others on the way
     while True:
         many = many or counts.get(id(x), 0) >= 2
         try:
@@ -60,13 +61,18 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
         if len(at) == 1 and at[0] < len(outer[1]):
             x, counts, outer = outer[1][at[0]], outer[2], outer[3]  # out of a nested model
             continue
-        if not (len(ins) == 1 and (removed(producer, keras) or identity_reshape(
+        if len(ins) == 1 and type(producer).__name__ in _SHAPE_OPS and not identity_reshape(
+                producer, ins, keras):  # moved after the RELU (`_reshaped`)
+            shaped.append(isinstance(producer, keras.layers.Layer))
+        elif not (len(ins) == 1 and (removed(producer, keras) or identity_reshape(
                 producer, ins, keras) or fold_of(producer, (ins, [x]), counts, keras,
                                                  outer) is not None)):
             break  # a batch norm folded into the Dense: into each copy (0.5842 before)
         x = ins[0]
     if isinstance(producer, keras.layers.Pipeline):
         producer, ins = _pipeline_dense(producer, producer._inbound_nodes[node], keras)
+    if shaped:
+        return _reshaped(layer, producer, ins, x, shaped, many, (counts, outer), keras)
     if not _linear_rank2(producer, ins, keras) or not many:
         return None
     state = used.get(STATE)  # per walk: a TimeDistributed model's steps are walked apart
@@ -79,6 +85,25 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
     charged.add(mark)
     here.add(at)
     return producer, _Copy((list(ins), [x])), first, (counts, outer)
+
+
+_SHAPE_OPS = ("Reshape", "Flatten", "ExpandDims", "Squeeze")  # layers and `keras.ops`
+
+
+def _reshaped(layer, dense, ins, x, shaped, many, graph, keras):
+    """As `dense_copy`, for ReLU `layer` reading the output `x` of a linear rank-2 `dense`
+    through ops that only change its shape (`shaped`: whether each, from the ReLU back, is
+    a layer; no tensor on the way read twice, else None): the converter moves the RELU
+    before them and fuses it into the FULLY_CONNECTED; where they are `Reshape` / `Flatten`
+    layers (which read the Dense's shape) it keeps the plain FULLY_CONNECTED too, unread
+    (`Dense(8)` -> `Reshape((2, 4))` -> ReLU: two FULLY_CONNECTED; `ops.expand_dims`, then
+    `ops.squeeze`: one; Keras / file hierarchy 0.5519 and 1.1037 before 2026-12-07, when
+    the RELU was charged): `first` is whether that dead copy is charged. Such a layer after
+    a `keras.ops` one keeps the RELU (`ops.expand_dims` -> `Flatten()` -> ReLU): None."""
+    if many or not _linear_rank2(dense, ins, keras) or relu_kind(layer, keras) not in (
+            "relu", "relu6") or len(relu_ops(layer, keras)) != 1 or len(set(shaped)) != 1:
+        return None
+    return dense, _Copy((list(ins), [x])), shaped[0], graph
 
 
 def _pipeline_dense(layer, node, keras):
