@@ -81,7 +81,8 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
     kind, key = relu_kind(layer, keras), _key(x, counts, used)  # `used`): a ReLU and a
     mark = (key or object(), kind)  # `Lambda(ops.relu)` on one Dense, 3 FULLY_CONNECTED,
     at = (key if key is not None else id(x), kind)  # file 1; by key: twin calls too (1.8654)
-    first = mark not in charged and at not in here
+    first = mark not in charged and at not in here and not _fused_twin(
+        key, kind, counts.get(("cse_state",)) or state)
     charged.add(mark)
     here.add(at)
     return producer, _Copy((list(ins), [x])), first, (counts, outer)
@@ -104,6 +105,20 @@ def _reshaped(layer, dense, ins, x, shaped, many, graph, keras):
             "relu", "relu6") or len(relu_ops(layer, keras)) != 1 or len(set(shaped)) != 1:
         return None
     return dense, _Copy((list(ins), [x])), shaped[0], graph
+
+
+_FUSED = {"relu": ("relu",), "relu6": ("relu6", "clip0.0"), "relu_n1_to_1": ("clip-1.0",)}
+
+
+def _fused_twin(key, kind, state):
+    """Whether a twin call of the Dense whose output is keyed `key` (`keras_cse`'s) is read
+    only by a ReLU of `kind`: keyed apart (`keras_cse._fused`) and charged with the RELU
+    fused in, the op the converter merges the copy with (`Dense(8)` called twice, one call
+    read by a `Lambda(ops.relu)` and a sigmoid, the other by a ReLU: two FULLY_CONNECTED,
+    three charged before 2026-12-07, Keras / file hierarchy 1.4327)."""
+    base = None if state is None or key is None else state.get("unfused", {}).get(key)
+    return base is not None and any(state.get("intern", {}).get(base + (name,))
+                                    for name in _FUSED.get(kind, ()))
 
 
 def _pipeline_dense(layer, node, keras):

@@ -162,6 +162,7 @@ def left_out(model, op_calls, live, used, keras, outer):
     for t in outer[4][1] if outer is not None and len(outer) > 4 else ():  # `source_at`
         outer[2][("nested", id(t))] = counts  # looks inside with these counts
     state["envs"][id(counts)] = counts[("cse_env",)] = env  # and for a `Lambda`'s walk
+    counts[("cse_state",)] = state  # its keys: `dense_copies._fused_twin`
     state.setdefault("lives", {})[id(counts)] = live[0]
     state.setdefault("exits_of", {})[id(counts)] = exits
     return gone, counts
@@ -242,6 +243,8 @@ def _out_keys(op, call, env, keras, state):
             state["n"] = state.get("n", 0) + len(outs)
             keys = list(range(state["n"] - len(outs) + 1, state["n"] + 1))
             twins.append((op, keys))
+            if fused is None:  # its fused twins: `dense_copies.fused_twin`
+                state.setdefault("unfused", {})[keys[0]] = (sig, args, tuple(in_keys))
         producers = state.setdefault("producers", {})  # `left_out`: twins in other graphs
         for key, t in zip(keys, outs):
             if state.get("live") is None or id(t) in state["live"]:  # not pruned
