@@ -14,7 +14,8 @@ and both count the FULLY_CONNECTED ops counted by hand (16 x 8 MACs each), at ba
 3. twin calls of the Dense, one read by a ReLU (a layer or a `Lambda(ops.relu)`) and a
    sigmoid, the other by a ReLU: 1.4327;
 4. a ReLU behind a `Reshape((2, 4))` layer (the file keeps a dead FULLY_CONNECTED) 0.5519;
-   behind `ops.expand_dims` then `ops.squeeze`, or `ops.reshape` (fused, none dead) 1.1037.
+   behind `ops.expand_dims` then `ops.squeeze`, or `ops.reshape` (fused, none dead) 1.1037;
+   the Dense read by a sigmoid too 0.5842.
 """
 
 import keras
@@ -108,6 +109,12 @@ CASES = {
     "ops_reshape_then_relu": (_on_dense(lambda y: L.ReLU()(ops.reshape(y, (-1, 2, 4)))), 1, []),
     "expand_squeeze_then_relu": (_on_dense(lambda y: ops.relu(ops.squeeze(
         ops.expand_dims(y, 1), 1))), 1, []),
+    "reshape_layer_relu_beside_sigmoid": (_on_dense(lambda y: L.Add()([L.Flatten()(L.ReLU()(
+        L.Reshape((2, 4))(y))), _sig(y)])), 2, []),
+    "expand_relu_beside_sigmoid": (_on_dense(lambda y: L.Add()([ops.squeeze(L.ReLU()(
+        ops.expand_dims(y, 1)), 1), _sig(y)])), 2, []),
+    "reshape_read_twice_keeps_relu": (_on_dense(lambda y: (lambda z: L.Add()([L.Flatten()(
+        L.ReLU()(z)), L.Flatten()(_sig(z))]))(L.Reshape((2, 4))(y))), 1, ["relu"]),
     "expand_then_flatten_keeps_relu": (_on_dense(lambda y: L.ReLU()(L.Flatten()(
         ops.expand_dims(y, 1)))), 1, ["relu"]),
 }

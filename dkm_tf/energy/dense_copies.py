@@ -63,7 +63,8 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
             continue
         if len(ins) == 1 and type(producer).__name__ in _SHAPE_OPS and not identity_reshape(
                 producer, ins, keras):  # moved after the RELU (`_reshaped`)
-            shaped.append(isinstance(producer, keras.layers.Layer))
+            shaped.append(None if counts.get(id(x), 0) >= 2 else isinstance(
+                producer, keras.layers.Layer))  # None: its output read twice, not moved
         elif not (len(ins) == 1 and (removed(producer, keras) or identity_reshape(
                 producer, ins, keras) or fold_of(producer, (ins, [x]), counts, keras,
                                                  outer) is not None)):
@@ -71,7 +72,8 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
         x = ins[0]
     if isinstance(producer, keras.layers.Pipeline):
         producer, ins = _pipeline_dense(producer, producer._inbound_nodes[node], keras)
-    if shaped:
+    if shaped and (not many or not _reshaped(layer, producer, ins, x, shaped, False, (
+            counts, outer), keras)):  # read by others too: a copy, as without them
         return _reshaped(layer, producer, ins, x, shaped, many, (counts, outer), keras)
     if not _linear_rank2(producer, ins, keras) or not many:
         return None
@@ -94,15 +96,18 @@ _SHAPE_OPS = ("Reshape", "Flatten", "ExpandDims", "Squeeze")  # layers and `kera
 def _reshaped(layer, dense, ins, x, shaped, many, graph, keras):
     """As `dense_copy`, for ReLU `layer` reading the output `x` of a linear rank-2 `dense`
     through ops that only change its shape (`shaped`: whether each, from the ReLU back, is
-    a layer; no tensor on the way read twice, else None): the converter moves the RELU
-    before them and fuses it into the FULLY_CONNECTED; where they are `Reshape` / `Flatten`
-    layers (which read the Dense's shape) it keeps the plain FULLY_CONNECTED too, unread
-    (`Dense(8)` -> `Reshape((2, 4))` -> ReLU: two FULLY_CONNECTED; `ops.expand_dims`, then
-    `ops.squeeze`: one; Keras / file hierarchy 0.5519 and 1.1037 before 2026-12-07, when
-    the RELU was charged): `first` is whether that dead copy is charged. Such a layer after
-    a `keras.ops` one keeps the RELU (`ops.expand_dims` -> `Flatten()` -> ReLU): None."""
+    a layer; None where its output is read twice: the RELU stays, None): the converter
+    moves the RELU before them and fuses it into the FULLY_CONNECTED; where they are
+    `Reshape` / `Flatten` layers (which read the Dense's shape) it keeps the plain
+    FULLY_CONNECTED too, unread (`Dense(8)` -> `Reshape((2, 4))` -> ReLU: two
+    FULLY_CONNECTED; `ops.expand_dims`, then `ops.squeeze`: one; Keras / file hierarchy
+    0.5519 and 1.1037 before 2026-12-07, when the RELU was charged): `first` is whether that
+    dead copy is charged. Such a layer after a `keras.ops` one keeps the RELU
+    (`ops.expand_dims` -> `Flatten()` -> ReLU): None. `many`: the Dense's output is read by
+    others too (None here; `dense_copy` charges a copy as without the reshapes: 0.5842)."""
     if many or not _linear_rank2(dense, ins, keras) or relu_kind(layer, keras) not in (
-            "relu", "relu6") or len(relu_ops(layer, keras)) != 1 or len(set(shaped)) != 1:
+            "relu", "relu6") or len(relu_ops(layer, keras)) != 1 or len(set(shaped)) != 1 or \
+            None in shaped:
         return None
     return dense, _Copy((list(ins), [x])), shaped[0], graph
 
