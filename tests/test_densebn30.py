@@ -106,6 +106,8 @@ CASES = {
                                    lambda y: [L.ReLU()(y)]), 2, []),
     "reshape_layer_then_relu": (_on_dense(lambda y: L.ReLU()(L.Reshape((2, 4))(y))), 2, []),
     "reshape_layer_then_relu6": (_on_dense(lambda y: ops.relu6(L.Reshape((2, 4))(y))), 2, []),
+    "reshape_layer_then_relu_capped_3": (_on_dense(lambda y: L.ReLU(3.0)(L.Reshape((2, 4))(
+        y))), 2, ["max", "relu"]),
     "ops_reshape_then_relu": (_on_dense(lambda y: L.ReLU()(ops.reshape(y, (-1, 2, 4)))), 1, []),
     "expand_squeeze_then_relu": (_on_dense(lambda y: ops.relu(ops.squeeze(
         ops.expand_dims(y, 1), 1))), 1, []),
