@@ -15,7 +15,12 @@ a same-shape reshape or a `Dropout` read twice, in a `Lambda` or beside a nested
 passing the Dense through, and a Dense ending a `keras.layers.Pipeline` gave 0.5842
 (`Pipeline([Dense(8)])` read by a ReLU and a ReLU6 only: no FULLY_CONNECTED, 0.1684); a ReLU
 layer beside `ops.relu`, `Pipeline([ReLU()])` or `Lambda(ops.relu)` (one FULLY_CONNECTED in
-the file) 1.9551 / 1.8654 / 1.9551 (`tests/test_denseops29.py`).
+the file) 1.9551 / 1.8654 / 1.9551 (`tests/test_denseops29.py`). Until later still
+(`tests/test_densebn30.py`), a batch norm between the Dense and its readers was folded into
+one FULLY_CONNECTED (0.5842), one beside ReLU copies charged (1.1445), twins read by a ReLU
+and a sigmoid and by that ReLU merged into three FULLY_CONNECTED (1.4327), and a ReLU
+behind shape-only ops charged as a RELU (`Reshape((2, 4))`: 0.5519, the file's dead
+FULLY_CONNECTED; `ops.expand_dims` then `ops.squeeze`: 1.1037).
 """
 
 from dkm_tf.energy.activations import activation_name
