@@ -35,7 +35,7 @@ from dkm_tf.pipeline_metrics import (
 )
 from dkm_tf.pipeline_report import cluster_stage, estimate_energy, result_notes
 from dkm_tf.pipeline_skipped import skipped_layers as _skipped_layers
-from dkm_tf.training.batches import BatchCount, ran_out_collected, report_ran_out
+from dkm_tf.training.batches import BatchCount, fit_counted, ran_out_collected, report_ran_out
 from dkm_tf.training.data_checks import reads_once
 
 __all__ = ["METHODS", "CompressionResult", "accuracy_note", "agreement_data", "binary_threshold",
@@ -158,8 +158,8 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     if is_tf_dataset(train_data):  # Keras cannot shuffle it, and warns when asked to
         fit["shuffle"] = False
     counter = BatchCount()  # an epoch of no batch (a one-shot generator): a UserWarning
-    history = model.fit(**fit, epochs=epochs, verbose=verbose,
-                        callbacks=[counter, *(callbacks or [])])
+    history = fit_counted(model, counter, **fit, epochs=epochs, verbose=verbose,
+                          callbacks=[counter, *(callbacks or [])])
     report_ran_out("train_classifier", counter)
     return history
 

@@ -13,7 +13,7 @@ import warnings
 
 import keras
 
-__all__ = ["BatchCount", "ran_out_collected", "ran_out_note", "report_ran_out"]
+__all__ = ["BatchCount", "fit_counted", "ran_out_collected", "ran_out_note", "report_ran_out"]
 
 _NOTES = contextvars.ContextVar("dkm_tf_ran_out_notes", default=None)
 
@@ -32,6 +32,68 @@ class BatchCount(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.per_epoch:
             self.per_epoch[-1] = max(self.per_epoch[-1], int(batch) + 1)
+
+
+def fit_counted(model, counter, *args, epochs, **kwargs):
+    """``model.fit(*args, epochs=epochs, **kwargs)``, ``counter`` (a :class:`BatchCount`) among
+    its callbacks, with two faults of Keras' JAX backend kept out (TensorFlow has neither):
+
+    * its ``fit`` reads the data to build the compiled loss and metrics before epoch 1, which
+      takes batches a one-shot generator does not give again (a ``from_generator`` dataset of
+      4 batches trained 2): a ``tf.data.Dataset``'s model is built here from its
+      ``element_spec`` instead, reading nothing (:func:`_build_from_spec`);
+    * data of no batch at all (a one-shot generator an earlier stage used up) raised a bare
+      ``StopIteration`` from that read, and a first epoch of no batch an ``UnboundLocalError``
+      (``logs``) from Keras, which had then dropped the model's and optimizer's values (put
+      back here): each is taken as ``epochs`` epochs of no batch, as TensorFlow's
+      ``fit`` runs them (noted by :func:`report_ran_out`): the optimizer is built, and a
+      ``keras.callbacks.History`` of no logs is returned (callbacks then saw no epoch end).
+    """
+    saved = []
+    if keras.backend.backend() == "jax" and args:
+        _build_from_spec(model, args[0])
+        opt = getattr(model, "optimizer", None)
+        if opt is not None and not opt.built and model.built:
+            opt.build(model.trainable_variables)
+        saved = [(v, v.value) for v in (  # the values Keras' JAX fit purges (below)
+            *model.trainable_variables, *model.non_trainable_variables,
+            *(opt.variables if opt is not None and opt.built else ()))]
+    try:
+        return model.fit(*args, epochs=epochs, **kwargs)
+    except StopIteration:
+        if counter.per_epoch:  # an epoch had begun: not the build's read of the data
+            raise
+    except UnboundLocalError:  # keras/src/backend/jax/trainer.py: `logs` of no train step
+        if counter.per_epoch != [0] or keras.backend.backend() != "jax":
+            raise
+        for variable, value in saved:  # Keras had dropped them for its step, not put back
+            variable.assign(value)
+    counter.per_epoch = [0] * int(epochs)
+    if getattr(model, "optimizer", None) is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)  # built, as TensorFlow's fit leaves it
+    history = keras.callbacks.History()
+    history.set_model(model)
+    history.epoch = list(range(int(epochs)))  # as TensorFlow's fit of no batch returns it
+    return history
+
+
+def _build_from_spec(model, data):
+    """Build ``model`` (layers, compiled loss and metrics) on symbolic tensors of the
+    ``element_spec`` of ``data`` where it is a ``tf.data.Dataset`` (else, or where that fails,
+    nothing: Keras reads the data itself), so that Keras' ``fit`` reads no batch to build."""
+    from dkm_tf.training.common import is_tf_dataset  # noqa: PLC0415
+
+    if not is_tf_dataset(data):
+        return
+    import tensorflow as tf  # noqa: PLC0415
+
+    try:
+        batch = tf.nest.map_structure(
+            lambda s: keras.KerasTensor(tuple(s.shape.as_list()), s.dtype.name),
+            data.element_spec)
+        model._symbolic_build(data_batch=batch)  # noqa: SLF001 - Keras' own build, unread
+    except Exception:  # noqa: BLE001 - any spec it cannot take: Keras' read, as before
+        return
 
 
 def ran_out_note(stage, per_epoch):

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from dkm_tf.core.validate import check_finite_samples, check_int
-from dkm_tf.training.batches import BatchCount, report_ran_out
+from dkm_tf.training.batches import BatchCount, fit_counted, report_ran_out
 from dkm_tf.training.class_weights import check_class_weight, weigh_classes
 from dkm_tf.training.clustering import cluster_weights, strip_clustering
 from dkm_tf.training.common import (
@@ -142,11 +142,11 @@ def finetune(model, train_data, val_data=None, *, n_clusters=16, unit="scalar",
         train_data, weights = weigh_classes(train_data, table, loss)
         fit_kwargs.update(weights)  # sample_weight (arrays) or class_weight (a PyDataset)
         if isinstance(train_data, tuple):
-            history = clustered.fit(train_data[0], train_data[1], batch_size=batch_size,
-                                    **fit_kwargs)
+            history = fit_counted(clustered, counter, train_data[0], train_data[1],
+                                  batch_size=batch_size, **fit_kwargs)
         else:
-            history = clustered.fit(train_data, shuffle=not is_tf_dataset(train_data),
-                                    **fit_kwargs)
+            history = fit_counted(clustered, counter, train_data,
+                                  shuffle=not is_tf_dataset(train_data), **fit_kwargs)
         report_ran_out("finetune", counter)
     stripped, palettes = strip_clustering(clustered)
     palettes = [dataclasses.replace(p, note="; ".join(n for n in [p.note, *(

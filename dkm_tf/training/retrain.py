@@ -8,7 +8,7 @@ from dkm_tf.core.validate import check_finite_samples, check_int, is_int
 from dkm_tf.graph.copying import copy_model
 from dkm_tf.training import callbacks as callbacks_lib
 from dkm_tf.training.attach import attach_regularizer, detach_regularizer, kmeans_regularizers
-from dkm_tf.training.batches import BatchCount, report_ran_out
+from dkm_tf.training.batches import BatchCount, fit_counted, report_ran_out
 from dkm_tf.training.class_weights import check_class_weight, weigh_classes
 from dkm_tf.training.common import (
     check_data,
@@ -131,9 +131,11 @@ def dkm_retrain(model, train_data, val_data=None, *, n_clusters, lam=1e-4, relax
                   "callbacks": [refresh, counter, *(callbacks or [])], **weights,
                   "validation_data": val_xy if val_xy is not None else val_ds}
     if xy is not None:
-        history = clone.fit(xy[0], xy[1], batch_size=batch_size, shuffle=True, **fit_kwargs)
+        history = fit_counted(clone, counter, xy[0], xy[1], batch_size=batch_size,
+                              shuffle=True, **fit_kwargs)
     else:
-        history = clone.fit(train_ds, shuffle=not is_tf_dataset(train_ds), **fit_kwargs)
+        history = fit_counted(clone, counter, train_ds, shuffle=not is_tf_dataset(train_ds),
+                              **fit_kwargs)
     report_ran_out("dkm_retrain", counter)
     detach_regularizer(clone)
     undo_pins()
