@@ -60,6 +60,9 @@ def main():
     # finetune on a one-shot generator of 4 batches, 2 epochs
     out["finetune"] = caught(lambda: dkm_tf.finetune(classifier(), one_shot(x, y), n_clusters=4,
                                                      epochs=2, seed=0))
+    # train_classifier (fit's data given as x=) on the same
+    out["train_classifier"] = caught(lambda: pipeline.train_classifier(
+        classifier(), one_shot(x, y), epochs=2))
     # compress: the DKM stage uses it up, the fine-tune stage gets no batch
     res = {}
 

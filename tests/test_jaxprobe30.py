@@ -52,6 +52,14 @@ def test_finetune_trains_every_batch_of_a_one_shot_generator_as_tensorflow(jax_r
                               "epoch(s) 2: the training data ran out"), said
 
 
+def test_train_classifier_trains_every_batch_of_a_one_shot_generator(jax_run):
+    error, said = jax_run["train_classifier"]
+    assert error is None
+    assert len(said) == 1 and said[0].startswith(
+        "train_classifier trained 4 batch(es) in 1 of its 2 epochs and none in epoch(s) 2: "
+        "the training data ran out"), said
+
+
 def test_compress_notes_a_fine_tune_stage_of_no_batch_instead_of_stop_iteration(jax_run):
     error, _ = jax_run["compress"]
     assert error is None  # was "StopIteration: " from Keras' _symbolic_build

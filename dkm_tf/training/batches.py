@@ -50,8 +50,8 @@ def fit_counted(model, counter, *args, epochs, **kwargs):
       ``keras.callbacks.History`` of no logs is returned (callbacks then saw no epoch end).
     """
     saved = []
-    if keras.backend.backend() == "jax" and args:
-        _build_from_spec(model, args[0])
+    if keras.backend.backend() == "jax":
+        _build_from_spec(model, args[0] if args else kwargs.get("x"))
         opt = getattr(model, "optimizer", None)
         if opt is not None and not opt.built and model.built:
             opt.build(model.trainable_variables)
