@@ -100,3 +100,23 @@ def test_one_shot_generator_trains_all_four_sgd_steps(jax_run):
     assert got["per_epoch"] == [4]
     np.testing.assert_allclose(got["kernel"], w.ravel(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["bias"], b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_time_distributed_layer_left_float_names_the_layer_it_wraps():
+    """share_weights said "TimeDistributed is not a supported kernel layer (supported: ...,
+    TimeDistributed (of any of these))" of a TimeDistributed(LayerNormalization): it names the
+    wrapped layer now (TensorFlow, in this process; the same text on JAX)."""
+    import keras  # noqa: PLC0415
+
+    import dkm_tf  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3, 6))
+    td_ln = keras.layers.TimeDistributed(keras.layers.LayerNormalization(), name="td_ln")(inp)
+    out = keras.layers.TimeDistributed(keras.layers.Dense(2), name="td_d")(td_ln)
+    shared = dkm_tf.share_weights(keras.Model(inp, out), 4)
+    assert [p.name for p in shared.palettes] == ["td_d/layer.kernel"]
+    ((name, why),) = shared.skipped
+    assert name == "td_ln", shared.skipped
+    assert why.startswith("TimeDistributed(LayerNormalization) is not a supported kernel layer "
+                          "(supported: "), why

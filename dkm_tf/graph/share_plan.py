@@ -28,8 +28,13 @@ def share_plan(model, defaults, overrides, seed, make_job):
         if not layer.weights:
             continue
         if not clusterable.is_clusterable(layer):
+            # TimeDistributed(LayerNormalization): the wrapped layer named (it read as if
+            # TimeDistributed itself were not supported, beside "TimeDistributed (of any...)")
+            kind = type(layer).__name__
+            if kind == "TimeDistributed" and getattr(layer, "layer", None) is not None:
+                kind += f"({type(layer.layer).__name__})"
             skipped.append((layer.name, unsupported_reason(
-                layer, f"{type(layer).__name__} is not a supported kernel layer (supported: "
+                layer, f"{kind} is not a supported kernel layer (supported: "
                        f"{', '.join(clusterable.SUPPORTED_LAYERS)})")))
             continue
         plan.append((i, layer, clusterable.resolve_layer_config(layer, defaults, overrides)))
