@@ -204,7 +204,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
             check_export_size(model, tflite, dataset)  # an open input size needs --dataset
             train = test = None
             if dataset:
-                train, test = load_dataset(dataset)
+                train, test = load_dataset(dataset, model)  # fits its inputs
                 _log(cli_tables.data_line(dataset, train, test, bool(weighting or refine)))
             labelled = train is not None and train[1] is not None
             given, method = method, method or default_method(model_path, labelled,

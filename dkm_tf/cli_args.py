@@ -74,15 +74,17 @@ def _model_file(path, suffixes):
         raise CliUsageError("model", "a readable file", path)
 
 
-def load_dataset(name):
+def load_dataset(name, model=None):
     """``dkm_tf.data.load_dataset`` for ``--dataset``: a ``.npz`` whose values are bad
-    (negative or huge labels, NaN inputs: not visible in its headers) is a usage error."""
+    (negative or huge labels, NaN inputs: not visible in its headers) is a usage error, as
+    is data that does not fit ``model`` (the loaded ``--model``: :func:`check_dataset_fits`)."""
     from dkm_tf import data  # noqa: PLC0415 (numpy only at import)
 
     try:
-        return data.load_dataset(name)
+        loaded = data.load_dataset(name)
     except data.DatasetFileError as e:
         raise CliUsageError("dataset", e.expected, f"{name} ({e.received})") from None
+    return loaded if model is None else check_dataset_fits(model, loaded, name)
 
 
 def _dataset(name):
@@ -367,3 +369,23 @@ def dataset_words(error):
                       ("test_data", "held-out part (x_test, y_test)")):
         text = text.replace(f"argument `{arg}`", f"the {part}").replace(f"`{arg}`", part)
     return text
+
+
+def check_dataset_fits(model, data, dataset):
+    """``--dataset``'s ``(train, test)`` checked against ``--model``'s inputs (their size
+    and number) before any work; returns ``data``. Held-out inputs without labels are run
+    through the float model first: a size or input count that does not fit it was Keras'
+    error there (exit status 1), not one naming --dataset."""
+    from dkm_tf.training.common import check_data  # noqa: PLC0415 (loads Keras)
+
+    for name, part in zip(("train_data", "test_data"), data):
+        try:
+            check_data(name, part and (part[0], None), model, required=False, labels=False)
+        except ValueError as e:
+            several = len(getattr(model, "inputs", None) or ()) > 1
+            hint = ("; a .npz holds one input array x_train / x_test: compress a model of "
+                    "several inputs in Python, dkm_tf.compress with a list of arrays as x"
+                    if several else "")
+            raise CliUsageError("dataset", f"data that fits --model ({dataset_words(e)}"
+                                f"{hint})", dataset) from e
+    return data

@@ -195,6 +195,7 @@ def check_data(name, data, model, *, required=True, labels=True):
     if counts and counts[0][1] == 0:
         raise ValueError(f"Invalid value for argument `{name}`. Expected at least 1 sample. "
                          f"Received: {counts[0][0]} with 0 samples")
+    _check_input_count(name, x, model)
     want = _input_shape(model)
     if hasattr(x, "shape") and want is not None:
         got = tuple(np.shape(x))[1:]
@@ -203,6 +204,24 @@ def check_data(name, data, model, *, required=True, labels=True):
                              f"(samples, {', '.join(str(w) for w in want)}) (the model's "
                              f"input). Received: x of shape {tuple(np.shape(x))}")
     return tuple(data)
+
+
+def _check_input_count(name, x, model):
+    """A built model of several inputs given one array ``x`` (or a list of another length):
+    Keras refused it mid-run, after the float model's evaluation, in its own words."""
+    import numpy as np  # noqa: PLC0415
+
+    inputs = getattr(model, "inputs", None) if getattr(model, "built", False) else None
+    if not inputs or len(inputs) < 2:
+        return
+    got = (f"one array of shape {tuple(np.shape(x))}" if hasattr(x, "shape") else
+           f"a {type(x).__name__} of {len(x)} arrays"
+           if isinstance(x, (list, tuple)) and len(x) != len(inputs) else None)
+    if got:
+        names = ", ".join(repr(getattr(t, "name", "?")) for t in inputs)
+        raise ValueError(f"Invalid value for argument `{name}`. Expected x as a list (or a dict "
+                         f"keyed by input name) of {len(inputs)} arrays, one per model input "
+                         f"({names}). Received: {got}")
 
 
 def _input_shape(model):
