@@ -7,6 +7,10 @@ several inputs given a ``.npz`` (one input array) failed the same way, with labe
 (``compress`` checked only a single-input model's x). Now both are a usage error naming
 --dataset (exit 2) before any work, and ``dkm_tf.compress`` refuses one array for a model of
 several inputs with its input names.
+
+(b) ``format="tflm"`` of fer's mini-Xception (K=16, depthwise kernels per channel) named one
+depthwise kernel of more than 128 values (``separable_conv2d_8``) while seven were: a user
+following its advice got the next refusal, one layer at a time. Now one error names all.
 """
 
 import io
@@ -104,3 +108,26 @@ def test_compress_refuses_one_array_for_a_model_of_two_inputs():
                              verbose=0)
     want = np.mean(np.argmax(result.model.predict(xs, verbose=0), axis=1) == 0)
     assert result.accuracy_after == pytest.approx(want)
+
+
+def test_tflm_refusal_names_every_table_too_large_at_once(tmp_path):
+    # two depthwise kernels of 16 channels: per-channel K=16 keeps 9 values a channel, 144
+    # distinct values a tensor (> 128, TFLite Micro's 7-bit limit); the 4-channel one fits
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 16))
+    h = L.DepthwiseConv2D(3, padding="same", name="dw_a")(inp)
+    h = L.DepthwiseConv2D(3, padding="same", name="dw_b")(h)
+    model = keras.Model(inp, L.Dense(3, name="o")(L.GlobalAveragePooling2D()(h)))
+    shared, palettes, _ = dkm_tf.share_weights(model, n_clusters=16)
+    sizes = {p.name: len(np.unique(p.decode())) for p in palettes}
+    assert sizes["dw_a/kernel"] > 128 and sizes["dw_b/kernel"] > 128
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 16)).astype("float32")
+    out = tmp_path / "m.tflite"
+    with pytest.raises(ValueError, match=r"Invalid palette 'dw_[ab]/kernel' for "
+                       r"format='tflm'") as e:
+        dkm_tf.export.to_tflite(shared, str(out), format="tflm", palettes=palettes,
+                                sample_inputs=x)
+    text = str(e.value)
+    assert "dw_a/kernel" in text and "dw_b/kernel" in text  # was one
+    assert "so do 1 more: " in text
+    assert not out.exists()

@@ -134,7 +134,8 @@ def tflm_compress(content, palettes):
             f"decoded values of {[p.name for p in left]} (the converter split, transposed or "
             "folded them, e.g. per-gate LSTM kernels), so there is nothing to compress.")
     builder = compression.SpecBuilder()
-    records, first = [], {}  # first: buffer -> the record that counts its bytes
+    records, too_many = [], []
+    first = {}  # buffer -> the record that counts its bytes
     for g, fm, p, t, _uses, _tperm, _tshape in found:
         arr = fm.const(t)
         # one table per tensor: TFLite Micro's decoder reads a float tensor's per-channel
@@ -142,11 +143,9 @@ def tflm_compress(content, palettes):
         # values), so a per-channel palette gets one table of every channel's values
         distinct = count_unique(arr)  # float16 as float32: numpy's float16 sort (core.kmeans)
         bits = max(1, math.ceil(math.log2(distinct))) if distinct > 1 else 1
-        if bits > MAX_TFLM_BITS:
-            raise ValueError(
-                f"Invalid palette {p.name!r} for format='tflm': {distinct} distinct values "
-                f"need {bits}-bit indices; TFLite Micro supports at most {MAX_TFLM_BITS} bits "
-                f"(<= 128 values per tensor){_too_many_hint(p)}.")
+        if bits > MAX_TFLM_BITS:  # every one named at once, not one per attempt
+            too_many.append((p, distinct, bits))
+            continue
         builder.add_tensor(g, t).with_lut(index_bitwidth=bits, mode=spec.PerTensor())
         tables = 1
         records.append({"palette": p.name, "tensor": fm.tensor_name(t),
@@ -158,6 +157,14 @@ def tflm_compress(content, palettes):
                         "codebook_bytes": int(tables * (1 << bits) * arr.itemsize),
                         "index_bits": bits, "decode": "tflm", **({"subgraph": g} if g else {})})
         _count_once(records[-1], first.setdefault(int(fm.tensors[t].buffer), records[-1]))
+    if too_many:
+        (p, distinct, bits), more = too_many[0], too_many[1:]
+        others = (f" (so do {len(more)} more: " + ", ".join(
+            f"{q.name!r}, {n} values" for q, n, _ in more) + ")") if more else ""
+        raise ValueError(
+            f"Invalid palette {p.name!r} for format='tflm': {distinct} distinct values "
+            f"need {bits}-bit indices; TFLite Micro supports at most {MAX_TFLM_BITS} bits "
+            f"(<= 128 values per tensor){others}{_too_many_hint(p)}.")
     for r in records:
         r["bits_per_weight"] = 8 * (r["index_bytes"] + r["codebook_bytes"]) / r["n_weights"]
     records += [_not_found_record(p, "tflm") for p in left]  # kept as the converter wrote
