@@ -125,7 +125,8 @@ def nested_subclassed(layer, name, call, used):
 
     Traced at the shape of the call's one input (`call` is `(inputs, outputs)`, or the
     exception saying it was not recorded); a record of a layer read before (a second call)
-    is named `name#2`, ... (`used` counts the names). Without a single fully known input, or
+    is named `name#2`, ... (`used` counts the names); all tagged with `name`
+    (`LayerShape.within`). Without a single fully known input, or
     on a backend other than TensorFlow, nothing is read and `skipped` says why.
     """
     why = "nested subclassed model: shapes not recorded"
@@ -138,11 +139,10 @@ def nested_subclassed(layer, name, call, used):
         records, skipped = read_traced(layer, shapes[0][1:])
     except (RuntimeError, ValueError) as e:
         return [], [(name, f"{why} (and not traced: {e})")]
-    out = []
-    for r in records:
-        used[r.name] = n = used.get(r.name, 0) + 1
-        out.append(r if n == 1 else dataclasses.replace(r, name=f"{r.name}#{n}"))
-    return out, list(skipped)
+    from dkm_tf.energy.record_names import fresh, within
+
+    return within([dataclasses.replace(r, name=fresh(used, r.name)) for r in records],
+                  name), list(skipped)
 
 
 def _split(shape, channels_first):

@@ -24,10 +24,10 @@ Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAtt
 EinsumDense) layers by `sequence_reader`; Attention, Softmax and 3-D pooling by `keras_more`;
 a `keras.layers.Pipeline`'s layers as if called in turn (`keras_pipeline`, `pipeline_folds`).
 A layer called more than once (a shared layer, a nested model called twice) is read once per
-call in the model's own graph (`keras_calls`), with that call's shapes; the second and later
-calls' records are named `name#2`, ... and keep the layer's name as `layer`, so compression
-info applies to every call. A nested model is read at the shapes of its own graph: called
-with other input shapes (dynamic dimensions), it is reported in `skipped`.
+call (`keras_calls`), at that call's shapes, the later calls' records named `name#2`, ... (no
+layer's name: `record_names`) with the layer's name as `layer`, for compression info. A nested
+model is read at its own graph's shapes (called at others, it is listed in `skipped`), its
+records tagged with its call (`LayerShape.within`: `EnergyReport.layer` sums them).
 """
 
 import dataclasses
@@ -57,6 +57,7 @@ from dkm_tf.energy.keras_wrapped import (
 from dkm_tf.energy.open_shapes import filled  # an EinsumDense(output_shape=(None, n))
 from dkm_tf.energy.pad_merging import unpadded
 from dkm_tf.energy.pipeline_folds import walk_pipeline
+from dkm_tf.energy.record_names import fresh, reserve, tag_within
 from dkm_tf.energy.relu_fusion import relu_fused_into
 
 _NO_COMPUTE = ("InputLayer", "Flatten", "Reshape", "Dropout", "SpatialDropout1D",
@@ -159,14 +160,13 @@ def _walk(model, keras, shapes, skipped, used=None, outer=None, outs=None):
     computes what an earlier call does (`keras_cse`: the converter computes it once). `outer`:
     where `model` is nested, its inputs, its call's inputs, the counts and `outer` of the
     graph calling it (`bn_folding.source`); `outs`: the indices of its outputs used there."""
-    used = {} if used is None else used
+    used = reserve(model) if used is None else used  # the model's names kept (`fresh`)
     op_calls = [(layer, _calls(model, layer)) for layer in graph_ops(model)]
     live, everything = live_tensors(model, keras, outs), live_tensors(model, keras, prune=False)
     gone, counts = left_out(model, op_calls, (live, everything), used, keras, outer)
     for layer, layer_calls in op_calls:
         for call in (layer_calls if isinstance(layer_calls, list) else [layer_calls]):
-            used[layer.name] = n = used.get(layer.name, 0) + 1
-            name = layer.name if n == 1 else f"{layer.name}#{n}"
+            name = fresh(used, layer.name)  # `name#2`, ... but no layer's name
             if not isinstance(call, Exception) and id(call) in gone:
                 skipped.append((name, gone[id(call)]))
                 continue
@@ -203,9 +203,9 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
         inside = None if isinstance(call, Exception) else (
             keras.tree.flatten(layer.inputs), list(call[0]), counts, outer,
             (keras.tree.flatten(layer.outputs), list(call[1])))  # `following_folds`
-        _walk(layer, keras, shapes, skipped, used, inside,  # all outputs if not of the graph
-              None if isinstance(call, Exception) else walked_outputs(call, live))
-        return
+        tag_within(shapes, name, lambda: _walk(layer, keras, shapes, skipped, used, inside,
+                   None if isinstance(call, Exception) else walked_outputs(call, live)))
+        return  # all outputs if not of the graph; its records tagged (`report.layer(name)`)
     if wrapped_graph(layer, name, call, used, keras, apart(lambda m, u: _walk(  # TimeDistributed
             m, keras, shapes, skipped, u)), skipped, shapes):  # of a model: step by step
         return

@@ -32,6 +32,8 @@ charged, 1.5000). A function that does not build a Keras graph (TensorFlow ops, 
 import dataclasses
 import math
 
+from dkm_tf.energy.record_names import fresh
+
 # a Lambda's call (its node) -> `(function, arguments, lambda_model)`, kept on the node: it
 # lives and dies with the Lambda (a module-level WeakKeyDictionary kept it, the layers its
 # function calls, their weights and so the whole model, for good: the graph reaches its key
@@ -226,8 +228,7 @@ def step_records(layer, name, call, records, used, keras):
     bases = [name] * len(one)  # every step named after the call (`td`, `td#2`, ...)
     out = tagged(one, name, 1, steps[0])
     for k in range(2, steps[0] + 1):
-        used[layer.name] = used.get(layer.name, 0) + 1
-        step = f"{layer.name}#{used[layer.name]}"
+        step = fresh(used, layer.name)  # `td#2`, ... but no layer's name (`record_names`)
         out += tagged([dataclasses.replace(r, name=step + r.name[len(b):]) for r, b in zip(
             one, bases)], name, k, steps[0])
     return out

@@ -13,7 +13,15 @@ own names (`td`, `td#2`, `td#2/cell.kernel`, ...: `EnergyReport.record(name)`).
 The tables (`EnergyReport.summary`, `plot`, `dkm_tf.plots.plot_energy`) print one row per
 record of a step, summed over the steps and named `td [3 steps]`, `td/cell.kernel [3 steps]`
 or, for a record not named after the call (a Lambda's op), `clip [td: 3 steps]` (`rows`);
-before, one row per step, the first named as the layer. Pure Python: no Keras, no TensorFlow.
+before, one row per step, the first named as the layer.
+
+Any other layer call charged as several records is summed so too (`total`): a layer whose
+records are `name` and `name/...` (a `Dense(activation="silu")`'s `d` and `d/silu`, an LSTM's
+`r/cell.kernel`, ..., a Lambda's ops `lam`, `lam/2`, ...) and a nested model's call (its
+records tagged `LayerShape.within`); before 2026-12-07 `EnergyReport.layer("d")` was the matrix
+product alone, `layer("r")` and `layer("nm")` raised `KeyError`, `layer("lam")` was the first
+op. A layer charged as one record named after it is that `LayerEnergy`. Pure Python: no Keras,
+no TensorFlow.
 """
 
 import dataclasses
@@ -25,7 +33,8 @@ from dkm_tf.energy.paper import PaperCost
 
 @dataclasses.dataclass(frozen=True)
 class LayerTotal:
-    """The records of every step of one call of a `TimeDistributed` layer, summed.
+    """The records of one layer call charged as several, summed: every step of a call of a
+    `TimeDistributed` layer, a nested model's call, a layer's `name` and `name/...` records.
 
     It has the attributes of a `LayerEnergy`: `macs`, `paper_total`, `hierarchy_total`,
     `paper` and `hierarchy` (their terms and traffic summed, so `paper_terms()` and
@@ -36,7 +45,9 @@ class LayerTotal:
             the name of its first step's record); in a table row (`rows`), the name of the
             row's first record (`td/cell.kernel`: that record of every step).
         records: The `LayerEnergy` records of all steps, in model order.
-        steps: T, the number of steps (of all nested TimeDistributed layers: T1 · T2).
+        steps: T, the number of steps of this call (1 for a call that is not a
+            `TimeDistributed`'s); a TimeDistributed nested in a TimeDistributed model is its
+            own call, tagged in each outer step: its records are T · T2.
     """
 
     name: str
@@ -136,8 +147,15 @@ class LayerTotal:
 
     @property
     def stored_weight_bits(self):
-        """Bits of the stored kernels: one step's (every step reads the same kernels)."""
-        return sum(r.stored_weight_bits for r in self.records[:len(self.records) // self.steps])
+        """Bits of the stored kernels, each once (every step, every call of a shared layer
+        reads the same kernel: records of one model layer, `LayerShape.layer`, and one part of
+        it, `/cell.kernel`, ...; before 2026-12-07 the records of the first 1/T of them, which
+        counted a TimeDistributed's kernel T2 times inside a TimeDistributed model)."""
+        kernels = {}
+        for r in self.records:
+            part = r.name.partition("/")[2]
+            kernels.setdefault((r.shape.layer, part, r.shape.n_weights), r.stored_weight_bits)
+        return sum(kernels.values())
 
 
 def _bare(shape):
@@ -162,14 +180,65 @@ def calls(layers):
     return out
 
 
+def nested(layers):
+    """`{call: [records]}` of the nested models' calls in `layers` (`LayerShape.within`)."""
+    out = {}
+    for r in layers:
+        for call in r.shape.within:
+            out.setdefault(call, []).append(r)
+    return out
+
+
+def parts(layers, name):
+    """The records of the layer call `name`: named `name` or `name/...` (a Keras layer's name
+    has no `/`)."""
+    return [r for r in layers if r.name == name or r.name.startswith(name + "/")]
+
+
 def total(layers, name):
-    """The `LayerTotal` of the call `name` in `layers`, or None where none is charged per
-    step."""
-    records = calls(layers).get(name)
-    if not records:
+    """The `LayerTotal` of the call `name` in `layers` (a `TimeDistributed`'s steps, a nested
+    model's records, a layer's `parts`), or None where `name` is one record's alone (or none's).
+
+    Raises:
+        ValueError: Where `name` names records of two things (a record named `name` beside
+            the call's records, two records of that name).
+    """
+    records, steps = calls(layers).get(name), None
+    if records:
+        steps = next(t for c, _, t in records[0].shape.steps if c == name)
+    else:
+        records = nested(layers).get(name) or parts(layers, name)
+    same = [r for r in layers if r.name == name]
+    if len(same) > 1 or same and not any(r is same[0] for r in records):
+        raise ValueError(f"Layer name {name!r} is ambiguous in this report: records "
+                         f"{[(r.name, r.shape.op, r.macs) for r in same]} and the call's "
+                         f"{[r.name for r in records][:8]}. Read `report.layers`.")
+    if not records or len(records) == 1 and records[0].name == name and steps is None:
         return None
-    steps = next(t for c, _, t in records[0].shape.steps if c == name)
-    return LayerTotal(name=name, records=tuple(records), steps=steps)
+    return LayerTotal(name=name, records=tuple(records), steps=steps or 1)
+
+
+def groups(layers):
+    """`[(name, LayerTotal, within)]` of every call in `layers` charged as several records: a
+    `TimeDistributed`'s (`calls`), a nested model's (`nested`) and a layer's `parts` outside
+    a step; `within` the names of the listed calls holding all of its records, outermost
+    first (summing the rows with no `within` counts each record once)."""
+    names, by_base = [*calls(layers), *nested(layers)], {}
+    for r in layers:
+        if not r.shape.steps:
+            by_base.setdefault(r.name.split("/")[0], []).append(r)
+    names += [b for b, rs in by_base.items() if len(rs) > 1 or rs[0].name != b]
+    found = []
+    for n in dict.fromkeys(names):
+        try:
+            x = total(layers, n)
+        except ValueError:  # a name of two things (`total`): not listed
+            continue
+        if x is not None:
+            found.append((n, x))
+    ids = {n: {id(r) for r in x.records} for n, x in found}
+    return [(n, x, [m for m, _ in sorted(found, key=lambda f: -len(ids[f[0]]))
+                    if m != n and ids[n] < ids[m]]) for n, x in found]
 
 
 def unknown(name, layers, skipped):
@@ -179,6 +248,13 @@ def unknown(name, layers, skipped):
     if why:
         return UnknownLayerError(f"Layer {name!r} is not charged in this report: "
                                  f"{'; '.join(why)}")
+    owned = [(x.name, x.shape.steps[0][0] if x.shape.steps else x.name.split("/")[0])
+             for x in layers if x.shape.layer == name]  # a TimeDistributed Dense: `td`, ...
+    if owned:
+        return UnknownLayerError(f"No record nor call is named {name!r}: the layer {name!r} "
+                                 f"is charged as the records {[n for n, _ in owned][:8]} (of "
+                                 f"the calls {list(dict.fromkeys(c for _, c in owned))}: "
+                                 f"`report.layer(call)`)")
     names = list(dict.fromkeys([*calls(layers), *(x.name for x in layers)]))
     close = [n for n in names if n.startswith(name + "/") or n.startswith(name + "#")][:8]
     close += [n for n in difflib.get_close_matches(name, names, n=5, cutoff=0.6)
@@ -210,17 +286,28 @@ def rows(layers):
     """`[(label, LayerEnergy or LayerTotal)]` of a per-layer table: a `TimeDistributed` call's
     i-th record of every step summed into one row (`td [3 steps]`, `clip [td: 3 steps]`), at
     its first step's place; where its steps differ in records or shapes, one row per record
-    labelled with its step (`label`)."""
+    labelled with its step (`label`). A record named as its layer that is one of several
+    records of it (a `Dense(activation="silu")`'s `d` beside `d/silu`) is labelled
+    `d [1 of 2 records]`: `EnergyReport.layer("d")` is the sum.
+
+    A row sums the i-th record of every step of the OUTERMOST call: in a TimeDistributed model
+    holding `TimeDistributed(..., name="itd")` over T2 steps, the row `itd [td: 3 steps]` is
+    the record `itd` of each of td's 3 steps (3 records), while `EnergyReport.layer("itd")`
+    is the inner call of td's first step (its T2 records): they differ (96 and 64 MACs for a
+    Dense(4) of 8 over 3 x 2 steps)."""
     groups = {}  # (call, position in its step) -> records
     for call, recs in calls([r for r in layers if r.shape.steps]).items():
         if call in {r.shape.steps[0][0] for r in recs}:  # outermost calls only
             groups.update(_positions(call, recs))
     where = {id(x): k for k, recs in groups.items() for x in recs}
-    out, seen = [], set()
+    out, seen, bases = [], set(), {}
+    for r in layers:
+        bases[r.name.split("/")[0]] = bases.get(r.name.split("/")[0], 0) + 1
     for r in layers:
         key = where.get(id(r))
         if key is None:
-            out.append((label(r), r))
+            n = bases[r.name] if not r.shape.steps and r.name in bases else 1
+            out.append((f"{r.name} [1 of {n} records]" if n > 1 else label(r), r))
         elif key not in seen:
             seen.add(key)
             recs = groups[key]

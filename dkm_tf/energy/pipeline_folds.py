@@ -21,6 +21,7 @@ from dkm_tf.energy.bn_folding import folds_after, removed
 from dkm_tf.energy.keras_pipeline import pipeline_calls, same_shape_reshape
 from dkm_tf.energy.pad_merging import _same
 from dkm_tf.energy.pipeline_cse import context, inner_gone, rows_of, walked_calls
+from dkm_tf.energy.record_names import fresh
 from dkm_tf.energy.scale_ops import affine_takes, scalar_ops
 from dkm_tf.energy.scale_ops import scale_ops as _ops
 from dkm_tf.energy.tensor_readers import conv_after, inside, readers
@@ -177,8 +178,7 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
         walked_calls(layer, call, keras)  # the last kept writes the Pipeline's output
     kept, ends = [i for i, (s, _) in enumerate(subs) if not removed(s, keras)], {}
     for i, (sub, sub_call) in enumerate(subs):
-        used[sub.name] = n = used.get(sub.name, 0) + 1
-        sub_name = sub.name if n == 1 else f"{sub.name}#{n}"
+        sub_name = fresh(used, sub.name)  # `name#2`, ... but no layer's name
         if (twin := inner_gone(used, sub, sub_call, ctx)) is not None:
             skipped.append((sub_name, twin))
             continue

@@ -138,18 +138,23 @@ class EnergyReport:
         """The cost of the layer (call) or record named `name`.
 
         Args:
-            name: A record's name (`conv`, `lstm/cell.kernel`, a shared layer's second call
-                `fc#2`) or the name of a `TimeDistributed` layer's call charged per step
-                (`td`; a second call of T steps `td#<T+1>`).
+            name: A layer call's name (`conv`; a shared layer's second call `fc#2`; a
+                `TimeDistributed` layer's call charged per step, `td`, a second call of T
+                steps `td#<T+1>`; a nested model's call) or a record's name
+                (`lstm/cell.kernel`).
 
         Returns:
-            For a `TimeDistributed` call charged per step, a `LayerTotal` of all its steps'
-            records (`layer_totals`; its step records by their own names: `record`); else
-            the `LayerEnergy` named `name`.
+            For a call charged as several records, a `LayerTotal` of them all (`layer_totals`:
+            a `TimeDistributed`'s steps, a nested model's records, a layer's `name` and
+            `name/...` records, as a `Dense(activation="silu")`'s `d` and `d/silu`, an LSTM's
+            `r/cell.kernel`, ..., a Lambda's ops `lam`, `lam/2`, ...); else the `LayerEnergy`
+            named `name` (each record by its own name: `record`).
 
         Raises:
             KeyError: (also a `ValueError`) where nothing is named `name`, naming the close
-                names, or why it is not charged where `skipped` lists it.
+                names, the records a layer is charged as (a TimeDistributed's inner layer),
+                or why it is not charged where `skipped` lists it.
+            ValueError: Where `name` names two things (a record named as a call beside it).
             TypeError: If `name` is not a str.
         """
         if not isinstance(name, str):
@@ -163,10 +168,16 @@ class EnergyReport:
 
         Args:
             name: The record's name (`[x.name for x in report.layers]`).
+
+        Raises:
+            ValueError: Where two records have that name (a report built by hand).
         """
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
+        found = [x for x in self.layers if x.name == name]
+        if len(found) > 1:
+            raise ValueError(f"Record name {name!r} is ambiguous: {len(found)} records have it "
+                             f"({[(x.shape.op, x.macs) for x in found]}). Read `report.layers`.")
+        if found:
+            return found[0]
         raise layer_totals.unknown(name, self.layers, self.skipped)
 
     def ratio_vs(self, baseline):
@@ -193,8 +204,11 @@ class EnergyReport:
 
     def to_dict(self):
         """A JSON-ready dict of totals and per-record rows (`step`: `[call, k, T]` for a
-        step of a `TimeDistributed` call, else None), and `layer_totals`: each such call's
-        steps summed (`layer`)."""
+        step of a `TimeDistributed` call, else None), and `layer_totals`: each call charged as
+        several records summed (`layer`: a TimeDistributed's steps, a nested model's call, a
+        layer's `name` and `name/...` records), with `within`, the listed calls holding it
+        (outermost first; `[]` for an outermost one): sum only the rows whose `within` is
+        empty, or a TimeDistributed model's inner call is counted twice."""
         rows = []
         for layer in self.layers:
             step = layer.shape.steps[0] if layer.shape.steps else None  # of a TimeDistributed
@@ -212,8 +226,9 @@ class EnergyReport:
                 "macs": self.macs, "paper_total": self.paper_total,
                 "hierarchy_total": self.hierarchy_total,
                 "reduction": None if red is None else dataclasses.asdict(red),
-                "layers": rows, "layer_totals": [_total_row(self.layer(c)) for c in
-                                                 layer_totals.calls(self.layers)],
+                "layers": rows, "layer_totals": [dict(_total_row(x), within=within) for
+                                                 _, x, within in layer_totals.groups(
+                                                     self.layers)],
                 "skipped": [list(s) for s in self.skipped],
                 "notes": list(self.notes)}
 

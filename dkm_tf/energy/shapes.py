@@ -143,6 +143,9 @@ class LayerShape:
         steps: `((call, k, T), ...)` for a record of step k of T of a `TimeDistributed`
             layer's call named `call` (outermost first; `keras_wrapped`), else `()`: what
             `EnergyReport.layer(call)` sums (`layer_totals`). Not compared.
+        within: `(call, ...)` of the nested models' calls the record is read inside
+            (outermost first; `record_names.within`), else `()`: what
+            `EnergyReport.layer(call)` sums. Not compared.
     """
 
     name: str
@@ -166,6 +169,7 @@ class LayerShape:
     n_inputs: int = 1
     n_params: int = 0
     steps: tuple = dataclasses.field(default=(), compare=False)
+    within: tuple = dataclasses.field(default=(), compare=False)
 
     def __post_init__(self):
         check_choice("kind", self.kind, KINDS)
@@ -183,12 +187,16 @@ class LayerShape:
             check_choice("pool_op", self.pool_op, POOL_OPS)
         if self.kind == "eltwise":
             check_choice("eltwise_op", self.eltwise_op, ELTWISE_OPS)
-        if not isinstance(self.steps, tuple) or not all(
+        if not isinstance(self.steps, tuple) or not all(  # numpy integers too, no bool
                 isinstance(t, tuple) and len(t) == 3 and isinstance(t[0], str) and all(
-                    isinstance(n, int) and 1 <= n for n in t[1:]) and t[1] <= t[2]
-                for t in self.steps):
+                    isinstance(n, (int, np.integer)) and not isinstance(n, bool) and 1 <= n
+                    for n in t[1:]) and t[1] <= t[2] for t in self.steps):
             raise ValueError("Invalid value for argument `steps`. Expected a tuple of "
                              f"(call, k, T) with 1 <= k <= T. Received: steps={self.steps!r}")
+        object.__setattr__(self, "steps", tuple((c, int(k), int(t)) for c, k, t in self.steps))
+        if not isinstance(self.within, tuple) or not all(isinstance(c, str) for c in self.within):
+            raise ValueError("Invalid value for argument `within`. Expected a tuple of call "
+                             f"names (str). Received: within={self.within!r}")
 
     @property
     def positions(self):

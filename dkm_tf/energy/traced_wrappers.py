@@ -13,9 +13,18 @@ palettes carry. The kernel's decoding is not charged (as in the Functional reade
 palettized file's lookups are priced from the palettes). The wrappers are restored before
 `read_traced` returns, also when the trace fails; meanwhile a call of the model from another
 thread would run the wrapped layers' float kernels (the energy reader is not thread-safe).
+
+A `TimeDistributed` layer of a traced model is charged once per step, its records named after
+the wrapped layer as a layer called T times (`d`, `d#2`, `d#3`); `_steps` tags and names them
+as the Functional reader does (`td`, `td#2`, ...; `LayerShape.steps`), so that
+`EnergyReport.layer("td")` is the whole layer: before 2026-12-07 it raised `KeyError` and
+`layer("d")` was one step, 32 of 96 MACs, with no warning. A traced model records no calls:
+a TimeDistributed called twice is one call over the steps of both.
 """
 
 import contextlib
+import dataclasses
+import re
 
 _SAME_AS_WRAPPED = ("ClusterWeights",)  # wrappers whose output is their layer's, same shapes
 
@@ -25,7 +34,32 @@ def read_traced(model, input_shape):
     from dkm_tf.energy.graph_reader import read_traced_model
 
     with _as_wrapped_layers(model):
-        return read_traced_model(model, input_shape)
+        records, skipped = read_traced_model(model, input_shape)
+    return _steps(model, list(records)), skipped
+
+
+def _steps(model, records):
+    """`records` with those of each `TimeDistributed` layer of `model` (named after its
+    wrapped layer `d`: `d`, `d#2`, `d/silu`, ...) tagged as its steps and named after it."""
+    for td in [x for x in _flat(model) if type(x).__name__ == "TimeDistributed"]:
+        taken = {x.name for x in _flat(model) if x is not td} | {r.name for r in records}
+        inner = td.layer
+        while type(inner).__name__ == "TimeDistributed":
+            inner = inner.layer
+        mine = re.compile(re.escape(inner.name) + r"(#\d+)?")
+        at = [i for i, r in enumerate(records) if not r.steps and r.layer == inner.name
+              and mine.fullmatch(r.name.split("/")[0])]
+        bases = list(dict.fromkeys(records[i].name.split("/")[0] for i in at))
+        if len(bases) < 2 or len(at) % len(bases):
+            continue
+        names = [td.name] + [f"{td.name}#{k}" for k in range(2, len(bases) + 1)]
+        keep = any(n in taken and n != b for n, b in zip(names, bases))  # a clash: as read
+        for i in at:
+            r = records[i]
+            base, k = r.name.split("/")[0], bases.index(r.name.split("/")[0])
+            records[i] = dataclasses.replace(r, name=r.name if keep else names[k] + r.name[
+                len(base):], steps=((td.name, k + 1, len(bases)),) + r.steps)
+    return records
 
 
 def _is_clustering_wrapper(layer):
