@@ -201,7 +201,7 @@ def test_unknown_name_is_a_clear_error():
     inp = keras.Input((5, 4))
     plain = energy.estimate(keras.Model(inp, L.LSTM(4, name="r")(inp)))
     with pytest.raises(KeyError, match=r"'r/cell\.kernel'"):  # its records' names
-        plain.layer("r")
+        plain.layer("r/cell")  # (since tdreport2 `layer("r")` is the LSTM's records' sum)
     with pytest.raises(KeyError, match="not charged in this report: no compute"):
         plain.layer(plain.skipped[0][0])
     with pytest.raises(TypeError, match="argument `name`"):
