@@ -23,11 +23,10 @@ input (`pad_merging`). Conv1D/2DTranspose layers are the matrix product of `conv
 Recurrent (SimpleRNN, LSTM, GRU, RNN, Bidirectional) and attention (MultiHeadAttention,
 EinsumDense) layers by `sequence_reader`; Attention, Softmax and 3-D pooling by `keras_more`;
 a `keras.layers.Pipeline`'s layers as if called in turn (`keras_pipeline`, `pipeline_folds`).
-A layer called more than once (a shared layer, a nested model called twice) is read once per
-call (`keras_calls`), at that call's shapes, the later calls' records named `name#2`, ... (no
-layer's name: `record_names`) with the layer's name as `layer`, for compression info. A nested
-model is read at its own graph's shapes (called at others, it is listed in `skipped`), its
-records tagged with its call (`LayerShape.within`: `EnergyReport.layer` sums them).
+A layer called more than once is read once per call (`keras_calls`), at its shapes, the later
+calls' records named `name#2`, ... (no layer's name: `record_names`), `layer` the layer's name
+(for compression info). A nested model is read at its own graph's shapes (called at others:
+`skipped`), its records tagged with its call (`LayerShape.within`, `EnergyReport.layer`).
 """
 
 import dataclasses
@@ -50,6 +49,7 @@ from dkm_tf.energy.keras_wrapped import (
     has_inputs,
     lambda_model,
     lambda_records,
+    layer_alias,
     step_records,
     unwrapped,
     wrapped_graph,
@@ -245,7 +245,7 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
     except (AttributeError, ValueError, IndexError) as e:
         skipped.append((name, f"no recorded input/output shape ({e})"))
         return
-    alias = inner.name if inner is not layer else layer.name
+    alias = layer_alias(layer, inner, keras)  # the wrapped layer's name, for compression info
     try:
         if isinstance(inner, keras.layers.Layer):
             records, reason = _classify(inner, name, alias, in_shapes, out_shape, keras,

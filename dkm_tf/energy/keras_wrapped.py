@@ -85,7 +85,7 @@ def wrapped_graph(layer, name, call, used, keras, walk, skipped, shapes):
 
 def td_depth(layer, keras):
     """How many `TimeDistributed` wrap one another from `layer` down (0: `layer` is none)."""
-    depth = 0
+    depth, layer = 0, _through_clustering(layer, keras)
     while isinstance(layer, keras.layers.TimeDistributed):
         layer, depth = layer.layer, depth + 1
     return depth
@@ -96,11 +96,34 @@ def unwrapped(layer, keras):
     layers: `TimeDistributed(TimeDistributed(Dense))`'s Dense), else `layer` itself."""
     if not isinstance(layer, keras.layers.Wrapper):
         return layer
+    layer = _through_clustering(layer, keras)
     inner = layer.layer
     while isinstance(layer, keras.layers.TimeDistributed) and isinstance(
             inner, keras.layers.TimeDistributed):
         layer, inner = inner, inner.layer
     return inner
+
+
+def layer_alias(layer, inner, keras):
+    """The name compression info gives the layer `inner` that the call of `layer` runs: its
+    own (a Dense's in a wrapper), or a clustering wrapper's `TimeDistributed`'s (its palettes
+    are named after the TimeDistributed, `td_fc/layer.kernel`, as the stripped model's)."""
+    if inner is layer:
+        return layer.name
+    held = _through_clustering(layer, keras)
+    return held.name if held is not layer else inner.name
+
+
+def _through_clustering(layer, keras):
+    """The `TimeDistributed` a wrapper that is not one (`ClusterWeights`) holds, else `layer`:
+    a clustered TimeDistributed conv is read as the plain one, per step (before 2026-12-07 it
+    was listed, "unsupported layer type TimeDistributed", and charged nothing)."""
+    inner = getattr(layer, "layer", None)
+    if isinstance(layer, keras.layers.Wrapper) and not isinstance(
+            layer, keras.layers.TimeDistributed) and isinstance(
+            inner, keras.layers.TimeDistributed):
+        return inner
+    return layer
 
 
 def _step_lambda(layer, inner, call, depth, keras):
