@@ -41,9 +41,11 @@ INFERENCE_IDENTITIES = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "Spat
                         "ActivityRegularization", "Identity")
 
 
-def removed(op, keras):
+def removed(op, keras, norms=True):
     """Whether `op` is removed by the converter: an inference identity (a dropout, ...), or
-    a batch norm / `Rescaling` / `Normalization` of scale 1 and offset 0, or a
+    a batch norm / `Rescaling` / `Normalization` of scale 1 and offset 0 (`norms=False`: not
+    an identity `BatchNormalization` / `Normalization`, whose MUL by 1 and ADD of 0 the
+    converter removes only after keeping a RELU of a RELU across them), or a
     `ReLU(negative_slope=1)` (`keras_lowered`), or an `x * 1`, `x / 1`, `x + 0`, `x - 0`
     (`identity_const`), or a Functional model of one input and one output all
     of whose ops are removed (a `Model(j, Dropout(0.2)(j))` in a `keras.layers.Pipeline`)."""
@@ -57,8 +59,10 @@ def removed(op, keras):
             one = len(keras.tree.flatten(op.inputs)) == len(keras.tree.flatten(op.outputs)) == 1
         except (AttributeError, ValueError, TypeError):  # subclassed: no graph
             return False
-        return one and all(removed(o, keras) for o in graph_ops(op)
+        return one and all(removed(o, keras, norms) for o in graph_ops(op)
                            if type(o).__name__ != "InputLayer")
+    if isinstance(op, (L.BatchNormalization, L.Normalization)) and not norms:
+        return False
     if isinstance(op, (L.BatchNormalization, L.Rescaling, L.Normalization)):
         return not affine_ops(op, keras)
     return isinstance(op, (L.ReLU, L.LeakyReLU)) and float(getattr(op, "threshold", 0)) == 0 \
@@ -115,9 +119,10 @@ def source(x, counts, keras, outer=None):
     return None if found is None else found[0]
 
 
-def source_at(x, counts, keras, outer=None):
+def source_at(x, counts, keras, outer=None, norms=True):
     """As :func:`source`, `(op, its call's input tensors, counts, outer)`: the context of
-    the op's own graph, for looking further up from its input."""
+    the op's own graph, for looking further up from its input. `norms`: whether an identity
+    batch norm / `Normalization` is stepped over as removed (`removed`)."""
     try:
         producer, node, index = x._keras_history
     except (AttributeError, ValueError, TypeError):
@@ -133,26 +138,26 @@ def source_at(x, counts, keras, outer=None):
             return None
         ops = [(op, _calls(producer, op)) for op in graph_ops(producer)]
         return source_at(inner, counts.get(("nested", id(x))) or consumers(  # `keras_cse`'s
-            producer, ops, keras), keras, inside)  # where walked: a merged call's readers
+            producer, ops, keras), keras, inside, norms)  # where walked: a merged call's
     if type(producer).__name__ == "InputLayer" and outer is not None:
         at = [i for i, t in enumerate(outer[0]) if t is x]  # an input of a nested model
         if len(at) != 1 or at[0] >= len(outer[1]):
             return None
-        return source_at(outer[1][at[0]], outer[2], keras, outer[3])
+        return source_at(outer[1][at[0]], outer[2], keras, outer[3], norms)
     try:
         ins = producer._inbound_nodes[node].input_tensors
     except (AttributeError, IndexError, TypeError):
         return producer, [], counts, outer
-    if removed(producer, keras):
-        return source_at(ins[0], counts, keras, outer) if len(ins) == 1 else (
+    if removed(producer, keras, norms):
+        return source_at(ins[0], counts, keras, outer, norms) if len(ins) == 1 else (
             producer, ins, counts, outer)
     if isinstance(producer, keras.layers.Pipeline):
         return _pipeline_last(producer, producer._inbound_nodes[node], counts, keras, outer,
-                              index)
+                              index, norms)
     return producer, ins, counts, outer
 
 
-def _pipeline_last(layer, node, counts, keras, outer, index=0):
+def _pipeline_last(layer, node, counts, keras, outer, index=0, norms=True):
     """`source_at` of the output of `keras.layers.Pipeline` `layer` at `node`: its last layer
     the converter keeps (its own input tensor, without history, as the call's; the converter
     traces the Pipeline's layers into the graph), the Pipeline's input's where it keeps none,
@@ -173,7 +178,7 @@ def _pipeline_last(layer, node, counts, keras, outer, index=0):
     from dkm_tf.energy.keras_pipeline import pipeline_calls
 
     subs, _ = pipeline_calls(layer, (node.input_tensors, node.outputs))
-    kept = [(sub, ins) for sub, (ins, _) in subs if not removed(sub, keras)]
+    kept = [(sub, ins) for sub, (ins, _) in subs if not removed(sub, keras, norms)]
     if kept and isinstance(kept[-1][0], keras.Model):  # inlined: the op ending it
         sub, ins = kept[-1]
         try:
@@ -184,8 +189,9 @@ def _pipeline_last(layer, node, counts, keras, outer, index=0):
         outs = keras.tree.flatten(node.outputs)  # output `index` of the Pipeline: of `sub`
         walked = counts.get(("nested", id(outs[index])))
         ops = [(op, _calls(sub, op)) for op in graph_ops(sub)]
-        found = source_at(inner[index], walked or consumers(sub, ops, keras), keras, inside) \
-            if len(inner) == len(outs) and (walked or not sub._inbound_nodes) else None
+        found = source_at(inner[index], walked or consumers(sub, ops, keras), keras, inside,
+                          norms) if len(inner) == len(outs) and (
+                              walked or not sub._inbound_nodes) else None
         if found is None or not walked and len(getattr(found[0], "_inbound_nodes", ())) > 1:
             return sub, list(ins), counts, outer  # not walked: the converter may merge a twin
         return found
@@ -194,7 +200,7 @@ def _pipeline_last(layer, node, counts, keras, outer, index=0):
         return (end[0], list(end[1])) + (counts, outer) if end else (
             kept[-1][0], list(kept[-1][1]), counts, outer)
     ins = keras.tree.flatten(node.input_tensors)
-    return source_at(ins[0], counts, keras, outer) if subs and len(ins) == 1 else (
+    return source_at(ins[0], counts, keras, outer, norms) if subs and len(ins) == 1 else (
         layer, ins, counts, outer)
 
 

@@ -200,7 +200,9 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
                 counts[("source", id(subs[i][1][1][0]))] = ends[i]
             continue
         ends[i] = (sub, sub_call[0])
-        into = relu_fused_after(sub, prev, keras)
+        kept_at = next((j for j in range(i - 1, -1, -1) if not removed(
+            subs[j][0], keras, norms=False) and not same_shape_reshape(*subs[j])), None)
+        into = relu_fused_after(sub, prev, keras, None if kept_at is None else subs[kept_at][0])
         if into is not None and len(relu_ops(sub, keras)) == 1:
             skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
             continue

@@ -206,11 +206,12 @@ def _merged(layer, producer, keras):
     return kind is not None and _ends_with(producer, keras) == kind
 
 
-def _source(x, counts, keras, outer):
-    """`bn_folding.source_at` of `x`, past same-shape reshapes (`identity_reshape`)."""
-    found = source_at(x, counts, keras, outer)
+def _source(x, counts, keras, outer, norms=True):
+    """`bn_folding.source_at` of `x`, past same-shape reshapes (`identity_reshape`);
+    `norms`: as there."""
+    found = source_at(x, counts, keras, outer, norms)
     while found is not None and identity_reshape(found[0], found[1], keras):
-        found = source_at(found[1][0], found[2], keras, found[3])  # removed: `identity_reshape`
+        found = source_at(found[1][0], found[2], keras, found[3], norms)  # `identity_reshape`
     return found
 
 
@@ -224,7 +225,8 @@ def relu_fused_into(layer, call, counts, keras, outer=None):
         return None
     found = _source(call[0][0], counts, keras, outer)
     if found is None or not _absorbs(found[0], keras):  # the RELU it ends with, read by any
-        found = _source(call[0][0], _AnyReaders(counts), keras, _any_readers(outer))
+        found = _source(call[0][0], _AnyReaders(counts), keras, _any_readers(outer),
+                        norms=False)  # an identity batch norm between keeps it (`_merged`)
         return found[0].name if found is not None and _merged(layer, found[0], keras) else None
     producer, ins, at_counts, at_outer = found
     if isinstance(producer, keras.layers.BatchNormalization):  # the conv it is folded into
@@ -233,10 +235,15 @@ def relu_fused_into(layer, call, counts, keras, outer=None):
     return producer.name
 
 
-def relu_fused_after(layer, prev, keras):
+def relu_fused_after(layer, prev, keras, before=None):
     """As :func:`relu_fused_into` for a layer of a `keras.layers.Pipeline`: `prev` is the
-    layer before it there (None for the first), whose output only `layer` reads."""
-    if prev is None or not leading_relu(layer, keras) or not (
-            _absorbs(prev, keras) or _merged(layer, prev, keras)):
+    layer before it there that the converter keeps (None for the first), whose output only
+    `layer` reads; `before`: the same where an identity batch norm / `Normalization` counts
+    as kept (`bn_folding.removed(norms=False)`; by default `prev`), the layer whose RELU a
+    RELU must read to be dropped (`_merged`)."""
+    if prev is None or not leading_relu(layer, keras):
         return None
-    return prev.name
+    if _absorbs(prev, keras):
+        return prev.name
+    before = prev if before is None else before
+    return before.name if _merged(layer, before, keras) else None
