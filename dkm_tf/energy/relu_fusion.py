@@ -215,15 +215,18 @@ def _source(x, counts, keras, outer, norms=True):
     return found
 
 
-def relu_fused_into(layer, call, counts, keras, outer=None):
+def relu_fused_into(layer, call, counts, keras, outer=None, merge=True):
     """The name of the layer the leading RELU of ReLU `layer` (`leading_relu`) is fused into
     at `call` (`(inputs, outputs)`), else None (not such a ReLU, or its producer keeps a RELU
     op). `counts`: consumers per tensor `id` (`bn_folding.consumers`); the producer is found
     through nested models (`bn_folding.source`), also out of the nested model the call is in
-    (`outer`, as for `bn_folding.source`)."""
+    (`outer`, as for `bn_folding.source`). `merge=False`: not into an op ending with a RELU
+    (`_merged`), as where an identity batch norm of a `keras.layers.Pipeline` is between."""
     if isinstance(call, Exception) or not call[0] or not leading_relu(layer, keras):
         return None
     found = _source(call[0][0], counts, keras, outer)
+    if (found is None or not _absorbs(found[0], keras)) and not merge:
+        return None
     if found is None or not _absorbs(found[0], keras):  # the RELU it ends with, read by any
         found = _source(call[0][0], _AnyReaders(counts), keras, _any_readers(outer),
                         norms=False)  # an identity batch norm between keeps it (`_merged`)
