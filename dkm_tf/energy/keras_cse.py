@@ -276,8 +276,9 @@ def _fused(op, ins, outs, keras, state):
     0.5842; `ops.clip(0, 6)`: 0.5932); a conv, a Dense on a rank-3 / 4 tensor, a batch norm,
     an `Add`, a pooling are computed once and keep a RELU op (merged first)."""
     if not (isinstance(op, keras.layers.Dense) and len(ins) == len(outs) == 1
-            and len(getattr(ins[0], "shape", ())) == 2):
-        return None
+            and len(getattr(ins[0], "shape", ())) == 2) or activation_name(
+                getattr(op, "activation", None)) != "linear":  # its own: nothing fused
+        return None  # (a ReLU after `Dense(8, "relu")` merged: 1.7251 before 2026-12-07)
     found = _readers(outs[0], state, keras)
     relu = found[0] if len(found) == 1 else None
     if isinstance(relu, keras.layers.Pipeline) and relu.layers:  # its first layer reads it
