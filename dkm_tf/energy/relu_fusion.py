@@ -25,7 +25,11 @@ RELU_N1_TO_1) is fused the same way (`keras_lowered.clip_ops`), and so are `kera
 (a conv or Dense of that activation, dilated or not, another ReLU layer, a capped ReLU's last
 RELU, `ops.relu`, `ops.clip(x, 0, 6)`) is dropped by the converter whatever else reads that
 op's output (`_merged`; checked by converting each case: `tests/test_reluchain30.py`): a
-RELU after a RELU6 or a RELU6 after a RELU stays.
+RELU after a RELU6 or a RELU6 after a RELU stays, and so does one reading it through an
+identity `BatchNormalization` / `Normalization` (the converter removes its MUL by 1 / ADD of
+0 after keeping the RELU: a relu conv -> `BatchNormalization(epsilon=0.0)` -> ReLU, Keras /
+file hierarchy 0.7167 before 2026-12-07, `tests/test_reluchain230.py`), not through a
+`Dropout`, `Identity`, `Rescaling(1.0)` or `+ 0.0` (gone before: the RELU is dropped).
 
 Before this, `energy.estimate(keras_model)` charged each such ReLU layer a full DRAM round trip
 of its activations that the model's own `.tflite` never makes: a MobileNetV2 (224x224, K = 16)
