@@ -15,7 +15,12 @@ them and takes them off the others, which say ``"shared_with"`` whose record cou
 A palette found in no subgraph whose decoded values equal a palettized one's (two equal
 ``Dense`` layers reading one input: the converter merged the two ops into one) read as
 ``"float32 (not found)"`` with 4 bytes per weight that the file does not hold; it is
-recorded as stored in the other palette's buffers (0 bytes, ``"shared_with"``).
+recorded as stored in the other palette's buffers (0 bytes, ``"shared_with"``), unless the
+file holds a float32 weight constant of the palette's size that no record names (review R5: a
+``Rescaling`` before two of three equal convolutions left their scaled kernels float32, 864 B
+each, and both were recorded as merged, 0 bytes): that is the palette's float copy, which
+stays ``"float32 (not found)"``. :func:`merge_not_found` applies the same rule to
+``format='tflm'``'s records.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from dkm_tf.export.subgraph_copies import mark_copy, share_buffers
 
-__all__ = ["count_once"]
+__all__ = ["count_once", "merge_not_found"]
 
 ROLES = {"indices": "index_bytes", "codebook": "codebook_bytes", "scales": "scale_bytes"}
 
@@ -70,14 +75,46 @@ def _label(record):
     return record["palette"] + (f" (subgraph {where})" if where else "")
 
 
-def _merged(records, palettes):
-    """Records of palettes found nowhere whose values a palettized palette holds."""
+def _unclaimed_sizes(fm, records):
+    """Element counts of the float32 weight constants (read by an op, at least 2-D) that no
+    record names and the exporter did not make (``dkm`` names): weights the file keeps as the
+    converter wrote them, in every subgraph."""
+    named = {r.get("tensor") for r in records} - {"", None}
+    sizes = set()
+    for g in range(len(fm.model.subgraphs)):
+        view = fm.subgraph(g)
+        for op in view.operators:
+            for t in op.inputs if op.inputs is not None else ():
+                if t < 0 or view.type_name(t) != "float32" or len(view.shape(t)) < 2:
+                    continue
+                data = view.model.buffers[int(view.tensors[t].buffer)].data
+                name = view.tensor_name(t)
+                if data is not None and len(data) and not name.startswith("dkm") \
+                        and name not in named:
+                    sizes.add(len(data) // 4)
+    return sizes
+
+
+def merge_not_found(fm, records, palettes):
+    """Record a palette found nowhere whose decoded values a found palette holds as stored in
+    that palette's buffers (the converter merged the two ops), unless ``fm`` holds an
+    unclaimed float32 weight constant of its size (its float copy: kept as not found).
+
+    Args:
+        fm: the :class:`~dkm_tf.export.rewrite.FlatModel` the records describe.
+        records: the per-tensor records (edited in place).
+        palettes: the :class:`~dkm_tf.core.palette.Palette` list of the export.
+    """
     by_name = {p.name: p for p in palettes}
     found = [r for r in records if not r.get("not_found") and "copy_of_subgraph" not in r
              and r["palette"] in by_name]
+    floats = None
     for r in records:
         p = by_name.get(r["palette"]) if r.get("not_found") else None
         if p is None:
+            continue
+        floats = _unclaimed_sizes(fm, records) if floats is None else floats
+        if int(p.n_values) in floats:
             continue
         values = np.asarray(p.decode())
         for q in found:
@@ -88,8 +125,26 @@ def _merged(records, palettes):
                          index_bits=q["index_bits"], index_bytes=0, codebook_bytes=0,
                          aux_bytes=0, bits_per_weight=0.0, shared_with=_label(q),
                          route=MERGED_ROUTE.format(q=q["palette"]), tensor=q["tensor"],
-                         op=q["op"])
+                         **({"op": q["op"]} if "op" in q else {}))
                 break
+
+
+def _to_first_reader(records, reads, owner, fm):
+    """A codebook the emitter's cache gave a palettized record at 0 bytes (a Dense and a
+    ``Conv1D(kernel_size=1)`` of equal weights: the later-emitted one counted it) is counted in
+    the record of the palette first in order that reads it, the owner of its other buffers
+    (review R5: ``a/kernel`` 0 B of codebook, ``b/kernel`` 64 B and ``shared_with=a/kernel``).
+    Edits ``owner`` and those records' ``codebook_bytes``; returns the records' indices."""
+    moved = set()
+    for i, (r, rd) in enumerate(zip(records, reads)):
+        for f, b in sorted(rd):
+            j = owner.get(b, i)
+            if f == "codebook_bytes" and j > i and not r.get("kept") and not r.get(f) \
+                    and (f, b) in reads[j]:
+                r[f] += len(fm.model.buffers[b].data)
+                owner[b] = i
+                moved.add(i)
+    return moved
 
 
 def count_once(fm, records, copies, palettes):
@@ -122,6 +177,7 @@ def count_once(fm, records, copies, palettes):
         for f, b in sorted(rd):
             if r.get(f, 0) > 0:
                 owner.setdefault(b, i)
+    moved = _to_first_reader(records, reads, owner, fm)
     for i, (r, rd) in enumerate(zip(records, reads)):
         others, by = {}, set()
         for f, b in rd:
@@ -138,5 +194,9 @@ def count_once(fm, records, copies, palettes):
         r["route"] += f"; stored once: reads buffers counted in {names}'s record"
         stored = r["index_bytes"] + r["codebook_bytes"] + r.get("scale_bytes", 0)
         r["bits_per_weight"] = 8 * stored / max(1, int(r["n_weights"]))
-    _merged(records, palettes)
+    for i in moved:
+        r = records[i]
+        stored = r["index_bytes"] + r["codebook_bytes"] + r.get("scale_bytes", 0)
+        r["bits_per_weight"] = 8 * stored / max(1, int(r["n_weights"]))
+    merge_not_found(fm, records, palettes)
     return records

@@ -101,8 +101,10 @@ def tflm_compress(content, palettes):
         ImportError: ``tflite-micro`` is not installed.
         ValueError: no palette matches a tensor, or one needs more than 7 index bits.
         Palettes whose values the converter transformed (split, transposed, folded) stay
-        float32 with a ``"not_found": True`` record, as in the palettized export; a weight it
-        multiplied by one constant (a ``Rescaling`` before the layer) is compressed, its
+        float32 with a ``"not_found": True`` record, as in the palettized export (one whose
+        values a compressed palette holds, the file keeping no float32 weight of its size,
+        is recorded as merged into that palette's op: 0 bytes, ``"shared_with"``, see
+        :func:`~dkm_tf.export.record_bytes.merge_not_found`); a weight it multiplied by one constant (a ``Rescaling`` before the layer) is compressed, its
         route saying by what (:func:`dkm_tf.export.subgraphs._scaled_matches`).
     """
     _require()
@@ -111,6 +113,7 @@ def tflm_compress(content, palettes):
 
     from dkm_tf.core.kmeans import count_unique  # noqa: PLC0415
     from dkm_tf.export.palettize import _match  # noqa: PLC0415
+    from dkm_tf.export.record_bytes import merge_not_found  # noqa: PLC0415
     from dkm_tf.export.rewrite import FlatModel  # noqa: PLC0415
     from dkm_tf.export.subgraphs import _not_found_record, _scaled_matches  # noqa: PLC0415
 
@@ -168,6 +171,7 @@ def tflm_compress(content, palettes):
     for r in records:
         r["bits_per_weight"] = 8 * (r["index_bytes"] + r["codebook_bytes"]) / r["n_weights"]
     records += [_not_found_record(p, "tflm") for p in left]  # kept as the converter wrote
+    merge_not_found(model, records, palettes)  # or in a found palette's op (equal values)
     try:
         with std_fds.catch_warnings(record=True) as caught:  # thread-safe
             warnings.simplefilter("always")
