@@ -50,15 +50,48 @@ def _file_buffers(path):
     return rows
 
 
+def _float_weights(path):
+    """{name: (buffer, bytes, values)} of the float32 constants of at least 64 values in at
+    least 2 dimensions (inspect_tflite's role "weight") the exporter did not make."""
+    try:
+        from ai_edge_litert import schema_py_generated as s  # noqa: PLC0415
+    except ImportError:  # pragma: no cover
+        from tensorflow.lite.python import schema_py_generated as s  # noqa: PLC0415
+    with open(path, "rb") as f:
+        m = s.Model.GetRootAsModel(f.read(), 0)
+    out = {}
+    for g in range(m.SubgraphsLength()):
+        sg = m.Subgraphs(g)
+        for i in range(sg.TensorsLength()):
+            t = sg.Tensors(i)
+            size = m.Buffers(t.Buffer()).DataLength() if t.Buffer() else 0
+            name = t.Name().decode()
+            if size and t.Type() == 0 and t.ShapeLength() >= 2 and size >= 256 \
+                    and not name.startswith("dkm"):  # TensorType.FLOAT32 == 0
+                out[name] = (t.Buffer(), size, size // 4)
+    return out
+
+
 def _stored_bytes(path, records):
     """Bytes of the distinct buffers the records describe: the exporter's index, codebook,
-    scale and float16 (kept weights and their ops' biases) tensors, and each kept float32
-    weight (the tensor the record names)."""
+    scale and float16 (kept weights and their ops' biases) tensors, each kept float32 weight
+    (the tensor the record names) and each float32 weight the converter left (a "not found"
+    record claims one of its size). Every float32 weight of the file must be claimed: one no
+    record counts would make the records' sum short of what the file holds."""
     rows = _file_buffers(path)
     kept = {r["tensor"] for r in records if r.get("storage") == "float32 (kept)"}
     sizes = {b: n for g, name, typ, b, n in rows
              if name.startswith("dkm") and any(k in name for k in ROLES)
              or name in kept and typ == 0}  # TensorType.FLOAT32 == 0
+    left = {b: (n, values) for name, (b, n, values) in _float_weights(path).items()
+            if name not in kept}
+    for r in records:
+        if r.get("not_found"):
+            b = next((b for b, (n, values) in sorted(left.items())
+                      if values == r["n_weights"]), None)
+            assert b is not None, f"{r['palette']}: not found, but no float32 weight left"
+            sizes[b] = left.pop(b)[0]
+    assert not left, f"float32 weights no record counts: {left}"
     return sum(sizes.values())
 
 

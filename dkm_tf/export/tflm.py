@@ -104,8 +104,9 @@ def tflm_compress(content, palettes):
         float32 with a ``"not_found": True`` record, as in the palettized export (one whose
         values a compressed palette holds, the file keeping no float32 weight of its size,
         is recorded as merged into that palette's op: 0 bytes, ``"shared_with"``, see
-        :func:`~dkm_tf.export.record_bytes.merge_not_found`); a weight it multiplied by one constant (a ``Rescaling`` before the layer) is compressed, its
-        route saying by what (:func:`dkm_tf.export.subgraphs._scaled_matches`).
+        :func:`~dkm_tf.export.record_bytes.merge_not_found`); a weight it multiplied by one
+        constant (a ``Rescaling`` before the layer) is compressed, its route saying by what
+        (:func:`dkm_tf.export.subgraphs._scaled_matches`).
     """
     _require()
     from tflite_micro import compression  # noqa: PLC0415
