@@ -242,11 +242,20 @@ def check_kmeans_options(options, engine=None, name="kmeans_options"):
 
 def check_finite_samples(name, x, purpose):
     """Raise :func:`invalid` when a float array of ``x`` (an array or a list / tuple of them,
-    one per model input) holds NaN or inf: a NaN input gives NaN outputs and losses that
-    later checks misread (a layer "not linear", a codebook of NaN)."""
+    one per model input, nested as the model's inputs are) holds NaN or inf: a NaN input
+    gives NaN outputs and losses that later checks misread (a layer "not linear", a codebook
+    of NaN)."""
     import numpy as np  # noqa: PLC0415
 
-    for a in x if isinstance(x, (list, tuple)) else (x,):
+    if isinstance(x, (list, tuple, dict)):
+        import keras  # noqa: PLC0415
+
+        leaves = [a for a in keras.tree.flatten(x) if a is not None]
+        if not any(np.ndim(a) for a in leaves):  # a list of numbers: as before, by row
+            leaves = list(x.values()) if isinstance(x, dict) else x
+    else:
+        leaves = [x]
+    for a in leaves:
         a = np.asarray(a)
         if a.dtype.kind in "fc" and not np.isfinite(a).all():
             raise ValueError(f"Invalid value for argument `{name}`. Expected finite samples "

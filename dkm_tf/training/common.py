@@ -207,21 +207,30 @@ def check_data(name, data, model, *, required=True, labels=True):
 
 
 def _check_input_count(name, x, model):
-    """A built model of several inputs given one array ``x`` (or a list of another length):
-    Keras refused it mid-run, after the float model's evaluation, in its own words."""
+    """A built model of several inputs given one array ``x`` (or a list of another number of
+    arrays): Keras refused it mid-run, after the float model's evaluation, in its own words.
+    A list counts its leaves (``None`` for an optional input is one), so the nested form of a
+    model built as ``keras.Model([[a, b], c], ...)`` is accepted."""
+    import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
     inputs = getattr(model, "inputs", None) if getattr(model, "built", False) else None
     if not inputs or len(inputs) < 2:
         return
+    n = len(keras.tree.flatten(x)) if isinstance(x, (list, tuple)) else None
     got = (f"one array of shape {tuple(np.shape(x))}" if hasattr(x, "shape") else
-           f"a {type(x).__name__} of {len(x)} arrays"
-           if isinstance(x, (list, tuple)) and len(x) != len(inputs) else None)
+           f"a {type(x).__name__} of {n} array{'s' * (n != 1)}"
+           if n is not None and n != len(inputs) else None)
     if got:
+        struct = getattr(model, "_inputs_struct", None)
+        flat = isinstance(struct, dict) or (isinstance(struct, (list, tuple)) and not any(
+            isinstance(s, (list, tuple, dict)) for s in struct))
         names = ", ".join(repr(getattr(t, "name", "?")) for t in inputs)
-        raise ValueError(f"Invalid value for argument `{name}`. Expected x as a list (or a dict "
-                         f"keyed by input name) of {len(inputs)} arrays, one per model input "
-                         f"({names}). Received: {got}")
+        form = ("a list (or a dict keyed by input name)" if flat or struct is None else
+                "a nested list, as the model was built,")
+        raise ValueError(f"Invalid value for argument `{name}`. Expected x as {form} of "
+                         f"{len(inputs)} arrays, one per model input ({names}). "
+                         f"Received: {got}")
 
 
 def _input_shape(model):

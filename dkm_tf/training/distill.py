@@ -201,7 +201,8 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
 
     # >= 1 sample, the teacher's input; a list of numbers becomes an array
     x = check_data("x", (x, None), teacher, labels=False)[0]
-    n = len(x) if hasattr(x, "shape") else len(keras.tree.flatten(x)[0])
+    n = len(x) if hasattr(x, "shape") else next(  # None: an optional input not given
+        len(a) for a in keras.tree.flatten(x) if a is not None)
     if labels.size != n:
         raise ValueError(f"Invalid value for argument `labels`. Expected one label per sample "
                          f"of x ({n}). Received: {labels.size} labels")
