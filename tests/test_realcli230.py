@@ -129,3 +129,69 @@ def test_refused_input_counts(structure, x, got, form):
     msg = str(e.value)
     assert f"Expected x as {form} of 3 arrays, one per model input ('a', 'b', 'c')" in msg
     assert msg.endswith(f"Received: {got}")
+
+
+# (b) format="tflm": the refusal of several depthwise kernels over 128 values gave an
+# `overrides` example naming the first layer only; it now names every layer, or their class
+# when they share one, lists the palettes in model order with "(N values)".
+
+def _depthwise(second):
+    """Three depthwise layers of 16 channels: per-channel K=16 keeps 9 values a channel, 144
+    a tensor (> 128); ``second`` is the class of the middle one."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 16))
+    h = L.DepthwiseConv2D(3, padding="same", name="dw_c")(inp)
+    h = (L.SeparableConv2D(16, 3, padding="same", name="dw_a") if second == "separable" else
+         L.DepthwiseConv2D(3, padding="same", name="dw_a"))(h)
+    h = L.DepthwiseConv2D(3, padding="same", name="dw_b")(h)
+    return keras.Model(inp, L.Dense(3, name="o")(L.GlobalAveragePooling2D()(h)))
+
+
+def _tflm_refusal(model, tmp_path, **kwargs):
+    shared, palettes, _ = dkm_tf.share_weights(model, n_clusters=16, **kwargs)
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 16)).astype("float32")
+    out = tmp_path / "m.tflite"
+    with pytest.raises(ValueError, match="for format='tflm'") as e:
+        dkm_tf.export.to_tflite(shared, str(out), format="tflm", palettes=palettes,
+                                sample_inputs=x)
+    assert not out.exists()
+    return str(e.value), palettes
+
+
+def test_tflm_refusal_overrides_name_the_shared_class(tmp_path):
+    pytest.importorskip("tflite_micro")
+    model = _depthwise("depthwise")
+    text, palettes = _tflm_refusal(model, tmp_path)
+    sizes = {p.name: len(np.unique(p.decode())) for p in palettes}
+    assert all(sizes[f"{n}/kernel"] == 144 for n in ("dw_c", "dw_a", "dw_b")), sizes
+    # model order, each with its count
+    assert text.startswith("Invalid palette 'dw_c/kernel' for format='tflm': 144 distinct ")
+    assert "(so do 2 more: 'dw_a/kernel' (144 values), 'dw_b/kernel' (144 values))" in text
+    fix = "{'DepthwiseConv2D': {'granularity': 'per_tensor'}}"
+    assert f"overrides={fix} clusters per tensor" in text  # was {'dw_c': ...} only
+    assert "overrides={'DepthwiseConv2D': None} leaves them float32" in text
+    assert """--overrides '{"DepthwiseConv2D": {"granularity": "per_tensor"}}'""" in text
+    # following the advice exports
+    shared, palettes, _ = dkm_tf.share_weights(model, n_clusters=16, overrides=eval(fix))
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 16)).astype("float32")
+    dkm_tf.export.to_tflite(shared, str(tmp_path / "ok.tflite"), format="tflm",
+                            palettes=palettes, sample_inputs=x)
+    assert (tmp_path / "ok.tflite").stat().st_size > 0
+
+
+def test_tflm_refusal_overrides_name_every_layer_of_mixed_classes(tmp_path):
+    pytest.importorskip("tflite_micro")
+    model = _depthwise("separable")
+    text, palettes = _tflm_refusal(model, tmp_path)
+    named = [p.name for p in palettes if len(np.unique(p.decode())) > 128]
+    assert named == ["dw_c/kernel", "dw_a/depthwise_kernel", "dw_b/kernel"]
+    assert text.startswith("Invalid palette 'dw_c/kernel' for format='tflm'")
+    assert "'dw_a/depthwise_kernel' (144 values), 'dw_b/kernel' (144 values))" in text
+    fix = ("{'dw_c': {'granularity': 'per_tensor'}, 'dw_a': {'granularity': 'per_tensor'}, "
+           "'dw_b': {'granularity': 'per_tensor'}}")
+    assert f"overrides={fix} clusters per tensor" in text
+    assert "overrides={'dw_c': None, 'dw_a': None, 'dw_b': None} leaves them" in text
+    shared, palettes, _ = dkm_tf.share_weights(model, n_clusters=16, overrides=eval(fix))
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 16)).astype("float32")
+    dkm_tf.export.to_tflite(shared, str(tmp_path / "ok.tflite"), format="tflm",
+                            palettes=palettes, sample_inputs=x)

@@ -99,7 +99,7 @@ def test_compress_refuses_one_array_for_a_model_of_two_inputs():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(8, 6, 6, 1)).astype("float32")
     with pytest.raises(ValueError, match=r"`test_data`. Expected x as a list .* of 2 arrays, "
-                       r"one per model input \('img', 'side'\). Received: a list of 1 arrays"):
+                       r"one per model input \('img', 'side'\). Received: a list of 1 array"):
         dkm_tf.compress(model, None, ([x], np.zeros(8, int)), method="wr", n_clusters=2,
                         verbose=0)
     # the right inputs still run (a list of two arrays)

@@ -259,7 +259,7 @@ def to_tflite(model, path, format="palettized", palettes=None, sample_inputs=Non
         # TFLite Micro cannot resize inputs: convert at a fixed batch of 1, so the file says
         # what the runtime does (set_input of another batch raises "Dimension mismatch")
         static = convert_lib.convert(model, convert_lib.input_specs(model, sample_inputs, 1))
-        content, records = tflm_compress(static, palettes)
+        content, records = tflm_compress(static, palettes, model)
         notes += [f"{r['palette']}: kept float32: {r['route']}" for r in records
                   if r.get("not_found")]
         notes.append("tflm: verified in the TFLite Micro interpreter; batch fixed at 1 "

@@ -82,7 +82,7 @@ def _count_once(record, first):
         record["route"] += f"; stored once: reads the buffer counted in {first['palette']}'s"
 
 
-def tflm_compress(content, palettes):
+def tflm_compress(content, palettes, keras_model=None):
     """LUT-compress the palettized weights of a converted float model for TFLite Micro.
 
     Args:
@@ -90,6 +90,8 @@ def tflm_compress(content, palettes):
             clustered values).
         palettes: the :class:`~dkm_tf.core.palette.Palette` list; each palette's weight tensor is
             found by value (see :func:`dkm_tf.export.palettize.palettize_flatbuffer`).
+        keras_model: the Keras model converted, or None; when given, a refusal of several
+            depthwise layers of one class names the class in its ``overrides`` example.
 
     Returns:
         ``(compressed bytes, records)``; one record per palette with the tensor name, the
@@ -161,14 +163,17 @@ def tflm_compress(content, palettes):
                         "codebook_bytes": int(tables * (1 << bits) * arr.itemsize),
                         "index_bits": bits, "decode": "tflm", **({"subgraph": g} if g else {})})
         _count_once(records[-1], first.setdefault(int(fm.tensors[t].buffer), records[-1]))
-    if too_many:
+    if too_many:  # in model order (the palettes'), each with its count
+        order = {id(q): i for i, q in enumerate(palettes)}
+        too_many.sort(key=lambda m: order[id(m[0])])
         (p, distinct, bits), more = too_many[0], too_many[1:]
         others = (f" (so do {len(more)} more: " + ", ".join(
-            f"{q.name!r}, {n} values" for q, n, _ in more) + ")") if more else ""
+            f"{q.name!r} ({n} values)" for q, n, _ in more) + ")") if more else ""
         raise ValueError(
             f"Invalid palette {p.name!r} for format='tflm': {distinct} distinct values "
             f"need {bits}-bit indices; TFLite Micro supports at most {MAX_TFLM_BITS} bits "
-            f"(<= 128 values per tensor){others}{_too_many_hint(p)}.")
+            f"(<= 128 values per tensor){others}"
+            f"{_too_many_hint(p, [q for q, _, _ in too_many], keras_model)}.")
     for r in records:
         r["bits_per_weight"] = 8 * (r["index_bytes"] + r["codebook_bytes"]) / r["n_weights"]
     records += [_not_found_record(p, "tflm") for p in left]  # kept as the converter wrote
@@ -184,26 +189,41 @@ def tflm_compress(content, palettes):
     return out, records
 
 
-def _too_many_hint(palette):
+def _too_many_hint(palette, named, keras_model=None):
     """Why ``palette`` holds too many values for one table, naming the argument to change: a
     depthwise kernel is per channel by share_weights' / cluster_weights' default even with
     ``granularity="per_tensor"`` (so that argument is not the fix), other per-channel
-    palettes by choice (or a folded BatchNormalization)."""
+    palettes by choice (or a folded BatchNormalization). The ``overrides`` example names
+    every depthwise layer among ``named`` (the palettes refused), or their class when they
+    share one in ``keras_model``."""
+    import json  # noqa: PLC0415
+
     if palette.layout.granularity != "per_channel":
         return ""
     if palette.layout.kind != "depthwise":  # (cluster_weights' palettes carry no depthwise note)
         return _PER_CHANNEL_HINT
-    layer = palette.name.split("/")[-2] if "/" in palette.name else palette.name
-    return (f". It is a depthwise kernel, which share_weights and cluster_weights cluster per "
+    layers = list(dict.fromkeys(q.layer_name for q in named if q.layout.kind == "depthwise"
+                                and q.layout.granularity == "per_channel"))
+    classes = set()
+    for name in layers if keras_model is not None and len(layers) > 1 else ():
+        try:
+            classes.add(type(keras_model.get_layer(name)).__name__)
+        except ValueError:  # not a top-level layer: name them one by one
+            classes.add(None)
+    keys = [classes.pop()] if len(classes) == 1 and None not in classes else layers
+    which = (f"their class, {keys[0]!r} (so every layer of it)," if keys != layers
+             else "the layer" if len(layers) == 1 else f"the {len(layers)} layers")
+    per_tensor = {k: {"granularity": "per_tensor"} for k in keys}
+    return (f". {'It is a depthwise kernel' if len(layers) == 1 else 'They are depthwise kernels'}"
+            f", which share_weights and cluster_weights cluster per "
             f"channel by default, granularity=\"per_tensor\" included (one codebook across "
-            f"its channels wrecks the layer: see dkm_tf.graph.layer_config); TFLite Micro "
+            f"a kernel's channels wrecks its layer: see dkm_tf.graph.layer_config); TFLite Micro "
             f"decodes a float tensor with one value table, which must hold every channel's "
-            f"codebook. For format='tflm' name the layer (or its class) in `overrides`: "
-            f"overrides={{{layer!r}: None}} leaves it float32, overrides={{{layer!r}: "
-            f"{{'granularity': 'per_tensor'}}}} clusters it per tensor (check the accuracy; "
+            f"codebook. For format='tflm' name {which} in `overrides`: "
+            f"overrides={dict.fromkeys(keys)!r} leaves {'it' if len(layers) == 1 else 'them'} "
+            f"float32, overrides={per_tensor!r} clusters per tensor (check the accuracy; "
             f"on the command line: dkm-tf compress --overrides "
-            f"'{{\"{layer}\": {{\"granularity\": \"per_tensor\"}}}}'); or use "
-            f"format='palettized'")
+            f"'{json.dumps(per_tensor)}'); or use format='palettized'")
 
 
 _PER_CHANNEL_HINT = (
