@@ -100,9 +100,14 @@ class CompressionResult:
 
     def summary(self):
         """The result as text: method, size table, skipped layers, accuracy, energy, notes."""
+        from dkm_tf.graph.clusterable import SUPPORTED_LAYERS  # noqa: PLC0415
+
         lines = [f"method: {self.method}", self.size.summary()]
+        listed = f" (supported: {', '.join(SUPPORTED_LAYERS)})"  # once, not once a layer
+        once = sum(listed in reason for _, reason in self.skipped) > 1
         for name, reason in self.skipped:
-            lines.append(f"skipped {name}: {reason}")
+            lines.append(f"skipped {name}: {reason.replace(listed, '') if once else reason}")
+        lines += [f"supported kernel layers: {', '.join(SUPPORTED_LAYERS)}"] if once else []
         if self.accuracy_before is not None:
             before, after = (round(100 * a, 2) for a in (self.accuracy_before,
                                                           self.accuracy_after))

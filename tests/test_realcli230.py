@@ -195,3 +195,37 @@ def test_tflm_refusal_overrides_name_every_layer_of_mixed_classes(tmp_path):
     x = np.random.default_rng(0).normal(size=(4, 8, 8, 16)).astype("float32")
     dkm_tf.export.to_tflite(shared, str(tmp_path / "ok.tflite"), format="tflm",
                             palettes=palettes, sample_inputs=x)
+
+
+# (c) dkm-tf compress printed the whole list of supported layer types once per skipped layer
+# (mtcnn_onet: five PReLU layers, five copies); it is printed once.
+
+def test_cli_prints_the_supported_layer_list_once(tmp_path, capsys):
+    import io  # noqa: PLC0415
+    import warnings  # noqa: PLC0415
+
+    from dkm_tf import cli  # noqa: PLC0415
+    from dkm_tf.graph.clusterable import SUPPORTED_LAYERS  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 1))
+    h = L.PReLU(name="p1")(L.Conv2D(2, 3, name="c")(inp))
+    h = L.PReLU(name="p2")(L.Dense(4, name="d")(L.Flatten()(h)))
+    model = keras.Model(inp, L.Dense(4, activation="softmax", name="o")(h))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save(tmp_path / "p.keras")
+    x = np.random.default_rng(0).normal(size=(16, 6, 6, 1)).astype("float32")
+    np.savez(tmp_path / "d.npz", x_train=x[:8], x_test=x[8:], y_train=np.arange(8) % 4,
+             y_test=np.arange(8) % 4)
+    out, err = io.StringIO(), io.StringIO()
+    rc = cli.run(["dkm-tf", "compress", "--model", str(tmp_path / "p.keras"), "--dataset",
+                  str(tmp_path / "d.npz"), "--output_dir", str(tmp_path / "out"), "--method",
+                  "wr", "--noplots", "--notflite"], stdout=out, stderr=err)
+    printed = out.getvalue() + capsys.readouterr().out  # the summary: print()
+    assert rc == 0, err.getvalue()
+    full = ", ".join(SUPPORTED_LAYERS)
+    assert printed.count(full) == 1  # was 2, once a skipped layer
+    assert "skipped p1: PReLU is not a supported kernel layer\n" in printed
+    assert "skipped p2: PReLU is not a supported kernel layer\n" in printed
+    assert f"supported kernel layers: {full}\n" in printed

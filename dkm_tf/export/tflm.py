@@ -189,7 +189,7 @@ def tflm_compress(content, palettes, keras_model=None):
     return out, records
 
 
-def _too_many_hint(palette, named, keras_model=None):
+def _too_many_hint(palette, named=None, keras_model=None):
     """Why ``palette`` holds too many values for one table, naming the argument to change: a
     depthwise kernel is per channel by share_weights' / cluster_weights' default even with
     ``granularity="per_tensor"`` (so that argument is not the fix), other per-channel
@@ -202,7 +202,8 @@ def _too_many_hint(palette, named, keras_model=None):
         return ""
     if palette.layout.kind != "depthwise":  # (cluster_weights' palettes carry no depthwise note)
         return _PER_CHANNEL_HINT
-    layers = list(dict.fromkeys(q.layer_name for q in named if q.layout.kind == "depthwise"
+    layers = list(dict.fromkeys(q.layer_name for q in named or [palette]
+                                if q.layout.kind == "depthwise"
                                 and q.layout.granularity == "per_channel"))
     classes = set()
     for name in layers if keras_model is not None and len(layers) > 1 else ():
