@@ -51,7 +51,7 @@ def pipeline_calls(layer, call):
     if len(ins) != 1 or len(outs) != 1 and _n_outputs(leaves[-1:], keras) != len(outs):
         return [], f"Pipeline with inputs {ins} and outputs {outs}: not read (one of each)"
     shape, out, first = ins[0], [], data
-    masks = masked_chain(leaves, data[0], given, ins[0], keras)
+    masks, _, notes = _chain(leaves, data[0], given, ins[0], keras)
     for sub in leaves:
         try:
             nxt = _output_shape(sub, shape, keras)
@@ -66,7 +66,7 @@ def pipeline_calls(layer, call):
     if [s[1:] for s in many] != [s[1:] for s in outs]:
         return [], (f"Pipeline layers' shapes end at {shape}, the Pipeline's output is "
                     f"{outs[0] if len(outs) == 1 else outs}; not read")
-    return out, None
+    return out, "; ".join(notes) or None
 
 
 def _listed(tensors):
@@ -91,41 +91,84 @@ def pipeline_mask(call):
 
 def masked_chain(leaves, x, given, shape, keras):
     """The mask each layer of `leaves` (a Pipeline's, in order) is called with, else None: as
-    `Pipeline.call` gives it (`given`, else the one its input `x` carries, to the first layer
-    whose call takes a mask; to a later one the mask its input carries, the one before's
-    `compute_mask`: passed on unchanged by Dense, Dropout, ..., dropped by a pooling, a
-    new one where a layer computes its own, a fresh tensor never merged)."""
-    carried = getattr(x, "_keras_mask", None)
-    passed, out = given, []
+    `Pipeline.call` gives it (`given`, else the one its input `x` carries, also one Keras
+    records none of, `carried_masks`, to the first layer whose call takes a mask; to a later
+    one the mask its input carries, the one before's `compute_mask`: passed on unchanged by
+    Dense, Dropout, ..., dropped by a pooling, a new one where a layer computes its own, a
+    fresh tensor never merged; a nested model's, `carried_masks.model_mask`)."""
+    return _chain(leaves, x, given, shape, keras)[0]
+
+
+def output_mask(layer, call, keras):
+    """The mask on the output of call `(inputs, outputs)` of the Pipeline `layer` when it
+    runs (its last layer's, which `Pipeline.call` returns; Keras records none on it), else
+    None: read by a layer after it that takes a mask (`carried_masks`)."""
+    given = pipeline_mask(call)
+    data = _listed(call[0])[:1]
+    if not data or not hasattr(data[0], "shape"):
+        return None
+    return _chain(list(_leaves(layer, keras)), data[0], given, tuple(data[0].shape), keras)[1]
+
+
+def passes_mask(layer, call, keras):
+    """Whether the Pipeline `layer`'s call `(inputs, outputs)`, given no mask, returns the
+    mask its first input carries unchanged (`Pipeline([Dense(8)])`; not one with a pooling
+    or a `Masking`): `attention_mask._passed_back` follows a mask back through it."""
+    if pipeline_mask(call) is not None or not _listed(call[0]):
+        return False
+    x = _listed(call[0])[0]
+    start = keras.KerasTensor(tuple(x.shape)[:-1], dtype="bool")
+    return _chain(list(_leaves(layer, keras)), x, None, tuple(x.shape), keras, start)[1] is start
+
+
+def _chain(leaves, x, given, shape, keras, start=None):
+    """`(masks, last, notes)`: `masked_chain`'s masks, the mask on the last layer's output,
+    and the notes of `_next_mask` (a `compute_mask` that failed); `start`: the mask `x`
+    carries, where not its own (`carried_masks`)."""
+    from dkm_tf.energy.carried_masks import carried_mask
+
+    carried = carried_mask(x, keras) if start is None else start
+    passed, out, notes = given, [], []
     for sub in leaves:
         takes = getattr(sub, "_call_has_mask_arg", False)
         mask = (passed if passed is not None else carried) if takes else None
         out.append(mask)
         previous = mask if mask is not None else carried
-        carried = passed = _next_mask(sub, previous, shape, keras)
+        carried = passed = _next_mask(sub, previous, shape, keras, notes)
         try:
             shape = _output_shape(sub, shape, keras)
         except Exception:  # noqa: BLE001 - `pipeline_calls` says why
             break
-    return out + [None] * (len(leaves) - len(out))
+    return out + [None] * (len(leaves) - len(out)), carried, notes
 
 
-def _next_mask(sub, mask, shape, keras):
+def _next_mask(sub, mask, shape, keras, notes):
     """The mask on the output of layer `sub` called on a tensor of `shape` with `mask`
-    (`Layer._set_mask_metadata`): None where it does not support masking, `mask` where it
-    passes it on (Keras' own `compute_mask`), else its `compute_mask` on symbolic tensors
-    (a new mask: a fresh tensor of its shape; an error: None)."""
+    (`Layer._set_mask_metadata`): a nested Functional / Sequential model's its graph's
+    output carries (`carried_masks.model_mask`: before 2026-12-07 None, its
+    `supports_masking` is False, though its output carries the mask its Dense passes on:
+    `Pipeline([Model(j, Dense(8)(j)), GlobalAveragePooling1D()])` on an Embedding(mask_zero)
+    0.9697 / 0.9936); None where it does not support masking; `mask` where it passes it on
+    (Keras' own `compute_mask`), else its `compute_mask` on symbolic tensors (a new mask: a
+    fresh tensor of its shape; an error: None, and a line in `notes`)."""
+    from dkm_tf.energy.carried_masks import fresh, model_mask
+
+    if isinstance(sub, keras.Model):
+        return model_mask(sub, 0, [mask], keras)
     if not getattr(sub, "supports_masking", False):
         return None
     if getattr(type(sub), "compute_mask", None) is keras.layers.Layer.compute_mask:
         return mask
     try:
         new = sub.compute_mask(keras.KerasTensor(shape), mask)
-    except Exception:  # noqa: BLE001 - any layer's own error: no mask known
+    except Exception as e:  # noqa: BLE001 - any layer's own error: no mask known, said
+        notes.append(f"Pipeline layer {sub.name!r} ({type(sub).__name__}): its compute_mask "
+                     f"failed on an input of shape {shape} ({type(e).__name__}: {e}); the "
+                     "layers after it read as given no mask")
         return None
     if new is None or not hasattr(new, "shape"):
         return None
-    return mask if new is mask else keras.KerasTensor(tuple(new.shape), dtype="bool")
+    return mask if new is mask else fresh(tuple(new.shape), keras)
 
 
 def _n_outputs(last, keras):
