@@ -92,3 +92,21 @@ def fresh(shape, keras):
     mask = keras.KerasTensor(shape, dtype="bool")
     mask._dkm_fresh = True
     return mask
+
+
+def keyed_with_mask(op, ins, args, in_keys, env, keras):
+    """`(args, in_keys)` of the call of `op` on `ins` (`keras_cse`'s key): where its call takes
+    a mask, Keras recorded none and its first input carries one when the model runs
+    (`carried_mask`: a Pipeline's output), with the mask as Keras records a call given one
+    (`("mask", "T")` and the mask's key): the pooling of `Pipeline([d])(e)` merges with the
+    one of `d(e)` (before 2026-12-07 never, Embedding(mask_zero) 6 tokens, Dense(8): Keras /
+    file hierarchy 1.2425, paper 1.0514)."""
+    if not getattr(op, "_call_has_mask_arg", False) or len(args) < 2 or not ins or any(
+            k == "mask" and v is not None for k, v in args[1]) or getattr(
+            ins[0], "_keras_mask", None) is not None:
+        return args, in_keys
+    mask = carried_mask(ins[0], keras)
+    if mask is None:
+        return args, in_keys
+    kwargs = tuple(sorted([(k, v) for k, v in args[1] if k != "mask"] + [("mask", "T")]))
+    return (args[0], kwargs) + tuple(args[2:]), in_keys + [env.get(id(mask)) or object()]

@@ -39,6 +39,7 @@ repeats; merged with a call read otherwise, Keras / file hierarchy 0.5842 before
 
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
+from dkm_tf.energy.carried_masks import keyed_with_mask
 from dkm_tf.energy.cse_signatures import arguments as _arguments
 from dkm_tf.energy.cse_signatures import digest as _digest
 from dkm_tf.energy.cse_signatures import signature as _signature
@@ -234,6 +235,8 @@ def _out_keys(op, call, env, keras, state):
         args = _arguments(call, keras) if len(call) < 3 else call[2]  # `_inner`'s
         if sig is None or args is None:
             return [object() for _ in outs]
+        if len(call) < 3:  # a mask its input carries when the model runs
+            args, in_keys = keyed_with_mask(op, ins, args, in_keys, env, keras)
         fused = _fused(op, ins, outs, keras, state)
         table = state.setdefault("intern", {})  # a key is an int: nested tuples of a deep
         twins = table.setdefault((sig, args, tuple(in_keys), fused), [])  # graph would hash
