@@ -26,13 +26,15 @@ after a layer that computes a mask of its own (a `Concatenate`, a recurrent laye
 attention layer) is not seen.
 """
 
+from dkm_tf.energy.carried_masks import _passed_back, carried_mask
+
 _MASKS = ("<attention_mask: charged mask SUMs>",)  # key in the walk's `used` (not a name)
 
 
 def call_kwargs(call):
     """The keyword arguments of the Functional call ``(inputs, outputs)`` (its node's), or {}:
     not a `keras.layers.Pipeline`'s, the call of its last layer writing its output (their
-    masks: `keras_pipeline.masked_chain`; the pooling of `Pipeline([Dense(3),
+    masks: `carried_masks.masked_chain`; the pooling of `Pipeline([Dense(3),
     GlobalAveragePooling1D()])(t, mask=m)`, which Keras gives no mask, would be charged the
     mask's SUM: Keras / file hierarchy 1.0666)."""
     try:
@@ -57,7 +59,7 @@ def mask_records(layer, name, call, keras, used=None, outer=None):
         mask = None if isinstance(call, Exception) else call_kwargs(call).get("mask")
         if mask is None and not isinstance(call, Exception):  # a Pipeline's layer: its
             mask = call[0][1] if isinstance(call[0], (list, tuple)) and len(  # second input
-                call[0]) == 2 else None  # (`keras_pipeline.masked_chain`)
+                call[0]) == 2 else None  # (`carried_masks.masked_chain`)
         if mask is None and not isinstance(call, Exception):
             mask = _outer_mask(call[0], outer)
         if mask is None and not isinstance(call, Exception):
@@ -112,87 +114,8 @@ def _carried(x, keras):
     Keras records none of: the output of a Pipeline or nested model, or a Dense after it
     (`carried_masks`; before 2026-12-07 not seen: `GlobalAveragePooling1D()(Pipeline([
     Dense(8)])(e))` on an Embedding(mask_zero) charged no mask SUM, 0.9697 / 0.9936)."""
-    from dkm_tf.energy.carried_masks import carried_mask
-
     x = x[0] if isinstance(x, (list, tuple)) and len(x) == 1 else x
     return None if isinstance(x, (list, tuple)) else carried_mask(x, keras)
-
-
-def _passed_back(x, ins):
-    """The tensor of ``ins`` (a nested model's inputs) whose mask ``x`` carries, followed back
-    through the layers that pass a mask on unchanged (``supports_masking``, Keras' own
-    ``compute_mask``: Dense, Dropout, ReLU, ...) and read one tensor, and the merges
-    (Add, ...) all of whose inputs lead back to one tensor, and the Pipelines passing it on
-    (`keras_pipeline.passes_mask`: `Pipeline([Dense(8)])`; before 2026-12-07 not followed,
-    a pooling after it in a nested model charged no mask SUM, 0.9697 / 0.9936), else
-    ``x``. Keras gives a nested model's graph tensors no mask: a mask from outside reaches
-    ``x`` at run time (Embedding outside, a Dense then the pooling inside: paper 11,201.0
-    vs the file's 11,237.6 before 2026-12-07); so through a nested model whose graph passes it
-    (`_through_model`)."""
-    import keras
-    from keras.src.layers.merging.base_merge import Merge
-
-    from dkm_tf.energy.keras_pipeline import passes_mask
-
-    while not any(t is x for t in ins):
-        op, index, at = getattr(x, "_keras_history", (None, 0, 0))
-        if isinstance(op, keras.Model) and _has_graph(op):  # through its graph, if it passes
-            back = _through_model(op, index, at, x)
-            if back is x:
-                return x
-            x = back
-            continue
-        if isinstance(op, keras.layers.Pipeline):  # one passing its input's mask on
-            try:
-                node = op._inbound_nodes[index]
-                call = (list(node.input_tensors), list(node.outputs))
-            except (AttributeError, IndexError):
-                return x
-            if not passes_mask(op, call, keras):
-                return x
-            x = call[0][0]
-            continue
-        merge = isinstance(op, Merge) and type(op).compute_mask is Merge.compute_mask
-        if not merge and (not getattr(op, "supports_masking", False) or getattr(
-                type(op), "compute_mask", None) is not keras.layers.Layer.compute_mask):
-            return x
-        try:
-            tensors = keras.tree.flatten(op._inbound_nodes[index].input_tensors)
-        except (AttributeError, IndexError):
-            return x
-        if merge:  # the AND of its inputs' masks: one mask where all read it (`x + f(x)`)
-            tensors = list({id(t): t for t in (_passed_back(t, ins) for t in tensors)}.values())
-        if len(tensors) != 1:
-            return x
-        x = tensors[0]
-    return x
-
-
-def _has_graph(model):
-    try:
-        return bool(model.inputs) and bool(model.outputs)
-    except (AttributeError, ValueError):
-        return False
-
-
-def _through_model(model, index, at, x):
-    """The tensor its call ``index`` of the nested Functional or Sequential ``model`` read
-    whose mask its output ``at`` (``x``) carries, else ``x``. A mask on the model's input
-    reaches its graph's layers at run time (`Functional.call` sets it on its inputs) and so
-    its output where they pass it on: followed back through the graph (`_passed_back`)
-    (Embedding outside, [a model of a Dense] then the pooling in a nested model: paper
-    2,996.3 vs the file's 3,014.5 before 2026-12-07); a graph dropping it (a Conv1D) ends
-    there."""
-    import keras
-
-    try:
-        own = keras.tree.flatten(model.inputs)
-        start = _passed_back(keras.tree.flatten(model.outputs)[at], own)
-        got = keras.tree.flatten(model._inbound_nodes[index].input_tensors)
-    except (AttributeError, IndexError, TypeError):
-        return x
-    k = [i for i, t in enumerate(own) if t is start]
-    return got[k[0]] if k and len(got) == len(own) else x
 
 
 def _pooled_mask(layer, name, mask, sh):

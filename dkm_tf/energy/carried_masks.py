@@ -14,6 +14,10 @@ whose call takes a mask is given it (`Layer.__call__` reads its first input's). 
 A mask the Pipeline's or nested model's layers make themselves (a `Masking`, an Embedding)
 is a fresh tensor, one per call (kept here so that the readers of one output share it: one
 mask SUM for all of its poolings, as the file computes it once).
+
+The chain of masks along a Pipeline's layers (`masked_chain`, from `keras_pipeline`) and the
+walk back through the layers passing a mask on (`_passed_back`, from `attention_mask`) are
+here too: they call each other (a nested model in a Pipeline, a Pipeline in a nested model).
 """
 
 import weakref
@@ -23,7 +27,7 @@ _FRESH = weakref.WeakKeyDictionary()  # layer -> {(node index, output index): ma
 
 def carried_mask(x, keras):
     """The mask tensor `x` carries when the model runs, else None: its `_keras_mask`; else,
-    where `x` is an output of a Pipeline (`keras_pipeline.output_mask`) or of a nested
+    where `x` is an output of a Pipeline (`output_mask`) or of a nested
     Functional or Sequential model (the mask its graph's output carries), that one; else,
     where a layer passing its input's mask on unchanged (Dense, Dropout, ReLU, ...: it
     supports masking with Keras' own `compute_mask`) made `x` from one tensor, that one's."""
@@ -49,8 +53,6 @@ def carried_mask(x, keras):
 
 
 def _out_mask(op, index, at, node, keras):
-    from dkm_tf.energy.keras_pipeline import output_mask
-
     call = (list(node.input_tensors), list(node.outputs))
     if isinstance(op, keras.layers.Pipeline):
         made = output_mask(op, call, keras)
@@ -70,10 +72,8 @@ def model_mask(model, at, masks, keras):
     """The mask on output `at` of the nested Functional or Sequential `model` called with
     `masks` (one per input, or None) when it runs: a fresh tensor where its graph makes one
     (an Embedding(mask_zero=True), a `Masking` in it), the one of an input where its graph's
-    layers pass that on (`attention_mask._passed_back`: a Dense; not a Conv1D), else None
+    layers pass that on (`_passed_back`: a Dense; not a Conv1D), else None
     (also for a subclassed model: no graph to follow)."""
-    from dkm_tf.energy.attention_mask import _passed_back
-
     try:
         own = keras.tree.flatten(model.inputs)
         out = keras.tree.flatten(model.outputs)[at]
@@ -110,3 +110,195 @@ def keyed_with_mask(op, ins, args, in_keys, env, keras):
         return args, in_keys
     kwargs = tuple(sorted([(k, v) for k, v in args[1] if k != "mask"] + [("mask", "T")]))
     return (args[0], kwargs) + tuple(args[2:]), in_keys + [env.get(id(mask)) or object()]
+
+
+def _listed(tensors):
+    return list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
+
+
+def pipeline_mask(call):
+    """The mask tensor a Pipeline's call `(inputs, outputs)` was given (its second input: the
+    `mask` keyword of its node, passed or the mask its input carries), else None."""
+    ins = _listed(call[0])
+    if len(ins) != 2:
+        return None
+    try:
+        op, index, _ = _listed(call[1])[0]._keras_history
+        arguments = op._inbound_nodes[index].arguments
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    args, kwargs = tuple(arguments.args), dict(arguments.kwargs)
+    mask = kwargs.get("mask", args[2] if len(args) > 2 else None)
+    return ins[1] if mask is ins[1] else None
+
+
+def masked_chain(leaves, x, given, shape, keras):
+    """The mask each layer of `leaves` (a Pipeline's, in order) is called with, else None: as
+    `Pipeline.call` gives it (`given`, else the one its input `x` carries, also one Keras
+    records none of, `carried_mask`, to the first layer whose call takes a mask; to a later
+    one the mask its input carries, the one before's `compute_mask`: passed on unchanged by
+    Dense, Dropout, ..., dropped by a pooling, a new one where a layer computes its own, a
+    fresh tensor never merged; a nested model's, `model_mask`)."""
+    return _chain(leaves, x, given, shape, keras)[0]
+
+
+def output_mask(layer, call, keras):
+    """The mask on the output of call `(inputs, outputs)` of the Pipeline `layer` when it
+    runs (its last layer's, which `Pipeline.call` returns; Keras records none on it), else
+    None: read by a layer after it that takes a mask (`carried_mask`)."""
+    given = pipeline_mask(call)
+    data = _listed(call[0])[:1]
+    if not data or not hasattr(data[0], "shape"):
+        return None
+    return _chain(list(_leaves(layer, keras)), data[0], given, tuple(data[0].shape), keras)[1]
+
+
+def passes_mask(layer, call, keras):
+    """Whether the Pipeline `layer`'s call `(inputs, outputs)`, given no mask, returns the
+    mask its first input carries unchanged (`Pipeline([Dense(8)])`; not one with a pooling
+    or a `Masking`): `attention_mask._passed_back` follows a mask back through it."""
+    if pipeline_mask(call) is not None or not _listed(call[0]):
+        return False
+    x = _listed(call[0])[0]
+    start = keras.KerasTensor(tuple(x.shape)[:-1], dtype="bool")
+    return _chain(list(_leaves(layer, keras)), x, None, tuple(x.shape), keras, start)[1] is start
+
+
+def _chain(leaves, x, given, shape, keras, start=None):
+    """`(masks, last, notes)`: `masked_chain`'s masks, the mask on the last layer's output,
+    and the notes of `_next_mask` (a `compute_mask` that failed); `start`: the mask `x`
+    carries, where not its own (`carried_mask`)."""
+    carried = carried_mask(x, keras) if start is None else start
+    passed, out, notes = given, [], []
+    for sub in leaves:
+        takes = getattr(sub, "_call_has_mask_arg", False)
+        mask = (passed if passed is not None else carried) if takes else None
+        out.append(mask)
+        previous = mask if mask is not None else carried
+        carried = passed = _next_mask(sub, previous, shape, keras, notes)
+        try:
+            shape = _output_shape(sub, shape, keras)
+        except Exception:  # noqa: BLE001 - `pipeline_calls` says why
+            break
+    return out + [None] * (len(leaves) - len(out)), carried, notes
+
+
+def _next_mask(sub, mask, shape, keras, notes):
+    """The mask on the output of layer `sub` called on a tensor of `shape` with `mask`
+    (`Layer._set_mask_metadata`): a nested Functional / Sequential model's its graph's
+    output carries (`model_mask`: before 2026-12-07 None, its
+    `supports_masking` is False, though its output carries the mask its Dense passes on:
+    `Pipeline([Model(j, Dense(8)(j)), GlobalAveragePooling1D()])` on an Embedding(mask_zero)
+    0.9697 / 0.9936); None where it does not support masking; `mask` where it passes it on
+    (Keras' own `compute_mask`), else its `compute_mask` on symbolic tensors (a new mask: a
+    fresh tensor of its shape; an error: None, and a line in `notes`)."""
+    if isinstance(sub, keras.Model):
+        return model_mask(sub, 0, [mask], keras)
+    if not getattr(sub, "supports_masking", False):
+        return None
+    if getattr(type(sub), "compute_mask", None) is keras.layers.Layer.compute_mask:
+        return mask
+    try:
+        new = sub.compute_mask(keras.KerasTensor(shape), mask)
+    except Exception as e:  # noqa: BLE001 - any layer's own error: no mask known, said
+        notes.append(f"Pipeline layer {sub.name!r} ({type(sub).__name__}): its compute_mask "
+                     f"failed on an input of shape {shape} ({type(e).__name__}: {e}); the "
+                     "layers after it read as given no mask")
+        return None
+    if new is None or not hasattr(new, "shape"):
+        return None
+    return mask if new is mask else fresh(tuple(new.shape), keras)
+
+
+def _leaves(layer, keras):
+    """The layers of Pipeline ``layer``, a nested Pipeline's in its place (recursively): a
+    batch norm first in a nested Pipeline then follows the layer before it, into which it is
+    folded (before 2026-12-06 it was charged: Pipeline([Conv2D, Pipeline([BN, ReLU])]))."""
+    for sub in layer.layers:
+        yield from (_leaves(sub, keras) if isinstance(sub, keras.layers.Pipeline) else [sub])
+
+
+def _output_shape(layer, shape, keras):
+    """``layer``'s output shape for input ``shape``; a nested Pipeline (which has no
+    `compute_output_shape`: before 2026-12-06 the outer Pipeline was skipped whole) along the
+    chain of its layers."""
+    if isinstance(layer, keras.layers.Pipeline):
+        for sub in layer.layers:
+            shape = _output_shape(sub, shape, keras)
+        return tuple(shape)
+    return tuple(layer.compute_output_shape(shape))
+
+
+def _passed_back(x, ins):
+    """The tensor of ``ins`` (a nested model's inputs) whose mask ``x`` carries, followed back
+    through the layers that pass a mask on unchanged (``supports_masking``, Keras' own
+    ``compute_mask``: Dense, Dropout, ReLU, ...) and read one tensor, and the merges
+    (Add, ...) all of whose inputs lead back to one tensor, and the Pipelines passing it on
+    (`passes_mask`: `Pipeline([Dense(8)])`; before 2026-12-07 not followed,
+    a pooling after it in a nested model charged no mask SUM, 0.9697 / 0.9936), else
+    ``x``. Keras gives a nested model's graph tensors no mask: a mask from outside reaches
+    ``x`` at run time (Embedding outside, a Dense then the pooling inside: paper 11,201.0
+    vs the file's 11,237.6 before 2026-12-07); so through a nested model whose graph passes it
+    (`_through_model`)."""
+    import keras
+    from keras.src.layers.merging.base_merge import Merge
+
+    while not any(t is x for t in ins):
+        op, index, at = getattr(x, "_keras_history", (None, 0, 0))
+        if isinstance(op, keras.Model) and _has_graph(op):  # through its graph, if it passes
+            back = _through_model(op, index, at, x)
+            if back is x:
+                return x
+            x = back
+            continue
+        if isinstance(op, keras.layers.Pipeline):  # one passing its input's mask on
+            try:
+                node = op._inbound_nodes[index]
+                call = (list(node.input_tensors), list(node.outputs))
+            except (AttributeError, IndexError):
+                return x
+            if not passes_mask(op, call, keras):
+                return x
+            x = call[0][0]
+            continue
+        merge = isinstance(op, Merge) and type(op).compute_mask is Merge.compute_mask
+        if not merge and (not getattr(op, "supports_masking", False) or getattr(
+                type(op), "compute_mask", None) is not keras.layers.Layer.compute_mask):
+            return x
+        try:
+            tensors = keras.tree.flatten(op._inbound_nodes[index].input_tensors)
+        except (AttributeError, IndexError):
+            return x
+        if merge:  # the AND of its inputs' masks: one mask where all read it (`x + f(x)`)
+            tensors = list({id(t): t for t in (_passed_back(t, ins) for t in tensors)}.values())
+        if len(tensors) != 1:
+            return x
+        x = tensors[0]
+    return x
+
+
+def _has_graph(model):
+    try:
+        return bool(model.inputs) and bool(model.outputs)
+    except (AttributeError, ValueError):
+        return False
+
+
+def _through_model(model, index, at, x):
+    """The tensor its call ``index`` of the nested Functional or Sequential ``model`` read
+    whose mask its output ``at`` (``x``) carries, else ``x``. A mask on the model's input
+    reaches its graph's layers at run time (`Functional.call` sets it on its inputs) and so
+    its output where they pass it on: followed back through the graph (`_passed_back`)
+    (Embedding outside, [a model of a Dense] then the pooling in a nested model: paper
+    2,996.3 vs the file's 3,014.5 before 2026-12-07); a graph dropping it (a Conv1D) ends
+    there."""
+    import keras
+
+    try:
+        own = keras.tree.flatten(model.inputs)
+        start = _passed_back(keras.tree.flatten(model.outputs)[at], own)
+        got = keras.tree.flatten(model._inbound_nodes[index].input_tensors)
+    except (AttributeError, IndexError, TypeError):
+        return x
+    k = [i for i, t in enumerate(own) if t is start]
+    return got[k[0]] if k and len(got) == len(own) else x

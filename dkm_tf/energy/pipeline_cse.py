@@ -57,7 +57,7 @@ def inner_args(sub, sub_call, call):
     call takes a mask (Keras records it in an outer call's arguments: before 2026-12-07 the
     same batch norm in a Pipeline and outside never merged, `Pipeline([c, b])(t)` beside
     `b(c(t))` 5.1996 hierarchy); `("mask", "T")` where it is called with a mask, its second
-    input (`keras_pipeline.masked_chain`: as Keras records a call of the layer given one;
+    input (`carried_masks.masked_chain`: as Keras records a call of the layer given one;
     before 2026-12-07 a Pipeline given a mask was not read, its pooling never merged)."""
     dtype = getattr(sub, "compute_dtype", None) or sub_call[1][0].dtype
     if not getattr(sub, "_call_has_mask_arg", False):
