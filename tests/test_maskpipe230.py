@@ -223,3 +223,42 @@ def test_a_failing_compute_mask_is_noted_in_skipped():
     notes = [why for _, why in report.skipped if "compute_mask failed" in why]
     assert len(notes) == 1
     assert "'nosym'" in notes[0] and "RuntimeError" in notes[0] and "(None, 6, 8)" in notes[0]
+
+
+def _ratios(model, folder):
+    folder.mkdir()
+    k, f = both(model, folder)
+    return k.hierarchy_total / f.hierarchy_total, k.paper_total / f.paper_total
+
+
+class SubclassedDense(keras.Model):
+    """A subclassed model of one Dense(8): no graph to follow a mask through."""
+
+    def __init__(self):
+        super().__init__()
+        self.d = L.Dense(8)
+
+    def call(self, inputs):
+        return self.d(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (8,)
+
+
+def test_known_limitations_masks_not_followed(tmp_path):
+    """KNOWN_LIMITATIONS: a subclassed model in a masked Pipeline, and a Pipeline in a nested
+    model whose mask comes from outside with a Dense before its pooling, pass no mask on to
+    the reader (no mask SUM: 0.9697 / 0.9936); a mask a nested model first in a Pipeline
+    makes is fresh, never merged with its twin outside (2.0000)."""
+    x, e = _tokens(None)
+    got = _ratios(keras.Model(x, L.Pipeline([SubclassedDense(), GAP()])(e)), tmp_path / "a")
+    np.testing.assert_allclose(got, (0.9697, 0.9936), atol=1e-4)
+    x, e = _tokens(None)
+    j = keras.Input((6, 8))
+    inner = keras.Model(j, L.Pipeline([L.Dense(8), GAP()])(j))
+    np.testing.assert_allclose(_ratios(keras.Model(x, inner(e)), tmp_path / "b"),
+                               (0.9697, 0.9936), atol=1e-4)
+    x, xi = keras.Input((6,), dtype="int32"), keras.Input((6,), dtype="int32")
+    emb = L.Embedding(20, 8, mask_zero=True)
+    model = keras.Model(x, [L.Pipeline([keras.Model(xi, emb(xi)), GAP()])(x), GAP()(emb(x))])
+    np.testing.assert_allclose(_ratios(model, tmp_path / "c"), (2.0, 2.0), rtol=1e-6)
