@@ -42,6 +42,11 @@ def classifier():
     return model
 
 
+class Bad(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        next(iter(()))  # a bug in a user callback
+
+
 def caught(fn):
     """``(error or None, [UserWarning texts that mention batches])`` of ``fn()``."""
     with warnings.catch_warnings(record=True) as got:
@@ -86,6 +91,13 @@ def main():
         out["empty_predicts"] = np.asarray(model.predict(x[:4], verbose=0)).tolist()
     except Exception as e:  # noqa: BLE001 - reported to the test
         out["empty_after"] = out["empty_predicts"] = f"{type(e).__name__}: {e}"[:300]
+    try:  # the metrics' values too (jaxprobe2: Keras had dropped them, a TypeError here)
+        out["empty_metrics"] = {k: float(v) for k, v in model.get_metrics_result().items()}
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        out["empty_metrics"] = f"{type(e).__name__}: {e}"[:300]
+    # a callback's own StopIteration (a bug) is not data of no batch (jaxprobe2)
+    out["callback_stop"] = caught(lambda: pipeline.train_classifier(
+        classifier(), (x, y), epochs=2, batch_size=16, callbacks=[Bad()]))
     # plain SGD on a linear model, one-shot generator of 4 batches, 1 epoch: the weights
     # after every batch's step (numpy reference in the test)
     from dkm_tf.training import batches  # noqa: PLC0415

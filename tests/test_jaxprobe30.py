@@ -80,10 +80,19 @@ def test_data_of_no_batch_keeps_the_weights_and_is_noted(jax_run):
     after = [np.asarray(w) for w in jax_run["empty_after"]]
     for a, b in zip(start, after, strict=True):
         np.testing.assert_array_equal(a, b)
+    # the metrics' values too (jaxprobe2): Keras had dropped them, get_metrics_result() failed
+    assert jax_run["empty_metrics"] == {"loss": 0.0, "accuracy": 0.0}, jax_run["empty_metrics"]
     x = np.random.default_rng(0).normal(size=(64, 6))[:4].astype(np.float32)
     h = np.maximum(x.astype(np.float64) @ start[0] + start[1], 0)  # the model, in numpy
     np.testing.assert_allclose(jax_run["empty_predicts"], h @ start[2] + start[3], rtol=1e-5,
                                atol=1e-5)
+
+
+def test_a_callbacks_stop_iteration_goes_through_on_jax(jax_run):
+    """jaxprobe2: a StopIteration out of a callback's on_train_begin was taken for data of no
+    batch (an empty history, "trained no batch" warned); it goes through, as on TensorFlow
+    (tests/test_jaxprobe230.py)."""
+    assert jax_run["callback_stop"] == ["StopIteration: ", []], jax_run["callback_stop"]
 
 
 def test_one_shot_generator_trains_all_four_sgd_steps(jax_run):

@@ -20,11 +20,16 @@ _NOTES = contextvars.ContextVar("dkm_tf_ran_out_notes", default=None)
 
 class BatchCount(keras.callbacks.Callback):
     """Counts the batches ``fit`` trains in each epoch (``per_epoch``, one int per epoch
-    begun; with ``steps_per_execution`` Keras reports the last batch of each call)."""
+    begun; with ``steps_per_execution`` Keras reports the last batch of each call);
+    ``began``: whether ``fit`` called ``on_train_begin`` (give it before other callbacks)."""
 
     def __init__(self):
         super().__init__()
         self.per_epoch = []
+        self.began = False
+
+    def on_train_begin(self, logs=None):
+        self.began = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self.per_epoch.append(0)
@@ -43,28 +48,29 @@ def fit_counted(model, counter, *args, epochs, **kwargs):
       4 batches trained 2): a ``tf.data.Dataset``'s model is built here from its
       ``element_spec`` instead, reading nothing (:func:`_build_from_spec`);
     * data of no batch at all (a one-shot generator an earlier stage used up) raised a bare
-      ``StopIteration`` from that read, and a first epoch of no batch an ``UnboundLocalError``
-      (``logs``) from Keras, which had then dropped the model's and optimizer's values (put
-      back here): each is taken as ``epochs`` epochs of no batch, as TensorFlow's
+      ``StopIteration`` from that read (before ``on_train_begin``: a callback's own, or one on
+      TensorFlow, goes through), and a first epoch of no batch an ``UnboundLocalError``
+      (``logs``) from Keras, which had then dropped the model's, optimizer's and metrics'
+      values (put back here): each is taken as ``epochs`` epochs of no batch, as TensorFlow's
       ``fit`` runs them (noted by :func:`report_ran_out`): the optimizer is built, and a
       ``keras.callbacks.History`` of no logs is returned (callbacks then saw no epoch end).
     """
-    saved = []
-    if keras.backend.backend() == "jax":
+    saved, on_jax = [], keras.backend.backend() == "jax"
+    if on_jax:
         _build_from_spec(model, args[0] if args else kwargs.get("x"))
         opt = getattr(model, "optimizer", None)
         if opt is not None and not opt.built and model.built:
             opt.build(model.trainable_variables)
         saved = [(v, v.value) for v in (  # the values Keras' JAX fit purges (below)
             *model.trainable_variables, *model.non_trainable_variables,
-            *(opt.variables if opt is not None and opt.built else ()))]
+            *model.metrics_variables, *(opt.variables if opt is not None and opt.built else ()))]
     try:
         return model.fit(*args, epochs=epochs, **kwargs)
     except StopIteration:
-        if counter.per_epoch:  # an epoch had begun: not the build's read of the data
+        if counter.began or not on_jax:  # a callback's, not Keras' read of the data to build
             raise
     except UnboundLocalError:  # keras/src/backend/jax/trainer.py: `logs` of no train step
-        if counter.per_epoch != [0] or keras.backend.backend() != "jax":
+        if counter.per_epoch != [0] or not on_jax:
             raise
         for variable, value in saved:  # Keras had dropped them for its step, not put back
             variable.assign(value)
