@@ -34,6 +34,14 @@ class _Axis:
     axis: int
 
 
+class _LastAxisSub(_LastAxis):  # starts with a SUB: the converter folds it into a conv,
+    sub = True  # never into a FULLY_CONNECTED (`_fits`)
+
+
+class _AnyAxisSub(_AnyAxis):
+    sub = True
+
+
 def _constant(op, call):
     """The constant operand of a binary op call with one `KerasTensor` operand: `(value,
     at)`, `at` its position, else None."""
@@ -117,7 +125,10 @@ def _fits(producer, norm, rank, keras):
     """`bn_folding.folds_after`; a scalar (`_AnyAxis`) on either channel axis."""
     from dkm_tf.energy.bn_folding import folds_after
 
-    if norm is _AnyAxis:
+    inner = producer.layer if isinstance(producer, keras.layers.Wrapper) else producer
+    if getattr(norm, "sub", False) and isinstance(inner, keras.layers.Dense):
+        return False  # FULLY_CONNECTED, SUB: `Dense(8)(x) - 1.0` 0.8654 before 2026-12-07
+    if norm in (_AnyAxis, _AnyAxisSub):
         return any(folds_after(producer, _Axis(a), rank, keras) for a in (1, rank - 1))
     return folds_after(producer, norm, rank, keras)
 
@@ -178,15 +189,28 @@ def _fold_here(inner, call, counts, keras, outer, folded_into):
         if isinstance(inner, L.Normalization) and tuple(axis or ()) not in ((), (-1,), (len(
                 x.shape) - 1,)):  # None: one scalar mean and variance
             return None
-        return folded_into(_AnyAxis if isinstance(inner, L.Rescaling) and _scalar(scale) and
-                           _scalar(inner.offset) else _LastAxis, counts, keras, x, outer)
+        sub = isinstance(inner, L.Normalization) and _starts_with_sub(inner, keras)
+        return folded_into((_AnyAxisSub if sub else _AnyAxis) if isinstance(
+            inner, L.Rescaling) and _scalar(scale) and _scalar(inner.offset) else (
+                _LastAxisSub if sub else _LastAxis), counts, keras, x, outer)
     if type(inner).__name__ in _CONST_OPS:
         found = _constant(inner, call)
         if found is not None and _per_channel(found[0]) and not (
                 type(inner).__name__ in ("Subtract", "TrueDivide", "Divide") and found[1] == 0):
-            return folded_into(_AnyAxis if _scalar(found[0]) else _LastAxis, counts, keras, x,
-                               outer)
+            sub = type(inner).__name__ == "Subtract"
+            return folded_into((_AnyAxisSub if sub else _AnyAxis) if _scalar(found[0]) else (
+                _LastAxisSub if sub else _LastAxis), counts, keras, x, outer)
     return None
+
+
+def _starts_with_sub(layer, keras):
+    """Whether `Normalization` `layer` runs as a SUB of its mean first (not inverted, a mean
+    not all 0: `keras_lowered.affine_ops`), which the converter folds into a conv but not
+    into a FULLY_CONNECTED (its MUL after the SUB stays too: before 2026-12-07 both were
+    listed folded into a Dense, Keras / file hierarchy 0.7625)."""
+    from dkm_tf.energy.keras_lowered import affine_ops
+
+    return not getattr(layer, "invert", False) and affine_ops(layer, keras)[:1] == ["add"]
 
 
 def const_op_records(op, call, in_shapes, out_shape):
