@@ -87,6 +87,22 @@ CASES = {
         L.Rescaling(2.0, offset=0.5)(y))), 2, []),
     "inverted_normalization_alone": (_on_dense(lambda y: _norm(invert=True)(y)), 1, []),
     "sub_after_conv": (_on_tanh(lambda x: L.Conv2D(4, 3)(x) - 1.0, (8, 8, 3)), 0, []),
+    # a ReLU of a relu-like op: the converter drops the second RELU
+    "relu_of_activations_relu": (_on_tanh(lambda x: L.ReLU()(keras.activations.relu(x))), 0,
+                                 ["relu"]),
+    "relu_of_maximum_zero": (_on_tanh(lambda x: L.ReLU()(ops.maximum(x, 0.0))), 0, ["relu"]),
+    "relu6_of_activations_relu6": (_on_tanh(lambda x: L.ReLU(6.0)(keras.activations.relu(
+        x, max_value=6.0))), 0, ["relu"]),
+    "relu6_of_activations_relu6_and_sigmoid": (_on_tanh(lambda x: (lambda z: L.Add()([
+        L.ReLU(6.0)(z), _sig(z)]))(keras.activations.relu(x, max_value=6.0))), 0,
+        ["relu"]),
+    "relu_of_activations_relu_capped_3": (_on_tanh(lambda x: L.ReLU()(keras.activations.relu(
+        x, max_value=3.0))), 0, ["relu", "max", "relu"]),
+    "relu6_of_activations_relu_stays": (_on_tanh(lambda x: L.ReLU(6.0)(keras.activations.relu(
+        x))), 0, ["relu", "relu"]),
+    "relu_of_maximum_zero_on_conv_and_sigmoid": (_on_tanh(lambda x: (lambda z: L.Add()([
+        L.ReLU()(z), _sig(z)]))(ops.maximum(L.Conv2D(4, 3)(x), 0.0)), (8, 8, 3)), 0,
+        []),
 }
 
 

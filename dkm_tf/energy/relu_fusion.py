@@ -166,6 +166,8 @@ def _ends_with(op, keras):
     if not isinstance(inner, L.Layer):
         name = type(inner).__name__
         six = name == "Clip" and clip_ops(inner) == ["relu"] and float(inner.x_max) == 6.0
+        if zero_maximum(inner, keras) or activation_relu(inner, keras):  # `relu_like`: a
+            return relu_kind(inner, keras)  # ReLU after it was charged (before 2026-12-07)
         return name.lower() if name in ("Relu", "Relu6") else "relu6" if six else None
     convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
              L.SeparableConv2D, L.Dense)
