@@ -5,10 +5,12 @@
 by a constant (a division by a constant is a MUL by its inverse; TF 2.21 converter), except
 where the converter folds them into the linear conv or dense layer before them (a scalar or
 per-channel constant, that layer's output read by this op only), as it folds a batch norm
-(`bn_folding`). The Keras reader therefore lists such a folded op ("folded into <layer>",
-not charged), charges a division by a constant as a "mul" (was listed "unsupported operation
-TrueDivide") and a `Normalization` layer as its SUB and MUL (`keras_lowered`; was
-"unsupported layer type"). The traced reader does the same (`traced_consts`).
+(`bn_folding`); a SUB (`x - c`, a `Normalization` with a mean) into a conv only, not into a
+FULLY_CONNECTED (listed folded into a Dense before 2026-12-07: `_fits`). The Keras reader
+therefore lists such a folded op ("folded into <layer>", not charged), charges a division by
+a constant as a "mul" (was listed "unsupported operation TrueDivide") and a `Normalization`
+layer as its SUB and MUL (`keras_lowered`; was "unsupported layer type"). The traced reader
+does the same (`traced_consts`).
 """
 
 import dataclasses

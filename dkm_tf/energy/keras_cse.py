@@ -246,7 +246,7 @@ def _out_keys(op, call, env, keras, state):
             state["n"] = state.get("n", 0) + len(outs)
             keys = list(range(state["n"] - len(outs) + 1, state["n"] + 1))
             twins.append((op, keys))
-            if fused is None:  # its fused twins: `dense_copies.fused_twin`
+            if fused is None:  # its fused twins: `dense_copies._fused_twin`
                 state.setdefault("unfused", {})[keys[0]] = (sig, args, tuple(in_keys))
         producers = state.setdefault("producers", {})  # `left_out`: twins in other graphs
         for key, t in zip(keys, outs):
