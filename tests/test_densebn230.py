@@ -22,29 +22,13 @@ import numpy as np
 import pytest
 
 from tests._energy_file25 import both, eltwise, same_totals
+from tests.test_densebn30 import _fc_macs, _on_dense, _sig, _tanh
 
 L = keras.layers
 ops = keras.ops
 FC = 16 * 8
 MEAN = np.arange(8, dtype="float32")
 VAR = np.full(8, 4.0, "float32")
-
-
-def _tanh(batch, shape=(16,)):
-    keras.utils.set_random_seed(0)
-    i = keras.Input(shape, batch_size=batch)
-    return i, L.Activation("tanh")(i)
-
-
-def _sig(y):
-    return L.Activation("sigmoid")(y)
-
-
-def _on_dense(f):
-    def build(batch):
-        i, x = _tanh(batch)
-        return keras.Model(i, f(L.Dense(8, name="d")(x)))
-    return build
 
 
 def _on_tanh(f, shape=(16,)):
@@ -104,10 +88,6 @@ CASES = {
         L.ReLU()(z), _sig(z)]))(ops.maximum(L.Conv2D(4, 3)(x), 0.0)), (8, 8, 3)), 0,
         []),
 }
-
-
-def _fc_macs(report):
-    return sum(x.shape.macs for x in report.layers if x.shape.kind == "dense")
 
 
 def _others(report):
