@@ -127,6 +127,7 @@ class CompressionResult:
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after,
                 "metric": self.metric, "seconds": dict(self.seconds),
                 "calibration": dict(self.calibration), "notes": list(self.notes),
+                "threshold": self.threshold,
                 "energy": None if self.energy is None else self.energy.to_dict()}
 
 
@@ -152,10 +153,10 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     train_data = check_train_data(model, train_data, batch_size=batch_size,
                                   callbacks=callbacks, verbose=verbose)
     shape, x = _output_shape(model, train_data), firsts(model, train_data)
-    threshold = (binary_threshold(model, x) if isinstance(shape, tuple) and shape and
-                 shape[-1] == 1 else None)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=default_loss(model, shape, x),
+    loss = default_loss(model, shape, x)  # its metric's threshold is the loss's (review R3)
+    threshold = (None if not isinstance(loss, keras.losses.BinaryCrossentropy) else
+                 0.0 if loss.get_config()["from_logits"] else 0.5)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold)
                            if threshold is not None else "accuracy"])
     fit = ({"x": train_data[0], "y": train_data[1], "batch_size": batch_size}
@@ -285,7 +286,7 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         notes += [note] if note else []  # inputs where the float model outputs NaN: left out
         if agreed is None:
             notes.append(f"no agreement with the float model on test_data: "
-                         f"{accuracy_note(model)}")
+                         f"{accuracy_note(model, x=test_data[0])}")
         test_data, metric = ((None, metric) if agreed is None else
                              (agreed, "agreement with the float model"))
     from dkm_tf.training.common import compiled_loss  # noqa: PLC0415
@@ -366,9 +367,10 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     acc_after = (evaluate_accuracy(clustered, test_data)
                  if test_data is not None and acc_before is not None else None)
     if acc_before is None and test_data is not None:
-        notes.append(f"no test accuracy: {accuracy_note(model)}")
-    unit = acc_after is not None and tuple(getattr(clustered, "output_shape", ()))[-1:] == (1,)
-    threshold = binary_threshold(clustered, test_data[0]) if unit else None  # for .tflite
+        notes.append(f"no test accuracy: {accuracy_note(model, x=test_data[0])}")
+    one_unit = acc_after is not None and tuple(getattr(clustered, "output_shape", ()))[-1:] == (
+        1,)
+    threshold = binary_threshold(clustered, test_data[0]) if one_unit else None  # .tflite
     size = palette_lib.size_report(palettes, other_params=_other_params(clustered, palettes))
     options = {k: v for k, v in (("weighting", weighting), ("refine", refine)) if v}
     label = method + (f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options

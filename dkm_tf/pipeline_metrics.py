@@ -116,9 +116,10 @@ def _threshold(model, out, x):
     return binary_threshold(model, x) if one else None
 
 
-def accuracy_note(model, loss=None):
+def accuracy_note(model, loss=None, x=None):
     """Why ``model`` has no top-1 accuracy (its output is not one row of class scores per
-    sample): a line for :attr:`CompressionResult.notes`."""
+    sample): a line for :attr:`CompressionResult.notes`. ``x``: the held-out inputs its one
+    output unit was read on (:func:`binary_threshold`)."""
     names = list(getattr(model, "output_names", None) or ())
     if (why := not_class_scores(model, loss)) is not None:  # loss: see not_class_scores
         return why
@@ -128,9 +129,13 @@ def accuracy_note(model, loss=None):
     from dkm_tf.core.loss_kind import output_activation  # noqa: PLC0415
 
     if tuple(getattr(model, "output_shape", ()))[-1:] == (1,) and not output_activation(model):
+        from dkm_tf.training.probabilities import contradiction  # noqa: PLC0415
+        if x is not None and (why := contradiction(model)) is not None:
+            return why
         return ("the model's one output unit is read neither as a probability nor as a logit "
                 "(its last layer is a custom or Lambda layer, or a subclassed model, that "
-                "dkm_tf cannot read as a sigmoid): compile it with BinaryCrossentropy() if "
+                "dkm_tf cannot read as a sigmoid from its outputs on the first 32 held-out "
+                "inputs): compile it with BinaryCrossentropy() if "
                 "it outputs probabilities (class 1 above 0.5), BinaryCrossentropy(from_logits"
                 "=True) if logits (above 0), and pass it to dkm_tf.compress")
     return "the model's output is not one row of class scores per sample"

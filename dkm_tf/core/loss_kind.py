@@ -353,13 +353,16 @@ _SAME_VALUES = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropo
 
 def output_activation(model, index=0, _depth=0, _guess=False):
     """Name of the final activation of the model's output ``index``, from the operation that
-    produced it (a ``Softmax`` / ``Sigmoid`` layer or op: ``keras.ops.softmax(x)``, a layer's
-    ``activation``, a nested model's output; no output tensors: the last layer's); ``""``
-    when unknown (a custom last layer; a subclassed model, or one as the last layer, whose
-    last sublayer is linear: its ``call`` may end in a hand sigmoid, which was trained as
-    logits; ``_guess``: ``"linear"`` then, as read before)."""
+    produced it (a ``Softmax`` / ``Sigmoid`` layer or op: ``keras.ops.softmax(x)``, the
+    ``activation`` of a Keras (or dkm_tf) layer class, a nested model's output; no output
+    tensors: the last layer's); ``""`` when unknown (a custom last layer, a user subclass of
+    ``Dense`` included: its ``call`` may end in a hand sigmoid; a subclassed model, or one as
+    the last layer, whose last sublayer, a nested model included, reads "linear": its
+    ``call`` may end in a hand sigmoid, which was trained as logits and scored at threshold
+    0; ``_guess``: the last sublayer's, and any layer's ``activation``, as read before)."""
     import keras  # noqa: PLC0415
 
+    subclassed = False  # no call graph: the last sublayer is a guess
     try:
         tensor = (getattr(model, "outputs", None) or [])[index]
         operation, node_index, tensor_index = tensor._keras_history
@@ -374,15 +377,16 @@ def output_activation(model, index=0, _depth=0, _guess=False):
     except (AttributeError, IndexError, TypeError, ValueError):
         layers, mixed = getattr(model, "layers", None), False
         operation, tensor_index = (layers[-1] if layers else None), 0
-        if not (_guess or isinstance(model, keras.Sequential) or isinstance(
-                operation, keras.Model)) and getattr(getattr(
-                operation, "activation", None), "__name__", "") == "linear":
-            return ""  # a subclassed model: its last sublayer is a guess (no call graph)
+        subclassed = not isinstance(model, keras.Sequential)
     if isinstance(operation, keras.Model) and operation is not model and _depth < 20:
         found = output_activation(operation, tensor_index, _depth + 1, _guess)
     else:
         name = type(operation).__name__  # keras.ops.softmax / sigmoid of a symbolic tensor
-        found = name.lower() if isinstance(operation, keras.layers.Softmax) or (
+        own = type(operation).__module__.split(".")[0] in ("keras", "dkm_tf")  # not a user
+        found = name.lower() if isinstance(operation, keras.layers.Softmax) or (  # subclass
             name in ("Softmax", "Sigmoid") and not isinstance(operation, keras.layers.Layer)) \
-            else getattr(getattr(operation, "activation", None), "__name__", "")
+            else getattr(getattr(operation, "activation", None), "__name__", "") if (
+                own or _guess) else ""
+    if subclassed and not _guess and found == "linear":
+        return ""  # its call may apply anything after that sublayer (review R3)
     return "" if mixed and found == "softmax" else found  # a flattened per-position softmax

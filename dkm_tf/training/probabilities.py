@@ -8,7 +8,8 @@ and where a one-unit output turns to class 1 (:func:`unit_threshold`, for the ac
 
 from __future__ import annotations
 
-__all__ = ["OPAQUE", "SCALES", "before_noise", "read_activation", "unit_threshold"]
+__all__ = ["OPAQUE", "SCALES", "before_noise", "contradiction", "read_activation",
+           "unit_threshold"]
 
 SAMPLES = 32
 # the factors the last layer's input is multiplied by to tell a sigmoid (in [0, 1] for any
@@ -71,13 +72,32 @@ def unit_threshold(model, x=None):
     if activation:
         return {"sigmoid": 0.5, "linear": 0.0}.get(activation)
     logits = binary_from_logits(source_loss(model))
-    if logits is not None:  # what it trains with, whatever its outputs
-        return 0.0 if logits else 0.5
-    read = read_activation(model, x, unit=True) if x is not None else ""
+    read = read_activation(model, x, unit=True) if x is not None and logits is not False else ""
+    if logits is not None:  # what it trains with, unless its outputs contradict it: a
+        return None if logits and read == "sigmoid" else 0.0 if logits else 0.5  # sigmoid
+    # compiled from_logits=True scored at 0 gave every sample class 1 (review R3)
     if read == "sigmoid":
         return 0.5
     guessed = output_activation(model, _guess=True) == "linear"  # a subclassed last layer's
     return 0.0 if guessed and read != OPAQUE else None
+
+
+def contradiction(model):
+    """Why a one-unit ``model`` that :func:`unit_threshold` read on the held-out inputs gave
+    no threshold has none, where it is compiled with (or carries) ``BinaryCrossentropy(
+    from_logits=True)``: its outputs read as a sigmoid, which the loss contradicts (scored
+    at 0, every sample was class 1; the command line, which loads it uncompiled, scored it
+    at 0.5); else None."""
+    from dkm_tf.core.labels import binary_from_logits  # noqa: PLC0415
+    from dkm_tf.core.loss_kind import source_loss  # noqa: PLC0415
+
+    if not binary_from_logits(source_loss(model)):
+        return None
+    return ("the model's loss contradicts its output: it is compiled with BinaryCrossentropy("
+            "from_logits=True) but its one output unit reads as a sigmoid (in [0, 1] on the "
+            "first 32 held-out inputs at any scale of its last layer's input), so neither "
+            "threshold (0 for logits, 0.5 for probabilities) is meaningful: if it outputs "
+            "probabilities, compile it with BinaryCrossentropy()")
 
 
 def _outputs(model, batch, training, keras):
@@ -117,8 +137,37 @@ def _bounded_last_layer(model, batch, keras):
     that ignores it) gives the same values at every scale. A last layer of several tensor
     inputs is not read (taken as logits); a subclassed model (no graph) cannot be opened."""
     if not getattr(model, "outputs", None):  # a subclassed model: no graph to open
-        return OPAQUE if model.weights else False
+        return _unbounded(model, dict.fromkeys((False, True), batch), keras) if (
+            model.weights) else False
     return _bounded(model, dict.fromkeys((False, True), batch), keras, 0)
+
+
+def _unbounded(model, batches, keras):
+    """False where the subclassed ``model`` (no graph to open), called on its float inputs
+    ``batches[training]`` times each of :data:`SCALES`, gives a finite value outside [0, 1]
+    (no sigmoid: logits; a subclassed logits head whose logits on the first 32 held-out
+    inputs lay in [0, 1] got no accuracy, review R3), else :data:`OPAQUE` (a hand sigmoid
+    stays in [0, 1]; integer inputs, token ids, are not scaled)."""
+    import numpy as np  # noqa: PLC0415
+
+    from dkm_tf.graph.sensitivity_loss import to_numpy  # noqa: PLC0415
+
+    try:
+        for training in (False, True):
+            leaves = keras.tree.flatten(batches[training])
+            if not leaves or not all(keras.backend.is_float_dtype(
+                    keras.backend.standardize_dtype(a.dtype)) for a in leaves):
+                return OPAQUE
+            for c in SCALES:
+                with keras.StatelessScope():
+                    out = model(keras.tree.map_structure(lambda a, c=c: a * c,
+                                                         batches[training]), training=training)
+                v = to_numpy(out).astype(np.float64)
+                if np.any(np.isfinite(v) & ((v < 0) | (v > 1))):
+                    return False
+    except Exception:  # noqa: BLE001 - cannot call it so: cannot tell
+        return OPAQUE
+    return OPAQUE
 
 
 def _bounded(model, batches, keras, depth):
@@ -146,6 +195,11 @@ def _bounded(model, batches, keras, depth):
         return False
     last, ins = chain[0][0], _inputs(model, keras)
     nested = isinstance(last, keras.Model) and bool(last.weights)
+    if nested and depth < 8 and not getattr(last, "outputs", None):  # subclassed: no graph
+        feed = keras.Model(ins, chain[-1][2])
+        with keras.StatelessScope():
+            z = {t: feed(_structured(ins, batches[t]), training=t) for t in (False, True)}
+        return _unbounded(last, z, keras)
     if nested and (depth >= 8 or len(getattr(last, "outputs", None) or ()) != 1):
         return OPAQUE  # a subclassed model (no graph), or one of several outputs
     if not nested and getattr(last, "weights", None) and any(
