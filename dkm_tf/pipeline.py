@@ -137,7 +137,8 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     loss is :func:`dkm_tf.training.common.default_loss`: sparse categorical
     cross-entropy on logits, or on probabilities when the model ends in a softmax (a custom
     last layer: its outputs on the first inputs are rows of probabilities); binary
-    cross-entropy for one output unit (labels 0/1). ``train_data``: ``(x, y)`` with class ids
+    cross-entropy for one output unit (labels 0/1; the accuracy metric counts class 1 above
+    0 where it is ``from_logits=True``, else above 0.5). ``train_data``: ``(x, y)`` with class ids
     y, or a finite, batched ``tf.data.Dataset`` / ``keras.utils.PyDataset`` (its own batches;
     ``batch_size`` applies to arrays), checked before any training as
     :func:`compress` checks it (labels in range, no endless dataset). ``callbacks``: Keras
