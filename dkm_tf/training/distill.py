@@ -224,7 +224,7 @@ def distillation_targets(teacher, x, labels, *, num_classes=None, batch_size=102
         raise invalid("labels", f"integers in [0, {c})", _out_of_range(labels, c))
     from dkm_tf.training.common import output_activation  # noqa: PLC0415
 
-    if output_activation(teacher) == "softmax" or (
+    if output_activation(teacher, _guess=True) == "softmax" or (
             logits.size and logits.min() >= 0 and np.allclose(logits.sum(-1), 1, atol=1e-3)):
         logits = np.log(np.maximum(logits, np.finfo(np.float32).tiny))  # log p: logits
     return np.concatenate([np.eye(c, dtype=np.float32)[labels], logits], axis=1)
@@ -245,7 +245,7 @@ def _check_teacher(teacher):
            f"{said}: {found[1]}" + ("" if said.startswith("compiled") else "; compiling "
                                     "the copy with a cross-entropy overrides it") if found else
            "its output ends in a sigmoid (binary or multi-label probabilities)"
-           if output_activation(teacher) == "sigmoid" else None)
+           if output_activation(teacher, _guess=True) == "sigmoid" else None)
     if why:
         raise invalid("teacher", "a classifier of C >= 2 classes whose output is logits or "
                       "softmax probabilities (DistillationLoss softens a softmax over "
