@@ -246,8 +246,10 @@ def groups(layers):
         if x is not None:
             found.append((n, x))
     ids = {n: {id(r) for r in x.records} for n, x in found}
+    at = {n: i for i, (n, _) in enumerate(found)}  # calls, nested, parts: outermost first
     return [(n, x, [m for m, _ in sorted(found, key=lambda f: -len(ids[f[0]]))
-                    if m != n and ids[n] < ids[m]]) for n, x in found]
+                    if ids[n] < ids[m] or ids[n] == ids[m] and at[m] < at[n]])
+            for n, x in found]
 
 
 def unknown(name, layers, skipped):

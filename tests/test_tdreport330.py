@@ -1,0 +1,74 @@
+"""`EnergyReport` layer totals: review R9 of the whole-layer totals (tdreport3, 2026-12-07).
+
+Found on 4c46528: `to_dict()["layer_totals"]` rows of no `within` double-counted a nested
+model holding one LSTM called twice (nm, nm#2, r, r#2: 2304 MACs of 1152), as two calls of
+exactly the same records were not within each other. References: the report's own record
+sums (each record once), MACs by hand.
+"""
+
+import json
+
+import keras
+import pytest
+
+from dkm_tf import energy
+
+L = keras.layers
+TD = L.TimeDistributed
+BATCHES = [None, 2]
+
+
+def _nested_lstm_twice(batch):
+    j = keras.Input((3, 8))
+    nm = keras.Model(j, L.LSTM(4, name="r")(j), name="nm")
+    i = keras.Input((3, 8), batch_size=batch)
+    return keras.Model(i, L.Concatenate()([nm(i), nm(i)]))
+
+
+def _lambda_chain(batch):
+    i = keras.Input((8,), batch_size=batch)
+    h = L.Lambda(lambda t: keras.ops.clip(t * 2.0 + 1.0, 0.0, 1.0), name="lam")(i)
+    return keras.Model(i, L.Dense(4, name="o")(h))
+
+
+def _td_of_model(batch):
+    j = keras.Input((8,))
+    inner = keras.Model(j, L.Dense(4, name="d2")(L.Dense(6, name="d1")(j)), name="nm")
+    i = keras.Input((3, 8), batch_size=batch)
+    return keras.Model(i, TD(inner, name="td")(i))
+
+
+def _nested_in_nested(batch):
+    j = keras.Input((3, 8))
+    nm = keras.Model(j, L.LSTM(4, name="r")(j), name="nm")
+    k = keras.Input((3, 8))
+    outer = keras.Model(k, nm(k), name="outer")
+    i = keras.Input((3, 8), batch_size=batch)
+    return keras.Model(i, L.Dense(2, name="o")(outer(i)))
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("build", [_nested_lstm_twice, _lambda_chain, _td_of_model,
+                                   _nested_in_nested])
+def test_rows_of_no_within_sum_to_the_report(build, batch):
+    keras.utils.set_random_seed(0)
+    report = energy.estimate(build(batch))
+    rows = json.loads(json.dumps(report.to_dict()))["layer_totals"]
+    assert rows
+    held = {n for r in rows for n in r["records"]}
+    top = [r for r in rows if not r["within"]]
+    outside = [x for x in report.layers if x.name not in held]
+    macs = sum(r["macs"] for r in top) + sum(x.macs for x in outside)
+    paper = sum(r["paper_total"] for r in top) + sum(x.paper_total for x in outside)
+    assert macs == report.macs
+    assert paper == pytest.approx(sum(x.paper_total for x in report.layers), rel=1e-12)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_nested_lstm_twice_rows(batch):
+    report = energy.estimate(_nested_lstm_twice(batch))
+    lstm = 3 * (8 * 16 + 4 * 16)  # 3 steps of the 8x16 kernel and 4x16 recurrent kernel
+    rows = {r["name"]: r for r in report.to_dict()["layer_totals"]}
+    assert {n: (r["macs"], r["within"]) for n, r in rows.items()} == {
+        "nm": (lstm, []), "nm#2": (lstm, []), "r": (lstm, ["nm"]), "r#2": (lstm, ["nm#2"])}
+    assert report.macs == 2 * lstm
