@@ -2,13 +2,16 @@
 
 Found on 4c46528: `to_dict()["layer_totals"]` rows of no `within` double-counted a nested
 model holding one LSTM called twice (nm, nm#2, r, r#2: 2304 MACs of 1152), as two calls of
-exactly the same records were not within each other. References: the report's own record
-sums (each record once), MACs by hand.
+exactly the same records were not within each other; `LayerTotal.stored_weight_bits` of a
+Lambda calling a Dense(8) twice counted its 8x8 kernel twice (2048 bits, not 1024), its
+records `lam` and `lam/2` read as two parts of `d`. References: the report's own record
+sums (each record once), MACs by hand, kernel bits from the Keras kernels' sizes.
 """
 
 import json
 
 import keras
+import numpy as np
 import pytest
 
 from dkm_tf import energy
@@ -72,3 +75,29 @@ def test_nested_lstm_twice_rows(batch):
     assert {n: (r["macs"], r["within"]) for n, r in rows.items()} == {
         "nm": (lstm, []), "nm#2": (lstm, []), "r": (lstm, ["nm"]), "r#2": (lstm, ["nm#2"])}
     assert report.macs == 2 * lstm
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_lambda_calling_a_dense_twice_stores_its_kernel_once(batch):
+    keras.utils.set_random_seed(0)
+    d = L.Dense(8, name="d")
+    i = keras.Input((8,), batch_size=batch)
+    h = L.Lambda(lambda t: d(d(t)), name="lam")(i)
+    report = energy.estimate(keras.Model(i, L.Dense(4, name="o")(h)))
+    bits = int(np.prod(d.kernel.shape)) * 16  # one 8x8 kernel at B_w = 16
+    assert bits == 1024
+    lam = report.layer("lam")
+    assert lam.macs == 2 * 8 * 8 and len(lam.records) == 2
+    assert lam.stored_weight_bits == bits  # was 2048: parts "" and "2" of `d`
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_lstm_parts_are_each_stored_once(batch):
+    keras.utils.set_random_seed(0)
+    model = _nested_lstm_twice(batch)
+    report = energy.estimate(model)
+    cell = model.get_layer("nm").get_layer("r").cell
+    bits = (int(np.prod(cell.kernel.shape)) + int(np.prod(cell.recurrent_kernel.shape))) * 16
+    assert bits == (8 * 16 + 4 * 16) * 16
+    assert report.layer("nm").stored_weight_bits == bits
+    assert report.layer("r#2").stored_weight_bits == bits

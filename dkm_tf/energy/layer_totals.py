@@ -151,10 +151,15 @@ class LayerTotal:
         """Bits of the stored kernels, each once (every step, every call of a shared layer
         reads the same kernel: records of one model layer, `LayerShape.layer`, and one part of
         it, `/cell.kernel`, ...; before 2026-12-07 the records of the first 1/T of them, which
-        counted a TimeDistributed's kernel T2 times inside a TimeDistributed model)."""
+        counted a TimeDistributed's kernel T2 times inside a TimeDistributed model). The part
+        is read from a record's name only where the name is its layer's (`r/cell.kernel`,
+        `r#2/cell.kernel`): a Dense `d` called twice in a Lambda `lam` (`lam`, `lam/2`) was
+        two parts of `d`, its kernel counted twice before 2026-12-07."""
         kernels = {}
         for r in self.records:
-            part = r.name.partition("/")[2]
+            base, _, part = r.name.partition("/")
+            if re.sub(r"#\d+$", "", base) != r.shape.layer:  # a Lambda's op `lam/2` of `d`
+                part = ""
             kernels.setdefault((r.shape.layer, part, r.shape.n_weights), r.stored_weight_bits)
         return sum(kernels.values())
 
