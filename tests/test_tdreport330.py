@@ -4,7 +4,9 @@ Found on 4c46528: `to_dict()["layer_totals"]` rows of no `within` double-counted
 model holding one LSTM called twice (nm, nm#2, r, r#2: 2304 MACs of 1152), as two calls of
 exactly the same records were not within each other; `LayerTotal.stored_weight_bits` of a
 Lambda calling a Dense(8) twice counted its 8x8 kernel twice (2048 bits, not 1024), its
-records `lam` and `lam/2` read as two parts of `d`. References: the report's own record
+records `lam` and `lam/2` read as two parts of `d`; an `Activation("selu", name="act")`'s
+ops `act#1`..`act#3` beside a Dense named `act#2` gave two records `act#2` (`layer("act#2")`
+raised ValueError). References: the report's own record
 sums (each record once), MACs by hand, kernel bits from the Keras kernels' sizes.
 """
 
@@ -101,3 +103,32 @@ def test_lstm_parts_are_each_stored_once(batch):
     assert bits == (8 * 16 + 4 * 16) * 16
     assert report.layer("nm").stored_weight_bits == bits
     assert report.layer("r#2").stored_weight_bits == bits
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_activation_ops_skip_the_models_layer_names(batch):
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8,), batch_size=batch)
+    o = L.Dense(4, name="act#2")(L.Activation("selu", name="act")(i))
+    report = energy.estimate(keras.Model(i, o))
+    names = [x.name for x in report.layers]
+    assert names == ["act#1", "act#3", "act#4", "act#2"]  # was act#1, act#2, act#3, act#2
+    dense = report.layer("act#2")  # raised ValueError: ambiguous
+    assert dense.shape.op == "Dense" and dense.macs == 8 * 4
+    act = report.layer("act")
+    assert [r.name for r in act.records] == ["act#1", "act#3", "act#4"]
+    assert act.paper_total == pytest.approx(
+        sum(x.paper_total for x in report.layers[:3]), rel=1e-12)
+    assert "records]" not in report.summary()
+
+
+def test_layer_norm_ops_skip_the_models_layer_names():
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8,))
+    o = L.Dense(4, name="ln#2")(L.LayerNormalization(name="ln")(i))
+    plain = [x.name for x in energy.estimate(keras.Model(i, L.LayerNormalization(
+        name="ln")(i))).layers]
+    names = [x.name for x in energy.estimate(keras.Model(i, o)).layers]
+    assert plain[:2] == ["ln", "ln#2"]
+    assert names[-1] == "ln#2" and names.count("ln#2") == 1
+    assert names[:-1] == ["ln"] + [f"ln#{k + 1}" for k in range(2, len(plain) + 1)]

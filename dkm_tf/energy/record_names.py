@@ -11,6 +11,7 @@ its name.
 """
 
 import dataclasses
+import re
 
 RESERVED = 0  # key of the model's layer names in the reader's name counts (not a str, no tuple)
 
@@ -48,3 +49,24 @@ def tag_within(shapes, call, walk):
     start = len(shapes)
     walk()
     shapes[start:] = within(shapes[start:], call)
+
+
+def ops_apart(records, name, used):
+    """`records` of the layer call `name`, its ops named `name#1`, `name#2`, ... (an
+    `Activation("selu")`'s three, a `LayerNormalization`'s `name#2`, ...) renamed, in order,
+    past the model's layer names (`reserve`): before 2026-12-07 an `Activation("selu",
+    name="act")` beside a Dense named `act#2` had two records `act#2` (`act#1`, `act#2`,
+    `act#3`: now `act#1`, `act#3`, `act#4`) and `EnergyReport.layer("act#2")` raised."""
+    taken = used.get(RESERVED, frozenset())
+    op = re.compile(re.escape(name) + r"#(\d+)")
+    if not any(op.fullmatch(r.name) and r.name in taken for r in records):
+        return records
+    out, k = [], 0
+    for r in records:
+        if (m := op.fullmatch(r.name)) is not None:
+            k = max(k + 1, int(m.group(1)))
+            while f"{name}#{k}" in taken:
+                k += 1
+            r = dataclasses.replace(r, name=f"{name}#{k}")
+        out.append(r)
+    return out
