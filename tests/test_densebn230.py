@@ -84,6 +84,16 @@ CASES = {
         x, max_value=3.0))), 0, ["relu", "max", "relu"]),
     "relu6_of_activations_relu_stays": (_on_tanh(lambda x: L.ReLU(6.0)(keras.activations.relu(
         x))), 0, ["relu", "relu"]),
+    # zero first, `ops.maximum(0, y)`: a RELU the converter keeps beside a RELU (review
+    # R13: 0.5000 / 0.7143 / 0.6537 when taken as merged; the last already on its parent)
+    "relu_of_zero_first_maximum": (_on_tanh(lambda x: L.ReLU()(ops.maximum(0.0, x))), 0,
+                                   ["relu", "relu"]),
+    "ops_relu_of_zero_first_maximum": (_on_tanh(lambda x: ops.relu(ops.maximum(
+        np.zeros(16, "float32"), x))), 0, ["relu", "relu"]),
+    "zero_first_maximum_of_relu": (_on_tanh(lambda x: ops.maximum(0.0, L.ReLU()(x))), 0,
+                                   ["relu", "relu"]),
+    "relu_of_zero_first_maximum_on_conv": (_on_tanh(lambda x: L.Conv2D(2, 1)(L.ReLU()(
+        ops.maximum(0.0, L.Conv2D(4, 3)(x)))), (8, 8, 3)), 0, ["relu"]),
     "relu_of_maximum_zero_on_conv_and_sigmoid": (_on_tanh(lambda x: (lambda z: L.Add()([
         L.ReLU()(z), _sig(z)]))(ops.maximum(L.Conv2D(4, 3)(x), 0.0)), (8, 8, 3)), 0,
         []),

@@ -40,7 +40,7 @@ from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import folded_into, removed, source_at
 from dkm_tf.energy.keras_lowered import affine_ops, clip_ops
 from dkm_tf.energy.keras_wrapped import lambda_model
-from dkm_tf.energy.relu_like import activation_relu, zero_maximum
+from dkm_tf.energy.relu_like import activation_relu, zero_maximum, zero_second
 
 _OPS = ("Add", "Subtract", "Multiply", "TrueDivide", "Divide")  # non-layer ops: ADD, ... DIV
 
@@ -166,8 +166,10 @@ def _ends_with(op, keras):
     if not isinstance(inner, L.Layer):
         name = type(inner).__name__
         six = name == "Clip" and clip_ops(inner) == ["relu"] and float(inner.x_max) == 6.0
-        if zero_maximum(inner, keras) or activation_relu(inner, keras):  # `relu_like`: a
+        if zero_second(inner, keras) or activation_relu(inner, keras):  # `relu_like`: a
             return relu_kind(inner, keras)  # ReLU after it was charged (before 2026-12-07)
+        if zero_maximum(inner, keras):  # `ops.maximum(0, y)`: its RELU is not merged
+            return None
         return name.lower() if name in ("Relu", "Relu6") else "relu6" if six else None
     convs = (L.Conv1D, L.Conv2D, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
              L.SeparableConv2D, L.Dense)
@@ -209,6 +211,8 @@ def _merged(layer, producer, keras):
     second ReLU after it again 1.3954 / 1.2933; `ReLU(max_value=3)` after it 1.1988, its
     MINIMUM and last RELU run)."""
     kind = relu_kind(layer, keras)
+    if zero_maximum(layer, keras) and not zero_second(layer, keras):
+        return False  # `ops.maximum(0, y)` after a RELU: both kept (`relu_like.zero_second`)
     return kind is not None and _ends_with(producer, keras) == kind
 
 

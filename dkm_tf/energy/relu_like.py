@@ -20,6 +20,16 @@ def activation_relu(op, keras):
         hasattr(op, a) for a in ("negative_slope", "max_value", "threshold"))
 
 
+def zero_second(op, keras):
+    """Whether `zero_maximum` op `op` takes its tensor first in each of its calls,
+    `ops.maximum(y, 0)`: the converter drops a RELU of such a RELU (a ReLU after it, or it
+    after a ReLU), not of `ops.maximum(0, y)` (both RELUs kept: `ReLU()(ops.maximum(0.0, t))`
+    read 0.5000 of its file when taken as merged)."""
+    nodes = getattr(op, "_inbound_nodes", None) or []
+    return zero_maximum(op, keras) and all(
+        list(n.arguments.args)[0] is n.input_tensors[0] for n in nodes)
+
+
 def zero_maximum(op, keras):
     """Whether non-layer op `op` is a `keras.ops.maximum` of one `KerasTensor` and a
     constant of all +0.0 that does not broadcast it, in each of its calls: a RELU."""
