@@ -356,7 +356,8 @@ def output_activation(model, index=0, _depth=0, _guess=False):
     produced it (a ``Softmax`` / ``Sigmoid`` layer or op: ``keras.ops.softmax(x)``, the
     ``activation`` of a Keras (or dkm_tf) layer class, a nested model's output; no output
     tensors: the last layer's); ``""`` when unknown (a custom last layer, a user subclass of
-    ``Dense`` included: its ``call`` may end in a hand sigmoid; a subclassed model, or one as
+    ``Dense`` whose ``activation`` is linear included: its ``call`` may end in a hand
+    sigmoid; a subclassed model, or one as
     the last layer, whose last sublayer, a nested model included, reads "linear": its
     ``call`` may end in a hand sigmoid, which was trained as logits and scored at threshold
     0; ``_guess``: the last sublayer's, and any layer's ``activation``, as read before)."""
@@ -385,8 +386,10 @@ def output_activation(model, index=0, _depth=0, _guess=False):
         own = type(operation).__module__.split(".")[0] in ("keras", "dkm_tf")  # not a user
         found = name.lower() if isinstance(operation, keras.layers.Softmax) or (  # subclass
             name in ("Softmax", "Sigmoid") and not isinstance(operation, keras.layers.Layer)) \
-            else getattr(getattr(operation, "activation", None), "__name__", "") if (
-                own or _guess) else ""
+            else getattr(getattr(operation, "activation", None), "__name__", "")
+        if not (own or _guess) and found == "linear":
+            found = ""  # a user subclass's call may end in a hand sigmoid (its softmax /
+            # sigmoid is read: review R11, a MyDense(3, "softmax") read "" lost its figure)
     if subclassed and not _guess and found == "linear":
         return ""  # its call may apply anything after that sublayer (review R3)
     return "" if mixed and found == "softmax" else found  # a flattened per-position softmax
