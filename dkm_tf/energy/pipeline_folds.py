@@ -167,7 +167,7 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
     and `(name, reason)`s appended to (a `Rescaling`'s records trimmed to its MUL where its
     ADD is folded); `used`: the walks of each layer name (`keras_reader._walk`)."""
     from dkm_tf.energy.keras_lowered import relu_ops
-    from dkm_tf.energy.relu_fusion import leading_relu, relu_fused_after, relu_fused_into
+    from dkm_tf.energy.relu_fusion import NoMerge, leading_relu, relu_fused_after, relu_fused_into
 
     counts, outer, _ = graph
     subs, why = pipeline_calls(layer, call)  # its layers, at the shapes of their chain
@@ -206,10 +206,9 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
         if prev is None and kept_at is not None and leading_relu(sub, keras):
             # an identity batch norm first: the RELU is not merged into a RELU outside
             # (`Pipeline([BatchNormalization(epsilon=0.0), ReLU()])` after a relu conv:
-            # Keras / file hierarchy 0.7167 before 2026-12-07), only fused into an op
-            into = relu_fused_into(sub, sub_call, counts, keras, outer, merge=False)
-            sub_call = ([keras.KerasTensor(sub_call[0][0].shape)] + list(sub_call[0][1:]),
-                        sub_call[1])  # no history: `_walk_call` looks no further
+            # Keras / file hierarchy 0.7167 before 2026-12-07), only fused into an op or
+            sub_call = NoMerge(sub_call)  # a copy of a Dense (`dense_copies`: 0.7343)
+            into = relu_fused_into(sub, sub_call, counts, keras, outer)
         if into is not None and len(relu_ops(sub, keras)) == 1:
             skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
             continue
