@@ -227,25 +227,24 @@ def _source(x, counts, keras, outer, norms=True):
 
 class NoMerge(tuple):
     """A call `(inputs, outputs)` of a ReLU whose RELU is not merged into a RELU before it
-    (`relu_fused_into(merge=False)`), its inputs' Keras history kept for `dense_copies`
+    (`relu_fused_into`), its inputs' Keras history kept for `dense_copies`
     (before, a Pipeline's first ReLU after an identity batch norm was walked on an input of
     no history: `Pipeline([BatchNormalization(epsilon=0.0), ReLU()])` on a linear Dense(8)
     read beside it charged no FULLY_CONNECTED copy, Keras / file hierarchy 0.7343)."""
 
 
-def relu_fused_into(layer, call, counts, keras, outer=None, merge=True):
+def relu_fused_into(layer, call, counts, keras, outer=None):
     """The name of the layer the leading RELU of ReLU `layer` (`leading_relu`) is fused into
     at `call` (`(inputs, outputs)`), else None (not such a ReLU, or its producer keeps a RELU
     op). `counts`: consumers per tensor `id` (`bn_folding.consumers`); the producer is found
     through nested models (`bn_folding.source`), also out of the nested model the call is in
-    (`outer`, as for `bn_folding.source`). `merge=False`: not into an op ending with a RELU
-    (`_merged`), as where an identity batch norm of a `keras.layers.Pipeline` is between;
-    also where `call` is a `NoMerge`."""
+    (`outer`, as for `bn_folding.source`). Where `call` is a `NoMerge`: not into an op
+    ending with a RELU (`_merged`), as where an identity batch norm of a
+    `keras.layers.Pipeline` is between."""
     if isinstance(call, Exception) or not call[0] or not leading_relu(layer, keras):
         return None
-    merge = merge and not isinstance(call, NoMerge)
     found = _source(call[0][0], counts, keras, outer)
-    if (found is None or not _absorbs(found[0], keras)) and not merge:
+    if (found is None or not _absorbs(found[0], keras)) and isinstance(call, NoMerge):
         return None
     if found is None or not _absorbs(found[0], keras):  # the RELU it ends with, read by any
         found = _source(call[0][0], _AnyReaders(counts), keras, _any_readers(outer),
