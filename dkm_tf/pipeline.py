@@ -35,6 +35,7 @@ from dkm_tf.pipeline_metrics import (
 )
 from dkm_tf.pipeline_report import cluster_stage, estimate_energy, result_notes
 from dkm_tf.pipeline_skipped import skipped_layers as _skipped_layers
+from dkm_tf.pipeline_skipped import skipped_lines
 from dkm_tf.training.batches import BatchCount, fit_counted, ran_out_collected, report_ran_out
 from dkm_tf.training.data_checks import reads_once
 
@@ -100,14 +101,7 @@ class CompressionResult:
 
     def summary(self):
         """The result as text: method, size table, skipped layers, accuracy, energy, notes."""
-        from dkm_tf.graph.clusterable import SUPPORTED_LAYERS  # noqa: PLC0415
-
-        lines = [f"method: {self.method}", self.size.summary()]
-        listed = f" (supported: {', '.join(SUPPORTED_LAYERS)})"  # once, not once a layer
-        once = sum(listed in reason for _, reason in self.skipped) > 1
-        for name, reason in self.skipped:
-            lines.append(f"skipped {name}: {reason.replace(listed, '') if once else reason}")
-        lines += [f"supported kernel layers: {', '.join(SUPPORTED_LAYERS)}"] if once else []
+        lines = [f"method: {self.method}", self.size.summary(), *skipped_lines(self.skipped)]
         if self.accuracy_before is not None:
             before, after = (round(100 * a, 2) for a in (self.accuracy_before,
                                                           self.accuracy_after))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["skipped_layers"]
+__all__ = ["skipped_layers", "skipped_lines"]
 
 
 def skipped_layers(model, palettes, overrides, unit=None):
@@ -27,3 +27,16 @@ def skipped_layers(model, palettes, overrides, unit=None):
                    else "not clustered")
             out.append((layer.name, why))
     return out
+
+
+def skipped_lines(skipped):
+    """``CompressionResult.summary``'s lines of ``skipped`` (``[(name, why)]``): the list of
+    supported kernel layers once, after them, where several reasons carry it (mtcnn's ONet:
+    five PReLU layers printed it five times)."""
+    from dkm_tf.graph.clusterable import SUPPORTED_LAYERS  # noqa: PLC0415
+
+    listed = f" (supported: {', '.join(SUPPORTED_LAYERS)})"
+    once = sum(listed in reason for _, reason in skipped) > 1
+    lines = [f"skipped {name}: {reason.replace(listed, '') if once else reason}"
+             for name, reason in skipped]
+    return lines + ([f"supported kernel layers: {', '.join(SUPPORTED_LAYERS)}"] if once else [])
