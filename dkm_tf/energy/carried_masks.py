@@ -25,7 +25,7 @@ here too: they call each other (a nested model in a Pipeline, a Pipeline in a ne
 
 import weakref
 
-_FRESH = weakref.WeakKeyDictionary()  # layer -> {(input ids, output index): (inputs, mask)}
+_FRESH = weakref.WeakKeyDictionary()  # layer -> {(input ids, output index): mask}
 
 
 def carried_mask(x, keras):
@@ -67,9 +67,8 @@ def _out_mask(op, index, at, node, keras):
         made = model_mask(op, at, masks, keras)
     if made is None or not getattr(made, "_dkm_fresh", False):
         return made
-    ins = tuple(node.input_tensors)  # held with the mask: their ids are not reused
-    key = (tuple(id(t) for t in ins), at)
-    return _FRESH.setdefault(op, {}).setdefault(key, (ins, made))[1]
+    key = (tuple(id(t) for t in node.input_tensors), at)  # held by `op`'s nodes: the ids
+    return _FRESH.setdefault(op, {}).setdefault(key, made)  # are not reused while it lives
 
 
 def model_mask(model, at, masks, keras):
