@@ -154,16 +154,20 @@ def _shared_layer_beside_a_hash_name():
     return keras.Model(inp, x)
 
 
-@pytest.mark.parametrize("overrides", [{"fc": None}, {"fc#2": None},
-                                       {"fc": {"n_clusters": 2}}])
-def test_layer_named_like_a_later_calls_record_is_refused_not_mischarged(overrides):
+@pytest.mark.parametrize(("overrides", "ks"), [({"fc": None}, [None, None, 4]),
+                                                ({"fc#2": None}, [4, 4, None]),
+                                                ({"fc": {"n_clusters": 2}}, [2, 2, 4])])
+def test_layer_named_like_a_later_calls_record_is_charged_its_own(overrides, ks):
     shared = dkm_tf.share_weights(_shared_layer_beside_a_hash_name(), 4, overrides=overrides)
     # was: `fc`'s 2nd call charged `fc#2`'s K=4 ({"fc": None}: K [None, 4, 4], want
-    # [None, None, 4]), or the float `fc#2` charged `fc`'s ({"fc#2": None})
-    with pytest.raises(ValueError, match=r"records \['fc#2'\] name two layers' kernels"):
-        energy.estimate(shared.model, palettes=shared.palettes)
-    with pytest.raises(ValueError, match=r"records \['fc#2'\] name two layers' kernels"):
-        energy.estimate(shared.model, pruning={"fc": 0.5})
+    # [None, None, 4]), or the float `fc#2` charged `fc`'s ({"fc#2": None}); then refused
+    # ("records ['fc#2'] name two layers' kernels"); since 2026-12-07 the reader names `fc`'s
+    # 2nd call past the layer names (`fc#3`, `energy.record_names`): each charged its own
+    records = _linear(energy.estimate(shared.model, palettes=shared.palettes))
+    assert [(r[0], r[2]) for r in records] == [("fc", ks[0]), ("fc#3", ks[1]), ("fc#2", ks[2])]
+    pruned = energy.estimate(shared.model, pruning={"fc": 0.5})
+    assert [(x.name, x.shape.layer, x.kept_fraction) for x in pruned.layers] == [
+        ("fc", "fc", 0.5), ("fc#3", "fc", 0.5), ("fc#2", "fc#2", 1.0)]
     assert len(_linear(energy.estimate(shared.model))) == 3  # no compression info: estimated
 
 
