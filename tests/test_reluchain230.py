@@ -8,22 +8,14 @@ in a Pipeline too). Also a `Dense(8, "relu")` called twice on one input, one cal
 ReLU: one FULLY_CONNECTED in the file, two in the Keras estimate (1.8546). The file's ops
 are read with `FlatModel`, apart from the energy readers."""
 
-import pathlib
-
 import keras
 import pytest
 from _energy_file25 import both, eltwise, same_totals
 from keras import layers as L
 
-from dkm_tf.export.rewrite import FlatModel
+from tests.test_reluchain30 import _ops
 
 CONV_OUT = 7 * 7 * 4  # Conv2D(4, 3) on 9x9x3
-
-
-def _ops(tmp_path):
-    """The op names of the `.tflite` `both` wrote under `tmp_path`, in order."""
-    fm = FlatModel.from_bytes(pathlib.Path(tmp_path / "m.tflite").read_bytes())
-    return [fm.op_name(op) for op in fm.operators]
 
 
 def _relus(report):

@@ -6,28 +6,15 @@ Keras history (so as not to merge its RELU into a RELU before the batch norm), w
 Dense: the copy was not charged (Keras / file hierarchy 0.7343, k.macs 80 of the file's 128).
 The file's ops are read with `FlatModel`, apart from the energy readers."""
 
-import pathlib
-
 import keras
 import pytest
 from _energy_file25 import both, same_totals
 from keras import layers as L
 
-from dkm_tf.export.rewrite import FlatModel
+from tests.test_reluchain30 import _ops
+from tests.test_reluchain230 import _relus
 
 MACS = 6 * 8 * 2 + 16 * 2  # the Dense(8) and its copy on 6 features, Dense(2) on 16
-
-
-def _ops(tmp_path):
-    """The op names of the `.tflite` `both` wrote under `tmp_path`, in order."""
-    fm = FlatModel.from_bytes(pathlib.Path(tmp_path / "m.tflite").read_bytes())
-    return [fm.op_name(op) for op in fm.operators]
-
-
-def _relus(report):
-    """`output_size` of every relu record of `report`."""
-    return [x.shape.output_size for x in report.layers
-            if x.shape.kind == "eltwise" and x.shape.eltwise_op == "relu"]
 
 
 def _pipe():
