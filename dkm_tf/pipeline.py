@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import numpy as np
-
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core.validate import CALIBRATION_SAMPLES
 from dkm_tf.graph.share import share_weights
@@ -144,10 +142,12 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     from dkm_tf.pipeline_args import check_train_data  # noqa: PLC0415
     from dkm_tf.training.common import default_loss, is_tf_dataset  # noqa: PLC0415
     from dkm_tf.training.compile_settings import sample_inputs as firsts  # noqa: PLC0415
+    from dkm_tf.training.first_batch import keep_first_batch, output_shape  # noqa: PLC0415
 
     train_data = check_train_data(model, train_data, batch_size=batch_size,
                                   callbacks=callbacks, verbose=verbose)
-    shape, x = _output_shape(model, train_data), firsts(model, train_data)
+    train_data = keep_first_batch(train_data)  # JAX, a spec of unknown rank: no batch lost
+    shape, x = output_shape(model, train_data), firsts(model, train_data)
     loss = default_loss(model, shape, x)  # its metric's threshold is the loss's (review R3)
     threshold = (None if not isinstance(loss, keras.losses.BinaryCrossentropy) else
                  0.0 if loss.get_config()["from_logits"] else 0.5)
@@ -163,25 +163,6 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
                           callbacks=[counter, *(callbacks or [])])
     report_ran_out("train_classifier", counter)
     return history
-
-
-def _output_shape(model, data):
-    """``model``'s output shape: its ``output_shape``, or for a model without one (subclassed)
-    that of its output on one sample of ``data`` (without it, a one-unit subclassed binary
-    classifier was given a sparse cross-entropy: an error on TensorFlow and PyTorch, silently
-    no training on JAX). None when unknown (``fit`` then says why)."""
-    import keras  # noqa: PLC0415
-
-    shape = getattr(model, "output_shape", None) if getattr(model, "built", False) else None
-    if shape is not None:
-        return shape
-    try:
-        x = data[0] if isinstance(data, tuple) else (
-            data[0] if isinstance(data, keras.utils.PyDataset) else next(iter(data)))[0]
-        out = model(keras.tree.map_structure(lambda a: np.asarray(a)[:1], x), training=False)
-    except Exception:  # noqa: BLE001 (data or model that fit rejects: it says why)
-        return None
-    return tuple(out.shape) if hasattr(out, "shape") else None
 
 
 def _other_params(model, palettes):  # a layer a Lambda calls, untracked, counts: the file has it

@@ -46,7 +46,10 @@ def fit_counted(model, counter, *args, epochs, **kwargs):
     * its ``fit`` reads the data to build the compiled loss and metrics before epoch 1, which
       takes batches a one-shot generator does not give again (a ``from_generator`` dataset of
       4 batches trained 2): a ``tf.data.Dataset``'s model is built here from its
-      ``element_spec`` instead, reading nothing (:func:`_build_from_spec`);
+      ``element_spec`` instead, reading nothing (:func:`_build_from_spec`); a spec of unknown
+      rank (``tf.TensorSpec(None)``: 2 of 4 batches trained, silently) is given the first
+      batch's shapes, read here and given back to training
+      (:func:`~dkm_tf.training.first_batch.keep_first_batch`: 4 of 4);
     * data of no batch at all (a one-shot generator an earlier stage used up) raised a bare
       ``StopIteration`` from that read (before ``on_train_begin``: a callback's own, or one on
       TensorFlow, goes through), and a first epoch of no batch an ``UnboundLocalError``
@@ -57,6 +60,8 @@ def fit_counted(model, counter, *args, epochs, **kwargs):
     """
     saved, on_jax = [], keras.backend.backend() == "jax"
     if on_jax:
+        if _reads_to_build(model):  # a spec of unknown rank: read here, given back (no loss)
+            args, kwargs = _kept(args, kwargs)
         _build_from_spec(model, args[0] if args else kwargs.get("x"))
         opt = getattr(model, "optimizer", None)
         if opt is not None and not opt.built and model.built:
@@ -81,6 +86,26 @@ def fit_counted(model, counter, *args, epochs, **kwargs):
     history.set_model(model)
     history.epoch = list(range(int(epochs)))  # as TensorFlow's fit of no batch returns it
     return history
+
+
+def _reads_to_build(model):
+    """Whether Keras' JAX ``fit`` would read a batch to build (``Trainer._symbolic_build``):
+    a layer, the compiled loss or the compiled metrics not built."""
+    unbuilt = [getattr(model, name, None) for name in ("_compile_loss", "_compile_metrics")]
+    return (not all(layer.built for layer in model._flatten_layers())  # noqa: SLF001
+            or any(c is not None and not c.built for c in unbuilt))
+
+
+def _kept(args, kwargs):
+    """``fit``'s arguments with its data ``x`` passed through
+    :func:`~dkm_tf.training.first_batch.keep_first_batch`."""
+    from dkm_tf.training.first_batch import keep_first_batch  # noqa: PLC0415
+
+    if args:
+        return (keep_first_batch(args[0]), *args[1:]), kwargs
+    if kwargs.get("x") is not None:
+        return args, {**kwargs, "x": keep_first_batch(kwargs["x"])}
+    return args, kwargs
 
 
 def _build_from_spec(model, data):
