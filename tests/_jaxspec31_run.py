@@ -128,6 +128,16 @@ def main():
         out[name].update(loss=type(loss).__name__, from_logits=loss.get_config()["from_logits"],
                          kernel=np.asarray(model.d.kernel).ravel().tolist(),
                          bias=np.asarray(model.d.bias).tolist())
+    # sequences of 4 lengths (3, 5, 4, 2) of unknown rank: built from the first batch's sizes,
+    # as Keras' build did, and every later length trained
+    seqs = [np.random.default_rng(n).normal(size=(8, n, 6)).astype("float32")
+            for n in (3, 5, 4, 2)]
+    made = ((s, (s[:, 0, 0] > 0).astype("int32")) for s in seqs)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, 6))
+    model = keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling1D()(inp)))
+    out["lengths"], _ = counted(lambda: pipeline.train_classifier(
+        model, tf.data.Dataset.from_generator(lambda: made, output_signature=UNKNOWN), epochs=1))
     return out
 
 

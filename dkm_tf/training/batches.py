@@ -118,10 +118,12 @@ def _build_from_spec(model, data):
         return
     import tensorflow as tf  # noqa: PLC0415
 
+    from dkm_tf.training.first_batch import build_spec  # noqa: PLC0415
+
     try:
         batch = tf.nest.map_structure(
             lambda s: keras.KerasTensor(tuple(s.shape.as_list()), s.dtype.name),
-            data.element_spec)
+            build_spec(data))
         model._symbolic_build(data_batch=batch)  # noqa: SLF001 - Keras' own build, unread
     except Exception:  # noqa: BLE001 - any spec it cannot take: Keras' read, as before
         return

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["keep_first_batch", "output_shape"]
+__all__ = ["build_spec", "keep_first_batch", "output_shape"]
 
 
 def _unknown_rank(tf, spec):
@@ -23,16 +23,24 @@ def _unknown_rank(tf, spec):
                for s in tf.nest.flatten(spec))
 
 
+def build_spec(data):
+    """The ``element_spec`` to build a model from for ``tf.data.Dataset`` ``data``: that of
+    :func:`keep_first_batch`'s dataset gives the first batch's sizes."""
+    spec = getattr(data, "dkm_tf_build_spec", None)
+    return data.element_spec if spec is None else spec
+
+
 def keep_first_batch(data):
     """``data`` itself, except on Keras' JAX backend for a ``tf.data.Dataset`` whose
     ``element_spec`` has a ``tf.TensorSpec`` of unknown rank and at least one element: then a
-    dataset of the same elements whose spec gives each such component the first batch's shape
-    (batch dimension None; a later batch of another shape is an error of ``fit``, not a silent
-    one), so that Keras' ``fit`` builds from the spec, reading nothing. The first batch is read
-    here; the new dataset's first pass gives it, then the rest of that same read (tf.data's
-    prefetched batches included, so a one-shot generator loses none); a later pass reads
-    ``data`` anew (a generator function's generator restarts; a one-shot generator gives no
-    batch, as on TensorFlow)."""
+    dataset of the same elements whose spec gives each such component the first batch's rank
+    (a later batch of another rank is an error of ``fit``, not a silent one), and whose
+    ``dkm_tf_build_spec`` its sizes (batch dimension None), so that the model is built from
+    it as Keras' ``fit`` built it from the first batch, and ``fit`` reads nothing to build.
+    The first batch is read here; the new dataset's first pass gives it, then the rest of
+    that same read (tf.data's prefetched batches included, so a one-shot generator loses
+    none); a later pass reads ``data`` anew (a generator function's generator restarts; a
+    one-shot generator gives no batch, as on TensorFlow)."""
     import keras  # noqa: PLC0415
 
     from dkm_tf.training.common import is_tf_dataset  # noqa: PLC0415
@@ -49,12 +57,14 @@ def keep_first_batch(data):
     except StopIteration:  # no batch: fit_counted takes it as epochs of no batch
         return data
 
-    def known(s, t):
-        if not (isinstance(s, tf.TensorSpec) and s.shape.rank is None):
-            return s
-        return tf.TensorSpec((None, *t.shape[1:]) if t.shape.rank else (), s.dtype)
+    def known(dims):
+        def spec_of(s, t):
+            if not (isinstance(s, tf.TensorSpec) and s.shape.rank is None):
+                return s
+            return tf.TensorSpec((None, *dims(t.shape[1:])) if t.shape.rank else (), s.dtype)
+        return tf.nest.map_structure(spec_of, data.element_spec, first)
 
-    spec = tf.nest.map_structure(known, data.element_spec, first)
+    spec = known(lambda rest: [None] * len(rest))  # its rank; any size (sequence lengths)
     passes = []
 
     def elements():
@@ -66,6 +76,7 @@ def keep_first_batch(data):
         yield from reader
 
     kept = tf.data.Dataset.from_generator(elements, output_signature=spec)
+    kept.dkm_tf_build_spec = known(tuple)  # the first batch's sizes, to build as Keras did
     cardinality = int(data.cardinality())
     if cardinality >= 0:  # known: fit's epochs keep knowing it
         kept = kept.apply(tf.data.experimental.assert_cardinality(cardinality))
@@ -91,7 +102,7 @@ def output_shape(model, data):
     if is_tf_dataset(data):
         import tensorflow as tf  # noqa: PLC0415
 
-        spec = data.element_spec
+        spec = build_spec(data)
         spec = spec[0] if isinstance(spec, tuple) else spec
         if _unknown_rank(tf, spec):
             return None  # TensorFlow's fit refuses it; on JAX keep_first_batch gave shapes
