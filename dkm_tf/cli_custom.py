@@ -91,11 +91,12 @@ def loss_note(model_path, method, weighting, model=None, train=None):
                 "in Python on the model compiled with it (with the labels it takes)"] if (
             unused) else []  # label smoothing, ...: the default cross-entropy has none
         if model is not None and saved is not None:
-            from dkm_tf.training.common import default_loss  # noqa: PLC0415
+            from dkm_tf.training.common import compiled_loss, default_loss  # noqa: PLC0415
             from dkm_tf.training.compile_settings import sample_inputs  # noqa: PLC0415
 
             x = sample_inputs(model, train)  # a custom last layer: its outputs on the data
-            used = default_loss(model, x=x).get_config().get("from_logits")
+            used = (compiled_loss(model) or default_loss(model, x=x)).get_config().get(
+                "from_logits")  # compiled: the file's (a custom one-unit layer, cli_unit)
             said += [] if used == saved else [
                 f"{model_path} was compiled with {loss} from_logits={saved}; dkm-tf compress "
                 f"{verb} it with from_logits={used}, read from the model's output activation"
@@ -177,8 +178,15 @@ def train_loss(model, model_path, method, train=None, default=False):
     (``--model``), before any work. Outputs on ``train``'s inputs (``(x, y)``) that are rows
     of (log-)probabilities (a ``log_softmax`` compiled with "mse") are class scores: trained
     with the cross-entropy and noted (:func:`loss_note`), as a softmax output is. Returns
-    the notes (a metric not known here is left out and named)."""
+    the notes (a metric not known here is left out and named). A one-unit custom or
+    ``Lambda`` last layer compiled with a binary cross-entropy is compiled with it, its
+    ``from_logits`` included, whatever ``method`` (:func:`dkm_tf.cli_unit.compile_unit_loss`:
+    it gives the threshold of its accuracy too)."""
     from dkm_tf.cli_args import CliUsageError  # noqa: PLC0415
+    from dkm_tf.cli_unit import compile_unit_loss  # noqa: PLC0415
+
+    if compile_unit_loss(model, model_path):  # read as dkm_tf.compress reads it compiled
+        return []
     from dkm_tf.core.custom_code import compiled_loss_name  # noqa: PLC0415
     from dkm_tf.core.loss_kind import CarriedName, non_class_loss  # noqa: PLC0415
 

@@ -130,7 +130,7 @@ def accuracy_note(model, loss=None, x=None):
 
     if tuple(getattr(model, "output_shape", ()))[-1:] == (1,) and not output_activation(model):
         from dkm_tf.training.probabilities import contradiction  # noqa: PLC0415
-        if x is not None and (why := contradiction(model)) is not None:
+        if x is not None and (why := contradiction(model, x)) is not None:
             return why
         return ("the model's one output unit is read neither as a probability nor as a logit "
                 "(its last layer is a custom or Lambda layer, or a subclassed model, that "

@@ -62,9 +62,12 @@ def unit_threshold(model, x=None):
     uncompiled copy carries): its ``from_logits``; else from its outputs on ``x[:32]``
     (:func:`read_activation`): 0.5 for a sigmoid. A subclassed model (or one as the last
     layer) whose last sublayer is linear gives 0.0 unless its outputs are in [0, 1] (a hand
-    sigmoid in its ``call`` looks so: None). Without it, ``compress`` gave a one-unit custom
-    sigmoid no accuracy (its training read it as probabilities), and a subclassed last layer
-    ending in ``1 / (1 + exp(-d(t)))`` the share of class 1 as its accuracy (0.48 for 0.96)."""
+    sigmoid in its ``call`` looks so: None). Compiled ``from_logits=True``, one read as a
+    sigmoid, or in [0, 1] from a last layer that cannot be opened (every sample on ``x[:32]``
+    class 1 at 0), gets None (:func:`contradiction`). Without it, ``compress`` gave a
+    one-unit custom sigmoid no accuracy (its training read it as probabilities), and a
+    subclassed last layer ending in ``1 / (1 + exp(-d(t)))`` the share of class 1 as its
+    accuracy (0.48 for 0.96)."""
     from dkm_tf.core.labels import binary_from_logits  # noqa: PLC0415
     from dkm_tf.core.loss_kind import output_activation, source_loss  # noqa: PLC0415
 
@@ -74,25 +77,33 @@ def unit_threshold(model, x=None):
     logits = binary_from_logits(source_loss(model))
     read = read_activation(model, x, unit=True) if x is not None and logits is not False else ""
     if logits is not None:  # what it trains with, unless its outputs contradict it: a
-        return None if logits and read == "sigmoid" else 0.0 if logits else 0.5  # sigmoid
-    # compiled from_logits=True scored at 0 gave every sample class 1 (review R3)
+        return None if logits and read in ("sigmoid", OPAQUE) else 0.0 if logits else 0.5
+    # compiled from_logits=True scored at 0 gave every sample class 1 (review R3); so did an
+    # opaque head's hand sigmoid (0.41, the share of class 1, for 0.91 at 0.5: session 31)
     if read == "sigmoid":
         return 0.5
     guessed = output_activation(model, _guess=True) == "linear"  # a subclassed last layer's
     return 0.0 if guessed and read != OPAQUE else None
 
 
-def contradiction(model):
-    """Why a one-unit ``model`` that :func:`unit_threshold` read on the held-out inputs gave
-    no threshold has none, where it is compiled with (or carries) ``BinaryCrossentropy(
+def contradiction(model, x=None):
+    """Why a one-unit ``model`` that :func:`unit_threshold` read on the held-out inputs ``x``
+    gave no threshold has none, where it is compiled with (or carries) ``BinaryCrossentropy(
     from_logits=True)``: its outputs read as a sigmoid, which the loss contradicts (scored
-    at 0, every sample was class 1; the command line, which loads it uncompiled, scored it
-    at 0.5); else None."""
+    at 0, every sample was class 1), or lie in [0, 1] from a last layer dkm_tf cannot open
+    (:data:`OPAQUE`: a sigmoid or logits, all class 1 at 0); else None."""
     from dkm_tf.core.labels import binary_from_logits  # noqa: PLC0415
     from dkm_tf.core.loss_kind import source_loss  # noqa: PLC0415
 
     if not binary_from_logits(source_loss(model)):
         return None
+    if x is not None and read_activation(model, x, unit=True) == OPAQUE:
+        return ("the model's loss may contradict its output: it is compiled with "
+                "BinaryCrossentropy(from_logits=True) but its one output unit is in [0, 1] on "
+                "the first 32 held-out inputs (all class 1 at the logits' threshold 0) and its "
+                "last layer (a custom layer of sublayers with weights, or a subclassed model) "
+                "cannot be opened to tell a sigmoid from logits: if it outputs probabilities, "
+                "compile it with BinaryCrossentropy()")
     return ("the model's loss contradicts its output: it is compiled with BinaryCrossentropy("
             "from_logits=True) but its one output unit reads as a sigmoid (in [0, 1] on the "
             "first 32 held-out inputs at any scale of its last layer's input), so neither "
