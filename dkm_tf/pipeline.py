@@ -135,7 +135,8 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     ``batch_size`` applies to arrays), checked before any training as
     :func:`compress` checks it (labels in range, no endless dataset). ``callbacks``: Keras
     callbacks for ``fit`` (e.g. a :meth:`dkm_tf.progress.Progress.keras_callback` bar). An
-    epoch that trains no batch (a one-shot generator used up) is a ``UserWarning``.
+    epoch that trains no batch (a one-shot generator used up) is a ``UserWarning``, as is a
+    head it trains as logits whose outputs may be probabilities (``compress``' note).
     """
     import keras  # noqa: PLC0415
 
@@ -143,12 +144,14 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     from dkm_tf.training.common import default_loss, is_tf_dataset  # noqa: PLC0415
     from dkm_tf.training.compile_settings import sample_inputs as firsts  # noqa: PLC0415
     from dkm_tf.training.first_batch import keep_first_batch, output_shape  # noqa: PLC0415
+    from dkm_tf.training.compile_settings import warn_logits_doubt  # noqa: PLC0415
 
     train_data = check_train_data(model, train_data, batch_size=batch_size,
                                   callbacks=callbacks, verbose=verbose)
     train_data = keep_first_batch(train_data)  # JAX, a spec of unknown rank: no batch lost
     shape, x = output_shape(model, train_data), firsts(model, train_data)
     loss = default_loss(model, shape, x)  # its metric's threshold is the loss's (review R3)
+    warn_logits_doubt(model, train_data, shape, loss)  # compress' note of an unopened head
     threshold = (None if not isinstance(loss, keras.losses.BinaryCrossentropy) else
                  0.0 if loss.get_config()["from_logits"] else 0.5)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,

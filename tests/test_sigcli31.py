@@ -12,6 +12,9 @@
 * Compiled ``from_logits=True``, an opaque head whose outputs on the first 32 held-out inputs
   are in [0, 1] was scored at 0 by ``dkm_tf.compress`` (all class 1: the share of class 1 as
   its accuracy): no accuracy now, with a note, as a custom sigmoid compiled so gets.
+* ``train_classifier`` trained a head it cannot open (a hand sigmoid in a custom layer of
+  weighted sublayers, a subclassed model as the last layer or the model itself) as logits
+  with no word: a ``UserWarning`` with ``compress``' note now.
 """
 
 import warnings
@@ -257,3 +260,40 @@ def test_an_opaque_head_compiled_from_logits_with_outputs_in_0_1_gets_no_accurac
     for r in (py, result):
         assert r.threshold is None and r.accuracy_before is None
         assert sum("loss may contradict its output" in n for n in r.notes) == 1, r.notes
+
+
+@pytest.mark.parametrize("head", ["opaque", "nested", "whole"])
+def test_train_classifier_warns_of_a_head_it_cannot_open(head):
+    from dkm_tf.pipeline import train_classifier
+    from dkm_tf.training.compile_settings import probabilities_note
+
+    train, _ = _data()
+    build = {"opaque": lambda: _functional(Opaque31),
+             "nested": lambda: _functional(NestedHead31), "whole": Whole31}[head]
+    if head != "whole":  # compress' note of it, on an untrained twin
+        note = probabilities_note(build(), train)
+        assert note.startswith("trained with the cross-entropy from_logits=True: the model's "
+                               "last layer is a custom layer of sublayers with weights"), note
+    model = build()
+    with pytest.warns(UserWarning) as caught:
+        train_classifier(model, train, epochs=1)
+    said = [str(w.message) for w in caught if "from_logits=True" in str(w.message)]
+    assert len(said) == 1  # was none
+    if head == "whole":  # a subclassed model has no output_shape: compress gives no note
+        assert said[0].startswith("trained with the cross-entropy from_logits=True: the model "
+                                  "is a subclassed model and its outputs"), said[0]
+    else:
+        assert said[0] == note
+    assert model.loss.get_config()["from_logits"] is True  # read as compress trains it
+
+
+@pytest.mark.parametrize("head", ["sigunit", "dense"])
+def test_train_classifier_warns_of_nothing_it_reads(head):
+    from dkm_tf.pipeline import train_classifier
+
+    train, _ = _data()
+    model = _functional(SigUnit31 if head == "sigunit" else (lambda: L.Dense(1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_classifier(model, train, epochs=1)
+    assert model.loss.get_config()["from_logits"] is (head == "dense")

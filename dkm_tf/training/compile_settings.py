@@ -21,7 +21,7 @@ from dkm_tf.training.common import (
 from dkm_tf.training.distill import distillation_metrics
 
 __all__ = ["carried_loss_note", "check_label_keys", "compile_like", "compile_settings",
-           "probabilities_note", "sample_inputs"]
+           "probabilities_note", "sample_inputs", "warn_logits_doubt"]
 
 
 def compile_settings(model, metrics=None, data=None):
@@ -83,22 +83,25 @@ def carried_loss_note(model):
             "the model to train it with another loss")
 
 
-def probabilities_note(model, data):
+def probabilities_note(model, data, shape=None):
     """A note when the training functions train ``model`` (not compiled, carrying no loss,
     its last layer's activation not known: a custom or ``Lambda`` layer) with the
     cross-entropy ``from_logits=False`` because its outputs on the first inputs of ``data``
     are rows of probabilities or one unit of a sigmoid (:func:`compile_settings`), or with
     ``from_logits=True`` because they could not be read (a dataset is read only where that
-    changes nothing training sees); else None."""
+    changes nothing training sees) or are one unit in [0, 1] from a last layer dkm_tf cannot
+    open; else None. ``shape``: the output shape (default the model's ``output_shape``, which
+    a subclassed model lacks: :func:`dkm_tf.pipeline.train_classifier` gives it)."""
     from dkm_tf.core.loss_kind import output_activation  # noqa: PLC0415
 
     if (data is None or compiled_loss(model) is not None or source_loss(model) is not None
             or output_activation(model) != ""):
         return None
-    x, shape = sample_inputs(model, data), getattr(model, "output_shape", None)
+    x = sample_inputs(model, data)
+    shape = getattr(model, "output_shape", None) if shape is None else shape
     unit = isinstance(shape, tuple) and len(shape) == 2 and shape[1] == 1  # as default_loss
     if x is not None:
-        if default_loss(model, x=x).get_config().get("from_logits") is not False:
+        if default_loss(model, shape, x).get_config().get("from_logits") is not False:
             return _opaque_note(model, x) if unit else None
         return ("trained with the cross-entropy from_logits=False: the model's last layer is "
                 "not one whose activation dkm_tf can read (a custom or Lambda layer) and its "
@@ -123,11 +126,28 @@ def _opaque_note(model, x):
 
     if read_activation(model, x, unit=True) != OPAQUE:
         return None
-    return ("trained with the cross-entropy from_logits=True: the model's last layer is a "
-            "custom layer of sublayers with weights and its outputs on the training inputs are "
-            "in [0, 1], but dkm_tf cannot open it to tell a sigmoid from logits that happen to "
-            "lie there: if they are probabilities, compile the model with "
-            "BinaryCrossentropy()")
+    whole = not getattr(model, "outputs", None)  # a subclassed model itself: no graph
+    return ("trained with the cross-entropy from_logits=True: the model" + (
+        " is a subclassed model" if whole else "'s last layer is a custom layer of sublayers "
+        "with weights") + " and its outputs on the training inputs are in [0, 1], but dkm_tf "
+        "cannot open it to tell a sigmoid from logits that happen to lie there: if they are "
+        "probabilities, compile the model with BinaryCrossentropy()")
+
+
+def warn_logits_doubt(model, data, shape, loss):
+    """Warn (``UserWarning``, the text of ``compress``' note: :func:`probabilities_note`) where
+    :func:`dkm_tf.pipeline.train_classifier` trains ``model`` (its output of ``shape``) with
+    ``loss`` ``from_logits=True`` though its outputs may be probabilities: one unit in [0, 1]
+    on the first inputs of ``data`` from a last layer dkm_tf cannot open (a custom layer of
+    weighted sublayers, a subclassed model, as the last layer or the model itself: a hand
+    sigmoid in its ``call``), or outputs that could not be read without changing what
+    training sees. It returns a History, where a note has nowhere to go: such a head trained
+    with no word as logits (held-out BCE 0.140 where 0.088 as probabilities). Its reading
+    is not changed: that is how ``compress`` trains it too (dkm_tf cannot tell a sigmoid
+    from logits there); where it reads probabilities, nothing is warned."""
+    config = loss.get_config() if hasattr(loss, "get_config") else {}
+    if config.get("from_logits") is True and (note := probabilities_note(model, data, shape)):
+        warnings.warn(note, UserWarning, stacklevel=3)
 
 
 def _outputs(model):
