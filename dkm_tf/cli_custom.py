@@ -91,12 +91,13 @@ def loss_note(model_path, method, weighting, model=None, train=None):
                 "in Python on the model compiled with it (with the labels it takes)"] if (
             unused) else []  # label smoothing, ...: the default cross-entropy has none
         if model is not None and saved is not None:
-            from dkm_tf.training.common import compiled_loss, default_loss  # noqa: PLC0415
+            from dkm_tf.cli_unit import follows_file  # noqa: PLC0415
+            from dkm_tf.training.common import default_loss  # noqa: PLC0415
             from dkm_tf.training.compile_settings import sample_inputs  # noqa: PLC0415
 
             x = sample_inputs(model, train)  # a custom last layer: its outputs on the data
-            used = (compiled_loss(model) or default_loss(model, x=x)).get_config().get(
-                "from_logits")  # compiled: the file's (a custom one-unit layer, cli_unit)
+            used = saved if follows_file(model, model_path) else default_loss(
+                model, x=x).get_config().get("from_logits")  # a custom one-unit layer: the file's
             said += [] if used == saved else [
                 f"{model_path} was compiled with {loss} from_logits={saved}; dkm-tf compress "
                 f"{verb} it with from_logits={used}, read from the model's output activation"

@@ -241,6 +241,23 @@ def test_the_file_loss_is_read_only_where_it_is_keras_own(tmp_path):
     assert file_binary_from_logits(saved(None, "none.keras")) is None
 
 
+
+def test_a_saved_copy_is_read_by_the_loss_it_carries_as_load_model_reads_it(tmp_path):
+    model = _model(SigUnit31, keras.losses.BinaryCrossentropy(from_logits=True))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "cluster_weights left 1 layer", UserWarning)
+        copy = dkm_tf.share_weights(model, 8).model  # uncompiled, carries the loss
+    path = _save(copy, str(tmp_path / "c.keras"))
+    result = _cli(tmp_path, path)
+    train, test = _data()
+    py = dkm_tf.compress(dkm_tf.load_model(path), train, test, method="wr", n_clusters=8,
+                         seed=0, verbose=0, progress=Progress(enabled=False))
+    assert (py.threshold, py.accuracy_before) == (None, None)
+    assert (result.threshold, result.accuracy_before) == (None, None)  # were 0.5, 0.85
+    assert [n for n in result.notes if CONTRADICTS in n] == [
+        n for n in py.notes if CONTRADICTS in n] and any(CONTRADICTS in n for n in py.notes)
+
+
 def _functional(head):
     keras.utils.set_random_seed(0)
     inp = keras.Input((64,))
