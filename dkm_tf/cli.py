@@ -54,10 +54,11 @@ _MODEL = flags.DEFINE_string("model", None, "Path to a .keras model (default: tr
                              "built-in digits CNN).")
 _DATASET = flags.DEFINE_string("dataset", None, "Data for training/evaluation: digits, mnist, "
                                "keras:<name>, or your own .npz with x_train, y_train, x_test, "
-                               "y_test (without labels, for --method wr: x_train calibrates "
-                               "--refine / --weighting, x_test gives agreement with float; "
-                               "either sets the TFLite input size) (default: digits for the "
-                               "built-in model, none for --model).")
+                               "y_test (a --model of several inputs: x_train.<input name>, "
+                               "x_test.<input name> per input; without labels, for --method wr: "
+                               "x_train calibrates --refine / --weighting, x_test gives agreement"
+                               " with float; either sets the TFLite input size) (default: digits"
+                               " for the built-in model, none for --model).")
 _METHOD = flags.DEFINE_enum("method", None, ["wr", "finetune", "dkm", "dkm+finetune"],
                             "Compression method (default: wr for --model without a labelled "
                             "--dataset or with --weighting / --refine, else finetune).")
@@ -70,9 +71,8 @@ _GRANULARITY = flags.DEFINE_enum("granularity", "per_tensor", ["per_tensor", "pe
                                  "CR, as the size table shows). Depthwise kernels are "
                                  "clustered per channel under per_tensor too (a note names "
                                  "them) unless --overrides sets granularity for their "
-                                 "layer. --unit kernel "
-                                 "with --codebook shared or --transforms > 1 takes per_tensor "
-                                 "only.")
+                                 "layer. --unit kernel with --codebook shared or --transforms "
+                                 "> 1 takes per_tensor only.")
 _CODEBOOK = flags.DEFINE_enum("codebook", "layer", ["layer", "shared"], "--unit kernel: "
                               "shared = one codebook per kernel size for the network.")
 _TRANSFORMS = flags.DEFINE_integer("transforms", 1, "--unit kernel: 1, 2, 4, 8 flips/turns.")
@@ -270,7 +270,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         _check_interrupted()
         if tflite:
             source = test if test is not None else train  # verify on the user's own inputs
-            samples = source[0][:16] if source is not None else None
+            samples = source and cli_tables.first_samples(source[0], 16)  # model order
             scored = test if result.accuracy_after is not None else None  # else: no classes
             result.tflite, accuracy = write_tflite(result, output_dir, samples, scored, progress)
         result.plots = write_plots(result, model, plots_dir or output_dir, accuracy, progress) \

@@ -84,6 +84,9 @@ def load_dataset(name, model=None):
         loaded = data.load_dataset(name)
     except data.DatasetFileError as e:
         raise CliUsageError("dataset", e.expected, f"{name} ({e.received})") from None
+    if model is None and isinstance(loaded[0][0], dict):  # x_train.<input name> keys
+        raise CliUsageError("dataset", "one input array x_train for the built-in CNN (one "
+                            "array per input is for a --model of several inputs)", name)
     return loaded if model is None else check_dataset_fits(model, loaded, name)
 
 
@@ -376,16 +379,21 @@ def check_dataset_fits(model, data, dataset):
     and number) before any work; returns ``data``. Held-out inputs without labels are run
     through the float model first: a size or input count that does not fit it was Keras'
     error there (exit status 1), not one naming --dataset."""
+    from dkm_tf.data_inputs import arrange  # noqa: PLC0415
     from dkm_tf.training.common import check_data  # noqa: PLC0415 (loads Keras)
 
+    def error(expected, received):  # a .npz of one array per input (x_train.<input name>)
+        return CliUsageError("dataset", f"{expected} for --model", f"{dataset} ({received})")
+
+    data = tuple(part and (arrange(model, part[0], split, error), part[1])
+                 for part, split in zip(data, ("x_train", "x_test")))
     for name, part in zip(("train_data", "test_data"), data):
         try:
             check_data(name, part and (part[0], None), model, required=False, labels=False)
         except ValueError as e:
             several = len(getattr(model, "inputs", None) or ()) > 1
-            hint = ("; a .npz holds one input array x_train / x_test: compress a model of "
-                    "several inputs in Python, dkm_tf.compress with a list of arrays as x"
-                    if several else "")
+            hint = ("; a .npz gives a model of several inputs one array per input, keyed "
+                    "x_train.<name> / x_test.<name>, as dkm_tf.compress a dict" if several else "")
             raise CliUsageError("dataset", f"data that fits --model ({dataset_words(e)}"
                                 f"{hint})", dataset) from e
     return data

@@ -36,6 +36,7 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
     from dkm_tf.export.tflite import check_export_args  # noqa: PLC0415
     from dkm_tf.pipeline import binary_threshold, tflite_accuracy  # noqa: PLC0415
     from dkm_tf.progress import Progress  # noqa: PLC0415
+    from dkm_tf.tflite_feed import keyed_inputs  # noqa: PLC0415
 
     progress = progress if progress is not None else Progress(enabled=False)
     targets = cli_tables.TARGETS
@@ -75,6 +76,7 @@ def write_tflite(result, output_dir, sample_inputs=None, test_data=None, progres
             reports[label].latency["1t"] = stats
         stage.close("50 invokes each, interleaved")
         if test_data is not None:
+            test_data = (keyed_inputs(result.model, test_data[0]), test_data[1])  # by name
             n = min(len(test_data[1]), 10_000)
             what = ("accuracy ({n} test samples)" if result.metric == "test accuracy" else
                     "agreement with the float model ({n} held-out inputs)")

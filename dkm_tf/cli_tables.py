@@ -195,17 +195,42 @@ def data_line(dataset, train, test, calibrates=True):
     is, so 0-255 pixels for a model trained on [0, 1] show here). Unlabelled samples
     calibrate --refine / --weighting (``calibrates``), else plain wr's k-means reads none."""
     x = train[0]
-    shape = f"{tuple(x.shape[1:])} in {_range(x)}"
-    if test is not None and _range(test[0]) != _range(x):
-        shape += f" (x_test in {_range(test[0])})"
+    if not hasattr(x, "shape"):  # several inputs (as the model takes them): shape each
+        xs, ts = _flat(x), _flat(test[0]) if test is not None else None
+        shape = "; ".join(f"{tuple(a.shape[1:])} in {_range(a)}" + (
+            f" (x_test in {_range(ts[i])})" if ts and _range(ts[i]) != _range(a) else "")
+            for i, a in enumerate(xs))
+        shape, x = f"[{shape}] (one per input)", xs[0]
+    else:
+        shape = f"{tuple(x.shape[1:])} in {_range(x)}"
+        if test is not None and _range(test[0]) != _range(x):
+            shape += f" (x_test in {_range(test[0])})"
     if train[1] is None:
-        held = "" if test is None else f" and {len(test[0])} held-out inputs"
+        held = "" if test is None else f" and {len(_flat(test[0])[0])} held-out inputs"
         use = ("calibration" + ("" if held else " only: no accuracy is reported")
                if calibrates else "x_train not read by k-means without --refine / --weighting"
                + ("" if held else "; no accuracy is reported"))
         return f"[data] {dataset}: {len(x)} unlabelled samples{held} of shape {shape} ({use})"
     return (f"[data] {dataset}: {len(train[1])} train / {len(test[1])} test samples of shape "
             f"{shape}, {n_classes(train, test)} classes")
+
+
+def first_samples(x, n):
+    """The first ``n`` samples of inputs ``x``: of an array, or of each input of several (as
+    the model takes them, nested as it was built) in a flat list in ``model.inputs`` order,
+    as ``to_tflite``'s ``sample_inputs`` (slicing the list kept every sample, or failed)."""
+    if hasattr(x, "shape"):
+        return x[:n]
+    import keras  # noqa: PLC0415
+
+    return [a[:n] for a in keras.tree.flatten(x)]
+
+
+def _flat(x):
+    """The arrays of inputs ``x`` (an array, or a list / dict of them, nested), in order."""
+    if isinstance(x, dict):
+        x = list(x.values())
+    return [a for v in x for a in _flat(v)] if isinstance(x, (list, tuple)) else [x]
 
 
 def _range(x):

@@ -10,6 +10,8 @@ import zlib
 
 import numpy as np
 
+from dkm_tf.data_inputs import check_named, named_inputs
+
 __all__ = ["NPZ_KEYS", "DatasetFileError", "check_npz", "load_npz"]
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")  # keras.datasets' load_data() order
@@ -57,7 +59,10 @@ def check_npz(path):
             row and the same shape per sample in both splits, and 1-D integer class labels (or
             ``(n, 1)``), one per sample. Unlabelled: ``x_train`` (and optionally ``x_test``,
             held-out inputs of the same shape), calibration inputs for the post-training
-            methods (``refine``, ``weighting``), which need no labels.
+            methods (``refine``, ``weighting``), which need no labels. A model of several
+            inputs: one array per input in place of ``x_train`` / ``x_test``, keyed
+            ``x_train.<input name>`` / ``x_test.<input name>`` (the same inputs in both, the
+            same number of samples in each array of a split and its labels).
 
     Returns:
         ``{key: (shape, dtype)}`` of the arrays (``"y_train" in`` it: labelled).
@@ -78,6 +83,10 @@ def check_npz(path):
     found = _headers(path)
     labelled = bool({"y_train", "y_test"} & set(found)) or "x_train" not in found
     keys = NPZ_KEYS if labelled else tuple(k for k in ("x_train", "x_test") if k in found)
+    if named_inputs(found):  # x_train.<input name>: a model of several inputs
+        keys = check_named(path, found,
+                           lambda want, got: DatasetFileError(path, want, got))
+        labelled = "y_train" in keys
     missing = [k for k in keys if k not in found]
     if missing:
         raise DatasetFileError(path, f"a .npz file with the arrays {list(NPZ_KEYS)} (or, "
@@ -90,17 +99,19 @@ def check_npz(path):
         if key[0] == "x" and dtype.kind not in "biuf":  # complex, strings, dates, records
             raise DatasetFileError(path, f"real numbers (bool, integer or float) in {key}",
                                    f"dtype {dtype}")
-        if key[0] == "x" and (len(shape) < 2 or shape[0] < 1):
+        if key[0] == "x" and (len(shape) < 2 - ("." in key) or shape[0] < 1):
             raise DatasetFileError(path, f"{key} with samples along its first axis",
                                    f"shape {shape}")
     for split in ("train", "test") if labelled else ():
-        (xs, _), (ys, yd) = info[f"x_{split}"], info[f"y_{split}"]
+        ys, yd = info[f"y_{split}"]
+        xs = info.get(f"x_{split}", (ys,))[0]  # one array per input: checked by check_named
         if not (len(ys) == 1 or (len(ys) == 2 and ys[1] == 1)) or ys[0] != xs[0]:
             raise DatasetFileError(path, f"y_{split} of shape ({xs[0]},): one label per "
                                    "sample", f"shape {ys}")
         if yd.kind not in "iu":
             raise DatasetFileError(path, f"integer class labels in y_{split}", f"dtype {yd}")
-    if "x_test" in info and info["x_train"][0][1:] != info["x_test"][0][1:]:
+    if "x_test" in info and "x_train" in info and (
+            info["x_train"][0][1:] != info["x_test"][0][1:]):
         raise DatasetFileError(path, "x_train and x_test with the same shape per sample",
                                f"{info['x_train'][0][1:]} and {info['x_test'][0][1:]}")
     return info
@@ -116,7 +127,9 @@ def load_npz(path):
 
     Returns:
         ``(x_train, y_train), (x_test, y_test)``; unlabelled: ``(x_train, None),
-        (x_test, None)``, or ``(x_train, None), None`` without ``x_test``.
+        (x_test, None)``, or ``(x_train, None), None`` without ``x_test``. A file of one
+        array per input gives ``x_train`` / ``x_test`` as dicts ``{input name: array}``
+        (``dkm_tf.compress`` and Keras take them for a model of a flat list of inputs).
     """
     keys, path = list(check_npz(path)), os.fspath(path)
     arrays = {}
@@ -134,6 +147,10 @@ def load_npz(path):
                 raise DatasetFileError(path, f"finite inputs in {k}", f"{bad:,} of "
                                        f"{arrays[k].size:,} values are NaN or infinite "
                                        "(as float32)")
+    for split in ("x_train", "x_test"):  # one array per input: {input name: array}
+        named = {k.partition(".")[2]: arrays.pop(k) for k in keys if k.startswith(split + ".")}
+        if named:
+            arrays[split] = named
     if "y_train" not in arrays:
         test = arrays.get("x_test")
         return (arrays["x_train"], None), None if test is None else (test, None)

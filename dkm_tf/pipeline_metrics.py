@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from dkm_tf.core.validate import check_int, check_number, invalid_type
+from dkm_tf.tflite_feed import _dequantized, _quantized, keyed_scores
 from dkm_tf.training.data_checks import as_arrays, check_label_range, class_ids
 
 __all__ = ["AGREEMENT_USE", "FISHER_USE", "INT8_USE", "LOGITS_NOTE", "accuracy_note",
@@ -276,9 +277,10 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     dequantized before the arg-max / ``threshold``.
 
     Returns None when the file's output is not one row of class scores per sample (several
-    outputs included), or it has several inputs (noted: the file's input order need not be the
-    model's). ``x``: one array (``[x]`` or ``{name: x}`` are read as ``x``). A one-column
-    output is a binary classifier with this ``threshold`` (the Keras model's
+    outputs included). ``x``: one array (``[x]`` or ``{name: x}`` are read as ``x``); for a
+    file of several inputs, a list of arrays in the Keras model's input order (nested as it
+    was built) or a dict keyed by its input names (:func:`~dkm_tf.tflite_feed.keyed_scores`).
+    A one-column output is a binary classifier with this ``threshold`` (the Keras model's
     :func:`binary_threshold`); None then gives None.
 
     In ``tf.lite`` of TensorFlow 2.19 / 2.20 the file is checked first
@@ -313,9 +315,12 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
     it = make_interpreter(kind, content)
     if len(it.get_output_details()) != 1:  # several heads: no single arg-max
         return None
-    if len(it.get_input_details()) != 1:  # its order need not be the Keras model's
-        notes.append(f"no accuracy of {path}: it has {len(it.get_input_details())} inputs")
-        return None
+    if len(it.get_input_details()) != 1:  # fed by its signature keys: Keras' input names
+        preds = [s if s is None else predicted_classes(s, len(s), threshold)
+                 for s in keyed_scores(kind, content, x, y, batch_size, notes, path, max_samples)]
+        if any(p is None for p in preds):
+            return None
+        return float(np.mean(np.concatenate(preds) == y))
     inp, out, x = it.get_input_details()[0], it.get_output_details()[0], np.asarray(x)
     if x.ndim == len(inp["shape"]) + 1 and len(x) == 1:
         x = x[0]  # [x]: the one input's samples in a list
@@ -346,47 +351,6 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
             return None
         preds.append(pred)
     return float(np.mean(np.concatenate(preds) == y))
-
-
-def _scale(detail):
-    """``(scale, zero_point)`` of an integer input / output tensor of a quantized file, or
-    None (a float tensor, or an integer one without quantization parameters)."""
-    if not np.issubdtype(np.dtype(detail["dtype"]), np.integer):
-        return None
-    scale, zero = detail.get("quantization", (0.0, 0)) or (0.0, 0)
-    return (float(scale), int(zero)) if scale else None
-
-
-def _quantized(x, detail):
-    """Float inputs as an integer-input file (full int8 with ``inference_input_type``
-    int8 / uint8 / int16) reads them: ``round(x / scale) + zero_point``, clipped to its dtype;
-    a plain cast read 0.4 as 0 (accuracy 0.44 measured where the file's is 0.98). Integer
-    inputs of another dtype (uint8 pixels for an int8 input) are real values too (a cast
-    wrapped 200 to -56: 0.14 for 0.985; review R3), refused where they would not fit read so
-    (int64 codes 0..255 for a uint8 input of scale 1/255: saturated, 0.505 for 0.99; review
-    R4); inputs of the file's own dtype, and files with float inputs, are cast as they are.
-    Halves round away from zero, as TFLite's QUANTIZE (``std::round``)."""
-    dtype, x = np.dtype(detail["dtype"]), np.asarray(x)
-    q = _scale(detail)
-    if q is None or x.dtype == dtype:
-        return x.astype(dtype)
-    info, v = np.iinfo(dtype), x.astype(np.float64) / q[0]
-    v = np.sign(v) * np.floor(np.abs(v) + 0.5) + q[1]
-    if x.dtype.kind in "iu" and (v.min() < info.min or v.max() > info.max):
-        raise ValueError(  # integer data: real values, or the file's codes in another dtype?
-            f"Invalid value for argument `data`. Expected x as the real values the model "
-            f"takes (floats), or as the file's own {dtype} input codes (x.astype({dtype.name})"
-            f"; scale {q[0]:.4g}, zero point {q[1]}). Received: x of dtype {x.dtype} whose "
-            f"values {x.min()}..{x.max()}, read as real values, fall outside {dtype}'s range "
-            f"(ambiguous: {x.dtype} codes sent to a {dtype} input read as reals saturate)")
-    return np.clip(v, info.min, info.max).astype(dtype)
-
-
-def _dequantized(scores, detail):
-    """An integer output as the real values it stands for, ``(q - zero_point) * scale``: a
-    one-unit output is compared with a threshold in real units (0.5 after a sigmoid)."""
-    q = _scale(detail)
-    return scores if q is None else (scores.astype(np.float64) - q[1]) * q[0]
 
 
 def ratio_words(ratio):

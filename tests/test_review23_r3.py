@@ -118,6 +118,7 @@ def test_tflite_accuracy_refuses_integer_codes_of_another_dtype(tmp_path):
 def test_tflite_accuracy_of_a_two_input_file_and_of_wrapped_samples(tmp_path):
     """A two-input file failed with "XNNPack delegate failed to reshape" (list / tuple x) or
     an IndexError (dict x): now None with a note (its input order need not be the model's);
+    since session 31 a dict keyed by its signature inputs is fed by key and scored;
     a one-input file's samples given as [x] or {name: x} are read as x."""
     tf = pytest.importorskip("tensorflow")
     from dkm_tf.pipeline import tflite_accuracy  # noqa: PLC0415
@@ -130,10 +131,14 @@ def test_tflite_accuracy_of_a_two_input_file_and_of_wrapped_samples(tmp_path):
     y = r.integers(0, 3, 50)
     path = tmp_path / "two.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(two).convert())
-    for x in ([x1, x1], (x1, x1), {"a": x1, "b": x1}):
+    for x in ([x1, x1], (x1, x1)):  # its subgraph order is [b, a]: a list is not read
         notes = []
         assert tflite_accuracy(str(path), (x, y), notes=notes) is None
-        assert notes == [f"no accuracy of {path}: it has 2 inputs"]
+        assert notes[0].startswith(f"no accuracy of {path}: it has 2 inputs, and x is no dict")
+    x2b = r.normal(size=(50, 4)).astype("float32")  # session 31: a dict is fed by key
+    want = np.mean(np.argmax(two.predict([x1, x2b], verbose=0), 1) == y)
+    assert tflite_accuracy(str(path), ({"a": x1, "b": x2b}, y)) == pytest.approx(want)
+    assert tflite_accuracy(str(path), ({"a": x2b, "b": x1}, y)) != pytest.approx(want)
     one = keras.Sequential([keras.Input((6,), name="x"), keras.layers.Dense(3)])
     path = tmp_path / "one.tflite"
     path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(one).convert())

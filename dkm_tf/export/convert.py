@@ -92,13 +92,15 @@ def input_list_form(model):
 
 def structured_inputs(model, xs):
     """Inputs `xs` (one per model input, in `model.inputs` order) as the model takes them: one
-    tensor, a list, or the dict of a Functional model built on named inputs (Keras 3 calls it
-    with that structure only; `model.inputs` is its flattened, key-sorted order)."""
+    tensor, a list, or the dict / nested list of a Functional model built on them (Keras 3
+    calls it with that structure only, a flat list of ``[a, [b, c]]`` warned; `model.inputs`
+    is its flattened, key-sorted order)."""
     struct = getattr(model, "_inputs_struct", None)
-    if isinstance(struct, dict) and len(struct) == len(xs):
+    if isinstance(struct, (dict, list, tuple)) and len(xs) > 1:
         import keras  # noqa: PLC0415
 
-        return keras.tree.pack_sequence_as(struct, list(xs))
+        if len(keras.tree.flatten(struct)) == len(xs):
+            return keras.tree.pack_sequence_as(struct, list(xs))
     return as_model_inputs(model, xs[0]) if len(xs) == 1 else list(xs)
 
 
