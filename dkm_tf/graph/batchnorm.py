@@ -44,6 +44,7 @@ from dkm_tf.graph.copying import (
 )
 from dkm_tf.graph.layer_names import wrapped_layer
 from dkm_tf.graph.layer_paths import layer_paths
+from dkm_tf.graph.optional_inputs import keep_optional_inputs
 from dkm_tf.graph.result_objects import check_not_a_result
 
 __all__ = ["FOLDABLE_LAYERS", "FoldResult", "fold_batch_norm", "maybe_fold"]
@@ -298,8 +299,9 @@ def _rebuild(model, plan, memo, scales, path_of=None):
     if compiled:  # Keras would re-compile the copy from the compile config
         model.compiled = False
     try:
-        return keras.models.clone_model(model, input_tensors=_named_inputs(model),
-                                        clone_function=layers_only(clone), call_function=call)
+        return keep_optional_inputs(model, keras.models.clone_model(
+            model, input_tensors=_named_inputs(model), clone_function=layers_only(clone),
+            call_function=call))
     finally:
         if compiled:
             model.compiled = True

@@ -260,6 +260,7 @@ def clone_uncompiled(model, clone_function):
     import keras  # noqa: PLC0415
 
     from dkm_tf.graph.clusterable import walk_layers  # noqa: PLC0415
+    from dkm_tf.graph.optional_inputs import keep_optional_inputs  # noqa: PLC0415
 
     models = [model] + [m for m in walk_layers(model) if isinstance(m, keras.Model)]
     compiled = [m for m in models if getattr(m, "compiled", False)]
@@ -274,7 +275,7 @@ def clone_uncompiled(model, clone_function):
             m.compiled = True
     _restore_model_flags(models, [clone] + [m for m in walk_layers(clone)
                                             if isinstance(m, keras.Model)])
-    return clone
+    return keep_optional_inputs(model, clone)  # Keras' new inputs are not optional
 
 
 def _named_inputs(model):

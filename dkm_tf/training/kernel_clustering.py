@@ -28,6 +28,7 @@ import numpy as np
 from dkm_tf.core.validate import check_seed
 from dkm_tf.graph import bn_fate, clusterable, kernel_share
 from dkm_tf.graph.copying import copy_layer, iter_layers, keep_dtype_policy, layers_only
+from dkm_tf.graph.optional_inputs import keep_optional_inputs
 from dkm_tf.graph.result_objects import check_not_a_result
 from dkm_tf.training import wrapper_extras as extras
 from dkm_tf.training import wrapper_names
@@ -121,6 +122,7 @@ def cluster_kernel_model(model, n_clusters=16, *, codebook="shared", transforms=
     named = wrapper_names.named(plan, clone_function)
     out = keep_dtype_policy(model, keras.models.clone_model(  # mixed_float16: loss scaling
         fmodel, clone_function=layers_only(named), call_function=call_function))
+    keep_optional_inputs(model, out)
     clustered = [(lay.name, type(lay).__name__,
                   {"n_clusters": int(n_clusters), "unit": "kernel", "codebook": g.codebook_id,
                    "granularity": "per_tensor", "init": init, "transforms": transforms,
@@ -244,9 +246,9 @@ def _strip(model):
             kwargs.pop("codebook")
         return layer(*args, **kwargs)
 
-    return keep_dtype_policy(model, keras.models.clone_model(
+    return keep_optional_inputs(model, keep_dtype_policy(model, keras.models.clone_model(
         model, clone_function=layers_only(clone_function),
-        **({"call_function": call_function} if pals else {})))
+        **({"call_function": call_function} if pals else {}))))
 
 
 # ----------------------------------------------------------------------------- API routing
