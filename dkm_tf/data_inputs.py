@@ -5,7 +5,8 @@ model was built (a list, a nested list, a dict: :func:`arrange`)."""
 
 from __future__ import annotations
 
-__all__ = ["SPLITS", "arrange", "check_named", "input_key", "named_inputs"]
+__all__ = ["SPLITS", "arrange", "calibration_set", "check_named", "input_key",
+           "named_inputs", "sample_count"]
 
 SPLITS = ("x_train", "x_test")
 
@@ -124,3 +125,31 @@ def arrange(model, x, split, error):
         return x[names[0]]
     by_id = {id(t): x[n] for n, t in inputs}
     return keras.tree.map_structure(lambda t: by_id[id(t)], struct)
+
+
+def calibration_set(train_data, n, seed=0):
+    """``n`` samples of ``(x, y)`` drawn without replacement with ``seed`` (all if fewer);
+    ``x`` one array or several inputs (a list or dict of arrays, nested as the model takes
+    them: the same samples of each; ``np.asarray`` of a list of two inputs was refused, or
+    took inputs for samples); ``y`` may be None (unlabelled calibration inputs)."""
+    import numpy as np  # noqa: PLC0415
+
+    x, y = train_data
+    pick_all = None
+    if not hasattr(x, "shape"):
+        import keras  # noqa: PLC0415
+
+        pick_all = keras.tree.map_structure
+    pick = np.sort(np.random.default_rng(seed).permutation(sample_count(x))[:n])
+    xs = np.asarray(x)[pick] if pick_all is None else pick_all(lambda a: np.asarray(a)[pick], x)
+    return xs, None if y is None else np.asarray(y)[pick]
+
+
+def sample_count(x):
+    """Samples in inputs ``x``: one array's length, or the first input's of several (a list
+    or dict, nested; ``len`` of a list of two inputs was 2)."""
+    if hasattr(x, "shape"):
+        return len(x)
+    import keras  # noqa: PLC0415
+
+    return len(keras.tree.flatten(x)[0])

@@ -16,8 +16,9 @@ import time
 
 from dkm_tf.core import palette as palette_lib
 from dkm_tf.core.validate import CALIBRATION_SAMPLES
+from dkm_tf.data_inputs import calibration_set, sample_count
 from dkm_tf.graph.share import share_weights
-from dkm_tf.pipeline_args import calibration_set, check_args, fisher_loss, input_range_note
+from dkm_tf.pipeline_args import check_args, fisher_loss, input_range_note
 from dkm_tf.pipeline_metrics import (
     AGREEMENT_USE,
     FISHER_USE,
@@ -327,10 +328,10 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
         stage = cluster_stage(progress, work, n_clusters, overrides)
         if weighting or refine:
             calib = calibration_set(train_data, calibration_samples, seed)
-            log(f"[k-means] calibrating on {len(calib[0])} training samples "
+            log(f"[k-means] calibrating on {sample_count(calib[0])} training samples "
                 f"(weighting={weighting}, refine={refine})", flush=True)
             from dkm_tf.graph.refine import few_samples_note  # noqa: PLC0415
-            notes += [n for n in [refine and few_samples_note(len(calib[0]))] if n]
+            notes += [n for n in [refine and few_samples_note(sample_count(calib[0]))] if n]
         clustered, palettes, skipped = share_weights(
             work, n_clusters, unit=unit, granularity=granularity, init=init, seed=seed,
             overrides=overrides, sparsity=sparsity, verbose=verbose > 1,
@@ -357,9 +358,9 @@ def compress(model, train_data=None, test_data=None, *, method="wr", n_clusters=
     report = estimate_energy(clustered, palettes, notes, (test_data, train_data))
     notes += result_notes(model, clustered, size, granularity, palettes)  # BN folded, ...
     return CompressionResult(clustered, palettes, skipped, size, label, acc_before, acc_after,
-                             seconds, report, calibration={**options, "samples": len(calib[0])}
-                             if calib is not None else {}, metric=metric, notes=notes,
-                             threshold=threshold)
+                             seconds, report, calibration={**options, "samples": sample_count(
+                                 calib[0])} if calib is not None else {}, metric=metric,
+                             notes=notes, threshold=threshold)
 
 
 def save_palettes(palettes, model_path):

@@ -14,6 +14,7 @@ __all__ = ["REGULARIZER_WIDE", "DataMismatchError", "calibration_set", "check_ar
 
 import numpy as np
 
+from dkm_tf.data_inputs import calibration_set
 from dkm_tf.training.data_checks import check_labels, repeats_forever
 
 
@@ -24,14 +25,6 @@ class DataMismatchError(ValueError):
 
 # settings the Deep k-Means re-training (dkm_retrain) takes for the whole model only
 REGULARIZER_WIDE = ("unit", "preserve_sparsity")
-
-
-def calibration_set(train_data, n, seed=0):
-    """``n`` samples of ``(x, y)`` drawn without replacement with ``seed`` (all if fewer);
-    ``y`` may be None (unlabelled calibration inputs)."""
-    x, y = train_data
-    pick = np.sort(np.random.default_rng(seed).permutation(len(x))[:n])
-    return np.asarray(x)[pick], None if y is None else np.asarray(y)[pick]
 
 
 def check_args(model, train_data, test_data, args):

@@ -211,3 +211,27 @@ def test_tflite_accuracy_of_two_inputs_by_key(tmp_path):
     with pytest.raises(ValueError, match=r"Expected x keyed by the file's inputs"):
         tflite_accuracy(str(path), ({"a": x["a"], "b": x["b"]}, y))
     assert tf is not None
+
+
+def test_calibration_set_of_several_inputs_draws_the_same_samples_of_each():
+    from dkm_tf.pipeline import calibration_set
+
+    a = np.arange(20, dtype=np.float32).reshape(10, 2)
+    b = np.arange(10, dtype=np.float32)[:, None] * 10 + np.arange(3)  # b row i: 10 i + 0..2
+    y = np.arange(10)
+    (ca, [cb]), cy = calibration_set(([a, [b]], y), 4, seed=1)
+    assert ca.shape == (4, 2) and cb.shape == (4, 3)  # was np.asarray of the list: refused
+    np.testing.assert_array_equal(ca[:, 0] / 2, cy)
+    np.testing.assert_array_equal(cb[:, 0] / 10, cy)
+    x, _ = calibration_set(({"p": a, "q": b}, None), 99)
+    np.testing.assert_array_equal(x["q"], b)
+
+
+def test_fisher_weighting_calibrates_on_every_sample_of_two_inputs(tok_feat):
+    tmp, model_path, npz, _ = tok_feat
+    rc, printed, err = _run("--model", model_path, "--dataset", npz, "--method", "wr",
+                            "--weighting", "fisher", "--notflite", "--n_clusters", "8",
+                            "--output_dir", str(tmp / "fisher"))
+    assert rc == 0, err
+    report = json.loads((tmp / "fisher" / "report.json").read_text())
+    assert report["calibration"] == {"weighting": "fisher", "samples": 64}  # len(list): 2
