@@ -33,7 +33,13 @@ import numpy as np
 
 from dkm_tf.graph.bn_kernel import FOLDABLE as _FOLDABLE
 from dkm_tf.graph.bn_kernel import entry as _entry
-from dkm_tf.graph.bn_kernel import folded_copy
+from dkm_tf.graph.bn_wrapped import (
+    axis_problem,
+    folded_layer,
+    kind,
+    time_distributed,
+    wrapper_problem,
+)
 from dkm_tf.graph.clusterable import walk_layers
 from dkm_tf.graph.copying import (
     _named_inputs,
@@ -43,7 +49,7 @@ from dkm_tf.graph.copying import (
     layers_only,
 )
 from dkm_tf.graph.layer_names import wrapped_layer
-from dkm_tf.graph.layer_paths import layer_paths
+from dkm_tf.graph.layer_paths import attr_path, layer_paths
 from dkm_tf.graph.optional_inputs import keep_optional_inputs
 from dkm_tf.graph.result_objects import check_not_a_result
 
@@ -91,8 +97,9 @@ class FoldResult:
 
 @dataclasses.dataclass
 class _Plan:
-    fold: dict = dataclasses.field(default_factory=dict)  # id(layer) -> bn
-    drop: set = dataclasses.field(default_factory=set)  # id(bn)
+    fold: dict = dataclasses.field(default_factory=dict)  # id(layer) -> bn (unwrapped)
+    drop: set = dataclasses.field(default_factory=set)  # id(bn's graph layer)
+    ops: list = dataclasses.field(default_factory=list)  # the graph layer of each folded bn
     folded: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
 
@@ -141,48 +148,46 @@ def _check_statistics(bn):
                          f"{bn.epsilon:g}); 1 / sqrt(var + eps) is not defined.")
 
 
-def _why_not(prev, bn, sole, uses):
-    """None when ``bn`` (called on ``prev``'s output) folds into ``prev``, else the reason."""
-    if uses[id(bn)] > 1:
-        return f"the BatchNormalization is called {uses[id(bn)]} times (shared layer)"
+def _why_not(prev, op, sole, uses):
+    """None when the batch norm of graph layer ``op`` (a BatchNormalization, or a
+    TimeDistributed of one: :mod:`.bn_wrapped`), called on ``prev``'s output, folds into
+    ``prev`` (a conv / dense layer or a TimeDistributed of one), else the reason."""
+    bn, bn_wrappers = time_distributed(op)
+    shared = max(uses[id(x)] for x in (op, *bn_wrappers, bn))
+    if shared > 1:
+        return f"the BatchNormalization is called {shared} times (shared layer)"
     if prev is None:
         return "its input is a model input (or several tensors), not one layer's output"
-    entry = _entry(prev)
+    inner, wrappers = time_distributed(prev)
+    entry = _entry(inner)
     if entry is None:
-        return (f"it follows {type(prev).__name__} {prev.name!r}, not a conv or dense layer "
+        return (f"it follows {kind(prev)} {prev.name!r}, not a conv or dense layer "
                 "it folds into (FOLDABLE_LAYERS)")
     cls = entry[0]
-    if any(getattr(type(prev), m, None) is not getattr(cls, m, None)
+    if any(getattr(type(inner), m, None) is not getattr(cls, m, None)
            for m in ("call", "convolution_op")):
-        return (f"{prev.name!r} ({type(prev).__name__}) overrides call(); folding could "
+        return (f"{inner.name!r} ({type(inner).__name__}) overrides call(); folding could "
                 "change what it computes")
-    if uses[id(prev)] > 1:
-        return f"{prev.name!r} is called {uses[id(prev)]} times (shared layer)"
+    problem = wrapper_problem(wrappers + bn_wrappers)
+    if problem:
+        return problem
+    for x in (prev, *wrappers[1:], inner):
+        if uses[id(x)] > 1:
+            return f"{x.name!r} is called {uses[id(x)]} times (shared layer)"
     if not sole:
         return f"the output of {prev.name!r} also feeds other layers or is a model output"
-    act = prev.activation
+    act = inner.activation
     if act is not keras.activations.linear:
         name = getattr(act, "__name__", type(act).__name__)
-        return f"{prev.name!r} applies activation {name!r} before the BatchNormalization"
-    if getattr(getattr(prev, "dtype_policy", None), "quantization_mode", None):
-        return f"{prev.name!r} is quantized ({prev.dtype_policy.name}; fold the float model)"
-    if getattr(prev, "lora_enabled", False):
-        return (f"{prev.name!r} has LoRA enabled (fold a merged copy: "
+        return f"{inner.name!r} applies activation {name!r} before the BatchNormalization"
+    if getattr(getattr(inner, "dtype_policy", None), "quantization_mode", None):
+        return f"{inner.name!r} is quantized ({inner.dtype_policy.name}; fold the float model)"
+    if getattr(inner, "lora_enabled", False):
+        return (f"{inner.name!r} has LoRA enabled (fold a merged copy: "
                 "dkm_tf.graph.layer_features.merge_lora(model)[0]; share_weights merges itself)")
-    if not prev.built:
+    if not (prev.built and inner.built):
         return f"{prev.name!r} is not built"
-    shape = tuple(bn.get_build_config()["input_shape"])
-    rank, first = len(shape), getattr(prev, "data_format", "channels_last") == "channels_first"
-    channel = 1 if first else rank - 1
-    if bn.axis % rank != channel:
-        return (f"it normalizes axis {bn.axis}, not the channel axis {channel} of "
-                f"{prev.name!r}")
-    if first and shape[1] != 1 and shape[-1] in (None, shape[1]):  # Keras 3.15, TF backend:
-        return (f"{prev.name!r} is channels_first with {shape[1]} channels and an output "
-                f"last dim of {shape[-1] or 'None (any)'}: Keras' bias fast path (ops.add -> "
-                "bias_add) adds its bias along the last axis when that dim equals the channel "
-                "count, so a folded bias would change the outputs")
-    return None
+    return axis_problem(prev, inner, len(wrappers), op, bn)
 
 
 def _analyse(model, plan, uses, seen, see_through=False):
@@ -197,7 +202,8 @@ def _analyse(model, plan, uses, seen, see_through=False):
                 plan.skipped += [(bn.name, f"inside subclassed model {layer.name!r}, which "
                                   "cannot be rebuilt") for bn in walk_layers(layer)
                                  if isinstance(bn, _L.BatchNormalization)]
-        if not isinstance(layer, _L.BatchNormalization) or id(layer) in plan.drop:
+        bn = time_distributed(layer)[0]  # a TimeDistributed(BatchNormalization) too
+        if not isinstance(bn, _L.BatchNormalization) or id(layer) in plan.drop:
             continue
         if kwargs.get("training") is True:
             raise ValueError(f"Invalid model: BatchNormalization {layer.name!r} is called with "
@@ -205,18 +211,19 @@ def _analyse(model, plan, uses, seen, see_through=False):
                              "normalizes with the statistics of each batch, not its moving "
                              "statistics: it cannot be folded, and Keras and an exported "
                              "model would disagree. Rebuild the model without training=True.")
-        if not layer.built:
+        if not (layer.built and bn.built):
             plan.skipped.append((layer.name, "the BatchNormalization is not built"))
             continue
-        _check_statistics(layer)
+        _check_statistics(bn)
         if see_through and wrapped_layer(prev) is not None:  # a wrapper called twice: its
             inner = wrapped_layer(prev)  # stripped layer is too
             uses[id(inner)] = max(uses[id(inner)], uses[id(prev)])
             prev = inner
         reason = _why_not(prev, layer, sole, uses)
         if reason is None:
-            plan.fold[id(prev)] = layer
+            plan.fold[id(prev)] = bn
             plan.drop.add(id(layer))
+            plan.ops.append(layer)
             plan.folded.append((prev.name, layer.name))
         elif layer.name not in {n for n, _ in plan.skipped}:
             plan.skipped.append((layer.name, reason))
@@ -228,9 +235,19 @@ def _count_uses(model, uses, seen):
     seen.add(id(model))
     for layer, *_ in _calls(model):
         uses[id(layer)] += 1
+        _wrapped_uses(layer, uses)
         if isinstance(layer, keras.Model) and is_graph_model(layer):
             _count_uses(layer, uses, seen)
         _pipeline_uses(layer, uses, seen)
+
+
+def _wrapped_uses(layer, uses):
+    """Counts a call of the layers inside ``TimeDistributed`` / clustering wrappers: ``d``
+    called alone and as ``TimeDistributed(d)`` is called twice (folding into one changes
+    both)."""
+    while isinstance(layer, _L.TimeDistributed) or wrapped_layer(layer) is not None:
+        layer = layer.layer
+        uses[id(layer)] += 1
 
 
 def _pipeline_uses(layer, uses, seen):
@@ -240,6 +257,7 @@ def _pipeline_uses(layer, uses, seen):
     the two calls once, as in the float file, and keeps the batch norm)."""
     for sub in getattr(layer, "layers", ()) if isinstance(layer, keras.layers.Pipeline) else ():
         uses[id(sub)] += 1
+        _wrapped_uses(sub, uses)
         if isinstance(sub, keras.Model) and is_graph_model(sub):
             _count_uses(sub, uses, seen)
         _pipeline_uses(sub, uses, seen)
@@ -276,8 +294,8 @@ def _rebuild(model, plan, memo, scales, path_of=None):
             elif id(layer) in plan.drop:
                 memo[id(layer)] = _DROPPED
             elif id(layer) in plan.fold:
-                memo[id(layer)] = folded_copy(layer, plan.fold[id(layer)], scales,
-                                              path_of.get(id(layer)))
+                memo[id(layer)] = folded_layer(layer, plan.fold[id(layer)], scales,
+                                               path_of.get(id(layer)))
             else:
                 memo[id(layer)] = copy_layer(layer)
         return memo[id(layer)]
@@ -355,7 +373,7 @@ def _by_name(paths, by_path):
     for key, mult in by_path.items():
         path, _, attr = key.rpartition("/")
         name = layer_at[path].name
-        if sum(lay.name == name and getattr(lay, attr, None) is not None
+        if sum(lay.name == name and attr_path(lay, attr) is not None
                for _, lay in paths) == 1:
             out[f"{name}/{attr}"] = mult
     return out

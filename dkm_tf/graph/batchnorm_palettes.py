@@ -17,7 +17,7 @@ import numpy as np
 
 from dkm_tf.core import units as units_lib
 from dkm_tf.graph.batchnorm import maybe_fold
-from dkm_tf.graph.layer_paths import layer_paths, same_name_index
+from dkm_tf.graph.layer_paths import attr_path, layer_paths, same_name_index
 
 __all__ = ["fold_for_export", "fold_palettes", "fold_with_palettes", "palette_paths"]
 
@@ -119,7 +119,7 @@ def fold_with_palettes(model, palettes, owners=None):
     layers = dict(layer_paths(result.model))  # the same paths: BN layers are only dropped
     for p, path in zip(new_palettes, paths):
         if f"{path}/{p.weight_name}" in result.paths:
-            var = getattr(layers[path], p.weight_name)
+            var = attr_path(layers[path], p.weight_name)  # "layer.kernel" too
             w, dec = keras.ops.convert_to_numpy(var), p.decode()
             err = float(np.max(np.abs(w - dec))) if w.size else 0.0
             if err > 1e-5 * max(1.0, float(np.max(np.abs(w)))):

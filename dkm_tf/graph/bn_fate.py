@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 
 from dkm_tf.graph import batchnorm as _bn
+from dkm_tf.graph.bn_wrapped import time_distributed
 from dkm_tf.graph.clusterable import walk_layers
 
 __all__ = ["STAYS_FLOAT", "batch_norm_fate", "folded_line", "split_rows", "stays_float"]
@@ -31,11 +32,18 @@ def folded_line(layer_name, bn_name, when="at strip_clustering"):
     return f"  = {bn_name} (BatchNormalization): folded into {layer_name} {when}"
 
 
+def _batch_norms(model):
+    """The BatchNormalization layers of ``model``'s graphs, a TimeDistributed of one too."""
+    return [bn for bn in walk_layers(model)
+            if isinstance(time_distributed(bn)[0], keras.layers.BatchNormalization)]
+
+
 def batch_norm_fate(model):
     """``(folds, stays)`` as :func:`~dkm_tf.graph.batchnorm.fold_batch_norm` would decide:
-    ``folds`` maps ``id(bn)`` to the name of the layer it folds into, ``stays`` a
-    BatchNormalization's name to why it stays float. A model folding refuses (statistics
-    not finite, ``training=True`` in the graph) gives each one that refusal as reason."""
+    ``folds`` maps ``id(bn)`` (its graph layer: a ``TimeDistributed`` of one) to the name of
+    the layer it folds into, ``stays`` a BatchNormalization's name to why it stays float. A
+    model folding refuses (statistics not finite, ``training=True`` in the graph) gives each
+    one that refusal as reason."""
     if not isinstance(model, keras.Model):
         return {}, {}
     try:
@@ -44,9 +52,8 @@ def batch_norm_fate(model):
         plan = _bn._plan(model, see_through=True)  # noqa: SLF001
     except (TypeError, ValueError) as e:
         why = f"fold_batch_norm refuses this model: {e}"
-        return {}, {bn.name: why for bn in walk_layers(model)
-                    if isinstance(bn, keras.layers.BatchNormalization)}
-    folds = {id(bn): prev for bn, (prev, _) in zip(plan.fold.values(), plan.folded)}
+        return {}, {bn.name: why for bn in _batch_norms(model)}
+    folds = {id(op): prev for op, (prev, _) in zip(plan.ops, plan.folded)}
     return folds, dict(plan.skipped)
 
 
@@ -54,8 +61,7 @@ def split_rows(model, rows):
     """Report rows ``(name, type name, reason)`` without the BatchNormalization layers that
     fold: ``(rows, folded)``; ``folded`` holds ``(layer_name, bn_name)``, and a BN that stays
     gets :func:`stays_float`'s reason."""
-    bns = {bn.name: bn for bn in walk_layers(model)
-           if isinstance(bn, keras.layers.BatchNormalization)}
+    bns = {bn.name: bn for bn in _batch_norms(model)}
     if not bns:
         return list(rows), []
     folds, stays = batch_norm_fate(model)

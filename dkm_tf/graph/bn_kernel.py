@@ -47,10 +47,11 @@ def _multiplier(layer, attr, s):
     return s.reshape((1,) * (len(shape) - 2) + shape[-2:])  # depthwise (*k, in, mult)
 
 
-def folded_copy(layer, bn, scales, path=None):
+def folded_copy(layer, bn, scales, path=None, prefix=""):
     """A copy of ``layer`` with ``bn`` folded into its kernel and (possibly new) bias; its
-    kernel multiplier is put in ``scales`` under ``"{path}/{attribute}"`` (``path``: the
-    layer's path through nested models, default its name)."""
+    kernel multiplier is put in ``scales`` under ``"{path}/{prefix}{attribute}"`` (``path``:
+    the layer's path through nested models, default its name; ``prefix``: ``"layer."`` per
+    ``TimeDistributed`` around it, whose path it is)."""
     f64 = np.float64
 
     def value(name):
@@ -63,7 +64,7 @@ def folded_copy(layer, bn, scales, path=None):
     attr = entry(layer)[1]
     kernel_var = getattr(layer, attr)
     mult = _multiplier(layer, attr, s)
-    scales[f"{path or layer.name}/{attr}"] = mult
+    scales[f"{path or layer.name}/{prefix}{attr}"] = mult
     kernel = keras.ops.convert_to_numpy(kernel_var)
     bias = keras.ops.convert_to_numpy(layer.bias).astype(f64) if layer.use_bias else 0.0
     new_bias = (bias - mean) * s + (0.0 if beta is None else beta)

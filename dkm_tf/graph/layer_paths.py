@@ -6,7 +6,7 @@ apart where a ``Variable.path`` does not (a block built from its own ``keras.Inp
 its kernel ``conv/kernel``). Imports nothing, so any graph module may use it.
 """
 
-__all__ = ["layer_paths", "same_name_index"]
+__all__ = ["attr_path", "layer_paths", "same_name_index"]
 
 
 def layer_paths(model):
@@ -31,7 +31,18 @@ def layer_paths(model):
 
 def same_name_index(model, name, weight):
     """``[(path, layer)]`` of the layers of ``model`` named ``name`` that hold a weight
-    ``weight`` (an attribute), in walk order: the i-th palette of ``name/weight`` in a list in
-    layer order (``palettes_of``) describes the i-th of them."""
+    ``weight`` (an attribute, or a dotted path: :func:`attr_path`), in walk order: the i-th
+    palette of ``name/weight`` in a list in layer order (``palettes_of``) describes the i-th
+    of them."""
     return [(path, lay) for path, lay in layer_paths(model)
-            if lay.name == name and getattr(lay, weight, None) is not None]
+            if lay.name == name and attr_path(lay, weight) is not None]
+
+
+def attr_path(obj, path):
+    """The attribute at dotted ``path`` of ``obj`` (a ``TimeDistributed``'s ``"layer.kernel"``,
+    the weight path its palettes name), or None where a step is missing."""
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
