@@ -266,6 +266,18 @@ def test_what_cannot_fold_stays_with_its_reason(kind):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+def test_reports_say_why_a_time_distributed_batch_norm_stays():
+    """Was "TimeDistributed(BatchNormalization) is not a supported kernel layer" (share_weights)
+    and "layer type not supported" (cluster_weights)."""
+    model = _refused("after_flatten")
+    why = ("BatchNormalization stays float (not folded into the layer before it: "
+           + _WHY["after_flatten"] + ")")
+    assert dkm_tf.share_weights(model, 4).skipped == [("td_bn", why)]
+    with pytest.warns(UserWarning, match="BatchNormalization that strip_clustering cannot fold"):
+        _, report = dkm_tf.cluster_weights(model, 4, return_report=True)
+    assert report.skipped == (("td_bn", "TimeDistributed", why),)
+
+
 def test_training_true_in_the_graph_is_refused():
     inp = keras.Input((T, H, W, C))
     x = L.TimeDistributed(L.Conv2D(4, 3), name="td_conv")(inp)
@@ -377,3 +389,36 @@ def test_float_file_and_energy_of_the_folded_model(tmp_path):
     ops = _file_ops(tmp_path / "m.tflite")
     assert "MUL" not in ops and len(ops) == 23, ops  # 43 ops before
     assert k.hierarchy_total < k0.hierarchy_total
+
+
+@pytest.fixture(scope="module")
+def jax_run():
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from _jax_env24e import jax_env  # noqa: PLC0415
+
+    pytest.importorskip("jax")
+    here = pathlib.Path(__file__).resolve().parent
+    env = jax_env(TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(here.parent), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(here / "_tdbn31_jax_run.py")], cwd=here.parent,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out.pop("backend") == "jax"
+    return out
+
+
+def test_jax_folds_as_tensorflow(jax_run):
+    """The same folds on JAX (`tests/_tdbn31_jax_run.py`), outputs against numpy."""
+    strip = jax_run.pop("strip")
+    assert strip["left"] == [] and strip["granularity"] == ["per_channel"] * 2
+    assert strip["gap"] < ATOL
+    folded = {"channels_first": [["td_conv", "td_bn"]], "dense_then_td_bn": [["fc", "td_bn"]]}
+    assert len(jax_run) == 6
+    for name, got in jax_run.items():
+        want = folded.get(name, [["td_conv", "td_bn"], ["td_fc", "td_bn2"]])
+        assert got["folded"] == want and got["left"] == [], (name, got)
+        assert got["unfolded_gap"] < ATOL and got["gap"] < ATOL, (name, got)

@@ -13,7 +13,8 @@ activation, the pair is one affine layer:
 The output-channel axis depends on the layer: the last kernel axis for Conv1D/2D/3D, Dense
 and the pointwise kernel of SeparableConv1D/2D; the second-to-last for Conv*Transpose
 (kernel ``(*k, out, in)``); both channel axes of a depthwise kernel ``(*k, in, multiplier)``,
-whose output channel is ``c = i * multiplier + m``.
+whose output channel is ``c = i * multiplier + m``. Through ``TimeDistributed`` wrappers
+the same fold applies to the wrapped layers (:mod:`dkm_tf.graph.bn_wrapped`).
 
 The TFLite converter does this folding itself, so a palettized export has to find the folded
 kernel, not the clustered one: :func:`fold_batch_norm` folds before clustering (what
@@ -332,7 +333,9 @@ def fold_batch_norm(model):
     the layer before it when that layer is a Conv1D/2D/3D, Conv1D/2D/3DTranspose,
     DepthwiseConv1D/2D, SeparableConv1D/2D (into its pointwise kernel) or Dense with a linear
     activation, called once, whose output feeds nothing else, and the BatchNormalization
-    normalizes its channel axis. With the inference statistics (module docstring):
+    normalizes its channel axis. Either of them may be wrapped in ``TimeDistributed``
+    (:mod:`dkm_tf.graph.bn_wrapped`: the fold of the wrapped layers, its kernel multiplier
+    keyed ``"td/layer.kernel"``). With the inference statistics (module docstring):
 
         s = gamma / sqrt(moving_variance + epsilon),  W'[..., c] = W[..., c] s_c,
         b' = (b - moving_mean) s + beta
