@@ -132,10 +132,10 @@ def test_fold_batch_norm_folds_time_distributed_pairs(center, scale, use_bias, t
     assert model.get_layer("td_bn") is not None and len(_batch_norms(model)) == 2  # untouched
 
 
-def _first_model(axis):
-    """TD(Conv2D channels_first) -> TD(BN(axis)) on frames (T, C, H, W)."""
+def _first_model(axis, width=W):
+    """TD(Conv2D channels_first) -> TD(BN(axis)) on frames (T, C, H, width)."""
     keras.utils.set_random_seed(4)
-    inp = keras.Input((T, C, H, W))
+    inp = keras.Input((T, C, H, width))
     x = L.TimeDistributed(L.Conv2D(4, 3, data_format="channels_first", name="conv"),
                           name="td_conv")(inp)
     x = L.TimeDistributed(L.BatchNormalization(axis=axis, name="bn"), name="td_bn")(x)
@@ -159,6 +159,11 @@ def test_channels_first_folds_on_the_channel_axis_only(tmp_path):
     assert result.skipped == [("td_bn", "it normalizes axis 4 (axis -1 of the layer it wraps), "
                                "not the channel axis 2 of 'td_conv'")]
     assert _batch_norms(result.model) == ["td_bn"]
+    model = _first_model(1, width=6)  # 4 channels, 4 columns: Keras' bias fast path
+    result = dkm_tf.fold_batch_norm(model)
+    assert result.folded == []
+    assert result.skipped[0][1].startswith("'td_conv' is channels_first with 4 channels and an "
+                                           "output last dim of 4: Keras' bias fast path")
 
 
 def _sequence(kind):
