@@ -427,3 +427,22 @@ def test_jax_folds_as_tensorflow(jax_run):
         want = folded.get(name, [["td_conv", "td_bn"], ["td_fc", "td_bn2"]])
         assert got["folded"] == want and got["left"] == [], (name, got)
         assert got["unfolded_gap"] < ATOL and got["gap"] < ATOL, (name, got)
+
+
+class _Block(keras.Model):
+    """A subclassed block: TD(Conv2D) -> TD(BN), which cannot be rebuilt."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = L.TimeDistributed(L.Conv2D(4, 3), name="tdc")
+        self.bn = L.TimeDistributed(L.BatchNormalization(), name="tdb")
+
+    def call(self, x):
+        return self.bn(self.conv(x))
+
+
+def test_inside_a_subclassed_model_it_is_named():
+    inp = keras.Input((T, H, W, C))
+    model = keras.Model(inp, L.Activation("linear")(_Block(name="sub")(inp)))
+    result = dkm_tf.fold_batch_norm(model)  # was skipped == [] (not named)
+    assert result.skipped == [("tdb", "inside subclassed model 'sub', which cannot be rebuilt")]

@@ -202,7 +202,8 @@ def _analyse(model, plan, uses, seen, see_through=False):
             else:
                 plan.skipped += [(bn.name, f"inside subclassed model {layer.name!r}, which "
                                   "cannot be rebuilt") for bn in walk_layers(layer)
-                                 if isinstance(bn, _L.BatchNormalization)]
+                                 if isinstance(time_distributed(bn)[0],
+                                               _L.BatchNormalization)]
         bn = time_distributed(layer)[0]  # a TimeDistributed(BatchNormalization) too
         if not isinstance(bn, _L.BatchNormalization) or id(layer) in plan.drop:
             continue
