@@ -41,6 +41,15 @@ _NOT_PRICED = ("sigmoid", "tanh", "gelu", "hard_swish", "hard_silu", "elu", "exp
 _FUSED = ("relu", "relu6", "leaky_relu")
 
 
+def op_name(name, i):
+    """The name of op `i` (from 0) of the layer call `name`: `name`, `name/2`, `name/3`, ...
+    (as `keras_lowered`'s; a second call's `act#2`, `act#2/2`, ...). Before 2026-12-07 an
+    Activation's were `act#1`, `act#2`, ... and a LayerNormalization's `ln`, `ln#2`, ...: names
+    of a second call (`act#2`, whose ops were `act#2#1`, ...; a shared LayerNormalization had
+    two records `ln#2`), and `EnergyReport.layer("ln")` was the first op alone."""
+    return name if i == 0 else f"{name}/{i + 1}"
+
+
 def activation_name(activation):
     """The Keras name of an activation function (`"linear"` for `None`)."""
     if activation is None:
@@ -62,7 +71,7 @@ def activation_records(name, act, elements, *, layer, op):
     if act in _ACTIVATION_OPS:
         ops = _ACTIVATION_OPS[act]
         elements = elements // 2 if act == "glu" else elements
-        return [sh.eltwise_shape(name if len(ops) == 1 else f"{name}#{i + 1}", layer=layer,
+        return [sh.eltwise_shape(op_name(name, i), layer=layer,
                                  op=f"{op}:{act}", elements=elements, eltwise_op=e, n_inputs=2)
                 for i, e in enumerate(ops)], None
     if act in _FUSED or act == "linear":
@@ -93,12 +102,12 @@ def layer_norm_records(layer, name, in_shape, *, common):
             parts.append(("mul", elements))
         if layer.center and np.any(keras.ops.convert_to_numpy(layer.beta) != 0):
             parts.append(("add", elements))
-    records = [sh.eltwise_shape(f"{name}#{i + 1}" if i else name, elements=n, eltwise_op=e,
+    records = [sh.eltwise_shape(op_name(name, i), elements=n, eltwise_op=e,
                                 n_inputs=2, **common) for i, (e, n) in enumerate(parts)]
     if rank == 4 and sorted(a % 4 for a in axes) == [1, 2]:
         # a mean over the spatial axes is an average pooling (as the .tflite reader reads it):
         # the mean and the variance, or the mean square
-        records += [sh.pool_shape(f"{name}#{len(parts) + i + 1}", in_hw=in_shape[1:3],
+        records += [sh.pool_shape(op_name(name, len(parts) + i), in_hw=in_shape[1:3],
                                   channels=in_shape[3], out_hw=1, window=in_shape[1:3],
                                   pool_op="avg", **common) for i in range(1 if rms else 2)]
     return records

@@ -160,13 +160,13 @@ def _walk(model, keras, shapes, skipped, used=None, outer=None, outs=None):
     computes what an earlier call does (`keras_cse`: the converter computes it once). `outer`:
     where `model` is nested, its inputs, its call's inputs, the counts and `outer` of the
     graph calling it (`bn_folding.source`); `outs`: the indices of its outputs used there."""
-    used = reserve(model) if used is None else used  # the model's names kept (`fresh`)
+    own, used = used is None, reserve(model) if used is None else used  # names: `fresh`
     op_calls = [(layer, _calls(model, layer)) for layer in graph_ops(model)]
     live, everything = live_tensors(model, keras, outs), live_tensors(model, keras, prune=False)
     gone, counts = left_out(model, op_calls, (live, everything), used, keras, outer)
     for layer, layer_calls in op_calls:
         for call in (layer_calls if isinstance(layer_calls, list) else [layer_calls]):
-            name = fresh(used, layer.name)  # `name#2`, ... but no layer's name
+            name = fresh(used, layer.name, own)  # `name#2`, ... but no layer's name
             if not isinstance(call, Exception) and id(call) in gone:
                 skipped.append((name, gone[id(call)]))
                 continue

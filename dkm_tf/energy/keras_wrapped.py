@@ -32,7 +32,7 @@ charged, 1.5000). A function that does not build a Keras graph (TensorFlow ops, 
 import dataclasses
 import math
 
-from dkm_tf.energy.record_names import fresh, ops_apart
+from dkm_tf.energy.record_names import fresh
 
 # a Lambda's call (its node) -> `(function, arguments, lambda_model)`, kept on the node: it
 # lives and dies with the Lambda (a module-level WeakKeyDictionary kept it, the layers its
@@ -235,8 +235,7 @@ def step_records(layer, name, call, records, used, keras):
     reader's name counts) raised by T - 1, each step's named after its call (`td/cell.kernel`,
     `td#2/cell.kernel`, ...: before 2026-12-07 the first step's kept the inner layer's name,
     `r/cell.kernel`); else `records` as they are (also where a record does not split evenly
-    by T). Its ops `name#1`, ... are first named past the model's layer names (`ops_apart`)."""
-    records = ops_apart(records, name, used)
+    by T)."""
     depth = td_depth(layer, keras)  # nested TimeDistributed layers: steps of all of them
     axes = tuple(call[0][0].shape)[1:1 + depth]
     if not records or not depth or not all(isinstance(d, int) for d in axes):

@@ -197,14 +197,8 @@ def nested(layers):
 
 def parts(layers, name):
     """The records of the layer call `name`: named `name` or `name/...` (a Keras layer's name
-    has no `/`), or, where none is named `name`, the ops `name#1`, `name#2`, ... of the layer
-    `name` (an `Activation("selu")`: `activations`)."""
-    out = [r for r in layers if r.name == name or r.name.startswith(name + "/")]
-    if any(r.name == name for r in out):
-        return out
-    ops = re.compile(re.escape(name) + r"#\d+")
-    return [r for r in layers if r.name == name or r.name.startswith(name + "/") or (
-        r.shape.layer == name and not r.shape.steps and ops.fullmatch(r.name))]
+    has no `/`; an `Activation("selu")`'s ops `act`, `act/2`, `act/3`: `activations.op_name`)."""
+    return [r for r in layers if r.name == name or r.name.startswith(name + "/")]
 
 
 def total(layers, name):
@@ -240,8 +234,6 @@ def groups(layers):
         if not r.shape.steps:
             by_base.setdefault(r.name.split("/")[0], []).append(r)
     names += [b for b, rs in by_base.items() if len(rs) > 1 or rs[0].name != b]
-    names += [r.shape.layer for r in layers if not r.shape.steps and r.name.startswith(
-        r.shape.layer + "#")]  # an activation's ops `act#1`, ... (`parts`)
     found = []
     for n in dict.fromkeys(names):
         try:

@@ -8,32 +8,46 @@ beside a Dense(5) named `td#2`) had two records named `td#2`, its step (32 MACs)
 name of the model (`reserve`, under `RESERVED` in its name counts) and `fresh` skips them:
 the steps are `td`, `td#3`, `td#4` (their step tags say which step each is) and the Dense keeps
 its name.
+
+The model's own (top-level) layers keep their names for their first calls, as
+`model.get_layer(name)` names them (`fresh`'s `own`): before 2026-12-07 a layer inside a nested
+model walked first took the name, a Dense(6) `d` in a nested model `nm` over 8 inputs and a
+Dense(4) `d` after `nm` were `d` (48 MACs, within `nm`) and `d#2` (the outer Dense, 24), and
+`EnergyReport.layer("d")` was the inner Dense; now the outer Dense is `d` and the inner `d#2`.
 """
 
 import dataclasses
-import re
 
 RESERVED = 0  # key of the model's layer names in the reader's name counts (not a str, no tuple)
+OWN = 1  # key of `(names of the model's own layers, those given to their first call)`
 
 
 def reserve(model):
-    """`{RESERVED: frozenset}` of the names of every layer in `model`, at any depth (the
-    starting name counts of a walk of `model`)."""
+    """`{RESERVED: frozenset, OWN: (frozenset, set())}`: the names of every layer in `model`,
+    at any depth, and of its own (top-level) layers (the starting name counts of a walk of
+    `model`)."""
     try:
         layers = list(model._flatten_layers(include_self=True))  # noqa: SLF001 - every depth
     except (AttributeError, TypeError):
         layers = [model, *getattr(model, "layers", [])]
-    return {RESERVED: frozenset(x.name for x in layers)}
+    own = frozenset(x.name for x in getattr(model, "layers", None) or [])
+    return {RESERVED: frozenset(x.name for x in layers), OWN: (own, set())}
 
 
-def fresh(used, base):
+def fresh(used, base, own=False):
     """The name of the next walk of `base`: `base` the first time, then `base#n` with n the
-    walk's count in `used` (raised), skipping the names of the model's layers (`reserve`)."""
+    walk's count in `used` (raised), skipping the names of the model's layers (`reserve`).
+    The name of one of the model's own layers (`OWN`) is its first call's (`own`: a call in
+    the model's own graph), never a nested model's layer's (that one is `base#n`)."""
     taken = used.get(RESERVED, frozenset())
+    names, given = used.get(OWN, (frozenset(), set()))
+    if own and base in names and base not in given:
+        given.add(base)
+        return base
     while True:
         used[base] = n = used.get(base, 0) + 1
         name = base if n == 1 else f"{base}#{n}"
-        if n == 1 or name not in taken:
+        if n == 1 and base not in names or n > 1 and name not in taken:
             return name
 
 
@@ -50,23 +64,3 @@ def tag_within(shapes, call, walk):
     walk()
     shapes[start:] = within(shapes[start:], call)
 
-
-def ops_apart(records, name, used):
-    """`records` of the layer call `name`, its ops named `name#1`, `name#2`, ... (an
-    `Activation("selu")`'s three, a `LayerNormalization`'s `name#2`, ...) renamed, in order,
-    past the model's layer names (`reserve`): before 2026-12-07 an `Activation("selu",
-    name="act")` beside a Dense named `act#2` had two records `act#2` (`act#1`, `act#2`,
-    `act#3`: now `act#1`, `act#3`, `act#4`) and `EnergyReport.layer("act#2")` raised."""
-    taken = used.get(RESERVED, frozenset())
-    op = re.compile(re.escape(name) + r"#(\d+)")
-    if not any(op.fullmatch(r.name) and r.name in taken for r in records):
-        return records
-    out, k = [], 0
-    for r in records:
-        if (m := op.fullmatch(r.name)) is not None:
-            k = max(k + 1, int(m.group(1)))
-            while f"{name}#{k}" in taken:
-                k += 1
-            r = dataclasses.replace(r, name=f"{name}#{k}")
-        out.append(r)
-    return out

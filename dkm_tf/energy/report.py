@@ -141,7 +141,10 @@ class EnergyReport:
             name: A layer call's name (`conv`; a shared layer's second call `fc#2`; a
                 `TimeDistributed` layer's call charged per step, `td`, a second call of T
                 steps `td#<T+1>`; a nested model's call) or a record's name
-                (`lstm/cell.kernel`).
+                (`lstm/cell.kernel`; an op of a layer charged as several, `act/2`). A name of
+                the model's own (top-level) layer is that layer's first call, as
+                `model.get_layer(name)`; a layer inside a nested model named alike is
+                `name#n`, its records' `LayerShape.within` naming the nested call.
 
         Returns:
             For a call charged as several records, a `LayerTotal` of them all (`layer_totals`:
