@@ -76,10 +76,7 @@ class LayerTotal:
     @property
     def hierarchy(self):
         """A `HierarchyCost` of the records' MAC energy and traffic summed."""
-        words = {}
-        for r in self.records:
-            for key, w in r.hierarchy.traffic:
-                words[key] = words.get(key, 0.0) + w
+        words = _summed(kw for r in self.records for kw in r.hierarchy.traffic)
         return HierarchyCost(compute=sum(r.hierarchy.compute for r in self.records),
                              traffic=tuple(words.items()))
 
@@ -95,19 +92,11 @@ class LayerTotal:
 
     def paper_terms(self):
         """`{"compute", "weights", "activations"}` → MAC units, summed over the records."""
-        out = {}
-        for r in self.records:
-            for k, v in r.paper_terms().items():
-                out[k] = out.get(k, 0.0) + v
-        return out
+        return _summed(kv for r in self.records for kv in r.paper_terms().items())
 
     def hierarchy_parts(self):
         """`{"mac", "rf", "array", "buffer", "dram"}` → energy, summed over the records."""
-        out = {}
-        for r in self.records:
-            for k, v in r.hierarchy_parts().items():
-                out[k] = out.get(k, 0.0) + v
-        return out
+        return _summed(kv for r in self.records for kv in r.hierarchy_parts().items())
 
     @property
     def shape(self):
@@ -162,6 +151,14 @@ class LayerTotal:
                 part = ""
             kernels.setdefault((r.shape.layer, part, r.shape.n_weights), r.stored_weight_bits)
         return sum(kernels.values())
+
+
+def _summed(pairs):
+    """`{key: sum of its values}` of the `(key, value)` `pairs`, keys in first-seen order."""
+    out = {}
+    for k, v in pairs:
+        out[k] = out.get(k, 0.0) + v
+    return out
 
 
 def _bare(shape):
