@@ -146,3 +146,21 @@ def test_time_distributed_activation_is_charged_per_step(batch, inner):
         layer.get_config())(i))))  # the same op over all 3 steps at once: same cost
     assert report.paper_total == pytest.approx(whole.paper_total, rel=1e-12)
 
+
+def test_cluster_weights_rows_name_what_a_time_distributed_wraps():
+    import dkm_tf
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((3, 5, 4))
+    y = L.TimeDistributed(L.LSTM(4), name="tr")(i)
+    y = L.TimeDistributed(L.LayerNormalization(), name="tln")(L.TimeDistributed(
+        L.Dense(4), name="tdd")(y))
+    model = keras.Model(i, y)
+    with pytest.warns(UserWarning, match=r"tln \(TimeDistributed\(LayerNormalization\)"):
+        _, report = dkm_tf.cluster_weights(model, 4, overrides={"tr": None},
+                                           return_report=True)
+    skipped = {n: k for n, k, _ in report.skipped}  # were all "TimeDistributed"
+    assert skipped == {"tr": "TimeDistributed(LSTM)",
+                       "tln": "TimeDistributed(LayerNormalization)"}
+    assert [(n, k) for n, k, _ in report.clustered] == [("tdd", "TimeDistributed(Dense)")]
+    assert "- tr (TimeDistributed(LSTM)): overrides say None" in report.summary()

@@ -46,6 +46,16 @@ def held_clusterable(layer, prefix="", seen=None):
     return out
 
 
+def layer_kind(layer):
+    """A layer's class name for a report row; a ``TimeDistributed``'s with the class it wraps,
+    ``TimeDistributed(LayerNormalization)``, at every depth (``cluster_weights``' rows were
+    ``TimeDistributed`` alone before 2026-12-07, whatever it wrapped)."""
+    inner = getattr(layer, "layer", None)
+    if isinstance(layer, keras.layers.TimeDistributed) and inner is not None:
+        return f"{type(layer).__name__}({layer_kind(inner)})"
+    return type(layer).__name__
+
+
 def unsupported_reason(layer, base, refuse=False):
     """``base`` (e.g. ``"layer type not supported"``), followed for a layer that holds
     clusterable sublayers by their names: for a custom layer (a class not from Keras or

@@ -21,7 +21,7 @@ def share_plan(model, defaults, overrides, seed, make_job):
     """``(jobs, skipped)``: ``make_job(layer name, attr, variable, shape, kind, unit, settings,
     seed)`` for every weight to cluster, ``(layer name, reason)`` for each layer left float."""
     from dkm_tf.graph import clusterable  # noqa: PLC0415 (imports keras)
-    from dkm_tf.graph.composite import unsupported_reason  # noqa: PLC0415
+    from dkm_tf.graph.composite import layer_kind, unsupported_reason  # noqa: PLC0415
 
     jobs, skipped, planned, plan = [], [], {}, []
     for i, layer in enumerate(iter_layers(model)):
@@ -30,9 +30,7 @@ def share_plan(model, defaults, overrides, seed, make_job):
         if not clusterable.is_clusterable(layer):
             # TimeDistributed(LayerNormalization): the wrapped layer named (it read as if
             # TimeDistributed itself were not supported, beside "TimeDistributed (of any...)")
-            kind = type(layer).__name__
-            if kind == "TimeDistributed" and getattr(layer, "layer", None) is not None:
-                kind += f"({type(layer.layer).__name__})"
+            kind = layer_kind(layer)
             skipped.append((layer.name, unsupported_reason(
                 layer, f"{kind} is not a supported kernel layer (supported: "
                        f"{', '.join(clusterable.SUPPORTED_LAYERS)})")))

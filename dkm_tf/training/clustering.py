@@ -31,7 +31,7 @@ from dkm_tf.graph import bn_fate
 from dkm_tf.graph import clusterable as clusterable_lib
 from dkm_tf.graph import sensitivity as sensitivity_lib
 from dkm_tf.graph.batchnorm_palettes import fold_with_palettes
-from dkm_tf.graph.composite import unsupported_reason
+from dkm_tf.graph.composite import layer_kind, unsupported_reason
 from dkm_tf.graph.copying import clone_uncompiled
 from dkm_tf.graph.copying import copy_layer as _copy_layer
 from dkm_tf.graph.layer_features import merges_lora
@@ -230,7 +230,7 @@ def cluster_weights(model, n_clusters=16, *, unit="scalar", granularity="per_ten
 
     def wrap(layer):
         seen.update({layer.name, *clusterable_lib.override_keys(layer)})  # "Dense": TD(Dense)
-        kind = type(layer).__name__
+        kind = layer_kind(layer)  # `TimeDistributed(LayerNormalization)`
         if isinstance(layer, ClusterWeights):
             asked = clusterable_lib.resolve_layer_config(layer, defaults, overrides)
             if asked is not None and layer.name not in (overrides or {}):  # its layer's
