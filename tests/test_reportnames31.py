@@ -164,3 +164,27 @@ def test_cluster_weights_rows_name_what_a_time_distributed_wraps():
                        "tln": "TimeDistributed(LayerNormalization)"}
     assert [(n, k) for n, k, _ in report.clustered] == [("tdd", "TimeDistributed(Dense)")]
     assert "- tr (TimeDistributed(LSTM)): overrides say None" in report.summary()
+
+
+def test_palettes_of_namesakes_of_one_size_stay_on_their_own_layers():
+    """Guard (passes on cac6419 too): the outer `d` now keeps its name though walked second;
+    the palettes paired by value (`same_names_pairing`) must still land on their own layers
+    (a first version of the fix put the outer K=8 palette on the inner `d`)."""
+    import dkm_tf
+
+    keras.utils.set_random_seed(0)
+    ii = keras.Input((8,))
+    nm = keras.Model(ii, L.Dense(6, name="d")(ii), name="nm")
+    i = keras.Input((8,))
+    model = keras.Model(i, L.Dense(8, name="d")(nm(i)))  # both kernels 48 weights
+    inner, outer = nm.get_layer("d"), model.get_layer("d")
+    j = keras.Input((6,))
+    p_in = dkm_tf.share_weights(nm, n_clusters=2).palettes[0]
+    p_out = dkm_tf.share_weights(keras.Model(j, outer(j)), n_clusters=8).palettes[0]
+    inner.kernel.assign(p_in.decode())
+    outer.kernel.assign(p_out.decode())
+    for pals in ([p_out, p_in], [p_in, p_out]):
+        report = energy.estimate(model, palettes=pals)
+        assert report.layer("d").n_clusters == 8 and report.layer("nm").n_clusters == 2
+    assert energy.estimate(model, palettes=[p_out]).layer("nm").n_clusters is None
+    assert energy.estimate(model, palettes=[p_in]).layer("d").n_clusters is None

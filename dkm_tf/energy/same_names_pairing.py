@@ -141,10 +141,14 @@ def pair_by_value(model, shapes, palettes):
         if hits is None:
             continue
         paired.add(name)
+        # the layer whose records keep its name (the model's own layer's: `record_names`;
+        # before 2026-12-07 always the first, a nested namesake walked first kept the renamed
+        # outer layer's palette)
+        keep = prefixes.index(name) if name in prefixes else 0
         for i, layer_i in zip(idx, hits):
-            if layer_i:
+            if layer_i != keep:
                 palettes[i] = _Renamed(palettes[i], prefixes[layer_i])
-        rename = dict(zip(prefixes[1:], prefixes[1:]))
+        rename = {p: p for k, p in enumerate(prefixes) if k != keep}
         shapes = [dataclasses.replace(s, layer=rename[s.name.split("/", 1)[0]])
                   if s.layer == name and s.kind in ("conv", "dense")
                   and s.name.split("/", 1)[0] in rename else s for s in shapes]
