@@ -167,9 +167,10 @@ def test_cluster_weights_rows_name_what_a_time_distributed_wraps():
 
 
 def test_palettes_of_namesakes_of_one_size_stay_on_their_own_layers():
-    """Guard (passes on cac6419 too): the outer `d` now keeps its name though walked second;
-    the palettes paired by value (`same_names_pairing`) must still land on their own layers
-    (a first version of the fix put the outer K=8 palette on the inner `d`)."""
+    """The outer `d` now keeps its name though walked second; the palettes paired by value
+    (`same_names_pairing`) must still land on their own layers (a first version of the fix
+    put the outer K=8 palette on the inner `d`; on cac6419 the records were right, but
+    `layer("d")` was the inner one, K=2)."""
     import dkm_tf
 
     keras.utils.set_random_seed(0)
@@ -188,3 +189,14 @@ def test_palettes_of_namesakes_of_one_size_stay_on_their_own_layers():
         assert report.layer("d").n_clusters == 8 and report.layer("nm").n_clusters == 2
     assert energy.estimate(model, palettes=[p_out]).layer("nm").n_clusters is None
     assert energy.estimate(model, palettes=[p_in]).layer("d").n_clusters is None
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_outer_layer_named_as_a_time_distributed_models_layer(batch):
+    ii = keras.Input((8,))
+    nm = keras.Model(ii, L.Dense(6, name="d")(ii), name="nm")
+    i = keras.Input((3, 8), batch_size=batch)
+    y = L.Dense(4, name="d")(L.TimeDistributed(nm, name="td")(i))
+    report = energy.estimate(keras.Model(i, y))
+    assert report.layer("d").macs == 3 * 6 * 4  # was 48: td's first step of the inner `d`
+    assert report.layer("td").macs == 3 * 8 * 6 and report.layer("td").steps == 3
