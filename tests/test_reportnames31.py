@@ -200,3 +200,12 @@ def test_outer_layer_named_as_a_time_distributed_models_layer(batch):
     report = energy.estimate(keras.Model(i, y))
     assert report.layer("d").macs == 3 * 6 * 4  # was 48: td's first step of the inner `d`
     assert report.layer("td").macs == 3 * 8 * 6 and report.layer("td").steps == 3
+
+
+def test_a_path_to_a_nested_layer_names_its_records():
+    report = energy.estimate(_nested(None))
+    with pytest.raises(KeyError, match=r"'d' inside the nested call 'nm' is charged as the "
+                                       r"records \['d#2'\]"):
+        report.layer("nm/d")  # said "Closest names: none"
+    with pytest.raises(KeyError, match="Closest names"):
+        report.layer("nm/x")

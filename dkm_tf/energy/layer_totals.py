@@ -253,6 +253,14 @@ def unknown(name, layers, skipped):
     if why:
         return UnknownLayerError(f"Layer {name!r} is not charged in this report: "
                                  f"{'; '.join(why)}")
+    call, _, inner = name.partition("/")  # a path `nm/d`: the records of `d` inside `nm`
+    named = [x.name for x in nested(layers).get(call, []) if inner and x.shape.layer == inner]
+    if named:
+        return UnknownLayerError(f"No record nor call is named {name!r}: records are named "
+                                 f"after calls, not paths; the layer {inner!r} inside the "
+                                 f"nested call {call!r} is charged as the records {named[:8]} "
+                                 f"(`report.record(name)`; `report.layer({call!r})` sums "
+                                 f"{call!r})")
     owned = [(x.name, x.shape.steps[0][0] if x.shape.steps else x.name.split("/")[0])
              for x in layers if x.shape.layer == name]  # a TimeDistributed Dense: `td`, ...
     if owned:
