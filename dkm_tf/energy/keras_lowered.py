@@ -96,9 +96,17 @@ def _numpy(value):
     return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float32)
 
 
+# a `Normalization`'s division by a standard deviation of all ones after its SUB stays a MUL
+# in a dynamic-batch file where it has this many elements or more (TF 2.21, measured: 8, 9,
+# 12, 16, 64 channels, rank 2 to 5; 3 to 7 channels, a fixed batch, no SUB: removed)
+_KEPT_DIVISION = 8
+
+
 def affine_ops(layer, keras):
     """The priced ops of an inference batch norm, `Rescaling` or `Normalization` (module
-    docstring), from its values as the converter folds them (float32)."""
+    docstring), from its values as the converter folds them (float32). A `Normalization`
+    with a mean and variance 1 keeps its MUL by 1 (`_KEPT_DIVISION`: charged its SUB only
+    before 2026-12-07, Keras / file hierarchy 0.8812 after a Dense(8))."""
     L = keras.layers
     if isinstance(layer, L.BatchNormalization):
         var = _numpy(layer.moving_variance)
@@ -112,9 +120,11 @@ def affine_ops(layer, keras):
             return ["add", "mul"]  # not built: its statistics unknown
         eps = np.float32(keras.config.epsilon())
         div = np.maximum(np.sqrt(_numpy(layer.variance)), eps)
-        ops = ["add"] * bool(np.any(_numpy(layer.mean) != 0)) + \
-            ["mul"] * bool(np.any(div != 1))
-        return ops[::-1] if getattr(layer, "invert", False) else ops  # x * div + mean
+        sub = bool(np.any(_numpy(layer.mean) != 0))
+        invert = getattr(layer, "invert", False)
+        ops = ["add"] * sub + ["mul"] * bool(np.any(div != 1) or (
+            sub and not invert and np.size(div) >= _KEPT_DIVISION))
+        return ops[::-1] if invert else ops  # x * div + mean
     return ["mul"] * bool(np.any(_numpy(layer.scale) != 1)) + \
         ["add"] * bool(np.any(_numpy(layer.offset) != 0))
 

@@ -22,6 +22,8 @@ converts each case and compares.
 
 import math
 
+from dkm_tf.energy.keras_lowered import _KEPT_DIVISION
+
 _FOLDING_PRODUCTS = ("Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "MatMul")
 _PASS = ("BiasAdd", "Identity")
 CONST_OPS = {"AddV2": "add", "Add": "add", "Sub": "add", "Mul": "mul", "RealDiv": "mul",
@@ -49,26 +51,29 @@ class ConstOps:
         self.live = activation_ops(graph)
         self.quantized = {}  # op name -> the Keras-quantized layer whose call made it
         self.folded = {}  # op name -> the product it is folded into
+        self.into_matmul = set()  # the names of those folded into a MatMul (a Dense)
+        self.charged = set()  # the names of the ops charged
         self.weight_ops = 0
 
     def _consumers(self, tensor):
         return len(tensor.consumers())
 
     def _fold_target(self, tensor, kernel_layer, transposed=False):
-        """The layer the linear product producing `tensor` belongs to (through BiasAdd,
-        Identity, Squeeze and folded constant ops, each read by one op only; with
-        `transposed`, an NHWC -> NCHW Transpose too), else None."""
+        """`(layer, is_matmul)`: the layer the linear product producing `tensor` belongs to
+        (through BiasAdd, Identity, Squeeze and folded constant ops, each read by one op only;
+        with `transposed`, an NHWC -> NCHW Transpose too) and whether it is a MatMul (a
+        FULLY_CONNECTED in the file), else None."""
         for _ in range(16):
             if self._consumers(tensor) != 1:
                 return None
             op = tensor.op
             if op.name in self.folded:
-                return self.folded[op.name]
+                return self.folded[op.name], op.name in self.into_matmul
             if op.type in _FOLDING_PRODUCTS:
                 if op.type == "MatMul" and len(op.inputs[0].shape) != 2:
                     return None
                 w = op.inputs[2 if op.type == "Conv2DBackpropInput" else 1]
-                return kernel_layer(w) or op.name.rsplit("/", 1)[0]
+                return kernel_layer(w) or op.name.rsplit("/", 1)[0], op.type == "MatMul"
             if op.type not in _PASS and op.type != "Squeeze" and not (
                     transposed and _to_channels_first(op)):
                 return None  # a Conv1D's Squeeze, a channels_first depthwise conv's Transpose
@@ -103,6 +108,11 @@ class ConstOps:
             one = "0" if kind in ("AddV2", "Add", "Sub") else "1"
             return None, None, (f"{kind} by a constant {one}: an identity the converter "
                                 "removes, not charged")
+        if kind == "RealDiv" and _computed_ones(c) and not (
+                x.op.type == "Sub" and x.op.name in self.charged and
+                math.prod(_dims(c)) >= _KEPT_DIVISION):
+            return None, None, (f"{kind} by a standard deviation of ones: an identity the "
+                                "converter removes, not charged")
         c_dims = _dims(c)
         nchw = _nchw_vector(c_dims, x, self.folded)
         per_channel = (math.prod(c_dims[:-1]) == 1 if c_dims else True) or nchw
@@ -119,11 +129,17 @@ class ConstOps:
         # c - x and max / min are no affine map of x the converter folds (it runs them)
         if per_channel and kind not in ("Maximum", "Minimum") and not (
                 kind == "Sub" and live.index(True) == 1):
-            into = self._fold_target(x, kernel_layer, nchw or math.prod(c_dims) == 1)
-            if into is not None:
+            found = self._fold_target(x, kernel_layer, nchw or math.prod(c_dims) == 1)
+            # a SUB folds into a conv, never into a FULLY_CONNECTED (the file keeps it: a
+            # subclassed `Dense(8)(x) - 1.0` was listed folded, hierarchy 0.8654 before)
+            if found is not None and not (kind == "Sub" and found[1]):
+                into = found[0]
                 self.folded[op.name] = into
+                if found[1]:
+                    self.into_matmul.add(op.name)
                 return None, None, (f"{kind} by a constant / weight of shape {list(c_dims)}: "
                                     f"folded into {into} (as a .tflite folds it), not charged")
+        self.charged.add(op.name)
         return CONST_OPS[kind], math.prod(out[1:]) if len(out) > 1 else 1, None
 
     def weight_entry(self):
@@ -202,6 +218,33 @@ def _identity(kind, c):
     if value is None or kind in ("Maximum", "Minimum"):
         return False
     return bool(np.all(np.asarray(value) == (0 if kind in ("AddV2", "Add", "Sub") else 1)))
+
+
+def _computed_ones(c):
+    """Whether `c` is computed (Sqrt, Maximum, Cast, Identity) from constants to all ones: a
+    `Normalization`'s `maximum(sqrt(variance), epsilon)` for variance 1, which the converter
+    removes unless it follows the layer's SUB and has `_KEPT_DIVISION` elements or more
+    (charged before 2026-12-07: a subclassed Dense(4) then such a layer, 1.1238)."""
+    import numpy as np
+    import tensorflow as tf
+
+    def value(t, depth):
+        op = t.op
+        if op.type == "Const":
+            return tf.get_static_value(t)
+        if depth > 4 or op.type not in ("Sqrt", "Maximum", "Cast", "Identity"):
+            return None
+        args = [value(i, depth + 1) for i in op.inputs]
+        if any(a is None for a in args):
+            return None
+        if op.type == "Sqrt":
+            return np.sqrt(args[0])
+        return np.maximum(*args) if op.type == "Maximum" else args[0]
+
+    if c.op.type == "Const":
+        return False  # `_identity`
+    found = value(c, 0)
+    return found is not None and bool(np.all(np.asarray(found, np.float32) == 1))
 
 
 def _dims(tensor):
