@@ -6,8 +6,10 @@ graph, an element-wise op (Mul, AddV2, Sub, RealDiv, Maximum, Minimum) of an act
 tensor and a tensor computed from constants / variables only. The TensorFlow Lite converter
 (TF 2.21) folds such an op into the linear conv or dense op before it when the constant is a
 scalar or a per-channel vector and the product's output feeds that op only (as it folds a
-batch norm, `bn_folding`); otherwise it runs a MUL / ADD / SUB (a division by a constant is
-a MUL by its inverse), which the `.tflite` reader charges. The traced reader does the same
+batch norm, `bn_folding`; a SUB into a conv only, never into a FULLY_CONNECTED, as
+`keras_consts`; a `Normalization`'s division by ones as `keras_lowered.affine_ops`);
+otherwise it runs a MUL / ADD / SUB (a division by a constant is a MUL by its inverse),
+which the `.tflite` reader charges. The traced reader does the same
 (`classify`): folded ops are listed in `skipped` ("folded into <layer>"), the others charged
 as "mul" / "add" / "max" records of two inputs, as the `.tflite` reader charges them. Ops
 computing from constants / variables only (a batch norm's `rsqrt(var + eps) * gamma`) are
