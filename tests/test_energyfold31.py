@@ -14,7 +14,11 @@ guards, at batch None and 2). Measured before the fix (estimate / file hierarchy
    its MUL by 1 in a dynamic-batch file for c >= 8 (removes it for c <= 7, at a fixed
    batch, or without a mean); the Keras reader charged the SUB only, 0.8812 (read by a ReLU
    and a sigmoid 0.9008); the traced reader listed both folded into the Dense (0.7625),
-   and with the SUB fixed charged the MUL of c = 4, 1.1238.
+   and with the SUB fixed charged the MUL of c = 4, 1.1238;
+3. ops beside a ReLU on a Dense the file folds into its plain FULLY_CONNECTED: `Dense` ->
+   `* 2.0` -> a ReLU and a `* 3.0` (the `* 3.0` charged: 1.0723, paper 1.0300); two batch
+   norms of equal values beside a ReLU (the second's MUL and ADD charged: 1.1347, paper
+   1.0549).
 """
 
 import keras
@@ -128,3 +132,39 @@ def test_traced_normalization_after_a_dense_is_charged_as_the_file(case, tmp_pat
     assert eltwise(traced) == want  # before: [] (both listed folded into d), c8 0.7625
     assert _sizes(traced) == _sizes(f) == [c] * len(want)
     same_totals(traced, f)
+
+
+def _bn():
+    layer = L.BatchNormalization()
+    layer.build((None, 8))
+    rng = np.random.default_rng(0)  # not an identity; each call: the same values
+    layer.set_weights([rng.uniform(0.5, 1.5, 8).astype(np.float32) for _ in range(4)])
+    return layer
+
+
+def _mul_beside(y):
+    z = y * 2.0
+    return L.Add()([L.ReLU()(z), z * 3.0])
+
+
+def _bns_beside(y):
+    return L.Add()([L.ReLU()(y), _bn()(y), _bn()(y)])  # merged by the converter (CSE)
+
+
+BESIDE_CASES = {  # name: (ops after the Dense, the file's element-wise ops)
+    "mul_then_relu_and_mul": (_mul_beside, ["add"]),
+    "equal_batch_norms_beside_a_relu": (_bns_beside, ["add", "add"]),
+}
+
+
+@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("case", sorted(BESIDE_CASES))
+def test_ops_beside_relu_copies_fold_as_in_the_file(case, batch, tmp_path):
+    after, want = BESIDE_CASES[case]
+    keras.utils.set_random_seed(0)
+    i = keras.Input((16,), batch_size=batch)
+    k, f = both(keras.Model(i, after(L.Dense(8, name="d")(L.Activation("tanh")(i)))), tmp_path)
+    assert eltwise(f) == want  # two FULLY_CONNECTED (one with the RELU fused), the ADDs
+    assert eltwise(k) == want  # before: a MUL (1.0723) / a MUL and an ADD (1.1347) more
+    assert k.macs == f.macs == 2 * 16 * 8
+    same_totals(k, f)

@@ -192,17 +192,35 @@ def _folded_beside(layer, call, counts, keras, used):
     except (AttributeError, ValueError, TypeError, IndexError):
         return None
     key = _key(x, counts, used)
-    if key is None or not _linear_rank2(producer, ins, keras):
+    if key is None or not (_linear_rank2(producer, ins, keras) or _after_dense(
+            producer, (ins, [x]), counts, keras)):
         return None
-    ops = _readers(key, (used.get(STATE) or {}).get("twin_ops", {}), keras)
-    others = [op for op in ops if op is not layer]
-    if len(others) != len(ops) - 1 or not others or any(
+    twins = (used.get(STATE) or {}).get("twin_ops", {})
+    ops, own = _readers(key, twins, keras), _key(call[1][0], counts, used)
+    mine = {id(op) for k, op in (twins.get(key) or {}).items() if own is not None and
+            isinstance(k, tuple) and k[0] and k[0][0] == own}  # its twins: one op (CSE)
+    others = [op for op in ops if op is not layer and id(op) not in mine]
+    if len(others) == len(ops) or not others or any(
             _kind(op, keras) is None for op in others):
         return None
     into = fold_of(layer, call, {**counts, id(x): 1}, keras)
     return None if into is None else (
         f"folded into {into} (as a .tflite folds it: its other readers are ReLUs, each "
         "with a FULLY_CONNECTED of its own)")
+
+
+def _after_dense(op, call, counts, keras):
+    """Whether `op` at `call` (a constant MUL / ADD, a batch norm) is folded into a linear
+    `Dense` on a rank-2 tensor: an op beside ReLU copies reading its output folds there too
+    (`Dense` -> `* 2.0` -> a ReLU and a `* 3.0`: the file folds both MULs into its two
+    FULLY_CONNECTED; the `* 3.0` was charged before 2026-12-07, Keras / file hierarchy
+    1.0723, paper 1.0300)."""
+    from dkm_tf.energy.keras_consts import _fold_layer
+
+    into = _fold_layer(op, (list(call[0]), list(call[1])), counts, keras, None, 0)
+    return into is not None and len(call[1][0].shape) == 2 and isinstance(
+        into, keras.layers.Dense) and activation_name(getattr(
+            into, "activation", None)) == "linear"
 
 
 def _readers(key, twin_ops, keras, seen=()):
