@@ -119,15 +119,17 @@ def source(x, counts, keras, outer=None):
     return None if found is None else found[0]
 
 
-def source_at(x, counts, keras, outer=None, norms=True):
+def source_at(x, counts, keras, outer=None, norms=True, any_readers=False):
     """As :func:`source`, `(op, its call's input tensors, counts, outer)`: the context of
     the op's own graph, for looking further up from its input. `norms`: whether an identity
-    batch norm / `Normalization` is stepped over as removed (`removed`)."""
+    batch norm / `Normalization` is stepped over as removed (`removed`). `any_readers`: as if
+    each tensor had one reader, at every level (a RELU of a RELU is dropped whatever else
+    reads the first: `relu_fusion._merged`)."""
     try:
         producer, node, index = x._keras_history
     except (AttributeError, ValueError, TypeError):
         return None
-    if counts.get(id(x), 0) != 1:
+    if not any_readers and counts.get(id(x), 0) != 1:
         return None
     if isinstance(producer, keras.Model):
         try:
@@ -136,28 +138,30 @@ def source_at(x, counts, keras, outer=None, norms=True):
                       node_inputs(producer, producer._inbound_nodes[node]), counts, outer)
         except (AttributeError, ValueError, IndexError, TypeError):
             return None
-        ops = [(op, _calls(producer, op)) for op in graph_ops(producer)]
-        return source_at(inner, counts.get(("nested", id(x))) or consumers(  # `keras_cse`'s
-            producer, ops, keras), keras, inside, norms)  # where walked: a merged call's
+        walked = counts.get(("nested", id(x)))  # `keras_cse`'s where walked: a merged call's
+        ops = [] if walked or any_readers else [(op, _calls(producer, op)) for op in
+                                                 graph_ops(producer)]
+        return source_at(inner, walked or ({} if any_readers else consumers(
+            producer, ops, keras)), keras, inside, norms, any_readers)
     if type(producer).__name__ == "InputLayer" and outer is not None:
         at = [i for i, t in enumerate(outer[0]) if t is x]  # an input of a nested model
         if len(at) != 1 or at[0] >= len(outer[1]):
             return None
-        return source_at(outer[1][at[0]], outer[2], keras, outer[3], norms)
+        return source_at(outer[1][at[0]], outer[2], keras, outer[3], norms, any_readers)
     try:
         ins = producer._inbound_nodes[node].input_tensors
     except (AttributeError, IndexError, TypeError):
         return producer, [], counts, outer
     if removed(producer, keras, norms):
-        return source_at(ins[0], counts, keras, outer, norms) if len(ins) == 1 else (
-            producer, ins, counts, outer)
+        return source_at(ins[0], counts, keras, outer, norms, any_readers) if len(
+            ins) == 1 else (producer, ins, counts, outer)
     if isinstance(producer, keras.layers.Pipeline):
         return _pipeline_last(producer, producer._inbound_nodes[node], counts, keras, outer,
-                              index, norms)
+                              index, norms, any_readers)
     return producer, ins, counts, outer
 
 
-def _pipeline_last(layer, node, counts, keras, outer, index=0, norms=True):
+def _pipeline_last(layer, node, counts, keras, outer, index=0, norms=True, any_readers=False):
     """`source_at` of the output of `keras.layers.Pipeline` `layer` at `node`: its last layer
     the converter keeps (its own input tensor, without history, as the call's; the converter
     traces the Pipeline's layers into the graph), the Pipeline's input's where it keeps none,
@@ -188,11 +192,12 @@ def _pipeline_last(layer, node, counts, keras, outer, index=0, norms=True):
             return sub, list(ins), counts, outer
         outs = keras.tree.flatten(node.outputs)  # output `index` of the Pipeline: of `sub`
         walked = counts.get(("nested", id(outs[index])))
-        ops = [(op, _calls(sub, op)) for op in graph_ops(sub)]
-        found = source_at(inner[index], walked or consumers(sub, ops, keras), keras, inside,
-                          norms) if len(inner) == len(outs) and (
-                              walked or not sub._inbound_nodes) else None
-        if found is None or not walked and len(getattr(found[0], "_inbound_nodes", ())) > 1:
+        known = bool(walked) or any_readers  # `any_readers`: as if walked, every count one
+        ops = [] if known else [(op, _calls(sub, op)) for op in graph_ops(sub)]
+        found = source_at(inner[index], walked or ({} if any_readers else consumers(
+            sub, ops, keras)), keras, inside, norms, any_readers) if len(inner) == len(
+                outs) and (known or not sub._inbound_nodes) else None
+        if found is None or not known and len(getattr(found[0], "_inbound_nodes", ())) > 1:
             return sub, list(ins), counts, outer  # not walked: the converter may merge a twin
         return found
     if kept:
@@ -200,8 +205,8 @@ def _pipeline_last(layer, node, counts, keras, outer, index=0, norms=True):
         return (end[0], list(end[1])) + (counts, outer) if end else (
             kept[-1][0], list(kept[-1][1]), counts, outer)
     ins = keras.tree.flatten(node.input_tensors)
-    return source_at(ins[0], counts, keras, outer, norms) if subs and len(ins) == 1 else (
-        layer, ins, counts, outer)
+    return source_at(ins[0], counts, keras, outer, norms, any_readers) if subs and len(
+        ins) == 1 else (layer, ins, counts, outer)
 
 
 def _calls(model, op):

@@ -180,29 +180,6 @@ def _ends_with(op, keras):
     return act if act in ("relu", "relu6") else None
 
 
-class _AnyReaders(dict):
-    """Counts of a graph (`bn_folding.consumers`) read as if each tensor had one reader, for
-    `bn_folding.source_at` to look past tensors read elsewhere too (a RELU of a RELU is
-    dropped whatever else reads the first); a nested model's counts too."""
-
-    def __bool__(self):
-        return True
-
-    def get(self, key, default=None):
-        if isinstance(key, int):
-            return 1
-        if isinstance(key, tuple) and key[:1] == ("nested",):
-            return _AnyReaders(super().get(key) or {})
-        return super().get(key, default)
-
-
-def _any_readers(outer):
-    """`outer` (`bn_folding.source_at`) with the counts of each level as `_AnyReaders`."""
-    if outer is None:
-        return None
-    return (*outer[:2], _AnyReaders(outer[2] or {}), _any_readers(outer[3]), *outer[4:])
-
-
 def _merged(layer, producer, keras):
     """Whether the leading RELU / RELU6 of ReLU `layer` (`relu_kind`) is the one `producer`
     ends with (`_ends_with`): the converter drops a RELU of a RELU (a RELU6 of a RELU6),
@@ -216,12 +193,12 @@ def _merged(layer, producer, keras):
     return kind is not None and _ends_with(producer, keras) == kind
 
 
-def _source(x, counts, keras, outer, norms=True):
+def _source(x, counts, keras, outer, norms=True, any_readers=False):
     """`bn_folding.source_at` of `x`, past same-shape reshapes (`identity_reshape`);
-    `norms`: as there."""
-    found = source_at(x, counts, keras, outer, norms)
+    `norms`, `any_readers`: as there."""
+    found = source_at(x, counts, keras, outer, norms, any_readers)
     while found is not None and identity_reshape(found[0], found[1], keras):
-        found = source_at(found[1][0], found[2], keras, found[3], norms)  # `identity_reshape`
+        found = source_at(found[1][0], found[2], keras, found[3], norms, any_readers)
     return found
 
 
@@ -247,8 +224,8 @@ def relu_fused_into(layer, call, counts, keras, outer=None):
     if (found is None or not _absorbs(found[0], keras)) and isinstance(call, NoMerge):
         return None
     if found is None or not _absorbs(found[0], keras):  # the RELU it ends with, read by any
-        found = _source(call[0][0], _AnyReaders(counts), keras, _any_readers(outer),
-                        norms=False)  # an identity batch norm between keeps it (`_merged`)
+        found = _source(call[0][0], counts, keras, outer, norms=False,  # an identity batch
+                        any_readers=True)  # norm between keeps it (`_merged`)
         return found[0].name if found is not None and _merged(layer, found[0], keras) else None
     producer, ins, at_counts, at_outer = found
     if isinstance(producer, keras.layers.BatchNormalization):  # the conv it is folded into
