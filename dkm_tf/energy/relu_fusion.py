@@ -18,9 +18,11 @@ Conv2DTranspose, a Concatenate, a Maximum, or a producer whose output is read tw
 RELU op of their own. A ReLU capped at other than 6 is a RELU, a MINIMUM and a RELU
 (`keras_lowered.relu_ops`): its first RELU is fused the same way, the MINIMUM and the last
 RELU stay charged; one with a threshold or a slope (and a cap or threshold) starts with other
-ops and is charged in full. A `keras.ops.clip(x, 0, 6)` (a RELU6) or `(x, -1, 1)` (a
-RELU_N1_TO_1) is fused the same way (`keras_lowered.clip_ops`), and so are `keras.ops.relu` /
-`keras.ops.relu6`; a same-shape `Reshape` between the op and the ReLU is removed
+ops and is charged in full, and one with a slope (and a cap or threshold) ends with a SUB /
+ADD that absorbs a ReLU after it. A ReLU after a `Lambda` is fused into (or merged with) the
+op ending its traced function (`_in_lambda`). A `keras.ops.clip(x, 0, 6)` (a RELU6) or
+`(x, -1, 1)` (a RELU_N1_TO_1) is fused the same way (`keras_lowered.clip_ops`), and so are
+`keras.ops.relu` / `keras.ops.relu6`; a same-shape `Reshape` between the op and the ReLU is removed
 (`identity_reshape`). A ReLU whose leading RELU / RELU6 reads an op ending with the same one
 (a conv or Dense of that activation, dilated or not, another ReLU layer, a capped ReLU's last
 RELU, `ops.relu`, `ops.clip(x, 0, 6)`) is dropped by the converter whatever else reads that
@@ -37,8 +39,9 @@ read 7.40e9 hierarchy units from Keras and 4.74e9 from its palettized file.
 """
 
 from dkm_tf.energy.activations import activation_name
-from dkm_tf.energy.bn_folding import folded_into, removed, source_at
-from dkm_tf.energy.keras_lowered import affine_ops, clip_ops
+from dkm_tf.energy.bn_folding import _calls, consumers, folded_into, removed, source_at
+from dkm_tf.energy.keras_calls import graph_ops
+from dkm_tf.energy.keras_lowered import affine_ops, clip_ops, relu_ops
 from dkm_tf.energy.keras_wrapped import lambda_model
 from dkm_tf.energy.relu_like import activation_relu, zero_maximum, zero_second
 
@@ -143,6 +146,10 @@ def _absorbs(producer, keras):
         return bool(affine_ops(inner, keras))  # its last MUL / ADD; an identity is removed
     if not isinstance(inner, L.Layer) and type(inner).__name__ in _OPS:
         return True  # `a + b`, `keras.ops.multiply(a, b)`, `a / b`: an ADD / SUB / MUL / DIV
+    if isinstance(inner, L.ReLU) or activation_relu(inner, keras):  # of a slope and a cap
+        # or threshold: its last SUB / ADD (not a LEAKY_RELU; charged before 2026-12-07:
+        # `ReLU()(ReLU(negative_slope=0.1, threshold=0.5)(tanh(x)))`, Keras / file 1.2221)
+        return float(inner.negative_slope) != 0 and relu_ops(inner, keras)[-1:] == ["add"]
     return isinstance(inner, (L.Add, L.Subtract, L.Multiply, L.Average, L.MaxPooling1D,
                               L.MaxPooling2D, L.AveragePooling1D, L.AveragePooling2D))
 
@@ -194,11 +201,34 @@ def _merged(layer, producer, keras):
 
 
 def _source(x, counts, keras, outer, norms=True, any_readers=False):
-    """`bn_folding.source_at` of `x`, past same-shape reshapes (`identity_reshape`);
-    `norms`, `any_readers`: as there."""
+    """`bn_folding.source_at` of `x`, past same-shape reshapes (`identity_reshape`) and into
+    a `Lambda` (`_in_lambda`); `norms`, `any_readers`: as there."""
     found = source_at(x, counts, keras, outer, norms, any_readers)
     while found is not None and identity_reshape(found[0], found[1], keras):
         found = source_at(found[1][0], found[2], keras, found[3], norms, any_readers)
+    inside = None if found is None else _in_lambda(found, keras)
+    return found if inside is None else _source(
+        inside[0], inside[1], keras, inside[2], norms, any_readers)
+
+
+def _in_lambda(found, keras):
+    """`(its output, counts, outer)` in the graph of the call of `Lambda` `found[0]` on
+    `found[1]` (`keras_wrapped.lambda_model`), else None: the converter traces the function,
+    so a ReLU after it is fused into (or dropped after) the op ending it (before 2026-12-07
+    charged: `ReLU()(Lambda(keras.activations.relu)(tanh(x)))`, Keras / file hierarchy
+    2.0000, read by a sigmoid too 1.4000; `ReLU()(Lambda(lambda t: t * 2.0)(tanh(x)))`
+    1.6658)."""
+    op, ins = found[:2]
+    node = next((n for n in getattr(op, "_inbound_nodes", None) or () if [
+        id(t) for t in n.input_tensors] == [id(t) for t in ins]), None)
+    if not isinstance(op, keras.layers.Lambda) or node is None:
+        return None
+    sub = lambda_model(op, (node.input_tensors, node.outputs), keras)
+    outs = [] if sub is None else keras.tree.flatten(sub.outputs)
+    if len(outs) != 1 or len(keras.tree.flatten(node.outputs)) != 1:
+        return None
+    counts = consumers(sub, [(o, _calls(sub, o)) for o in graph_ops(sub)], keras)
+    return outs[0], counts, (keras.tree.flatten(sub.inputs), list(ins), found[2], found[3])
     return found
 
 
