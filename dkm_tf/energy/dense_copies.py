@@ -20,8 +20,12 @@ the file) 1.9551 / 1.8654 / 1.9551 (`tests/test_denseops29.py`). Until later sti
 one FULLY_CONNECTED (0.5842), one beside ReLU copies charged (1.1445), twins read by a ReLU
 and a sigmoid and by that ReLU merged into three FULLY_CONNECTED (1.4327), and a ReLU
 behind shape-only ops charged as a RELU (`Reshape((2, 4))`: 0.5519, the file's dead
-FULLY_CONNECTED; `ops.expand_dims` then `ops.squeeze`: 1.1037).
+FULLY_CONNECTED; `ops.expand_dims` then `ops.squeeze`: 1.1037). A ReLU with a slope and a
+cap reads the Dense twice itself, its NEG the plain FULLY_CONNECTED, the RELU of its input a
+copy (`copied_kind`; 0.6649 before 2026-12-07, `tests/test_relufuse31b.py`).
 """
+
+import dataclasses
 
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
@@ -30,6 +34,7 @@ from dkm_tf.energy.keras_consts import fold_of
 from dkm_tf.energy.keras_cse import STATE
 from dkm_tf.energy.keras_pipeline import pipeline_calls, same_shape_reshape
 from dkm_tf.energy.relu_fusion import identity_reshape, lambda_reader, relu_kind
+from dkm_tf.energy.relu_like import activation_relu
 
 
 def dense_copy(layer, call, counts, keras, used, outer=None):
@@ -44,9 +49,10 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
     `outer`: as for `bn_folding.source`, where the call is in a nested model (an input of
     it is followed out to the tensor its call passes), and a nested model's output into that
     model (the counts of its walk, `keras_cse.left_out`'s)."""
-    if isinstance(call, Exception) or not call[0] or relu_kind(layer, keras) is None:
-        return None
-    x, many, shaped = call[0][0], False, []  # many: read by others on the way
+    kind = copied_kind(layer, keras)
+    if isinstance(call, Exception) or not call[0] or kind is None:
+        return None  # many: read by others on the way (a sloped ReLU's NEG: `copied_kind`)
+    x, many, shaped = call[0][0], kind != relu_kind(layer, keras), []
     while True:
         many = many or counts.get(id(x), 0) >= 2
         try:
@@ -84,7 +90,7 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
     state = used.get(STATE)  # per walk: a TimeDistributed model's steps are walked apart
     charged = set() if state is None else state.setdefault("dense_copies", set())
     here = counts.setdefault(_MARKS, set())  # also seen from a `Lambda`'s walk (its own
-    kind, key = relu_kind(layer, keras), _key(x, counts, used)  # `used`): a ReLU and a
+    key = _key(x, counts, used)  # `used`): a ReLU and a
     mark = (key or object(), kind)  # `Lambda(ops.relu)` on one Dense, 3 FULLY_CONNECTED,
     at = (key if key is not None else id(x), kind)  # file 1; by key: twin calls too (1.8654)
     first = mark not in charged and at not in here and not _fused_twin(
@@ -95,6 +101,32 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
 
 
 _SHAPE_OPS = ("Reshape", "Flatten", "ExpandDims", "Squeeze")  # layers and `keras.ops`
+
+
+def copied_kind(layer, keras):
+    """The kind (`relu_kind`) of the RELU of `layer` the converter fuses into a copy of a
+    linear rank-2 `Dense` it reads (`dense_copy`): its leading RELU's, or for a ReLU with a
+    slope and a cap and no threshold (a `ReLU` layer, `keras.activations.relu`), "relu6" /
+    "relu" for the RELU6 / RELU of its input after the NEG (`keras_lowered.relu_ops`): the
+    NEG reads the plain FULLY_CONNECTED, that RELU is fused into a copy (before 2026-12-07
+    charged as a RELU without the copy: `ReLU(negative_slope=0.1, max_value=3.0)` on
+    `Dense(8)(tanh(Input(16)))`, Keras / file hierarchy 0.6649, paper 0.5627; capped at 6
+    0.6289); else None."""
+    kind = relu_kind(layer, keras)
+    if kind is not None or not (isinstance(layer, keras.layers.ReLU) or activation_relu(
+            layer, keras)) or layer.max_value is None:
+        return kind
+    if float(layer.negative_slope) == 0 or float(layer.threshold) != 0:
+        return None
+    return "relu6" if float(layer.max_value) == 6 else "relu"
+
+
+def fused_records(layer, records, keras):
+    """`records` of ReLU `layer` less the one of its RELU fused before it (the first; for a
+    ReLU with a slope, the second, `copied_kind`), each after it named as the one before."""
+    at = 0 if relu_kind(layer, keras) is not None else 1
+    return records[:at] + [dataclasses.replace(r, name=k.name) for r, k in zip(
+        records[at + 1:], records[at:])]
 
 
 def _reshaped(layer, dense, ins, x, shaped, many, graph, keras):

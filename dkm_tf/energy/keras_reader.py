@@ -29,13 +29,12 @@ calls' records named `name#2`, ... (no layer's name: `record_names`), `layer` th
 `skipped`), its records tagged with its call (`LayerShape.within`, `EnergyReport.layer`).
 """
 
-import dataclasses
 import math
 
 from dkm_tf.energy.activations import activation_name, activation_records, layer_norm_records
 from dkm_tf.energy.attention_mask import mask_records
 from dkm_tf.energy.bn_folding import removed
-from dkm_tf.energy.dense_copies import dense_copy, unread  # a Dense + ReLU read twice
+from dkm_tf.energy.dense_copies import dense_copy, fused_records, unread  # Dense + ReLU
 from dkm_tf.energy.following_folds import drop_folded
 from dkm_tf.energy.keras_calls import call_names, calls, graph_ops
 from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
@@ -260,7 +259,7 @@ def _walk_call(layer, name, call, graph, keras, shapes, skipped, used, fused=Non
     records, why = drop_folded(inner, call, counts, records, keras, outer)  # into a conv
     skipped.extend([(name, why)] if why else [])
     if fused is not None:  # a capped ReLU: its first RELU fused, its MINIMUM and RELU run
-        records = [dataclasses.replace(r, name=k.name) for r, k in zip(records[1:], records)]
+        records = fused_records(inner, records, keras)  # (of a sloped ReLU the second)
         skipped.append((name, f"its first RELU fused into {fused} (as a .tflite fuses it)"))
     if records:  # an Attention call's scores mask (causal / mask=): its ADD
         records = records + mask_records(inner, alias, call, keras, used, outer)
