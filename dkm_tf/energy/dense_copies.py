@@ -121,6 +121,18 @@ def copied_kind(layer, keras):
     return "relu6" if float(layer.max_value) == 6 else "relu"
 
 
+def sloped_copy(layer, prev, call, keras):
+    """For a layer of a `keras.layers.Pipeline`: the call of the FULLY_CONNECTED copy (`call`,
+    `(inputs, outputs)`, of `prev`, charged) where `layer` is a ReLU with a slope and a cap
+    (`copied_kind`) and `prev`, the layer before it that the converter keeps, a linear `Dense`
+    on a rank-2 tensor (`Pipeline([Dense(8), ReLU(negative_slope=0.1, max_value=3.0)])`:
+    Keras / file hierarchy 0.6649 before 2026-12-07), else None."""
+    if relu_kind(layer, keras) is not None or copied_kind(
+            layer, keras) is None or not _linear_rank2(prev, call[0], keras):
+        return None
+    return _Copy((list(call[0]), list(call[1])))
+
+
 def fused_records(layer, records, keras):
     """`records` of ReLU `layer` less the one of its RELU fused before it (the first; for a
     ReLU with a slope, the second, `copied_kind`), each after it named as the one before."""

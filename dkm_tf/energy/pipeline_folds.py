@@ -166,6 +166,7 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
     `(counts, outer, live)` of the graph the call is in; `shapes` / `skipped`: the records
     and `(name, reason)`s appended to (a `Rescaling`'s records trimmed to its MUL where its
     ADD is folded); `used`: the walks of each layer name (`keras_reader._walk`)."""
+    from dkm_tf.energy.dense_copies import sloped_copy
     from dkm_tf.energy.keras_lowered import relu_ops
     from dkm_tf.energy.relu_fusion import NoMerge, leading_relu, relu_fused_after, relu_fused_into
 
@@ -209,6 +210,10 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
             # Keras / file hierarchy 0.7167 before 2026-12-07), only fused into an op or
             sub_call = NoMerge(sub_call)  # a copy of a Dense (`dense_copies`: 0.7343)
             into = relu_fused_into(sub, sub_call, counts, keras, outer)
+        if into is None and prev is not None and (copy := sloped_copy(
+                sub, prev, subs[at][1], keras)) is not None:
+            walk(prev, sub_name, copy, None)  # its RELU's FULLY_CONNECTED (`dense_copies`)
+            into = f"a copy of {prev.name}"
         if into is not None and len(relu_ops(sub, keras)) == 1:
             skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
             continue
