@@ -95,6 +95,7 @@ def _outer_mask(x, outer):
     import keras
 
     x = x[0] if isinstance(x, (list, tuple)) and len(x) == 1 else x
+    x = getattr(x, "_dkm_outer_of", x)  # a Pipeline's layer reading the mask of its input
     while outer is not None:
         ins, got = outer[0], outer[1]
         x = _passed_back(x, ins)

@@ -39,7 +39,7 @@ repeats; merged with a call read otherwise, Keras / file hierarchy 0.5842 before
 
 from dkm_tf.energy.activations import activation_name
 from dkm_tf.energy.bn_folding import removed
-from dkm_tf.energy.carried_masks import keyed_with_mask
+from dkm_tf.energy.carried_masks import keyed_with_mask, mask_key, note_masks
 from dkm_tf.energy.cse_signatures import arguments as _arguments
 from dkm_tf.energy.cse_signatures import digest as _digest
 from dkm_tf.energy.cse_signatures import signature as _signature
@@ -207,7 +207,7 @@ def _ordered(op_calls, env, keras, state):
 def _out_keys(op, call, env, keras, state):
     """The keys of the outputs of `call` of `op`, its inputs' keys in `env` (module doc)."""
     ins, outs = list(call[0]), list(call[1])
-    in_keys = [env.get(id(t)) or object() for t in ins]
+    in_keys = [mask_key(t, env, state) or env.get(id(t)) or object() for t in ins]
     if not ins:  # an InputLayer: its input's key (a model input's, a nested call's input's)
         keys = [env.get(id(t)) or object() for t in outs]
     elif _fresh(op, keras):
@@ -236,7 +236,7 @@ def _out_keys(op, call, env, keras, state):
         if sig is None or args is None:
             return [object() for _ in outs]
         if len(call) < 3:  # a mask its input carries when the model runs
-            args, in_keys = keyed_with_mask(op, ins, args, in_keys, env, keras)
+            args, in_keys = keyed_with_mask(op, ins, args, in_keys, env, keras, state)
         fused = _fused(op, ins, outs, keras, state)
         table = state.setdefault("intern", {})  # a key is an int: nested tuples of a deep
         twins = table.setdefault((sig, args, tuple(in_keys), fused), [])  # graph would hash
@@ -253,6 +253,7 @@ def _out_keys(op, call, env, keras, state):
             if state.get("live") is None or id(t) in state["live"]:  # not pruned
                 producers.setdefault(key, set()).add(id(t))
             state.setdefault("top", set()).update([id(t)] if state.get("collect") else [])
+    note_masks(ins, outs, keys, state)
     return keys
 
 

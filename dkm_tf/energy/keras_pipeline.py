@@ -55,6 +55,9 @@ def pipeline_calls(layer, call):
         return [], f"Pipeline with inputs {ins} and outputs {outs}: not read (one of each)"
     shape, out, first = ins[0], [], data
     masks, _, notes = _chain(leaves, data[0], given, ins[0], keras)
+    start = keras.KerasTensor(ins[0][:-1], dtype="bool")  # the mask `data` gets at run time
+    runs = _chain(leaves, data[0], None, ins[0], keras, start)[0] if given is None and all(
+        m is None for m in masks) else masks  # from outside a nested model (`_outer_mask`)
     for sub in leaves:
         try:
             nxt = _output_shape(sub, shape, keras)
@@ -63,6 +66,11 @@ def pipeline_calls(layer, call):
                         f"for input {shape} ({type(e).__name__}: {e}); the Pipeline not read")
         x = first if not out else out[-1][1][1][:1]  # the one before's output: a chain
         x = x + ([masks[len(out)]] if masks[len(out)] is not None else [])  # as Keras records
+        if out and masks[len(out)] is None and runs[len(out)] is start:
+            x[0]._dkm_outer_of = data[0]  # reads the mask `data` carries (`attention_mask`)
+        made = getattr(masks[len(out)], "_dkm_made_at", None)
+        if made is not None and made < len(out):  # made on that layer's output (`mask_key`)
+            masks[len(out)]._dkm_on = out[made][1][1][0]
         many = [tuple(s) for s in nxt] if len(outs) > 1 and sub is leaves[-1] else [nxt]
         out.append((sub, (x, [keras.KerasTensor(s) for s in many])))
         shape = nxt
