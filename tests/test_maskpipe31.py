@@ -1,18 +1,20 @@
 """Session 31: masks followed through a layer computing its own, made in a Pipeline, from outside.
 
-Before 2026-12-07 (each on an Embedding(20, 8, mask_zero=True) of 6 tokens, Keras / float file
-hierarchy, paper): a Pipeline's run-time mask was not followed through a layer computing a
-mask of its own after it, the pooling charged no mask SUM (`GlobalAveragePooling1D()(LSTM(4,
-return_sequences=True)(Pipeline([Dense(8)])(e)))` 0.9944 / 0.9985, through
-`MultiHeadAttention(2, 4)` 0.9952 / 0.9990, an `Add` with a Dense of `e` 0.9871 / 0.9969); a
-mask made in a Pipeline was a fresh tensor to the merge, `Pipeline([emb,
+Before session 31 (cac6419; each on an Embedding(20, 8, mask_zero=True) of 6 tokens, Keras /
+float file hierarchy, paper): a Pipeline's run-time mask was not followed through a layer
+computing a mask of its own after it, the pooling charged no mask SUM
+(`GlobalAveragePooling1D()(LSTM(4, return_sequences=True)(Pipeline([Dense(8)])(e)))` 0.9944 /
+0.9985, through `MultiHeadAttention(2, 4)` 0.9952 / 0.9990, an `Add` with a Dense of `e` 0.9871
+/ 0.9969); a mask made in a Pipeline was a fresh tensor to the merge, `Pipeline([emb,
 GlobalAveragePooling1D()])(x)` beside `GlobalAveragePooling1D()(emb(x))` charged two poolings
 and two mask SUMs where the file computes one (2.0000 / 2.0000, also with `Model(xi, emb(xi))`
 first in the Pipeline); a Pipeline in a nested model whose mask comes from outside, a Dense
 before its pooling (`Model(j, Pipeline([Dense(8), GlobalAveragePooling1D()])(j))` on `e`),
-charged no mask SUM (0.9697 / 0.9936). Each Keras estimate is checked beside its float file's
-(rtol 1e-6), its mask SUM records (an average pooling of 1 channel over the 6 steps) counted,
-and the masked average Keras computes checked against numpy."""
+charged no mask SUM (0.9697 / 0.9936); a subclassed model of one Dense(8) in the Pipeline
+(`Pipeline([Sub(), GlobalAveragePooling1D()])`) or before the pooling outside, the same (0.9697
+/ 0.9936: no graph; its `call` is traced now, `energy.subclassed_masks`). Each Keras estimate
+is checked beside its float file's (rtol 1e-6), its mask SUM records (an average pooling of 1
+channel over the 6 steps) counted, and the masked average Keras computes checked against numpy."""
 
 import keras
 import numpy as np
@@ -56,6 +58,29 @@ def _nested(batch):
     return keras.Model(x, keras.Model(j, L.Pipeline([L.Dense(8), GAP()])(j))(e))
 
 
+class Sub(keras.Model):
+    """A subclassed model of one Dense(8) (or Conv1D(8, 3), which drops the mask)."""
+
+    def __init__(self, conv=False):
+        super().__init__()
+        self.d = L.Conv1D(8, 3, padding="same") if conv else L.Dense(8)
+
+    def call(self, inputs):
+        return self.d(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (8,)
+
+
+def _subclassed(where, conv=False):
+    def build(batch):
+        x, e = _tokens(batch)
+        if where == "outside":
+            return keras.Model(x, GAP()(Sub(conv)(e)))
+        return keras.Model(x, L.Pipeline([Sub(conv), GAP()])(e))
+    return build
+
+
 # (builder, mask SUMs and poolings the file computes)
 CASES = {
     "lstm_after_pipeline": (_after(lambda p, e: L.LSTM(4, return_sequences=True)(p)), 1, 1),
@@ -64,6 +89,9 @@ CASES = {
     "embedding_in_pipeline_beside_twin": (_twin(), 1, 1),
     "model_of_embedding_in_pipeline_beside_twin": (_twin(True), 1, 1),
     "pipeline_in_nested_model_dense_first": (_nested, 1, 1),
+    "subclassed_in_pipeline": (_subclassed("pipeline"), 1, 1),  # 0.9697 / 0.9936 before
+    "subclassed_outside": (_subclassed("outside"), 1, 1),  # 0.9697 / 0.9936 before
+    "subclassed_conv_in_pipeline": (_subclassed("pipeline", conv=True), 0, 1),  # no mask
 }
 
 
@@ -77,7 +105,7 @@ def test_the_mask_a_pooling_runs_with_reads_as_its_file(case, batch, tmp_path):
     keras.utils.set_random_seed(0)
     build, sums, pools = CASES[case]
     k, f = both(build(batch), tmp_path)
-    same_totals(k, f)  # before: 0.9944, 0.9952, 0.9871, 2.0000, 2.0000, 0.9697 (hierarchy)
+    same_totals(k, f)  # before: 0.9944, 0.9952, 0.9871, 2.0000, 2.0000, 0.9697 x3 (hierarchy)
     assert len(_mask_sums(k)) == sums
     for rec in _mask_sums(k):
         assert (rec.shape.kind, rec.shape.input_size, rec.shape.output_size) == ("pool", 6, 1)

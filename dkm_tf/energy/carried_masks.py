@@ -99,24 +99,30 @@ def _out_mask(op, index, at, node, keras):
         given = node.arguments.kwargs.get("mask")
         given = keras.tree.flatten(given) if given is not None else [None] * len(args)
         masks = [g if g is not None else carried_mask(t, keras) for t, g in zip(args, given)]
-        made = model_mask(op, at, masks, keras)
+        made = model_mask(op, at, masks, keras, tuple(args[0].shape) if args else None)
     if made is None or not getattr(made, "_dkm_fresh", False):
         return made
     key = (tuple(id(t) for t in node.input_tensors), at)  # held by `op`'s nodes: the ids
     return _FRESH.setdefault(op, {}).setdefault(key, made)  # are not reused while it lives
 
 
-def model_mask(model, at, masks, keras):
+def model_mask(model, at, masks, keras, shape=None):
     """The mask on output `at` of the nested Functional or Sequential `model` called with
     `masks` (one per input, or None) when it runs: a fresh tensor where its graph makes one
     (an Embedding(mask_zero=True), a `Masking` in it), the one of an input where its graph's
-    layers pass that on (`_passed_back`: a Dense; not a Conv1D), else None
-    (also for a subclassed model: no graph to follow)."""
+    layers pass that on (`_passed_back`: a Dense; not a Conv1D), else None; a subclassed
+    model of one input, at its input `shape`, as its traced `call` returns it
+    (`subclassed_masks`)."""
     try:
         own = keras.tree.flatten(model.inputs)
         out = keras.tree.flatten(model.outputs)[at]
     except (AttributeError, IndexError, TypeError, ValueError):
-        return None
+        if at or len(masks) != 1 or masks[0] is None:
+            return None
+        from dkm_tf.energy.subclassed_masks import traced_mask
+
+        kind = traced_mask(model, shape, keras)
+        return masks[0] if kind == "same" else fresh(kind[1], keras) if kind else None
     mine = getattr(out, "_keras_mask", None)
     if mine is not None:
         return fresh(tuple(mine.shape), keras)
@@ -262,7 +268,7 @@ def _next_mask(sub, mask, shape, keras, notes):
     (Keras' own `compute_mask`), else its `compute_mask` on symbolic tensors (a new mask: a
     fresh tensor of its shape; an error: None, and a line in `notes`)."""
     if isinstance(sub, keras.Model):
-        return model_mask(sub, 0, [mask], keras)
+        return model_mask(sub, 0, [mask], keras, shape)
     if not getattr(sub, "supports_masking", False):
         return None
     if getattr(type(sub), "compute_mask", None) is keras.layers.Layer.compute_mask:
