@@ -65,7 +65,7 @@ def _computed(op, at, node, first, keras):
     `compute_mask` on them, an input's mask where it returns it (an LSTM's with
     `return_sequences`), else a fresh tensor, one per call (an Add's AND of one mask with
     itself too: the file computes it and a SUM of it beside the mask's own);
-    None where no input carries one or the layer computes none. Before 2026-12-07 None:
+    None where no input carries one or the layer computes none. Before session 31 None:
     `GlobalAveragePooling1D()(LSTM(4, return_sequences=True)(Pipeline([Dense(8)])(e)))` on an
     Embedding(20, 8, mask_zero=True) of 6 tokens was charged no mask SUM, Keras / float file
     hierarchy 0.9944, paper 0.9985 (an `Add` with a Dense of `e`: 0.9871 / 0.9969)."""
@@ -164,7 +164,7 @@ def mask_key(mask, env, state):
     the output it was made on)`, so that the same layer called on the same tensor makes the
     same mask in a Pipeline and outside it (`_dkm_on`, set by `keras_pipeline`, where a
     Pipeline's layer made it; one Keras recorded on a layer's output outside), else None.
-    Before 2026-12-07 a mask made in a Pipeline was a fresh tensor: `Pipeline([emb,
+    Before session 31 a mask made in a Pipeline was a fresh tensor: `Pipeline([emb,
     GlobalAveragePooling1D()])(x)` beside `GlobalAveragePooling1D()(emb(x))`, emb an
     Embedding(20, 8, mask_zero=True) of 6 tokens, charged both poolings and both mask SUMs
     where the file computes one: Keras / float file hierarchy and paper 2.0000."""

@@ -40,7 +40,11 @@ def pipeline_calls(layer, call):
     be followed (several inputs, several outputs but those of a Functional model of a list of
     outputs last, a layer without `compute_output_shape`, a chain that does not end at the
     Pipeline's recorded output shapes). A call given a mask (`pipeline_mask`) is read along
-    its first input; a layer called with a mask has it as its second input."""
+    its first input; a layer called with a mask has it as its second input. A later layer
+    taking the mask the Pipeline's input carries from outside a nested model (its layers
+    before pass it on) has that input as `_dkm_outer_of` on its own (`attention_mask`: before
+    session 31 `Model(j, Pipeline([Dense(8), GlobalAveragePooling1D()])(j))` on an
+    Embedding(20, 8, mask_zero=True) of 6 tokens charged no mask SUM, 0.9697 / 0.9936)."""
     import keras
 
     def shape_of(tensors):
