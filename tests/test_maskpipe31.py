@@ -12,9 +12,12 @@ first in the Pipeline); a Pipeline in a nested model whose mask comes from outsi
 before its pooling (`Model(j, Pipeline([Dense(8), GlobalAveragePooling1D()])(j))` on `e`),
 charged no mask SUM (0.9697 / 0.9936); a subclassed model of one Dense(8) in the Pipeline
 (`Pipeline([Sub(), GlobalAveragePooling1D()])`) or before the pooling outside, the same (0.9697
-/ 0.9936: no graph; its `call` is traced now, `energy.subclassed_masks`). Each Keras estimate
-is checked beside its float file's (rtol 1e-6), its mask SUM records (an average pooling of 1
-channel over the 6 steps) counted, and the masked average Keras computes checked against numpy."""
+/ 0.9936: no graph; its `call` is traced now, `energy.subclassed_masks`); a layer computing a
+mask of its own in a nested model from the mask coming from outside (a `Concatenate`, an LSTM,
+a `MultiHeadAttention`) before the pooling there, the same (0.9849, 0.9971, 0.9952). Each Keras
+estimate is checked beside its float file's (rtol 1e-6), its mask SUM records (an average
+pooling of 1 channel over the 6 steps) counted, and the masked average Keras computes checked
+against numpy."""
 
 import keras
 import numpy as np
@@ -81,6 +84,22 @@ def _subclassed(where, conv=False):
     return build
 
 
+def _own_mask_in_nested(body, twice=False):
+    def build(batch):
+        x, e = _tokens(batch)
+        j = keras.Input((6, 8))
+        inner = keras.Model(j, GAP()(body(j)))
+        if not twice:
+            return keras.Model(x, inner(e))
+        y = keras.Input((6,), dtype="int32", batch_size=batch)
+        return keras.Model([x, y], [inner(e), inner(L.Embedding(20, 8, mask_zero=True)(y))])
+    return build
+
+
+def _concat(j):
+    return L.Concatenate()([L.Dense(16)(j), j])
+
+
 # (builder, mask SUMs and poolings the file computes)
 CASES = {
     "lstm_after_pipeline": (_after(lambda p, e: L.LSTM(4, return_sequences=True)(p)), 1, 1),
@@ -92,6 +111,12 @@ CASES = {
     "subclassed_in_pipeline": (_subclassed("pipeline"), 1, 1),  # 0.9697 / 0.9936 before
     "subclassed_outside": (_subclassed("outside"), 1, 1),  # 0.9697 / 0.9936 before
     "subclassed_conv_in_pipeline": (_subclassed("pipeline", conv=True), 0, 1),  # no mask
+    "concatenate_in_nested_model": (_own_mask_in_nested(_concat), 1, 1),  # 0.9849 / 0.9969
+    "lstm_in_nested_model": (_own_mask_in_nested(  # 0.9971 / 0.9993 before
+        lambda j: L.Dense(8)(L.LSTM(8, return_sequences=True)(j))), 1, 1),
+    "mha_in_nested_model": (_own_mask_in_nested(  # 0.9952 / 0.9990 before
+        lambda j: L.Dense(8)(L.MultiHeadAttention(2, 4)(j, j))), 1, 1),
+    "nested_model_on_two_masks": (_own_mask_in_nested(_concat, True), 2, 2),  # 0.9756 / 0.9939
 }
 
 

@@ -28,13 +28,18 @@ import weakref
 _FRESH = weakref.WeakKeyDictionary()  # layer -> {(input ids, output index): mask}
 
 
-def carried_mask(x, keras):
+def carried_mask(x, keras, inputs=None):
     """The mask tensor `x` carries when the model runs, else None: its `_keras_mask`; else,
     where `x` is an output of a Pipeline (`output_mask`) or of a nested
     Functional or Sequential model (the mask its graph's output carries), that one; else,
     where a layer passing its input's mask on unchanged (Dense, Dropout, ReLU, ...: it
-    supports masking with Keras' own `compute_mask`) made `x` from one tensor, that one's."""
+    supports masking with Keras' own `compute_mask`) made `x` from one tensor, that one's;
+    where a layer computing a mask of its own made it, that mask (`_computed`). `inputs`:
+    `(a nested model's inputs, the masks of the tensors it was called on)`, read there."""
     for _ in range(10_000):  # a graph's depth: a chain of pass-on layers
+        at = [k for k, t in enumerate(inputs[0]) if t is x] if inputs else []
+        if at:  # a nested model's input: the mask of what it was called on (`inputs`)
+            return inputs[1][at[0]]
         mask = getattr(x, "_keras_mask", None)
         if mask is not None:
             return mask
@@ -49,7 +54,7 @@ def carried_mask(x, keras):
             return None
         first = node.arguments.args[0] if node.arguments.args else None
         if getattr(type(op), "compute_mask", None) is not keras.layers.Layer.compute_mask:
-            return _computed(op, at, node, first, keras)
+            return _computed(op, at, node, first, keras, inputs)
         tensors = keras.tree.flatten(node.arguments.args)
         if len(tensors) != 1 and (first is None or isinstance(first, (list, tuple, dict))
                                   or node.arguments.kwargs.get("mask") is not None):
@@ -58,7 +63,7 @@ def carried_mask(x, keras):
     return None  # query, value): `Layer.compute_mask` passes the first one's on
 
 
-def _computed(op, at, node, first, keras):
+def _computed(op, at, node, first, keras, inputs=None):
     """The mask on output `at` of the call `node` of `op`, which computes a mask of its own
     (a recurrent layer's, `Add`'s AND, `Concatenate`'s), from the masks its inputs carry when
     the model runs (`carried_mask`: Keras recorded none, e.g. after a Pipeline): its
@@ -71,7 +76,7 @@ def _computed(op, at, node, first, keras):
     hierarchy 0.9944, paper 0.9985 (an `Add` with a Dense of `e`: 0.9871 / 0.9969)."""
     def mask_of(t):
         mask = getattr(t, "_keras_mask", None)
-        return carried_mask(t, keras) if mask is None else mask
+        return carried_mask(t, keras, inputs) if mask is None else mask
 
     if first is None or node.arguments.kwargs.get("mask") is not None:
         return None
@@ -86,7 +91,7 @@ def _computed(op, at, node, first, keras):
     made = out[at] if at < len(out) else None
     if made is None or any(made is m for m in flat):
         return made
-    key = (tuple(id(t) for t in node.input_tensors), at)  # as `_out_mask`'s
+    key = (tuple(id(t) for t in node.input_tensors), at, tuple(map(id, flat)))  # a nested
     return _FRESH.setdefault(op, {}).setdefault(key, fresh(tuple(made.shape), keras))
 
 
