@@ -144,8 +144,8 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
     from dkm_tf.pipeline_args import check_train_data  # noqa: PLC0415
     from dkm_tf.training.common import default_loss, is_tf_dataset  # noqa: PLC0415
     from dkm_tf.training.compile_settings import sample_inputs as firsts  # noqa: PLC0415
-    from dkm_tf.training.first_batch import keep_first_batch, output_shape  # noqa: PLC0415
     from dkm_tf.training.compile_settings import warn_logits_doubt  # noqa: PLC0415
+    from dkm_tf.training.first_batch import keep_first_batch, output_shape  # noqa: PLC0415
 
     train_data = check_train_data(model, train_data, batch_size=batch_size,
                                   callbacks=callbacks, verbose=verbose)
