@@ -280,7 +280,7 @@ def test_reports_say_why_a_time_distributed_batch_norm_stays():
     assert dkm_tf.share_weights(model, 4).skipped == [("td_bn", why)]
     with pytest.warns(UserWarning, match="BatchNormalization that strip_clustering cannot fold"):
         _, report = dkm_tf.cluster_weights(model, 4, return_report=True)
-    assert report.skipped == (("td_bn", "TimeDistributed", why),)
+    assert report.skipped == (("td_bn", "TimeDistributed(BatchNormalization)", why),)
 
 
 def test_training_true_in_the_graph_is_refused():
