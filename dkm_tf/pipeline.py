@@ -149,10 +149,12 @@ def train_classifier(model, train_data, *, epochs=30, batch_size=32, learning_ra
 
     train_data = check_train_data(model, train_data, batch_size=batch_size,
                                   callbacks=callbacks, verbose=verbose)
-    train_data = keep_first_batch(train_data)  # JAX, a spec of unknown rank: no batch lost
-    shape, x = output_shape(model, train_data), firsts(model, train_data)
+    x = firsts(model, train_data)  # the data's own source: keep_first_batch's is unread
+    kept = keep_first_batch(train_data)  # JAX, a spec of unknown rank: no batch lost
+    shape = output_shape(model, kept)  # from kept's first-batch spec (nothing read)
     loss = default_loss(model, shape, x)  # its metric's threshold is the loss's (review R3)
     warn_logits_doubt(model, train_data, shape, loss)  # compress' note of an unopened head
+    train_data = kept
     threshold = (None if not isinstance(loss, keras.losses.BinaryCrossentropy) else
                  0.0 if loss.get_config()["from_logits"] else 0.5)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
