@@ -184,7 +184,7 @@ def test_a_spec_of_unknown_rank_trains_the_numpy_sgd_steps_on_jax(jax_run, name,
 
 @pytest.mark.parametrize("name", ["sub_known", "sub_unknown"])
 def test_subclassed_model_loses_no_batch_on_jax(jax_run, name):
-    """Was [[3]] / [[2]] with a known spec, [[0]] of unknown rank: the sample read and
+    """Was [[3]] / [[2]] with a known spec, [[0]] or [[1]] of unknown rank: the sample read and
     Keras' build took the batches."""
     got = jax_run[name]
     assert got["error"] is None and got["said"] == []

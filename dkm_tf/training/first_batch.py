@@ -76,10 +76,12 @@ def keep_first_batch(data):
         yield from reader
 
     kept = tf.data.Dataset.from_generator(elements, output_signature=spec)
-    kept.dkm_tf_build_spec = known(tuple)  # the first batch's sizes, to build as Keras did
     cardinality = int(data.cardinality())
     if cardinality >= 0:  # known: fit's epochs keep knowing it
         kept = kept.apply(tf.data.experimental.assert_cardinality(cardinality))
+    # the first batch's sizes, to build as Keras did; set on the dataset returned (apply gives
+    # a new one: set before it, a known length lost it and Keras' build read the batches)
+    kept.dkm_tf_build_spec = known(tuple)
     return kept
 
 
