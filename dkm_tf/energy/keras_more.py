@@ -24,7 +24,6 @@ A subclassed model nested in a Functional one records no layer shapes: `nested_s
 traces it (`graph_reader`) at the input shape of its call in the outer graph.
 """
 
-import dataclasses
 import math
 
 
@@ -126,8 +125,9 @@ def nested_subclassed(layer, name, call, used):
     Traced at the shape of the call's one input (`call` is `(inputs, outputs)`, or the
     exception saying it was not recorded); a record of a layer read before (a second call)
     is named `name#2`, ... (`used` counts the names); all tagged with `name`
-    (`LayerShape.within`). Without a single fully known input, or
-    on a backend other than TensorFlow, nothing is read and `skipped` says why.
+    (`LayerShape.within`); all of a call's records move together
+    (`record_names.calls_renamed`: `d#2`, `d#2/selu`, ...). Without a single fully known
+    input, or on a backend other than TensorFlow, nothing is read and `skipped` says why.
     """
     why = "nested subclassed model: shapes not recorded"
     shapes = [] if isinstance(call, Exception) else [tuple(t.shape) for t in call[0]]
@@ -139,10 +139,9 @@ def nested_subclassed(layer, name, call, used):
         records, skipped = read_traced(layer, shapes[0][1:])
     except (RuntimeError, ValueError) as e:
         return [], [(name, f"{why} (and not traced: {e})")]
-    from dkm_tf.energy.record_names import fresh, within
+    from dkm_tf.energy.record_names import calls_renamed, within
 
-    return within([dataclasses.replace(r, name=fresh(used, r.name)) for r in records],
-                  name), list(skipped)
+    return within(calls_renamed(records, used), name), list(skipped)
 
 
 def _split(shape, channels_first):

@@ -17,6 +17,7 @@ Dense(4) `d` after `nm` were `d` (48 MACs, within `nm`) and `d#2` (the outer Den
 """
 
 import dataclasses
+import re
 
 RESERVED = 0  # key of the model's layer names in the reader's name counts (not a str, no tuple)
 OWN = 1  # key of `(names of the model's own layers, those given to their first call)`
@@ -49,6 +50,26 @@ def fresh(used, base, own=False):
         name = base if n == 1 else f"{base}#{n}"
         if n == 1 and base not in names or n > 1 and name not in taken:
             return name
+
+
+def calls_renamed(records, used):
+    """`records` read on their own (a traced subclassed model nested in a Functional one),
+    each call's name `fresh` in the outer walk's counts `used`, all of a call's records
+    renamed together: a record's call is its name up to the first `/` (`d`, `d#2` = the
+    traced reader's second call of `d`, `act` of `act/2`; TensorFlow traces no layer named
+    with a `#`). Before 2026-12-07 each record was renamed on its own: only the record named
+    `d` moved (`d#2`), its ops `d/selu`, ... kept their names and `EnergyReport.layer("d")` of
+    the outer Dense summed them (paper 382.25 for its own 223.53); two calls of `d` became
+    `d#2`, `d#2`."""
+    names, out = {}, []
+    for r in records:
+        call = r.name.split("/")[0]
+        if call not in names:
+            second = re.fullmatch(r"(.+)#\d+", call)
+            base = second.group(1) if second else call
+            names[call] = fresh(used, base)
+        out.append(dataclasses.replace(r, name=names[call] + r.name[len(call):]))
+    return out
 
 
 def within(records, call):
