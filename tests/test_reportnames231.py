@@ -109,3 +109,33 @@ def test_a_layer_called_twice_inside_beside_a_top_level_namesake(batch):
     assert report.layer("d").macs == 32 and report.layer("d").shape.within == ()
     assert report.macs == 64 + 64 + 32
 
+
+
+class _TdSub(keras.Model):
+    def __init__(self):
+        super().__init__(name="sub")
+        self.td = L.TimeDistributed(L.Dense(4, name="d"), name="td")
+
+    def call(self, x):
+        return self.td(x)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_a_time_distributed_inside_beside_a_top_level_namesake(batch):
+    s = _TdSub()
+    s(np.zeros((1, 3, 8), "float32"))
+    i = keras.Input((3, 8), batch_size=batch)
+    report = energy.estimate(
+        keras.Model(i, L.TimeDistributed(L.Dense(2, name="e"), name="td")(s(i))))
+    _names(report)
+    outer = report.layer("td")  # was both layers: 120 MACs (and td#2 named two steps)
+    assert [r.name for r in outer.records] == ["td", "td#5", "td#6"] and outer.steps == 3
+    assert outer.macs == 3 * 4 * 2 and all(r.shape.within == () for r in outer.records)
+    j = keras.Input((3, 4))
+    alone = energy.estimate(keras.Model(j, L.TimeDistributed(L.Dense(2))(j))).paper_total
+    assert outer.paper_total == pytest.approx(alone, rel=1e-9)
+    inner = report.layer("td#2")
+    assert [r.name for r in inner.records] == ["td#2", "td#3", "td#4"] and inner.steps == 3
+    assert inner.macs == 3 * 8 * 4 and all(r.shape.within == ("sub",) for r in inner.records)
+    assert inner.paper_total == pytest.approx(report.layer("sub").paper_total, rel=1e-12)
+    assert report.paper_total == pytest.approx(outer.paper_total + inner.paper_total, rel=1e-12)

@@ -60,7 +60,9 @@ def calls_renamed(records, used):
     with a `#`). Before 2026-12-07 each record was renamed on its own: only the record named
     `d` moved (`d#2`), its ops `d/selu`, ... kept their names and `EnergyReport.layer("d")` of
     the outer Dense summed them (paper 382.25 for its own 223.53); two calls of `d` became
-    `d#2`, `d#2`."""
+    `d#2`, `d#2`. A `TimeDistributed` call's steps (`LayerShape.steps`) are tagged with its
+    new name: a TimeDistributed `td` inside beside a top-level `td` had steps `td#2` twice and
+    `EnergyReport.layer("td")` summed both layers (120 MACs for the top-level one's 24)."""
     names, out = {}, []
     for r in records:
         call = r.name.split("/")[0]
@@ -68,7 +70,8 @@ def calls_renamed(records, used):
             second = re.fullmatch(r"(.+)#\d+", call)
             base = second.group(1) if second else call
             names[call] = fresh(used, base)
-        out.append(dataclasses.replace(r, name=names[call] + r.name[len(call):]))
+        steps = tuple((names.get(c, c), k, t) for c, k, t in r.steps)  # a TimeDistributed's
+        out.append(dataclasses.replace(r, name=names[call] + r.name[len(call):], steps=steps))
     return out
 
 
