@@ -205,7 +205,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
             train = test = None
             if dataset:
                 train, test = load_dataset(dataset, model)  # fits its inputs
-                _log(cli_tables.data_line(dataset, train, test, bool(weighting or refine)))
+                _log(cli_tables.data_line(dataset, train, test, bool(weighting or refine), model))
             labelled = train is not None and train[1] is not None
             given, method = method, method or default_method(model_path, labelled,
                                                              bool(weighting or refine))
@@ -270,7 +270,7 @@ def run_compress(model_path=None, *, dataset=None, method=None, n_clusters=16, u
         _check_interrupted()
         if tflite:
             source = test if test is not None else train  # verify on the user's own inputs
-            samples = source and cli_tables.first_samples(source[0], 16)  # model order
+            samples = source and cli_tables.first_samples(source[0], 16, model)  # its order
             scored = test if result.accuracy_after is not None else None  # else: no classes
             result.tflite, accuracy = write_tflite(result, output_dir, samples, scored, progress)
         result.plots = write_plots(result, model, plots_dir or output_dir, accuracy, progress) \

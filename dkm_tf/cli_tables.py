@@ -190,14 +190,19 @@ def n_classes(train, test):
     return int(max(train[1].max(), test[1].max())) + 1
 
 
-def data_line(dataset, train, test, calibrates=True):
+def data_line(dataset, train, test, calibrates=True, model=None):
     """The ``[data]`` line: sizes, shape, classes, and the input range (a .npz is used as it
     is, so 0-255 pixels for a model trained on [0, 1] show here). Unlabelled samples
-    calibrate --refine / --weighting (``calibrates``), else plain wr's k-means reads none."""
+    calibrate --refine / --weighting (``calibrates``), else plain wr's k-means reads none.
+    Several inputs of ``model`` are named (``tok (6,) in [0, 19]; ...``), in its order."""
+    from dkm_tf.export.io_names import keras_input_names  # noqa: PLC0415
+
     x = train[0]
     if not hasattr(x, "shape"):  # several inputs (as the model takes them): shape each
-        xs, ts = _flat(x), _flat(test[0]) if test is not None else None
-        shape = "; ".join(f"{tuple(a.shape[1:])} in {_range(a)}" + (
+        xs, ts = _flat(x, model), _flat(test[0], model) if test is not None else None
+        names = keras_input_names(model) if model is not None else []
+        names = [f"{n} " for n in names] if len(names) == len(xs) else [""] * len(xs)
+        shape = "; ".join(f"{names[i]}{tuple(a.shape[1:])} in {_range(a)}" + (
             f" (x_test in {_range(ts[i])})" if ts and _range(ts[i]) != _range(a) else "")
             for i, a in enumerate(xs))
         shape, x = f"[{shape}] (one per input)", xs[0]
@@ -206,7 +211,7 @@ def data_line(dataset, train, test, calibrates=True):
         if test is not None and _range(test[0]) != _range(x):
             shape += f" (x_test in {_range(test[0])})"
     if train[1] is None:
-        held = "" if test is None else f" and {len(_flat(test[0])[0])} held-out inputs"
+        held = "" if test is None else f" and {len(_flat(test[0], model)[0])} held-out inputs"
         use = ("calibration" + ("" if held else " only: no accuracy is reported")
                if calibrates else "x_train not read by k-means without --refine / --weighting"
                + ("" if held else "; no accuracy is reported"))
@@ -215,22 +220,22 @@ def data_line(dataset, train, test, calibrates=True):
             f"{shape}, {n_classes(train, test)} classes")
 
 
-def first_samples(x, n):
+def first_samples(x, n, model=None):
     """The first ``n`` samples of inputs ``x``: of an array, or of each input of several (as
     the model takes them, nested as it was built) in a flat list in ``model.inputs`` order,
-    as ``to_tflite``'s ``sample_inputs`` (slicing the list kept every sample, or failed)."""
+    as ``to_tflite``'s ``sample_inputs`` (slicing the list kept every sample, or failed); a
+    dict keyed by ``model``'s input names by name (:func:`dkm_tf.data_inputs.model_order`)."""
     if hasattr(x, "shape"):
         return x[:n]
-    import keras  # noqa: PLC0415
-
-    return [a[:n] for a in keras.tree.flatten(x)]
+    return [a[:n] for a in _flat(x, model)]
 
 
-def _flat(x):
-    """The arrays of inputs ``x`` (an array, or a list / dict of them, nested), in order."""
-    if isinstance(x, dict):
-        x = list(x.values())
-    return [a for v in x for a in _flat(v)] if isinstance(x, (list, tuple)) else [x]
+def _flat(x, model=None):
+    """The arrays of inputs ``x`` (an array, or a list / dict of them, nested) in
+    ``model.inputs`` order (:func:`dkm_tf.data_inputs.model_order`)."""
+    from dkm_tf.data_inputs import model_order  # noqa: PLC0415
+
+    return [x] if hasattr(x, "shape") else model_order(model, x)
 
 
 def _range(x):

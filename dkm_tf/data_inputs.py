@@ -6,7 +6,7 @@ model was built (a list, a nested list, a dict: :func:`arrange`)."""
 from __future__ import annotations
 
 __all__ = ["SPLITS", "arrange", "calibration_set", "check_named", "input_key",
-           "named_inputs", "sample_count"]
+           "model_order", "named_inputs", "sample_count"]
 
 SPLITS = ("x_train", "x_test")
 
@@ -105,6 +105,7 @@ def arrange(model, x, split, error):
         raise error("one input array x_train (x_test) for a model whose inputs are not "
                     "known (subclassed or not built)", f"the arrays "
                     f"{[input_key(split, n) for n in x]}")
+    _check_nested_keys(struct, split, error)
     names = [n for n, _ in inputs]
     want = ", ".join(input_key(split, n) for n in names)
     missing = [input_key(split, n) for n in names if n not in x]
@@ -127,6 +128,43 @@ def arrange(model, x, split, error):
     return keras.tree.map_structure(lambda t: by_id[id(t)], struct)
 
 
+def _check_nested_keys(struct, split, error, top=True):
+    """Refuses a model built on a dict inside a list / dict whose key is not the name of the
+    input it holds: ``x_train.<name>`` names a nested input by its layer's name (a key names
+    only a top-level input), so keys crossing the names (``[a, {"p": Input(name="q"), "q":
+    Input(name="p")}]``) fed each array to the other input (0.479 for 0.729; review 31)."""
+    items = (struct.items() if isinstance(struct, dict) else enumerate(struct)
+             if isinstance(struct, (list, tuple)) else ())
+    for key, value in items:
+        if isinstance(value, (dict, list, tuple)):
+            _check_nested_keys(value, split, error, top=False)
+            continue
+        layer = getattr(getattr(value, "_keras_history", None), "operation", None)
+        name = getattr(layer, "name", None)
+        if isinstance(struct, dict) and not top and name is not None and str(key) != name:
+            raise error(f"a model whose nested dicts of inputs are keyed by their inputs' names "
+                        f"({input_key(split, '<input name>')} names a nested input by its "
+                        f"layer's name, a key only at the top level; rebuild the model with "
+                        f"keys equal to the names)", f"the key {key!r} holds the input {name!r}")
+
+
+def model_order(model, x):
+    """The arrays of inputs ``x`` (several: a list or dict, nested as the model takes them) in
+    ``model.inputs`` order: a dict keyed by the model's input names
+    (:func:`~dkm_tf.export.io_names.keras_input_names`) by name, whatever the model's
+    structure (``keras.tree.flatten`` sorts a dict's keys: ``{"zeta": A, "alpha": B}`` for a
+    model of ``[zeta, alpha]`` fed A to alpha); else ``keras.tree.flatten(x)``."""
+    import keras  # noqa: PLC0415
+
+    from dkm_tf.export.io_names import keras_input_names  # noqa: PLC0415
+
+    names = keras_input_names(model) if model is not None else []
+    if isinstance(x, dict) and len(names) > 1 and sorted(map(str, x)) == sorted(names):
+        by_name = {str(k): v for k, v in x.items()}
+        return [by_name[n] for n in names]
+    return keras.tree.flatten(x)
+
+
 def calibration_set(train_data, n, seed=0):
     """``n`` samples of ``(x, y)`` drawn without replacement with ``seed`` (all if fewer);
     ``x`` one array or several inputs (a list or dict of arrays, nested as the model takes
@@ -141,15 +179,17 @@ def calibration_set(train_data, n, seed=0):
 
         pick_all = keras.tree.map_structure
     pick = np.sort(np.random.default_rng(seed).permutation(sample_count(x))[:n])
-    xs = np.asarray(x)[pick] if pick_all is None else pick_all(lambda a: np.asarray(a)[pick], x)
+    xs = np.asarray(x)[pick] if pick_all is None else pick_all(  # an optional input's None
+        lambda a: None if a is None else np.asarray(a)[pick], x)
     return xs, None if y is None else np.asarray(y)[pick]
 
 
 def sample_count(x):
     """Samples in inputs ``x``: one array's length, or the first input's of several (a list
-    or dict, nested; ``len`` of a list of two inputs was 2)."""
+    or dict, nested; ``len`` of a list of two inputs was 2), skipping an optional input given
+    None (``len(None)`` was a TypeError)."""
     if hasattr(x, "shape"):
         return len(x)
     import keras  # noqa: PLC0415
 
-    return len(keras.tree.flatten(x)[0])
+    return len(next(a for a in keras.tree.flatten(x) if a is not None))

@@ -278,8 +278,10 @@ def tflite_accuracy(path, data, *, max_samples=10_000, batch_size=256, threshold
 
     Returns None when the file's output is not one row of class scores per sample (several
     outputs included). ``x``: one array (``[x]`` or ``{name: x}`` are read as ``x``); for a
-    file of several inputs, a list of arrays in the Keras model's input order (nested as it
-    was built) or a dict keyed by its input names (:func:`~dkm_tf.tflite_feed.keyed_scores`).
+    file of several inputs, a dict keyed by its signature keys, the Keras model's input names
+    (:func:`~dkm_tf.tflite_feed.keyed_scores`; :func:`~dkm_tf.tflite_feed.keyed_inputs` makes
+    it from the inputs as the model takes them); a list gives None, with a note in ``notes``
+    (the order of a file's inputs need not be the Keras model's).
     A one-column output is a binary classifier with this ``threshold`` (the Keras model's
     :func:`binary_threshold`); None then gives None.
 

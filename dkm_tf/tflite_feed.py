@@ -14,14 +14,14 @@ def keyed_inputs(model, x):
     """Inputs ``x`` of ``model`` for its exported ``.tflite`` files: one array as it is;
     several (a list or dict as the model takes them, nested as it was built) as a dict keyed
     by the files' signature keys (:func:`dkm_tf.export.io_names.input_keys`), in
-    ``model.inputs`` order (``keras.tree.flatten`` of ``x``)."""
+    ``model.inputs`` order (:func:`dkm_tf.data_inputs.model_order`: a dict keyed by the
+    input names by name, for a model built on a list too)."""
     if hasattr(x, "shape"):
         return x
-    import keras  # noqa: PLC0415
-
+    from dkm_tf.data_inputs import model_order  # noqa: PLC0415
     from dkm_tf.export.io_names import input_keys  # noqa: PLC0415
 
-    arrays = keras.tree.flatten(x)
+    arrays = model_order(model, x)
     return arrays[0] if len(arrays) == 1 else dict(zip(input_keys(model, len(arrays)), arrays))
 
 

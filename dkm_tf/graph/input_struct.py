@@ -28,10 +28,11 @@ def as_model_inputs(model, x):
 
 
 def take(x, lo, hi):
-    """Samples ``lo:hi`` of every array of the structure ``x``."""
+    """Samples ``lo:hi`` of every array of the structure ``x`` (an optional input's None
+    stays None)."""
     import keras  # noqa: PLC0415
 
-    return keras.tree.map_structure(lambda a: a[lo:hi], x)
+    return keras.tree.map_structure(lambda a: None if a is None else a[lo:hi], x)
 
 
 def shapes(x):

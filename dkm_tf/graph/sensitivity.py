@@ -302,7 +302,8 @@ def fisher_importance(model, data, loss=None, *, variables=None, labels="model",
         w_i = 1.0 if weights is None else float(weights[i])  # p * 1.0 == p: bit-identical
         if w_i == 0.0:
             continue
-        x_i = keras.tree.map_structure(convert, take(x, i, i + 1))
+        x_i = keras.tree.map_structure(lambda a: a if a is None else convert(a),
+                                       take(x, i, i + 1))  # an optional input's None
         if targets is None:  # empirical: the sample's own label, weight 1
             pairs = [keras.tree.map_structure(convert, take(y, i, i + 1))]
         else:  # true: every class c, weighted by p(c | x_i) = exp(-L(c))

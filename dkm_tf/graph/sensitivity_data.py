@@ -140,10 +140,10 @@ def check_sample_weight(sample_weight, n):
 
 def n_samples(x, name):
     """The number of samples (axis 0) of every array of the structure ``x``; raise unless it
-    is one number for all."""
+    is one number for all (an optional input's None counts none)."""
     import keras  # noqa: PLC0415
 
-    leaves = keras.tree.flatten(x)
+    leaves = [a for a in keras.tree.flatten(x) if a is not None]
     if not leaves or any(getattr(a, "shape", None) is None or len(a.shape) == 0 for a in leaves):
         raise invalid(name, "(x, y) made of arrays with a leading sample axis", short(x))
     lengths = [int(a.shape[0]) for a in leaves]
