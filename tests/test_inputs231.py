@@ -95,6 +95,14 @@ def test_optional_input_given_none_passes_through_calibration():
     r = dkm_tf.compress(model, ([x, None], y), ([x, None], y), method="wr",
                         weighting="fisher", n_clusters=4, verbose=0)
     assert r.calibration["samples"] == 48
+    from dkm_tf.graph.sensitivity import fisher_importance  # None == zeros for x + m
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    got = fisher_importance(model, ([x[:8], None], y[:8]), loss)
+    ref = fisher_importance(model, ([x[:8], np.zeros_like(x[:8])], y[:8]), loss)
+    assert len(got) == 2 and got.keys() == ref.keys()  # the two kernels
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, atol=1e-12)
     assert r.accuracy_before == pytest.approx(1.0, abs=1e-12)
 
 
