@@ -4,8 +4,8 @@ folded into it, as a plain batch norm after a plain conv / Dense is.
 Until 2026-12-07 `fold_batch_norm` (and `share_weights`, `strip_clustering`, the palettized
 export) neither folded nor reported one: it stayed a float layer of its own, and the
 palettized file of a small video model (TimeDistributed Conv2D(8) + BN, Flatten, Dense(5) + BN,
-3 steps, K=4) held 6 MULs and 6 ADDs of the two batch norms: 22,432 bytes and 102 ops, now
-18,512 bytes and 82 ops (its float file 15,376 bytes / 43 ops -> 11,424 / 23). The
+3 steps, K=4) held 6 MULs and 6 ADDs of the two batch norms: 22,192 bytes and 102 ops, now
+18,320 bytes and 82 ops (its float file 15,712 bytes / 43 ops -> 11,808 / 23). The
 wrappers only shift the axes: a batch norm of axis `a` inside d wrappers normalizes axis a + d,
 so a plain batch norm after a TimeDistributed conv, or a TimeDistributed one after a plain
 Dense on (batch, T, F), folds the same way; any other axis stays, with the reason. Every
@@ -377,7 +377,7 @@ def test_palettized_file_holds_no_batch_norm(fold_bn, tmp_path):
                                                        "td_fc/layer.kernel"]
     for t in r.tensors:  # palettized, not kept float (fold_for_export found their paths)
         assert not t.get("kept") and t["storage"].startswith("int16"), t
-    assert os.path.getsize(path) < 20_000  # 22,432 bytes with the batch norms
+    assert os.path.getsize(path) < 20_000  # 22,192 bytes with the batch norms
 
 
 @tf_backend_only()
