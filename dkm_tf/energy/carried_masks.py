@@ -173,21 +173,36 @@ def mask_key(mask, env, state):
     GlobalAveragePooling1D()])(x)` beside `GlobalAveragePooling1D()(emb(x))`, emb an
     Embedding(20, 8, mask_zero=True) of 6 tokens, charged both poolings and both mask SUMs
     where the file computes one: Keras / float file hierarchy and paper 2.0000."""
-    on = getattr(mask, "_dkm_on", None)
-    if on is not None and env.get(id(on)) is not None:
-        return ("mask", env[id(on)])
+    on = getattr(mask, "_dkm_on", None)  # (its layer's input, output)
+    if on is not None and env.get(id(on[1])) is not None:
+        by = getattr(mask, "_dkm_by", None)
+        if _by_input(by) and env.get(id(on[0])) is not None:
+            return ("mask", "embedding", env[id(on[0])])
+        return ("mask", "pipeline", env[id(on[1])])
     made = state.get("mask_on", {}).get(id(mask))
-    return None if made is None else ("mask", made[1])
+    return None if made is None else made[1]
 
 
-def note_masks(ins, outs, keys, state):
-    """Notes the masks Keras recorded on the outputs `outs` (keyed `keys`) of a call on `ins`
-    that are not an input's passed on: made there (`mask_key`)."""
+def _by_input(layer):
+    """Whether `layer` makes the same mask of its input in a Pipeline and outside, whatever its
+    weights (an Embedding's `not_equal(x, 0)`: the file computes one). A `Masking`'s made in a
+    Pipeline is not merged with one outside: before the fix `Pipeline([Masking(0.), GAP])(t)`
+    beside `GAP(Masking(0.)(t))`, t 6x8, Keras / float file hierarchy and paper 0.5000."""
+    import keras
+
+    return isinstance(layer, keras.layers.Embedding)
+
+
+def note_masks(ins, outs, keys, state, op=None, in_keys=()):
+    """Notes the masks Keras recorded on the outputs `outs` (keyed `keys`) of the call of `op`
+    on `ins` (keyed `in_keys`) that are not an input's passed on: made there (`mask_key`)."""
     given = [getattr(t, "_keras_mask", None) for t in ins] + list(ins)  # passed, given
     for t, k in zip(outs, keys):
         mask = getattr(t, "_keras_mask", None)
         if mask is not None and not any(mask is g for g in given):
-            state.setdefault("mask_on", {}).setdefault(id(mask), (mask, k))  # held: ids
+            key = ("mask", "embedding", in_keys[0]) if _by_input(op) and in_keys else (
+                "mask", k)
+            state.setdefault("mask_on", {}).setdefault(id(mask), (mask, key))  # held: ids
 
 
 def _listed(tensors):
@@ -256,6 +271,7 @@ def _chain(leaves, x, given, shape, keras, start=None):
         carried = passed = _next_mask(sub, previous, shape, keras, notes)
         if getattr(carried, "_dkm_fresh", False) and carried is not previous:
             carried._dkm_made_at = len(out) - 1  # on the output of this layer (`mask_key`)
+            carried._dkm_by = sub
         try:
             shape = _output_shape(sub, shape, keras)
         except Exception:  # noqa: BLE001 - `pipeline_calls` says why
