@@ -83,3 +83,26 @@ def test_keras_averages_the_kept_steps_on_both_sides():
     want = (t * keep).sum(1) / keep.sum(1)
     for out in _masking_twin(None)(t):
         np.testing.assert_allclose(np.asarray(out), want, atol=1e-6)
+
+
+def _attention_beside(pipeline, batch):
+    x = keras.Input((6,), dtype="int32", batch_size=batch)
+    e = L.Embedding(20, 8, mask_zero=True)(x)
+    p = L.Pipeline([L.Dense(8)])(e) if pipeline else L.Dense(8)(e)
+    return keras.Model(x, [GAP()(L.Attention()([p, p])), GAP()(p)])
+
+
+@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_an_attention_passes_its_query_mask_one_sum_as_the_file(pipeline, batch, tmp_path):
+    """`Attention.compute_mask` returns its query's mask as a new tensor of the same value:
+    the file computes one SUM of it for both poolings (before: Keras 2). The Keras estimate
+    still lacks the file's masking of the attention scores (KNOWN_LIMITATIONS): hierarchy
+    0.8494 before, 0.8390 now; the SUM counts are checked here."""
+    keras.utils.set_random_seed(0)
+    k, f = both(_attention_beside(pipeline, batch), tmp_path)
+    sums = [x for x in k.layers if x.name.endswith("/mask_sum")]
+    assert len(sums) == 1
+    assert (sums[0].shape.input_size, sums[0].shape.output_size) == (6, 1)
+    assert len([x for x in f.layers if x.shape.kind == "pool" and x.shape.output_size == 1]) == 1
+    assert len([x for x in k.layers if x.shape.kind == "pool"]) == 3
