@@ -175,10 +175,8 @@ def mask_key(mask, env, state):
     where the file computes one: Keras / float file hierarchy and paper 2.0000."""
     on = getattr(mask, "_dkm_on", None)  # (its layer's input, output)
     if on is not None and env.get(id(on[1])) is not None:
-        by = getattr(mask, "_dkm_by", None)
-        if _by_input(by) and env.get(id(on[0])) is not None:
-            return ("mask", "embedding", env[id(on[0])])
-        return ("mask", "pipeline", env[id(on[1])])
+        merged = _by_input(getattr(mask, "_dkm_by", None))
+        return ("mask", env[id(on[1])]) if merged else ("mask", "pipeline", env[id(on[1])])
     made = state.get("mask_on", {}).get(id(mask))
     return None if made is None else made[1]
 
@@ -190,19 +188,19 @@ def _by_input(layer):
     beside `GAP(Masking(0.)(t))`, t 6x8, Keras / float file hierarchy and paper 0.5000."""
     import keras
 
+    if isinstance(layer, keras.Model) and _has_graph(layer):  # its output an Embedding's
+        layer = getattr(keras.tree.flatten(layer.outputs)[0], "_keras_history", (None,))[0]
     return isinstance(layer, keras.layers.Embedding)
 
 
-def note_masks(ins, outs, keys, state, op=None, in_keys=()):
-    """Notes the masks Keras recorded on the outputs `outs` (keyed `keys`) of the call of `op`
-    on `ins` (keyed `in_keys`) that are not an input's passed on: made there (`mask_key`)."""
+def note_masks(ins, outs, keys, state):
+    """Notes the masks Keras recorded on the outputs `outs` (keyed `keys`) of a call on `ins`
+    that are not an input's passed on: made there (`mask_key`)."""
     given = [getattr(t, "_keras_mask", None) for t in ins] + list(ins)  # passed, given
     for t, k in zip(outs, keys):
         mask = getattr(t, "_keras_mask", None)
         if mask is not None and not any(mask is g for g in given):
-            key = ("mask", "embedding", in_keys[0]) if _by_input(op) and in_keys else (
-                "mask", k)
-            state.setdefault("mask_on", {}).setdefault(id(mask), (mask, key))  # held: ids
+            state.setdefault("mask_on", {}).setdefault(id(mask), (mask, ("mask", k)))  # ids
 
 
 def _listed(tensors):

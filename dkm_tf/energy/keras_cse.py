@@ -253,7 +253,7 @@ def _out_keys(op, call, env, keras, state):
             if state.get("live") is None or id(t) in state["live"]:  # not pruned
                 producers.setdefault(key, set()).add(id(t))
             state.setdefault("top", set()).update([id(t)] if state.get("collect") else [])
-    note_masks(ins, outs, keys, state, op, in_keys)
+    note_masks(ins, outs, keys, state)
     return keys
 
 
