@@ -173,19 +173,20 @@ def mask_key(mask, env, state):
     GlobalAveragePooling1D()])(x)` beside `GlobalAveragePooling1D()(emb(x))`, emb an
     Embedding(20, 8, mask_zero=True) of 6 tokens, charged both poolings and both mask SUMs
     where the file computes one: Keras / float file hierarchy and paper 2.0000."""
-    on = getattr(mask, "_dkm_on", None)  # (its layer's input, output)
-    if on is not None and env.get(id(on[1])) is not None:
-        merged = _by_input(getattr(mask, "_dkm_by", None))
-        return ("mask", env[id(on[1])]) if merged else ("mask", "pipeline", env[id(on[1])])
+    on = getattr(mask, "_dkm_on", None)
+    if on is not None and env.get(id(on)) is not None:  # a Masking's only with its Pipeline's
+        merged = _merged_outside(getattr(mask, "_dkm_by", None))
+        return ("mask", env[id(on)]) if merged else ("mask", "pipeline", env[id(on)])
     made = state.get("mask_on", {}).get(id(mask))
     return None if made is None else made[1]
 
 
-def _by_input(layer):
-    """Whether `layer` makes the same mask of its input in a Pipeline and outside, whatever its
-    weights (an Embedding's `not_equal(x, 0)`: the file computes one). A `Masking`'s made in a
-    Pipeline is not merged with one outside: before the fix `Pipeline([Masking(0.), GAP])(t)`
-    beside `GAP(Masking(0.)(t))`, t 6x8, Keras / float file hierarchy and paper 0.5000."""
+def _merged_outside(layer):
+    """Whether the mask `layer` makes in a Pipeline is the file's twin of the one Keras records
+    on its call outside: an Embedding's (`not_equal(x, 0)`; or a nested model's whose output
+    an Embedding makes), not a `Masking`'s (the file computes both: `Pipeline([Masking(0.),
+    GAP])(t)` beside `GAP(Masking(0.)(t))`, t 6x8, charged one pooling and SUM, Keras / float
+    file hierarchy and paper 0.5000 before the fix; with a Dense after each Masking 0.7857)."""
     import keras
 
     if isinstance(layer, keras.Model) and _has_graph(layer):  # its output an Embedding's

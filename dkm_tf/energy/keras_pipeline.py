@@ -74,7 +74,7 @@ def pipeline_calls(layer, call):
             x[0]._dkm_outer_of = data[0]  # reads the mask `data` carries (`attention_mask`)
         made = getattr(masks[len(out)], "_dkm_made_at", None)
         if made is not None and made < len(out):  # made on that layer's output (`mask_key`)
-            masks[len(out)]._dkm_on = (out[made][1][0][0], out[made][1][1][0])
+            masks[len(out)]._dkm_on = out[made][1][1][0]
         many = [tuple(s) for s in nxt] if len(outs) > 1 and sub is leaves[-1] else [nxt]
         out.append((sub, (x, [keras.KerasTensor(s) for s in many])))
         shape = nxt
