@@ -173,7 +173,8 @@ def _check_exact(a, key, path):
         raise DatasetFileError(path, f"integer inputs in {key} that float32 holds exactly "
                                f"(inputs are cast to float32, exact for every integer up to "
                                f"2**24 = 16777216 in magnitude)",
-                               f"{bad.size:,} values float32 would change, the largest {top} "
+                               f"{bad.size:,} value{'s' * (bad.size != 1)} float32 would "
+                               f"change, the largest {top} "
                                f"(read as {int(np.float32(top))})")
 
 

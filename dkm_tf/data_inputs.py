@@ -105,8 +105,8 @@ def arrange(model, x, split, error):
         raise error("one input array x_train (x_test) for a model whose inputs are not "
                     "known (subclassed or not built)", f"the arrays "
                     f"{[input_key(split, n) for n in x]}")
-    _check_nested_keys(struct, split, error)
     names = [n for n, _ in inputs]
+    _check_nested_keys(struct, split, error, set(names))
     want = ", ".join(input_key(split, n) for n in names)
     missing = [input_key(split, n) for n in names if n not in x]
     extra = [input_key(split, n) for n in x if n not in names]
@@ -128,24 +128,27 @@ def arrange(model, x, split, error):
     return keras.tree.map_structure(lambda t: by_id[id(t)], struct)
 
 
-def _check_nested_keys(struct, split, error, top=True):
-    """Refuses a model built on a dict inside a list / dict whose key is not the name of the
-    input it holds: ``x_train.<name>`` names a nested input by its layer's name (a key names
-    only a top-level input), so keys crossing the names (``[a, {"p": Input(name="q"), "q":
-    Input(name="p")}]``) fed each array to the other input (0.479 for 0.729; review 31)."""
+def _check_nested_keys(struct, split, error, names, top=True):
+    """Refuses a model built on a dict inside a list / dict whose key is the name of another
+    input than the one it holds: ``x_train.<name>`` names a nested input by its layer's name (a
+    key names only a top-level input), so keys crossing the names (``[a, {"p": Input(name="q"),
+    "q": Input(name="p")}]``) fed each array to the other input (0.479 for 0.729; review 31).
+    A key that names no input (``{"k1": Input(name="z")}``) is unambiguous: read by ``z``."""
     items = (struct.items() if isinstance(struct, dict) else enumerate(struct)
              if isinstance(struct, (list, tuple)) else ())
     for key, value in items:
         if isinstance(value, (dict, list, tuple)):
-            _check_nested_keys(value, split, error, top=False)
+            _check_nested_keys(value, split, error, names, top=False)
             continue
         layer = getattr(getattr(value, "_keras_history", None), "operation", None)
         name = getattr(layer, "name", None)
-        if isinstance(struct, dict) and not top and name is not None and str(key) != name:
-            raise error(f"a model whose nested dicts of inputs are keyed by their inputs' names "
+        if (isinstance(struct, dict) and not top and name is not None and str(key) != name
+                and str(key) in names):
+            raise error(f"a model whose nested dicts of inputs have no key naming another input "
                         f"({input_key(split, '<input name>')} names a nested input by its "
                         f"layer's name, a key only at the top level; rebuild the model with "
-                        f"keys equal to the names)", f"the key {key!r} holds the input {name!r}")
+                        f"keys equal to the names)",
+                        f"the key {key!r} holds the input {name!r}, not the input {key!r}")
 
 
 def model_order(model, x):

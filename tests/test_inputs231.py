@@ -51,17 +51,24 @@ def _save(tmp_path, model, x, feed, n_train=48):
     return str(tmp_path / "m.keras"), str(tmp_path / "d.npz")
 
 
-@pytest.mark.parametrize("crossed", [True, False])
-def test_nested_dict_keys_crossing_input_names_are_refused(tmp_path, crossed):
+@pytest.mark.parametrize("keys", ["crossed", "names", "others"])
+def test_nested_dict_keys_crossing_input_names_are_refused(tmp_path, keys):
+    """Keys naming another input are refused; keys equal to the names, or naming no input
+    (``{"k1": Input(name="q"), ...}``: unambiguous, ``x_train.q`` feeds q), are read
+    (review R9: the first version refused the latter too, read right before)."""
     a, q, p = (keras.Input((4,), name=n) for n in "aqp")
-    inner = {"p": q, "q": p} if crossed else {"q": q, "p": p}
+    inner = {"crossed": {"p": q, "q": p}, "names": {"q": q, "p": p},
+             "others": {"k1": q, "k2": p}}[keys]
     model = _dense([a, q, p], [a, inner], seed=6)
     rng = np.random.default_rng(6)
     x = {k: rng.normal(size=(96, 4)).astype(np.float32) for k in "apq"}
-    m, d = _save(tmp_path, model, x, lambda x: [x["a"], {k: x[k] for k in "pq"}])
+    feed = {"crossed": lambda x: [x["a"], {"p": x["q"], "q": x["p"]}],
+            "names": lambda x: [x["a"], {k: x[k] for k in "pq"}],
+            "others": lambda x: [x["a"], {"k1": x["q"], "k2": x["p"]}]}[keys]
+    m, d = _save(tmp_path, model, x, feed)
     rc, _, err = _run("--model", m, "--dataset", d, "--method", "wr", "--n_clusters", "4",
                       "--output_dir", str(tmp_path / "out"))
-    if crossed:  # before: rc 0, accuracy_before 0.479 (the arrays of p and q swapped)
+    if keys == "crossed":  # before: rc 0, accuracy_before 0.479 (the arrays of p and q swapped)
         assert rc == 2, err
         assert "the key 'p' holds the input 'q'" in " ".join(err.split())
     else:
