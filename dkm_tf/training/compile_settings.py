@@ -112,11 +112,14 @@ def probabilities_note(model, data, shape=None):
     if _outputs(model) > 1 or not unit and isinstance(shape, tuple) and shape[-1:] == (1,):
         return None  # never read (one loss for all outputs; compress refuses it to train),
         # or one unit per position (binary cross-entropy: not read)
-    return ("trained with the cross-entropy from_logits=True: the model's last layer is not "
-            "one whose activation dkm_tf can read (a custom or Lambda layer) and its outputs "
-            "on the training data could not be read without changing what training sees (a "
-            "from_generator, shuffled or filtered tf.data dataset, ...): if they are "
-            "probabilities, compile the model to train it with another loss")
+    whole = not getattr(model, "outputs", None)  # a subclassed model itself: no graph
+    return ("trained with the cross-entropy from_logits=True: the model" + (
+            " is a subclassed model, whose activation dkm_tf cannot read," if whole else
+            "'s last layer is not one whose activation dkm_tf can read (a custom or Lambda "
+            "layer)") + " and its outputs on the training data could not be read without "
+            "changing what training sees (a from_generator, shuffled or filtered tf.data "
+            "dataset, ...): if they are probabilities, compile the model to train it with "
+            "another loss")
 
 
 def _opaque_note(model, x):
@@ -140,13 +143,17 @@ def warn_logits_doubt(model, data, shape, loss):
     ``loss`` ``from_logits=True`` though its outputs may be probabilities: one unit in [0, 1]
     on the first inputs of ``data`` from a last layer dkm_tf cannot open (a custom layer of
     weighted sublayers, a subclassed model, as the last layer or the model itself: a hand
-    sigmoid in its ``call``), or outputs that could not be read without changing what
-    training sees. It returns a History, where a note has nowhere to go: such a head trained
-    with no word as logits (held-out BCE 0.140 where 0.088 as probabilities). Its reading
+    sigmoid in its ``call``), or one unit whose outputs could not be read without changing
+    what training sees. Never for several units (a subclassed 10-class classifier on a
+    ``from_generator`` dataset was warned, an error under ``filterwarnings=error``). It
+    returns a History, where a note has nowhere to go: such a head trained with no word as
+    logits (held-out BCE 0.140 where 0.088 as probabilities). Its reading
     is not changed: that is how ``compress`` trains it too (dkm_tf cannot tell a sigmoid
     from logits there); where it reads probabilities, nothing is warned."""
     config = loss.get_config() if hasattr(loss, "get_config") else {}
-    if config.get("from_logits") is True and (note := probabilities_note(model, data, shape)):
+    unit = isinstance(shape, tuple) and len(shape) == 2 and shape[1] == 1
+    if (config.get("from_logits") is True and unit  # never a multi-unit head (review)
+            and (note := probabilities_note(model, data, shape))):
         warnings.warn(note, UserWarning, stacklevel=3)
 
 

@@ -9,7 +9,7 @@ and where a one-unit output turns to class 1 (:func:`unit_threshold`, for the ac
 from __future__ import annotations
 
 __all__ = ["OPAQUE", "SCALES", "before_noise", "contradiction", "read_activation",
-           "unit_threshold"]
+           "unbounded", "unit_threshold"]
 
 SAMPLES = 32
 # the factors the last layer's input is multiplied by to tell a sigmoid (in [0, 1] for any
@@ -64,8 +64,10 @@ def unit_threshold(model, x=None):
     layer) whose last sublayer is linear gives 0.0 unless its outputs are in [0, 1] (a hand
     sigmoid in its ``call`` looks so: None). Compiled ``from_logits=True``, one read as a
     sigmoid, or in [0, 1] from a last layer that cannot be opened (every sample on ``x[:32]``
-    class 1 at 0), gets None (:func:`contradiction`). Without it, ``compress`` gave a
-    one-unit custom sigmoid no accuracy (its training read it as probabilities), and a
+    class 1 at 0), gets None (:func:`contradiction`); so does one compiled
+    ``from_logits=False`` whose outputs leave [0, 1] (:func:`unbounded`). Without it,
+    ``compress`` gave a one-unit custom sigmoid no accuracy (its training read it as
+    probabilities), and a
     subclassed last layer ending in ``1 / (1 + exp(-d(t)))`` the share of class 1 as its
     accuracy (0.48 for 0.96)."""
     from dkm_tf.core.labels import binary_from_logits  # noqa: PLC0415
@@ -76,6 +78,8 @@ def unit_threshold(model, x=None):
         return {"sigmoid": 0.5, "linear": 0.0}.get(activation)
     logits = binary_from_logits(source_loss(model))
     read = read_activation(model, x, unit=True) if x is not None and logits is not False else ""
+    if logits is False and x is not None and unbounded(model, x):
+        return None  # compiled as probabilities, but its outputs leave [0, 1]: contradiction
     if logits is not None:  # what it trains with, unless its outputs contradict it: a
         return None if logits and read in ("sigmoid", OPAQUE) else 0.0 if logits else 0.5
     # compiled from_logits=True scored at 0 gave every sample class 1 (review R3); so did an
@@ -91,11 +95,21 @@ def contradiction(model, x=None):
     gave no threshold has none, where it is compiled with (or carries) ``BinaryCrossentropy(
     from_logits=True)``: its outputs read as a sigmoid, which the loss contradicts (scored
     at 0, every sample was class 1), or lie in [0, 1] from a last layer dkm_tf cannot open
-    (:data:`OPAQUE`: a sigmoid or logits, all class 1 at 0); else None."""
+    (:data:`OPAQUE`: a sigmoid or logits, all class 1 at 0); or where it is compiled with
+    ``BinaryCrossentropy()`` (probabilities) but its outputs on ``x[:32]`` leave [0, 1]
+    (:func:`unbounded`: logits scored at 0.5 and fine-tuned as probabilities, silently); else
+    None."""
     from dkm_tf.core.labels import binary_from_logits  # noqa: PLC0415
     from dkm_tf.core.loss_kind import source_loss  # noqa: PLC0415
 
-    if not binary_from_logits(source_loss(model)):
+    logits = binary_from_logits(source_loss(model))
+    if logits is False and x is not None and unbounded(model, x):
+        return ("the model's loss contradicts its output: it is compiled with "
+                "BinaryCrossentropy() (probabilities, class 1 above 0.5) but its one output "
+                "unit leaves [0, 1] on the first 32 held-out inputs, so neither threshold is "
+                "meaningful (and the cross-entropy clips what it trains on): if it outputs "
+                "logits, compile it with BinaryCrossentropy(from_logits=True)")
+    if not logits:
         return None
     if x is not None and read_activation(model, x, unit=True) == OPAQUE:
         return ("the model's loss may contradict its output: it is compiled with "
@@ -109,6 +123,27 @@ def contradiction(model, x=None):
             "first 32 held-out inputs at any scale of its last layer's input), so neither "
             "threshold (0 for logits, 0.5 for probabilities) is meaningful: if it outputs "
             "probabilities, compile it with BinaryCrossentropy()")
+
+
+def unbounded(model, x):
+    """Whether ``model``'s single output on ``x[:32]`` has a value outside [0, 1] (or not
+    finite) with ``training=False`` or ``training=True``: not probabilities, whatever its
+    compiled loss says. False where it cannot be read."""
+    import keras  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    try:
+        if isinstance(x, dict):
+            batch = {k: a[:SAMPLES] for k, a in x.items()}
+        else:
+            batch = [a[:SAMPLES] for a in x] if isinstance(x, (list, tuple)) else x[:SAMPLES]
+        if len(getattr(model, "outputs", None) or [None]) != 1:
+            return False
+        model = before_noise(model, keras)
+        outs = [_outputs(model, batch, training, keras)[1] for training in (False, True)]
+    except Exception:  # noqa: BLE001 - any failure: cannot tell, keep the compiled loss
+        return False
+    return any(out.size and not np.all((out >= 0) & (out <= 1)) for out in outs)
 
 
 def _outputs(model, batch, training, keras):
