@@ -13,8 +13,9 @@ estimate equals its float file's. Measured before 2026-12-07 (Keras / file hiera
 - an inference `BatchNormalization` the converter does not fold, a `Rescaling` and a
   `Normalization` are a MUL by their scale and an ADD (a SUB of the mean for a
   `Normalization`, before its MUL; after it with `invert=True`) of their offset; the
-  converter drops a MUL by all ones and
-  an ADD of all zeros (an untrained batch norm is a MUL only), an identity entirely
+  converter drops a MUL by all ones (but a `Normalization`'s by a standard deviation of
+  ones after its SUB in a dynamic-batch file: `affine_ops`) and an ADD of all zeros (an
+  untrained batch norm is a MUL only), an identity entirely
   (0.34-0.85 as one "affine" record);
 - a `ReLU` layer is Keras' `relu(x, negative_slope, max_value, threshold)` as converted: a
   cap other than 6 a MINIMUM and a RELU after the RELU (which the op before may absorb,
@@ -34,6 +35,8 @@ estimate equals its float file's. Measured before 2026-12-07 (Keras / file hiera
   [0, 1] 0.4302 / 0.9540; [0, 6] after a tanh 0.6537 / 0.9841).
 """
 
+import contextlib
+import contextvars
 import math
 
 import numpy as np
@@ -100,13 +103,34 @@ def _numpy(value):
 # in a dynamic-batch file where it has this many elements or more (TF 2.21, measured: 8, 9,
 # 12, 16, 64 channels, rank 2 to 5; 3 to 7 channels, a fixed batch, no SUB: removed)
 _KEPT_DIVISION = 8
+# whether the file the Keras reader estimates has a fixed batch (`file_batch`)
+_FIXED_BATCH = contextvars.ContextVar("dkm_tf_fixed_batch", default=False)
+
+
+def recurrent(model, keras):
+    """Whether `model` (nested models included) holds a recurrent layer the converter lowers
+    to a loop (not unrolled): `export.convert` then writes its file at batch 1."""
+    return any(isinstance(x, keras.layers.RNN) and not getattr(x, "unroll", False)
+               for x in model._flatten_layers(include_self=False, recursive=True))
+
+
+@contextlib.contextmanager
+def file_batch(fixed):
+    """Estimates made inside read a file of a fixed batch (`fixed`) or a dynamic one."""
+    token = _FIXED_BATCH.set(bool(fixed))
+    try:
+        yield
+    finally:
+        _FIXED_BATCH.reset(token)
 
 
 def affine_ops(layer, keras):
     """The priced ops of an inference batch norm, `Rescaling` or `Normalization` (module
     docstring), from its values as the converter folds them (float32). A `Normalization`
     with a mean and variance 1 keeps its MUL by 1 (`_KEPT_DIVISION`: charged its SUB only
-    before 2026-12-07, Keras / file hierarchy 0.8812 after a Dense(8))."""
+    before 2026-12-07, Keras / file hierarchy 0.8812 after a Dense(8)) in a dynamic-batch
+    file; a fixed-batch one (a recurrent model's, `file_batch`) drops it (it was charged
+    there: an LSTM then a Dense(8) and such a layer, 1.0052)."""
     L = keras.layers
     if isinstance(layer, L.BatchNormalization):
         var = _numpy(layer.moving_variance)
@@ -123,7 +147,8 @@ def affine_ops(layer, keras):
         sub = bool(np.any(_numpy(layer.mean) != 0))
         invert = getattr(layer, "invert", False)
         ops = ["add"] * sub + ["mul"] * bool(np.any(div != 1) or (
-            sub and not invert and np.size(div) >= _KEPT_DIVISION))
+            sub and not invert and np.size(div) >= _KEPT_DIVISION and
+            not _FIXED_BATCH.get()))
         return ops[::-1] if invert else ops  # x * div + mean
     return ["mul"] * bool(np.any(_numpy(layer.scale) != 1)) + \
         ["add"] * bool(np.any(_numpy(layer.offset) != 0))

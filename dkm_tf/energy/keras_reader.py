@@ -41,7 +41,7 @@ from dkm_tf.energy.keras_consts import fold_of  # a batch norm, a constant op
 from dkm_tf.energy.keras_cse import apart, left_out  # calls pruned or computed once
 from dkm_tf.energy.keras_factorised import factorised_records
 from dkm_tf.energy.keras_live import live_tensors, walked_outputs
-from dkm_tf.energy.keras_lowered import lowered_records, relu_ops
+from dkm_tf.energy.keras_lowered import file_batch, lowered_records, recurrent, relu_ops
 from dkm_tf.energy.keras_more import classify_more, embedding_reason, nested_subclassed
 from dkm_tf.energy.keras_ops import classify_op
 from dkm_tf.energy.keras_wrapped import (
@@ -126,7 +126,7 @@ def read_keras_model(model, *, input_shape=None):
                               "the batch axis) to fix them.", f"model {model.name!r} {dims}")
     _check_fixed_size(model, input_shape)
     shapes, skipped = [], []
-    with filled(model, keras, skipped):
+    with filled(model, keras, skipped), file_batch(recurrent(model, keras)):
         _walk(model, keras, shapes, skipped)
     return tuple(shapes), tuple(skipped)
 
