@@ -229,7 +229,6 @@ def _in_lambda(found, keras):
         return None
     counts = consumers(sub, [(o, _calls(sub, o)) for o in graph_ops(sub)], keras)
     return outs[0], counts, (keras.tree.flatten(sub.inputs), list(ins), found[2], found[3])
-    return found
 
 
 class NoMerge(tuple):
