@@ -33,7 +33,7 @@ from dkm_tf.energy.keras_calls import node_inputs
 from dkm_tf.energy.keras_consts import fold_of
 from dkm_tf.energy.keras_cse import STATE
 from dkm_tf.energy.keras_pipeline import pipeline_calls, same_shape_reshape
-from dkm_tf.energy.relu_fusion import identity_reshape, lambda_reader, relu_kind
+from dkm_tf.energy.relu_fusion import _in_lambda, identity_reshape, lambda_reader, relu_kind
 from dkm_tf.energy.relu_like import activation_relu
 
 
@@ -66,6 +66,9 @@ def dense_copy(layer, call, counts, keras, used, outer=None):
                 continue  # into it, with its walk's counts
         except (AttributeError, ValueError, TypeError, IndexError):
             return None
+        if (inside := _in_lambda((producer, ins, counts, outer), keras)) is not None:
+            x, counts, outer = inside  # its traced function: `Lambda(lambda t: t * 2.0)`
+            continue  # between the Dense and a sloped ReLU, 0.6649 before 2026-12-07
         at = [k for k, o in enumerate(outer[0]) if o is x] if outer is not None and type(
             producer).__name__ == "InputLayer" else []
         if len(at) == 1 and at[0] < len(outer[1]):

@@ -210,10 +210,11 @@ def walk_pipeline(layer, name, call, graph, keras, shapes, skipped, used, walk):
             # Keras / file hierarchy 0.7167 before 2026-12-07), only fused into an op or
             sub_call = NoMerge(sub_call)  # a copy of a Dense (`dense_copies`: 0.7343)
             into = relu_fused_into(sub, sub_call, counts, keras, outer)
-        if into is None and prev is not None and (copy := sloped_copy(
-                sub, prev, subs[at][1], keras)) is not None:
-            walk(prev, sub_name, copy, None)  # its RELU's FULLY_CONNECTED (`dense_copies`)
-            into = f"a copy of {prev.name}"
+        src = None if prev is None else ends.get(at, (prev, subs[at][1][0]))  # the Dense a
+        if into is None and src is not None and (copy := sloped_copy(  # batch norm folded
+                sub, src[0], (src[1], subs[at][1][1]), keras)) is not None:  # into (0.6649)
+            walk(src[0], sub_name, copy, None)  # its RELU's FULLY_CONNECTED (`dense_copies`)
+            into = f"a copy of {src[0].name}"
         if into is not None and len(relu_ops(sub, keras)) == 1:
             skipped.append((sub_name, f"fused into {into} (as a .tflite fuses it)"))
             continue
