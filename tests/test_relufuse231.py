@@ -21,6 +21,13 @@ from tests.test_relufuse31b import _CAP3
 
 L = keras.layers
 
+
+def _nested(batch):
+    """A nested model of `Dense(8)` -> `Lambda(lambda t: t)` -> the sloped ReLU."""
+    j = keras.Input((16,))
+    inner = keras.Model(j, _sloped()(L.Lambda(lambda t: t)(L.Dense(8)(j))))
+    return _on(inner)(batch)
+
 # name: (builder, FULLY_CONNECTED ops, the file's element-wise ops as priced, its ops after
 # its TANH), as in `tests/test_relufuse31c.py`
 CASES = {
@@ -42,6 +49,14 @@ CASES = {
     "dense_sigmoid_and_lambda_identity_relu": (_on(lambda x: (lambda d: L.Add()([L.ReLU()(
         L.Lambda(lambda t: t)(d)), L.Activation("sigmoid")(d)]))(L.Dense(8)(x))), 2,
         ["add"], ["FULLY_CONNECTED", "FULLY_CONNECTED", "LOGISTIC", "ADD"]),
+    "nested_dense_lambda_identity_sloped_relu3": (_nested, 2,
+                                                  ["relu", "mul", "max", "relu", "add"],
+                                                  ["FULLY_CONNECTED"] + _CAP3),
+    "pipeline_dense_bn_sloped_relu3_read_by_sigmoid": (_on(lambda x: (lambda p: L.Add()([
+        p, L.Activation("sigmoid")(p)]))(L.Pipeline([L.Dense(8), L.BatchNormalization(),
+                                                      _sloped()])(x))), 2,
+        ["relu", "mul", "max", "relu", "add", "add"],
+        ["FULLY_CONNECTED"] + _CAP3 + ["LOGISTIC", "ADD"]),
 }
 
 
