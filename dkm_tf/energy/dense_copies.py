@@ -40,7 +40,8 @@ from dkm_tf.energy.relu_like import activation_relu
 def dense_copy(layer, call, counts, keras, used, outer=None):
     """`(dense, its call, first, (counts, outer) of its graph)` where the leading RELU of
     `layer` (a ReLU layer, `keras.ops.relu` / `relu6` / `clip(x, 0, 6)`: `relu_kind`) at
-    `call` reads, past removed identities and same-shape reshapes (`identity_reshape`), the
+    `call` reads, past removed identities, same-shape reshapes (`identity_reshape`) and
+    through a `Lambda`'s traced function (`relu_fusion._in_lambda`), the
     output of a linear `Dense` on a rank-2 tensor (also the last layer of a
     `keras.layers.Pipeline`: `_pipeline_dense`) that other calls read too (`counts`,
     `keras_cse.left_out`'s, anywhere on the way), else None; `first`: no ReLU of its kind on
@@ -127,7 +128,8 @@ def copied_kind(layer, keras):
 def sloped_copy(layer, prev, call, keras):
     """For a layer of a `keras.layers.Pipeline`: the call of the FULLY_CONNECTED copy (`call`,
     `(inputs, outputs)`, of `prev`, charged) where `layer` is a ReLU with a slope and a cap
-    (`copied_kind`) and `prev`, the layer before it that the converter keeps, a linear `Dense`
+    (`copied_kind`) and `prev`, the layer before it that the converter keeps (or the one a
+    batch norm between is folded into: 0.6649 before 2026-12-07), a linear `Dense`
     on a rank-2 tensor (`Pipeline([Dense(8), ReLU(negative_slope=0.1, max_value=3.0)])`:
     Keras / file hierarchy 0.6649 before 2026-12-07), else None."""
     if relu_kind(layer, keras) is not None or copied_kind(
