@@ -27,7 +27,7 @@ import pytest
 
 from dkm_tf import energy
 from dkm_tf.export.convert import convert
-from tests._energy_file25 import both, eltwise, same_totals
+from tests._energy_file25 import BATCHES, both, eltwise, same_totals
 
 L = keras.layers
 ops = keras.ops
@@ -70,7 +70,7 @@ SUB_CASES = {  # name: (the ops after the Dense, the file's element-wise ops)
 }
 
 
-@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", sorted(SUB_CASES))
 def test_traced_sub_after_a_dense_is_charged_as_the_file(case, batch, tmp_path):
     after, want = SUB_CASES[case]
@@ -110,7 +110,7 @@ def _norm_functional(c, mean, reads, batch):
     return keras.Model(i, y)
 
 
-@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", sorted(NORM_CASES))
 def test_normalization_after_a_dense_is_charged_as_the_file(case, batch, tmp_path):
     c, mean, reads, want = NORM_CASES[case]
@@ -157,7 +157,7 @@ BESIDE_CASES = {  # name: (ops after the Dense, the file's element-wise ops)
 }
 
 
-@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", sorted(BESIDE_CASES))
 def test_ops_beside_relu_copies_fold_as_in_the_file(case, batch, tmp_path):
     after, want = BESIDE_CASES[case]

@@ -16,6 +16,8 @@ import pytest
 from _energy_file25 import both, same_totals
 from keras import layers as L
 
+from tests._energy_file25 import BATCHES
+
 pytestmark = pytest.mark.filterwarnings(  # Keras' own: a Pipeline does not support masking
     "ignore:(?s).*will therefore destroy the mask:UserWarning")
 
@@ -62,7 +64,7 @@ CASES = {  # build, the poolings and mask SUMs Keras is charged (as the file com
 }
 
 
-@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_mask_made_in_a_pipeline_merges_as_in_its_file(case, batch, tmp_path):
     keras.utils.set_random_seed(0)
@@ -92,7 +94,7 @@ def _attention_beside(pipeline, batch):
     return keras.Model(x, [GAP()(L.Attention()([p, p])), GAP()(p)])
 
 
-@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("pipeline", [True, False])
 def test_an_attention_passes_its_query_mask_one_sum_as_the_file(pipeline, batch, tmp_path):
     """`Attention.compute_mask` returns its query's mask as a new tensor of the same value:

@@ -25,6 +25,8 @@ import pytest
 from _energy_file25 import both, same_totals
 from keras import layers as L
 
+from tests._energy_file25 import BATCHES
+
 pytestmark = pytest.mark.filterwarnings(  # Keras' own: a Pipeline does not support masking
     "ignore:(?s).*will therefore destroy the mask:UserWarning")
 
@@ -124,7 +126,7 @@ def _mask_sums(report):
     return [x for x in report.layers if x.name.endswith("/mask_sum")]
 
 
-@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_mask_a_pooling_runs_with_reads_as_its_file(case, batch, tmp_path):
     keras.utils.set_random_seed(0)

@@ -13,7 +13,7 @@ after `Lambda(lambda t: t)` on a Dense a sigmoid reads too, 0.5842 (paper 0.5265
 import keras
 import pytest
 
-from tests._energy_file25 import both, eltwise, same_totals
+from tests._energy_file25 import BATCHES, both, eltwise, same_totals
 from tests.test_densebn30 import _fc_macs
 from tests.test_reluchain30 import _ops
 from tests.test_relufuse31 import FC, _on, _sloped
@@ -60,7 +60,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_keras_estimate_equals_its_file(case, batch, tmp_path):
     build, n_fc, others, file_ops = CASES[case]

@@ -20,7 +20,7 @@ too); `ReLU()(ReLU(negative_slope=0.1, threshold=0.5)(t))` 1.2221;
 import keras
 import pytest
 
-from tests._energy_file25 import both, eltwise, same_totals
+from tests._energy_file25 import BATCHES, both, eltwise, same_totals
 from tests.test_densebn30 import _fc_macs, _sig, _tanh
 from tests.test_reluchain30 import _ops
 
@@ -88,7 +88,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_keras_estimate_equals_its_file(case, batch, tmp_path):
     build, n_fc, others, file_ops = CASES[case]

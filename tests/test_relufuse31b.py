@@ -14,7 +14,7 @@ beside a `ReLU(6.0)` 1.0404.
 import keras
 import pytest
 
-from tests._energy_file25 import both, eltwise, same_totals
+from tests._energy_file25 import BATCHES, both, eltwise, same_totals
 from tests.test_densebn30 import _bn, _fc_macs, _sig, _twins
 from tests.test_reluchain30 import _ops
 from tests.test_relufuse31 import FC, _lam, _on, _sloped, _with
@@ -95,7 +95,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_keras_estimate_equals_its_file(case, batch, tmp_path):
     build, n_fc, others, file_ops = CASES[case]

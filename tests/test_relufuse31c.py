@@ -13,7 +13,7 @@ converter merges the calls) 0.6833; the Dense ending a Pipeline or the ReLU alon
 import keras
 import pytest
 
-from tests._energy_file25 import both, eltwise, same_totals
+from tests._energy_file25 import BATCHES, both, eltwise, same_totals
 from tests.test_densebn30 import _fc_macs
 from tests.test_reluchain30 import _ops
 from tests.test_relufuse31 import FC, _on, _sloped
@@ -53,7 +53,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("batch", [None, 2])
+@pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_keras_estimate_equals_its_file(case, batch, tmp_path):
     build, n_fc, others, file_ops = CASES[case]
