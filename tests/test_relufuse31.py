@@ -88,12 +88,19 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_keras_estimate_equals_its_file(case, batch, tmp_path):
-    build, n_fc, others, file_ops = CASES[case]
+def check_case(entry, batch, tmp_path):
+    """One case ``(build, n_fc, others, file_ops)``: the file holds TANH + ``file_ops``, both
+    estimates charge ``n_fc`` FULLY_CONNECTED of ``FC`` MACs and the element-wise ops
+    ``others``, and their totals agree (the relufuse31* files share it)."""
+    build, n_fc, others, file_ops = entry
     k, f = both(build(batch), tmp_path)
     assert sorted(_ops(tmp_path)) == sorted(["TANH"] + file_ops)
     assert _fc_macs(k) == _fc_macs(f) == n_fc * FC
     assert sorted(eltwise(k)) == sorted(eltwise(f)) == sorted(others)
     same_totals(k, f)
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_keras_estimate_equals_its_file(case, batch, tmp_path):
+    check_case(CASES[case], batch, tmp_path)

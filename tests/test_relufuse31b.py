@@ -14,10 +14,9 @@ beside a `ReLU(6.0)` 1.0404.
 import keras
 import pytest
 
-from tests._energy_file25 import BATCHES, both, eltwise, same_totals
-from tests.test_densebn30 import _bn, _fc_macs, _sig, _twins
-from tests.test_reluchain30 import _ops
-from tests.test_relufuse31 import FC, _lam, _on, _sloped, _with
+from tests._energy_file25 import BATCHES
+from tests.test_densebn30 import _bn, _sig, _twins
+from tests.test_relufuse31 import _lam, _on, _sloped, _with, check_case
 
 L = keras.layers
 A = keras.activations
@@ -98,9 +97,4 @@ CASES = {
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_keras_estimate_equals_its_file(case, batch, tmp_path):
-    build, n_fc, others, file_ops = CASES[case]
-    k, f = both(build(batch), tmp_path)
-    assert sorted(_ops(tmp_path)) == sorted(["TANH"] + file_ops)
-    assert _fc_macs(k) == _fc_macs(f) == n_fc * FC
-    assert sorted(eltwise(k)) == sorted(eltwise(f)) == sorted(others)
-    same_totals(k, f)
+    check_case(CASES[case], batch, tmp_path)

@@ -13,10 +13,8 @@ converter merges the calls) 0.6833; the Dense ending a Pipeline or the ReLU alon
 import keras
 import pytest
 
-from tests._energy_file25 import BATCHES, both, eltwise, same_totals
-from tests.test_densebn30 import _fc_macs
-from tests.test_reluchain30 import _ops
-from tests.test_relufuse31 import FC, _on, _sloped
+from tests._energy_file25 import BATCHES
+from tests.test_relufuse31 import _on, _sloped, check_case
 from tests.test_relufuse31b import _CAP3
 
 L = keras.layers
@@ -56,9 +54,4 @@ CASES = {
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_keras_estimate_equals_its_file(case, batch, tmp_path):
-    build, n_fc, others, file_ops = CASES[case]
-    k, f = both(build(batch), tmp_path)
-    assert sorted(_ops(tmp_path)) == sorted(["TANH"] + file_ops)
-    assert _fc_macs(k) == _fc_macs(f) == n_fc * FC
-    assert sorted(eltwise(k)) == sorted(eltwise(f)) == sorted(others)
-    same_totals(k, f)
+    check_case(CASES[case], batch, tmp_path)
