@@ -1,15 +1,13 @@
 """Helpers of the session-25 energy tests: a Keras model's estimate beside its float file's."""
 
-import os
-
 import numpy as np
 
 from dkm_tf import energy
 from dkm_tf.export import to_tflite
 
-# The batches the session-31 energy tests build at: both with DKM_TF_SLOW=1; batch 2 alone in
-# CI (every case was measured equal at None and 2 by its review; CI was over 25 min with both).
-BATCHES = (None, 2) if os.environ.get("DKM_TF_SLOW") else (2,)
+# The batches the session-31 energy tests build at. Without DKM_TF_SLOW, conftest runs each
+# case at one of the two (alternating between cases); DKM_TF_SLOW=1 runs both.
+BATCHES = (None, 2)
 
 
 def both(model, tmp_path):
