@@ -100,6 +100,9 @@ def test_a_one_unit_subclassed_model_on_a_generator_is_still_warned_of_as_what_i
     assert "custom or Lambda" not in said[0]
 
 
+_FITTED = []  # the weights of _linear_model's fit
+
+
 def _linear_model(loss):
     """Dense(16, relu) -> LinUnit231, fitted as logits, compiled with ``loss``."""
     x, y = _digits()
@@ -112,12 +115,14 @@ def _linear_model(loss):
         inp = keras.Input((64,))
         return keras.Model(inp, LinUnit231()(L.Dense(16, activation="relu")(inp)))
 
-    model = build()
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    model.fit(*train, epochs=3, batch_size=32, verbose=0)
+    if not _FITTED:  # fitted once, for both tests
+        model = build()
+        model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                      loss=keras.losses.BinaryCrossentropy(from_logits=True))
+        model.fit(*train, epochs=3, batch_size=32, verbose=0)
+        _FITTED.append(model.get_weights())
     fresh = build()
-    fresh.set_weights(model.get_weights())
+    fresh.set_weights(_FITTED[0])
     fresh.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
     return fresh, train, test
 
