@@ -1,17 +1,20 @@
-"""ClusterWeights under tf.distribute.MirroredStrategy (2 logical CPU devices, subprocess)."""
+"""ClusterWeights and the k-means regularizer under tf.distribute.MirroredStrategy (2 logical CPU
+devices, subprocess: the device split does not leak into other tests).
+
+One subprocess runs both scenarios (each would otherwise pay a fresh Python importing
+TensorFlow); each prints its own marker, and a failing one its traceback, so each test below
+checks its own scenario only. The regularizer's scenario was tests/test_regularizers.py's
+test_mirrored_strategy_two_cpu_replicas.
+"""
 
 import os
 import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent("""
-    import os
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import pytest
+
+CLUSTER = textwrap.dedent("""
     import keras
     import numpy as np
     from dkm_tf.training.clustering import cluster_weights, strip_clustering
@@ -31,7 +34,6 @@ SCRIPT = textwrap.dedent("""
         model.train_on_batch(x, y)
         return model
 
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert mirrored.num_replicas_in_sync == 2
     a = step(mirrored)
     b = step(tf.distribute.get_strategy())
@@ -49,13 +51,75 @@ SCRIPT = textwrap.dedent("""
         u = to_units(plain.get_layer(p.layer_name).kernel.numpy(), p.layout)
         assert all(len(np.unique(u[g])) <= 4 for g in range(u.shape[0])), p
     assert palettes[2].layout.n_groups == 64
-    print("MIRRORED_OK")
+    print("MIRRORED_OK", flush=True)
 """)
 
+REGULARIZER = textwrap.dedent("""
+    import numpy as np
+    import keras, dkm_tf.training.callbacks as C, dkm_tf.training.attach as R
+    T = R
+    strategy = mirrored
+    assert strategy.num_replicas_in_sync == 2
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3),
+                                  keras.layers.Flatten(), keras.layers.Dense(10)])
+        T.attach_regularizer(model, 3, lam=0.1, include_dense=True)
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    for relaxation in ("hard", "spectral"):
+        h = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                      callbacks=[C.RefreshKMeans(every_n_epochs=1)])
+        logged = h.history["kmeans_penalty"]
+        ref = sum(float(r(v)) for v, r in R.kmeans_regularizers(model))
+        assert all(p > 0 for p in logged) and 0.7 < logged[-1] / ref < 1.4, (logged, ref)
+        T.attach_regularizer(model, 2, lam=0.1, relaxation="spectral")  # outside the scope
+        with strategy.scope():
+            model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    print("REGULARIZER_MIRRORED_OK", logged, ref, flush=True)
+""")
 
-def test_mirrored_strategy_two_logical_cpus_matches_single_device():
+# each scenario in its own namespace, after the one device split of the process; one
+# MirroredStrategy for both (a second one in the process reuses the first's collective
+# instance keys: "Shape mismatch in the collective instance 100")
+RUNNER = textwrap.dedent("""
+    import os, sys, traceback
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    for name, code in ((%r, %r), (%r, %r)):
+        try:
+            exec(compile(code, name, "exec"), {"__name__": "__main__", "tf": tf,
+                                               "mirrored": mirrored})
+        except BaseException:
+            print("SCENARIO_FAILED", name, flush=True)
+            traceback.print_exc()
+            sys.stderr.flush()
+""") % ("cluster", CLUSTER, "regularizer", REGULARIZER)
+
+
+@pytest.fixture(scope="module")
+def mirrored_run():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          timeout=180, env=env, cwd=root)
-    assert proc.returncode == 0 and "MIRRORED_OK" in proc.stdout, proc.stderr[-3000:]
+    return subprocess.run([sys.executable, "-c", RUNNER], capture_output=True, text=True,
+                          timeout=360, env=env, cwd=root)
+
+
+def test_mirrored_strategy_two_logical_cpus_matches_single_device(mirrored_run):
+    proc = mirrored_run
+    assert proc.returncode == 0 and "MIRRORED_OK" in proc.stdout.splitlines(), (
+        proc.stdout[-2000:] + proc.stderr[-3000:])
+
+
+def test_mirrored_strategy_two_cpu_replicas(mirrored_run):
+    """The k-means regularizer with RefreshKMeans trains under the strategy (hard, then
+    spectral re-attached outside its scope); the logged penalty is near the direct one."""
+    proc = mirrored_run
+    assert proc.returncode == 0 and any(line.startswith("REGULARIZER_MIRRORED_OK")
+                                        for line in proc.stdout.splitlines()), (
+        proc.stdout[-2000:] + proc.stderr[-4000:])

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import textwrap
 import warnings
 
 import keras
@@ -293,44 +292,6 @@ def test_regularizer_config_round_trip_and_lazy_state():
     value = float(layer.losses[0])
     assert reg.built and value > 0
     assert_all_close(value, reg.refresh(layer.kernel)["penalty"], rtol=1e-5)
-
-
-_MIRRORED = textwrap.dedent("""
-    import numpy as np, tensorflow as tf
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0],
-        [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-    import keras, dkm_tf.training.callbacks as C, dkm_tf.training.attach as R
-    T = R
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(64, 8, 8, 1)).astype("float32"), rng.integers(0, 10, 64)
-    with strategy.scope():
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3),
-                                  keras.layers.Flatten(), keras.layers.Dense(10)])
-        T.attach_regularizer(model, 3, lam=0.1, include_dense=True)
-        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    for relaxation in ("hard", "spectral"):
-        h = model.fit(x, y, batch_size=16, epochs=2, verbose=0,
-                      callbacks=[C.RefreshKMeans(every_n_epochs=1)])
-        logged = h.history["kmeans_penalty"]
-        ref = sum(float(r(v)) for v, r in R.kmeans_regularizers(model))
-        assert all(p > 0 for p in logged) and 0.7 < logged[-1] / ref < 1.4, (logged, ref)
-        T.attach_regularizer(model, 2, lam=0.1, relaxation="spectral")  # outside the scope
-        with strategy.scope():
-            model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    print("MIRRORED_OK", logged, ref)
-""")
-
-
-def test_mirrored_strategy_two_cpu_replicas():
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONWARNINGS="ignore")
-    out = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True,
-                         env=env, timeout=240, cwd=REPO)
-    assert "MIRRORED_OK" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
 
 
 def test_attach_covers_conv_types_and_nested_models():
