@@ -98,19 +98,31 @@ def _nll(loss, model, data):
     return float(loss(data[1], p.astype("float32"))), float(expected)
 
 
-@pytest.mark.parametrize("last", [lambda t: HandSoftmax(name="p")(t),
-                                  lambda t: L.Lambda(ops_softmax, name="p")(t)],
-                         ids=["hand_written", "lambda_ops_softmax"])
+LASTS = {"hand_written": lambda t: HandSoftmax(name="p")(t),
+         "lambda_ops_softmax": lambda t: L.Lambda(ops_softmax, name="p")(t)}
+_COMPILED = {}
+
+
+def _compiled_reference(name, train, test):
+    """dkm_tf.compress of the model ending in LASTS[name], compiled with
+    SparseCategoricalCrossentropy() (probabilities): the same in every test, trained once."""
+    if name not in _COMPILED:
+        kw = {"optimizer": "adam", "loss": keras.losses.SparseCategoricalCrossentropy()}
+        _COMPILED[name] = dkm_tf.compress(_model(LASTS[name], **kw), train, test,
+                                          progress=Progress(enabled=False), **ARGS)
+    return _COMPILED[name]
+
+
+@pytest.mark.parametrize("name", list(LASTS))
 @pytest.mark.parametrize("compiled", [False, True], ids=["plain_file", "compiled_file"])
 def test_the_cli_trains_a_custom_softmax_as_the_api_compiled_with_probabilities(
-        tmp_path, last, compiled):
+        tmp_path, name, compiled):
     npz, train, test = _data(tmp_path)
     kw = {"optimizer": "adam", "loss": keras.losses.SparseCategoricalCrossentropy()}
-    path = _save(_model(last, **(kw if compiled else {})), tmp_path / "m.keras")
+    path = _save(_model(LASTS[name], **(kw if compiled else {})), tmp_path / "m.keras")
     result, warned = _cli(path, npz, tmp_path / "out")
     assert warned == []  # Keras warned of from_logits=True on a softmax's output
-    reference = dkm_tf.compress(_model(last, **kw), train, test,
-                                progress=Progress(enabled=False), **ARGS)
+    reference = _compiled_reference(name, train, test)
     assert _max_diff(result.model, reference.model) < 1e-6
     assert result.model.loss.get_config()["from_logits"] is False
     got, expected = _nll(result.model.loss, result.model, test)  # -mean log p_y, not of
@@ -125,9 +137,7 @@ def test_the_api_trains_an_uncompiled_hand_softmax_with_probabilities_and_notes_
     _, train, test = _data(tmp_path)
     plain = dkm_tf.compress(_model(lambda t: HandSoftmax(name="p")(t)), train, test,
                             progress=Progress(enabled=False), **ARGS)
-    compiled = dkm_tf.compress(_model(lambda t: HandSoftmax(name="p")(t), optimizer="adam",
-                                      loss=keras.losses.SparseCategoricalCrossentropy()),
-                               train, test, progress=Progress(enabled=False), **ARGS)
+    compiled = _compiled_reference("hand_written", train, test)
     assert _max_diff(plain.model, compiled.model) < 1e-6
     assert sum(n.startswith(NOTE) for n in plain.notes) == 1
     assert not any(n.startswith(NOTE) for n in compiled.notes)  # its own loss: nothing read
