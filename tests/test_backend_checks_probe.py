@@ -4,11 +4,14 @@ no ``output_shape``). Labels 1 fell outside its one column: an error on TensorFl
 and on JAX no error at all, training silently doing nothing (about 50 % accuracy on separable
 data). The output shape is now read from one sample run through the model.
 
-Each check runs here (Keras' default backend) and, when jax is installed, in a subprocess
-with ``KERAS_BACKEND=jax`` (about 10 s), where the failure was silent.
+Each check runs here (Keras' default backend, in this process: a fresh one only re-imported
+TensorFlow) and, when jax is installed, in a subprocess with ``KERAS_BACKEND=jax`` (about 10 s),
+where the failure was silent.
 """
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -82,7 +85,14 @@ def _check(out):
 
 
 def test_train_classifier_subclassed_binary_default_backend():
-    _check(_run(os.environ.get("KERAS_BACKEND", "tensorflow")))
+    import keras
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(SCRIPT, {"__name__": "probe"})  # noqa: S102 - the script the JAX run runs
+    out = json.loads(printed.getvalue().strip().splitlines()[-1])
+    assert out.pop("backend") == keras.backend.backend()
+    _check(out)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
