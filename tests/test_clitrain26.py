@@ -37,14 +37,22 @@ def _data(tmp_path):
     return path, (x[:192], y[:192]), (x[192:], y[192:])
 
 
-def _regressor(train, **compile_args):
+def _regressor(train, epochs=30, **compile_args):
     keras.utils.set_random_seed(0)
     inp = keras.Input((6,))
     model = keras.Model(inp, L.Dense(1, name="o")(L.Dense(16, activation="relu",
                                                           name="h")(inp)))
     model.compile("adam", "mse", **compile_args)
-    model.fit(train[0], train[1].astype("float32"), epochs=30, verbose=0)
+    model.fit(train[0], train[1].astype("float32"), epochs=epochs, verbose=0)
     return model
+
+
+@pytest.fixture(scope="module")
+def regressor(tmp_path_factory):
+    """``_regressor(train)`` trained once for the tests that save it unchanged (saving, and
+    ``share_weights``, leave it as it was)."""
+    _, train, _ = _data(tmp_path_factory.mktemp("regressor"))
+    return _regressor(train)
 
 
 def _mse(model, data):  # numpy, on the held-out part
@@ -68,9 +76,9 @@ def _same_weights(a, b):
 
 @pytest.mark.parametrize(("copy", "ext"), [(False, "keras"), (True, "keras"), (False, "h5")],
                          ids=["compiled", "saved_copy", "compiled_h5"])
-def test_the_cli_trains_an_mse_file_with_mse_as_the_api_does(tmp_path, copy, ext):
+def test_the_cli_trains_an_mse_file_with_mse_as_the_api_does(tmp_path, copy, ext, regressor):
     npz, train, test = _data(tmp_path)
-    model = _regressor(train)
+    model = regressor
     before = _mse(model, test)
     path = str(tmp_path / f"m.{ext}")
     with warnings.catch_warnings():
@@ -91,7 +99,7 @@ def test_the_cli_trains_an_mse_file_with_mse_as_the_api_does(tmp_path, copy, ext
     assert ("trained with the loss 'mse' of the model it was copied from" in said) is copy
 
 
-def test_the_cli_trains_a_copy_with_its_carried_loss_weights_and_metrics(tmp_path):
+def test_the_cli_trains_a_copy_with_its_carried_loss_weights_and_metrics(tmp_path, regressor):
     npz, train, test = _data(tmp_path)
     model = _regressor(train, loss_weights=[3.0], metrics=["mae"])
     path = str(tmp_path / "c.keras")
@@ -99,7 +107,7 @@ def test_the_cli_trains_a_copy_with_its_carried_loss_weights_and_metrics(tmp_pat
     result = _cli(path, npz, tmp_path / "out")
     expected = _api(dkm_tf.load_model(path), train, test)
     _same_weights(result.model, expected.model)
-    plain = _regressor(train)  # the same model without the weight of 3: trained otherwise
+    plain = regressor  # the same model without the weight of 3: trained otherwise
     plain_path = str(tmp_path / "plain.keras")
     dkm_tf.share_weights(plain, 4).model.save(plain_path)
     other = _cli(plain_path, npz, tmp_path / "out2")
@@ -176,23 +184,27 @@ UNKNOWN = {"module": None, "class_name": "NoSuchMetric", "config": {},
 
 
 def test_a_metric_unknown_here_is_left_out_with_a_note(tmp_path):
+    # the note, and the same training as the API's: neither needs a trained model or many
+    # fine-tuning epochs
     npz, train, test = _data(tmp_path)
-    model = _regressor(train, metrics=["mae"])
+    model = _regressor(train, epochs=1, metrics=["mae"])
     path = str(tmp_path / "m.keras")
     model.save(path)
     _edit_compile_config(path, metrics=["mae", UNKNOWN])
-    result = _cli(path, npz, tmp_path / "out")
+    result = _cli(path, npz, tmp_path / "out", finetune_epochs=2)
     assert any("the metric(s) 'nowhere>NoSuchMetric' of" in n and "--custom_objects" in n
                for n in result.notes)
     loaded = keras.models.load_model(path, compile=False)  # Keras cannot load it compiled
     loaded.compile("adam", "mse", metrics=["mae"])
-    _same_weights(result.model, _api(loaded, train, test).model)
+    expected = dkm_tf.compress(loaded, train, test, progress=Progress(enabled=False),
+                               **{**ARGS, "finetune_epochs": 2})
+    _same_weights(result.model, expected.model)
 
 
-def test_a_regression_loss_that_does_not_load_is_refused_before_any_work(tmp_path):
-    npz, train, _ = _data(tmp_path)
+def test_a_regression_loss_that_does_not_load_is_refused_before_any_work(tmp_path, regressor):
+    npz, _, _ = _data(tmp_path)
     path = str(tmp_path / "m.keras")
-    _regressor(train).save(path)
+    regressor.save(path)
     _edit_compile_config(path, loss={**UNKNOWN, "class_name": "MeanSquaredError",
                                      "registered_name": "nowhere>MeanSquaredError"})
     with pytest.raises(CliUsageError, match=r"invalid --model: expected a file whose loss "
