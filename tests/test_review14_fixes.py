@@ -275,19 +275,25 @@ def test_subclassed_hard_cluster_weights_model_exports(tmp_path, fmt):
     assert all(t["distinct"] <= K for t in weights)
 
 
-def test_subclassed_hard_model_report_figures_in_float(tmp_path):
+@pytest.fixture(scope="module")
+def subclassed_float(tmp_path_factory):
+    """The float export of `_subclassed()` (seeded: the same model in every test), once."""
     import dkm_tf
 
     model, x = _subclassed()
-    rep = dkm_tf.export.to_tflite(model, tmp_path / "s.tflite", format="float",
-                                  sample_inputs=x)
+    path = tmp_path_factory.mktemp("subclassed") / "f.tflite"
+    return dkm_tf.export.to_tflite(model, path, format="float", sample_inputs=x), path
+
+
+def test_subclassed_hard_model_report_figures_in_float(subclassed_float):
+    rep, _ = subclassed_float
     # the float conversion's bytes beyond 4 B per weight, not beyond 4 B per variable
     assert rep.graph_bytes == rep.float_bytes - 4 * 1236 > 0  # old: 0 (clamped)
     assert rep.analytic_bytes == rep.float_bytes  # old: 9,872 for a 6,688-byte conversion
 
 
 @pytest.mark.parametrize("fmt", ["float", "fp16", "int8", "palettized"])
-def test_subclassed_model_float_figures_count_the_size_fix(tmp_path, fmt):
+def test_subclassed_model_float_figures_count_the_size_fix(tmp_path, fmt, subclassed_float):
     # A subclassed model's input size is fixed after conversion (RESHAPE / ADD ops); the
     # report compared with the float conversion before that fix: float 6,688 B for the
     # 7,328-byte float file, its analytic size 9 % low. The float figures now count it too.
@@ -295,9 +301,8 @@ def test_subclassed_model_float_figures_count_the_size_fix(tmp_path, fmt):
 
     model, x = _subclassed()
     path = tmp_path / "s.tflite"
-    float_bytes = dkm_tf.export.to_tflite(model, tmp_path / "f.tflite", format="float",
-                                          sample_inputs=x).float_bytes
-    assert float_bytes == (tmp_path / "f.tflite").stat().st_size
+    float_bytes = subclassed_float[0].float_bytes  # the float export of the same model
+    assert float_bytes == subclassed_float[1].stat().st_size
     palettes = dkm_tf.palettes_of(model) if fmt == "palettized" else None
     rep = dkm_tf.export.to_tflite(model, path, format=fmt, sample_inputs=x, palettes=palettes)
     assert rep.float_bytes == float_bytes
