@@ -56,21 +56,30 @@ def _latent():
 
 
 # --------------------------------------------------------------- ReassignClusters and resume
-@pytest.mark.parametrize("stop_at", [2, 3])
-def test_reassign_resumed_by_backup_and_restore_matches_uninterrupted(tmp_path, stop_at):
-    """BackupAndRestore listed before ReassignClusters saves each epoch before its
-    re-assignment; the resumed fit must redo it (the old code lost it: other indices)."""
+@pytest.fixture(scope="module")
+def reassigned_each_epoch():
+    """The uninterrupted reference: EPOCHS epochs with ReassignClusters(1) (its end state and
+    the callback's history), fitted once for the tests that resume it."""
     reference = _latent()
     reassign = dkm_tf.ReassignClusters(1)
     _fit(reference, [reassign])
-    assert sum(changed for _, changed in reassign.history) > 0  # re-assignment acts here
+    return _state(reference), list(reassign.history)
+
+
+@pytest.mark.parametrize("stop_at", [2, 3])
+def test_reassign_resumed_by_backup_and_restore_matches_uninterrupted(tmp_path, stop_at,
+                                                                      reassigned_each_epoch):
+    """BackupAndRestore listed before ReassignClusters saves each epoch before its
+    re-assignment; the resumed fit must redo it (the old code lost it: other indices)."""
+    reference, history = reassigned_each_epoch
+    assert sum(changed for _, changed in history) > 0  # re-assignment acts here
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):
         _fit(_latent(), [keras.callbacks.BackupAndRestore(backup), dkm_tf.ReassignClusters(1),
                          interrupt_at(stop_at)])
     resumed = _latent()
     _fit(resumed, [keras.callbacks.BackupAndRestore(backup), dkm_tf.ReassignClusters(1)])
-    _assert_same(_state(resumed), _state(reference))
+    _assert_same(_state(resumed), reference)
 
 
 def test_reassign_resumed_from_weights_checkpoint_with_initial_epoch(tmp_path):
@@ -90,11 +99,11 @@ def test_reassign_resumed_from_weights_checkpoint_with_initial_epoch(tmp_path):
     _assert_same(_state(resumed), _state(reference))
 
 
-def test_reassign_resume_redo_is_idempotent_when_the_checkpoint_holds_it(tmp_path):
+def test_reassign_resume_redo_is_idempotent_when_the_checkpoint_holds_it(
+        tmp_path, reassigned_each_epoch):
     """BackupAndRestore listed after ReassignClusters already saved the re-assigned state:
     the redo at resume changes nothing."""
-    reference = _latent()
-    _fit(reference, [dkm_tf.ReassignClusters(1)])
+    reference = reassigned_each_epoch[0]
     backup = str(tmp_path / "backup")
     with pytest.raises(KeyboardInterrupt):
         _fit(_latent(), [dkm_tf.ReassignClusters(1), keras.callbacks.BackupAndRestore(backup),
@@ -102,7 +111,7 @@ def test_reassign_resume_redo_is_idempotent_when_the_checkpoint_holds_it(tmp_pat
     resumed, reassign = _latent(), dkm_tf.ReassignClusters(1)
     _fit(resumed, [reassign, keras.callbacks.BackupAndRestore(backup)])
     assert reassign.history[0] == (1, 0)
-    _assert_same(_state(resumed), _state(reference))
+    _assert_same(_state(resumed), reference)
 
 
 def test_reassign_callback_arguments():
