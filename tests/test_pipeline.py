@@ -15,12 +15,35 @@ def trained():
     return model, (x_tr[:600], y_tr[:600]), (x_te[:200], y_te[:200])
 
 
-@pytest.mark.parametrize("method", pipeline.METHODS)
-def test_every_method(trained, method):
+def _compress_every_method(trained, method, progress=None):
     model, train, test = trained
     before = [w.copy() for w in model.get_weights()]
     result = dkm_tf.compress(model, train, test, method=method, n_clusters=4, unit="auto",
-                             finetune_epochs=1, dkm_epochs=1, verbose=0)
+                             finetune_epochs=1, dkm_epochs=1, verbose=0, progress=progress)
+    return before, result
+
+
+@pytest.fixture(scope="module")
+def dkm_finetune_with_progress(trained):
+    """test_every_method's dkm+finetune run, with a Progress on a buffer: one compress for
+    test_every_method[dkm+finetune] and test_progress_shows_every_stage."""
+    import io
+
+    from dkm_tf.progress import Progress
+
+    buf = io.StringIO()  # no heartbeat line: a loaded machine can take 15 s over a stage
+    before, result = _compress_every_method(trained, "dkm+finetune",
+                                            Progress(stream=buf, tty=False, heartbeat_s=3600))
+    return before, result, buf.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("method", pipeline.METHODS)
+def test_every_method(trained, method, request):
+    model, _, _ = trained
+    if method == "dkm+finetune":
+        before, result, _ = request.getfixturevalue("dkm_finetune_with_progress")
+    else:
+        before, result = _compress_every_method(trained, method)
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)  # the input model is never modified
     assert result.method == method
@@ -142,16 +165,9 @@ def test_fisher_on_an_uncompiled_model_uses_the_cross_entropy_of_its_outputs(tra
         np.testing.assert_array_equal(a, b)
 
 
-def test_progress_shows_every_stage(trained):
-    import io
-
-    from dkm_tf.progress import Progress
-
-    model, train, test = trained
-    buf = io.StringIO()
-    dkm_tf.compress(model, train, test, method="dkm+finetune", n_clusters=4, finetune_epochs=1,
-                    dkm_epochs=1, verbose=0, progress=Progress(stream=buf, tty=False))
-    lines = buf.getvalue().splitlines()
+def test_progress_shows_every_stage(trained, dkm_finetune_with_progress):
+    _, train, _ = trained
+    lines = dkm_finetune_with_progress[2]
     assert [line.split("]")[0] + "]" for line in lines] == ["[dkm]", "[k-means K=4]",
                                                             "[finetune]"]
     steps = -(-len(train[1]) // 64)  # batch_size 64
