@@ -99,16 +99,21 @@ def _data():
     return (x[:240], y[:240]), (x[240:340], y[240:340])
 
 
+_TRAINED = {}  # (head, logits): the fitted weights, one fit per head for the module
+
+
 def _model(head, loss=None, logits=False):
     """Dense(16) -> ``head``, fitted 3 epochs with the right loss, then compiled with
     ``loss`` (None: not compiled) for saving."""
-    train, _ = _data()
-    model = _functional(head)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=logits))
-    model.fit(*train, epochs=3, batch_size=32, verbose=0)
+    if (head, logits) not in _TRAINED:
+        train, _ = _data()
+        model = _functional(head)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                      loss=keras.losses.BinaryCrossentropy(from_logits=logits))
+        model.fit(*train, epochs=3, batch_size=32, verbose=0)
+        _TRAINED[head, logits] = model.get_weights()
     fresh = _functional(head)  # not clone_model: its clone of a compiled model is compiled
-    fresh.set_weights(model.get_weights())
+    fresh.set_weights(_TRAINED[head, logits])
     assert not fresh.compiled
     if loss is not None:
         fresh.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
