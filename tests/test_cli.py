@@ -15,7 +15,7 @@ from dkm_tf.cli_args import CliUsageError, check_compress_args
 
 
 def test_run_compress_builtin_demo(tmp_path, capsys):
-    result = cli.run_compress(None, method="wr", epochs=3, n_clusters=8,
+    result = cli.run_compress(None, method="wr", epochs=1, n_clusters=8,
                               output_dir=str(tmp_path))
     out = capsys.readouterr().out
     assert "CR log2K" in out and "test accuracy" in out
@@ -336,7 +336,7 @@ def test_builtin_model_takes_its_classes_from_the_npz_labels(tmp_path):
 
 
 def test_builtin_demo_with_refine_runs_calibrated_wr(tmp_path):
-    result = cli.run_compress(None, epochs=2, n_clusters=4, refine="gptq", weighting="fisher",
+    result = cli.run_compress(None, epochs=1, n_clusters=4, refine="gptq", weighting="fisher",
                               calibration_samples=64, tflite=False, plots=False, quiet=True,
                               output_dir=str(tmp_path))
     assert result.method == "wr (weighting=fisher, refine=gptq)"
@@ -365,7 +365,7 @@ def test_entry_point_end_to_end(tmp_path):
     # TF_CPP_MIN_LOG_LEVEL unset: the entry point quiets TensorFlow itself
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     proc = subprocess.run(
-        [sys.executable, "-m", "dkm_tf.cli", "compress", "--epochs", "2", "--method", "wr",
+        [sys.executable, "-m", "dkm_tf.cli", "compress", "--epochs", "1", "--method", "wr",
          "--n_clusters", "4", "--output_dir", str(tmp_path), "--no_plots"],
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -396,7 +396,7 @@ def test_run_energy_on_a_saved_model(tmp_path):
 
 
 def test_builtin_demo_defaults_to_finetuning(tmp_path):
-    result = cli.run_compress(None, epochs=2, finetune_epochs=1, n_clusters=4, tflite=False,
+    result = cli.run_compress(None, epochs=1, finetune_epochs=1, n_clusters=4, tflite=False,
                               output_dir=str(tmp_path))
     assert result.method == "finetune"
     for p in result.palettes:
@@ -416,10 +416,8 @@ def test_progress_goes_to_its_stream_and_quiet_silences_it(tmp_path, capsys):
     stages = [line.split("]")[0] + "]" for line in buf.getvalue().splitlines()]
     assert stages == ["[train]", "[k-means K=4]", "[finetune]"]
     assert "[train] 43/43 batches in " in buf.getvalue()  # 1348 images, batch 32
-    capsys.readouterr()
-    cli.run_compress(None, epochs=1, method="wr", n_clusters=4, tflite=False, plots=False,
-                     quiet=True, output_dir=str(tmp_path / "b"))
-    assert capsys.readouterr().err == ""
+    # quiet=True silences it: test_a_run_removes_an_earlier_runs_files_and_nothing_else (the
+    # same run_compress call, checked there rather than run twice)
 
 
 def test_missing_matplotlib_is_said_once(tmp_path, capsys, monkeypatch):
@@ -491,8 +489,9 @@ def test_a_run_removes_an_earlier_runs_files_and_nothing_else(tmp_path, capsys):
     assert left == ["clustered.keras", "clustered.palettes.json", "mine.tflite", "notes.txt",
                     "report.json"]
     assert json.loads((out / "report.json").read_text())["method"] == "wr"
-    logged = capsys.readouterr().out
-    assert "[write] removed 4 file(s) of an earlier run: report.json, " in logged
+    captured = capsys.readouterr()
+    assert "[write] removed 4 file(s) of an earlier run: report.json, " in captured.out
+    assert captured.err == ""  # quiet=True: no progress lines (test_progress_goes_to_its_...)
 
 
 def test_energy_refuses_compress_flags_it_would_ignore(tmp_path):
